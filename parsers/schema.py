@@ -1,0 +1,88 @@
+"""The canonical event table: one long, time-sorted table that every decoder produces.
+
+Every source (xentrace, QEMU trace, IOREQ, virtqueue, packets) is decoded into exactly this
+schema; nothing downstream reads raw files. Columns, in order:
+
+=============  =========  ==================================================================
+column         dtype      meaning
+=============  =========  ==================================================================
+ts_ns          Int64      time in ns on the bundle's common clock (xentrace: TSC - origin,
+                          scaled by cpu_khz); records that carry no TSC take their pCPU's last
+ts_raw         UInt64     the timestamp exactly as the source wrote it (TSC, counter ticks)
+has_ts         Boolean    the record carried its own timestamp (False: inherited, see ts_ns)
+source         Enum       which decoder produced the row (SOURCES)
+cpu            Int16      physical CPU that emitted the record (null where unknown)
+dom            Int32      domain the record is attributed to: for xentrace, the domain whose
+                          vCPU was running on that pCPU (null while unknown)
+vcpu           Int32      vCPU id within `dom` (null while unknown)
+event          Enum       dotted event name, e.g. ``hvm.vmexit``, ``sched.runstate_change``
+code           UInt32     the source's raw event id (xentrace: the 28-bit event id)
+nargs          UInt8      how many of arg0..arg6 the record carries
+arg0..arg6     UInt64     payload: for xentrace the raw 32-bit extra words in record order;
+                          the event catalogue (xen_events) names and combines them
+addr           UInt64     the address an event is about: IO port, MMIO/NPF guest physical
+                          address, descriptor address (null where none)
+dev            String     device identity for virtio events (null for hypervisor records)
+queue          UInt16     virtqueue index
+head           UInt32     descriptor head index of the virtqueue element
+size           UInt32     bytes moved by the event (element length, packet length)
+src_file       String     file the row was decoded from (relative to the bundle's raw/)
+src_offset     UInt64     byte offset of the record in src_file
+=============  =========  ==================================================================
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from xvtrace.parsers.xen_events import EVENT_NAMES as XEN_EVENT_NAMES
+
+SCHEMA_VERSION = 1
+
+SOURCES = ("xentrace", "qemu", "ioreq", "virtqueue", "pcap", "emulator")
+SourceEnum = pl.Enum(SOURCES)
+
+# The Enum grows as decoders for more sources register their names; keep existing order.
+EVENT_NAMES: tuple[str, ...] = XEN_EVENT_NAMES
+EventEnum = pl.Enum(EVENT_NAMES)
+
+N_ARGS = 7
+ARG_COLUMNS = tuple(f"arg{i}" for i in range(N_ARGS))
+
+EVENT_SCHEMA: dict[str, pl.DataType] = {
+    "ts_ns": pl.Int64(),
+    "ts_raw": pl.UInt64(),
+    "has_ts": pl.Boolean(),
+    "source": SourceEnum,
+    "cpu": pl.Int16(),
+    "dom": pl.Int32(),
+    "vcpu": pl.Int32(),
+    "event": EventEnum,
+    "code": pl.UInt32(),
+    "nargs": pl.UInt8(),
+    **{c: pl.UInt64() for c in ARG_COLUMNS},
+    "addr": pl.UInt64(),
+    "dev": pl.String(),
+    "queue": pl.UInt16(),
+    "head": pl.UInt32(),
+    "size": pl.UInt32(),
+    "src_file": pl.String(),
+    "src_offset": pl.UInt64(),
+}
+
+SORT_KEY = ("ts_ns", "cpu", "src_offset")
+
+
+def empty_events() -> pl.DataFrame:
+    return pl.DataFrame(schema=EVENT_SCHEMA)
+
+
+def conform(df: pl.DataFrame) -> pl.DataFrame:
+    """Add missing columns as nulls, cast to the canonical dtypes and order the columns."""
+    exprs = []
+    for name, dtype in EVENT_SCHEMA.items():
+        if name in df.columns:
+            exprs.append(pl.col(name).cast(dtype))
+        else:
+            exprs.append(pl.lit(None, dtype=dtype).alias(name))
+    return df.select(exprs)

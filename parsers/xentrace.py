@@ -1,0 +1,451 @@
+"""xentrace binary files (Xen 4.17): decoder to the canonical event table, and a writer.
+
+The format (xen/include/public/trace.h, tools/xentrace/xentrace.c), in host byte order:
+
+    file   := window*                       no header, no magic, no trailer
+    window := u32 0x2001f003  i32 cpu  u32 size  byte[size]   (a TRC_TRACE_CPU_CHANGE record)
+    record := u32 hdr  [u32 tsc_lo, u32 tsc_hi]  u32 extra[hdr.extra_u32]
+    hdr    := event:28  extra_u32:3  cycles_included:1
+
+xentrace writes one window per pCPU with unread ring data, in ascending pCPU order, each
+poll ("round"). Records without a TSC take the last TSC of their pCPU, which may sit in that
+pCPU's previous window. Per-pCPU streams are merged into one time order here, streaming:
+after each complete round, every record older than the oldest last-TSC of that round's
+windows is final (a pCPU read later in the round can only hold newer records).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import polars as pl
+
+from xvtrace.parsers import xen_events as xe
+from xvtrace.parsers import xentrace_scan as scan
+from xvtrace.parsers.errors import DecodeStats, ParseError, Problem
+from xvtrace.parsers.schema import EVENT_NAMES, EVENT_SCHEMA, N_ARGS, conform
+
+MAX_CPUS = 4096  # Xen's NR_CPUS upper bound; a CPU_CHANGE naming more is corrupt
+DEFAULT_CHUNK_BYTES = 32 << 20
+CPU_CHANGE_HEADER = xe.CPU_CHANGE_HEADER
+
+_PROBLEM_TEXT = {
+    scan.P_RESYNC: ("resync", "expected a CPU_CHANGE window header; skipped garbage to the next one"),
+    scan.P_NO_HEADER_FOUND: ("garbage", "no valid CPU_CHANGE window header up to the end of the file"),
+    scan.P_BAD_RECORD: ("bad-record", "invalid record header inside a window; rest of window skipped"),
+    scan.P_OVERRUN: ("overrun", "record runs past the end of its window; rest of window skipped"),
+    scan.P_TRUNCATED: ("truncated", "file ends inside a window"),
+    scan.P_TSC_BACKWARD: ("tsc-backward", "TSC stepped backward on a pCPU"),
+}  # fmt: skip
+
+
+def sniff(head: bytes) -> bool:
+    """True when bytes look like the start of a xentrace file (a CPU_CHANGE window header)."""
+    if len(head) < 12:
+        return False
+    hdr, cpu, size = np.frombuffer(head[:12], dtype="<u4")
+    return hdr == CPU_CHANGE_HEADER and int(cpu) < MAX_CPUS and size % 4 == 0
+
+
+# --- event naming (vectorized lookups built once from the catalogue) ---------------------
+
+_NAME_INDEX = {name: i for i, name in enumerate(EVENT_NAMES)}
+_CODES = np.array(sorted(xe.SPECS), dtype=np.uint32)
+_CODE_NAME_IDX = np.array([_NAME_INDEX[xe.SPECS[int(c)].name] for c in _CODES], dtype=np.uint32)
+_ALL_IDX = list(range(len(EVENT_NAMES)))
+_ADDR_LO_ONLY = np.array([0x00082016, 0x00082216, 0x00082017, 0x00082217], dtype=np.uint32)
+_ADDR_64 = np.array([0x00082117, 0x00082317, 0x00082021], dtype=np.uint32)
+
+
+def event_index(codes: np.ndarray) -> np.ndarray:
+    """Index into EVENT_NAMES for each raw event id (unknown -> 'unknown')."""
+    pos = np.searchsorted(_CODES, codes)
+    pos[pos == len(_CODES)] = 0
+    known = _CODES[pos] == codes
+    idx = np.where(known, _CODE_NAME_IDX[pos], _NAME_INDEX[xe.UNKNOWN]).astype(np.uint32)
+    guest = (codes & 0x0FFFF000) == xe.TRC_GUEST
+    idx[guest] = _NAME_INDEX[xe.GUEST_MARKER]
+    return idx
+
+
+def tsc_to_ns(tsc: np.ndarray, origin: int, cpu_khz: int) -> np.ndarray:
+    """Exact integer TSC -> ns: (tsc - origin) * 1e6 / khz without float rounding."""
+    dt = tsc.astype(np.int64) - np.int64(origin)
+    q, r = np.divmod(dt, np.int64(cpu_khz))
+    return q * 1_000_000 + (r * 1_000_000) // cpu_khz
+
+
+# --- decoding --------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    """Per-pCPU state carried across chunks (owned here, updated in place by the kernel)."""
+
+    last_tsc: np.ndarray = field(default_factory=lambda: np.zeros(MAX_CPUS, np.uint64))
+    tsc_seen: np.ndarray = field(default_factory=lambda: np.zeros(MAX_CPUS, np.bool_))
+    cur_dom: np.ndarray = field(default_factory=lambda: np.full(MAX_CPUS, -1, np.int32))
+    cur_vcpu: np.ndarray = field(default_factory=lambda: np.full(MAX_CPUS, -1, np.int32))
+    prev_win_cpu: int = MAX_CPUS  # so that the first window starts a round
+    round_min_tsc: int | None = None  # min last-TSC of the windows of the round in progress
+    watermark: int = 0
+
+
+class XentraceDecoder:
+    """Decode one xentrace file into canonical event frames, in time order, chunk by chunk.
+
+    >>> dec = XentraceDecoder("trace.bin", cpu_khz=2_400_000)
+    >>> for frame in dec.frames(): ...
+    >>> dec.stats.decoded, dec.stats.lost
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        cpu_khz: int,
+        tsc_origin: int | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        src_file: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ):
+        if cpu_khz is None or cpu_khz <= 0:
+            raise ValueError("cpu_khz must be a positive number of kHz")
+        self.path = Path(path)
+        self.cpu_khz = int(cpu_khz)
+        self.tsc_origin = tsc_origin
+        self.chunk_bytes = max(4096, int(chunk_bytes))
+        self.src_file = src_file if src_file is not None else self.path.name
+        self.progress = progress
+        self.stats = DecodeStats(str(self.path), "xentrace")
+        self.windows = 0
+        self.cpus: set[int] = set()
+        self.first_tsc: int | None = None
+        self.last_tsc: int | None = None
+
+    # The public entry point -----------------------------------------------------------
+    def frames(self) -> Iterator[pl.DataFrame]:
+        size = self.path.stat().st_size
+        if size == 0:
+            raise ParseError(str(self.path), 0, "empty file: no xentrace records")
+        with self.path.open("rb") as fh:
+            head = fh.read(12)
+        if not sniff(head):
+            raise ParseError(
+                str(self.path),
+                0,
+                "not a xentrace file: it must start with a CPU_CHANGE record "
+                f"(0x{CPU_CHANGE_HEADER:08x}, cpu, size); found {head[:12].hex(' ')}",
+            )
+        nwords = size // 4
+        words = np.memmap(self.path, dtype="<u4", mode="r", shape=(nwords,))
+        state = _State()
+        pending: list[dict[str, np.ndarray]] = []
+        pos = 0
+        chunk_words = self.chunk_bytes // 4
+        last_emitted = None
+        while pos < nwords:
+            win, probs, new_pos = scan.frame_windows(
+                words, pos, pos + chunk_words, nwords, MAX_CPUS
+            )
+            self._note_problems(probs)
+            cols = self._fill(words, win, state)
+            self.windows += len(win)
+            if len(cols["off"]):
+                pending.append(cols)
+                self._advance_watermark(win, cols, state)
+            final = new_pos >= nwords
+            ready, pending = self._split_ready(pending, None if final else state.watermark)
+            if ready is not None:
+                if last_emitted is not None and len(ready["tsc"]):
+                    early = int(np.count_nonzero(ready["tsc"] < last_emitted))
+                    if early:
+                        self.stats.extra["out_of_order"] = (
+                            self.stats.extra.get("out_of_order", 0) + early
+                        )
+                if len(ready["tsc"]):
+                    last_emitted = ready["tsc"][-1]
+                yield self._to_frame(ready)
+            pos = new_pos
+            if self.progress:
+                self.progress(min(pos, nwords) * 4)
+        if size % 4:
+            self.stats.add_problem(
+                Problem(nwords * 4, "truncated", f"{size % 4} trailing byte(s) after the last word",
+                        size % 4)
+            )  # fmt: skip
+        del words
+
+    # Steps -----------------------------------------------------------------------------
+    def _fill(self, words, win, state: _State) -> dict[str, np.ndarray]:
+        off, cpu, hdr, tsc, has_tsc, dom, vcpu, args, missing, probs = scan.fill_records(
+            words, win, state.last_tsc, state.tsc_seen, state.cur_dom, state.cur_vcpu
+        )
+        self._note_problems(probs)
+        if self.tsc_origin is None and np.any(~missing):
+            self.tsc_origin = int(tsc[~missing].min())
+        if np.any(missing):
+            tsc[missing] = self.tsc_origin if self.tsc_origin is not None else 0
+        self.cpus.update(np.unique(cpu).tolist())
+        return {
+            "off": off, "cpu": cpu, "hdr": hdr, "tsc": tsc, "has_tsc": has_tsc,
+            "dom": dom, "vcpu": vcpu, "args": args,
+        }  # fmt: skip
+
+    def _advance_watermark(self, win: np.ndarray, cols: dict, state: _State) -> None:
+        """Raise the watermark to the oldest window-end TSC of each completed round."""
+        counts = win[:, 4]
+        has = counts > 0
+        if not has.any():
+            return
+        wcpu = win[has, 0]
+        last_idx = np.cumsum(counts)[has] - 1
+        wlast = cols["tsc"][last_idx].astype(np.uint64)
+        prev = np.concatenate(([state.prev_win_cpu], wcpu[:-1]))
+        new_round = wcpu <= prev
+        round_id = np.cumsum(new_round)  # 0 = continues the round in progress
+        state.prev_win_cpu = int(wcpu[-1])
+        mins = {}
+        for rid in np.unique(round_id):  # one iteration per round, not per record
+            mins[int(rid)] = int(wlast[round_id == rid].min())
+        if 0 in mins and state.round_min_tsc is not None:
+            mins[0] = min(mins[0], state.round_min_tsc)
+        elif 0 not in mins and state.round_min_tsc is not None:
+            mins[0] = state.round_min_tsc
+        last_round = int(round_id[-1])
+        complete = [v for k, v in mins.items() if k < last_round]
+        if complete:
+            state.watermark = max(state.watermark, max(complete))
+        state.round_min_tsc = mins[last_round]
+
+    @staticmethod
+    def _split_ready(pending: list[dict], watermark: int | None):
+        """Sort what can be final (everything, at EOF) and keep the rest for later."""
+        if not pending:
+            return None, pending
+        cols = pending[0] if len(pending) == 1 else {
+            k: np.concatenate([p[k] for p in pending]) for k in pending[0]
+        }  # fmt: skip
+        order = np.lexsort((cols["off"], cols["cpu"], cols["tsc"]))
+        if watermark is None:
+            return {k: v[order] for k, v in cols.items()}, []
+        sorted_tsc = cols["tsc"][order]
+        cut = int(np.searchsorted(sorted_tsc, np.uint64(watermark), side="right"))
+        if cut == 0:
+            return None, [cols]
+        ready = {k: v[order[:cut]] for k, v in cols.items()}
+        rest_idx = np.sort(order[cut:])  # keep file order for the next merge
+        rest = {k: v[rest_idx] for k, v in cols.items()}
+        return ready, ([rest] if len(rest_idx) else [])
+
+    def _note_problems(self, probs: np.ndarray) -> None:
+        for kind, word_off, skipped_words, aux in probs:
+            name, text = _PROBLEM_TEXT[int(kind)]
+            if kind == scan.P_TSC_BACKWARD:
+                self.stats.extra["tsc_backward"] = self.stats.extra.get("tsc_backward", 0) + int(
+                    aux
+                )
+                continue
+            if kind == scan.P_TRUNCATED and aux:
+                text = f"{text}: {aux * 4} declared bytes are missing"
+            self.stats.add_problem(Problem(int(word_off) * 4, name, text, int(skipped_words) * 4))
+
+    def _to_frame(self, c: dict[str, np.ndarray]) -> pl.DataFrame:
+        hdr = c["hdr"]
+        code = hdr & np.uint32(0x0FFFFFFF)
+        nargs = ((hdr >> np.uint32(28)) & np.uint32(7)).astype(np.uint8)
+        tsc = c["tsc"]
+        args = c["args"]
+        if len(tsc):
+            first, last = int(tsc.min()), int(tsc.max())
+            self.first_tsc = first if self.first_tsc is None else min(self.first_tsc, first)
+            self.last_tsc = last if self.last_tsc is None else max(self.last_tsc, last)
+        is64 = np.isin(code, _ADDR_64)
+        has_addr = is64 | np.isin(code, _ADDR_LO_ONLY)
+        addr = args[:, 0].astype(np.uint64)
+        addr[is64] |= args[is64, 1].astype(np.uint64) << np.uint64(32)
+        lost = code == xe.TRC_LOST_RECORDS
+        self.stats.lost += int(args[lost, 0].astype(np.int64).sum())
+        # Wrap-buffer filler is ring padding (garbage payload): kept as a row so every
+        # record of the file has one, but analyses ignore it.
+        nwrap = int(np.count_nonzero(code == xe.TRC_TRACE_WRAP_BUFFER))
+        if nwrap:
+            self.stats.extra["wrap_buffer"] = self.stats.extra.get("wrap_buffer", 0) + nwrap
+        self.stats.decoded += len(code)
+        data = {
+            "ts_ns": tsc_to_ns(tsc, self.tsc_origin or 0, self.cpu_khz),
+            "ts_raw": tsc,
+            "has_ts": c["has_tsc"],
+            "cpu": c["cpu"],
+            "dom": c["dom"],
+            "vcpu": c["vcpu"],
+            "event": event_index(code),
+            "code": code,
+            "nargs": nargs,
+            **{f"arg{i}": args[:, i].astype(np.uint64) for i in range(N_ARGS)},
+            "addr": addr,
+            "has_addr": has_addr,
+            "src_offset": c["off"].astype(np.uint64) * np.uint64(4),
+        }
+        df = pl.DataFrame(data)
+        df = df.with_columns(
+            pl.col("event").replace_strict(
+                _ALL_IDX, EVENT_NAMES, return_dtype=EVENT_SCHEMA["event"]
+            ),
+            pl.lit("xentrace").alias("source"),
+            pl.lit(self.src_file).alias("src_file"),
+            pl.when(pl.col("dom") >= 0).then(pl.col("dom")).alias("dom"),
+            pl.when(pl.col("vcpu") >= 0).then(pl.col("vcpu")).alias("vcpu"),
+            pl.when(pl.col("has_addr")).then(pl.col("addr")).alias("addr"),
+            *[
+                pl.when(pl.col("nargs") > i).then(pl.col(f"arg{i}")).alias(f"arg{i}")
+                for i in range(N_ARGS)
+            ],
+        )
+        return conform(df)
+
+
+def decode_file(path: str | os.PathLike, *, cpu_khz: int, **kw) -> tuple[pl.DataFrame, DecodeStats]:
+    """Decode a whole file at once (small files, tests, notebooks)."""
+    dec = XentraceDecoder(path, cpu_khz=cpu_khz, **kw)
+    frames = list(dec.frames())
+    df = pl.concat(frames) if frames else conform(pl.DataFrame(schema={"ts_ns": pl.Int64}))
+    return df, dec.stats
+
+
+# --- writing ---------------------------------------------------------------------------
+
+DEFAULT_DATA_SIZE = 32 * 4096 - 8  # xentrace's default -S 32 pages, minus struct t_buf
+
+
+def encode_windows(
+    cpu: np.ndarray,
+    tsc: np.ndarray,
+    has_tsc: np.ndarray,
+    code: np.ndarray,
+    args: np.ndarray,
+    nargs: np.ndarray,
+    *,
+    round_cycles: int,
+    window_bytes: int = DEFAULT_DATA_SIZE,
+) -> np.ndarray:
+    """Lay records out as xentrace writes them and return the file's u32 words.
+
+    Records are given per pCPU in order (any interleaving of pCPUs); `tsc` is each record's
+    time (for records without their own TSC, their pCPU's last one). Each `round_cycles` of
+    TSC is one xentrace poll: it writes one window per pCPU in ascending pCPU order, split
+    into several rounds where a pCPU's data exceeds `window_bytes` (the ring's data size).
+    """
+    n = len(code)
+    cpu = np.asarray(cpu, dtype=np.int64)
+    tsc = np.asarray(tsc, dtype=np.uint64)
+    has = np.asarray(has_tsc, dtype=bool)
+    code = np.asarray(code, dtype=np.uint32)
+    nargs = np.asarray(nargs, dtype=np.int64)
+    args = np.asarray(args, dtype=np.uint32).reshape(n, -1)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint32)
+    if np.any(code > 0x0FFFFFFF) or np.any(nargs > 7) or np.any(nargs < 0):
+        raise ValueError("event ids must fit 28 bits and records carry at most 7 extra words")
+    if np.any(code == xe.TRC_TRACE_CPU_CHANGE) or np.any(cpu < 0) or np.any(cpu >= MAX_CPUS):
+        raise ValueError("records cannot be CPU_CHANGE and cpu must be in [0, 4096)")
+    if args.shape[1] < int(nargs.max()):
+        raise ValueError("args has fewer columns than nargs asks for")
+    rec_words = 1 + 2 * has.astype(np.int64) + nargs
+    # Round of each record; within a (round, cpu) split windows at window_bytes.
+    seq = np.arange(n)
+    rnd = (tsc // np.uint64(max(1, round_cycles))).astype(np.int64)
+    # Rounds must not go back in time within a pCPU (no-TSC records inherit, so they can't).
+    o = np.lexsort((seq, cpu))
+    rnd[o] = _running_max_by_group(rnd[o], cpu[o])
+    o = np.lexsort((seq, rnd, cpu))
+    key_change = np.ones(n, dtype=bool)
+    key_change[1:] = (cpu[o][1:] != cpu[o][:-1]) | (rnd[o][1:] != rnd[o][:-1])
+    group_start = np.maximum.accumulate(np.where(key_change, np.arange(n), 0))
+    bytes_sorted = rec_words[o] * 4
+    csum = np.cumsum(bytes_sorted)
+    base = csum[group_start] - bytes_sorted[group_start]
+    sub = np.empty(n, dtype=np.int64)
+    sub[o] = (csum - bytes_sorted - base) // window_bytes
+    # Final order: by round, sub-round, cpu, then original order within the pCPU.
+    order = np.lexsort((seq, cpu, sub, rnd))
+    wkey_cpu, wkey_sub, wkey_rnd = cpu[order], sub[order], rnd[order]
+    new_win = np.ones(n, dtype=bool)
+    new_win[1:] = (
+        (wkey_cpu[1:] != wkey_cpu[:-1]) | (wkey_sub[1:] != wkey_sub[:-1]) | (wkey_rnd[1:] != wkey_rnd[:-1])
+    )  # fmt: skip
+    sizes = rec_words[order]
+    pos = np.cumsum(sizes + 3 * new_win) - sizes  # record start after any window header
+    total = int(pos[-1] + sizes[-1])
+    out = np.zeros(total, dtype=np.uint32)
+    starts = np.flatnonzero(new_win)
+    win_bytes = np.add.reduceat(sizes, starts) * 4
+    hpos = pos[starts] - 3
+    out[hpos] = CPU_CHANGE_HEADER
+    out[hpos + 1] = wkey_cpu[starts].astype(np.uint32)
+    out[hpos + 2] = win_bytes.astype(np.uint32)
+    h = has[order]
+    na = nargs[order]
+    out[pos] = (
+        code[order]
+        | (na.astype(np.uint32) << np.uint32(28))
+        | (h.astype(np.uint32) << np.uint32(31))
+    )
+    t = tsc[order]
+    out[pos[h] + 1] = (t[h] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    out[pos[h] + 2] = (t[h] >> np.uint64(32)).astype(np.uint32)
+    dpos = pos + 1 + 2 * h
+    a = args[order]
+    for j in range(int(na.max()) if n else 0):
+        m = na > j
+        out[dpos[m] + j] = a[m, j]
+    return out
+
+
+def _running_max_by_group(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Cumulative max restarting at each group (inputs sorted by group)."""
+    out = values.copy()
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    for s, e in zip(
+        starts, np.r_[starts[1:], len(values)], strict=True
+    ):  # per pCPU, not per record
+        out[s:e] = np.maximum.accumulate(values[s:e])
+    return out
+
+
+def write_frame(
+    dest: str | os.PathLike | BinaryIO,
+    df: pl.DataFrame,
+    *,
+    round_cycles: int,
+    window_bytes: int = DEFAULT_DATA_SIZE,
+) -> int:
+    """Write canonical xentrace rows (cpu, ts_raw, has_ts, code, nargs, arg0..6) as a file.
+
+    Returns the number of bytes written. Appends when `dest` is an open binary file, so a
+    large trace can be written in chunks of whole rounds.
+    """
+    args = np.column_stack(
+        [df[f"arg{i}"].fill_null(0).to_numpy().astype(np.uint32) for i in range(N_ARGS)]
+    )
+    out = encode_windows(
+        df["cpu"].to_numpy(),
+        df["ts_raw"].to_numpy(),
+        df["has_ts"].to_numpy(),
+        df["code"].to_numpy(),
+        args,
+        df["nargs"].to_numpy(),
+        round_cycles=round_cycles,
+        window_bytes=window_bytes,
+    )
+    data = out.astype("<u4").tobytes()
+    if hasattr(dest, "write"):
+        dest.write(data)
+    else:
+        Path(dest).write_bytes(data)
+    return len(data)

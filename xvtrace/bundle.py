@@ -1,0 +1,112 @@
+"""The bundle: a directory holding a run's raw captures, its manifest and its tables.
+
+    run/
+      manifest.json     schema version, tool version, host facts, clock, sources and counts
+      raw/              source files exactly as captured
+      events.parquet    the canonical event table (parsers.schema), sorted by ts_ns
+
+Every file is written to a temporary name and renamed into place, so an interrupted run
+never leaves a partial file that looks complete; the manifest is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from xvtrace import __version__
+from xvtrace.parsers.schema import SCHEMA_VERSION
+
+MANIFEST = "manifest.json"
+EVENTS = "events.parquet"
+REQUESTS = "requests.parquet"
+RAW = "raw"
+
+
+class BundleError(Exception):
+    """A bundle that is missing, incomplete or from an incompatible schema."""
+
+
+@dataclass
+class Bundle:
+    """An on-disk bundle; `events()` is the lazy entry point for every analysis."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Bundle:
+        path = Path(path)
+        mpath = path / MANIFEST
+        if not mpath.is_file():
+            raise BundleError(f"{path}: not a bundle (no {MANIFEST})")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BundleError(f"{mpath}: unreadable manifest: {e}") from e
+        version = manifest.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BundleError(
+                f"{mpath}: schema version {version!r}, this xvtrace reads {SCHEMA_VERSION}"
+            )
+        return cls(path, manifest)
+
+    @staticmethod
+    def is_bundle(path: str | os.PathLike) -> bool:
+        return (Path(path) / MANIFEST).is_file()
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.path / RAW
+
+    @property
+    def cpu_khz(self) -> int | None:
+        return self.manifest.get("host", {}).get("cpu_khz")
+
+    def events(self) -> pl.LazyFrame:
+        """The canonical event table, lazily scanned (predicates and columns push down)."""
+        epath = self.path / EVENTS
+        if not epath.is_file():
+            raise BundleError(f"{self.path}: no {EVENTS}; run `xvtrace ingest {self.path}`")
+        return pl.scan_parquet(epath)
+
+
+def new_manifest(host: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "xvtrace",
+        "tool_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": dict(host or {}),
+        "clock": {},
+        "sources": [],
+        "counts": {},
+    }
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    with atomic_path(path / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+
+
+@contextmanager
+def atomic_path(final: Path):
+    """Yield a temporary path beside `final`; rename it into place only on success."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        tmp_path.replace(final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()

@@ -1,0 +1,220 @@
+"""The `xvtrace` command: a thin layer over the library (xvtrace.api and friends)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from xvtrace import __version__, api
+from xvtrace.bundle import BundleError
+from xvtrace.ingest import IngestError
+from xvtrace.parsers.errors import ParseError
+
+
+class UserError(click.ClickException):
+    """A clear one-line error, exit status 2 (bad input, as opposed to 1 = regression)."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"xvtrace: error: {self.format_message()}", err=True)
+
+
+def _guard(fn):
+    """Turn the library's input errors into one-line messages instead of tracebacks."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ParseError, IngestError, BundleError, OSError, ValueError) as e:
+            raise UserError(str(e)) from e
+        except BrokenPipeError:  # `xvtrace dump ... | head`
+            sys.stderr.close()
+            return None
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def _progress_bar(enabled: bool):
+    """A tqdm byte counter on stderr, only when stderr is a terminal (or forced)."""
+    if not enabled:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="B", unit_scale=True, desc="decode", file=sys.stderr, leave=False)
+
+    def update(stage: str, done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+cpu_khz_option = click.option(
+    "--cpu-khz",
+    type=click.IntRange(min=1),
+    help="TSC frequency of the traced host in kHz (xl info: cpu_mhz x 1000). "
+    "Default: the bundle manifest, a metadata.json beside the capture, then this machine.",
+)
+vendor_option = click.option(
+    "--hvm-vendor",
+    type=click.Choice(["vmx", "svm"]),
+    help="Exit-reason table: vmx (Intel) or svm (AMD, like xenalyze --svm-mode). "
+    "Default: the manifest, else inferred from the exit codes.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="xvtrace")
+def cli() -> None:
+    """Capture, reconstruct, replay and regression-test virtio on Xen.
+
+    Start with `xvtrace ingest trace.bin -o run/`, then `xvtrace summary run/` or
+    `xvtrace dump run/ -e 'hvm.*'`. Every command that reads a bundle also accepts a raw
+    capture file directly.
+    """
+
+
+@cli.command("ingest")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Bundle directory to write (default: ./<name>.xvt, or SOURCE itself when it is a bundle).",
+)
+@cpu_khz_option
+@vendor_option
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr (default: when stderr is a terminal).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON instead of text.")
+@_guard
+def ingest_cmd(source, output, cpu_khz, hvm_vendor, progress, as_json):
+    """Decode a raw capture (or a bundle's raw/) into a bundle with events.parquet.
+
+    SOURCE is a xentrace binary file or a bundle directory. Files are recognised by content.
+    Prints what was decoded, skipped and lost per source file.
+    """
+    show = sys.stderr.isatty() if progress is None else progress
+    update, close = _progress_bar(show)
+    try:
+        result = api.ingest(source, output, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor, progress=update)
+    finally:
+        close()
+    m = result.bundle.manifest
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"bundle": str(result.bundle.path), "counts": m["counts"], "sources": m["sources"]},
+                indent=2,
+            )
+        )
+        return
+    click.echo(f"bundle: {result.bundle.path}")
+    for s in m["sources"]:
+        click.echo(
+            f"  {s['file']}: {s['format']}, {s['bytes']} bytes, {s['windows']} windows, "
+            f"pCPUs {s['cpus']}: decoded {s['decoded']} records, skipped {s['skipped_bytes']} bytes, "
+            f"lost {s['lost']} (reported by Xen)"
+        )
+    click.echo(
+        f"  events.parquet: {m['counts']['events']} events; cpu_khz {m['host']['cpu_khz']} ({m['host']['cpu_khz_source']})"
+    )
+
+
+@cli.command("summary")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@cpu_khz_option
+@vendor_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+@_guard
+def summary_cmd(source, cpu_khz, hvm_vendor, as_json):
+    """Per-domain and per-vCPU summary, like `xenalyze --summary`.
+
+    Runstate times, HVM exits by reason with time spent and percentiles, hypercalls by
+    name, IO port and MMIO accesses by address, interrupts, grant operations, log volume
+    per pCPU and lost records.
+    """
+    summary = api.summarize(source, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2, default=str))
+    else:
+        click.echo(summary.render(), nl=False)
+
+
+def _parse_code(ctx, param, values):
+    try:
+        return tuple(int(v, 0) for v in values)
+    except ValueError as e:
+        raise click.BadParameter(f"not a number: {e}") from e
+
+
+@cli.command("dump")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "-e",
+    "--event",
+    "events",
+    multiple=True,
+    help="Event name or glob, e.g. 'hvm.vmexit' or 'sched.*' (repeatable).",
+)
+@click.option(
+    "--code",
+    "codes",
+    multiple=True,
+    callback=_parse_code,
+    help="Raw event id, e.g. 0x00081102 (repeatable).",
+)
+@click.option(
+    "--dom",
+    "doms",
+    multiple=True,
+    type=int,
+    help="Only records attributed to this domain (repeatable).",
+)
+@click.option(
+    "--cpu", "cpus", multiple=True, type=int, help="Only records from this pCPU (repeatable)."
+)
+@click.option(
+    "--from", "start", type=float, help="Start of the time window, seconds from the trace origin."
+)
+@click.option("--to", "end", type=float, help="End of the time window (exclusive), seconds.")
+@click.option("-n", "--limit", type=click.IntRange(min=0), help="Stop after N lines.")
+@cpu_khz_option
+@vendor_option
+@_guard
+def dump_cmd(source, events, codes, doms, cpus, start, end, limit, cpu_khz, hvm_vendor):
+    """One line per record, with named fields (the replacement for xentrace_format).
+
+    Lines are `seconds.ns cpuN dDvV event field=value ...` in time order; d?v? means no
+    vCPU was known to be running on that pCPU yet.
+    """
+    lines = api.dump_lines(
+        source,
+        events=events,
+        codes=codes,
+        doms=doms,
+        cpus=cpus,
+        start_ns=None if start is None else round(start * 1e9),
+        end_ns=None if end is None else round(end * 1e9),
+        limit=limit,
+        cpu_khz=cpu_khz,
+        hvm_vendor=hvm_vendor,
+    )
+    out = sys.stdout
+    for line in lines:
+        out.write(line)
+        out.write("\n")
+
+
+def main() -> None:
+    cli.main(prog_name="xvtrace")

@@ -1,0 +1,298 @@
+"""Ingest: raw capture files -> a bundle with events.parquet and a manifest.
+
+Files are recognised by their content, never by their name. The decoders stream: frames go
+straight from the decoder into a parquet sink, so memory stays bounded whatever the size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from polars.io.plugins import register_io_source
+
+from xvtrace.bundle import (
+    EVENTS,
+    RAW,
+    Bundle,
+    BundleError,
+    atomic_path,
+    new_manifest,
+    write_manifest,
+)
+from xvtrace.parsers import xentrace
+from xvtrace.parsers.errors import DecodeStats, ParseError
+from xvtrace.parsers.schema import EVENT_SCHEMA, SORT_KEY
+
+SNIFF_BYTES = 4096
+
+# format name -> content test on the first bytes of a file
+SNIFFERS: dict[str, Callable[[bytes], bool]] = {
+    "xentrace": xentrace.sniff,
+}
+
+
+class IngestError(Exception):
+    """Input that cannot become a bundle (unknown format, missing clock facts)."""
+
+
+def detect_format(path: Path) -> str | None:
+    with path.open("rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+    for name, test in SNIFFERS.items():
+        if test(head):
+            return name
+    return None
+
+
+# --- clock facts -----------------------------------------------------------------------
+
+
+def sidecar_cpu_khz(raw_file: Path) -> tuple[int, str] | None:
+    """cpu_khz from a metadata.json beside a capture (written by `xvtrace capture`)."""
+    meta = raw_file.parent / "metadata.json"
+    if not meta.is_file():
+        return None
+    try:
+        data = json.loads(meta.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if isinstance(data.get("cpu_khz"), int | float) and data["cpu_khz"] > 0:
+        return int(data["cpu_khz"]), f"{meta} cpu_khz"
+    if isinstance(data.get("counter_hz"), int | float) and data["counter_hz"] > 0:
+        return round(data["counter_hz"] / 1000), f"{meta} counter_hz"
+    return None
+
+
+def host_cpu_khz() -> tuple[int, str] | None:
+    """This machine's TSC frequency, for captures decoded on the host that made them."""
+    tsc = Path("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
+    if tsc.is_file():
+        try:
+            return int(tsc.read_text().strip()), str(tsc)
+        except ValueError:
+            pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("cpu mhz"):
+                return round(float(line.split(":")[1]) * 1000), "/proc/cpuinfo cpu MHz"
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def resolve_cpu_khz(
+    option: int | None,
+    manifest: dict,
+    raw_file: Path,
+    warn: Callable[[str], None],
+    origin: Path | None = None,
+) -> tuple[int, str]:
+    if option:
+        return int(option), "--cpu-khz"
+    host = manifest.get("host", {})
+    if host.get("cpu_khz"):
+        return int(host["cpu_khz"]), host.get("cpu_khz_source", "manifest")
+    found = sidecar_cpu_khz(origin or raw_file) or sidecar_cpu_khz(raw_file)
+    if found:
+        return found
+    found = host_cpu_khz()
+    if found:
+        warn(
+            f"{raw_file}: cpu_khz not given; assuming this machine's {found[0]} kHz "
+            f"({found[1]}). Pass --cpu-khz with the traced host's value (xl info: cpu_mhz)."
+        )
+        return found
+    raise IngestError(f"{raw_file}: cpu_khz unknown; pass --cpu-khz (xl info: cpu_mhz x 1000)")
+
+
+def infer_hvm_vendor(events: pl.LazyFrame) -> str | None:
+    """'svm' or 'vmx' from the exit codes seen (SVM codes for INTR, IOIO, NPF... are >= 96)."""
+    top = (
+        events.filter(pl.col("event").is_in(["hvm.vmexit", "hvm.nested_vmexit"]))
+        .select(pl.col("arg0").max())
+        .collect()
+        .item()
+    )
+    if top is None:
+        return None
+    return "svm" if top >= 96 else "vmx"
+
+
+# --- ingest ----------------------------------------------------------------------------
+
+
+@dataclass
+class IngestResult:
+    bundle: Bundle
+    stats: list[DecodeStats]
+    skipped_files: list[str]
+
+
+def default_bundle_path(raw: Path) -> Path:
+    return Path.cwd() / f"{raw.stem}.xvt"
+
+
+def place_raw(raw: Path, bundle_dir: Path) -> Path:
+    """Put a capture into bundle/raw/ untouched: a hard link where possible, else a copy."""
+    dest = bundle_dir / RAW / raw.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and dest.samefile(raw):
+        return dest
+    if dest.exists():
+        raise IngestError(f"{dest} already exists and is a different file")
+    try:
+        os.link(raw, dest)
+    except OSError:
+        shutil.copyfile(raw, dest)
+    return dest
+
+
+def ingest(
+    src: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    cpu_khz: int | None = None,
+    hvm_vendor: str | None = None,
+    chunk_bytes: int = xentrace.DEFAULT_CHUNK_BYTES,
+    progress: Callable[[str, int, int], None] | None = None,
+    warn: Callable[[str], None] = lambda m: print(f"xvtrace: warning: {m}", file=sys.stderr),
+) -> IngestResult:
+    """Decode a raw capture or a bundle's raw/ into events.parquet; returns the bundle."""
+    src = Path(src)
+    if not src.exists():
+        raise IngestError(f"{src}: no such file or directory")
+    if src.is_dir():
+        if not (src / RAW).is_dir():
+            raise IngestError(f"{src}: a directory but not a bundle (no {RAW}/ inside)")
+        bundle_dir = Path(out) if out else src
+        if out and Path(out).resolve() != src.resolve():
+            for f in sorted((src / RAW).iterdir()):
+                if f.is_file():
+                    place_raw(f, bundle_dir)
+        manifest = _load_or_new_manifest(src)
+        raw_files = sorted(p for p in (bundle_dir / RAW).iterdir() if p.is_file())
+        origins: dict[Path, Path] = {}
+    else:
+        if src.stat().st_size == 0:
+            raise ParseError(str(src), 0, "empty file")
+        if detect_format(src) is None:
+            raise ParseError(str(src), 0, "not a recognised capture format (xentrace binary)")
+        bundle_dir = Path(out) if out else default_bundle_path(src)
+        manifest = _load_or_new_manifest(bundle_dir)
+        raw_files = [place_raw(src, bundle_dir)]
+        origins = {raw_files[0]: src}
+
+    skipped_files = []
+    decoders = []
+    for f in raw_files:
+        fmt = detect_format(f) if f.stat().st_size else None
+        if fmt != "xentrace":
+            skipped_files.append(f.name)
+            warn(f"{f}: not a recognised capture format; skipped")
+            continue
+        khz, khz_source = resolve_cpu_khz(cpu_khz, manifest, f, warn, origins.get(f))
+        manifest["host"].update(cpu_khz=khz, cpu_khz_source=khz_source)
+        decoders.append(
+            xentrace.XentraceDecoder(
+                f, cpu_khz=khz, chunk_bytes=chunk_bytes, src_file=f"{RAW}/{f.name}"
+            )
+        )
+    if not decoders:
+        raise IngestError(f"{bundle_dir}: no decodable capture in {RAW}/")
+    if len(decoders) > 1:
+        # One clock origin for all files of the bundle: the earliest first TSC.
+        origin = min(_first_tsc(d.path) for d in decoders)
+        for d in decoders:
+            d.tsc_origin = origin
+
+    _write_events(bundle_dir, decoders, progress)
+
+    stats = [d.stats for d in decoders]
+    for s in stats:
+        text = s.warning_text()
+        if text:
+            warn(text)
+    manifest["sources"] = [_source_entry(d) for d in decoders]
+    manifest["clock"] = {
+        "domain": "xentrace TSC",
+        "tsc_origin": decoders[0].tsc_origin,
+        "cpu_khz": manifest["host"]["cpu_khz"],
+        "ts_ns": "(tsc - tsc_origin) * 1e6 / cpu_khz",
+    }
+    bundle = Bundle(bundle_dir, manifest)
+    events = bundle.events()
+    vendor = hvm_vendor or infer_hvm_vendor(events)
+    if vendor:
+        manifest["host"]["hvm_vendor"] = vendor
+        manifest["host"]["hvm_vendor_source"] = (
+            "option" if hvm_vendor else "inferred from exit codes"
+        )
+    nrows = events.select(pl.len()).collect().item()
+    manifest["counts"] = {
+        "events": nrows,
+        "decoded": sum(s.decoded for s in stats),
+        "skipped": sum(s.skipped for s in stats),
+        "skipped_bytes": sum(s.skipped_bytes for s in stats),
+        "lost": sum(s.lost for s in stats),
+    }
+    write_manifest(bundle_dir, manifest)
+    return IngestResult(bundle, stats, skipped_files)
+
+
+def _load_or_new_manifest(bundle_dir: Path) -> dict:
+    if Bundle.is_bundle(bundle_dir):
+        try:
+            return Bundle.open(bundle_dir).manifest
+        except BundleError:
+            pass
+    return new_manifest()
+
+
+def _first_tsc(path: Path) -> int:
+    dec = xentrace.XentraceDecoder(path, cpu_khz=1, chunk_bytes=1 << 20)
+    for frame in dec.frames():
+        if len(frame):
+            return int(frame["ts_raw"].min())
+    return 0
+
+
+def _source_entry(dec: xentrace.XentraceDecoder) -> dict:
+    entry = {
+        "file": dec.src_file,
+        "format": "xentrace",
+        "bytes": dec.path.stat().st_size,
+        "windows": dec.windows,
+        "cpus": sorted(dec.cpus),
+        "first_tsc": dec.first_tsc,
+        "last_tsc": dec.last_tsc,
+    }
+    entry.update(dec.stats.as_dict())
+    entry.pop("path", None)
+    return entry
+
+
+def _write_events(bundle_dir: Path, decoders, progress) -> None:
+    total = sum(d.path.stat().st_size for d in decoders)
+    done = [0]
+
+    def source(with_columns, predicate, n_rows, batch_size):
+        for d in decoders:
+            base = done[0]
+            if progress:
+                d.progress = lambda pos, base=base: progress("decode", base + pos, total)
+            for frame in d.frames():
+                yield frame.select(with_columns) if with_columns is not None else frame
+            done[0] = base + d.path.stat().st_size
+
+    lf = register_io_source(source, schema=EVENT_SCHEMA)
+    if len(decoders) > 1:
+        lf = lf.sort(list(SORT_KEY))
+    with atomic_path(bundle_dir / EVENTS) as tmp:
+        lf.sink_parquet(tmp, compression="lz4", statistics=True, row_group_size=1 << 20)

@@ -1,0 +1,414 @@
+"""Summary of a xentrace event table, in the spirit of `xenalyze --summary`.
+
+Each section is a lazy polars query over the canonical events, returning a small frame;
+`Summary` renders them as text or JSON. Sections: totals, log volume per pCPU and class,
+runstates per vCPU, HVM exits by reason with time spent, hypercalls by name, IO port and
+MMIO accesses by address, interrupts, grant operations and lost records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from xvtrace.parsers import xen_events as xe
+
+EXIT_EVENTS = ["hvm.vmexit", "hvm.nested_vmexit"]
+ENTRY_EVENTS = ["hvm.vmentry", "hvm.nested_vmentry"]
+RUNSTATE = "sched.runstate_change"
+CLASS_EXPR = (pl.col("code") // (1 << 16)) & 0xFFF
+
+
+def record_bytes() -> pl.Expr:
+    """On-disk size of a xentrace record: header, optional TSC, extra words."""
+    return (4 + 8 * pl.col("has_ts").cast(pl.UInt32) + 4 * pl.col("nargs").cast(pl.UInt32)).cast(
+        pl.UInt64
+    )
+
+
+def totals(ev: pl.LazyFrame) -> pl.DataFrame:
+    return ev.select(
+        pl.len().alias("records"),
+        pl.col("ts_ns").min().alias("first_ns"),
+        pl.col("ts_ns").max().alias("last_ns"),
+        (pl.col("ts_ns").max() - pl.col("ts_ns").min()).alias("span_ns"),
+        (pl.col("event") == xe.UNKNOWN).sum().alias("unknown_records"),
+        pl.col("cpu").n_unique().alias("pcpus"),
+    ).collect()
+
+
+def volume(ev: pl.LazyFrame) -> pl.DataFrame:
+    """Bytes of trace per pCPU and event class (xenalyze's log volume summary)."""
+    names = pl.DataFrame(
+        {"cls": list(xe.CLASS_NAMES), "class": list(xe.CLASS_NAMES.values())},
+        schema={"cls": pl.UInt32, "class": pl.String},
+    )
+    return (
+        ev.group_by("cpu", CLASS_EXPR.alias("cls"))
+        .agg(record_bytes().sum().alias("bytes"), pl.len().alias("records"))
+        .join(names.lazy(), on="cls", how="left")
+        .with_columns(pl.col("class").fill_null("unknown"))
+        .sort("cpu", "cls")
+        .select("cpu", "class", "records", "bytes")
+        .collect()
+    )
+
+
+def _lost_marks(ev: pl.LazyFrame) -> pl.LazyFrame:
+    return ev.filter(pl.col("event") == "gen.lost_records").select("ts_ns")
+
+
+def runstates(ev: pl.LazyFrame) -> pl.DataFrame:
+    """Time each vCPU spent in each runstate, from consecutive runstate changes.
+
+    The interval after a change is in the change's new state; intervals that span lost
+    records are reported as state 'lost'. Runnable time is split by how it was entered:
+    'wake' (from blocked) and 'preempt' (from running), as xenalyze does.
+    """
+    cpu_end = ev.group_by("cpu").agg(pl.col("ts_ns").max().alias("cpu_end"))
+    # continue_running is a running->running change: it ends one running interval.
+    rs = (
+        ev.filter(pl.col("event").is_in([RUNSTATE, "sched.continue_running"]))
+        .select(
+            "ts_ns",
+            "cpu",
+            (pl.col("arg0") // (1 << 16)).cast(pl.Int32).alias("sdom"),
+            (pl.col("arg0") & 0xFFFF).cast(pl.Int32).alias("svcpu"),
+            ((pl.col("code") // (1 << 8)) & 0xF).alias("old"),
+            ((pl.col("code") // (1 << 4)) & 0xF).alias("new"),
+        )
+        .sort("sdom", "svcpu", "ts_ns", maintain_order=True)
+        .with_columns(pl.col("ts_ns").shift(-1).over("sdom", "svcpu").alias("end_ns"))
+        # Still running at the end: the interval closes at its pCPU's last record.
+        .join(cpu_end, on="cpu", how="left")
+        .with_columns(
+            pl.when(pl.col("end_ns").is_null() & (pl.col("new") == 0))
+            .then(pl.col("cpu_end"))
+            .otherwise(pl.col("end_ns"))
+            .alias("end_ns")
+        )
+        # A vCPU's state is unknown until it is first seen entering 'running'.
+        .filter(
+            pl.col("end_ns").is_not_null()
+            & ((pl.col("new") == 0).cum_sum().over("sdom", "svcpu") > 0)
+        )
+    )
+    lost = _lost_marks(ev).collect()["ts_ns"].sort()
+    df = rs.collect()
+    if len(lost):
+        crosses = lost.search_sorted(df["ts_ns"], side="right") != lost.search_sorted(
+            df["end_ns"], side="right"
+        )
+        df = df.with_columns(lost_between=crosses)
+    else:
+        df = df.with_columns(lost_between=pl.lit(False))
+    names = pl.Series(list(xe.RUNSTATES))
+    state = (
+        pl.when(pl.col("lost_between"))
+        .then(pl.lit("lost"))
+        .otherwise(pl.col("new").cast(pl.Int64).replace_strict(range(4), names, default="?"))
+    )
+    sub = (
+        pl.when(pl.col("new") == 1)
+        .then(
+            pl.when(pl.col("old") == 2)
+            .then(pl.lit("wake"))
+            .when(pl.col("old") == 0)
+            .then(pl.lit("preempt"))
+            .otherwise(pl.lit("other"))
+        )
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+    df = df.with_columns(
+        state.alias("state"),
+        sub.alias("entered_by"),
+        (pl.col("end_ns") - pl.col("ts_ns")).alias("dur"),
+    )
+    return (
+        df.group_by("sdom", "svcpu", "state", "entered_by")
+        .agg(pl.len().alias("count"), pl.col("dur").sum().alias("total_ns"))
+        .rename({"sdom": "dom", "svcpu": "vcpu"})
+        .sort("dom", "vcpu", "state", "entered_by", nulls_last=False)
+    )
+
+
+def _percentiles(col: str) -> list[pl.Expr]:
+    return [
+        pl.len().alias("count"),
+        pl.col(col).sum().alias("total_ns"),
+        pl.col(col).mean().round(0).cast(pl.Int64).alias("mean_ns"),
+        *[
+            pl.col(col).quantile(q / 100, interpolation="nearest").alias(f"p{q}_ns")
+            for q in (5, 50, 95)
+        ],
+    ]
+
+
+def exits(ev: pl.LazyFrame, vendor: str | None) -> pl.DataFrame:
+    """HVM exits by reason: count and time from VM exit to the next VM entry on that pCPU."""
+    hv = (
+        ev.filter(pl.col("event").is_in(EXIT_EVENTS + ENTRY_EVENTS))
+        .select("ts_ns", "cpu", "dom", "vcpu", "event", "arg0")
+        .with_columns(
+            pl.when(pl.col("event").is_in(ENTRY_EVENTS)).then(pl.col("ts_ns")).alias("entry"),
+            pl.when(pl.col("event").is_in(EXIT_EVENTS)).then(pl.col("ts_ns")).alias("exit"),
+        )
+        .with_columns(
+            pl.col("entry").backward_fill().over("cpu").alias("next_entry"),
+            pl.col("exit").shift(-1).backward_fill().over("cpu").alias("next_exit"),
+        )
+        .filter(pl.col("event").is_in(EXIT_EVENTS))
+        .with_columns(
+            pl.when(
+                pl.col("next_entry").is_not_null()
+                & (pl.col("next_exit").is_null() | (pl.col("next_entry") <= pl.col("next_exit")))
+            )
+            .then(pl.col("next_entry") - pl.col("ts_ns"))
+            .alias("dur")
+        )
+    )
+    df = (
+        hv.group_by("dom", "vcpu", pl.col("arg0").alias("reason"))
+        .agg(*_percentiles("dur"), pl.col("dur").null_count().alias("unmatched"))
+        .sort("dom", "vcpu", "reason")
+        .collect()
+    )
+    vendor = vendor or "vmx"
+    return df.with_columns(
+        pl.col("reason")
+        .map_elements(lambda r: xe.exit_reason_name(int(r), vendor), return_dtype=pl.String)
+        .alias("name")
+    ).select("dom", "vcpu", "reason", "name", pl.exclude("dom", "vcpu", "reason", "name"))
+
+
+def hypercalls(ev: pl.LazyFrame) -> pl.DataFrame:
+    """Hypercalls by name per domain: PV_HYPERCALL(_V2) and subcalls, and HVM VMCALLs."""
+    op = (
+        pl.when(pl.col("code") == xe.TRC_PV_HYPERCALL_V2)
+        .then(pl.col("arg0") & 0xFFFFF)
+        .when(pl.col("code") == xe.TRC_PV_HYPERCALL_SUBCALL)
+        .then(pl.col("arg0") & 0xFFFFF)
+        .when(pl.col("code") == 0x00201001)
+        .then(pl.col("arg1"))
+        .when(pl.col("code") == 0x00201101)
+        .then(pl.col("arg2"))
+        .otherwise(pl.col("arg0"))
+    )
+    kind = (
+        pl.when(pl.col("event") == "pv.hypercall_subcall")
+        .then(pl.lit("pv-subcall"))
+        .when(pl.col("event") == "hvm.vmmcall")
+        .then(pl.lit("hvm"))
+        .otherwise(pl.lit("pv"))
+    )
+    df = (
+        ev.filter(pl.col("event").is_in(["pv.hypercall", "pv.hypercall_subcall", "hvm.vmmcall"]))
+        .group_by("dom", kind.alias("kind"), op.alias("op"))
+        .agg(pl.len().alias("count"))
+        .sort("dom", "kind", "op")
+        .collect()
+    )
+    return df.with_columns(
+        pl.col("op")
+        .map_elements(lambda o: xe.hypercall_name(int(o)), return_dtype=pl.String)
+        .alias("name")
+    ).select("dom", "kind", "op", "name", "count")
+
+
+def io_accesses(ev: pl.LazyFrame) -> pl.DataFrame:
+    """Emulated IO port and MMIO accesses by address and direction."""
+    io_events = ["hvm.ioport_read", "hvm.ioport_write", "hvm.mmio_read", "hvm.mmio_write"]
+    return (
+        ev.filter(pl.col("event").is_in(io_events))
+        .with_columns(
+            pl.col("event")
+            .cast(pl.String)
+            .str.split("_")
+            .list.first()
+            .str.strip_prefix("hvm.")
+            .alias("space"),
+            pl.col("event").cast(pl.String).str.split("_").list.last().alias("dir"),
+        )
+        .group_by("dom", "space", "addr", "dir")
+        .agg(pl.len().alias("count"))
+        .sort("dom", "space", "addr", "dir")
+        .collect()
+    )
+
+
+def interrupts(ev: pl.LazyFrame) -> pl.DataFrame:
+    """Virtual interrupts injected into guests and physical interrupts that caused exits."""
+    return (
+        ev.filter(pl.col("event").is_in(["hvm.inj_virq", "hvm.reinj_virq", "hvm.intr"]))
+        .group_by(
+            "dom",
+            "vcpu",
+            pl.col("event").cast(pl.String).alias("kind"),
+            pl.col("arg0").alias("vector"),
+        )
+        .agg(pl.len().alias("count"))
+        .sort("dom", "vcpu", "kind", "vector")
+        .collect()
+    )
+
+
+def grants(ev: pl.LazyFrame) -> pl.DataFrame:
+    """Grant map/unmap/transfer operations: done by (running domain) and for (granting)."""
+    return (
+        ev.filter(pl.col("event").is_in(["mem.grant_map", "mem.grant_unmap", "mem.grant_transfer"]))
+        .group_by(
+            pl.col("dom").alias("by_dom"),
+            pl.col("arg0").cast(pl.Int32).alias("for_dom"),
+            pl.col("event").cast(pl.String).str.strip_prefix("mem.grant_").alias("op"),
+        )
+        .agg(pl.len().alias("count"))
+        .sort("by_dom", "for_dom", "op")
+        .collect()
+    )
+
+
+def lost_records(ev: pl.LazyFrame) -> pl.DataFrame:
+    return (
+        ev.filter(pl.col("event") == "gen.lost_records")
+        .group_by("cpu")
+        .agg(pl.len().alias("markers"), pl.col("arg0").sum().alias("lost"))
+        .sort("cpu")
+        .collect()
+    )
+
+
+def records_by_dom(ev: pl.LazyFrame) -> pl.DataFrame:
+    return ev.group_by("dom", "vcpu").agg(pl.len().alias("records")).sort("dom", "vcpu").collect()
+
+
+@dataclass
+class Summary:
+    vendor: str | None
+    cpu_khz: int | None
+    sections: dict[str, pl.DataFrame]
+
+    @classmethod
+    def of(cls, ev: pl.LazyFrame, *, vendor: str | None, cpu_khz: int | None) -> Summary:
+        sections = {
+            "totals": totals(ev),
+            "volume": volume(ev),
+            "lost_records": lost_records(ev),
+            "records_by_vcpu": records_by_dom(ev),
+            "runstates": runstates(ev),
+            "exits": exits(ev, vendor),
+            "hypercalls": hypercalls(ev),
+            "io": io_accesses(ev),
+            "interrupts": interrupts(ev),
+            "grants": grants(ev),
+        }
+        return cls(vendor, cpu_khz, sections)
+
+    def to_json(self) -> dict:
+        return {
+            "hvm_vendor": self.vendor,
+            "cpu_khz": self.cpu_khz,
+            **{k: v.to_dicts() for k, v in self.sections.items()},
+        }
+
+    def render(self) -> str:
+        s = self.sections
+        t = s["totals"].row(0, named=True)
+        out: list[str] = []
+        span = (t["span_ns"] or 0) / 1e9
+        khz = f"{self.cpu_khz / 1e6:.6g} GHz" if self.cpu_khz else "unknown cpu speed"
+        out.append(
+            f"Total time: {span:.6f} s ({khz}); {t['records']} records on {t['pcpus']} pCPUs"
+        )
+        if t["unknown_records"]:
+            out.append(f"Unknown event ids: {t['unknown_records']} records (raw words kept)")
+        out.append("--- Log volume (bytes) ---")
+        for cpu, grp in s["volume"].group_by("cpu", maintain_order=True):
+            out.append(f" - cpu {cpu[0]} -")
+            out.extend(
+                f"   {r['class']:<7} {r['bytes']:>12} bytes {r['records']:>10} records"
+                for r in grp.iter_rows(named=True)
+            )
+        if len(s["lost_records"]):
+            out.append("--- Lost records ---")
+            out.extend(
+                f" cpu {r['cpu']}: {r['lost']} records lost in {r['markers']} gaps"
+                for r in s["lost_records"].iter_rows(named=True)
+            )
+        doms = sorted(
+            {d for d in s["records_by_vcpu"]["dom"].to_list() if d is not None}
+            | set(s["runstates"]["dom"].to_list())
+        )
+        for dom in doms:
+            out.append(f"|-- Domain {dom} --|")
+            out.extend(self._domain_lines(dom))
+        unattributed = s["records_by_vcpu"].filter(pl.col("dom").is_null())
+        if len(unattributed):
+            out.append(
+                f"(records before any vCPU was seen running on their pCPU: {unattributed['records'].sum()})"
+            )
+        return "\n".join(out) + "\n"
+
+    def _domain_lines(self, dom: int) -> list[str]:
+        s = self.sections
+        out = []
+        rs = s["runstates"].filter(pl.col("dom") == dom)
+        for vcpu in sorted(
+            set(rs["vcpu"].to_list())
+            | set(s["records_by_vcpu"].filter(pl.col("dom") == dom)["vcpu"].to_list())
+        ):
+            out.append(f"-- v{vcpu} --")
+            v = rs.filter(pl.col("vcpu") == vcpu)
+            if len(v):
+                out.append(" Runstates:")
+                per_state = v.group_by("state", maintain_order=True).agg(
+                    pl.col("count").sum(), pl.col("total_ns").sum()
+                )
+                for r in per_state.sort("state").iter_rows(named=True):
+                    out.append(f"   {r['state']:>9}: {r['count']:>7} {r['total_ns'] / 1e9:10.6f}s")
+                    for sub in v.filter(
+                        (pl.col("state") == r["state"]) & pl.col("entered_by").is_not_null()
+                    ).iter_rows(named=True):
+                        out.append(
+                            f"     {sub['entered_by']:>9}: {sub['count']:>7} {sub['total_ns'] / 1e9:10.6f}s"
+                        )
+            ex = s["exits"].filter((pl.col("dom") == dom) & (pl.col("vcpu") == vcpu))
+            if len(ex):
+                out.append(
+                    " Exit reasons:                count    time(s)   mean(ns) {p5|p50|p95} ns"
+                )
+                for r in ex.iter_rows(named=True):
+                    tot = (r["total_ns"] or 0) / 1e9
+                    out.append(
+                        f"   {r['name']:<24} {r['count']:>7} {tot:10.6f} {r['mean_ns'] or 0:>10} "
+                        f"{{{r['p5_ns']}|{r['p50_ns']}|{r['p95_ns']}}}"
+                    )
+            irq = s["interrupts"].filter((pl.col("dom") == dom) & (pl.col("vcpu") == vcpu))
+            if len(irq):
+                out.append(" Interrupts:")
+                out.extend(
+                    f"   {r['kind']:<16} vector {r['vector']:>3}: {r['count']}"
+                    for r in irq.iter_rows(named=True)
+                )
+        hc = s["hypercalls"].filter(pl.col("dom") == dom)
+        if len(hc):
+            out.append(" Hypercalls:")
+            out.extend(
+                f"   {r['kind']:<10} {r['name']:<30} [{r['op']:>2}]: {r['count']:>8}"
+                for r in hc.iter_rows(named=True)
+            )
+        io = s["io"].filter(pl.col("dom") == dom)
+        if len(io):
+            out.append(" IO and MMIO by address:")
+            out.extend(
+                f"   {r['space']:<6} {r['addr']:#012x} {r['dir']:<5}: {r['count']:>8}"
+                for r in io.iter_rows(named=True)
+            )
+        gr = s["grants"].filter(pl.col("by_dom") == dom)
+        if len(gr):
+            out.append(" Grant operations (done by this domain):")
+            out.extend(
+                f"   {r['op']:<8} for d{r['for_dom']}: {r['count']}"
+                for r in gr.iter_rows(named=True)
+            )
+        return out
