@@ -138,7 +138,7 @@ def format_lines(df: pl.DataFrame, vendor: str = "vmx") -> list[str]:
             parts = np.char.mod("code=%#010x", np.full(len(rows), c, dtype=np.int64)).astype(object)
             for i in range(7):
                 present = na > i
-                words = np.char.mod(" w%d=" % i, np.zeros(len(rows), dtype=np.int64)).astype(object)
+                words = np.char.mod(f" w{i}=%s", np.zeros(len(rows), dtype=np.int64)).astype(object)
                 vals = np.char.mod("%#x", a[:, i]).astype(object)
                 parts = np.where(present, parts + words + vals, parts)
             tails[rows] = parts

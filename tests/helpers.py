@@ -1,0 +1,10 @@
+"""Paths and constants shared by the tests (tests/ is on pythonpath, see pyproject)."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+X86_PV = FIXTURES / "xentrace" / "x86-pv-blkfront"
+ARM64 = FIXTURES / "xentrace" / "arm64-pvh-blkfront"
+X86_KHZ = 2445425  # metadata.json cpu_khz
+ARM_KHZ = 62500  # metadata.json counter_hz / 1000
