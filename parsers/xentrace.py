@@ -37,11 +37,28 @@ CPU_CHANGE_HEADER = xe.CPU_CHANGE_HEADER
 _PROBLEM_TEXT = {
     scan.P_RESYNC: ("resync", "expected a CPU_CHANGE window header; skipped garbage to the next one"),
     scan.P_NO_HEADER_FOUND: ("garbage", "no valid CPU_CHANGE window header up to the end of the file"),
-    scan.P_BAD_RECORD: ("bad-record", "invalid record header inside a window; rest of window skipped"),
+    scan.P_BAD_RECORD: ("bad-record", "invalid record header (no Xen trace class) inside a window; rest of window skipped"),
     scan.P_OVERRUN: ("overrun", "record runs past the end of its window; rest of window skipped"),
     scan.P_TRUNCATED: ("truncated", "file ends inside a window"),
     scan.P_TSC_BACKWARD: ("tsc-backward", "TSC stepped backward on a pCPU"),
 }  # fmt: skip
+
+
+def header_problem(head: bytes) -> str | None:
+    """Why these first bytes are not a xentrace window header (None when they are)."""
+    if len(head) < 12:
+        return f"too short for a xentrace window header ({len(head)} bytes)"
+    hdr, cpu, size = (int(x) for x in np.frombuffer(head[:12], dtype="<u4"))
+    if hdr != CPU_CHANGE_HEADER:
+        return (
+            f"not a xentrace file: it must start with a CPU_CHANGE record 0x{CPU_CHANGE_HEADER:08x}, "
+            f"found 0x{hdr:08x}"
+        )
+    if cpu >= MAX_CPUS:
+        return f"first CPU_CHANGE names cpu {np.int32(np.uint32(cpu))}, outside 0..{MAX_CPUS - 1}"
+    if size % 4:
+        return f"first CPU_CHANGE declares {size} bytes, not a whole number of 32-bit words"
+    return None
 
 
 def sniff(head: bytes) -> bool:
@@ -75,7 +92,8 @@ def event_index(codes: np.ndarray) -> np.ndarray:
 
 def tsc_to_ns(tsc: np.ndarray, origin: int, cpu_khz: int) -> np.ndarray:
     """Exact integer TSC -> ns: (tsc - origin) * 1e6 / khz without float rounding."""
-    dt = tsc.astype(np.int64) - np.int64(origin)
+    # Wrapping u64 subtraction read as signed: exact for any |tsc - origin| < 2**63.
+    dt = (tsc.astype(np.uint64) - np.uint64(origin)).view(np.int64)
     q, r = np.divmod(dt, np.int64(cpu_khz))
     return q * 1_000_000 + (r * 1_000_000) // cpu_khz
 
@@ -135,13 +153,9 @@ class XentraceDecoder:
             raise ParseError(str(self.path), 0, "empty file: no xentrace records")
         with self.path.open("rb") as fh:
             head = fh.read(12)
-        if not sniff(head):
-            raise ParseError(
-                str(self.path),
-                0,
-                "not a xentrace file: it must start with a CPU_CHANGE record "
-                f"(0x{CPU_CHANGE_HEADER:08x}, cpu, size); found {head[:12].hex(' ')}",
-            )
+        problem = header_problem(head)
+        if problem:
+            raise ParseError(str(self.path), 0, problem)
         nwords = size // 4
         words = np.memmap(self.path, dtype="<u4", mode="r", shape=(nwords,))
         state = _State()

@@ -54,7 +54,10 @@ def _walk_window(words, s, e):
     while r < e:
         h = words[r]
         ev = h & EVENT_MASK
-        if h == 0 or ev == CPU_CHANGE_EVENT:
+        cls = (ev >> 16) & 0xFFF
+        # Xen's classes (TRC_GEN .. TRC_GUEST) are single bits; anything else is not a
+        # record Xen wrote, and neither is a CPU_CHANGE inside a window.
+        if cls == 0 or (cls & (cls - 1)) != 0 or ev == CPU_CHANGE_EVENT:
             return n, r, P_BAD_RECORD
         size = 1 + 2 * (h >> 31) + ((h >> 28) & 7)
         if r + size > e:

@@ -25,7 +25,12 @@ RAW_COLS = ["cpu", "ts_raw", "has_ts", "code", "nargs", *[f"arg{i}" for i in ran
 def raw_view(df: pl.DataFrame) -> pl.DataFrame:
     """Rows as the writer takes them, per pCPU in order (args beyond nargs as 0)."""
     return df.select(
-        "cpu", "ts_raw", "has_ts", "code", "nargs", *[pl.col(f"arg{i}").fill_null(0) for i in range(7)]
+        "cpu",
+        "ts_raw",
+        "has_ts",
+        "code",
+        "nargs",
+        *[pl.col(f"arg{i}").fill_null(0) for i in range(7)],
     ).sort("cpu", maintain_order=True)
 
 
@@ -41,7 +46,10 @@ def test_real_x86_capture_decodes_every_record():
     per_cpu = df.group_by("cpu").agg(
         (4 + 8 * pl.col("has_ts").cast(pl.Int64) + 4 * pl.col("nargs").cast(pl.Int64)).sum()
     )
-    windows_bytes = {0: 2187112, 1: 3372564}  # per_cpu_bytes in metadata.json (incl. 12-byte headers)
+    windows_bytes = {
+        0: 2187112,
+        1: 3372564,
+    }  # per_cpu_bytes in metadata.json (incl. 12-byte headers)
     for cpu, nbytes in per_cpu.iter_rows():
         assert nbytes < windows_bytes[cpu]
 
@@ -118,7 +126,9 @@ def test_tsc_to_ns_is_exact_for_large_spans():
 
 
 def test_unknown_ids_keep_raw_words_and_are_counted(tmp_path):
-    words = np.array([CPU_CHANGE_HEADER, 0, 20, 0x80000000 | 2 << 28 | 0x00999001, 5, 0, 0xAA, 0xBB], "<u4")
+    words = np.array(
+        [CPU_CHANGE_HEADER, 0, 20, 0x80000000 | 2 << 28 | 0x00999001, 5, 0, 0xAA, 0xBB], "<u4"
+    )
     path = tmp_path / "t.bin"
     path.write_bytes(words.tobytes())
     df, _ = decode_file(path, cpu_khz=1000)

@@ -10,10 +10,14 @@ from hypothesis import strategies as st
 from xvtrace.parsers.errors import ParseError
 from xvtrace.parsers.xentrace import CPU_CHANGE_HEADER, decode_file, encode_windows
 
-# Arbitrary records: any 28-bit id except CPU_CHANGE, 0..7 payload words, TSC or not.
+# Arbitrary records: any id of a Xen trace class except CPU_CHANGE, 0..7 payload words, TSC or not.
 record = st.tuples(
     st.integers(0, 3),  # cpu
-    st.integers(1, 0x0FFFFFFF).filter(lambda c: c != 0x0001F003),
+    st.builds(
+        lambda cls, low: cls << 16 | low,
+        st.sampled_from([0x001, 0x002, 0x004, 0x008, 0x010, 0x020, 0x040, 0x080, 0x800]),
+        st.integers(0, 0xFFFF),
+    ).filter(lambda c: c != 0x0001F003),
     st.integers(0, 7),  # nargs
     st.booleans(),  # has TSC
     st.integers(1, 5000),  # TSC step
@@ -41,7 +45,9 @@ def build(records):
 @given(st.lists(record, min_size=1, max_size=200), st.integers(64, 4096), st.integers(1, 20000))
 def test_writer_decoder_round_trip(tmp_path_factory, records, window_bytes, round_cycles):
     cpu, tsc, has, code, args, nargs = build(records)
-    words = encode_windows(cpu, tsc, has, code, args, nargs, round_cycles=round_cycles, window_bytes=window_bytes)
+    words = encode_windows(
+        cpu, tsc, has, code, args, nargs, round_cycles=round_cycles, window_bytes=window_bytes
+    )
     path = tmp_path_factory.mktemp("rt") / "t.bin"
     path.write_bytes(words.astype("<u4").tobytes())
     df, stats = decode_file(path, cpu_khz=1_000_000, chunk_bytes=4096)
@@ -70,7 +76,12 @@ def test_arbitrary_bytes_only_raise_parse_error(tmp_path_factory, data, with_hea
         assert e.offset == 0 and str(path) in str(e)
         return
     total = len(data)
-    accounted = int(df.select((4 + 8 * pl.col("has_ts").cast(pl.Int64) + 4 * pl.col("nargs").cast(pl.Int64)).sum()).item() or 0)
+    accounted = int(
+        df.select(
+            (4 + 8 * pl.col("has_ts").cast(pl.Int64) + 4 * pl.col("nargs").cast(pl.Int64)).sum()
+        ).item()
+        or 0
+    )
     # every byte is either a decoded record, framing, or reported as skipped
     assert accounted + stats.skipped_bytes <= total
 
@@ -96,7 +107,7 @@ def test_split_at_window_boundaries_gives_same_table(tmp_path_factory, records, 
         first, second = d / "a.bin", d / "b.bin"
         first.write_bytes(words[:cut].astype("<u4").tobytes())
         second.write_bytes(words[cut:].astype("<u4").tobytes())
-        a, _ = decode_file(first, cpu_khz=1000)
+        a, _ = decode_file(first, cpu_khz=1000, tsc_origin=int(ref["ts_raw"].min()))
         b, _ = decode_file(second, cpu_khz=1000, tsc_origin=int(ref["ts_raw"].min()))
         # records that carry their own TSC decode identically in either part
         both = pl.concat([a, b]).filter(pl.col("has_ts")).sort("ts_raw", "cpu", "code", "arg0")

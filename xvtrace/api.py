@@ -55,9 +55,11 @@ def events(bundle: Bundle, *, cpu_khz: int | None = None) -> pl.LazyFrame:
     ev = bundle.events()
     origin = bundle.manifest.get("clock", {}).get("tsc_origin")
     if cpu_khz and cpu_khz != bundle.cpu_khz and origin is not None:
-        dt = pl.col("ts_raw").cast(pl.Int64) - origin
+        dt = pl.col("ts_raw").cast(pl.Int128) - origin
         ev = ev.with_columns(
-            ((dt // cpu_khz) * 1_000_000 + ((dt % cpu_khz) * 1_000_000) // cpu_khz).alias("ts_ns")
+            ((dt // cpu_khz) * 1_000_000 + ((dt % cpu_khz) * 1_000_000) // cpu_khz)
+            .cast(pl.Int64)
+            .alias("ts_ns")
         )
     return ev
 

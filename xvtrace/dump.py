@@ -96,6 +96,7 @@ def format_lines(df: pl.DataFrame, vendor: str = "vmx") -> list[str]:
     n = len(df)
     if n == 0:
         return []
+    df = df.rechunk()  # batches from collect_batches can be multi-chunk
     ts = df["ts_ns"].to_numpy()
     sec, ns = np.divmod(ts, 1_000_000_000)
     head = (

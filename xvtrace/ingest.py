@@ -183,7 +183,13 @@ def ingest(
         if src.stat().st_size == 0:
             raise ParseError(str(src), 0, "empty file")
         if detect_format(src) is None:
-            raise ParseError(str(src), 0, "not a recognised capture format (xentrace binary)")
+            with src.open("rb") as fh:
+                head = fh.read(SNIFF_BYTES)
+            if head[:4] == xentrace.CPU_CHANGE_HEADER.to_bytes(4, "little"):
+                raise ParseError(str(src), 0, xentrace.header_problem(head))
+            raise ParseError(
+                str(src), 0, "not a recognised capture format (expected a xentrace binary)"
+            )
         bundle_dir = Path(out) if out else default_bundle_path(src)
         manifest = _load_or_new_manifest(bundle_dir)
         raw_files = [place_raw(src, bundle_dir)]

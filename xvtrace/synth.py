@@ -82,7 +82,9 @@ def hvm_records(
         put(pos, xe.TRC_SCHED_RUNSTATE_CHANGE | old << 8 | new << 4, 1, True, [(d << 16) | v])
 
     p = start[new_slice]
-    runstate(p, 0, 1, np.full(len(p), IDLE_DOM, np.uint32), cpu_of_exit[new_slice].astype(np.uint32))
+    runstate(
+        p, 0, 1, np.full(len(p), IDLE_DOM, np.uint32), cpu_of_exit[new_slice].astype(np.uint32)
+    )
     runstate(p + 1, 1, 0, dom[new_slice], np.zeros(len(p), np.uint32))
     p = start + 2 * new_slice
     vendor_col = 1 if vendor == "svm" else 0
@@ -103,7 +105,13 @@ def hvm_records(
     p = p + 1
     q = p[last_in_slice]
     runstate(q, 0, 1, dom[last_in_slice], np.zeros(len(q), np.uint32))
-    runstate(q + 1, 1, 0, np.full(len(q), IDLE_DOM, np.uint32), cpu_of_exit[last_in_slice].astype(np.uint32))
+    runstate(
+        q + 1,
+        1,
+        0,
+        np.full(len(q), IDLE_DOM, np.uint32),
+        cpu_of_exit[last_in_slice].astype(np.uint32),
+    )
     q = p[lost_here] + 2
     put(q, xe.TRC_LOST_RECORDS, 4, True,
         [rng.integers(1, 100, len(q)).astype(np.uint32),
@@ -140,9 +148,15 @@ def _handler_words(code: int, n: int, rng) -> list[np.ndarray]:
         return [gpa, np.zeros(n, u32), np.full(n, 0xFFFFFFFF, u32), np.full(n, 0xFFFFFFFF, u32),
                 np.full(n, 0x182, u32), np.full(n, 5, u32)]  # fmt: skip
     if code == 0x00082217:  # MMIO write: gpa, data
-        return [rng.integers(0xFE000000, 0xFE003000, n).astype(u32) & u32(0xFFFFFFFC), rng.integers(0, 1 << 16, n).astype(u32)]
+        return [
+            rng.integers(0xFE000000, 0xFE003000, n).astype(u32) & u32(0xFFFFFFFC),
+            rng.integers(0, 1 << 16, n).astype(u32),
+        ]
     if code == 0x00082016:  # IOPORT read: port, data
-        return [rng.choice(np.array([0x60, 0x64, 0x3F8, 0xCFC], u32), n), rng.integers(0, 256, n).astype(u32)]
+        return [
+            rng.choice(np.array([0x60, 0x64, 0x3F8, 0xCFC], u32), n),
+            rng.integers(0, 256, n).astype(u32),
+        ]
     if code == 0x00082012:  # VMMCALL: hypercall number
         return [rng.choice(np.array([29, 32, 34, 41, 20], u32), n)]
     if code == 0x0008200F:  # INTR: physical vector

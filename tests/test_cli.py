@@ -1,0 +1,127 @@
+"""End-to-end through the CLI, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from helpers import ARM64, X86_PV
+
+from xvtrace import __version__
+from xvtrace.bundle import Bundle
+from xvtrace.cli import cli
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+@pytest.fixture(scope="module")
+def x86_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("b") / "pv.xvt"
+    result = run("ingest", X86_PV / "trace.bin", "-o", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_version_and_help_on_every_command():
+    assert run("--version").output.strip() == f"xvtrace, version {__version__}"
+    top = run("--help")
+    assert top.exit_code == 0
+    for cmd in ("ingest", "summary", "dump"):
+        assert cmd in top.output
+        help_text = run(cmd, "--help").output
+        assert (
+            "Usage: cli " + cmd in help_text
+            or f"Usage: xvtrace {cmd}" in help_text
+            or cmd in help_text
+        )
+        assert "--cpu-khz" in help_text
+
+
+def test_ingest_writes_a_complete_bundle(x86_bundle):
+    b = Bundle.open(x86_bundle)
+    m = b.manifest
+    assert m["schema_version"] == 1 and m["tool_version"] == __version__
+    assert m["host"]["cpu_khz"] == 2445425  # from the capture's metadata.json
+    assert m["host"]["hvm_vendor"] is None if "hvm_vendor" in m["host"] else True
+    src = m["sources"][0]
+    assert src["file"] == "raw/trace.bin" and src["format"] == "xentrace"
+    assert (src["decoded"], src["skipped_bytes"], src["lost"], src["windows"]) == (
+        273329,
+        0,
+        0,
+        210,
+    )
+    assert (x86_bundle / "raw" / "trace.bin").read_bytes() == (X86_PV / "trace.bin").read_bytes()
+    ev = b.events()
+    assert ev.select(pl.len()).collect().item() == 273329
+    assert (
+        ev.select(pl.col("ts_ns").is_sorted()).collect().item()
+        if False
+        else ev.collect()["ts_ns"].is_sorted()
+    )
+    assert not list(x86_bundle.glob(".*.part"))
+
+
+def test_reingest_of_a_bundle_is_identical(x86_bundle, tmp_path):
+    before = pl.read_parquet(x86_bundle / "events.parquet")
+    result = run("ingest", x86_bundle, "-o", tmp_path / "again.xvt")
+    assert result.exit_code == 0, result.output
+    after = pl.read_parquet(tmp_path / "again.xvt" / "events.parquet")
+    assert before.equals(after)
+
+
+def test_summary_text_and_json(x86_bundle):
+    text = run("summary", x86_bundle).output
+    assert "|-- Domain 1 --|" in text and "Hypercalls:" in text
+    assert "running:    1743" in text  # xenalyze: d0v0 running 1743
+    data = json.loads(run("summary", x86_bundle, "--json").output)
+    assert data["cpu_khz"] == 2445425
+    vol = {(r["cpu"], r["class"]): r["bytes"] for r in data["volume"]}
+    assert vol[(0, "sched")] == 1057536 and vol[(1, "pv")] == 2668336
+
+
+def test_dump_filters_and_names_fields(x86_bundle):
+    out = run("dump", x86_bundle, "-e", "sched.runstate_change", "-n", "3").output.splitlines()
+    assert len(out) == 3
+    assert out[0].split()[1:] == [
+        "cpu0",
+        "d?v?",
+        "sched.runstate_change",
+        "dom=0",
+        "vcpu=0",
+        "old=running(0)",
+        "new=blocked(2)",
+    ]
+    hc = run(
+        "dump", x86_bundle, "--code", "0x0020100d", "--dom", "1", "--from", "5", "--to", "6"
+    ).output.splitlines()
+    assert hc and all(" d1v0 pv.hypercall " in line for line in hc)
+    assert all(5.0 <= float(line.split()[0]) < 6.0 for line in hc)
+    glob = run("dump", x86_bundle, "-e", "mem.*", "--cpu", "0").output.splitlines()
+    assert len(glob) == 202 and all("mem.grant_" in line for line in glob)
+
+
+def test_summary_of_a_raw_file_and_arm_capture():
+    text = run("summary", ARM64 / "trace.bin").output
+    assert text.startswith("Total time: 10.380380 s (6.25e-05 GHz)") or "10.380380 s" in text
+    assert "Exit reasons" not in text
+
+
+def test_dump_pipes_into_head():
+    proc = subprocess.run(
+        f"{sys.executable} -m xvtrace.cli_main dump {X86_PV / 'trace.bin'} | head -n 2",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0
+    assert len(proc.stdout.splitlines()) == 2
+    assert "Traceback" not in proc.stderr

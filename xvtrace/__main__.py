@@ -1,0 +1,5 @@
+"""`python -m xvtrace` runs the CLI."""
+
+from xvtrace.cli import main
+
+main()
