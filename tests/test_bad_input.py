@@ -50,7 +50,8 @@ def test_fatal_inputs_exit_2_with_file_and_offset(tmp_path, data, message):
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert f"t.bin: {message}" in result.output
-    assert not (out / "events.parquet").exists() and not (out / "manifest.json").exists()
+    assert not (out / "events.parquet").exists()
+    assert not (out / "manifest.json").exists()
 
 
 def _counts(result):
@@ -60,9 +61,11 @@ def _counts(result):
 def test_truncated_tail_warns_and_keeps_whole_records(tmp_path):
     result, out = ingest(tmp_path, GOOD[:3_000_001])
     assert result.exit_code == 0, result.output
-    assert "warning" in result.stderr and "skipped" in result.stderr
+    assert "warning" in result.stderr
+    assert "skipped" in result.stderr
     src = _counts(result)
-    assert src["decoded"] == 145885 and 0 < src["skipped_bytes"] < 64
+    assert src["decoded"] == 145885
+    assert 0 < src["skipped_bytes"] < 64
     assert (out / "manifest.json").is_file()
 
 
@@ -110,6 +113,7 @@ def test_impossible_cpu_in_a_later_window_resynchronises(tmp_path):
 
 def test_missing_source_and_non_bundle_directory(tmp_path):
     result = run("summary", tmp_path)
-    assert result.exit_code == 2 and "not a bundle" in result.output
+    assert result.exit_code == 2
+    assert "not a bundle" in result.output
     result = run("ingest", tmp_path / "nope.bin")
     assert result.exit_code == 2

@@ -51,7 +51,8 @@ def test_writer_decoder_round_trip(tmp_path_factory, records, window_bytes, roun
     path = tmp_path_factory.mktemp("rt") / "t.bin"
     path.write_bytes(words.astype("<u4").tobytes())
     df, stats = decode_file(path, cpu_khz=1_000_000, chunk_bytes=4096)
-    assert stats.decoded == len(records) and not stats.problems
+    assert stats.decoded == len(records)
+    assert not stats.problems
     got = df.sort("cpu", maintain_order=True)
     order = np.argsort(cpu, kind="stable")
     assert got["cpu"].to_numpy().tolist() == cpu[order].tolist()
@@ -73,7 +74,8 @@ def test_arbitrary_bytes_only_raise_parse_error(tmp_path_factory, data, with_hea
     try:
         df, stats = decode_file(path, cpu_khz=1000, chunk_bytes=4096)
     except ParseError as e:
-        assert e.offset == 0 and str(path) in str(e)
+        assert e.offset == 0
+        assert str(path) in str(e)
         return
     total = len(data)
     accounted = int(
