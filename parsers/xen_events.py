@@ -28,7 +28,7 @@ from dataclasses import dataclass
 CLASS_NAMES = {
     0x001: "gen",
     0x002: "sched",
-    0x004: "dom0",
+    0x004: "dom0op",
     0x008: "hvm",
     0x010: "mem",
     0x020: "pv",

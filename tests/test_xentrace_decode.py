@@ -178,7 +178,7 @@ def test_encode_windows_splits_at_window_bytes():
 
 def test_catalogue_covers_every_trace_class():
     classes = {s.cls for s in xe.SPECS.values()}
-    assert {"gen", "sched", "dom0", "hvm", "mem", "pv", "shadow", "hw"} <= classes
+    assert {"gen", "sched", "dom0op", "hvm", "mem", "pv", "shadow", "hw"} <= classes
     assert xe.event_name(0x00021021) == "sched.runstate_change"
     assert xe.event_name(0x0040F10E) == "shadow.resync_full"
     assert xe.exit_reason_name(1024, "svm") == "VMEXIT_NPF"

@@ -79,20 +79,20 @@ def runstates(ev: pl.LazyFrame) -> pl.DataFrame:
             ((pl.col("code") // (1 << 4)) & 0xF).alias("new"),
         )
         .sort("sdom", "svcpu", "ts_ns", maintain_order=True)
-        .with_columns(pl.col("ts_ns").shift(-1).over("sdom", "svcpu").alias("end_ns"))
+        .with_columns(
+            pl.col("ts_ns").shift(-1).over("sdom", "svcpu").alias("end_ns"),
+            # A vCPU's state is unknown until it is first seen entering 'running'.
+            ((pl.col("new") == 0).cum_sum().over("sdom", "svcpu") > 0).alias("known"),
+        )
         # Still running at the end: the interval closes at its pCPU's last record.
-        .join(cpu_end, on="cpu", how="left")
+        .join(cpu_end, on="cpu", how="left", maintain_order="left")
         .with_columns(
             pl.when(pl.col("end_ns").is_null() & (pl.col("new") == 0))
             .then(pl.col("cpu_end"))
             .otherwise(pl.col("end_ns"))
             .alias("end_ns")
         )
-        # A vCPU's state is unknown until it is first seen entering 'running'.
-        .filter(
-            pl.col("end_ns").is_not_null()
-            & ((pl.col("new") == 0).cum_sum().over("sdom", "svcpu") > 0)
-        )
+        .filter(pl.col("end_ns").is_not_null() & pl.col("known"))
     )
     lost = _lost_marks(ev).collect()["ts_ns"].sort()
     df = rs.collect()
@@ -125,6 +125,8 @@ def runstates(ev: pl.LazyFrame) -> pl.DataFrame:
         sub.alias("entered_by"),
         (pl.col("end_ns") - pl.col("ts_ns")).alias("dur"),
     )
+    # Like xenalyze, zero-length intervals are not counted.
+    df = df.filter(pl.col("dur") > 0)
     return (
         df.group_by("sdom", "svcpu", "state", "entered_by")
         .agg(pl.len().alias("count"), pl.col("dur").sum().alias("total_ns"))

@@ -1,0 +1,70 @@
+"""Parse the parts of `xenalyze --summary` / `--dump-all` text the oracle tests compare."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+
+@dataclass
+class XenalyzeSummary:
+    total_s: float = 0.0
+    volume: dict[tuple[int, str], int] = field(default_factory=dict)
+    runstates: dict[tuple[int, int, str], tuple[int, float]] = field(default_factory=dict)
+    exits: dict[tuple[int, int, str], tuple[int, float, int]] = field(default_factory=dict)
+    hypercalls: dict[tuple[int, int], int] = field(default_factory=dict)
+
+
+def parse_summary(text: str) -> XenalyzeSummary:
+    out = XenalyzeSummary()
+    cpu = dom = vcpu = None
+    section = "volume"
+    for line in text.splitlines():
+        if m := re.match(r"Total time: ([\d.]+) seconds", line):
+            out.total_s = float(m.group(1))
+        elif m := re.match(r" - cpu (\d+) -$", line):
+            cpu = int(m.group(1))
+        elif m := re.match(r"\|-- Domain (\d+) --\|", line):
+            dom, vcpu, section = int(m.group(1)), None, "domain"
+        elif m := re.match(r"-- v(\d+) --$", line):
+            vcpu, section = int(m.group(1)), "vcpu"
+        elif line.startswith(" Runstates:"):
+            section = "runstates" if vcpu is not None else "domain"
+        elif line.startswith("Exit reasons:"):
+            section = "exits"
+        elif line.startswith("PV events:"):
+            section = "pv"
+        elif line.startswith(("Guest interrupt counts:", "IO address summary", " cpu affinity")):
+            section = "other"
+        elif section == "volume" and (m := re.match(r" (\w+)\s*:\s+(\d+)$", line)):
+            out.volume[(cpu, m.group(1))] = int(m.group(2))
+        elif section == "runstates" and (m := re.match(r"\s+(\w+):\s+(\d+)\s+([\d.]+)s", line)):
+            out.runstates[(dom, vcpu, m.group(1))] = (int(m.group(2)), float(m.group(3)))
+        elif section == "exits" and (
+            m := re.match(r" (\w+)\s+(\d+)\s+([\d.]+)s\s+[\d.]+%\s+(\d+) cyc", line)
+        ):
+            out.exits[(dom, vcpu, m.group(1))] = (
+                int(m.group(2)),
+                float(m.group(3)),
+                int(m.group(4)),
+            )
+        elif section == "pv" and (m := re.match(r"\s+\S+\s+\[\s*(\d+)\]:\s+(\d+)$", line)):
+            key = (dom, int(m.group(1)))
+            out.hypercalls[key] = out.hypercalls.get(key, 0) + int(m.group(2))
+    return out
+
+
+# "   0.000457665  x d2v0 npf ..." -- the pCPU activity column ('x', '|', '-', '.', ' ') sits
+# between the time and the vCPU;
+# lines xenalyze marks with a leading ']' are records it printed while post-processing.
+DUMP_LINE = re.compile(r"^[\s\]]*(\d+)\.(\d{9})\s[^d]*?\sd(\d+)v(\d+) (.*)$")
+
+
+def parse_dump(text: str) -> list[tuple[int, int, int, str]]:
+    """(ns, dom, vcpu, description) of every timed, attributed --dump-all line."""
+    rows = []
+    for line in text.splitlines():
+        if m := DUMP_LINE.match(line):
+            ns = int(m.group(1)) * 1_000_000_000 + int(m.group(2))
+            rows.append((ns, int(m.group(3)), int(m.group(4)), m.group(5)))
+    return rows
