@@ -1,0 +1,39 @@
+# Two entry points on a fresh Debian machine (run as root, or with sudo for apt):
+#   make demo   installs xvtrace and summarizes a real Xen 4.17 capture
+#   make test   installs everything the tests use (incl. xenalyze) and runs them
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO := fixtures/xentrace/x86-pv-blkfront/trace.bin
+
+.PHONY: demo test install apt bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+install: $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]' ruff
+
+apt:
+	@if ! command -v xenalyze >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq xen-utils-4.17 python3-venv; \
+	fi
+
+demo: install
+	rm -rf demo-bundle
+	$(BIN)/xvtrace ingest $(DEMO) -o demo-bundle
+	$(BIN)/xvtrace summary demo-bundle
+	$(BIN)/xvtrace dump demo-bundle -e 'sched.runstate_change' -e 'mem.*' -n 15
+
+test: apt install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/xentrace_ingest.py --size-mb 500
+
+clean:
+	rm -rf $(VENV) demo-bundle benchmarks/work .pytest_cache .hypothesis

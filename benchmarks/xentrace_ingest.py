@@ -1,0 +1,102 @@
+"""Benchmark: `xvtrace ingest` vs `xenalyze --summary` vs `cat` on the same xentrace file.
+
+    python benchmarks/xentrace_ingest.py [--size-mb 500] [--work benchmarks/work]
+
+Generates (once, then reuses) a synthetic HVM xentrace file of about --size-mb with the
+project's writer, then runs each tool on it in this process's run, measuring wall time and
+peak RSS (of the child process, via wait4), and prints throughput and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from xvtrace.parsers.xentrace import write_frame
+from xvtrace.synth import hvm_records
+
+CPU_KHZ = 2_400_000
+EXITS_PER_CHUNK = 400_000  # ~10 MB of trace per generated chunk
+
+
+def make_trace(path: Path, size_mb: int) -> None:
+    if path.exists() and path.stat().st_size >= size_mb * 1_000_000 * 0.95:
+        return
+    tmp = path.with_suffix(".part")
+    written, seed, start = 0, 0, 1_000_000_000
+    with tmp.open("wb") as fh:
+        while written < size_mb * 1_000_000:
+            df = hvm_records(EXITS_PER_CHUNK, seed=seed, ncpu=4, start_tsc=start, lost_every=0)
+            written += write_frame(fh, df, round_cycles=240_000_000, window_bytes=32 * 4096 - 8)
+            start = int(df["ts_raw"].max()) + 1000
+            seed += 1
+            print(f"\rgenerating {path.name}: {written / 1e6:.0f} MB", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    tmp.replace(path)
+
+
+def run(cmd: list[str], stdout=subprocess.DEVNULL) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of one child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mb", type=int, default=500)
+    ap.add_argument("--work", type=Path, default=Path(__file__).parent / "work")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per tool; the best is reported")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    trace = args.work / f"hvm-{args.size_mb}mb.bin"
+    make_trace(trace, args.size_mb)
+    size = trace.stat().st_size
+    records = None
+    xv = shutil.which("xvtrace") or f"{sys.executable} -m xvtrace"
+    tools = {
+        "cat": ["cat", str(trace)],
+        "xenalyze --summary": ["xenalyze", f"--cpu-hz={CPU_KHZ // 1000}M", "--summary", str(trace)],
+        "xvtrace ingest": [*xv.split(), "ingest", str(trace), "-o", str(args.work / "bundle"),
+                           "--cpu-khz", str(CPU_KHZ), "--no-progress"],
+    }  # fmt: skip
+    if not shutil.which("xenalyze"):
+        del tools["xenalyze --summary"]
+        print("xenalyze not found (apt-get install xen-utils-4.17): no peer ratio", file=sys.stderr)
+    results = {}
+    for name, cmd in tools.items():
+        best = None
+        for _ in range(args.repeat):
+            if name == "xvtrace ingest":
+                shutil.rmtree(args.work / "bundle", ignore_errors=True)
+            r = run(cmd)
+            best = r if best is None or r[0] < best[0] else best
+        results[name] = best
+    import json
+
+    manifest = json.loads((args.work / "bundle" / "manifest.json").read_text())
+    records = manifest["counts"]["events"]
+    print(f"file: {trace} ({size / 1e6:.1f} MB, {records} records)")
+    print(f"{'tool':<22}{'seconds':>9}{'MB/s':>9}{'Mrec/s':>9}{'peak RSS MiB':>14}")
+    for name, (wall, rss) in results.items():
+        print(f"{name:<22}{wall:9.2f}{size / 1e6 / wall:9.1f}{records / 1e6 / wall:9.2f}{rss / 2**20:14.0f}")
+    if "xenalyze --summary" in results:
+        xa, xr = results["xenalyze --summary"]
+        iw, ir = results["xvtrace ingest"]
+        print(f"ratio ingest/xenalyze throughput: {xa / iw:.2f}x (>= 1.0 means xvtrace is faster)")
+        print(f"ratio ingest/xenalyze peak RSS:   {ir / xr:.2f}x")
+    cw, _ = results["cat"]
+    print(f"ratio ingest/cat throughput:      {cw / results['xvtrace ingest'][0]:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
