@@ -88,7 +88,9 @@ def main() -> None:
     print(f"file: {trace} ({size / 1e6:.1f} MB, {records} records)")
     print(f"{'tool':<22}{'seconds':>9}{'MB/s':>9}{'Mrec/s':>9}{'peak RSS MiB':>14}")
     for name, (wall, rss) in results.items():
-        print(f"{name:<22}{wall:9.2f}{size / 1e6 / wall:9.1f}{records / 1e6 / wall:9.2f}{rss / 2**20:14.0f}")
+        print(
+            f"{name:<22}{wall:9.2f}{size / 1e6 / wall:9.1f}{records / 1e6 / wall:9.2f}{rss / 2**20:14.0f}"
+        )
     if "xenalyze --summary" in results:
         xa, xr = results["xenalyze --summary"]
         iw, ir = results["xvtrace ingest"]
