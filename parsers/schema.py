@@ -70,7 +70,7 @@ EVENT_SCHEMA: dict[str, pl.DataType] = {
     "src_offset": pl.UInt64(),
 }
 
-SORT_KEY = ("ts_ns", "cpu", "src_offset")
+SORT_KEY = ("ts_ns", "src_file", "src_offset")  # ties: file position (merge order)
 
 
 def empty_events() -> pl.DataFrame:

@@ -16,6 +16,7 @@ windows is final (a pCPU read later in the round can only hold newer records).
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from xvtrace.parsers.errors import DecodeStats, ParseError, Problem
 from xvtrace.parsers.schema import EVENT_NAMES, EVENT_SCHEMA, N_ARGS, conform
 
 MAX_CPUS = 4096  # Xen's NR_CPUS upper bound; a CPU_CHANGE naming more is corrupt
-DEFAULT_CHUNK_BYTES = 32 << 20
+DEFAULT_CHUNK_BYTES = 16 << 20
 CPU_CHANGE_HEADER = xe.CPU_CHANGE_HEADER
 
 _PROBLEM_TEXT = {
@@ -157,43 +158,54 @@ class XentraceDecoder:
         if problem:
             raise ParseError(str(self.path), 0, problem)
         nwords = size // 4
-        words = np.memmap(self.path, dtype="<u4", mode="r", shape=(nwords,))
-        state = _State()
-        pending: list[dict[str, np.ndarray]] = []
-        pos = 0
-        chunk_words = self.chunk_bytes // 4
-        last_emitted = None
-        while pos < nwords:
-            win, probs, new_pos = scan.frame_windows(
-                words, pos, pos + chunk_words, nwords, MAX_CPUS
-            )
-            self._note_problems(probs)
-            cols = self._fill(words, win, state)
-            self.windows += len(win)
-            if len(cols["off"]):
-                pending.append(cols)
-                self._advance_watermark(win, cols, state)
-            final = new_pos >= nwords
-            ready, pending = self._split_ready(pending, None if final else state.watermark)
-            if ready is not None:
-                if last_emitted is not None and len(ready["tsc"]):
-                    early = int(np.count_nonzero(ready["tsc"] < last_emitted))
-                    if early:
-                        self.stats.extra["out_of_order"] = (
-                            self.stats.extra.get("out_of_order", 0) + early
-                        )
-                if len(ready["tsc"]):
-                    last_emitted = ready["tsc"][-1]
-                yield self._to_frame(ready)
-            pos = new_pos
-            if self.progress:
-                self.progress(min(pos, nwords) * 4)
-        if size % 4:
-            self.stats.add_problem(
-                Problem(nwords * 4, "truncated", f"{size % 4} trailing byte(s) after the last word",
-                        size % 4)
-            )  # fmt: skip
-        del words
+        fh = self.path.open("rb")
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        words = np.frombuffer(mm, dtype="<u4", count=nwords)
+        try:
+            state = _State()
+            pending: list[dict[str, np.ndarray]] = []
+            pos = 0
+            chunk_words = self.chunk_bytes // 4
+            last_emitted = None
+            while pos < nwords:
+                win, probs, new_pos = scan.frame_windows(
+                    words, pos, pos + chunk_words, nwords, MAX_CPUS
+                )
+                self._note_problems(probs)
+                cols = self._fill(words, win, state)
+                self.windows += len(win)
+                if len(cols["off"]):
+                    pending.append(cols)
+                    self._advance_watermark(win, cols, state)
+                final = new_pos >= nwords
+                ready, pending = self._split_ready(pending, None if final else state.watermark)
+                if ready is not None:
+                    if last_emitted is not None and len(ready["tsc"]):
+                        early = int(np.count_nonzero(ready["tsc"] < last_emitted))
+                        if early:
+                            self.stats.extra["out_of_order"] = (
+                                self.stats.extra.get("out_of_order", 0) + early
+                            )
+                    if len(ready["tsc"]):
+                        last_emitted = ready["tsc"][-1]
+                    yield self._to_frame(ready)
+                pos = new_pos
+                # Decoded columns are copies: let the kernel drop the file pages behind us so
+                # resident memory stays bounded by the chunk size, not the file size.
+                done = (pos * 4) // mmap.PAGESIZE * mmap.PAGESIZE
+                if done and hasattr(mmap, "MADV_DONTNEED"):
+                    mm.madvise(mmap.MADV_DONTNEED, 0, done)
+                if self.progress:
+                    self.progress(min(pos, nwords) * 4)
+            if size % 4:
+                self.stats.add_problem(
+                    Problem(nwords * 4, "truncated", f"{size % 4} trailing byte(s) after the last word",
+                            size % 4)
+                )  # fmt: skip
+        finally:
+            del words
+            mm.close()
+            fh.close()
 
     # Steps -----------------------------------------------------------------------------
     def _fill(self, words, win, state: _State) -> dict[str, np.ndarray]:
@@ -245,7 +257,10 @@ class XentraceDecoder:
         cols = pending[0] if len(pending) == 1 else {
             k: np.concatenate([p[k] for p in pending]) for k in pending[0]
         }  # fmt: skip
-        order = np.lexsort((cols["off"], cols["cpu"], cols["tsc"]))
+        # Pending rows are in file order, so a stable sort on the TSC orders ties by file
+        # offset: the table's (ts_ns, src_offset) order, independent of chunking. Windows are
+        # already sorted runs, which timsort merges cheaply.
+        order = np.argsort(cols["tsc"], kind="stable")
         if watermark is None:
             return {k: v[order] for k, v in cols.items()}, []
         sorted_tsc = cols["tsc"][order]
@@ -301,7 +316,7 @@ class XentraceDecoder:
             "event": event_index(code),
             "code": code,
             "nargs": nargs,
-            **{f"arg{i}": args[:, i].astype(np.uint64) for i in range(N_ARGS)},
+            **{f"arg{i}": args[:, i] for i in range(N_ARGS)},
             "addr": addr,
             "has_addr": has_addr,
             "src_offset": c["off"].astype(np.uint64) * np.uint64(4),
@@ -317,7 +332,9 @@ class XentraceDecoder:
             pl.when(pl.col("vcpu") >= 0).then(pl.col("vcpu")).alias("vcpu"),
             pl.when(pl.col("has_addr")).then(pl.col("addr")).alias("addr"),
             *[
-                pl.when(pl.col("nargs") > i).then(pl.col(f"arg{i}")).alias(f"arg{i}")
+                pl.when(pl.col("nargs") > i)
+                .then(pl.col(f"arg{i}").cast(pl.UInt64))
+                .alias(f"arg{i}")
                 for i in range(N_ARGS)
             ],
         )

@@ -301,4 +301,4 @@ def _write_events(bundle_dir: Path, decoders, progress) -> None:
     if len(decoders) > 1:
         lf = lf.sort(list(SORT_KEY))
     with atomic_path(bundle_dir / EVENTS) as tmp:
-        lf.sink_parquet(tmp, compression="lz4", statistics=True, row_group_size=1 << 20)
+        lf.sink_parquet(tmp, compression="lz4", statistics=True)
