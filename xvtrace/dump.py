@@ -112,12 +112,15 @@ def format_lines(df: pl.DataFrame, vendor: str = "vmx") -> list[str]:
         )
         .select(
             pl.format(
-                "{}.{} cpu{} d{}v{} {}",
+                "{}.{} cpu{} {} {}",
                 pl.col("s").cast(pl.String).str.pad_start(4),
                 pl.col("ns").cast(pl.String).str.zfill(9),
                 pl.col("cpu"),
-                pl.col("dom").cast(pl.String).fill_null("?"),
-                pl.col("vcpu").cast(pl.String).fill_null("?"),
+                pl.format(
+                    "d{}v{}",
+                    pl.col("dom").cast(pl.String).fill_null("?"),
+                    pl.col("vcpu").cast(pl.String).fill_null("?"),
+                ).str.pad_end(9),
                 pl.col("event").str.pad_end(26),
             )
         )
