@@ -32,7 +32,7 @@ from xvtrace.parsers.errors import DecodeStats, ParseError, Problem
 from xvtrace.parsers.schema import EVENT_NAMES, EVENT_SCHEMA, N_ARGS, conform
 
 MAX_CPUS = 4096  # Xen's NR_CPUS upper bound; a CPU_CHANGE naming more is corrupt
-DEFAULT_CHUNK_BYTES = 16 << 20
+DEFAULT_CHUNK_BYTES = 8 << 20
 CPU_CHANGE_HEADER = xe.CPU_CHANGE_HEADER
 
 _PROBLEM_TEXT = {
@@ -64,10 +64,7 @@ def header_problem(head: bytes) -> str | None:
 
 def sniff(head: bytes) -> bool:
     """True when bytes look like the start of a xentrace file (a CPU_CHANGE window header)."""
-    if len(head) < 12:
-        return False
-    hdr, cpu, size = np.frombuffer(head[:12], dtype="<u4")
-    return hdr == CPU_CHANGE_HEADER and int(cpu) < MAX_CPUS and size % 4 == 0
+    return header_problem(head) is None
 
 
 # --- event naming (vectorized lookups built once from the catalogue) ---------------------
