@@ -122,7 +122,7 @@ def test_summary_of_a_raw_file_and_arm_capture():
 
 def test_dump_pipes_into_head():
     proc = subprocess.run(
-        f"{sys.executable} -m xvtrace.cli_main dump {X86_PV / 'trace.bin'} | head -n 2",
+        f"{sys.executable} -m xvtrace dump {X86_PV / 'trace.bin'} | head -n 2",
         shell=True,
         capture_output=True,
         text=True,
