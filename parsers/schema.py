@@ -19,7 +19,9 @@ event          Enum       dotted event name, e.g. ``hvm.vmexit``, ``sched.runsta
 code           UInt32     the source's raw event id (xentrace: the 28-bit event id)
 nargs          UInt8      how many of arg0..arg6 the record carries
 arg0..arg6     UInt64     payload: for xentrace the raw 32-bit extra words in record order;
-                          the event catalogue (xen_events) names and combines them
+                          the event catalogue (xen_events) names and combines them. Never
+                          null: arguments the record does not carry (index >= nargs) are 0,
+                          which keeps seven validity bitmaps out of the hottest write path
 addr           UInt64     the address an event is about: IO port, MMIO/NPF guest physical
                           address, descriptor address (null where none)
 dev            String     device identity for virtio events (null for hypervisor records)

@@ -13,7 +13,8 @@ in arg0..arg6):
     w1:w0       a 64-bit value from hi:lo words
     w0[16:32]   bits 16..31 of a word
     code[4:8]   bits of the event id itself (runstate ids carry the old/new state)
-A field whose words the record does not carry is null (IOMEM writes without data, ...).
+A field whose words the record does not carry (nargs too small) has no value (IOMEM
+writes without data, ...); the table keeps such words as 0.
 
 Where Xen's old `formats` file and the source disagree, the source wins: credit2's
 PICKED_CPU..RUNQ_CAND_CHECK are events 19..23 (credit2.c), one higher than `formats` says.

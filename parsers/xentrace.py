@@ -33,6 +33,7 @@ from xvtrace.parsers.schema import EVENT_NAMES, EVENT_SCHEMA, N_ARGS, conform
 
 MAX_CPUS = 4096  # Xen's NR_CPUS upper bound; a CPU_CHANGE naming more is corrupt
 DEFAULT_CHUNK_BYTES = 8 << 20
+SOURCE = "xentrace"
 CPU_CHANGE_HEADER = xe.CPU_CHANGE_HEADER
 
 _PROBLEM_TEXT = {
@@ -67,33 +68,24 @@ def sniff(head: bytes) -> bool:
     return header_problem(head) is None
 
 
-# --- event naming (vectorized lookups built once from the catalogue) ---------------------
+# --- event naming (lookup tables built once from the catalogue) -------------------------
 
 _NAME_INDEX = {name: i for i, name in enumerate(EVENT_NAMES)}
 _CODES = np.array(sorted(xe.SPECS), dtype=np.uint32)
-_CODE_NAME_IDX = np.array([_NAME_INDEX[xe.SPECS[int(c)].name] for c in _CODES], dtype=np.uint32)
-_ALL_IDX = list(range(len(EVENT_NAMES)))
-_ADDR_LO_ONLY = np.array([0x00082016, 0x00082216, 0x00082017, 0x00082217], dtype=np.uint32)
-_ADDR_64 = np.array([0x00082117, 0x00082317, 0x00082021], dtype=np.uint32)
-
-
-def event_index(codes: np.ndarray) -> np.ndarray:
-    """Index into EVENT_NAMES for each raw event id (unknown -> 'unknown')."""
-    pos = np.searchsorted(_CODES, codes)
-    pos[pos == len(_CODES)] = 0
-    known = _CODES[pos] == codes
-    idx = np.where(known, _CODE_NAME_IDX[pos], _NAME_INDEX[xe.UNKNOWN]).astype(np.uint32)
-    guest = (codes & 0x0FFFF000) == xe.TRC_GUEST
-    idx[guest] = _NAME_INDEX[xe.GUEST_MARKER]
-    return idx
-
-
-def tsc_to_ns(tsc: np.ndarray, origin: int, cpu_khz: int) -> np.ndarray:
-    """Exact integer TSC -> ns: (tsc - origin) * 1e6 / khz without float rounding."""
-    # Wrapping u64 subtraction read as signed: exact for any |tsc - origin| < 2**63.
-    dt = (tsc.astype(np.uint64) - np.uint64(origin)).view(np.int64)
-    q, r = np.divmod(dt, np.int64(cpu_khz))
-    return q * 1_000_000 + (r * 1_000_000) // cpu_khz
+# The kernel's naming tables: id -> name index, and the ids whose payload starts with an
+# address (IO port / MMIO gpa in w0, or 64-bit in w1:w0; all HVM handler ids 0x00082xxx).
+_NAMES = (
+    scan.name_table(
+        _CODES,
+        np.array([_NAME_INDEX[xe.SPECS[int(c)].name] for c in _CODES]),
+        _NAME_INDEX[xe.UNKNOWN],
+        _NAME_INDEX[xe.GUEST_MARKER],
+    ),
+    np.array([0x00082016, 0x00082216, 0x00082017, 0x00082217], dtype=np.uint32),
+    np.array([0x00082117, 0x00082317, 0x00082021], dtype=np.uint32),
+)
+_EVENT_CATEGORIES = pl.Series("event", EVENT_NAMES, dtype=EVENT_SCHEMA["event"])
+_SOURCE = pl.Series("source", [SOURCE], dtype=EVENT_SCHEMA["source"])
 
 
 # --- decoding --------------------------------------------------------------------------
@@ -160,7 +152,7 @@ class XentraceDecoder:
         words = np.frombuffer(mm, dtype="<u4", count=nwords)
         try:
             state = _State()
-            pending: list[dict[str, np.ndarray]] = []
+            pending: list[scan.Index] = []
             pos = 0
             chunk_words = self.chunk_bytes // 4
             last_emitted = None
@@ -169,27 +161,29 @@ class XentraceDecoder:
                     words, pos, pos + chunk_words, nwords, MAX_CPUS
                 )
                 self._note_problems(probs)
-                cols = self._fill(words, win, state)
+                index = self._fill(words, win, state)
                 self.windows += len(win)
-                if len(cols["off"]):
-                    pending.append(cols)
-                    self._advance_watermark(win, cols, state)
+                if len(index.word):
+                    pending.append(index)
+                    self._advance_watermark(win, index, state)
                 final = new_pos >= nwords
                 ready, pending = self._split_ready(pending, None if final else state.watermark)
                 if ready is not None:
-                    if last_emitted is not None and len(ready["tsc"]):
-                        early = int(np.count_nonzero(ready["tsc"] < last_emitted))
+                    tsc = ready[0].tsc[ready[1]]
+                    if last_emitted is not None and len(tsc):
+                        early = int(np.count_nonzero(tsc < last_emitted))
                         if early:
                             self.stats.extra["out_of_order"] = (
                                 self.stats.extra.get("out_of_order", 0) + early
                             )
-                    if len(ready["tsc"]):
-                        last_emitted = ready["tsc"][-1]
-                    yield self._to_frame(ready)
+                    if len(tsc):
+                        last_emitted = tsc[-1]
+                    yield self._to_frame(words, *ready)
                 pos = new_pos
-                # Decoded columns are copies: let the kernel drop the file pages behind us so
-                # resident memory stays bounded by the chunk size, not the file size.
-                done = (pos * 4) // mmap.PAGESIZE * mmap.PAGESIZE
+                # Frames are copies: let the kernel drop the file pages no pending record
+                # needs, so resident memory stays bounded by the chunk size, not the file size.
+                keep = min([pos] + [int(p.word[0]) for p in pending if len(p.word)])
+                done = (keep * 4) // mmap.PAGESIZE * mmap.PAGESIZE
                 if done and hasattr(mmap, "MADV_DONTNEED"):
                     mm.madvise(mmap.MADV_DONTNEED, 0, done)
                 if self.progress:
@@ -205,22 +199,21 @@ class XentraceDecoder:
             fh.close()
 
     # Steps -----------------------------------------------------------------------------
-    def _fill(self, words, win, state: _State) -> dict[str, np.ndarray]:
-        off, cpu, hdr, tsc, has_tsc, dom, vcpu, args, missing, probs = scan.fill_records(
+    def _fill(self, words, win, state: _State) -> scan.Index:
+        index, missing, probs = scan.index_records(
             words, win, state.last_tsc, state.tsc_seen, state.cur_dom, state.cur_vcpu
         )
+        index = scan.Index(*index)
         self._note_problems(probs)
-        if self.tsc_origin is None and np.any(~missing):
+        tsc = index.tsc
+        if self.tsc_origin is None and not missing.all():
             self.tsc_origin = int(tsc[~missing].min())
-        if np.any(missing):
+        if missing.any():
             tsc[missing] = self.tsc_origin if self.tsc_origin is not None else 0
-        self.cpus.update(np.unique(cpu).tolist())
-        return {
-            "off": off, "cpu": cpu, "hdr": hdr, "tsc": tsc, "has_tsc": has_tsc,
-            "dom": dom, "vcpu": vcpu, "args": args,
-        }  # fmt: skip
+        self.cpus.update(np.flatnonzero(np.bincount(index.cpu, minlength=1)).tolist())
+        return index
 
-    def _advance_watermark(self, win: np.ndarray, cols: dict, state: _State) -> None:
+    def _advance_watermark(self, win: np.ndarray, index: scan.Index, state: _State) -> None:
         """Raise the watermark to the oldest window-end TSC of each completed round."""
         counts = win[:, 4]
         has = counts > 0
@@ -228,7 +221,7 @@ class XentraceDecoder:
             return
         wcpu = win[has, 0]
         last_idx = np.cumsum(counts)[has] - 1
-        wlast = cols["tsc"][last_idx].astype(np.uint64)
+        wlast = index.tsc[last_idx]
         prev = np.concatenate(([state.prev_win_cpu], wcpu[:-1]))
         new_round = wcpu <= prev
         round_id = np.cumsum(new_round)  # 0 = continues the round in progress
@@ -247,27 +240,27 @@ class XentraceDecoder:
         state.round_min_tsc = mins[last_round]
 
     @staticmethod
-    def _split_ready(pending: list[dict], watermark: int | None):
-        """Sort what can be final (everything, at EOF) and keep the rest for later."""
+    def _split_ready(
+        pending: list[scan.Index], watermark: int | None
+    ) -> tuple[tuple[scan.Index, np.ndarray] | None, list[scan.Index]]:
+        """The rows that can be final (everything, at EOF) with their time order, and the
+        rest for later."""
         if not pending:
             return None, pending
-        cols = pending[0] if len(pending) == 1 else {
-            k: np.concatenate([p[k] for p in pending]) for k in pending[0]
-        }  # fmt: skip
+        index = scan.Index.concat(pending)
         # Pending rows are in file order, so a stable sort on the TSC orders ties by file
         # offset: the table's (ts_ns, src_offset) order, independent of chunking. Windows are
         # already sorted runs, which timsort merges cheaply.
-        order = np.argsort(cols["tsc"], kind="stable")
+        order = np.argsort(index.tsc, kind="stable")
         if watermark is None:
-            return {k: v[order] for k, v in cols.items()}, []
-        sorted_tsc = cols["tsc"][order]
-        cut = int(np.searchsorted(sorted_tsc, np.uint64(watermark), side="right"))
+            return (index, order), []
+        cut = int(np.searchsorted(index.tsc[order], np.uint64(watermark), side="right"))
         if cut == 0:
-            return None, [cols]
-        ready = {k: v[order[:cut]] for k, v in cols.items()}
-        rest_idx = np.sort(order[cut:])  # keep file order for the next merge
-        rest = {k: v[rest_idx] for k, v in cols.items()}
-        return ready, ([rest] if len(rest_idx) else [])
+            return None, [index]
+        if cut == len(order):
+            return (index, order), []
+        rest = index.take(np.sort(order[cut:]))  # file order for the next merge
+        return (index, order[:cut]), [rest]
 
     def _note_problems(self, probs: np.ndarray) -> None:
         for kind, word_off, skipped_words, aux in probs:
@@ -281,59 +274,40 @@ class XentraceDecoder:
                 text = f"{text}: {aux * 4} declared bytes are missing"
             self.stats.add_problem(Problem(int(word_off) * 4, name, text, int(skipped_words) * 4))
 
-    def _to_frame(self, c: dict[str, np.ndarray]) -> pl.DataFrame:
-        hdr = c["hdr"]
-        code = hdr & np.uint32(0x0FFFFFFF)
-        nargs = ((hdr >> np.uint32(28)) & np.uint32(7)).astype(np.uint8)
-        tsc = c["tsc"]
-        args = c["args"]
+    def _to_frame(self, words: np.ndarray, index: scan.Index, order: np.ndarray) -> pl.DataFrame:
+        cols = dict(
+            zip(
+                scan.EMITTED,
+                scan.emit_records(
+                    words, order, index, np.uint64(self.tsc_origin or 0), self.cpu_khz, _NAMES
+                ),
+                strict=True,
+            )
+        )
+        code, tsc, args = cols["code"], cols["ts_raw"], cols.pop("args")
         if len(tsc):
-            first, last = int(tsc.min()), int(tsc.max())
+            first, last = int(tsc[0]), int(tsc[-1])  # rows are in time order
             self.first_tsc = first if self.first_tsc is None else min(self.first_tsc, first)
             self.last_tsc = last if self.last_tsc is None else max(self.last_tsc, last)
-        is64 = np.isin(code, _ADDR_64)
-        has_addr = is64 | np.isin(code, _ADDR_LO_ONLY)
-        addr = args[:, 0].astype(np.uint64)
-        addr[is64] |= args[is64, 1].astype(np.uint64) << np.uint64(32)
         lost = code == xe.TRC_LOST_RECORDS
-        self.stats.lost += int(args[lost, 0].astype(np.int64).sum())
+        if lost.any():
+            self.stats.lost += int(args[0, lost].astype(np.int64).sum())
         # Wrap-buffer filler is ring padding (garbage payload): kept as a row so every
         # record of the file has one, but analyses ignore it.
         nwrap = int(np.count_nonzero(code == xe.TRC_TRACE_WRAP_BUFFER))
         if nwrap:
             self.stats.extra["wrap_buffer"] = self.stats.extra.get("wrap_buffer", 0) + nwrap
         self.stats.decoded += len(code)
-        data = {
-            "ts_ns": tsc_to_ns(tsc, self.tsc_origin or 0, self.cpu_khz),
-            "ts_raw": tsc,
-            "has_ts": c["has_tsc"],
-            "cpu": c["cpu"],
-            "dom": c["dom"],
-            "vcpu": c["vcpu"],
-            "event": event_index(code),
-            "code": code,
-            "nargs": nargs,
-            **{f"arg{i}": args[:, i] for i in range(N_ARGS)},
-            "addr": addr,
-            "has_addr": has_addr,
-            "src_offset": c["off"].astype(np.uint64) * np.uint64(4),
-        }
-        df = pl.DataFrame(data)
-        df = df.with_columns(
-            pl.col("event").replace_strict(
-                _ALL_IDX, EVENT_NAMES, return_dtype=EVENT_SCHEMA["event"]
-            ),
-            pl.lit("xentrace").alias("source"),
-            pl.lit(self.src_file).alias("src_file"),
+        n = len(code)
+        cols["event"] = _EVENT_CATEGORIES.gather(cols["event"])
+        cols["source"] = _SOURCE.new_from_index(0, n)
+        cols.update({f"arg{i}": args[i] for i in range(N_ARGS)})
+        # Unknown vCPU and absent address are nulls in the table (-1 / flag from the kernel).
+        df = pl.DataFrame(cols).with_columns(
             pl.when(pl.col("dom") >= 0).then(pl.col("dom")).alias("dom"),
             pl.when(pl.col("vcpu") >= 0).then(pl.col("vcpu")).alias("vcpu"),
             pl.when(pl.col("has_addr")).then(pl.col("addr")).alias("addr"),
-            *[
-                pl.when(pl.col("nargs") > i)
-                .then(pl.col(f"arg{i}").cast(pl.UInt64))
-                .alias(f"arg{i}")
-                for i in range(N_ARGS)
-            ],
+            pl.lit(self.src_file, dtype=pl.String).alias("src_file"),
         )
         return conform(df)
 

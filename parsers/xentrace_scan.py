@@ -13,6 +13,8 @@ can be decoded in chunks with results identical to one pass.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
@@ -124,25 +126,42 @@ def frame_windows(words, pos, stop, end, max_cpu):
     return win[:nw], probs[:npb], p
 
 
+class Index(NamedTuple):
+    """Pass 1: where each record is and the state a record cannot know by itself."""
+
+    word: np.ndarray  # i64 word offset of the record header in the file
+    cpu: np.ndarray  # i16 pCPU of the record's window
+    tsc: np.ndarray  # u64 own or inherited TSC
+    dom: np.ndarray  # i32 domain running on the pCPU, -1 while unknown
+    vcpu: np.ndarray  # i32 its vCPU, -1 while unknown
+
+    def take(self, idx: np.ndarray) -> Index:
+        return Index(*(col[idx] for col in self))
+
+    @staticmethod
+    def concat(parts: list[Index]) -> Index:
+        return (
+            parts[0] if len(parts) == 1 else Index(*map(np.concatenate, zip(*parts, strict=True)))
+        )
+
+
 @njit(cache=True, nogil=True)
-def fill_records(words, win, last_tsc, tsc_seen, cur_dom, cur_vcpu):
-    """Decode the records of the windows found by frame_windows into columns.
+def index_records(words, win, last_tsc, tsc_seen, cur_dom, cur_vcpu):
+    """Pass 1 over the records of the windows found by frame_windows: position, pCPU, TSC
+    (records without one take their pCPU's last) and running vCPU (from runstate records).
 
     last_tsc/tsc_seen/cur_dom/cur_vcpu are per-pCPU state carried across chunks and updated
-    in place. Returns (offset_words, cpu, header, tsc, has_tsc, dom, vcpu, args[n, 7]) and
+    in place. Returns the Index fields, a mask of records before any TSC of their pCPU, and
     a problems array of TSC steps backward.
     """
     n = 0
     for i in range(win.shape[0]):
         n += win[i, 4]
-    off = np.empty(n, dtype=np.int64)
+    word = np.empty(n, dtype=np.int64)
     cpu_out = np.empty(n, dtype=np.int16)
-    hdr = np.empty(n, dtype=np.uint32)
     tsc = np.empty(n, dtype=np.uint64)
-    has_tsc = np.empty(n, dtype=np.bool_)
     dom = np.empty(n, dtype=np.int32)
     vcpu = np.empty(n, dtype=np.int32)
-    args = np.zeros((n, 7), dtype=np.uint32)
     missing = np.zeros(n, dtype=np.bool_)
     back = 0
     back_first = np.int64(-1)
@@ -153,13 +172,11 @@ def fill_records(words, win, last_tsc, tsc_seen, cur_dom, cur_vcpu):
         good = win[i, 2]
         while r < good:
             h = words[r]
-            cyc = h >> 31
             nx = (h >> 28) & 7
-            off[k] = r
+            word[k] = r
             cpu_out[k] = c
-            hdr[k] = h
             d = r + 1
-            if cyc:
+            if h >> 31:
                 t = np.uint64(words[r + 1]) | (np.uint64(words[r + 2]) << np.uint64(32))
                 if tsc_seen[c] and t < last_tsc[c]:
                     back += 1
@@ -168,21 +185,18 @@ def fill_records(words, win, last_tsc, tsc_seen, cur_dom, cur_vcpu):
                 last_tsc[c] = t
                 tsc_seen[c] = True
                 d = r + 3
-            has_tsc[k] = cyc == 1
             if tsc_seen[c]:
                 tsc[k] = last_tsc[c]
             else:
                 tsc[k] = 0
                 missing[k] = True
-            for j in range(nx):
-                args[k, j] = words[d + j]
             # Attribute to the vCPU running on this pCPU, then apply the record's effect.
             dom[k] = cur_dom[c]
             vcpu[k] = cur_vcpu[c]
             ev = h & EVENT_MASK
             if (ev & RUNSTATE_MASK) == RUNSTATE_EVENT and nx >= 1:
-                sd = np.int32(args[k, 0] >> 16)
-                sv = np.int32(args[k, 0] & 0xFFFF)
+                sd = np.int32(words[d] >> 16)
+                sv = np.int32(words[d] & 0xFFFF)
                 new = (ev >> 4) & 0xF
                 old = (ev >> 8) & 0xF
                 if new == 0:
@@ -214,4 +228,118 @@ def fill_records(words, win, last_tsc, tsc_seen, cur_dom, cur_vcpu):
         probs[0, 1] = back_first
         probs[0, 2] = 0
         probs[0, 3] = back
-    return off, cpu_out, hdr, tsc, has_tsc, dom, vcpu, args, missing, probs
+    return (word, cpu_out, tsc, dom, vcpu), missing, probs
+
+
+def name_table(codes: np.ndarray, names: np.ndarray, unknown: int, guest: int) -> np.ndarray:
+    """Open-addressing hash table id -> name index for _event_index (one probe, usually).
+
+    Row layout: [id, name]; empty slots hold id 0, which no Xen event has."""
+    size = 1 << int(np.ceil(np.log2(max(len(codes), 1) * 4)))
+    table = np.zeros((size + 2, 2), dtype=np.uint32)
+    table[size] = unknown, 0
+    table[size + 1] = guest, 0
+    for c, n in zip(codes.tolist(), names.tolist(), strict=True):
+        slot = _slot(c, size)
+        while table[slot, 0]:
+            slot = (slot + 1) & (size - 1)
+        table[slot] = c, n
+    return table
+
+
+@njit(cache=True, nogil=True)
+def _slot(ev, size):
+    return ((ev * 2654435761) >> 7) & (size - 1)
+
+
+@njit(cache=True, nogil=True)
+def _event_index(ev, table):
+    """Name index of an event id (TRC_GUEST ids share one name; unknown ids the last)."""
+    size = table.shape[0] - 2
+    if (ev & 0x0FFFF000) == 0x0800F000:
+        return table[size + 1, 0]
+    slot = _slot(ev, size)
+    while True:
+        k = table[slot, 0]
+        if k == ev:
+            return table[slot, 1]
+        if k == 0:
+            return table[size, 0]
+        slot = (slot + 1) & (size - 1)
+
+
+@njit(cache=True, nogil=True)
+def tsc_to_ns(tsc, origin, khz):
+    """floor((tsc - origin) * 1e6 / khz) exactly, for |tsc - origin| < 2**63."""
+    dt = np.int64(np.uint64(tsc) - np.uint64(origin))  # wrapping difference read as signed
+    q = dt // khz
+    rem = dt - q * khz
+    if khz < 8388608:
+        # rem < khz < 2**23: rem * 1e6 is exact in a double, and the quotient (< 1e6) is
+        # either an integer or at least 2**-23 away from one, far more than the division's
+        # rounding error, so its floor is exact: one integer division instead of two.
+        return q * 1_000_000 + np.int64(np.floor(np.float64(rem) * 1e6 / khz))
+    return q * 1_000_000 + (rem * 1_000_000) // khz
+
+
+@njit(cache=True, nogil=True)
+def emit_records(words, order, index, origin, khz, names):
+    """Pass 2: the final columns of the records index[order], in that (time) order, decoded
+    once from the file words: one write per output value, no intermediate copies.
+
+    `names` is (name_table(), ids whose w0 is an address, ids whose w1:w0 is one).
+    ts_ns = floor((tsc - origin) * 1e6 / khz), exactly.
+    """
+    table, addr32, addr64 = names
+    i_word, i_cpu, i_tsc, i_dom, i_vcpu = index
+    m = order.shape[0]
+    ts_ns = np.empty(m, dtype=np.int64)
+    ts_raw = np.empty(m, dtype=np.uint64)
+    has_ts = np.empty(m, dtype=np.bool_)
+    cpu = np.empty(m, dtype=np.int16)
+    dom = np.empty(m, dtype=np.int32)
+    vcpu = np.empty(m, dtype=np.int32)
+    event = np.empty(m, dtype=np.uint16)
+    code = np.empty(m, dtype=np.uint32)
+    nargs = np.empty(m, dtype=np.uint8)
+    args = np.zeros((7, m), dtype=np.uint64)
+    addr = np.zeros(m, dtype=np.uint64)
+    has_addr = np.zeros(m, dtype=np.bool_)
+    offset = np.empty(m, dtype=np.uint64)
+    for i in range(m):
+        s = order[i]
+        r = i_word[s]
+        h = words[r]
+        ev = h & EVENT_MASK
+        nx = (h >> 28) & 7
+        d = r + 1 + 2 * (h >> 31)
+        t = i_tsc[s]
+        ts_ns[i] = tsc_to_ns(t, origin, khz)
+        ts_raw[i] = t
+        has_ts[i] = (h >> 31) == 1
+        cpu[i] = i_cpu[s]
+        dom[i] = i_dom[s]
+        vcpu[i] = i_vcpu[s]
+        event[i] = _event_index(ev, table)
+        code[i] = ev
+        nargs[i] = nx
+        for j in range(nx):
+            args[j, i] = words[d + j]
+        if (ev >> 12) == 0x82 and nx >= 1:  # only HVM handler ids carry an address
+            for a in addr32:
+                if ev == a:
+                    addr[i] = words[d]
+                    has_addr[i] = True
+            if nx >= 2:
+                for a in addr64:
+                    if ev == a:
+                        addr[i] = np.uint64(words[d]) | (np.uint64(words[d + 1]) << np.uint64(32))
+                        has_addr[i] = True
+        offset[i] = np.uint64(r) * np.uint64(4)
+    return (ts_ns, ts_raw, has_ts, cpu, dom, vcpu, event, code, nargs, args, addr, has_addr,
+            offset)  # fmt: skip
+
+
+# Names of emit_records' outputs, in order.
+EMITTED = ("ts_ns", "ts_raw", "has_ts", "cpu", "dom", "vcpu", "event", "code", "nargs", "args",
+           "addr", "has_addr", "src_offset")  # fmt: skip

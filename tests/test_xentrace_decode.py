@@ -6,6 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 from helpers import ARM64, ARM_KHZ, X86_KHZ, X86_PV
+from hypothesis import given
+from hypothesis import strategies as st
 
 from xvtrace.parsers import xen_events as xe
 from xvtrace.parsers.schema import EVENT_SCHEMA
@@ -14,9 +16,9 @@ from xvtrace.parsers.xentrace import (
     XentraceDecoder,
     decode_file,
     encode_windows,
-    tsc_to_ns,
     write_frame,
 )
+from xvtrace.parsers.xentrace_scan import tsc_to_ns
 from xvtrace.synth import hvm_records
 
 RAW_COLS = ["cpu", "ts_raw", "has_ts", "code", "nargs", *[f"arg{i}" for i in range(7)]]
@@ -124,8 +126,19 @@ def test_merge_orders_cpus_by_time_and_attributes_vcpus(tmp_path):
 
 def test_tsc_to_ns_is_exact_for_large_spans():
     khz = 2_445_425
-    tsc = np.array([10**15 + 7], dtype=np.uint64)
-    assert tsc_to_ns(tsc, 7, khz)[0] == (10**15 * 10**6) // khz
+    assert tsc_to_ns(np.uint64(10**15 + 7), np.uint64(7), khz) == (10**15 * 10**6) // khz
+
+
+@given(
+    tsc=st.integers(0, 2**64 - 1),
+    origin=st.integers(0, 2**64 - 1),
+    khz=st.one_of(st.integers(1, 10_000_000), st.sampled_from([62_500, 2_445_425, 8_388_607])),
+)
+def test_tsc_to_ns_matches_exact_integer_arithmetic(tsc, origin, khz):
+    dt = (tsc - origin + 2**63) % 2**64 - 2**63  # the signed wrapping difference
+    if abs(dt * 10**6 // khz) >= 2**63 - 10**7:
+        return  # beyond an Int64 of ns (292 years): not representable by the schema
+    assert tsc_to_ns(np.uint64(tsc), np.uint64(origin), khz) == dt * 10**6 // khz
 
 
 def test_unknown_ids_keep_raw_words_and_are_counted(tmp_path):
@@ -138,7 +151,7 @@ def test_unknown_ids_keep_raw_words_and_are_counted(tmp_path):
     row = df.row(0, named=True)
     assert row["event"] == "unknown"
     assert row["code"] == 0x00089999
-    assert (row["arg0"], row["arg1"], row["arg2"]) == (0xAA, 0xBB, None)
+    assert (row["nargs"], row["arg0"], row["arg1"], row["arg2"]) == (2, 0xAA, 0xBB, 0)
 
 
 def test_guest_markers_are_named(tmp_path):
