@@ -12,19 +12,26 @@ ts_raw         UInt64     the timestamp exactly as the source wrote it (TSC, cou
 has_ts         Boolean    the record carried its own timestamp (False: inherited, see ts_ns)
 source         Enum       which decoder produced the row (SOURCES)
 cpu            Int16      physical CPU that emitted the record (null where unknown)
+thread         UInt32     host thread that emitted the record (QEMU log: the tid before '@';
+                          null for hypervisor records)
 dom            Int32      domain the record is attributed to: for xentrace, the domain whose
                           vCPU was running on that pCPU (null while unknown)
 vcpu           Int32      vCPU id within `dom` (null while unknown)
-event          Enum       dotted event name, e.g. ``hvm.vmexit``, ``sched.runstate_change``
-code           UInt32     the source's raw event id (xentrace: the 28-bit event id)
+event          Enum       dotted event name, e.g. ``hvm.vmexit``, ``sched.runstate_change``,
+                          ``qemu.virtqueue_pop`` (QEMU trace events keep their own names)
+code           UInt32     the source's raw event id (xentrace: the 28-bit event id; QEMU:
+                          the event's position in its trace-events file)
 nargs          UInt8      how many of arg0..arg6 the record carries
 arg0..arg6     UInt64     payload: for xentrace the raw 32-bit extra words in record order;
                           the event catalogue (xen_events) names and combines them. Never
                           null: arguments the record does not carry (index >= nargs) are 0,
                           which keeps seven validity bitmaps out of the hottest write path
 addr           UInt64     the address an event is about: IO port, MMIO/NPF guest physical
-                          address, descriptor address (null where none)
-dev            String     device identity for virtio events (null for hypervisor records)
+                          address, descriptor address; for QEMU virtqueue and block events
+                          the element / request pointer, which identifies a request while it
+                          is in flight (parsers.qemu_events; null where none)
+dev            String     device identity for virtio events (QEMU: the VirtIODevice pointer
+                          as text; null for hypervisor records)
 queue          UInt16     virtqueue index
 head           UInt32     descriptor head index of the virtqueue element
 size           UInt32     bytes moved by the event (element length, packet length)
@@ -37,15 +44,19 @@ from __future__ import annotations
 
 import polars as pl
 
+from xvtrace.parsers.trace_events import TraceEvents
 from xvtrace.parsers.xen_events import EVENT_NAMES as XEN_EVENT_NAMES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SOURCES = ("xentrace", "qemu", "ioreq", "virtqueue", "pcap", "emulator")
 SourceEnum = pl.Enum(SOURCES)
 
 # The Enum grows as decoders for more sources register their names; keep existing order.
-EVENT_NAMES: tuple[str, ...] = XEN_EVENT_NAMES
+EVENT_NAMES: tuple[str, ...] = (
+    *XEN_EVENT_NAMES,
+    *sorted(f"qemu.{name}" for name in TraceEvents.default().events),
+)
 EventEnum = pl.Enum(EVENT_NAMES)
 
 N_ARGS = 7
@@ -57,6 +68,7 @@ EVENT_SCHEMA: dict[str, pl.DataType] = {
     "has_ts": pl.Boolean(),
     "source": SourceEnum,
     "cpu": pl.Int16(),
+    "thread": pl.UInt32(),
     "dom": pl.Int32(),
     "vcpu": pl.Int32(),
     "event": EventEnum,

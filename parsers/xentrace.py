@@ -198,6 +198,20 @@ class XentraceDecoder:
             mm.close()
             fh.close()
 
+    def describe(self) -> dict:
+        """This file's entry in a bundle manifest (after decoding)."""
+        return {
+            "file": self.src_file,
+            "format": "xentrace",
+            "bytes": self.path.stat().st_size,
+            "windows": self.windows,
+            "cpus": sorted(self.cpus),
+            "first_tsc": self.first_tsc,
+            "last_tsc": self.last_tsc,
+            "clock": {"domain": "tsc", "cpu_khz": self.cpu_khz, "tsc_origin": self.tsc_origin},
+            **{k: v for k, v in self.stats.as_dict().items() if k != "path"},
+        }
+
     # Steps -----------------------------------------------------------------------------
     def _fill(self, words, win, state: _State) -> scan.Index:
         index, missing, probs = scan.index_records(

@@ -14,6 +14,7 @@ from helpers import ARM64, X86_PV
 from xvtrace import __version__
 from xvtrace.bundle import Bundle
 from xvtrace.cli import cli
+from xvtrace.parsers.schema import SCHEMA_VERSION
 
 
 def run(*args):
@@ -47,7 +48,7 @@ def test_version_and_help_on_every_command():
 def test_ingest_writes_a_complete_bundle(x86_bundle):
     b = Bundle.open(x86_bundle)
     m = b.manifest
-    assert m["schema_version"] == 1
+    assert m["schema_version"] == SCHEMA_VERSION == 2
     assert m["tool_version"] == __version__
     assert m["host"]["cpu_khz"] == 2445425  # from the capture's metadata.json
     assert m["host"]["hvm_vendor"] is None if "hvm_vendor" in m["host"] else True

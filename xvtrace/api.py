@@ -56,9 +56,11 @@ def events(bundle: Bundle, *, cpu_khz: int | None = None) -> pl.LazyFrame:
     origin = bundle.manifest.get("clock", {}).get("tsc_origin")
     if cpu_khz and cpu_khz != bundle.cpu_khz and origin is not None:
         dt = pl.col("ts_raw").cast(pl.Int128) - origin
+        ns = ((dt // cpu_khz) * 1_000_000 + ((dt % cpu_khz) * 1_000_000) // cpu_khz).cast(pl.Int64)
         ev = ev.with_columns(
-            ((dt // cpu_khz) * 1_000_000 + ((dt % cpu_khz) * 1_000_000) // cpu_khz)
-            .cast(pl.Int64)
+            pl.when(pl.col("source") == "xentrace")
+            .then(ns)
+            .otherwise(pl.col("ts_ns"))
             .alias("ts_ns")
         )
     return ev

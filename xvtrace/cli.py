@@ -121,14 +121,20 @@ def ingest_cmd(source, output, cpu_khz, hvm_vendor, progress, as_json):
         return
     click.echo(f"bundle: {result.bundle.path}")
     for s in m["sources"]:
+        if s["format"] == "xentrace":
+            what = f"{s['windows']} windows, pCPUs {s['cpus']}"
+            lost = f", lost {s['lost']} (reported by Xen)"
+        else:
+            what = f"threads {s.get('threads', [])}"
+            lost = ""
         click.echo(
-            f"  {s['file']}: {s['format']}, {s['bytes']} bytes, {s['windows']} windows, "
-            f"pCPUs {s['cpus']}: decoded {s['decoded']} records, skipped {s['skipped_bytes']} bytes, "
-            f"lost {s['lost']} (reported by Xen)"
+            f"  {s['file']}: {s['format']}, {s['bytes']} bytes, {what}: decoded {s['decoded']} "
+            f"records, skipped {s['skipped']} records / {s['skipped_bytes']} bytes{lost}"
         )
-    click.echo(
-        f"  events.parquet: {m['counts']['events']} events; cpu_khz {m['host']['cpu_khz']} ({m['host']['cpu_khz_source']})"
-    )
+    clock = ""
+    if m["host"].get("cpu_khz"):
+        clock = f"; cpu_khz {m['host']['cpu_khz']} ({m['host']['cpu_khz_source']})"
+    click.echo(f"  events.parquet: {m['counts']['events']} events{clock}")
 
 
 @cli.command("summary")

@@ -16,6 +16,7 @@ import polars as pl
 
 from xvtrace.parsers import xen_events as xe
 from xvtrace.parsers.schema import EVENT_NAMES
+from xvtrace.parsers.trace_events import TraceEvents
 
 DECIMAL_FIELDS = {
     "dom", "vcpu", "domid", "cpu", "lost", "count", "prev_dom", "prev_vcpu", "next_dom",
@@ -97,14 +98,16 @@ def format_lines(df: pl.DataFrame, vendor: str = "vmx") -> list[str]:
     if n == 0:
         return []
     df = df.rechunk()  # batches from collect_batches can be multi-chunk
-    ts = df["ts_ns"].to_numpy()
+    ts = df["ts_ns"].fill_null(0).to_numpy()
     sec, ns = np.divmod(ts, 1_000_000_000)
     head = (
         pl.DataFrame(
             {
                 "s": sec,
                 "ns": ns,
+                "has": df["ts_ns"].is_not_null(),
                 "cpu": df["cpu"],
+                "thread": df["thread"],
                 "dom": df["dom"],
                 "vcpu": df["vcpu"],
                 "event": df["event"].cast(pl.String),
@@ -112,10 +115,19 @@ def format_lines(df: pl.DataFrame, vendor: str = "vmx") -> list[str]:
         )
         .select(
             pl.format(
-                "{}.{} cpu{} {} {}",
-                pl.col("s").cast(pl.String).str.pad_start(4),
-                pl.col("ns").cast(pl.String).str.zfill(9),
-                pl.col("cpu"),
+                "{} {} {} {}",
+                pl.when(pl.col("has"))
+                .then(
+                    pl.format(
+                        "{}.{}",
+                        pl.col("s").cast(pl.String).str.pad_start(4),
+                        pl.col("ns").cast(pl.String).str.zfill(9),
+                    )
+                )
+                .otherwise(pl.lit("-".rjust(14))),
+                pl.when(pl.col("cpu").is_not_null())
+                .then(pl.format("cpu{}", pl.col("cpu")))
+                .otherwise(pl.format("t{}", pl.col("thread").cast(pl.String).fill_null("?"))),
                 pl.format(
                     "d{}v{}",
                     pl.col("dom").cast(pl.String).fill_null("?"),
@@ -134,8 +146,12 @@ def format_lines(df: pl.DataFrame, vendor: str = "vmx") -> list[str]:
         [df[f"arg{i}"].fill_null(0).to_numpy().astype(np.uint64) for i in range(7)]
     )
     tails = np.full(n, "", dtype=object)
-    for c in np.unique(code):
-        rows = np.flatnonzero(code == c)
+    is_xen = (df["source"] == "xentrace").to_numpy()
+    if not is_xen.all():
+        qemu = np.flatnonzero(~is_xen)
+        tails[qemu] = _qemu_tails(df[qemu], args[qemu], nargs[qemu])
+    for c in np.unique(code[is_xen]):
+        rows = np.flatnonzero((code == c) & is_xen)
         spec = xe.spec_for(int(c))
         a, na = args[rows], nargs[rows]
         if spec is None:  # unknown id: show it and every raw word it carried
@@ -156,6 +172,24 @@ def format_lines(df: pl.DataFrame, vendor: str = "vmx") -> list[str]:
             parts = np.where(present, parts + " " + text, parts)
         tails[rows] = parts
     return (head + tails).tolist()
+
+
+def _qemu_tails(df: pl.DataFrame, args: np.ndarray, nargs: np.ndarray) -> np.ndarray:
+    """`arg=value` for the numeric arguments of QEMU rows, named by their definitions."""
+    defs = TraceEvents.default()
+    tails = np.full(len(df), "", dtype=object)
+    names = df["event"].cast(pl.String).to_numpy()
+    for name in np.unique(names):
+        rows = np.flatnonzero(names == name)
+        ev = defs.events.get(name.removeprefix("qemu."))
+        convs = ev.numeric if ev else ()
+        parts = np.full(len(rows), "", dtype=object)
+        for i, conv in enumerate(convs[:7]):
+            fmt = "%d" if conv.kind == "dec" else "%#x"
+            text = f" {conv.arg}=" + np.char.mod(fmt, args[rows, i]).astype(object)
+            parts = np.where(nargs[rows] > i, parts + text, parts)
+        tails[rows] = parts
+    return tails
 
 
 def iter_lines(

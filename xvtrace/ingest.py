@@ -28,28 +28,41 @@ from xvtrace.bundle import (
     new_manifest,
     write_manifest,
 )
-from xvtrace.parsers import xentrace
+from xvtrace.parsers import qemu_log, trace_events, xentrace
 from xvtrace.parsers.errors import DecodeStats, ParseError
 from xvtrace.parsers.schema import EVENT_SCHEMA, SORT_KEY
 
-SNIFF_BYTES = 4096
+SNIFF_BYTES = 64 * 1024
 
-# format name -> content test on the first bytes of a file
-SNIFFERS: dict[str, Callable[[bytes], bool]] = {
-    "xentrace": xentrace.sniff,
-}
+
+@dataclass(frozen=True)
+class Format:
+    """A raw file format: how to recognise it and what it is for."""
+
+    name: str
+    sniff: Callable[[bytes], bool]
+    role: str  # "events": decoded into the table; "definitions": helps decode others
+
+
+# Content tests, most specific first (a file is the first format whose test passes).
+FORMATS = (
+    Format("xentrace", xentrace.sniff, "events"),
+    Format("qemu-trace-events", trace_events.looks_like_definitions, "definitions"),
+    Format("qemu-log", qemu_log.sniff, "events"),
+)
+FORMAT_NAMES = ", ".join(f.name for f in FORMATS)
 
 
 class IngestError(Exception):
     """Input that cannot become a bundle (unknown format, missing clock facts)."""
 
 
-def detect_format(path: Path) -> str | None:
+def detect_format(path: Path) -> Format | None:
     with path.open("rb") as fh:
         head = fh.read(SNIFF_BYTES)
-    for name, test in SNIFFERS.items():
-        if test(head):
-            return name
+    for fmt in FORMATS:
+        if fmt.sniff(head):
+            return fmt
     return None
 
 
@@ -189,35 +202,40 @@ def ingest(
                 head = fh.read(SNIFF_BYTES)
             if head[:4] == xentrace.CPU_CHANGE_HEADER.to_bytes(4, "little"):
                 raise ParseError(str(src), 0, xentrace.header_problem(head))
-            raise ParseError(
-                str(src), 0, "not a recognised capture format (expected a xentrace binary)"
-            )
+            raise ParseError(str(src), 0, f"not a recognised capture format ({FORMAT_NAMES})")
         bundle_dir = Path(out) if out else default_bundle_path(src)
         manifest = _load_or_new_manifest(bundle_dir)
         raw_files = [place_raw(src, bundle_dir)]
         origins = {raw_files[0]: src}
 
-    skipped_files = []
-    decoders = []
-    for f in raw_files:
-        fmt = detect_format(f) if f.stat().st_size else None
-        if fmt != "xentrace":
-            skipped_files.append(f.name)
-            warn(f"{f}: not a recognised capture format; skipped")
-            continue
-        khz, khz_source = resolve_cpu_khz(cpu_khz, manifest, f, warn, origins.get(f))
-        manifest["host"].update(cpu_khz=khz, cpu_khz_source=khz_source)
-        decoders.append(
-            xentrace.XentraceDecoder(
-                f, cpu_khz=khz, chunk_bytes=chunk_bytes, src_file=f"{RAW}/{f.name}"
-            )
+    formats = {f: detect_format(f) if f.stat().st_size else None for f in raw_files}
+    skipped_files = [f.name for f, fmt in formats.items() if fmt is None]
+    for name in skipped_files:
+        warn(
+            f"{bundle_dir / RAW / name}: not a recognised capture format ({FORMAT_NAMES}); skipped"
         )
+    defs = _definitions([f for f, fmt in formats.items() if fmt and fmt.role == "definitions"])
+    decoders = []
+    for f, fmt in formats.items():
+        if fmt is None or fmt.role != "events":
+            continue
+        src_file = f"{RAW}/{f.name}"
+        if fmt.name == "xentrace":
+            khz, khz_source = resolve_cpu_khz(cpu_khz, manifest, f, warn, origins.get(f))
+            manifest["host"].update(cpu_khz=khz, cpu_khz_source=khz_source)
+            dec = xentrace.XentraceDecoder(
+                f, cpu_khz=khz, chunk_bytes=chunk_bytes, src_file=src_file
+            )
+        else:
+            dec = qemu_log.QemuLogDecoder(f, defs=defs, src_file=src_file)
+        decoders.append(dec)
     if not decoders:
-        raise IngestError(f"{bundle_dir}: no decodable capture in {RAW}/")
-    if len(decoders) > 1:
-        # One clock origin for all files of the bundle: the earliest first TSC.
-        origin = min(_first_tsc(d.path) for d in decoders)
-        for d in decoders:
+        raise IngestError(f"{bundle_dir}: no decodable capture in {RAW}/ (formats: {FORMAT_NAMES})")
+    xen = [d for d in decoders if isinstance(d, xentrace.XentraceDecoder)]
+    if len(xen) > 1:
+        # One clock origin for all xentrace files of the bundle: the earliest first TSC.
+        origin = min(_first_tsc(d.path) for d in xen)
+        for d in xen:
             d.tsc_origin = origin
 
     _write_events(bundle_dir, decoders, progress)
@@ -227,13 +245,16 @@ def ingest(
         text = s.warning_text()
         if text:
             warn(text)
-    manifest["sources"] = [_source_entry(d) for d in decoders]
-    manifest["clock"] = {
-        "domain": "xentrace TSC",
-        "tsc_origin": decoders[0].tsc_origin,
-        "cpu_khz": manifest["host"]["cpu_khz"],
-        "ts_ns": "(tsc - tsc_origin) * 1e6 / cpu_khz",
-    }
+    manifest["sources"] = [d.describe() for d in decoders]
+    if xen:
+        manifest["clock"] = {
+            "domain": "xentrace TSC",
+            "tsc_origin": xen[0].tsc_origin,
+            "cpu_khz": manifest["host"]["cpu_khz"],
+            "ts_ns": "(tsc - tsc_origin) * 1e6 / cpu_khz",
+        }
+    if defs is not None:
+        manifest["definitions"] = defs.origin
     bundle = Bundle(bundle_dir, manifest)
     events = bundle.events()
     vendor = hvm_vendor or infer_hvm_vendor(events)
@@ -271,19 +292,15 @@ def _first_tsc(path: Path) -> int:
     return 0
 
 
-def _source_entry(dec: xentrace.XentraceDecoder) -> dict:
-    entry = {
-        "file": dec.src_file,
-        "format": "xentrace",
-        "bytes": dec.path.stat().st_size,
-        "windows": dec.windows,
-        "cpus": sorted(dec.cpus),
-        "first_tsc": dec.first_tsc,
-        "last_tsc": dec.last_tsc,
-    }
-    entry.update(dec.stats.as_dict())
-    entry.pop("path", None)
-    return entry
+def _definitions(files: list[Path]) -> trace_events.TraceEvents | None:
+    """The QEMU trace-event definitions shipped with the capture, if any (else the decoder
+    uses the packaged ones)."""
+    if not files:
+        return None
+    try:
+        return trace_events.TraceEvents.load(files[0])
+    except trace_events.DefinitionError as e:
+        raise IngestError(str(e)) from e
 
 
 def _write_events(bundle_dir: Path, decoders, progress) -> None:

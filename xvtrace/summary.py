@@ -20,6 +20,10 @@ RUNSTATE = "sched.runstate_change"
 CLASS_EXPR = (pl.col("code") // (1 << 16)) & 0xFFF
 
 
+def _us(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
 def record_bytes() -> pl.Expr:
     """On-disk size of a xentrace record: header, optional TSC, extra words."""
     return (4 + 8 * pl.col("has_ts").cast(pl.UInt32) + 4 * pl.col("nargs").cast(pl.UInt32)).cast(
@@ -280,6 +284,58 @@ def lost_records(ev: pl.LazyFrame) -> pl.DataFrame:
     )
 
 
+def virtqueues(ev: pl.LazyFrame) -> pl.DataFrame:
+    """Per device and virtqueue, from QEMU trace events: requests popped and filled, the
+    pop -> fill time (the device's service time for the element), bytes written back,
+    guest kicks and interrupts raised.
+
+    Elements are matched as QEMU reports them: the element pointer is reused, so the k-th
+    pop of a (device, queue, element) pairs with its k-th fill; completion order is free.
+    """
+    q = ev.filter(pl.col("source") == "qemu").sort("src_file", "src_offset")
+    key = ["dev", "queue", "addr"]
+    pops = (
+        q.filter(pl.col("event") == "qemu.virtqueue_pop")
+        .select(*key, pl.col("ts_ns").alias("pop_ns"))
+        .with_columns(pl.int_range(pl.len()).over(key).alias("k"))
+    )
+    fills = (
+        q.filter(pl.col("event") == "qemu.virtqueue_fill")
+        .select(*key, pl.col("ts_ns").alias("fill_ns"), "size")
+        .with_columns(pl.int_range(pl.len()).over(key).alias("k"))
+    )
+    matched = pops.join(fills, on=[*key, "k"], how="full", coalesce=True)
+    lat = (pl.col("fill_ns") - pl.col("pop_ns")) / 1000
+    per_queue = matched.group_by("dev", "queue").agg(
+        pl.col("pop_ns").is_not_null().sum().alias("pops"),
+        pl.col("fill_ns").is_not_null().sum().alias("fills"),
+        (pl.col("pop_ns").is_not_null() & pl.col("fill_ns").is_null()).sum().alias("in_flight"),
+        pl.col("size").sum().alias("bytes_filled"),
+        lat.quantile(0.5, "nearest").alias("p50_us"),
+        lat.quantile(0.95, "nearest").alias("p95_us"),
+        lat.max().alias("max_us"),
+    )
+    counts = q.group_by("dev", "queue").agg(
+        (pl.col("event") == "qemu.virtio_queue_notify").sum().alias("kicks"),
+        pl.col("event")
+        .is_in(["qemu.virtio_notify", "qemu.virtio_notify_irqfd"])
+        .sum()
+        .alias("irqs"),
+    )
+    kinds = q.filter(pl.col("event").cast(pl.String).str.starts_with("qemu.virtio_blk_")).select(
+        pl.col("dev").unique(), pl.lit("blk").alias("kind")
+    )
+    return (
+        per_queue.join(counts, on=["dev", "queue"], how="left", nulls_equal=True)
+        .join(kinds, on="dev", how="left")
+        .filter(pl.col("dev").is_not_null())
+        .sort("dev", "queue")
+        .select("dev", pl.col("kind").fill_null("?"), "queue", "pops", "fills", "in_flight",
+                "bytes_filled", "p50_us", "p95_us", "max_us", "kicks", "irqs")
+        .collect()
+    )  # fmt: skip
+
+
 def records_by_dom(ev: pl.LazyFrame) -> pl.DataFrame:
     return ev.group_by("dom", "vcpu").agg(pl.len().alias("records")).sort("dom", "vcpu").collect()
 
@@ -291,7 +347,8 @@ class Summary:
     sections: dict[str, pl.DataFrame]
 
     @classmethod
-    def of(cls, ev: pl.LazyFrame, *, vendor: str | None, cpu_khz: int | None) -> Summary:
+    def of(cls, events: pl.LazyFrame, *, vendor: str | None, cpu_khz: int | None) -> Summary:
+        ev = events.filter(pl.col("source") == "xentrace")
         sections = {
             "totals": totals(ev),
             "volume": volume(ev),
@@ -303,6 +360,7 @@ class Summary:
             "io": io_accesses(ev),
             "interrupts": interrupts(ev),
             "grants": grants(ev),
+            "virtqueues": virtqueues(events),
         }
         return cls(vendor, cpu_khz, sections)
 
@@ -314,6 +372,26 @@ class Summary:
         }
 
     def render(self) -> str:
+        s = self.sections
+        out = self._xen_lines() if s["totals"]["records"][0] else []
+        if len(s["virtqueues"]):
+            out.append("--- Virtqueues (QEMU trace) ---")
+            out.append(
+                "   device            kind queue    pops   fills inflight      bytes "
+                " pop->fill us {p50|p95|max}   kicks    irqs"
+            )
+            out.extend(
+                f"   {r['dev']:<17} {r['kind']:<4} {r['queue'] if r['queue'] is not None else '?':>5} "
+                f"{r['pops']:>7} {r['fills']:>7} {r['in_flight']:>8} {r['bytes_filled'] or 0:>10} "
+                f" {{{_us(r['p50_us'])}|{_us(r['p95_us'])}|{_us(r['max_us'])}}}"
+                f" {r['kicks'] or 0:>7} {r['irqs'] or 0:>7}"
+                for r in s["virtqueues"].iter_rows(named=True)
+            )
+        if not out:
+            out.append("No events.")
+        return "\n".join(out) + "\n"
+
+    def _xen_lines(self) -> list[str]:
         s = self.sections
         t = s["totals"].row(0, named=True)
         out: list[str] = []
@@ -349,7 +427,7 @@ class Summary:
             out.append(
                 f"(records before any vCPU was seen running on their pCPU: {unattributed['records'].sum()})"
             )
-        return "\n".join(out) + "\n"
+        return out
 
     def _domain_lines(self, dom: int) -> list[str]:
         s = self.sections
