@@ -122,7 +122,7 @@ class QemuLogDecoder:
         ev = self.defs.events.get(QUEUE_MAP_EVENT)
         if ev is None:
             return pl.DataFrame(schema={"_vq": pl.UInt64, "_vq_dev": pl.String, "_vq_n": pl.UInt16})
-        for _, lines in self._chunks(quiet=True):
+        for _, lines in self._chunks():
             hits = lines.filter(pl.col("line").str.contains(QUEUE_MAP_EVENT + " ", literal=True))
             if not len(hits):
                 continue
@@ -142,7 +142,7 @@ class QemuLogDecoder:
         return pl.concat(parts).unique(subset="_vq", keep="first", maintain_order=True)
 
     # Steps -----------------------------------------------------------------------------
-    def _chunks(self, quiet: bool = False) -> Iterator[tuple[int, pl.DataFrame]]:
+    def _chunks(self) -> Iterator[tuple[int, pl.DataFrame]]:
         """(offset after the chunk, lines with their byte offsets), whole lines only."""
         with self.path.open("rb") as fh:
             base = 0
@@ -161,12 +161,12 @@ class QemuLogDecoder:
                 else:
                     cut = len(data)  # last line without a newline
                 body, carry = data[:cut], data[cut:]
-                yield base + cut, self._lines(body, base, quiet)
+                yield base + cut, self._lines(body, base)
                 base += cut
                 if not block:
                     return
 
-    def _lines(self, body: bytes, base: int, quiet: bool) -> pl.DataFrame:
+    def _lines(self, body: bytes, base: int) -> pl.DataFrame:
         raw = np.frombuffer(body, dtype=np.uint8)
         ends = np.flatnonzero(raw == 10)
         if len(ends) == 0 or ends[-1] != len(raw) - 1:
@@ -178,11 +178,6 @@ class QemuLogDecoder:
         lines = pl.Series("line", [text]).str.split("\n").explode()
         if len(lines) != len(starts):  # cannot happen: '\n' is never part of a UTF-8 sequence
             raise ParseError(str(self.path), base, "line split mismatch")
-        bad = np.flatnonzero(raw[starts] == 0) if not quiet else []
-        for i in bad[:1]:
-            self.stats.add_problem(
-                Problem(base + int(starts[i]), "garbage", "NUL bytes instead of a trace line")
-            )
         return pl.DataFrame(
             {
                 "line": lines.str.strip_suffix("\r"),
@@ -296,6 +291,7 @@ def _split_prefix(lines: pl.DataFrame) -> pl.DataFrame:
     iso = pl.col("iso").str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_unit="ns", strict=False)
     return p.select(
         "src_offset",
+        "line",
         "name",
         pl.col("rest").fill_null(""),
         pl.col("tid").cast(pl.UInt32, strict=False).alias("thread"),

@@ -8,3 +8,4 @@ X86_PV = FIXTURES / "xentrace" / "x86-pv-blkfront"
 ARM64 = FIXTURES / "xentrace" / "arm64-pvh-blkfront"
 X86_KHZ = 2445425  # metadata.json cpu_khz
 ARM_KHZ = 62500  # metadata.json counter_hz / 1000
+QEMU_PCI = FIXTURES / "qemu" / "q35-virtio-pci"
