@@ -22,12 +22,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from xvtrace.parsers.errors import DecodeStats, ParseError, Problem
 from xvtrace.parsers.qemu_events import QUEUE_MAP_EVENT, roles_for
 from xvtrace.parsers.schema import EVENT_NAMES, EVENT_SCHEMA, N_ARGS, conform
+from xvtrace.parsers.textlines import iter_lines
 from xvtrace.parsers.trace_events import EventDef, TraceEvents
 
 SOURCE = "qemu"
@@ -143,47 +143,7 @@ class QemuLogDecoder:
 
     # Steps -----------------------------------------------------------------------------
     def _chunks(self) -> Iterator[tuple[int, pl.DataFrame]]:
-        """(offset after the chunk, lines with their byte offsets), whole lines only."""
-        with self.path.open("rb") as fh:
-            base = 0
-            carry = b""
-            while True:
-                block = fh.read(self.chunk_bytes)
-                data = carry + block
-                if not data:
-                    return
-                if block:
-                    cut = data.rfind(b"\n") + 1
-                    if cut == 0 and len(data) < 64 * self.chunk_bytes:
-                        carry = data
-                        continue
-                    cut = cut or len(data)
-                else:
-                    cut = len(data)  # last line without a newline
-                body, carry = data[:cut], data[cut:]
-                yield base + cut, self._lines(body, base)
-                base += cut
-                if not block:
-                    return
-
-    def _lines(self, body: bytes, base: int) -> pl.DataFrame:
-        raw = np.frombuffer(body, dtype=np.uint8)
-        ends = np.flatnonzero(raw == 10)
-        if len(ends) == 0 or ends[-1] != len(raw) - 1:
-            ends = np.append(ends, len(raw))
-        starts = np.concatenate(([0], ends[:-1] + 1))
-        text = body.decode("utf-8", errors="replace")
-        if text.endswith("\n"):
-            text = text[:-1]
-        lines = pl.Series("line", [text]).str.split("\n").explode()
-        if len(lines) != len(starts):  # cannot happen: '\n' is never part of a UTF-8 sequence
-            raise ParseError(str(self.path), base, "line split mismatch")
-        return pl.DataFrame(
-            {
-                "line": lines.str.strip_suffix("\r"),
-                "src_offset": starts.astype(np.uint64) + np.uint64(base),
-            }
-        )
+        return iter_lines(self.path, self.chunk_bytes)
 
     def _decode(self, lines: pl.DataFrame) -> pl.DataFrame | None:
         lines = lines.filter(pl.col("line").str.len_bytes() > 0)

@@ -53,9 +53,20 @@ SOURCES = ("xentrace", "qemu", "ioreq", "virtqueue", "pcap", "emulator")
 SourceEnum = pl.Enum(SOURCES)
 
 # The Enum grows as decoders for more sources register their names; keep existing order.
+# Names of the decoders that are not catalogues of someone else's events (parsers.pcap,
+# parsers.virtqueue, parsers.ioreq).
+OWN_EVENT_NAMES = (
+    "net.packet",
+    "virtqueue.status",
+    "virtqueue.desc",
+    "virtqueue.avail",
+    "virtqueue.used",
+    "ioreq.slot",
+)
 EVENT_NAMES: tuple[str, ...] = (
     *XEN_EVENT_NAMES,
     *sorted(f"qemu.{name}" for name in TraceEvents.default().events),
+    *OWN_EVENT_NAMES,
 )
 EventEnum = pl.Enum(EVENT_NAMES)
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import polars as pl
 
+from xvtrace.parsers import pcap, virtqueue
 from xvtrace.parsers import xen_events as xe
 from xvtrace.parsers.schema import EVENT_NAMES
 from xvtrace.parsers.trace_events import TraceEvents
@@ -127,7 +128,9 @@ def format_lines(df: pl.DataFrame, vendor: str = "vmx") -> list[str]:
                 .otherwise(pl.lit("-".rjust(14))),
                 pl.when(pl.col("cpu").is_not_null())
                 .then(pl.format("cpu{}", pl.col("cpu")))
-                .otherwise(pl.format("t{}", pl.col("thread").cast(pl.String).fill_null("?"))),
+                .when(pl.col("thread").is_not_null())
+                .then(pl.format("t{}", pl.col("thread")))
+                .otherwise(pl.lit("-")),
                 pl.format(
                     "d{}v{}",
                     pl.col("dom").cast(pl.String).fill_null("?"),
@@ -146,10 +149,14 @@ def format_lines(df: pl.DataFrame, vendor: str = "vmx") -> list[str]:
         [df[f"arg{i}"].fill_null(0).to_numpy().astype(np.uint64) for i in range(7)]
     )
     tails = np.full(n, "", dtype=object)
-    is_xen = (df["source"] == "xentrace").to_numpy()
-    if not is_xen.all():
-        qemu = np.flatnonzero(~is_xen)
+    source = df["source"].cast(pl.String).to_numpy()
+    is_xen = source == "xentrace"
+    qemu = np.flatnonzero(source == "qemu")
+    if len(qemu):
         tails[qemu] = _qemu_tails(df[qemu], args[qemu], nargs[qemu])
+    own = np.flatnonzero(~is_xen & (source != "qemu"))
+    if len(own):
+        tails[own] = _own_tails(df[own], args[own], nargs[own])
     for c in np.unique(code[is_xen]):
         rows = np.flatnonzero((code == c) & is_xen)
         spec = xe.spec_for(int(c))
@@ -190,6 +197,39 @@ def _qemu_tails(df: pl.DataFrame, args: np.ndarray, nargs: np.ndarray) -> np.nda
             parts = np.where(nargs[rows] > i, parts + text, parts)
         tails[rows] = parts
     return tails
+
+
+OWN_ARG_NAMES = {**pcap.ARG_NAMES, **virtqueue.ARG_NAMES}
+
+
+def _own_tails(df: pl.DataFrame, args: np.ndarray, nargs: np.ndarray) -> np.ndarray:
+    """Shared columns and named arguments of the rows of xvtrace's own decoders."""
+    n = len(df)
+    parts = np.full(n, "", dtype=object)
+    for col, fmt in (
+        ("dev", "%s"),
+        ("queue", "%d"),
+        ("head", "%d"),
+        ("addr", "%#x"),
+        ("size", "%d"),
+    ):
+        s = df[col]
+        present = s.is_not_null().to_numpy()
+        if present.any():
+            vals = s.fill_null(0 if col != "dev" else "").to_numpy()
+            text = (
+                f" {col}=" + np.char.mod(fmt, vals).astype(object)
+                if col != "dev"
+                else " dev=" + vals.astype(object)
+            )
+            parts = np.where(present, parts + text, parts)
+    names = df["event"].cast(pl.String).to_numpy()
+    for name in np.unique(names):
+        rows = np.flatnonzero(names == name)
+        for i, arg in enumerate(OWN_ARG_NAMES.get(name, ())):
+            text = f" {arg}=" + np.char.mod("%d", args[rows, i]).astype(object)
+            parts[rows] = np.where(nargs[rows] > i, parts[rows] + text, parts[rows])
+    return parts
 
 
 def iter_lines(

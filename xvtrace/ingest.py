@@ -28,7 +28,7 @@ from xvtrace.bundle import (
     new_manifest,
     write_manifest,
 )
-from xvtrace.parsers import qemu_log, trace_events, xentrace
+from xvtrace.parsers import pcap, qemu_log, trace_events, virtqueue, xentrace
 from xvtrace.parsers.errors import DecodeStats, ParseError
 from xvtrace.parsers.schema import EVENT_SCHEMA, SORT_KEY
 
@@ -47,6 +47,9 @@ class Format:
 # Content tests, most specific first (a file is the first format whose test passes).
 FORMATS = (
     Format("xentrace", xentrace.sniff, "events"),
+    Format("pcap", pcap.sniff, "events"),
+    Format("guest-memory-core", virtqueue.sniff_core, "events"),
+    Format("qmp-virtqueues", virtqueue.sniff_qmp, "events"),
     Format("qemu-trace-events", trace_events.looks_like_definitions, "definitions"),
     Format("qemu-log", qemu_log.sniff, "events"),
 )
@@ -215,20 +218,7 @@ def ingest(
             f"{bundle_dir / RAW / name}: not a recognised capture format ({FORMAT_NAMES}); skipped"
         )
     defs = _definitions([f for f, fmt in formats.items() if fmt and fmt.role == "definitions"])
-    decoders = []
-    for f, fmt in formats.items():
-        if fmt is None or fmt.role != "events":
-            continue
-        src_file = f"{RAW}/{f.name}"
-        if fmt.name == "xentrace":
-            khz, khz_source = resolve_cpu_khz(cpu_khz, manifest, f, warn, origins.get(f))
-            manifest["host"].update(cpu_khz=khz, cpu_khz_source=khz_source)
-            dec = xentrace.XentraceDecoder(
-                f, cpu_khz=khz, chunk_bytes=chunk_bytes, src_file=src_file
-            )
-        else:
-            dec = qemu_log.QemuLogDecoder(f, defs=defs, src_file=src_file)
-        decoders.append(dec)
+    decoders = _decoders(formats, defs, manifest, cpu_khz, chunk_bytes, warn, origins)
     if not decoders:
         raise IngestError(f"{bundle_dir}: no decodable capture in {RAW}/ (formats: {FORMAT_NAMES})")
     xen = [d for d in decoders if isinstance(d, xentrace.XentraceDecoder)]
@@ -290,6 +280,40 @@ def _first_tsc(path: Path) -> int:
         if len(frame):
             return int(frame["ts_raw"].min())
     return 0
+
+
+# Decoding order: QMP polls before memory dumps (a dump is read at the ring addresses the
+# polls report); the rest as found.
+DECODE_ORDER = ("xentrace", "qemu-log", "pcap", "qmp-virtqueues", "guest-memory-core")
+
+
+def _decoders(formats, defs, manifest, cpu_khz, chunk_bytes, warn, origins) -> list:
+    decoders = []
+    qmp_polls: list[virtqueue.QmpVirtqueueDecoder] = []
+
+    def rings() -> list[virtqueue.Ring]:
+        return [r for d in qmp_polls for r in d.rings.values()]
+
+    events = [(f, fmt) for f, fmt in formats.items() if fmt is not None and fmt.role == "events"]
+    for f, fmt in sorted(events, key=lambda kv: DECODE_ORDER.index(kv[1].name)):
+        src_file = f"{RAW}/{f.name}"
+        if fmt.name == "xentrace":
+            khz, khz_source = resolve_cpu_khz(cpu_khz, manifest, f, warn, origins.get(f))
+            manifest["host"].update(cpu_khz=khz, cpu_khz_source=khz_source)
+            dec = xentrace.XentraceDecoder(
+                f, cpu_khz=khz, chunk_bytes=chunk_bytes, src_file=src_file
+            )
+        elif fmt.name == "pcap":
+            dec = pcap.PcapDecoder(f, src_file=src_file)
+        elif fmt.name == "qmp-virtqueues":
+            dec = virtqueue.QmpVirtqueueDecoder(f, src_file=src_file)
+            qmp_polls.append(dec)
+        elif fmt.name == "guest-memory-core":
+            dec = virtqueue.RingDumpDecoder(f, rings, src_file=src_file)
+        else:
+            dec = qemu_log.QemuLogDecoder(f, defs=defs, src_file=src_file)
+        decoders.append(dec)
+    return decoders
 
 
 def _definitions(files: list[Path]) -> trace_events.TraceEvents | None:

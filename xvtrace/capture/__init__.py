@@ -1,0 +1,446 @@
+"""Live capture on a test host into a bundle's raw/: xentrace (on a Xen dom0), QEMU trace
+events and virtqueue state through each VM's QMP socket, and packets.
+
+Every source is started, polled and stopped by one loop; a source that fails is recorded in
+the manifest with its error and the others go on. Nothing here runs a shell: every external
+program is started from an argument list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from xvtrace import __version__
+from xvtrace.bundle import RAW, new_manifest, write_manifest
+from xvtrace.capture.qmp import QMP, QMPError
+from xvtrace.parsers.trace_events import DEFAULT_FILE
+
+META = "meta"  # bundle/meta/: host facts captured alongside (xl info, QMP answers)
+TRACE_EVENTS_ALL = Path("/usr/share/qemu/trace-events-all")  # Debian qemu-system-common
+DEFAULT_PATTERNS = (
+    "virtio_*",
+    "virtqueue_*",
+    "handle_ioreq*",
+    "cpu_ioreq_*",
+    "xen_map_cache*",
+    "xen_remap_bucket",
+)
+
+
+class CaptureError(Exception):
+    """Capture cannot start (nothing to capture, bundle exists, bad option)."""
+
+
+def is_dom0() -> bool:
+    try:
+        return "control_d" in Path("/proc/xen/capabilities").read_text()
+    except OSError:
+        return False
+
+
+def clock_reading(label: str) -> dict:
+    """The host clocks read back to back, for aligning sources later."""
+    return {
+        "label": label,
+        "realtime_ns": time.clock_gettime_ns(time.CLOCK_REALTIME),
+        "monotonic_ns": time.clock_gettime_ns(time.CLOCK_MONOTONIC),
+        "realtime_after_ns": time.clock_gettime_ns(time.CLOCK_REALTIME),
+    }
+
+
+# --- sources --------------------------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """One thing being captured; `entry` ends up in manifest.capture.sources."""
+
+    kind: str
+    entry: dict = field(default_factory=dict)
+    finished: bool = False
+
+    def start(self) -> None: ...
+
+    def poll(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def fail(self, error: str) -> None:
+        self.entry["ok"] = False
+        self.entry["error"] = error
+        self.finished = True
+
+
+class XentraceSource(Source):
+    """`xentrace -D -e MASK FILE` in dom0, plus `xl info` / `xl list` for the host facts."""
+
+    def __init__(self, bundle: Path, mask: str):
+        super().__init__("xentrace", {"kind": "xentrace", "file": f"{RAW}/xentrace.bin"})
+        self.bundle, self.mask = bundle, mask
+        self.proc: subprocess.Popen | None = None
+        self.facts: dict = {}
+
+    def start(self) -> None:
+        exe = shutil.which("xentrace")
+        if not exe:
+            return self.fail("xentrace not found (Debian: apt-get install xen-utils-4.17)")
+        for name in ("info", "list"):
+            try:
+                out = subprocess.run(
+                    ["xl", name], capture_output=True, text=True, timeout=30, check=True
+                ).stdout
+            except (OSError, subprocess.SubprocessError) as e:
+                self.entry.setdefault("warnings", []).append(f"xl {name}: {e}")
+                continue
+            (self.bundle / META / f"xl-{name}.txt").write_text(out)
+            if name == "info":
+                self.facts = parse_xl_info(out)
+        self.err = (self.bundle / META / "xentrace.stderr").open("wb")
+        self.proc = subprocess.Popen(
+            [exe, "-D", "-e", self.mask, str(self.bundle / self.entry["file"])],
+            stdout=subprocess.DEVNULL,
+            stderr=self.err,
+        )
+        self.entry.update(ok=True, mask=self.mask, argv=self.proc.args)
+
+    def poll(self) -> None:
+        if self.proc and self.proc.poll() is not None and not self.finished:
+            self.fail(f"xentrace exited early with status {self.proc.returncode}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # xentrace flushes its buffers on SIGINT
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.entry["warnings"] = [*self.entry.get("warnings", []), "killed after 30 s"]
+        if self.proc:
+            self.err.close()
+
+
+def parse_xl_info(text: str) -> dict:
+    facts = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        facts[key.strip()] = value.strip()
+    out = {}
+    if facts.get("cpu_mhz"):
+        with contextlib.suppress(ValueError):
+            out["cpu_khz"] = round(float(facts["cpu_mhz"]) * 1000)
+    if facts.get("xen_major"):
+        out["xen_version"] = (
+            f"{facts['xen_major']}.{facts.get('xen_minor', '?')}{facts.get('xen_extra', '')}"
+        )
+    for key in ("nr_cpus", "xen_caps", "xen_scheduler"):
+        if key in facts:
+            out[key] = facts[key]
+    return out
+
+
+class QemuSource(Source):
+    """One VM's QMP socket: trace events on into raw/qemu-N.log, virtqueue state polled
+    into raw/virtqueues-N.jsonl, and optionally packet dumps of its netdevs.
+
+    Only x-query-virtio-queue-status is polled. x-query-virtio-queue-element is not: on
+    QEMU 7.2 asking for an element whose chain the guest is rewriting ends in virtio_error
+    ("Desc next is 65535"), which marks the device broken and hangs the guest's I/O (seen
+    here on a live virtio-blk-pci guest)."""
+
+    def __init__(self, bundle: Path, index: int, socket: Path, patterns, netdevs, resume):
+        name = f"qemu-{index}"
+        super().__init__(
+            "qemu",
+            {
+                "kind": "qemu",
+                "qmp": str(socket),
+                "trace_log": f"{RAW}/{name}.log",
+                "virtqueues": f"{RAW}/virtqueues-{index}.jsonl",
+            },
+        )
+        self.bundle, self.index, self.socket = bundle, index, socket
+        self.patterns, self.netdevs, self.resume = patterns, netdevs, resume
+        self.qmp: QMP | None = None
+        self.queues: list[tuple[str, int]] = []
+        self.jsonl = None
+        self.polls = 0
+
+    def start(self) -> None:
+        try:
+            self.qmp = QMP(self.socket)
+            self.entry["qemu_version"] = self.qmp.qemu_version
+            status = self.qmp.execute("query-status")
+            devices = self._devices()
+            log = self.bundle / self.entry["trace_log"]
+            log.touch()
+            self.qmp.hmp(f"logfile {log}")
+            enabled = []
+            for pat in self.patterns:
+                try:
+                    self.qmp.execute("trace-event-set-state", name=pat, enable=True)
+                    enabled.append(pat)
+                except QMPError as e:
+                    self.entry.setdefault("warnings", []).append(str(e))
+            self.entry["trace_patterns"] = enabled
+            self.entry["devices"] = devices
+            dumps = []
+            for nd in self.netdevs:
+                f = f"{RAW}/{self.index}-{nd}.pcap"
+                try:
+                    self.qmp.execute(
+                        "object-add",
+                        **{"qom-type": "filter-dump", "id": f"xvt-dump-{nd}", "netdev": nd,
+                           "file": str(self.bundle / f)},
+                    )  # fmt: skip
+                    dumps.append(f)
+                except QMPError as e:
+                    self.entry.setdefault("warnings", []).append(str(e))
+            self.entry["pcaps"] = dumps
+            self.jsonl = (self.bundle / self.entry["virtqueues"]).open("w")
+            self.entry["ok"] = True
+            self.entry["status_at_start"] = status.get("status")
+            if self.resume and not status.get("running"):
+                self.qmp.execute("cont")
+                self.entry["resumed"] = True
+        except (QMPError, OSError) as e:
+            self.fail(str(e))
+
+    def _devices(self) -> list[dict]:
+        assert self.qmp is not None
+        try:
+            devices = self.qmp.execute("x-query-virtio") or []
+        except QMPError as e:  # older QEMU: no virtqueue introspection
+            self.entry.setdefault("warnings", []).append(str(e))
+            return []
+        for d in devices:
+            try:
+                st = self.qmp.execute("x-query-virtio-status", path=d["path"])
+                d["num_vqs"] = st.get("num-vqs", 0)
+                d["device_id"] = st.get("device-id")
+            except QMPError:
+                d["num_vqs"] = 0
+            self.queues.extend((d["path"], q) for q in range(d["num_vqs"]))
+        return devices
+
+    def poll(self) -> None:
+        if self.finished or self.qmp is None:
+            return
+        try:
+            now = time.clock_gettime_ns(time.CLOCK_REALTIME)
+            for path, q in self.queues:
+                st = self.qmp.execute("x-query-virtio-queue-status", path=path, queue=q)
+                rec = {"xvtrace": "qmp-virtqueue-status", "t_ns": now, "path": path, "queue": q,
+                       "status": st}  # fmt: skip
+                self.jsonl.write(json.dumps(rec) + "\n")
+            self.polls += 1
+        except QMPError:
+            # The VM has gone (a guest powering off ends QEMU): its files are complete.
+            self.finished = True
+            self.entry["ended"] = "VM exited"
+
+    def stop(self) -> None:
+        self.entry["polls"] = self.polls
+        if self.jsonl:
+            self.jsonl.close()
+        if self.qmp is None:
+            return
+        if not self.finished:
+            try:
+                for pat in self.entry.get("trace_patterns", []):
+                    self.qmp.execute("trace-event-set-state", name=pat, enable=False)
+                for f in self.entry.get("pcaps", []):
+                    nd = f.split("-", 1)[1].removesuffix(".pcap")
+                    self.qmp.execute("object-del", id=f"xvt-dump-{nd}")
+                self.qmp.hmp("logfile /dev/null")  # closes (flushes) the trace log
+            except QMPError as e:
+                self.entry.setdefault("warnings", []).append(f"at stop: {e}")
+        self.qmp.close()
+
+
+class IfaceSource(Source):
+    """Packets of a host interface into raw/IFACE.pcap (scapy; needs CAP_NET_RAW)."""
+
+    def __init__(self, bundle: Path, iface: str):
+        super().__init__("pcap", {"kind": "iface", "iface": iface, "file": f"{RAW}/{iface}.pcap"})
+        self.bundle, self.iface = bundle, iface
+        self.sniffer = None
+        self.writer = None
+
+    def start(self) -> None:
+        try:
+            from scapy.sendrecv import AsyncSniffer
+            from scapy.utils import PcapWriter
+
+            self.writer = PcapWriter(str(self.bundle / self.entry["file"]), sync=True)
+            self.sniffer = AsyncSniffer(iface=self.iface, prn=self.writer.write, store=False)
+            self.sniffer.start()
+            self.entry["ok"] = True
+        except (OSError, ImportError, ValueError) as e:
+            self.fail(f"cannot sniff {self.iface}: {e}")
+
+    def stop(self) -> None:
+        if self.sniffer is not None:
+            try:
+                self.sniffer.stop()
+            except Exception as e:  # scapy raises bare Exceptions from its thread
+                self.entry.setdefault("warnings", []).append(str(e))
+        if self.writer is not None:
+            self.writer.close()
+
+
+# --- the session ----------------------------------------------------------------------
+
+
+@dataclass
+class CaptureOptions:
+    out: Path
+    duration: float | None = None
+    qmp: tuple[Path, ...] = ()
+    ifaces: tuple[str, ...] = ()
+    netdevs: tuple[str, ...] = ()
+    xentrace: bool | None = None  # None: when running in dom0
+    xentrace_mask: str = "all"
+    patterns: tuple[str, ...] = DEFAULT_PATTERNS
+    resume: bool = False
+    interval: float = 0.05  # main loop tick (stop conditions)
+    poll_interval: float = 0.5  # virtqueue state polls: QMP commands take QEMU's main loop
+
+
+def capture(
+    opts: CaptureOptions,
+    status: Callable[[str], None] | None = None,
+    stop_flag: Callable[[], bool] = lambda: False,
+) -> dict:
+    """Run a capture until the duration passes, every traced VM exits, or `stop_flag()`
+    (set by SIGINT/SIGTERM in the CLI); return the manifest written to the bundle."""
+    out = opts.out
+    if out.exists() and any(out.iterdir()):
+        raise CaptureError(f"{out}: exists and is not empty; choose a new bundle directory")
+    use_xentrace = is_dom0() if opts.xentrace is None else opts.xentrace
+    if not (use_xentrace or opts.qmp or opts.ifaces):
+        raise CaptureError(
+            "nothing to capture: not a Xen dom0 (no xentrace), and no --qmp or --iface given"
+        )
+    (out / RAW).mkdir(parents=True, exist_ok=True)
+    (out / META).mkdir(exist_ok=True)
+    sources: list[Source] = []
+    if use_xentrace:
+        sources.append(XentraceSource(out, opts.xentrace_mask))
+    sources += [
+        QemuSource(out, i, Path(s), opts.patterns, opts.netdevs, opts.resume)
+        for i, s in enumerate(opts.qmp)
+    ]
+    sources += [IfaceSource(out, i) for i in opts.ifaces]
+
+    manifest = new_manifest()
+    manifest["host"].update(
+        hostname=platform.node(), kernel=platform.release(), machine=platform.machine()
+    )
+    clocks = [clock_reading("start")]
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+    for s in sources:
+        s.start()
+    reason = "duration"
+    next_poll = 0.0
+    try:
+        while True:
+            elapsed = time.monotonic() - t0
+            if elapsed >= next_poll:
+                next_poll = elapsed + opts.poll_interval
+                for s in sources:
+                    s.poll()
+            if status:
+                status(_status_line(elapsed, out))
+            if stop_flag():
+                reason = "signal"
+                break
+            if opts.duration is not None and elapsed >= opts.duration:
+                break
+            qemus = [s for s in sources if isinstance(s, QemuSource)]
+            if qemus and all(s.finished for s in qemus):
+                reason = "every traced VM exited"
+                break
+            if all(s.finished for s in sources):
+                reason = "every source stopped"
+                break
+            time.sleep(opts.interval)
+    finally:
+        for s in sources:
+            s.stop()
+        clocks.append(clock_reading("stop"))
+    _keep_definitions(out, opts.patterns if opts.qmp else ())
+    for s in sources:
+        if isinstance(s, XentraceSource) and s.facts:
+            manifest["host"].update(s.facts)
+            if "cpu_khz" in s.facts:
+                manifest["host"]["cpu_khz_source"] = "xl info cpu_mhz"
+    manifest["capture"] = {
+        "tool": f"xvtrace {__version__}",
+        "argv": sys.argv,
+        "started_utc": started.isoformat(),
+        "stopped_utc": datetime.now(UTC).isoformat(),
+        "stop_reason": reason,
+        "clock_readings": clocks,
+        "sources": [s.entry for s in sources],
+        "files": {
+            str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()
+        },
+    }
+    write_manifest(out, manifest)
+    return manifest
+
+
+def _keep_definitions(out: Path, patterns) -> None:
+    """Copy the definitions of the traced QEMU events beside the capture, so it decodes
+    the same way anywhere (the layout of a trace line depends on them)."""
+    if not patterns:
+        return
+    if TRACE_EVENTS_ALL.is_file():
+        src, text = TRACE_EVENTS_ALL, TRACE_EVENTS_ALL.read_text(errors="replace")
+    else:
+        from importlib import resources
+
+        src = Path(DEFAULT_FILE)
+        text = resources.files("xvtrace.parsers").joinpath("data", DEFAULT_FILE).read_text()
+    keep = [f"# QEMU trace-event definitions of the traced events, from {src}"]
+    for line in text.splitlines():
+        name = line.split("(", 1)[0].split()[-1] if "(" in line and not line.startswith("#") else ""
+        if name and any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            keep.append(line)
+    (out / RAW / "trace-events").write_text("\n".join(keep) + "\n")
+
+
+def _status_line(elapsed: float, out: Path) -> str:
+    files = [p for p in (out / RAW).iterdir() if p.is_file()]
+    total = sum(p.stat().st_size for p in files)
+    return f"capturing {elapsed:6.1f} s: {len(files)} files, {total / 1e6:.1f} MB in {out / RAW}"
+
+
+def default_status(enabled: bool) -> Callable[[str], None] | None:
+    if not enabled:
+        return None
+    last = [0.0]
+
+    def show(line: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.5:
+            last[0] = now
+            print(f"\r{line}", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+__all__ = ["CaptureError", "CaptureOptions", "capture", "default_status", "is_dom0"]
