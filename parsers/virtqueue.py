@@ -76,11 +76,21 @@ class GuestMemory:
     PT_LOAD segments placed at their p_paddr."""
 
     def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._fh = self.path.open("rb")
+        try:
+            self.segments = sorted(self._segments())
+            self._map = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except BaseException:
+            self._fh.close()
+            raise
+
+    def _segments(self) -> list[tuple[int, int, int]]:
         from elftools.common.exceptions import ELFError
         from elftools.elf.elffile import ELFFile
 
-        self.path = Path(path)
-        self._fh = self.path.open("rb")
+        if self.path.stat().st_size == 0:
+            raise ParseError(str(self.path), 0, "empty file: no ELF core")
         try:
             elf = ELFFile(self._fh)
             if elf["e_type"] != "ET_CORE":
@@ -90,18 +100,15 @@ class GuestMemory:
                 for s in elf.iter_segments()
                 if s["p_type"] == "PT_LOAD" and s["p_filesz"]
             ]
-        except ELFError as e:
-            self._fh.close()
+        except (ELFError, ValueError, KeyError, OSError) as e:  # pyelftools on garbage
             raise ParseError(str(self.path), 0, f"not a readable ELF core: {e}") from e
         size = self.path.stat().st_size
         for paddr, filesz, off in segs:
             if off + filesz > size:
-                self._fh.close()
                 raise ParseError(
                     str(self.path), off, f"segment at gpa {paddr:#x} runs past the end of the file"
                 )
-        self.segments = sorted(segs)
-        self._map = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        return segs
 
     def read(self, gpa: int, n: int) -> bytes | None:
         """n bytes at a guest physical address, or None when the dump does not hold them."""
@@ -112,8 +119,7 @@ class GuestMemory:
         return None
 
     def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
+        self._map.close()
         self._fh.close()
 
 

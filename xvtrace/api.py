@@ -22,7 +22,7 @@ from xvtrace.bundle import Bundle
 from xvtrace.dump import iter_lines, select_events
 from xvtrace.ingest import IngestResult
 from xvtrace.ingest import ingest as _ingest
-from xvtrace.summary import Summary
+from xvtrace.summary import Summary, virtqueues
 
 _TEMP_DIRS: list[str] = []
 
@@ -83,3 +83,6 @@ def dump_lines(path, *, limit=None, cpu_khz=None, hvm_vendor=None, **filters) ->
     bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
     ev = select_events(events(bundle, cpu_khz=cpu_khz), **filters)
     return iter_lines(ev, _vendor(bundle, hvm_vendor) or "vmx", limit=limit)
+
+
+__all__ = ["dump_lines", "events", "ingest", "load", "summarize", "virtqueues"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def _guard(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except BrokenPipeError:  # `xvtrace dump ... | head`: the reader left, not an error
+            # Python flushes stdout again at exit; point it at /dev/null so that is quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return None
         except (
             ParseError,
             IngestError,
@@ -41,9 +46,6 @@ def _guard(fn):
             ValueError,
         ) as e:
             raise UserError(str(e)) from e
-        except BrokenPipeError:  # `xvtrace dump ... | head`
-            sys.stderr.close()
-            return None
 
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
@@ -284,6 +286,12 @@ def dump_cmd(source, events, codes, doms, cpus, start, end, limit, cpu_khz, hvm_
     "trace from the first instruction).",
 )
 @click.option(
+    "--dump-memory",
+    is_flag=True,
+    help="At the end, dump each still-running VM's memory (ELF core) so the virtqueue rings "
+    "can be decoded as the guest left them.",
+)
+@click.option(
     "--ingest/--no-ingest",
     default=True,
     show_default=True,
@@ -296,7 +304,7 @@ def dump_cmd(source, events, codes, doms, cpus, start, end, limit, cpu_khz, hvm_
 )
 @_guard
 def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask, patterns,
-                resume, ingest, progress):  # fmt: skip
+                resume, dump_memory, ingest, progress):  # fmt: skip
     """Capture a live run into a new bundle: xentrace on a Xen dom0, QEMU trace events and
     virtqueue state over QMP, packets.
 
@@ -319,7 +327,7 @@ def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask,
     opts = CaptureOptions(
         out=output, duration=duration, qmp=qmp, ifaces=ifaces, netdevs=netdevs,
         xentrace=xentrace, xentrace_mask=xentrace_mask,
-        patterns=tuple(patterns) or DEFAULT_PATTERNS, resume=resume,
+        patterns=tuple(patterns) or DEFAULT_PATTERNS, resume=resume, dump_memory=dump_memory,
     )  # fmt: skip
     try:
         manifest = capture(opts, status=default_status(show), stop_flag=lambda: bool(stop))

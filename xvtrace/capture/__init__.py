@@ -159,7 +159,8 @@ class QemuSource(Source):
     ("Desc next is 65535"), which marks the device broken and hangs the guest's I/O (seen
     here on a live virtio-blk-pci guest)."""
 
-    def __init__(self, bundle: Path, index: int, socket: Path, patterns, netdevs, resume):
+    def __init__(self, bundle: Path, index: int, socket: Path, patterns, netdevs, resume,
+                 dump_memory=False):  # fmt: skip
         name = f"qemu-{index}"
         super().__init__(
             "qemu",
@@ -172,6 +173,7 @@ class QemuSource(Source):
         )
         self.bundle, self.index, self.socket = bundle, index, socket
         self.patterns, self.netdevs, self.resume = patterns, netdevs, resume
+        self.dump_memory = dump_memory
         self.qmp: QMP | None = None
         self.queues: list[tuple[str, int]] = []
         self.jsonl = None
@@ -264,6 +266,15 @@ class QemuSource(Source):
                     nd = f.split("-", 1)[1].removesuffix(".pcap")
                     self.qmp.execute("object-del", id=f"xvt-dump-{nd}")
                 self.qmp.hmp("logfile /dev/null")  # closes (flushes) the trace log
+                if self.dump_memory:
+                    # Guest memory as an ELF core: the rings as the guest left them.
+                    f = f"{RAW}/memory-{self.index}.elf"
+                    self.qmp.execute("stop")
+                    self.qmp.execute(
+                        "dump-guest-memory", paging=False, protocol=f"file:{self.bundle / f}"
+                    )
+                    self.entry["memory_dump"] = f
+                    self.qmp.execute("cont")
             except QMPError as e:
                 self.entry.setdefault("warnings", []).append(f"at stop: {e}")
         self.qmp.close()
@@ -314,6 +325,7 @@ class CaptureOptions:
     xentrace_mask: str = "all"
     patterns: tuple[str, ...] = DEFAULT_PATTERNS
     resume: bool = False
+    dump_memory: bool = False
     interval: float = 0.05  # main loop tick (stop conditions)
     poll_interval: float = 0.5  # virtqueue state polls: QMP commands take QEMU's main loop
 
@@ -339,7 +351,7 @@ def capture(
     if use_xentrace:
         sources.append(XentraceSource(out, opts.xentrace_mask))
     sources += [
-        QemuSource(out, i, Path(s), opts.patterns, opts.netdevs, opts.resume)
+        QemuSource(out, i, Path(s), opts.patterns, opts.netdevs, opts.resume, opts.dump_memory)
         for i, s in enumerate(opts.qmp)
     ]
     sources += [IfaceSource(out, i) for i in opts.ifaces]
