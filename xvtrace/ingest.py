@@ -28,7 +28,7 @@ from xvtrace.bundle import (
     new_manifest,
     write_manifest,
 )
-from xvtrace.parsers import pcap, qemu_log, trace_events, virtqueue, xentrace
+from xvtrace.parsers import pcap, qemu_log, simpletrace, trace_events, virtqueue, xentrace
 from xvtrace.parsers.errors import DecodeStats, ParseError
 from xvtrace.parsers.schema import EVENT_SCHEMA, SORT_KEY
 
@@ -48,6 +48,7 @@ class Format:
 FORMATS = (
     Format("xentrace", xentrace.sniff, "events"),
     Format("pcap", pcap.sniff, "events"),
+    Format("qemu-simpletrace", simpletrace.sniff, "events"),
     Format("guest-memory-core", virtqueue.sniff_core, "events"),
     Format("qmp-virtqueues", virtqueue.sniff_qmp, "events"),
     Format("qemu-trace-events", trace_events.looks_like_definitions, "definitions"),
@@ -284,7 +285,9 @@ def _first_tsc(path: Path) -> int:
 
 # Decoding order: QMP polls before memory dumps (a dump is read at the ring addresses the
 # polls report); the rest as found.
-DECODE_ORDER = ("xentrace", "qemu-log", "pcap", "qmp-virtqueues", "guest-memory-core")
+DECODE_ORDER = (
+    "xentrace", "qemu-log", "qemu-simpletrace", "pcap", "qmp-virtqueues", "guest-memory-core",
+)  # fmt: skip
 
 
 def _decoders(formats, defs, manifest, cpu_khz, chunk_bytes, warn, origins) -> list:
@@ -305,6 +308,8 @@ def _decoders(formats, defs, manifest, cpu_khz, chunk_bytes, warn, origins) -> l
             )
         elif fmt.name == "pcap":
             dec = pcap.PcapDecoder(f, src_file=src_file)
+        elif fmt.name == "qemu-simpletrace":
+            dec = simpletrace.SimpletraceDecoder(f, defs=defs, src_file=src_file)
         elif fmt.name == "qmp-virtqueues":
             dec = virtqueue.QmpVirtqueueDecoder(f, src_file=src_file)
             qmp_polls.append(dec)
