@@ -36,12 +36,7 @@ def records(draw):
 @settings(max_examples=60, deadline=None)
 @given(st.data(), st.sampled_from([3, 4]))
 def test_round_trip(tmp_path_factory, data, version):
-    recs = data.draw(
-        st.lists(
-            st.builds(lambda: None).flatmap(lambda _: st.composite(lambda d: _record(d))()),
-            max_size=30,
-        )
-    )
+    recs = data.draw(st.lists(records(), max_size=30))
     path = tmp_path_factory.mktemp("st") / "trace-1234"
     path.write_bytes(simpletrace.encode(DEFS, recs, version=version))
     dec = simpletrace.SimpletraceDecoder(path, defs=DEFS)
