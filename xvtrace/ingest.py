@@ -28,7 +28,7 @@ from xvtrace.bundle import (
     new_manifest,
     write_manifest,
 )
-from xvtrace.parsers import pcap, qemu_log, simpletrace, trace_events, virtqueue, xentrace
+from xvtrace.parsers import ioreq, pcap, qemu_log, simpletrace, trace_events, virtqueue, xentrace
 from xvtrace.parsers.errors import DecodeStats, ParseError
 from xvtrace.parsers.schema import EVENT_SCHEMA, SORT_KEY
 
@@ -51,6 +51,7 @@ FORMATS = (
     Format("qemu-simpletrace", simpletrace.sniff, "events"),
     Format("guest-memory-core", virtqueue.sniff_core, "events"),
     Format("qmp-virtqueues", virtqueue.sniff_qmp, "events"),
+    Format("ioreq-pages", ioreq.sniff, "events"),
     Format("qemu-trace-events", trace_events.looks_like_definitions, "definitions"),
     Format("qemu-log", qemu_log.sniff, "events"),
 )
@@ -286,7 +287,8 @@ def _first_tsc(path: Path) -> int:
 # Decoding order: QMP polls before memory dumps (a dump is read at the ring addresses the
 # polls report); the rest as found.
 DECODE_ORDER = (
-    "xentrace", "qemu-log", "qemu-simpletrace", "pcap", "qmp-virtqueues", "guest-memory-core",
+    "xentrace", "qemu-log", "qemu-simpletrace", "pcap", "ioreq-pages", "qmp-virtqueues",
+    "guest-memory-core",
 )  # fmt: skip
 
 
@@ -308,6 +310,8 @@ def _decoders(formats, defs, manifest, cpu_khz, chunk_bytes, warn, origins) -> l
             )
         elif fmt.name == "pcap":
             dec = pcap.PcapDecoder(f, src_file=src_file)
+        elif fmt.name == "ioreq-pages":
+            dec = ioreq.IoreqPageDecoder(f, src_file=src_file)
         elif fmt.name == "qemu-simpletrace":
             dec = simpletrace.SimpletraceDecoder(f, defs=defs, src_file=src_file)
         elif fmt.name == "qmp-virtqueues":
