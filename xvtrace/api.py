@@ -22,6 +22,7 @@ from xvtrace.bundle import Bundle
 from xvtrace.dump import iter_lines, select_events
 from xvtrace.ingest import IngestResult
 from xvtrace.ingest import ingest as _ingest
+from xvtrace.parsers.symbols import Symbols
 from xvtrace.summary import Summary, virtqueues
 
 _TEMP_DIRS: list[str] = []
@@ -70,19 +71,30 @@ def _vendor(bundle: Bundle, option: str | None) -> str | None:
     return option or bundle.manifest.get("host", {}).get("hvm_vendor")
 
 
-def summarize(path, *, cpu_khz: int | None = None, hvm_vendor: str | None = None) -> Summary:
+def symbols(elf_files=()) -> list[Symbols]:
+    """Symbol tables of guest kernels (vmlinux) and backend binaries, to name code addresses."""
+    return [Symbols.load(f) for f in elf_files]
+
+
+def summarize(
+    path, *, cpu_khz: int | None = None, hvm_vendor: str | None = None, elf_files=()
+) -> Summary:
     bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
     return Summary.of(
         events(bundle, cpu_khz=cpu_khz),
         vendor=_vendor(bundle, hvm_vendor),
         cpu_khz=cpu_khz or bundle.cpu_khz,
+        symbols=symbols(elf_files),
     )
 
 
-def dump_lines(path, *, limit=None, cpu_khz=None, hvm_vendor=None, **filters) -> Iterator[str]:
+def dump_lines(
+    path, *, limit=None, cpu_khz=None, hvm_vendor=None, elf_files=(), **filters
+) -> Iterator[str]:
     bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
     ev = select_events(events(bundle, cpu_khz=cpu_khz), **filters)
-    return iter_lines(ev, _vendor(bundle, hvm_vendor) or "vmx", limit=limit)
+    vendor = _vendor(bundle, hvm_vendor) or "vmx"
+    return iter_lines(ev, vendor, limit=limit, symbols=symbols(elf_files))
 
 
-__all__ = ["dump_lines", "events", "ingest", "load", "summarize", "virtqueues"]
+__all__ = ["dump_lines", "events", "ingest", "load", "summarize", "symbols", "virtqueues"]

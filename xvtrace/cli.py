@@ -82,6 +82,19 @@ vendor_option = click.option(
 )
 
 
+def elf_options(fn):
+    """--vmlinux (guest kernels) and --elf (backend binaries): name code addresses."""
+    fn = click.option(
+        "--elf", "elf_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+        help="A backend or device-model ELF binary whose symbols name backend PCs (repeatable).",
+    )(fn)  # fmt: skip
+    return click.option(
+        "--vmlinux", "vmlinux_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+        help="The guest kernel's vmlinux (with symbols, ideally DWARF) to name guest RIPs "
+        "in VM-exit records (repeatable).",
+    )(fn)  # fmt: skip
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="xvtrace")
 def cli() -> None:
@@ -154,15 +167,18 @@ def ingest_cmd(source, output, cpu_khz, hvm_vendor, progress, as_json):
 @cpu_khz_option
 @vendor_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+@elf_options
 @_guard
-def summary_cmd(source, cpu_khz, hvm_vendor, as_json):
+def summary_cmd(source, cpu_khz, hvm_vendor, as_json, elf_files, vmlinux_files):
     """Per-domain and per-vCPU summary, like `xenalyze --summary`.
 
     Runstate times, HVM exits by reason with time spent and percentiles, hypercalls by
     name, IO port and MMIO accesses by address, interrupts, grant operations, log volume
     per pCPU and lost records.
     """
-    summary = api.summarize(source, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
+    summary = api.summarize(
+        source, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor, elf_files=(*vmlinux_files, *elf_files)
+    )
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2, default=str))
     else:
@@ -209,8 +225,22 @@ def _parse_code(ctx, param, values):
 @click.option("-n", "--limit", type=click.IntRange(min=0), help="Stop after N lines.")
 @cpu_khz_option
 @vendor_option
+@elf_options
 @_guard
-def dump_cmd(source, events, codes, doms, cpus, start, end, limit, cpu_khz, hvm_vendor):
+def dump_cmd(
+    source,
+    events,
+    codes,
+    doms,
+    cpus,
+    start,
+    end,
+    limit,
+    cpu_khz,
+    hvm_vendor,
+    elf_files,
+    vmlinux_files,
+):
     """One line per record, with named fields (the replacement for xentrace_format).
 
     Lines are `seconds.ns cpuN dDvV event field=value ...` in time order; d?v? means no
@@ -227,6 +257,7 @@ def dump_cmd(source, events, codes, doms, cpus, start, end, limit, cpu_khz, hvm_
         limit=limit,
         cpu_khz=cpu_khz,
         hvm_vendor=hvm_vendor,
+        elf_files=(*vmlinux_files, *elf_files),
     )
     out = sys.stdout
     for line in lines:

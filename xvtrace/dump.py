@@ -75,7 +75,26 @@ def _named(values: np.ndarray, namer) -> np.ndarray:
     return labels[inv]
 
 
-def _format_field(values: np.ndarray, f: xe.Field, code: int, vendor: str) -> np.ndarray:
+CODE_ADDRESS_FIELDS = ("rip", "eip", "pc")
+
+
+def name_addresses(values: np.ndarray, symbols) -> np.ndarray:
+    """' <func+0xoff (file:line)>' from the first symbol table that knows each address."""
+    out = np.full(len(values), "", dtype=object)
+    for syms in symbols:
+        todo = out == ""
+        if not todo.any():
+            break
+        text = syms.describe(values[todo])
+        out[np.flatnonzero(todo)] = np.where(text != "", " <" + text + ">", "")
+    return out
+
+
+def _format_field(
+    values: np.ndarray, f: xe.Field, code: int, vendor: str, symbols=()
+) -> np.ndarray:
+    if f.name in CODE_ADDRESS_FIELDS and symbols:
+        return np.char.mod("%#x", values).astype(object) + name_addresses(values, symbols)
     if f.name == "exit_reason":
         return _named(values, lambda r: xe.exit_reason_name(r, vendor))
     if f.name in ("op", "hypercall", "eax") and code in (
@@ -93,7 +112,7 @@ def _format_field(values: np.ndarray, f: xe.Field, code: int, vendor: str) -> np
     return np.char.mod("%#x", values).astype(object)
 
 
-def format_lines(df: pl.DataFrame, vendor: str = "vmx") -> list[str]:
+def format_lines(df: pl.DataFrame, vendor: str = "vmx", symbols=()) -> list[str]:
     """Format a frame of canonical xentrace rows as dump lines (row order kept)."""
     n = len(df)
     if n == 0:
@@ -175,7 +194,7 @@ def format_lines(df: pl.DataFrame, vendor: str = "vmx") -> list[str]:
             if f.needs_words > 7:
                 continue
             values, present = _field_values(a, na, int(c), f)
-            text = f.name + "=" + _format_field(values, f, int(c), vendor)
+            text = f.name + "=" + _format_field(values, f, int(c), vendor, symbols)
             parts = np.where(present, parts + " " + text, parts)
         tails[rows] = parts
     return (head + tails).tolist()
@@ -233,10 +252,14 @@ def _own_tails(df: pl.DataFrame, args: np.ndarray, nargs: np.ndarray) -> np.ndar
 
 
 def iter_lines(
-    ev: pl.LazyFrame, vendor: str = "vmx", batch: int = 200_000, limit: int | None = None
+    ev: pl.LazyFrame,
+    vendor: str = "vmx",
+    batch: int = 200_000,
+    limit: int | None = None,
+    symbols=(),
 ) -> Iterator[str]:
     """Stream formatted lines from a (filtered) event table, batch by batch."""
     if limit is not None:
         ev = ev.head(limit)
     for frame in ev.collect_batches(chunk_size=batch):
-        yield from format_lines(frame, vendor)
+        yield from format_lines(frame, vendor, symbols)

@@ -336,6 +336,43 @@ def virtqueues(ev: pl.LazyFrame) -> pl.DataFrame:
     )  # fmt: skip
 
 
+def exit_sites(ev: pl.LazyFrame, symbols, vendor: str | None, top: int = 20) -> pl.DataFrame:
+    """HVM exits by the guest function they left (needs the guest's vmlinux symbols)."""
+    empty = pl.DataFrame(schema={"function": pl.String, "exits": pl.UInt32, "reasons": pl.String})
+    if not symbols:
+        return empty
+    rip = (
+        pl.when(pl.col("code").is_in([0x00081102, 0x00081502]))
+        .then(pl.col("arg1") | (pl.col("arg2") * (1 << 32)))
+        .otherwise(pl.col("arg1"))
+    )
+    ex = (
+        ev.filter(pl.col("event").is_in(EXIT_EVENTS))
+        .select(rip.alias("rip"), pl.col("arg0").alias("reason"))
+        .collect()
+    )
+    if not len(ex):
+        return empty
+    from xvtrace.dump import name_addresses  # the dump's own address naming
+
+    rips = ex["rip"].to_numpy()
+    names = name_addresses(rips, symbols)
+    fn = pl.Series("function", names).str.strip_chars(" <>").str.replace(r"\+0x[0-9a-f]+.*$", "")
+    table = ex.with_columns(fn.replace("", "(unknown)")).with_columns(
+        pl.col("reason").map_elements(
+            lambda r: xe.exit_reason_name(int(r), vendor or "vmx"), return_dtype=pl.String
+        )
+    )
+    return (
+        table.group_by("function")
+        .agg(
+            pl.len().alias("exits"), pl.col("reason").unique().sort().str.join(",").alias("reasons")
+        )
+        .sort("exits", "function", descending=[True, False])
+        .head(top)
+    )
+
+
 def records_by_dom(ev: pl.LazyFrame) -> pl.DataFrame:
     return ev.group_by("dom", "vcpu").agg(pl.len().alias("records")).sort("dom", "vcpu").collect()
 
@@ -347,7 +384,9 @@ class Summary:
     sections: dict[str, pl.DataFrame]
 
     @classmethod
-    def of(cls, events: pl.LazyFrame, *, vendor: str | None, cpu_khz: int | None) -> Summary:
+    def of(
+        cls, events: pl.LazyFrame, *, vendor: str | None, cpu_khz: int | None, symbols=()
+    ) -> Summary:
         ev = events.filter(pl.col("source") == "xentrace")
         sections = {
             "totals": totals(ev),
@@ -361,6 +400,7 @@ class Summary:
             "interrupts": interrupts(ev),
             "grants": grants(ev),
             "virtqueues": virtqueues(events),
+            "exit_sites": exit_sites(ev, symbols, vendor),
         }
         return cls(vendor, cpu_khz, sections)
 
@@ -386,6 +426,12 @@ class Summary:
                 f" {{{_us(r['p50_us'])}|{_us(r['p95_us'])}|{_us(r['max_us'])}}}"
                 f" {r['kicks'] or 0:>7} {r['irqs'] or 0:>7}"
                 for r in s["virtqueues"].iter_rows(named=True)
+            )
+        if len(s["exit_sites"]):
+            out.append("--- HVM exits by guest function ---")
+            out.extend(
+                f"   {r['exits']:>8}  {r['function']:<40} {r['reasons']}"
+                for r in s["exit_sites"].iter_rows(named=True)
             )
         if not out:
             out.append("No events.")
