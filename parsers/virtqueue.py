@@ -247,6 +247,29 @@ def _recent_positions(idx: int, num: int) -> np.ndarray:
 # --- QMP polls --------------------------------------------------------------------
 
 STATUS_TAG = '"xvtrace": "qmp-virtqueue-status"'
+ELEMENT_TAG = '"xvtrace": "qmp-virtqueue-element"'
+FLAG_BITS = {
+    "next": F_NEXT,
+    "write": F_WRITE,
+    "indirect": F_INDIRECT,
+    "avail": F_AVAIL,
+    "used": F_USED,
+}
+ELEMENT_DTYPE = pl.Struct(
+    {
+        "t_ns": pl.Int64,
+        "path": pl.String,
+        "queue": pl.UInt16,
+        "element": pl.Struct(
+            {
+                "index": pl.UInt32,
+                "descs": pl.List(
+                    pl.Struct({"flags": pl.List(pl.String), "len": pl.UInt64, "addr": pl.UInt64})
+                ),
+            }
+        ),
+    }
+)
 _STATUS_FIELDS = {
     "last-avail-idx": "arg0",
     "shadow-avail-idx": "arg1",
@@ -260,12 +283,16 @@ _STATUS_FIELDS = {
 
 def sniff_qmp(head: bytes) -> bool:
     first = head.split(b"\n", 1)[0]
-    return first.startswith(b"{") and STATUS_TAG.encode() in first
+    return first.startswith(b"{") and (
+        STATUS_TAG.encode() in first or ELEMENT_TAG.encode() in first
+    )
 
 
 class QmpVirtqueueDecoder:
-    """Decode the virtqueue status polls `xvtrace capture` writes (one JSON object per line:
-    {"xvtrace": "qmp-virtqueue-status", "t_ns", "path", "queue", "status": {QMP reply}})."""
+    """Decode the virtqueue polls `xvtrace capture` writes, one JSON object per line:
+    {"xvtrace": "qmp-virtqueue-status", "t_ns", "path", "queue", "status": {QMP reply}}, and
+    elements: {"xvtrace": "qmp-virtqueue-element", ..., "element": {x-query-virtio-queue-element
+    reply}} (capture does not poll elements: see xvtrace.capture; a user may add them)."""
 
     def __init__(self, path: str | os.PathLike, *, src_file: str | None = None):
         self.path = Path(path)
@@ -306,6 +333,10 @@ class QmpVirtqueueDecoder:
                 pl.col("line").str.extract(num.format("vring-used")).cast(pl.UInt64, strict=False).alias("_used"),
                 pl.col("line").str.contains(STATUS_TAG, literal=True).alias("_status"),
             ]  # fmt: skip
+            elements = lines.filter(pl.col("line").str.contains(ELEMENT_TAG, literal=True))
+            lines = lines.filter(~pl.col("line").str.contains(ELEMENT_TAG, literal=True))
+            if len(elements):
+                yield self._elements(elements)
             rows = lines.select(cols)
             good = rows["_status"] & rows["ts_ns"].is_not_null() & rows["arg0"].is_not_null()
             bad = rows.filter(~good)
@@ -336,6 +367,79 @@ class QmpVirtqueueDecoder:
                     pl.lit(self.src_file).alias("src_file"),
                 )
             )
+
+    def _elements(self, lines: pl.DataFrame) -> pl.DataFrame:
+        """One virtqueue.desc row per descriptor of each polled element."""
+        try:
+            rec = lines.select(
+                "src_offset", pl.col("line").str.json_decode(ELEMENT_DTYPE).alias("r")
+            )
+        except pl.exceptions.PolarsError:
+            # A malformed line (a capture killed mid-write): find it, keep the rest.
+            ok = [_json_ok(x) for x in lines["line"].to_list()]  # only on this error path
+            bad = lines.filter(~pl.Series(ok))
+            self.stats.skipped += len(bad)
+            self.stats.add_problem(
+                Problem(
+                    int(bad["src_offset"][0]),
+                    "bad-record",
+                    f"{len(bad)} malformed QMP element line(s)",
+                )
+            )
+            rec = lines.filter(pl.Series(ok)).select(
+                "src_offset", pl.col("line").str.json_decode(ELEMENT_DTYPE).alias("r")
+            )
+        flat = (
+            rec.unnest("r")
+            .unnest("element")
+            .explode("descs")
+            .filter(pl.col("descs").is_not_null())
+            .unnest("descs")
+        )
+        bits = pl.lit(0, dtype=pl.UInt64)
+        for name, bit in FLAG_BITS.items():
+            bits = bits | pl.when(pl.col("flags").list.contains(name)).then(
+                pl.lit(bit, dtype=pl.UInt64)
+            ).otherwise(0)
+        # polars has no shift operators: divide by powers of two (exact on UInt64)
+        is_grant = pl.col("addr") >= (1 << 63)
+        low = pl.col("addr") & ((1 << 63) - 1)
+        self.stats.decoded += len(flat)
+        return conform(
+            flat.select(
+                "src_offset",
+                pl.col("t_ns").alias("ts_ns"),
+                pl.col("t_ns").cast(pl.UInt64).alias("ts_raw"),
+                pl.lit(True).alias("has_ts"),
+                pl.col("path").alias("dev"),
+                "queue",
+                pl.col("index").alias("head"),
+                "addr",
+                pl.col("len").cast(pl.UInt32).alias("size"),
+                pl.lit("virtqueue.desc").alias("event"),
+                pl.lit(5, dtype=pl.UInt8).alias("nargs"),
+                bits.alias("arg0"),
+                pl.lit(0, dtype=pl.UInt64).alias("arg1"),
+                is_grant.cast(pl.UInt64).alias("arg2"),
+                pl.when(is_grant).then(low // (1 << XEN_PAGE_SHIFT)).otherwise(0).alias("arg3"),
+                pl.when(is_grant)
+                .then(low & ((1 << XEN_PAGE_SHIFT) - 1))
+                .otherwise(0)
+                .alias("arg4"),
+                pl.lit(SOURCE).alias("source"),
+                pl.lit(self.src_file).alias("src_file"),
+            )
+        )
+
+
+def _json_ok(line: str) -> bool:
+    import json
+
+    try:
+        json.loads(line)
+        return True
+    except ValueError:
+        return False
 
 
 class RingDumpDecoder:

@@ -189,3 +189,23 @@ def test_arbitrary_bytes_after_the_elf_magic_never_crash(tmp_path_factory, blob)
         return
     mem.read(0, 16)
     mem.close()
+
+
+def test_qmp_element_records_become_descriptor_rows(tmp_path):
+    # the shape of QEMU 7.2's x-query-virtio-queue-element reply (seen on a live guest)
+    el = {"index": 3, "name": "virtio-blk", "avail": {"idx": 3, "flags": 0, "ring": 0}, "used": {"idx": 3, "flags": 0},
+          "descs": [{"flags": ["next"], "len": 16, "addr": 4096},
+                    {"flags": ["write", "next"], "len": 4096, "addr": vq.grant_address(77, 8)},
+                    {"flags": ["write"], "len": 1, "addr": 8192}]}  # fmt: skip
+    good = json.dumps(
+        {"xvtrace": "qmp-virtqueue-element", "t_ns": 5, "path": "/x", "queue": 0, "element": el}
+    )
+    path = tmp_path / "v.jsonl"
+    path.write_text(good + "\n" + '{"xvtrace": "qmp-virtqueue-element", "t_ns": 6, "pa\n')
+    assert vq.sniff_qmp(path.read_bytes())
+    dec = vq.QmpVirtqueueDecoder(path)
+    df = pl.concat(list(dec.frames()))
+    assert df["head"].to_list() == [3, 3, 3] and df["size"].to_list() == [16, 4096, 1]
+    assert df["arg0"].to_list() == [vq.F_NEXT, vq.F_WRITE | vq.F_NEXT, vq.F_WRITE]
+    assert df["arg2"].to_list() == [0, 1, 0] and df["arg3"][1] == 77 and df["arg4"][1] == 8
+    assert dec.stats.skipped == 1 and dec.stats.problems[0].offset == len(good) + 1
