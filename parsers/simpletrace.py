@@ -202,21 +202,11 @@ class SimpletraceDecoder:
 
     @staticmethod
     def _u64_at(buf, at) -> np.ndarray:
-        b = buf[at[:, None] + np.arange(8)].astype(np.uint64)
-        return (
-            (b << (np.arange(8, dtype=np.uint64) * np.uint64(8))).sum(axis=1, dtype=np.uint64)
-            if len(at)
-            else np.zeros(0, np.uint64)
-        )
+        return _le_at(buf, at, 8)
 
     @staticmethod
     def _u32_at(buf, at) -> np.ndarray:
-        b = buf[at[:, None] + np.arange(4)].astype(np.uint64)
-        return (
-            (b << (np.arange(4, dtype=np.uint64) * np.uint64(8))).sum(axis=1, dtype=np.uint64)
-            if len(at)
-            else np.zeros(0, np.uint64)
-        )
+        return _le_at(buf, at, 4)
 
     def _mapping(self, buf, maps) -> dict[int, str]:
         """Event id -> name from mapping records (version 4; a few hundred, not per event)."""
