@@ -269,6 +269,15 @@ class SimpletraceDecoder:
         return pl.DataFrame(cols)
 
 
+def _le_at(buf: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
+    """Little-endian unsigned integers of `width` bytes at each offset (one gather)."""
+    if not len(at):
+        return np.zeros(0, np.uint64)
+    b = buf[at[:, None] + np.arange(width)].astype(np.uint64)
+    shifts = np.arange(width, dtype=np.uint64) * np.uint64(8)
+    return (b << shifts).sum(axis=1, dtype=np.uint64)
+
+
 def encode(
     defs: TraceEvents, records: list[tuple[str, int, int, list]], *, version: int = 4
 ) -> bytes:
