@@ -1,0 +1,62 @@
+"""What a transport is: for each device kind, the ordered operations of one request.
+
+Every operation names the actor that runs it, the resource it holds while it runs (so
+requests contend for it), the cost key it takes its duration from (replay.costs), how the
+cost scales (per request, per 4 KiB page, per byte), the phase it belongs to (the timeline's
+columns) and what a real host records while it happens (`emits`: the emulator's cue for
+writing xentrace records and device-model trace lines; see xvtrace.emulate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ACTORS = ("guest_vcpu", "hypervisor", "backend_thread", "backend_process", "device", "wire")
+# Resources: the guest vCPU (blocked across a trap), the backend thread, a separate backend
+# process, the device (several servers), hypervisor copy bandwidth, and none (pure latency).
+RESOURCES = ("vcpu", "backend", "bproc", "device", "copy", "none")
+SCALES = ("request", "page", "byte")
+PHASES = ("submit", "notify", "dispatch", "map", "io", "unmap", "push", "irq", "complete")
+DEVICE_KINDS = ("block", "net_tx", "net_rx")
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    phase: str
+    actor: str
+    resource: str
+    cost: str
+    scale: str = "request"
+    emits: str = ""
+
+    def __post_init__(self):
+        if self.actor not in ACTORS or self.resource not in RESOURCES:
+            raise ValueError(f"{self.name}: unknown actor {self.actor} or resource {self.resource}")
+        if self.scale not in SCALES or self.phase not in PHASES:
+            raise ValueError(f"{self.name}: unknown scale {self.scale} or phase {self.phase}")
+
+
+@dataclass(frozen=True)
+class Transport:
+    name: str
+    title: str
+    summary: str
+    block: tuple[Op, ...]
+    net_tx: tuple[Op, ...]
+    net_rx: tuple[Op, ...]
+    guest: str  # "hvm" (traps are VM exits) or "pv" (hypercalls and event channels)
+    backend: str  # "qemu" (QEMU trace events), "blkback", "vhost-user", "argo"
+
+    def path(self, kind: str) -> tuple[Op, ...]:
+        if kind not in DEVICE_KINDS:
+            raise ValueError(f"unknown device kind {kind!r}: {', '.join(DEVICE_KINDS)}")
+        return getattr(self, kind)
+
+    def cost_keys(self) -> set[str]:
+        return {op.cost for kind in DEVICE_KINDS for op in self.path(kind)}
+
+
+def op(name, phase, actor, resource, cost, scale="request", emits="") -> Op:
+    """Terse constructor for the declarative tables of the transport modules."""
+    return Op(name, phase, actor, resource, cost, scale, emits)
