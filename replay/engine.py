@@ -75,9 +75,17 @@ def run(
     """Run requests (in issue order per job) through `path`; `job[i]` is request i's job,
     `not_before[i]` its earliest issue time (rate pacing; 0 for as fast as possible)."""
     res = np.array([RES_INDEX[o.resource] for o in path], dtype=np.int64)
+    names = [o.name for o in path]
+    # release[k] = the op whose end frees op k's resource (itself unless it holds on)
+    release = np.array(
+        [names.index(o.hold_until) if o.hold_until else k for k, o in enumerate(path)],
+        dtype=np.int64,
+    )
+    if np.any(release < np.arange(len(path))):
+        raise ValueError("hold_until must name a later operation of the same path")
     issue, done, start, end, wait = _simulate(
-        res, dur, job.astype(np.int64), not_before.astype(np.float64), int(iodepth), int(njobs),
-        int(device_servers),
+        res, release, dur, job.astype(np.int64), not_before.astype(np.float64), int(iodepth),
+        int(njobs), int(device_servers),
     )  # fmt: skip
     return Schedule(issue, done, start, end, wait)
 
@@ -126,7 +134,7 @@ def _pop(ht, hp, hs, size):
 
 
 @njit(cache=True, nogil=True)
-def _simulate(res, dur, job, not_before, iodepth, njobs, device_servers):
+def _simulate(res, release, dur, job, not_before, iodepth, njobs, device_servers):
     n, nops = dur.shape
     issue = np.zeros(n, np.float64)
     done = np.zeros(n, np.float64)
@@ -179,22 +187,25 @@ def _simulate(res, dur, job, not_before, iodepth, njobs, device_servers):
         now, payload, size = _pop(ht, hp, hs, size)
         r = payload // stride
         step = payload % stride
-        if step > 0:  # the previous op of r ended: release its resource
-            pr = res[step - 1]
-            rid = 6 + job[r] if pr == 0 else pr
-            if cap[rid] > 0:
-                busy[rid] -= 1
-                if qhead[rid] != qtail[rid]:
-                    w = qbuf[rid, qhead[rid] % inflight]
-                    qhead[rid] += 1
-                    wr = w // stride
-                    ws = w % stride
-                    busy[rid] += 1
-                    start[wr, ws] = now
-                    wait[wr, ws] = now - ready_at[wr]
-                    end[wr, ws] = now + dur[wr, ws]
-                    size = _push(ht, hp, hs, size, end[wr, ws], wr * stride + ws + 1, seq)
-                    seq += 1
+        if step > 0:  # the previous op of r ended: release what it (or earlier ops) held
+            for k in range(step):
+                if release[k] != step - 1:
+                    continue
+                pr = res[k]
+                rid = 6 + job[r] if pr == 0 else pr
+                if cap[rid] > 0:
+                    busy[rid] -= 1
+                    if qhead[rid] != qtail[rid]:
+                        w = qbuf[rid, qhead[rid] % inflight]
+                        qhead[rid] += 1
+                        wr = w // stride
+                        ws = w % stride
+                        busy[rid] += 1
+                        start[wr, ws] = now
+                        wait[wr, ws] = now - ready_at[wr]
+                        end[wr, ws] = now + dur[wr, ws]
+                        size = _push(ht, hp, hs, size, end[wr, ws], wr * stride + ws + 1, seq)
+                        seq += 1
         if step == nops:
             done[r] = now
             j = job[r]
@@ -209,7 +220,16 @@ def _simulate(res, dur, job, not_before, iodepth, njobs, device_servers):
         pr = res[step]
         rid = 6 + job[r] if pr == 0 else pr
         ready_at[r] = now
-        if cap[rid] == 0 or busy[rid] < cap[rid]:
+        held = False  # an earlier op of r still holds this resource (a blocked vCPU)
+        for k in range(step):
+            if release[k] >= step and (6 + job[r] if res[k] == 0 else res[k]) == rid:
+                held = True
+        if held:
+            start[r, step] = now
+            end[r, step] = now + dur[r, step]
+            size = _push(ht, hp, hs, size, end[r, step], r * stride + step + 1, seq)
+            seq += 1
+        elif cap[rid] == 0 or busy[rid] < cap[rid]:
             if cap[rid] > 0:
                 busy[rid] += 1
             start[r, step] = now

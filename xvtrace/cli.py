@@ -13,8 +13,10 @@ from xvtrace import __version__, api
 from xvtrace.bundle import BundleError
 from xvtrace.capture import CaptureError
 from xvtrace.capture.qmp import QMPError
+from xvtrace.emulate.workload import PRESETS
 from xvtrace.ingest import IngestError
 from xvtrace.parsers.errors import ParseError
+from xvtrace.replay.transports import NAMES as TRANSPORT_NAMES
 
 
 class UserError(click.ClickException):
@@ -379,6 +381,125 @@ def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask,
     if ingest:
         result = api.ingest(output, None)
         click.echo(f"  events.parquet: {result.bundle.manifest['counts']['events']} events")
+
+
+@cli.command("emulate")
+@click.option(
+    "-t",
+    "--transport",
+    default="all",
+    show_default=True,
+    help="A transport, a comma-separated list, or 'all'. Valid: " + ", ".join(TRANSPORT_NAMES),
+)
+@click.option(
+    "-w",
+    "--workload",
+    default="randread-4k-qd1",
+    show_default=True,
+    help="A preset (" + ", ".join(PRESETS) + ") or fio-style pairs, e.g. "
+    "rw=randwrite,bs=4k,iodepth=32,numjobs=2,rate=0.",
+)
+@click.option(
+    "-n", "--requests", type=click.IntRange(min=1), help="Requests to run (default 10000)."
+)
+@click.option(
+    "--runtime",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds of emulated time to run instead of a request count.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same bundle)."
+)
+@click.option(
+    "--profile",
+    type=click.Choice(["x86_64", "arm64"]),
+    default="x86_64",
+    show_default=True,
+    help="Cost profile and host kind (arm64: generic-timer clock, no VM-exit records).",
+)
+@click.option(
+    "--hvm-vendor",
+    "vendor",
+    type=click.Choice(["vmx", "svm"]),
+    default="vmx",
+    show_default=True,
+    help="Exit-reason encoding of the emulated x86 host.",
+)
+@click.option(
+    "--clock-offset-ns", type=float, default=0.0, help="Device-model clock minus hypervisor clock."
+)
+@click.option("--clock-drift-ppm", type=float, default=0.0, help="Device-model clock drift.")
+@click.option(
+    "--costs",
+    "costs_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV of cost rows (key,x86_64,arm64,sigma,source) replacing the defaults by key.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Bundle directory (with several transports: one sub-directory each).",
+)
+@click.option("--ingest/--no-ingest", default=True, show_default=True, help="Decode each bundle.")
+@_guard
+def emulate_cmd(transport, workload, requests, runtime, seed, profile, vendor, clock_offset_ns,
+                clock_drift_ppm, costs_file, output, ingest):  # fmt: skip
+    """Emulate a Xen host running a block workload over virtio transports, writing what a
+    real host would (xentrace, QEMU trace lines) plus the truth of every request.
+
+    Prints one line per transport: requests, latency p50/p99, IOPS, and the VM exits and
+    dom0 hypercalls per request that its xentrace records hold.
+    """
+    from xvtrace.emulate import EmulateOptions, emulate
+
+    names = (
+        list(TRANSPORT_NAMES) if transport == "all" else [t.strip() for t in transport.split(",")]
+    )
+    for name in names:
+        if name not in TRANSPORT_NAMES:
+            raise UserError(f"unknown transport {name!r}; valid: {', '.join(TRANSPORT_NAMES)}, all")
+    if requests is None and runtime is None:
+        requests = 10_000
+    if requests is not None and runtime is not None:
+        raise UserError("give --requests or --runtime, not both")
+    rows = []
+    for name in names:
+        out = output / name if len(names) > 1 else output
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"{out}: exists and is not empty; choose a new directory")
+        r = emulate(EmulateOptions(
+            transport=name, workload=workload, out=out, requests=requests, runtime=runtime,
+            seed=seed, profile=profile, vendor=vendor, clock_offset_ns=clock_offset_ns,
+            clock_drift_ppm=clock_drift_ppm, costs_file=costs_file,
+        ))  # fmt: skip
+        if ingest:
+            api.ingest(out, None, warn=lambda m: click.echo(f"xvtrace: warning: {m}", err=True))
+        lat = r.truth["latency_ns"]
+        span = (r.truth["done_ns"].max() - r.truth["issue_ns"].min()) / 1e9
+        exits = sum(r.expected["guest_exits"].values()) / r.requests
+        hcs = sum(r.expected["dom0_hypercalls"].values()) / r.requests
+        rows.append(
+            (
+                name,
+                r.requests,
+                lat.quantile(0.5) / 1e3,
+                lat.quantile(0.99) / 1e3,
+                r.requests / span,
+                exits,
+                hcs,
+                out,
+            )
+        )
+    click.echo(f"workload: {workload}  profile: {profile}")
+    click.echo(
+        f"{'transport':<24}{'requests':>9}{'p50 us':>9}{'p99 us':>9}{'IOPS':>10}{'exits/req':>11}{'dom0 hc/req':>12}  bundle"
+    )
+    for name, n, p50, p99, iops, ex, hc, out in rows:
+        click.echo(
+            f"{name:<24}{n:>9}{p50:>9.1f}{p99:>9.1f}{iops:>10.0f}{ex:>11.2f}{hc:>12.2f}  {out}"
+        )
 
 
 def main() -> None:

@@ -7,7 +7,15 @@ from xvtrace.replay.transports.base import Transport, op
 
 _SEND = (
     op("guest_submit", "submit", "guest_vcpu", "vcpu", "guest.ring_submit"),
-    op("argo_sendv", "notify", "hypervisor", "vcpu", "xen.argo_sendv", emits="vmcall_argo"),
+    op(
+        "argo_sendv",
+        "notify",
+        "hypervisor",
+        "vcpu",
+        "xen.argo_sendv",
+        emits="vmcall_argo",
+        hold_until="argo_copy_req",
+    ),
     op("argo_copy_req", "notify", "hypervisor", "copy", "xen.argo_copy", "byte"),
     op(
         "virq_backend", "dispatch", "hypervisor", "none", "xen.evtchn_latency", emits="backend_wake"
@@ -24,7 +32,7 @@ _SEND = (
 _REPLY = (
     op("argo_sendv_reply", "push", "backend_thread", "backend", "xen.argo_sendv", emits="pv_argo"),
     op("argo_copy_resp", "push", "hypervisor", "copy", "xen.argo_copy", "byte"),
-    op("virq_guest", "irq", "hypervisor", "none", "xen.evtchn_latency", emits="guest_upcall"),
+    op("virq_guest", "irq", "guest_vcpu", "vcpu", "xen.evtchn_latency", emits="guest_upcall"),
     op("guest_complete", "complete", "guest_vcpu", "vcpu", "guest.ring_complete"),
 )
 TRANSPORT = Transport(

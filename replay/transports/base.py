@@ -29,6 +29,7 @@ class Op:
     cost: str
     scale: str = "request"
     emits: str = ""
+    hold_until: str = ""  # keep this op's resource until that later op ends (a blocked vCPU)
 
     def __post_init__(self):
         if self.actor not in ACTORS or self.resource not in RESOURCES:
@@ -57,6 +58,6 @@ class Transport:
         return {op.cost for kind in DEVICE_KINDS for op in self.path(kind)}
 
 
-def op(name, phase, actor, resource, cost, scale="request", emits="") -> Op:
+def op(name, phase, actor, resource, cost, scale="request", emits="", hold_until="") -> Op:
     """Terse constructor for the declarative tables of the transport modules."""
-    return Op(name, phase, actor, resource, cost, scale, emits)
+    return Op(name, phase, actor, resource, cost, scale, emits, hold_until)

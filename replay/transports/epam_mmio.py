@@ -7,7 +7,15 @@ from xvtrace.replay.transports.base import Transport, op
 
 _NOTIFY = (
     op("guest_submit", "submit", "guest_vcpu", "vcpu", "guest.ring_submit"),
-    op("notify_trap", "notify", "hypervisor", "vcpu", "xen.mmio_trap", emits="mmio_notify"),
+    op(
+        "notify_trap",
+        "notify",
+        "hypervisor",
+        "vcpu",
+        "xen.mmio_trap",
+        emits="mmio_notify",
+        hold_until="ioreq_complete",
+    ),
     op(
         "ioreq_dispatch", "dispatch", "hypervisor", "none", "xen.ioreq_dispatch", emits="ioreq_wait"
     ),

@@ -32,7 +32,7 @@ _COMPLETE = (
     ),
     op("backend_push", "push", "backend_thread", "backend", "dm.virtqueue_push", emits="dm_push"),
     op("evtchn_back", "irq", "backend_thread", "backend", "xen.evtchn_send", emits="pv_evtchn"),
-    op("guest_upcall", "irq", "hypervisor", "none", "xen.evtchn_latency", emits="guest_upcall"),
+    op("guest_upcall", "irq", "guest_vcpu", "vcpu", "xen.evtchn_latency", emits="guest_upcall"),
     op("guest_complete", "complete", "guest_vcpu", "vcpu", "guest.ring_complete"),
 )
 TRANSPORT = Transport(

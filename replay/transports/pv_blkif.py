@@ -23,7 +23,7 @@ _NOTIFY = (
 _COMPLETE = (
     op("blkback_push", "push", "backend_thread", "backend", "blkback.ring_push"),
     op("evtchn_back", "irq", "backend_thread", "backend", "xen.evtchn_send", emits="pv_evtchn"),
-    op("guest_upcall", "irq", "hypervisor", "none", "xen.evtchn_latency", emits="guest_upcall"),
+    op("guest_upcall", "irq", "guest_vcpu", "vcpu", "xen.evtchn_latency", emits="guest_upcall"),
     op("guest_complete", "complete", "guest_vcpu", "vcpu", "guest.ring_complete"),
 )
 TRANSPORT = Transport(
@@ -33,14 +33,14 @@ TRANSPORT = Transport(
     block=(*_NOTIFY, op("device_io", "io", "device", "device", "device.block"), *_COMPLETE),
     net_tx=(
         *_NOTIFY,
-        op("grant_copy", "io", "hypervisor", "copy", "xen.grant_copy", "byte"),
+        op("grant_copy", "io", "hypervisor", "copy", "xen.grant_copy", "page"),
         op("wire_tx", "io", "wire", "none", "net.wire", "byte", emits="packet_out"),
         *_COMPLETE,
     ),
     net_rx=(
         op("wire_rx", "io", "wire", "none", "net.wire", "byte", emits="packet_in"),
         op("blkback_pop", "dispatch", "backend_thread", "backend", "blkback.ring_pop"),
-        op("grant_copy", "io", "hypervisor", "copy", "xen.grant_copy", "byte"),
+        op("grant_copy", "io", "hypervisor", "copy", "xen.grant_copy", "page"),
         *_COMPLETE,
     ),
     guest="hvm",

@@ -21,7 +21,15 @@ UNMAP = op(
 _NOTIFY = (
     op("guest_submit", "submit", "guest_vcpu", "vcpu", "guest.ring_submit"),
     GRANT,
-    op("notify_trap", "notify", "hypervisor", "vcpu", "xen.mmio_trap", emits="mmio_notify"),
+    op(
+        "notify_trap",
+        "notify",
+        "hypervisor",
+        "vcpu",
+        "xen.mmio_trap",
+        emits="mmio_notify",
+        hold_until="ioreq_complete",
+    ),
     op(
         "ioreq_dispatch", "dispatch", "hypervisor", "none", "xen.ioreq_dispatch", emits="ioreq_wait"
     ),

@@ -1,0 +1,164 @@
+"""The emulated host: real formats (xenalyze and our decoders as oracles), ground truth,
+determinism, and bad parameters."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from xenalyze_output import parse_summary
+
+from xvtrace import api
+from xvtrace.cli import cli
+from xvtrace.emulate import EmulateOptions, emulate
+from xvtrace.emulate.workload import WorkloadError, parse
+from xvtrace.parsers import qemu_log, xen_events
+from xvtrace.replay.transports import NAMES, get
+
+VMX_NAMES = {1: "EXTERNAL_INTERRUPT", 18: "VMCALL", 48: "EPT_VIOLATION"}
+SVM_NAMES = {96: "VMEXIT_INTR", 129: "VMEXIT_VMMCALL", 1024: "VMEXIT_NPF"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = {}
+    for name in NAMES:
+        d = tmp_path_factory.mktemp(name)
+        out[name] = emulate(EmulateOptions(transport=name, workload="rw=randrw,bs=16k,iodepth=4,numjobs=2",
+                                           requests=400, seed=7, out=d / "b"))  # fmt: skip
+    return out
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("name", NAMES)
+def test_xenalyze_accepts_and_counts_agree(runs, xenalyze, name):
+    r = runs[name]
+    proc = subprocess.run([xenalyze, "--cpu-hz=2400M", "--summary", str(r.bundle / "raw" / "xentrace.bin")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "error" not in proc.stderr.lower() and "TSC skew" not in proc.stdout
+    s = parse_summary(proc.stdout)
+    got_exits = {}
+    for (dom, _vcpu, reason), (count, _, _) in s.exits.items():
+        assert dom == 1
+        got_exits[reason] = got_exits.get(reason, 0) + count
+    want = {VMX_NAMES[k]: v for k, v in r.expected["guest_exits"].items()}
+    assert got_exits == want
+    got_hc = {xen_events.hypercall_name(op): c for (dom, op), c in s.hypercalls.items() if dom == 0}
+    assert got_hc == r.expected["dom0_hypercalls"]
+
+
+@pytest.mark.oracle
+def test_svm_host_reads_with_svm_mode(xenalyze, tmp_path):
+    r = emulate(EmulateOptions(transport="epam-mmio", workload="randread-4k-qd1", requests=200, vendor="svm",
+                               out=tmp_path / "b"))  # fmt: skip
+    proc = subprocess.run([xenalyze, "--svm-mode", "--cpu-hz=2400M", "--summary", str(r.bundle / "raw" / "xentrace.bin")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    s = parse_summary(proc.stdout)
+    got = {reason: c for (_, _, reason), (c, _, _) in s.exits.items()}
+    assert got == {SVM_NAMES[k]: v for k, v in r.expected["guest_exits"].items()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_qemu_lines_decode_with_the_definitions(runs, name):
+    r = runs[name]
+    log = r.bundle / "raw" / "qemu.log"
+    if get(name).backend != "qemu":
+        assert not log.exists()
+        return
+    df, stats = qemu_log.decode_file(log)
+    assert not stats.problems and stats.decoded == r.expected["qemu_lines"]
+    counts = dict(df.group_by("event").len().iter_rows())
+    assert counts["qemu.virtqueue_pop"] == counts["qemu.virtqueue_fill"] == r.requests
+    reads = (r.truth["op"] == "read").sum()
+    assert counts.get("qemu.virtio_blk_handle_read", 0) == reads
+    # pops and fills pair up by element pointer exactly as on a live QEMU
+    vq = api.virtqueues(df.lazy())
+    assert vq["in_flight"].to_list() == [0] and vq["pops"].to_list() == [r.requests]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_truth_is_consistent(runs, name):
+    t = runs[name].truth
+    path = get(name).block
+    assert (t["latency_ns"] > 0).all()
+    for i, o in enumerate(path):
+        assert (t[f"{o.name}_end_ns"] >= t[f"{o.name}_start_ns"]).all()
+        if i:  # operations of one request follow each other
+            assert (t[f"{o.name}_start_ns"] >= t[f"{path[i - 1].name}_end_ns"] - 1e-6).all()
+    assert np.allclose(t["done_ns"], t[f"{path[-1].name}_end_ns"])
+
+
+def test_ingest_puts_every_source_in_one_table(runs):
+    r = runs["suse-grant"]
+    ev = (
+        api.load(r.bundle).events()
+        if (r.bundle / "events.parquet").exists()
+        else api.ingest(r.bundle).bundle.events()
+    )
+    ev = ev.collect()
+    assert set(ev["source"].unique()) == {"xentrace", "qemu"}
+    grants = ev.filter(pl.col("event") == "mem.grant_map")
+    assert len(grants) == int((r.truth["bytes"] // 4096).sum())
+
+
+def test_same_seed_same_bundle_other_seed_differs(tmp_path):
+    def run(seed, d):
+        emulate(
+            EmulateOptions(
+                transport="epam-mmio", workload="randwrite-4k-qd32", requests=300, seed=seed, out=d
+            )
+        )
+        return [(d / "raw" / f).read_bytes() for f in ("xentrace.bin", "qemu.log")]
+
+    a, b, c = run(1, tmp_path / "a"), run(1, tmp_path / "b"), run(2, tmp_path / "c")
+    assert a == b and a != c
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-t", "nope"], "valid: argo"),
+        (["-w", "nope"], "presets: randread-4k-qd1"),
+        (["-w", "rw=randread,bs=0"], "bs=0"),
+        (["-w", "rw=randread,iodepth=300"], "iodepth=300: must be 1..256"),
+        (["-w", "rw=randread,rate=-5"], "rate=-5.0: must be >= 0"),
+        (["-w", "rw=sideways"], "valid values are read, write"),
+        (["-w", "rw=read,colour=red"], "unknown workload keys"),
+    ],
+)
+def test_bad_parameters_are_usage_errors(tmp_path, args, message):
+    r = CliRunner().invoke(cli, ["emulate", *args, "-n", "10", "-o", str(tmp_path / "b")])
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+
+
+def test_cli_prints_a_side_by_side_table(tmp_path):
+    r = CliRunner().invoke(
+        cli,
+        [
+            "emulate",
+            "-t",
+            "pv-blkif,epam-mmio",
+            "-n",
+            "200",
+            "-o",
+            str(tmp_path / "b"),
+            "--no-ingest",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    rows = {ln.split()[0]: ln.split() for ln in r.output.splitlines()[2:]}
+    assert set(rows) == {"pv-blkif", "epam-mmio"}
+    assert float(rows["epam-mmio"][5]) == 4.0  # notify + interrupt + two ISR traps per request
+    assert float(rows["pv-blkif"][5]) == 2.0  # an event-channel hypercall + an upcall
+
+
+def test_workload_parsing():
+    w = parse("rw=randwrite,bs=1m,iodepth=32,numjobs=2,rate=1000")
+    assert (w.bs, w.pages, w.iodepth, w.numjobs, w.rate) == (1 << 20, 256, 32, 2, 1000.0)
+    with pytest.raises(WorkloadError, match="multiples of 512"):
+        parse("rw=read,bs=1000")

@@ -1,0 +1,200 @@
+"""The emulated Xen host: run a workload through a transport's request path and write what a
+real host would (xentrace binary, QEMU log-backend lines, the device model's trace-events
+definitions) plus the ground truth of every request (truth.parquet), as a bundle.
+
+    emulate(EmulateOptions(transport="epam-mmio", workload="randread-4k-qd1", requests=10000,
+                           out=Path("run/")))
+
+The request path, its operations and their costs come from xvtrace.replay (transports, cost
+table, the discrete-event engine): the emulator and the replayer share one definition.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from xvtrace import __version__
+from xvtrace.bundle import RAW, atomic_path, new_manifest, write_manifest
+from xvtrace.emulate import qemu_lines, xen_records
+from xvtrace.emulate.workload import Workload, WorkloadError, parse, requests
+from xvtrace.parsers.trace_events import DEFAULT_FILE, TraceEvents
+from xvtrace.parsers.xentrace import write_frame
+from xvtrace.replay import costs as cost_table
+from xvtrace.replay import engine
+from xvtrace.replay.transports import NAMES, get
+
+TRUTH = "truth.parquet"
+PROFILE_KHZ = {"x86_64": 2_400_000, "arm64": 62_500}  # TSC / Arm generic timer (kHz)
+EPOCH_NS = 1_800_000_000 * 10**9  # device-model wall clock at the run's start (2027-01-15)
+TSC0 = 10**12  # the hypervisor's TSC at the run's start
+
+
+@dataclass
+class EmulateOptions:
+    transport: str
+    workload: str
+    out: Path
+    requests: int | None = None
+    runtime: float | None = None  # seconds of emulated time, instead of a request count
+    seed: int = 0
+    profile: str = "x86_64"
+    vendor: str = "vmx"
+    device_servers: int = 8
+    clock_offset_ns: float = 0.0  # device-model clock minus hypervisor clock
+    clock_drift_ppm: float = 0.0
+    costs_file: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class EmulateResult:
+    bundle: Path
+    requests: int
+    seconds: float  # wall time of the emulation proper (engine + writers)
+    truth: pl.DataFrame
+    expected: dict
+
+
+def validate(opts: EmulateOptions) -> Workload:
+    get(opts.transport)  # raises with the valid names
+    w = parse(opts.workload)
+    if opts.profile not in PROFILE_KHZ:
+        raise WorkloadError(f"profile {opts.profile!r}: valid: {', '.join(PROFILE_KHZ)}")
+    if opts.vendor not in ("vmx", "svm"):
+        raise WorkloadError(f"vendor {opts.vendor!r}: valid: vmx, svm")
+    if (opts.requests is None) == (opts.runtime is None):
+        raise WorkloadError("give exactly one of requests or runtime")
+    if opts.requests is not None and opts.requests < 1:
+        raise WorkloadError(f"requests={opts.requests}: must be >= 1")
+    if opts.runtime is not None and opts.runtime <= 0:
+        raise WorkloadError(f"runtime={opts.runtime}: must be > 0 seconds")
+    if opts.device_servers < 1:
+        raise WorkloadError("device_servers must be >= 1")
+    return w
+
+
+def emulate(opts: EmulateOptions) -> EmulateResult:
+    w = validate(opts)
+    transport = get(opts.transport)
+    path = transport.path("block")
+    table = cost_table.load(opts.costs_file)
+    costs = cost_table.costs_for(table, opts.profile)
+    t0 = time.perf_counter()
+    n = opts.requests or 10_000
+    for _ in range(3 if opts.runtime else 1):  # size a runtime-bounded run from a first pass
+        rng = np.random.default_rng(opts.seed)
+        req = requests(w, n, rng)
+        dev = _device_ns(req, costs, rng)
+        dur = engine.durations(path, costs, req.pages, req.nbytes, dev, rng)
+        sched = engine.run(path, dur, req.job, req.not_before, iodepth=w.iodepth, njobs=w.numjobs,
+                           device_servers=opts.device_servers)  # fmt: skip
+        if not opts.runtime:
+            break
+        span = float(sched.done.max()) / 1e9
+        want = int(n * opts.runtime / span * 1.05) + 1
+        if abs(want - n) < max(10, n // 100) and span >= opts.runtime:
+            break
+        n = want
+    keep = np.ones(len(req.job), bool) if not opts.runtime else sched.issue < opts.runtime * 1e9
+    out = Path(opts.out)
+    (out / RAW).mkdir(parents=True, exist_ok=True)
+    cpu_khz = PROFILE_KHZ[opts.profile]
+    arm = opts.profile == "arm64"
+    rec = xen_records.build(path, sched, req, vendor=opts.vendor, guest_exits=not arm)
+    expected = xen_records.expected_counts(rec)
+    with atomic_path(out / RAW / "xentrace.bin") as tmp, tmp.open("wb") as fh:
+        write_frame(fh, rec.frame(cpu_khz, TSC0), round_cycles=cpu_khz * 10_000)  # 10 ms polls
+    if transport.backend == "qemu":
+        defs = TraceEvents.default()
+        mmio = any(o.emits == "mmio_notify" for o in path)
+        lines = qemu_lines.build(path, sched, req, defs=defs, mmio=mmio,
+                                 mapcache=any(o.emits == "mapcache" for o in path), iodepth=w.iodepth)  # fmt: skip
+        with atomic_path(out / RAW / "qemu.log") as tmp:
+            expected["qemu_lines"] = lines.write(
+                tmp, EPOCH_NS, opts.clock_offset_ns, opts.clock_drift_ppm
+            )
+        _keep_definitions(out / RAW / "trace-events")
+    truth = _truth(path, sched, req, keep)
+    with atomic_path(out / TRUTH) as tmp:
+        truth.write_parquet(tmp)
+    seconds = time.perf_counter() - t0
+    manifest = new_manifest({
+        "emulated": True, "cpu_khz": cpu_khz, "cpu_khz_source": "emulated host",
+        "hvm_vendor": None if arm else opts.vendor, "xen_version": "4.17 (emulated)",
+        "machine": "aarch64" if arm else "x86_64",
+    })  # fmt: skip
+    manifest["emulation"] = {
+        "tool": f"xvtrace {__version__}",
+        "transport": transport.name,
+        "workload": asdict(w),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+        "requests": int(keep.sum()),
+        "clocks": {
+            "hypervisor": f"TSC = {TSC0} + ns * {cpu_khz} / 1e6",
+            "device_model": f"epoch ns = {EPOCH_NS} + ns * (1 + {opts.clock_drift_ppm} ppm) + {opts.clock_offset_ns}",
+            "truth": "ns since the run's start on the hypervisor clock",
+        },
+        "expected": expected,
+        "costs": table.filter(pl.col("key").is_in(list(transport.cost_keys()))).to_dicts(),
+    }
+    write_manifest(out, manifest)
+    return EmulateResult(out, int(keep.sum()), seconds, truth, expected)
+
+
+def _device_ns(req, costs, rng) -> np.ndarray:
+    """Device service time: the 4 KiB read/write latency plus transfer of the rest."""
+    rd, rsig = costs["device.block_read"]
+    wr, wsig = costs["device.block_write"]
+    per_byte, _ = costs["device.transfer"]
+    base = np.where(req.write, wr, rd)
+    sigma = np.where(req.write, wsig, rsig)
+    return base * rng.lognormal(0.0, sigma) + np.maximum(req.nbytes - 4096, 0) * per_byte
+
+
+def _truth(path, sched, req, keep) -> pl.DataFrame:
+    cols = {
+        "request": np.flatnonzero(keep).astype(np.int64),
+        "dom": np.full(int(keep.sum()), xen_records.GUEST_DOM, np.int32),
+        "vcpu": req.job[keep].astype(np.int32),
+        "device": ["vblk0"] * int(keep.sum()),
+        "queue": np.zeros(int(keep.sum()), np.uint16),
+        "op": np.where(req.write[keep], "write", "read"),
+        "offset": req.offset[keep],
+        "bytes": req.nbytes[keep].astype(np.uint32),
+        "issue_ns": sched.issue[keep],
+        "done_ns": sched.done[keep],
+    }
+    for k, o in enumerate(path):
+        cols[f"{o.name}_start_ns"] = sched.start[keep, k]
+        cols[f"{o.name}_end_ns"] = sched.end[keep, k]
+        cols[f"{o.name}_wait_ns"] = sched.wait[keep, k]
+    df = pl.DataFrame(cols).with_columns(
+        (pl.col("done_ns") - pl.col("issue_ns")).alias("latency_ns")
+    )
+    phases = {}
+    for o in path:
+        phases.setdefault(o.phase, []).append(o.name)
+    return df.with_columns(
+        *[
+            pl.min_horizontal([f"{n}_start_ns" for n in ops]).alias(f"phase_{p}_start_ns")
+            for p, ops in phases.items()
+        ],
+        *[
+            pl.max_horizontal([f"{n}_end_ns" for n in ops]).alias(f"phase_{p}_end_ns")
+            for p, ops in phases.items()
+        ],
+    )
+
+
+def _keep_definitions(path: Path) -> None:
+    """The trace-event definitions beside the QEMU lines (as a live capture keeps them)."""
+    path.write_text(resources.files("xvtrace.parsers").joinpath("data", DEFAULT_FILE).read_text())
+
+
+__all__ = ["NAMES", "EmulateOptions", "EmulateResult", "WorkloadError", "emulate"]

@@ -1,0 +1,166 @@
+"""The device model's side: QEMU log-backend trace lines (`tid@sec.usec:event args`), with
+QEMU's real event names and format strings, for transports whose backend is QEMU.
+
+For each request: the IOREQ of the QueueNotify write (handle_ioreq, virtio_mmio_write_offset;
+virtio-mmio transports), virtio_queue_notify, virtqueue_alloc_element / virtqueue_pop,
+virtio_blk_handle_read|write, xen_map_cache per page (EPAM's mapcache), then at completion
+virtio_blk_rw_complete, virtio_blk_req_complete, virtqueue_fill, virtqueue_flush,
+virtio_notify, the interrupt line (virtio_mmio_setting_irq) and the ISR's two IOREQs.
+Lines are rendered per event from the trace-events format strings (parsers.trace_events),
+so the decoder reads them back with the same definitions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from xvtrace.emulate.xen_records import ACK, MMIO_BASE, NOTIFY, STATUS
+from xvtrace.parsers.trace_events import TraceEvents, render_expr
+
+VDEV = 0x55D0_0000_1000  # VirtIOBlock *
+VQ = 0x7F00_2000_0010  # VirtQueue *
+ELEM_BASE = 0x55D0_1000_0000  # VirtQueueElement * pool; pointers are reused as in QEMU
+IOREQ_PTR = 0x7F00_3000_0000  # the vCPU's ioreq_t in the shared page
+MAPCACHE = 0x7F10_0000_0000
+MAIN_TID = 4242
+
+
+class Lines:
+    def __init__(self, defs: TraceEvents):
+        self.defs = defs
+        self.frames: list[pl.DataFrame] = []
+
+    def add(self, event: str, t_ns: np.ndarray, order: float, **args) -> None:
+        n = len(t_ns)
+        if n == 0:
+            return
+        ev = self.defs.events[event]
+        cols = {
+            a.name: pl.Series(
+                a.name, np.broadcast_to(np.asarray(args[a.name]), n).astype(np.uint64)
+            )
+            for a in ev.args
+        }
+        frame = pl.DataFrame(
+            {"t": np.asarray(t_ns, np.float64), "order": np.full(n, order), **cols}
+        )
+        text = frame.select(
+            render_expr(ev, {a.name: pl.col(a.name) for a in ev.args}).alias("body")
+        )
+        body = text["body"]
+        self.frames.append(
+            pl.DataFrame(
+                {
+                    "t": frame["t"],
+                    "order": frame["order"],
+                    "line": (event + " " + body).str.strip_chars_end(" "),
+                }
+            )
+        )
+
+    def write(self, path: Path, epoch_ns: int, offset_ns: float, drift_ppm: float) -> int:
+        """Write in time order on the device model's clock: epoch + t + offset + drift."""
+        if not self.frames:
+            path.write_text("")
+            return 0
+        df = pl.concat(self.frames).sort("t", "order", maintain_order=True)
+        clock = (df["t"] * (1 + drift_ppm * 1e-6) + offset_ns).round(0).cast(pl.Int64) + epoch_ns
+        us = clock // 1000
+        prefix = pl.format(
+            "{}@{}.{}:", pl.lit(MAIN_TID), (us // 1_000_000).cast(pl.String),
+            (us % 1_000_000).cast(pl.String).str.pad_start(6, "0"),
+        )  # fmt: skip
+        out = df.with_columns(us.alias("us")).select(pl.concat_str([prefix, pl.col("line")]))
+        text = "\n".join(out.to_series().to_list()) + "\n"
+        path.write_text(text)
+        return len(df)
+
+
+def build(
+    path, sched, req, *, defs: TraceEvents, mmio: bool, mapcache: bool, iodepth: int
+) -> Lines:
+    """The QEMU lines of every request of a run (see the module doc for which ones)."""
+    out = Lines(defs)
+    names = {o.name: k for k, o in enumerate(path)}
+    n = len(req.job)
+    k_in_job = np.arange(n) // max(1, int(req.job.max()) + 1)
+    slot = req.job * iodepth + (k_in_job % iodepth)  # unique among requests in flight
+    elem = (ELEM_BASE + slot.astype(np.uint64) * np.uint64(0x140)).astype(np.uint64)
+    ioreq = (IOREQ_PTR + req.job.astype(np.uint64) * np.uint64(32)).astype(np.uint64)
+    sectors = (req.nbytes // 512).astype(np.uint64)
+    sector = (req.offset // np.uint64(512)).astype(np.uint64)
+    pages = req.pages.astype(np.uint64)
+    w = req.write
+
+    def t(op: str, at: str = "start") -> np.ndarray:
+        k = names[op]
+        return (sched.start if at == "start" else sched.end)[:, k]
+
+    pop_t = t("backend_pop")
+    if mmio:
+        out.add("handle_ioreq", pop_t, 0.0, req=ioreq, type=1, dir=0, df=0, data_is_ptr=0,
+                addr=MMIO_BASE + NOTIFY, data=0, count=1, size=4)  # fmt: skip
+        out.add("virtio_mmio_write_offset", pop_t, 0.1, offset=NOTIFY, value=0)
+    out.add("virtio_queue_notify", pop_t, 0.2, vdev=VDEV, n=0, vq=VQ)
+    in_num = np.where(w, 1, 1 + pages)
+    out_num = np.where(w, 1 + pages, 1)
+    out.add(
+        "virtqueue_alloc_element", pop_t, 0.3, elem=elem, sz=240, in_num=in_num, out_num=out_num
+    )
+    out.add("virtqueue_pop", pop_t, 0.4, vq=VQ, elem=elem, in_num=in_num, out_num=out_num)
+    out.add(
+        "virtio_blk_handle_write",
+        pop_t[w],
+        0.5,
+        vdev=VDEV,
+        req=elem[w],
+        sector=sector[w],
+        nsectors=sectors[w],
+    )
+    out.add(
+        "virtio_blk_handle_read",
+        pop_t[~w],
+        0.5,
+        vdev=VDEV,
+        req=elem[~w],
+        sector=sector[~w],
+        nsectors=sectors[~w],
+    )
+    if mapcache and "mapcache" in names:
+        s, e = t("mapcache"), t("mapcache", "end")
+        for p in range(int(pages.max())):  # per page of the largest request
+            m = pages > p
+            at = s[m] + (e[m] - s[m]) * p / pages[m]
+            gpa = (req.offset[m] % np.uint64(1 << 27)) + np.uint64(p * 4096)
+            out.add("xen_map_cache", at, 0.6, phys_addr=gpa)
+            out.add("xen_map_cache_return", at, 0.61, ptr=MAPCACHE + gpa)
+    done = t("device_io", "end")
+    out.add("virtio_blk_rw_complete", done, 0.0, vdev=VDEV, req=elem, ret=0)
+    push = t("backend_push")
+    out.add("virtio_blk_req_complete", push, 0.1, vdev=VDEV, req=elem, status=0)
+    out.add(
+        "virtqueue_fill",
+        push,
+        0.2,
+        vq=VQ,
+        elem=elem,
+        len=np.where(w, 1, req.nbytes.astype(np.uint64) + 1),
+        idx=0,
+    )
+    out.add("virtqueue_flush", push, 0.3, vq=VQ, count=1)
+    out.add("virtio_notify", push, 0.4, vdev=VDEV, vq=VQ)
+    if mmio:
+        out.add("virtio_mmio_setting_irq", t("irq_inject"), 0.0, level=1)
+        s, e = t("isr_status_ack"), t("isr_status_ack", "end")
+        third = (e - s) / 3
+        out.add("handle_ioreq", s + third, 0.0, req=ioreq, type=1, dir=1, df=0, data_is_ptr=0,
+                addr=MMIO_BASE + STATUS, data=1, count=1, size=4)  # fmt: skip
+        out.add("virtio_mmio_read", s + third, 0.1, offset=STATUS)
+        out.add("handle_ioreq", s + 2 * third, 0.0, req=ioreq, type=1, dir=0, df=0, data_is_ptr=0,
+                addr=MMIO_BASE + ACK, data=1, count=1, size=4)  # fmt: skip
+        out.add("virtio_mmio_write_offset", s + 2 * third, 0.1, offset=ACK, value=1)
+        out.add("virtio_mmio_setting_irq", s + 2 * third, 0.2, level=0)
+    return out

@@ -1,0 +1,203 @@
+"""The xentrace records a Xen 4.17 host writes for each operation of a request path.
+
+Only records Xen really emits, with its ids and payload layouts (parsers.xen_events, notes on
+trace.h): in the HVM guest, VMEXIT64 / VMENTRY with TSC and their handler records without TSC
+(NPF + IOMEM for MMIO traps, VMMCALL for hypercalls, INTR + INJ_VIRQ for interrupts); in the
+PV dom0 running the backend, PV_HYPERCALL_V2 (op plus the arguments Xen records) and the
+grant map/unmap MEM records. Xen has no trace points for event-channel sends, IOREQ
+dispatch, grant copies or foreign mappings, so none are invented.
+
+Layout: guest vCPU v runs on pCPU 1 + v, dom0's backend vCPU on pCPU 0. Everything is built
+as whole columns per kind of operation, then sorted per pCPU and written by the project's
+xentrace writer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from xvtrace.parsers import xen_events as xe
+from xvtrace.parsers.schema import N_ARGS
+
+GUEST_DOM, DOM0 = 1, 0
+MMIO_BASE = 0xFEB00000  # the virtio-mmio window of the emulated device
+NOTIFY, STATUS, ACK = 0x50, 0x60, 0x64  # virtio-mmio QueueNotify, InterruptStatus, InterruptACK
+IRQ_VECTOR, UPCALL_VECTOR, PHYS_VECTOR = 0x25, 0xF3, 0xF2
+# exit reasons: (VMX, SVM)
+REASON = {"npf": (48, 1024), "vmcall": (18, 129), "intr": (1, 96)}
+HC_GRANT, HC_EVTCHN, HC_ARGO, HC_DM_OP, HC_MMU_UPDATE = 20, 32, 39, 41, 1
+NPF_WORDS = (0xFFFFFFFF, 0xFFFFFFFF, 0x182, 5)  # mfn ~0 (emulated MMIO), qualification, p2mt
+GUEST_RIP = 0xFFFFFFFF81A0_0000  # where the guest's virtio driver pokes the device
+GUEST_SIDE = (
+    "mmio_notify",
+    "mmio_isr",
+    "mmio_isr_noqemu",
+    "vmcall_evtchn",
+    "vmcall_argo",
+    "guest_upcall",
+)
+
+
+class Records:
+    """Columns of records being built: cpu, time (ns), tie order, TSC flag, id, payload."""
+
+    def __init__(self):
+        self.parts: list[dict] = []
+
+    def add(self, cpu, t_ns, order, code, words=(), has_ts=True) -> None:
+        n = len(t_ns)
+        if n == 0:
+            return
+        args = np.zeros((n, N_ARGS), np.uint64)
+        for j, w in enumerate(words):
+            args[:, j] = np.broadcast_to(np.asarray(w, dtype=np.uint64), n)
+        self.parts.append({
+            "cpu": np.broadcast_to(cpu, n).astype(np.int16),
+            "t": np.asarray(t_ns, np.float64),
+            "order": np.broadcast_to(order, n).astype(np.float64),
+            "code": np.full(n, code, np.uint32),
+            "nargs": np.full(n, len(words), np.uint8),
+            "has_ts": np.full(n, has_ts),
+            "args": args,
+        })  # fmt: skip
+
+    def frame(self, cpu_khz: int, tsc0: int) -> pl.DataFrame:
+        cols = {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}
+        # per pCPU in time order; `order` breaks ties (an exit's records, then its entry)
+        idx = np.lexsort((cols["order"], cols["t"], cols["cpu"]))
+        t = cols["t"][idx]
+        tsc = (np.uint64(tsc0) + np.round(t * cpu_khz / 1e6).astype(np.uint64)).astype(np.uint64)
+        args = cols["args"][idx]
+        return pl.DataFrame({
+            "cpu": cols["cpu"][idx], "ts_raw": tsc, "has_ts": cols["has_ts"][idx],
+            "code": cols["code"][idx], "nargs": cols["nargs"][idx],
+            **{f"arg{i}": args[:, i] for i in range(N_ARGS)},
+        })  # fmt: skip
+
+
+def _reason(kind: str, vendor: str) -> int:
+    return REASON[kind][1 if vendor == "svm" else 0]
+
+
+def _exit(rec: Records, cpu, t, reason, handlers, order=0.0) -> None:
+    """VMEXIT64 with TSC at t, then its handler records (no TSC), in this order."""
+    rip = np.uint64(GUEST_RIP)
+    rec.add(
+        cpu,
+        t,
+        order,
+        xe.TRC_HVM_VMEXIT64,
+        (reason, rip & np.uint64(0xFFFFFFFF), rip >> np.uint64(32)),
+    )
+    for k, (code, words) in enumerate(handlers):
+        rec.add(cpu, t, order + 0.01 * (k + 1), code, words, has_ts=False)
+
+
+def _entry(rec: Records, cpu, t, handlers=(), order=-0.5) -> None:
+    """Handler records traced at completion (no TSC), then VMENTRY with TSC at t. Entries
+    sort before exits at the same instant: the next request's exit on that vCPU may start
+    exactly when this one's entry ends it."""
+    for k, (code, words) in enumerate(handlers):
+        rec.add(cpu, t, order + 0.01 * k, code, words, has_ts=False)
+    rec.add(cpu, t, order + 0.1, xe.TRC_HVM_VMENTRY)
+
+
+def _hypercall(rec: Records, t, op, args=()) -> None:
+    """PV_HYPERCALL_V2 from dom0: op | presence bits (01 = 32-bit arg) + the args Xen keeps."""
+    word0 = op
+    for i in range(len(args)):
+        word0 |= 1 << (20 + 2 * i)
+    rec.add(0, t, 0.0, xe.TRC_PV_HYPERCALL_V2, (word0, *args))
+
+
+def _mmio_trap(rec, cpu, t0, t1, offset, data, vendor, write=True, order=0.0) -> None:
+    gpa = MMIO_BASE + offset
+    npf = (0x00082021, (gpa, 0, *NPF_WORDS))
+    if write:
+        _exit(rec, cpu, t0, _reason("npf", vendor), [npf, (0x00082217, (gpa, data))], order)
+        _entry(rec, cpu, t1)
+    else:  # reads are traced when the data comes back, right before the entry
+        _exit(rec, cpu, t0, _reason("npf", vendor), [npf], order)
+        _entry(rec, cpu, t1, [(0x00082017, (gpa, data))])
+
+
+def _interrupt(rec, cpu, t0, t1, vector, vendor, order=0.0) -> None:
+    _exit(rec, cpu, t0, _reason("intr", vendor), [(0x0008200F, (PHYS_VECTOR,))], order)
+    _entry(rec, cpu, t1, [(0x00082004, (vector, 0))])
+
+
+def build(path, sched, req, *, vendor: str, guest_exits: bool = True) -> Records:
+    """All records of a run: `sched` from replay.engine, `req` from emulate.workload.
+    Without `guest_exits` (an Arm host: Xen on Arm traces no VM exits or MMIO emulation)
+    only the scheduler and dom0's hypercall and grant records are written."""
+    rec = Records()
+    names = [o.name for o in path]
+    gcpu = 1 + req.job
+    n = len(req.job)
+    for j in np.unique(req.job):  # the guest vCPUs and dom0 start running
+        rec.add(
+            int(1 + j),
+            [0.0],
+            -1.0,
+            xe.TRC_SCHED_RUNSTATE_CHANGE | 1 << 8 | 0 << 4,
+            ((GUEST_DOM << 16) | int(j),),
+        )
+    rec.add(0, [0.0], -1.0, xe.TRC_SCHED_RUNSTATE_CHANGE | 1 << 8 | 0 << 4, ((DOM0 << 16) | 0,))
+    pages = req.pages.astype(np.uint64)
+    for k, o in enumerate(path):
+        s, e = sched.start[:, k], sched.end[:, k]
+        until = sched.end[:, names.index(o.hold_until)] if o.hold_until else e
+        if not guest_exits and o.emits in GUEST_SIDE:
+            continue
+        if o.emits == "mmio_notify":
+            _mmio_trap(rec, gcpu, s, until, NOTIFY, np.zeros(n), vendor)
+        elif o.emits in ("mmio_isr", "mmio_isr_noqemu"):
+            third = (e - s) / 3
+            _interrupt(rec, gcpu, s, s + 0.2 * third, IRQ_VECTOR, vendor)
+            _mmio_trap(
+                rec, gcpu, s + third, s + 2 * third - 1, STATUS, np.ones(n), vendor, write=False
+            )
+            _mmio_trap(rec, gcpu, s + 2 * third, e, ACK, np.ones(n), vendor)
+        elif o.emits in ("vmcall_evtchn", "vmcall_argo"):
+            hc = HC_EVTCHN if o.emits == "vmcall_evtchn" else HC_ARGO
+            _exit(rec, gcpu, s, _reason("vmcall", vendor), [(0x00082012, (hc,))])
+            _entry(rec, gcpu, until)
+        elif o.emits == "guest_upcall":
+            _interrupt(rec, gcpu, s, e, UPCALL_VECTOR, vendor)
+        elif o.emits == "irq_dm_op":
+            _hypercall(rec, s, HC_DM_OP)
+        elif o.emits in ("pv_evtchn", "pv_argo"):
+            _hypercall(rec, s, HC_EVTCHN if o.emits == "pv_evtchn" else HC_ARGO)
+        elif o.emits in ("grant_map", "grant_unmap"):
+            cmd = 0 if o.emits == "grant_map" else 1
+            _hypercall(rec, s, HC_GRANT, (np.full(n, cmd), pages))
+            code = 0x0010F001 if cmd == 0 else 0x0010F002
+            for p in range(int(pages.max())):  # per page of the largest request, not per request
+                m = pages > p
+                rec.add(
+                    0,
+                    s[m] + (e[m] - s[m]) * (p + 1) / (pages[m] + 1),
+                    0.0,
+                    code,
+                    (np.full(int(m.sum()), GUEST_DOM),),
+                )
+        elif o.emits in ("foreign_map", "foreign_unmap"):
+            _hypercall(rec, s, HC_MMU_UPDATE, (pages,))
+    return rec
+
+
+def expected_counts(rec: Records) -> dict:
+    """What xenalyze must find: exits per reason of the guest, hypercalls per op of dom0."""
+    cols = {k: np.concatenate([p[k] for p in rec.parts]) for k in ("code", "args", "cpu")}
+    exits = cols["code"] == xe.TRC_HVM_VMEXIT64
+    reasons, counts = np.unique(cols["args"][exits, 0], return_counts=True)
+    hcs = cols["code"] == xe.TRC_PV_HYPERCALL_V2
+    ops, hcounts = np.unique(cols["args"][hcs, 0] & np.uint64(0xFFFFF), return_counts=True)
+    return {
+        "guest_exits": {int(r): int(c) for r, c in zip(reasons, counts, strict=True)},
+        "dom0_hypercalls": {
+            xe.hypercall_name(int(o)): int(c) for o, c in zip(ops, hcounts, strict=True)
+        },
+        "records": len(cols["code"]),
+    }
