@@ -1,10 +1,12 @@
 # Two entry points on a fresh Debian machine (run as root, or with sudo for apt):
-#   make demo   installs xvtrace and summarizes a real Xen 4.17 capture
+#   make demo   installs xvtrace, emulates every virtio-on-Xen transport on one block
+#               workload, decodes the bundles and prints them side by side
 #   make test   installs everything the tests use (incl. xenalyze) and runs them
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEMO := fixtures/xentrace/x86-pv-blkfront/trace.bin
+DEMO_WORKLOAD ?= randread-4k-qd1
+DEMO_REQUESTS ?= 20000
 
 .PHONY: demo test install apt bench clean
 
@@ -25,10 +27,10 @@ apt:
 	fi
 
 demo: install
-	rm -rf demo-bundle
-	$(BIN)/xvtrace ingest $(DEMO) -o demo-bundle
-	$(BIN)/xvtrace summary demo-bundle
-	$(BIN)/xvtrace dump demo-bundle -e 'sched.runstate_change' -e 'mem.*' -n 15
+	rm -rf demo-run
+	$(BIN)/xvtrace emulate --transport all --workload $(DEMO_WORKLOAD) --requests $(DEMO_REQUESTS) -o demo-run
+	$(BIN)/xvtrace summary demo-run/epam-mmio
+	$(BIN)/xvtrace dump demo-run/epam-mmio -n 12
 
 test: apt install
 	$(BIN)/ruff check .
@@ -39,4 +41,4 @@ bench: install
 	$(BIN)/python benchmarks/xentrace_ingest.py --size-mb 500
 
 clean:
-	rm -rf $(VENV) demo-bundle benchmarks/work .pytest_cache .hypothesis
+	rm -rf $(VENV) demo-run demo-bundle benchmarks/work .pytest_cache .hypothesis

@@ -19,6 +19,7 @@ from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 DEFAULT_FILE = "qemu-7.2-trace-events"
@@ -258,3 +259,48 @@ def render_expr(ev: EventDef, args: dict[str, pl.Expr]) -> pl.Expr:
         parts.append(text)
     parts.append(pl.lit(ev.fmt[pos:]))
     return pl.concat_str(parts)
+
+
+def _hex_series(values: np.ndarray, fmt: str) -> pl.Series:
+    """Hex text of integers, formatting each distinct value once (pointers and register
+    offsets repeat: a run has few distinct values per column)."""
+    uniq, inv = np.unique(values, return_inverse=True)
+    text = np.array([format(int(u), fmt) for u in uniq], dtype=object)
+    return pl.Series(text[inv], dtype=pl.String)
+
+
+def render_text(ev: EventDef, cols: dict[str, np.ndarray]) -> pl.Series | None:
+    """The text after the event name for rows of unsigned-integer arguments, as QEMU's log
+    backend prints it; None for an event with an empty format."""
+    if not ev.fmt:
+        return None
+    parts: list[pl.Series] = []
+    pos = 0
+    n = len(next(iter(cols.values()))) if cols else 0
+    it = iter(ev.args)
+
+    def lit(text: str) -> pl.Series:
+        return pl.Series([text], dtype=pl.String).new_from_index(0, n)
+
+    for m in _CONV.finditer(ev.fmt):
+        parts.append(lit(ev.fmt[pos : m.start()]))
+        pos = m.end()
+        conv = m.group("conv")
+        if conv == "%":
+            parts.append(lit("%"))
+            continue
+        v = cols[next(it).name]
+        if conv == "p":
+            text = _hex_series(v, "#x").replace("0x0", "(nil)")
+        elif conv in "xX":
+            text = _hex_series(v, ("#" if "#" in m.group("flags") else "") + conv)
+        elif conv in "di":
+            text = pl.Series(v.view(np.int64)).cast(pl.String)
+        else:
+            text = pl.Series(v).cast(pl.String)
+        width = m.group("width")
+        if width and width.isdigit():
+            text = text.str.pad_start(int(width), "0" if "0" in m.group("flags") else " ")
+        parts.append(text)
+    parts.append(lit(ev.fmt[pos:]))
+    return pl.select(pl.concat_str(parts)).to_series()

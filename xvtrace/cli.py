@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+import polars as pl
 
 from xvtrace import __version__, api
 from xvtrace.bundle import BundleError
@@ -17,6 +18,7 @@ from xvtrace.emulate.workload import PRESETS
 from xvtrace.ingest import IngestError
 from xvtrace.parsers.errors import ParseError
 from xvtrace.replay.transports import NAMES as TRANSPORT_NAMES
+from xvtrace.replay.transports.base import PHASES
 
 
 class UserError(click.ClickException):
@@ -26,6 +28,15 @@ class UserError(click.ClickException):
 
     def show(self, file=None) -> None:
         click.echo(f"xvtrace: error: {self.format_message()}", err=True)
+
+
+class InternalError(click.ClickException):
+    """An unexpected failure (a bug), reported in one line with exit status 3."""
+
+    exit_code = 3
+
+    def show(self, file=None) -> None:
+        click.echo(f"xvtrace: internal error: {self.format_message()}", err=True)
 
 
 def _guard(fn):
@@ -48,6 +59,14 @@ def _guard(fn):
             ValueError,
         ) as e:
             raise UserError(str(e)) from e
+        except click.ClickException:
+            raise
+        except Exception as e:  # a bug: one line for the user, the traceback on request
+            if os.environ.get("XVTRACE_DEBUG"):
+                raise
+            raise InternalError(
+                f"{type(e).__name__}: {e} (a bug in xvtrace; rerun with XVTRACE_DEBUG=1 for the traceback)"
+            ) from e
 
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
@@ -464,7 +483,7 @@ def emulate_cmd(transport, workload, requests, runtime, seed, profile, vendor, c
         requests = 10_000
     if requests is not None and runtime is not None:
         raise UserError("give --requests or --runtime, not both")
-    rows = []
+    rows, phases = [], []
     for name in names:
         out = output / name if len(names) > 1 else output
         if out.exists() and any(out.iterdir()):
@@ -492,6 +511,7 @@ def emulate_cmd(transport, workload, requests, runtime, seed, profile, vendor, c
                 out,
             )
         )
+        phases.append(_phase_means(r.truth, name))
     click.echo(f"workload: {workload}  profile: {profile}")
     click.echo(
         f"{'transport':<24}{'requests':>9}{'p50 us':>9}{'p99 us':>9}{'IOPS':>10}{'exits/req':>11}{'dom0 hc/req':>12}  bundle"
@@ -500,6 +520,24 @@ def emulate_cmd(transport, workload, requests, runtime, seed, profile, vendor, c
         click.echo(
             f"{name:<24}{n:>9}{p50:>9.1f}{p99:>9.1f}{iops:>10.0f}{ex:>11.2f}{hc:>12.2f}  {out}"
         )
+    table = pl.concat(phases, how="diagonal_relaxed").fill_null(0.0)
+    cols = [c for c in PHASES if c in table.columns]
+    click.echo("mean us per phase (incl. queueing):")
+    click.echo(f"{'transport':<24}" + "".join(f"{c:>10}" for c in cols))
+    for r in table.iter_rows(named=True):
+        click.echo(f"{r['transport']:<24}" + "".join(f"{r[c]:>10.1f}" for c in cols))
+
+
+def _phase_means(truth: pl.DataFrame, name: str) -> pl.DataFrame:
+    """Mean time from each phase's first start to its last end, per request (us)."""
+    starts = [c for c in truth.columns if c.startswith("phase_") and c.endswith("_start_ns")]
+    return truth.select(
+        pl.lit(name).alias("transport"),
+        *[
+            ((pl.col(s.replace("_start_", "_end_")) - pl.col(s)).mean() / 1e3).alias(s[6:-9])
+            for s in starts
+        ],
+    )
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from xvtrace.emulate.xen_records import ACK, MMIO_BASE, NOTIFY, STATUS
-from xvtrace.parsers.trace_events import TraceEvents, render_expr
+from xvtrace.parsers.trace_events import TraceEvents, render_text
 
 VDEV = 0x55D0_0000_1000  # VirtIOBlock *
 VQ = 0x7F00_2000_0010  # VirtQueue *
@@ -39,26 +39,13 @@ class Lines:
             return
         ev = self.defs.events[event]
         cols = {
-            a.name: pl.Series(
-                a.name, np.broadcast_to(np.asarray(args[a.name]), n).astype(np.uint64)
-            )
-            for a in ev.args
+            a.name: np.broadcast_to(np.asarray(args[a.name]), n).astype(np.uint64) for a in ev.args
         }
-        frame = pl.DataFrame(
-            {"t": np.asarray(t_ns, np.float64), "order": np.full(n, order), **cols}
-        )
-        text = frame.select(
-            render_expr(ev, {a.name: pl.col(a.name) for a in ev.args}).alias("body")
-        )
-        body = text["body"]
+        frame = pl.DataFrame({"t": np.asarray(t_ns, np.float64), "order": np.full(n, order)})
+        body = render_text(ev, cols)
+        line = pl.lit(event, dtype=pl.String) if body is None else (event + " ") + body
         self.frames.append(
-            pl.DataFrame(
-                {
-                    "t": frame["t"],
-                    "order": frame["order"],
-                    "line": (event + " " + body).str.strip_chars_end(" "),
-                }
-            )
+            frame.with_columns(line.alias("line") if body is None else pl.Series("line", line))
         )
 
     def write(self, path: Path, epoch_ns: int, offset_ns: float, drift_ppm: float) -> int:
@@ -73,9 +60,8 @@ class Lines:
             "{}@{}.{}:", pl.lit(MAIN_TID), (us // 1_000_000).cast(pl.String),
             (us % 1_000_000).cast(pl.String).str.pad_start(6, "0"),
         )  # fmt: skip
-        out = df.with_columns(us.alias("us")).select(pl.concat_str([prefix, pl.col("line")]))
-        text = "\n".join(out.to_series().to_list()) + "\n"
-        path.write_text(text)
+        out = df.select(pl.concat_str([prefix, pl.col("line")]).alias("l"))
+        out.write_csv(path, include_header=False, quote_style="never")
         return len(df)
 
 
