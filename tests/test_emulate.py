@@ -151,7 +151,10 @@ def test_cli_prints_a_side_by_side_table(tmp_path):
         ],
     )
     assert r.exit_code == 0, r.output
-    rows = {ln.split()[0]: ln.split() for ln in r.output.splitlines()[2:]}
+    first, phases = r.output.split("mean us per phase")
+    rows = {ln.split()[0]: ln.split() for ln in first.splitlines()[2:]}
+    phase_rows = {ln.split()[0]: ln.split() for ln in phases.splitlines()[2:]}
+    assert set(phase_rows) == {"pv-blkif", "epam-mmio"}
     assert set(rows) == {"pv-blkif", "epam-mmio"}
     assert float(rows["epam-mmio"][5]) == 4.0  # notify + interrupt + two ISR traps per request
     assert float(rows["pv-blkif"][5]) == 2.0  # an event-channel hypercall + an upcall
