@@ -447,6 +447,12 @@ def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask,
 @click.option(
     "--clock-offset-ns", type=float, default=0.0, help="Device-model clock minus hypervisor clock."
 )
+@click.option(
+    "--drop-rate",
+    type=float,
+    default=0.0,
+    help="Fraction of xentrace records to lose (bursts + LOST_RECORDS).",
+)
 @click.option("--clock-drift-ppm", type=float, default=0.0, help="Device-model clock drift.")
 @click.option(
     "--costs",
@@ -464,7 +470,7 @@ def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask,
 @click.option("--ingest/--no-ingest", default=True, show_default=True, help="Decode each bundle.")
 @_guard
 def emulate_cmd(transport, workload, requests, runtime, seed, profile, vendor, clock_offset_ns,
-                clock_drift_ppm, costs_file, output, ingest):  # fmt: skip
+                clock_drift_ppm, drop_rate, costs_file, output, ingest):  # fmt: skip
     """Emulate a Xen host running a block workload over virtio transports, writing what a
     real host would (xentrace, QEMU trace lines) plus the truth of every request.
 
@@ -491,7 +497,7 @@ def emulate_cmd(transport, workload, requests, runtime, seed, profile, vendor, c
         r = emulate(EmulateOptions(
             transport=name, workload=workload, out=out, requests=requests, runtime=runtime,
             seed=seed, profile=profile, vendor=vendor, clock_offset_ns=clock_offset_ns,
-            clock_drift_ppm=clock_drift_ppm, costs_file=costs_file,
+            clock_drift_ppm=clock_drift_ppm, drop_rate=drop_rate, costs_file=costs_file,
         ))  # fmt: skip
         if ingest:
             api.ingest(out, None, warn=lambda m: click.echo(f"xvtrace: warning: {m}", err=True))

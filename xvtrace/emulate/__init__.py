@@ -21,7 +21,7 @@ import polars as pl
 
 from xvtrace import __version__
 from xvtrace.bundle import RAW, atomic_path, new_manifest, write_manifest
-from xvtrace.emulate import qemu_lines, xen_records
+from xvtrace.emulate import qemu_lines, rings, xen_records
 from xvtrace.emulate.workload import Workload, WorkloadError, parse, requests
 from xvtrace.parsers.trace_events import DEFAULT_FILE, TraceEvents
 from xvtrace.parsers.xentrace import write_frame
@@ -48,6 +48,7 @@ class EmulateOptions:
     device_servers: int = 8
     clock_offset_ns: float = 0.0  # device-model clock minus hypervisor clock
     clock_drift_ppm: float = 0.0
+    drop_rate: float = 0.0  # fraction of xentrace records lost (in bursts, as Xen loses them)
     costs_file: Path | None = None
     extra: dict = field(default_factory=dict)
 
@@ -74,6 +75,8 @@ def validate(opts: EmulateOptions) -> Workload:
         raise WorkloadError(f"requests={opts.requests}: must be >= 1")
     if opts.runtime is not None and opts.runtime <= 0:
         raise WorkloadError(f"runtime={opts.runtime}: must be > 0 seconds")
+    if not 0 <= opts.drop_rate < 1:
+        raise WorkloadError(f"drop rate {opts.drop_rate}: must be in [0, 1)")
     if opts.device_servers < 1:
         raise WorkloadError("device_servers must be >= 1")
     return w
@@ -107,9 +110,13 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
     cpu_khz = PROFILE_KHZ[opts.profile]
     arm = opts.profile == "arm64"
     rec = xen_records.build(path, sched, req, vendor=opts.vendor, guest_exits=not arm)
-    expected = xen_records.expected_counts(rec)
+    frame = rec.frame(cpu_khz, TSC0)
+    del rec
+    frame = xen_records.drop_bursts(frame, opts.drop_rate, np.random.default_rng(opts.seed + 1))
+    expected = xen_records.expected_counts(frame)
     with atomic_path(out / RAW / "xentrace.bin") as tmp, tmp.open("wb") as fh:
-        write_frame(fh, rec.frame(cpu_khz, TSC0), round_cycles=cpu_khz * 10_000)  # 10 ms polls
+        write_frame(fh, frame, round_cycles=cpu_khz * 10_000)  # xentrace polls every 10 ms
+    del frame
     if transport.backend == "qemu":
         defs = TraceEvents.default()
         mmio = any(o.emits == "mmio_notify" for o in path)
@@ -120,6 +127,10 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
                 tmp, EPOCH_NS, opts.clock_offset_ns, opts.clock_drift_ppm
             )
         _keep_definitions(out / RAW / "trace-events")
+    grants = any(o.emits == "grant_map" for o in path) or transport.name == "suse-grant-persistent"
+    expected["ring_descriptors"] = rings.write(
+        out / RAW, req, EPOCH_NS, float(sched.done.max()), grants=grants
+    )
     truth = _truth(path, sched, req, keep)
     with atomic_path(out / TRUTH) as tmp:
         truth.write_parquet(tmp)

@@ -25,7 +25,9 @@ MMIO_BASE = 0xFEB00000  # the virtio-mmio window of the emulated device
 NOTIFY, STATUS, ACK = 0x50, 0x60, 0x64  # virtio-mmio QueueNotify, InterruptStatus, InterruptACK
 IRQ_VECTOR, UPCALL_VECTOR, PHYS_VECTOR = 0x25, 0xF3, 0xF2
 # exit reasons: (VMX, SVM)
-REASON = {"npf": (48, 1024), "vmcall": (18, 129), "intr": (1, 96)}
+REASON = {"npf": (48, 1024), "vmcall": (18, 129), "intr": (1, 96), "hlt": (12, 120)}
+IDLE_DOM = 32767
+MIN_IDLE_NS = 1000.0  # shorter gaps between a vCPU's work stay "running" (the guest spins)
 HC_GRANT, HC_EVTCHN, HC_ARGO, HC_DM_OP, HC_MMU_UPDATE = 20, 32, 39, 41, 1
 NPF_WORDS = (0xFFFFFFFF, 0xFFFFFFFF, 0x182, 5)  # mfn ~0 (emulated MMIO), qualification, p2mt
 GUEST_RIP = 0xFFFFFFFF81A0_0000  # where the guest's virtio driver pokes the device
@@ -144,6 +146,8 @@ def build(path, sched, req, *, vendor: str, guest_exits: bool = True) -> Records
             ((GUEST_DOM << 16) | int(j),),
         )
     rec.add(0, [0.0], -1.0, xe.TRC_SCHED_RUNSTATE_CHANGE | 1 << 8 | 0 << 4, ((DOM0 << 16) | 0,))
+    if guest_exits:
+        _idle(rec, path, sched, req, vendor)
     pages = req.pages.astype(np.uint64)
     for k, o in enumerate(path):
         s, e = sched.start[:, k], sched.end[:, k]
@@ -187,17 +191,100 @@ def build(path, sched, req, *, vendor: str, guest_exits: bool = True) -> Records
     return rec
 
 
-def expected_counts(rec: Records) -> dict:
+def drop_bursts(
+    frame: pl.DataFrame, rate: float, rng: np.random.Generator, burst: int = 64
+) -> pl.DataFrame:
+    """Lose about `rate` of the records in bursts of `burst` consecutive records of a pCPU,
+    as a full per-CPU trace buffer does, with the LOST_RECORDS record Xen writes after
+    each gap (lost count, the running vCPU, the first lost record's TSC)."""
+    if rate <= 0 or len(frame) == 0:
+        return frame
+    n = len(frame)
+    cpu = frame["cpu"].to_numpy()
+    tsc = frame["ts_raw"].to_numpy()
+    starts = np.flatnonzero(rng.random(n) < rate / burst)
+    lost = np.zeros(n, bool)
+    for s in starts:  # per burst, not per record
+        e = s + burst
+        same = cpu[s:e] == cpu[s]
+        lost[s:e] |= same & (np.cumsum(~same) == 0)
+    lost[:1] = False  # keep each pCPU's first record (its window header needs a TSC)
+    first = np.r_[True, cpu[1:] != cpu[:-1]]
+    lost &= ~first
+    gap_start = lost & ~np.r_[False, lost[:-1]]
+    gap_id = np.cumsum(gap_start)
+    keep = frame.filter(~pl.Series(lost))
+    # one LOST_RECORDS record right after each gap, with the time of the record that follows
+    ends = np.flatnonzero(lost & ~np.r_[lost[1:], False])
+    after = np.minimum(ends + 1, n - 1)
+    counts = np.bincount(gap_id[lost], minlength=gap_id.max() + 1)[gap_id[ends]]
+    first_tsc = tsc[np.flatnonzero(gap_start)]
+    markers = pl.DataFrame({
+        "cpu": cpu[after], "ts_raw": tsc[after], "has_ts": np.ones(len(ends), bool),
+        "code": np.full(len(ends), xe.TRC_LOST_RECORDS, np.uint32), "nargs": np.full(len(ends), 4, np.uint8),
+        "arg0": counts.astype(np.uint64), "arg1": np.full(len(ends), 0x7FFF, np.uint64),
+        "arg2": first_tsc & np.uint64(0xFFFFFFFF), "arg3": first_tsc >> np.uint64(32),
+        **{f"arg{i}": np.zeros(len(ends), np.uint64) for i in range(4, N_ARGS)},
+        "_pos": after.astype(np.int64) - 1,
+    })  # fmt: skip
+    keep = keep.with_columns(pl.Series("_pos", np.flatnonzero(~lost).astype(np.int64)))
+    return (
+        pl.concat([keep, markers.select(keep.columns)])
+        .sort("_pos", maintain_order=True)
+        .drop("_pos")
+    )
+
+
+def _runstate(rec, cpu, t, order, dom, vcpu, old, new) -> None:
+    rec.add(
+        cpu, t, order, xe.TRC_SCHED_RUNSTATE_CHANGE | old << 8 | new << 4, ((dom << 16) | vcpu,)
+    )
+
+
+def _idle(rec: Records, path, sched, req, vendor: str) -> None:
+    """Between its requests' work a guest vCPU halts: HLT exit, it blocks and the idle vCPU
+    runs; when work arrives it is woken, runs again and re-enters (what an idle HVM guest
+    does on Xen, and what keeps xenalyze's vCPU states in step)."""
+    busy_s, busy_e, job = [], [], []
+    names = [o.name for o in path]
+    for k, o in enumerate(path):
+        if o.resource != "vcpu" or (o.name in {p.hold_until for p in path}):
+            continue
+        end = sched.end[:, names.index(o.hold_until)] if o.hold_until else sched.end[:, k]
+        busy_s.append(sched.start[:, k])
+        busy_e.append(end)
+        job.append(req.job)
+    s, e, j = np.concatenate(busy_s), np.concatenate(busy_e), np.concatenate(job)
+    order = np.lexsort((s, j))
+    s, e, j = s[order], e[order], j[order]
+    same = np.r_[j[1:] == j[:-1], False]
+    gap_s, gap_e = e, np.r_[s[1:], 0.0]
+    idle = same & (gap_e - gap_s > MIN_IDLE_NS)
+    t0, t1, vj = gap_s[idle], gap_e[idle], j[idle]
+    cpu = 1 + vj
+    third = (t1 - t0) / 3
+    _exit(rec, cpu, t0, _reason("hlt", vendor), [(0x00082013, (np.zeros(len(t0)),))], order=0.5)
+    _runstate(rec, cpu, t0 + 1, 0.0, GUEST_DOM, vj, 0, 2)  # running -> blocked
+    _runstate(rec, cpu, t0 + 1, 0.1, IDLE_DOM, cpu, 1, 0)  # pCPU's idle vCPU runs
+    _runstate(rec, 0, t1 - third, 0.3, GUEST_DOM, vj, 2, 1)  # woken from dom0's pCPU
+    _runstate(rec, cpu, t1 - 1, 0.0, IDLE_DOM, cpu, 0, 1)
+    _runstate(rec, cpu, t1 - 1, 0.1, GUEST_DOM, vj, 1, 0)
+    _entry(rec, cpu, t1, order=-0.3)
+
+
+def expected_counts(frame: pl.DataFrame) -> dict:
     """What xenalyze must find: exits per reason of the guest, hypercalls per op of dom0."""
-    cols = {k: np.concatenate([p[k] for p in rec.parts]) for k in ("code", "args", "cpu")}
-    exits = cols["code"] == xe.TRC_HVM_VMEXIT64
-    reasons, counts = np.unique(cols["args"][exits, 0], return_counts=True)
-    hcs = cols["code"] == xe.TRC_PV_HYPERCALL_V2
-    ops, hcounts = np.unique(cols["args"][hcs, 0] & np.uint64(0xFFFFF), return_counts=True)
+    code = frame["code"].to_numpy()
+    exits = code == xe.TRC_HVM_VMEXIT64
+    reasons, counts = np.unique(frame["arg0"].to_numpy()[exits], return_counts=True)
+    hcs = code == xe.TRC_PV_HYPERCALL_V2
+    ops, hcounts = np.unique(frame["arg0"].to_numpy()[hcs] & np.uint64(0xFFFFF), return_counts=True)
+    lost = code == xe.TRC_LOST_RECORDS
     return {
         "guest_exits": {int(r): int(c) for r, c in zip(reasons, counts, strict=True)},
         "dom0_hypercalls": {
             xe.hypercall_name(int(o)): int(c) for o, c in zip(ops, hcounts, strict=True)
         },
-        "records": len(cols["code"]),
+        "records": len(code),
+        "lost_records": int(frame["arg0"].to_numpy()[lost].sum()),
     }
