@@ -74,18 +74,38 @@ def run(
 ) -> Schedule:
     """Run requests (in issue order per job) through `path`; `job[i]` is request i's job,
     `not_before[i]` its earliest issue time (rate pacing; 0 for as fast as possible)."""
-    res = np.array([RES_INDEX[o.resource] for o in path], dtype=np.int64)
-    names = [o.name for o in path]
-    # release[k] = the op whose end frees op k's resource (itself unless it holds on)
-    release = np.array(
-        [names.index(o.hold_until) if o.hold_until else k for k, o in enumerate(path)],
-        dtype=np.int64,
-    )
-    if np.any(release < np.arange(len(path))):
-        raise ValueError("hold_until must name a later operation of the same path")
+    return run_paths([path], np.zeros(len(job), np.int64), dur, job, not_before,
+                     iodepth=iodepth, njobs=njobs, device_servers=device_servers)  # fmt: skip
+
+
+def run_paths(
+    paths: list[tuple[Op, ...]],
+    path_of: np.ndarray,
+    dur: np.ndarray,
+    job: np.ndarray,
+    not_before: np.ndarray,
+    *,
+    iodepth: int,
+    njobs: int,
+    device_servers: int = 8,
+) -> Schedule:
+    """As run(), with request i following paths[path_of[i]] (e.g. a network job's transmit
+    and receive paths); `dur` is padded to the longest path."""
+    width = max(len(p) for p in paths)
+    res = np.full((len(paths), width), RES_INDEX["none"], dtype=np.int64)
+    release = np.zeros((len(paths), width), dtype=np.int64)
+    nops = np.array([len(p) for p in paths], dtype=np.int64)
+    for i, path in enumerate(paths):
+        names = [o.name for o in path]
+        for k, o in enumerate(path):
+            res[i, k] = RES_INDEX[o.resource]
+            # the op whose end frees op k's resource (itself unless it holds on)
+            release[i, k] = names.index(o.hold_until) if o.hold_until else k
+            if release[i, k] < k:
+                raise ValueError("hold_until must name a later operation of the same path")
     issue, done, start, end, wait = _simulate(
-        res, release, dur, job.astype(np.int64), not_before.astype(np.float64), int(iodepth),
-        int(njobs), int(device_servers),
+        res, release, nops, path_of.astype(np.int64), dur, job.astype(np.int64),
+        not_before.astype(np.float64), int(iodepth), int(njobs), int(device_servers),
     )  # fmt: skip
     return Schedule(issue, done, start, end, wait)
 
@@ -134,15 +154,17 @@ def _pop(ht, hp, hs, size):
 
 
 @njit(cache=True, nogil=True)
-def _simulate(res, release, dur, job, not_before, iodepth, njobs, device_servers):
-    n, nops = dur.shape
+def _simulate(
+    res2, release2, nops_p, path_of, dur, job, not_before, iodepth, njobs, device_servers
+):
+    n, width = dur.shape
     issue = np.zeros(n, np.float64)
     done = np.zeros(n, np.float64)
-    start = np.zeros((n, nops), np.float64)
-    end = np.zeros((n, nops), np.float64)
-    wait = np.zeros((n, nops), np.float64)
+    start = np.zeros((n, width), np.float64)
+    end = np.zeros((n, width), np.float64)
+    wait = np.zeros((n, width), np.float64)
     ready_at = np.zeros(n, np.float64)
-    stride = nops + 1
+    stride = width + 1
     # resources: vcpu per job; the others shared. capacity 0 = unlimited.
     nres = 6 + njobs
     cap = np.ones(nres, np.int64)
@@ -187,6 +209,9 @@ def _simulate(res, release, dur, job, not_before, iodepth, njobs, device_servers
         now, payload, size = _pop(ht, hp, hs, size)
         r = payload // stride
         step = payload % stride
+        res = res2[path_of[r]]
+        release = release2[path_of[r]]
+        nops = nops_p[path_of[r]]
         if step > 0:  # the previous op of r ended: release what it (or earlier ops) held
             for k in range(step):
                 if release[k] != step - 1:

@@ -191,3 +191,45 @@ def test_dropped_records_are_reported_as_lost(xenalyze, tmp_path):
     assert xen["lost"] == r.expected["lost_records"]
     # fewer exits survive than the run made; the truth keeps every request
     assert sum(r.expected["guest_exits"].values()) < 5 * 2000 and len(r.truth) == 2000
+
+
+@pytest.fixture(scope="module")
+def net_runs(tmp_path_factory):
+    out = {}
+    for name in NAMES:
+        d = tmp_path_factory.mktemp("net-" + name)
+        out[name] = emulate(EmulateOptions(transport=name, workload="net=rr,bs=200,iodepth=1,numjobs=2",
+                                           requests=300, seed=3, out=d / "b"))  # fmt: skip
+    return out
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("name", NAMES)
+def test_network_runs_pass_the_xenalyze_oracle(net_runs, xenalyze, name):
+    r = net_runs[name]
+    proc = subprocess.run([xenalyze, "--cpu-hz=2400M", "--summary", str(r.bundle / "raw" / "xentrace.bin")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0 and "skew" not in proc.stdout.lower()
+    got = {}
+    for (_, _, reason), (count, _, _) in parse_summary(proc.stdout).exits.items():
+        got[reason] = got.get(reason, 0) + count
+    assert got == {VMX_NAMES[k]: v for k, v in r.expected["guest_exits"].items()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_network_runs_write_packets_that_match_the_queues(net_runs, name):
+    r = net_runs[name]
+    from xvtrace.parsers import pcap
+
+    pk, stats = pcap.decode_file(r.bundle / "raw" / "net.pcap")
+    assert not stats.problems and len(pk) == r.requests == r.expected["packets"]
+    tx = pk.filter(pl.col("addr") == 0x525400123456)
+    assert len(tx) == (r.truth["op"] == "tx").sum() and (pk["size"] == 200 + 42).all()
+    assert (pk["arg2"] == 17).all()  # UDP
+    if get(name).backend == "qemu":
+        df, _ = qemu_log.decode_file(r.bundle / "raw" / "qemu.log")
+        vq = api.virtqueues(df.lazy())
+        rx = vq.filter(pl.col("queue") == 0).row(0, named=True)
+        # every received frame fills one rx buffer: frame + the 12-byte virtio_net_hdr
+        assert rx["fills"] == len(pk) - len(tx) and rx["bytes_filled"] == rx["fills"] * (242 + 12)
+        assert vq.filter(pl.col("queue") == 1)["pops"].item() == len(tx)

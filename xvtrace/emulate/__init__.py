@@ -21,8 +21,8 @@ import polars as pl
 
 from xvtrace import __version__
 from xvtrace.bundle import RAW, atomic_path, new_manifest, write_manifest
-from xvtrace.emulate import qemu_lines, rings, xen_records
-from xvtrace.emulate.workload import Workload, WorkloadError, parse, requests
+from xvtrace.emulate import packets, qemu_lines, rings, xen_records
+from xvtrace.emulate.workload import Requests, Workload, WorkloadError, parse, requests
 from xvtrace.parsers.trace_events import DEFAULT_FILE, TraceEvents
 from xvtrace.parsers.xentrace import write_frame
 from xvtrace.replay import costs as cost_table
@@ -85,7 +85,8 @@ def validate(opts: EmulateOptions) -> Workload:
 def emulate(opts: EmulateOptions) -> EmulateResult:
     w = validate(opts)
     transport = get(opts.transport)
-    path = transport.path("block")
+    kinds = ["block"] if w.kind == "block" else ["net_tx", "net_rx"]
+    paths = [transport.path(k) for k in kinds]
     table = cost_table.load(opts.costs_file)
     costs = cost_table.costs_for(table, opts.profile)
     t0 = time.perf_counter()
@@ -93,10 +94,14 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
     for _ in range(3 if opts.runtime else 1):  # size a runtime-bounded run from a first pass
         rng = np.random.default_rng(opts.seed)
         req = requests(w, n, rng)
+        path_of = np.where(req.write, 0, 1) if w.kind == "net" else np.zeros(n, np.int64)
         dev = _device_ns(req, costs, rng)
-        dur = engine.durations(path, costs, req.pages, req.nbytes, dev, rng)
-        sched = engine.run(path, dur, req.job, req.not_before, iodepth=w.iodepth, njobs=w.numjobs,
-                           device_servers=opts.device_servers)  # fmt: skip
+        dur = np.zeros((n, max(len(p) for p in paths)))
+        for i, path in enumerate(paths):  # per path, not per request
+            d = engine.durations(path, costs, req.pages, req.nbytes, dev, rng)
+            dur[path_of == i, : len(path)] = d[path_of == i]
+        sched = engine.run_paths(paths, path_of, dur, req.job, req.not_before, iodepth=w.iodepth,
+                                 njobs=w.numjobs, device_servers=opts.device_servers)  # fmt: skip
         if not opts.runtime:
             break
         span = float(sched.done.max()) / 1e9
@@ -104,12 +109,14 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
         if abs(want - n) < max(10, n // 100) and span >= opts.runtime:
             break
         n = want
-    keep = np.ones(len(req.job), bool) if not opts.runtime else sched.issue < opts.runtime * 1e9
+    keep = np.ones(n, bool) if not opts.runtime else sched.issue < opts.runtime * 1e9
+    parts = [(kind, path, *_subset(sched, req, path_of == i, len(path)))
+             for i, (kind, path) in enumerate(zip(kinds, paths, strict=True))]  # fmt: skip
     out = Path(opts.out)
     (out / RAW).mkdir(parents=True, exist_ok=True)
     cpu_khz = PROFILE_KHZ[opts.profile]
     arm = opts.profile == "arm64"
-    rec = xen_records.build(path, sched, req, vendor=opts.vendor, guest_exits=not arm)
+    rec = xen_records.build([p[1:] for p in parts], vendor=opts.vendor, guest_exits=not arm)
     frame = rec.frame(cpu_khz, TSC0)
     del rec
     frame = xen_records.drop_bursts(frame, opts.drop_rate, np.random.default_rng(opts.seed + 1))
@@ -119,19 +126,26 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
     del frame
     if transport.backend == "qemu":
         defs = TraceEvents.default()
-        mmio = any(o.emits == "mmio_notify" for o in path)
-        lines = qemu_lines.build(path, sched, req, defs=defs, mmio=mmio,
-                                 mapcache=any(o.emits == "mapcache" for o in path), iodepth=w.iodepth)  # fmt: skip
+        lines = qemu_lines.build(parts, defs=defs, iodepth=w.iodepth)
         with atomic_path(out / RAW / "qemu.log") as tmp:
             expected["qemu_lines"] = lines.write(
                 tmp, EPOCH_NS, opts.clock_offset_ns, opts.clock_drift_ppm
             )
         _keep_definitions(out / RAW / "trace-events")
-    grants = any(o.emits == "grant_map" for o in path) or transport.name == "suse-grant-persistent"
-    expected["ring_descriptors"] = rings.write(
-        out / RAW, req, EPOCH_NS, float(sched.done.max()), grants=grants
-    )
-    truth = _truth(path, sched, req, keep)
+    if w.kind == "block":
+        grants = (
+            any(o.emits == "grant_map" for o in paths[0])
+            or transport.name == "suse-grant-persistent"
+        )
+        expected["ring_descriptors"] = rings.write(
+            out / RAW, req, EPOCH_NS, float(sched.done.max()), grants=grants
+        )
+    else:
+        expected["packets"] = packets.write(
+            out / RAW / "net.pcap", parts, EPOCH_NS + opts.clock_offset_ns
+        )
+    truth = pl.concat([_truth(kind, path, s, r, keep[path_of == i])
+                       for i, (kind, path, s, r) in enumerate(parts)], how="diagonal_relaxed").sort("request")  # fmt: skip
     with atomic_path(out / TRUTH) as tmp:
         truth.write_parquet(tmp)
     seconds = time.perf_counter() - t0
@@ -149,6 +163,7 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
         "clocks": {
             "hypervisor": f"TSC = {TSC0} + ns * {cpu_khz} / 1e6",
             "device_model": f"epoch ns = {EPOCH_NS} + ns * (1 + {opts.clock_drift_ppm} ppm) + {opts.clock_offset_ns}",
+            "pcap": f"epoch ns = {EPOCH_NS} + ns + {opts.clock_offset_ns}, microsecond timestamps",
             "truth": "ns since the run's start on the hypervisor clock",
         },
         "expected": expected,
@@ -156,6 +171,22 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
     }
     write_manifest(out, manifest)
     return EmulateResult(out, int(keep.sum()), seconds, truth, expected)
+
+
+def _subset(sched, req, m: np.ndarray, width: int):
+    """The schedule and requests of the rows in mask m (one request path)."""
+    s = engine.Schedule(
+        sched.issue[m],
+        sched.done[m],
+        sched.start[m, :width],
+        sched.end[m, :width],
+        sched.wait[m, :width],
+    )
+    r = Requests(
+        req.job[m], req.write[m], req.offset[m], req.nbytes[m], req.pages[m], req.not_before[m]
+    )
+    r.index = np.flatnonzero(m)
+    return s, r
 
 
 def _device_ns(req, costs, rng) -> np.ndarray:
@@ -168,14 +199,20 @@ def _device_ns(req, costs, rng) -> np.ndarray:
     return base * rng.lognormal(0.0, sigma) + np.maximum(req.nbytes - 4096, 0) * per_byte
 
 
-def _truth(path, sched, req, keep) -> pl.DataFrame:
+def _truth(kind, path, sched, req, keep) -> pl.DataFrame:
+    n = int(keep.sum())
+    op = (
+        np.where(req.write[keep], "write", "read")
+        if kind == "block"
+        else np.full(n, "tx" if kind == "net_tx" else "rx")
+    )
     cols = {
-        "request": np.flatnonzero(keep).astype(np.int64),
-        "dom": np.full(int(keep.sum()), xen_records.GUEST_DOM, np.int32),
+        "request": req.index[keep].astype(np.int64),
+        "dom": np.full(n, xen_records.GUEST_DOM, np.int32),
         "vcpu": req.job[keep].astype(np.int32),
-        "device": ["vblk0"] * int(keep.sum()),
-        "queue": np.zeros(int(keep.sum()), np.uint16),
-        "op": np.where(req.write[keep], "write", "read"),
+        "device": ["vblk0" if kind == "block" else "vnet0"] * n,
+        "queue": np.full(n, 0 if kind != "net_tx" else 1, np.uint16),
+        "op": op,
         "offset": req.offset[keep],
         "bytes": req.nbytes[keep].astype(np.uint32),
         "issue_ns": sched.issue[keep],

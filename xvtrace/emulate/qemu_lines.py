@@ -22,6 +22,8 @@ from xvtrace.parsers.trace_events import TraceEvents, render_text
 
 VDEV = 0x55D0_0000_1000  # VirtIOBlock *
 VQ = 0x7F00_2000_0010  # VirtQueue *
+VDEV_NET = 0x55D0_0000_8000  # VirtIONet *
+VQ_NET_RX, VQ_NET_TX = 0x7F00_2100_0010, 0x7F00_2100_00A8
 ELEM_BASE = 0x55D0_1000_0000  # VirtQueueElement * pool; pointers are reused as in QEMU
 IOREQ_PTR = 0x7F00_3000_0000  # the vCPU's ioreq_t in the shared page
 MAPCACHE = 0x7F10_0000_0000
@@ -65,19 +67,39 @@ class Lines:
         return len(df)
 
 
-def build(
-    path, sched, req, *, defs: TraceEvents, mmio: bool, mapcache: bool, iodepth: int
-) -> Lines:
-    """The QEMU lines of every request of a run (see the module doc for which ones)."""
+# per device kind: (VirtIODevice *, VirtQueue *, queue index)
+DEVICES = {
+    "block": (VDEV, VQ, 0),
+    "net_tx": (VDEV_NET, VQ_NET_TX, 1),
+    "net_rx": (VDEV_NET, VQ_NET_RX, 0),
+}
+
+
+def build(parts, *, defs: TraceEvents, iodepth: int) -> Lines:
+    """The QEMU lines of every request of a run; `parts` is [(kind, path, schedule,
+    requests)] with kind block, net_tx or net_rx."""
     out = Lines(defs)
+    if any(kind == "net_rx" for kind, *_ in parts):
+        # the guest driver posts its receive buffers and kicks the rx queue once at start
+        vdev, vq, queue = DEVICES["net_rx"]
+        out.add("virtio_queue_notify", np.zeros(1), -1.0, vdev=vdev, n=queue, vq=vq)
+    for kind, path, sched, req in parts:
+        _path_lines(out, kind, path, sched, req, iodepth)
+    return out
+
+
+def _path_lines(out: Lines, kind: str, path, sched, req, iodepth: int) -> None:
     names = {o.name: k for k, o in enumerate(path)}
+    emits = {o.emits for o in path}
+    vdev, vq, queue = DEVICES[kind]
     n = len(req.job)
-    k_in_job = np.arange(n) // max(1, int(req.job.max()) + 1)
+    k_in_job = np.arange(n) // max(1, int(req.job.max()) + 1) if n else np.zeros(0, np.int64)
     slot = req.job * iodepth + (k_in_job % iodepth)  # unique among requests in flight
-    elem = (ELEM_BASE + slot.astype(np.uint64) * np.uint64(0x140)).astype(np.uint64)
+    base = {"block": ELEM_BASE, "net_tx": ELEM_BASE + 0x100000, "net_rx": ELEM_BASE + 0x200000}[
+        kind
+    ]
+    elem = (base + slot.astype(np.uint64) * np.uint64(0x140)).astype(np.uint64)
     ioreq = (IOREQ_PTR + req.job.astype(np.uint64) * np.uint64(32)).astype(np.uint64)
-    sectors = (req.nbytes // 512).astype(np.uint64)
-    sector = (req.offset // np.uint64(512)).astype(np.uint64)
     pages = req.pages.astype(np.uint64)
     w = req.write
 
@@ -86,59 +108,68 @@ def build(
         return (sched.start if at == "start" else sched.end)[:, k]
 
     pop_t = t("backend_pop")
-    if mmio:
-        out.add("handle_ioreq", pop_t, 0.0, req=ioreq, type=1, dir=0, df=0, data_is_ptr=0,
-                addr=MMIO_BASE + NOTIFY, data=0, count=1, size=4)  # fmt: skip
-        out.add("virtio_mmio_write_offset", pop_t, 0.1, offset=NOTIFY, value=0)
-    out.add("virtio_queue_notify", pop_t, 0.2, vdev=VDEV, n=0, vq=VQ)
-    in_num = np.where(w, 1, 1 + pages)
-    out_num = np.where(w, 1 + pages, 1)
-    out.add(
-        "virtqueue_alloc_element", pop_t, 0.3, elem=elem, sz=240, in_num=in_num, out_num=out_num
-    )
-    out.add("virtqueue_pop", pop_t, 0.4, vq=VQ, elem=elem, in_num=in_num, out_num=out_num)
-    out.add(
-        "virtio_blk_handle_write",
-        pop_t[w],
-        0.5,
-        vdev=VDEV,
-        req=elem[w],
-        sector=sector[w],
-        nsectors=sectors[w],
-    )
-    out.add(
-        "virtio_blk_handle_read",
-        pop_t[~w],
-        0.5,
-        vdev=VDEV,
-        req=elem[~w],
-        sector=sector[~w],
-        nsectors=sectors[~w],
-    )
-    if mapcache and "mapcache" in names:
+    if kind != "net_rx":  # the guest kicked the queue
+        if "mmio_notify" in emits:
+            out.add("handle_ioreq", pop_t, 0.0, req=ioreq, type=1, dir=0, df=0, data_is_ptr=0,
+                    addr=MMIO_BASE + NOTIFY, data=queue, count=1, size=4)  # fmt: skip
+            out.add("virtio_mmio_write_offset", pop_t, 0.1, offset=NOTIFY, value=queue)
+        out.add("virtio_queue_notify", pop_t, 0.2, vdev=vdev, n=queue, vq=vq)
+    if kind == "block":
+        in_num, out_num = np.where(w, 1, 1 + pages), np.where(w, 1 + pages, 1)
+    elif kind == "net_tx":  # virtio_net_hdr + frame in one descriptor
+        in_num, out_num = np.zeros(n), np.ones(n)
+    else:
+        in_num, out_num = np.ones(n), np.zeros(n)
+    out.add("virtqueue_alloc_element", pop_t, 0.3, elem=elem, sz=240 if kind == "block" else 56,
+            in_num=in_num, out_num=out_num)  # fmt: skip
+    out.add("virtqueue_pop", pop_t, 0.4, vq=vq, elem=elem, in_num=in_num, out_num=out_num)
+    if kind == "block":
+        sectors = (req.nbytes // 512).astype(np.uint64)
+        sector = (req.offset // np.uint64(512)).astype(np.uint64)
+        out.add(
+            "virtio_blk_handle_write",
+            pop_t[w],
+            0.5,
+            vdev=vdev,
+            req=elem[w],
+            sector=sector[w],
+            nsectors=sectors[w],
+        )
+        out.add(
+            "virtio_blk_handle_read",
+            pop_t[~w],
+            0.5,
+            vdev=vdev,
+            req=elem[~w],
+            sector=sector[~w],
+            nsectors=sectors[~w],
+        )
+    if "mapcache" in emits:
         s, e = t("mapcache"), t("mapcache", "end")
         for p in range(int(pages.max())):  # per page of the largest request
             m = pages > p
             at = s[m] + (e[m] - s[m]) * p / pages[m]
-            gpa = (req.offset[m] % np.uint64(1 << 27)) + np.uint64(p * 4096)
+            gpa = (
+                (req.offset[m] % np.uint64(1 << 27))
+                + np.uint64(p * 4096)
+                + np.uint64(0x100000 * queue)
+            )
             out.add("xen_map_cache", at, 0.6, phys_addr=gpa)
             out.add("xen_map_cache_return", at, 0.61, ptr=MAPCACHE + gpa)
-    done = t("device_io", "end")
-    out.add("virtio_blk_rw_complete", done, 0.0, vdev=VDEV, req=elem, ret=0)
+    if kind == "block":
+        out.add("virtio_blk_rw_complete", t("device_io", "end"), 0.0, vdev=vdev, req=elem, ret=0)
     push = t("backend_push")
-    out.add("virtio_blk_req_complete", push, 0.1, vdev=VDEV, req=elem, status=0)
-    out.add(
-        "virtqueue_fill",
-        push,
-        0.2,
-        vq=VQ,
-        elem=elem,
-        len=np.where(w, 1, req.nbytes.astype(np.uint64) + 1),
-        idx=0,
-    )
-    out.add("virtqueue_flush", push, 0.3, vq=VQ, count=1)
-    out.add("virtio_notify", push, 0.4, vdev=VDEV, vq=VQ)
-    if mmio:
+    if kind == "block":
+        out.add("virtio_blk_req_complete", push, 0.1, vdev=vdev, req=elem, status=0)
+        fill_len = np.where(w, 1, req.nbytes.astype(np.uint64) + 1)
+    elif kind == "net_tx":
+        fill_len = np.zeros(n, np.uint64)
+    else:  # a received frame plus the 12-byte virtio_net_hdr_mrg_rxbuf
+        fill_len = req.nbytes.astype(np.uint64) + 12
+    out.add("virtqueue_fill", push, 0.2, vq=vq, elem=elem, len=fill_len, idx=0)
+    out.add("virtqueue_flush", push, 0.3, vq=vq, count=1)
+    out.add("virtio_notify", push, 0.4, vdev=vdev, vq=vq)
+    if "mmio_isr" in emits:
         out.add("virtio_mmio_setting_irq", t("irq_inject"), 0.0, level=1)
         s, e = t("isr_status_ack"), t("isr_status_ack", "end")
         third = (e - s) / 3
@@ -149,4 +180,3 @@ def build(
                 addr=MMIO_BASE + ACK, data=1, count=1, size=4)  # fmt: skip
         out.add("virtio_mmio_write_offset", s + 2 * third, 0.1, offset=ACK, value=1)
         out.add("virtio_mmio_setting_irq", s + 2 * third, 0.2, level=0)
-    return out

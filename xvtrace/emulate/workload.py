@@ -2,10 +2,13 @@
 
 A workload is a preset name or fio-style `key=value` pairs:
 
-    rw=randread,bs=4k,iodepth=32,numjobs=2,rate=0,size=1g
+    rw=randread,bs=4k,iodepth=32,numjobs=2,rate=0,size=1g      block
+    net=rr,bs=64,iodepth=1                                      network request/response
+    net=stream,bs=1024,iodepth=8                                network streaming (guest sends)
 
-Block jobs only for now: the transports declare their network paths, but the emulator does
-not run network jobs yet (no pcap output), so they are not accepted.
+For network jobs bs is the UDP payload of each frame (1..1472: one frame per request, no
+segmentation offload); a request/response job alternates a transmitted request and the
+received reply.
 """
 
 from __future__ import annotations
@@ -15,11 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 
 BLOCK_RW = ("read", "write", "randread", "randwrite", "randrw")
+NET_MODES = ("rr", "stream")
+FRAME_OVERHEAD = 14 + 20 + 8  # Ethernet + IPv4 + UDP headers
+MAX_PAYLOAD = 1472
 PRESETS = {
     "randread-4k-qd1": "rw=randread,bs=4k,iodepth=1",
     "randwrite-4k-qd32": "rw=randwrite,bs=4k,iodepth=32",
     "seqread-1m": "rw=read,bs=1m,iodepth=4",
     "randrw-16k-qd8": "rw=randrw,bs=16k,iodepth=8,numjobs=2",
+    "net-rr-64": "net=rr,bs=64,iodepth=1",
+    "net-stream-1k": "net=stream,bs=1024,iodepth=8",
 }
 RING_SIZE = 256  # virtqueue size of the emulated devices
 MAX_BS = 4 << 20
@@ -32,8 +40,8 @@ class WorkloadError(ValueError):
 @dataclass(frozen=True)
 class Workload:
     name: str
-    kind: str  # "block"
-    rw: str  # read, write, randread, randwrite, randrw
+    kind: str  # "block" or "net"
+    rw: str  # block: read, write, randread, randwrite, randrw; net: rr, stream
     bs: int
     iodepth: int = 1
     numjobs: int = 1
@@ -43,7 +51,12 @@ class Workload:
 
     @property
     def pages(self) -> int:
-        return max(1, -(-self.bs // 4096))
+        return max(1, -(-self.request_bytes // 4096))
+
+    @property
+    def request_bytes(self) -> int:
+        """Bytes one request moves: the block size, or the frame on the wire."""
+        return self.bs + FRAME_OVERHEAD if self.kind == "net" else self.bs
 
 
 def _size(text: str, key: str) -> int:
@@ -63,7 +76,8 @@ def parse(spec: str) -> Workload:
     if "=" not in text:
         raise WorkloadError(
             f"unknown workload {spec!r}; presets: {', '.join(PRESETS)}; or fio-style pairs such "
-            f"as rw=randread,bs=4k,iodepth=32 (rw: {', '.join(BLOCK_RW)})"
+            f"as rw=randread,bs=4k,iodepth=32 (rw: {', '.join(BLOCK_RW)}) or net=rr,bs=64 "
+            f"(net: {', '.join(NET_MODES)})"
         )
     kv = {}
     for pair in text.split(","):
@@ -71,20 +85,27 @@ def parse(spec: str) -> Workload:
             raise WorkloadError(f"{pair!r} is not key=value")
         k, v = pair.split("=", 1)
         kv[k.strip()] = v.strip()
-    known = {"rw", "bs", "iodepth", "numjobs", "rate", "size", "rwmixread"}
+    known = {"rw", "net", "bs", "iodepth", "numjobs", "rate", "size", "rwmixread"}
     unknown = set(kv) - known
     if unknown:
         raise WorkloadError(
             f"unknown workload keys {sorted(unknown)}; valid: {', '.join(sorted(known))}"
         )
-    kind = "block"
-    rw = kv.get("rw", "randread")
-    if rw not in BLOCK_RW:
-        raise WorkloadError(f"rw={rw}: valid values are {', '.join(BLOCK_RW)}")
-    bs = _size(kv.get("bs", "4k"), "bs")
-    if bs <= 0 or bs > MAX_BS:
+    if "rw" in kv and "net" in kv:
+        raise WorkloadError("give rw= (block) or net= (network), not both")
+    kind = "net" if "net" in kv else "block"
+    rw = kv["net"] if kind == "net" else kv.get("rw", "randread")
+    valid = NET_MODES if kind == "net" else BLOCK_RW
+    if rw not in valid:
+        raise WorkloadError(
+            f"{'net' if kind == 'net' else 'rw'}={rw}: valid values are {', '.join(valid)}"
+        )
+    bs = _size(kv.get("bs", "64" if kind == "net" else "4k"), "bs")
+    if kind == "net" and not 1 <= bs <= MAX_PAYLOAD:
+        raise WorkloadError(f"bs={bs}: network payloads are 1..{MAX_PAYLOAD} bytes (one frame)")
+    if kind == "block" and not 0 < bs <= MAX_BS:
         raise WorkloadError(f"bs={bs}: must be between 1 and {MAX_BS} bytes")
-    if bs % 512:
+    if kind == "block" and bs % 512:
         raise WorkloadError(f"bs={bs}: block sizes are multiples of 512")
     try:
         iodepth = int(kv.get("iodepth", 1))
@@ -110,17 +131,25 @@ def parse(spec: str) -> Workload:
 @dataclass
 class Requests:
     job: np.ndarray  # i8 job (= guest vCPU) of each request
-    write: np.ndarray  # bool
+    write: np.ndarray  # bool: a block write, or a frame the guest transmits
     offset: np.ndarray  # u8 byte offset on the device (block)
     nbytes: np.ndarray  # f8 bytes moved
     pages: np.ndarray  # f8 4 KiB pages touched
     not_before: np.ndarray  # f8 earliest issue time, ns (rate pacing)
+    index: np.ndarray | None = None  # request numbers, when this is a subset of a run
 
 
 def requests(w: Workload, n: int, rng: np.random.Generator) -> Requests:
     """n requests of the workload, round-robin over its jobs, as whole columns."""
     job = np.arange(n) % w.numjobs
     k = np.arange(n) // w.numjobs  # index within the job
+    if w.kind == "net":
+        write = np.ones(n, bool) if w.rw == "stream" else (k % 2 == 0)  # rr: request, reply
+        nb = np.full(n, float(w.request_bytes))
+        not_before = (k * (1e9 / w.rate)).astype(np.float64) if w.rate > 0 else np.zeros(n)
+        return Requests(
+            job.astype(np.int64), write, np.zeros(n, np.uint64), nb, np.ones(n), not_before
+        )
     if w.rw in ("read", "randread"):
         write = np.zeros(n, bool)
     elif w.rw in ("write", "randwrite"):

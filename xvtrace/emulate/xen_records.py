@@ -129,25 +129,27 @@ def _interrupt(rec, cpu, t0, t1, vector, vendor, order=0.0) -> None:
     _entry(rec, cpu, t1, [(0x00082004, (vector, 0))])
 
 
-def build(path, sched, req, *, vendor: str, guest_exits: bool = True) -> Records:
-    """All records of a run: `sched` from replay.engine, `req` from emulate.workload.
+def build(parts, *, vendor: str, guest_exits: bool = True) -> Records:
+    """All records of a run: `parts` is [(path, schedule, requests)], one per request path
+    in the run (block; or a network job's transmit and receive paths).
     Without `guest_exits` (an Arm host: Xen on Arm traces no VM exits or MMIO emulation)
     only the scheduler and dom0's hypercall and grant records are written."""
     rec = Records()
+    jobs = np.unique(np.concatenate([req.job for _, _, req in parts]))
+    for j in jobs:  # the guest vCPUs and dom0 start running
+        _runstate(rec, int(1 + j), [0.0], -1.0, GUEST_DOM, int(j), 1, 0)
+    _runstate(rec, 0, [0.0], -1.0, DOM0, 0, 1, 0)
+    if guest_exits:
+        _idle(rec, parts, vendor)
+    for path, sched, req in parts:
+        _emit_path(rec, path, sched, req, vendor, guest_exits)
+    return rec
+
+
+def _emit_path(rec: Records, path, sched, req, vendor: str, guest_exits: bool) -> None:
     names = [o.name for o in path]
     gcpu = 1 + req.job
     n = len(req.job)
-    for j in np.unique(req.job):  # the guest vCPUs and dom0 start running
-        rec.add(
-            int(1 + j),
-            [0.0],
-            -1.0,
-            xe.TRC_SCHED_RUNSTATE_CHANGE | 1 << 8 | 0 << 4,
-            ((GUEST_DOM << 16) | int(j),),
-        )
-    rec.add(0, [0.0], -1.0, xe.TRC_SCHED_RUNSTATE_CHANGE | 1 << 8 | 0 << 4, ((DOM0 << 16) | 0,))
-    if guest_exits:
-        _idle(rec, path, sched, req, vendor)
     pages = req.pages.astype(np.uint64)
     for k, o in enumerate(path):
         s, e = sched.start[:, k], sched.end[:, k]
@@ -188,7 +190,6 @@ def build(path, sched, req, *, vendor: str, guest_exits: bool = True) -> Records
                 )
         elif o.emits in ("foreign_map", "foreign_unmap"):
             _hypercall(rec, s, HC_MMU_UPDATE, (pages,))
-    return rec
 
 
 def drop_bursts(
@@ -241,19 +242,20 @@ def _runstate(rec, cpu, t, order, dom, vcpu, old, new) -> None:
     )
 
 
-def _idle(rec: Records, path, sched, req, vendor: str) -> None:
+def _idle(rec: Records, parts, vendor: str) -> None:
     """Between its requests' work a guest vCPU halts: HLT exit, it blocks and the idle vCPU
     runs; when work arrives it is woken, runs again and re-enters (what an idle HVM guest
     does on Xen, and what keeps xenalyze's vCPU states in step)."""
     busy_s, busy_e, job = [], [], []
-    names = [o.name for o in path]
-    for k, o in enumerate(path):
-        if o.resource != "vcpu" or (o.name in {p.hold_until for p in path}):
-            continue
-        end = sched.end[:, names.index(o.hold_until)] if o.hold_until else sched.end[:, k]
-        busy_s.append(sched.start[:, k])
-        busy_e.append(end)
-        job.append(req.job)
+    for path, sched, req in parts:
+        names = [o.name for o in path]
+        for k, o in enumerate(path):
+            if o.resource != "vcpu" or (o.name in {p.hold_until for p in path}):
+                continue
+            end = sched.end[:, names.index(o.hold_until)] if o.hold_until else sched.end[:, k]
+            busy_s.append(sched.start[:, k])
+            busy_e.append(end)
+            job.append(req.job)
     s, e, j = np.concatenate(busy_s), np.concatenate(busy_e), np.concatenate(job)
     order = np.lexsort((s, j))
     s, e, j = s[order], e[order], j[order]
