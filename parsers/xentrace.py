@@ -372,66 +372,10 @@ def encode_windows(
         raise ValueError("records cannot be CPU_CHANGE and cpu must be in [0, 4096)")
     if args.shape[1] < int(nargs.max()):
         raise ValueError("args has fewer columns than nargs asks for")
-    rec_words = 1 + 2 * has.astype(np.int64) + nargs
-    # Round of each record; within a (round, cpu) split windows at window_bytes.
-    seq = np.arange(n)
-    rnd = (tsc // np.uint64(max(1, round_cycles))).astype(np.int64)
-    # Rounds must not go back in time within a pCPU (no-TSC records inherit, so they can't).
-    o = np.lexsort((seq, cpu))
-    rnd[o] = _running_max_by_group(rnd[o], cpu[o])
-    o = np.lexsort((seq, rnd, cpu))
-    key_change = np.ones(n, dtype=bool)
-    key_change[1:] = (cpu[o][1:] != cpu[o][:-1]) | (rnd[o][1:] != rnd[o][:-1])
-    group_start = np.maximum.accumulate(np.where(key_change, np.arange(n), 0))
-    bytes_sorted = rec_words[o] * 4
-    csum = np.cumsum(bytes_sorted)
-    base = csum[group_start] - bytes_sorted[group_start]
-    sub = np.empty(n, dtype=np.int64)
-    sub[o] = (csum - bytes_sorted - base) // window_bytes
-    # Final order: by round, sub-round, cpu, then original order within the pCPU.
-    order = np.lexsort((seq, cpu, sub, rnd))
-    wkey_cpu, wkey_sub, wkey_rnd = cpu[order], sub[order], rnd[order]
-    new_win = np.ones(n, dtype=bool)
-    new_win[1:] = (
-        (wkey_cpu[1:] != wkey_cpu[:-1]) | (wkey_sub[1:] != wkey_sub[:-1]) | (wkey_rnd[1:] != wkey_rnd[:-1])
+    return scan.layout_windows(
+        cpu, tsc, has, code, nargs, args, np.uint64(max(1, round_cycles)), int(window_bytes),
+        int(cpu.max()) + 1,
     )  # fmt: skip
-    sizes = rec_words[order]
-    pos = np.cumsum(sizes + 3 * new_win) - sizes  # record start after any window header
-    total = int(pos[-1] + sizes[-1])
-    out = np.zeros(total, dtype=np.uint32)
-    starts = np.flatnonzero(new_win)
-    win_bytes = np.add.reduceat(sizes, starts) * 4
-    hpos = pos[starts] - 3
-    out[hpos] = CPU_CHANGE_HEADER
-    out[hpos + 1] = wkey_cpu[starts].astype(np.uint32)
-    out[hpos + 2] = win_bytes.astype(np.uint32)
-    h = has[order]
-    na = nargs[order]
-    out[pos] = (
-        code[order]
-        | (na.astype(np.uint32) << np.uint32(28))
-        | (h.astype(np.uint32) << np.uint32(31))
-    )
-    t = tsc[order]
-    out[pos[h] + 1] = (t[h] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    out[pos[h] + 2] = (t[h] >> np.uint64(32)).astype(np.uint32)
-    dpos = pos + 1 + 2 * h
-    a = args[order]
-    for j in range(int(na.max()) if n else 0):
-        m = na > j
-        out[dpos[m] + j] = a[m, j]
-    return out
-
-
-def _running_max_by_group(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Cumulative max restarting at each group (inputs sorted by group)."""
-    out = values.copy()
-    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
-    for s, e in zip(
-        starts, np.r_[starts[1:], len(values)], strict=True
-    ):  # per pCPU, not per record
-        out[s:e] = np.maximum.accumulate(values[s:e])
-    return out
 
 
 def write_frame(

@@ -343,3 +343,89 @@ def emit_records(words, order, index, origin, khz, names):
 # Names of emit_records' outputs, in order.
 EMITTED = ("ts_ns", "ts_raw", "has_ts", "cpu", "dom", "vcpu", "event", "code", "nargs", "args",
            "addr", "has_addr", "src_offset")  # fmt: skip
+
+
+@njit(cache=True, nogil=True)
+def layout_windows(cpu, tsc, has_tsc, code, nargs, args, round_cycles, window_bytes, ncpu):
+    """The writer's kernel: the file's u32 words for records given per pCPU in order.
+
+    Round of a record = its TSC // round_cycles, never going back within a pCPU; within a
+    (pCPU, round) the records are split into windows of at most window_bytes. Windows go
+    out by (round, split number, pCPU): one merge over the per-pCPU sequences, since each
+    is already in order.
+    """
+    n = cpu.shape[0]
+    rnd = np.empty(n, np.int64)
+    sub = np.empty(n, np.int64)
+    words = np.empty(n, np.int64)
+    cur_rnd = np.full(ncpu, -1, np.int64)
+    used = np.zeros(ncpu, np.int64)
+    counts = np.zeros(ncpu, np.int64)
+    total = 0
+    for i in range(n):
+        c = cpu[i]
+        w = 1 + 2 * np.int64(has_tsc[i]) + np.int64(nargs[i])
+        words[i] = w
+        r = np.int64(tsc[i] // np.uint64(round_cycles))
+        if r < cur_rnd[c]:
+            r = cur_rnd[c]
+        if r != cur_rnd[c]:
+            cur_rnd[c] = r
+            used[c] = 0
+        rnd[i] = r
+        sub[i] = used[c] // window_bytes
+        used[c] += 4 * w
+        counts[c] += 1
+        total += w
+    # per-pCPU index lists (stable counting sort by pCPU)
+    start = np.zeros(ncpu + 1, np.int64)
+    for c in range(ncpu):
+        start[c + 1] = start[c] + counts[c]
+    fill = start[:-1].copy()
+    idx = np.empty(n, np.int64)
+    for i in range(n):
+        idx[fill[cpu[i]]] = i
+        fill[cpu[i]] += 1
+    head = start[:-1].copy()
+    # every window adds a 3-word header: at most n of them
+    out = np.empty(total + 3 * n, np.uint32)
+    pos = 0
+    while True:
+        best = -1
+        for c in range(ncpu):
+            if head[c] < start[c + 1]:
+                i = idx[head[c]]
+                if best < 0:
+                    best = c
+                else:
+                    j = idx[head[best]]
+                    if rnd[i] < rnd[j] or (rnd[i] == rnd[j] and sub[i] < sub[j]):
+                        best = c
+        if best < 0:
+            break
+        c = best
+        first = idx[head[c]]
+        hpos = pos
+        pos += 3
+        nbytes = 0
+        while head[c] < start[c + 1]:
+            i = idx[head[c]]
+            if rnd[i] != rnd[first] or sub[i] != sub[first]:
+                break
+            out[pos] = (
+                np.uint32(code[i]) | (np.uint32(nargs[i]) << 28) | (np.uint32(has_tsc[i]) << 31)
+            )
+            pos += 1
+            if has_tsc[i]:
+                out[pos] = np.uint32(tsc[i] & np.uint64(0xFFFFFFFF))
+                out[pos + 1] = np.uint32(tsc[i] >> np.uint64(32))
+                pos += 2
+            for j in range(nargs[i]):
+                out[pos] = np.uint32(args[i, j])
+                pos += 1
+            nbytes += 4 * words[i]
+            head[c] += 1
+        out[hpos] = CPU_CHANGE_HEADER
+        out[hpos + 1] = np.uint32(c)
+        out[hpos + 2] = np.uint32(nbytes)
+    return out[:pos]

@@ -51,11 +51,11 @@ class Records:
         n = len(t_ns)
         if n == 0:
             return
-        args = np.zeros((n, N_ARGS), np.uint64)
+        args = np.zeros((N_ARGS, n), np.uint32)  # Xen's payload words are 32 bits
         for j, w in enumerate(words):
-            args[:, j] = np.broadcast_to(np.asarray(w, dtype=np.uint64), n)
+            args[j] = np.broadcast_to(np.asarray(w, dtype=np.uint64), n).astype(np.uint32)
         self.parts.append({
-            "cpu": np.broadcast_to(cpu, n).astype(np.int16),
+            "cpu": np.broadcast_to(cpu, n).astype(np.int64),
             "t": np.asarray(t_ns, np.float64),
             "order": np.broadcast_to(order, n).astype(np.float64),
             "code": np.full(n, code, np.uint32),
@@ -65,16 +65,24 @@ class Records:
         })  # fmt: skip
 
     def frame(self, cpu_khz: int, tsc0: int) -> pl.DataFrame:
-        cols = {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}
-        # per pCPU in time order; `order` breaks ties (an exit's records, then its entry)
-        idx = np.lexsort((cols["order"], cols["t"], cols["cpu"]))
-        t = cols["t"][idx]
-        tsc = (np.uint64(tsc0) + np.round(t * cpu_khz / 1e6).astype(np.uint64)).astype(np.uint64)
-        args = cols["args"][idx]
+        cols = {k: np.concatenate([p[k] for p in self.parts], axis=-1) for k in self.parts[0]}
+        tsc = (np.uint64(tsc0) + np.round(cols["t"] * cpu_khz / 1e6).astype(np.uint64)).astype(
+            np.uint64
+        )
+        # per pCPU in time order; `order` breaks ties (an entry, then the next exit's
+        # records): one sort on a packed key (pCPU | TSC | tie rank)
+        rank = np.round((cols["order"] + 2) * 100).astype(np.uint64)  # orders lie in [-2, 1)
+        key = (
+            (cols["cpu"].astype(np.uint64) << np.uint64(52))
+            | ((tsc - np.uint64(tsc0)) << np.uint64(9))
+            | rank
+        )
+        idx = np.argsort(key, kind="stable")
+        args = cols["args"][:, idx]
         return pl.DataFrame({
-            "cpu": cols["cpu"][idx], "ts_raw": tsc, "has_ts": cols["has_ts"][idx],
+            "cpu": cols["cpu"][idx].astype(np.int16), "ts_raw": tsc[idx], "has_ts": cols["has_ts"][idx],
             "code": cols["code"][idx], "nargs": cols["nargs"][idx],
-            **{f"arg{i}": args[:, i] for i in range(N_ARGS)},
+            **{f"arg{i}": args[i] for i in range(N_ARGS)},
         })  # fmt: skip
 
 
@@ -230,7 +238,7 @@ def drop_bursts(
     })  # fmt: skip
     keep = keep.with_columns(pl.Series("_pos", np.flatnonzero(~lost).astype(np.int64)))
     return (
-        pl.concat([keep, markers.select(keep.columns)])
+        pl.concat([keep, markers.select(keep.columns).cast(dict(keep.schema))])
         .sort("_pos", maintain_order=True)
         .drop("_pos")
     )
