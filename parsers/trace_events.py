@@ -269,25 +269,28 @@ def _hex_series(values: np.ndarray, fmt: str) -> pl.Series:
     return pl.Series(text[inv], dtype=pl.String)
 
 
-def render_text(ev: EventDef, cols: dict[str, np.ndarray]) -> pl.Series | None:
-    """The text after the event name for rows of unsigned-integer arguments, as QEMU's log
-    backend prints it; None for an event with an empty format."""
+def render_text(ev: EventDef, cols: dict[str, np.ndarray], n: int) -> pl.Series | None:
+    """The text after the event name for n rows of unsigned-integer arguments, as QEMU's
+    log backend prints it; None for an event with an empty format."""
     if not ev.fmt:
         return None
-    parts: list[pl.Series] = []
+    if not ev.conversions:
+        return pl.Series([ev.fmt.replace("%%", "%")], dtype=pl.String).new_from_index(0, n)
+    parts: list[pl.Expr] = []
+    texts: dict[str, pl.Series] = {}
     pos = 0
-    n = len(next(iter(cols.values()))) if cols else 0
     it = iter(ev.args)
 
-    def lit(text: str) -> pl.Series:
-        return pl.Series([text], dtype=pl.String).new_from_index(0, n)
+    def literal(text: str) -> None:
+        if text:
+            parts.append(pl.lit(text))
 
     for m in _CONV.finditer(ev.fmt):
-        parts.append(lit(ev.fmt[pos : m.start()]))
+        literal(ev.fmt[pos : m.start()])
         pos = m.end()
         conv = m.group("conv")
         if conv == "%":
-            parts.append(lit("%"))
+            literal("%")
             continue
         v = cols[next(it).name]
         if conv == "p":
@@ -301,6 +304,16 @@ def render_text(ev: EventDef, cols: dict[str, np.ndarray]) -> pl.Series | None:
         width = m.group("width")
         if width and width.isdigit():
             text = text.str.pad_start(int(width), "0" if "0" in m.group("flags") else " ")
-        parts.append(text)
-    parts.append(lit(ev.fmt[pos:]))
-    return pl.select(pl.concat_str(parts)).to_series()
+        name = f"c{len(texts)}"
+        texts[name] = text
+        parts.append(pl.col(name))
+    parts.append(pl.lit(ev.fmt[pos:]))
+    return (
+        pl.DataFrame(texts)
+        .select(pl.concat_str([p for p in parts if not _empty_lit(p)]))
+        .to_series()
+    )
+
+
+def _empty_lit(expr: pl.Expr) -> bool:
+    return expr.meta.is_literal() and str(expr) in ('""', "String()")

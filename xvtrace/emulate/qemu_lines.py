@@ -44,7 +44,7 @@ class Lines:
             a.name: np.broadcast_to(np.asarray(args[a.name]), n).astype(np.uint64) for a in ev.args
         }
         frame = pl.DataFrame({"t": np.asarray(t_ns, np.float64), "order": np.full(n, order)})
-        body = render_text(ev, cols)
+        body = render_text(ev, cols, n)
         line = pl.lit(event, dtype=pl.String) if body is None else (event + " ") + body
         self.frames.append(
             frame.with_columns(line.alias("line") if body is None else pl.Series("line", line))
@@ -59,11 +59,13 @@ class Lines:
         clock = (df["t"] * (1 + drift_ppm * 1e-6) + offset_ns).round(0).cast(pl.Int64) + epoch_ns
         us = clock // 1000
         prefix = pl.format(
-            "{}@{}.{}:", pl.lit(MAIN_TID), (us // 1_000_000).cast(pl.String),
+            "{}@{}.{}", pl.lit(MAIN_TID), (us // 1_000_000).cast(pl.String),
             (us % 1_000_000).cast(pl.String).str.pad_start(6, "0"),
         )  # fmt: skip
-        out = df.select(pl.concat_str([prefix, pl.col("line")]).alias("l"))
-        out.write_csv(path, include_header=False, quote_style="never")
+        # the CSV writer's separator is the ':' that ends the prefix: no concatenation
+        df.select(prefix.alias("p"), "line").write_csv(
+            path, include_header=False, separator=":", quote_style="never"
+        )
         return len(df)
 
 
