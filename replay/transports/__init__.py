@@ -14,7 +14,7 @@ from xvtrace.replay.transports.base import Transport
 def _load() -> dict[str, Transport]:
     found = {}
     for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if mod.name == "base":
+        if mod.name in ("base", "ops"):
             continue
         t = importlib.import_module(f"{__name__}.{mod.name}").TRANSPORT
         found[t.name] = t

@@ -3,56 +3,39 @@ sendv hypercall; the hypervisor checks the MAC policy and copies it (and a write
 the backend's ring, then raises VIRQ_ARGO; the response (and a read's data) comes back the
 same way."""
 
-from xvtrace.replay.transports.base import Transport, op
+from xvtrace.replay.transports import ops as o
+from xvtrace.replay.transports.base import Transport, op, paths
 
-_SEND = (
-    op("guest_submit", "submit", "guest_vcpu", "vcpu", "guest.ring_submit"),
-    op(
-        "argo_sendv",
-        "notify",
-        "hypervisor",
-        "vcpu",
-        "xen.argo_sendv",
-        emits="vmcall_argo",
-        hold_until="argo_copy_req",
-    ),
-    op("argo_copy_req", "notify", "hypervisor", "copy", "xen.argo_copy", "byte"),
-    op(
-        "virq_backend", "dispatch", "hypervisor", "none", "xen.evtchn_latency", emits="backend_wake"
-    ),
-    op(
-        "backend_recv",
-        "dispatch",
-        "backend_thread",
-        "backend",
-        "argo.backend_recv",
-        emits="argo_backend",
-    ),
+SENDV = op("argo_sendv", "notify", "hypervisor", "vcpu", "xen.argo_sendv", emits="vmcall_argo",
+           hold_until="argo_copy_req")  # fmt: skip
+COPY_REQ = op("argo_copy_req", "notify", "hypervisor", "copy", "xen.argo_copy", "byte")
+VIRQ_BACKEND = op(
+    "virq_backend", "dispatch", "hypervisor", "none", "xen.evtchn_latency", emits="backend_wake"
 )
-_REPLY = (
-    op("argo_sendv_reply", "push", "backend_thread", "backend", "xen.argo_sendv", emits="pv_argo"),
-    op("argo_copy_resp", "push", "hypervisor", "copy", "xen.argo_copy", "byte"),
-    op("virq_guest", "irq", "guest_vcpu", "vcpu", "xen.evtchn_latency", emits="guest_upcall"),
-    op("guest_complete", "complete", "guest_vcpu", "vcpu", "guest.ring_complete"),
+RECV = op(
+    "backend_recv",
+    "dispatch",
+    "backend_thread",
+    "backend",
+    "argo.backend_recv",
+    emits="argo_backend",
 )
+REPLY = op(
+    "argo_sendv_reply", "push", "backend_thread", "backend", "xen.argo_sendv", emits="pv_argo"
+)
+COPY_RESP = op("argo_copy_resp", "push", "hypervisor", "copy", "xen.argo_copy", "byte")
+VIRQ_GUEST = op(
+    "virq_guest", "irq", "guest_vcpu", "vcpu", "xen.evtchn_latency", emits="guest_upcall"
+)
+
 TRANSPORT = Transport(
     name="argo",
     title="VirtIO-Argo (hypervisor-mediated copies over Argo rings)",
     summary=__doc__,
-    block=(
-        *_SEND,
-        op("device_io", "io", "device", "device", "device.block", emits="device_io"),
-        *_REPLY,
-    ),
-    net_tx=(
-        *_SEND,
-        op("wire_tx", "io", "wire", "none", "net.wire", "byte", emits="packet_out"),
-        *_REPLY,
-    ),
-    net_rx=(
-        op("wire_rx", "io", "wire", "none", "net.wire", "byte", emits="packet_in"),
-        op("backend_recv", "dispatch", "backend_thread", "backend", "argo.backend_recv"),
-        *_REPLY,
+    **paths(
+        notify=(o.GUEST_SUBMIT, SENDV, COPY_REQ, VIRQ_BACKEND, RECV),
+        complete=(REPLY, COPY_RESP, VIRQ_GUEST, o.GUEST_COMPLETE),
+        rx_head=(RECV,),
     ),
     guest="hvm",
     backend="argo",

@@ -2,32 +2,25 @@
 mapped after first use (as blkback does), so a request costs a lookup instead of a map and
 an unmap with its TLB flush."""
 
-from dataclasses import replace
+from xvtrace.replay.transports import ops as o
+from xvtrace.replay.transports.base import Transport, paths
 
-from xvtrace.replay.transports.base import op
-from xvtrace.replay.transports.suse_grant import TRANSPORT as _GRANT
-
-_LOOKUP = op(
-    "persistent_lookup", "map", "backend_thread", "backend", "dm.persistent_grant_lookup", "page"
-)
-
-
-def _persistent(path):
-    out = []
-    for o in path:
-        if o.name == "grant_map":
-            out.append(_LOOKUP)
-        elif o.name not in ("grant_unmap", "guest_grant"):
-            out.append(o)
-    return tuple(out)
-
-
-TRANSPORT = replace(
-    _GRANT,
+TRANSPORT = Transport(
     name="suse-grant-persistent",
     title="VirtIO with persistent grants",
     summary=__doc__,
-    block=_persistent(_GRANT.block),
-    net_tx=_persistent(_GRANT.net_tx),
-    net_rx=_persistent(_GRANT.net_rx),
+    **paths(
+        notify=(
+            o.GUEST_SUBMIT,
+            o.MMIO_NOTIFY,
+            o.IOREQ_DISPATCH,
+            o.BACKEND_POP,
+            o.PERSISTENT,
+            o.IOREQ_COMPLETE,
+        ),
+        complete=(o.BACKEND_PUSH, o.IRQ_DM_OP, o.ISR_TRAPS, o.GUEST_COMPLETE),
+        rx_head=(o.BACKEND_POP, o.PERSISTENT, o.COPY_IN),
+    ),
+    guest="hvm",
+    backend="qemu",
 )

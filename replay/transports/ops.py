@@ -1,0 +1,78 @@
+"""The operations transports share, named once (see base.Op for the fields)."""
+
+from xvtrace.replay.transports.base import op
+
+# the guest
+GUEST_SUBMIT = op("guest_submit", "submit", "guest_vcpu", "vcpu", "guest.ring_submit")
+GUEST_GRANT = op("guest_grant", "submit", "guest_vcpu", "vcpu", "guest.grant_entry", "page")
+GUEST_COMPLETE = op("guest_complete", "complete", "guest_vcpu", "vcpu", "guest.ring_complete")
+ISR_TRAPS = op("isr_status_ack", "irq", "guest_vcpu", "vcpu", "epam.isr_traps", emits="mmio_isr")
+GUEST_UPCALL = op(
+    "guest_upcall", "irq", "guest_vcpu", "vcpu", "xen.evtchn_latency", emits="guest_upcall"
+)
+
+# virtio-mmio through an IOREQ server: the vCPU stays in the hypervisor until the backend
+# completes the IOREQ of its QueueNotify write
+MMIO_NOTIFY = op("notify_trap", "notify", "hypervisor", "vcpu", "xen.mmio_trap",
+                 emits="mmio_notify", hold_until="ioreq_complete")  # fmt: skip
+IOREQ_DISPATCH = op(
+    "ioreq_dispatch", "dispatch", "hypervisor", "none", "xen.ioreq_dispatch", emits="ioreq_wait"
+)
+IOREQ_COMPLETE = op(
+    "ioreq_complete", "dispatch", "hypervisor", "none", "xen.ioreq_complete", emits="vcpu_resume"
+)
+IRQ_DM_OP = op("irq_inject", "irq", "backend_thread", "backend", "xen.dm_op_irq", emits="irq_dm_op")
+
+# event channels
+EVTCHN_SEND = op(
+    "evtchn_send", "notify", "hypervisor", "vcpu", "xen.evtchn_send", emits="vmcall_evtchn"
+)
+BACKEND_WAKE = op(
+    "backend_wake", "dispatch", "hypervisor", "none", "xen.evtchn_latency", emits="backend_wake"
+)
+EVTCHN_BACK = op(
+    "evtchn_back", "irq", "backend_thread", "backend", "xen.evtchn_send", emits="pv_evtchn"
+)
+
+# a QEMU-style backend thread in dom0
+BACKEND_POP = op(
+    "backend_pop", "dispatch", "backend_thread", "backend", "dm.virtqueue_pop", emits="dm_pop"
+)
+BACKEND_PUSH = op(
+    "backend_push", "push", "backend_thread", "backend", "dm.virtqueue_push", emits="dm_push"
+)
+MAPCACHE = op(
+    "mapcache", "map", "backend_thread", "backend", "dm.mapcache_lookup", "page", emits="mapcache"
+)
+GRANT_MAP = op(
+    "grant_map", "map", "backend_thread", "backend", "xen.grant_map", "page", emits="grant_map"
+)
+GRANT_UNMAP = op(
+    "grant_unmap",
+    "unmap",
+    "backend_thread",
+    "backend",
+    "xen.grant_unmap",
+    "page",
+    emits="grant_unmap",
+)
+PERSISTENT = op(
+    "persistent_lookup", "map", "backend_thread", "backend", "dm.persistent_grant_lookup", "page"
+)
+FOREIGN_MAP = op(
+    "foreign_map",
+    "map",
+    "backend_thread",
+    "backend",
+    "xen.foreign_map",
+    "page",
+    emits="foreign_map",
+)
+FOREIGN_UNMAP = op("foreign_unmap", "unmap", "backend_thread", "backend", "xen.foreign_unmap", "page",
+                   emits="foreign_unmap")  # fmt: skip
+COPY_IN = op("copy_in", "io", "backend_thread", "backend", "mem.copy", "byte")
+
+# the device and the wire
+DEVICE_IO = op("device_io", "io", "device", "device", "device.block", emits="device_io")
+WIRE_TX = op("wire_tx", "io", "wire", "none", "net.wire", "byte", emits="packet_out")
+WIRE_RX = op("wire_rx", "io", "wire", "none", "net.wire", "byte", emits="packet_in")
