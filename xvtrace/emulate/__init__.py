@@ -11,6 +11,7 @@ table, the discrete-event engine): the emulator and the replayer share one defin
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -116,22 +117,9 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
     (out / RAW).mkdir(parents=True, exist_ok=True)
     cpu_khz = PROFILE_KHZ[opts.profile]
     arm = opts.profile == "arm64"
-    rec = xen_records.build([p[1:] for p in parts], vendor=opts.vendor, guest_exits=not arm)
-    frame = rec.frame(cpu_khz, TSC0)
-    del rec
-    frame = xen_records.drop_bursts(frame, opts.drop_rate, np.random.default_rng(opts.seed + 1))
-    expected = xen_records.expected_counts(frame)
-    with atomic_path(out / RAW / "xentrace.bin") as tmp, tmp.open("wb") as fh:
-        write_frame(fh, frame, round_cycles=cpu_khz * 10_000)  # xentrace polls every 10 ms
-    del frame
-    if transport.backend == "qemu":
-        defs = TraceEvents.default()
-        lines = qemu_lines.build(parts, defs=defs, iodepth=w.iodepth)
-        with atomic_path(out / RAW / "qemu.log") as tmp:
-            expected["qemu_lines"] = lines.write(
-                tmp, EPOCH_NS, opts.clock_offset_ns, opts.clock_drift_ppm
-            )
-        _keep_definitions(out / RAW / "trace-events")
+    expected = _write_streams(
+        out, opts, transport, kinds, paths, path_of, sched, req, cpu_khz, arm, w
+    )
     if w.kind == "block":
         grants = (
             any(o.emits == "grant_map" for o in paths[0])
@@ -171,6 +159,88 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
     }
     write_manifest(out, manifest)
     return EmulateResult(out, int(keep.sum()), seconds, truth, expected)
+
+
+CHUNK = 100_000  # requests whose records are built and written at a time
+
+
+def _write_streams(
+    out, opts, transport, kinds, paths, path_of, sched, req, cpu_khz, arm, w
+) -> dict:
+    """xentrace.bin and qemu.log, written chunk by chunk of requests so memory stays bounded.
+
+    Every record of a request is at or after its issue time, so once chunk k is built,
+    everything earlier than the next chunk's first issue time is final and written; the
+    rest waits to be merged with the next chunk (per pCPU for xentrace, globally for QEMU).
+    """
+    n = len(req.job)
+    later = np.minimum.accumulate(sched.issue[::-1])[::-1]  # earliest issue from i on
+    starts = list(range(0, n, CHUNK))
+    marks = np.array([later[c + CHUNK] if c + CHUNK < n else np.inf for c in starts])
+    gaps = xen_records.idle_gaps(
+        [(p, *_subset(sched, req, path_of == i, len(p))[:2]) for i, p in enumerate(paths)]
+    )
+    gap_chunk = np.searchsorted(marks, gaps[0], side="right")  # first chunk whose mark passes it
+    drop_rng = np.random.default_rng(opts.seed + 1)
+    qemu = transport.backend == "qemu"
+    defs = TraceEvents.default() if qemu else None
+    xen_pending = qemu_pending = None
+    expected: dict = {}
+    with contextlib.ExitStack() as stack:
+        xfh = stack.enter_context(
+            stack.enter_context(atomic_path(out / RAW / "xentrace.bin")).open("wb")
+        )
+        qfh = (
+            stack.enter_context(stack.enter_context(atomic_path(out / RAW / "qemu.log")).open("wb"))
+            if qemu
+            else None
+        )
+        for k, c0 in enumerate(starts):
+            in_chunk = np.zeros(n, bool)
+            in_chunk[c0 : c0 + CHUNK] = True
+            parts = [(kind, p, *_subset(sched, req, (path_of == i) & in_chunk, len(p)))
+                     for i, (kind, p) in enumerate(zip(kinds, paths, strict=True))]  # fmt: skip
+            g = gap_chunk == k
+            rec = xen_records.build([x[1:] for x in parts], vendor=opts.vendor, guest_exits=not arm,
+                                    gaps=tuple(a[g] for a in gaps), start=k == 0)  # fmt: skip
+            frame = rec.frame(cpu_khz, TSC0)
+            del rec
+            if xen_pending is not None:
+                frame = pl.concat([xen_pending, frame]).sort(
+                    "cpu", "ts_raw", "_rank", maintain_order=True
+                )
+            if np.isfinite(marks[k]):
+                cut = pl.col("ts_raw").cast(pl.Float64) < TSC0 + marks[k] * cpu_khz / 1e6
+                ready, xen_pending = frame.filter(cut), frame.filter(~cut)
+            else:
+                ready, xen_pending = frame, None
+            ready = xen_records.drop_bursts(ready.drop("_rank"), opts.drop_rate, drop_rng)
+            _add_counts(expected, xen_records.expected_counts(ready))
+            write_frame(xfh, ready, round_cycles=cpu_khz * 10_000)  # xentrace polls every 10 ms
+            if qemu:
+                lines = qemu_lines.build(parts, defs=defs, iodepth=w.iodepth, first=k == 0).frame()
+                if qemu_pending is not None:
+                    lines = pl.concat([qemu_pending, lines])
+                lines = lines.sort("t", "order", maintain_order=True)
+                done, qemu_pending = (
+                    lines.filter(pl.col("t") < marks[k]),
+                    lines.filter(pl.col("t") >= marks[k]),
+                )
+                expected["qemu_lines"] = expected.get("qemu_lines", 0) + qemu_lines.write_lines(
+                    qfh, done, EPOCH_NS, opts.clock_offset_ns, opts.clock_drift_ppm)  # fmt: skip
+    if qemu:
+        _keep_definitions(out / RAW / "trace-events")
+    return expected
+
+
+def _add_counts(total: dict, part: dict) -> None:
+    for key, value in part.items():
+        if isinstance(value, dict):
+            sub = total.setdefault(key, {})
+            for k, v in value.items():
+                sub[k] = sub.get(k, 0) + v
+        else:
+            total[key] = total.get(key, 0) + value
 
 
 def _subset(sched, req, m: np.ndarray, width: int):

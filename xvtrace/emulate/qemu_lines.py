@@ -12,8 +12,6 @@ so the decoder reads them back with the same definitions.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import polars as pl
 
@@ -50,23 +48,29 @@ class Lines:
             frame.with_columns(line.alias("line") if body is None else pl.Series("line", line))
         )
 
-    def write(self, path: Path, epoch_ns: int, offset_ns: float, drift_ppm: float) -> int:
-        """Write in time order on the device model's clock: epoch + t + offset + drift."""
+    def frame(self) -> pl.DataFrame:
+        """All lines so far: t (ns, hypervisor clock), order (ties), line (after the prefix)."""
         if not self.frames:
-            path.write_text("")
-            return 0
-        df = pl.concat(self.frames).sort("t", "order", maintain_order=True)
-        clock = (df["t"] * (1 + drift_ppm * 1e-6) + offset_ns).round(0).cast(pl.Int64) + epoch_ns
-        us = clock // 1000
-        prefix = pl.format(
-            "{}@{}.{}", pl.lit(MAIN_TID), (us // 1_000_000).cast(pl.String),
-            (us % 1_000_000).cast(pl.String).str.pad_start(6, "0"),
-        )  # fmt: skip
-        # the CSV writer's separator is the ':' that ends the prefix: no concatenation
-        df.select(prefix.alias("p"), "line").write_csv(
-            path, include_header=False, separator=":", quote_style="never"
-        )
-        return len(df)
+            return pl.DataFrame(schema={"t": pl.Float64, "order": pl.Float64, "line": pl.String})
+        return pl.concat(self.frames)
+
+
+def write_lines(fh, df: pl.DataFrame, epoch_ns: int, offset_ns: float, drift_ppm: float) -> int:
+    """Append time-ordered lines to an open file with the `tid@sec.usec:` prefix on the
+    device model's clock: epoch + t * (1 + drift) + offset."""
+    if not len(df):
+        return 0
+    clock = (df["t"] * (1 + drift_ppm * 1e-6) + offset_ns).round(0).cast(pl.Int64) + epoch_ns
+    us = clock // 1000
+    prefix = pl.format(
+        "{}@{}.{}", pl.lit(MAIN_TID), (us // 1_000_000).cast(pl.String),
+        (us % 1_000_000).cast(pl.String).str.pad_start(6, "0"),
+    )  # fmt: skip
+    # the CSV writer's separator is the ':' that ends the prefix: no concatenation
+    df.select(prefix.alias("p"), "line").write_csv(
+        fh, include_header=False, separator=":", quote_style="never"
+    )
+    return len(df)
 
 
 # per device kind: (VirtIODevice *, VirtQueue *, queue index)
@@ -77,11 +81,11 @@ DEVICES = {
 }
 
 
-def build(parts, *, defs: TraceEvents, iodepth: int) -> Lines:
-    """The QEMU lines of every request of a run; `parts` is [(kind, path, schedule,
-    requests)] with kind block, net_tx or net_rx."""
+def build(parts, *, defs: TraceEvents, iodepth: int, first: bool = True) -> Lines:
+    """The QEMU lines of some requests of a run; `parts` is [(kind, path, schedule,
+    requests)] with kind block, net_tx or net_rx; `first`: the run's start is among them."""
     out = Lines(defs)
-    if any(kind == "net_rx" for kind, *_ in parts):
+    if first and any(kind == "net_rx" for kind, *_ in parts):
         # the guest driver posts its receive buffers and kicks the rx queue once at start
         vdev, vq, queue = DEVICES["net_rx"]
         out.add("virtio_queue_notify", np.zeros(1), -1.0, vdev=vdev, n=queue, vq=vq)

@@ -83,6 +83,7 @@ class Records:
             "cpu": cols["cpu"][idx].astype(np.int16), "ts_raw": tsc[idx], "has_ts": cols["has_ts"][idx],
             "code": cols["code"][idx], "nargs": cols["nargs"][idx],
             **{f"arg{i}": args[i] for i in range(N_ARGS)},
+            "_rank": rank[idx],
         })  # fmt: skip
 
 
@@ -137,18 +138,22 @@ def _interrupt(rec, cpu, t0, t1, vector, vendor, order=0.0) -> None:
     _entry(rec, cpu, t1, [(0x00082004, (vector, 0))])
 
 
-def build(parts, *, vendor: str, guest_exits: bool = True) -> Records:
-    """All records of a run: `parts` is [(path, schedule, requests)], one per request path
-    in the run (block; or a network job's transmit and receive paths).
+def build(
+    parts, *, vendor: str, guest_exits: bool = True, gaps=None, start: bool = True
+) -> Records:
+    """The records of some requests of a run: `parts` is [(path, schedule, requests)], one
+    per request path (block; or a network job's transmit and receive paths); `gaps` the
+    vCPU idle stretches to write with them (idle_gaps); `start`: the vCPUs' first runstates.
     Without `guest_exits` (an Arm host: Xen on Arm traces no VM exits or MMIO emulation)
     only the scheduler and dom0's hypercall and grant records are written."""
     rec = Records()
-    jobs = np.unique(np.concatenate([req.job for _, _, req in parts]))
-    for j in jobs:  # the guest vCPUs and dom0 start running
-        _runstate(rec, int(1 + j), [0.0], -1.0, GUEST_DOM, int(j), 1, 0)
-    _runstate(rec, 0, [0.0], -1.0, DOM0, 0, 1, 0)
-    if guest_exits:
-        _idle(rec, parts, vendor)
+    if start:
+        jobs = np.unique(np.concatenate([req.job for _, _, req in parts]))
+        for j in jobs:  # the guest vCPUs and dom0 start running
+            _runstate(rec, int(1 + j), [0.0], -1.0, GUEST_DOM, int(j), 1, 0)
+        _runstate(rec, 0, [0.0], -1.0, DOM0, 0, 1, 0)
+    if guest_exits and gaps is not None:
+        emit_idle(rec, *gaps, vendor)
     for path, sched, req in parts:
         _emit_path(rec, path, sched, req, vendor, guest_exits)
     return rec
@@ -250,10 +255,8 @@ def _runstate(rec, cpu, t, order, dom, vcpu, old, new) -> None:
     )
 
 
-def _idle(rec: Records, parts, vendor: str) -> None:
-    """Between its requests' work a guest vCPU halts: HLT exit, it blocks and the idle vCPU
-    runs; when work arrives it is woken, runs again and re-enters (what an idle HVM guest
-    does on Xen, and what keeps xenalyze's vCPU states in step)."""
+def idle_gaps(parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start, end, job) of the stretches in which a guest vCPU has no work."""
     busy_s, busy_e, job = [], [], []
     for path, sched, req in parts:
         names = [o.name for o in path]
@@ -270,12 +273,18 @@ def _idle(rec: Records, parts, vendor: str) -> None:
     same = np.r_[j[1:] == j[:-1], False]
     gap_s, gap_e = e, np.r_[s[1:], 0.0]
     idle = same & (gap_e - gap_s > MIN_IDLE_NS)
-    t0, t1, vj = gap_s[idle], gap_e[idle], j[idle]
+    return gap_s[idle], gap_e[idle], j[idle]
+
+
+def emit_idle(rec: Records, t0: np.ndarray, t1: np.ndarray, vj: np.ndarray, vendor: str) -> None:
+    """Between its requests' work a guest vCPU halts: HLT exit, it blocks and the idle vCPU
+    runs; when work arrives it is woken, runs again and re-enters (what an idle HVM guest
+    does on Xen, and what keeps xenalyze's vCPU states in step)."""
     cpu = 1 + vj
     third = (t1 - t0) / 3
     _exit(rec, cpu, t0, _reason("hlt", vendor), [(0x00082013, (np.zeros(len(t0)),))], order=0.5)
     _runstate(rec, cpu, t0 + 1, 0.0, GUEST_DOM, vj, 0, 2)  # running -> blocked
-    _runstate(rec, cpu, t0 + 1, 0.1, IDLE_DOM, cpu, 1, 0)  # pCPU's idle vCPU runs
+    _runstate(rec, cpu, t0 + 1, 0.1, IDLE_DOM, cpu, 1, 0)  # the pCPU's idle vCPU runs
     _runstate(rec, 0, t1 - third, 0.3, GUEST_DOM, vj, 2, 1)  # woken from dom0's pCPU
     _runstate(rec, cpu, t1 - 1, 0.0, IDLE_DOM, cpu, 0, 1)
     _runstate(rec, cpu, t1 - 1, 0.1, GUEST_DOM, vj, 1, 0)
