@@ -514,11 +514,17 @@ def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask,
     help="Bundle directory (with several transports: one sub-directory each).",
 )
 @click.option("--ingest/--no-ingest", default=True, show_default=True, help="Decode each bundle.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar (default: when stderr is a terminal).",
+)
 @_guard
 def emulate_cmd(transport, workload, requests, runtime, seed, profile, vendor, clock_offset_ns,
-                clock_drift_ppm, drop_rate, costs_file, output, ingest):  # fmt: skip
-    """Emulate a Xen host running a block workload over virtio transports, writing what a
-    real host would (xentrace, QEMU trace lines) plus the truth of every request.
+                clock_drift_ppm, drop_rate, costs_file, output, ingest, progress):  # fmt: skip
+    """Emulate a Xen host running a block or network workload over virtio transports,
+    writing what a real host would (xentrace, QEMU trace lines, pcap, the ring in guest
+    memory) plus the truth of every request.
 
     Prints one line per transport: requests, latency p50/p99, IOPS, and the VM exits and
     dom0 hypercalls per request that its xentrace records hold.
@@ -536,15 +542,22 @@ def emulate_cmd(transport, workload, requests, runtime, seed, profile, vendor, c
     if requests is not None and runtime is not None:
         raise UserError("give --requests or --runtime, not both")
     rows, phases = [], []
+    show = sys.stderr.isatty() if progress is None else progress
     for name in names:
         out = output / name if len(names) > 1 else output
         if out.exists() and any(out.iterdir()):
             raise UserError(f"{out}: exists and is not empty; choose a new directory")
-        r = emulate(EmulateOptions(
-            transport=name, workload=workload, out=out, requests=requests, runtime=runtime,
-            seed=seed, profile=profile, vendor=vendor, clock_offset_ns=clock_offset_ns,
-            clock_drift_ppm=clock_drift_ppm, drop_rate=drop_rate, costs_file=costs_file,
-        ))  # fmt: skip
+        bar = _request_bar(name) if show else None
+        try:
+            r = emulate(EmulateOptions(
+                transport=name, workload=workload, out=out, requests=requests, runtime=runtime,
+                seed=seed, profile=profile, vendor=vendor, clock_offset_ns=clock_offset_ns,
+                clock_drift_ppm=clock_drift_ppm, drop_rate=drop_rate, costs_file=costs_file,
+                progress=bar.update_to if bar else None,
+            ))  # fmt: skip
+        finally:
+            if bar:
+                bar.close()
         if ingest:
             api.ingest(out, None, warn=lambda m: click.echo(f"xvtrace: warning: {m}", err=True))
         lat = r.truth["latency_ns"]
@@ -578,6 +591,20 @@ def emulate_cmd(transport, workload, requests, runtime, seed, profile, vendor, c
     click.echo(f"{'transport':<24}" + "".join(f"{c:>10}" for c in cols))
     for r in table.iter_rows(named=True):
         click.echo(f"{r['transport']:<24}" + "".join(f"{r[c]:>10.1f}" for c in cols))
+
+
+def _request_bar(name: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="req", unit_scale=True, desc=name, file=sys.stderr, leave=False)
+
+    def update_to(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    bar.update_to = update_to
+    return bar
 
 
 def _phase_means(truth: pl.DataFrame, name: str) -> pl.DataFrame:

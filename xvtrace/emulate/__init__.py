@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -52,6 +53,7 @@ class EmulateOptions:
     drop_rate: float = 0.0  # fraction of xentrace records lost (in bursts, as Xen loses them)
     costs_file: Path | None = None
     extra: dict = field(default_factory=dict)
+    progress: Callable[[int, int], None] | None = None  # (requests written, total)
 
 
 @dataclass
@@ -196,6 +198,8 @@ def _write_streams(
             else None
         )
         for k, c0 in enumerate(starts):
+            if opts.progress:
+                opts.progress(c0, n)
             in_chunk = np.zeros(n, bool)
             in_chunk[c0 : c0 + CHUNK] = True
             parts = [(kind, p, *_subset(sched, req, (path_of == i) & in_chunk, len(p)))
