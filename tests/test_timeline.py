@@ -118,3 +118,23 @@ def test_packet_alignment_on_an_emulated_network_run(tmp_path):
     truth = r.truth.filter(pl.col("op") == "rx")
     lag = (truth["backend_push_start_ns"] - truth["wire_rx_start_ns"]).median()
     assert abs(a["offset_ns"] - lag) < 2_000
+
+
+@pytest.mark.parametrize("offset", [0, 50_000, -3_000_000_000])
+@pytest.mark.parametrize("workload", ["randread-4k-qd1", "randrw-16k-qd8"])
+def test_device_model_clock_is_found_from_causal_pairs(tmp_path, offset, workload):
+    r = emulate(EmulateOptions(transport="epam-mmio", workload=workload, requests=800, clock_offset_ns=offset,
+                               out=tmp_path / "b"))  # fmt: skip
+    bundle = api.ingest(r.bundle).bundle
+    timeline.build(bundle)
+    c = bundle.manifest["timeline"]["device_model_clock"]
+    true = EPOCH_NS + offset
+    assert c["consistent"] and c["lower_ns"] <= true <= c["upper_ns"]
+    assert c["upper_ns"] - c["lower_ns"] < 3_000  # microsecond log timestamps bound it
+    assert c["pairs"] == 800
+
+
+def test_no_hypervisor_side_means_no_device_model_alignment():
+    from xvtrace.clock import align_device_model
+
+    assert align_device_model(api.load(QEMU_PCI / "trace.log").events()) is None

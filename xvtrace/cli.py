@@ -316,6 +316,19 @@ def timeline_cmd(source, as_json):
     click.echo(
         f"requests: {len(req)} ({int(req['complete'].sum())} complete) -> {bundle.path / timeline.REQUESTS}"
     )
+    clocks = bundle.manifest["timeline"]
+    if clocks.get("device_model_clock"):
+        c = clocks["device_model_clock"]
+        click.echo(
+            f"device-model clock = hypervisor + {c['offset_ns']} ns (bounds {c['lower_ns'] - c['offset_ns']:+d}"
+            f"..{c['upper_ns'] - c['offset_ns']:+d} ns, {c['pairs']} trap/IOREQ pairs)"
+        )
+    if clocks.get("packet_clock"):
+        c = clocks["packet_clock"]
+        click.echo(
+            f"packet clock = device model - {c['offset_ns']} ns (residual {c['residual_min_ns']:+d}"
+            f"..{c['residual_max_ns']:+d} ns, {c['matched']}/{c['rx_requests']} rx frames matched)"
+        )
     head = f"{'device':<17}{'q':>3} {'op':<6}{'requests':>9}{'incompl':>8}" + "".join(
         f"{n + ' p50/p99 us':>24}" for _, n in us
     )

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from xvtrace.clock import align_device_model
+
 REQUESTS = "requests.parquet"
 KEY = ["src_file", "dev", "queue", "addr"]
 
@@ -149,6 +151,7 @@ def build(bundle) -> pl.DataFrame:
         "complete": int(req["complete"].sum()),
         "incomplete": {r: int(n) for r, n in reasons.iter_rows()},
         "packet_clock": align_packets(req, bundle.events()),
+        "device_model_clock": align_device_model(bundle.events()),
     }
     write_manifest(bundle.path, bundle.manifest)
     return req
