@@ -138,3 +138,24 @@ def test_no_hypervisor_side_means_no_device_model_alignment():
     from xvtrace.clock import align_device_model
 
     assert align_device_model(api.load(QEMU_PCI / "trace.log").events()) is None
+
+
+@pytest.mark.parametrize("transport", ["epam-mmio", "suse-grant"])
+@pytest.mark.parametrize("offset", [0, 77_000, -3_000_000_000])
+def test_hypervisor_side_of_each_kick_lands_within_a_microsecond(tmp_path, transport, offset):
+    r = emulate(EmulateOptions(transport=transport, workload="randrw-16k-qd8", requests=600, clock_offset_ns=offset,
+                               seed=9, out=tmp_path / "b"))  # fmt: skip
+    bundle = api.ingest(r.bundle).bundle
+    req = timeline.build(bundle).sort("pop_ns")
+    c = bundle.manifest["timeline"]["device_model_clock"]
+    truth = r.truth.sort("backend_pop_start_ns")
+    true = EPOCH_NS + offset
+    assert req["trap_exit_ns"].null_count() == 0
+    exit_err = req["trap_exit_ns"].to_numpy() - true - truth["notify_trap_start_ns"].to_numpy()
+    entry_err = req["trap_entry_ns"].to_numpy() - true - truth["ioreq_complete_end_ns"].to_numpy()
+    # within the reported bounds (plus the log's microsecond rounding) ...
+    half = (c["upper_ns"] - c["lower_ns"]) / 2 + 1_000
+    assert np.abs(exit_err).max() <= half and np.abs(entry_err).max() <= half
+    # ... which are tight when the backend's handling of the kick is all in QEMU's log
+    if transport == "epam-mmio":
+        assert np.abs(exit_err).max() < 1_000 and np.abs(entry_err).max() < 1_000

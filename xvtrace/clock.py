@@ -28,9 +28,9 @@ IOREQ_HANDLING = [
 ]  # fmt: skip
 
 
-def align_device_model(ev: pl.LazyFrame) -> dict | None:
-    """Offset of the device model's clock against the hypervisor's (ns), with bounds; None
-    when the bundle lacks either side of the pairs (no MMIO notify traps)."""
+def notify_pairs(ev: pl.LazyFrame) -> pl.DataFrame | None:
+    """Each QueueNotify trap with its IOREQ: dom, vcpu, exit_ns, entry_ns (hypervisor clock)
+    and handle_off, handle_ns, last_ns (device-model clock); None without both sides."""
     hv = (
         ev.filter(pl.col("source") == "xentrace")
         .filter(pl.col("event").is_in(["hvm.vmexit", "hvm.mmio_write", "hvm.vmentry"]))
@@ -72,27 +72,37 @@ def align_device_model(ev: pl.LazyFrame) -> dict | None:
         )
         .join(last, on="io")
         .sort("src_offset")
-        .select(pl.col("arg0").alias("slot"), pl.col("ts_ns").alias("handle_ns"), "last_ns")
+        .select(
+            pl.col("arg0").alias("slot"),
+            pl.col("src_offset").alias("handle_off"),
+            pl.col("ts_ns").alias("handle_ns"),
+            "last_ns",
+        )
     )
     slots = sorted(spans["slot"].unique().to_list())
     vcpus = traps.select("dom", "vcpu").unique().sort("dom", "vcpu").rows()
-    lows, highs = [], []
+    out = []
     for (dom, vcpu), slot in zip(vcpus, slots, strict=False):  # per vCPU, not per request
         t = traps.filter((pl.col("dom") == dom) & (pl.col("vcpu") == vcpu))
         s = spans.filter(pl.col("slot") == slot)
         k = min(len(t), len(s))
-        if k == 0:
-            continue
-        highs.append((s["handle_ns"][:k].to_numpy() - t["exit_ns"][:k].to_numpy()).min())
-        lows.append((s["last_ns"][:k].to_numpy() - t["entry_ns"][:k].to_numpy()).max())
-    if not lows:
+        out.append(pl.concat([t.head(k), s.head(k).drop("slot")], how="horizontal"))
+    return pl.concat(out) if out else None
+
+
+def align_device_model(ev: pl.LazyFrame) -> dict | None:
+    """Offset of the device model's clock against the hypervisor's (ns), with bounds; None
+    when the bundle lacks either side of the pairs (no MMIO notify traps)."""
+    pairs = notify_pairs(ev)
+    if pairs is None or not len(pairs):
         return None
-    lower, upper = int(max(lows)), int(min(highs))
+    upper = int((pairs["handle_ns"] - pairs["exit_ns"]).min())
+    lower = int((pairs["last_ns"] - pairs["entry_ns"]).max())
     return {
         "offset_ns": (lower + upper) // 2,  # add to a hypervisor time to get device-model time
         "lower_ns": lower,
         "upper_ns": upper,
         "consistent": lower <= upper,
-        "pairs": len(traps),
+        "pairs": len(pairs),
         "method": "MMIO QueueNotify traps (xentrace) before handle_ioreq (QEMU); VMENTRY after the IOREQ's last event",
     }

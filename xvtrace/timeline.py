@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from xvtrace.clock import align_device_model
+from xvtrace.clock import align_device_model, notify_pairs
 
 REQUESTS = "requests.parquet"
 KEY = ["src_file", "dev", "queue", "addr"]
@@ -142,6 +142,9 @@ def build(bundle) -> pl.DataFrame:
     from xvtrace.bundle import atomic_path, write_manifest
 
     req = qemu_requests(bundle.events()).collect()
+    dm_clock = align_device_model(bundle.events())
+    if dm_clock is not None:
+        req = with_traps(req, notify_pairs(bundle.events()), dm_clock["offset_ns"])
     with atomic_path(bundle.path / REQUESTS) as tmp:
         req.write_parquet(tmp)
     reasons = req.filter(~pl.col("complete")).group_by("reason").len()
@@ -151,7 +154,7 @@ def build(bundle) -> pl.DataFrame:
         "complete": int(req["complete"].sum()),
         "incomplete": {r: int(n) for r, n in reasons.iter_rows()},
         "packet_clock": align_packets(req, bundle.events()),
-        "device_model_clock": align_device_model(bundle.events()),
+        "device_model_clock": dm_clock,
     }
     write_manifest(bundle.path, bundle.manifest)
     return req
@@ -199,3 +202,32 @@ def align_packets(req: pl.DataFrame, ev: pl.LazyFrame, *, window: int = 64) -> d
         "rx_requests": len(rx),
         "method": "received frame length + 12 == rx fill length, in order",
     }
+
+
+def with_traps(req: pl.DataFrame, pairs: pl.DataFrame, offset_ns: int) -> pl.DataFrame:
+    """Add the hypervisor's side of each request's kick: the notify trap's VM exit and the
+    vCPU's re-entry after the IOREQ (trap_exit_ns, trap_entry_ns on the device model's
+    clock), from the IOREQ that contains the request's pop."""
+    spans = pairs.sort("handle_off").select(
+        pl.col("handle_off"),
+        (pl.col("exit_ns") + offset_ns).alias("trap_exit_ns"),
+        (pl.col("entry_ns") + offset_ns).alias("trap_entry_ns"),
+        pl.col("dom").alias("trap_dom"),
+        pl.col("vcpu").alias("trap_vcpu"),
+    )
+    out = req.sort("pop_off").join_asof(
+        spans, left_on="pop_off", right_on="handle_off", strategy="backward"
+    )
+    # only a pop inside the IOREQ's handling belongs to its trap (a later pop, e.g. after a
+    # device completion, was not kicked by it)
+    kicked = pl.col("trap_entry_ns").is_not_null() & (pl.col("pop_ns") <= pl.col("trap_entry_ns"))
+    return (
+        out.with_columns(
+            [
+                pl.when(kicked).then(pl.col(c)).alias(c)
+                for c in ("trap_exit_ns", "trap_entry_ns", "trap_dom", "trap_vcpu")
+            ]
+        )
+        .drop("handle_off")
+        .sort("request")
+    )
