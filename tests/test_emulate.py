@@ -271,3 +271,15 @@ def xentrace_decode(path):
     from xvtrace.parsers.xentrace import decode_file
 
     return decode_file(path, cpu_khz=2_400_000)
+
+
+def test_runtime_bounded_run_writes_only_the_requests_it_issued(tmp_path):
+    r = emulate(
+        EmulateOptions(
+            transport="epam-mmio", workload="randwrite-4k-qd32", runtime=0.02, out=tmp_path / "b"
+        )
+    )
+    assert (r.truth["issue_ns"] < 0.02e9).all() and r.requests == len(r.truth) > 100
+    df, _ = qemu_log.decode_file(r.bundle / "raw" / "qemu.log")
+    assert (df["event"] == "qemu.virtqueue_pop").sum() == r.requests
+    assert r.expected["guest_exits"][48] == 3 * r.requests  # notify + two ISR traps each

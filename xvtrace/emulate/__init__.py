@@ -112,7 +112,12 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
         if abs(want - n) < max(10, n // 100) and span >= opts.runtime:
             break
         n = want
-    keep = np.ones(n, bool) if not opts.runtime else sched.issue < opts.runtime * 1e9
+    if opts.runtime:  # the run ends with the last request issued before the runtime
+        kept = sched.issue < opts.runtime * 1e9
+        sched, req = _subset(sched, req, kept, dur.shape[1])
+        path_of = path_of[kept]
+        n = int(kept.sum())
+    keep = np.ones(n, bool)
     parts = [(kind, path, *_subset(sched, req, path_of == i, len(path)))
              for i, (kind, path) in enumerate(zip(kinds, paths, strict=True))]  # fmt: skip
     out = Path(opts.out)
