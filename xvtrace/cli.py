@@ -119,11 +119,12 @@ def elf_options(fn):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="xvtrace")
 def cli() -> None:
-    """Capture, reconstruct, replay and regression-test virtio on Xen.
+    """Capture (live or emulated), decode, summarize and reconstruct virtio requests on Xen.
 
-    Start with `xvtrace ingest trace.bin -o run/`, then `xvtrace summary run/` or
-    `xvtrace dump run/ -e 'hvm.*'`. Every command that reads a bundle also accepts a raw
-    capture file directly.
+    Get a bundle with `xvtrace capture --qmp SOCK -o run/` on a test host, `xvtrace emulate
+    -t all -o run/` without one, or `xvtrace ingest trace.bin -o run/` from files you have;
+    then `xvtrace summary run/`, `xvtrace timeline run/` or `xvtrace dump run/ -e 'hvm.*'`.
+    Every command that reads a bundle also accepts a raw capture file directly.
     """
 
 

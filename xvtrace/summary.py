@@ -471,7 +471,7 @@ class Summary:
         unattributed = s["records_by_vcpu"].filter(pl.col("dom").is_null())
         if len(unattributed):
             out.append(
-                f"(records before any vCPU was seen running on their pCPU: {unattributed['records'].sum()})"
+                f"(records while no vCPU was known to run on their pCPU: {unattributed['records'].sum()})"
             )
         return out
 
