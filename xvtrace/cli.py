@@ -346,6 +346,29 @@ def _pair(a, b) -> str:
     return f"{f(a)}/{f(b)}"
 
 
+@cli.group("export")
+def export_group() -> None:
+    """Export a bundle for other tools."""
+
+
+@export_group.command("perfetto")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Trace JSON to write (open it in ui.perfetto.dev or chrome://tracing).")  # fmt: skip
+@_guard
+def export_perfetto_cmd(source, output):
+    """Requests as Chrome trace-event JSON: a track per device queue (element pop -> fill,
+    device I/O, fill -> interrupt), a track per guest vCPU (the kick's trap) and flows from
+    each kick to the element it made QEMU pop. Runs `timeline` first when needed."""
+    from xvtrace.bundle import atomic_path
+    from xvtrace.export import perfetto
+
+    bundle = api.load(source)
+    with atomic_path(output) as tmp:
+        n = perfetto(bundle, tmp)
+    click.echo(f"{output}: {n} trace events")
+
+
 @cli.command("capture")
 @click.option(
     "-o",

@@ -1,0 +1,59 @@
+"""Perfetto / chrome://tracing export: the trace-event JSON structure."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from click.testing import CliRunner
+from helpers import QEMU_PCI
+
+from xvtrace import api
+from xvtrace.cli import cli
+from xvtrace.emulate import EmulateOptions, emulate
+
+
+def _load(path):
+    data = json.loads(path.read_text())
+    return data["traceEvents"]
+
+
+def test_emulated_bundle_exports_slices_tracks_and_flows(tmp_path):
+    r = emulate(
+        EmulateOptions(
+            transport="epam-mmio", workload="randrw-16k-qd8", requests=300, out=tmp_path / "b"
+        )
+    )
+    api.ingest(r.bundle)
+    out = tmp_path / "trace.json"
+    res = CliRunner().invoke(cli, ["export", "perfetto", str(r.bundle), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    ev = _load(out)
+    kinds = Counter((e["ph"], e["name"]) for e in ev)
+    for name in ("element (pop -> fill)", "device I/O", "fill -> interrupt", "notify trap (IOREQ)"):
+        assert kinds[("X", name)] == 300
+    assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in ev if e["ph"] == "X")
+    starts = {e["id"]: e for e in ev if e["ph"] == "s"}
+    ends = {e["id"]: e for e in ev if e["ph"] == "f"}
+    assert starts.keys() == ends.keys() and len(starts) == 300
+    assert all(starts[i]["ts"] <= ends[i]["ts"] for i in starts)  # the kick comes before the pop
+    names = {e["args"]["name"] for e in ev if e["ph"] == "M"}
+    assert {"device model (QEMU)", "guest vCPUs", "vCPU 0"} <= names
+
+
+def test_real_capture_exports_without_a_hypervisor_side(tmp_path):
+    runner = CliRunner()
+    assert (
+        runner.invoke(
+            cli, ["ingest", str(QEMU_PCI / "trace.log"), "-o", str(tmp_path / "b")]
+        ).exit_code
+        == 0
+    )
+    out = tmp_path / "t.json"
+    res = runner.invoke(cli, ["export", "perfetto", str(tmp_path / "b"), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    ev = _load(out)
+    assert sum(1 for e in ev if e["ph"] == "X" and e["name"] == "element (pop -> fill)") == 1321
+    assert not any(e["ph"] in "sf" for e in ev)
+    tracks = {e["args"]["name"] for e in ev if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert len(tracks) == 4  # blk queue 0, net rx/tx/ctrl
