@@ -346,6 +346,23 @@ def _pair(a, b) -> str:
     return f"{f(a)}/{f(b)}"
 
 
+@cli.command("report")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON on stdout.")
+@_guard
+def report_cmd(source, as_json):
+    """Where each request's time goes: per-phase p50/p90/p99/max per device queue and
+    operation, clock alignment bounds, incomplete requests, and the VM exits, dom0
+    hypercalls, IOREQs and grant operations per request. Runs `timeline` when needed."""
+    from xvtrace.report import Report
+
+    rep = Report.of(api.load(source))
+    if as_json:
+        click.echo(json.dumps(rep.to_json(), indent=2, default=str))
+    else:
+        click.echo(rep.render(), nl=False)
+
+
 @cli.group("export")
 def export_group() -> None:
     """Export a bundle for other tools."""

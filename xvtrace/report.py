@@ -1,0 +1,160 @@
+"""Where each request's time goes: per-phase latency percentiles per device queue and the
+hypervisor work per request, from a bundle's requests (xvtrace.timeline) and events.
+
+Text for the terminal and a dict for JSON; every section is a polars frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from xvtrace import timeline
+from xvtrace.parsers import xen_events as xe
+
+PHASES = (
+    ("kick_to_pop_ns", "kick -> pop"),
+    ("trap_ns", "notify trap"),
+    ("service_ns", "pop -> fill"),
+    ("io_ns", "device I/O"),
+    ("fill_to_notify_ns", "fill -> irq"),
+)
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+@dataclass
+class Report:
+    facts: dict
+    phases: pl.DataFrame  # dev, queue, op, phase, requests, p50/p90/p99/max (us)
+    per_request: pl.DataFrame  # what, count, per_request
+
+    @classmethod
+    def of(cls, bundle) -> Report:
+        path = bundle.path / timeline.REQUESTS
+        req = pl.read_parquet(path) if path.exists() else timeline.build(bundle)
+        if "trap_exit_ns" in req.columns:
+            req = req.with_columns(
+                (pl.col("trap_entry_ns") - pl.col("trap_exit_ns")).alias("trap_ns")
+            )
+        rows = []
+        for col, name in PHASES:
+            if col not in req.columns:
+                continue
+            rows.append(
+                req.filter(pl.col(col).is_not_null())
+                .group_by("dev", "queue", "op")
+                .agg(
+                    pl.lit(name).alias("phase"),
+                    pl.lit([c for c, _ in PHASES].index(col)).alias("_order"),
+                    pl.len().alias("requests"),
+                    *[
+                        (pl.col(col).quantile(q, "nearest") / 1e3).alias(f"p{round(q * 100)}_us")
+                        for q in QUANTILES
+                    ],
+                    (pl.col(col).max() / 1e3).alias("max_us"),
+                )
+            )
+        phases = (
+            pl.concat(rows).sort("dev", "queue", "op", "_order").drop("_order")
+            if rows
+            else pl.DataFrame()
+        )
+        m = bundle.manifest
+        facts = {
+            "bundle": str(bundle.path),
+            "requests": len(req),
+            "incomplete": m.get("timeline", {}).get("incomplete", {}),
+            "clocks": {
+                k: v for k, v in m.get("timeline", {}).items() if k.endswith("_clock") and v
+            },
+            "lost_records": m.get("counts", {}).get("lost", 0),
+            "sources": [f"{s['file']} ({s['format']})" for s in m.get("sources", [])],
+        }
+        return cls(facts, phases, _per_request(bundle.events(), max(1, len(req))))
+
+    def to_json(self) -> dict:
+        return {
+            **self.facts,
+            "phases": self.phases.to_dicts(),
+            "per_request": self.per_request.to_dicts(),
+        }
+
+    def render(self) -> str:
+        f = self.facts
+        out = [
+            f"bundle {f['bundle']}: {f['requests']} requests; sources: {', '.join(f['sources'])}"
+        ]
+        if f["incomplete"]:
+            out.append("incomplete: " + ", ".join(f"{n} {r}" for r, n in f["incomplete"].items()))
+        if f["lost_records"]:
+            out.append(f"xentrace records lost (reported by Xen): {f['lost_records']}")
+        for name, c in f["clocks"].items():
+            if "lower_ns" in c:
+                out.append(
+                    f"{name}: offset {c['offset_ns']} ns, bounds {c['lower_ns'] - c['offset_ns']:+d}..{c['upper_ns'] - c['offset_ns']:+d} ns"
+                )
+            else:
+                out.append(
+                    f"{name}: offset {c['offset_ns']} ns, residual {c['residual_min_ns']:+d}..{c['residual_max_ns']:+d} ns"
+                )
+        if len(self.phases):
+            out.append("--- phases (us) ---")
+            out.append(
+                f"   {'device':<17}{'q':>3} {'op':<6}{'phase':<14}{'requests':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>10}"
+            )
+            for r in self.phases.iter_rows(named=True):
+                out.append(
+                    f"   {r['dev'] or '?':<17}{r['queue'] if r['queue'] is not None else '?':>3} {r['op']:<6}"
+                    f"{r['phase']:<14}{r['requests']:>9}{r['p50_us']:>11.1f}{r['p90_us']:>11.1f}{r['p99_us']:>11.1f}{r['max_us']:>12.1f}"
+                )
+        if len(self.per_request):
+            out.append("--- hypervisor and backend work per request ---")
+            out.extend(
+                f"   {r['what']:<40}{r['count']:>10}{r['per_request']:>10.2f}"
+                for r in self.per_request.iter_rows(named=True)
+            )
+        return "\n".join(out) + "\n"
+
+
+def _per_request(ev: pl.LazyFrame, n: int) -> pl.DataFrame:
+    """VM exits by reason, dom0 hypercalls by name, IOREQs, grant maps, mapcache lookups."""
+    vendor = "vmx"
+    exits = (
+        ev.filter(pl.col("event").is_in(["hvm.vmexit", "hvm.nested_vmexit"]))
+        .group_by(pl.col("arg0").alias("reason"))
+        .len()
+        .collect()
+    )
+    if len(exits) and exits["reason"].max() >= 96:
+        vendor = "svm"
+    rows = [
+        (f"VM exits: {xe.exit_reason_name(int(r), vendor)}", int(c))
+        for r, c in exits.sort("reason").iter_rows()
+    ]
+    hc = (
+        ev.filter((pl.col("event") == "pv.hypercall") & (pl.col("dom") == 0))
+        .group_by((pl.col("arg0") % (1 << 20)).alias("op"))
+        .len()
+        .collect()
+        .sort("op")
+    )
+    rows += [(f"dom0 hypercalls: {xe.hypercall_name(int(o))}", int(c)) for o, c in hc.iter_rows()]
+    counted = {
+        "IOREQs handled by QEMU": ["qemu.handle_ioreq"],
+        "grant maps": ["mem.grant_map"],
+        "grant unmaps": ["mem.grant_unmap"],
+        "mapcache lookups": ["qemu.xen_map_cache"],
+    }
+    totals = ev.select(
+        *[pl.col("event").is_in(names).sum().alias(k) for k, names in counted.items()]
+    ).collect()
+    rows += [(k, int(totals[k][0])) for k in counted if totals[k][0]]
+    return pl.DataFrame(
+        {
+            "what": [r[0] for r in rows],
+            "count": [r[1] for r in rows],
+            "per_request": [r[1] / n for r in rows],
+        },
+        schema={"what": pl.String, "count": pl.Int64, "per_request": pl.Float64},
+    )
