@@ -165,8 +165,7 @@ class QemuLogDecoder:
         if not len(parts):
             return None
         frames = []
-        for name in parts["name"].unique(maintain_order=True).to_list():
-            rows = parts.filter(pl.col("name") == name)
+        for (name,), rows in parts.partition_by("name", as_dict=True, maintain_order=True).items():
             frames.append(self._event_rows(name, rows))
         frame = pl.concat(frames, how="diagonal_relaxed").sort("src_offset")
         ts = frame["ts_ns"].drop_nulls()
