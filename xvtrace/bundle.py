@@ -106,6 +106,9 @@ def atomic_path(final: Path):
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp_path.chmod(0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
         tmp_path.replace(final)
     finally:
         if tmp_path.exists():

@@ -349,14 +349,28 @@ def _pair(a, b) -> str:
 @cli.command("report")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON on stdout.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a self-contained HTML report (plots inline, works offline).")  # fmt: skip
 @_guard
-def report_cmd(source, as_json):
+def report_cmd(source, as_json, html_file):
     """Where each request's time goes: per-phase p50/p90/p99/max per device queue and
     operation, clock alignment bounds, incomplete requests, and the VM exits, dom0
     hypercalls, IOREQs and grant operations per request. Runs `timeline` when needed."""
     from xvtrace.report import Report
 
-    rep = Report.of(api.load(source))
+    bundle = api.load(source)
+    rep = Report.of(bundle)
+    if html_file:
+        import polars as pl
+
+        from xvtrace import html
+        from xvtrace.bundle import atomic_path
+        from xvtrace.timeline import REQUESTS
+
+        req = pl.read_parquet(bundle.path / REQUESTS)
+        with atomic_path(html_file) as tmp:
+            tmp.write_text(html.render(rep, req))
+        click.echo(f"{html_file}: written", err=True)
     if as_json:
         click.echo(json.dumps(rep.to_json(), indent=2, default=str))
     else:
