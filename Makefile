@@ -11,6 +11,10 @@ DEMO_REQUESTS ?= 20000
 .PHONY: demo test install apt bench clean
 
 $(BIN)/python:
+	@if ! $(PYTHON) -c "import ensurepip, venv" >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-venv; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 
 install: $(BIN)/python
