@@ -207,59 +207,6 @@ def looks_like_definitions(head: bytes) -> bool:
 
 # --- writing: the log backend's lines, vectorized ---------------------------------------
 
-_HEX = [f"{i:x}" for i in range(16)]
-
-
-def hex_expr(col: pl.Expr) -> pl.Expr:
-    """Lower-case hex digits of an unsigned integer column, without leading zeros ('0' for
-    0): polars has no hex formatting, so nibbles are mapped and joined."""
-    nibbles = [
-        ((col // (1 << (4 * k))) % 16)
-        .cast(pl.UInt8)
-        .replace_strict(list(range(16)), _HEX, return_dtype=pl.String)
-        for k in range(15, -1, -1)
-    ]
-    digits = pl.concat_str(nibbles).str.strip_chars_start("0")
-    return pl.when(digits == "").then(pl.lit("0")).otherwise(digits)
-
-
-def render_expr(ev: EventDef, args: dict[str, pl.Expr]) -> pl.Expr:
-    """The text QEMU's log backend prints after the event name, as a polars expression over
-    one column per argument (the inverse of the event's regex)."""
-    parts: list[pl.Expr] = []
-    pos = 0
-    it = iter(ev.args)
-    for m in _CONV.finditer(ev.fmt):
-        parts.append(pl.lit(ev.fmt[pos : m.start()]))
-        pos = m.end()
-        conv = m.group("conv")
-        if conv == "%":
-            parts.append(pl.lit("%"))
-            continue
-        arg = next(it)
-        col = args[arg.name]
-        if conv in "sc":
-            text = col.cast(pl.String)
-        elif conv == "p":
-            text = pl.when(col == 0).then(pl.lit("(nil)")).otherwise(pl.lit("0x") + hex_expr(col))
-        elif conv in "xX":
-            text = hex_expr(col)
-            if conv == "X":
-                text = text.str.to_uppercase()
-            if "#" in m.group("flags"):
-                text = pl.when(col == 0).then(pl.lit("0")).otherwise(pl.lit("0x") + text)
-        elif conv in "di":
-            text = col.cast(pl.Int64).cast(pl.String)
-        else:
-            text = col.cast(pl.String)
-        width = m.group("width")
-        if width and width.isdigit():
-            fill = "0" if "0" in m.group("flags") else " "
-            text = text.str.pad_start(int(width), fill)
-        parts.append(text)
-    parts.append(pl.lit(ev.fmt[pos:]))
-    return pl.concat_str(parts)
-
 
 def _hex_series(values: np.ndarray, fmt: str) -> pl.Series:
     """Hex text of integers, formatting each distinct value once (pointers and register
