@@ -135,9 +135,9 @@ def test_device_model_clock_is_found_from_causal_pairs(tmp_path, offset, workloa
 
 
 def test_no_hypervisor_side_means_no_device_model_alignment():
-    from xvtrace.clock import align_device_model
+    from xvtrace.clock import align_device_model, notify_pairs
 
-    assert align_device_model(api.load(QEMU_PCI / "trace.log").events()) is None
+    assert align_device_model(notify_pairs(api.load(QEMU_PCI / "trace.log").events())) is None
 
 
 @pytest.mark.parametrize("transport", ["epam-mmio", "suse-grant"])

@@ -90,10 +90,10 @@ def notify_pairs(ev: pl.LazyFrame) -> pl.DataFrame | None:
     return pl.concat(out) if out else None
 
 
-def align_device_model(ev: pl.LazyFrame) -> dict | None:
-    """Offset of the device model's clock against the hypervisor's (ns), with bounds; None
-    when the bundle lacks either side of the pairs (no MMIO notify traps)."""
-    pairs = notify_pairs(ev)
+def align_device_model(pairs: pl.DataFrame | None) -> dict | None:
+    """Offset of the device model's clock against the hypervisor's (ns), with bounds, from
+    `notify_pairs`; None when the bundle lacks either side of the pairs (no MMIO notify
+    traps)."""
     if pairs is None or not len(pairs):
         return None
     upper = int((pairs["handle_ns"] - pairs["exit_ns"]).min())

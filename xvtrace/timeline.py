@@ -142,9 +142,10 @@ def build(bundle) -> pl.DataFrame:
     from xvtrace.bundle import atomic_path, write_manifest
 
     req = qemu_requests(bundle.events()).collect()
-    dm_clock = align_device_model(bundle.events())
+    pairs = notify_pairs(bundle.events())
+    dm_clock = align_device_model(pairs)
     if dm_clock is not None:
-        req = with_traps(req, notify_pairs(bundle.events()), dm_clock["offset_ns"])
+        req = with_traps(req, pairs, dm_clock["offset_ns"])
     with atomic_path(bundle.path / REQUESTS) as tmp:
         req.write_parquet(tmp)
     reasons = req.filter(~pl.col("complete")).group_by("reason").len()
