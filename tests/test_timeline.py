@@ -159,3 +159,43 @@ def test_hypervisor_side_of_each_kick_lands_within_a_microsecond(tmp_path, trans
     # ... which are tight when the backend's handling of the kick is all in QEMU's log
     if transport == "epam-mmio":
         assert np.abs(exit_err).max() < 1_000 and np.abs(entry_err).max() < 1_000
+
+
+@pytest.mark.parametrize("transport", ["epam-mmio", "suse-grant"])
+@pytest.mark.parametrize("drift_ppm", [25.0, -60.0])
+def test_drifting_device_model_clock_is_fitted_as_a_line(tmp_path, transport, drift_ppm):
+    offset = -1_500_000_000
+    r = emulate(EmulateOptions(transport=transport, workload="randread-4k-qd1", requests=3000, clock_offset_ns=offset,
+                               clock_drift_ppm=drift_ppm, seed=4, out=tmp_path / "b"))  # fmt: skip
+    bundle = api.ingest(r.bundle).bundle
+    req = timeline.build(bundle).sort("pop_ns")
+    c = bundle.manifest["timeline"]["device_model_clock"]
+    assert c["consistent"] and abs(c["drift_ppm"] - drift_ppm) < 0.2 * abs(drift_ppm)
+    truth = r.truth.sort("backend_pop_start_ns")
+
+    def dm(t):  # the emulator's device-model clock for hypervisor time t
+        return EPOCH_NS + offset + t * (1 + drift_ppm * 1e-6)
+
+    exit_err = req["trap_exit_ns"].to_numpy() - dm(truth["notify_trap_start_ns"].to_numpy())
+    entry_err = req["trap_entry_ns"].to_numpy() - dm(truth["ioreq_complete_end_ns"].to_numpy())
+    # within the reported bounds (plus the log's microsecond rounding); a constant offset
+    # alone would be off by drift * run length at one end
+    half = (c["upper_ns"] - c["lower_ns"]) / 2 + 1_000
+    assert np.abs(exit_err).max() <= half and np.abs(entry_err).max() <= half
+    span = float(truth["ioreq_complete_end_ns"].max())
+    assert abs(drift_ppm) * 1e-6 * span > 2 * half  # the test would fail without the drift fit
+
+
+def test_line_fit_recovers_a_known_line_and_flags_contradictions():
+    from xvtrace.clock import fit_line
+
+    rng = np.random.default_rng(1)
+    t = np.sort(rng.uniform(0, 5e9, 2000))
+    true = 123_456 + 30e-6 * t
+    up = true + rng.uniform(0, 800, len(t))  # each pair bounds the line within 800 ns
+    low = true - rng.uniform(0, 800, len(t))
+    drift, lo, hi = fit_line(t, up, t, low)
+    assert abs(drift - 30e-6) < 1e-7 and lo <= 123_456 + 1 and hi >= 123_456 - 1
+    assert hi - lo < 400
+    _, lo, hi = fit_line(t, low - 5_000, t, up)  # upper bounds below lower bounds
+    assert lo > hi

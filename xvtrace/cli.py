@@ -321,7 +321,7 @@ def timeline_cmd(source, as_json):
     if clocks.get("device_model_clock"):
         c = clocks["device_model_clock"]
         click.echo(
-            f"device-model clock = hypervisor + {c['offset_ns']} ns (bounds {c['lower_ns'] - c['offset_ns']:+d}"
+            f"device-model clock = hypervisor + {c['offset_ns']} ns{_drift(c)} (bounds {c['lower_ns'] - c['offset_ns']:+d}"
             f"..{c['upper_ns'] - c['offset_ns']:+d} ns, {c['pairs']} trap/IOREQ pairs)"
         )
     if clocks.get("packet_clock"):
@@ -339,6 +339,10 @@ def timeline_cmd(source, as_json):
         click.echo(
             f"{r['dev'] or '?':<17}{r['queue'] if r['queue'] is not None else '?':>3} {r['op']:<6}{r['requests']:>9}{r['incomplete']:>8}{cells}"
         )
+
+
+def _drift(c: dict) -> str:
+    return f" {c['drift_ppm']:+.3f} ppm" if c.get("drift_ppm") else ""
 
 
 def _pair(a, b) -> str:

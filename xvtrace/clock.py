@@ -11,12 +11,23 @@ time for the same instant:
     vmentry(hv) >= last event of the IOREQ(dm)  =>  D >= max(dm_last - hv_entry)
 
 so D lies in [lower, upper]; the estimate is the middle and the bounds are its residual.
+
+Clocks also drift apart (QEMU's clock is the host's CLOCK_REALTIME, slewed by NTP; the TSC
+through a nominal cpu_khz is off by its calibration error), so D is a line, D(t) = offset +
+drift * t over hypervisor time t. Every pair bounds the line from one side at one instant;
+the feasible lines form a convex set. For a slope b the offsets that fit lie between the
+lower hull max(l_j - b t_j) and the upper hull min(u_i - b t_i); the gap between them is a
+concave function of b, so a golden-section search finds the slope that leaves the widest
+gap (the centre of the feasible set, as in convex-hull clock synchronisation), and the
+offset is the middle of that gap. A negative gap means no line fits: the pairs contradict
+each other (wrong pairing, or a clock that jumped) and the result says so.
 Pairs are taken per vCPU in order: the vCPU's k-th notify trap with the k-th IOREQ from its
 ioreq slot (QEMU names the slot's ioreq_t pointer; slots are in vCPU order).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 NOTIFY_OFFSET = 0x50  # virtio-mmio QueueNotify
@@ -90,19 +101,77 @@ def notify_pairs(ev: pl.LazyFrame) -> pl.DataFrame | None:
     return pl.concat(out) if out else None
 
 
+MAX_DRIFT = 1e-3  # 1000 ppm: far beyond any NTP-disciplined clock or TSC calibration error
+
+
+def fit_line(t_up, up, t_low, low, *, max_drift: float = MAX_DRIFT, iters: int = 100):
+    """The line D(t) = offset + drift * t that keeps D(t_up) <= up and D(t_low) >= low with
+    the widest margin (see the module doc). Returns (drift, lower, upper): for that drift the
+    offset lies in [lower, upper] (integers); lower > upper when no line fits."""
+    # offsets are epoch-sized (1.8e18 ns): take out a base in integers first, or float64
+    # would round them to 256 ns
+    base = int(np.min(up))
+    t_up, t_low = np.asarray(t_up, np.float64), np.asarray(t_low, np.float64)
+    up = (np.asarray(up, np.int64) - base).astype(np.float64)
+    low = (np.asarray(low, np.int64) - base).astype(np.float64)
+
+    def band(b: float) -> tuple[float, float]:
+        return float((low - b * t_low).max()), float((up - b * t_up).min())
+
+    def gap(b: float) -> float:
+        lo, hi = band(b)
+        return hi - lo
+
+    # all times on one side of zero keep the search well conditioned; the caller's t = 0
+    # is the hypervisor clock's origin, the start of the trace
+    a, b = -max_drift, max_drift
+    golden = (np.sqrt(5) - 1) / 2
+    x1, x2 = b - golden * (b - a), a + golden * (b - a)
+    g1, g2 = gap(x1), gap(x2)
+    for _ in range(iters):  # per search step, each vectorized over the pairs
+        if g1 < g2:
+            a, x1, g1 = x1, x2, g2
+            x2 = a + golden * (b - a)
+            g2 = gap(x2)
+        else:
+            b, x2, g2 = x2, x1, g1
+            x1 = b - golden * (b - a)
+            g1 = gap(x1)
+    drift = (a + b) / 2
+    # a drift within the search's resolution of zero is zero (no evidence of drift)
+    if gap(0.0) >= gap(drift) - 1.0:
+        drift = 0.0
+    lo, hi = band(drift)
+    return drift, base + int(np.floor(lo)), base + int(np.ceil(hi))
+
+
 def align_device_model(pairs: pl.DataFrame | None) -> dict | None:
-    """Offset of the device model's clock against the hypervisor's (ns), with bounds, from
-    `notify_pairs`; None when the bundle lacks either side of the pairs (no MMIO notify
-    traps)."""
+    """The device model's clock against the hypervisor's, from `notify_pairs`:
+    device-model time = hypervisor time + offset_ns + drift_ppm * 1e-6 * hypervisor time,
+    with the offset's bounds at that drift; None when the bundle lacks either side of the
+    pairs (no MMIO notify traps)."""
     if pairs is None or not len(pairs):
         return None
-    upper = int((pairs["handle_ns"] - pairs["exit_ns"]).min())
-    lower = int((pairs["last_ns"] - pairs["entry_ns"]).max())
+    drift, lower, upper = fit_line(
+        pairs["exit_ns"].to_numpy(),
+        (pairs["handle_ns"] - pairs["exit_ns"]).to_numpy(),
+        pairs["entry_ns"].to_numpy(),
+        (pairs["last_ns"] - pairs["entry_ns"]).to_numpy(),
+    )
     return {
         "offset_ns": (lower + upper) // 2,  # add to a hypervisor time to get device-model time
+        "drift_ppm": round(drift * 1e6, 4),
         "lower_ns": lower,
         "upper_ns": upper,
         "consistent": lower <= upper,
         "pairs": len(pairs),
-        "method": "MMIO QueueNotify traps (xentrace) before handle_ioreq (QEMU); VMENTRY after the IOREQ's last event",
+        "method": "MMIO QueueNotify traps (xentrace) before handle_ioreq (QEMU); VMENTRY after the IOREQ's last event; widest-margin line",
     }
+
+
+def to_device_model(hv_ns: pl.Expr, clock: dict) -> pl.Expr:
+    """A hypervisor-clock time expression on the device model's clock (`align_device_model`)."""
+    shifted = hv_ns + clock["offset_ns"]
+    if not clock.get("drift_ppm"):
+        return shifted
+    return shifted + (hv_ns.cast(pl.Float64) * (clock["drift_ppm"] * 1e-6)).round().cast(pl.Int64)

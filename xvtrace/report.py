@@ -92,7 +92,8 @@ class Report:
         for name, c in f["clocks"].items():
             if "lower_ns" in c:
                 out.append(
-                    f"{name}: offset {c['offset_ns']} ns, bounds {c['lower_ns'] - c['offset_ns']:+d}..{c['upper_ns'] - c['offset_ns']:+d} ns"
+                    f"{name}: offset {c['offset_ns']} ns, drift {c.get('drift_ppm', 0):+.3f} ppm, "
+                    f"bounds {c['lower_ns'] - c['offset_ns']:+d}..{c['upper_ns'] - c['offset_ns']:+d} ns"
                 )
             else:
                 out.append(

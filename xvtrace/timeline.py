@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from xvtrace.clock import align_device_model, notify_pairs
+from xvtrace.clock import align_device_model, notify_pairs, to_device_model
 
 REQUESTS = "requests.parquet"
 KEY = ["src_file", "dev", "queue", "addr"]
@@ -145,7 +145,7 @@ def build(bundle) -> pl.DataFrame:
     pairs = notify_pairs(bundle.events())
     dm_clock = align_device_model(pairs)
     if dm_clock is not None:
-        req = with_traps(req, pairs, dm_clock["offset_ns"])
+        req = with_traps(req, pairs, dm_clock)
     with atomic_path(bundle.path / REQUESTS) as tmp:
         req.write_parquet(tmp)
     reasons = req.filter(~pl.col("complete")).group_by("reason").len()
@@ -205,14 +205,14 @@ def align_packets(req: pl.DataFrame, ev: pl.LazyFrame, *, window: int = 64) -> d
     }
 
 
-def with_traps(req: pl.DataFrame, pairs: pl.DataFrame, offset_ns: int) -> pl.DataFrame:
+def with_traps(req: pl.DataFrame, pairs: pl.DataFrame, clock: dict) -> pl.DataFrame:
     """Add the hypervisor's side of each request's kick: the notify trap's VM exit and the
     vCPU's re-entry after the IOREQ (trap_exit_ns, trap_entry_ns on the device model's
     clock), from the IOREQ that contains the request's pop."""
     spans = pairs.sort("handle_off").select(
         pl.col("handle_off"),
-        (pl.col("exit_ns") + offset_ns).alias("trap_exit_ns"),
-        (pl.col("entry_ns") + offset_ns).alias("trap_entry_ns"),
+        to_device_model(pl.col("exit_ns"), clock).alias("trap_exit_ns"),
+        to_device_model(pl.col("entry_ns"), clock).alias("trap_entry_ns"),
         pl.col("dom").alias("trap_dom"),
         pl.col("vcpu").alias("trap_vcpu"),
     )
