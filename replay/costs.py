@@ -69,14 +69,103 @@ def default_table() -> pl.DataFrame:
     return frame.with_columns(pl.col(*PROFILES, "sigma").cast(pl.Float64))
 
 
+class CostFileError(ValueError):
+    """A cost file that cannot be used (the message names the file and the entries)."""
+
+
 def load(path: str | Path | None = None) -> pl.DataFrame:
-    """The default table, with rows replaced by key from a CSV/TOML-like file of the same
-    columns (`key,x86_64,arm64,sigma,source`)."""
+    """The default table, with rows replaced by key from a cost file: TOML as `xvtrace
+    calibrate` writes it (`profile = "x86_64"` and one `[costs."key"]` table per cost with
+    `ns`, optional `sigma` and `source`), or CSV with the table's columns
+    (`key,x86_64,arm64,sigma,source`). Unknown keys, missing values and negative or
+    non-finite numbers are errors naming each entry."""
     table = default_table()
     if path is None:
         return table
-    extra = pl.read_csv(path).select(table.columns).cast(table.schema)
+    path = Path(path)
+    extra = _read_toml(path, table) if path.suffix == ".toml" else _read_csv(path, table)
+    unknown = sorted(set(extra["key"]) - set(table["key"]))
+    if unknown:
+        raise CostFileError(
+            f"{path}: unknown cost key(s) {', '.join(unknown)}; valid: {', '.join(table['key'])}"
+        )
+    bad = extra.filter(
+        pl.any_horizontal([pl.col(c).is_null() | pl.col(c).is_nan() | (pl.col(c) < 0)
+                           for c in (*PROFILES, "sigma")])
+    )  # fmt: skip
+    if len(bad):
+        raise CostFileError(
+            f"{path}: missing, negative or non-numeric value for {', '.join(bad['key'])}"
+            " (each cost needs ns >= 0 and sigma >= 0)"
+        )
     return pl.concat([table.filter(~pl.col("key").is_in(extra["key"])), extra])
+
+
+def _read_csv(path: Path, table: pl.DataFrame) -> pl.DataFrame:
+    try:
+        extra = pl.read_csv(path, infer_schema=False)
+    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as e:
+        raise CostFileError(f"{path}: not a readable CSV cost file ({e})") from e
+    missing = [c for c in table.columns if c not in extra.columns]
+    if missing:
+        raise CostFileError(
+            f"{path}: missing column(s) {', '.join(missing)} (need {','.join(table.columns)})"
+        )
+    nums = [
+        pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in (*PROFILES, "sigma")
+    ]
+    return extra.select(table.columns).with_columns(*nums)
+
+
+def _read_toml(path: Path, table: pl.DataFrame) -> pl.DataFrame:
+    import tomllib
+
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise CostFileError(f"{path}: not valid TOML ({e})") from e
+    profile = doc.get("profile", "x86_64")
+    if profile not in PROFILES:
+        raise CostFileError(f"{path}: profile {profile!r}; valid: {', '.join(PROFILES)}")
+    entries = doc.get("costs")
+    if not isinstance(entries, dict) or not entries:
+        raise CostFileError(f'{path}: no [costs."key"] tables')
+    default = {r["key"]: r for r in table.iter_rows(named=True)}
+    rows = []
+    for key, e in entries.items():  # per cost entry, a few dozen
+        e = e if isinstance(e, dict) else {}
+        row = dict(
+            default.get(key, {"key": key, "x86_64": 0.0, "arm64": 0.0, "sigma": 0.0, "source": ""})
+        )
+        row[profile] = _number(e.get("ns"))
+        row["sigma"] = _number(e.get("sigma", row["sigma"]))
+        row["source"] = str(e.get("source", f"{path.name}"))
+        rows.append(row)
+    return pl.DataFrame(rows, schema=table.schema)
+
+
+def _number(v) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def write_toml(path: Path, profile: str, rows: list[dict]) -> None:
+    """A cost file `load` reads: rows of key, ns, sigma, source and optional ci_low/ci_high."""
+    lines = [f'profile = "{profile}"', ""]
+    for r in rows:
+        lines.append(f'[costs."{r["key"]}"]')
+        lines.append(f"ns = {r['ns']:.3f}")
+        lines.append(f"sigma = {r['sigma']:.3f}")
+        if r.get("ci_low") is not None:
+            lines.append(f"ci95 = [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
+        lines.append(f"source = {_toml_string(r['source'])}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def _toml_string(s: str) -> str:
+    import json
+
+    return json.dumps(s, ensure_ascii=False)  # JSON's string escapes are TOML's
 
 
 def costs_for(table: pl.DataFrame, profile: str) -> dict[str, tuple[float, float]]:

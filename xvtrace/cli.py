@@ -691,5 +691,72 @@ def _phase_means(truth: pl.DataFrame, name: str) -> pl.DataFrame:
     )
 
 
+@cli.command("replay")
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-t", "--transport", default="all", show_default=True, metavar="T[,T...]|all",
+              help=f"Transports to replay against: {', '.join(TRANSPORT_NAMES)}, or all.")  # fmt: skip
+@click.option("--costs", "costs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Cost file (TOML from `xvtrace calibrate`, or CSV rows) replacing defaults by key.")  # fmt: skip
+@click.option("--arrivals", type=click.Choice(["closed", "open"]), default="closed", show_default=True,
+              help="closed: each job keeps the captured queue depth in flight; open: requests "
+              "arrive at their captured times whatever the transport's speed.")  # fmt: skip
+@click.option("--source-transport", type=click.Choice(TRANSPORT_NAMES),
+              help="The transport the capture ran on (default: the manifest's; unknown for a "
+              "plain QEMU capture). Its own operations are taken out of the device time.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cost jitter.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"Predicted requests (parquet; facts beside it as .json). Default: BUNDLE/{'replay.parquet'}.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@_guard
+def replay_cmd(source, transport, costs_file, arrivals, source_transport, seed, output, as_json):
+    """Re-execute a bundle's captured request stream through each transport's request path:
+    what this workload would cost on another virtio-on-Xen transport.
+
+    Needs the bundle's timeline (`xvtrace timeline BUNDLE`). Prints, per transport, latency
+    p50/p99, IOPS at the captured depth and at saturation, CPU time and VM exits,
+    hypercalls, IOREQs, pages mapped and bytes copied per request, and the phases that
+    differ most from the baseline. `xvtrace compare` shows the result again (or as HTML).
+    """
+    from xvtrace import compare, replaying
+
+    bundle = api.load(source)
+    transports = replaying.parse_transports(transport)
+    result = replaying.replay_bundle(bundle, transports, costs_file=costs_file, seed=seed,
+                                     arrivals=arrivals, source=source_transport)  # fmt: skip
+    out = output or bundle.path / replaying.REPLAY
+    replaying.write(result, out)
+    facts = replaying.facts(result)
+    if as_json:
+        click.echo(json.dumps(compare.to_json(facts), indent=2))
+    else:
+        click.echo(compare.render_text(facts), nl=False)
+    click.echo(f"{out}: {len(result.requests)} predicted requests", err=True)
+
+
+@cli.command("compare")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="The comparison as JSON on stdout.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a self-contained HTML page (latency CDFs, phase bars).")  # fmt: skip
+@_guard
+def compare_cmd(source, as_json, html_file):
+    """Transports side by side from a replay (a bundle after `xvtrace replay`, or the
+    replay's parquet file): p50/p99 latency and its ratio to the baseline, IOPS at the
+    captured depth and at saturation, CPU per request, work per request and the phases
+    that make the difference."""
+    from xvtrace import compare
+    from xvtrace.bundle import atomic_path
+
+    facts, req = compare.load(source)
+    if html_file:
+        with atomic_path(html_file) as tmp:
+            tmp.write_text(compare.render_html(facts, req))
+        click.echo(f"{html_file}: written", err=True)
+    if as_json:
+        click.echo(json.dumps(compare.to_json(facts), indent=2))
+    else:
+        click.echo(compare.render_text(facts), nl=False)
+
+
 def main() -> None:
     cli.main(prog_name="xvtrace")

@@ -26,7 +26,7 @@ SEGMENTS = (  # Gantt / stacked phases: (name, start column, end column)
 )
 
 
-def _svg(body: str, title: str, xlabel: str, ylabel: str) -> str:
+def svg_figure(body: str, title: str, xlabel: str, ylabel: str) -> str:
     return (
         f'<figure><svg class="plot" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}">'
         f'<rect x="{PAD}" y="8" width="{W - PAD - 8}" height="{H - PAD - 8}" fill="none" stroke="#999"/>'
@@ -36,12 +36,12 @@ def _svg(body: str, title: str, xlabel: str, ylabel: str) -> str:
     )
 
 
-def _scale(v: np.ndarray, lo: float, hi: float, a: float, b: float) -> np.ndarray:
+def scale(v: np.ndarray, lo: float, hi: float, a: float, b: float) -> np.ndarray:
     span = hi - lo if hi > lo else 1.0
     return a + (v - lo) / span * (b - a)
 
 
-def _legend(names: list[str]) -> str:
+def legend(names: list[str]) -> str:
     return "".join(
         f'<rect x="{PAD + 8 + 108 * i}" y="12" width="9" height="9" fill="{COLORS[i % len(COLORS)]}"/>'
         f'<text x="{PAD + 20 + 108 * i}" y="20" font-size="10">{escape(n)}</text>'
@@ -58,15 +58,15 @@ def cdf_plot(req: pl.DataFrame) -> str:
     for i, ((dev, op), g) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
         v = np.sort(g["service_ns"].to_numpy() / 1e3)
         idx = np.unique(np.linspace(0, len(v) - 1, min(len(v), 400)).astype(int))  # per point drawn
-        x = _scale(np.minimum(v[idx], top), 0, top, PAD, W - 8)
-        y = _scale((idx + 1) / len(v), 0, 1, H - PAD, 8)
+        x = scale(np.minimum(v[idx], top), 0, top, PAD, W - 8)
+        y = scale((idx + 1) / len(v), 0, 1, H - PAD, 8)
         pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(x, y, strict=True))
         body.append(
             f'<polyline fill="none" stroke="{COLORS[i % len(COLORS)]}" stroke-width="1.5" points="{pts}"/>'
         )
         names.append(f"{dev} {op}")
-    return _svg(
-        "".join(body) + _legend(names),
+    return svg_figure(
+        "".join(body) + legend(names),
         f"pop -> fill latency CDF (up to {top:.0f} us)",
         "us",
         "fraction",
@@ -97,8 +97,8 @@ def phase_bars(req: pl.DataFrame) -> str:
         body.append(
             f'<text x="{x + 4:.1f}" y="{y + bar * 0.6:.1f}" font-size="10">{escape(f"{dev} {op}")}</text>'
         )
-    return _svg(
-        "".join(body) + _legend([n for n, _, _ in segs]),
+    return svg_figure(
+        "".join(body) + legend([n for n, _, _ in segs]),
         f"mean time per phase (bar = {total:.1f} us)",
         "us",
         "",
@@ -123,12 +123,12 @@ def gantt(req: pl.DataFrame, sample: int = 40) -> str:
         for j, (_, a, b) in enumerate(segs):
             if r[a] is None or r[b] is None or r[b] < r[a]:
                 continue
-            x0, x1 = _scale(np.array([r[a], r[b]], float), t0, t1, PAD, W - 8)
+            x0, x1 = scale(np.array([r[a], r[b]], float), t0, t1, PAD, W - 8)
             body.append(
                 f'<rect x="{x0:.1f}" y="{26 + i * row:.1f}" width="{max(0.5, x1 - x0):.1f}" height="{row * 0.8:.1f}" fill="{COLORS[j % len(COLORS)]}"/>'
             )
-    return _svg(
-        "".join(body) + _legend([n for n, _, _ in segs]),
+    return svg_figure(
+        "".join(body) + legend([n for n, _, _ in segs]),
         f"first {len(s)} requests ({(t1 - t0) / 1e3:.0f} us)",
         "time",
         "request",
@@ -143,13 +143,15 @@ def over_time(req: pl.DataFrame, points: int = 2000) -> str:
     t = s["pop_ns"].to_numpy().astype(float)
     v = s["service_ns"].to_numpy() / 1e3
     top = float(np.quantile(v, 0.999)) or 1.0
-    x = _scale(t, t.min(), t.max(), PAD, W - 8)
-    y = _scale(np.minimum(v, top), 0, top, H - PAD, 8)
+    x = scale(t, t.min(), t.max(), PAD, W - 8)
+    y = scale(np.minimum(v, top), 0, top, H - PAD, 8)
     dots = "".join(
         f'<circle cx="{a:.1f}" cy="{b:.1f}" r="1.3" fill="{COLORS[0]}"/>'
         for a, b in zip(x, y, strict=True)
     )
-    return _svg(dots, f"pop -> fill latency over time ({len(s)} requests shown)", "time", "us")
+    return svg_figure(
+        dots, f"pop -> fill latency over time ({len(s)} requests shown)", "time", "us"
+    )
 
 
 def render(rep: Report, req: pl.DataFrame) -> str:

@@ -58,6 +58,17 @@ class Transport:
         return {op.cost for kind in DEVICE_KINDS for op in self.path(kind)}
 
 
+def submission(path: tuple[Op, ...]) -> tuple[int, int]:
+    """(s, d): the index d of the device operation in a block path, and the index s of the
+    last backend operation before it, at whose end the backend submits the request to the
+    device (where QEMU logs virtio_blk_handle_read/write: after the pop and the mapping of
+    the buffers, before blk_aio_*). Operations between s and d run after the submission,
+    e.g. an IOREQ's completion."""
+    d = next(k for k, o in enumerate(path) if o.resource == "device")
+    backend = [k for k in range(d) if path[k].actor in ("backend_thread", "backend_process")]
+    return (backend[-1] if backend else d - 1), d
+
+
 def op(name, phase, actor, resource, cost, scale="request", emits="", hold_until="") -> Op:
     """Terse constructor for the declarative tables of the transport modules."""
     return Op(name, phase, actor, resource, cost, scale, emits, hold_until)

@@ -17,6 +17,7 @@ import polars as pl
 
 from xvtrace.emulate.xen_records import ACK, MMIO_BASE, NOTIFY, STATUS
 from xvtrace.parsers.trace_events import TraceEvents, render_text
+from xvtrace.replay.transports.base import submission
 
 VDEV = 0x55D0_0000_1000  # VirtIOBlock *
 VQ = 0x7F00_2000_0010  # VirtQueue *
@@ -132,9 +133,11 @@ def _path_lines(out: Lines, kind: str, path, sched, req, iodepth: int) -> None:
     if kind == "block":
         sectors = (req.nbytes // 512).astype(np.uint64)
         sector = (req.offset // np.uint64(512)).astype(np.uint64)
+        # QEMU logs the request once its buffers are mapped, right before submitting it
+        sub_t = sched.end[:, submission(path)[0]]
         out.add(
             "virtio_blk_handle_write",
-            pop_t[w],
+            sub_t[w],
             0.5,
             vdev=vdev,
             req=elem[w],
@@ -143,7 +146,7 @@ def _path_lines(out: Lines, kind: str, path, sched, req, iodepth: int) -> None:
         )
         out.add(
             "virtio_blk_handle_read",
-            pop_t[~w],
+            sub_t[~w],
             0.5,
             vdev=vdev,
             req=elem[~w],

@@ -1,0 +1,117 @@
+"""The request stream replay re-executes: what a capture says about its workload, separated
+from how its transport served it.
+
+From a reconstructed request table (one row per request, see xvtrace.timeline) it keeps, in
+the order the backend saw them: the operation (read, write, tx, rx), bytes and pages, the
+job (the guest vCPU that kicked it, when the hypervisor side is known), each job's queue
+depth (the most requests it had in flight at once) and each request's device service time.
+
+The device time is what the capture measured from the backend's submission to the device's
+completion (QEMU's virtio_blk_handle_* .. virtio_blk_rw_complete), less the source
+transport's operations that run after the submission and before the device in its path
+(EPAM's IOREQ completion), at their mean cost: what remains is the device's.
+
+Queue depth: the device model sees only the requests the guest has kicked. When the guest's
+vCPU is the bottleneck, requests also wait inside the guest, unseen, so the depth measured
+at the backend is a lower bound; the workload's own depth (the fio job's iodepth, which the
+emulator records in the manifest) is used when known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from xvtrace.replay.transports.base import Transport, submission
+
+OPS = ("read", "write", "tx", "rx")
+KIND_OF_OP = {"read": "block", "write": "block", "tx": "net_tx", "rx": "net_rx"}
+NEEDED = ("op", "bytes", "pop_ns", "fill_ns", "io_ns", "complete")
+
+
+class StreamError(ValueError):
+    """The request table cannot give a stream (message names what is missing)."""
+
+
+@dataclass
+class Stream:
+    op: np.ndarray  # str per request: read, write, tx, rx
+    nbytes: np.ndarray  # f8
+    pages: np.ndarray  # f8, 4 KiB pages touched
+    job: np.ndarray  # i8, 0..njobs-1
+    device_ns: np.ndarray  # f8, the device's service time (block); 0 for network
+    arrival_ns: np.ndarray  # f8, when the backend saw it (from the first request)
+    iodepth: int
+    njobs: int
+
+    def __len__(self) -> int:
+        return len(self.op)
+
+    @property
+    def write(self) -> np.ndarray:
+        return np.isin(self.op, ("write", "tx"))
+
+
+def in_flight_depth(start: np.ndarray, end: np.ndarray) -> int:
+    """The most intervals [start, end) open at once (vectorized sweep)."""
+    if not len(start):
+        return 0
+    t = np.concatenate([start, end])
+    step = np.concatenate([np.ones(len(start), np.int64), -np.ones(len(end), np.int64)])
+    order = np.lexsort((step, t))  # at equal times, an end before a start
+    return int(np.cumsum(step[order]).max())
+
+
+def from_requests(
+    req: pl.DataFrame,
+    *,
+    source: Transport | None,
+    costs: dict[str, tuple[float, float]],
+    iodepth: int | None = None,
+    njobs: int | None = None,
+) -> Stream:
+    """The stream of `req`'s complete requests. `source` is the transport the capture ran
+    on (None: unknown, nothing is taken out of the device interval); `iodepth` and `njobs`
+    the workload's, when known (else measured: see the module doc)."""
+    missing = [c for c in NEEDED if c not in req.columns]
+    if missing:
+        raise StreamError(f"request table lacks column(s) {', '.join(missing)}")
+    done = req.filter(pl.col("complete") & pl.col("op").is_in(OPS)).sort("pop_ns")
+    if not len(done):
+        raise StreamError("no complete read/write/tx/rx requests to replay")
+    job_col = "trap_vcpu" if "trap_vcpu" in done.columns else None
+    if job_col and done[job_col].null_count() == 0:
+        _, job = np.unique(done[job_col].to_numpy(), return_inverse=True)
+    elif njobs:  # jobs unseen: spread round-robin, as fio's jobs interleave
+        job = np.arange(len(done)) % njobs
+    else:
+        job = np.zeros(len(done), np.int64)
+    op = done["op"].to_numpy().astype(str)
+    nbytes = done["bytes"].fill_null(0).to_numpy().astype(np.float64)
+    pages = np.maximum(1.0, np.ceil(nbytes / 4096))
+    pop, fill = done["pop_ns"].to_numpy(), done["fill_ns"].to_numpy()
+    seen = int(job.max()) + 1
+    depth = iodepth or max(in_flight_depth(pop[job == j], fill[job == j]) for j in range(seen))
+    io = done["io_ns"].fill_null(0).to_numpy().astype(np.float64)
+    device = np.maximum(io - _inside_device_interval(source, costs, pages, nbytes), 0.0)
+    device[~np.isin(op, ("read", "write"))] = 0.0
+    return Stream(op, nbytes, pages, job.astype(np.int64), device,
+                  (pop - pop[0]).astype(np.float64), max(1, depth), seen)  # fmt: skip
+
+
+def _inside_device_interval(source: Transport | None, costs, pages, nbytes) -> np.ndarray:
+    """The mean modelled time of the source transport's operations between the backend's
+    submission and the device (replay.transports.base.submission)."""
+    if source is None:
+        return np.zeros(len(pages))
+    path = source.path("block")
+    s, d = submission(path)
+    total = np.zeros(len(pages))
+    for o in path[s + 1 : d]:  # per operation, vectorized over requests
+        ns, sigma = costs[o.cost]
+        total += (
+            ns * np.exp(sigma**2 / 2) * {"request": 1.0, "page": pages, "byte": nbytes}[o.scale]
+        )
+    return total

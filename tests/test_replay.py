@@ -1,0 +1,194 @@
+"""Replay: re-executing a captured request stream through every transport's path, and
+comparing transports (xvtrace replay / compare)."""
+
+import json
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from helpers import QEMU_PCI
+
+from xvtrace import api, replaying, timeline
+from xvtrace.cli import cli
+from xvtrace.emulate import EmulateOptions, emulate
+from xvtrace.replay import costs as cost_table
+from xvtrace.replay.accounting import counters
+from xvtrace.replay.stream import in_flight_depth
+from xvtrace.replay.transports import NAMES, get
+
+# the transports whose backend logs each request (QEMU trace events): their bundles
+# reconstruct per request, so their streams can be replayed
+RECONSTRUCTED = ("epam-mmio", "suse-grant", "suse-grant-persistent", "gsoc-xenbus")
+WORKLOADS = ("randread-4k-qd1", "randwrite-4k-qd32", "rw=read,bs=1m,iodepth=4")
+N = 2000
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Each reconstructed transport emulated on each workload: (truth latencies, replay of
+    its bundle against all of them)."""
+    out = {}
+    for w in WORKLOADS:
+        for t in RECONSTRUCTED:
+            d = tmp_path_factory.mktemp("replay")
+            r = emulate(EmulateOptions(transport=t, workload=w, requests=N, seed=3, out=d / "b"))
+            bundle = api.ingest(r.bundle, warn=lambda m: None).bundle
+            timeline.build(bundle)
+            res = replaying.replay_bundle(bundle, [get(x) for x in RECONSTRUCTED], seed=1)
+            out[t, w] = (r.truth["latency_ns"].to_numpy(), res)
+    return out
+
+
+def _errors(predicted: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    return tuple(np.percentile(predicted, q) / np.percentile(measured, q) - 1 for q in (50, 99))
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+@pytest.mark.parametrize("transport", RECONSTRUCTED)
+def test_replay_against_its_own_transport_reproduces_the_latencies(runs, transport, workload):
+    truth, res = runs[transport, workload]
+    assert res.source == transport and len(res.stream) == N
+    lat = res.requests.filter(pl.col("transport") == transport)["latency_ns"].to_numpy()
+    e50, e99 = _errors(lat, truth)
+    assert abs(e50) < 0.05 and abs(e99) < 0.15, (e50, e99)
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+@pytest.mark.parametrize("source", RECONSTRUCTED)
+def test_prediction_for_another_transport_matches_emulating_it(runs, source, workload):
+    _, res = runs[source, workload]
+    for target in RECONSTRUCTED:
+        if target == source:
+            continue
+        truth, _ = runs[target, workload]
+        lat = res.requests.filter(pl.col("transport") == target)["latency_ns"].to_numpy()
+        e50, e99 = _errors(lat, truth)
+        assert abs(e50) < 0.05 and abs(e99) < 0.15, (target, e50, e99)
+
+
+def test_the_captured_queue_depth_is_used_not_the_one_the_backend_sees(runs):
+    _, res = runs["epam-mmio", "randwrite-4k-qd32"]
+    # the vCPU is the bottleneck: the backend never has 32 in flight, the workload does
+    assert res.stream.iodepth == 32
+
+
+@pytest.mark.parametrize("transport", NAMES)
+def test_accounting_matches_the_records_the_emulator_writes(tmp_path, transport):
+    n = 100
+    r = emulate(EmulateOptions(transport=transport, workload="rw=randread,bs=16k,iodepth=1",
+                               requests=n, out=tmp_path / "b"))  # fmt: skip
+    c = {
+        k: float(v.mean())
+        for k, v in counters(get(transport).block, np.full(n, 4.0), np.full(n, 16384.0)).items()
+    }
+    exits = r.expected["guest_exits"]
+    trap_exits = (exits.get(48, 0) + exits.get(18, 0)) / n  # EPT violations and VMCALLs
+    assert c["vm_exits"] == trap_exits
+    dom0 = sum(r.expected["dom0_hypercalls"].values()) / n
+    assert c["hypercalls"] == dom0 + exits.get(18, 0) / n  # dom0's own plus the guest's VMCALLs
+
+
+def test_in_flight_depth():
+    assert in_flight_depth(np.array([0, 1, 2, 10]), np.array([5, 3, 4, 11])) == 3
+    assert in_flight_depth(np.array([0, 5]), np.array([5, 6])) == 1  # an end frees before a start
+    assert in_flight_depth(np.array([]), np.array([])) == 0
+
+
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli") / "b"
+    emulate(
+        EmulateOptions(
+            transport="suse-grant", workload="rw=randrw,bs=16k,iodepth=1", requests=600, out=d
+        )
+    )
+    api.ingest(d, warn=lambda m: None)
+    return d
+
+
+def test_cli_replay_then_compare(small_bundle, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(small_bundle, b)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["replay", str(b)])
+    assert r.exit_code == 2 and "run `xvtrace timeline" in r.output  # no timeline yet
+    assert runner.invoke(cli, ["timeline", str(b)]).exit_code == 0
+    r = runner.invoke(cli, ["replay", str(b), "-t", "all"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert "baseline: suse-grant (the captured transport)" in lines[0]
+    assert [ln.split()[0] for ln in lines[2:]] == list(NAMES)
+    r = runner.invoke(cli, ["compare", str(b), "--json", "--html", str(tmp_path / "c.html")])
+    assert r.exit_code == 0, r.output
+    facts = json.loads(r.stdout)
+    rows = {t["transport"]: t for t in facts["transports"]}
+    assert rows["suse-grant"]["p50_ratio"] == 1.0
+    # persistent grants take the per-page map and unmap out of the path
+    assert rows["suse-grant-persistent"]["pages_mapped"] == 0 < rows["suse-grant"]["pages_mapped"]
+    assert rows["suse-grant-persistent"]["p50_us"] < rows["suse-grant"]["p50_us"]
+    assert "unmap" in rows["suse-grant-persistent"]["differs_in_us"]
+    assert all(t["saturation_iops"] >= t["iops"] * 0.99 for t in facts["transports"])
+    html = (tmp_path / "c.html").read_text()
+    assert html.count("<svg") == 2 and "suse-grant-persistent" in html
+
+
+def test_cli_replay_of_a_real_qemu_capture(tmp_path):
+    b = tmp_path / "b"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["ingest", str(QEMU_PCI / "trace.log"), "-o", str(b)]).exit_code == 0
+    assert runner.invoke(cli, ["timeline", str(b)]).exit_code == 0
+    r = runner.invoke(
+        cli, ["replay", str(b), "-t", "epam-mmio,pv-blkif", "-o", str(tmp_path / "r.parquet")]
+    )
+    assert r.exit_code == 0, r.output
+    assert "baseline: epam-mmio" in r.stdout and "captured transport" not in r.stdout
+    pred = pl.read_parquet(tmp_path / "r.parquet")
+    assert set(pred["transport"]) == {"epam-mmio", "pv-blkif"}
+    assert pred["latency_ns"].min() > 0
+    r = runner.invoke(cli, ["compare", str(tmp_path / "r.parquet")])
+    assert r.exit_code == 0 and "pv-blkif" in r.stdout
+
+
+def test_bad_replay_input(small_bundle, tmp_path):
+    runner = CliRunner()
+    b = tmp_path / "b"
+    shutil.copytree(small_bundle, b)
+    runner.invoke(cli, ["timeline", str(b)])
+
+    def err(*args):
+        r = runner.invoke(cli, list(args))
+        assert r.exit_code == 2, r.output
+        return r.output
+
+    assert "unknown transport 'nope'" in err("replay", str(b), "-t", "epam-mmio,nope")
+    neg = tmp_path / "neg.csv"
+    neg.write_text("key,x86_64,arm64,sigma,source\nxen.mmio_trap,-1,900,0.3,me\n")
+    assert "xen.mmio_trap" in err("replay", str(b), "--costs", str(neg))
+    cols = tmp_path / "cols.csv"
+    cols.write_text("key,x86_64\nxen.mmio_trap,1\n")
+    assert "missing column(s) arm64, sigma, source" in err("replay", str(b), "--costs", str(cols))
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        'profile = "x86_64"\n[costs."xen.mmio_trap"]\nsigma = 0.2\n[costs."bogus.key"]\nns = 1\n'
+    )
+    assert "unknown cost key(s) bogus.key" in err("replay", str(b), "--costs", str(toml))
+    toml.write_text('profile = "x86_64"\n[costs."xen.mmio_trap"]\nsigma = 0.2\n')
+    assert "missing, negative or non-numeric value for xen.mmio_trap" in err(
+        "replay", str(b), "--costs", str(toml)
+    )
+    assert "no replay.parquet" in err("compare", str(small_bundle))
+
+
+def test_cost_file_round_trip(tmp_path):
+    path = tmp_path / "c.toml"
+    cost_table.write_toml(path, "arm64", [{"key": "xen.grant_map", "ns": 1234.5, "sigma": 0.1,
+                                          "ci_low": 1200.0, "ci_high": 1270.0, "source": 'fit "quoted"'}])  # fmt: skip
+    t = cost_table.load(path)
+    row = t.filter(pl.col("key") == "xen.grant_map").row(0, named=True)
+    assert row["arm64"] == 1234.5 and row["sigma"] == 0.1 and row["source"] == 'fit "quoted"'
+    assert (
+        row["x86_64"]
+        == cost_table.default_table().filter(pl.col("key") == "xen.grant_map")["x86_64"][0]
+    )

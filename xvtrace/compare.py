@@ -1,0 +1,150 @@
+"""Transports side by side, from a replay (xvtrace.replaying): terminal table, JSON and a
+self-contained HTML page (latency CDF per transport, stacked mean phases).
+
+Each transport is set against a baseline (the transport the capture ran on when it was
+replayed, else the first): latency and CPU ratios, and the phases that make the
+difference (largest change in mean time per request).
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from xvtrace.bundle import Bundle, BundleError
+from xvtrace.html import COLORS, PAD, H, W, legend, scale, svg_figure
+from xvtrace.replay.transports.base import PHASES
+from xvtrace.replaying import REPLAY
+
+TOP_PHASES = 2  # phases named per transport as making the difference
+
+
+def load(path: str | Path) -> tuple[dict, pl.DataFrame]:
+    """A replay's facts and predicted requests, from its parquet file or the bundle that
+    holds it."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / REPLAY).exists():
+            if Bundle.is_bundle(path):
+                raise BundleError(f"{path}: no {REPLAY}; run `xvtrace replay {path}` first")
+            raise BundleError(f"{path}: neither a bundle nor a replay file")
+        path = path / REPLAY
+    side = path.with_suffix(".json")
+    if not side.exists():
+        raise BundleError(f"{path}: no {side.name} beside it (written by `xvtrace replay`)")
+    return json.loads(side.read_text()), pl.read_parquet(path)
+
+
+def baseline(facts: dict) -> str:
+    names = [t["transport"] for t in facts["transports"]]
+    src = facts.get("source_transport")
+    return src if src in names else names[0]
+
+
+def table(facts: dict) -> pl.DataFrame:
+    """One row per transport: latency, throughput, CPU and work per request, and against
+    the baseline: latency and CPU ratios and the phases that differ most."""
+    rows = pl.DataFrame(facts["transports"])
+    base = rows.filter(pl.col("transport") == baseline(facts)).row(0, named=True)
+    diffs = []
+    for r in rows.iter_rows(named=True):  # per transport
+        delta = {p: r[f"{p}_us"] - base[f"{p}_us"] for p in PHASES}
+        top = sorted(delta, key=lambda p: -abs(delta[p]))[:TOP_PHASES]
+        diffs.append(", ".join(f"{p} {delta[p]:+.1f}" for p in top if abs(delta[p]) >= 0.05))
+    return rows.with_columns(
+        (pl.col("p50_us") / base["p50_us"]).alias("p50_ratio"),
+        (pl.col("p99_us") / base["p99_us"]).alias("p99_ratio"),
+        (pl.col("cpu_us") / base["cpu_us"]).alias("cpu_ratio"),
+        pl.Series("differs_in_us", diffs, dtype=pl.String),
+    )
+
+
+def render_text(facts: dict) -> str:
+    t = table(facts)
+    st = facts["stream"]
+    ops = ", ".join(f"{n} {k}" for k, n in st["ops"].items())
+    out = [
+        f"stream: {st['requests']} requests ({ops}), {st['jobs']} job(s) x depth {st['iodepth']}, "
+        f"device p50 {st['device_p50_us']:.1f} us; costs: {facts['profile']}; "
+        f"baseline: {baseline(facts)}" + (" (the captured transport)" if facts.get("source_transport") else ""),
+        f"{'transport':<22}{'p50 us':>9}{'p99 us':>9}{'x p50':>7}{'IOPS':>9}{'sat IOPS':>10}"
+        f"{'cpu us':>8}{'exits':>7}{'hcalls':>7}{'ioreqs':>7}{'maps':>6}{'copied':>9}  differs in (us/request)",
+    ]  # fmt: skip
+    for r in t.iter_rows(named=True):
+        out.append(
+            f"{r['transport']:<22}{r['p50_us']:>9.1f}{r['p99_us']:>9.1f}{r['p50_ratio']:>7.2f}"
+            f"{r['iops']:>9.0f}{r['saturation_iops']:>10.0f}{r['cpu_us']:>8.1f}{r['vm_exits']:>7.1f}"
+            f"{r['hypercalls']:>7.1f}{r['ioreqs']:>7.1f}{r['pages_mapped']:>6.1f}"
+            f"{r['bytes_copied']:>9.0f}  {r['differs_in_us']}"
+        )  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+def to_json(facts: dict) -> dict:
+    return {**facts, "baseline": baseline(facts), "transports": table(facts).to_dicts()}
+
+
+def cdf_plot(req: pl.DataFrame) -> str:
+    groups = sorted(req.partition_by("transport", as_dict=True).items())
+    top = max(float(g["latency_ns"].quantile(0.999, "nearest")) for _, g in groups) / 1e3
+    body, names = [], []
+    for i, ((name,), g) in enumerate(groups):
+        v = np.sort(g["latency_ns"].to_numpy() / 1e3)
+        idx = np.unique(np.linspace(0, len(v) - 1, min(len(v), 400)).astype(int))
+        x = scale(np.minimum(v[idx], top), 0, top, PAD, W - 8)
+        y = scale((idx + 1) / len(v), 0, 1, H - PAD, 8)
+        pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(x, y, strict=True))
+        body.append(
+            f'<polyline fill="none" stroke="{COLORS[i % len(COLORS)]}" stroke-width="1.5" points="{pts}"/>'
+        )
+        names.append(name)
+    return svg_figure("".join(body) + legend(names), f"request latency CDF per transport (up to {top:.0f} us)",
+                      "us", "fraction")  # fmt: skip
+
+
+def phase_bars(facts: dict) -> str:
+    rows = facts["transports"]
+    total = max(sum(r[f"{p}_us"] for p in PHASES) for r in rows) or 1.0
+    bar = min(24, (H - PAD - 24) / len(rows))
+    body = []
+    for i, r in enumerate(rows):
+        x, y = PAD, 30 + i * bar
+        for j, p in enumerate(PHASES):
+            w = r[f"{p}_us"] / total * (W - PAD - 120)
+            body.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{bar * 0.8:.1f}" '
+                        f'fill="{COLORS[j % len(COLORS)]}"><title>{escape(p)} {r[f"{p}_us"]:.1f} us</title></rect>')  # fmt: skip
+            x += w
+        body.append(
+            f'<text x="{x + 4:.1f}" y="{y + bar * 0.6:.1f}" font-size="10">{escape(r["transport"])}</text>'
+        )
+    return svg_figure("".join(body) + legend(list(PHASES)), f"mean time per phase (longest bar = {total:.1f} us)",
+                      "us", "")  # fmt: skip
+
+
+def render_html(facts: dict, req: pl.DataFrame) -> str:
+    t = table(facts)
+    cols = ["transport", "p50_us", "p99_us", "p50_ratio", "iops", "saturation_iops", "cpu_us",
+            "vm_exits", "hypercalls", "ioreqs", "pages_mapped", "bytes_copied", "differs_in_us"]  # fmt: skip
+    head = "".join(f"<th>{escape(c)}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(
+            f"<td>{escape(v if isinstance(v, str) else f'{v:.2f}')}</td>" for v in (r[c] for c in cols)
+        ) + "</tr>"
+        for r in t.iter_rows(named=True)
+    )  # fmt: skip
+    st = facts["stream"]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>xvtrace compare</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px}}figure{{margin:1em 0}}</style></head>
+<body><h1>xvtrace compare</h1>
+<p>{st["requests"]} requests, {st["jobs"]} job(s) x depth {st["iodepth"]}; costs {escape(facts["profile"])};
+baseline {escape(baseline(facts))}</p>
+<table><tr>{head}</tr>{body}</table>
+{cdf_plot(req)}{phase_bars(facts)}
+</body></html>
+"""
