@@ -98,6 +98,15 @@ EVENT_SCHEMA: dict[str, pl.DataType] = {
 SORT_KEY = ("ts_ns", "src_file", "src_offset")  # ties: file position (merge order)
 
 
+def timestamp_tick(ns) -> int:
+    """The tick of a source's timestamps in ns: 1000 when every one is a whole microsecond
+    (QEMU's log backend stamps gettimeofday, truncated), else 1."""
+    import numpy as np
+
+    ns = np.asarray(ns)
+    return 1000 if len(ns) and not np.any(ns % 1000) else 1
+
+
 def empty_events() -> pl.DataFrame:
     return pl.DataFrame(schema=EVENT_SCHEMA)
 

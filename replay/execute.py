@@ -17,10 +17,47 @@ import polars as pl
 from xvtrace.replay import engine
 from xvtrace.replay.accounting import CPU_RESOURCES, counters
 from xvtrace.replay.stream import KIND_OF_OP, Stream
-from xvtrace.replay.transports.base import ACTORS, PHASES, Transport
+from xvtrace.replay.transports.base import PHASES, Transport
 
 ARRIVALS = ("closed", "open")
 CPU_ACTORS = ("guest_vcpu", "hypervisor", "backend_thread", "backend_process")
+
+
+def schedule(
+    stream: Stream,
+    transport: Transport,
+    costs: dict[str, tuple[float, float]],
+    *,
+    seed: int = 0,
+    arrivals: str = "closed",
+    device_servers: int = 8,
+    scale: dict[str, np.ndarray] | None = None,
+) -> tuple[list, np.ndarray, engine.Schedule]:
+    """Run the stream through the transport's paths: (paths, each request's path index,
+    the engine's schedule). `scale`: per device kind, a factor per operation of its path
+    applied to the drawn durations (calibration's trial costs)."""
+    if arrivals not in ARRIVALS:
+        raise ValueError(f"arrivals {arrivals!r}: valid: {', '.join(ARRIVALS)}")
+    n = len(stream)
+    kinds = sorted({KIND_OF_OP[o] for o in np.unique(stream.op)})
+    paths = [transport.path(k) for k in kinds]
+    ops, inverse = np.unique(stream.op, return_inverse=True)
+    path_of = np.searchsorted(np.array(kinds), np.array([KIND_OF_OP[o] for o in ops])[inverse])
+    rng = np.random.default_rng(seed)
+    width = max(len(p) for p in paths)
+    dur = np.zeros((n, width))
+    for i, path in enumerate(paths):  # per path, not per request
+        m = path_of == i
+        d = engine.durations(
+            path, costs, stream.pages[m], stream.nbytes[m], stream.device_ns[m], rng
+        )
+        if scale and kinds[i] in scale:
+            d = d * scale[kinds[i]]
+        dur[m, : len(path)] = d
+    not_before = stream.arrival_ns if arrivals == "open" else np.zeros(n)
+    sched = engine.run_paths(paths, path_of, dur, stream.job, not_before, iodepth=stream.iodepth,
+                             njobs=stream.njobs, device_servers=device_servers)  # fmt: skip
+    return paths, path_of, sched
 
 
 def replay(
@@ -34,26 +71,9 @@ def replay(
 ) -> pl.DataFrame:
     """One row per request of `stream` as `transport` serves it: issue/done/latency, time
     per phase (including queueing), the accounting counters and CPU time per actor (ns)."""
-    if arrivals not in ARRIVALS:
-        raise ValueError(f"arrivals {arrivals!r}: valid: {', '.join(ARRIVALS)}")
     n = len(stream)
-    kinds = sorted({KIND_OF_OP[o] for o in np.unique(stream.op)})
-    paths = [transport.path(k) for k in kinds]
-    kind_of = np.array([KIND_OF_OP[o] for o in np.unique(stream.op)])
-    path_of = np.searchsorted(
-        np.array(kinds), kind_of[np.unique(stream.op, return_inverse=True)[1]]
-    )
-    rng = np.random.default_rng(seed)
-    width = max(len(p) for p in paths)
-    dur = np.zeros((n, width))
-    for i, path in enumerate(paths):  # per path, not per request
-        m = path_of == i
-        dur[m, : len(path)] = engine.durations(
-            path, costs, stream.pages[m], stream.nbytes[m], stream.device_ns[m], rng
-        )
-    not_before = stream.arrival_ns if arrivals == "open" else np.zeros(n)
-    sched = engine.run_paths(paths, path_of, dur, stream.job, not_before, iodepth=stream.iodepth,
-                             njobs=stream.njobs, device_servers=device_servers)  # fmt: skip
+    paths, path_of, sched = schedule(stream, transport, costs, seed=seed, arrivals=arrivals,
+                                     device_servers=device_servers)  # fmt: skip
     phase = {p: np.zeros(n) for p in PHASES}
     cpu = {a: np.zeros(n) for a in CPU_ACTORS}
     used = {}
@@ -66,7 +86,6 @@ def replay(
                 cpu[o.actor][m] += ran
         for name, values in counters(path, stream.pages[m], stream.nbytes[m]).items():
             used.setdefault(name, np.zeros(n))[m] = values
-    assert set(CPU_ACTORS) <= set(ACTORS)
     return pl.DataFrame({
         "transport": pl.Series([transport.name] * n, dtype=pl.String),
         "request": np.arange(n, dtype=np.int64),

@@ -130,7 +130,8 @@ def test_device_model_clock_is_found_from_causal_pairs(tmp_path, offset, workloa
     c = bundle.manifest["timeline"]["device_model_clock"]
     true = EPOCH_NS + offset
     assert c["consistent"] and c["lower_ns"] <= true <= c["upper_ns"]
-    assert c["upper_ns"] - c["lower_ns"] < 3_000  # microsecond log timestamps bound it
+    # the shortest trap->IOREQ and IOREQ->re-entry latencies plus the log tick bound it
+    assert c["upper_ns"] - c["lower_ns"] < 4_000
     assert c["pairs"] == 800
 
 

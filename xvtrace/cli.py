@@ -733,6 +733,58 @@ def replay_cmd(source, transport, costs_file, arrivals, source_transport, seed, 
     click.echo(f"{out}: {len(result.requests)} predicted requests", err=True)
 
 
+@cli.command("calibrate")
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Cost file to write (TOML; give it to replay or emulate with --costs).")  # fmt: skip
+@click.option("-t", "--transport", type=click.Choice(TRANSPORT_NAMES),
+              help="The transport the capture ran on (default: the manifest's).")  # fmt: skip
+@click.option("--costs", "costs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Start from this cost file instead of the defaults.")  # fmt: skip
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the Monte Carlo and bootstrap."
+)
+@_guard
+def calibrate_cmd(source, output, transport, costs_file, seed):
+    """Fit the cost table to a capture: each group of operations the capture's timestamps
+    bracket gets the factor that matches its measured intervals, with a 95 % bootstrap
+    interval. Prints every cost of the transport and says which ones this capture could
+    not constrain (they keep their current values). Needs the bundle's timeline."""
+    from xvtrace import replaying
+    from xvtrace.bundle import atomic_path
+    from xvtrace.replay import costs as cost_table
+
+    bundle = api.load(source)
+    name, profile, rows = replaying.calibrate_bundle(bundle, source=transport, costs_file=costs_file,
+                                                     seed=seed)  # fmt: skip
+    fitted = rows.filter(pl.col("fitted_ns").is_not_null())
+    entries = [{"key": r["key"], "ns": r["fitted_ns"], "sigma": r["sigma"], "ci_low": r["ci_low"],
+                "ci_high": r["ci_high"],
+                "source": f"calibrated from {bundle.path} ({r['requests']} requests, interval "
+                          f"{r['interval']}{', scaled with ' + r['with'] if r['with'] else ''})"}
+               for r in fitted.iter_rows(named=True)]  # fmt: skip
+    if not entries:
+        raise UserError(f"{bundle.path}: no interval of this capture constrains any {name} cost")
+    with atomic_path(output) as tmp:
+        cost_table.write_toml(tmp, profile, entries)
+    click.echo(
+        f"transport {name}, profile {profile}: {len(fitted)} of {len(rows)} costs constrained"
+    )
+    click.echo(f"{'key':<28}{'table ns':>10}{'fitted ns':>11}{'95% interval':>22}  constrained by")
+    for r in rows.iter_rows(named=True):
+        if r["fitted_ns"] is None:
+            click.echo(
+                f"{r['key']:<28}{r['ns']:>10.1f}{'-':>11}{'':>22}  not constrained by this capture"
+            )
+            continue
+        ci = f"{r['ci_low']:.1f}..{r['ci_high']:.1f}"
+        extra = f" (with {r['with']})" if r["with"] else ""
+        click.echo(
+            f"{r['key']:<28}{r['ns']:>10.1f}{r['fitted_ns']:>11.1f}{ci:>22}  {r['interval']}{extra}"
+        )
+    click.echo(f"{output}: written", err=True)
+
+
 @cli.command("compare")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="The comparison as JSON on stdout.")

@@ -16,7 +16,9 @@ Clocks also drift apart (QEMU's clock is the host's CLOCK_REALTIME, slewed by NT
 through a nominal cpu_khz is off by its calibration error), so D is a line, D(t) = offset +
 drift * t over hypervisor time t. Every pair bounds the line from one side at one instant;
 the feasible lines form a convex set. For a slope b the offsets that fit lie between the
-lower hull max(l_j - b t_j) and the upper hull min(u_i - b t_i); the gap between them is a
+lower hull max(l_j - b t_j) and the upper hull min(u_i - b t_i). When a constant offset
+(b = 0) fits every pair it is taken: a slope fitted inside a wide feasible set would follow
+the extremes of a few pairs, not the clocks. Otherwise the gap between the hulls is a
 concave function of b, so a golden-section search finds the slope that leaves the widest
 gap (the centre of the feasible set, as in convex-hull clock synchronisation), and the
 offset is the middle of that gap. A negative gap means no line fits: the pairs contradict
@@ -29,6 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+
+from xvtrace.parsers.schema import timestamp_tick
 
 NOTIFY_OFFSET = 0x50  # virtio-mmio QueueNotify
 # what QEMU does inside a QueueNotify IOREQ before it completes it
@@ -122,8 +126,17 @@ def fit_line(t_up, up, t_low, low, *, max_drift: float = MAX_DRIFT, iters: int =
         lo, hi = band(b)
         return hi - lo
 
-    # all times on one side of zero keep the search well conditioned; the caller's t = 0
-    # is the hypervisor clock's origin, the start of the trace
+    if gap(0.0) >= 0:  # a constant offset fits every pair: the simplest line that does
+        drift = 0.0
+    else:
+        drift = _widest(gap, max_drift, iters)
+    lo, hi = band(drift)
+    return drift, base + int(np.floor(lo)), base + int(np.ceil(hi))
+
+
+def _widest(gap, max_drift: float, iters: int) -> float:
+    """The slope in [-max_drift, max_drift] with the widest gap (golden-section search of
+    a concave function)."""
     a, b = -max_drift, max_drift
     golden = (np.sqrt(5) - 1) / 2
     x1, x2 = b - golden * (b - a), a + golden * (b - a)
@@ -137,12 +150,7 @@ def fit_line(t_up, up, t_low, low, *, max_drift: float = MAX_DRIFT, iters: int =
             b, x2, g2 = x2, x1, g1
             x1 = b - golden * (b - a)
             g1 = gap(x1)
-    drift = (a + b) / 2
-    # a drift within the search's resolution of zero is zero (no evidence of drift)
-    if gap(0.0) >= gap(drift) - 1.0:
-        drift = 0.0
-    lo, hi = band(drift)
-    return drift, base + int(np.floor(lo)), base + int(np.ceil(hi))
+    return (a + b) / 2
 
 
 def align_device_model(pairs: pl.DataFrame | None) -> dict | None:
@@ -152,9 +160,12 @@ def align_device_model(pairs: pl.DataFrame | None) -> dict | None:
     pairs (no MMIO notify traps)."""
     if pairs is None or not len(pairs):
         return None
+    # QEMU's log stamps are gettimeofday truncated to the microsecond: an event logged at
+    # t happened in [t, t + resolution), which loosens the upper bounds by that much
+    res = timestamp_tick(pairs["handle_ns"].to_numpy())
     drift, lower, upper = fit_line(
         pairs["exit_ns"].to_numpy(),
-        (pairs["handle_ns"] - pairs["exit_ns"]).to_numpy(),
+        (pairs["handle_ns"] - pairs["exit_ns"]).to_numpy() + (res - 1),
         pairs["entry_ns"].to_numpy(),
         (pairs["last_ns"] - pairs["entry_ns"]).to_numpy(),
     )
@@ -165,6 +176,7 @@ def align_device_model(pairs: pl.DataFrame | None) -> dict | None:
         "upper_ns": upper,
         "consistent": lower <= upper,
         "pairs": len(pairs),
+        "device_model_resolution_ns": res,
         "method": "MMIO QueueNotify traps (xentrace) before handle_ioreq (QEMU); VMENTRY after the IOREQ's last event; widest-margin line",
     }
 

@@ -2,7 +2,7 @@
 self-contained HTML page (latency CDF per transport, stacked mean phases).
 
 Each transport is set against a baseline (the transport the capture ran on when it was
-replayed, else the first): latency and CPU ratios, and the phases that make the
+replayed, else the PV blkif/netif baseline, else the first): latency and CPU ratios, and the phases that make the
 difference (largest change in mean time per request).
 """
 
@@ -39,10 +39,16 @@ def load(path: str | Path) -> tuple[dict, pl.DataFrame]:
     return json.loads(side.read_text()), pl.read_parquet(path)
 
 
+BASELINE = "pv-blkif"  # what users compare against when the captured transport is unknown
+
+
 def baseline(facts: dict) -> str:
+    """The captured transport if it was replayed, else the PV baseline, else the first."""
     names = [t["transport"] for t in facts["transports"]]
-    src = facts.get("source_transport")
-    return src if src in names else names[0]
+    for name in (facts.get("source_transport"), BASELINE):
+        if name in names:
+            return name
+    return names[0]
 
 
 def table(facts: dict) -> pl.DataFrame:

@@ -137,6 +137,32 @@ def summarize(df: pl.DataFrame) -> dict:
     }
 
 
+def calibrate_bundle(
+    bundle: Bundle, *, source: str | None = None, costs_file=None, seed: int = 0
+) -> tuple[str, str, pl.DataFrame]:
+    """(transport, profile, the fitted cost rows: replay.calibrate.fitted_costs)."""
+    from xvtrace.replay import calibrate
+
+    src = source or source_transport(bundle)
+    if src is None:
+        raise BundleError(
+            f"{bundle.path}: the capture's transport is unknown (not in the manifest); "
+            f"name it with --transport ({', '.join(NAMES)})"
+        )
+    profile = profile_of(bundle)
+    costs = cost_table.costs_for(cost_table.load(costs_file), profile)
+    t = get(src)
+    clock = (bundle.manifest.get("timeline") or {}).get("device_model_clock") or {}
+    half = (clock["upper_ns"] - clock["lower_ns"]) / 2 if clock else 0.0
+    req = load_requests(bundle)
+    w = workload_of(bundle)
+    stream = from_requests(
+        req, source=t, costs=costs, iodepth=w.get("iodepth"), njobs=w.get("numjobs")
+    )
+    groups = calibrate.fit(req, stream, t, costs, seed=seed, clock_halfwidth_ns=half)
+    return src, profile, calibrate.fitted_costs(groups, t, costs)
+
+
 def facts(result: ReplayResult) -> dict:
     """What a comparison needs besides the requests: the stream's shape and the summary."""
     st = result.stream

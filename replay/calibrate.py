@@ -1,0 +1,183 @@
+"""Fit the cost table to a capture: per-operation costs from the intervals the capture
+measured, with confidence intervals, and the costs it could not constrain.
+
+The reconstructed request table (xvtrace.timeline) has timestamps that mark known points of
+the source transport's request path (`anchors`: QEMU's virtqueue_pop is the backend pop's
+start, its virtio_blk_handle_* the submission, the re-entry after the kick's IOREQ the
+IOREQ completion's end, ...). Between two consecutive anchors lie some of the path's
+operations, and the interval measures their time plus any queueing for their resources.
+
+The fit runs the captured stream through the path with the discrete-event engine (the
+replay's own, so queueing is modelled, not assumed absent), reads the same intervals off
+the simulated schedule, stamped with the capture's clock ticks, and scales each group's
+operations by the ratio of measured to simulated mean until they agree. A bootstrap of the
+measured intervals gives each factor's 95 % interval; an interval with one end on each
+clock (hypervisor and device model) also carries the alignment's bounds.
+
+A cost is constrained only when its operation lies between two anchors; the device's time is
+not fitted (replay takes it from the capture), the operations of one interval share one
+factor (their split within it stays the table's), and a cost key used by several operations
+takes the fit of the first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import polars as pl
+
+from xvtrace.parsers.schema import timestamp_tick
+from xvtrace.replay.execute import schedule
+from xvtrace.replay.stream import Stream
+from xvtrace.replay.transports.base import Transport, submission
+
+BOOTSTRAP = 200
+SAMPLE = 20_000  # requests simulated, and resampled per bootstrap round, at most
+MIN_REQUESTS = 20
+ITERATIONS = 30
+TOLERANCE = 1e-3
+
+
+def anchors(path) -> dict[str, tuple[int, str]]:
+    """Timeline column -> (operation index in `path`, "start" or "end") for the points of
+    the path the timeline's columns mark."""
+    names = [o.name for o in path]
+    s, d = submission(path)
+    out = {"handle_ns": (s, "end"), "io_done_ns": (d, "end")}
+    if "backend_pop" in names:
+        out["pop_ns"] = (names.index("backend_pop"), "start")
+    if "backend_push" in names:
+        out["fill_ns"] = (names.index("backend_push"), "start")
+    for k, o in enumerate(path):
+        if o.emits == "mmio_notify":
+            out["trap_exit_ns"] = (k, "start")
+        if o.emits == "vcpu_resume":
+            out["trap_entry_ns"] = (k, "end")
+    return out
+
+
+@dataclass
+class Group:
+    start: str  # timeline columns bounding the interval
+    end: str
+    ops: tuple[int, ...]  # indices of the path's operations inside it
+    requests: int
+    factor: float = 1.0
+    low: float = 1.0  # 95 % interval of the factor
+    high: float = 1.0
+
+
+def fit(
+    req: pl.DataFrame,
+    stream: Stream,
+    transport: Transport,
+    costs: dict[str, tuple[float, float]],
+    *,
+    seed: int = 0,
+    clock_halfwidth_ns: float = 0.0,
+) -> list[Group]:
+    """The fitted groups of the block path of `transport` from the complete block requests
+    of `req` (columns named by `anchors`) and their `stream`. `clock_halfwidth_ns`: half
+    the width of the hypervisor/device-model alignment bounds (the trap_* columns are
+    hypervisor times)."""
+    path = transport.path("block")
+    blk = req.filter(pl.col("complete") & pl.col("op").is_in(["read", "write"]))
+    marks = sorted(
+        (_boundary(a), c, a) for c, a in anchors(path).items()
+        if c in blk.columns and blk[c].null_count() < len(blk)
+    )  # fmt: skip
+    groups, measured, ticks = [], [], []
+    for (b0, c0, a0), (b1, c1, a1) in zip(marks, marks[1:], strict=False):  # a few intervals
+        ops = tuple(range(b0, b1))
+        if not ops or any(path[k].resource == "device" for k in ops):
+            continue
+        m = (blk[c1] - blk[c0]).drop_nulls().to_numpy().astype(np.float64)
+        if len(m) < MIN_REQUESTS:
+            continue
+        groups.append(Group(c0, c1, ops, len(m)))
+        measured.append((m, a0, a1))
+        ticks.append([timestamp_tick(blk[c].drop_nulls().to_numpy()) for c in (c0, c1)])
+    if not groups:
+        return []
+    sub = _block_sample(stream)
+    rng = np.random.default_rng(seed)
+    phase = rng.uniform(0, 1000, len(sub))  # clock phases of the simulated stamps
+    scale = np.ones(len(path))
+    sims = [None] * len(groups)
+    for _ in range(ITERATIONS):  # a fixed point: each round one engine run
+        _, _, sched = schedule(sub, transport, costs, seed=seed, scale={"block": scale})
+        worst = 0.0
+        for i, (g, (m, a0, a1), tk) in enumerate(zip(groups, measured, ticks, strict=True)):
+            sims[i] = _stamp(phase, _at(sched, a0), _at(sched, a1), tk)
+            ratio = m.mean() / sims[i].mean() if sims[i].mean() > 0 else 1.0
+            g.factor *= ratio
+            scale[list(g.ops)] = g.factor
+            worst = max(worst, abs(ratio - 1))
+        if worst < TOLERANCE:
+            break
+    for g, (m, _, _), sim in zip(groups, measured, sims, strict=True):
+        # both means are samples: resample the capture's intervals and the simulated ones
+        boot = (_resampled_means(m, rng) / m.mean()) / (_resampled_means(sim, rng) / sim.mean())
+        low, high = g.factor * np.quantile(boot, [0.025, 0.975])
+        if g.start.startswith("trap_") != g.end.startswith("trap_"):  # one end on each clock
+            widen = g.factor * clock_halfwidth_ns / m.mean()
+            low, high = low - widen, high + widen
+        g.low, g.high = float(max(low, 0.0)), float(high)
+    return groups
+
+
+def _resampled_means(x: np.ndarray, rng) -> np.ndarray:
+    return rng.choice(x, (BOOTSTRAP, min(len(x), SAMPLE))).mean(axis=1)
+
+
+def _boundary(anchor: tuple[int, str]) -> int:
+    k, at = anchor
+    return k if at == "start" else k + 1
+
+
+def _at(sched, anchor: tuple[int, str]) -> np.ndarray:
+    k, at = anchor
+    return sched.start[:, k] if at == "start" else sched.end[:, k]
+
+
+def _stamp(phase: np.ndarray, t0: np.ndarray, t1: np.ndarray, ticks) -> np.ndarray:
+    """t1 - t0 as a capture measures it: each end stamped by its clock's tick (truncated)."""
+    return (
+        np.floor((phase + t1) / ticks[1]) * ticks[1] - np.floor((phase + t0) / ticks[0]) * ticks[0]
+    )
+
+
+def _block_sample(stream: Stream) -> Stream:
+    """The stream's block requests (the first SAMPLE), jobs and depth kept."""
+    m = np.flatnonzero(np.isin(stream.op, ("read", "write")))[:SAMPLE]
+    return replace(stream, op=stream.op[m], nbytes=stream.nbytes[m], pages=stream.pages[m],
+                   job=stream.job[m], device_ns=stream.device_ns[m], arrival_ns=stream.arrival_ns[m])  # fmt: skip
+
+
+def fitted_costs(
+    groups: list[Group], transport: Transport, costs: dict[str, tuple[float, float]]
+) -> pl.DataFrame:
+    """One row per cost key of the transport's block path: current and fitted ns, 95 %
+    interval, the interval that constrained it (null: not constrained by this capture)."""
+    path = transport.path("block")
+    by_key: dict[str, Group] = {}
+    for g in groups:
+        for k in g.ops:
+            by_key.setdefault(path[k].cost, g)
+    rows = []
+    for key in sorted({o.cost for o in path} & set(costs)):  # the device's time is the capture's
+        ns, sigma = costs[key]
+        g = by_key.get(key)
+        rows.append({
+            "key": key, "ns": ns, "sigma": sigma,
+            "fitted_ns": ns * g.factor if g else None,
+            "ci_low": ns * g.low if g else None,
+            "ci_high": ns * g.high if g else None,
+            "interval": f"{g.start} -> {g.end}" if g else None,
+            "with": ", ".join(sorted({path[k].cost for k in g.ops} - {key})) if g else None,
+            "requests": g.requests if g else 0,
+        })  # fmt: skip
+    return pl.DataFrame(rows, schema_overrides={"fitted_ns": pl.Float64, "ci_low": pl.Float64,
+                                                 "ci_high": pl.Float64, "interval": pl.String,
+                                                 "with": pl.String})  # fmt: skip
