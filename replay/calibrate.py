@@ -23,6 +23,7 @@ takes the fit of the first.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from itertools import pairwise
 
 import numpy as np
 import polars as pl
@@ -88,7 +89,7 @@ def fit(
         if c in blk.columns and blk[c].null_count() < len(blk)
     )  # fmt: skip
     groups, measured, ticks = [], [], []
-    for (b0, c0, a0), (b1, c1, a1) in zip(marks, marks[1:], strict=False):  # a few intervals
+    for (b0, c0, a0), (b1, c1, a1) in pairwise(marks):  # a few intervals
         ops = tuple(range(b0, b1))
         if not ops or any(path[k].resource == "device" for k in ops):
             continue

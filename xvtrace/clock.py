@@ -126,10 +126,8 @@ def fit_line(t_up, up, t_low, low, *, max_drift: float = MAX_DRIFT, iters: int =
         lo, hi = band(b)
         return hi - lo
 
-    if gap(0.0) >= 0:  # a constant offset fits every pair: the simplest line that does
-        drift = 0.0
-    else:
-        drift = _widest(gap, max_drift, iters)
+    # a constant offset when it fits every pair (the simplest line that does)
+    drift = 0.0 if gap(0.0) >= 0 else _widest(gap, max_drift, iters)
     lo, hi = band(drift)
     return drift, base + int(np.floor(lo)), base + int(np.ceil(hi))
 
