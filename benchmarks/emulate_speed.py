@@ -9,13 +9,12 @@ QEMU lines and xentrace written, and prints requests/s and peak RSS. Target: 200
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from measure import run
 
 
 def main() -> None:
@@ -32,16 +31,10 @@ def main() -> None:
         out = Path(tempfile.mkdtemp(prefix="xvt-bench-")) / "b"
         cmd = [sys.executable, "-m", "xvtrace", "emulate", "-t", name, "-w", args.workload,
                "-n", str(args.requests), "-o", str(out), "--no-ingest"]  # fmt: skip
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
+        wall, rss = run(cmd)
         shutil.rmtree(out.parent, ignore_errors=True)
-        if os.waitstatus_to_exitcode(status):
-            raise SystemExit(f"{name}: failed: {proc.stderr.read().decode()}")
-        proc.stderr.close()
         print(
-            f"{name:<24}{args.requests:>10}{wall:>9.1f}{args.requests / wall / 1e3:>9.0f}{usage.ru_maxrss / 1024:>14.0f}"
+            f"{name:<24}{args.requests:>10}{wall:>9.1f}{args.requests / wall / 1e3:>9.0f}{rss / 2**20:>14.0f}"
         )
 
 

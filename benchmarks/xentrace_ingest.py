@@ -10,12 +10,12 @@ peak RSS (of the child process, via wait4), and prints throughput and the ratios
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from measure import run
 
 CPU_KHZ = 2_400_000
 EXITS_PER_CHUNK = 400_000  # ~10 MB of trace per generated chunk
@@ -46,17 +46,6 @@ def generate(path: Path, size_mb: int) -> None:
             print(f"\rgenerating {path.name}: {written / 1e6:.0f} MB", end="", file=sys.stderr)
     print(file=sys.stderr)
     tmp.replace(path)
-
-
-def run(cmd: list[str], stdout=subprocess.DEVNULL) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one child process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}")
-    return wall, usage.ru_maxrss * 1024
 
 
 def main() -> None:
