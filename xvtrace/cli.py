@@ -707,8 +707,13 @@ def _phase_means(truth: pl.DataFrame, name: str) -> pl.DataFrame:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help=f"Predicted requests (parquet; facts beside it as .json). Default: BUNDLE/{'replay.parquet'}.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@click.option("--emit-bundle", "emit_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write a full bundle per transport (DIR/<transport>/, real formats, "
+              "decoded) from the emulated host running the replayed stream, for timeline and report.")  # fmt: skip
 @_guard
-def replay_cmd(source, transport, costs_file, arrivals, source_transport, seed, output, as_json):
+def replay_cmd(
+    source, transport, costs_file, arrivals, source_transport, seed, output, as_json, emit_dir
+):
     """Re-execute a bundle's captured request stream through each transport's request path:
     what this workload would cost on another virtio-on-Xen transport.
 
@@ -731,6 +736,14 @@ def replay_cmd(source, transport, costs_file, arrivals, source_transport, seed, 
     else:
         click.echo(compare.render_text(facts), nl=False)
     click.echo(f"{out}: {len(result.requests)} predicted requests", err=True)
+    if emit_dir:
+        if emit_dir.exists() and any(emit_dir.iterdir()):
+            raise UserError(f"{emit_dir}: exists and is not empty; choose a new directory")
+        for d in replaying.emit_bundles(
+            result, transports, emit_dir, costs_file=costs_file, seed=seed
+        ):
+            api.ingest(d, None, warn=lambda m: click.echo(f"xvtrace: warning: {m}", err=True))
+            click.echo(f"{d}: bundle written (try `xvtrace report {d}`)", err=True)
 
 
 @cli.command("calibrate")

@@ -106,6 +106,45 @@ def replay_bundle(
     return ReplayResult(pl.concat(frames), pl.DataFrame(rows), stream, src, profile)
 
 
+def emit_bundles(
+    result: ReplayResult,
+    transports: list[Transport],
+    out: Path,
+    *,
+    costs_file=None,
+    seed: int = 0,
+    progress=None,
+) -> list[Path]:
+    """A full bundle per transport (raw/ in the real formats, truth, manifest) from the
+    emulated host running the replayed stream, so its output goes through ingest, timeline
+    and report like a capture; returns the bundle directories."""
+    from xvtrace.emulate import EmulateOptions, emulate
+    from xvtrace.emulate.workload import FRAME_OVERHEAD, MAX_BS, MAX_PAYLOAD, Requests
+
+    st = result.stream
+    block = bool(np.isin(st.op, ("read", "write")).all())
+    if not block and np.isin(st.op, ("read", "write")).any():
+        raise ValueError(
+            "--emit-bundle: a stream mixing block and network requests is not supported"
+        )
+    bs = int(np.median(st.nbytes))
+    spec = (f"rw=randrw,bs={min(max(bs, 512), MAX_BS)}" if block
+            else f"net=rr,bs={min(max(bs - FRAME_OVERHEAD, 1), MAX_PAYLOAD)}")  # fmt: skip
+    spec += f",iodepth={st.iodepth},numjobs={st.njobs}"
+    offset = np.concatenate([[0], np.cumsum(st.nbytes[:-1])]).astype(np.uint64)
+    req = Requests(st.job, st.write, offset, st.nbytes, st.pages, np.zeros(len(st)))
+    dirs = []
+    for i, t in enumerate(transports):  # one emulation per transport
+        if progress:
+            progress(t.name, i, len(transports))
+        d = out / t.name if len(transports) > 1 else out
+        emulate(EmulateOptions(transport=t.name, workload=spec, out=d, requests=len(st), seed=seed,
+                               profile=result.profile, costs_file=costs_file,
+                               given=(req, st.device_ns)))  # fmt: skip
+        dirs.append(d)
+    return dirs
+
+
 def saturation_iops(stream: Stream, t: Transport, costs, seed: int) -> float:
     """Requests per second with every job keeping SATURATION_DEPTH requests in flight."""
     n = min(len(stream), SATURATION_SAMPLE)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
@@ -53,6 +53,10 @@ class EmulateOptions:
     drop_rate: float = 0.0  # fraction of xentrace records lost (in bursts, as Xen loses them)
     costs_file: Path | None = None
     extra: dict = field(default_factory=dict)
+    # the requests and their device times, given instead of drawn from the workload (replay
+    # --emit-bundle: a captured stream re-executed on another transport); the workload then
+    # supplies only the depth, the jobs and the kind
+    given: tuple[Requests, np.ndarray] | None = None
     progress: Callable[[int, int], None] | None = None  # (requests written, total)
 
 
@@ -96,9 +100,13 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
     n = opts.requests or 10_000
     for _ in range(3 if opts.runtime else 1):  # size a runtime-bounded run from a first pass
         rng = np.random.default_rng(opts.seed)
-        req = requests(w, n, rng)
+        if opts.given is not None:
+            req, dev = opts.given
+            n = len(req.job)
+        else:
+            req = requests(w, n, rng)
+            dev = _device_ns(req, costs, rng)
         path_of = np.where(req.write, 0, 1) if w.kind == "net" else np.zeros(n, np.int64)
-        dev = _device_ns(req, costs, rng)
         dur = np.zeros((n, max(len(p) for p in paths)))
         for i, path in enumerate(paths):  # per path, not per request
             d = engine.durations(path, costs, req.pages, req.nbytes, dev, rng)
@@ -153,7 +161,7 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
         "tool": f"xvtrace {__version__}",
         "transport": transport.name,
         "workload": asdict(w),
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+        "options": _options(opts),
         "requests": int(keep.sum()),
         "clocks": {
             "hypervisor": f"TSC = {TSC0} + ns * {cpu_khz} / 1e6",
@@ -240,6 +248,19 @@ def _write_streams(
     if qemu:
         _keep_definitions(out / RAW / "trace-events")
     return expected
+
+
+def _options(opts: EmulateOptions) -> dict:
+    """The options as the manifest records them (no callbacks; given requests counted)."""
+    out = {}
+    for f in fields(opts):
+        v = getattr(opts, f.name)
+        if f.name == "progress":
+            continue
+        if f.name == "given":
+            v = None if v is None else f"{len(v[0].job)} requests given (replayed stream)"
+        out[f.name] = str(v) if isinstance(v, Path) else v
+    return out
 
 
 def _add_counts(total: dict, part: dict) -> None:
