@@ -29,9 +29,11 @@ arg0..arg6     UInt64     payload: for xentrace the raw 32-bit extra words in re
 addr           UInt64     the address an event is about: IO port, MMIO/NPF guest physical
                           address, descriptor address; for QEMU virtqueue and block events
                           the element / request pointer, which identifies a request while it
-                          is in flight (parsers.qemu_events; null where none)
+                          is in flight (parsers.qemu_events); for dom0 block events
+                          (ftrace) the request's first sector; null where none
 dev            String     device identity for virtio events (QEMU: the VirtIODevice pointer
-                          as text; null for hypervisor records)
+                          as text; ftrace block events: "major,minor"; null for hypervisor
+                          records)
 queue          UInt16     virtqueue index
 head           UInt32     descriptor head index of the virtqueue element
 size           UInt32     bytes moved by the event (element length, packet length)
@@ -49,7 +51,7 @@ from xvtrace.parsers.xen_events import EVENT_NAMES as XEN_EVENT_NAMES
 
 SCHEMA_VERSION = 2
 
-SOURCES = ("xentrace", "qemu", "ioreq", "virtqueue", "pcap", "emulator")
+SOURCES = ("xentrace", "qemu", "ioreq", "virtqueue", "pcap", "emulator", "ftrace")
 SourceEnum = pl.Enum(SOURCES)
 
 # The Enum grows as decoders for more sources register their names; keep existing order.
@@ -62,6 +64,9 @@ OWN_EVENT_NAMES = (
     "virtqueue.avail",
     "virtqueue.used",
     "ioreq.slot",
+    "block.rq_issue",
+    "block.rq_complete",
+    "block.rq_insert",
 )
 EVENT_NAMES: tuple[str, ...] = (
     *XEN_EVENT_NAMES,

@@ -11,8 +11,9 @@ The fit runs the captured stream through the path with the discrete-event engine
 replay's own, so queueing is modelled, not assumed absent), reads the same intervals off
 the simulated schedule, stamped with the capture's clock ticks, and scales each group's
 operations by the ratio of measured to simulated mean until they agree. A bootstrap of the
-measured intervals gives each factor's 95 % interval; an interval with one end on each
-clock (hypervisor and device model) also carries the alignment's bounds.
+measured intervals' batch means (neighbours queue alike, so they are not independent) and
+the spread of the simulation's replicas give each factor's 95 % interval; an interval with
+one end on each clock (hypervisor and device model) also carries the alignment's bounds.
 
 A cost is constrained only when its operation lies between two anchors; the device's time is
 not fitted (replay takes it from the capture), the operations of one interval share one
@@ -33,28 +34,45 @@ from xvtrace.replay.execute import schedule
 from xvtrace.replay.stream import Stream
 from xvtrace.replay.transports.base import Transport, submission
 
-BOOTSTRAP = 200
-SAMPLE = 20_000  # requests simulated, and resampled per bootstrap round, at most
+SAMPLE = 20_000  # requests simulated, at most
+REPLICAS = 4  # engine runs per fit round, pooled (queueing makes one run noisy)
+BATCHES = 20
 MIN_REQUESTS = 20
 ITERATIONS = 30
 TOLERANCE = 1e-3
 
 
-def anchors(path) -> dict[str, tuple[int, str]]:
+KICKS = ("mmio_notify", "vmcall_evtchn", "vmcall_argo")  # what a guest's notification emits
+RESPONSES = ("pv_evtchn", "pv_argo", "irq_dm_op")  # the backend domain's answer
+INTERRUPTS = ("guest_upcall", "mmio_isr", "mmio_isr_noqemu")  # the guest's interrupt
+
+
+def anchors(path, view: str = "device-model") -> dict[str, tuple[int, str]]:
     """Timeline column -> (operation index in `path`, "start" or "end") for the points of
-    the path the timeline's columns mark."""
+    the path the timeline's columns mark, in the timeline's `view` (xvtrace.timeline):
+    QEMU's events in the device-model view; in the hypervisor view the block layer's issue
+    and completion, the response hypercall (its fill_ns) and the interrupt injection."""
     names = [o.name for o in path]
     s, d = submission(path)
-    out = {"handle_ns": (s, "end"), "io_done_ns": (d, "end")}
+    out = {"io_done_ns": (d, "end")}
+    for k, o in enumerate(path):
+        if o.emits in KICKS and "trap_exit_ns" not in out:
+            out["trap_exit_ns"] = (k, "start")
+            out["trap_entry_ns"] = (names.index(o.hold_until) if o.hold_until else k, "end")
+    if view == "hypervisor":
+        out["submit_ns"] = (s, "end")  # block_rq_insert: the backend hands it to the device
+        out["handle_ns"] = (d, "start")
+        for k, o in enumerate(path):
+            if o.emits in RESPONSES and k > d and "fill_ns" not in out:
+                out["fill_ns"] = (k, "start")
+            if o.emits in INTERRUPTS and k > d and "notify_ns" not in out:
+                out["notify_ns"] = (k, "start")
+        return out
+    out["handle_ns"] = (s, "end")
     if "backend_pop" in names:
         out["pop_ns"] = (names.index("backend_pop"), "start")
     if "backend_push" in names:
         out["fill_ns"] = (names.index("backend_push"), "start")
-    for k, o in enumerate(path):
-        if o.emits == "mmio_notify":
-            out["trap_exit_ns"] = (k, "start")
-        if o.emits == "vcpu_resume":
-            out["trap_entry_ns"] = (k, "end")
     return out
 
 
@@ -84,12 +102,14 @@ def fit(
     hypervisor times)."""
     path = transport.path("block")
     blk = req.filter(pl.col("complete") & pl.col("op").is_in(["read", "write"]))
+    view = blk["view"][0] if "view" in blk.columns and len(blk) else "device-model"
+    # at one boundary an op's end comes before the next op's start (a queue between them)
     marks = sorted(
-        (_boundary(a), c, a) for c, a in anchors(path).items()
+        (_boundary(a), a[1] == "start", c, a) for c, a in anchors(path, view).items()
         if c in blk.columns and blk[c].null_count() < len(blk)
     )  # fmt: skip
     groups, measured, ticks = [], [], []
-    for (b0, c0, a0), (b1, c1, a1) in pairwise(marks):  # a few intervals
+    for (b0, _, c0, a0), (b1, _, c1, a1) in pairwise(marks):  # a few intervals
         ops = tuple(range(b0, b1))
         if not ops or any(path[k].resource == "device" for k in ops):
             continue
@@ -106,21 +126,27 @@ def fit(
     phase = rng.uniform(0, 1000, len(sub))  # clock phases of the simulated stamps
     scale = np.ones(len(path))
     sims = [None] * len(groups)
-    for _ in range(ITERATIONS):  # a fixed point: each round one engine run
-        _, _, sched = schedule(sub, transport, costs, seed=seed, scale={"block": scale})
+    for _ in range(ITERATIONS):  # a fixed point: each round REPLICAS engine runs
+        runs = [schedule(sub, transport, costs, seed=seed + r, scale={"block": scale})[2]
+                for r in range(REPLICAS)]  # fmt: skip
         worst = 0.0
         for i, (g, (m, a0, a1), tk) in enumerate(zip(groups, measured, ticks, strict=True)):
-            sims[i] = _stamp(phase, _at(sched, a0), _at(sched, a1), tk)
-            ratio = m.mean() / sims[i].mean() if sims[i].mean() > 0 else 1.0
+            sims[i] = [_stamp(phase, _at(sc, a0), _at(sc, a1), tk) for sc in runs]
+            mean = np.mean([x.mean() for x in sims[i]])
+            ratio = m.mean() / mean if mean > 0 else 1.0
             g.factor *= ratio
             scale[list(g.ops)] = g.factor
             worst = max(worst, abs(ratio - 1))
         if worst < TOLERANCE:
             break
     for g, (m, _, _), sim in zip(groups, measured, sims, strict=True):
-        # both means are samples: resample the capture's intervals and the simulated ones
-        boot = (_resampled_means(m, rng) / m.mean()) / (_resampled_means(sim, rng) / sim.mean())
-        low, high = g.factor * np.quantile(boot, [0.025, 0.975])
+        # queueing makes neighbouring intervals alike: standard errors from batch means, of
+        # the capture and of the simulation (one batch series per replica)
+        rel = np.hypot(_batch_se(m) / m.mean(),
+                       np.std([x.mean() for x in sim]) / np.sqrt(len(sim)) / np.mean([x.mean() for x in sim])
+                       if len(sim) > 1 else 0.0)  # fmt: skip
+        rel = max(rel, _batch_se(np.concatenate(sim)) / np.concatenate(sim).mean())
+        low, high = g.factor * (1 - 1.96 * rel), g.factor * (1 + 1.96 * rel)
         if g.start.startswith("trap_") != g.end.startswith("trap_"):  # one end on each clock
             widen = g.factor * clock_halfwidth_ns / m.mean()
             low, high = low - widen, high + widen
@@ -128,8 +154,13 @@ def fit(
     return groups
 
 
-def _resampled_means(x: np.ndarray, rng) -> np.ndarray:
-    return rng.choice(x, (BOOTSTRAP, min(len(x), SAMPLE))).mean(axis=1)
+def _batch_se(x: np.ndarray, batches: int = BATCHES) -> float:
+    """Standard error of the mean of a correlated series, from the means of contiguous
+    batches."""
+    if len(x) < 2 * batches:
+        return float(np.std(x) / np.sqrt(max(len(x), 1)))
+    means = np.array([b.mean() for b in np.array_split(x, batches)])  # per batch
+    return float(means.std(ddof=1) / np.sqrt(batches))
 
 
 def _boundary(anchor: tuple[int, str]) -> int:

@@ -4,7 +4,9 @@ replayer) run every request through.
 Each request walks its transport's operations in order. An operation holds a resource while
 it runs: the guest vCPU its job runs on, the backend thread, a separate backend process, the
 device (several servers), the hypervisor's copy engine, or nothing (pure latency). A busy
-resource queues requests first come, first served. Jobs are fio-like: each keeps `iodepth`
+resource queues requests first come, first served. A pure latency (no resource: an event
+channel or IOREQ notification on its way) delivers in order: a request does not overtake
+the one before it on the same step. Jobs are fio-like: each keeps `iodepth`
 requests outstanding (closed loop), optionally paced to a rate.
 
 The event loop is the one sequential part (a request's start depends on every earlier
@@ -24,6 +26,7 @@ from xvtrace.replay.transports.base import RESOURCES, Op
 
 RES_INDEX = {r: i for i, r in enumerate(RESOURCES)}
 NONE = RES_INDEX["none"]
+NONE_RES = NONE  # (a global the kernel reads as a constant)
 VCPU = RES_INDEX["vcpu"]
 DEVICE = RES_INDEX["device"]
 
@@ -164,6 +167,7 @@ def _simulate(
     end = np.zeros((n, width), np.float64)
     wait = np.zeros((n, width), np.float64)
     ready_at = np.zeros(n, np.float64)
+    line_end = np.zeros((len(nops_p), width), np.float64)  # last end per pure-latency op
     stride = width + 1
     # resources: vcpu per job; the others shared. capacity 0 = unlimited.
     nres = 6 + njobs
@@ -259,6 +263,11 @@ def _simulate(
                 busy[rid] += 1
             start[r, step] = now
             end[r, step] = now + dur[r, step]
+            if pr == NONE_RES:  # a notification path delivers in order: no overtaking
+                p = path_of[r]
+                if end[r, step] <= line_end[p, step]:  # 1 ns behind: distinct, in order
+                    end[r, step] = line_end[p, step] + 1.0
+                line_end[p, step] = end[r, step]
             size = _push(ht, hp, hs, size, end[r, step], r * stride + step + 1, seq)
             seq += 1
         else:

@@ -101,7 +101,7 @@ def test_ingest_puts_every_source_in_one_table(runs):
         else api.ingest(r.bundle).bundle.events()
     )
     ev = ev.collect()
-    assert set(ev["source"].unique()) == {"xentrace", "qemu", "virtqueue"}
+    assert set(ev["source"].unique()) == {"xentrace", "qemu", "virtqueue", "ftrace"}
     grants = ev.filter(pl.col("event") == "mem.grant_map")
     assert len(grants) == int((r.truth["bytes"] // 4096).sum())
     # the ring left in guest memory carries grant references, not guest addresses

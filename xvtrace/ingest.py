@@ -28,7 +28,16 @@ from xvtrace.bundle import (
     new_manifest,
     write_manifest,
 )
-from xvtrace.parsers import ioreq, pcap, qemu_log, simpletrace, trace_events, virtqueue, xentrace
+from xvtrace.parsers import (
+    ftrace,
+    ioreq,
+    pcap,
+    qemu_log,
+    simpletrace,
+    trace_events,
+    virtqueue,
+    xentrace,
+)
 from xvtrace.parsers.errors import DecodeStats, ParseError
 from xvtrace.parsers.schema import EVENT_SCHEMA, SORT_KEY
 
@@ -53,6 +62,7 @@ FORMATS = (
     Format("qmp-virtqueues", virtqueue.sniff_qmp, "events"),
     Format("ioreq-pages", ioreq.sniff, "events"),
     Format("qemu-trace-events", trace_events.looks_like_definitions, "definitions"),
+    Format("ftrace", ftrace.sniff, "events"),
     Format("qemu-log", qemu_log.sniff, "events"),
 )
 FORMAT_NAMES = ", ".join(f.name for f in FORMATS)
@@ -287,7 +297,7 @@ def _first_tsc(path: Path) -> int:
 # Decoding order: QMP polls before memory dumps (a dump is read at the ring addresses the
 # polls report); the rest as found.
 DECODE_ORDER = (
-    "xentrace", "qemu-log", "qemu-simpletrace", "pcap", "ioreq-pages", "qmp-virtqueues",
+    "xentrace", "ftrace", "qemu-log", "qemu-simpletrace", "pcap", "ioreq-pages", "qmp-virtqueues",
     "guest-memory-core",
 )  # fmt: skip
 
@@ -308,6 +318,11 @@ def _decoders(formats, defs, manifest, cpu_khz, chunk_bytes, warn, origins) -> l
             dec = xentrace.XentraceDecoder(
                 f, cpu_khz=khz, chunk_bytes=chunk_bytes, src_file=src_file
             )
+        elif fmt.name == "ftrace":
+            xen = [d for d in decoders if isinstance(d, xentrace.XentraceDecoder)]
+            khz = manifest["host"].get("cpu_khz") or cpu_khz
+            origin = (lambda x=xen[0]: x.tsc_origin) if xen else None  # same TSC, same origin
+            dec = ftrace.FtraceDecoder(f, cpu_khz=khz, tsc_origin=origin, src_file=src_file)
         elif fmt.name == "pcap":
             dec = pcap.PcapDecoder(f, src_file=src_file)
         elif fmt.name == "ioreq-pages":

@@ -18,8 +18,10 @@ import numpy as np
 import polars as pl
 
 from xvtrace.clock import align_device_model, notify_pairs, to_device_model
+from xvtrace.hv_timeline import first_loss, hypervisor_requests
 
 REQUESTS = "requests.parquet"
+DM_VIEW = "device-model"  # requests.parquet `view` of rows from QEMU's trace events
 KEY = ["src_file", "dev", "queue", "addr"]
 
 
@@ -141,16 +143,23 @@ def build(bundle) -> pl.DataFrame:
     manifest gets the counts, incomplete ones by reason."""
     from xvtrace.bundle import atomic_path, write_manifest
 
-    req = qemu_requests(bundle.events()).collect()
-    pairs = notify_pairs(bundle.events())
-    dm_clock = align_device_model(pairs)
-    if dm_clock is not None:
-        req = with_traps(req, pairs, dm_clock)
+    ev = bundle.events()
+    req = qemu_requests(ev).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
+    dm_clock, view = None, "device model (QEMU trace events)"
+    if len(req):
+        pairs = notify_pairs(ev)
+        dm_clock = align_device_model(pairs)
+        if dm_clock is not None:
+            req = with_traps(req, pairs, dm_clock)
+    else:  # a backend that logs nothing per request: the hypervisor's and dom0's records
+        hv = hypervisor_requests(ev, lost_after=first_loss(ev) if _ftrace_intact(bundle) else 0)
+        if hv is not None:
+            req, view = hv, "hypervisor (xentrace) + dom0 block layer (ftrace)"
     with atomic_path(bundle.path / REQUESTS) as tmp:
         req.write_parquet(tmp)
     reasons = req.filter(~pl.col("complete")).group_by("reason").len()
     bundle.manifest["timeline"] = {
-        "view": "device model (QEMU trace events)",
+        "view": view,
         "requests": len(req),
         "complete": int(req["complete"].sum()),
         "incomplete": {r: int(n) for r, n in reasons.iter_rows()},
@@ -159,6 +168,13 @@ def build(bundle) -> pl.DataFrame:
     }
     write_manifest(bundle.path, bundle.manifest)
     return req
+
+
+def _ftrace_intact(bundle) -> bool:
+    """False when dom0's ftrace reported lost events (it does not say where)."""
+    return not any(
+        s.get("format") == "ftrace" and s.get("lost") for s in bundle.manifest.get("sources", [])
+    )
 
 
 def align_packets(req: pl.DataFrame, ev: pl.LazyFrame, *, window: int = 64) -> dict | None:

@@ -23,7 +23,8 @@ import polars as pl
 
 from xvtrace import __version__
 from xvtrace.bundle import RAW, atomic_path, new_manifest, write_manifest
-from xvtrace.emulate import packets, qemu_lines, rings, xen_records
+from xvtrace.emulate import block_trace, packets, qemu_lines, rings, xen_records
+from xvtrace.emulate.block_trace import BLOCK_TRACE
 from xvtrace.emulate.workload import Requests, Workload, WorkloadError, parse, requests
 from xvtrace.parsers.trace_events import DEFAULT_FILE, TraceEvents
 from xvtrace.parsers.xentrace import write_frame
@@ -199,7 +200,8 @@ def _write_streams(
     drop_rng = np.random.default_rng(opts.seed + 1)
     qemu = transport.backend == "qemu"
     defs = TraceEvents.default() if qemu else None
-    xen_pending = qemu_pending = None
+    xen_pending = qemu_pending = block_pending = None
+    blocks = kinds == ["block"]
     expected: dict = {}
     with contextlib.ExitStack() as stack:
         xfh = stack.enter_context(
@@ -208,6 +210,13 @@ def _write_streams(
         qfh = (
             stack.enter_context(stack.enter_context(atomic_path(out / RAW / "qemu.log")).open("wb"))
             if qemu
+            else None
+        )
+        bfh = (
+            stack.enter_context(
+                stack.enter_context(atomic_path(out / RAW / BLOCK_TRACE)).open("wb")
+            )
+            if blocks
             else None
         )
         for k, c0 in enumerate(starts):
@@ -245,6 +254,16 @@ def _write_streams(
                 )
                 expected["qemu_lines"] = expected.get("qemu_lines", 0) + qemu_lines.write_lines(
                     qfh, done, EPOCH_NS, opts.clock_offset_ns, opts.clock_drift_ppm)  # fmt: skip
+            if blocks:
+                lines = block_trace.build(parts, transport, cpu_khz, TSC0)
+                if block_pending is not None:
+                    lines = pl.concat([block_pending, lines])
+                lines = lines.sort("t", maintain_order=True)
+                done = lines.filter(pl.col("t") < marks[k])
+                block_pending = lines.filter(pl.col("t") >= marks[k])
+                expected["block_events"] = expected.get("block_events", 0) + block_trace.write(
+                    bfh, done
+                )
     if qemu:
         _keep_definitions(out / RAW / "trace-events")
     return expected

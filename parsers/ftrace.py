@@ -1,0 +1,243 @@
+"""Linux ftrace text (tracefs `trace_pipe` / `trace`) from dom0: the block layer's view of
+the backend's I/O, to the canonical event table.
+
+A backend that is not QEMU (blkback, a vhost-user process, an Argo backend) logs nothing
+per request, but its I/O goes through dom0's block layer, whose tracepoints every Linux
+kernel has (include/trace/events/block.h, Linux 6.1):
+
+    block_rq_insert:   "%d,%d %s %u (%s) %llu + %u [%s]"   queued for the device (same fields as issue)
+    block_rq_issue:    "%d,%d %s %u (%s) %llu + %u [%s]"   dev, rwbs, bytes, cmd, sector, nr_sector, comm
+    block_rq_complete: "%d,%d %s (%s) %llu + %u [%d]"      dev, rwbs, cmd, sector, nr_sector, error
+
+Each line has ftrace's context prefix (kernel/trace/trace_output.c):
+
+    <comm>-<pid> [(<tgid>)] [<cpu>] [<irq flags>] <timestamp>: <event>: <fields>
+
+The timestamp is seconds.microseconds for the nanosecond clocks (local, global, mono) and a
+raw count for the counter clocks; `xvtrace capture` selects `x86-tsc`, which in a PV dom0
+reads the same TSC xentrace stamps, so with the host's cpu_khz these events land on the
+hypervisor's clock exactly (ts_ns as for xentrace). With a nanosecond clock the events keep
+dom0's own clock (the manifest says which). The `[cpu]` field is dom0's vCPU.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import polars as pl
+
+from xvtrace.parsers.errors import DecodeStats, ParseError, Problem
+from xvtrace.parsers.schema import conform
+from xvtrace.parsers.textlines import iter_lines
+
+SOURCE = "ftrace"
+DEFAULT_CHUNK_BYTES = 8 << 20
+EVENTS = {
+    "block_rq_issue": ("block.rq_issue", 0),
+    "block_rq_complete": ("block.rq_complete", 1),
+    "block_rq_insert": ("block.rq_insert", 2),
+}
+
+_PREFIX = (
+    r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*(?:\d+|-+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
+    r"(?:[^\s\[\]:]{4,5}\s+)?(?P<ts>\d+(?:\.\d+)?):\s+(?P<name>\w+):\s?(?P<rest>.*)$"
+)
+_ISSUE = (
+    r"^(?P<major>\d+),(?P<minor>\d+) (?P<rwbs>\S+) (?P<bytes>\d+) \((?P<cmd>[^)]*)\) "
+    r"(?P<sector>\d+) \+ (?P<nr>\d+) \[(?P<who>.*)\]$"
+)
+_FIELDS = {
+    "block_rq_insert": _ISSUE,
+    "block_rq_issue": _ISSUE,
+    "block_rq_complete": r"^(?P<major>\d+),(?P<minor>\d+) (?P<rwbs>\S+) \((?P<cmd>[^)]*)\) "
+    r"(?P<sector>\d+) \+ (?P<nr>\d+) \[(?P<err>-?\d+)\]$",
+}
+
+
+def sniff(head: bytes) -> bool:
+    """True when most of the first lines (comments aside) are ftrace event lines."""
+    text = head.decode("utf-8", errors="replace")
+    lines = [x for x in text.split("\n")[:-1] if x.strip() and not x.startswith("#")][:50]
+    if not lines:
+        return text.startswith("# tracer:")
+    hits = pl.Series(lines).str.contains(_PREFIX)
+    return bool(hits.sum() >= max(1, 0.8 * len(lines)))
+
+
+class FtraceDecoder:
+    """Decode one ftrace text file's block events into canonical frames, in file order.
+
+    cpu_khz and tsc_origin convert a counter clock (x86-tsc) to ns as xentrace's are; the
+    origin may be a callable, read when the first counter stamp is converted (the bundle's
+    xentrace origin is known once its decoder has started).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        cpu_khz: int | None = None,
+        tsc_origin: int | Callable[[], int | None] | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        src_file: str | None = None,
+    ):
+        self.path = Path(path)
+        self.cpu_khz = cpu_khz
+        self._origin = tsc_origin
+        self.chunk_bytes = max(4096, int(chunk_bytes))
+        self.src_file = src_file if src_file is not None else self.path.name
+        self.stats = DecodeStats(str(self.path), SOURCE)
+        self.clock: str | None = None  # "counter" or "ns"
+        self.progress = None
+
+    @property
+    def tsc_origin(self) -> int | None:
+        return self._origin() if callable(self._origin) else self._origin
+
+    def frames(self) -> Iterator[pl.DataFrame]:
+        if self.path.stat().st_size == 0:
+            raise ParseError(str(self.path), 0, "empty file: no ftrace lines")
+        for base, lines in iter_lines(self.path, self.chunk_bytes):
+            frame = self._decode(lines)
+            if frame is not None and len(frame):
+                yield frame
+            if self.progress:
+                self.progress(base)
+
+    def describe(self) -> dict:
+        domain = {
+            "counter": "TSC (trace_clock x86-tsc): the hypervisor's clock",
+            "ns": "dom0 kernel clock (trace_clock local/global/mono): not aligned to the hypervisor's",
+            None: "none",
+        }[self.clock]
+        return {
+            "file": self.src_file,
+            "format": "ftrace",
+            "bytes": self.path.stat().st_size,
+            "clock": {"domain": domain, "cpu_khz": self.cpu_khz, "tsc_origin": self.tsc_origin},
+            **{k: v for k, v in self.stats.as_dict().items() if k != "path"},
+        }
+
+    def _decode(self, lines: pl.DataFrame) -> pl.DataFrame | None:
+        lines = lines.filter(
+            (pl.col("line").str.len_bytes() > 0) & ~pl.col("line").str.starts_with("#")
+        )
+        # ftrace's own report of a full buffer: "CPU:1 [LOST 42 EVENTS]"
+        lost = lines["line"].str.extract(r"^CPU:\d+ \[LOST (\d+) EVENTS\]$", 1)
+        if lost.null_count() < len(lost):
+            self.stats.lost += int(lost.cast(pl.Int64).sum())
+            lines = lines.filter(lost.is_null())
+        p = lines.with_columns(pl.col("line").str.extract_groups(_PREFIX).alias("_p")).unnest("_p")
+        bad = p.filter(pl.col("name").is_null())
+        if len(bad):
+            self.stats.skipped += len(bad)
+            self.stats.add_problem(Problem(
+                int(bad["src_offset"][0]), "garbage",
+                f"{len(bad)} line(s) that are not ftrace event lines (first: {bad['line'][0][:60]!r})",
+                int(bad["line"].str.len_bytes().sum() + len(bad)),
+            ))  # fmt: skip
+        p = p.filter(pl.col("name").is_not_null())
+        other = p.filter(~pl.col("name").is_in(list(EVENTS)))
+        if len(other):  # events xvtrace does not use: counted, not kept
+            self.stats.skipped += len(other)
+            self.stats.extra["other_events"] = self.stats.extra.get("other_events", 0) + len(other)
+        frames = [self._rows(name, rows) for (name,), rows in
+                  p.filter(pl.col("name").is_in(list(EVENTS))).partition_by("name", as_dict=True).items()]  # fmt: skip
+        frames = [f for f in frames if f is not None]
+        if not frames:
+            return None
+        frame = pl.concat(frames).sort("src_offset")
+        self.stats.decoded += len(frame)
+        return conform(frame)
+
+    def _rows(self, name: str, rows: pl.DataFrame) -> pl.DataFrame | None:
+        event, code = EVENTS[name]
+        f = rows.with_columns(pl.col("rest").str.extract_groups(_FIELDS[name]).alias("_f")).unnest(
+            "_f"
+        )
+        bad = f.filter(pl.col("major").is_null())
+        if len(bad):
+            self.stats.skipped += len(bad)
+            self.stats.add_problem(Problem(int(bad["src_offset"][0]), "bad-args",
+                                           f"{len(bad)} {name} line(s) do not match its format"))  # fmt: skip
+        f = f.filter(pl.col("major").is_not_null())
+        if not len(f):
+            return None
+        nr = pl.col("nr").cast(pl.UInt64)
+        write = pl.col("rwbs").str.contains("W").cast(pl.UInt64)
+        err = (
+            pl.col("err").cast(pl.Int64).cast(pl.UInt64, wrap_numerical=True)
+            if "err" in f.columns
+            else pl.lit(0, pl.UInt64)
+        )
+        return f.select(
+            *self._times(f["ts"]),
+            pl.lit(True).alias("has_ts"),
+            pl.lit(SOURCE).alias("source"),
+            pl.col("pid").cast(pl.UInt32).alias("thread"),
+            pl.lit(0, pl.Int32).alias("dom"),
+            pl.col("cpu").cast(pl.Int32).alias("vcpu"),
+            pl.lit(event).alias("event"),
+            pl.lit(code, pl.UInt32).alias("code"),
+            pl.lit(3, pl.UInt8).alias("nargs"),
+            write.alias("arg0"),  # 1: a write (rwbs has W)
+            nr.alias("arg1"),  # sectors
+            err.alias("arg2"),  # completion: the error (0 = success)
+            pl.col("sector").cast(pl.UInt64).alias("addr"),
+            pl.format("{},{}", "major", "minor").alias("dev"),
+            (nr * 512).cast(pl.UInt32, strict=False).alias("size"),
+            pl.lit(self.src_file).alias("src_file"),
+            pl.col("src_offset"),
+        )  # fmt: skip
+
+    def _times(self, ts: pl.Series) -> list[pl.Series]:
+        counter = ~ts.str.contains(".", literal=True)
+        clock = "counter" if bool(counter.all()) else "ns" if not bool(counter.any()) else "mixed"
+        if clock == "mixed" or (self.clock and clock != self.clock):
+            raise ParseError(
+                str(self.path),
+                0,
+                "ftrace lines with two kinds of timestamp (one trace_clock per file)",
+            )
+        self.clock = clock
+        if clock == "ns":
+            sec = ts.str.split_exact(".", 1).struct.unnest()
+            ns = sec["field_0"].cast(pl.Int64) * 1_000_000_000 + sec["field_1"].str.pad_end(
+                9, "0"
+            ).cast(pl.Int64)
+            return [ns.alias("ts_ns"), ns.cast(pl.UInt64).alias("ts_raw")]
+        if not self.cpu_khz:
+            raise ParseError(
+                str(self.path),
+                0,
+                "counter timestamps (trace_clock x86-tsc) need cpu_khz: give --cpu-khz",
+            )
+        raw = ts.cast(pl.UInt64)
+        if self.tsc_origin is None:
+            self._origin = int(raw.min())
+        dt = raw.cast(pl.Int64) - self.tsc_origin
+        khz = self.cpu_khz
+        ns = (dt // khz) * 1_000_000 + ((dt % khz) * 1_000_000) // khz  # exact, as xentrace
+        return [ns.alias("ts_ns"), raw.alias("ts_raw")]
+
+
+def render(frame: pl.DataFrame) -> pl.Series:
+    """trace_pipe lines (x86-tsc clock) for rows of: tsc, comm, pid, cpu, event
+    (block_rq_insert / block_rq_issue / block_rq_complete), major, minor, write, sector,
+    nr_sector."""
+    rwbs = pl.when(pl.col("write")).then(pl.lit("W")).otherwise(pl.lit("R"))
+    dev = pl.format("{},{}", "major", "minor")
+    fields = (
+        pl.when(pl.col("event") != "block_rq_complete")
+        .then(pl.format("{} {} {} () {} + {} [{}]", dev, rwbs, pl.col("nr_sector") * 512, "sector",
+                        "nr_sector", "comm"))
+        .otherwise(pl.format("{} {} () {} + {} [0]", dev, rwbs, "sector", "nr_sector"))
+    )  # fmt: skip
+    return frame.select(
+        pl.format("{}-{} [{}] ..... {}: {}: {}", pl.col("comm").str.pad_start(16),
+                  pl.col("pid").cast(pl.String).str.pad_end(7),
+                  pl.col("cpu").cast(pl.String).str.pad_start(3, "0"),
+                  pl.col("tsc").cast(pl.String).str.pad_start(12), "event", fields).alias("line")
+    )["line"]  # fmt: skip

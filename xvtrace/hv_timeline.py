@@ -1,0 +1,223 @@
+"""Per-request timelines from the hypervisor's and dom0's records, for backends that log
+nothing per request (blkback, a vhost-user process, an Argo backend).
+
+What a host records for each request of such a transport:
+- xentrace: the guest's kick (a VMCALL exit for event_channel_op / argo_op, or an MMIO
+  write trap to QueueNotify) and the vCPU's re-entry after it; dom0's response hypercall
+  (event_channel_op, argo_op, or dm_op raising the interrupt); the interrupt injected into
+  the guest;
+- dom0's block layer (ftrace, on the same TSC): the request's submission (block_rq_insert,
+  where the kernel logs it), its issue to the device and its completion, with its sector.
+
+Nothing names the request across these, so they are matched by the order the path imposes,
+and across the device by sector:
+- the backend takes kicks in the order they reach it, which is the order of the vCPUs'
+  re-entries (the notification is on its way once the vCPU resumes), and issues them to the
+  device in that order: the k-th kick (by re-entry) is the k-th block issue;
+- the n-th issue of a sector completes as that sector's n-th completion;
+- the backend answers completions in the order they come: the k-th completion is the k-th
+  response hypercall;
+- each vCPU takes its interrupts in order: the k-th response for a vCPU's requests is the
+  k-th injection of the device's vector on that vCPU.
+A request whose chain breaks (records lost, counts that disagree) is kept, flagged with
+the reason, and never given another request's times. A lost record shifts every count after
+it, so once Xen reports a loss (or dom0's ftrace does) every later request is flagged rather
+than risk a wrong match.
+
+The table has the device-model view's columns: the block issue stands in for the backend's
+pop (pop_ns = handle_ns) and the response hypercall for its fill (fill_ns), so reports,
+exports and replay read both views alike; `view` says which one a row comes from.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+VIEW = "hypervisor"  # requests.parquet `view`: matched from xentrace and dom0's block layer
+LOST_REASON = "records lost before this request's end: matching by order is not trusted"
+NOTIFY_OFFSET = 0x50  # virtio-mmio QueueNotify
+KICK_HYPERCALLS = (32, 39)  # event_channel_op, argo_op (a VMCALL from the guest)
+RESPONSE_HYPERCALLS = (32, 39, 41)  # event_channel_op, argo_op, dm_op (dom0's answer)
+
+
+def kicks(ev: pl.LazyFrame) -> pl.DataFrame:
+    """The guests' notifications: dom, vcpu, exit_ns, entry_ns, kind (mmio or hypercall)."""
+    hv = (
+        ev.filter(pl.col("source") == "xentrace")
+        .filter(pl.col("event").is_in(["hvm.vmexit", "hvm.mmio_write", "hvm.vmmcall", "hvm.vmentry"]))
+        .select("ts_ns", "cpu", "dom", "vcpu", "event", "addr", "arg0", "src_offset")
+        .collect()
+        .sort("cpu", "src_offset")
+        .with_columns(
+            pl.col("ts_ns").shift(1).over("cpu").alias("exit_ns"),
+            pl.col("event").shift(1).over("cpu").alias("prev"),
+            pl.col("ts_ns").shift(-1).over("cpu").alias("entry_ns"),
+            pl.col("event").shift(-1).over("cpu").alias("next"),
+        )
+    )  # fmt: skip
+    mmio = (pl.col("event") == "hvm.mmio_write") & (pl.col("addr") % 0x1000 == NOTIFY_OFFSET)
+    call = (pl.col("event") == "hvm.vmmcall") & (pl.col("arg0") & 0xFFFFF).is_in(KICK_HYPERCALLS)
+    return hv.filter(
+        (mmio | call) & (pl.col("prev") == "hvm.vmexit") & (pl.col("next") == "hvm.vmentry")
+    ).select(
+        "dom", "vcpu", "exit_ns", "entry_ns",
+        pl.when(mmio).then(pl.lit("mmio")).otherwise(pl.lit("hypercall")).alias("kind"),
+    )  # fmt: skip
+
+
+def hypervisor_requests(ev: pl.LazyFrame, *, lost_after: int | None = None) -> pl.DataFrame | None:
+    """One row per guest kick matched through dom0's block layer (see the module doc); None
+    when the bundle has no block events or no kicks. `lost_after`: the time of the first
+    lost record (see `first_loss`); every request with a step at or after it is flagged."""
+    blk = (
+        ev.filter(pl.col("event").is_in(["block.rq_insert", "block.rq_issue", "block.rq_complete"]))
+        .select("ts_ns", "event", "dev", "addr", "size", "arg0", "src_file", "src_offset")
+        .collect()
+    )
+    k = kicks(ev)
+    if not len(blk) or not len(k):
+        return None
+    issues = (
+        blk.filter(pl.col("event") == "block.rq_issue")
+        .sort("ts_ns", "src_offset")
+        .select(
+            pl.int_range(pl.len()).alias("k"), "dev", pl.col("addr").alias("sector"),
+            pl.col("size").cast(pl.UInt64).alias("bytes"),
+            pl.when(pl.col("arg0") == 1).then(pl.lit("write")).otherwise(pl.lit("read")).alias("op"),
+            pl.col("ts_ns").alias("handle_ns"), "src_file",
+        )
+    )  # fmt: skip
+    # the n-th issue of a sector completes as that sector's n-th completion
+    done = (
+        blk.filter(pl.col("event") == "block.rq_complete")
+        .sort("ts_ns", "src_offset")
+        .select("dev", pl.col("addr").alias("sector"), pl.col("ts_ns").alias("io_done_ns"))
+        .with_columns(pl.int_range(pl.len()).over("dev", "sector").alias("nth"))
+    )
+    # ... and was queued for the device (block_rq_insert) as that sector's n-th insert
+    queued = (
+        blk.filter(pl.col("event") == "block.rq_insert")
+        .sort("ts_ns", "src_offset")
+        .select("dev", pl.col("addr").alias("sector"), pl.col("ts_ns").alias("submit_ns"))
+        .with_columns(pl.int_range(pl.len()).over("dev", "sector").alias("nth"))
+    )
+    issues = issues.with_columns(pl.int_range(pl.len()).over("dev", "sector").alias("nth"))
+    req = (
+        k.sort("entry_ns", "exit_ns")
+        .with_columns(pl.int_range(pl.len()).alias("k"))
+        .join(issues, on="k", how="full", coalesce=True)
+        .join(done, on=["dev", "sector", "nth"], how="left")
+        .join(queued, on=["dev", "sector", "nth"], how="left")
+    )
+    responses = (
+        ev.filter(
+            (pl.col("event") == "pv.hypercall")
+            & (pl.col("dom") == 0)
+            & (pl.col("arg0") & 0xFFFFF).is_in(RESPONSE_HYPERCALLS)
+        )
+        .select("ts_ns")
+        .collect()
+        .sort("ts_ns")
+        .select(pl.int_range(pl.len()).alias("r"), pl.col("ts_ns").alias("response_ns"))
+    )
+    req = (
+        req.sort("io_done_ns", nulls_last=True)
+        .with_columns(
+            pl.when(pl.col("io_done_ns").is_not_null())
+            .then(pl.col("io_done_ns").is_not_null().cum_sum() - 1)
+            .alias("r")
+        )
+        .join(responses, on="r", how="left")
+    )
+    req = _with_interrupts(req, ev)
+    order = (
+        pl.col("exit_ns").is_not_null() & pl.col("handle_ns").is_not_null()
+        & pl.col("io_done_ns").is_not_null() & pl.col("response_ns").is_not_null()
+        & pl.col("notify_ns").is_not_null()
+    )  # fmt: skip
+    causal = (
+        (pl.col("exit_ns") <= pl.col("handle_ns")) & (pl.col("handle_ns") <= pl.col("io_done_ns"))
+        & (pl.col("io_done_ns") <= pl.col("response_ns")) & (pl.col("response_ns") <= pl.col("notify_ns"))
+    )  # fmt: skip
+    reason = (
+        pl.when(pl.col("exit_ns").is_null()).then(pl.lit("no kick for this block request"))
+        .when(pl.col("handle_ns").is_null()).then(pl.lit("no block request for this kick"))
+        .when(pl.col("io_done_ns").is_null()).then(pl.lit("no completion (in flight at the end, or lost)"))
+        .when(pl.col("response_ns").is_null()).then(pl.lit("no response hypercall"))
+        .when(pl.col("notify_ns").is_null()).then(pl.lit("no interrupt injected"))
+        .when(~causal).then(pl.lit("records out of causal order (lost records?)"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )  # fmt: skip
+    if lost_after is not None:  # after a loss, counting order no longer identifies requests
+        late = pl.any_horizontal(
+            [pl.col(c) >= lost_after for c in ("exit_ns", "handle_ns", "io_done_ns", "response_ns", "notify_ns")]
+        ) | pl.col("exit_ns").is_null()  # fmt: skip
+        reason = pl.when(late.fill_null(True)).then(pl.lit(LOST_REASON)).otherwise(reason)
+    # the backend's first and last recorded steps stand in for QEMU's pop and fill, so the
+    # table has the device-model view's columns (see the module doc)
+    return (
+        req.sort("k")
+        .with_columns(reason.alias("reason"))
+        .select(
+            pl.int_range(pl.len()).alias("request"), "src_file", "dev",
+            pl.lit(0, pl.UInt16).alias("queue"), "op", "bytes", "sector",
+            pl.col("exit_ns").alias("kick_ns"), pl.col("handle_ns").alias("pop_ns"), "handle_ns",
+            "submit_ns", "io_done_ns", pl.col("response_ns").alias("fill_ns"), "notify_ns",
+            (pl.col("handle_ns") - pl.col("exit_ns")).alias("kick_to_pop_ns"),
+            (pl.col("io_done_ns") - pl.col("handle_ns")).alias("io_ns"),
+            (pl.col("response_ns") - pl.col("handle_ns")).alias("service_ns"),
+            (pl.col("notify_ns") - pl.col("response_ns")).alias("fill_to_notify_ns"),
+            (order & pl.col("reason").is_null()).alias("complete"), "reason",
+            pl.col("exit_ns").alias("trap_exit_ns"), pl.col("entry_ns").alias("trap_entry_ns"),
+            pl.col("dom").alias("trap_dom"), pl.col("vcpu").cast(pl.Int32).alias("trap_vcpu"),
+            pl.col("kind").alias("kick_kind"), pl.lit(VIEW).alias("view"),
+        )
+    )  # fmt: skip
+
+
+def first_loss(ev: pl.LazyFrame) -> int | None:
+    """The earliest time a record may be missing: for each LOST_RECORDS, the previous record
+    of its pCPU (the lost ones lie between); for dom0's ftrace, its first line (it does not
+    say where); None without losses."""
+    lost = ev.filter(pl.col("event") == "gen.lost_records").select("cpu", "src_offset").collect()
+    starts = []
+    if len(lost):
+        hv = (
+            ev.filter((pl.col("source") == "xentrace") & pl.col("cpu").is_in(lost["cpu"].unique().to_list()))
+            .select("cpu", "ts_ns", "src_offset", (pl.col("event") == "gen.lost_records").alias("lost"))
+            .collect()
+            .sort("cpu", "src_offset")
+            .with_columns(pl.col("ts_ns").shift(1).over("cpu").alias("before"))
+        )  # fmt: skip
+        starts.append(int(hv.filter(pl.col("lost"))["before"].fill_null(0).min()))
+    return min(starts) if starts else None
+
+
+def _with_interrupts(req: pl.DataFrame, ev: pl.LazyFrame) -> pl.DataFrame:
+    """notify_ns: the interrupt injected on the request's vCPU for its response (the k-th
+    response among that vCPU's requests is the k-th injection of the device's vector)."""
+    inj = (
+        ev.filter(pl.col("event") == "hvm.inj_virq")
+        .select("ts_ns", "dom", "vcpu", pl.col("arg0").alias("vector"))
+        .collect()
+    )
+    if not len(inj) or req["dom"].null_count() == len(req):
+        return req.with_columns(pl.lit(None, pl.Int64).alias("notify_ns"))
+    # the device's vector: the one injected about once per request
+    guest = req.filter(pl.col("dom").is_not_null())["dom"][0]
+    counts = inj.filter(pl.col("dom") == guest).group_by("vector").len()
+    vector = counts.with_columns((pl.col("len") - len(req)).abs().alias("d")).sort("d")["vector"][0]
+    inj = (
+        inj.filter((pl.col("vector") == vector) & (pl.col("dom") == guest))
+        .sort("ts_ns")
+        .select("vcpu", pl.int_range(pl.len()).over("vcpu").alias("j"), pl.col("ts_ns").alias("notify_ns"))
+    )  # fmt: skip
+    return (
+        req.sort("response_ns", nulls_last=True)
+        .with_columns(
+            pl.when(pl.col("response_ns").is_not_null() & pl.col("vcpu").is_not_null())
+            .then(pl.col("response_ns").is_not_null().cum_sum().over("vcpu") - 1)
+            .alias("j")
+        )
+        .join(inj, on=["vcpu", "j"], how="left")
+    )
