@@ -10,7 +10,11 @@ operations, and the interval measures their time plus any queueing for their res
 The fit runs the captured stream through the path with the discrete-event engine (the
 replay's own, so queueing is modelled, not assumed absent), reads the same intervals off
 the simulated schedule, stamped with the capture's clock ticks, and scales each group's
-operations by the ratio of measured to simulated mean until they agree. A bootstrap of the
+operations until the simulated mean matches the measured one: the interval is the group's
+operations (linear in its factor) plus the queueing the engine simulates, so each round
+solves for the factor given the simulated queueing (damped). An interval that is mostly
+queueing (its operations under half of it) is not fitted: its costs would only absorb the
+queueing's noise; nor is a group whose factor has not settled after the rounds. A bootstrap of the
 measured intervals' batch means (neighbours queue alike, so they are not independent) and
 the spread of the simulation's replicas give each factor's 95 % interval; an interval with
 one end on each clock (hypervisor and device model) also carries the alignment's bounds.
@@ -37,6 +41,7 @@ from xvtrace.replay.transports.base import Transport, submission
 SAMPLE = 20_000  # requests simulated, at most
 REPLICAS = 4  # engine runs per fit round, pooled (queueing makes one run noisy)
 BATCHES = 20
+MIN_SHARE = 0.5  # the operations must be at least half of their intervals to be fitted
 MIN_REQUESTS = 20
 ITERATIONS = 30
 TOLERANCE = 1e-3
@@ -78,13 +83,20 @@ def anchors(path, view: str = "device-model") -> dict[str, tuple[int, str]]:
 
 @dataclass
 class Group:
-    start: str  # timeline columns bounding the interval
-    end: str
-    ops: tuple[int, ...]  # indices of the path's operations inside it
+    """Operations fitted with one factor: those between the anchors of one or more
+    intervals, merged when they share a cost key (a key is one number in the table)."""
+
+    intervals: list[tuple[str, str]]  # timeline columns bounding each measured interval
+    ops: tuple[int, ...]  # indices of the path's operations inside them
+    keys: frozenset[str]
     requests: int
     factor: float = 1.0
     low: float = 1.0  # 95 % interval of the factor
     high: float = 1.0
+
+    @property
+    def interval(self) -> str:
+        return "; ".join(f"{a} -> {b}" for a, b in self.intervals)
 
 
 def fit(
@@ -108,49 +120,98 @@ def fit(
         (_boundary(a), a[1] == "start", c, a) for c, a in anchors(path, view).items()
         if c in blk.columns and blk[c].null_count() < len(blk)
     )  # fmt: skip
-    groups, measured, ticks = [], [], []
+    spans = []  # (columns, ops, measured intervals, anchors, clock ticks)
     for (b0, _, c0, a0), (b1, _, c1, a1) in pairwise(marks):  # a few intervals
         ops = tuple(range(b0, b1))
         if not ops or any(path[k].resource == "device" for k in ops):
             continue
         m = (blk[c1] - blk[c0]).drop_nulls().to_numpy().astype(np.float64)
-        if len(m) < MIN_REQUESTS:
-            continue
-        groups.append(Group(c0, c1, ops, len(m)))
-        measured.append((m, a0, a1))
-        ticks.append([timestamp_tick(blk[c].drop_nulls().to_numpy()) for c in (c0, c1)])
-    if not groups:
-        return []
+        if len(m) >= MIN_REQUESTS:
+            tk = [timestamp_tick(blk[c].drop_nulls().to_numpy()) for c in (c0, c1)]
+            spans.append(((c0, c1), ops, m, (a0, a1), tk))
     sub = _block_sample(stream)
     rng = np.random.default_rng(seed)
     phase = rng.uniform(0, 1000, len(sub))  # clock phases of the simulated stamps
+    # an interval that is mostly queueing says little about its operations' costs (and
+    # fitting it would only chase the queueing's noise): keep those whose operations are
+    # at least half of it with the table's costs
+    first = schedule(sub, transport, costs, seed=seed)[2]
+    spans = [sp for sp in spans if _share(first, sp) >= MIN_SHARE]
+    groups = _merge(spans, path)
+    if not groups:
+        return []
+    members = [[i for i, sp in enumerate(spans) if set(sp[1]) <= set(g.ops)] for g in groups]
     scale = np.ones(len(path))
-    sims = [None] * len(groups)
+    stats = [None] * len(groups)
+    moved = [1.0] * len(groups)
     for _ in range(ITERATIONS):  # a fixed point: each round REPLICAS engine runs
         runs = [schedule(sub, transport, costs, seed=seed + r, scale={"block": scale})[2]
                 for r in range(REPLICAS)]  # fmt: skip
         worst = 0.0
-        for i, (g, (m, a0, a1), tk) in enumerate(zip(groups, measured, ticks, strict=True)):
-            sims[i] = [_stamp(phase, _at(sc, a0), _at(sc, a1), tk) for sc in runs]
-            mean = np.mean([x.mean() for x in sims[i]])
-            ratio = m.mean() / mean if mean > 0 else 1.0
-            g.factor *= ratio
-            scale[list(g.ops)] = g.factor
-            worst = max(worst, abs(ratio - 1))
+        for gi, g in enumerate(groups):
+            total = ops = 0.0
+            sims = []
+            for i in members[gi]:
+                _, span_ops, _, (a0, a1), tk = spans[i]
+                sim = [_stamp(phase, _at(sc, a0), _at(sc, a1), tk) for sc in runs]
+                sims.append(np.concatenate(sim))
+                total += np.mean([x.mean() for x in sim])
+                ops += np.mean([(sc.end[:, list(span_ops)] - sc.start[:, list(span_ops)]).sum(axis=1).mean()
+                                for sc in runs])  # fmt: skip
+            measured = sum(spans[i][2].mean() for i in members[gi])
+            stats[gi] = (total, ops, sims)
+            # the intervals are the ops (linear in the factor) plus the simulated queueing
+            new = g.factor * (measured - (total - ops)) / ops if ops > 0 else g.factor
+            new = float(np.sqrt(g.factor * np.clip(new, g.factor / 2, g.factor * 2)))  # damped
+            moved[gi] = abs(new / g.factor - 1)
+            worst = max(worst, moved[gi])
+            g.factor = new
+            scale[[k for k, o in enumerate(path) if o.cost in g.keys]] = g.factor
         if worst < TOLERANCE:
             break
-    for g, (m, _, _), sim in zip(groups, measured, sims, strict=True):
-        # queueing makes neighbouring intervals alike: standard errors from batch means, of
-        # the capture and of the simulation (one batch series per replica)
-        rel = np.hypot(_batch_se(m) / m.mean(),
-                       np.std([x.mean() for x in sim]) / np.sqrt(len(sim)) / np.mean([x.mean() for x in sim])
-                       if len(sim) > 1 else 0.0)  # fmt: skip
-        rel = max(rel, _batch_se(np.concatenate(sim)) / np.concatenate(sim).mean())
+    out = []
+    for gi, g in enumerate(groups):
+        total, ops, sims = stats[gi]
+        if moved[gi] > 10 * TOLERANCE:  # still moving: the capture does not pin it down
+            continue
+        # factor = (measured - simulated queueing) / operations: its error is that of both
+        # means, relative to the operations. Queueing makes neighbouring intervals alike,
+        # so standard errors come from batch means
+        se = sum(_batch_se(spans[i][2]) for i in members[gi]) + sum(
+            _batch_se(x) / np.sqrt(REPLICAS) for x in sims
+        )
+        rel = se / ops
         low, high = g.factor * (1 - 1.96 * rel), g.factor * (1 + 1.96 * rel)
-        if g.start.startswith("trap_") != g.end.startswith("trap_"):  # one end on each clock
-            widen = g.factor * clock_halfwidth_ns / m.mean()
-            low, high = low - widen, high + widen
-        g.low, g.high = float(max(low, 0.0)), float(high)
+        crossing = sum(a.startswith("trap_") != b.startswith("trap_") for a, b in g.intervals)
+        widen = g.factor * crossing * clock_halfwidth_ns / ops  # one end on each clock
+        g.low, g.high = float(max(low - widen, 0.0)), float(high + widen)
+        out.append(g)
+    return out
+
+
+def _share(sched, span) -> float:
+    """The part of a simulated interval its operations take (the rest is queueing)."""
+    _, ops, _, (a0, a1), _ = span
+    total = (_at(sched, a1) - _at(sched, a0)).mean()
+    work = (sched.end[:, list(ops)] - sched.start[:, list(ops)]).sum(axis=1).mean()
+    return float(work / total) if total > 0 else 0.0
+
+
+def _merge(spans, path) -> list[Group]:
+    """Groups of intervals whose operations share cost keys (union by key)."""
+    groups: list[Group] = []
+    for cols, ops, m, _, _ in spans:
+        keys = frozenset(path[k].cost for k in ops)
+        hit = [g for g in groups if g.keys & keys]
+        for g in hit:
+            groups.remove(g)
+        merged = Group(
+            [*(c for h in hit for c in h.intervals), cols],
+            tuple(sorted({*ops, *(k for h in hit for k in h.ops)})),
+            keys.union(*(h.keys for h in hit)),
+            min([len(m), *(h.requests for h in hit)]),
+        )
+        groups.append(merged)
     return groups
 
 
@@ -191,12 +252,9 @@ def fitted_costs(
     groups: list[Group], transport: Transport, costs: dict[str, tuple[float, float]]
 ) -> pl.DataFrame:
     """One row per cost key of the transport's block path: current and fitted ns, 95 %
-    interval, the interval that constrained it (null: not constrained by this capture)."""
+    interval, the intervals that constrained it (null: not constrained by this capture)."""
     path = transport.path("block")
-    by_key: dict[str, Group] = {}
-    for g in groups:
-        for k in g.ops:
-            by_key.setdefault(path[k].cost, g)
+    by_key = {k: g for g in groups for k in g.keys}
     rows = []
     for key in sorted({o.cost for o in path} & set(costs)):  # the device's time is the capture's
         ns, sigma = costs[key]
@@ -206,8 +264,8 @@ def fitted_costs(
             "fitted_ns": ns * g.factor if g else None,
             "ci_low": ns * g.low if g else None,
             "ci_high": ns * g.high if g else None,
-            "interval": f"{g.start} -> {g.end}" if g else None,
-            "with": ", ".join(sorted({path[k].cost for k in g.ops} - {key})) if g else None,
+            "interval": g.interval if g else None,
+            "with": ", ".join(sorted(g.keys - {key})) if g else None,
             "requests": g.requests if g else 0,
         })  # fmt: skip
     return pl.DataFrame(rows, schema_overrides={"fitted_ns": pl.Float64, "ci_low": pl.Float64,

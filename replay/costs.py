@@ -98,7 +98,7 @@ def load(path: str | Path | None = None) -> pl.DataFrame:
             f"{path}: missing, negative or non-numeric value for {', '.join(bad['key'])}"
             " (each cost needs ns >= 0 and sigma >= 0)"
         )
-    return pl.concat([table.filter(~pl.col("key").is_in(extra["key"])), extra])
+    return pl.concat([table.filter(~pl.col("key").is_in(extra["key"].to_list())), extra])
 
 
 def _read_csv(path: Path, table: pl.DataFrame) -> pl.DataFrame:

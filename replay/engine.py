@@ -265,8 +265,10 @@ def _simulate(
             end[r, step] = now + dur[r, step]
             if pr == NONE_RES:  # a notification path delivers in order: no overtaking
                 p = path_of[r]
-                if end[r, step] <= line_end[p, step]:  # 1 ns behind: distinct, in order
+                if end[r, step] <= line_end[p, step]:  # held back: 1 ns behind, in order
                     end[r, step] = line_end[p, step] + 1.0
+                    start[r, step] = end[r, step] - dur[r, step]
+                    wait[r, step] = start[r, step] - ready_at[r]
                 line_end[p, step] = end[r, step]
             size = _push(ht, hp, hs, size, end[r, step], r * stride + step + 1, seq)
             seq += 1

@@ -95,6 +95,7 @@ def notify_pairs(ev: pl.LazyFrame) -> pl.DataFrame | None:
         )
     )
     slots = sorted(spans["slot"].unique().to_list())
+    traps = traps.filter(pl.col("dom").is_not_null() & pl.col("vcpu").is_not_null())
     vcpus = traps.select("dom", "vcpu").unique().sort("dom", "vcpu").rows()
     out = []
     for (dom, vcpu), slot in zip(vcpus, slots, strict=False):  # per vCPU, not per request

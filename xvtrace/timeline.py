@@ -148,6 +148,9 @@ def build(bundle) -> pl.DataFrame:
     dm_clock, view = None, "device model (QEMU trace events)"
     if len(req):
         pairs = notify_pairs(ev)
+        lost = first_loss(ev)
+        if pairs is not None and lost is not None:  # pairs are counted: a loss shifts them
+            pairs = pairs.filter(pl.col("entry_ns") < lost)
         dm_clock = align_device_model(pairs)
         if dm_clock is not None:
             req = with_traps(req, pairs, dm_clock)
