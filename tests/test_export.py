@@ -30,15 +30,42 @@ def test_emulated_bundle_exports_slices_tracks_and_flows(tmp_path):
     assert res.exit_code == 0, res.output
     ev = _load(out)
     kinds = Counter((e["ph"], e["name"]) for e in ev)
-    for name in ("element (pop -> fill)", "device I/O", "fill -> interrupt", "notify trap (IOREQ)"):
+    for name in ("element (pop -> fill)", "device I/O", "fill -> interrupt", "interrupt"):
         assert kinds[("X", name)] == 300
+    assert kinds[("X", "notify trap")] == 600  # on the guest's vCPU and on the pCPU
     assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in ev if e["ph"] == "X")
-    starts = {e["id"]: e for e in ev if e["ph"] == "s"}
-    ends = {e["id"]: e for e in ev if e["ph"] == "f"}
-    assert starts.keys() == ends.keys() and len(starts) == 300
-    assert all(starts[i]["ts"] <= ends[i]["ts"] for i in starts)  # the kick comes before the pop
+    chain = {p: {e["id"]: e for e in ev if e["ph"] == p} for p in "stf"}
+    assert chain["s"].keys() == chain["t"].keys() == chain["f"].keys() and len(chain["s"]) == 300
+    # kick (vCPU) -> pop (backend) -> interrupt (vCPU), in time order
+    assert all(
+        chain["s"][i]["ts"] <= chain["t"][i]["ts"] <= chain["f"][i]["ts"] for i in chain["s"]
+    )
+    assert {e["pid"] for e in chain["s"].values()} == {e["pid"] for e in chain["f"].values()} != {
+        e["pid"] for e in chain["t"].values()}  # fmt: skip
     names = {e["args"]["name"] for e in ev if e["ph"] == "M"}
-    assert {"device model (QEMU)", "guest vCPUs", "vCPU 0"} <= names
+    assert {
+        "device model (QEMU)",
+        "guest vCPUs",
+        "vCPU 0",
+        "physical CPUs (Xen)",
+        "pCPU 1",
+    } <= names
+
+
+def test_backend_without_log_exports_the_hypervisor_view(tmp_path):
+    r = emulate(
+        EmulateOptions(
+            transport="pv-blkif", workload="randrw-16k-qd8", requests=200, out=tmp_path / "b"
+        )
+    )
+    api.ingest(r.bundle)
+    out = tmp_path / "trace.json"
+    res = CliRunner().invoke(cli, ["export", "perfetto", str(r.bundle), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    ev = _load(out)
+    names = {e["args"]["name"] for e in ev if e["ph"] == "M"}
+    assert {"backend (dom0 block layer)", "vCPU 0", "vCPU 1", "pCPU 1", "pCPU 2"} <= names
+    assert sum(1 for e in ev if e["ph"] == "f") == 200
 
 
 def test_real_capture_exports_without_a_hypervisor_side(tmp_path):

@@ -44,7 +44,8 @@ IOREQ_HANDLING = [
 
 
 def notify_pairs(ev: pl.LazyFrame) -> pl.DataFrame | None:
-    """Each QueueNotify trap with its IOREQ: dom, vcpu, exit_ns, entry_ns (hypervisor clock)
+    """Each QueueNotify trap with its IOREQ: dom, vcpu, cpu (the pCPU), exit_ns, entry_ns
+    (hypervisor clock)
     and handle_off, handle_ns, last_ns (device-model clock); None without both sides."""
     hv = (
         ev.filter(pl.col("source") == "xentrace")
@@ -72,7 +73,7 @@ def notify_pairs(ev: pl.LazyFrame) -> pl.DataFrame | None:
     traps = hv.filter(
         (pl.col("event") == "hvm.mmio_write") & (pl.col("addr") % 0x1000 == NOTIFY_OFFSET)
         & (pl.col("prev") == "hvm.vmexit") & (pl.col("next") == "hvm.vmentry")
-    ).select("dom", "vcpu", "exit_ns", "entry_ns")  # fmt: skip
+    ).select("dom", "vcpu", "cpu", "exit_ns", "entry_ns")  # fmt: skip
     # device model: each notify IOREQ's span = its handle_ioreq .. the last event of its
     # synchronous handling (the queue kick QEMU processes before completing the IOREQ)
     dm = dm.with_columns(pl.col("event").eq("qemu.handle_ioreq").cum_sum().alias("io"))

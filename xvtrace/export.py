@@ -1,9 +1,14 @@
 """Perfetto / chrome://tracing export of a bundle's requests (Chrome trace-event JSON).
 
-Tracks: the device model's queues (one per device and queue: the element's life from pop
-to fill, with the device I/O inside it), the guest vCPUs (the kick's trap, when the
-hypervisor side is known) and the interrupt path; flows link the slices of one request.
-Times are microseconds from the first event exported, on the device model's clock.
+Tracks:
+- the backend, one per device and queue: the request from the backend's first to its last
+  recorded step (QEMU: pop -> fill; otherwise the block issue -> the response hypercall),
+  with the device I/O and the way to the interrupt;
+- the guest vCPUs: the kick's trap (when the hypervisor side is known) and the interrupt;
+- the physical CPUs: the trap again, where Xen handled it.
+Flows link one request's slices across tracks: kick (vCPU) -> backend -> interrupt (vCPU).
+Times are microseconds from the first event exported, on the timeline's clock (the device
+model's, or the hypervisor's for backends that log nothing).
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import polars as pl
 
 from xvtrace.timeline import REQUESTS
 
-PID_DM, PID_GUEST = 1, 2
+PID_DM, PID_GUEST, PID_HOST = 1, 2, 3
+IRQ_US = 0.5  # drawn width of the interrupt mark on a vCPU track
 
 
 def trace_events(req: pl.DataFrame) -> list[dict]:
@@ -27,20 +33,20 @@ def trace_events(req: pl.DataFrame) -> list[dict]:
     t0 = int(req.select(pl.min_horizontal(starts).min()).item())
     queues = req.select("dev", "queue").unique().sort("dev", "queue", nulls_last=True).rows()
     tid = {q: i + 1 for i, q in enumerate(queues)}
+    backend = (
+        "device model (QEMU)" if _view(req) == "device-model" else "backend (dom0 block layer)"
+    )
     events: list[dict] = [
-        {"ph": "M", "pid": PID_DM, "name": "process_name", "args": {"name": "device model (QEMU)"}},
+        {"ph": "M", "pid": PID_DM, "name": "process_name", "args": {"name": backend}},
         {"ph": "M", "pid": PID_GUEST, "name": "process_name", "args": {"name": "guest vCPUs"}},
-    ]
-    events += [
         {
             "ph": "M",
-            "pid": PID_DM,
-            "tid": t,
-            "name": "thread_name",
-            "args": {"name": f"{dev} queue {q}"},
-        }
-        for (dev, q), t in tid.items()
+            "pid": PID_HOST,
+            "name": "process_name",
+            "args": {"name": "physical CPUs (Xen)"},
+        },
     ]
+    events += [_thread(PID_DM, t, f"{dev} queue {q}") for (dev, q), t in tid.items()]
 
     def us(col: str) -> pl.Expr:
         return (pl.col(col) - t0) / 1000
@@ -68,33 +74,46 @@ def trace_events(req: pl.DataFrame) -> list[dict]:
     flows = []
     if "trap_exit_ns" in req.columns:
         rows = rows.with_columns(
-            us("trap_exit_ns").alias("trap"), us("trap_entry_ns").alias("resume")
-        )
+            us("trap_exit_ns").alias("trap"), us("trap_entry_ns").alias("resume"),
+            (pl.col("notify") + IRQ_US).alias("irq_end"),
+        )  # fmt: skip
         vcpu_tid = 100 + pl.col("trap_vcpu").fill_null(0)
-        parts.append(slices(rows, PID_GUEST, vcpu_tid, "notify trap (IOREQ)", "trap", "resume"))
+        parts.append(slices(rows, PID_GUEST, vcpu_tid, "notify trap", "trap", "resume"))
         kicked = rows.filter(pl.col("trap").is_not_null())
-        # a flow from the guest's kick to the element QEMU popped for it
+        parts.append(slices(kicked, PID_GUEST, vcpu_tid, "interrupt", "notify", "irq_end"))
+        if "trap_cpu" in rows.columns:
+            parts.append(slices(rows, PID_HOST, 200 + pl.col("trap_cpu").fill_null(0), "notify trap",
+                                "trap", "resume"))  # fmt: skip
+            events += [_thread(PID_HOST, 200 + c, f"pCPU {c}")
+                       for c in sorted(kicked["trap_cpu"].drop_nulls().unique().to_list())]  # fmt: skip
+        # one flow per request: the guest's kick -> the backend's pop -> the interrupt
+        flow = [
+            pl.lit("request").alias("name"),
+            pl.lit("request").alias("cat"),
+            pl.col("request").alias("id"),
+        ]
         flows = [
             kicked.select(pl.lit("s").alias("ph"), pl.lit(PID_GUEST).alias("pid"), vcpu_tid.alias("tid"),
-                          pl.lit("request").alias("name"), pl.lit("request").alias("cat"),
-                          pl.col("request").alias("id"), pl.col("trap").alias("ts")),
-            kicked.select(pl.lit("f").alias("ph"), pl.lit("e").alias("bp"), pl.lit(PID_DM).alias("pid"),
-                          pl.col("tid"), pl.lit("request").alias("name"), pl.lit("request").alias("cat"),
-                          pl.col("request").alias("id"), pl.col("pop").alias("ts")),
+                          *flow, pl.col("trap").alias("ts")),
+            kicked.select(pl.lit("t").alias("ph"), pl.lit(PID_DM).alias("pid"), pl.col("tid"), *flow,
+                          pl.col("pop").alias("ts")),
+            kicked.filter(pl.col("notify").is_not_null()).select(
+                pl.lit("f").alias("ph"), pl.lit("e").alias("bp"), pl.lit(PID_GUEST).alias("pid"),
+                vcpu_tid.alias("tid"), *flow, pl.col("notify").alias("ts")),
         ]  # fmt: skip
-        events += [
-            {
-                "ph": "M",
-                "pid": PID_GUEST,
-                "tid": 100 + v,
-                "name": "thread_name",
-                "args": {"name": f"vCPU {v}"},
-            }
-            for v in sorted(kicked["trap_vcpu"].drop_nulls().unique().to_list())
-        ]
+        events += [_thread(PID_GUEST, 100 + v, f"vCPU {v}")
+                   for v in sorted(kicked["trap_vcpu"].drop_nulls().unique().to_list())]  # fmt: skip
     for df in (*parts, *flows):
         events.extend(json.loads(df.write_json()))  # rows as JSON objects, built by polars
     return events
+
+
+def _thread(pid: int, tid: int, name: str) -> dict:
+    return {"ph": "M", "pid": pid, "tid": tid, "name": "thread_name", "args": {"name": name}}
+
+
+def _view(req: pl.DataFrame) -> str:
+    return req["view"][0] if "view" in req.columns and len(req) else "device-model"
 
 
 def perfetto(bundle, out: Path) -> int:

@@ -41,7 +41,8 @@ RESPONSE_HYPERCALLS = (32, 39, 41)  # event_channel_op, argo_op, dm_op (dom0's a
 
 
 def kicks(ev: pl.LazyFrame) -> pl.DataFrame:
-    """The guests' notifications: dom, vcpu, exit_ns, entry_ns, kind (mmio or hypercall)."""
+    """The guests' notifications: dom, vcpu, cpu (pCPU), exit_ns, entry_ns, kind (mmio or
+    hypercall)."""
     hv = (
         ev.filter(pl.col("source") == "xentrace")
         .filter(pl.col("event").is_in(["hvm.vmexit", "hvm.mmio_write", "hvm.vmmcall", "hvm.vmentry"]))
@@ -60,7 +61,7 @@ def kicks(ev: pl.LazyFrame) -> pl.DataFrame:
     return hv.filter(
         (mmio | call) & (pl.col("prev") == "hvm.vmexit") & (pl.col("next") == "hvm.vmentry")
     ).select(
-        "dom", "vcpu", "exit_ns", "entry_ns",
+        "dom", "vcpu", "cpu", "exit_ns", "entry_ns",
         pl.when(mmio).then(pl.lit("mmio")).otherwise(pl.lit("hypercall")).alias("kind"),
     )  # fmt: skip
 
@@ -170,6 +171,7 @@ def hypervisor_requests(ev: pl.LazyFrame, *, lost_after: int | None = None) -> p
             (order & pl.col("reason").is_null()).alias("complete"), "reason",
             pl.col("exit_ns").alias("trap_exit_ns"), pl.col("entry_ns").alias("trap_entry_ns"),
             pl.col("dom").alias("trap_dom"), pl.col("vcpu").cast(pl.Int32).alias("trap_vcpu"),
+            pl.col("cpu").alias("trap_cpu"),
             pl.col("kind").alias("kick_kind"), pl.lit(VIEW).alias("view"),
         )
     )  # fmt: skip

@@ -234,6 +234,7 @@ def with_traps(req: pl.DataFrame, pairs: pl.DataFrame, clock: dict) -> pl.DataFr
         to_device_model(pl.col("entry_ns"), clock).alias("trap_entry_ns"),
         pl.col("dom").alias("trap_dom"),
         pl.col("vcpu").alias("trap_vcpu"),
+        pl.col("cpu").alias("trap_cpu"),
     )
     out = req.sort("pop_off").join_asof(
         spans, left_on="pop_off", right_on="handle_off", strategy="backward"
@@ -245,7 +246,7 @@ def with_traps(req: pl.DataFrame, pairs: pl.DataFrame, clock: dict) -> pl.DataFr
         out.with_columns(
             [
                 pl.when(kicked).then(pl.col(c)).alias(c)
-                for c in ("trap_exit_ns", "trap_entry_ns", "trap_dom", "trap_vcpu")
+                for c in ("trap_exit_ns", "trap_entry_ns", "trap_dom", "trap_vcpu", "trap_cpu")
             ]
         )
         .drop("handle_off")
