@@ -271,3 +271,24 @@ def test_lost_records_keep_the_clock_pairs_honest(tmp_path):
     assert c["consistent"] and c["lower_ns"] <= EPOCH_NS + 40_000 <= c["upper_ns"]
     # QEMU's own events are intact: every request reconstructs from them
     assert req["complete"].all()
+
+
+@pytest.mark.parametrize("offset", [0, 77_000, -3_000_000_000])
+def test_event_channel_kicks_align_the_device_model_too(tmp_path, offset):
+    # gsoc-xenbus: no IOREQ; the VMCALL kick precedes QEMU's virtio_queue_notify and QEMU's
+    # virtio_notify precedes dom0's event_channel_op back
+    r = emulate(EmulateOptions(transport="gsoc-xenbus", workload="randrw-16k-qd8", requests=800,
+                               clock_offset_ns=offset, seed=9, out=tmp_path / "b"))  # fmt: skip
+    bundle = api.ingest(r.bundle, warn=lambda m: None).bundle
+    req = timeline.build(bundle).sort("pop_ns")
+    c = bundle.manifest["timeline"]["device_model_clock"]
+    true = EPOCH_NS + offset
+    assert c["consistent"] and c["lower_ns"] <= true <= c["upper_ns"] and c["pairs"] == 800
+    truth = r.truth.sort("backend_pop_start_ns")
+    assert req["trap_exit_ns"].null_count() == 0
+    half = (c["upper_ns"] - c["lower_ns"]) / 2 + 1_000
+    for mine, theirs in (
+        ("trap_exit_ns", "evtchn_send_start_ns"),
+        ("trap_entry_ns", "evtchn_send_end_ns"),
+    ):
+        assert np.abs(req[mine].to_numpy() - true - truth[theirs].to_numpy()).max() <= half, mine

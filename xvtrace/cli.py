@@ -322,7 +322,7 @@ def timeline_cmd(source, as_json):
         c = clocks["device_model_clock"]
         click.echo(
             f"device-model clock = hypervisor + {c['offset_ns']} ns{_drift(c)} (bounds {c['lower_ns'] - c['offset_ns']:+d}"
-            f"..{c['upper_ns'] - c['offset_ns']:+d} ns, {c['pairs']} trap/IOREQ pairs)"
+            f"..{c['upper_ns'] - c['offset_ns']:+d} ns, {c['pairs']} causal pairs)"
         )
     if clocks.get("packet_clock"):
         c = clocks["packet_clock"]

@@ -153,31 +153,78 @@ def _widest(gap, max_drift: float, iters: int) -> float:
     return (a + b) / 2
 
 
-def align_device_model(pairs: pl.DataFrame | None) -> dict | None:
-    """The device model's clock against the hypervisor's, from `notify_pairs`:
-    device-model time = hypervisor time + offset_ns + drift_ppm * 1e-6 * hypervisor time,
-    with the offset's bounds at that drift; None when the bundle lacks either side of the
-    pairs (no MMIO notify traps)."""
-    if pairs is None or not len(pairs):
+def evtchn_pairs(ev: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+    """For guests that kick with an event-channel hypercall (no IOREQ): the k-th kick's
+    VMCALL (hypervisor) comes before QEMU's k-th virtio_queue_notify (device model), and
+    QEMU's k-th virtio_notify comes before dom0's k-th event_channel_op, its notification to
+    the guest. Returns (kicks: dom, vcpu, cpu, exit_ns, entry_ns, handle_off, handle_ns;
+    responses: resp_ns, last_ns), or None without both sides."""
+    from xvtrace.hv_timeline import kicks
+
+    k = kicks(ev).filter(pl.col("kind") == "hypercall").sort("entry_ns", "exit_ns")
+    q = (
+        ev.filter(pl.col("event").is_in(["qemu.virtio_queue_notify", "qemu.virtio_notify"]))
+        .select("event", "ts_ns", "src_offset")
+        .collect()
+        .sort("src_offset")
+    )
+    resp = (
+        ev.filter((pl.col("event") == "pv.hypercall") & (pl.col("dom") == 0) & ((pl.col("arg0") & 0xFFFFF) == 32))
+        .select(pl.col("ts_ns").alias("resp_ns"))
+        .collect()
+        .sort("resp_ns")
+    )  # fmt: skip
+    qn = q.filter(pl.col("event") == "qemu.virtio_queue_notify")
+    vn = q.filter(pl.col("event") == "qemu.virtio_notify")
+    if not len(k) or not len(qn):
+        return None
+    n, m = min(len(k), len(qn)), min(len(resp), len(vn))
+    pairs = pl.concat([k.head(n).drop("kind"), qn.head(n).select(pl.col("src_offset").alias("handle_off"),
+                                                                 pl.col("ts_ns").alias("handle_ns"))],
+                      how="horizontal")  # fmt: skip
+    lower = pl.concat(
+        [resp.head(m), vn.head(m).select(pl.col("ts_ns").alias("last_ns"))], how="horizontal"
+    )
+    return pairs, lower
+
+
+def align_device_model(
+    pairs: pl.DataFrame | None, lower: pl.DataFrame | None = None
+) -> dict | None:
+    """The device model's clock against the hypervisor's, from `notify_pairs` (or, with
+    `lower`, from `evtchn_pairs`): device-model time = hypervisor time + offset_ns +
+    drift_ppm * 1e-6 * hypervisor time, with the offset's bounds at that drift; None when
+    the bundle lacks either side of the pairs."""
+    if pairs is None or not len(pairs) or (lower is not None and not len(lower)):
         return None
     # QEMU's log stamps are gettimeofday truncated to the microsecond: an event logged at
     # t happened in [t, t + resolution), which loosens the upper bounds by that much
     res = timestamp_tick(pairs["handle_ns"].to_numpy())
-    drift, lower, upper = fit_line(
+    ioreq = lower is None
+    t_low, dm_low = (
+        (pairs["entry_ns"], pairs["last_ns"]) if ioreq else (lower["resp_ns"], lower["last_ns"])
+    )
+    drift, lower_ns, upper_ns = fit_line(
         pairs["exit_ns"].to_numpy(),
         (pairs["handle_ns"] - pairs["exit_ns"]).to_numpy() + (res - 1),
-        pairs["entry_ns"].to_numpy(),
-        (pairs["last_ns"] - pairs["entry_ns"]).to_numpy(),
-    )
+        t_low.to_numpy(),
+        (dm_low - t_low).to_numpy(),
+    )  # fmt: skip
+    method = (
+        "MMIO QueueNotify traps (xentrace) before handle_ioreq (QEMU); VMENTRY after the IOREQ's last event"
+        if ioreq else
+        "event-channel kicks (VMCALL, xentrace) before virtio_queue_notify (QEMU); virtio_notify (QEMU) before dom0's event_channel_op"
+    ) + "; widest-margin line"  # fmt: skip
     return {
-        "offset_ns": (lower + upper) // 2,  # add to a hypervisor time to get device-model time
+        "offset_ns": (lower_ns + upper_ns)
+        // 2,  # add to a hypervisor time to get device-model time
         "drift_ppm": round(drift * 1e6, 4),
-        "lower_ns": lower,
-        "upper_ns": upper,
-        "consistent": lower <= upper,
+        "lower_ns": lower_ns,
+        "upper_ns": upper_ns,
+        "consistent": lower_ns <= upper_ns,
         "pairs": len(pairs),
         "device_model_resolution_ns": res,
-        "method": "MMIO QueueNotify traps (xentrace) before handle_ioreq (QEMU); VMENTRY after the IOREQ's last event; widest-margin line",
+        "method": method,
     }
 
 

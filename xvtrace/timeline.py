@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from xvtrace.clock import align_device_model, notify_pairs, to_device_model
+from xvtrace.clock import align_device_model, evtchn_pairs, notify_pairs, to_device_model
 from xvtrace.hv_timeline import first_loss, hypervisor_requests
 
 REQUESTS = "requests.parquet"
@@ -90,7 +90,7 @@ def qemu_requests(ev: pl.LazyFrame) -> pl.LazyFrame:
     kicks = _events(q, ["qemu.virtio_queue_notify"], pl.col("src_file"), pl.col("dev"), pl.col("queue"),
                     pl.col("ts_ns").alias("kick_ns"), pl.col("src_offset").alias("_koff")).sort("_koff")  # fmt: skip
     req = req.join_asof(kicks, left_on="pop_off", right_on="_koff", by=["src_file", "dev", "queue"],
-                        strategy="backward", check_sortedness=False).drop("_koff")  # fmt: skip
+                        strategy="backward", check_sortedness=False).rename({"_koff": "kick_off"})  # fmt: skip
     irqs = _events(q, ["qemu.virtio_notify", "qemu.virtio_notify_irqfd"], pl.col("src_file"), pl.col("dev"),
                    pl.col("queue"), pl.col("ts_ns").alias("notify_ns"), pl.col("src_offset").alias("_noff")).sort("_noff")  # fmt: skip
     req = (
@@ -133,7 +133,7 @@ def qemu_requests(ev: pl.LazyFrame) -> pl.LazyFrame:
             (pl.col("fill_ns") - pl.col("pop_ns")).alias("service_ns"),
             (pl.col("notify_ns") - pl.col("fill_ns")).alias("fill_to_notify_ns"),
             pl.col("reason").is_null().alias("complete"),
-            "reason", "pop_off", "fill_off",
+            "reason", "pop_off", "fill_off", "kick_off",
         )
     )  # fmt: skip
 
@@ -147,13 +147,21 @@ def build(bundle) -> pl.DataFrame:
     req = qemu_requests(ev).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
     dm_clock, view = None, "device model (QEMU trace events)"
     if len(req):
-        pairs = notify_pairs(ev)
         lost = first_loss(ev)
+        pairs, lower = notify_pairs(ev), None
+        if pairs is None:  # no IOREQs: an event-channel kick (gsoc-xenbus style)?
+            found = evtchn_pairs(ev)
+            pairs, lower = found if found else (None, None)
         if pairs is not None and lost is not None:  # pairs are counted: a loss shifts them
             pairs = pairs.filter(pl.col("entry_ns") < lost)
-        dm_clock = align_device_model(pairs)
+            lower = lower.filter(pl.col("resp_ns") < lost) if lower is not None else None
+        dm_clock = align_device_model(pairs, lower)
         if dm_clock is not None:
-            req = with_traps(req, pairs, dm_clock)
+            req = (
+                with_traps(req, pairs, dm_clock)
+                if lower is None
+                else with_kicks(req, pairs, dm_clock)
+            )
     else:  # a backend that logs nothing per request: the hypervisor's and dom0's records
         hv = hypervisor_requests(ev, lost_after=first_loss(ev) if _ftrace_intact(bundle) else 0)
         if hv is not None:
@@ -171,6 +179,18 @@ def build(bundle) -> pl.DataFrame:
     }
     write_manifest(bundle.path, bundle.manifest)
     return req
+
+
+def with_kicks(req: pl.DataFrame, pairs: pl.DataFrame, clock: dict) -> pl.DataFrame:
+    """The hypervisor's side of event-channel kicks: the VMCALL's exit and re-entry of the
+    kick each request's pop followed (matched on the virtio_queue_notify it was logged as)."""
+    kicks = pairs.select(
+        pl.col("handle_off").alias("kick_off"),
+        to_device_model(pl.col("exit_ns"), clock).alias("trap_exit_ns"),
+        to_device_model(pl.col("entry_ns"), clock).alias("trap_entry_ns"),
+        pl.col("dom").alias("trap_dom"), pl.col("vcpu").alias("trap_vcpu"), pl.col("cpu").alias("trap_cpu"),
+    )  # fmt: skip
+    return req.join(kicks, on="kick_off", how="left").sort("request")
 
 
 def _ftrace_intact(bundle) -> bool:
