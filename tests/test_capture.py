@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -81,3 +82,47 @@ def test_iface_sniffing_until_sigterm(tmp_path):
     # on lo every datagram is seen leaving and arriving
     assert 5 <= len(ours) <= 2 * sent
     assert (ours["size"] == 14 + 20 + 8 + 123).all() and (ours["arg2"] == 17).all()
+
+
+def _fake_tracefs(root, lines: str):
+    """The files a tracefs instance has (a real one creates them on mkdir)."""
+    inst = root / "instances" / "xvtrace"
+    for ev in ("block_rq_insert", "block_rq_issue", "block_rq_complete"):
+        (inst / "events" / "block" / ev).mkdir(parents=True)
+        (inst / "events" / "block" / ev / "enable").write_text("0")
+    (inst / "trace_clock").write_text("[local] global counter uptime perf mono x86-tsc\n")
+    (inst / "buffer_size_kb").write_text("1408")
+    (inst / "tracing_on").write_text("0")
+    (inst / "trace_pipe").write_text(lines)
+    return inst
+
+
+def test_block_trace_through_a_tracefs_instance(tmp_path):
+    lines = (
+        "  blkback.1.xvda-311     [000] ..... 1000000024000: block_rq_issue: 259,0 R 4096 () 64 + 8 [blkback.1.xvda]\n"
+        "          <idle>-0       [000] ..... 1000000048000: block_rq_complete: 259,0 R () 64 + 8 [0]\n"
+    )
+    inst = _fake_tracefs(tmp_path / "tracefs", lines)
+    bundle = tmp_path / "b"
+    r = CliRunner().invoke(cli, ["capture", "-o", str(bundle), "--no-xentrace", "--block-trace",
+                                 "--tracefs", str(tmp_path / "tracefs"), "--duration", "0.3",
+                                 "--no-ingest", "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (inst / "trace_clock").read_text() == "x86-tsc"  # the TSC xentrace stamps
+    assert all((inst / "events" / "block" / ev / "enable").read_text() == "0"  # left as found
+               for ev in ("block_rq_insert", "block_rq_issue", "block_rq_complete"))  # fmt: skip
+    assert (bundle / "raw" / "dom0-trace.txt").read_text() == lines
+    got = api.ingest(bundle, cpu_khz=2_400_000, warn=lambda m: None).bundle.events().collect()
+    assert got["event"].to_list() == ["block.rq_issue", "block.rq_complete"]
+    assert got["ts_ns"].to_list() == [0, 10_000]
+
+
+def test_block_trace_without_tracefs_fails_that_source_only(tmp_path):
+    r = CliRunner().invoke(cli, ["capture", "-o", str(tmp_path / "b"), "--no-xentrace", "--block-trace",
+                                 "--tracefs", str(tmp_path / "none"), "--duration", "5", "--no-ingest",
+                                 "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    (src,) = m["capture"]["sources"]
+    assert src["kind"] == "ftrace" and src["ok"] is False and "tracefs" in src["error"]
+    assert m["capture"]["stop_reason"] == "every source stopped"  # not the full 5 s

@@ -43,7 +43,9 @@ def test_live_mmio_capture(tmp_path):
 
 
 @pytest.mark.parametrize("workload", ["randrw-16k-qd8", "rw=randread,bs=4k,iodepth=1"])
-@pytest.mark.parametrize("transport", ["epam-mmio", "suse-grant", "gsoc-xenbus"])
+@pytest.mark.parametrize(
+    "transport", ["epam-mmio", "suse-grant", "suse-grant-persistent", "gsoc-xenbus"]
+)
 def test_emulated_pop_and_fill_times_match_the_truth(tmp_path, transport, workload):
     r = emulate(
         EmulateOptions(

@@ -441,6 +441,12 @@ def export_perfetto_cmd(source, output):
     "--xentrace/--no-xentrace", default=None, help="Run xentrace. Default: when this is a Xen dom0."
 )
 @click.option("--xentrace-mask", default="all", show_default=True, help="xentrace -e event mask.")
+@click.option("--block-trace/--no-block-trace", default=None,
+              help="Record dom0's block layer (tracefs block_rq_insert/issue/complete on the TSC): "
+              "the per-request view of backends that log nothing (blkback, vhost-user, Argo). "
+              "Default: with xentrace.")  # fmt: skip
+@click.option("--tracefs", type=click.Path(file_okay=False, path_type=Path),
+              help="tracefs mount (default: /sys/kernel/tracing).")  # fmt: skip
 @click.option(
     "--trace",
     "patterns",
@@ -473,8 +479,8 @@ def export_perfetto_cmd(source, output):
     help="Show a status line (default: when stderr is a terminal).",
 )
 @_guard
-def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask, patterns,
-                resume, dump_memory, ingest, progress):  # fmt: skip
+def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask, block_trace, tracefs,
+                patterns, resume, dump_memory, ingest, progress):  # fmt: skip
     """Capture a live run into a new bundle: xentrace on a Xen dom0, QEMU trace events and
     virtqueue state over QMP, packets.
 
@@ -496,7 +502,7 @@ def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask,
     show = sys.stderr.isatty() if progress is None else progress
     opts = CaptureOptions(
         out=output, duration=duration, qmp=qmp, ifaces=ifaces, netdevs=netdevs,
-        xentrace=xentrace, xentrace_mask=xentrace_mask,
+        xentrace=xentrace, xentrace_mask=xentrace_mask, block_trace=block_trace, tracefs=tracefs,
         patterns=tuple(patterns) or DEFAULT_PATTERNS, resume=resume, dump_memory=dump_memory,
     )  # fmt: skip
     try:
