@@ -151,7 +151,7 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
     truth = pl.concat([_truth(kind, path, s, r, keep[path_of == i])
                        for i, (kind, path, s, r) in enumerate(parts)], how="diagonal_relaxed").sort("request")  # fmt: skip
     with atomic_path(out / TRUTH) as tmp:
-        truth.write_parquet(tmp)
+        truth.write_parquet(tmp, compression="lz4", statistics=False)
     seconds = time.perf_counter() - t0
     manifest = new_manifest({
         "emulated": True, "cpu_khz": cpu_khz, "cpu_khz_source": "emulated host",
