@@ -117,3 +117,18 @@ def test_missing_source_and_non_bundle_directory(tmp_path):
     assert "not a bundle" in result.output
     result = run("ingest", tmp_path / "nope.bin")
     assert result.exit_code == 2
+
+
+def test_a_folder_of_captures_ingests_like_a_bundle(tmp_path):
+    from helpers import FIXTURES
+
+    result = run("ingest", FIXTURES / "qemu" / "live-microvm-mmio", "-o", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    formats = {
+        s["format"] for s in json.loads((tmp_path / "b" / "manifest.json").read_text())["sources"]
+    }
+    assert {"qemu-log", "pcap", "qmp-virtqueues"} <= formats
+    assert "console.txt: not a recognised capture format" in result.output  # said, not silent
+    (tmp_path / "empty").mkdir()
+    result = run("ingest", tmp_path / "empty")
+    assert result.exit_code == 2 and "empty directory" in result.output

@@ -198,9 +198,15 @@ def ingest(
     src = Path(src)
     if not src.exists():
         raise IngestError(f"{src}: no such file or directory")
-    if src.is_dir():
-        if not (src / RAW).is_dir():
-            raise IngestError(f"{src}: a directory but not a bundle (no {RAW}/ inside)")
+    if src.is_dir() and not (src / RAW).is_dir():  # a folder of capture files
+        files = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise IngestError(f"{src}: an empty directory, not a bundle or a folder of captures")
+        bundle_dir = Path(out) if out else default_bundle_path(src)
+        manifest = _load_or_new_manifest(bundle_dir)
+        raw_files = [place_raw(f, bundle_dir) for f in files if f.stat().st_size]
+        origins = dict(zip(raw_files, [f for f in files if f.stat().st_size], strict=True))
+    elif src.is_dir():
         bundle_dir = Path(out) if out else src
         if out and Path(out).resolve() != src.resolve():
             for f in sorted((src / RAW).iterdir()):
