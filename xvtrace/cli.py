@@ -829,5 +829,42 @@ def compare_cmd(source, as_json, html_file):
         click.echo(compare.render_text(facts), nl=False)
 
 
+@cli.command("regress")
+@click.option("--baseline", "baseline", required=True, type=click.Path(exists=True, path_type=Path),
+              help="A baseline summary (.json) or a bundle / raw capture to summarize.")  # fmt: skip
+@click.option("--candidate", "candidate", required=True, type=click.Path(exists=True, path_type=Path),
+              help="The run to judge: a bundle, raw capture or baseline summary.")  # fmt: skip
+@click.option("--threshold", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Smallest change of a phase's median (percent) that counts.")  # fmt: skip
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True), default=0.01, show_default=True,
+              help="Significance level of the Mann-Whitney test (Holm-adjusted over phases).")  # fmt: skip
+@click.option("--force", is_flag=True, help="Compare runs whose provenance differs.")
+@click.option("--json", "as_json", is_flag=True, help="The comparison as JSON.")
+@click.option("--markdown", "as_markdown", is_flag=True, help="The comparison as a Markdown table.")
+@click.option("--update-baseline", "update", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the candidate's summary here as the new baseline (and still compare).")  # fmt: skip
+@_guard
+def regress_cmd(baseline, candidate, threshold, alpha, force, as_json, as_markdown, update):
+    """Did this change make requests slower, and in which phase? Compares every phase of
+    every queue and operation (Mann-Whitney U + bootstrap interval of the median ratio +
+    a minimum effect). Exit status: 0 pass, 1 regression, 2 error (including runs whose
+    Xen version, cpu_khz, transport or workload differ, unless --force)."""
+    from xvtrace import regress
+
+    base, cand = regress.load(baseline), regress.load(candidate)
+    if update:
+        regress.write(cand, update)
+        click.echo(f"{update}: baseline written", err=True)
+    cmp = regress.compare(base, cand, threshold_pct=threshold, alpha=alpha, force=force)
+    if as_json:
+        click.echo(json.dumps(regress.to_json(cmp), indent=2))
+    elif as_markdown:
+        click.echo(regress.render_markdown(cmp), nl=False)
+    else:
+        click.echo(regress.render_text(cmp), nl=False)
+    if len(cmp.regressed):
+        sys.exit(1)
+
+
 def main() -> None:
     cli.main(prog_name="xvtrace")

@@ -1,0 +1,89 @@
+"""The regression gate: statistics, power, false alarms, provenance, CLI exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from xvtrace import api, regress
+from xvtrace.cli import cli
+from xvtrace.emulate import EmulateOptions, emulate
+
+WORKLOAD = "randread-4k-qd1"
+
+
+def _summary(tmp_path, seed, costs=None, workload=WORKLOAD, name=None):
+    out = tmp_path / (name or f"s{seed}")
+    emulate(EmulateOptions(transport="epam-mmio", workload=workload, requests=1500, seed=seed,
+                           costs_file=costs, out=out))  # fmt: skip
+    return regress.summarize(api.ingest(out, warn=lambda m: None).bundle)
+
+
+def test_mann_whitney_and_holm():
+    rng = np.random.default_rng(0)
+    x = rng.normal(100, 10, 500)
+    assert regress.mann_whitney(x, x.copy()) > 0.9
+    assert regress.mann_whitney(x, x + 5) < 1e-6
+    assert regress.mann_whitney(np.ones(50), np.ones(50)) == 1.0  # all tied: no evidence
+    assert regress.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    ratio, lo, hi = regress.median_ratio(x, x * 1.2, rng)
+    assert ratio == pytest.approx(1.2) and lo < 1.2 < hi
+
+
+def test_a_ten_percent_slower_device_is_caught_in_its_phase(tmp_path):
+    slow = tmp_path / "slow.csv"  # the device's 4 KiB read takes 10 % longer
+    slow.write_text("key,x86_64,arm64,sigma,source\ndevice.block_read,93500,93500,0.3,test\n")
+    base = _summary(tmp_path, 1)
+    cand = _summary(tmp_path, 2, costs=slow)
+    cmp = regress.compare(base, cand)
+    assert set(cmp.regressed["phase"]) == {"device I/O", "total"}  # attributed, nothing else
+    dev = cmp.regressed.filter(pl.col("phase") == "device I/O").row(0, named=True)
+    assert 1.05 < dev["ratio"] < 1.15 and dev["ci_low"] > 1
+
+
+def test_reruns_of_one_configuration_rarely_alarm(tmp_path):
+    base = _summary(tmp_path, 100)
+    flagged = 0
+    for seed in range(20):  # twenty reruns, different seeds
+        cmp = regress.compare(base, _summary(tmp_path, seed))
+        flagged += int(len(cmp.regressed) + len(cmp.improved) > 0)
+    assert flagged <= 1
+
+
+def test_runs_of_different_workloads_are_refused_unless_forced(tmp_path):
+    a = _summary(tmp_path, 1)
+    b = _summary(tmp_path, 1, workload="rw=randread,bs=8k,iodepth=1", name="other")
+    with pytest.raises(regress.RegressError, match="workload"):
+        regress.compare(a, b)
+    assert regress.compare(a, b, force=True).problems
+
+
+def test_cli_exit_codes_formats_and_baseline_update(tmp_path):
+    slow = tmp_path / "slow.csv"
+    slow.write_text("key,x86_64,arm64,sigma,source\ndevice.block_read,110000,110000,0.3,test\n")
+    for name, costs in (("a", None), ("b", None), ("c", slow)):
+        emulate(EmulateOptions(transport="epam-mmio", workload=WORKLOAD, requests=1200, seed=ord(name),
+                               costs_file=costs, out=tmp_path / name))  # fmt: skip
+        api.ingest(tmp_path / name, warn=lambda m: None)
+    runner = CliRunner()
+    base = tmp_path / "base.json"
+    r = runner.invoke(cli, ["regress", "--baseline", str(tmp_path / "a"), "--candidate", str(tmp_path / "b"),
+                            "--update-baseline", str(base)])  # fmt: skip
+    assert r.exit_code == 0 and "PASS" in r.stdout
+    assert json.loads(base.read_text())["provenance"]["transport"] == "epam-mmio"
+    r = runner.invoke(
+        cli, ["regress", "--baseline", str(base), "--candidate", str(tmp_path / "c"), "--markdown"]
+    )
+    assert r.exit_code == 1 and "| **regression** |" in r.stdout and "device I/O" in r.stdout
+    r = runner.invoke(
+        cli, ["regress", "--baseline", str(base), "--candidate", str(tmp_path / "c"), "--json"]
+    )
+    assert r.exit_code == 1 and json.loads(r.stdout)["outcome"] == "regression"
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    r = runner.invoke(cli, ["regress", "--baseline", str(bad), "--candidate", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "not an xvtrace baseline" in r.output

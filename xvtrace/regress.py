@@ -1,0 +1,257 @@
+"""The regression gate: compare a candidate run with a baseline, phase by phase.
+
+A baseline is a summary of a bundle's requests (JSON, small enough to keep in a
+repository): its provenance (Xen version, cpu_khz, transport, workload, view) and, per
+transport, queue, operation and phase, the phase's distribution as up to SAMPLE evenly
+spaced order statistics. Phases are disjoint steps of a request (kick -> pop, pop ->
+submission, device I/O, I/O done -> fill, fill -> interrupt), the notify trap (the
+hypervisor's side) and the total.
+
+Each phase is tested with a two-sided Mann-Whitney U test (normal approximation with tie
+correction; p-values adjusted over all phases with Holm's method) and a bootstrap 95 %
+interval of the ratio of medians (candidate / baseline). A phase regressed when the test
+rejects, the ratio is at least 1 + threshold and its whole interval lies above 1; improved
+symmetrically. Requiring both significance and a minimum effect keeps same-configuration
+reruns from raising alarms; `tests/test_regress.py` measures both rates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+SUMMARY_VERSION = 1
+SAMPLE = 1000  # order statistics kept per phase
+BOOTSTRAP = 1000
+ALPHA = 0.01
+THRESHOLD_PCT = 5.0
+PROVENANCE = ("xen_version", "cpu_khz", "transport", "workload", "view")  # must match
+PHASES = (  # name, start column, end column
+    ("kick -> pop", "kick_ns", "pop_ns"),
+    ("pop -> submit", "pop_ns", "handle_ns"),
+    ("device I/O", "handle_ns", "io_done_ns"),
+    ("I/O done -> fill", "io_done_ns", "fill_ns"),
+    ("fill -> irq", "fill_ns", "notify_ns"),
+    ("notify trap", "trap_exit_ns", "trap_entry_ns"),
+    ("total", "kick_ns", "notify_ns"),
+)
+
+
+class RegressError(ValueError):
+    """Inputs that cannot be compared (the message says what differs or is missing)."""
+
+
+def summarize(bundle) -> dict:
+    """The baseline summary of a bundle (runs its timeline first when needed)."""
+    from xvtrace import __version__, timeline
+    from xvtrace.replaying import source_transport, workload_of
+
+    path = bundle.path / timeline.REQUESTS
+    req = pl.read_parquet(path) if path.exists() else timeline.build(bundle)
+    req = req.filter(pl.col("complete"))
+    m = bundle.manifest
+    wl = workload_of(bundle)
+    prov = {
+        "xen_version": (m.get("host") or {}).get("xen_version"),
+        "cpu_khz": (m.get("host") or {}).get("cpu_khz"),
+        "transport": source_transport(bundle) or m.get("transport"),
+        "workload": wl.get("name") if isinstance(wl, dict) else wl,
+        "view": req["view"][0] if "view" in req.columns and len(req) else None,
+    }
+    groups = []
+    # the device pointer QEMU logs changes from run to run: queue and operation identify
+    for (queue, op), g in sorted(req.group_by("queue", "op"), key=lambda kv: str(kv[0])):
+        for name, a, b in PHASES:  # a handful of phases per queue and operation
+            if a not in g.columns or b not in g.columns:
+                continue
+            v = (g[b] - g[a]).drop_nulls().to_numpy().astype(np.float64)
+            if not len(v):
+                continue
+            groups.append(
+                {"queue": queue, "op": op, "phase": name, "n": len(v), "values": _sample(v)}
+            )
+    return {"xvtrace_baseline": SUMMARY_VERSION, "tool": f"xvtrace {__version__}",
+            "bundle": str(bundle.path), "provenance": prov, "phases": groups}  # fmt: skip
+
+
+def _sample(v: np.ndarray) -> list[float]:
+    """The distribution as at most SAMPLE order statistics (evenly spaced quantiles)."""
+    v = np.sort(v)
+    if len(v) > SAMPLE:
+        v = np.quantile(v, (np.arange(SAMPLE) + 0.5) / SAMPLE)
+    return [round(float(x), 1) for x in v]
+
+
+def load(source: str | Path) -> dict:
+    """A baseline summary from its JSON file, or summarized from a bundle (or raw capture)."""
+    source = Path(source)
+    if source.is_file() and source.suffix == ".json":
+        try:
+            doc = json.loads(source.read_text())
+        except json.JSONDecodeError as e:
+            raise RegressError(f"{source}: not JSON ({e.msg} at line {e.lineno})") from e
+        if not isinstance(doc, dict) or doc.get("xvtrace_baseline") != SUMMARY_VERSION:
+            raise RegressError(f"{source}: not an xvtrace baseline (version {SUMMARY_VERSION})")
+        return doc
+    from xvtrace import api
+
+    return summarize(api.load(source))
+
+
+def write(summary: dict, path: Path) -> None:
+    from xvtrace.bundle import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def provenance_problems(base: dict, cand: dict) -> list[str]:
+    """What differs between two runs' provenance in ways that invalidate a comparison."""
+    a, b = base["provenance"], cand["provenance"]
+    return [
+        f"{k}: baseline {a.get(k)!r}, candidate {b.get(k)!r}"
+        for k in PROVENANCE
+        if a.get(k) != b.get(k)
+    ]
+
+
+@dataclass
+class Comparison:
+    table: pl.DataFrame  # queue, op, phase, n, medians, ratio, interval, p, verdict
+    problems: list[str]  # provenance differences (when forced)
+
+    @property
+    def regressed(self) -> pl.DataFrame:
+        return self.table.filter(pl.col("verdict") == "regression")
+
+    @property
+    def improved(self) -> pl.DataFrame:
+        return self.table.filter(pl.col("verdict") == "improvement")
+
+
+def compare(base: dict, cand: dict, *, threshold_pct: float = THRESHOLD_PCT, alpha: float = ALPHA,
+            force: bool = False, seed: int = 0) -> Comparison:  # fmt: skip
+    problems = provenance_problems(base, cand)
+    if problems and not force:
+        raise RegressError(
+            "runs not comparable (use --force to compare anyway): " + "; ".join(problems)
+        )
+    key = lambda g: (g["queue"], g["op"], g["phase"])  # noqa: E731
+    b, c = {key(g): g for g in base["phases"]}, {key(g): g for g in cand["phases"]}
+    common = [k for k in b if k in c]
+    if not common:
+        raise RegressError("baseline and candidate share no (queue, operation, phase)")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in common:  # a few dozen phases
+        x, y = np.asarray(b[k]["values"]), np.asarray(c[k]["values"])
+        ratio, lo, hi = median_ratio(x, y, rng)
+        rows.append({"queue": k[0], "op": k[1], "phase": k[2], "n_base": b[k]["n"], "n_cand": c[k]["n"],
+                     "median_base_us": float(np.median(x)) / 1e3, "median_cand_us": float(np.median(y)) / 1e3,
+                     "ratio": ratio, "ci_low": lo, "ci_high": hi, "p": mann_whitney(x, y)})  # fmt: skip
+    t = pl.DataFrame(rows).with_columns(pl.Series("p_adj", holm([r["p"] for r in rows])))
+    up, down = 1 + threshold_pct / 100, 1 - threshold_pct / 100
+    sig = pl.col("p_adj") < alpha
+    verdict = (
+        pl.when(sig & (pl.col("ratio") >= up) & (pl.col("ci_low") > 1)).then(pl.lit("regression"))
+        .when(sig & (pl.col("ratio") <= down) & (pl.col("ci_high") < 1)).then(pl.lit("improvement"))
+        .otherwise(pl.lit("ok"))
+    )  # fmt: skip
+    return Comparison(t.with_columns(verdict.alias("verdict")), problems)
+
+
+def mann_whitney(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided p-value of the Mann-Whitney U test (normal approximation, ties corrected)."""
+    n1, n2 = len(x), len(y)
+    if n1 < 2 or n2 < 2:
+        return 1.0
+    both = np.concatenate([x, y])
+    order = np.argsort(both, kind="mergesort")
+    ranks = np.empty(len(both))
+    sorted_vals = both[order]
+    # average ranks of ties: first and last position of each distinct value
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_vals)) + 1]
+    ends = np.r_[starts[1:], len(both)]
+    avg = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(avg, ends - starts)
+    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2
+    ties = (ends - starts).astype(np.float64)
+    n = n1 + n2
+    var = n1 * n2 / 12.0 * ((n + 1) - (ties**3 - ties).sum() / (n * (n - 1)))
+    if var <= 0:
+        return 1.0
+    z = (abs(u - n1 * n2 / 2.0) - 0.5) / math.sqrt(var)  # with continuity correction
+    return float(math.erfc(max(z, 0.0) / math.sqrt(2)))
+
+
+def median_ratio(
+    x: np.ndarray, y: np.ndarray, rng, rounds: int = BOOTSTRAP
+) -> tuple[float, float, float]:
+    """median(y) / median(x) and its bootstrap 95 % interval (percentile method)."""
+    mx, my = float(np.median(x)), float(np.median(y))
+    if mx <= 0:
+        return (1.0, 1.0, 1.0) if my <= 0 else (math.inf, math.inf, math.inf)
+    bx = np.median(rng.choice(x, (rounds, len(x))), axis=1)
+    by = np.median(rng.choice(y, (rounds, len(y))), axis=1)
+    r = by / np.where(bx > 0, bx, np.nan)
+    lo, hi = np.nanquantile(r, [0.025, 0.975])
+    return my / mx, float(lo), float(hi)
+
+
+def holm(p: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given)."""
+    m = len(p)
+    order = np.argsort(p)
+    adj = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):  # per phase, a few dozen
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adj[i] = running
+    return adj.tolist()
+
+
+def render_text(cmp: Comparison) -> str:
+    out = [f"provenance differs (forced): {p}" for p in cmp.problems]
+    out.append(
+        f"{'q':>3} {'op':<6}{'phase':<18}{'base us':>10}{'cand us':>10}{'ratio':>8}{'95% CI':>16}{'p adj':>10}  verdict"
+    )
+    for r in cmp.table.iter_rows(named=True):
+        out.append(f"{r['queue'] if r['queue'] is not None else '?':>3} {r['op']:<6}{r['phase']:<18}"
+                   f"{r['median_base_us']:>10.2f}{r['median_cand_us']:>10.2f}{r['ratio']:>8.3f}"
+                   f"{r['ci_low']:>8.3f}..{r['ci_high']:<6.3f}{r['p_adj']:>10.2g}  {r['verdict']}")  # fmt: skip
+    out.append(_outcome(cmp))
+    return "\n".join(out) + "\n"
+
+
+def render_markdown(cmp: Comparison) -> str:
+    head = "| queue | op | phase | baseline µs | candidate µs | ratio | 95 % CI | p (adj.) | verdict |\n|---|---|---|---|---|---|---|---|---|\n"
+    rows = "".join(
+        f"| {r['queue']} | {r['op']} | {r['phase']} | {r['median_base_us']:.2f} | {r['median_cand_us']:.2f} | "
+        f"{r['ratio']:.3f} | {r['ci_low']:.3f}–{r['ci_high']:.3f} | {r['p_adj']:.2g} | "
+        f"{'**' + r['verdict'] + '**' if r['verdict'] != 'ok' else 'ok'} |\n"
+        for r in cmp.table.iter_rows(named=True)
+    )
+    return head + rows + "\n" + _outcome(cmp) + "\n"
+
+
+def _outcome(cmp: Comparison) -> str:
+    reg, imp = cmp.regressed, cmp.improved
+    name = lambda df: ", ".join(
+        f"{r['op']} q{r['queue']} {r['phase']} ({(r['ratio'] - 1) * 100:+.1f} %)"
+        for r in df.iter_rows(named=True)
+    )  # noqa: E731
+    if len(reg):
+        return f"REGRESSION in {len(reg)} phase(s): {name(reg)}" + (
+            f"; improved: {name(imp)}" if len(imp) else ""
+        )
+    return "PASS" + (f"; improved: {name(imp)}" if len(imp) else "")
+
+
+def to_json(cmp: Comparison) -> dict:
+    return {"outcome": "regression" if len(cmp.regressed) else "pass", "provenance_problems": cmp.problems,
+            "phases": cmp.table.to_dicts()}  # fmt: skip
