@@ -239,17 +239,19 @@ def render_markdown(cmp: Comparison) -> str:
     return head + rows + "\n" + _outcome(cmp) + "\n"
 
 
-def _outcome(cmp: Comparison) -> str:
-    reg, imp = cmp.regressed, cmp.improved
-    name = lambda df: ", ".join(
+def _names(df: pl.DataFrame) -> str:
+    return ", ".join(
         f"{r['op']} q{r['queue']} {r['phase']} ({(r['ratio'] - 1) * 100:+.1f} %)"
         for r in df.iter_rows(named=True)
-    )  # noqa: E731
+    )
+
+
+def _outcome(cmp: Comparison) -> str:
+    reg, imp = cmp.regressed, cmp.improved
+    also = f"; improved: {_names(imp)}" if len(imp) else ""
     if len(reg):
-        return f"REGRESSION in {len(reg)} phase(s): {name(reg)}" + (
-            f"; improved: {name(imp)}" if len(imp) else ""
-        )
-    return "PASS" + (f"; improved: {name(imp)}" if len(imp) else "")
+        return f"REGRESSION in {len(reg)} phase(s): {_names(reg)}{also}"
+    return "PASS" + also
 
 
 def to_json(cmp: Comparison) -> dict:
