@@ -46,10 +46,9 @@ from __future__ import annotations
 
 import polars as pl
 
+from xvtrace.parsers.schema_version import SCHEMA_VERSION  # noqa: F401  (re-exported)
 from xvtrace.parsers.trace_events import TraceEvents
 from xvtrace.parsers.xen_events import EVENT_NAMES as XEN_EVENT_NAMES
-
-SCHEMA_VERSION = 2
 
 SOURCES = ("xentrace", "qemu", "ioreq", "virtqueue", "pcap", "emulator", "ftrace")
 SourceEnum = pl.Enum(SOURCES)

@@ -12,7 +12,7 @@ import subprocess
 import polars as pl
 import pytest
 from helpers import ARM64, ARM_KHZ, X86_KHZ, X86_PV
-from xenalyze_output import parse_dump, parse_summary
+from xenalyze_output import assert_runstates_match, our_runstates, parse_dump, parse_summary
 
 from xvtrace import api
 from xvtrace.parsers.xentrace import decode_file, write_frame
@@ -28,24 +28,6 @@ def xenalyze_text(exe, path, *opts) -> str:
         [exe, *opts, str(path)], capture_output=True, text=True, check=True, timeout=300
     )
     return proc.stdout
-
-
-def our_runstates(summary) -> dict:
-    rs = summary.sections["runstates"]
-    ours = {}
-    for (dom, vcpu, state), grp in rs.group_by("dom", "vcpu", "state"):
-        ours[(dom, vcpu, state)] = (int(grp["count"].sum()), grp["total_ns"].sum() / 1e9)
-    for r in rs.filter(pl.col("entered_by").is_not_null()).iter_rows(named=True):
-        ours[(r["dom"], r["vcpu"], r["entered_by"])] = (r["count"], r["total_ns"] / 1e9)
-    return ours
-
-
-def assert_runstates_match(theirs, ours):
-    assert theirs.runstates, "xenalyze printed no runstates"
-    for key, (count, secs) in theirs.runstates.items():
-        assert key in ours, f"xenalyze has {key}, xvtrace does not"
-        assert ours[key][0] == count, (key, ours[key], count)
-        assert ours[key][1] == pytest.approx(secs, abs=0.0051), (key, ours[key], secs)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import polars as pl
+import pytest
+
 
 @dataclass
 class XenalyzeSummary:
@@ -68,3 +71,21 @@ def parse_dump(text: str) -> list[tuple[int, int, int, str]]:
             ns = int(m.group(1)) * 1_000_000_000 + int(m.group(2))
             rows.append((ns, int(m.group(3)), int(m.group(4)), m.group(5)))
     return rows
+
+
+def our_runstates(summary) -> dict:
+    rs = summary.sections["runstates"]
+    ours = {}
+    for (dom, vcpu, state), grp in rs.group_by("dom", "vcpu", "state"):
+        ours[(dom, vcpu, state)] = (int(grp["count"].sum()), grp["total_ns"].sum() / 1e9)
+    for r in rs.filter(pl.col("entered_by").is_not_null()).iter_rows(named=True):
+        ours[(r["dom"], r["vcpu"], r["entered_by"])] = (r["count"], r["total_ns"] / 1e9)
+    return ours
+
+
+def assert_runstates_match(theirs, ours):
+    assert theirs.runstates, "xenalyze printed no runstates"
+    for key, (count, secs) in theirs.runstates.items():
+        assert key in ours, f"xenalyze has {key}, xvtrace does not"
+        assert ours[key][0] == count, (key, ours[key], count)
+        assert ours[key][1] == pytest.approx(secs, abs=0.0051), (key, ours[key], secs)

@@ -18,12 +18,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from xvtrace import __version__
-from xvtrace.parsers.schema import SCHEMA_VERSION
+from xvtrace.parsers.schema_version import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    import polars as pl
 
 MANIFEST = "manifest.json"
 EVENTS = "events.parquet"
@@ -72,6 +73,8 @@ class Bundle:
         return self.manifest.get("host", {}).get("cpu_khz")
 
     def events(self) -> pl.LazyFrame:
+        import polars as pl  # on use: a capture writes bundles without the analysis stack
+
         """The canonical event table, lazily scanned (predicates and columns push down)."""
         epath = self.path / EVENTS
         if not epath.is_file():

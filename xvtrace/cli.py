@@ -404,128 +404,6 @@ def export_perfetto_cmd(source, output):
     click.echo(f"{output}: {n} trace events")
 
 
-@cli.command("capture")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="New bundle directory to write (must not exist or be empty).",
-)
-@click.option(
-    "--duration",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Stop after S seconds. Default: when every traced VM exits, or Ctrl-C.",
-)
-@click.option(
-    "--qmp",
-    "qmp",
-    multiple=True,
-    type=click.Path(exists=True, path_type=Path),
-    help="A QEMU QMP unix socket (repeatable): trace its virtio/ioreq events and "
-    "poll its virtqueues.",
-)
-@click.option(
-    "--iface",
-    "ifaces",
-    multiple=True,
-    help="Sniff this host interface to pcap (repeatable; needs root).",
-)
-@click.option(
-    "--dump-netdev",
-    "netdevs",
-    multiple=True,
-    help="Dump this QEMU -netdev id to pcap through QMP filter-dump (repeatable).",
-)
-@click.option(
-    "--xentrace/--no-xentrace", default=None, help="Run xentrace. Default: when this is a Xen dom0."
-)
-@click.option("--xentrace-mask", default="all", show_default=True, help="xentrace -e event mask.")
-@click.option("--block-trace/--no-block-trace", default=None,
-              help="Record dom0's block layer (tracefs block_rq_insert/issue/complete on the TSC): "
-              "the per-request view of backends that log nothing (blkback, vhost-user, Argo). "
-              "Default: with xentrace.")  # fmt: skip
-@click.option("--tracefs", type=click.Path(file_okay=False, path_type=Path),
-              help="tracefs mount (default: /sys/kernel/tracing).")  # fmt: skip
-@click.option(
-    "--trace",
-    "patterns",
-    multiple=True,
-    help="QEMU trace-event pattern to enable (repeatable). Default: virtio_*, "
-    "virtqueue_*, handle_ioreq*, cpu_ioreq_*, xen_map_cache*, xen_remap_bucket.",
-)
-@click.option(
-    "--cont",
-    "resume",
-    is_flag=True,
-    help="Resume VMs that are paused once tracing is set up (start QEMU with -S to "
-    "trace from the first instruction).",
-)
-@click.option(
-    "--dump-memory",
-    is_flag=True,
-    help="At the end, dump each still-running VM's memory (ELF core) so the virtqueue rings "
-    "can be decoded as the guest left them.",
-)
-@click.option(
-    "--ingest/--no-ingest",
-    default=True,
-    show_default=True,
-    help="Decode the bundle when the capture ends.",
-)
-@click.option(
-    "--progress/--no-progress",
-    default=None,
-    help="Show a status line (default: when stderr is a terminal).",
-)
-@_guard
-def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask, block_trace, tracefs,
-                patterns, resume, dump_memory, ingest, progress):  # fmt: skip
-    """Capture a live run into a new bundle: xentrace on a Xen dom0, QEMU trace events and
-    virtqueue state over QMP, packets.
-
-    Start QEMU with `-qmp unix:/path/sock,server=on,wait=off -msg timestamp=on` (the
-    timestamps cannot be turned on later), then run this. It stops after --duration, when
-    every traced VM exits, or on Ctrl-C / SIGTERM, with every file flushed; the manifest says
-    what was captured and what failed.
-    """
-    import signal
-
-    from xvtrace.capture import DEFAULT_PATTERNS, CaptureOptions, capture, default_status
-
-    stop = []
-
-    def on_signal(signum, frame):
-        stop.append(signum)
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    show = sys.stderr.isatty() if progress is None else progress
-    opts = CaptureOptions(
-        out=output, duration=duration, qmp=qmp, ifaces=ifaces, netdevs=netdevs,
-        xentrace=xentrace, xentrace_mask=xentrace_mask, block_trace=block_trace, tracefs=tracefs,
-        patterns=tuple(patterns) or DEFAULT_PATTERNS, resume=resume, dump_memory=dump_memory,
-    )  # fmt: skip
-    try:
-        manifest = capture(opts, status=default_status(show), stop_flag=lambda: bool(stop))
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        if show:
-            click.echo("", err=True)
-    cap = manifest["capture"]
-    click.echo(f"bundle: {output} (stopped: {cap['stop_reason']})")
-    for src in cap["sources"]:
-        state = "ok" if src.get("ok") else f"FAILED: {src.get('error')}"
-        click.echo(f"  {src['kind']}: {state}")
-        for w in src.get("warnings", []):
-            click.echo(f"    warning: {w}")
-    for name, size in cap["files"].items():
-        click.echo(f"  {name}: {size} bytes")
-    if ingest:
-        result = api.ingest(output, None)
-        click.echo(f"  events.parquet: {result.bundle.manifest['counts']['events']} events")
-
-
 @cli.command("emulate")
 @click.option(
     "-t",
@@ -864,6 +742,11 @@ def regress_cmd(baseline, candidate, threshold, alpha, force, as_json, as_markdo
         click.echo(regress.render_text(cmp), nl=False)
     if len(cmp.regressed):
         sys.exit(1)
+
+
+from xvtrace.capture.command import capture_cmd  # noqa: E402  (defined apart: no polars)
+
+cli.add_command(capture_cmd)
 
 
 def main() -> None:

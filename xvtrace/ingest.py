@@ -265,11 +265,16 @@ def ingest(
         manifest["definitions"] = defs.origin
     bundle = Bundle(bundle_dir, manifest)
     events = bundle.events()
-    vendor = hvm_vendor or infer_hvm_vendor(events)
+    known = (
+        manifest["host"].get("hvm_vendor")
+        if manifest["host"].get("hvm_vendor_source") == "xl dmesg"
+        else None
+    )
+    vendor = hvm_vendor or known or infer_hvm_vendor(events)
     if vendor:
         manifest["host"]["hvm_vendor"] = vendor
         manifest["host"]["hvm_vendor_source"] = (
-            "option" if hvm_vendor else "inferred from exit codes"
+            "option" if hvm_vendor else "xl dmesg" if known else "inferred from exit codes"
         )
     nrows = events.select(pl.len()).collect().item()
     manifest["counts"] = {

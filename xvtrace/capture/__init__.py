@@ -25,7 +25,6 @@ from pathlib import Path
 from xvtrace import __version__
 from xvtrace.bundle import RAW, new_manifest, write_manifest
 from xvtrace.capture.qmp import QMP, QMPError
-from xvtrace.parsers.trace_events import DEFAULT_FILE
 
 META = "meta"  # bundle/meta/: host facts captured alongside (xl info, QMP answers)
 TRACE_EVENTS_ALL = Path("/usr/share/qemu/trace-events-all")  # Debian qemu-system-common
@@ -96,7 +95,7 @@ class XentraceSource(Source):
         exe = shutil.which("xentrace")
         if not exe:
             return self.fail("xentrace not found (Debian: apt-get install xen-utils-4.17)")
-        for name in ("info", "list"):
+        for name in ("info", "list", "dmesg"):
             try:
                 out = subprocess.run(
                     ["xl", name], capture_output=True, text=True, timeout=30, check=True
@@ -106,10 +105,15 @@ class XentraceSource(Source):
                 continue
             (self.bundle / META / f"xl-{name}.txt").write_text(out)
             if name == "info":
-                self.facts = parse_xl_info(out)
+                self.facts.update(parse_xl_info(out))
+            elif name == "dmesg":  # the HVM exit-reason table: Xen says which one it enabled
+                vendor = hvm_vendor_from_dmesg(out)
+                if vendor:
+                    self.facts.update(hvm_vendor=vendor, hvm_vendor_source="xl dmesg")
         self.err = (self.bundle / META / "xentrace.stderr").open("wb")
         self.proc = subprocess.Popen(
-            [exe, "-D", "-e", self.mask, str(self.bundle / self.entry["file"])],
+            # -S: 256 pages of trace buffer per pCPU (the default loses records under I/O)
+            [exe, "-D", "-S", "256", "-e", self.mask, str(self.bundle / self.entry["file"])],
             stdout=subprocess.DEVNULL,
             stderr=self.err,
         )
@@ -129,6 +133,14 @@ class XentraceSource(Source):
                 self.entry["warnings"] = [*self.entry.get("warnings", []), "killed after 30 s"]
         if self.proc:
             self.err.close()
+
+
+def hvm_vendor_from_dmesg(text: str) -> str | None:
+    """ "HVM: SVM enabled" (AMD) or "HVM: VMX enabled" (Intel) from Xen's boot log."""
+    for vendor in ("svm", "vmx"):
+        if f"HVM: {vendor.upper()} enabled" in text:
+            return vendor
+    return None
 
 
 def parse_xl_info(text: str) -> dict:
@@ -495,6 +507,8 @@ def _keep_definitions(out: Path, patterns) -> None:
         src, text = TRACE_EVENTS_ALL, TRACE_EVENTS_ALL.read_text(errors="replace")
     else:
         from importlib import resources
+
+        from xvtrace.parsers.trace_events import DEFAULT_FILE
 
         src = Path(DEFAULT_FILE)
         text = resources.files("xvtrace.parsers").joinpath("data", DEFAULT_FILE).read_text()

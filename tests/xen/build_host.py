@@ -1,0 +1,209 @@
+"""Build and boot a real Xen 4.17 test host under QEMU TCG, from Debian packages only.
+
+    python tests/xen/build_host.py build            # cached in .cache/xenhost
+    python tests/xen/build_host.py run pv OUT_DIR   # boot, run the scenario, bundle in OUT_DIR
+
+The host: Debian's Xen hypervisor (multiboot, gunzipped) with Debian's 6.1 kernel as a PV
+dom0 whose root is a small busybox initramfs (the Xen kernel modules, 9p). Everything else
+dom0 runs comes from this machine's own root, shared read-only over virtio-9p: xl,
+xenstored, xentrace, Python and xvtrace itself, so nothing is copied and xvtrace runs in
+dom0 exactly as installed here. A second, writable 9p share brings the capture back.
+
+QEMU: -M q35 -accel tcg -cpu qemu64,+svm,+npt -smp 2 -m 3072 (nested SVM + NPT: Xen runs
+HVM guests too). Every wait is bounded; a failure says what (missing package, timeout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+CACHE = ROOT / ".cache" / "xenhost"
+GUEST = ROOT / ".cache" / "guest"  # tests/guest/build-guest.sh: Debian's kernel, unpacked
+XEN_GZ = Path("/boot/xen-4.17-amd64.gz")
+DOM0_MODULES = ("xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs", "xen-blkback",
+                "loop", "virtio_pci", "9pnet_virtio", "9p")  # fmt: skip
+GUEST_MODULES = ("xen-blkfront",)
+# qemu64 with SVM + NPT, for Xen's HVM guests (`-cpu max` crashes the PV dom0). It lacks
+# SSE4/AVX: dom0 runs `python -m xvtrace.capture`, which imports no polars
+CPU = "qemu64,+svm,+npt"
+APT = ("xen-utils-4.17", "qemu-system-x86", "busybox-static", "cpio")  # the hypervisor: unpacked
+
+
+class HostError(RuntimeError):
+    """The test host cannot be built or did not finish (the message says why)."""
+
+
+def ensure_packages() -> None:
+    missing = [p for p in APT if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode]
+    if missing:
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
+        subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+                       check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+
+
+def kernel_tree() -> tuple[Path, Path]:
+    """Debian's kernel image and its unpacked module tree (built by tests/guest)."""
+    if not (GUEST / "vmlinuz").exists():
+        subprocess.run(
+            ["sh", str(ROOT / "tests" / "guest" / "build-guest.sh"), str(GUEST)], check=True
+        )
+    (mods,) = (GUEST / "kpkg" / "root" / "lib" / "modules").iterdir()
+    return GUEST / "vmlinuz", mods
+
+
+def module_files(mods: Path, names) -> list[Path]:
+    """The .ko files of `names` and everything they depend on, dependencies first (read
+    from each module's .modinfo section: no depmod needed)."""
+    index = {p.name[:-3].replace("_", "-"): p for p in mods.rglob("*.ko")}
+    order: list[Path] = []
+
+    def add(name: str) -> None:
+        path = index.get(name.replace("_", "-"))
+        if path is None:
+            raise HostError(f"kernel module {name} not in {mods}")
+        if path in order:
+            return
+        with path.open("rb") as fh:
+            info = ELFFile(fh).get_section_by_name(".modinfo").data().split(b"\0")
+        deps = next((f[8:].decode() for f in info if f.startswith(b"depends=")), "")
+        for dep in filter(None, deps.split(",")):
+            add(dep)
+        order.append(path)
+
+    for n in names:
+        add(n)
+    return order
+
+
+def initramfs(out: Path, init: Path, modules: list[Path]) -> Path:
+    """A gzipped newc cpio of busybox, the modules (in load order) and `init`."""
+    root = out.with_suffix(".d")
+    shutil.rmtree(root, ignore_errors=True)
+    for d in ("bin", "lib/modules", "dev", "proc", "sys", "tmp", "host", "new"):
+        (root / d).mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    for i, m in enumerate(modules):
+        shutil.copy(m, root / "lib" / "modules" / f"{i:02d}-{m.name}")
+    shutil.copy(init, root / "init")
+    (root / "init").chmod(0o755)
+    out.write_bytes(gzip.compress(_cpio(root), compresslevel=1))
+    shutil.rmtree(root)
+    return out
+
+
+def _cpio(root: Path) -> bytes:
+    names = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
+    return subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=names,
+                          capture_output=True, check=True).stdout  # fmt: skip
+
+
+def hypervisor_image() -> Path:
+    """Debian's Xen image: installed, or downloaded and unpacked (never installed here, so
+    this machine's boot loader is left alone)."""
+    if XEN_GZ.exists():
+        return XEN_GZ
+    pkg = CACHE / "xenpkg"
+    found = list(pkg.glob("root/boot/xen-4.17-amd64.gz"))
+    if not found:
+        pkg.mkdir(parents=True, exist_ok=True)
+        try:
+            subprocess.run(["apt-get", "download", "xen-hypervisor-4.17-amd64"], cwd=pkg, check=True,
+                           capture_output=True, timeout=300)  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as e:
+            raise HostError(
+                f"cannot download xen-hypervisor-4.17-amd64 ({e}); apt-get update first?"
+            ) from e
+        (deb,) = pkg.glob("*.deb")
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(pkg / "root")], check=True)
+        found = list(pkg.glob("root/boot/xen-4.17-amd64.gz"))
+    if not found:
+        raise HostError(
+            f"no boot/xen-4.17-amd64.gz in the xen-hypervisor-4.17-amd64 package ({pkg})"
+        )
+    return found[0]
+
+
+def build() -> dict[str, Path]:
+    ensure_packages()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    kernel, mods = kernel_tree()
+    xen = CACHE / "xen-4.17-amd64"
+    if not xen.exists():  # QEMU's multiboot loader wants the ELF, not the gzip
+        xen.write_bytes(gzip.decompress(hypervisor_image().read_bytes()))
+    dom0 = initramfs(CACHE / "dom0.cpio.gz", HERE / "dom0-init", module_files(mods, DOM0_MODULES))
+    guest = initramfs(
+        CACHE / "guest.cpio.gz", HERE / "guest-init", module_files(mods, GUEST_MODULES)
+    )
+    return {"xen": xen, "kernel": kernel, "dom0": dom0, "guest": guest}
+
+
+def run(scenario: str, out: Path, *, timeout: float = 900) -> Path:
+    """Boot the host, run `scenario` in dom0 (tests/xen/dom0-run.sh), return the bundle."""
+    parts = build()
+    out.mkdir(parents=True, exist_ok=True)
+    console = out / "host-console.log"
+    dom0_args = (f"console=hvc0 earlyprintk=xen rdinit=/init xvt_repo={ROOT} xvt_scenario={scenario} "
+                 f"xvt_guest={parts['guest']} xvt_kernel={parts['kernel']}")  # fmt: skip
+    cmd = [
+        shutil.which("qemu-system-x86_64") or "qemu-system-x86_64",
+        "-M", "q35", "-accel", "tcg", "-cpu", CPU, "-smp", "2", "-m", "3072",
+        "-kernel", str(parts["xen"]),
+        "-append", "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1 noreboot",
+        "-initrd", f"{parts['kernel']} {dom0_args},{parts['dom0']}",
+        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on",
+        "-virtfs", f"local,path={out},mount_tag=out,security_model=none",
+        "-display", "none", "-serial", f"file:{console}", "-no-reboot",
+    ]  # fmt: skip
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise HostError(
+            f"the Xen host did not finish within {timeout:.0f} s; console: {console}"
+        ) from None
+    if proc.returncode:
+        raise HostError(f"qemu exited with {proc.returncode}: {err.decode()[-500:]}")
+    text = console.read_text(errors="replace") if console.exists() else ""
+    if "XVT-HOST done" not in text or not (out / scenario / "manifest.json").exists():
+        tail = "\n".join(text.splitlines()[-15:])
+        raise HostError(
+            f"dom0 did not complete the scenario ({time.monotonic() - t0:.0f} s); console tail:\n{tail}"
+        )
+    return out / scenario
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("build")
+    r = sub.add_parser("run")
+    r.add_argument("scenario", choices=["pv"])
+    r.add_argument("out", type=Path)
+    r.add_argument("--timeout", type=float, default=900)
+    args = ap.parse_args()
+    try:
+        if args.cmd == "build":
+            for k, v in build().items():
+                print(f"{k}: {v}")
+        else:
+            print(run(args.scenario, args.out.resolve(), timeout=args.timeout))
+    except HostError as e:
+        sys.exit(f"xen test host: {e}")
+
+
+if __name__ == "__main__":
+    main()
