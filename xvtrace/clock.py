@@ -1,9 +1,10 @@
 """Clock alignment between the hypervisor (xentrace TSC, through cpu_khz) and the device model
 (QEMU's log clock), from causally ordered pairs of events, not from the clocks themselves.
 
-For a virtio-mmio transport every guest kick is a trap the hypervisor records (a VMEXIT with
-an MMIO write to QueueNotify) and an IOREQ the device model records (handle_ioreq for that
-address) after it; and the vCPU re-enters (VMENTRY) only after the device model is done with
+For a virtio device served through IOREQs (virtio-mmio, or virtio-pci on an HVM guest) every
+guest kick is a trap the hypervisor records (a VMEXIT with an MMIO or port write to the
+queue-notify address: those of the IOREQs in which QEMU kicked a queue) and an IOREQ the
+device model records (handle_ioreq for that address) after it; and the vCPU re-enters (VMENTRY) only after the device model is done with
 that IOREQ (its last event before the next one). With D = device-model time - hypervisor
 time for the same instant:
 
@@ -34,7 +35,6 @@ import polars as pl
 
 from xvtrace.parsers.schema import timestamp_tick
 
-NOTIFY_OFFSET = 0x50  # virtio-mmio QueueNotify
 # what QEMU does inside a QueueNotify IOREQ before it completes it
 IOREQ_HANDLING = [
     "qemu.handle_ioreq", "qemu.virtio_mmio_write_offset", "qemu.virtio_queue_notify",
@@ -49,7 +49,9 @@ def notify_pairs(ev: pl.LazyFrame) -> pl.DataFrame | None:
     and handle_off, handle_ns, last_ns (device-model clock); None without both sides."""
     hv = (
         ev.filter(pl.col("source") == "xentrace")
-        .filter(pl.col("event").is_in(["hvm.vmexit", "hvm.mmio_write", "hvm.vmentry"]))
+        .filter(
+            pl.col("event").is_in(["hvm.vmexit", "hvm.mmio_write", "hvm.io_write", "hvm.vmentry"])
+        )
         .select("ts_ns", "cpu", "dom", "vcpu", "event", "addr", "src_offset")
         .collect()
         .sort("cpu", "src_offset")
@@ -59,33 +61,40 @@ def notify_pairs(ev: pl.LazyFrame) -> pl.DataFrame | None:
         .select("ts_ns", "event", "addr", "arg0", "src_offset")
         .collect()
         .sort("src_offset")
+        .with_columns(pl.col("event").eq("qemu.handle_ioreq").cum_sum().alias("io"))
     )
     if not len(hv) or not len(dm.filter(pl.col("event") == "qemu.handle_ioreq")):
         return None
-    # hypervisor: each notify trap = the exit before an mmio_write to QueueNotify, and the
-    # entry after it, per pCPU in record order
-    hv = hv.with_columns(
-        pl.col("ts_ns").shift(1).over("cpu").alias("exit_ns"),
-        pl.col("event").shift(1).over("cpu").alias("prev"),
-        pl.col("ts_ns").shift(-1).over("cpu").alias("entry_ns"),
-        pl.col("event").shift(-1).over("cpu").alias("next"),
+    # the queue-notify addresses: those of the IOREQs in whose handling QEMU kicked a queue
+    # (virtio-mmio QueueNotify, a virtio-pci notify BAR or port; no layout assumed)
+    kicked = dm.filter(pl.col("event") == "qemu.virtio_queue_notify")["io"].unique()
+    notify_addrs = (
+        dm.filter((pl.col("event") == "qemu.handle_ioreq") & pl.col("io").is_in(kicked.to_list()))[
+            "addr"
+        ]
+        .unique()
+        .to_list()
     )
+    # hypervisor: each notify trap = the MMIO or port write to such an address, the VM exit
+    # it came in with (the last before it on that pCPU: an NPF record may sit between) and
+    # the entry after it
+    hv = hv.with_columns(
+        pl.when(pl.col("event") == "hvm.vmexit").then(pl.col("ts_ns")).forward_fill().over("cpu").alias("exit_ns"),
+        pl.when(pl.col("event") == "hvm.vmentry").then(pl.col("ts_ns")).backward_fill().over("cpu").alias("entry_ns"),
+    )  # fmt: skip
     traps = hv.filter(
-        (pl.col("event") == "hvm.mmio_write") & (pl.col("addr") % 0x1000 == NOTIFY_OFFSET)
-        & (pl.col("prev") == "hvm.vmexit") & (pl.col("next") == "hvm.vmentry")
+        pl.col("event").is_in(["hvm.mmio_write", "hvm.io_write"]) & pl.col("addr").is_in(notify_addrs)
+        & pl.col("exit_ns").is_not_null() & pl.col("entry_ns").is_not_null()
     ).select("dom", "vcpu", "cpu", "exit_ns", "entry_ns")  # fmt: skip
     # device model: each notify IOREQ's span = its handle_ioreq .. the last event of its
     # synchronous handling (the queue kick QEMU processes before completing the IOREQ)
-    dm = dm.with_columns(pl.col("event").eq("qemu.handle_ioreq").cum_sum().alias("io"))
     last = (
         dm.filter(pl.col("event").is_in(IOREQ_HANDLING))
         .group_by("io")
         .agg(pl.col("ts_ns").max().alias("last_ns"))
     )
     spans = (
-        dm.filter(
-            (pl.col("event") == "qemu.handle_ioreq") & (pl.col("addr") % 0x1000 == NOTIFY_OFFSET)
-        )
+        dm.filter((pl.col("event") == "qemu.handle_ioreq") & pl.col("addr").is_in(notify_addrs))
         .join(last, on="io")
         .sort("src_offset")
         .select(

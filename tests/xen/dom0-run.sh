@@ -4,6 +4,7 @@
 #   dom0-run.sh REPO SCENARIO KERNEL GUEST_INITRAMFS
 REPO=$1 SCENARIO=$2 KERNEL=$3 GUEST=$4
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
+LOGS=""
 mkdir -p /var/run/xen /var/run/xenstored /var/lib/xen /var/lib/xenstored /var/log/xen/console /tmp/work/console
 xenstored --pid-file /var/run/xenstored.pid || { echo "XVT-HOST xenstored failed"; exit 1; }
 xen-init-dom0 >/dev/null || echo "XVT-HOST xen-init-dom0 failed"
@@ -30,8 +31,34 @@ on_poweroff = "destroy"
 on_crash = "destroy"
 CFG
   ;;
+hvm-virtio)
+  # an HVM guest whose virtio-blk-pci disk the qemu-xen device model serves over IOREQs
+  # (the VirtIO-GSOC HVM path), with the device model's trace events in a log
+  truncate -s 64M /tmp/work/vdisk.img
+  cat > /tmp/work/guest.cfg <<CFG
+name = "hvmguest"
+type = "hvm"
+kernel = "$KERNEL"
+ramdisk = "$REPO/.cache/guest/initramfs.cpio.gz"
+cmdline = "console=ttyS0 xen_nopv"
+memory = 256
+vcpus = 1
+xen_platform_pci = 0
+vga = "none"
+serial = "file:/tmp/work/console/guest-hvmguest.log"
+device_model_version = "qemu-xen"
+device_model_args_hvm = [ "-drive", "if=none,id=vd0,file=/tmp/work/vdisk.img,format=raw",
+  "-device", "virtio-blk-pci,drive=vd0", "-msg", "timestamp=on", "-D", "/tmp/work/qemu-dm.log",
+  "-trace", "virtio_*", "-trace", "virtqueue_*", "-trace", "handle_ioreq*", "-trace", "cpu_ioreq_*",
+  "-trace", "xen_map_cache*" ]
+on_poweroff = "destroy"
+on_crash = "destroy"
+CFG
+  LOGS="--log /tmp/work/qemu-dm.log"
+  ;;
 *) echo "XVT-HOST unknown scenario $SCENARIO"; exit 1 ;;
 esac
+NAME=$(sed -n 's/^name = "\(.*\)"/\1/p' /tmp/work/guest.cfg)
 
 # xvtrace in dom0, as installed on this machine (the repository's venv); the capture
 # command alone, which needs neither polars nor numpy (this CPU has no SSE4/AVX). The bundle
@@ -40,7 +67,7 @@ esac
 # every trace class but PV and shadow (dom0's own PV hypercalls, mostly page-table updates,
 # would be 90 % of the trace)
 "$REPO/.venv/bin/python" -m xvtrace.capture -o "/tmp/work/$SCENARIO" --xentrace --xentrace-mask 0x009ff000 \
-  --block-trace --duration 600 \
+  --block-trace --duration 600 $LOGS \
   --no-ingest --no-progress > /tmp/out/capture.log 2>&1 &
 CAP=$!
 sleep 5  # the capture's sources are up (xentrace, tracefs)
@@ -48,7 +75,7 @@ cp /tmp/work/guest.cfg /tmp/out/guest.cfg
 xl create /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
 echo "XVT-HOST guest started"
 i=0
-while xl list pvguest >/dev/null 2>&1 && [ $i -lt 300 ]; do sleep 1; i=$((i + 1)); done
+while xl list "$NAME" >/dev/null 2>&1 && [ $i -lt 600 ]; do sleep 1; i=$((i + 1)); done
 echo "XVT-HOST guest gone after ${i} s"
 kill -INT $CAP
 wait $CAP

@@ -377,6 +377,25 @@ class BlockTraceSource(Source):
             self.inst.rmdir()
 
 
+class FileSource(Source):
+    """A log another program writes (a device model libxl started with `-D FILE -trace ...`
+    in device_model_args): copied into raw/ when the capture stops."""
+
+    def __init__(self, bundle: Path, path: Path):
+        super().__init__("file", {"kind": "file", "path": str(path), "file": f"{RAW}/{path.name}"})
+        self.bundle, self.path = bundle, path
+
+    def start(self) -> None:
+        self.entry["ok"] = True
+        self.finished = True  # nothing to watch: the copy happens at the end
+
+    def stop(self) -> None:
+        if not self.path.is_file():
+            self.entry.update(ok=False, error=f"{self.path}: no such file when the capture stopped")
+            return
+        shutil.copyfile(self.path, self.bundle / self.entry["file"])
+
+
 def find_tracefs() -> Path | None:
     for p in (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing")):
         if (p / "instances").is_dir():
@@ -398,6 +417,7 @@ class CaptureOptions:
     xentrace_mask: str = "all"
     block_trace: bool | None = None  # dom0's block layer via tracefs; None: with xentrace
     tracefs: Path | None = None  # None: /sys/kernel/tracing (or debug/tracing)
+    logs: tuple[Path, ...] = ()  # trace logs other programs write, copied in at the end
     patterns: tuple[str, ...] = DEFAULT_PATTERNS
     resume: bool = False
     dump_memory: bool = False
@@ -417,7 +437,7 @@ def capture(
         raise CaptureError(f"{out}: exists and is not empty; choose a new bundle directory")
     use_xentrace = is_dom0() if opts.xentrace is None else opts.xentrace
     use_blocks = use_xentrace if opts.block_trace is None else opts.block_trace
-    if not (use_xentrace or use_blocks or opts.qmp or opts.ifaces):
+    if not (use_xentrace or use_blocks or opts.qmp or opts.ifaces or opts.logs):
         raise CaptureError(
             "nothing to capture: not a Xen dom0 (no xentrace), and no --qmp or --iface given"
         )
@@ -438,6 +458,7 @@ def capture(
         for i, s in enumerate(opts.qmp)
     ]
     sources += [IfaceSource(out, i) for i in opts.ifaces]
+    sources += [FileSource(out, Path(p)) for p in opts.logs]
 
     manifest = new_manifest()
     manifest["host"].update(
@@ -468,7 +489,7 @@ def capture(
             if qemus and all(s.finished for s in qemus):
                 reason = "every traced VM exited"
                 break
-            if all(s.finished for s in sources):
+            if all(s.finished for s in sources if not isinstance(s, FileSource)):
                 reason = "every source stopped"
                 break
             time.sleep(opts.interval)

@@ -77,6 +77,10 @@ def guard(fn):
               help="Record dom0's block layer (tracefs block_rq_insert/issue/complete on the TSC): "
               "the per-request view of backends that log nothing (blkback, vhost-user, Argo). "
               "Default: with xentrace.")  # fmt: skip
+@click.option("--log", "logs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A trace log another program writes, e.g. the device model libxl starts with "
+              "device_model_args = ['-D', FILE, '-trace', 'virtio_*', ...]: copied in when the capture "
+              "stops (repeatable).")  # fmt: skip
 @click.option("--tracefs", type=click.Path(file_okay=False, path_type=Path),
               help="tracefs mount (default: /sys/kernel/tracing).")  # fmt: skip
 @click.option(
@@ -111,7 +115,7 @@ def guard(fn):
     help="Show a status line (default: when stderr is a terminal).",
 )
 @guard
-def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask, block_trace, tracefs,
+def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask, block_trace, logs, tracefs,
                 patterns, resume, dump_memory, ingest, progress):  # fmt: skip
     """Capture a live run into a new bundle: xentrace on a Xen dom0, QEMU trace events and
     virtqueue state over QMP, packets.
@@ -134,7 +138,7 @@ def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask,
     show = sys.stderr.isatty() if progress is None else progress
     opts = CaptureOptions(
         out=output, duration=duration, qmp=qmp, ifaces=ifaces, netdevs=netdevs,
-        xentrace=xentrace, xentrace_mask=xentrace_mask, block_trace=block_trace, tracefs=tracefs,
+        xentrace=xentrace, xentrace_mask=xentrace_mask, block_trace=block_trace, tracefs=tracefs, logs=logs,
         patterns=tuple(patterns) or DEFAULT_PATTERNS, resume=resume, dump_memory=dump_memory,
     )  # fmt: skip
     try:
