@@ -77,7 +77,7 @@ cp /tmp/work/guest.cfg /tmp/out/guest.cfg
 xl create /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
 echo "XVT-HOST guest started"
 i=0
-while xl list "$NAME" >/dev/null 2>&1 && [ $i -lt 600 ]; do sleep 1; i=$((i + 1)); done
+while xl list "$NAME" >/dev/null 2>&1 && [ $i -lt 480 ]; do sleep 5; i=$((i + 5)); done
 echo "XVT-HOST guest gone after ${i} s"
 kill -INT $CAP
 wait $CAP
