@@ -20,6 +20,7 @@ STORED = {
     "qemu-q35-virtio-pci": FIXTURES / "qemu" / "q35-virtio-pci" / "trace.log",
     "qemu-live-q35-pci": FIXTURES / "qemu" / "live-q35-pci",
     "qemu-live-microvm-mmio": FIXTURES / "qemu" / "live-microvm-mmio",
+    "xen-pv-blkfront": FIXTURES / "xen" / "pv-blkfront",
     **{f"emulated-{t}": FIXTURES / "emulated" / t for t in NAMES},
 }
 

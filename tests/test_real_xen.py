@@ -88,3 +88,20 @@ def test_real_trace_summary_matches_xenalyze(pv, xenalyze):
     assert vol == dict(theirs.volume.items())
     assert_runstates_match(theirs, our_runstates(ours))
     assert ours.sections["totals"]["span_ns"][0] / 1e9 == pytest.approx(theirs.total_s, abs=0.0051)
+
+
+def test_block_layer_requests_feed_timeline_replay_and_regress(pv):
+    from xvtrace import regress, replaying, timeline
+    from xvtrace.replay.transports import get
+
+    _, _, res = pv
+    req = timeline.build(res.bundle)
+    # a PV guest's event-channel sends also serve its timers and console: the kicks cannot be
+    # matched, so the requests are dom0's block layer's, each with its device time
+    assert res.bundle.manifest["timeline"]["view"].startswith("dom0 block layer only")
+    assert len(req) >= 144 and req["complete"].all() and (req["io_ns"] > 0).all()
+    result = replaying.replay_bundle(res.bundle, [get("pv-blkif"), get("epam-mmio")])
+    assert len(result.stream) == len(req) and result.summary["p50_us"].min() > 0
+    summary = regress.summarize(res.bundle)
+    cmp = regress.compare(summary, summary)
+    assert "device I/O" in set(cmp.table["phase"]) and not len(cmp.regressed)

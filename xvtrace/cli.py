@@ -302,8 +302,9 @@ def timeline_cmd(source, as_json):
 
     bundle = api.load(source)
     req = timeline.build(bundle)
-    us = [("kick_to_pop_ns", "kick->pop"), ("service_ns", "pop->fill"), ("io_ns", "device I/O"),
-          ("fill_to_notify_ns", "fill->irq")]  # fmt: skip
+    us = [(c, n) for c, n in (("kick_to_pop_ns", "kick->pop"), ("service_ns", "pop->fill"),
+                               ("io_ns", "device I/O"), ("fill_to_notify_ns", "fill->irq"))
+          if c in req.columns]  # fmt: skip
     table = (
         req.group_by("dev", "queue", "op")
         .agg(pl.len().alias("requests"), (~pl.col("complete")).sum().alias("incomplete"),

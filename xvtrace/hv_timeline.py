@@ -177,6 +177,47 @@ def hypervisor_requests(ev: pl.LazyFrame, *, lost_after: int | None = None) -> p
     )  # fmt: skip
 
 
+BLOCK_VIEW = "block"  # requests.parquet `view`: dom0's block layer alone (no kicks matched)
+
+
+def block_requests(ev: pl.LazyFrame) -> pl.DataFrame | None:
+    """Requests as dom0's block layer alone sees them, when the guest's kicks cannot be
+    matched (a PV guest's event-channel sends also serve its timers and console): each
+    block_rq_issue with its completion (same sector, same occurrence). Only the device
+    phase is known; the issue and the completion stand in for pop and fill."""
+    blk = (
+        ev.filter(pl.col("event").is_in(["block.rq_insert", "block.rq_issue", "block.rq_complete"]))
+        .select("ts_ns", "event", "dev", "addr", "size", "arg0", "src_file", "src_offset")
+        .collect()
+        .sort("ts_ns", "src_offset")
+        .with_columns(pl.int_range(pl.len()).over("event", "dev", "addr").alias("nth"))
+    )
+    if not len(blk.filter(pl.col("event") == "block.rq_issue")):
+        return None
+    key = ["dev", "addr", "nth"]
+
+    def times(event: str, name: str) -> pl.DataFrame:
+        return blk.filter(pl.col("event") == event).select(*key, pl.col("ts_ns").alias(name))
+
+    req = (
+        blk.filter(pl.col("event") == "block.rq_issue")
+        .join(times("block.rq_complete", "io_done_ns"), on=key, how="left")
+        .join(times("block.rq_insert", "submit_ns"), on=key, how="left")
+        .sort("ts_ns")
+    )
+    return req.select(
+        pl.int_range(pl.len()).alias("request"), "src_file", "dev", pl.lit(0, pl.UInt16).alias("queue"),
+        pl.when(pl.col("arg0") == 1).then(pl.lit("write")).otherwise(pl.lit("read")).alias("op"),
+        pl.col("size").cast(pl.UInt64).alias("bytes"), pl.col("addr").alias("sector"),
+        pl.col("ts_ns").alias("pop_ns"), "submit_ns", pl.col("ts_ns").alias("handle_ns"), "io_done_ns",
+        pl.col("io_done_ns").alias("fill_ns"), (pl.col("io_done_ns") - pl.col("ts_ns")).alias("io_ns"),
+        pl.col("io_done_ns").is_not_null().alias("complete"),
+        pl.when(pl.col("io_done_ns").is_null()).then(pl.lit("no completion (in flight at the end, or lost)"))
+        .otherwise(pl.lit(None, dtype=pl.String)).alias("reason"),
+        pl.lit(BLOCK_VIEW).alias("view"),
+    )  # fmt: skip
+
+
 def first_loss(ev: pl.LazyFrame) -> int | None:
     """The earliest time a record may be missing: for each LOST_RECORDS, the previous record
     of its pCPU (the lost ones lie between); for dom0's ftrace, its first line (it does not

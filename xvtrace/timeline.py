@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from xvtrace.clock import align_device_model, evtchn_pairs, notify_pairs, to_device_model
-from xvtrace.hv_timeline import first_loss, hypervisor_requests
+from xvtrace.hv_timeline import block_requests, first_loss, hypervisor_requests
 
 REQUESTS = "requests.parquet"
 DM_VIEW = "device-model"  # requests.parquet `view` of rows from QEMU's trace events
@@ -164,8 +164,13 @@ def build(bundle) -> pl.DataFrame:
             )
     else:  # a backend that logs nothing per request: the hypervisor's and dom0's records
         hv = hypervisor_requests(ev, lost_after=first_loss(ev) if _ftrace_intact(bundle) else 0)
-        if hv is not None:
+        if hv is not None and hv["complete"].any():
             req, view = hv, "hypervisor (xentrace) + dom0 block layer (ftrace)"
+        elif (blk := block_requests(ev)) is not None:
+            req, view = (
+                blk,
+                "dom0 block layer only (ftrace): the guest's kicks could not be matched",
+            )
     with atomic_path(bundle.path / REQUESTS) as tmp:
         req.write_parquet(tmp)
     reasons = req.filter(~pl.col("complete")).group_by("reason").len()
