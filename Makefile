@@ -1,6 +1,7 @@
 # Two entry points on a fresh Debian machine (run as root, or with sudo for apt):
 #   make demo   installs xvtrace, emulates every virtio-on-Xen transport on one block
-#               workload, decodes the bundles and prints them side by side
+#               workload, decodes the bundles and prints them side by side, then
+#               reconstructs the EPAM run's requests and replays them on every transport
 #   make test   installs everything the tests use (incl. xenalyze) and runs them
 PYTHON ?= python3
 VENV ?= .venv
@@ -36,6 +37,8 @@ demo: install
 	$(BIN)/xvtrace emulate --transport all --workload $(DEMO_WORKLOAD) --requests $(DEMO_REQUESTS) -o demo-run
 	$(BIN)/xvtrace summary demo-run/epam-mmio
 	$(BIN)/xvtrace dump demo-run/epam-mmio -n 12
+	$(BIN)/xvtrace timeline demo-run/epam-mmio
+	$(BIN)/xvtrace replay demo-run/epam-mmio --transport all
 
 test: apt install
 	$(BIN)/ruff check .
