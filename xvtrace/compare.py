@@ -12,11 +12,10 @@ import json
 from html import escape
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from xvtrace.bundle import Bundle, BundleError
-from xvtrace.html import COLORS, PAD, H, W, legend, scale, svg_figure
+from xvtrace.html import PAD, W, cdf_lines, legend, stacked_bars, svg_figure
 from xvtrace.replay.transports.base import PHASES
 from xvtrace.replaying import REPLAY
 
@@ -97,37 +96,16 @@ def to_json(facts: dict) -> dict:
 def cdf_plot(req: pl.DataFrame) -> str:
     groups = sorted(req.partition_by("transport", as_dict=True).items())
     top = max(float(g["latency_ns"].quantile(0.999, "nearest")) for _, g in groups) / 1e3
-    body, names = [], []
-    for i, ((name,), g) in enumerate(groups):
-        v = np.sort(g["latency_ns"].to_numpy() / 1e3)
-        idx = np.unique(np.linspace(0, len(v) - 1, min(len(v), 400)).astype(int))
-        x = scale(np.minimum(v[idx], top), 0, top, PAD, W - 8)
-        y = scale((idx + 1) / len(v), 0, 1, H - PAD, 8)
-        pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(x, y, strict=True))
-        body.append(
-            f'<polyline fill="none" stroke="{COLORS[i % len(COLORS)]}" stroke-width="1.5" points="{pts}"/>'
-        )
-        names.append(name)
-    return svg_figure("".join(body) + legend(names), f"request latency CDF per transport (up to {top:.0f} us)",
+    series = [(name, g["latency_ns"].to_numpy() / 1e3) for (name,), g in groups]
+    return svg_figure(cdf_lines(series, top), f"request latency CDF per transport (up to {top:.0f} us)",
                       "us", "fraction")  # fmt: skip
 
 
 def phase_bars(facts: dict) -> str:
     rows = facts["transports"]
-    total = max(sum(r[f"{p}_us"] for p in PHASES) for r in rows) or 1.0
-    bar = min(24, (H - PAD - 24) / len(rows))
-    body = []
-    for i, r in enumerate(rows):
-        x, y = PAD, 30 + i * bar
-        for j, p in enumerate(PHASES):
-            w = r[f"{p}_us"] / total * (W - PAD - 120)
-            body.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{bar * 0.8:.1f}" '
-                        f'fill="{COLORS[j % len(COLORS)]}"><title>{escape(p)} {r[f"{p}_us"]:.1f} us</title></rect>')  # fmt: skip
-            x += w
-        body.append(
-            f'<text x="{x + 4:.1f}" y="{y + bar * 0.6:.1f}" font-size="10">{escape(r["transport"])}</text>'
-        )
-    return svg_figure("".join(body) + legend(list(PHASES)), f"mean time per phase (longest bar = {total:.1f} us)",
+    body, total = stacked_bars([r["transport"] for r in rows], [[r[f"{p}_us"] for p in PHASES] for r in rows],
+                               span=W - PAD - 120, bar_max=24, tips=list(PHASES))  # fmt: skip
+    return svg_figure(body + legend(list(PHASES)), f"mean time per phase (longest bar = {total:.1f} us)",
                       "us", "")  # fmt: skip
 
 

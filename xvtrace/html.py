@@ -49,14 +49,11 @@ def legend(names: list[str]) -> str:
     )
 
 
-def cdf_plot(req: pl.DataFrame) -> str:
-    groups = req.filter(pl.col("service_ns").is_not_null()).partition_by("dev", "op", as_dict=True)
-    if not groups:
-        return ""
-    top = max(float(g["service_ns"].quantile(0.999, "nearest")) for g in groups.values()) / 1e3
-    body, names = [], []
-    for i, ((dev, op), g) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
-        v = np.sort(g["service_ns"].to_numpy() / 1e3)
+def cdf_lines(series: list[tuple[str, np.ndarray]], top: float) -> str:
+    """One CDF polyline per (name, values in us) up to `top` us, with their legend."""
+    body = []
+    for i, (_, values) in enumerate(series):
+        v = np.sort(values)
         idx = np.unique(np.linspace(0, len(v) - 1, min(len(v), 400)).astype(int))  # per point drawn
         x = scale(np.minimum(v[idx], top), 0, top, PAD, W - 8)
         y = scale((idx + 1) / len(v), 0, 1, H - PAD, 8)
@@ -64,9 +61,39 @@ def cdf_plot(req: pl.DataFrame) -> str:
         body.append(
             f'<polyline fill="none" stroke="{COLORS[i % len(COLORS)]}" stroke-width="1.5" points="{pts}"/>'
         )
-        names.append(f"{dev} {op}")
+    return "".join(body) + legend([name for name, _ in series])
+
+
+def stacked_bars(labels: list[str], values: list[list[float]], *, span: float, bar_max: float,
+                 tips: list[str] | None = None) -> tuple[str, float]:  # fmt: skip
+    """One horizontal bar per label, stacked from its values (segment j in colour j, with a
+    hover title from `tips[j]` when given); returns the SVG body and the longest bar."""
+    total = max(sum(v) for v in values) or 1.0
+    bar = min(bar_max, (H - PAD - 24) / len(labels))
+    body = []
+    for i, (label, row) in enumerate(zip(labels, values, strict=True)):
+        x, y = PAD, 30 + i * bar
+        for j, v in enumerate(row):
+            w = v / total * span
+            tip = f"<title>{escape(tips[j])} {v:.1f} us</title></rect>" if tips else "/>"
+            body.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{bar * 0.8:.1f}" '
+                        f'fill="{COLORS[j % len(COLORS)]}"' + (">" + tip if tips else tip))  # fmt: skip
+            x += w
+        body.append(
+            f'<text x="{x + 4:.1f}" y="{y + bar * 0.6:.1f}" font-size="10">{escape(label)}</text>'
+        )
+    return "".join(body), total
+
+
+def cdf_plot(req: pl.DataFrame) -> str:
+    groups = req.filter(pl.col("service_ns").is_not_null()).partition_by("dev", "op", as_dict=True)
+    if not groups:
+        return ""
+    top = max(float(g["service_ns"].quantile(0.999, "nearest")) for g in groups.values()) / 1e3
+    series = [(f"{dev} {op}", g["service_ns"].to_numpy() / 1e3)
+              for (dev, op), g in sorted(groups.items(), key=lambda kv: str(kv[0]))]  # fmt: skip
     return svg_figure(
-        "".join(body) + legend(names),
+        cdf_lines(series, top),
         f"pop -> fill latency CDF (up to {top:.0f} us)",
         "us",
         "fraction",
@@ -82,23 +109,10 @@ def phase_bars(req: pl.DataFrame) -> str:
         [float(((g[b] - g[a]).drop_nulls().mean() or 0) / 1e3) for _, a, b in segs]
         for _, g in groups
     ]
-    total = max(sum(m) for m in means) or 1.0
-    body = []
-    bar = min(28, (H - PAD - 24) / len(groups))
-    for i, ((dev, op), m) in enumerate(zip([k for k, _ in groups], means, strict=True)):
-        x = PAD
-        y = 30 + i * bar
-        for j, v in enumerate(m):
-            w = v / total * (W - PAD - 16)
-            body.append(
-                f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{bar * 0.8:.1f}" fill="{COLORS[j % len(COLORS)]}"/>'
-            )
-            x += w
-        body.append(
-            f'<text x="{x + 4:.1f}" y="{y + bar * 0.6:.1f}" font-size="10">{escape(f"{dev} {op}")}</text>'
-        )
+    body, total = stacked_bars([f"{dev} {op}" for (dev, op), _ in groups], means,
+                               span=W - PAD - 16, bar_max=28)  # fmt: skip
     return svg_figure(
-        "".join(body) + legend([n for n, _, _ in segs]),
+        body + legend([n for n, _, _ in segs]),
         f"mean time per phase (bar = {total:.1f} us)",
         "us",
         "",
