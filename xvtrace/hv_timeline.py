@@ -70,45 +70,19 @@ def hypervisor_requests(ev: pl.LazyFrame, *, lost_after: int | None = None) -> p
     """One row per guest kick matched through dom0's block layer (see the module doc); None
     when the bundle has no block events or no kicks. `lost_after`: the time of the first
     lost record (see `first_loss`); every request with a step at or after it is flagged."""
-    blk = (
-        ev.filter(pl.col("event").is_in(["block.rq_insert", "block.rq_issue", "block.rq_complete"]))
-        .select("ts_ns", "event", "dev", "addr", "size", "arg0", "src_file", "src_offset")
-        .collect()
-    )
+    blocks = block_pairs(ev)
     k = kicks(ev)
-    if not len(blk) or not len(k):
+    if blocks is None or not len(k):
         return None
-    issues = (
-        blk.filter(pl.col("event") == "block.rq_issue")
-        .sort("ts_ns", "src_offset")
-        .select(
-            pl.int_range(pl.len()).alias("k"), "dev", pl.col("addr").alias("sector"),
-            pl.col("size").cast(pl.UInt64).alias("bytes"),
-            pl.when(pl.col("arg0") == 1).then(pl.lit("write")).otherwise(pl.lit("read")).alias("op"),
-            pl.col("ts_ns").alias("handle_ns"), "src_file",
-        )
-    )  # fmt: skip
-    # the n-th issue of a sector completes as that sector's n-th completion
-    done = (
-        blk.filter(pl.col("event") == "block.rq_complete")
-        .sort("ts_ns", "src_offset")
-        .select("dev", pl.col("addr").alias("sector"), pl.col("ts_ns").alias("io_done_ns"))
-        .with_columns(pl.int_range(pl.len()).over("dev", "sector").alias("nth"))
-    )
-    # ... and was queued for the device (block_rq_insert) as that sector's n-th insert
-    queued = (
-        blk.filter(pl.col("event") == "block.rq_insert")
-        .sort("ts_ns", "src_offset")
-        .select("dev", pl.col("addr").alias("sector"), pl.col("ts_ns").alias("submit_ns"))
-        .with_columns(pl.int_range(pl.len()).over("dev", "sector").alias("nth"))
-    )
-    issues = issues.with_columns(pl.int_range(pl.len()).over("dev", "sector").alias("nth"))
     req = (
         k.sort("entry_ns", "exit_ns")
         .with_columns(pl.int_range(pl.len()).alias("k"))
-        .join(issues, on="k", how="full", coalesce=True)
-        .join(done, on=["dev", "sector", "nth"], how="left")
-        .join(queued, on=["dev", "sector", "nth"], how="left")
+        .join(
+            blocks.with_columns(pl.int_range(pl.len()).alias("k")),
+            on="k",
+            how="full",
+            coalesce=True,
+        )
     )
     responses = (
         ev.filter(
@@ -185,6 +159,24 @@ def block_requests(ev: pl.LazyFrame) -> pl.DataFrame | None:
     matched (a PV guest's event-channel sends also serve its timers and console): each
     block_rq_issue with its completion (same sector, same occurrence). Only the device
     phase is known; the issue and the completion stand in for pop and fill."""
+    req = block_pairs(ev)
+    if req is None:
+        return None
+    return req.select(
+        pl.int_range(pl.len()).alias("request"), "src_file", "dev", pl.lit(0, pl.UInt16).alias("queue"),
+        "op", "bytes", "sector", pl.col("handle_ns").alias("pop_ns"), "submit_ns", "handle_ns", "io_done_ns",
+        pl.col("io_done_ns").alias("fill_ns"), (pl.col("io_done_ns") - pl.col("handle_ns")).alias("io_ns"),
+        pl.col("io_done_ns").is_not_null().alias("complete"),
+        pl.when(pl.col("io_done_ns").is_null()).then(pl.lit("no completion (in flight at the end, or lost)"))
+        .otherwise(pl.lit(None, dtype=pl.String)).alias("reason"),
+        pl.lit(BLOCK_VIEW).alias("view"),
+    )  # fmt: skip
+
+
+def block_pairs(ev: pl.LazyFrame) -> pl.DataFrame | None:
+    """dom0's block requests in issue order: dev, sector, bytes, op, handle_ns (the issue),
+    submit_ns (block_rq_insert) and io_done_ns (block_rq_complete), src_file; the n-th issue
+    of a sector is that sector's n-th insert and n-th completion. None without issues."""
     blk = (
         ev.filter(pl.col("event").is_in(["block.rq_insert", "block.rq_issue", "block.rq_complete"]))
         .select("ts_ns", "event", "dev", "addr", "size", "arg0", "src_file", "src_offset")
@@ -192,29 +184,22 @@ def block_requests(ev: pl.LazyFrame) -> pl.DataFrame | None:
         .sort("ts_ns", "src_offset")
         .with_columns(pl.int_range(pl.len()).over("event", "dev", "addr").alias("nth"))
     )
-    if not len(blk.filter(pl.col("event") == "block.rq_issue")):
+    issues = blk.filter(pl.col("event") == "block.rq_issue")
+    if not len(issues):
         return None
     key = ["dev", "addr", "nth"]
 
     def times(event: str, name: str) -> pl.DataFrame:
         return blk.filter(pl.col("event") == event).select(*key, pl.col("ts_ns").alias(name))
 
-    req = (
-        blk.filter(pl.col("event") == "block.rq_issue")
-        .join(times("block.rq_complete", "io_done_ns"), on=key, how="left")
-        .join(times("block.rq_insert", "submit_ns"), on=key, how="left")
-        .sort("ts_ns")
-    )
-    return req.select(
-        pl.int_range(pl.len()).alias("request"), "src_file", "dev", pl.lit(0, pl.UInt16).alias("queue"),
-        pl.when(pl.col("arg0") == 1).then(pl.lit("write")).otherwise(pl.lit("read")).alias("op"),
-        pl.col("size").cast(pl.UInt64).alias("bytes"), pl.col("addr").alias("sector"),
-        pl.col("ts_ns").alias("pop_ns"), "submit_ns", pl.col("ts_ns").alias("handle_ns"), "io_done_ns",
-        pl.col("io_done_ns").alias("fill_ns"), (pl.col("io_done_ns") - pl.col("ts_ns")).alias("io_ns"),
-        pl.col("io_done_ns").is_not_null().alias("complete"),
-        pl.when(pl.col("io_done_ns").is_null()).then(pl.lit("no completion (in flight at the end, or lost)"))
-        .otherwise(pl.lit(None, dtype=pl.String)).alias("reason"),
-        pl.lit(BLOCK_VIEW).alias("view"),
+    return (
+        issues.join(times("block.rq_complete", "io_done_ns"), on=key, how="left", maintain_order="left")
+        .join(times("block.rq_insert", "submit_ns"), on=key, how="left", maintain_order="left")
+        .select(
+            "dev", pl.col("addr").alias("sector"), pl.col("size").cast(pl.UInt64).alias("bytes"),
+            pl.when(pl.col("arg0") == 1).then(pl.lit("write")).otherwise(pl.lit("read")).alias("op"),
+            pl.col("ts_ns").alias("handle_ns"), "submit_ns", "io_done_ns", "src_file",
+        )
     )  # fmt: skip
 
 
