@@ -14,15 +14,15 @@ operations until the simulated mean matches the measured one: the interval is th
 operations (linear in its factor) plus the queueing the engine simulates, so each round
 solves for the factor given the simulated queueing (damped). An interval that is mostly
 queueing (its operations under half of it) is not fitted: its costs would only absorb the
-queueing's noise; nor is a group whose factor has not settled after the rounds. A bootstrap of the
-measured intervals' batch means (neighbours queue alike, so they are not independent) and
-the spread of the simulation's replicas give each factor's 95 % interval; an interval with
-one end on each clock (hypervisor and device model) also carries the alignment's bounds.
+queueing's noise; nor is a group whose factor has not settled after the rounds. Standard
+errors from batch means of the measured and of the simulated intervals (neighbours queue
+alike, so they are not independent) give each factor's 95 % interval; an interval with one
+end on each clock (hypervisor and device model) also carries the alignment's bounds.
 
 A cost is constrained only when its operation lies between two anchors; the device's time is
-not fitted (replay takes it from the capture), the operations of one interval share one
-factor (their split within it stays the table's), and a cost key used by several operations
-takes the fit of the first.
+not fitted (replay takes it from the capture), and the operations of one interval share one
+factor (their split within it stays the table's). Intervals whose operations share a cost
+key are fitted together, since a key is one number in the table.
 """
 
 from __future__ import annotations
@@ -156,8 +156,7 @@ def fit(
                 sim = [_stamp(phase, _at(sc, a0), _at(sc, a1), tk) for sc in runs]
                 sims.append(np.concatenate(sim))
                 total += np.mean([x.mean() for x in sim])
-                ops += np.mean([(sc.end[:, list(span_ops)] - sc.start[:, list(span_ops)]).sum(axis=1).mean()
-                                for sc in runs])  # fmt: skip
+                ops += np.mean([_work(sc, span_ops) for sc in runs])
             measured = sum(spans[i][2].mean() for i in members[gi])
             stats[gi] = (total, ops, sims)
             # the intervals are the ops (linear in the factor) plus the simulated queueing
@@ -193,8 +192,12 @@ def _share(sched, span) -> float:
     """The part of a simulated interval its operations take (the rest is queueing)."""
     _, ops, _, (a0, a1), _ = span
     total = (_at(sched, a1) - _at(sched, a0)).mean()
-    work = (sched.end[:, list(ops)] - sched.start[:, list(ops)]).sum(axis=1).mean()
-    return float(work / total) if total > 0 else 0.0
+    return float(_work(sched, ops) / total) if total > 0 else 0.0
+
+
+def _work(sched, ops) -> float:
+    """Mean time per request the operations `ops` ran (not queued) in a schedule."""
+    return float((sched.end[:, list(ops)] - sched.start[:, list(ops)]).sum(axis=1).mean())
 
 
 def _merge(spans, path) -> list[Group]:
