@@ -27,7 +27,7 @@ key are fitted together, since a key is one number in the table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
@@ -246,9 +246,7 @@ def _stamp(phase: np.ndarray, t0: np.ndarray, t1: np.ndarray, ticks) -> np.ndarr
 
 def _block_sample(stream: Stream) -> Stream:
     """The stream's block requests (the first SAMPLE), jobs and depth kept."""
-    m = np.flatnonzero(np.isin(stream.op, ("read", "write")))[:SAMPLE]
-    return replace(stream, op=stream.op[m], nbytes=stream.nbytes[m], pages=stream.pages[m],
-                   job=stream.job[m], device_ns=stream.device_ns[m], arrival_ns=stream.arrival_ns[m])  # fmt: skip
+    return stream.take(np.flatnonzero(np.isin(stream.op, ("read", "write")))[:SAMPLE])
 
 
 def fitted_costs(

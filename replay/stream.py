@@ -19,7 +19,7 @@ emulator records in the manifest) is used when known.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -52,6 +52,11 @@ class Stream:
     @property
     def write(self) -> np.ndarray:
         return np.isin(self.op, ("write", "tx"))
+
+    def take(self, rows) -> Stream:
+        """The requests at `rows` (a slice or row numbers), depth and jobs kept."""
+        return replace(self, op=self.op[rows], nbytes=self.nbytes[rows], pages=self.pages[rows],
+                       job=self.job[rows], device_ns=self.device_ns[rows], arrival_ns=self.arrival_ns[rows])  # fmt: skip
 
 
 def in_flight_depth(start: np.ndarray, end: np.ndarray) -> int:

@@ -77,6 +77,15 @@ def load_requests(bundle: Bundle) -> pl.DataFrame:
     return pl.read_parquet(path)
 
 
+def bundle_stream(bundle: Bundle, req: pl.DataFrame, source: str | None, costs, *,
+                  iodepth: int | None = None, njobs: int | None = None) -> Stream:  # fmt: skip
+    """The request stream of a bundle's requests: the workload's depth and jobs from the
+    arguments, else the manifest (replay.stream explains why the capture cannot say)."""
+    w = workload_of(bundle)
+    return from_requests(req, source=get(source) if source else None, costs=costs,
+                         iodepth=iodepth or w.get("iodepth"), njobs=njobs or w.get("numjobs"))  # fmt: skip
+
+
 def replay_bundle(
     bundle: Bundle,
     transports: list[Transport],
@@ -93,9 +102,7 @@ def replay_bundle(
     table = cost_table.load(costs_file)
     costs = cost_table.costs_for(table, profile)
     src = source or source_transport(bundle)
-    w = workload_of(bundle)
-    stream = from_requests(load_requests(bundle), source=get(src) if src else None, costs=costs,
-                           iodepth=iodepth or w.get("iodepth"), njobs=njobs or w.get("numjobs"))  # fmt: skip
+    stream = bundle_stream(bundle, load_requests(bundle), src, costs, iodepth=iodepth, njobs=njobs)
     frames, rows = [], []
     for i, t in enumerate(transports):  # per transport, each run vectorized
         if progress:
@@ -148,10 +155,8 @@ def emit_bundles(
 def saturation_iops(stream: Stream, t: Transport, costs, seed: int) -> float:
     """Requests per second with every job keeping SATURATION_DEPTH requests in flight."""
     n = min(len(stream), SATURATION_SAMPLE)
-    sub = Stream(*(a[:n] for a in (stream.op, stream.nbytes, stream.pages, stream.job,
-                                   stream.device_ns, stream.arrival_ns)),
-                 iodepth=max(stream.iodepth, SATURATION_DEPTH), njobs=stream.njobs)  # fmt: skip
-    sub = replace(sub, njobs=int(sub.job.max()) + 1)
+    sub = stream.take(slice(0, n))
+    sub = replace(sub, iodepth=max(stream.iodepth, SATURATION_DEPTH), njobs=int(sub.job.max()) + 1)
     df = replay(sub, t, costs, seed=seed)
     return n / (float(df["done_ns"].max()) / 1e9)
 
@@ -194,10 +199,7 @@ def calibrate_bundle(
     clock = (bundle.manifest.get("timeline") or {}).get("device_model_clock") or {}
     half = (clock["upper_ns"] - clock["lower_ns"]) / 2 if clock else 0.0
     req = load_requests(bundle)
-    w = workload_of(bundle)
-    stream = from_requests(
-        req, source=t, costs=costs, iodepth=w.get("iodepth"), njobs=w.get("numjobs")
-    )
+    stream = bundle_stream(bundle, req, src, costs)
     groups = calibrate.fit(req, stream, t, costs, seed=seed, clock_halfwidth_ns=half)
     return src, profile, calibrate.fitted_costs(groups, t, costs)
 
