@@ -26,7 +26,6 @@ from xvtrace.replay.transports.base import RESOURCES, Op
 
 RES_INDEX = {r: i for i, r in enumerate(RESOURCES)}
 NONE = RES_INDEX["none"]
-NONE_RES = NONE  # (a global the kernel reads as a constant)
 VCPU = RES_INDEX["vcpu"]
 DEVICE = RES_INDEX["device"]
 
@@ -263,7 +262,7 @@ def _simulate(
                 busy[rid] += 1
             start[r, step] = now
             end[r, step] = now + dur[r, step]
-            if pr == NONE_RES:  # a notification path delivers in order: no overtaking
+            if pr == NONE:  # a notification path delivers in order: no overtaking
                 p = path_of[r]
                 if end[r, step] <= line_end[p, step]:  # held back: 1 ns behind, in order
                     end[r, step] = line_end[p, step] + 1.0

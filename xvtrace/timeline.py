@@ -179,7 +179,7 @@ def build(bundle) -> pl.DataFrame:
         "requests": len(req),
         "complete": int(req["complete"].sum()),
         "incomplete": {r: int(n) for r, n in reasons.iter_rows()},
-        "packet_clock": align_packets(req, bundle.events()),
+        "packet_clock": align_packets(req, ev),
         "device_model_clock": dm_clock,
     }
     write_manifest(bundle.path, bundle.manifest)
