@@ -49,13 +49,13 @@ class Regress:
 
         baseline = Path(baseline)
         cand = candidate if isinstance(candidate, dict) else regress.load(candidate)
-        if self.update or not baseline.exists():
-            if not self.update:
-                pytest.fail(
-                    f"{baseline}: no baseline; run pytest --xvtrace-update-baselines to write it"
-                )
+        if self.update:
             regress.write(cand, baseline)
             return None
+        if not baseline.exists():
+            pytest.fail(
+                f"{baseline}: no baseline; run pytest --xvtrace-update-baselines to write it"
+            )
         t = threshold_pct if threshold_pct is not None else self.threshold_pct
         cmp = regress.compare(regress.load(baseline), cand, force=force,
                               threshold_pct=regress.THRESHOLD_PCT if t is None else t)  # fmt: skip
