@@ -47,6 +47,11 @@ cpu_ioreq_move                 -      -      addr       size
 cpu_ioreq_config_read          -      -      reg        size
 cpu_ioreq_config_write         -      -      reg        size
 xen_map_cache                  -      -      phys_addr  -
+ide_exec_cmd                   state  -      -          -
+ide_dma_cb                     s      -      sector_num n*512
+ide_ioport_read                -      -      addr       -
+ide_ioport_write               -      -      addr       -
+dma_blk_io                     -      -      offset     -
 xen_map_cache_return           -      -      ptr        -
 """
 

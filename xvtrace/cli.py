@@ -325,6 +325,24 @@ def timeline_cmd(source, as_json):
             f"device-model clock = hypervisor + {c['offset_ns']} ns{_drift(c)} (bounds {c['lower_ns'] - c['offset_ns']:+d}"
             f"..{c['upper_ns'] - c['offset_ns']:+d} ns, {c['pairs']} causal pairs)"
         )
+        if not c["consistent"]:
+            click.echo(
+                f"  warning: no clock line fits every causal pair (they contradict each other by"
+                f" {c['lower_ns'] - c['upper_ns']} ns): trap times on the device model's clock are approximate"
+            )
+        if c.get("queue_processing") == "deferred":
+            click.echo(
+                "  QEMU completes each kick's IOREQ before it processes the queue (ioeventfd):"
+                " kick->pop includes the main loop's wake-up"
+            )
+    if j := clocks.get("ioreq_join"):
+        from xvtrace.ioreq_join import IOREQS
+
+        click.echo(
+            f"IOREQs: {j['joined']} of {j['ioreqs']} joined with their VM exit and entry"
+            f" ({j['ioreqs_without_trap']} without a trap, {j['traps_without_ioreq']} traps at the"
+            f" device model's addresses without an IOREQ) -> {bundle.path / IOREQS}"
+        )
     if clocks.get("packet_clock"):
         c = clocks["packet_clock"]
         click.echo(

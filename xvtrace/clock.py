@@ -35,18 +35,24 @@ import polars as pl
 
 from xvtrace.parsers.schema import timestamp_tick
 
-# what QEMU does inside a QueueNotify IOREQ before it completes it
+# what QEMU does inside a QueueNotify IOREQ before it completes it, when it processes the
+# queue in the notify write itself (virtio-mmio under Xen: no ioeventfd)
 IOREQ_HANDLING = [
     "qemu.handle_ioreq", "qemu.virtio_mmio_write_offset", "qemu.virtio_queue_notify",
     "qemu.virtqueue_alloc_element", "qemu.virtqueue_pop", "qemu.virtio_blk_handle_read",
     "qemu.virtio_blk_handle_write", "qemu.xen_map_cache", "qemu.xen_map_cache_return",
 ]  # fmt: skip
+# ... and when it only signals the queue's host notifier (virtio-pci: QEMU's memory core
+# emulates ioeventfd, so the pop runs later from the main loop, after the vCPU re-entered;
+# seen on Xen 4.17 with qemu-xen 7.2): only the IOREQ's first record is sure to come before
+# its completion
+IOREQ_FIRST = ["qemu.handle_ioreq"]
 
 
-def notify_pairs(ev: pl.LazyFrame) -> pl.DataFrame | None:
+def notify_pairs(ev: pl.LazyFrame, handling=IOREQ_HANDLING) -> pl.DataFrame | None:
     """Each QueueNotify trap with its IOREQ: dom, vcpu, cpu (the pCPU), exit_ns, entry_ns
-    (hypervisor clock)
-    and handle_off, handle_ns, last_ns (device-model clock); None without both sides."""
+    (hypervisor clock) and handle_off, handle_ns, last_ns (device-model clock: the last of
+    the IOREQ's `handling` events); None without both sides."""
     hv = (
         ev.filter(pl.col("source") == "xentrace")
         .filter(
@@ -89,7 +95,7 @@ def notify_pairs(ev: pl.LazyFrame) -> pl.DataFrame | None:
     # device model: each notify IOREQ's span = its handle_ioreq .. the last event of its
     # synchronous handling (the queue kick QEMU processes before completing the IOREQ)
     last = (
-        dm.filter(pl.col("event").is_in(IOREQ_HANDLING))
+        dm.filter(pl.col("event").is_in(handling))
         .group_by("io")
         .agg(pl.col("ts_ns").max().alias("last_ns"))
     )
@@ -198,7 +204,7 @@ def evtchn_pairs(ev: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame] | None:
 
 
 def align_device_model(
-    pairs: pl.DataFrame | None, lower: pl.DataFrame | None = None
+    pairs: pl.DataFrame | None, lower: pl.DataFrame | None = None, *, method: str | None = None
 ) -> dict | None:
     """The device model's clock against the hypervisor's, from `notify_pairs` (or, with
     `lower`, from `evtchn_pairs`): device-model time = hypervisor time + offset_ns +
@@ -223,7 +229,8 @@ def align_device_model(
         "MMIO QueueNotify traps (xentrace) before handle_ioreq (QEMU); VMENTRY after the IOREQ's last event"
         if ioreq else
         "event-channel kicks (VMCALL, xentrace) before virtio_queue_notify (QEMU); virtio_notify (QEMU) before dom0's event_channel_op"
-    ) + "; widest-margin line"  # fmt: skip
+    ) if method is None else method  # fmt: skip
+    method += "; widest-margin line"
     return {
         "offset_ns": (lower_ns + upper_ns)
         // 2,  # add to a hypervisor time to get device-model time

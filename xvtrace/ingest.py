@@ -6,7 +6,9 @@ straight from the decoder into a parquet sink, so memory stays bounded whatever 
 
 from __future__ import annotations
 
+import gzip
 import json
+import lzma
 import os
 import queue
 import shutil
@@ -184,6 +186,29 @@ def place_raw(raw: Path, bundle_dir: Path) -> Path:
     return dest
 
 
+COMPRESSED = {".gz": gzip.open, ".xz": lzma.open}  # raw captures people store compressed
+
+
+def unpack(raw: Path) -> Path:
+    """A compressed capture's plain copy beside it (made once, streamed, atomically); any
+    other file as it is."""
+    opener = COMPRESSED.get(raw.suffix)
+    if opener is None:
+        return raw
+    dest = raw.with_suffix("")
+    if dest.exists():
+        return dest
+    tmp = dest.with_name(f".{dest.name}.part")
+    try:
+        with opener(raw) as fin, tmp.open("wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        tmp.unlink(missing_ok=True)
+        raise ParseError(str(raw), 0, f"cannot decompress ({raw.suffix[1:]}): {e}") from None
+    tmp.rename(dest)
+    return dest
+
+
 def ingest(
     src: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -218,7 +243,7 @@ def ingest(
     else:
         if src.stat().st_size == 0:
             raise ParseError(str(src), 0, "empty file")
-        if detect_format(src) is None:
+        if src.suffix not in COMPRESSED and detect_format(src) is None:
             with src.open("rb") as fh:
                 head = fh.read(SNIFF_BYTES)
             if head[:4] == xentrace.CPU_CHANGE_HEADER.to_bytes(4, "little"):
@@ -229,12 +254,16 @@ def ingest(
         raw_files = [place_raw(src, bundle_dir)]
         origins = {raw_files[0]: src}
 
+    raw_files = sorted({unpack(f) for f in raw_files})
     formats = {f: detect_format(f) if f.stat().st_size else None for f in raw_files}
     skipped_files = [f.name for f, fmt in formats.items() if fmt is None]
-    for name in skipped_files:
-        warn(
-            f"{bundle_dir / RAW / name}: not a recognised capture format ({FORMAT_NAMES}); skipped"
-        )
+    for f in raw_files:
+        if not f.stat().st_size:  # e.g. a block trace of a run that touched no block device
+            warn(f"{bundle_dir / RAW / f.name}: empty, nothing to decode")
+        elif formats[f] is None:
+            warn(
+                f"{bundle_dir / RAW / f.name}: not a recognised capture format ({FORMAT_NAMES}); skipped"
+            )
     defs = _definitions([f for f, fmt in formats.items() if fmt and fmt.role == "definitions"])
     decoders = _decoders(formats, defs, manifest, cpu_khz, chunk_bytes, warn, origins)
     if not decoders:

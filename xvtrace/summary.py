@@ -68,7 +68,7 @@ def runstates(ev: pl.LazyFrame) -> pl.DataFrame:
 
     The interval after a change is in the change's new state; intervals that span lost
     records are reported as state 'lost'. Runnable time is split by how it was entered:
-    'wake' (from blocked) and 'preempt' (from running), as xenalyze does.
+    'wake' (from blocked or offline) and 'preempt' (from running), as xenalyze does.
     """
     cpu_end = ev.group_by("cpu").agg(pl.col("ts_ns").max().alias("cpu_end"))
     # continue_running is a running->running change: it ends one running interval.
@@ -116,7 +116,9 @@ def runstates(ev: pl.LazyFrame) -> pl.DataFrame:
     sub = (
         pl.when(pl.col("new") == 1)
         .then(
-            pl.when(pl.col("old") == 2)
+            # from blocked, or offline: an HVM vCPU waiting for its IOREQ is paused
+            # (blocked in Xen), which the runstate shows as offline
+            pl.when(pl.col("old").is_in([2, 3]))
             .then(pl.lit("wake"))
             .when(pl.col("old") == 0)
             .then(pl.lit("preempt"))

@@ -17,8 +17,16 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from xvtrace.clock import align_device_model, evtchn_pairs, notify_pairs, to_device_model
+from xvtrace import ioreq_join
+from xvtrace.clock import (
+    IOREQ_FIRST,
+    align_device_model,
+    evtchn_pairs,
+    notify_pairs,
+    to_device_model,
+)
 from xvtrace.hv_timeline import block_requests, first_loss, hypervisor_requests
+from xvtrace.ide_timeline import ide_requests
 
 REQUESTS = "requests.parquet"
 DM_VIEW = "device-model"  # requests.parquet `view` of rows from QEMU's trace events
@@ -145,23 +153,29 @@ def build(bundle) -> pl.DataFrame:
 
     ev = bundle.events()
     req = qemu_requests(ev).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
-    dm_clock, view = None, "device model (QEMU trace events)"
+    dm_clock, view, ide = None, "device model (QEMU trace events)", None
     if len(req):
         lost = first_loss(ev)
-        pairs, lower = notify_pairs(ev), None
+        pairs, lower = _before(lost, notify_pairs(ev)), None
         if pairs is None:  # no IOREQs: an event-channel kick (gsoc-xenbus style)?
             found = evtchn_pairs(ev)
             pairs, lower = found if found else (None, None)
-        if pairs is not None and lost is not None:  # pairs are counted: a loss shifts them
-            pairs = pairs.filter(pl.col("entry_ns") < lost)
-            lower = lower.filter(pl.col("resp_ns") < lost) if lower is not None else None
+            pairs, lower = _before(lost, pairs), _before(lost, lower, "resp_ns")
         dm_clock = align_device_model(pairs, lower)
+        if dm_clock is not None and not dm_clock["consistent"] and lower is None:
+            # no line fits if QEMU processed the queue after completing the IOREQ (ioeventfd):
+            # align on the IOREQs' first records alone, then each pop follows its kick
+            deferred = _before(lost, notify_pairs(ev, IOREQ_FIRST))
+            if (alt := align_device_model(deferred)) is not None and alt["consistent"]:
+                pairs, dm_clock = deferred, alt | {"queue_processing": "deferred"}
         if dm_clock is not None:
             req = (
                 with_traps(req, pairs, dm_clock)
                 if lower is None
                 else with_kicks(req, pairs, dm_clock)
             )
+    elif (ide := ide_requests(ev)) is not None:  # an emulated IDE disk
+        req, view = ide, "device model (QEMU IDE trace events)"
     else:  # a backend that logs nothing per request: the hypervisor's and dom0's records
         hv = hypervisor_requests(ev, lost_after=first_loss(ev) if _ftrace_intact(bundle) else 0)
         if hv is not None and hv["complete"].any():
@@ -171,6 +185,10 @@ def build(bundle) -> pl.DataFrame:
                 blk,
                 "dom0 block layer only (ftrace): the guest's kicks could not be matched",
             )
+    ioreqs, fitted, joined = ioreq_join.build(bundle, ev, dm_clock)
+    dm_clock = dm_clock if fitted is None else fitted
+    if ide is not None and joined is not None:
+        req = ioreq_join.with_kick_traps(req, joined)
     with atomic_path(bundle.path / REQUESTS) as tmp:
         req.write_parquet(tmp)
     reasons = req.filter(~pl.col("complete")).group_by("reason").len()
@@ -181,9 +199,15 @@ def build(bundle) -> pl.DataFrame:
         "incomplete": {r: int(n) for r, n in reasons.iter_rows()},
         "packet_clock": align_packets(req, ev),
         "device_model_clock": dm_clock,
+        "ioreq_join": ioreqs,
     }
     write_manifest(bundle.path, bundle.manifest)
     return req
+
+
+def _before(lost: int | None, pairs: pl.DataFrame | None, col: str = "entry_ns"):
+    """The pairs before the first lost record: they are matched by count, which a loss shifts."""
+    return pairs if pairs is None or lost is None else pairs.filter(pl.col(col) < lost)
 
 
 def with_kicks(req: pl.DataFrame, pairs: pl.DataFrame, clock: dict) -> pl.DataFrame:
@@ -265,8 +289,11 @@ def with_traps(req: pl.DataFrame, pairs: pl.DataFrame, clock: dict) -> pl.DataFr
         spans, left_on="pop_off", right_on="handle_off", strategy="backward"
     )
     # only a pop inside the IOREQ's handling belongs to its trap (a later pop, e.g. after a
-    # device completion, was not kicked by it)
-    kicked = pl.col("trap_entry_ns").is_not_null() & (pl.col("pop_ns") <= pl.col("trap_entry_ns"))
+    # device completion, was not kicked by it); when QEMU defers the queue's processing past
+    # the IOREQ, each pop belongs to the last kick before it
+    kicked = pl.col("trap_entry_ns").is_not_null()
+    if clock.get("queue_processing") != "deferred":
+        kicked &= pl.col("pop_ns") <= pl.col("trap_entry_ns")
     return (
         out.with_columns(
             [

@@ -33,11 +33,15 @@ GUEST = ROOT / ".cache" / "guest"  # tests/guest/build-guest.sh: Debian's kernel
 XEN_GZ = Path("/boot/xen-4.17-amd64.gz")
 DOM0_MODULES = ("xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs", "xen-blkback",
                 "loop", "virtio_pci", "9pnet_virtio", "9p")  # fmt: skip
-GUEST_MODULES = ("xen-blkfront",)
+# PV (blkfront) and HVM (virtio-blk-pci, PIIX IDE) disks: the guest loads what it has
+GUEST_MODULES = ("xen-blkfront", "virtio_pci", "virtio_blk", "ata_piix", "sd_mod")
 # qemu64 with SVM + NPT, for Xen's HVM guests (`-cpu max` crashes the PV dom0). It lacks
 # SSE4/AVX: dom0 runs `python -m xvtrace.capture`, which imports no polars
 CPU = "qemu64,+svm,+npt"
 APT = ("xen-utils-4.17", "qemu-system-x86", "busybox-static", "cpio")  # the hypervisor: unpacked
+
+
+SCENARIOS = ("pv", "hvm-virtio", "hvm-ide")  # tests/xen/dom0-run.sh
 
 
 class HostError(RuntimeError):
@@ -191,7 +195,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("build")
     r = sub.add_parser("run")
-    r.add_argument("scenario", choices=["pv"])  # hvm-virtio: see dom0-run.sh
+    r.add_argument("scenario", choices=SCENARIOS)
     r.add_argument("out", type=Path)
     r.add_argument("--timeout", type=float, default=900)
     args = ap.parse_args()

@@ -4,7 +4,6 @@
 #   dom0-run.sh REPO SCENARIO KERNEL GUEST_INITRAMFS
 REPO=$1 SCENARIO=$2 KERNEL=$3 GUEST=$4
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
-LOGS=""
 mkdir -p /var/run/xen /var/run/xenstored /var/lib/xen /var/lib/xenstored /var/log/xen/console /tmp/work/console
 xenstored --pid-file /var/run/xenstored.pid || { echo "XVT-HOST xenstored failed"; exit 1; }
 xen-init-dom0 >/dev/null || echo "XVT-HOST xen-init-dom0 failed"
@@ -12,12 +11,37 @@ xenconsoled --log=guest --log-dir=/tmp/work/console &
 xl info > /tmp/out/xl-info.txt 2>&1
 echo "XVT-HOST xl info: $(grep -E '^(xen_version|cpu_mhz|virt_caps)' /tmp/out/xl-info.txt | tr -s ' ' | tr '\n' ';')"
 
-# the guest's disk: a loop device on tmpfs (blk-mq, so dom0's block layer traces each
-# request: block_rq_insert/issue/complete)
+# the guest's disk image, on tmpfs; a PV guest's is a loop device over it (blk-mq, so dom0's
+# block layer traces each request: block_rq_insert/issue/complete)
 truncate -s 64M /tmp/work/disk.img
-DISK=$(losetup -f --show /tmp/work/disk.img) || { echo "XVT-HOST losetup failed"; exit 1; }
+# HVM guests: Debian's kernel without PV drivers (xen_nopv, no platform device), so every
+# disk access is a trap to the qemu-xen device model over an IOREQ. They boot untraced (the
+# firmware loads the kernel through fw_cfg, millions of IOREQs) and wait for dom0's go,
+# written into their disk once the capture runs; the device model is traced through our own
+# QMP socket, and its log stamps with -msg timestamp=on.
+QMP=/tmp/work/dm-qmp.sock
+hvm_cfg() {  # hvm_cfg DEVICE_MODEL_ARGS...
+  cat > /tmp/work/guest.cfg <<CFG
+name = "hvmguest"
+type = "hvm"
+kernel = "$KERNEL"
+ramdisk = "$GUEST"
+cmdline = "console=ttyS0 xen_nopv xvt_wait"
+memory = 256
+vcpus = 1
+xen_platform_pci = 0
+vga = "none"
+serial = "file:/tmp/out/guest-serial.log"  # live on the out share, to watch a slow boot
+device_model_version = "qemu-xen"
+device_model_args_hvm = [ "-qmp", "unix:$QMP,server=on,wait=off", "-msg", "timestamp=on", $1 ]
+on_poweroff = "destroy"
+on_crash = "destroy"
+CFG
+}
+TRACE=""
 case $SCENARIO in
 pv)
+  DISK=$(losetup -f --show /tmp/work/disk.img) || { echo "XVT-HOST losetup failed"; exit 1; }
   cat > /tmp/work/guest.cfg <<CFG
 name = "pvguest"
 type = "pv"
@@ -32,55 +56,66 @@ on_crash = "destroy"
 CFG
   ;;
 hvm-virtio)
-  # WORK IN PROGRESS (not offered by build_host.py yet): an HVM guest whose virtio-blk-pci
-  # disk the qemu-xen device model serves over IOREQs (the VirtIO-GSOC HVM path), with the
-  # device model's trace events in a log. In the first attempt the guest had not finished
-  # after 10 minutes; its serial log now goes straight to the out share to see why.
-  truncate -s 64M /tmp/work/vdisk.img
-  cat > /tmp/work/guest.cfg <<CFG
-name = "hvmguest"
-type = "hvm"
-kernel = "$KERNEL"
-ramdisk = "$REPO/.cache/guest/initramfs.cpio.gz"
-cmdline = "console=ttyS0 xen_nopv"
-memory = 256
-vcpus = 1
-xen_platform_pci = 0
-vga = "none"
-serial = "file:/tmp/out/hvmguest-serial.log"
-device_model_version = "qemu-xen"
-device_model_args_hvm = [ "-drive", "if=none,id=vd0,file=/tmp/work/vdisk.img,format=raw",
-  "-device", "virtio-blk-pci,drive=vd0", "-msg", "timestamp=on", "-D", "/tmp/work/qemu-dm.log",
-  "-trace", "virtio_*", "-trace", "virtqueue_*", "-trace", "handle_ioreq*", "-trace", "cpu_ioreq_*",
-  "-trace", "xen_map_cache*" ]
-on_poweroff = "destroy"
-on_crash = "destroy"
-CFG
-  LOGS="--log /tmp/work/qemu-dm.log"
+  # the VirtIO-GSOC HVM path: a virtio-blk-pci disk the device model serves over IOREQs
+  # (QEMU's default cache: see hvm-ide)
+  hvm_cfg '"-drive", "if=none,id=vd0,file=/tmp/work/disk.img,format=raw", "-device", "virtio-blk-pci,drive=vd0"'
+  TRACE="--trace virtio_* --trace virtqueue_* --trace handle_ioreq* --trace cpu_ioreq_* --trace xen_map_cache*"
+  ;;
+hvm-ide)
+  # an emulated IDE disk (PIIX, bus-master DMA). QEMU's default cache: with O_DIRECT
+  # (cache=none) every DMA fails, as the kernel cannot pin the foreign-mapped guest pages
+  # QEMU reads into, so dom0's block layer sees page-cache traffic, not the guest's
+  # requests; the device model's IDE events are the per-request record
+  hvm_cfg '"-drive", "if=none,id=hd0,file=/tmp/work/disk.img,format=raw", "-device", "ide-hd,drive=hd0,bus=ide.0,unit=0"'
+  TRACE="--trace ide_exec_cmd --trace ide_dma_cb --trace ide_ioport_* --trace ide_status_read --trace bmdma_cmd_writeb --trace dma_blk_io --trace dma_complete --trace handle_ioreq* --trace cpu_ioreq_*"
   ;;
 *) echo "XVT-HOST unknown scenario $SCENARIO"; exit 1 ;;
 esac
 NAME=$(sed -n 's/^name = "\(.*\)"/\1/p' /tmp/work/guest.cfg)
-
-# xvtrace in dom0, as installed on this machine (the repository's venv); the capture
-# command alone, which needs neither polars nor numpy (this CPU has no SSE4/AVX). The bundle
-# is written to tmpfs (xentrace writes straight from Xen's trace pages, which 9p cannot
-# take) and copied out at the end.
-# every trace class but PV and shadow (dom0's own PV hypercalls, mostly page-table updates,
-# would be 90 % of the trace)
-"$REPO/.venv/bin/python" -m xvtrace.capture -o "/tmp/work/$SCENARIO" --xentrace --xentrace-mask 0x009ff000 \
-  --block-trace --duration 600 $LOGS \
-  --no-ingest --no-progress > /tmp/out/capture.log 2>&1 &
-CAP=$!
-sleep 5  # the capture's sources are up (xentrace, tracefs)
 cp /tmp/work/guest.cfg /tmp/out/guest.cfg
-xl create /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
-echo "XVT-HOST guest started"
+capture() {  # xvtrace in dom0 as installed on this machine (its venv): the capture command
+  # alone, which needs neither polars nor numpy (this CPU has no SSE4/AVX). The bundle goes
+  # to tmpfs (xentrace writes straight from Xen's trace pages, which 9p cannot take) and is
+  # copied out at the end. Every trace class but PV and shadow (dom0's own PV hypercalls,
+  # mostly page-table updates, would be 90 % of the trace).
+  "$REPO/.venv/bin/python" -m xvtrace.capture -o "/tmp/work/$SCENARIO" --xentrace \
+    --xentrace-mask 0x009ff000 --block-trace --duration 600 "$@" \
+    --no-ingest --no-progress > /tmp/out/capture.log 2>&1 &
+  CAP=$!
+  sleep 5  # the capture's sources are up (xentrace, tracefs, QMP)
+}
+wait_for() {  # wait_for SECONDS COMMAND...: poll until COMMAND succeeds
+  t=$1; shift; i=0
+  while ! "$@" && [ $i -lt $t ]; do sleep 1; i=$((i + 1)); done
+  "$@"
+}
+case $SCENARIO in
+pv)
+  capture
+  xl create /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
+  echo "XVT-HOST guest started"
+  ;;
+hvm-*)
+  xl create /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
+  echo "XVT-HOST guest started"
+  if wait_for 600 grep -q "XVT-GUEST ready" /tmp/out/guest-serial.log; then
+    echo "XVT-HOST guest ready"
+    # shellcheck disable=SC2086
+    capture --qmp $QMP $TRACE
+    # into the image file's page cache, which QEMU reads
+    printf XVTGO | dd of=/tmp/work/disk.img conv=notrunc 2>/dev/null
+    echo "XVT-HOST go"
+  else
+    echo "XVT-HOST guest not ready after 600 s: $(tail -c 300 /tmp/out/guest-serial.log)"
+  fi
+  ;;
+esac
 i=0
 while xl list "$NAME" >/dev/null 2>&1 && [ $i -lt 480 ]; do sleep 5; i=$((i + 5)); done
 echo "XVT-HOST guest gone after ${i} s"
-kill -INT $CAP
+[ -n "$CAP" ] && kill -INT $CAP
 wait $CAP
 echo "XVT-HOST capture exit $?: $(tail -1 /tmp/out/capture.log)"
 xl dmesg > /tmp/out/xl-dmesg.txt 2>&1
+[ -f /tmp/out/guest-serial.log ] && cp /tmp/out/guest-serial.log /tmp/work/console/guest-hvmguest.log
 cp -r "/tmp/work/$SCENARIO" /tmp/work/console /tmp/out/ && echo "XVT-HOST bundle copied: $(du -sk "/tmp/work/$SCENARIO" | cut -f1) KiB"

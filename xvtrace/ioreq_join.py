@@ -1,0 +1,260 @@
+"""Each IOREQ the device model handled, joined with the hypervisor's trap for the same access.
+
+A guest access to an emulated MMIO page or IO port leaves two records of one event:
+- xentrace: the VM exit (for MMIO an NPF exit on SVM, an EPT violation on VMX), then
+  `hvm.mmio_read/write` (gpa, data) or `hvm.ioport_read/write` (port, data), then, once the
+  access is emulated, the vCPU's VM entry;
+- the device model: `handle_ioreq` (its ioreq_t: slot, type PIO or COPY, direction,
+  address, data) when it picks the request up.
+
+Xen emulates many accesses itself (local APIC, HPET, PIT, RTC, ACPI PM timer): only the
+addresses the device model ever handled can be matched, and a trap at such an address
+must have its IOREQ. Counting occurrences would break at the capture's edges (xentrace
+starts before the device model's trace events, and a few traps fall outside one or the
+other), so the join is in time: each IOREQ, placed on the hypervisor's clock with the
+device-model clock fit (`clock.align_device_model`), belongs to the last trap before it of
+the same vCPU, kind, direction and address, when it falls inside that trap's exit..entry
+window widened by the fit's bounds.
+
+The device model's ioreq slots are the vCPUs' entries of the shared ioreq page
+(ioreq_t vcpu_ioreq[vcpu]), so slot pointers sort in vCPU order.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+IOREQS = "ioreqs.parquet"
+TRAPS = ["hvm.mmio_read", "hvm.mmio_write", "hvm.ioport_read", "hvm.ioport_write"]
+
+
+def traps(ev: pl.LazyFrame) -> pl.DataFrame:
+    """The hypervisor's emulated accesses: dom, vcpu, cpu, kind (mmio, pio), dir (read,
+    write), addr, exit_ns, entry_ns, src_offset."""
+    hv = (
+        ev.filter(pl.col("source") == "xentrace")
+        .filter(pl.col("event").is_in(["hvm.vmexit", "hvm.vmentry", *TRAPS]))
+        .select("ts_ns", "cpu", "dom", "vcpu", "event", "addr", "src_offset")
+        .collect()
+        .sort("cpu", "src_offset")
+        .with_columns(
+            pl.when(pl.col("event") == "hvm.vmexit").then(pl.col("ts_ns")).forward_fill().over("cpu").alias("exit_ns"),
+            pl.when(pl.col("event") == "hvm.vmentry").then(pl.col("ts_ns")).backward_fill().over("cpu").alias("entry_ns"),
+        )
+    )  # fmt: skip
+    name = pl.col("event").cast(pl.Utf8)
+    return hv.filter(name.is_in(TRAPS) & pl.col("exit_ns").is_not_null()).select(
+        "dom", "vcpu", "cpu",
+        pl.when(name.str.contains("mmio")).then(pl.lit("mmio")).otherwise(pl.lit("pio")).alias("kind"),
+        pl.when(name.str.ends_with("write")).then(pl.lit("write")).otherwise(pl.lit("read")).alias("dir"),
+        "addr", "exit_ns", "entry_ns", "src_offset",
+    )  # fmt: skip
+
+
+def device_model_ioreqs(ev: pl.LazyFrame) -> pl.DataFrame:
+    """QEMU's handle_ioreq records: src_file, slot, vcpu (slot order), kind, dir, addr, data,
+    size, dm_ns, dm_off. Config-space IOREQs (type 2) and the mapcache's (8) have no trap."""
+    io = (
+        ev.filter(pl.col("event") == "qemu.handle_ioreq")
+        .select("ts_ns", "src_file", "src_offset", "addr", "size",
+                pl.col("arg0").alias("slot"), pl.col("arg1").alias("type"),
+                pl.col("arg2").alias("dir_bit"), pl.col("arg6").alias("data"))
+        .collect()
+    )  # fmt: skip
+    slots = io.select("src_file", "slot").unique().sort("src_file", "slot")
+    slots = slots.with_columns(pl.int_range(pl.len()).over("src_file").cast(pl.Int32).alias("vcpu"))
+    return (
+        io.filter(pl.col("type").is_in([0, 1]))
+        .join(slots, on=["src_file", "slot"])
+        .select(
+            "src_file", "slot", "vcpu",
+            pl.when(pl.col("type") == 1).then(pl.lit("mmio")).otherwise(pl.lit("pio")).alias("kind"),
+            pl.when(pl.col("dir_bit") == 1).then(pl.lit("read")).otherwise(pl.lit("write")).alias("dir"),
+            "addr", "data", "size", pl.col("ts_ns").alias("dm_ns"), pl.col("src_offset").alias("dm_off"),
+        )
+    )  # fmt: skip
+
+
+def join(ev: pl.LazyFrame, clock: dict) -> tuple[pl.DataFrame, dict | None]:
+    """(one row per device-model IOREQ with its trap's dom, cpu, exit_ns and entry_ns on the
+    device model's clock, or nulls; counts: ioreqs, joined, ioreqs without a trap, traps at
+    device-model addresses without an IOREQ), counts None without both sides."""
+    from xvtrace.clock import to_device_model
+
+    dm = device_model_ioreqs(ev)
+    hv = traps(ev)
+    if not len(dm) or not len(hv):
+        return dm.clear(), None
+    dom = hv.filter(pl.col("addr").is_in(dm["addr"].unique().to_list()))["dom"].mode()
+    hv = hv.filter(pl.col("dom") == (dom[0] if len(dom) else -1))  # the traced guest
+    key = ["vcpu", "kind", "dir", "addr"]
+    hv = hv.with_columns(
+        to_device_model(pl.col("exit_ns"), clock).alias("trap_exit_ns"),
+        to_device_model(pl.col("entry_ns"), clock).alias("trap_entry_ns"),
+        pl.col("src_offset").alias("trap_off"),
+    ).drop("exit_ns", "entry_ns", "src_offset")
+    slack_low = clock["offset_ns"] - clock["lower_ns"]  # how far off the clock may be
+    slack_up = clock["upper_ns"] - clock["offset_ns"]
+    res = clock.get("device_model_resolution_ns", 1) - 1  # a stamp truncated to its tick
+
+    # Both sides list the same accesses in the same order per key: number them, find for each
+    # IOREQ the last trap the clock allows it to follow, and take the most common index difference
+    # per key as that key's shift (the traps before the device model's trace began). Order,
+    # not nearest time, then pairs them, so windows that overlap within the clock's bounds
+    # cannot swap two neighbours; time only checks each pair.
+    hv = hv.sort("trap_exit_ns").with_columns(pl.int_range(pl.len()).over(key).alias("ti"))
+    dm = dm.sort("dm_ns", "dm_off").with_columns(pl.int_range(pl.len()).over(key).alias("di"))
+    nearest = (
+        dm.with_columns((pl.col("dm_ns") + res + slack_up).alias("_reach"))
+        .sort("_reach")
+        .join_asof(hv.select(*key, "trap_exit_ns", "ti"), left_on="_reach", right_on="trap_exit_ns",
+                   by=key, strategy="backward", check_sortedness=False)  # sorted per key group
+    )  # fmt: skip
+    shift = (
+        nearest.filter(pl.col("ti").is_not_null())
+        .group_by(key)
+        .agg((pl.col("ti") - pl.col("di")).mode().min().alias("shift"))
+    )
+    inside = (
+        (pl.col("dm_ns") + res >= pl.col("trap_exit_ns") - slack_up)
+        # no entry: the vCPU never came back (the guest's power-off write)
+        & (pl.col("dm_ns") <= pl.col("trap_entry_ns") + slack_low).fill_null(True)
+    )
+    joined = (
+        dm.join(shift, on=key, how="left")
+        .with_columns((pl.col("di") + pl.col("shift")).alias("ti"))
+        .join(hv, on=[*key, "ti"], how="left")
+        .with_columns(inside.fill_null(False).alias("joined"))
+        .drop("di", "ti", "shift")
+    )
+    trap_cols = ["dom", "cpu", "trap_exit_ns", "trap_entry_ns", "trap_off"]
+    joined = joined.with_columns(
+        [pl.when(pl.col("joined")).then(pl.col(c)).alias(c) for c in trap_cols]
+    ).sort("src_file", "dm_off")
+    # traps in the device model's trace window at its addresses, left without an IOREQ
+    lo, hi = dm["dm_ns"].min(), dm["dm_ns"].max()
+    window = hv.filter(
+        pl.col("addr").is_in(dm["addr"].unique().to_list())
+        & (pl.col("trap_entry_ns").fill_null(hi) >= lo)
+        & (pl.col("trap_exit_ns") <= hi)
+    )
+    used = joined.filter(pl.col("joined"))["trap_off"]
+    counts = {
+        "ioreqs": len(dm),
+        "joined": int(joined["joined"].sum()),
+        "ioreqs_without_trap": int((~joined["joined"]).sum()),
+        "traps_without_ioreq": int((~window["trap_off"].is_in(used.to_list())).sum()),
+        "method": "IOREQs and traps of each vCPU, kind, direction and address paired in order"
+        " (aligned where the IOREQ stamps fall), each inside its trap's exit..entry window"
+        " (clock bounds added)",
+    }
+    return joined, counts
+
+
+def sequence_pairs(ev: pl.LazyFrame, *, run: int = 400) -> pl.DataFrame | None:
+    """IOREQs paired with their traps by order, for a clock fit when no other pairs exist
+    (no virtio queue notify: an emulated disk, a device model that logs only IOREQs).
+
+    Per vCPU, the device model's IOREQs and the traps at the addresses it handles are the
+    same sequence of (kind, direction, address), except at the edges of the two traces: the
+    offset where the device model's first IOREQs reappear in the traps aligns them, and only
+    the run (up to `run` long) that agrees access for access from there is kept. Columns as
+    `clock.notify_pairs` (last_ns = handle_ns: only the IOREQ's first record is sure to come
+    before its completion). None when nothing aligns."""
+    import numpy as np
+
+    dm = device_model_ioreqs(ev)
+    if not len(dm):
+        return None
+    hv = traps(ev).filter(pl.col("addr").is_in(dm["addr"].unique().to_list()))
+    token = pl.concat_str("kind", "dir", pl.col("addr").cast(pl.Utf8)).hash()
+    out = []
+    for (vcpu,), d in dm.with_columns(token.alias("t")).sort("dm_off").group_by("vcpu"):
+        for _, h in (
+            hv.filter(pl.col("vcpu") == vcpu)
+            .with_columns(token.alias("t"))
+            .sort("exit_ns")
+            .group_by("dom")
+        ):
+            dt, ht = d["t"].to_numpy(), h["t"].to_numpy()
+            n = min(len(dt), len(ht), run)
+            if n == 0:
+                continue
+            # one vectorized comparison per candidate offset (traps before the device
+            # model's trace began), not per record; each run's length is where it first
+            # disagrees (argmin of the matches; 0 only when all match, as [0] always does)
+            starts = np.flatnonzero(ht[: len(ht) - n + 1] == dt[0])
+            best = max(
+                starts, key=lambda s: int((ht[s : s + n] == dt[:n]).argmin() or n), default=None
+            )
+            if best is None:
+                continue
+            same = ht[best : best + n] == dt[:n]
+            k = n if same.all() else int(same.argmin())
+            out.append(
+                pl.concat(
+                    [
+                        h.slice(int(best), k).select("dom", "vcpu", "cpu", "exit_ns", "entry_ns"),
+                        d.head(k).select(
+                            pl.col("dm_off").alias("handle_off"),
+                            pl.col("dm_ns").alias("handle_ns"),
+                            pl.col("dm_ns").alias("last_ns"),
+                        ),
+                    ],
+                    how="horizontal",
+                )
+            )
+    pairs = pl.concat(out).filter(pl.col("entry_ns").is_not_null()) if out else None
+    return pairs if pairs is not None and len(pairs) else None
+
+
+SEQUENCE_METHOD = (
+    "IOREQs (QEMU handle_ioreq) inside their traps' exit..entry (xentrace), paired in order"
+)
+
+
+def build(bundle, ev: pl.LazyFrame, clock: dict | None):
+    """Join the bundle's IOREQs with their traps and write ioreqs.parquet (atomically).
+    Returns (the join's counts, the clock used when it had to be fitted here, the joined
+    table), or Nones without IOREQs on both sides or any clock."""
+    from xvtrace.bundle import atomic_path
+    from xvtrace.clock import align_device_model
+
+    fitted = None
+    if clock is None or not clock["consistent"]:
+        fitted = align_device_model(sequence_pairs(ev), method=SEQUENCE_METHOD)
+        if fitted is None:
+            return None, None, None
+        clock = fitted
+    table, counts = join(ev, clock)
+    if counts is None:
+        return None, None, None
+    with atomic_path(bundle.path / IOREQS) as tmp:
+        table.write_parquet(tmp)
+    return counts, fitted, table
+
+
+def with_kick_traps(req: pl.DataFrame, joined: pl.DataFrame) -> pl.DataFrame:
+    """Each request's kick trap: the joined IOREQ in whose handling the device model logged
+    the request's kick (the last one at or before `kick_off` in its log)."""
+    traps_ = (
+        joined.filter(pl.col("joined"))
+        .select(
+            "src_file", "dm_off", "trap_exit_ns", "trap_entry_ns",
+            pl.col("dom").alias("trap_dom"), pl.col("vcpu").alias("trap_vcpu"), pl.col("cpu").alias("trap_cpu"),
+        )
+        .sort("dm_off")
+    )  # fmt: skip
+    return (
+        req.sort("kick_off", nulls_last=True)
+        .join_asof(
+            traps_,
+            left_on="kick_off",
+            right_on="dm_off",
+            by="src_file",
+            strategy="backward",
+            check_sortedness=False,
+        )
+        .drop("dm_off")
+        .sort("request")
+    )
