@@ -132,3 +132,33 @@ def test_a_folder_of_captures_ingests_like_a_bundle(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run("ingest", tmp_path / "empty")
     assert result.exit_code == 2 and "empty directory" in result.output
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".xz"])
+def test_compressed_captures_ingest_like_plain_ones(tmp_path, suffix):
+    import gzip
+    import lzma
+
+    from xvtrace import api
+
+    raw = X86_PV / "trace.bin"
+    plain = api.ingest(raw, tmp_path / "plain", cpu_khz=X86_KHZ, warn=lambda m: None)
+    packed = tmp_path / (raw.name + suffix)
+    packed.write_bytes((gzip if suffix == ".gz" else lzma).compress(GOOD))
+    res = api.ingest(packed, tmp_path / "packed", cpu_khz=X86_KHZ, warn=lambda m: None)
+    a = plain.bundle.events().drop("src_file").collect()
+    b = res.bundle.events().drop("src_file").collect()
+    assert len(a) > 1000 and a.equals(b)
+
+
+def test_a_truncated_compressed_capture_names_the_file(tmp_path):
+    import lzma
+
+    bad = tmp_path / "xentrace.bin.xz"
+    bad.write_bytes(lzma.compress(GOOD)[:2000])  # cut mid-stream
+    r = run("ingest", bad, "-o", tmp_path / "b")
+    assert (
+        r.exit_code == 2 and "xentrace.bin.xz" in r.output and "cannot decompress (xz)" in r.output
+    )
+    assert "Traceback" not in r.output
+    assert not list((tmp_path / "b" / "raw").glob(".*.part"))  # no half-written plain copy

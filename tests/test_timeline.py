@@ -294,3 +294,52 @@ def test_event_channel_kicks_align_the_device_model_too(tmp_path, offset):
         ("trap_entry_ns", "evtchn_send_end_ns"),
     ):
         assert np.abs(req[mine].to_numpy() - true - truth[theirs].to_numpy()).max() <= half, mine
+
+
+@pytest.mark.parametrize("transport", ["epam-mmio", "suse-grant-persistent"])
+@pytest.mark.parametrize("workload", ["randwrite-4k-qd32", "randrw-16k-qd8"])
+def test_every_emulated_ioreq_joins_its_own_trap(tmp_path, transport, workload):
+    """Three IOREQs per request (QueueNotify, InterruptStatus, InterruptACK), each with the
+    trap of the same access: on the hypervisor's clock, QEMU took it up between that trap's
+    exit and the vCPU's re-entry (the emulator's truth, as both clocks are known)."""
+    r = emulate(EmulateOptions(transport=transport, workload=workload, requests=300, seed=4,
+                               clock_offset_ns=-2_000_000, out=tmp_path / "b"))  # fmt: skip
+    bundle = api.ingest(r.bundle).bundle
+    timeline.build(bundle)
+    j = bundle.manifest["timeline"]["ioreq_join"]
+    assert j == j | {
+        "ioreqs": 900,
+        "joined": 900,
+        "ioreqs_without_trap": 0,
+        "traps_without_ioreq": 0,
+    }
+    io = pl.read_parquet(bundle.path / "ioreqs.parquet")
+    assert io["trap_off"].n_unique() == 900  # one trap each
+    # back on the hypervisor's true clock, each stamp lies inside its own trap (the log's
+    # microsecond truncation aside)
+    hv = io["dm_ns"] - (EPOCH_NS - 2_000_000)
+    c = bundle.manifest["timeline"]["device_model_clock"]
+    exit_hv = io["trap_exit_ns"] - c["offset_ns"]
+    entry_hv = io["trap_entry_ns"] - c["offset_ns"]
+    assert ((hv + 1_000 >= exit_hv) & (hv <= entry_hv)).all()
+
+
+def test_ioreq_order_aligns_the_clock_without_a_kick(tmp_path):
+    """The clock from IOREQs alone (what an emulated IDE disk has): the same offset as the
+    QueueNotify pairs give, within both fits' bounds."""
+    from xvtrace import ioreq_join
+    from xvtrace.clock import align_device_model, notify_pairs
+
+    r = emulate(EmulateOptions(transport="epam-mmio", workload="randread-4k-qd1", requests=300,
+                               seed=2, clock_offset_ns=55_000, out=tmp_path / "b"))  # fmt: skip
+    ev = api.ingest(r.bundle).bundle.events()
+    seq = align_device_model(ioreq_join.sequence_pairs(ev), method=ioreq_join.SEQUENCE_METHOD)
+    kick = align_device_model(notify_pairs(ev))
+    assert seq["consistent"] and seq["pairs"] >= 300
+    assert (
+        seq["lower_ns"] <= EPOCH_NS + 55_000 + 1_000
+        and seq["upper_ns"] >= EPOCH_NS + 55_000 - 1_000
+    )
+    assert abs(seq["offset_ns"] - kick["offset_ns"]) <= (seq["upper_ns"] - seq["lower_ns"]) + (
+        kick["upper_ns"] - kick["lower_ns"]
+    )

@@ -42,11 +42,6 @@ IOREQ_HANDLING = [
     "qemu.virtqueue_alloc_element", "qemu.virtqueue_pop", "qemu.virtio_blk_handle_read",
     "qemu.virtio_blk_handle_write", "qemu.xen_map_cache", "qemu.xen_map_cache_return",
 ]  # fmt: skip
-# ... and when it only signals the queue's host notifier (virtio-pci: QEMU's memory core
-# emulates ioeventfd, so the pop runs later from the main loop, after the vCPU re-entered;
-# seen on Xen 4.17 with qemu-xen 7.2): only the IOREQ's first record is sure to come before
-# its completion
-IOREQ_FIRST = ["qemu.handle_ioreq"]
 
 
 def notify_pairs(ev: pl.LazyFrame, handling=IOREQ_HANDLING) -> pl.DataFrame | None:

@@ -19,7 +19,6 @@ import polars as pl
 
 from xvtrace import ioreq_join
 from xvtrace.clock import (
-    IOREQ_FIRST,
     align_device_model,
     evtchn_pairs,
     notify_pairs,
@@ -30,6 +29,7 @@ from xvtrace.ide_timeline import ide_requests
 
 REQUESTS = "requests.parquet"
 DM_VIEW = "device-model"  # requests.parquet `view` of rows from QEMU's trace events
+DM_VIEW_NAME = "device model (QEMU trace events)"
 KEY = ["src_file", "dev", "queue", "addr"]
 
 
@@ -153,7 +153,7 @@ def build(bundle) -> pl.DataFrame:
 
     ev = bundle.events()
     req = qemu_requests(ev).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
-    dm_clock, view, ide = None, "device model (QEMU trace events)", None
+    dm_clock, view, ide = None, DM_VIEW_NAME, None
     if len(req):
         lost = first_loss(ev)
         pairs, lower = _before(lost, notify_pairs(ev)), None
@@ -162,13 +162,16 @@ def build(bundle) -> pl.DataFrame:
             pairs, lower = found if found else (None, None)
             pairs, lower = _before(lost, pairs), _before(lost, lower, "resp_ns")
         dm_clock = align_device_model(pairs, lower)
-        if dm_clock is not None and not dm_clock["consistent"] and lower is None:
-            # no line fits if QEMU processed the queue after completing the IOREQ (ioeventfd):
-            # align on the IOREQs' first records alone, then each pop follows its kick
-            deferred = _before(lost, notify_pairs(ev, IOREQ_FIRST))
-            if (alt := align_device_model(deferred)) is not None and alt["consistent"]:
-                pairs, dm_clock = deferred, alt | {"queue_processing": "deferred"}
-        if dm_clock is not None:
+        if lower is None and dm_clock is not None and not dm_clock["consistent"]:
+            # The kicks' IOREQs zipped with their traps fit no clock: a trace edge shifted
+            # them, or QEMU processed the queue after completing the IOREQ (ioeventfd).
+            # Align on every IOREQ by order instead; each kick then gets its trap from the
+            # IOREQ join below.
+            seq = align_device_model(_before(lost, ioreq_join.sequence_pairs(ev)),
+                                     method=ioreq_join.SEQUENCE_METHOD)  # fmt: skip
+            if seq is not None and seq["consistent"]:
+                dm_clock, pairs = seq, None
+        if dm_clock is not None and pairs is not None:
             req = (
                 with_traps(req, pairs, dm_clock)
                 if lower is None
@@ -187,8 +190,12 @@ def build(bundle) -> pl.DataFrame:
             )
     ioreqs, fitted, joined = ioreq_join.build(bundle, ev, dm_clock)
     dm_clock = dm_clock if fitted is None else fitted
-    if ide is not None and joined is not None:
+    if joined is not None and (
+        ide is not None or (view == DM_VIEW_NAME and "trap_exit_ns" not in req.columns)
+    ):
         req = ioreq_join.with_kick_traps(req, joined)
+        if ide is None:
+            dm_clock = dm_clock | {"queue_processing": _queue_processing(req, dm_clock)}
     with atomic_path(bundle.path / REQUESTS) as tmp:
         req.write_parquet(tmp)
     reasons = req.filter(~pl.col("complete")).group_by("reason").len()
@@ -203,6 +210,18 @@ def build(bundle) -> pl.DataFrame:
     }
     write_manifest(bundle.path, bundle.manifest)
     return req
+
+
+def _queue_processing(req: pl.DataFrame, clock: dict) -> str:
+    """ "deferred" when most pops come after their kick's vCPU re-entered (beyond the clock's
+    bounds): QEMU completed the IOREQ first and processed the queue from its main loop;
+    otherwise "in the IOREQ"."""
+    late = req.filter(pl.col("trap_entry_ns").is_not_null()).select(
+        (
+            pl.col("pop_ns") > pl.col("trap_entry_ns") + (clock["upper_ns"] - clock["lower_ns"])
+        ).mean()
+    )
+    return "deferred" if late.item() is not None and late.item() > 0.5 else "in the IOREQ"
 
 
 def _before(lost: int | None, pairs: pl.DataFrame | None, col: str = "entry_ns"):
@@ -289,11 +308,8 @@ def with_traps(req: pl.DataFrame, pairs: pl.DataFrame, clock: dict) -> pl.DataFr
         spans, left_on="pop_off", right_on="handle_off", strategy="backward"
     )
     # only a pop inside the IOREQ's handling belongs to its trap (a later pop, e.g. after a
-    # device completion, was not kicked by it); when QEMU defers the queue's processing past
-    # the IOREQ, each pop belongs to the last kick before it
-    kicked = pl.col("trap_entry_ns").is_not_null()
-    if clock.get("queue_processing") != "deferred":
-        kicked &= pl.col("pop_ns") <= pl.col("trap_entry_ns")
+    # device completion, was not kicked by it)
+    kicked = pl.col("trap_entry_ns").is_not_null() & (pl.col("pop_ns") <= pl.col("trap_entry_ns"))
     return (
         out.with_columns(
             [

@@ -82,6 +82,9 @@ class Source:
         self.finished = True
 
 
+DOMAIN_POLL_S = 3.0  # how often the capture looks for new domains to record
+
+
 class XentraceSource(Source):
     """`xentrace -D -e MASK FILE` in dom0, plus `xl info` / `xl list` for the host facts."""
 
@@ -90,6 +93,8 @@ class XentraceSource(Source):
         self.bundle, self.mask = bundle, mask
         self.proc: subprocess.Popen | None = None
         self.facts: dict = {}
+        self.domains: dict = {}  # domid -> `xl list -l` entry
+        self.next_domains = 0.0
 
     def start(self) -> None:
         exe = shutil.which("xentrace")
@@ -118,10 +123,33 @@ class XentraceSource(Source):
             stderr=self.err,
         )
         self.entry.update(ok=True, mask=self.mask, argv=self.proc.args)
+        self._record_domains()
 
     def poll(self) -> None:
         if self.proc and self.proc.poll() is not None and not self.finished:
             self.fail(f"xentrace exited early with status {self.proc.returncode}")
+        if self.proc and time.monotonic() >= self.next_domains:
+            self._record_domains()
+
+    def _record_domains(self) -> None:
+        """Each domain's configuration (`xl list -l`) as it first appears, into
+        meta/domains.json: guests created during the capture are recorded too. Every few
+        seconds only: each `xl` call costs dom0 CPU the traced run shares."""
+        self.next_domains = time.monotonic() + DOMAIN_POLL_S
+        try:
+            out = subprocess.run(["xl", "list", "-l"], capture_output=True, text=True, timeout=30,
+                                 check=True).stdout  # fmt: skip
+            domains = json.loads(out or "[]")
+        except (OSError, subprocess.SubprocessError, ValueError) as e:
+            self.entry.setdefault("warnings", []).append(f"xl list -l: {e}")
+            self.next_domains = float("inf")  # not again: it will not get better
+            return
+        new = [d for d in domains if isinstance(d, dict) and d.get("domid") not in self.domains]
+        for d in new:
+            self.domains[d.get("domid")] = d
+        if new:
+            path = self.bundle / META / "domains.json"
+            path.write_text(json.dumps(list(self.domains.values()), indent=1))
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
