@@ -21,6 +21,8 @@ STORED = {
     "qemu-live-q35-pci": FIXTURES / "qemu" / "live-q35-pci",
     "qemu-live-microvm-mmio": FIXTURES / "qemu" / "live-microvm-mmio",
     "xen-pv-blkfront": FIXTURES / "xen" / "pv-blkfront",
+    "xen-hvm-virtio": FIXTURES / "xen" / "hvm-virtio",
+    "xen-hvm-ide": FIXTURES / "xen" / "hvm-ide",
     **{f"emulated-{t}": FIXTURES / "emulated" / t for t in NAMES},
 }
 

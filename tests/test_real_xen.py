@@ -170,8 +170,12 @@ def test_hvm_ide_requests_reconstruct_with_their_traps(xen):
     reads = done.filter(pl.col("op") == "read")
     assert (reads["bytes"] == 65536).sum() == 16 and (reads["bytes"] == 4096).sum() >= 128
     # each DMA start is a port write the hypervisor trapped, before QEMU started the transfer
-    assert done["trap_exit_ns"].is_not_null().all()
-    assert (done["trap_exit_ns"] <= done["pop_ns"] + (c["upper_ns"] - c["lower_ns"])).all()
+    # (QMP turns the trace events on one pattern at a time: a request may start before the
+    # IOREQ records do)
+    first_ioreq = pl.read_parquet(res.bundle.path / "ioreqs.parquet")["dm_off"].min()
+    traced = done.filter(pl.col("kick_off") > first_ioreq)
+    assert len(traced) >= len(done) - 1 and traced["trap_exit_ns"].is_not_null().all()
+    assert (traced["trap_exit_ns"] <= traced["pop_ns"] + (c["upper_ns"] - c["lower_ns"])).all()
     assert (done["kick_ns"] <= done["pop_ns"]).all() and (
         done["pop_ns"] <= done["io_done_ns"]
     ).all()

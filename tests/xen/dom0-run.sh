@@ -59,7 +59,7 @@ hvm-virtio)
   # the VirtIO-GSOC HVM path: a virtio-blk-pci disk the device model serves over IOREQs
   # (QEMU's default cache: see hvm-ide)
   hvm_cfg '"-drive", "if=none,id=vd0,file=/tmp/work/disk.img,format=raw", "-device", "virtio-blk-pci,drive=vd0"'
-  TRACE="--trace virtio_* --trace virtqueue_* --trace handle_ioreq* --trace cpu_ioreq_* --trace xen_map_cache*"
+  TRACE="--trace handle_ioreq* --trace cpu_ioreq_* --trace virtio_* --trace virtqueue_* --trace xen_map_cache*"
   ;;
 hvm-ide)
   # an emulated IDE disk (PIIX, bus-master DMA). QEMU's default cache: with O_DIRECT
@@ -67,7 +67,7 @@ hvm-ide)
   # QEMU reads into, so dom0's block layer sees page-cache traffic, not the guest's
   # requests; the device model's IDE events are the per-request record
   hvm_cfg '"-drive", "if=none,id=hd0,file=/tmp/work/disk.img,format=raw", "-device", "ide-hd,drive=hd0,bus=ide.0,unit=0"'
-  TRACE="--trace ide_exec_cmd --trace ide_dma_cb --trace ide_ioport_* --trace ide_status_read --trace bmdma_cmd_writeb --trace dma_blk_io --trace dma_complete --trace handle_ioreq* --trace cpu_ioreq_*"
+  TRACE="--trace handle_ioreq* --trace cpu_ioreq_* --trace ide_exec_cmd --trace ide_dma_cb --trace ide_ioport_* --trace ide_status_read --trace bmdma_cmd_writeb --trace dma_blk_io --trace dma_complete"
   ;;
 *) echo "XVT-HOST unknown scenario $SCENARIO"; exit 1 ;;
 esac
