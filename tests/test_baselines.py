@@ -23,6 +23,7 @@ STORED = {
     "xen-pv-blkfront": FIXTURES / "xen" / "pv-blkfront",
     "xen-hvm-virtio": FIXTURES / "xen" / "hvm-virtio",
     "xen-hvm-ide": FIXTURES / "xen" / "hvm-ide",
+    "xen-hvm-epam": FIXTURES / "xen" / "hvm-epam",
     **{f"emulated-{t}": FIXTURES / "emulated" / t for t in NAMES},
 }
 

@@ -51,6 +51,8 @@ def _driver_init(dev):
     dev.write(0x070, 4, 1 | 2)  # ACKNOWLEDGE | DRIVER
     dev.write(0x014, 4, 1)
     assert dev.read(0x010, 4) == F_VERSION_1 >> 32  # VIRTIO_F_VERSION_1, as version 2 requires
+    dev.write(0x014, 4, 0)
+    assert dev.read(0x010, 4) == 1 << 2  # VIRTIO_BLK_F_SEG_MAX
     dev.write(0x024, 4, 1)
     dev.write(0x020, 4, 1)
     dev.write(0x070, 4, 1 | 2 | 8)  # FEATURES_OK
@@ -62,7 +64,7 @@ def _driver_init(dev):
         dev.write(off + 4, 4, 0)
     dev.write(0x044, 4, 1)
     dev.write(0x070, 4, 1 | 2 | 8 | 4)  # DRIVER_OK
-    assert dev.read(0x100, 4) == 64  # capacity in sectors
+    assert dev.read(0x100, 4) == 64 and dev.read(0x10C, 4) == 62  # capacity, seg_max
 
 
 def _submit(dev, guest, n, kind, sector, data_addr, length):

@@ -3,8 +3,11 @@ in dom0 while a guest does O_DIRECT I/O, and the bundle comes back over 9p:
 - pv: a PV guest through blkfront/blkback (xentrace + dom0's block layer);
 - hvm-virtio: an HVM guest's virtio-blk-pci disk served by the qemu-xen device model over
   IOREQs (xentrace + the device model's trace events over QMP);
-- hvm-ide: an HVM guest's emulated IDE disk, the same device model, on a loop device with
-  O_DIRECT (xentrace + device model + dom0's block layer).
+- hvm-ide: an HVM guest's emulated IDE disk, the same device model (xentrace + its IDE,
+  DMA and IOREQ events);
+- hvm-epam: VirtIO-EPAM for real, an HVM guest's virtio-mmio disk served by an IOREQ server
+  of our own in dom0 (tests/xen/epam: xentrace + the backend's log of every IOREQ, block
+  request and IRQ level change).
 Each runs booted now (marked xen: dom0 is up ~40 s after QEMU starts, a run takes 1.5-3
 minutes) and from the stored capture of an earlier boot (fixtures/xen: the same checks in
 the fast suite)."""
@@ -23,7 +26,12 @@ from xenalyze_output import assert_runstates_match, our_runstates, parse_summary
 
 from xvtrace import api
 
-STORED = {"pv": "pv-blkfront", "hvm-virtio": "hvm-virtio", "hvm-ide": "hvm-ide"}
+STORED = {
+    "pv": "pv-blkfront",
+    "hvm-virtio": "hvm-virtio",
+    "hvm-ide": "hvm-ide",
+    "hvm-epam": "hvm-epam",
+}
 PARAMS = [
     pytest.param((s, mode), id=f"{s}-{mode}", marks=[pytest.mark.xen] if mode == "boot" else [])
     for s in STORED
@@ -68,8 +76,10 @@ def test_capture_in_dom0_recorded_its_sources_and_host_facts(xen):
     sources = {s["kind"]: s for s in m["capture"]["sources"]}
     assert sources["xentrace"]["ok"] and sources["ftrace"]["ok"]
     assert sources["ftrace"]["clock"] == "x86-tsc"  # the TSC xentrace stamps
-    if scenario.startswith("hvm"):  # the device model's trace events, over its QMP socket
+    if scenario in ("hvm-virtio", "hvm-ide"):  # the device model's events, over its QMP socket
         assert sources["qemu"]["ok"]
+    if scenario == "hvm-epam":  # the backend's log, copied in when the capture stopped
+        assert {"raw/epam.log", "raw/epam.log.trace-events"} <= set(m["capture"]["files"])
     # the guest's configuration, as xl holds it, recorded when it appeared
     domains = json.loads((bundle / "meta" / "domains.json").read_text())
     (guest,) = [d for d in domains if d["domid"] != 0]
@@ -126,16 +136,21 @@ def test_every_ioreq_is_joined_with_its_vm_exit_and_entry(xen):
     if scenario == "pv":
         pytest.skip("a PV guest's disk needs no IOREQs")
     j = res.bundle.manifest["timeline"]["ioreq_join"]
-    assert j["ioreqs"] > 100 and j["joined"] == j["ioreqs"] and j["traps_without_ioreq"] == 0, j
     io = pl.read_parquet(res.bundle.path / "ioreqs.parquet")
-    assert len(io) == j["ioreqs"] and io["joined"].all()
+    if scenario == "hvm-epam":  # its log starts at the guest's boot, before xentrace does
+        io = io.filter(pl.col("dm_ns") >= io.filter(pl.col("joined"))["dm_ns"].min())
+        assert (~pl.read_parquet(res.bundle.path / "ioreqs.parquet")["joined"]).sum() == j[
+            "ioreqs_without_trap"
+        ]
+    assert j["ioreqs"] > 100 and j["traps_without_ioreq"] == 0, j
+    assert len(io) > 100 and io["joined"].all()
     # each on its trap's vCPU and between its exit and entry, within the clock's bounds
     c = res.bundle.manifest["timeline"]["device_model_clock"]
     slack = c["upper_ns"] - c["lower_ns"]
     back = io.filter(pl.col("trap_entry_ns").is_not_null())
     assert (back["dm_ns"] >= back["trap_exit_ns"] - slack).all()
     assert (back["dm_ns"] <= back["trap_entry_ns"] + slack).all()
-    assert set(io["kind"]) >= {"mmio" if scenario == "hvm-virtio" else "pio"}
+    assert set(io["kind"]) >= {"pio" if scenario == "hvm-ide" else "mmio"}
 
 
 def test_hvm_virtio_requests_reconstruct_with_their_traps(xen):
@@ -180,6 +195,37 @@ def test_hvm_ide_requests_reconstruct_with_their_traps(xen):
         done["pop_ns"] <= done["io_done_ns"]
     ).all()
     assert (done["io_done_ns"] <= done["notify_ns"]).all()
+
+
+def test_hvm_epam_requests_reconstruct_through_the_interrupt_ack(xen):
+    import re
+
+    scenario, _, bundle, res, req = xen
+    if scenario != "hvm-epam":
+        pytest.skip("the VirtIO-EPAM scenario")
+    # the backend's own totals (its last line) are what the bundle holds
+    ioreqs, blocks = map(int, re.search(r"(\d+) IOREQs, (\d+) block requests",
+                                        (bundle / "meta" / "backend.log").read_text()).groups())  # fmt: skip
+    j = res.bundle.manifest["timeline"]["ioreq_join"]
+    assert j["ioreqs"] == ioreqs and len(req) == blocks
+    c = res.bundle.manifest["timeline"]["device_model_clock"]
+    assert c["consistent"] and c["queue_processing"] == "in the IOREQ", c  # served in the notify
+    traced = req.filter(pl.col("trap_exit_ns").is_not_null())  # those after xentrace began
+    assert len(traced.filter((pl.col("op") == "write") & (pl.col("bytes") == 4096))) == 64
+    reads = traced.filter(pl.col("op") == "read")
+    assert (reads["bytes"] == 65536).sum() == 16 and (reads["bytes"] == 4096).sum() >= 128
+    # each: QueueNotify trap -> processing inside it -> IRQ -> InterruptStatus read -> ACK
+    slack = c["upper_ns"] - c["lower_ns"]
+    assert traced["isr_read_ns"].is_not_null().all() and traced["ack_ns"].is_not_null().all()
+    assert (traced["trap_exit_ns"] <= traced["pop_ns"] + slack).all()
+    assert (traced["pop_ns"] <= traced["fill_ns"]).all() and (
+        traced["fill_ns"] <= traced["notify_ns"]
+    ).all()
+    assert (traced["notify_ns"] <= traced["trap_entry_ns"] + slack).all()  # before the vCPU resumed
+    assert (traced["notify_ns"] <= traced["isr_read_ns"]).all()
+    assert (traced["isr_read_ns"] < traced["ack_ns"]).all()
+    irq = res.bundle.events().filter(pl.col("event") == "qemu.virtio_mmio_setting_irq").collect()
+    assert set(irq["arg0"]) == {0, 1}  # every level change is in the log
 
 
 def test_real_requests_feed_replay_and_regress(xen):

@@ -151,18 +151,17 @@ def join(ev: pl.LazyFrame, clock: dict) -> tuple[pl.DataFrame, dict | None]:
     return joined, counts
 
 
-def sequence_pairs(ev: pl.LazyFrame, *, run: int = 400) -> pl.DataFrame | None:
+def sequence_pairs(ev: pl.LazyFrame, *, run: int = 2000) -> pl.DataFrame | None:
     """IOREQs paired with their traps by order, for a clock fit when no other pairs exist
     (no virtio queue notify: an emulated disk, a device model that logs only IOREQs).
 
     Per vCPU, the device model's IOREQs and the traps at the addresses it handles are the
-    same sequence of (kind, direction, address), except at the edges of the two traces: the
-    offset where the device model's first IOREQs reappear in the traps aligns them, and only
-    the run (up to `run` long) that agrees access for access from there is kept. Columns as
+    same sequence of (kind, direction, address), except at the edges of the two traces
+    (either may begin first): the offset where one side's first accesses reappear in the
+    other aligns them, and only the run (up to `run` long) that agrees access for access from
+    there is kept. Columns as
     `clock.notify_pairs` (last_ns = handle_ns: only the IOREQ's first record is sure to come
     before its completion). None when nothing aligns."""
-    import numpy as np
-
     dm = device_model_ioreqs(ev)
     if not len(dm):
         return None
@@ -177,25 +176,15 @@ def sequence_pairs(ev: pl.LazyFrame, *, run: int = 400) -> pl.DataFrame | None:
             .group_by("dom")
         ):
             dt, ht = d["t"].to_numpy(), h["t"].to_numpy()
-            n = min(len(dt), len(ht), run)
-            if n == 0:
+            found = _align(dt, ht, d["dm_ns"].to_numpy(), h["exit_ns"].to_numpy(), run)
+            if found is None:
                 continue
-            # one vectorized comparison per candidate offset (traps before the device
-            # model's trace began), not per record; each run's length is where it first
-            # disagrees (argmin of the matches; 0 only when all match, as [0] always does)
-            starts = np.flatnonzero(ht[: len(ht) - n + 1] == dt[0])
-            best = max(
-                starts, key=lambda s: int((ht[s : s + n] == dt[:n]).argmin() or n), default=None
-            )
-            if best is None:
-                continue
-            same = ht[best : best + n] == dt[:n]
-            k = n if same.all() else int(same.argmin())
+            i, j, k = found  # dm[i:i+k] are the traps hv[j:j+k]
             out.append(
                 pl.concat(
                     [
-                        h.slice(int(best), k).select("dom", "vcpu", "cpu", "exit_ns", "entry_ns"),
-                        d.head(k).select(
+                        h.slice(j, k).select("dom", "vcpu", "cpu", "exit_ns", "entry_ns"),
+                        d.slice(i, k).select(
                             pl.col("dm_off").alias("handle_off"),
                             pl.col("dm_ns").alias("handle_ns"),
                             pl.col("dm_ns").alias("last_ns"),
@@ -206,6 +195,38 @@ def sequence_pairs(ev: pl.LazyFrame, *, run: int = 400) -> pl.DataFrame | None:
             )
     pairs = pl.concat(out).filter(pl.col("entry_ns").is_not_null()) if out else None
     return pairs if pairs is not None and len(pairs) else None
+
+
+def _align(dt, ht, dm_ns, hv_ns, run: int):
+    """(i, j, k): the device model's accesses dt[i:i+k] are the traps ht[j:j+k]. Candidates
+    start where one side's first token reappears in the other (either side may have begun
+    first); among those that agree longest (to 90 %, up to `run`), the one whose gaps
+    between accesses match best on both clocks wins: a device's accesses repeat (every
+    virtio-mmio request is the same QueueNotify, InterruptStatus, InterruptACK), so order
+    alone cannot place them, but their timing can. One vectorized comparison per candidate
+    offset, not per record. None when nothing agrees."""
+    import numpy as np
+
+    def agree(i: int, j: int) -> int:
+        n = min(len(dt) - i, len(ht) - j, run)
+        same = dt[i : i + n] == ht[j : j + n]
+        return n if same.all() else int(same.argmin())
+
+    def misfit(i: int, j: int, k: int) -> float:
+        if k < 3:
+            return float("inf")
+        return float(np.median(np.abs(np.diff(dm_ns[i : i + k]) - np.diff(hv_ns[j : j + k]))))
+
+    if not len(dt) or not len(ht):
+        return None
+    starts = [(0, int(j)) for j in np.flatnonzero(ht == dt[0])]  # the traps began first
+    starts += [(int(i), 0) for i in np.flatnonzero(dt == ht[0])]  # the device model did
+    scored = [(i, j, agree(i, j)) for i, j in starts]
+    longest = max((k for _, _, k in scored), default=0)
+    if not longest:
+        return None
+    best = min((c for c in scored if c[2] >= 0.9 * longest), key=lambda c: misfit(*c))
+    return best
 
 
 SEQUENCE_METHOD = (
@@ -258,3 +279,45 @@ def with_kick_traps(req: pl.DataFrame, joined: pl.DataFrame) -> pl.DataFrame:
         .drop("dm_off")
         .sort("request")
     )
+
+
+ISR_OFFSET, ACK_OFFSET, NOTIFY_OFFSET = 0x60, 0x64, 0x50  # virtio-mmio registers
+
+
+def with_interrupt_acks(req: pl.DataFrame, joined: pl.DataFrame) -> pl.DataFrame:
+    """For virtio-mmio devices, the guest's side of each request's interrupt: the first
+    InterruptStatus read after the device's notify (isr_read_ns, isr_trap_exit_ns,
+    isr_trap_entry_ns) and the first InterruptACK write after that (ack_ns,
+    ack_trap_exit_ns, ack_trap_entry_ns), from the joined IOREQs (device-model clock).
+    Requests of other devices get nulls. The window is the kick IOREQ's address less the
+    QueueNotify offset."""
+    io = joined.filter(pl.col("joined") & (pl.col("kind") == "mmio"))
+    kicks = io.select(
+        "src_file", pl.col("dm_off").alias("kick_io_off"), pl.col("addr").alias("kick_addr")
+    )
+    out = req.sort("kick_off", nulls_last=True).join_asof(
+        kicks.sort("kick_io_off"), left_on="kick_off", right_on="kick_io_off", by="src_file",
+        strategy="backward", check_sortedness=False,
+    )  # fmt: skip
+    base = pl.when(pl.col("kick_addr") % 0x1000 == NOTIFY_OFFSET).then(
+        pl.col("kick_addr") - NOTIFY_OFFSET
+    )
+    out = out.with_columns(base.alias("_base"))
+
+    def after(frame, on, offset, direction, prefix):
+        regs = io.filter((pl.col("addr") % 0x1000 == offset) & (pl.col("dir") == direction)).select(
+            "src_file",
+            (pl.col("addr") - offset).alias("_base"),
+            pl.col("dm_ns").alias(f"{prefix}_ns"),
+            pl.col("trap_exit_ns").alias(f"{prefix}_trap_exit_ns"),
+            pl.col("trap_entry_ns").alias(f"{prefix}_trap_entry_ns"),
+        )
+        return (
+            frame.sort(on, nulls_last=True)
+            .join_asof(regs.sort(f"{prefix}_ns"), left_on=on, right_on=f"{prefix}_ns",
+                       by=["src_file", "_base"], strategy="forward", check_sortedness=False)
+        )  # fmt: skip
+
+    out = after(out, "notify_ns", ISR_OFFSET, "read", "isr_read")
+    out = after(out, "isr_read_ns", ACK_OFFSET, "write", "ack")
+    return out.drop("kick_io_off", "kick_addr", "_base").sort("request")

@@ -19,6 +19,8 @@ PHASES = (
     ("service_ns", "pop -> fill"),
     ("io_ns", "device I/O"),
     ("fill_to_notify_ns", "fill -> irq"),
+    ("irq_to_isr_ns", "irq -> ISR"),  # virtio-mmio: the guest's InterruptStatus read
+    ("isr_to_ack_ns", "ISR -> ACK"),  # ... and its InterruptACK write (two more IOREQs)
 )
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -36,6 +38,11 @@ class Report:
         if "trap_exit_ns" in req.columns:
             req = req.with_columns(
                 (pl.col("trap_entry_ns") - pl.col("trap_exit_ns")).alias("trap_ns")
+            )
+        if "isr_read_ns" in req.columns:
+            req = req.with_columns(
+                (pl.col("isr_read_ns") - pl.col("notify_ns")).alias("irq_to_isr_ns"),
+                (pl.col("ack_ns") - pl.col("isr_read_ns")).alias("isr_to_ack_ns"),
             )
         rows = []
         for col, name in PHASES:

@@ -196,6 +196,8 @@ def build(bundle) -> pl.DataFrame:
         req = ioreq_join.with_kick_traps(req, joined)
         if ide is None:
             dm_clock = dm_clock | {"queue_processing": _queue_processing(req, dm_clock)}
+    if joined is not None and view == DM_VIEW_NAME:
+        req = ioreq_join.with_interrupt_acks(req, joined)
     with atomic_path(bundle.path / REQUESTS) as tmp:
         req.write_parquet(tmp)
     reasons = req.filter(~pl.col("complete")).group_by("reason").len()

@@ -33,23 +33,36 @@ GUEST = ROOT / ".cache" / "guest"  # tests/guest/build-guest.sh: Debian's kernel
 XEN_GZ = Path("/boot/xen-4.17-amd64.gz")
 DOM0_MODULES = ("xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs", "xen-blkback",
                 "loop", "virtio_pci", "9pnet_virtio", "9p")  # fmt: skip
-# PV (blkfront) and HVM (virtio-blk-pci, PIIX IDE) disks: the guest loads what it has
-GUEST_MODULES = ("xen-blkfront", "virtio_pci", "virtio_blk", "ata_piix", "sd_mod")
+# PV (blkfront) and HVM (virtio-blk-pci, PIIX IDE, virtio-mmio) disks: the guest loads what
+# it has, and tests/xen/epam's module (built here) registers the EPAM device when asked
+GUEST_MODULES = ("xen-blkfront", "virtio_pci", "virtio_blk", "ata_piix", "sd_mod", "virtio_mmio")
+EPAM = HERE / "epam"
 # qemu64 with SVM + NPT, for Xen's HVM guests (`-cpu max` crashes the PV dom0). It lacks
 # SSE4/AVX: dom0 runs `python -m xvtrace.capture`, which imports no polars
 CPU = "qemu64,+svm,+npt"
-APT = ("xen-utils-4.17", "qemu-system-x86", "busybox-static", "cpio")  # the hypervisor: unpacked
+APT = (
+    "xen-utils-4.17",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "make",
+    "gcc",
+)  # the hypervisor: unpacked
 
 
-SCENARIOS = ("pv", "hvm-virtio", "hvm-ide")  # tests/xen/dom0-run.sh
+SCENARIOS = ("pv", "hvm-virtio", "hvm-ide", "hvm-epam")  # tests/xen/dom0-run.sh
 
 
 class HostError(RuntimeError):
     """The test host cannot be built or did not finish (the message says why)."""
 
 
-def ensure_packages() -> None:
-    missing = [p for p in APT if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode]
+def ensure_packages(extra=()) -> None:
+    missing = [
+        p
+        for p in (*APT, *extra)
+        if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode
+    ]
     if missing:
         sudo = [] if os.geteuid() == 0 else ["sudo"]
         subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
@@ -139,16 +152,41 @@ def hypervisor_image() -> Path:
     return found[0]
 
 
+def guest_module(kver: str) -> Path:
+    """tests/xen/epam/virtio_mmio_dev.ko, built against Debian's headers for the guest's
+    kernel (linux-headers-KVER); rebuilt when its source changes."""
+    ko = CACHE / "epam" / "virtio_mmio_dev.ko"
+    src = [EPAM / "virtio_mmio_dev.c", EPAM / "Kbuild"]
+    if ko.exists() and all(f.stat().st_mtime <= ko.stat().st_mtime for f in src):
+        return ko
+    headers = Path(f"/usr/src/linux-headers-{kver}")
+    if not headers.is_dir():
+        raise HostError(f"no {headers}: apt-get install linux-headers-{kver}")
+    work = ko.parent
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for f in src:
+        shutil.copy(f, work / f.name)
+    try:
+        subprocess.run(["make", "-C", str(headers), f"M={work}", "modules"], check=True,
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    except subprocess.CalledProcessError as e:
+        raise HostError(f"building the guest module failed: {e.stderr[-800:]}") from None
+    return ko
+
+
 def build() -> dict[str, Path]:
-    ensure_packages()
-    CACHE.mkdir(parents=True, exist_ok=True)
     kernel, mods = kernel_tree()
+    ensure_packages([f"linux-headers-{mods.name}"])
+    CACHE.mkdir(parents=True, exist_ok=True)
     xen = CACHE / "xen-4.17-amd64"
     if not xen.exists():  # QEMU's multiboot loader wants the ELF, not the gzip
         xen.write_bytes(gzip.decompress(hypervisor_image().read_bytes()))
     dom0 = initramfs(CACHE / "dom0.cpio.gz", HERE / "dom0-init", module_files(mods, DOM0_MODULES))
     guest = initramfs(
-        CACHE / "guest.cpio.gz", HERE / "guest-init", module_files(mods, GUEST_MODULES)
+        CACHE / "guest.cpio.gz",
+        HERE / "guest-init",
+        [*module_files(mods, GUEST_MODULES), guest_module(mods.name)],
     )
     return {"xen": xen, "kernel": kernel, "dom0": dom0, "guest": guest}
 

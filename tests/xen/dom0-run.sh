@@ -20,20 +20,20 @@ truncate -s 64M /tmp/work/disk.img
 # written into their disk once the capture runs; the device model is traced through our own
 # QMP socket, and its log stamps with -msg timestamp=on.
 QMP=/tmp/work/dm-qmp.sock
-hvm_cfg() {  # hvm_cfg DEVICE_MODEL_ARGS...
+hvm_cfg() {  # hvm_cfg DEVICE_MODEL_ARGS [EXTRA_KERNEL_ARGS]
   cat > /tmp/work/guest.cfg <<CFG
 name = "hvmguest"
 type = "hvm"
 kernel = "$KERNEL"
 ramdisk = "$GUEST"
-cmdline = "console=ttyS0 xen_nopv xvt_wait"
+cmdline = "console=ttyS0 xen_nopv xvt_wait $2"
 memory = 256
 vcpus = 1
 xen_platform_pci = 0
 vga = "none"
 serial = "file:/tmp/out/guest-serial.log"  # live on the out share, to watch a slow boot
 device_model_version = "qemu-xen"
-device_model_args_hvm = [ "-qmp", "unix:$QMP,server=on,wait=off", "-msg", "timestamp=on", $1 ]
+device_model_args_hvm = [ "-qmp", "unix:$QMP,server=on,wait=off", "-msg", "timestamp=on"${1:+, $1} ]
 on_poweroff = "destroy"
 on_crash = "destroy"
 CFG
@@ -69,6 +69,13 @@ hvm-ide)
   hvm_cfg '"-drive", "if=none,id=hd0,file=/tmp/work/disk.img,format=raw", "-device", "ide-hd,drive=hd0,bus=ide.0,unit=0"'
   TRACE="--trace handle_ioreq* --trace cpu_ioreq_* --trace ide_exec_cmd --trace ide_dma_cb --trace ide_ioport_* --trace ide_status_read --trace bmdma_cmd_writeb --trace dma_blk_io --trace dma_complete"
   ;;
+hvm-epam)
+  # VirtIO-EPAM: a virtio-mmio block device at 0xfe000000 (IRQ 5) that no QEMU serves: an
+  # IOREQ server of its own in dom0 (tests/xen/epam/backend.py) claims the window and reaches
+  # the guest's memory through foreign mappings; the guest's stock virtio_mmio driver finds
+  # it through the platform device its module registers (xvt_epam)
+  hvm_cfg "" xvt_epam
+  ;;
 *) echo "XVT-HOST unknown scenario $SCENARIO"; exit 1 ;;
 esac
 NAME=$(sed -n 's/^name = "\(.*\)"/\1/p' /tmp/work/guest.cfg)
@@ -96,12 +103,22 @@ pv)
   echo "XVT-HOST guest started"
   ;;
 hvm-*)
-  xl create /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
+  if [ "$SCENARIO" = hvm-epam ]; then  # the backend attaches to the paused guest
+    xl create -p /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
+    "$REPO/.venv/bin/python" "$REPO/tests/xen/epam/backend.py" --domid "$(xl domid "$NAME")" \
+      --disk /tmp/work/disk.img --log /tmp/work/epam.log > /tmp/out/backend.log 2>&1 &
+    BACKEND=$!
+    wait_for 60 grep -qs "ioreq server" /tmp/out/backend.log || echo "XVT-HOST backend not up: $(tail -3 /tmp/out/backend.log)"
+    xl unpause "$NAME"
+    TRACE="--log /tmp/work/epam.log --log /tmp/work/epam.log.trace-events"
+  else
+    xl create /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
+  fi
   echo "XVT-HOST guest started"
-  if wait_for 600 grep -q "XVT-GUEST ready" /tmp/out/guest-serial.log; then
+  if wait_for 600 grep -qs "XVT-GUEST ready" /tmp/out/guest-serial.log; then
     echo "XVT-HOST guest ready"
     # shellcheck disable=SC2086
-    capture --qmp $QMP $TRACE
+    if [ -n "$BACKEND" ]; then capture $TRACE; else capture --qmp $QMP $TRACE; fi
     # into the image file's page cache, which QEMU reads
     printf XVTGO | dd of=/tmp/work/disk.img conv=notrunc 2>/dev/null
     echo "XVT-HOST go"
@@ -113,9 +130,14 @@ esac
 i=0
 while xl list "$NAME" >/dev/null 2>&1 && [ $i -lt 480 ]; do sleep 5; i=$((i + 5)); done
 echo "XVT-HOST guest gone after ${i} s"
+if [ -n "$BACKEND" ]; then  # its log is complete before the capture copies it
+  kill -TERM $BACKEND; wait $BACKEND
+  echo "XVT-HOST backend: $(tail -1 /tmp/out/backend.log)"
+fi
 [ -n "$CAP" ] && kill -INT $CAP
 wait $CAP
 echo "XVT-HOST capture exit $?: $(tail -1 /tmp/out/capture.log)"
 xl dmesg > /tmp/out/xl-dmesg.txt 2>&1
+[ -n "$BACKEND" ] && cp /tmp/out/backend.log "/tmp/work/$SCENARIO/meta/backend.log"  # its totals
 [ -f /tmp/out/guest-serial.log ] && cp /tmp/out/guest-serial.log /tmp/work/console/guest-hvmguest.log
 cp -r "/tmp/work/$SCENARIO" /tmp/work/console /tmp/out/ && echo "XVT-HOST bundle copied: $(du -sk "/tmp/work/$SCENARIO" | cut -f1) KiB"

@@ -43,6 +43,7 @@ IOREQ_TYPE_COPY = 1
 RESOURCE_IOREQ_SERVER, FRAME_IOREQ = 0, 1
 MAGIC, VERSION, DEVICE_BLOCK, VENDOR = 0x74726976, 2, 2, 0x52545658  # "XVTR"
 F_VERSION_1 = 1 << 32
+F_SEG_MAX = 1 << 2  # seg_max in the config (QEMU's default too): otherwise Linux sends 1 segment
 QUEUE_MAX = 64
 DESC_NEXT, DESC_WRITE = 1, 2
 BLK_IN, BLK_OUT, BLK_FLUSH, BLK_GET_ID = 0, 1, 4, 8
@@ -167,6 +168,7 @@ class VirtioBlock:
         self.fd = os.open(disk, os.O_RDWR)
         self.sectors = os.fstat(self.fd).st_size // 512
         self.mem, self.log, self.irq_level = mem, log, irq_level
+        self.requests = 0  # over the device's life (a driver reset keeps the count)
         self.reset()
 
     def close(self) -> None:
@@ -181,15 +183,15 @@ class VirtioBlock:
         self.desc = self.avail = self.used = 0
         self.last_avail = self.used_idx = 0
         self.rings = None
-        self.requests = 0
 
     # -- registers
     def read(self, off: int, size: int) -> int:
         self.log("virtio_mmio_read", f"virtio_mmio_read offset {off:#x}")
-        if off >= 0x100:  # config space: capacity (u64) then zeros
-            cfg = struct.pack("<Q", self.sectors) + bytes(0x40)
+        if off >= 0x100:  # config space: capacity (u64), size_max, seg_max (u32), zeros
+            cfg = struct.pack("<QII", self.sectors, 0, QUEUE_MAX - 2) + bytes(0x40)
             return int.from_bytes(cfg[off - 0x100 : off - 0x100 + size], "little")
-        feats = (F_VERSION_1 >> (32 * self.dev_sel)) & 0xFFFFFFFF if self.dev_sel < 2 else 0
+        offered = F_VERSION_1 | F_SEG_MAX
+        feats = (offered >> (32 * self.dev_sel)) & 0xFFFFFFFF if self.dev_sel < 2 else 0
         only = self.queue_sel == 0  # one queue
         return {0x000: MAGIC, 0x004: VERSION, 0x008: DEVICE_BLOCK, 0x00C: VENDOR, 0x010: feats,
                 0x034: QUEUE_MAX if only else 0, 0x044: self.ready if only else 0, 0x060: self.isr, 0x070: self.status,
