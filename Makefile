@@ -23,11 +23,13 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]' ruff
 
 # Debian packages the tests use: xenalyze (oracle), QEMU + busybox + cpio (real-guest test),
-# chromium (renders the HTML report headless).
-APT_PKGS := xen-utils-4.17 python3-venv qemu-system-x86 busybox-static cpio chromium
+# qemu-system-xen (the real Xen host's HVM device model), chromium (renders the HTML report
+# headless). tests/xen/build_host.py adds make, gcc and the guest kernel's linux-headers.
+APT_PKGS := xen-utils-4.17 qemu-system-xen python3-venv qemu-system-x86 busybox-static cpio chromium
 apt:
 	@if ! command -v xenalyze >/dev/null 2>&1 || ! command -v qemu-system-x86_64 >/dev/null 2>&1 \
-	    || [ ! -e /bin/busybox ] || ! command -v cpio >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then \
+	    || [ ! -e /bin/busybox ] || [ ! -e /usr/libexec/xen-qemu-system-i386 ] || ! command -v cpio >/dev/null 2>&1 \
+	    || ! command -v chromium >/dev/null 2>&1; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PKGS); \
 	fi

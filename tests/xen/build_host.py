@@ -40,14 +40,17 @@ EPAM = HERE / "epam"
 # qemu64 with SVM + NPT, for Xen's HVM guests (`-cpu max` crashes the PV dom0). It lacks
 # SSE4/AVX: dom0 runs `python -m xvtrace.capture`, which imports no polars
 CPU = "qemu64,+svm,+npt"
+# the hypervisor is unpacked, not installed; qemu-system-xen is the HVM guests' device model;
+# make and gcc build the EPAM guest module (with linux-headers for the guest's kernel)
 APT = (
     "xen-utils-4.17",
+    "qemu-system-xen",
     "qemu-system-x86",
     "busybox-static",
     "cpio",
     "make",
     "gcc",
-)  # the hypervisor: unpacked
+)
 
 
 SCENARIOS = ("pv", "hvm-virtio", "hvm-ide", "hvm-epam")  # tests/xen/dom0-run.sh
