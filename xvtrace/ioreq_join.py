@@ -39,11 +39,28 @@ def traps(ev: pl.LazyFrame) -> pl.DataFrame:
         .sort("cpu", "src_offset")
         .with_columns(
             pl.when(pl.col("event") == "hvm.vmexit").then(pl.col("ts_ns")).forward_fill().over("cpu").alias("exit_ns"),
-            pl.when(pl.col("event") == "hvm.vmentry").then(pl.col("ts_ns")).backward_fill().over("cpu").alias("entry_ns"),
+            *[pl.when(pl.col("event") == "hvm.vmentry").then(pl.col(c)).backward_fill().over("cpu").alias(f"_next_{c}")
+              for c in ("ts_ns", "dom", "vcpu")],
         )
     )  # fmt: skip
     name = pl.col("event").cast(pl.Utf8)
-    return hv.filter(name.is_in(TRAPS) & pl.col("exit_ns").is_not_null()).select(
+    found = hv.filter(name.is_in(TRAPS) & pl.col("exit_ns").is_not_null())
+    # the entry: the pCPU's next one when it is this vCPU's; else (another vCPU ran on the
+    # pCPU while this one waited for its IOREQ) this vCPU's next entry on whichever pCPU
+    entries = (
+        hv.filter(pl.col("event") == "hvm.vmentry")
+        .select("dom", "vcpu", pl.col("ts_ns").alias("_own_entry"))
+        .sort("_own_entry")
+    )
+    same = (pl.col("_next_dom") == pl.col("dom")) & (pl.col("_next_vcpu") == pl.col("vcpu"))
+    found = (
+        found.sort("ts_ns")
+        .join_asof(entries, left_on="ts_ns", right_on="_own_entry", by=["dom", "vcpu"],
+                   strategy="forward", check_sortedness=False)
+        .with_columns(pl.when(same.fill_null(True)).then(pl.col("_next_ts_ns"))
+                      .otherwise(pl.col("_own_entry")).alias("entry_ns"))
+    )  # fmt: skip
+    return found.sort("cpu", "src_offset").select(
         "dom", "vcpu", "cpu",
         pl.when(name.str.contains("mmio")).then(pl.lit("mmio")).otherwise(pl.lit("pio")).alias("kind"),
         pl.when(name.str.ends_with("write")).then(pl.lit("write")).otherwise(pl.lit("read")).alias("dir"),
