@@ -111,7 +111,7 @@ hvm-*)
   if [ "$SCENARIO" = hvm-epam ]; then  # the backend attaches to the paused guest
     xl create -p /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
     "$REPO/.venv/bin/python" "$REPO/tests/xen/epam/backend.py" --domid "$(xl domid "$NAME")" \
-      --disk /tmp/work/disk.img --log /tmp/work/epam.log --vcpus "$VCPUS" > /tmp/out/backend.log 2>&1 &
+      --disk /tmp/work/disk.img --log /tmp/work/epam.log --vcpus "${VCPUS:-1}" > /tmp/out/backend.log 2>&1 &
     BACKEND=$!
     wait_for 60 grep -qs "ioreq server" /tmp/out/backend.log || echo "XVT-HOST backend not up: $(tail -3 /tmp/out/backend.log)"
     xl unpause "$NAME"
