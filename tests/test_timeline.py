@@ -343,3 +343,23 @@ def test_ioreq_order_aligns_the_clock_without_a_kick(tmp_path):
     assert abs(seq["offset_ns"] - kick["offset_ns"]) <= (seq["upper_ns"] - seq["lower_ns"]) + (
         kick["upper_ns"] - kick["lower_ns"]
     )
+
+
+def test_a_few_contradicting_pairs_are_left_out_and_counted():
+    """A clock step in dom0 or a pair matched across a trace edge must not sink the fit:
+    up to 5 % of the pairs may be left out, and the result says how many."""
+    from xvtrace.clock import align_device_model
+
+    rng = np.random.default_rng(1)
+    n, true = 200, 1_000_000_000
+    exit_ = np.sort(rng.integers(0, 10_000_000_000, n))
+    handle = exit_ + true + rng.integers(1_000, 50_000, n)  # QEMU takes it up after the exit
+    entry = handle - true + rng.integers(1_000, 50_000, n)  # and the vCPU re-enters after
+    handle[[10, 90, 150]] += 5_000_000  # three pairs 5 ms off
+    pairs = pl.DataFrame({"exit_ns": exit_, "entry_ns": entry, "handle_ns": handle, "last_ns": handle})
+    c = align_device_model(pairs)
+    assert c["consistent"] and c["outliers"] == 3
+    assert c["lower_ns"] <= true <= c["upper_ns"]
+    handle[:20] += 5_000_000  # 10 %: no longer a few
+    c = align_device_model(pairs.with_columns(pl.Series("handle_ns", handle), pl.Series("last_ns", handle)))
+    assert not c["consistent"] and c["outliers"] == 0

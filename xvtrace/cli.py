@@ -323,7 +323,9 @@ def timeline_cmd(source, as_json):
         c = clocks["device_model_clock"]
         click.echo(
             f"device-model clock = hypervisor + {c['offset_ns']} ns{_drift(c)} (bounds {c['lower_ns'] - c['offset_ns']:+d}"
-            f"..{c['upper_ns'] - c['offset_ns']:+d} ns, {c['pairs']} causal pairs)"
+            f"..{c['upper_ns'] - c['offset_ns']:+d} ns, {c['pairs']} causal pairs"
+            + (f", {c['outliers']} left out as contradicting the rest" if c.get("outliers") else "")
+            + ")"
         )
         if not c["consistent"]:
             click.echo(

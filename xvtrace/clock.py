@@ -214,12 +214,18 @@ def align_device_model(
     t_low, dm_low = (
         (pairs["entry_ns"], pairs["last_ns"]) if ioreq else (lower["resp_ns"], lower["last_ns"])
     )
-    drift, lower_ns, upper_ns = fit_line(
-        pairs["exit_ns"].to_numpy(),
-        (pairs["handle_ns"] - pairs["exit_ns"]).to_numpy() + (res - 1),
-        t_low.to_numpy(),
-        (dm_low - t_low).to_numpy(),
-    )  # fmt: skip
+    up = (pairs["handle_ns"] - pairs["exit_ns"]).to_numpy() + (res - 1)
+    low = (dm_low - t_low).to_numpy()
+    drift, lower_ns, upper_ns = fit_line(pairs["exit_ns"].to_numpy(), up, t_low.to_numpy(), low)
+    outliers = 0
+    if lower_ns > upper_ns and ioreq:  # each pair is one interval for the offset
+        keep = _most_agreeing(low, up)
+        if keep.sum() >= (1 - MAX_OUTLIERS) * len(keep):
+            outliers = int((~keep).sum())
+            kept = pairs.filter(pl.Series(keep))
+            drift, lower_ns, upper_ns = fit_line(
+                kept["exit_ns"].to_numpy(), up[keep], kept["entry_ns"].to_numpy(), low[keep]
+            )
     method = (
         "MMIO QueueNotify traps (xentrace) before handle_ioreq (QEMU); VMENTRY after the IOREQ's last event"
         if ioreq else
@@ -234,9 +240,26 @@ def align_device_model(
         "upper_ns": upper_ns,
         "consistent": lower_ns <= upper_ns,
         "pairs": len(pairs),
+        "outliers": outliers,  # pairs left out as contradicting the rest (see _most_agreeing)
         "device_model_resolution_ns": res,
         "method": method,
     }
+
+
+MAX_OUTLIERS = 0.05  # at most this share of the pairs may be left out, else it is no fit
+
+
+def _most_agreeing(low: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """The pairs whose offset intervals [low, up] contain the offset most of them contain
+    (a sweep over the sorted ends): when a few pairs contradict the rest (a clock step in
+    dom0, a pair matched across a trace edge) the rest still fit a line, and the result
+    says how many were left out."""
+    ends = np.concatenate([low, up])
+    kind = np.concatenate([np.zeros(len(low)), np.ones(len(up))])  # opens sort before closes
+    order = np.lexsort((kind, ends))
+    depth = np.cumsum(np.where(kind[order] == 0, 1, -1))
+    best = ends[order][int(np.argmax(depth))]
+    return (low <= best) & (up >= best)
 
 
 def to_device_model(hv_ns: pl.Expr, clock: dict) -> pl.Expr:
