@@ -356,10 +356,14 @@ def test_a_few_contradicting_pairs_are_left_out_and_counted():
     handle = exit_ + true + rng.integers(1_000, 50_000, n)  # QEMU takes it up after the exit
     entry = handle - true + rng.integers(1_000, 50_000, n)  # and the vCPU re-enters after
     handle[[10, 90, 150]] += 5_000_000  # three pairs 5 ms off
-    pairs = pl.DataFrame({"exit_ns": exit_, "entry_ns": entry, "handle_ns": handle, "last_ns": handle})
+    pairs = pl.DataFrame(
+        {"exit_ns": exit_, "entry_ns": entry, "handle_ns": handle, "last_ns": handle}
+    )
     c = align_device_model(pairs)
     assert c["consistent"] and c["outliers"] == 3
     assert c["lower_ns"] <= true <= c["upper_ns"]
     handle[:20] += 5_000_000  # 10 %: no longer a few
-    c = align_device_model(pairs.with_columns(pl.Series("handle_ns", handle), pl.Series("last_ns", handle)))
+    c = align_device_model(
+        pairs.with_columns(pl.Series("handle_ns", handle), pl.Series("last_ns", handle))
+    )
     assert not c["consistent"] and c["outliers"] == 0
