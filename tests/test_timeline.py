@@ -333,7 +333,9 @@ def test_ioreq_order_aligns_the_clock_without_a_kick(tmp_path):
     r = emulate(EmulateOptions(transport="epam-mmio", workload="randread-4k-qd1", requests=300,
                                seed=2, clock_offset_ns=55_000, out=tmp_path / "b"))  # fmt: skip
     ev = api.ingest(r.bundle).bundle.events()
-    seq = align_device_model(ioreq_join.sequence_pairs(ev), method=ioreq_join.SEQUENCE_METHOD)
+    seq = align_device_model(
+        ioreq_join.sequence_pairs(ioreq_join.accesses(ev)), method=ioreq_join.SEQUENCE_METHOD
+    )
     kick = align_device_model(notify_pairs(ev))
     assert seq["consistent"] and seq["pairs"] >= 300
     assert (

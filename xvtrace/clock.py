@@ -44,19 +44,13 @@ IOREQ_HANDLING = [
 ]  # fmt: skip
 
 
-def notify_pairs(ev: pl.LazyFrame, handling=IOREQ_HANDLING) -> pl.DataFrame | None:
+def notify_pairs(ev: pl.LazyFrame, hv: pl.DataFrame | None = None) -> pl.DataFrame | None:
     """Each QueueNotify trap with its IOREQ: dom, vcpu, cpu (the pCPU), exit_ns, entry_ns
     (hypervisor clock) and handle_off, handle_ns, last_ns (device-model clock: the last of
-    the IOREQ's `handling` events); None without both sides."""
-    hv = (
-        ev.filter(pl.col("source") == "xentrace")
-        .filter(
-            pl.col("event").is_in(["hvm.vmexit", "hvm.mmio_write", "hvm.io_write", "hvm.vmentry"])
-        )
-        .select("ts_ns", "cpu", "dom", "vcpu", "event", "addr", "src_offset")
-        .collect()
-        .sort("cpu", "src_offset")
-    )
+    the IOREQ's IOREQ_HANDLING events); None without both sides. `hv`: the bundle's
+    `ioreq_join.traps`, when the caller has them already."""
+    from xvtrace.ioreq_join import traps as emulated_accesses
+
     dm = (
         ev.filter(pl.col("source") == "qemu")
         .select("ts_ns", "event", "addr", "arg0", "src_offset")
@@ -64,7 +58,10 @@ def notify_pairs(ev: pl.LazyFrame, handling=IOREQ_HANDLING) -> pl.DataFrame | No
         .sort("src_offset")
         .with_columns(pl.col("event").eq("qemu.handle_ioreq").cum_sum().alias("io"))
     )
-    if not len(hv) or not len(dm.filter(pl.col("event") == "qemu.handle_ioreq")):
+    if not len(dm.filter(pl.col("event") == "qemu.handle_ioreq")):
+        return None
+    hv = emulated_accesses(ev) if hv is None else hv
+    if not len(hv):
         return None
     # the queue-notify addresses: those of the IOREQs in whose handling QEMU kicked a queue
     # (virtio-mmio QueueNotify, a virtio-pci notify BAR or port; no layout assumed)
@@ -76,21 +73,15 @@ def notify_pairs(ev: pl.LazyFrame, handling=IOREQ_HANDLING) -> pl.DataFrame | No
         .unique()
         .to_list()
     )
-    # hypervisor: each notify trap = the MMIO or port write to such an address, the VM exit
-    # it came in with (the last before it on that pCPU: an NPF record may sit between) and
-    # the entry after it
-    hv = hv.with_columns(
-        pl.when(pl.col("event") == "hvm.vmexit").then(pl.col("ts_ns")).forward_fill().over("cpu").alias("exit_ns"),
-        pl.when(pl.col("event") == "hvm.vmentry").then(pl.col("ts_ns")).backward_fill().over("cpu").alias("entry_ns"),
-    )  # fmt: skip
+    # hypervisor: each notify trap = the MMIO or port write to such an address, with the VM
+    # exit it came in with and the vCPU's entry after it
     traps = hv.filter(
-        pl.col("event").is_in(["hvm.mmio_write", "hvm.io_write"]) & pl.col("addr").is_in(notify_addrs)
-        & pl.col("exit_ns").is_not_null() & pl.col("entry_ns").is_not_null()
+        (pl.col("dir") == "write") & pl.col("addr").is_in(notify_addrs) & pl.col("entry_ns").is_not_null()
     ).select("dom", "vcpu", "cpu", "exit_ns", "entry_ns")  # fmt: skip
     # device model: each notify IOREQ's span = its handle_ioreq .. the last event of its
     # synchronous handling (the queue kick QEMU processes before completing the IOREQ)
     last = (
-        dm.filter(pl.col("event").is_in(handling))
+        dm.filter(pl.col("event").is_in(IOREQ_HANDLING))
         .group_by("io")
         .agg(pl.col("ts_ns").max().alias("last_ns"))
     )

@@ -22,6 +22,8 @@ The device model's ioreq slots are the vCPUs' entries of the shared ioreq page
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import polars as pl
 
 IOREQS = "ioreqs.parquet"
@@ -92,14 +94,25 @@ def device_model_ioreqs(ev: pl.LazyFrame) -> pl.DataFrame:
     )  # fmt: skip
 
 
-def join(ev: pl.LazyFrame, clock: dict) -> tuple[pl.DataFrame, dict | None]:
+class Accesses(NamedTuple):
+    """Both records of a bundle's emulated accesses, read once: the device model's IOREQs
+    (`device_model_ioreqs`) and the hypervisor's traps (`traps`)."""
+
+    dm: pl.DataFrame
+    hv: pl.DataFrame
+
+
+def accesses(ev: pl.LazyFrame) -> Accesses:
+    return Accesses(device_model_ioreqs(ev), traps(ev))
+
+
+def join(acc: Accesses, clock: dict) -> tuple[pl.DataFrame, dict | None]:
     """(one row per device-model IOREQ with its trap's dom, cpu, exit_ns and entry_ns on the
     device model's clock, or nulls; counts: ioreqs, joined, ioreqs without a trap, traps at
     device-model addresses without an IOREQ), counts None without both sides."""
     from xvtrace.clock import to_device_model
 
-    dm = device_model_ioreqs(ev)
-    hv = traps(ev)
+    dm, hv = acc
     if not len(dm) or not len(hv):
         return dm.clear(), None
     dom = hv.filter(pl.col("addr").is_in(dm["addr"].unique().to_list()))["dom"].mode()
@@ -168,7 +181,7 @@ def join(ev: pl.LazyFrame, clock: dict) -> tuple[pl.DataFrame, dict | None]:
     return joined, counts
 
 
-def sequence_pairs(ev: pl.LazyFrame, *, run: int = 2000) -> pl.DataFrame | None:
+def sequence_pairs(acc: Accesses, *, run: int = 2000) -> pl.DataFrame | None:
     """IOREQs paired with their traps by order, for a clock fit when no other pairs exist
     (no virtio queue notify: an emulated disk, a device model that logs only IOREQs).
 
@@ -179,10 +192,10 @@ def sequence_pairs(ev: pl.LazyFrame, *, run: int = 2000) -> pl.DataFrame | None:
     there is kept. Columns as
     `clock.notify_pairs` (last_ns = handle_ns: only the IOREQ's first record is sure to come
     before its completion). None when nothing aligns."""
-    dm = device_model_ioreqs(ev)
+    dm = acc.dm
     if not len(dm):
         return None
-    hv = traps(ev).filter(pl.col("addr").is_in(dm["addr"].unique().to_list()))
+    hv = acc.hv.filter(pl.col("addr").is_in(dm["addr"].unique().to_list()))
     token = pl.concat_str("kind", "dir", pl.col("addr").cast(pl.Utf8)).hash()
     out = []
     for (vcpu,), d in dm.with_columns(token.alias("t")).sort("dm_off").group_by("vcpu"):
@@ -251,7 +264,7 @@ SEQUENCE_METHOD = (
 )
 
 
-def build(bundle, ev: pl.LazyFrame, clock: dict | None):
+def build(bundle, acc: Accesses, clock: dict | None):
     """Join the bundle's IOREQs with their traps and write ioreqs.parquet (atomically).
     Returns (the join's counts, the clock used when it had to be fitted here, the joined
     table), or Nones without IOREQs on both sides or any clock."""
@@ -260,11 +273,11 @@ def build(bundle, ev: pl.LazyFrame, clock: dict | None):
 
     fitted = None
     if clock is None or not clock["consistent"]:
-        fitted = align_device_model(sequence_pairs(ev), method=SEQUENCE_METHOD)
+        fitted = align_device_model(sequence_pairs(acc), method=SEQUENCE_METHOD)
         if fitted is None:
             return None, None, None
         clock = fitted
-    table, counts = join(ev, clock)
+    table, counts = join(acc, clock)
     if counts is None:
         return None, None, None
     with atomic_path(bundle.path / IOREQS) as tmp:

@@ -152,11 +152,12 @@ def build(bundle) -> pl.DataFrame:
     from xvtrace.bundle import atomic_path, write_manifest
 
     ev = bundle.events()
+    acc = ioreq_join.accesses(ev)  # read once: the clock fits and the join all use them
     req = qemu_requests(ev).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
     dm_clock, view, ide = None, DM_VIEW_NAME, None
     if len(req):
         lost = first_loss(ev)
-        pairs, lower = _before(lost, notify_pairs(ev)), None
+        pairs, lower = _before(lost, notify_pairs(ev, acc.hv)), None
         if pairs is None:  # no IOREQs: an event-channel kick (gsoc-xenbus style)?
             found = evtchn_pairs(ev)
             pairs, lower = found if found else (None, None)
@@ -167,7 +168,7 @@ def build(bundle) -> pl.DataFrame:
             # them, or QEMU processed the queue after completing the IOREQ (ioeventfd).
             # Align on every IOREQ by order instead; each kick then gets its trap from the
             # IOREQ join below.
-            seq = align_device_model(_before(lost, ioreq_join.sequence_pairs(ev)),
+            seq = align_device_model(_before(lost, ioreq_join.sequence_pairs(acc)),
                                      method=ioreq_join.SEQUENCE_METHOD)  # fmt: skip
             if seq is not None and seq["consistent"]:
                 dm_clock, pairs = seq, None
@@ -188,7 +189,7 @@ def build(bundle) -> pl.DataFrame:
                 blk,
                 "dom0 block layer only (ftrace): the guest's kicks could not be matched",
             )
-    ioreqs, fitted, joined = ioreq_join.build(bundle, ev, dm_clock)
+    ioreqs, fitted, joined = ioreq_join.build(bundle, acc, dm_clock)
     dm_clock = dm_clock if fitted is None else fitted
     if joined is not None and (
         ide is not None or (view == DM_VIEW_NAME and "trap_exit_ns" not in req.columns)
