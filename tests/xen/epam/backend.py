@@ -169,20 +169,22 @@ class VirtioBlock:
         self.sectors = os.fstat(self.fd).st_size // 512
         self.mem, self.log, self.irq_level = mem, log, irq_level
         self.requests = 0  # over the device's life (a driver reset keeps the count)
+        self.rings, self.ring_maps = None, []
         self.reset()
 
     def close(self) -> None:
+        self._unmap_rings()
         os.close(self.fd)
         self.log.fh.close()
 
     def reset(self) -> None:
+        self._unmap_rings()  # a driver reset may place the queue elsewhere
         self.status = self.isr = 0
         self.dev_sel = self.drv_sel = 0
         self.driver_features = 0
         self.num, self.ready, self.queue_sel = QUEUE_MAX, 0, 0
         self.desc = self.avail = self.used = 0
         self.last_avail = self.used_idx = 0
-        self.rings = None
 
     # -- registers
     def read(self, off: int, size: int) -> int:
@@ -237,9 +239,18 @@ class VirtioBlock:
 
     # -- the queue
     def _map_rings(self) -> None:
+        """The queue's descriptor table, available and used rings, mapped for as long as
+        the driver keeps them (until a reset)."""
         n = self.num
-        self.rings = (self.mem.view(self.desc, 16 * n)[0], self.mem.view(self.avail, 6 + 2 * n)[0],
-                      self.mem.view(self.used, 6 + 8 * n)[0])  # fmt: skip
+        mapped = [self.mem.view(self.desc, 16 * n), self.mem.view(self.avail, 6 + 2 * n),
+                  self.mem.view(self.used, 6 + 8 * n)]  # fmt: skip
+        self.rings = tuple(view for view, _ in mapped)
+        self.ring_maps = [handle for _, handle in mapped]
+
+    def _unmap_rings(self) -> None:
+        for handle in self.ring_maps:
+            self.mem.unmap(handle)
+        self.rings, self.ring_maps = None, []
 
     def notify(self, queue: int) -> None:
         self.log("virtio_queue_notify", f"vdev {VDEV:#x} n {queue} vq {VQ:#x}")
