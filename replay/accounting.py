@@ -16,8 +16,8 @@ COUNTERS = ("vm_exits", "ioreqs", "hypercalls", "pages_mapped", "bytes_copied")
 # emits -> (vm exits, IOREQs, hypercalls) per request
 _EVENTS = {
     "mmio_notify": (1, 1, 0),  # the QueueNotify write traps and becomes an IOREQ
-    "mmio_isr": (2, 2, 0),  # InterruptStatus read + InterruptACK write
-    "mmio_isr_noqemu": (2, 2, 0),
+    "mmio_isr_status": (1, 1, 0),  # the ISR's InterruptStatus read
+    "mmio_isr_ack": (1, 1, 0),  # and its InterruptACK write
     "vmcall_evtchn": (1, 0, 1),  # HVM guest hypercall: a VMCALL exit
     "vmcall_argo": (1, 0, 1),
     "pv_evtchn": (0, 0, 1),  # the backend domain's own hypercalls

@@ -3,8 +3,9 @@ measured, with confidence intervals, and the costs it could not constrain.
 
 The reconstructed request table (xvtrace.timeline) has timestamps that mark known points of
 the source transport's request path (`anchors`: QEMU's virtqueue_pop is the backend pop's
-start, its virtio_blk_handle_* the submission, the re-entry after the kick's IOREQ the
-IOREQ completion's end, ...). Between two consecutive anchors lie some of the path's
+start, its virtio_blk_handle_* the submission, its virtio_notify the push's end, the re-entry
+after the kick's IOREQ the IOREQ completion's end, a virtio-mmio ISR's trap exits and entries
+its two traps, ...). Between two consecutive anchors lie some of the path's
 operations, and the interval measures their time plus any queueing for their resources.
 
 The fit runs the captured stream through the path with the discrete-event engine (the
@@ -49,7 +50,11 @@ TOLERANCE = 1e-3
 
 KICKS = ("mmio_notify", "vmcall_evtchn", "vmcall_argo")  # what a guest's notification emits
 RESPONSES = ("pv_evtchn", "pv_argo", "irq_dm_op")  # the backend domain's answer
-INTERRUPTS = ("guest_upcall", "mmio_isr", "mmio_isr_noqemu")  # the guest's interrupt
+INTERRUPTS = ("guest_upcall", "guest_irq")  # the guest's interrupt
+ISR_TRAPS = {  # a virtio-mmio ISR's two traps, their timeline columns (ioreq_join)
+    "mmio_isr_status": ("isr_read_trap_exit_ns", "isr_read_trap_entry_ns"),
+    "mmio_isr_ack": ("ack_trap_exit_ns", "ack_trap_entry_ns"),
+}
 
 
 def anchors(path, view: str = "device-model") -> dict[str, tuple[int, str]]:
@@ -64,6 +69,9 @@ def anchors(path, view: str = "device-model") -> dict[str, tuple[int, str]]:
         if o.emits in KICKS and "trap_exit_ns" not in out:
             out["trap_exit_ns"] = (k, "start")
             out["trap_entry_ns"] = (names.index(o.hold_until) if o.hold_until else k, "end")
+        if o.emits in ISR_TRAPS:
+            exit_, entry = ISR_TRAPS[o.emits]
+            out[exit_], out[entry] = (k, "start"), (k, "end")
     if view == "hypervisor":
         out["submit_ns"] = (s, "end")  # block_rq_insert: the backend hands it to the device
         out["handle_ns"] = (d, "start")
@@ -78,6 +86,7 @@ def anchors(path, view: str = "device-model") -> dict[str, tuple[int, str]]:
         out["pop_ns"] = (names.index("backend_pop"), "start")
     if "backend_push" in names:
         out["fill_ns"] = (names.index("backend_push"), "start")
+        out["notify_ns"] = (names.index("backend_push"), "end")  # QEMU's virtio_notify
     return out
 
 
@@ -125,6 +134,8 @@ def fit(
         ops = tuple(range(b0, b1))
         if not ops or any(path[k].resource == "device" for k in ops):
             continue
+        if _out_of_order(blk, c0, c1, [c for *_, c, _ in marks if c not in (c0, c1)]):
+            continue  # the capture's backend did these steps in another order than the path
         m = (blk[c1] - blk[c0]).drop_nulls().to_numpy().astype(np.float64)
         if len(m) >= MIN_REQUESTS:
             tk = [timestamp_tick(blk[c].drop_nulls().to_numpy()) for c in (c0, c1)]
@@ -181,11 +192,19 @@ def fit(
         )
         rel = se / ops
         low, high = g.factor * (1 - 1.96 * rel), g.factor * (1 + 1.96 * rel)
-        crossing = sum(a.startswith("trap_") != b.startswith("trap_") for a, b in g.intervals)
+        crossing = sum(("trap_" in a) != ("trap_" in b) for a, b in g.intervals)
         widen = g.factor * crossing * clock_halfwidth_ns / ops  # one end on each clock
         g.low, g.high = float(max(low - widen, 0.0)), float(high + widen)
         out.append(g)
     return out
+
+
+def _out_of_order(blk: pl.DataFrame, c0: str, c1: str, others: list[str]) -> bool:
+    """Whether another anchor lies inside c0..c1 for most requests: the path puts it outside,
+    so the interval measures other operations than the path's (a backend that completes the
+    kick's IOREQ only after the I/O, say)."""
+    inside = [((blk[c0] < blk[c]) & (blk[c] < blk[c1])).mean() or 0.0 for c in others]
+    return max(inside, default=0.0) > 0.5
 
 
 def _share(sched, span) -> float:

@@ -79,7 +79,9 @@ def _submit(dev, guest, n, kind, sector, data_addr, length):
         struct.pack_into("<QIHH", guest.ram, DESC + 16 * (d + i), addr, ln, fl, d + i + 1)
     struct.pack_into("<H", guest.ram, AVAIL + 4 + 2 * n, d)
     struct.pack_into("<H", guest.ram, AVAIL + 2, n + 1)
-    dev.write(0x050, 4, 0)  # QueueNotify
+    dev.write(0x050, 4, 0)  # QueueNotify: pops the request
+    assert len(dev.pending) == 1
+    dev.complete_pending()  # what the server does once the IOREQ is answered
     return status
 
 

@@ -6,7 +6,12 @@ from xvtrace.replay.transports.base import op
 GUEST_SUBMIT = op("guest_submit", "submit", "guest_vcpu", "vcpu", "guest.ring_submit")
 GUEST_GRANT = op("guest_grant", "submit", "guest_vcpu", "vcpu", "guest.grant_entry", "page")
 GUEST_COMPLETE = op("guest_complete", "complete", "guest_vcpu", "vcpu", "guest.ring_complete")
-ISR_TRAPS = op("isr_status_ack", "irq", "guest_vcpu", "vcpu", "epam.isr_traps", emits="mmio_isr")
+# a virtio-mmio interrupt: delivered to the vCPU, whose ISR reads InterruptStatus and writes
+# InterruptACK, each a trap served through the IOREQ server like the QueueNotify write
+GUEST_IRQ = op("guest_irq", "irq", "guest_vcpu", "vcpu", "xen.virq_latency", emits="guest_irq")
+ISR_STATUS = op("isr_status", "irq", "guest_vcpu", "vcpu", "epam.isr_trap", emits="mmio_isr_status")
+ISR_ACK = op("isr_ack", "irq", "guest_vcpu", "vcpu", "epam.isr_trap", emits="mmio_isr_ack")
+MMIO_ISR = (GUEST_IRQ, ISR_STATUS, ISR_ACK)
 GUEST_UPCALL = op(
     "guest_upcall", "irq", "guest_vcpu", "vcpu", "xen.evtchn_latency", emits="guest_upcall"
 )

@@ -11,8 +11,6 @@ MAP = op("foreign_map", "map", "backend_process", "bproc", "dm.mapcache_lookup",
 PUSH = op("backend_push", "push", "backend_process", "bproc", "vhost.backend_push")
 CALL = op("call_eventfd", "irq", "backend_thread", "backend", "vhost.eventfd_call")
 COPY_IN = op("copy_in", "io", "backend_process", "bproc", "mem.copy", "byte")
-# no QEMU in the path: the ISR's IOREQs are served by the frontend, which logs nothing
-ISR = op("isr_status_ack", "irq", "guest_vcpu", "vcpu", "epam.isr_traps", emits="mmio_isr_noqemu")
 
 TRANSPORT = Transport(
     name="stratos-vhost-user",
@@ -20,7 +18,7 @@ TRANSPORT = Transport(
     summary=__doc__,
     **paths(
         notify=(o.GUEST_SUBMIT, o.MMIO_NOTIFY, o.IOREQ_DISPATCH, KICK, o.IOREQ_COMPLETE, POP, MAP),
-        complete=(PUSH, CALL, o.IRQ_DM_OP, ISR, o.GUEST_COMPLETE),
+        complete=(PUSH, CALL, o.IRQ_DM_OP, *o.MMIO_ISR, o.GUEST_COMPLETE),
         rx_head=(POP, COPY_IN),
         device=op("device_io", "io", "device", "device", "device.block"),
     ),

@@ -20,7 +20,7 @@ TRANSPORT = Transport(
             o.GRANT_MAP,
             o.IOREQ_COMPLETE,
         ),
-        complete=(o.GRANT_UNMAP, o.BACKEND_PUSH, o.IRQ_DM_OP, o.ISR_TRAPS, o.GUEST_COMPLETE),
+        complete=(o.GRANT_UNMAP, o.BACKEND_PUSH, o.IRQ_DM_OP, *o.MMIO_ISR, o.GUEST_COMPLETE),
         rx_head=(o.BACKEND_POP, o.GRANT_MAP, o.COPY_IN),
     ),
     guest="hvm",

@@ -103,7 +103,7 @@ wait_for() {  # wait_for SECONDS COMMAND...: poll until COMMAND succeeds
 }
 case $SCENARIO in
 pv)
-  capture
+  capture --transport pv-blkif
   xl create /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
   echo "XVT-HOST guest started"
   ;;
@@ -115,7 +115,7 @@ hvm-*)
     BACKEND=$!
     wait_for 60 grep -qs "ioreq server" /tmp/out/backend.log || echo "XVT-HOST backend not up: $(tail -3 /tmp/out/backend.log)"
     xl unpause "$NAME"
-    TRACE="--log /tmp/work/epam.log --log /tmp/work/epam.log.trace-events"
+    TRACE="--transport epam-mmio --log /tmp/work/epam.log --log /tmp/work/epam.log.trace-events"
   else
     xl create /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
   fi

@@ -449,6 +449,7 @@ class CaptureOptions:
     patterns: tuple[str, ...] = DEFAULT_PATTERNS
     resume: bool = False
     dump_memory: bool = False
+    transport: str | None = None  # what the guest's device uses, if known (replay/calibrate)
     interval: float = 0.05  # main loop tick (stop conditions)
     poll_interval: float = 0.5  # virtqueue state polls: QMP commands take QEMU's main loop
 
@@ -531,6 +532,8 @@ def capture(
             manifest["host"].update(s.facts)
             if "cpu_khz" in s.facts:
                 manifest["host"]["cpu_khz_source"] = "xl info cpu_mhz"
+    if opts.transport:
+        manifest["transport"] = opts.transport
     manifest["capture"] = {
         "tool": f"xvtrace {__version__}",
         "argv": sys.argv,

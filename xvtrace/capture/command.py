@@ -12,6 +12,7 @@ import click
 
 from xvtrace.capture import CaptureError
 from xvtrace.capture.qmp import QMPError
+from xvtrace.replay.transports import NAMES as TRANSPORT_NAMES
 
 
 def guard(fn):
@@ -104,6 +105,12 @@ def guard(fn):
     "can be decoded as the guest left them.",
 )
 @click.option(
+    "--transport",
+    type=click.Choice(TRANSPORT_NAMES),
+    help="The transport the guest's virtio device runs on, recorded in the manifest so that "
+    "replay and calibrate take it as the capture's own.",
+)
+@click.option(
     "--ingest/--no-ingest",
     default=True,
     show_default=True,
@@ -116,7 +123,7 @@ def guard(fn):
 )
 @guard
 def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask, block_trace, logs, tracefs,
-                patterns, resume, dump_memory, ingest, progress):  # fmt: skip
+                patterns, resume, dump_memory, transport, ingest, progress):  # fmt: skip
     """Capture a live run into a new bundle: xentrace on a Xen dom0, QEMU trace events and
     virtqueue state over QMP, packets.
 
@@ -140,6 +147,7 @@ def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask,
         out=output, duration=duration, qmp=qmp, ifaces=ifaces, netdevs=netdevs,
         xentrace=xentrace, xentrace_mask=xentrace_mask, block_trace=block_trace, tracefs=tracefs, logs=logs,
         patterns=tuple(patterns) or DEFAULT_PATTERNS, resume=resume, dump_memory=dump_memory,
+        transport=transport,
     )  # fmt: skip
     try:
         manifest = capture(opts, status=default_status(show), stop_flag=lambda: bool(stop))

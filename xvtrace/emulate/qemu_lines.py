@@ -177,15 +177,15 @@ def _path_lines(out: Lines, kind: str, path, sched, req, iodepth: int) -> None:
         fill_len = req.nbytes.astype(np.uint64) + 12
     out.add("virtqueue_fill", push, 0.2, vq=vq, elem=elem, len=fill_len, idx=0)
     out.add("virtqueue_flush", push, 0.3, vq=vq, count=1)
-    out.add("virtio_notify", push, 0.4, vdev=vdev, vq=vq)
-    if "mmio_isr" in emits:
+    # virtio_notify comes once the used ring is flushed: the push's end
+    out.add("virtio_notify", t("backend_push", "end"), -0.1, vdev=vdev, vq=vq)
+    if "mmio_isr_status" in emits:
         out.add("virtio_mmio_setting_irq", t("irq_inject"), 0.0, level=1)
-        s, e = t("isr_status_ack"), t("isr_status_ack", "end")
-        third = (e - s) / 3
-        out.add("handle_ioreq", s + third, 0.0, req=ioreq, type=1, dir=1, df=0, data_is_ptr=0,
+        status, ack = t("isr_status"), t("isr_ack")  # the IOREQs of the ISR's two traps
+        out.add("handle_ioreq", status, 0.0, req=ioreq, type=1, dir=1, df=0, data_is_ptr=0,
                 addr=MMIO_BASE + STATUS, data=1, count=1, size=4)  # fmt: skip
-        out.add("virtio_mmio_read", s + third, 0.1, offset=STATUS)
-        out.add("handle_ioreq", s + 2 * third, 0.0, req=ioreq, type=1, dir=0, df=0, data_is_ptr=0,
+        out.add("virtio_mmio_read", status, 0.1, offset=STATUS)
+        out.add("handle_ioreq", ack, 0.0, req=ioreq, type=1, dir=0, df=0, data_is_ptr=0,
                 addr=MMIO_BASE + ACK, data=1, count=1, size=4)  # fmt: skip
-        out.add("virtio_mmio_write_offset", s + 2 * third, 0.1, offset=ACK, value=1)
-        out.add("virtio_mmio_setting_irq", s + 2 * third, 0.2, level=0)
+        out.add("virtio_mmio_write_offset", ack, 0.1, offset=ACK, value=1)
+        out.add("virtio_mmio_setting_irq", ack, 0.2, level=0)

@@ -33,8 +33,9 @@ NPF_WORDS = (0xFFFFFFFF, 0xFFFFFFFF, 0x182, 5)  # mfn ~0 (emulated MMIO), qualif
 GUEST_RIP = 0xFFFFFFFF81A0_0000  # where the guest's virtio driver pokes the device
 GUEST_SIDE = (
     "mmio_notify",
-    "mmio_isr",
-    "mmio_isr_noqemu",
+    "guest_irq",
+    "mmio_isr_status",
+    "mmio_isr_ack",
     "vmcall_evtchn",
     "vmcall_argo",
     "guest_upcall",
@@ -171,13 +172,12 @@ def _emit_path(rec: Records, path, sched, req, vendor: str, guest_exits: bool) -
             continue
         if o.emits == "mmio_notify":
             _mmio_trap(rec, gcpu, s, until, NOTIFY, np.zeros(n), vendor)
-        elif o.emits in ("mmio_isr", "mmio_isr_noqemu"):
-            third = (e - s) / 3
-            _interrupt(rec, gcpu, s, s + 0.2 * third, IRQ_VECTOR, vendor)
-            _mmio_trap(
-                rec, gcpu, s + third, s + 2 * third - 1, STATUS, np.ones(n), vendor, write=False
-            )
-            _mmio_trap(rec, gcpu, s + 2 * third, e, ACK, np.ones(n), vendor)
+        elif o.emits == "guest_irq":
+            _interrupt(rec, gcpu, s, e, IRQ_VECTOR, vendor)
+        elif o.emits == "mmio_isr_status":
+            _mmio_trap(rec, gcpu, s, e, STATUS, np.ones(n), vendor, write=False)
+        elif o.emits == "mmio_isr_ack":
+            _mmio_trap(rec, gcpu, s, e, ACK, np.ones(n), vendor)
         elif o.emits in ("vmcall_evtchn", "vmcall_argo"):
             hc = HC_EVTCHN if o.emits == "vmcall_evtchn" else HC_ARGO
             _exit(rec, gcpu, s, _reason("vmcall", vendor), [(0x00082012, (hc,))])

@@ -11,7 +11,9 @@ create_ioreq_server (no buffered ioreqs) -> map the ioreq page (map_resource,
 XENMEM_resource_ioreq_server, frame 1) -> map_io_range_to_ioreq_server (MMIO window) ->
 set_ioreq_server_state(1) -> one interdomain event channel per vCPU (vp_eport in its slot)
 -> on each event: the slot's IOREQ_READY request is emulated, read data written, the state
-set to IORESP_READY, the channel notified. The interrupt is an ISA IRQ with level semantics
+set to IORESP_READY, the channel notified. A QueueNotify pops and maps the queue's requests
+inside its IOREQ; their I/O, used-ring update and interrupt follow once it is answered, the
+order of QEMU's virtio-blk (its AIO completes in the main loop after the IOREQ returns). The interrupt is an ISA IRQ with level semantics
 (set_isa_irq_level): asserted while InterruptStatus is non-zero.
 
 The log: QEMU's log-backend lines (`tid@sec.usec:event args`, stamps from CLOCK_REALTIME)
@@ -35,6 +37,7 @@ import select
 import struct
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 PAGE = 4096
@@ -170,14 +173,19 @@ class VirtioBlock:
         self.mem, self.log, self.irq_level = mem, log, irq_level
         self.requests = 0  # over the device's life (a driver reset keeps the count)
         self.rings, self.ring_maps = None, []
+        self.pending: list[Job] = []  # popped, to run once the kick's IOREQ is answered
         self.reset()
 
     def close(self) -> None:
-        self._unmap_rings()
+        self.reset()  # unmaps the rings and any popped request's buffers
         os.close(self.fd)
         self.log.fh.close()
 
     def reset(self) -> None:
+        for job in self.pending:  # a reset drops what the driver never saw completed
+            for _, handle in job.bufs:
+                self.mem.unmap(handle)
+        self.pending = []
         self._unmap_rings()  # a driver reset may place the queue elsewhere
         self.status = self.isr = 0
         self.dev_sel = self.drv_sel = 0
@@ -253,38 +261,48 @@ class VirtioBlock:
         self.rings, self.ring_maps = None, []
 
     def notify(self, queue: int) -> None:
+        """QueueNotify, as QEMU's virtio-blk takes it: pop every available request and map
+        its buffers while the vCPU waits on the IOREQ; the I/O runs once it is answered
+        (complete_pending), as QEMU's AIO completes in its main loop later."""
         self.log("virtio_queue_notify", f"vdev {VDEV:#x} n {queue} vq {VQ:#x}")
         if queue != 0 or not self.ready:
             return
         if self.rings is None:
             self._map_rings()
-        desc, avail, used = self.rings
-        done = 0
+        desc, avail, _ = self.rings
         while self.last_avail != struct.unpack_from("<H", avail, 2)[0]:
             head = struct.unpack_from("<H", avail, 4 + 2 * (self.last_avail % self.num))[0]
             self.last_avail = (self.last_avail + 1) & 0xFFFF
-            written = self.request(desc, head)
-            slot = self.used_idx % self.num
-            struct.pack_into("<II", used, 4 + 8 * slot, head, written)
+            self.pending.append(self.pop(desc, head))
+
+    def complete_pending(self) -> None:
+        """Run the popped requests, put them on the used ring, and raise the interrupt."""
+        if not self.pending:
+            return
+        jobs, self.pending = self.pending, []
+        used = self.rings[2]
+        for idx, job in enumerate(jobs):
+            written = self.run(job)
+            struct.pack_into("<II", used, 4 + 8 * (self.used_idx % self.num), job.head, written)
             self.log(
-                "virtqueue_fill", f"vq {VQ:#x} elem {self.elem(head):#x} len {written} idx {done}"
+                "virtqueue_fill",
+                f"vq {VQ:#x} elem {self.elem(job.head):#x} len {written} idx {idx}",
             )
             self.used_idx = (self.used_idx + 1) & 0xFFFF
-            done += 1
-        if done:
-            struct.pack_into("<H", used, 2, self.used_idx)  # after the entries (x86: in order)
-            self.log("virtqueue_flush", f"vq {VQ:#x} count {done}")
-            self.log("virtio_notify", f"vdev {VDEV:#x} vq {VQ:#x}")
-            was = self.isr
-            self.isr |= 1
-            if not was:
-                self.set_irq(1)
+        struct.pack_into("<H", used, 2, self.used_idx)  # after the entries (x86: in order)
+        self.log("virtqueue_flush", f"vq {VQ:#x} count {len(jobs)}")
+        self.log("virtio_notify", f"vdev {VDEV:#x} vq {VQ:#x}")
+        was = self.isr
+        self.isr |= 1
+        if not was:
+            self.set_irq(1)
 
     @staticmethod
     def elem(head: int) -> int:
         return 0x7F0000300000 + 0x100 * head
 
-    def request(self, desc, head: int) -> int:
+    def pop(self, desc, head: int) -> Job:
+        """Walk a descriptor chain, read its header and map its buffers."""
         chain, i = [], head
         while True:
             if i >= self.num:  # a guest bug or a hostile ring: never read past the table
@@ -303,43 +321,61 @@ class VirtioBlock:
         kind, _, sector = struct.unpack("<IIQ", hdr)
         self.mem.unmap(h)
         data, status = chain[1:-1], chain[-1]
-        nbytes = sum(c[1] for c in data)
-        written, rc = 0, 0
+        job = Job(head, kind, sector, [self.mem.view(a, n) for a, n, _ in data], status[0])
         if kind in (BLK_IN, BLK_OUT):
             name = "virtio_blk_handle_read" if kind == BLK_IN else "virtio_blk_handle_write"
+            nbytes = sum(c[1] for c in data)
             self.log(name, f"vdev {VDEV:#x} req {elem:#x} sector {sector} nsectors {nbytes // 512}")
-            pos = sector * 512
-            for addr, length, _ in data:
-                buf, h = self.mem.view(addr, length)
-                try:
-                    if kind == BLK_IN:
-                        buf[:] = os.pread(self.fd, length, pos).ljust(length, b"\0")
-                        written += length
-                    else:
-                        os.pwrite(self.fd, bytes(buf), pos)
-                except OSError:
-                    rc = -5
-                finally:
-                    self.mem.unmap(h)
-                pos += length
-            self.log("virtio_blk_rw_complete", f"vdev {VDEV:#x} req {elem:#x} ret {rc}")
-        elif kind == BLK_FLUSH:
-            os.fsync(self.fd)
-        elif kind == BLK_GET_ID and data:
-            buf, h = self.mem.view(data[0][0], data[0][1])
-            ident = b"xvtrace-epam".ljust(len(buf), b"\0")[: len(buf)]
-            buf[:] = ident
-            self.mem.unmap(h)
-            written += len(ident)
-        else:
-            rc = -95
+        return job
+
+    def run(self, job: Job) -> int:
+        """Do one popped request; the bytes written into the guest's buffers plus status."""
+        elem = self.elem(job.head)
+        written, rc = 0, 0
+        try:
+            if job.kind in (BLK_IN, BLK_OUT):
+                pos = job.sector * 512
+                for buf, _ in job.bufs:
+                    try:
+                        if job.kind == BLK_IN:
+                            buf[:] = os.pread(self.fd, len(buf), pos).ljust(len(buf), b"\0")
+                            written += len(buf)
+                        else:
+                            os.pwrite(self.fd, bytes(buf), pos)
+                    except OSError:
+                        rc = -5
+                    pos += len(buf)
+                self.log("virtio_blk_rw_complete", f"vdev {VDEV:#x} req {elem:#x} ret {rc}")
+            elif job.kind == BLK_FLUSH:
+                os.fsync(self.fd)
+            elif job.kind == BLK_GET_ID and job.bufs:
+                buf = job.bufs[0][0]
+                ident = b"xvtrace-epam".ljust(len(buf), b"\0")[: len(buf)]
+                buf[:] = ident
+                written += len(ident)
+            else:
+                rc = -95
+        finally:
+            for _, handle in job.bufs:
+                self.mem.unmap(handle)
         code = 0 if rc == 0 else (2 if rc == -95 else 1)
-        st, h = self.mem.view(status[0], 1)
+        st, h = self.mem.view(job.status, 1)
         st[0] = code
         self.mem.unmap(h)
         self.log("virtio_blk_req_complete", f"vdev {VDEV:#x} req {elem:#x} status {code}")
         self.requests += 1
         return written + 1
+
+
+@dataclass
+class Job:
+    """A popped request: descriptor head, type, sector, mapped buffers, status address."""
+
+    head: int
+    kind: int
+    sector: int
+    bufs: list  # (memoryview, mapping handle)
+    status: int
 
 
 class Server:
@@ -401,6 +437,7 @@ class Server:
             if self.handle(v):  # a spurious event (state 0) follows each bind
                 self.xen.ev.xenevtchn_notify(self.xen.evh, port)
                 handled += 1
+                self.dev.complete_pending()  # the vCPU runs on meanwhile
         return handled
 
     def handle(self, v: int) -> bool:
