@@ -239,6 +239,31 @@ def test_hvm_epam_requests_reconstruct_through_the_interrupt_ack(xen):
     assert set(irq["arg0"]) == {0, 1}  # every level change is in the log
 
 
+def test_calibrate_fits_the_epam_costs_from_the_real_capture(xen, tmp_path):
+    from click.testing import CliRunner
+
+    from xvtrace.cli import cli
+    from xvtrace.replay import costs as cost_table
+
+    scenario, _, _, res, _ = xen
+    if scenario != "hvm-epam":
+        pytest.skip("the VirtIO-EPAM scenario")
+    assert res.bundle.manifest["transport"] == "epam-mmio"  # capture --transport
+    out = tmp_path / "fit.toml"
+    r = CliRunner().invoke(cli, ["calibrate", str(res.bundle.path), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    fitted = cost_table.load(out).filter(pl.col("source").str.starts_with("calibrated from"))
+    # every step between two of the capture's stamps: the trap and its IOREQ dispatch, the
+    # backend's pop and push, the interrupt to the ISR, the ISR's two traps
+    assert {"xen.mmio_trap", "xen.ioreq_dispatch", "dm.virtqueue_pop", "dm.virtqueue_push",
+            "xen.dm_op_irq", "xen.virq_latency", "epam.isr_trap"} <= set(fitted["key"])  # fmt: skip
+    # the guest's own ring work is stamped by nothing
+    assert not {"guest.ring_submit", "guest.ring_complete"} & set(fitted["key"])
+    # under nested TCG a trap with its IOREQ round trip takes ~1 ms, not the table's 7.2 us
+    isr = fitted.filter(pl.col("key") == "epam.isr_trap")["x86_64"][0]
+    assert 100_000 < isr < 20_000_000
+
+
 def test_real_requests_feed_replay_and_regress(xen):
     from xvtrace import regress, replaying
     from xvtrace.replay.transports import get

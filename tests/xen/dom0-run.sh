@@ -3,6 +3,7 @@
 # daemons, capture with xvtrace while a guest does its I/O, leave the bundle in /tmp/out.
 #   dom0-run.sh REPO SCENARIO KERNEL GUEST_INITRAMFS
 REPO=$1 SCENARIO=$2 KERNEL=$3 GUEST=$4
+[ "$SCENARIO" = hvm-epam-smp ] && VCPUS=2  # the EPAM path with a guest of two vCPUs
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
 mkdir -p /var/run/xen /var/run/xenstored /var/lib/xen /var/lib/xenstored /var/log/xen/console /tmp/work/console
 xenstored --pid-file /var/run/xenstored.pid || { echo "XVT-HOST xenstored failed"; exit 1; }
@@ -69,13 +70,11 @@ hvm-ide)
   hvm_cfg '"-drive", "if=none,id=hd0,file=/tmp/work/disk.img,format=raw", "-device", "ide-hd,drive=hd0,bus=ide.0,unit=0"'
   TRACE="--trace handle_ioreq* --trace cpu_ioreq_* --trace ide_exec_cmd --trace ide_dma_cb --trace ide_ioport_* --trace ide_status_read --trace bmdma_cmd_writeb --trace dma_blk_io --trace dma_complete"
   ;;
-hvm-epam)
+hvm-epam|hvm-epam-smp)
   # VirtIO-EPAM: a virtio-mmio block device at 0xfe000000 (IRQ 5) that no QEMU serves: an
   # IOREQ server of its own in dom0 (tests/xen/epam/backend.py) claims the window and reaches
   # the guest's memory through foreign mappings; the guest's stock virtio_mmio driver finds
   # it through the platform device its module registers (xvt_epam)
-  # one vCPU: with VCPUS=2 the guest's I/O and data check pass (the backend binds a channel
-  # per vCPU), but timeline cannot yet align the two vCPUs' IOREQs with their traps
   hvm_cfg "" xvt_epam
   ;;
 *) echo "XVT-HOST unknown scenario $SCENARIO"; exit 1 ;;
@@ -108,7 +107,9 @@ pv)
   echo "XVT-HOST guest started"
   ;;
 hvm-*)
-  if [ "$SCENARIO" = hvm-epam ]; then  # the backend attaches to the paused guest
+  if [ -n "${SCENARIO##hvm-epam*}" ]; then
+    xl create /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
+  else  # the backend attaches to the paused guest
     xl create -p /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
     "$REPO/.venv/bin/python" "$REPO/tests/xen/epam/backend.py" --domid "$(xl domid "$NAME")" \
       --disk /tmp/work/disk.img --log /tmp/work/epam.log --vcpus "${VCPUS:-1}" > /tmp/out/backend.log 2>&1 &
@@ -116,8 +117,6 @@ hvm-*)
     wait_for 60 grep -qs "ioreq server" /tmp/out/backend.log || echo "XVT-HOST backend not up: $(tail -3 /tmp/out/backend.log)"
     xl unpause "$NAME"
     TRACE="--transport epam-mmio --log /tmp/work/epam.log --log /tmp/work/epam.log.trace-events"
-  else
-    xl create /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
   fi
   echo "XVT-HOST guest started"
   if wait_for 600 guest_ready && grep -qs "XVT-GUEST ready" /tmp/out/guest-serial.log; then
