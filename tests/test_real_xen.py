@@ -142,6 +142,10 @@ def test_every_ioreq_is_joined_with_its_vm_exit_and_entry(xen):
         assert (~pl.read_parquet(res.bundle.path / "ioreqs.parquet")["joined"]).sum() == j[
             "ioreqs_without_trap"
         ]
+        # the probe's accesses at the guest's boot: every one the trace could hold is joined
+        assert 0 < j["ioreqs_before_trace"] == j["ioreqs_without_trap"], j
+    else:
+        assert j["ioreqs_before_trace"] == j["ioreqs_without_trap"] == 0, j
     assert j["ioreqs"] > 100 and j["traps_without_ioreq"] == 0, j
     assert len(io) > 100 and io["joined"].all()
     # each on its trap's vCPU and between its exit and entry, within the clock's bounds

@@ -311,6 +311,7 @@ def test_every_emulated_ioreq_joins_its_own_trap(tmp_path, transport, workload):
         "ioreqs": 900,
         "joined": 900,
         "ioreqs_without_trap": 0,
+        "ioreqs_before_trace": 0,
         "traps_without_ioreq": 0,
     }
     io = pl.read_parquet(bundle.path / "ioreqs.parquet")

@@ -342,7 +342,8 @@ def timeline_cmd(source, as_json):
 
         click.echo(
             f"IOREQs: {j['joined']} of {j['ioreqs']} joined with their VM exit and entry"
-            f" ({j['ioreqs_without_trap']} without a trap, {j['traps_without_ioreq']} traps at the"
+            f" ({j['ioreqs_without_trap']} without a trap, {j.get('ioreqs_before_trace', 0)} of them"
+            f" before the hypervisor's trace began; {j['traps_without_ioreq']} traps at the"
             f" device model's addresses without an IOREQ) -> {bundle.path / IOREQS}"
         )
     if clocks.get("packet_clock"):

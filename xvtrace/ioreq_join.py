@@ -169,10 +169,15 @@ def join(acc: Accesses, clock: dict) -> tuple[pl.DataFrame, dict | None]:
         & (pl.col("trap_exit_ns") <= hi)
     )
     used = joined.filter(pl.col("joined"))["trap_off"]
+    # an IOREQ before the guest's first traced trap (less the clock's reach) was handled
+    # before the hypervisor's trace began: it has no trap to find
+    first_trap = hv["trap_exit_ns"].min() - slack_up - res
+    unjoined = joined.filter(~pl.col("joined"))
     counts = {
         "ioreqs": len(dm),
         "joined": int(joined["joined"].sum()),
-        "ioreqs_without_trap": int((~joined["joined"]).sum()),
+        "ioreqs_without_trap": len(unjoined),
+        "ioreqs_before_trace": int((unjoined["dm_ns"] < first_trap).sum()),
         "traps_without_ioreq": int((~window["trap_off"].is_in(used.to_list())).sum()),
         "method": "IOREQs and traps of each vCPU, kind, direction and address paired in order"
         " (aligned where the IOREQ stamps fall), each inside its trap's exit..entry window"
