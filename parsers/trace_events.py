@@ -212,8 +212,8 @@ def _hex_series(values: np.ndarray, fmt: str) -> pl.Series:
     """Hex text of integers, formatting each distinct value once (pointers and register
     offsets repeat: a run has few distinct values per column)."""
     uniq, inv = np.unique(values, return_inverse=True)
-    text = np.array([format(int(u), fmt) for u in uniq], dtype=object)
-    return pl.Series(text[inv], dtype=pl.String)
+    text = pl.Series([format(int(u), fmt) for u in uniq], dtype=pl.String)
+    return text.gather(inv.astype(np.uint32 if len(uniq) < 2**32 else np.uint64))
 
 
 def render_text(ev: EventDef, cols: dict[str, np.ndarray], n: int) -> pl.Series | None:
