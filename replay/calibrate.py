@@ -51,7 +51,7 @@ TOLERANCE = 1e-3
 KICKS = ("mmio_notify", "vmcall_evtchn", "vmcall_argo")  # what a guest's notification emits
 RESPONSES = ("pv_evtchn", "pv_argo", "irq_dm_op")  # the backend domain's answer
 INTERRUPTS = ("guest_upcall", "guest_irq")  # the guest's interrupt
-ISR_TRAPS = {  # a virtio-mmio ISR's two traps, their timeline columns (ioreq_join)
+ISR_TRAP_COLUMNS = {  # a virtio-mmio ISR's two traps, their timeline columns (ioreq_join)
     "mmio_isr_status": ("isr_read_trap_exit_ns", "isr_read_trap_entry_ns"),
     "mmio_isr_ack": ("ack_trap_exit_ns", "ack_trap_entry_ns"),
 }
@@ -69,8 +69,8 @@ def anchors(path, view: str = "device-model") -> dict[str, tuple[int, str]]:
         if o.emits in KICKS and "trap_exit_ns" not in out:
             out["trap_exit_ns"] = (k, "start")
             out["trap_entry_ns"] = (names.index(o.hold_until) if o.hold_until else k, "end")
-        if o.emits in ISR_TRAPS:
-            exit_, entry = ISR_TRAPS[o.emits]
+        if o.emits in ISR_TRAP_COLUMNS:
+            exit_, entry = ISR_TRAP_COLUMNS[o.emits]
             out[exit_], out[entry] = (k, "start"), (k, "end")
     if view == "hypervisor":
         out["submit_ns"] = (s, "end")  # block_rq_insert: the backend hands it to the device
@@ -136,7 +136,10 @@ def fit(
             continue
         if _out_of_order(blk, c0, c1, [c for *_, c, _ in marks if c not in (c0, c1)]):
             continue  # the capture's backend did these steps in another order than the path
-        m = (blk[c1] - blk[c0]).drop_nulls().to_numpy().astype(np.float64)
+        # one notification may answer several requests (a batch, EVENT_IDX): an interval to
+        # a shared one holds the others' work too
+        own = blk.filter(pl.col(c1).is_unique()) if c1 == "notify_ns" else blk
+        m = (own[c1] - own[c0]).drop_nulls().to_numpy().astype(np.float64)
         if len(m) >= MIN_REQUESTS:
             tk = [timestamp_tick(blk[c].drop_nulls().to_numpy()) for c in (c0, c1)]
             spans.append(((c0, c1), ops, m, (a0, a1), tk))
@@ -200,11 +203,18 @@ def fit(
 
 
 def _out_of_order(blk: pl.DataFrame, c0: str, c1: str, others: list[str]) -> bool:
-    """Whether another anchor lies inside c0..c1 for most requests: the path puts it outside,
-    so the interval measures other operations than the path's (a backend that completes the
-    kick's IOREQ only after the I/O, say)."""
-    inside = [((blk[c0] < blk[c]) & (blk[c] < blk[c1])).mean() or 0.0 for c in others]
-    return max(inside, default=0.0) > 0.5
+    """Whether, for most requests with both ends, c1 comes before c0 or another anchor lies
+    inside c0..c1: the path puts them the other way, so the interval measures other
+    operations than the path's (a backend that completes the kick's IOREQ only after the
+    I/O, or before its pop)."""
+    both = blk.filter(pl.col(c0).is_not_null() & pl.col(c1).is_not_null())
+    if len(both) < MIN_REQUESTS:
+        return False  # too few to tell: the fit's own minimum decides
+    share = [float((both[c1] < both[c0]).mean())]
+    for c in others:
+        inside = ((both[c0] < both[c]) & (both[c] < both[c1])).fill_null(False)
+        share.append(float(inside.mean()))
+    return max(share) > 0.5
 
 
 def _share(sched, span) -> float:

@@ -29,7 +29,7 @@ xen.ioreq_dispatch          | 4000     | 4600     | 0.4   | proxy + estimate: a 
 xen.ioreq_complete          | 2000     | 2300     | 0.4   | estimate: the backend sets IORESP_READY and notifies; the guest vCPU unblocks and re-enters
 xen.evtchn_send             | 1500     | 1100     | 0.3   | measured: a Xen null hypercall takes about 3,300 cycles on an AMD Athlon X2 (Keir Fraser, xen.git f64b7618e1 "svm: Avoid VMSAVE/VMLOAD..."), ~1.5 us at 2.2 GHz; Arm estimate lower (hypercalls trap straight to EL2)
 xen.evtchn_latency          | 5000     | 5800     | 0.4   | estimate: event channel pending bit to the receiving vCPU running its upcall, including a wake-up from blocked (scheduler + VM entry)
-xen.dm_op_irq               | 1500     | 1700     | 0.3   | estimate: one dm_op(set_irq_level) hypercall from dom0 (see xen.evtchn_send) and the virtual interrupt injection
+xen.dm_op_irq               | 1500     | 1700     | 0.3   | estimate: one dm_op(set_irq_level) hypercall from dom0 (see xen.evtchn_send) raising the line at the virtual interrupt controller
 xen.virq_latency            | 5000     | 5800     | 0.4   | estimate: as xen.evtchn_latency: the device model's interrupt line to the vCPU running the guest's ISR, including a wake-up from blocked (scheduler + VM entry injecting the vector)
 epam.isr_trap               | 7200     | 7800     | 0.4   | derived: the ISR's InterruptStatus read and its InterruptACK write are each an MMIO trap with an IOREQ round trip: xen.mmio_trap + xen.ioreq_dispatch + xen.ioreq_complete
 xen.grant_map               | 1500     | 1700     | 0.3   | estimate: GNTTABOP_map_grant_ref per page, a hypercall (xen.evtchn_send) plus a page-table update; blkback's persistent grants exist to avoid it (Citrix/Pau Monne 2012: unmap IPIs capped blkback at 650,000 IOPS with 5 guests on a 24-vCPU dom0)
@@ -70,6 +70,13 @@ def default_table() -> pl.DataFrame:
     return frame.with_columns(pl.col(*PROFILES, "sigma").cast(pl.Float64))
 
 
+# keys earlier tables had, and what replaced them (so an old cost file's error says how to fix it)
+RENAMED = {
+    "epam.isr_traps": "epam.isr_trap (one trap: half the old value) plus xen.virq_latency "
+    "(the interrupt's delivery)",
+}
+
+
 class CostFileError(ValueError):
     """A cost file that cannot be used (the message names the file and the entries)."""
 
@@ -86,6 +93,8 @@ def load(path: str | Path | None = None) -> pl.DataFrame:
     path = Path(path)
     extra = _read_toml(path, table) if path.suffix == ".toml" else _read_csv(path, table)
     unknown = sorted(set(extra["key"]) - set(table["key"]))
+    if renamed := [f"{k} is now {RENAMED[k]}" for k in unknown if k in RENAMED]:
+        raise CostFileError(f"{path}: key(s) of an earlier table: {'; '.join(renamed)}")
     if unknown:
         raise CostFileError(
             f"{path}: unknown cost key(s) {', '.join(unknown)}; valid: {', '.join(table['key'])}"

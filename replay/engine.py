@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from xvtrace.replay.transports.base import RESOURCES, Op
+from xvtrace.replay.transports.base import RESOURCES, Op, held
 
 RES_INDEX = {r: i for i, r in enumerate(RESOURCES)}
 NONE = RES_INDEX["none"]
@@ -99,11 +99,15 @@ def run_paths(
     nops = np.array([len(p) for p in paths], dtype=np.int64)
     for i, path in enumerate(paths):
         names = [o.name for o in path]
+        inside = held(path)
         for k, o in enumerate(path):
             res[i, k] = RES_INDEX[o.resource]
-            # the op whose end frees op k's resource (itself unless it holds on)
-            release[i, k] = names.index(o.hold_until) if o.hold_until else k
-            if release[i, k] < k:
+            # the op whose end frees op k's resource (itself unless it holds on); -1 for an
+            # op running on a resource an earlier one holds: it frees nothing
+            release[i, k] = (
+                -1 if k in inside else (names.index(o.hold_until) if o.hold_until else k)
+            )
+            if o.hold_until and release[i, k] < k:
                 raise ValueError("hold_until must name a later operation of the same path")
     issue, done, start, end, wait = _simulate(
         res, release, nops, path_of.astype(np.int64), dur, job.astype(np.int64),

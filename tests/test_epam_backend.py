@@ -5,6 +5,7 @@ model's side and reconstructs per request."""
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -14,16 +15,22 @@ from xvtrace import api, timeline
 
 
 class FakeGuest:
-    """Guest-physical memory as a bytearray."""
+    """Guest-physical memory as a bytearray; counts the mappings still held."""
 
     def __init__(self, size=1 << 20):
         self.ram = bytearray(size)
+        self.mapped: set[int] = set()
+        self.next = 0
 
     def view(self, gpa, length):
-        return memoryview(self.ram)[gpa : gpa + length], None
+        if gpa + length > len(self.ram):
+            raise OSError(f"gpa {gpa:#x}+{length:#x}: not guest memory")
+        self.next += 1
+        self.mapped.add(self.next)
+        return memoryview(self.ram)[gpa : gpa + length], self.next
 
     def unmap(self, handle):
-        pass
+        self.mapped.remove(handle)  # an unknown or repeated handle is a bug
 
 
 @pytest.fixture
@@ -31,6 +38,7 @@ def device(tmp_path):
     dev, guest, disk, levels = _device(tmp_path)
     yield dev, guest, disk, levels
     dev.close()
+    assert not guest.mapped  # every mapping released: rings, headers, buffers, status bytes
 
 
 def _device(tmp_path):
@@ -67,9 +75,10 @@ def _driver_init(dev):
     assert dev.read(0x100, 4) == 64 and dev.read(0x10C, 4) == 62  # capacity, seg_max
 
 
-def _submit(dev, guest, n, kind, sector, data_addr, length):
-    """Request n: header, one data buffer, status; descriptors 3n..3n+2; then the kick."""
+def _chain(guest, n, kind, sector, data_addr, length):
+    """Request n on the ring: header, one data buffer, status; descriptors 3n..3n+2."""
     hdr, status = 0x20000 + 0x100 * n, 0x30000 + 0x10 * n
+    guest.ram[status] = 0xFF  # the device writes 0 (OK), 1 or 2 there
     struct.pack_into("<IIQ", guest.ram, hdr, kind, 0, sector)
     d = 3 * n
     data_flags = DESC_NEXT | (DESC_WRITE if kind == 0 else 0)
@@ -79,8 +88,14 @@ def _submit(dev, guest, n, kind, sector, data_addr, length):
         struct.pack_into("<QIHH", guest.ram, DESC + 16 * (d + i), addr, ln, fl, d + i + 1)
     struct.pack_into("<H", guest.ram, AVAIL + 4 + 2 * n, d)
     struct.pack_into("<H", guest.ram, AVAIL + 2, n + 1)
+    return status
+
+
+def _submit(dev, guest, n, kind, sector, data_addr, length):
+    """Request n, then the kick."""
+    status = _chain(guest, n, kind, sector, data_addr, length)
     dev.write(0x050, 4, 0)  # QueueNotify: pops the request
-    assert len(dev.pending) == 1
+    assert len(dev.pending) == 1 and guest.ram[status] == 0xFF  # nothing done yet
     dev.complete_pending()  # what the server does once the IOREQ is answered
     return status
 
@@ -101,6 +116,34 @@ def test_a_write_then_a_read_through_the_ring(device):
     assert struct.unpack_from("<H", guest.ram, USED + 2) == (2,)
     assert struct.unpack_from("<II", guest.ram, USED + 12) == (3, 1025)  # head 3, data + status
     assert dev.requests == 2
+
+
+def test_one_kick_for_several_requests_completes_each_with_its_own_notify(device):
+    dev, guest, disk, levels = device
+    _driver_init(dev)
+    for n in range(3):
+        guest.ram[0x40000 + 0x1000 * n : 0x40000 + 0x1000 * n + 512] = bytes([n + 1]) * 512
+        _chain(guest, n, 1, n, 0x40000 + 0x1000 * n, 512)
+    dev.write(0x050, 4, 0)
+    assert len(dev.pending) == 3
+    dev.complete_pending()
+    assert [disk.read_bytes()[512 * n] for n in range(3)] == [1, 2, 3]
+    assert struct.unpack_from("<H", guest.ram, USED + 2) == (3,)
+    assert levels == [0, 1]  # raised once, held until the ACK
+    text = (dev.log.fh.flush(), Path(dev.log.fh.name).read_text())[1]
+    assert (
+        text.count("virtio_notify") == 3
+        and text.count("virtqueue_flush vq 0x7f0000200000 count 1") == 3
+    )
+
+
+def test_a_request_into_memory_the_guest_does_not_have_leaves_nothing_mapped(device):
+    dev, guest, _, _ = device
+    _driver_init(dev)
+    _chain(guest, 0, 0, 0, len(guest.ram) - 100, 512)  # its buffer runs past guest memory
+    with pytest.raises(OSError, match="not guest memory"):
+        dev.write(0x050, 4, 0)
+    assert not dev.pending  # (the fixture checks that nothing stays mapped)
 
 
 def test_unknown_request_types_are_answered_unsupported(device):

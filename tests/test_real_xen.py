@@ -235,6 +235,7 @@ def test_hvm_epam_requests_reconstruct_through_the_interrupt_ack(xen):
     answered = req.sort("kick_off").join_asof(
         answers, left_on="kick_off", right_on="answer_off", strategy="forward"
     )
+    assert answered["answer_off"].is_not_null().all()
     assert (answered["answer_off"] < answered["pop_off"]).sum() == 0
     assert (answered["answer_off"] < answered["fill_off"]).all()
     assert (traced["notify_ns"] <= traced["isr_read_ns"]).all()

@@ -72,8 +72,16 @@ def test_calibration_recovers_the_backend_costs_the_emulator_used(runs, transpor
     backend = fitted.filter(~pl.col("interval").str.contains("trap_"))
     assert ((backend["fitted_ns"] / backend["ns"] - 1).abs() < 0.1).all(), backend.rows()
     assert len(fitted) >= 1 or workload == "randwrite-4k-qd32"  # there queueing can hide all
-    # the interrupt path after the fill is stamped by nothing: not constrained
+    # the guest's completion after the ACK is stamped by nothing: not constrained
     assert rows.filter(pl.col("key") == "guest.ring_complete")["fitted_ns"].is_null().all()
+
+
+def test_calibration_fits_the_isr_traps_from_their_exits_and_entries(runs):
+    *_, rows = runs["epam-mmio", "randread-4k-qd1"]
+    isr = rows.filter(pl.col("key") == "epam.isr_trap")
+    # both traps' exit..entry intervals, on the hypervisor's clock: a close fit
+    assert abs(isr["fitted_ns"][0] / isr["ns"][0] - 1) < 0.1, isr.rows()
+    assert "isr_read_trap_exit_ns -> isr_read_trap_entry_ns" in isr["interval"][0]
 
 
 def test_calibration_intervals_cover_the_emulators_costs(runs):
@@ -202,6 +210,8 @@ def test_bad_replay_input(small_bundle, tmp_path):
         'profile = "x86_64"\n[costs."xen.mmio_trap"]\nsigma = 0.2\n[costs."bogus.key"]\nns = 1\n'
     )
     assert "unknown cost key(s) bogus.key" in err("replay", str(b), "--costs", str(toml))
+    toml.write_text('profile = "x86_64"\n[costs."epam.isr_traps"]\nns = 14400\n')  # an old fit
+    assert "epam.isr_traps is now epam.isr_trap" in err("replay", str(b), "--costs", str(toml))
     toml.write_text('profile = "x86_64"\n[costs."xen.mmio_trap"]\nsigma = 0.2\n')
     assert "missing, negative or non-numeric value for xen.mmio_trap" in err(
         "replay", str(b), "--costs", str(toml)

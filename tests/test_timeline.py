@@ -145,7 +145,7 @@ def test_no_hypervisor_side_means_no_device_model_alignment():
 
 @pytest.mark.parametrize("transport", ["epam-mmio", "suse-grant"])
 @pytest.mark.parametrize("offset", [0, 77_000, -3_000_000_000])
-def test_hypervisor_side_of_each_kick_lands_within_a_microsecond(tmp_path, transport, offset):
+def test_hypervisor_side_of_each_kick_lands_within_two_microseconds(tmp_path, transport, offset):
     r = emulate(EmulateOptions(transport=transport, workload="randrw-16k-qd8", requests=600, clock_offset_ns=offset,
                                seed=9, out=tmp_path / "b"))  # fmt: skip
     bundle = api.ingest(r.bundle).bundle
@@ -159,9 +159,10 @@ def test_hypervisor_side_of_each_kick_lands_within_a_microsecond(tmp_path, trans
     # within the reported bounds (plus the log's microsecond rounding) ...
     half = (c["upper_ns"] - c["lower_ns"]) / 2 + 1_000
     assert np.abs(exit_err).max() <= half and np.abs(entry_err).max() <= half
-    # ... which are tight when the backend's handling of the kick is all in QEMU's log
+    # ... which are tight when the backend's handling of the kick is all in QEMU's log (the
+    # log's microsecond tick and the shortest dispatches of 600 requests)
     if transport == "epam-mmio":
-        assert np.abs(exit_err).max() < 1_000 and np.abs(entry_err).max() < 1_000
+        assert np.abs(exit_err).max() < 2_000 and np.abs(entry_err).max() < 2_000
 
 
 @pytest.mark.parametrize("transport", ["epam-mmio", "suse-grant"])

@@ -108,8 +108,9 @@ def accesses(ev: pl.LazyFrame) -> Accesses:
 
 def join(acc: Accesses, clock: dict) -> tuple[pl.DataFrame, dict | None]:
     """(one row per device-model IOREQ with its trap's dom, cpu, exit_ns and entry_ns on the
-    device model's clock, or nulls; counts: ioreqs, joined, ioreqs without a trap, traps at
-    device-model addresses without an IOREQ), counts None without both sides."""
+    device model's clock, or nulls; counts: ioreqs, joined, ioreqs without a trap and how many
+    of them came before the hypervisor's trace began, traps at device-model addresses without
+    an IOREQ), counts None without both sides."""
     from xvtrace.clock import to_device_model
 
     dm, hv = acc
@@ -171,13 +172,16 @@ def join(acc: Accesses, clock: dict) -> tuple[pl.DataFrame, dict | None]:
     used = joined.filter(pl.col("joined"))["trap_off"]
     # an IOREQ before the guest's first traced trap (less the clock's reach) was handled
     # before the hypervisor's trace began: it has no trap to find
-    first_trap = hv["trap_exit_ns"].min() - slack_up - res
+    first_trap = hv["trap_exit_ns"].min()
     unjoined = joined.filter(~pl.col("joined"))
+    before = (
+        0 if first_trap is None else int((unjoined["dm_ns"] < first_trap - slack_up - res).sum())
+    )
     counts = {
         "ioreqs": len(dm),
         "joined": int(joined["joined"].sum()),
         "ioreqs_without_trap": len(unjoined),
-        "ioreqs_before_trace": int((unjoined["dm_ns"] < first_trap).sum()),
+        "ioreqs_before_trace": before,
         "traps_without_ioreq": int((~window["trap_off"].is_in(used.to_list())).sum()),
         "method": "IOREQs and traps of each vCPU, kind, direction and address paired in order"
         " (aligned where the IOREQ stamps fall), each inside its trap's exit..entry window"
@@ -321,8 +325,8 @@ ISR_OFFSET, ACK_OFFSET, NOTIFY_OFFSET = 0x60, 0x64, 0x50  # virtio-mmio register
 
 def with_interrupt_acks(req: pl.DataFrame, joined: pl.DataFrame) -> pl.DataFrame:
     """For virtio-mmio devices, the guest's side of each request's interrupt: the first
-    InterruptStatus read after the device's notify (isr_read_ns, isr_trap_exit_ns,
-    isr_trap_entry_ns) and the first InterruptACK write after that (ack_ns,
+    InterruptStatus read after the device's notify (isr_read_ns, isr_read_trap_exit_ns,
+    isr_read_trap_entry_ns) and the first InterruptACK write after that (ack_ns,
     ack_trap_exit_ns, ack_trap_entry_ns), from the joined IOREQs (device-model clock).
     Requests of other devices get nulls. The window is the kick IOREQ's address less the
     QueueNotify offset."""

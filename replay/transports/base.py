@@ -69,6 +69,19 @@ def submission(path: tuple[Op, ...]) -> tuple[int, int]:
     return (backend[-1] if backend else d - 1), d
 
 
+def held(path: tuple[Op, ...]) -> set[int]:
+    """Indices of the operations that run on a resource an earlier operation of the path
+    still holds (its hold_until): they neither take it nor free it (the ISR's traps inside
+    the interrupt, which nothing else on that vCPU can come between)."""
+    names = [o.name for o in path]
+    out: set[int] = set()
+    for j, o in enumerate(path):
+        if o.hold_until:
+            last = names.index(o.hold_until)
+            out |= {k for k in range(j + 1, last + 1) if path[k].resource == o.resource}
+    return out
+
+
 def op(name, phase, actor, resource, cost, scale="request", emits="", hold_until="") -> Op:
     """Terse constructor for the declarative tables of the transport modules."""
     return Op(name, phase, actor, resource, cost, scale, emits, hold_until)

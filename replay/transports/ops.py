@@ -7,8 +7,10 @@ GUEST_SUBMIT = op("guest_submit", "submit", "guest_vcpu", "vcpu", "guest.ring_su
 GUEST_GRANT = op("guest_grant", "submit", "guest_vcpu", "vcpu", "guest.grant_entry", "page")
 GUEST_COMPLETE = op("guest_complete", "complete", "guest_vcpu", "vcpu", "guest.ring_complete")
 # a virtio-mmio interrupt: delivered to the vCPU, whose ISR reads InterruptStatus and writes
-# InterruptACK, each a trap served through the IOREQ server like the QueueNotify write
-GUEST_IRQ = op("guest_irq", "irq", "guest_vcpu", "vcpu", "xen.virq_latency", emits="guest_irq")
+# InterruptACK, each a trap served through the IOREQ server like the QueueNotify write; the
+# vCPU is the ISR's until the ACK (nothing else of the guest's runs in between)
+GUEST_IRQ = op("guest_irq", "irq", "guest_vcpu", "vcpu", "xen.virq_latency", emits="guest_irq",
+               hold_until="isr_ack")  # fmt: skip
 ISR_STATUS = op("isr_status", "irq", "guest_vcpu", "vcpu", "epam.isr_trap", emits="mmio_isr_status")
 ISR_ACK = op("isr_ack", "irq", "guest_vcpu", "vcpu", "epam.isr_trap", emits="mmio_isr_ack")
 MMIO_ISR = (GUEST_IRQ, ISR_STATUS, ISR_ACK)

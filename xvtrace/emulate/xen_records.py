@@ -19,6 +19,7 @@ import polars as pl
 
 from xvtrace.parsers import xen_events as xe
 from xvtrace.parsers.schema import N_ARGS
+from xvtrace.replay.transports.base import held
 
 GUEST_DOM, DOM0 = 1, 0
 MMIO_BASE = 0xFEB00000  # the virtio-mmio window of the emulated device
@@ -260,8 +261,9 @@ def idle_gaps(parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     busy_s, busy_e, job = [], [], []
     for path, sched, req in parts:
         names = [o.name for o in path]
+        inside = held(path)  # inside another op's hold: its busy stretch covers them
         for k, o in enumerate(path):
-            if o.resource != "vcpu" or (o.name in {p.hold_until for p in path}):
+            if o.resource != "vcpu" or k in inside:
                 continue
             end = sched.end[:, names.index(o.hold_until)] if o.hold_until else sched.end[:, k]
             busy_s.append(sched.start[:, k])

@@ -183,8 +183,7 @@ class VirtioBlock:
 
     def reset(self) -> None:
         for job in self.pending:  # a reset drops what the driver never saw completed
-            for _, handle in job.bufs:
-                self.mem.unmap(handle)
+            self.release(job)
         self.pending = []
         self._unmap_rings()  # a driver reset may place the queue elsewhere
         self.status = self.isr = 0
@@ -276,26 +275,35 @@ class VirtioBlock:
             self.pending.append(self.pop(desc, head))
 
     def complete_pending(self) -> None:
-        """Run the popped requests, put them on the used ring, and raise the interrupt."""
-        if not self.pending:
-            return
+        """Run the popped requests, each then put on the used ring with the interrupt raised,
+        as QEMU's virtio_blk_req_complete does (push, then notify, per request)."""
         jobs, self.pending = self.pending, []
-        used = self.rings[2]
-        for idx, job in enumerate(jobs):
-            written = self.run(job)
-            struct.pack_into("<II", used, 4 + 8 * (self.used_idx % self.num), job.head, written)
-            self.log(
-                "virtqueue_fill",
-                f"vq {VQ:#x} elem {self.elem(job.head):#x} len {written} idx {idx}",
-            )
-            self.used_idx = (self.used_idx + 1) & 0xFFFF
-        struct.pack_into("<H", used, 2, self.used_idx)  # after the entries (x86: in order)
-        self.log("virtqueue_flush", f"vq {VQ:#x} count {len(jobs)}")
-        self.log("virtio_notify", f"vdev {VDEV:#x} vq {VQ:#x}")
-        was = self.isr
-        self.isr |= 1
-        if not was:
-            self.set_irq(1)
+        try:
+            while jobs:
+                job = jobs.pop(0)
+                written = self.run(job)
+                used = self.rings[2]
+                struct.pack_into("<II", used, 4 + 8 * (self.used_idx % self.num), job.head, written)
+                self.log(
+                    "virtqueue_fill",
+                    f"vq {VQ:#x} elem {self.elem(job.head):#x} len {written} idx 0",
+                )
+                self.used_idx = (self.used_idx + 1) & 0xFFFF
+                struct.pack_into("<H", used, 2, self.used_idx)  # after the entry (x86: in order)
+                self.log("virtqueue_flush", f"vq {VQ:#x} count 1")
+                self.log("virtio_notify", f"vdev {VDEV:#x} vq {VQ:#x}")
+                was = self.isr
+                self.isr |= 1
+                if not was:
+                    self.set_irq(1)
+        finally:  # a failure leaves no request's buffers mapped
+            for job in jobs:
+                self.release(job)
+
+    def release(self, job: Job) -> None:
+        for _, handle in job.bufs:
+            self.mem.unmap(handle)
+        job.bufs = []
 
     @staticmethod
     def elem(head: int) -> int:
@@ -318,10 +326,18 @@ class VirtioBlock:
             "virtqueue_pop", f"vq {VQ:#x} elem {elem:#x} in_num {ins} out_num {len(chain) - ins}"
         )
         hdr, h = self.mem.view(chain[0][0], 16)
-        kind, _, sector = struct.unpack("<IIQ", hdr)
-        self.mem.unmap(h)
+        try:
+            kind, _, sector = struct.unpack("<IIQ", hdr)
+        finally:
+            self.mem.unmap(h)
         data, status = chain[1:-1], chain[-1]
-        job = Job(head, kind, sector, [self.mem.view(a, n) for a, n, _ in data], status[0])
+        job = Job(head, kind, sector, [], status[0])
+        try:
+            for addr, length, _ in data:
+                job.bufs.append(self.mem.view(addr, length))
+        except BaseException:
+            self.release(job)
+            raise
         if kind in (BLK_IN, BLK_OUT):
             name = "virtio_blk_handle_read" if kind == BLK_IN else "virtio_blk_handle_write"
             nbytes = sum(c[1] for c in data)
@@ -355,9 +371,10 @@ class VirtioBlock:
                 written += len(ident)
             else:
                 rc = -95
+        except OSError:  # fsync
+            rc = -5
         finally:
-            for _, handle in job.bufs:
-                self.mem.unmap(handle)
+            self.release(job)
         code = 0 if rc == 0 else (2 if rc == -95 else 1)
         st, h = self.mem.view(job.status, 1)
         st[0] = code
@@ -505,8 +522,8 @@ def main() -> None:
     except XenError as e:
         sys.exit(f"epam backend: {e}")
     finally:
-        log.fh.flush()
         server.close()
+        dev.close()  # unmaps the rings and any popped request's buffers, closes the log
     print(f"epam backend: {handled} IOREQs, {dev.requests} block requests", flush=True)
 
 
