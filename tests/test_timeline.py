@@ -366,6 +366,8 @@ def test_a_few_contradicting_pairs_are_left_out_and_counted():
     c = align_device_model(pairs)
     assert c["consistent"] and c["outliers"] == 3
     assert c["lower_ns"] <= true <= c["upper_ns"]
+    # ... and how far they lie from the bounds kept: about the 5 ms they were moved
+    assert 4_900_000 < c["outliers_beyond_ns"] < 5_000_000
     handle[:20] += 5_000_000  # 10 %: no longer a few
     c = align_device_model(
         pairs.with_columns(pl.Series("handle_ns", handle), pl.Series("last_ns", handle))

@@ -324,7 +324,12 @@ def timeline_cmd(source, as_json):
         click.echo(
             f"device-model clock = hypervisor + {c['offset_ns']} ns{_drift(c)} (bounds {c['lower_ns'] - c['offset_ns']:+d}"
             f"..{c['upper_ns'] - c['offset_ns']:+d} ns, {c['pairs']} causal pairs"
-            + (f", {c['outliers']} left out as contradicting the rest" if c.get("outliers") else "")
+            + (
+                f", {c['outliers']} left out as contradicting the rest by up to"
+                f" {c.get('outliers_beyond_ns', 0) / 1000:.0f} us"
+                if c.get("outliers")
+                else ""
+            )
             + ")"
         )
         if not c["consistent"]:

@@ -208,7 +208,7 @@ def align_device_model(
     up = (pairs["handle_ns"] - pairs["exit_ns"]).to_numpy() + (res - 1)
     low = (dm_low - t_low).to_numpy()
     drift, lower_ns, upper_ns = fit_line(pairs["exit_ns"].to_numpy(), up, t_low.to_numpy(), low)
-    outliers = 0
+    outliers = beyond = 0
     if lower_ns > upper_ns and ioreq:  # each pair is one interval for the offset
         keep = _most_agreeing(low, up)
         if keep.sum() >= (1 - MAX_OUTLIERS) * len(keep):
@@ -217,6 +217,14 @@ def align_device_model(
             drift, lower_ns, upper_ns = fit_line(
                 kept["exit_ns"].to_numpy(), up[keep], kept["entry_ns"].to_numpy(), low[keep]
             )
+            # how far the left-out pairs are from the line: the bounds hold for the pairs
+            # kept; if those few were real (a clock that is not quite a line), this is the
+            # error they would add
+            out = ~keep
+            t_up, t_lo = pairs["exit_ns"].to_numpy()[out], t_low.to_numpy()[out]
+            beyond = int(max(
+                (lower_ns + drift * t_up - up[out]).max(), (low[out] - upper_ns - drift * t_lo).max(), 0
+            ))  # fmt: skip
     method = (
         "MMIO QueueNotify traps (xentrace) before handle_ioreq (QEMU); VMENTRY after the IOREQ's last event"
         if ioreq else
@@ -232,6 +240,7 @@ def align_device_model(
         "consistent": lower_ns <= upper_ns,
         "pairs": len(pairs),
         "outliers": outliers,  # pairs left out as contradicting the rest (see _most_agreeing)
+        "outliers_beyond_ns": beyond,  # the farthest of them from the bounds
         "device_model_resolution_ns": res,
         "method": method,
     }
