@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -183,11 +184,15 @@ CHUNK = 100_000  # requests whose records are built and written at a time
 def _write_streams(
     out, opts, transport, kinds, paths, path_of, sched, req, cpu_khz, arm, w
 ) -> dict:
-    """xentrace.bin and qemu.log, written chunk by chunk of requests so memory stays bounded.
+    """xentrace.bin, qemu.log and dom0's block trace, written chunk by chunk of requests so
+    memory stays bounded.
 
     Every record of a request is at or after its issue time, so once chunk k is built,
     everything earlier than the next chunk's first issue time is final and written; the
     rest waits to be merged with the next chunk (per pCPU for xentrace, globally for QEMU).
+    The three writers are independent: each chunk's QEMU lines and block trace are built in
+    a second thread while this one builds its xentrace records (polars and numpy release the
+    GIL for the bulk of it).
     """
     n = len(req.job)
     later = np.minimum.accumulate(sched.issue[::-1])[::-1]  # earliest issue from i on
@@ -200,25 +205,58 @@ def _write_streams(
     drop_rng = np.random.default_rng(opts.seed + 1)
     qemu = transport.backend == "qemu"
     defs = TraceEvents.default() if qemu else None
-    xen_pending = qemu_pending = block_pending = None
     blocks = kinds == ["block"]
+    pending: dict[str, pl.DataFrame | None] = {"xen": None, "qemu": None, "block": None}
     expected: dict = {}
-    with contextlib.ExitStack() as stack:
-        xfh = stack.enter_context(
-            stack.enter_context(atomic_path(out / RAW / "xentrace.bin")).open("wb")
-        )
-        qfh = (
-            stack.enter_context(stack.enter_context(atomic_path(out / RAW / "qemu.log")).open("wb"))
-            if qemu
-            else None
-        )
-        bfh = (
-            stack.enter_context(
-                stack.enter_context(atomic_path(out / RAW / BLOCK_TRACE)).open("wb")
+
+    def xen_chunk(k: int, parts, fh) -> dict:
+        g = gap_chunk == k
+        rec = xen_records.build([x[1:] for x in parts], vendor=opts.vendor, guest_exits=not arm,
+                                gaps=tuple(a[g] for a in gaps), start=k == 0)  # fmt: skip
+        frame = rec.frame(cpu_khz, TSC0)
+        del rec
+        if pending["xen"] is not None:
+            frame = pl.concat([pending["xen"], frame]).sort(
+                "cpu", "ts_raw", "_rank", maintain_order=True
             )
-            if blocks
-            else None
+        if np.isfinite(marks[k]):
+            cut = pl.col("ts_raw").cast(pl.Float64) < TSC0 + marks[k] * cpu_khz / 1e6
+            ready, pending["xen"] = frame.filter(cut), frame.filter(~cut)
+        else:
+            ready, pending["xen"] = frame, None
+        ready = xen_records.drop_bursts(ready.drop("_rank"), opts.drop_rate, drop_rng)
+        write_frame(fh, ready, round_cycles=cpu_khz * 10_000)  # xentrace polls every 10 ms
+        return xen_records.expected_counts(ready)
+
+    def text_chunk(k: int, parts, qfh, bfh) -> dict:
+        counts = {}
+        if qemu:
+            lines = qemu_lines.build(parts, defs=defs, iodepth=w.iodepth, first=k == 0).frame()
+            done, pending["qemu"] = _cut(pending["qemu"], lines, ("t", "order"), marks[k])
+            counts["qemu_lines"] = qemu_lines.write_lines(
+                qfh, done, EPOCH_NS, opts.clock_offset_ns, opts.clock_drift_ppm
+            )
+        if blocks:
+            lines = block_trace.build(parts, transport, cpu_khz, TSC0)
+            done, pending["block"] = _cut(pending["block"], lines, ("t",), marks[k])
+            counts["block_events"] = block_trace.write(bfh, done)
+        return counts
+
+    with contextlib.ExitStack() as stack:
+
+        def output(name: str, wanted: bool = True):
+            if not wanted:
+                return None
+            return stack.enter_context(
+                stack.enter_context(atomic_path(out / RAW / name)).open("wb")
+            )
+
+        xfh, qfh, bfh = (
+            output("xentrace.bin"),
+            output("qemu.log", qemu),
+            output(BLOCK_TRACE, blocks),
         )
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="xvt-text"))
         for k, c0 in enumerate(starts):
             if opts.progress:
                 opts.progress(c0, n)
@@ -226,47 +264,20 @@ def _write_streams(
             in_chunk[c0 : c0 + CHUNK] = True
             parts = [(kind, p, *_subset(sched, req, (path_of == i) & in_chunk, len(p)))
                      for i, (kind, p) in enumerate(zip(kinds, paths, strict=True))]  # fmt: skip
-            g = gap_chunk == k
-            rec = xen_records.build([x[1:] for x in parts], vendor=opts.vendor, guest_exits=not arm,
-                                    gaps=tuple(a[g] for a in gaps), start=k == 0)  # fmt: skip
-            frame = rec.frame(cpu_khz, TSC0)
-            del rec
-            if xen_pending is not None:
-                frame = pl.concat([xen_pending, frame]).sort(
-                    "cpu", "ts_raw", "_rank", maintain_order=True
-                )
-            if np.isfinite(marks[k]):
-                cut = pl.col("ts_raw").cast(pl.Float64) < TSC0 + marks[k] * cpu_khz / 1e6
-                ready, xen_pending = frame.filter(cut), frame.filter(~cut)
-            else:
-                ready, xen_pending = frame, None
-            ready = xen_records.drop_bursts(ready.drop("_rank"), opts.drop_rate, drop_rng)
-            _add_counts(expected, xen_records.expected_counts(ready))
-            write_frame(xfh, ready, round_cycles=cpu_khz * 10_000)  # xentrace polls every 10 ms
-            if qemu:
-                lines = qemu_lines.build(parts, defs=defs, iodepth=w.iodepth, first=k == 0).frame()
-                if qemu_pending is not None:
-                    lines = pl.concat([qemu_pending, lines])
-                lines = lines.sort("t", "order", maintain_order=True)
-                done, qemu_pending = (
-                    lines.filter(pl.col("t") < marks[k]),
-                    lines.filter(pl.col("t") >= marks[k]),
-                )
-                expected["qemu_lines"] = expected.get("qemu_lines", 0) + qemu_lines.write_lines(
-                    qfh, done, EPOCH_NS, opts.clock_offset_ns, opts.clock_drift_ppm)  # fmt: skip
-            if blocks:
-                lines = block_trace.build(parts, transport, cpu_khz, TSC0)
-                if block_pending is not None:
-                    lines = pl.concat([block_pending, lines])
-                lines = lines.sort("t", maintain_order=True)
-                done = lines.filter(pl.col("t") < marks[k])
-                block_pending = lines.filter(pl.col("t") >= marks[k])
-                expected["block_events"] = expected.get("block_events", 0) + block_trace.write(
-                    bfh, done
-                )
+            text = pool.submit(text_chunk, k, parts, qfh, bfh)
+            _add_counts(expected, xen_chunk(k, parts, xfh))
+            _add_counts(expected, text.result())
     if qemu:
         _keep_definitions(out / RAW / "trace-events")
     return expected
+
+
+def _cut(pending: pl.DataFrame | None, lines: pl.DataFrame, by: tuple[str, ...], mark: float):
+    """(the lines before `mark`, in time order, to write now; the rest, for the next chunk)."""
+    if pending is not None:
+        lines = pl.concat([pending, lines])
+    lines = lines.sort(*by, maintain_order=True)
+    return lines.filter(pl.col("t") < mark), lines.filter(pl.col("t") >= mark)
 
 
 def _options(opts: EmulateOptions) -> dict:
