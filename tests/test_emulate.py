@@ -14,7 +14,7 @@ from xenalyze_output import parse_summary
 from xvtrace import api
 from xvtrace.cli import cli
 from xvtrace.emulate import EmulateOptions, emulate
-from xvtrace.emulate.workload import WorkloadError, parse
+from xvtrace.emulate.workload import PRESETS, WorkloadError, parse
 from xvtrace.parsers import qemu_log, xen_events
 from xvtrace.replay.transports import NAMES, get
 
@@ -30,6 +30,17 @@ def runs(tmp_path_factory):
         out[name] = emulate(EmulateOptions(transport=name, workload="rw=randrw,bs=16k,iodepth=4,numjobs=2",
                                            requests=400, seed=7, out=d / "b"))  # fmt: skip
     return out
+
+
+@pytest.mark.parametrize("workload", sorted(PRESETS))
+def test_every_preset_runs_on_every_transport_through_ingest(tmp_path, workload):
+    """A stream job sends only: its receive path has no request (that once crashed)."""
+    for name in NAMES:
+        r = emulate(EmulateOptions(transport=name, workload=workload, requests=120, seed=3,
+                                   out=tmp_path / name))  # fmt: skip
+        assert r.requests == 120 and len(r.truth) == 120
+        res = api.ingest(r.bundle, warn=lambda m: None)
+        assert res.bundle.manifest["counts"]["events"] > 0
 
 
 @pytest.mark.oracle

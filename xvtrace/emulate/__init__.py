@@ -304,7 +304,11 @@ def _add_counts(total: dict, part: dict) -> None:
 
 
 def _subset(sched, req, m: np.ndarray, width: int):
-    """The schedule and requests of the rows in mask m (one request path)."""
+    """The schedule and requests of the rows in mask m (one request path): views when the
+    rows are one contiguous run (a block job's chunk), copies otherwise."""
+    index = np.flatnonzero(m)
+    if len(index) and index[-1] - index[0] + 1 == len(index):
+        m = slice(int(index[0]), int(index[-1]) + 1)
     s = engine.Schedule(
         sched.issue[m],
         sched.done[m],
@@ -315,7 +319,7 @@ def _subset(sched, req, m: np.ndarray, width: int):
     r = Requests(
         req.job[m], req.write[m], req.offset[m], req.nbytes[m], req.pages[m], req.not_before[m]
     )
-    r.index = np.flatnonzero(m)
+    r.index = index
     return s, r
 
 
@@ -331,16 +335,17 @@ def _device_ns(req, costs, rng) -> np.ndarray:
 
 def _truth(kind, path, sched, req, keep) -> pl.DataFrame:
     n = int(keep.sum())
+    # strings from an index into their few values, not n Python objects
     op = (
-        np.where(req.write[keep], "write", "read")
+        pl.Series(["read", "write"]).gather(req.write[keep].astype(np.uint32))
         if kind == "block"
-        else np.full(n, "tx" if kind == "net_tx" else "rx")
+        else pl.Series(["tx" if kind == "net_tx" else "rx"]).new_from_index(0, n)
     )
     cols = {
         "request": req.index[keep].astype(np.int64),
         "dom": np.full(n, xen_records.GUEST_DOM, np.int32),
         "vcpu": req.job[keep].astype(np.int32),
-        "device": ["vblk0" if kind == "block" else "vnet0"] * n,
+        "device": pl.Series(["vblk0" if kind == "block" else "vnet0"]).new_from_index(0, n),
         "queue": np.full(n, 0 if kind != "net_tx" else 1, np.uint16),
         "op": op,
         "offset": req.offset[keep],

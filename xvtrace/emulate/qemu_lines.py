@@ -103,7 +103,9 @@ def _path_lines(out: Lines, kind: str, path, sched, req, iodepth: int) -> None:
     emits = {o.emits for o in path}
     vdev, vq, queue = DEVICES[kind]
     n = len(req.job)
-    k_in_job = np.arange(n) // max(1, int(req.job.max()) + 1) if n else np.zeros(0, np.int64)
+    if n == 0:  # a path no request of this chunk took (a stream's other direction)
+        return
+    k_in_job = np.arange(n) // max(1, int(req.job.max()) + 1)
     slot = req.job * iodepth + (k_in_job % iodepth)  # unique among requests in flight
     base = {"block": ELEM_BASE, "net_tx": ELEM_BASE + 0x100000, "net_rx": ELEM_BASE + 0x200000}[
         kind

@@ -165,6 +165,8 @@ def _emit_path(rec: Records, path, sched, req, vendor: str, guest_exits: bool) -
     names = [o.name for o in path]
     gcpu = 1 + req.job
     n = len(req.job)
+    if n == 0:  # a path no request of this chunk took (a stream's other direction)
+        return
     pages = req.pages.astype(np.uint64)
     for k, o in enumerate(path):
         s, e = sched.start[:, k], sched.end[:, k]
