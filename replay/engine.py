@@ -102,13 +102,13 @@ def run_paths(
         inside = held(path)
         for k, o in enumerate(path):
             res[i, k] = RES_INDEX[o.resource]
-            # the op whose end frees op k's resource (itself unless it holds on); -1 for an
-            # op running on a resource an earlier one holds: it frees nothing
-            release[i, k] = (
-                -1 if k in inside else (names.index(o.hold_until) if o.hold_until else k)
-            )
-            if o.hold_until and release[i, k] < k:
+            # the op whose end frees op k's resource (itself unless it holds on)
+            until = names.index(o.hold_until) if o.hold_until else k
+            if until < k:
                 raise ValueError("hold_until must name a later operation of the same path")
+            # -1: op k runs on a resource an earlier op holds (base.held): it neither takes
+            # nor frees it
+            release[i, k] = -1 if k in inside else until
     issue, done, start, end, wait = _simulate(
         res, release, nops, path_of.astype(np.int64), dur, job.astype(np.int64),
         not_before.astype(np.float64), int(iodepth), int(njobs), int(device_servers),
@@ -252,11 +252,7 @@ def _simulate(
         pr = res[step]
         rid = 6 + job[r] if pr == 0 else pr
         ready_at[r] = now
-        held = False  # an earlier op of r still holds this resource (a blocked vCPU)
-        for k in range(step):
-            if release[k] >= step and (6 + job[r] if res[k] == 0 else res[k]) == rid:
-                held = True
-        if held:
+        if release[step] == -1:  # an earlier op of r still holds this resource (a blocked vCPU)
             start[r, step] = now
             end[r, step] = now + dur[r, step]
             size = _push(ht, hp, hs, size, end[r, step], r * stride + step + 1, seq)
