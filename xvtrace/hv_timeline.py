@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from xvtrace.intervals import intervals
+
 VIEW = "hypervisor"  # requests.parquet `view`: matched from xentrace and dom0's block layer
 LOST_REASON = "records lost before this request's end: matching by order is not trusted"
 NOTIFY_OFFSET = 0x50  # virtio-mmio QueueNotify
@@ -138,10 +140,7 @@ def hypervisor_requests(ev: pl.LazyFrame, *, lost_after: int | None = None) -> p
             pl.lit(0, pl.UInt16).alias("queue"), "op", "bytes", "sector",
             pl.col("exit_ns").alias("kick_ns"), pl.col("handle_ns").alias("pop_ns"), "handle_ns",
             "submit_ns", "io_done_ns", pl.col("response_ns").alias("fill_ns"), "notify_ns",
-            (pl.col("handle_ns") - pl.col("exit_ns")).alias("kick_to_pop_ns"),
-            (pl.col("io_done_ns") - pl.col("handle_ns")).alias("io_ns"),
-            (pl.col("response_ns") - pl.col("handle_ns")).alias("service_ns"),
-            (pl.col("notify_ns") - pl.col("response_ns")).alias("fill_to_notify_ns"),
+            *intervals(kick="exit_ns", pop="handle_ns", fill="response_ns"),
             (order & pl.col("reason").is_null()).alias("complete"), "reason",
             pl.col("exit_ns").alias("trap_exit_ns"), pl.col("entry_ns").alias("trap_entry_ns"),
             pl.col("dom").alias("trap_dom"), pl.col("vcpu").cast(pl.Int32).alias("trap_vcpu"),

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from xvtrace.intervals import intervals
+
 VIEW = "ide"  # requests.parquet `view`
 DMA_COMMANDS = {0xC8: "read", 0x25: "read", 0xCA: "write", 0x35: "write"}
 EVENTS = ["qemu.ide_exec_cmd", "qemu.bmdma_cmd_writeb", "qemu.ide_dma_cb", "qemu.dma_blk_io",
@@ -91,10 +93,7 @@ def ide_requests(ev: pl.LazyFrame) -> pl.DataFrame | None:
             pl.lit(None, dtype=pl.UInt32).alias("fill_len"),
             "kick_ns", "pop_ns", "handle_ns", "io_done_ns",
             pl.col("io_done_ns").alias("complete_ns"), pl.col("io_done_ns").alias("fill_ns"), "notify_ns",
-            (pl.col("pop_ns") - pl.col("kick_ns")).alias("kick_to_pop_ns"),
-            (pl.col("io_done_ns") - pl.col("handle_ns")).alias("io_ns"),
-            (pl.col("io_done_ns") - pl.col("pop_ns")).alias("service_ns"),
-            (pl.col("notify_ns") - pl.col("io_done_ns")).alias("fill_to_notify_ns"),
+            *intervals(fill="io_done_ns"),  # the completion is the fill
             pl.col("reason").is_null().alias("complete"),
             "reason", "pop_off", "fill_off", "kick_off",
             pl.lit(VIEW).alias("view"),

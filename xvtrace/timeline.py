@@ -26,6 +26,7 @@ from xvtrace.clock import (
 )
 from xvtrace.hv_timeline import block_requests, first_loss, hypervisor_requests
 from xvtrace.ide_timeline import ide_requests
+from xvtrace.intervals import intervals
 
 REQUESTS = "requests.parquet"
 DM_VIEW = "device-model"  # requests.parquet `view` of rows from QEMU's trace events
@@ -136,10 +137,7 @@ def qemu_requests(ev: pl.LazyFrame) -> pl.LazyFrame:
             .alias("bytes"),
             "sector", "in_num", "out_num", "fill_len",
             "kick_ns", "pop_ns", "handle_ns", "io_done_ns", "complete_ns", "fill_ns", "notify_ns",
-            (pl.col("pop_ns") - pl.col("kick_ns")).alias("kick_to_pop_ns"),
-            (pl.col("io_done_ns") - pl.col("handle_ns")).alias("io_ns"),
-            (pl.col("fill_ns") - pl.col("pop_ns")).alias("service_ns"),
-            (pl.col("notify_ns") - pl.col("fill_ns")).alias("fill_to_notify_ns"),
+            *intervals(),
             pl.col("reason").is_null().alias("complete"),
             "reason", "pop_off", "fill_off", "kick_off",
         )
