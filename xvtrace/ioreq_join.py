@@ -9,12 +9,12 @@ A guest access to an emulated MMIO page or IO port leaves two records of one eve
 
 Xen emulates many accesses itself (local APIC, HPET, PIT, RTC, ACPI PM timer): only the
 addresses the device model ever handled can be matched, and a trap at such an address
-must have its IOREQ. Counting occurrences would break at the capture's edges (xentrace
-starts before the device model's trace events, and a few traps fall outside one or the
-other), so the join is in time: each IOREQ, placed on the hypervisor's clock with the
-device-model clock fit (`clock.align_device_model`), belongs to the last trap before it of
-the same vCPU, kind, direction and address, when it falls inside that trap's exit..entry
-window widened by the fit's bounds.
+must have its IOREQ. Both sides list the accesses of one vCPU, kind, direction and address
+in the same order, but not from the same start (xentrace and the device model's trace
+events begin at different times): `join` numbers each side per key, takes the shift
+between the numberings from where the IOREQs fall on the hypervisor's clock (the
+device-model clock fit, `clock.align_device_model`), pairs them by order, and accepts a pair
+only when the IOREQ lies inside its trap's exit..entry window widened by the fit's bounds.
 
 The device model's ioreq slots are the vCPUs' entries of the shared ioreq page
 (ioreq_t vcpu_ioreq[vcpu]), so slot pointers sort in vCPU order.
