@@ -12,11 +12,14 @@ so the decoder reads them back with the same definitions.
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 import polars as pl
 
 from xvtrace.emulate.xen_records import ACK, MMIO_BASE, NOTIFY, STATUS
 from xvtrace.parsers.trace_events import TraceEvents, render_text
+from xvtrace.replay.costs import costs_for, default_table
 from xvtrace.replay.transports.base import submission
 
 VDEV = 0x55D0_0000_1000  # VirtIOBlock *
@@ -27,9 +30,15 @@ ELEM_BASE = 0x55D0_1000_0000  # VirtQueueElement * pool; pointers are reused as 
 IOREQ_PTR = 0x7F00_3000_0000  # the vCPU's ioreq_t in the shared page
 MAPCACHE = 0x7F10_0000_0000
 MAIN_TID = 4242
-# where in an ISR trap QEMU takes up its IOREQ: after the exit and the dispatch, the share of
-# xen.mmio_trap + xen.ioreq_dispatch in epam.isr_trap (the cost table's x86 numbers)
-ISR_DISPATCHED = (1200 + 4000) / 7200
+
+
+@cache
+def isr_dispatched() -> float:
+    """Where in an ISR trap QEMU takes up its IOREQ: after the exit and the dispatch, the
+    share of xen.mmio_trap + xen.ioreq_dispatch in epam.isr_trap (the packaged cost table's
+    x86 numbers, read from the table rather than repeated here)."""
+    c = costs_for(default_table(), "x86_64")
+    return (c["xen.mmio_trap"][0] + c["xen.ioreq_dispatch"][0]) / c["epam.isr_trap"][0]
 
 
 class Lines:
@@ -188,7 +197,7 @@ def _path_lines(out: Lines, kind: str, path, sched, req, iodepth: int) -> None:
         out.add("virtio_mmio_setting_irq", t("irq_inject"), 0.0, level=1)
         # the ISR's two IOREQs, taken up once each trap is dispatched to the device model
         status, ack = (
-            t(k) + ISR_DISPATCHED * (t(k, "end") - t(k)) for k in ("isr_status", "isr_ack")
+            t(k) + isr_dispatched() * (t(k, "end") - t(k)) for k in ("isr_status", "isr_ack")
         )
         out.add("handle_ioreq", status, 0.0, req=ioreq, type=1, dir=1, df=0, data_is_ptr=0,
                 addr=MMIO_BASE + STATUS, data=1, count=1, size=4)  # fmt: skip
