@@ -134,25 +134,26 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
     (out / RAW).mkdir(parents=True, exist_ok=True)
     cpu_khz = PROFILE_KHZ[opts.profile]
     arm = opts.profile == "arm64"
-    expected = _write_streams(
-        out, opts, transport, kinds, paths, path_of, sched, req, cpu_khz, arm, w
-    )
-    if w.kind == "block":
-        grants = (
-            any(o.emits == "grant_map" for o in paths[0])
-            or transport.name == "suse-grant-persistent"
+    # the truth table is built and written beside the streams, on the other core
+    truth_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xvt-truth")
+    with truth_pool:
+        truth_job = truth_pool.submit(_write_truth, out, parts, path_of, keep)
+        expected = _write_streams(
+            out, opts, transport, kinds, paths, path_of, sched, req, cpu_khz, arm, w
         )
-        expected["ring_descriptors"] = rings.write(
-            out / RAW, req, EPOCH_NS, float(sched.done.max()), grants=grants
-        )
-    else:
-        expected["packets"] = packets.write(
-            out / RAW / "net.pcap", parts, EPOCH_NS + opts.clock_offset_ns
-        )
-    truth = pl.concat([_truth(kind, path, s, r, keep[path_of == i])
-                       for i, (kind, path, s, r) in enumerate(parts)], how="diagonal_relaxed").sort("request")  # fmt: skip
-    with atomic_path(out / TRUTH) as tmp:
-        truth.write_parquet(tmp, compression="lz4", statistics=False)
+        if w.kind == "block":
+            grants = (
+                any(o.emits == "grant_map" for o in paths[0])
+                or transport.name == "suse-grant-persistent"
+            )
+            expected["ring_descriptors"] = rings.write(
+                out / RAW, req, EPOCH_NS, float(sched.done.max()), grants=grants
+            )
+        else:
+            expected["packets"] = packets.write(
+                out / RAW / "net.pcap", parts, EPOCH_NS + opts.clock_offset_ns
+            )
+        truth = truth_job.result()
     seconds = time.perf_counter() - t0
     manifest = new_manifest({
         "emulated": True, "cpu_khz": cpu_khz, "cpu_khz_source": "emulated host",
@@ -213,18 +214,14 @@ def _write_streams(
         g = gap_chunk == k
         rec = xen_records.build([x[1:] for x in parts], vendor=opts.vendor, guest_exits=not arm,
                                 gaps=tuple(a[g] for a in gaps), start=k == 0)  # fmt: skip
-        frame = rec.frame(cpu_khz, TSC0)
+        frame = rec.frame(cpu_khz, TSC0, carry=pending["xen"])
         del rec
-        if pending["xen"] is not None:
-            frame = pl.concat([pending["xen"], frame]).sort(
-                "cpu", "ts_raw", "_rank", maintain_order=True
-            )
         if np.isfinite(marks[k]):
             cut = pl.col("ts_raw").cast(pl.Float64) < TSC0 + marks[k] * cpu_khz / 1e6
             ready, pending["xen"] = frame.filter(cut), frame.filter(~cut)
         else:
             ready, pending["xen"] = frame, None
-        ready = xen_records.drop_bursts(ready.drop("_rank"), opts.drop_rate, drop_rng)
+        ready = xen_records.drop_bursts(ready.drop("_key"), opts.drop_rate, drop_rng)
         write_frame(fh, ready, round_cycles=cpu_khz * 10_000)  # xentrace polls every 10 ms
         return xen_records.expected_counts(ready)
 
@@ -331,6 +328,14 @@ def _device_ns(req, costs, rng) -> np.ndarray:
     base = np.where(req.write, wr, rd)
     sigma = np.where(req.write, wsig, rsig)
     return base * rng.lognormal(0.0, sigma) + np.maximum(req.nbytes - 4096, 0) * per_byte
+
+
+def _write_truth(out: Path, parts, path_of, keep) -> pl.DataFrame:
+    truth = pl.concat([_truth(kind, path, s, r, keep[path_of == i])
+                       for i, (kind, path, s, r) in enumerate(parts)], how="diagonal_relaxed").sort("request")  # fmt: skip
+    with atomic_path(out / TRUTH) as tmp:
+        truth.write_parquet(tmp, compression="lz4", statistics=False)
+    return truth
 
 
 def _truth(kind, path, sched, req, keep) -> pl.DataFrame:

@@ -66,7 +66,9 @@ class Records:
             "args": args,
         })  # fmt: skip
 
-    def frame(self, cpu_khz: int, tsc0: int) -> pl.DataFrame:
+    def frame(self, cpu_khz: int, tsc0: int, carry: pl.DataFrame | None = None) -> pl.DataFrame:
+        """The records per pCPU in time order, with `carry` (an earlier frame's rows not yet
+        written) merged in by the same sort; ties keep the carried rows first."""
         cols = {k: np.concatenate([p[k] for p in self.parts], axis=-1) for k in self.parts[0]}
         tsc = (np.uint64(tsc0) + np.round(cols["t"] * cpu_khz / 1e6).astype(np.uint64)).astype(
             np.uint64
@@ -74,18 +76,25 @@ class Records:
         # per pCPU in time order; `order` breaks ties (an entry, then the next exit's
         # records): one sort on a packed key (pCPU | TSC | tie rank)
         rank = np.round((cols["order"] + 2) * 100).astype(np.uint64)  # orders lie in [-2, 1)
-        key = (
+        cols["_key"] = (
             (cols["cpu"].astype(np.uint64) << np.uint64(52))
             | ((tsc - np.uint64(tsc0)) << np.uint64(9))
             | rank
         )
-        idx = np.argsort(key, kind="stable")
+        cols["ts_raw"] = tsc
+        if carry is not None and len(carry):
+            for k in ("cpu", "ts_raw", "has_ts", "code", "nargs", "_key"):
+                cols[k] = np.concatenate([carry[k].to_numpy().astype(cols[k].dtype), cols[k]])
+            old_args = np.stack([carry[f"arg{i}"].to_numpy() for i in range(N_ARGS)])
+            cols["args"] = np.concatenate([old_args.astype(np.uint32), cols["args"]], axis=1)
+        idx = np.argsort(cols["_key"], kind="stable")
         args = cols["args"][:, idx]
+        # `_key` stays with the rows for the next chunk's merge
         return pl.DataFrame({
-            "cpu": cols["cpu"][idx].astype(np.int16), "ts_raw": tsc[idx], "has_ts": cols["has_ts"][idx],
-            "code": cols["code"][idx], "nargs": cols["nargs"][idx],
+            "cpu": cols["cpu"][idx].astype(np.int16), "ts_raw": cols["ts_raw"][idx],
+            "has_ts": cols["has_ts"][idx], "code": cols["code"][idx], "nargs": cols["nargs"][idx],
             **{f"arg{i}": args[i] for i in range(N_ARGS)},
-            "_rank": rank[idx],
+            "_key": cols["_key"][idx],
         })  # fmt: skip
 
 
