@@ -5,6 +5,10 @@
 Generates (once, then reuses) a synthetic HVM xentrace file of about --size-mb with the
 project's writer, then runs each tool on it in this process's run, measuring wall time and
 peak RSS (of the child process, via wait4), and prints throughput and the ratios.
+
+With --floor it also times, in a child process, writing the ingested table back to parquet
+from memory (no decoding) as the bundle stores it, and with a minimal 12-column layout: the
+least any ingest that produces events.parquet on this machine can take.
 """
 
 from __future__ import annotations
@@ -48,15 +52,44 @@ def generate(path: Path, size_mb: int) -> None:
     tmp.replace(path)
 
 
+def write_floor(bundle: Path) -> None:
+    """Print the seconds to write the bundle's events table, already in memory, to parquet:
+    as ingest writes it, and as 12 columns (time, pCPU, id, arg count, 32-bit args, offset)."""
+    import json
+    import time
+
+    import polars as pl
+
+    df = pl.read_parquet(bundle / "events.parquet")
+    minimal = df.select("ts_ns", "cpu", "code", "nargs", pl.col("^arg.$").cast(pl.UInt32),
+                        "src_offset")  # fmt: skip
+    out = {}
+    for name, table in (("canonical", df), ("minimal", minimal)):
+        t0 = time.perf_counter()
+        table.write_parquet(bundle / "floor.parquet", compression="lz4", statistics=False)
+        out[name] = time.perf_counter() - t0
+    (bundle / "floor.parquet").unlink()
+    print(json.dumps(out))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=500)
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / "work")
     ap.add_argument("--repeat", type=int, default=1, help="runs per tool; the best is reported")
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time writing the decoded table alone (needs ~7x the file in RAM)",
+    )
     ap.add_argument("--generate", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--write-floor", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.generate:
         generate(args.generate, args.size_mb)
+        return
+    if args.write_floor:
+        write_floor(args.write_floor)
         return
     args.work.mkdir(parents=True, exist_ok=True)
     trace = args.work / f"hvm-{args.size_mb}mb.bin"
@@ -99,6 +132,13 @@ def main() -> None:
         print(f"ratio ingest/xenalyze peak RSS:   {ir / xr:.2f}x")
     cw, _ = results["cat"]
     print(f"ratio ingest/cat throughput:      {cw / results['xvtrace ingest'][0]:.3f}x")
+    if args.floor:
+        out = subprocess.run([sys.executable, __file__, "--write-floor", str(args.work / "bundle")],
+                             check=True, capture_output=True, text=True).stdout  # fmt: skip
+        peer = results.get("xenalyze --summary", results["cat"])[0]
+        for layout, secs in json.loads(out.splitlines()[-1]).items():
+            print(f"parquet write alone, {layout + ' table':<16}{secs:6.2f} s "
+                  f"({secs / peer:.2f}x the peer's whole run)")  # fmt: skip
 
 
 if __name__ == "__main__":
