@@ -373,3 +373,30 @@ def test_a_few_contradicting_pairs_are_left_out_and_counted():
         pairs.with_columns(pl.Series("handle_ns", handle), pl.Series("last_ns", handle))
     )
     assert not c["consistent"] and c["outliers"] == 0
+
+
+def test_the_ioreq_order_clock_is_fitted_once_and_before_a_loss(tmp_path, monkeypatch):
+    """A bundle whose requests give no clock (the real emulated-IDE capture) is aligned on
+    its IOREQs in order, once, and only on pairs before the first lost record: a loss
+    shifts pairs matched by order."""
+    import shutil
+
+    from xvtrace import ioreq_join
+
+    shutil.copytree(FIXTURES / "xen" / "hvm-ide", tmp_path / "b")
+    bundle = api.ingest(tmp_path / "b").bundle
+    calls = []
+    real = ioreq_join.sequence_pairs
+    monkeypatch.setattr(ioreq_join, "sequence_pairs", lambda acc: calls.append(1) or real(acc))
+    timeline.build(bundle)
+    whole = bundle.manifest["timeline"]["device_model_clock"]
+    assert calls == [1] and whole["method"].startswith(ioreq_join.SEQUENCE_METHOD)
+    assert bundle.manifest["timeline"]["ioreq_join"]["joined"] > 0
+
+    pairs = real(ioreq_join.accesses(bundle.events()))
+    cut = int(pairs["entry_ns"].sort()[len(pairs) // 2])
+    monkeypatch.setattr(timeline, "first_loss", lambda ev: cut)
+    timeline.build(bundle)
+    half = bundle.manifest["timeline"]["device_model_clock"]
+    assert half["pairs"] + half["outliers"] == int((pairs["entry_ns"] < cut).sum())
+    assert half["pairs"] < whole["pairs"]

@@ -274,24 +274,19 @@ SEQUENCE_METHOD = (
 
 
 def build(bundle, acc: Accesses, clock: dict | None):
-    """Join the bundle's IOREQs with their traps and write ioreqs.parquet (atomically).
-    Returns (the join's counts, the clock used when it had to be fitted here, the joined
-    table), or Nones without IOREQs on both sides or any clock."""
+    """Join the bundle's IOREQs with their traps on the device-model clock `clock` (fitted by
+    the timeline) and write ioreqs.parquet (atomically). Returns (the join's counts, the
+    joined table), or Nones without a clock or without IOREQs on both sides."""
     from xvtrace.bundle import atomic_path
-    from xvtrace.clock import align_device_model
 
-    fitted = None
-    if clock is None or not clock["consistent"]:
-        fitted = align_device_model(sequence_pairs(acc), method=SEQUENCE_METHOD)
-        if fitted is None:
-            return None, None, None
-        clock = fitted
+    if clock is None:
+        return None, None
     table, counts = join(acc, clock)
     if counts is None:
-        return None, None, None
+        return None, None
     with atomic_path(bundle.path / IOREQS) as tmp:
         table.write_parquet(tmp)
-    return counts, fitted, table
+    return counts, table
 
 
 def with_kick_traps(req: pl.DataFrame, joined: pl.DataFrame) -> pl.DataFrame:

@@ -152,9 +152,9 @@ def build(bundle) -> pl.DataFrame:
     ev = bundle.events()
     acc = ioreq_join.accesses(ev)  # read once: the clock fits and the join all use them
     req = qemu_requests(ev).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
-    dm_clock, view, ide = None, DM_VIEW_NAME, None
+    dm_clock, view, ide, seq = None, DM_VIEW_NAME, None, _UNSET
+    lost = first_loss(ev)
     if len(req):
-        lost = first_loss(ev)
         pairs, lower = _before(lost, notify_pairs(ev, acc.hv)), None
         if pairs is None:  # no IOREQs: an event-channel kick (gsoc-xenbus style)?
             found = evtchn_pairs(ev)
@@ -166,8 +166,7 @@ def build(bundle) -> pl.DataFrame:
             # them, or QEMU processed the queue after completing the IOREQ (ioeventfd).
             # Align on every IOREQ by order instead; each kick then gets its trap from the
             # IOREQ join below.
-            seq = align_device_model(_before(lost, ioreq_join.sequence_pairs(acc)),
-                                     method=ioreq_join.SEQUENCE_METHOD)  # fmt: skip
+            seq = _sequence_clock(acc, lost)
             if seq is not None and seq["consistent"]:
                 dm_clock, pairs = seq, None
         if dm_clock is not None and pairs is not None:
@@ -187,8 +186,13 @@ def build(bundle) -> pl.DataFrame:
                 blk,
                 "dom0 block layer only (ftrace): the guest's kicks could not be matched",
             )
-    ioreqs, fitted, joined = ioreq_join.build(bundle, acc, dm_clock)
-    dm_clock = dm_clock if fitted is None else fitted
+    join_clock = dm_clock
+    if dm_clock is None or not dm_clock["consistent"]:
+        # No clock from the requests' kicks, or none that fits: the IOREQs in order, which
+        # the join below then uses; fitted once, like the kicks' fit, before any loss.
+        join_clock = seq if seq is not _UNSET else _sequence_clock(acc, lost)
+        dm_clock = join_clock or dm_clock
+    ioreqs, joined = ioreq_join.build(bundle, acc, join_clock)
     if joined is not None and (
         ide is not None or (view == DM_VIEW_NAME and "trap_exit_ns" not in req.columns)
     ):
@@ -223,6 +227,16 @@ def _queue_processing(req: pl.DataFrame, clock: dict) -> str:
         ).mean()
     )
     return "deferred" if late.item() is not None and late.item() > 0.5 else "in the IOREQ"
+
+
+_UNSET = object()  # the IOREQ sequence clock not computed yet (None: computed, none found)
+
+
+def _sequence_clock(acc, lost: int | None) -> dict | None:
+    """The device-model clock from every IOREQ inside its trap, paired in order (before the
+    first lost record)."""
+    pairs = _before(lost, ioreq_join.sequence_pairs(acc))
+    return align_device_model(pairs, method=ioreq_join.SEQUENCE_METHOD)
 
 
 def _before(lost: int | None, pairs: pl.DataFrame | None, col: str = "entry_ns"):
