@@ -13,6 +13,7 @@ from helpers import FIXTURES, QEMU_PCI
 from xvtrace import api, timeline
 from xvtrace.cli import cli
 from xvtrace.emulate import EPOCH_NS, EmulateOptions, emulate
+from xvtrace.intervals import PHASES
 
 
 def test_real_capture_reconstructs_every_element():
@@ -400,3 +401,17 @@ def test_the_ioreq_order_clock_is_fitted_once_and_before_a_loss(tmp_path, monkey
     half = bundle.manifest["timeline"]["device_model_clock"]
     assert half["pairs"] + half["outliers"] == int((pairs["entry_ns"] < cut).sum())
     assert half["pairs"] < whole["pairs"]
+
+
+def test_cli_shows_the_phases_the_report_shows(tmp_path):
+    """`timeline` and `report` name the same phases: on an EPAM bundle the kick's trap and
+    the ISR's two traps too, with the emulated trap's cost inside its p50."""
+    r = emulate(EmulateOptions(transport="epam-mmio", workload="randread-4k-qd1", requests=200,
+                               seed=3, out=tmp_path / "b"))  # fmt: skip
+    api.ingest(r.bundle)
+    out = CliRunner().invoke(cli, ["timeline", str(r.bundle), "--json"])
+    assert out.exit_code == 0, out.output
+    (queue,) = json.loads(out.output)["queues"]
+    names = {k.rsplit(" ", 1)[0] for k in queue if k.endswith(" p50")}
+    assert names == {name for _, name in PHASES}
+    assert 0 < queue["notify trap p50"] < 50 and 0 < queue["ISR -> ACK p50"] < 50

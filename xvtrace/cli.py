@@ -16,6 +16,8 @@ from xvtrace.capture import CaptureError
 from xvtrace.capture.qmp import QMPError
 from xvtrace.emulate.workload import PRESETS
 from xvtrace.ingest import IngestError
+from xvtrace.intervals import PHASES as REQUEST_PHASES
+from xvtrace.intervals import with_phases
 from xvtrace.parsers.errors import ParseError
 from xvtrace.replay.transports import NAMES as TRANSPORT_NAMES
 from xvtrace.replay.transports.base import PHASES
@@ -302,9 +304,8 @@ def timeline_cmd(source, as_json):
 
     bundle = api.load(source)
     req = timeline.build(bundle)
-    us = [(c, n) for c, n in (("kick_to_pop_ns", "kick->pop"), ("service_ns", "pop->fill"),
-                               ("io_ns", "device I/O"), ("fill_to_notify_ns", "fill->irq"))
-          if c in req.columns]  # fmt: skip
+    req = with_phases(req)
+    us = [(c, n) for c, n in REQUEST_PHASES if c in req.columns]
     table = (
         req.group_by("dev", "queue", "op")
         .agg(pl.len().alias("requests"), (~pl.col("complete")).sum().alias("incomplete"),
@@ -340,7 +341,7 @@ def timeline_cmd(source, as_json):
         if c.get("queue_processing") == "deferred":
             click.echo(
                 "  QEMU completes each kick's IOREQ before it processes the queue (ioeventfd):"
-                " kick->pop includes the main loop's wake-up"
+                " kick -> pop includes the main loop's wake-up"
             )
     if j := clocks.get("ioreq_join"):
         from xvtrace.ioreq_join import IOREQS

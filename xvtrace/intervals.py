@@ -1,6 +1,6 @@
 """The request table's derived intervals, defined once for every view (timeline,
 hv_timeline, ide_timeline): each view names the columns that stand for its kick, pop,
-fill and so on."""
+fill and so on. PHASES lists them in path order with the names every output uses."""
 
 from __future__ import annotations
 
@@ -16,3 +16,27 @@ def intervals(kick: str = "kick_ns", pop: str = "pop_ns", fill: str = "fill_ns")
         (pl.col(fill) - pl.col(pop)).alias("service_ns"),
         (pl.col("notify_ns") - pl.col(fill)).alias("fill_to_notify_ns"),
     ]
+
+
+PHASES = (
+    ("kick_to_pop_ns", "kick -> pop"),
+    ("trap_ns", "notify trap"),
+    ("service_ns", "pop -> fill"),
+    ("io_ns", "device I/O"),
+    ("fill_to_notify_ns", "fill -> irq"),
+    ("irq_to_isr_ns", "irq -> ISR"),  # virtio-mmio: the guest's InterruptStatus read
+    ("isr_to_ack_ns", "ISR -> ACK"),  # ... and its InterruptACK write (two more IOREQs)
+)
+
+
+def with_phases(req: pl.DataFrame) -> pl.DataFrame:
+    """`req` with the PHASES that come from the hypervisor's side where it has their stamps:
+    trap_ns (the kick's exit to entry), irq_to_isr_ns and isr_to_ack_ns."""
+    if "trap_exit_ns" in req.columns:
+        req = req.with_columns((pl.col("trap_entry_ns") - pl.col("trap_exit_ns")).alias("trap_ns"))
+    if "isr_read_ns" in req.columns:
+        req = req.with_columns(
+            (pl.col("isr_read_ns") - pl.col("notify_ns")).alias("irq_to_isr_ns"),
+            (pl.col("ack_ns") - pl.col("isr_read_ns")).alias("isr_to_ack_ns"),
+        )
+    return req

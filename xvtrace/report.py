@@ -11,17 +11,9 @@ from dataclasses import dataclass
 import polars as pl
 
 from xvtrace import timeline
+from xvtrace.intervals import PHASES, with_phases
 from xvtrace.parsers import xen_events as xe
 
-PHASES = (
-    ("kick_to_pop_ns", "kick -> pop"),
-    ("trap_ns", "notify trap"),
-    ("service_ns", "pop -> fill"),
-    ("io_ns", "device I/O"),
-    ("fill_to_notify_ns", "fill -> irq"),
-    ("irq_to_isr_ns", "irq -> ISR"),  # virtio-mmio: the guest's InterruptStatus read
-    ("isr_to_ack_ns", "ISR -> ACK"),  # ... and its InterruptACK write (two more IOREQs)
-)
 QUANTILES = (0.5, 0.9, 0.99)
 
 
@@ -35,15 +27,7 @@ class Report:
     def of(cls, bundle) -> Report:
         path = bundle.path / timeline.REQUESTS
         req = pl.read_parquet(path) if path.exists() else timeline.build(bundle)
-        if "trap_exit_ns" in req.columns:
-            req = req.with_columns(
-                (pl.col("trap_entry_ns") - pl.col("trap_exit_ns")).alias("trap_ns")
-            )
-        if "isr_read_ns" in req.columns:
-            req = req.with_columns(
-                (pl.col("isr_read_ns") - pl.col("notify_ns")).alias("irq_to_isr_ns"),
-                (pl.col("ack_ns") - pl.col("isr_read_ns")).alias("isr_to_ack_ns"),
-            )
+        req = with_phases(req)
         rows = []
         for col, name in PHASES:
             if col not in req.columns:
