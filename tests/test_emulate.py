@@ -294,3 +294,18 @@ def test_runtime_bounded_run_writes_only_the_requests_it_issued(tmp_path):
     df, _ = qemu_log.decode_file(r.bundle / "raw" / "qemu.log")
     assert (df["event"] == "qemu.virtqueue_pop").sum() == r.requests
     assert r.expected["guest_exits"][48] == 3 * r.requests  # notify + two ISR traps each
+
+
+def test_a_failed_run_leaves_no_truth_or_manifest(tmp_path, monkeypatch):
+    """The truth table is written beside the streams; when they fail, it goes too."""
+    import xvtrace.emulate as em
+
+    def broken(*args, **kw):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(em, "_write_streams", broken)
+    with pytest.raises(OSError, match="disk full"):
+        emulate(EmulateOptions(transport="pv-blkif", workload="randread-4k-qd1", requests=500,
+                               out=tmp_path / "b"))  # fmt: skip
+    assert not (tmp_path / "b" / "truth.parquet").exists()
+    assert not (tmp_path / "b" / "manifest.json").exists()

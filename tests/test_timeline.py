@@ -376,31 +376,56 @@ def test_a_few_contradicting_pairs_are_left_out_and_counted():
     assert not c["consistent"] and c["outliers"] == 0
 
 
-def test_the_ioreq_order_clock_is_fitted_once_and_before_a_loss(tmp_path, monkeypatch):
+def test_the_ioreq_order_clock_is_fitted_before_a_loss(tmp_path, monkeypatch):
     """A bundle whose requests give no clock (the real emulated-IDE capture) is aligned on
-    its IOREQs in order, once, and only on pairs before the first lost record: a loss
-    shifts pairs matched by order."""
+    its IOREQs in order, on the pairs before the first lost record (a loss shifts pairs
+    matched by order), or on all of them when none lies before it."""
     import shutil
 
     from xvtrace import ioreq_join
 
     shutil.copytree(FIXTURES / "xen" / "hvm-ide", tmp_path / "b")
     bundle = api.ingest(tmp_path / "b").bundle
-    calls = []
-    real = ioreq_join.sequence_pairs
-    monkeypatch.setattr(ioreq_join, "sequence_pairs", lambda acc: calls.append(1) or real(acc))
     timeline.build(bundle)
     whole = bundle.manifest["timeline"]["device_model_clock"]
-    assert calls == [1] and whole["method"].startswith(ioreq_join.SEQUENCE_METHOD)
+    assert whole["method"].startswith(ioreq_join.SEQUENCE_METHOD)
     assert bundle.manifest["timeline"]["ioreq_join"]["joined"] > 0
 
-    pairs = real(ioreq_join.accesses(bundle.events()))
+    pairs = ioreq_join.sequence_pairs(ioreq_join.accesses(bundle.events()))
     cut = int(pairs["entry_ns"].sort()[len(pairs) // 2])
     monkeypatch.setattr(timeline, "first_loss", lambda ev: cut)
     timeline.build(bundle)
     half = bundle.manifest["timeline"]["device_model_clock"]
     assert half["pairs"] + half["outliers"] == int((pairs["entry_ns"] < cut).sum())
     assert half["pairs"] < whole["pairs"]
+
+    monkeypatch.setattr(timeline, "first_loss", lambda ev: 0)  # lost before anything
+    timeline.build(bundle)
+    assert bundle.manifest["timeline"]["device_model_clock"]["pairs"] == whole["pairs"]
+    assert bundle.manifest["timeline"]["ioreq_join"]["joined"] > 0
+
+
+def test_the_ioreq_order_clock_is_fitted_once_when_no_fit_agrees(tmp_path, monkeypatch):
+    """Kicks whose pairs fit no clock, then IOREQs in order that fit none either: the
+    order pairing runs once, and the join uses its fit as it is."""
+    from xvtrace import ioreq_join
+
+    r = emulate(EmulateOptions(transport="epam-mmio", workload="randread-4k-qd1", requests=100,
+                               seed=4, out=tmp_path / "b"))  # fmt: skip
+    bundle = api.ingest(r.bundle).bundle
+    fit, calls = timeline.align_device_model, []
+
+    def inconsistent(*args, **kw):
+        found = fit(*args, **kw)
+        return None if found is None else found | {"consistent": False}
+
+    real = ioreq_join.sequence_pairs
+    monkeypatch.setattr(timeline, "align_device_model", inconsistent)
+    monkeypatch.setattr(ioreq_join, "sequence_pairs", lambda acc: calls.append(1) or real(acc))
+    timeline.build(bundle)
+    clock = bundle.manifest["timeline"]["device_model_clock"]
+    assert calls == [1] and clock["method"].startswith(ioreq_join.SEQUENCE_METHOD)
+    assert bundle.manifest["timeline"]["ioreq_join"]["joined"] > 0
 
 
 def test_cli_shows_the_phases_the_report_shows(tmp_path):

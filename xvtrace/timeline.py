@@ -178,7 +178,7 @@ def build(bundle) -> pl.DataFrame:
     elif (ide := ide_requests(ev)) is not None:  # an emulated IDE disk
         req, view = ide, "device model (QEMU IDE trace events)"
     else:  # a backend that logs nothing per request: the hypervisor's and dom0's records
-        hv = hypervisor_requests(ev, lost_after=first_loss(ev) if _ftrace_intact(bundle) else 0)
+        hv = hypervisor_requests(ev, lost_after=lost if _ftrace_intact(bundle) else 0)
         if hv is not None and hv["complete"].any():
             req, view = hv, "hypervisor (xentrace) + dom0 block layer (ftrace)"
         elif (blk := block_requests(ev)) is not None:
@@ -233,10 +233,15 @@ _UNSET = object()  # the IOREQ sequence clock not computed yet (None: computed, 
 
 
 def _sequence_clock(acc, lost: int | None) -> dict | None:
-    """The device-model clock from every IOREQ inside its trap, paired in order (before the
-    first lost record)."""
-    pairs = _before(lost, ioreq_join.sequence_pairs(acc))
-    return align_device_model(pairs, method=ioreq_join.SEQUENCE_METHOD)
+    """The device-model clock from every IOREQ inside its trap, paired in order, before the
+    first lost record. When none lies before it (a pCPU's buffer overflowed at the start),
+    all of them: the pairing keeps only a run that agrees access for access, which a loss
+    inside the run would break, so those pairs are still likely right."""
+    pairs = ioreq_join.sequence_pairs(acc)
+    early = _before(lost, pairs)
+    return align_device_model(
+        early if early is not None and len(early) else pairs, method=ioreq_join.SEQUENCE_METHOD
+    )
 
 
 def _before(lost: int | None, pairs: pl.DataFrame | None, col: str = "entry_ns"):

@@ -3,6 +3,7 @@
 # daemons, capture with xvtrace while a guest does its I/O, leave the bundle in /tmp/out.
 #   dom0-run.sh REPO SCENARIO KERNEL GUEST_INITRAMFS
 REPO=$1 SCENARIO=$2 KERNEL=$3 GUEST=$4
+VCPUS=1
 [ "$SCENARIO" = hvm-epam-smp ] && VCPUS=2  # the EPAM path with a guest of two vCPUs
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
 mkdir -p /var/run/xen /var/run/xenstored /var/lib/xen /var/lib/xenstored /var/log/xen/console /tmp/work/console
@@ -21,39 +22,37 @@ truncate -s 64M /tmp/work/disk.img
 # written into their disk once the capture runs; the device model is traced through our own
 # QMP socket, and its log stamps with -msg timestamp=on.
 QMP=/tmp/work/dm-qmp.sock
-hvm_cfg() {  # hvm_cfg DEVICE_MODEL_ARGS [EXTRA_KERNEL_ARGS]
+guest_cfg() {  # guest_cfg NAME TYPE: what every guest's config has; the caller appends the rest
   cat > /tmp/work/guest.cfg <<CFG
-name = "hvmguest"
-type = "hvm"
+name = "$1"
+type = "$2"
 kernel = "$KERNEL"
 ramdisk = "$GUEST"
-cmdline = "console=ttyS0 xen_nopv xvt_wait $2"
 memory = 256
-vcpus = ${VCPUS:-1}
+vcpus = $VCPUS
+on_poweroff = "destroy"
+on_crash = "destroy"
+CFG
+}
+hvm_cfg() {  # hvm_cfg DEVICE_MODEL_ARGS [EXTRA_KERNEL_ARGS]
+  guest_cfg hvmguest hvm
+  cat >> /tmp/work/guest.cfg <<CFG
+cmdline = "console=ttyS0 xen_nopv xvt_wait $2"
 xen_platform_pci = 0
 vga = "none"
 serial = "file:/tmp/out/guest-serial.log"  # live on the out share, to watch a slow boot
 device_model_version = "qemu-xen"
 device_model_args_hvm = [ "-qmp", "unix:$QMP,server=on,wait=off", "-msg", "timestamp=on"${1:+, $1} ]
-on_poweroff = "destroy"
-on_crash = "destroy"
 CFG
 }
 TRACE=""
 case $SCENARIO in
 pv)
   DISK=$(losetup -f --show /tmp/work/disk.img) || { echo "XVT-HOST losetup failed"; exit 1; }
-  cat > /tmp/work/guest.cfg <<CFG
-name = "pvguest"
-type = "pv"
-kernel = "$KERNEL"
-ramdisk = "$GUEST"
+  guest_cfg pvguest pv
+  cat >> /tmp/work/guest.cfg <<CFG
 extra = "console=hvc0 rdinit=/init"
-memory = 256
-vcpus = 1
 disk = [ 'format=raw,vdev=xvda,access=rw,script=$REPO/tests/xen/block-simple,target=$DISK' ]
-on_poweroff = "destroy"
-on_crash = "destroy"
 CFG
   ;;
 hvm-virtio)

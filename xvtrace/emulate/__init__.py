@@ -134,26 +134,31 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
     (out / RAW).mkdir(parents=True, exist_ok=True)
     cpu_khz = PROFILE_KHZ[opts.profile]
     arm = opts.profile == "arm64"
-    # the truth table is built and written beside the streams, on the other core
-    truth_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xvt-truth")
-    with truth_pool:
+    # the truth table is built and written in a thread of its own, beside the streams; a
+    # run that fails leaves no truth.parquet behind (nor a manifest: that comes last)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xvt-truth") as truth_pool:
         truth_job = truth_pool.submit(_write_truth, out, parts, path_of, keep)
-        expected = _write_streams(
-            out, opts, transport, kinds, paths, path_of, sched, req, cpu_khz, arm, w
-        )
-        if w.kind == "block":
-            grants = (
-                any(o.emits == "grant_map" for o in paths[0])
-                or transport.name == "suse-grant-persistent"
+        try:
+            expected = _write_streams(
+                out, opts, transport, kinds, paths, path_of, sched, req, cpu_khz, arm, w
             )
-            expected["ring_descriptors"] = rings.write(
-                out / RAW, req, EPOCH_NS, float(sched.done.max()), grants=grants
-            )
-        else:
-            expected["packets"] = packets.write(
-                out / RAW / "net.pcap", parts, EPOCH_NS + opts.clock_offset_ns
-            )
-        truth = truth_job.result()
+            if w.kind == "block":
+                grants = (
+                    any(o.emits == "grant_map" for o in paths[0])
+                    or transport.name == "suse-grant-persistent"
+                )
+                expected["ring_descriptors"] = rings.write(
+                    out / RAW, req, EPOCH_NS, float(sched.done.max()), grants=grants
+                )
+            else:
+                expected["packets"] = packets.write(
+                    out / RAW / "net.pcap", parts, EPOCH_NS + opts.clock_offset_ns
+                )
+            truth = truth_job.result()
+        except BaseException:
+            truth_pool.shutdown(wait=True, cancel_futures=True)
+            (out / TRUTH).unlink(missing_ok=True)
+            raise
     seconds = time.perf_counter() - t0
     manifest = new_manifest({
         "emulated": True, "cpu_khz": cpu_khz, "cpu_khz_source": "emulated host",
