@@ -38,7 +38,7 @@ demo: install
 	rm -rf demo-run
 	$(BIN)/xvtrace emulate --transport all --workload $(DEMO_WORKLOAD) --requests $(DEMO_REQUESTS) -o demo-run
 	$(BIN)/xvtrace summary demo-run/epam-mmio
-	$(BIN)/xvtrace dump demo-run/epam-mmio -n 12
+	$(BIN)/xvtrace dump demo-run/epam-mmio -e 'hvm.*' -n 19  # one request's traps, as Xen traced them
 	$(BIN)/xvtrace timeline demo-run/epam-mmio
 	$(BIN)/xvtrace replay demo-run/epam-mmio --transport all
 
