@@ -358,24 +358,22 @@ def timeline_cmd(source, as_json):
             f"packet clock = device model - {c['offset_ns']} ns (residual {c['residual_min_ns']:+d}"
             f"..{c['residual_max_ns']:+d} ns, {c['matched']}/{c['rx_requests']} rx frames matched)"
         )
-    head = f"{'device':<17}{'q':>3} {'op':<6}{'requests':>9}{'incompl':>8}" + "".join(
-        f"{n + ' p50/p99 us':>24}" for _, n in us
-    )
-    click.echo(head)
-    for r in table.iter_rows(named=True):
-        cells = "".join(f"{_pair(r[f'{n} p50'], r[f'{n} p99']):>24}" for _, n in us)
+    for r in table.iter_rows(named=True):  # a block per queue and op, a line per phase
+        queue = r["queue"] if r["queue"] is not None else "?"
         click.echo(
-            f"{r['dev'] or '?':<17}{r['queue'] if r['queue'] is not None else '?':>3} {r['op']:<6}{r['requests']:>9}{r['incomplete']:>8}{cells}"
+            f"\n{r['dev'] or '?'} queue {queue} {r['op']}: {r['requests']} requests,"
+            f" {r['incomplete']} incomplete\n  {'phase':<14}{'p50 us':>10}{'p99 us':>10}"
         )
+        for _, n in us:
+            click.echo(f"  {n:<14}{_us(r[f'{n} p50']):>10}{_us(r[f'{n} p99']):>10}")
 
 
 def _drift(c: dict) -> str:
     return f" {c['drift_ppm']:+.3f} ppm" if c.get("drift_ppm") else ""
 
 
-def _pair(a, b) -> str:
-    f = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
-    return f"{f(a)}/{f(b)}"
+def _us(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
 
 
 @cli.command("report")

@@ -279,7 +279,8 @@ def _cut(pending: pl.DataFrame | None, lines: pl.DataFrame, by: tuple[str, ...],
     if pending is not None:
         lines = pl.concat([pending, lines])
     lines = lines.sort(*by, maintain_order=True)
-    return lines.filter(pl.col("t") < mark), lines.filter(pl.col("t") >= mark)
+    k = int(lines["t"].search_sorted(mark, side="left"))  # sorted by t first: two slices
+    return lines.head(k), lines.slice(k)
 
 
 def _options(opts: EmulateOptions) -> dict:
