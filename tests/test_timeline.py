@@ -404,6 +404,12 @@ def test_the_ioreq_order_clock_is_fitted_before_a_loss(tmp_path, monkeypatch):
     assert bundle.manifest["timeline"]["device_model_clock"]["pairs"] == whole["pairs"]
     assert bundle.manifest["timeline"]["ioreq_join"]["joined"] > 0
 
+    assert (bundle.path / ioreq_join.IOREQS).exists()
+    monkeypatch.setattr(ioreq_join, "sequence_pairs", lambda acc: None)  # no clock at all
+    timeline.build(bundle)
+    assert bundle.manifest["timeline"]["ioreq_join"] is None
+    assert not (bundle.path / ioreq_join.IOREQS).exists()  # not the last build's table
+
 
 def test_the_ioreq_order_clock_is_fitted_once_when_no_fit_agrees(tmp_path, monkeypatch):
     """Kicks whose pairs fit no clock, then IOREQs in order that fit none either: the

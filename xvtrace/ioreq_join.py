@@ -279,10 +279,9 @@ def build(bundle, acc: Accesses, clock: dict | None):
     joined table), or Nones without a clock or without IOREQs on both sides."""
     from xvtrace.bundle import atomic_path
 
-    if clock is None:
-        return None, None
-    table, counts = join(acc, clock)
-    if counts is None:
+    table, counts = join(acc, clock) if clock is not None else (None, None)
+    if counts is None:  # nothing to join: no table from an earlier build either
+        (bundle.path / IOREQS).unlink(missing_ok=True)
         return None, None
     with atomic_path(bundle.path / IOREQS) as tmp:
         table.write_parquet(tmp)
