@@ -14,6 +14,8 @@ Requests missing events are kept and flagged (`complete` False, `reason`).
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 import polars as pl
 
@@ -152,8 +154,10 @@ def build(bundle) -> pl.DataFrame:
     ev = bundle.events()
     acc = ioreq_join.accesses(ev)  # read once: the clock fits and the join all use them
     req = qemu_requests(ev).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
-    dm_clock, view, ide, seq = None, DM_VIEW_NAME, None, _UNSET
+    dm_clock, view, ide = None, DM_VIEW_NAME, None
     lost = first_loss(ev)
+    # the IOREQ-order clock, fitted at most once whichever step asks for it first
+    sequence_clock = cache(lambda: _sequence_clock(acc, lost))
     if len(req):
         pairs, lower = _before(lost, notify_pairs(ev, acc.hv)), None
         if pairs is None:  # no IOREQs: an event-channel kick (gsoc-xenbus style)?
@@ -166,7 +170,7 @@ def build(bundle) -> pl.DataFrame:
             # them, or QEMU processed the queue after completing the IOREQ (ioeventfd).
             # Align on every IOREQ by order instead; each kick then gets its trap from the
             # IOREQ join below.
-            seq = _sequence_clock(acc, lost)
+            seq = sequence_clock()
             if seq is not None and seq["consistent"]:
                 dm_clock, pairs = seq, None
         if dm_clock is not None and pairs is not None:
@@ -190,7 +194,7 @@ def build(bundle) -> pl.DataFrame:
     if dm_clock is None or not dm_clock["consistent"]:
         # No clock from the requests' kicks, or none that fits: the IOREQs in order, which
         # the join below then uses; fitted once, like the kicks' fit, before any loss.
-        join_clock = seq if seq is not _UNSET else _sequence_clock(acc, lost)
+        join_clock = sequence_clock()
         dm_clock = join_clock or dm_clock
     ioreqs, joined = ioreq_join.build(bundle, acc, join_clock)
     if joined is not None and (
@@ -227,9 +231,6 @@ def _queue_processing(req: pl.DataFrame, clock: dict) -> str:
         ).mean()
     )
     return "deferred" if late.item() is not None and late.item() > 0.5 else "in the IOREQ"
-
-
-_UNSET = object()  # the IOREQ sequence clock not computed yet (None: computed, none found)
 
 
 def _sequence_clock(acc, lost: int | None) -> dict | None:
