@@ -393,19 +393,28 @@ def write_frame(
     args = np.column_stack(
         [df[f"arg{i}"].fill_null(0).to_numpy().astype(np.uint32) for i in range(N_ARGS)]
     )
-    out = encode_windows(
-        df["cpu"].to_numpy(),
-        df["ts_raw"].to_numpy(),
-        df["has_ts"].to_numpy(),
-        df["code"].to_numpy(),
-        args,
-        df["nargs"].to_numpy(),
-        round_cycles=round_cycles,
-        window_bytes=window_bytes,
-    )
-    data = out.astype("<u4").tobytes()
+    columns = (df[k].to_numpy() for k in ("cpu", "ts_raw", "has_ts", "code"))
+    return write_records(dest, *columns, args, df["nargs"].to_numpy(),
+                         round_cycles=round_cycles, window_bytes=window_bytes)  # fmt: skip
+
+
+def write_records(
+    dest: str | os.PathLike | BinaryIO,
+    cpu: np.ndarray,
+    tsc: np.ndarray,
+    has_tsc: np.ndarray,
+    code: np.ndarray,
+    args: np.ndarray,
+    nargs: np.ndarray,
+    *,
+    round_cycles: int,
+    window_bytes: int = DEFAULT_DATA_SIZE,
+) -> int:
+    """write_frame for records already held as arrays (encode_windows' arguments)."""
+    out = encode_windows(cpu, tsc, has_tsc, code, args, nargs, round_cycles=round_cycles,
+                         window_bytes=window_bytes).astype("<u4", copy=False)  # fmt: skip
     if hasattr(dest, "write"):
-        dest.write(data)
+        dest.write(out)
     else:
-        Path(dest).write_bytes(data)
-    return len(data)
+        Path(dest).write_bytes(out.tobytes())
+    return out.nbytes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -132,3 +133,15 @@ def test_dump_pipes_into_head():
     assert proc.returncode == 0
     assert len(proc.stdout.splitlines()) == 2
     assert "Traceback" not in proc.stderr
+
+
+def test_the_command_keeps_freed_memory_unless_the_user_says_otherwise():
+    from xvtrace import allocator
+
+    show = "from xvtrace import allocator; allocator.tune(); import os; print(os.environ['_RJEM_MALLOC_CONF'])"
+    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
+    run = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True)
+    assert run.stdout.strip() == allocator.JEMALLOC_CONF
+    env["_RJEM_MALLOC_CONF"] = "narenas:2"
+    run = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True)
+    assert run.stdout.strip() == "narenas:2"

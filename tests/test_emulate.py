@@ -309,3 +309,46 @@ def test_a_failed_run_leaves_no_truth_or_manifest(tmp_path, monkeypatch):
                                out=tmp_path / "b"))  # fmt: skip
     assert not (tmp_path / "b" / "truth.parquet").exists()
     assert not (tmp_path / "b" / "manifest.json").exists()
+
+
+def test_qemu_texts_are_shared_per_argument_tuple_and_equal_every_line_rendered():
+    from xvtrace.emulate import qemu_lines as ql
+    from xvtrace.parsers.trace_events import TraceEvents, render_text
+
+    defs, rng, n = TraceEvents.default(), np.random.default_rng(1), 500
+    t = rng.random(n) * 1e6
+    elem = ql.ELEM_BASE + rng.integers(0, 8, n).astype(np.uint64) * np.uint64(0x140)
+    args = {
+        "virtqueue_pop": {"vq": ql.VQ, "elem": elem, "in_num": rng.integers(1, 3, n), "out_num": 1},
+        "virtio_blk_handle_write": {"vdev": ql.VDEV, "req": elem, "nsectors": 8,
+                                    "sector": rng.integers(0, 2**40, n, dtype=np.uint64)},
+        "virtqueue_flush": {"vq": ql.VQ, "count": 1},
+        "virtio_mmio_setting_irq": {"level": np.ones(n)},
+    }  # fmt: skip
+    lines = ql.Lines(defs)
+    want = []
+    for event, a in args.items():
+        lines.add(event, t, 0.0, **a)
+        cols = {k: np.broadcast_to(np.asarray(v), n).astype(np.uint64) for k, v in a.items()}
+        want += [f"{event} {body}" for body in render_text(defs.events[event], cols, n)]
+    p = lines.pending()
+    assert p.texts.gather(p.ids).to_list() == want
+    # 16 (elem x in_num) + 500 (every sector differs) + 1 + 1 texts for 2000 lines
+    assert len(p.texts) == 16 + n + 2
+
+
+def test_pending_lines_cut_in_time_order_and_carry_their_texts():
+    from xvtrace.emulate.qemu_lines import Pending
+
+    texts = pl.Series(["a", "b", "c"])
+    first = Pending(
+        np.array([5.0, 1.0, 5.0]), np.array([0.2, 0.0, 0.1]), np.array([0, 1, 2]), texts
+    )
+    now, later = first.cut(5.0)
+    assert now.texts.gather(now.ids).to_list() == ["b"]
+    assert later.texts.to_list() == ["c", "a"]  # t=5: order 0.1 before 0.2
+    merged = later.then(Pending(np.array([5.0]), np.array([0.1]), np.array([0]), pl.Series(["d"])))
+    now, rest = merged.cut(float("inf"))
+    assert (
+        now.texts.gather(now.ids).to_list() == ["c", "d", "a"] and len(rest) == 0
+    )  # ties: carried first

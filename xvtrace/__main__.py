@@ -1,5 +1,5 @@
 """`python -m xvtrace` runs the CLI."""
 
-from xvtrace.cli import main
+from xvtrace.entry import main
 
 main()

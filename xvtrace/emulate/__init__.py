@@ -28,7 +28,6 @@ from xvtrace.emulate import block_trace, packets, qemu_lines, rings, xen_records
 from xvtrace.emulate.block_trace import BLOCK_TRACE
 from xvtrace.emulate.workload import Requests, Workload, WorkloadError, parse, requests
 from xvtrace.parsers.trace_events import DEFAULT_FILE, TraceEvents
-from xvtrace.parsers.xentrace import write_frame
 from xvtrace.replay import costs as cost_table
 from xvtrace.replay import engine
 from xvtrace.replay.transports import NAMES, get
@@ -212,29 +211,31 @@ def _write_streams(
     qemu = transport.backend == "qemu"
     defs = TraceEvents.default() if qemu else None
     blocks = kinds == ["block"]
-    pending: dict[str, pl.DataFrame | None] = {"xen": None, "qemu": None, "block": None}
+    pending: dict = {"xen": None, "qemu": None, "block": None}
     expected: dict = {}
 
     def xen_chunk(k: int, parts, fh) -> dict:
         g = gap_chunk == k
         rec = xen_records.build([x[1:] for x in parts], vendor=opts.vendor, guest_exits=not arm,
                                 gaps=tuple(a[g] for a in gaps), start=k == 0)  # fmt: skip
-        frame = rec.frame(cpu_khz, TSC0, carry=pending["xen"])
+        table = rec.table(cpu_khz, TSC0, carry=pending["xen"])
         del rec
         if np.isfinite(marks[k]):
-            cut = pl.col("ts_raw").cast(pl.Float64) < TSC0 + marks[k] * cpu_khz / 1e6
-            ready, pending["xen"] = frame.filter(cut), frame.filter(~cut)
+            cut = table.tsc.astype(np.float64) < TSC0 + marks[k] * cpu_khz / 1e6
+            ready, pending["xen"] = table.take(cut), table.take(~cut)
         else:
-            ready, pending["xen"] = frame, None
-        ready = xen_records.drop_bursts(ready.drop("_key"), opts.drop_rate, drop_rng)
-        write_frame(fh, ready, round_cycles=cpu_khz * 10_000)  # xentrace polls every 10 ms
+            ready, pending["xen"] = table, None
+        ready = xen_records.drop_bursts(ready, opts.drop_rate, drop_rng)
+        ready.write(fh, round_cycles=cpu_khz * 10_000)  # xentrace polls every 10 ms
         return xen_records.expected_counts(ready)
 
     def text_chunk(k: int, parts, qfh, bfh) -> dict:
         counts = {}
         if qemu:
-            lines = qemu_lines.build(parts, defs=defs, iodepth=w.iodepth, first=k == 0).frame()
-            done, pending["qemu"] = _cut(pending["qemu"], lines, ("t", "order"), marks[k])
+            lines = qemu_lines.build(parts, defs=defs, iodepth=w.iodepth, first=k == 0).pending()
+            if pending["qemu"] is not None:
+                lines = pending["qemu"].then(lines)
+            done, pending["qemu"] = lines.cut(marks[k])
             counts["qemu_lines"] = qemu_lines.write_lines(
                 qfh, done, EPOCH_NS, opts.clock_offset_ns, opts.clock_drift_ppm
             )

@@ -42,48 +42,138 @@ def isr_dispatched() -> float:
 
 
 class Lines:
+    """Lines being built: per line its time, tie order and the id of its text (event name
+    and arguments). A text is rendered once per distinct argument tuple of an event: most
+    events repeat a few pointers and flags, so most lines only refer to a shared text."""
+
     def __init__(self, defs: TraceEvents):
         self.defs = defs
-        self.frames: list[pl.DataFrame] = []
+        self.t: list[np.ndarray] = []
+        self.order: list[np.ndarray] = []
+        self.ids: list[np.ndarray] = []
+        self.texts: list[pl.Series] = []
+        self.ntexts = 0
 
     def add(self, event: str, t_ns: np.ndarray, order: float, **args) -> None:
         n = len(t_ns)
         if n == 0:
             return
         ev = self.defs.events[event]
-        cols = {
-            a.name: np.broadcast_to(np.asarray(args[a.name]), n).astype(np.uint64) for a in ev.args
+        cols = {a.name: np.asarray(args[a.name]) for a in ev.args}
+        ids, rows = _distinct(cols, n)
+        picked = {
+            k: (np.broadcast_to(v, n)[rows] if v.ndim else np.full(len(rows), v)).astype(np.uint64)
+            for k, v in cols.items()
         }
-        frame = pl.DataFrame({"t": np.asarray(t_ns, np.float64), "order": np.full(n, order)})
-        body = render_text(ev, cols, n)
-        line = pl.lit(event, dtype=pl.String) if body is None else (event + " ") + body
-        self.frames.append(
-            frame.with_columns(line.alias("line") if body is None else pl.Series("line", line))
+        body = render_text(ev, picked, len(rows))
+        text = (
+            pl.Series([event], dtype=pl.String).new_from_index(0, len(rows))
+            if body is None
+            else (event + " ") + body
+        )
+        self.t.append(np.asarray(t_ns, np.float64))
+        self.order.append(np.full(n, order))
+        self.ids.append(ids + self.ntexts)
+        self.texts.append(text)
+        self.ntexts += len(rows)
+
+    def pending(self) -> Pending:
+        """All lines so far, in the order they were added."""
+        if not self.t:
+            return Pending.empty()
+        return Pending(
+            np.concatenate(self.t),
+            np.concatenate(self.order),
+            np.concatenate(self.ids),
+            pl.concat(self.texts),
         )
 
-    def frame(self) -> pl.DataFrame:
-        """All lines so far: t (ns, hypervisor clock), order (ties), line (after the prefix)."""
-        if not self.frames:
-            return pl.DataFrame(schema={"t": pl.Float64, "order": pl.Float64, "line": pl.String})
-        return pl.concat(self.frames)
+
+def _distinct(cols: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(per row, the id of its argument tuple; one row per id). Rows whose arguments are
+    mostly distinct (a sector, a guest address) keep a tuple each."""
+    key = np.zeros(n, np.int64)
+    radix = 1  # the tuple's id is mixed-radix in the arguments' distinct values
+    for v in cols.values():
+        if v.ndim == 0:
+            continue
+        uniq, inv = np.unique(v, return_inverse=True)
+        if radix * len(uniq) > n // 4:
+            return np.arange(n), np.arange(n)
+        key += inv.astype(np.int64) * radix
+        radix *= len(uniq)
+    if radix == 1:
+        return np.zeros(n, np.int64), np.zeros(1, np.int64)
+    _, first, ids = np.unique(key, return_index=True, return_inverse=True)
+    return ids.astype(np.int64), first
 
 
-def write_lines(fh, df: pl.DataFrame, epoch_ns: int, offset_ns: float, drift_ppm: float) -> int:
+class Pending:
+    """Lines not yet written: time, tie order, text id, and the texts the ids index."""
+
+    def __init__(self, t: np.ndarray, order: np.ndarray, ids: np.ndarray, texts: pl.Series):
+        self.t, self.order, self.ids, self.texts = t, order, ids, texts
+
+    @staticmethod
+    def empty() -> Pending:
+        z = np.zeros(0)
+        return Pending(z, z, np.zeros(0, np.int64), pl.Series([], dtype=pl.String))
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def then(self, later: Pending) -> Pending:
+        """These lines followed by `later`'s (ties in time keep this order)."""
+        return Pending(
+            np.concatenate([self.t, later.t]),
+            np.concatenate([self.order, later.order]),
+            np.concatenate([self.ids, later.ids + len(self.texts)]),
+            pl.concat([self.texts, later.texts]),
+        )
+
+    def cut(self, mark: float) -> tuple[Pending, Pending]:
+        """(the lines before `mark` in time order, to write now; the rest, for later, with
+        only the texts they use)."""
+        idx = np.lexsort((self.order, self.t))  # stable: ties keep their order
+        t = self.t[idx]
+        k = int(np.searchsorted(t, mark, side="left"))
+        now, rest = idx[:k], idx[k:]
+        later = Pending(t[k:], self.order[rest], np.arange(len(rest)),
+                        self.texts.gather(self.ids[rest]))  # fmt: skip
+        return Pending(t[:k], self.order[now], self.ids[now], self.texts), later
+
+
+@cache
+def _usec_texts() -> pl.Series:
+    """The prefix's six-digit microsecond fields, 000000..999999."""
+    return pl.select(
+        pl.int_range(0, 1_000_000, dtype=pl.Int64).cast(pl.String).str.pad_start(6, "0")
+    ).to_series()
+
+
+def write_lines(fh, lines: Pending, epoch_ns: int, offset_ns: float, drift_ppm: float) -> int:
     """Append time-ordered lines to an open file with the `tid@sec.usec:` prefix on the
     device model's clock: epoch + t * (1 + drift) + offset."""
-    if not len(df):
+    n = len(lines)
+    if not n:
         return 0
-    clock = (df["t"] * (1 + drift_ppm * 1e-6) + offset_ns).round(0).cast(pl.Int64) + epoch_ns
+    clock = np.round(lines.t * (1 + drift_ppm * 1e-6) + offset_ns).astype(np.int64) + epoch_ns
     us = clock // 1000
-    prefix = pl.format(
-        "{}@{}.{}", pl.lit(MAIN_TID), (us // 1_000_000).cast(pl.String),
-        (us % 1_000_000).cast(pl.String).str.pad_start(6, "0"),
-    )  # fmt: skip
-    # the CSV writer's separator is the ':' that ends the prefix: no concatenation
-    df.select(prefix.alias("p"), "line").write_csv(
-        fh, include_header=False, separator=":", quote_style="never"
+    # lines are in time order: a prefix per run of equal microseconds
+    starts = np.flatnonzero(np.r_[True, us[1:] != us[:-1]])
+    run = np.cumsum(np.r_[False, us[1:] != us[:-1]])
+    sec, usec = np.divmod(us[starts], 1_000_000)
+    lo = int(sec.min())
+    secs = pl.Series([f"{MAIN_TID}@{s}." for s in range(lo, int(sec.max()) + 1)])
+    prefix = pl.DataFrame({"s": secs.gather(sec - lo), "u": _usec_texts().gather(usec)}).select(
+        pl.concat_str("s", "u")
     )
-    return len(df)
+    frame = pl.DataFrame(
+        {"p": prefix.to_series().gather(run), "line": lines.texts.gather(lines.ids)}
+    )
+    # the CSV writer's separator is the ':' that ends the prefix: no concatenation
+    frame.write_csv(fh, include_header=False, separator=":", quote_style="never")
+    return n
 
 
 # per device kind: (VirtIODevice *, VirtQueue *, queue index)

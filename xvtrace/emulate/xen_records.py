@@ -14,11 +14,13 @@ xentrace writer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import numpy as np
-import polars as pl
 
 from xvtrace.parsers import xen_events as xe
 from xvtrace.parsers.schema import N_ARGS
+from xvtrace.parsers.xentrace import write_records
 from xvtrace.replay.transports.base import held
 
 GUEST_DOM, DOM0 = 1, 0
@@ -43,6 +45,37 @@ GUEST_SIDE = (
 )
 
 
+@dataclass(frozen=True)
+class Table:
+    """Records as numpy columns (what the writer and the expected counts read): pCPU, TSC,
+    TSC flag, id, payload words (n x N_ARGS, row-major as the file lays them out) and the
+    packed sort key (pCPU | TSC | tie rank) that a later chunk's merge sorts on."""
+
+    cpu: np.ndarray
+    tsc: np.ndarray
+    has_ts: np.ndarray
+    code: np.ndarray
+    nargs: np.ndarray
+    args: np.ndarray
+    key: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.code)
+
+    def take(self, rows: np.ndarray) -> Table:
+        """The rows a mask or an index array selects."""
+        return Table(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    @staticmethod
+    def concat(tables: list[Table]) -> Table:
+        return Table(*(np.concatenate([getattr(t, f.name) for t in tables]) for f in fields(Table)))
+
+    def write(self, fh, *, round_cycles: int) -> int:
+        """Append the records to an open xentrace file, in rounds of `round_cycles`."""
+        return write_records(fh, self.cpu, self.tsc, self.has_ts, self.code, self.args,
+                             self.nargs, round_cycles=round_cycles)  # fmt: skip
+
+
 class Records:
     """Columns of records being built: cpu, time (ns), tie order, TSC flag, id, payload."""
 
@@ -53,11 +86,11 @@ class Records:
         n = len(t_ns)
         if n == 0:
             return
-        args = np.zeros((N_ARGS, n), np.uint32)  # Xen's payload words are 32 bits
+        args = np.zeros((n, N_ARGS), np.uint32)  # Xen's payload words are 32 bits
         for j, w in enumerate(words):
-            args[j] = np.broadcast_to(np.asarray(w, dtype=np.uint64), n).astype(np.uint32)
+            args[:, j] = np.broadcast_to(np.asarray(w, dtype=np.uint64), n).astype(np.uint32)
         self.parts.append({
-            "cpu": np.broadcast_to(cpu, n).astype(np.int64),
+            "cpu": np.broadcast_to(cpu, n).astype(np.int16),
             "t": np.asarray(t_ns, np.float64),
             "order": np.broadcast_to(order, n).astype(np.float64),
             "code": np.full(n, code, np.uint32),
@@ -66,36 +99,20 @@ class Records:
             "args": args,
         })  # fmt: skip
 
-    def frame(self, cpu_khz: int, tsc0: int, carry: pl.DataFrame | None = None) -> pl.DataFrame:
-        """The records per pCPU in time order, with `carry` (an earlier frame's rows not yet
+    def table(self, cpu_khz: int, tsc0: int, carry: Table | None = None) -> Table:
+        """The records per pCPU in time order, with `carry` (an earlier table's rows not yet
         written) merged in by the same sort; ties keep the carried rows first."""
-        cols = {k: np.concatenate([p[k] for p in self.parts], axis=-1) for k in self.parts[0]}
-        tsc = (np.uint64(tsc0) + np.round(cols["t"] * cpu_khz / 1e6).astype(np.uint64)).astype(
-            np.uint64
-        )
+        cols = {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}
+        cycles = np.round(cols["t"] * cpu_khz / 1e6).astype(np.uint64)
         # per pCPU in time order; `order` breaks ties (an entry, then the next exit's
         # records): one sort on a packed key (pCPU | TSC | tie rank)
         rank = np.round((cols["order"] + 2) * 100).astype(np.uint64)  # orders lie in [-2, 1)
-        cols["_key"] = (
-            (cols["cpu"].astype(np.uint64) << np.uint64(52))
-            | ((tsc - np.uint64(tsc0)) << np.uint64(9))
-            | rank
-        )
-        cols["ts_raw"] = tsc
+        key = (cols["cpu"].astype(np.uint64) << np.uint64(52)) | (cycles << np.uint64(9)) | rank
+        new = Table(cols["cpu"], np.uint64(tsc0) + cycles, cols["has_ts"], cols["code"],
+                    cols["nargs"], cols["args"], key)  # fmt: skip
         if carry is not None and len(carry):
-            for k in ("cpu", "ts_raw", "has_ts", "code", "nargs", "_key"):
-                cols[k] = np.concatenate([carry[k].to_numpy().astype(cols[k].dtype), cols[k]])
-            old_args = np.stack([carry[f"arg{i}"].to_numpy() for i in range(N_ARGS)])
-            cols["args"] = np.concatenate([old_args.astype(np.uint32), cols["args"]], axis=1)
-        idx = np.argsort(cols["_key"], kind="stable")
-        args = cols["args"][:, idx]
-        # `_key` stays with the rows for the next chunk's merge
-        return pl.DataFrame({
-            "cpu": cols["cpu"][idx].astype(np.int16), "ts_raw": cols["ts_raw"][idx],
-            "has_ts": cols["has_ts"][idx], "code": cols["code"][idx], "nargs": cols["nargs"][idx],
-            **{f"arg{i}": args[i] for i in range(N_ARGS)},
-            "_key": cols["_key"][idx],
-        })  # fmt: skip
+            new = Table.concat([carry, new])
+        return new.take(np.argsort(new.key, kind="stable"))
 
 
 def _reason(kind: str, vendor: str) -> int:
@@ -217,17 +234,14 @@ def _emit_path(rec: Records, path, sched, req, vendor: str, guest_exits: bool) -
             _hypercall(rec, s, HC_MMU_UPDATE, (pages,))
 
 
-def drop_bursts(
-    frame: pl.DataFrame, rate: float, rng: np.random.Generator, burst: int = 64
-) -> pl.DataFrame:
+def drop_bursts(table: Table, rate: float, rng: np.random.Generator, burst: int = 64) -> Table:
     """Lose about `rate` of the records in bursts of `burst` consecutive records of a pCPU,
     as a full per-CPU trace buffer does, with the LOST_RECORDS record Xen writes after
     each gap (lost count, the running vCPU, the first lost record's TSC)."""
-    if rate <= 0 or len(frame) == 0:
-        return frame
-    n = len(frame)
-    cpu = frame["cpu"].to_numpy()
-    tsc = frame["ts_raw"].to_numpy()
+    if rate <= 0 or len(table) == 0:
+        return table
+    n = len(table)
+    cpu, tsc = table.cpu, table.tsc
     starts = np.flatnonzero(rng.random(n) < rate / burst)
     lost = np.zeros(n, bool)
     for s in starts:  # per burst, not per record
@@ -239,26 +253,24 @@ def drop_bursts(
     lost &= ~first
     gap_start = lost & ~np.r_[False, lost[:-1]]
     gap_id = np.cumsum(gap_start)
-    keep = frame.filter(~pl.Series(lost))
     # one LOST_RECORDS record right after each gap, with the time of the record that follows
     ends = np.flatnonzero(lost & ~np.r_[lost[1:], False])
     after = np.minimum(ends + 1, n - 1)
     counts = np.bincount(gap_id[lost], minlength=gap_id.max() + 1)[gap_id[ends]]
     first_tsc = tsc[np.flatnonzero(gap_start)]
-    markers = pl.DataFrame({
-        "cpu": cpu[after], "ts_raw": tsc[after], "has_ts": np.ones(len(ends), bool),
-        "code": np.full(len(ends), xe.TRC_LOST_RECORDS, np.uint32), "nargs": np.full(len(ends), 4, np.uint8),
-        "arg0": counts.astype(np.uint64), "arg1": np.full(len(ends), 0x7FFF, np.uint64),
-        "arg2": first_tsc & np.uint64(0xFFFFFFFF), "arg3": first_tsc >> np.uint64(32),
-        **{f"arg{i}": np.zeros(len(ends), np.uint64) for i in range(4, N_ARGS)},
-        "_pos": after.astype(np.int64) - 1,
-    })  # fmt: skip
-    keep = keep.with_columns(pl.Series("_pos", np.flatnonzero(~lost).astype(np.int64)))
-    return (
-        pl.concat([keep, markers.select(keep.columns).cast(dict(keep.schema))])
-        .sort("_pos", maintain_order=True)
-        .drop("_pos")
-    )
+    m = len(ends)
+    args = np.zeros((m, N_ARGS), np.uint32)
+    args[:, 0] = counts
+    args[:, 1] = 0x7FFF
+    args[:, 2] = first_tsc & np.uint64(0xFFFFFFFF)
+    args[:, 3] = first_tsc >> np.uint64(32)
+    markers = Table(cpu[after], tsc[after], np.ones(m, bool),
+                    np.full(m, xe.TRC_LOST_RECORDS, np.uint32), np.full(m, 4, np.uint8), args,
+                    np.zeros(m, np.uint64))  # fmt: skip
+    kept = np.flatnonzero(~lost)
+    # each marker goes in the place of its gap's last record, after the records kept before
+    pos = np.concatenate([kept, ends])
+    return Table.concat([table.take(kept), markers]).take(np.argsort(pos, kind="stable"))
 
 
 def _runstate(rec, cpu, t, order, dom, vcpu, old, new) -> None:
@@ -304,19 +316,16 @@ def emit_idle(rec: Records, t0: np.ndarray, t1: np.ndarray, vj: np.ndarray, vend
     _entry(rec, cpu, t1, order=-0.3)
 
 
-def expected_counts(frame: pl.DataFrame) -> dict:
+def expected_counts(table: Table) -> dict:
     """What xenalyze must find: exits per reason of the guest, hypercalls per op of dom0."""
-    code = frame["code"].to_numpy()
-    exits = code == xe.TRC_HVM_VMEXIT64
-    reasons, counts = np.unique(frame["arg0"].to_numpy()[exits], return_counts=True)
-    hcs = code == xe.TRC_PV_HYPERCALL_V2
-    ops, hcounts = np.unique(frame["arg0"].to_numpy()[hcs] & np.uint64(0xFFFFF), return_counts=True)
-    lost = code == xe.TRC_LOST_RECORDS
+    code, arg0 = table.code, table.args[:, 0]
+    reasons, counts = np.unique(arg0[code == xe.TRC_HVM_VMEXIT64], return_counts=True)
+    ops, hcounts = np.unique(arg0[code == xe.TRC_PV_HYPERCALL_V2] & 0xFFFFF, return_counts=True)
     return {
         "guest_exits": {int(r): int(c) for r, c in zip(reasons, counts, strict=True)},
         "dom0_hypercalls": {
             xe.hypercall_name(int(o)): int(c) for o, c in zip(ops, hcounts, strict=True)
         },
         "records": len(code),
-        "lost_records": int(frame["arg0"].to_numpy()[lost].sum()),
+        "lost_records": int(arg0[code == xe.TRC_LOST_RECORDS].astype(np.int64).sum()),
     }
