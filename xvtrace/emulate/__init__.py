@@ -195,9 +195,9 @@ def _write_streams(
     Every record of a request is at or after its issue time, so once chunk k is built,
     everything earlier than the next chunk's first issue time is final and written; the
     rest waits to be merged with the next chunk (per pCPU for xentrace, globally for QEMU).
-    The three writers are independent: each chunk's QEMU lines and block trace are built in
-    a second thread while this one builds its xentrace records (polars and numpy release the
-    GIL for the bulk of it).
+    The three writers are independent: each chunk's QEMU lines (without QEMU, its block
+    trace) are built in a second thread while this one builds the others (polars and numpy
+    release the GIL for the bulk of it).
     """
     n = len(req.job)
     later = np.minimum.accumulate(sched.issue[::-1])[::-1]  # earliest issue from i on
@@ -229,21 +229,18 @@ def _write_streams(
         ready.write(fh, round_cycles=cpu_khz * 10_000)  # xentrace polls every 10 ms
         return xen_records.expected_counts(ready)
 
-    def text_chunk(k: int, parts, qfh, bfh) -> dict:
-        counts = {}
-        if qemu:
-            lines = qemu_lines.build(parts, defs=defs, iodepth=w.iodepth, first=k == 0).pending()
-            if pending["qemu"] is not None:
-                lines = pending["qemu"].then(lines)
-            done, pending["qemu"] = lines.cut(marks[k])
-            counts["qemu_lines"] = qemu_lines.write_lines(
-                qfh, done, EPOCH_NS, opts.clock_offset_ns, opts.clock_drift_ppm
-            )
-        if blocks:
-            lines = block_trace.build(parts, transport, cpu_khz, TSC0)
-            done, pending["block"] = _cut(pending["block"], lines, ("t",), marks[k])
-            counts["block_events"] = block_trace.write(bfh, done)
-        return counts
+    def qemu_chunk(k: int, parts, fh) -> dict:
+        lines = qemu_lines.build(parts, defs=defs, iodepth=w.iodepth, first=k == 0).pending()
+        if pending["qemu"] is not None:
+            lines = pending["qemu"].then(lines)
+        done, pending["qemu"] = lines.cut(marks[k])
+        n = qemu_lines.write_lines(fh, done, EPOCH_NS, opts.clock_offset_ns, opts.clock_drift_ppm)
+        return {"qemu_lines": n}
+
+    def block_chunk(k: int, parts, fh) -> dict:
+        lines = block_trace.build(parts, transport, cpu_khz, TSC0)
+        done, pending["block"] = _cut(pending["block"], lines, ("t",), marks[k])
+        return {"block_events": block_trace.write(fh, done)}
 
     with contextlib.ExitStack() as stack:
 
@@ -254,11 +251,14 @@ def _write_streams(
                 stack.enter_context(atomic_path(out / RAW / name)).open("wb")
             )
 
-        xfh, qfh, bfh = (
-            output("xentrace.bin"),
-            output("qemu.log", qemu),
-            output(BLOCK_TRACE, blocks),
-        )
+        streams = [(xen_chunk, output("xentrace.bin"))]
+        if qemu:
+            streams.append((qemu_chunk, output("qemu.log")))
+        if blocks:
+            streams.append((block_chunk, output(BLOCK_TRACE)))
+        # the second thread takes the heaviest text stream (QEMU's lines where there are
+        # any), this one the others: per chunk the two take about as long
+        side, here = streams[1:2], streams[:1] + streams[2:]
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="xvt-text"))
         for k, c0 in enumerate(starts):
             if opts.progress:
@@ -267,9 +267,11 @@ def _write_streams(
             in_chunk[c0 : c0 + CHUNK] = True
             parts = [(kind, p, *_subset(sched, req, (path_of == i) & in_chunk, len(p)))
                      for i, (kind, p) in enumerate(zip(kinds, paths, strict=True))]  # fmt: skip
-            text = pool.submit(text_chunk, k, parts, qfh, bfh)
-            _add_counts(expected, xen_chunk(k, parts, xfh))
-            _add_counts(expected, text.result())
+            jobs = [pool.submit(write, k, parts, fh) for write, fh in side]
+            for write, fh in here:
+                _add_counts(expected, write(k, parts, fh))
+            for job in jobs:
+                _add_counts(expected, job.result())
     if qemu:
         _keep_definitions(out / RAW / "trace-events")
     return expected

@@ -63,8 +63,11 @@ class Table:
         return len(self.code)
 
     def take(self, rows: np.ndarray) -> Table:
-        """The rows a mask or an index array selects."""
-        return Table(*(getattr(self, f.name)[rows] for f in fields(self)))
+        """The rows a mask or an index array selects (compress and take: a fraction of
+        fancy indexing's time on the n x 7 payload)."""
+        if rows.dtype == bool:
+            return Table(*(np.compress(rows, getattr(self, f.name), axis=0) for f in fields(self)))
+        return Table(*(np.take(getattr(self, f.name), rows, axis=0) for f in fields(self)))
 
     @staticmethod
     def concat(tables: list[Table]) -> Table:
@@ -319,13 +322,11 @@ def emit_idle(rec: Records, t0: np.ndarray, t1: np.ndarray, vj: np.ndarray, vend
 def expected_counts(table: Table) -> dict:
     """What xenalyze must find: exits per reason of the guest, hypercalls per op of dom0."""
     code, arg0 = table.code, table.args[:, 0]
-    reasons, counts = np.unique(arg0[code == xe.TRC_HVM_VMEXIT64], return_counts=True)
-    ops, hcounts = np.unique(arg0[code == xe.TRC_PV_HYPERCALL_V2] & 0xFFFFF, return_counts=True)
+    reasons = np.bincount(arg0[code == xe.TRC_HVM_VMEXIT64])
+    ops = np.bincount(arg0[code == xe.TRC_PV_HYPERCALL_V2] & 0xFFFFF)
     return {
-        "guest_exits": {int(r): int(c) for r, c in zip(reasons, counts, strict=True)},
-        "dom0_hypercalls": {
-            xe.hypercall_name(int(o)): int(c) for o, c in zip(ops, hcounts, strict=True)
-        },
+        "guest_exits": {int(r): int(reasons[r]) for r in np.flatnonzero(reasons)},
+        "dom0_hypercalls": {xe.hypercall_name(int(o)): int(ops[o]) for o in np.flatnonzero(ops)},
         "records": len(code),
         "lost_records": int(arg0[code == xe.TRC_LOST_RECORDS].astype(np.int64).sum()),
     }
