@@ -367,10 +367,15 @@ def _truth(kind, path, sched, req, keep) -> pl.DataFrame:
         "issue_ns": sched.issue[keep],
         "done_ns": sched.done[keep],
     }
+    rows = slice(None) if keep.all() else keep
+    # one transposing copy per array, then a contiguous column per operation
+    start, end, wait = (
+        np.ascontiguousarray(a[rows].T) for a in (sched.start, sched.end, sched.wait)
+    )
     for k, o in enumerate(path):
-        cols[f"{o.name}_start_ns"] = sched.start[keep, k]
-        cols[f"{o.name}_end_ns"] = sched.end[keep, k]
-        cols[f"{o.name}_wait_ns"] = sched.wait[keep, k]
+        cols[f"{o.name}_start_ns"] = start[k]
+        cols[f"{o.name}_end_ns"] = end[k]
+        cols[f"{o.name}_wait_ns"] = wait[k]
     df = pl.DataFrame(cols).with_columns(
         (pl.col("done_ns") - pl.col("issue_ns")).alias("latency_ns")
     )

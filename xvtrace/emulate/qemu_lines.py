@@ -143,12 +143,8 @@ class Pending:
         return Pending(t[:k], self.order[now], self.ids[now], self.texts), later
 
 
-@cache
-def _usec_texts() -> pl.Series:
-    """The prefix's six-digit microsecond fields, 000000..999999."""
-    return pl.select(
-        pl.int_range(0, 1_000_000, dtype=pl.Int64).cast(pl.String).str.pad_start(6, "0")
-    ).to_series()
+# "000" .. "999": a microsecond field is two of them
+_DIGITS3 = pl.Series([f"{i:03d}" for i in range(1000)], dtype=pl.String)
 
 
 def write_lines(fh, lines: Pending, epoch_ns: int, offset_ns: float, drift_ppm: float) -> int:
@@ -165,9 +161,9 @@ def write_lines(fh, lines: Pending, epoch_ns: int, offset_ns: float, drift_ppm: 
     sec, usec = np.divmod(us[starts], 1_000_000)
     lo = int(sec.min())
     secs = pl.Series([f"{MAIN_TID}@{s}." for s in range(lo, int(sec.max()) + 1)])
-    prefix = pl.DataFrame({"s": secs.gather(sec - lo), "u": _usec_texts().gather(usec)}).select(
-        pl.concat_str("s", "u")
-    )
+    prefix = pl.DataFrame({
+        "s": secs.gather(sec - lo), "m": _DIGITS3.gather(usec // 1000), "u": _DIGITS3.gather(usec % 1000)
+    }).select(pl.concat_str("s", "m", "u"))  # fmt: skip
     frame = pl.DataFrame(
         {"p": prefix.to_series().gather(run), "line": lines.texts.gather(lines.ids)}
     )
