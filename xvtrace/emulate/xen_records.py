@@ -49,7 +49,7 @@ GUEST_SIDE = (
 class Table:
     """Records as numpy columns (what the writer and the expected counts read): pCPU, TSC,
     TSC flag, id, payload words (n x N_ARGS, row-major as the file lays them out) and the
-    packed sort key (pCPU | TSC | tie rank) that a later chunk's merge sorts on."""
+    tie rank among records of one pCPU and TSC, which a later chunk's merge sorts on too."""
 
     cpu: np.ndarray
     tsc: np.ndarray
@@ -57,7 +57,7 @@ class Table:
     code: np.ndarray
     nargs: np.ndarray
     args: np.ndarray
-    key: np.ndarray
+    rank: np.ndarray
 
     def __len__(self) -> int:
         return len(self.code)
@@ -106,16 +106,25 @@ class Records:
         """The records per pCPU in time order, with `carry` (an earlier table's rows not yet
         written) merged in by the same sort; ties keep the carried rows first."""
         cols = {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}
-        cycles = np.round(cols["t"] * cpu_khz / 1e6).astype(np.uint64)
-        # per pCPU in time order; `order` breaks ties (an entry, then the next exit's
-        # records): one sort on a packed key (pCPU | TSC | tie rank)
-        rank = np.round((cols["order"] + 2) * 100).astype(np.uint64)  # orders lie in [-2, 1)
-        key = (cols["cpu"].astype(np.uint64) << np.uint64(52)) | (cycles << np.uint64(9)) | rank
-        new = Table(cols["cpu"], np.uint64(tsc0) + cycles, cols["has_ts"], cols["code"],
-                    cols["nargs"], cols["args"], key)  # fmt: skip
+        tsc = np.uint64(tsc0) + np.round(cols["t"] * cpu_khz / 1e6).astype(np.uint64)
+        # `order` breaks ties (an entry, then the next exit's records)
+        rank = np.round((cols["order"] + 2) * 100).astype(np.uint16)  # orders lie in [-2, 1)
+        new = Table(cols["cpu"], tsc, cols["has_ts"], cols["code"], cols["nargs"], cols["args"],
+                    rank)  # fmt: skip
         if carry is not None and len(carry):
             new = Table.concat([carry, new])
-        return new.take(np.argsort(new.key, kind="stable"))
+        return new.take(_time_order(new))
+
+
+def _time_order(t: Table) -> np.ndarray:
+    """The rows per pCPU in time order, ties by rank, then as given (carried rows first).
+    One sort on a packed key (pCPU | TSC | rank) where the TSCs span under 2^43 cycles (an
+    hour at 2.4 GHz); a three-key sort where a slow-paced run's chunk spans more."""
+    lo = t.tsc.min()
+    if t.tsc.max() - lo < 1 << 43:
+        key = (t.cpu.astype(np.uint64) << np.uint64(52)) | ((t.tsc - lo) << np.uint64(9)) | t.rank
+        return np.argsort(key, kind="stable")
+    return np.lexsort((t.rank, t.tsc, t.cpu))
 
 
 def _reason(kind: str, vendor: str) -> int:
@@ -269,7 +278,7 @@ def drop_bursts(table: Table, rate: float, rng: np.random.Generator, burst: int 
     args[:, 3] = first_tsc >> np.uint64(32)
     markers = Table(cpu[after], tsc[after], np.ones(m, bool),
                     np.full(m, xe.TRC_LOST_RECORDS, np.uint32), np.full(m, 4, np.uint8), args,
-                    np.zeros(m, np.uint64))  # fmt: skip
+                    np.zeros(m, np.uint16))  # fmt: skip
     kept = np.flatnonzero(~lost)
     # each marker goes in the place of its gap's last record, after the records kept before
     pos = np.concatenate([kept, ends])
