@@ -400,19 +400,14 @@ def write_frame(
 
 def write_records(
     dest: str | os.PathLike | BinaryIO,
-    cpu: np.ndarray,
-    tsc: np.ndarray,
-    has_tsc: np.ndarray,
-    code: np.ndarray,
-    args: np.ndarray,
-    nargs: np.ndarray,
-    *,
+    *columns: np.ndarray,
     round_cycles: int,
     window_bytes: int = DEFAULT_DATA_SIZE,
 ) -> int:
-    """write_frame for records already held as arrays (encode_windows' arguments)."""
-    out = encode_windows(cpu, tsc, has_tsc, code, args, nargs, round_cycles=round_cycles,
-                         window_bytes=window_bytes).astype("<u4", copy=False)  # fmt: skip
+    """write_frame for records already held as arrays: encode_windows' cpu, tsc, has_tsc,
+    code, args and nargs."""
+    out = encode_windows(*columns, round_cycles=round_cycles, window_bytes=window_bytes)
+    out = out.astype("<u4", copy=False)
     if hasattr(dest, "write"):
         dest.write(out)
     else:
