@@ -358,14 +358,14 @@ def encode_windows(
     into several rounds where a pCPU's data exceeds `window_bytes` (the ring's data size).
     """
     n = len(code)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint32)
     cpu = np.asarray(cpu, dtype=np.int64)
     tsc = np.asarray(tsc, dtype=np.uint64)
     has = np.asarray(has_tsc, dtype=bool)
     code = np.asarray(code, dtype=np.uint32)
     nargs = np.asarray(nargs, dtype=np.int64)
     args = np.asarray(args, dtype=np.uint32).reshape(n, -1)
-    if n == 0:
-        return np.zeros(0, dtype=np.uint32)
     if np.any(code > 0x0FFFFFFF) or np.any(nargs > 7) or np.any(nargs < 0):
         raise ValueError("event ids must fit 28 bits and records carry at most 7 extra words")
     if np.any(code == xe.TRC_TRACE_CPU_CHANGE) or np.any(cpu < 0) or np.any(cpu >= MAX_CPUS):

@@ -135,13 +135,24 @@ def test_dump_pipes_into_head():
     assert "Traceback" not in proc.stderr
 
 
-def test_the_command_keeps_freed_memory_unless_the_user_says_otherwise():
+def test_emulate_keeps_freed_memory_unless_the_user_says_otherwise():
     from xvtrace import allocator
 
-    show = "from xvtrace import allocator; allocator.tune(); import os; print(os.environ['_RJEM_MALLOC_CONF'])"
-    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
-    run = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True)
-    assert run.stdout.strip() == allocator.JEMALLOC_CONF
+    show = (
+        "import sys; from xvtrace import allocator; allocator.tune(sys.argv[1:]); import os; "
+        "print(os.environ.get('_RJEM_MALLOC_CONF'), os.environ.get('NUMPY_MADVISE_HUGEPAGE'))"
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("_RJEM_MALLOC_CONF", "NUMPY_MADVISE_HUGEPAGE")
+    }
+
+    def settings(*argv: str) -> str:
+        cmd = [sys.executable, "-c", show, *argv]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True).stdout.strip()
+
+    assert settings("emulate", "-t", "argo") == f"{allocator.JEMALLOC_CONF} 0"
+    assert settings("timeline", "b") == "None None"  # other commands keep the defaults
     env["_RJEM_MALLOC_CONF"] = "narenas:2"
-    run = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True)
-    assert run.stdout.strip() == "narenas:2"
+    assert settings("emulate") == "narenas:2 0"

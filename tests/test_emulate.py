@@ -372,3 +372,34 @@ def test_runs_longer_than_an_hour_of_tsc_stay_in_order(tmp_path, monkeypatch, xe
     proc = subprocess.run([xenalyze, "--cpu-hz=2400M", "--summary", str(r.bundle / "raw" / "xentrace.bin")],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0 and "skew" not in proc.stdout, proc.stdout[-500:]
+
+
+def test_records_lost_at_the_end_of_a_pcpu_are_reported_on_that_pcpu():
+    from xvtrace.emulate import xen_records as xr
+    from xvtrace.parsers.xen_events import TRC_LOST_RECORDS
+
+    rec = xr.Records()
+    rec.add(np.array([0, 0, 0, 1, 1]), np.array([10.0, 20, 30, 15, 25]), 0.0, 0x0002F001, ((7,),))
+    table = rec.table(1_000_000, 0)  # 1 cycle per ns
+
+    class Burst:  # a burst of 2 starting at the second record of pCPU 0
+        def random(self, n):
+            return np.where(np.arange(n) == 1, 0.0, 1.0)
+
+    out = xr.drop_bursts(table, 0.5, Burst(), burst=2)
+    lost = out.code == TRC_LOST_RECORDS
+    assert out.cpu[lost].tolist() == [0] and out.args[lost, 0].tolist() == [2]
+    assert out.tsc[lost].tolist() == [30]  # pCPU 0 has nothing later: its last lost record
+    assert out.cpu.tolist() == [0, 0, 1, 1]  # in pCPU 0's place, before pCPU 1's records
+    assert xr.expected_counts(out)["lost_records"] == 2
+
+
+def test_an_empty_chunk_of_records_writes_nothing():
+    import io
+
+    from xvtrace.emulate import xen_records as xr
+
+    rec = xr.Records()
+    rec.add(0, np.array([5.0]), 0.0, 0x0002F001, ((1,),))
+    empty = rec.table(2_400_000, 10**9).take(np.zeros(1, bool))
+    assert empty.write(io.BytesIO(), round_cycles=1000) == 0

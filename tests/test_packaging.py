@@ -26,6 +26,8 @@ def test_wheel_has_every_package_and_the_trace_event_definitions(tmp_path):
     (ep,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(ep).decode()
     assert "[pytest11]" in text and "xvtrace = xvtrace.pytest_plugin" in text
+    # the command starts where the allocator settings are applied before numpy and polars
+    assert "xvtrace = xvtrace.entry:main" in text
 
 
 def test_plugin_module_imports_nothing_heavy():

@@ -1,11 +1,13 @@
-"""Allocator settings for the command line: keep freed memory for reuse instead of giving it
+"""Allocator settings for `xvtrace emulate`: keep freed memory for reuse instead of giving it
 back to the kernel between chunks.
 
-xvtrace works in chunks of tens of MB: each chunk allocates its arrays afresh and frees them.
-By default both allocators return such blocks to the kernel at once (glibc unmaps blocks over
-its mmap threshold; polars' jemalloc purges dirty pages), so every chunk faults its memory in
-again and the kernel zeroes it: on a 1M-request emulation that was a third of all CPU time.
-Peak memory stays what it was; it is only held until the process exits.
+The emulator writes its streams in chunks of 100k requests: each chunk allocates tens of MB
+of arrays afresh and frees them. By default both allocators return such blocks to the kernel
+at once (glibc unmaps blocks over its mmap threshold; polars' jemalloc purges dirty pages), so
+every chunk faults its memory in again and the kernel zeroes it: on a 1M-request emulation
+that was a third of all CPU time. The memory is held until the process exits instead, and
+jemalloc keeps each thread arena's own peak, so other commands (timeline and report read
+large bundles with many polars threads) keep the defaults.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import ctypes.util
 import os
 import sys
 
+COMMANDS = ("emulate",)  # the commands that get these settings
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit: larger blocks are always mmapped
@@ -22,21 +25,23 @@ TRIM_THRESHOLD = 1 << 30  # free memory kept at the heap's top before it is give
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"  # polars' allocator never purges
 
 
-def tune() -> None:
-    """Apply the settings; call before numpy and polars are imported (both read theirs once,
-    jemalloc at its first allocation). A user's own settings in the environment win."""
+def tune(argv: list[str]) -> None:
+    """Apply the settings when `argv` (the command line after the program) runs one of
+    COMMANDS. Call it before numpy and polars are imported (both read theirs once, jemalloc
+    at its first allocation). A user's own settings in the environment win."""
+    if not argv or argv[0] not in COMMANDS:
+        return
     if "polars" not in sys.modules:
         os.environ.setdefault("_RJEM_MALLOC_CONF", JEMALLOC_CONF)
     if "numpy" not in sys.modules:
         # numpy asks for transparent huge pages on large arrays: each first touch then zeroes
         # 2 MiB; without them the same 1M-request emulation spent 0.8 s less in the kernel
         os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+    own = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+    if any(k in os.environ for k in own) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError, TypeError):  # not glibc: nothing to tune
         return
     mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)

@@ -265,9 +265,11 @@ def drop_bursts(table: Table, rate: float, rng: np.random.Generator, burst: int 
     lost &= ~first
     gap_start = lost & ~np.r_[False, lost[:-1]]
     gap_id = np.cumsum(gap_start)
-    # one LOST_RECORDS record right after each gap, with the time of the record that follows
+    # one LOST_RECORDS record right after each gap, on the gap's pCPU, with the time of its
+    # next record there (the gap's last one where the pCPU has none after it in this table)
     ends = np.flatnonzero(lost & ~np.r_[lost[1:], False])
     after = np.minimum(ends + 1, n - 1)
+    after = np.where(cpu[after] == cpu[ends], after, ends)
     counts = np.bincount(gap_id[lost], minlength=gap_id.max() + 1)[gap_id[ends]]
     first_tsc = tsc[np.flatnonzero(gap_start)]
     m = len(ends)
@@ -331,11 +333,13 @@ def emit_idle(rec: Records, t0: np.ndarray, t1: np.ndarray, vj: np.ndarray, vend
 def expected_counts(table: Table) -> dict:
     """What xenalyze must find: exits per reason of the guest, hypercalls per op of dom0."""
     code, arg0 = table.code, table.args[:, 0]
-    reasons = np.bincount(arg0[code == xe.TRC_HVM_VMEXIT64])
-    ops = np.bincount(arg0[code == xe.TRC_PV_HYPERCALL_V2] & 0xFFFFF)
+    reasons, counts = np.unique(arg0[code == xe.TRC_HVM_VMEXIT64], return_counts=True)
+    ops, hcounts = np.unique(arg0[code == xe.TRC_PV_HYPERCALL_V2] & 0xFFFFF, return_counts=True)
     return {
-        "guest_exits": {int(r): int(reasons[r]) for r in np.flatnonzero(reasons)},
-        "dom0_hypercalls": {xe.hypercall_name(int(o)): int(ops[o]) for o in np.flatnonzero(ops)},
+        "guest_exits": {int(r): int(c) for r, c in zip(reasons, counts, strict=True)},
+        "dom0_hypercalls": {
+            xe.hypercall_name(int(o)): int(c) for o, c in zip(ops, hcounts, strict=True)
+        },
         "records": len(code),
         "lost_records": int(arg0[code == xe.TRC_LOST_RECORDS].astype(np.int64).sum()),
     }
