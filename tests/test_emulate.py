@@ -338,7 +338,7 @@ def test_qemu_texts_are_shared_per_argument_tuple_and_equal_every_line_rendered(
 
 
 def test_pending_lines_cut_in_time_order_and_carry_their_texts():
-    from xvtrace.emulate.qemu_lines import Pending
+    from xvtrace.emulate.pending import Pending
 
     texts = pl.Series(["a", "b", "c"])
     first = Pending(

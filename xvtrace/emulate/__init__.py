@@ -26,6 +26,7 @@ from xvtrace import __version__
 from xvtrace.bundle import RAW, atomic_path, new_manifest, write_manifest
 from xvtrace.emulate import block_trace, packets, qemu_lines, rings, xen_records
 from xvtrace.emulate.block_trace import BLOCK_TRACE
+from xvtrace.emulate.pending import Pending
 from xvtrace.emulate.workload import Requests, Workload, WorkloadError, parse, requests
 from xvtrace.parsers.trace_events import DEFAULT_FILE, TraceEvents
 from xvtrace.replay import costs as cost_table
@@ -211,7 +212,8 @@ def _write_streams(
     qemu = transport.backend == "qemu"
     defs = TraceEvents.default() if qemu else None
     blocks = kinds == ["block"]
-    pending: dict = {"xen": None, "qemu": None, "block": None}
+    # what each stream could not write yet: xentrace records, QEMU lines, block trace lines
+    pending: dict = {"xen": None, "qemu": Pending.empty(), "block": Pending.empty()}
     expected: dict = {}
 
     def xen_chunk(k: int, parts, fh) -> dict:
@@ -231,15 +233,13 @@ def _write_streams(
 
     def qemu_chunk(k: int, parts, fh) -> dict:
         lines = qemu_lines.build(parts, defs=defs, iodepth=w.iodepth, first=k == 0).pending()
-        if pending["qemu"] is not None:
-            lines = pending["qemu"].then(lines)
-        done, pending["qemu"] = lines.cut(marks[k])
+        done, pending["qemu"] = pending["qemu"].then(lines).cut(marks[k])
         n = qemu_lines.write_lines(fh, done, EPOCH_NS, opts.clock_offset_ns, opts.clock_drift_ppm)
         return {"qemu_lines": n}
 
     def block_chunk(k: int, parts, fh) -> dict:
         lines = block_trace.build(parts, transport, cpu_khz, TSC0)
-        done, pending["block"] = _cut(pending["block"], lines, ("t",), marks[k])
+        done, pending["block"] = pending["block"].then(lines).cut(marks[k])
         return {"block_events": block_trace.write(fh, done)}
 
     with contextlib.ExitStack() as stack:
@@ -275,15 +275,6 @@ def _write_streams(
     if qemu:
         _keep_definitions(out / RAW / "trace-events")
     return expected
-
-
-def _cut(pending: pl.DataFrame | None, lines: pl.DataFrame, by: tuple[str, ...], mark: float):
-    """(the lines before `mark`, in time order, to write now; the rest, for the next chunk)."""
-    if pending is not None:
-        lines = pl.concat([pending, lines])
-    lines = lines.sort(*by, maintain_order=True)
-    k = int(lines["t"].search_sorted(mark, side="left"))  # sorted by t first: two slices
-    return lines.head(k), lines.slice(k)
 
 
 def _options(opts: EmulateOptions) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from xvtrace.emulate.pending import Pending
 from xvtrace.parsers.ftrace import render
 from xvtrace.replay.transports.base import submission
 
@@ -18,9 +19,9 @@ ISSUER = {"qemu": ("qemu-system-i38", 2101), "blkback": ("blkback.1.xvda", 311),
           "vhost-user": ("vhost-device-bl", 2207), "argo": ("argo-blk-backen", 2304)}  # fmt: skip
 
 
-def build(parts, transport, cpu_khz: int, tsc0: int) -> pl.DataFrame:
+def build(parts, transport, cpu_khz: int, tsc0: int) -> Pending:
     """Issue and completion lines of the block requests in `parts` ([(kind, path,
-    schedule, requests)]), with `t` (ns of the run) to merge chunks in time order."""
+    schedule, requests)]), at their times (ns of the run) to merge chunks in time order."""
     frames = []
     comm, pid = ISSUER[transport.backend]
     for kind, path, sched, req in parts:
@@ -38,15 +39,15 @@ def build(parts, transport, cpu_khz: int, tsc0: int) -> pl.DataFrame:
                 "cpu": np.zeros(n, np.int64), "write": req.write, "sector": sector, "nr_sector": nr,
             }))  # fmt: skip
     if not frames:
-        return pl.DataFrame(schema={"t": pl.Float64, "line": pl.String})
+        return Pending.empty()
     f = pl.concat(frames).with_columns(
         (tsc0 + (pl.col("t") * cpu_khz / 1e6).round()).cast(pl.UInt64).alias("tsc"),
         pl.lit(DEVICE[0]).alias("major"), pl.lit(DEVICE[1]).alias("minor"),
     )  # fmt: skip
-    return f.select("t", render(f).alias("line"))
+    return Pending.of(f["t"].to_numpy(), f.select(render(f)).to_series())
 
 
-def write(fh, lines: pl.DataFrame) -> int:
+def write(fh, lines: Pending) -> int:
     if len(lines):  # one column, no quoting: the CSV writer is a fast line writer
-        lines.select("line").write_csv(fh, include_header=False, quote_style="never")
+        lines.lines().to_frame().write_csv(fh, include_header=False, quote_style="never")
     return len(lines)

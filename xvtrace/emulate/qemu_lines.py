@@ -17,6 +17,7 @@ from functools import cache
 import numpy as np
 import polars as pl
 
+from xvtrace.emulate.pending import Pending
 from xvtrace.emulate.xen_records import ACK, MMIO_BASE, NOTIFY, STATUS
 from xvtrace.parsers.trace_events import TraceEvents, render_text
 from xvtrace.replay.costs import costs_for, default_table
@@ -108,41 +109,6 @@ def _distinct(cols: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarr
     return ids.astype(np.int64), first
 
 
-class Pending:
-    """Lines not yet written: time, tie order, text id, and the texts the ids index."""
-
-    def __init__(self, t: np.ndarray, order: np.ndarray, ids: np.ndarray, texts: pl.Series):
-        self.t, self.order, self.ids, self.texts = t, order, ids, texts
-
-    @staticmethod
-    def empty() -> Pending:
-        z = np.zeros(0)
-        return Pending(z, z, np.zeros(0, np.int64), pl.Series([], dtype=pl.String))
-
-    def __len__(self) -> int:
-        return len(self.t)
-
-    def then(self, later: Pending) -> Pending:
-        """These lines followed by `later`'s (ties in time keep this order)."""
-        return Pending(
-            np.concatenate([self.t, later.t]),
-            np.concatenate([self.order, later.order]),
-            np.concatenate([self.ids, later.ids + len(self.texts)]),
-            pl.concat([self.texts, later.texts]),
-        )
-
-    def cut(self, mark: float) -> tuple[Pending, Pending]:
-        """(the lines before `mark` in time order, to write now; the rest, for later, with
-        only the texts they use)."""
-        idx = np.lexsort((self.order, self.t))  # stable: ties keep their order
-        t = self.t[idx]
-        k = int(np.searchsorted(t, mark, side="left"))
-        now, rest = idx[:k], idx[k:]
-        later = Pending(t[k:], self.order[rest], np.arange(len(rest)),
-                        self.texts.gather(self.ids[rest]))  # fmt: skip
-        return Pending(t[:k], self.order[now], self.ids[now], self.texts), later
-
-
 # "000" .. "999": a microsecond field is two of them
 _DIGITS3 = pl.Series([f"{i:03d}" for i in range(1000)], dtype=pl.String)
 
@@ -156,17 +122,15 @@ def write_lines(fh, lines: Pending, epoch_ns: int, offset_ns: float, drift_ppm: 
     clock = np.round(lines.t * (1 + drift_ppm * 1e-6) + offset_ns).astype(np.int64) + epoch_ns
     us = clock // 1000
     # lines are in time order: a prefix per run of equal microseconds
-    starts = np.flatnonzero(np.r_[True, us[1:] != us[:-1]])
-    run = np.cumsum(np.r_[False, us[1:] != us[:-1]])
+    new_run = np.r_[True, us[1:] != us[:-1]]
+    starts, run = np.flatnonzero(new_run), np.cumsum(new_run) - 1
     sec, usec = np.divmod(us[starts], 1_000_000)
     lo = int(sec.min())
     secs = pl.Series([f"{MAIN_TID}@{s}." for s in range(lo, int(sec.max()) + 1)])
     prefix = pl.DataFrame({
         "s": secs.gather(sec - lo), "m": _DIGITS3.gather(usec // 1000), "u": _DIGITS3.gather(usec % 1000)
     }).select(pl.concat_str("s", "m", "u"))  # fmt: skip
-    frame = pl.DataFrame(
-        {"p": prefix.to_series().gather(run), "line": lines.texts.gather(lines.ids)}
-    )
+    frame = pl.DataFrame({"p": prefix.to_series().gather(run), "line": lines.lines()})
     # the CSV writer's separator is the ':' that ends the prefix: no concatenation
     frame.write_csv(fh, include_header=False, separator=":", quote_style="never")
     return n
