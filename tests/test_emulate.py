@@ -9,6 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from xenalyze_output import parse_summary
 
 from xvtrace import api
@@ -352,6 +354,47 @@ def test_pending_lines_cut_in_time_order_and_carry_their_texts():
     assert (
         now.texts.gather(now.ids).to_list() == ["c", "d", "a"] and len(rest) == 0
     )  # ties: carried first
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    texts=st.lists(st.text(min_size=0, max_size=40), min_size=1, max_size=8),
+    picks=st.lists(st.integers(0, 7), min_size=1, max_size=60),
+    us=st.lists(st.integers(0, 10**19), min_size=60, max_size=60),
+    block=st.sampled_from([64, 200, 1 << 20]),
+)
+def test_pending_write_is_python_formatting_of_each_line(texts, picks, us, block):
+    """The compiled line writer against f-strings: any text (UTF-8, empty), stamps with any
+    number of second digits, and write blocks smaller than a few lines."""
+    import io
+
+    from xvtrace.emulate import pending
+
+    ids = np.array([p % len(texts) for p in picks])
+    lines = pending.Pending(
+        np.zeros(len(ids)), np.zeros(len(ids)), ids, pl.Series(texts, dtype=pl.String)
+    )
+    stamps = np.sort(np.array(us[: len(ids)], np.uint64)).astype(np.int64) % 10**18
+    plain, stamped = io.BytesIO(), io.BytesIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pending, "WRITE_BLOCK", block)
+        assert lines.write(plain) == len(ids)
+        assert lines.write(stamped, b"4242@", stamps) == len(ids)
+    assert plain.getvalue() == "".join(texts[i] + "\n" for i in ids).encode()
+    want = "".join(
+        f"4242@{u // 10**6}.{u % 10**6:06d}:{texts[i]}\n" for i, u in zip(ids, stamps, strict=True)
+    )
+    assert stamped.getvalue() == want.encode()
+
+
+def test_pending_write_refuses_negative_stamps():
+    import io
+
+    from xvtrace.emulate.pending import Pending
+
+    lines = Pending.of(np.zeros(2), pl.Series(["a", "b"]))
+    with pytest.raises(ValueError, match="non-negative"):
+        lines.write(io.BytesIO(), b"1@", np.array([1, -1]))
 
 
 @pytest.mark.parametrize("chunk", [10_000, 100_000])

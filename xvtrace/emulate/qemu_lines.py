@@ -109,31 +109,13 @@ def _distinct(cols: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarr
     return ids.astype(np.int64), first
 
 
-# "000" .. "999": a microsecond field is two of them
-_DIGITS3 = pl.Series([f"{i:03d}" for i in range(1000)], dtype=pl.String)
-
-
 def write_lines(fh, lines: Pending, epoch_ns: int, offset_ns: float, drift_ppm: float) -> int:
     """Append time-ordered lines to an open file with the `tid@sec.usec:` prefix on the
     device model's clock: epoch + t * (1 + drift) + offset."""
-    n = len(lines)
-    if not n:
+    if not len(lines):
         return 0
     clock = np.round(lines.t * (1 + drift_ppm * 1e-6) + offset_ns).astype(np.int64) + epoch_ns
-    us = clock // 1000
-    # lines are in time order: a prefix per run of equal microseconds
-    new_run = np.r_[True, us[1:] != us[:-1]]
-    starts, run = np.flatnonzero(new_run), np.cumsum(new_run) - 1
-    sec, usec = np.divmod(us[starts], 1_000_000)
-    lo = int(sec.min())
-    secs = pl.Series([f"{MAIN_TID}@{s}." for s in range(lo, int(sec.max()) + 1)])
-    prefix = pl.DataFrame({
-        "s": secs.gather(sec - lo), "m": _DIGITS3.gather(usec // 1000), "u": _DIGITS3.gather(usec % 1000)
-    }).select(pl.concat_str("s", "m", "u"))  # fmt: skip
-    frame = pl.DataFrame({"p": prefix.to_series().gather(run), "line": lines.lines()})
-    # the CSV writer's separator is the ':' that ends the prefix: no concatenation
-    frame.write_csv(fh, include_header=False, separator=":", quote_style="never")
-    return n
+    return lines.write(fh, f"{MAIN_TID}@".encode(), clock // 1000)
 
 
 # per device kind: (VirtIODevice *, VirtQueue *, queue index)
