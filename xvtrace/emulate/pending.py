@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-from numba import njit
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 
 class Pending:
@@ -61,6 +63,8 @@ class Pending:
         stamps = np.zeros(0, np.int64) if us is None else np.asarray(us, np.int64)
         if us is not None and (len(stamps) != n or stamps.min() < 0):
             raise ValueError("one non-negative microsecond stamp per line")
+        if self.ids.min() < 0 or self.ids.max() >= len(self.texts):  # _fill copies unchecked
+            raise ValueError("a line's text id is outside its texts")
         lengths = self.texts.str.len_bytes().to_numpy().astype(np.int64)
         offsets = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -78,6 +82,10 @@ class Pending:
 WRITE_BLOCK = 1 << 20
 
 
+# "00" .. "99": a microsecond field is three of them
+_PAIRS = np.frombuffer("".join(f"{i:02d}" for i in range(100)).encode(), np.uint8).copy()
+
+
 @njit(cache=True, nogil=True)
 def _fill(ids, texts, offsets, head, us, i, out):
     """Lines from the i-th on into `out` until it is full: [stamp] text[id] newline each (no
@@ -86,17 +94,29 @@ def _fill(ids, texts, offsets, head, us, i, out):
     stamped = us.shape[0] > 0
     stamp = np.empty(head.shape[0] + 28, np.uint8)
     stamp[: head.shape[0]] = head
-    size, last, p = 0, -1, 0
+    size, last, last_sec, frac, p = 0, -1, -1, 0, 0
     while i < n:
         if stamped and us[i] != last:  # lines come in runs of equal microseconds
             last = us[i]
-            size = _stamp(stamp, head.shape[0], last)
+            sec, usec = last // 1_000_000, last % 1_000_000
+            if sec != last_sec:
+                last_sec = sec
+                frac = _decimal(stamp, head.shape[0], sec)
+                stamp[frac] = 46  # '.'
+                frac += 1
+            for j in range(3):  # usec as three digit pairs, last pair first
+                pair = usec % 100
+                usec //= 100
+                stamp[frac + 4 - 2 * j] = _PAIRS[2 * pair]
+                stamp[frac + 5 - 2 * j] = _PAIRS[2 * pair + 1]
+            stamp[frac + 6] = 58  # ':'
+            size = frac + 7
         a, b = offsets[ids[i]], offsets[ids[i] + 1]
         if p + size + b - a + 1 > out.shape[0]:
             break
-        out[p : p + size] = stamp[:size]
+        _copy(out, p, stamp, 0, size)
         p += size
-        out[p : p + b - a] = texts[a:b]
+        _copy(out, p, texts, a, b - a)
         p += b - a
         out[p] = 10
         p += 1
@@ -105,20 +125,30 @@ def _fill(ids, texts, offsets, head, us, i, out):
 
 
 @njit(cache=True, nogil=True)
-def _stamp(out, k, us):
-    """`{sec}.{usec:06d}:` at out[k:]; returns where it ends."""
-    sec, usec = us // 1_000_000, us % 1_000_000
-    digits, s = 1, sec
-    while s >= 10:
-        s //= 10
+def _decimal(out, k, value):
+    """The decimal digits of a non-negative `value` at out[k:]; returns where they end."""
+    digits, v = 1, value
+    while v >= 10:
+        v //= 10
         digits += 1
     for j in range(digits - 1, -1, -1):
-        out[k + j] = 48 + sec % 10
-        sec //= 10
-    k += digits
-    out[k] = 46  # '.'
-    for j in range(6, 0, -1):
-        out[k + j] = 48 + usec % 10
-        usec //= 10
-    out[k + 7] = 58  # ':'
-    return k + 8
+        out[k + j] = 48 + value % 10
+        value //= 10
+    return k + digits
+
+
+@intrinsic
+def _copy(typingctx, dst, dst_at, src, src_at, count):
+    """memcpy(&dst[dst_at], &src[src_at], count) for contiguous byte arrays: one call per
+    text instead of a loop over its bytes (five times faster on QEMU's lines)."""
+
+    def codegen(context, builder, sig, args):
+        d, d_at, s, s_at, n = args
+        to = context.make_array(sig.args[0])(context, builder, d)
+        frm = context.make_array(sig.args[2])(context, builder, s)
+        cgutils.raw_memcpy(
+            builder, builder.gep(to.data, [d_at]), builder.gep(frm.data, [s_at]), n, 1
+        )
+        return context.get_dummy_value()
+
+    return types.void(dst, dst_at, src, src_at, count), codegen
