@@ -349,17 +349,22 @@ def encode_windows(
     *,
     round_cycles: int,
     window_bytes: int = DEFAULT_DATA_SIZE,
+    order: np.ndarray | None = None,
 ) -> np.ndarray:
     """Lay records out as xentrace writes them and return the file's u32 words.
 
-    Records are given per pCPU in order (any interleaving of pCPUs); `tsc` is each record's
-    time (for records without their own TSC, their pCPU's last one). Each `round_cycles` of
+    Records are given per pCPU in order (any interleaving of pCPUs), or are the rows
+    `order` lists in that order; `tsc` is each record's time (for records without their
+    own TSC, their pCPU's last one). Each `round_cycles` of
     TSC is one xentrace poll: it writes one window per pCPU in ascending pCPU order, split
     into several rounds where a pCPU's data exceeds `window_bytes` (the ring's data size).
     """
     n = len(code)
-    if n == 0:
+    order = np.arange(n) if order is None else np.asarray(order, dtype=np.int64)
+    if len(order) == 0:
         return np.zeros(0, dtype=np.uint32)
+    if order.min() < 0 or order.max() >= n:
+        raise ValueError("order lists rows that are not there")
     cpu = np.asarray(cpu, dtype=np.int64)
     tsc = np.asarray(tsc, dtype=np.uint64)
     has = np.asarray(has_tsc, dtype=bool)
@@ -373,8 +378,8 @@ def encode_windows(
     if args.shape[1] < int(nargs.max()):
         raise ValueError("args has fewer columns than nargs asks for")
     return scan.layout_windows(
-        cpu, tsc, has, code, nargs, args, np.uint64(max(1, round_cycles)), int(window_bytes),
-        int(cpu.max()) + 1,
+        cpu, tsc, has, code, nargs, args, order, np.uint64(max(1, round_cycles)),
+        int(window_bytes), int(cpu.max()) + 1,
     )  # fmt: skip
 
 
@@ -403,10 +408,12 @@ def write_records(
     *columns: np.ndarray,
     round_cycles: int,
     window_bytes: int = DEFAULT_DATA_SIZE,
+    order: np.ndarray | None = None,
 ) -> int:
     """write_frame for records already held as arrays: encode_windows' cpu, tsc, has_tsc,
-    code, args and nargs."""
-    out = encode_windows(*columns, round_cycles=round_cycles, window_bytes=window_bytes)
+    code, args and nargs (and its `order`)."""
+    out = encode_windows(*columns, round_cycles=round_cycles, window_bytes=window_bytes,
+                         order=order)  # fmt: skip
     out = out.astype("<u4", copy=False)
     if hasattr(dest, "write"):
         dest.write(out)

@@ -346,15 +346,16 @@ EMITTED = ("ts_ns", "ts_raw", "has_ts", "cpu", "dom", "vcpu", "event", "code", "
 
 
 @njit(cache=True, nogil=True)
-def layout_windows(cpu, tsc, has_tsc, code, nargs, args, round_cycles, window_bytes, ncpu):
-    """The writer's kernel: the file's u32 words for records given per pCPU in order.
+def layout_windows(cpu, tsc, has_tsc, code, nargs, args, order, round_cycles, window_bytes, ncpu):
+    """The writer's kernel: the file's u32 words for the records order[0], order[1], ...,
+    given per pCPU in order (the rows are read where they lie: no gathered copy).
 
     Round of a record = its TSC // round_cycles, never going back within a pCPU; within a
     (pCPU, round) the records are split into windows of at most window_bytes. Windows go
     out by (round, split number, pCPU): one merge over the per-pCPU sequences, since each
     is already in order.
     """
-    n = cpu.shape[0]
+    n = order.shape[0]
     rnd = np.empty(n, np.int64)
     sub = np.empty(n, np.int64)
     words = np.empty(n, np.int64)
@@ -363,10 +364,11 @@ def layout_windows(cpu, tsc, has_tsc, code, nargs, args, round_cycles, window_by
     counts = np.zeros(ncpu, np.int64)
     total = 0
     for i in range(n):
-        c = cpu[i]
-        w = 1 + 2 * np.int64(has_tsc[i]) + np.int64(nargs[i])
+        s = order[i]
+        c = cpu[s]
+        w = 1 + 2 * np.int64(has_tsc[s]) + np.int64(nargs[s])
         words[i] = w
-        r = np.int64(tsc[i] // np.uint64(round_cycles))
+        r = np.int64(tsc[s] // np.uint64(round_cycles))
         if r < cur_rnd[c]:
             r = cur_rnd[c]
         if r != cur_rnd[c]:
@@ -377,15 +379,16 @@ def layout_windows(cpu, tsc, has_tsc, code, nargs, args, round_cycles, window_by
         used[c] += 4 * w
         counts[c] += 1
         total += w
-    # per-pCPU index lists (stable counting sort by pCPU)
+    # per-pCPU lists of positions (stable counting sort by pCPU)
     start = np.zeros(ncpu + 1, np.int64)
     for c in range(ncpu):
         start[c + 1] = start[c] + counts[c]
     fill = start[:-1].copy()
     idx = np.empty(n, np.int64)
     for i in range(n):
-        idx[fill[cpu[i]]] = i
-        fill[cpu[i]] += 1
+        c = cpu[order[i]]
+        idx[fill[c]] = i
+        fill[c] += 1
     head = start[:-1].copy()
     # every window adds a 3-word header: at most n of them
     out = np.empty(total + 3 * n, np.uint32)
@@ -412,16 +415,17 @@ def layout_windows(cpu, tsc, has_tsc, code, nargs, args, round_cycles, window_by
             i = idx[head[c]]
             if rnd[i] != rnd[first] or sub[i] != sub[first]:
                 break
+            s = order[i]
             out[pos] = (
-                np.uint32(code[i]) | (np.uint32(nargs[i]) << 28) | (np.uint32(has_tsc[i]) << 31)
+                np.uint32(code[s]) | (np.uint32(nargs[s]) << 28) | (np.uint32(has_tsc[s]) << 31)
             )
             pos += 1
-            if has_tsc[i]:
-                out[pos] = np.uint32(tsc[i] & np.uint64(0xFFFFFFFF))
-                out[pos + 1] = np.uint32(tsc[i] >> np.uint64(32))
+            if has_tsc[s]:
+                out[pos] = np.uint32(tsc[s] & np.uint64(0xFFFFFFFF))
+                out[pos + 1] = np.uint32(tsc[s] >> np.uint64(32))
                 pos += 2
-            for j in range(nargs[i]):
-                out[pos] = np.uint32(args[i, j])
+            for j in range(nargs[s]):
+                out[pos] = np.uint32(args[s, j])
                 pos += 1
             nbytes += 4 * words[i]
             head[c] += 1

@@ -116,3 +116,19 @@ def test_split_at_window_boundaries_gives_same_table(tmp_path_factory, records, 
         expect = ref.filter(pl.col("has_ts")).sort("ts_raw", "cpu", "code", "arg0")
         local = ["src_file", "src_offset", "dom", "vcpu"]  # provenance and context differ per part
         assert both.drop(local).equals(expect.drop(local))
+
+
+@given(st.lists(record, min_size=1, max_size=150), st.randoms(use_true_random=False), st.data())
+def test_writing_listed_rows_is_writing_them_gathered(records, rnd, data):
+    """`order` names the rows to write where they lie: the same words as the gathered rows,
+    for rows shuffled and followed by others that are not written."""
+    cols = build(records)
+    n = len(records)
+    extra = data.draw(st.integers(0, 20))
+    q = list(range(n))
+    rnd.shuffle(q)  # stored row j is record q[j]
+    stored = [np.concatenate([c[q], c[: min(extra, n)]]) for c in cols]
+    where = np.argsort(q)  # record i is stored row where[i]
+    want = encode_windows(*cols, round_cycles=700, window_bytes=256)
+    got = encode_windows(*stored, round_cycles=700, window_bytes=256, order=where)
+    assert got.tolist() == want.tolist()

@@ -220,16 +220,21 @@ def _write_streams(
         g = gap_chunk == k
         rec = xen_records.build([x[1:] for x in parts], vendor=opts.vendor, guest_exits=not arm,
                                 gaps=tuple(a[g] for a in gaps), start=k == 0)  # fmt: skip
-        table = rec.table(cpu_khz, TSC0, carry=pending["xen"])
+        table = rec.columns(cpu_khz, TSC0, carry=pending["xen"])
         del rec
+        rows = xen_records.time_order(table)  # written where they lie, not gathered
         if np.isfinite(marks[k]):
-            cut = table.tsc.astype(np.float64) < TSC0 + marks[k] * cpu_khz / 1e6
-            ready, pending["xen"] = table.take(cut), table.take(~cut)
+            cut = table.tsc[rows].astype(np.float64) < TSC0 + marks[k] * cpu_khz / 1e6
+            rows, pending["xen"] = rows[cut], table.take(rows[~cut])
         else:
-            ready, pending["xen"] = table, None
-        ready = xen_records.drop_bursts(ready, opts.drop_rate, drop_rng)
-        ready.write(fh, round_cycles=cpu_khz * 10_000)  # xentrace polls every 10 ms
-        return xen_records.expected_counts(ready)
+            pending["xen"] = None
+        round_cycles = cpu_khz * 10_000  # xentrace polls every 10 ms
+        if opts.drop_rate > 0:
+            ready = xen_records.drop_bursts(table.take(rows), opts.drop_rate, drop_rng)
+            ready.write(fh, round_cycles=round_cycles)
+            return xen_records.expected_counts(ready)
+        table.write(fh, round_cycles=round_cycles, rows=rows)
+        return xen_records.expected_counts(table, rows)
 
     def qemu_chunk(k: int, parts, fh) -> dict:
         lines = qemu_lines.build(parts, defs=defs, iodepth=w.iodepth, first=k == 0).pending()

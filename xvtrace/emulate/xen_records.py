@@ -73,10 +73,11 @@ class Table:
     def concat(tables: list[Table]) -> Table:
         return Table(*(np.concatenate([getattr(t, f.name) for t in tables]) for f in fields(Table)))
 
-    def write(self, fh, *, round_cycles: int) -> int:
-        """Append the records to an open xentrace file, in rounds of `round_cycles`."""
+    def write(self, fh, *, round_cycles: int, rows: np.ndarray | None = None) -> int:
+        """Append the records (or the `rows` listed, in that order: no gathered copy) to an
+        open xentrace file, in rounds of `round_cycles`."""
         return write_records(fh, self.cpu, self.tsc, self.has_ts, self.code, self.args,
-                             self.nargs, round_cycles=round_cycles)  # fmt: skip
+                             self.nargs, round_cycles=round_cycles, order=rows)  # fmt: skip
 
 
 class Records:
@@ -102,9 +103,9 @@ class Records:
             "args": args,
         })  # fmt: skip
 
-    def table(self, cpu_khz: int, tsc0: int, carry: Table | None = None) -> Table:
-        """The records per pCPU in time order, with `carry` (an earlier table's rows not yet
-        written) merged in by the same sort; ties keep the carried rows first."""
+    def columns(self, cpu_khz: int, tsc0: int, carry: Table | None = None) -> Table:
+        """The records as one table, `carry` (an earlier table's rows not yet written) first,
+        in the order they were added: time_order() sorts them."""
         cols = {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}
         tsc = np.uint64(tsc0) + np.round(cols["t"] * cpu_khz / 1e6).astype(np.uint64)
         # `order` breaks ties (an entry, then the next exit's records)
@@ -113,10 +114,16 @@ class Records:
                     rank)  # fmt: skip
         if carry is not None and len(carry):
             new = Table.concat([carry, new])
-        return new.take(_time_order(new))
+        return new
+
+    def table(self, cpu_khz: int, tsc0: int, carry: Table | None = None) -> Table:
+        """The records per pCPU in time order, `carry` merged in by the same sort (ties keep
+        the carried rows first)."""
+        t = self.columns(cpu_khz, tsc0, carry)
+        return t.take(time_order(t))
 
 
-def _time_order(t: Table) -> np.ndarray:
+def time_order(t: Table) -> np.ndarray:
     """The rows per pCPU in time order, ties by rank, then as given (carried rows first).
     One sort on a packed key (pCPU | TSC | rank) where the TSCs span under 2^43 cycles (an
     hour at 2.4 GHz); a three-key sort where a slow-paced run's chunk spans more."""
@@ -330,9 +337,12 @@ def emit_idle(rec: Records, t0: np.ndarray, t1: np.ndarray, vj: np.ndarray, vend
     _entry(rec, cpu, t1, order=-0.3)
 
 
-def expected_counts(table: Table) -> dict:
-    """What xenalyze must find: exits per reason of the guest, hypercalls per op of dom0."""
+def expected_counts(table: Table, rows: np.ndarray | None = None) -> dict:
+    """What xenalyze must find: exits per reason of the guest, hypercalls per op of dom0
+    (in the table, or in its `rows`)."""
     code, arg0 = table.code, table.args[:, 0]
+    if rows is not None:
+        code, arg0 = code[rows], arg0[rows]
     reasons, counts = np.unique(arg0[code == xe.TRC_HVM_VMEXIT64], return_counts=True)
     ops, hcounts = np.unique(arg0[code == xe.TRC_PV_HYPERCALL_V2] & 0xFFFFF, return_counts=True)
     return {
