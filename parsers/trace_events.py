@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from numba import njit
 
 DEFAULT_FILE = "qemu-7.2-trace-events"
 
@@ -209,11 +210,38 @@ def looks_like_definitions(head: bytes) -> bool:
 
 
 def _hex_series(values: np.ndarray, fmt: str) -> pl.Series:
-    """Hex text of integers, formatting each distinct value once (pointers and register
-    offsets repeat: a run has few distinct values per column)."""
+    """Hex text of integers as Python's format(v, fmt) writes it for fmt in x, X, #x, #X,
+    formatting each distinct value once (pointers and register offsets repeat)."""
     uniq, inv = np.unique(values, return_inverse=True)
-    text = pl.Series([format(int(u), fmt) for u in uniq], dtype=pl.String)
+    prefix = "#" in fmt
+    digits = _HEX_UPPER if fmt.endswith("X") else _HEX_LOWER
+    cells = _hex_cells(uniq.astype(np.uint64), digits, (ord(fmt[-1]) if prefix else 0))
+    text = pl.Series(cells.view("S18").ravel()).cast(pl.String)  # NUL padding dropped
     return text.gather(inv.astype(np.uint32 if len(uniq) < 2**32 else np.uint64))
+
+
+_HEX_LOWER = np.frombuffer(b"0123456789abcdef", np.uint8).copy()
+_HEX_UPPER = np.frombuffer(b"0123456789ABCDEF", np.uint8).copy()
+
+
+@njit(cache=True, nogil=True)
+def _hex_cells(values, digits, x):
+    """Per value an 18-byte cell: ['0' x] hex digits without leading zeros, NUL padded
+    (x: the prefix's letter, 0 for none)."""
+    out = np.zeros((values.shape[0], 18), np.uint8)
+    for i in range(values.shape[0]):
+        v = values[i]
+        n = 1
+        while n < 16 and (v >> np.uint64(4 * n)) != 0:
+            n += 1
+        k = 0
+        if x:
+            out[i, 0] = 48
+            out[i, 1] = x
+            k = 2
+        for j in range(n):
+            out[i, k + n - 1 - j] = digits[(v >> np.uint64(4 * j)) & np.uint64(15)]
+    return out
 
 
 def render_text(ev: EventDef, cols: dict[str, np.ndarray], n: int) -> pl.Series | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import polars as pl
 import pytest
 from helpers import QEMU_PCI
@@ -213,3 +214,15 @@ def test_definition_parser_reads_pri_macros_and_odd_formats():
     assert ev.fmt == "0x%x = 0x%x (%d)"
     assert re.fullmatch(ev.regex, "0x4 = 0x1 (2)")
     assert [c.arg for c in ev.conversions] == ["addr", "val", "size"]
+
+
+@given(
+    st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=50),
+    st.sampled_from(["x", "X", "#x", "#X"]),
+)
+def test_hex_text_is_python_formatting(values, fmt):
+    """The compiled hex formatter against format(): leading zeros, 0, 2^64 - 1, both cases."""
+    from xvtrace.parsers.trace_events import _hex_series
+
+    got = _hex_series(np.array(values, np.uint64), fmt).to_list()
+    assert got == [format(v, fmt) for v in values]

@@ -223,9 +223,12 @@ def _write_streams(
         table = rec.columns(cpu_khz, TSC0, carry=pending["xen"])
         del rec
         rows = xen_records.time_order(table)  # written where they lie, not gathered
+        written = np.ones(len(table), bool)
         if np.isfinite(marks[k]):
             cut = table.tsc[rows].astype(np.float64) < TSC0 + marks[k] * cpu_khz / 1e6
-            rows, pending["xen"] = rows[cut], table.take(rows[~cut])
+            rows, held = rows[cut], rows[~cut]
+            pending["xen"] = table.take(held)
+            written[held] = False
         else:
             pending["xen"] = None
         round_cycles = cpu_khz * 10_000  # xentrace polls every 10 ms
@@ -234,7 +237,7 @@ def _write_streams(
             ready.write(fh, round_cycles=round_cycles)
             return xen_records.expected_counts(ready)
         table.write(fh, round_cycles=round_cycles, rows=rows)
-        return xen_records.expected_counts(table, rows)
+        return xen_records.expected_counts(table, written)
 
     def qemu_chunk(k: int, parts, fh) -> dict:
         lines = qemu_lines.build(parts, defs=defs, iodepth=w.iodepth, first=k == 0).pending()

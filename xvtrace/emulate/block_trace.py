@@ -35,7 +35,7 @@ def build(parts, transport, cpu_khz: int, tsc0: int) -> Pending:
                                    ("block_rq_issue", sched.start[:, d], comm, pid),
                                    ("block_rq_complete", sched.end[:, d], "<idle>", 0)):  # fmt: skip
             frames.append(pl.DataFrame({
-                "t": t, "event": [event] * n, "comm": [who] * n, "pid": np.full(n, tid),
+                "t": t, "event": _repeat(event, n), "comm": _repeat(who, n), "pid": np.full(n, tid),
                 "cpu": np.zeros(n, np.int64), "write": req.write, "sector": sector, "nr_sector": nr,
             }))  # fmt: skip
     if not frames:
@@ -45,6 +45,11 @@ def build(parts, transport, cpu_khz: int, tsc0: int) -> Pending:
         pl.lit(DEVICE[0]).alias("major"), pl.lit(DEVICE[1]).alias("minor"),
     )  # fmt: skip
     return Pending.of(f["t"].to_numpy(), f.select(render(f)).to_series())
+
+
+def _repeat(text: str, n: int) -> pl.Series:
+    """n copies of one string, without a Python list of n."""
+    return pl.Series([text], dtype=pl.String).new_from_index(0, n)
 
 
 def write(fh, lines: Pending) -> int:

@@ -106,15 +106,20 @@ class Records:
     def columns(self, cpu_khz: int, tsc0: int, carry: Table | None = None) -> Table:
         """The records as one table, `carry` (an earlier table's rows not yet written) first,
         in the order they were added: time_order() sorts them."""
-        cols = {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}
-        tsc = np.uint64(tsc0) + np.round(cols["t"] * cpu_khz / 1e6).astype(np.uint64)
-        # `order` breaks ties (an entry, then the next exit's records)
-        rank = np.round((cols["order"] + 2) * 100).astype(np.uint16)  # orders lie in [-2, 1)
-        new = Table(cols["cpu"], tsc, cols["has_ts"], cols["code"], cols["nargs"], cols["args"],
-                    rank)  # fmt: skip
-        if carry is not None and len(carry):
-            new = Table.concat([carry, new])
-        return new
+        t = np.concatenate([p["t"] for p in self.parts])
+        order = np.concatenate([p["order"] for p in self.parts])
+        made = {
+            "tsc": [np.uint64(tsc0) + np.round(t * cpu_khz / 1e6).astype(np.uint64)],
+            # `order` breaks ties (an entry, then the next exit's records); it lies in [-2, 1)
+            "rank": [np.round((order + 2) * 100).astype(np.uint16)],
+        }
+        carried = [carry] if carry is not None and len(carry) else []
+
+        def column(name: str) -> np.ndarray:  # one concatenation, the carried rows first
+            own = made[name] if name in made else [p[name] for p in self.parts]
+            return np.concatenate([getattr(c, name) for c in carried] + own)
+
+        return Table(*(column(f.name) for f in fields(Table)))
 
     def table(self, cpu_khz: int, tsc0: int, carry: Table | None = None) -> Table:
         """The records per pCPU in time order, `carry` merged in by the same sort (ties keep
@@ -339,7 +344,7 @@ def emit_idle(rec: Records, t0: np.ndarray, t1: np.ndarray, vj: np.ndarray, vend
 
 def expected_counts(table: Table, rows: np.ndarray | None = None) -> dict:
     """What xenalyze must find: exits per reason of the guest, hypercalls per op of dom0
-    (in the table, or in its `rows`)."""
+    (in the table, or in the rows a mask selects)."""
     code, arg0 = table.code, table.args[:, 0]
     if rows is not None:
         code, arg0 = code[rows], arg0[rows]
