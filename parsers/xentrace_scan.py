@@ -240,7 +240,7 @@ def name_table(codes: np.ndarray, names: np.ndarray, unknown: int, guest: int) -
     table[size] = unknown, 0
     table[size + 1] = guest, 0
     for c, n in zip(codes.tolist(), names.tolist(), strict=True):
-        slot = _slot(c, size)
+        slot = ((c * 2654435761) >> 7) & (size - 1)  # _slot's hash, without loading the kernel
         while table[slot, 0]:
             slot = (slot + 1) & (size - 1)
         table[slot] = c, n
