@@ -171,7 +171,11 @@ def _simulate(
     wait = np.zeros((n, width), np.float64)
     ready_at = np.zeros(n, np.float64)
     line_end = np.zeros((len(nops_p), width), np.float64)  # last end per pure-latency op
-    stride = width + 1
+    shift = 1  # payload = request << shift | step: a shift, not a division, per event
+    while (1 << shift) < width + 1:
+        shift += 1
+    stride = 1 << shift
+    low = stride - 1
     # resources: vcpu per job; the others shared. capacity 0 = unlimited.
     nres = 6 + njobs
     cap = np.ones(nres, np.int64)
@@ -181,7 +185,10 @@ def _simulate(
     # At most iodepth x njobs requests are in flight, each with one pending event or one
     # place in a queue: that bounds the heap and the FIFO ring buffers.
     inflight = iodepth * njobs + 1
-    qbuf = np.empty((nres, inflight), np.int64)
+    ring = 1  # the FIFOs' size: a power of two, indexed by a mask
+    while ring < inflight:
+        ring <<= 1
+    qbuf = np.empty((nres, ring), np.int64)
     qhead = np.zeros(nres, np.int64)
     qtail = np.zeros(nres, np.int64)
     cap_heap = inflight + 16
@@ -214,8 +221,8 @@ def _simulate(
                 seq += 1
     while size > 0:
         now, payload, size = _pop(ht, hp, hs, size)
-        r = payload // stride
-        step = payload % stride
+        r = payload >> shift
+        step = payload & low
         res = res2[path_of[r]]
         release = release2[path_of[r]]
         nops = nops_p[path_of[r]]
@@ -228,10 +235,10 @@ def _simulate(
                 if cap[rid] > 0:
                     busy[rid] -= 1
                     if qhead[rid] != qtail[rid]:
-                        w = qbuf[rid, qhead[rid] % inflight]
+                        w = qbuf[rid, qhead[rid] & (ring - 1)]
                         qhead[rid] += 1
-                        wr = w // stride
-                        ws = w % stride
+                        wr = w >> shift
+                        ws = w & low
                         busy[rid] += 1
                         start[wr, ws] = now
                         wait[wr, ws] = now - ready_at[wr]
@@ -272,6 +279,6 @@ def _simulate(
             size = _push(ht, hp, hs, size, end[r, step], r * stride + step + 1, seq)
             seq += 1
         else:
-            qbuf[rid, qtail[rid] % inflight] = r * stride + step
+            qbuf[rid, qtail[rid] & (ring - 1)] = r * stride + step
             qtail[rid] += 1
     return issue, done, start, end, wait
