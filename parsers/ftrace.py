@@ -229,18 +229,28 @@ class FtraceDecoder:
 def render(frame: pl.DataFrame) -> pl.Series:
     """trace_pipe lines (x86-tsc clock) for rows of: tsc, comm, pid, cpu, event
     (block_rq_insert / block_rq_issue / block_rq_complete), major, minor, write, sector,
-    nr_sector."""
+    nr_sector; a line per row, in row order."""
+    keys = ["event", "comm", "pid", "cpu", "major", "minor"]
+    parts = []
+    for key, rows in frame.with_row_index("row").group_by(keys, maintain_order=True):
+        parts.append(rows.select("row", render_task(*key, rows).alias("line")))
+    return pl.concat(parts).sort("row")["line"] if parts else pl.Series("line", [], pl.String)
+
+
+def render_task(
+    event: str, comm: str, pid: int, cpu: int, major: int, minor: int, rows: pl.DataFrame
+) -> pl.Series:
+    """The lines of one block event from one task on one CPU and device, for rows of: tsc,
+    write, sector, nr_sector (everything else is text they share)."""
     rwbs = pl.when(pl.col("write")).then(pl.lit("W")).otherwise(pl.lit("R"))
-    dev = pl.format("{},{}", "major", "minor")
-    fields = (
-        pl.when(pl.col("event") != "block_rq_complete")
-        .then(pl.format("{} {} {} () {} + {} [{}]", dev, rwbs, pl.col("nr_sector") * 512, "sector",
-                        "nr_sector", "comm"))
-        .otherwise(pl.format("{} {} () {} + {} [0]", dev, rwbs, "sector", "nr_sector"))
-    )  # fmt: skip
-    return frame.select(
-        pl.format("{}-{} [{}] ..... {}: {}: {}", pl.col("comm").str.pad_start(16),
-                  pl.col("pid").cast(pl.String).str.pad_end(7),
-                  pl.col("cpu").cast(pl.String).str.pad_start(3, "0"),
-                  pl.col("tsc").cast(pl.String).str.pad_start(12), "event", fields).alias("line")
-    )["line"]  # fmt: skip
+    tsc = pl.col("tsc").cast(pl.String).str.pad_start(12)
+    num = [pl.col(c).cast(pl.String) for c in ("sector", "nr_sector")]
+    pieces = [pl.lit(f"{comm:>16}-{pid:<7} [{cpu:03d}] ..... "), tsc,
+              pl.lit(f": {event}: {major},{minor} "), rwbs]  # fmt: skip
+    if event == "block_rq_complete":
+        pieces += [pl.lit(" () "), num[0], pl.lit(" + "), num[1], pl.lit(" [0]")]
+    else:
+        pieces += [pl.lit(" "), (pl.col("nr_sector") * 512).cast(pl.String), pl.lit(" () "),
+                   num[0], pl.lit(" + "), num[1], pl.lit(f" [{comm}]")]  # fmt: skip
+    line = pl.concat_str(pieces)
+    return rows.select(line.alias("line"))["line"]

@@ -98,3 +98,19 @@ def test_arbitrary_bytes_raise_only_parse_errors(tmp_path_factory, data):
     decoded = sum(len(f) for f in frames)
     assert decoded == dec.stats.decoded  # every line: decoded, or counted as skipped
     assert decoded + dec.stats.skipped <= data.count(b"\n") + 1
+
+
+def test_render_keeps_row_order_across_tasks_and_any_comm():
+    """Lines are rendered per (event, task) but come back in row order; a comm is text,
+    braces included."""
+    rows = pl.DataFrame({
+        "tsc": [5, 6, 7], "comm": ["a{0}b", "<idle>", "a{0}b"], "pid": [9, 0, 9], "cpu": [2, 0, 2],
+        "event": ["block_rq_issue", "block_rq_complete", "block_rq_insert"],
+        "major": [8] * 3, "minor": [16] * 3, "write": [False, True, True], "sector": [1, 2, 3],
+        "nr_sector": [1, 2, 4],
+    })  # fmt: skip
+    assert render(rows).to_list() == [
+        "           a{0}b-9       [002] .....            5: block_rq_issue: 8,16 R 512 () 1 + 1 [a{0}b]",
+        "          <idle>-0       [000] .....            6: block_rq_complete: 8,16 W () 2 + 2 [0]",
+        "           a{0}b-9       [002] .....            7: block_rq_insert: 8,16 W 2048 () 3 + 4 [a{0}b]",
+    ]

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 
 from xvtrace.emulate.pending import Pending
-from xvtrace.parsers.ftrace import render
+from xvtrace.parsers.ftrace import render_task
 from xvtrace.replay.transports.base import submission
 
 BLOCK_TRACE = "dom0-trace.txt"
@@ -22,34 +22,26 @@ ISSUER = {"qemu": ("qemu-system-i38", 2101), "blkback": ("blkback.1.xvda", 311),
 def build(parts, transport, cpu_khz: int, tsc0: int) -> Pending:
     """Issue and completion lines of the block requests in `parts` ([(kind, path,
     schedule, requests)]), at their times (ns of the run) to merge chunks in time order."""
-    frames = []
+    times, texts = [], []
     comm, pid = ISSUER[transport.backend]
     for kind, path, sched, req in parts:
         if kind != "block" or not len(req.job):
             continue
         s, d = submission(path)
-        n = len(req.job)
-        sector = (req.offset // np.uint64(512)).astype(np.uint64)
-        nr = np.maximum(1, (req.nbytes // 512)).astype(np.uint64)
+        rows = pl.DataFrame({
+            "write": req.write,
+            "sector": (req.offset // np.uint64(512)).astype(np.uint64),
+            "nr_sector": np.maximum(1, (req.nbytes // 512)).astype(np.uint64),
+        })  # fmt: skip
         for event, t, who, tid in (("block_rq_insert", sched.end[:, s], comm, pid),
                                    ("block_rq_issue", sched.start[:, d], comm, pid),
                                    ("block_rq_complete", sched.end[:, d], "<idle>", 0)):  # fmt: skip
-            frames.append(pl.DataFrame({
-                "t": t, "event": _repeat(event, n), "comm": _repeat(who, n), "pid": np.full(n, tid),
-                "cpu": np.zeros(n, np.int64), "write": req.write, "sector": sector, "nr_sector": nr,
-            }))  # fmt: skip
-    if not frames:
+            tsc = (tsc0 + (pl.Series(t) * cpu_khz / 1e6).round()).cast(pl.UInt64)
+            times.append(t)
+            texts.append(render_task(event, who, tid, 0, *DEVICE, rows.with_columns(tsc=tsc)))
+    if not times:
         return Pending.empty()
-    f = pl.concat(frames).with_columns(
-        (tsc0 + (pl.col("t") * cpu_khz / 1e6).round()).cast(pl.UInt64).alias("tsc"),
-        pl.lit(DEVICE[0]).alias("major"), pl.lit(DEVICE[1]).alias("minor"),
-    )  # fmt: skip
-    return Pending.of(f["t"].to_numpy(), f.select(render(f)).to_series())
-
-
-def _repeat(text: str, n: int) -> pl.Series:
-    """n copies of one string, without a Python list of n."""
-    return pl.Series([text], dtype=pl.String).new_from_index(0, n)
+    return Pending.of(np.concatenate(times), pl.concat(texts))
 
 
 def write(fh, lines: Pending) -> int:
