@@ -93,6 +93,25 @@ def run_paths(
 ) -> Schedule:
     """As run(), with request i following paths[path_of[i]] (e.g. a network job's transmit
     and receive paths); `dur` is padded to the longest path."""
+    sim = simulation(paths, path_of, dur, job, not_before, iodepth=iodepth, njobs=njobs,
+                     device_servers=device_servers)  # fmt: skip
+    while not sim.advance():
+        pass
+    return sim.schedule()
+
+
+def simulation(
+    paths: list[tuple[Op, ...]],
+    path_of: np.ndarray,
+    dur: np.ndarray,
+    job: np.ndarray,
+    not_before: np.ndarray,
+    *,
+    iodepth: int,
+    njobs: int,
+    device_servers: int = 8,
+) -> Simulation:
+    """run_paths' requests set up to run, a call to Simulation.advance() at a time."""
     width = max(len(p) for p in paths)
     res = np.full((len(paths), width), RES_INDEX["none"], dtype=np.int64)
     release = np.zeros((len(paths), width), dtype=np.int64)
@@ -109,11 +128,93 @@ def run_paths(
             # -1: op k runs on a resource an earlier op holds (base.held): it neither takes
             # nor frees it
             release[i, k] = -1 if k in inside else until
-    issue, done, start, end, wait = _simulate(
-        res, release, nops, path_of.astype(np.int64), dur, job.astype(np.int64),
-        not_before.astype(np.float64), int(iodepth), int(njobs), int(device_servers),
-    )  # fmt: skip
-    return Schedule(issue, done, start, end, wait)
+    return Simulation(res, release, nops, path_of, dur, job, not_before, iodepth=iodepth,
+                      njobs=njobs, device_servers=device_servers)  # fmt: skip
+
+
+class Simulation:
+    """run_paths' event loop, resumable: advance() runs it some events at a time, so a caller
+    can use the requests already done while later ones are still being simulated (the
+    emulator writes a chunk of requests as soon as it is final).
+
+    Between calls: `now` is the time of the last event (every operation that starts before
+    it has its start, end and wait set, and none is changed again); requests [0, low) are
+    done; per job, `remaining` requests are not done and `idle_since` is where its vCPU went
+    idle (-1 while busy or before its first operation); an unissued request's issue time is
+    +inf. gaps() are the vCPU idle stretches closed so far.
+    """
+
+    def __init__(self, res, release, nops, path_of, dur, job, not_before, *, iodepth: int,
+                 njobs: int, device_servers: int):  # fmt: skip
+        n, width = dur.shape
+        self.n, self.njobs = n, int(njobs)
+        self.issue = np.full(n, np.inf)
+        self.done = np.full(n, np.inf)
+        self.start = np.zeros((n, width))
+        self.end = np.zeros((n, width))
+        self.wait = np.zeros((n, width))
+        # the vCPU is acquired at most once per operation that takes it: that bounds the gaps
+        takes = int(max(((res[i, : nops[i]] == VCPU) & (release[i, : nops[i]] >= 0)).sum()
+                        for i in range(len(nops))))  # fmt: skip
+        self._gaps = np.empty((3, max(1, n * takes)))  # start, end, job
+        self.remaining = np.bincount(job.astype(np.int64), minlength=self.njobs).astype(np.int64)
+        self.idle_since = np.full(self.njobs, -1.0)
+        self._counters = np.zeros(4, np.int64)  # heap size, sequence, low, gaps
+        self._clock = np.zeros(1)
+        inflight = iodepth * self.njobs + 1
+        ring = 1 << int(inflight - 1).bit_length()  # the FIFOs: a power of two, masked
+        nres = 6 + self.njobs
+        self._work = (
+            np.zeros(n),  # ready_at
+            np.zeros((len(nops), width)),  # line_end: last end per pure-latency op
+            np.zeros(nres, np.int64),  # busy
+            np.empty((nres, ring), np.int64),  # FIFO slots
+            np.zeros(nres, np.int64),  # FIFO heads
+            np.zeros(nres, np.int64),  # FIFO tails
+            np.empty(inflight + 16),  # heap: times
+            np.empty(inflight + 16, np.int64),  # heap: payloads
+            np.empty(inflight + 16, np.int64),  # heap: sequence numbers
+            np.zeros(self.njobs, np.int64),  # next request to issue, per job
+        )
+        self._given = (res, release, nops, path_of.astype(np.int64), dur,
+                       job.astype(np.int64), not_before.astype(np.float64))  # fmt: skip
+        self._order, self._offs = _job_lists(self._given[5], self.njobs)
+        self._cap = np.ones(nres, np.int64)
+        self._cap[NONE] = 0  # unlimited
+        self._cap[DEVICE] = device_servers
+        _begin(*self._state(), int(iodepth))
+
+    def _state(self):
+        return (*self._given, self._order, self._offs, self._cap, *self._work, self.issue,
+                self.done, self.start, self.end, self.wait, self.remaining, self.idle_since,
+                self._gaps, self._counters, self._clock)  # fmt: skip
+
+    def advance(self, events: int = 1 << 62) -> bool:
+        """Run up to `events` more events; True once every request is done."""
+        return _advance(*self._state(), int(events))
+
+    @property
+    def now(self) -> float:
+        return float(self._clock[0])
+
+    @property
+    def low(self) -> int:
+        return int(self._counters[2])
+
+    @property
+    def closed(self) -> int:
+        """How many vCPU idle stretches have closed."""
+        return int(self._counters[3])
+
+    def gaps(self, closed: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(start, end, job) of the first `closed` vCPU idle stretches (all closed so far by
+        default), in the order they closed: from the release of a job's vCPU with nobody
+        waiting to its next take."""
+        g = self._gaps[:, : self.closed if closed is None else closed]
+        return g[0], g[1], g[2].astype(np.int64)
+
+    def schedule(self) -> Schedule:
+        return Schedule(self.issue, self.done, self.start, self.end, self.wait)
 
 
 # --- the kernel -------------------------------------------------------------------
@@ -160,69 +261,67 @@ def _pop(ht, hp, hs, size):
 
 
 @njit(cache=True, nogil=True)
-def _simulate(
-    res2, release2, nops_p, path_of, dur, job, not_before, iodepth, njobs, device_servers
-):
-    n, width = dur.shape
-    issue = np.zeros(n, np.float64)
-    done = np.zeros(n, np.float64)
-    start = np.zeros((n, width), np.float64)
-    end = np.zeros((n, width), np.float64)
-    wait = np.zeros((n, width), np.float64)
-    ready_at = np.zeros(n, np.float64)
-    line_end = np.zeros((len(nops_p), width), np.float64)  # last end per pure-latency op
-    shift = 1  # payload = request << shift | step: a shift, not a division, per event
-    while (1 << shift) < width + 1:
-        shift += 1
-    stride = 1 << shift
-    low = stride - 1
-    # resources: vcpu per job; the others shared. capacity 0 = unlimited.
-    nres = 6 + njobs
-    cap = np.ones(nres, np.int64)
-    cap[5] = 0  # none
-    cap[3] = device_servers
-    busy = np.zeros(nres, np.int64)
-    # At most iodepth x njobs requests are in flight, each with one pending event or one
-    # place in a queue: that bounds the heap and the FIFO ring buffers.
-    inflight = iodepth * njobs + 1
-    ring = 1  # the FIFOs' size: a power of two, indexed by a mask
-    while ring < inflight:
-        ring <<= 1
-    qbuf = np.empty((nres, ring), np.int64)
-    qhead = np.zeros(nres, np.int64)
-    qtail = np.zeros(nres, np.int64)
-    cap_heap = inflight + 16
-    ht = np.empty(cap_heap, np.float64)
-    hp = np.empty(cap_heap, np.int64)
-    hs = np.empty(cap_heap, np.int64)
-    size = 0
-    seq = 0
-    # per-job request lists in order
+def _job_lists(job, njobs):
+    """Per job its requests in order: (order, offsets), job j's are order[offs[j]:offs[j+1]]."""
     counts = np.zeros(njobs, np.int64)
-    for i in range(n):
+    for i in range(job.shape[0]):
         counts[job[i]] += 1
     offs = np.zeros(njobs + 1, np.int64)
     for j in range(njobs):
         offs[j + 1] = offs[j] + counts[j]
-    order = np.empty(n, np.int64)
+    order = np.empty(job.shape[0], np.int64)
     fill = offs[:-1].copy()
-    for i in range(n):
+    for i in range(job.shape[0]):
         order[fill[job[i]]] = i
         fill[job[i]] += 1
-    nxt = offs[:-1].copy()  # next request to issue per job
-    for j in range(njobs):
+    return order, offs
+
+
+@njit(cache=True, nogil=True)
+def _shift(width):
+    """payload = request << shift | step: a shift, not a division, per event."""
+    shift = 1
+    while (1 << shift) < width + 1:
+        shift += 1
+    return shift
+
+
+@njit(cache=True, nogil=True)
+def _begin(res2, release2, nops_p, path_of, dur, job, not_before, order, offs, cap, ready_at,
+           line_end, busy, qbuf, qhead, qtail, ht, hp, hs, nxt, issue, done, start, end, wait,
+           remaining, idle_since, gaps, counters, clock, iodepth):  # fmt: skip
+    """Each job issues its first `iodepth` requests."""
+    shift = _shift(dur.shape[1])
+    size, seq = counters[0], counters[1]
+    for j in range(offs.shape[0] - 1):
+        nxt[j] = offs[j]
         for _ in range(iodepth):
             if nxt[j] < offs[j + 1]:
                 r = order[nxt[j]]
                 nxt[j] += 1
                 t = not_before[r]
                 issue[r] = t
-                size = _push(ht, hp, hs, size, t, r * stride, seq)
+                size = _push(ht, hp, hs, size, t, r << shift, seq)
                 seq += 1
-    while size > 0:
+    counters[0], counters[1] = size, seq
+
+
+@njit(cache=True, nogil=True)
+def _advance(res2, release2, nops_p, path_of, dur, job, not_before, order, offs, cap,
+             ready_at, line_end, busy, qbuf, qhead, qtail, ht, hp, hs, nxt, issue, done, start,
+             end, wait, remaining, idle_since, gaps, counters, clock, events):  # fmt: skip
+    """Up to `events` events of the loop; True once none is left."""
+    n = dur.shape[0]
+    shift = _shift(dur.shape[1])
+    low_mask = (1 << shift) - 1
+    ring = qbuf.shape[1]
+    size, seq, low, ngaps = counters[0], counters[1], counters[2], counters[3]
+    now = clock[0]
+    while size > 0 and events > 0:
+        events -= 1
         now, payload, size = _pop(ht, hp, hs, size)
         r = payload >> shift
-        step = payload & low
+        step = payload & low_mask
         res = res2[path_of[r]]
         release = release2[path_of[r]]
         nops = nops_p[path_of[r]]
@@ -238,22 +337,27 @@ def _simulate(
                         w = qbuf[rid, qhead[rid] & (ring - 1)]
                         qhead[rid] += 1
                         wr = w >> shift
-                        ws = w & low
+                        ws = w & low_mask
                         busy[rid] += 1
                         start[wr, ws] = now
                         wait[wr, ws] = now - ready_at[wr]
                         end[wr, ws] = now + dur[wr, ws]
-                        size = _push(ht, hp, hs, size, end[wr, ws], wr * stride + ws + 1, seq)
+                        size = _push(ht, hp, hs, size, end[wr, ws], (wr << shift) + ws + 1, seq)
                         seq += 1
+                    elif pr == VCPU:  # nobody waits: the vCPU goes idle
+                        idle_since[job[r]] = now
         if step == nops:
             done[r] = now
             j = job[r]
+            remaining[j] -= 1
+            while low < n and done[low] < np.inf:
+                low += 1
             if nxt[j] < offs[j + 1]:
                 r2 = order[nxt[j]]
                 nxt[j] += 1
                 t = max(now, not_before[r2])
                 issue[r2] = t
-                size = _push(ht, hp, hs, size, t, r2 * stride, seq)
+                size = _push(ht, hp, hs, size, t, r2 << shift, seq)
                 seq += 1
             continue
         pr = res[step]
@@ -262,11 +366,17 @@ def _simulate(
         if release[step] == -1:  # an earlier op of r still holds this resource (a blocked vCPU)
             start[r, step] = now
             end[r, step] = now + dur[r, step]
-            size = _push(ht, hp, hs, size, end[r, step], r * stride + step + 1, seq)
+            size = _push(ht, hp, hs, size, end[r, step], (r << shift) + step + 1, seq)
             seq += 1
         elif cap[rid] == 0 or busy[rid] < cap[rid]:
             if cap[rid] > 0:
                 busy[rid] += 1
+                if pr == VCPU and idle_since[job[r]] >= 0:  # the vCPU's idle stretch closes
+                    gaps[0, ngaps] = idle_since[job[r]]
+                    gaps[1, ngaps] = now
+                    gaps[2, ngaps] = job[r]
+                    ngaps += 1
+                    idle_since[job[r]] = -1.0
             start[r, step] = now
             end[r, step] = now + dur[r, step]
             if pr == NONE:  # a notification path delivers in order: no overtaking
@@ -276,9 +386,11 @@ def _simulate(
                     start[r, step] = end[r, step] - dur[r, step]
                     wait[r, step] = start[r, step] - ready_at[r]
                 line_end[p, step] = end[r, step]
-            size = _push(ht, hp, hs, size, end[r, step], r * stride + step + 1, seq)
+            size = _push(ht, hp, hs, size, end[r, step], (r << shift) + step + 1, seq)
             seq += 1
         else:
-            qbuf[rid, qtail[rid] & (ring - 1)] = r * stride + step
+            qbuf[rid, qtail[rid] & (ring - 1)] = (r << shift) + step
             qtail[rid] += 1
-    return issue, done, start, end, wait
+    counters[0], counters[1], counters[2], counters[3] = size, seq, low, ngaps
+    clock[0] = now
+    return size == 0

@@ -18,6 +18,7 @@ from xvtrace.cli import cli
 from xvtrace.emulate import EmulateOptions, emulate
 from xvtrace.emulate.workload import PRESETS, WorkloadError, parse
 from xvtrace.parsers import qemu_log, xen_events
+from xvtrace.replay import costs as cost_table
 from xvtrace.replay.transports import NAMES, get
 
 VMX_NAMES = {1: "EXTERNAL_INTERRUPT", 12: "HLT", 18: "VMCALL", 48: "EPT_VIOLATION"}
@@ -446,3 +447,125 @@ def test_an_empty_chunk_of_records_writes_nothing():
     rec.add(0, np.array([5.0]), 0.0, 0x0002F001, ((1,),))
     empty = rec.table(2_400_000, 10**9).take(np.zeros(1, bool))
     assert empty.write(io.BytesIO(), round_cycles=1000) == 0
+
+
+def _stretch_gaps(paths, path_of, sched, job):
+    """The reference definition of a vCPU's idle stretches: per job, its busy stretches
+    (an operation on the vCPU not inside another's hold, to the end of its own hold) in
+    order of start, and the gaps over MIN_IDLE_NS between consecutive ones."""
+    from xvtrace.emulate.xen_records import MIN_IDLE_NS
+    from xvtrace.replay.transports.base import held
+
+    busy_s, busy_e, jobs = [], [], []
+    for i, path in enumerate(paths):
+        m = path_of == i
+        names = [o.name for o in path]
+        for k, o in enumerate(path):
+            if o.resource != "vcpu" or k in held(path):
+                continue
+            until = names.index(o.hold_until) if o.hold_until else k
+            busy_s.append(sched.start[m, k])
+            busy_e.append(sched.end[m, until])
+            jobs.append(job[m])
+    s, e, j = (np.concatenate(x) for x in (busy_s, busy_e, jobs))
+    order = np.lexsort((s, j))
+    s, e, j = s[order], e[order], j[order]
+    same = np.r_[j[1:] == j[:-1], False]
+    gap_s, gap_e = e, np.r_[s[1:], 0.0]
+    idle = same & (gap_e - gap_s > MIN_IDLE_NS)
+    return gap_s[idle], gap_e[idle], j[idle]
+
+
+@pytest.mark.parametrize("transport", NAMES)
+@pytest.mark.parametrize(
+    "workload", ["randread-4k-qd1", "rw=randrw,iodepth=8,numjobs=3,rate=20000", "net-stream-1k"]
+)
+def test_the_event_loop_records_exactly_the_vcpu_idle_stretches(transport, workload):
+    """The engine notes a vCPU's idle stretches as it runs (the emulator writes them per
+    chunk without waiting for the whole run): the same as the busy stretches define."""
+    import xvtrace.emulate as em
+    from xvtrace.emulate.xen_records import MIN_IDLE_NS
+    from xvtrace.replay import engine
+
+    w = parse(workload)
+    paths = [
+        get(transport).path(k) for k in (["block"] if w.kind == "block" else ["net_tx", "net_rx"])
+    ]
+    req, dur, path_of = em._requests(
+        EmulateOptions(transport=transport, workload=workload, requests=3000, out=None),
+        w,
+        paths,
+        cost_table.costs_for(cost_table.load(None), "x86_64"),
+    )
+    sim = engine.simulation(paths, path_of, dur, req.job, req.not_before, iodepth=w.iodepth,
+                            njobs=w.numjobs)  # fmt: skip
+    while not sim.advance(997):  # slices that end anywhere
+        pass
+    s, e, j = sim.gaps()
+    keep = e - s > MIN_IDLE_NS
+    s, e, j = s[keep], e[keep], j[keep]
+    order = np.lexsort((s, j))
+    want = _stretch_gaps(paths, path_of, sim.schedule(), req.job)
+    assert len(want[0]) > 0 or workload == "net-stream-1k"
+    for got, ref in zip((s[order], e[order], j[order]), want, strict=True):
+        np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize(
+    ("transport", "workload"),
+    [("epam-mmio", "randread-4k-qd1"), ("pv-blkif", "rw=randrw,iodepth=4,numjobs=3,rate=30000"),
+     ("gsoc-xenbus", "net-rr-64")],
+)  # fmt: skip
+def test_a_bundle_does_not_depend_on_how_far_the_event_loop_ran_ahead(
+    tmp_path, monkeypatch, transport, workload
+):
+    """Chunks are written while the event loop still runs: with 37-event slices (the writers
+    wait at almost every step) and with the whole loop in one slice, every file is the same."""
+    import hashlib
+
+    import xvtrace.emulate as em
+
+    monkeypatch.setattr(em, "CHUNK", 700)
+
+    def files(slice_events: int, name: str) -> dict:
+        monkeypatch.setattr(em._Progress, "SLICE", slice_events)
+        b = tmp_path / name
+        emulate(EmulateOptions(transport=transport, workload=workload, requests=4000, out=b,
+                               drop_rate=0.01))  # fmt: skip
+        return {f.relative_to(b): hashlib.md5(f.read_bytes()).digest()
+                for f in b.rglob("*") if f.is_file() and f.name != "manifest.json"}  # fmt: skip
+
+    small, whole = files(37, "small"), files(1 << 40, "whole")
+    assert len(small) >= 5 and small == whole
+
+
+def test_a_chunk_waits_until_its_mark_and_idle_stretches_are_final():
+    """What the writers wait for, on a loop's state as it stands between two slices."""
+    from types import SimpleNamespace
+
+    import xvtrace.emulate as em
+
+    inf = np.inf
+    # requests 0-3 done, 4 issued at 50 ns, 5 not issued yet
+    sim = SimpleNamespace(n=6, issue=np.array([0, 1, 2, 3, 50, inf]))
+    p = em._Progress(sim)
+    assert p._final(4) is None  # nothing has run yet
+
+    def seen(now, low=4, idle=(-1.0, -1.0), remaining=(1, 1)):
+        p.seen = (now, low, 0, np.array(idle), np.array(remaining))
+
+    seen(now=60.0, low=3)
+    assert p._final(4) is None  # request 3 is not done
+    seen(now=40.0)
+    assert p._final(4) is None  # 5 may still be issued before 50
+    seen(now=60.0)
+    assert p._final(4) == 50.0
+    seen(now=60.0, idle=(-1.0, 45.0))
+    assert p._final(4) is None  # job 1 idle since 45: the stretch is not closed yet
+    seen(now=60.0, idle=(-1.0, 45.0), remaining=(1, 0))
+    assert p._final(4) == 50.0  # ... and never closes: job 1 has nothing left
+    seen(now=60.0, idle=(-1.0, 55.0))
+    assert p._final(4) == 50.0  # idle since after the mark: a later chunk's
+    assert p._final(6) is None  # the last chunk waits for the end of the run
+    p.finished = True
+    assert p._final(6) == inf and p._final(4) == 50.0

@@ -12,6 +12,7 @@ table, the discrete-event engine): the emulator and the replayer share one defin
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -99,49 +100,35 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
     table = cost_table.load(opts.costs_file)
     costs = cost_table.costs_for(table, opts.profile)
     t0 = time.perf_counter()
-    n = opts.requests or 10_000
-    for _ in range(3 if opts.runtime else 1):  # size a runtime-bounded run from a first pass
-        rng = np.random.default_rng(opts.seed)
-        if opts.given is not None:
-            req, dev = opts.given
-            n = len(req.job)
-        else:
-            req = requests(w, n, rng)
-            dev = _device_ns(req, costs, rng)
-        path_of = np.where(req.write, 0, 1) if w.kind == "net" else np.zeros(n, np.int64)
-        dur = np.zeros((n, max(len(p) for p in paths)))
-        for i, path in enumerate(paths):  # per path, not per request
-            d = engine.durations(path, costs, req.pages, req.nbytes, dev, rng)
-            dur[path_of == i, : len(path)] = d[path_of == i]
-        sched = engine.run_paths(paths, path_of, dur, req.job, req.not_before, iodepth=w.iodepth,
-                                 njobs=w.numjobs, device_servers=opts.device_servers)  # fmt: skip
-        if not opts.runtime:
-            break
-        span = float(sched.done.max()) / 1e9
-        want = int(n * opts.runtime / span * 1.05) + 1
-        if abs(want - n) < max(10, n // 100) and span >= opts.runtime:
-            break
-        n = want
-    if opts.runtime:  # the run ends with the last request issued before the runtime
-        kept = sched.issue < opts.runtime * 1e9
-        sched, req = _subset(sched, req, kept, dur.shape[1])
-        path_of = path_of[kept]
-        n = int(kept.sum())
-    keep = np.ones(n, bool)
-    parts = [(kind, path, *_subset(sched, req, path_of == i, len(path)))
-             for i, (kind, path) in enumerate(zip(kinds, paths, strict=True))]  # fmt: skip
+    req, dur, path_of = _requests(opts, w, paths, costs)
+    n = len(req.job)
+    # the event loop runs in a thread of its own: a chunk of requests is written as soon as
+    # it is final, while later requests are still being simulated; the same thread then
+    # builds and writes the truth table (a run that fails leaves no truth.parquet behind,
+    # nor a manifest: that comes last)
+    sim = engine.simulation(paths, path_of, dur, req.job, req.not_before, iodepth=w.iodepth,
+                            njobs=w.numjobs, device_servers=opts.device_servers)  # fmt: skip
+    progress = _Progress(sim)
     out = Path(opts.out)
     (out / RAW).mkdir(parents=True, exist_ok=True)
     cpu_khz = PROFILE_KHZ[opts.profile]
     arm = opts.profile == "arm64"
-    # the truth table is built and written in a thread of its own, beside the streams; a
-    # run that fails leaves no truth.parquet behind (nor a manifest: that comes last)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xvt-truth") as truth_pool:
-        truth_job = truth_pool.submit(_write_truth, out, parts, path_of, keep)
+    keep = np.ones(n, bool)
+
+    def simulate_then_truth() -> pl.DataFrame:
+        progress.run()
+        sched = sim.schedule()
+        parts = [(kind, path, *_subset(sched, req, path_of == i, len(path)))
+                 for i, (kind, path) in enumerate(zip(kinds, paths, strict=True))]  # fmt: skip
+        return _write_truth(out, parts, path_of, keep)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xvt-engine") as engine_pool:
+        truth_job = engine_pool.submit(simulate_then_truth)
         try:
             expected = _write_streams(
-                out, opts, transport, kinds, paths, path_of, sched, req, cpu_khz, arm, w
+                out, opts, transport, kinds, paths, path_of, progress, req, cpu_khz, arm, w
             )
+            sched = sim.schedule()  # every request is done once the streams are written
             if w.kind == "block":
                 grants = (
                     any(o.emits == "grant_map" for o in paths[0])
@@ -151,12 +138,15 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
                     out / RAW, req, EPOCH_NS, float(sched.done.max()), grants=grants
                 )
             else:
+                parts = [(kind, path, *_subset(sched, req, path_of == i, len(path)))
+                         for i, (kind, path) in enumerate(zip(kinds, paths, strict=True))]  # fmt: skip
                 expected["packets"] = packets.write(
                     out / RAW / "net.pcap", parts, EPOCH_NS + opts.clock_offset_ns
                 )
             truth = truth_job.result()
         except BaseException:
-            truth_pool.shutdown(wait=True, cancel_futures=True)
+            progress.stop()
+            engine_pool.shutdown(wait=True, cancel_futures=True)
             (out / TRUTH).unlink(missing_ok=True)
             raise
     seconds = time.perf_counter() - t0
@@ -184,11 +174,121 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
     return EmulateResult(out, int(keep.sum()), seconds, truth, expected)
 
 
+def _requests(opts: EmulateOptions, w: Workload, paths, costs):
+    """The run's requests, their operations' durations and each one's path: `requests` of
+    the workload, the `given` ones, or as many as are issued within `runtime` (sized from
+    whole runs, then the requests issued before the runtime kept: a prefix of each job)."""
+    n = opts.requests or 10_000
+    for _ in range(3 if opts.runtime else 1):  # size a runtime-bounded run from a first pass
+        rng = np.random.default_rng(opts.seed)
+        if opts.given is not None:
+            req, dev = opts.given
+            n = len(req.job)
+        else:
+            req = requests(w, n, rng)
+            dev = _device_ns(req, costs, rng)
+        path_of = np.where(req.write, 0, 1) if w.kind == "net" else np.zeros(n, np.int64)
+        dur = np.zeros((n, max(len(p) for p in paths)))
+        for i, path in enumerate(paths):  # per path, not per request
+            d = engine.durations(path, costs, req.pages, req.nbytes, dev, rng)
+            dur[path_of == i, : len(path)] = d[path_of == i]
+        if not opts.runtime:
+            return req, dur, path_of
+        sched = engine.run_paths(paths, path_of, dur, req.job, req.not_before, iodepth=w.iodepth,
+                                 njobs=w.numjobs, device_servers=opts.device_servers)  # fmt: skip
+        span = float(sched.done.max()) / 1e9
+        want = int(n * opts.runtime / span * 1.05) + 1
+        if abs(want - n) < max(10, n // 100) and span >= opts.runtime:
+            break
+        n = want
+    # the run ends with the last request issued before the runtime; it is run again without
+    # the later ones, which would otherwise still contend with it
+    kept = sched.issue < opts.runtime * 1e9
+    req = Requests(req.job[kept], req.write[kept], req.offset[kept], req.nbytes[kept],
+                   req.pages[kept], req.not_before[kept])  # fmt: skip
+    return req, dur[kept], path_of[kept]
+
+
+class _Progress:
+    """The event loop driven a slice at a time in its thread, and what the writers wait
+    for: that a chunk of requests is final. After each slice the loop's counters are copied
+    under the condition (the kernel updates them while it runs); arrays are read only where
+    that copy says they are final."""
+
+    SLICE = 200_000  # events per slice: the writers look again after each
+
+    def __init__(self, sim: engine.Simulation):
+        self.sim = sim
+        self.seen = None  # (now, low, gaps closed, idle_since, remaining) after a slice
+        self.finished = False
+        self.failed: BaseException | None = None
+        self.stopped = False
+        self.cond = threading.Condition()
+
+    def run(self) -> None:
+        sim = self.sim
+        try:
+            done = False
+            while not done:
+                if self.stopped:
+                    raise RuntimeError("emulation stopped")
+                done = sim.advance(self.SLICE)
+                seen = (sim.now, sim.low, sim.closed, sim.idle_since.copy(), sim.remaining.copy())
+                with self.cond:
+                    self.seen, self.finished = seen, done
+                    self.cond.notify_all()
+        except BaseException as e:
+            with self.cond:
+                self.failed = e
+                self.cond.notify_all()
+            raise
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def wait(self, c1: int, prev_mark: float) -> tuple[float, tuple]:
+        """Once requests before c1 are final: (the earliest issue time of the requests from
+        c1 on, inf if none; the vCPU idle stretches (start, end, job) that begin between
+        `prev_mark` and that time, by job and start)."""
+        with self.cond:
+            while (mark := self._final(c1)) is None:
+                if self.failed is not None:
+                    raise RuntimeError("the event loop failed") from self.failed
+                self.cond.wait()
+            closed = self.seen[2]
+        s, e, j = self.sim.gaps(closed)
+        pick = (s >= prev_mark) & (s < mark) & (e - s > xen_records.MIN_IDLE_NS)
+        s, e, j = s[pick], e[pick], j[pick]
+        order = np.lexsort((s, j))
+        return mark, (s[order], e[order], j[order])
+
+    def _final(self, c1: int) -> float | None:
+        """The mark once everything the chunk before c1 needs is final, else None.
+        Requests are final once done. An unissued request is issued at or after `now`, so
+        the earliest issue time from c1 on is final once it is <= now (issue times are read
+        as they are: one set since is later still). An idle stretch that began before the
+        mark is final once closed; one still open closes when its job next takes the vCPU,
+        and is no stretch at all if its job has nothing left to do."""
+        if self.seen is None:
+            return None
+        now, low, _, idle_since, remaining = self.seen
+        n = self.sim.n
+        if self.finished:
+            return float(self.sim.issue[c1:].min()) if c1 < n else np.inf
+        if low < c1 or c1 >= n:
+            return None
+        mark = float(self.sim.issue[c1:].min())
+        if mark > now:
+            return None
+        open_ = (idle_since >= 0) & (idle_since < mark) & (remaining > 0)
+        return None if open_.any() else mark
+
+
 CHUNK = 100_000  # requests whose records are built and written at a time
 
 
 def _write_streams(
-    out, opts, transport, kinds, paths, path_of, sched, req, cpu_khz, arm, w
+    out, opts, transport, kinds, paths, path_of, progress, req, cpu_khz, arm, w
 ) -> dict:
     """xentrace.bin, qemu.log and dom0's block trace, written chunk by chunk of requests so
     memory stays bounded.
@@ -201,13 +301,9 @@ def _write_streams(
     release the GIL for the bulk of it).
     """
     n = len(req.job)
-    later = np.minimum.accumulate(sched.issue[::-1])[::-1]  # earliest issue from i on
+    sched = progress.sim.schedule()  # filled in as the event loop runs
     starts = list(range(0, n, CHUNK))
-    marks = np.array([later[c + CHUNK] if c + CHUNK < n else np.inf for c in starts])
-    gaps = xen_records.idle_gaps(
-        [(p, *_subset(sched, req, path_of == i, len(p))[:2]) for i, p in enumerate(paths)]
-    )
-    gap_chunk = np.searchsorted(marks, gaps[0], side="right")  # first chunk whose mark passes it
+    marks: list[float] = []  # per chunk: the earliest issue time of the requests after it
     drop_rng = np.random.default_rng(opts.seed + 1)
     qemu = transport.backend == "qemu"
     defs = TraceEvents.default() if qemu else None
@@ -216,10 +312,9 @@ def _write_streams(
     pending: dict = {"xen": None, "qemu": Pending.empty(), "block": Pending.empty()}
     expected: dict = {}
 
-    def xen_chunk(k: int, parts, fh) -> dict:
-        g = gap_chunk == k
+    def xen_chunk(k: int, parts, gaps, fh) -> dict:
         rec = xen_records.build([x[1:] for x in parts], vendor=opts.vendor, guest_exits=not arm,
-                                gaps=tuple(a[g] for a in gaps), start=k == 0)  # fmt: skip
+                                gaps=gaps, start=k == 0)  # fmt: skip
         table = rec.columns(cpu_khz, TSC0, carry=pending["xen"])
         del rec
         rows = xen_records.time_order(table)  # written where they lie, not gathered
@@ -239,13 +334,13 @@ def _write_streams(
         table.write(fh, round_cycles=round_cycles, rows=rows)
         return xen_records.expected_counts(table, written)
 
-    def qemu_chunk(k: int, parts, fh) -> dict:
+    def qemu_chunk(k: int, parts, gaps, fh) -> dict:
         lines = qemu_lines.build(parts, defs=defs, iodepth=w.iodepth, first=k == 0).pending()
         done, pending["qemu"] = pending["qemu"].then(lines).cut(marks[k])
         n = qemu_lines.write_lines(fh, done, EPOCH_NS, opts.clock_offset_ns, opts.clock_drift_ppm)
         return {"qemu_lines": n}
 
-    def block_chunk(k: int, parts, fh) -> dict:
+    def block_chunk(k: int, parts, gaps, fh) -> dict:
         lines = block_trace.build(parts, transport, cpu_khz, TSC0)
         done, pending["block"] = pending["block"].then(lines).cut(marks[k])
         return {"block_events": block_trace.write(fh, done)}
@@ -271,13 +366,15 @@ def _write_streams(
         for k, c0 in enumerate(starts):
             if opts.progress:
                 opts.progress(c0, n)
+            mark, gaps = progress.wait(min(n, c0 + CHUNK), marks[-1] if marks else -np.inf)
+            marks.append(mark)
             in_chunk = np.zeros(n, bool)
             in_chunk[c0 : c0 + CHUNK] = True
             parts = [(kind, p, *_subset(sched, req, (path_of == i) & in_chunk, len(p)))
                      for i, (kind, p) in enumerate(zip(kinds, paths, strict=True))]  # fmt: skip
-            jobs = [pool.submit(write, k, parts, fh) for write, fh in side]
+            jobs = [pool.submit(write, k, parts, gaps, fh) for write, fh in side]
             for write, fh in here:
-                _add_counts(expected, write(k, parts, fh))
+                _add_counts(expected, write(k, parts, gaps, fh))
             for job in jobs:
                 _add_counts(expected, job.result())
     if qemu:

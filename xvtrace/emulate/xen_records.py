@@ -21,7 +21,6 @@ import numpy as np
 from xvtrace.parsers import xen_events as xe
 from xvtrace.parsers.schema import N_ARGS
 from xvtrace.parsers.xentrace import write_records
-from xvtrace.replay.transports.base import held
 
 GUEST_DOM, DOM0 = 1, 0
 MMIO_BASE = 0xFEB00000  # the virtio-mmio window of the emulated device
@@ -195,7 +194,8 @@ def build(
 ) -> Records:
     """The records of some requests of a run: `parts` is [(path, schedule, requests)], one
     per request path (block; or a network job's transmit and receive paths); `gaps` the
-    vCPU idle stretches to write with them (idle_gaps); `start`: the vCPUs' first runstates.
+    vCPU idle stretches to write with them (start, end, job; engine.Simulation.gaps);
+    `start`: the vCPUs' first runstates.
     Without `guest_exits` (an Arm host: Xen on Arm traces no VM exits or MMIO emulation)
     only the scheduler and dom0's hypercall and grant records are written."""
     rec = Records()
@@ -303,28 +303,6 @@ def _runstate(rec, cpu, t, order, dom, vcpu, old, new) -> None:
     rec.add(
         cpu, t, order, xe.TRC_SCHED_RUNSTATE_CHANGE | old << 8 | new << 4, ((dom << 16) | vcpu,)
     )
-
-
-def idle_gaps(parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(start, end, job) of the stretches in which a guest vCPU has no work."""
-    busy_s, busy_e, job = [], [], []
-    for path, sched, req in parts:
-        names = [o.name for o in path]
-        inside = held(path)  # inside another op's hold: its busy stretch covers them
-        for k, o in enumerate(path):
-            if o.resource != "vcpu" or k in inside:
-                continue
-            end = sched.end[:, names.index(o.hold_until)] if o.hold_until else sched.end[:, k]
-            busy_s.append(sched.start[:, k])
-            busy_e.append(end)
-            job.append(req.job)
-    s, e, j = np.concatenate(busy_s), np.concatenate(busy_e), np.concatenate(job)
-    order = np.lexsort((s, j))
-    s, e, j = s[order], e[order], j[order]
-    same = np.r_[j[1:] == j[:-1], False]
-    gap_s, gap_e = e, np.r_[s[1:], 0.0]
-    idle = same & (gap_e - gap_s > MIN_IDLE_NS)
-    return gap_s[idle], gap_e[idle], j[idle]
 
 
 def emit_idle(rec: Records, t0: np.ndarray, t1: np.ndarray, vj: np.ndarray, vendor: str) -> None:
