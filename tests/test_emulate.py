@@ -569,3 +569,24 @@ def test_a_chunk_waits_until_its_mark_and_idle_stretches_are_final():
     assert p._final(6) is None  # the last chunk waits for the end of the run
     p.finished = True
     assert p._final(6) == inf and p._final(4) == 50.0
+
+
+def test_kernels_loaded_ahead_are_the_ones_the_run_uses(tmp_path):
+    """The kernels loaded while the requests are drawn take the run's argument types: a
+    second specialization would be compiled (seconds) or loaded (time) for nothing. In a
+    process of its own: other tests call the same kernels with other types."""
+    import sys
+
+    script = f"""
+from pathlib import Path
+from xvtrace.emulate import EmulateOptions, emulate, pending
+from xvtrace.parsers import xentrace_scan
+from xvtrace.replay import engine
+for t in ("epam-mmio", "pv-blkif"):
+    emulate(EmulateOptions(transport=t, workload="randread-4k-qd1", requests=300,
+                           out=Path({str(tmp_path)!r}) / t, drop_rate=0.01))
+print([len(k.signatures) for k in (engine._advance, engine._begin, pending._fill,
+                                   xentrace_scan.layout_windows)])
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[1,", "1,", "1,", "1]"]

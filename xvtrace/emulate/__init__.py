@@ -12,6 +12,7 @@ table, the discrete-event engine): the emulator and the replayer share one defin
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 import time
 from collections.abc import Callable
@@ -100,7 +101,12 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
     table = cost_table.load(opts.costs_file)
     costs = cost_table.costs_for(table, opts.profile)
     t0 = time.perf_counter()
+    # the compiled kernels load from numba's cache while the requests are drawn (numpy
+    # draws them without the GIL): the first load costs 0.1-0.2 s
+    warm = threading.Thread(target=_load_kernels, args=(paths,), name="xvt-load", daemon=True)
+    warm.start()
     req, dur, path_of = _requests(opts, w, paths, costs)
+    warm.join()
     n = len(req.job)
     # the event loop runs in a thread of its own: a chunk of requests is written as soon as
     # it is final, while later requests are still being simulated; the same thread then
@@ -172,6 +178,19 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
     }
     write_manifest(out, manifest)
     return EmulateResult(out, int(keep.sum()), seconds, truth, expected)
+
+
+def _load_kernels(paths) -> None:
+    """Run the event loop and the compiled writers once on a request / record / line each
+    (the same argument types as the run's), so their code is loaded before it is needed."""
+    one = np.zeros(1, np.int64)
+    engine.run_paths(paths, one, np.ones((1, max(len(p) for p in paths))), one, np.zeros(1),
+                     iodepth=1, njobs=1)  # fmt: skip
+    Pending.of(np.zeros(1), pl.Series(["x"])).write(io.BytesIO(), b"1@", one)
+    rec = xen_records.Records()
+    rec.add(0, np.zeros(1), 0.0, 0x0002F001, (1,))
+    table = rec.columns(1000, 0)
+    table.write(io.BytesIO(), round_cycles=1, rows=xen_records.time_order(table))
 
 
 def _requests(opts: EmulateOptions, w: Workload, paths, costs):
