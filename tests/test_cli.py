@@ -135,6 +135,27 @@ def test_dump_pipes_into_head():
     assert "Traceback" not in proc.stderr
 
 
+def test_emulate_reuses_a_freed_large_block_without_faulting_it_in_again():
+    """glibc maps blocks over 32 MiB on their own and unmaps them when freed, so the next one
+    is faulted in afresh (the kernel zeroes every page); emulate keeps one heap instead."""
+    count = (
+        "import resource, sys; from xvtrace import allocator; allocator.tune(sys.argv[1:]); "
+        "import numpy as np; a = np.ones(6_250_000); del a; "  # 50 MB, touched, freed
+        "f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt; b = np.ones(6_250_000); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.pop("GLIBC_TUNABLES", None)
+    env["NUMPY_MADVISE_HUGEPAGE"] = "0"  # 4 KiB pages in both: the counts are comparable
+
+    def faults(*argv: str) -> int:
+        cmd = [sys.executable, "-c", count, *argv]
+        return int(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout)
+
+    assert faults("emulate") < 1000  # the freed 50 MB is reused
+    assert faults("timeline") > 10_000  # 12k pages faulted in again
+
+
 def test_emulate_keeps_freed_memory_unless_the_user_says_otherwise():
     from xvtrace import allocator
 
