@@ -150,9 +150,9 @@ class Simulation:
         self.n, self.njobs = n, int(njobs)
         self.issue = np.full(n, np.inf)
         self.done = np.full(n, np.inf)
-        self.start = np.zeros((n, width))
-        self.end = np.zeros((n, width))
-        self.wait = np.zeros((n, width))
+        # [request, op] indexed, stored op by op: a chunk's column of one op is contiguous
+        # (the writers read them so), and so is the truth's
+        self.start, self.end, self.wait = (np.zeros((width, n)).T for _ in range(3))
         # the vCPU is acquired at most once per operation that takes it: that bounds the gaps
         takes = int(max(((res[i, : nops[i]] == VCPU) & (release[i, : nops[i]] >= 0)).sum()
                         for i in range(len(nops))))  # fmt: skip
