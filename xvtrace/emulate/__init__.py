@@ -183,10 +183,10 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
 def _load_kernels(paths) -> None:
     """Run the event loop and the compiled writers once on a request / record / line each
     (the same argument types as the run's), so their code is loaded before it is needed."""
-    one = np.zeros(1, np.int64)
-    engine.run_paths(paths, one, np.ones((1, max(len(p) for p in paths))), one, np.zeros(1),
+    two = np.zeros(2, np.int64)  # two requests: one would make its [request, op] arrays C-ordered
+    engine.run_paths(paths, two, np.ones((2, max(len(p) for p in paths))), two, np.zeros(2),
                      iodepth=1, njobs=1)  # fmt: skip
-    Pending.of(np.zeros(1), pl.Series(["x"])).write(io.BytesIO(), b"1@", one)
+    Pending.of(np.zeros(1), pl.Series(["x"])).write(io.BytesIO(), b"1@", two[:1])
     rec = xen_records.Records()
     rec.add(0, np.zeros(1), 0.0, 0x0002F001, (1,))
     table = rec.columns(1000, 0)
