@@ -52,7 +52,7 @@ def durations(
 ) -> np.ndarray:
     """[n, ops] durations: cost per unit x units, with lognormal jitter (median 1)."""
     n = len(pages)
-    out = np.empty((n, len(path)), dtype=np.float64)
+    out = np.empty((len(path), n), dtype=np.float64).T  # stored op by op, as the schedule
     for j, o in enumerate(path):  # per operation of the path, not per request
         if o.resource == "device":
             out[:, j] = device_ns
@@ -176,6 +176,8 @@ class Simulation:
             np.empty(inflight + 16, np.int64),  # heap: sequence numbers
             np.zeros(self.njobs, np.int64),  # next request to issue, per job
         )
+        # durations stored op by op, as the schedule (one compiled kernel, not one per layout)
+        dur = np.asfortranarray(dur, dtype=np.float64)
         self._given = (res, release, nops, path_of.astype(np.int64), dur,
                        job.astype(np.int64), not_before.astype(np.float64))  # fmt: skip
         self._order, self._offs = _job_lists(self._given[5], self.njobs)

@@ -45,7 +45,7 @@ def schedule(
     path_of = np.searchsorted(np.array(kinds), np.array([KIND_OF_OP[o] for o in ops])[inverse])
     rng = np.random.default_rng(seed)
     width = max(len(p) for p in paths)
-    dur = np.zeros((n, width))
+    dur = np.zeros((width, n)).T  # [request, op], stored op by op as the engine keeps it
     for i, path in enumerate(paths):  # per path, not per request
         m = path_of == i
         d = engine.durations(

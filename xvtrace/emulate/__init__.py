@@ -184,7 +184,7 @@ def _load_kernels(paths) -> None:
     """Run the event loop and the compiled writers once on a request / record / line each
     (the same argument types as the run's), so their code is loaded before it is needed."""
     two = np.zeros(2, np.int64)  # two requests: one would make its [request, op] arrays C-ordered
-    engine.run_paths(paths, two, np.ones((2, max(len(p) for p in paths))), two, np.zeros(2),
+    engine.run_paths(paths, two, np.ones((max(len(p) for p in paths), 2)).T, two, np.zeros(2),
                      iodepth=1, njobs=1)  # fmt: skip
     Pending.of(np.zeros(1), pl.Series(["x"])).write(io.BytesIO(), b"1@", two[:1])
     rec = xen_records.Records()
@@ -207,10 +207,13 @@ def _requests(opts: EmulateOptions, w: Workload, paths, costs):
             req = requests(w, n, rng)
             dev = _device_ns(req, costs, rng)
         path_of = np.where(req.write, 0, 1) if w.kind == "net" else np.zeros(n, np.int64)
-        dur = np.zeros((n, max(len(p) for p in paths)))
-        for i, path in enumerate(paths):  # per path, not per request
-            d = engine.durations(path, costs, req.pages, req.nbytes, dev, rng)
-            dur[path_of == i, : len(path)] = d[path_of == i]
+        if len(paths) == 1:
+            dur = engine.durations(paths[0], costs, req.pages, req.nbytes, dev, rng)
+        else:  # [request, op], stored op by op as the engine keeps it
+            dur = np.zeros((max(len(p) for p in paths), n)).T
+            for i, path in enumerate(paths):  # per path, not per request
+                d = engine.durations(path, costs, req.pages, req.nbytes, dev, rng)
+                dur[path_of == i, : len(path)] = d[path_of == i]
         if not opts.runtime:
             return req, dur, path_of
         sched = engine.run_paths(paths, path_of, dur, req.job, req.not_before, iodepth=w.iodepth,
