@@ -524,11 +524,12 @@ def test_a_bundle_does_not_depend_on_how_far_the_event_loop_ran_ahead(
     import hashlib
 
     import xvtrace.emulate as em
+    from xvtrace.emulate import loop
 
     monkeypatch.setattr(em, "CHUNK", 700)
 
     def files(slice_events: int, name: str) -> dict:
-        monkeypatch.setattr(em._Progress, "SLICE", slice_events)
+        monkeypatch.setattr(loop.EventLoop, "SLICE", slice_events)
         b = tmp_path / name
         emulate(EmulateOptions(transport=transport, workload=workload, requests=4000, out=b,
                                drop_rate=0.01))  # fmt: skip
@@ -543,12 +544,12 @@ def test_a_chunk_waits_until_its_mark_and_idle_stretches_are_final():
     """What the writers wait for, on a loop's state as it stands between two slices."""
     from types import SimpleNamespace
 
-    import xvtrace.emulate as em
+    from xvtrace.emulate.loop import EventLoop
 
     inf = np.inf
     # requests 0-3 done, 4 issued at 50 ns, 5 not issued yet
     sim = SimpleNamespace(n=6, issue=np.array([0, 1, 2, 3, 50, inf]))
-    p = em._Progress(sim)
+    p = EventLoop(sim)
     assert p._final(4) is None  # nothing has run yet
 
     def seen(now, low=4, idle=(-1.0, -1.0), remaining=(1, 1)):

@@ -28,6 +28,7 @@ from xvtrace import __version__
 from xvtrace.bundle import RAW, atomic_path, new_manifest, write_manifest
 from xvtrace.emulate import block_trace, packets, qemu_lines, rings, xen_records
 from xvtrace.emulate.block_trace import BLOCK_TRACE
+from xvtrace.emulate.loop import EventLoop
 from xvtrace.emulate.pending import Pending
 from xvtrace.emulate.workload import Requests, Workload, WorkloadError, parse, requests
 from xvtrace.parsers.trace_events import DEFAULT_FILE, TraceEvents
@@ -114,25 +115,24 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
     # nor a manifest: that comes last)
     sim = engine.simulation(paths, path_of, dur, req.job, req.not_before, iodepth=w.iodepth,
                             njobs=w.numjobs, device_servers=opts.device_servers)  # fmt: skip
-    progress = _Progress(sim)
+    loop = EventLoop(sim)
     out = Path(opts.out)
     (out / RAW).mkdir(parents=True, exist_ok=True)
     cpu_khz = PROFILE_KHZ[opts.profile]
     arm = opts.profile == "arm64"
-    keep = np.ones(n, bool)
 
     def simulate_then_truth() -> pl.DataFrame:
-        progress.run()
+        loop.run()
         sched = sim.schedule()
         parts = [(kind, path, *_subset(sched, req, path_of == i, len(path)))
                  for i, (kind, path) in enumerate(zip(kinds, paths, strict=True))]  # fmt: skip
-        return _write_truth(out, parts, path_of, keep)
+        return _write_truth(out, parts)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xvt-engine") as engine_pool:
         truth_job = engine_pool.submit(simulate_then_truth)
         try:
             expected = _write_streams(
-                out, opts, transport, kinds, paths, path_of, progress, req, cpu_khz, arm, w
+                out, opts, transport, kinds, paths, path_of, loop, req, cpu_khz, arm, w
             )
             sched = sim.schedule()  # every request is done once the streams are written
             if w.kind == "block":
@@ -151,7 +151,7 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
                 )
             truth = truth_job.result()
         except BaseException:
-            progress.stop()
+            loop.stop()
             engine_pool.shutdown(wait=True, cancel_futures=True)
             (out / TRUTH).unlink(missing_ok=True)
             raise
@@ -166,7 +166,7 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
         "transport": transport.name,
         "workload": asdict(w),
         "options": _options(opts),
-        "requests": int(keep.sum()),
+        "requests": n,
         "clocks": {
             "hypervisor": f"TSC = {TSC0} + ns * {cpu_khz} / 1e6",
             "device_model": f"epoch ns = {EPOCH_NS} + ns * (1 + {opts.clock_drift_ppm} ppm) + {opts.clock_offset_ns}",
@@ -177,7 +177,7 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
         "costs": table.filter(pl.col("key").is_in(list(transport.cost_keys()))).to_dicts(),
     }
     write_manifest(out, manifest)
-    return EmulateResult(out, int(keep.sum()), seconds, truth, expected)
+    return EmulateResult(out, n, seconds, truth, expected)
 
 
 def _load_kernels(paths) -> None:
@@ -231,87 +231,10 @@ def _requests(opts: EmulateOptions, w: Workload, paths, costs):
     return req, dur[kept], path_of[kept]
 
 
-class _Progress:
-    """The event loop driven a slice at a time in its thread, and what the writers wait
-    for: that a chunk of requests is final. After each slice the loop's counters are copied
-    under the condition (the kernel updates them while it runs); arrays are read only where
-    that copy says they are final."""
-
-    SLICE = 200_000  # events per slice: the writers look again after each
-
-    def __init__(self, sim: engine.Simulation):
-        self.sim = sim
-        self.seen = None  # (now, low, gaps closed, idle_since, remaining) after a slice
-        self.finished = False
-        self.failed: BaseException | None = None
-        self.stopped = False
-        self.cond = threading.Condition()
-
-    def run(self) -> None:
-        sim = self.sim
-        try:
-            done = False
-            while not done:
-                if self.stopped:
-                    raise RuntimeError("emulation stopped")
-                done = sim.advance(self.SLICE)
-                seen = (sim.now, sim.low, sim.closed, sim.idle_since.copy(), sim.remaining.copy())
-                with self.cond:
-                    self.seen, self.finished = seen, done
-                    self.cond.notify_all()
-        except BaseException as e:
-            with self.cond:
-                self.failed = e
-                self.cond.notify_all()
-            raise
-
-    def stop(self) -> None:
-        self.stopped = True
-
-    def wait(self, c1: int, prev_mark: float) -> tuple[float, tuple]:
-        """Once requests before c1 are final: (the earliest issue time of the requests from
-        c1 on, inf if none; the vCPU idle stretches (start, end, job) that begin between
-        `prev_mark` and that time, by job and start)."""
-        with self.cond:
-            while (mark := self._final(c1)) is None:
-                if self.failed is not None:
-                    raise RuntimeError("the event loop failed") from self.failed
-                self.cond.wait()
-            closed = self.seen[2]
-        s, e, j = self.sim.gaps(closed)
-        pick = (s >= prev_mark) & (s < mark) & (e - s > xen_records.MIN_IDLE_NS)
-        s, e, j = s[pick], e[pick], j[pick]
-        order = np.lexsort((s, j))
-        return mark, (s[order], e[order], j[order])
-
-    def _final(self, c1: int) -> float | None:
-        """The mark once everything the chunk before c1 needs is final, else None.
-        Requests are final once done. An unissued request is issued at or after `now`, so
-        the earliest issue time from c1 on is final once it is <= now (issue times are read
-        as they are: one set since is later still). An idle stretch that began before the
-        mark is final once closed; one still open closes when its job next takes the vCPU,
-        and is no stretch at all if its job has nothing left to do."""
-        if self.seen is None:
-            return None
-        now, low, _, idle_since, remaining = self.seen
-        n = self.sim.n
-        if self.finished:
-            return float(self.sim.issue[c1:].min()) if c1 < n else np.inf
-        if low < c1 or c1 >= n:
-            return None
-        mark = float(self.sim.issue[c1:].min())
-        if mark > now:
-            return None
-        open_ = (idle_since >= 0) & (idle_since < mark) & (remaining > 0)
-        return None if open_.any() else mark
-
-
 CHUNK = 100_000  # requests whose records are built and written at a time
 
 
-def _write_streams(
-    out, opts, transport, kinds, paths, path_of, progress, req, cpu_khz, arm, w
-) -> dict:
+def _write_streams(out, opts, transport, kinds, paths, path_of, loop, req, cpu_khz, arm, w) -> dict:
     """xentrace.bin, qemu.log and dom0's block trace, written chunk by chunk of requests so
     memory stays bounded.
 
@@ -323,7 +246,7 @@ def _write_streams(
     release the GIL for the bulk of it).
     """
     n = len(req.job)
-    sched = progress.sim.schedule()  # filled in as the event loop runs
+    sched = loop.sim.schedule()  # filled in as the event loop runs
     starts = list(range(0, n, CHUNK))
     marks: list[float] = []  # per chunk: the earliest issue time of the requests after it
     drop_rng = np.random.default_rng(opts.seed + 1)
@@ -388,7 +311,7 @@ def _write_streams(
         for k, c0 in enumerate(starts):
             if opts.progress:
                 opts.progress(c0, n)
-            mark, gaps = progress.wait(min(n, c0 + CHUNK), marks[-1] if marks else -np.inf)
+            mark, gaps = loop.wait(min(n, c0 + CHUNK), marks[-1] if marks else -np.inf)
             marks.append(mark)
             in_chunk = np.zeros(n, bool)
             in_chunk[c0 : c0 + CHUNK] = True
@@ -457,9 +380,8 @@ def _device_ns(req, costs, rng) -> np.ndarray:
     return base * rng.lognormal(0.0, sigma) + np.maximum(req.nbytes - 4096, 0) * per_byte
 
 
-def _write_truth(out: Path, parts, path_of, keep) -> pl.DataFrame:
-    frames = [_truth(kind, path, s, r, keep[path_of == i])
-              for i, (kind, path, s, r) in enumerate(parts)]  # fmt: skip
+def _write_truth(out: Path, parts) -> pl.DataFrame:
+    frames = [_truth(*part) for part in parts]
     if len(frames) == 1 and frames[0]["request"].is_sorted():
         truth = frames[0]  # one path, requests in order: no 66-column gather to sort
     else:
@@ -469,31 +391,29 @@ def _write_truth(out: Path, parts, path_of, keep) -> pl.DataFrame:
     return truth
 
 
-def _truth(kind, path, sched, req, keep) -> pl.DataFrame:
-    n = int(keep.sum())
+def _truth(kind, path, sched, req) -> pl.DataFrame:
+    n = len(req.job)
     # strings from an index into their few values, not n Python objects
     op = (
-        pl.Series(["read", "write"]).gather(req.write[keep].astype(np.uint32))
+        pl.Series(["read", "write"]).gather(req.write.astype(np.uint32))
         if kind == "block"
         else pl.Series(["tx" if kind == "net_tx" else "rx"]).new_from_index(0, n)
     )
     cols = {
-        "request": req.index[keep].astype(np.int64),
+        "request": req.index.astype(np.int64),
         "dom": np.full(n, xen_records.GUEST_DOM, np.int32),
-        "vcpu": req.job[keep].astype(np.int32),
+        "vcpu": req.job.astype(np.int32),
         "device": pl.Series(["vblk0" if kind == "block" else "vnet0"]).new_from_index(0, n),
         "queue": np.full(n, 0 if kind != "net_tx" else 1, np.uint16),
         "op": op,
-        "offset": req.offset[keep],
-        "bytes": req.nbytes[keep].astype(np.uint32),
-        "issue_ns": sched.issue[keep],
-        "done_ns": sched.done[keep],
+        "offset": req.offset,
+        "bytes": req.nbytes.astype(np.uint32),
+        "issue_ns": sched.issue,
+        "done_ns": sched.done,
     }
-    rows = slice(None) if keep.all() else keep
-    # one transposing copy per array, then a contiguous column per operation
-    start, end, wait = (
-        np.ascontiguousarray(a[rows].T) for a in (sched.start, sched.end, sched.wait)
-    )
+    # per operation a column: contiguous where the schedule is stored op by op (all of a
+    # run's), one transposing copy otherwise
+    start, end, wait = (np.ascontiguousarray(a.T) for a in (sched.start, sched.end, sched.wait))
     for k, o in enumerate(path):
         cols[f"{o.name}_start_ns"] = start[k]
         cols[f"{o.name}_end_ns"] = end[k]
