@@ -76,28 +76,8 @@ def run(
 ) -> Schedule:
     """Run requests (in issue order per job) through `path`; `job[i]` is request i's job,
     `not_before[i]` its earliest issue time (rate pacing; 0 for as fast as possible)."""
-    return run_paths([path], np.zeros(len(job), np.int64), dur, job, not_before,
-                     iodepth=iodepth, njobs=njobs, device_servers=device_servers)  # fmt: skip
-
-
-def run_paths(
-    paths: list[tuple[Op, ...]],
-    path_of: np.ndarray,
-    dur: np.ndarray,
-    job: np.ndarray,
-    not_before: np.ndarray,
-    *,
-    iodepth: int,
-    njobs: int,
-    device_servers: int = 8,
-) -> Schedule:
-    """As run(), with request i following paths[path_of[i]] (e.g. a network job's transmit
-    and receive paths); `dur` is padded to the longest path."""
-    sim = simulation(paths, path_of, dur, job, not_before, iodepth=iodepth, njobs=njobs,
-                     device_servers=device_servers)  # fmt: skip
-    while not sim.advance():
-        pass
-    return sim.schedule()
+    return simulation([path], np.zeros(len(job), np.int64), dur, job, not_before,
+                      iodepth=iodepth, njobs=njobs, device_servers=device_servers).run()  # fmt: skip
 
 
 def simulation(
@@ -111,7 +91,9 @@ def simulation(
     njobs: int,
     device_servers: int = 8,
 ) -> Simulation:
-    """run_paths' requests set up to run, a call to Simulation.advance() at a time."""
+    """As run(), with request i following paths[path_of[i]] (e.g. a network job's transmit
+    and receive paths; `dur` is padded to the longest path), set up to run: .run() runs it
+    all, .advance() some events at a time."""
     width = max(len(p) for p in paths)
     res = np.full((len(paths), width), RES_INDEX["none"], dtype=np.int64)
     release = np.zeros((len(paths), width), dtype=np.int64)
@@ -133,7 +115,7 @@ def simulation(
 
 
 class Simulation:
-    """run_paths' event loop, resumable: advance() runs it some events at a time, so a caller
+    """The event loop, resumable: advance() runs it some events at a time, so a caller
     can use the requests already done while later ones are still being simulated (the
     emulator writes a chunk of requests as soon as it is final).
 
@@ -214,6 +196,12 @@ class Simulation:
         waiting to its next take."""
         g = self._gaps[:, : self.closed if closed is None else closed]
         return g[0], g[1], g[2].astype(np.int64)
+
+    def run(self) -> Schedule:
+        """Every event left; the schedule."""
+        while not self.advance():
+            pass
+        return self.schedule()
 
     def schedule(self) -> Schedule:
         return Schedule(self.issue, self.done, self.start, self.end, self.wait)

@@ -55,8 +55,8 @@ def schedule(
             d = d * scale[kinds[i]]
         dur[m, : len(path)] = d
     not_before = stream.arrival_ns if arrivals == "open" else np.zeros(n)
-    sched = engine.run_paths(paths, path_of, dur, stream.job, not_before, iodepth=stream.iodepth,
-                             njobs=stream.njobs, device_servers=device_servers)  # fmt: skip
+    sched = engine.simulation(paths, path_of, dur, stream.job, not_before, iodepth=stream.iodepth,
+                              njobs=stream.njobs, device_servers=device_servers).run()  # fmt: skip
     return paths, path_of, sched
 
 

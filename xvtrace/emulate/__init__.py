@@ -184,8 +184,8 @@ def _load_kernels(paths) -> None:
     """Run the event loop and the compiled writers once on a request / record / line each
     (the same argument types as the run's), so their code is loaded before it is needed."""
     two = np.zeros(2, np.int64)  # two requests: one would make its [request, op] arrays C-ordered
-    engine.run_paths(paths, two, np.ones((max(len(p) for p in paths), 2)).T, two, np.zeros(2),
-                     iodepth=1, njobs=1)  # fmt: skip
+    engine.simulation(paths, two, np.ones((max(len(p) for p in paths), 2)).T, two, np.zeros(2),
+                      iodepth=1, njobs=1).run()  # fmt: skip
     Pending.of(np.zeros(1), pl.Series(["x"])).write(io.BytesIO(), b"1@", two[:1])
     rec = xen_records.Records()
     rec.add(0, np.zeros(1), 0.0, 0x0002F001, (1,))
@@ -216,8 +216,9 @@ def _requests(opts: EmulateOptions, w: Workload, paths, costs):
                 dur[path_of == i, : len(path)] = d[path_of == i]
         if not opts.runtime:
             return req, dur, path_of
-        sched = engine.run_paths(paths, path_of, dur, req.job, req.not_before, iodepth=w.iodepth,
-                                 njobs=w.numjobs, device_servers=opts.device_servers)  # fmt: skip
+        sched = engine.simulation(paths, path_of, dur, req.job, req.not_before,
+                                  iodepth=w.iodepth, njobs=w.numjobs,
+                                  device_servers=opts.device_servers).run()  # fmt: skip
         span = float(sched.done.max()) / 1e9
         want = int(n * opts.runtime / span * 1.05) + 1
         if abs(want - n) < max(10, n // 100) and span >= opts.runtime:
