@@ -232,9 +232,10 @@ def render(frame: pl.DataFrame) -> pl.Series:
     nr_sector; a line per row, in row order."""
     keys = ["event", "comm", "pid", "cpu", "major", "minor"]
     parts = []
-    for key, rows in frame.with_row_index("row").group_by(keys, maintain_order=True):
-        parts.append(rows.select("row", render_task(*key, rows).alias("line")))
-    return pl.concat(parts).sort("row")["line"] if parts else pl.Series("line", [], pl.String)
+    at = "__render_row"
+    for key, rows in frame.with_row_index(at).group_by(keys, maintain_order=True):
+        parts.append(rows.select(at, render_task(*key, rows).alias("line")))
+    return pl.concat(parts).sort(at)["line"] if parts else pl.Series("line", [], pl.String)
 
 
 def render_task(

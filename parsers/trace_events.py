@@ -210,8 +210,8 @@ def looks_like_definitions(head: bytes) -> bool:
 
 
 def _hex_series(values: np.ndarray, fmt: str) -> pl.Series:
-    """Hex text of integers as Python's format(v, fmt) writes it for fmt in x, X, #x, #X,
-    formatting each distinct value once (pointers and register offsets repeat)."""
+    """Hex text of unsigned 64-bit integers as Python's format(v, fmt) writes it for fmt in
+    x, X, #x, #X, formatting each distinct value once (pointers and register offsets repeat)."""
     uniq, inv = np.unique(values, return_inverse=True)
     prefix = "#" in fmt
     digits = _HEX_UPPER if fmt.endswith("X") else _HEX_LOWER

@@ -90,10 +90,12 @@ def simulation(
     iodepth: int,
     njobs: int,
     device_servers: int = 8,
+    min_idle: float = 0.0,
 ) -> Simulation:
     """As run(), with request i following paths[path_of[i]] (e.g. a network job's transmit
     and receive paths; `dur` is padded to the longest path), set up to run: .run() runs it
-    all, .advance() some events at a time."""
+    all, .advance() some events at a time. vCPU idle stretches of `min_idle` ns or less are
+    not noted."""
     width = max(len(p) for p in paths)
     res = np.full((len(paths), width), RES_INDEX["none"], dtype=np.int64)
     release = np.zeros((len(paths), width), dtype=np.int64)
@@ -111,7 +113,7 @@ def simulation(
             # nor frees it
             release[i, k] = -1 if k in inside else until
     return Simulation(res, release, nops, path_of, dur, job, not_before, iodepth=iodepth,
-                      njobs=njobs, device_servers=device_servers)  # fmt: skip
+                      njobs=njobs, device_servers=device_servers, min_idle=min_idle)  # fmt: skip
 
 
 class Simulation:
@@ -123,11 +125,15 @@ class Simulation:
     it has its start, end and wait set, and none is changed again); requests [0, low) are
     done; per job, `remaining` requests are not done and `idle_since` is where its vCPU went
     idle (-1 while busy or before its first operation); an unissued request's issue time is
-    +inf. gaps() are the vCPU idle stretches closed so far.
+    +inf. gaps() are the vCPU idle stretches longer than `min_idle` closed so far.
+
+    One request makes its [request, op] arrays C- as well as F-ordered: numba compiles
+    (once, then caches) a second specialization of the kernel for it.
     """
 
     def __init__(self, res, release, nops, path_of, dur, job, not_before, *, iodepth: int,
-                 njobs: int, device_servers: int):  # fmt: skip
+                 njobs: int, device_servers: int, min_idle: float = 0.0):  # fmt: skip
+        self.min_idle = float(min_idle)
         n, width = dur.shape
         self.n, self.njobs = n, int(njobs)
         self.issue = np.full(n, np.inf)
@@ -175,7 +181,7 @@ class Simulation:
 
     def advance(self, events: int = 1 << 62) -> bool:
         """Run up to `events` more events; True once every request is done."""
-        return _advance(*self._state(), int(events))
+        return _advance(*self._state(), self.min_idle, int(events))
 
     @property
     def now(self) -> float:
@@ -190,11 +196,11 @@ class Simulation:
         """How many vCPU idle stretches have closed."""
         return int(self._counters[3])
 
-    def gaps(self, closed: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(start, end, job) of the first `closed` vCPU idle stretches (all closed so far by
-        default), in the order they closed: from the release of a job's vCPU with nobody
+    def gaps(self, first: int = 0, stop: int | None = None) -> tuple[np.ndarray, ...]:
+        """(start, end, job) of the vCPU idle stretches closed so far (or those numbered
+        first..stop), in the order they closed: from the release of a job's vCPU with nobody
         waiting to its next take."""
-        g = self._gaps[:, : self.closed if closed is None else closed]
+        g = self._gaps[:, first : self.closed if stop is None else stop]
         return g[0], g[1], g[2].astype(np.int64)
 
     def run(self) -> Schedule:
@@ -299,7 +305,8 @@ def _begin(res2, release2, nops_p, path_of, dur, job, not_before, order, offs, c
 @njit(cache=True, nogil=True)
 def _advance(res2, release2, nops_p, path_of, dur, job, not_before, order, offs, cap,
              ready_at, line_end, busy, qbuf, qhead, qtail, ht, hp, hs, nxt, issue, done, start,
-             end, wait, remaining, idle_since, gaps, counters, clock, events):  # fmt: skip
+             end, wait, remaining, idle_since, gaps, counters, clock, min_idle,
+             events):  # fmt: skip
     """Up to `events` events of the loop; True once none is left."""
     n = dur.shape[0]
     shift = _shift(dur.shape[1])
@@ -362,10 +369,11 @@ def _advance(res2, release2, nops_p, path_of, dur, job, not_before, order, offs,
             if cap[rid] > 0:
                 busy[rid] += 1
                 if pr == VCPU and idle_since[job[r]] >= 0:  # the vCPU's idle stretch closes
-                    gaps[0, ngaps] = idle_since[job[r]]
-                    gaps[1, ngaps] = now
-                    gaps[2, ngaps] = job[r]
-                    ngaps += 1
+                    if now - idle_since[job[r]] > min_idle:
+                        gaps[0, ngaps] = idle_since[job[r]]
+                        gaps[1, ngaps] = now
+                        gaps[2, ngaps] = job[r]
+                        ngaps += 1
                     idle_since[job[r]] = -1.0
             start[r, step] = now
             end[r, step] = now + dur[r, step]

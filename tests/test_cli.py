@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -135,6 +136,7 @@ def test_dump_pipes_into_head():
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator settings")
 def test_emulate_reuses_a_freed_large_block_without_faulting_it_in_again():
     """glibc maps blocks over 32 MiB on their own and unmaps them when freed, so the next one
     is faulted in afresh (the kernel zeroes every page); emulate keeps one heap instead."""

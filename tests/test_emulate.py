@@ -388,6 +388,16 @@ def test_pending_write_is_python_formatting_of_each_line(texts, picks, us, block
     assert stamped.getvalue() == want.encode()
 
 
+def test_pending_write_writes_a_missing_text_as_an_empty_line():
+    import io
+
+    from xvtrace.emulate.pending import Pending
+
+    out = io.BytesIO()
+    assert Pending.of(np.zeros(3), pl.Series(["abc", None, "de"])).write(out) == 3
+    assert out.getvalue() == b"abc\n\nde\n"
+
+
 def test_pending_write_refuses_negative_stamps():
     import io
 
@@ -548,7 +558,8 @@ def test_a_chunk_waits_until_its_mark_and_idle_stretches_are_final():
 
     inf = np.inf
     # requests 0-3 done, 4 issued at 50 ns, 5 not issued yet
-    sim = SimpleNamespace(n=6, issue=np.array([0, 1, 2, 3, 50, inf]))
+    sim = SimpleNamespace(n=6, issue=np.array([0, 1, 2, 3, 50, inf]),
+                          gaps=lambda first, stop: (np.zeros(0),) * 3)  # fmt: skip
     p = EventLoop(sim)
     assert p._final(4) is None  # nothing has run yet
 
@@ -591,3 +602,57 @@ print([len(k.signatures) for k in (engine._advance, engine._begin, pending._fill
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["[1,", "1,", "1,", "1]"]
+
+
+@pytest.mark.parametrize(
+    ("transport", "workload"),
+    [("epam-mmio", "randread-4k-qd1"), ("pv-blkif", "rw=randrw,iodepth=4,numjobs=3,rate=30000"),
+     ("gsoc-xenbus", "net-rr-64"), ("suse-grant", "randrw-16k-qd8")],
+)  # fmt: skip
+def test_what_a_chunk_gets_while_the_loop_runs_is_what_the_finished_run_says(transport, workload):
+    """The loop three events at a time; whenever the next chunk is final by EventLoop's
+    rules, its requests, mark and idle stretches are those of the run once finished."""
+    import xvtrace.emulate as em
+    from xvtrace.emulate.loop import EventLoop
+    from xvtrace.emulate.xen_records import MIN_IDLE_NS
+    from xvtrace.replay import engine
+
+    w = parse(workload)
+    paths = [
+        get(transport).path(k) for k in (["block"] if w.kind == "block" else ["net_tx", "net_rx"])
+    ]
+    n = 600
+    req, dur, path_of = em._requests(
+        EmulateOptions(transport=transport, workload=workload, requests=n, out=None),
+        w,
+        paths,
+        cost_table.costs_for(cost_table.load(None), "x86_64"),
+    )
+
+    def simulation():
+        return engine.simulation(paths, path_of, dur, req.job, req.not_before, iodepth=w.iodepth,
+                                 njobs=w.numjobs, min_idle=MIN_IDLE_NS)  # fmt: skip
+
+    ref = simulation()
+    ref.run()
+    later = np.minimum.accumulate(ref.issue[::-1])[::-1]  # the earliest issue from i on
+    gs, ge, gj = ref.gaps()
+    loop = EventLoop(simulation())
+    bounds, prev, early = [*range(50, n, 50), n], -np.inf, 0
+    for k, c1 in enumerate(bounds):
+        while loop._final(c1) is None:
+            loop.step(3)
+        early += not loop.finished
+        mark, gaps = loop.wait(c1, prev)
+        assert mark == (later[c1] if c1 < n else np.inf)
+        rows = slice(bounds[k - 1] if k else 0, c1)
+        for a in ("done", "start", "end", "wait"):
+            np.testing.assert_array_equal(getattr(loop.sim, a)[rows], getattr(ref, a)[rows])
+        pick = (gs >= prev) & (gs < mark)
+        order = np.lexsort((gs[pick], gj[pick]))
+        for got, want in zip(
+            gaps, (gs[pick][order], ge[pick][order], gj[pick][order]), strict=True
+        ):
+            np.testing.assert_array_equal(got, want)
+        prev = mark
+    assert early >= len(bounds) // 2  # most chunks were taken while the loop still ran

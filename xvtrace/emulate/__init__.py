@@ -114,7 +114,8 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
     # builds and writes the truth table (a run that fails leaves no truth.parquet behind,
     # nor a manifest: that comes last)
     sim = engine.simulation(paths, path_of, dur, req.job, req.not_before, iodepth=w.iodepth,
-                            njobs=w.numjobs, device_servers=opts.device_servers)  # fmt: skip
+                            njobs=w.numjobs, device_servers=opts.device_servers,
+                            min_idle=xen_records.MIN_IDLE_NS)  # fmt: skip
     loop = EventLoop(sim)
     out = Path(opts.out)
     (out / RAW).mkdir(parents=True, exist_ok=True)

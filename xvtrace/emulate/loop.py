@@ -8,7 +8,6 @@ import threading
 
 import numpy as np
 
-from xvtrace.emulate.xen_records import MIN_IDLE_NS
 from xvtrace.replay import engine
 
 
@@ -27,24 +26,32 @@ class EventLoop:
         self.failed: BaseException | None = None
         self.stopped = False
         self.cond = threading.Condition()
+        self.scanned = 0  # idle stretches looked at by wait() so far
+        self.later = sim.gaps(0, 0)  # ... that begin after the last chunk's mark
 
     def run(self) -> None:
-        sim = self.sim
+        """The whole loop (in the loop's thread); a failure reaches the waiting writers."""
         try:
-            done = False
-            while not done:
-                if self.stopped:
-                    raise RuntimeError("emulation stopped")
-                done = sim.advance(self.SLICE)
-                seen = (sim.now, sim.low, sim.closed, sim.idle_since.copy(), sim.remaining.copy())
-                with self.cond:
-                    self.seen, self.finished = seen, done
-                    self.cond.notify_all()
+            while not self.step(self.SLICE):
+                pass
         except BaseException as e:
             with self.cond:
                 self.failed = e
                 self.cond.notify_all()
             raise
+
+    def step(self, events: int) -> bool:
+        """One slice of up to `events` events, then what it reached told to the writers;
+        True once the loop is done."""
+        if self.stopped:
+            raise RuntimeError("emulation stopped")
+        sim = self.sim
+        done = sim.advance(events)
+        seen = (sim.now, sim.low, sim.closed, sim.idle_since.copy(), sim.remaining.copy())
+        with self.cond:
+            self.seen, self.finished = seen, done
+            self.cond.notify_all()
+        return done
 
     def stop(self) -> None:
         self.stopped = True
@@ -52,16 +59,20 @@ class EventLoop:
     def wait(self, c1: int, prev_mark: float) -> tuple[float, tuple]:
         """Once requests before c1 are final: (the earliest issue time of the requests from
         c1 on, inf if none; the vCPU idle stretches (start, end, job) that begin between
-        `prev_mark` and that time, by job and start)."""
+        `prev_mark` and that time, by job and start). Called chunk after chunk: each call
+        looks at the stretches closed since the last one and those it left for later."""
         with self.cond:
             while (mark := self._final(c1)) is None:
                 if self.failed is not None:
-                    raise RuntimeError("the event loop failed") from self.failed
+                    raise self.failed
                 self.cond.wait()
             closed = self.seen[2]
-        s, e, j = self.sim.gaps(closed)
-        pick = (s >= prev_mark) & (s < mark) & (e - s > MIN_IDLE_NS)
-        s, e, j = s[pick], e[pick], j[pick]
+        new = self.sim.gaps(self.scanned, closed)
+        s, e, j = (np.concatenate(pair) for pair in zip(self.later, new, strict=True))
+        self.scanned = closed
+        now, self.later = s < mark, (s[s >= mark], e[s >= mark], j[s >= mark])
+        now &= s >= prev_mark  # none begins earlier: that chunk waited for it to close
+        s, e, j = s[now], e[now], j[now]
         order = np.lexsort((s, j))
         return mark, (s[order], e[order], j[order])
 

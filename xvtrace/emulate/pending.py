@@ -63,12 +63,13 @@ class Pending:
         stamps = np.zeros(0, np.int64) if us is None else np.asarray(us, np.int64)
         if us is not None and (len(stamps) != n or stamps.min() < 0):
             raise ValueError("one non-negative microsecond stamp per line")
-        if self.ids.min() < 0 or self.ids.max() >= len(self.texts):  # _fill copies unchecked
-            raise ValueError("a line's text id is outside its texts")
-        lengths = self.texts.str.len_bytes().to_numpy().astype(np.int64)
+        if len(self.ids) != n or self.ids.min() < 0 or self.ids.max() >= len(self.texts):
+            raise ValueError("a line's text id is outside its texts")  # _fill copies unchecked
+        strings = self.texts.fill_null("")  # a missing text is an empty line
+        lengths = strings.str.len_bytes().to_numpy().astype(np.int64)
         offsets = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        texts = np.frombuffer(self.texts.str.join("").item().encode(), np.uint8)
+        texts = np.frombuffer(strings.str.join("").item().encode(), np.uint8)
         head_bytes = np.frombuffer(head, np.uint8)
         # a block at a time through one cache-sized buffer, not the whole text at once
         block = np.empty(max(WRITE_BLOCK, int(lengths.max()) + len(head) + 32), np.uint8)
@@ -139,8 +140,14 @@ def _decimal(out, k, value):
 
 @intrinsic
 def _copy(typingctx, dst, dst_at, src, src_at, count):
-    """memcpy(&dst[dst_at], &src[src_at], count) for contiguous byte arrays: one call per
-    text instead of a loop over its bytes (five times faster on QEMU's lines)."""
+    """memcpy(&dst[dst_at], &src[src_at], count) for C-contiguous byte arrays (other
+    arguments do not type): one call per text instead of a loop over its bytes (five times
+    faster on QEMU's lines). Bounds are the caller's to keep."""
+    for a in (dst, src):
+        if not (isinstance(a, types.Array) and a.dtype == types.uint8 and a.layout == "C"):
+            return None
+    if not all(isinstance(i, types.Integer) for i in (dst_at, src_at, count)):
+        return None
 
     def codegen(context, builder, sig, args):
         d, d_at, s, s_at, n = args
