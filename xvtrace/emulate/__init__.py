@@ -124,10 +124,7 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
 
     def simulate_then_truth() -> pl.DataFrame:
         loop.run()
-        sched = sim.schedule()
-        parts = [(kind, path, *_subset(sched, req, path_of == i, len(path)))
-                 for i, (kind, path) in enumerate(zip(kinds, paths, strict=True))]  # fmt: skip
-        return _write_truth(out, parts)
+        return _write_truth(out, _parts(kinds, paths, path_of, sim.schedule(), req))
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xvt-engine") as engine_pool:
         truth_job = engine_pool.submit(simulate_then_truth)
@@ -145,10 +142,10 @@ def emulate(opts: EmulateOptions) -> EmulateResult:
                     out / RAW, req, EPOCH_NS, float(sched.done.max()), grants=grants
                 )
             else:
-                parts = [(kind, path, *_subset(sched, req, path_of == i, len(path)))
-                         for i, (kind, path) in enumerate(zip(kinds, paths, strict=True))]  # fmt: skip
                 expected["packets"] = packets.write(
-                    out / RAW / "net.pcap", parts, EPOCH_NS + opts.clock_offset_ns
+                    out / RAW / "net.pcap",
+                    _parts(kinds, paths, path_of, sched, req),
+                    EPOCH_NS + opts.clock_offset_ns,
                 )
             truth = truth_job.result()
         except BaseException:
@@ -290,7 +287,7 @@ def _write_streams(out, opts, transport, kinds, paths, path_of, loop, req, cpu_k
     def block_chunk(k: int, parts, gaps, fh) -> dict:
         lines = block_trace.build(parts, transport, cpu_khz, TSC0)
         done, pending["block"] = pending["block"].then(lines).cut(marks[k])
-        return {"block_events": block_trace.write(fh, done)}
+        return {"block_events": done.write(fh)}
 
     with contextlib.ExitStack() as stack:
 
@@ -317,8 +314,7 @@ def _write_streams(out, opts, transport, kinds, paths, path_of, loop, req, cpu_k
             marks.append(mark)
             in_chunk = np.zeros(n, bool)
             in_chunk[c0 : c0 + CHUNK] = True
-            parts = [(kind, p, *_subset(sched, req, (path_of == i) & in_chunk, len(p)))
-                     for i, (kind, p) in enumerate(zip(kinds, paths, strict=True))]  # fmt: skip
+            parts = _parts(kinds, paths, path_of, sched, req, in_chunk)
             jobs = [pool.submit(write, k, parts, gaps, fh) for write, fh in side]
             for write, fh in here:
                 _add_counts(expected, write(k, parts, gaps, fh))
@@ -350,6 +346,16 @@ def _add_counts(total: dict, part: dict) -> None:
                 sub[k] = sub.get(k, 0) + v
         else:
             total[key] = total.get(key, 0) + value
+
+
+def _parts(kinds, paths, path_of, sched, req, rows: np.ndarray | None = None) -> list:
+    """[(kind, path, schedule, requests)] per request path, of the requests in `rows` (a
+    mask; all by default)."""
+    parts = []
+    for i, (kind, path) in enumerate(zip(kinds, paths, strict=True)):
+        on = path_of == i if rows is None else (path_of == i) & rows
+        parts.append((kind, path, *_subset(sched, req, on, len(path))))
+    return parts
 
 
 def _subset(sched, req, m: np.ndarray, width: int):

@@ -42,7 +42,3 @@ def build(parts, transport, cpu_khz: int, tsc0: int) -> Pending:
     if not times:
         return Pending.empty()
     return Pending.of(np.concatenate(times), pl.concat(texts))
-
-
-def write(fh, lines: Pending) -> int:
-    return lines.write(fh)

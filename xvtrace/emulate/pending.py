@@ -49,10 +49,6 @@ class Pending:
                         self.texts.gather(self.ids[rest]))  # fmt: skip
         return Pending(t[:k], self.order[now], self.ids[now], self.texts), later
 
-    def lines(self) -> pl.Series:
-        """The lines' texts, in order."""
-        return self.texts.gather(self.ids)
-
     def write(self, fh, head: bytes = b"", us: np.ndarray | None = None) -> int:
         """Append the lines to an open binary file, each ended by a newline; with `us` (per
         line, microseconds), each after a `{head}{sec}.{usec:06d}:` stamp, QEMU's log
