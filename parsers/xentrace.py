@@ -337,6 +337,7 @@ def decode_file(path: str | os.PathLike, *, cpu_khz: int, **kw) -> tuple[pl.Data
 # --- writing ---------------------------------------------------------------------------
 
 DEFAULT_DATA_SIZE = 32 * 4096 - 8  # xentrace's default -S 32 pages, minus struct t_buf
+WRITE_SLICE = 1 << 20
 
 
 def encode_windows(
@@ -416,7 +417,11 @@ def write_records(
                          order=order)  # fmt: skip
     out = out.astype("<u4", copy=False)
     if hasattr(dest, "write"):
-        dest.write(out)
+        # a MiB per call: one 18 MB write() into ext4's page cache measured 5x slower than
+        # the same bytes a MiB at a time
+        view = memoryview(out).cast("B")
+        for at in range(0, len(view), WRITE_SLICE):
+            dest.write(view[at : at + WRITE_SLICE])
     else:
         Path(dest).write_bytes(out.tobytes())
     return out.nbytes

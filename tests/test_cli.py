@@ -74,6 +74,28 @@ def test_ingest_writes_a_complete_bundle(x86_bundle):
     assert not list(x86_bundle.glob(".*.part"))
 
 
+def test_atomic_path_leaves_the_file_to_its_writer_and_nothing_on_failure(tmp_path):
+    from xvtrace.bundle import atomic_path
+
+    final = tmp_path / "d" / "x.txt"
+    with atomic_path(final) as tmp:
+        assert not tmp.exists()  # the writer creates it: no empty file truncated on open
+        tmp.write_text("hi")
+    assert final.read_text() == "hi"
+    with atomic_path(tmp_path / "empty"):
+        pass  # a writer that wrote nothing
+    assert (tmp_path / "empty").read_bytes() == b""
+
+    def fail_half_way():
+        with atomic_path(final) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        fail_half_way()
+    assert final.read_text() == "hi" and not list(final.parent.glob(".*.part"))
+
+
 def test_reingest_of_a_bundle_is_identical(x86_bundle, tmp_path):
     before = pl.read_parquet(x86_bundle / "events.parquet")
     result = run("ingest", x86_bundle, "-o", tmp_path / "again.xvt")

@@ -334,27 +334,61 @@ def test_qemu_texts_are_shared_per_argument_tuple_and_equal_every_line_rendered(
         lines.add(event, t, 0.0, **a)
         cols = {k: np.broadcast_to(np.asarray(v), n).astype(np.uint64) for k, v in a.items()}
         want += [f"{event} {body}" for body in render_text(defs.events[event], cols, n)]
-    p = lines.pending()
-    assert p.texts.gather(p.ids).to_list() == want
+    from xvtrace.emulate.pending import Pending
+
+    p, rest = lines.cut(Pending.empty(), float("inf"))
+    assert len(rest) == 0
+    order = np.argsort(np.tile(t, 4), kind="stable")  # all at order 0: by time, then as added
+    assert p.texts.gather(p.ids).to_list() == [want[i] for i in order]
     # 16 (elem x in_num) + 500 (every sector differs) + 1 + 1 texts for 2000 lines
     assert len(p.texts) == 16 + n + 2
 
 
-def test_pending_lines_cut_in_time_order_and_carry_their_texts():
-    from xvtrace.emulate.pending import Pending
+def test_batch_cut_in_time_order_and_carry_their_texts():
+    from xvtrace.emulate.pending import Batch, Pending
 
-    texts = pl.Series(["a", "b", "c"])
-    first = Pending(
-        np.array([5.0, 1.0, 5.0]), np.array([0.2, 0.0, 0.1]), np.array([0, 1, 2]), texts
-    )
-    now, later = first.cut(5.0)
+    first = Batch()
+    first.add_group(np.array([5.0]), 0.2, np.array([0]), pl.Series(["a"]))
+    first.add_group(np.array([1.0, 5.0]), 0.1, np.array([0, 1]), pl.Series(["b", "c"]))
+    now, later = first.cut(Pending.empty(), 5.0)
     assert now.texts.gather(now.ids).to_list() == ["b"]
     assert later.texts.to_list() == ["c", "a"]  # t=5: order 0.1 before 0.2
-    merged = later.then(Pending(np.array([5.0]), np.array([0.1]), np.array([0]), pl.Series(["d"])))
-    now, rest = merged.cut(float("inf"))
-    assert (
-        now.texts.gather(now.ids).to_list() == ["c", "d", "a"] and len(rest) == 0
-    )  # ties: carried first
+    assert later.order.tolist() == [0.1, 0.2]
+    second = Batch()
+    second.add_group(np.array([5.0, 4.0]), 0.1, np.array([0, 0]), pl.Series(["d"]))
+    second.add_group(np.array([5.0]), 0.0, np.array([0]), pl.Series(["e"]))
+    now, rest = second.cut(later, float("inf"))
+    # ties in time: by order, then the carried lines first, then as added
+    assert now.texts.gather(now.ids).to_list() == ["d", "e", "c", "d", "a"]
+    assert len(rest) == 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    groups=st.lists(
+        st.tuples(st.sampled_from([-0.1, 0.0, 0.1, 0.2]), st.lists(st.integers(0, 6), max_size=9)),
+        max_size=6,
+    ),
+    marks=st.lists(st.integers(0, 7), min_size=1, max_size=4),
+)
+def test_batch_cut_equals_one_sort_by_time_order_and_arrival(groups, marks):
+    """Lines cut chunk after chunk come out as one sort of all of them by (time, tie order,
+    the chunk they came in, the order they were added) gives, whatever the marks."""
+    from xvtrace.emulate.pending import Batch, Pending
+
+    carry, got, lines, prev = Pending.empty(), [], [], 0
+    for c, mark in enumerate(np.cumsum(marks)):
+        batch = Batch()  # a chunk's lines are at or after the last chunk's mark
+        for g, (order, offsets) in enumerate(groups):
+            times = [prev + o for o in offsets]
+            texts = [f"{c}.{g}.{i}" for i in range(len(times))]
+            batch.add_group(np.array(times, float), order, np.arange(len(times)), pl.Series(texts))
+            lines += [(t, order, c, g, i, texts[i]) for i, t in enumerate(times)]
+        now, carry = batch.cut(carry, float(mark))
+        prev = mark
+        got += now.texts.gather(now.ids).to_list()
+    got += carry.texts.gather(carry.ids).to_list()
+    assert got == [x[-1] for x in sorted(lines)]
 
 
 @settings(max_examples=60, deadline=None)

@@ -78,6 +78,20 @@ def test_writer_round_trip_keeps_every_field(tmp_path):
     assert raw_view(out).equals(raw_view(src))
 
 
+def test_writing_to_an_open_file_a_slice_at_a_time_gives_the_same_bytes(tmp_path, monkeypatch):
+    import io
+
+    from xvtrace.parsers import xentrace
+
+    src = hvm_records(3000, seed=7)
+    path = tmp_path / "t.bin"
+    size = write_frame(path, src, round_cycles=200_000, window_bytes=4096)
+    monkeypatch.setattr(xentrace, "WRITE_SLICE", 1000)  # not a multiple of a record's words
+    out = io.BytesIO()
+    assert write_frame(out, src, round_cycles=200_000, window_bytes=4096) == size
+    assert out.getvalue() == path.read_bytes() and size > 10 * 1000
+
+
 def test_chunk_size_does_not_change_the_table(tmp_path):
     src = hvm_records(5000, seed=4, ncpu=3)
     path = tmp_path / "t.bin"

@@ -279,14 +279,14 @@ def _write_streams(out, opts, transport, kinds, paths, path_of, loop, req, cpu_k
         return xen_records.expected_counts(table, written)
 
     def qemu_chunk(k: int, parts, gaps, fh) -> dict:
-        lines = qemu_lines.build(parts, defs=defs, iodepth=w.iodepth, first=k == 0).pending()
-        done, pending["qemu"] = pending["qemu"].then(lines).cut(marks[k])
+        lines = qemu_lines.build(parts, defs=defs, iodepth=w.iodepth, first=k == 0)
+        done, pending["qemu"] = lines.cut(pending["qemu"], marks[k])
         n = qemu_lines.write_lines(fh, done, EPOCH_NS, opts.clock_offset_ns, opts.clock_drift_ppm)
         return {"qemu_lines": n}
 
     def block_chunk(k: int, parts, gaps, fh) -> dict:
         lines = block_trace.build(parts, transport, cpu_khz, TSC0)
-        done, pending["block"] = pending["block"].then(lines).cut(marks[k])
+        done, pending["block"] = lines.cut(pending["block"], marks[k])
         return {"block_events": done.write(fh)}
 
     with contextlib.ExitStack() as stack:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from xvtrace.emulate.pending import Pending
+from xvtrace.emulate.pending import Batch
 from xvtrace.parsers.ftrace import render_task
 from xvtrace.replay.transports.base import submission
 
@@ -19,10 +19,10 @@ ISSUER = {"qemu": ("qemu-system-i38", 2101), "blkback": ("blkback.1.xvda", 311),
           "vhost-user": ("vhost-device-bl", 2207), "argo": ("argo-blk-backen", 2304)}  # fmt: skip
 
 
-def build(parts, transport, cpu_khz: int, tsc0: int) -> Pending:
+def build(parts, transport, cpu_khz: int, tsc0: int) -> Batch:
     """Issue and completion lines of the block requests in `parts` ([(kind, path,
     schedule, requests)]), at their times (ns of the run) to merge chunks in time order."""
-    times, texts = [], []
+    out = Batch()
     comm, pid = ISSUER[transport.backend]
     for kind, path, sched, req in parts:
         if kind != "block" or not len(req.job):
@@ -37,8 +37,6 @@ def build(parts, transport, cpu_khz: int, tsc0: int) -> Pending:
                                    ("block_rq_issue", sched.start[:, d], comm, pid),
                                    ("block_rq_complete", sched.end[:, d], "<idle>", 0)):  # fmt: skip
             tsc = (tsc0 + (pl.Series(t) * cpu_khz / 1e6).round()).cast(pl.UInt64)
-            times.append(t)
-            texts.append(render_task(event, who, tid, 0, *DEVICE, rows.with_columns(tsc=tsc)))
-    if not times:
-        return Pending.empty()
-    return Pending.of(np.concatenate(times), pl.concat(texts))
+            text = render_task(event, who, tid, 0, *DEVICE, rows.with_columns(tsc=tsc))
+            out.add_group(t, 0.0, np.arange(len(t)), text)
+    return out

@@ -11,9 +11,10 @@ from numba.extending import intrinsic
 
 
 class Pending:
-    """Lines not yet written: time, tie order, text id, and the texts the ids index."""
+    """Lines in time order: time, tie order, text id, and the texts the ids index (lines to
+    write now need no tie order: None)."""
 
-    def __init__(self, t: np.ndarray, order: np.ndarray, ids: np.ndarray, texts: pl.Series):
+    def __init__(self, t: np.ndarray, order, ids: np.ndarray, texts: pl.Series):
         self.t, self.order, self.ids, self.texts = t, order, ids, texts
 
     @staticmethod
@@ -28,26 +29,6 @@ class Pending:
 
     def __len__(self) -> int:
         return len(self.t)
-
-    def then(self, later: Pending) -> Pending:
-        """These lines followed by `later`'s (ties in time keep this order)."""
-        return Pending(
-            np.concatenate([self.t, later.t]),
-            np.concatenate([self.order, later.order]),
-            np.concatenate([self.ids, later.ids + len(self.texts)]),
-            pl.concat([self.texts, later.texts]),
-        )
-
-    def cut(self, mark: float) -> tuple[Pending, Pending]:
-        """(the lines before `mark` in time order, to write now; the rest, for later, with
-        only the texts they use)."""
-        idx = np.lexsort((self.order, self.t))  # stable: ties keep their order
-        t = self.t[idx]
-        k = int(np.searchsorted(t, mark, side="left"))
-        now, rest = idx[:k], idx[k:]
-        later = Pending(t[k:], self.order[rest], np.arange(len(rest)),
-                        self.texts.gather(self.ids[rest]))  # fmt: skip
-        return Pending(t[:k], self.order[now], self.ids[now], self.texts), later
 
     def write(self, fh, head: bytes = b"", us: np.ndarray | None = None) -> int:
         """Append the lines to an open binary file, each ended by a newline; with `us` (per
@@ -74,6 +55,45 @@ class Pending:
             i, size = _fill(self.ids, texts, offsets, head_bytes, stamps, i, block)
             fh.write(block[:size])
         return n
+
+
+class Batch:
+    """A chunk's lines being gathered, a group at a time: a group's lines share a tie order
+    (which of the lines at one instant goes first) and index texts of their own."""
+
+    def __init__(self):
+        self.groups: list[tuple[float, np.ndarray, np.ndarray, pl.Series]] = []
+
+    def add_group(self, t: np.ndarray, order: float, ids: np.ndarray, texts: pl.Series) -> None:
+        if len(t):
+            self.groups.append((float(order), np.asarray(t, np.float64), ids, texts))
+
+    def cut(self, carry: Pending, mark: float) -> tuple[Pending, Pending]:
+        """(the lines before `mark`, the carried ones and this batch's, in time order; the
+        rest, to carry to the next chunk, with only the texts they use). Ties in time go by
+        tie order, then carried lines first, then as added.
+
+        One stable sort on time alone gives that order: the lines are laid out by tie order
+        first (the carried lines split by theirs, each part ahead of the batch's groups of
+        the same order), so a tie in time keeps that layout."""
+        texts = [carry.texts] + [g[3] for g in self.groups]
+        base = np.cumsum([0] + [len(x) for x in texts])
+        parts = [(float(v), 0, i, carry.t[m], carry.ids[m])
+                 for i, v in enumerate(np.unique(carry.order))
+                 for m in [carry.order == v]]  # fmt: skip
+        parts += [(v, 1, i, t, ids + base[i + 1]) for i, (v, t, ids, _) in enumerate(self.groups)]
+        parts.sort(key=lambda p: p[:3])
+        t = np.concatenate([p[3] for p in parts]) if parts else np.zeros(0)
+        ids = np.concatenate([p[4] for p in parts]) if parts else np.zeros(0, np.int64)
+        idx = np.argsort(t, kind="stable")
+        t = t[idx]
+        k = int(np.searchsorted(t, mark, side="left"))
+        rest = idx[k:]
+        ends = np.cumsum([len(p[3]) for p in parts])
+        tie = np.array([p[0] for p in parts])[np.searchsorted(ends, rest, side="right")]
+        every = pl.concat(texts)
+        later = Pending(t[k:], tie, np.arange(len(rest)), every.gather(ids[rest]))
+        return Pending(t[:k], None, ids[idx[:k]], every), later
 
 
 WRITE_BLOCK = 1 << 20

@@ -17,7 +17,7 @@ from functools import cache
 import numpy as np
 import polars as pl
 
-from xvtrace.emulate.pending import Pending
+from xvtrace.emulate.pending import Batch, Pending
 from xvtrace.emulate.xen_records import ACK, MMIO_BASE, NOTIFY, STATUS
 from xvtrace.parsers.trace_events import TraceEvents, render_text
 from xvtrace.replay.costs import costs_for, default_table
@@ -42,18 +42,14 @@ def isr_dispatched() -> float:
     return (c["xen.mmio_trap"][0] + c["xen.ioreq_dispatch"][0]) / c["epam.isr_trap"][0]
 
 
-class Lines:
-    """Lines being built: per line its time, tie order and the id of its text (event name
-    and arguments). A text is rendered once per distinct argument tuple of an event: most
-    events repeat a few pointers and flags, so most lines only refer to a shared text."""
+class Lines(Batch):
+    """QEMU's lines of a chunk, an event at a time. A text is rendered once per distinct
+    argument tuple of an event: most events repeat a few pointers and flags, so most lines
+    only refer to a shared text."""
 
     def __init__(self, defs: TraceEvents):
+        super().__init__()
         self.defs = defs
-        self.t: list[np.ndarray] = []
-        self.order: list[np.ndarray] = []
-        self.ids: list[np.ndarray] = []
-        self.texts: list[pl.Series] = []
-        self.ntexts = 0
 
     def add(self, event: str, t_ns: np.ndarray, order: float, **args) -> None:
         n = len(t_ns)
@@ -72,22 +68,7 @@ class Lines:
             if body is None
             else (event + " ") + body
         )
-        self.t.append(np.asarray(t_ns, np.float64))
-        self.order.append(np.full(n, order))
-        self.ids.append(ids + self.ntexts)
-        self.texts.append(text)
-        self.ntexts += len(rows)
-
-    def pending(self) -> Pending:
-        """All lines so far, in the order they were added."""
-        if not self.t:
-            return Pending.empty()
-        return Pending(
-            np.concatenate(self.t),
-            np.concatenate(self.order),
-            np.concatenate(self.ids),
-            pl.concat(self.texts),
-        )
+        self.add_group(t_ns, order, ids, text)
 
 
 def _distinct(cols: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
