@@ -211,13 +211,47 @@ def looks_like_definitions(head: bytes) -> bool:
 
 def _hex_series(values: np.ndarray, fmt: str) -> pl.Series:
     """Hex text of unsigned 64-bit integers as Python's format(v, fmt) writes it for fmt in
-    x, X, #x, #X, formatting each distinct value once (pointers and register offsets repeat)."""
-    uniq, inv = np.unique(values, return_inverse=True)
+    x, X, #x, #X, formatting each distinct value once where values repeat (pointers and
+    register offsets), and each row where they mostly do not (addresses)."""
+    distinct = looks_distinct(values)
+    uniq, inv = (values, None) if distinct else factorize(values)
     prefix = "#" in fmt
     digits = _HEX_UPPER if fmt.endswith("X") else _HEX_LOWER
     cells = _hex_cells(uniq.astype(np.uint64), digits, (ord(fmt[-1]) if prefix else 0))
     text = pl.Series(cells.view("S18").ravel()).cast(pl.String)  # NUL padding dropped
-    return text.gather(inv.astype(np.uint32 if len(uniq) < 2**32 else np.uint64))
+    if distinct:
+        return text
+    return text.gather(inv)
+
+
+def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct values in ascending order, per row the index of its value among them),
+    as np.unique(values, return_inverse=True) gives them. Most arguments are a pointer,
+    flag or count from a small range (an element pool, a vCPU's ioreq slot): integers are
+    counted in a table over their range, not sorted, where that range is small."""
+    if values.dtype.kind not in "iu" or not len(values):
+        uniq, inv = np.unique(values, return_inverse=True)
+        return uniq, inv.astype(np.int64).reshape(-1)
+    lo, hi = values.min(), values.max()
+    span = int(hi) - int(lo)  # in Python: no wrap-around
+    if span > 4 * len(values):
+        uniq, inv = np.unique(values, return_inverse=True)
+        return uniq, inv.astype(np.int64)
+    off = (values - lo).astype(np.int64)
+    seen = np.zeros(span + 1, np.int64)
+    seen[off] = 1
+    rank = np.cumsum(seen) - 1
+    return lo + np.flatnonzero(seen).astype(values.dtype), rank[off]
+
+
+def looks_distinct(values: np.ndarray, sample: int = 4096) -> bool:
+    """Whether most of many values spread over a wide range are values of their own, by a
+    sample: where they are, finding the distinct ones (a sort) costs more than it saves.
+    A wrong guess only costs time."""
+    n = len(values)
+    if n < 4 * sample or int(values.max()) - int(values.min()) <= 4 * n:
+        return False
+    return len(np.unique(values[:: n // sample])) > sample // 4
 
 
 _HEX_LOWER = np.frombuffer(b"0123456789abcdef", np.uint8).copy()

@@ -185,19 +185,17 @@ def test_emulate_keeps_freed_memory_unless_the_user_says_otherwise():
 
     show = (
         "import sys; from xvtrace import allocator; allocator.tune(sys.argv[1:]); import os; "
-        "print(os.environ.get('_RJEM_MALLOC_CONF'), os.environ.get('NUMPY_MADVISE_HUGEPAGE'))"
+        "print(*(os.environ.get(k) for k in sys.argv[-1].split(',')))"
     )
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("_RJEM_MALLOC_CONF", "NUMPY_MADVISE_HUGEPAGE")
-    }
+    keys = ("_RJEM_MALLOC_CONF", "NUMPY_MADVISE_HUGEPAGE", "OPENBLAS_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in keys}
 
     def settings(*argv: str) -> str:
-        cmd = [sys.executable, "-c", show, *argv]
+        cmd = [sys.executable, "-c", show, *argv, ",".join(keys)]
         return subprocess.run(cmd, env=env, capture_output=True, text=True).stdout.strip()
 
-    assert settings("emulate", "-t", "argo") == f"{allocator.JEMALLOC_CONF} 0"
-    assert settings("timeline", "b") == "None None"  # other commands keep the defaults
+    assert settings("emulate", "-t", "argo") == f"{allocator.JEMALLOC_CONF} 0 1"
+    assert settings("timeline", "b") == "None None None"  # other commands keep the defaults
     env["_RJEM_MALLOC_CONF"] = "narenas:2"
-    assert settings("emulate") == "narenas:2 0"
+    env["OPENBLAS_NUM_THREADS"] = "2"
+    assert settings("emulate") == "narenas:2 0 2"

@@ -226,3 +226,38 @@ def test_hex_text_is_python_formatting(values, fmt):
 
     got = _hex_series(np.array(values, np.uint64), fmt).to_list()
     assert got == [format(v, fmt) for v in values]
+
+
+@pytest.mark.parametrize("spread", ["repeats", "distinct", "both"])
+def test_hex_text_of_many_values_is_python_formatting(spread):
+    """Past 16k values a sample decides between formatting each distinct value once and
+    each row: both give format()'s text."""
+    from xvtrace.parsers.trace_events import _hex_series, looks_distinct
+
+    rng = np.random.default_rng(4)
+    few = 0x55D0_1000_0000 + rng.integers(0, 32, 20_000).astype(np.uint64) * np.uint64(0x140)
+    wide = rng.integers(0, 2**63, 20_000, dtype=np.uint64)
+    values = {
+        "repeats": few,
+        "distinct": wide,
+        "both": np.where(rng.random(20_000) < 0.5, few, wide),
+    }[spread]
+    assert looks_distinct(values) == (spread != "repeats")
+    got = _hex_series(values, "#x").to_list()
+    assert got == [format(int(v), "#x") for v in values]
+
+
+@given(
+    st.lists(st.integers(0, 2**64 - 1), max_size=40)
+    | st.lists(st.integers(2**64 - 300, 2**64 - 1), max_size=40)
+    | st.lists(st.integers(-(2**63), 2**63 - 1), max_size=40)
+    | st.lists(st.integers(-50, 50), max_size=40),
+)
+def test_factorize_is_np_unique(values):
+    from xvtrace.parsers.trace_events import factorize
+
+    v = np.array(values, np.int64 if values and min(values) < 0 else np.uint64)
+    uniq, inv = factorize(v)
+    want, want_inv = np.unique(v, return_inverse=True)
+    assert uniq.dtype == v.dtype and np.array_equal(uniq, want)
+    assert np.array_equal(inv, want_inv.reshape(-1))

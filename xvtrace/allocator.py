@@ -37,6 +37,9 @@ def tune(argv: list[str]) -> None:
         # numpy asks for transparent huge pages on large arrays: each first touch then zeroes
         # 2 MiB; without them the same 1M-request emulation spent 0.8 s less in the kernel
         os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+        # the emulator does no linear algebra: OpenBLAS's threads, started with numpy, would
+        # only spin, on the cores the run's own threads need (1 % of its CPU samples)
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     own = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_",
            "MALLOC_ARENA_MAX")  # fmt: skip
     if any(k in os.environ for k in own) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):

@@ -46,7 +46,7 @@ class Pending:
         lengths = strings.str.len_bytes().to_numpy().astype(np.int64)
         offsets = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        texts = np.frombuffer(strings.str.join("").item().encode(), np.uint8)
+        texts = np.frombuffer(strings.str.join("").cast(pl.Binary).item(), np.uint8)
         head_bytes = np.frombuffer(head, np.uint8)
         # a block at a time through one cache-sized buffer, not the whole text at once
         block = np.empty(max(WRITE_BLOCK, int(lengths.max()) + len(head) + 32), np.uint8)

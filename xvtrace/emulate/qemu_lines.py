@@ -19,7 +19,7 @@ import polars as pl
 
 from xvtrace.emulate.pending import Batch, Pending
 from xvtrace.emulate.xen_records import ACK, MMIO_BASE, NOTIFY, STATUS
-from xvtrace.parsers.trace_events import TraceEvents, render_text
+from xvtrace.parsers.trace_events import TraceEvents, factorize, looks_distinct, render_text
 from xvtrace.replay.costs import costs_for, default_table
 from xvtrace.replay.transports.base import submission
 
@@ -56,10 +56,11 @@ class Lines(Batch):
         if n == 0:
             return
         ev = self.defs.events[event]
-        cols = {a.name: np.asarray(args[a.name]) for a in ev.args}
+        # QEMU's arguments are unsigned integers (flags and levels given as floats too)
+        cols = {a.name: np.asarray(args[a.name]).astype(np.uint64, copy=False) for a in ev.args}
         ids, rows = _distinct(cols, n)
         picked = {
-            k: (np.broadcast_to(v, n)[rows] if v.ndim else np.full(len(rows), v)).astype(np.uint64)
+            k: np.broadcast_to(v, n)[rows] if v.ndim else np.full(len(rows), v)
             for k, v in cols.items()
         }
         body = render_text(ev, picked, len(rows))
@@ -72,22 +73,28 @@ class Lines(Batch):
 
 
 def _distinct(cols: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(per row, the id of its argument tuple; one row per id). Rows whose arguments are
+    """(per row, the id of its argument tuple; a row per id). Rows whose arguments are
     mostly distinct (a sector, a guest address) keep a tuple each."""
     key = np.zeros(n, np.int64)
     radix = 1  # the tuple's id is mixed-radix in the arguments' distinct values
     for v in cols.values():
         if v.ndim == 0:
             continue
-        uniq, inv = np.unique(v, return_inverse=True)
-        if radix * len(uniq) > n // 4:
+        if looks_distinct(v):
             return np.arange(n), np.arange(n)
-        key += inv.astype(np.int64) * radix
-        radix *= len(uniq)
+        uniq, inv = factorize(v)
+        k = len(uniq)
+        if radix * k > n // 4:
+            return np.arange(n), np.arange(n)
+        if k > 1:
+            key += inv * radix
+            radix *= k
     if radix == 1:
         return np.zeros(n, np.int64), np.zeros(1, np.int64)
-    _, first, ids = np.unique(key, return_index=True, return_inverse=True)
-    return ids.astype(np.int64), first
+    uniq, ids = factorize(key)
+    rows = np.empty(len(uniq), np.int64)
+    rows[ids] = np.arange(n)  # any row of a tuple renders its text
+    return ids, rows
 
 
 def write_lines(fh, lines: Pending, epoch_ns: int, offset_ns: float, drift_ppm: float) -> int:
