@@ -690,3 +690,62 @@ def test_what_a_chunk_gets_while_the_loop_runs_is_what_the_finished_run_says(tra
             np.testing.assert_array_equal(got, want)
         prev = mark
     assert early >= len(bounds) // 2  # most chunks were taken while the loop still ran
+
+
+def test_lanes_feed_every_writer_every_item_in_order_two_at_a_time():
+    import threading
+
+    from xvtrace.emulate.lanes import Lanes
+
+    lock, running, peak, seen = threading.Lock(), [0], [0], {i: [] for i in range(3)}
+    gate = threading.Barrier(2)  # the first two writers must run at the same time
+
+    def writer(i):
+        def write(k, item):
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            if k == 0 and i < 2:
+                gate.wait(timeout=30)
+            seen[i].append((k, item))
+            with lock:
+                running[0] -= 1
+            return {"n": k}
+
+        return write
+
+    lanes = Lanes([writer(i) for i in range(3)], width=2, ahead=2)
+    for k in range(20):
+        lanes.put(k, f"item{k}")
+        assert len(lanes.items) <= 2  # dropped once every writer is past it
+    results = lanes.close(20)
+    assert peak[0] == 2
+    assert all(seen[i] == [(k, f"item{k}") for k in range(20)] for i in range(3))
+    assert results == [[{"n": k} for k in range(20)]] * 3
+
+
+def test_lanes_raise_a_writers_error_and_stop_the_others():
+    from xvtrace.emulate.lanes import Lanes
+
+    calls = []
+
+    def ok(k, item):
+        calls.append(k)
+        return {}
+
+    def bad(k, item):
+        if k == 3:
+            raise OSError("disk full")
+        return {}
+
+    lanes = Lanes([ok, bad], width=2, ahead=2)
+
+    def feed():
+        for k in range(50):
+            lanes.put(k, k)
+        lanes.close(50)
+
+    with pytest.raises(OSError, match="disk full"):
+        feed()
+    assert max(calls) < 10  # the other writer stopped too
+    assert all(not job.running() for job in lanes.jobs)

@@ -29,6 +29,7 @@ from xvtrace import __version__
 from xvtrace.bundle import RAW, atomic_path, new_manifest, write_manifest
 from xvtrace.emulate import block_trace, packets, qemu_lines, rings, xen_records
 from xvtrace.emulate.block_trace import BLOCK_TRACE
+from xvtrace.emulate.lanes import Lanes
 from xvtrace.emulate.loop import EventLoop
 from xvtrace.emulate.pending import Pending
 from xvtrace.emulate.workload import Requests, Workload, WorkloadError, parse, requests
@@ -253,9 +254,8 @@ def _write_streams(out, opts, transport, kinds, paths, path_of, loop, req, cpu_k
     Every record of a request is at or after its issue time, so once chunk k is built,
     everything earlier than the next chunk's first issue time is final and written; the
     rest waits to be merged with the next chunk (per pCPU for xentrace, globally for QEMU).
-    The three writers are independent: each chunk's QEMU lines (without QEMU, its block
-    trace) are built in a second thread while this one builds the others (polars and numpy
-    release the GIL for the bulk of it).
+    The three writers are independent: two of them work at a time, each on its own stream
+    in chunk order (polars and numpy release the GIL for the bulk of it).
     """
     n = len(req.job)
     sched = loop.sim.schedule()  # filled in as the event loop runs
@@ -316,26 +316,33 @@ def _write_streams(out, opts, transport, kinds, paths, path_of, loop, req, cpu_k
             streams.append((qemu_chunk, output("qemu.log")))
         if blocks:
             streams.append((block_chunk, output(BLOCK_TRACE)))
-        # the second thread takes the heaviest text stream (QEMU's lines where there are
-        # any), this one the others: per chunk the two take about as long
-        side, here = streams[1:2], streams[:1] + streams[2:]
-        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="xvt-text"))
-        for k, c0 in enumerate(starts):
-            if opts.progress:
-                opts.progress(c0, n)
-            mark, gaps = loop.wait(min(n, c0 + CHUNK), marks[-1] if marks else -np.inf)
-            marks.append(mark)
-            in_chunk = np.zeros(n, bool)
-            in_chunk[c0 : c0 + CHUNK] = True
-            parts = _parts(kinds, paths, path_of, sched, req, in_chunk)
-            jobs = [pool.submit(write, k, parts, gaps, fh) for write, fh in side]
-            for write, fh in here:
-                _add_counts(expected, write(k, parts, gaps, fh))
-            for job in jobs:
-                _add_counts(expected, job.result())
+        # two writers at a time, whichever streams are ready (lanes.py); this thread hands
+        # them each chunk as soon as it is final
+        lanes = Lanes([_writer(write, fh) for write, fh in streams])
+        try:
+            for k, c0 in enumerate(starts):
+                if opts.progress:
+                    opts.progress(c0, n)
+                mark, gaps = loop.wait(min(n, c0 + CHUNK), marks[-1] if marks else -np.inf)
+                marks.append(mark)
+                in_chunk = np.zeros(n, bool)
+                in_chunk[c0 : c0 + CHUNK] = True
+                lanes.put(k, (_parts(kinds, paths, path_of, sched, req, in_chunk), gaps))
+            results = lanes.close(len(starts))
+        except BaseException as e:
+            lanes.stop(e)
+            raise
+        for per_stream in results:
+            for counts in per_stream:
+                _add_counts(expected, counts)
     if qemu:
         _keep_definitions(out / RAW / "trace-events")
     return expected
+
+
+def _writer(write, fh):
+    """A stream's chunk writer as the lanes call it: (chunk number, (parts, gaps))."""
+    return lambda k, item: write(k, *item, fh)
 
 
 def _options(opts: EmulateOptions) -> dict:
