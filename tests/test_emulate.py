@@ -626,16 +626,17 @@ def test_kernels_loaded_ahead_are_the_ones_the_run_uses(tmp_path):
     script = f"""
 from pathlib import Path
 from xvtrace.emulate import EmulateOptions, emulate, pending
-from xvtrace.parsers import xentrace_scan
+from xvtrace.parsers import ftrace, xentrace_scan
 from xvtrace.replay import engine
 for t in ("epam-mmio", "pv-blkif"):
     emulate(EmulateOptions(transport=t, workload="randread-4k-qd1", requests=300,
                            out=Path({str(tmp_path)!r}) / t, drop_rate=0.01))
 print([len(k.signatures) for k in (engine._advance, engine._begin, pending._fill,
+                                   pending._gather, ftrace._render_lines,
                                    xentrace_scan.layout_windows)])
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["[1,", "1,", "1,", "1]"]
+    assert out.stdout.split() == ["[1,", "1,", "1,", "1,", "1,", "1]"]
 
 
 @pytest.mark.parametrize(
@@ -749,3 +750,18 @@ def test_lanes_raise_a_writers_error_and_stop_the_others():
         feed()
     assert max(calls) < 10  # the other writer stopped too
     assert all(not job.running() for job in lanes.jobs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    groups=st.lists(st.lists(st.text(max_size=12), max_size=6), min_size=1, max_size=4),
+    picks=st.lists(st.integers(0, 100), max_size=20),
+)
+def test_texts_concatenated_and_gathered_are_the_strings(groups, picks):
+    from xvtrace.emulate.pending import Texts
+
+    every = [s for g in groups for s in g]
+    texts = Texts.concat([Texts.of(pl.Series(g, dtype=pl.String)) for g in groups])
+    assert texts.to_list() == every and len(texts) == len(every)
+    ids = np.array([p % len(every) for p in picks] if every else [], np.int64)
+    assert texts.gather(ids).to_list() == [every[i] for i in ids]

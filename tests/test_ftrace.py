@@ -1,5 +1,7 @@
 """dom0's ftrace text (block layer tracepoints) into the event table."""
 
+import itertools
+
 import polars as pl
 import pytest
 from hypothesis import given, settings
@@ -114,3 +116,35 @@ def test_render_keeps_row_order_across_tasks_and_any_comm():
         "          <idle>-0       [000] .....            6: block_rq_complete: 8,16 W () 2 + 2 [0]",
         "           a{0}b-9       [002] .....            7: block_rq_insert: 8,16 W 2048 () 3 + 4 [a{0}b]",
     ]
+
+
+@given(
+    event=st.sampled_from(["block_rq_insert", "block_rq_issue", "block_rq_complete"]),
+    task=st.sampled_from([("qemu-system-i38", 2101), ("<idle>", 0), ("a-very-long-comm-name", 7)]),
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 2**64 - 1),
+            st.booleans(),
+            st.integers(0, 2**64 - 1),
+            st.integers(0, 2**54 - 1),  # bytes = 512 x this fits 64 bits
+        ),
+        max_size=30,
+    ),
+)
+def test_compiled_block_lines_are_render_task_s(event, task, rows):
+    """The emulator's compiled block-trace writer against the polars renderer: widths past
+    the 12-column timestamp, zero, 2^64 - 1, both directions, every event."""
+    import numpy as np
+
+    from xvtrace.parsers.ftrace import render_block, render_task
+
+    tsc, write, sector, nr = (np.array([r[i] for r in rows], dt) for i, dt in
+                              enumerate([np.uint64, bool, np.uint64, np.uint64]))  # fmt: skip
+    frame = pl.DataFrame({"tsc": tsc, "write": write, "sector": sector, "nr_sector": nr},
+                         schema={"tsc": pl.UInt64, "write": pl.Boolean, "sector": pl.UInt64,
+                                 "nr_sector": pl.UInt64})  # fmt: skip
+    want = render_task(event, *task, 3, 259, 0, frame).to_list()
+    data, offsets = render_block(event, *task, 3, 259, 0, tsc=tsc, write=write, sector=sector,
+                                 nr_sector=nr)  # fmt: skip
+    got = [bytes(data[a:b]).decode() for a, b in itertools.pairwise(offsets)]
+    assert got == want

@@ -31,8 +31,9 @@ from xvtrace.emulate import block_trace, packets, qemu_lines, rings, xen_records
 from xvtrace.emulate.block_trace import BLOCK_TRACE
 from xvtrace.emulate.lanes import Lanes
 from xvtrace.emulate.loop import EventLoop
-from xvtrace.emulate.pending import Pending
+from xvtrace.emulate.pending import Batch, Pending, Texts
 from xvtrace.emulate.workload import Requests, Workload, WorkloadError, parse, requests
+from xvtrace.parsers.ftrace import render_block
 from xvtrace.parsers.trace_events import DEFAULT_FILE, TraceEvents
 from xvtrace.replay import costs as cost_table
 from xvtrace.replay import engine
@@ -198,7 +199,14 @@ def _load_kernels(paths) -> None:
     two = np.zeros(2, np.int64)  # two requests: one would make its [request, op] arrays C-ordered
     engine.simulation(paths, two, np.ones((max(len(p) for p in paths), 2)).T, two, np.zeros(2),
                       iodepth=1, njobs=1).run()  # fmt: skip
-    Pending.of(np.zeros(1), pl.Series(["x"])).write(io.BytesIO(), b"1@", two[:1])
+    lines = Batch()  # a block trace line rendered, carried to the next chunk and written
+    u64 = two.astype(np.uint64)
+    text = render_block("block_rq_issue", "x", 1, 0, 259, 0, tsc=u64, write=two == 1,
+                        sector=u64, nr_sector=u64)  # fmt: skip
+    lines.add_group(np.ones(2), 0.0, two, Texts(*text))
+    _, later = lines.cut(Pending.of(np.zeros(1), pl.Series(["x"])), 0.0)
+    now, _ = Batch().cut(later, np.inf)
+    now.write(io.BytesIO(), b"1@", np.zeros(len(now), np.int64))
     rec = xen_records.Records()
     rec.add(0, np.zeros(1), 0.0, 0x0002F001, (1,))
     table = rec.columns(1000, 0)

@@ -6,10 +6,9 @@ the x86-tsc clock (the hypervisor's TSC), as `xvtrace capture` sets it up."""
 from __future__ import annotations
 
 import numpy as np
-import polars as pl
 
-from xvtrace.emulate.pending import Batch
-from xvtrace.parsers.ftrace import render_task
+from xvtrace.emulate.pending import Batch, Texts
+from xvtrace.parsers.ftrace import render_block
 from xvtrace.replay.transports.base import submission
 
 BLOCK_TRACE = "dom0-trace.txt"
@@ -28,15 +27,13 @@ def build(parts, transport, cpu_khz: int, tsc0: int) -> Batch:
         if kind != "block" or not len(req.job):
             continue
         s, d = submission(path)
-        rows = pl.DataFrame({
-            "write": req.write,
-            "sector": (req.offset // np.uint64(512)).astype(np.uint64),
-            "nr_sector": np.maximum(1, (req.nbytes // 512)).astype(np.uint64),
-        })  # fmt: skip
+        sector = (req.offset // np.uint64(512)).astype(np.uint64)
+        nr_sector = np.maximum(1, (req.nbytes // 512)).astype(np.uint64)
         for event, t, who, tid in (("block_rq_insert", sched.end[:, s], comm, pid),
                                    ("block_rq_issue", sched.start[:, d], comm, pid),
                                    ("block_rq_complete", sched.end[:, d], "<idle>", 0)):  # fmt: skip
-            tsc = (tsc0 + (pl.Series(t) * cpu_khz / 1e6).round()).cast(pl.UInt64)
-            text = render_task(event, who, tid, 0, *DEVICE, rows.with_columns(tsc=tsc))
-            out.add_group(t, 0.0, np.arange(len(t)), text)
+            tsc = (tsc0 + np.round(t * cpu_khz / 1e6)).astype(np.uint64)
+            text = render_block(event, who, tid, 0, *DEVICE, tsc=tsc, write=req.write,
+                                sector=sector, nr_sector=nr_sector)  # fmt: skip
+            out.add_group(t, 0.0, np.arange(len(t)), Texts(*text))
     return out

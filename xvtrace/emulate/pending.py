@@ -5,25 +5,63 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
+
+from xvtrace.parsers.byte_copy import copy_bytes
+
+
+class Texts:
+    """Byte strings as one buffer and their offsets (text i is data[offsets[i] :
+    offsets[i + 1]]): what the line writer copies from. Made from polars strings, or
+    rendered straight into a buffer (parsers.ftrace.render_block)."""
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray):
+        self.data, self.offsets = data, offsets
+
+    @staticmethod
+    def of(strings: pl.Series) -> Texts:
+        strings = strings.fill_null("")  # a missing text is an empty line
+        offsets = np.zeros(len(strings) + 1, np.int64)
+        np.cumsum(strings.str.len_bytes().to_numpy(), out=offsets[1:])
+        return Texts(np.frombuffer(strings.str.join("").cast(pl.Binary).item(), np.uint8), offsets)
+
+    @staticmethod
+    def empty() -> Texts:
+        return Texts(np.zeros(0, np.uint8), np.zeros(1, np.int64))
+
+    @staticmethod
+    def concat(parts: list[Texts]) -> Texts:
+        shift = np.cumsum([0] + [len(p.data) for p in parts])
+        offsets = [p.offsets[:-1] + at for p, at in zip(parts, shift, strict=False)]
+        return Texts(np.concatenate([p.data for p in parts]),
+                     np.concatenate([*offsets, shift[-1:]]))  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def gather(self, ids: np.ndarray) -> Texts:
+        return Texts(*_gather(self.data, self.offsets, np.asarray(ids, np.int64)))
+
+    def to_list(self) -> list[str]:
+        ends = zip(self.offsets[:-1], self.offsets[1:], strict=True)
+        return [bytes(self.data[a:b]).decode() for a, b in ends]
 
 
 class Pending:
     """Lines in time order: time, tie order, text id, and the texts the ids index (lines to
     write now need no tie order: None)."""
 
-    def __init__(self, t: np.ndarray, order, ids: np.ndarray, texts: pl.Series):
-        self.t, self.order, self.ids, self.texts = t, order, ids, texts
+    def __init__(self, t: np.ndarray, order, ids: np.ndarray, texts: Texts | pl.Series):
+        self.t, self.order, self.ids = t, order, ids
+        self.texts = Texts.of(texts) if isinstance(texts, pl.Series) else texts
 
     @staticmethod
     def empty() -> Pending:
         z = np.zeros(0)
-        return Pending(z, z, np.zeros(0, np.int64), pl.Series([], dtype=pl.String))
+        return Pending(z, z, np.zeros(0, np.int64), Texts.empty())
 
     @staticmethod
-    def of(t: np.ndarray, texts: pl.Series) -> Pending:
+    def of(t: np.ndarray, texts: Texts | pl.Series) -> Pending:
         """A text per line, no ties to break."""
         return Pending(np.asarray(t, np.float64), np.zeros(len(t)), np.arange(len(t)), texts)
 
@@ -42,14 +80,11 @@ class Pending:
             raise ValueError("one non-negative microsecond stamp per line")
         if len(self.ids) != n or self.ids.min() < 0 or self.ids.max() >= len(self.texts):
             raise ValueError("a line's text id is outside its texts")  # _fill copies unchecked
-        strings = self.texts.fill_null("")  # a missing text is an empty line
-        lengths = strings.str.len_bytes().to_numpy().astype(np.int64)
-        offsets = np.zeros(len(lengths) + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        texts = np.frombuffer(strings.str.join("").cast(pl.Binary).item(), np.uint8)
+        texts, offsets = self.texts.data, self.texts.offsets
         head_bytes = np.frombuffer(head, np.uint8)
         # a block at a time through one cache-sized buffer, not the whole text at once
-        block = np.empty(max(WRITE_BLOCK, int(lengths.max()) + len(head) + 32), np.uint8)
+        longest = int(np.diff(offsets).max())
+        block = np.empty(max(WRITE_BLOCK, longest + len(head) + 32), np.uint8)
         i = 0
         while i < n:
             i, size = _fill(self.ids, texts, offsets, head_bytes, stamps, i, block)
@@ -62,9 +97,11 @@ class Batch:
     (which of the lines at one instant goes first) and index texts of their own."""
 
     def __init__(self):
-        self.groups: list[tuple[float, np.ndarray, np.ndarray, pl.Series]] = []
+        self.groups: list[tuple[float, np.ndarray, np.ndarray, Texts | pl.Series]] = []
 
-    def add_group(self, t: np.ndarray, order: float, ids: np.ndarray, texts: pl.Series) -> None:
+    def add_group(
+        self, t: np.ndarray, order: float, ids: np.ndarray, texts: Texts | pl.Series
+    ) -> None:
         if len(t):
             self.groups.append((float(order), np.asarray(t, np.float64), ids, texts))
 
@@ -91,12 +128,43 @@ class Batch:
         rest = idx[k:]
         ends = np.cumsum([len(p[3]) for p in parts])
         tie = np.array([p[0] for p in parts])[np.searchsorted(ends, rest, side="right")]
-        every = pl.concat(texts)
+        every = _back_to_back(texts)
         later = Pending(t[k:], tie, np.arange(len(rest)), every.gather(ids[rest]))
         return Pending(t[:k], None, ids[idx[:k]], every), later
 
 
+def _back_to_back(texts: list[Texts | pl.Series]) -> Texts:
+    """The texts one after another, as one buffer (polars strings next to each other are
+    joined at once: per event, QEMU's lines would cost a join each)."""
+    parts: list[Texts] = []
+    strings: list[pl.Series] = []
+    for t in [*texts, None]:
+        if isinstance(t, pl.Series):
+            strings.append(t)
+            continue
+        if strings:
+            parts.append(Texts.of(pl.concat(strings)))
+            strings = []
+        if t is not None:
+            parts.append(t)
+    return parts[0] if len(parts) == 1 else Texts.concat(parts)
+
+
 WRITE_BLOCK = 1 << 20
+
+
+@njit(cache=True, nogil=True)
+def _gather(data, offsets, ids):
+    """The texts ids[0], ids[1], ... of (data, offsets) as a buffer and offsets of their own."""
+    out_offsets = np.zeros(ids.shape[0] + 1, np.int64)
+    for i in range(ids.shape[0]):
+        out_offsets[i + 1] = out_offsets[i] + offsets[ids[i] + 1] - offsets[ids[i]]
+    out = np.empty(out_offsets[-1], np.uint8)
+    for i in range(ids.shape[0]):
+        copy_bytes(
+            out, out_offsets[i], data, offsets[ids[i]], offsets[ids[i] + 1] - offsets[ids[i]]
+        )
+    return out, out_offsets
 
 
 # "00" .. "99": a microsecond field is three of them
@@ -131,9 +199,9 @@ def _fill(ids, texts, offsets, head, us, i, out):
         a, b = offsets[ids[i]], offsets[ids[i] + 1]
         if p + size + b - a + 1 > out.shape[0]:
             break
-        _copy(out, p, stamp, 0, size)
+        copy_bytes(out, p, stamp, 0, size)
         p += size
-        _copy(out, p, texts, a, b - a)
+        copy_bytes(out, p, texts, a, b - a)
         p += b - a
         out[p] = 10
         p += 1
@@ -152,26 +220,3 @@ def _decimal(out, k, value):
         out[k + j] = 48 + value % 10
         value //= 10
     return k + digits
-
-
-@intrinsic
-def _copy(typingctx, dst, dst_at, src, src_at, count):
-    """memcpy(&dst[dst_at], &src[src_at], count) for C-contiguous byte arrays (other
-    arguments do not type): one call per text instead of a loop over its bytes (five times
-    faster on QEMU's lines). Bounds are the caller's to keep."""
-    for a in (dst, src):
-        if not (isinstance(a, types.Array) and a.dtype == types.uint8 and a.layout == "C"):
-            return None
-    if not all(isinstance(i, types.Integer) for i in (dst_at, src_at, count)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        d, d_at, s, s_at, n = args
-        to = context.make_array(sig.args[0])(context, builder, d)
-        frm = context.make_array(sig.args[2])(context, builder, s)
-        cgutils.raw_memcpy(
-            builder, builder.gep(to.data, [d_at]), builder.gep(frm.data, [s_at]), n, 1
-        )
-        return context.get_dummy_value()
-
-    return types.void(dst, dst_at, src, src_at, count), codegen
