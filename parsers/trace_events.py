@@ -20,8 +20,9 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 from numba import njit
+
+from xvtrace.parsers.byte_copy import copy_bytes
 
 DEFAULT_FILE = "qemu-7.2-trace-events"
 
@@ -209,120 +210,107 @@ def looks_like_definitions(head: bytes) -> bool:
 # --- writing: the log backend's lines, vectorized ---------------------------------------
 
 
-def _hex_series(values: np.ndarray, fmt: str) -> pl.Series:
-    """Hex text of unsigned 64-bit integers as Python's format(v, fmt) writes it for fmt in
-    x, X, #x, #X, formatting each distinct value once where values repeat (pointers and
-    register offsets), and each row where they mostly do not (addresses)."""
-    distinct = looks_distinct(values)
-    uniq, inv = (values, None) if distinct else factorize(values)
-    prefix = "#" in fmt
-    digits = _HEX_UPPER if fmt.endswith("X") else _HEX_LOWER
-    cells = _hex_cells(uniq.astype(np.uint64), digits, (ord(fmt[-1]) if prefix else 0))
-    text = pl.Series(cells.view("S18").ravel()).cast(pl.String)  # NUL padding dropped
-    if distinct:
-        return text
-    return text.gather(inv)
+# how render_lines prints a field
+_DEC, _SIGNED, _HEX, _PTR = 0, 1, 2, 3
 
 
-def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the distinct values in ascending order, per row the index of its value among them),
-    as np.unique(values, return_inverse=True) gives them. Most arguments are a pointer,
-    flag or count from a small range (an element pool, a vCPU's ioreq slot): integers are
-    counted in a table over their range, not sorted, where that range is small."""
-    if values.dtype.kind not in "iu" or not len(values):
-        uniq, inv = np.unique(values, return_inverse=True)
-        return uniq, inv.astype(np.int64).reshape(-1)
-    lo, hi = values.min(), values.max()
-    span = int(hi) - int(lo)  # in Python: no wrap-around
-    if span > 4 * len(values):
-        uniq, inv = np.unique(values, return_inverse=True)
-        return uniq, inv.astype(np.int64)
-    off = (values - lo).astype(np.int64)
-    seen = np.zeros(span + 1, np.int64)
-    seen[off] = 1
-    rank = np.cumsum(seen) - 1
-    return lo + np.flatnonzero(seen).astype(values.dtype), rank[off]
-
-
-def looks_distinct(values: np.ndarray, sample: int = 4096) -> bool:
-    """Whether most of many values spread over a wide range are values of their own, by a
-    sample: where they are, finding the distinct ones (a sort) costs more than it saves.
-    A wrong guess only costs time."""
-    n = len(values)
-    if n < 4 * sample or int(values.max()) - int(values.min()) <= 4 * n:
-        return False
-    return len(np.unique(values[:: n // sample])) > sample // 4
-
-
-_HEX_LOWER = np.frombuffer(b"0123456789abcdef", np.uint8).copy()
-_HEX_UPPER = np.frombuffer(b"0123456789ABCDEF", np.uint8).copy()
+def render_lines(
+    ev: EventDef, cols: dict[str, np.ndarray], n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`{event} {text}` (the event alone where its format is empty) for n rows of unsigned-
+    integer arguments (arrays or scalars), as QEMU's log backend prints it, compiled: one
+    byte buffer and the offsets of its lines (line i is data[offsets[i]:offsets[i + 1]])."""
+    pieces, fields = [ev.name + (" " if ev.fmt else "")], []
+    pos = 0
+    it = iter(ev.args)
+    for m in _CONV.finditer(ev.fmt):
+        pieces[-1] += ev.fmt[pos : m.start()]
+        pos = m.end()
+        conv, flags, width = m.group("conv"), m.group("flags"), m.group("width")
+        if conv == "%":
+            pieces[-1] += "%"
+            continue
+        kind = {"p": _PTR, "x": _HEX, "X": _HEX, "d": _SIGNED, "i": _SIGNED}.get(conv, _DEC)
+        prefix = ord(conv) if conv in "xX" and "#" in flags else 0
+        pad = ord("0") if "0" in flags else ord(" ")
+        fields.append((next(it).name, kind, int(width) if width and width.isdigit() else 0,
+                       pad, prefix, conv == "X"))  # fmt: skip
+        pieces.append("")
+    pieces[-1] += ev.fmt[pos:]
+    texts = [p.encode() for p in pieces]
+    data = np.frombuffer(b"".join(texts), np.uint8)
+    ends = np.cumsum([0] + [len(t) for t in texts]).astype(np.int64)
+    values = np.empty((n, len(fields)), np.uint64)
+    for j, (name, *_) in enumerate(fields):
+        values[:, j] = np.asarray(cols[name]).astype(np.uint64, copy=False)
+    spec = np.array([(*f[1:5], int(f[5])) for f in fields], np.int64).reshape(-1, 5)
+    return _render_fields(data, ends, values, spec)
 
 
 @njit(cache=True, nogil=True)
-def _hex_cells(values, digits, x):
-    """Per value an 18-byte cell: ['0' x] hex digits without leading zeros, NUL padded
-    (x: the prefix's letter, 0 for none)."""
-    out = np.zeros((values.shape[0], 18), np.uint8)
-    for i in range(values.shape[0]):
-        v = values[i]
-        n = 1
-        while n < 16 and (v >> np.uint64(4 * n)) != 0:
-            n += 1
-        k = 0
-        if x:
-            out[i, 0] = 48
-            out[i, 1] = x
-            k = 2
-        for j in range(n):
-            out[i, k + n - 1 - j] = digits[(v >> np.uint64(4 * j)) & np.uint64(15)]
-    return out
-
-
-def render_text(ev: EventDef, cols: dict[str, np.ndarray], n: int) -> pl.Series | None:
-    """The text after the event name for n rows of unsigned-integer arguments, as QEMU's
-    log backend prints it; None for an event with an empty format."""
-    if not ev.fmt:
-        return None
-    if not ev.conversions:
-        return pl.Series([ev.fmt.replace("%%", "%")], dtype=pl.String).new_from_index(0, n)
-    parts: list[pl.Expr] = []
-    texts: dict[str, pl.Series] = {}
-    pos = 0
-    it = iter(ev.args)
-
-    def literal(text: str) -> None:
-        if text:
-            parts.append(pl.lit(text))
-
-    for m in _CONV.finditer(ev.fmt):
-        literal(ev.fmt[pos : m.start()])
-        pos = m.end()
-        conv = m.group("conv")
-        if conv == "%":
-            literal("%")
-            continue
-        v = cols[next(it).name]
-        if conv == "p":
-            text = _hex_series(v, "#x").replace("0x0", "(nil)")
-        elif conv in "xX":
-            text = _hex_series(v, ("#" if "#" in m.group("flags") else "") + conv)
-        elif conv in "di":
-            text = pl.Series(v.view(np.int64)).cast(pl.String)
-        else:
-            text = pl.Series(v).cast(pl.String)
-        width = m.group("width")
-        if width and width.isdigit():
-            text = text.str.pad_start(int(width), "0" if "0" in m.group("flags") else " ")
-        name = f"c{len(texts)}"
-        texts[name] = text
-        parts.append(pl.col(name))
-    parts.append(pl.lit(ev.fmt[pos:]))
-    return (
-        pl.DataFrame(texts)
-        .select(pl.concat_str([p for p in parts if not _empty_lit(p)]))
-        .to_series()
-    )
-
-
-def _empty_lit(expr: pl.Expr) -> bool:
-    return expr.meta.is_literal() and str(expr) in ('""', "String()")
+def _render_fields(pdata, ends, values, spec):
+    """Per row: piece 0, then per field j its text and piece j + 1 (piece k is
+    pdata[ends[k]:ends[k + 1]]); spec[j] = kind, width, pad byte, '#' prefix letter (0 for
+    none), upper-case hex."""
+    n, nf = values.shape
+    bound = ends[-1]
+    for j in range(nf):
+        bound += max(24, spec[j, 1])
+    out = np.empty(n * bound, np.uint8)
+    offsets = np.zeros(n + 1, np.int64)
+    tmp = np.empty(24, np.uint8)
+    ten, zero, fifteen = np.uint64(10), np.uint64(0), np.uint64(15)
+    p = 0
+    for r in range(n):
+        for j in range(nf + 1):
+            copy_bytes(out, p, pdata, ends[j], ends[j + 1] - ends[j])
+            p += ends[j + 1] - ends[j]
+            if j == nf:
+                break
+            kind, width, pad, prefix, upper = (
+                spec[j, 0],
+                spec[j, 1],
+                spec[j, 2],
+                spec[j, 3],
+                spec[j, 4],
+            )
+            v = values[r, j]
+            d = 0  # the field's text, backwards, in tmp
+            if kind == 3 and v == zero:
+                for c in (41, 108, 105, 110, 40):  # "(nil)" backwards
+                    tmp[d] = c
+                    d += 1
+            elif kind >= 2:
+                letters = 55 if upper else 87  # 'A' - 10, 'a' - 10
+                while True:
+                    x = v & fifteen
+                    tmp[d] = np.uint8(48 + x if x < 10 else letters + x)
+                    v >>= np.uint64(4)
+                    d += 1
+                    if v == zero:
+                        break
+                if kind == 3 or prefix:
+                    tmp[d] = 120 if kind == 3 else prefix
+                    tmp[d + 1] = 48
+                    d += 2
+            else:
+                negative = kind == 1 and np.int64(v) < 0
+                if negative:
+                    v = ~v + np.uint64(1)
+                while True:
+                    tmp[d] = np.uint8(48) + np.uint8(v % ten)
+                    v //= ten
+                    d += 1
+                    if v == zero:
+                        break
+                if negative:
+                    tmp[d] = 45
+                    d += 1
+            for _ in range(width - d):
+                out[p] = pad
+                p += 1
+            for k in range(d - 1, -1, -1):
+                out[p] = tmp[k]
+                p += 1
+        offsets[r + 1] = p
+    return out[:p], offsets

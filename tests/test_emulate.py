@@ -316,7 +316,8 @@ def test_a_failed_run_leaves_no_truth_or_manifest(tmp_path, monkeypatch):
 
 def test_qemu_texts_are_shared_per_argument_tuple_and_equal_every_line_rendered():
     from xvtrace.emulate import qemu_lines as ql
-    from xvtrace.parsers.trace_events import TraceEvents, render_text
+    from xvtrace.emulate.pending import Texts
+    from xvtrace.parsers.trace_events import TraceEvents, render_lines
 
     defs, rng, n = TraceEvents.default(), np.random.default_rng(1), 500
     t = rng.random(n) * 1e6
@@ -333,7 +334,7 @@ def test_qemu_texts_are_shared_per_argument_tuple_and_equal_every_line_rendered(
     for event, a in args.items():
         lines.add(event, t, 0.0, **a)
         cols = {k: np.broadcast_to(np.asarray(v), n).astype(np.uint64) for k, v in a.items()}
-        want += [f"{event} {body}" for body in render_text(defs.events[event], cols, n)]
+        want += Texts(*render_lines(defs.events[event], cols, n)).to_list()  # a line per row
     from xvtrace.emulate.pending import Pending
 
     p, rest = lines.cut(Pending.empty(), float("inf"))
@@ -626,17 +627,17 @@ def test_kernels_loaded_ahead_are_the_ones_the_run_uses(tmp_path):
     script = f"""
 from pathlib import Path
 from xvtrace.emulate import EmulateOptions, emulate, pending
-from xvtrace.parsers import ftrace, xentrace_scan
+from xvtrace.parsers import ftrace, trace_events, xentrace_scan
 from xvtrace.replay import engine
 for t in ("epam-mmio", "pv-blkif"):
     emulate(EmulateOptions(transport=t, workload="randread-4k-qd1", requests=300,
                            out=Path({str(tmp_path)!r}) / t, drop_rate=0.01))
 print([len(k.signatures) for k in (engine._advance, engine._begin, pending._fill,
                                    pending._gather, ftrace._render_lines,
-                                   xentrace_scan.layout_windows)])
+                                   trace_events._render_fields, xentrace_scan.layout_windows)])
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["[1,", "1,", "1,", "1,", "1,", "1]"]
+    assert out.stdout.split() == ["[1,", "1,", "1,", "1,", "1,", "1,", "1]"]
 
 
 @pytest.mark.parametrize(

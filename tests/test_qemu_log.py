@@ -216,23 +216,51 @@ def test_definition_parser_reads_pri_macros_and_odd_formats():
     assert [c.arg for c in ev.conversions] == ["addr", "val", "size"]
 
 
-@given(
-    st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=50),
-    st.sampled_from(["x", "X", "#x", "#X"]),
+# every kind of conversion render_lines prints: pointer, hex, signed, '#', width, '%%'
+ALL_KINDS = (
+    "all_kinds(void *a, uint64_t b, int c, uint64_t d, uint64_t e, unsigned f) "
+    '"a %p b 0x%" PRIx64 " c %d d %#x e %08X f %5u %%"'
 )
-def test_hex_text_is_python_formatting(values, fmt):
-    """The compiled hex formatter against format(): leading zeros, 0, 2^64 - 1, both cases."""
-    from xvtrace.parsers.trace_events import _hex_series
 
-    got = _hex_series(np.array(values, np.uint64), fmt).to_list()
-    assert got == [format(v, fmt) for v in values]
+
+def _printed(v: int, conv: str) -> str:
+    """What the emulator's QEMU lines print for v under `conv` (Python's format(): a 0 with
+    '#' is 0x0), the reference the compiled renderer is held to."""
+    signed = v - 2**64 if v >= 2**63 else v
+    return {"p": "(nil)" if v == 0 else format(v, "#x"), "x": format(v, "x"), "d": str(signed),
+            "#x": format(v, "#x"), "08X": format(v, "X").rjust(8, "0"), "5u": str(v).rjust(5),
+            }[conv]  # fmt: skip
+
+
+@given(
+    st.lists(
+        st.lists(st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 2**63, 2**64 - 1]),
+                 min_size=6, max_size=6),
+        max_size=20,
+    ),
+)  # fmt: skip
+def test_compiled_lines_are_printf_of_every_conversion(rows):
+    from xvtrace.emulate.pending import Texts
+    from xvtrace.parsers.trace_events import parse_definition, render_lines
+
+    ev = parse_definition(ALL_KINDS, 0)
+    cols = {a.name: np.array([r[i] for r in rows], np.uint64) for i, a in enumerate(ev.args)}
+    got = Texts(*render_lines(ev, cols, len(rows))).to_list()
+    convs = ("p", "x", "d", "#x", "08X", "5u")
+    want = [
+        "all_kinds "
+        + "a {} b 0x{} c {} d {} e {} f {} %".format(
+            *(_printed(v, c) for v, c in zip(r, convs, strict=True))
+        )
+        for r in rows
+    ]
+    assert got == want
+    assert all(re.fullmatch(ev.regex, line.removeprefix("all_kinds ")) for line in got)
 
 
 @pytest.mark.parametrize("spread", ["repeats", "distinct", "both"])
-def test_hex_text_of_many_values_is_python_formatting(spread):
-    """Past 16k values a sample decides between formatting each distinct value once and
-    each row: both give format()'s text."""
-    from xvtrace.parsers.trace_events import _hex_series, looks_distinct
+def test_a_sample_tells_columns_of_mostly_distinct_values(spread):
+    from xvtrace.emulate.qemu_lines import looks_distinct
 
     rng = np.random.default_rng(4)
     few = 0x55D0_1000_0000 + rng.integers(0, 32, 20_000).astype(np.uint64) * np.uint64(0x140)
@@ -243,8 +271,6 @@ def test_hex_text_of_many_values_is_python_formatting(spread):
         "both": np.where(rng.random(20_000) < 0.5, few, wide),
     }[spread]
     assert looks_distinct(values) == (spread != "repeats")
-    got = _hex_series(values, "#x").to_list()
-    assert got == [format(int(v), "#x") for v in values]
 
 
 @given(
@@ -254,7 +280,7 @@ def test_hex_text_of_many_values_is_python_formatting(spread):
     | st.lists(st.integers(-50, 50), max_size=40),
 )
 def test_factorize_is_np_unique(values):
-    from xvtrace.parsers.trace_events import factorize
+    from xvtrace.emulate.qemu_lines import factorize
 
     v = np.array(values, np.int64 if values and min(values) < 0 else np.uint64)
     uniq, inv = factorize(v)

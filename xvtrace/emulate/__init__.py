@@ -34,7 +34,7 @@ from xvtrace.emulate.loop import EventLoop
 from xvtrace.emulate.pending import Batch, Pending, Texts
 from xvtrace.emulate.workload import Requests, Workload, WorkloadError, parse, requests
 from xvtrace.parsers.ftrace import render_block
-from xvtrace.parsers.trace_events import DEFAULT_FILE, TraceEvents
+from xvtrace.parsers.trace_events import DEFAULT_FILE, TraceEvents, render_lines
 from xvtrace.replay import costs as cost_table
 from xvtrace.replay import engine
 from xvtrace.replay.transports import NAMES, get
@@ -204,6 +204,8 @@ def _load_kernels(paths) -> None:
     text = render_block("block_rq_issue", "x", 1, 0, 259, 0, tsc=u64, write=two == 1,
                         sector=u64, nr_sector=u64)  # fmt: skip
     lines.add_group(np.ones(2), 0.0, two, Texts(*text))
+    notify = TraceEvents.default().events["virtio_notify"]  # and a QEMU line
+    lines.add_group(np.ones(2), 0.0, two, Texts(*render_lines(notify, {"vdev": u64, "vq": u64}, 2)))
     _, later = lines.cut(Pending.of(np.zeros(1), pl.Series(["x"])), 0.0)
     now, _ = Batch().cut(later, np.inf)
     now.write(io.BytesIO(), b"1@", np.zeros(len(now), np.int64))

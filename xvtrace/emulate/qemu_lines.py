@@ -15,11 +15,10 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
-import polars as pl
 
-from xvtrace.emulate.pending import Batch, Pending
+from xvtrace.emulate.pending import Batch, Pending, Texts
 from xvtrace.emulate.xen_records import ACK, MMIO_BASE, NOTIFY, STATUS
-from xvtrace.parsers.trace_events import TraceEvents, factorize, looks_distinct, render_text
+from xvtrace.parsers.trace_events import TraceEvents, render_lines
 from xvtrace.replay.costs import costs_for, default_table
 from xvtrace.replay.transports.base import submission
 
@@ -63,13 +62,7 @@ class Lines(Batch):
             k: np.broadcast_to(v, n)[rows] if v.ndim else np.full(len(rows), v)
             for k, v in cols.items()
         }
-        body = render_text(ev, picked, len(rows))
-        text = (
-            pl.Series([event], dtype=pl.String).new_from_index(0, len(rows))
-            if body is None
-            else (event + " ") + body
-        )
-        self.add_group(t_ns, order, ids, text)
+        self.add_group(t_ns, order, ids, Texts(*render_lines(ev, picked, len(rows))))
 
 
 def _distinct(cols: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +88,36 @@ def _distinct(cols: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarr
     rows = np.empty(len(uniq), np.int64)
     rows[ids] = np.arange(n)  # any row of a tuple renders its text
     return ids, rows
+
+
+def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct values in ascending order, per row the index of its value among them),
+    as np.unique(values, return_inverse=True) gives them. Most arguments are a pointer,
+    flag or count from a small range (an element pool, a vCPU's ioreq slot): integers are
+    counted in a table over their range, not sorted, where that range is small."""
+    if values.dtype.kind not in "iu" or not len(values):
+        uniq, inv = np.unique(values, return_inverse=True)
+        return uniq, inv.astype(np.int64).reshape(-1)
+    lo, hi = values.min(), values.max()
+    span = int(hi) - int(lo)  # in Python: no wrap-around
+    if span > 4 * len(values):
+        uniq, inv = np.unique(values, return_inverse=True)
+        return uniq, inv.astype(np.int64)
+    off = (values - lo).astype(np.int64)
+    seen = np.zeros(span + 1, np.int64)
+    seen[off] = 1
+    rank = np.cumsum(seen) - 1
+    return lo + np.flatnonzero(seen).astype(values.dtype), rank[off]
+
+
+def looks_distinct(values: np.ndarray, sample: int = 4096) -> bool:
+    """Whether most of many values spread over a wide range are values of their own, by a
+    sample: where they are, finding the distinct ones (a sort) costs more than it saves.
+    A wrong guess only costs time."""
+    n = len(values)
+    if n < 4 * sample or int(values.max()) - int(values.min()) <= 4 * n:
+        return False
+    return len(np.unique(values[:: n // sample])) > sample // 4
 
 
 def write_lines(fh, lines: Pending, epoch_ns: int, offset_ns: float, drift_ppm: float) -> int:
