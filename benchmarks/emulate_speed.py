@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from measure import run
@@ -46,11 +47,18 @@ def main() -> None:
         )
 
 
+SETTLE_S = 2.0
+
+
 def _once(cmd: list[str], out: Path) -> tuple[float, int, int, float]:
     """One run, into a fresh `out`, with no earlier run's output still being written back
     (each run writes up to 2.7 GB; flushing it would otherwise take CPU from the next):
-    (wall seconds, peak RSS, bytes written, seconds of `cp -r` of those bytes)."""
+    (wall seconds, peak RSS, bytes written, seconds of `cp -r` of those bytes). The disk
+    gets a moment after the sync: freeing the last run's 5 GB (bundle and copy) goes on in
+    the background (ext4 discards them), and took 0.3-0.5 s from the next run when it started
+    at once."""
     os.sync()
+    time.sleep(SETTLE_S)
     try:
         wall, rss = run(cmd)
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
