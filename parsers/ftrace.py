@@ -288,6 +288,8 @@ def render_block(
     i is data[offsets[i]:offsets[i + 1]], no newline): the emulator writes a trace of
     300k lines per 100k requests from these."""
     n = len(tsc)
+    if not len(write) == len(sector) == len(nr_sector) == n:
+        raise ValueError("tsc, write, sector and nr_sector must have a value per line")
     values = {"tsc": tsc, "bytes": nr_sector * np.uint64(512), "sector": sector,
               "nr_sector": nr_sector}  # fmt: skip
     variants = [block_pieces(event, comm, pid, cpu, major, minor, w) for w in (False, True)]
@@ -300,7 +302,8 @@ def render_block(
     for j, name in enumerate(names):
         matrix[:, j] = values[name]
     widths = np.array([TSC_WIDTH if name == "tsc" else 0 for name in names], np.int64)
-    return _render_lines(data, pieces, ends[-1], np.asarray(write, np.int64), matrix, widths)
+    variant = (np.asarray(write) != 0).astype(np.int64)  # the kernel indexes by it unchecked
+    return _render_lines(data, pieces, ends[-1], variant, matrix, widths)
 
 
 @njit(cache=True, nogil=True)

@@ -766,3 +766,13 @@ def test_texts_concatenated_and_gathered_are_the_strings(groups, picks):
     assert texts.to_list() == every and len(texts) == len(every)
     ids = np.array([p % len(every) for p in picks] if every else [], np.int64)
     assert texts.gather(ids).to_list() == [every[i] for i in ids]
+
+
+def test_pending_write_refuses_offsets_outside_the_text_buffer():
+    import io
+
+    from xvtrace.emulate.pending import Pending, Texts
+
+    bad = Texts(np.frombuffer(b"abc", np.uint8), np.array([0, 2, 9]))  # 9 > 3 bytes
+    with pytest.raises(ValueError, match="offsets"):
+        Pending.of(np.zeros(2), bad).write(io.BytesIO())

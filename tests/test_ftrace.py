@@ -148,3 +148,18 @@ def test_compiled_block_lines_are_render_task_s(event, task, rows):
                                  nr_sector=nr)  # fmt: skip
     got = [bytes(data[a:b]).decode() for a, b in itertools.pairwise(offsets)]
     assert got == want
+
+
+def test_compiled_block_lines_refuse_ragged_rows_and_take_any_nonzero_as_a_write():
+    import numpy as np
+
+    from xvtrace.parsers.ftrace import render_block
+
+    u = np.array([7, 8], np.uint64)
+    with pytest.raises(ValueError, match="a value per line"):
+        render_block("block_rq_issue", "x", 1, 0, 259, 0, tsc=u, write=np.ones(1, bool),
+                     sector=u, nr_sector=u)  # fmt: skip
+    data, offsets = render_block("block_rq_issue", "x", 1, 0, 259, 0, tsc=u,
+                                 write=np.array([2, 0], np.uint8), sector=u, nr_sector=u)  # fmt: skip
+    lines = bytes(data).decode()
+    assert lines.count(" W ") == 1 and lines.count(" R ") == 1 and offsets[-1] == len(data)

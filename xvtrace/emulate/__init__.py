@@ -321,11 +321,11 @@ def _write_streams(out, opts, transport, kinds, paths, path_of, loop, req, cpu_k
                 stack.enter_context(atomic_path(out / RAW / name)).open("wb")
             )
 
-        streams = [(xen_chunk, output("xentrace.bin"))]
-        if qemu:
-            streams.append((qemu_chunk, output("qemu.log")))
+        streams = [(xen_chunk, output("xentrace.bin"))]  # (the manifest counts in this order)
         if blocks:
             streams.append((block_chunk, output(BLOCK_TRACE)))
+        if qemu:
+            streams.append((qemu_chunk, output("qemu.log")))
         # two writers at a time, whichever streams are ready (lanes.py); this thread hands
         # them each chunk as soon as it is final
         lanes = Lanes([_writer(write, fh) for write, fh in streams])

@@ -81,6 +81,8 @@ class Pending:
         if len(self.ids) != n or self.ids.min() < 0 or self.ids.max() >= len(self.texts):
             raise ValueError("a line's text id is outside its texts")  # _fill copies unchecked
         texts, offsets = self.texts.data, self.texts.offsets
+        if offsets[0] < 0 or offsets[-1] > len(texts) or np.any(np.diff(offsets) < 0):
+            raise ValueError("text offsets are not ascending within the text buffer")
         head_bytes = np.frombuffer(head, np.uint8)
         # a block at a time through one cache-sized buffer, not the whole text at once
         longest = int(np.diff(offsets).max())
@@ -102,8 +104,12 @@ class Batch:
     def add_group(
         self, t: np.ndarray, order: float, ids: np.ndarray, texts: Texts | pl.Series
     ) -> None:
+        if order != order:
+            raise ValueError("a tie order must be a number, not NaN")
         if len(t):
-            self.groups.append((float(order), np.asarray(t, np.float64), ids, texts))
+            self.groups.append(
+                (float(order), np.asarray(t, np.float64), np.asarray(ids, np.int64), texts)
+            )
 
     def cut(self, carry: Pending, mark: float) -> tuple[Pending, Pending]:
         """(the lines before `mark`, the carried ones and this batch's, in time order; the
