@@ -776,3 +776,14 @@ def test_pending_write_refuses_offsets_outside_the_text_buffer():
     bad = Texts(np.frombuffer(b"abc", np.uint8), np.array([0, 2, 9]))  # 9 > 3 bytes
     with pytest.raises(ValueError, match="offsets"):
         Pending.of(np.zeros(2), bad).write(io.BytesIO())
+
+
+def test_manifest_counts_keep_their_order(tmp_path):
+    """xentrace's counts, then the block trace's, then QEMU's, whichever writer ran first."""
+    import json
+
+    emulate(EmulateOptions(transport="epam-mmio", workload="randread-4k-qd1", requests=300,
+                           out=tmp_path / "b"))  # fmt: skip
+    expected = json.loads((tmp_path / "b" / "manifest.json").read_text())["emulation"]["expected"]
+    assert list(expected) == ["guest_exits", "dom0_hypercalls", "records", "lost_records",
+                              "block_events", "qemu_lines", "ring_descriptors"]  # fmt: skip

@@ -321,11 +321,12 @@ def _write_streams(out, opts, transport, kinds, paths, path_of, loop, req, cpu_k
                 stack.enter_context(atomic_path(out / RAW / name)).open("wb")
             )
 
-        streams = [(xen_chunk, output("xentrace.bin"))]  # (the manifest counts in this order)
-        if blocks:
-            streams.append((block_chunk, output(BLOCK_TRACE)))
+        # the heaviest first: on a tie the lanes take the earlier stream
+        streams = [(xen_chunk, output("xentrace.bin"))]
         if qemu:
             streams.append((qemu_chunk, output("qemu.log")))
+        if blocks:
+            streams.append((block_chunk, output(BLOCK_TRACE)))
         # two writers at a time, whichever streams are ready (lanes.py); this thread hands
         # them each chunk as soon as it is final
         lanes = Lanes([_writer(write, fh) for write, fh in streams])
@@ -342,8 +343,9 @@ def _write_streams(out, opts, transport, kinds, paths, path_of, loop, req, cpu_k
         except BaseException as e:
             lanes.stop(e)
             raise
-        for per_stream in results:
-            for counts in per_stream:
+        # the counts in the manifest's order: xentrace, block trace, QEMU
+        for i in sorted(range(len(streams)), key=lambda i: streams[i][0] is qemu_chunk):
+            for counts in results[i]:
                 _add_counts(expected, counts)
     if qemu:
         _keep_definitions(out / RAW / "trace-events")
