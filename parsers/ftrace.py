@@ -28,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from numba import njit
 
-from xvtrace.parsers.byte_copy import copy_bytes
+from xvtrace.parsers import line_render
 from xvtrace.parsers.errors import DecodeStats, ParseError, Problem
 from xvtrace.parsers.schema import conform
 from xvtrace.parsers.textlines import iter_lines
@@ -294,60 +293,8 @@ def render_block(
               "nr_sector": nr_sector}  # fmt: skip
     variants = [block_pieces(event, comm, pid, cpu, major, minor, w) for w in (False, True)]
     names = variants[0][1]
-    texts = [t.encode() for v in variants for t in v[0]]
-    data = np.frombuffer(b"".join(texts), np.uint8)
-    ends = np.cumsum([0] + [len(t) for t in texts]).reshape(-1)
-    pieces = np.stack([ends[: len(names) + 1], ends[len(names) + 1 : -1]])
     matrix = np.empty((n, len(names)), np.uint64)
     for j, name in enumerate(names):
         matrix[:, j] = values[name]
-    widths = np.array([TSC_WIDTH if name == "tsc" else 0 for name in names], np.int64)
-    variant = (np.asarray(write) != 0).astype(np.int64)  # the kernel indexes by it unchecked
-    return _render_lines(data, pieces, ends[-1], variant, matrix, widths)
-
-
-@njit(cache=True, nogil=True)
-def _render_lines(pdata, pstart, pend, variant, values, widths):
-    """Per row r: piece 0 of variant[r], then per field j its value in decimal (right-
-    aligned in widths[j]) and piece j + 1. A variant's pieces lie back to back in pdata
-    from pstart[v, 0]; the last one ends where the next variant's begins (or at pend)."""
-    n, nf = values.shape
-    nvar = pstart.shape[0]
-    longest = 0
-    for v in range(nvar):
-        stop = pstart[v + 1, 0] if v + 1 < nvar else pend
-        longest = max(longest, stop - pstart[v, 0])
-    bound = longest
-    for j in range(nf):
-        bound += max(20, widths[j])
-    out = np.empty(n * bound, np.uint8)
-    offsets = np.zeros(n + 1, np.int64)
-    digits = np.empty(20, np.uint8)
-    ten, zero = np.uint64(10), np.uint64(0)
-    p = 0
-    for r in range(n):
-        v = variant[r]
-        stop = pstart[v + 1, 0] if v + 1 < nvar else pend
-        for j in range(nf + 1):
-            a = pstart[v, j]
-            b = pstart[v, j + 1] if j < nf else stop
-            copy_bytes(out, p, pdata, a, b - a)
-            p += b - a
-            if j == nf:
-                break
-            x = values[r, j]
-            d = 0
-            while True:  # in uint64 throughout: mixed with int64, numba would use floats
-                digits[d] = np.uint8(48) + np.uint8(x % ten)
-                x //= ten
-                d += 1
-                if x == zero:
-                    break
-            for _ in range(widths[j] - d):
-                out[p] = 32
-                p += 1
-            for k in range(d - 1, -1, -1):
-                out[p] = digits[k]
-                p += 1
-        offsets[r + 1] = p
-    return out[:p], offsets
+    fields = [line_render.Field(width=TSC_WIDTH if name == "tsc" else 0) for name in names]
+    return line_render.render([v[0] for v in variants], fields, matrix, np.asarray(write) != 0)

@@ -20,9 +20,8 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from numba import njit
 
-from xvtrace.parsers.byte_copy import copy_bytes
+from xvtrace.parsers.line_render import DEC, HEX, PTR, SIGNED, Field, render
 
 DEFAULT_FILE = "qemu-7.2-trace-events"
 
@@ -210,17 +209,13 @@ def looks_like_definitions(head: bytes) -> bool:
 # --- writing: the log backend's lines, vectorized ---------------------------------------
 
 
-# how render_lines prints a field
-_DEC, _SIGNED, _HEX, _PTR = 0, 1, 2, 3
-
-
 def render_lines(
     ev: EventDef, cols: dict[str, np.ndarray], n: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """`{event} {text}` (the event alone where its format is empty) for n rows of unsigned-
     integer arguments (arrays or scalars), as QEMU's log backend prints it, compiled: one
     byte buffer and the offsets of its lines (line i is data[offsets[i]:offsets[i + 1]])."""
-    pieces, fields = [ev.name + (" " if ev.fmt else "")], []
+    pieces, fields, names = [ev.name + (" " if ev.fmt else "")], [], []
     pos = 0
     it = iter(ev.args)
     for m in _CONV.finditer(ev.fmt):
@@ -230,87 +225,14 @@ def render_lines(
         if conv == "%":
             pieces[-1] += "%"
             continue
-        kind = {"p": _PTR, "x": _HEX, "X": _HEX, "d": _SIGNED, "i": _SIGNED}.get(conv, _DEC)
-        prefix = ord(conv) if conv in "xX" and "#" in flags else 0
-        pad = ord("0") if "0" in flags else ord(" ")
-        fields.append((next(it).name, kind, int(width) if width and width.isdigit() else 0,
-                       pad, prefix, conv == "X"))  # fmt: skip
+        kind = {"p": PTR, "x": HEX, "X": HEX, "d": SIGNED, "i": SIGNED}.get(conv, DEC)
+        fields.append(Field(kind, int(width) if width and width.isdigit() else 0,
+                            "0" if "0" in flags else " ",
+                            conv if conv in "xX" and "#" in flags else "", conv == "X"))  # fmt: skip
+        names.append(next(it).name)
         pieces.append("")
     pieces[-1] += ev.fmt[pos:]
-    texts = [p.encode() for p in pieces]
-    data = np.frombuffer(b"".join(texts), np.uint8)
-    ends = np.cumsum([0] + [len(t) for t in texts]).astype(np.int64)
     values = np.empty((n, len(fields)), np.uint64)
-    for j, (name, *_) in enumerate(fields):
+    for j, name in enumerate(names):
         values[:, j] = np.asarray(cols[name]).astype(np.uint64, copy=False)
-    spec = np.array([(*f[1:5], int(f[5])) for f in fields], np.int64).reshape(-1, 5)
-    return _render_fields(data, ends, values, spec)
-
-
-@njit(cache=True, nogil=True)
-def _render_fields(pdata, ends, values, spec):
-    """Per row: piece 0, then per field j its text and piece j + 1 (piece k is
-    pdata[ends[k]:ends[k + 1]]); spec[j] = kind, width, pad byte, '#' prefix letter (0 for
-    none), upper-case hex."""
-    n, nf = values.shape
-    bound = ends[-1]
-    for j in range(nf):
-        bound += max(24, spec[j, 1])
-    out = np.empty(n * bound, np.uint8)
-    offsets = np.zeros(n + 1, np.int64)
-    tmp = np.empty(24, np.uint8)
-    ten, zero, fifteen = np.uint64(10), np.uint64(0), np.uint64(15)
-    p = 0
-    for r in range(n):
-        for j in range(nf + 1):
-            copy_bytes(out, p, pdata, ends[j], ends[j + 1] - ends[j])
-            p += ends[j + 1] - ends[j]
-            if j == nf:
-                break
-            kind, width, pad, prefix, upper = (
-                spec[j, 0],
-                spec[j, 1],
-                spec[j, 2],
-                spec[j, 3],
-                spec[j, 4],
-            )
-            v = values[r, j]
-            d = 0  # the field's text, backwards, in tmp
-            if kind == 3 and v == zero:
-                for c in (41, 108, 105, 110, 40):  # "(nil)" backwards
-                    tmp[d] = c
-                    d += 1
-            elif kind >= 2:
-                letters = 55 if upper else 87  # 'A' - 10, 'a' - 10
-                while True:
-                    x = v & fifteen
-                    tmp[d] = np.uint8(48 + x if x < 10 else letters + x)
-                    v >>= np.uint64(4)
-                    d += 1
-                    if v == zero:
-                        break
-                if kind == 3 or prefix:
-                    tmp[d] = 120 if kind == 3 else prefix
-                    tmp[d + 1] = 48
-                    d += 2
-            else:
-                negative = kind == 1 and np.int64(v) < 0
-                if negative:
-                    v = ~v + np.uint64(1)
-                while True:
-                    tmp[d] = np.uint8(48) + np.uint8(v % ten)
-                    v //= ten
-                    d += 1
-                    if v == zero:
-                        break
-                if negative:
-                    tmp[d] = 45
-                    d += 1
-            for _ in range(width - d):
-                out[p] = pad
-                p += 1
-            for k in range(d - 1, -1, -1):
-                out[p] = tmp[k]
-                p += 1
-        offsets[r + 1] = p
-    return out[:p], offsets
+    return render([pieces], fields, values)

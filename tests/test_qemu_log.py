@@ -287,3 +287,16 @@ def test_factorize_is_np_unique(values):
     want, want_inv = np.unique(v, return_inverse=True)
     assert uniq.dtype == v.dtype and np.array_equal(uniq, want)
     assert np.array_equal(inv, want_inv.reshape(-1))
+
+
+def test_line_render_refuses_variants_it_does_not_have():
+    from xvtrace.parsers import line_render
+
+    values = np.array([[1], [2]], np.uint64)
+    pieces = [["a ", " b"], ["c ", " d"]]
+    data, offsets = line_render.render(pieces, [line_render.Field()], values, np.array([1, 0]))
+    assert bytes(data) == b"c 1 da 2 b" and offsets.tolist() == [0, 5, 10]
+    with pytest.raises(ValueError, match="variant"):
+        line_render.render(pieces, [line_render.Field()], values, np.array([0, 2]))
+    with pytest.raises(ValueError, match="piece"):
+        line_render.render([["a "]], [line_render.Field()], values)
