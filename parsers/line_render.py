@@ -70,10 +70,11 @@ def _render(pdata, ends, variant, values, spec):
     ten, zero, fifteen, four = np.uint64(10), np.uint64(0), np.uint64(15), np.uint64(4)
     p = 0
     for r in range(n):
-        e = ends[variant[r]]
+        v = variant[r]
         for j in range(nf + 1):
-            copy_bytes(out, p, pdata, e[j], e[j + 1] - e[j])
-            p += e[j + 1] - e[j]
+            a, b = ends[v, j], ends[v, j + 1]
+            copy_bytes(out, p, pdata, a, b - a)
+            p += b - a
             if j == nf:
                 break
             kind, width, pad, prefix, upper = spec[j, 0], spec[j, 1], spec[j, 2], spec[j, 3], spec[j, 4]  # fmt: skip
