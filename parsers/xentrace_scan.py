@@ -240,16 +240,19 @@ def name_table(codes: np.ndarray, names: np.ndarray, unknown: int, guest: int) -
     table[size] = unknown, 0
     table[size + 1] = guest, 0
     for c, n in zip(codes.tolist(), names.tolist(), strict=True):
-        slot = ((c * 2654435761) >> 7) & (size - 1)  # _slot's hash, without loading the kernel
+        slot = _hash(c, size)  # in Python: building the table loads no kernel
         while table[slot, 0]:
             slot = (slot + 1) & (size - 1)
         table[slot] = c, n
     return table
 
 
-@njit(cache=True, nogil=True)
-def _slot(ev, size):
+def _hash(ev, size):
+    """An event id's first slot in a name table of `size` slots (a power of two)."""
     return ((ev * 2654435761) >> 7) & (size - 1)
+
+
+_slot = njit(cache=True, nogil=True)(_hash)  # the same hash, for the kernels
 
 
 @njit(cache=True, nogil=True)

@@ -469,7 +469,8 @@ def test_records_lost_at_the_end_of_a_pcpu_are_reported_on_that_pcpu():
 
     rec = xr.Records()
     rec.add(np.array([0, 0, 0, 1, 1]), np.array([10.0, 20, 30, 15, 25]), 0.0, 0x0002F001, ((7,),))
-    table = rec.table(1_000_000, 0)  # 1 cycle per ns
+    table = rec.columns(1_000_000, 0)  # 1 cycle per ns
+    table = table.take(xr.time_order(table))
 
     class Burst:  # a burst of 2 starting at the second record of pCPU 0
         def random(self, n):
@@ -490,7 +491,7 @@ def test_an_empty_chunk_of_records_writes_nothing():
 
     rec = xr.Records()
     rec.add(0, np.array([5.0]), 0.0, 0x0002F001, ((1,),))
-    empty = rec.table(2_400_000, 10**9).take(np.zeros(1, bool))
+    empty = rec.columns(2_400_000, 10**9).take(np.zeros(1, bool))
     assert empty.write(io.BytesIO(), round_cycles=1000) == 0
 
 

@@ -322,14 +322,14 @@ def _write_streams(out, opts, transport, kinds, paths, path_of, loop, req, cpu_k
             )
 
         # the heaviest first: on a tie the lanes take the earlier stream
-        streams = [(xen_chunk, output("xentrace.bin"))]
+        streams = {"xen": (xen_chunk, output("xentrace.bin"))}
         if qemu:
-            streams.append((qemu_chunk, output("qemu.log")))
+            streams["qemu"] = (qemu_chunk, output("qemu.log"))
         if blocks:
-            streams.append((block_chunk, output(BLOCK_TRACE)))
+            streams["block"] = (block_chunk, output(BLOCK_TRACE))
         # two writers at a time, whichever streams are ready (lanes.py); this thread hands
         # them each chunk as soon as it is final
-        lanes = Lanes([_writer(write, fh) for write, fh in streams])
+        lanes = Lanes([_writer(write, fh) for write, fh in streams.values()])
         try:
             for k, c0 in enumerate(starts):
                 if opts.progress:
@@ -343,9 +343,9 @@ def _write_streams(out, opts, transport, kinds, paths, path_of, loop, req, cpu_k
         except BaseException as e:
             lanes.stop(e)
             raise
-        # the counts in the manifest's order: xentrace, block trace, QEMU
-        for i in sorted(range(len(streams)), key=lambda i: streams[i][0] is qemu_chunk):
-            for counts in results[i]:
+        per_stream = dict(zip(streams, results, strict=True))
+        for name in ("xen", "block", "qemu"):  # the manifest's order
+            for counts in per_stream.get(name, []):
                 _add_counts(expected, counts)
     if qemu:
         _keep_definitions(out / RAW / "trace-events")

@@ -31,8 +31,10 @@ class Texts:
 
     @staticmethod
     def concat(parts: list[Texts]) -> Texts:
+        if len(parts) == 1:
+            return parts[0]
         shift = np.cumsum([0] + [len(p.data) for p in parts])
-        offsets = [p.offsets[:-1] + at for p, at in zip(parts, shift, strict=False)]
+        offsets = [p.offsets[:-1] + at for p, at in zip(parts, shift[:-1], strict=True)]
         return Texts(np.concatenate([p.data for p in parts]),
                      np.concatenate([*offsets, shift[-1:]]))  # fmt: skip
 
@@ -81,12 +83,12 @@ class Pending:
         if len(self.ids) != n or self.ids.min() < 0 or self.ids.max() >= len(self.texts):
             raise ValueError("a line's text id is outside its texts")  # _fill copies unchecked
         texts, offsets = self.texts.data, self.texts.offsets
-        if offsets[0] < 0 or offsets[-1] > len(texts) or np.any(np.diff(offsets) < 0):
+        lengths = np.diff(offsets)
+        if offsets[0] < 0 or offsets[-1] > len(texts) or lengths.min() < 0:
             raise ValueError("text offsets are not ascending within the text buffer")
         head_bytes = np.frombuffer(head, np.uint8)
         # a block at a time through one cache-sized buffer, not the whole text at once
-        longest = int(np.diff(offsets).max())
-        block = np.empty(max(WRITE_BLOCK, longest + len(head) + 32), np.uint8)
+        block = np.empty(max(WRITE_BLOCK, int(lengths.max()) + len(head) + 32), np.uint8)
         i = 0
         while i < n:
             i, size = _fill(self.ids, texts, offsets, head_bytes, stamps, i, block)
@@ -99,7 +101,7 @@ class Batch:
     (which of the lines at one instant goes first) and index texts of their own."""
 
     def __init__(self):
-        self.groups: list[tuple[float, np.ndarray, np.ndarray, Texts | pl.Series]] = []
+        self.groups: list[tuple[float, np.ndarray, np.ndarray, Texts]] = []
 
     def add_group(
         self, t: np.ndarray, order: float, ids: np.ndarray, texts: Texts | pl.Series
@@ -107,6 +109,7 @@ class Batch:
         if order != order:
             raise ValueError("a tie order must be a number, not NaN")
         if len(t):
+            texts = Texts.of(texts) if isinstance(texts, pl.Series) else texts
             self.groups.append(
                 (float(order), np.asarray(t, np.float64), np.asarray(ids, np.int64), texts)
             )
@@ -134,26 +137,9 @@ class Batch:
         rest = idx[k:]
         ends = np.cumsum([len(p[3]) for p in parts])
         tie = np.array([p[0] for p in parts])[np.searchsorted(ends, rest, side="right")]
-        every = _back_to_back(texts)
+        every = Texts.concat(texts)
         later = Pending(t[k:], tie, np.arange(len(rest)), every.gather(ids[rest]))
         return Pending(t[:k], None, ids[idx[:k]], every), later
-
-
-def _back_to_back(texts: list[Texts | pl.Series]) -> Texts:
-    """The texts one after another, as one buffer (polars strings next to each other are
-    joined at once: per event, QEMU's lines would cost a join each)."""
-    parts: list[Texts] = []
-    strings: list[pl.Series] = []
-    for t in [*texts, None]:
-        if isinstance(t, pl.Series):
-            strings.append(t)
-            continue
-        if strings:
-            parts.append(Texts.of(pl.concat(strings)))
-            strings = []
-        if t is not None:
-            parts.append(t)
-    return parts[0] if len(parts) == 1 else Texts.concat(parts)
 
 
 WRITE_BLOCK = 1 << 20

@@ -95,14 +95,12 @@ def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     as np.unique(values, return_inverse=True) gives them. Most arguments are a pointer,
     flag or count from a small range (an element pool, a vCPU's ioreq slot): integers are
     counted in a table over their range, not sorted, where that range is small."""
-    if values.dtype.kind not in "iu" or not len(values):
+    small = values.dtype.kind in "iu" and len(values)
+    lo = values.min() if small else 0
+    span = int(values.max()) - int(lo) if small else 0  # in Python: no wrap-around
+    if not small or span > 4 * len(values):
         uniq, inv = np.unique(values, return_inverse=True)
         return uniq, inv.astype(np.int64).reshape(-1)
-    lo, hi = values.min(), values.max()
-    span = int(hi) - int(lo)  # in Python: no wrap-around
-    if span > 4 * len(values):
-        uniq, inv = np.unique(values, return_inverse=True)
-        return uniq, inv.astype(np.int64)
     off = (values - lo).astype(np.int64)
     seen = np.zeros(span + 1, np.int64)
     seen[off] = 1

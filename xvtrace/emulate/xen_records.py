@@ -120,12 +120,6 @@ class Records:
 
         return Table(*(column(f.name) for f in fields(Table)))
 
-    def table(self, cpu_khz: int, tsc0: int, carry: Table | None = None) -> Table:
-        """The records per pCPU in time order, `carry` merged in by the same sort (ties keep
-        the carried rows first)."""
-        t = self.columns(cpu_khz, tsc0, carry)
-        return t.take(time_order(t))
-
 
 def time_order(t: Table) -> np.ndarray:
     """The rows per pCPU in time order, ties by rank, then as given (carried rows first).
