@@ -73,13 +73,43 @@ class Bundle:
         return self.manifest.get("host", {}).get("cpu_khz")
 
     def events(self) -> pl.LazyFrame:
+        """The canonical event table, lazily scanned (predicates and columns push down);
+        refused when a raw capture changed after ingest."""
         import polars as pl  # on use: a capture writes bundles without the analysis stack
 
-        """The canonical event table, lazily scanned (predicates and columns push down)."""
         epath = self.path / EVENTS
         if not epath.is_file():
             raise BundleError(f"{self.path}: no {EVENTS}; run `xvtrace ingest {self.path}`")
+        problems = self.raw_changes()
+        if problems:
+            raise BundleError(
+                "; ".join(problems)
+                + f". The events are older than their capture: run `xvtrace ingest {self.path}`"
+            )
         return pl.scan_parquet(epath)
+
+    def raw_changes(self) -> list[str]:
+        """Raw sources that differ from what was ingested (size, or modification time where
+        the manifest recorded it): the events no longer describe them."""
+        problems = []
+        for src in self.manifest.get("sources") or []:
+            if not isinstance(src, dict):
+                continue
+            for entry in (src, src.get("archive")):
+                if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+                    problems += _changed(self.path / entry["file"], entry)
+        return problems
+
+
+def _changed(path: Path, was: dict) -> list[str]:
+    if not path.is_file():
+        return [f"{path}: ingested, now missing"]
+    st = path.stat()
+    if "bytes" in was and st.st_size != was["bytes"]:
+        return [f"{path}: {was['bytes']} bytes when ingested, now {st.st_size}"]
+    if "mtime_ns" in was and st.st_mtime_ns != was["mtime_ns"]:
+        return [f"{path}: modified since it was ingested"]
+    return []
 
 
 def new_manifest(host: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -303,8 +303,8 @@ def timeline_cmd(source, as_json):
     from xvtrace import timeline
 
     bundle = api.load(source)
-    req = timeline.build(bundle)
-    req = with_phases(req)
+    tl = timeline.load(bundle)
+    req = with_phases(tl.requests)
     us = [(c, n) for c, n in REQUEST_PHASES if c in req.columns]
     table = (
         req.group_by("dev", "queue", "op")
@@ -319,7 +319,7 @@ def timeline_cmd(source, as_json):
     click.echo(
         f"requests: {len(req)} ({int(req['complete'].sum())} complete) -> {bundle.path / timeline.REQUESTS}"
     )
-    clocks = bundle.manifest["timeline"]
+    clocks = tl.facts
     if clocks.get("device_model_clock"):
         c = clocks["device_model_clock"]
         click.echo(
@@ -391,15 +391,11 @@ def report_cmd(source, as_json, html_file):
     bundle = api.load(source)
     rep = Report.of(bundle)
     if html_file:
-        import polars as pl
-
-        from xvtrace import html
+        from xvtrace import html, timeline
         from xvtrace.bundle import atomic_path
-        from xvtrace.timeline import REQUESTS
 
-        req = pl.read_parquet(bundle.path / REQUESTS)
         with atomic_path(html_file) as tmp:
-            tmp.write_text(html.render(rep, req))
+            tmp.write_text(html.render(rep, timeline.load(bundle).requests))
         click.echo(f"{html_file}: written", err=True)
     if as_json:
         click.echo(json.dumps(rep.to_json(), indent=2, default=str))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
+from xvtrace import timeline
 from xvtrace.bundle import Bundle, BundleError
 from xvtrace.html import PAD, W, cdf_lines, legend, stacked_bars, svg_figure
 from xvtrace.replay.transports.base import PHASES
@@ -31,11 +32,19 @@ def load(path: str | Path) -> tuple[dict, pl.DataFrame]:
             if Bundle.is_bundle(path):
                 raise BundleError(f"{path}: no {REPLAY}; run `xvtrace replay {path}` first")
             raise BundleError(f"{path}: neither a bundle nor a replay file")
-        path = path / REPLAY
+        bundle, path = Bundle.open(path), path / REPLAY
+    else:
+        bundle = None
     side = path.with_suffix(".json")
     if not side.exists():
         raise BundleError(f"{path}: no {side.name} beside it (written by `xvtrace replay`)")
-    return json.loads(side.read_text()), pl.read_parquet(path)
+    facts = json.loads(side.read_text())
+    if bundle is not None and facts.get("timeline_key") != timeline.current_key(bundle):
+        raise BundleError(
+            f"{path}: replayed from requests this bundle no longer has (re-ingested or"
+            f" rebuilt since); run `xvtrace replay {bundle.path}` again"
+        )
+    return facts, pl.read_parquet(path)
 
 
 BASELINE = "pv-blkif"  # what users compare against when the captured transport is unknown

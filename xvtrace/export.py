@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from xvtrace.timeline import REQUESTS
+from xvtrace import timeline
 
 PID_DM, PID_GUEST, PID_HOST = 1, 2, 3
 IRQ_US = 0.5  # drawn width of the interrupt mark on a vCPU track
@@ -118,13 +118,6 @@ def _view(req: pl.DataFrame) -> str:
 
 def perfetto(bundle, out: Path) -> int:
     """Write the bundle's requests (built by `xvtrace timeline` first) as trace JSON."""
-    path = bundle.path / REQUESTS
-    if not path.exists():
-        from xvtrace import timeline
-
-        req = timeline.build(bundle)
-    else:
-        req = pl.read_parquet(path)
-    events = trace_events(req)
+    events = trace_events(timeline.load(bundle).requests)
     out.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ns"}))
     return len(events)

@@ -190,22 +190,19 @@ COMPRESSED = {".gz": gzip.open, ".xz": lzma.open}  # raw captures people store c
 
 
 def unpack(raw: Path) -> Path:
-    """A compressed capture's plain copy beside it (made once, streamed, atomically); any
-    other file as it is."""
+    """A compressed capture's plain copy beside it (streamed, atomically; made again when the
+    archive is newer than the copy); any other file as it is."""
     opener = COMPRESSED.get(raw.suffix)
     if opener is None:
         return raw
     dest = raw.with_suffix("")
-    if dest.exists():
+    if dest.exists() and dest.stat().st_mtime_ns >= raw.stat().st_mtime_ns:
         return dest
-    tmp = dest.with_name(f".{dest.name}.part")
     try:
-        with opener(raw) as fin, tmp.open("wb") as fout:
+        with atomic_path(dest) as tmp, opener(raw) as fin, tmp.open("wb") as fout:
             shutil.copyfileobj(fin, fout, 1 << 20)
     except (OSError, EOFError, lzma.LZMAError) as e:
-        tmp.unlink(missing_ok=True)
         raise ParseError(str(raw), 0, f"cannot decompress ({raw.suffix[1:]}): {e}") from None
-    tmp.rename(dest)
     return dest
 
 
@@ -235,10 +232,13 @@ def ingest(
         bundle_dir = Path(out) if out else src
         if out and Path(out).resolve() != src.resolve():
             for f in sorted((src / RAW).iterdir()):
-                if f.is_file():
+                if f.is_file() and not f.name.startswith("."):
                     place_raw(f, bundle_dir)
         manifest = _load_or_new_manifest(src)
-        raw_files = sorted(p for p in (bundle_dir / RAW).iterdir() if p.is_file())
+        # hidden names are temporary files of a writer (atomic_path), never captures
+        raw_files = sorted(
+            p for p in (bundle_dir / RAW).iterdir() if p.is_file() and not p.name.startswith(".")
+        )
         origins: dict[Path, Path] = {}
     else:
         if src.stat().st_size == 0:
@@ -254,6 +254,7 @@ def ingest(
         raw_files = [place_raw(src, bundle_dir)]
         origins = {raw_files[0]: src}
 
+    archives = {unpack(f): f for f in raw_files if f.suffix in COMPRESSED}
     raw_files = sorted({unpack(f) for f in raw_files})
     formats = {f: detect_format(f) if f.stat().st_size else None for f in raw_files}
     skipped_files = [f.name for f, fmt in formats.items() if fmt is None]
@@ -282,7 +283,12 @@ def ingest(
         text = s.warning_text()
         if text:
             warn(text)
-    manifest["sources"] = [d.describe() for d in decoders]
+    # each source's size and time as decoded: a capture changed later is refused, not
+    # analysed from stale events (Bundle.raw_changes)
+    manifest["sources"] = [
+        {**d.describe(), **raw_identity(d.path), **_archive(archives.get(d.path), bundle_dir)}
+        for d in decoders
+    ]
     if xen:
         manifest["clock"] = {
             "domain": "xentrace TSC",
@@ -315,6 +321,18 @@ def ingest(
     }
     write_manifest(bundle_dir, manifest)
     return IngestResult(bundle, stats, skipped_files)
+
+
+def raw_identity(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _archive(path: Path | None, bundle_dir: Path) -> dict:
+    """The compressed file a source was unpacked from, so a replaced archive is noticed."""
+    if path is None:
+        return {}
+    return {"archive": {"file": str(path.relative_to(bundle_dir)), **raw_identity(path)}}
 
 
 def _load_or_new_manifest(bundle_dir: Path) -> dict:

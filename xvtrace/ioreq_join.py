@@ -273,18 +273,13 @@ SEQUENCE_METHOD = (
 )
 
 
-def build(bundle, acc: Accesses, clock: dict | None):
+def build(acc: Accesses, clock: dict | None):
     """Join the bundle's IOREQs with their traps on the device-model clock `clock` (fitted by
-    the timeline) and write ioreqs.parquet (atomically). Returns (the join's counts, the
-    joined table), or Nones without a clock or without IOREQs on both sides."""
-    from xvtrace.bundle import atomic_path
-
+    the timeline). Returns (the join's counts, the joined table), or Nones without a clock
+    or without IOREQs on both sides."""
     table, counts = join(acc, clock) if clock is not None else (None, None)
-    if counts is None:  # nothing to join: no table from an earlier build either
-        (bundle.path / IOREQS).unlink(missing_ok=True)
+    if counts is None:
         return None, None
-    with atomic_path(bundle.path / IOREQS) as tmp:
-        table.write_parquet(tmp)
     return counts, table
 
 

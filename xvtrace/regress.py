@@ -51,9 +51,7 @@ def summarize(bundle) -> dict:
     from xvtrace import __version__, timeline
     from xvtrace.replaying import source_transport, workload_of
 
-    path = bundle.path / timeline.REQUESTS
-    req = pl.read_parquet(path) if path.exists() else timeline.build(bundle)
-    req = req.filter(pl.col("complete"))
+    req = timeline.load(bundle).requests.filter(pl.col("complete"))
     m = bundle.manifest
     wl = workload_of(bundle)
     prov = {

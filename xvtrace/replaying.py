@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from xvtrace.bundle import REQUESTS, Bundle, BundleError, atomic_path
+from xvtrace import timeline
+from xvtrace.bundle import Bundle, BundleError, atomic_path
 from xvtrace.replay import costs as cost_table
 from xvtrace.replay.accounting import COUNTERS
 from xvtrace.replay.execute import CPU_ACTORS, replay
@@ -36,6 +37,7 @@ class ReplayResult:
     stream: Stream
     source: str | None  # the transport the capture ran on, when known
     profile: str
+    timeline_key: str | None = None  # of the requests replayed: a later timeline differs
 
 
 def source_transport(bundle: Bundle) -> str | None:
@@ -69,12 +71,8 @@ def parse_transports(spec: str) -> list[Transport]:
 
 
 def load_requests(bundle: Bundle) -> pl.DataFrame:
-    path = bundle.path / REQUESTS
-    if not path.exists():
-        raise BundleError(
-            f"{bundle.path}: no {REQUESTS} (no timeline yet); run `xvtrace timeline {bundle.path}` first"
-        )
-    return pl.read_parquet(path)
+    """The bundle's reconstructed requests (its timeline, built when missing or stale)."""
+    return timeline.load(bundle).requests
 
 
 def bundle_stream(bundle: Bundle, req: pl.DataFrame, source: str | None, costs, *,
@@ -102,7 +100,8 @@ def replay_bundle(
     table = cost_table.load(costs_file)
     costs = cost_table.costs_for(table, profile)
     src = source or source_transport(bundle)
-    stream = bundle_stream(bundle, load_requests(bundle), src, costs, iodepth=iodepth, njobs=njobs)
+    tl = timeline.load(bundle)
+    stream = bundle_stream(bundle, tl.requests, src, costs, iodepth=iodepth, njobs=njobs)
     frames, rows = [], []
     for i, t in enumerate(transports):  # per transport, each run vectorized
         if progress:
@@ -110,7 +109,8 @@ def replay_bundle(
         df = replay(stream, t, costs, seed=seed, arrivals=arrivals)
         frames.append(df)
         rows.append(summarize(df) | {"saturation_iops": saturation_iops(stream, t, costs, seed)})
-    return ReplayResult(pl.concat(frames), pl.DataFrame(rows), stream, src, profile)
+    return ReplayResult(pl.concat(frames), pl.DataFrame(rows), stream, src, profile,
+                        tl.facts["key"])  # fmt: skip
 
 
 def emit_bundles(
@@ -196,9 +196,10 @@ def calibrate_bundle(
     profile = profile_of(bundle)
     costs = cost_table.costs_for(cost_table.load(costs_file), profile)
     t = get(src)
-    clock = (bundle.manifest.get("timeline") or {}).get("device_model_clock") or {}
+    tl = timeline.load(bundle)
+    clock = tl.device_model_clock or {}
     half = (clock["upper_ns"] - clock["lower_ns"]) / 2 if clock else 0.0
-    req = load_requests(bundle)
+    req = tl.requests
     stream = bundle_stream(bundle, req, src, costs)
     groups = calibrate.fit(req, stream, t, costs, seed=seed, clock_halfwidth_ns=half)
     return src, profile, calibrate.fitted_costs(groups, t, costs)
@@ -210,6 +211,7 @@ def facts(result: ReplayResult) -> dict:
     return {
         "source_transport": result.source,
         "profile": result.profile,
+        "timeline_key": result.timeline_key,
         "stream": {
             "requests": len(st),
             "jobs": st.njobs,

@@ -25,9 +25,8 @@ class Report:
 
     @classmethod
     def of(cls, bundle) -> Report:
-        path = bundle.path / timeline.REQUESTS
-        req = pl.read_parquet(path) if path.exists() else timeline.build(bundle)
-        req = with_phases(req)
+        tl = timeline.load(bundle)
+        req = with_phases(tl.requests)
         rows = []
         for col, name in PHASES:
             if col not in req.columns:
@@ -55,10 +54,8 @@ class Report:
         facts = {
             "bundle": str(bundle.path),
             "requests": len(req),
-            "incomplete": m.get("timeline", {}).get("incomplete", {}),
-            "clocks": {
-                k: v for k, v in m.get("timeline", {}).items() if k.endswith("_clock") and v
-            },
+            "incomplete": tl.facts.get("incomplete", {}),
+            "clocks": {k: v for k, v in tl.facts.items() if k.endswith("_clock") and v},
             "lost_records": m.get("counts", {}).get("lost", 0),
             "sources": [f"{s['file']} ({s['format']})" for s in m.get("sources", [])],
         }

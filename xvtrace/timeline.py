@@ -14,12 +14,14 @@ Requests missing events are kept and flagged (`complete` False, `reason`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from xvtrace import ioreq_join
+from xvtrace import derived, ioreq_join
 from xvtrace.clock import (
     align_device_model,
     evtchn_pairs,
@@ -31,6 +33,9 @@ from xvtrace.ide_timeline import ide_requests
 from xvtrace.intervals import intervals
 
 REQUESTS = "requests.parquet"
+IOREQS = ioreq_join.IOREQS
+SECTION = "timeline"  # the manifest section holding the facts, the key and the files
+VERSION = 1  # of the reconstruction: bump when its output changes
 DM_VIEW = "device-model"  # requests.parquet `view` of rows from QEMU's trace events
 DM_VIEW_NAME = "device model (QEMU trace events)"
 KEY = ["src_file", "dev", "queue", "addr"]
@@ -146,11 +151,59 @@ def qemu_requests(ev: pl.LazyFrame) -> pl.LazyFrame:
     )  # fmt: skip
 
 
-def build(bundle) -> pl.DataFrame:
-    """Reconstruct the bundle's requests and write requests.parquet (atomically); the
-    manifest gets the counts, incomplete ones by reason."""
-    from xvtrace.bundle import atomic_path, write_manifest
+@dataclass(frozen=True)
+class Timeline:
+    """A bundle's reconstructed requests and what the reconstruction found (`facts`: the
+    view used, counts, incomplete requests by reason, the clocks and the IOREQ join)."""
 
+    requests: pl.DataFrame
+    facts: dict
+    computed: bool  # False when served from the bundle's stored, still valid, entry
+
+    @property
+    def view(self) -> str:
+        return self.facts["view"]
+
+    @property
+    def device_model_clock(self) -> dict | None:
+        return self.facts.get("device_model_clock")
+
+    @property
+    def ioreqs(self) -> pl.DataFrame | None:
+        return None if self._ioreqs_path is None else pl.read_parquet(self._ioreqs_path)
+
+    _ioreqs_path: Path | None = None
+
+
+def load(bundle, *, rebuild: bool = False) -> Timeline:
+    """The bundle's timeline: its stored entry when still valid for these events, else
+    reconstructed and stored (requests.parquet, ioreqs.parquet, the manifest's section)."""
+    want = derived.key(bundle, SECTION, VERSION)
+    facts = None if rebuild else derived.fresh(bundle, SECTION, want)
+    if facts is not None:
+        req, computed = pl.read_parquet(bundle.path / REQUESTS), False
+    else:
+        facts, req, ioreqs = reconstruct(bundle)
+        facts = derived.store(bundle, SECTION, want, facts, {REQUESTS: req, IOREQS: ioreqs})
+        computed = True
+    ipath = bundle.path / IOREQS if IOREQS in facts["files"] else None
+    return Timeline(req, facts, computed, ipath)
+
+
+def current_key(bundle) -> str | None:
+    """The key of the bundle's timeline if it is stored and valid for its events, else None."""
+    want = derived.key(bundle, SECTION, VERSION)
+    return want if derived.fresh(bundle, SECTION, want) is not None else None
+
+
+def build(bundle) -> pl.DataFrame:
+    """Reconstruct the bundle's requests anew and store them; the requests."""
+    return load(bundle, rebuild=True).requests
+
+
+def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
+    """The bundle's requests from its events: (facts, requests, joined IOREQs or None).
+    The facts hold the counts, incomplete requests by reason and the clocks."""
     ev = bundle.events()
     acc = ioreq_join.accesses(ev)  # read once: the clock fits and the join all use them
     req = qemu_requests(ev).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
@@ -196,7 +249,7 @@ def build(bundle) -> pl.DataFrame:
         # the join below then uses; fitted once, like the kicks' fit, before any loss.
         join_clock = sequence_clock()
         dm_clock = join_clock or dm_clock
-    ioreqs, joined = ioreq_join.build(bundle, acc, join_clock)
+    ioreqs, joined = ioreq_join.build(acc, join_clock)
     if joined is not None and (
         ide is not None or (view == DM_VIEW_NAME and "trap_exit_ns" not in req.columns)
     ):
@@ -205,10 +258,8 @@ def build(bundle) -> pl.DataFrame:
             dm_clock = dm_clock | {"queue_processing": _queue_processing(req, dm_clock)}
     if joined is not None and view == DM_VIEW_NAME:
         req = ioreq_join.with_interrupt_acks(req, joined)
-    with atomic_path(bundle.path / REQUESTS) as tmp:
-        req.write_parquet(tmp)
     reasons = req.filter(~pl.col("complete")).group_by("reason").len()
-    bundle.manifest["timeline"] = {
+    facts = {
         "view": view,
         "requests": len(req),
         "complete": int(req["complete"].sum()),
@@ -217,8 +268,7 @@ def build(bundle) -> pl.DataFrame:
         "device_model_clock": dm_clock,
         "ioreq_join": ioreqs,
     }
-    write_manifest(bundle.path, bundle.manifest)
-    return req
+    return facts, req, joined
 
 
 def _queue_processing(req: pl.DataFrame, clock: dict) -> str:

@@ -1,0 +1,146 @@
+"""The bundle's derived data (xvtrace.derived): computed on demand, stored under a key that
+covers its inputs, never served stale."""
+
+from __future__ import annotations
+
+import json
+import lzma
+import os
+import shutil
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from helpers import FIXTURES
+
+from xvtrace import api, timeline
+from xvtrace.bundle import Bundle, BundleError
+from xvtrace.cli import cli
+
+EPAM = FIXTURES / "emulated" / "epam-mmio"  # emulated at 2.4 GHz: TSC -> ns needs cpu_khz
+
+
+def _report(runner, bundle) -> dict:
+    r = runner.invoke(cli, ["report", str(bundle), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    out.pop("bundle")
+    return out
+
+
+def _ingest(runner, src, *args) -> None:
+    r = runner.invoke(cli, ["ingest", str(src), *args])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.fixture
+def epam(tmp_path):
+    shutil.copytree(EPAM, tmp_path / "b")
+    return tmp_path / "b"
+
+
+def test_reingest_with_another_cpu_khz_then_report_is_not_stale(epam, tmp_path):
+    runner = CliRunner()
+    _ingest(runner, epam)
+    before = _report(runner, epam)  # builds and stores the timeline
+    _ingest(runner, epam, "--cpu-khz", "1200000")  # half the clock: every trap twice as long
+    after = _report(runner, epam)
+    fresh = tmp_path / "fresh"
+    shutil.copytree(EPAM, fresh)
+    _ingest(runner, fresh, "--cpu-khz", "1200000")
+    assert after == _report(runner, fresh)  # as if the stale timeline had never existed
+    trap = {
+        (r["queue"], r["op"], r["phase"]): r["p50_us"]
+        for r in before["phases"]
+        if r["phase"].startswith("notify trap")
+    }
+    assert trap
+    for r in after["phases"]:
+        if (r["queue"], r["op"], r["phase"]) in trap:
+            # twice the time, as fitted again on the device model's clock
+            assert 1.8 < r["p50_us"] / trap[r["queue"], r["op"], r["phase"]] < 2.2
+
+
+def test_timeline_is_stored_once_and_rebuilt_when_events_change(epam):
+    bundle = api.ingest(epam).bundle
+    first = timeline.load(bundle)
+    assert first.computed and (epam / timeline.REQUESTS).exists()
+    again = timeline.load(Bundle.open(epam))
+    assert not again.computed and again.requests.equals(first.requests)
+    assert again.facts["key"] == first.facts["key"] == timeline.current_key(Bundle.open(epam))
+    bundle = api.ingest(epam).bundle  # the same capture decoded again: a new events table
+    assert timeline.current_key(bundle) is None
+    assert timeline.load(bundle).computed
+
+
+def test_a_derived_file_changed_behind_the_bundle_is_computed_again(epam):
+    bundle = api.ingest(epam).bundle
+    good = timeline.load(bundle).requests
+    pl.DataFrame({"request": [0]}).write_parquet(epam / timeline.REQUESTS)  # someone's edit
+    tl = timeline.load(Bundle.open(epam))
+    assert tl.computed and tl.requests.equals(good)
+
+
+def test_manifest_edit_of_the_ingest_facts_changes_the_key(epam):
+    bundle = api.ingest(epam).bundle
+    key = timeline.load(bundle).facts["key"]
+    m = json.loads((epam / "manifest.json").read_text())
+    m["host"]["hvm_vendor"] = "svm"
+    (epam / "manifest.json").write_text(json.dumps(m))
+    assert timeline.current_key(Bundle.open(epam)) is None
+    assert timeline.load(Bundle.open(epam)).facts["key"] != key
+
+
+def test_a_raw_capture_changed_after_ingest_is_refused(epam):
+    runner = CliRunner()
+    _ingest(runner, epam)
+    log = next(p for p in (epam / "raw").iterdir() if p.name.startswith("qemu"))
+    with log.open("ab") as fh:
+        fh.write(b"\n")
+    for cmd in (["report"], ["timeline"], ["summary"], ["dump"]):
+        r = runner.invoke(cli, [*cmd, str(epam)])
+        assert r.exit_code == 2, (cmd, r.output)
+        assert str(log) in r.output and "bytes when ingested" in r.output
+        assert f"run `xvtrace ingest {epam}`" in r.output
+    _ingest(runner, epam)  # what the message says to do
+    assert runner.invoke(cli, ["report", str(epam)]).exit_code == 0
+
+
+def test_compare_refuses_a_replay_of_requests_the_bundle_no_longer_has(epam):
+    runner = CliRunner()
+    _ingest(runner, epam)
+    assert runner.invoke(cli, ["replay", str(epam), "-t", "epam-mmio"]).exit_code == 0
+    assert runner.invoke(cli, ["compare", str(epam)]).exit_code == 0
+    _ingest(runner, epam, "--cpu-khz", "1200000")
+    r = runner.invoke(cli, ["compare", str(epam)])
+    assert r.exit_code == 2 and f"run `xvtrace replay {epam}` again" in r.output
+
+
+def test_a_replaced_archive_is_unpacked_again(tmp_path):
+    src = FIXTURES / "xentrace" / "x86-pv-blkfront"
+    raw = (src / "trace.bin").read_bytes()
+    b = tmp_path / "b" / "raw"
+    b.mkdir(parents=True)
+    shutil.copy(src / "metadata.json", b / "metadata.json")  # its cpu_khz
+    archive = b / "trace.bin.xz"
+    archive.write_bytes(lzma.compress(raw))
+    bundle = api.ingest(tmp_path / "b").bundle
+    n = bundle.manifest["counts"]["events"]
+    cut = raw[: len(raw) // 2]  # a shorter capture under the same archive name
+    archive.write_bytes(lzma.compress(cut))
+    st = archive.stat()
+    os.utime(archive, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # surely newer
+    with pytest.raises(BundleError, match=r"trace\.bin\.xz: \d+ bytes when ingested"):
+        Bundle.open(tmp_path / "b").events()
+    bundle = api.ingest(tmp_path / "b").bundle
+    assert 0 < bundle.manifest["counts"]["events"] < n
+    assert (b / "trace.bin").stat().st_size == len(cut)
+
+
+def test_temporary_files_in_raw_are_not_captures(epam):
+    bundle = api.ingest(epam).bundle
+    sources = [s["file"] for s in bundle.manifest["sources"]]
+    log = next(p for p in (epam / "raw").iterdir() if p.name.startswith("qemu"))
+    shutil.copy(log, epam / "raw" / f".{log.name}.123-abc.part")  # a writer's leftover
+    again = api.ingest(epam).bundle
+    assert [s["file"] for s in again.manifest["sources"]] == sources
