@@ -37,7 +37,7 @@ def make_trace(path: Path, size_mb: int) -> None:
 
 def generate(path: Path, size_mb: int) -> None:
     from xvtrace.parsers.xentrace import write_frame
-    from xvtrace.synth import hvm_records
+    from xvtrace.testing.synth import hvm_records
 
     tmp = path.with_suffix(".part")
     written, seed, start = 0, 0, 1_000_000_000

@@ -55,7 +55,7 @@ def test_the_emulator_still_makes_the_stored_runs(xvtrace_regress, tmp_path, tra
 
 
 def test_a_regression_fails_with_the_phase_table(xvtrace_regress, tmp_path):
-    from xvtrace.pytest_plugin import RegressionFailure
+    from xvtrace.gate.pytest_plugin import RegressionFailure
 
     if xvtrace_regress.update:
         pytest.skip("updating baselines")

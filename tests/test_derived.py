@@ -1,4 +1,4 @@
-"""The bundle's derived data (xvtrace.derived): computed on demand, stored under a key that
+"""The bundle's derived data (xvtrace.bundle.derived): computed on demand, stored under a key that
 covers its inputs, never served stale."""
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from xenalyze_output import assert_runstates_match, our_runstates, parse_dump, p
 
 from xvtrace import api
 from xvtrace.parsers.xentrace import decode_file, write_frame
-from xvtrace.synth import hvm_records
+from xvtrace.testing.synth import hvm_records
 
 pytestmark = pytest.mark.oracle
 

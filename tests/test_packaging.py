@@ -25,13 +25,13 @@ def test_wheel_has_every_package_and_the_trace_event_definitions(tmp_path):
     # the pytest plugin is registered for every project that installs xvtrace
     (ep,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(ep).decode()
-    assert "[pytest11]" in text and "xvtrace = xvtrace.pytest_plugin" in text
+    assert "[pytest11]" in text and "xvtrace = xvtrace.gate.pytest_plugin" in text
     # the command starts where the allocator settings are applied before numpy and polars
     assert "xvtrace = xvtrace.entry:main" in text
 
 
 def test_plugin_module_imports_nothing_heavy():
-    code = "import sys, xvtrace.pytest_plugin; print(sorted(m for m in ('polars', 'numpy', 'numba') if m in sys.modules))"
+    code = "import sys, xvtrace.gate.pytest_plugin; print(sorted(m for m in ('polars', 'numpy', 'numba') if m in sys.modules))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout

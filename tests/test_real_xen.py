@@ -270,7 +270,8 @@ def test_calibrate_fits_the_epam_costs_from_the_real_capture(xen, tmp_path):
 
 
 def test_real_requests_feed_replay_and_regress(xen):
-    from xvtrace import regress, replaying
+    from xvtrace import replaying
+    from xvtrace.gate import regress
     from xvtrace.replay.transports import get
 
     _, _, _, res, req = xen

@@ -9,9 +9,10 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from xvtrace import api, regress
+from xvtrace import api
 from xvtrace.cli import cli
 from xvtrace.emulate import EmulateOptions, emulate
+from xvtrace.gate import regress
 
 WORKLOAD = "randread-4k-qd1"
 

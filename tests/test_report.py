@@ -11,7 +11,7 @@ from helpers import QEMU_PCI
 from xvtrace import api
 from xvtrace.cli import cli
 from xvtrace.emulate import EmulateOptions, emulate
-from xvtrace.report import Report
+from xvtrace.output.report import Report
 
 
 def test_emulated_report_counts_the_work_the_emulator_did(tmp_path):

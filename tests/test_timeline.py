@@ -13,7 +13,8 @@ from helpers import FIXTURES, QEMU_PCI
 from xvtrace import api, timeline
 from xvtrace.cli import cli
 from xvtrace.emulate import EPOCH_NS, EmulateOptions, emulate
-from xvtrace.intervals import PHASES
+from xvtrace.timeline import pipeline
+from xvtrace.timeline.phases import PHASES
 
 
 def test_real_capture_reconstructs_every_element():
@@ -139,7 +140,7 @@ def test_device_model_clock_is_found_from_causal_pairs(tmp_path, offset, workloa
 
 
 def test_no_hypervisor_side_means_no_device_model_alignment():
-    from xvtrace.clock import align_device_model, notify_pairs
+    from xvtrace.timeline.clock import align_device_model, notify_pairs
 
     assert align_device_model(notify_pairs(api.load(QEMU_PCI / "trace.log").events())) is None
 
@@ -192,7 +193,7 @@ def test_drifting_device_model_clock_is_fitted_as_a_line(tmp_path, transport, dr
 
 
 def test_line_fit_recovers_a_known_line_and_flags_contradictions():
-    from xvtrace.clock import fit_line
+    from xvtrace.timeline.clock import fit_line
 
     rng = np.random.default_rng(1)
     t = np.sort(rng.uniform(0, 5e9, 2000))
@@ -330,14 +331,14 @@ def test_every_emulated_ioreq_joins_its_own_trap(tmp_path, transport, workload):
 def test_ioreq_order_aligns_the_clock_without_a_kick(tmp_path):
     """The clock from IOREQs alone (what an emulated IDE disk has): the same offset as the
     QueueNotify pairs give, within both fits' bounds."""
-    from xvtrace import ioreq_join
-    from xvtrace.clock import align_device_model, notify_pairs
+    from xvtrace.timeline import ioreqs
+    from xvtrace.timeline.clock import align_device_model, notify_pairs
 
     r = emulate(EmulateOptions(transport="epam-mmio", workload="randread-4k-qd1", requests=300,
                                seed=2, clock_offset_ns=55_000, out=tmp_path / "b"))  # fmt: skip
     ev = api.ingest(r.bundle).bundle.events()
     seq = align_device_model(
-        ioreq_join.sequence_pairs(ioreq_join.accesses(ev)), method=ioreq_join.SEQUENCE_METHOD
+        ioreqs.sequence_pairs(ioreqs.accesses(ev)), method=ioreqs.SEQUENCE_METHOD
     )
     kick = align_device_model(notify_pairs(ev))
     assert seq["consistent"] and seq["pairs"] >= 300
@@ -353,7 +354,7 @@ def test_ioreq_order_aligns_the_clock_without_a_kick(tmp_path):
 def test_a_few_contradicting_pairs_are_left_out_and_counted():
     """A clock step in dom0 or a pair matched across a trace edge must not sink the fit:
     up to 5 % of the pairs may be left out, and the result says how many."""
-    from xvtrace.clock import align_device_model
+    from xvtrace.timeline.clock import align_device_model
 
     rng = np.random.default_rng(1)
     n, true = 200, 1_000_000_000
@@ -382,39 +383,39 @@ def test_the_ioreq_order_clock_is_fitted_before_a_loss(tmp_path, monkeypatch):
     matched by order), or on all of them when none lies before it."""
     import shutil
 
-    from xvtrace import ioreq_join
+    from xvtrace.timeline import ioreqs
 
     shutil.copytree(FIXTURES / "xen" / "hvm-ide", tmp_path / "b")
     bundle = api.ingest(tmp_path / "b").bundle
     timeline.build(bundle)
     whole = bundle.manifest["timeline"]["device_model_clock"]
-    assert whole["method"].startswith(ioreq_join.SEQUENCE_METHOD)
+    assert whole["method"].startswith(ioreqs.SEQUENCE_METHOD)
     assert bundle.manifest["timeline"]["ioreq_join"]["joined"] > 0
 
-    pairs = ioreq_join.sequence_pairs(ioreq_join.accesses(bundle.events()))
+    pairs = ioreqs.sequence_pairs(ioreqs.accesses(bundle.events()))
     cut = int(pairs["entry_ns"].sort()[len(pairs) // 2])
-    monkeypatch.setattr(timeline, "first_loss", lambda ev: cut)
+    monkeypatch.setattr(pipeline, "first_loss", lambda ev: cut)
     timeline.build(bundle)
     half = bundle.manifest["timeline"]["device_model_clock"]
     assert half["pairs"] + half["outliers"] == int((pairs["entry_ns"] < cut).sum())
     assert half["pairs"] < whole["pairs"]
 
-    monkeypatch.setattr(timeline, "first_loss", lambda ev: 0)  # lost before anything
+    monkeypatch.setattr(pipeline, "first_loss", lambda ev: 0)  # lost before anything
     timeline.build(bundle)
     assert bundle.manifest["timeline"]["device_model_clock"]["pairs"] == whole["pairs"]
     assert bundle.manifest["timeline"]["ioreq_join"]["joined"] > 0
 
-    assert (bundle.path / ioreq_join.IOREQS).exists()
-    monkeypatch.setattr(ioreq_join, "sequence_pairs", lambda acc: None)  # no clock at all
+    assert (bundle.path / ioreqs.IOREQS).exists()
+    monkeypatch.setattr(ioreqs, "sequence_pairs", lambda acc: None)  # no clock at all
     timeline.build(bundle)
     assert bundle.manifest["timeline"]["ioreq_join"] is None
-    assert not (bundle.path / ioreq_join.IOREQS).exists()  # not the last build's table
+    assert not (bundle.path / ioreqs.IOREQS).exists()  # not the last build's table
 
 
 def test_the_ioreq_order_clock_is_fitted_once_when_no_fit_agrees(tmp_path, monkeypatch):
     """Kicks whose pairs fit no clock, then IOREQs in order that fit none either: the
     order pairing runs once, and the join uses its fit as it is."""
-    from xvtrace import ioreq_join
+    from xvtrace.timeline import ioreqs
 
     r = emulate(EmulateOptions(transport="epam-mmio", workload="randread-4k-qd1", requests=100,
                                seed=4, out=tmp_path / "b"))  # fmt: skip
@@ -425,12 +426,12 @@ def test_the_ioreq_order_clock_is_fitted_once_when_no_fit_agrees(tmp_path, monke
         found = fit(*args, **kw)
         return None if found is None else found | {"consistent": False}
 
-    real = ioreq_join.sequence_pairs
-    monkeypatch.setattr(timeline, "align_device_model", inconsistent)
-    monkeypatch.setattr(ioreq_join, "sequence_pairs", lambda acc: calls.append(1) or real(acc))
+    real = ioreqs.sequence_pairs
+    monkeypatch.setattr(pipeline, "align_device_model", inconsistent)
+    monkeypatch.setattr(ioreqs, "sequence_pairs", lambda acc: calls.append(1) or real(acc))
     timeline.build(bundle)
     clock = bundle.manifest["timeline"]["device_model_clock"]
-    assert calls == [1] and clock["method"].startswith(ioreq_join.SEQUENCE_METHOD)
+    assert calls == [1] and clock["method"].startswith(ioreqs.SEQUENCE_METHOD)
     assert bundle.manifest["timeline"]["ioreq_join"]["joined"] > 0
 
 

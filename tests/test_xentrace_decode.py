@@ -19,7 +19,7 @@ from xvtrace.parsers.xentrace import (
     write_frame,
 )
 from xvtrace.parsers.xentrace_scan import tsc_to_ns
-from xvtrace.synth import hvm_records
+from xvtrace.testing.synth import hvm_records
 
 RAW_COLS = ["cpu", "ts_raw", "has_ts", "code", "nargs", *[f"arg{i}" for i in range(7)]]
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import polars as pl
 
+from xvtrace.analysis.dump import iter_lines, select_events
+from xvtrace.analysis.summary import Summary, virtqueues
 from xvtrace.bundle import Bundle
-from xvtrace.dump import iter_lines, select_events
-from xvtrace.ingest import IngestResult
-from xvtrace.ingest import ingest as _ingest
+from xvtrace.bundle.ingest import IngestResult
+from xvtrace.bundle.ingest import ingest as _ingest
 from xvtrace.parsers.symbols import Symbols
-from xvtrace.summary import Summary, virtqueues
 
 _TEMP_DIRS: list[str] = []
 
@@ -35,7 +35,7 @@ def _cleanup() -> None:
 
 
 def ingest(src, out=None, **kw) -> IngestResult:
-    """Decode a raw capture or a bundle into a bundle on disk (see xvtrace.ingest)."""
+    """Decode a raw capture or a bundle into a bundle on disk (see xvtrace.bundle.ingest)."""
     return _ingest(src, out, **kw)
 
 

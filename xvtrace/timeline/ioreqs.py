@@ -111,7 +111,7 @@ def join(acc: Accesses, clock: dict) -> tuple[pl.DataFrame, dict | None]:
     device model's clock, or nulls; counts: ioreqs, joined, ioreqs without a trap and how many
     of them came before the hypervisor's trace began, traps at device-model addresses without
     an IOREQ), counts None without both sides."""
-    from xvtrace.clock import to_device_model
+    from xvtrace.timeline.clock import to_device_model
 
     dm, hv = acc
     if not len(dm) or not len(hv):

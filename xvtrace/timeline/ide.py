@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from xvtrace.intervals import intervals
+from xvtrace.timeline.phases import intervals
 
 VIEW = "ide"  # requests.parquet `view`
 DMA_COMMANDS = {0xC8: "read", 0x25: "read", 0xCA: "write", 0x35: "write"}

@@ -12,7 +12,7 @@ from html import escape
 import numpy as np
 import polars as pl
 
-from xvtrace.report import Report
+from xvtrace.output.report import Report
 
 W, H, PAD = 720, 260, 48
 COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7")

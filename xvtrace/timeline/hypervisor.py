@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from xvtrace.intervals import intervals
+from xvtrace.timeline.phases import intervals
 
 VIEW = "hypervisor"  # requests.parquet `view`: matched from xentrace and dom0's block layer
 LOST_REASON = "records lost before this request's end: matching by order is not trusted"

@@ -355,7 +355,7 @@ def exit_sites(ev: pl.LazyFrame, symbols, vendor: str | None, top: int = 20) -> 
     )
     if not len(ex):
         return empty
-    from xvtrace.dump import name_addresses  # the dump's own address naming
+    from xvtrace.analysis.dump import name_addresses  # the dump's own address naming
 
     rips = ex["rip"].to_numpy()
     names = name_addresses(rips, symbols)

@@ -49,7 +49,7 @@ def notify_pairs(ev: pl.LazyFrame, hv: pl.DataFrame | None = None) -> pl.DataFra
     (hypervisor clock) and handle_off, handle_ns, last_ns (device-model clock: the last of
     the IOREQ's IOREQ_HANDLING events); None without both sides. `hv`: the bundle's
     `ioreq_join.traps`, when the caller has them already."""
-    from xvtrace.ioreq_join import traps as emulated_accesses
+    from xvtrace.timeline.ioreqs import traps as emulated_accesses
 
     dm = (
         ev.filter(pl.col("source") == "qemu")
@@ -160,7 +160,7 @@ def evtchn_pairs(ev: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame] | None:
     QEMU's k-th virtio_notify comes before dom0's k-th event_channel_op, its notification to
     the guest. Returns (kicks: dom, vcpu, cpu, exit_ns, entry_ns, handle_off, handle_ns;
     responses: resp_ns, last_ns), or None without both sides."""
-    from xvtrace.hv_timeline import kicks
+    from xvtrace.timeline.hypervisor import kicks
 
     k = kicks(ev).filter(pl.col("kind") == "hypercall").sort("entry_ns", "exit_ns")
     q = (

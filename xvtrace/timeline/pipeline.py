@@ -1,15 +1,13 @@
-"""Per-request timelines: one row per request with its phase timestamps, from a bundle's
-event table (lazy polars).
+"""The timeline: which view of the bundle's events reconstructs its requests, the clocks
+that put them on one time line, and the requests stored as the bundle's derived data.
 
-This first stage reconstructs requests as the device model sees them, from QEMU's trace
-events alone (what works on any QEMU capture): an element's life from the guest's kick
-(virtio_queue_notify) through virtqueue_pop, the block request (virtio_blk_handle_*,
-rw_complete, req_complete) to virtqueue_fill and the interrupt (virtio_notify[_irqfd]).
-Elements are matched as QEMU reports them: pointers are reused, so the k-th pop of a
-(device, queue, element) pairs with its k-th fill; notifications are suppressed and
-coalesced, so a fill's notify is the first one at or after it on its queue.
-
-Requests missing events are kept and flagged (`complete` False, `reason`).
+Views, tried in order (each needs certain events; `reconstruct` says which it used):
+- the device model's (timeline.qemu): QEMU's virtqueue events, with each kick's trap from
+  the hypervisor when a device-model clock can be fitted (timeline.clock);
+- an emulated IDE disk (timeline.ide);
+- the hypervisor's and dom0's block layer (timeline.hypervisor), for backends that log
+  nothing per request.
+The IOREQ join (timeline.ioreqs) adds each request's kick trap and interrupt acks.
 """
 
 from __future__ import annotations
@@ -21,134 +19,22 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from xvtrace import derived, ioreq_join
-from xvtrace.clock import (
+from xvtrace.bundle import derived
+from xvtrace.timeline import ioreqs, qemu
+from xvtrace.timeline.clock import (
     align_device_model,
     evtchn_pairs,
     notify_pairs,
     to_device_model,
 )
-from xvtrace.hv_timeline import block_requests, first_loss, hypervisor_requests
-from xvtrace.ide_timeline import ide_requests
-from xvtrace.intervals import intervals
+from xvtrace.timeline.hypervisor import block_requests, first_loss, hypervisor_requests
+from xvtrace.timeline.ide import ide_requests
 
 REQUESTS = "requests.parquet"
-IOREQS = ioreq_join.IOREQS
+IOREQS = ioreqs.IOREQS
 SECTION = "timeline"  # the manifest section holding the facts, the key and the files
 VERSION = 1  # of the reconstruction: bump when its output changes
-DM_VIEW = "device-model"  # requests.parquet `view` of rows from QEMU's trace events
-DM_VIEW_NAME = "device model (QEMU trace events)"
-KEY = ["src_file", "dev", "queue", "addr"]
-
-
-def _events(q: pl.LazyFrame, names: list[str], *cols: pl.Expr) -> pl.LazyFrame:
-    return q.filter(pl.col("event").is_in(names)).select(*cols)
-
-
-def qemu_requests(ev: pl.LazyFrame) -> pl.LazyFrame:
-    """One row per virtqueue element QEMU popped (see the module doc)."""
-    q = ev.filter(pl.col("source") == "qemu")
-    pops = (
-        _events(
-            q,
-            ["qemu.virtqueue_pop"],
-            *[pl.col(c) for c in KEY],
-            pl.col("ts_ns").alias("pop_ns"),
-            pl.col("src_offset").alias("pop_off"),
-            pl.col("arg2").alias("in_num"),
-            pl.col("arg3").alias("out_num"),
-        )
-        .sort("src_file", "pop_off")
-        .with_columns(pl.int_range(pl.len()).over(KEY).alias("k"))
-    )
-    fills = (
-        _events(
-            q,
-            ["qemu.virtqueue_fill"],
-            *[pl.col(c) for c in KEY],
-            pl.col("ts_ns").alias("fill_ns"),
-            pl.col("src_offset").alias("fill_off"),
-            pl.col("size").alias("fill_len"),
-        )
-        .sort("src_file", "fill_off")
-        .with_columns(pl.int_range(pl.len()).over(KEY).alias("k"))
-    )
-    req = pops.join(fills, on=[*KEY, "k"], how="left", nulls_equal=True).sort("src_file", "pop_off")
-
-    def after_pop(names, *cols, by=("src_file", "dev", "addr")):
-        """The first such event of the same request at or after its pop (in file order)."""
-        right = _events(q, names, pl.col("src_file"), pl.col("dev"), pl.col("addr"),
-                        pl.col("src_offset").alias("_off"), *cols).sort("_off")  # fmt: skip
-        return right, list(by)
-
-    handles, by = after_pop(
-        ["qemu.virtio_blk_handle_read", "qemu.virtio_blk_handle_write"],
-        pl.col("ts_ns").alias("handle_ns"),
-        pl.when(pl.col("event") == "qemu.virtio_blk_handle_read").then(pl.lit("read")).otherwise(pl.lit("write")).alias("blk_op"),
-        pl.col("size").alias("blk_bytes"), pl.col("arg2").alias("sector"),
-    )  # fmt: skip
-    done, _ = after_pop(["qemu.virtio_blk_rw_complete"], pl.col("ts_ns").alias("io_done_ns"))
-    comp, _ = after_pop(["qemu.virtio_blk_req_complete"], pl.col("ts_ns").alias("complete_ns"))
-    for right, cols in ((handles, ["handle_ns", "blk_op", "blk_bytes", "sector"]), (done, ["io_done_ns"]),
-                        (comp, ["complete_ns"])):  # fmt: skip
-        req = req.join_asof(
-            right,
-            left_on="pop_off",
-            right_on="_off",
-            by=by,
-            strategy="forward",
-            check_sortedness=False,
-        )
-        # an event after the fill belongs to a later request reusing the pointer (one in
-        # flight at the end has no later reuse: what follows its pop is its own)
-        mine = pl.col("fill_off").is_null() | (pl.col("_off") < pl.col("fill_off"))
-        req = req.with_columns([pl.when(mine).then(pl.col(c)).alias(c) for c in cols]).drop("_off")
-    kicks = _events(q, ["qemu.virtio_queue_notify"], pl.col("src_file"), pl.col("dev"), pl.col("queue"),
-                    pl.col("ts_ns").alias("kick_ns"), pl.col("src_offset").alias("_koff")).sort("_koff")  # fmt: skip
-    req = req.join_asof(kicks, left_on="pop_off", right_on="_koff", by=["src_file", "dev", "queue"],
-                        strategy="backward", check_sortedness=False).rename({"_koff": "kick_off"})  # fmt: skip
-    irqs = _events(q, ["qemu.virtio_notify", "qemu.virtio_notify_irqfd"], pl.col("src_file"), pl.col("dev"),
-                   pl.col("queue"), pl.col("ts_ns").alias("notify_ns"), pl.col("src_offset").alias("_noff")).sort("_noff")  # fmt: skip
-    req = (
-        req.sort("fill_off", nulls_last=True)
-        .join_asof(
-            irqs,
-            left_on="fill_off",
-            right_on="_noff",
-            by=["src_file", "dev", "queue"],
-            strategy="forward",
-            check_sortedness=False,
-        )
-        .drop("_noff")
-    )
-    blk = pl.col("blk_op").is_not_null()
-    op = (
-        pl.when(blk).then(pl.col("blk_op"))
-        .when((pl.col("in_num") == 0) & (pl.col("out_num") > 0)).then(pl.lit("tx"))
-        .when((pl.col("out_num") == 0) & (pl.col("in_num") > 0)).then(pl.lit("rx"))
-        .otherwise(pl.lit("other"))
-    )  # fmt: skip
-    reason = (
-        pl.when(pl.col("fill_ns").is_null()).then(pl.lit("no fill (in flight at the end, or lost)"))
-        .when(pl.col("pop_ns").is_null()).then(pl.lit("no timestamps"))
-        .otherwise(pl.lit(None, dtype=pl.String))
-    )  # fmt: skip
-    return (
-        req.sort("src_file", "pop_off")
-        .with_columns(op.alias("op"), reason.alias("reason"))
-        .select(
-            pl.int_range(pl.len()).alias("request"),
-            "src_file", "dev", "queue", pl.col("addr").alias("elem"), "op",
-            pl.when(pl.col("blk_op").is_not_null()).then(pl.col("blk_bytes").cast(pl.UInt64))
-            .when(pl.col("op") == "rx").then(pl.col("fill_len").cast(pl.UInt64) - 12)
-            .alias("bytes"),
-            "sector", "in_num", "out_num", "fill_len",
-            "kick_ns", "pop_ns", "handle_ns", "io_done_ns", "complete_ns", "fill_ns", "notify_ns",
-            *intervals(),
-            pl.col("reason").is_null().alias("complete"),
-            "reason", "pop_off", "fill_off", "kick_off",
-        )
-    )  # fmt: skip
+DM_VIEW, DM_VIEW_NAME = qemu.VIEW, qemu.VIEW_NAME
 
 
 @dataclass(frozen=True)
@@ -183,8 +69,8 @@ def load(bundle, *, rebuild: bool = False) -> Timeline:
     if facts is not None:
         req, computed = pl.read_parquet(bundle.path / REQUESTS), False
     else:
-        facts, req, ioreqs = reconstruct(bundle)
-        facts = derived.store(bundle, SECTION, want, facts, {REQUESTS: req, IOREQS: ioreqs})
+        facts, req, joined = reconstruct(bundle)
+        facts = derived.store(bundle, SECTION, want, facts, {REQUESTS: req, IOREQS: joined})
         computed = True
     ipath = bundle.path / IOREQS if IOREQS in facts["files"] else None
     return Timeline(req, facts, computed, ipath)
@@ -205,8 +91,8 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
     """The bundle's requests from its events: (facts, requests, joined IOREQs or None).
     The facts hold the counts, incomplete requests by reason and the clocks."""
     ev = bundle.events()
-    acc = ioreq_join.accesses(ev)  # read once: the clock fits and the join all use them
-    req = qemu_requests(ev).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
+    acc = ioreqs.accesses(ev)  # read once: the clock fits and the join all use them
+    req = qemu.requests(ev).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
     dm_clock, view, ide = None, DM_VIEW_NAME, None
     lost = first_loss(ev)
     # the IOREQ-order clock, fitted at most once whichever step asks for it first
@@ -249,15 +135,15 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
         # the join below then uses; fitted once, like the kicks' fit, before any loss.
         join_clock = sequence_clock()
         dm_clock = join_clock or dm_clock
-    ioreqs, joined = ioreq_join.build(acc, join_clock)
+    join_counts, joined = ioreqs.build(acc, join_clock)
     if joined is not None and (
         ide is not None or (view == DM_VIEW_NAME and "trap_exit_ns" not in req.columns)
     ):
-        req = ioreq_join.with_kick_traps(req, joined)
+        req = ioreqs.with_kick_traps(req, joined)
         if ide is None:
             dm_clock = dm_clock | {"queue_processing": _queue_processing(req, dm_clock)}
     if joined is not None and view == DM_VIEW_NAME:
-        req = ioreq_join.with_interrupt_acks(req, joined)
+        req = ioreqs.with_interrupt_acks(req, joined)
     reasons = req.filter(~pl.col("complete")).group_by("reason").len()
     facts = {
         "view": view,
@@ -266,7 +152,7 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
         "incomplete": {r: int(n) for r, n in reasons.iter_rows()},
         "packet_clock": align_packets(req, ev),
         "device_model_clock": dm_clock,
-        "ioreq_join": ioreqs,
+        "ioreq_join": join_counts,
     }
     return facts, req, joined
 
@@ -288,10 +174,10 @@ def _sequence_clock(acc, lost: int | None) -> dict | None:
     first lost record. When none lies before it (a pCPU's buffer overflowed at the start),
     all of them: the pairing keeps only a run that agrees access for access, which a loss
     inside the run would break, so those pairs are still likely right."""
-    pairs = ioreq_join.sequence_pairs(acc)
+    pairs = ioreqs.sequence_pairs(acc)
     early = _before(lost, pairs)
     return align_device_model(
-        early if early is not None and len(early) else pairs, method=ioreq_join.SEQUENCE_METHOD
+        early if early is not None and len(early) else pairs, method=ioreqs.SEQUENCE_METHOD
     )
 
 

@@ -12,15 +12,15 @@ import polars as pl
 
 from xvtrace import __version__, api
 from xvtrace.bundle import BundleError
+from xvtrace.bundle.ingest import IngestError
 from xvtrace.capture import CaptureError
 from xvtrace.capture.qmp import QMPError
 from xvtrace.emulate.workload import PRESETS
-from xvtrace.ingest import IngestError
-from xvtrace.intervals import PHASES as REQUEST_PHASES
-from xvtrace.intervals import with_phases
 from xvtrace.parsers.errors import ParseError
 from xvtrace.replay.transports import NAMES as TRANSPORT_NAMES
 from xvtrace.replay.transports.base import PHASES
+from xvtrace.timeline.phases import PHASES as REQUEST_PHASES
+from xvtrace.timeline.phases import with_phases
 
 
 class UserError(click.ClickException):
@@ -344,7 +344,7 @@ def timeline_cmd(source, as_json):
                 " kick -> pop includes the main loop's wake-up"
             )
     if j := clocks.get("ioreq_join"):
-        from xvtrace.ioreq_join import IOREQS
+        from xvtrace.timeline.ioreqs import IOREQS
 
         click.echo(
             f"IOREQs: {j['joined']} of {j['ioreqs']} joined with their VM exit and entry"
@@ -386,13 +386,14 @@ def report_cmd(source, as_json, html_file):
     """Where each request's time goes: per-phase p50/p90/p99/max per device queue and
     operation, clock alignment bounds, incomplete requests, and the VM exits, dom0
     hypercalls, IOREQs and grant operations per request. Runs `timeline` when needed."""
-    from xvtrace.report import Report
+    from xvtrace.output.report import Report
 
     bundle = api.load(source)
     rep = Report.of(bundle)
     if html_file:
-        from xvtrace import html, timeline
+        from xvtrace import timeline
         from xvtrace.bundle import atomic_path
+        from xvtrace.output import html
 
         with atomic_path(html_file) as tmp:
             tmp.write_text(html.render(rep, timeline.load(bundle).requests))
@@ -418,7 +419,7 @@ def export_perfetto_cmd(source, output):
     device I/O, fill -> interrupt), a track per guest vCPU (the kick's trap) and flows from
     each kick to the element it made QEMU pop. Runs `timeline` first when needed."""
     from xvtrace.bundle import atomic_path
-    from xvtrace.export import perfetto
+    from xvtrace.output.perfetto import perfetto
 
     bundle = api.load(source)
     with atomic_path(output) as tmp:
@@ -628,7 +629,8 @@ def replay_cmd(
     hypercalls, IOREQs, pages mapped and bytes copied per request, and the phases that
     differ most from the baseline. `xvtrace compare` shows the result again (or as HTML).
     """
-    from xvtrace import compare, replaying
+    from xvtrace import replaying
+    from xvtrace.output import compare
 
     bundle = api.load(source)
     transports = replaying.parse_transports(transport)
@@ -715,8 +717,8 @@ def compare_cmd(source, as_json, html_file):
     replay's parquet file): p50/p99 latency and its ratio to the baseline, IOPS at the
     captured depth and at saturation, CPU per request, work per request and the phases
     that make the difference."""
-    from xvtrace import compare
     from xvtrace.bundle import atomic_path
+    from xvtrace.output import compare
 
     facts, req = compare.load(source)
     if html_file:
@@ -749,7 +751,7 @@ def regress_cmd(baseline, candidate, threshold, alpha, force, as_json, as_markdo
     every queue and operation (Mann-Whitney U + bootstrap interval of the median ratio +
     a minimum effect). Exit status: 0 pass, 1 regression, 2 error (including runs whose
     Xen version, cpu_khz, transport or workload differ, unless --force)."""
-    from xvtrace import regress
+    from xvtrace.gate import regress
 
     base, cand = regress.load(baseline), regress.load(candidate)
     if update:

@@ -37,7 +37,7 @@ class Regress:
         self.threshold_pct = threshold_pct
 
     def summary(self, source) -> dict:
-        from xvtrace import regress
+        from xvtrace.gate import regress
 
         return regress.load(source)
 
@@ -45,7 +45,7 @@ class Regress:
         self, candidate, *, baseline, threshold_pct: float | None = None, force: bool = False
     ):
         """Compare `candidate` with the baseline file; returns the comparison."""
-        from xvtrace import regress
+        from xvtrace.gate import regress
 
         baseline = Path(baseline)
         cand = candidate if isinstance(candidate, dict) else regress.load(candidate)

@@ -16,7 +16,7 @@ import polars as pl
 
 from xvtrace import timeline
 from xvtrace.bundle import Bundle, BundleError
-from xvtrace.html import PAD, W, cdf_lines, legend, stacked_bars, svg_figure
+from xvtrace.output.html import PAD, W, cdf_lines, legend, stacked_bars, svg_figure
 from xvtrace.replay.transports.base import PHASES
 from xvtrace.replaying import REPLAY
 

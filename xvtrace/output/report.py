@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import polars as pl
 
 from xvtrace import timeline
-from xvtrace.intervals import PHASES, with_phases
 from xvtrace.parsers import xen_events as xe
+from xvtrace.timeline.phases import PHASES, with_phases
 
 QUANTILES = (0.5, 0.9, 0.99)
 

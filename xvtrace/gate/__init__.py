@@ -1,0 +1,1 @@
+"""The regression gate: baselines, the comparison and its verdicts, the pytest plugin."""

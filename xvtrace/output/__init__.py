@@ -1,0 +1,1 @@
+"""Renderers of results: the report (text, JSON, HTML), the replay comparison, Perfetto."""

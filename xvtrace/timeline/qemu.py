@@ -1,0 +1,130 @@
+"""The device model's view: one row per virtqueue element QEMU popped, from QEMU's trace
+events alone (what works on any QEMU capture): an element's life from the guest's kick
+(virtio_queue_notify) through virtqueue_pop, the block request (virtio_blk_handle_*,
+rw_complete, req_complete) to virtqueue_fill and the interrupt (virtio_notify[_irqfd]).
+Elements are matched as QEMU reports them: pointers are reused, so the k-th pop of a
+(device, queue, element) pairs with its k-th fill; notifications are suppressed and
+coalesced, so a fill's notify is the first one at or after it on its queue.
+
+Requests missing events are kept and flagged (`complete` False, `reason`).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from xvtrace.timeline.phases import intervals
+
+VIEW = "device-model"  # requests.parquet `view` of rows from QEMU's trace events
+VIEW_NAME = "device model (QEMU trace events)"
+KEY = ["src_file", "dev", "queue", "addr"]
+
+
+def _events(q: pl.LazyFrame, names: list[str], *cols: pl.Expr) -> pl.LazyFrame:
+    return q.filter(pl.col("event").is_in(names)).select(*cols)
+
+
+def requests(ev: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per virtqueue element QEMU popped (see the module doc)."""
+    q = ev.filter(pl.col("source") == "qemu")
+    pops = (
+        _events(
+            q,
+            ["qemu.virtqueue_pop"],
+            *[pl.col(c) for c in KEY],
+            pl.col("ts_ns").alias("pop_ns"),
+            pl.col("src_offset").alias("pop_off"),
+            pl.col("arg2").alias("in_num"),
+            pl.col("arg3").alias("out_num"),
+        )
+        .sort("src_file", "pop_off")
+        .with_columns(pl.int_range(pl.len()).over(KEY).alias("k"))
+    )
+    fills = (
+        _events(
+            q,
+            ["qemu.virtqueue_fill"],
+            *[pl.col(c) for c in KEY],
+            pl.col("ts_ns").alias("fill_ns"),
+            pl.col("src_offset").alias("fill_off"),
+            pl.col("size").alias("fill_len"),
+        )
+        .sort("src_file", "fill_off")
+        .with_columns(pl.int_range(pl.len()).over(KEY).alias("k"))
+    )
+    req = pops.join(fills, on=[*KEY, "k"], how="left", nulls_equal=True).sort("src_file", "pop_off")
+
+    def after_pop(names, *cols, by=("src_file", "dev", "addr")):
+        """The first such event of the same request at or after its pop (in file order)."""
+        right = _events(q, names, pl.col("src_file"), pl.col("dev"), pl.col("addr"),
+                        pl.col("src_offset").alias("_off"), *cols).sort("_off")  # fmt: skip
+        return right, list(by)
+
+    handles, by = after_pop(
+        ["qemu.virtio_blk_handle_read", "qemu.virtio_blk_handle_write"],
+        pl.col("ts_ns").alias("handle_ns"),
+        pl.when(pl.col("event") == "qemu.virtio_blk_handle_read").then(pl.lit("read")).otherwise(pl.lit("write")).alias("blk_op"),
+        pl.col("size").alias("blk_bytes"), pl.col("arg2").alias("sector"),
+    )  # fmt: skip
+    done, _ = after_pop(["qemu.virtio_blk_rw_complete"], pl.col("ts_ns").alias("io_done_ns"))
+    comp, _ = after_pop(["qemu.virtio_blk_req_complete"], pl.col("ts_ns").alias("complete_ns"))
+    for right, cols in ((handles, ["handle_ns", "blk_op", "blk_bytes", "sector"]), (done, ["io_done_ns"]),
+                        (comp, ["complete_ns"])):  # fmt: skip
+        req = req.join_asof(
+            right,
+            left_on="pop_off",
+            right_on="_off",
+            by=by,
+            strategy="forward",
+            check_sortedness=False,
+        )
+        # an event after the fill belongs to a later request reusing the pointer (one in
+        # flight at the end has no later reuse: what follows its pop is its own)
+        mine = pl.col("fill_off").is_null() | (pl.col("_off") < pl.col("fill_off"))
+        req = req.with_columns([pl.when(mine).then(pl.col(c)).alias(c) for c in cols]).drop("_off")
+    kicks = _events(q, ["qemu.virtio_queue_notify"], pl.col("src_file"), pl.col("dev"), pl.col("queue"),
+                    pl.col("ts_ns").alias("kick_ns"), pl.col("src_offset").alias("_koff")).sort("_koff")  # fmt: skip
+    req = req.join_asof(kicks, left_on="pop_off", right_on="_koff", by=["src_file", "dev", "queue"],
+                        strategy="backward", check_sortedness=False).rename({"_koff": "kick_off"})  # fmt: skip
+    irqs = _events(q, ["qemu.virtio_notify", "qemu.virtio_notify_irqfd"], pl.col("src_file"), pl.col("dev"),
+                   pl.col("queue"), pl.col("ts_ns").alias("notify_ns"), pl.col("src_offset").alias("_noff")).sort("_noff")  # fmt: skip
+    req = (
+        req.sort("fill_off", nulls_last=True)
+        .join_asof(
+            irqs,
+            left_on="fill_off",
+            right_on="_noff",
+            by=["src_file", "dev", "queue"],
+            strategy="forward",
+            check_sortedness=False,
+        )
+        .drop("_noff")
+    )
+    blk = pl.col("blk_op").is_not_null()
+    op = (
+        pl.when(blk).then(pl.col("blk_op"))
+        .when((pl.col("in_num") == 0) & (pl.col("out_num") > 0)).then(pl.lit("tx"))
+        .when((pl.col("out_num") == 0) & (pl.col("in_num") > 0)).then(pl.lit("rx"))
+        .otherwise(pl.lit("other"))
+    )  # fmt: skip
+    reason = (
+        pl.when(pl.col("fill_ns").is_null()).then(pl.lit("no fill (in flight at the end, or lost)"))
+        .when(pl.col("pop_ns").is_null()).then(pl.lit("no timestamps"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )  # fmt: skip
+    return (
+        req.sort("src_file", "pop_off")
+        .with_columns(op.alias("op"), reason.alias("reason"))
+        .select(
+            pl.int_range(pl.len()).alias("request"),
+            "src_file", "dev", "queue", pl.col("addr").alias("elem"), "op",
+            pl.when(pl.col("blk_op").is_not_null()).then(pl.col("blk_bytes").cast(pl.UInt64))
+            .when(pl.col("op") == "rx").then(pl.col("fill_len").cast(pl.UInt64) - 12)
+            .alias("bytes"),
+            "sector", "in_num", "out_num", "fill_len",
+            "kick_ns", "pop_ns", "handle_ns", "io_done_ns", "complete_ns", "fill_ns", "notify_ns",
+            *intervals(),
+            pl.col("reason").is_null().alias("complete"),
+            "reason", "pop_off", "fill_off", "kick_off",
+        )
+    )  # fmt: skip
