@@ -420,7 +420,7 @@ def test_the_ioreq_order_clock_is_fitted_once_when_no_fit_agrees(tmp_path, monke
     r = emulate(EmulateOptions(transport="epam-mmio", workload="randread-4k-qd1", requests=100,
                                seed=4, out=tmp_path / "b"))  # fmt: skip
     bundle = api.ingest(r.bundle).bundle
-    fit, calls = timeline.align_device_model, []
+    fit, calls = pipeline.align_device_model, []
 
     def inconsistent(*args, **kw):
         found = fit(*args, **kw)

@@ -3,7 +3,8 @@
 >>> import xvtrace.api as xv
 >>> b = xv.load("run/")                 # a bundle, or a raw capture file
 >>> ev = b.events()                     # polars LazyFrame of canonical events
->>> ev.filter(pl.col("event") == "hvm.vmexit").group_by("arg0").len().collect()
+>>> from xvtrace.parsers import fields   # event fields by name, from the catalogues
+>>> ev.filter(pl.col("event") == "hvm.vmexit").group_by(fields.exit_reason()).len().collect()
 >>> xv.summarize("run/").sections["exits"]
 """
 

@@ -12,11 +12,14 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from xvtrace.parsers import fields
 from xvtrace.parsers import xen_events as xe
 
 EXIT_EVENTS = ["hvm.vmexit", "hvm.nested_vmexit"]
 ENTRY_EVENTS = ["hvm.vmentry", "hvm.nested_vmentry"]
 RUNSTATE = "sched.runstate_change"
+RUNSTATE_EVENTS = [RUNSTATE, "sched.continue_running"]
+INTERRUPT_EVENTS = ["hvm.inj_virq", "hvm.reinj_virq", "hvm.intr"]
 CLASS_EXPR = (pl.col("code") // (1 << 16)) & 0xFFF
 
 
@@ -73,12 +76,16 @@ def runstates(ev: pl.LazyFrame) -> pl.DataFrame:
     cpu_end = ev.group_by("cpu").agg(pl.col("ts_ns").max().alias("cpu_end"))
     # continue_running is a running->running change: it ends one running interval.
     rs = (
-        ev.filter(pl.col("event").is_in([RUNSTATE, "sched.continue_running"]))
+        ev.filter(pl.col("event").is_in(RUNSTATE_EVENTS))
         .select(
             "ts_ns",
             "cpu",
-            (pl.col("arg0") // (1 << 16)).cast(pl.Int32).alias("sdom"),
-            (pl.col("arg0") & 0xFFFF).cast(pl.Int32).alias("svcpu"),
+            pl.coalesce(*[fields.xen(e, "dom") for e in RUNSTATE_EVENTS])
+            .cast(pl.Int32)
+            .alias("sdom"),
+            pl.coalesce(*[fields.xen(e, "vcpu") for e in RUNSTATE_EVENTS])
+            .cast(pl.Int32)
+            .alias("svcpu"),
             ((pl.col("code") // (1 << 8)) & 0xF).alias("old"),
             ((pl.col("code") // (1 << 4)) & 0xF).alias("new"),
         )
@@ -157,7 +164,7 @@ def exits(ev: pl.LazyFrame, vendor: str | None) -> pl.DataFrame:
     """HVM exits by reason: count and time from VM exit to the next VM entry on that pCPU."""
     hv = (
         ev.filter(pl.col("event").is_in(EXIT_EVENTS + ENTRY_EVENTS))
-        .select("ts_ns", "cpu", "dom", "vcpu", "event", "arg0")
+        .select("ts_ns", "cpu", "dom", "vcpu", "event", fields.exit_reason())
         .with_columns(
             pl.when(pl.col("event").is_in(ENTRY_EVENTS)).then(pl.col("ts_ns")).alias("entry"),
             pl.when(pl.col("event").is_in(EXIT_EVENTS)).then(pl.col("ts_ns")).alias("exit"),
@@ -177,7 +184,7 @@ def exits(ev: pl.LazyFrame, vendor: str | None) -> pl.DataFrame:
         )
     )
     df = (
-        hv.group_by("dom", "vcpu", pl.col("arg0").alias("reason"))
+        hv.group_by("dom", "vcpu", pl.col("exit_reason").alias("reason"))
         .agg(*_percentiles("dur"), pl.col("dur").null_count().alias("unmatched"))
         .sort("dom", "vcpu", "reason")
         .collect()
@@ -192,17 +199,7 @@ def exits(ev: pl.LazyFrame, vendor: str | None) -> pl.DataFrame:
 
 def hypercalls(ev: pl.LazyFrame) -> pl.DataFrame:
     """Hypercalls by name per domain: PV_HYPERCALL(_V2) and subcalls, and HVM VMCALLs."""
-    op = (
-        pl.when(pl.col("code") == xe.TRC_PV_HYPERCALL_V2)
-        .then(pl.col("arg0") & 0xFFFFF)
-        .when(pl.col("code") == xe.TRC_PV_HYPERCALL_SUBCALL)
-        .then(pl.col("arg0") & 0xFFFFF)
-        .when(pl.col("code") == 0x00201001)
-        .then(pl.col("arg1"))
-        .when(pl.col("code") == 0x00201101)
-        .then(pl.col("arg2"))
-        .otherwise(pl.col("arg0"))
-    )
+    op = fields.hypercall()
     kind = (
         pl.when(pl.col("event") == "pv.hypercall_subcall")
         .then(pl.lit("pv-subcall"))
@@ -211,7 +208,7 @@ def hypercalls(ev: pl.LazyFrame) -> pl.DataFrame:
         .otherwise(pl.lit("pv"))
     )
     df = (
-        ev.filter(pl.col("event").is_in(["pv.hypercall", "pv.hypercall_subcall", "hvm.vmmcall"]))
+        ev.filter(pl.col("event").is_in(fields.HYPERCALL_EVENTS))
         .group_by("dom", kind.alias("kind"), op.alias("op"))
         .agg(pl.len().alias("count"))
         .sort("dom", "kind", "op")
@@ -248,12 +245,12 @@ def io_accesses(ev: pl.LazyFrame) -> pl.DataFrame:
 def interrupts(ev: pl.LazyFrame) -> pl.DataFrame:
     """Virtual interrupts injected into guests and physical interrupts that caused exits."""
     return (
-        ev.filter(pl.col("event").is_in(["hvm.inj_virq", "hvm.reinj_virq", "hvm.intr"]))
+        ev.filter(pl.col("event").is_in(INTERRUPT_EVENTS))
         .group_by(
             "dom",
             "vcpu",
             pl.col("event").cast(pl.String).alias("kind"),
-            pl.col("arg0").alias("vector"),
+            pl.coalesce(*[fields.xen(e, "vector") for e in INTERRUPT_EVENTS]).alias("vector"),
         )
         .agg(pl.len().alias("count"))
         .sort("dom", "vcpu", "kind", "vector")
@@ -267,7 +264,13 @@ def grants(ev: pl.LazyFrame) -> pl.DataFrame:
         ev.filter(pl.col("event").is_in(["mem.grant_map", "mem.grant_unmap", "mem.grant_transfer"]))
         .group_by(
             pl.col("dom").alias("by_dom"),
-            pl.col("arg0").cast(pl.Int32).alias("for_dom"),
+            pl.coalesce(
+                fields.xen("mem.grant_map", "granting_dom"),
+                fields.xen("mem.grant_unmap", "granting_dom"),
+                fields.xen("mem.grant_transfer", "dest_dom"),
+            )
+            .cast(pl.Int32)
+            .alias("for_dom"),
             pl.col("event").cast(pl.String).str.strip_prefix("mem.grant_").alias("op"),
         )
         .agg(pl.len().alias("count"))
@@ -280,7 +283,7 @@ def lost_records(ev: pl.LazyFrame) -> pl.DataFrame:
     return (
         ev.filter(pl.col("event") == "gen.lost_records")
         .group_by("cpu")
-        .agg(pl.len().alias("markers"), pl.col("arg0").sum().alias("lost"))
+        .agg(pl.len().alias("markers"), fields.xen("gen.lost_records", "lost").sum())
         .sort("cpu")
         .collect()
     )
@@ -343,14 +346,10 @@ def exit_sites(ev: pl.LazyFrame, symbols, vendor: str | None, top: int = 20) -> 
     empty = pl.DataFrame(schema={"function": pl.String, "exits": pl.UInt32, "reasons": pl.String})
     if not symbols:
         return empty
-    rip = (
-        pl.when(pl.col("code").is_in([0x00081102, 0x00081502]))
-        .then(pl.col("arg1") | (pl.col("arg2") * (1 << 32)))
-        .otherwise(pl.col("arg1"))
-    )
+    rip = pl.coalesce(*[fields.xen(e, "rip") for e in fields.EXIT_EVENTS])
     ex = (
         ev.filter(pl.col("event").is_in(EXIT_EVENTS))
-        .select(rip.alias("rip"), pl.col("arg0").alias("reason"))
+        .select(rip.alias("rip"), fields.exit_reason().alias("reason"))
         .collect()
     )
     if not len(ex):

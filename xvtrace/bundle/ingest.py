@@ -31,6 +31,7 @@ from xvtrace.bundle import (
     write_manifest,
 )
 from xvtrace.parsers import (
+    fields,
     ftrace,
     ioreq,
     pcap,
@@ -148,7 +149,7 @@ def infer_hvm_vendor(events: pl.LazyFrame) -> str | None:
     """'svm' or 'vmx' from the exit codes seen (SVM codes for INTR, IOIO, NPF... are >= 96)."""
     top = (
         events.filter(pl.col("event").is_in(["hvm.vmexit", "hvm.nested_vmexit"]))
-        .select(pl.col("arg0").max())
+        .select(fields.exit_reason().max())
         .collect()
         .item()
     )

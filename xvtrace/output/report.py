@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from xvtrace import timeline
+from xvtrace.parsers import fields
 from xvtrace.parsers import xen_events as xe
 from xvtrace.timeline.phases import PHASES, with_phases
 
@@ -59,7 +60,8 @@ class Report:
             "lost_records": m.get("counts", {}).get("lost", 0),
             "sources": [f"{s['file']} ({s['format']})" for s in m.get("sources", [])],
         }
-        return cls(facts, phases, _per_request(bundle.events(), max(1, len(req))))
+        vendor = (m.get("host") or {}).get("hvm_vendor")
+        return cls(facts, phases, _per_request(bundle.events(), max(1, len(req)), vendor))
 
     def to_json(self) -> dict:
         return {
@@ -106,24 +108,23 @@ class Report:
         return "\n".join(out) + "\n"
 
 
-def _per_request(ev: pl.LazyFrame, n: int) -> pl.DataFrame:
-    """VM exits by reason, dom0 hypercalls by name, IOREQs, grant maps, mapcache lookups."""
-    vendor = "vmx"
+def _per_request(ev: pl.LazyFrame, n: int, vendor: str | None) -> pl.DataFrame:
+    """VM exits by reason, dom0 hypercalls by name, IOREQs, grant maps, mapcache lookups.
+    `vendor`: the host's exit-reason encoding (the manifest's, from ingest)."""
     exits = (
-        ev.filter(pl.col("event").is_in(["hvm.vmexit", "hvm.nested_vmexit"]))
-        .group_by(pl.col("arg0").alias("reason"))
+        ev.filter(pl.col("event").is_in(fields.EXIT_EVENTS))
+        .group_by(fields.exit_reason().alias("reason"))
         .len()
         .collect()
     )
-    if len(exits) and exits["reason"].max() >= 96:
-        vendor = "svm"
+    vendor = vendor or "vmx"
     rows = [
         (f"VM exits: {xe.exit_reason_name(int(r), vendor)}", int(c))
         for r, c in exits.sort("reason").iter_rows()
     ]
     hc = (
         ev.filter((pl.col("event") == "pv.hypercall") & (pl.col("dom") == 0))
-        .group_by((pl.col("arg0") % (1 << 20)).alias("op"))
+        .group_by(fields.hypercall().alias("op"))
         .len()
         .collect()
         .sort("op")

@@ -33,7 +33,11 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from xvtrace.parsers import fields
 from xvtrace.parsers.schema import timestamp_tick
+from xvtrace.timeline import hvm
+
+EVENT_CHANNEL_OP = 32  # xen.h __HYPERVISOR_event_channel_op
 
 # what QEMU does inside a QueueNotify IOREQ before it completes it, when it processes the
 # queue in the notify write itself (virtio-mmio under Xen: no ioeventfd)
@@ -44,23 +48,22 @@ IOREQ_HANDLING = [
 ]  # fmt: skip
 
 
-def notify_pairs(ev: pl.LazyFrame, hv: pl.DataFrame | None = None) -> pl.DataFrame | None:
+def notify_pairs(ev: pl.LazyFrame, hv: pl.DataFrame) -> pl.DataFrame | None:
     """Each QueueNotify trap with its IOREQ: dom, vcpu, cpu (the pCPU), exit_ns, entry_ns
     (hypervisor clock) and handle_off, handle_ns, last_ns (device-model clock: the last of
-    the IOREQ's IOREQ_HANDLING events); None without both sides. `hv`: the bundle's
-    `ioreq_join.traps`, when the caller has them already."""
-    from xvtrace.timeline.ioreqs import traps as emulated_accesses
-
+    the IOREQ's IOREQ_HANDLING events); None without both sides. `hv`: the hypervisor's
+    emulated accesses (timeline.hvm.accesses)."""
     dm = (
         ev.filter(pl.col("source") == "qemu")
-        .select("ts_ns", "event", "addr", "arg0", "src_offset")
+        .select(
+            "ts_ns", "event", "addr", fields.qemu("handle_ioreq", "req").alias("slot"), "src_offset"
+        )
         .collect()
         .sort("src_offset")
         .with_columns(pl.col("event").eq("qemu.handle_ioreq").cum_sum().alias("io"))
     )
     if not len(dm.filter(pl.col("event") == "qemu.handle_ioreq")):
         return None
-    hv = emulated_accesses(ev) if hv is None else hv
     if not len(hv):
         return None
     # the queue-notify addresses: those of the IOREQs in whose handling QEMU kicked a queue
@@ -90,7 +93,7 @@ def notify_pairs(ev: pl.LazyFrame, hv: pl.DataFrame | None = None) -> pl.DataFra
         .join(last, on="io")
         .sort("src_offset")
         .select(
-            pl.col("arg0").alias("slot"),
+            "slot",
             pl.col("src_offset").alias("handle_off"),
             pl.col("ts_ns").alias("handle_ns"),
             "last_ns",
@@ -154,15 +157,13 @@ def _widest(gap, max_drift: float, iters: int) -> float:
     return (a + b) / 2
 
 
-def evtchn_pairs(ev: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+def evtchn_pairs(ev: pl.LazyFrame, exits: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame] | None:
     """For guests that kick with an event-channel hypercall (no IOREQ): the k-th kick's
     VMCALL (hypervisor) comes before QEMU's k-th virtio_queue_notify (device model), and
     QEMU's k-th virtio_notify comes before dom0's k-th event_channel_op, its notification to
     the guest. Returns (kicks: dom, vcpu, cpu, exit_ns, entry_ns, handle_off, handle_ns;
     responses: resp_ns, last_ns), or None without both sides."""
-    from xvtrace.timeline.hypervisor import kicks
-
-    k = kicks(ev).filter(pl.col("kind") == "hypercall").sort("entry_ns", "exit_ns")
+    k = hvm.kicks(exits).filter(pl.col("kind") == "hypercall").sort("entry_ns", "exit_ns")
     q = (
         ev.filter(pl.col("event").is_in(["qemu.virtio_queue_notify", "qemu.virtio_notify"]))
         .select("event", "ts_ns", "src_offset")
@@ -170,7 +171,7 @@ def evtchn_pairs(ev: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame] | None:
         .sort("src_offset")
     )
     resp = (
-        ev.filter((pl.col("event") == "pv.hypercall") & (pl.col("dom") == 0) & ((pl.col("arg0") & 0xFFFFF) == 32))
+        ev.filter((pl.col("event") == "pv.hypercall") & (pl.col("dom") == 0) & (fields.hypercall() == EVENT_CHANNEL_OP))
         .select(pl.col("ts_ns").alias("resp_ns"))
         .collect()
         .sort("resp_ns")

@@ -33,47 +33,23 @@ from __future__ import annotations
 
 import polars as pl
 
+from xvtrace.parsers import fields
+from xvtrace.timeline import hvm
 from xvtrace.timeline.phases import intervals
 
 VIEW = "hypervisor"  # requests.parquet `view`: matched from xentrace and dom0's block layer
 LOST_REASON = "records lost before this request's end: matching by order is not trusted"
-NOTIFY_OFFSET = 0x50  # virtio-mmio QueueNotify
-KICK_HYPERCALLS = (32, 39)  # event_channel_op, argo_op (a VMCALL from the guest)
 RESPONSE_HYPERCALLS = (32, 39, 41)  # event_channel_op, argo_op, dm_op (dom0's answer)
 
 
-def kicks(ev: pl.LazyFrame) -> pl.DataFrame:
-    """The guests' notifications: dom, vcpu, cpu (pCPU), exit_ns, entry_ns, kind (mmio or
-    hypercall)."""
-    hv = (
-        ev.filter(pl.col("source") == "xentrace")
-        .filter(pl.col("event").is_in(["hvm.vmexit", "hvm.mmio_write", "hvm.vmmcall", "hvm.vmentry"]))
-        .select("ts_ns", "cpu", "dom", "vcpu", "event", "addr", "arg0", "src_offset")
-        .collect()
-        .sort("cpu", "src_offset")
-        .with_columns(
-            pl.col("ts_ns").shift(1).over("cpu").alias("exit_ns"),
-            pl.col("event").shift(1).over("cpu").alias("prev"),
-            pl.col("ts_ns").shift(-1).over("cpu").alias("entry_ns"),
-            pl.col("event").shift(-1).over("cpu").alias("next"),
-        )
-    )  # fmt: skip
-    mmio = (pl.col("event") == "hvm.mmio_write") & (pl.col("addr") % 0x1000 == NOTIFY_OFFSET)
-    call = (pl.col("event") == "hvm.vmmcall") & (pl.col("arg0") & 0xFFFFF).is_in(KICK_HYPERCALLS)
-    return hv.filter(
-        (mmio | call) & (pl.col("prev") == "hvm.vmexit") & (pl.col("next") == "hvm.vmentry")
-    ).select(
-        "dom", "vcpu", "cpu", "exit_ns", "entry_ns",
-        pl.when(mmio).then(pl.lit("mmio")).otherwise(pl.lit("hypercall")).alias("kind"),
-    )  # fmt: skip
-
-
-def hypervisor_requests(ev: pl.LazyFrame, *, lost_after: int | None = None) -> pl.DataFrame | None:
+def hypervisor_requests(
+    ev: pl.LazyFrame, exits: pl.DataFrame, *, lost_after: int | None = None
+) -> pl.DataFrame | None:
     """One row per guest kick matched through dom0's block layer (see the module doc); None
     when the bundle has no block events or no kicks. `lost_after`: the time of the first
     lost record (see `first_loss`); every request with a step at or after it is flagged."""
     blocks = block_pairs(ev)
-    k = kicks(ev)
+    k = hvm.kicks(exits)
     if blocks is None or not len(k):
         return None
     req = (
@@ -90,7 +66,7 @@ def hypervisor_requests(ev: pl.LazyFrame, *, lost_after: int | None = None) -> p
         ev.filter(
             (pl.col("event") == "pv.hypercall")
             & (pl.col("dom") == 0)
-            & (pl.col("arg0") & 0xFFFFF).is_in(RESPONSE_HYPERCALLS)
+            & fields.hypercall().is_in(RESPONSE_HYPERCALLS)
         )
         .select("ts_ns")
         .collect()
@@ -178,7 +154,16 @@ def block_pairs(ev: pl.LazyFrame) -> pl.DataFrame | None:
     of a sector is that sector's n-th insert and n-th completion. None without issues."""
     blk = (
         ev.filter(pl.col("event").is_in(["block.rq_insert", "block.rq_issue", "block.rq_complete"]))
-        .select("ts_ns", "event", "dev", "addr", "size", "arg0", "src_file", "src_offset")
+        .select(
+            "ts_ns",
+            "event",
+            "dev",
+            "addr",
+            "size",
+            "src_file",
+            "src_offset",
+            fields.block("block.rq_issue", "write"),
+        )
         .collect()
         .sort("ts_ns", "src_offset")
         .with_columns(pl.int_range(pl.len()).over("event", "dev", "addr").alias("nth"))
@@ -196,7 +181,7 @@ def block_pairs(ev: pl.LazyFrame) -> pl.DataFrame | None:
         .join(times("block.rq_insert", "submit_ns"), on=key, how="left", maintain_order="left")
         .select(
             "dev", pl.col("addr").alias("sector"), pl.col("size").cast(pl.UInt64).alias("bytes"),
-            pl.when(pl.col("arg0") == 1).then(pl.lit("write")).otherwise(pl.lit("read")).alias("op"),
+            pl.when(pl.col("write") == 1).then(pl.lit("write")).otherwise(pl.lit("read")).alias("op"),
             pl.col("ts_ns").alias("handle_ns"), "submit_ns", "io_done_ns", "src_file",
         )
     )  # fmt: skip
@@ -225,7 +210,7 @@ def _with_interrupts(req: pl.DataFrame, ev: pl.LazyFrame) -> pl.DataFrame:
     response among that vCPU's requests is the k-th injection of the device's vector)."""
     inj = (
         ev.filter(pl.col("event") == "hvm.inj_virq")
-        .select("ts_ns", "dom", "vcpu", pl.col("arg0").alias("vector"))
+        .select("ts_ns", "dom", "vcpu", fields.xen("hvm.inj_virq", "vector"))
         .collect()
     )
     if not len(inj) or req["dom"].null_count() == len(req):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from xvtrace.parsers import fields
 from xvtrace.timeline.phases import intervals
 
 VIEW = "ide"  # requests.parquet `view`
@@ -40,11 +41,14 @@ def ide_requests(ev: pl.LazyFrame) -> pl.DataFrame | None:
     q = (
         ev.filter(pl.col("source") == "qemu")
         .filter(pl.col("event").is_in(EVENTS))
-        .select("src_file", "src_offset", "ts_ns", pl.col("event").cast(pl.Utf8), "dev", "arg0", "arg1", "arg2")
+        .select("src_file", "src_offset", "ts_ns", pl.col("event").cast(pl.Utf8), "dev",
+                fields.qemu("ide_exec_cmd", "cmd").alias("command"), fields.qemu("bmdma_cmd_writeb", "val"),
+                fields.qemu("ide_dma_cb", "sector_num"), fields.qemu("ide_dma_cb", "n"),
+                fields.qemu("ide_ioport_read", "addr").alias("port"))
         .collect()
         .sort("src_file", "src_offset")
     )  # fmt: skip
-    is_cmd = (pl.col("event") == "qemu.ide_exec_cmd") & pl.col("arg2").is_in(list(DMA_COMMANDS))
+    is_cmd = (pl.col("event") == "qemu.ide_exec_cmd") & pl.col("command").is_in(list(DMA_COMMANDS))
     if not len(q.filter(is_cmd)):
         return None
     # every event belongs to the last DMA command before it (file order)
@@ -54,17 +58,18 @@ def ide_requests(ev: pl.LazyFrame) -> pl.DataFrame | None:
     ev_ = pl.col("event")
     dma_cb = ev_ == "qemu.ide_dma_cb"
     done = ev_ == "qemu.dma_complete"
-    status = (ev_ == "qemu.ide_ioport_read") & (pl.col("arg0") % 8 == STATUS_PORT_OFFSET)
+    status = (ev_ == "qemu.ide_ioport_read") & (pl.col("port") % 8 == STATUS_PORT_OFFSET)
+    bm_start = (ev_ == "qemu.bmdma_cmd_writeb") & (pl.col("val") % 2 == 1)  # the Start bit
     req = q.group_by("src_file", "cmd").agg(
         pl.col("ts_ns").filter(ev_ == "qemu.ide_exec_cmd").first().alias("cmd_ns"),
-        pl.col("arg2").filter(ev_ == "qemu.ide_exec_cmd").first().alias("code"),
+        pl.col("command").filter(ev_ == "qemu.ide_exec_cmd").first().alias("code"),
         pl.col("dev").filter(ev_ == "qemu.ide_exec_cmd").first(),  # its IDEState
-        pl.col("ts_ns").filter((ev_ == "qemu.bmdma_cmd_writeb") & (pl.col("arg0") % 2 == 1)).first().alias("kick_ns"),
-        pl.col("src_offset").filter((ev_ == "qemu.bmdma_cmd_writeb") & (pl.col("arg0") % 2 == 1)).first().alias("kick_off"),
+        pl.col("ts_ns").filter(bm_start).first().alias("kick_ns"),
+        pl.col("src_offset").filter(bm_start).first().alias("kick_off"),
         pl.col("ts_ns").filter(dma_cb).first().alias("pop_ns"),
         pl.col("src_offset").filter(dma_cb).first().alias("pop_off"),
-        pl.col("arg1").filter(dma_cb).first().alias("sector"),
-        pl.col("arg2").filter(dma_cb).first().alias("nsectors"),
+        pl.col("sector_num").filter(dma_cb).first().alias("sector"),
+        pl.col("n").filter(dma_cb).first().alias("nsectors"),
         pl.col("ts_ns").filter(ev_ == "qemu.dma_blk_io").first().alias("handle_ns"),
         pl.col("ts_ns").filter(done).last().alias("io_done_ns"),
         pl.col("src_offset").filter(done).last().alias("fill_off"),

@@ -26,58 +26,24 @@ from typing import NamedTuple
 
 import polars as pl
 
+from xvtrace.parsers import fields
+from xvtrace.timeline import hvm
+from xvtrace.timeline.clock import to_device_model
+
 IOREQS = "ioreqs.parquet"
-TRAPS = ["hvm.mmio_read", "hvm.mmio_write", "hvm.ioport_read", "hvm.ioport_write"]
-
-
-def traps(ev: pl.LazyFrame) -> pl.DataFrame:
-    """The hypervisor's emulated accesses: dom, vcpu, cpu, kind (mmio, pio), dir (read,
-    write), addr, exit_ns, entry_ns, src_offset."""
-    hv = (
-        ev.filter(pl.col("source") == "xentrace")
-        .filter(pl.col("event").is_in(["hvm.vmexit", "hvm.vmentry", *TRAPS]))
-        .select("ts_ns", "cpu", "dom", "vcpu", "event", "addr", "src_offset")
-        .collect()
-        .sort("cpu", "src_offset")
-        .with_columns(
-            pl.when(pl.col("event") == "hvm.vmexit").then(pl.col("ts_ns")).forward_fill().over("cpu").alias("exit_ns"),
-            *[pl.when(pl.col("event") == "hvm.vmentry").then(pl.col(c)).backward_fill().over("cpu").alias(f"_next_{c}")
-              for c in ("ts_ns", "dom", "vcpu")],
-        )
-    )  # fmt: skip
-    name = pl.col("event").cast(pl.Utf8)
-    found = hv.filter(name.is_in(TRAPS) & pl.col("exit_ns").is_not_null())
-    # the entry: the pCPU's next one when it is this vCPU's; else (another vCPU ran on the
-    # pCPU while this one waited for its IOREQ) this vCPU's next entry on whichever pCPU
-    entries = (
-        hv.filter(pl.col("event") == "hvm.vmentry")
-        .select("dom", "vcpu", pl.col("ts_ns").alias("_own_entry"))
-        .sort("_own_entry")
-    )
-    same = (pl.col("_next_dom") == pl.col("dom")) & (pl.col("_next_vcpu") == pl.col("vcpu"))
-    found = (
-        found.sort("ts_ns")
-        .join_asof(entries, left_on="ts_ns", right_on="_own_entry", by=["dom", "vcpu"],
-                   strategy="forward", check_sortedness=False)
-        .with_columns(pl.when(same.fill_null(True)).then(pl.col("_next_ts_ns"))
-                      .otherwise(pl.col("_own_entry")).alias("entry_ns"))
-    )  # fmt: skip
-    return found.sort("cpu", "src_offset").select(
-        "dom", "vcpu", "cpu",
-        pl.when(name.str.contains("mmio")).then(pl.lit("mmio")).otherwise(pl.lit("pio")).alias("kind"),
-        pl.when(name.str.ends_with("write")).then(pl.lit("write")).otherwise(pl.lit("read")).alias("dir"),
-        "addr", "exit_ns", "entry_ns", "src_offset",
-    )  # fmt: skip
 
 
 def device_model_ioreqs(ev: pl.LazyFrame) -> pl.DataFrame:
     """QEMU's handle_ioreq records: src_file, slot, vcpu (slot order), kind, dir, addr, data,
     size, dm_ns, dm_off. Config-space IOREQs (type 2) and the mapcache's (8) have no trap."""
+
+    def arg(name: str) -> pl.Expr:
+        return fields.qemu("handle_ioreq", name)
+
     io = (
         ev.filter(pl.col("event") == "qemu.handle_ioreq")
         .select("ts_ns", "src_file", "src_offset", "addr", "size",
-                pl.col("arg0").alias("slot"), pl.col("arg1").alias("type"),
-                pl.col("arg2").alias("dir_bit"), pl.col("arg6").alias("data"))
+                arg("req").alias("slot"), arg("type"), arg("dir").alias("dir_bit"), arg("data"))
         .collect()
     )  # fmt: skip
     slots = io.select("src_file", "slot").unique().sort("src_file", "slot")
@@ -96,14 +62,15 @@ def device_model_ioreqs(ev: pl.LazyFrame) -> pl.DataFrame:
 
 class Accesses(NamedTuple):
     """Both records of a bundle's emulated accesses, read once: the device model's IOREQs
-    (`device_model_ioreqs`) and the hypervisor's traps (`traps`)."""
+    (`device_model_ioreqs`) and the hypervisor's traps (timeline.hvm.accesses)."""
 
     dm: pl.DataFrame
     hv: pl.DataFrame
 
 
-def accesses(ev: pl.LazyFrame) -> Accesses:
-    return Accesses(device_model_ioreqs(ev), traps(ev))
+def accesses(ev: pl.LazyFrame, exits: pl.DataFrame) -> Accesses:
+    """`exits`: the bundle's timeline.hvm.handled."""
+    return Accesses(device_model_ioreqs(ev), hvm.accesses(exits))
 
 
 def join(acc: Accesses, clock: dict) -> tuple[pl.DataFrame, dict | None]:
@@ -111,8 +78,6 @@ def join(acc: Accesses, clock: dict) -> tuple[pl.DataFrame, dict | None]:
     device model's clock, or nulls; counts: ioreqs, joined, ioreqs without a trap and how many
     of them came before the hypervisor's trace began, traps at device-model addresses without
     an IOREQ), counts None without both sides."""
-    from xvtrace.timeline.clock import to_device_model
-
     dm, hv = acc
     if not len(dm) or not len(hv):
         return dm.clear(), None

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from xvtrace.bundle import derived
-from xvtrace.timeline import ioreqs, qemu
+from xvtrace.timeline import hvm, ioreqs, qemu
 from xvtrace.timeline.clock import (
     align_device_model,
     evtchn_pairs,
@@ -91,7 +91,8 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
     """The bundle's requests from its events: (facts, requests, joined IOREQs or None).
     The facts hold the counts, incomplete requests by reason and the clocks."""
     ev = bundle.events()
-    acc = ioreqs.accesses(ev)  # read once: the clock fits and the join all use them
+    exits = hvm.handled(ev)  # read once: kicks, the clock fits and the join all use them
+    acc = ioreqs.accesses(ev, exits)
     req = qemu.requests(ev).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
     dm_clock, view, ide = None, DM_VIEW_NAME, None
     lost = first_loss(ev)
@@ -100,7 +101,7 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
     if len(req):
         pairs, lower = _before(lost, notify_pairs(ev, acc.hv)), None
         if pairs is None:  # no IOREQs: an event-channel kick (gsoc-xenbus style)?
-            found = evtchn_pairs(ev)
+            found = evtchn_pairs(ev, exits)
             pairs, lower = found if found else (None, None)
             pairs, lower = _before(lost, pairs), _before(lost, lower, "resp_ns")
         dm_clock = align_device_model(pairs, lower)
@@ -121,7 +122,7 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
     elif (ide := ide_requests(ev)) is not None:  # an emulated IDE disk
         req, view = ide, "device model (QEMU IDE trace events)"
     else:  # a backend that logs nothing per request: the hypervisor's and dom0's records
-        hv = hypervisor_requests(ev, lost_after=lost if _ftrace_intact(bundle) else 0)
+        hv = hypervisor_requests(ev, exits, lost_after=lost if _ftrace_intact(bundle) else 0)
         if hv is not None and hv["complete"].any():
             req, view = hv, "hypervisor (xentrace) + dom0 block layer (ftrace)"
         elif (blk := block_requests(ev)) is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from xvtrace.parsers import fields
 from xvtrace.timeline.phases import intervals
 
 VIEW = "device-model"  # requests.parquet `view` of rows from QEMU's trace events
@@ -34,8 +35,8 @@ def requests(ev: pl.LazyFrame) -> pl.LazyFrame:
             *[pl.col(c) for c in KEY],
             pl.col("ts_ns").alias("pop_ns"),
             pl.col("src_offset").alias("pop_off"),
-            pl.col("arg2").alias("in_num"),
-            pl.col("arg3").alias("out_num"),
+            fields.qemu("virtqueue_pop", "in_num"),
+            fields.qemu("virtqueue_pop", "out_num"),
         )
         .sort("src_file", "pop_off")
         .with_columns(pl.int_range(pl.len()).over(KEY).alias("k"))
@@ -64,7 +65,8 @@ def requests(ev: pl.LazyFrame) -> pl.LazyFrame:
         ["qemu.virtio_blk_handle_read", "qemu.virtio_blk_handle_write"],
         pl.col("ts_ns").alias("handle_ns"),
         pl.when(pl.col("event") == "qemu.virtio_blk_handle_read").then(pl.lit("read")).otherwise(pl.lit("write")).alias("blk_op"),
-        pl.col("size").alias("blk_bytes"), pl.col("arg2").alias("sector"),
+        pl.col("size").alias("blk_bytes"),
+        pl.coalesce(fields.qemu("virtio_blk_handle_read", "sector"), fields.qemu("virtio_blk_handle_write", "sector")),
     )  # fmt: skip
     done, _ = after_pop(["qemu.virtio_blk_rw_complete"], pl.col("ts_ns").alias("io_done_ns"))
     comp, _ = after_pop(["qemu.virtio_blk_req_complete"], pl.col("ts_ns").alias("complete_ns"))

@@ -1,0 +1,90 @@
+"""The HVM exit primitive: a guest's trap as the hypervisor records it, one VM exit, the
+records its handler wrote (an emulated MMIO or port access, a VMCALL), and the vCPU's
+next VM entry. Kicks (timeline.hypervisor), the device-model clock's pairs (timeline.clock)
+and the IOREQ join (timeline.ioreqs) are all built on `handled`.
+
+On its pCPU a handler record follows the exit it came in with. The vCPU re-enters on that
+pCPU right after, unless it waited (for its IOREQ, say) and another vCPU ran there
+meanwhile: then its entry is its own next one, on whichever pCPU.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from xvtrace.parsers import fields
+
+ACCESSES = ["hvm.mmio_read", "hvm.mmio_write", "hvm.ioport_read", "hvm.ioport_write"]
+CALLS = ["hvm.vmmcall"]
+HANDLERS = [*ACCESSES, *CALLS]
+EXIT, ENTRY = "hvm.vmexit", "hvm.vmentry"
+
+
+def handled(ev: pl.LazyFrame) -> pl.DataFrame:
+    """Every handler record (HANDLERS) after a VM exit: dom, vcpu, cpu, event, addr,
+    hypercall (VMCALLs), exit_ns, entry_ns, src_offset, and `adjacent`: nothing else of
+    the exit's (no other handler record, no other exit or entry) lies between the exit,
+    the record and the entry on its pCPU."""
+    hv = (
+        ev.filter(pl.col("source") == "xentrace")
+        .filter(pl.col("event").is_in([EXIT, ENTRY, *HANDLERS]))
+        .select("ts_ns", "cpu", "dom", "vcpu", "event", "addr", fields.hypercall(), "src_offset")
+        .collect()
+        .sort("cpu", "src_offset")
+        .with_columns(
+            pl.when(pl.col("event") == EXIT).then(pl.col("ts_ns")).forward_fill().over("cpu").alias("exit_ns"),
+            *[pl.when(pl.col("event") == ENTRY).then(pl.col(c)).backward_fill().over("cpu").alias(f"_next_{c}")
+              for c in ("ts_ns", "dom", "vcpu")],
+            (pl.col("event").shift(1).over("cpu") == EXIT).alias("_after_exit"),
+            (pl.col("event").shift(-1).over("cpu") == ENTRY).alias("_before_entry"),
+        )
+    )  # fmt: skip
+    found = hv.filter(pl.col("event").is_in(HANDLERS) & pl.col("exit_ns").is_not_null())
+    entries = (
+        hv.filter(pl.col("event") == ENTRY)
+        .select("dom", "vcpu", pl.col("ts_ns").alias("_own_entry"))
+        .sort("_own_entry")
+    )
+    same = (pl.col("_next_dom") == pl.col("dom")) & (pl.col("_next_vcpu") == pl.col("vcpu"))
+    found = (
+        found.sort("ts_ns")
+        .join_asof(entries, left_on="ts_ns", right_on="_own_entry", by=["dom", "vcpu"],
+                   strategy="forward", check_sortedness=False)
+        .with_columns(pl.when(same.fill_null(True)).then(pl.col("_next_ts_ns"))
+                      .otherwise(pl.col("_own_entry")).alias("entry_ns"))
+    )  # fmt: skip
+    return found.sort("cpu", "src_offset").select(
+        "dom", "vcpu", "cpu", pl.col("event").cast(pl.String), "addr", "hypercall",
+        "exit_ns", "entry_ns", "src_offset",
+        (pl.col("_after_exit") & pl.col("_before_entry")).fill_null(False).alias("adjacent"),
+    )  # fmt: skip
+
+
+def accesses(exits: pl.DataFrame) -> pl.DataFrame:
+    """The emulated accesses among `handled`: dom, vcpu, cpu, kind (mmio, pio), dir (read,
+    write), addr, exit_ns, entry_ns, src_offset."""
+    name = pl.col("event")
+    return exits.filter(name.is_in(ACCESSES)).select(
+        "dom", "vcpu", "cpu",
+        pl.when(name.str.contains("mmio")).then(pl.lit("mmio")).otherwise(pl.lit("pio")).alias("kind"),
+        pl.when(name.str.ends_with("write")).then(pl.lit("write")).otherwise(pl.lit("read")).alias("dir"),
+        "addr", "exit_ns", "entry_ns", "src_offset",
+    )  # fmt: skip
+
+
+NOTIFY_OFFSET = 0x50  # virtio-mmio QueueNotify
+KICK_HYPERCALLS = (32, 39)  # event_channel_op, argo_op (a VMCALL from the guest)
+
+
+def kicks(exits: pl.DataFrame) -> pl.DataFrame:
+    """The guests' notifications among `handled`, each alone in its exit: a write to a
+    virtio-mmio QueueNotify register or an event_channel_op / argo_op VMCALL. dom, vcpu,
+    cpu (pCPU), exit_ns, entry_ns, kind (mmio or hypercall)."""
+    mmio = (pl.col("event") == "hvm.mmio_write") & (pl.col("addr") % 0x1000 == NOTIFY_OFFSET)
+    call = (pl.col("event") == "hvm.vmmcall") & (pl.col("hypercall") & 0xFFFFF).is_in(
+        KICK_HYPERCALLS
+    )
+    return exits.filter((mmio | call) & pl.col("adjacent")).select(
+        "dom", "vcpu", "cpu", "exit_ns", "entry_ns",
+        pl.when(mmio).then(pl.lit("mmio")).otherwise(pl.lit("hypercall")).alias("kind"),
+    )  # fmt: skip
