@@ -3,7 +3,7 @@ fields and never reads the raw argument columns (arg0..arg6) itself.
 
     xen("hvm.vmexit", "reason")          the exit reason, from whichever layout the id has
     qemu("virtqueue_pop", "in_num")      an argument of a QEMU trace event, by its name
-    block("block.rq_issue", "write")     a field of dom0's block-layer events (ftrace)
+    own("block.rq_issue", "write")       a field of the decoders' own events (schema)
     hypercall()                          the hypercall number of every record that has one
 
 An event can have several layouts under one name (pv.hypercall: PV_HYPERCALL 32- and
@@ -17,9 +17,8 @@ from functools import cache
 
 import polars as pl
 
-from xvtrace.parsers import ftrace
 from xvtrace.parsers import xen_events as xe
-from xvtrace.parsers.schema import N_ARGS
+from xvtrace.parsers.schema import N_ARGS, OWN_ARG_NAMES
 from xvtrace.parsers.trace_events import TraceEvents
 
 
@@ -93,12 +92,12 @@ def qemu(event: str, arg: str) -> pl.Expr:
     return pl.when(pl.col("event") == f"qemu.{event}").then(_word(i)).alias(arg)
 
 
-def block(event: str, field: str) -> pl.Expr:
-    """Field `field` (write, sectors, error) of a dom0 block-layer event (parsers.ftrace),
-    null on other rows."""
-    names = ftrace.ARG_NAMES.get(event, ())
+def own(event: str, field: str) -> pl.Expr:
+    """Field `field` of one of the decoders' own events (schema.OWN_ARG_NAMES: dom0's block
+    layer, packets, virtqueue dumps, IOREQ pages), null on other rows."""
+    names = OWN_ARG_NAMES.get(event, ())
     if field not in names:
-        raise FieldError(f"block event {event!r} has no field {field!r}: {names}")
+        raise FieldError(f"event {event!r} has no field {field!r}: {names}")
     return pl.when(pl.col("event") == event).then(_word(names.index(field))).alias(field)
 
 

@@ -42,9 +42,6 @@ EVENTS = {
     "block_rq_insert": ("block.rq_insert", 2),
 }
 
-# what arg0..arg2 of the block events hold (for `xvtrace dump`); addr is the sector
-ARG_NAMES = {name: ("write", "sectors", "error") for name, _ in EVENTS.values()}
-
 _PREFIX = (
     r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*(?:\d+|-+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
     r"(?:[^\s\[\]:]{4,5}\s+)?(?P<ts>\d+(?:\.\d+)?):\s+(?P<name>\w+):\s?(?P<rest>.*)$"

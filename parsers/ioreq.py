@@ -42,7 +42,6 @@ IOREQ = np.dtype(
 SLOTS = PAGE // IOREQ.itemsize
 TYPES = (0, 1, 2, 7, 8)
 STATES = ("none", "ioreq_ready", "ioreq_inprocess", "iorsp_ready")
-ARG_NAMES = {"ioreq.slot": ("data", "count", "state", "dir", "type", "data_is_ptr", "vp_eport")}
 
 
 def _valid(slots: np.ndarray) -> np.ndarray:

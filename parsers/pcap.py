@@ -33,7 +33,6 @@ from xvtrace.parsers.schema import conform
 
 SOURCE = "pcap"
 EVENT = "net.packet"
-ARG_NAMES = {EVENT: ("caplen", "ethertype", "proto", "src_ip", "dst_ip", "ports", "iface")}
 LINKTYPE_ETHERNET = 1
 LINKTYPE_VIRTIO_NET = 147  # DLT_USER0: frames prefixed by struct virtio_net_hdr
 VNET_HDR_LEN = 10  # struct virtio_net_hdr; 12 with num_buffers (VIRTIO_NET_F_MRG_RXBUF)

@@ -67,6 +67,21 @@ OWN_EVENT_NAMES = (
     "block.rq_complete",
     "block.rq_insert",
 )
+# What arg0.. of those events hold (Xen's and QEMU's catalogues say it for theirs; the
+# dump names arguments by it and parsers.fields reads fields by it).
+_BLOCK_ARGS = ("write", "sectors", "error")  # write: 1 when rwbs has W; addr is the sector
+OWN_ARG_NAMES: dict[str, tuple[str, ...]] = {
+    "net.packet": ("caplen", "ethertype", "proto", "src_ip", "dst_ip", "ports", "iface"),
+    "virtqueue.desc": ("flags", "next_or_id", "grant", "gref", "page_offset"),
+    "virtqueue.avail": ("pos", "avail_idx", "flags"),
+    "virtqueue.used": ("pos", "used_idx"),
+    "virtqueue.status": ("last_avail_idx", "shadow_avail_idx", "used_idx", "signalled_used",
+                         "inuse", "num"),
+    "ioreq.slot": ("data", "count", "state", "dir", "type", "data_is_ptr", "vp_eport"),
+    "block.rq_issue": _BLOCK_ARGS,
+    "block.rq_complete": _BLOCK_ARGS,
+    "block.rq_insert": _BLOCK_ARGS,
+}  # fmt: skip
 EVENT_NAMES: tuple[str, ...] = (
     *XEN_EVENT_NAMES,
     *sorted(f"qemu.{name}" for name in TraceEvents.default().events),

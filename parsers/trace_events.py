@@ -21,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from xvtrace.parsers.line_render import DEC, HEX, PTR, SIGNED, Field, render
-
 DEFAULT_FILE = "qemu-7.2-trace-events"
 
 _LINE = re.compile(
@@ -215,6 +213,10 @@ def render_lines(
     """`{event} {text}` (the event alone where its format is empty) for n rows of unsigned-
     integer arguments (arrays or scalars), as QEMU's log backend prints it, compiled: one
     byte buffer and the offsets of its lines (line i is data[offsets[i]:offsets[i + 1]])."""
+    # here, not at the top: the compiled renderer loads numba (0.2-0.5 s), which only the
+    # emulator's writers need, not every command that reads trace-event definitions
+    from xvtrace.parsers.line_render import DEC, HEX, PTR, SIGNED, Field, render
+
     pieces, fields, names = [ev.name + (" " if ev.fmt else "")], [], []
     pos = 0
     it = iter(ev.args)

@@ -36,13 +36,6 @@ from xvtrace.parsers.schema import conform
 from xvtrace.parsers.textlines import iter_lines
 
 SOURCE = "virtqueue"
-ARG_NAMES = {
-    "virtqueue.desc": ("flags", "next_or_id", "grant", "gref", "page_offset"),
-    "virtqueue.avail": ("pos", "avail_idx", "flags"),
-    "virtqueue.used": ("pos", "used_idx"),
-    "virtqueue.status": ("last_avail_idx", "shadow_avail_idx", "used_idx", "signalled_used",
-                         "inuse", "num"),
-}  # fmt: skip
 GRANT_ADDR_FLAG = np.uint64(1 << 63)
 XEN_PAGE_SHIFT = 12
 

@@ -37,7 +37,8 @@ def runs(tmp_path_factory):
             bundle = api.ingest(r.bundle, warn=lambda m: None).bundle
             timeline.build(bundle)
             res = replaying.replay_bundle(bundle, [get(x) for x in RECONSTRUCTED], seed=1)
-            _, profile, rows = replaying.calibrate_bundle(bundle)
+            cal = replaying.calibrate_bundle(bundle)
+            profile, rows = cal.profile, cal.rows
             fitted = rows.filter(pl.col("fitted_ns").is_not_null())
             cost_table.write_toml(d / "costs.toml", profile, [
                 {"key": r["key"], "ns": r["fitted_ns"], "sigma": r["sigma"], "source": "test"}

@@ -14,17 +14,27 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import polars as pl
 
+from xvtrace import replaying
+from xvtrace import timeline as _timeline
 from xvtrace.analysis.dump import iter_lines, select_events
 from xvtrace.analysis.summary import Summary, virtqueues
-from xvtrace.bundle import Bundle
+from xvtrace.bundle import Bundle, atomic_path
 from xvtrace.bundle.ingest import IngestResult
 from xvtrace.bundle.ingest import ingest as _ingest
+from xvtrace.emulate.summary import EmulateSummary
+from xvtrace.gate import regress
+from xvtrace.output import compare as _compare
+from xvtrace.output import perfetto
+from xvtrace.output.compare import Comparison
+from xvtrace.output.report import Report
 from xvtrace.parsers.symbols import Symbols
+from xvtrace.replaying import Calibration
+from xvtrace.timeline import Timeline
 
 _TEMP_DIRS: list[str] = []
 
@@ -86,6 +96,117 @@ def summarize(
         vendor=_vendor(bundle, hvm_vendor),
         cpu_khz=cpu_khz or bundle.cpu_khz,
         symbols=symbols(elf_files),
+    )
+
+
+def timeline(path, *, rebuild: bool = False) -> Timeline:
+    """The bundle's (or raw capture's) requests, reconstructed or served from the bundle
+    while still valid (see xvtrace.timeline); `.render()` and `.to_json()` print it."""
+    return _timeline.load(load(path), rebuild=rebuild)
+
+
+def report(path) -> Report:
+    """Where each request's time goes (xvtrace.output.report): `.render()`, `.to_json()`,
+    `.render_html()`."""
+    return Report.of(load(path))
+
+
+def export_perfetto(path, out: str | os.PathLike) -> int:
+    """The bundle's requests as Chrome trace-event JSON at `out` (atomically); the number of
+    trace events written."""
+    bundle = load(path)
+    with atomic_path(Path(out)) as tmp:
+        return perfetto.perfetto(bundle, tmp)
+
+
+def replay(
+    path,
+    transports: str = "all",
+    *,
+    output: str | os.PathLike | None = None,
+    emit_dir: str | os.PathLike | None = None,
+    warn: Callable[[str], None] | None = None,
+    **options,
+) -> Comparison:
+    """Re-execute the bundle's request stream through each transport (`all` or names
+    separated by commas; options: costs_file, seed, arrivals, source) and write the
+    predicted requests to `output` (default BUNDLE/replay.parquet, facts beside it).
+    With `emit_dir`, also a decoded bundle per transport from the emulated host running
+    the replayed stream (`Comparison.emitted`)."""
+    bundle = load(path)
+    if emit_dir is not None:
+        emit_dir = Path(emit_dir)
+        if emit_dir.exists() and any(emit_dir.iterdir()):
+            raise ValueError(f"{emit_dir}: exists and is not empty; choose a new directory")
+    chosen = replaying.parse_transports(transports)
+    result = replaying.replay_bundle(bundle, chosen, **options)
+    replaying.write(result, Path(output) if output else bundle.path / replaying.REPLAY)
+    cmp = Comparison(replaying.facts(result), result.requests)
+    if emit_dir is not None:
+        for d in replaying.emit_bundles(result, chosen, emit_dir, costs_file=options.get(
+                "costs_file"), seed=options.get("seed", 0)):  # fmt: skip
+            _ingest(d, None, **({"warn": warn} if warn else {}))
+            cmp.emitted.append(d)
+    return cmp
+
+
+def compare(path) -> Comparison:
+    """A replay again, from the bundle that holds it or its parquet file."""
+    return Comparison(*_compare.load(path))
+
+
+def calibrate(path, **options) -> Calibration:
+    """Fit the costs of the capture's transport (options: transport, costs_file, seed)."""
+    if "transport" in options:
+        options["source"] = options.pop("transport")
+    return replaying.calibrate_bundle(load(path), **options)
+
+
+def baseline(source) -> dict:
+    """A regression baseline: read from its JSON file, or summarized from a bundle or a raw
+    capture (xvtrace.gate.regress)."""
+    if regress.is_baseline_file(source):
+        return regress.read(source)
+    return regress.summarize(load(source))
+
+
+def regress_runs(baseline_source, candidate_source, **options) -> regress.Comparison:
+    """Judge a candidate run against a baseline, phase by phase (options: threshold_pct,
+    alpha, force); `.regressed` lists the phases that got slower."""
+    return regress.compare(baseline(baseline_source), baseline(candidate_source), **options)
+
+
+def emulate(
+    transports: list[str],
+    out: str | os.PathLike,
+    *,
+    ingest: bool = True,
+    progress: Callable[[str], Callable[[int, int], None] | None] | None = None,
+    warn: Callable[[str], None] | None = None,
+    **options,
+) -> EmulateSummary:
+    """Emulate each transport into `out` (one sub-directory each when there are several;
+    each must be new or empty) and decode the bundles; `options` are EmulateOptions'
+    (workload, requests or runtime, seed, profile, ...). `progress(name)` may give a
+    callback (requests written, total) for that transport's run."""
+    from xvtrace.emulate import EmulateOptions
+    from xvtrace.emulate import emulate as _emulate
+    from xvtrace.emulate.summary import Run
+
+    out = Path(out)
+    dirs = [out / name if len(transports) > 1 else out for name in transports]
+    for d in dirs:  # refuse before any run writes
+        if d.exists() and any(d.iterdir()):
+            raise ValueError(f"{d}: exists and is not empty; choose a new directory")
+    runs = []
+    for name, d in zip(transports, dirs, strict=True):
+        tick = progress(name) if progress else None
+        result = _emulate(EmulateOptions(transport=name, out=d, progress=tick, **options))
+        if ingest:
+            _ingest(d, None, **({"warn": warn} if warn else {}))
+        runs.append(Run(name, result, d))
+    return EmulateSummary(
+        options.get("workload", "randread-4k-qd1"), options.get("profile", "x86_64"), runs
     )
 
 

@@ -181,10 +181,61 @@ def summarize(df: pl.DataFrame) -> dict:
     }
 
 
+@dataclass
+class Calibration:
+    """A capture's fit of its transport's costs: one row per cost key of the transport's
+    block path (replay.calibrate.fitted_costs), fitted where the capture constrains it."""
+
+    transport: str
+    profile: str
+    rows: pl.DataFrame
+    bundle_path: Path
+
+    def entries(self) -> list[dict]:
+        """The fitted costs as cost-file entries, each citing what it was fitted from."""
+        fitted = self.rows.filter(pl.col("fitted_ns").is_not_null())
+        return [{"key": r["key"], "ns": r["fitted_ns"], "sigma": r["sigma"], "ci_low": r["ci_low"],
+                 "ci_high": r["ci_high"],
+                 "source": f"calibrated from {self.bundle_path} ({r['requests']} requests, interval "
+                           f"{r['interval']}{', scaled with ' + r['with'] if r['with'] else ''})"}
+                for r in fitted.iter_rows(named=True)]  # fmt: skip
+
+    def write(self, path: Path) -> None:
+        """The fitted costs as a TOML cost file (atomically); ValueError when none fit."""
+        entries = self.entries()
+        if not entries:
+            raise ValueError(
+                f"{self.bundle_path}: no interval of this capture constrains any {self.transport} cost"
+            )
+        with atomic_path(path) as tmp:
+            cost_table.write_toml(tmp, self.profile, entries)
+
+    def render(self) -> str:
+        rows = self.rows
+        n = rows.filter(pl.col("fitted_ns").is_not_null()).height
+        out = [
+            f"transport {self.transport}, profile {self.profile}: {n} of {len(rows)} costs constrained",
+            f"{'key':<28}{'table ns':>10}{'fitted ns':>11}{'95% interval':>22}  constrained by",
+        ]
+        for r in rows.iter_rows(named=True):
+            if r["fitted_ns"] is None:
+                out.append(
+                    f"{r['key']:<28}{r['ns']:>10.1f}{'-':>11}{'':>22}  not constrained by this capture"
+                )
+                continue
+            ci = f"{r['ci_low']:.1f}..{r['ci_high']:.1f}"
+            extra = f" (with {r['with']})" if r["with"] else ""
+            out.append(
+                f"{r['key']:<28}{r['ns']:>10.1f}{r['fitted_ns']:>11.1f}{ci:>22}  {r['interval']}{extra}"
+            )
+        return "\n".join(out) + "\n"
+
+
 def calibrate_bundle(
     bundle: Bundle, *, source: str | None = None, costs_file=None, seed: int = 0
-) -> tuple[str, str, pl.DataFrame]:
-    """(transport, profile, the fitted cost rows: replay.calibrate.fitted_costs)."""
+) -> Calibration:
+    """Fit the costs of the bundle's transport (`source`, else the manifest's) to its
+    timeline's intervals."""
     from xvtrace.replay import calibrate
 
     src = source or source_transport(bundle)
@@ -202,7 +253,7 @@ def calibrate_bundle(
     req = tl.requests
     stream = bundle_stream(bundle, req, src, costs)
     groups = calibrate.fit(req, stream, t, costs, seed=seed, clock_halfwidth_ns=half)
-    return src, profile, calibrate.fitted_costs(groups, t, costs)
+    return Calibration(src, profile, calibrate.fitted_costs(groups, t, costs), bundle.path)
 
 
 def facts(result: ReplayResult) -> dict:

@@ -14,9 +14,8 @@ from collections.abc import Iterator
 import numpy as np
 import polars as pl
 
-from xvtrace.parsers import ftrace, ioreq, pcap, virtqueue
 from xvtrace.parsers import xen_events as xe
-from xvtrace.parsers.schema import EVENT_NAMES
+from xvtrace.parsers.schema import EVENT_NAMES, OWN_ARG_NAMES
 from xvtrace.parsers.trace_events import TraceEvents
 
 DECIMAL_FIELDS = {
@@ -216,9 +215,6 @@ def _qemu_tails(df: pl.DataFrame, args: np.ndarray, nargs: np.ndarray) -> np.nda
             parts = np.where(nargs[rows] > i, parts + text, parts)
         tails[rows] = parts
     return tails
-
-
-OWN_ARG_NAMES = {**pcap.ARG_NAMES, **virtqueue.ARG_NAMES, **ioreq.ARG_NAMES, **ftrace.ARG_NAMES}
 
 
 def _own_tails(df: pl.DataFrame, args: np.ndarray, nargs: np.ndarray) -> np.ndarray:

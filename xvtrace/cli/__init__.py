@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import click
-import polars as pl
 
 from xvtrace import __version__, api
 from xvtrace.bundle import BundleError
@@ -18,9 +17,6 @@ from xvtrace.capture.qmp import QMPError
 from xvtrace.emulate.workload import PRESETS
 from xvtrace.parsers.errors import ParseError
 from xvtrace.replay.transports import NAMES as TRANSPORT_NAMES
-from xvtrace.replay.transports.base import PHASES
-from xvtrace.timeline.phases import PHASES as REQUEST_PHASES
-from xvtrace.timeline.phases import with_phases
 
 
 class UserError(click.ClickException):
@@ -300,80 +296,11 @@ def timeline_cmd(source, as_json):
     block handling, fill, interrupt), matching reused element pointers as QEMU reports them.
     Requests missing events are kept and flagged; the manifest counts them.
     """
-    from xvtrace import timeline
-
-    bundle = api.load(source)
-    tl = timeline.load(bundle)
-    req = with_phases(tl.requests)
-    us = [(c, n) for c, n in REQUEST_PHASES if c in req.columns]
-    table = (
-        req.group_by("dev", "queue", "op")
-        .agg(pl.len().alias("requests"), (~pl.col("complete")).sum().alias("incomplete"),
-             *[(pl.col(c).median() / 1e3).alias(f"{name} p50") for c, name in us],
-             *[(pl.col(c).quantile(0.99, "nearest") / 1e3).alias(f"{name} p99") for c, name in us])
-        .sort("dev", "queue", "op")
-    )  # fmt: skip
+    tl = api.timeline(source)
     if as_json:
-        click.echo(json.dumps({"bundle": str(bundle.path), "queues": table.to_dicts()}, indent=2))
-        return
-    click.echo(
-        f"requests: {len(req)} ({int(req['complete'].sum())} complete) -> {bundle.path / timeline.REQUESTS}"
-    )
-    clocks = tl.facts
-    if clocks.get("device_model_clock"):
-        c = clocks["device_model_clock"]
-        click.echo(
-            f"device-model clock = hypervisor + {c['offset_ns']} ns{_drift(c)} (bounds {c['lower_ns'] - c['offset_ns']:+d}"
-            f"..{c['upper_ns'] - c['offset_ns']:+d} ns, {c['pairs']} causal pairs"
-            + (
-                f", {c['outliers']} left out as contradicting the rest by up to"
-                f" {c.get('outliers_beyond_ns', 0) / 1000:.0f} us"
-                if c.get("outliers")
-                else ""
-            )
-            + ")"
-        )
-        if not c["consistent"]:
-            click.echo(
-                f"  warning: no clock line fits every causal pair (they contradict each other by"
-                f" {c['lower_ns'] - c['upper_ns']} ns): trap times on the device model's clock are approximate"
-            )
-        if c.get("queue_processing") == "deferred":
-            click.echo(
-                "  QEMU completes each kick's IOREQ before it processes the queue (ioeventfd):"
-                " kick -> pop includes the main loop's wake-up"
-            )
-    if j := clocks.get("ioreq_join"):
-        from xvtrace.timeline.ioreqs import IOREQS
-
-        click.echo(
-            f"IOREQs: {j['joined']} of {j['ioreqs']} joined with their VM exit and entry"
-            f" ({j['ioreqs_without_trap']} without a trap, {j.get('ioreqs_before_trace', 0)} of them"
-            f" before the hypervisor's trace began; {j['traps_without_ioreq']} traps at the"
-            f" device model's addresses without an IOREQ) -> {bundle.path / IOREQS}"
-        )
-    if clocks.get("packet_clock"):
-        c = clocks["packet_clock"]
-        click.echo(
-            f"packet clock = device model - {c['offset_ns']} ns (residual {c['residual_min_ns']:+d}"
-            f"..{c['residual_max_ns']:+d} ns, {c['matched']}/{c['rx_requests']} rx frames matched)"
-        )
-    for r in table.iter_rows(named=True):  # a block per queue and op, a line per phase
-        queue = r["queue"] if r["queue"] is not None else "?"
-        click.echo(
-            f"\n{r['dev'] or '?'} queue {queue} {r['op']}: {r['requests']} requests,"
-            f" {r['incomplete']} incomplete\n  {'phase':<14}{'p50 us':>10}{'p99 us':>10}"
-        )
-        for _, n in us:
-            click.echo(f"  {n:<14}{_us(r[f'{n} p50']):>10}{_us(r[f'{n} p99']):>10}")
-
-
-def _drift(c: dict) -> str:
-    return f" {c['drift_ppm']:+.3f} ppm" if c.get("drift_ppm") else ""
-
-
-def _us(v) -> str:
-    return "-" if v is None else f"{v:.1f}"
+        click.echo(json.dumps(tl.to_json(), indent=2))
+    else:
+        click.echo(tl.render(), nl=False)
 
 
 @cli.command("report")
@@ -386,22 +313,22 @@ def report_cmd(source, as_json, html_file):
     """Where each request's time goes: per-phase p50/p90/p99/max per device queue and
     operation, clock alignment bounds, incomplete requests, and the VM exits, dom0
     hypercalls, IOREQs and grant operations per request. Runs `timeline` when needed."""
-    from xvtrace.output.report import Report
-
-    bundle = api.load(source)
-    rep = Report.of(bundle)
+    rep = api.report(source)
     if html_file:
-        from xvtrace import timeline
-        from xvtrace.bundle import atomic_path
-        from xvtrace.output import html
-
-        with atomic_path(html_file) as tmp:
-            tmp.write_text(html.render(rep, timeline.load(bundle).requests))
-        click.echo(f"{html_file}: written", err=True)
+        _write(html_file, rep.render_html())
     if as_json:
         click.echo(json.dumps(rep.to_json(), indent=2, default=str))
     else:
         click.echo(rep.render(), nl=False)
+
+
+def _write(path: Path, text: str) -> None:
+    """A page or document written atomically, said on stderr (stdout stays for the data)."""
+    from xvtrace.bundle import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    click.echo(f"{path}: written", err=True)
 
 
 @cli.group("export")
@@ -418,12 +345,7 @@ def export_perfetto_cmd(source, output):
     """Requests as Chrome trace-event JSON: a track per device queue (element pop -> fill,
     device I/O, fill -> interrupt), a track per guest vCPU (the kick's trap) and flows from
     each kick to the element it made QEMU pop. Runs `timeline` first when needed."""
-    from xvtrace.bundle import atomic_path
-    from xvtrace.output.perfetto import perfetto
-
-    bundle = api.load(source)
-    with atomic_path(output) as tmp:
-        n = perfetto(bundle, tmp)
+    n = api.export_perfetto(source, output)
     click.echo(f"{output}: {n} trace events")
 
 
@@ -508,8 +430,6 @@ def emulate_cmd(transport, workload, requests, runtime, seed, profile, vendor, c
     Prints one line per transport: requests, latency p50/p99, IOPS, and the VM exits and
     dom0 hypercalls per request that its xentrace records hold.
     """
-    from xvtrace.emulate import EmulateOptions, emulate
-
     names = (
         list(TRANSPORT_NAMES) if transport == "all" else [t.strip() for t in transport.split(",")]
     )
@@ -520,56 +440,32 @@ def emulate_cmd(transport, workload, requests, runtime, seed, profile, vendor, c
         requests = 10_000
     if requests is not None and runtime is not None:
         raise UserError("give --requests or --runtime, not both")
-    rows, phases = [], []
     show = sys.stderr.isatty() if progress is None else progress
-    for name in names:
-        out = output / name if len(names) > 1 else output
-        if out.exists() and any(out.iterdir()):
-            raise UserError(f"{out}: exists and is not empty; choose a new directory")
-        bar = _request_bar(name) if show else None
-        try:
-            r = emulate(EmulateOptions(
-                transport=name, workload=workload, out=out, requests=requests, runtime=runtime,
-                seed=seed, profile=profile, vendor=vendor, clock_offset_ns=clock_offset_ns,
-                clock_drift_ppm=clock_drift_ppm, drop_rate=drop_rate, costs_file=costs_file,
-                progress=bar.update_to if bar else None,
-            ))  # fmt: skip
-        finally:
-            if bar:
-                bar.close()
-        if ingest:
-            api.ingest(out, None, warn=lambda m: click.echo(f"xvtrace: warning: {m}", err=True))
-        lat = r.truth["latency_ns"]
-        span = (r.truth["done_ns"].max() - r.truth["issue_ns"].min()) / 1e9
-        exits = sum(r.expected["guest_exits"].values()) / r.requests
-        hcs = sum(r.expected["dom0_hypercalls"].values()) / r.requests
-        rows.append(
-            (
-                name,
-                r.requests,
-                lat.quantile(0.5) / 1e3,
-                lat.quantile(0.99) / 1e3,
-                r.requests / span,
-                exits,
-                hcs,
-                out,
-            )
-        )
-        phases.append(_phase_means(r.truth, name))
-    click.echo(f"workload: {workload}  profile: {profile}")
-    click.echo(
-        f"{'transport':<24}{'requests':>9}{'p50 us':>9}{'p99 us':>9}{'IOPS':>10}{'exits/req':>11}{'dom0 hc/req':>12}  bundle"
-    )
-    for name, n, p50, p99, iops, ex, hc, out in rows:
-        click.echo(
-            f"{name:<24}{n:>9}{p50:>9.1f}{p99:>9.1f}{iops:>10.0f}{ex:>11.2f}{hc:>12.2f}  {out}"
-        )
-    table = pl.concat(phases, how="diagonal_relaxed").fill_null(0.0)
-    cols = [c for c in PHASES if c in table.columns]
-    click.echo("mean us per phase (incl. queueing):")
-    click.echo(f"{'transport':<24}" + "".join(f"{c:>10}" for c in cols))
-    for r in table.iter_rows(named=True):
-        click.echo(f"{r['transport']:<24}" + "".join(f"{r[c]:>10.1f}" for c in cols))
+    bars = []
+
+    def bar_for(name: str):
+        if not show:
+            return None
+        for bar in bars:  # the previous transport's run is done
+            bar.close()
+        bars.append(_request_bar(name))
+        return bars[-1].update_to
+
+    try:
+        summary = api.emulate(
+            names, output, ingest=ingest, progress=bar_for, warn=_warn, workload=workload,
+            requests=requests, runtime=runtime, seed=seed, profile=profile, vendor=vendor,
+            clock_offset_ns=clock_offset_ns, clock_drift_ppm=clock_drift_ppm,
+            drop_rate=drop_rate, costs_file=costs_file,
+        )  # fmt: skip
+    finally:
+        for bar in bars:
+            bar.close()
+    click.echo(summary.render(), nl=False)
+
+
+def _warn(message: str) -> None:
+    click.echo(f"xvtrace: warning: {message}", err=True)
 
 
 def _request_bar(name: str):
@@ -584,18 +480,6 @@ def _request_bar(name: str):
 
     bar.update_to = update_to
     return bar
-
-
-def _phase_means(truth: pl.DataFrame, name: str) -> pl.DataFrame:
-    """Mean time from each phase's first start to its last end, per request (us)."""
-    starts = [c for c in truth.columns if c.startswith("phase_") and c.endswith("_start_ns")]
-    return truth.select(
-        pl.lit(name).alias("transport"),
-        *[
-            ((pl.col(s.replace("_start_", "_end_")) - pl.col(s)).mean() / 1e3).alias(s[6:-9])
-            for s in starts
-        ],
-    )
 
 
 @cli.command("replay")
@@ -630,28 +514,18 @@ def replay_cmd(
     differ most from the baseline. `xvtrace compare` shows the result again (or as HTML).
     """
     from xvtrace import replaying
-    from xvtrace.output import compare
 
-    bundle = api.load(source)
-    transports = replaying.parse_transports(transport)
-    result = replaying.replay_bundle(bundle, transports, costs_file=costs_file, seed=seed,
-                                     arrivals=arrivals, source=source_transport)  # fmt: skip
-    out = output or bundle.path / replaying.REPLAY
-    replaying.write(result, out)
-    facts = replaying.facts(result)
+    out = output or Path(source) / replaying.REPLAY
+    cmp = api.replay(source, transport, output=out, emit_dir=emit_dir, warn=_warn,
+                     costs_file=costs_file, seed=seed, arrivals=arrivals,
+                     source=source_transport)  # fmt: skip
     if as_json:
-        click.echo(json.dumps(compare.to_json(facts), indent=2))
+        click.echo(json.dumps(cmp.to_json(), indent=2))
     else:
-        click.echo(compare.render_text(facts), nl=False)
-    click.echo(f"{out}: {len(result.requests)} predicted requests", err=True)
-    if emit_dir:
-        if emit_dir.exists() and any(emit_dir.iterdir()):
-            raise UserError(f"{emit_dir}: exists and is not empty; choose a new directory")
-        for d in replaying.emit_bundles(
-            result, transports, emit_dir, costs_file=costs_file, seed=seed
-        ):
-            api.ingest(d, None, warn=lambda m: click.echo(f"xvtrace: warning: {m}", err=True))
-            click.echo(f"{d}: bundle written (try `xvtrace report {d}`)", err=True)
+        click.echo(cmp.render(), nl=False)
+    click.echo(f"{out}: {len(cmp.requests)} predicted requests", err=True)
+    for d in cmp.emitted:
+        click.echo(f"{d}: bundle written (try `xvtrace report {d}`)", err=True)
 
 
 @cli.command("calibrate")
@@ -671,38 +545,9 @@ def calibrate_cmd(source, output, transport, costs_file, seed):
     bracket gets the factor that matches its measured intervals, with a 95 % bootstrap
     interval. Prints every cost of the transport and says which ones this capture could
     not constrain (they keep their current values). Needs the bundle's timeline."""
-    from xvtrace import replaying
-    from xvtrace.bundle import atomic_path
-    from xvtrace.replay import costs as cost_table
-
-    bundle = api.load(source)
-    name, profile, rows = replaying.calibrate_bundle(bundle, source=transport, costs_file=costs_file,
-                                                     seed=seed)  # fmt: skip
-    fitted = rows.filter(pl.col("fitted_ns").is_not_null())
-    entries = [{"key": r["key"], "ns": r["fitted_ns"], "sigma": r["sigma"], "ci_low": r["ci_low"],
-                "ci_high": r["ci_high"],
-                "source": f"calibrated from {bundle.path} ({r['requests']} requests, interval "
-                          f"{r['interval']}{', scaled with ' + r['with'] if r['with'] else ''})"}
-               for r in fitted.iter_rows(named=True)]  # fmt: skip
-    if not entries:
-        raise UserError(f"{bundle.path}: no interval of this capture constrains any {name} cost")
-    with atomic_path(output) as tmp:
-        cost_table.write_toml(tmp, profile, entries)
-    click.echo(
-        f"transport {name}, profile {profile}: {len(fitted)} of {len(rows)} costs constrained"
-    )
-    click.echo(f"{'key':<28}{'table ns':>10}{'fitted ns':>11}{'95% interval':>22}  constrained by")
-    for r in rows.iter_rows(named=True):
-        if r["fitted_ns"] is None:
-            click.echo(
-                f"{r['key']:<28}{r['ns']:>10.1f}{'-':>11}{'':>22}  not constrained by this capture"
-            )
-            continue
-        ci = f"{r['ci_low']:.1f}..{r['ci_high']:.1f}"
-        extra = f" (with {r['with']})" if r["with"] else ""
-        click.echo(
-            f"{r['key']:<28}{r['ns']:>10.1f}{r['fitted_ns']:>11.1f}{ci:>22}  {r['interval']}{extra}"
-        )
+    cal = api.calibrate(source, transport=transport, costs_file=costs_file, seed=seed)
+    cal.write(output)
+    click.echo(cal.render(), nl=False)
     click.echo(f"{output}: written", err=True)
 
 
@@ -717,18 +562,13 @@ def compare_cmd(source, as_json, html_file):
     replay's parquet file): p50/p99 latency and its ratio to the baseline, IOPS at the
     captured depth and at saturation, CPU per request, work per request and the phases
     that make the difference."""
-    from xvtrace.bundle import atomic_path
-    from xvtrace.output import compare
-
-    facts, req = compare.load(source)
+    cmp = api.compare(source)
     if html_file:
-        with atomic_path(html_file) as tmp:
-            tmp.write_text(compare.render_html(facts, req))
-        click.echo(f"{html_file}: written", err=True)
+        _write(html_file, cmp.render_html())
     if as_json:
-        click.echo(json.dumps(compare.to_json(facts), indent=2))
+        click.echo(json.dumps(cmp.to_json(), indent=2))
     else:
-        click.echo(compare.render_text(facts), nl=False)
+        click.echo(cmp.render(), nl=False)
 
 
 @cli.command("regress")
@@ -753,17 +593,17 @@ def regress_cmd(baseline, candidate, threshold, alpha, force, as_json, as_markdo
     Xen version, cpu_khz, transport or workload differ, unless --force)."""
     from xvtrace.gate import regress
 
-    base, cand = regress.load(baseline), regress.load(candidate)
+    base, cand = api.baseline(baseline), api.baseline(candidate)
     if update:
         regress.write(cand, update)
         click.echo(f"{update}: baseline written", err=True)
     cmp = regress.compare(base, cand, threshold_pct=threshold, alpha=alpha, force=force)
     if as_json:
-        click.echo(json.dumps(regress.to_json(cmp), indent=2))
+        click.echo(json.dumps(cmp.to_json(), indent=2))
     elif as_markdown:
-        click.echo(regress.render_markdown(cmp), nl=False)
+        click.echo(cmp.render_markdown(), nl=False)
     else:
-        click.echo(regress.render_text(cmp), nl=False)
+        click.echo(cmp.render(), nl=False)
     if len(cmp.regressed):
         sys.exit(1)
 

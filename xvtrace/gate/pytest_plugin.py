@@ -37,18 +37,19 @@ class Regress:
         self.threshold_pct = threshold_pct
 
     def summary(self, source) -> dict:
-        from xvtrace.gate import regress
+        from xvtrace import api
 
-        return regress.load(source)
+        return api.baseline(source)
 
     def check(
         self, candidate, *, baseline, threshold_pct: float | None = None, force: bool = False
     ):
         """Compare `candidate` with the baseline file; returns the comparison."""
+        from xvtrace import api
         from xvtrace.gate import regress
 
         baseline = Path(baseline)
-        cand = candidate if isinstance(candidate, dict) else regress.load(candidate)
+        cand = candidate if isinstance(candidate, dict) else api.baseline(candidate)
         if self.update:
             regress.write(cand, baseline)
             return None
@@ -57,7 +58,7 @@ class Regress:
                 f"{baseline}: no baseline; run pytest --xvtrace-update-baselines to write it"
             )
         t = threshold_pct if threshold_pct is not None else self.threshold_pct
-        cmp = regress.compare(regress.load(baseline), cand, force=force,
+        cmp = regress.compare(regress.read(baseline), cand, force=force,
                               threshold_pct=regress.THRESHOLD_PCT if t is None else t)  # fmt: skip
         if len(cmp.regressed):
             raise RegressionFailure(f"{baseline}:\n" + regress.render_text(cmp))

@@ -85,20 +85,21 @@ def _sample(v: np.ndarray) -> list[float]:
     return [round(float(x), 1) for x in v]
 
 
-def load(source: str | Path) -> dict:
-    """A baseline summary from its JSON file, or summarized from a bundle (or raw capture)."""
+def is_baseline_file(source: str | Path) -> bool:
     source = Path(source)
-    if source.is_file() and source.suffix == ".json":
-        try:
-            doc = json.loads(source.read_text())
-        except json.JSONDecodeError as e:
-            raise RegressError(f"{source}: not JSON ({e.msg} at line {e.lineno})") from e
-        if not isinstance(doc, dict) or doc.get("xvtrace_baseline") != SUMMARY_VERSION:
-            raise RegressError(f"{source}: not an xvtrace baseline (version {SUMMARY_VERSION})")
-        return doc
-    from xvtrace import api
+    return source.is_file() and source.suffix == ".json"
 
-    return summarize(api.load(source))
+
+def read(source: str | Path) -> dict:
+    """A baseline summary from its JSON file (xvtrace.api.baseline also summarizes bundles)."""
+    source = Path(source)
+    try:
+        doc = json.loads(source.read_text())
+    except json.JSONDecodeError as e:
+        raise RegressError(f"{source}: not JSON ({e.msg} at line {e.lineno})") from e
+    if not isinstance(doc, dict) or doc.get("xvtrace_baseline") != SUMMARY_VERSION:
+        raise RegressError(f"{source}: not an xvtrace baseline (version {SUMMARY_VERSION})")
+    return doc
 
 
 def write(summary: dict, path: Path) -> None:
@@ -130,6 +131,15 @@ class Comparison:
     @property
     def improved(self) -> pl.DataFrame:
         return self.table.filter(pl.col("verdict") == "improvement")
+
+    def render(self) -> str:
+        return render_text(self)
+
+    def render_markdown(self) -> str:
+        return render_markdown(self)
+
+    def to_json(self) -> dict:
+        return to_json(self)
 
 
 def compare(base: dict, cand: dict, *, threshold_pct: float = THRESHOLD_PCT, alpha: float = ALPHA,

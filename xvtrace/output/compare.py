@@ -9,6 +9,7 @@ difference (largest change in mean time per request).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
@@ -21,6 +22,28 @@ from xvtrace.replay.transports.base import PHASES
 from xvtrace.replaying import REPLAY
 
 TOP_PHASES = 2  # phases named per transport as making the difference
+
+
+@dataclass
+class Comparison:
+    """A replay's transports side by side: its facts (xvtrace.replaying.facts) and its
+    predicted requests."""
+
+    facts: dict
+    requests: pl.DataFrame
+    emitted: list[Path] = field(default_factory=list)  # bundles `replay --emit-bundle` wrote
+
+    def table(self) -> pl.DataFrame:
+        return table(self.facts)
+
+    def render(self) -> str:
+        return render_text(self.facts)
+
+    def to_json(self) -> dict:
+        return to_json(self.facts)
+
+    def render_html(self) -> str:
+        return render_html(self.facts, self.requests)
 
 
 def load(path: str | Path) -> tuple[dict, pl.DataFrame]:

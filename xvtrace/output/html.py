@@ -8,11 +8,13 @@ a sample of requests, and latency over time.
 from __future__ import annotations
 
 from html import escape
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
-from xvtrace.output.report import Report
+if TYPE_CHECKING:
+    from xvtrace.output.report import Report
 
 W, H, PAD = 720, 260, 48
 COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7")

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 import polars as pl
 
 from xvtrace import timeline
+from xvtrace.output import html
 from xvtrace.parsers import fields
 from xvtrace.parsers import xen_events as xe
-from xvtrace.timeline.phases import PHASES, with_phases
-
-QUANTILES = (0.5, 0.9, 0.99)
+from xvtrace.timeline.phases import table
 
 
 @dataclass
@@ -23,34 +22,13 @@ class Report:
     facts: dict
     phases: pl.DataFrame  # dev, queue, op, phase, requests, p50/p90/p99/max (us)
     per_request: pl.DataFrame  # what, count, per_request
+    requests: pl.DataFrame | None = None  # the timeline's, for the HTML page's plots
 
     @classmethod
     def of(cls, bundle) -> Report:
         tl = timeline.load(bundle)
-        req = with_phases(tl.requests)
-        rows = []
-        for col, name in PHASES:
-            if col not in req.columns:
-                continue
-            rows.append(
-                req.filter(pl.col(col).is_not_null())
-                .group_by("dev", "queue", "op")
-                .agg(
-                    pl.lit(name).alias("phase"),
-                    pl.lit([c for c, _ in PHASES].index(col)).alias("_order"),
-                    pl.len().alias("requests"),
-                    *[
-                        (pl.col(col).quantile(q, "nearest") / 1e3).alias(f"p{round(q * 100)}_us")
-                        for q in QUANTILES
-                    ],
-                    (pl.col(col).max() / 1e3).alias("max_us"),
-                )
-            )
-        phases = (
-            pl.concat(rows).sort("dev", "queue", "op", "_order").drop("_order")
-            if rows
-            else pl.DataFrame()
-        )
+        req = tl.requests
+        phases = table(req)
         m = bundle.manifest
         facts = {
             "bundle": str(bundle.path),
@@ -61,7 +39,12 @@ class Report:
             "sources": [f"{s['file']} ({s['format']})" for s in m.get("sources", [])],
         }
         vendor = (m.get("host") or {}).get("hvm_vendor")
-        return cls(facts, phases, _per_request(bundle.events(), max(1, len(req)), vendor))
+        per_request = _per_request(bundle.events(), max(1, len(req)), vendor)
+        return cls(facts, phases, per_request, req)
+
+    def render_html(self) -> str:
+        """A self-contained page (plots inline, works offline)."""
+        return html.render(self, self.requests)
 
     def to_json(self) -> dict:
         return {

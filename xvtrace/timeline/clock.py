@@ -48,11 +48,13 @@ IOREQ_HANDLING = [
 ]  # fmt: skip
 
 
-def notify_pairs(ev: pl.LazyFrame, hv: pl.DataFrame) -> pl.DataFrame | None:
+def notify_pairs(ev: pl.LazyFrame, hv: pl.DataFrame | None = None) -> pl.DataFrame | None:
     """Each QueueNotify trap with its IOREQ: dom, vcpu, cpu (the pCPU), exit_ns, entry_ns
     (hypervisor clock) and handle_off, handle_ns, last_ns (device-model clock: the last of
     the IOREQ's IOREQ_HANDLING events); None without both sides. `hv`: the hypervisor's
-    emulated accesses (timeline.hvm.accesses)."""
+    emulated accesses (timeline.hvm.accesses), when the caller has them already."""
+    if hv is None:
+        hv = hvm.accesses(hvm.handled(ev))
     dm = (
         ev.filter(pl.col("source") == "qemu")
         .select(
@@ -157,12 +159,15 @@ def _widest(gap, max_drift: float, iters: int) -> float:
     return (a + b) / 2
 
 
-def evtchn_pairs(ev: pl.LazyFrame, exits: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+def evtchn_pairs(
+    ev: pl.LazyFrame, exits: pl.DataFrame | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame] | None:
     """For guests that kick with an event-channel hypercall (no IOREQ): the k-th kick's
     VMCALL (hypervisor) comes before QEMU's k-th virtio_queue_notify (device model), and
     QEMU's k-th virtio_notify comes before dom0's k-th event_channel_op, its notification to
     the guest. Returns (kicks: dom, vcpu, cpu, exit_ns, entry_ns, handle_off, handle_ns;
     responses: resp_ns, last_ns), or None without both sides."""
+    exits = hvm.handled(ev) if exits is None else exits
     k = hvm.kicks(exits).filter(pl.col("kind") == "hypercall").sort("entry_ns", "exit_ns")
     q = (
         ev.filter(pl.col("event").is_in(["qemu.virtio_queue_notify", "qemu.virtio_notify"]))

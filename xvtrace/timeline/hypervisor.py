@@ -162,7 +162,7 @@ def block_pairs(ev: pl.LazyFrame) -> pl.DataFrame | None:
             "size",
             "src_file",
             "src_offset",
-            fields.block("block.rq_issue", "write"),
+            fields.own("block.rq_issue", "write"),
         )
         .collect()
         .sort("ts_ns", "src_offset")

@@ -68,9 +68,11 @@ class Accesses(NamedTuple):
     hv: pl.DataFrame
 
 
-def accesses(ev: pl.LazyFrame, exits: pl.DataFrame) -> Accesses:
-    """`exits`: the bundle's timeline.hvm.handled."""
-    return Accesses(device_model_ioreqs(ev), hvm.accesses(exits))
+def accesses(ev: pl.LazyFrame, exits: pl.DataFrame | None = None) -> Accesses:
+    """`exits`: the bundle's timeline.hvm.handled, when the caller has them already."""
+    return Accesses(
+        device_model_ioreqs(ev), hvm.accesses(hvm.handled(ev) if exits is None else exits)
+    )
 
 
 def join(acc: Accesses, clock: dict) -> tuple[pl.DataFrame, dict | None]:

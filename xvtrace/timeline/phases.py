@@ -1,6 +1,7 @@
-"""The request table's derived intervals, defined once for every view (timeline,
-hv_timeline, ide_timeline): each view names the columns that stand for its kick, pop,
-fill and so on. PHASES lists them in path order with the names every output uses."""
+"""The request table's derived intervals, defined once for every view (timeline.qemu,
+timeline.hypervisor, timeline.ide): each view names the columns that stand for its kick,
+pop, fill and so on. PHASES lists them in path order with the names every output uses;
+`table` is the one aggregation of them that the timeline and the report print."""
 
 from __future__ import annotations
 
@@ -40,3 +41,32 @@ def with_phases(req: pl.DataFrame) -> pl.DataFrame:
             (pl.col("ack_ns") - pl.col("isr_read_ns")).alias("isr_to_ack_ns"),
         )
     return req
+
+
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+def table(req: pl.DataFrame) -> pl.DataFrame:
+    """Per device, queue, operation and phase (in PHASES order): requests that have the
+    phase, its p50/p90/p99 (nearest rank) and max in us."""
+    req = with_phases(req)
+    order = [c for c, _ in PHASES]
+    rows = [
+        req.filter(pl.col(col).is_not_null())
+        .group_by("dev", "queue", "op")
+        .agg(
+            pl.lit(name).alias("phase"),
+            pl.lit(order.index(col)).alias("_order"),
+            pl.len().alias("requests"),
+            *[
+                (pl.col(col).quantile(q, "nearest") / 1e3).alias(f"p{round(q * 100)}_us")
+                for q in QUANTILES
+            ],
+            (pl.col(col).max() / 1e3).alias("max_us"),
+        )
+        for col, name in PHASES
+        if col in req.columns
+    ]
+    if not rows:
+        return pl.DataFrame()
+    return pl.concat(rows).sort("dev", "queue", "op", "_order").drop("_order")

@@ -12,6 +12,7 @@ The IOREQ join (timeline.ioreqs) adds each request's kick trap and interrupt ack
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from xvtrace.bundle import derived
-from xvtrace.timeline import hvm, ioreqs, qemu
+from xvtrace.timeline import hvm, ioreqs, qemu, text
 from xvtrace.timeline.clock import (
     align_device_model,
     evtchn_pairs,
@@ -30,11 +31,14 @@ from xvtrace.timeline.clock import (
 from xvtrace.timeline.hypervisor import block_requests, first_loss, hypervisor_requests
 from xvtrace.timeline.ide import ide_requests
 
-REQUESTS = "requests.parquet"
+REQUESTS = text.REQUESTS
 IOREQS = ioreqs.IOREQS
 SECTION = "timeline"  # the manifest section holding the facts, the key and the files
 VERSION = 1  # of the reconstruction: bump when its output changes
 DM_VIEW, DM_VIEW_NAME = qemu.VIEW, qemu.VIEW_NAME
+IDE_VIEW_NAME = "device model (QEMU IDE trace events)"
+HV_VIEW_NAME = "hypervisor (xentrace) + dom0 block layer (ftrace)"
+BLOCK_VIEW_NAME = "dom0 block layer only (ftrace): the guest's kicks could not be matched"
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,12 @@ class Timeline:
     requests: pl.DataFrame
     facts: dict
     computed: bool  # False when served from the bundle's stored, still valid, entry
+    ioreqs_path: Path | None = None  # the joined IOREQs, when there are any
+    bundle_path: Path | None = None
 
     @property
-    def view(self) -> str:
+    def view(self) -> str | None:
+        """The view the requests come from (None: no view applies, see facts["views"])."""
         return self.facts["view"]
 
     @property
@@ -56,9 +63,14 @@ class Timeline:
 
     @property
     def ioreqs(self) -> pl.DataFrame | None:
-        return None if self._ioreqs_path is None else pl.read_parquet(self._ioreqs_path)
+        return None if self.ioreqs_path is None else pl.read_parquet(self.ioreqs_path)
 
-    _ioreqs_path: Path | None = None
+    def render(self) -> str:
+        """As `xvtrace timeline` prints it."""
+        return text.render(self, self.bundle_path)
+
+    def to_json(self) -> dict:
+        return text.to_json(self, self.bundle_path)
 
 
 def load(bundle, *, rebuild: bool = False) -> Timeline:
@@ -73,7 +85,7 @@ def load(bundle, *, rebuild: bool = False) -> Timeline:
         facts = derived.store(bundle, SECTION, want, facts, {REQUESTS: req, IOREQS: joined})
         computed = True
     ipath = bundle.path / IOREQS if IOREQS in facts["files"] else None
-    return Timeline(req, facts, computed, ipath)
+    return Timeline(req, facts, computed, ipath, bundle.path)
 
 
 def current_key(bundle) -> str | None:
@@ -87,67 +99,129 @@ def build(bundle) -> pl.DataFrame:
     return load(bundle, rebuild=True).requests
 
 
+@dataclass(frozen=True)
+class View:
+    """A way to reconstruct requests and the events it needs: each group of `needs` must
+    have at least one of its events in the bundle."""
+
+    name: str
+    needs: tuple[tuple[str, ...], ...]
+    build: Callable[[_Inputs], tuple[pl.DataFrame, dict | None] | None]
+    empty: str  # why it gave nothing although its events are there
+
+    def missing(self, present: set[str]) -> list[str]:
+        return [" or ".join(g) for g in self.needs if not present.intersection(g)]
+
+
+@dataclass
+class _Inputs:
+    """What every view may use, each read once."""
+
+    bundle: object
+    ev: pl.LazyFrame
+    exits: pl.DataFrame  # timeline.hvm.handled
+    acc: ioreqs.Accesses
+    lost: int | None  # the first lost record's time (timeline.hypervisor.first_loss)
+    sequence_clock: Callable[[], dict | None]  # the IOREQ-order clock, fitted at most once
+
+
+def _device_model(x: _Inputs) -> tuple[pl.DataFrame, dict | None] | None:
+    """QEMU's virtqueue events, each kick with its trap when a device-model clock fits."""
+    req = qemu.requests(x.ev).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
+    if not len(req):
+        return None
+    pairs, lower = _before(x.lost, notify_pairs(x.ev, x.acc.hv)), None
+    if pairs is None:  # no IOREQs: an event-channel kick (gsoc-xenbus style)?
+        found = evtchn_pairs(x.ev, x.exits)
+        pairs, lower = found if found else (None, None)
+        pairs, lower = _before(x.lost, pairs), _before(x.lost, lower, "resp_ns")
+    dm_clock = align_device_model(pairs, lower)
+    if lower is None and dm_clock is not None and not dm_clock["consistent"]:
+        # The kicks' IOREQs zipped with their traps fit no clock: a trace edge shifted
+        # them, or QEMU processed the queue after completing the IOREQ (ioeventfd).
+        # Align on every IOREQ by order instead; each kick then gets its trap from the
+        # IOREQ join.
+        seq = x.sequence_clock()
+        if seq is not None and seq["consistent"]:
+            dm_clock, pairs = seq, None
+    if dm_clock is not None and pairs is not None:
+        req = (
+            with_traps(req, pairs, dm_clock) if lower is None else with_kicks(req, pairs, dm_clock)
+        )
+    return req, dm_clock
+
+
+def _ide(x: _Inputs) -> tuple[pl.DataFrame, dict | None] | None:
+    req = ide_requests(x.ev)
+    return None if req is None else (req, None)
+
+
+def _hypervisor(x: _Inputs) -> tuple[pl.DataFrame, dict | None] | None:
+    lost_after = x.lost if _ftrace_intact(x.bundle) else 0
+    req = hypervisor_requests(x.ev, x.exits, lost_after=lost_after)
+    return (req, None) if req is not None and req["complete"].any() else None
+
+
+def _block(x: _Inputs) -> tuple[pl.DataFrame, dict | None] | None:
+    req = block_requests(x.ev)
+    return None if req is None else (req, None)
+
+
+KICKS = ("hvm.mmio_write", "hvm.vmmcall")
+VIEWS = (
+    View(DM_VIEW_NAME, (("qemu.virtqueue_pop",),), _device_model, "no element popped"),
+    View(IDE_VIEW_NAME, (("qemu.ide_exec_cmd",), ("qemu.ide_dma_cb",)), _ide,
+         "no DMA command"),
+    View(HV_VIEW_NAME, (("block.rq_issue",), KICKS, ("hvm.vmentry",)), _hypervisor,
+         "no request matched from kick to interrupt"),
+    View(BLOCK_VIEW_NAME, (("block.rq_issue",),), _block, "no block request issued"),
+)  # fmt: skip
+
+
 def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
     """The bundle's requests from its events: (facts, requests, joined IOREQs or None).
-    The facts hold the counts, incomplete requests by reason and the clocks."""
+    The facts hold the view used and why the others were not, the counts, incomplete
+    requests by reason and the clocks."""
     ev = bundle.events()
+    present = set(
+        ev.select(pl.col("event").unique().cast(pl.String)).collect().to_series().to_list()
+    )
     exits = hvm.handled(ev)  # read once: kicks, the clock fits and the join all use them
     acc = ioreqs.accesses(ev, exits)
-    req = qemu.requests(ev).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
-    dm_clock, view, ide = None, DM_VIEW_NAME, None
     lost = first_loss(ev)
-    # the IOREQ-order clock, fitted at most once whichever step asks for it first
-    sequence_clock = cache(lambda: _sequence_clock(acc, lost))
-    if len(req):
-        pairs, lower = _before(lost, notify_pairs(ev, acc.hv)), None
-        if pairs is None:  # no IOREQs: an event-channel kick (gsoc-xenbus style)?
-            found = evtchn_pairs(ev, exits)
-            pairs, lower = found if found else (None, None)
-            pairs, lower = _before(lost, pairs), _before(lost, lower, "resp_ns")
-        dm_clock = align_device_model(pairs, lower)
-        if lower is None and dm_clock is not None and not dm_clock["consistent"]:
-            # The kicks' IOREQs zipped with their traps fit no clock: a trace edge shifted
-            # them, or QEMU processed the queue after completing the IOREQ (ioeventfd).
-            # Align on every IOREQ by order instead; each kick then gets its trap from the
-            # IOREQ join below.
-            seq = sequence_clock()
-            if seq is not None and seq["consistent"]:
-                dm_clock, pairs = seq, None
-        if dm_clock is not None and pairs is not None:
-            req = (
-                with_traps(req, pairs, dm_clock)
-                if lower is None
-                else with_kicks(req, pairs, dm_clock)
-            )
-    elif (ide := ide_requests(ev)) is not None:  # an emulated IDE disk
-        req, view = ide, "device model (QEMU IDE trace events)"
-    else:  # a backend that logs nothing per request: the hypervisor's and dom0's records
-        hv = hypervisor_requests(ev, exits, lost_after=lost if _ftrace_intact(bundle) else 0)
-        if hv is not None and hv["complete"].any():
-            req, view = hv, "hypervisor (xentrace) + dom0 block layer (ftrace)"
-        elif (blk := block_requests(ev)) is not None:
-            req, view = (
-                blk,
-                "dom0 block layer only (ftrace): the guest's kicks could not be matched",
-            )
+    x = _Inputs(bundle, ev, exits, acc, lost, cache(lambda: _sequence_clock(acc, lost)))
+    view, req, dm_clock, tried = None, None, None, []
+    for v in VIEWS:
+        if view is not None:
+            tried.append({"view": v.name, "used": False, "why": "an earlier view applied"})
+        elif missing := v.missing(present):
+            why = "needs " + ", and ".join(missing) + " (none in this bundle)"
+            tried.append({"view": v.name, "used": False, "why": why})
+        elif (found := v.build(x)) is None:
+            tried.append({"view": v.name, "used": False, "why": v.empty})
+        else:
+            view, (req, dm_clock) = v.name, found
+            tried.append({"view": v.name, "used": True, "why": None})
+    if req is None:
+        req = _no_requests(ev)
+    ide = view == IDE_VIEW_NAME
     join_clock = dm_clock
     if dm_clock is None or not dm_clock["consistent"]:
         # No clock from the requests' kicks, or none that fits: the IOREQs in order, which
         # the join below then uses; fitted once, like the kicks' fit, before any loss.
-        join_clock = sequence_clock()
+        join_clock = x.sequence_clock()
         dm_clock = join_clock or dm_clock
     join_counts, joined = ioreqs.build(acc, join_clock)
-    if joined is not None and (
-        ide is not None or (view == DM_VIEW_NAME and "trap_exit_ns" not in req.columns)
-    ):
+    if joined is not None and (ide or (view == DM_VIEW_NAME and "trap_exit_ns" not in req.columns)):
         req = ioreqs.with_kick_traps(req, joined)
-        if ide is None:
+        if not ide:
             dm_clock = dm_clock | {"queue_processing": _queue_processing(req, dm_clock)}
     if joined is not None and view == DM_VIEW_NAME:
         req = ioreqs.with_interrupt_acks(req, joined)
     reasons = req.filter(~pl.col("complete")).group_by("reason").len()
     facts = {
         "view": view,
+        "views": tried,
         "requests": len(req),
         "complete": int(req["complete"].sum()),
         "incomplete": {r: int(n) for r, n in reasons.iter_rows()},
@@ -156,6 +230,11 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
         "ioreq_join": join_counts,
     }
     return facts, req, joined
+
+
+def _no_requests(ev: pl.LazyFrame) -> pl.DataFrame:
+    """The request table of a bundle no view applies to: the device model's, empty."""
+    return qemu.requests(ev.head(0)).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
 
 
 def _queue_processing(req: pl.DataFrame, clock: dict) -> str:
