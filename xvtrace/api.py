@@ -26,7 +26,9 @@ from xvtrace.analysis.summary import Summary, virtqueues
 from xvtrace.bundle import Bundle, atomic_path
 from xvtrace.bundle.ingest import IngestResult
 from xvtrace.bundle.ingest import ingest as _ingest
-from xvtrace.emulate.summary import EmulateSummary
+from xvtrace.emulate import EmulateOptions
+from xvtrace.emulate import emulate as _emulate
+from xvtrace.emulate.summary import EmulateSummary, Run
 from xvtrace.gate import regress
 from xvtrace.output import compare as _compare
 from xvtrace.output import perfetto
@@ -189,10 +191,6 @@ def emulate(
     each must be new or empty) and decode the bundles; `options` are EmulateOptions'
     (workload, requests or runtime, seed, profile, ...). `progress(name)` may give a
     callback (requests written, total) for that transport's run."""
-    from xvtrace.emulate import EmulateOptions
-    from xvtrace.emulate import emulate as _emulate
-    from xvtrace.emulate.summary import Run
-
     out = Path(out)
     dirs = [out / name if len(transports) > 1 else out for name in transports]
     for d in dirs:  # refuse before any run writes

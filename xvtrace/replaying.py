@@ -18,6 +18,9 @@ import polars as pl
 
 from xvtrace import timeline
 from xvtrace.bundle import Bundle, BundleError, atomic_path
+from xvtrace.emulate import EmulateOptions, emulate
+from xvtrace.emulate.workload import FRAME_OVERHEAD, MAX_BS, MAX_PAYLOAD, Requests
+from xvtrace.replay import calibrate
 from xvtrace.replay import costs as cost_table
 from xvtrace.replay.accounting import COUNTERS
 from xvtrace.replay.execute import CPU_ACTORS, replay
@@ -125,9 +128,6 @@ def emit_bundles(
     """A full bundle per transport (raw/ in the real formats, truth, manifest) from the
     emulated host running the replayed stream, so its output goes through ingest, timeline
     and report like a capture; returns the bundle directories."""
-    from xvtrace.emulate import EmulateOptions, emulate
-    from xvtrace.emulate.workload import FRAME_OVERHEAD, MAX_BS, MAX_PAYLOAD, Requests
-
     st = result.stream
     block = bool(np.isin(st.op, ("read", "write")).all())
     if not block and np.isin(st.op, ("read", "write")).any():
@@ -236,8 +236,6 @@ def calibrate_bundle(
 ) -> Calibration:
     """Fit the costs of the bundle's transport (`source`, else the manifest's) to its
     timeline's intervals."""
-    from xvtrace.replay import calibrate
-
     src = source or source_transport(bundle)
     if src is None:
         raise BundleError(

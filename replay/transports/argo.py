@@ -4,7 +4,8 @@ the backend's ring, then raises VIRQ_ARGO; the response (and a read's data) come
 same way."""
 
 from xvtrace.replay.transports import ops as o
-from xvtrace.replay.transports.base import Transport, op, paths
+from xvtrace.replay.transports.base import Transport
+from xvtrace.replay.transports.ops import op, paths
 
 SENDV = op("argo_sendv", "notify", "hypervisor", "vcpu", "xen.argo_sendv", emits="vmcall_argo",
            hold_until="argo_copy_req")  # fmt: skip

@@ -85,18 +85,3 @@ def held(path: tuple[Op, ...]) -> set[int]:
 def op(name, phase, actor, resource, cost, scale="request", emits="", hold_until="") -> Op:
     """Terse constructor for the declarative tables of the transport modules."""
     return Op(name, phase, actor, resource, cost, scale, emits, hold_until)
-
-
-def paths(
-    notify, complete, rx_head, *, device: Op | None = None, wire_tx=None, wire_rx=None
-) -> dict:
-    """The three request paths of a transport from its pieces: block = notify, device I/O,
-    complete; transmit = notify, wire, complete; receive = wire, the backend's receive
-    steps (rx_head), complete."""
-    from xvtrace.replay.transports import ops
-
-    return {
-        "block": (*notify, device or ops.DEVICE_IO, *complete),
-        "net_tx": (*notify, wire_tx or ops.WIRE_TX, *complete),
-        "net_rx": (wire_rx or ops.WIRE_RX, *rx_head, *complete),
-    }

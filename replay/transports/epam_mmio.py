@@ -4,7 +4,8 @@ to a user-space backend (QEMU) in dom0, which reaches guest memory through forei
 InterruptStatus and writes InterruptACK: two more traps, two more IOREQ round trips."""
 
 from xvtrace.replay.transports import ops as o
-from xvtrace.replay.transports.base import Transport, paths
+from xvtrace.replay.transports.base import Transport
+from xvtrace.replay.transports.ops import paths
 
 TRANSPORT = Transport(
     name="epam-mmio",

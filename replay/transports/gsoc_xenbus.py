@@ -2,7 +2,8 @@
 mapcache: the backend foreign-maps each buffer page for the request and unmaps it after."""
 
 from xvtrace.replay.transports import ops as o
-from xvtrace.replay.transports.base import Transport, paths
+from xvtrace.replay.transports.base import Transport
+from xvtrace.replay.transports.ops import paths
 
 TRANSPORT = Transport(
     name="gsoc-xenbus",

@@ -1,6 +1,6 @@
 """The operations transports share, named once (see base.Op for the fields)."""
 
-from xvtrace.replay.transports.base import op
+from xvtrace.replay.transports.base import Op, op
 
 # the guest
 GUEST_SUBMIT = op("guest_submit", "submit", "guest_vcpu", "vcpu", "guest.ring_submit")
@@ -83,3 +83,16 @@ COPY_IN = op("copy_in", "io", "backend_thread", "backend", "mem.copy", "byte")
 DEVICE_IO = op("device_io", "io", "device", "device", "device.block", emits="device_io")
 WIRE_TX = op("wire_tx", "io", "wire", "none", "net.wire", "byte", emits="packet_out")
 WIRE_RX = op("wire_rx", "io", "wire", "none", "net.wire", "byte", emits="packet_in")
+
+
+def paths(
+    notify, complete, rx_head, *, device: Op | None = None, wire_tx=None, wire_rx=None
+) -> dict:
+    """The three request paths of a transport from its pieces: block = notify, device I/O,
+    complete; transmit = notify, wire, complete; receive = wire, the backend's receive
+    steps (rx_head), complete."""
+    return {
+        "block": (*notify, device or DEVICE_IO, *complete),
+        "net_tx": (*notify, wire_tx or WIRE_TX, *complete),
+        "net_rx": (wire_rx or WIRE_RX, *rx_head, *complete),
+    }

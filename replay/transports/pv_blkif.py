@@ -3,7 +3,8 @@ grants; the guest notifies over an event channel, the backend copies or uses its
 mappings, and responds with an event channel notification."""
 
 from xvtrace.replay.transports import ops as o
-from xvtrace.replay.transports.base import Transport, op, paths
+from xvtrace.replay.transports.base import Transport
+from xvtrace.replay.transports.ops import op, paths
 
 POP = op("blkback_pop", "dispatch", "backend_thread", "backend", "blkback.ring_pop")
 PUSH = op("blkback_push", "push", "backend_thread", "backend", "blkback.ring_push")

@@ -3,7 +3,8 @@ a frontend (xen-vhost-frontend style): the virtio-mmio trap is forwarded as an e
 the backend process, and its call eventfd comes back as an interrupt."""
 
 from xvtrace.replay.transports import ops as o
-from xvtrace.replay.transports.base import Transport, op, paths
+from xvtrace.replay.transports.base import Transport
+from xvtrace.replay.transports.ops import op, paths
 
 KICK = op("frontend_kick", "dispatch", "backend_thread", "backend", "vhost.eventfd_kick")
 POP = op("backend_pop", "dispatch", "backend_process", "bproc", "vhost.backend_pop")

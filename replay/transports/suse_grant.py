@@ -4,7 +4,8 @@ page with GNTTABOP_map_grant_ref and unmaps it (with a TLB flush) after use. Not
 virtio-mmio through an IOREQ server, as for EPAM."""
 
 from xvtrace.replay.transports import ops as o
-from xvtrace.replay.transports.base import Transport, paths
+from xvtrace.replay.transports.base import Transport
+from xvtrace.replay.transports.ops import paths
 
 TRANSPORT = Transport(
     name="suse-grant",

@@ -3,7 +3,8 @@ mapped after first use (as blkback does), so a request costs a lookup instead of
 an unmap with its TLB flush."""
 
 from xvtrace.replay.transports import ops as o
-from xvtrace.replay.transports.base import Transport, paths
+from xvtrace.replay.transports.base import Transport
+from xvtrace.replay.transports.ops import paths
 
 TRANSPORT = Transport(
     name="suse-grant-persistent",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from xvtrace.analysis.dump import name_addresses  # the dump's own address naming
 from xvtrace.parsers import fields
 from xvtrace.parsers import xen_events as xe
 
@@ -354,8 +355,6 @@ def exit_sites(ev: pl.LazyFrame, symbols, vendor: str | None, top: int = 20) -> 
     )
     if not len(ex):
         return empty
-    from xvtrace.analysis.dump import name_addresses  # the dump's own address naming
-
     rips = ex["rip"].to_numpy()
     names = name_addresses(rips, symbols)
     fn = pl.Series("function", names).str.strip_chars(" <>").str.replace(r"\+0x[0-9a-f]+.*$", "")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,24 +91,3 @@ def store(
     bundle.manifest[name] = entry
     write_manifest(bundle.path, bundle.manifest)
     return entry
-
-
-def cached(
-    bundle: Bundle,
-    name: str,
-    version: int,
-    compute: Callable[[], tuple[dict, dict[str, pl.DataFrame | None]]],
-    *,
-    options: dict | None = None,
-    rebuild: bool = False,
-) -> tuple[dict, bool]:
-    """The entry's facts, computed and stored when missing or stale; (facts, computed now).
-
-    The key is taken before computing: an ingest that replaces the events meanwhile makes
-    the stored entry's key differ from the new events', so it is computed again next time."""
-    want = key(bundle, name, version, options)
-    entry = None if rebuild else fresh(bundle, name, want)
-    if entry is not None:
-        return entry, False
-    facts, tables = compute()
-    return store(bundle, name, want, facts, tables), True

@@ -25,6 +25,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from xvtrace import __version__, timeline
+from xvtrace.bundle import atomic_path
+from xvtrace.replaying import source_transport, workload_of
+
 SUMMARY_VERSION = 1
 SAMPLE = 1000  # order statistics kept per phase
 BOOTSTRAP = 1000
@@ -48,9 +52,6 @@ class RegressError(ValueError):
 
 def summarize(bundle) -> dict:
     """The baseline summary of a bundle (runs its timeline first when needed)."""
-    from xvtrace import __version__, timeline
-    from xvtrace.replaying import source_transport, workload_of
-
     req = timeline.load(bundle).requests.filter(pl.col("complete"))
     m = bundle.manifest
     wl = workload_of(bundle)
@@ -103,8 +104,6 @@ def read(source: str | Path) -> dict:
 
 
 def write(summary: dict, path: Path) -> None:
-    from xvtrace.bundle import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(summary, indent=1) + "\n")
 
