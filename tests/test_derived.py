@@ -61,14 +61,17 @@ def test_reingest_with_another_cpu_khz_then_report_is_not_stale(epam, tmp_path):
             assert 1.8 < r["p50_us"] / trap[r["queue"], r["op"], r["phase"]] < 2.2
 
 
-def test_timeline_is_stored_once_and_rebuilt_when_events_change(epam):
+def test_timeline_is_stored_once_and_rebuilt_when_its_inputs_change(epam):
     bundle = api.ingest(epam).bundle
     first = timeline.load(bundle)
     assert first.computed and (epam / timeline.REQUESTS).exists()
     again = timeline.load(Bundle.open(epam))
     assert not again.computed and again.requests.equals(first.requests)
     assert again.facts["key"] == first.facts["key"] == timeline.current_key(Bundle.open(epam))
-    bundle = api.ingest(epam).bundle  # the same capture decoded again: a new events table
+    bundle = api.ingest(epam).bundle  # the same capture decoded again: the same table
+    assert timeline.current_key(bundle) == first.facts["key"]
+    assert not timeline.load(bundle).computed
+    bundle = api.ingest(epam, hvm_vendor="svm").bundle  # another decoding: another key
     assert timeline.current_key(bundle) is None
     assert timeline.load(bundle).computed
 
@@ -129,7 +132,7 @@ def test_a_replaced_archive_is_unpacked_again(tmp_path):
     cut = raw[: len(raw) // 2]  # a shorter capture under the same archive name
     archive.write_bytes(lzma.compress(cut))
     st = archive.stat()
-    os.utime(archive, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # surely newer
+    os.utime(archive, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))  # older: the content tells
     with pytest.raises(BundleError, match=r"trace\.bin\.xz: \d+ bytes when ingested"):
         Bundle.open(tmp_path / "b").events()
     bundle = api.ingest(tmp_path / "b").bundle
@@ -144,3 +147,33 @@ def test_temporary_files_in_raw_are_not_captures(epam):
     shutil.copy(log, epam / "raw" / f".{log.name}.123-abc.part")  # a writer's leftover
     again = api.ingest(epam).bundle
     assert [s["file"] for s in again.manifest["sources"]] == sources
+
+
+def test_a_copied_bundle_keeps_its_derived_data(epam, tmp_path):
+    """A copy gives every file new times (cp -r): the fingerprints are of content, so the
+    copy's events are not refused and its stored timeline and summary are served."""
+    runner = CliRunner()
+    _ingest(runner, epam)
+    assert runner.invoke(cli, ["summary", str(epam)]).exit_code == 0
+    tl = timeline.load(Bundle.open(epam))
+    for p in epam.rglob("*"):
+        if p.is_file():
+            st = p.stat()
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**10))
+    again = timeline.load(Bundle.open(epam))
+    assert not again.computed and again.requests.equals(tl.requests)
+    stored = Bundle.open(epam).manifest["summary"]["key"]
+    r = runner.invoke(cli, ["summary", str(epam)])
+    assert r.exit_code == 0 and Bundle.open(epam).manifest["summary"]["key"] == stored
+
+
+def test_summary_is_stored_and_answers_the_same(tmp_path):
+    shutil.copytree(FIXTURES / "xentrace" / "x86-pv-blkfront", tmp_path / "raw")
+    runner = CliRunner()
+    _ingest(runner, tmp_path / "raw" / "trace.bin", "-o", str(tmp_path / "b"))
+    first = runner.invoke(cli, ["summary", str(tmp_path / "b"), "--json"])
+    assert (tmp_path / "b" / "derived").is_dir()
+    second = runner.invoke(cli, ["summary", str(tmp_path / "b"), "--json"])
+    assert first.exit_code == second.exit_code == 0 and first.stdout == second.stdout
+    other = runner.invoke(cli, ["summary", str(tmp_path / "b"), "--cpu-khz", "1200000", "--json"])
+    assert other.exit_code == 0 and other.stdout != first.stdout  # another key, not the stored

@@ -93,7 +93,8 @@ def summarize(
     path, *, cpu_khz: int | None = None, hvm_vendor: str | None = None, elf_files=()
 ) -> Summary:
     bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
-    return Summary.of(
+    return Summary.stored(
+        bundle,
         events(bundle, cpu_khz=cpu_khz),
         vendor=_vendor(bundle, hvm_vendor),
         cpu_khz=cpu_khz or bundle.cpu_khz,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from xvtrace.analysis.dump import name_addresses  # the dump's own address naming
+from xvtrace.bundle import derived
 from xvtrace.parsers import fields
 from xvtrace.parsers import xen_events as xe
 
@@ -342,6 +343,33 @@ def virtqueues(ev: pl.LazyFrame) -> pl.DataFrame:
     )  # fmt: skip
 
 
+SECTION = "summary"  # the bundle's derived entry (manifest section) of the stored sections
+VERSION = 1  # of the sections' code: bump when an answer changes
+DERIVED_DIR = "derived"
+
+
+def _xentrace(events: pl.LazyFrame) -> pl.LazyFrame:
+    return events.filter(pl.col("source") == "xentrace")
+
+
+def _sections(events: pl.LazyFrame, vendor: str | None) -> dict[str, pl.DataFrame]:
+    """Every section but the exit sites (which need symbol files)."""
+    ev = _xentrace(events)
+    return {
+        "totals": totals(ev),
+        "volume": volume(ev),
+        "lost_records": lost_records(ev),
+        "records_by_vcpu": records_by_dom(ev),
+        "runstates": runstates(ev),
+        "exits": exits(ev, vendor),
+        "hypercalls": hypercalls(ev),
+        "io": io_accesses(ev),
+        "interrupts": interrupts(ev),
+        "grants": grants(ev),
+        "virtqueues": virtqueues(events),
+    }
+
+
 def exit_sites(ev: pl.LazyFrame, symbols, vendor: str | None, top: int = 20) -> pl.DataFrame:
     """HVM exits by the guest function they left (needs the guest's vmlinux symbols)."""
     empty = pl.DataFrame(schema={"function": pl.String, "exits": pl.UInt32, "reasons": pl.String})
@@ -387,21 +415,30 @@ class Summary:
     def of(
         cls, events: pl.LazyFrame, *, vendor: str | None, cpu_khz: int | None, symbols=()
     ) -> Summary:
-        ev = events.filter(pl.col("source") == "xentrace")
-        sections = {
-            "totals": totals(ev),
-            "volume": volume(ev),
-            "lost_records": lost_records(ev),
-            "records_by_vcpu": records_by_dom(ev),
-            "runstates": runstates(ev),
-            "exits": exits(ev, vendor),
-            "hypercalls": hypercalls(ev),
-            "io": io_accesses(ev),
-            "interrupts": interrupts(ev),
-            "grants": grants(ev),
-            "virtqueues": virtqueues(events),
-            "exit_sites": exit_sites(ev, symbols, vendor),
-        }
+        """Every section computed from the event table."""
+        sections = _sections(events, vendor)
+        sections["exit_sites"] = exit_sites(_xentrace(events), symbols, vendor)
+        return cls(vendor, cpu_khz, sections)
+
+    @classmethod
+    def stored(
+        cls, bundle, events: pl.LazyFrame, *, vendor: str | None, cpu_khz: int | None, symbols=()
+    ) -> Summary:
+        """The bundle's summary: its stored sections while the events and these options are
+        the ones they were computed from (xvtrace.bundle.derived), else computed and stored.
+        The exit sites depend on the symbol files given: always computed (empty without)."""
+        want = derived.key(bundle, SECTION, VERSION, {"vendor": vendor, "cpu_khz": cpu_khz})
+        entry = derived.fresh(bundle, SECTION, want)
+        if entry is not None:
+            sections = {
+                name: pl.read_parquet(bundle.path / f) for name, f in entry["sections"].items()
+            }
+        else:
+            sections = _sections(events, vendor)
+            files = {name: f"{DERIVED_DIR}/summary-{name}.parquet" for name in sections}
+            derived.store(bundle, SECTION, want, {"sections": files},
+                          {files[name]: frame for name, frame in sections.items()})  # fmt: skip
+        sections["exit_sites"] = exit_sites(_xentrace(events), symbols, vendor)
         return cls(vendor, cpu_khz, sections)
 
     def to_json(self) -> dict:

@@ -3,11 +3,11 @@ a key that covers every input, so a stale table is never served.
 
 A derived entry is a manifest section (its facts) plus the parquet files it names. The key
 hashes:
-- the events' identity: events.parquet's size and modification time (ingest replaces the
-  file, so a re-ingest changes it) and the manifest's ingest facts (host, clock, sources,
-  counts: a re-ingest with another cpu_khz changes them even when the sizes match);
+- the events' identity: events.parquet's fingerprint (size and sampled content, which a
+  copy of the bundle keeps) and the manifest's ingest facts (host, clock, sources, counts:
+  a re-ingest with another cpu_khz changes them even when the table's bytes match);
 - the entry's options and the code's version of it (bump `version` when its output changes).
-The files' own sizes and times are kept in the entry too: a file rewritten or removed
+The files' own fingerprints are kept in the entry too: a file rewritten or removed
 behind the bundle's back no longer matches, and the entry is computed again.
 """
 
@@ -19,19 +19,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xvtrace import __version__
-from xvtrace.bundle import EVENTS, Bundle, BundleError, atomic_path, write_manifest
+from xvtrace.bundle import EVENTS, Bundle, BundleError, atomic_path, fingerprint, write_manifest
 
 if TYPE_CHECKING:
     import polars as pl
 
 # Manifest sections written by derived entries themselves, left out of the events' identity.
-DERIVED_SECTIONS = ("timeline",)
+DERIVED_SECTIONS = ("timeline", "summary")
 VOLATILE = ("created",)
 
 
-def file_identity(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
+def file_identity(path: Path) -> list:
+    f = fingerprint(path)
+    return [f["bytes"], f["sample"]]
 
 
 def events_identity(bundle: Bundle) -> dict[str, Any]:
@@ -77,17 +77,21 @@ def store(
     tables: dict[str, pl.DataFrame | None],
 ) -> dict:
     """Write the entry's tables (atomically; a None table removes its file), then its facts
-    with the key and the files' identities into the manifest, last."""
+    with the key and the files' identities into the manifest, last. A bundle that cannot be
+    written (read-only) still gets its answer, just not kept."""
     files = {}
-    for fname, frame in tables.items():
-        path = bundle.path / fname
-        if frame is None:
-            path.unlink(missing_ok=True)
-            continue
-        with atomic_path(path) as tmp:
-            frame.write_parquet(tmp)
-        files[fname] = file_identity(path)
     entry = {**facts, "key": want, "files": files}
-    bundle.manifest[name] = entry
-    write_manifest(bundle.path, bundle.manifest)
+    try:
+        for fname, frame in tables.items():
+            path = bundle.path / fname
+            if frame is None:
+                path.unlink(missing_ok=True)
+                continue
+            with atomic_path(path) as tmp:
+                frame.write_parquet(tmp)
+            files[fname] = file_identity(path)
+        bundle.manifest[name] = entry
+        write_manifest(bundle.path, bundle.manifest)
+    except PermissionError:
+        bundle.manifest.pop(name, None)  # nothing half-stored is ever taken as valid
     return entry

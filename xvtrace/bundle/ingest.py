@@ -27,6 +27,7 @@ from xvtrace.bundle import (
     Bundle,
     BundleError,
     atomic_path,
+    fingerprint,
     new_manifest,
     write_manifest,
 )
@@ -190,15 +191,23 @@ def place_raw(raw: Path, bundle_dir: Path) -> Path:
 COMPRESSED = {".gz": gzip.open, ".xz": lzma.open}  # raw captures people store compressed
 
 
-def unpack(raw: Path) -> Path:
-    """A compressed capture's plain copy beside it (streamed, atomically; made again when the
-    archive is newer than the copy); any other file as it is."""
+def unpack(raw: Path, was: dict | None = None) -> Path:
+    """A compressed capture's plain copy beside it (streamed, atomically); any other file as
+    it is. An existing copy is used when the archive is the one it was made from: `was`, the
+    archive's fingerprint the last ingest recorded, else (none recorded) when the copy is
+    newer than the archive."""
     opener = COMPRESSED.get(raw.suffix)
     if opener is None:
         return raw
     dest = raw.with_suffix("")
-    if dest.exists() and dest.stat().st_mtime_ns >= raw.stat().st_mtime_ns:
-        return dest
+    if dest.exists():
+        same = (
+            fingerprint(raw) == {k: was.get(k) for k in ("bytes", "sample")}
+            if was
+            else dest.stat().st_mtime_ns >= raw.stat().st_mtime_ns
+        )
+        if same:
+            return dest
     try:
         with atomic_path(dest) as tmp, opener(raw) as fin, tmp.open("wb") as fout:
             shutil.copyfileobj(fin, fout, 1 << 20)
@@ -255,8 +264,10 @@ def ingest(
         raw_files = [place_raw(src, bundle_dir)]
         origins = {raw_files[0]: src}
 
-    archives = {unpack(f): f for f in raw_files if f.suffix in COMPRESSED}
-    raw_files = sorted({unpack(f) for f in raw_files})
+    recorded = _recorded_archives(manifest, bundle_dir)
+    unpacked = {f: unpack(f, recorded.get(f)) for f in raw_files}
+    archives = {plain: f for f, plain in unpacked.items() if f != plain}
+    raw_files = sorted(set(unpacked.values()))
     formats = {f: detect_format(f) if f.stat().st_size else None for f in raw_files}
     skipped_files = [f.name for f, fmt in formats.items() if fmt is None]
     for f in raw_files:
@@ -324,9 +335,17 @@ def ingest(
     return IngestResult(bundle, stats, skipped_files)
 
 
-def raw_identity(path: Path) -> dict[str, int]:
-    st = path.stat()
-    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+def raw_identity(path: Path) -> dict:
+    return fingerprint(path)
+
+
+def _recorded_archives(manifest: dict, bundle_dir: Path) -> dict[Path, dict]:
+    """The archives the last ingest unpacked, with their fingerprints then."""
+    return {
+        bundle_dir / s["archive"]["file"]: s["archive"]
+        for s in manifest.get("sources") or []
+        if isinstance(s, dict) and isinstance(s.get("archive"), dict) and "file" in s["archive"]
+    }
 
 
 def _archive(path: Path | None, bundle_dir: Path) -> dict:
