@@ -253,7 +253,7 @@ def test_network_runs_write_packets_that_match_the_queues(net_runs, name):
     "workload", ["rw=randrw,bs=16k,iodepth=4,numjobs=2", "net=rr,bs=64,numjobs=2"]
 )
 def test_chunked_writing_equals_one_pass(tmp_path, monkeypatch, workload, xenalyze):
-    import xvtrace.emulate as em
+    import xvtrace.emulate.host as em
 
     opts = {"transport": "epam-mmio", "workload": workload, "requests": 700, "seed": 5}
     whole = emulate(EmulateOptions(**opts, out=tmp_path / "whole"))
@@ -301,7 +301,7 @@ def test_runtime_bounded_run_writes_only_the_requests_it_issued(tmp_path):
 
 def test_a_failed_run_leaves_no_truth_or_manifest(tmp_path, monkeypatch):
     """The truth table is written beside the streams; when they fail, it goes too."""
-    import xvtrace.emulate as em
+    import xvtrace.emulate.host as em
 
     def broken(*args, **kw):
         raise OSError("disk full")
@@ -447,7 +447,7 @@ def test_pending_write_refuses_negative_stamps():
 def test_runs_longer_than_an_hour_of_tsc_stay_in_order(tmp_path, monkeypatch, xenalyze, chunk):
     """4000 s of emulated time is 9.6e12 cycles, past the 2^43 a packed sort key holds: with
     10k-request chunks each sort spans 1000 s, with 100k requests one sort spans it all."""
-    import xvtrace.emulate as em
+    import xvtrace.emulate.host as em
 
     monkeypatch.setattr(em, "CHUNK", chunk)
     w = "rw=randread,bs=4k,iodepth=1,rate=10"
@@ -529,7 +529,7 @@ def _stretch_gaps(paths, path_of, sched, job):
 def test_the_event_loop_records_exactly_the_vcpu_idle_stretches(transport, workload):
     """The engine notes a vCPU's idle stretches as it runs (the emulator writes them per
     chunk without waiting for the whole run): the same as the busy stretches define."""
-    import xvtrace.emulate as em
+    import xvtrace.emulate.host as em
     from xvtrace.emulate.xen_records import MIN_IDLE_NS
     from xvtrace.replay import engine
 
@@ -569,7 +569,7 @@ def test_a_bundle_does_not_depend_on_how_far_the_event_loop_ran_ahead(
     wait at almost every step) and with the whole loop in one slice, every file is the same."""
     import hashlib
 
-    import xvtrace.emulate as em
+    import xvtrace.emulate.host as em
     from xvtrace.emulate import loop
 
     monkeypatch.setattr(em, "CHUNK", 700)
@@ -649,7 +649,7 @@ print([len(k.signatures) for k in (engine._advance, engine._begin, pending._fill
 def test_what_a_chunk_gets_while_the_loop_runs_is_what_the_finished_run_says(transport, workload):
     """The loop three events at a time; whenever the next chunk is final by EventLoop's
     rules, its requests, mark and idle stretches are those of the run once finished."""
-    import xvtrace.emulate as em
+    import xvtrace.emulate.host as em
     from xvtrace.emulate.loop import EventLoop
     from xvtrace.emulate.xen_records import MIN_IDLE_NS
     from xvtrace.replay import engine

@@ -16,27 +16,28 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from xvtrace import replaying
 from xvtrace import timeline as _timeline
 from xvtrace.analysis.dump import iter_lines, select_events
 from xvtrace.analysis.summary import Summary, virtqueues
 from xvtrace.bundle import Bundle, atomic_path
-from xvtrace.bundle.ingest import IngestResult
-from xvtrace.bundle.ingest import ingest as _ingest
-from xvtrace.emulate import EmulateOptions
-from xvtrace.emulate import emulate as _emulate
-from xvtrace.emulate.summary import EmulateSummary, Run
-from xvtrace.gate import regress
-from xvtrace.output import compare as _compare
 from xvtrace.output import perfetto
-from xvtrace.output.compare import Comparison
 from xvtrace.output.report import Report
 from xvtrace.parsers.symbols import Symbols
-from xvtrace.replaying import Calibration
 from xvtrace.timeline import Timeline
+
+# Ingest, replay, the emulator and the gate are imported where they are used: they load
+# numba (the decoders, the engine and the writers are compiled), which every other command
+# would otherwise wait for.
+if TYPE_CHECKING:
+    from xvtrace.bundle.ingest import IngestResult
+    from xvtrace.emulate.summary import EmulateSummary
+    from xvtrace.gate.regress import Comparison as Verdicts
+    from xvtrace.output.compare import Comparison
+    from xvtrace.replaying import Calibration
 
 _TEMP_DIRS: list[str] = []
 
@@ -49,6 +50,8 @@ def _cleanup() -> None:
 
 def ingest(src, out=None, **kw) -> IngestResult:
     """Decode a raw capture or a bundle into a bundle on disk (see xvtrace.bundle.ingest)."""
+    from xvtrace.bundle.ingest import ingest as _ingest
+
     return _ingest(src, out, **kw)
 
 
@@ -61,7 +64,7 @@ def load(
         return Bundle.open(path)
     tmp = tempfile.mkdtemp(prefix="xvtrace-")
     _TEMP_DIRS.append(tmp)
-    return _ingest(path, Path(tmp) / "bundle", cpu_khz=cpu_khz, hvm_vendor=hvm_vendor).bundle
+    return ingest(path, Path(tmp) / "bundle", cpu_khz=cpu_khz, hvm_vendor=hvm_vendor).bundle
 
 
 def events(bundle: Bundle, *, cpu_khz: int | None = None) -> pl.LazyFrame:
@@ -136,6 +139,9 @@ def replay(
     predicted requests to `output` (default BUNDLE/replay.parquet, facts beside it).
     With `emit_dir`, also a decoded bundle per transport from the emulated host running
     the replayed stream (`Comparison.emitted`)."""
+    from xvtrace import replaying
+    from xvtrace.output.compare import Comparison
+
     bundle = load(path)
     if emit_dir is not None:
         emit_dir = Path(emit_dir)
@@ -148,18 +154,22 @@ def replay(
     if emit_dir is not None:
         for d in replaying.emit_bundles(result, chosen, emit_dir, costs_file=options.get(
                 "costs_file"), seed=options.get("seed", 0)):  # fmt: skip
-            _ingest(d, None, **({"warn": warn} if warn else {}))
+            ingest(d, None, **({"warn": warn} if warn else {}))
             cmp.emitted.append(d)
     return cmp
 
 
 def compare(path) -> Comparison:
     """A replay again, from the bundle that holds it or its parquet file."""
-    return Comparison(*_compare.load(path))
+    from xvtrace.output import compare as _compare
+
+    return _compare.Comparison(*_compare.load(path))
 
 
 def calibrate(path, **options) -> Calibration:
     """Fit the costs of the capture's transport (options: transport, costs_file, seed)."""
+    from xvtrace import replaying
+
     if "transport" in options:
         options["source"] = options.pop("transport")
     return replaying.calibrate_bundle(load(path), **options)
@@ -168,14 +178,18 @@ def calibrate(path, **options) -> Calibration:
 def baseline(source) -> dict:
     """A regression baseline: read from its JSON file, or summarized from a bundle or a raw
     capture (xvtrace.gate.regress)."""
+    from xvtrace.gate import regress
+
     if regress.is_baseline_file(source):
         return regress.read(source)
     return regress.summarize(load(source))
 
 
-def regress_runs(baseline_source, candidate_source, **options) -> regress.Comparison:
+def regress_runs(baseline_source, candidate_source, **options) -> Verdicts:
     """Judge a candidate run against a baseline, phase by phase (options: threshold_pct,
     alpha, force); `.regressed` lists the phases that got slower."""
+    from xvtrace.gate import regress
+
     return regress.compare(baseline(baseline_source), baseline(candidate_source), **options)
 
 
@@ -192,6 +206,10 @@ def emulate(
     each must be new or empty) and decode the bundles; `options` are EmulateOptions'
     (workload, requests or runtime, seed, profile, ...). `progress(name)` may give a
     callback (requests written, total) for that transport's run."""
+    from xvtrace.emulate import EmulateOptions
+    from xvtrace.emulate import emulate as _emulate
+    from xvtrace.emulate.summary import EmulateSummary, Run
+
     out = Path(out)
     dirs = [out / name if len(transports) > 1 else out for name in transports]
     for d in dirs:  # refuse before any run writes
@@ -202,7 +220,7 @@ def emulate(
         tick = progress(name) if progress else None
         result = _emulate(EmulateOptions(transport=name, out=d, progress=tick, **options))
         if ingest:
-            _ingest(d, None, **({"warn": warn} if warn else {}))
+            ingest(d, None, **({"warn": warn} if warn else {}))
         runs.append(Run(name, result, d))
     return EmulateSummary(
         options.get("workload", "randread-4k-qd1"), options.get("profile", "x86_64"), runs

@@ -37,6 +37,10 @@ class BundleError(Exception):
     """A bundle that is missing, incomplete or from an incompatible schema."""
 
 
+class IngestError(Exception):
+    """Input that cannot become a bundle (unknown format, missing clock facts)."""
+
+
 @dataclass
 class Bundle:
     """An on-disk bundle; `events()` is the lazy entry point for every analysis."""

@@ -26,6 +26,7 @@ from xvtrace.bundle import (
     RAW,
     Bundle,
     BundleError,
+    IngestError,
     atomic_path,
     fingerprint,
     new_manifest,
@@ -70,10 +71,6 @@ FORMATS = (
     Format("qemu-log", qemu_log.sniff, "events"),
 )
 FORMAT_NAMES = ", ".join(f.name for f in FORMATS)
-
-
-class IngestError(Exception):
-    """Input that cannot become a bundle (unknown format, missing clock facts)."""
 
 
 def detect_format(path: Path) -> Format | None:

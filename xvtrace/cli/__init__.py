@@ -10,12 +10,10 @@ from pathlib import Path
 import click
 
 from xvtrace import __version__, api, replaying
-from xvtrace.bundle import BundleError, atomic_path
-from xvtrace.bundle.ingest import IngestError
+from xvtrace.bundle import BundleError, IngestError, atomic_path
 from xvtrace.capture import CaptureError
 from xvtrace.capture.qmp import QMPError
 from xvtrace.emulate.workload import PRESETS
-from xvtrace.gate import regress
 from xvtrace.parsers.errors import ParseError
 from xvtrace.replay.transports import NAMES as TRANSPORT_NAMES
 
@@ -512,6 +510,7 @@ def replay_cmd(
     hypercalls, IOREQs, pages mapped and bytes copied per request, and the phases that
     differ most from the baseline. `xvtrace compare` shows the result again (or as HTML).
     """
+
     out = output or Path(source) / replaying.REPLAY
     cmp = api.replay(source, transport, output=out, emit_dir=emit_dir, warn=_warn,
                      costs_file=costs_file, seed=seed, arrivals=arrivals,
@@ -588,6 +587,8 @@ def regress_cmd(baseline, candidate, threshold, alpha, force, as_json, as_markdo
     every queue and operation (Mann-Whitney U + bootstrap interval of the median ratio +
     a minimum effect). Exit status: 0 pass, 1 regression, 2 error (including runs whose
     Xen version, cpu_khz, transport or workload differ, unless --force)."""
+    from xvtrace.gate import regress
+
     base, cand = api.baseline(baseline), api.baseline(candidate)
     if update:
         regress.write(cand, update)

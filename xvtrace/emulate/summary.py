@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
-from xvtrace.emulate import EmulateResult
+from xvtrace.emulate.host import EmulateResult
 from xvtrace.replay.transports.base import PHASES
 
 
