@@ -1,0 +1,137 @@
+"""Analysis at capture scale, each xvtrace task against its peer in the same run.
+
+    python benchmarks/capture_scale.py [--size-mb 500] [--requests 1000000,2000000,5000000]
+                                       [--work benchmarks/work] [--repeat 3]
+
+Rows (wall seconds and peak RSS of each child process, medians of --repeat runs):
+- on a generated xentrace file of --size-mb (HVM guest, 4 pCPUs): `summary BUNDLE` the first
+  time (computed from events.parquet) and again (the bundle's stored summary), `summary RAW`,
+  `ingest`, each against `xenalyze --summary` on the raw file; `dump BUNDLE > /dev/null`
+  against `xenalyze --dump-all`;
+- on emulated epam-mmio bundles of each --requests (randwrite-4k-qd32): `ingest` and
+  `timeline`, whose peak RSS should stay flat as the capture grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+
+from measure import run
+from xentrace_ingest import CPU_KHZ, make_trace
+
+XV = [sys.executable, "-m", "xvtrace"]
+GIB = 1 << 30
+
+
+def median_run(cmd: list[str], repeat: int, before=None) -> tuple[float, int]:
+    """Median wall time and the largest peak RSS over `repeat` runs (`before()` each time)."""
+    walls, peaks = [], []
+    for _ in range(repeat):
+        if before:
+            before()
+        wall, peak = run(cmd)
+        walls.append(wall)
+        peaks.append(peak)
+    return statistics.median(walls), max(peaks)
+
+
+def row(task: str, ours: tuple[float, int], peer_name: str = "", peer=None) -> None:
+    wall, peak = ours
+    text = f"{task:<44}{wall:>8.2f} s {peak / GIB:>6.2f} GiB"
+    if peer is not None:
+        pwall, ppeak = peer
+        text += f"   {peer_name:<22}{pwall:>7.2f} s {ppeak / GIB:>6.2f} GiB   x{pwall / wall:>5.2f}"
+    print(text, flush=True)
+
+
+def xentrace_rows(work: Path, size_mb: int, repeat: int) -> None:
+    trace = work / f"trace-{size_mb}mb.bin"
+    make_trace(trace, size_mb)
+    bundle = work / f"bundle-{size_mb}mb"
+    shutil.rmtree(bundle, ignore_errors=True)
+    xen_summary = median_run(["xenalyze", "--summary", str(trace)], repeat)
+    ingest = [*XV, "ingest", str(trace), "-o", str(bundle), "--cpu-khz", str(CPU_KHZ)]
+    row(
+        f"ingest ({size_mb} MB xentrace)",
+        median_run(ingest, repeat, before=partial(shutil.rmtree, bundle, ignore_errors=True)),
+        "xenalyze --summary",
+        xen_summary,
+    )
+    summary = [*XV, "summary", str(bundle)]
+    row(
+        "summary BUNDLE, first (from events.parquet)",
+        median_run(summary, repeat, before=partial(_forget_summary, bundle)),
+        "xenalyze --summary",
+        xen_summary,
+    )
+    row("summary BUNDLE, again (stored)", median_run(summary, repeat), "xenalyze --summary",
+        xen_summary)  # fmt: skip
+    raw = [*XV, "summary", str(trace), "--cpu-khz", str(CPU_KHZ)]
+    row("summary RAW", median_run(raw, repeat), "xenalyze --summary", xen_summary)
+    row(
+        "dump BUNDLE > /dev/null",
+        median_run([*XV, "dump", str(bundle)], repeat),
+        "xenalyze --dump-all",
+        median_run(["xenalyze", "--dump-all", str(trace)], repeat),
+    )
+
+
+def _forget_summary(bundle: Path) -> None:
+    """Drop the bundle's stored summary, so the next one is computed from the table."""
+    import json
+
+    manifest = bundle / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc.pop("summary", None)
+    manifest.write_text(json.dumps(doc, indent=2))
+    shutil.rmtree(bundle / "derived", ignore_errors=True)
+
+
+def emulated_rows(work: Path, counts: list[int], repeat: int) -> None:
+    for n in counts:
+        with tempfile.TemporaryDirectory(prefix="xvt-scale-", dir=work) as d:
+            b = Path(d) / "b"
+            subprocess.run([*XV, "emulate", "-t", "epam-mmio", "-w", "randwrite-4k-qd32",
+                            "-n", str(n), "--no-ingest", "-o", str(b)],
+                           check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+            size = sum(p.stat().st_size for p in (b / "raw").iterdir()) / 1e9
+            row(f"ingest, epam-mmio {n // 1000}k requests ({size:.1f} GB)",
+                median_run([*XV, "ingest", str(b)], repeat, before=partial(_clean, b)))  # fmt: skip
+            row(f"timeline, epam-mmio {n // 1000}k requests",
+                median_run([*XV, "timeline", str(b)], repeat, before=partial(_forget_timeline, b)))  # fmt: skip
+
+
+def _clean(bundle: Path) -> None:
+    (bundle / "events.parquet").unlink(missing_ok=True)
+
+
+def _forget_timeline(bundle: Path) -> None:
+    for name in ("requests.parquet", "ioreqs.parquet"):
+        (bundle / name).unlink(missing_ok=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mb", type=int, default=500)
+    ap.add_argument("--requests", default="1000000,2000000,5000000")
+    ap.add_argument("--work", type=Path, default=Path(__file__).parent / "work")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", choices=("xentrace", "emulated"))
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(f"{'task':<44}{'xvtrace':>17}   {'peer':<22}{'':>17}   ratio (peer / xvtrace)")
+    if args.only != "emulated":
+        xentrace_rows(args.work, args.size_mb, args.repeat)
+    if args.only != "xentrace":
+        emulated_rows(args.work, [int(n) for n in args.requests.split(",")], args.repeat)
+
+
+if __name__ == "__main__":
+    main()
