@@ -185,6 +185,24 @@ def test_cli_prints_a_side_by_side_table(tmp_path):
     assert float(rows["pv-blkif"][5]) == 3.0  # event-channel hypercall + upcall + HLT
 
 
+def test_cli_decodes_each_bundle_unless_told_not_to(tmp_path):
+    """`emulate` ingests what it wrote (the bundles are ready for summary and timeline);
+    `--no-ingest` leaves the raw files alone, and a refused directory is refused first."""
+    r = CliRunner().invoke(
+        cli, ["emulate", "-t", "argo,pv-blkif", "-n", "50", "-o", str(tmp_path / "b")]
+    )
+    assert r.exit_code == 0, r.output
+    assert all((tmp_path / "b" / t / "events.parquet").is_file() for t in ("argo", "pv-blkif"))
+    r = CliRunner().invoke(
+        cli, ["emulate", "-t", "argo", "-n", "50", "-o", str(tmp_path / "c"), "--no-ingest"]
+    )
+    assert r.exit_code == 0 and not (tmp_path / "c" / "events.parquet").exists()
+    r = CliRunner().invoke(
+        cli, ["emulate", "-t", "argo,pv-blkif", "-n", "50", "-o", str(tmp_path / "b")]
+    )
+    assert r.exit_code == 2 and "exists and is not empty" in r.output
+
+
 def test_workload_parsing():
     w = parse("rw=randwrite,bs=1m,iodepth=32,numjobs=2,rate=1000")
     assert (w.bs, w.pages, w.iodepth, w.numjobs, w.rate) == (1 << 20, 256, 32, 2, 1000.0)

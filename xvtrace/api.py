@@ -197,13 +197,13 @@ def emulate(
     transports: list[str],
     out: str | os.PathLike,
     *,
-    ingest: bool = True,
+    decode: bool = True,
     progress: Callable[[str], Callable[[int, int], None] | None] | None = None,
     warn: Callable[[str], None] | None = None,
     **options,
 ) -> EmulateSummary:
     """Emulate each transport into `out` (one sub-directory each when there are several;
-    each must be new or empty) and decode the bundles; `options` are EmulateOptions'
+    each must be new or empty) and, with `decode`, ingest the bundles; `options` are EmulateOptions'
     (workload, requests or runtime, seed, profile, ...). `progress(name)` may give a
     callback (requests written, total) for that transport's run."""
     from xvtrace.emulate import EmulateOptions
@@ -219,7 +219,7 @@ def emulate(
     for name, d in zip(transports, dirs, strict=True):
         tick = progress(name) if progress else None
         result = _emulate(EmulateOptions(transport=name, out=d, progress=tick, **options))
-        if ingest:
+        if decode:
             ingest(d, None, **({"warn": warn} if warn else {}))
         runs.append(Run(name, result, d))
     return EmulateSummary(

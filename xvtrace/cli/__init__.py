@@ -450,7 +450,7 @@ def emulate_cmd(transport, workload, requests, runtime, seed, profile, vendor, c
 
     try:
         summary = api.emulate(
-            names, output, ingest=ingest, progress=bar_for, warn=_warn, workload=workload,
+            names, output, decode=ingest, progress=bar_for, warn=_warn, workload=workload,
             requests=requests, runtime=runtime, seed=seed, profile=profile, vendor=vendor,
             clock_offset_ns=clock_offset_ns, clock_drift_ppm=clock_drift_ppm,
             drop_rate=drop_rate, costs_file=costs_file,
