@@ -198,10 +198,7 @@ def summary_cmd(source, cpu_khz, hvm_vendor, as_json, elf_files, vmlinux_files):
     summary = api.summarize(
         source, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor, elf_files=(*vmlinux_files, *elf_files)
     )
-    if as_json:
-        click.echo(json.dumps(summary.to_json(), indent=2, default=str))
-    else:
-        click.echo(summary.render(), nl=False)
+    _show(summary, as_json)
 
 
 def _parse_code(ctx, param, values):
@@ -296,10 +293,7 @@ def timeline_cmd(source, as_json):
     Requests missing events are kept and flagged; the manifest counts them.
     """
     tl = api.timeline(source)
-    if as_json:
-        click.echo(json.dumps(tl.to_json(), indent=2))
-    else:
-        click.echo(tl.render(), nl=False)
+    _show(tl, as_json)
 
 
 @cli.command("report")
@@ -315,10 +309,15 @@ def report_cmd(source, as_json, html_file):
     rep = api.report(source)
     if html_file:
         _write(html_file, rep.render_html())
+    _show(rep, as_json)
+
+
+def _show(result, as_json: bool) -> None:
+    """A command's result on stdout: as JSON for scripts, else as text."""
     if as_json:
-        click.echo(json.dumps(rep.to_json(), indent=2, default=str))
+        click.echo(json.dumps(result.to_json(), indent=2, default=str))
     else:
-        click.echo(rep.render(), nl=False)
+        click.echo(result.render(), nl=False)
 
 
 def _write(path: Path, text: str) -> None:
@@ -515,10 +514,7 @@ def replay_cmd(
     cmp = api.replay(source, transport, output=out, emit_dir=emit_dir, warn=_warn,
                      costs_file=costs_file, seed=seed, arrivals=arrivals,
                      source=source_transport)  # fmt: skip
-    if as_json:
-        click.echo(json.dumps(cmp.to_json(), indent=2))
-    else:
-        click.echo(cmp.render(), nl=False)
+    _show(cmp, as_json)
     click.echo(f"{out}: {len(cmp.requests)} predicted requests", err=True)
     for d in cmp.emitted:
         click.echo(f"{d}: bundle written (try `xvtrace report {d}`)", err=True)
@@ -561,10 +557,7 @@ def compare_cmd(source, as_json, html_file):
     cmp = api.compare(source)
     if html_file:
         _write(html_file, cmp.render_html())
-    if as_json:
-        click.echo(json.dumps(cmp.to_json(), indent=2))
-    else:
-        click.echo(cmp.render(), nl=False)
+    _show(cmp, as_json)
 
 
 @cli.command("regress")
