@@ -1,7 +1,8 @@
 """End to end on a real guest: Debian's kernel under QEMU TCG, recorded by `xvtrace capture`,
 decoded by `ingest`; the events must account for the I/O the guest says it issued.
 
-Runs in CI (tests/guest/build-guest.sh fetches what it needs); about 10 s per machine.
+Marked guest: the second stage of `make test`, which fetches the kernel first (make
+test-assets); about 10 s per machine.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ def test_a_ten_percent_slower_device_is_caught_in_its_phase(tmp_path):
     assert 1.05 < dev["ratio"] < 1.15 and dev["ci_low"] > 1
 
 
+@pytest.mark.slow  # twenty emulated reruns, about 20 s
 def test_reruns_of_one_configuration_rarely_alarm(tmp_path):
     base = _summary(tmp_path, 100)
     flagged = 0

@@ -28,7 +28,7 @@ N = 2000
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Each reconstructed transport emulated on each workload: (truth latencies, replay of
-    its bundle against all of them)."""
+    its bundle against all of them). About 25 s on 2 cores: the tests on it are marked slow."""
     out = {}
     for w in WORKLOADS:
         for t in RECONSTRUCTED:
@@ -53,6 +53,7 @@ def _errors(predicted: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
     return tuple(np.percentile(predicted, q) / np.percentile(measured, q) - 1 for q in (50, 99))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workload", WORKLOADS)
 @pytest.mark.parametrize("transport", RECONSTRUCTED)
 def test_replay_against_its_own_transport_reproduces_the_latencies(runs, transport, workload):
@@ -64,6 +65,7 @@ def test_replay_against_its_own_transport_reproduces_the_latencies(runs, transpo
         assert abs(e50) < 0.05 and abs(e99) < 0.15, (e50, e99)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workload", WORKLOADS)
 @pytest.mark.parametrize("transport", RECONSTRUCTED)
 def test_calibration_recovers_the_backend_costs_the_emulator_used(runs, transport, workload):
@@ -77,6 +79,7 @@ def test_calibration_recovers_the_backend_costs_the_emulator_used(runs, transpor
     assert rows.filter(pl.col("key") == "guest.ring_complete")["fitted_ns"].is_null().all()
 
 
+@pytest.mark.slow
 def test_calibration_fits_the_isr_traps_from_their_exits_and_entries(runs):
     *_, rows = runs["epam-mmio", "randread-4k-qd1"]
     isr = rows.filter(pl.col("key") == "epam.isr_trap")
@@ -85,6 +88,7 @@ def test_calibration_fits_the_isr_traps_from_their_exits_and_entries(runs):
     assert "isr_read_trap_exit_ns -> isr_read_trap_entry_ns" in isr["interval"][0]
 
 
+@pytest.mark.slow
 def test_calibration_intervals_cover_the_emulators_costs(runs):
     rows = pl.concat([r for *_, r in runs.values()]).filter(pl.col("fitted_ns").is_not_null())
     covered = (rows["ci_low"] <= rows["ns"]) & (rows["ns"] <= rows["ci_high"])
@@ -92,6 +96,7 @@ def test_calibration_intervals_cover_the_emulators_costs(runs):
     assert covered.mean() >= 0.85, rows.filter(~covered).rows()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workload", WORKLOADS)
 @pytest.mark.parametrize("source", RECONSTRUCTED)
 def test_prediction_for_another_transport_matches_emulating_it(runs, source, workload):
@@ -105,6 +110,7 @@ def test_prediction_for_another_transport_matches_emulating_it(runs, source, wor
         assert abs(e50) < 0.05 and abs(e99) < 0.15, (target, e50, e99)
 
 
+@pytest.mark.slow
 def test_the_captured_queue_depth_is_used_not_the_one_the_backend_sees(runs):
     _, res, *_ = runs["epam-mmio", "randwrite-4k-qd32"]
     # the vCPU is the bottleneck: the backend never has 32 in flight, the workload does

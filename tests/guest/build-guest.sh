@@ -2,29 +2,48 @@
 # Build a tiny virtio test guest from Debian packages: Debian's kernel (linux-image-amd64)
 # and an initramfs of busybox-static, the virtio modules and tests/guest/init.
 #
-#   tests/guest/build-guest.sh [OUT_DIR]      (default .cache/guest; idempotent)
+#   tests/guest/build-guest.sh [--no-fetch] [OUT_DIR]   (default .cache/guest; idempotent)
+#   tests/guest/build-guest.sh --kernel-version [OUT_DIR]
 #
-# Writes OUT_DIR/vmlinuz and OUT_DIR/initramfs.cpio.gz. Needs apt (as root, or sudo) once for
-# busybox-static, cpio and qemu-system-x86; the kernel package is only downloaded and
-# unpacked, never installed on this machine.
+# Writes OUT_DIR/vmlinuz and OUT_DIR/initramfs.cpio.gz. The kernel package is downloaded
+# (apt-get download) and unpacked, never installed on this machine; with --no-fetch (what
+# the tests use) a kernel not yet unpacked is an error instead: `make test-assets` fetches
+# it before pytest. Installs nothing: busybox-static, cpio and qemu-system-x86 come from
+# `make apt`, which asks --kernel-version for the kernel (the one unpacked, else the one
+# linux-image-amd64 depends on) whose linux-headers tests/xen builds its guest module with.
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
+MODE=build
+case "${1:-}" in
+  --no-fetch) MODE=no-fetch; shift ;;
+  --kernel-version) MODE=kernel-version; shift ;;
+esac
 OUT=${1:-.cache/guest}
+SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+latest() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}'; }
+
+if [ "$MODE" = kernel-version ]; then
+  if [ -s "$OUT/vmlinuz" ]; then ls "$OUT/kpkg/root/lib/modules"; else latest | sed 's/^linux-image-//'; fi
+  exit 0
+fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 
 need=""
 command -v busybox >/dev/null 2>&1 && [ -e /bin/busybox ] || need="$need busybox-static"
 command -v cpio >/dev/null 2>&1 || need="$need cpio"
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need="$need qemu-system-x86"
 if [ -n "$need" ]; then
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need
+  echo "build-guest: missing Debian packages:$need (make apt, or: sudo apt-get install --no-install-recommends$need)" >&2
+  exit 1
 fi
 
+if [ ! -s "$OUT/vmlinuz" ] && [ "$MODE" = no-fetch ]; then
+  echo "build-guest: no Debian kernel unpacked in $OUT (make test-assets, or: sh tests/guest/build-guest.sh $OUT)" >&2
+  exit 1
+fi
 if [ ! -s "$OUT/vmlinuz" ]; then
-  pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+  pkg=$(latest)
   [ -n "$pkg" ] || { echo "build-guest: cannot resolve linux-image-amd64" >&2; exit 1; }
   rm -rf "$OUT/kpkg" && mkdir -p "$OUT/kpkg"
   (cd "$OUT/kpkg" && apt-get download "$pkg" 2>/dev/null || $SUDO apt-get download "$pkg")

@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="xvt-fixture-"))
     try:
-        r = run(args.machine, work / "bundle", hold=args.machine == "q35")
+        r = run(args.machine, work / "bundle", hold=args.machine == "q35", fetch=True)
         raw = work / "bundle" / "raw"
         args.dest.mkdir(parents=True, exist_ok=True)
         for f in raw.iterdir():

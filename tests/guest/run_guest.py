@@ -49,15 +49,21 @@ class GuestRun:
     capture_output: str
 
 
-def build_guest() -> tuple[Path, Path]:
-    subprocess.run(
-        ["sh", str(HERE / "build-guest.sh"), str(CACHE)], check=True, stdout=subprocess.DEVNULL
-    )
+def build_guest(*, fetch: bool = False) -> tuple[Path, Path]:
+    """The kernel and initramfs (tests/guest/build-guest.sh). Without `fetch` (the tests)
+    a kernel not yet downloaded, or a missing Debian package, is an error naming the fix:
+    `make test` fetches and installs everything before pytest starts."""
+    argv = ["sh", str(HERE / "build-guest.sh"), *([] if fetch else ["--no-fetch"]), str(CACHE)]
+    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr.strip() or f"{' '.join(argv)} failed ({proc.returncode})")
     return CACHE / "vmlinuz", CACHE / "initramfs.cpio.gz"
 
 
-def run(machine: str, bundle: Path, *, hold: bool = False, timeout: float = 300) -> GuestRun:
-    kernel, initrd = build_guest()
+def run(
+    machine: str, bundle: Path, *, hold: bool = False, timeout: float = 300, fetch: bool = False
+) -> GuestRun:
+    kernel, initrd = build_guest(fetch=fetch)
     mach, blk, net, extra = MACHINES[machine]
     work = Path(tempfile.mkdtemp(prefix="xvt-guest-"))
     try:
@@ -126,7 +132,7 @@ def main() -> None:
     ap.add_argument("-o", "--output", type=Path, required=True)
     ap.add_argument("--hold", action="store_true")
     args = ap.parse_args()
-    r = run(args.machine, args.output, hold=args.hold)
+    r = run(args.machine, args.output, hold=args.hold, fetch=True)
     print(r.capture_output)
     print("\n".join(r.issued))
 

@@ -1,6 +1,6 @@
 """Build and boot a real Xen 4.17 test host under QEMU TCG, from Debian packages only.
 
-    python tests/xen/build_host.py build            # cached in .cache/xenhost
+    python tests/xen/build_host.py build            # cached in .cache/xenhost (make test-assets)
     python tests/xen/build_host.py run pv OUT_DIR   # boot, run the scenario, bundle in OUT_DIR
 
 The host: Debian's Xen hypervisor (multiboot, gunzipped) with Debian's 6.1 kernel as a PV
@@ -11,13 +11,17 @@ dom0 exactly as installed here. A second, writable 9p share brings the capture b
 
 QEMU: -M q35 -accel tcg -cpu qemu64,+svm,+npt -smp 2 -m 3072 (nested SVM + NPT: Xen runs
 HVM guests too). Every wait is bounded; a failure says what (missing package, timeout).
+
+It installs nothing: the Debian packages (APT below and the guest kernel's linux-headers)
+come from `make apt`. The two commands download what is not cached yet (Debian's kernel and
+hypervisor packages, unpacked, never installed); the tests call `run` with fetch=False, so
+there a missing download is an error naming `make test-assets`, which runs `build` first.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
-import os
 import shutil
 import subprocess
 import sys
@@ -41,7 +45,8 @@ EPAM = HERE / "epam"
 # SSE4/AVX: dom0 runs `python -m xvtrace.capture`, which imports no polars
 CPU = "qemu64,+svm,+npt"
 # the hypervisor is unpacked, not installed; qemu-system-xen is the HVM guests' device model;
-# make and gcc build the EPAM guest module (with linux-headers for the guest's kernel)
+# make and gcc build the EPAM guest module (with linux-headers for the guest's kernel).
+# The Makefile's `apt` target installs them all, before pytest starts
 APT = (
     "xen-utils-4.17",
     "qemu-system-xen",
@@ -60,22 +65,29 @@ class HostError(RuntimeError):
     """The test host cannot be built or did not finish (the message says why)."""
 
 
-def ensure_packages(extra=()) -> None:
-    missing = [
-        p
-        for p in (*APT, *extra)
-        if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode
-    ]
+def _installed(package: str) -> bool:
+    proc = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Status}", package],
+                          capture_output=True, text=True)  # fmt: skip
+    return proc.returncode == 0 and proc.stdout == "installed"
+
+
+def check_packages(extra=()) -> None:
+    """Every Debian package the host needs is installed (by `make apt`), else HostError."""
+    missing = [p for p in (*APT, *extra) if not _installed(p)]
     if missing:
-        sudo = [] if os.geteuid() == 0 else ["sudo"]
-        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
-        subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-                       check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+        raise HostError(
+            f"missing Debian packages: {' '.join(missing)}; `make apt` installs them "
+            f"(or: sudo apt-get install --no-install-recommends {' '.join(missing)})"
+        )
 
 
-def kernel_tree() -> tuple[Path, Path]:
-    """Debian's kernel image and its unpacked module tree (built by tests/guest)."""
+def kernel_tree(*, fetch: bool = False) -> tuple[Path, Path]:
+    """Debian's kernel image and its unpacked module tree (tests/guest/build-guest.sh)."""
     if not (GUEST / "vmlinuz").exists():
+        if not fetch:
+            raise HostError(
+                f"no Debian kernel in {GUEST}: `make test-assets` (or build_host.py build) fetches it"
+            )
         subprocess.run(
             ["sh", str(ROOT / "tests" / "guest" / "build-guest.sh"), str(GUEST)], check=True
         )
@@ -129,13 +141,18 @@ def _cpio(root: Path) -> bytes:
                           capture_output=True, check=True).stdout  # fmt: skip
 
 
-def hypervisor_image() -> Path:
+def hypervisor_image(*, fetch: bool = False) -> Path:
     """Debian's Xen image: installed, or downloaded and unpacked (never installed here, so
     this machine's boot loader is left alone)."""
     if XEN_GZ.exists():
         return XEN_GZ
     pkg = CACHE / "xenpkg"
     found = list(pkg.glob("root/boot/xen-4.17-amd64.gz"))
+    if not found and not fetch:
+        raise HostError(
+            f"xen-hypervisor-4.17-amd64 is not unpacked in {pkg}: `make test-assets` "
+            "(or build_host.py build) downloads it"
+        )
     if not found:
         pkg.mkdir(parents=True, exist_ok=True)
         try:
@@ -164,7 +181,7 @@ def guest_module(kver: str) -> Path:
         return ko
     headers = Path(f"/usr/src/linux-headers-{kver}")
     if not headers.is_dir():
-        raise HostError(f"no {headers}: apt-get install linux-headers-{kver}")
+        raise HostError(f"no {headers}: `make apt` installs linux-headers-{kver}")
     work = ko.parent
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -178,13 +195,15 @@ def guest_module(kver: str) -> Path:
     return ko
 
 
-def build() -> dict[str, Path]:
-    kernel, mods = kernel_tree()
-    ensure_packages([f"linux-headers-{mods.name}"])
+def build(*, fetch: bool = False) -> dict[str, Path]:
+    """The host's parts, cached; `fetch` downloads Debian's kernel and hypervisor packages
+    when they are not (the tests do not: `make test-assets` has)."""
+    kernel, mods = kernel_tree(fetch=fetch)
+    check_packages([f"linux-headers-{mods.name}"])
     CACHE.mkdir(parents=True, exist_ok=True)
     xen = CACHE / "xen-4.17-amd64"
     if not xen.exists():  # QEMU's multiboot loader wants the ELF, not the gzip
-        xen.write_bytes(gzip.decompress(hypervisor_image().read_bytes()))
+        xen.write_bytes(gzip.decompress(hypervisor_image(fetch=fetch).read_bytes()))
     dom0 = initramfs(CACHE / "dom0.cpio.gz", HERE / "dom0-init", module_files(mods, DOM0_MODULES))
     guest = initramfs(
         CACHE / "guest.cpio.gz",
@@ -194,9 +213,9 @@ def build() -> dict[str, Path]:
     return {"xen": xen, "kernel": kernel, "dom0": dom0, "guest": guest}
 
 
-def run(scenario: str, out: Path, *, timeout: float = 900) -> Path:
+def run(scenario: str, out: Path, *, timeout: float = 900, fetch: bool = False) -> Path:
     """Boot the host, run `scenario` in dom0 (tests/xen/dom0-run.sh), return the bundle."""
-    parts = build()
+    parts = build(fetch=fetch)
     out.mkdir(parents=True, exist_ok=True)
     console = out / "host-console.log"
     # tsc=reliable: under TCG the kernel's watchdog finds the TSC skewed against Xen's clock
@@ -245,10 +264,10 @@ def main() -> None:
     args = ap.parse_args()
     try:
         if args.cmd == "build":
-            for k, v in build().items():
+            for k, v in build(fetch=True).items():
                 print(f"{k}: {v}")
         else:
-            print(run(args.scenario, args.out.resolve(), timeout=args.timeout))
+            print(run(args.scenario, args.out.resolve(), timeout=args.timeout, fetch=True))
     except HostError as e:
         sys.exit(f"xen test host: {e}")
 
