@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -341,13 +342,10 @@ def test_ioreq_order_aligns_the_clock_without_a_kick(tmp_path):
         ioreqs.sequence_pairs(ioreqs.accesses(ev)), method=ioreqs.SEQUENCE_METHOD
     )
     kick = align_device_model(notify_pairs(ev))
-    assert seq["consistent"] and seq["pairs"] >= 300
-    assert (
-        seq["lower_ns"] <= EPOCH_NS + 55_000 + 1_000
-        and seq["upper_ns"] >= EPOCH_NS + 55_000 - 1_000
-    )
-    assert abs(seq["offset_ns"] - kick["offset_ns"]) <= (seq["upper_ns"] - seq["lower_ns"]) + (
-        kick["upper_ns"] - kick["lower_ns"]
+    assert seq.consistent and seq.pairs >= 300
+    assert seq.lower_ns <= EPOCH_NS + 55_000 + 1_000 and seq.upper_ns >= EPOCH_NS + 55_000 - 1_000
+    assert abs(seq.offset_ns - kick.offset_ns) <= (seq.upper_ns - seq.lower_ns) + (
+        kick.upper_ns - kick.lower_ns
     )
 
 
@@ -366,15 +364,15 @@ def test_a_few_contradicting_pairs_are_left_out_and_counted():
         {"exit_ns": exit_, "entry_ns": entry, "handle_ns": handle, "last_ns": handle}
     )
     c = align_device_model(pairs)
-    assert c["consistent"] and c["outliers"] == 3
-    assert c["lower_ns"] <= true <= c["upper_ns"]
+    assert c.consistent and c.outliers == 3
+    assert c.lower_ns <= true <= c.upper_ns
     # ... and how far they lie from the bounds kept: about the 5 ms they were moved
-    assert 4_900_000 < c["outliers_beyond_ns"] < 5_000_000
+    assert 4_900_000 < c.outliers_beyond_ns < 5_000_000
     handle[:20] += 5_000_000  # 10 %: no longer a few
     c = align_device_model(
         pairs.with_columns(pl.Series("handle_ns", handle), pl.Series("last_ns", handle))
     )
-    assert not c["consistent"] and c["outliers"] == 0
+    assert not c.consistent and c.outliers == 0
 
 
 def test_the_ioreq_order_clock_is_fitted_before_a_loss(tmp_path, monkeypatch):
@@ -424,7 +422,7 @@ def test_the_ioreq_order_clock_is_fitted_once_when_no_fit_agrees(tmp_path, monke
 
     def inconsistent(*args, **kw):
         found = fit(*args, **kw)
-        return None if found is None else found | {"consistent": False}
+        return None if found is None else replace(found, consistent=False)
 
     real = ioreqs.sequence_pairs
     monkeypatch.setattr(pipeline, "align_device_model", inconsistent)

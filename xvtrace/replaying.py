@@ -246,8 +246,8 @@ def calibrate_bundle(
     costs = cost_table.costs_for(cost_table.load(costs_file), profile)
     t = get(src)
     tl = timeline.load(bundle)
-    clock = tl.device_model_clock or {}
-    half = (clock["upper_ns"] - clock["lower_ns"]) / 2 if clock else 0.0
+    clock = tl.device_model_clock
+    half = clock.half_width_ns if clock else 0.0
     req = tl.requests
     stream = bundle_stream(bundle, req, src, costs)
     groups = calibrate.fit(req, stream, t, costs, seed=seed, clock_halfwidth_ns=half)

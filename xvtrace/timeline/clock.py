@@ -30,6 +30,8 @@ ioreq slot (QEMU names the slot's ioreq_t pointer; slots are in vCPU order).
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 import polars as pl
 
@@ -111,6 +113,40 @@ def notify_pairs(ev: pl.LazyFrame, hv: pl.DataFrame | None = None) -> pl.DataFra
         k = min(len(t), len(s))
         out.append(pl.concat([t.head(k), s.head(k).drop("slot")], how="horizontal"))
     return pl.concat(out) if out else None
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The device model's clock against the hypervisor's: device-model time = hypervisor
+    time + offset_ns + drift_ppm * 1e-6 * hypervisor time, the offset within [lower_ns,
+    upper_ns] at that drift (a negative width, `consistent` False: no line fits every
+    pair). Kept in the manifest as a dict (`to_dict`)."""
+
+    offset_ns: int  # add to a hypervisor time to get device-model time
+    drift_ppm: float
+    lower_ns: int
+    upper_ns: int
+    consistent: bool
+    pairs: int
+    outliers: int = 0  # pairs left out as contradicting the rest (see _most_agreeing)
+    outliers_beyond_ns: int = 0  # the farthest of them from the bounds
+    device_model_resolution_ns: int = 1
+    method: str = ""
+    queue_processing: str | None = None  # "deferred" or "in the IOREQ", where measured
+
+    @property
+    def half_width_ns(self) -> float:
+        return (self.upper_ns - self.lower_ns) / 2
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["queue_processing"] is None:
+            del d["queue_processing"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Clock | None:
+        return None if d is None else cls(**d)
 
 
 MAX_DRIFT = 1e-3  # 1000 ppm: far beyond any NTP-disciplined clock or TSC calibration error
@@ -197,7 +233,7 @@ def evtchn_pairs(
 
 def align_device_model(
     pairs: pl.DataFrame | None, lower: pl.DataFrame | None = None, *, method: str | None = None
-) -> dict | None:
+) -> Clock | None:
     """The device model's clock against the hypervisor's, from `notify_pairs` (or, with
     `lower`, from `evtchn_pairs`): device-model time = hypervisor time + offset_ns +
     drift_ppm * 1e-6 * hypervisor time, with the offset's bounds at that drift; None when
@@ -237,19 +273,18 @@ def align_device_model(
         "event-channel kicks (VMCALL, xentrace) before virtio_queue_notify (QEMU); virtio_notify (QEMU) before dom0's event_channel_op"
     ) if method is None else method  # fmt: skip
     method += "; widest-margin line"
-    return {
-        "offset_ns": (lower_ns + upper_ns)
-        // 2,  # add to a hypervisor time to get device-model time
-        "drift_ppm": round(drift * 1e6, 4),
-        "lower_ns": lower_ns,
-        "upper_ns": upper_ns,
-        "consistent": lower_ns <= upper_ns,
-        "pairs": len(pairs),
-        "outliers": outliers,  # pairs left out as contradicting the rest (see _most_agreeing)
-        "outliers_beyond_ns": beyond,  # the farthest of them from the bounds
-        "device_model_resolution_ns": res,
-        "method": method,
-    }
+    return Clock(
+        offset_ns=(lower_ns + upper_ns) // 2,
+        drift_ppm=round(drift * 1e6, 4),
+        lower_ns=lower_ns,
+        upper_ns=upper_ns,
+        consistent=lower_ns <= upper_ns,
+        pairs=len(pairs),
+        outliers=outliers,
+        outliers_beyond_ns=beyond,
+        device_model_resolution_ns=res,
+        method=method,
+    )
 
 
 MAX_OUTLIERS = 0.05  # at most this share of the pairs may be left out, else it is no fit
@@ -268,9 +303,9 @@ def _most_agreeing(low: np.ndarray, up: np.ndarray) -> np.ndarray:
     return (low <= best) & (up >= best)
 
 
-def to_device_model(hv_ns: pl.Expr, clock: dict) -> pl.Expr:
+def to_device_model(hv_ns: pl.Expr, clock: Clock) -> pl.Expr:
     """A hypervisor-clock time expression on the device model's clock (`align_device_model`)."""
-    shifted = hv_ns + clock["offset_ns"]
-    if not clock.get("drift_ppm"):
+    shifted = hv_ns + clock.offset_ns
+    if not clock.drift_ppm:
         return shifted
-    return shifted + (hv_ns.cast(pl.Float64) * (clock["drift_ppm"] * 1e-6)).round().cast(pl.Int64)
+    return shifted + (hv_ns.cast(pl.Float64) * (clock.drift_ppm * 1e-6)).round().cast(pl.Int64)

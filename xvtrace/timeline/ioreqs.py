@@ -28,7 +28,7 @@ import polars as pl
 
 from xvtrace.parsers import fields
 from xvtrace.timeline import hvm
-from xvtrace.timeline.clock import to_device_model
+from xvtrace.timeline.clock import Clock, to_device_model
 
 IOREQS = "ioreqs.parquet"
 
@@ -75,7 +75,7 @@ def accesses(ev: pl.LazyFrame, exits: pl.DataFrame | None = None) -> Accesses:
     )
 
 
-def join(acc: Accesses, clock: dict) -> tuple[pl.DataFrame, dict | None]:
+def join(acc: Accesses, clock: Clock) -> tuple[pl.DataFrame, dict | None]:
     """(one row per device-model IOREQ with its trap's dom, cpu, exit_ns and entry_ns on the
     device model's clock, or nulls; counts: ioreqs, joined, ioreqs without a trap and how many
     of them came before the hypervisor's trace began, traps at device-model addresses without
@@ -91,9 +91,9 @@ def join(acc: Accesses, clock: dict) -> tuple[pl.DataFrame, dict | None]:
         to_device_model(pl.col("entry_ns"), clock).alias("trap_entry_ns"),
         pl.col("src_offset").alias("trap_off"),
     ).drop("exit_ns", "entry_ns", "src_offset")
-    slack_low = clock["offset_ns"] - clock["lower_ns"]  # how far off the clock may be
-    slack_up = clock["upper_ns"] - clock["offset_ns"]
-    res = clock.get("device_model_resolution_ns", 1) - 1  # a stamp truncated to its tick
+    slack_low = clock.offset_ns - clock.lower_ns  # how far off the clock may be
+    slack_up = clock.upper_ns - clock.offset_ns
+    res = clock.device_model_resolution_ns - 1  # a stamp truncated to its tick
 
     # Both sides list the same accesses in the same order per key: number them, find for each
     # IOREQ the last trap the clock allows it to follow, and take the most common index difference
@@ -240,7 +240,7 @@ SEQUENCE_METHOD = (
 )
 
 
-def build(acc: Accesses, clock: dict | None):
+def build(acc: Accesses, clock: Clock | None):
     """Join the bundle's IOREQs with their traps on the device-model clock `clock` (fitted by
     the timeline). Returns (the join's counts, the joined table), or Nones without a clock
     or without IOREQs on both sides."""

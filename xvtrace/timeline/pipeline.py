@@ -13,7 +13,7 @@ The IOREQ join (timeline.ioreqs) adds each request's kick trap and interrupt ack
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import polars as pl
 from xvtrace.bundle import derived
 from xvtrace.timeline import hvm, ioreqs, qemu, text
 from xvtrace.timeline.clock import (
+    Clock,
     align_device_model,
     evtchn_pairs,
     notify_pairs,
@@ -58,8 +59,8 @@ class Timeline:
         return self.facts["view"]
 
     @property
-    def device_model_clock(self) -> dict | None:
-        return self.facts.get("device_model_clock")
+    def device_model_clock(self) -> Clock | None:
+        return Clock.from_dict(self.facts.get("device_model_clock"))
 
     @property
     def ioreqs(self) -> pl.DataFrame | None:
@@ -136,13 +137,13 @@ def _device_model(x: _Inputs) -> tuple[pl.DataFrame, dict | None] | None:
         pairs, lower = found if found else (None, None)
         pairs, lower = _before(x.lost, pairs), _before(x.lost, lower, "resp_ns")
     dm_clock = align_device_model(pairs, lower)
-    if lower is None and dm_clock is not None and not dm_clock["consistent"]:
+    if lower is None and dm_clock is not None and not dm_clock.consistent:
         # The kicks' IOREQs zipped with their traps fit no clock: a trace edge shifted
         # them, or QEMU processed the queue after completing the IOREQ (ioeventfd).
         # Align on every IOREQ by order instead; each kick then gets its trap from the
         # IOREQ join.
         seq = x.sequence_clock()
-        if seq is not None and seq["consistent"]:
+        if seq is not None and seq.consistent:
             dm_clock, pairs = seq, None
     if dm_clock is not None and pairs is not None:
         req = (
@@ -206,7 +207,7 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
         req = _no_requests(ev)
     ide = view == IDE_VIEW_NAME
     join_clock = dm_clock
-    if dm_clock is None or not dm_clock["consistent"]:
+    if dm_clock is None or not dm_clock.consistent:
         # No clock from the requests' kicks, or none that fits: the IOREQs in order, which
         # the join below then uses; fitted once, like the kicks' fit, before any loss.
         join_clock = x.sequence_clock()
@@ -215,7 +216,7 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
     if joined is not None and (ide or (view == DM_VIEW_NAME and "trap_exit_ns" not in req.columns)):
         req = ioreqs.with_kick_traps(req, joined)
         if not ide:
-            dm_clock = dm_clock | {"queue_processing": _queue_processing(req, dm_clock)}
+            dm_clock = replace(dm_clock, queue_processing=_queue_processing(req, dm_clock))
     if joined is not None and view == DM_VIEW_NAME:
         req = ioreqs.with_interrupt_acks(req, joined)
     reasons = req.filter(~pl.col("complete")).group_by("reason").len()
@@ -226,7 +227,7 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
         "complete": int(req["complete"].sum()),
         "incomplete": {r: int(n) for r, n in reasons.iter_rows()},
         "packet_clock": align_packets(req, ev),
-        "device_model_clock": dm_clock,
+        "device_model_clock": None if dm_clock is None else dm_clock.to_dict(),
         "ioreq_join": join_counts,
     }
     return facts, req, joined
@@ -237,19 +238,17 @@ def _no_requests(ev: pl.LazyFrame) -> pl.DataFrame:
     return qemu.requests(ev.head(0)).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
 
 
-def _queue_processing(req: pl.DataFrame, clock: dict) -> str:
+def _queue_processing(req: pl.DataFrame, clock: Clock) -> str:
     """ "deferred" when most pops come after their kick's vCPU re-entered (beyond the clock's
     bounds): QEMU completed the IOREQ first and processed the queue from its main loop;
     otherwise "in the IOREQ"."""
     late = req.filter(pl.col("trap_entry_ns").is_not_null()).select(
-        (
-            pl.col("pop_ns") > pl.col("trap_entry_ns") + (clock["upper_ns"] - clock["lower_ns"])
-        ).mean()
+        (pl.col("pop_ns") > pl.col("trap_entry_ns") + (clock.upper_ns - clock.lower_ns)).mean()
     )
     return "deferred" if late.item() is not None and late.item() > 0.5 else "in the IOREQ"
 
 
-def _sequence_clock(acc, lost: int | None) -> dict | None:
+def _sequence_clock(acc, lost: int | None) -> Clock | None:
     """The device-model clock from every IOREQ inside its trap, paired in order, before the
     first lost record. When none lies before it (a pCPU's buffer overflowed at the start),
     all of them: the pairing keeps only a run that agrees access for access, which a loss
@@ -266,7 +265,7 @@ def _before(lost: int | None, pairs: pl.DataFrame | None, col: str = "entry_ns")
     return pairs if pairs is None or lost is None else pairs.filter(pl.col(col) < lost)
 
 
-def with_kicks(req: pl.DataFrame, pairs: pl.DataFrame, clock: dict) -> pl.DataFrame:
+def with_kicks(req: pl.DataFrame, pairs: pl.DataFrame, clock: Clock) -> pl.DataFrame:
     """The hypervisor's side of event-channel kicks: the VMCALL's exit and re-entry of the
     kick each request's pop followed (matched on the virtio_queue_notify it was logged as)."""
     kicks = pairs.select(
@@ -329,7 +328,7 @@ def align_packets(req: pl.DataFrame, ev: pl.LazyFrame, *, window: int = 64) -> d
     }
 
 
-def with_traps(req: pl.DataFrame, pairs: pl.DataFrame, clock: dict) -> pl.DataFrame:
+def with_traps(req: pl.DataFrame, pairs: pl.DataFrame, clock: Clock) -> pl.DataFrame:
     """Add the hypervisor's side of each request's kick: the notify trap's VM exit and the
     vCPU's re-entry after the IOREQ (trap_exit_ns, trap_entry_ns on the device model's
     clock), from the IOREQ that contains the request's pop."""
