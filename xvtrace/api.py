@@ -70,7 +70,7 @@ def load(
 def events(bundle: Bundle, *, cpu_khz: int | None = None) -> pl.LazyFrame:
     """The bundle's events; with `cpu_khz`, times are recomputed from the raw TSC."""
     ev = bundle.events()
-    origin = bundle.manifest.get("clock", {}).get("tsc_origin")
+    origin = bundle.manifest.tsc_origin
     if cpu_khz and cpu_khz != bundle.cpu_khz and origin is not None:
         dt = pl.col("ts_raw").cast(pl.Int128) - origin
         ns = ((dt // cpu_khz) * 1_000_000 + ((dt % cpu_khz) * 1_000_000) // cpu_khz).cast(pl.Int64)
@@ -84,7 +84,7 @@ def events(bundle: Bundle, *, cpu_khz: int | None = None) -> pl.LazyFrame:
 
 
 def _vendor(bundle: Bundle, option: str | None) -> str | None:
-    return option or bundle.manifest.get("host", {}).get("hvm_vendor")
+    return option or bundle.manifest.hvm_vendor
 
 
 def symbols(elf_files=()) -> list[Symbols]:

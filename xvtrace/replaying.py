@@ -46,21 +46,18 @@ class ReplayResult:
 def source_transport(bundle: Bundle) -> str | None:
     """The transport a bundle was captured on: the emulator's record of it, or the user's
     entry in the manifest (`transport`); None when unknown (e.g. a plain QEMU capture)."""
-    m = bundle.manifest
-    name = (m.get("emulation") or {}).get("transport") or m.get("transport")
+    name = bundle.manifest.transport
     return name if name in NAMES else None
 
 
 def workload_of(bundle: Bundle) -> dict:
     """The workload the guest ran, when the bundle records it (emulated: the fio-like job;
     a live capture: a `workload` entry the user added, e.g. {"iodepth": 32, "numjobs": 2})."""
-    m = bundle.manifest
-    return (m.get("emulation") or {}).get("workload") or m.get("workload") or {}
+    return bundle.manifest.workload
 
 
 def profile_of(bundle: Bundle) -> str:
-    machine = (bundle.manifest.get("host") or {}).get("machine") or ""
-    return "arm64" if machine in ("aarch64", "arm64") else "x86_64"
+    return "arm64" if bundle.manifest.machine in ("aarch64", "arm64") else "x86_64"
 
 
 def parse_transports(spec: str) -> list[Transport]:

@@ -33,6 +33,56 @@ REQUESTS = "requests.parquet"
 RAW = "raw"
 
 
+class Manifest(dict):
+    """manifest.json: a dict as stored (and as JSON shows it), with typed access to the facts
+    every step reads. Sections: schema_version, tool, created, host, clock, sources, counts;
+    `emulation` for emulated bundles; a derived entry per derived table (timeline, summary)."""
+
+    @property
+    def host(self) -> dict[str, Any]:
+        return self.get("host") or {}
+
+    @property
+    def cpu_khz(self) -> int | None:
+        return self.host.get("cpu_khz")
+
+    @property
+    def hvm_vendor(self) -> str | None:
+        return self.host.get("hvm_vendor")
+
+    @property
+    def machine(self) -> str:
+        return self.host.get("machine") or ""
+
+    @property
+    def xen_version(self) -> str | None:
+        return self.host.get("xen_version")
+
+    @property
+    def tsc_origin(self) -> int | None:
+        return (self.get("clock") or {}).get("tsc_origin")
+
+    @property
+    def sources(self) -> list[dict[str, Any]]:
+        return [s for s in self.get("sources") or [] if isinstance(s, dict)]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.get("counts") or {}
+
+    @property
+    def transport(self) -> str | None:
+        """The transport the capture ran on: the emulator's record, or the user's entry."""
+        return (self.get("emulation") or {}).get("transport") or self.get("transport")
+
+    @property
+    def workload(self) -> dict[str, Any]:
+        """The workload the guest ran, when recorded (emulated: the fio-like job; a live
+        capture: a `workload` entry the user added, e.g. {"iodepth": 32, "numjobs": 2})."""
+        wl = (self.get("emulation") or {}).get("workload") or self.get("workload") or {}
+        return wl if isinstance(wl, dict) else {"name": wl}
+
+
 class BundleError(Exception):
     """A bundle that is missing, incomplete or from an incompatible schema."""
 
@@ -46,7 +96,7 @@ class Bundle:
     """An on-disk bundle; `events()` is the lazy entry point for every analysis."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> Bundle:
@@ -63,7 +113,11 @@ class Bundle:
             raise BundleError(
                 f"{mpath}: schema version {version!r}, this xvtrace reads {SCHEMA_VERSION}"
             )
-        return cls(path, manifest)
+        return cls(path, Manifest(manifest))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.manifest, Manifest):
+            self.manifest = Manifest(self.manifest)
 
     @staticmethod
     def is_bundle(path: str | os.PathLike) -> bool:
@@ -75,7 +129,7 @@ class Bundle:
 
     @property
     def cpu_khz(self) -> int | None:
-        return self.manifest.get("host", {}).get("cpu_khz")
+        return self.manifest.cpu_khz
 
     def events(self) -> pl.LazyFrame:
         """The canonical event table, lazily scanned (predicates and columns push down);
@@ -97,9 +151,7 @@ class Bundle:
         """Raw sources that differ from what was ingested (size, or modification time where
         the manifest recorded it): the events no longer describe them."""
         problems = []
-        for src in self.manifest.get("sources") or []:
-            if not isinstance(src, dict):
-                continue
+        for src in self.manifest.sources:
             for entry in (src, src.get("archive")):
                 if isinstance(entry, dict) and isinstance(entry.get("file"), str):
                     problems += _changed(self.path / entry["file"], entry)
@@ -133,17 +185,19 @@ def fingerprint(path: Path) -> dict:
     return {"bytes": size, "sample": h.hexdigest()}
 
 
-def new_manifest(host: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "tool": "xvtrace",
-        "tool_version": __version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": dict(host or {}),
-        "clock": {},
-        "sources": [],
-        "counts": {},
-    }
+def new_manifest(host: dict[str, Any] | None = None) -> Manifest:
+    return Manifest(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "tool": "xvtrace",
+            "tool_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "host": dict(host or {}),
+            "clock": {},
+            "sources": [],
+            "counts": {},
+        }
+    )
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:

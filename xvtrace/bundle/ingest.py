@@ -165,6 +165,31 @@ class IngestResult:
     stats: list[DecodeStats]
     skipped_files: list[str]
 
+    def to_json(self) -> dict:
+        m = self.bundle.manifest
+        return {"bundle": str(self.bundle.path), "counts": m.counts, "sources": m.sources}
+
+    def render(self) -> str:
+        """What was decoded, skipped and lost per source file."""
+        m = self.bundle.manifest
+        out = [f"bundle: {self.bundle.path}"]
+        for s in m.sources:
+            if s["format"] == "xentrace":
+                what = f"{s['windows']} windows, pCPUs {s['cpus']}"
+                lost = f", lost {s['lost']} (reported by Xen)"
+            else:
+                what = f"threads {s.get('threads', [])}"
+                lost = ""
+            out.append(
+                f"  {s['file']}: {s['format']}, {s['bytes']} bytes, {what}: decoded {s['decoded']} "
+                f"records, skipped {s['skipped']} records / {s['skipped_bytes']} bytes{lost}"
+            )
+        clock = ""
+        if m.cpu_khz:
+            clock = f"; cpu_khz {m.cpu_khz} ({m.host['cpu_khz_source']})"
+        out.append(f"  events.parquet: {m.counts['events']} events{clock}")
+        return "\n".join(out) + "\n"
+
 
 def default_bundle_path(raw: Path) -> Path:
     return Path.cwd() / f"{raw.stem}.xvt"

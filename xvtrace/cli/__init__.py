@@ -154,31 +154,7 @@ def ingest_cmd(source, output, cpu_khz, hvm_vendor, progress, as_json):
         result = api.ingest(source, output, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor, progress=update)
     finally:
         close()
-    m = result.bundle.manifest
-    if as_json:
-        click.echo(
-            json.dumps(
-                {"bundle": str(result.bundle.path), "counts": m["counts"], "sources": m["sources"]},
-                indent=2,
-            )
-        )
-        return
-    click.echo(f"bundle: {result.bundle.path}")
-    for s in m["sources"]:
-        if s["format"] == "xentrace":
-            what = f"{s['windows']} windows, pCPUs {s['cpus']}"
-            lost = f", lost {s['lost']} (reported by Xen)"
-        else:
-            what = f"threads {s.get('threads', [])}"
-            lost = ""
-        click.echo(
-            f"  {s['file']}: {s['format']}, {s['bytes']} bytes, {what}: decoded {s['decoded']} "
-            f"records, skipped {s['skipped']} records / {s['skipped_bytes']} bytes{lost}"
-        )
-    clock = ""
-    if m["host"].get("cpu_khz"):
-        clock = f"; cpu_khz {m['host']['cpu_khz']} ({m['host']['cpu_khz_source']})"
-    click.echo(f"  events.parquet: {m['counts']['events']} events{clock}")
+    _show(result, as_json)
 
 
 @cli.command("summary")

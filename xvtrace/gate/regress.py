@@ -54,12 +54,11 @@ def summarize(bundle) -> dict:
     """The baseline summary of a bundle (runs its timeline first when needed)."""
     req = timeline.load(bundle).requests.filter(pl.col("complete"))
     m = bundle.manifest
-    wl = workload_of(bundle)
     prov = {
-        "xen_version": (m.get("host") or {}).get("xen_version"),
-        "cpu_khz": (m.get("host") or {}).get("cpu_khz"),
+        "xen_version": m.xen_version,
+        "cpu_khz": m.cpu_khz,
         "transport": source_transport(bundle) or m.get("transport"),
-        "workload": wl.get("name") if isinstance(wl, dict) else wl,
+        "workload": workload_of(bundle).get("name"),
         "view": req["view"][0] if "view" in req.columns and len(req) else None,
     }
     groups = []

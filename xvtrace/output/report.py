@@ -35,10 +35,10 @@ class Report:
             "requests": len(req),
             "incomplete": tl.facts.get("incomplete", {}),
             "clocks": {k: v for k, v in tl.facts.items() if k.endswith("_clock") and v},
-            "lost_records": m.get("counts", {}).get("lost", 0),
-            "sources": [f"{s['file']} ({s['format']})" for s in m.get("sources", [])],
+            "lost_records": m.counts.get("lost", 0),
+            "sources": [f"{s['file']} ({s['format']})" for s in m.sources],
         }
-        vendor = (m.get("host") or {}).get("hvm_vendor")
+        vendor = m.hvm_vendor
         per_request = _per_request(bundle.events(), max(1, len(req)), vendor)
         return cls(facts, phases, per_request, req)
 

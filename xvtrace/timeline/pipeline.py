@@ -279,9 +279,7 @@ def with_kicks(req: pl.DataFrame, pairs: pl.DataFrame, clock: Clock) -> pl.DataF
 
 def _ftrace_intact(bundle) -> bool:
     """False when dom0's ftrace reported lost events (it does not say where)."""
-    return not any(
-        s.get("format") == "ftrace" and s.get("lost") for s in bundle.manifest.get("sources", [])
-    )
+    return not any(s.get("format") == "ftrace" and s.get("lost") for s in bundle.manifest.sources)
 
 
 def align_packets(req: pl.DataFrame, ev: pl.LazyFrame, *, window: int = 64) -> dict | None:
