@@ -85,7 +85,8 @@ def load(bundle, *, rebuild: bool = False) -> Timeline:
         facts, req, joined = reconstruct(bundle)
         facts = derived.store(bundle, SECTION, want, facts, {REQUESTS: req, IOREQS: joined})
         computed = True
-    ipath = bundle.path / IOREQS if IOREQS in facts["files"] else None
+    ipath = bundle.path / IOREQS
+    ipath = ipath if IOREQS in facts["files"] and ipath.is_file() else None
     return Timeline(req, facts, computed, ipath, bundle.path)
 
 
@@ -107,7 +108,7 @@ class View:
 
     name: str
     needs: tuple[tuple[str, ...], ...]
-    build: Callable[[_Inputs], tuple[pl.DataFrame, dict | None] | None]
+    build: Callable[[_Inputs], tuple[pl.DataFrame, Clock | None] | None]
     empty: str  # why it gave nothing although its events are there
 
     def missing(self, present: set[str]) -> list[str]:
@@ -126,7 +127,7 @@ class _Inputs:
     sequence_clock: Callable[[], dict | None]  # the IOREQ-order clock, fitted at most once
 
 
-def _device_model(x: _Inputs) -> tuple[pl.DataFrame, dict | None] | None:
+def _device_model(x: _Inputs) -> tuple[pl.DataFrame, Clock | None] | None:
     """QEMU's virtqueue events, each kick with its trap when a device-model clock fits."""
     req = qemu.requests(x.ev).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
     if not len(req):
@@ -152,18 +153,18 @@ def _device_model(x: _Inputs) -> tuple[pl.DataFrame, dict | None] | None:
     return req, dm_clock
 
 
-def _ide(x: _Inputs) -> tuple[pl.DataFrame, dict | None] | None:
+def _ide(x: _Inputs) -> tuple[pl.DataFrame, Clock | None] | None:
     req = ide_requests(x.ev)
     return None if req is None else (req, None)
 
 
-def _hypervisor(x: _Inputs) -> tuple[pl.DataFrame, dict | None] | None:
+def _hypervisor(x: _Inputs) -> tuple[pl.DataFrame, Clock | None] | None:
     lost_after = x.lost if _ftrace_intact(x.bundle) else 0
     req = hypervisor_requests(x.ev, x.exits, lost_after=lost_after)
     return (req, None) if req is not None and req["complete"].any() else None
 
 
-def _block(x: _Inputs) -> tuple[pl.DataFrame, dict | None] | None:
+def _block(x: _Inputs) -> tuple[pl.DataFrame, Clock | None] | None:
     req = block_requests(x.ev)
     return None if req is None else (req, None)
 
