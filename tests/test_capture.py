@@ -13,6 +13,7 @@ import time
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from helpers import FIXTURES
 
 from xvtrace import api
 from xvtrace.capture import parse_xl_info
@@ -126,3 +127,14 @@ def test_block_trace_without_tracefs_fails_that_source_only(tmp_path):
     (src,) = m["capture"]["sources"]
     assert src["kind"] == "ftrace" and src["ok"] is False and "tracefs" in src["error"]
     assert m["capture"]["stop_reason"] == "every source stopped"  # not the full 5 s
+
+
+def test_api_capture_of_a_log_gives_a_decoded_bundle(tmp_path):
+    """api.capture runs the capture session and ingests its bundle: a QEMU log written by
+    another program, copied in at the end, reconstructs into its requests."""
+    log = FIXTURES / "qemu" / "q35-virtio-pci" / "trace.log"
+    bundle = api.capture(
+        tmp_path / "b", xentrace=False, block_trace=False, logs=[log], duration=0.1
+    )
+    assert [s["format"] for s in bundle.manifest.sources] == ["qemu-log"]
+    assert api.timeline(tmp_path / "b").facts["requests"] == 1321

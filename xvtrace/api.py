@@ -227,6 +227,22 @@ def emulate(
     )
 
 
+def capture(out: str | os.PathLike, *, decode: bool = True, **options) -> Bundle | Path:
+    """Capture a live run into a new bundle at `out` (options: CaptureOptions' fields: qmp,
+    duration, xentrace, block_trace, ifaces, netdevs, transport, ...) until the duration
+    passes or every traced VM exits; with `decode`, ingest it. The bundle, or its path when
+    not decoded. (`xvtrace capture` runs the same capture without this module: a dom0 may
+    have no analysis stack.)"""
+    from xvtrace.capture import CaptureOptions
+    from xvtrace.capture import capture as _capture
+
+    for key in ("qmp", "ifaces", "netdevs", "logs", "patterns"):
+        if key in options:
+            options[key] = tuple(options[key])
+    _capture(CaptureOptions(out=Path(out), **options))
+    return ingest(out).bundle if decode else Path(out)
+
+
 def dump_lines(
     path, *, limit=None, cpu_khz=None, hvm_vendor=None, elf_files=(), **filters
 ) -> Iterator[str]:
