@@ -9,7 +9,9 @@ done per event id over whole columns, not per record.
 from __future__ import annotations
 
 import fnmatch
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
@@ -275,6 +277,7 @@ def iter_lines(
 # become literal text, numbers are printed by the compiled renderer into one byte buffer.
 
 HEAD = 5  # seconds, nanoseconds, cpu (or thread), dom, vcpu
+AHEAD = 2  # batches rendered ahead of the one being written
 MAX_VARIANTS = 4096  # beyond this (garbage ids or names), building pieces costs more
 
 
@@ -288,9 +291,17 @@ def iter_chunks(
     """Stream the dump as byte buffers (newline-terminated lines), batch by batch."""
     if limit is not None:
         ev = ev.head(limit)
-    for frame in ev.collect_batches(chunk_size=batch):
-        if len(frame):
-            yield render_bytes(frame.rechunk(), vendor, symbols)
+    # two batches render at once (numba, numpy and polars let go of the GIL), in order;
+    # at most AHEAD wait, so a reader that stops early costs little
+    with ThreadPoolExecutor(2) as pool:
+        pending: deque = deque()
+        for frame in ev.collect_batches(chunk_size=batch):
+            if len(frame):
+                pending.append(pool.submit(render_bytes, frame.rechunk(), vendor, symbols))
+            if len(pending) > AHEAD:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def render_bytes(df: pl.DataFrame, vendor: str = "vmx", symbols=()) -> bytes | np.ndarray:
@@ -323,9 +334,8 @@ def _render_xen(df: pl.DataFrame, vendor: str):
         return np.zeros(0, np.uint8), np.zeros(1, np.int64)
     code = df["code"].to_numpy().astype(np.int64)
     nargs = np.minimum(df["nargs"].to_numpy().astype(np.int64), 7)
-    args = np.column_stack(
-        [df[f"arg{i}"].fill_null(0).to_numpy().astype(np.uint64) for i in range(7)]
-    )
+    args = df.select(pl.col(f"arg{i}").fill_null(0) for i in range(7)).to_numpy()
+    args = np.ascontiguousarray(args, np.uint64)
     codes = [int(c) for c in np.unique(code)]
     layouts = {c: _tail_layout(c, vendor) for c in codes}
     width = max(_tail_layout_width(lay) for lay in layouts.values())
