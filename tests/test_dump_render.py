@@ -14,7 +14,7 @@ from xvtrace.parsers import xen_events as xe
 from xvtrace.parsers.schema import conform
 
 # every catalogue id, guest markers, ids nobody knows, and the named fields' events
-CODES = sorted(xe.SPECS) + [xe.TRC_GUEST | 0x12, 0x00ABC123, 0x0001F00F]
+CODES = [*sorted(xe.SPECS), xe.TRC_GUEST | 0x12, 0x00ABC123, 0x0001F00F]
 WORD = st.one_of(
     st.integers(0, 2**32 - 1),
     st.sampled_from([0, 1, 2, 3, 4, 9, 10, 99, 2**31, 2**32 - 1, 2**63, 2**64 - 1]),

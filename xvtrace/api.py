@@ -246,4 +246,13 @@ def dump_chunks(
     return iter_chunks(ev, vendor, limit=limit, symbols=symbols(elf_files))
 
 
-__all__ = ["dump_chunks", "dump_lines", "events", "ingest", "load", "summarize", "symbols", "virtqueues"]
+__all__ = [
+    "dump_chunks",
+    "dump_lines",
+    "events",
+    "ingest",
+    "load",
+    "summarize",
+    "symbols",
+    "virtqueues",
+]

@@ -479,7 +479,7 @@ def _variant(key: np.ndarray, names: list[str], layout, width: int):
     b.text(" " + names[event].ljust(26))
     slots, named_at = layout
     if slots is None:  # unknown id: the id and every raw word (" wI=0" is the old text)
-        b.text("code=%#010x" % code)
+        b.text(f"code={code:#010x}")
         for i in range(7):
             if nargs > i:
                 b.text(f" w{i}=0")
