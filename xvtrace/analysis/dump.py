@@ -3,7 +3,9 @@
     12.345678901 cpu1 d1v0   hvm.vmexit         exit_reason=VMEXIT_NPF(1024) rip=0xffffffff81001234
 
 Field names and layouts come from the event catalogue (parsers.xen_events); formatting is
-done per event id over whole columns, not per record.
+done per event id over whole columns, not per record. xentrace rows are printed by the
+compiled line renderer (render_bytes); format_lines is the reference it must equal, and
+what other sources' rows and symbol naming use.
 """
 
 from __future__ import annotations
