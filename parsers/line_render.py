@@ -12,19 +12,28 @@ from numba import njit
 from xvtrace.parsers.byte_copy import copy_bytes
 
 DEC, SIGNED, HEX, PTR = 0, 1, 2, 3  # how a field is printed
+SKIP = -1  # a field a variant does not print (its value is ignored)
 
 
 @dataclass(frozen=True)
 class Field:
     """A printf-like conversion of an unsigned 64-bit value: DEC, SIGNED (the value as
     int64), HEX, or PTR (0x-hex, "(nil)" for 0); right-aligned in `width` with `pad`;
-    `prefix` "x" or "X" writes 0x / 0X before hex (printf's '#')."""
+    `prefix` "x" or "X" writes 0x / 0X before hex (printf's '#'); `left` pads after the
+    text instead (printf's '-')."""
 
     kind: int = DEC
     width: int = 0
     pad: str = " "
     prefix: str = ""
     upper: bool = False
+    left: bool = False
+
+
+def _spec(f: Field | None) -> tuple[int, ...]:
+    if f is None:
+        return (SKIP, 0, 32, 0, 0, 0)
+    return (f.kind, f.width, ord(f.pad), ord(f.prefix) if f.prefix else 0, f.upper, f.left)
 
 
 def render(
@@ -34,8 +43,17 @@ def render(
     """Per row r: the pieces of variants[variant[r]] (the first where `variant` is None;
     len(fields) + 1 texts each) with the fields' values of row r between them. One byte
     buffer and the offsets of its lines (line i is data[offsets[i]:offsets[i + 1]])."""
-    n, nf = len(values), len(fields)
-    if any(len(v) != nf + 1 for v in variants) or values.shape != (n, nf):
+    return render_variants(variants, [fields] * len(variants), values, variant)
+
+
+def render_variants(
+    variants: list[list[str]], fields: list[list[Field | None]], values: np.ndarray,
+    variant: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """render() where each variant has its own fields (fields[v], None where variant v
+    prints nothing for that column)."""
+    n, nf = len(values), values.shape[1] if values.ndim == 2 else -1
+    if any(len(v) != nf + 1 for v in variants) or any(len(f) != nf for f in fields):
         raise ValueError("each variant needs a piece before, between and after the fields")
     if variant is None:
         variant = np.zeros(n, np.int64)
@@ -45,8 +63,7 @@ def render(
     texts = [p.encode() for v in variants for p in v]
     flat = np.cumsum([0] + [len(t) for t in texts]).astype(np.int64)
     ends = np.stack([flat[i * (nf + 1) : i * (nf + 1) + nf + 2] for i in range(len(variants))])
-    spec = np.array([(f.kind, f.width, ord(f.pad), ord(f.prefix) if f.prefix else 0, f.upper)
-                     for f in fields], np.int64).reshape(-1, 5)  # fmt: skip
+    spec = np.array([[_spec(f) for f in fs] for fs in fields], np.int64).reshape(len(fields), nf, 6)
     data = np.frombuffer(b"".join(texts), np.uint8)
     return _render(data, ends, variant, np.ascontiguousarray(values, np.uint64), spec)
 
@@ -55,14 +72,17 @@ def render(
 def _render(pdata, ends, variant, values, spec):
     """Per row: piece 0 of its variant v, then per field j its text and piece j + 1 (piece
     k is pdata[ends[v, k]:ends[v, k + 1]]); spec[j] = kind, width, pad byte, prefix letter
-    (0 for none), upper-case hex."""
+    (0 for none), upper-case hex, left-justified; all per variant (spec[v, j])."""
     n, nf = values.shape
     longest = 0
     for v in range(ends.shape[0]):
         longest = max(longest, ends[v, nf + 1] - ends[v, 0])
     bound = longest
     for j in range(nf):
-        bound += max(24, spec[j, 1])  # 20 decimal digits and a sign, or "0x" and 16 hex
+        widest = 0
+        for v in range(spec.shape[0]):
+            widest = max(widest, spec[v, j, 1])
+        bound += max(24, widest)  # 20 decimal digits and a sign, or "0x" and 16 hex
     out = np.empty(n * bound, np.uint8)
     offsets = np.zeros(n + 1, np.int64)
     tmp = np.empty(24, np.uint8)
@@ -77,7 +97,9 @@ def _render(pdata, ends, variant, values, spec):
             p += b - a
             if j == nf:
                 break
-            kind, width, pad, prefix, upper = spec[j, 0], spec[j, 1], spec[j, 2], spec[j, 3], spec[j, 4]  # fmt: skip
+            kind, width, pad, prefix, upper = spec[v, j, 0], spec[v, j, 1], spec[v, j, 2], spec[v, j, 3], spec[v, j, 4]  # fmt: skip
+            if kind == SKIP:
+                continue
             x = values[r, j]
             d = 0  # the field's text, backwards, in tmp
             if kind == PTR and x == zero:
@@ -110,11 +132,40 @@ def _render(pdata, ends, variant, values, spec):
                 if negative:
                     tmp[d] = 45
                     d += 1
-            for _ in range(width - d):
+            left = spec[v, j, 5]
+            for _ in range(0 if left else width - d):
                 out[p] = pad
                 p += 1
             for k in range(d - 1, -1, -1):
                 out[p] = tmp[k]
                 p += 1
+            for _ in range(width - d if left else 0):
+                out[p] = pad
+                p += 1
         offsets[r + 1] = p
     return out[:p], offsets
+
+
+def merge_lines(
+    a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], from_a: np.ndarray
+) -> np.ndarray:
+    """The lines of two renders interleaved: row r is a's next line where from_a[r], else
+    b's next (both in order); one byte buffer."""
+    return _merge(a[0], a[1], b[0], b[1], np.asarray(from_a, np.bool_))
+
+
+@njit(cache=True, nogil=True)
+def _merge(adata, aoff, bdata, boff, from_a):
+    out = np.empty(len(adata) + len(bdata), np.uint8)
+    p, i, k = 0, 0, 0
+    for r in range(len(from_a)):
+        if from_a[r]:
+            s, e = aoff[i], aoff[i + 1]
+            copy_bytes(out, p, adata, s, e - s)
+            i += 1
+        else:
+            s, e = boff[k], boff[k + 1]
+            copy_bytes(out, p, bdata, s, e - s)
+            k += 1
+        p += e - s
+    return out

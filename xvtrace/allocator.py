@@ -18,7 +18,7 @@ import ctypes.util
 import os
 import sys
 
-COMMANDS = ("emulate",)  # the commands that get these settings
+COMMANDS = ("emulate", "dump")  # the commands that get these settings (dump: per batch)
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 TRIM_THRESHOLD = 1 << 30  # free memory kept at the heap's top before it is given back

@@ -3,13 +3,17 @@
     12.345678901 cpu1 d1v0   hvm.vmexit         exit_reason=VMEXIT_NPF(1024) rip=0xffffffff81001234
 
 Field names and layouts come from the event catalogue (parsers.xen_events); formatting is
-done per event id over whole columns, not per record.
+done per event id over whole columns, not per record. xentrace rows are printed by the
+compiled line renderer (render_bytes); format_lines is the reference it must equal, and
+what other sources' rows and symbol naming use.
 """
 
 from __future__ import annotations
 
 import fnmatch
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
@@ -89,23 +93,32 @@ def name_addresses(values: np.ndarray, symbols) -> np.ndarray:
     return out
 
 
+HYPERCALL_CODES = (0x0020100D, 0x0020200E, 0x00082012, 0x00201001, 0x00201101)
+
+
+def _runstate(s: int) -> str:
+    return xe.RUNSTATES[s] if s < 4 else f"state{s}"
+
+
+def _namer(f: xe.Field, code: int, vendor: str):
+    """The function that names this field's values (shown as NAME(value)), or None."""
+    if f.name == "exit_reason":
+        return lambda r: xe.exit_reason_name(r, vendor)
+    if f.name in ("op", "hypercall", "eax") and code in HYPERCALL_CODES:
+        return xe.hypercall_name
+    if f.name in ("old", "new"):
+        return _runstate
+    return None
+
+
 def _format_field(
     values: np.ndarray, f: xe.Field, code: int, vendor: str, symbols=()
 ) -> np.ndarray:
     if f.name in CODE_ADDRESS_FIELDS and symbols:
         return np.char.mod("%#x", values).astype(object) + name_addresses(values, symbols)
-    if f.name == "exit_reason":
-        return _named(values, lambda r: xe.exit_reason_name(r, vendor))
-    if f.name in ("op", "hypercall", "eax") and code in (
-        0x0020100D,
-        0x0020200E,
-        0x00082012,
-        0x00201001,
-        0x00201101,
-    ):
-        return _named(values, xe.hypercall_name)
-    if f.name in ("old", "new"):
-        return _named(values, lambda s: xe.RUNSTATES[s] if s < 4 else f"state{s}")
+    namer = _namer(f, code, vendor)
+    if namer is not None:
+        return _named(values, namer)
     if f.name in DECIMAL_FIELDS:
         return values.astype(np.int64).astype(str).astype(object)
     return np.char.mod("%#x", values).astype(object)
@@ -259,3 +272,233 @@ def iter_lines(
         ev = ev.head(limit)
     for frame in ev.collect_batches(chunk_size=batch):
         yield from format_lines(frame, vendor, symbols)
+
+
+# The compiled path: xentrace rows rendered by line_render, one variant per distinct
+# (event id, words carried, named field values, head shape); the names and the layout
+# become literal text, numbers are printed by the compiled renderer into one byte buffer.
+
+HEAD = 5  # seconds, nanoseconds, cpu (or thread), dom, vcpu
+AHEAD = 2  # batches rendered ahead of the one being written
+MAX_VARIANTS = 4096  # beyond this (garbage ids or names), building pieces costs more
+
+
+def iter_chunks(
+    ev: pl.LazyFrame,
+    vendor: str = "vmx",
+    batch: int = 200_000,
+    limit: int | None = None,
+    symbols=(),
+) -> Iterator[bytes | np.ndarray]:
+    """Stream the dump as byte buffers (newline-terminated lines), batch by batch."""
+    if limit is not None:
+        ev = ev.head(limit)
+    # two batches render at once (numba, numpy and polars let go of the GIL), in order;
+    # at most AHEAD wait, so a reader that stops early costs little
+    with ThreadPoolExecutor(2) as pool:
+        pending: deque = deque()
+        for frame in ev.collect_batches(chunk_size=batch):
+            if len(frame):
+                pending.append(pool.submit(render_bytes, frame.rechunk(), vendor, symbols))
+            if len(pending) > AHEAD:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def render_bytes(df: pl.DataFrame, vendor: str = "vmx", symbols=()) -> bytes | np.ndarray:
+    """The lines of format_lines, newline-terminated, as one byte buffer."""
+    from xvtrace.parsers.line_render import merge_lines
+
+    is_xen = (df["source"] == "xentrace").to_numpy()
+    fast = None if symbols or df["event"].null_count() else _render_xen(df.filter(is_xen), vendor)
+    if fast is None:
+        return _encode(format_lines(df, vendor, symbols))[0]
+    if is_xen.all():
+        return fast[0]
+    return merge_lines(fast, _encode(format_lines(df.filter(~is_xen), vendor)), is_xen)
+
+
+def _encode(lines: list[str]) -> tuple[bytes, np.ndarray]:
+    """Lines joined with newlines as bytes, and where each starts."""
+    lengths = pl.Series(lines, dtype=pl.String).str.len_bytes().to_numpy().astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths + 1)])
+    data = ("\n".join(lines) + "\n").encode() if lines else b""
+    return np.frombuffer(data, np.uint8), offsets
+
+
+def _render_xen(df: pl.DataFrame, vendor: str):
+    """(data, offsets) of xentrace rows by line_render, or None when it would not pay."""
+    from xvtrace.parsers.line_render import render_variants
+
+    n = len(df)
+    if n == 0:
+        return np.zeros(0, np.uint8), np.zeros(1, np.int64)
+    code = df["code"].to_numpy().astype(np.int64)
+    nargs = np.minimum(df["nargs"].to_numpy().astype(np.int64), 7)
+    args = df.select(pl.col(f"arg{i}").fill_null(0) for i in range(7)).to_numpy()
+    args = np.ascontiguousarray(args, np.uint64)
+    codes = [int(c) for c in np.unique(code)]
+    layouts = {c: _tail_layout(c, vendor) for c in codes}
+    width = max(_tail_layout_width(lay) for lay in layouts.values())
+    nnamed = max(len(names) for _, names in layouts.values())
+    values = np.zeros((n, HEAD + width), np.uint64)
+    named = np.zeros((n, max(nnamed, 1)), np.uint64)
+    head, head_key = _head_values(df)
+    values[:, :HEAD] = head
+    for c in codes:
+        rows = np.flatnonzero(code == c)
+        _fill_tail(values, named, rows, args[rows], nargs[rows], c, layouts[c])
+    event = df["event"].to_physical().to_numpy().astype(np.int64)
+    keys = np.column_stack([code, nargs, event, head_key, named.view(np.int64)])
+    uniq, variant = _distinct_rows(keys)
+    if len(uniq) > MAX_VARIANTS:
+        return None
+    names = df["event"].dtype.categories.to_list()
+    built = [_variant(k, names, layouts[int(k[0])], width) for k in uniq]
+    return render_variants([b[0] for b in built], [b[1] for b in built], values, variant)
+
+
+def _distinct_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct key rows, each row's number among them) by hashing in polars:
+    np.unique(axis=0) sorts rows as bytes, 40x slower."""
+    # id, words, event, has a time, cpu/thread, dom width, vcpu unknown: one int64 of
+    # 32 + 3 + 16 + 1 + 2 + 5 + 1 bits, so polars hashes one column, not seven
+    packed = np.zeros(len(keys), np.int64)
+    for col, bits in zip(keys.T[:7], (32, 3, 16, 1, 2, 5, 1), strict=True):
+        packed = (packed << bits) | col
+    df = pl.DataFrame({f"k{i}": col for i, col in enumerate([packed, *keys.T[7:]])})
+    uniq = df.unique(maintain_order=True).with_row_index("variant")
+    variant = df.join(uniq, on=df.columns, how="left", maintain_order="left")["variant"]
+    variant = variant.to_numpy().astype(np.int64)
+    first = np.empty(len(uniq), np.int64)
+    first[variant[::-1]] = np.arange(len(keys) - 1, -1, -1)  # the first row of each
+    return keys[first], variant
+
+
+def _digits(v: np.ndarray) -> np.ndarray:
+    """How many characters str() gives each int64."""
+    a = np.abs(v)
+    d = np.ones(len(v), np.int64)
+    for k in range(1, 19):
+        d += a >= 10**k
+    return d + (v < 0)
+
+
+def _head_values(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The head's numbers (seconds, ns, cpu or thread, dom, vcpu) and the shape of its
+    text: has a time, cpu/thread/neither, dom's width (0: unknown), vcpu unknown."""
+    has = df["ts_ns"].is_not_null().to_numpy()
+    sec, ns = np.divmod(df["ts_ns"].fill_null(0).to_numpy(), 1_000_000_000)
+    cpu_known = df["cpu"].is_not_null().to_numpy()
+    thread_known = df["thread"].is_not_null().to_numpy()
+    who = np.where(
+        cpu_known,
+        df["cpu"].fill_null(0).to_numpy().astype(np.int64),
+        df["thread"].fill_null(0).to_numpy().astype(np.int64),
+    )
+    mode = np.where(cpu_known, 0, np.where(thread_known, 1, 2))
+    dom = df["dom"].fill_null(0).to_numpy().astype(np.int64)
+    dom_width = np.where(df["dom"].is_not_null().to_numpy(), _digits(dom), 0)
+    vcpu_unknown = df["vcpu"].is_null().to_numpy()
+    vcpu = df["vcpu"].fill_null(0).to_numpy().astype(np.int64)
+    values = np.column_stack([sec, ns, who, dom, vcpu]).astype(np.int64).view(np.uint64)
+    key = np.column_stack([has, mode, dom_width, vcpu_unknown]).astype(np.int64)
+    return values, key
+
+
+def _tail_layout(code: int, vendor: str):
+    """Per value column of this event id: (field, namer or None, is decimal); None for an
+    unknown id (its raw words). And the indexes of the named columns."""
+    spec = xe.spec_for(code)
+    if spec is None:
+        return None, ()
+    slots = [
+        (f, _namer(f, code, vendor), f.name in DECIMAL_FIELDS)
+        for f in spec.fields
+        if f.needs_words <= 7
+    ]
+    return slots, tuple(j for j, s in enumerate(slots) if s[1] is not None)
+
+
+def _tail_layout_width(layout) -> int:
+    return 7 if layout[0] is None else len(layout[0])
+
+
+def _fill_tail(values, named, rows, a, na, code, layout) -> None:
+    """This event id's field values into the value columns, named ones into `named`."""
+    slots, names = layout
+    if slots is None:
+        values[rows, HEAD : HEAD + 7] = a
+        return
+    for j, (f, _, _) in enumerate(slots):
+        v, _ = _field_values(a, na, code, f)
+        values[rows, HEAD + j] = v
+        if j in names:
+            named[rows, names.index(j)] = v
+
+
+class _Pieces:
+    """A variant being built: literal text and the fields between, left to right."""
+
+    def __init__(self) -> None:
+        self.pieces, self.fields = [""], []
+
+    def text(self, s: str) -> None:
+        self.pieces[-1] += s
+
+    def field(self, f) -> None:
+        self.fields.append(f)
+        self.pieces.append("")
+
+
+def _variant(key: np.ndarray, names: list[str], layout, width: int):
+    """(pieces, fields) of one variant from its key (see _render_xen)."""
+    from xvtrace.parsers.line_render import DEC, HEX, SIGNED, Field
+
+    code, nargs, event, has, mode, dom_width, vcpu_unknown = (int(x) for x in key[:7])
+    named = key[7:].view(np.uint64)
+    b = _Pieces()
+    if has:
+        b.field(Field(SIGNED, width=4))
+        b.text(".")
+        b.field(Field(DEC, width=9, pad="0"))
+    else:
+        b.text("-".rjust(14))
+        b.field(None)
+        b.field(None)
+    b.text(" " + ("cpu", "t", "-")[mode])
+    b.field(Field(SIGNED) if mode < 2 else None)
+    b.text(" d" + ("" if dom_width else "?"))
+    b.field(Field(SIGNED) if dom_width else None)
+    b.text("v")
+    used = 2 + max(dom_width, 1)  # "d" + dom + "v"
+    if vcpu_unknown:
+        b.text("?" + " " * max(0, 9 - used - 1))
+        b.field(None)
+    else:
+        b.field(Field(SIGNED, width=max(0, 9 - used), left=True))
+    b.text(" " + names[event].ljust(26))
+    slots, named_at = layout
+    if slots is None:  # unknown id: the id and every raw word (" wI=0" is the old text)
+        b.text(f"code={code:#010x}")
+        for i in range(7):
+            if nargs > i:
+                b.text(f" w{i}=0")
+            b.field(Field(HEX, prefix="x") if nargs > i else None)
+    else:
+        for j, (f, namer, decimal) in enumerate(slots):
+            if nargs < f.needs_words:
+                b.field(None)
+                continue
+            b.text(f" {f.name}=")
+            if namer is not None:
+                v = int(named[named_at.index(j)])
+                b.text(f"{namer(v)}({v})")
+                b.field(None)
+            else:
+                b.field(Field(SIGNED) if decimal else Field(HEX, prefix="x"))
+    for _ in range(width - len(b.fields) + HEAD):
+        b.field(None)
+    b.text("\n")
+    return b.pieces, b.fields

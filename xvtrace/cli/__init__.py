@@ -238,7 +238,7 @@ def dump_cmd(
     Lines are `seconds.ns cpuN dDvV event field=value ...` in time order; d?v? means no
     vCPU was known to be running on that pCPU yet.
     """
-    lines = api.dump_lines(
+    chunks = api.dump_chunks(
         source,
         events=events,
         codes=codes,
@@ -251,10 +251,11 @@ def dump_cmd(
         hvm_vendor=hvm_vendor,
         elf_files=(*vmlinux_files, *elf_files),
     )
-    out = sys.stdout
-    for line in lines:
-        out.write(line)
-        out.write("\n")
+    sys.stdout.flush()
+    out = sys.stdout.buffer  # bytes straight through: no per-line Python strings
+    for chunk in chunks:
+        out.write(chunk)
+        out.flush()  # a reader such as `head` sees each batch as soon as it is rendered
 
 
 @cli.command("timeline")
