@@ -109,6 +109,7 @@ def test_block_trace_through_a_tracefs_instance(tmp_path):
                                  "--tracefs", str(tmp_path / "tracefs"), "--duration", "0.3",
                                  "--no-ingest", "--no-progress"])  # fmt: skip
     assert r.exit_code == 0, r.output
+    assert "capturing: ftrace (Ctrl-C stops)" in r.output  # what scripts wait for
     assert (inst / "trace_clock").read_text() == "x86-tsc"  # the TSC xentrace stamps
     assert all((inst / "events" / "block" / ev / "enable").read_text() == "0"  # left as found
                for ev in ("block_rq_insert", "block_rq_issue", "block_rq_complete"))  # fmt: skip

@@ -75,6 +75,8 @@ def test_capture_in_dom0_recorded_its_sources_and_host_facts(xen):
     m = json.loads((bundle / "manifest.json").read_text())
     sources = {s["kind"]: s for s in m["capture"]["sources"]}
     assert sources["xentrace"]["ok"] and sources["ftrace"]["ok"]
+    # the capture waited for xentrace's mask before it said it was recording
+    assert not any("evtmask" in w for w in sources["xentrace"].get("warnings", []))
     assert sources["ftrace"]["clock"] == "x86-tsc"  # the TSC xentrace stamps
     if scenario in ("hvm-virtio", "hvm-ide"):  # the device model's events, over its QMP socket
         assert sources["qemu"]["ok"]

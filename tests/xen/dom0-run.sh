@@ -89,7 +89,13 @@ capture() {  # xvtrace in dom0 as installed on this machine (its venv): the capt
     --xentrace-mask 0x009ff000 --block-trace --duration 600 "$@" \
     --no-ingest --no-progress > /tmp/out/capture.log 2>&1 &
   CAP=$!
-  sleep 5  # the capture's sources are up (xentrace, tracefs, QMP)
+  # at least 5 s (the scenarios' request counts were set with that), and until the capture
+  # says every source records: on a loaded host dom0's Python alone can take longer
+  sleep 5
+  wait_for 300 capture_recording || echo "XVT-HOST capture not recording: $(tail -3 /tmp/out/capture.log)"
+}
+capture_recording() {  # its "capturing:" line (printed once every source started), or it is gone
+  grep -qs "^capturing:" /tmp/out/capture.log || ! kill -0 "$CAP" 2>/dev/null
 }
 guest_ready() {  # the guest said so, or is gone (then there is nothing to wait for)
   grep -qs "XVT-GUEST ready" /tmp/out/guest-serial.log || ! xl list "$NAME" >/dev/null 2>&1

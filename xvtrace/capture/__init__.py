@@ -123,7 +123,22 @@ class XentraceSource(Source):
             stderr=self.err,
         )
         self.entry.update(ok=True, mask=self.mask, argv=self.proc.args)
+        self._wait_for_mask()
         self._record_domains()
+
+    def _wait_for_mask(self, timeout: float = 30.0) -> None:
+        """Return once xentrace says it set the event mask, so records from here on are
+        in the trace (bounded: a slow dom0 takes seconds to start it; a silent one warns)."""
+        err = self.bundle / META / "xentrace.stderr"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if b"evtmask" in err.read_bytes():
+                return
+            time.sleep(0.05)
+        if self.proc.poll() is None:
+            self.entry.setdefault("warnings", []).append(
+                f"xentrace did not confirm its event mask within {timeout:.0f} s"
+            )
 
     def poll(self) -> None:
         if self.proc and self.proc.poll() is not None and not self.finished:
@@ -458,9 +473,12 @@ def capture(
     opts: CaptureOptions,
     status: Callable[[str], None] | None = None,
     stop_flag: Callable[[], bool] = lambda: False,
+    recording: Callable[[list[str]], None] | None = None,
 ) -> dict:
     """Run a capture until the duration passes, every traced VM exits, or `stop_flag()`
-    (set by SIGINT/SIGTERM in the CLI); return the manifest written to the bundle."""
+    (set by SIGINT/SIGTERM in the CLI); return the manifest written to the bundle.
+    `recording(kinds)` is called once every source is recording (what a script waits for
+    before it starts the workload)."""
     out = opts.out
     if out.exists() and any(out.iterdir()):
         raise CaptureError(f"{out}: exists and is not empty; choose a new bundle directory")
@@ -498,6 +516,8 @@ def capture(
     t0 = time.monotonic()
     for s in sources:
         s.start()
+    if recording:
+        recording([s.entry["kind"] for s in sources if s.entry.get("ok")])
     reason = "duration"
     next_poll = 0.0
     try:

@@ -143,6 +143,10 @@ def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask,
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     show = sys.stderr.isatty() if progress is None else progress
+
+    def announce(kinds: list[str]) -> None:  # scripts wait for this line to start the workload
+        click.echo(f"capturing: {', '.join(kinds) or 'nothing'} (Ctrl-C stops)", err=True)
+
     opts = CaptureOptions(
         out=output, duration=duration, qmp=qmp, ifaces=ifaces, netdevs=netdevs,
         xentrace=xentrace, xentrace_mask=xentrace_mask, block_trace=block_trace, tracefs=tracefs, logs=logs,
@@ -150,7 +154,9 @@ def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask,
         transport=transport,
     )  # fmt: skip
     try:
-        manifest = capture(opts, status=default_status(show), stop_flag=lambda: bool(stop))
+        manifest = capture(
+            opts, status=default_status(show), stop_flag=lambda: bool(stop), recording=announce
+        )
     finally:
         for s, h in old.items():
             signal.signal(s, h)

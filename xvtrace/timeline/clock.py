@@ -149,7 +149,8 @@ class Clock:
         return None if d is None else cls(**d)
 
 
-MAX_DRIFT = 1e-3  # 1000 ppm: far beyond any NTP-disciplined clock or TSC calibration error
+MAX_DRIFT = 1e-2  # 1 %: two TSC calibrations (Xen's cpu_khz, dom0's clock) disagreed by 0.19 % on
+# a loaded nested-TCG test host; NTP-disciplined clocks on hardware stay within 500 ppm
 
 
 def fit_line(t_up, up, t_low, low, *, max_drift: float = MAX_DRIFT, iters: int = 100):
