@@ -15,6 +15,7 @@ import shutil
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +31,11 @@ from xvtrace.bundle import (
     atomic_path,
     fingerprint,
     new_manifest,
+    scratch_dir,
+    sorted_runs,
     write_manifest,
 )
+from xvtrace.bundle.row_order import file_ranks
 from xvtrace.parsers import (
     fields,
     ftrace,
@@ -44,7 +48,7 @@ from xvtrace.parsers import (
     xentrace,
 )
 from xvtrace.parsers.errors import DecodeStats, ParseError
-from xvtrace.parsers.schema import EVENT_SCHEMA, SORT_KEY
+from xvtrace.parsers.schema import EVENT_SCHEMA
 
 SNIFF_BYTES = 64 * 1024
 
@@ -454,21 +458,38 @@ def _definitions(files: list[Path]) -> trace_events.TraceEvents | None:
 def _write_events(bundle_dir: Path, decoders, progress) -> None:
     total = sum(d.path.stat().st_size for d in decoders)
 
-    def frames() -> Iterator[pl.DataFrame]:
+    def frames() -> Iterator[tuple[int, pl.DataFrame]]:
         done = 0
-        for d in decoders:
+        for i, d in enumerate(decoders):
             if progress:
                 d.progress = lambda pos, base=done: progress("decode", base + pos, total)
-            yield from d.frames()
+            for frame in d.frames():
+                yield i, frame
             done += d.path.stat().st_size
 
+    if len(decoders) == 1:  # one stream: the table is its frames in decoder order
+        _sink(bundle_dir, lambda: (frame for _, frame in prefetch(frames())))
+        return
+    # Several: each decoder's stream becomes sorted runs on disk, merged into the table's
+    # order a few chunks at a time (a sort of the whole capture needed 10 GiB at 39 M rows).
+    ranks = file_ranks(d.src_file for d in decoders)
+    step = (lambda done, rows: progress("merge", done, rows)) if progress else None
+    with scratch_dir(bundle_dir, "events-runs") as tmp:
+        writer = sorted_runs.RunWriter(tmp, ranks)
+        with closing(prefetch(frames())) as decoded:  # the thread stops before tmp goes
+            for i, frame in decoded:
+                writer.add(frame, stream=i)
+        runs = writer.close()
+        with closing(prefetch(sorted_runs.merge(runs, tmp, ranks, progress=step))) as merged:
+            _sink(bundle_dir, lambda: merged)
+
+
+def _sink(bundle_dir: Path, frames: Callable[[], Iterator[pl.DataFrame]]) -> None:
     def source(with_columns, predicate, n_rows, batch_size):
-        for frame in prefetch(frames()):
+        for frame in frames():
             yield frame.select(with_columns) if with_columns is not None else frame
 
     lf = register_io_source(source, schema=EVENT_SCHEMA)
-    if len(decoders) > 1:
-        lf = lf.sort(list(SORT_KEY))
     with atomic_path(bundle_dir / EVENTS) as tmp:
         # No column statistics: polars computes them for every column (~20% of the write
         # time measured on a 500 MB capture) and time-window scans of a sorted ts_ns column

@@ -1,0 +1,202 @@
+"""Sorted runs on disk and their k-way merge: the table's row order (xvtrace.row_order) for
+a whole capture while holding only a few chunks, whatever its size.
+
+Every source is already in time order per stream, or nearly: a RunWriter sorts each frame
+of a stream together with the stream's last `lookahead_rows` rows held back (disorder
+within that reach costs nothing) and appends the rows to a run of chunk files; a row that
+sorts before what the run already holds starts a new run. `merge` then reads each run a
+chunk at a time and emits, step by step, every row that sorts no later than the earliest
+end of a loaded chunk: no row still on disk can come before it. More runs than `fan_in`
+are first merged in groups into longer runs, so memory stays at fan_in chunks even for a
+stream that is in no order at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from xvtrace.bundle.row_order import SEQ, count_le, keys_of, less, merge_order, sort_order, take
+
+CHUNK_ROWS = 1 << 16  # ~9 MB of event rows per chunk file
+LOOKAHEAD_ROWS = 1 << 16
+FAN_IN = 32
+
+
+@dataclass
+class Run:
+    """A sorted run: its chunk files in order, and how many rows they hold."""
+
+    files: list[Path] = field(default_factory=list)
+    rows: int = 0
+
+
+class RunWriter:
+    """Cuts streams of frames into sorted runs of chunk files in `directory`.
+
+    Frames get the SEQ column (their arrival number) here; `add(frame, stream)` with a new
+    stream ends the previous one, `close()` ends the last and returns every run."""
+
+    def __init__(
+        self,
+        directory: Path,
+        ranks: dict[str | None, int],
+        *,
+        chunk_rows: int = CHUNK_ROWS,
+        lookahead_rows: int = LOOKAHEAD_ROWS,
+        prefix: str = "r",
+    ):
+        self.directory = Path(directory)
+        self.ranks = ranks
+        self.chunk_rows = max(1, chunk_rows)
+        self.lookahead_rows = max(0, lookahead_rows)
+        self.prefix = prefix
+        self.runs: list[Run] = []
+        self.rows = 0  # rows taken so far (the next SEQ)
+        self._stream = None
+        self._held: tuple[pl.DataFrame, np.ndarray] | None = None
+        self._last: np.ndarray | None = None  # key of the open run's last row; None: closed
+
+    def add(self, frame: pl.DataFrame, stream=None) -> None:
+        if stream != self._stream:
+            self.end_stream()
+            self._stream = stream
+        if not len(frame):
+            return
+        if SEQ not in frame.columns:
+            seq = np.arange(self.rows, self.rows + len(frame), dtype=np.uint64)
+            frame = frame.with_columns(pl.Series(SEQ, seq))
+        self.rows += len(frame)
+        keys = keys_of(frame, self.ranks)
+        if self._held is not None:
+            frame = pl.concat([self._held[0], frame])
+            keys = np.concatenate([self._held[1], keys])
+        order = sort_order(keys)
+        if order is not None:
+            frame, keys = take(frame, order), keys[order]
+        if len(frame) < self.lookahead_rows + self.chunk_rows:
+            self._held = frame, keys  # too little to write a chunk yet
+            return
+        cut = len(frame) - self.lookahead_rows
+        self._held = frame[cut:], keys[cut:]
+        self._write(frame[:cut], keys[:cut])
+
+    def end_stream(self) -> None:
+        if self._held is not None:
+            self._write(*self._held)
+        self._held = None
+        self._last = None  # another stream's rows go to runs of their own
+
+    def close(self) -> list[Run]:
+        self.end_stream()
+        return self.runs
+
+    def _write(self, frame: pl.DataFrame, keys: np.ndarray) -> None:
+        if self._last is None or less(keys, 0, self._last, 0):
+            self.runs.append(Run())
+        run = self.runs[-1]
+        for at in range(0, len(frame), self.chunk_rows):
+            path = self.directory / f"{self.prefix}{len(self.runs):05d}-{len(run.files):06d}.arrow"
+            frame.slice(at, self.chunk_rows).write_ipc(path, compression="lz4")
+            run.files.append(path)
+        run.rows += len(frame)
+        self._last = keys[-1:].copy()
+
+
+class _Cursor:
+    """A run being merged: its loaded chunk, the keys of that chunk and the next row."""
+
+    def __init__(self, run: Run, ranks: dict[str | None, int]):
+        self.files = list(reversed(run.files))
+        self.ranks = ranks
+        self.frame: pl.DataFrame | None = None
+        self.keys = np.empty((0, 5), np.uint64)
+        self.pos = 0
+        self.advance(0)
+
+    def advance(self, rows: int) -> None:
+        """Move past `rows` rows; load the next chunk (deleting the file) when the loaded one
+        is used up, or become done."""
+        self.pos += rows
+        while self.pos == len(self.keys) and self.files:
+            path = self.files.pop()
+            self.frame = pl.read_ipc(path)
+            path.unlink()
+            self.keys = keys_of(self.frame, self.ranks)
+            self.pos = 0
+        if self.pos == len(self.keys):
+            self.frame = None
+
+    @property
+    def done(self) -> bool:
+        return self.frame is None
+
+
+def merge(
+    runs: Iterable[Run],
+    directory: Path,
+    ranks: dict[str | None, int],
+    *,
+    fan_in: int = FAN_IN,
+    chunk_rows: int = CHUNK_ROWS,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[pl.DataFrame]:
+    """The rows of all runs in key order, as frames without SEQ; consumes the runs' files.
+
+    progress(rows done, rows in all) after each frame."""
+    runs = [r for r in runs if r.rows]
+    total = sum(r.rows for r in runs)
+    level = 0
+    while len(runs) > max(2, fan_in):  # merge groups into longer runs until few are left
+        level += 1
+        merged = []
+        for g in range(0, len(runs), fan_in):
+            writer = RunWriter(directory, ranks, chunk_rows=chunk_rows, lookahead_rows=0,
+                               prefix=f"m{level}-{g // fan_in:05d}-")  # fmt: skip
+            for frame in _merge(runs[g : g + fan_in], ranks):
+                writer.add(frame)
+            merged += writer.close()
+        runs = merged
+    done = 0
+    for frame in _merge(runs, ranks):
+        done += len(frame)
+        if progress:
+            progress(done, total)
+        yield frame.drop(SEQ)
+
+
+def _merge(runs: list[Run], ranks: dict[str | None, int]) -> Iterator[pl.DataFrame]:
+    """The rows of sorted runs in key order, with SEQ, a step per chunk used up."""
+    cursors = [c for c in (_Cursor(r, ranks) for r in runs) if not c.done]
+    while len(cursors) > 1:
+        # The chunk that ends first: nothing after its end can precede it, and every row
+        # up to it, in any run, is already loaded.
+        first = cursors[0]
+        for c in cursors[1:]:
+            if less(c.keys, len(c.keys) - 1, first.keys, len(first.keys) - 1):
+                first = c
+        end = first.keys, len(first.keys) - 1
+        counts = [count_le(c.keys, c.pos, len(c.keys), *end) for c in cursors]
+        yield _combine([(c, n) for c, n in zip(cursors, counts, strict=True) if n])
+        for c, n in zip(cursors, counts, strict=True):
+            c.advance(n)
+        cursors = [c for c in cursors if not c.done]
+    for c in cursors:  # the last run left: the rest of it as it is
+        while not c.done:
+            yield c.frame.slice(c.pos)
+            c.advance(len(c.keys) - c.pos)
+
+
+def _combine(pieces: list[tuple[_Cursor, int]]) -> pl.DataFrame:
+    """The next n rows of each cursor, merged into one frame in key order."""
+    if len(pieces) == 1:
+        c, n = pieces[0]
+        return c.frame.slice(c.pos, n)
+    keys = np.concatenate([c.keys[c.pos : c.pos + n] for c, n in pieces])
+    bounds = np.cumsum([0] + [n for _, n in pieces])
+    frame = pl.concat([c.frame.slice(c.pos, n) for c, n in pieces])
+    return take(frame, merge_order(keys, bounds))
