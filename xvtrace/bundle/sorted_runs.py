@@ -82,7 +82,7 @@ class RunWriter:
             self._held = frame, keys  # too little to write a chunk yet
             return
         cut = len(frame) - self.lookahead_rows
-        self._held = frame[cut:], keys[cut:]
+        self._held = (frame[cut:], keys[cut:]) if self.lookahead_rows else None
         self._write(frame[:cut], keys[:cut])
 
     def end_stream(self) -> None:
@@ -96,6 +96,8 @@ class RunWriter:
         return self.runs
 
     def _write(self, frame: pl.DataFrame, keys: np.ndarray) -> None:
+        if not len(frame):
+            return
         if self._last is None or less(keys, 0, self._last, 0):
             self.runs.append(Run())
         run = self.runs[-1]
@@ -160,7 +162,7 @@ def merge(
             for frame in _merge(runs[g : g + fan_in], ranks):
                 writer.add(frame)
             merged += writer.close()
-        runs = merged
+        runs = [r for r in merged if r.rows]
     done = 0
     for frame in _merge(runs, ranks):
         done += len(frame)

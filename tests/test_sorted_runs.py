@@ -1,0 +1,121 @@
+"""The bundle's row order from sorted runs and their merge equals one stable sort of every
+decoded row by SORT_KEY (polars' nulls-first order), however the streams are disordered,
+chunked or split into runs."""
+
+from __future__ import annotations
+
+import shutil
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xvtrace.bundle import ingest as ingest_mod
+from xvtrace.bundle.row_order import SEQ, file_ranks, keys_of, merge_order, sort_order
+from xvtrace.bundle.sorted_runs import RunWriter, merge
+from xvtrace.parsers.schema import SORT_KEY
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+NAMES = ["raw/b.log", "raw/a.bin", "raw/é.txt", "raw/a.bin2"]
+
+# A row: time (None: no timestamp), file, offset (None: no offset). Small ranges so that
+# equal keys, equal times across files and nulls are common.
+row = st.tuples(
+    st.one_of(st.none(), st.integers(-3, 40), st.sampled_from([-(2**63), 2**63 - 1])),
+    st.sampled_from(NAMES),
+    st.one_of(st.none(), st.integers(0, 30)),
+)
+streams = st.lists(st.lists(row, max_size=60), min_size=1, max_size=5)
+
+
+def frame(rows: list[tuple]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "ts_ns": [r[0] for r in rows],
+            "src_file": [r[1] for r in rows],
+            "src_offset": [r[2] for r in rows],
+        },
+        schema={"ts_ns": pl.Int64, "src_file": pl.String, "src_offset": pl.UInt64},
+    )
+
+
+def reference(all_rows: list[pl.DataFrame]) -> pl.DataFrame:
+    """What the table's order means: a stable sort of the rows in the order decoded."""
+    whole = pl.concat(all_rows).with_row_index("arrival")
+    return whole.sort(list(SORT_KEY), maintain_order=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    streams,
+    st.integers(1, 25),  # rows per decoder frame
+    st.integers(1, 12),  # rows per chunk file
+    st.integers(0, 15),  # lookahead
+    st.integers(2, 4),  # fan-in
+)
+def test_merge_equals_a_stable_full_sort(tmp_path_factory, data, per_frame, chunk, ahead, fan_in):
+    tmp = tmp_path_factory.mktemp("runs")
+    ranks = file_ranks(NAMES)
+    writer = RunWriter(tmp, ranks, chunk_rows=chunk, lookahead_rows=ahead)
+    decoded = []
+    for i, rows in enumerate(data):
+        for at in range(0, len(rows), per_frame):
+            f = frame(rows[at : at + per_frame]).with_row_index(
+                "arrival", offset=sum(map(len, decoded))
+            )
+            decoded.append(f.drop("arrival"))
+            writer.add(f, stream=i)
+    runs = writer.close()
+    out = list(merge(runs, tmp, ranks, fan_in=fan_in, chunk_rows=chunk))
+    got = pl.concat(out) if out else None
+    want = reference(decoded) if decoded else None
+    if want is None or not len(want):
+        assert got is None or not len(got)
+    else:
+        assert SEQ not in got.columns
+        assert got["arrival"].to_list() == want["arrival"].to_list()
+    assert not any(tmp.iterdir())  # the merge consumes its files
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(row, max_size=80), st.lists(st.integers(0, 80), max_size=6))
+def test_sort_and_merge_kernels(rows, cuts):
+    f = frame(rows).with_columns(pl.Series(SEQ, np.arange(len(rows), dtype=np.uint64)))
+    keys = keys_of(f, file_ranks(NAMES))
+    want = f.with_row_index("i").sort(list(SORT_KEY), maintain_order=True)["i"].to_list()
+    order = sort_order(keys)
+    assert (list(range(len(rows))) if order is None else order.tolist()) == want
+    # merging sorted segments of the sorted rows gives the sorted rows back
+    bounds = np.unique(np.clip([0, *cuts, len(rows)], 0, len(rows)))
+    srt = keys[np.array(want, dtype=np.int64)] if rows else keys
+    pieces = [srt[a:b] for a, b in pairwise(bounds)]
+    shuffled = np.concatenate(pieces[::-1]) if pieces else srt
+    lens = [len(p) for p in pieces[::-1]]
+    merged = merge_order(shuffled, np.cumsum([0, *lens]))
+    assert shuffled[merged].tolist() == srt.tolist()
+
+
+@pytest.mark.parametrize("name", ["epam-mmio", "suse-grant", "pv-blkif"])
+def test_ingest_order_is_the_stable_sort_of_decoded_rows(tmp_path, monkeypatch, name):
+    """A stored multi-source bundle: events.parquet is every decoder's rows, stably sorted."""
+    src = FIXTURES / "emulated" / name
+    bundle = tmp_path / "b"
+    shutil.copytree(src / "raw", bundle / "raw")
+    decoded = []
+    real = ingest_mod._write_events
+
+    def spy(bundle_dir, decoders, progress):
+        for d in decoders:  # decode once more, in the same order, for the reference
+            decoded.extend(d.frames())
+        return real(bundle_dir, decoders, progress)
+
+    monkeypatch.setattr(ingest_mod, "_write_events", spy)
+    ingest_mod.ingest(bundle, warn=lambda m: None)
+    got = pl.read_parquet(bundle / "events.parquet")
+    want = pl.concat(decoded).sort(list(SORT_KEY), maintain_order=True)
+    assert got.equals(want)
+    assert not [p for p in bundle.iterdir() if p.name.startswith(".")]  # no run files left
