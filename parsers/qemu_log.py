@@ -9,8 +9,10 @@ Three line forms (QEMU util/log.c and scripts/tracetool/backend/log.py):
 
 The text after the name is the event's printf format applied to its arguments, so each
 event is read back with a regex made from its trace-events definition (not a key/value
-guess: `virtio_pci_notify_write` prints `0x4 = 0x1 (2)`). Work is vectorized per chunk of
-lines with polars: one regex pass for the prefix, then one per distinct event name.
+guess: `virtio_pci_notify_write` prints `0x4 = 0x1 (2)`). A compiled scan
+(parsers.qemu_scan) reads the lines it can read exactly as those regexes do; the rest go
+through them, vectorized per chunk with polars: one regex pass for the prefix, then one
+per distinct event name.
 
 `virtqueue_*` events name only the VirtQueue pointer; the device and queue index come from
 `virtio_queue_notify vdev n vq` lines anywhere in the file (a first, cheap pass).
@@ -22,12 +24,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
+from xvtrace.parsers import qemu_scan
 from xvtrace.parsers.errors import DecodeStats, ParseError, Problem
 from xvtrace.parsers.qemu_events import QUEUE_MAP_EVENT, roles_for
 from xvtrace.parsers.schema import EVENT_NAMES, EVENT_SCHEMA, N_ARGS, conform
-from xvtrace.parsers.textlines import iter_lines
+from xvtrace.parsers.textlines import iter_blocks, line_bounds, lines_frame
 from xvtrace.parsers.trace_events import EventDef, TraceEvents
 
 SOURCE = "qemu"
@@ -75,12 +79,16 @@ class QemuLogDecoder:
         defs: TraceEvents | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         src_file: str | None = None,
+        compiled: bool = True,
     ):
+        """compiled=False reads every line with the regexes (what the scan is tested
+        against)."""
         self.path = Path(path)
         self.defs = defs or TraceEvents.default()
         self.chunk_bytes = max(4096, int(chunk_bytes))
         self.src_file = src_file if src_file is not None else self.path.name
         self.stats = DecodeStats(str(self.path), SOURCE)
+        self.plan = _FastPlan(self.defs if compiled else None)
         self.threads: set[int] = set()
         self.first_ts_ns: int | None = None
         self.last_ts_ns: int | None = None
@@ -92,12 +100,12 @@ class QemuLogDecoder:
         if size == 0:
             raise ParseError(str(self.path), 0, "empty file: no QEMU trace lines")
         queues = self.queue_map()
-        for base, lines in self._chunks():
-            frame = self._decode(lines)
+        for base, body in iter_blocks(self.path, self.chunk_bytes):
+            frame = self._decode_block(base, body)
             if frame is not None:
                 yield self._resolve_queues(frame, queues)
             if self.progress:
-                self.progress(base)
+                self.progress(base + len(body))
 
     def describe(self) -> dict:
         """This file's entry in a bundle manifest (after decoding)."""
@@ -122,8 +130,11 @@ class QemuLogDecoder:
         ev = self.defs.events.get(QUEUE_MAP_EVENT)
         if ev is None:
             return pl.DataFrame(schema={"_vq": pl.UInt64, "_vq_dev": pl.String, "_vq_n": pl.UInt16})
-        for _, lines in self._chunks():
-            hits = lines.filter(pl.col("line").str.contains(QUEUE_MAP_EVENT + " ", literal=True))
+        needle = np.frombuffer((QUEUE_MAP_EVENT + " ").encode(), np.uint8)
+        for base, body in iter_blocks(self.path, self.chunk_bytes):
+            starts, ends = line_bounds(body)
+            hit = qemu_scan.lines_containing(np.frombuffer(body, np.uint8), starts, ends, needle)
+            hits = lines_frame(body, base, starts[hit], ends[hit])
             if not len(hits):
                 continue
             p = _split_prefix(hits).filter(pl.col("name") == QUEUE_MAP_EVENT)
@@ -142,10 +153,14 @@ class QemuLogDecoder:
         return pl.concat(parts).unique(subset="_vq", keep="first", maintain_order=True)
 
     # Steps -----------------------------------------------------------------------------
-    def _chunks(self) -> Iterator[tuple[int, pl.DataFrame]]:
-        return iter_lines(self.path, self.chunk_bytes)
+    def _decode_block(self, base: int, body: bytes) -> pl.DataFrame | None:
+        """A chunk's rows: the lines the scan reads, and the others through the regexes."""
+        starts, ends = line_bounds(body)
+        fast = self.plan.scan(np.frombuffer(body, np.uint8), starts, ends, base)
+        slow = fast.pop("_slow")
+        return self._decode(lines_frame(body, base, starts[slow], ends[slow]), fast)
 
-    def _decode(self, lines: pl.DataFrame) -> pl.DataFrame | None:
+    def _decode(self, lines: pl.DataFrame, fast: dict | None = None) -> pl.DataFrame | None:
         lines = lines.filter(pl.col("line").str.len_bytes() > 0)
         parts = _split_prefix(lines)
         unparsed = parts.filter(pl.col("name").is_null())
@@ -162,11 +177,25 @@ class QemuLogDecoder:
                 )
             )
         parts = parts.filter(pl.col("name").is_not_null())
-        if not len(parts):
+        slow = parts.partition_by("name", as_dict=True, maintain_order=True)
+        firsts = {name: int(rows["src_offset"][0]) for (name,), rows in slow.items()}
+        fast_counts = {}
+        if fast is not None and len(fast["src_offset"]):
+            fast_counts = self.plan.counts(fast)
+            for name, (first, _) in fast_counts.items():
+                firsts[name] = min(first, firsts.get(name, first))
+        frames = [self.plan.frame(fast)] if fast_counts else []
+        # event by event in the order of their first line, as the regexes alone did (the
+        # order of the counts and problems they report)
+        for name in sorted(firsts, key=firsts.get):
+            if (name,) in slow:
+                frames.append(self._event_rows(name, slow[(name,)]))
+            if name in fast_counts and self.plan.beyond_7(name):
+                self.stats.extra["args_beyond_7"] = (
+                    self.stats.extra.get("args_beyond_7", 0) + fast_counts[name][1]
+                )
+        if not frames:
             return None
-        frames = []
-        for (name,), rows in parts.partition_by("name", as_dict=True, maintain_order=True).items():
-            frames.append(self._event_rows(name, rows))
         frame = pl.concat(frames, how="diagonal_relaxed").sort("src_offset")
         ts = frame["ts_ns"].drop_nulls()
         if len(ts):
@@ -239,6 +268,121 @@ class QemuLogDecoder:
             pl.lit(SOURCE).alias("source"), pl.lit(self.src_file).alias("src_file")
         )
         return conform(frame)
+
+
+class _FastPlan:
+    """The events the compiled scan reads, and how its values become the columns
+    _event_rows makes of the same lines (roles, nulls, casts)."""
+
+    ROLES = ("dev", "queue", "vq", "addr", "size")
+
+    def __init__(self, defs: TraceEvents | None):
+        events, rows = [], []
+        for name, ev in (defs.events if defs else {}).items():
+            t = qemu_scan.template(ev)
+            if t is None or event_name(name) == "unknown":
+                continue  # uncatalogued events keep their counts on the regex path
+            roles = roles_for(name, tuple(a.name for a in ev.args))
+            want = {"dev": roles.dev if roles.dev != "vq" else None,
+                    "queue": roles.queue if roles.queue != "vq" else None,
+                    "vq": "vq" if "vq" in (roles.dev, roles.queue) else None,
+                    "addr": roles.addr, "size": roles.size}  # fmt: skip
+            if any(a is not None and a not in t.args for a in want.values()):
+                continue  # a role without its argument: the regex path fails as before
+            col = {r: t.args.index(a) if a else -1 for r, a in want.items()}
+            if col["dev"] >= 0 and t.kinds[col["dev"]] not in (qemu_scan.PTR, qemu_scan.ALTX):
+                continue  # the device is a pointer's text; others have none
+            events.append((name, t))
+            rows.append((ev.number, len(t.kinds), roles.size_scale, *col.values()))
+        self.catalog = qemu_scan.Catalog(events)
+        self.names = self.catalog.names
+        table = np.array(rows or [(0,) * 8], np.int64).reshape(-1, 8)
+        self.code, self.nconv, self.scale = table[:, 0], table[:, 1], table[:, 2]
+        self.col = dict(zip(self.ROLES, table[:, 3:].T, strict=True))
+        self.event = pl.Series("event", [event_name(n) for n in self.names] or ["unknown"])
+
+    def beyond_7(self, name: str) -> bool:
+        return self.nconv[self.names.index(name)] > N_ARGS
+
+    def scan(self, body: np.ndarray, starts: np.ndarray, ends: np.ndarray, base: int) -> dict:
+        """The scan's rows (arrays) and `_slow`, the lines left to the regexes."""
+        status, ev, tid, sec, usec, stamped, values, fits, canon = self.catalog.scan(
+            body, starts, ends
+        )
+        dev = self.col["dev"][ev]
+        at = np.arange(len(ev)), np.maximum(dev, 0)
+        # a device pointer is kept as its text: only where that is what f"{v:#x}" prints
+        fast = (status == qemu_scan.FAST) & ((dev < 0) | (canon[at] & fits[at]))
+        rows = np.flatnonzero(fast)
+        return {
+            "_slow": (status != qemu_scan.EMPTY) & ~fast,
+            "src_offset": starts[rows].astype(np.uint64) + np.uint64(base),
+            "ev": ev[rows], "tid": tid[rows], "sec": sec[rows], "usec": usec[rows],
+            "stamped": stamped[rows], "values": values[rows], "fits": fits[rows],
+        }  # fmt: skip
+
+    def counts(self, fast: dict) -> dict[str, tuple[int, int]]:
+        """Per event read: (offset of its first line, lines)."""
+        evs, first, n = np.unique(fast["ev"], return_index=True, return_counts=True)
+        offs = fast["src_offset"][first]
+        return {self.names[e]: (int(o), int(c)) for e, o, c in zip(evs, offs, n, strict=True)}
+
+    def frame(self, fast: dict) -> pl.DataFrame:
+        ev, values, fits = fast["ev"], fast["values"], fast["fits"]
+        at = np.arange(len(ev))
+
+        def value(conv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """Each row's value of conversion conv[row], and whether it is one (not absent,
+            not an overflow)."""
+            c = np.maximum(conv, 0)
+            return values[at, c], (conv >= 0) & fits[at, c]
+
+        stamped = fast["stamped"]
+        ts = fast["sec"] * 1_000_000_000 + fast["usec"] * 1_000
+        raw = (fast["sec"] * 1_000_000 + fast["usec"]).astype(np.uint64)
+        cols = {
+            "src_offset": pl.Series(fast["src_offset"]),
+            "ts_ns": _nullable(ts, stamped, pl.Int64),
+            "ts_raw": _nullable(raw, stamped, pl.UInt64),
+            "has_ts": pl.Series(stamped),
+            "thread": _nullable(fast["tid"].astype(np.uint32), stamped, pl.UInt32),
+            "event": self.event.gather(ev),
+            "code": pl.Series(self.code[ev].astype(np.uint32)),
+            "nargs": pl.Series(np.minimum(self.nconv[ev], N_ARGS).astype(np.uint8)),
+        }
+        for i in range(N_ARGS):  # absent: null; too large for 64 bits: 0 (fill_null(0))
+            v, ok = value(np.where(self.nconv[ev] > i, i, -1))
+            cols[f"arg{i}"] = _nullable(np.where(ok, v, 0), self.nconv[ev] > i, pl.UInt64)
+        v, ok = value(self.col["dev"][ev])
+        cols["dev"] = _pointer_text(v, ok)
+        v, ok = value(self.col["queue"][ev])
+        cols["queue"] = _nullable(v.astype(np.uint16), ok & (v <= 0xFFFF), pl.UInt16)
+        v, ok = value(self.col["vq"][ev])
+        cols["_vq"] = _nullable(v, ok, pl.UInt64)
+        v, ok = value(self.col["addr"][ev])
+        cols["addr"] = _nullable(v, ok, pl.UInt64)
+        v, ok = value(self.col["size"][ev])
+        v = v * self.scale[ev].astype(np.uint64)  # wraps, as polars' UInt64 product
+        cols["size"] = _nullable(v.astype(np.uint32), ok & (v <= 0xFFFFFFFF), pl.UInt32)
+        return pl.DataFrame({k: s.alias(k) for k, s in cols.items()})
+
+
+def _nullable(values: np.ndarray, valid: np.ndarray, dtype: pl.DataType) -> pl.Series:
+    return _masked(pl.Series(values, dtype=dtype), valid)
+
+
+def _masked(s: pl.Series, valid: np.ndarray) -> pl.Series:
+    """s, null where not valid."""
+    return s if valid.all() else pl.select(pl.when(pl.lit(valid)).then(pl.lit(s))).to_series()
+
+
+def _pointer_text(values: np.ndarray, valid: np.ndarray) -> pl.Series:
+    """'0x..' texts of pointer values, null where not valid (one format per distinct value:
+    a log names a few devices)."""
+    s = pl.Series(values)
+    uniq = s.unique()
+    texts = pl.Series([f"{v:#x}" for v in uniq.to_list()], dtype=pl.String)
+    return _masked(s.replace_strict(uniq, texts), valid)
 
 
 def _split_prefix(lines: pl.DataFrame) -> pl.DataFrame:
