@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from xvtrace.bundle import ingest as ingest_mod
 from xvtrace.bundle.row_order import SEQ, file_ranks, keys_of, merge_order, sort_order
 from xvtrace.bundle.sorted_runs import RunWriter, merge
+from xvtrace.parsers.errors import ParseError
 from xvtrace.parsers.schema import SORT_KEY
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -119,3 +120,19 @@ def test_ingest_order_is_the_stable_sort_of_decoded_rows(tmp_path, monkeypatch, 
     want = pl.concat(decoded).sort(list(SORT_KEY), maintain_order=True)
     assert got.equals(want)
     assert not [p for p in bundle.iterdir() if p.name.startswith(".")]  # no run files left
+
+
+def test_a_failed_ingest_leaves_no_run_files(tmp_path):
+    """Run files live in a hidden directory of the bundle, removed when decoding fails."""
+    bundle = tmp_path / "b"
+    shutil.copytree(FIXTURES / "emulated" / "pv-blkif" / "raw", bundle / "raw")
+    shutil.copy(FIXTURES / "emulated" / "pv-blkif" / "manifest.json", bundle)
+    trace = bundle / "raw" / "dom0-trace.txt"
+    lines = trace.read_text().splitlines(keepends=True)
+    # a line of another trace_clock at the end: the ftrace decoder refuses the file
+    bad = lines[-1].replace(lines[-1].split()[3], "12.345678:", 1)
+    trace.write_text("".join([*lines, bad]))
+    with pytest.raises(ParseError, match="two kinds of timestamp"):
+        ingest_mod.ingest(bundle, warn=lambda m: None)
+    assert not [p.name for p in bundle.iterdir() if p.name.startswith(".")]
+    assert not (bundle / "events.parquet").exists()

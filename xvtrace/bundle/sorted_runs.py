@@ -1,4 +1,4 @@
-"""Sorted runs on disk and their k-way merge: the table's row order (xvtrace.row_order) for
+"""Sorted runs on disk and their k-way merge: the table's row order (bundle.row_order) for
 a whole capture while holding only a few chunks, whatever its size.
 
 Every source is already in time order per stream, or nearly: a RunWriter sorts each frame
@@ -157,9 +157,13 @@ def merge(
         level += 1
         merged = []
         for g in range(0, len(runs), fan_in):
+            group = runs[g : g + fan_in]
+            if len(group) == 1:
+                merged += group
+                continue
             writer = RunWriter(directory, ranks, chunk_rows=chunk_rows, lookahead_rows=0,
                                prefix=f"m{level}-{g // fan_in:05d}-")  # fmt: skip
-            for frame in _merge(runs[g : g + fan_in], ranks):
+            for frame in _merge(group, ranks):
                 writer.add(frame)
             merged += writer.close()
         runs = [r for r in merged if r.rows]
