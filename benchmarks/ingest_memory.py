@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from measure import run
-from tables import compare_events
+from tables import compare_in_child
 
 XV = [sys.executable, "-m", "xvtrace"]
 
@@ -57,7 +57,7 @@ def main() -> None:
             if args.reference and n <= args.reference_max:
                 ref = work / f"b{n}-ref"
                 wall, rss = run([args.reference, "ingest", str(b), "-o", str(ref)])
-                same, what = compare_events(ref / "events.parquet", b / "events.parquet")
+                same, what = compare_in_child(ref / "events.parquet", b / "events.parquet")
                 print(f"{row} {'reference':>9} {wall:>8.1f} {rss / 2**30:>12.2f}  "
                       f"{'same' if same else 'DIFFERENT'}: {what}", flush=True)  # fmt: skip
                 shutil.rmtree(ref)
