@@ -29,7 +29,7 @@ import polars as pl
 
 from xvtrace.parsers import qemu_scan
 from xvtrace.parsers.errors import DecodeStats, ParseError, Problem
-from xvtrace.parsers.qemu_events import QUEUE_MAP_EVENT, roles_for
+from xvtrace.parsers.qemu_events import QUEUE_MAP_EVENT, Roles, roles_for
 from xvtrace.parsers.schema import EVENT_NAMES, EVENT_SCHEMA, N_ARGS, conform
 from xvtrace.parsers.textlines import iter_blocks, line_bounds, lines_frame
 from xvtrace.parsers.trace_events import EventDef, TraceEvents
@@ -125,29 +125,42 @@ class QemuLogDecoder:
         }
 
     def queue_map(self) -> pl.DataFrame:
-        """vq pointer -> (vdev text, queue index), from every virtio_queue_notify line."""
+        """vq pointer -> (vdev text, queue index), from the first virtio_queue_notify line
+        naming it."""
         parts = []
         ev = self.defs.events.get(QUEUE_MAP_EVENT)
         if ev is None:
             return pl.DataFrame(schema={"_vq": pl.UInt64, "_vq_dev": pl.String, "_vq_n": pl.UInt16})
         needle = np.frombuffer((QUEUE_MAP_EVENT + " ").encode(), np.uint8)
+        # the scan reads the notify lines it can (vq as addr), the regexes the rest
+        plan = _FastPlan(self.defs, {QUEUE_MAP_EVENT: Roles(dev="vdev", queue="n", addr="vq")})
         for base, body in iter_blocks(self.path, self.chunk_bytes):
+            raw = np.frombuffer(body, np.uint8)
             starts, ends = line_bounds(body)
-            hit = qemu_scan.lines_containing(np.frombuffer(body, np.uint8), starts, ends, needle)
-            hits = lines_frame(body, base, starts[hit], ends[hit])
-            if not len(hits):
-                continue
-            p = _split_prefix(hits).filter(pl.col("name") == QUEUE_MAP_EVENT)
-            args = _extract(p, ev)
-            if args is None:
-                continue
-            parts.append(
-                args.select(
-                    pl.col("vq").alias("_vq"),
-                    pl.col("vdev_text").alias("_vq_dev"),
-                    pl.col("n").cast(pl.UInt16, strict=False).alias("_vq_n"),
-                ).unique()
-            )
+            hit = qemu_scan.lines_containing(raw, starts, ends, needle)
+            starts, ends = starts[hit], ends[hit]
+            fast = plan.scan(raw, starts, ends, base)
+            slow = fast.pop("_slow")
+            found = []
+            if len(fast["ev"]):
+                f = plan.frame(fast)
+                found.append(f.select("src_offset", _vq=pl.col("addr"), _vq_dev=pl.col("dev"),
+                                      _vq_n=pl.col("queue")))  # fmt: skip
+            hits = lines_frame(body, base, starts[slow], ends[slow])
+            if len(hits):
+                p = _split_prefix(hits).filter(pl.col("name") == QUEUE_MAP_EVENT)
+                args = _extract(p, ev).with_columns(p["src_offset"])
+                found.append(
+                    args.select(
+                        "src_offset",
+                        pl.col("vq").alias("_vq"),
+                        pl.col("vdev_text").alias("_vq_dev"),
+                        pl.col("n").cast(pl.UInt16, strict=False).alias("_vq_n"),
+                    )
+                )
+            if found:  # in line order: a vq's first line names its device and index
+                lines = pl.concat(found).sort("src_offset").drop("src_offset")
+                parts.append(lines.filter(pl.col("_vq").is_not_null()).unique(maintain_order=True))
         if not parts:
             return pl.DataFrame(schema={"_vq": pl.UInt64, "_vq_dev": pl.String, "_vq_n": pl.UInt16})
         return pl.concat(parts).unique(subset="_vq", keep="first", maintain_order=True)
@@ -196,7 +209,9 @@ class QemuLogDecoder:
                 )
         if not frames:
             return None
-        frame = pl.concat(frames, how="diagonal_relaxed").sort("src_offset")
+        frame = pl.concat(frames, how="diagonal_relaxed")
+        if len(frames) > 1:  # the scan's rows alone are in line order already
+            frame = frame.sort("src_offset")
         ts = frame["ts_ns"].drop_nulls()
         if len(ts):
             lo, hi = int(ts.min()), int(ts.max())
@@ -260,9 +275,15 @@ class QemuLogDecoder:
 
     def _resolve_queues(self, frame: pl.DataFrame, queues: pl.DataFrame) -> pl.DataFrame:
         if "_vq" in frame.columns:
-            frame = frame.join(queues, on="_vq", how="left", maintain_order="left").with_columns(
-                pl.coalesce("dev", "_vq_dev").alias("dev") if "dev" in frame.columns else pl.col("_vq_dev").alias("dev"),
-                pl.coalesce("queue", "_vq_n").alias("queue") if "queue" in frame.columns else pl.col("_vq_n").alias("queue"),
+            # the queue map's device and index of each vq (a lookup per row: vq is unique)
+            vq = pl.col("_vq")
+            vq_dev = vq.replace_strict(queues["_vq"], queues["_vq_dev"], default=None,
+                                       return_dtype=pl.String)  # fmt: skip
+            vq_n = vq.replace_strict(queues["_vq"], queues["_vq_n"], default=None,
+                                     return_dtype=pl.UInt16)  # fmt: skip
+            frame = frame.with_columns(
+                pl.coalesce("dev", vq_dev).alias("dev") if "dev" in frame.columns else vq_dev.alias("dev"),
+                pl.coalesce("queue", vq_n).alias("queue") if "queue" in frame.columns else vq_n.alias("queue"),
             )  # fmt: skip
         frame = frame.with_columns(
             pl.lit(SOURCE).alias("source"), pl.lit(self.src_file).alias("src_file")
@@ -274,31 +295,34 @@ class _FastPlan:
     """The events the compiled scan reads, and how its values become the columns
     _event_rows makes of the same lines (roles, nulls, casts)."""
 
-    ROLES = ("dev", "queue", "vq", "addr", "size")
+    COLUMNS = (*(f"arg{i}" for i in range(N_ARGS)), "dev", "queue", "_vq", "addr", "size")
 
-    def __init__(self, defs: TraceEvents | None):
+    def __init__(self, defs: TraceEvents | None, only: dict[str, Roles] | None = None):
+        """only: these events, with these roles (default: all, with qemu_events' roles)."""
         events, rows = [], []
         for name, ev in (defs.events if defs else {}).items():
             t = qemu_scan.template(ev)
-            if t is None or event_name(name) == "unknown":
+            if t is None or event_name(name) == "unknown" or (only and name not in only):
                 continue  # uncatalogued events keep their counts on the regex path
-            roles = roles_for(name, tuple(a.name for a in ev.args))
+            roles = only[name] if only else roles_for(name, tuple(a.name for a in ev.args))
             want = {"dev": roles.dev if roles.dev != "vq" else None,
                     "queue": roles.queue if roles.queue != "vq" else None,
-                    "vq": "vq" if "vq" in (roles.dev, roles.queue) else None,
+                    "_vq": "vq" if "vq" in (roles.dev, roles.queue) else None,
                     "addr": roles.addr, "size": roles.size}  # fmt: skip
             if any(a is not None and a not in t.args for a in want.values()):
                 continue  # a role without its argument: the regex path fails as before
-            col = {r: t.args.index(a) if a else -1 for r, a in want.items()}
-            if col["dev"] >= 0 and t.kinds[col["dev"]] not in (qemu_scan.PTR, qemu_scan.ALTX):
+            col = [i if i < len(t.kinds) else -1 for i in range(N_ARGS)]
+            col += [t.args.index(a) if a else -1 for a in want.values()]
+            dev = col[N_ARGS]
+            if dev >= 0 and t.kinds[dev] not in (qemu_scan.PTR, qemu_scan.ALTX):
                 continue  # the device is a pointer's text; others have none
-            events.append((name, t))
-            rows.append((ev.number, len(t.kinds), roles.size_scale, *col.values()))
+            events.append((name, t, dev))
+            rows.append((ev.number, len(t.kinds), roles.size_scale, *col))
         self.catalog = qemu_scan.Catalog(events)
         self.names = self.catalog.names
-        table = np.array(rows or [(0,) * 8], np.int64).reshape(-1, 8)
+        table = np.array(rows or [(0, 0, 1) + (-1,) * len(self.COLUMNS)], np.int64)
         self.code, self.nconv, self.scale = table[:, 0], table[:, 1], table[:, 2]
-        self.col = dict(zip(self.ROLES, table[:, 3:].T, strict=True))
+        self.colmap = np.ascontiguousarray(table[:, 3:])
         self.event = pl.Series("event", [event_name(n) for n in self.names] or ["unknown"])
 
     def beyond_7(self, name: str) -> bool:
@@ -306,38 +330,26 @@ class _FastPlan:
 
     def scan(self, body: np.ndarray, starts: np.ndarray, ends: np.ndarray, base: int) -> dict:
         """The scan's rows (arrays) and `_slow`, the lines left to the regexes."""
-        status, ev, tid, sec, usec, stamped, values, fits, canon = self.catalog.scan(
-            body, starts, ends
-        )
-        dev = self.col["dev"][ev]
-        at = np.arange(len(ev)), np.maximum(dev, 0)
-        # a device pointer is kept as its text: only where that is what f"{v:#x}" prints
-        fast = (status == qemu_scan.FAST) & ((dev < 0) | (canon[at] & fits[at]))
-        rows = np.flatnonzero(fast)
+        status, ev, tid, sec, usec, stamped, values, fits = self.catalog.scan(body, starts, ends)
+        rows, out, state = qemu_scan.columns(status, ev, values, fits, self.colmap)
         return {
-            "_slow": (status != qemu_scan.EMPTY) & ~fast,
+            "_slow": status == qemu_scan.SLOW,
             "src_offset": starts[rows].astype(np.uint64) + np.uint64(base),
             "ev": ev[rows], "tid": tid[rows], "sec": sec[rows], "usec": usec[rows],
-            "stamped": stamped[rows], "values": values[rows], "fits": fits[rows],
+            "stamped": stamped[rows], "out": out, "state": state,
         }  # fmt: skip
 
     def counts(self, fast: dict) -> dict[str, tuple[int, int]]:
         """Per event read: (offset of its first line, lines)."""
-        evs, first, n = np.unique(fast["ev"], return_index=True, return_counts=True)
-        offs = fast["src_offset"][first]
-        return {self.names[e]: (int(o), int(c)) for e, o, c in zip(evs, offs, n, strict=True)}
+        first, n = qemu_scan.first_and_count(fast["ev"], len(self.names))
+        offs = fast["src_offset"]
+        return {self.names[e]: (int(offs[first[e]]), int(n[e])) for e in np.flatnonzero(n)}
 
     def frame(self, fast: dict) -> pl.DataFrame:
-        ev, values, fits = fast["ev"], fast["values"], fast["fits"]
-        at = np.arange(len(ev))
-
-        def value(conv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            """Each row's value of conversion conv[row], and whether it is one (not absent,
-            not an overflow)."""
-            c = np.maximum(conv, 0)
-            return values[at, c], (conv >= 0) & fits[at, c]
-
-        stamped = fast["stamped"]
+        ev, stamped = fast["ev"], fast["stamped"]
+        value = dict(zip(self.COLUMNS, fast["out"], strict=True))
+        state = dict(zip(self.COLUMNS, fast["state"], strict=True))
+        ok = {c: s == qemu_scan.VALUE for c, s in state.items()}
         ts = fast["sec"] * 1_000_000_000 + fast["usec"] * 1_000
         raw = (fast["sec"] * 1_000_000 + fast["usec"]).astype(np.uint64)
         cols = {
@@ -351,19 +363,18 @@ class _FastPlan:
             "nargs": pl.Series(np.minimum(self.nconv[ev], N_ARGS).astype(np.uint8)),
         }
         for i in range(N_ARGS):  # absent: null; too large for 64 bits: 0 (fill_null(0))
-            v, ok = value(np.where(self.nconv[ev] > i, i, -1))
-            cols[f"arg{i}"] = _nullable(np.where(ok, v, 0), self.nconv[ev] > i, pl.UInt64)
-        v, ok = value(self.col["dev"][ev])
-        cols["dev"] = _pointer_text(v, ok)
-        v, ok = value(self.col["queue"][ev])
-        cols["queue"] = _nullable(v.astype(np.uint16), ok & (v <= 0xFFFF), pl.UInt16)
-        v, ok = value(self.col["vq"][ev])
-        cols["_vq"] = _nullable(v, ok, pl.UInt64)
-        v, ok = value(self.col["addr"][ev])
-        cols["addr"] = _nullable(v, ok, pl.UInt64)
-        v, ok = value(self.col["size"][ev])
-        v = v * self.scale[ev].astype(np.uint64)  # wraps, as polars' UInt64 product
-        cols["size"] = _nullable(v.astype(np.uint32), ok & (v <= 0xFFFFFFFF), pl.UInt32)
+            a = f"arg{i}"
+            cols[a] = _nullable(np.where(ok[a], value[a], 0), state[a] != qemu_scan.ABSENT,
+                                pl.UInt64)  # fmt: skip
+        cols["dev"] = _pointer_text(value["dev"], ok["dev"])
+        q = value["queue"]
+        cols["queue"] = _nullable(q.astype(np.uint16), ok["queue"] & (q <= 0xFFFF), pl.UInt16)
+        cols["_vq"] = _nullable(value["_vq"], ok["_vq"], pl.UInt64)
+        cols["addr"] = _nullable(value["addr"], ok["addr"], pl.UInt64)
+        size = value["size"] * self.scale[ev].astype(np.uint64)  # wraps, as polars' UInt64 product
+        cols["size"] = _nullable(
+            size.astype(np.uint32), ok["size"] & (size <= 0xFFFFFFFF), pl.UInt32
+        )
         return pl.DataFrame({k: s.alias(k) for k, s in cols.items()})
 
 
@@ -377,8 +388,12 @@ def _masked(s: pl.Series, valid: np.ndarray) -> pl.Series:
 
 
 def _pointer_text(values: np.ndarray, valid: np.ndarray) -> pl.Series:
-    """'0x..' texts of pointer values, null where not valid (one format per distinct value:
-    a log names a few devices)."""
+    """'0x..' texts of pointer values, null where not valid (a text per distinct value: a
+    log names a few devices)."""
+    codes, uniq, few = qemu_scan.small_codes(values, valid, 256)
+    if few:
+        texts = pl.Series([f"{int(v):#x}" for v in uniq] or [""], dtype=pl.String)
+        return _masked(texts.gather(np.maximum(codes, 0)), valid)
     s = pl.Series(values)
     uniq = s.unique()
     texts = pl.Series([f"{v:#x}" for v in uniq.to_list()], dtype=pl.String)

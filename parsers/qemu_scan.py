@@ -78,11 +78,14 @@ def _fnv(data: bytes) -> int:
 
 
 class Catalog:
-    """The events the kernel reads (name -> template), packed into arrays for it."""
+    """The events the kernel reads, packed into arrays for it: (name, template, the
+    conversion whose text the table keeps or -1; a line is read only where that text is
+    what f"{value:#x}" prints)."""
 
-    def __init__(self, events: list[tuple[str, Template]]):
-        self.names = [name for name, _ in events]
-        self.templates = [t for _, t in events]
+    def __init__(self, events: list[tuple[str, Template, int]]):
+        self.names = [name for name, _, _ in events]
+        self.templates = [t for _, t, _ in events]
+        self.exact = np.array([x for _, _, x in events] or [-1], np.int64)
         names = [n.encode() for n in self.names]
         self.name_buf = np.frombuffer(b"".join(names) or b"\0", np.uint8)
         self.name_off = np.cumsum([0] + [len(n) for n in names]).astype(np.int64)
@@ -107,10 +110,10 @@ class Catalog:
     def scan(self, body: np.ndarray, starts: np.ndarray, ends: np.ndarray):
         """Per line: status (SLOW, FAST, EMPTY), event index, tid, sec, usec, whether it has
         the tid@sec.usec prefix, the conversions' values and whether each is a number (not
-        an overflow: null in the table), and whether each pointer's text is canonical."""
+        an overflow: null in the table)."""
         return _scan(body, starts, ends, self.name_buf, self.name_off, self.slots,
                      self.piece_buf, self.piece_off, self.first_piece, self.first_conv,
-                     self.nconv, self.kind, self.lead, max(1, self.width),
+                     self.nconv, self.kind, self.lead, self.exact, max(1, self.width),
                      bool(body.max(initial=0) < 128))  # fmt: skip
 
 
@@ -191,7 +194,7 @@ def _number(body, p, e, kind):
 
 @njit(cache=True, nogil=True)
 def _scan(body, starts, ends, name_buf, name_off, slots, piece_buf, piece_off, first_piece,
-          first_conv, nconv, kinds, lead, width, ascii_only):  # fmt: skip
+          first_conv, nconv, kinds, lead, exact, width, ascii_only):  # fmt: skip
     n = len(starts)
     status = np.zeros(n, np.uint8)
     event = np.zeros(n, np.int64)
@@ -201,7 +204,6 @@ def _scan(body, starts, ends, name_buf, name_off, slots, piece_buf, piece_off, f
     prefixed = np.zeros(n, np.bool_)
     values = np.zeros((n, width), np.uint64)
     fits = np.zeros((n, width), np.bool_)
-    canon = np.ones((n, width), np.bool_)
     mask = np.uint64(len(slots) - 1)
     for i in range(n):
         s = starts[i]
@@ -306,12 +308,58 @@ def _scan(body, starts, ends, name_buf, name_off, slots, piece_buf, piece_off, f
                 break
             values[i, k] = v
             fits[i, k] = f
-            canon[i, k] = cn
+            if k == exact[ev] and not (cn and f):
+                ok = False  # a text the table keeps that f"{v:#x}" would not print
+                break
             p = end
         if ok and p == e:
             status[i] = FAST
             event[i] = ev
-    return status, event, tid, sec, usec, prefixed, values, fits, canon
+    return status, event, tid, sec, usec, prefixed, values, fits
+
+
+ABSENT, OVERFLOW, VALUE = 0, 1, 2  # what columns() found for a row's column
+
+
+@njit(cache=True, nogil=True)
+def columns(status, event, values, fits, colmap):
+    """The FAST lines' rows and, per output column c, each row's value of conversion
+    colmap[event, c] with its state (ABSENT where the event has none)."""
+    rows = np.flatnonzero(status == FAST)
+    m, ncol = len(rows), colmap.shape[1]
+    out = np.zeros((ncol, m), np.uint64)
+    state = np.zeros((ncol, m), np.uint8)
+    for j in range(m):
+        i = rows[j]
+        for c in range(ncol):
+            k = colmap[event[i], c]
+            if k >= 0:
+                out[c, j] = values[i, k]
+                state[c, j] = VALUE if fits[i, k] else OVERFLOW
+    return rows, out, state
+
+
+@njit(cache=True, nogil=True)
+def small_codes(values, valid, limit):
+    """Codes of the distinct valid values (-1 where not valid), those values, and whether
+    there were at most `limit` of them (device pointers: a log names a few)."""
+    uniq = np.empty(limit, np.uint64)
+    k = 0
+    codes = np.full(len(values), -1, np.int64)
+    for i in range(len(values)):
+        if not valid[i]:
+            continue
+        v = values[i]
+        j = 0
+        while j < k and uniq[j] != v:
+            j += 1
+        if j == k:
+            if k == limit:
+                return codes, uniq[:k], False
+            uniq[k] = v
+            k += 1
+        codes[i] = j
+    return codes, uniq[:k], True
 
 
 @njit(cache=True, nogil=True)
@@ -330,3 +378,16 @@ def lines_containing(body, starts, ends, needle):
                     out[i] = True
                     break
     return out
+
+
+@njit(cache=True, nogil=True)
+def first_and_count(event, n_events):
+    """Per event index: the first row holding it (-1: none) and how many rows do."""
+    first = np.full(n_events, -1, np.int64)
+    count = np.zeros(n_events, np.int64)
+    for i in range(len(event)):
+        e = event[i]
+        if count[e] == 0:
+            first[e] = i
+        count[e] += 1
+    return first, count
