@@ -166,26 +166,32 @@ class FtraceDecoder:
         if other:  # events xvtrace does not use: counted, not kept
             self.stats.skipped += other
             self.stats.extra["other_events"] = self.stats.extra.get("other_events", 0) + other
-        frames = [self._scanned_rows(fast)] if fast and len(fast["src_offset"]) else []
-        slow = p.filter(pl.col("name").is_in(list(EVENTS))).partition_by(
-            "name", maintain_order=True
-        )
-        # event by event in the order of their first line, scanned or not, as the regexes
-        # alone did (the order of the problems they report)
-        firsts = {}
-        if frames:
+        slow = {r["name"][0]: r for r in p.filter(pl.col("name").is_in(list(EVENTS)))
+                .partition_by("name", maintain_order=True)}  # fmt: skip
+        firsts = {name: int(rows["src_offset"][0]) for name, rows in slow.items()}
+        scanned = {}
+        if fast and len(fast["src_offset"]):
             names = {code: name for name, (_, code) in EVENTS.items()}
             codes, first = np.unique(fast["code"], return_index=True)
-            firsts = {
-                names[int(c)]: int(fast["src_offset"][i]) for c, i in zip(codes, first, strict=True)
-            }
-        for rows in sorted(slow, key=lambda r: min(int(r["src_offset"][0]),
-                                                   firsts.get(r["name"][0], 1 << 64))):  # fmt: skip
-            frames.append(self._rows(rows["name"][0], rows))
+            scanned = {names[int(c)]: int(fast["src_offset"][i]) for c, i in zip(codes, first, strict=True)}  # fmt: skip
+            for name, offset in scanned.items():
+                firsts[name] = min(offset, firsts.get(name, offset))
+        # event by event in the order of their first line, scanned or not, as the regexes
+        # alone did (the order of the problems they report, and of the errors they raise);
+        # the scanned rows where their first event comes (their clock is checked there)
+        frames = []
+        for name in sorted(firsts, key=firsts.get):
+            if name in scanned:
+                frames.append(self._scanned_rows(fast))
+                scanned = {}  # all of them, once
+            if name in slow:
+                frames.append(self._rows(name, slow[name]))
         frames = [f for f in frames if f is not None]
         if not frames:
             return None
-        frame = pl.concat(frames).sort("src_offset")
+        frame = pl.concat(frames)
+        if len(frames) > 1:  # each is in line order already
+            frame = frame.sort("src_offset")
         self.stats.decoded += len(frame)
         return conform(frame)
 
