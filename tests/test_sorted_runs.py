@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from xvtrace.bundle import ingest as ingest_mod
 from xvtrace.bundle.row_order import SEQ, file_ranks, keys_of, merge_order, sort_order
-from xvtrace.bundle.sorted_runs import RunWriter, merge
+from xvtrace.bundle.sorted_runs import OutOfOrder, RunWriter, live, merge
 from xvtrace.parsers.errors import ParseError
 from xvtrace.parsers.schema import SORT_KEY
 
@@ -57,21 +57,44 @@ def reference(all_rows: list[pl.DataFrame]) -> pl.DataFrame:
     st.integers(1, 12),  # rows per chunk file
     st.integers(0, 15),  # lookahead
     st.integers(2, 4),  # fan-in
+    st.booleans(),  # the last stream merged live, as ingest merges its largest
 )
-def test_merge_equals_a_stable_full_sort(tmp_path_factory, data, per_frame, chunk, ahead, fan_in):
+def test_merge_equals_a_stable_full_sort(tmp_path_factory, data, per_frame, chunk, ahead, fan_in,
+                                         last_live):  # fmt: skip
     tmp = tmp_path_factory.mktemp("runs")
     ranks = file_ranks(NAMES)
     writer = RunWriter(tmp, ranks, chunk_rows=chunk, lookahead_rows=ahead)
-    decoded = []
-    for i, rows in enumerate(data):
+    decoded, streams_ = [], []
+    for rows in data:
+        frames = []
         for at in range(0, len(rows), per_frame):
-            f = frame(rows[at : at + per_frame]).with_row_index(
-                "arrival", offset=sum(map(len, decoded))
-            )
+            f = frame(rows[at : at + per_frame])
+            f = f.with_row_index("arrival", offset=sum(map(len, decoded)))
             decoded.append(f.drop("arrival"))
+            frames.append(f)
+        streams_.append(frames)
+    live_frames = streams_.pop() if last_live else None
+    for i, frames in enumerate(streams_):
+        for f in frames:
             writer.add(f, stream=i)
     runs = writer.close()
-    out = list(merge(runs, tmp, ranks, fan_in=fan_in, chunk_rows=chunk))
+    merged = lambda **kw: list(merge(runs, tmp, ranks, fan_in=fan_in, chunk_rows=chunk, **kw))  # noqa: E731
+    if live_frames is None:
+        out = merged()
+    else:
+        try:
+            stream = live(
+                iter(live_frames), ranks, writer.rows, chunk_rows=chunk, lookahead_rows=ahead
+            )
+            out = merged(live=stream, keep=True)
+        except OutOfOrder:  # as ingest: the stream to runs too, and merge again
+            before = len(runs)
+            for f in live_frames:
+                writer.add(f, stream="live")
+            runs = writer.close()
+            assert len(runs) > before + 1  # it did need two runs
+            event("live stream out of order: runs instead")
+            out = merged()
     got = pl.concat(out) if out else None
     want = reference(decoded) if decoded else None
     if want is None or not len(want):
@@ -79,7 +102,32 @@ def test_merge_equals_a_stable_full_sort(tmp_path_factory, data, per_frame, chun
     else:
         assert SEQ not in got.columns
         assert got["arrival"].to_list() == want["arrival"].to_list()
-    assert not any(tmp.iterdir())  # the merge consumes its files
+    if not last_live:
+        assert not any(tmp.iterdir())  # the merge consumes its files
+
+
+def test_a_live_stream_out_of_order_goes_to_runs(tmp_path):
+    """A live stream reaching back past the lookahead stops the merge (OutOfOrder); it
+    needs runs of its own, merged with the others again (their files were kept)."""
+    ranks = file_ranks(NAMES)
+    writer = RunWriter(tmp_path, ranks, chunk_rows=4, lookahead_rows=2)
+    first = frame([(t, "raw/a.bin", t) for t in range(0, 40, 2)]).with_row_index("arrival")
+    writer.add(first, stream=0)
+    runs = writer.close()
+    back = [(t, "raw/b.log", i) for i, t in enumerate([*range(20, 40), *range(0, 20)])]
+    frames = [
+        frame(back[a : a + 5]).with_row_index("arrival", offset=20 + a) for a in range(0, 40, 5)
+    ]
+    stream = live(iter(frames), ranks, writer.rows, chunk_rows=4, lookahead_rows=2)
+    with pytest.raises(OutOfOrder):
+        list(merge(runs, tmp_path, ranks, live=stream, keep=True, chunk_rows=4))
+    for f in frames:
+        writer.add(f, stream=1)
+    runs = writer.close()
+    got = pl.concat(list(merge(runs, tmp_path, ranks, chunk_rows=4)))
+    want = reference([first.drop("arrival"), *(f.drop("arrival") for f in frames)])
+    assert got["arrival"].to_list() == want["arrival"].to_list()
+    assert not any(tmp_path.iterdir())
 
 
 @settings(max_examples=200, deadline=None)

@@ -6,6 +6,7 @@ straight from the decoder into a parquet sink, so memory stays bounded whatever 
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import lzma
@@ -455,31 +456,58 @@ def _definitions(files: list[Path]) -> trace_events.TraceEvents | None:
         raise IngestError(str(e)) from e
 
 
-def _write_events(bundle_dir: Path, decoders, progress) -> None:
-    total = sum(d.path.stat().st_size for d in decoders)
+# A decoder no other one reads from (the ftrace origin is xentrace's; ring dumps read QMP
+# polls): the largest of these is decoded last, merged as it decodes, with no run files.
+LIVE = (qemu_log.QemuLogDecoder, ftrace.FtraceDecoder)
 
-    def frames() -> Iterator[tuple[int, pl.DataFrame]]:
-        done = 0
-        for i, d in enumerate(decoders):
+
+def _write_events(bundle_dir: Path, decoders: list, progress) -> None:
+    """events.parquet from the decoders' frames. Where a live decoder's stream needs more
+    than one run, it is decoded again into runs, by a fresh copy that replaces it in
+    `decoders` (its counts are that second decoding's)."""
+    total = sum(d.path.stat().st_size for d in decoders)
+    done = [0]
+
+    def frames(which: list[int]) -> Iterator[tuple[int, pl.DataFrame]]:
+        for i in which:
+            d = decoders[i]
             if progress:
-                d.progress = lambda pos, base=done: progress("decode", base + pos, total)
+                d.progress = lambda pos, base=done[0]: progress("decode", base + pos, total)
             for frame in d.frames():
                 yield i, frame
-            done += d.path.stat().st_size
+            done[0] += d.path.stat().st_size
 
     if len(decoders) == 1:  # one stream: the table is its frames in decoder order
-        _sink(bundle_dir, lambda: (frame for _, frame in prefetch(frames())))
+        _sink(bundle_dir, lambda: (frame for _, frame in prefetch(frames([0]))))
         return
     # Several: each decoder's stream becomes sorted runs on disk, merged into the table's
     # order a few chunks at a time (a sort of the whole capture needed 10 GiB at 39 M rows).
     ranks = file_ranks(d.src_file for d in decoders)
     step = (lambda done, rows: progress("merge", done, rows)) if progress else None
+    lives = [i for i, d in enumerate(decoders) if isinstance(d, LIVE)]
+    live = max(lives, key=lambda i: decoders[i].path.stat().st_size, default=None)
     with scratch_dir(bundle_dir, "events-runs") as tmp:
         writer = sorted_runs.RunWriter(tmp, ranks)
-        with closing(prefetch(frames())) as decoded:  # the thread stops before tmp goes
-            for i, frame in decoded:
+        with closing(prefetch(frames([i for i in range(len(decoders)) if i != live]))) as got:
+            for i, frame in got:  # (the thread stops before tmp goes)
                 writer.add(frame, stream=i)
         runs = writer.close()
+        if live is not None:
+            fresh = copy.deepcopy(decoders[live])
+            try:
+                with closing(prefetch(frame for _, frame in frames([live]))) as got:
+                    chunks = sorted_runs.live(got, ranks, writer.rows)
+                    table = sorted_runs.merge(runs, tmp, ranks, live=chunks, keep=True)
+                    with closing(prefetch(table)) as merged:
+                        _sink(bundle_dir, lambda: merged)
+                return
+            except sorted_runs.OutOfOrder:  # it reaches back further than the lookahead
+                decoders[live] = fresh
+                done[0] = total - fresh.path.stat().st_size  # its bytes are to decode again
+                with closing(prefetch(frames([live]))) as got:
+                    for i, frame in got:
+                        writer.add(frame, stream=i)
+                runs = writer.close()
         with closing(prefetch(sorted_runs.merge(runs, tmp, ranks, progress=step))) as merged:
             _sink(bundle_dir, lambda: merged)
 

@@ -1,14 +1,15 @@
 """Sorted runs on disk and their k-way merge: the table's row order (bundle.row_order) for
 a whole capture while holding only a few chunks, whatever its size.
 
-Every source is already in time order per stream, or nearly: a RunWriter sorts each frame
-of a stream together with the stream's last `lookahead_rows` rows held back (disorder
-within that reach costs nothing) and appends the rows to a run of chunk files; a row that
-sorts before what the run already holds starts a new run. `merge` then reads each run a
-chunk at a time and emits, step by step, every row that sorts no later than the earliest
-end of a loaded chunk: no row still on disk can come before it. More runs than `fan_in`
-are first merged in groups into longer runs, so memory stays at fan_in chunks even for a
-stream that is in no order at all.
+Every source is already in time order per stream, or nearly: a Sorter sorts each frame of
+a stream together with the stream's last `lookahead_rows` rows held back (disorder within
+that reach costs nothing). A RunWriter appends what it gives to a run of chunk files; a row
+that sorts before what the run already holds starts a new run. `merge` then reads each run
+a chunk at a time and emits, step by step, every row that sorts no later than the earliest
+end of a loaded chunk: no row still to come can precede it. More runs than `fan_in` are
+first merged in groups into longer runs, so memory stays at fan_in chunks even for a stream
+in no order at all. One stream may also be merged live, as it is decoded (`live`), without
+going to disk; it must then be one run (OutOfOrder otherwise).
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ CHUNK_ROWS = 1 << 16  # ~9 MB of event rows per chunk file
 LOOKAHEAD_ROWS = 1 << 16
 FAN_IN = 32
 
+Chunk = tuple[pl.DataFrame, np.ndarray]  # rows in key order, and their keys
+
+
+class OutOfOrder(Exception):
+    """A live stream held a row that sorts before rows it already gave."""
+
 
 @dataclass
 class Run:
@@ -35,42 +42,26 @@ class Run:
     rows: int = 0
 
 
-class RunWriter:
-    """Cuts streams of frames into sorted runs of chunk files in `directory`.
+class Sorter:
+    """One stream's frames in key order, the last `lookahead_rows` held back until more
+    come: each push gives the rows that can go (at least `chunk_rows` of them), sorted.
+    Frames get SEQ (their arrival number, from `first_seq`) here."""
 
-    Frames get the SEQ column (their arrival number) here; `add(frame, stream)` with a new
-    stream ends the previous one, `close()` ends the last and returns every run."""
-
-    def __init__(
-        self,
-        directory: Path,
-        ranks: dict[str | None, int],
-        *,
-        chunk_rows: int = CHUNK_ROWS,
-        lookahead_rows: int = LOOKAHEAD_ROWS,
-        prefix: str = "r",
-    ):
-        self.directory = Path(directory)
+    def __init__(self, ranks: dict[str | None, int], first_seq: int = 0, *,
+                 chunk_rows: int = CHUNK_ROWS, lookahead_rows: int = LOOKAHEAD_ROWS):  # fmt: skip
         self.ranks = ranks
+        self.next_seq = first_seq
         self.chunk_rows = max(1, chunk_rows)
         self.lookahead_rows = max(0, lookahead_rows)
-        self.prefix = prefix
-        self.runs: list[Run] = []
-        self.rows = 0  # rows taken so far (the next SEQ)
-        self._stream = None
-        self._held: tuple[pl.DataFrame, np.ndarray] | None = None
-        self._last: np.ndarray | None = None  # key of the open run's last row; None: closed
+        self._held: Chunk | None = None
 
-    def add(self, frame: pl.DataFrame, stream=None) -> None:
-        if stream != self._stream:
-            self.end_stream()
-            self._stream = stream
+    def push(self, frame: pl.DataFrame) -> Chunk | None:
         if not len(frame):
-            return
+            return None
         if SEQ not in frame.columns:
-            seq = np.arange(self.rows, self.rows + len(frame), dtype=np.uint64)
+            seq = np.arange(self.next_seq, self.next_seq + len(frame), dtype=np.uint64)
             frame = frame.with_columns(pl.Series(SEQ, seq))
-        self.rows += len(frame)
+        self.next_seq += len(frame)
         keys = keys_of(frame, self.ranks)
         if self._held is not None:
             frame = pl.concat([self._held[0], frame])
@@ -79,25 +70,60 @@ class RunWriter:
         if order is not None:
             frame, keys = take(frame, order), keys[order]
         if len(frame) < self.lookahead_rows + self.chunk_rows:
-            self._held = frame, keys  # too little to write a chunk yet
-            return
+            self._held = frame, keys  # too little to give a chunk yet
+            return None
         cut = len(frame) - self.lookahead_rows
         self._held = (frame[cut:], keys[cut:]) if self.lookahead_rows else None
-        self._write(frame[:cut], keys[:cut])
+        return frame[:cut], keys[:cut]
+
+    def flush(self) -> Chunk | None:
+        held, self._held = self._held, None
+        return held if held is not None and len(held[0]) else None
+
+
+class RunWriter:
+    """Cuts streams of frames into sorted runs of chunk files in `directory`.
+
+    `add(frame, stream)` with a new stream ends the previous one, `close()` ends the last
+    and returns every run; `rows` counts the rows taken (the next SEQ)."""
+
+    def __init__(self, directory: Path, ranks: dict[str | None, int], *,
+                 chunk_rows: int = CHUNK_ROWS, lookahead_rows: int = LOOKAHEAD_ROWS,
+                 prefix: str = "r"):  # fmt: skip
+        self.directory = Path(directory)
+        self.ranks = ranks
+        self.chunk_rows = max(1, chunk_rows)
+        self.lookahead_rows = lookahead_rows
+        self.prefix = prefix
+        self.runs: list[Run] = []
+        self.rows = 0
+        self._stream = None
+        self._sorter: Sorter | None = None
+        self._last: np.ndarray | None = None  # key of the open run's last row; None: closed
+
+    def add(self, frame: pl.DataFrame, stream=None) -> None:
+        if self._sorter is None or stream != self._stream:
+            self.end_stream()
+            self._stream = stream
+            self._sorter = Sorter(self.ranks, self.rows, chunk_rows=self.chunk_rows,
+                                  lookahead_rows=self.lookahead_rows)  # fmt: skip
+        self.rows += len(frame)
+        self._write(self._sorter.push(frame))
 
     def end_stream(self) -> None:
-        if self._held is not None:
-            self._write(*self._held)
-        self._held = None
+        if self._sorter is not None:
+            self._write(self._sorter.flush())
+        self._sorter = None
         self._last = None  # another stream's rows go to runs of their own
 
     def close(self) -> list[Run]:
         self.end_stream()
         return self.runs
 
-    def _write(self, frame: pl.DataFrame, keys: np.ndarray) -> None:
-        if not len(frame):
+    def _write(self, chunk: Chunk | None) -> None:
+        if chunk is None:
             return
+        frame, keys = chunk
         if self._last is None or less(keys, 0, self._last, 0):
             self.runs.append(Run())
         run = self.runs[-1]
@@ -109,33 +135,35 @@ class RunWriter:
         self._last = keys[-1:].copy()
 
 
-class _Cursor:
-    """A run being merged: its loaded chunk, the keys of that chunk and the next row."""
+def live(frames: Iterable[pl.DataFrame], ranks: dict[str | None, int], first_seq: int, *,
+         chunk_rows: int = CHUNK_ROWS, lookahead_rows: int = LOOKAHEAD_ROWS) -> Iterator[Chunk]:  # fmt: skip
+    """One stream's frames as sorted chunks for `merge`, with no file between: OutOfOrder
+    where the stream reaches back past the lookahead (a RunWriter would start a second
+    run there)."""
+    sorter = Sorter(ranks, first_seq, chunk_rows=chunk_rows, lookahead_rows=lookahead_rows)
 
-    def __init__(self, run: Run, ranks: dict[str | None, int]):
-        self.files = list(reversed(run.files))
-        self.ranks = ranks
-        self.frame: pl.DataFrame | None = None
-        self.keys = np.empty((0, 5), np.uint64)
-        self.pos = 0
-        self.advance(0)
+    def chunks() -> Iterator[Chunk | None]:
+        for frame in frames:
+            yield sorter.push(frame)
+        yield sorter.flush()
 
-    def advance(self, rows: int) -> None:
-        """Move past `rows` rows; load the next chunk (deleting the file) when the loaded one
-        is used up, or become done."""
-        self.pos += rows
-        while self.pos == len(self.keys) and self.files:
-            path = self.files.pop()
-            self.frame = pl.read_ipc(path)
+    last = None
+    for chunk in chunks():
+        if chunk is None:
+            continue
+        if last is not None and less(chunk[1], 0, last, 0):
+            raise OutOfOrder
+        last = chunk[1][-1:].copy()
+        yield chunk
+
+
+def _read(run: Run, ranks: dict[str | None, int], keep: bool) -> Iterator[Chunk]:
+    """A run's chunks from its files, each deleted once read unless `keep`."""
+    for path in run.files:
+        frame = pl.read_ipc(path)
+        if not keep:
             path.unlink()
-            self.keys = keys_of(self.frame, self.ranks)
-            self.pos = 0
-        if self.pos == len(self.keys):
-            self.frame = None
-
-    @property
-    def done(self) -> bool:
-        return self.frame is None
+        yield frame, keys_of(frame, ranks)
 
 
 def merge(
@@ -143,13 +171,16 @@ def merge(
     directory: Path,
     ranks: dict[str | None, int],
     *,
+    live: Iterator[Chunk] | None = None,
+    keep: bool = False,
     fan_in: int = FAN_IN,
     chunk_rows: int = CHUNK_ROWS,
     progress: Callable[[int, int], None] | None = None,
 ) -> Iterator[pl.DataFrame]:
-    """The rows of all runs in key order, as frames without SEQ; consumes the runs' files.
+    """The rows of all runs, and of the `live` chunks, in key order, as frames without SEQ.
+    Deletes the runs' files as it reads them unless `keep` (to merge again).
 
-    progress(rows done, rows in all) after each frame."""
+    progress(rows done, rows in all) after each frame (rows of runs only)."""
     runs = [r for r in runs if r.rows]
     total = sum(r.rows for r in runs)
     level = 0
@@ -163,24 +194,51 @@ def merge(
                 continue
             writer = RunWriter(directory, ranks, chunk_rows=chunk_rows, lookahead_rows=0,
                                prefix=f"m{level}-{g // fan_in:05d}-")  # fmt: skip
-            for frame in _merge(group, ranks):
+            for frame in _merge([_read(r, ranks, keep and level == 1) for r in group]):
                 writer.add(frame)
             merged += writer.close()
         runs = [r for r in merged if r.rows]
+    sources = [_read(r, ranks, keep and level == 0) for r in runs]
     done = 0
-    for frame in _merge(runs, ranks):
+    for frame in _merge(sources + ([live] if live is not None else [])):
         done += len(frame)
-        if progress:
+        if progress and live is None:
             progress(done, total)
         yield frame.drop(SEQ)
 
 
-def _merge(runs: list[Run], ranks: dict[str | None, int]) -> Iterator[pl.DataFrame]:
-    """The rows of sorted runs in key order, with SEQ, a step per chunk used up."""
-    cursors = [c for c in (_Cursor(r, ranks) for r in runs) if not c.done]
+class _Cursor:
+    """A sorted source being merged: its loaded chunk, that chunk's keys and next row."""
+
+    def __init__(self, chunks: Iterator[Chunk]):
+        self.chunks = chunks
+        self.frame: pl.DataFrame | None = None
+        self.keys = np.empty((0, 5), np.uint64)
+        self.pos = 0
+        self.advance(0)
+
+    def advance(self, rows: int) -> None:
+        """Move past `rows` rows; load the next chunk when the loaded one is used up, or
+        become done."""
+        self.pos += rows
+        while self.pos == len(self.keys):
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                self.frame = None
+                return
+            (self.frame, self.keys), self.pos = chunk, 0
+
+    @property
+    def done(self) -> bool:
+        return self.frame is None
+
+
+def _merge(sources: list[Iterator[Chunk]]) -> Iterator[pl.DataFrame]:
+    """The rows of sorted sources in key order, with SEQ, a step per chunk used up."""
+    cursors = [c for c in map(_Cursor, sources) if not c.done]
     while len(cursors) > 1:
         # The chunk that ends first: nothing after its end can precede it, and every row
-        # up to it, in any run, is already loaded.
+        # up to it, in any source, is already loaded.
         first = cursors[0]
         for c in cursors[1:]:
             if less(c.keys, len(c.keys) - 1, first.keys, len(first.keys) - 1):
@@ -191,7 +249,7 @@ def _merge(runs: list[Run], ranks: dict[str | None, int]) -> Iterator[pl.DataFra
         for c, n in zip(cursors, counts, strict=True):
             c.advance(n)
         cursors = [c for c in cursors if not c.done]
-    for c in cursors:  # the last run left: the rest of it as it is
+    for c in cursors:  # the last source left: the rest of it as it is
         while not c.done:
             yield c.frame.slice(c.pos)
             c.advance(len(c.keys) - c.pos)
