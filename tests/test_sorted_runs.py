@@ -15,8 +15,10 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from xvtrace.bundle import ingest as ingest_mod
+from xvtrace.bundle import sorted_runs
 from xvtrace.bundle.row_order import SEQ, file_ranks, keys_of, merge_order, sort_order
 from xvtrace.bundle.sorted_runs import OutOfOrder, RunWriter, live, merge
+from xvtrace.parsers import ftrace, qemu_log
 from xvtrace.parsers.errors import ParseError
 from xvtrace.parsers.schema import SORT_KEY
 
@@ -184,3 +186,55 @@ def test_a_failed_ingest_leaves_no_run_files(tmp_path):
         ingest_mod.ingest(bundle, warn=lambda m: None)
     assert not [p.name for p in bundle.iterdir() if p.name.startswith(".")]
     assert not (bundle / "events.parquet").exists()
+
+
+def _ingest_copy(tmp_path, name, raw: Path, tweak=None):
+    bundle = tmp_path / name
+    shutil.copytree(raw, bundle / "raw")
+    shutil.copy(raw.parent / "manifest.json", bundle)
+    if tweak:
+        tweak(bundle / "raw")
+    res = ingest_mod.ingest(bundle, warn=lambda m: None)
+    return pl.read_parquet(bundle / "events.parquet"), res.bundle.manifest
+
+
+def test_a_live_stream_out_of_order_is_decoded_again_into_runs(tmp_path, monkeypatch):
+    """The QEMU log merged live reaches back past the lookahead (its halves swapped): the
+    table and the decoders' counts are those of an ingest that wrote every stream to runs."""
+
+    def swap_halves(raw: Path) -> None:
+        lines = (raw / "qemu.log").read_bytes().splitlines(keepends=True)
+        (raw / "qemu.log").write_bytes(
+            b"".join(lines[len(lines) // 2 :] + lines[: len(lines) // 2])
+        )
+
+    raw = FIXTURES / "emulated" / "epam-mmio" / "raw"
+    # frames of a few lines each, so that the log arrives in pieces
+    monkeypatch.setitem(qemu_log.QemuLogDecoder.__init__.__kwdefaults__, "chunk_bytes", 4096)
+    monkeypatch.setattr(ingest_mod, "LIVE", ())
+    want, want_manifest = _ingest_copy(tmp_path, "runs", raw, swap_halves)
+    monkeypatch.setattr(ingest_mod, "LIVE", (qemu_log.QemuLogDecoder, ftrace.FtraceDecoder))
+    real, fell_back = sorted_runs.live, []
+
+    def small_live(frames, ranks, first_seq):
+        try:
+            yield from real(frames, ranks, first_seq, chunk_rows=64, lookahead_rows=8)
+        except OutOfOrder:
+            fell_back.append(True)
+            raise
+
+    monkeypatch.setattr(sorted_runs, "live", small_live)
+    got, manifest = _ingest_copy(tmp_path, "live", raw, swap_halves)
+    assert fell_back
+    assert got.equals(want)
+    # the same counts (the second decoding's alone), bar the bundles' own paths and times
+    strip = lambda m: [{k: v for k, v in s.items() if k not in ("mtime_ns", "definitions")}  # noqa: E731
+                       for s in m["sources"]]  # fmt: skip
+    assert strip(manifest) == strip(want_manifest) and manifest["counts"] == want_manifest["counts"]
+    # and in order, the live stream needs no second decoding
+    fell_back.clear()
+    got, _ = _ingest_copy(tmp_path, "in-order", raw)
+    assert not fell_back
+    monkeypatch.setattr(ingest_mod, "LIVE", ())
+    want, _ = _ingest_copy(tmp_path, "in-order-runs", raw)
+    assert got.equals(want)
