@@ -1,7 +1,9 @@
 """Ingest: raw capture files -> a bundle with events.parquet and a manifest.
 
-Files are recognised by their content, never by their name. The decoders stream: frames go
-straight from the decoder into a parquet sink, so memory stays bounded whatever the size.
+Files are recognised by their content, never by their name. The decoders stream, and the
+table's time order comes from merging their streams (bundle.sorted_runs: sorted runs on disk
+and one stream live), never from sorting the whole capture, so memory stays bounded
+whatever the size.
 """
 
 from __future__ import annotations
