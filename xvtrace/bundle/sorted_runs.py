@@ -183,6 +183,8 @@ def merge(
     progress(rows done, rows in all) after each frame (rows of runs only)."""
     runs = [r for r in runs if r.rows]
     total = sum(r.rows for r in runs)
+    given = {id(r) for r in runs}  # with `keep`, their files stay (a run merged before
+    # the last level, or passed through a level alone, is still one of them)
     level = 0
     while len(runs) > max(2, fan_in):  # merge groups into longer runs until few are left
         level += 1
@@ -194,11 +196,11 @@ def merge(
                 continue
             writer = RunWriter(directory, ranks, chunk_rows=chunk_rows, lookahead_rows=0,
                                prefix=f"m{level}-{g // fan_in:05d}-")  # fmt: skip
-            for frame in _merge([_read(r, ranks, keep and level == 1) for r in group]):
+            for frame in _merge([_read(r, ranks, keep and id(r) in given) for r in group]):
                 writer.add(frame)
             merged += writer.close()
         runs = [r for r in merged if r.rows]
-    sources = [_read(r, ranks, keep and level == 0) for r in runs]
+    sources = [_read(r, ranks, keep and id(r) in given) for r in runs]
     done = 0
     for frame in _merge(sources + ([live] if live is not None else [])):
         done += len(frame)
