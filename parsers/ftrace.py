@@ -18,6 +18,9 @@ raw count for the counter clocks; `xvtrace capture` selects `x86-tsc`, which in 
 reads the same TSC xentrace stamps, so with the host's cpu_khz these events land on the
 hypervisor's clock exactly (ts_ns as for xentrace). With a nanosecond clock the events keep
 dom0's own clock (the manifest says which). The `[cpu]` field is dom0's vCPU.
+
+A compiled scan (parsers.ftrace_scan) reads the lines it can read exactly as the regexes
+below do; the rest go through the regexes.
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from xvtrace.parsers import line_render
+from xvtrace.parsers import ftrace_scan, line_render
 from xvtrace.parsers.errors import DecodeStats, ParseError, Problem
 from xvtrace.parsers.schema import conform
-from xvtrace.parsers.textlines import iter_lines
+from xvtrace.parsers.textlines import iter_blocks, line_bounds, lines_frame
 
 SOURCE = "ftrace"
 DEFAULT_CHUNK_BYTES = 8 << 20
@@ -84,8 +87,10 @@ class FtraceDecoder:
         tsc_origin: int | Callable[[], int | None] | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         src_file: str | None = None,
+        compiled: bool = True,
     ):
         self.path = Path(path)
+        self.compiled = compiled  # False: every line through the regexes (tests compare)
         self.cpu_khz = cpu_khz
         self._origin = tsc_origin
         self.chunk_bytes = max(4096, int(chunk_bytes))
@@ -101,12 +106,12 @@ class FtraceDecoder:
     def frames(self) -> Iterator[pl.DataFrame]:
         if self.path.stat().st_size == 0:
             raise ParseError(str(self.path), 0, "empty file: no ftrace lines")
-        for base, lines in iter_lines(self.path, self.chunk_bytes):
-            frame = self._decode(lines)
+        for base, body in iter_blocks(self.path, self.chunk_bytes):
+            frame = self._decode_block(base, body)
             if frame is not None and len(frame):
                 yield frame
             if self.progress:
-                self.progress(base)
+                self.progress(base + len(body))
 
     def describe(self) -> dict:
         domain = {
@@ -122,7 +127,23 @@ class FtraceDecoder:
             **{k: v for k, v in self.stats.as_dict().items() if k != "path"},
         }
 
-    def _decode(self, lines: pl.DataFrame) -> pl.DataFrame | None:
+    def _decode_block(self, base: int, body: bytes) -> pl.DataFrame | None:
+        """A chunk's rows: the lines the scan reads, and the others through the regexes."""
+        starts, ends = line_bounds(body)
+        if not (self.compiled and self.cpu_khz) or self.tsc_origin is None:
+            # the regexes read the chunk and set the clock facts
+            return self._decode(lines_frame(body, base, starts, ends))
+        raw = np.frombuffer(body, np.uint8)
+        scanned = ftrace_scan.scan(raw, starts, ends, bool(raw.max(initial=0) < 128))
+        status = scanned[0]
+        fast = status == ftrace_scan.FAST
+        rows = dict(zip(_SCANNED, (a[fast] for a in scanned[1:]), strict=True))
+        rows["src_offset"] = starts[fast].astype(np.uint64) + np.uint64(base)
+        rows["other"] = int(np.count_nonzero(status == ftrace_scan.OTHER))
+        slow = status == ftrace_scan.SLOW
+        return self._decode(lines_frame(body, base, starts[slow], ends[slow]), rows)
+
+    def _decode(self, lines: pl.DataFrame, fast: dict | None = None) -> pl.DataFrame | None:
         lines = lines.filter(
             (pl.col("line").str.len_bytes() > 0) & ~pl.col("line").str.starts_with("#")
         )
@@ -141,18 +162,63 @@ class FtraceDecoder:
                 int(bad["line"].str.len_bytes().sum() + len(bad)),
             ))  # fmt: skip
         p = p.filter(pl.col("name").is_not_null())
-        other = p.filter(~pl.col("name").is_in(list(EVENTS)))
-        if len(other):  # events xvtrace does not use: counted, not kept
-            self.stats.skipped += len(other)
-            self.stats.extra["other_events"] = self.stats.extra.get("other_events", 0) + len(other)
-        frames = [self._rows(name, rows) for (name,), rows in
-                  p.filter(pl.col("name").is_in(list(EVENTS))).partition_by("name", as_dict=True).items()]  # fmt: skip
+        other = len(p.filter(~pl.col("name").is_in(list(EVENTS)))) + (fast or {}).get("other", 0)
+        if other:  # events xvtrace does not use: counted, not kept
+            self.stats.skipped += other
+            self.stats.extra["other_events"] = self.stats.extra.get("other_events", 0) + other
+        slow = {r["name"][0]: r for r in p.filter(pl.col("name").is_in(list(EVENTS)))
+                .partition_by("name", maintain_order=True)}  # fmt: skip
+        firsts = {name: int(rows["src_offset"][0]) for name, rows in slow.items()}
+        scanned = {}
+        if fast and len(fast["src_offset"]):
+            names = {code: name for name, (_, code) in EVENTS.items()}
+            codes, first = np.unique(fast["code"], return_index=True)
+            scanned = {names[int(c)]: int(fast["src_offset"][i]) for c, i in zip(codes, first, strict=True)}  # fmt: skip
+            for name, offset in scanned.items():
+                firsts[name] = min(offset, firsts.get(name, offset))
+        # event by event in the order of their first line, scanned or not, as the regexes
+        # alone did (the order of the problems they report, and of the errors they raise);
+        # the scanned rows where their first event comes (their clock is checked there)
+        frames = []
+        for name in sorted(firsts, key=firsts.get):
+            if name in scanned:
+                frames.append(self._scanned_rows(fast))
+                scanned = {}  # all of them, once
+            if name in slow:
+                frames.append(self._rows(name, slow[name]))
         frames = [f for f in frames if f is not None]
         if not frames:
             return None
-        frame = pl.concat(frames).sort("src_offset")
+        frame = pl.concat(frames)
+        if len(frames) > 1:  # each is in line order already
+            frame = frame.sort("src_offset")
         self.stats.decoded += len(frame)
         return conform(frame)
+
+    def _scanned_rows(self, fast: dict) -> pl.DataFrame:
+        """_rows' columns for the lines the scan read (all stamped by the counter clock)."""
+        names = pl.Series([name for name, _ in sorted(EVENTS.values(), key=lambda v: v[1])])
+        pairs = pl.DataFrame({"major": fast["major"], "minor": fast["minor"]})
+        nr = pl.Series(fast["nr"])
+        return pl.DataFrame({
+            **dict(zip(("ts_ns", "ts_raw"), self._counter_times(pl.Series(fast["tsc"])), strict=True)),
+            "has_ts": pl.Series(np.ones(len(nr), bool)),
+            "source": pl.Series([SOURCE]).new_from_index(0, len(nr)),
+            "thread": pl.Series(fast["pid"].astype(np.uint32)),
+            "dom": pl.Series(np.zeros(len(nr), np.int32)),
+            "vcpu": pl.Series(fast["cpu"].astype(np.int32)),
+            "event": names.gather(fast["code"]),
+            "code": pl.Series(fast["code"].astype(np.uint32)),
+            "nargs": pl.Series(np.full(len(nr), 3, np.uint8)),
+            "arg0": pl.Series(fast["write"].astype(np.uint64)),
+            "arg1": nr,
+            "arg2": pl.Series(fast["err"].view(np.uint64)),
+            "addr": pl.Series(fast["sector"]),
+            "dev": pairs.select(pl.format("{},{}", "major", "minor")).to_series(),
+            "size": (nr * 512).cast(pl.UInt32, strict=False),
+            "src_file": pl.Series([self.src_file]).new_from_index(0, len(nr)),
+            "src_offset": pl.Series(fast["src_offset"]),
+        })  # fmt: skip
 
     def _rows(self, name: str, rows: pl.DataFrame) -> pl.DataFrame | None:
         event, code = EVENTS[name]
@@ -219,10 +285,24 @@ class FtraceDecoder:
         raw = ts.cast(pl.UInt64)
         if self.tsc_origin is None:
             self._origin = int(raw.min())
+        return self._counter_times(raw)
+
+    def _counter_times(self, raw: pl.Series) -> list[pl.Series]:
+        """ts_ns and ts_raw of TSC stamps (the clock checks are the caller's)."""
+        if self.clock == "ns":
+            raise ParseError(
+                str(self.path),
+                0,
+                "ftrace lines with two kinds of timestamp (one trace_clock per file)",
+            )
+        self.clock = "counter"
         dt = raw.cast(pl.Int64) - self.tsc_origin
         khz = self.cpu_khz
         ns = (dt // khz) * 1_000_000 + ((dt % khz) * 1_000_000) // khz  # exact, as xentrace
         return [ns.alias("ts_ns"), raw.alias("ts_raw")]
+
+
+_SCANNED = ("code", "pid", "cpu", "tsc", "major", "minor", "write", "sector", "nr", "err")
 
 
 def render(frame: pl.DataFrame) -> pl.Series:

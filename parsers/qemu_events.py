@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xvtrace.parsers.schema import EVENT_NAMES
+
 _ROLES = """
 # event                        dev    queue  addr       size
 virtqueue_alloc_element        -      -      elem       -
@@ -90,3 +92,12 @@ def roles_for(name: str, arg_names: tuple[str, ...]) -> Roles:
     if name in ROLES:
         return ROLES[name]
     return Roles(dev="vdev" if "vdev" in arg_names else None)
+
+
+_KNOWN = frozenset(EVENT_NAMES)
+
+
+def event_name(name: str) -> str:
+    """The table's name for a QEMU trace event."""
+    full = f"qemu.{name}"
+    return full if full in _KNOWN else "unknown"

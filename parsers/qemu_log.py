@@ -9,8 +9,10 @@ Three line forms (QEMU util/log.c and scripts/tracetool/backend/log.py):
 
 The text after the name is the event's printf format applied to its arguments, so each
 event is read back with a regex made from its trace-events definition (not a key/value
-guess: `virtio_pci_notify_write` prints `0x4 = 0x1 (2)`). Work is vectorized per chunk of
-lines with polars: one regex pass for the prefix, then one per distinct event name.
+guess: `virtio_pci_notify_write` prints `0x4 = 0x1 (2)`). A compiled scan
+(parsers.qemu_scan) reads the lines it can read exactly as those regexes do; the rest go
+through them, vectorized per chunk with polars: one regex pass for the prefix, then one
+per distinct event name.
 
 `virtqueue_*` events name only the VirtQueue pointer; the device and queue index come from
 `virtio_queue_notify vdev n vq` lines anywhere in the file (a first, cheap pass).
@@ -22,12 +24,15 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
+from xvtrace.parsers import qemu_scan
 from xvtrace.parsers.errors import DecodeStats, ParseError, Problem
-from xvtrace.parsers.qemu_events import QUEUE_MAP_EVENT, roles_for
-from xvtrace.parsers.schema import EVENT_NAMES, EVENT_SCHEMA, N_ARGS, conform
-from xvtrace.parsers.textlines import iter_lines
+from xvtrace.parsers.qemu_columns import ScanPlan
+from xvtrace.parsers.qemu_events import QUEUE_MAP_EVENT, Roles, event_name, roles_for
+from xvtrace.parsers.schema import EVENT_SCHEMA, N_ARGS, conform
+from xvtrace.parsers.textlines import iter_blocks, line_bounds, lines_frame
 from xvtrace.parsers.trace_events import EventDef, TraceEvents
 
 SOURCE = "qemu"
@@ -38,13 +43,6 @@ _PREFIX = (
     r"|(?P<iso>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) )?"
     r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?: (?P<rest>.*))?$"
 )
-_KNOWN = frozenset(EVENT_NAMES)
-
-
-def event_name(name: str) -> str:
-    """The table's name for a QEMU trace event."""
-    full = f"qemu.{name}"
-    return full if full in _KNOWN else "unknown"
 
 
 def sniff(head: bytes, defs: TraceEvents | None = None) -> bool:
@@ -75,12 +73,16 @@ class QemuLogDecoder:
         defs: TraceEvents | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         src_file: str | None = None,
+        compiled: bool = True,
     ):
+        """compiled=False reads every line with the regexes (what the scan is tested
+        against)."""
         self.path = Path(path)
         self.defs = defs or TraceEvents.default()
         self.chunk_bytes = max(4096, int(chunk_bytes))
         self.src_file = src_file if src_file is not None else self.path.name
         self.stats = DecodeStats(str(self.path), SOURCE)
+        self.plan = ScanPlan(self.defs if compiled else None)
         self.threads: set[int] = set()
         self.first_ts_ns: int | None = None
         self.last_ts_ns: int | None = None
@@ -92,12 +94,12 @@ class QemuLogDecoder:
         if size == 0:
             raise ParseError(str(self.path), 0, "empty file: no QEMU trace lines")
         queues = self.queue_map()
-        for base, lines in self._chunks():
-            frame = self._decode(lines)
+        for base, body in iter_blocks(self.path, self.chunk_bytes):
+            frame = self._decode_block(base, body)
             if frame is not None:
                 yield self._resolve_queues(frame, queues)
             if self.progress:
-                self.progress(base)
+                self.progress(base + len(body))
 
     def describe(self) -> dict:
         """This file's entry in a bundle manifest (after decoding)."""
@@ -117,35 +119,55 @@ class QemuLogDecoder:
         }
 
     def queue_map(self) -> pl.DataFrame:
-        """vq pointer -> (vdev text, queue index), from every virtio_queue_notify line."""
+        """vq pointer -> (vdev text, queue index), from the first virtio_queue_notify line
+        naming it."""
         parts = []
         ev = self.defs.events.get(QUEUE_MAP_EVENT)
         if ev is None:
             return pl.DataFrame(schema={"_vq": pl.UInt64, "_vq_dev": pl.String, "_vq_n": pl.UInt16})
-        for _, lines in self._chunks():
-            hits = lines.filter(pl.col("line").str.contains(QUEUE_MAP_EVENT + " ", literal=True))
-            if not len(hits):
-                continue
-            p = _split_prefix(hits).filter(pl.col("name") == QUEUE_MAP_EVENT)
-            args = _extract(p, ev)
-            if args is None:
-                continue
-            parts.append(
-                args.select(
-                    pl.col("vq").alias("_vq"),
-                    pl.col("vdev_text").alias("_vq_dev"),
-                    pl.col("n").cast(pl.UInt16, strict=False).alias("_vq_n"),
-                ).unique()
-            )
+        needle = np.frombuffer((QUEUE_MAP_EVENT + " ").encode(), np.uint8)
+        # the scan reads the notify lines it can (vq as addr), the regexes the rest
+        plan = ScanPlan(self.defs, {QUEUE_MAP_EVENT: Roles(dev="vdev", queue="n", addr="vq")})
+        for base, body in iter_blocks(self.path, self.chunk_bytes):
+            raw = np.frombuffer(body, np.uint8)
+            starts, ends = line_bounds(body)
+            hit = qemu_scan.lines_containing(raw, starts, ends, needle)
+            starts, ends = starts[hit], ends[hit]
+            fast = plan.scan(raw, starts, ends, base)
+            slow = fast.pop("_slow")
+            found = []
+            if len(fast["ev"]):
+                f = plan.frame(fast)
+                found.append(f.select("src_offset", _vq=pl.col("addr"), _vq_dev=pl.col("dev"),
+                                      _vq_n=pl.col("queue")))  # fmt: skip
+            hits = lines_frame(body, base, starts[slow], ends[slow])
+            if len(hits):
+                p = _split_prefix(hits).filter(pl.col("name") == QUEUE_MAP_EVENT)
+                args = _extract(p, ev).with_columns(p["src_offset"])
+                found.append(
+                    args.select(
+                        "src_offset",
+                        pl.col("vq").alias("_vq"),
+                        pl.col("vdev_text").alias("_vq_dev"),
+                        pl.col("n").cast(pl.UInt16, strict=False).alias("_vq_n"),
+                    )
+                )
+            if found:  # in line order: a vq's first line names its device and index
+                lines = pl.concat(found).sort("src_offset").drop("src_offset")
+                parts.append(lines.filter(pl.col("_vq").is_not_null()).unique(maintain_order=True))
         if not parts:
             return pl.DataFrame(schema={"_vq": pl.UInt64, "_vq_dev": pl.String, "_vq_n": pl.UInt16})
         return pl.concat(parts).unique(subset="_vq", keep="first", maintain_order=True)
 
     # Steps -----------------------------------------------------------------------------
-    def _chunks(self) -> Iterator[tuple[int, pl.DataFrame]]:
-        return iter_lines(self.path, self.chunk_bytes)
+    def _decode_block(self, base: int, body: bytes) -> pl.DataFrame | None:
+        """A chunk's rows: the lines the scan reads, and the others through the regexes."""
+        starts, ends = line_bounds(body)
+        fast = self.plan.scan(np.frombuffer(body, np.uint8), starts, ends, base)
+        slow = fast.pop("_slow")
+        return self._decode(lines_frame(body, base, starts[slow], ends[slow]), fast)
 
-    def _decode(self, lines: pl.DataFrame) -> pl.DataFrame | None:
+    def _decode(self, lines: pl.DataFrame, fast: dict | None = None) -> pl.DataFrame | None:
         lines = lines.filter(pl.col("line").str.len_bytes() > 0)
         parts = _split_prefix(lines)
         unparsed = parts.filter(pl.col("name").is_null())
@@ -162,12 +184,28 @@ class QemuLogDecoder:
                 )
             )
         parts = parts.filter(pl.col("name").is_not_null())
-        if not len(parts):
+        slow = parts.partition_by("name", as_dict=True, maintain_order=True)
+        firsts = {name: int(rows["src_offset"][0]) for (name,), rows in slow.items()}
+        fast_counts = {}
+        if fast is not None and len(fast["src_offset"]):
+            fast_counts = self.plan.counts(fast)
+            for name, (first, _) in fast_counts.items():
+                firsts[name] = min(first, firsts.get(name, first))
+        frames = [self.plan.frame(fast)] if fast_counts else []
+        # event by event in the order of their first line, as the regexes alone did (the
+        # order of the counts and problems they report)
+        for name in sorted(firsts, key=firsts.get):
+            if (name,) in slow:
+                frames.append(self._event_rows(name, slow[(name,)]))
+            if name in fast_counts and self.plan.beyond_7(name):
+                self.stats.extra["args_beyond_7"] = (
+                    self.stats.extra.get("args_beyond_7", 0) + fast_counts[name][1]
+                )
+        if not frames:
             return None
-        frames = []
-        for (name,), rows in parts.partition_by("name", as_dict=True, maintain_order=True).items():
-            frames.append(self._event_rows(name, rows))
-        frame = pl.concat(frames, how="diagonal_relaxed").sort("src_offset")
+        frame = pl.concat(frames, how="diagonal_relaxed")
+        if len(frames) > 1:  # the scan's rows alone are in line order already
+            frame = frame.sort("src_offset")
         ts = frame["ts_ns"].drop_nulls()
         if len(ts):
             lo, hi = int(ts.min()), int(ts.max())
@@ -231,9 +269,15 @@ class QemuLogDecoder:
 
     def _resolve_queues(self, frame: pl.DataFrame, queues: pl.DataFrame) -> pl.DataFrame:
         if "_vq" in frame.columns:
-            frame = frame.join(queues, on="_vq", how="left", maintain_order="left").with_columns(
-                pl.coalesce("dev", "_vq_dev").alias("dev") if "dev" in frame.columns else pl.col("_vq_dev").alias("dev"),
-                pl.coalesce("queue", "_vq_n").alias("queue") if "queue" in frame.columns else pl.col("_vq_n").alias("queue"),
+            # the queue map's device and index of each vq (a lookup per row: vq is unique)
+            vq = pl.col("_vq")
+            vq_dev = vq.replace_strict(queues["_vq"], queues["_vq_dev"], default=None,
+                                       return_dtype=pl.String)  # fmt: skip
+            vq_n = vq.replace_strict(queues["_vq"], queues["_vq_n"], default=None,
+                                     return_dtype=pl.UInt16)  # fmt: skip
+            frame = frame.with_columns(
+                pl.coalesce("dev", vq_dev).alias("dev") if "dev" in frame.columns else vq_dev.alias("dev"),
+                pl.coalesce("queue", vq_n).alias("queue") if "queue" in frame.columns else vq_n.alias("queue"),
             )  # fmt: skip
         frame = frame.with_columns(
             pl.lit(SOURCE).alias("source"), pl.lit(self.src_file).alias("src_file")

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -225,3 +226,16 @@ def atomic_path(final: Path):
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def scratch_dir(bundle_dir: Path, name: str):
+    """Yield a new hidden directory inside the bundle for a step's temporary files; it is
+    removed with everything in it whether the step succeeds or fails."""
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    path = bundle_dir / f".{name}.{os.getpid()}-{secrets.token_hex(6)}.part"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -71,7 +71,8 @@ def _guard(fn):
 
 
 def _progress_bar(enabled: bool):
-    """A tqdm byte counter on stderr, only when stderr is a terminal (or forced)."""
+    """A tqdm counter of each stage's progress on stderr, only when stderr is a terminal (or
+    forced)."""
     if not enabled:
         return None, lambda: None
     from tqdm import tqdm
@@ -79,6 +80,10 @@ def _progress_bar(enabled: bool):
     bar = tqdm(total=0, unit="B", unit_scale=True, desc="decode", file=sys.stderr, leave=False)
 
     def update(stage: str, done: int, total: int) -> None:
+        if bar.desc != stage:  # "decode" counts bytes; "merge" (several sources) rows
+            bar.set_description_str(stage, refresh=False)
+            bar.unit = "B" if stage == "decode" else " rows"
+            bar.reset(total)
         bar.total = total
         bar.n = done
         bar.refresh()
