@@ -89,3 +89,21 @@ def test_every_catalogue_event_with_every_word_count(vendor):
     df = _frame(rows)
     expected = ("\n".join(format_lines(df, vendor)) + "\n").encode()
     assert bytes(render_bytes(df, vendor)) == expected
+
+
+@pytest.mark.parametrize("limit", [None, 4, 8, 40])
+def test_streamed_chunks_are_the_whole_dump(monkeypatch, limit):
+    """The first rows come in small slices (a reader like `head` gets them at once), then
+    in batches: every row once, in order, whatever the limit."""
+    from xvtrace.analysis import dump
+
+    monkeypatch.setattr(dump, "RAMP_ROWS", (3, 5))
+    rng = np.random.default_rng(5)
+    rows = [{"source": "xentrace", "ts_ns": i * 10, "cpu": 0, "dom": 1, "vcpu": 0,
+             "event": xe.event_name(code), "code": code, "nargs": 2, "arg0": int(rng.integers(0, 50)),
+             "arg1": i} for i, code in enumerate(CODES * 3)]  # fmt: skip
+    df = _frame(rows)
+    chunks = [bytes(c) for c in dump.iter_chunks(df.lazy(), "vmx", batch=7, limit=limit)]
+    whole = df if limit is None else df.head(limit)
+    assert b"".join(chunks) == bytes(render_bytes(whole, "vmx"))
+    assert chunks[0].count(b"\n") == min(3, len(whole))  # the first slice alone

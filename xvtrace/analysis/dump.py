@@ -280,6 +280,7 @@ def iter_lines(
 
 HEAD = 5  # seconds, nanoseconds, cpu (or thread), dom, vcpu
 AHEAD = 2  # batches rendered ahead of the one being written
+RAMP_ROWS = (1_000, 4_000, 16_000, 64_000)  # the first slices, each rendered alone
 MAX_VARIANTS = 4096  # beyond this (garbage ids or names), building pieces costs more
 
 
@@ -290,9 +291,20 @@ def iter_chunks(
     limit: int | None = None,
     symbols=(),
 ) -> Iterator[bytes | np.ndarray]:
-    """Stream the dump as byte buffers (newline-terminated lines), batch by batch."""
+    """Stream the dump as byte buffers (newline-terminated lines), batch by batch. The
+    first rows come in small growing slices, so a reader like `head` has them at once and,
+    once it leaves, the next write (which fails) comes soon."""
     if limit is not None:
         ev = ev.head(limit)
+    at = 0
+    for n in RAMP_ROWS:
+        frame = ev.slice(at, n).collect()
+        if len(frame):
+            yield render_bytes(frame, vendor, symbols)
+        if len(frame) < n:
+            return
+        at += n
+    ev = ev.slice(at)
     # two batches render at once (numba, numpy and polars let go of the GIL), in order;
     # at most AHEAD wait, so a reader that stops early costs little
     with ThreadPoolExecutor(2) as pool:
