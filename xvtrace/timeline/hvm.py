@@ -30,15 +30,27 @@ def handled(ev: pl.LazyFrame) -> pl.DataFrame:
         .filter(pl.col("event").is_in([EXIT, ENTRY, *HANDLERS]))
         .select("ts_ns", "cpu", "dom", "vcpu", "event", "addr", fields.hypercall(), "src_offset")
         .collect()
-        .sort("cpu", "src_offset")
-        .with_columns(
-            pl.when(pl.col("event") == EXIT).then(pl.col("ts_ns")).forward_fill().over("cpu").alias("exit_ns"),
-            *[pl.when(pl.col("event") == ENTRY).then(pl.col(c)).backward_fill().over("cpu").alias(f"_next_{c}")
-              for c in ("ts_ns", "dom", "vcpu")],
-            (pl.col("event").shift(1).over("cpu") == EXIT).alias("_after_exit"),
-            (pl.col("event").shift(-1).over("cpu") == ENTRY).alias("_before_entry"),
-        )
-    )  # fmt: skip
+    )
+    # in each pCPU's record order; one u64 key's argsort and a gather take half the memory
+    # of a two-column sort (11 M rows at 1 M requests)
+    key = hv["cpu"].cast(pl.UInt64) * (1 << 48) + hv["src_offset"]
+    hv = hv[key.arg_sort()]
+    # fills and shifts over the whole frame, sorted by pCPU, each checked against the pCPU
+    # it came from: the same as per-pCPU windows, without a window's copies (9 M rows at 1 M
+    # requests)
+    is_exit, is_entry = pl.col("event") == EXIT, pl.col("event") == ENTRY
+    cpu = pl.col("cpu")
+
+    def fill(when: pl.Expr, col: str, forward: bool) -> pl.Expr:
+        f = (lambda e: e.forward_fill()) if forward else (lambda e: e.backward_fill())
+        return pl.when(f(pl.when(when).then(cpu)) == cpu).then(f(pl.when(when).then(pl.col(col))))
+
+    hv = hv.with_columns(
+        fill(is_exit, "ts_ns", True).alias("exit_ns"),
+        *[fill(is_entry, c, False).alias(f"_next_{c}") for c in ("ts_ns", "dom", "vcpu")],
+        ((pl.col("event").shift(1) == EXIT) & (cpu.shift(1) == cpu)).alias("_after_exit"),
+        ((pl.col("event").shift(-1) == ENTRY) & (cpu.shift(-1) == cpu)).alias("_before_entry"),
+    )
     found = hv.filter(pl.col("event").is_in(HANDLERS) & pl.col("exit_ns").is_not_null())
     entries = (
         hv.filter(pl.col("event") == ENTRY)
