@@ -162,34 +162,60 @@ def _percentiles(col: str) -> list[pl.Expr]:
     ]
 
 
+CPU_BATCH_ROWS = 4_000_000  # exits and entries windowed at once (about 200 MB of them)
+
+
+def cpu_batches(ev: pl.LazyFrame, max_rows: int | None = None) -> list[list[int]]:
+    """The pCPUs of `ev` in groups of at most `max_rows` rows (one pCPU may exceed it
+    alone): a per-pCPU computation holds one group at a time, whatever the trace's size."""
+    max_rows = CPU_BATCH_ROWS if max_rows is None else max_rows
+    counts = ev.group_by("cpu").len().sort("cpu").collect()
+    groups, rows = [[]], 0
+    for cpu, n in counts.iter_rows():
+        if groups[-1] and rows + n > max_rows:
+            groups.append([])
+            rows = 0
+        groups[-1].append(cpu)
+        rows += n
+    return [g for g in groups if g]
+
+
 def exits(ev: pl.LazyFrame, vendor: str | None) -> pl.DataFrame:
     """HVM exits by reason: count and time from VM exit to the next VM entry on that pCPU."""
-    hv = (
-        ev.filter(pl.col("event").is_in(EXIT_EVENTS + ENTRY_EVENTS))
-        .select("ts_ns", "cpu", "dom", "vcpu", "event", fields.exit_reason())
-        .with_columns(
-            pl.when(pl.col("event").is_in(ENTRY_EVENTS)).then(pl.col("ts_ns")).alias("entry"),
-            pl.when(pl.col("event").is_in(EXIT_EVENTS)).then(pl.col("ts_ns")).alias("exit"),
-        )
-        .with_columns(
-            pl.col("entry").backward_fill().over("cpu").alias("next_entry"),
-            pl.col("exit").shift(-1).backward_fill().over("cpu").alias("next_exit"),
-        )
-        .filter(pl.col("event").is_in(EXIT_EVENTS))
-        .with_columns(
-            pl.when(
-                pl.col("next_entry").is_not_null()
-                & (pl.col("next_exit").is_null() | (pl.col("next_entry") <= pl.col("next_exit")))
+    hv = ev.filter(pl.col("event").is_in(EXIT_EVENTS + ENTRY_EVENTS))
+
+    def durations(cpus: list[int]) -> pl.DataFrame:
+        return (
+            hv.filter(pl.col("cpu").is_in(cpus))
+            .select("ts_ns", "cpu", "dom", "vcpu", "event", fields.exit_reason())
+            .with_columns(
+                pl.when(pl.col("event").is_in(ENTRY_EVENTS)).then(pl.col("ts_ns")).alias("entry"),
+                pl.when(pl.col("event").is_in(EXIT_EVENTS)).then(pl.col("ts_ns")).alias("exit"),
             )
-            .then(pl.col("next_entry") - pl.col("ts_ns"))
-            .alias("dur")
-        )
-    )
+            .with_columns(
+                pl.col("entry").backward_fill().over("cpu").alias("next_entry"),
+                pl.col("exit").shift(-1).backward_fill().over("cpu").alias("next_exit"),
+            )
+            .filter(pl.col("event").is_in(EXIT_EVENTS))
+            .select(
+                "dom", "vcpu", pl.col("exit_reason").alias("reason"),
+                pl.when(
+                    pl.col("next_entry").is_not_null()
+                    & (pl.col("next_exit").is_null() | (pl.col("next_entry") <= pl.col("next_exit")))
+                )
+                .then(pl.col("next_entry") - pl.col("ts_ns"))
+                .alias("dur"),
+            )
+            .collect()
+        )  # fmt: skip
+
+    # a group of pCPUs at a time: the windows below hold every exit and entry of theirs
+    durs = [durations(cpus) for cpus in cpu_batches(hv)]
     df = (
-        hv.group_by("dom", "vcpu", pl.col("exit_reason").alias("reason"))
+        (pl.concat(durs) if durs else durations([]))
+        .group_by("dom", "vcpu", "reason")
         .agg(*_percentiles("dur"), pl.col("dur").null_count().alias("unmatched"))
         .sort("dom", "vcpu", "reason")
-        .collect()
     )
     vendor = vendor or "vmx"
     return df.with_columns(
