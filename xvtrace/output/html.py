@@ -8,13 +8,9 @@ a sample of requests, and latency over time.
 from __future__ import annotations
 
 from html import escape
-from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-
-if TYPE_CHECKING:
-    from xvtrace.output.report import Report
 
 W, H, PAD = 720, 260, 48
 COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7")
@@ -170,21 +166,22 @@ def over_time(req: pl.DataFrame, points: int = 2000) -> str:
     )
 
 
-def render(rep: Report, req: pl.DataFrame) -> str:
-    f = rep.facts
+def render(f: dict, phases: pl.DataFrame, per_request: pl.DataFrame, req: pl.DataFrame) -> str:
+    """The page of a report (output.report.Report's facts, phase table, work per request
+    and requests)."""
     table = ""
-    if len(rep.phases):
+    if len(phases):
         cells = "".join(
             f"<tr><td>{escape(str(r['dev']))}</td><td>{r['queue']}</td><td>{escape(str(r['op']))}</td>"
             f"<td>{escape(r['phase'])}</td><td>{r['requests']}</td><td>{r['p50_us']:.1f}</td>"
             f"<td>{r['p90_us']:.1f}</td><td>{r['p99_us']:.1f}</td><td>{r['max_us']:.1f}</td></tr>"
-            for r in rep.phases.iter_rows(named=True)
+            for r in phases.iter_rows(named=True)
         )
         table = ("<table><tr><th>device</th><th>queue</th><th>op</th><th>phase</th><th>requests</th>"
                  f"<th>p50 us</th><th>p90 us</th><th>p99 us</th><th>max us</th></tr>{cells}</table>")  # fmt: skip
     work = "".join(
         f"<tr><td>{escape(r['what'])}</td><td>{r['count']}</td><td>{r['per_request']:.2f}</td></tr>"
-        for r in rep.per_request.iter_rows(named=True)
+        for r in per_request.iter_rows(named=True)
     )
     clocks = "".join(f"<li>{escape(k)}: {escape(str(v))}</li>" for k, v in f["clocks"].items())
     plots = "".join(p for p in (cdf_plot(req), phase_bars(req), gantt(req), over_time(req)) if p)

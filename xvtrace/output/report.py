@@ -44,7 +44,7 @@ class Report:
 
     def render_html(self) -> str:
         """A self-contained page (plots inline, works offline)."""
-        return html.render(self, self.requests)
+        return html.render(self.facts, self.phases, self.per_request, self.requests)
 
     def to_json(self) -> dict:
         return {
