@@ -573,31 +573,19 @@ class Summary:
                         f"{{{r['p5_ns']}|{r['p50_ns']}|{r['p95_ns']}}}"
                     )
             irq = s["interrupts"].filter((pl.col("dom") == dom) & (pl.col("vcpu") == vcpu))
-            if len(irq):
-                out.append(" Interrupts:")
-                out.extend(
-                    f"   {r['kind']:<16} vector {r['vector']:>3}: {r['count']}"
-                    for r in irq.iter_rows(named=True)
-                )
-        hc = s["hypercalls"].filter(pl.col("dom") == dom)
-        if len(hc):
-            out.append(" Hypercalls:")
-            out.extend(
-                f"   {r['kind']:<10} {r['name']:<30} [{r['op']:>2}]: {r['count']:>8}"
-                for r in hc.iter_rows(named=True)
-            )
-        io = s["io"].filter(pl.col("dom") == dom)
-        if len(io):
-            out.append(" IO and MMIO by address:")
-            out.extend(
-                f"   {r['space']:<6} {r['addr']:#012x} {r['dir']:<5}: {r['count']:>8}"
-                for r in io.iter_rows(named=True)
-            )
-        gr = s["grants"].filter(pl.col("by_dom") == dom)
-        if len(gr):
-            out.append(" Grant operations (done by this domain):")
-            out.extend(
-                f"   {r['op']:<8} for d{r['for_dom']}: {r['count']}"
-                for r in gr.iter_rows(named=True)
-            )
+            _listed(out, " Interrupts:", irq,
+                    lambda r: f"   {r['kind']:<16} vector {r['vector']:>3}: {r['count']}")  # fmt: skip
+        _listed(out, " Hypercalls:", s["hypercalls"].filter(pl.col("dom") == dom),
+                lambda r: f"   {r['kind']:<10} {r['name']:<30} [{r['op']:>2}]: {r['count']:>8}")  # fmt: skip
+        _listed(out, " IO and MMIO by address:", s["io"].filter(pl.col("dom") == dom),
+                lambda r: f"   {r['space']:<6} {r['addr']:#012x} {r['dir']:<5}: {r['count']:>8}")  # fmt: skip
+        _listed(out, " Grant operations (done by this domain):", s["grants"].filter(pl.col("by_dom") == dom),
+                lambda r: f"   {r['op']:<8} for d{r['for_dom']}: {r['count']}")  # fmt: skip
         return out
+
+
+def _listed(out: list[str], title: str, rows: pl.DataFrame, line) -> None:
+    """A titled list of `rows` (one `line(row)` each) in the summary's text; nothing when empty."""
+    if len(rows):
+        out.append(title)
+        out.extend(line(r) for r in rows.iter_rows(named=True))
