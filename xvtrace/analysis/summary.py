@@ -573,8 +573,9 @@ class Summary:
                         f"{{{r['p5_ns']}|{r['p50_ns']}|{r['p95_ns']}}}"
                     )
             irq = s["interrupts"].filter((pl.col("dom") == dom) & (pl.col("vcpu") == vcpu))
+            # SVM's INTR exit (a physical interrupt) is traced with no vector
             _listed(out, " Interrupts:", irq,
-                    lambda r: f"   {r['kind']:<16} vector {r['vector']:>3}: {r['count']}")  # fmt: skip
+                    lambda r: f"   {r['kind']:<16} vector {_or_dash(r['vector']):>3}: {r['count']}")  # fmt: skip
         _listed(out, " Hypercalls:", s["hypercalls"].filter(pl.col("dom") == dom),
                 lambda r: f"   {r['kind']:<10} {r['name']:<30} [{r['op']:>2}]: {r['count']:>8}")  # fmt: skip
         _listed(out, " IO and MMIO by address:", s["io"].filter(pl.col("dom") == dom),
@@ -589,3 +590,7 @@ def _listed(out: list[str], title: str, rows: pl.DataFrame, line) -> None:
     if len(rows):
         out.append(title)
         out.extend(line(r) for r in rows.iter_rows(named=True))
+
+
+def _or_dash(value) -> object:
+    return "-" if value is None else value
