@@ -35,22 +35,22 @@ def handled(ev: pl.LazyFrame) -> pl.DataFrame:
     # of a two-column sort (11 M rows at 1 M requests)
     key = hv["cpu"].cast(pl.UInt64) * (1 << 48) + hv["src_offset"]
     hv = hv[key.arg_sort()]
-    # fills and shifts over the whole frame, sorted by pCPU, each checked against the pCPU
-    # it came from: the same as per-pCPU windows, without a window's copies (9 M rows at 1 M
-    # requests)
+    # fills and shifts over the whole frame, sorted by pCPU, each kept only where it comes
+    # from the row's own pCPU: the same as per-pCPU windows, without a window's copies
     is_exit, is_entry = pl.col("event") == EXIT, pl.col("event") == ENTRY
     cpu = pl.col("cpu")
-
-    def fill(when: pl.Expr, col: str, forward: bool) -> pl.Expr:
-        f = (lambda e: e.forward_fill()) if forward else (lambda e: e.backward_fill())
-        return pl.when(f(pl.when(when).then(cpu)) == cpu).then(f(pl.when(when).then(pl.col(col))))
-
+    hv = hv.with_columns(  # the pCPU of the last exit and of the next entry, once
+        pl.when(is_exit).then(cpu).forward_fill().alias("_exit_cpu"),
+        pl.when(is_entry).then(cpu).backward_fill().alias("_entry_cpu"),
+    )
+    own_exit, own_entry = pl.col("_exit_cpu") == cpu, pl.col("_entry_cpu") == cpu
     hv = hv.with_columns(
-        fill(is_exit, "ts_ns", True).alias("exit_ns"),
-        *[fill(is_entry, c, False).alias(f"_next_{c}") for c in ("ts_ns", "dom", "vcpu")],
+        pl.when(own_exit).then(pl.when(is_exit).then(pl.col("ts_ns")).forward_fill()).alias("exit_ns"),
+        *[pl.when(own_entry).then(pl.when(is_entry).then(pl.col(c)).backward_fill()).alias(f"_next_{c}")
+          for c in ("ts_ns", "dom", "vcpu")],
         ((pl.col("event").shift(1) == EXIT) & (cpu.shift(1) == cpu)).alias("_after_exit"),
         ((pl.col("event").shift(-1) == ENTRY) & (cpu.shift(-1) == cpu)).alias("_before_entry"),
-    )
+    )  # fmt: skip
     found = hv.filter(pl.col("event").is_in(HANDLERS) & pl.col("exit_ns").is_not_null())
     entries = (
         hv.filter(pl.col("event") == ENTRY)
