@@ -60,15 +60,24 @@ def _xen_layouts(event: str, field: str) -> tuple[tuple[tuple[int, ...], xe.Fiel
     return tuple((tuple(codes), f) for f, codes in by_field.items())
 
 
+@cache
+def _xen_codes(event: str) -> frozenset[int]:
+    """Every id the catalogue names `event`."""
+    return frozenset(code for code, spec in xe.SPECS.items() if spec.name == event)
+
+
 def xen(event: str, field: str) -> pl.Expr:
-    """Field `field` of xentrace event `event` (xen_events' catalogue), null on other rows
-    and on records too short to carry it (Xen leaves such words out)."""
+    """Field `field` of xentrace event `event` (xen_events' catalogue), null on other rows,
+    on ids whose layout lacks the field and on records too short to carry it (Xen leaves
+    such words out)."""
     layouts = _xen_layouts(event, field)
+    # the id decides the layout unless one layout holds every id of the event
+    by_code = len(layouts) > 1 or frozenset(layouts[0][0]) != _xen_codes(event)
     is_event = pl.col("event") == event
     expr = None
     for codes, f in layouts:
         here = is_event & (pl.col("nargs") >= f.needs_words)
-        if len(layouts) > 1:
+        if by_code:
             here = here & pl.col("code").is_in(list(codes))
         expr = (pl.when(here) if expr is None else expr.when(here)).then(_read(f))
     return expr.otherwise(None).alias(field)
