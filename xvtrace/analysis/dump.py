@@ -14,6 +14,7 @@ import fnmatch
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 
 import numpy as np
 import polars as pl
@@ -280,7 +281,7 @@ def iter_lines(
 
 HEAD = 5  # seconds, nanoseconds, cpu (or thread), dom, vcpu
 AHEAD = 2  # batches rendered ahead of the one being written
-RAMP_ROWS = (1_000, 4_000, 16_000, 64_000)  # the first slices, each rendered alone
+RAMP_ROWS = (1_000, 4_000, 16_000, 64_000)  # the first batch's first slices, each alone
 MAX_VARIANTS = 4096  # beyond this (garbage ids or names), building pieces costs more
 
 
@@ -291,27 +292,28 @@ def iter_chunks(
     limit: int | None = None,
     symbols=(),
 ) -> Iterator[bytes | np.ndarray]:
-    """Stream the dump as byte buffers (newline-terminated lines), batch by batch. The
-    first rows come in small growing slices, so a reader like `head` has them at once and,
-    once it leaves, the next write (which fails) comes soon."""
+    """Stream the dump as byte buffers (newline-terminated lines), batch by batch, from one
+    scan. The first batch goes out in small growing slices, so a reader like `head` has its
+    lines at once and, once it leaves, the next write (which fails) comes soon."""
     if limit is not None:
         ev = ev.head(limit)
+    batches = (frame for frame in ev.collect_batches(chunk_size=batch) if len(frame))
+    first = next(batches, None)
+    if first is None:
+        return
     at = 0
     for n in RAMP_ROWS:
-        frame = ev.slice(at, n).collect()
-        if len(frame):
-            yield render_bytes(frame, vendor, symbols)
-        if len(frame) < n:
-            return
+        if at >= len(first):
+            break
+        yield render_bytes(first.slice(at, n).rechunk(), vendor, symbols)
         at += n
-    ev = ev.slice(at)
+    rest = chain([first.slice(at)] if at < len(first) else [], batches)
     # two batches render at once (numba, numpy and polars let go of the GIL), in order;
     # at most AHEAD wait, so a reader that stops early costs little
     with ThreadPoolExecutor(2) as pool:
         pending: deque = deque()
-        for frame in ev.collect_batches(chunk_size=batch):
-            if len(frame):
-                pending.append(pool.submit(render_bytes, frame.rechunk(), vendor, symbols))
+        for frame in rest:
+            pending.append(pool.submit(render_bytes, frame.rechunk(), vendor, symbols))
             if len(pending) > AHEAD:
                 yield pending.popleft().result()
         while pending:
