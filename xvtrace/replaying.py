@@ -50,12 +50,6 @@ def source_transport(bundle: Bundle) -> str | None:
     return name if name in NAMES else None
 
 
-def workload_of(bundle: Bundle) -> dict:
-    """The workload the guest ran, when the bundle records it (emulated: the fio-like job;
-    a live capture: a `workload` entry the user added, e.g. {"iodepth": 32, "numjobs": 2})."""
-    return bundle.manifest.workload
-
-
 def profile_of(bundle: Bundle) -> str:
     return "arm64" if bundle.manifest.machine in ("aarch64", "arm64") else "x86_64"
 
@@ -70,16 +64,11 @@ def parse_transports(spec: str) -> list[Transport]:
     return [get(n) for n in names]
 
 
-def load_requests(bundle: Bundle) -> pl.DataFrame:
-    """The bundle's reconstructed requests (its timeline, built when missing or stale)."""
-    return timeline.load(bundle).requests
-
-
 def bundle_stream(bundle: Bundle, req: pl.DataFrame, source: str | None, costs, *,
                   iodepth: int | None = None, njobs: int | None = None) -> Stream:  # fmt: skip
     """The request stream of a bundle's requests: the workload's depth and jobs from the
     arguments, else the manifest (replay.stream explains why the capture cannot say)."""
-    w = workload_of(bundle)
+    w = bundle.manifest.workload
     return from_requests(req, source=get(source) if source else None, costs=costs,
                          iodepth=iodepth or w.get("iodepth"), njobs=njobs or w.get("numjobs"))  # fmt: skip
 

@@ -17,7 +17,7 @@ from xvtrace.bundle import derived
 from xvtrace.parsers import fields
 from xvtrace.parsers import xen_events as xe
 
-EXIT_EVENTS = ["hvm.vmexit", "hvm.nested_vmexit"]
+EXIT_EVENTS = list(fields.EXIT_EVENTS)
 ENTRY_EVENTS = ["hvm.vmentry", "hvm.nested_vmentry"]
 RUNSTATE = "sched.runstate_change"
 RUNSTATE_EVENTS = [RUNSTATE, "sched.continue_running"]
@@ -401,7 +401,7 @@ def exit_sites(ev: pl.LazyFrame, symbols, vendor: str | None, top: int = 20) -> 
     empty = pl.DataFrame(schema={"function": pl.String, "exits": pl.UInt32, "reasons": pl.String})
     if not symbols:
         return empty
-    rip = pl.coalesce(*[fields.xen(e, "rip") for e in fields.EXIT_EVENTS])
+    rip = pl.coalesce(*[fields.xen(e, "rip") for e in EXIT_EVENTS])
     ex = (
         ev.filter(pl.col("event").is_in(EXIT_EVENTS))
         .select(rip.alias("rip"), fields.exit_reason().alias("reason"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from xvtrace import __version__, api, replaying
+from xvtrace import __version__, api
 from xvtrace.bundle import BundleError, IngestError, atomic_path
 from xvtrace.capture import CaptureError
 from xvtrace.capture.qmp import QMPError
@@ -491,6 +491,7 @@ def replay_cmd(
     hypercalls, IOREQs, pages mapped and bytes copied per request, and the phases that
     differ most from the baseline. `xvtrace compare` shows the result again (or as HTML).
     """
+    from xvtrace import replaying  # the replay engine (numba) only for this command
 
     out = output or Path(source) / replaying.REPLAY
     cmp = api.replay(source, transport, output=out, emit_dir=emit_dir, warn=_warn,

@@ -27,7 +27,6 @@ import polars as pl
 
 from xvtrace import __version__, timeline
 from xvtrace.bundle import atomic_path
-from xvtrace.replaying import source_transport, workload_of
 
 SUMMARY_VERSION = 1
 SAMPLE = 1000  # order statistics kept per phase
@@ -57,8 +56,8 @@ def summarize(bundle) -> dict:
     prov = {
         "xen_version": m.xen_version,
         "cpu_khz": m.cpu_khz,
-        "transport": source_transport(bundle) or m.get("transport"),
-        "workload": workload_of(bundle).get("name"),
+        "transport": m.transport,
+        "workload": m.workload.get("name"),
         "view": req["view"][0] if "view" in req.columns and len(req) else None,
     }
     groups = []

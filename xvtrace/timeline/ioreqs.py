@@ -75,14 +75,15 @@ def accesses(ev: pl.LazyFrame, exits: pl.DataFrame | None = None) -> Accesses:
     )
 
 
-def join(acc: Accesses, clock: Clock) -> tuple[pl.DataFrame, dict | None]:
+def join(acc: Accesses, clock: Clock | None) -> tuple[pl.DataFrame | None, dict | None]:
     """(one row per device-model IOREQ with its trap's dom, cpu, exit_ns and entry_ns on the
-    device model's clock, or nulls; counts: ioreqs, joined, ioreqs without a trap and how many
-    of them came before the hypervisor's trace began, traps at device-model addresses without
-    an IOREQ), counts None without both sides."""
+    device model's clock (fitted by the timeline), or nulls; counts: ioreqs, joined, ioreqs
+    without a trap and how many of them came before the hypervisor's trace began, traps at
+    device-model addresses without an IOREQ), or Nones without a clock or without IOREQs on
+    both sides."""
     dm, hv = acc
-    if not len(dm) or not len(hv):
-        return dm.clear(), None
+    if clock is None or not len(dm) or not len(hv):
+        return None, None
     dom = hv.filter(pl.col("addr").is_in(dm["addr"].unique().to_list()))["dom"].mode()
     hv = hv.filter(pl.col("dom") == (dom[0] if len(dom) else -1))  # the traced guest
     # kind and dir as one small integer: the joins and windows below on strings took twice
@@ -243,16 +244,6 @@ def _align(dt, ht, dm_ns, hv_ns, run: int):
 SEQUENCE_METHOD = (
     "IOREQs (QEMU handle_ioreq) inside their traps' exit..entry (xentrace), paired in order"
 )
-
-
-def build(acc: Accesses, clock: Clock | None):
-    """Join the bundle's IOREQs with their traps on the device-model clock `clock` (fitted by
-    the timeline). Returns (the join's counts, the joined table), or Nones without a clock
-    or without IOREQs on both sides."""
-    table, counts = join(acc, clock) if clock is not None else (None, None)
-    if counts is None:
-        return None, None
-    return counts, table
 
 
 def with_kick_traps(req: pl.DataFrame, joined: pl.DataFrame) -> pl.DataFrame:

@@ -213,7 +213,7 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
         # the join below then uses; fitted once, like the kicks' fit, before any loss.
         join_clock = x.sequence_clock()
         dm_clock = join_clock or dm_clock
-    join_counts, joined = ioreqs.build(acc, join_clock)
+    joined, join_counts = ioreqs.join(acc, join_clock)
     if joined is not None and (ide or (view == DM_VIEW_NAME and "trap_exit_ns" not in req.columns)):
         req = ioreqs.with_kick_traps(req, joined)
         if not ide:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import polars as pl
 
+from xvtrace.bundle import REQUESTS
 from xvtrace.timeline.ioreqs import IOREQS
 from xvtrace.timeline.phases import PHASES, table
-
-REQUESTS = "requests.parquet"
 
 
 def queues(req: pl.DataFrame) -> list[dict]:
