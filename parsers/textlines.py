@@ -66,12 +66,15 @@ def lines_frame(
     if not len(starts):
         return pl.DataFrame(schema={"line": pl.String, "src_offset": pl.UInt64})
     raw = np.frombuffer(body, dtype=np.uint8)
-    lens = ends - starts
-    # the lines' bytes, each with its '\n' back (a line never holds one)
-    at = np.repeat(starts - np.cumsum(np.concatenate(([0], lens[:-1] + 1))), lens + 1)
-    picked = raw[np.minimum(np.arange(len(at)) + at, len(raw) - 1)]
-    picked[np.cumsum(lens + 1) - 1] = 10
-    text = picked.tobytes().decode("utf-8", errors="replace")[:-1]
+    # the lines' bytes, each with its '\n' (a line never holds one): a byte mask from +1 at
+    # each start and -1 past each '\n' (one byte of mask per byte, not an index per byte)
+    mark = np.zeros(len(raw) + 2, np.int8)
+    mark[starts] = 1
+    mark[ends + 1] -= 1
+    picked = raw[np.cumsum(mark[: len(raw)], dtype=np.int8).view(np.bool_)]
+    text = picked.tobytes().decode("utf-8", errors="replace")
+    # the chunk's last line may lack its '\n'
+    text = text[:-1] if ends[-1] < len(raw) else text
     lines = pl.Series("line", [text]).str.split("\n").explode()
     return pl.DataFrame(
         {
