@@ -149,8 +149,8 @@ class Bundle:
         return pl.scan_parquet(epath)
 
     def raw_changes(self) -> list[str]:
-        """Raw sources that differ from what was ingested (size, or modification time where
-        the manifest recorded it): the events no longer describe them."""
+        """Raw sources that differ from what was ingested (size, or the content sample of
+        their fingerprint where the manifest recorded it): the events no longer describe them."""
         problems = []
         for src in self.manifest.sources:
             for entry in (src, src.get("archive")):

@@ -480,7 +480,8 @@ def _write_events(bundle_dir: Path, decoders: list, progress) -> None:
             done[0] += d.path.stat().st_size
 
     if len(decoders) == 1:  # one stream: the table is its frames in decoder order
-        _sink(bundle_dir, lambda: (frame for _, frame in prefetch(frames([0]))))
+        with closing(prefetch(frames([0]))) as got:  # (the thread stops on any error)
+            _sink(bundle_dir, lambda: (frame for _, frame in got))
         return
     # Several: each decoder's stream becomes sorted runs on disk, merged into the table's
     # order a few chunks at a time (a sort of the whole capture needed 10 GiB at 39 M rows).

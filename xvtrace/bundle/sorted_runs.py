@@ -21,7 +21,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from xvtrace.bundle.row_order import SEQ, count_le, keys_of, less, merge_order, sort_order, take
+from xvtrace.bundle.row_order import (
+    SEQ,
+    WORDS,
+    count_le,
+    keys_of,
+    less,
+    merge_order,
+    sort_order,
+    take,
+)
 
 CHUNK_ROWS = 1 << 16  # ~9 MB of event rows per chunk file
 LOOKAHEAD_ROWS = 1 << 16
@@ -215,7 +224,7 @@ class _Cursor:
     def __init__(self, chunks: Iterator[Chunk]):
         self.chunks = chunks
         self.frame: pl.DataFrame | None = None
-        self.keys = np.empty((0, 5), np.uint64)
+        self.keys = np.empty((0, WORDS), np.uint64)
         self.pos = 0
         self.advance(0)
 
