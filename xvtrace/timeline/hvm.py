@@ -25,10 +25,12 @@ def handled(ev: pl.LazyFrame) -> pl.DataFrame:
     hypercall (VMCALLs), exit_ns, entry_ns, src_offset, and `adjacent`: nothing else of
     the exit's (no other handler record, no other exit or entry) lies between the exit,
     the record and the entry on its pCPU."""
+    # (VMCALL is the only handler record with a hypercall number)
+    call = fields.xen("hvm.vmmcall", "hypercall")
     hv = (
         ev.filter(pl.col("source") == "xentrace")
         .filter(pl.col("event").is_in([EXIT, ENTRY, *HANDLERS]))
-        .select("ts_ns", "cpu", "dom", "vcpu", "event", "addr", fields.hypercall(), "src_offset")
+        .select("ts_ns", "cpu", "dom", "vcpu", "event", "addr", call, "src_offset")
         .collect()
     )
     # in each pCPU's record order; one u64 key's argsort and a gather take half the memory
