@@ -26,31 +26,33 @@ from xenalyze_output import assert_runstates_match, our_runstates, parse_summary
 
 from xvtrace import api
 
+# each scenario's stored captures; hvm-ide-drift: CI's boot of 2026-12-03, where the device
+# model's clock ran 105 ppm slow against Xen's TSC (1.5 ms by the end of the capture)
 STORED = {
-    "pv": "pv-blkfront",
-    "hvm-virtio": "hvm-virtio",
-    "hvm-ide": "hvm-ide",
-    "hvm-epam": "hvm-epam",
+    "pv": ["pv-blkfront"],
+    "hvm-virtio": ["hvm-virtio"],
+    "hvm-ide": ["hvm-ide", "hvm-ide-drift"],
+    "hvm-epam": ["hvm-epam"],
 }
-PARAMS = [
-    pytest.param((s, mode), id=f"{s}-{mode}", marks=[pytest.mark.xen] if mode == "boot" else [])
-    for s in STORED
-    for mode in ("boot", "stored")
-    if mode == "boot" or (FIXTURES / "xen" / STORED[s]).exists()
+PARAMS = [pytest.param((s, "boot"), id=f"{s}-boot", marks=[pytest.mark.xen]) for s in STORED] + [
+    pytest.param((s, name), id=f"{s}-stored" + name.removeprefix(s))
+    for s, names in STORED.items()
+    for name in names
+    if (FIXTURES / "xen" / name).exists()
 ]
 
 
 @pytest.fixture(scope="module", params=PARAMS)
 def xen(request, tmp_path_factory):
     """(scenario, the guest's console log, the bundle, the ingest result with a timeline)."""
-    scenario, mode = request.param
+    scenario, source = request.param  # "boot", or the stored capture's name
     out = tmp_path_factory.mktemp(f"xen-{scenario}")
-    if mode == "boot":
+    if source == "boot":
         bundle = run(scenario, out, timeout=1200)
         (console,) = (out / "console").glob("guest-*.log")
     else:
         bundle = out / scenario
-        shutil.copytree(FIXTURES / "xen" / STORED[scenario], bundle)
+        shutil.copytree(FIXTURES / "xen" / source, bundle)
         console = bundle / "meta" / "guest-console.log"
     res = api.ingest(bundle, out / "b", warn=lambda m: None)
     from xvtrace import timeline
@@ -189,6 +191,9 @@ def test_hvm_ide_requests_reconstruct_with_their_traps(xen):
     # no virtio kick to pair: the clock comes from the IOREQs themselves, in order
     c = tl["device_model_clock"]
     assert c["consistent"] and c["pairs"] >= 100 and c["upper_ns"] - c["lower_ns"] < 2_000_000, c
+    # paired over the whole capture: the drift shows only over all of it (hvm-ide-drift's
+    # first 2000 pairs fit a constant offset, and the rest then fell outside their traps)
+    assert c["pairs"] >= 0.99 * tl["ioreq_join"]["ioreqs"], c
     done = req.filter(pl.col("complete"))
     assert len(req) - len(done) <= 1  # one may straddle the start of the device model's trace
     assert len(done.filter((pl.col("op") == "write") & (pl.col("bytes") == 4096))) == 64
