@@ -8,7 +8,10 @@ jemalloc purges dirty pages), so every chunk faults its memory in again and the 
 it: on a 1M-request emulation that was a third of all CPU time. Here glibc serves every block
 from one heap and keeps what is freed, and jemalloc never purges. The memory is held until the
 process exits, and jemalloc keeps each thread arena's own peak, so other commands (timeline
-and report read large bundles with many polars threads) keep the defaults.
+and report read large bundles with many polars threads) do the opposite: a background thread
+gives jemalloc's freed pages back after 1 s instead of 10, so each stage of a long command
+does not leave its high-water mark behind (the timeline of 1M requests: 2.38 -> 2.07 GiB,
+at the same speed; purging at once cost it 50 % more time).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ COMMANDS = ("emulate", "dump")  # the commands that get these settings (dump: pe
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 TRIM_THRESHOLD = 1 << 30  # free memory kept at the heap's top before it is given back
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"  # polars' allocator never purges
+RETURNING_CONF = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"  # the others
 
 
 def tune(argv: list[str]) -> None:
@@ -30,6 +34,8 @@ def tune(argv: list[str]) -> None:
     COMMANDS. Call it before numpy and polars are imported (both read theirs once, jemalloc
     at its first allocation). A user's own settings in the environment win."""
     if not argv or argv[0] not in COMMANDS:
+        if "polars" not in sys.modules:
+            os.environ.setdefault("_RJEM_MALLOC_CONF", RETURNING_CONF)
         return
     if "polars" not in sys.modules:
         os.environ.setdefault("_RJEM_MALLOC_CONF", JEMALLOC_CONF)

@@ -15,6 +15,9 @@ import polars as pl
 from xvtrace.parsers import fields
 
 ACCESSES = ["hvm.mmio_read", "hvm.mmio_write", "hvm.ioport_read", "hvm.ioport_write"]
+# an access's kind and direction as enums: a string per access took 30 bytes of 70 at a
+# million requests (3 M accesses), in every frame, sort and join that carries them
+KIND, DIR = pl.Enum(["mmio", "pio"]), pl.Enum(["read", "write"])
 CALLS = ["hvm.vmmcall"]
 HANDLERS = [*ACCESSES, *CALLS]
 EXIT, ENTRY = "hvm.vmexit", "hvm.vmentry"
@@ -35,8 +38,10 @@ def handled(ev: pl.LazyFrame) -> pl.DataFrame:
     )
     # in each pCPU's record order; one u64 key's argsort and a gather take half the memory
     # of a two-column sort (11 M rows at 1 M requests)
-    key = hv["cpu"].cast(pl.UInt64) * (1 << 48) + hv["src_offset"]
-    hv = hv[key.arg_sort()]
+    order = (hv["cpu"].cast(pl.UInt64) * (1 << 48) + hv["src_offset"]).arg_sort()
+    columns = hv.get_columns()
+    del hv
+    hv = gather_by_column(columns, order)
     # fills and shifts over the whole frame, sorted by pCPU, each kept only where it comes
     # from the row's own pCPU: the same as per-pCPU windows, without a window's copies
     is_exit, is_entry = pl.col("event") == EXIT, pl.col("event") == ENTRY
@@ -59,6 +64,7 @@ def handled(ev: pl.LazyFrame) -> pl.DataFrame:
         .select("dom", "vcpu", pl.col("ts_ns").alias("_own_entry"))
         .sort("_own_entry")
     )
+    del hv  # every record of the trace's exits: free before the join below
     same = (pl.col("_next_dom") == pl.col("dom")) & (pl.col("_next_vcpu") == pl.col("vcpu"))
     found = (
         found.sort("ts_ns")
@@ -68,10 +74,21 @@ def handled(ev: pl.LazyFrame) -> pl.DataFrame:
                       .otherwise(pl.col("_own_entry")).alias("entry_ns"))
     )  # fmt: skip
     return found.sort("cpu", "src_offset").select(
-        "dom", "vcpu", "cpu", pl.col("event").cast(pl.String), "addr", "hypercall",
+        "dom", "vcpu", "cpu", "event", "addr", "hypercall",
         "exit_ns", "entry_ns", "src_offset",
         (pl.col("_after_exit") & pl.col("_before_entry")).fill_null(False).alias("adjacent"),
     )  # fmt: skip
+
+
+def gather_by_column(columns: list[pl.Series], order: pl.Series) -> pl.DataFrame:
+    """The frame of `columns` gathered in `order`, one column at a time, each dropped from
+    the list once gathered: with the list the only reference to them, the frame is held
+    once and one column twice, not the whole frame twice (0.4 GB at 1 M requests)."""
+    out = []
+    for i in range(len(columns)):
+        out.append(columns[i].gather(order))
+        columns[i] = None
+    return pl.DataFrame(out)
 
 
 def accesses(exits: pl.DataFrame) -> pl.DataFrame:
@@ -80,8 +97,8 @@ def accesses(exits: pl.DataFrame) -> pl.DataFrame:
     name = pl.col("event")
     return exits.filter(name.is_in(ACCESSES)).select(
         "dom", "vcpu", "cpu",
-        pl.when(name.str.contains("mmio")).then(pl.lit("mmio")).otherwise(pl.lit("pio")).alias("kind"),
-        pl.when(name.str.ends_with("write")).then(pl.lit("write")).otherwise(pl.lit("read")).alias("dir"),
+        pl.when(name.is_in(ACCESSES[:2])).then(pl.lit("mmio")).otherwise(pl.lit("pio")).cast(KIND).alias("kind"),
+        pl.when(name.is_in(ACCESSES[1::2])).then(pl.lit("write")).otherwise(pl.lit("read")).cast(DIR).alias("dir"),
         "addr", "exit_ns", "entry_ns", "src_offset",
     )  # fmt: skip
 

@@ -53,8 +53,8 @@ def device_model_ioreqs(ev: pl.LazyFrame) -> pl.DataFrame:
         .join(slots, on=["src_file", "slot"])
         .select(
             "src_file", "slot", "vcpu",
-            pl.when(pl.col("type") == 1).then(pl.lit("mmio")).otherwise(pl.lit("pio")).alias("kind"),
-            pl.when(pl.col("dir_bit") == 1).then(pl.lit("read")).otherwise(pl.lit("write")).alias("dir"),
+            pl.when(pl.col("type") == 1).then(pl.lit("mmio")).otherwise(pl.lit("pio")).cast(hvm.KIND).alias("kind"),
+            pl.when(pl.col("dir_bit") == 1).then(pl.lit("read")).otherwise(pl.lit("write")).cast(hvm.DIR).alias("dir"),
             "addr", "data", "size", pl.col("ts_ns").alias("dm_ns"), pl.col("src_offset").alias("dm_off"),
         )
     )  # fmt: skip
@@ -119,22 +119,25 @@ def join(acc: Accesses, clock: Clock | None) -> tuple[pl.DataFrame | None, dict 
         .group_by(key)
         .agg((pl.col("ti") - pl.col("di")).mode().min().alias("shift"))
     )
+    del nearest
     inside = (
         (pl.col("dm_ns") + res >= pl.col("trap_exit_ns") - slack_up)
         # no entry: the vCPU never came back (the guest's power-off write)
         & (pl.col("dm_ns") <= pl.col("trap_entry_ns") + slack_low).fill_null(True)
     )
-    joined = (
-        dm.join(shift, on=key, how="left")
-        .with_columns((pl.col("di") + pl.col("shift")).alias("ti"))
-        .join(hv, on=[*key, "ti"], how="left")
-        .with_columns(inside.fill_null(False).alias("joined"))
-        .drop("di", "ti", "shift", "kd")
-    )
     trap_cols = ["dom", "cpu", "trap_exit_ns", "trap_entry_ns", "trap_off"]
-    joined = joined.with_columns(
-        [pl.when(pl.col("joined")).then(pl.col(c)).alias(c) for c in trap_cols]
-    ).sort("src_file", "dm_off")
+    joined = (  # one lazy query: each step's frame of every IOREQ is not copied again
+        dm.lazy()
+        .join(shift.lazy(), on=key, how="left")
+        .with_columns((pl.col("di") + pl.col("shift")).alias("ti"))
+        .join(hv.lazy(), on=[*key, "ti"], how="left")
+        .with_columns(inside.fill_null(False).alias("joined"))
+        .with_columns([pl.when(pl.col("joined")).then(pl.col(c)).alias(c) for c in trap_cols])
+        .drop("di", "ti", "shift", "kd")
+        .sort("src_file", "dm_off")
+        .with_columns(pl.col("kind", "dir").cast(pl.String))  # as stored
+        .collect()
+    )
     # traps in the device model's trace window at its addresses, left without an IOREQ
     lo, hi = dm["dm_ns"].min(), dm["dm_ns"].max()
     window = hv.filter(
@@ -155,7 +158,7 @@ def join(acc: Accesses, clock: Clock | None) -> tuple[pl.DataFrame | None, dict 
         "joined": int(joined["joined"].sum()),
         "ioreqs_without_trap": len(unjoined),
         "ioreqs_before_trace": before,
-        "traps_without_ioreq": int((~window["trap_off"].is_in(used.to_list())).sum()),
+        "traps_without_ioreq": int((~window["trap_off"].is_in(used.implode())).sum()),
         "method": "IOREQs and traps of each vCPU, kind, direction and address paired in order"
         " (aligned where the IOREQ stamps fall), each inside its trap's exit..entry window"
         " (clock bounds added)",
@@ -178,7 +181,7 @@ def sequence_pairs(acc: Accesses, *, run: int = 2000) -> pl.DataFrame | None:
     if not len(dm):
         return None
     hv = acc.hv.filter(pl.col("addr").is_in(dm["addr"].unique().to_list()))
-    token = pl.concat_str("kind", "dir", pl.col("addr").cast(pl.Utf8)).hash()
+    token = pl.concat_str(pl.col("kind", "dir").cast(pl.Utf8), pl.col("addr").cast(pl.Utf8)).hash()
     out = []
     for (vcpu,), d in dm.with_columns(token.alias("t")).sort("dm_off").group_by("vcpu"):
         for _, h in (
