@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import polars as pl
@@ -89,3 +90,70 @@ def test_cli_exit_codes_formats_and_baseline_update(tmp_path):
     bad.write_text("{}")
     r = runner.invoke(cli, ["regress", "--baseline", str(bad), "--candidate", str(tmp_path / "c")])
     assert r.exit_code == 2 and "not an xvtrace baseline" in r.output
+
+
+GOOD = {"xvtrace_baseline": regress.SUMMARY_VERSION, "provenance": {"transport": "epam-mmio"},
+        "phases": [{"queue": 0, "op": "read", "phase": "total", "n": 3, "values": [1.0, 2.0, 3.0]}]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"values": []}, "phases[0].values: empty"),
+        ({"values": [1.0, float("nan")]}, "phases[0].values: not all finite"),
+        ({"values": [1.0, "2"]}, "phases[0].values: not all numbers"),
+        ({"values": 5}, "phases[0].values: empty or not a list"),
+        ({"n": "3"}, "phases[0].n: '3' is not a positive count"),
+        ({"n": 0}, "phases[0].n: 0 is not a positive count"),
+        ({"phase": None}, "phases[0]: phase and op must be strings"),
+    ],
+)
+def test_a_baseline_that_would_pass_anything_is_refused_naming_the_key(tmp_path, change, says):
+    """Empty or non-finite distributions, missing keys and wrong types: a clear error naming
+    the file and the key (exit 2), never a pass, a KeyError or a numpy error."""
+    doc = json.loads(json.dumps(GOOD))
+    doc["phases"][0].update(change)
+    path = tmp_path / "base.json"
+    path.write_text(json.dumps(doc, allow_nan=True))
+    with pytest.raises(regress.RegressError, match=re.escape(f"{path}: {says}")):
+        regress.read(path)
+    r = CliRunner().invoke(cli, ["regress", "--baseline", str(path), "--candidate", str(path)])
+    assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("doc", [{"phases": []}, {"provenance": []}, {"phases": [{"queue": 0}]}])
+def test_baselines_missing_their_parts_are_refused(tmp_path, doc):
+    path = tmp_path / "base.json"
+    path.write_text(json.dumps({**GOOD, **doc}))
+    r = CliRunner().invoke(cli, ["regress", "--baseline", str(path), "--candidate", str(path)])
+    assert r.exit_code == 2 and str(path) in r.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--threshold", "nan"), ("--threshold", "inf"), ("--alpha", "nan")]
+)
+def test_the_gate_cannot_be_switched_off_by_its_settings(tmp_path, option, value):
+    """`--threshold nan` compared false with every ratio and passed a regression."""
+    path = tmp_path / "base.json"
+    path.write_text(json.dumps(GOOD))
+    r = CliRunner().invoke(
+        cli, ["regress", "--baseline", str(path), "--candidate", str(path), option, value]
+    )
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    with pytest.raises(regress.RegressError):
+        regress.compare(
+            GOOD, GOOD, **{option.strip("-") + ("_pct" if "thr" in option else ""): float(value)}
+        )
+
+
+def test_ctrl_c_exits_130_not_1(tmp_path, monkeypatch):
+    """1 means "regression" to the scripts that run the gate; an interrupted run is 130."""
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(regress, "compare", interrupted)
+    path = tmp_path / "base.json"
+    path.write_text(json.dumps(GOOD))
+    r = CliRunner().invoke(cli, ["regress", "--baseline", str(path), "--candidate", str(path)])
+    assert r.exit_code == 130 and "interrupted" in r.output

@@ -42,6 +42,9 @@ def _guard(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt:  # Ctrl-C: 130 as shells report it (1 would read "regression")
+            click.echo("xvtrace: interrupted", err=True)
+            sys.exit(130)
         except BrokenPipeError:  # `xvtrace dump ... | head`: the reader left, not an error
             # Python flushes stdout again at exit; point it at /dev/null so that is quiet.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

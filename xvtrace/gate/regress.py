@@ -98,7 +98,49 @@ def read(source: str | Path) -> dict:
         raise RegressError(f"{source}: not JSON ({e.msg} at line {e.lineno})") from e
     if not isinstance(doc, dict) or doc.get("xvtrace_baseline") != SUMMARY_VERSION:
         raise RegressError(f"{source}: not an xvtrace baseline (version {SUMMARY_VERSION})")
+    if problem := schema_problem(doc):
+        raise RegressError(f"{source}: {problem}")
     return doc
+
+
+def schema_problem(doc: dict) -> str | None:
+    """What in a baseline summary cannot be compared (the key and why), or None. A phase
+    with no values, or values that are not finite numbers, would pass any candidate."""
+    if not isinstance(doc.get("provenance"), dict):
+        return "provenance: missing or not an object"
+    phases = doc.get("phases")
+    if not isinstance(phases, list):
+        return "phases: missing or not a list"
+    if not phases:
+        return "phases: none (the run has no complete request)"
+    for i, g in enumerate(phases):
+        where = f"phases[{i}]"
+        if not isinstance(g, dict):
+            return f"{where}: not an object"
+        for k in ("queue", "op", "phase", "n", "values"):
+            if k not in g:
+                return f"{where}.{k}: missing"
+        if not isinstance(g["phase"], str) or not isinstance(g["op"], (str, type(None))):
+            return f"{where}: phase and op must be strings"
+        n, v = g["n"], g["values"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            return f"{where}.n: {n!r} is not a positive count"
+        if not isinstance(v, list) or not v:
+            return f"{where}.values: empty or not a list"
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            return f"{where}.values: not all numbers"
+        if not np.isfinite(np.asarray(v, np.float64)).all():
+            return f"{where}.values: not all finite"
+    return None
+
+
+def check_settings(threshold_pct: float, alpha: float) -> None:
+    """A threshold or level that would switch the gate off (NaN compares false with any
+    ratio, so `--threshold nan` passed every regression) is refused."""
+    if not (math.isfinite(threshold_pct) and threshold_pct >= 0):
+        raise RegressError(f"threshold must be a finite percentage >= 0, not {threshold_pct!r}")
+    if not (math.isfinite(alpha) and 0 < alpha < 1):
+        raise RegressError(f"alpha must be a level between 0 and 1, not {alpha!r}")
 
 
 def write(summary: dict, path: Path) -> None:
@@ -141,6 +183,10 @@ class Comparison:
 
 def compare(base: dict, cand: dict, *, threshold_pct: float = THRESHOLD_PCT, alpha: float = ALPHA,
             force: bool = False, seed: int = 0) -> Comparison:  # fmt: skip
+    check_settings(threshold_pct, alpha)
+    for name, doc in (("baseline", base), ("candidate", cand)):
+        if problem := schema_problem(doc):
+            raise RegressError(f"{name}: {problem}")
     problems = provenance_problems(base, cand)
     if problems and not force:
         raise RegressError(

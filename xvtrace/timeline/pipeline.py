@@ -35,7 +35,7 @@ from xvtrace.timeline.ide import ide_requests
 REQUESTS = text.REQUESTS
 IOREQS = ioreqs.IOREQS
 SECTION = "timeline"  # the manifest section holding the facts, the key and the files
-VERSION = 2  # of the reconstruction: bump when its output changes
+VERSION = 3  # of the reconstruction: bump when its output changes
 DM_VIEW, DM_VIEW_NAME = qemu.VIEW, qemu.VIEW_NAME
 IDE_VIEW_NAME = "device model (QEMU IDE trace events)"
 HV_VIEW_NAME = "hypervisor (xentrace) + dom0 block layer (ftrace)"
@@ -204,8 +204,9 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
         else:
             view, (req, dm_clock) = v.name, found
             tried.append({"view": v.name, "used": True, "why": None})
-    if req is None:
-        req = _no_requests(ev)
+    # every view's table has every column of the device model's (null where the view has
+    # no such stamp): the report, HTML and Perfetto read one schema, whichever view applied
+    req = _conformed(req, _no_requests(ev))
     ide = view == IDE_VIEW_NAME
     join_clock = dm_clock
     if dm_clock is None or not dm_clock.consistent:
@@ -232,6 +233,16 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
         "ioreq_join": join_counts,
     }
     return facts, req, joined
+
+
+def _conformed(req: pl.DataFrame | None, empty: pl.DataFrame) -> pl.DataFrame:
+    """`req` with `empty`'s columns it lacks, as nulls of their type; `empty` without one."""
+    if req is None:
+        return empty
+    missing = [
+        pl.lit(None, dtype=t).alias(c) for c, t in empty.schema.items() if c not in req.columns
+    ]
+    return req.with_columns(missing) if missing else req
 
 
 def _no_requests(ev: pl.LazyFrame) -> pl.DataFrame:
