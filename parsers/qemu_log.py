@@ -230,6 +230,15 @@ class QemuLogDecoder:
             self.stats.extra["unknown_events"] = self.stats.extra.get("unknown_events", 0) + len(
                 rows
             )
+            # kept, as "unknown": but a name the trace-events file lacks may be a damaged
+            # line, and the request it belonged to is then missing a step (said, not silent)
+            self.stats.add_problem(
+                Problem(
+                    int(rows["src_offset"][0]),
+                    "unknown-event",
+                    f"{len(rows)} line(s) of an event the trace-events file does not define: {name!r}",
+                )
+            )
             return base.with_columns(pl.lit(0, dtype=pl.UInt8).alias("nargs"))
         if event_name(name) == "unknown":
             self.stats.extra["uncatalogued_events"] = self.stats.extra.get(

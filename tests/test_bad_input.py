@@ -3,6 +3,7 @@ with decoded/skipped counts; never a traceback, never a partial bundle left behi
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 
@@ -162,3 +163,97 @@ def test_a_truncated_compressed_capture_names_the_file(tmp_path):
     )
     assert "Traceback" not in r.output
     assert not list((tmp_path / "b" / "raw").glob(".*.part"))  # no half-written plain copy
+
+
+def test_a_damaged_event_name_is_said_and_yields_no_backwards_request(tmp_path):
+    """One corrupted event name in a real QEMU log (`virtqueue_pop` -> `virvqueue_pop` on
+    line 61) ingested with "skipped 0" and gave complete requests with negative phases
+    (pop -> fill p50 -309 us). Now ingest names the line's event and offset, and no
+    request is complete whose stamps go back in time; the damaged ones are counted."""
+    import shutil
+
+    import polars as pl
+    from helpers import FIXTURES
+
+    from xvtrace import api, timeline
+    from xvtrace.timeline.pipeline import PATH
+
+    src = tmp_path / "capture"
+    shutil.copytree(FIXTURES / "qemu" / "live-q35-pci", src)
+    log = src / "qemu-0.log"
+    lines = log.read_bytes().split(b"\n")
+    assert b"virtqueue_pop" in lines[60]
+    offset = sum(len(ln) + 1 for ln in lines[:60])
+    lines[60] = lines[60].replace(b"virtqueue_pop", b"virvqueue_pop")
+    log.write_bytes(b"\n".join(lines))
+    said = []
+    bundle = api.ingest(src, tmp_path / "b", warn=said.append).bundle
+    assert any("virvqueue_pop" in w and str(offset) in w and "qemu-0.log" in w for w in said), said
+    req = timeline.build(bundle)
+    done = req.filter(pl.col("complete"))
+    for a, b in itertools.pairwise(PATH):
+        assert (done[b] >= done[a]).fill_null(True).all(), (a, b)
+    facts = bundle.manifest["timeline"]
+    assert facts["complete"] == len(done) < facts["requests"]
+
+
+def test_sigterm_stops_emulate_with_a_message_and_no_partial_files(tmp_path):
+    """Killed by SIGTERM, `emulate` exited 143 silently and left raw/.*.part files behind.
+    Now it says so and every atomic write removes its temporary file as the stack unwinds."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "b"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xvtrace", "emulate", "-t", "epam-mmio", "-n", "3000000",
+         "--no-ingest", "-o", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(out.glob("raw/.*.part")) and proc.poll() is None:  # until it writes
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and b"terminated" in err, err
+    assert not list(out.rglob("*.part")), list(out.rglob("*"))
+
+
+@pytest.mark.parametrize("value", ["nan", "1e300", "-1", "inf"])
+def test_a_time_window_beyond_any_trace_is_refused(value):
+    """`dump --from 1e300` ended in an OverflowError (exit 3)."""
+    result = run("dump", X86_PV / "trace.bin", "--cpu-khz", X86_KHZ, "--from", value)
+    assert result.exit_code == 2 and "--from" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("doc", "says"),
+    [
+        ([1, 2], "not a manifest (a JSON object), a list"),
+        ({"host": {"cpu_khz": "2400000"}}, "host.cpu_khz: '2400000' is not a clock rate"),
+        ({"host": {"cpu_khz": True}}, "host.cpu_khz: True"),
+        ({"host": {"cpu_khz": -5}}, "host.cpu_khz: -5"),
+        ({"host": {"cpu_khz": 1e30}}, "host.cpu_khz: 1e+30"),
+        ({"host": [1]}, "host: not an object"),
+        ({"sources": {}}, "sources: not a list"),
+    ],
+)
+def test_a_damaged_manifest_is_refused_naming_the_key(tmp_path, doc, says):
+    """A manifest that is a JSON list, or holds cpu_khz as a string, a list, `true`, -5 or
+    1e30, ended in AttributeErrors or answers on a nonsense clock."""
+    import shutil
+
+    from helpers import FIXTURES
+
+    bundle = tmp_path / "b"
+    shutil.copytree(FIXTURES / "emulated" / "argo", bundle)
+    assert run("ingest", bundle).exit_code == 0
+    manifest = bundle / "manifest.json"
+    if isinstance(doc, dict):
+        doc = {**json.loads(manifest.read_text()), **doc}
+    manifest.write_text(json.dumps(doc))
+    for cmd in ("summary", "timeline", "report"):
+        result = run(cmd, bundle)
+        assert result.exit_code == 2 and f"{manifest}: {says}" in result.output, result.output

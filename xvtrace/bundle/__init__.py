@@ -34,6 +34,25 @@ REQUESTS = "requests.parquet"
 RAW = "raw"
 
 
+MAX_CPU_KHZ = 100_000_000  # 100 GHz: a clock rate beyond any CPU's is a damaged manifest
+
+
+def manifest_problem(doc: dict) -> str | None:
+    """What in a manifest's facts would mislead every step that reads them (the key and
+    why), or None: the sections are objects, the clock rate a plausible positive integer."""
+    for key in ("host", "clock", "counts"):
+        if key in doc and doc[key] is not None and not isinstance(doc[key], dict):
+            return f"{key}: not an object"
+    if "sources" in doc and not isinstance(doc["sources"], list):
+        return "sources: not a list"
+    khz = (doc.get("host") or {}).get("cpu_khz")
+    if khz is not None and (
+        not isinstance(khz, int) or isinstance(khz, bool) or not 0 < khz <= MAX_CPU_KHZ
+    ):
+        return f"host.cpu_khz: {khz!r} is not a clock rate in kHz (1..{MAX_CPU_KHZ})"
+    return None
+
+
 class Manifest(dict):
     """manifest.json: a dict as stored (and as JSON shows it), with typed access to the facts
     every step reads. Sections: schema_version, tool, created, host, clock, sources, counts;
@@ -109,11 +128,17 @@ class Bundle:
             manifest = json.loads(mpath.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BundleError(f"{mpath}: unreadable manifest: {e}") from e
+        if not isinstance(manifest, dict):
+            raise BundleError(
+                f"{mpath}: not a manifest (a JSON object), a {type(manifest).__name__}"
+            )
         version = manifest.get("schema_version")
         if version != SCHEMA_VERSION:
             raise BundleError(
                 f"{mpath}: schema version {version!r}, this xvtrace reads {SCHEMA_VERSION}"
             )
+        if problem := manifest_problem(manifest):
+            raise BundleError(f"{mpath}: {problem}")
         return cls(path, Manifest(manifest))
 
     def __post_init__(self) -> None:

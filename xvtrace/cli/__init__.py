@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -36,6 +37,34 @@ class InternalError(click.ClickException):
         click.echo(f"xvtrace: internal error: {self.format_message()}", err=True)
 
 
+class _Seconds(click.ParamType):
+    """A time window's bound: finite seconds within a trace's int64 ns (FloatRange lets NaN
+    through, and 1e300 overflowed the conversion)."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not (0 <= v <= 1e9):  # false for NaN too
+            self.fail(f"{value!r} is not between 0 and 1e9 seconds", param, ctx)
+        return v
+
+
+SECONDS = _Seconds()
+
+
+class Terminated(Exception):
+    """SIGTERM, raised in the main thread: the stack unwinds, so every atomic write removes
+    its temporary file (killed outright, `emulate` left its .part files behind)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
 def _guard(fn):
     """Turn the library's input errors into one-line messages instead of tracebacks."""
 
@@ -43,8 +72,11 @@ def _guard(fn):
         try:
             return fn(*args, **kwargs)
         except KeyboardInterrupt:  # Ctrl-C: 130 as shells report it (1 would read "regression")
-            click.echo("xvtrace: interrupted", err=True)
+            click.echo("xvtrace: interrupted; no partial output kept", err=True)
             sys.exit(130)
+        except Terminated:
+            click.echo("xvtrace: terminated (SIGTERM); no partial output kept", err=True)
+            sys.exit(143)
         except BrokenPipeError:  # `xvtrace dump ... | head`: the reader left, not an error
             # Python flushes stdout again at exit; point it at /dev/null so that is quiet.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -219,9 +251,9 @@ def _parse_code(ctx, param, values):
     "--cpu", "cpus", multiple=True, type=int, help="Only records from this pCPU (repeatable)."
 )
 @click.option(
-    "--from", "start", type=float, help="Start of the time window, seconds from the trace origin."
+    "--from", "start", type=SECONDS, help="Start of the time window, seconds from the trace origin."
 )
-@click.option("--to", "end", type=float, help="End of the time window (exclusive), seconds.")
+@click.option("--to", "end", type=SECONDS, help="End of the time window (exclusive), seconds.")
 @click.option("-n", "--limit", type=click.IntRange(min=0), help="Stop after N lines.")
 @cpu_khz_option
 @vendor_option
@@ -589,4 +621,5 @@ cli.add_command(capture_cmd)
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     cli.main(prog_name="xvtrace")
