@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 
 
-class ParseError(Exception):
+class XvtraceError(Exception):
+    """The root of every error a user can cause (bad input, options, files, runs that cannot
+    be compared): the CLI reports it in one line with exit status 2. Anything else that
+    escapes is a bug (exit 3). Defined here, the lowest layer, so every layer can raise it."""
+
+
+# OSErrors a user causes and can fix (a path, a permission, a full disk): reported like an
+# XvtraceError; any other OSError escaping is a bug
+USER_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR,
+                         errno.EEXIST, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG,
+                         errno.ENOTEMPTY})  # fmt: skip
+
+
+def is_users(e: BaseException) -> bool:
+    """An error to report as bad input (exit 2), not as a bug (exit 3)."""
+    return isinstance(e, XvtraceError) or (isinstance(e, OSError) and e.errno in USER_ERRNOS)
+
+
+class ParseError(XvtraceError):
     """Input that cannot be decoded at all; names the file and the byte offset."""
 
     def __init__(self, path: str, offset: int, message: str):

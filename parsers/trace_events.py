@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xvtrace.parsers.errors import XvtraceError
+
 DEFAULT_FILE = "qemu-7.2-trace-events"
 
 _LINE = re.compile(
@@ -47,7 +49,7 @@ _CONV_REGEX = {
 _FLOAT = (r"[-+0-9.eEinfa]+", "text")
 
 
-class DefinitionError(ValueError):
+class DefinitionError(XvtraceError, ValueError):
     """A trace-events line that is not a valid definition."""
 
 

@@ -28,7 +28,7 @@ import polars as pl
 
 from xvtrace.parsers import xen_events as xe
 from xvtrace.parsers import xentrace_scan as scan
-from xvtrace.parsers.errors import DecodeStats, ParseError, Problem
+from xvtrace.parsers.errors import DecodeStats, ParseError, Problem, XvtraceError
 from xvtrace.parsers.schema import EVENT_NAMES, EVENT_SCHEMA, N_ARGS, conform
 
 MAX_CPUS = 4096  # Xen's NR_CPUS upper bound; a CPU_CHANGE naming more is corrupt
@@ -123,7 +123,7 @@ class XentraceDecoder:
         progress: Callable[[int], None] | None = None,
     ):
         if cpu_khz is None or cpu_khz <= 0:
-            raise ValueError("cpu_khz must be a positive number of kHz")
+            raise XvtraceError("cpu_khz must be a positive number of kHz")
         self.path = Path(path)
         self.cpu_khz = int(cpu_khz)
         self.tsc_origin = tsc_origin

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import polars as pl
 
+from xvtrace.parsers.errors import XvtraceError
+
 PROFILES = ("x86_64", "arm64")
 
 # key | x86_64 ns | arm64 ns | jitter (lognormal sigma) | source
@@ -77,7 +79,7 @@ RENAMED = {
 }
 
 
-class CostFileError(ValueError):
+class CostFileError(XvtraceError, ValueError):
     """A cost file that cannot be used (the message names the file and the entries)."""
 
 
@@ -181,5 +183,5 @@ def _toml_string(s: str) -> str:
 def costs_for(table: pl.DataFrame, profile: str) -> dict[str, tuple[float, float]]:
     """key -> (ns per unit, jitter sigma) for one platform profile."""
     if profile not in PROFILES:
-        raise ValueError(f"unknown cost profile {profile!r}; valid: {', '.join(PROFILES)}")
+        raise XvtraceError(f"unknown cost profile {profile!r}; valid: {', '.join(PROFILES)}")
     return {k: (v, s) for k, v, s in table.select("key", profile, "sigma").iter_rows()}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from xvtrace.parsers.errors import XvtraceError
 from xvtrace.replay import engine
 from xvtrace.replay.accounting import CPU_RESOURCES, counters
 from xvtrace.replay.stream import KIND_OF_OP, Stream
@@ -37,7 +38,7 @@ def schedule(
     the engine's schedule). `scale`: per device kind, a factor per operation of its path
     applied to the drawn durations (calibration's trial costs)."""
     if arrivals not in ARRIVALS:
-        raise ValueError(f"arrivals {arrivals!r}: valid: {', '.join(ARRIVALS)}")
+        raise XvtraceError(f"arrivals {arrivals!r}: valid: {', '.join(ARRIVALS)}")
     n = len(stream)
     kinds = sorted({KIND_OF_OP[o] for o in np.unique(stream.op)})
     paths = [transport.path(k) for k in kinds]

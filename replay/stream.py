@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import polars as pl
 
+from xvtrace.parsers.errors import XvtraceError
 from xvtrace.replay.transports.base import Transport, submission
 
 OPS = ("read", "write", "tx", "rx")
@@ -31,7 +32,7 @@ KIND_OF_OP = {"read": "block", "write": "block", "tx": "net_tx", "rx": "net_rx"}
 NEEDED = ("op", "bytes", "pop_ns", "fill_ns", "io_ns", "complete")
 
 
-class StreamError(ValueError):
+class StreamError(XvtraceError, ValueError):
     """The request table cannot give a stream (message names what is missing)."""
 
 

@@ -3,6 +3,7 @@ with decoded/skipped counts; never a traceback, never a partial bundle left behi
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import struct
@@ -152,17 +153,48 @@ def test_compressed_captures_ingest_like_plain_ones(tmp_path, suffix):
     assert len(a) > 1000 and a.equals(b)
 
 
-def test_a_truncated_compressed_capture_names_the_file(tmp_path):
+def test_a_truncated_compressed_capture_decodes_up_to_the_damage(tmp_path):
+    """Cut mid-stream: what decoded before the cut is ingested, with a warning naming the
+    archive (like any capture cut short); cut before anything decodes: a clear error."""
     import lzma
 
     bad = tmp_path / "xentrace.bin.xz"
-    bad.write_bytes(lzma.compress(GOOD)[:2000])  # cut mid-stream
-    r = run("ingest", bad, "-o", tmp_path / "b")
+    packed = lzma.compress(GOOD)
+    bad.write_bytes(packed[: len(packed) // 2])
+    r = run("ingest", bad, "-o", tmp_path / "b", "--cpu-khz", X86_KHZ, "--json")
+    assert r.exit_code == 0 and "xentrace.bin.xz: compressed stream damaged after" in r.output
+    (src,) = json.loads(r.stdout)["sources"]
+    whole = run(
+        "ingest", X86_PV / "trace.bin", "-o", tmp_path / "w", "--cpu-khz", X86_KHZ, "--json"
+    )
+    assert 0 < src["decoded"] < json.loads(whole.stdout)["sources"][0]["decoded"]
+    bad.write_bytes(packed[:20])  # the header alone
+    r = run("ingest", bad, "-o", tmp_path / "c")
     assert (
         r.exit_code == 2 and "xentrace.bin.xz" in r.output and "cannot decompress (xz)" in r.output
     )
     assert "Traceback" not in r.output
-    assert not list((tmp_path / "b" / "raw").glob(".*.part"))  # no half-written plain copy
+    assert not list((tmp_path / "c").rglob("xentrace.bin")) and not list(
+        (tmp_path / "c").rglob("*.part")
+    )
+
+
+def test_a_compression_bomb_stops_at_the_limit_and_leaves_nothing(tmp_path):
+    """A 9.4 MB gzip of zeros wrote 2 GB before failing, and left it behind."""
+    import gzip
+
+    bomb = tmp_path / "trace.bin.gz"
+    with gzip.open(bomb, "wb") as f:
+        for _ in range(64):
+            f.write(bytes(1 << 20))
+    r = run("ingest", bomb, "-o", tmp_path / "b", "--unpack-limit", "0.01")
+    assert r.exit_code == 2 and "unpacks to more than 10,737,418 bytes" in r.output, r.output
+    assert not [
+        p
+        for p in (tmp_path / "b").rglob("*")
+        if p.is_file() and "trace.bin" in p.name and p.suffix != ".gz"
+    ]
+    assert "Traceback" not in r.output
 
 
 def test_a_damaged_event_name_is_said_and_yields_no_backwards_request(tmp_path):
@@ -257,3 +289,46 @@ def test_a_damaged_manifest_is_refused_naming_the_key(tmp_path, doc, says):
     for cmd in ("summary", "timeline", "report"):
         result = run(cmd, bundle)
         assert result.exit_code == 2 and f"{manifest}: {says}" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "says"),
+    [
+        (OSError(errno.EIO, "Input/output error"), 3, "a bug in xvtrace"),
+        (ValueError("an analysis bug"), 3, "a bug in xvtrace"),
+        (KeyError("column"), 3, "a bug in xvtrace"),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "x.json"), 2, "x.json"),
+        (PermissionError(errno.EACCES, "Permission denied", "out.html"), 2, "out.html"),
+    ],
+)
+def test_only_the_projects_errors_and_the_users_files_are_bad_input(
+    monkeypatch, raised, code, says
+):
+    """Every ValueError and OSError used to be reported as bad input (exit 2), so bugs looked
+    like the user's fault and XVTRACE_DEBUG=1 could not show them: now only XvtraceError and
+    the OSErrors of a path, a permission or a full disk are exit 2; the rest exit 3."""
+    from xvtrace import api
+
+    def fails(*a, **k):
+        raise raised
+
+    monkeypatch.setattr(api, "summarize", fails)
+    result = run("summary", X86_PV / "trace.bin")
+    assert result.exit_code == code and says in result.output, result.output
+
+
+def test_a_compiled_librarys_panic_is_a_bug_not_a_crash(monkeypatch):
+    """pyo3's PanicException derives from BaseException: it went past the handler (a
+    traceback, exit 1)."""
+    from xvtrace import api
+
+    class PanicException(BaseException):  # as pyo3 names it
+        pass
+
+    def panics(*a, **k):
+        raise PanicException("called `Option::unwrap()` on a `None` value")
+
+    monkeypatch.setattr(api, "summarize", panics)
+    result = run("summary", X86_PV / "trace.bin")
+    assert result.exit_code == 3 and "PanicException" in result.output, result.output
+    assert "Traceback" not in result.output

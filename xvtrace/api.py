@@ -26,6 +26,7 @@ from xvtrace.analysis.summary import Summary, virtqueues
 from xvtrace.bundle import Bundle, atomic_path
 from xvtrace.output import perfetto
 from xvtrace.output.report import Report
+from xvtrace.parsers.errors import XvtraceError
 from xvtrace.parsers.symbols import Symbols
 from xvtrace.timeline import Timeline
 
@@ -146,7 +147,7 @@ def replay(
     if emit_dir is not None:
         emit_dir = Path(emit_dir)
         if emit_dir.exists() and any(emit_dir.iterdir()):
-            raise ValueError(f"{emit_dir}: exists and is not empty; choose a new directory")
+            raise XvtraceError(f"{emit_dir}: exists and is not empty; choose a new directory")
     chosen = replaying.parse_transports(transports)
     result = replaying.replay_bundle(bundle, chosen, **options)
     replaying.write(result, Path(output) if output else bundle.path / replaying.REPLAY)
@@ -214,7 +215,7 @@ def emulate(
     dirs = [out / name if len(transports) > 1 else out for name in transports]
     for d in dirs:  # refuse before any run writes
         if d.exists() and any(d.iterdir()):
-            raise ValueError(f"{d}: exists and is not empty; choose a new directory")
+            raise XvtraceError(f"{d}: exists and is not empty; choose a new directory")
     runs = []
     for name, d in zip(transports, dirs, strict=True):
         tick = progress(name) if progress else None

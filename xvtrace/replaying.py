@@ -20,6 +20,7 @@ from xvtrace import timeline
 from xvtrace.bundle import Bundle, BundleError, atomic_path
 from xvtrace.emulate import EmulateOptions, emulate
 from xvtrace.emulate.workload import FRAME_OVERHEAD, MAX_BS, MAX_PAYLOAD, Requests
+from xvtrace.parsers.errors import XvtraceError
 from xvtrace.replay import calibrate
 from xvtrace.replay import costs as cost_table
 from xvtrace.replay.accounting import COUNTERS
@@ -60,7 +61,7 @@ def parse_transports(spec: str) -> list[Transport]:
         list(NAMES) if spec.strip() == "all" else [s.strip() for s in spec.split(",") if s.strip()]
     )
     if not names:
-        raise ValueError(f"no transport given; valid: {', '.join(NAMES)}, all")
+        raise XvtraceError(f"no transport given; valid: {', '.join(NAMES)}, all")
     return [get(n) for n in names]
 
 
@@ -117,7 +118,7 @@ def emit_bundles(
     st = result.stream
     block = bool(np.isin(st.op, ("read", "write")).all())
     if not block and np.isin(st.op, ("read", "write")).any():
-        raise ValueError(
+        raise XvtraceError(
             "--emit-bundle: a stream mixing block and network requests is not supported"
         )
     bs = int(np.median(st.nbytes))
@@ -187,10 +188,10 @@ class Calibration:
                 for r in fitted.iter_rows(named=True)]  # fmt: skip
 
     def write(self, path: Path) -> None:
-        """The fitted costs as a TOML cost file (atomically); ValueError when none fit."""
+        """The fitted costs as a TOML cost file (atomically); XvtraceError when none fit."""
         entries = self.entries()
         if not entries:
-            raise ValueError(
+            raise XvtraceError(
                 f"{self.bundle_path}: no interval of this capture constrains any {self.transport} cost"
             )
         with atomic_path(path) as tmp:

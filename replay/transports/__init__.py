@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from xvtrace.parsers.errors import XvtraceError
 from xvtrace.replay.transports.base import Transport
 
 
@@ -29,4 +30,4 @@ def get(name: str) -> Transport:
     try:
         return TRANSPORTS[name]
     except KeyError:
-        raise ValueError(f"unknown transport {name!r}; valid: {', '.join(NAMES)}") from None
+        raise XvtraceError(f"unknown transport {name!r}; valid: {', '.join(NAMES)}") from None

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xvtrace import __version__
+from xvtrace.parsers.errors import XvtraceError
 from xvtrace.parsers.schema_version import SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -103,11 +104,11 @@ class Manifest(dict):
         return wl if isinstance(wl, dict) else {"name": wl}
 
 
-class BundleError(Exception):
+class BundleError(XvtraceError):
     """A bundle that is missing, incomplete or from an incompatible schema."""
 
 
-class IngestError(Exception):
+class IngestError(XvtraceError):
     """Input that cannot become a bundle (unknown format, missing clock facts)."""
 
 

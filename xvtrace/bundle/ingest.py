@@ -218,13 +218,26 @@ def place_raw(raw: Path, bundle_dir: Path) -> Path:
 
 
 COMPRESSED = {".gz": gzip.open, ".xz": lzma.open}  # raw captures people store compressed
+UNPACK_RATIO = 100  # a plain copy at most this many times its archive (traces: 5-30x) ...
+UNPACK_FLOOR = 1 << 30  # ... or 1 GiB, whichever is larger, unless the caller allows more
 
 
-def unpack(raw: Path, was: dict | None = None) -> Path:
+def unpack(
+    raw: Path,
+    was: dict | None = None,
+    *,
+    limit: int | None = None,
+    warn: Callable[[str], None] = lambda m: None,
+) -> Path:
     """A compressed capture's plain copy beside it (streamed, atomically); any other file as
     it is. An existing copy is used when the archive is the one it was made from: `was`, the
     archive's fingerprint the last ingest recorded, else (none recorded) when the copy is
-    newer than the archive."""
+    newer than the archive.
+
+    The copy stops at `limit` bytes (default: UNPACK_RATIO times the archive, at least
+    UNPACK_FLOOR) with an error, and nothing of it is kept: a 9 MB gzip of zeros wrote 2 GB.
+    A damaged or cut stream keeps what decoded before the damage, with a warning; the
+    decoders then treat the copy as a capture cut short."""
     opener = COMPRESSED.get(raw.suffix)
     if opener is None:
         return raw
@@ -237,11 +250,35 @@ def unpack(raw: Path, was: dict | None = None) -> Path:
         )
         if same:
             return dest
-    try:
-        with atomic_path(dest) as tmp, opener(raw) as fin, tmp.open("wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-    except (OSError, EOFError, lzma.LZMAError) as e:
-        raise ParseError(str(raw), 0, f"cannot decompress ({raw.suffix[1:]}): {e}") from None
+    limit = max(UNPACK_RATIO * raw.stat().st_size, UNPACK_FLOOR) if limit is None else limit
+    damage = None
+    with atomic_path(dest) as tmp:
+        written = 0
+        with opener(raw) as fin, tmp.open("wb") as fout:
+            while True:
+                try:
+                    block = fin.read(1 << 20)
+                except (OSError, EOFError, lzma.LZMAError) as e:
+                    damage = e
+                    break
+                if not block:
+                    break
+                written += len(block)
+                if written > limit:
+                    raise ParseError(
+                        str(raw), 0,
+                        f"unpacks to more than {limit:,} bytes, the limit for a"
+                        f" {raw.stat().st_size:,}-byte archive (ingest --unpack-limit raises it);"
+                        " nothing of it kept",
+                    )  # fmt: skip
+                fout.write(block)
+        if damage is not None and not written:
+            raise ParseError(str(raw), 0, f"cannot decompress ({raw.suffix[1:]}): {damage}")
+    if damage is not None:
+        warn(
+            f"{raw}: compressed stream damaged after {written:,} decoded bytes ({damage}):"
+            " decoding what came before it"
+        )
     return dest
 
 
@@ -254,8 +291,10 @@ def ingest(
     chunk_bytes: int = xentrace.DEFAULT_CHUNK_BYTES,
     progress: Callable[[str, int, int], None] | None = None,
     warn: Callable[[str], None] = lambda m: print(f"xvtrace: warning: {m}", file=sys.stderr),
+    unpack_limit: int | None = None,
 ) -> IngestResult:
-    """Decode a raw capture or a bundle's raw/ into events.parquet; returns the bundle."""
+    """Decode a raw capture or a bundle's raw/ into events.parquet; returns the bundle.
+    `unpack_limit`: the most bytes a compressed capture may unpack to (see `unpack`)."""
     src = Path(src)
     if not src.exists():
         raise IngestError(f"{src}: no such file or directory")
@@ -294,7 +333,7 @@ def ingest(
         origins = {raw_files[0]: src}
 
     recorded = _recorded_archives(manifest, bundle_dir)
-    unpacked = {f: unpack(f, recorded.get(f)) for f in raw_files}
+    unpacked = {f: unpack(f, recorded.get(f), limit=unpack_limit, warn=warn) for f in raw_files}
     archives = {plain: f for f, plain in unpacked.items() if f != plain}
     raw_files = sorted(set(unpacked.values()))
     formats = {f: detect_format(f) if f.stat().st_size else None for f in raw_files}

@@ -25,6 +25,7 @@ from pathlib import Path
 from xvtrace import __version__
 from xvtrace.bundle import RAW, new_manifest, write_manifest
 from xvtrace.capture.qmp import QMP, QMPError
+from xvtrace.parsers.errors import XvtraceError
 
 META = "meta"  # bundle/meta/: host facts captured alongside (xl info, QMP answers)
 TRACE_EVENTS_ALL = Path("/usr/share/qemu/trace-events-all")  # Debian qemu-system-common
@@ -38,7 +39,7 @@ DEFAULT_PATTERNS = (
 )
 
 
-class CaptureError(Exception):
+class CaptureError(XvtraceError):
     """Capture cannot start (nothing to capture, bundle exists, bad option)."""
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import click
 
-from xvtrace.capture import CaptureError
-from xvtrace.capture.qmp import QMPError
+from xvtrace.parsers.errors import is_users
 from xvtrace.replay.transports import NAMES as TRANSPORT_NAMES
 
 
@@ -21,12 +20,12 @@ def guard(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (CaptureError, QMPError, OSError, ValueError) as e:
-            click.echo(f"xvtrace: error: {e}", err=True)
-            sys.exit(2)
         except click.ClickException:
             raise
         except Exception as e:
+            if is_users(e):  # XvtraceError (CaptureError, QMPError, ...) or a path's OSError
+                click.echo(f"xvtrace: error: {e}", err=True)
+                sys.exit(2)
             if os.environ.get("XVTRACE_DEBUG"):
                 raise
             click.echo(f"xvtrace: internal error: {type(e).__name__}: {e}", err=True)

@@ -12,8 +12,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from xvtrace.parsers.errors import XvtraceError
 
-class QMPError(Exception):
+
+class QMPError(XvtraceError):
     """The socket is gone, or QEMU answered a command with an error."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -11,11 +12,9 @@ from pathlib import Path
 import click
 
 from xvtrace import __version__, api
-from xvtrace.bundle import BundleError, IngestError, atomic_path
-from xvtrace.capture import CaptureError
-from xvtrace.capture.qmp import QMPError
+from xvtrace.bundle import atomic_path
 from xvtrace.emulate.workload import PRESETS
-from xvtrace.parsers.errors import ParseError
+from xvtrace.parsers.errors import is_users
 from xvtrace.replay.transports import NAMES as TRANSPORT_NAMES
 
 
@@ -65,6 +64,30 @@ def _on_sigterm(signum, frame):
     raise Terminated
 
 
+DAMAGED = (
+    "a bundle's table cannot be read, damaged after it was written ({e});"
+    " `xvtrace ingest` makes it again from the raw capture"
+)
+
+
+def _damaged_table(e: BaseException) -> bool:
+    """polars failed inside a parquet file it was reading: bad input, not a bug (what it
+    raises for a damaged page, footer or thrift header names the format)."""
+    text = str(e).lower()
+    return type(e).__name__ in ("ComputeError", "PanicException") and (
+        "parquet" in text or "thrift" in text
+    )
+
+
+def _bug(e: BaseException) -> Exception:
+    """A bug, for the user in one line (exit 3); the traceback with XVTRACE_DEBUG=1."""
+    if os.environ.get("XVTRACE_DEBUG"):
+        raise e
+    return InternalError(
+        f"{type(e).__name__}: {e} (a bug in xvtrace; rerun with XVTRACE_DEBUG=1 for the traceback)"
+    )
+
+
 def _guard(fn):
     """Turn the library's input errors into one-line messages instead of tracebacks."""
 
@@ -81,24 +104,20 @@ def _guard(fn):
             # Python flushes stdout again at exit; point it at /dev/null so that is quiet.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return None
-        except (
-            ParseError,
-            IngestError,
-            BundleError,
-            CaptureError,
-            QMPError,
-            OSError,
-            ValueError,
-        ) as e:
-            raise UserError(str(e)) from e
         except click.ClickException:
             raise
-        except Exception as e:  # a bug: one line for the user, the traceback on request
-            if os.environ.get("XVTRACE_DEBUG"):
+        except Exception as e:  # the user's to fix, or a bug (the traceback on request)
+            if is_users(e):
+                raise UserError(str(e)) from e
+            if _damaged_table(e):
+                raise UserError(DAMAGED.format(e=e)) from e
+            raise _bug(e) from e
+        except BaseException as e:  # a compiled library's panic (pyo3's PanicException)
+            if type(e).__name__ != "PanicException":
                 raise
-            raise InternalError(
-                f"{type(e).__name__}: {e} (a bug in xvtrace; rerun with XVTRACE_DEBUG=1 for the traceback)"
-            ) from e
+            if _damaged_table(e):
+                raise UserError(DAMAGED.format(e=e)) from e
+            raise _bug(e) from e
 
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
@@ -181,8 +200,11 @@ def cli() -> None:
     help="Progress bar on stderr (default: when stderr is a terminal).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON instead of text.")
+@click.option("--unpack-limit", type=click.FloatRange(min=0, min_open=True), metavar="GIB",
+              help="Most a .gz/.xz capture may unpack to, in GiB (default: 100x the archive,"
+                   " at least 1 GiB).")  # fmt: skip
 @_guard
-def ingest_cmd(source, output, cpu_khz, hvm_vendor, progress, as_json):
+def ingest_cmd(source, output, cpu_khz, hvm_vendor, progress, as_json, unpack_limit):
     """Decode a raw capture (or a bundle's raw/) into a bundle with events.parquet.
 
     SOURCE is a xentrace binary file or a bundle directory. Files are recognised by content.
@@ -191,7 +213,11 @@ def ingest_cmd(source, output, cpu_khz, hvm_vendor, progress, as_json):
     show = sys.stderr.isatty() if progress is None else progress
     update, close = _progress_bar(show)
     try:
-        result = api.ingest(source, output, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor, progress=update)
+        if unpack_limit is not None and not math.isfinite(unpack_limit):
+            raise click.BadParameter("a finite number of GiB", param_hint="--unpack-limit")
+        limit = None if unpack_limit is None else int(unpack_limit * (1 << 30))
+        result = api.ingest(source, output, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor,
+                            progress=update, unpack_limit=limit)  # fmt: skip
     finally:
         close()
     _show(result, as_json)

@@ -277,6 +277,7 @@ def _write_streams(out, opts, transport, kinds, paths, path_of, loop, req, cpu_k
     blocks = kinds == ["block"]
     # what each stream could not write yet: xentrace records, QEMU lines, block trace lines
     pending: dict = {"xen": None, "qemu": Pending.empty(), "block": Pending.empty()}
+    slots: dict = {}  # per queue kind: the element pointers in flight (qemu_lines.ElementSlots)
     expected: dict = {}
 
     def xen_chunk(k: int, parts, gaps, fh) -> dict:
@@ -302,7 +303,7 @@ def _write_streams(out, opts, transport, kinds, paths, path_of, loop, req, cpu_k
         return xen_records.expected_counts(table, written)
 
     def qemu_chunk(k: int, parts, gaps, fh) -> dict:
-        lines = qemu_lines.build(parts, defs=defs, iodepth=w.iodepth, first=k == 0)
+        lines = qemu_lines.build(parts, defs=defs, first=k == 0, slots=slots)
         done, pending["qemu"] = lines.cut(pending["qemu"], marks[k])
         n = qemu_lines.write_lines(fh, done, EPOCH_NS, opts.clock_offset_ns, opts.clock_drift_ppm)
         return {"qemu_lines": n}

@@ -15,6 +15,7 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
+from numba import njit
 
 from xvtrace.emulate.pending import Batch, Pending, Texts
 from xvtrace.emulate.xen_records import ACK, MMIO_BASE, NOTIFY, STATUS
@@ -135,32 +136,68 @@ DEVICES = {
 }
 
 
-def build(parts, *, defs: TraceEvents, iodepth: int, first: bool = True) -> Lines:
+class ElementSlots:
+    """QEMU's VirtQueueElement pointers of one queue: each request takes the lowest slot
+    free at its pop and gives it back at its push, as malloc reuses a freed block; carried
+    from chunk to chunk. Requests are taken in the run's order (not by pop time), so the
+    chunks write what one pass does; a slot's users never overlap either way, since each
+    takes it only once its last user gave it back. Slots by `job * iodepth + k % iodepth` handed a pointer still in
+    flight to a new request whenever requests completed out of order, and the timeline then
+    gave one request another's completion (1 MiB reads at depth 4: 6 of 2000)."""
+
+    def __init__(self) -> None:
+        self.free_at = np.zeros(0)  # per slot: when its last request gave it back
+
+    def take(self, pop: np.ndarray, push: np.ndarray) -> np.ndarray:
+        order = np.arange(len(pop))
+        free_at = np.concatenate([self.free_at, np.zeros(len(pop))])
+        slot = np.empty(len(pop), np.int64)
+        used = _take_slots(pop.astype(np.float64), push.astype(np.float64), order, free_at,
+                           len(self.free_at), slot)  # fmt: skip
+        self.free_at = free_at[:used]
+        return slot
+
+
+@njit(cache=True, nogil=True)
+def _take_slots(pop, push, order, free_at, used, slot):  # pragma: no cover (compiled)
+    for i in order:  # a request at a time: the lowest slot free by its pop
+        chosen = used
+        for j in range(used):
+            if free_at[j] <= pop[i]:
+                chosen = j
+                break
+        if chosen == used:
+            used += 1
+        free_at[chosen] = push[i]
+        slot[i] = chosen
+    return used
+
+
+def build(parts, *, defs: TraceEvents, first: bool = True, slots: dict | None = None) -> Lines:
     """The QEMU lines of some requests of a run; `parts` is [(kind, path, schedule,
-    requests)] with kind block, net_tx or net_rx; `first`: the run's start is among them."""
+    requests)] with kind block, net_tx or net_rx; `first`: the run's start is among them;
+    `slots`: the run's ElementSlots per kind, kept from chunk to chunk."""
+    slots = {} if slots is None else slots
     out = Lines(defs)
     if first and any(kind == "net_rx" for kind, *_ in parts):
         # the guest driver posts its receive buffers and kicks the rx queue once at start
         vdev, vq, queue = DEVICES["net_rx"]
         out.add("virtio_queue_notify", np.zeros(1), -1.0, vdev=vdev, n=queue, vq=vq)
     for kind, path, sched, req in parts:
-        _path_lines(out, kind, path, sched, req, iodepth)
+        _path_lines(out, kind, path, sched, req, slots.setdefault(kind, ElementSlots()))
     return out
 
 
-def _path_lines(out: Lines, kind: str, path, sched, req, iodepth: int) -> None:
+def _path_lines(out: Lines, kind: str, path, sched, req, slots: ElementSlots) -> None:
     names = {o.name: k for k, o in enumerate(path)}
     emits = {o.emits for o in path}
     vdev, vq, queue = DEVICES[kind]
     n = len(req.job)
     if n == 0:  # a path no request of this chunk took (a stream's other direction)
         return
-    k_in_job = np.arange(n) // max(1, int(req.job.max()) + 1)
-    slot = req.job * iodepth + (k_in_job % iodepth)  # unique among requests in flight
     base = {"block": ELEM_BASE, "net_tx": ELEM_BASE + 0x100000, "net_rx": ELEM_BASE + 0x200000}[
         kind
     ]
-    elem = (base + slot.astype(np.uint64) * np.uint64(0x140)).astype(np.uint64)
     ioreq = (IOREQ_PTR + req.job.astype(np.uint64) * np.uint64(32)).astype(np.uint64)
     pages = req.pages.astype(np.uint64)
     w = req.write
@@ -168,6 +205,9 @@ def _path_lines(out: Lines, kind: str, path, sched, req, iodepth: int) -> None:
     def t(op: str, at: str = "start") -> np.ndarray:
         k = names[op]
         return (sched.start if at == "start" else sched.end)[:, k]
+
+    slot = slots.take(t("backend_pop"), t("backend_push"))  # unique among requests in flight
+    elem = (base + slot.astype(np.uint64) * np.uint64(0x140)).astype(np.uint64)
 
     pop_t = t("backend_pop")
     if kind != "net_rx":  # the guest kicked the queue

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xvtrace.parsers.errors import XvtraceError
+
 BLOCK_RW = ("read", "write", "randread", "randwrite", "randrw")
 NET_MODES = ("rr", "stream")
 FRAME_OVERHEAD = 14 + 20 + 8  # Ethernet + IPv4 + UDP headers
@@ -33,7 +35,7 @@ RING_SIZE = 256  # virtqueue size of the emulated devices
 MAX_BS = 4 << 20
 
 
-class WorkloadError(ValueError):
+class WorkloadError(XvtraceError, ValueError):
     """A workload that cannot run; the message lists the valid values."""
 
 

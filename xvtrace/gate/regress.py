@@ -27,6 +27,7 @@ import polars as pl
 
 from xvtrace import __version__, timeline
 from xvtrace.bundle import atomic_path
+from xvtrace.parsers.errors import XvtraceError
 
 SUMMARY_VERSION = 1
 SAMPLE = 1000  # order statistics kept per phase
@@ -45,7 +46,7 @@ PHASES = (  # name, start column, end column
 )
 
 
-class RegressError(ValueError):
+class RegressError(XvtraceError, ValueError):
     """Inputs that cannot be compared (the message says what differs or is missing)."""
 
 
@@ -96,6 +97,8 @@ def read(source: str | Path) -> dict:
         doc = json.loads(source.read_text())
     except json.JSONDecodeError as e:
         raise RegressError(f"{source}: not JSON ({e.msg} at line {e.lineno})") from e
+    except UnicodeDecodeError as e:
+        raise RegressError(f"{source}: not JSON (not text at byte {e.start})") from e
     if not isinstance(doc, dict) or doc.get("xvtrace_baseline") != SUMMARY_VERSION:
         raise RegressError(f"{source}: not an xvtrace baseline (version {SUMMARY_VERSION})")
     if problem := schema_problem(doc):

@@ -61,7 +61,10 @@ def load(path: str | Path) -> tuple[dict, pl.DataFrame]:
     side = path.with_suffix(".json")
     if not side.exists():
         raise BundleError(f"{path}: no {side.name} beside it (written by `xvtrace replay`)")
-    facts = json.loads(side.read_text())
+    try:
+        facts = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{side}: damaged ({e}); run `xvtrace replay` again") from e
     if bundle is not None and facts.get("timeline_key") != timeline.current_key(bundle):
         raise BundleError(
             f"{path}: replayed from requests this bundle no longer has (re-ingested or"

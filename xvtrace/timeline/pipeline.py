@@ -237,7 +237,8 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
 
 
 # the stamps the phases are made of, in path order (complete_ns, virtio_blk_req_complete,
-# feeds no phase: the emulated gsoc-xenbus log gives one request another's, left as found)
+# feeds no phase; stored emulated bundles made before qemu_lines.ElementSlots reused an
+# element pointer in flight, and their complete_ns can be another request's)
 PATH = ("kick_ns", "pop_ns", "handle_ns", "io_done_ns", "fill_ns", "notify_ns")
 CAUSAL_REASON = "stamps out of causal order (a corrupt or misread log?)"
 
