@@ -239,16 +239,21 @@ def test_sigterm_stops_emulate_with_a_message_and_no_partial_files(tmp_path):
 
     out = tmp_path / "b"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "xvtrace", "emulate", "-t", "epam-mmio", "-n", "3000000",
+        [sys.executable, "-m", "xvtrace", "emulate", "-t", "epam-mmio", "-n", "1000000",
          "--no-ingest", "-o", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not list(out.glob("raw/.*.part")) and proc.poll() is None:  # until it writes
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("raw/.*.part")) and proc.poll() is None:  # until it writes
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:  # never left running (or its pipe open) into the next test
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
     assert proc.returncode == 143 and b"terminated" in err, err
     assert not list(out.rglob("*.part")), list(out.rglob("*"))
 

@@ -137,8 +137,10 @@ def _emulate(opts: EmulateOptions) -> EmulateResult:
     cpu_khz = PROFILE_KHZ[opts.profile]
     arm = opts.profile == "arm64"
 
-    def simulate_then_truth() -> pl.DataFrame:
+    def simulate_then_truth() -> pl.DataFrame | None:
         loop.run()
+        if loop.stopped:  # the writers failed or were interrupted: no truth to write (for
+            return None  # 3M requests, minutes that a SIGTERM would have waited for)
         return _write_truth(out, _parts(kinds, paths, path_of, sim.schedule(), req))
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xvt-engine") as engine_pool:
@@ -330,8 +332,9 @@ def _write_streams(out, opts, transport, kinds, paths, path_of, loop, req, cpu_k
             streams["block"] = (block_chunk, output(BLOCK_TRACE))
         # two writers at a time, whichever streams are ready (lanes.py); this thread hands
         # them each chunk as soon as it is final
-        lanes = Lanes([_writer(write, fh) for write, fh in streams.values()])
+        lanes = None  # made inside the try: a signal while its threads start must stop them
         try:
+            lanes = Lanes([_writer(write, fh) for write, fh in streams.values()])
             for k, c0 in enumerate(starts):
                 if opts.progress:
                     opts.progress(c0, n)
@@ -342,7 +345,8 @@ def _write_streams(out, opts, transport, kinds, paths, path_of, loop, req, cpu_k
                 lanes.put(k, (_parts(kinds, paths, path_of, sched, req, in_chunk), gaps))
             results = lanes.close(len(starts))
         except BaseException as e:
-            lanes.stop(e)
+            if lanes is not None:
+                lanes.stop(e)
             raise
         per_stream = dict(zip(streams, results, strict=True))
         for name in ("xen", "block", "qemu"):  # the manifest's order

@@ -28,7 +28,11 @@ class Lanes:
         self.failed: BaseException | None = None
         self.cond = threading.Condition()
         self.pool = ThreadPoolExecutor(len(writers), thread_name_prefix="xvt-writer")
-        self.jobs = [self.pool.submit(self._lane, i) for i in range(len(writers))]
+        try:
+            self.jobs = [self.pool.submit(self._lane, i) for i in range(len(writers))]
+        except BaseException as e:  # a signal while the threads start: none may wait on
+            self.stop(e)
+            raise
 
     def put(self, k: int, item: Any) -> None:
         """Item k for every writer; a writer's error is raised here once all have stopped."""
