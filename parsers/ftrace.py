@@ -231,6 +231,15 @@ class FtraceDecoder:
             self.stats.add_problem(Problem(int(bad["src_offset"][0]), "bad-args",
                                            f"{len(bad)} {name} line(s) do not match its format"))  # fmt: skip
         f = f.filter(pl.col("major").is_not_null())
+        # numbers the regex took that no column can hold (a damaged line's 24-digit stamp or
+        # CPU): skipped like any bad line, not a failed cast (exit 3) for the whole file
+        fits = f.select(_fits(f.columns)).to_series()
+        if not fits.all():
+            bad = f.filter(~fits)
+            self.stats.skipped += len(bad)
+            self.stats.add_problem(Problem(int(bad["src_offset"][0]), "bad-args",
+                                           f"{len(bad)} {name} line(s) with a number out of range"))  # fmt: skip
+            f = f.filter(fits)
         if not len(f):
             return None
         nr = pl.col("nr").cast(pl.UInt64)
@@ -375,3 +384,26 @@ def render_block(
         matrix[:, j] = values[name]
     fields = [line_render.Field(width=TSC_WIDTH if name == "tsc" else 0) for name in names]
     return line_render.render([v[0] for v in variants], fields, matrix, np.asarray(write) != 0)
+
+
+MAX_SECONDS = 9_000_000_000  # a "sec.frac" stamp whose nanoseconds still fit an Int64
+
+
+def _fits(columns: list[str]) -> pl.Expr:
+    """Per line: every number the regex took fits the column it goes to."""
+
+    def fits(col: str, dtype) -> pl.Expr:
+        return pl.col(col).cast(dtype, strict=False).is_not_null()
+
+    ts = pl.col("ts")
+    seconds = ts.str.split(".").list.first().cast(pl.Int64, strict=False)
+    stamp = (
+        pl.when(ts.str.contains(".", literal=True))
+        .then(seconds.is_not_null() & (seconds < MAX_SECONDS))
+        .otherwise(ts.cast(pl.Int64, strict=False).is_not_null())
+    )
+    checks = [stamp, fits("cpu", pl.Int32), fits("pid", pl.UInt32), fits("sector", pl.UInt64),
+              fits("nr", pl.UInt64)]  # fmt: skip
+    if "err" in columns:
+        checks.append(fits("err", pl.Int64))
+    return pl.all_horizontal(checks).alias("fits")

@@ -88,9 +88,15 @@ QUEUE_MAP_EVENT = "virtio_queue_notify"  # (vdev, n, vq): the only event naming 
 
 
 def roles_for(name: str, arg_names: tuple[str, ...]) -> Roles:
-    """The table's roles; events not in it still name their device when they have `vdev`."""
+    """The table's roles, each only where the event has an argument of that name (a
+    trace-events file may name them otherwise than QEMU's: that role is then unknown, not a
+    missing column); events not in the table still name their device when they have `vdev`."""
     if name in ROLES:
-        return ROLES[name]
+        r = ROLES[name]
+        have = [
+            v if v is None or v in arg_names else None for v in (r.dev, r.queue, r.addr, r.size)
+        ]
+        return Roles(*have, size_scale=r.size_scale)
     return Roles(dev="vdev" if "vdev" in arg_names else None)
 
 

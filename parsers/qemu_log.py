@@ -123,7 +123,9 @@ class QemuLogDecoder:
         naming it."""
         parts = []
         ev = self.defs.events.get(QUEUE_MAP_EVENT)
-        if ev is None:
+        kinds = {} if ev is None else {c.arg: c.kind for c in ev.conversions}
+        if kinds.get("vdev") != "ptr" or "n" not in kinds or kinds.get("vq") != "ptr":
+            # not QEMU's (vdev %p, n, vq %p): no map, and queues are known where logged
             return pl.DataFrame(schema={"_vq": pl.UInt64, "_vq_dev": pl.String, "_vq_n": pl.UInt16})
         needle = np.frombuffer((QUEUE_MAP_EVENT + " ").encode(), np.uint8)
         # the scan reads the notify lines it can (vq as addr), the regexes the rest
@@ -262,8 +264,8 @@ class QemuLogDecoder:
             pl.when(pl.col("_matched")).then(len(numeric[:N_ARGS])).otherwise(0).cast(pl.UInt8).alias("nargs"),
             *[pl.col(a).fill_null(0).alias(f"arg{i}") for i, a in enumerate(numeric[:N_ARGS])],
         ]  # fmt: skip
-        if roles.dev and roles.dev != "vq":
-            cols.append(pl.col(f"{roles.dev}_text").alias("dev"))
+        if roles.dev and roles.dev != "vq" and f"{roles.dev}_text" in args.columns:
+            cols.append(pl.col(f"{roles.dev}_text").alias("dev"))  # printed as a pointer
         if roles.queue and roles.queue != "vq":
             cols.append(pl.col(roles.queue).cast(pl.UInt16, strict=False).alias("queue"))
         if "vq" in (roles.dev, roles.queue):

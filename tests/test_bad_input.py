@@ -337,3 +337,45 @@ def test_a_compiled_librarys_panic_is_a_bug_not_a_crash(monkeypatch):
     result = run("summary", X86_PV / "trace.bin")
     assert result.exit_code == 3 and "PanicException" in result.output, result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("81606512006", "9" * 24),
+        ("[000]", "[" + "9" * 20 + "]"),
+        (" 0 + 8", " " + "9" * 23 + " + 8"),
+    ],
+    ids=["stamp", "cpu", "sector"],
+)
+def test_an_ftrace_number_too_large_for_its_column_skips_that_line(tmp_path, old, new):
+    """A dom0 block-trace stamp, CPU or sector past u64 ended in a failed cast (exit 3)."""
+    from helpers import FIXTURES
+
+    lines = (FIXTURES / "xen" / "pv-blkfront" / "raw" / "dom0-trace.txt").read_text().splitlines()
+    assert old in lines[0]
+    lines[0] = lines[0].replace(old, new, 1)
+    path = tmp_path / "dom0-trace.txt"
+    path.write_text("\n".join(lines[:50]) + "\n")
+    r = run("ingest", path, "-o", tmp_path / "b", "--cpu-khz", X86_KHZ, "--json")
+    assert r.exit_code == 0 and "1 block_rq_issue line(s) with a number out of range" in r.output
+    assert json.loads(r.stdout)["sources"][0]["decoded"] == 49
+
+
+def test_a_trace_events_file_naming_arguments_otherwise_still_ingests(tmp_path):
+    """A trace-events definition whose arguments are named unlike QEMU's (`dev` for `vdev`)
+    ended in ColumnNotFoundError "vdev_text" (exit 3): the role is now unknown, not a crash."""
+    import shutil
+
+    from helpers import FIXTURES
+
+    src = tmp_path / "capture"
+    shutil.copytree(FIXTURES / "qemu" / "live-q35-pci", src)
+    defs = src / "trace-events"
+    text = defs.read_text()
+    old = 'virtio_queue_notify(void *vdev, int n, void *vq) "vdev %p n %d vq %p"'
+    assert old in text
+    defs.write_text(text.replace(old, old.replace("void *vdev", "void *dev")))
+    assert run("ingest", src, "-o", tmp_path / "b").exit_code == 0
+    r = run("timeline", tmp_path / "b")
+    assert r.exit_code == 0 and "requests: 50" in r.output, r.output
