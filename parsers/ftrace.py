@@ -273,11 +273,7 @@ class FtraceDecoder:
         counter = ~ts.str.contains(".", literal=True)
         clock = "counter" if bool(counter.all()) else "ns" if not bool(counter.any()) else "mixed"
         if clock == "mixed" or (self.clock and clock != self.clock):
-            raise ParseError(
-                str(self.path),
-                0,
-                "ftrace lines with two kinds of timestamp (one trace_clock per file)",
-            )
+            raise self._two_clocks()
         self.clock = clock
         if clock == "ns":
             sec = ts.str.split_exact(".", 1).struct.unnest()
@@ -296,14 +292,15 @@ class FtraceDecoder:
             self._origin = int(raw.min())
         return self._counter_times(raw)
 
+    def _two_clocks(self) -> ParseError:
+        return ParseError(
+            str(self.path), 0, "ftrace lines with two kinds of timestamp (one trace_clock per file)"
+        )
+
     def _counter_times(self, raw: pl.Series) -> list[pl.Series]:
         """ts_ns and ts_raw of TSC stamps (the clock checks are the caller's)."""
         if self.clock == "ns":
-            raise ParseError(
-                str(self.path),
-                0,
-                "ftrace lines with two kinds of timestamp (one trace_clock per file)",
-            )
+            raise self._two_clocks()
         self.clock = "counter"
         dt = raw.cast(pl.Int64) - self.tsc_origin
         khz = self.cpu_khz

@@ -9,10 +9,7 @@ import json
 import shutil
 
 import pytest
-from click.testing import CliRunner
-from helpers import ARM_KHZ, FIXTURES, X86_KHZ
-
-from xvtrace.cli import cli
+from helpers import ARM_KHZ, FIXTURES, X86_KHZ, answered
 
 pytestmark = pytest.mark.slow
 
@@ -25,30 +22,22 @@ CAPTURES = sorted(
 CPU_KHZ = {"x86-pv-blkfront": X86_KHZ, "arm64-pvh-blkfront": ARM_KHZ}
 
 
-def run(*argv) -> tuple[int, str]:
-    r = CliRunner().invoke(cli, [str(a) for a in argv])
-    out = r.output + (r.stderr if r.stderr_bytes is not None else "")
-    assert "Traceback" not in out and "internal error" not in out, (argv, out)
-    assert r.exit_code in (0, 2), (argv, r.exit_code, out)
-    return r.exit_code, out
-
-
 @pytest.mark.parametrize("capture", CAPTURES, ids=str)
 def test_every_command_answers_or_says_why(tmp_path, capture):
     src = tmp_path / "capture"
     shutil.copytree(FIXTURES / capture, src)
     khz = CPU_KHZ.get(capture.name)
     b = tmp_path / "b"
-    assert run("ingest", src, "-o", b, *(["--cpu-khz", khz] if khz else []))[0] == 0
-    assert run("summary", b)[0] == 0
-    assert run("dump", b, "--limit", 50)[0] == 0
-    assert run("timeline", b)[0] == 0
-    assert run("report", b, "--html", tmp_path / "r.html")[0] == 0
+    assert answered("ingest", src, "-o", b, *(["--cpu-khz", khz] if khz else []))[0] == 0
+    assert answered("summary", b)[0] == 0
+    assert answered("dump", b, "--limit", 50)[0] == 0
+    assert answered("timeline", b)[0] == 0
+    assert answered("report", b, "--html", tmp_path / "r.html")[0] == 0
     assert (tmp_path / "r.html").read_text().rstrip().endswith("</html>")
-    assert run("export", "perfetto", b, "-o", tmp_path / "t.json")[0] == 0
+    assert answered("export", "perfetto", b, "-o", tmp_path / "t.json")[0] == 0
     assert isinstance(json.loads((tmp_path / "t.json").read_text()), (dict, list))
-    run("replay", b, "-t", "all")
-    run("calibrate", b, "-o", tmp_path / "costs.toml")
-    code, out = run("regress", "--baseline", b, "--candidate", b)
+    answered("replay", b, "-t", "all")
+    answered("calibrate", b, "-o", tmp_path / "costs.toml")
+    code, out = answered("regress", "--baseline", b, "--candidate", b)
     # against itself: no regression, or no complete request to compare (said so)
     assert (code == 0 and "PASS" in out) or (code == 2 and "no complete request" in out), out

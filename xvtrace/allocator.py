@@ -33,12 +33,11 @@ def tune(argv: list[str]) -> None:
     """Apply the settings when `argv` (the command line after the program) runs one of
     COMMANDS. Call it before numpy and polars are imported (both read theirs once, jemalloc
     at its first allocation). A user's own settings in the environment win."""
-    if not argv or argv[0] not in COMMANDS:
-        if "polars" not in sys.modules:
-            os.environ.setdefault("_RJEM_MALLOC_CONF", RETURNING_CONF)
-        return
+    ours = bool(argv) and argv[0] in COMMANDS
     if "polars" not in sys.modules:
-        os.environ.setdefault("_RJEM_MALLOC_CONF", JEMALLOC_CONF)
+        os.environ.setdefault("_RJEM_MALLOC_CONF", JEMALLOC_CONF if ours else RETURNING_CONF)
+    if not ours:
+        return
     if "numpy" not in sys.modules:
         # numpy asks for transparent huge pages on large arrays: each first touch then zeroes
         # 2 MiB; without them the same 1M-request emulation spent 0.8 s less in the kernel

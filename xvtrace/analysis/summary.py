@@ -90,14 +90,14 @@ def _lost_marks(ev: pl.LazyFrame) -> pl.LazyFrame:
     return ev.filter(pl.col("event") == "gen.lost_records").select("ts_ns")
 
 
-def runstates(ev: pl.LazyFrame, groups: pl.DataFrame | None = None) -> pl.DataFrame:
+def runstates(ev: pl.LazyFrame, groups: pl.DataFrame) -> pl.DataFrame:
     """Time each vCPU spent in each runstate, from consecutive runstate changes.
 
     The interval after a change is in the change's new state; intervals that span lost
     records are reported as state 'lost'. Runnable time is split by how it was entered:
     'wake' (from blocked or offline) and 'preempt' (from running), as xenalyze does.
     """
-    groups = record_groups(ev) if groups is None else groups
+    # `groups`: record_groups (each pCPU's last record closes a vCPU still running)
     cpu_end = groups.group_by("cpu").agg(pl.col("last_ns").max().alias("cpu_end")).lazy()
     # continue_running is a running->running change: it ends one running interval.
     rs = (
@@ -171,18 +171,6 @@ def runstates(ev: pl.LazyFrame, groups: pl.DataFrame | None = None) -> pl.DataFr
         .rename({"sdom": "dom", "svcpu": "vcpu"})
         .sort("dom", "vcpu", "state", "entered_by", nulls_last=False)
     )
-
-
-def _percentiles(col: str) -> list[pl.Expr]:
-    return [
-        pl.len().alias("count"),
-        pl.col(col).sum().alias("total_ns"),
-        pl.col(col).mean().round(0).cast(pl.Int64).alias("mean_ns"),
-        *[
-            pl.col(col).quantile(q / 100, interpolation="nearest").alias(f"p{q}_ns")
-            for q in (5, 50, 95)
-        ],
-    ]
 
 
 CPU_BATCH_ROWS = 4_000_000  # exits and entries windowed at once (about 200 MB of them)
@@ -263,10 +251,9 @@ def _by_key(key: np.ndarray, dur: np.ndarray) -> pl.DataFrame:
     (nearest rank, as polars' quantile) and the unmatched count (dur -1). One sort of u64
     words (group number, then duration), not a quantile per group: polars' group_by took
     0.8 GiB for 8 M exits, and a sort on two columns 15x the time of one."""
-    groups = pl.Series(key, dtype=pl.UInt64).unique().sort()
-    gid = pl.Series(key, dtype=pl.UInt64).replace_strict(
-        groups, pl.int_range(len(groups), eager=True, dtype=pl.UInt64)
-    )
+    keys = pl.Series(key, dtype=pl.UInt64)
+    groups = keys.unique().sort()
+    gid = keys.replace_strict(groups, pl.int_range(len(groups), eager=True, dtype=pl.UInt64))
     g = gid.to_numpy()
     ok = dur >= 0
     counts = np.bincount(g, minlength=len(groups))

@@ -106,15 +106,12 @@ def _guard(fn):
             return None
         except click.ClickException:
             raise
-        except Exception as e:  # the user's to fix, or a bug (the traceback on request)
+        except BaseException as e:  # the user's to fix, or a bug (the traceback on request)
+            # a compiled library's panic (pyo3's PanicException) is a BaseException too
+            if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+                raise  # SystemExit and the like
             if is_users(e):
                 raise UserError(str(e)) from e
-            if _damaged_table(e):
-                raise UserError(DAMAGED.format(e=e)) from e
-            raise _bug(e) from e
-        except BaseException as e:  # a compiled library's panic (pyo3's PanicException)
-            if type(e).__name__ != "PanicException":
-                raise
             if _damaged_table(e):
                 raise UserError(DAMAGED.format(e=e)) from e
             raise _bug(e) from e

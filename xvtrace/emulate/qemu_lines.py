@@ -141,26 +141,26 @@ class ElementSlots:
     free at its pop and gives it back at its push, as malloc reuses a freed block; carried
     from chunk to chunk. Requests are taken in the run's order (not by pop time), so the
     chunks write what one pass does; a slot's users never overlap either way, since each
-    takes it only once its last user gave it back. Slots by `job * iodepth + k % iodepth` handed a pointer still in
-    flight to a new request whenever requests completed out of order, and the timeline then
-    gave one request another's completion (1 MiB reads at depth 4: 6 of 2000)."""
+    takes it only once its last user gave it back. Slots by `job * iodepth + k % iodepth`
+    handed a pointer still in flight to a new request whenever requests completed out of
+    order, and the timeline then gave one request another's completion (1 MiB reads at
+    depth 4: 6 of 2000)."""
 
     def __init__(self) -> None:
         self.free_at = np.zeros(0)  # per slot: when its last request gave it back
 
     def take(self, pop: np.ndarray, push: np.ndarray) -> np.ndarray:
-        order = np.arange(len(pop))
         free_at = np.concatenate([self.free_at, np.zeros(len(pop))])
         slot = np.empty(len(pop), np.int64)
-        used = _take_slots(pop.astype(np.float64), push.astype(np.float64), order, free_at,
+        used = _take_slots(pop.astype(np.float64), push.astype(np.float64), free_at,
                            len(self.free_at), slot)  # fmt: skip
         self.free_at = free_at[:used]
         return slot
 
 
 @njit(cache=True, nogil=True)
-def _take_slots(pop, push, order, free_at, used, slot):  # pragma: no cover (compiled)
-    for i in order:  # a request at a time: the lowest slot free by its pop
+def _take_slots(pop, push, free_at, used, slot):  # pragma: no cover (compiled)
+    for i in range(len(pop)):  # a request at a time: the lowest slot free by its pop
         chosen = used
         for j in range(used):
             if free_at[j] <= pop[i]:
@@ -206,10 +206,9 @@ def _path_lines(out: Lines, kind: str, path, sched, req, slots: ElementSlots) ->
         k = names[op]
         return (sched.start if at == "start" else sched.end)[:, k]
 
-    slot = slots.take(t("backend_pop"), t("backend_push"))  # unique among requests in flight
-    elem = (base + slot.astype(np.uint64) * np.uint64(0x140)).astype(np.uint64)
-
     pop_t = t("backend_pop")
+    slot = slots.take(pop_t, t("backend_push"))  # unique among requests in flight
+    elem = (base + slot.astype(np.uint64) * np.uint64(0x140)).astype(np.uint64)
     if kind != "net_rx":  # the guest kicked the queue
         if "mmio_notify" in emits:
             out.add("handle_ioreq", pop_t, 0.0, req=ioreq, type=1, dir=0, df=0, data_is_ptr=0,

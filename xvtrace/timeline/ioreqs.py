@@ -86,12 +86,7 @@ def join(acc: Accesses, clock: Clock | None) -> tuple[pl.DataFrame | None, dict 
         return None, None
     dom = hv.filter(pl.col("addr").is_in(dm["addr"].unique().to_list()))["dom"].mode()
     hv = hv.filter(pl.col("dom") == (dom[0] if len(dom) else -1))  # the traced guest
-    # kind and dir as one small integer: the joins and windows below on strings took twice
-    # the memory and time at a million requests
-    kd = (pl.col("kind") == "mmio").cast(pl.UInt8) * 2 + (pl.col("dir") == "write").cast(pl.UInt8)
-    dm = dm.with_columns(kd.alias("kd"))
-    hv = hv.with_columns(kd.alias("kd")).drop("kind", "dir")
-    key = ["vcpu", "kd", "addr"]
+    key = ["vcpu", "kind", "dir", "addr"]  # kind and dir: enums (hvm.KIND, hvm.DIR)
     hv = hv.with_columns(
         to_device_model(pl.col("exit_ns"), clock).alias("trap_exit_ns"),
         to_device_model(pl.col("entry_ns"), clock).alias("trap_entry_ns"),
@@ -133,7 +128,7 @@ def join(acc: Accesses, clock: Clock | None) -> tuple[pl.DataFrame | None, dict 
         .join(hv.lazy(), on=[*key, "ti"], how="left")
         .with_columns(inside.fill_null(False).alias("joined"))
         .with_columns([pl.when(pl.col("joined")).then(pl.col(c)).alias(c) for c in trap_cols])
-        .drop("di", "ti", "shift", "kd")
+        .drop("di", "ti", "shift")
         .sort("src_file", "dm_off")
         .with_columns(pl.col("kind", "dir").cast(pl.String))  # as stored
         .collect()
