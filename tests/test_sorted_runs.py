@@ -169,7 +169,9 @@ def test_ingest_order_is_the_stable_sort_of_decoded_rows(tmp_path, monkeypatch, 
     got = pl.read_parquet(bundle / "events.parquet")
     want = pl.concat(decoded).sort(list(SORT_KEY), maintain_order=True)
     assert got.equals(want)
-    assert not [p for p in bundle.iterdir() if p.name.startswith(".")]  # no run files left
+    assert not [
+        p for p in bundle.iterdir() if p.name.startswith(".") and p.name != ".lock"
+    ]  # no run files left
 
 
 def test_a_failed_ingest_leaves_no_run_files(tmp_path):
@@ -184,7 +186,7 @@ def test_a_failed_ingest_leaves_no_run_files(tmp_path):
     trace.write_text("".join([*lines, bad]))
     with pytest.raises(ParseError, match="two kinds of timestamp"):
         ingest_mod.ingest(bundle, warn=lambda m: None)
-    assert not [p.name for p in bundle.iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in bundle.iterdir() if p.name.startswith(".") and p.name != ".lock"]
     assert not (bundle / "events.parquet").exists()
 
 

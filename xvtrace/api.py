@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ import polars as pl
 from xvtrace import timeline as _timeline
 from xvtrace.analysis.dump import iter_chunks, iter_lines, select_events
 from xvtrace.analysis.summary import Summary, virtqueues
-from xvtrace.bundle import Bundle, atomic_path
+from xvtrace.bundle import Bundle, atomic_path, lock
 from xvtrace.output import perfetto
 from xvtrace.output.report import Report
 from xvtrace.parsers.errors import XvtraceError
@@ -47,6 +48,25 @@ _TEMP_DIRS: list[str] = []
 def _cleanup() -> None:
     for d in _TEMP_DIRS:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _reads(fn):
+    """Run `fn(path, ...)` holding the bundle at `path` for reading (xvtrace.bundle.lock):
+    no ingest replaces its tables while the answer is computed from them."""
+
+    @functools.wraps(fn)
+    def wrapper(path, *args, **kwargs):
+        with lock.reading(path):
+            return fn(path, *args, **kwargs)
+
+    return wrapper
+
+
+def _held_while_read(path, open_iter: Callable[[], Iterator]) -> Iterator:
+    """A lazy iterator over a bundle's events that holds the bundle for reading until it
+    is exhausted or closed."""
+    with lock.reading(path):
+        yield from open_iter()
 
 
 def ingest(src, out=None, **kw) -> IngestResult:
@@ -93,6 +113,7 @@ def symbols(elf_files=()) -> list[Symbols]:
     return [Symbols.load(f) for f in elf_files]
 
 
+@_reads
 def summarize(
     path, *, cpu_khz: int | None = None, hvm_vendor: str | None = None, elf_files=()
 ) -> Summary:
@@ -106,18 +127,21 @@ def summarize(
     )
 
 
+@_reads
 def timeline(path, *, rebuild: bool = False) -> Timeline:
     """The bundle's (or raw capture's) requests, reconstructed or served from the bundle
     while still valid (see xvtrace.timeline); `.render()` and `.to_json()` print it."""
     return _timeline.load(load(path), rebuild=rebuild)
 
 
+@_reads
 def report(path) -> Report:
     """Where each request's time goes (xvtrace.output.report): `.render()`, `.to_json()`,
     `.render_html()`."""
     return Report.of(load(path))
 
 
+@_reads
 def export_perfetto(path, out: str | os.PathLike) -> int:
     """The bundle's requests as Chrome trace-event JSON at `out` (atomically); the number of
     trace events written."""
@@ -126,6 +150,7 @@ def export_perfetto(path, out: str | os.PathLike) -> int:
         return perfetto.perfetto(bundle, tmp)
 
 
+@_reads
 def replay(
     path,
     transports: str = "all",
@@ -150,7 +175,11 @@ def replay(
             raise XvtraceError(f"{emit_dir}: exists and is not empty; choose a new directory")
     chosen = replaying.parse_transports(transports)
     result = replaying.replay_bundle(bundle, chosen, **options)
-    replaying.write(result, Path(output) if output else bundle.path / replaying.REPLAY)
+    if output:
+        replaying.write(result, Path(output))
+    else:
+        with lock.writing(bundle.path):
+            replaying.write(result, bundle.path / replaying.REPLAY)
     cmp = Comparison(replaying.facts(result), result.requests)
     if emit_dir is not None:
         for d in replaying.emit_bundles(result, chosen, emit_dir, costs_file=options.get(
@@ -167,6 +196,7 @@ def compare(path) -> Comparison:
     return _compare.Comparison(*_compare.load(path))
 
 
+@_reads
 def calibrate(path, **options) -> Calibration:
     """Fit the costs of the capture's transport (options: transport, costs_file, seed)."""
     from xvtrace import replaying
@@ -176,6 +206,7 @@ def calibrate(path, **options) -> Calibration:
     return replaying.calibrate_bundle(load(path), **options)
 
 
+@_reads
 def baseline(source) -> dict:
     """A regression baseline: read from its JSON file, or summarized from a bundle or a raw
     capture (xvtrace.gate.regress)."""
@@ -214,14 +245,17 @@ def emulate(
     out = Path(out)
     dirs = [out / name if len(transports) > 1 else out for name in transports]
     for d in dirs:  # refuse before any run writes
-        if d.exists() and any(d.iterdir()):
+        if lock.occupied(d):
             raise XvtraceError(f"{d}: exists and is not empty; choose a new directory")
     runs = []
     for name, d in zip(transports, dirs, strict=True):
         tick = progress(name) if progress else None
-        result = _emulate(EmulateOptions(transport=name, out=d, progress=tick, **options))
-        if decode:
-            ingest(d, None, **({"warn": warn} if warn else {}))
+        with lock.writing(d):
+            if lock.occupied(d):  # another command wrote there since
+                raise XvtraceError(f"{d}: exists and is not empty; choose a new directory")
+            result = _emulate(EmulateOptions(transport=name, out=d, progress=tick, **options))
+            if decode:
+                ingest(d, None, **({"warn": warn} if warn else {}))
         runs.append(Run(name, result, d))
     return EmulateSummary(
         options.get("workload", "randread-4k-qd1"), options.get("profile", "x86_64"), runs
@@ -247,20 +281,27 @@ def capture(out: str | os.PathLike, *, decode: bool = True, **options) -> Bundle
 def dump_lines(
     path, *, limit=None, cpu_khz=None, hvm_vendor=None, elf_files=(), **filters
 ) -> Iterator[str]:
-    bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
-    ev = select_events(events(bundle, cpu_khz=cpu_khz), **filters)
-    vendor = _vendor(bundle, hvm_vendor) or "vmx"
-    return iter_lines(ev, vendor, limit=limit, symbols=symbols(elf_files))
+    def lines() -> Iterator[str]:
+        bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
+        ev = select_events(events(bundle, cpu_khz=cpu_khz), **filters)
+        vendor = _vendor(bundle, hvm_vendor) or "vmx"
+        return iter_lines(ev, vendor, limit=limit, symbols=symbols(elf_files))
+
+    return _held_while_read(path, lines)
 
 
 def dump_chunks(
     path, *, limit=None, cpu_khz=None, hvm_vendor=None, elf_files=(), **filters
 ) -> Iterator[bytes]:
     """dump_lines as newline-terminated byte buffers, the fast way to write them out."""
-    bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
-    ev = select_events(events(bundle, cpu_khz=cpu_khz), **filters)
-    vendor = _vendor(bundle, hvm_vendor) or "vmx"
-    return iter_chunks(ev, vendor, limit=limit, symbols=symbols(elf_files))
+
+    def chunks() -> Iterator[bytes]:
+        bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
+        ev = select_events(events(bundle, cpu_khz=cpu_khz), **filters)
+        vendor = _vendor(bundle, hvm_vendor) or "vmx"
+        return iter_chunks(ev, vendor, limit=limit, symbols=symbols(elf_files))
+
+    return _held_while_read(path, chunks)
 
 
 __all__ = [

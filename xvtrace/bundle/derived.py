@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xvtrace import __version__
-from xvtrace.bundle import EVENTS, Bundle, BundleError, atomic_path, fingerprint, write_manifest
+from xvtrace.bundle import (
+    EVENTS,
+    Bundle,
+    BundleError,
+    atomic_path,
+    fingerprint,
+    lock,
+    write_manifest,
+)
 
 if TYPE_CHECKING:
     import polars as pl
@@ -77,21 +85,31 @@ def store(
     tables: dict[str, pl.DataFrame | None],
 ) -> dict:
     """Write the entry's tables (atomically; a None table removes its file), then its facts
-    with the key and the files' identities into the manifest, last. A bundle that cannot be
-    written (read-only) still gets its answer, just not kept."""
+    with the key and the files' identities into the manifest, last. The answer is given
+    but not kept when the bundle cannot be written (read-only), when another command holds
+    it (storing is worth no wait), or when its events are no longer the ones the entry was
+    computed from (re-ingested meanwhile)."""
     files = {}
     entry = {**facts, "key": want, "files": files}
     try:
-        for fname, frame in tables.items():
-            path = bundle.path / fname
-            if frame is None:
-                path.unlink(missing_ok=True)
-                continue
-            with atomic_path(path) as tmp:
-                frame.write_parquet(tmp)
-            files[fname] = file_identity(path)
-        bundle.manifest[name] = entry
-        write_manifest(bundle.path, bundle.manifest)
+        with lock.if_free(bundle.path) as held:
+            if not held:
+                return entry
+            now = Bundle.open(bundle.path)
+            if events_identity(now) != events_identity(bundle):
+                return entry
+            for fname, frame in tables.items():
+                path = bundle.path / fname
+                if frame is None:
+                    path.unlink(missing_ok=True)
+                    continue
+                with atomic_path(path) as tmp:
+                    frame.write_parquet(tmp)
+                files[fname] = file_identity(path)
+            now.manifest[name] = entry
+            write_manifest(bundle.path, now.manifest)
+            bundle.manifest.clear()
+            bundle.manifest.update(now.manifest)
     except PermissionError:
         bundle.manifest.pop(name, None)  # nothing half-stored is ever taken as valid
     return entry

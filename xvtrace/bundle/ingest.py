@@ -33,6 +33,7 @@ from xvtrace.bundle import (
     IngestError,
     atomic_path,
     fingerprint,
+    lock,
     new_manifest,
     scratch_dir,
     sorted_runs,
@@ -298,17 +299,36 @@ def ingest(
     src = Path(src)
     if not src.exists():
         raise IngestError(f"{src}: no such file or directory")
+    if out:
+        bundle_dir = Path(out)
+    elif src.is_dir() and (src / RAW).is_dir():
+        bundle_dir = src
+    else:
+        bundle_dir = default_bundle_path(src)
+    with lock.reading(src), lock.writing(bundle_dir):
+        return _ingest(src, bundle_dir, cpu_khz, hvm_vendor, chunk_bytes, progress, warn,
+                       unpack_limit)  # fmt: skip
+
+
+def _ingest(
+    src: Path,
+    bundle_dir: Path,
+    cpu_khz: int | None,
+    hvm_vendor: str | None,
+    chunk_bytes: int,
+    progress: Callable[[str, int, int], None] | None,
+    warn: Callable[[str], None],
+    unpack_limit: int | None,
+) -> IngestResult:
     if src.is_dir() and not (src / RAW).is_dir():  # a folder of capture files
         files = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
             raise IngestError(f"{src}: an empty directory, not a bundle or a folder of captures")
-        bundle_dir = Path(out) if out else default_bundle_path(src)
         manifest = _load_or_new_manifest(bundle_dir)
         raw_files = [place_raw(f, bundle_dir) for f in files if f.stat().st_size]
         origins = dict(zip(raw_files, [f for f in files if f.stat().st_size], strict=True))
     elif src.is_dir():
-        bundle_dir = Path(out) if out else src
-        if out and Path(out).resolve() != src.resolve():
+        if bundle_dir.resolve() != src.resolve():
             for f in sorted((src / RAW).iterdir()):
                 if f.is_file() and not f.name.startswith("."):
                     place_raw(f, bundle_dir)
@@ -327,7 +347,6 @@ def ingest(
             if head[:4] == xentrace.CPU_CHANGE_HEADER.to_bytes(4, "little"):
                 raise ParseError(str(src), 0, xentrace.header_problem(head))
             raise ParseError(str(src), 0, f"not a recognised capture format ({FORMAT_NAMES})")
-        bundle_dir = Path(out) if out else default_bundle_path(src)
         manifest = _load_or_new_manifest(bundle_dir)
         raw_files = [place_raw(src, bundle_dir)]
         origins = {raw_files[0]: src}

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from xvtrace import __version__
-from xvtrace.bundle import RAW, new_manifest, write_manifest
+from xvtrace.bundle import RAW, lock, new_manifest, write_manifest
 from xvtrace.capture.qmp import QMP, QMPError
 from xvtrace.parsers.errors import XvtraceError
 
@@ -479,10 +479,24 @@ def capture(
     """Run a capture until the duration passes, every traced VM exits, or `stop_flag()`
     (set by SIGINT/SIGTERM in the CLI); return the manifest written to the bundle.
     `recording(kinds)` is called once every source is recording (what a script waits for
-    before it starts the workload)."""
+    before it starts the workload). The bundle is held for writing meanwhile."""
+    if lock.occupied(opts.out):
+        raise CaptureError(f"{opts.out}: exists and is not empty; choose a new bundle directory")
+    with lock.writing(opts.out):
+        if lock.occupied(opts.out):  # another command wrote there since
+            raise CaptureError(
+                f"{opts.out}: exists and is not empty; choose a new bundle directory"
+            )
+        return _capture(opts, status, stop_flag, recording)
+
+
+def _capture(
+    opts: CaptureOptions,
+    status: Callable[[str], None] | None,
+    stop_flag: Callable[[], bool],
+    recording: Callable[[list[str]], None] | None,
+) -> dict:
     out = opts.out
-    if out.exists() and any(out.iterdir()):
-        raise CaptureError(f"{out}: exists and is not empty; choose a new bundle directory")
     use_xentrace = is_dom0() if opts.xentrace is None else opts.xentrace
     use_blocks = use_xentrace if opts.block_trace is None else opts.block_trace
     if not (use_xentrace or use_blocks or opts.qmp or opts.ifaces or opts.logs):
