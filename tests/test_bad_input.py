@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import itertools
 import json
+import shutil
 import struct
 
 import pytest
@@ -189,12 +190,14 @@ def test_a_compression_bomb_stops_at_the_limit_and_leaves_nothing(tmp_path):
             f.write(bytes(1 << 20))
     r = run("ingest", bomb, "-o", tmp_path / "b", "--unpack-limit", "0.01")
     assert r.exit_code == 2 and "unpacks to more than 10,737,418 bytes" in r.output, r.output
-    assert not [
-        p
-        for p in (tmp_path / "b").rglob("*")
-        if p.is_file() and "trace.bin" in p.name and p.suffix != ".gz"
-    ]
+    assert not (tmp_path / "b").exists()  # a new bundle that failed is not left behind
     assert "Traceback" not in r.output
+    bundle = tmp_path / "kept"  # a bundle that was there: its raw copy stays, not unpacked
+    assert run("ingest", X86_PV / "trace.bin", "-o", bundle, "--cpu-khz", X86_KHZ).exit_code == 0
+    shutil.copy(bomb, bundle / "raw" / "big.bin.gz")
+    assert run("ingest", bundle, "--unpack-limit", "0.01").exit_code == 2
+    assert (bundle / "manifest.json").is_file() and (bundle / "raw" / "big.bin.gz").is_file()
+    assert not [p for p in bundle.rglob("*") if p.name == "big.bin" or p.suffix == ".part"]
 
 
 def test_a_damaged_event_name_is_said_and_yields_no_backwards_request(tmp_path):
@@ -227,6 +230,11 @@ def test_a_damaged_event_name_is_said_and_yields_no_backwards_request(tmp_path):
         assert (done[b] >= done[a]).fill_null(True).all(), (a, b)
     facts = bundle.manifest["timeline"]
     assert facts["complete"] == len(done) < facts["requests"]
+    rep = api.report(bundle.path)  # what the user reads: no phase of any request negative
+    assert (
+        len(rep.phases) and (rep.phases["p50_us"] >= 0).all() and (rep.phases["max_us"] >= 0).all()
+    )
+    assert rep.facts["incomplete"]["stamps out of causal order (a corrupt or misread log?)"] > 0
 
 
 def test_sigterm_stops_emulate_with_a_message_and_no_partial_files(tmp_path):

@@ -306,8 +306,14 @@ def ingest(
     else:
         bundle_dir = default_bundle_path(src)
     with lock.reading(src), lock.writing(bundle_dir):
-        return _ingest(src, bundle_dir, cpu_khz, hvm_vendor, chunk_bytes, progress, warn,
-                       unpack_limit)  # fmt: skip
+        new = not lock.occupied(bundle_dir)
+        try:
+            return _ingest(src, bundle_dir, cpu_khz, hvm_vendor, chunk_bytes, progress, warn,
+                           unpack_limit)  # fmt: skip
+        except BaseException:
+            if new:  # a bundle begun here and not finished is not left looking like one
+                lock.clear(bundle_dir)
+            raise
 
 
 def _ingest(

@@ -59,6 +59,17 @@ def occupied(path: Path) -> bool:
     return path.is_dir() and any(p.name != LOCK for p in path.iterdir())
 
 
+def clear(path: Path) -> None:
+    """Remove everything in a bundle but its lock (a first write that failed)."""
+    for p in path.iterdir():
+        if p.name == LOCK:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 @contextmanager
 def reading(path: str | os.PathLike) -> Iterator[None]:
     """Hold the bundle at `path` shared: no writer replaces its files meanwhile. Anything

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import polars as pl
 
+INTERVALS = ("kick_to_pop_ns", "io_ns", "service_ns", "fill_to_notify_ns")  # intervals()'s
+
 
 def intervals(kick: str = "kick_ns", pop: str = "pop_ns", fill: str = "fill_ns") -> list[pl.Expr]:
     """kick_to_pop_ns, io_ns (handle_ns to io_done_ns), service_ns (pop to fill) and

@@ -31,11 +31,12 @@ from xvtrace.timeline.clock import (
 )
 from xvtrace.timeline.hypervisor import block_requests, first_loss, hypervisor_requests
 from xvtrace.timeline.ide import ide_requests
+from xvtrace.timeline.phases import INTERVALS
 
 REQUESTS = text.REQUESTS
 IOREQS = ioreqs.IOREQS
 SECTION = "timeline"  # the manifest section holding the facts, the key and the files
-VERSION = 3  # of the reconstruction: bump when its output changes
+VERSION = 4  # of the reconstruction: bump when its output changes
 DM_VIEW, DM_VIEW_NAME = qemu.VIEW, qemu.VIEW_NAME
 IDE_VIEW_NAME = "device model (QEMU IDE trace events)"
 HV_VIEW_NAME = "hypervisor (xentrace) + dom0 block layer (ftrace)"
@@ -246,15 +247,20 @@ CAUSAL_REASON = "stamps out of causal order (a corrupt or misread log?)"
 def _causal(req: pl.DataFrame) -> pl.DataFrame:
     """A request is complete only when the stamps of its path, all on the view's one clock,
     never go back in time: a complete request with a negative phase is a wrong answer given
-    with confidence (one corrupted event name in a QEMU log gave pop -> fill p50 -309 us)."""
+    with confidence (one corrupted event name in a QEMU log gave pop -> fill p50 -309 us).
+    Such a request keeps its stamps, to be looked at, but no interval: no table, plot or
+    baseline counts a phase measured between stamps that contradict each other."""
     stamps = [pl.col(c) for c in PATH]
     back = pl.lit(False)
     for i in range(1, len(stamps)):  # each stamp at or after every stamp before it
         back = back | (stamps[i] < pl.max_horizontal(stamps[:i])).fill_null(False)
+    req = req.with_columns(back.alias("_back"))
     return req.with_columns(
-        pl.when(pl.col("complete") & back).then(pl.lit(CAUSAL_REASON)).otherwise("reason").alias("reason"),
-        (pl.col("complete") & ~back).alias("complete"),
-    )  # fmt: skip
+        pl.when(pl.col("complete") & pl.col("_back")).then(pl.lit(CAUSAL_REASON)).otherwise("reason").alias("reason"),
+        (pl.col("complete") & ~pl.col("_back")).alias("complete"),
+        *[pl.when(pl.col("_back")).then(None).otherwise(pl.col(c)).alias(c)
+          for c in INTERVALS if c in req.columns],
+    ).drop("_back")  # fmt: skip
 
 
 def _conformed(req: pl.DataFrame | None, empty: pl.DataFrame) -> pl.DataFrame:
