@@ -82,6 +82,7 @@ def join(acc: Accesses, clock: Clock | None) -> tuple[pl.DataFrame | None, dict 
     device-model addresses without an IOREQ), or Nones without a clock or without IOREQs on
     both sides."""
     dm, hv = acc
+    del acc  # the caller hands them over: each original goes when its copy is made
     if clock is None or not len(dm) or not len(hv):
         return None, None
     dom = hv.filter(pl.col("addr").is_in(dm["addr"].unique().to_list()))["dom"].mode()
@@ -283,11 +284,18 @@ def with_interrupt_acks(req: pl.DataFrame, joined: pl.DataFrame) -> pl.DataFrame
     ack_trap_exit_ns, ack_trap_entry_ns), from the joined IOREQs (device-model clock).
     Requests of other devices get nulls. The window is the kick IOREQ's address less the
     QueueNotify offset."""
-    io = joined.filter(pl.col("joined") & (pl.col("kind") == "mmio"))
+    io = (
+        joined.lazy()
+        .filter(pl.col("joined") & (pl.col("kind") == "mmio"))
+        .select("src_file", "dm_off", "addr", "dir", "dm_ns", "trap_exit_ns", "trap_entry_ns")
+        .collect()
+    )
     kicks = io.select(
         "src_file", pl.col("dm_off").alias("kick_io_off"), pl.col("addr").alias("kick_addr")
     )
-    out = req.sort("kick_off", nulls_last=True).join_asof(
+    # on the few columns it reads: each sort below would copy every column of the requests
+    keys = req.select("request", "src_file", "kick_off", "notify_ns")
+    out = keys.sort("kick_off", nulls_last=True).join_asof(
         kicks.sort("kick_io_off"), left_on="kick_off", right_on="kick_io_off", by="src_file",
         strategy="backward", check_sortedness=False,
     )  # fmt: skip
@@ -312,4 +320,16 @@ def with_interrupt_acks(req: pl.DataFrame, joined: pl.DataFrame) -> pl.DataFrame
 
     out = after(out, "notify_ns", ISR_OFFSET, "read", "isr_read")
     out = after(out, "isr_read_ns", ACK_OFFSET, "write", "ack")
-    return out.drop("kick_io_off", "kick_addr", "_base").sort("request")
+    found = out.drop(*keys.columns, "kick_io_off", "kick_addr", "_base")
+    return by_request(req, out.select("request"), found)
+
+
+def by_request(req: pl.DataFrame, ids: pl.DataFrame, found: pl.DataFrame) -> pl.DataFrame:
+    """`req` sorted by request, with `found`'s columns (one row per request, `ids` naming
+    each row's request) appended: computed on a narrow frame, added without copying `req`'s
+    columns more than once."""
+    order = ids["request"].arg_sort()
+    found = found.select(pl.all().gather(order))
+    if not req["request"].is_sorted():
+        req = req.sort("request")
+    return req.hstack(found.get_columns())

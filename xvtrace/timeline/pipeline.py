@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -192,7 +192,7 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
     exits = hvm.handled(ev)  # read once: kicks, the clock fits and the join all use them
     acc = ioreqs.accesses(ev, exits)
     lost = first_loss(ev)
-    x = _Inputs(bundle, ev, exits, acc, lost, cache(lambda: _sequence_clock(acc, lost)))
+    x = _Inputs(bundle, ev, exits, acc, lost, cache(partial(_sequence_clock, acc, lost)))
     view, req, dm_clock, tried = None, None, None, []
     for v in VIEWS:
         if view is not None:
@@ -215,7 +215,13 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
         # the join below then uses; fitted once, like the kicks' fit, before any loss.
         join_clock = x.sequence_clock()
         dm_clock = join_clock or dm_clock
-    joined, join_counts = ioreqs.join(acc, join_clock)
+    # The views are built: what only they read is freed, and the accesses are handed to
+    # the join whole (popped, so no reference stays here), which frees each once it has its
+    # sorted copy: 0.5 GB less at its peak for 1 M requests.
+    del x, exits
+    hand = [acc]
+    del acc
+    joined, join_counts = ioreqs.join(hand.pop(), join_clock)
     if joined is not None and (ide or (view == DM_VIEW_NAME and "trap_exit_ns" not in req.columns)):
         req = ioreqs.with_kick_traps(req, joined)
         if not ide:
@@ -378,19 +384,16 @@ def with_traps(req: pl.DataFrame, pairs: pl.DataFrame, clock: Clock) -> pl.DataF
         pl.col("vcpu").alias("trap_vcpu"),
         pl.col("cpu").alias("trap_cpu"),
     )
-    out = req.sort("pop_off").join_asof(
-        spans, left_on="pop_off", right_on="handle_off", strategy="backward"
+    out = (  # on the columns it reads: sorting the requests would copy every column
+        req.select("request", "pop_off", "pop_ns")
+        .sort("pop_off")
+        .join_asof(spans, left_on="pop_off", right_on="handle_off", strategy="backward")
     )
     # only a pop inside the IOREQ's handling belongs to its trap (a later pop, e.g. after a
     # device completion, was not kicked by it)
     kicked = pl.col("trap_entry_ns").is_not_null() & (pl.col("pop_ns") <= pl.col("trap_entry_ns"))
-    return (
-        out.with_columns(
-            [
-                pl.when(kicked).then(pl.col(c)).alias(c)
-                for c in ("trap_exit_ns", "trap_entry_ns", "trap_dom", "trap_vcpu", "trap_cpu")
-            ]
-        )
-        .drop("handle_off")
-        .sort("request")
+    found = out.select(
+        pl.when(kicked).then(pl.col(c)).alias(c)
+        for c in ("trap_exit_ns", "trap_entry_ns", "trap_dom", "trap_vcpu", "trap_cpu")
     )
+    return ioreqs.by_request(req, out.select("request"), found)
