@@ -59,9 +59,9 @@ demo: install
 	rm -rf demo-run
 	$(BIN)/xvtrace emulate --transport all --workload $(DEMO_WORKLOAD) --requests $(DEMO_REQUESTS) -o demo-run
 	$(BIN)/xvtrace summary demo-run/epam-mmio
-	$(BIN)/xvtrace dump demo-run/epam-mmio -e 'hvm.*' -n 19  # one request's traps, as Xen traced them
+	$(BIN)/xvtrace dump demo-run/epam-mmio -e 'hvm.*' --limit 19  # one request's traps, as Xen traced them
 	$(BIN)/xvtrace timeline demo-run/epam-mmio
-	$(BIN)/xvtrace replay demo-run/epam-mmio --transport all
+	$(BIN)/xvtrace replay demo-run/epam-mmio --target all
 
 # Two stages, every test in exactly one (bench aside): the fast suite, pyproject's default
 # selection (not slow, xen, guest or bench), then the real-system stage (about 10 minutes on 2

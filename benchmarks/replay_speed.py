@@ -1,11 +1,11 @@
-"""Benchmark: `xvtrace replay -t all` of a 1M-request stream, against emulating the same
+"""Benchmark: `xvtrace replay --target all` of a 1M-request stream, against emulating the same
 requests on one transport (the peer, measured in the same run).
 
     python benchmarks/replay_speed.py [--requests 1000000] [--seed-requests 25000]
 
 Emulates --seed-requests of epam-mmio randrw-16k-qd8, reconstructs them (timeline), tiles
 the request table to --requests (times shifted, so it is one long capture), then times
-`xvtrace replay -t all` (every transport, plus its saturation runs, plus writing the
+`xvtrace replay --target all` (every transport, plus its saturation runs, plus writing the
 predictions) and `xvtrace emulate` of --requests on pv-blkif (the fastest transport to
 emulate) in child processes. Target (issue 7): replay under 60 s (aim 30 s) on 2 cores.
 """
@@ -55,10 +55,10 @@ def main() -> None:
         run([*xv, "timeline", str(seed)])
         tiled_bundle(seed, big, args.requests)
         print(f"stream: {args.requests} requests ({WORKLOAD}, tiled from {args.seed_requests})")
-        wall, rss = run([*xv, "replay", str(big), "-t", "all"])
+        wall, rss = run([*xv, "replay", str(big), "--target", "all"])
         facts = json.loads((big / "replay.json").read_text())
         k = len(facts["transports"])
-        print(f"replay   -t all ({k} transports): {wall:6.1f} s {rss / 2**20:7.0f} MiB peak RSS"
+        print(f"replay   --target all ({k} transports): {wall:6.1f} s {rss / 2**20:7.0f} MiB peak RSS"
               f"  {args.requests * k / wall / 1e6:5.2f} M request-paths/s")  # fmt: skip
         ewall, erss = run([*xv, "emulate", "-t", "pv-blkif", "-w", WORKLOAD, "-n", str(args.requests),
                            "-o", str(Path(d) / "emu"), "--no-ingest"])  # fmt: skip

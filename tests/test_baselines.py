@@ -7,6 +7,7 @@ After a change that is meant to move these numbers: `pytest tests/test_baselines
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from helpers import FIXTURES
@@ -67,3 +68,13 @@ def test_a_regression_fails_with_the_phase_table(xvtrace_regress, tmp_path):
     api.ingest(out, warn=lambda m: None)
     with pytest.raises(RegressionFailure, match=r"device I/O .* regression"):
         xvtrace_regress.check(out, baseline=BASELINES / "emulated-epam-mmio.json")
+
+
+def test_the_plugin_takes_relative_paths_from_the_rootdir(xvtrace_regress, monkeypatch, tmp_path):
+    """Run from another directory (as CI jobs do), a test's relative paths still resolve:
+    they were taken from the current directory."""
+    monkeypatch.chdir(tmp_path)
+    base = "fixtures/baselines/qemu-live-q35-pci.json"
+    assert not Path(base).exists()  # not from here
+    cand = xvtrace_regress.summary(base)  # a baseline file is a candidate too
+    assert xvtrace_regress.check(cand, baseline=base) is not None

@@ -117,7 +117,7 @@ def test_summary_text_and_json(x86_bundle):
 
 
 def test_dump_filters_and_names_fields(x86_bundle):
-    out = run("dump", x86_bundle, "-e", "sched.runstate_change", "-n", "3").output.splitlines()
+    out = run("dump", x86_bundle, "-e", "sched.runstate_change", "--limit", "3").output.splitlines()
     assert len(out) == 3
     assert out[0].split()[1:] == [
         "cpu0",
@@ -200,3 +200,36 @@ def test_emulate_keeps_freed_memory_unless_the_user_says_otherwise():
     env["_RJEM_MALLOC_CONF"] = "narenas:2"
     env["OPENBLAS_NUM_THREADS"] = "2"
     assert settings("emulate") == "narenas:2 0 2"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["-e", "nosuch.*"], "no record matches -e nosuch.*"),
+        (["--dom", "77", "--cpu", "3"], "no record matches --dom 77 --cpu 3"),
+        (["--from", "900", "--to", "901"], "no record matches --from 900 --to 901"),
+    ],
+)
+def test_a_filter_that_selects_nothing_says_so(x86_bundle, args, says):
+    """`dump -e nosuch.*` printed nothing and exited 0, as if the trace had no such record
+    by design: now the empty answer is said (exit 0; it is an answer)."""
+    r = CliRunner().invoke(cli, ["dump", str(x86_bundle), *args])
+    assert r.exit_code == 0 and r.stdout == "" and says in r.stderr, r.output
+
+
+def test_an_impossible_time_window_is_refused(x86_bundle):
+    r = CliRunner().invoke(cli, ["dump", str(x86_bundle), "--from", "5", "--to", "2"])
+    assert r.exit_code == 2 and "not after --from 5: an empty window" in r.output
+
+
+def test_a_bundle_is_not_retimed_silently(x86_bundle):
+    """--cpu-khz and --hvm-vendor are taken wherever a raw capture is; for a bundle timed
+    otherwise the commands that read its stored tables say how to re-time it."""
+    for cmd in ("timeline", "report", "export perfetto -o /dev/null"):
+        r = CliRunner().invoke(cli, [*cmd.split(), str(x86_bundle), "--cpu-khz", "1000000"])
+        assert r.exit_code == 2 and "ingested with --cpu-khz 2445425" in r.output, (cmd, r.output)
+        assert f"xvtrace ingest {x86_bundle} --cpu-khz 1000000" in r.output
+    ok = CliRunner().invoke(cli, ["timeline", str(x86_bundle), "--cpu-khz", "2445425"])
+    assert ok.exit_code == 0, ok.output
+    raw = CliRunner().invoke(cli, ["timeline", str(X86_PV / "trace.bin"), "--cpu-khz", "1000000"])
+    assert raw.exit_code == 0, raw.output  # a raw capture is ingested at that rate

@@ -112,7 +112,7 @@ def test_a_raw_capture_changed_after_ingest_is_refused(epam):
 def test_compare_refuses_a_replay_of_requests_the_bundle_no_longer_has(epam):
     runner = CliRunner()
     _ingest(runner, epam)
-    assert runner.invoke(cli, ["replay", str(epam), "-t", "epam-mmio"]).exit_code == 0
+    assert runner.invoke(cli, ["replay", str(epam), "--target", "epam-mmio"]).exit_code == 0
     assert runner.invoke(cli, ["compare", str(epam)]).exit_code == 0
     _ingest(runner, epam, "--cpu-khz", "1200000")
     r = runner.invoke(cli, ["compare", str(epam)])

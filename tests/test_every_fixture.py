@@ -36,7 +36,7 @@ def test_every_command_answers_or_says_why(tmp_path, capture):
     assert (tmp_path / "r.html").read_text().rstrip().endswith("</html>")
     assert answered("export", "perfetto", b, "-o", tmp_path / "t.json")[0] == 0
     assert isinstance(json.loads((tmp_path / "t.json").read_text()), (dict, list))
-    answered("replay", b, "-t", "all")
+    answered("replay", b, "--target", "all")
     answered("calibrate", b, "-o", tmp_path / "costs.toml")
     code, out = answered("regress", "--baseline", b, "--candidate", b)
     # against itself: no regression, or no complete request to compare (said so)

@@ -107,7 +107,7 @@ def test_a_damaged_bundle_gives_an_answer_or_a_clear_error(tmp_path, name, seed)
     target = b / name
     target.write_bytes(mutate(target.read_bytes(), np.random.default_rng([seed, 7])))
     for cmd in ("summary", "timeline", "dump"):
-        run(cmd, b, *(["-n", "100"] if cmd == "dump" else []))
+        run(cmd, b, *(["--limit", "100"] if cmd == "dump" else []))
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from xvtrace.cli import cli
 def test_dump_head_and_summary_golden(golden, capture, name):
     runner = CliRunner()
     dump = runner.invoke(
-        cli, ["dump", str(capture / "trace.bin"), "-n", "400"], catch_exceptions=False
+        cli, ["dump", str(capture / "trace.bin"), "--limit", "400"], catch_exceptions=False
     )
     assert dump.exit_code == 0
     golden(dump.stdout, FIXTURES / "xentrace" / f"{name}.dump-head.golden.txt")

@@ -155,7 +155,7 @@ def test_cli_replay_then_compare(small_bundle, tmp_path):
     b = tmp_path / "b"
     shutil.copytree(small_bundle, b)
     runner = CliRunner()
-    r = runner.invoke(cli, ["replay", str(b), "-t", "all"])  # builds the timeline it needs
+    r = runner.invoke(cli, ["replay", str(b), "--target", "all"])  # builds the timeline it needs
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert "baseline: suse-grant (the captured transport)" in lines[0]
@@ -180,7 +180,7 @@ def test_cli_replay_of_a_real_qemu_capture(tmp_path):
     assert runner.invoke(cli, ["ingest", str(QEMU_PCI / "trace.log"), "-o", str(b)]).exit_code == 0
     assert runner.invoke(cli, ["timeline", str(b)]).exit_code == 0
     r = runner.invoke(
-        cli, ["replay", str(b), "-t", "epam-mmio,pv-blkif", "-o", str(tmp_path / "r.parquet")]
+        cli, ["replay", str(b), "--target", "epam-mmio,pv-blkif", "-o", str(tmp_path / "r.parquet")]
     )
     assert r.exit_code == 0, r.output
     assert "baseline: pv-blkif" in r.stdout and "captured transport" not in r.stdout
@@ -202,7 +202,7 @@ def test_bad_replay_input(small_bundle, tmp_path):
         assert r.exit_code == 2, r.output
         return r.output
 
-    assert "unknown transport 'nope'" in err("replay", str(b), "-t", "epam-mmio,nope")
+    assert "unknown transport 'nope'" in err("replay", str(b), "--target", "epam-mmio,nope")
     neg = tmp_path / "neg.csv"
     neg.write_text("key,x86_64,arm64,sigma,source\nxen.mmio_trap,-1,900,0.3,me\n")
     assert "xen.mmio_trap" in err("replay", str(b), "--costs", str(neg))
@@ -247,7 +247,7 @@ def test_cli_calibrate_then_replay_with_the_fitted_costs(small_bundle, tmp_path)
     assert "transport suse-grant" in r.stdout and "not constrained by this capture" in r.stdout
     fitted = cost_table.load(costs).filter(pl.col("source").str.starts_with("calibrated from"))
     assert {"xen.grant_map", "xen.grant_unmap", "dm.virtqueue_pop"} <= set(fitted["key"])
-    r = runner.invoke(cli, ["replay", str(b), "-t", "suse-grant", "--costs", str(costs)])
+    r = runner.invoke(cli, ["replay", str(b), "--target", "suse-grant", "--costs", str(costs)])
     assert r.exit_code == 0, r.output
 
 
@@ -273,7 +273,7 @@ def test_emit_bundle_writes_what_the_replay_predicted(small_bundle, tmp_path):
     runner.invoke(cli, ["timeline", str(b)])
     out = tmp_path / "emitted"
     r = runner.invoke(
-        cli, ["replay", str(b), "-t", "epam-mmio,pv-blkif", "--emit-bundle", str(out)]
+        cli, ["replay", str(b), "--target", "epam-mmio,pv-blkif", "--emit-bundle", str(out)]
     )
     assert r.exit_code == 0, r.output
     pred = pl.read_parquet(b / "replay.parquet")

@@ -88,6 +88,22 @@ def load(
     return ingest(path, Path(tmp) / "bundle", cpu_khz=cpu_khz, hvm_vendor=hvm_vendor).bundle
 
 
+def load_timed(path, cpu_khz: int | None = None, hvm_vendor: str | None = None) -> Bundle:
+    """`load`, for the commands whose stored tables carry the ingest's clock (timeline,
+    report, export, regress): a bundle ingested with another clock rate or exit table is
+    refused with the command that re-times it, rather than silently answered as it is."""
+    bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
+    if Path(path).is_dir():
+        for option, want, have in (("--cpu-khz", cpu_khz, bundle.cpu_khz),
+                                   ("--hvm-vendor", hvm_vendor, bundle.manifest.hvm_vendor)):  # fmt: skip
+            if want is not None and have is not None and want != have:
+                raise XvtraceError(
+                    f"{path}: ingested with {option} {have}; `xvtrace ingest {path} {option} "
+                    f"{want}` re-times it"
+                )
+    return bundle
+
+
 def events(bundle: Bundle, *, cpu_khz: int | None = None) -> pl.LazyFrame:
     """The bundle's events; with `cpu_khz`, times are recomputed from the raw TSC."""
     ev = bundle.events()
@@ -128,24 +144,25 @@ def summarize(
 
 
 @_reads
-def timeline(path, *, rebuild: bool = False) -> Timeline:
+def timeline(path, *, rebuild: bool = False, cpu_khz=None, hvm_vendor=None) -> Timeline:
     """The bundle's (or raw capture's) requests, reconstructed or served from the bundle
-    while still valid (see xvtrace.timeline); `.render()` and `.to_json()` print it."""
-    return _timeline.load(load(path), rebuild=rebuild)
+    while still valid (see xvtrace.timeline); `.render()` and `.to_json()` print it.
+    `cpu_khz`, `hvm_vendor`: how to ingest a raw capture (see load_timed)."""
+    return _timeline.load(load_timed(path, cpu_khz, hvm_vendor), rebuild=rebuild)
 
 
 @_reads
-def report(path) -> Report:
+def report(path, *, cpu_khz=None, hvm_vendor=None) -> Report:
     """Where each request's time goes (xvtrace.output.report): `.render()`, `.to_json()`,
     `.render_html()`."""
-    return Report.of(load(path))
+    return Report.of(load_timed(path, cpu_khz, hvm_vendor))
 
 
 @_reads
-def export_perfetto(path, out: str | os.PathLike) -> int:
+def export_perfetto(path, out: str | os.PathLike, *, cpu_khz=None, hvm_vendor=None) -> int:
     """The bundle's requests as Chrome trace-event JSON at `out` (atomically); the number of
     trace events written."""
-    bundle = load(path)
+    bundle = load_timed(path, cpu_khz, hvm_vendor)
     with atomic_path(Path(out)) as tmp:
         return perfetto.perfetto(bundle, tmp)
 
@@ -207,14 +224,14 @@ def calibrate(path, **options) -> Calibration:
 
 
 @_reads
-def baseline(source) -> dict:
+def baseline(source, *, cpu_khz=None, hvm_vendor=None) -> dict:
     """A regression baseline: read from its JSON file, or summarized from a bundle or a raw
     capture (xvtrace.gate.regress)."""
     from xvtrace.gate import regress
 
     if regress.is_baseline_file(source):
         return regress.read(source)
-    return regress.summarize(load(source))
+    return regress.summarize(load_timed(source, cpu_khz, hvm_vendor))
 
 
 def regress_runs(baseline_source, candidate_source, **options) -> Verdicts:

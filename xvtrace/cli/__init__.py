@@ -277,7 +277,12 @@ def _parse_code(ctx, param, values):
     "--from", "start", type=SECONDS, help="Start of the time window, seconds from the trace origin."
 )
 @click.option("--to", "end", type=SECONDS, help="End of the time window (exclusive), seconds.")
-@click.option("-n", "--limit", type=click.IntRange(min=0), help="Stop after N lines.")
+@click.option(
+    "-l",
+    "--limit",
+    type=click.IntRange(min=0),
+    help="Stop after N lines (-n is the request count in emulate).",
+)
 @cpu_khz_option
 @vendor_option
 @elf_options
@@ -301,6 +306,9 @@ def dump_cmd(
     Lines are `seconds.ns cpuN dDvV event field=value ...` in time order; d?v? means no
     vCPU was known to be running on that pCPU yet.
     """
+    if start is not None and end is not None and end <= start:
+        raise click.BadParameter(f"--to {end:g} is not after --from {start:g}: an empty window",
+                                 param_hint="--to")  # fmt: skip
     chunks = api.dump_chunks(
         source,
         events=events,
@@ -316,23 +324,35 @@ def dump_cmd(
     )
     sys.stdout.flush()
     out = sys.stdout.buffer  # bytes straight through: no per-line Python strings
+    wrote = False
     for chunk in chunks:
         out.write(chunk)
         out.flush()  # a reader such as `head` sees each batch as soon as it is rendered
+        wrote = wrote or len(chunk) > 0
+    if not wrote and limit != 0:
+        chosen = [f"{flag} {v}" for flag, vs in (("-e", events), ("--code", [hex(c) for c in codes]),
+                  ("--dom", doms), ("--cpu", cpus)) for v in vs]  # fmt: skip
+        chosen += [
+            f"{flag} {v:g}" for flag, v in (("--from", start), ("--to", end)) if v is not None
+        ]
+        what = "no record matches " + " ".join(chosen) if chosen else "no records"
+        click.echo(f"xvtrace: {source}: {what}", err=True)
 
 
 @cli.command("timeline")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Per-queue table as JSON on stdout.")
+@cpu_khz_option
+@vendor_option
 @_guard
-def timeline_cmd(source, as_json):
+def timeline_cmd(source, as_json, cpu_khz, hvm_vendor):
     """Reconstruct every request into BUNDLE/requests.parquet and print where time goes.
 
     This stage follows requests through the device model's trace (QEMU events: kick, pop,
     block handling, fill, interrupt), matching reused element pointers as QEMU reports them.
     Requests missing events are kept and flagged; the manifest counts them.
     """
-    tl = api.timeline(source)
+    tl = api.timeline(source, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
     _show(tl, as_json)
 
 
@@ -341,12 +361,14 @@ def timeline_cmd(source, as_json):
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON on stdout.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a self-contained HTML report (plots inline, works offline).")  # fmt: skip
+@cpu_khz_option
+@vendor_option
 @_guard
-def report_cmd(source, as_json, html_file):
+def report_cmd(source, as_json, html_file, cpu_khz, hvm_vendor):
     """Where each request's time goes: per-phase p50/p90/p99/max per device queue and
     operation, clock alignment bounds, incomplete requests, and the VM exits, dom0
     hypercalls, IOREQs and grant operations per request. Runs `timeline` when needed."""
-    rep = api.report(source)
+    rep = api.report(source, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
     if html_file:
         _write(html_file, rep.render_html())
     _show(rep, as_json)
@@ -376,12 +398,14 @@ def export_group() -> None:
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Trace JSON to write (open it in ui.perfetto.dev or chrome://tracing).")  # fmt: skip
+@cpu_khz_option
+@vendor_option
 @_guard
-def export_perfetto_cmd(source, output):
+def export_perfetto_cmd(source, output, cpu_khz, hvm_vendor):
     """Requests as Chrome trace-event JSON: a track per device queue (element pop -> fill,
     device I/O, fill -> interrupt), a track per guest vCPU (the kick's trap) and flows from
     each kick to the element it made QEMU pop. Runs `timeline` first when needed."""
-    n = api.export_perfetto(source, output)
+    n = api.export_perfetto(source, output, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
     click.echo(f"{output}: {n} trace events")
 
 
@@ -520,14 +544,14 @@ def _request_bar(name: str):
 
 @cli.command("replay")
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-t", "--transport", default="all", show_default=True, metavar="T[,T...]|all",
+@click.option("--target", default="all", show_default=True, metavar="T[,T...]|all",
               help=f"Transports to replay against: {', '.join(TRANSPORT_NAMES)}, or all.")  # fmt: skip
 @click.option("--costs", "costs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Cost file (TOML from `xvtrace calibrate`, or CSV rows) replacing defaults by key.")  # fmt: skip
 @click.option("--arrivals", type=click.Choice(["closed", "open"]), default="closed", show_default=True,
               help="closed: each job keeps the captured queue depth in flight; open: requests "
               "arrive at their captured times whatever the transport's speed.")  # fmt: skip
-@click.option("--source-transport", type=click.Choice(TRANSPORT_NAMES),
+@click.option("-t", "--transport", type=click.Choice(TRANSPORT_NAMES),
               help="The transport the capture ran on (default: the manifest's; unknown for a "
               "plain QEMU capture). Its own operations are taken out of the device time.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cost jitter.")
@@ -538,9 +562,7 @@ def _request_bar(name: str):
               help="Also write a full bundle per transport (DIR/<transport>/, real formats, "
               "decoded) from the emulated host running the replayed stream, for timeline and report.")  # fmt: skip
 @_guard
-def replay_cmd(
-    source, transport, costs_file, arrivals, source_transport, seed, output, as_json, emit_dir
-):
+def replay_cmd(source, target, costs_file, arrivals, transport, seed, output, as_json, emit_dir):
     """Re-execute a bundle's captured request stream through each transport's request path:
     what this workload would cost on another virtio-on-Xen transport.
 
@@ -552,9 +574,9 @@ def replay_cmd(
     from xvtrace import replaying  # the replay engine (numba) only for this command
 
     out = output or Path(source) / replaying.REPLAY
-    cmp = api.replay(source, transport, output=out, emit_dir=emit_dir, warn=_warn,
+    cmp = api.replay(source, target, output=out, emit_dir=emit_dir, warn=_warn,
                      costs_file=costs_file, seed=seed, arrivals=arrivals,
-                     source=source_transport)  # fmt: skip
+                     source=transport)  # fmt: skip
     _show(cmp, as_json)
     click.echo(f"{out}: {len(cmp.requests)} predicted requests", err=True)
     for d in cmp.emitted:
@@ -615,15 +637,19 @@ def compare_cmd(source, as_json, html_file):
 @click.option("--markdown", "as_markdown", is_flag=True, help="The comparison as a Markdown table.")
 @click.option("--update-baseline", "update", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the candidate's summary here as the new baseline (and still compare).")  # fmt: skip
+@cpu_khz_option
+@vendor_option
 @_guard
-def regress_cmd(baseline, candidate, threshold, alpha, force, as_json, as_markdown, update):
+def regress_cmd(baseline, candidate, threshold, alpha, force, as_json, as_markdown, update,
+                cpu_khz, hvm_vendor):  # fmt: skip
     """Did this change make requests slower, and in which phase? Compares every phase of
     every queue and operation (Mann-Whitney U + bootstrap interval of the median ratio +
     a minimum effect). Exit status: 0 pass, 1 regression, 2 error (including runs whose
     Xen version, cpu_khz, transport or workload differ, unless --force)."""
     from xvtrace.gate import regress
 
-    base, cand = api.baseline(baseline), api.baseline(candidate)
+    clock = {"cpu_khz": cpu_khz, "hvm_vendor": hvm_vendor}
+    base, cand = api.baseline(baseline, **clock), api.baseline(candidate, **clock)
     if update:
         regress.write(cand, update)
         click.echo(f"{update}: baseline written", err=True)

@@ -5,7 +5,8 @@ through the pytest11 entry point; imports nothing heavy until a fixture is used)
         xvtrace_regress.check("runs/epam-today/", baseline="baselines/epam.json")
 
 `check` summarizes the candidate (a bundle, a raw capture or a summary), compares it with
-the stored baseline and fails with the phase table when a phase regressed. With
+the stored baseline and fails with the phase table when a phase regressed. Relative paths
+are taken from pytest's rootdir, wherever pytest was started. With
 `pytest --xvtrace-update-baselines` it writes the candidate's summary as the baseline
 instead (review the diff, commit it).
 """
@@ -32,14 +33,20 @@ class RegressionFailure(AssertionError):
 class Regress:
     """What the `xvtrace_regress` fixture gives a test."""
 
-    def __init__(self, update: bool, threshold_pct: float | None):
+    def __init__(self, update: bool, threshold_pct: float | None, rootdir: Path | None = None):
         self.update = update
         self.threshold_pct = threshold_pct
+        self.rootdir = rootdir
+
+    def path(self, p) -> Path:
+        """`p` as given when absolute, else from the rootdir (as pytest names test files)."""
+        p = Path(p)
+        return p if p.is_absolute() or self.rootdir is None else self.rootdir / p
 
     def summary(self, source) -> dict:
         from xvtrace import api
 
-        return api.baseline(source)
+        return api.baseline(self.path(source))
 
     def check(
         self, candidate, *, baseline, threshold_pct: float | None = None, force: bool = False
@@ -48,8 +55,8 @@ class Regress:
         from xvtrace import api
         from xvtrace.gate import regress
 
-        baseline = Path(baseline)
-        cand = candidate if isinstance(candidate, dict) else api.baseline(candidate)
+        baseline = self.path(baseline)
+        cand = candidate if isinstance(candidate, dict) else api.baseline(self.path(candidate))
         if self.update:
             regress.write(cand, baseline)
             return None
@@ -70,13 +77,17 @@ def xvtrace_regress(request) -> Regress:
     """Compare captures with stored baselines (see the module doc)."""
     cfg = request.config
     return Regress(
-        cfg.getoption("--xvtrace-update-baselines"), cfg.getoption("--xvtrace-threshold")
+        cfg.getoption("--xvtrace-update-baselines"),
+        cfg.getoption("--xvtrace-threshold"),
+        Path(cfg.rootpath),
     )
 
 
 @pytest.fixture
-def xvtrace_bundle():
-    """Open a bundle (or ingest a raw capture into a temporary one): a callable."""
+def xvtrace_bundle(request):
+    """Open a bundle (or ingest a raw capture into a temporary one): a callable; relative
+    paths from pytest's rootdir."""
     from xvtrace import api
 
-    return api.load
+    root = Path(request.config.rootpath)
+    return lambda path, **kw: api.load(path if Path(path).is_absolute() else root / path, **kw)

@@ -151,14 +151,23 @@ def write(summary: dict, path: Path) -> None:
         tmp.write_text(json.dumps(summary, indent=1) + "\n")
 
 
+CPU_KHZ_TOLERANCE = 1e-3  # one host measures its TSC a few kHz apart from boot to boot
+
+
 def provenance_problems(base: dict, cand: dict) -> list[str]:
-    """What differs between two runs' provenance in ways that invalidate a comparison."""
+    """What differs between two runs' provenance in ways that invalidate a comparison
+    (cpu_khz within 0.1 % is the same host: Xen calibrates it afresh at every boot)."""
     a, b = base["provenance"], cand["provenance"]
     return [
         f"{k}: baseline {a.get(k)!r}, candidate {b.get(k)!r}"
         for k in PROVENANCE
-        if a.get(k) != b.get(k)
+        if a.get(k) != b.get(k) and not (k == "cpu_khz" and _same_clock(a.get(k), b.get(k)))
     ]
+
+
+def _same_clock(a, b) -> bool:
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b))
+    return numbers and a > 0 and b > 0 and abs(a - b) <= CPU_KHZ_TOLERANCE * max(a, b)
 
 
 @dataclass
