@@ -208,6 +208,11 @@ class QemuLogDecoder:
         frame = pl.concat(frames, how="diagonal_relaxed")
         if len(frames) > 1:  # the scan's rows alone are in line order already
             frame = frame.sort("src_offset")
+        if untimed := frame["ts_ns"].null_count():  # said once per file, counted always
+            if "untimed" not in self.stats.extra:
+                first = int(frame.filter(pl.col("ts_ns").is_null())["src_offset"][0])
+                self.stats.add_problem(Problem(first, "untimed", UNTIMED, 0))
+            self.stats.extra["untimed"] = self.stats.extra.get("untimed", 0) + untimed
         ts = frame["ts_ns"].drop_nulls()
         if len(ts):
             lo, hi = int(ts.min()), int(ts.max())
@@ -294,6 +299,12 @@ class QemuLogDecoder:
             pl.lit(SOURCE).alias("source"), pl.lit(self.src_file).alias("src_file")
         )
         return conform(frame)
+
+
+UNTIMED = (
+    "records without a timestamp: QEMU ran without `-msg timestamp=on` (add it to"
+    " QEMU's command line); they decode, but no timeline can time them"
+)
 
 
 def _split_prefix(lines: pl.DataFrame) -> pl.DataFrame:

@@ -131,7 +131,9 @@ def test_a_folder_of_captures_ingests_like_a_bundle(tmp_path):
         s["format"] for s in json.loads((tmp_path / "b" / "manifest.json").read_text())["sources"]
     }
     assert {"qemu-log", "pcap", "qmp-virtqueues"} <= formats
-    assert "console.txt: not a recognised capture format" in result.output  # said, not silent
+    # said, not silent, and once for the folder (the list of formats was printed per file)
+    assert "console.txt, metadata.json: not a recognised capture format" in result.output
+    assert result.output.count("not a recognised capture format") == 1
     (tmp_path / "empty").mkdir()
     result = run("ingest", tmp_path / "empty")
     assert result.exit_code == 2 and "empty directory" in result.output
@@ -387,3 +389,23 @@ def test_a_trace_events_file_naming_arguments_otherwise_still_ingests(tmp_path):
     assert run("ingest", src, "-o", tmp_path / "b").exit_code == 0
     r = run("timeline", tmp_path / "b")
     assert r.exit_code == 0 and "requests: 50" in r.output, r.output
+
+
+def test_a_qemu_log_without_timestamps_says_how_to_get_them(tmp_path):
+    """QEMU started without `-msg timestamp=on`: the log decoded silently, the summary said
+    pops 0, and `timeline` (the capture has a pcap) stopped on "cannot convert float NaN to
+    integer". Now ingest and timeline both say what is missing and how to add it."""
+    import re
+    import shutil
+
+    from helpers import FIXTURES
+
+    src = tmp_path / "capture"
+    shutil.copytree(FIXTURES / "qemu" / "live-q35-pci", src)
+    log = src / "qemu-0.log"
+    log.write_text(re.sub(r"(?m)^\d+@\d+\.\d+:", "", log.read_text()))
+    r = run("ingest", src, "-o", tmp_path / "b")
+    assert r.exit_code == 0 and "qemu-0.log" in r.output and "-msg timestamp=on" in r.output
+    r = run("timeline", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    assert "0 complete" in r.output and "50 no timestamps" in r.output

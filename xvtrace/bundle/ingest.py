@@ -366,10 +366,10 @@ def _ingest(
     for f in raw_files:
         if not f.stat().st_size:  # e.g. a block trace of a run that touched no block device
             warn(f"{bundle_dir / RAW / f.name}: empty, nothing to decode")
-        elif formats[f] is None:
-            warn(
-                f"{bundle_dir / RAW / f.name}: not a recognised capture format ({FORMAT_NAMES}); skipped"
-            )
+    if unknown := [f.name for f in raw_files if f.stat().st_size and formats[f] is None]:
+        # one warning for the folder: a capture's notes and logs beside its traces are common
+        warn(f"{bundle_dir / RAW}: {', '.join(unknown)}: not a recognised capture format"
+             f" ({FORMAT_NAMES}); skipped")  # fmt: skip
     defs = _definitions([f for f, fmt in formats.items() if fmt and fmt.role == "definitions"])
     decoders = _decoders(formats, defs, manifest, cpu_khz, chunk_bytes, warn, origins)
     if not decoders:

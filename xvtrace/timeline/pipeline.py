@@ -36,7 +36,7 @@ from xvtrace.timeline.phases import INTERVALS
 REQUESTS = text.REQUESTS
 IOREQS = ioreqs.IOREQS
 SECTION = "timeline"  # the manifest section holding the facts, the key and the files
-VERSION = 4  # of the reconstruction: bump when its output changes
+VERSION = 5  # of the reconstruction: bump when its output changes
 DM_VIEW, DM_VIEW_NAME = qemu.VIEW, qemu.VIEW_NAME
 IDE_VIEW_NAME = "device model (QEMU IDE trace events)"
 HV_VIEW_NAME = "hypervisor (xentrace) + dom0 block layer (ftrace)"
@@ -334,8 +334,12 @@ def align_packets(req: pl.DataFrame, ev: pl.LazyFrame, *, window: int = 64) -> d
     length plus the 12-byte virtio_net_hdr is that fill's length. Returns the offset
     (median of fill - packet time over matched pairs), its residual bounds, the shift s and
     the match count; None without packets or rx requests."""
-    rx = req.filter(pl.col("op") == "rx").sort("fill_ns")
-    pk = ev.filter(pl.col("event") == "net.packet").select("ts_ns", "size", "addr").collect()
+    rx = req.filter((pl.col("op") == "rx") & pl.col("fill_ns").is_not_null()).sort("fill_ns")
+    pk = (
+        ev.filter((pl.col("event") == "net.packet") & pl.col("ts_ns").is_not_null())
+        .select("ts_ns", "size", "addr")
+        .collect()
+    )
     if not len(rx) or not len(pk):
         return None
     # the two busiest source MACs are the guest and its peer: try each as the guest's

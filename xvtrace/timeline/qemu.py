@@ -25,11 +25,40 @@ def _events(q: pl.LazyFrame, names: list[str], *cols: pl.Expr) -> pl.LazyFrame:
     return q.filter(pl.col("event").is_in(names)).select(*cols)
 
 
+def _resets(q: pl.LazyFrame):
+    """A function adding to a frame of one device's events (src_file, dev, offset column
+    `off`, sorted by it on return) the number of resets of that device before each: its
+    `epoch` (a virtio_set_status to 0 ends the device's life: nothing in flight survives)."""
+    resets = (
+        _events(q, ["qemu.virtio_set_status"], pl.col("src_file"), pl.col("dev"),
+                pl.col("src_offset").alias("_reset_off"), fields.qemu("virtio_set_status", "val"))
+        .filter(pl.col("val") == 0)
+        .sort("_reset_off")
+        .select("src_file", "dev", "_reset_off",
+                (pl.int_range(pl.len()).over("src_file", "dev") + 1).alias("epoch"))
+    )  # fmt: skip
+
+    def since(frame: pl.LazyFrame, off: str) -> pl.LazyFrame:
+        return (
+            frame.sort(off)
+            .join_asof(resets, left_on=off, right_on="_reset_off", by=["src_file", "dev"],
+                       strategy="backward", check_sortedness=False)
+            .with_columns(pl.col("epoch").fill_null(0))
+            .drop("_reset_off")
+        )  # fmt: skip
+
+    return since
+
+
+UNTIMED = "no timestamps: QEMU ran without `-msg timestamp=on` (add it to QEMU's command line)"
+
+
 def requests(ev: pl.LazyFrame) -> pl.LazyFrame:
     """One row per virtqueue element QEMU popped (see the module doc)."""
     q = ev.filter(pl.col("source") == "qemu")
+    since = _resets(q)
     pops = (
-        _events(
+        since(_events(
             q,
             ["qemu.virtqueue_pop"],
             *[pl.col(c) for c in KEY],
@@ -37,23 +66,24 @@ def requests(ev: pl.LazyFrame) -> pl.LazyFrame:
             pl.col("src_offset").alias("pop_off"),
             fields.qemu("virtqueue_pop", "in_num"),
             fields.qemu("virtqueue_pop", "out_num"),
-        )
-        .sort("src_file", "pop_off")
-        .with_columns(pl.int_range(pl.len()).over(KEY).alias("k"))
-    )
+        ), "pop_off")
+        .with_columns(pl.int_range(pl.len()).over(*KEY, "epoch").alias("k"))
+    )  # fmt: skip
     fills = (
-        _events(
+        since(_events(
             q,
             ["qemu.virtqueue_fill"],
             *[pl.col(c) for c in KEY],
             pl.col("ts_ns").alias("fill_ns"),
             pl.col("src_offset").alias("fill_off"),
             pl.col("size").alias("fill_len"),
-        )
-        .sort("src_file", "fill_off")
-        .with_columns(pl.int_range(pl.len()).over(KEY).alias("k"))
+        ), "fill_off")
+        .with_columns(pl.int_range(pl.len()).over(*KEY, "epoch").alias("k"))
+    )  # fmt: skip
+    # the nth pop of an element pointer with its nth fill, within one life of the device
+    req = pops.join(fills, on=[*KEY, "epoch", "k"], how="left", nulls_equal=True).sort(
+        "src_file", "pop_off"
     )
-    req = pops.join(fills, on=[*KEY, "k"], how="left", nulls_equal=True).sort("src_file", "pop_off")
 
     def after_pop(names, *cols, by=("src_file", "dev", "addr")):
         """The first such event of the same request at or after its pop (in file order)."""
@@ -84,19 +114,21 @@ def requests(ev: pl.LazyFrame) -> pl.LazyFrame:
         # flight at the end has no later reuse: what follows its pop is its own)
         mine = pl.col("fill_off").is_null() | (pl.col("_off") < pl.col("fill_off"))
         req = req.with_columns([pl.when(mine).then(pl.col(c)).alias(c) for c in cols]).drop("_off")
-    kicks = _events(q, ["qemu.virtio_queue_notify"], pl.col("src_file"), pl.col("dev"), pl.col("queue"),
-                    pl.col("ts_ns").alias("kick_ns"), pl.col("src_offset").alias("_koff")).sort("_koff")  # fmt: skip
-    req = req.join_asof(kicks, left_on="pop_off", right_on="_koff", by=["src_file", "dev", "queue"],
+    # a kick and an interrupt belong to a request only within the device's same life: a
+    # reset (status 0) ends every request in flight (an interrupt was matched 13.9 s later)
+    kicks = since(_events(q, ["qemu.virtio_queue_notify"], pl.col("src_file"), pl.col("dev"), pl.col("queue"),
+                          pl.col("ts_ns").alias("kick_ns"), pl.col("src_offset").alias("_koff")), "_koff")  # fmt: skip
+    req = req.join_asof(kicks, left_on="pop_off", right_on="_koff", by=["src_file", "dev", "queue", "epoch"],
                         strategy="backward", check_sortedness=False).rename({"_koff": "kick_off"})  # fmt: skip
-    irqs = _events(q, ["qemu.virtio_notify", "qemu.virtio_notify_irqfd"], pl.col("src_file"), pl.col("dev"),
-                   pl.col("queue"), pl.col("ts_ns").alias("notify_ns"), pl.col("src_offset").alias("_noff")).sort("_noff")  # fmt: skip
+    irqs = since(_events(q, ["qemu.virtio_notify", "qemu.virtio_notify_irqfd"], pl.col("src_file"), pl.col("dev"),
+                         pl.col("queue"), pl.col("ts_ns").alias("notify_ns"), pl.col("src_offset").alias("_noff")), "_noff")  # fmt: skip
     req = (
         req.sort("fill_off", nulls_last=True)
         .join_asof(
             irqs,
             left_on="fill_off",
             right_on="_noff",
-            by=["src_file", "dev", "queue"],
+            by=["src_file", "dev", "queue", "epoch"],
             strategy="forward",
             check_sortedness=False,
         )
@@ -110,8 +142,8 @@ def requests(ev: pl.LazyFrame) -> pl.LazyFrame:
         .otherwise(pl.lit("other"))
     )  # fmt: skip
     reason = (
-        pl.when(pl.col("fill_ns").is_null()).then(pl.lit("no fill (in flight at the end, or lost)"))
-        .when(pl.col("pop_ns").is_null()).then(pl.lit("no timestamps"))
+        pl.when(pl.col("pop_ns").is_null()).then(pl.lit(UNTIMED))
+        .when(pl.col("fill_ns").is_null()).then(pl.lit("no fill (in flight at the end, or lost)"))
         .otherwise(pl.lit(None, dtype=pl.String))
     )  # fmt: skip
     return (

@@ -45,6 +45,7 @@ def to_json(tl, bundle_path) -> dict:
         "bundle": str(bundle_path),
         "view": tl.view,
         "views": tl.facts.get("views", []),
+        "incomplete": tl.facts.get("incomplete", {}),
         "queues": queues(tl.requests),
     }
 
@@ -60,6 +61,8 @@ def render(tl, bundle_path) -> str:
     if tl.view is None and views:
         out.append("no view of this bundle's events reconstructs requests:")
         out += [f"  {v['view']}: {v['why']}" for v in views]
+    if incomplete := f.get("incomplete"):  # why, before the tables that count them
+        out.append("incomplete: " + "; ".join(f"{n} {why}" for why, n in incomplete.items()))
     if c := f.get("device_model_clock"):
         out += _device_model_clock(c)
     if j := f.get("ioreq_join"):
