@@ -409,3 +409,25 @@ def test_a_qemu_log_without_timestamps_says_how_to_get_them(tmp_path):
     r = run("timeline", tmp_path / "b")
     assert r.exit_code == 0, r.output
     assert "0 complete" in r.output and "50 no timestamps" in r.output
+
+
+def test_untimed_qemu_beside_a_real_xentrace_gives_no_clock_and_no_error(tmp_path):
+    """The real EPAM capture with its device model's stamps removed: every clock pair has
+    one side only (was "cannot convert float NaN to integer", exit 3)."""
+    import lzma
+    import re
+    import shutil
+
+    from helpers import FIXTURES
+
+    src = tmp_path / "capture"
+    shutil.copytree(FIXTURES / "xen" / "hvm-epam", src)
+    packed = src / "raw" / "epam.log.xz"
+    text = lzma.decompress(packed.read_bytes()).decode()
+    (src / "raw" / "epam.log").write_text(re.sub(r"(?m)^\d+@\d+\.\d+:", "", text))
+    packed.unlink()
+    assert run("ingest", src, "-o", tmp_path / "b").exit_code == 0
+    for cmd in (["timeline"], ["report"], ["export", "perfetto", "-o", str(tmp_path / "p.json")]):
+        r = run(*cmd, tmp_path / "b")
+        assert r.exit_code == 0 and "Traceback" not in r.output, (cmd, r.output)
+    assert "no timestamps" in run("timeline", tmp_path / "b").output

@@ -238,13 +238,21 @@ def evtchn_pairs(
     return pairs, lower
 
 
+PAIR_TIMES = ("exit_ns", "entry_ns", "handle_ns", "last_ns")
+
+
 def align_device_model(
     pairs: pl.DataFrame | None, lower: pl.DataFrame | None = None, *, method: str | None = None
 ) -> Clock | None:
     """The device model's clock against the hypervisor's, from `notify_pairs` (or, with
     `lower`, from `evtchn_pairs`): device-model time = hypervisor time + offset_ns +
     drift_ppm * 1e-6 * hypervisor time, with the offset's bounds at that drift; None when
-    the bundle lacks either side of the pairs."""
+    the bundle lacks either side of the pairs (a stamp missing on either side, e.g. QEMU
+    logging without timestamps, leaves that pair out: it bounds nothing)."""
+    if pairs is not None:
+        pairs = pairs.drop_nulls([c for c in PAIR_TIMES if c in pairs.columns])
+    if lower is not None:
+        lower = lower.drop_nulls(["resp_ns", "last_ns"])
     if pairs is None or not len(pairs) or (lower is not None and not len(lower)):
         return None
     # QEMU's log stamps are gettimeofday truncated to the microsecond: an event logged at
