@@ -268,8 +268,10 @@ def _by_key(key: np.ndarray, dur: np.ndarray) -> pl.DataFrame:
         d = np.bitwise_and(word, np.uint64((1 << DUR_BITS) - 1)).view(np.int64)
     n = counts - unmatched  # matched per group, in group order in `d`
     start = np.concatenate(([0], np.cumsum(n)[:-1])).astype(np.int64)
-    total = np.add.reduceat(d, np.minimum(start, max(len(d) - 1, 0))) if len(d) else n * 0
-    total = np.where(n > 0, total, 0)
+    # prefix sums, not reduceat: an empty group's clamped start cut its neighbour's range
+    # short (hypothesis found it: durations 0 and 1 then a group of unmatched only, total 0)
+    csum = np.concatenate(([0], np.cumsum(d, dtype=np.int64)))
+    total = csum[start + n] - csum[start]
     none = pl.Series(n == 0)
 
     def pick(q: float) -> pl.Series:

@@ -166,6 +166,11 @@ def over_time(req: pl.DataFrame, points: int = 2000) -> str:
     )
 
 
+def per_text(value: float | None) -> str:
+    """A count per request, or "-" where there is no request to divide it by."""
+    return "-" if value is None else f"{value:.2f}"
+
+
 def render(f: dict, phases: pl.DataFrame, per_request: pl.DataFrame, req: pl.DataFrame) -> str:
     """The page of a report (output.report.Report's facts, phase table, work per request
     and requests)."""
@@ -180,7 +185,7 @@ def render(f: dict, phases: pl.DataFrame, per_request: pl.DataFrame, req: pl.Dat
         table = ("<table><tr><th>device</th><th>queue</th><th>op</th><th>phase</th><th>requests</th>"
                  f"<th>p50 us</th><th>p90 us</th><th>p99 us</th><th>max us</th></tr>{cells}</table>")  # fmt: skip
     work = "".join(
-        f"<tr><td>{escape(r['what'])}</td><td>{r['count']}</td><td>{r['per_request']:.2f}</td></tr>"
+        f"<tr><td>{escape(r['what'])}</td><td>{r['count']}</td><td>{per_text(r['per_request'])}</td></tr>"
         for r in per_request.iter_rows(named=True)
     )
     clocks = "".join(f"<li>{escape(k)}: {escape(str(v))}</li>" for k, v in f["clocks"].items())

@@ -26,16 +26,20 @@ IRQ_US = 0.5  # drawn width of the interrupt mark on a vCPU track
 
 def trace_events(req: pl.DataFrame) -> list[dict]:
     """The trace events of reconstructed requests (rows of requests.parquet)."""
-    req = req.filter(pl.col("pop_ns").is_not_null())
+    seen = pl.col("pop_ns").is_not_null()
+    if "trap_exit_ns" in req.columns:  # the hypervisor's view alone has kicks but no pops
+        seen = seen | pl.col("trap_exit_ns").is_not_null()
+    req = req.filter(seen)
     if not len(req):
         return []
     starts = [c for c in ("kick_ns", "pop_ns", "trap_exit_ns") if c in req.columns]
     t0 = int(req.select(pl.min_horizontal(starts).min()).item())
     queues = req.select("dev", "queue").unique().sort("dev", "queue", nulls_last=True).rows()
     tid = {q: i + 1 for i, q in enumerate(queues)}
-    backend = (
-        "device model (QEMU)" if _view(req) == "device-model" else "backend (dom0 block layer)"
-    )
+    backend = {
+        "device-model": "device model (QEMU)",
+        "traps": "devices, as the hypervisor sees them (kick -> interrupt)",
+    }.get(_view(req), "backend (dom0 block layer)")
     events: list[dict] = [
         {"ph": "M", "pid": PID_DM, "name": "process_name", "args": {"name": backend}},
         {"ph": "M", "pid": PID_GUEST, "name": "process_name", "args": {"name": "guest vCPUs"}},
@@ -54,6 +58,7 @@ def trace_events(req: pl.DataFrame) -> list[dict]:
     rows = req.with_columns(
         us("pop_ns").alias("pop"), us("fill_ns").alias("fill"), us("handle_ns").alias("handle"),
         us("io_done_ns").alias("io_done"), us("notify_ns").alias("notify"),
+        us("kick_ns").alias("kick"),
     )  # fmt: skip
     mapping = pl.DataFrame({"dev": [d for d, _ in tid], "queue": [q for _, q in tid], "tid": list(tid.values())},
                            schema_overrides={"dev": req.schema["dev"], "queue": req.schema["queue"]})  # fmt: skip
@@ -70,7 +75,9 @@ def trace_events(req: pl.DataFrame) -> list[dict]:
         slices(rows, PID_DM, pl.col("tid"), "element (pop -> fill)", "pop", "fill"),
         slices(rows, PID_DM, pl.col("tid"), "device I/O", "handle", "io_done"),
         slices(rows, PID_DM, pl.col("tid"), "fill -> interrupt", "fill", "notify"),
-    ]
+        slices(rows.filter(pl.col("pop").is_null()), PID_DM, pl.col("tid"), "kick -> interrupt",
+               "kick", "notify"),  # no backend step known: the device's whole time
+    ]  # fmt: skip
     flows = []
     if "trap_exit_ns" in req.columns:
         rows = rows.with_columns(
@@ -95,8 +102,9 @@ def trace_events(req: pl.DataFrame) -> list[dict]:
         flows = [
             kicked.select(pl.lit("s").alias("ph"), pl.lit(PID_GUEST).alias("pid"), vcpu_tid.alias("tid"),
                           *flow, pl.col("trap").alias("ts")),
-            kicked.select(pl.lit("t").alias("ph"), pl.lit(PID_DM).alias("pid"), pl.col("tid"), *flow,
-                          pl.col("pop").alias("ts")),
+            kicked.filter(pl.col("pop").is_not_null()).select(
+                pl.lit("t").alias("ph"), pl.lit(PID_DM).alias("pid"), pl.col("tid"), *flow,
+                pl.col("pop").alias("ts")),
             kicked.filter(pl.col("notify").is_not_null()).select(
                 pl.lit("f").alias("ph"), pl.lit("e").alias("bp"), pl.lit(PID_GUEST).alias("pid"),
                 vcpu_tid.alias("tid"), *flow, pl.col("notify").alias("ts")),

@@ -39,7 +39,7 @@ class Report:
             "sources": [f"{s['file']} ({s['format']})" for s in m.sources],
         }
         vendor = m.hvm_vendor
-        per_request = _per_request(bundle.events(), max(1, len(req)), vendor)
+        per_request = _per_request(bundle.events(), len(req), vendor)
         return cls(facts, phases, per_request, req)
 
     def render_html(self) -> str:
@@ -83,16 +83,21 @@ class Report:
                     f"{r['phase']:<14}{r['requests']:>9}{r['p50_us']:>11.1f}{r['p90_us']:>11.1f}{r['p99_us']:>11.1f}{r['max_us']:>12.1f}"
                 )
         if len(self.per_request):
-            out.append("--- hypervisor and backend work per request ---")
+            out.append(
+                "--- hypervisor and backend work per request ---"
+                if self.facts["requests"]
+                else "--- hypervisor and backend work (totals: no request to divide them by) ---"
+            )
             out.extend(
-                f"   {r['what']:<40}{r['count']:>10}{r['per_request']:>10.2f}"
+                f"   {r['what']:<40}{r['count']:>10}{html.per_text(r['per_request']):>10}"
                 for r in self.per_request.iter_rows(named=True)
             )
         return "\n".join(out) + "\n"
 
 
 def _per_request(ev: pl.LazyFrame, n: int, vendor: str | None) -> pl.DataFrame:
-    """VM exits by reason, dom0 hypercalls by name, IOREQs, grant maps, mapcache lookups.
+    """VM exits by reason, dom0 hypercalls by name, IOREQs, grant maps, mapcache lookups,
+    each with its count per request (null with no request: nothing divides by zero).
     `vendor`: the host's exit-reason encoding (the manifest's, from ingest)."""
     exits = (
         ev.filter(pl.col("event").is_in(fields.EXIT_EVENTS))
@@ -127,7 +132,7 @@ def _per_request(ev: pl.LazyFrame, n: int, vendor: str | None) -> pl.DataFrame:
         {
             "what": [r[0] for r in rows],
             "count": [r[1] for r in rows],
-            "per_request": [r[1] / n for r in rows],
+            "per_request": [r[1] / n if n else None for r in rows],
         },
         schema={"what": pl.String, "count": pl.Int64, "per_request": pl.Float64},
     )

@@ -24,6 +24,7 @@ def intervals(kick: str = "kick_ns", pop: str = "pop_ns", fill: str = "fill_ns")
 PHASES = (
     ("kick_to_pop_ns", "kick -> pop"),
     ("trap_ns", "notify trap"),
+    ("kick_to_irq_ns", "kick -> irq"),  # the hypervisor's view alone (timeline.traps)
     ("service_ns", "pop -> fill"),
     ("io_ns", "device I/O"),
     ("fill_to_notify_ns", "fill -> irq"),

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from xvtrace.bundle import derived
-from xvtrace.timeline import hvm, ioreqs, qemu, text
+from xvtrace.timeline import hvm, ioreqs, qemu, text, traps
 from xvtrace.timeline.clock import (
     Clock,
     align_device_model,
@@ -32,11 +32,12 @@ from xvtrace.timeline.clock import (
 from xvtrace.timeline.hypervisor import block_requests, first_loss, hypervisor_requests
 from xvtrace.timeline.ide import ide_requests
 from xvtrace.timeline.phases import INTERVALS
+from xvtrace.timeline.traps import trap_requests
 
 REQUESTS = text.REQUESTS
 IOREQS = ioreqs.IOREQS
 SECTION = "timeline"  # the manifest section holding the facts, the key and the files
-VERSION = 5  # of the reconstruction: bump when its output changes
+VERSION = 6  # of the reconstruction: bump when its output changes
 DM_VIEW, DM_VIEW_NAME = qemu.VIEW, qemu.VIEW_NAME
 IDE_VIEW_NAME = "device model (QEMU IDE trace events)"
 HV_VIEW_NAME = "hypervisor (xentrace) + dom0 block layer (ftrace)"
@@ -170,6 +171,11 @@ def _block(x: _Inputs) -> tuple[pl.DataFrame, Clock | None] | None:
     return None if req is None else (req, None)
 
 
+def _traps(x: _Inputs) -> tuple[pl.DataFrame, Clock | None] | None:
+    req = trap_requests(x.ev, x.exits)
+    return None if req is None else (req, None)
+
+
 KICKS = ("hvm.mmio_write", "hvm.vmmcall")
 VIEWS = (
     View(DM_VIEW_NAME, (("qemu.virtqueue_pop",),), _device_model, "no element popped"),
@@ -178,7 +184,23 @@ VIEWS = (
     View(HV_VIEW_NAME, (("block.rq_issue",), KICKS, ("hvm.vmentry",)), _hypervisor,
          "no request matched from kick to interrupt"),
     View(BLOCK_VIEW_NAME, (("block.rq_issue",),), _block, "no block request issued"),
+    View(traps.VIEW_NAME, (("hvm.vmentry",), ("hvm.mmio_write",)), _traps,
+         "no virtio kick among the guests' MMIO traps"),
 )  # fmt: skip
+# what adds the events a view needs, said when they are missing
+SOURCES = {
+    "qemu": "QEMU's trace events: capture --qmp SOCK, or --log FILE of a device model run with -trace",
+    "block": "dom0's block layer: capture --block-trace",
+    "hvm": "xentrace on the Xen host: capture --xentrace",
+}  # fmt: skip
+
+
+def _source(event: str, present: set[str]) -> str:
+    """What adds `event` to a capture (SOURCES); for HVM records with xentrace already
+    there, why it has none."""
+    if event.startswith("hvm.") and any(e.startswith(("sched.", "pv.")) for e in present):
+        return "the xentrace has no HVM exits: a PV guest, or xentrace -e without TRC_HVM"
+    return SOURCES[event.split(".")[0]]
 
 
 def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
@@ -198,7 +220,14 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
         if view is not None:
             tried.append({"view": v.name, "used": False, "why": "an earlier view applied"})
         elif missing := v.missing(present):
-            why = "needs " + ", and ".join(missing) + " (none in this bundle)"
+            adds = dict.fromkeys(_source(m, present) for m in missing if m.split(".")[0] in SOURCES)
+            why = (
+                "needs "
+                + ", and ".join(missing)
+                + " (none in this bundle; "
+                + "; ".join(adds)
+                + ")"
+            )
             tried.append({"view": v.name, "used": False, "why": why})
         elif (found := v.build(x)) is None:
             tried.append({"view": v.name, "used": False, "why": v.empty})
@@ -270,13 +299,15 @@ def _causal(req: pl.DataFrame) -> pl.DataFrame:
 
 
 def _conformed(req: pl.DataFrame | None, empty: pl.DataFrame) -> pl.DataFrame:
-    """`req` with `empty`'s columns it lacks, as nulls of their type; `empty` without one."""
+    """`req` with `empty`'s columns it lacks, as nulls of their type, and those it has in
+    their type; `empty` without one."""
     if req is None:
         return empty
     missing = [
         pl.lit(None, dtype=t).alias(c) for c, t in empty.schema.items() if c not in req.columns
     ]
-    return req.with_columns(missing) if missing else req
+    req = req.with_columns(missing) if missing else req
+    return req.cast({c: t for c, t in empty.schema.items() if req.schema[c] != t})
 
 
 def _no_requests(ev: pl.LazyFrame) -> pl.DataFrame:

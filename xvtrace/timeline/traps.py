@@ -1,0 +1,131 @@
+"""Requests as the hypervisor alone sees them: the view of a capture made with xentrace only,
+the most common kind, where no device model or backend logged anything.
+
+The devices are found from the traps themselves. Xen emulates the IOAPIC, HPET and local
+APIC pages itself; any other guest-physical page the guest traps on belongs to a device
+model, and two kinds of register there are a virtio kick:
+- a write at offset 0x50 of a page (virtio-mmio's QueueNotify);
+- a page the guest only ever writes, never reads (a virtio-pci notify region: the driver
+  writes a queue's index there and reads nothing).
+Each kick is a row: its trap's VM exit and the vCPU's re-entry (the notify trap), the first
+interrupt injected afterwards with the device's vector (the vector injected about once per
+kick: kick -> irq is the device's whole service time as the hypervisor sees it), and on a
+virtio-mmio device the guest's InterruptStatus read and InterruptACK write that follow.
+
+Nothing here says what the device did between kick and interrupt, so no row is complete; the
+reason names the sources that would say it, and the phases above are still measured.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from xvtrace.parsers import fields
+from xvtrace.timeline import hvm
+
+VIEW = "traps"  # requests.parquet `view`
+VIEW_NAME = "hypervisor traps (xentrace alone)"
+REASON = (
+    "hypervisor only: what the device did between kick and interrupt is not in this capture "
+    "(QEMU's events: capture --qmp SOCK, or --log FILE; dom0's block layer: --block-trace)"
+)
+PAGE = 0x1000
+PLATFORM = (0xFEC00000, 0xFED00000, 0xFEE00000)  # IOAPIC, HPET, local APIC: Xen's own
+NOTIFY, ISR, ACK = 0x50, 0x60, 0x64  # virtio-mmio registers
+
+
+def trap_requests(ev: pl.LazyFrame, exits: pl.DataFrame) -> pl.DataFrame | None:
+    """One row per kick found in the traps (see the module doc); None without any."""
+    mmio = (
+        hvm.accesses(exits)
+        .filter(pl.col("kind") == "mmio")
+        .with_columns((pl.col("addr") - pl.col("addr") % PAGE).alias("page"))
+        .filter(~pl.col("page").is_in(PLATFORM))
+    )
+    pages = mmio.group_by("dom", "page").agg(
+        (pl.col("dir") == "read").sum().alias("reads"), pl.len().alias("accesses")
+    )
+    write_only = pages.filter((pl.col("reads") == 0) & (pl.col("accesses") > 1))
+    writes = mmio.filter(pl.col("dir") == "write").join(
+        write_only.select("dom", "page", pl.lit(True).alias("_pci")), on=["dom", "page"], how="left"
+    )
+    kicks = writes.filter(pl.col("_pci").fill_null(False) | (pl.col("addr") % PAGE == NOTIFY))
+    if not len(kicks):
+        return None
+    kicks = kicks.with_columns(
+        pl.when(pl.col("_pci").fill_null(False))
+        .then(pl.lit("virtio-pci"))
+        .otherwise(pl.lit("virtio-mmio"))
+        .alias("kick_kind")
+    ).drop("_pci", "kind", "dir")
+    req = _with_interrupt(kicks, ev)
+    req = _after(req, mmio, "notify_ns", ISR, "read", "isr_read")
+    req = _after(req, mmio, "isr_read_ns", ACK, "write", "ack")
+    names = {p: hex(p) for p in req["page"].unique().to_list()}  # a device per page
+    return req.sort("exit_ns").select(
+        pl.int_range(pl.len()).alias("request"),
+        pl.col("page").replace_strict(names, return_dtype=pl.String).alias("dev"),
+        pl.lit(None, pl.UInt16).alias("queue"),
+        pl.lit("kick").alias("op"),
+        pl.col("exit_ns").alias("kick_ns"),
+        "notify_ns",
+        (pl.col("notify_ns") - pl.col("exit_ns")).alias("kick_to_irq_ns"),
+        pl.lit(False).alias("complete"),
+        pl.lit(REASON).alias("reason"),
+        pl.col("exit_ns").alias("trap_exit_ns"),
+        pl.col("entry_ns").alias("trap_entry_ns"),
+        pl.col("dom").alias("trap_dom"),
+        pl.col("vcpu").alias("trap_vcpu"),
+        pl.col("cpu").alias("trap_cpu"),
+        "isr_read_ns", "isr_read_trap_exit_ns", "isr_read_trap_entry_ns",
+        "ack_ns", "ack_trap_exit_ns", "ack_trap_entry_ns",
+        "kick_kind", "vector",
+        pl.lit(VIEW).alias("view"),
+    )  # fmt: skip
+
+
+def _with_interrupt(kicks: pl.DataFrame, ev: pl.LazyFrame) -> pl.DataFrame:
+    """Each kick's device vector (of its domain's vectors, the one injected nearest once
+    per kick of the device) and notify_ns, the first injection of it after the kick."""
+    inj = (
+        ev.filter(pl.col("event") == "hvm.inj_virq")
+        .select("ts_ns", "dom", fields.xen("hvm.inj_virq", "vector"))
+        .collect()
+    )
+    per_vector = inj.group_by("dom", "vector").agg(pl.len().alias("injected"))
+    device = (
+        kicks.group_by("dom", "page")
+        .agg(pl.len().alias("kicks"))
+        .join(per_vector, on="dom", how="left")
+        .with_columns((pl.col("injected").cast(pl.Int64) - pl.col("kicks")).abs().alias("_d"))
+        .sort("dom", "page", "_d", "vector", nulls_last=True)
+        .group_by("dom", "page", maintain_order=True)
+        .first()
+        .select("dom", "page", "vector")
+    )
+    irqs = inj.select("dom", "vector", pl.col("ts_ns").alias("notify_ns")).sort("notify_ns")
+    return (
+        kicks.join(device, on=["dom", "page"], how="left")
+        .sort("exit_ns")
+        .join_asof(irqs, left_on="exit_ns", right_on="notify_ns", by=["dom", "vector"],
+                   strategy="forward", check_sortedness=False)
+    )  # fmt: skip
+
+
+def _after(req, mmio, on: str, offset: int, direction: str, prefix: str) -> pl.DataFrame:
+    """The first access of `direction` to the kick's page + `offset` after `on`: its trap
+    exit (`prefix`_ns, when the guest made it) and exit and re-entry."""
+    regs = (
+        mmio.filter((pl.col("addr") % PAGE == offset) & (pl.col("dir") == direction))
+        .select(
+            "dom", "page",
+            pl.col("exit_ns").alias(f"{prefix}_ns"),
+            pl.col("exit_ns").alias(f"{prefix}_trap_exit_ns"),
+            pl.col("entry_ns").alias(f"{prefix}_trap_entry_ns"),
+        )
+        .sort(f"{prefix}_ns")
+    )  # fmt: skip
+    return req.sort(on, nulls_last=True).join_asof(
+        regs, left_on=on, right_on=f"{prefix}_ns", by=["dom", "page"], strategy="forward",
+        check_sortedness=False,
+    )  # fmt: skip
