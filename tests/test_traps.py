@@ -93,3 +93,28 @@ def test_a_pv_capture_says_why_no_view_applies_and_divides_nothing_by_zero(tmp_p
         assert "a PV guest" in r.output and "capture --qmp SOCK" in r.output
     else:
         assert "no request to divide them by" in r.output and "per request" not in r.output
+
+
+def test_perfetto_draws_every_vcpu_runstate_and_vm_exit_the_summary_counts(tmp_path):
+    """The host tracks of a xentrace-only capture: one slice per VM exit the summary
+    matched with its entry, and per vCPU the runstate time the summary totals (the summary's
+    runstates and exits are checked against xenalyze elsewhere)."""
+    _, alone = xentrace_alone("hvm-epam", tmp_path)
+    out = tmp_path / "t.json"
+    api.export_perfetto(alone.path, out)
+    events = json.loads(out.read_text())["traceEvents"]
+    sections = api.summarize(alone.path).sections
+    exits = [e for e in events if e["ph"] == "X" and e["pid"] == 5]
+    matched = (
+        sections["exits"].select(pl.col("count").cast(pl.Int64) - pl.col("unmatched")).sum().item()
+    )
+    assert len(exits) == matched
+    assert sum(e["dur"] for e in exits) == pytest.approx(sections["exits"]["total_ns"].sum() / 1e3)
+    runs = [e for e in events if e["ph"] == "X" and e["pid"] == 4]
+    drawn = Counter()
+    for e in runs:
+        drawn[(e["tid"] // 1000, e["tid"] % 1000, e["name"])] += e["dur"]
+    totals = sections["runstates"].group_by("dom", "vcpu", "state").agg(pl.col("total_ns").sum())
+    for dom, vcpu, state, total in totals.iter_rows():
+        assert drawn[(dom, vcpu, state)] == pytest.approx(total / 1e3), (dom, vcpu, state)
+    assert min(e["ts"] for e in events if e["ph"] == "X") >= 0

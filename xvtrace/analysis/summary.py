@@ -90,8 +90,9 @@ def _lost_marks(ev: pl.LazyFrame) -> pl.LazyFrame:
     return ev.filter(pl.col("event") == "gen.lost_records").select("ts_ns")
 
 
-def runstates(ev: pl.LazyFrame, groups: pl.DataFrame) -> pl.DataFrame:
-    """Time each vCPU spent in each runstate, from consecutive runstate changes.
+def runstate_intervals(ev: pl.LazyFrame, groups: pl.DataFrame) -> pl.DataFrame:
+    """Each vCPU's runstate intervals (sdom, svcpu, ts_ns, end_ns, state, entered_by, dur),
+    from consecutive runstate changes.
 
     The interval after a change is in the change's new state; intervals that span lost
     records are reported as state 'lost'. Runnable time is split by how it was entered:
@@ -164,9 +165,14 @@ def runstates(ev: pl.LazyFrame, groups: pl.DataFrame) -> pl.DataFrame:
         (pl.col("end_ns") - pl.col("ts_ns")).alias("dur"),
     )
     # Like xenalyze, zero-length intervals are not counted.
-    df = df.filter(pl.col("dur") > 0)
+    return df.filter(pl.col("dur") > 0)
+
+
+def runstates(ev: pl.LazyFrame, groups: pl.DataFrame) -> pl.DataFrame:
+    """Time each vCPU spent in each runstate (runstate_intervals, summed)."""
     return (
-        df.group_by("sdom", "svcpu", "state", "entered_by")
+        runstate_intervals(ev, groups)
+        .group_by("sdom", "svcpu", "state", "entered_by")
         .agg(pl.len().alias("count"), pl.col("dur").sum().alias("total_ns"))
         .rename({"sdom": "dom", "svcpu": "vcpu"})
         .sort("dom", "vcpu", "state", "entered_by", nulls_last=False)
@@ -226,21 +232,28 @@ def _exit_durations(hv: pl.LazyFrame, cpus: list[int]) -> tuple[np.ndarray, np.n
     )  # fmt: skip
     if len(cpus) > 1:  # each pCPU's records together, in their order
         df = df.sort("cpu", maintain_order=True)
-    cpu, ts = df["cpu"].to_numpy(), df["ts_ns"].to_numpy()
-    is_exit = df["is_exit"].to_numpy()
-    x, e = np.flatnonzero(is_exit), np.flatnonzero(~is_exit)
+    ts = df["ts_ns"].to_numpy()
+    x, entry, matched = pair_exits(df["cpu"].to_numpy(), ts, df["is_exit"].to_numpy())
     if not len(x):
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    # the first entry at or after each exit, and the exit after it, on the same pCPU
+    dur = np.where(matched, ts[entry] - ts[x], -1)
+    return df["key"].to_numpy()[x], dur
+
+
+def pair_exits(cpu: np.ndarray, ts: np.ndarray, is_exit: np.ndarray):
+    """Records of VM exits and entries in each pCPU's order (grouped by pCPU): the exits'
+    indices, each one's entry (the first at or after it on its pCPU) and whether that entry
+    is its own (no other exit, nor the trace's end, comes first)."""
+    x, e = np.flatnonzero(is_exit), np.flatnonzero(~is_exit)
+    if not len(x):
+        return x, x, np.zeros(0, bool)
     j = np.searchsorted(e, x)
     has_entry = j < len(e)
     entry = e[np.minimum(j, len(e) - 1)] if len(e) else x
     has_entry &= cpu[entry] == cpu[x]
     nxt = np.append(x[1:], x[-1])
     has_next = np.append(cpu[x[1:]] == cpu[x[:-1]], False)
-    matched = has_entry & (~has_next | (ts[entry] <= ts[nxt]))
-    dur = np.where(matched, ts[entry] - ts[x], -1)
-    return df["key"].to_numpy()[x], dur
+    return x, entry, has_entry & (~has_next | (ts[entry] <= ts[nxt]))
 
 
 DUR_BITS = 40  # a duration packed below its group number: up to 18 minutes

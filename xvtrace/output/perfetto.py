@@ -19,21 +19,26 @@ from pathlib import Path
 import polars as pl
 
 from xvtrace import timeline
+from xvtrace.analysis import summary
+from xvtrace.parsers import fields
+from xvtrace.parsers import xen_events as xe
+from xvtrace.timeline import pipeline
+from xvtrace.timeline.clock import Clock, to_device_model
 
 PID_DM, PID_GUEST, PID_HOST = 1, 2, 3
 IRQ_US = 0.5  # drawn width of the interrupt mark on a vCPU track
 
 
-def trace_events(req: pl.DataFrame) -> list[dict]:
-    """The trace events of reconstructed requests (rows of requests.parquet)."""
+def trace_events(req: pl.DataFrame, t0: int | None = None) -> list[dict]:
+    """The trace events of reconstructed requests (rows of requests.parquet); times in us
+    after `t0` (default: the first request's first step)."""
     seen = pl.col("pop_ns").is_not_null()
     if "trap_exit_ns" in req.columns:  # the hypervisor's view alone has kicks but no pops
         seen = seen | pl.col("trap_exit_ns").is_not_null()
     req = req.filter(seen)
     if not len(req):
         return []
-    starts = [c for c in ("kick_ns", "pop_ns", "trap_exit_ns") if c in req.columns]
-    t0 = int(req.select(pl.min_horizontal(starts).min()).item())
+    t0 = _origin(req) if t0 is None else t0
     queues = req.select("dev", "queue").unique().sort("dev", "queue", nulls_last=True).rows()
     tid = {q: i + 1 for i, q in enumerate(queues)}
     backend = {
@@ -116,6 +121,13 @@ def trace_events(req: pl.DataFrame) -> list[dict]:
     return events
 
 
+def _origin(req: pl.DataFrame) -> int | None:
+    """The first time drawn: every track's times are microseconds after it."""
+    starts = [c for c in ("kick_ns", "pop_ns", "trap_exit_ns") if c in req.columns]
+    first = req.select(pl.min_horizontal(starts).min()).item() if len(req) else None
+    return None if first is None else int(first)
+
+
 def _thread(pid: int, tid: int, name: str) -> dict:
     return {"ph": "M", "pid": pid, "tid": tid, "name": "thread_name", "args": {"name": name}}
 
@@ -124,8 +136,75 @@ def _view(req: pl.DataFrame) -> str:
     return req["view"][0] if "view" in req.columns and len(req) else "device-model"
 
 
+PID_RUNSTATE, PID_EXITS = 4, 5
+HOST_EVENTS = [*summary.RUNSTATE_EVENTS, *fields.EXIT_EVENTS, "hvm.vmentry"]
+HOST_LIMIT = 2_000_000  # host slices kept (the first in time): a JSON trace a UI can open
+
+
+def host_events(ev: pl.LazyFrame, t0: int, clock: Clock | None, vendor: str | None) -> list[dict]:
+    """Xen's side, every vCPU a track: its runstates (the scheduler's running, runnable,
+    blocked, offline) and its VM exits (exit to re-entry, named by reason), on the
+    requests' clock (`clock`: the device model's against the hypervisor's, or None when
+    the requests are on the hypervisor's)."""
+    groups = summary.record_groups(ev)
+    runs = summary.runstate_intervals(ev, groups).select(
+        pl.col("sdom").alias("dom"), pl.col("svcpu").alias("vcpu"), "ts_ns", "end_ns",
+        pl.col("state").alias("name"),
+    )  # fmt: skip
+    hv = (
+        ev.filter(pl.col("event").is_in([*fields.EXIT_EVENTS, "hvm.vmentry"]))
+        .select("ts_ns", "cpu", "dom", "vcpu", pl.col("event").is_in(fields.EXIT_EVENTS).alias("is_exit"),
+                fields.exit_reason().alias("reason"))
+        .collect()
+        .sort("cpu", maintain_order=True)
+    )  # fmt: skip
+    x, entry, ok = summary.pair_exits(hv["cpu"].to_numpy(), hv["ts_ns"].to_numpy(),
+                                      hv["is_exit"].to_numpy())  # fmt: skip
+    exits = hv[x[ok]].with_columns(pl.Series("end_ns", hv["ts_ns"].to_numpy()[entry[ok]]))
+    reasons = {r: xe.exit_reason_name(int(r), vendor or "vmx")
+               for r in exits["reason"].drop_nulls().unique().to_list()}  # fmt: skip
+    exits = exits.select("dom", "vcpu", "ts_ns", "end_ns",
+                         pl.col("reason").replace_strict(reasons, default="?", return_dtype=pl.String).alias("name"))  # fmt: skip
+    events: list[dict] = []
+    for pid, title, rows in ((PID_RUNSTATE, "vCPU runstates (Xen)", runs),
+                             (PID_EXITS, "VM exits per vCPU (Xen)", exits)):  # fmt: skip
+        rows = rows.filter(pl.col("dom").is_not_null() & pl.col("vcpu").is_not_null())
+        rows = rows.sort("ts_ns").head(HOST_LIMIT)
+        if not len(rows):
+            continue
+        when = [pl.col(c) for c in ("ts_ns", "end_ns")]
+        if clock is not None:
+            when = [to_device_model(c, clock) for c in when]
+        tid = pl.col("dom").cast(pl.Int64) * 1000 + pl.col("vcpu")
+        rows = rows.select(
+            pl.lit("X").alias("ph"), pl.lit(pid).alias("pid"), tid.alias("tid"), "name",
+            ((when[0] - t0) / 1000).alias("ts"), ((when[1] - when[0]) / 1000).clip(0).alias("dur"),
+        )  # fmt: skip
+        events.append({"ph": "M", "pid": pid, "name": "process_name", "args": {"name": title}})
+        events += [_thread(pid, t, f"d{t // 1000}v{t % 1000}")
+                   for t in sorted(rows["tid"].unique().to_list())]  # fmt: skip
+        events.extend(json.loads(rows.write_json()))
+    return events
+
+
 def perfetto(bundle, out: Path) -> int:
-    """Write the bundle's requests (built by `xvtrace timeline` first) as trace JSON."""
-    events = trace_events(timeline.load(bundle).requests)
+    """Write the bundle's requests (built by `xvtrace timeline` first) as trace JSON, with
+    Xen's vCPU runstates and VM exits as tracks when the capture has them and their clock
+    is the requests' or aligned to it."""
+    tl = timeline.load(bundle)
+    t0 = _origin(tl.requests)
+    clock = Clock.from_dict(tl.facts.get("device_model_clock"))
+    on_dm = tl.view in (pipeline.DM_VIEW_NAME, pipeline.IDE_VIEW_NAME)  # the device model's clock
+    host = t0 is not None and (clock is not None or not on_dm)  # else no clock common to both
+    ev = bundle.events()
+    if host:  # the origin: the first thing drawn, a request or a host record
+        first = ev.filter(pl.col("event").is_in(HOST_EVENTS)).select(pl.col("ts_ns").min())
+        first = first.collect().item()
+        if first is not None:
+            first = pl.select(to_device_model(pl.lit(first), clock) if on_dm else pl.lit(first))
+            t0 = min(t0, int(first.item()))
+    events = trace_events(tl.requests, t0)
+    if host:
+        events += host_events(ev, t0, clock if on_dm else None, bundle.manifest.hvm_vendor)
     out.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ns"}))
     return len(events)
