@@ -171,7 +171,7 @@ def test_cli_replay_then_compare(small_bundle, tmp_path):
     assert "unmap" in rows["suse-grant-persistent"]["differs_in_us"]
     assert all(t["saturation_iops"] >= t["iops"] * 0.99 for t in facts["transports"])
     html = (tmp_path / "c.html").read_text()
-    assert html.count("<svg") == 2 and "suse-grant-persistent" in html
+    assert html.count('class="plotly-graph-div"') == 2 and "suse-grant-persistent" in html
 
 
 def test_cli_replay_of_a_real_qemu_capture(tmp_path):

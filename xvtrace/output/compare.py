@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from xvtrace import timeline
 from xvtrace.bundle import Bundle, BundleError
-from xvtrace.output.html import PAD, W, cdf_lines, legend, stacked_bars, svg_figure
+from xvtrace.output import plots
 from xvtrace.replay.transports.base import PHASES
 from xvtrace.replaying import REPLAY
 
@@ -130,18 +131,16 @@ def to_json(facts: dict) -> dict:
 
 def cdf_plot(req: pl.DataFrame) -> str:
     groups = sorted(req.partition_by("transport", as_dict=True).items())
-    top = max(float(g["latency_ns"].quantile(0.999, "nearest")) for _, g in groups) / 1e3
-    series = [(name, g["latency_ns"].to_numpy() / 1e3) for (name,), g in groups]
-    return svg_figure(cdf_lines(series, top), f"request latency CDF per transport (up to {top:.0f} us)",
-                      "us", "fraction")  # fmt: skip
+    series = [(escape(name), g["latency_ns"].to_numpy() / 1e3, np.arange(len(g)))
+              for (name,), g in groups]  # fmt: skip
+    return plots.div(plots.cdf(series, "request latency CDF per transport"))
 
 
 def phase_bars(facts: dict) -> str:
-    rows = facts["transports"]
-    body, total = stacked_bars([r["transport"] for r in rows], [[r[f"{p}_us"] for p in PHASES] for r in rows],
-                               span=W - PAD - 120, bar_max=24, tips=list(PHASES))  # fmt: skip
-    return svg_figure(body + legend(list(PHASES)), f"mean time per phase (longest bar = {total:.1f} us)",
-                      "us", "")  # fmt: skip
+    rows = [
+        (escape(r["transport"]), {p: r[f"{p}_us"] for p in PHASES}) for r in facts["transports"]
+    ]
+    return plots.div(plots.phase_bars(rows, "mean time per phase, each phase on its own scale"))
 
 
 def render_html(facts: dict, req: pl.DataFrame) -> str:
@@ -159,7 +158,8 @@ def render_html(facts: dict, req: pl.DataFrame) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>xvtrace compare</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px}}figure{{margin:1em 0}}</style></head>
+td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px}}</style>
+{plots.script()}</head>
 <body><h1>xvtrace compare</h1>
 <p>{st["requests"]} requests, {st["jobs"]} job(s) x depth {st["iodepth"]}; costs {escape(facts["profile"])};
 baseline {escape(baseline(facts))}</p>

@@ -1,0 +1,125 @@
+"""The figures of the HTML pages, drawn by plotly (offline: its JavaScript inlined once per
+page, nothing fetched). Every axis has its unit and tick values, legends sit above the plot
+area (never over the data), hovering shows the request, and latency over time is WebGL so a
+million points still pan and zoom.
+
+Strings from a capture (device names, transports) are HTML-escaped before they reach a
+figure: plotly renders its labels as a subset of HTML.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+import numpy as np
+import plotly.graph_objects as go
+import plotly.offline
+import polars as pl
+from plotly.subplots import make_subplots
+
+SEGMENTS = (  # Gantt / phase bars: (name, start column, end column), in path order
+    ("notify trap", "trap_exit_ns", "trap_entry_ns"),
+    ("kick -> pop", "kick_ns", "pop_ns"),
+    ("pop -> handle", "pop_ns", "handle_ns"),
+    ("device I/O", "handle_ns", "io_done_ns"),
+    ("completion", "io_done_ns", "fill_ns"),
+    ("fill -> irq", "fill_ns", "notify_ns"),
+    ("kick -> irq", "kick_ns", "notify_ns"),  # only where nothing in between is known
+)
+LATENCY = (  # the latency a page plots: the first column a request table has
+    ("service_ns", "pop -> fill"),
+    ("kick_to_irq_ns", "kick -> irq"),
+)
+LEGEND = {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0}
+CONFIG = {"displaylogo": False, "responsive": True}
+
+
+def script() -> str:
+    """plotly's JavaScript, once per page."""
+    return f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>'
+
+
+def div(fig: go.Figure) -> str:
+    fig.update_layout(template="plotly_white", legend=LEGEND, height=fig.layout.height or 380,
+                      margin={"l": 70, "r": 20, "t": 70, "b": 60}, font={"size": 12})  # fmt: skip
+    return fig.to_html(full_html=False, include_plotlyjs=False, config=CONFIG)
+
+
+def latency_column(req: pl.DataFrame) -> tuple[str, str] | None:
+    for col, name in LATENCY:
+        if col in req.columns and req[col].drop_nulls().len():
+            return col, name
+    return None
+
+
+def _label(*parts) -> str:
+    return escape(" ".join(str(p) for p in parts if p is not None))
+
+
+def cdf(series: list[tuple[str, np.ndarray, np.ndarray]], title: str) -> go.Figure:
+    """One CDF line per (name, latencies in us, request ids); the x axis up to the p99.9 of
+    all, so one long tail does not flatten the rest."""
+    fig = go.Figure()
+    top = max(float(np.quantile(v, 0.999)) for _, v, _ in series)
+    for name, values, ids in series:
+        order = np.argsort(values, kind="stable")
+        step = max(1, len(order) // 2000)  # the drawn points; the last one always
+        pick = np.unique(np.append(order[::step], order[-1]))
+        pick = pick[np.argsort(values[pick], kind="stable")]
+        frac = (np.searchsorted(np.sort(values), values[pick], side="right")) / len(values)
+        fig.add_trace(go.Scatter(x=values[pick], y=frac, mode="lines", name=name,
+                                 customdata=ids[pick], hovertemplate="%{x:.1f} us: %{y:.3f}<br>request %{customdata}<extra>%{fullData.name}</extra>"))  # fmt: skip
+    fig.update_xaxes(title_text="latency (us)", range=[0, top * 1.02])
+    fig.update_yaxes(title_text="fraction of requests", range=[0, 1.02])
+    fig.update_layout(title=title)
+    return fig
+
+
+def phase_bars(rows: list[tuple[str, dict[str, float]]], title: str, unit: str = "us") -> go.Figure:
+    """Per phase, one bar per group (label, {phase: value}); each phase on its own scale
+    (a subplot each), so a phase that dwarfs the others does not hide them."""
+    phases = list(dict.fromkeys(p for _, vals in rows for p in vals))
+    fig = make_subplots(rows=len(phases), cols=1, subplot_titles=[f"{escape(p)} ({unit})" for p in phases],
+                        vertical_spacing=min(0.12, 0.5 / max(1, len(phases))))  # fmt: skip
+    for i, phase in enumerate(phases, 1):
+        labels = [label for label, vals in rows if phase in vals]
+        values = [vals[phase] for _, vals in rows if phase in vals]
+        fig.add_trace(go.Bar(x=values, y=labels, orientation="h", name=escape(phase), showlegend=False,
+                             hovertemplate="%{y}: %{x:.1f} " + unit + "<extra></extra>"), row=i, col=1)  # fmt: skip
+    # every group's name on every subplot: room for a label per bar
+    fig.update_layout(title=title, height=max(300, 100 + len(phases) * (70 + 22 * len(rows))))
+    fig.update_yaxes(dtick=1, automargin=True)
+    return fig
+
+
+def gantt(req: pl.DataFrame, segs, title: str) -> go.Figure:
+    """Each request of `req` a row, each of its phases a bar from start to end (us from the
+    first start); hovering names the request, the phase and its time."""
+    starts = [c for c in ("trap_exit_ns", "kick_ns", "pop_ns") if c in req.columns]
+    t0 = req.select(pl.min_horizontal(starts).min()).item()
+    fig = go.Figure()
+    for name, a, b in segs:
+        s = req.filter(pl.col(a).is_not_null() & pl.col(b).is_not_null() & (pl.col(b) >= pl.col(a)))
+        if not len(s):
+            continue
+        base = (s[a] - t0).to_numpy() / 1e3
+        dur = (s[b] - s[a]).to_numpy() / 1e3
+        fig.add_trace(go.Bar(base=base, x=dur, y=[f"#{r}" for r in s["request"]], orientation="h",
+                             name=escape(name), customdata=dur,
+                             hovertemplate="%{y} " + escape(name) + ": %{customdata:.1f} us<extra></extra>"))  # fmt: skip
+    fig.update_layout(barmode="overlay", title=title, height=max(320, 140 + 16 * len(req)))
+    fig.update_xaxes(title_text="time (us from the window's first request)")
+    fig.update_yaxes(title_text="request", autorange="reversed", type="category")
+    return fig
+
+
+def over_time(t_s: np.ndarray, values: np.ndarray, ids: np.ndarray, name: str) -> go.Figure:
+    """Every request's latency against its time (WebGL: a million points stay interactive)."""
+    fig = go.Figure(go.Scattergl(x=t_s, y=values, mode="markers", marker={"size": 3}, name=escape(name),
+                                 customdata=ids, hovertemplate="request %{customdata}: %{y:.1f} us at %{x:.3f} s<extra></extra>"))  # fmt: skip
+    top = float(np.quantile(values, 0.999)) if len(values) else 1.0
+    fig.update_xaxes(title_text="time (s from the first request)")
+    fig.update_yaxes(title_text=f"{escape(name)} latency (us)", range=[0, top * 1.05])
+    fig.update_layout(title=f"{escape(name)} latency over time ({len(values)} requests; the axis"
+                            " stops at the p99.9: zoom out for the rest)", showlegend=False)  # fmt: skip
+    return fig
