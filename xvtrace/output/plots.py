@@ -10,12 +10,13 @@ figure: plotly renders its labels as a subset of HTML.
 from __future__ import annotations
 
 from html import escape
+from typing import TYPE_CHECKING
 
 import numpy as np
-import plotly.graph_objects as go
-import plotly.offline
 import polars as pl
-from plotly.subplots import make_subplots
+
+if TYPE_CHECKING:  # plotly is imported where a page is drawn: every other command skips it
+    import plotly.graph_objects as go
 
 SEGMENTS = (  # Gantt / phase bars: (name, start column, end column), in path order
     ("notify trap", "trap_exit_ns", "trap_entry_ns"),
@@ -36,6 +37,8 @@ CONFIG = {"displaylogo": False, "responsive": True}
 
 def script() -> str:
     """plotly's JavaScript, once per page."""
+    import plotly.offline
+
     return f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>'
 
 
@@ -59,6 +62,8 @@ def _label(*parts) -> str:
 def cdf(series: list[tuple[str, np.ndarray, np.ndarray]], title: str) -> go.Figure:
     """One CDF line per (name, latencies in us, request ids); the x axis up to the p99.9 of
     all, so one long tail does not flatten the rest."""
+    import plotly.graph_objects as go
+
     fig = go.Figure()
     top = max(float(np.quantile(v, 0.999)) for _, v, _ in series)
     for name, values, ids in series:
@@ -78,6 +83,9 @@ def cdf(series: list[tuple[str, np.ndarray, np.ndarray]], title: str) -> go.Figu
 def phase_bars(rows: list[tuple[str, dict[str, float]]], title: str, unit: str = "us") -> go.Figure:
     """Per phase, one bar per group (label, {phase: value}); each phase on its own scale
     (a subplot each), so a phase that dwarfs the others does not hide them."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
     phases = list(dict.fromkeys(p for _, vals in rows for p in vals))
     fig = make_subplots(rows=len(phases), cols=1, subplot_titles=[f"{escape(p)} ({unit})" for p in phases],
                         vertical_spacing=min(0.12, 0.5 / max(1, len(phases))))  # fmt: skip
@@ -95,6 +103,8 @@ def phase_bars(rows: list[tuple[str, dict[str, float]]], title: str, unit: str =
 def gantt(req: pl.DataFrame, segs, title: str) -> go.Figure:
     """Each request of `req` a row, each of its phases a bar from start to end (us from the
     first start); hovering names the request, the phase and its time."""
+    import plotly.graph_objects as go
+
     starts = [c for c in ("trap_exit_ns", "kick_ns", "pop_ns") if c in req.columns]
     t0 = req.select(pl.min_horizontal(starts).min()).item()
     fig = go.Figure()
@@ -115,6 +125,8 @@ def gantt(req: pl.DataFrame, segs, title: str) -> go.Figure:
 
 def over_time(t_s: np.ndarray, values: np.ndarray, ids: np.ndarray, name: str) -> go.Figure:
     """Every request's latency against its time (WebGL: a million points stay interactive)."""
+    import plotly.graph_objects as go
+
     fig = go.Figure(go.Scattergl(x=t_s, y=values, mode="markers", marker={"size": 3}, name=escape(name),
                                  customdata=ids, hovertemplate="request %{customdata}: %{y:.1f} us at %{x:.3f} s<extra></extra>"))  # fmt: skip
     top = float(np.quantile(values, 0.999)) if len(values) else 1.0
