@@ -6,12 +6,14 @@ a second) or, for per-record times, within its integer cpu_qhz scale error (<0.0
 
 from __future__ import annotations
 
+import json
+import lzma
 import re
 import subprocess
 
 import polars as pl
 import pytest
-from helpers import ARM64, ARM_KHZ, X86_KHZ, X86_PV
+from helpers import ARM64, ARM_KHZ, FIXTURES, X86_KHZ, X86_PV
 from xenalyze_output import assert_runstates_match, our_runstates, parse_dump, parse_summary
 
 from xvtrace import api
@@ -78,6 +80,31 @@ def test_hvm_exits_match_xenalyze(xenalyze, tmp_path, vendor, batch_rows, monkey
         assert ours[key]["unmatched"] == 0
         assert ours[key]["mean_ns"] * 2.4 == pytest.approx(avg_cyc, rel=0.005, abs=2), key
     assert_runstates_match(theirs, our_runstates(summary))
+
+
+@pytest.mark.parametrize("name", ["hvm-virtio", "hvm-epam", "hvm-ide", "hvm-ide-drift"])
+def test_real_hvm_exits_match_xenalyze(xenalyze, tmp_path, name):
+    """The stored real HVM captures (Xen 4.17, AMD): every exit reason's count per vCPU
+    exactly, and its time as xenalyze counts it: an exit ends at the vCPU's re-entry, or at
+    its wake-up when that comes first (the wait for a pCPU is not the exit's cost). Before,
+    HLT, IOIO and NPF were 3-7 % long on these captures. VMEXIT_IOIO stays 0.02-0.2 % short
+    of xenalyze (about 0.2 us per exit; see README, "Against xenalyze")."""
+    src = FIXTURES / "xen" / name
+    trace = tmp_path / "xentrace.bin"
+    trace.write_bytes(lzma.decompress((src / "raw" / "xentrace.bin.xz").read_bytes()))
+    host = json.loads((src / "manifest.json").read_text())["host"]
+    opts = [f"--cpu-hz={host['cpu_khz'] * 1000}", "--summary", "--svm-mode"]
+    theirs = parse_summary(xenalyze_text(xenalyze, trace, *opts))
+    summary = api.summarize(trace, cpu_khz=host["cpu_khz"], hvm_vendor="svm")
+    ours = {
+        (r["dom"], r["vcpu"], r["name"]): r for r in summary.sections["exits"].iter_rows(named=True)
+    }
+    assert theirs.exits and set(theirs.exits) <= set(ours)
+    for key, (count, _secs, avg_cyc) in theirs.exits.items():
+        assert ours[key]["count"] == count, key
+        cycles = ours[key]["total_ns"] * host["cpu_khz"] / 1e6 / count
+        rel = 2e-3 if key[2] == "VMEXIT_IOIO" else 1e-4
+        assert cycles == pytest.approx(avg_cyc, rel=rel, abs=2), key
 
 
 def test_record_level_values_match_dump_all(xenalyze, tmp_path):

@@ -198,10 +198,13 @@ def cpu_batches(ev: pl.LazyFrame, max_rows: int | None = None) -> list[list[int]
 
 
 def exits(ev: pl.LazyFrame, vendor: str | None) -> pl.DataFrame:
-    """HVM exits by reason: count and time from VM exit to the next VM entry on that pCPU."""
+    """HVM exits by reason: count and time from VM exit to the next VM entry on that pCPU,
+    or, as xenalyze counts it, to the vCPU's wake-up (runstate to runnable) when that comes
+    first: the time it then waits for a pCPU is contention, not the exit's cost."""
     hv = ev.filter(pl.col("event").is_in(EXIT_EVENTS + ENTRY_EVENTS))
+    wakes = _wakes(ev)
     # a group of pCPUs at a time: the arrays below hold every exit and entry of theirs
-    parts = [_exit_durations(hv, cpus) for cpus in cpu_batches(hv)]
+    parts = [_exit_durations(hv, cpus, wakes) for cpus in cpu_batches(hv)]
     keys = [k for k, _ in parts] or [np.zeros(0, np.uint64)]
     durs = [d for _, d in parts] or [np.zeros(0, np.int64)]
     df = _by_key(np.concatenate(keys), np.concatenate(durs))
@@ -216,9 +219,47 @@ def exits(ev: pl.LazyFrame, vendor: str | None) -> pl.DataFrame:
 NULL_ID, NULL_REASON = 0xFFFF, 0xFFFFFFFF  # not known (yet), in a group key
 
 
-def _exit_durations(hv: pl.LazyFrame, cpus: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def _wakes(ev: pl.LazyFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Every vCPU's changes to runnable: (dom << 16 | vcpu, ts_ns), sorted by both."""
+    w = (
+        ev.filter((pl.col("event") == RUNSTATE) & (((pl.col("code") // (1 << 4)) & 0xF) == 1))
+        .select(
+            (fields.xen(RUNSTATE, "dom").cast(pl.UInt64) * (1 << 16)
+             + fields.xen(RUNSTATE, "vcpu").cast(pl.UInt64)).alias("vk"),
+            "ts_ns",
+        )
+        .drop_nulls()
+        .sort("vk", "ts_ns")
+        .collect()
+    )  # fmt: skip
+    return w["vk"].to_numpy(), w["ts_ns"].to_numpy()
+
+
+def _first_wake(vk: np.ndarray, ts: np.ndarray, wakes) -> np.ndarray:
+    """For each (vCPU key, time), the vCPU's first wake at or after it, or -1: one
+    searchsorted over keys that put each vCPU's times in a range of their own."""
+    wk, wts = wakes
+    found = np.full(len(vk), -1, np.int64)
+    if not len(wk) or not len(vk):
+        return found
+    keys = np.unique(wk)
+    rank = np.searchsorted(keys, vk)
+    known = (rank < len(keys)) & (keys[np.minimum(rank, len(keys) - 1)] == vk)
+    lo = min(int(wts.min()), int(ts.min()))
+    span = max(int(wts.max()), int(ts.max())) - lo + 1
+    wcomp = np.searchsorted(keys, wk).astype(np.int64) * span + (wts - lo)
+    comp = rank.astype(np.int64) * span + (ts - lo)
+    at = np.searchsorted(wcomp, comp, side="left")
+    ok = known & (at < len(wk))
+    ok[ok] &= wk[at[ok]] == vk[ok]
+    found[ok] = wts[at[ok]]
+    return found
+
+
+def _exit_durations(hv: pl.LazyFrame, cpus: list[int], wakes=None) -> tuple[np.ndarray, np.ndarray]:
     """Each exit of these pCPUs: its (dom, vcpu, reason) packed in a u64 and its time to the
-    pCPU's next VM entry, or -1 when another exit (or the trace's end) comes first."""
+    pCPU's next VM entry, or to the vCPU's wake-up (`wakes`, see `exits`) when that comes
+    first; -1 when another exit (or the trace's end) comes before the entry."""
 
     def packed(col: str, width: int, null: int) -> pl.Expr:
         return pl.col(col).fill_null(null).cast(pl.UInt64) * (1 << width)
@@ -236,8 +277,13 @@ def _exit_durations(hv: pl.LazyFrame, cpus: list[int]) -> tuple[np.ndarray, np.n
     x, entry, matched = pair_exits(df["cpu"].to_numpy(), ts, df["is_exit"].to_numpy())
     if not len(x):
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    dur = np.where(matched, ts[entry] - ts[x], -1)
-    return df["key"].to_numpy()[x], dur
+    key = df["key"].to_numpy()[x]
+    end = ts[entry]
+    if wakes is not None:
+        wake = _first_wake(key >> np.uint64(32), ts[x], wakes)
+        end = np.where((wake >= 0) & (wake < end), wake, end)
+    dur = np.where(matched, end - ts[x], -1)
+    return key, dur
 
 
 def pair_exits(cpu: np.ndarray, ts: np.ndarray, is_exit: np.ndarray):
