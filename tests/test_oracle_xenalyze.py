@@ -105,6 +105,16 @@ def test_real_hvm_exits_match_xenalyze(xenalyze, tmp_path, name):
         cycles = ours[key]["total_ns"] * host["cpu_khz"] / 1e6 / count
         rel = 2e-3 if key[2] == "VMEXIT_IOIO" else 1e-4
         assert cycles == pytest.approx(avg_cyc, rel=rel, abs=2), key
+    assert_runstates_match(theirs, our_runstates(summary))
+    span = summary.sections["totals"]["span_ns"][0] / 1e9
+    assert span == pytest.approx(theirs.total_s, abs=0.0051)
+    hc = summary.sections["hypercalls"].filter(
+        (pl.col("kind") != "hvm") & pl.col("dom").is_not_null()
+    )
+    calls = {
+        (r[0], r[1]): r[2] for r in hc.group_by("dom", "op").agg(pl.col("count").sum()).iter_rows()
+    }
+    assert calls == theirs.hypercalls
 
 
 def test_record_level_values_match_dump_all(xenalyze, tmp_path):
