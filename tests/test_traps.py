@@ -53,6 +53,14 @@ def test_virtio_mmio_kicks_with_their_interrupt_status_and_ack(tmp_path):
     ).all()
     assert durations(req) == durations(timeline.load(full).requests)
     assert not req["complete"].any() and tl.facts["incomplete"] == {traps.REASON: 213}
+    regs = {(d["device"], d["register"], d["dir"]): d for d in tl.facts["devices"]}
+    for reg in (
+        ("0xfe000000", "0x50", "write"),
+        ("0xfe000000", "0x60", "read"),
+        ("0xfe000000", "0x64", "write"),
+    ):
+        assert regs[reg]["accesses"] == 213 and regs[reg]["vector"] == 40, reg
+    assert regs[("0xfe000000", "0x50", "write")]["injected"] == 213  # one interrupt a kick
 
 
 def test_virtio_pci_kicks_are_found_in_a_write_only_page(tmp_path):

@@ -202,7 +202,7 @@ def exits(ev: pl.LazyFrame, vendor: str | None) -> pl.DataFrame:
     or, as xenalyze counts it, to the vCPU's wake-up (runstate to runnable) when that comes
     first: the time it then waits for a pCPU is contention, not the exit's cost."""
     hv = ev.filter(pl.col("event").is_in(EXIT_EVENTS + ENTRY_EVENTS))
-    wakes = _wakes(ev)
+    wakes = wakes_of(ev)
     # a group of pCPUs at a time: the arrays below hold every exit and entry of theirs
     parts = [_exit_durations(hv, cpus, wakes) for cpus in cpu_batches(hv)]
     keys = [k for k, _ in parts] or [np.zeros(0, np.uint64)]
@@ -219,7 +219,7 @@ def exits(ev: pl.LazyFrame, vendor: str | None) -> pl.DataFrame:
 NULL_ID, NULL_REASON = 0xFFFF, 0xFFFFFFFF  # not known (yet), in a group key
 
 
-def _wakes(ev: pl.LazyFrame) -> tuple[np.ndarray, np.ndarray]:
+def wakes_of(ev: pl.LazyFrame) -> tuple[np.ndarray, np.ndarray]:
     """Every vCPU's changes to runnable: (dom << 16 | vcpu, ts_ns), sorted by both."""
     w = (
         ev.filter((pl.col("event") == RUNSTATE) & (((pl.col("code") // (1 << 4)) & 0xF) == 1))
@@ -235,7 +235,7 @@ def _wakes(ev: pl.LazyFrame) -> tuple[np.ndarray, np.ndarray]:
     return w["vk"].to_numpy(), w["ts_ns"].to_numpy()
 
 
-def _first_wake(vk: np.ndarray, ts: np.ndarray, wakes) -> np.ndarray:
+def first_wake(vk: np.ndarray, ts: np.ndarray, wakes) -> np.ndarray:
     """For each (vCPU key, time), the vCPU's first wake at or after it, or -1: one
     searchsorted over keys that put each vCPU's times in a range of their own."""
     wk, wts = wakes
@@ -280,7 +280,7 @@ def _exit_durations(hv: pl.LazyFrame, cpus: list[int], wakes=None) -> tuple[np.n
     key = df["key"].to_numpy()[x]
     end = ts[entry]
     if wakes is not None:
-        wake = _first_wake(key >> np.uint64(32), ts[x], wakes)
+        wake = first_wake(key >> np.uint64(32), ts[x], wakes)
         end = np.where((wake >= 0) & (wake < end), wake, end)
     dur = np.where(matched, end - ts[x], -1)
     return key, dur

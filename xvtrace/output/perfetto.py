@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from xvtrace import timeline
@@ -143,7 +144,8 @@ HOST_LIMIT = 2_000_000  # host slices kept (the first in time): a JSON trace a U
 
 def host_events(ev: pl.LazyFrame, t0: int, clock: Clock | None, vendor: str | None) -> list[dict]:
     """Xen's side, every vCPU a track: its runstates (the scheduler's running, runnable,
-    blocked, offline) and its VM exits (exit to re-entry, named by reason), on the
+    blocked, offline) and its VM exits (exit to re-entry or to the vCPU's wake-up when that
+    comes first, as the summary counts them; named by reason), on the
     requests' clock (`clock`: the device model's against the hypervisor's, or None when
     the requests are on the hypervisor's)."""
     groups = summary.record_groups(ev)
@@ -158,9 +160,14 @@ def host_events(ev: pl.LazyFrame, t0: int, clock: Clock | None, vendor: str | No
         .collect()
         .sort("cpu", maintain_order=True)
     )  # fmt: skip
-    x, entry, ok = summary.pair_exits(hv["cpu"].to_numpy(), hv["ts_ns"].to_numpy(),
-                                      hv["is_exit"].to_numpy())  # fmt: skip
-    exits = hv[x[ok]].with_columns(pl.Series("end_ns", hv["ts_ns"].to_numpy()[entry[ok]]))
+    ts = hv["ts_ns"].to_numpy()
+    x, entry, ok = summary.pair_exits(hv["cpu"].to_numpy(), ts, hv["is_exit"].to_numpy())
+    x, end = x[ok], ts[entry[ok]]
+    exits = hv[x]
+    # ended as the summary (and xenalyze) ends them: at the vCPU's wake-up when that is first
+    vk = (exits["dom"].cast(pl.UInt64) * (1 << 16) + exits["vcpu"].cast(pl.UInt64)).fill_null(0)
+    wake = summary.first_wake(vk.to_numpy(), ts[x], summary.wakes_of(ev))
+    exits = exits.with_columns(pl.Series("end_ns", np.where((wake >= 0) & (wake < end), wake, end)))
     reasons = {r: xe.exit_reason_name(int(r), vendor or "vmx")
                for r in exits["reason"].drop_nulls().unique().to_list()}  # fmt: skip
     exits = exits.select("dom", "vcpu", "ts_ns", "end_ns",

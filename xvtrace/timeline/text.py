@@ -63,6 +63,8 @@ def render(tl, bundle_path) -> str:
         out += [f"  {v['view']}: {v['why']}" for v in views]
     if incomplete := f.get("incomplete"):  # why, before the tables that count them
         out.append("incomplete: " + "; ".join(f"{n} {why}" for why, n in incomplete.items()))
+    if devices := f.get("devices"):
+        out += _devices(devices)
     if c := f.get("device_model_clock"):
         out += _device_model_clock(c)
     if j := f.get("ioreq_join"):
@@ -88,6 +90,20 @@ def render(tl, bundle_path) -> str:
                 n = key[:-4]
                 out.append(f"  {n:<14}{_us(r[f'{n} p50']):>10}{_us(r[f'{n} p99']):>10}")
     return "\n".join(out) + "\n"
+
+
+def _devices(devices: list[dict]) -> list[str]:
+    """The guest's busiest device registers, as its traps show them (timeline.traps)."""
+    out = ["device registers the guest trapped on (exit -> re-entry):",
+           f"  {'device':<12}{'register':<10}{'dir':<7}{'accesses':>9}{'p50 us':>10}{'p99 us':>10}"]  # fmt: skip
+    said = set()
+    for d in devices:  # a kicked device's transport and interrupt, on its first row
+        kick = (f"  {d['transport']}: {d['kicks']} kicks, vector {d['vector']} injected"
+                f" {d['injected']} times" if "transport" in d and d["device"] not in said else "")  # fmt: skip
+        said.add(d["device"])
+        out.append(f"  {d['device']:<12}{d['register']:<10}{d['dir']:<7}{d['accesses']:>9}"
+                   f"{_us(d['trap_p50_us']):>10}{_us(d['trap_p99_us']):>10}{kick}")  # fmt: skip
+    return out
 
 
 def _device_model_clock(c: dict) -> list[str]:

@@ -129,3 +129,50 @@ def _after(req, mmio, on: str, offset: int, direction: str, prefix: str) -> pl.D
         regs, left_on=on, right_on=f"{prefix}_ns", by=["dom", "page"], strategy="forward",
         check_sortedness=False,
     )  # fmt: skip
+
+
+def devices(ev: pl.LazyFrame, exits: pl.DataFrame, req: pl.DataFrame, top: int = 12) -> list[dict]:
+    """The guests' device registers as their traps show them (MMIO pages Xen does not
+    emulate itself, and I/O ports): per register and direction the accesses and their trap
+    time, exit to re-entry (for a device model's register, the IOREQ's round trip); per
+    kicked device its transport, kicks and interrupt vector with its injections. The `top`
+    busiest registers."""
+    acc = hvm.accesses(exits).filter(pl.col("dom") != 0)
+    if not len(acc):
+        return []
+    mmio = pl.col("kind") == "mmio"
+    acc = acc.with_columns(
+        pl.when(mmio).then(pl.col("addr") - pl.col("addr") % PAGE).otherwise(pl.col("addr")).alias("base"),
+        ((pl.col("entry_ns") - pl.col("exit_ns")) / 1e3).alias("trap_us"),
+    ).filter(~(mmio & pl.col("base").is_in(PLATFORM)))  # fmt: skip
+    regs = (
+        acc.group_by("dom", "kind", "base", "addr", "dir")
+        .agg(pl.len().alias("accesses"),
+             pl.col("trap_us").quantile(0.5, "nearest").alias("p50_us"),
+             pl.col("trap_us").quantile(0.99, "nearest").alias("p99_us"))
+        .sort("accesses", "addr", descending=[True, False])
+        .head(top)
+    )  # fmt: skip
+    kicked = {}
+    if len(req) and "kick_kind" in req.columns:
+        inj = (
+            ev.filter(pl.col("event") == "hvm.inj_virq")
+            .select("dom", fields.xen("hvm.inj_virq", "vector"))
+            .group_by("dom", "vector")
+            .len()
+            .collect()
+        )
+        for (dev, kind, vector, dom), g in req.group_by("dev", "kick_kind", "vector", "trap_dom"):
+            n = inj.filter((pl.col("dom") == dom) & (pl.col("vector") == vector))["len"]
+            kicked[dev] = {"transport": kind, "kicks": len(g), "vector": vector,
+                           "injected": int(n[0]) if len(n) else 0}  # fmt: skip
+    out = []
+    for r in regs.iter_rows(named=True):
+        dev = hex(r["base"])
+        out.append({
+            "dom": r["dom"], "device": dev, "kind": str(r["kind"]),
+            "register": hex(r["addr"] - r["base"]) if r["kind"] == "mmio" else hex(r["addr"]),
+            "dir": str(r["dir"]), "accesses": r["accesses"],
+            "trap_p50_us": r["p50_us"], "trap_p99_us": r["p99_us"], **kicked.get(dev, {}),
+        })  # fmt: skip
+    return out
