@@ -56,6 +56,9 @@ def test_real_capture_summary_matches_xenalyze(xenalyze, capture, khz, opts):
         (r[0], r[1]): r[2] for r in hc.group_by("dom", "op").agg(pl.col("count").sum()).iter_rows()
     }
     assert ours == theirs.hypercalls
+    # xenalyze's PV events section (page faults, privileged-op emulation, ptwr, ...)
+    pv = summary.sections["pv_events"].filter(pl.col("dom").is_not_null())
+    assert {(r[0], r[1]): r[2] for r in pv.iter_rows()} == theirs.pv_events
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ class XenalyzeSummary:
     runstates: dict[tuple[int, int, str], tuple[int, float]] = field(default_factory=dict)
     exits: dict[tuple[int, int, str], tuple[int, float, int]] = field(default_factory=dict)
     hypercalls: dict[tuple[int, int], int] = field(default_factory=dict)
+    pv_events: dict[tuple[int, str], int] = field(default_factory=dict)
 
 
 def parse_summary(text: str) -> XenalyzeSummary:
@@ -51,6 +52,8 @@ def parse_summary(text: str) -> XenalyzeSummary:
                 float(m.group(3)),
                 int(m.group(4)),
             )
+        elif section == "pv" and (m := re.match(r"  ([a-z_/()4 ]+?)  (\d+)$", line)):
+            out.pv_events[(dom, m.group(1))] = int(m.group(2))
         elif section == "pv" and (m := re.match(r"\s+\S+\s+\[\s*(\d+)\]:\s+(\d+)$", line)):
             key = (dom, int(m.group(1)))
             out.hypercalls[key] = out.hypercalls.get(key, 0) + int(m.group(2))

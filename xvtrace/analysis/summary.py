@@ -357,6 +357,48 @@ def _by_key(key: np.ndarray, dur: np.ndarray) -> pl.DataFrame:
     ).sort("dom", "vcpu", "reason")
 
 
+PV_EVENTS = {  # the PV events xenalyze counts, by its names (xenalyze.c pv_name), in its order
+    "pv.hypercall": "hypercall",
+    "pv.trap": "trap",
+    "pv.page_fault": "page_fault",
+    "pv.forced_invalid_op": "forced_invalid_op",
+    "pv.emulate_privop": "emulate privop",
+    "pv.emulate_4gb": "emulate 4g",
+    "pv.math_state_restore": "math state restore",
+    "pv.paging_fixup": "paging fixup",
+    "pv.gdt_ldt_mapping_fault": "gdt/ldt mapping fault",
+    "pv.ptwr_emulation": "ptwr",
+    "pv.ptwr_emulation_pae": "ptwr(pae)",
+    "pv.hypercall_subcall": "hypercall (subcall)",
+}
+
+
+def pv_events(ev: pl.LazyFrame) -> pl.DataFrame:
+    """PV guests' events per domain, as xenalyze's "PV events" counts them: its names, and
+    a multicall's subcalls counted as hypercalls too (and again on their own line)."""
+    counts = (
+        ev.filter(pl.col("event").is_in(list(PV_EVENTS)))
+        .group_by("dom", pl.col("event").cast(pl.String))
+        .len()
+        .collect()
+    )
+    subcalls = counts.filter(pl.col("event") == "pv.hypercall_subcall").with_columns(
+        pl.lit("pv.hypercall").alias("event")
+    )
+    order = {e: i for i, e in enumerate(PV_EVENTS)}
+    return (
+        pl.concat([counts, subcalls])
+        .group_by("dom", "event")
+        .agg(pl.col("len").sum().alias("count"))
+        .with_columns(
+            pl.col("event").replace_strict(PV_EVENTS, return_dtype=pl.String).alias("name"),
+            pl.col("event").replace_strict(order, return_dtype=pl.Int32).alias("_order"),
+        )
+        .sort("dom", "_order", nulls_last=True)
+        .select("dom", "name", pl.col("count").cast(pl.UInt32))
+    )
+
+
 def hypercalls(ev: pl.LazyFrame) -> pl.DataFrame:
     """Hypercalls by name per domain: PV_HYPERCALL(_V2) and subcalls, and HVM VMCALLs."""
     op = fields.hypercall()
@@ -502,7 +544,7 @@ def virtqueues(ev: pl.LazyFrame) -> pl.DataFrame:
 
 
 SECTION = "summary"  # the bundle's derived entry (manifest section) of the stored sections
-VERSION = 1  # of the sections' code: bump when an answer changes
+VERSION = 2  # of the sections' code: bump when an answer changes
 DERIVED_DIR = "derived"
 
 
@@ -522,6 +564,7 @@ def _sections(events: pl.LazyFrame, vendor: str | None) -> dict[str, pl.DataFram
         "runstates": runstates(ev, groups),
         "exits": exits(ev, vendor),
         "hypercalls": hypercalls(ev),
+        "pv_events": pv_events(ev),
         "io": io_accesses(ev),
         "interrupts": interrupts(ev),
         "grants": grants(ev),
@@ -705,6 +748,9 @@ class Summary:
             # SVM's INTR exit (a physical interrupt) is traced with no vector
             _listed(out, " Interrupts:", irq,
                     lambda r: f"   {r['kind']:<16} vector {_or_dash(r['vector']):>3}: {r['count']}")  # fmt: skip
+        if "pv_events" in s:  # (summaries stored before it have no such section)
+            _listed(out, " PV events:", s["pv_events"].filter(pl.col("dom") == dom),
+                    lambda r: f"   {r['name']:<24} {r['count']:>8}")  # fmt: skip
         _listed(out, " Hypercalls:", s["hypercalls"].filter(pl.col("dom") == dom),
                 lambda r: f"   {r['kind']:<10} {r['name']:<30} [{r['op']:>2}]: {r['count']:>8}")  # fmt: skip
         _listed(out, " IO and MMIO by address:", s["io"].filter(pl.col("dom") == dom),
