@@ -298,27 +298,25 @@ def capture(out: str | os.PathLike, *, decode: bool = True, **options) -> Bundle
 def dump_lines(
     path, *, limit=None, cpu_khz=None, hvm_vendor=None, elf_files=(), **filters
 ) -> Iterator[str]:
-    def lines() -> Iterator[str]:
-        bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
-        ev = select_events(events(bundle, cpu_khz=cpu_khz), **filters)
-        vendor = _vendor(bundle, hvm_vendor) or "vmx"
-        return iter_lines(ev, vendor, limit=limit, symbols=symbols(elf_files))
-
-    return _held_while_read(path, lines)
+    """One text line per selected record (xvtrace.analysis.dump), read while held."""
+    return _dumped(iter_lines, path, limit, cpu_khz, hvm_vendor, elf_files, filters)
 
 
 def dump_chunks(
     path, *, limit=None, cpu_khz=None, hvm_vendor=None, elf_files=(), **filters
 ) -> Iterator[bytes]:
     """dump_lines as newline-terminated byte buffers, the fast way to write them out."""
+    return _dumped(iter_chunks, path, limit, cpu_khz, hvm_vendor, elf_files, filters)
 
-    def chunks() -> Iterator[bytes]:
+
+def _dumped(render, path, limit, cpu_khz, hvm_vendor, elf_files, filters) -> Iterator:
+    def rendered() -> Iterator:
         bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
         ev = select_events(events(bundle, cpu_khz=cpu_khz), **filters)
         vendor = _vendor(bundle, hvm_vendor) or "vmx"
-        return iter_chunks(ev, vendor, limit=limit, symbols=symbols(elf_files))
+        return render(ev, vendor, limit=limit, symbols=symbols(elf_files))
 
-    return _held_while_read(path, chunks)
+    return _held_while_read(path, rendered)
 
 
 __all__ = [
