@@ -142,3 +142,23 @@ def test_ingests_and_timelines_at_once_all_answer(bundle):
             finish(proc)
     assert not list(bundle.rglob("*.part"))
     assert api.timeline(bundle).facts["requests"] > 0
+
+
+def test_a_writer_waiting_on_a_failed_first_write_makes_the_bundle_whole(tmp_path):
+    """A first write that fails removes its new bundle, lock file and all, while another
+    writer waits on that lock: the waiter must notice and lock the bundle it makes afresh
+    (else it writes into a removed directory, or holds a lock nobody else can find)."""
+    new = tmp_path / "new.xvt"
+    started = []
+
+    def first_write_fails():
+        with lock.writing(new):
+            started.append(start("ingest", FIXTURE, "-o", new))
+            wait_announced(started[0])
+            raise RuntimeError("the first write fails")
+
+    with pytest.raises(RuntimeError):
+        first_write_fails()
+    finish(started[0])
+    assert (new / "manifest.json").is_file() and (new / lock.LOCK).is_file()
+    assert api.timeline(new).facts["requests"] > 0

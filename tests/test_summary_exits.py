@@ -68,3 +68,22 @@ def test_unknown_ids_come_back_as_nulls(null):
     d, v, r = (fill[c] if parts[c] is None else parts[c] for c in ("dom", "vcpu", "reason"))
     out = summary._by_key(np.array([(d << 48) | (v << 32) | r], np.uint64), np.array([5]))
     assert out.row(0, named=True) | {"count": 1} == {**out.row(0, named=True), **parts}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    wakes=st.lists(st.tuples(st.integers(0, 4), st.integers(-(2**62), 2**62)), max_size=40),
+    queries=st.lists(st.tuples(st.integers(0, 5), st.integers(-(2**62), 2**62)), max_size=40),
+)
+def test_first_wake_is_each_vcpus_next_wake(wakes, queries):
+    """The wake-up that ends an exit (summary.first_wake) against a brute-force search, with
+    times anywhere in int64's range (a composite key it once used overflowed)."""
+    wakes = sorted(wakes)
+    wk = np.array([k for k, _ in wakes], np.uint64)
+    wts = np.array([t for _, t in wakes], np.int64)
+    vk = np.array([k for k, _ in queries], np.uint64)
+    ts = np.array([t for _, t in queries], np.int64)
+    got = summary.first_wake(vk, ts, (wk, wts))
+    for i, (k, t) in enumerate(queries):
+        later = [w for kk, w in wakes if kk == k and w >= t]
+        assert got[i] == (min(later) if later else -1)

@@ -126,3 +126,22 @@ def test_perfetto_draws_every_vcpu_runstate_and_vm_exit_the_summary_counts(tmp_p
     for dom, vcpu, state, total in totals.iter_rows():
         assert drawn[(dom, vcpu, state)] == pytest.approx(total / 1e3), (dom, vcpu, state)
     assert min(e["ts"] for e in events if e["ph"] == "X") >= 0
+
+
+def test_a_capture_without_requests_still_draws_xens_tracks(tmp_path):
+    """A PV guest's xentrace reconstructs no request, but its vCPUs' runstates are there
+    to draw (the export was empty)."""
+    out = tmp_path / "t.json"
+    assert api.export_perfetto(X86_PV / "trace.bin", out) > 0
+    runs = [
+        e
+        for e in json.loads(out.read_text())["traceEvents"]
+        if e.get("pid") == 4 and e["ph"] == "X"
+    ]
+    assert runs and {e["name"] for e in runs} <= {
+        "running",
+        "runnable",
+        "blocked",
+        "offline",
+        "lost",
+    }

@@ -195,7 +195,14 @@ def replay(
     if output:
         replaying.write(result, Path(output))
     else:
-        with lock.writing(bundle.path):
+        from xvtrace.bundle import derived
+
+        read = derived.events_identity(bundle)
+        with lock.writing(bundle.path):  # (taking it may let a queued ingest in first)
+            if derived.events_identity(Bundle.open(bundle.path)) != read:
+                raise XvtraceError(
+                    f"{bundle.path}: re-ingested while this replay ran; run it again"
+                )
             replaying.write(result, bundle.path / replaying.REPLAY)
     cmp = Comparison(replaying.facts(result), result.requests)
     if emit_dir is not None:

@@ -236,23 +236,24 @@ def wakes_of(ev: pl.LazyFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def first_wake(vk: np.ndarray, ts: np.ndarray, wakes) -> np.ndarray:
-    """For each (vCPU key, time), the vCPU's first wake at or after it, or -1: one
-    searchsorted over keys that put each vCPU's times in a range of their own."""
+    """For each (vCPU key, time), the vCPU's first wake at or after it, or -1: the queries
+    sorted by vCPU once, then one searchsorted per vCPU over its own wakes."""
     wk, wts = wakes
     found = np.full(len(vk), -1, np.int64)
     if not len(wk) or not len(vk):
         return found
-    keys = np.unique(wk)
-    rank = np.searchsorted(keys, vk)
-    known = (rank < len(keys)) & (keys[np.minimum(rank, len(keys) - 1)] == vk)
-    lo = min(int(wts.min()), int(ts.min()))
-    span = max(int(wts.max()), int(ts.max())) - lo + 1
-    wcomp = np.searchsorted(keys, wk).astype(np.int64) * span + (wts - lo)
-    comp = rank.astype(np.int64) * span + (ts - lo)
-    at = np.searchsorted(wcomp, comp, side="left")
-    ok = known & (at < len(wk))
-    ok[ok] &= wk[at[ok]] == vk[ok]
-    found[ok] = wts[at[ok]]
+    order = np.argsort(vk, kind="stable")
+    keys, starts = np.unique(vk[order], return_index=True)
+    ends = np.append(starts[1:], len(order))
+    lo = np.searchsorted(wk, keys, side="left")  # each vCPU's wakes: wts[lo:hi], sorted
+    hi = np.searchsorted(wk, keys, side="right")
+    for a, b, w0, w1 in zip(starts, ends, lo, hi, strict=True):  # per vCPU, not per record
+        if w0 == w1:
+            continue
+        rows = order[a:b]
+        at = np.searchsorted(wts[w0:w1], ts[rows], side="left")
+        ok = at < w1 - w0
+        found[rows[ok]] = wts[w0:w1][at[ok]]
     return found
 
 

@@ -13,6 +13,7 @@ behind the bundle's back no longer matches, and the entry is computed again.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from pathlib import Path
@@ -110,6 +111,8 @@ def store(
             write_manifest(bundle.path, now.manifest)
             bundle.manifest.clear()
             bundle.manifest.update(now.manifest)
-    except PermissionError:
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
         bundle.manifest.pop(name, None)  # nothing half-stored is ever taken as valid
     return entry

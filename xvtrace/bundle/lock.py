@@ -18,6 +18,7 @@ owner's pid in the name) are removed by the next writer once their owner is gone
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -89,13 +90,15 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
     path = Path(path)
     made = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
-    try:
-        with _hold(path, exclusive=True):
+    with _hold(path, exclusive=True):
+        try:
             yield
-    except BaseException:
-        if made and not occupied(path):  # a failed first write leaves no empty bundle
-            shutil.rmtree(path, ignore_errors=True)
-        raise
+        except BaseException:
+            # A failed first write leaves no empty bundle. Removed while still held: a
+            # writer waiting on this lock finds its file gone and starts again (_hold).
+            if made and not occupied(path):
+                shutil.rmtree(path, ignore_errors=True)
+            raise
 
 
 @contextmanager
@@ -113,12 +116,14 @@ def _hold(path: Path, *, exclusive: bool, wait: bool = True) -> Iterator[bool]:
     is held as asked (False only when `wait` is off and another process holds it)."""
     key = os.path.realpath(path)
     with _mutex:
-        held = _held.get(key)
-        if held is None and (fd := _open(path)) is not None:
-            held = _held[key] = _Held(fd)
-        if held is None:  # a bundle nobody can write: nothing to keep apart
-            got = True
-        else:
+        while True:
+            held = _held.get(key)
+            new = held is None
+            if new and (fd := _open(path)) is not None:
+                held = _held[key] = _Held(fd)
+            if held is None:  # a bundle nobody can write: nothing to keep apart
+                got = True
+                break
             try:
                 got = _take(held, path, exclusive, wait)
             except BaseException:
@@ -127,7 +132,17 @@ def _hold(path: Path, *, exclusive: bool, wait: bool = True) -> Iterator[bool]:
             if not got:
                 _release(key, held)
                 held = None
-            elif exclusive:
+                break
+            if not new or _linked(held.fd, path):
+                break
+            # its holder removed the bundle (a failed first write) while this waited:
+            # the lock is on a file nobody else can find; take the new one, made afresh
+            os.close(held.fd)
+            _held.pop(key, None)
+            if exclusive:
+                path.mkdir(parents=True, exist_ok=True)
+        if held is not None:
+            if exclusive:
                 held.exclusive += 1
             else:
                 held.shared += 1
@@ -163,6 +178,14 @@ def _take(held: _Held, path: Path, exclusive: bool, wait: bool) -> bool:
     return True
 
 
+def _linked(fd: int, path: Path) -> bool:
+    """Whether the open lock file is still the one at its path."""
+    try:
+        return (path / LOCK).stat().st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def _release(key: str, held: _Held) -> None:
     if not held.shared and not held.exclusive:
         os.close(held.fd)  # drops the lock
@@ -175,6 +198,8 @@ def _open(path: Path) -> int | None:
     try:
         return os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     except OSError as e:
+        if e.errno == errno.ENOENT:  # the bundle is gone: nothing to hold
+            return None
         if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
     try:
@@ -207,7 +232,8 @@ def _remove_leftovers(path: Path) -> None:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
-                entry.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # (a read-only copy keeps them: harmless)
+                    entry.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

@@ -202,14 +202,15 @@ def perfetto(bundle, out: Path) -> int:
     t0 = _origin(tl.requests)
     clock = Clock.from_dict(tl.facts.get("device_model_clock"))
     on_dm = tl.view in (pipeline.DM_VIEW_NAME, pipeline.IDE_VIEW_NAME)  # the device model's clock
-    host = t0 is not None and (clock is not None or not on_dm)  # else no clock common to both
+    host = clock is not None or not on_dm  # else no clock common to both
     ev = bundle.events()
     if host:  # the origin: the first thing drawn, a request or a host record
         first = ev.filter(pl.col("event").is_in(HOST_EVENTS)).select(pl.col("ts_ns").min())
         first = first.collect().item()
         if first is not None:
             first = pl.select(to_device_model(pl.lit(first), clock) if on_dm else pl.lit(first))
-            t0 = min(t0, int(first.item()))
+            t0 = int(first.item()) if t0 is None else min(t0, int(first.item()))
+        host = t0 is not None
     events = trace_events(tl.requests, t0)
     if host:
         events += host_events(ev, t0, clock if on_dm else None, bundle.manifest.hvm_vendor)

@@ -61,10 +61,9 @@ def trap_requests(ev: pl.LazyFrame, exits: pl.DataFrame) -> pl.DataFrame | None:
     req = _with_interrupt(kicks, ev)
     req = _after(req, mmio, "notify_ns", ISR, "read", "isr_read")
     req = _after(req, mmio, "isr_read_ns", ACK, "write", "ack")
-    names = {p: hex(p) for p in req["page"].unique().to_list()}  # a device per page
     return req.sort("exit_ns").select(
         pl.int_range(pl.len()).alias("request"),
-        pl.col("page").replace_strict(names, return_dtype=pl.String).alias("dev"),
+        device_name(req, exits).alias("dev"),
         pl.lit(None, pl.UInt16).alias("queue"),
         pl.lit("kick").alias("op"),
         pl.col("exit_ns").alias("kick_ns"),
@@ -82,6 +81,17 @@ def trap_requests(ev: pl.LazyFrame, exits: pl.DataFrame) -> pl.DataFrame | None:
         "kick_kind", "vector",
         pl.lit(VIEW).alias("view"),
     )  # fmt: skip
+
+
+def device_name(frame: pl.DataFrame, exits: pl.DataFrame, base: str = "page") -> pl.Expr:
+    """A device is its page (or port): its address in hex, and its guest's domain too when
+    several guests trap (identical guests have their devices at the same addresses)."""
+    names = {p: hex(p) for p in frame[base].unique().to_list()}
+    name = pl.col(base).replace_strict(names, return_dtype=pl.String)
+    guests = exits.filter(pl.col("event").is_in(hvm.ACCESSES) & (pl.col("dom") != 0))["dom"]
+    if guests.n_unique() > 1:
+        name = pl.format("d{} {}", pl.col("dom"), name)
+    return name
 
 
 def _with_interrupt(kicks: pl.DataFrame, ev: pl.LazyFrame) -> pl.DataFrame:
@@ -166,9 +176,10 @@ def devices(ev: pl.LazyFrame, exits: pl.DataFrame, req: pl.DataFrame, top: int =
             n = inj.filter((pl.col("dom") == dom) & (pl.col("vector") == vector))["len"]
             kicked[dev] = {"transport": kind, "kicks": len(g), "vector": vector,
                            "injected": int(n[0]) if len(n) else 0}  # fmt: skip
+    regs = regs.with_columns(device_name(regs, exits, "base").alias("device"))
     out = []
     for r in regs.iter_rows(named=True):
-        dev = hex(r["base"])
+        dev = r["device"]
         out.append({
             "dom": r["dom"], "device": dev, "kind": str(r["kind"]),
             "register": hex(r["addr"] - r["base"]) if r["kind"] == "mmio" else hex(r["addr"]),
