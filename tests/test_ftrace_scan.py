@@ -66,6 +66,7 @@ def decode(path, compiled: bool, chunk: int, origin):
     return (pl.concat(frames) if frames else None), json.dumps(dec.describe()), error
 
 
+@pytest.mark.slow  # (seconds: the real-system stage runs it)
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(line(), st.sampled_from(["\n", "# tracer: nop\n", "CPU:2 [LOST 7 EVENTS]\n",
                                                    "garbage\n"])), min_size=1, max_size=40),

@@ -142,6 +142,7 @@ def _check_figures(figures: list[dict], legends: int) -> None:
     assert sum(f["legend"] is not None for f in figures) >= legends
 
 
+@pytest.mark.slow  # (seconds: the real-system stage runs it)
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test installs it)")
 def test_headless_chromium_draws_every_plot_with_ticks_and_legends_in_frame(tmp_path):
     """The report of a real capture (the EPAM device on real Xen) and the compare page of

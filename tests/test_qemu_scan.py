@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -91,6 +92,7 @@ def decode(path, compiled: bool, chunk: int):
     return (pl.concat(frames) if frames else None), json.dumps(dec.describe())
 
 
+@pytest.mark.slow  # (seconds: the real-system stage runs it)
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(line(), st.sampled_from(["\n", "garbage line\n", "\r\n"])), min_size=1, max_size=40),
        st.integers(4096, 5000))  # fmt: skip

@@ -52,6 +52,7 @@ def reference(all_rows: list[pl.DataFrame]) -> pl.DataFrame:
     return whole.sort(list(SORT_KEY), maintain_order=True)
 
 
+@pytest.mark.slow  # (seconds: the real-system stage runs it)
 @settings(max_examples=150, deadline=None)
 @given(
     streams,
@@ -200,6 +201,7 @@ def _ingest_copy(tmp_path, name, raw: Path, tweak=None):
     return pl.read_parquet(bundle / "events.parquet"), res.bundle.manifest
 
 
+@pytest.mark.slow  # (seconds: the real-system stage runs it)
 def test_a_live_stream_out_of_order_is_decoded_again_into_runs(tmp_path, monkeypatch):
     """The QEMU log merged live reaches back past the lookahead (its halves swapped): the
     table and the decoders' counts are those of an ingest that wrote every stream to runs."""
