@@ -257,6 +257,13 @@ def first_wake(vk: np.ndarray, ts: np.ndarray, wakes) -> np.ndarray:
     return found
 
 
+def exit_ends(vk: np.ndarray, exit_ns: np.ndarray, entry_ns: np.ndarray, wakes) -> np.ndarray:
+    """Where each exit of vCPU `vk` ends as xenalyze ends it: at its re-entry, or at the
+    vCPU's wake-up (`wakes_of`) when that comes first."""
+    wake = first_wake(vk, exit_ns, wakes)
+    return np.where((wake >= 0) & (wake < entry_ns), wake, entry_ns)
+
+
 def _exit_durations(hv: pl.LazyFrame, cpus: list[int], wakes=None) -> tuple[np.ndarray, np.ndarray]:
     """Each exit of these pCPUs: its (dom, vcpu, reason) packed in a u64 and its time to the
     pCPU's next VM entry, or to the vCPU's wake-up (`wakes`, see `exits`) when that comes
@@ -281,8 +288,7 @@ def _exit_durations(hv: pl.LazyFrame, cpus: list[int], wakes=None) -> tuple[np.n
     key = df["key"].to_numpy()[x]
     end = ts[entry]
     if wakes is not None:
-        wake = first_wake(key >> np.uint64(32), ts[x], wakes)
-        end = np.where((wake >= 0) & (wake < end), wake, end)
+        end = exit_ends(key >> np.uint64(32), ts[x], end, wakes)
     dur = np.where(matched, end - ts[x], -1)
     return key, dur
 

@@ -14,6 +14,7 @@ from html import escape
 import polars as pl
 
 from xvtrace.output import plots
+from xvtrace.timeline.phases import first_stamp
 
 WINDOW = 30  # requests in the Gantt chart: consecutive ones around the median request
 
@@ -50,8 +51,7 @@ def gantt(req: pl.DataFrame) -> str:
         return _empty("A window of requests", "no request has a measured latency")
     col, _ = lat
     s = req.filter(pl.col(col).is_not_null())
-    starts = [c for c in ("trap_exit_ns", "kick_ns", "pop_ns") if c in s.columns]
-    s = s.with_columns(pl.min_horizontal(starts).alias("_start")).sort("_start")
+    s = s.with_columns(first_stamp(s.columns).alias("_start")).sort("_start")
     middle = int(s[col].arg_sort()[len(s) // 2])  # the request of median latency
     lo = max(0, min(middle - WINDOW // 2, len(s) - WINDOW))
     window = s.slice(lo, WINDOW)

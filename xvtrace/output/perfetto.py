@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from xvtrace import timeline
@@ -25,6 +24,7 @@ from xvtrace.parsers import fields
 from xvtrace.parsers import xen_events as xe
 from xvtrace.timeline import pipeline
 from xvtrace.timeline.clock import Clock, to_device_model
+from xvtrace.timeline.phases import first_stamp
 
 PID_DM, PID_GUEST, PID_HOST = 1, 2, 3
 IRQ_US = 0.5  # drawn width of the interrupt mark on a vCPU track
@@ -124,8 +124,7 @@ def trace_events(req: pl.DataFrame, t0: int | None = None) -> list[dict]:
 
 def _origin(req: pl.DataFrame) -> int | None:
     """The first time drawn: every track's times are microseconds after it."""
-    starts = [c for c in ("kick_ns", "pop_ns", "trap_exit_ns") if c in req.columns]
-    first = req.select(pl.min_horizontal(starts).min()).item() if len(req) else None
+    first = req.select(first_stamp(req.columns).min()).item() if len(req) else None
     return None if first is None else int(first)
 
 
@@ -166,8 +165,8 @@ def host_events(ev: pl.LazyFrame, t0: int, clock: Clock | None, vendor: str | No
     exits = hv[x]
     # ended as the summary (and xenalyze) ends them: at the vCPU's wake-up when that is first
     vk = (exits["dom"].cast(pl.UInt64) * (1 << 16) + exits["vcpu"].cast(pl.UInt64)).fill_null(0)
-    wake = summary.first_wake(vk.to_numpy(), ts[x], summary.wakes_of(ev))
-    exits = exits.with_columns(pl.Series("end_ns", np.where((wake >= 0) & (wake < end), wake, end)))
+    end = summary.exit_ends(vk.to_numpy(), ts[x], end, summary.wakes_of(ev))
+    exits = exits.with_columns(pl.Series("end_ns", end))
     reasons = {r: xe.exit_reason_name(int(r), vendor or "vmx")
                for r in exits["reason"].drop_nulls().unique().to_list()}  # fmt: skip
     exits = exits.select("dom", "vcpu", "ts_ns", "end_ns",

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+from xvtrace.timeline.phases import first_stamp
+
 if TYPE_CHECKING:  # plotly is imported where a page is drawn: every other command skips it
     import plotly.graph_objects as go
 
@@ -105,8 +107,7 @@ def gantt(req: pl.DataFrame, segs, title: str) -> go.Figure:
     first start); hovering names the request, the phase and its time."""
     import plotly.graph_objects as go
 
-    starts = [c for c in ("trap_exit_ns", "kick_ns", "pop_ns") if c in req.columns]
-    t0 = req.select(pl.min_horizontal(starts).min()).item()
+    t0 = req.select(first_stamp(req.columns).min()).item()
     fig = go.Figure()
     for name, a, b in segs:
         s = req.filter(pl.col(a).is_not_null() & pl.col(b).is_not_null() & (pl.col(b) >= pl.col(a)))

@@ -21,6 +21,14 @@ def intervals(kick: str = "kick_ns", pop: str = "pop_ns", fill: str = "fill_ns")
     ]
 
 
+STARTS = ("trap_exit_ns", "kick_ns", "pop_ns")  # a request's first stamps, as views have them
+
+
+def first_stamp(columns) -> pl.Expr:
+    """A request's first stamp: the earliest of its kick's trap, its kick and its pop."""
+    return pl.min_horizontal([c for c in STARTS if c in columns])
+
+
 PHASES = (
     ("kick_to_pop_ns", "kick -> pop"),
     ("trap_ns", "notify trap"),

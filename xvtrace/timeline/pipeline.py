@@ -37,7 +37,7 @@ from xvtrace.timeline.traps import trap_requests
 REQUESTS = text.REQUESTS
 IOREQS = ioreqs.IOREQS
 SECTION = "timeline"  # the manifest section holding the facts, the key and the files
-VERSION = 7  # of the reconstruction: bump when its output changes
+VERSION = 8  # of the reconstruction: bump when its output changes
 DM_VIEW, DM_VIEW_NAME = qemu.VIEW, qemu.VIEW_NAME
 IDE_VIEW_NAME = "device model (QEMU IDE trace events)"
 HV_VIEW_NAME = "hypervisor (xentrace) + dom0 block layer (ftrace)"
@@ -244,7 +244,7 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
         # the join below then uses; fitted once, like the kicks' fit, before any loss.
         join_clock = x.sequence_clock()
         dm_clock = join_clock or dm_clock
-    found_devices = traps.devices(ev, exits, req) if view == traps.VIEW_NAME else None
+    found_devices = traps.devices(exits, req) if view == traps.VIEW_NAME else None
     # The views are built: what only they read is freed, and the accesses are handed to
     # the join whole (popped, so no reference stays here), which frees each once it has its
     # sorted copy: 0.5 GB less at its peak for 1 M requests.

@@ -78,7 +78,7 @@ def trap_requests(ev: pl.LazyFrame, exits: pl.DataFrame) -> pl.DataFrame | None:
         pl.col("cpu").alias("trap_cpu"),
         "isr_read_ns", "isr_read_trap_exit_ns", "isr_read_trap_entry_ns",
         "ack_ns", "ack_trap_exit_ns", "ack_trap_entry_ns",
-        "kick_kind", "vector",
+        "kick_kind", "vector", "injected",
         pl.lit(VIEW).alias("view"),
     )  # fmt: skip
 
@@ -96,7 +96,8 @@ def device_name(frame: pl.DataFrame, exits: pl.DataFrame, base: str = "page") ->
 
 def _with_interrupt(kicks: pl.DataFrame, ev: pl.LazyFrame) -> pl.DataFrame:
     """Each kick's device vector (of its domain's vectors, the one injected nearest once
-    per kick of the device) and notify_ns, the first injection of it after the kick."""
+    per kick of the device), how often it was injected, and notify_ns, the first injection
+    of it after the kick."""
     inj = (
         ev.filter(pl.col("event") == "hvm.inj_virq")
         .select("ts_ns", "dom", fields.xen("hvm.inj_virq", "vector"))
@@ -111,7 +112,7 @@ def _with_interrupt(kicks: pl.DataFrame, ev: pl.LazyFrame) -> pl.DataFrame:
         .sort("dom", "page", "_d", "vector", nulls_last=True)
         .group_by("dom", "page", maintain_order=True)
         .first()
-        .select("dom", "page", "vector")
+        .select("dom", "page", "vector", pl.col("injected").fill_null(0))
     )
     irqs = inj.select("dom", "vector", pl.col("ts_ns").alias("notify_ns")).sort("notify_ns")
     return (
@@ -141,7 +142,7 @@ def _after(req, mmio, on: str, offset: int, direction: str, prefix: str) -> pl.D
     )  # fmt: skip
 
 
-def devices(ev: pl.LazyFrame, exits: pl.DataFrame, req: pl.DataFrame, top: int = 12) -> list[dict]:
+def devices(exits: pl.DataFrame, req: pl.DataFrame, top: int = 12) -> list[dict]:
     """The guests' device registers as their traps show them (MMIO pages Xen does not
     emulate itself, and I/O ports): per register and direction the accesses and their trap
     time, exit to re-entry (for a device model's register, the IOREQ's round trip); per
@@ -163,19 +164,10 @@ def devices(ev: pl.LazyFrame, exits: pl.DataFrame, req: pl.DataFrame, top: int =
         .sort("accesses", "addr", descending=[True, False])
         .head(top)
     )  # fmt: skip
-    kicked = {}
-    if len(req) and "kick_kind" in req.columns:
-        inj = (
-            ev.filter(pl.col("event") == "hvm.inj_virq")
-            .select("dom", fields.xen("hvm.inj_virq", "vector"))
-            .group_by("dom", "vector")
-            .len()
-            .collect()
-        )
-        for (dev, kind, vector, dom), g in req.group_by("dev", "kick_kind", "vector", "trap_dom"):
-            n = inj.filter((pl.col("dom") == dom) & (pl.col("vector") == vector))["len"]
-            kicked[dev] = {"transport": kind, "kicks": len(g), "vector": vector,
-                           "injected": int(n[0]) if len(n) else 0}  # fmt: skip
+    kicked = {  # per kicked device (the trap view's rows carry its vector and injections)
+        dev: {"transport": kind, "kicks": len(g), "vector": vector, "injected": injected}
+        for (dev, kind, vector, injected), g in req.group_by("dev", "kick_kind", "vector", "injected")
+    } if len(req) and "kick_kind" in req.columns else {}  # fmt: skip
     regs = regs.with_columns(device_name(regs, exits, "base").alias("device"))
     out = []
     for r in regs.iter_rows(named=True):
