@@ -24,6 +24,7 @@ CPU_CHANGE_EVENT = 0x0001F003
 LOST_RECORDS_EVENT = 0x0001F001
 RUNSTATE_EVENT = 0x00021001
 RUNSTATE_MASK = 0x0FFFF00F
+CONTINUE_RUNNING_EVENT = 0x00021002  # the vCPU keeps running on this pCPU (running->running)
 
 # Problem kinds reported in the `problems` array (kind, word offset, skipped words, extra).
 P_RESYNC = 1  # expected a window header, found garbage; skipped to the next valid header
@@ -205,6 +206,11 @@ def index_records(words, win, last_tsc, tsc_seen, cur_dom, cur_vcpu):
                 elif old == 0 and cur_dom[c] == sd and cur_vcpu[c] == sv:
                     cur_dom[c] = -1
                     cur_vcpu[c] = -1
+            elif ev == CONTINUE_RUNNING_EVENT and nx >= 1:
+                # often a pCPU's first scheduling record: from here its vCPU is known (as
+                # xenalyze's vcpu_start takes it)
+                cur_dom[c] = np.int32(words[d] >> 16)
+                cur_vcpu[c] = np.int32(words[d] & 0xFFFF)
             elif ev == LOST_RECORDS_EVENT:
                 cur_dom[c] = -1
                 cur_vcpu[c] = -1

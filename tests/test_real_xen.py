@@ -7,7 +7,7 @@ in dom0 while a guest does O_DIRECT I/O, and the bundle comes back over 9p:
   DMA and IOREQ events);
 - hvm-epam: VirtIO-EPAM for real, an HVM guest's virtio-mmio disk served by an IOREQ server
   of our own in dom0 (tests/xen/epam: xentrace + the backend's log of every IOREQ, block
-  request and IRQ level change).
+  request and IRQ level change); hvm-epam-smp: the same with a guest of two vCPUs.
 Each runs booted now (marked xen: dom0 is up ~40 s after QEMU starts, a run takes 1.5-3
 minutes) and from the stored capture of an earlier boot (fixtures/xen: the same checks in
 the fast suite)."""
@@ -33,8 +33,11 @@ STORED = {
     "hvm-virtio": ["hvm-virtio"],
     "hvm-ide": ["hvm-ide", "hvm-ide-drift"],
     "hvm-epam": ["hvm-epam"],
+    "hvm-epam-smp": ["hvm-epam-smp"],  # the same with a guest of two vCPUs
 }
-PARAMS = [pytest.param((s, "boot"), id=f"{s}-boot", marks=[pytest.mark.xen]) for s in STORED] + [
+# booted in CI: a 2-vCPU HVM guest under nested TCG is not reliable enough (docs/real-xen.md)
+BOOTED = [s for s in STORED if s != "hvm-epam-smp"]
+PARAMS = [pytest.param((s, "boot"), id=f"{s}-boot", marks=[pytest.mark.xen]) for s in BOOTED] + [
     pytest.param((s, name), id=f"{s}-stored" + name.removeprefix(s))
     for s, names in STORED.items()
     for name in names
@@ -82,7 +85,7 @@ def test_capture_in_dom0_recorded_its_sources_and_host_facts(xen):
     assert sources["ftrace"]["clock"] == "x86-tsc"  # the TSC xentrace stamps
     if scenario in ("hvm-virtio", "hvm-ide"):  # the device model's events, over its QMP socket
         assert sources["qemu"]["ok"]
-    if scenario == "hvm-epam":  # the backend's log, copied in when the capture stopped
+    if scenario.startswith("hvm-epam"):  # the backend's log, copied in when the capture stopped
         assert {"raw/epam.log", "raw/epam.log.trace-events"} <= set(m["capture"]["files"])
     # the guest's configuration, as xl holds it, recorded when it appeared
     domains = json.loads((bundle / "meta" / "domains.json").read_text())
@@ -145,7 +148,7 @@ def test_every_ioreq_is_joined_with_its_vm_exit_and_entry(xen):
         pytest.skip("a PV guest's disk needs no IOREQs")
     j = res.bundle.manifest["timeline"]["ioreq_join"]
     io = pl.read_parquet(res.bundle.path / "ioreqs.parquet")
-    if scenario == "hvm-epam":  # its log starts at the guest's boot, before xentrace does
+    if scenario.startswith("hvm-epam"):  # its log starts at the guest's boot, before xentrace does
         io = io.filter(pl.col("dm_ns") >= io.filter(pl.col("joined"))["dm_ns"].min())
         assert (~pl.read_parquet(res.bundle.path / "ioreqs.parquet")["joined"]).sum() == j[
             "ioreqs_without_trap"
@@ -216,7 +219,7 @@ def test_hvm_epam_requests_reconstruct_through_the_interrupt_ack(xen):
     import re
 
     scenario, _, bundle, res, req = xen
-    if scenario != "hvm-epam":
+    if not scenario.startswith("hvm-epam"):
         pytest.skip("the VirtIO-EPAM scenario")
     # the backend's own totals (its last line) are what the bundle holds
     ioreqs, blocks = map(int, re.search(r"(\d+) IOREQs, (\d+) block requests",
@@ -262,7 +265,7 @@ def test_calibrate_fits_the_epam_costs_from_the_real_capture(xen, tmp_path):
     from xvtrace.replay import costs as cost_table
 
     scenario, _, _, res, _ = xen
-    if scenario != "hvm-epam":
+    if not scenario.startswith("hvm-epam"):
         pytest.skip("the VirtIO-EPAM scenario")
     assert res.bundle.manifest["transport"] == "epam-mmio"  # capture --transport
     out = tmp_path / "fit.toml"

@@ -17,11 +17,24 @@ class XenalyzeSummary:
     exits: dict[tuple[int, int, str], tuple[int, float, int]] = field(default_factory=dict)
     hypercalls: dict[tuple[int, int], int] = field(default_factory=dict)
     pv_events: dict[tuple[int, str], int] = field(default_factory=dict)
+    # (dom, vcpu, exit reason, handler) -> (count, seconds, average cycles)
+    exit_handlers: dict[tuple[int, int, str, str], tuple[int, float, int]] = field(
+        default_factory=dict
+    )
+    # (dom, vcpu, port, "read" | "write") -> (count, seconds, average cycles)
+    io_ports: dict[tuple[int, int, int, str], tuple[int, float, int]] = field(default_factory=dict)
+
+
+TIMES = r"\s+(\d+)\s+([\d.]+)s\s+[\d.]+%\s+(\d+) cyc"  # PRINT_SUMMARY: count, s, %, average
+
+
+def _times(m: re.Match, first: int) -> tuple[int, float, int]:
+    return int(m.group(first)), float(m.group(first + 1)), int(m.group(first + 2))
 
 
 def parse_summary(text: str) -> XenalyzeSummary:
     out = XenalyzeSummary()
-    cpu = dom = vcpu = None
+    cpu = dom = vcpu = exit_name = None
     section = "volume"
     for line in text.splitlines():
         if m := re.match(r"Total time: ([\d.]+) seconds", line):
@@ -38,20 +51,22 @@ def parse_summary(text: str) -> XenalyzeSummary:
             section = "exits"
         elif line.startswith("PV events:"):
             section = "pv"
-        elif line.startswith(("Guest interrupt counts:", "IO address summary", " cpu affinity")):
+        elif line.startswith("IO address summary"):
+            section = "io"
+        elif line.startswith(("Guest interrupt counts:", "MMIO address summary", " cpu affinity")):
             section = "other"
         elif section == "volume" and (m := re.match(r" (\w+)\s*:\s+(\d+)$", line)):
             out.volume[(cpu, m.group(1))] = int(m.group(2))
         elif section == "runstates" and (m := re.match(r"\s+(\w+):\s+(\d+)\s+([\d.]+)s", line)):
             out.runstates[(dom, vcpu, m.group(1))] = (int(m.group(2)), float(m.group(3)))
-        elif section == "exits" and (
-            m := re.match(r" (\w+)\s+(\d+)\s+([\d.]+)s\s+[\d.]+%\s+(\d+) cyc", line)
-        ):
-            out.exits[(dom, vcpu, m.group(1))] = (
-                int(m.group(2)),
-                float(m.group(3)),
-                int(m.group(4)),
-            )
+        elif section == "exits" and (m := re.match(r" (\w+)" + TIMES, line)):
+            exit_name = m.group(1)
+            out.exits[(dom, vcpu, exit_name)] = _times(m, 2)
+        elif section == "exits" and (m := re.match(r"   (\S.*?)" + TIMES, line)):
+            out.exit_handlers[(dom, vcpu, exit_name, m.group(1))] = _times(m, 2)
+        elif section == "io" and (m := re.match(r"\s+([0-9a-f]+):\[([rw])\]" + TIMES, line)):
+            direction = {"r": "read", "w": "write"}[m.group(2)]
+            out.io_ports[(dom, vcpu, int(m.group(1), 16), direction)] = _times(m, 3)
         elif section == "pv" and (m := re.match(r"  ([a-z_/()4 ]+?)  (\d+)$", line)):
             out.pv_events[(dom, m.group(1))] = int(m.group(2))
         elif section == "pv" and (m := re.match(r"\s+\S+\s+\[\s*(\d+)\]:\s+(\d+)$", line)):

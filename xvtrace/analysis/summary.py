@@ -179,36 +179,117 @@ def runstates(ev: pl.LazyFrame, groups: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-CPU_BATCH_ROWS = 4_000_000  # exits and entries windowed at once (about 200 MB of them)
+BATCH_ROWS = 4_000_000  # exits and entries windowed at once (about 200 MB of them)
 
 
-def cpu_batches(ev: pl.LazyFrame, max_rows: int | None = None) -> list[list[int]]:
-    """The pCPUs of `ev` in groups of at most `max_rows` rows (one pCPU may exceed it
-    alone): a per-pCPU computation holds one group at a time, whatever the trace's size."""
-    max_rows = CPU_BATCH_ROWS if max_rows is None else max_rows
-    counts = ev.group_by("cpu").len().sort("cpu").collect()
+def batches(ev: pl.LazyFrame, by: pl.Expr, max_rows: int | None = None) -> list[list[int]]:
+    """The values of `by` (a pCPU, a vCPU) in `ev` in groups of at most `max_rows` rows (one
+    value may exceed it alone): a computation per value holds one group at a time, whatever
+    the trace's size."""
+    max_rows = BATCH_ROWS if max_rows is None else max_rows
+    counts = ev.group_by(by.alias("by")).len().sort("by").collect()
     groups, rows = [[]], 0
-    for cpu, n in counts.iter_rows():
+    for value, n in counts.iter_rows():
         if groups[-1] and rows + n > max_rows:
             groups.append([])
             rows = 0
-        groups[-1].append(cpu)
+        groups[-1].append(value)
         rows += n
     return [g for g in groups if g]
 
 
-def exits(ev: pl.LazyFrame, vendor: str | None) -> pl.DataFrame:
-    """HVM exits by reason: count and time from VM exit to the next VM entry on that pCPU,
-    or, as xenalyze counts it, to the vCPU's wake-up (runstate to runnable) when that comes
-    first: the time it then waits for a pCPU is contention, not the exit's cost."""
-    hv = ev.filter(pl.col("event").is_in(EXIT_EVENTS + ENTRY_EVENTS))
+def _packed(col: str, width: int, null: int) -> pl.Expr:
+    return pl.col(col).fill_null(null).cast(pl.UInt64) * (1 << width)
+
+
+VCPU_KEY = _packed("dom", 16, 0xFFFF) + _packed("vcpu", 0, 0xFFFF)  # dom << 16 | vcpu
+
+
+# Handler records that xenalyze credits to the exit they fall in (xenalyze.c, hvm_process):
+# only while the exit is open, before its re-entry or the vCPU's wake-up. A read the device
+# model serves is logged after the vCPU waited for it, so xenalyze counts no exit for it.
+HANDLER_ROLES = {"hvm.npf": 2, "hvm.mmio_read": 3, "hvm.mmio_write": 3,
+                 "hvm.ioport_read": 4, "hvm.ioport_write": 5}  # fmt: skip
+EXIT_ROLE, ENTRY_ROLE, NPF_ROLE, MMIO_ROLE, IO_READ_ROLE = 0, 1, 2, 3, 4
+# exits xenalyze splits by their handler: "mmio" (an MMIO access emulated in the exit) or
+# "npf" (a nested page fault with no access emulated before the exit ended)
+SPLIT_EXITS = ("VMEXIT_NPF", "EPT_VIOLATION", "APIC_ACCESS")
+HANDLER_NAMES = ("(no handler)", "mmio", "npf")
+NO_IO = np.uint64(0xFFFFFFFF)
+
+
+EXIT_ARRAYS = {"key": np.uint64, "ts": np.int64, "dur": np.int64, "handler": np.uint8,
+               "io": np.uint64}  # fmt: skip
+
+
+def exit_records(ev: pl.LazyFrame) -> dict[str, np.ndarray]:
+    """Every HVM exit (EXIT_ARRAYS, see `_exit_records`), a group of vCPUs at a time: the
+    arrays of a group hold every exit, entry and handler record of its vCPUs."""
+    roles = dict.fromkeys(EXIT_EVENTS, EXIT_ROLE) | dict.fromkeys(ENTRY_EVENTS, ENTRY_ROLE)
+    roles |= HANDLER_ROLES
+    hv = ev.filter(pl.col("event").is_in(list(roles)))
     wakes = wakes_of(ev)
-    # a group of pCPUs at a time: the arrays below hold every exit and entry of theirs
-    parts = [_exit_durations(hv, cpus, wakes) for cpus in cpu_batches(hv)]
-    keys = [k for k, _ in parts] or [np.zeros(0, np.uint64)]
-    durs = [d for _, d in parts] or [np.zeros(0, np.int64)]
-    df = _by_key(np.concatenate(keys), np.concatenate(durs))
+    parts = [_exit_records(hv, vks, roles, wakes) for vks in batches(hv, VCPU_KEY)]
+    return {
+        name: np.concatenate([p[name] for p in parts]) if parts else np.zeros(0, dtype)
+        for name, dtype in EXIT_ARRAYS.items()
+    }
+
+
+def exit_spans(ev: pl.LazyFrame) -> pl.DataFrame:
+    """Every HVM exit that ends, as `exits` times it: dom, vcpu, reason, ts_ns, end_ns."""
+    r = exit_records(ev)
+    ok = r["dur"] >= 0
+    key = r["key"][ok]
+    ids = {"dom": key >> np.uint64(48), "vcpu": (key >> np.uint64(32)) & np.uint64(0xFFFF)}
+    return pl.DataFrame({
+        **{c: pl.Series(v.astype(np.int32)).set(pl.Series(v == NULL_ID), None) for c, v in ids.items()},
+        "reason": key & np.uint64(0xFFFFFFFF),
+        "ts_ns": r["ts"][ok],
+        "end_ns": r["ts"][ok] + r["dur"][ok],
+    })  # fmt: skip
+
+
+def exits(ev: pl.LazyFrame, vendor: str | None) -> dict[str, pl.DataFrame]:
+    """HVM exits by reason: count and time from VM exit to its vCPU's next VM entry or, as
+    xenalyze counts it, to the vCPU's wake-up (runstate to runnable) when that comes first:
+    the time it then waits for a pCPU is contention, not the exit's cost. Also, as xenalyze
+    prints them: the nested-page-fault exits split by handler ("exit_handlers") and the
+    exits by the IO port their access record names ("io_exits")."""
+    r = exit_records(ev)
+    key, dur, handler, io = r["key"], r["dur"], r["handler"], r["io"]
     vendor = vendor or "vmx"
+    low = np.uint64(0xFFFFFFFF)
+    reason, vcpu_key = key & low, key & ~low
+    split = np.isin(reason, [r for r, n in _reason_names(vendor).items() if n in SPLIT_EXITS])
+    handler_key = vcpu_key | handler.astype(np.uint64) << np.uint64(16) | reason
+    has_io = io != NO_IO
+    low16 = pl.col("reason") & 0xFFFF
+    handlers = _by_key(handler_key[split], dur[split]).with_columns(
+        (pl.col("reason") // (1 << 16)).cast(pl.Int64).replace_strict(
+            dict(enumerate(HANDLER_NAMES)), return_dtype=pl.String).alias("handler"),
+        low16,
+    )  # fmt: skip
+    ports = _by_key(vcpu_key[has_io] | io[has_io], dur[has_io]).with_columns(
+        low16.alias("port"),
+        pl.when(pl.col("reason") // (1 << 16) == 1).then(pl.lit("write")).otherwise(pl.lit("read"))
+        .alias("dir"),
+    )  # fmt: skip
+    return {
+        "exits": _named(_by_key(key, dur), vendor),
+        "exit_handlers": _named(handlers, vendor),
+        "io_exits": ports.select(
+            "dom", "vcpu", "port", "dir", pl.exclude("dom", "vcpu", "port", "dir", "reason")
+        ).sort("dom", "vcpu", "port", "dir", nulls_last=True),
+    }
+
+
+def _reason_names(vendor: str) -> dict[int, str]:
+    return xe.SVM_EXIT_REASONS if vendor == "svm" else xe.VMX_EXIT_REASONS
+
+
+def _named(df: pl.DataFrame, vendor: str) -> pl.DataFrame:
+    """`df` with each exit reason's name beside it."""
     return df.with_columns(
         pl.col("reason")
         .map_elements(lambda r: xe.exit_reason_name(int(r), vendor), return_dtype=pl.String)
@@ -257,55 +338,81 @@ def first_wake(vk: np.ndarray, ts: np.ndarray, wakes) -> np.ndarray:
     return found
 
 
-def exit_ends(vk: np.ndarray, exit_ns: np.ndarray, entry_ns: np.ndarray, wakes) -> np.ndarray:
-    """Where each exit of vCPU `vk` ends as xenalyze ends it: at its re-entry, or at the
-    vCPU's wake-up (`wakes_of`) when that comes first."""
-    wake = first_wake(vk, exit_ns, wakes)
-    return np.where((wake >= 0) & (wake < entry_ns), wake, entry_ns)
-
-
-def _exit_durations(hv: pl.LazyFrame, cpus: list[int], wakes=None) -> tuple[np.ndarray, np.ndarray]:
-    """Each exit of these pCPUs: its (dom, vcpu, reason) packed in a u64 and its time to the
-    pCPU's next VM entry, or to the vCPU's wake-up (`wakes`, see `exits`) when that comes
-    first; -1 when another exit (or the trace's end) comes before the entry."""
-
-    def packed(col: str, width: int, null: int) -> pl.Expr:
-        return pl.col(col).fill_null(null).cast(pl.UInt64) * (1 << width)
-
+def _exit_records(hv: pl.LazyFrame, vks: list[int], roles: dict[str, int], wakes=None):
+    """Each exit of these vCPUs (VCPU_KEY): its (dom, vcpu, reason) packed in a u64 (key), its
+    time (ts) and its duration (dur) to the vCPU's next VM entry, or to its wake-up (`wakes`, see `exits`) when that comes
+    first, -1 when another exit (or the trace's end) comes before both; its handler (an
+    index of HANDLER_NAMES); and the IO port access it emulated (io: write << 16 | port,
+    or NO_IO). Paired per vCPU, as xenalyze pairs them: a vCPU that blocks in an exit may
+    re-enter on another pCPU, and another vCPU may enter this one meanwhile."""
     df = (
-        hv.filter(pl.col("cpu").is_in(cpus))
-        .select("ts_ns", "cpu", pl.col("event").is_in(EXIT_EVENTS).alias("is_exit"),
-                (packed("dom", 48, NULL_ID) + packed("vcpu", 32, NULL_ID)
-                 + fields.exit_reason().fill_null(NULL_REASON).cast(pl.UInt64)).alias("key"))
+        hv.filter(VCPU_KEY.is_in(vks))
+        .select("ts_ns", pl.col("event").cast(pl.String).replace_strict(roles, return_dtype=pl.UInt8).alias("role"),
+                (_packed("dom", 48, NULL_ID) + _packed("vcpu", 32, NULL_ID)
+                 + fields.exit_reason().fill_null(NULL_REASON).cast(pl.UInt64)).alias("key"),
+                pl.col("addr").fill_null(0))
         .collect()
     )  # fmt: skip
-    if len(cpus) > 1:  # each pCPU's records together, in their order
-        df = df.sort("cpu", maintain_order=True)
-    ts = df["ts_ns"].to_numpy()
-    x, entry, matched = pair_exits(df["cpu"].to_numpy(), ts, df["is_exit"].to_numpy())
+    key = df["key"].to_numpy()
+    if len(vks) > 1:  # each vCPU's records together, in their order
+        order = np.argsort(key >> np.uint64(32), kind="stable")
+        df, key = df[order], key[order]
+    ts, role, vk = df["ts_ns"].to_numpy(), df["role"].to_numpy(), key >> np.uint64(32)
+    xe_rows = np.flatnonzero(role <= ENTRY_ROLE)
+    x, entry, matched = pair_exits(vk[xe_rows], ts[xe_rows], role[xe_rows] == EXIT_ROLE)
     if not len(x):
-        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    key = df["key"].to_numpy()[x]
+        return {name: np.zeros(0, dtype) for name, dtype in EXIT_ARRAYS.items()}
+    x, entry = xe_rows[x], xe_rows[entry]
     end = ts[entry]
     if wakes is not None:
-        end = exit_ends(key >> np.uint64(32), ts[x], end, wakes)
+        wake = first_wake(vk[x], ts[x], wakes)
+        # with no entry before its next exit (the trace's end, lost records), an exit that
+        # saw its vCPU wake before that still ends there, as xenalyze ends it
+        last = np.append(vk[x[1:]] != vk[x[:-1]], True)
+        nxt = np.where(last, np.iinfo(np.int64).max, np.append(ts[x[1:]], 0))
+        woke = (wake >= 0) & (wake < np.where(matched, end, nxt))
+        end, matched = np.where(woke, wake, end), matched | woke
     dur = np.where(matched, end - ts[x], -1)
-    return key, dur
+    handler, io = _handlers(ts, vk, role, df["addr"].to_numpy(), x, entry, end, matched)
+    return {"key": key[x], "ts": ts[x], "dur": dur, "handler": handler, "io": io}
 
 
-def pair_exits(cpu: np.ndarray, ts: np.ndarray, is_exit: np.ndarray):
-    """Records of VM exits and entries in each pCPU's order (grouped by pCPU): the exits'
-    indices, each one's entry (the first at or after it on its pCPU) and whether that entry
-    is its own (no other exit, nor the trace's end, comes first)."""
+def _handlers(ts, vk, role, addr, x, entry, end, matched):
+    """Per exit (rows `x`, ending at `end`): its handler as xenalyze names it (mmio when an
+    MMIO access record falls in the open exit, else npf for a nested-page-fault record) and
+    the IO port access of its first IO record in the open exit (write << 16 | port)."""
+    h = np.flatnonzero(role >= NPF_ROLE)
+    handler, io = np.zeros(len(x), np.uint8), np.full(len(x), NO_IO, np.uint64)
+    if not len(h):
+        return handler, io
+    j = np.searchsorted(x, h, side="right") - 1  # the last exit at or before the record
+    k = np.maximum(j, 0)
+    at_entry = end[k] == ts[entry[k]]  # the exit ends at its entry: the records before it
+    inside = (j >= 0) & matched[k] & (vk[x[k]] == vk[h]) & ((h < entry[k]) | ~at_entry)
+    inside &= at_entry | (ts[h] < end[k])
+    for r, name in ((NPF_ROLE, "npf"), (MMIO_ROLE, "mmio")):  # mmio wins: assigned last
+        handler[j[inside & (role[h] == r)]] = HANDLER_NAMES.index(name)
+    is_io = inside & (role[h] >= IO_READ_ROLE)
+    owner, first = np.unique(j[is_io], return_index=True)
+    rec = h[is_io][first]
+    io[owner] = (role[rec] > IO_READ_ROLE).astype(np.uint64) << np.uint64(16)
+    io[owner] |= addr[rec].astype(np.uint64) & np.uint64(0xFFFF)
+    return handler, io
+
+
+def pair_exits(group: np.ndarray, ts: np.ndarray, is_exit: np.ndarray):
+    """Records of VM exits and entries, each vCPU's (`group`) together in its order: the
+    exits' indices, each one's entry (the first at or after it in its group) and whether
+    that entry is its own (no other exit, nor the trace's end, comes first)."""
     x, e = np.flatnonzero(is_exit), np.flatnonzero(~is_exit)
     if not len(x):
         return x, x, np.zeros(0, bool)
     j = np.searchsorted(e, x)
     has_entry = j < len(e)
     entry = e[np.minimum(j, len(e) - 1)] if len(e) else x
-    has_entry &= cpu[entry] == cpu[x]
+    has_entry &= group[entry] == group[x]
     nxt = np.append(x[1:], x[-1])
-    has_next = np.append(cpu[x[1:]] == cpu[x[:-1]], False)
+    has_next = np.append(group[x[1:]] == group[x[:-1]], False)
     return x, entry, has_entry & (~has_next | (ts[entry] <= ts[nxt]))
 
 
@@ -551,7 +658,7 @@ def virtqueues(ev: pl.LazyFrame) -> pl.DataFrame:
 
 
 SECTION = "summary"  # the bundle's derived entry (manifest section) of the stored sections
-VERSION = 2  # of the sections' code: bump when an answer changes
+VERSION = 3  # of the sections' code: bump when an answer changes
 DERIVED_DIR = "derived"
 
 
@@ -569,7 +676,7 @@ def _sections(events: pl.LazyFrame, vendor: str | None) -> dict[str, pl.DataFram
         "lost_records": lost_records(ev),
         "records_by_vcpu": records_by_dom(groups),
         "runstates": runstates(ev, groups),
-        "exits": exits(ev, vendor),
+        **exits(ev, vendor),
         "hypercalls": hypercalls(ev),
         "pv_events": pv_events(ev),
         "io": io_accesses(ev),
@@ -740,17 +847,21 @@ class Summary:
                         out.append(
                             f"     {sub['entered_by']:>9}: {sub['count']:>7} {sub['total_ns'] / 1e9:10.6f}s"
                         )
-            ex = s["exits"].filter((pl.col("dom") == dom) & (pl.col("vcpu") == vcpu))
+            this = (pl.col("dom") == dom) & (pl.col("vcpu") == vcpu)
+            ex = s["exits"].filter(this)
+            # (summaries stored before them have no handler or IO port sections)
+            handlers = s.get("exit_handlers", _NO_ROWS).filter(this)
             if len(ex):
                 out.append(
                     " Exit reasons:                count    time(s)   mean(ns) {p5|p50|p95} ns"
                 )
                 for r in ex.iter_rows(named=True):
-                    tot = (r["total_ns"] or 0) / 1e9
-                    out.append(
-                        f"   {r['name']:<24} {r['count']:>7} {tot:10.6f} {r['mean_ns'] or 0:>10} "
-                        f"{{{r['p5_ns']}|{r['p50_ns']}|{r['p95_ns']}}}"
-                    )
+                    out.append(_timed_line(f"   {r['name']:<24}", r))
+                    for h in handlers.filter(pl.col("reason") == r["reason"]).iter_rows(named=True):
+                        out.append(_timed_line(f"     {h['handler']:<22}", h))
+            _listed(out, " IO port exits (xenalyze's IO address summary):",
+                    s.get("io_exits", _NO_ROWS).filter(this),
+                    lambda r: _timed_line(f"   {r['port']:#06x} {r['dir']:<5}{'':13}", r))  # fmt: skip
             irq = s["interrupts"].filter((pl.col("dom") == dom) & (pl.col("vcpu") == vcpu))
             # SVM's INTR exit (a physical interrupt) is traced with no vector
             _listed(out, " Interrupts:", irq,
@@ -760,11 +871,22 @@ class Summary:
                     lambda r: f"   {r['name']:<24} {r['count']:>8}")  # fmt: skip
         _listed(out, " Hypercalls:", s["hypercalls"].filter(pl.col("dom") == dom),
                 lambda r: f"   {r['kind']:<10} {r['name']:<30} [{r['op']:>2}]: {r['count']:>8}")  # fmt: skip
-        _listed(out, " IO and MMIO by address:", s["io"].filter(pl.col("dom") == dom),
+        _listed(out, " IO and MMIO accesses by address (every record):", s["io"].filter(pl.col("dom") == dom),
                 lambda r: f"   {r['space']:<6} {r['addr']:#012x} {r['dir']:<5}: {r['count']:>8}")  # fmt: skip
         _listed(out, " Grant operations (done by this domain):", s["grants"].filter(pl.col("by_dom") == dom),
                 lambda r: f"   {r['op']:<8} for d{r['for_dom']}: {r['count']}")  # fmt: skip
         return out
+
+
+_NO_ROWS = pl.DataFrame(schema={"dom": pl.Int32, "vcpu": pl.Int32, "reason": pl.UInt64})
+
+
+def _timed_line(label: str, r: dict) -> str:
+    """A line of exits: count, total seconds, mean and {p5|p50|p95} in ns."""
+    return (
+        f"{label} {r['count']:>7} {(r['total_ns'] or 0) / 1e9:10.6f} {r['mean_ns'] or 0:>10} "
+        f"{{{r['p5_ns']}|{r['p50_ns']}|{r['p95_ns']}}}"
+    )
 
 
 def _listed(out: list[str], title: str, rows: pl.DataFrame, line) -> None:

@@ -143,7 +143,7 @@ HOST_LIMIT = 2_000_000  # host slices kept (the first in time): a JSON trace a U
 
 def host_events(ev: pl.LazyFrame, t0: int, clock: Clock | None, vendor: str | None) -> list[dict]:
     """Xen's side, every vCPU a track: its runstates (the scheduler's running, runnable,
-    blocked, offline) and its VM exits (exit to re-entry or to the vCPU's wake-up when that
+    blocked, offline) and its VM exits (exit to its vCPU's re-entry or wake-up, whichever
     comes first, as the summary counts them; named by reason), on the
     requests' clock (`clock`: the device model's against the hypervisor's, or None when
     the requests are on the hypervisor's)."""
@@ -152,21 +152,7 @@ def host_events(ev: pl.LazyFrame, t0: int, clock: Clock | None, vendor: str | No
         pl.col("sdom").alias("dom"), pl.col("svcpu").alias("vcpu"), "ts_ns", "end_ns",
         pl.col("state").alias("name"),
     )  # fmt: skip
-    hv = (
-        ev.filter(pl.col("event").is_in([*fields.EXIT_EVENTS, "hvm.vmentry"]))
-        .select("ts_ns", "cpu", "dom", "vcpu", pl.col("event").is_in(fields.EXIT_EVENTS).alias("is_exit"),
-                fields.exit_reason().alias("reason"))
-        .collect()
-        .sort("cpu", maintain_order=True)
-    )  # fmt: skip
-    ts = hv["ts_ns"].to_numpy()
-    x, entry, ok = summary.pair_exits(hv["cpu"].to_numpy(), ts, hv["is_exit"].to_numpy())
-    x, end = x[ok], ts[entry[ok]]
-    exits = hv[x]
-    # ended as the summary (and xenalyze) ends them: at the vCPU's wake-up when that is first
-    vk = (exits["dom"].cast(pl.UInt64) * (1 << 16) + exits["vcpu"].cast(pl.UInt64)).fill_null(0)
-    end = summary.exit_ends(vk.to_numpy(), ts[x], end, summary.wakes_of(ev))
-    exits = exits.with_columns(pl.Series("end_ns", end))
+    exits = summary.exit_spans(ev)
     reasons = {r: xe.exit_reason_name(int(r), vendor or "vmx")
                for r in exits["reason"].drop_nulls().unique().to_list()}  # fmt: skip
     exits = exits.select("dom", "vcpu", "ts_ns", "end_ns",

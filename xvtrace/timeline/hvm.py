@@ -3,13 +3,16 @@ records its handler wrote (an emulated MMIO or port access, a VMCALL), and the v
 next VM entry. Kicks (timeline.hypervisor), the device-model clock's pairs (timeline.clock)
 and the IOREQ join (timeline.ioreqs) are all built on `handled`.
 
-On its pCPU a handler record follows the exit it came in with. The vCPU re-enters on that
-pCPU right after, unless it waited (for its IOREQ, say) and another vCPU ran there
-meanwhile: then its entry is its own next one, on whichever pCPU.
+A handler record follows the exit it came in with on its vCPU, not always on its pCPU: a
+read the device model serves is logged when the vCPU resumes after waiting for it, and a
+vCPU of two may resume on the other pCPU, after the other vCPU's exits there. Its entry is
+the vCPU's next one, on whichever pCPU. (Records of a pCPU whose vCPU is not known yet
+pair on their pCPU.)
 """
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from xvtrace.parsers import fields
@@ -24,55 +27,45 @@ EXIT, ENTRY = "hvm.vmexit", "hvm.vmentry"
 
 
 def handled(ev: pl.LazyFrame) -> pl.DataFrame:
-    """Every handler record (HANDLERS) after a VM exit: dom, vcpu, cpu, event, addr,
-    hypercall (VMCALLs), exit_ns, entry_ns, src_offset, and `adjacent`: nothing else of
-    the exit's (no other handler record, no other exit or entry) lies between the exit,
-    the record and the entry on its pCPU."""
+    """Every handler record (HANDLERS) after a VM exit of its vCPU: dom, vcpu, cpu, event,
+    addr, hypercall (VMCALLs), exit_ns, entry_ns, src_offset, and `adjacent`: nothing else
+    of the exit's (no other handler record, no other exit or entry) lies between the exit,
+    the record and the entry on its vCPU."""
     # (VMCALL is the only handler record with a hypercall number)
     call = fields.xen("hvm.vmmcall", "hypercall")
+    known = pl.col("dom").is_not_null() & pl.col("vcpu").is_not_null()
+    vcpu_key = pl.col("dom").cast(pl.UInt64) * (1 << 16) + pl.col("vcpu").cast(pl.UInt64)
     hv = (
         ev.filter(pl.col("source") == "xentrace")
         .filter(pl.col("event").is_in([EXIT, ENTRY, *HANDLERS]))
-        .select("ts_ns", "cpu", "dom", "vcpu", "event", "addr", call, "src_offset")
+        .select("ts_ns", "cpu", "dom", "vcpu", "event", "addr", call, "src_offset",
+                pl.when(known).then(vcpu_key).otherwise((1 << 32) + pl.col("cpu").cast(pl.UInt64))
+                .alias("_vk"))
         .collect()
-    )
-    # in each pCPU's record order; one u64 key's argsort and a gather take half the memory
-    # of a two-column sort (11 M rows at 1 M requests)
-    order = (hv["cpu"].cast(pl.UInt64) * (1 << 48) + hv["src_offset"]).arg_sort()
+    )  # fmt: skip
+    # each vCPU's records in time order (the table's): a stable argsort of one u64 key and a
+    # gather take half the memory of a two-column sort (11 M rows at 1 M requests)
+    order = pl.Series(np.argsort(hv["_vk"].to_numpy(), kind="stable"))
     columns = hv.get_columns()
     del hv
     hv = gather_by_column(columns, order)
-    # fills and shifts over the whole frame, sorted by pCPU, each kept only where it comes
-    # from the row's own pCPU: the same as per-pCPU windows, without a window's copies
+    # fills and shifts over the whole frame, sorted by vCPU, each kept only where it comes
+    # from the row's own vCPU: the same as per-vCPU windows, without a window's copies
     is_exit, is_entry = pl.col("event") == EXIT, pl.col("event") == ENTRY
-    cpu = pl.col("cpu")
-    hv = hv.with_columns(  # the pCPU of the last exit and of the next entry, once
-        pl.when(is_exit).then(cpu).forward_fill().alias("_exit_cpu"),
-        pl.when(is_entry).then(cpu).backward_fill().alias("_entry_cpu"),
+    vk = pl.col("_vk")
+    hv = hv.with_columns(  # the vCPU of the last exit and of the next entry, once
+        pl.when(is_exit).then(vk).forward_fill().alias("_exit_vk"),
+        pl.when(is_entry).then(vk).backward_fill().alias("_entry_vk"),
     )
-    own_exit, own_entry = pl.col("_exit_cpu") == cpu, pl.col("_entry_cpu") == cpu
+    own_exit, own_entry = pl.col("_exit_vk") == vk, pl.col("_entry_vk") == vk
     hv = hv.with_columns(
         pl.when(own_exit).then(pl.when(is_exit).then(pl.col("ts_ns")).forward_fill()).alias("exit_ns"),
-        *[pl.when(own_entry).then(pl.when(is_entry).then(pl.col(c)).backward_fill()).alias(f"_next_{c}")
-          for c in ("ts_ns", "dom", "vcpu")],
-        ((pl.col("event").shift(1) == EXIT) & (cpu.shift(1) == cpu)).alias("_after_exit"),
-        ((pl.col("event").shift(-1) == ENTRY) & (cpu.shift(-1) == cpu)).alias("_before_entry"),
+        pl.when(own_entry).then(pl.when(is_entry).then(pl.col("ts_ns")).backward_fill()).alias("entry_ns"),
+        ((pl.col("event").shift(1) == EXIT) & (vk.shift(1) == vk)).alias("_after_exit"),
+        ((pl.col("event").shift(-1) == ENTRY) & (vk.shift(-1) == vk)).alias("_before_entry"),
     )  # fmt: skip
     found = hv.filter(pl.col("event").is_in(HANDLERS) & pl.col("exit_ns").is_not_null())
-    entries = (
-        hv.filter(pl.col("event") == ENTRY)
-        .select("dom", "vcpu", pl.col("ts_ns").alias("_own_entry"))
-        .sort("_own_entry")
-    )
-    del hv  # every record of the trace's exits: free before the join below
-    same = (pl.col("_next_dom") == pl.col("dom")) & (pl.col("_next_vcpu") == pl.col("vcpu"))
-    found = (
-        found.sort("ts_ns")
-        .join_asof(entries, left_on="ts_ns", right_on="_own_entry", by=["dom", "vcpu"],
-                   strategy="forward", check_sortedness=False)
-        .with_columns(pl.when(same.fill_null(True)).then(pl.col("_next_ts_ns"))
-                      .otherwise(pl.col("_own_entry")).alias("entry_ns"))
-    )  # fmt: skip
+    del hv
     return found.sort("cpu", "src_offset").select(
         "dom", "vcpu", "cpu", "event", "addr", "hypercall",
         "exit_ns", "entry_ns", "src_offset",
