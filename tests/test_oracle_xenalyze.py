@@ -62,13 +62,13 @@ def test_real_capture_summary_matches_xenalyze(xenalyze, capture, khz, opts):
 
 
 @pytest.mark.parametrize(
-    ("vendor", "batch_rows"), [("vmx", None), ("svm", None), ("vmx", 1)]
-)  # batch_rows 1: every vCPU's exits windowed on their own (summary.batches)
+    ("vendor", "batch_rows"), [("vmx", None), ("svm", None), ("vmx", 997)]
+)  # batch_rows 997: exits paired across chunks (summary.CHUNK_ROWS)
 def test_hvm_exits_match_xenalyze(xenalyze, tmp_path, vendor, batch_rows, monkeypatch):
     if batch_rows is not None:
         from xvtrace.analysis import summary as summary_module
 
-        monkeypatch.setattr(summary_module, "BATCH_ROWS", batch_rows)
+        monkeypatch.setattr(summary_module, "CHUNK_ROWS", batch_rows)
     path = tmp_path / f"hvm-{vendor}.bin"
     write_frame(path, hvm_records(20000, seed=11, vendor=vendor), round_cycles=2_400_000)
     opts = ["--cpu-hz=2.4G", "--summary"] + (["--svm-mode"] if vendor == "svm" else [])

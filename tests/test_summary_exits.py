@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xvtrace.analysis import summary
+from xvtrace.analysis import exit_pairs, summary
 
 
 def reference(key: np.ndarray, dur: np.ndarray) -> pl.DataFrame:
@@ -70,20 +70,79 @@ def test_unknown_ids_come_back_as_nulls(null):
     assert out.row(0, named=True) | {"count": 1} == {**out.row(0, named=True), **parts}
 
 
-@settings(max_examples=200, deadline=None)
+ROLES = (exit_pairs.EXIT, exit_pairs.ENTRY, exit_pairs.NPF, exit_pairs.MMIO,
+         exit_pairs.IO_READ, exit_pairs.IO_WRITE)  # fmt: skip
+
+
+def paired_by_hand(rows, wakes):
+    """Each exit as the pairing's rules say, record by record: (vcpu, reason, ts, end,
+    handler, io), from `rows` (vcpu, role, ts, port) in time order and each vCPU's wakes."""
+    out = []
+    for i, (v, role, ts, reason) in enumerate(rows):
+        if role != exit_pairs.EXIT:
+            continue
+        w = min((t for t in wakes.get(v, []) if t >= ts), default=-1)
+        handler, io, closer = exit_pairs.NO_HANDLER, exit_pairs.NO_IO, None
+        for v2, role2, ts2, port in rows[i + 1 :]:
+            if v2 != v:
+                continue
+            if role2 in (exit_pairs.EXIT, exit_pairs.ENTRY):
+                closer = (role2, ts2)
+                break
+            if w >= 0 and ts2 >= w:  # the exit ended at the wake-up: not its record
+                continue
+            if role2 == exit_pairs.MMIO:
+                handler = exit_pairs.MMIO_HANDLER
+            elif role2 == exit_pairs.NPF and handler == exit_pairs.NO_HANDLER:
+                handler = exit_pairs.NPF_HANDLER
+            elif role2 in (exit_pairs.IO_READ, exit_pairs.IO_WRITE) and io == exit_pairs.NO_IO:
+                io = (role2 == exit_pairs.IO_WRITE) << 16 | port
+        if closer is not None and closer[0] == exit_pairs.ENTRY:
+            end = w if 0 <= w < closer[1] else closer[1]
+        else:
+            limit = closer[1] if closer is not None else 2**63
+            end = w if 0 <= w < limit else -1
+        if end < 0:
+            handler, io = exit_pairs.NO_HANDLER, exit_pairs.NO_IO
+        out.append((v, reason, ts, end, handler, int(io)))
+    return sorted(out)
+
+
+@settings(max_examples=300, deadline=None)
 @given(
-    wakes=st.lists(st.tuples(st.integers(0, 4), st.integers(-(2**62), 2**62)), max_size=40),
-    queries=st.lists(st.tuples(st.integers(0, 5), st.integers(-(2**62), 2**62)), max_size=40),
+    steps=st.lists(
+        st.tuples(st.integers(0, 2), st.sampled_from(ROLES), st.integers(0, 2), st.integers(0, 7)),
+        max_size=60,
+    ),
+    wakes=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 80)), max_size=12),  # ties too
+    cuts=st.lists(st.integers(0, 60), max_size=4),
 )
-def test_first_wake_is_each_vcpus_next_wake(wakes, queries):
-    """The wake-up that ends an exit (summary.first_wake) against a brute-force search, with
-    times anywhere in int64's range (a composite key it once used overflowed)."""
-    wakes = sorted(wakes)
-    wk = np.array([k for k, _ in wakes], np.uint64)
-    wts = np.array([t for _, t in wakes], np.int64)
-    vk = np.array([k for k, _ in queries], np.uint64)
-    ts = np.array([t for _, t in queries], np.int64)
-    got = summary.first_wake(vk, ts, (wk, wts))
-    for i, (k, t) in enumerate(queries):
-        later = [w for kk, w in wakes if kk == k and w >= t]
-        assert got[i] == (min(later) if later else -1)
+def test_exit_pairing_follows_its_rules_across_chunks(steps, wakes, cuts):
+    """The compiled pairing (exit_pairs) against the rules applied record by record: an
+    exit ends at its vCPU's next entry or earlier wake-up, at that wake-up if another exit
+    or the end comes first, or not at all; handler records count only while it is open;
+    the same however the records are cut into chunks."""
+    ts = np.cumsum([dt for _, _, dt, _ in steps]).astype(np.int64)
+    rows = [(v, role, int(t), port) for (v, role, _, port), t in zip(steps, ts, strict=True)]
+    by_vcpu: dict[int, list[int]] = {}
+    for v, t in sorted(wakes):
+        by_vcpu.setdefault(v, []).append(t)
+    flat = np.array([t for v in range(3) for t in by_vcpu.get(v, [])], np.int64)
+    counts = np.array([len(by_vcpu.get(v, [])) for v in range(3)])
+    state = exit_pairs.OpenExits(flat, np.cumsum(counts) - counts, np.cumsum(counts))
+    vi = np.array([v for v, *_ in rows], np.int32)
+    role = np.array([r for _, r, *_ in rows], np.uint8)
+    port = np.array([p for *_, p in rows], np.uint16)
+    reason = port.astype(np.uint32)  # (a value to carry: the exit's port stands in)
+    bounds = sorted({0, len(rows), *[min(c, len(rows)) for c in cuts]})
+    got = []
+    for a, b in zip(bounds, bounds[1:] or [0], strict=False):
+        parts = exit_pairs.pair_chunk(state, vi[a:b], ts[a:b], role[a:b], reason[a:b],
+                                      port[a:b], b == len(rows))  # fmt: skip
+        got += list(zip(*[p.tolist() for p in parts], strict=True))
+    if len(bounds) == 1:  # no rows at all
+        got = list(zip(*[p.tolist() for p in exit_pairs.pair_chunk(
+            state, vi, ts, role, reason, port, True)], strict=True))  # fmt: skip
+    want = [(v, reason_, t, end, h, io) for v, reason_, t, end, h, io in
+            paired_by_hand([(v, r, t, p) for v, r, t, p in rows], by_vcpu)]  # fmt: skip
+    assert sorted(got) == want

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from xvtrace.analysis import exit_pairs
 from xvtrace.analysis.dump import name_addresses  # the dump's own address naming
 from xvtrace.bundle import derived
 from xvtrace.parsers import fields
@@ -179,23 +180,7 @@ def runstates(ev: pl.LazyFrame, groups: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-BATCH_ROWS = 4_000_000  # exits and entries windowed at once (about 200 MB of them)
-
-
-def batches(ev: pl.LazyFrame, by: pl.Expr, max_rows: int | None = None) -> list[list[int]]:
-    """The values of `by` (a pCPU, a vCPU) in `ev` in groups of at most `max_rows` rows (one
-    value may exceed it alone): a computation per value holds one group at a time, whatever
-    the trace's size."""
-    max_rows = BATCH_ROWS if max_rows is None else max_rows
-    counts = ev.group_by(by.alias("by")).len().sort("by").collect()
-    groups, rows = [[]], 0
-    for value, n in counts.iter_rows():
-        if groups[-1] and rows + n > max_rows:
-            groups.append([])
-            rows = 0
-        groups[-1].append(value)
-        rows += n
-    return [g for g in groups if g]
+CHUNK_ROWS = 4_000_000  # exit, entry and handler records paired at once (about 100 MB)
 
 
 def _packed(col: str, width: int, null: int) -> pl.Expr:
@@ -208,37 +193,80 @@ VCPU_KEY = _packed("dom", 16, 0xFFFF) + _packed("vcpu", 0, 0xFFFF)  # dom << 16 
 # Handler records that xenalyze credits to the exit they fall in (xenalyze.c, hvm_process):
 # only while the exit is open, before its re-entry or the vCPU's wake-up. A read the device
 # model serves is logged after the vCPU waited for it, so xenalyze counts no exit for it.
-HANDLER_ROLES = {"hvm.npf": 2, "hvm.mmio_read": 3, "hvm.mmio_write": 3,
-                 "hvm.ioport_read": 4, "hvm.ioport_write": 5}  # fmt: skip
-EXIT_ROLE, ENTRY_ROLE, NPF_ROLE, MMIO_ROLE, IO_READ_ROLE = 0, 1, 2, 3, 4
+HANDLER_ROLES = {"hvm.npf": exit_pairs.NPF, "hvm.mmio_read": exit_pairs.MMIO,
+                 "hvm.mmio_write": exit_pairs.MMIO, "hvm.ioport_read": exit_pairs.IO_READ,
+                 "hvm.ioport_write": exit_pairs.IO_WRITE}  # fmt: skip
 # exits xenalyze splits by their handler: "mmio" (an MMIO access emulated in the exit) or
 # "npf" (a nested page fault with no access emulated before the exit ended)
 SPLIT_EXITS = ("VMEXIT_NPF", "EPT_VIOLATION", "APIC_ACCESS")
 HANDLER_NAMES = ("(no handler)", "mmio", "npf")
-NO_IO = np.uint64(0xFFFFFFFF)
+NO_IO = np.uint32(exit_pairs.NO_IO)
 
 
 EXIT_ARRAYS = {"key": np.uint64, "ts": np.int64, "dur": np.int64, "handler": np.uint8,
-               "io": np.uint64}  # fmt: skip
+               "io": np.uint32}  # fmt: skip
 
 
-def exit_records(ev: pl.LazyFrame) -> dict[str, np.ndarray]:
-    """Every HVM exit (EXIT_ARRAYS, see `_exit_records`), a group of vCPUs at a time: the
-    arrays of a group hold every exit, entry and handler record of its vCPUs."""
-    roles = dict.fromkeys(EXIT_EVENTS, EXIT_ROLE) | dict.fromkeys(ENTRY_EVENTS, ENTRY_ROLE)
-    roles |= HANDLER_ROLES
-    hv = ev.filter(pl.col("event").is_in(list(roles)))
-    wakes = wakes_of(ev)
-    parts = [_exit_records(hv, vks, roles, wakes) for vks in batches(hv, VCPU_KEY)]
+def exit_records(ev: pl.LazyFrame, *, times: bool = False, groups=None) -> dict[str, np.ndarray]:
+    """Every HVM exit (EXIT_ARRAYS; "ts" only with `times`): its (dom, vcpu, reason)
+    packed in a u64 (key), its duration (dur) to its vCPU's next VM entry or wake-up
+    (exit_pairs; -1 with no end), its handler (an index of HANDLER_NAMES) and the IO port
+    access it emulated (io: write << 16 | port, or NO_IO). One pass over the records in
+    time order, CHUNK_ROWS at a time, each vCPU's open exit carried across chunks.
+    `groups` (record_groups, when the caller has them) name the vCPUs without a scan."""
+    roles = dict.fromkeys(EXIT_EVENTS, exit_pairs.EXIT) | dict.fromkeys(
+        ENTRY_EVENTS, exit_pairs.ENTRY
+    )
+    hv = ev.filter(pl.col("event").is_in(list(roles | HANDLER_ROLES)))
+    vcpus = (groups.lazy() if groups is not None else hv).select(VCPU_KEY.unique().sort())
+    vcpus = vcpus.collect().to_series().to_numpy()
+    wk, wts = wakes_of(ev)
+    state = exit_pairs.OpenExits(
+        wts, np.searchsorted(wk, vcpus), np.searchsorted(wk, vcpus, "right")
+    )
+    rows = hv.select(
+        "ts_ns", _role(roles | HANDLER_ROLES), VCPU_KEY.alias("vk"),
+        fields.exit_reason().fill_null(NULL_REASON).cast(pl.UInt32).alias("reason"),
+        (pl.col("addr").fill_null(0) % (1 << 16)).cast(pl.UInt16).alias("port"),
+    )  # fmt: skip
+    parts = []
+    chunks = rows.collect_batches(chunk_size=CHUNK_ROWS)
+    chunk = next(chunks, None)
+    while chunk is not None:
+        following = next(chunks, None)
+        vi, reason, start, end, handler, io = exit_pairs.pair_chunk(
+            state, np.searchsorted(vcpus, chunk["vk"].to_numpy()).astype(np.int32),
+            *(chunk[c].to_numpy() for c in ("ts_ns", "role", "reason", "port")),
+            following is None,
+        )  # fmt: skip
+        key = vcpus[vi].astype(np.uint64) << np.uint64(32) | reason
+        dur = np.where(end >= 0, end - start, -1)
+        parts.append({"key": key, "ts": start, "dur": dur, "handler": handler, "io": io})
+        if not times:
+            del parts[-1]["ts"]
+        chunk = following
     return {
         name: np.concatenate([p[name] for p in parts]) if parts else np.zeros(0, dtype)
         for name, dtype in EXIT_ARRAYS.items()
+        if times or name != "ts"
     }
 
 
-def exit_spans(ev: pl.LazyFrame) -> pl.DataFrame:
+def _role(roles: dict[str, int]) -> pl.Expr:
+    """Each record's role (`roles`: event name -> role): a chain of is_in on the event enum,
+    twice as fast as casting 25 M names to strings to replace them."""
+    by_role: dict[int, list[str]] = {}
+    for name, role in roles.items():
+        by_role.setdefault(role, []).append(name)
+    expr = pl
+    for role, names in sorted(by_role.items()):
+        expr = expr.when(pl.col("event").is_in(names)).then(pl.lit(role, pl.UInt8))
+    return expr.alias("role")
+
+
+def exit_spans(ev: pl.LazyFrame, groups=None) -> pl.DataFrame:
     """Every HVM exit that ends, as `exits` times it: dom, vcpu, reason, ts_ns, end_ns."""
-    r = exit_records(ev)
+    r = exit_records(ev, times=True, groups=groups)
     ok = r["dur"] >= 0
     key = r["key"][ok]
     ids = {"dom": key >> np.uint64(48), "vcpu": (key >> np.uint64(32)) & np.uint64(0xFFFF)}
@@ -250,31 +278,35 @@ def exit_spans(ev: pl.LazyFrame) -> pl.DataFrame:
     })  # fmt: skip
 
 
-def exits(ev: pl.LazyFrame, vendor: str | None) -> dict[str, pl.DataFrame]:
+def exits(ev: pl.LazyFrame, vendor: str | None, groups=None) -> dict[str, pl.DataFrame]:
     """HVM exits by reason: count and time from VM exit to its vCPU's next VM entry or, as
     xenalyze counts it, to the vCPU's wake-up (runstate to runnable) when that comes first:
     the time it then waits for a pCPU is contention, not the exit's cost. Also, as xenalyze
     prints them: the nested-page-fault exits split by handler ("exit_handlers") and the
-    exits by the IO port their access record names ("io_exits")."""
-    r = exit_records(ev)
-    key, dur, handler, io = r["key"], r["dur"], r["handler"], r["io"]
+    exits by the IO port their access record names ("io_exits"). `groups`: record_groups,
+    when the caller has them."""
+    r = exit_records(ev, groups=groups)
+    key, dur = r["key"], r["dur"]
     vendor = vendor or "vmx"
     low = np.uint64(0xFFFFFFFF)
-    reason, vcpu_key = key & low, key & ~low
-    split = np.isin(reason, [r for r, n in _reason_names(vendor).items() if n in SPLIT_EXITS])
-    handler_key = vcpu_key | handler.astype(np.uint64) << np.uint64(16) | reason
-    has_io = io != NO_IO
+    # the split and IO port tables first, on their own exits: then handler and io can go
+    split = np.flatnonzero(
+        np.isin(key & low, [c for c, n in _reason_names(vendor).items() if n in SPLIT_EXITS])
+    )
+    by_handler = key[split] & ~low | r["handler"][split].astype(np.uint64) << np.uint64(16)
     low16 = pl.col("reason") & 0xFFFF
-    handlers = _by_key(handler_key[split], dur[split]).with_columns(
+    handlers = _by_key(by_handler | key[split] & low, dur[split]).with_columns(
         (pl.col("reason") // (1 << 16)).cast(pl.Int64).replace_strict(
             dict(enumerate(HANDLER_NAMES)), return_dtype=pl.String).alias("handler"),
         low16,
     )  # fmt: skip
-    ports = _by_key(vcpu_key[has_io] | io[has_io], dur[has_io]).with_columns(
+    at = np.flatnonzero(r["io"] != NO_IO)
+    ports = _by_key(key[at] & ~low | r["io"][at].astype(np.uint64), dur[at]).with_columns(
         low16.alias("port"),
         pl.when(pl.col("reason") // (1 << 16) == 1).then(pl.lit("write")).otherwise(pl.lit("read"))
         .alias("dir"),
     )  # fmt: skip
+    del r, split, at, by_handler
     return {
         "exits": _named(_by_key(key, dur), vendor),
         "exit_handlers": _named(handlers, vendor),
@@ -314,106 +346,6 @@ def wakes_of(ev: pl.LazyFrame) -> tuple[np.ndarray, np.ndarray]:
         .collect()
     )  # fmt: skip
     return w["vk"].to_numpy(), w["ts_ns"].to_numpy()
-
-
-def first_wake(vk: np.ndarray, ts: np.ndarray, wakes) -> np.ndarray:
-    """For each (vCPU key, time), the vCPU's first wake at or after it, or -1: the queries
-    sorted by vCPU once, then one searchsorted per vCPU over its own wakes."""
-    wk, wts = wakes
-    found = np.full(len(vk), -1, np.int64)
-    if not len(wk) or not len(vk):
-        return found
-    order = np.argsort(vk, kind="stable")
-    keys, starts = np.unique(vk[order], return_index=True)
-    ends = np.append(starts[1:], len(order))
-    lo = np.searchsorted(wk, keys, side="left")  # each vCPU's wakes: wts[lo:hi], sorted
-    hi = np.searchsorted(wk, keys, side="right")
-    for a, b, w0, w1 in zip(starts, ends, lo, hi, strict=True):  # per vCPU, not per record
-        if w0 == w1:
-            continue
-        rows = order[a:b]
-        at = np.searchsorted(wts[w0:w1], ts[rows], side="left")
-        ok = at < w1 - w0
-        found[rows[ok]] = wts[w0:w1][at[ok]]
-    return found
-
-
-def _exit_records(hv: pl.LazyFrame, vks: list[int], roles: dict[str, int], wakes=None):
-    """Each exit of these vCPUs (VCPU_KEY): its (dom, vcpu, reason) packed in a u64 (key), its
-    time (ts) and its duration (dur) to the vCPU's next VM entry, or to its wake-up (`wakes`, see `exits`) when that comes
-    first, -1 when another exit (or the trace's end) comes before both; its handler (an
-    index of HANDLER_NAMES); and the IO port access it emulated (io: write << 16 | port,
-    or NO_IO). Paired per vCPU, as xenalyze pairs them: a vCPU that blocks in an exit may
-    re-enter on another pCPU, and another vCPU may enter this one meanwhile."""
-    df = (
-        hv.filter(VCPU_KEY.is_in(vks))
-        .select("ts_ns", pl.col("event").cast(pl.String).replace_strict(roles, return_dtype=pl.UInt8).alias("role"),
-                (_packed("dom", 48, NULL_ID) + _packed("vcpu", 32, NULL_ID)
-                 + fields.exit_reason().fill_null(NULL_REASON).cast(pl.UInt64)).alias("key"),
-                pl.col("addr").fill_null(0))
-        .collect()
-    )  # fmt: skip
-    key = df["key"].to_numpy()
-    if len(vks) > 1:  # each vCPU's records together, in their order
-        order = np.argsort(key >> np.uint64(32), kind="stable")
-        df, key = df[order], key[order]
-    ts, role, vk = df["ts_ns"].to_numpy(), df["role"].to_numpy(), key >> np.uint64(32)
-    xe_rows = np.flatnonzero(role <= ENTRY_ROLE)
-    x, entry, matched = pair_exits(vk[xe_rows], ts[xe_rows], role[xe_rows] == EXIT_ROLE)
-    if not len(x):
-        return {name: np.zeros(0, dtype) for name, dtype in EXIT_ARRAYS.items()}
-    x, entry = xe_rows[x], xe_rows[entry]
-    end = ts[entry]
-    if wakes is not None:
-        wake = first_wake(vk[x], ts[x], wakes)
-        # with no entry before its next exit (the trace's end, lost records), an exit that
-        # saw its vCPU wake before that still ends there, as xenalyze ends it
-        last = np.append(vk[x[1:]] != vk[x[:-1]], True)
-        nxt = np.where(last, np.iinfo(np.int64).max, np.append(ts[x[1:]], 0))
-        woke = (wake >= 0) & (wake < np.where(matched, end, nxt))
-        end, matched = np.where(woke, wake, end), matched | woke
-    dur = np.where(matched, end - ts[x], -1)
-    handler, io = _handlers(ts, vk, role, df["addr"].to_numpy(), x, entry, end, matched)
-    return {"key": key[x], "ts": ts[x], "dur": dur, "handler": handler, "io": io}
-
-
-def _handlers(ts, vk, role, addr, x, entry, end, matched):
-    """Per exit (rows `x`, ending at `end`): its handler as xenalyze names it (mmio when an
-    MMIO access record falls in the open exit, else npf for a nested-page-fault record) and
-    the IO port access of its first IO record in the open exit (write << 16 | port)."""
-    h = np.flatnonzero(role >= NPF_ROLE)
-    handler, io = np.zeros(len(x), np.uint8), np.full(len(x), NO_IO, np.uint64)
-    if not len(h):
-        return handler, io
-    j = np.searchsorted(x, h, side="right") - 1  # the last exit at or before the record
-    k = np.maximum(j, 0)
-    at_entry = end[k] == ts[entry[k]]  # the exit ends at its entry: the records before it
-    inside = (j >= 0) & matched[k] & (vk[x[k]] == vk[h]) & ((h < entry[k]) | ~at_entry)
-    inside &= at_entry | (ts[h] < end[k])
-    for r, name in ((NPF_ROLE, "npf"), (MMIO_ROLE, "mmio")):  # mmio wins: assigned last
-        handler[j[inside & (role[h] == r)]] = HANDLER_NAMES.index(name)
-    is_io = inside & (role[h] >= IO_READ_ROLE)
-    owner, first = np.unique(j[is_io], return_index=True)
-    rec = h[is_io][first]
-    io[owner] = (role[rec] > IO_READ_ROLE).astype(np.uint64) << np.uint64(16)
-    io[owner] |= addr[rec].astype(np.uint64) & np.uint64(0xFFFF)
-    return handler, io
-
-
-def pair_exits(group: np.ndarray, ts: np.ndarray, is_exit: np.ndarray):
-    """Records of VM exits and entries, each vCPU's (`group`) together in its order: the
-    exits' indices, each one's entry (the first at or after it in its group) and whether
-    that entry is its own (no other exit, nor the trace's end, comes first)."""
-    x, e = np.flatnonzero(is_exit), np.flatnonzero(~is_exit)
-    if not len(x):
-        return x, x, np.zeros(0, bool)
-    j = np.searchsorted(e, x)
-    has_entry = j < len(e)
-    entry = e[np.minimum(j, len(e) - 1)] if len(e) else x
-    has_entry &= group[entry] == group[x]
-    nxt = np.append(x[1:], x[-1])
-    has_next = np.append(group[x[1:]] == group[x[:-1]], False)
-    return x, entry, has_entry & (~has_next | (ts[entry] <= ts[nxt]))
 
 
 DUR_BITS = 40  # a duration packed below its group number: up to 18 minutes
@@ -676,7 +608,7 @@ def _sections(events: pl.LazyFrame, vendor: str | None) -> dict[str, pl.DataFram
         "lost_records": lost_records(ev),
         "records_by_vcpu": records_by_dom(groups),
         "runstates": runstates(ev, groups),
-        **exits(ev, vendor),
+        **exits(ev, vendor, groups),
         "hypercalls": hypercalls(ev),
         "pv_events": pv_events(ev),
         "io": io_accesses(ev),

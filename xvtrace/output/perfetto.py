@@ -152,7 +152,7 @@ def host_events(ev: pl.LazyFrame, t0: int, clock: Clock | None, vendor: str | No
         pl.col("sdom").alias("dom"), pl.col("svcpu").alias("vcpu"), "ts_ns", "end_ns",
         pl.col("state").alias("name"),
     )  # fmt: skip
-    exits = summary.exit_spans(ev)
+    exits = summary.exit_spans(ev, groups)
     reasons = {r: xe.exit_reason_name(int(r), vendor or "vmx")
                for r in exits["reason"].drop_nulls().unique().to_list()}  # fmt: skip
     exits = exits.select("dom", "vcpu", "ts_ns", "end_ns",

@@ -1,0 +1,111 @@
+"""VM exits paired with their ends, as xenalyze pairs them, in one compiled pass over the
+trace's exit, entry and handler records in time order, chunk by chunk.
+
+An exit is open until its vCPU's next entry, or its vCPU's wake-up (runstate to runnable)
+when that comes first; another exit of the vCPU, or the trace's end, before either leaves
+it with no end, unless the vCPU woke before that. Pairing per vCPU, not per pCPU: a vCPU
+that blocks in an exit may resume on another pCPU, and another vCPU may run on this one
+meanwhile. A handler record counts for its vCPU's open exit only while the exit is open
+(before the wake-up): a read the device model serves is logged when the vCPU resumes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+EXIT, ENTRY, NPF, MMIO, IO_READ, IO_WRITE = 0, 1, 2, 3, 4, 5  # a row's role
+NO_HANDLER, MMIO_HANDLER, NPF_HANDLER = 0, 1, 2  # an exit's handler (summary.HANDLER_NAMES)
+NO_IO = np.uint32(0xFFFFFFFF)
+NEVER = np.iinfo(np.int64).max
+
+
+class OpenExits:
+    """Each vCPU's open exit, carried from one chunk to the next (vCPUs by dense index),
+    and where its wake-ups stand: `wakes` holds each vCPU's wake-up times in order,
+    vCPU v's at [wake_pos[v], wake_end[v])."""
+
+    def __init__(self, wakes: np.ndarray, wake_start: np.ndarray, wake_end: np.ndarray):
+        n_vcpus = len(wake_start)
+        self.wakes, self.wake_end = wakes, wake_end
+        self.wake_pos = wake_start.astype(np.int64)
+        self.ts = np.zeros(n_vcpus, np.int64)
+        self.reason = np.zeros(n_vcpus, np.uint32)
+        self.wake = np.full(n_vcpus, -1, np.int64)
+        self.handler = np.zeros(n_vcpus, np.uint8)
+        self.io = np.full(n_vcpus, NO_IO, np.uint32)
+        self.open = np.zeros(n_vcpus, np.bool_)
+
+    def arrays(self):
+        return (self.wakes, self.wake_pos, self.wake_end,
+                self.ts, self.reason, self.wake, self.handler, self.io, self.open)  # fmt: skip
+
+
+def pair_chunk(state: OpenExits, vi, ts, role, reason, port, last: bool):
+    """The exits this chunk closes (and, when it is the `last`, every exit still open):
+    vcpu index, reason, ts, end (ns; -1 with none), handler, io (write << 16 | port, or
+    NO_IO). `vi` is each row's vCPU index."""
+    # at most: the chunk's own exits and one exit carried in from before per vCPU
+    n = int(np.count_nonzero(role == EXIT)) + len(state.open)
+    out = (np.empty(n, np.int32), np.empty(n, np.uint32), np.empty(n, np.int64),
+           np.empty(n, np.int64), np.empty(n, np.uint8), np.empty(n, np.uint32))  # fmt: skip
+    m = _pair(vi, ts, role, reason, port, *state.arrays(), *out, last)
+    return tuple(a[:m] for a in out)
+
+
+@njit(cache=True, nogil=True)
+def _pair(vi, ts, role, reason, port, wakes, wake_pos, wake_end,
+          o_ts, o_reason, o_wake, o_handler, o_io, o_open,
+          out_vi, out_reason, out_ts, out_end, out_handler, out_io, last):  # fmt: skip
+    m = 0
+    for i in range(len(role)):
+        v, r = vi[i], role[i]
+        if r == EXIT:
+            if o_open[v]:  # another exit before an entry (lost records)
+                m = _emit(v, ts[i], -1, o_ts, o_reason, o_wake, o_handler, o_io,
+                          out_vi, out_reason, out_ts, out_end, out_handler, out_io, m)  # fmt: skip
+            p = wake_pos[v]  # the vCPU's first wake-up at or after the exit: its exits
+            while p < wake_end[v] and wakes[p] < ts[i]:  # come in time order, so the
+                p += 1  # search goes on from where the last one stopped
+            wake_pos[v] = p
+            o_open[v] = True
+            o_ts[v], o_reason[v] = ts[i], reason[i]
+            o_wake[v] = wakes[p] if p < wake_end[v] else -1
+            o_handler[v], o_io[v] = NO_HANDLER, NO_IO
+        elif not o_open[v]:
+            continue
+        elif r == ENTRY:
+            w = o_wake[v]
+            m = _emit(v, NEVER, w if 0 <= w < ts[i] else ts[i], o_ts, o_reason, o_wake,
+                      o_handler, o_io, out_vi, out_reason, out_ts, out_end, out_handler,
+                      out_io, m)  # fmt: skip
+            o_open[v] = False
+        elif o_wake[v] < 0 or ts[i] < o_wake[v]:  # a handler record, its exit still open
+            if r == MMIO:
+                o_handler[v] = MMIO_HANDLER  # wins over npf
+            elif r == NPF:
+                if o_handler[v] == NO_HANDLER:
+                    o_handler[v] = NPF_HANDLER
+            elif o_io[v] == NO_IO:  # the exit's first IO record
+                o_io[v] = (np.uint32(r == IO_WRITE) << np.uint32(16)) | np.uint32(port[i])
+    if last:
+        for v in range(len(o_open)):
+            if o_open[v]:
+                m = _emit(v, NEVER, -1, o_ts, o_reason, o_wake, o_handler, o_io,
+                          out_vi, out_reason, out_ts, out_end, out_handler, out_io, m)  # fmt: skip
+                o_open[v] = False
+    return m
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _emit(v, limit, end, o_ts, o_reason, o_wake, o_handler, o_io,
+          out_vi, out_reason, out_ts, out_end, out_handler, out_io, m):  # fmt: skip
+    """Close vCPU v's exit at `end`; with none (-1), at its wake-up if that came before
+    `limit` (the next exit, or never), else it has no end (nor handler)."""
+    w = o_wake[v]
+    if end < 0 and 0 <= w < limit:
+        end = w
+    out_vi[m], out_reason[m], out_ts[m], out_end[m] = v, o_reason[v], o_ts[v], end
+    out_handler[m] = o_handler[v] if end >= 0 else NO_HANDLER
+    out_io[m] = o_io[v] if end >= 0 else NO_IO
+    return m + 1
