@@ -86,7 +86,11 @@ def from_requests(
         raise StreamError(f"request table lacks column(s) {', '.join(missing)}")
     done = req.filter(pl.col("complete") & pl.col("op").is_in(OPS)).sort("pop_ns")
     if not len(done):
-        raise StreamError("no complete read/write/tx/rx requests to replay")
+        why = ""
+        if len(req) and "reason" in req.columns:  # the timeline's reasons, the commonest first
+            top = req["reason"].drop_nulls().value_counts(sort=True).head(1).rows()
+            why = f" ({len(req)} requests, none complete; {top[0][1]}: {top[0][0]})" if top else ""
+        raise StreamError(f"no complete read/write/tx/rx requests to replay{why}")
     job_col = "trap_vcpu" if "trap_vcpu" in done.columns else None
     if job_col and done[job_col].null_count() == 0:
         _, job = np.unique(done[job_col].to_numpy(), return_inverse=True)

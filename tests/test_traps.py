@@ -85,8 +85,9 @@ def test_every_command_answers_on_a_xentrace_only_capture(tmp_path):
     assert r.exit_code == 0, r.output
     names = Counter(e["name"] for e in json.loads(out.read_text())["traceEvents"])
     assert names["kick -> interrupt"] == 213 and names["notify trap"] == 2 * 213
-    r = run.invoke(cli, ["replay", str(alone.path)])
-    assert r.exit_code == 2 and "no complete" in r.output
+    r = run.invoke(cli, ["replay", str(alone.path)])  # says why, with the options that add it
+    assert r.exit_code == 2 and "no complete" in r.output and "hypervisor only" in r.output
+    assert "--qmp" in r.output and "--block-trace" in r.output
 
 
 @pytest.mark.parametrize("cmd", [["timeline"], ["report"]])

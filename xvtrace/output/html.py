@@ -36,9 +36,9 @@ def phase_bars(phases: pl.DataFrame) -> str:
         return _empty("Time per phase", "no request has any phase measured")
     rows = {}
     for r in phases.iter_rows(named=True):
-        rows.setdefault(plots._label(r["dev"], "q" + str(r["queue"]), r["op"]), {})[r["phase"]] = r[
-            "p50_us"
-        ]
+        rows.setdefault(plots._label(r["dev"], f"q{_queue(r['queue'])}", r["op"]), {})[
+            r["phase"]
+        ] = r["p50_us"]
     return plots.div(
         plots.phase_bars(list(rows.items()), "p50 per phase, each phase on its own scale")
     )
@@ -110,7 +110,7 @@ def render(f: dict, phases: pl.DataFrame, per_request: pl.DataFrame, req: pl.Dat
     table = ""
     if len(phases):
         cells = "".join(
-            f"<tr><td>{escape(str(r['dev']))}</td><td>{r['queue']}</td><td>{escape(str(r['op']))}</td>"
+            f"<tr><td>{escape(str(r['dev']))}</td><td>{_queue(r['queue'])}</td><td>{escape(str(r['op']))}</td>"
             f"<td>{escape(r['phase'])}</td><td>{r['requests']}</td><td>{r['p50_us']:.1f}</td>"
             f"<td>{r['p90_us']:.1f}</td><td>{r['p99_us']:.1f}</td><td>{r['max_us']:.1f}</td></tr>"
             for r in phases.iter_rows(named=True)
@@ -150,3 +150,8 @@ td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px}}p.empty{{color:#666
 <h2>Work per request</h2>{work_html}
 </body></html>
 """
+
+
+def _queue(queue) -> str:
+    """A queue's number, or "?" where the view cannot tell (the hypervisor's traps)."""
+    return "?" if queue is None else str(queue)
