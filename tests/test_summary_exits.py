@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from xvtrace import api
 from xvtrace.analysis import exit_pairs, summary
+from xvtrace.parsers.xentrace import write_frame
 
 
 def reference(key: np.ndarray, dur: np.ndarray) -> pl.DataFrame:
@@ -70,6 +72,7 @@ def test_unknown_ids_come_back_as_nulls(null):
     assert out.row(0, named=True) | {"count": 1} == {**out.row(0, named=True), **parts}
 
 
+NO_TIME = int(exit_pairs.NO_TIME)
 ROLES = (exit_pairs.EXIT, exit_pairs.ENTRY, exit_pairs.NPF, exit_pairs.MMIO,
          exit_pairs.IO_READ, exit_pairs.IO_WRITE)  # fmt: skip
 
@@ -81,7 +84,7 @@ def paired_by_hand(rows, wakes):
     for i, (v, role, ts, reason) in enumerate(rows):
         if role != exit_pairs.EXIT:
             continue
-        w = min((t for t in wakes.get(v, []) if t >= ts), default=-1)
+        w = min((t for t in wakes.get(v, []) if t >= ts), default=NO_TIME)
         handler, io, closer = exit_pairs.NO_HANDLER, exit_pairs.NO_IO, None
         for v2, role2, ts2, port in rows[i + 1 :]:
             if v2 != v:
@@ -89,7 +92,7 @@ def paired_by_hand(rows, wakes):
             if role2 in (exit_pairs.EXIT, exit_pairs.ENTRY):
                 closer = (role2, ts2)
                 break
-            if w >= 0 and ts2 >= w:  # the exit ended at the wake-up: not its record
+            if w != NO_TIME and ts2 >= w:  # the exit ended at the wake-up: not its record
                 continue
             if role2 == exit_pairs.MMIO:
                 handler = exit_pairs.MMIO_HANDLER
@@ -98,11 +101,11 @@ def paired_by_hand(rows, wakes):
             elif role2 in (exit_pairs.IO_READ, exit_pairs.IO_WRITE) and io == exit_pairs.NO_IO:
                 io = (role2 == exit_pairs.IO_WRITE) << 16 | port
         if closer is not None and closer[0] == exit_pairs.ENTRY:
-            end = w if 0 <= w < closer[1] else closer[1]
+            end = w if w != NO_TIME and w < closer[1] else closer[1]
         else:
             limit = closer[1] if closer is not None else 2**63
-            end = w if 0 <= w < limit else -1
-        if end < 0:
+            end = w if w != NO_TIME and w < limit else NO_TIME
+        if end == NO_TIME:
             handler, io = exit_pairs.NO_HANDLER, exit_pairs.NO_IO
         out.append((v, reason, ts, end, handler, int(io)))
     return sorted(out)
@@ -114,7 +117,7 @@ def paired_by_hand(rows, wakes):
         st.tuples(st.integers(0, 2), st.sampled_from(ROLES), st.integers(0, 2), st.integers(0, 7)),
         max_size=60,
     ),
-    wakes=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 80)), max_size=12),  # ties too
+    wakes=st.lists(st.tuples(st.integers(0, 2), st.integers(-60, 80)), max_size=12),  # ties too
     cuts=st.lists(st.integers(0, 60), max_size=4),
 )
 def test_exit_pairing_follows_its_rules_across_chunks(steps, wakes, cuts):
@@ -122,7 +125,7 @@ def test_exit_pairing_follows_its_rules_across_chunks(steps, wakes, cuts):
     exit ends at its vCPU's next entry or earlier wake-up, at that wake-up if another exit
     or the end comes first, or not at all; handler records count only while it is open;
     the same however the records are cut into chunks."""
-    ts = np.cumsum([dt for _, _, dt, _ in steps]).astype(np.int64)
+    ts = np.cumsum([dt for _, _, dt, _ in steps]).astype(np.int64) - 50  # some before 0
     rows = [(v, role, int(t), port) for (v, role, _, port), t in zip(steps, ts, strict=True)]
     by_vcpu: dict[int, list[int]] = {}
     for v, t in sorted(wakes):
@@ -146,3 +149,21 @@ def test_exit_pairing_follows_its_rules_across_chunks(steps, wakes, cuts):
     want = [(v, reason_, t, end, h, io) for v, reason_, t, end, h, io in
             paired_by_hand([(v, r, t, p) for v, r, t, p in rows], by_vcpu)]  # fmt: skip
     assert sorted(got) == want
+
+
+def test_exits_of_vcpus_not_known_yet_pair_on_their_own_pcpu(tmp_path):
+    """Before a pCPU's first scheduling record its vCPU is unknown: each such exit pairs with
+    its own pCPU's entry, not with another pCPU's (all unknown vCPUs are one group in the
+    table, not one pairing stream)."""
+    rows = [(0, 1000, 0x00081002, 2, 30), (1, 2000, 0x00081002, 2, 30),
+            (0, 2500, 0x00081001, 0, 0), (1, 9000, 0x00081001, 0, 0)]  # fmt: skip
+    df = pl.DataFrame(
+        [(c, t, True, code, n, a) + (0,) * 6 for c, t, code, n, a in rows],
+        schema=["cpu", "ts_raw", "has_ts", "code", "nargs", *[f"arg{i}" for i in range(7)]],
+        orient="row",
+    )
+    path = tmp_path / "unknown.bin"
+    write_frame(path, df, round_cycles=1_000_000)
+    sections = api.summarize(path, cpu_khz=1_000_000, hvm_vendor="vmx").sections
+    (row,) = sections["exits"].filter(pl.col("dom").is_null()).iter_rows(named=True)
+    assert (row["count"], row["unmatched"], row["total_ns"]) == (2, 0, 1500 + 7000)

@@ -18,6 +18,7 @@ EXIT, ENTRY, NPF, MMIO, IO_READ, IO_WRITE = 0, 1, 2, 3, 4, 5  # a row's role
 NO_HANDLER, MMIO_HANDLER, NPF_HANDLER = 0, 1, 2  # an exit's handler (summary.HANDLER_NAMES)
 NO_IO = np.uint32(0xFFFFFFFF)
 NEVER = np.iinfo(np.int64).max
+NO_TIME = np.iinfo(np.int64).min  # no wake-up, no end (a time itself may be negative)
 
 
 class OpenExits:
@@ -31,7 +32,7 @@ class OpenExits:
         self.wake_pos = wake_start.astype(np.int64)
         self.ts = np.zeros(n_vcpus, np.int64)
         self.reason = np.zeros(n_vcpus, np.uint32)
-        self.wake = np.full(n_vcpus, -1, np.int64)
+        self.wake = np.full(n_vcpus, NO_TIME, np.int64)
         self.handler = np.zeros(n_vcpus, np.uint8)
         self.io = np.full(n_vcpus, NO_IO, np.uint32)
         self.open = np.zeros(n_vcpus, np.bool_)
@@ -43,7 +44,7 @@ class OpenExits:
 
 def pair_chunk(state: OpenExits, vi, ts, role, reason, port, last: bool):
     """The exits this chunk closes (and, when it is the `last`, every exit still open):
-    vcpu index, reason, ts, end (ns; -1 with none), handler, io (write << 16 | port, or
+    vcpu index, reason, ts, end (ns; NO_TIME with none), handler, io (write << 16 | port, or
     NO_IO). `vi` is each row's vCPU index."""
     # at most: the chunk's own exits and one exit carried in from before per vCPU
     n = int(np.count_nonzero(role == EXIT)) + len(state.open)
@@ -62,7 +63,7 @@ def _pair(vi, ts, role, reason, port, wakes, wake_pos, wake_end,
         v, r = vi[i], role[i]
         if r == EXIT:
             if o_open[v]:  # another exit before an entry (lost records)
-                m = _emit(v, ts[i], -1, o_ts, o_reason, o_wake, o_handler, o_io,
+                m = _emit(v, ts[i], NO_TIME, o_ts, o_reason, o_wake, o_handler, o_io,
                           out_vi, out_reason, out_ts, out_end, out_handler, out_io, m)  # fmt: skip
             p = wake_pos[v]  # the vCPU's first wake-up at or after the exit: its exits
             while p < wake_end[v] and wakes[p] < ts[i]:  # come in time order, so the
@@ -70,17 +71,17 @@ def _pair(vi, ts, role, reason, port, wakes, wake_pos, wake_end,
             wake_pos[v] = p
             o_open[v] = True
             o_ts[v], o_reason[v] = ts[i], reason[i]
-            o_wake[v] = wakes[p] if p < wake_end[v] else -1
+            o_wake[v] = wakes[p] if p < wake_end[v] else NO_TIME
             o_handler[v], o_io[v] = NO_HANDLER, NO_IO
         elif not o_open[v]:
             continue
         elif r == ENTRY:
             w = o_wake[v]
-            m = _emit(v, NEVER, w if 0 <= w < ts[i] else ts[i], o_ts, o_reason, o_wake,
+            m = _emit(v, NEVER, w if w != NO_TIME and w < ts[i] else ts[i], o_ts, o_reason, o_wake,
                       o_handler, o_io, out_vi, out_reason, out_ts, out_end, out_handler,
                       out_io, m)  # fmt: skip
             o_open[v] = False
-        elif o_wake[v] < 0 or ts[i] < o_wake[v]:  # a handler record, its exit still open
+        elif o_wake[v] == NO_TIME or ts[i] < o_wake[v]:  # a handler record, exit still open
             if r == MMIO:
                 o_handler[v] = MMIO_HANDLER  # wins over npf
             elif r == NPF:
@@ -91,7 +92,7 @@ def _pair(vi, ts, role, reason, port, wakes, wake_pos, wake_end,
     if last:
         for v in range(len(o_open)):
             if o_open[v]:
-                m = _emit(v, NEVER, -1, o_ts, o_reason, o_wake, o_handler, o_io,
+                m = _emit(v, NEVER, NO_TIME, o_ts, o_reason, o_wake, o_handler, o_io,
                           out_vi, out_reason, out_ts, out_end, out_handler, out_io, m)  # fmt: skip
                 o_open[v] = False
     return m
@@ -100,12 +101,12 @@ def _pair(vi, ts, role, reason, port, wakes, wake_pos, wake_end,
 @njit(cache=True, nogil=True, inline="always")
 def _emit(v, limit, end, o_ts, o_reason, o_wake, o_handler, o_io,
           out_vi, out_reason, out_ts, out_end, out_handler, out_io, m):  # fmt: skip
-    """Close vCPU v's exit at `end`; with none (-1), at its wake-up if that came before
+    """Close vCPU v's exit at `end`; with none (NO_TIME), at its wake-up if that came before
     `limit` (the next exit, or never), else it has no end (nor handler)."""
     w = o_wake[v]
-    if end < 0 and 0 <= w < limit:
+    if end == NO_TIME and w != NO_TIME and w < limit:
         end = w
     out_vi[m], out_reason[m], out_ts[m], out_end[m] = v, o_reason[v], o_ts[v], end
-    out_handler[m] = o_handler[v] if end >= 0 else NO_HANDLER
-    out_io[m] = o_io[v] if end >= 0 else NO_IO
+    out_handler[m] = o_handler[v] if end != NO_TIME else NO_HANDLER
+    out_io[m] = o_io[v] if end != NO_TIME else NO_IO
     return m + 1

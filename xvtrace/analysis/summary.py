@@ -188,6 +188,14 @@ def _packed(col: str, width: int, null: int) -> pl.Expr:
 
 
 VCPU_KEY = _packed("dom", 16, 0xFFFF) + _packed("vcpu", 0, 0xFFFF)  # dom << 16 | vcpu
+UNKNOWN_VCPU = 1 << 32  # in a pairing key: + the pCPU of a record whose vCPU is not known
+# whose records pair with whose: a vCPU's, wherever it runs; a record of a vCPU not known
+# yet (the trace's start, after lost records) with its pCPU's others (timeline.hvm alike)
+PAIR_KEY = (
+    pl.when(pl.col("dom").is_not_null() & pl.col("vcpu").is_not_null())
+    .then(VCPU_KEY)
+    .otherwise(UNKNOWN_VCPU + pl.col("cpu").cast(pl.UInt64))
+)
 
 
 # Handler records that xenalyze credits to the exit they fall in (xenalyze.c, hvm_process):
@@ -218,14 +226,18 @@ def exit_records(ev: pl.LazyFrame, *, times: bool = False, groups=None) -> dict[
         ENTRY_EVENTS, exit_pairs.ENTRY
     )
     hv = ev.filter(pl.col("event").is_in(list(roles | HANDLER_ROLES)))
-    vcpus = (groups.lazy() if groups is not None else hv).select(VCPU_KEY.unique().sort())
+    vcpus = (groups.lazy() if groups is not None else hv).select(
+        PAIR_KEY.drop_nulls().unique().sort()
+    )
     vcpus = vcpus.collect().to_series().to_numpy()
+    # the vCPU an exit is counted under: its own, or (0xFFFF, 0xFFFF) when not known
+    counted = np.where(vcpus >= UNKNOWN_VCPU, np.uint64(0xFFFFFFFF), vcpus).astype(np.uint64)
     wk, wts = wakes_of(ev)
     state = exit_pairs.OpenExits(
         wts, np.searchsorted(wk, vcpus), np.searchsorted(wk, vcpus, "right")
     )
     rows = hv.select(
-        "ts_ns", _role(roles | HANDLER_ROLES), VCPU_KEY.alias("vk"),
+        "ts_ns", _role(roles | HANDLER_ROLES), PAIR_KEY.alias("vk"),
         fields.exit_reason().fill_null(NULL_REASON).cast(pl.UInt32).alias("reason"),
         (pl.col("addr").fill_null(0) % (1 << 16)).cast(pl.UInt16).alias("port"),
     )  # fmt: skip
@@ -234,13 +246,17 @@ def exit_records(ev: pl.LazyFrame, *, times: bool = False, groups=None) -> dict[
     chunk = next(chunks, None)
     while chunk is not None:
         following = next(chunks, None)
+        vk = chunk["vk"].to_numpy()
+        vi = np.searchsorted(vcpus, vk)
+        if len(vi) and (vi.max() >= len(vcpus) or (vcpus[vi] != vk).any()):  # (compiled: no
+            raise ValueError("exit_records: `groups` lack a vCPU of the records")  # checks)
         vi, reason, start, end, handler, io = exit_pairs.pair_chunk(
-            state, np.searchsorted(vcpus, chunk["vk"].to_numpy()).astype(np.int32),
+            state, vi.astype(np.int32),
             *(chunk[c].to_numpy() for c in ("ts_ns", "role", "reason", "port")),
             following is None,
         )  # fmt: skip
-        key = vcpus[vi].astype(np.uint64) << np.uint64(32) | reason
-        dur = np.where(end >= 0, end - start, -1)
+        key = counted[vi] << np.uint64(32) | reason
+        dur = np.where(end != exit_pairs.NO_TIME, end - start, -1)
         parts.append({"key": key, "ts": start, "dur": dur, "handler": handler, "io": io})
         if not times:
             del parts[-1]["ts"]
@@ -272,9 +288,10 @@ def exit_spans(ev: pl.LazyFrame, groups=None) -> pl.DataFrame:
     ok = r["dur"] >= 0
     key = r["key"][ok]
     ids = {"dom": key >> np.uint64(48), "vcpu": (key >> np.uint64(32)) & np.uint64(0xFFFF)}
+    reason = key & np.uint64(0xFFFFFFFF)
     return pl.DataFrame({
         **{c: pl.Series(v.astype(np.int32)).set(pl.Series(v == NULL_ID), None) for c, v in ids.items()},
-        "reason": key & np.uint64(0xFFFFFFFF),
+        "reason": pl.Series(reason).set(pl.Series(reason == NULL_REASON), None),
         "ts_ns": r["ts"][ok],
         "end_ns": r["ts"][ok] + r["dur"][ok],
     })  # fmt: skip
