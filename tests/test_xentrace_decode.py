@@ -212,3 +212,21 @@ def test_catalogue_covers_every_trace_class():
     assert xe.exit_reason_name(48, "vmx") == "EPT_VIOLATION"
     assert xe.hypercall_name(39) == "argo_op"
     assert xe.hypercall_name(41) == "dm_op"
+
+
+def test_continue_running_names_the_pcpus_vcpu(tmp_path):
+    """A pCPU's first scheduling record is often `continue_running` (running -> running):
+    the records after it run in that vCPU's context, as xenalyze takes it; before it the
+    vCPU is unknown."""
+    words = np.array(
+        [CPU_CHANGE_HEADER, 0, 40, 0x80000000 | xe.TRC_HVM_VMENTRY, 10, 0,
+         0x80000000 | 1 << 28 | 0x00021002, 20, 0, (5 << 16) | 2,
+         0x80000000 | xe.TRC_HVM_VMENTRY, 30, 0],
+        dtype="<u4",
+    )  # fmt: skip
+    path = tmp_path / "t.bin"
+    path.write_bytes(words.tobytes())
+    df, _ = decode_file(path, cpu_khz=1000)
+    assert df["event"].cast(str).to_list()[1] == "sched.continue_running"
+    assert df["dom"].to_list() == [None, None, 5]
+    assert df["vcpu"].to_list() == [None, None, 2]
