@@ -185,3 +185,11 @@ def costs_for(table: pl.DataFrame, profile: str) -> dict[str, tuple[float, float
     if profile not in PROFILES:
         raise XvtraceError(f"unknown cost profile {profile!r}; valid: {', '.join(PROFILES)}")
     return {k: (v, s) for k, v, s in table.select("key", profile, "sigma").iter_rows()}
+
+
+CALIBRATED = "calibrated from"  # how a fitted cost's source begins (xvtrace calibrate)
+
+
+def calibrated_keys(table: pl.DataFrame) -> frozenset[str]:
+    """The keys whose number was fitted to a capture, not estimated."""
+    return frozenset(table.filter(pl.col("source").str.starts_with(CALIBRATED))["key"].to_list())

@@ -22,6 +22,9 @@ from xvtrace.replay.transports.base import PHASES, Transport
 
 ARRIVALS = ("closed", "open")
 CPU_ACTORS = ("guest_vcpu", "hypervisor", "backend_thread", "backend_process")
+# where a predicted request's time comes from: costs fitted to a capture, the table's
+# estimates, the device's service time as captured, and waiting for a busy resource
+ORIGINS = ("calibrated", "estimated", "captured", "waiting")
 
 
 def schedule(
@@ -69,14 +72,18 @@ def replay(
     seed: int = 0,
     arrivals: str = "closed",
     device_servers: int = 8,
+    calibrated: frozenset[str] = frozenset(),
 ) -> pl.DataFrame:
     """One row per request of `stream` as `transport` serves it: issue/done/latency, time
-    per phase (including queueing), the accounting counters and CPU time per actor (ns)."""
+    per phase (including queueing), the accounting counters, CPU time per actor (ns) and
+    where its time comes from (ORIGINS: `calibrated` names the cost keys fitted to a
+    capture; the device's service time is the capture's own)."""
     n = len(stream)
     paths, path_of, sched = schedule(stream, transport, costs, seed=seed, arrivals=arrivals,
                                      device_servers=device_servers)  # fmt: skip
     phase = {p: np.zeros(n) for p in PHASES}
     cpu = {a: np.zeros(n) for a in CPU_ACTORS}
+    origin = {o: np.zeros(n) for o in ORIGINS}
     used = {}
     for i, path in enumerate(paths):
         m = path_of == i
@@ -85,6 +92,10 @@ def replay(
             phase[o.phase][m] += ran + sched.wait[m, k]
             if o.resource in CPU_RESOURCES and o.actor in cpu:
                 cpu[o.actor][m] += ran
+            kind = ("captured" if o.resource == "device"
+                    else "calibrated" if o.cost in calibrated else "estimated")  # fmt: skip
+            origin[kind][m] += ran
+            origin["waiting"][m] += sched.wait[m, k]
         for name, values in counters(path, stream.pages[m], stream.nbytes[m]).items():
             used.setdefault(name, np.zeros(n))[m] = values
     return pl.DataFrame({
@@ -99,4 +110,5 @@ def replay(
         **{f"phase_{p}_ns": v for p, v in phase.items()},
         **{f"{c}": v for c, v in used.items()},
         **{f"cpu_{a}_ns": v for a, v in cpu.items()},
+        **{f"from_{o}_ns": v for o, v in origin.items()},
     })  # fmt: skip

@@ -159,7 +159,9 @@ def test_cli_replay_then_compare(small_bundle, tmp_path):
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert "baseline: suse-grant (the captured transport)" in lines[0]
-    assert [ln.split()[0] for ln in lines[2:]] == list(NAMES)
+    assert [ln.split()[0] for ln in lines[2 : 2 + len(NAMES)]] == list(NAMES)
+    # every cost is the table's estimate: nothing calibrated, nothing to warn about
+    assert lines[2 + len(NAMES)].startswith("calib:") and len(lines) == 3 + len(NAMES)
     r = runner.invoke(cli, ["compare", str(b), "--json", "--html", str(tmp_path / "c.html")])
     assert r.exit_code == 0, r.output
     facts = json.loads(r.stdout)
@@ -247,8 +249,21 @@ def test_cli_calibrate_then_replay_with_the_fitted_costs(small_bundle, tmp_path)
     assert "transport suse-grant" in r.stdout and "not constrained by this capture" in r.stdout
     fitted = cost_table.load(costs).filter(pl.col("source").str.starts_with("calibrated from"))
     assert {"xen.grant_map", "xen.grant_unmap", "dm.virtqueue_pop"} <= set(fitted["key"])
-    r = runner.invoke(cli, ["replay", str(b), "--target", "suse-grant", "--costs", str(costs)])
+    r = runner.invoke(cli, ["replay", str(b), "--target", "suse-grant,pv-blkif",
+                            "--costs", str(costs), "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
+    facts = json.loads(r.stdout)
+    share = {t["transport"]: t["calibrated_share"] for t in facts["transports"]}
+    # the capture's own transport is mostly fitted; blkif's path shares no key with it
+    assert share["suse-grant"] > 0.5 and share["pv-blkif"] == 0.0
+    assert len(facts["warnings"]) == 1 and "suse-grant" in facts["warnings"][0]
+    assert (
+        "warning: suse-grant's modelled costs are" in runner.invoke(cli, ["compare", str(b)]).stdout
+    )
+    # where each predicted request's time comes from adds up to its latency
+    req = pl.read_parquet(b / replaying.REPLAY)
+    parts = sum(req[f"from_{o}_ns"] for o in ("calibrated", "estimated", "captured", "waiting"))
+    assert (parts - req["latency_ns"]).abs().max() < 1e-6 * req["latency_ns"].max()
 
 
 def test_calibrate_needs_to_know_the_transport(tmp_path):

@@ -24,7 +24,7 @@ from xvtrace.parsers.errors import XvtraceError
 from xvtrace.replay import calibrate
 from xvtrace.replay import costs as cost_table
 from xvtrace.replay.accounting import COUNTERS
-from xvtrace.replay.execute import CPU_ACTORS, replay
+from xvtrace.replay.execute import CPU_ACTORS, ORIGINS, replay
 from xvtrace.replay.stream import Stream, from_requests
 from xvtrace.replay.transports import NAMES, get
 from xvtrace.replay.transports.base import PHASES, Transport
@@ -89,6 +89,7 @@ def replay_bundle(
     profile = profile_of(bundle)
     table = cost_table.load(costs_file)
     costs = cost_table.costs_for(table, profile)
+    calibrated = cost_table.calibrated_keys(table)
     src = source or source_transport(bundle)
     tl = timeline.load(bundle)
     stream = bundle_stream(bundle, tl.requests, src, costs, iodepth=iodepth, njobs=njobs)
@@ -96,7 +97,7 @@ def replay_bundle(
     for i, t in enumerate(transports):  # per transport, each run vectorized
         if progress:
             progress(t.name, i, len(transports))
-        df = replay(stream, t, costs, seed=seed, arrivals=arrivals)
+        df = replay(stream, t, costs, seed=seed, arrivals=arrivals, calibrated=calibrated)
         frames.append(df)
         rows.append(summarize(df) | {"saturation_iops": saturation_iops(stream, t, costs, seed)})
     return ReplayResult(pl.concat(frames), pl.DataFrame(rows), stream, src, profile,
@@ -165,7 +166,16 @@ def summarize(df: pl.DataFrame) -> dict:
         "cpu_us": float(sum(df[f"cpu_{a}_ns"].mean() for a in CPU_ACTORS)) / 1e3,
         **{c: float(df[c].mean()) for c in COUNTERS},
         **{f"{p}_us": float(df[f"phase_{p}_ns"].mean()) / 1e3 for p in PHASES},
+        **origins(df),
     }
+
+
+def origins(df: pl.DataFrame) -> dict:
+    """Where a transport's predicted time comes from, per request (us), and the share of
+    its modelled cost (calibrated + estimated) fitted to a capture: `calibrated_share`."""
+    out = {f"{o}_us": float(df[f"from_{o}_ns"].mean()) / 1e3 for o in ORIGINS}
+    modelled = out["calibrated_us"] + out["estimated_us"]
+    return out | {"calibrated_share": out["calibrated_us"] / modelled if modelled else 0.0}
 
 
 @dataclass

@@ -90,6 +90,8 @@ def table(facts: dict) -> pl.DataFrame:
     """One row per transport: latency, throughput, CPU and work per request, and against
     the baseline: latency and CPU ratios and the phases that differ most."""
     rows = pl.DataFrame(facts["transports"])
+    if "calibrated_share" not in rows.columns:  # a replay stored before costs had origins
+        rows = rows.with_columns(pl.lit(None, pl.Float64).alias("calibrated_share"))
     base = rows.filter(pl.col("transport") == baseline(facts)).row(0, named=True)
     diffs = []
     for r in rows.iter_rows(named=True):  # per transport
@@ -104,6 +106,26 @@ def table(facts: dict) -> pl.DataFrame:
     )
 
 
+MIXED = 0.5  # calibrated shares this far apart: one transport measured, another guessed
+
+
+def warnings(facts: dict) -> list[str]:
+    """What a reader must know before comparing the numbers: transports whose modelled
+    costs come from different worlds (fitted to a capture of this host, or the table's
+    estimates for hardware)."""
+    shares = {r["transport"]: r.get("calibrated_share") for r in facts["transports"]}
+    known = {t: v for t, v in shares.items() if v is not None}
+    if len(known) < 2 or max(known.values()) - min(known.values()) < MIXED:
+        return []
+    most = max(known, key=known.get)
+    least = min(known, key=known.get)
+    return [
+        f"{most}'s modelled costs are {known[most]:.0%} calibrated from a capture, {least}'s "
+        f"{known[least]:.0%}: their ratio sets a measured host against the table's estimates "
+        "(calibrate a capture of each transport on this host, or compare like with like)"
+    ]
+
+
 def render_text(facts: dict) -> str:
     t = table(facts)
     st = facts["stream"]
@@ -113,20 +135,27 @@ def render_text(facts: dict) -> str:
         f"device p50 {st['device_p50_us']:.1f} us; costs: {facts['profile']}; "
         f"baseline: {baseline(facts)}" + (" (the captured transport)" if facts.get("source_transport") else ""),
         f"{'transport':<22}{'p50 us':>9}{'p99 us':>9}{'x p50':>7}{'IOPS':>9}{'sat IOPS':>10}"
-        f"{'cpu us':>8}{'exits':>7}{'hcalls':>7}{'ioreqs':>7}{'maps':>6}{'copied':>9}  differs in (us/request)",
+        f"{'cpu us':>8}{'exits':>7}{'hcalls':>7}{'ioreqs':>7}{'maps':>6}{'copied':>9}{'calib':>7}"
+        "  differs in (us/request)",
     ]  # fmt: skip
     for r in t.iter_rows(named=True):
+        share = "-" if r["calibrated_share"] is None else f"{r['calibrated_share']:.0%}"
         out.append(
             f"{r['transport']:<22}{r['p50_us']:>9.1f}{r['p99_us']:>9.1f}{r['p50_ratio']:>7.2f}"
             f"{r['iops']:>9.0f}{r['saturation_iops']:>10.0f}{r['cpu_us']:>8.1f}{r['vm_exits']:>7.1f}"
             f"{r['hypercalls']:>7.1f}{r['ioreqs']:>7.1f}{r['pages_mapped']:>6.1f}"
-            f"{r['bytes_copied']:>9.0f}  {r['differs_in_us']}"
+            f"{r['bytes_copied']:>9.0f}{share:>7}  {r['differs_in_us']}"
         )  # fmt: skip
+    out.append(
+        "calib: the share of each transport's modelled cost fitted to a capture (the rest: the cost table's estimates)"
+    )
+    out += [f"warning: {w}" for w in warnings(facts)]
     return "\n".join(out) + "\n"
 
 
 def to_json(facts: dict) -> dict:
-    return {**facts, "baseline": baseline(facts), "transports": table(facts).to_dicts()}
+    return {**facts, "baseline": baseline(facts), "transports": table(facts).to_dicts(),
+            "warnings": warnings(facts)}  # fmt: skip
 
 
 def cdf_plot(req: pl.DataFrame) -> str:
@@ -146,11 +175,13 @@ def phase_bars(facts: dict) -> str:
 def render_html(facts: dict, req: pl.DataFrame) -> str:
     t = table(facts)
     cols = ["transport", "p50_us", "p99_us", "p50_ratio", "iops", "saturation_iops", "cpu_us",
-            "vm_exits", "hypercalls", "ioreqs", "pages_mapped", "bytes_copied", "differs_in_us"]  # fmt: skip
+            "vm_exits", "hypercalls", "ioreqs", "pages_mapped", "bytes_copied", "calibrated_share",
+            "differs_in_us"]  # fmt: skip
     head = "".join(f"<th>{escape(c)}</th>" for c in cols)
     body = "".join(
         "<tr>" + "".join(
-            f"<td>{escape(v if isinstance(v, str) else f'{v:.2f}')}</td>" for v in (r[c] for c in cols)
+            f"<td>{escape(v if isinstance(v, str) else '-' if v is None else f'{v:.2f}')}</td>"
+            for v in (r[c] for c in cols)
         ) + "</tr>"
         for r in t.iter_rows(named=True)
     )  # fmt: skip
@@ -163,6 +194,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px}}</style>
 <body><h1>xvtrace compare</h1>
 <p>{st["requests"]} requests, {st["jobs"]} job(s) x depth {st["iodepth"]}; costs {escape(facts["profile"])};
 baseline {escape(baseline(facts))}</p>
+{"".join(f'<p class="warning"><b>warning:</b> {escape(w)}</p>' for w in warnings(facts))}
 <table><tr>{head}</tr>{body}</table>
 {cdf_plot(req)}{phase_bars(facts)}
 </body></html>
