@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xvtrace import api
-from xvtrace.analysis import exit_pairs, summary
+from xvtrace.analysis import exit_kernels, exit_pairs, summary
 from xvtrace.parsers.xentrace import write_frame
 
 
@@ -140,11 +140,11 @@ def test_exit_pairing_follows_its_rules_across_chunks(steps, wakes, cuts):
     bounds = sorted({0, len(rows), *[min(c, len(rows)) for c in cuts]})
     got = []
     for a, b in zip(bounds, bounds[1:] or [0], strict=False):
-        parts = exit_pairs.pair_chunk(state, vi[a:b], ts[a:b], role[a:b], reason[a:b],
+        parts = exit_kernels.pair_chunk(state, vi[a:b], ts[a:b], role[a:b], reason[a:b],
                                       port[a:b], b == len(rows))  # fmt: skip
         got += list(zip(*[p.tolist() for p in parts], strict=True))
     if len(bounds) == 1:  # no rows at all
-        got = list(zip(*[p.tolist() for p in exit_pairs.pair_chunk(
+        got = list(zip(*[p.tolist() for p in exit_kernels.pair_chunk(
             state, vi, ts, role, reason, port, True)], strict=True))  # fmt: skip
     want = [(v, reason_, t, end, h, io) for v, reason_, t, end, h, io in
             paired_by_hand([(v, r, t, p) for v, r, t, p in rows], by_vcpu)]  # fmt: skip

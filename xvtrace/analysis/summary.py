@@ -241,6 +241,8 @@ def exit_records(ev: pl.LazyFrame, *, times: bool = False, groups=None) -> dict[
         fields.exit_reason().fill_null(NULL_REASON).cast(pl.UInt32).alias("reason"),
         (pl.col("addr").fill_null(0) % (1 << 16)).cast(pl.UInt16).alias("port"),
     )  # fmt: skip
+    from xvtrace.analysis import exit_kernels  # numba (0.25 s to import) only here
+
     parts = []
     chunks = rows.collect_batches(chunk_size=CHUNK_ROWS)
     chunk = next(chunks, None)
@@ -250,7 +252,7 @@ def exit_records(ev: pl.LazyFrame, *, times: bool = False, groups=None) -> dict[
         vi = np.searchsorted(vcpus, vk)
         if len(vi) and (vi.max() >= len(vcpus) or (vcpus[vi] != vk).any()):  # (compiled: no
             raise ValueError("exit_records: `groups` lack a vCPU of the records")  # checks)
-        vi, reason, start, end, handler, io = exit_pairs.pair_chunk(
+        vi, reason, start, end, handler, io = exit_kernels.pair_chunk(
             state, vi.astype(np.int32),
             *(chunk[c].to_numpy() for c in ("ts_ns", "role", "reason", "port")),
             following is None,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-from numba import njit
 
 from xvtrace.parsers import fields
 
@@ -32,6 +31,11 @@ def handled(ev: pl.LazyFrame) -> pl.DataFrame:
     addr, hypercall (VMCALLs), exit_ns, entry_ns, src_offset, and `adjacent`: nothing else
     of the exit's (no other handler record, no other exit or entry) lies between the exit,
     the record and the entry on its vCPU."""
+    from xvtrace.timeline import hvm_kernel  # numba (0.25 s to import) only to build: a
+
+    # stored timeline needs none
+    from xvtrace.timeline.hvm_kernel import ENTRY_ROLE, EXIT_ROLE, HANDLER_ROLE, NONE
+
     xen = ev.filter(pl.col("source") == "xentrace")
     is_exit, is_entry = pl.col("event") == EXIT, pl.col("event") == ENTRY
     # two narrow passes in the table's time order, not a sort of every exit's columns: each
@@ -43,7 +47,7 @@ def handled(ev: pl.LazyFrame) -> pl.DataFrame:
                 .otherwise(HANDLER_ROLE).cast(pl.UInt8).alias("role"))
         .collect()
     )  # fmt: skip
-    exit_ns, entry_ns, adjacent = _pair_handlers(
+    exit_ns, entry_ns, adjacent = hvm_kernel.pair_handlers(
         _vcpu_index(rows), rows["ts_ns"].to_numpy(), rows["role"].to_numpy()
     )
     del rows
@@ -65,10 +69,6 @@ def handled(ev: pl.LazyFrame) -> pl.DataFrame:
     )  # fmt: skip
 
 
-EXIT_ROLE, ENTRY_ROLE, HANDLER_ROLE = 0, 1, 2
-NONE = np.iinfo(np.int64).min  # no exit before, or no entry after
-
-
 def _vcpu_index(rows: pl.DataFrame) -> np.ndarray:
     """Each record's vCPU as a dense index; a record whose vCPU is not known yet is its
     pCPU's (it pairs with that pCPU's records)."""
@@ -81,47 +81,6 @@ def _vcpu_index(rows: pl.DataFrame) -> np.ndarray:
     width = int(vcpu[known].max(initial=0)) + 1
     unknown = len(doms) * width + rows["cpu"].to_numpy().astype(np.int64)
     return np.where(known, index[dom] * width + vcpu, unknown)
-
-
-@njit(cache=True, nogil=True)
-def _pair_handlers(vi, ts, role):
-    """For each handler record (in order): its vCPU's last exit before it and next entry
-    after it (NONE: none), and whether the vCPU's records just before and after it are
-    that exit and that entry."""
-    n_vcpus = vi.max() + 1 if len(vi) else 0
-    n = 0
-    for i in range(len(role)):
-        n += role[i] == HANDLER_ROLE
-    exit_ns = np.full(n, NONE, np.int64)
-    entry_ns = np.full(n, NONE, np.int64)
-    after_exit = np.zeros(n, np.bool_)
-    before_entry = np.zeros(n, np.bool_)
-    last_exit = np.full(n_vcpus, NONE, np.int64)
-    last_role = np.full(n_vcpus, -1, np.int64)
-    last_handler = np.full(n_vcpus, -1, np.int64)  # the vCPU's previous record, a handler's
-    k = 0
-    for i in range(len(role)):
-        v, r = vi[i], role[i]
-        if last_handler[v] >= 0:
-            before_entry[last_handler[v]] = r == ENTRY_ROLE
-            last_handler[v] = -1
-        if r == EXIT_ROLE:
-            last_exit[v] = ts[i]
-        elif r == HANDLER_ROLE:
-            exit_ns[k] = last_exit[v]
-            after_exit[k] = last_role[v] == EXIT_ROLE
-            last_handler[v] = k
-            k += 1
-        last_role[v] = r
-    next_entry = np.full(n_vcpus, NONE, np.int64)
-    for i in range(len(role) - 1, -1, -1):
-        v, r = vi[i], role[i]
-        if r == ENTRY_ROLE:
-            next_entry[v] = ts[i]
-        elif r == HANDLER_ROLE:
-            k -= 1
-            entry_ns[k] = next_entry[v]
-    return exit_ns, entry_ns, after_exit & before_entry
 
 
 def accesses(exits: pl.DataFrame) -> pl.DataFrame:
