@@ -122,19 +122,14 @@ def fit(
     the width of the hypervisor/device-model alignment bounds (the trap_* columns are
     hypervisor times)."""
     path = transport.path("block")
-    blk = req.filter(pl.col("complete") & pl.col("op").is_in(["read", "write"]))
-    view = blk["view"][0] if "view" in blk.columns and len(blk) else "device-model"
-    # at one boundary an op's end comes before the next op's start (a queue between them)
-    marks = sorted(
-        (_boundary(a), a[1] == "start", c, a) for c, a in anchors(path, view).items()
-        if c in blk.columns and blk[c].null_count() < len(blk)
-    )  # fmt: skip
+    blk = block_requests(req)
+    marks = observed_marks(blk, path)
     spans = []  # (columns, ops, measured intervals, anchors, clock ticks)
     for (b0, _, c0, a0), (b1, _, c1, a1) in pairwise(marks):  # a few intervals
         ops = tuple(range(b0, b1))
         if not ops or any(path[k].resource == "device" for k in ops):
             continue
-        if _out_of_order(blk, c0, c1, [c for *_, c, _ in marks if c not in (c0, c1)]):
+        if out_of_order(blk, c0, c1, [c for *_, c, _ in marks if c not in (c0, c1)]):
             continue  # the capture's backend did these steps in another order than the path
         # one notification may answer several requests (a batch, EVENT_IDX): an interval to
         # a shared one holds the others' work too
@@ -143,7 +138,7 @@ def fit(
         if len(m) >= MIN_REQUESTS:
             tk = [timestamp_tick(blk[c].drop_nulls().to_numpy()) for c in (c0, c1)]
             spans.append(((c0, c1), ops, m, (a0, a1), tk))
-    sub = _block_sample(stream)
+    sub = block_sample(stream)
     rng = np.random.default_rng(seed)
     phase = rng.uniform(0, 1000, len(sub))  # clock phases of the simulated stamps
     # an interval that is mostly queueing says little about its operations' costs (and
@@ -167,7 +162,7 @@ def fit(
             sims = []
             for i in members[gi]:
                 _, span_ops, _, (a0, a1), tk = spans[i]
-                sim = [_stamp(phase, _at(sc, a0), _at(sc, a1), tk) for sc in runs]
+                sim = [_stamp(phase, at(sc, a0), at(sc, a1), tk) for sc in runs]
                 sims.append(np.concatenate(sim))
                 total += np.mean([x.mean() for x in sim])
                 ops += np.mean([_work(sc, span_ops) for sc in runs])
@@ -202,7 +197,29 @@ def fit(
     return out
 
 
-def _out_of_order(blk: pl.DataFrame, c0: str, c1: str, others: list[str]) -> bool:
+def block_requests(req: pl.DataFrame) -> pl.DataFrame:
+    """The complete reads and writes of a request table: what calibration fits."""
+    return req.filter(pl.col("complete") & pl.col("op").is_in(["read", "write"]))
+
+
+def observed_marks(blk: pl.DataFrame, path) -> list[tuple[int, bool, str, tuple[int, str]]]:
+    """The anchors (`anchors`) the requests `blk` have stamps for, in path order: (boundary,
+    is a start, timeline column, anchor). At one boundary an operation's end comes before
+    the next one's start (a queue lies between them)."""
+    view = blk["view"][0] if "view" in blk.columns and len(blk) else "device-model"
+    return sorted(
+        (_boundary(a), a[1] == "start", c, a) for c, a in anchors(path, view).items()
+        if c in blk.columns and blk[c].null_count() < len(blk)
+    )  # fmt: skip
+
+
+def at(sched, anchor: tuple[int, str]) -> np.ndarray:
+    """Each request's time at an anchor of its path in an engine schedule."""
+    k, where = anchor
+    return sched.start[:, k] if where == "start" else sched.end[:, k]
+
+
+def out_of_order(blk: pl.DataFrame, c0: str, c1: str, others: list[str]) -> bool:
     """Whether, for most requests with both ends, c1 comes before c0 or another anchor lies
     inside c0..c1: the path puts them the other way, so the interval measures other
     operations than the path's (a backend that completes the kick's IOREQ only after the
@@ -220,7 +237,7 @@ def _out_of_order(blk: pl.DataFrame, c0: str, c1: str, others: list[str]) -> boo
 def _share(sched, span) -> float:
     """The part of a simulated interval its operations take (the rest is queueing)."""
     _, ops, _, (a0, a1), _ = span
-    total = (_at(sched, a1) - _at(sched, a0)).mean()
+    total = (at(sched, a1) - at(sched, a0)).mean()
     return float(_work(sched, ops) / total) if total > 0 else 0.0
 
 
@@ -261,11 +278,6 @@ def _boundary(anchor: tuple[int, str]) -> int:
     return k if at == "start" else k + 1
 
 
-def _at(sched, anchor: tuple[int, str]) -> np.ndarray:
-    k, at = anchor
-    return sched.start[:, k] if at == "start" else sched.end[:, k]
-
-
 def _stamp(phase: np.ndarray, t0: np.ndarray, t1: np.ndarray, ticks) -> np.ndarray:
     """t1 - t0 as a capture measures it: each end stamped by its clock's tick (truncated)."""
     return (
@@ -273,7 +285,7 @@ def _stamp(phase: np.ndarray, t0: np.ndarray, t1: np.ndarray, ticks) -> np.ndarr
     )
 
 
-def _block_sample(stream: Stream) -> Stream:
+def block_sample(stream: Stream) -> Stream:
     """The stream's block requests (the first SAMPLE), jobs and depth kept."""
     return stream.take(np.flatnonzero(np.isin(stream.op, ("read", "write")))[:SAMPLE])
 
@@ -301,3 +313,48 @@ def fitted_costs(
     return pl.DataFrame(rows, schema_overrides={"fitted_ns": pl.Float64, "ci_low": pl.Float64,
                                                  "ci_high": pl.Float64, "interval": pl.String,
                                                  "with": pl.String})  # fmt: skip
+
+
+Z95 = 1.959964  # the normal quantile of a two-sided 95 % interval
+
+
+def combine(fits: list[tuple[str, pl.DataFrame]]) -> pl.DataFrame:
+    """One host's costs from the fits of several captures (`fitted_costs` rows, each with
+    its capture's name): per key, a random-effects mean of the captures that constrained it
+    (DerSimonian and Laird 1986, the meta-analysis estimator: captures of one host
+    disagree by more than their own intervals when the host's load differed, and then the
+    between-capture variance widens the interval instead of the most precise capture
+    deciding alone). Rows: key, ns, ci_low, ci_high, captures (names, and the interval
+    each fitted), requests (summed)."""
+    fitted = [
+        f.filter(pl.col("fitted_ns").is_not_null()).with_columns(pl.lit(name).alias("capture"))
+        for name, f in fits
+        if len(f)
+    ]
+    rows = pl.concat(fitted, how="diagonal_relaxed") if fitted else pl.DataFrame()
+    out = []
+    if not len(rows):
+        return pl.DataFrame(schema={"key": pl.String, "ns": pl.Float64, "sigma": pl.Float64,
+                                    "ci_low": pl.Float64, "ci_high": pl.Float64,
+                                    "captures": pl.String, "requests": pl.Int64})  # fmt: skip
+    for (key,), g in rows.group_by("key", maintain_order=True):  # per key, a few dozen
+        x = g["fitted_ns"].to_numpy()
+        se = np.maximum((g["ci_high"] - g["ci_low"]).to_numpy() / (2 * Z95), 1e-9 * x.max())
+        mean, half = random_effects(x, se)
+        named = [f"{c} ({i})" for c, i in zip(g["capture"], g["interval"], strict=True)]
+        out.append({"key": key, "ns": mean, "sigma": float(g["sigma"][0]),
+                    "ci_low": max(mean - half, 0.0), "ci_high": mean + half,
+                    "captures": "; ".join(named), "requests": int(g["requests"].sum())})  # fmt: skip
+    return pl.DataFrame(out).sort("key")
+
+
+def random_effects(x: np.ndarray, se: np.ndarray) -> tuple[float, float]:
+    """DerSimonian-Laird: the pooled mean of estimates `x` with standard errors `se`, and
+    the half-width of its 95 % interval (one estimate: itself and its own interval)."""
+    w = 1.0 / se**2
+    fixed = float((w * x).sum() / w.sum())
+    q = float((w * (x - fixed) ** 2).sum())
+    k = len(x)
+    tau2 = max(0.0, (q - (k - 1)) / (w.sum() - (w**2).sum() / w.sum())) if k > 1 else 0.0
+    w = 1.0 / (se**2 + tau2)
+    return float((w * x).sum() / w.sum()), float(Z95 / np.sqrt(w.sum()))

@@ -17,51 +17,60 @@ from xvtrace.parsers.errors import XvtraceError
 
 PROFILES = ("x86_64", "arm64")
 
-# key | x86_64 ns | arm64 ns | jitter (lognormal sigma) | source
+# key | layer | x86_64 ns | arm64 ns | jitter (lognormal sigma) | source
+# Layers: `host` is a primitive of the host that every transport on it shares (a VM exit and
+# its decode, an IOREQ's dispatch to a dom0 process and its completion, a hypercall, event
+# channel and virtual interrupt delivery, foreign and grant mappings, a dom0 thread's
+# wake-up, a copy); `backend` the work of one backend implementation (QEMU's virtqueue
+# handling, blkback, a vhost-user process, Argo's receiver); `guest` the guest driver's;
+# `device` the device and the wire. A transport's path (replay.transports) is composed from
+# them, so a host primitive fitted on one transport's capture prices it in every other.
 # Only the numbers whose source says "measured" come from a publication; the rest are
 # estimates with their reasoning, to be replaced by `xvtrace calibrate` on real captures.
 # Arm64 estimates scale x86 by 1.15 (slower cores, faster traps where Xen runs in EL2).
 _TABLE = """
-key                         | x86_64   | arm64    | sigma | source
-guest.ring_submit           | 300      | 350      | 0.2   | estimate: a few hundred instructions to add a split-ring descriptor chain and avail entry (Linux virtio_ring.c virtqueue_add_split)
-guest.ring_complete         | 400      | 450      | 0.2   | estimate: used-ring walk, detach_buf and bio completion in the guest driver
-guest.grant_entry           | 80       | 90       | 0.2   | estimate: one grant-table entry write per page (gnttab_grant_foreign_access_ref)
-xen.mmio_trap               | 1200     | 900      | 0.3   | measured + estimate: a VM exit's direct cost is 2,000 cycles = 680 ns on a Xeon X5570 at 2.93 GHz (Landau, Ben-Yehuda, Gordon, SplitX, IBM Research, KVM); plus EPT-violation decode and MMIO emulation (estimate). Arm stage-2 traps are cheaper for Xen in EL2 (estimate)
-xen.ioreq_dispatch          | 4000     | 4600     | 0.4   | proxy + estimate: a trap served by a user-space device model and back costs 6,209-6,856 cycles under KVM (kvm-unit-tests inl_from_qemu, Lutomirski, Linux commit b7ffc44d5b2e; CPU not stated); Xen adds an event channel to dom0 and its vCPU wake-up (estimate)
-xen.ioreq_complete          | 2000     | 2300     | 0.4   | estimate: the backend sets IORESP_READY and notifies; the guest vCPU unblocks and re-enters
-xen.evtchn_send             | 1500     | 1100     | 0.3   | measured: a Xen null hypercall takes about 3,300 cycles on an AMD Athlon X2 (Keir Fraser, xen.git f64b7618e1 "svm: Avoid VMSAVE/VMLOAD..."), ~1.5 us at 2.2 GHz; Arm estimate lower (hypercalls trap straight to EL2)
-xen.evtchn_latency          | 5000     | 5800     | 0.4   | estimate: event channel pending bit to the receiving vCPU running its upcall, including a wake-up from blocked (scheduler + VM entry)
-xen.dm_op_irq               | 1500     | 1700     | 0.3   | estimate: one dm_op(set_irq_level) hypercall from dom0 (see xen.evtchn_send) raising the line at the virtual interrupt controller
-xen.virq_latency            | 5000     | 5800     | 0.4   | estimate: as xen.evtchn_latency: the device model's interrupt line to the vCPU running the guest's ISR, including a wake-up from blocked (scheduler + VM entry injecting the vector)
-epam.isr_trap               | 7200     | 7800     | 0.4   | derived: the ISR's InterruptStatus read and its InterruptACK write are each an MMIO trap with an IOREQ round trip: xen.mmio_trap + xen.ioreq_dispatch + xen.ioreq_complete
-xen.grant_map               | 1500     | 1700     | 0.3   | estimate: GNTTABOP_map_grant_ref per page, a hypercall (xen.evtchn_send) plus a page-table update; blkback's persistent grants exist to avoid it (Citrix/Pau Monne 2012: unmap IPIs capped blkback at 650,000 IOPS with 5 guests on a 24-vCPU dom0)
-xen.grant_unmap             | 3000     | 3400     | 0.3   | estimate: GNTTABOP_unmap_grant_ref per page including the TLB-flush IPIs it forces (same 2012 measurement names them the bottleneck)
-xen.grant_copy              | 530      | 610      | 0.2   | measured: netback with pre-mapped grants does 3.6 Mpps against 1.24 Mpps with a grant operation per 64-byte packet on a Xeon E5-2699 v3 (Joao Martins, "xen-netback: use gref mappings for Tx requests"): 1/1.24M - 1/3.6M = 530 ns per packet (per page here)
-xen.foreign_map             | 2000     | 2300     | 0.3   | estimate: privcmd foreign mapping of one page (IOCTL_PRIVCMD_MMAPBATCH + PTE update)
-xen.foreign_unmap           | 3000     | 3400     | 0.3   | estimate: munmap of a foreign page including the TLB flush (as xen.grant_unmap)
-xen.argo_sendv              | 1800     | 1300     | 0.3   | estimate: argo_op sendv: a hypercall (xen.evtchn_send) plus MAC policy check and ring bookkeeping
-xen.argo_copy               | 0.2      | 0.25     | 0.2   | estimate: hypervisor memcpy into the destination ring at ~5 GB/s (x86) / ~4 GB/s (arm64), per byte
-argo.backend_recv           | 1500     | 1700     | 0.3   | estimate: backend reads the ring message and decodes the virtio request
-dm.virtqueue_pop            | 1500     | 1700     | 0.3   | estimate: QEMU virtqueue_pop and request setup (element allocation, descriptor walk)
-dm.virtqueue_push           | 1200     | 1400     | 0.3   | estimate: QEMU virtqueue_fill + flush + notify decision
-dm.mapcache_lookup          | 150      | 170      | 0.3   | estimate: QEMU Xen mapcache hit per page (hash lookup; buckets stay mapped)
-dm.persistent_grant_lookup  | 100      | 120      | 0.3   | estimate: persistent-grant tree lookup per page (blkback)
-blkback.ring_pop            | 800      | 900      | 0.3   | estimate: blkback copies a request off the shared ring
-blkback.ring_push           | 700      | 800      | 0.3   | estimate: blkback writes a response on the shared ring
-vhost.eventfd_kick          | 2000     | 2300     | 0.3   | estimate: eventfd write and backend-process wake-up on another core
-vhost.eventfd_call          | 2000     | 2300     | 0.3   | estimate: call eventfd from the backend process to the frontend
-vhost.backend_pop           | 1200     | 1400     | 0.3   | estimate: vhost-user backend (rust-vmm virtio-queue) descriptor walk
-vhost.backend_push          | 1000     | 1200     | 0.3   | estimate: vhost-user backend used-ring update
-mem.copy                    | 0.1      | 0.13     | 0.2   | estimate: memcpy at ~10 GB/s (x86) / ~8 GB/s (arm64), per byte
-net.wire                    | 0.8      | 0.8      | 0.1   | physics: 10 Gbit/s Ethernet serialization, 0.8 ns per byte
-device.block_read           | 85000    | 85000    | 0.3   | measured (vendor): Intel SSD DC P4500 1-2 TB, 4 KiB random read latency 85 us (Lenovo product guide for the P4500)
-device.block_write          | 20000    | 20000    | 0.3   | measured (vendor): same guide, 4 KiB random write latency 20 us
-device.transfer             | 0.3      | 0.3      | 0.1   | estimate: ~3.3 GB/s sequential transfer of a PCIe 3.0 x4 NVMe SSD, per byte beyond the first 4 KiB
+key                         | layer   | x86_64   | arm64    | sigma | source
+guest.ring_submit           | guest   | 300      | 350      | 0.2   | estimate: a few hundred instructions to add a split-ring descriptor chain and avail entry (Linux virtio_ring.c virtqueue_add_split)
+guest.ring_complete         | guest   | 400      | 450      | 0.2   | estimate: used-ring walk, detach_buf and bio completion in the guest driver
+guest.isr_work              | guest   | 200      | 230      | 0.2   | estimate: Linux vm_interrupt between its InterruptStatus read and its InterruptACK write: a few instructions (drivers/virtio/virtio_mmio.c)
+guest.grant_entry           | guest   | 80       | 90       | 0.2   | estimate: one grant-table entry write per page (gnttab_grant_foreign_access_ref)
+xen.mmio_trap               | host    | 1200     | 900      | 0.3   | measured + estimate: a VM exit's direct cost is 2,000 cycles = 680 ns on a Xeon X5570 at 2.93 GHz (Landau, Ben-Yehuda, Gordon, SplitX, IBM Research, KVM); plus EPT-violation decode and MMIO emulation (estimate). Arm stage-2 traps are cheaper for Xen in EL2 (estimate)
+xen.ioreq_dispatch          | host    | 4000     | 4600     | 0.4   | proxy + estimate: a trap served by a user-space device model and back costs 6,209-6,856 cycles under KVM (kvm-unit-tests inl_from_qemu, Lutomirski, Linux commit b7ffc44d5b2e; CPU not stated); Xen adds an event channel to dom0 and its vCPU wake-up (estimate)
+xen.ioreq_complete          | host    | 2000     | 2300     | 0.4   | estimate: the backend sets IORESP_READY and notifies; the guest vCPU unblocks and re-enters
+xen.evtchn_send             | host    | 1500     | 1100     | 0.3   | measured: a Xen null hypercall takes about 3,300 cycles on an AMD Athlon X2 (Keir Fraser, xen.git f64b7618e1 "svm: Avoid VMSAVE/VMLOAD..."), ~1.5 us at 2.2 GHz; Arm estimate lower (hypercalls trap straight to EL2)
+xen.evtchn_latency          | host    | 5000     | 5800     | 0.4   | estimate: event channel pending bit to the receiving vCPU running its upcall, including a wake-up from blocked (scheduler + VM entry)
+xen.dm_op_irq               | host    | 1500     | 1700     | 0.3   | estimate: one dm_op(set_irq_level) hypercall from dom0 (see xen.evtchn_send) raising the line at the virtual interrupt controller
+xen.virq_latency            | host    | 5000     | 5800     | 0.4   | estimate: as xen.evtchn_latency: the device model's interrupt line to the vCPU running the guest's ISR, including a wake-up from blocked (scheduler + VM entry injecting the vector)
+epam.isr_trap               | host    | 7200     | 7800     | 0.4   | derived: the ISR's InterruptStatus read and its InterruptACK write are each an MMIO trap with an IOREQ round trip: xen.mmio_trap + xen.ioreq_dispatch + xen.ioreq_complete
+xen.grant_map               | host    | 1500     | 1700     | 0.3   | estimate: GNTTABOP_map_grant_ref per page, a hypercall (xen.evtchn_send) plus a page-table update; blkback's persistent grants exist to avoid it (Citrix/Pau Monne 2012: unmap IPIs capped blkback at 650,000 IOPS with 5 guests on a 24-vCPU dom0)
+xen.grant_unmap             | host    | 3000     | 3400     | 0.3   | estimate: GNTTABOP_unmap_grant_ref per page including the TLB-flush IPIs it forces (same 2012 measurement names them the bottleneck)
+xen.grant_copy              | host    | 530      | 610      | 0.2   | measured: netback with pre-mapped grants does 3.6 Mpps against 1.24 Mpps with a grant operation per 64-byte packet on a Xeon E5-2699 v3 (Joao Martins, "xen-netback: use gref mappings for Tx requests"): 1/1.24M - 1/3.6M = 530 ns per packet (per page here)
+xen.foreign_map             | host    | 2000     | 2300     | 0.3   | estimate: privcmd foreign mapping of one page (IOCTL_PRIVCMD_MMAPBATCH + PTE update)
+xen.foreign_unmap           | host    | 3000     | 3400     | 0.3   | estimate: munmap of a foreign page including the TLB flush (as xen.grant_unmap)
+xen.argo_sendv              | host    | 1800     | 1300     | 0.3   | estimate: argo_op sendv: a hypercall (xen.evtchn_send) plus MAC policy check and ring bookkeeping
+xen.argo_copy               | host    | 0.2      | 0.25     | 0.2   | estimate: hypervisor memcpy into the destination ring at ~5 GB/s (x86) / ~4 GB/s (arm64), per byte
+argo.backend_recv           | backend | 1500     | 1700     | 0.3   | estimate: backend reads the ring message and decodes the virtio request
+dm.virtqueue_pop            | backend | 1500     | 1700     | 0.3   | estimate: QEMU virtqueue_pop and request setup (element allocation, descriptor walk)
+dm.request_complete         | backend | 800      | 900      | 0.3   | estimate: QEMU's block completion callback up to the used-ring update: virtio_blk_rw_complete, the status byte stored, the request's buffers unmapped (dma_memory_unmap), virtio_blk_req_complete
+dm.virtqueue_push           | backend | 1200     | 1400     | 0.3   | estimate: QEMU virtqueue_fill + flush + notify decision
+dm.mapcache_lookup          | backend | 150      | 170      | 0.3   | estimate: QEMU Xen mapcache hit per page (hash lookup; buckets stay mapped)
+dm.persistent_grant_lookup  | backend | 100      | 120      | 0.3   | estimate: persistent-grant tree lookup per page (blkback)
+blkback.ring_pop            | backend | 800      | 900      | 0.3   | estimate: blkback copies a request off the shared ring
+blkback.ring_push           | backend | 700      | 800      | 0.3   | estimate: blkback writes a response on the shared ring
+vhost.eventfd_kick          | host    | 2000     | 2300     | 0.3   | estimate: eventfd write and backend-process wake-up on another core
+vhost.eventfd_call          | host    | 2000     | 2300     | 0.3   | estimate: call eventfd from the backend process to the frontend
+vhost.backend_pop           | backend | 1200     | 1400     | 0.3   | estimate: vhost-user backend (rust-vmm virtio-queue) descriptor walk
+vhost.backend_push          | backend | 1000     | 1200     | 0.3   | estimate: vhost-user backend used-ring update
+mem.copy                    | host    | 0.1      | 0.13     | 0.2   | estimate: memcpy at ~10 GB/s (x86) / ~8 GB/s (arm64), per byte
+net.wire                    | device  | 0.8      | 0.8      | 0.1   | physics: 10 Gbit/s Ethernet serialization, 0.8 ns per byte
+device.block_read           | device  | 85000    | 85000    | 0.3   | measured (vendor): Intel SSD DC P4500 1-2 TB, 4 KiB random read latency 85 us (Lenovo product guide for the P4500)
+device.block_write          | device  | 20000    | 20000    | 0.3   | measured (vendor): same guide, 4 KiB random write latency 20 us
+device.transfer             | device  | 0.3      | 0.3      | 0.1   | estimate: ~3.3 GB/s sequential transfer of a PCIe 3.0 x4 NVMe SSD, per byte beyond the first 4 KiB
 """
 
 
 def default_table() -> pl.DataFrame:
-    """The packaged cost table: key, x86_64, arm64 (ns per unit), sigma, source."""
+    """The packaged cost table: key, layer, x86_64, arm64 (ns per unit), sigma, source."""
     rows = _TABLE.strip().splitlines()
     frame = pl.read_csv(
         io.StringIO("\n".join(rows)), separator="|", has_header=True, quote_char=None,
@@ -87,7 +96,7 @@ def load(path: str | Path | None = None) -> pl.DataFrame:
     """The default table, with rows replaced by key from a cost file: TOML as `xvtrace
     calibrate` writes it (`profile = "x86_64"` and one `[costs."key"]` table per cost with
     `ns`, optional `sigma` and `source`), or CSV with the table's columns
-    (`key,x86_64,arm64,sigma,source`). Unknown keys, missing values and negative or
+    (`key,x86_64,arm64,sigma,source`; `layer` optional, it is the key's). Unknown keys, missing values and negative or
     non-finite numbers are errors naming each entry."""
     table = default_table()
     if path is None:
@@ -118,15 +127,17 @@ def _read_csv(path: Path, table: pl.DataFrame) -> pl.DataFrame:
         extra = pl.read_csv(path, infer_schema=False)
     except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as e:
         raise CostFileError(f"{path}: not a readable CSV cost file ({e})") from e
-    missing = [c for c in table.columns if c not in extra.columns]
+    need = [c for c in table.columns if c != "layer"]
+    missing = [c for c in need if c not in extra.columns]
     if missing:
         raise CostFileError(
-            f"{path}: missing column(s) {', '.join(missing)} (need {','.join(table.columns)})"
+            f"{path}: missing column(s) {', '.join(missing)} (need {','.join(need)})"
         )
     nums = [
         pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in (*PROFILES, "sigma")
     ]
-    return extra.select(table.columns).with_columns(*nums)
+    extra = extra.select(need).with_columns(*nums)
+    return extra.join(table.select("key", "layer"), on="key", how="left").select(table.columns)
 
 
 def _read_toml(path: Path, table: pl.DataFrame) -> pl.DataFrame:
@@ -146,9 +157,8 @@ def _read_toml(path: Path, table: pl.DataFrame) -> pl.DataFrame:
     rows = []
     for key, e in entries.items():  # per cost entry, a few dozen
         e = e if isinstance(e, dict) else {}
-        row = dict(
-            default.get(key, {"key": key, "x86_64": 0.0, "arm64": 0.0, "sigma": 0.0, "source": ""})
-        )
+        row = dict(default.get(key, {"key": key, "layer": None, "x86_64": 0.0, "arm64": 0.0,
+                                     "sigma": 0.0, "source": ""}))  # fmt: skip
         row[profile] = _number(e.get("ns"))
         row["sigma"] = _number(e.get("sigma", row["sigma"]))
         row["source"] = str(e.get("source", f"{path.name}"))

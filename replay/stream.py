@@ -3,7 +3,8 @@ from how its transport served it.
 
 From a reconstructed request table (one row per request, see xvtrace.timeline) it keeps, in
 the order the backend saw them: the operation (read, write, tx, rx), bytes and pages, the
-job (the guest vCPU that kicked it, when the hypervisor side is known), each job's queue
+job (the guest vCPU that kicked it, when the hypervisor side is known and the workload
+names no other number of jobs; else the workload's jobs in turn), each job's queue
 depth (the most requests it had in flight at once) and each request's device service time.
 
 The device time is what the capture measured from the backend's submission to the device's
@@ -14,7 +15,9 @@ transport's operations that run after the submission and before the device in it
 Queue depth: the device model sees only the requests the guest has kicked. When the guest's
 vCPU is the bottleneck, requests also wait inside the guest, unseen, so the depth measured
 at the backend is a lower bound; the workload's own depth (the fio job's iodepth, which the
-emulator records in the manifest) is used when known.
+emulator records in the manifest, and `capture --jobs --iodepth` on a live host) is used
+when known. A backend that serves one request at a time (the EPAM test backend) shows depth 1
+whatever the guest runs.
 """
 
 from __future__ import annotations
@@ -91,9 +94,13 @@ def from_requests(
             top = req["reason"].drop_nulls().value_counts(sort=True).head(1).rows()
             why = f" ({len(req)} requests, none complete; {top[0][1]}: {top[0][0]})" if top else ""
         raise StreamError(f"no complete read/write/tx/rx requests to replay{why}")
-    job_col = "trap_vcpu" if "trap_vcpu" in done.columns else None
-    if job_col and done[job_col].null_count() == 0:
-        _, job = np.unique(done[job_col].to_numpy(), return_inverse=True)
+    vcpus = None
+    if "trap_vcpu" in done.columns and done["trap_vcpu"].null_count() == 0:
+        vcpus, vcpu_job = np.unique(done["trap_vcpu"].to_numpy(), return_inverse=True)
+    # a job per vCPU, unless the workload names another number of jobs (4 processes on one
+    # vCPU are 4 jobs)
+    if vcpus is not None and (not njobs or njobs == len(vcpus)):
+        job = vcpu_job
     elif njobs:  # jobs unseen: spread round-robin, as fio's jobs interleave
         job = np.arange(len(done)) % njobs
     else:

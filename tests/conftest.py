@@ -43,3 +43,22 @@ def xenalyze():
     if exe is None:
         pytest.skip("xenalyze not installed (apt-get install xen-utils-4.17)")
     return exe
+
+
+@pytest.fixture(scope="session")
+def xen_boot(tmp_path_factory):
+    """boot(scenario) -> its bundle directory: the real Xen test host booted once per
+    scenario and session (tests/xen/build_host.py), so every module that checks a scenario
+    (test_real_xen, test_validation) shares one boot."""
+    from build_host import run
+
+    done: dict[str, Path] = {}
+
+    def boot(scenario: str) -> Path:
+        if scenario not in done:
+            done[scenario] = run(
+                scenario, tmp_path_factory.mktemp(f"boot-{scenario}"), timeout=1200
+            )
+        return done[scenario]
+
+    return boot

@@ -20,7 +20,6 @@ import subprocess
 
 import polars as pl
 import pytest
-from build_host import run
 from helpers import FIXTURES
 from xenalyze_output import assert_runstates_match, our_runstates, parse_summary
 
@@ -46,13 +45,15 @@ PARAMS = [pytest.param((s, "boot"), id=f"{s}-boot", marks=[pytest.mark.xen]) for
 
 
 @pytest.fixture(scope="module", params=PARAMS)
-def xen(request, tmp_path_factory):
+def xen(request, tmp_path_factory, xen_boot):
     """(scenario, the guest's console log, the bundle, the ingest result with a timeline)."""
     scenario, source = request.param  # "boot", or the stored capture's name
     out = tmp_path_factory.mktemp(f"xen-{scenario}")
     if source == "boot":
-        bundle = run(scenario, out, timeout=1200)
-        (console,) = (out / "console").glob("guest-*.log")
+        booted = xen_boot(scenario)  # ingested into a copy: the boot stays raw for others
+        bundle = out / scenario
+        shutil.copytree(booted, bundle)
+        (console,) = (booted.parent / "console").glob("guest-*.log")
     else:
         bundle = out / scenario
         shutil.copytree(FIXTURES / "xen" / source, bundle)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import shutil
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
     from xvtrace.emulate.summary import EmulateSummary
     from xvtrace.gate.regress import Comparison as Verdicts
     from xvtrace.output.compare import Comparison
-    from xvtrace.replaying import Calibration
+    from xvtrace.replaying import Calibration, HostCalibration
+    from xvtrace.validation import Validation
 
 _TEMP_DIRS: list[str] = []
 
@@ -221,13 +223,29 @@ def compare(path) -> Comparison:
 
 
 @_reads
-def calibrate(path, **options) -> Calibration:
-    """Fit the costs of the capture's transport (options: transport, costs_file, seed)."""
+def calibrate(path, *more, **options) -> Calibration | HostCalibration:
+    """Fit the costs of the capture's transport (options: transport, costs_file, seed); with
+    more captures of the same host, each one's fit and the keys pooled across them."""
     from xvtrace import replaying
 
     if "transport" in options:
         options["source"] = options.pop("transport")
+    if more:
+        with contextlib.ExitStack() as held:  # the first is held by @_reads
+            for p in more:
+                held.enter_context(lock.reading(p))
+            return replaying.calibrate_host([load(p) for p in (path, *more)], **options)
     return replaying.calibrate_bundle(load(path), **options)
+
+
+def validate(tests, train, **options) -> Validation:
+    """Replay checked against real captures (xvtrace.validation): options costs_file, seed."""
+    from xvtrace import validation
+
+    with contextlib.ExitStack() as held:
+        for p in {*map(str, tests), *map(str, train)}:
+            held.enter_context(lock.reading(p))
+        return validation.validate([load(p) for p in train], [load(p) for p in tests], **options)
 
 
 @_reads

@@ -251,6 +251,77 @@ def calibrate_bundle(
     return Calibration(src, profile, calibrate.fitted_costs(groups, t, costs), bundle.path)
 
 
+@dataclass
+class HostCalibration:
+    """The costs of one host fitted from several of its captures together: each capture
+    fits its own transport's costs (`Calibration`), and a key that more than one constrains
+    (the host's primitives: traps, IOREQs, interrupts are shared by the transports) gets
+    their random-effects mean (replay.calibrate.combine)."""
+
+    fits: list[Calibration]
+    rows: pl.DataFrame  # combine()'s: key, ns, sigma, ci_low, ci_high, captures, requests
+
+    def entries(self) -> list[dict]:
+        """The pooled costs as cost-file entries, each naming its captures and intervals."""
+        if len(self.fits) == 1:
+            return self.fits[0].entries()
+        return [r | {"source": f"{cost_table.CALIBRATED} {r['captures']}"}
+                for r in self.rows.iter_rows(named=True)]  # fmt: skip
+
+    def write(self, path: Path) -> None:
+        """The pooled costs as a TOML cost file (atomically); XvtraceError when none fit."""
+        if len(self.fits) == 1:
+            return self.fits[0].write(path)
+        if not len(self.rows):
+            names = ", ".join(str(f.bundle_path) for f in self.fits)
+            raise XvtraceError(f"no interval of these captures constrains any cost: {names}")
+        with atomic_path(path) as tmp:
+            cost_table.write_toml(tmp, self.fits[0].profile, self.entries())
+
+    def render(self) -> str:
+        if len(self.fits) == 1:
+            return self.fits[0].render()
+        out = []
+        for f in self.fits:  # one line per capture
+            n = f.rows.filter(pl.col("fitted_ns").is_not_null()).height
+            out.append(f"{f.bundle_path} ({f.transport}): {n} of {len(f.rows)} costs constrained")
+        table = {r["key"]: r for r in self.fits[0].rows.iter_rows(named=True)}
+        for f in self.fits[1:]:
+            table |= {r["key"]: r for r in f.rows.iter_rows(named=True)}
+        fitted = {r["key"]: r for r in self.rows.iter_rows(named=True)}
+        out.append(
+            f"{'key':<28}{'table ns':>10}{'fitted ns':>11}{'95% interval':>22}  constrained by"
+        )
+        for key in sorted(table):
+            ns = table[key]["ns"]
+            r = fitted.get(key)
+            if r is None:
+                out.append(
+                    f"{key:<28}{ns:>10.1f}{'-':>11}{'':>22}  estimate: no capture constrains it"
+                )
+                continue
+            ci = f"{r['ci_low']:.1f}..{r['ci_high']:.1f}"
+            out.append(f"{key:<28}{ns:>10.1f}{r['ns']:>11.1f}{ci:>22}  {r['captures']}")
+        return "\n".join(out) + "\n"
+
+
+def calibrate_host(
+    bundles: list[Bundle], *, source: str | None = None, costs_file=None, seed: int = 0
+) -> HostCalibration:
+    """Fit each capture's transport costs, then pool the keys across captures. The captures
+    must come from one host: one cost profile and one TSC frequency (BundleError if not)."""
+    profiles = {profile_of(b) for b in bundles}
+    khz = {b.manifest.cpu_khz for b in bundles if b.manifest.cpu_khz}
+    if len(profiles) > 1 or (khz and max(khz) > min(khz) * 1.001):
+        raise BundleError(
+            "calibrate pools captures of one host: these differ in "
+            + ("machine" if len(profiles) > 1 else f"TSC frequency ({', '.join(map(str, sorted(khz)))} kHz)")
+        )  # fmt: skip
+    fits = [calibrate_bundle(b, source=source, costs_file=costs_file, seed=seed) for b in bundles]
+    rows = calibrate.combine([(str(f.bundle_path), f.rows) for f in fits])
+    return HostCalibration(fits, rows)
+
+
 def facts(result: ReplayResult) -> dict:
     """What a comparison needs besides the requests: the stream's shape and the summary."""
     st = result.stream

@@ -20,7 +20,7 @@ TRANSPORT = Transport(
             o.MAPCACHE,
             o.IOREQ_COMPLETE,
         ),
-        complete=(o.BACKEND_PUSH, o.IRQ_DM_OP, *o.MMIO_ISR, o.GUEST_COMPLETE),
+        complete=(o.BACKEND_COMPLETE, o.BACKEND_PUSH, o.IRQ_DM_OP, *o.MMIO_ISR, o.GUEST_COMPLETE),
         rx_head=(o.BACKEND_POP, o.MAPCACHE, o.COPY_IN),
     ),
     guest="hvm",

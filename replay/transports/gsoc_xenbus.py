@@ -11,7 +11,14 @@ TRANSPORT = Transport(
     summary=__doc__,
     **paths(
         notify=(o.GUEST_SUBMIT, o.EVTCHN_SEND, o.BACKEND_WAKE, o.BACKEND_POP, o.FOREIGN_MAP),
-        complete=(o.FOREIGN_UNMAP, o.BACKEND_PUSH, o.EVTCHN_BACK, o.GUEST_UPCALL, o.GUEST_COMPLETE),
+        complete=(
+            o.BACKEND_COMPLETE,
+            o.FOREIGN_UNMAP,
+            o.BACKEND_PUSH,
+            o.EVTCHN_BACK,
+            o.GUEST_UPCALL,
+            o.GUEST_COMPLETE,
+        ),
         rx_head=(o.BACKEND_POP, o.FOREIGN_MAP, o.COPY_IN),
     ),
     guest="hvm",

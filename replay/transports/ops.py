@@ -12,8 +12,9 @@ GUEST_COMPLETE = op("guest_complete", "complete", "guest_vcpu", "vcpu", "guest.r
 GUEST_IRQ = op("guest_irq", "irq", "guest_vcpu", "vcpu", "xen.virq_latency", emits="guest_irq",
                hold_until="isr_ack")  # fmt: skip
 ISR_STATUS = op("isr_status", "irq", "guest_vcpu", "vcpu", "epam.isr_trap", emits="mmio_isr_status")
+ISR_WORK = op("isr_work", "irq", "guest_vcpu", "vcpu", "guest.isr_work")  # between the two
 ISR_ACK = op("isr_ack", "irq", "guest_vcpu", "vcpu", "epam.isr_trap", emits="mmio_isr_ack")
-MMIO_ISR = (GUEST_IRQ, ISR_STATUS, ISR_ACK)
+MMIO_ISR = (GUEST_IRQ, ISR_STATUS, ISR_WORK, ISR_ACK)
 GUEST_UPCALL = op(
     "guest_upcall", "irq", "guest_vcpu", "vcpu", "xen.evtchn_latency", emits="guest_upcall"
 )
@@ -44,6 +45,11 @@ EVTCHN_BACK = op(
 # a QEMU-style backend thread in dom0
 BACKEND_POP = op(
     "backend_pop", "dispatch", "backend_thread", "backend", "dm.virtqueue_pop", emits="dm_pop"
+)
+# the device's completion callback until the used-ring update (QEMU: virtio_blk_rw_complete
+# to virtio_blk_req_complete: the status byte written, the buffers released)
+BACKEND_COMPLETE = op(
+    "backend_complete", "push", "backend_thread", "backend", "dm.request_complete"
 )
 BACKEND_PUSH = op(
     "backend_push", "push", "backend_thread", "backend", "dm.virtqueue_push", emits="dm_push"

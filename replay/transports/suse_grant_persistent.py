@@ -19,7 +19,7 @@ TRANSPORT = Transport(
             o.PERSISTENT,
             o.IOREQ_COMPLETE,
         ),
-        complete=(o.BACKEND_PUSH, o.IRQ_DM_OP, *o.MMIO_ISR, o.GUEST_COMPLETE),
+        complete=(o.BACKEND_COMPLETE, o.BACKEND_PUSH, o.IRQ_DM_OP, *o.MMIO_ISR, o.GUEST_COMPLETE),
         rx_head=(o.BACKEND_POP, o.PERSISTENT, o.COPY_IN),
     ),
     guest="hvm",

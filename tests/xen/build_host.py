@@ -59,6 +59,8 @@ APT = (
 
 
 SCENARIOS = ("pv", "hvm-virtio", "hvm-ide", "hvm-epam", "hvm-epam-smp")  # tests/xen/dom0-run.sh
+# the same scenarios with the guest running workload W2 (replay's validation: tests/xen/guest-init)
+W2_SCENARIOS = ("pv-w2", "hvm-virtio-w2", "hvm-epam-w2")
 
 
 class HostError(RuntimeError):
@@ -258,7 +260,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("build")
     r = sub.add_parser("run")
-    r.add_argument("scenario", choices=SCENARIOS)
+    r.add_argument("scenario", choices=SCENARIOS + W2_SCENARIOS)
     r.add_argument("out", type=Path)
     r.add_argument("--timeout", type=float, default=900)
     args = ap.parse_args()

@@ -3,6 +3,10 @@
 # daemons, capture with xvtrace while a guest does its I/O, leave the bundle in /tmp/out.
 #   dom0-run.sh REPO SCENARIO KERNEL GUEST_INITRAMFS
 REPO=$1 SCENARIO=$2 KERNEL=$3 GUEST=$4
+# SCENARIO-w2: the same host and transport, the guest running workload W2 (tests/xen/guest-init)
+WORKLOAD="" JOBS="--workload W1 --jobs 1 --iodepth 1"
+case $SCENARIO in *-w2) WORKLOAD=xvt_w2 JOBS="--workload W2 --jobs 4 --iodepth 1" ;; esac
+BASE=${SCENARIO%-w2}
 VCPUS=1
 [ "$SCENARIO" = hvm-epam-smp ] && VCPUS=2  # the EPAM path with a guest of two vCPUs
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
@@ -37,7 +41,7 @@ CFG
 hvm_cfg() {  # hvm_cfg DEVICE_MODEL_ARGS [EXTRA_KERNEL_ARGS]
   guest_cfg hvmguest hvm
   cat >> /tmp/work/guest.cfg <<CFG
-cmdline = "console=ttyS0 xen_nopv xvt_wait $2"
+cmdline = "console=ttyS0 xen_nopv xvt_wait $WORKLOAD $2"
 xen_platform_pci = 0
 vga = "none"
 serial = "file:/tmp/out/guest-serial.log"  # live on the out share, to watch a slow boot
@@ -46,12 +50,12 @@ device_model_args_hvm = [ "-qmp", "unix:$QMP,server=on,wait=off", "-msg", "times
 CFG
 }
 TRACE=""
-case $SCENARIO in
+case $BASE in
 pv)
   DISK=$(losetup -f --show /tmp/work/disk.img) || { echo "XVT-HOST losetup failed"; exit 1; }
   guest_cfg pvguest pv
   cat >> /tmp/work/guest.cfg <<CFG
-extra = "console=hvc0 rdinit=/init"
+extra = "console=hvc0 rdinit=/init $WORKLOAD"
 disk = [ 'format=raw,vdev=xvda,access=rw,script=$REPO/tests/xen/block-simple,target=$DISK' ]
 CFG
   ;;
@@ -86,7 +90,7 @@ capture() {  # xvtrace in dom0 as installed on this machine (its venv): the capt
   # copied out at the end. Every trace class but PV and shadow (dom0's own PV hypercalls,
   # mostly page-table updates, would be 90 % of the trace).
   "$REPO/.venv/bin/python" -m xvtrace.capture -o "/tmp/work/$SCENARIO" --xentrace \
-    --xentrace-mask 0x009ff000 --block-trace --duration 600 "$@" \
+    --xentrace-mask 0x009ff000 --block-trace --duration 600 $JOBS "$@" \
     --no-ingest --no-progress > /tmp/out/capture.log 2>&1 &
   CAP=$!
   # at least 5 s (the scenarios' request counts were set with that), and until the capture
@@ -105,7 +109,7 @@ wait_for() {  # wait_for SECONDS COMMAND...: poll until COMMAND succeeds
   while ! "$@" && [ $i -lt $t ]; do sleep 1; i=$((i + 1)); done
   "$@"
 }
-case $SCENARIO in
+case $BASE in
 pv)
   capture --transport pv-blkif
   xl create /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"

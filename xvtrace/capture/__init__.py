@@ -466,6 +466,7 @@ class CaptureOptions:
     resume: bool = False
     dump_memory: bool = False
     transport: str | None = None  # what the guest's device uses, if known (replay/calibrate)
+    workload: dict = field(default_factory=dict)  # name, numjobs, iodepth: what the user says
     interval: float = 0.05  # main loop tick (stop conditions)
     poll_interval: float = 0.5  # virtqueue state polls: QMP commands take QEMU's main loop
 
@@ -569,6 +570,8 @@ def _capture(
                 manifest["host"]["cpu_khz_source"] = "xl info cpu_mhz"
     if opts.transport:
         manifest["transport"] = opts.transport
+    if opts.workload:
+        manifest["workload"] = dict(opts.workload)
     manifest["capture"] = {
         "tool": f"xvtrace {__version__}",
         "argv": sys.argv,

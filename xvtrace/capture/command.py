@@ -109,6 +109,13 @@ def guard(fn):
     help="The transport the guest's virtio device runs on, recorded in the manifest so that "
     "replay and calibrate take it as the capture's own.",
 )
+@click.option("--workload", "workload_name", metavar="NAME",
+              help="A name for the workload the guest runs (regress compares runs of one workload).")  # fmt: skip
+@click.option("--jobs", "numjobs", type=click.IntRange(min=1), metavar="N",
+              help="Processes (fio numjobs) the guest's workload runs: replay's closed loop.")  # fmt: skip
+@click.option("--iodepth", type=click.IntRange(min=1), metavar="N",
+              help="Requests each of those keeps in flight (fio iodepth). The capture sees the "
+                   "depth only where the backend does not serialize the requests.")  # fmt: skip
 @click.option(
     "--ingest/--no-ingest",
     default=True,
@@ -122,7 +129,8 @@ def guard(fn):
 )
 @guard
 def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask, block_trace, logs, tracefs,
-                patterns, resume, dump_memory, transport, ingest, progress):  # fmt: skip
+                patterns, resume, dump_memory, transport, workload_name, numjobs, iodepth, ingest,
+                progress):  # fmt: skip
     """Capture a live run into a new bundle: xentrace on a Xen dom0, QEMU trace events and
     virtqueue state over QMP, packets.
 
@@ -151,6 +159,8 @@ def capture_cmd(output, duration, qmp, ifaces, netdevs, xentrace, xentrace_mask,
         xentrace=xentrace, xentrace_mask=xentrace_mask, block_trace=block_trace, tracefs=tracefs, logs=logs,
         patterns=tuple(patterns) or DEFAULT_PATTERNS, resume=resume, dump_memory=dump_memory,
         transport=transport,
+        workload={k: v for k, v in (("name", workload_name), ("numjobs", numjobs), ("iodepth", iodepth))
+                  if v is not None},
     )  # fmt: skip
     try:
         manifest = capture(

@@ -584,26 +584,53 @@ def replay_cmd(source, target, costs_file, arrivals, transport, seed, output, as
 
 
 @cli.command("calibrate")
-@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("sources", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))  # fmt: skip
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Cost file to write (TOML; give it to replay or emulate with --costs).")  # fmt: skip
 @click.option("-t", "--transport", type=click.Choice(TRANSPORT_NAMES),
-              help="The transport the capture ran on (default: the manifest's).")  # fmt: skip
+              help="The transport the captures ran on (default: each one's manifest).")  # fmt: skip
 @click.option("--costs", "costs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Start from this cost file instead of the defaults.")  # fmt: skip
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the Monte Carlo and bootstrap."
 )
 @_guard
-def calibrate_cmd(source, output, transport, costs_file, seed):
-    """Fit the cost table to a capture: each group of operations the capture's timestamps
-    bracket gets the factor that matches its measured intervals, with a 95 % bootstrap
-    interval. Prints every cost of the transport and says which ones this capture could
-    not constrain (they keep their current values). Needs the bundle's timeline."""
-    cal = api.calibrate(source, transport=transport, costs_file=costs_file, seed=seed)
+def calibrate_cmd(sources, output, transport, costs_file, seed):
+    """Fit the cost table to captures of one host: each group of operations a capture's
+    timestamps bracket gets the factor that matches its measured intervals, with a 95 %
+    interval. With several captures (e.g. one per transport), each fits its own
+    transport's costs and a key more than one constrains (the host's traps, IOREQs,
+    interrupts) gets their random-effects mean, naming every capture and interval behind
+    it. Prints every cost and says which ones no capture constrains (they stay the table's
+    estimates). Needs each bundle's timeline."""
+    cal = api.calibrate(*sources, transport=transport, costs_file=costs_file, seed=seed)
     cal.write(output)
     click.echo(cal.render(), nl=False)
     click.echo(f"{output}: written", err=True)
+
+
+@cli.command("validate")
+@click.argument("tests", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))  # fmt: skip
+@click.option("-c", "--calibrate", "train", multiple=True, required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A capture of the same host running another workload (repeatable): the "
+                   "costs are fitted to these alone.")  # fmt: skip
+@click.option("--costs", "costs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Start from this cost file instead of the defaults.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cost jitter.")
+@click.option("--json", "as_json", is_flag=True, help="The matrix and every interval as JSON.")
+@_guard
+def validate_cmd(tests, train, costs_file, seed, as_json):
+    """Check replay against real captures: fit the host's costs to the --calibrate
+    captures, replay each TEST capture as the transport of every TEST capture, and
+    compare each prediction with that capture, interval by interval on what the host
+    observes (kick trap, pop, submission, I/O, fill, interrupt, ISR traps), at p50 and
+    p90. Prints the error matrix (source x target) of the whole host-observed request,
+    then each interval's. Every capture must name its transport (`capture --transport`)."""
+    v = api.validate(tests, train, costs_file=costs_file, seed=seed)
+    _show(v, as_json)
 
 
 @cli.command("compare")
