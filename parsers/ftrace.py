@@ -9,6 +9,16 @@ kernel has (include/trace/events/block.h, Linux 6.1):
     block_rq_issue:    "%d,%d %s %u (%s) %llu + %u [%s]"   dev, rwbs, bytes, cmd, sector, nr_sector, comm
     block_rq_complete: "%d,%d %s (%s) %llu + %u [%d]"      dev, rwbs, cmd, sector, nr_sector, error
 
+and, for a PV guest's kicks as dom0 takes them, its interrupt handlers' entries
+(include/trace/events/irq.h), which `capture` filters to blkback's event channel:
+
+    irq_handler_entry: "irq=%d name=%s"
+
+and the backend's answer, a dynamic probe `capture` places on the function a PV backend
+sends the guest its event with (drivers/xen/events/events_base.c):
+
+    notify_remote_via_irq: "(notify_remote_via_irq+0x0/0x40) irq=%d"   (kprobe_events)
+
 Each line has ftrace's context prefix (kernel/trace/trace_output.c):
 
     <comm>-<pid> [(<tgid>)] [<cpu>] [<irq flags>] <timestamp>: <event>: <fields>
@@ -43,6 +53,8 @@ EVENTS = {
     "block_rq_issue": ("block.rq_issue", 0),
     "block_rq_complete": ("block.rq_complete", 1),
     "block_rq_insert": ("block.rq_insert", 2),
+    "irq_handler_entry": ("irq.handler_entry", 3),
+    "notify_remote_via_irq": ("irq.notify_remote", 4),
 }
 
 _PREFIX = (
@@ -58,6 +70,8 @@ _FIELDS = {
     "block_rq_issue": _ISSUE,
     "block_rq_complete": r"^(?P<major>\d+),(?P<minor>\d+) (?P<rwbs>\S+) \((?P<cmd>[^)]*)\) "
     r"(?P<sector>\d+) \+ (?P<nr>\d+) \[(?P<err>-?\d+)\]$",
+    "irq_handler_entry": r"^irq=(?P<irq>\d+) name=(?P<handler>\S+)$",
+    "notify_remote_via_irq": r"^\((?P<handler>[^)\s]*)\) irq=(?P<irq>\d+)$",
 }
 
 
@@ -221,6 +235,8 @@ class FtraceDecoder:
         })  # fmt: skip
 
     def _rows(self, name: str, rows: pl.DataFrame) -> pl.DataFrame | None:
+        if name in ("irq_handler_entry", "notify_remote_via_irq"):
+            return self._irq_rows(name, rows)
         event, code = EVENTS[name]
         f = rows.with_columns(pl.col("rest").str.extract_groups(_FIELDS[name]).alias("_f")).unnest(
             "_f"
@@ -268,6 +284,43 @@ class FtraceDecoder:
             pl.lit(self.src_file).alias("src_file"),
             pl.col("src_offset"),
         )  # fmt: skip
+
+    def _irq_rows(self, name: str, rows: pl.DataFrame) -> pl.DataFrame | None:
+        """irq_handler_entry and notify_remote_via_irq lines: arg0 the IRQ number, dev the
+        handler's name (the probe's place for the notification)."""
+        event, code = EVENTS[name]
+        f = rows.with_columns(pl.col("rest").str.extract_groups(_FIELDS[name]).alias("_f")).unnest(
+            "_f"
+        )
+        fits = (f["irq"].cast(pl.UInt32, strict=False).is_not_null()
+                & f.select(_fits_prefix()).to_series())  # fmt: skip
+        if not fits.all():
+            bad = f.filter(~fits)
+            self.stats.skipped += len(bad)
+            self.stats.add_problem(Problem(int(bad["src_offset"][0]), "bad-args",
+                                           f"{len(bad)} {name} line(s) do not match its format"))  # fmt: skip
+            f = f.filter(fits)
+        if not len(f):
+            return None
+        return f.select(
+            *self._times(f["ts"]),
+            pl.lit(True).alias("has_ts"),
+            pl.lit(SOURCE).alias("source"),
+            pl.col("pid").cast(pl.UInt32).alias("thread"),
+            pl.lit(0, pl.Int32).alias("dom"),
+            pl.col("cpu").cast(pl.Int32).alias("vcpu"),
+            pl.lit(event).alias("event"),
+            pl.lit(code, pl.UInt32).alias("code"),
+            pl.lit(1, pl.UInt8).alias("nargs"),
+            pl.col("irq").cast(pl.UInt64).alias("arg0"),
+            pl.lit(None, pl.UInt64).alias("arg1"),  # the block rows' columns, in their order
+            pl.lit(None, pl.UInt64).alias("arg2"),
+            pl.lit(None, pl.UInt64).alias("addr"),
+            pl.col("handler").alias("dev"),
+            pl.lit(None, pl.UInt32).alias("size"),
+            pl.lit(self.src_file).alias("src_file"),
+            pl.col("src_offset"),
+        )
 
     def _times(self, ts: pl.Series) -> list[pl.Series]:
         counter = ~ts.str.contains(".", literal=True)
@@ -386,12 +439,8 @@ def render_block(
 MAX_SECONDS = 9_000_000_000  # a "sec.frac" stamp whose nanoseconds still fit an Int64
 
 
-def _fits(columns: list[str]) -> pl.Expr:
-    """Per line: every number the regex took fits the column it goes to."""
-
-    def fits(col: str, dtype) -> pl.Expr:
-        return pl.col(col).cast(dtype, strict=False).is_not_null()
-
+def _fits_prefix() -> pl.Expr:
+    """Per line: the stamp, CPU and pid the prefix regex took fit their columns."""
     ts = pl.col("ts")
     seconds = ts.str.split(".").list.first().cast(pl.Int64, strict=False)
     stamp = (
@@ -399,8 +448,16 @@ def _fits(columns: list[str]) -> pl.Expr:
         .then(seconds.is_not_null() & (seconds < MAX_SECONDS))
         .otherwise(ts.cast(pl.Int64, strict=False).is_not_null())
     )
-    checks = [stamp, fits("cpu", pl.Int32), fits("pid", pl.UInt32), fits("sector", pl.UInt64),
-              fits("nr", pl.UInt64)]  # fmt: skip
+    return stamp & _fits_as("cpu", pl.Int32) & _fits_as("pid", pl.UInt32)
+
+
+def _fits_as(col: str, dtype) -> pl.Expr:
+    return pl.col(col).cast(dtype, strict=False).is_not_null()
+
+
+def _fits(columns: list[str]) -> pl.Expr:
+    """Per line: every number the regex took fits the column it goes to."""
+    checks = [_fits_prefix(), _fits_as("sector", pl.UInt64), _fits_as("nr", pl.UInt64)]
     if "err" in columns:
-        checks.append(fits("err", pl.Int64))
+        checks.append(_fits_as("err", pl.Int64))
     return pl.all_horizontal(checks).alias("fits")

@@ -66,6 +66,8 @@ OWN_EVENT_NAMES = (
     "block.rq_issue",
     "block.rq_complete",
     "block.rq_insert",
+    "irq.handler_entry",
+    "irq.notify_remote",
 )
 # What arg0.. of those events hold (Xen's and QEMU's catalogues say it for theirs; the
 # dump names arguments by it and parsers.fields reads fields by it).
@@ -81,6 +83,8 @@ OWN_ARG_NAMES: dict[str, tuple[str, ...]] = {
     "block.rq_issue": _BLOCK_ARGS,
     "block.rq_complete": _BLOCK_ARGS,
     "block.rq_insert": _BLOCK_ARGS,
+    "irq.handler_entry": ("irq",),  # dev: the handler's name (e.g. blkif-backend)
+    "irq.notify_remote": ("irq",),  # dev: the probed function
 }  # fmt: skip
 EVENT_NAMES: tuple[str, ...] = (
     *XEN_EVENT_NAMES,

@@ -61,7 +61,9 @@ def anchors(path, view: str = "device-model") -> dict[str, tuple[int, str]]:
     """Timeline column -> (operation index in `path`, "start" or "end") for the points of
     the path the timeline's columns mark, in the timeline's `view` (xvtrace.timeline):
     QEMU's events in the device-model view; in the hypervisor view the block layer's issue
-    and completion, the response hypercall (its fill_ns) and the interrupt injection."""
+    and completion, the response hypercall (its fill_ns) and the interrupt injection; in the
+    block view the backend's wake-up (kick_ns), the issue, the completion and the guest's
+    wake-up (notify_ns)."""
     names = [o.name for o in path]
     s, d = submission(path)
     out = {"io_done_ns": (d, "end")}
@@ -72,6 +74,15 @@ def anchors(path, view: str = "device-model") -> dict[str, tuple[int, str]]:
         if o.emits in ISR_TRAP_COLUMNS:
             exit_, entry = ISR_TRAP_COLUMNS[o.emits]
             out[exit_], out[entry] = (k, "start"), (k, "end")
+    if view == "block":  # dom0's block layer: a PV guest's kick as its backend's interrupt,
+        # its interrupt as its vCPU's wake-up (timeline.hypervisor.pv_edges)
+        for k, o in enumerate(path):
+            if o.emits == "backend_wake" and k < d:
+                out["kick_ns"] = (k, "end")
+            if o.emits in RESPONSES and k > d and "fill_ns" not in out:
+                out["fill_ns"] = (k, "start")  # the response probe (else the completion)
+            if o.emits in INTERRUPTS and k > d and "notify_ns" not in out:
+                out["notify_ns"] = (k, "start")
     if view == "hypervisor":
         out["submit_ns"] = (s, "end")  # block_rq_insert: the backend hands it to the device
         out["handle_ns"] = (d, "start")
@@ -207,9 +218,13 @@ def observed_marks(blk: pl.DataFrame, path) -> list[tuple[int, bool, str, tuple[
     is a start, timeline column, anchor). At one boundary an operation's end comes before
     the next one's start (a queue lies between them)."""
     view = blk["view"][0] if "view" in blk.columns and len(blk) else "device-model"
+    have = [c for c in anchors(path, view) if c in blk.columns and blk[c].null_count() < len(blk)]
+    # a column that only stands in for another (the block view's fill without the response
+    # probe is the completion) marks no point of its own
+    same = {c for i, c in enumerate(have) for o in have[:i] if blk[c].equals(blk[o])}
     return sorted(
         (_boundary(a), a[1] == "start", c, a) for c, a in anchors(path, view).items()
-        if c in blk.columns and blk[c].null_count() < len(blk)
+        if c in have and c not in same
     )  # fmt: skip
 
 

@@ -50,6 +50,7 @@ xen.foreign_unmap           | host    | 3000     | 3400     | 0.3   | estimate: 
 xen.argo_sendv              | host    | 1800     | 1300     | 0.3   | estimate: argo_op sendv: a hypercall (xen.evtchn_send) plus MAC policy check and ring bookkeeping
 xen.argo_copy               | host    | 0.2      | 0.25     | 0.2   | estimate: hypervisor memcpy into the destination ring at ~5 GB/s (x86) / ~4 GB/s (arm64), per byte
 argo.backend_recv           | backend | 1500     | 1700     | 0.3   | estimate: backend reads the ring message and decodes the virtio request
+dom0.thread_wake            | host    | 3000     | 3500     | 0.4   | estimate: a dom0 thread blocked on an event (blkback's kthread, QEMU's main loop) made runnable and switched to on dom0's vCPU: try_to_wake_up and a context switch, a few us on an idle CPU
 dm.virtqueue_pop            | backend | 1500     | 1700     | 0.3   | estimate: QEMU virtqueue_pop and request setup (element allocation, descriptor walk)
 dm.request_complete         | backend | 800      | 900      | 0.3   | estimate: QEMU's block completion callback up to the used-ring update: virtio_blk_rw_complete, the status byte stored, the request's buffers unmapped (dma_memory_unmap), virtio_blk_req_complete
 dm.virtqueue_push           | backend | 1200     | 1400     | 0.3   | estimate: QEMU virtqueue_fill + flush + notify decision

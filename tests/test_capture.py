@@ -91,6 +91,9 @@ def _fake_tracefs(root, lines: str):
     for ev in ("block_rq_insert", "block_rq_issue", "block_rq_complete"):
         (inst / "events" / "block" / ev).mkdir(parents=True)
         (inst / "events" / "block" / ev / "enable").write_text("0")
+    (inst / "events" / "irq" / "irq_handler_entry").mkdir(parents=True)
+    (inst / "events" / "irq" / "irq_handler_entry" / "enable").write_text("0")
+    (inst / "events" / "irq" / "irq_handler_entry" / "filter").write_text("none\n")
     (inst / "trace_clock").write_text("[local] global counter uptime perf mono x86-tsc\n")
     (inst / "buffer_size_kb").write_text("1408")
     (inst / "tracing_on").write_text("0")
@@ -100,6 +103,7 @@ def _fake_tracefs(root, lines: str):
 
 def test_block_trace_through_a_tracefs_instance(tmp_path):
     lines = (
+        "          <idle>-0       [000] d.h1. 1000000012000: irq_handler_entry: irq=57 name=blkif-backend\n"
         "  blkback.1.xvda-311     [000] ..... 1000000024000: block_rq_issue: 259,0 R 4096 () 64 + 8 [blkback.1.xvda]\n"
         "          <idle>-0       [000] ..... 1000000048000: block_rq_complete: 259,0 R () 64 + 8 [0]\n"
     )
@@ -113,10 +117,16 @@ def test_block_trace_through_a_tracefs_instance(tmp_path):
     assert (inst / "trace_clock").read_text() == "x86-tsc"  # the TSC xentrace stamps
     assert all((inst / "events" / "block" / ev / "enable").read_text() == "0"  # left as found
                for ev in ("block_rq_insert", "block_rq_issue", "block_rq_complete"))  # fmt: skip
+    irq = inst / "events" / "irq" / "irq_handler_entry"  # blkback's interrupt, filtered
+    assert irq.joinpath("enable").read_text() == "0" and irq.joinpath("filter").read_text() == "0"
+    m = json.loads((bundle / "manifest.json").read_text())
+    (src,) = [s for s in m["capture"]["sources"] if s["kind"] == "ftrace"]
+    assert 'irq_handler_entry if name == "blkif-backend"' in src["events"]
     assert (bundle / "raw" / "dom0-trace.txt").read_text() == lines
     got = api.ingest(bundle, cpu_khz=2_400_000, warn=lambda m: None).bundle.events().collect()
-    assert got["event"].to_list() == ["block.rq_issue", "block.rq_complete"]
-    assert got["ts_ns"].to_list() == [0, 10_000]
+    assert got["event"].to_list() == ["irq.handler_entry", "block.rq_issue", "block.rq_complete"]
+    assert got["ts_ns"].to_list() == [0, 5_000, 15_000]
+    assert got["dev"][0] == "blkif-backend" and got["arg0"][0] == 57
 
 
 def test_block_trace_without_tracefs_fails_that_source_only(tmp_path):

@@ -36,7 +36,7 @@ def line(draw):
     flags = draw(often([" d..1.", " d.h1", ""], [" ......", " [x]", " 1234"]))
     ts = draw(often(["1000000024000", "999999999999", "1000000000000"],
                     ["12.345678", "12.", "9223372036854775808", "18446744073709551616"]))  # fmt: skip
-    name = draw(often(["block_rq_issue", "block_rq_complete", "block_rq_insert"],
+    name = draw(often(["block_rq_issue", "block_rq_complete", "block_rq_insert", "irq_handler_entry"],
                       ["sched_switch", "block_rq_issue_x"]))  # fmt: skip
     complete = name == "block_rq_complete"
     major = draw(often(["259", "8", "0"], ["0259", "99999999999", "4294967296"]))
@@ -48,6 +48,9 @@ def line(draw):
                      ["[x", "[-99999999999999999999]", "[9223372036854775808]", "[0]", "[qemu]"]))  # fmt: skip
     sep = draw(often([" ", "    "], ["\t", ""]))
     fields = f"{major},0 {rwbs}{nbytes} {cmd} {sector} + {nr} {who}"
+    if name == "irq_handler_entry":  # blkback's interrupt (the regexes read it)
+        handler = draw(often(["blkif-backend", "timer0"], ["", "a b"]))
+        fields = f"irq={draw(num)} name={handler}"
     text = f"{comm}-{pid}{sep}{tgid}{cpu}{flags} {ts}: {name}: {fields}"
     return text + draw(often(["\n"], ["\r\n", " \n"]))
 

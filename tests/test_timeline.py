@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -458,3 +459,22 @@ def test_cli_shows_the_phases_the_report_shows(tmp_path):
     names = {k.rsplit(" ", 1)[0] for k in queue if k.endswith(" p50")}
     assert names == {name for c, name in PHASES if c != "kick_to_irq_ns"}  # (traps view's)
     assert 0 < queue["notify trap p50"] < 50 and 0 < queue["ISR -> ACK p50"] < 50
+
+
+def test_pv_guest_kicks_responses_and_interrupts_from_a_real_capture(tmp_path):
+    """A real PV guest (fixtures/xen/validation/pv, W1: one request at a time): dom0's
+    ftrace has blkback's interrupt entries (the kicks) and the probe on its notification
+    (the responses), xentrace the guest vCPU's wake-ups. Every request gets the kick that
+    woke blkback before its submission and its own response after its completion; a
+    request the guest waited for blocked gets the wake-up after that response."""
+    shutil.copytree(FIXTURES / "xen" / "validation" / "pv", tmp_path / "b")
+    b = api.ingest(tmp_path / "b", warn=lambda m: None).bundle
+    req = timeline.load(b).requests
+    assert len(req) == 211 and req["complete"].all()
+    assert req["kick_ns"].null_count() == 0 and req["kick_ns"].n_unique() == 208  # 209 irqs
+    assert (req["kick_ns"] <= req["handle_ns"]).all()
+    # one response per request (211 probe hits on blkback's IRQ), each after its completion
+    assert req["fill_ns"].n_unique() == 211 and (req["fill_ns"] > req["io_done_ns"]).all()
+    woke = req.filter(pl.col("notify_ns").is_not_null())
+    assert len(woke) == 199 and (woke["notify_ns"] >= woke["fill_ns"]).all()
+    assert (req["kick_to_pop_ns"] == req["pop_ns"] - req["kick_ns"]).all()

@@ -10,7 +10,14 @@ TRANSPORT = Transport(
     title="VirtIO over XenBus (2011 GSoC prototype)",
     summary=__doc__,
     **paths(
-        notify=(o.GUEST_SUBMIT, o.EVTCHN_SEND, o.BACKEND_WAKE, o.BACKEND_POP, o.FOREIGN_MAP),
+        notify=(
+            o.GUEST_SUBMIT,
+            o.EVTCHN_SEND,
+            o.BACKEND_WAKE,
+            o.THREAD_WAKE,
+            o.BACKEND_POP,
+            o.FOREIGN_MAP,
+        ),
         complete=(
             o.BACKEND_COMPLETE,
             o.FOREIGN_UNMAP,

@@ -38,6 +38,9 @@ EVTCHN_SEND = op(
 BACKEND_WAKE = op(
     "backend_wake", "dispatch", "hypervisor", "none", "xen.evtchn_latency", emits="backend_wake"
 )
+# the backend's thread (blkback's kthread, QEMU's main loop) woken by that event: pure
+# latency on dom0's side, during which the backend is idle, not busy
+THREAD_WAKE = op("thread_wake", "dispatch", "backend_thread", "none", "dom0.thread_wake")
 EVTCHN_BACK = op(
     "evtchn_back", "irq", "backend_thread", "backend", "xen.evtchn_send", emits="pv_evtchn"
 )

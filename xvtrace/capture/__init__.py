@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
+import os
 import platform
 import shutil
 import signal
@@ -370,10 +371,20 @@ class IfaceSource(Source):
 class BlockTraceSource(Source):
     """dom0's block layer (block_rq_insert / issue / complete) through tracefs into
     raw/dom0-trace.txt: the per-request view of backends that log nothing themselves
-    (blkback, vhost-user, Argo). A private trace instance keeps the global buffer alone;
-    its clock is x86-tsc where the kernel has it (the TSC xentrace stamps), else mono."""
+    (blkback, vhost-user, Argo), with the entries of blkback's event-channel interrupt (a
+    PV guest's kicks as dom0 takes them). A private trace instance keeps the global buffer
+    alone; its clock is x86-tsc where the kernel has it (the TSC xentrace stamps), else
+    mono."""
 
     EVENTS = ("block_rq_insert", "block_rq_issue", "block_rq_complete")
+    # (subsystem, event, filter): a backend's interrupt by the name its driver binds it with
+    # (xen-blkback: bind_interdomain_evtchn_to_irqhandler_lateeoi(..., "blkif-backend", ...))
+    IRQS = (("irq", "irq_handler_entry", 'name == "blkif-backend"'),)
+    # the backend's answer: a dynamic probe on the kernel function a PV backend calls to send
+    # the guest its event (drivers/xen/events/events_base.c notify_remote_via_irq, exported,
+    # so never inlined), with its IRQ (the one its handler runs on)
+    KPROBE = ("xvtrace", "notify_remote_via_irq",
+              ("notify_remote_via_irq irq=$arg1:s32", "notify_remote_via_irq irq=%di:s32"))  # fmt: skip
     FILE = "dom0-trace.txt"
 
     def __init__(self, bundle: Path, tracefs: Path, buffer_kb: int = 16384):
@@ -381,6 +392,7 @@ class BlockTraceSource(Source):
         self.bundle, self.tracefs, self.buffer_kb = bundle, tracefs, buffer_kb
         self.inst = tracefs / "instances" / "xvtrace"
         self.proc: subprocess.Popen | None = None
+        self.kprobe = False  # ours to remove at the end
 
     def start(self) -> None:
         try:
@@ -393,13 +405,41 @@ class BlockTraceSource(Source):
             (self.inst / "buffer_size_kb").write_text(str(self.buffer_kb))
             for ev in self.EVENTS:
                 (self.inst / "events" / "block" / ev / "enable").write_text("1")
+        except OSError as e:
+            return self.fail(f"tracefs at {self.tracefs}: {e} (needs root and tracefs mounted)")
+        events = list(self.EVENTS)
+        for system, ev, condition in self.IRQS:  # optional: the block events are the source
+            d = self.inst / "events" / system / ev
+            try:
+                (d / "filter").write_text(condition)
+                (d / "enable").write_text("1")
+                events.append(f"{ev} if {condition}")
+            except OSError as e:
+                self.entry.setdefault("warnings", []).append(f"{system}/{ev}: {e}")
+        group, name, probes = self.KPROBE
+        failed = []
+        for probe in probes:  # the portable argument syntax first ($argN: Linux 4.20)
+            try:  # the probe is the kernel's (tracefs root), its event enabled in our instance
+                _append(self.tracefs / "kprobe_events", f"p:{group}/{name} {probe}\n")
+                self.kprobe = True
+                (self.inst / "events" / group / name / "enable").write_text("1")
+                events.append(f"{name} (kprobe: {probe})")
+                break
+            except OSError as e:  # the kernel says why in its error log
+                log = ""
+                with contextlib.suppress(OSError):
+                    log = (self.tracefs / "error_log").read_text().strip().splitlines()[-2:]
+                failed.append(f"{probe!r}: {e} {' '.join(log)}".strip())
+        else:
+            self.entry.setdefault("warnings", []).append(f"kprobe {name}: {'; '.join(failed)}")
+        try:
             (self.inst / "tracing_on").write_text("1")
         except OSError as e:
             return self.fail(f"tracefs at {self.tracefs}: {e} (needs root and tracefs mounted)")
         self.out = (self.bundle / self.entry["file"]).open("wb")
         self.proc = subprocess.Popen(["cat", str(self.inst / "trace_pipe")], stdout=self.out,
                                      stderr=subprocess.DEVNULL)  # fmt: skip
-        self.entry.update(ok=True, clock=clock, events=list(self.EVENTS), instance=str(self.inst))
+        self.entry.update(ok=True, clock=clock, events=events, instance=str(self.inst))
         if clock != "x86-tsc":
             self.entry.setdefault("warnings", []).append(
                 "no x86-tsc trace clock: dom0's block events keep their own clock (mono)"
@@ -418,7 +458,26 @@ class BlockTraceSource(Source):
         with contextlib.suppress(OSError):
             for ev in self.EVENTS:
                 (self.inst / "events" / "block" / ev / "enable").write_text("0")
+            for system, ev, _ in self.IRQS:
+                (self.inst / "events" / system / ev / "enable").write_text("0")
+                (self.inst / "events" / system / ev / "filter").write_text("0")
+        with contextlib.suppress(OSError):
+            if self.kprobe:
+                group, name, _ = self.KPROBE
+                (self.inst / "events" / group / name / "enable").write_text("0")
+                _append(self.tracefs / "kprobe_events", f"-:{group}/{name}\n")
+        with contextlib.suppress(OSError):
             self.inst.rmdir()
+
+
+def _append(path: Path, text: str) -> None:
+    """One unbuffered appending write: tracefs' definition files take a line per write and
+    refuse the seek to their end that Python's append mode makes (EINVAL)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 class FileSource(Source):

@@ -620,16 +620,19 @@ def calibrate_cmd(sources, output, transport, costs_file, seed):
 @click.option("--costs", "costs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Start from this cost file instead of the defaults.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cost jitter.")
+@click.option("--arrivals", type=click.Choice(["open", "closed"]), default="open", show_default=True,
+              help="Replay each source at its captured arrival times (open: the guest's own "
+                   "pacing), or closed-loop at its workload's jobs and depth.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="The matrix and every interval as JSON.")
 @_guard
-def validate_cmd(tests, train, costs_file, seed, as_json):
+def validate_cmd(tests, train, costs_file, seed, arrivals, as_json):
     """Check replay against real captures: fit the host's costs to the --calibrate
     captures, replay each TEST capture as the transport of every TEST capture, and
     compare each prediction with that capture, interval by interval on what the host
     observes (kick trap, pop, submission, I/O, fill, interrupt, ISR traps), at p50 and
     p90. Prints the error matrix (source x target) of the whole host-observed request,
     then each interval's. Every capture must name its transport (`capture --transport`)."""
-    v = api.validate(tests, train, costs_file=costs_file, seed=seed)
+    v = api.validate(tests, train, costs_file=costs_file, seed=seed, arrivals=arrivals)
     _show(v, as_json)
 
 

@@ -130,14 +130,17 @@ BLOCK_VIEW = "block"  # requests.parquet `view`: dom0's block layer alone (no ki
 
 
 def block_requests(ev: pl.LazyFrame) -> pl.DataFrame | None:
-    """Requests as dom0's block layer alone sees them, when the guest's kicks cannot be
-    matched (a PV guest's event-channel sends also serve its timers and console): each
-    block_rq_issue with its completion (same sector, same occurrence). Only the device
-    phase is known; the issue and the completion stand in for pop and fill."""
+    """Requests as dom0's block layer sees them, when the guest's kicks are no VM exits (a
+    PV guest's event-channel sends are hypercalls, which the capture leaves out: dom0's own
+    would flood it): each block_rq_issue with its completion (same sector, same
+    occurrence); the issue and the completion stand in for pop and fill. Where the capture
+    has them, the kick and the interrupt as the host sees them (`pv_edges`): kick_ns, the
+    entry of the backend's event-channel interrupt in dom0 that woke it for this request,
+    and notify_ns, the guest vCPU's wake-up by the response."""
     req = block_pairs(ev)
     if req is None:
         return None
-    return req.select(
+    req = req.select(
         pl.int_range(pl.len()).alias("request"), "src_file", "dev", pl.lit(0, pl.UInt16).alias("queue"),
         "op", "bytes", "sector", pl.col("handle_ns").alias("pop_ns"), "submit_ns", "handle_ns", "io_done_ns",
         pl.col("io_done_ns").alias("fill_ns"), (pl.col("io_done_ns") - pl.col("handle_ns")).alias("io_ns"),
@@ -146,6 +149,100 @@ def block_requests(ev: pl.LazyFrame) -> pl.DataFrame | None:
         .otherwise(pl.lit(None, dtype=pl.String)).alias("reason"),
         pl.lit(BLOCK_VIEW).alias("view"),
     )  # fmt: skip
+    return pv_edges(ev, req)
+
+
+# the names a PV backend's driver gives its event-channel interrupt in dom0 (xen-blkback's
+# bind_interdomain_evtchn_to_irqhandler_lateeoi(..., "blkif-backend", ...))
+BACKEND_IRQS = ("blkif-backend",)
+BLOCKED, RUNNABLE = 2, 1  # Xen's runstates (public/vcpu.h RUNSTATE_*)
+IDLE_DOMAIN = 0x7FFF
+
+
+def pv_edges(ev: pl.LazyFrame, req: pl.DataFrame) -> pl.DataFrame:
+    """`req` with a PV guest's kick, its backend's answer and the guest's interrupt where the
+    capture has their records (all on the TSC xentrace stamps: capture sets dom0's trace
+    clock to x86-tsc):
+    - kick_ns: the last entry of the backend's interrupt (BACKEND_IRQS, dom0's ftrace) at or
+      before the request's submission (its insert, else its issue): the kick that woke the
+      backend thread which then took the request off the ring. Requests the backend took in
+      one pass share it (blkback reads every request the ring holds);
+    - fill_ns: the backend's first notification of the guest on that interrupt's channel
+      (the notify_remote_via_irq probe) at or after the request's completion: its response
+      sent. Responses sent together share it. Without the probe fill_ns stays the
+      completion;
+    - notify_ns: the guest vCPU's wake-up (runstate blocked -> runnable, xentrace) after the
+      response, for a guest that was blocked when it was sent (a running guest takes its
+      event without a record). Only with one guest domain in the trace (which one a backend
+      serves is not recorded)."""
+    irqs = (
+        ev.filter((pl.col("event") == "irq.handler_entry") & pl.col("dev").is_in(BACKEND_IRQS))
+        .select(pl.col("ts_ns").alias("kick_ns"), pl.col("arg0").alias("irq"))
+        .collect()
+        .sort("kick_ns")
+    )
+    if len(irqs):
+        at = pl.coalesce("submit_ns", "handle_ns").alias("_at")
+        req = _asof(req, at, irqs.select("kick_ns"), "kick_ns", "backward")
+        sent = (
+            ev.filter(
+                (pl.col("event") == "irq.notify_remote")
+                & pl.col("arg0").is_in(irqs["irq"].unique().to_list())
+            )
+            .select(pl.col("ts_ns").alias("_sent"))
+            .collect()
+        )
+        if len(sent):
+            req = _asof(req, pl.col("io_done_ns").alias("_at"), sent, "_sent", "forward")
+            req = req.with_columns(pl.coalesce("_sent", "fill_ns").alias("fill_ns")).drop("_sent")
+    req = _guest_wakes(ev, req)
+    extra = []
+    if "kick_ns" in req.columns:
+        extra.append((pl.col("pop_ns") - pl.col("kick_ns")).alias("kick_to_pop_ns"))
+    if "notify_ns" in req.columns:
+        extra.append((pl.col("notify_ns") - pl.col("fill_ns")).alias("fill_to_notify_ns"))
+    return req.with_columns(extra)
+
+
+def _asof(req: pl.DataFrame, at: pl.Expr, times: pl.DataFrame, name: str, strategy: str):
+    """req with `name`: the time in `times` nearest `at` (its alias `_at`) in `strategy`'s
+    direction; requests without `at` get none."""
+    have = req.with_columns(at).filter(pl.col("_at").is_not_null()).sort("_at")
+    have = have.join_asof(times.sort(name), left_on="_at", right_on=name, strategy=strategy)
+    return req.join(have.select("request", name), on="request", how="left")
+
+
+def _guest_wakes(ev: pl.LazyFrame, req: pl.DataFrame) -> pl.DataFrame:
+    """notify_ns (see pv_edges): the one guest domain's vCPU runstates, the state it was in
+    when the response was sent, and its wake-up after."""
+    state = pl.col("code") // (1 << 4) & 0xF, pl.col("code") // (1 << 8) & 0xF
+    runs = (
+        ev.filter(pl.col("event") == "sched.runstate_change")
+        .select(
+            "ts_ns",
+            fields.xen("sched.runstate_change", "dom").alias("dom"),
+            state[0].alias("new"),
+            state[1].alias("old"),
+        )
+        .filter((pl.col("dom") != 0) & (pl.col("dom") != IDLE_DOMAIN))
+        .collect()
+        .sort("ts_ns")
+    )
+    if runs["dom"].n_unique() != 1:
+        return req
+    wakes = runs.filter((pl.col("old") == BLOCKED) & (pl.col("new") == RUNNABLE))
+    blocked = runs.select(
+        pl.col("ts_ns").alias("_since"), (pl.col("new") == BLOCKED).alias("_blocked")
+    )
+    req = _asof(req, pl.col("fill_ns").alias("_at"), wakes.select(pl.col("ts_ns").alias("notify_ns")),
+                "notify_ns", "forward")  # fmt: skip
+    sent = req.filter(pl.col("fill_ns").is_not_null()).sort("fill_ns")
+    sent = sent.join_asof(blocked, left_on="fill_ns", right_on="_since", strategy="backward")
+    return (
+        req.join(sent.select("request", "_blocked"), on="request", how="left")
+        .with_columns(pl.when(pl.col("_blocked")).then("notify_ns").alias("notify_ns"))
+        .drop("_blocked")
+    )
 
 
 def block_pairs(ev: pl.LazyFrame) -> pl.DataFrame | None:

@@ -37,11 +37,14 @@ from xvtrace.timeline.traps import trap_requests
 REQUESTS = text.REQUESTS
 IOREQS = ioreqs.IOREQS
 SECTION = "timeline"  # the manifest section holding the facts, the key and the files
-VERSION = 9  # of the reconstruction: bump when its output changes
+VERSION = 10  # of the reconstruction: bump when its output changes
 DM_VIEW, DM_VIEW_NAME = qemu.VIEW, qemu.VIEW_NAME
 IDE_VIEW_NAME = "device model (QEMU IDE trace events)"
 HV_VIEW_NAME = "hypervisor (xentrace) + dom0 block layer (ftrace)"
-BLOCK_VIEW_NAME = "dom0 block layer only (ftrace): the guest's kicks could not be matched"
+BLOCK_VIEW_NAME = (
+    "dom0 block layer (ftrace): a PV guest's kicks as its backend's interrupts and its "
+    "interrupts as its vCPU's wake-ups, where captured"
+)
 
 
 @dataclass(frozen=True)
