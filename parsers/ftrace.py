@@ -237,7 +237,6 @@ class FtraceDecoder:
     def _rows(self, name: str, rows: pl.DataFrame) -> pl.DataFrame | None:
         if name in ("irq_handler_entry", "notify_remote_via_irq"):
             return self._irq_rows(name, rows)
-        event, code = EVENTS[name]
         f = rows.with_columns(pl.col("rest").str.extract_groups(_FIELDS[name]).alias("_f")).unnest(
             "_f"
         )
@@ -266,15 +265,7 @@ class FtraceDecoder:
             else pl.lit(0, pl.UInt64)
         )
         return f.select(
-            *self._times(f["ts"]),
-            pl.lit(True).alias("has_ts"),
-            pl.lit(SOURCE).alias("source"),
-            pl.col("pid").cast(pl.UInt32).alias("thread"),
-            pl.lit(0, pl.Int32).alias("dom"),
-            pl.col("cpu").cast(pl.Int32).alias("vcpu"),
-            pl.lit(event).alias("event"),
-            pl.lit(code, pl.UInt32).alias("code"),
-            pl.lit(3, pl.UInt8).alias("nargs"),
+            *self._context(f, name, 3),
             write.alias("arg0"),  # 1: a write (rwbs has W)
             nr.alias("arg1"),  # sectors
             err.alias("arg2"),  # completion: the error (0 = success)
@@ -285,10 +276,24 @@ class FtraceDecoder:
             pl.col("src_offset"),
         )  # fmt: skip
 
+    def _context(self, f: pl.DataFrame, name: str, nargs: int) -> list:
+        """The columns every row of event `name` has from its line's prefix."""
+        event, code = EVENTS[name]
+        return [
+            *self._times(f["ts"]),
+            pl.lit(True).alias("has_ts"),
+            pl.lit(SOURCE).alias("source"),
+            pl.col("pid").cast(pl.UInt32).alias("thread"),
+            pl.lit(0, pl.Int32).alias("dom"),
+            pl.col("cpu").cast(pl.Int32).alias("vcpu"),
+            pl.lit(event).alias("event"),
+            pl.lit(code, pl.UInt32).alias("code"),
+            pl.lit(nargs, pl.UInt8).alias("nargs"),
+        ]
+
     def _irq_rows(self, name: str, rows: pl.DataFrame) -> pl.DataFrame | None:
         """irq_handler_entry and notify_remote_via_irq lines: arg0 the IRQ number, dev the
         handler's name (the probe's place for the notification)."""
-        event, code = EVENTS[name]
         f = rows.with_columns(pl.col("rest").str.extract_groups(_FIELDS[name]).alias("_f")).unnest(
             "_f"
         )
@@ -303,15 +308,7 @@ class FtraceDecoder:
         if not len(f):
             return None
         return f.select(
-            *self._times(f["ts"]),
-            pl.lit(True).alias("has_ts"),
-            pl.lit(SOURCE).alias("source"),
-            pl.col("pid").cast(pl.UInt32).alias("thread"),
-            pl.lit(0, pl.Int32).alias("dom"),
-            pl.col("cpu").cast(pl.Int32).alias("vcpu"),
-            pl.lit(event).alias("event"),
-            pl.lit(code, pl.UInt32).alias("code"),
-            pl.lit(1, pl.UInt8).alias("nargs"),
+            *self._context(f, name, 1),
             pl.col("irq").cast(pl.UInt64).alias("arg0"),
             pl.lit(None, pl.UInt64).alias("arg1"),  # the block rows' columns, in their order
             pl.lit(None, pl.UInt64).alias("arg2"),

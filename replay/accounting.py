@@ -16,6 +16,7 @@ COUNTERS = ("vm_exits", "ioreqs", "hypercalls", "pages_mapped", "bytes_copied")
 # emits -> (vm exits, IOREQs, hypercalls) per request
 _EVENTS = {
     "mmio_notify": (1, 1, 0),  # the QueueNotify write traps and becomes an IOREQ
+    "pci_notify": (1, 1, 0),  # the notify BAR write, likewise
     "mmio_isr_status": (1, 1, 0),  # the ISR's InterruptStatus read
     "mmio_isr_ack": (1, 1, 0),  # and its InterruptACK write
     "vmcall_evtchn": (1, 0, 1),  # HVM guest hypercall: a VMCALL exit

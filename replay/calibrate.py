@@ -48,7 +48,7 @@ ITERATIONS = 30
 TOLERANCE = 1e-3
 
 
-KICKS = ("mmio_notify", "vmcall_evtchn", "vmcall_argo")  # what a guest's notification emits
+KICKS = ("mmio_notify", "pci_notify", "vmcall_evtchn", "vmcall_argo")  # a guest's notification
 RESPONSES = ("pv_evtchn", "pv_argo", "irq_dm_op")  # the backend domain's answer
 INTERRUPTS = ("guest_upcall", "guest_irq")  # the guest's interrupt
 ISR_TRAP_COLUMNS = {  # a virtio-mmio ISR's two traps, their timeline columns (ioreq_join)

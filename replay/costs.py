@@ -51,6 +51,11 @@ xen.argo_sendv              | host    | 1800     | 1300     | 0.3   | estimate: 
 xen.argo_copy               | host    | 0.2      | 0.25     | 0.2   | estimate: hypervisor memcpy into the destination ring at ~5 GB/s (x86) / ~4 GB/s (arm64), per byte
 argo.backend_recv           | backend | 1500     | 1700     | 0.3   | estimate: backend reads the ring message and decodes the virtio request
 dom0.thread_wake            | host    | 3000     | 3500     | 0.4   | estimate: a dom0 thread blocked on an event (blkback's kthread, QEMU's main loop) made runnable and switched to on dom0's vCPU: try_to_wake_up and a context switch, a few us on an idle CPU
+dom0.process_wake           | host    | 10000    | 11500    | 0.4   | estimate: a dom0 process blocked in poll on the event's file descriptor (QEMU's main loop on an evtchn or ioeventfd fd) made runnable, back from poll and dispatching the handler: dom0.thread_wake plus the poll return and the main loop's dispatch
+epam.virtqueue_pop          | backend | 1500     | 1700     | 0.3   | estimate: as dm.virtqueue_pop, for the EPAM backend (its descriptor walk and request setup)
+epam.buffer_map             | backend | 150      | 170      | 0.3   | estimate: as dm.mapcache_lookup, the EPAM backend's way to a buffer page through mappings it keeps; a backend that maps each request's pages pays its foreign mappings here (calibrate fits it)
+epam.request_complete       | backend | 800      | 900      | 0.3   | estimate: as dm.request_complete, the EPAM backend's completion work up to the used-ring update (status byte, buffers released)
+epam.virtqueue_push         | backend | 1200     | 1400     | 0.3   | estimate: as dm.virtqueue_push, the EPAM backend's used-ring update and notify decision
 dm.virtqueue_pop            | backend | 1500     | 1700     | 0.3   | estimate: QEMU virtqueue_pop and request setup (element allocation, descriptor walk)
 dm.request_complete         | backend | 800      | 900      | 0.3   | estimate: QEMU's block completion callback up to the used-ring update: virtio_blk_rw_complete, the status byte stored, the request's buffers unmapped (dma_memory_unmap), virtio_blk_req_complete
 dm.virtqueue_push           | backend | 1200     | 1400     | 0.3   | estimate: QEMU virtqueue_fill + flush + notify decision

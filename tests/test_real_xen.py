@@ -279,8 +279,8 @@ def test_calibrate_fits_the_epam_costs_from_the_real_capture(xen, tmp_path):
     assert r.exit_code == 0, r.output
     fitted = cost_table.load(out).filter(pl.col("source").str.starts_with("calibrated from"))
     # every step between two of the capture's stamps: the trap and its IOREQ dispatch, the
-    # backend's pop and push, the interrupt to the ISR, the ISR's two traps
-    assert {"xen.mmio_trap", "xen.ioreq_dispatch", "dm.virtqueue_pop", "dm.virtqueue_push",
+    # EPAM backend's pop and push, the interrupt to the ISR, the ISR's two traps
+    assert {"xen.mmio_trap", "xen.ioreq_dispatch", "epam.virtqueue_pop", "epam.virtqueue_push",
             "xen.dm_op_irq", "xen.virq_latency", "epam.isr_trap"} <= set(fitted["key"])  # fmt: skip
     # the guest's own ring work is stamped by nothing
     assert not {"guest.ring_submit", "guest.ring_complete"} & set(fitted["key"])

@@ -275,7 +275,9 @@ def test_calibrate_needs_to_know_the_transport(tmp_path):
     assert r.exit_code == 2 and "--transport" in r.output
     assert not (tmp_path / "c.toml").exists()
     # told the transport, a plain QEMU capture still constrains the backend's own steps
-    r = runner.invoke(cli, ["calibrate", str(b), "-t", "epam-mmio", "-o", str(tmp_path / "c.toml")])
+    r = runner.invoke(
+        cli, ["calibrate", str(b), "-t", "qemu-virtio-pci", "-o", str(tmp_path / "c.toml")]
+    )
     assert r.exit_code == 0, r.output
     assert "dm.virtqueue_pop" in set(cost_table.load(tmp_path / "c.toml").filter(
         pl.col("source").str.starts_with("calibrated"))["key"])  # fmt: skip

@@ -14,7 +14,7 @@ TRANSPORT = Transport(
             o.GUEST_SUBMIT,
             o.EVTCHN_SEND,
             o.BACKEND_WAKE,
-            o.THREAD_WAKE,
+            o.PROCESS_WAKE,
             o.BACKEND_POP,
             o.FOREIGN_MAP,
         ),

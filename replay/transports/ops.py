@@ -23,6 +23,12 @@ GUEST_UPCALL = op(
 # completes the IOREQ of its QueueNotify write
 MMIO_NOTIFY = op("notify_trap", "notify", "hypervisor", "vcpu", "xen.mmio_trap",
                  emits="mmio_notify", hold_until="ioreq_complete")  # fmt: skip
+# virtio-pci through QEMU: the notify BAR write traps like QueueNotify, but QEMU answers
+# the IOREQ at once (its ioeventfd) and handles the queue later from its main loop
+PCI_NOTIFY = op("notify_trap", "notify", "hypervisor", "vcpu", "xen.mmio_trap",
+                emits="pci_notify", hold_until="ioreq_complete")  # fmt: skip
+# an MSI-X interrupt: delivered to the vCPU, no ISR register to read or acknowledge
+GUEST_MSI = op("guest_irq", "irq", "guest_vcpu", "vcpu", "xen.virq_latency", emits="guest_irq")
 IOREQ_DISPATCH = op(
     "ioreq_dispatch", "dispatch", "hypervisor", "none", "xen.ioreq_dispatch", emits="ioreq_wait"
 )
@@ -38,9 +44,11 @@ EVTCHN_SEND = op(
 BACKEND_WAKE = op(
     "backend_wake", "dispatch", "hypervisor", "none", "xen.evtchn_latency", emits="backend_wake"
 )
-# the backend's thread (blkback's kthread, QEMU's main loop) woken by that event: pure
-# latency on dom0's side, during which the backend is idle, not busy
+# the backend woken by that event: pure latency on dom0's side, during which the backend
+# is idle, not busy. A kernel thread (blkback's) is woken directly; a process (QEMU's main
+# loop) returns from its poll on the event's file descriptor first
 THREAD_WAKE = op("thread_wake", "dispatch", "backend_thread", "none", "dom0.thread_wake")
+PROCESS_WAKE = op("thread_wake", "dispatch", "backend_thread", "none", "dom0.process_wake")
 EVTCHN_BACK = op(
     "evtchn_back", "irq", "backend_thread", "backend", "xen.evtchn_send", emits="pv_evtchn"
 )

@@ -63,7 +63,7 @@ hvm-virtio)
   # the VirtIO-GSOC HVM path: a virtio-blk-pci disk the device model serves over IOREQs
   # (QEMU's default cache: see hvm-ide)
   hvm_cfg '"-drive", "if=none,id=vd0,file=/tmp/work/disk.img,format=raw", "-device", "virtio-blk-pci,drive=vd0"'
-  TRACE="--trace handle_ioreq* --trace cpu_ioreq_* --trace virtio_* --trace virtqueue_* --trace xen_map_cache*"
+  TRACE="--transport qemu-virtio-pci --trace handle_ioreq* --trace cpu_ioreq_* --trace virtio_* --trace virtqueue_* --trace xen_map_cache*"
   ;;
 hvm-ide)
   # an emulated IDE disk (PIIX, bus-master DMA). QEMU's default cache: with O_DIRECT

@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from xvtrace.emulate.pending import Batch, Pending, Texts
-from xvtrace.emulate.xen_records import ACK, MMIO_BASE, NOTIFY, STATUS
+from xvtrace.emulate.xen_records import ACK, MMIO_BASE, NOTIFY, PCI_NOTIFY, STATUS
 from xvtrace.parsers.trace_events import TraceEvents, render_lines
 from xvtrace.replay.costs import costs_for, default_table
 from xvtrace.replay.transports.base import submission
@@ -214,6 +214,12 @@ def _path_lines(out: Lines, kind: str, path, sched, req, slots: ElementSlots) ->
             out.add("handle_ioreq", pop_t, 0.0, req=ioreq, type=1, dir=0, df=0, data_is_ptr=0,
                     addr=MMIO_BASE + NOTIFY, data=queue, count=1, size=4)  # fmt: skip
             out.add("virtio_mmio_write_offset", pop_t, 0.1, offset=NOTIFY, value=queue)
+        elif "pci_notify" in emits:  # QEMU answers the IOREQ at once (ioeventfd), pops later
+            at = t("ioreq_dispatch", "end")
+            fields = {"req": ioreq, "df": 0, "data_is_ptr": 0, "addr": PCI_NOTIFY, "data": queue,
+                      "count": 1, "size": 2}  # fmt: skip
+            out.add("handle_ioreq", at, 0.0, type=1, dir=0, **fields)
+            out.add("cpu_ioreq_move", at, 0.1, dir=0, **fields)
         out.add("virtio_queue_notify", pop_t, 0.2, vdev=vdev, n=queue, vq=vq)
     if kind == "block":
         in_num, out_num = np.where(w, 1, 1 + pages), np.where(w, 1 + pages, 1)
@@ -272,7 +278,8 @@ def _path_lines(out: Lines, kind: str, path, sched, req, slots: ElementSlots) ->
     out.add("virtqueue_fill", push, 0.2, vq=vq, elem=elem, len=fill_len, idx=0)
     out.add("virtqueue_flush", push, 0.3, vq=vq, count=1)
     # virtio_notify comes once the used ring is flushed: the push's end
-    out.add("virtio_notify", t("backend_push", "end"), -0.1, vdev=vdev, vq=vq)
+    irq = "virtio_notify_irqfd" if "pci_notify" in emits else "virtio_notify"  # MSI-X: irqfd
+    out.add(irq, t("backend_push", "end"), -0.1, vdev=vdev, vq=vq)
     if "mmio_isr_status" in emits:
         out.add("virtio_mmio_setting_irq", t("irq_inject"), 0.0, level=1)
         # the ISR's two IOREQs, taken up once each trap is dispatched to the device model

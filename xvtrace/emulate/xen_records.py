@@ -24,6 +24,7 @@ from xvtrace.parsers.xentrace import write_records
 
 GUEST_DOM, DOM0 = 1, 0
 MMIO_BASE = 0xFEB00000  # the virtio-mmio window of the emulated device
+PCI_NOTIFY = 0xF0003000  # a virtio-pci device's notify region (where QEMU put it on the real host)
 NOTIFY, STATUS, ACK = 0x50, 0x60, 0x64  # virtio-mmio QueueNotify, InterruptStatus, InterruptACK
 IRQ_VECTOR, UPCALL_VECTOR, PHYS_VECTOR = 0x25, 0xF3, 0xF2
 # exit reasons: (VMX, SVM)
@@ -35,6 +36,7 @@ NPF_WORDS = (0xFFFFFFFF, 0xFFFFFFFF, 0x182, 5)  # mfn ~0 (emulated MMIO), qualif
 GUEST_RIP = 0xFFFFFFFF81A0_0000  # where the guest's virtio driver pokes the device
 GUEST_SIDE = (
     "mmio_notify",
+    "pci_notify",
     "guest_irq",
     "mmio_isr_status",
     "mmio_isr_ack",
@@ -167,8 +169,10 @@ def _hypercall(rec: Records, t, op, args=()) -> None:
     rec.add(0, t, 0.0, xe.TRC_PV_HYPERCALL_V2, (word0, *args))
 
 
-def _mmio_trap(rec, cpu, t0, t1, offset, data, vendor, write=True, order=0.0) -> None:
-    gpa = MMIO_BASE + offset
+def _mmio_trap(
+    rec, cpu, t0, t1, offset, data, vendor, write=True, order=0.0, base=MMIO_BASE
+) -> None:
+    gpa = base + offset
     npf = (0x00082021, (gpa, 0, *NPF_WORDS))
     if write:
         _exit(rec, cpu, t0, _reason("npf", vendor), [npf, (0x00082217, (gpa, data))], order)
@@ -219,6 +223,8 @@ def _emit_path(rec: Records, path, sched, req, vendor: str, guest_exits: bool) -
             continue
         if o.emits == "mmio_notify":
             _mmio_trap(rec, gcpu, s, until, NOTIFY, np.zeros(n), vendor)
+        elif o.emits == "pci_notify":
+            _mmio_trap(rec, gcpu, s, until, 0, np.zeros(n), vendor, base=PCI_NOTIFY)
         elif o.emits == "guest_irq":
             _interrupt(rec, gcpu, s, e, IRQ_VECTOR, vendor)
         elif o.emits == "mmio_isr_status":
