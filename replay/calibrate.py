@@ -373,3 +373,40 @@ def random_effects(x: np.ndarray, se: np.ndarray) -> tuple[float, float]:
     tau2 = max(0.0, (q - (k - 1)) / (w.sum() - (w**2).sum() / w.sum())) if k > 1 else 0.0
     w = 1.0 / (se**2 + tau2)
     return float((w * x).sum() / w.sum()), float(Z95 / np.sqrt(w.sum()))
+
+
+IO_PATH = "io_path"  # the operation between a backend's submission and the device
+
+
+def io_path_excess(measured: list[tuple[str, str, str, np.ndarray]]) -> pl.DataFrame:
+    """Each backend's I/O path from captures of several backends on one host running one
+    workload (`measured`: capture, io_path cost key, workload name, its requests' submission
+    to completion in ns). The device under them is the host's, the same for all, so what a
+    backend measures beyond the fastest one at the same workload is its own I/O path: the
+    fastest key gets 0 (blkback's, whose block layer sees the device itself), the others
+    their excess of the mean, with a 95 % interval from both means' batch standard errors.
+    A single capture cannot separate its backend's path from the device."""
+    rows = []
+    by_workload: dict[str, dict[str, list]] = {}
+    for capture, key, workload, x in measured:
+        if workload and len(x) >= MIN_REQUESTS:
+            by_workload.setdefault(workload, {}).setdefault(key, []).append((capture, x))
+    for workload, keys in by_workload.items():  # a workload or two
+        if len(keys) < 2:
+            continue
+        pooled = {k: np.concatenate([x for _, x in v]) for k, v in keys.items()}
+        base = min(pooled, key=lambda k: pooled[k].mean())
+        b_mean, b_se = pooled[base].mean(), _batch_se(pooled[base])
+        names = {k: ", ".join(c for c, _ in v) for k, v in keys.items()}
+        for key, x in pooled.items():
+            ns = float(x.mean() - b_mean)
+            half = Z95 * float(np.hypot(_batch_se(x), b_se)) if key != base else 0.0
+            rows.append({
+                "key": key, "ns": ns, "ci_low": max(ns - half, 0.0), "ci_high": ns + half,
+                "captures": f"{names[key]} (handle_ns -> io_done_ns at {workload}) less "
+                            f"{names[base]}'s",
+                "requests": len(x),
+            })  # fmt: skip
+    return pl.DataFrame(rows, schema={"key": pl.String, "ns": pl.Float64, "ci_low": pl.Float64,
+                                      "ci_high": pl.Float64, "captures": pl.String,
+                                      "requests": pl.Int64})  # fmt: skip

@@ -1,5 +1,11 @@
 """Replay: re-executing a captured request stream through every transport's path, and
-comparing transports (xvtrace replay / compare)."""
+comparing transports (xvtrace replay / compare).
+
+The tests on emulated bundles are the emulator's self-consistency (`test_self_consistency_*`):
+the emulator runs the same engine with the same cost table, so they check the plumbing
+(the stream taken out of a bundle, calibration's arithmetic, the accounting), not whether
+the model predicts a real host. tests/test_validation.py checks that, against real
+captures of two workloads on the real Xen test host."""
 
 import json
 import shutil
@@ -56,7 +62,9 @@ def _errors(predicted: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
 @pytest.mark.slow
 @pytest.mark.parametrize("workload", WORKLOADS)
 @pytest.mark.parametrize("transport", RECONSTRUCTED)
-def test_replay_against_its_own_transport_reproduces_the_latencies(runs, transport, workload):
+def test_self_consistency_replay_against_its_own_transport_reproduces_the_latencies(
+    runs, transport, workload
+):
     truth, res, calibrated, _ = runs[transport, workload]
     assert res.source == transport and len(res.stream) == N
     for r in (res, calibrated):  # with the table's costs, and with the capture's fitted ones
@@ -68,7 +76,9 @@ def test_replay_against_its_own_transport_reproduces_the_latencies(runs, transpo
 @pytest.mark.slow
 @pytest.mark.parametrize("workload", WORKLOADS)
 @pytest.mark.parametrize("transport", RECONSTRUCTED)
-def test_calibration_recovers_the_backend_costs_the_emulator_used(runs, transport, workload):
+def test_self_consistency_calibration_recovers_the_backend_costs_the_emulator_used(
+    runs, transport, workload
+):
     *_, rows = runs[transport, workload]
     fitted = rows.filter(pl.col("fitted_ns").is_not_null())
     # the backend's own operations lie between two device-model stamps: close fits
@@ -80,7 +90,7 @@ def test_calibration_recovers_the_backend_costs_the_emulator_used(runs, transpor
 
 
 @pytest.mark.slow
-def test_calibration_fits_the_isr_traps_from_their_exits_and_entries(runs):
+def test_self_consistency_calibration_fits_the_isr_traps_from_their_exits_and_entries(runs):
     *_, rows = runs["epam-mmio", "randread-4k-qd1"]
     isr = rows.filter(pl.col("key") == "epam.isr_trap")
     # both traps' exit..entry intervals, on the hypervisor's clock: a close fit
@@ -89,7 +99,7 @@ def test_calibration_fits_the_isr_traps_from_their_exits_and_entries(runs):
 
 
 @pytest.mark.slow
-def test_calibration_intervals_cover_the_emulators_costs(runs):
+def test_self_consistency_calibration_intervals_cover_the_emulators_costs(runs):
     rows = pl.concat([r for *_, r in runs.values()]).filter(pl.col("fitted_ns").is_not_null())
     covered = (rows["ci_low"] <= rows["ns"]) & (rows["ns"] <= rows["ci_high"])
     # 95 % intervals, on some 60 fits, with the model's own simplifications: most, not all
@@ -99,7 +109,9 @@ def test_calibration_intervals_cover_the_emulators_costs(runs):
 @pytest.mark.slow
 @pytest.mark.parametrize("workload", WORKLOADS)
 @pytest.mark.parametrize("source", RECONSTRUCTED)
-def test_prediction_for_another_transport_matches_emulating_it(runs, source, workload):
+def test_self_consistency_prediction_for_another_transport_matches_emulating_it(
+    runs, source, workload
+):
     _, res, *_ = runs[source, workload]
     for target in RECONSTRUCTED:
         if target == source:

@@ -9,6 +9,7 @@ the xen stage boots the six scenarios afresh and checks the same matrix can be m
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -52,7 +53,10 @@ def test_every_source_is_predicted_as_every_real_transport(stored):
     assert sorted(p.rsplit("/", 1)[1] for p in v["calibrated_on"]) == sorted(W1)
     for row in v["intervals"]:
         assert row["requests"] >= 100, row
-        assert row["pred_p50_us"] > 0 and row["real_p50_us"] > 0, row
+        assert row["real_p50_us"] > 0 and row["pred_p50_us"] >= 0, row
+        assert all(
+            map(math.isfinite, (row["pred_p90_us"], row["err_p50"] if row["pred_p50_us"] else 0))
+        ), row
 
 
 def test_epam_predicted_from_its_w1_calibration_within_the_target(stored):
@@ -73,23 +77,19 @@ def test_epam_predicted_from_its_w1_calibration_within_the_target(stored):
 
 def test_each_transport_predicted_from_itself_and_the_misses_named(stored):
     """Each transport's W2 from its own W2 stream and the W1 costs: within the target at
-    p50 (PV's kick, submission, completion and response are all on the host's side now).
-    Across backends the device interval is the source's own I/O path, which on this host
-    differs per backend (QEMU's AIO on the image 1.8 ms, blkback's loop device 0.16 ms at
-    p50): virtio-pci's W2 as pv-blkif is 4x too slow, and the interval says so."""
+    p50 (PV's kick, submission, completion and response are all on the host's side now),
+    and PV's from every source. Across backends the device interval carries the source
+    backend's own I/O path, which calibrate fits from the W1 captures of all three (QEMU's
+    thread pool 2.3 ms over EPAM's pread): without it virtio-pci's W2 as pv-blkif was 4x
+    too slow at p50 (+297 %); with it the p50 holds and the p90 keeps QEMU's tail."""
     _, v = stored
     for m in v["matrix"]:
         if TRANSPORT[m["source"].removesuffix("-w2")] == m["target"]:
             assert abs(m["err_p50"]) <= v["targets"]["p50"], m
-    for m in v["matrix"]:  # the PV backend, predicted from EPAM's and its own W2
-        if m["target"] == "pv-blkif" and m["source"] in ("pv-w2", "hvm-epam-w2"):
-            assert m["within"], m
-    (device,) = [r for r in v["intervals"] if r["source"] == "hvm-virtio-w2"
-                 and r["target"] == "pv-blkif" and r["interval"] == "submit -> I/O done"]  # fmt: skip
-    assert device["err_p50"] > 5
-    (device,) = [r for r in v["intervals"] if r["source"] == "pv-w2"
-                 and r["target"] == "pv-blkif" and r["interval"] == "submit -> I/O done"]  # fmt: skip
-    assert device["err_p50"] == pytest.approx(0, abs=1e-9)
+        if m["target"] == "pv-blkif":
+            assert abs(m["err_p50"]) <= v["targets"]["p50"], m
+    fits = {r["key"]: r for r in v["calibration"]}
+    assert fits["dm.io_path"]["ns"] > 1e6  # QEMU's I/O path under nested TCG: milliseconds
 
 
 def test_the_matrix_is_the_stored_one(stored, golden):

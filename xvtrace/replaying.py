@@ -27,7 +27,7 @@ from xvtrace.replay.accounting import COUNTERS
 from xvtrace.replay.execute import CPU_ACTORS, ORIGINS, replay
 from xvtrace.replay.stream import Stream, from_requests
 from xvtrace.replay.transports import NAMES, get
-from xvtrace.replay.transports.base import PHASES, Transport
+from xvtrace.replay.transports.base import PHASES, Transport, submission
 
 REPLAY = "replay.parquet"
 SATURATION_DEPTH = 64  # requests in flight per job when measuring throughput at saturation
@@ -319,7 +319,39 @@ def calibrate_host(
         )  # fmt: skip
     fits = [calibrate_bundle(b, source=source, costs_file=costs_file, seed=seed) for b in bundles]
     rows = calibrate.combine([(str(f.bundle_path), f.rows) for f in fits])
+    costs = cost_table.costs_for(cost_table.load(costs_file), profile_of(bundles[0]))
+    costs |= {r["key"]: (r["ns"], r["sigma"]) for r in rows.iter_rows(named=True)}
+    io = calibrate.io_path_excess(
+        [_io_interval(b, f.transport, costs) for b, f in zip(bundles, fits, strict=True)]
+    )
+    if len(io):  # keys no single capture fits (their interval holds the device)
+        sigma = pl.col("key").replace_strict(
+            {k: v[1] for k, v in costs.items()}, return_dtype=pl.Float64
+        )
+        rows = pl.concat([rows, io.with_columns(sigma.alias("sigma")).select(rows.columns)]).sort(
+            "key"
+        )
     return HostCalibration(fits, rows)
+
+
+def _io_interval(bundle: Bundle, transport: str, costs) -> tuple[str, str, str, np.ndarray]:
+    """(capture, the transport's io_path key, workload name, each complete block request's
+    submission -> completion less the path's other steps in it, e.g. EPAM's IOREQ
+    completion, at the host's fitted costs) for calibrate.io_path_excess."""
+    t = get(transport)
+    path = t.path("block")
+    key = next((o.cost for o in path if o.name == calibrate.IO_PATH), "")
+    blk = calibrate.block_requests(timeline.load(bundle).requests)
+    blk = blk.filter(pl.col("io_done_ns").is_not_null() & pl.col("handle_ns").is_not_null())
+    x = (blk["io_done_ns"] - blk["handle_ns"]).to_numpy().astype(np.float64)
+    nbytes = blk["bytes"].fill_null(0).to_numpy().astype(np.float64)
+    pages = np.maximum(1.0, np.ceil(nbytes / 4096))
+    s, d = submission(path)
+    others = [o for o in path[s + 1 : d] if o.name != calibrate.IO_PATH]
+    x -= sum(
+        costs[o.cost][0] * {"request": 1.0, "page": pages, "byte": nbytes}[o.scale] for o in others
+    )
+    return str(bundle.path), key, str(bundle.manifest.workload.get("name") or ""), x
 
 
 def facts(result: ReplayResult) -> dict:

@@ -108,6 +108,7 @@ class Validation:
         return {
             "targets": {"p50": P50_TARGET, "p90": P90_TARGET},
             "calibrated_on": [str(f.bundle_path) for f in self.host.fits],
+            "calibration": self.host.entries(),  # the costs every prediction used
             "skipped": self.skipped,
             "matrix": self.matrix().to_dicts(),
             "intervals": self.cells.to_dicts(),

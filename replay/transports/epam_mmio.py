@@ -15,6 +15,7 @@ POP = replace(o.BACKEND_POP, cost="epam.virtqueue_pop")
 MAP = replace(o.MAPCACHE, cost="epam.buffer_map")
 COMPLETE = replace(o.BACKEND_COMPLETE, cost="epam.request_complete")
 PUSH = replace(o.BACKEND_PUSH, cost="epam.virtqueue_push")
+IO = replace(o.QEMU_IO, cost="epam.io_path")
 
 TRANSPORT = Transport(
     name="epam-mmio",
@@ -24,6 +25,7 @@ TRANSPORT = Transport(
         notify=(o.GUEST_SUBMIT, o.MMIO_NOTIFY, o.IOREQ_DISPATCH, POP, MAP, o.IOREQ_COMPLETE),
         complete=(COMPLETE, PUSH, o.IRQ_DM_OP, *o.MMIO_ISR, o.GUEST_COMPLETE),
         rx_head=(POP, MAP, o.COPY_IN),
+        io_path=IO,
     ),
     guest="hvm",
     backend="qemu",

@@ -27,6 +27,7 @@ TRANSPORT = Transport(
             o.GUEST_COMPLETE,
         ),
         rx_head=(o.BACKEND_POP, o.FOREIGN_MAP, o.COPY_IN),
+        io_path=o.QEMU_IO,
     ),
     guest="hvm",
     backend="qemu",

@@ -96,20 +96,25 @@ FOREIGN_UNMAP = op("foreign_unmap", "unmap", "backend_thread", "backend", "xen.f
                    emits="foreign_unmap")  # fmt: skip
 COPY_IN = op("copy_in", "io", "backend_thread", "backend", "mem.copy", "byte")
 
-# the device and the wire
+# the device and the wire; before the device, the backend's own I/O path down to it (QEMU's
+# block layer: its AIO thread pool and completion bottom half; blkback's bios go straight to
+# dom0's block layer): latency in which the backend's thread is free
+QEMU_IO = op("io_path", "io", "device", "none", "dm.io_path")
+BLKBACK_IO = op("io_path", "io", "device", "none", "blkback.io_path")
 DEVICE_IO = op("device_io", "io", "device", "device", "device.block", emits="device_io")
 WIRE_TX = op("wire_tx", "io", "wire", "none", "net.wire", "byte", emits="packet_out")
 WIRE_RX = op("wire_rx", "io", "wire", "none", "net.wire", "byte", emits="packet_in")
 
 
 def paths(
-    notify, complete, rx_head, *, device: Op | None = None, wire_tx=None, wire_rx=None
-) -> dict:
-    """The three request paths of a transport from its pieces: block = notify, device I/O,
-    complete; transmit = notify, wire, complete; receive = wire, the backend's receive
-    steps (rx_head), complete."""
+    notify, complete, rx_head, *, device: Op | None = None, io_path: Op | None = None,
+    wire_tx=None, wire_rx=None,
+) -> dict:  # fmt: skip
+    """The three request paths of a transport from its pieces: block = notify, the
+    backend's I/O path, device I/O, complete; transmit = notify, wire, complete; receive =
+    wire, the backend's receive steps (rx_head), complete."""
     return {
-        "block": (*notify, device or DEVICE_IO, *complete),
+        "block": (*notify, *((io_path,) if io_path else ()), device or DEVICE_IO, *complete),
         "net_tx": (*notify, wire_tx or WIRE_TX, *complete),
         "net_rx": (wire_rx or WIRE_RX, *rx_head, *complete),
     }

@@ -11,7 +11,7 @@ PUSH = op("blkback_push", "push", "backend_thread", "backend", "blkback.ring_pus
 GRANT_COPY = op("grant_copy", "io", "hypervisor", "copy", "xen.grant_copy", "page")
 _NOTIFY = (o.GUEST_SUBMIT, o.EVTCHN_SEND, o.BACKEND_WAKE, o.THREAD_WAKE, POP, o.PERSISTENT)
 _COMPLETE = (PUSH, o.EVTCHN_BACK, o.GUEST_UPCALL, o.GUEST_COMPLETE)
-_PATHS = paths(_NOTIFY, _COMPLETE, rx_head=(POP, GRANT_COPY))
+_PATHS = paths(_NOTIFY, _COMPLETE, rx_head=(POP, GRANT_COPY), io_path=o.BLKBACK_IO)
 _PATHS["net_tx"] = (*_NOTIFY, GRANT_COPY, o.WIRE_TX, *_COMPLETE)  # netback grant-copies tx data
 
 TRANSPORT = Transport(

@@ -24,6 +24,7 @@ TRANSPORT = Transport(
         ),
         complete=(o.BACKEND_COMPLETE, o.BACKEND_PUSH, o.IRQ_DM_OP, o.GUEST_MSI, o.GUEST_COMPLETE),
         rx_head=(o.BACKEND_POP, o.MAPCACHE, o.COPY_IN),
+        io_path=o.QEMU_IO,
     ),
     guest="hvm",
     backend="qemu",

@@ -30,6 +30,7 @@ TRANSPORT = Transport(
             o.GUEST_COMPLETE,
         ),
         rx_head=(o.BACKEND_POP, o.GRANT_MAP, o.COPY_IN),
+        io_path=o.QEMU_IO,
     ),
     guest="hvm",
     backend="qemu",

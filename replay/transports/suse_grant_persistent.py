@@ -21,6 +21,7 @@ TRANSPORT = Transport(
         ),
         complete=(o.BACKEND_COMPLETE, o.BACKEND_PUSH, o.IRQ_DM_OP, *o.MMIO_ISR, o.GUEST_COMPLETE),
         rx_head=(o.BACKEND_POP, o.PERSISTENT, o.COPY_IN),
+        io_path=o.QEMU_IO,
     ),
     guest="hvm",
     backend="qemu",
