@@ -91,11 +91,13 @@ def simulation(
     njobs: int,
     device_servers: int = 8,
     min_idle: float = 0.0,
+    think: np.ndarray | None = None,
 ) -> Simulation:
     """As run(), with request i following paths[path_of[i]] (e.g. a network job's transmit
     and receive paths; `dur` is padded to the longest path), set up to run: .run() runs it
     all, .advance() some events at a time. vCPU idle stretches of `min_idle` ns or less are
-    not noted."""
+    not noted. `think[i]`: how long request i's job waits after its previous request is
+    done before issuing it (a guest's own work between requests; default none)."""
     width = max(len(p) for p in paths)
     res = np.full((len(paths), width), RES_INDEX["none"], dtype=np.int64)
     release = np.zeros((len(paths), width), dtype=np.int64)
@@ -113,7 +115,8 @@ def simulation(
             # nor frees it
             release[i, k] = -1 if k in inside else until
     return Simulation(res, release, nops, path_of, dur, job, not_before, iodepth=iodepth,
-                      njobs=njobs, device_servers=device_servers, min_idle=min_idle)  # fmt: skip
+                      njobs=njobs, device_servers=device_servers, min_idle=min_idle,
+                      think=think)  # fmt: skip
 
 
 class Simulation:
@@ -132,7 +135,7 @@ class Simulation:
     """
 
     def __init__(self, res, release, nops, path_of, dur, job, not_before, *, iodepth: int,
-                 njobs: int, device_servers: int, min_idle: float = 0.0):  # fmt: skip
+                 njobs: int, device_servers: int, min_idle: float = 0.0, think=None):  # fmt: skip
         self.min_idle = float(min_idle)
         n, width = dur.shape
         self.n, self.njobs = n, int(njobs)
@@ -166,8 +169,9 @@ class Simulation:
         )
         # durations stored op by op, as the schedule (one compiled kernel, not one per layout)
         dur = np.asfortranarray(dur, dtype=np.float64)
+        think = np.zeros(n) if think is None else np.asarray(think, np.float64)
         self._given = (res, release, nops, path_of.astype(np.int64), dur,
-                       job.astype(np.int64), not_before.astype(np.float64))  # fmt: skip
+                       job.astype(np.int64), not_before.astype(np.float64), think)  # fmt: skip
         self._order, self._offs = _job_lists(self._given[5], self.njobs)
         self._cap = np.ones(nres, np.int64)
         self._cap[NONE] = 0  # unlimited
@@ -283,7 +287,7 @@ def _shift(width):
 
 
 @njit(cache=True, nogil=True)
-def _begin(res2, release2, nops_p, path_of, dur, job, not_before, order, offs, cap, ready_at,
+def _begin(res2, release2, nops_p, path_of, dur, job, not_before, think, order, offs, cap, ready_at,
            line_end, busy, qbuf, qhead, qtail, ht, hp, hs, nxt, issue, done, start, end, wait,
            remaining, idle_since, gaps, counters, clock, iodepth):  # fmt: skip
     """Each job issues its first `iodepth` requests."""
@@ -303,7 +307,7 @@ def _begin(res2, release2, nops_p, path_of, dur, job, not_before, order, offs, c
 
 
 @njit(cache=True, nogil=True)
-def _advance(res2, release2, nops_p, path_of, dur, job, not_before, order, offs, cap,
+def _advance(res2, release2, nops_p, path_of, dur, job, not_before, think, order, offs, cap,
              ready_at, line_end, busy, qbuf, qhead, qtail, ht, hp, hs, nxt, issue, done, start,
              end, wait, remaining, idle_since, gaps, counters, clock, min_idle,
              events):  # fmt: skip
@@ -352,7 +356,7 @@ def _advance(res2, release2, nops_p, path_of, dur, job, not_before, order, offs,
             if nxt[j] < offs[j + 1]:
                 r2 = order[nxt[j]]
                 nxt[j] += 1
-                t = max(now, not_before[r2])
+                t = max(now + think[r2], not_before[r2])
                 issue[r2] = t
                 size = _push(ht, hp, hs, size, t, r2 << shift, seq)
                 seq += 1

@@ -20,7 +20,10 @@ from xvtrace.replay.accounting import CPU_RESOURCES, counters
 from xvtrace.replay.stream import KIND_OF_OP, Stream
 from xvtrace.replay.transports.base import PHASES, Transport
 
-ARRIVALS = ("closed", "open")
+# closed: each job issues its next request as its previous one is done (fio-like); think:
+# closed, with the job's own time between the two that the capture implies (a guest that
+# does work per request); open: at the captured arrival times
+ARRIVALS = ("closed", "think", "open")
 CPU_ACTORS = ("guest_vcpu", "hypervisor", "backend_thread", "backend_process")
 # where a predicted request's time comes from: costs fitted to a capture, the table's
 # estimates, the device's service time as captured, and waiting for a busy resource
@@ -59,8 +62,10 @@ def schedule(
             d = d * scale[kinds[i]]
         dur[m, : len(path)] = d
     not_before = stream.arrival_ns if arrivals == "open" else np.zeros(n)
+    think = np.full(n, stream.think_ns) if arrivals == "think" else None
     sched = engine.simulation(paths, path_of, dur, stream.job, not_before, iodepth=stream.iodepth,
-                              njobs=stream.njobs, device_servers=device_servers).run()  # fmt: skip
+                              njobs=stream.njobs, device_servers=device_servers,
+                              think=think).run()  # fmt: skip
     return paths, path_of, sched
 
 

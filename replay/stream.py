@@ -49,6 +49,7 @@ class Stream:
     arrival_ns: np.ndarray  # f8, when the backend saw it (from the first request)
     iodepth: int
     njobs: int
+    think_ns: float = 0.0  # a job's own time between a completion and its next request
 
     def __len__(self) -> int:
         return len(self.op)
@@ -114,8 +115,30 @@ def from_requests(
     io = done["io_ns"].fill_null(0).to_numpy().astype(np.float64)
     device = np.maximum(io - _inside_device_interval(source, costs, pages, nbytes), 0.0)
     device[~np.isin(op, ("read", "write"))] = 0.0
-    return Stream(op, nbytes, pages, job.astype(np.int64), device,
-                  (pop - pop[0]).astype(np.float64), max(1, depth), seen)  # fmt: skip
+    arrival = (pop - pop[0]).astype(np.float64)
+    return Stream(op, nbytes, pages, job.astype(np.int64), device, arrival, max(1, depth), seen,
+                  think_time(done, arrival, max(1, depth) * seen))  # fmt: skip
+
+
+RESPONSE_ENDS = ("notify_ns", "fill_ns")  # a request's response as the host sees it end
+RESPONSE_STARTS = ("trap_exit_ns", "kick_ns", "pop_ns")  # ... and begin
+
+
+def think_time(done: pl.DataFrame, arrival: np.ndarray, inflight: int) -> float:
+    """The mean time a job spends between a response and its next request, by the
+    response-time law of a closed system (Denning and Buzen 1978: N = X (R + Z)): with N
+    requests in flight, throughput X (requests over the span of their arrivals) and mean
+    response time R (first to last stamp the host has of each), Z = N / X - R. Zero for a
+    stream of fewer than two requests, or one that kept its jobs saturated."""
+    if len(arrival) < 2 or arrival[-1] <= 0:
+        return 0.0
+    end = pl.coalesce([c for c in RESPONSE_ENDS if c in done.columns])
+    begin = pl.coalesce([c for c in RESPONSE_STARTS if c in done.columns])
+    r = done.select((end - begin).alias("r"))["r"].drop_nulls()
+    if not len(r):
+        return 0.0
+    rate = (len(arrival) - 1) / float(arrival[-1])
+    return max(inflight / rate - float(r.mean()), 0.0)
 
 
 def _inside_device_interval(source: Transport | None, costs, pages, nbytes) -> np.ndarray:

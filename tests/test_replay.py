@@ -317,3 +317,25 @@ def test_emit_bundle_writes_what_the_replay_predicted(small_bundle, tmp_path):
     assert (
         len(req) == len(pred.filter(pl.col("transport") == "epam-mmio")) and req["complete"].all()
     )
+
+
+def test_think_time_delays_a_jobs_next_request_and_follows_the_response_time_law():
+    """`--arrivals think`: a closed loop whose jobs wait between a response and their next
+    request. The engine issues each request its think time after the job's previous one is
+    done; the stream's think time is N / X - R (two jobs, a request every 10 us, 5 us each:
+    each job thinks 15 us)."""
+    from xvtrace.replay import engine
+    from xvtrace.replay.stream import think_time
+    from xvtrace.replay.transports.base import op
+
+    path = (op("work", "io", "backend_thread", "backend", "k"),)
+    n = 4
+    sim = engine.simulation([path], np.zeros(n, np.int64), np.full((1, n), 10.0).T,
+                            np.zeros(n, np.int64), np.zeros(n), iodepth=1, njobs=1,
+                            think=np.full(n, 5.0))  # fmt: skip
+    assert sim.run().issue.tolist() == [0.0, 15.0, 30.0, 45.0]
+    done = pl.DataFrame({"pop_ns": [0.0, 10e3, 20e3, 30e3], "fill_ns": [5e3, 15e3, 25e3, 35e3]})
+    arrival = done["pop_ns"].to_numpy()
+    assert think_time(done, arrival, inflight=2) == pytest.approx(15e3)
+    assert think_time(done, arrival, inflight=1) == pytest.approx(5e3)
+    assert think_time(done.head(1), arrival[:1], inflight=2) == 0.0

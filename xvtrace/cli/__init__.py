@@ -548,9 +548,12 @@ def _request_bar(name: str):
               help=f"Transports to replay against: {', '.join(TRANSPORT_NAMES)}, or all.")  # fmt: skip
 @click.option("--costs", "costs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Cost file (TOML from `xvtrace calibrate`, or CSV rows) replacing defaults by key.")  # fmt: skip
-@click.option("--arrivals", type=click.Choice(["closed", "open"]), default="closed", show_default=True,
-              help="closed: each job keeps the captured queue depth in flight; open: requests "
-              "arrive at their captured times whatever the transport's speed.")  # fmt: skip
+@click.option("--arrivals", type=click.Choice(["closed", "think", "open"]), default="closed",
+              show_default=True,
+              help="closed: each job keeps the captured queue depth in flight; think: closed, each "
+              "job waiting the think time the capture implies between a response and its next "
+              "request; open: requests arrive at their captured times whatever the transport's "
+              "speed.")  # fmt: skip
 @click.option("-t", "--transport", type=click.Choice(TRANSPORT_NAMES),
               help="The transport the capture ran on (default: the manifest's; unknown for a "
               "plain QEMU capture). Its own operations are taken out of the device time.")  # fmt: skip
@@ -620,9 +623,11 @@ def calibrate_cmd(sources, output, transport, costs_file, seed):
 @click.option("--costs", "costs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Start from this cost file instead of the defaults.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cost jitter.")
-@click.option("--arrivals", type=click.Choice(["open", "closed"]), default="open", show_default=True,
+@click.option("--arrivals", type=click.Choice(["open", "think", "closed"]), default="open",
+              show_default=True,
               help="Replay each source at its captured arrival times (open: the guest's own "
-                   "pacing), or closed-loop at its workload's jobs and depth.")  # fmt: skip
+                   "pacing), closed-loop at its workload's jobs and depth with the think time "
+                   "the capture implies (think), or without (closed).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="The matrix and every interval as JSON.")
 @_guard
 def validate_cmd(tests, train, costs_file, seed, arrivals, as_json):
