@@ -218,14 +218,16 @@ def observed_marks(blk: pl.DataFrame, path) -> list[tuple[int, bool, str, tuple[
     is a start, timeline column, anchor). At one boundary an operation's end comes before
     the next one's start (a queue lies between them)."""
     view = blk["view"][0] if "view" in blk.columns and len(blk) else "device-model"
-    have = [c for c in anchors(path, view) if c in blk.columns and blk[c].null_count() < len(blk)]
+    marks = anchors(path, view)
+    have = [c for c in marks if c in blk.columns and blk[c].null_count() < len(blk)]
     # a column that only stands in for another (the block view's fill without the response
     # probe is the completion) marks no point of its own
     same = {c for i, c in enumerate(have) for o in have[:i] if blk[c].equals(blk[o])}
     return sorted(
-        (_boundary(a), a[1] == "start", c, a) for c, a in anchors(path, view).items()
+        (_boundary(a), a[1] == "start", c, a)
+        for c, a in marks.items()
         if c in have and c not in same
-    )  # fmt: skip
+    )
 
 
 def at(sched, anchor: tuple[int, str]) -> np.ndarray:
@@ -381,15 +383,15 @@ IO_PATH = "io_path"  # the operation between a backend's submission and the devi
 def io_path_excess(measured: list[tuple[str, str, str, np.ndarray]]) -> pl.DataFrame:
     """Each backend's I/O path from captures of several backends on one host running one
     workload (`measured`: capture, io_path cost key, workload name, its requests' submission
-    to completion in ns). The device under them is the host's, the same for all, so what a
-    backend measures beyond the fastest one at the same workload is its own I/O path: the
-    fastest key gets 0 (blkback's, whose block layer sees the device itself), the others
-    their excess of the mean, with a 95 % interval from both means' batch standard errors.
-    A single capture cannot separate its backend's path from the device."""
+    to completion in ns; a transport without an I/O path step has no key and is left out).
+    The device under them is the host's, the same for all, so what a backend measures beyond
+    the fastest one at the same workload is its own I/O path: the fastest key gets 0, the
+    others their excess of the mean, with a 95 % interval from both means' batch standard
+    errors. A single capture cannot separate its backend's path from the device."""
     rows = []
     by_workload: dict[str, dict[str, list]] = {}
     for capture, key, workload, x in measured:
-        if workload and len(x) >= MIN_REQUESTS:
+        if key and workload and len(x) >= MIN_REQUESTS:
             by_workload.setdefault(workload, {}).setdefault(key, []).append((capture, x))
     for workload, keys in by_workload.items():  # a workload or two
         if len(keys) < 2:

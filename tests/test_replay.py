@@ -339,3 +339,16 @@ def test_think_time_delays_a_jobs_next_request_and_follows_the_response_time_law
     assert think_time(done, arrival, inflight=2) == pytest.approx(15e3)
     assert think_time(done, arrival, inflight=1) == pytest.approx(5e3)
     assert think_time(done.head(1), arrival[:1], inflight=2) == 0.0
+
+
+def test_io_path_excess_over_the_fastest_backend_leaves_out_paths_without_the_step():
+    """Each backend's I/O path is its mean excess over the fastest at one workload; a
+    transport whose path has no such step (argo, stratos: no key) is not a backend of it
+    (it once came out as a cost key "" that no cost file could load)."""
+    from xvtrace.replay.calibrate import io_path_excess
+
+    x = np.full(40, 100.0)
+    rows = io_path_excess([("a", "blkback.io_path", "W1", x), ("b", "dm.io_path", "W1", x + 50),
+                           ("c", "", "W1", x - 90), ("d", "epam.io_path", "W2", x)])  # fmt: skip
+    assert dict(zip(rows["key"], rows["ns"], strict=True)) == {"blkback.io_path": 0.0,
+                                                               "dm.io_path": 50.0}  # fmt: skip

@@ -34,6 +34,7 @@ from __future__ import annotations
 import polars as pl
 
 from xvtrace.parsers import fields
+from xvtrace.parsers.xen_events import RUNSTATES
 from xvtrace.timeline import hvm
 from xvtrace.timeline.phases import intervals
 
@@ -155,7 +156,7 @@ def block_requests(ev: pl.LazyFrame) -> pl.DataFrame | None:
 # the names a PV backend's driver gives its event-channel interrupt in dom0 (xen-blkback's
 # bind_interdomain_evtchn_to_irqhandler_lateeoi(..., "blkif-backend", ...))
 BACKEND_IRQS = ("blkif-backend",)
-BLOCKED, RUNNABLE = 2, 1  # Xen's runstates (public/vcpu.h RUNSTATE_*)
+BLOCKED, RUNNABLE = RUNSTATES.index("blocked"), RUNSTATES.index("runnable")
 IDLE_DOMAIN = 0x7FFF
 
 
@@ -215,15 +216,9 @@ def _asof(req: pl.DataFrame, at: pl.Expr, times: pl.DataFrame, name: str, strate
 def _guest_wakes(ev: pl.LazyFrame, req: pl.DataFrame) -> pl.DataFrame:
     """notify_ns (see pv_edges): the one guest domain's vCPU runstates, the state it was in
     when the response was sent, and its wake-up after."""
-    state = pl.col("code") // (1 << 4) & 0xF, pl.col("code") // (1 << 8) & 0xF
     runs = (
         ev.filter(pl.col("event") == "sched.runstate_change")
-        .select(
-            "ts_ns",
-            fields.xen("sched.runstate_change", "dom").alias("dom"),
-            state[0].alias("new"),
-            state[1].alias("old"),
-        )
+        .select("ts_ns", *(fields.xen("sched.runstate_change", f) for f in ("dom", "old", "new")))
         .filter((pl.col("dom") != 0) & (pl.col("dom") != IDLE_DOMAIN))
         .collect()
         .sort("ts_ns")
