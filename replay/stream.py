@@ -113,7 +113,7 @@ def from_requests(
     seen = int(job.max()) + 1
     depth = iodepth or max(in_flight_depth(pop[job == j], fill[job == j]) for j in range(seen))
     io = done["io_ns"].fill_null(0).to_numpy().astype(np.float64)
-    device = np.maximum(io - _inside_device_interval(source, costs, pages, nbytes), 0.0)
+    device = np.maximum(io - inside_device_interval(source, costs, pages, nbytes), 0.0)
     device[~np.isin(op, ("read", "write"))] = 0.0
     arrival = (pop - pop[0]).astype(np.float64)
     return Stream(op, nbytes, pages, job.astype(np.int64), device, arrival, max(1, depth), seen,
@@ -141,15 +141,18 @@ def think_time(done: pl.DataFrame, arrival: np.ndarray, inflight: int) -> float:
     return max(inflight / rate - float(r.mean()), 0.0)
 
 
-def _inside_device_interval(source: Transport | None, costs, pages, nbytes) -> np.ndarray:
+def inside_device_interval(
+    source: Transport | None, costs, pages, nbytes, *, skip: tuple[str, ...] = ()
+) -> np.ndarray:
     """The mean modelled time of the source transport's operations between the backend's
-    submission and the device (replay.transports.base.submission)."""
+    submission and the device (replay.transports.base.submission), but those named in
+    `skip`."""
     if source is None:
         return np.zeros(len(pages))
     path = source.path("block")
     s, d = submission(path)
     total = np.zeros(len(pages))
-    for o in path[s + 1 : d]:  # per operation, vectorized over requests
+    for o in (o for o in path[s + 1 : d] if o.name not in skip):  # per operation, vectorized
         ns, sigma = costs[o.cost]
         total += (
             ns * np.exp(sigma**2 / 2) * {"request": 1.0, "page": pages, "byte": nbytes}[o.scale]

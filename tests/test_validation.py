@@ -80,7 +80,7 @@ def test_each_transport_predicted_from_itself_and_the_misses_named(stored):
     p50 (PV's kick, submission, completion and response are all on the host's side now),
     and PV's from every source. Across backends the device interval carries the source
     backend's own I/O path, which calibrate fits from the W1 captures of all three (QEMU's
-    thread pool 2.3 ms over EPAM's pread): without it virtio-pci's W2 as pv-blkif was 4x
+    thread pool 2.4 ms over EPAM's pread): without it virtio-pci's W2 as pv-blkif was 4x
     too slow at p50 (+297 %); with it the p50 holds and the p90 keeps QEMU's tail."""
     _, v = stored
     for m in v["matrix"]:
@@ -97,7 +97,7 @@ def test_the_matrix_is_the_stored_one(stored, golden):
     the calibration or the timeline shows here (rewrite with --update-golden once reviewed)."""
     _, v = stored
     rows = [
-        f"{r['source']:<14}{r['target']:<12}{r['interval']:<26}"
+        f"{r['source']:<14}{r['target']:<16}{r['interval']:<26}"
         f"{r['err_p50']:+.3f} {r['err_p90']:+.3f}"
         for r in v["intervals"]
     ]

@@ -25,9 +25,9 @@ from xvtrace.replay import calibrate
 from xvtrace.replay import costs as cost_table
 from xvtrace.replay.accounting import COUNTERS
 from xvtrace.replay.execute import CPU_ACTORS, ORIGINS, replay
-from xvtrace.replay.stream import Stream, from_requests
+from xvtrace.replay.stream import Stream, from_requests, inside_device_interval
 from xvtrace.replay.transports import NAMES, get
-from xvtrace.replay.transports.base import PHASES, Transport, submission
+from xvtrace.replay.transports.base import PHASES, Transport
 
 REPLAY = "replay.parquet"
 SATURATION_DEPTH = 64  # requests in flight per job when measuring throughput at saturation
@@ -336,21 +336,17 @@ def calibrate_host(
 
 def _io_interval(bundle: Bundle, transport: str, costs) -> tuple[str, str, str, np.ndarray]:
     """(capture, the transport's io_path key, workload name, each complete block request's
-    submission -> completion less the path's other steps in it, e.g. EPAM's IOREQ
-    completion, at the host's fitted costs) for calibrate.io_path_excess."""
+    submission -> completion less the mean of the path's other steps in it, e.g. EPAM's
+    IOREQ completion, at the host's fitted costs: as replay.stream takes them out) for
+    calibrate.io_path_excess."""
     t = get(transport)
-    path = t.path("block")
-    key = next((o.cost for o in path if o.name == calibrate.IO_PATH), "")
+    key = next((o.cost for o in t.path("block") if o.name == calibrate.IO_PATH), "")
     blk = calibrate.block_requests(timeline.load(bundle).requests)
     blk = blk.filter(pl.col("io_done_ns").is_not_null() & pl.col("handle_ns").is_not_null())
     x = (blk["io_done_ns"] - blk["handle_ns"]).to_numpy().astype(np.float64)
     nbytes = blk["bytes"].fill_null(0).to_numpy().astype(np.float64)
     pages = np.maximum(1.0, np.ceil(nbytes / 4096))
-    s, d = submission(path)
-    others = [o for o in path[s + 1 : d] if o.name != calibrate.IO_PATH]
-    x -= sum(
-        costs[o.cost][0] * {"request": 1.0, "page": pages, "byte": nbytes}[o.scale] for o in others
-    )
+    x -= inside_device_interval(t, costs, pages, nbytes, skip=(calibrate.IO_PATH,))
     return str(bundle.path), key, str(bundle.manifest.workload.get("name") or ""), x
 
 
