@@ -237,24 +237,12 @@ class FtraceDecoder:
     def _rows(self, name: str, rows: pl.DataFrame) -> pl.DataFrame | None:
         if name in ("irq_handler_entry", "notify_remote_via_irq"):
             return self._irq_rows(name, rows)
-        f = rows.with_columns(pl.col("rest").str.extract_groups(_FIELDS[name]).alias("_f")).unnest(
-            "_f"
-        )
-        bad = f.filter(pl.col("major").is_null())
-        if len(bad):
-            self.stats.skipped += len(bad)
-            self.stats.add_problem(Problem(int(bad["src_offset"][0]), "bad-args",
-                                           f"{len(bad)} {name} line(s) do not match its format"))  # fmt: skip
-        f = f.filter(pl.col("major").is_not_null())
+        f = _fields_of(rows, name)
+        f = self._keep(f, f["major"].is_not_null(), f"{name} line(s) do not match its format")
         # numbers the regex took that no column can hold (a damaged line's 24-digit stamp or
         # CPU): skipped like any bad line, not a failed cast (exit 3) for the whole file
-        fits = f.select(_fits(f.columns)).to_series()
-        if not fits.all():
-            bad = f.filter(~fits)
-            self.stats.skipped += len(bad)
-            self.stats.add_problem(Problem(int(bad["src_offset"][0]), "bad-args",
-                                           f"{len(bad)} {name} line(s) with a number out of range"))  # fmt: skip
-            f = f.filter(fits)
+        f = self._keep(f, f.select(_fits(f.columns)).to_series(),
+                       f"{name} line(s) with a number out of range")  # fmt: skip
         if not len(f):
             return None
         nr = pl.col("nr").cast(pl.UInt64)
@@ -276,6 +264,16 @@ class FtraceDecoder:
             pl.col("src_offset"),
         )  # fmt: skip
 
+    def _keep(self, f: pl.DataFrame, ok: pl.Series, what: str) -> pl.DataFrame:
+        """The lines of `f` that are `ok`; the others counted as skipped, with a problem at
+        the first one's offset ("N <what>")."""
+        if ok.all():
+            return f
+        bad = f.filter(~ok)
+        self.stats.skipped += len(bad)
+        self.stats.add_problem(Problem(int(bad["src_offset"][0]), "bad-args", f"{len(bad)} {what}"))
+        return f.filter(ok)
+
     def _context(self, f: pl.DataFrame, name: str, nargs: int) -> list:
         """The columns every row of event `name` has from its line's prefix."""
         event, code = EVENTS[name]
@@ -294,17 +292,12 @@ class FtraceDecoder:
     def _irq_rows(self, name: str, rows: pl.DataFrame) -> pl.DataFrame | None:
         """irq_handler_entry and notify_remote_via_irq lines: arg0 the IRQ number, dev the
         handler's name (the probe's place for the notification)."""
-        f = rows.with_columns(pl.col("rest").str.extract_groups(_FIELDS[name]).alias("_f")).unnest(
-            "_f"
+        f = _fields_of(rows, name)
+        fits = (
+            f["irq"].cast(pl.UInt32, strict=False).is_not_null()
+            & f.select(_fits_prefix()).to_series()
         )
-        fits = (f["irq"].cast(pl.UInt32, strict=False).is_not_null()
-                & f.select(_fits_prefix()).to_series())  # fmt: skip
-        if not fits.all():
-            bad = f.filter(~fits)
-            self.stats.skipped += len(bad)
-            self.stats.add_problem(Problem(int(bad["src_offset"][0]), "bad-args",
-                                           f"{len(bad)} {name} line(s) do not match its format"))  # fmt: skip
-            f = f.filter(fits)
+        f = self._keep(f, fits, f"{name} line(s) do not match its format")
         if not len(f):
             return None
         return f.select(
@@ -434,6 +427,14 @@ def render_block(
 
 
 MAX_SECONDS = 9_000_000_000  # a "sec.frac" stamp whose nanoseconds still fit an Int64
+
+
+def _fields_of(rows: pl.DataFrame, name: str) -> pl.DataFrame:
+    """`rows` with the fields of event `name` its regex takes from each line's rest (nulls
+    where the line does not match)."""
+    return rows.with_columns(pl.col("rest").str.extract_groups(_FIELDS[name]).alias("_f")).unnest(
+        "_f"
+    )
 
 
 def _fits_prefix() -> pl.Expr:
