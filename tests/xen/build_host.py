@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,10 @@ DOM0_MODULES = ("xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenf
 # it has, and tests/xen/epam's module (built here) registers the EPAM device when asked
 GUEST_MODULES = ("xen-blkfront", "virtio_pci", "virtio_blk", "ata_piix", "sd_mod", "virtio_mmio")
 EPAM = HERE / "epam"
+# VirtIO-SuSE's guest: Linux with grant DMA for virtio, built from Debian's source (Debian's
+# own kernels have CONFIG_XEN_VIRTIO off) by tests/xen/grant/build-kernel.sh
+GRANT = HERE / "grant"
+LINUX_SOURCE = Path("/usr/src/linux-source-6.1.tar.xz")  # Debian's linux-source-6.1
 # qemu64 with SVM + NPT, for Xen's HVM guests (`-cpu max` crashes the PV dom0). It lacks
 # SSE4/AVX: dom0 runs `python -m xvtrace.capture`, which imports no polars
 CPU = "qemu64,+svm,+npt"
@@ -55,10 +60,24 @@ APT = (
     "cpio",
     "make",
     "gcc",
+    # the grant-DMA guest kernel's build (tests/xen/grant/build-kernel.sh)
+    "linux-source-6.1",
+    "bc",
+    "bison",
+    "flex",
+    "libelf-dev",
+    "libssl-dev",
 )
 
 
-SCENARIOS = ("pv", "hvm-virtio", "hvm-ide", "hvm-epam", "hvm-epam-smp")  # tests/xen/dom0-run.sh
+SCENARIOS = (
+    "pv",
+    "hvm-virtio",
+    "hvm-ide",
+    "hvm-epam",
+    "hvm-epam-smp",
+    "hvm-suse-grant",
+)  # dom0-run.sh
 # the same scenarios with the guest running workload W2 (replay's validation: tests/xen/guest-init)
 W2_SCENARIOS = ("pv-w2", "hvm-virtio-w2", "hvm-epam-w2")
 
@@ -197,6 +216,31 @@ def guest_module(kver: str) -> Path:
     return ko
 
 
+def grant_kernel() -> Path:
+    """The grant-DMA guest kernel (bzImage), built once per configuration: cached under the
+    hash of tests/xen/grant's config and script and of the source package's version."""
+    if not LINUX_SOURCE.exists():
+        raise HostError(f"no {LINUX_SOURCE}: `make apt` installs linux-source-6.1")
+    config, script = GRANT / "guest.config", GRANT / "build-kernel.sh"
+    digest = hashlib.sha256()
+    for f in (config, script):
+        digest.update(f.read_bytes())
+    digest.update(f"{LINUX_SOURCE.stat().st_size}:{LINUX_SOURCE.stat().st_mtime_ns}".encode())
+    out = CACHE / f"grant-kernel-{digest.hexdigest()[:12]}"
+    if not (out / "bzImage").exists():
+        for old in CACHE.glob("grant-kernel-*"):  # an earlier configuration's
+            shutil.rmtree(old, ignore_errors=True)
+        print(f"building the grant-DMA guest kernel into {out} (minutes)", file=sys.stderr)
+        try:
+            subprocess.run(["sh", str(script), str(LINUX_SOURCE), str(config), str(out)],
+                           check=True, capture_output=True, text=True, timeout=3600)  # fmt: skip
+        except subprocess.CalledProcessError as e:
+            raise HostError(
+                f"building the grant-DMA guest kernel failed: {e.stderr[-1500:]}"
+            ) from None
+    return out / "bzImage"
+
+
 def build(*, fetch: bool = False) -> dict[str, Path]:
     """The host's parts, cached; `fetch` downloads Debian's kernel and hypervisor packages
     when they are not (the tests do not: `make test-assets` has)."""
@@ -212,7 +256,10 @@ def build(*, fetch: bool = False) -> dict[str, Path]:
         HERE / "guest-init",
         [*module_files(mods, GUEST_MODULES), guest_module(mods.name)],
     )
-    return {"xen": xen, "kernel": kernel, "dom0": dom0, "guest": guest}
+    # the grant guest: its own kernel, everything built in, so no modules in its initramfs
+    grant_guest = initramfs(CACHE / "guest-grant.cpio.gz", HERE / "guest-init", [])
+    return {"xen": xen, "kernel": kernel, "dom0": dom0, "guest": guest,
+            "grant_kernel": grant_kernel(), "grant_guest": grant_guest}  # fmt: skip
 
 
 def run(scenario: str, out: Path, *, timeout: float = 900, fetch: bool = False) -> Path:
@@ -223,8 +270,14 @@ def run(scenario: str, out: Path, *, timeout: float = 900, fetch: bool = False) 
     # tsc=reliable: under TCG the kernel's watchdog finds the TSC skewed against Xen's clock
     # and switches to that one mid-run, a step of milliseconds in every dom0 timestamp (the
     # device models' logs); dom0 keeps the TSC, as on a host with an invariant TSC
+    grants = scenario.startswith("hvm-suse")
+    guest, guest_kernel = (
+        (parts["grant_guest"], parts["grant_kernel"])
+        if grants
+        else (parts["guest"], parts["kernel"])
+    )
     dom0_args = (f"console=hvc0 earlyprintk=xen tsc=reliable rdinit=/init xvt_repo={ROOT} "
-                 f"xvt_scenario={scenario} xvt_guest={parts['guest']} xvt_kernel={parts['kernel']}")  # fmt: skip
+                 f"xvt_scenario={scenario} xvt_guest={guest} xvt_kernel={guest_kernel}")  # fmt: skip
     cmd = [
         shutil.which("qemu-system-x86_64") or "qemu-system-x86_64",
         "-M", "q35", "-accel", "tcg", "-cpu", CPU, "-smp", "2", "-m", "3072",

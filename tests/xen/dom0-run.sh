@@ -38,11 +38,14 @@ on_poweroff = "destroy"
 on_crash = "destroy"
 CFG
 }
+PVHVM=0  # 1: the guest's PV-on-HVM drivers on (the grant table needs the platform device)
 hvm_cfg() {  # hvm_cfg DEVICE_MODEL_ARGS [EXTRA_KERNEL_ARGS]
   guest_cfg hvmguest hvm
+  NOPV=xen_nopv
+  [ "$PVHVM" = 1 ] && NOPV=""
   cat >> /tmp/work/guest.cfg <<CFG
-cmdline = "console=ttyS0 xen_nopv xvt_wait $WORKLOAD $2"
-xen_platform_pci = 0
+cmdline = "console=ttyS0 $NOPV xvt_wait $WORKLOAD $2"
+xen_platform_pci = $PVHVM
 vga = "none"
 serial = "file:/tmp/out/guest-serial.log"  # live on the out share, to watch a slow boot
 device_model_version = "qemu-xen"
@@ -80,6 +83,14 @@ hvm-epam|hvm-epam-smp)
   # it through the platform device its module registers (xvt_epam)
   hvm_cfg "" xvt_epam
   ;;
+hvm-suse-grant)
+  # VirtIO-SuSE: the same device and backend, but the guest is Linux with grant DMA for
+  # virtio (tests/xen/grant: XEN_VIRTIO_FORCE_GRANT, dom0 as the backend), which puts grant
+  # references in every address it gives the device; the backend maps them through gntdev
+  # per request (--grants). The kernel instantiates the device from its command line.
+  PVHVM=1
+  hvm_cfg "" "virtio_mmio.device=512@0xfe000000:5"
+  ;;
 *) echo "XVT-HOST unknown scenario $SCENARIO"; exit 1 ;;
 esac
 NAME=$(sed -n 's/^name = "\(.*\)"/\1/p' /tmp/work/guest.cfg)
@@ -116,17 +127,20 @@ pv)
   echo "XVT-HOST guest started"
   ;;
 hvm-*)
-  if [ -n "${SCENARIO##hvm-epam*}" ]; then
-    xl create /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
-  else  # the backend attaches to the paused guest
+  case $BASE in
+  hvm-epam*|hvm-suse*)  # the backend attaches to the paused guest
+    GRANTS="" TRANSPORT=epam-mmio
+    [ "$BASE" = hvm-suse-grant ] && GRANTS=--grants TRANSPORT=suse-grant
     xl create -p /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
     "$REPO/.venv/bin/python" "$REPO/tests/xen/epam/backend.py" --domid "$(xl domid "$NAME")" \
-      --disk /tmp/work/disk.img --log /tmp/work/epam.log --vcpus "${VCPUS:-1}" > /tmp/out/backend.log 2>&1 &
+      --disk /tmp/work/disk.img --log /tmp/work/epam.log --vcpus "${VCPUS:-1}" $GRANTS > /tmp/out/backend.log 2>&1 &
     BACKEND=$!
     wait_for 60 grep -qs "ioreq server" /tmp/out/backend.log || echo "XVT-HOST backend not up: $(tail -3 /tmp/out/backend.log)"
     xl unpause "$NAME"
-    TRACE="--transport epam-mmio --log /tmp/work/epam.log --log /tmp/work/epam.log.trace-events"
-  fi
+    TRACE="--transport $TRANSPORT --log /tmp/work/epam.log --log /tmp/work/epam.log.trace-events"
+    ;;
+  *) xl create /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)" ;;
+  esac
   echo "XVT-HOST guest started"
   if wait_for 600 guest_ready && grep -qs "XVT-GUEST ready" /tmp/out/guest-serial.log; then
     echo "XVT-HOST guest ready"

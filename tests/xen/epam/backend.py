@@ -47,6 +47,10 @@ RESOURCE_IOREQ_SERVER, FRAME_IOREQ = 0, 1
 MAGIC, VERSION, DEVICE_BLOCK, VENDOR = 0x74726976, 2, 2, 0x52545658  # "XVTR"
 F_VERSION_1 = 1 << 32
 F_SEG_MAX = 1 << 2  # seg_max in the config (QEMU's default too): otherwise Linux sends 1 segment
+# VIRTIO_F_ACCESS_PLATFORM: a grant-DMA guest refuses a device without it (Linux
+# drivers/virtio/virtio.c, virtio_features_ok); offered in grant mode only
+F_ACCESS_PLATFORM = 1 << 33
+GRANT_DMA = 1 << 63  # Linux grant-dma-ops.c: dma = 1 << 63 | grant << 12 | offset in the page
 QUEUE_MAX = 64
 DESC_NEXT, DESC_WRITE = 1, 2
 BLK_IN, BLK_OUT, BLK_FLUSH, BLK_GET_ID = 0, 1, 4, 8
@@ -69,6 +73,8 @@ virtio_blk_req_complete(void *vdev, void *req, int status) "vdev %p req %p statu
 virtqueue_fill(void *vq, const void *elem, unsigned int len, unsigned int idx) "vq %p elem %p len %u idx %u"
 virtqueue_flush(void *vq, unsigned int count) "vq %p count %u"
 virtio_notify(void *vdev, void *vq) "vdev %p vq %p"
+xen_map_cache(uint64_t phys_addr) "want 0x%"PRIx64
+xen_map_cache_return(void* ptr) "%p"
 """
 
 
@@ -90,6 +96,7 @@ class Xen:
         self.dm = _lib("libxendevicemodel.so.1")
         self.fm = _lib("libxenforeignmemory.so.1")
         self.ev = _lib("libxenevtchn.so.1")
+        self.gt = _lib("libxengnttab.so.1")
         vp, u16, u32, u64, i = C.c_void_p, C.c_uint16, C.c_uint32, C.c_uint64, C.c_int
         for lib, name, res, args in [
             (self.dm, "xendevicemodel_open", vp, [vp, C.c_uint]),
@@ -109,13 +116,17 @@ class Xen:
             (self.ev, "xenevtchn_pending", i, [vp]),
             (self.ev, "xenevtchn_unmask", i, [vp, u32]),
             (self.ev, "xenevtchn_notify", i, [vp, u32]),
+            (self.gt, "xengnttab_open", vp, [vp, C.c_uint]),
+            (self.gt, "xengnttab_map_domain_grant_refs", vp, [vp, u32, u32, C.POINTER(u32), i]),
+            (self.gt, "xengnttab_unmap", i, [vp, vp, u32]),
         ]:  # fmt: skip
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, args
         self.dmh = self.dm.xendevicemodel_open(None, 0)
         self.fmh = self.fm.xenforeignmemory_open(None, 0)
         self.evh = self.ev.xenevtchn_open(None, 0)
-        if not (self.dmh and self.fmh and self.evh):
+        self.gth = self.gt.xengnttab_open(None, 0)  # /dev/xen/gntdev (xen-gntdev)
+        if not (self.dmh and self.fmh and self.evh and self.gth):
             raise XenError(
                 f"cannot open Xen's interfaces: {os.strerror(C.get_errno())} (not dom0?)"
             )
@@ -127,12 +138,16 @@ class Xen:
 
 
 class GuestMemory:
-    """Guest-physical ranges mapped through foreign mappings (privcmd), cached per range."""
+    """Guest-physical ranges mapped through foreign mappings (privcmd): VirtIO-EPAM, the
+    backend's privilege reaches all of the guest's memory."""
 
-    def __init__(self, xen: Xen, domid: int):
+    offered = 0  # no feature bit of its own: the addresses are the guest's physical ones
+    maps = unmaps = 0  # counted by GrantMemory only (a foreign map is no grant operation)
+
+    def __init__(self, xen: Xen, domid: int, log=None):
         self.xen, self.domid = xen, domid
 
-    def view(self, gpa: int, length: int) -> memoryview:
+    def view(self, gpa: int, length: int, write: bool = True) -> tuple[memoryview, tuple]:
         first, last = gpa // PAGE, (gpa + max(length, 1) - 1) // PAGE
         n = last - first + 1
         pfns = (C.c_ulong * n)(*range(first, last + 1))
@@ -146,6 +161,49 @@ class GuestMemory:
 
     def unmap(self, handle) -> None:
         self.xen.fm.xenforeignmemory_unmap(self.xen.fmh, handle[0], handle[1])
+
+
+class GrantMemory:
+    """Grant references mapped through gntdev (libxengnttab): VirtIO-SuSE, the guest's
+    xen-grant-dma puts `GRANT_DMA | grant << 12 | offset` in every address it gives the
+    device (the rings' too), one grant per page, consecutive for one buffer. Each view maps
+    the buffer's grants and its unmap unmaps them: the guest ends its grants when the
+    request completes and stops using the device if the backend still holds one
+    (grant-dma-ops.c, xen_grant_dma_unmap_page), so no data mapping outlives its request.
+    Each map is logged as QEMU's map cache logs its own: xen_map_cache with the address
+    asked for, xen_map_cache_return with where it landed. QEMU has no event for an unmap;
+    Xen's own records of both, dom0's grant-table operations (TRC_MEM_PAGE_GRANT_MAP and
+    _UNMAP), are in the xentrace capture."""
+
+    offered = F_ACCESS_PLATFORM
+
+    def __init__(self, xen: Xen, domid: int, log):
+        self.xen, self.domid, self.log = xen, domid, log
+        self.maps = self.unmaps = 0  # grants mapped and unmapped, over the run
+
+    def view(self, dma: int, length: int, write: bool = True) -> tuple[memoryview, tuple]:
+        if not dma & GRANT_DMA:
+            raise XenError(
+                f"address {dma:#x} is no grant reference (bit 63 clear): not a grant-DMA guest?"
+            )
+        off = dma & (PAGE - 1)
+        first = (dma & ~GRANT_DMA) >> 12
+        n = (off + max(length, 1) + PAGE - 1) // PAGE
+        refs = (C.c_uint32 * n)(*range(first, first + n))
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if write else 0)
+        self.log("xen_map_cache", f"want {dma:#x}")
+        addr = self.xen.gt.xengnttab_map_domain_grant_refs(self.xen.gth, n, self.domid, refs, prot)
+        if not addr:
+            raise XenError(f"cannot map grants {first}..{first + n - 1} of d{self.domid}: "
+                           f"{os.strerror(C.get_errno())}")  # fmt: skip
+        self.log("xen_map_cache_return", f"{addr:#x}")
+        self.maps += n
+        buf = (C.c_char * (n * PAGE)).from_address(addr)
+        return memoryview(buf).cast("B")[off : off + length], (addr, n)
+
+    def unmap(self, handle) -> None:
+        self.xen.gt.xengnttab_unmap(self.xen.gth, handle[0], handle[1])
+        self.unmaps += handle[1]
 
 
 class Log:
@@ -199,7 +257,7 @@ class VirtioBlock:
         if off >= 0x100:  # config space: capacity (u64), size_max, seg_max (u32), zeros
             cfg = struct.pack("<QII", self.sectors, 0, QUEUE_MAX - 2) + bytes(0x40)
             return int.from_bytes(cfg[off - 0x100 : off - 0x100 + size], "little")
-        offered = F_VERSION_1 | F_SEG_MAX
+        offered = F_VERSION_1 | F_SEG_MAX | self.mem.offered
         feats = (offered >> (32 * self.dev_sel)) & 0xFFFFFFFF if self.dev_sel < 2 else 0
         only = self.queue_sel == 0  # one queue
         return {0x000: MAGIC, 0x004: VERSION, 0x008: DEVICE_BLOCK, 0x00C: VENDOR, 0x010: feats,
@@ -325,7 +383,7 @@ class VirtioBlock:
         self.log(
             "virtqueue_pop", f"vq {VQ:#x} elem {elem:#x} in_num {ins} out_num {len(chain) - ins}"
         )
-        hdr, h = self.mem.view(chain[0][0], 16)
+        hdr, h = self.mem.view(chain[0][0], 16, write=False)
         try:
             kind, _, sector = struct.unpack("<IIQ", hdr)
         finally:
@@ -333,8 +391,8 @@ class VirtioBlock:
         data, status = chain[1:-1], chain[-1]
         job = Job(head, kind, sector, [], status[0])
         try:
-            for addr, length, _ in data:
-                job.bufs.append(self.mem.view(addr, length))
+            for addr, length, flags in data:
+                job.bufs.append(self.mem.view(addr, length, write=bool(flags & DESC_WRITE)))
         except BaseException:
             self.release(job)
             raise
@@ -497,6 +555,9 @@ def main() -> None:
     ap.add_argument("--size", type=lambda s: int(s, 0), default=0x200)
     ap.add_argument("--irq", type=int, default=5)
     ap.add_argument("--vcpus", type=int, default=1)
+    ap.add_argument("--grants", action="store_true",
+                    help="VirtIO-SuSE: the guest's addresses are grant references (xen-grant-dma), "
+                         "mapped per request through gntdev, not guest frames")  # fmt: skip
     args = ap.parse_args()
     import signal
 
@@ -507,9 +568,8 @@ def main() -> None:
         xen = Xen()
         log = Log(args.log)
         holder = {}
-        dev = VirtioBlock(
-            args.disk, GuestMemory(xen, args.domid), log, lambda lvl: holder["s"].irq_level(lvl)
-        )
+        memory = (GrantMemory if args.grants else GuestMemory)(xen, args.domid, log)
+        dev = VirtioBlock(args.disk, memory, log, lambda lvl: holder["s"].irq_level(lvl))
         server = holder["s"] = Server(
             xen, args.domid, args.base, args.size, args.irq, args.vcpus, dev, log
         )
@@ -524,7 +584,11 @@ def main() -> None:
     finally:
         server.close()
         dev.close()  # unmaps the rings and any popped request's buffers, closes the log
-    print(f"epam backend: {handled} IOREQs, {dev.requests} block requests", flush=True)
+    print(
+        f"epam backend: {handled} IOREQs, {dev.requests} block requests, "
+        f"{memory.maps} grants mapped, {memory.unmaps} unmapped",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
