@@ -28,10 +28,11 @@ install: $(BIN)/python
 # anything): xenalyze (oracle), QEMU + busybox + cpio (real guests), qemu-system-xen (the real
 # Xen host's HVM device model), chromium (renders the HTML report headless), gcc + binutils
 # (symbol oracles), make + gcc + the guest kernel's linux-headers (tests/xen builds its EPAM
-# guest module). The guest kernel is the one tests/guest/build-guest.sh unpacked into
+# guest module), Debian's Linux source and its build tools (tests/xen/grant builds the
+# grant-DMA guest kernel from it). The guest kernel is the one tests/guest/build-guest.sh unpacked into
 # .cache/guest, else the one linux-image-amd64 depends on, which it will download.
 APT_PKGS := xen-utils-4.17 qemu-system-xen python3-venv qemu-system-x86 busybox-static cpio \
-	chromium make gcc binutils
+	chromium make gcc binutils linux-source-6.1 bc bison flex libelf-dev libssl-dev
 GUEST_CACHE := .cache/guest
 GUEST_KVER := sh tests/guest/build-guest.sh --kernel-version $(GUEST_CACHE)
 apt:
@@ -50,7 +51,8 @@ apt:
 
 # What the real-system stage boots, downloaded (never installed) and built before pytest:
 # Debian's kernel and the guest initramfs (.cache/guest), Debian's Xen hypervisor, the dom0
-# and guest initramfs and the EPAM guest module (.cache/xenhost)
+# and guest initramfs, the EPAM guest module and the grant-DMA guest kernel (.cache/xenhost;
+# the kernel's first build takes about 4 minutes on 2 cores)
 test-assets: apt install
 	sh tests/guest/build-guest.sh $(GUEST_CACHE) >/dev/null
 	$(BIN)/python tests/xen/build_host.py build >/dev/null
@@ -67,7 +69,7 @@ demo: install
 # selection (not slow, xen, guest or bench), then the real-system stage (about 10 minutes on 2
 # cores; exit status 5, nothing selected, is not a failure)
 SYSTEM_MARKS := (slow or xen or guest) and not bench
-test: apt install test-assets test-fast test-system
+test: apt install test-fast test-assets test-system
 
 test-fast: apt install
 	$(BIN)/ruff check .

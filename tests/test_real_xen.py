@@ -7,7 +7,10 @@ in dom0 while a guest does O_DIRECT I/O, and the bundle comes back over 9p:
   DMA and IOREQ events);
 - hvm-epam: VirtIO-EPAM for real, an HVM guest's virtio-mmio disk served by an IOREQ server
   of our own in dom0 (tests/xen/epam: xentrace + the backend's log of every IOREQ, block
-  request and IRQ level change); hvm-epam-smp: the same with a guest of two vCPUs.
+  request and IRQ level change); hvm-epam-smp: the same with a guest of two vCPUs;
+- hvm-suse-grant: VirtIO-SuSE for real, the same device and backend with a guest kernel
+  built with Linux's grant DMA for virtio (tests/xen/grant), every address it gives the
+  device a grant reference, which the backend maps per request through gntdev.
 Each runs booted now (marked xen: dom0 is up ~40 s after QEMU starts, a run takes 1.5-3
 minutes) and from the stored capture of an earlier boot (fixtures/xen: the same checks in
 the fast suite)."""
@@ -18,12 +21,14 @@ import json
 import shutil
 import subprocess
 
+import numpy as np
 import polars as pl
 import pytest
 from helpers import FIXTURES
 from xenalyze_output import assert_runstates_match, our_runstates, parse_summary
 
 from xvtrace import api
+from xvtrace.parsers import fields
 
 # each scenario's stored captures; hvm-ide-drift: CI's boot of 2026-12-03, where the device
 # model's clock ran 105 ppm slow against Xen's TSC (1.5 ms by the end of the capture)
@@ -33,7 +38,10 @@ STORED = {
     "hvm-ide": ["hvm-ide", "hvm-ide-drift"],
     "hvm-epam": ["hvm-epam"],
     "hvm-epam-smp": ["hvm-epam-smp"],  # the same with a guest of two vCPUs
+    "hvm-suse-grant": ["hvm-suse-grant"],
 }
+# the scenarios whose device is tests/xen/epam/backend.py (the EPAM one and its grant mode)
+BACKEND = ("hvm-epam", "hvm-suse")
 # booted in CI: a 2-vCPU HVM guest under nested TCG is not reliable enough (docs/real-xen.md)
 BOOTED = [s for s in STORED if s != "hvm-epam-smp"]
 PARAMS = [pytest.param((s, "boot"), id=f"{s}-boot", marks=[pytest.mark.xen]) for s in BOOTED] + [
@@ -86,7 +94,7 @@ def test_capture_in_dom0_recorded_its_sources_and_host_facts(xen):
     assert sources["ftrace"]["clock"] == "x86-tsc"  # the TSC xentrace stamps
     if scenario in ("hvm-virtio", "hvm-ide"):  # the device model's events, over its QMP socket
         assert sources["qemu"]["ok"]
-    if scenario.startswith("hvm-epam"):  # the backend's log, copied in when the capture stopped
+    if scenario.startswith(BACKEND):  # the backend's log, copied in when the capture stopped
         assert {"raw/epam.log", "raw/epam.log.trace-events"} <= set(m["capture"]["files"])
     # the guest's configuration, as xl holds it, recorded when it appeared
     domains = json.loads((bundle / "meta" / "domains.json").read_text())
@@ -154,7 +162,7 @@ def test_every_ioreq_is_joined_with_its_vm_exit_and_entry(xen):
         pytest.skip("a PV guest's disk needs no IOREQs")
     j = res.bundle.manifest["timeline"]["ioreq_join"]
     io = pl.read_parquet(res.bundle.path / "ioreqs.parquet")
-    if scenario.startswith("hvm-epam"):  # its log starts at the guest's boot, before xentrace does
+    if scenario.startswith(BACKEND):  # its log starts at the guest's boot, before xentrace does
         io = io.filter(pl.col("dm_ns") >= io.filter(pl.col("joined"))["dm_ns"].min())
         assert (~pl.read_parquet(res.bundle.path / "ioreqs.parquet")["joined"]).sum() == j[
             "ioreqs_without_trap"
@@ -221,17 +229,23 @@ def test_hvm_ide_requests_reconstruct_with_their_traps(xen):
     assert (done["io_done_ns"] <= done["notify_ns"]).all()
 
 
-def test_hvm_epam_requests_reconstruct_through_the_interrupt_ack(xen):
+def test_backend_requests_reconstruct_through_the_interrupt_ack(xen):
     import re
 
     scenario, _, bundle, res, req = xen
-    if not scenario.startswith("hvm-epam"):
-        pytest.skip("the VirtIO-EPAM scenario")
+    if not scenario.startswith(BACKEND):
+        pytest.skip("the scenarios served by tests/xen/epam/backend.py")
     # the backend's own totals (its last line) are what the bundle holds
     ioreqs, blocks = map(int, re.search(r"(\d+) IOREQs, (\d+) block requests",
                                         (bundle / "meta" / "backend.log").read_text()).groups())  # fmt: skip
     j = res.bundle.manifest["timeline"]["ioreq_join"]
-    assert j["ioreqs"] == ioreqs and len(req) == blocks
+    # less the map cache invalidations (IOREQ type 8: Xen sends one to every IOREQ server
+    # when a PV-on-HVM guest gives memory back), which no access trapped
+    types = fields.qemu("handle_ioreq", "type")
+    invalidates = res.bundle.events().filter(
+        (pl.col("event") == "qemu.handle_ioreq") & (types == 8)
+    )
+    assert j["ioreqs"] == ioreqs - invalidates.collect().height and len(req) == blocks
     c = res.bundle.manifest["timeline"]["device_model_clock"]
     assert c["consistent"] and c["queue_processing"] == "in the IOREQ", c  # popped in the notify
     traced = req.filter(pl.col("trap_exit_ns").is_not_null())  # those after xentrace began
@@ -287,6 +301,41 @@ def test_calibrate_fits_the_epam_costs_from_the_real_capture(xen, tmp_path):
     # under nested TCG a trap with its IOREQ round trip takes ~1 ms, not the table's 7.2 us
     isr = fitted.filter(pl.col("key") == "epam.isr_trap")["x86_64"][0]
     assert 100_000 < isr < 20_000_000
+
+
+def test_suse_guest_gives_grant_references_which_the_backend_maps_per_request(xen):
+    import re
+
+    scenario, console, bundle, res, req = xen
+    if scenario != "hvm-suse-grant":
+        pytest.skip("the VirtIO-SuSE scenario")
+    boot = console.read_text(errors="replace")
+    # grant-dma-ops.c: FORCE_GRANT and no device tree name dom0 as the device's backend
+    assert "virtio-mmio virtio-mmio.0: Using dom0 as backend" in boot
+    assert res.bundle.manifest["transport"] == "suse-grant"
+    ev = res.bundle.events()
+    want = ev.filter(pl.col("event") == "qemu.xen_map_cache").select("arg0", "src_offset").collect()
+    # every address the guest gave the device, the rings' included, is grant-encoded
+    assert len(want) > 200 and (want["arg0"].to_numpy() >> np.uint64(63) == 1).all()
+    # the backend mapped every grant it was given and unmapped it again (its last line)
+    mapped, unmapped = map(int, re.search(r"(\d+) grants mapped, (\d+) unmapped",
+                                          (bundle / "meta" / "backend.log").read_text()).groups())  # fmt: skip
+    assert mapped == unmapped > len(req)
+    # between a request's pop and its fill the backend maps its header, each data buffer
+    # and its status byte, each once: at least three maps in that stretch of the log
+    offs = want["src_offset"].sort().to_numpy()
+    done = req.filter(pl.col("complete"))
+    inside = np.searchsorted(offs, done["fill_off"].to_numpy()) - np.searchsorted(
+        offs, done["pop_off"].to_numpy()
+    )
+    assert len(done) == len(req) and (inside >= 3).all()
+    # and Xen saw dom0 map and unmap the guest's grants (TRC_MEM_PAGE_GRANT_MAP / _UNMAP)
+    grants = (
+        ev.filter(pl.col("event").is_in(["mem.grant_map", "mem.grant_unmap"]))
+        .group_by("event").len().collect()
+    )  # fmt: skip
+    counts = {str(e): n for e, n in grants.iter_rows()}
+    assert counts.get("mem.grant_map", 0) >= inside.sum() and counts.get("mem.grant_unmap", 0) > 0
 
 
 def test_real_requests_feed_replay_and_regress(xen):
