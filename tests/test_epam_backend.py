@@ -9,7 +9,17 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from epam.backend import DESC_NEXT, DESC_WRITE, F_VERSION_1, MAGIC, Log, VirtioBlock
+from epam.backend import (
+    DESC_NEXT,
+    DESC_WRITE,
+    F_ACCESS_PLATFORM,
+    F_VERSION_1,
+    GRANT_DMA,
+    MAGIC,
+    GrantMemory,
+    Log,
+    VirtioBlock,
+)
 
 from xvtrace import api, timeline
 
@@ -17,12 +27,14 @@ from xvtrace import api, timeline
 class FakeGuest:
     """Guest-physical memory as a bytearray; counts the mappings still held."""
 
+    offered = 0
+
     def __init__(self, size=1 << 20):
         self.ram = bytearray(size)
         self.mapped: set[int] = set()
         self.next = 0
 
-    def view(self, gpa, length):
+    def view(self, gpa, length, write=True):
         if gpa + length > len(self.ram):
             raise OSError(f"gpa {gpa:#x}+{length:#x}: not guest memory")
         self.next += 1
@@ -53,12 +65,13 @@ def _device(tmp_path):
 DESC, AVAIL, USED = 0x10000, 0x11000, 0x12000
 
 
-def _driver_init(dev):
+def _driver_init(dev, enc=lambda a: a):
     assert dev.read(0x000, 4) == MAGIC and dev.read(0x004, 4) == 2 and dev.read(0x008, 4) == 2
     dev.write(0x070, 4, 0)
     dev.write(0x070, 4, 1 | 2)  # ACKNOWLEDGE | DRIVER
     dev.write(0x014, 4, 1)
-    assert dev.read(0x010, 4) == F_VERSION_1 >> 32  # VIRTIO_F_VERSION_1, as version 2 requires
+    # VIRTIO_F_VERSION_1, as version 2 requires (and ACCESS_PLATFORM in grant mode)
+    assert dev.read(0x010, 4) == (F_VERSION_1 | dev.mem.offered) >> 32
     dev.write(0x014, 4, 0)
     assert dev.read(0x010, 4) == 1 << 2  # VIRTIO_BLK_F_SEG_MAX
     dev.write(0x024, 4, 1)
@@ -68,14 +81,14 @@ def _driver_init(dev):
     assert dev.read(0x034, 4) >= 8 and dev.read(0x044, 4) == 0
     dev.write(0x038, 4, 16)
     for off, addr in ((0x080, DESC), (0x090, AVAIL), (0x0A0, USED)):
-        dev.write(off, 4, addr)
-        dev.write(off + 4, 4, 0)
+        dev.write(off, 4, enc(addr) & 0xFFFFFFFF)
+        dev.write(off + 4, 4, enc(addr) >> 32)
     dev.write(0x044, 4, 1)
     dev.write(0x070, 4, 1 | 2 | 8 | 4)  # DRIVER_OK
     assert dev.read(0x100, 4) == 64 and dev.read(0x10C, 4) == 62  # capacity, seg_max
 
 
-def _chain(guest, n, kind, sector, data_addr, length):
+def _chain(guest, n, kind, sector, data_addr, length, enc=lambda a: a):
     """Request n on the ring: header, one data buffer, status; descriptors 3n..3n+2."""
     hdr, status = 0x20000 + 0x100 * n, 0x30000 + 0x10 * n
     guest.ram[status] = 0xFF  # the device writes 0 (OK), 1 or 2 there
@@ -85,7 +98,7 @@ def _chain(guest, n, kind, sector, data_addr, length):
     for i, (addr, ln, fl) in enumerate(
         ((hdr, 16, DESC_NEXT), (data_addr, length, data_flags), (status, 1, DESC_WRITE))
     ):
-        struct.pack_into("<QIHH", guest.ram, DESC + 16 * (d + i), addr, ln, fl, d + i + 1)
+        struct.pack_into("<QIHH", guest.ram, DESC + 16 * (d + i), enc(addr), ln, fl, d + i + 1)
     struct.pack_into("<H", guest.ram, AVAIL + 4 + 2 * n, d)
     struct.pack_into("<H", guest.ram, AVAIL + 2, n + 1)
     return status
@@ -173,3 +186,79 @@ def test_its_log_decodes_and_reconstructs_each_request(tmp_path, device):
     assert (req["bytes"] == 4096).all() and req["sector"].to_list() == [0, 8, 16, 24]
     irq = res.bundle.events().filter(pl.col("event") == "qemu.virtio_mmio_setting_irq").collect()
     assert irq["arg0"].to_list() == [0] + [1, 0] * 4  # every level change (reset deasserts)
+
+
+class FakeGnttab:
+    """gntdev as libxengnttab shows it, over a guest whose grant r is its page r (so a
+    grant-encoded address is the guest address with bit 63 set): every map is recorded
+    with the protection it asked for, every unmap must match a map."""
+
+    PAGE = 4096
+
+    def __init__(self, size=1 << 20):
+        import ctypes
+
+        self._buf = (ctypes.c_char * size)()
+        self.base = ctypes.addressof(self._buf)
+        self.ram = memoryview(self._buf).cast("B")
+        self.maps: list[tuple[int, int, int]] = []  # (first grant, count, prot)
+        self.held: dict[int, int] = {}
+        self.gt, self.gth = self, None
+
+    def xengnttab_map_domain_grant_refs(self, _h, count, domid, refs, prot):
+        first = refs[0]
+        assert domid == 7 and list(refs) == list(range(first, first + count))  # consecutive
+        self.maps.append((first, count, prot))
+        addr = self.base + first * self.PAGE
+        self.held[addr] = self.held.get(addr, 0) + count
+        return addr
+
+    def xengnttab_unmap(self, _h, addr, count):
+        assert self.held.get(addr, 0) >= count  # only what was mapped
+        self.held[addr] -= count
+        if not self.held[addr]:
+            del self.held[addr]
+        return 0
+
+
+def test_grant_mode_maps_each_buffer_by_its_grants_read_only_where_the_device_only_reads(tmp_path):
+    """VirtIO-SuSE: every address is `1 << 63 | grant << 12 | offset`, the rings' included;
+    the device offers ACCESS_PLATFORM (or a grant-DMA guest refuses it), maps a buffer's
+    consecutive grants, read-only where the guest granted read-only, and unmaps all."""
+    import mmap
+
+    gnt = FakeGnttab()
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(64 * 512))
+    mem = GrantMemory(gnt, 7, Log(str(tmp_path / "epam.log")))
+    dev = VirtioBlock(str(disk), mem, mem.log, [].append)
+    enc = lambda a: GRANT_DMA | a  # noqa: E731 (grant r is page r)
+    dev.write(0x014, 4, 1)
+    assert dev.read(0x010, 4) == (F_VERSION_1 | F_ACCESS_PLATFORM) >> 32
+    _driver_init(dev, enc)
+    pattern = bytes(range(256)) * 24
+    gnt.ram[0x40F00 : 0x40F00 + len(pattern)] = pattern  # 6 KiB from 0xf00: grants 0x40..0x42
+    status = _chain(gnt, 0, 1, 2, 0x40F00, len(pattern), enc)
+    dev.write(0x050, 4, 0)
+    dev.complete_pending()
+    assert disk.read_bytes()[1024 : 1024 + len(pattern)] == pattern and gnt.ram[status] == 0
+    ro, rw = mmap.PROT_READ, mmap.PROT_READ | mmap.PROT_WRITE
+    data = [m for m in gnt.maps if m[0] == 0x40]
+    assert data == [(0x40, 3, ro)]  # the write's data: 3 pages, read-only
+    header = [m for m in gnt.maps if m[0] == 0x20]
+    assert header == [(0x20, 1, ro)] and (0x30, 1, rw) in gnt.maps  # header ro, status rw
+    assert {(0x10, 1, rw), (0x11, 1, rw), (0x12, 1, rw)} <= set(gnt.maps)  # the rings
+    assert mem.maps == sum(c for _, c, _ in gnt.maps) and mem.unmaps == mem.maps - 3
+    dev.close()  # the rings too
+    assert not gnt.held and mem.unmaps == mem.maps
+    log = (tmp_path / "epam.log").read_text()
+    assert f"xen_map_cache want {enc(0x40F00):#x}" in log and "xen_map_cache_return" in log
+
+
+def test_grant_mode_refuses_an_address_that_is_no_grant(tmp_path):
+    gnt = FakeGnttab()
+    mem = GrantMemory(gnt, 7, Log(str(tmp_path / "epam.log")))
+    with pytest.raises(Exception, match="no grant reference"):
+        mem.view(0x40000, 16)
+    mem.log.fh.close()
+    assert not gnt.maps

@@ -10,7 +10,8 @@ in dom0 while a guest does O_DIRECT I/O, and the bundle comes back over 9p:
   request and IRQ level change); hvm-epam-smp: the same with a guest of two vCPUs;
 - hvm-suse-grant: VirtIO-SuSE for real, the same device and backend with a guest kernel
   built with Linux's grant DMA for virtio (tests/xen/grant), every address it gives the
-  device a grant reference, which the backend maps per request through gntdev.
+  device a grant reference, which the backend maps per request through gntdev;
+  hvm-epam-pvhvm: EPAM on that kernel built without grants (PV-on-HVM as well).
 Each runs booted now (marked xen: dom0 is up ~40 s after QEMU starts, a run takes 1.5-3
 minutes) and from the stored capture of an earlier boot (fixtures/xen: the same checks in
 the fast suite)."""
@@ -39,6 +40,7 @@ STORED = {
     "hvm-epam": ["hvm-epam"],
     "hvm-epam-smp": ["hvm-epam-smp"],  # the same with a guest of two vCPUs
     "hvm-suse-grant": ["hvm-suse-grant"],
+    "hvm-epam-pvhvm": ["hvm-epam-pvhvm"],  # EPAM on hvm-suse-grant's kernel, without grants
 }
 # the scenarios whose device is tests/xen/epam/backend.py (the EPAM one and its grant mode)
 BACKEND = ("hvm-epam", "hvm-suse")

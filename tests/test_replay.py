@@ -260,7 +260,7 @@ def test_cli_calibrate_then_replay_with_the_fitted_costs(small_bundle, tmp_path)
     assert r.exit_code == 0, r.output
     assert "transport suse-grant" in r.stdout and "not constrained by this capture" in r.stdout
     fitted = cost_table.load(costs).filter(pl.col("source").str.starts_with("calibrated from"))
-    assert {"xen.grant_map", "xen.grant_unmap", "dm.virtqueue_pop"} <= set(fitted["key"])
+    assert {"xen.grant_map", "xen.grant_unmap", "epam.virtqueue_pop"} <= set(fitted["key"])
     r = runner.invoke(cli, ["replay", str(b), "--target", "suse-grant,pv-blkif",
                             "--costs", str(costs), "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output

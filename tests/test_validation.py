@@ -4,7 +4,11 @@ transport's own W2 capture (tests/xen/guest-init: W1 is one process of 4 KiB and
 sequential requests, W2 four processes of 16 KiB random reads).
 
 The fast suite runs it on the stored captures of one boot each (fixtures/xen/validation);
-the xen stage boots the six scenarios afresh and checks the same matrix can be made."""
+the xen stage boots the six scenarios afresh and checks the same matrix can be made.
+
+A second matrix sets VirtIO-SuSE against VirtIO-EPAM on one guest kernel (ours, with and
+without grant DMA for virtio, both PV-on-HVM; tests/xen/grant): fitted on their own W1
+captures, as the other three are on Debian's kernel without PV drivers."""
 
 from __future__ import annotations
 
@@ -22,13 +26,16 @@ from xvtrace.cli import cli
 STORED = FIXTURES / "xen" / "validation"
 W1 = ("pv", "hvm-epam", "hvm-virtio")
 W2 = ("pv-w2", "hvm-epam-w2", "hvm-virtio-w2")
-TRANSPORT = {"pv": "pv-blkif", "hvm-epam": "epam-mmio", "hvm-virtio": "qemu-virtio-pci"}
+TRANSPORT = {"pv": "pv-blkif", "hvm-epam": "epam-mmio", "hvm-virtio": "qemu-virtio-pci",
+             "hvm-epam-pvhvm": "epam-mmio", "hvm-suse-grant": "suse-grant"}  # fmt: skip
+GRANT_W1 = ("hvm-epam-pvhvm", "hvm-suse-grant")  # one guest kernel, with and without grants
+GRANT_W2 = ("hvm-epam-pvhvm-w2", "hvm-suse-grant-w2")
 
 
-def _validate(root, *extra) -> dict:
+def _validate(root, *extra, w1=W1, w2=W2) -> dict:
     r = CliRunner().invoke(
         cli,
-        ["validate", *(str(root / s) for s in W2), *(a for s in W1 for a in ("-c", str(root / s))),
+        ["validate", *(str(root / s) for s in w2), *(a for s in w1 for a in ("-c", str(root / s))),
          "--json", *extra],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -132,9 +139,9 @@ def test_captures_without_a_transport_are_left_out_by_name(stored, tmp_path):
 
 @pytest.mark.xen
 def test_the_matrix_from_fresh_boots(xen_boot, tmp_path):
-    """The six scenarios booted now (CI re-records them): each capture says its workload
-    and transport, and the matrix is made from them."""
-    for s in (*W1, *W2):
+    """The scenarios booted now (CI re-records them): each capture says its workload and
+    transport, and the matrix is made from them."""
+    for s in (*W1, *W2, *GRANT_W1, *GRANT_W2):
         booted = xen_boot(s)
         (console,) = (booted.parent / "console").glob("guest-*.log")
         assert "XVT-GUEST data ok" in console.read_text(errors="replace")
@@ -146,6 +153,40 @@ def test_the_matrix_from_fresh_boots(xen_boot, tmp_path):
     v = _validate(tmp_path)
     assert len(v["matrix"]) == 9
     assert all(r["requests"] >= 100 for r in v["intervals"])
+    grants = _validate(tmp_path, w1=GRANT_W1, w2=GRANT_W2)
+    assert len(grants["matrix"]) == 4 and all(r["requests"] >= 100 for r in grants["intervals"])
     # the PV guest's kick and response were recorded in dom0 (blkback's IRQ, the probe)
     pv = {r["interval"] for r in v["intervals"] if r["target"] == "pv-blkif"}
     assert {"kick -> submit", "I/O done -> fill"} <= pv, pv
+
+
+@pytest.fixture(scope="module")
+def grants(tmp_path_factory):
+    """EPAM and SuSE on one guest kernel: their W1 and W2 captures, and their matrix."""
+    root = tmp_path_factory.mktemp("grants")
+    for s in (*GRANT_W1, *GRANT_W2):
+        shutil.copytree(STORED / s, root / s)
+        api.ingest(root / s, warn=lambda m: None)
+    return root, _validate(root, w1=GRANT_W1, w2=GRANT_W2)
+
+
+def test_suse_and_epam_predicted_from_each_other(grants, golden):
+    """Each W2 capture replayed as the other transport and compared with the other's own W2
+    capture; SuSE's grant maps are fitted from its W1 capture (the EPAM capture has none),
+    every other key from both. The errors are stored, as the main matrix's are."""
+    _, v = grants
+    pairs = {(m["source"], m["target"]): m for m in v["matrix"]}
+    assert set(pairs) == {(s, TRANSPORT[t.removesuffix("-w2")]) for s in GRANT_W2 for t in GRANT_W2}
+    fits = {r["key"]: r for r in v["calibration"]}
+    assert "hvm-suse-grant" in fits["xen.grant_map"]["source"]
+    assert "hvm-epam-pvhvm" not in fits["xen.grant_map"]["source"]
+    # each transport's own W2 from its W1 costs
+    for s in GRANT_W2:
+        own = pairs[(s, TRANSPORT[s.removesuffix("-w2")])]
+        assert abs(own["err_p50"]) <= v["targets"]["p50"], own
+    rows = [
+        f"{r['source']:<18}{r['target']:<12}{r['interval']:<26}"
+        f"{r['err_p50']:+.3f} {r['err_p90']:+.3f}"
+        for r in v["intervals"]
+    ]
+    golden("\n".join(rows) + "\n", STORED / "grants.golden.txt")

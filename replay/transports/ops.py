@@ -1,5 +1,7 @@
 """The operations transports share, named once (see base.Op for the fields)."""
 
+from dataclasses import replace
+
 from xvtrace.replay.transports.base import Op, op
 
 # the guest
@@ -101,6 +103,15 @@ COPY_IN = op("copy_in", "io", "backend_thread", "backend", "mem.copy", "byte")
 # dom0's block layer): latency in which the backend's thread is free
 QEMU_IO = op("io_path", "io", "device", "none", "dm.io_path")
 BLKBACK_IO = op("io_path", "io", "device", "none", "blkback.io_path")
+
+# The EPAM backend's own work (tests/xen/epam on the real host): QEMU's steps, priced by its
+# own keys, so a host's captures fit them apart from a QEMU device model's on the same host.
+# VirtIO-SuSE is the same backend with grants in the descriptors (its map and unmap steps).
+EPAM_POP = replace(BACKEND_POP, cost="epam.virtqueue_pop")
+EPAM_MAP = replace(MAPCACHE, cost="epam.buffer_map")
+EPAM_COMPLETE = replace(BACKEND_COMPLETE, cost="epam.request_complete")
+EPAM_PUSH = replace(BACKEND_PUSH, cost="epam.virtqueue_push")
+EPAM_IO = replace(QEMU_IO, cost="epam.io_path")
 DEVICE_IO = op("device_io", "io", "device", "device", "device.block", emits="device_io")
 WIRE_TX = op("wire_tx", "io", "wire", "none", "net.wire", "byte", emits="packet_out")
 WIRE_RX = op("wire_rx", "io", "wire", "none", "net.wire", "byte", emits="packet_in")

@@ -1,7 +1,9 @@
 """VirtIO-SuSE / Linux xen-grant-dma: descriptors carry grant references instead of guest
 physical addresses, so the backend (in dom0 or an unprivileged driver domain) maps every data
 page with GNTTABOP_map_grant_ref and unmaps it (with a TLB flush) after use. Notification is
-virtio-mmio through an IOREQ server, as for EPAM."""
+virtio-mmio through an IOREQ server, and the backend's own work is EPAM's (the same backend,
+tests/xen/epam, serves both on the real test host), with the grant maps in place of its
+mappings."""
 
 from xvtrace.replay.transports import ops as o
 from xvtrace.replay.transports.base import Transport
@@ -17,20 +19,20 @@ TRANSPORT = Transport(
             o.GUEST_GRANT,
             o.MMIO_NOTIFY,
             o.IOREQ_DISPATCH,
-            o.BACKEND_POP,
+            o.EPAM_POP,
             o.GRANT_MAP,
             o.IOREQ_COMPLETE,
         ),
         complete=(
-            o.BACKEND_COMPLETE,
+            o.EPAM_COMPLETE,
             o.GRANT_UNMAP,
-            o.BACKEND_PUSH,
+            o.EPAM_PUSH,
             o.IRQ_DM_OP,
             *o.MMIO_ISR,
             o.GUEST_COMPLETE,
         ),
-        rx_head=(o.BACKEND_POP, o.GRANT_MAP, o.COPY_IN),
-        io_path=o.QEMU_IO,
+        rx_head=(o.EPAM_POP, o.GRANT_MAP, o.COPY_IN),
+        io_path=o.EPAM_IO,
     ),
     guest="hvm",
     backend="qemu",

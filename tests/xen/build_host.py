@@ -77,9 +77,10 @@ SCENARIOS = (
     "hvm-epam",
     "hvm-epam-smp",
     "hvm-suse-grant",
+    "hvm-epam-pvhvm",
 )  # dom0-run.sh
 # the same scenarios with the guest running workload W2 (replay's validation: tests/xen/guest-init)
-W2_SCENARIOS = ("pv-w2", "hvm-virtio-w2", "hvm-epam-w2", "hvm-suse-grant-w2")
+W2_SCENARIOS = ("pv-w2", "hvm-virtio-w2", "hvm-epam-w2", "hvm-suse-grant-w2", "hvm-epam-pvhvm-w2")
 
 
 class HostError(RuntimeError):
@@ -216,9 +217,10 @@ def guest_module(kver: str) -> Path:
     return ko
 
 
-def grant_kernel() -> Path:
-    """The grant-DMA guest kernel (bzImage), built once per configuration: cached under the
-    hash of tests/xen/grant's config and script and of the source package's version."""
+def grant_kernels() -> Path:
+    """The grant-DMA guest kernel (bzImage) and the same without grants (bzImage-nogrant),
+    built once per configuration: cached under the hash of tests/xen/grant's config and
+    script and of the source package's version; their folder."""
     if not LINUX_SOURCE.exists():
         raise HostError(f"no {LINUX_SOURCE}: `make apt` installs linux-source-6.1")
     config, script = GRANT / "guest.config", GRANT / "build-kernel.sh"
@@ -227,7 +229,7 @@ def grant_kernel() -> Path:
         digest.update(f.read_bytes())
     digest.update(f"{LINUX_SOURCE.stat().st_size}:{LINUX_SOURCE.stat().st_mtime_ns}".encode())
     out = CACHE / f"grant-kernel-{digest.hexdigest()[:12]}"
-    if not (out / "bzImage").exists():
+    if not (out / "bzImage-nogrant").exists():
         for old in CACHE.glob("grant-kernel-*"):  # an earlier configuration's
             shutil.rmtree(old, ignore_errors=True)
         print(f"building the grant-DMA guest kernel into {out} (minutes)", file=sys.stderr)
@@ -238,7 +240,7 @@ def grant_kernel() -> Path:
             raise HostError(
                 f"building the grant-DMA guest kernel failed: {e.stderr[-1500:]}"
             ) from None
-    return out / "bzImage"
+    return out
 
 
 def build(*, fetch: bool = False) -> dict[str, Path]:
@@ -258,8 +260,9 @@ def build(*, fetch: bool = False) -> dict[str, Path]:
     )
     # the grant guest: its own kernel, everything built in, so no modules in its initramfs
     grant_guest = initramfs(CACHE / "guest-grant.cpio.gz", HERE / "guest-init", [])
-    return {"xen": xen, "kernel": kernel, "dom0": dom0, "guest": guest,
-            "grant_kernel": grant_kernel(), "grant_guest": grant_guest}  # fmt: skip
+    kernels = grant_kernels()
+    return {"xen": xen, "kernel": kernel, "dom0": dom0, "guest": guest, "grant_guest": grant_guest,
+            "grant_kernel": kernels / "bzImage", "nogrant_kernel": kernels / "bzImage-nogrant"}  # fmt: skip
 
 
 def run(scenario: str, out: Path, *, timeout: float = 900, fetch: bool = False) -> Path:
@@ -270,12 +273,11 @@ def run(scenario: str, out: Path, *, timeout: float = 900, fetch: bool = False) 
     # tsc=reliable: under TCG the kernel's watchdog finds the TSC skewed against Xen's clock
     # and switches to that one mid-run, a step of milliseconds in every dom0 timestamp (the
     # device models' logs); dom0 keeps the TSC, as on a host with an invariant TSC
-    grants = scenario.startswith("hvm-suse")
-    guest, guest_kernel = (
-        (parts["grant_guest"], parts["grant_kernel"])
-        if grants
-        else (parts["guest"], parts["kernel"])
-    )
+    guest, guest_kernel = parts["guest"], parts["kernel"]  # Debian's
+    if scenario.startswith("hvm-suse"):  # our kernel, with grant DMA for virtio
+        guest, guest_kernel = parts["grant_guest"], parts["grant_kernel"]
+    elif scenario.startswith("hvm-epam-pvhvm"):  # the same kernel without it
+        guest, guest_kernel = parts["grant_guest"], parts["nogrant_kernel"]
     dom0_args = (f"console=hvc0 earlyprintk=xen tsc=reliable rdinit=/init xvt_repo={ROOT} "
                  f"xvt_scenario={scenario} xvt_guest={guest} xvt_kernel={guest_kernel}")  # fmt: skip
     cmd = [

@@ -83,6 +83,12 @@ hvm-epam|hvm-epam-smp)
   # it through the platform device its module registers (xvt_epam)
   hvm_cfg "" xvt_epam
   ;;
+hvm-epam-pvhvm)
+  # VirtIO-EPAM on hvm-suse-grant's guest: the same kernel built without FORCE_GRANT, the
+  # PV-on-HVM guest too, so against hvm-suse-grant only the grants differ
+  PVHVM=1
+  hvm_cfg "" "virtio_mmio.device=512@0xfe000000:5"
+  ;;
 hvm-suse-grant)
   # VirtIO-SuSE: the same device and backend, but the guest is Linux with grant DMA for
   # virtio (tests/xen/grant: XEN_VIRTIO_FORCE_GRANT, dom0 as the backend), which puts grant

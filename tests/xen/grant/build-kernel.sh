@@ -1,7 +1,9 @@
 #!/bin/sh
 # The grant-DMA guest kernel (issue 26): Debian's Linux 6.1 source (linux-source-6.1) on
-# `make tinyconfig` plus CONFIG (guest.config), bzImage only, no modules.
-#   build-kernel.sh TARBALL CONFIG OUT    -> OUT/bzImage, OUT/config
+# `make tinyconfig` plus CONFIG (guest.config), bzImage only, no modules; then the same kernel
+# without XEN_VIRTIO_FORCE_GRANT (kbuild recompiles only what reads that option: seconds),
+# the EPAM guest on the same kernel, for a comparison in which only the grants differ.
+#   build-kernel.sh TARBALL CONFIG OUT    -> OUT/bzImage, OUT/config, OUT/bzImage-nogrant
 # tests/xen/build_host.py caches OUT by the hash of CONFIG, this script and the tarball.
 set -eu
 TARBALL=$1 CONFIG=$2 OUT=$3
@@ -20,6 +22,11 @@ make ARCH=x86_64 -j"$(nproc)" bzImage > build.log 2>&1 || { tail -30 build.log >
 mkdir -p "$OUT.part"
 cp arch/x86/boot/bzImage "$OUT.part/bzImage"
 cp .config "$OUT.part/config"
+scripts/config --disable XEN_VIRTIO_FORCE_GRANT
+make ARCH=x86_64 olddefconfig >> kconfig.log 2>&1
+! grep -q '^CONFIG_XEN_VIRTIO_FORCE_GRANT=y' .config || { echo "build-kernel: FORCE_GRANT still set" >&2; exit 1; }
+make ARCH=x86_64 -j"$(nproc)" bzImage >> build.log 2>&1 || { tail -30 build.log >&2; exit 1; }
+cp arch/x86/boot/bzImage "$OUT.part/bzImage-nogrant"
 mv "$OUT.part" "$OUT"  # complete or absent
 cd /
 rm -rf "$WORK"
