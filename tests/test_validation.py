@@ -42,14 +42,18 @@ def _validate(root, *extra, w1=W1, w2=W2) -> dict:
     return json.loads(r.stdout)
 
 
-@pytest.fixture(scope="module")
-def stored(tmp_path_factory):
-    """A copy of the stored captures (timelines are written beside them), and their matrix."""
-    root = tmp_path_factory.mktemp("validation")
-    for s in (*W1, *W2):
+def _stored_matrix(root, w1, w2):
+    """A copy of the stored captures `w1` and `w2` in `root` (timelines are written beside
+    them), and their matrix."""
+    for s in (*w1, *w2):
         shutil.copytree(STORED / s, root / s)
         api.ingest(root / s, warn=lambda m: None)
-    return root, _validate(root)
+    return root, _validate(root, w1=w1, w2=w2)
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    return _stored_matrix(tmp_path_factory.mktemp("validation"), W1, W2)
 
 
 def test_every_source_is_predicted_as_every_real_transport(stored):
@@ -163,11 +167,7 @@ def test_the_matrix_from_fresh_boots(xen_boot, tmp_path):
 @pytest.fixture(scope="module")
 def grants(tmp_path_factory):
     """EPAM and SuSE on one guest kernel: their W1 and W2 captures, and their matrix."""
-    root = tmp_path_factory.mktemp("grants")
-    for s in (*GRANT_W1, *GRANT_W2):
-        shutil.copytree(STORED / s, root / s)
-        api.ingest(root / s, warn=lambda m: None)
-    return root, _validate(root, w1=GRANT_W1, w2=GRANT_W2)
+    return _stored_matrix(tmp_path_factory.mktemp("grants"), GRANT_W1, GRANT_W2)
 
 
 def test_suse_and_epam_predicted_from_each_other(grants, golden):
