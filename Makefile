@@ -32,20 +32,22 @@ install: $(BIN)/python
 # grant-DMA guest kernel from it). The guest kernel is the one tests/guest/build-guest.sh unpacked into
 # .cache/guest, else the one linux-image-amd64 depends on, which it will download.
 APT_PKGS := xen-utils-4.17 qemu-system-xen python3-venv qemu-system-x86 busybox-static cpio \
-	chromium make gcc binutils linux-source-6.1 bc bison flex libelf-dev libssl-dev
+	chromium make gcc binutils linux-source-6.1 patch bc bison flex libelf-dev libssl-dev
 GUEST_CACHE := .cache/guest
 GUEST_KVER := sh tests/guest/build-guest.sh --kernel-version $(GUEST_CACHE)
 apt:
-	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); updated=; \
-	kver=$$($(GUEST_KVER)); \
-	if [ -z "$$kver" ]; then $$SUDO apt-get update -qq && updated=1 && kver=$$($(GUEST_KVER)); fi; \
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	need() { kver=$$($(GUEST_KVER)); missing=; \
+	  for p in $(APT_PKGS) $${kver:+linux-headers-$$kver}; do \
+	    [ "$$(dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null)" = installed ] || missing="$$missing $$p"; \
+	  done; }; \
+	need; \
+	if [ -z "$$kver" ] || [ -n "$$missing" ]; then \
+	  $$SUDO apt-get update -qq && need; \
+	fi; \
 	[ -n "$$kver" ] || { echo "apt: cannot resolve linux-image-amd64's kernel" >&2; exit 1; }; \
-	missing=; for p in $(APT_PKGS) linux-headers-$$kver; do \
-	  [ "$$(dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null)" = installed ] || missing="$$missing $$p"; \
-	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt: installing$$missing"; \
-	  [ -n "$$updated" ] || $$SUDO apt-get update -qq; \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
