@@ -10,7 +10,8 @@ Layouts (virtio 1.2 spec, all little-endian):
 
 Descriptor addresses are guest physical addresses, or, under Linux's xen-grant-dma
 (drivers/xen/grant-dma-ops.c), grant references: bit 63 set, grant << 12 above it, the
-offset within the page below.
+offset within the page below; bit 62 also set marks a grant of the guest's persistent pool
+(tests/xen/grant/persistent-grants.patch), which is no part of the grant reference.
 
 Rows: ``virtqueue.desc`` (head = slot, addr, size = len; arg0 flags, arg1 next / id, arg2 1
 for a grant address, arg3 grant ref, arg4 offset in page), ``virtqueue.avail`` (head = the
@@ -37,6 +38,7 @@ from xvtrace.parsers.textlines import iter_lines
 
 SOURCE = "virtqueue"
 GRANT_ADDR_FLAG = np.uint64(1 << 63)
+GRANT_PERSISTENT_FLAG = np.uint64(1 << 62)
 XEN_PAGE_SHIFT = 12
 
 SPLIT_DESC = np.dtype([("addr", "<u8"), ("len", "<u4"), ("flags", "<u2"), ("next", "<u2")])
@@ -50,7 +52,7 @@ def grant_parts(addr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(is_grant, grant ref, offset in page) of descriptor addresses."""
     addr = np.asarray(addr, dtype=np.uint64)
     is_grant = (addr & GRANT_ADDR_FLAG) != 0
-    low = addr & ~GRANT_ADDR_FLAG
+    low = addr & ~(GRANT_ADDR_FLAG | GRANT_PERSISTENT_FLAG)
     gref = np.where(is_grant, low >> np.uint64(XEN_PAGE_SHIFT), 0).astype(np.uint64)
     off = np.where(is_grant, low & np.uint64((1 << XEN_PAGE_SHIFT) - 1), 0).astype(np.uint64)
     return is_grant, gref, off
@@ -396,7 +398,7 @@ class QmpVirtqueueDecoder:
             ).otherwise(0)
         # polars has no shift operators: divide by powers of two (exact on UInt64)
         is_grant = pl.col("addr") >= (1 << 63)
-        low = pl.col("addr") & ((1 << 63) - 1)
+        low = pl.col("addr") & ((1 << 62) - 1)  # without the grant and persistent flags
         self.stats.decoded += len(flat)
         return conform(
             flat.select(

@@ -16,6 +16,7 @@ from epam.backend import (
     F_VERSION_1,
     GRANT_DMA,
     MAGIC,
+    PERSISTENT_DMA,
     GrantMemory,
     Log,
     VirtioBlock,
@@ -33,6 +34,9 @@ class FakeGuest:
         self.ram = bytearray(size)
         self.mapped: set[int] = set()
         self.next = 0
+
+    def close(self):
+        pass
 
     def view(self, gpa, length, write=True):
         if gpa + length > len(self.ram):
@@ -253,6 +257,51 @@ def test_grant_mode_maps_each_buffer_by_its_grants_read_only_where_the_device_on
     assert not gnt.held and mem.unmaps == mem.maps
     log = (tmp_path / "epam.log").read_text()
     assert f"xen_map_cache want {enc(0x40F00):#x}" in log and "xen_map_cache_return" in log
+
+
+def test_persistent_mode_keeps_pool_grants_mapped_and_maps_the_others_per_request(tmp_path):
+    """Persistent grants (tests/xen/grant/persistent-grants.patch): an address with bit 62
+    is a grant of the guest's pool, mapped writable at its first use and kept until the
+    backend closes; the rings' grants (no bit 62) stay per mapping; all unmapped at close."""
+    import mmap
+
+    gnt = FakeGnttab()
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(64 * 512))
+    mem = GrantMemory(gnt, 7, Log(str(tmp_path / "epam.log")), persistent=True)
+    dev = VirtioBlock(str(disk), mem, mem.log, [].append)
+    _driver_init(dev, lambda a: GRANT_DMA | a)
+    pool = lambda a: GRANT_DMA | PERSISTENT_DMA | a  # noqa: E731
+    pattern = bytes(range(256)) * 16  # 4 KiB at 0x40000: grant 0x40
+    gnt.ram[0x40000 : 0x40000 + len(pattern)] = pattern
+    statuses = []
+    for n in range(3):  # the same pool pages for three writes, as a guest's free pool reuses
+        statuses.append(_chain(gnt, n, 1, 8 * n, 0x40000, len(pattern), pool))
+        dev.write(0x050, 4, 0)
+        dev.complete_pending()
+    rw = mmap.PROT_READ | mmap.PROT_WRITE
+    for n in range(3):
+        assert disk.read_bytes()[4096 * n : 4096 * (n + 1)] == pattern
+    pool_maps = [m for m in gnt.maps if m[0] in (0x40, 0x20, 0x21, 0x22, 0x30)]
+    # each buffer's grants mapped once, writable; header n at 0x20000 + 0x100 n shares page 0x20
+    assert sorted(pool_maps) == [(0x20, 1, rw), (0x30, 1, rw), (0x40, 1, rw)]
+    assert mem.reused == 3 * 3 - 3 and len(mem.kept) == 3
+    assert all(gnt.ram[s] == 0 for s in statuses)
+    rings = mem.maps - 3
+    assert mem.unmaps == 0 and rings == 3  # nothing unmapped yet but per-request maps: none
+    dev.close()
+    assert not gnt.held and mem.unmaps == mem.maps and not mem.kept
+
+
+def test_without_persistent_mode_a_pool_address_is_mapped_per_request(tmp_path):
+    gnt = FakeGnttab()
+    mem = GrantMemory(gnt, 7, Log(str(tmp_path / "epam.log")))
+    for _ in range(2):
+        view, handle = mem.view(GRANT_DMA | PERSISTENT_DMA | 0x40010, 16, write=False)
+        assert len(view) == 16 and handle is not None
+        mem.unmap(handle)
+    mem.log.fh.close()
+    assert [m[0] for m in gnt.maps] == [0x40, 0x40] and not gnt.held  # bit 62 not in the ref
 
 
 def test_grant_mode_refuses_an_address_that_is_no_grant(tmp_path):

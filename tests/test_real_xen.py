@@ -11,7 +11,9 @@ in dom0 while a guest does O_DIRECT I/O, and the bundle comes back over 9p:
 - hvm-suse-grant: VirtIO-SuSE for real, the same device and backend with a guest kernel
   built with Linux's grant DMA for virtio (tests/xen/grant), every address it gives the
   device a grant reference, which the backend maps per request through gntdev;
-  hvm-epam-pvhvm: EPAM on that kernel built without grants (PV-on-HVM as well).
+  hvm-epam-pvhvm: EPAM on that kernel built without grants (PV-on-HVM as well);
+  hvm-suse-grant-persistent: that kernel with its pool of persistent grants on (our patch),
+  the backend keeping each pool grant mapped after its first use.
 Each runs booted now (marked xen: dom0 is up ~40 s after QEMU starts, a run takes 1.5-3
 minutes) and from the stored capture of an earlier boot (fixtures/xen: the same checks in
 the fast suite)."""
@@ -28,7 +30,8 @@ import pytest
 from helpers import FIXTURES
 from xenalyze_output import assert_runstates_match, our_runstates, parse_summary
 
-from xvtrace import api
+from xvtrace import api, timeline
+from xvtrace.analysis import grant_ops
 from xvtrace.parsers import fields
 
 # each scenario's stored captures; hvm-ide-drift: CI's boot of 2026-12-03, where the device
@@ -40,6 +43,7 @@ STORED = {
     "hvm-epam": ["hvm-epam"],
     "hvm-epam-smp": ["hvm-epam-smp"],  # the same with a guest of two vCPUs
     "hvm-suse-grant": ["hvm-suse-grant"],
+    "hvm-suse-grant-persistent": ["hvm-suse-grant-persistent"],
     "hvm-epam-pvhvm": ["hvm-epam-pvhvm"],  # EPAM on hvm-suse-grant's kernel, without grants
 }
 # the scenarios whose device is tests/xen/epam/backend.py (the EPAM one and its grant mode)
@@ -69,7 +73,6 @@ def xen(request, tmp_path_factory, xen_boot):
         shutil.copytree(FIXTURES / "xen" / source, bundle)
         console = bundle / "meta" / "guest-console.log"
     res = api.ingest(bundle, out / "b", warn=lambda m: None)
-    from xvtrace import timeline
 
     return scenario, console, bundle, res, timeline.build(res.bundle)
 
@@ -338,6 +341,64 @@ def test_suse_guest_gives_grant_references_which_the_backend_maps_per_request(xe
     )  # fmt: skip
     counts = {str(e): n for e, n in grants.iter_rows()}
     assert counts.get("mem.grant_map", 0) >= inside.sum() and counts.get("mem.grant_unmap", 0) > 0
+    # joined to requests (xvtrace.analysis.grant_ops): every map falls in its request's
+    # backend stretches, two records per grant (a PV dom0's gntdev maps each page for the
+    # user's mapping and the kernel's): a 4 KiB request's header, page and status byte, 6;
+    # each unmapped in the same request
+    per, outside = grant_ops.per_request(ev, req, timeline.load(res.bundle).device_model_clock)
+    assert outside["grant_maps"] == 0 and per["grant_maps"].sum() == counts["mem.grant_map"]
+    small = per.join(req.select("request", "bytes"), on="request").filter(pl.col("bytes") == 4096)
+    assert len(small) > 100 and (small["grant_maps"] == 6).mean() > 0.9
+    assert (per["grant_maps"] == per["grant_unmaps"]).all()
+    # as the report says it
+    from xvtrace.output.report import Report
+
+    text = Report.of(res.bundle).render()
+    n = counts["mem.grant_map"]
+    assert re.search(rf"grant maps in requests: p50 6, max \d+ +{n} ", text)
+
+
+def test_persistent_grants_are_mapped_once_and_reused(xen):
+    import re
+
+    scenario, console, bundle, res, req = xen
+    if scenario != "hvm-suse-grant-persistent":
+        pytest.skip("VirtIO-SuSE with persistent grants")
+    boot = console.read_text(errors="replace")
+    # tests/xen/grant/persistent-grants.patch: the pool granted once, at the device's setup
+    pool = re.search(
+        r"virtio-mmio\.0: (\d+) pages granted persistently: grants (\d+) to (\d+)", boot
+    )
+    assert pool and int(pool[1]) == 1024, boot[-2000:]
+    assert "Using dom0 as backend" in boot and "still in use" not in boot
+    assert res.bundle.manifest["transport"] == "suse-grant-persistent"
+    want = (
+        res.bundle.events().filter(pl.col("event") == "qemu.xen_map_cache")
+        .select("arg0").collect()["arg0"].to_numpy()
+    )  # fmt: skip
+    assert (want >> np.uint64(63) == 1).all()  # grants, all of them
+    in_pool = (want >> np.uint64(62)) & np.uint64(1) == 1
+    grefs = (want[in_pool] & np.uint64((1 << 62) - 1)) >> np.uint64(12)
+    assert in_pool.any() and ((grefs >= int(pool[2])) & (grefs <= int(pool[3]))).all()
+    # the backend's totals: each request's header, data and status found mapped already,
+    # all but the first uses of each pool page; everything unmapped at its close
+    mapped, unmapped, reused = map(int, re.search(
+        r"(\d+) grants mapped, (\d+) unmapped, (\d+) reused",
+        (bundle / "meta" / "backend.log").read_text()).groups())  # fmt: skip
+    assert mapped == unmapped and reused >= 3 * len(req) - in_pool.sum()
+    assert in_pool.sum() < len(req) / 4  # hvm-suse-grant: >= 3 maps per request
+    # so Xen saw dom0 map grants a few times in all (the pool's pages met before the
+    # capture started none), inside the requests that used a pool page first, and unmap
+    # none until the backend closed
+    assert ev_count(res, "mem.grant_map") < len(req)
+    per, _ = grant_ops.per_request(
+        res.bundle.events(), req, timeline.load(res.bundle).device_model_clock
+    )
+    assert (per["grant_maps"] > 0).sum() < len(req) / 10 and per["grant_unmaps"].sum() == 0
+
+
+def ev_count(res, event: str) -> int:
+    return res.bundle.events().filter(pl.col("event") == event).select(pl.len()).collect().item()
 
 
 def test_real_requests_feed_replay_and_regress(xen):

@@ -6,9 +6,10 @@ sequential requests, W2 four processes of 16 KiB random reads).
 The fast suite runs it on the stored captures of one boot each (fixtures/xen/validation);
 the xen stage boots the six scenarios afresh and checks the same matrix can be made.
 
-A second matrix sets VirtIO-SuSE against VirtIO-EPAM on one guest kernel (ours, with and
-without grant DMA for virtio, both PV-on-HVM; tests/xen/grant): fitted on their own W1
-captures, as the other three are on Debian's kernel without PV drivers."""
+A second matrix sets VirtIO-SuSE, with grants per request and with persistent grants,
+against VirtIO-EPAM on one guest kernel (ours, with and without grant DMA for virtio, all
+PV-on-HVM; tests/xen/grant): fitted on their own W1 captures, as the other three are on
+Debian's kernel without PV drivers."""
 
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ STORED = FIXTURES / "xen" / "validation"
 W1 = ("pv", "hvm-epam", "hvm-virtio")
 W2 = ("pv-w2", "hvm-epam-w2", "hvm-virtio-w2")
 TRANSPORT = {"pv": "pv-blkif", "hvm-epam": "epam-mmio", "hvm-virtio": "qemu-virtio-pci",
-             "hvm-epam-pvhvm": "epam-mmio", "hvm-suse-grant": "suse-grant"}  # fmt: skip
-GRANT_W1 = ("hvm-epam-pvhvm", "hvm-suse-grant")  # one guest kernel, with and without grants
-GRANT_W2 = ("hvm-epam-pvhvm-w2", "hvm-suse-grant-w2")
+             "hvm-epam-pvhvm": "epam-mmio", "hvm-suse-grant": "suse-grant",
+             "hvm-suse-grant-persistent": "suse-grant-persistent"}  # fmt: skip
+# one guest kernel: without grants, with grants per request, with persistent grants
+GRANT_W1 = ("hvm-epam-pvhvm", "hvm-suse-grant", "hvm-suse-grant-persistent")
+GRANT_W2 = ("hvm-epam-pvhvm-w2", "hvm-suse-grant-w2", "hvm-suse-grant-persistent-w2")
 
 
 def _validate(root, *extra, w1=W1, w2=W2) -> dict:
@@ -158,7 +161,7 @@ def test_the_matrix_from_fresh_boots(xen_boot, tmp_path):
     assert len(v["matrix"]) == 9
     assert all(r["requests"] >= 100 for r in v["intervals"])
     grants = _validate(tmp_path, w1=GRANT_W1, w2=GRANT_W2)
-    assert len(grants["matrix"]) == 4 and all(r["requests"] >= 100 for r in grants["intervals"])
+    assert len(grants["matrix"]) == 9 and all(r["requests"] >= 100 for r in grants["intervals"])
     # the PV guest's kick and response were recorded in dom0 (blkback's IRQ, the probe)
     pv = {r["interval"] for r in v["intervals"] if r["target"] == "pv-blkif"}
     assert {"kick -> submit", "I/O done -> fill"} <= pv, pv
@@ -171,8 +174,8 @@ def grants(tmp_path_factory):
 
 
 def test_suse_and_epam_predicted_from_each_other(grants, golden):
-    """Each W2 capture replayed as the other transport and compared with the other's own W2
-    capture; SuSE's grant maps are fitted from its W1 capture (the EPAM capture has none),
+    """Each W2 capture replayed as every transport of the three and compared with that
+    transport's own W2 capture; SuSE's grant maps are fitted from its W1 capture (the EPAM capture has none),
     every other key from both. The errors are stored, as the main matrix's are."""
     _, v = grants
     pairs = {(m["source"], m["target"]): m for m in v["matrix"]}
@@ -185,7 +188,7 @@ def test_suse_and_epam_predicted_from_each_other(grants, golden):
         own = pairs[(s, TRANSPORT[s.removesuffix("-w2")])]
         assert abs(own["err_p50"]) <= v["targets"]["p50"], own
     rows = [
-        f"{r['source']:<18}{r['target']:<12}{r['interval']:<26}"
+        f"{r['source']:<29}{r['target']:<22}{r['interval']:<26}"
         f"{r['err_p50']:+.3f} {r['err_p90']:+.3f}"
         for r in v["intervals"]
     ]

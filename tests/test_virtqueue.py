@@ -36,6 +36,16 @@ def _split_ring(descs, avail_heads, used, num):
     return d.tobytes(), avail.tobytes(), used_bytes
 
 
+def test_a_persistent_pool_grant_decodes_to_its_reference():
+    """Bit 62 marks the guest's persistent pool (tests/xen/grant/persistent-grants.patch):
+    a flag beside the reference, not part of it."""
+    addr = np.array([vq.grant_address(5, 8) | (1 << 62), vq.grant_address(5, 8), 0x1000],
+                    dtype=np.uint64)  # fmt: skip
+    is_grant, gref, off = vq.grant_parts(addr)
+    assert is_grant.tolist() == [True, True, False]
+    assert gref.tolist() == [5, 5, 0] and off.tolist() == [8, 8, 0]
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     num=st.sampled_from([4, 8, 64, 256]),

@@ -8,6 +8,9 @@ from xvtrace.replay.transports.base import Op, op
 GUEST_SUBMIT = op("guest_submit", "submit", "guest_vcpu", "vcpu", "guest.ring_submit")
 GUEST_GRANT = op("guest_grant", "submit", "guest_vcpu", "vcpu", "guest.grant_entry", "page")
 GUEST_COMPLETE = op("guest_complete", "complete", "guest_vcpu", "vcpu", "guest.ring_complete")
+# persistent grants in the guest (blkfront's, or our grant-DMA patch): each buffer copied
+# through pages granted once, into them before the kick or out of them at completion
+GUEST_BOUNCE = op("guest_bounce", "submit", "guest_vcpu", "vcpu", "mem.copy", "byte")
 # a virtio-mmio interrupt: delivered to the vCPU, whose ISR reads InterruptStatus and writes
 # InterruptACK, each a trap served through the IOREQ server like the QueueNotify write; the
 # vCPU is the ISR's until the ACK (nothing else of the guest's runs in between)

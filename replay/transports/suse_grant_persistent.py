@@ -1,8 +1,10 @@
-"""The grant-based transport with persistent grants: the backend keeps each granted page
-mapped after first use (as blkback does), so a request costs a lookup instead of a map and
-an unmap with its TLB flush. The backend's work is EPAM's, as for suse-grant. No real guest
-runs this here: Linux's grant DMA for virtio ends each buffer's grants when the request
-completes and disables a device whose backend still maps one (docs/real-xen.md)."""
+"""The grant-based transport with persistent grants: the guest copies each buffer through a
+pool of pages granted to the backend once (as blkfront's feature-persistent does), and the
+backend keeps each pool grant mapped after its first use (as blkback does), so a request
+costs the guest a copy and the backend a lookup instead of a map and an unmap with its TLB
+flush. The backend's work is EPAM's, as for suse-grant. The real test host runs it
+(scenario hvm-suse-grant-persistent): Linux's grant DMA for virtio with our pool
+(tests/xen/grant/persistent-grants.patch) and tests/xen/epam's backend with --persistent."""
 
 from xvtrace.replay.transports import ops as o
 from xvtrace.replay.transports.base import Transport
@@ -15,6 +17,7 @@ TRANSPORT = Transport(
     **paths(
         notify=(
             o.GUEST_SUBMIT,
+            o.GUEST_BOUNCE,
             o.MMIO_NOTIFY,
             o.IOREQ_DISPATCH,
             o.EPAM_POP,

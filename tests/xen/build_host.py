@@ -77,10 +77,12 @@ SCENARIOS = (
     "hvm-epam",
     "hvm-epam-smp",
     "hvm-suse-grant",
+    "hvm-suse-grant-persistent",
     "hvm-epam-pvhvm",
 )  # dom0-run.sh
 # the same scenarios with the guest running workload W2 (replay's validation: tests/xen/guest-init)
-W2_SCENARIOS = ("pv-w2", "hvm-virtio-w2", "hvm-epam-w2", "hvm-suse-grant-w2", "hvm-epam-pvhvm-w2")
+W2_SCENARIOS = ("pv-w2", "hvm-virtio-w2", "hvm-epam-w2", "hvm-suse-grant-w2",
+                "hvm-suse-grant-persistent-w2", "hvm-epam-pvhvm-w2")  # fmt: skip
 
 
 class HostError(RuntimeError):
@@ -224,8 +226,9 @@ def grant_kernels() -> Path:
     if not LINUX_SOURCE.exists():
         raise HostError(f"no {LINUX_SOURCE}: `make apt` installs linux-source-6.1")
     config, script = GRANT / "guest.config", GRANT / "build-kernel.sh"
+    patch = GRANT / "persistent-grants.patch"
     digest = hashlib.sha256()
-    for f in (config, script):
+    for f in (config, script, patch):
         digest.update(f.read_bytes())
     digest.update(f"{LINUX_SOURCE.stat().st_size}:{LINUX_SOURCE.stat().st_mtime_ns}".encode())
     out = CACHE / f"grant-kernel-{digest.hexdigest()[:12]}"
@@ -234,7 +237,7 @@ def grant_kernels() -> Path:
             shutil.rmtree(old, ignore_errors=True)
         print(f"building the grant-DMA guest kernel into {out} (minutes)", file=sys.stderr)
         try:
-            subprocess.run(["sh", str(script), str(LINUX_SOURCE), str(config), str(out)],
+            subprocess.run(["sh", str(script), str(LINUX_SOURCE), str(config), str(patch), str(out)],
                            check=True, capture_output=True, text=True, timeout=3600)  # fmt: skip
         except subprocess.CalledProcessError as e:
             raise HostError(

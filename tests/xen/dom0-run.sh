@@ -97,6 +97,13 @@ hvm-suse-grant)
   PVHVM=1
   hvm_cfg "" "virtio_mmio.device=512@0xfe000000:5"
   ;;
+hvm-suse-grant-persistent)
+  # VirtIO-SuSE with persistent grants: the same kernel with its pool on (1024 pages granted
+  # once, every buffer copied through them: tests/xen/grant/persistent-grants.patch), the
+  # backend keeping each pool grant mapped after its first use (--persistent)
+  PVHVM=1
+  hvm_cfg "" "virtio_mmio.device=512@0xfe000000:5 grant_dma_ops.persistent=1024"
+  ;;
 *) echo "XVT-HOST unknown scenario $SCENARIO"; exit 1 ;;
 esac
 NAME=$(sed -n 's/^name = "\(.*\)"/\1/p' /tmp/work/guest.cfg)
@@ -137,6 +144,7 @@ hvm-*)
   hvm-epam*|hvm-suse*)  # the backend attaches to the paused guest
     GRANTS="" TRANSPORT=epam-mmio
     [ "$BASE" = hvm-suse-grant ] && GRANTS=--grants TRANSPORT=suse-grant
+    [ "$BASE" = hvm-suse-grant-persistent ] && GRANTS="--grants --persistent" TRANSPORT=suse-grant-persistent
     xl create -p /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
     "$REPO/.venv/bin/python" "$REPO/tests/xen/epam/backend.py" --domid "$(xl domid "$NAME")" \
       --disk /tmp/work/disk.img --log /tmp/work/epam.log --vcpus "${VCPUS:-1}" $GRANTS > /tmp/out/backend.log 2>&1 &

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from xvtrace import timeline
+from xvtrace.analysis import grant_ops
 from xvtrace.output import html
 from xvtrace.parsers import fields
 from xvtrace.parsers import xen_events as xe
@@ -40,6 +41,9 @@ class Report:
         }
         vendor = m.hvm_vendor
         per_request = _per_request(bundle.events(), len(req), vendor)
+        joined = grant_ops.per_request(bundle.events(), req, tl.device_model_clock)
+        if joined is not None:
+            per_request = pl.concat([per_request, _joined_grants(*joined)])
         return cls(facts, phases, per_request, req)
 
     def render_html(self) -> str:
@@ -93,6 +97,23 @@ class Report:
                 for r in self.per_request.iter_rows(named=True)
             )
         return "\n".join(out) + "\n"
+
+
+def _joined_grants(per: pl.DataFrame, outside: dict[str, int]) -> pl.DataFrame:
+    """Xen's grant records joined to requests (xvtrace.analysis.grant_ops): inside the
+    requests' backend stretches (their distribution, their mean per request), and outside."""
+    rows = []
+    for col, label in (("grant_maps", "grant maps"), ("grant_unmaps", "grant unmaps")):
+        total = int(per[col].sum())
+        if total or outside[col]:
+            p50, top = int(per[col].median()), int(per[col].max())
+            rows.append((f"{label} in requests: p50 {p50}, max {top}", total, total / len(per)))
+            rows.append((f"{label} outside requests", outside[col], None))
+    return pl.DataFrame(
+        {"what": [r[0] for r in rows], "count": [r[1] for r in rows],
+         "per_request": [r[2] for r in rows]},
+        schema={"what": pl.String, "count": pl.Int64, "per_request": pl.Float64},
+    )  # fmt: skip
 
 
 def _per_request(ev: pl.LazyFrame, n: int, vendor: str | None) -> pl.DataFrame:

@@ -51,6 +51,9 @@ F_SEG_MAX = 1 << 2  # seg_max in the config (QEMU's default too): otherwise Linu
 # drivers/virtio/virtio.c, virtio_features_ok); offered in grant mode only
 F_ACCESS_PLATFORM = 1 << 33
 GRANT_DMA = 1 << 63  # Linux grant-dma-ops.c: dma = 1 << 63 | grant << 12 | offset in the page
+# tests/xen/grant/persistent-grants.patch: a grant of the guest's persistent pool, which it
+# never ends, so the backend may keep it mapped
+PERSISTENT_DMA = 1 << 62
 QUEUE_MAX = 64
 DESC_NEXT, DESC_WRITE = 1, 2
 BLK_IN, BLK_OUT, BLK_FLUSH, BLK_GET_ID = 0, 1, 4, 8
@@ -142,10 +145,13 @@ class GuestMemory:
     backend's privilege reaches all of the guest's memory."""
 
     offered = 0  # no feature bit of its own: the addresses are the guest's physical ones
-    maps = unmaps = 0  # counted by GrantMemory only (a foreign map is no grant operation)
+    maps = unmaps = kept = reused = 0  # GrantMemory's (a foreign map is no grant operation)
 
-    def __init__(self, xen: Xen, domid: int, log=None):
+    def __init__(self, xen: Xen, domid: int, log=None, persistent: bool = False):
         self.xen, self.domid = xen, domid
+
+    def close(self) -> None:
+        pass
 
     def view(self, gpa: int, length: int, write: bool = True) -> tuple[memoryview, tuple]:
         first, last = gpa // PAGE, (gpa + max(length, 1) - 1) // PAGE
@@ -170,6 +176,10 @@ class GrantMemory:
     the buffer's grants and its unmap unmaps them: the guest ends its grants when the
     request completes and stops using the device if the backend still holds one
     (grant-dma-ops.c, xen_grant_dma_unmap_page), so no data mapping outlives its request.
+    Persistent (the guest's pool of tests/xen/grant/persistent-grants.patch, addresses
+    with PERSISTENT_DMA): each buffer's grants are mapped the first time and the mapping
+    kept until the backend closes, as blkback keeps persistent grants; only its first use
+    is logged.
     Each map is logged as QEMU's map cache logs its own: xen_map_cache with the address
     asked for, xen_map_cache_return with where it landed. QEMU has no event for an unmap;
     Xen's own records of both, dom0's grant-table operations (TRC_MEM_PAGE_GRANT_MAP and
@@ -177,18 +187,32 @@ class GrantMemory:
 
     offered = F_ACCESS_PLATFORM
 
-    def __init__(self, xen: Xen, domid: int, log):
-        self.xen, self.domid, self.log = xen, domid, log
+    def __init__(self, xen: Xen, domid: int, log, persistent: bool = False):
+        self.xen, self.domid, self.log, self.persistent = xen, domid, log, persistent
         self.maps = self.unmaps = 0  # grants mapped and unmapped, over the run
+        self.kept: dict[tuple[int, int], int] = {}  # (first grant, count) -> its mapping
+        self.reused = 0  # grants found mapped already (persistent)
 
-    def view(self, dma: int, length: int, write: bool = True) -> tuple[memoryview, tuple]:
+    def view(self, dma: int, length: int, write: bool = True) -> tuple[memoryview, tuple | None]:
         if not dma & GRANT_DMA:
             raise XenError(
                 f"address {dma:#x} is no grant reference (bit 63 clear): not a grant-DMA guest?"
             )
         off = dma & (PAGE - 1)
-        first = (dma & ~GRANT_DMA) >> 12
+        first = (dma & ~(GRANT_DMA | PERSISTENT_DMA)) >> 12
         n = (off + max(length, 1) + PAGE - 1) // PAGE
+        keep = self.persistent and bool(dma & PERSISTENT_DMA)
+        addr = self.kept.get((first, n)) if keep else None
+        if addr is not None:
+            self.reused += n
+        else:  # a kept mapping is writable: the pool's pages serve both directions
+            addr = self._map(dma, first, n, write or keep)
+            if keep:
+                self.kept[first, n] = addr
+        buf = (C.c_char * (n * PAGE)).from_address(addr)
+        return memoryview(buf).cast("B")[off : off + length], None if keep else (addr, n)
+
+    def _map(self, dma: int, first: int, n: int, write: bool) -> int:
         refs = (C.c_uint32 * n)(*range(first, first + n))
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if write else 0)
         self.log("xen_map_cache", f"want {dma:#x}")
@@ -198,12 +222,18 @@ class GrantMemory:
                            f"{os.strerror(C.get_errno())}")  # fmt: skip
         self.log("xen_map_cache_return", f"{addr:#x}")
         self.maps += n
-        buf = (C.c_char * (n * PAGE)).from_address(addr)
-        return memoryview(buf).cast("B")[off : off + length], (addr, n)
+        return addr
 
     def unmap(self, handle) -> None:
+        if handle is None:  # kept (persistent) until close
+            return
         self.xen.gt.xengnttab_unmap(self.xen.gth, handle[0], handle[1])
         self.unmaps += handle[1]
+
+    def close(self) -> None:
+        for (_, n), addr in self.kept.items():
+            self.unmap((addr, n))
+        self.kept = {}
 
 
 class Log:
@@ -236,6 +266,7 @@ class VirtioBlock:
 
     def close(self) -> None:
         self.reset()  # unmaps the rings and any popped request's buffers
+        self.mem.close()  # and what it kept mapped
         os.close(self.fd)
         self.log.fh.close()
 
@@ -558,6 +589,9 @@ def main() -> None:
     ap.add_argument("--grants", action="store_true",
                     help="VirtIO-SuSE: the guest's addresses are grant references (xen-grant-dma), "
                          "mapped per request through gntdev, not guest frames")  # fmt: skip
+    ap.add_argument("--persistent", action="store_true",
+                    help="with --grants: keep the guest's persistent grants (its pool's addresses, "
+                         "bit 62) mapped after their first use")  # fmt: skip
     args = ap.parse_args()
     import signal
 
@@ -568,7 +602,9 @@ def main() -> None:
         xen = Xen()
         log = Log(args.log)
         holder = {}
-        memory = (GrantMemory if args.grants else GuestMemory)(xen, args.domid, log)
+        memory = (GrantMemory if args.grants else GuestMemory)(
+            xen, args.domid, log, persistent=args.persistent
+        )
         dev = VirtioBlock(args.disk, memory, log, lambda lvl: holder["s"].irq_level(lvl))
         server = holder["s"] = Server(
             xen, args.domid, args.base, args.size, args.irq, args.vcpus, dev, log
@@ -586,7 +622,7 @@ def main() -> None:
         dev.close()  # unmaps the rings and any popped request's buffers, closes the log
     print(
         f"epam backend: {handled} IOREQs, {dev.requests} block requests, "
-        f"{memory.maps} grants mapped, {memory.unmaps} unmapped",
+        f"{memory.maps} grants mapped, {memory.unmaps} unmapped, {memory.reused} reused mapped",
         flush=True,
     )
 
