@@ -257,6 +257,9 @@ def test_grant_mode_maps_each_buffer_by_its_grants_read_only_where_the_device_on
     assert not gnt.held and mem.unmaps == mem.maps
     log = (tmp_path / "epam.log").read_text()
     assert f"xen_map_cache want {enc(0x40F00):#x}" in log and "xen_map_cache_return" in log
+    # each map call's unmap too, with where it was and how many grants
+    assert log.count(":xen_unmap_grant ") == log.count(":xen_map_cache ") == len(gnt.maps)
+    assert f"xen_unmap_grant {gnt.base + 0x40 * 4096:#x} count 3" in log
 
 
 def test_persistent_mode_keeps_pool_grants_mapped_and_maps_the_others_per_request(tmp_path):

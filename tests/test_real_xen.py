@@ -326,6 +326,8 @@ def test_suse_guest_gives_grant_references_which_the_backend_maps_per_request(xe
     mapped, unmapped = map(int, re.search(r"(\d+) grants mapped, (\d+) unmapped",
                                           (bundle / "meta" / "backend.log").read_text()).groups())  # fmt: skip
     assert mapped == unmapped > len(req)
+    # and its log says each unmap as it says each map (xen_unmap_grant after xen_map_cache)
+    assert ev_count(res, "qemu.xen_unmap_grant") == len(want)
     # between a request's pop and its fill the backend maps its header, each data buffer
     # and its status byte, each once: at least three maps in that stretch of the log
     offs = want["src_offset"].sort().to_numpy()
@@ -386,6 +388,11 @@ def test_persistent_grants_are_mapped_once_and_reused(xen):
         r"(\d+) grants mapped, (\d+) unmapped, (\d+) reused",
         (bundle / "meta" / "backend.log").read_text()).groups())  # fmt: skip
     assert mapped == unmapped and reused >= 3 * len(req) - in_pool.sum()
+    # its log: nothing unmapped until the guest had its last request back (the rings at
+    # the driver's reset, the pool's mappings at the backend's close)
+    unmaps = res.bundle.events().filter(pl.col("event") == "qemu.xen_unmap_grant")
+    offs = unmaps.select("src_offset").collect()["src_offset"]
+    assert len(offs) == len(want) and offs.min() > req["fill_off"].max()
     assert in_pool.sum() < len(req) / 4  # hvm-suse-grant: >= 3 maps per request
     # so Xen saw dom0 map grants a few times in all (the pool's pages met before the
     # capture started none), inside the requests that used a pool page first, and unmap

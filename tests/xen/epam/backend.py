@@ -78,6 +78,7 @@ virtqueue_flush(void *vq, unsigned int count) "vq %p count %u"
 virtio_notify(void *vdev, void *vq) "vdev %p vq %p"
 xen_map_cache(uint64_t phys_addr) "want 0x%"PRIx64
 xen_map_cache_return(void* ptr) "%p"
+xen_unmap_grant(void *ptr, uint32_t count) "%p count %u"
 """
 
 
@@ -181,8 +182,9 @@ class GrantMemory:
     kept until the backend closes, as blkback keeps persistent grants; only its first use
     is logged.
     Each map is logged as QEMU's map cache logs its own: xen_map_cache with the address
-    asked for, xen_map_cache_return with where it landed. QEMU has no event for an unmap;
-    Xen's own records of both, dom0's grant-table operations (TRC_MEM_PAGE_GRANT_MAP and
+    asked for, xen_map_cache_return with where it landed; each unmap as xen_unmap_grant
+    with that place and the grant count (our event: QEMU 7.2 has none for an unmap). Xen's
+    own records of both, dom0's grant-table operations (TRC_MEM_PAGE_GRANT_MAP and
     _UNMAP), are in the xentrace capture."""
 
     offered = F_ACCESS_PLATFORM
@@ -228,6 +230,7 @@ class GrantMemory:
         if handle is None:  # kept (persistent) until close
             return
         self.xen.gt.xengnttab_unmap(self.xen.gth, handle[0], handle[1])
+        self.log("xen_unmap_grant", f"{handle[0]:#x} count {handle[1]}")
         self.unmaps += handle[1]
 
     def close(self) -> None:
