@@ -110,12 +110,16 @@ def test_the_matrix_is_the_stored_one(stored, golden):
     """Every error of the stored captures' matrix, to the per mille: a change of the model,
     the calibration or the timeline shows here (rewrite with --update-golden once reviewed)."""
     _, v = stored
-    rows = [
-        f"{r['source']:<14}{r['target']:<16}{r['interval']:<26}"
-        f"{r['err_p50']:+.3f} {r['err_p90']:+.3f}"
+    golden(_error_rows(v, 14, 16), STORED / "matrix.golden.txt")
+
+
+def _error_rows(v, source_width: int, target_width: int) -> str:
+    """Every interval's p50 and p90 error, one line each, as the golden files keep them."""
+    return "".join(
+        f"{r['source']:<{source_width}}{r['target']:<{target_width}}{r['interval']:<26}"
+        f"{r['err_p50']:+.3f} {r['err_p90']:+.3f}\n"
         for r in v["intervals"]
-    ]
-    golden("\n".join(rows) + "\n", STORED / "matrix.golden.txt")
+    )
 
 
 def test_the_text_matrix_says_what_misses(stored):
@@ -207,12 +211,7 @@ def test_suse_and_epam_predicted_from_each_other(grants, golden):
     assert min(persistent[k] for k in shared) > 0.5  # over by more than half
     assert set(sorted(epam, key=epam.get)[:2]) == shared, epam
     assert max(epam[k] for k in shared) < -0.25
-    rows = [
-        f"{r['source']:<29}{r['target']:<22}{r['interval']:<26}"
-        f"{r['err_p50']:+.3f} {r['err_p90']:+.3f}"
-        for r in v["intervals"]
-    ]
-    golden("\n".join(rows) + "\n", STORED / "grants.golden.txt")
+    golden(_error_rows(v, 29, 22), STORED / "grants.golden.txt")
 
 
 def test_persistent_grants_fitted_alone_predict_their_own_w2(tmp_path):
