@@ -308,6 +308,29 @@ def test_calibrate_fits_the_epam_costs_from_the_real_capture(xen, tmp_path):
     assert 100_000 < isr < 20_000_000
 
 
+def test_calibrate_fits_the_grant_costs_each_grant_capture_constrains(xen, tmp_path):
+    """SuSE's capture fits its grant maps and unmaps (between pop and submission, and
+    between I/O completion and fill); the persistent one its pool lookups instead."""
+    from click.testing import CliRunner
+
+    from xvtrace.cli import cli
+    from xvtrace.replay import costs as cost_table
+
+    scenario, _, _, res, _ = xen
+    want = {"hvm-suse-grant": {"xen.grant_map", "xen.grant_unmap"},
+            "hvm-suse-grant-persistent": {"dm.persistent_grant_lookup"}}.get(scenario)  # fmt: skip
+    if want is None:
+        pytest.skip("the VirtIO-SuSE scenarios")
+    out = tmp_path / "fit.toml"
+    r = CliRunner().invoke(cli, ["calibrate", str(res.bundle.path), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    fitted = cost_table.load(out).filter(pl.col("source").str.starts_with("calibrated from"))
+    assert want <= set(fitted["key"]), r.output
+    assert {"epam.virtqueue_pop", "epam.request_complete"} <= set(fitted["key"])
+    if scenario.endswith("persistent"):  # no grant map on its path to fit
+        assert not {"xen.grant_map", "xen.grant_unmap"} & set(fitted["key"])
+
+
 def test_suse_guest_gives_grant_references_which_the_backend_maps_per_request(xen):
     import re
 
