@@ -38,14 +38,20 @@ def per_request(
     if not len(grants):
         return None
     submitted = pl.coalesce("handle_ns", "pop_ns")
-    stretches = pl.concat(
-        [
+    stretches = (
+        pl.concat([
             req.select("request", pl.col("pop_ns").alias("start"), submitted.alias("end")),
-            req.select(
-                "request", pl.coalesce("io_done_ns", submitted).alias("start"), pl.col("fill_ns").alias("end")
-            ),
-        ]
-    ).drop_nulls().sort("start")  # fmt: skip
+            req.select("request", pl.coalesce("io_done_ns", submitted).alias("start"),
+                       pl.col("fill_ns").alias("end")),
+        ])
+        .drop_nulls()
+        .filter(pl.col("end") > pl.col("start"))
+        .sort("start", "end")
+        # one thread's stretches follow each other; one that reaches past the next one's
+        # start (a request without a stamp between its pop and its fill) is cut there,
+        # so a record is never given to a request that only may have made it
+        .with_columns(pl.min_horizontal("end", pl.col("start").shift(-1)).alias("end"))
+    )  # fmt: skip
     hit = grants.join_asof(stretches, left_on="t", right_on="start", strategy="backward").filter(
         pl.col("t") <= pl.col("end")
     )

@@ -1,0 +1,55 @@
+"""dom0's grant records joined to requests (xvtrace.analysis.grant_ops), on made-up tables
+whose answer is known: a record belongs to the request whose pop..submit or I/O
+done..fill stretch holds it once the hypervisor's time is on the device model's clock."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from xvtrace.analysis import grant_ops
+from xvtrace.timeline.clock import Clock
+
+OFFSET = 1_000_000  # the device model's clock runs this far ahead of the hypervisor's
+CLOCK = Clock(offset_ns=OFFSET, drift_ppm=0.0, lower_ns=OFFSET, upper_ns=OFFSET,
+              consistent=True, pairs=10)  # fmt: skip
+
+
+def _requests() -> pl.DataFrame:
+    # two requests overlapping in time (both popped in one kick), their stretches not:
+    # pops 100..200 and 200..300, completions 500..600 and 600..700 (a flush: no submit)
+    return pl.DataFrame({
+        "request": [0, 1],
+        "pop_ns": [100, 200], "handle_ns": [200, None],
+        "io_done_ns": [500, None], "fill_ns": [600, 700],
+    })  # fmt: skip
+
+
+def _events(rows: list[tuple[str, int]]) -> pl.LazyFrame:
+    return pl.DataFrame(
+        {"event": [e for e, _ in rows], "ts_ns": [t - OFFSET for _, t in rows]}
+    ).lazy()
+
+
+def test_each_record_goes_to_the_request_whose_stretch_holds_it():
+    ev = _events([
+        ("mem.grant_map", 150), ("mem.grant_map", 160),  # request 0's pop..submit
+        ("mem.grant_map", 250),  # request 1's (below)
+        ("mem.grant_map", 650),  # inside two stretches that overlap: no one's
+        ("mem.grant_unmap", 550),  # request 0's I/O done..fill
+        ("mem.grant_unmap", 50), ("mem.grant_unmap", 900),  # before and after everything
+        ("hvm.vmentry", 150),  # not a grant record
+    ])  # fmt: skip
+    per, outside = grant_ops.per_request(ev, _requests(), CLOCK)
+    got = {r: (m, u) for r, m, u in per.iter_rows()}
+    assert got[0] == (2, 1)
+    # request 1 has no submit and no I/O done: its one stretch runs from its pop (200) to
+    # its fill (700), cut where request 0's completion starts (500): 250 is its, 650 no one's
+    assert got[1] == (1, 0)
+    assert outside == {"grant_maps": 1, "grant_unmaps": 2}
+
+
+def test_no_clock_no_requests_or_no_grant_records_give_none():
+    ev = _events([("mem.grant_map", 150)])
+    assert grant_ops.per_request(ev, _requests(), None) is None
+    assert grant_ops.per_request(ev, _requests().clear(), CLOCK) is None
+    assert grant_ops.per_request(_events([("hvm.vmentry", 1)]), _requests(), CLOCK) is None
