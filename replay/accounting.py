@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xvtrace.replay.transports.base import Op
+from xvtrace.replay.transports.base import Op, buffers
 
 COUNTERS = ("vm_exits", "ioreqs", "hypercalls", "pages_mapped", "bytes_copied")
 # emits -> (vm exits, IOREQs, hypercalls) per request
@@ -39,13 +39,14 @@ def counters(path: tuple[Op, ...], pages: np.ndarray, nbytes: np.ndarray) -> dic
     """Per request of `path`: the COUNTERS as float arrays (pages and bytes scale)."""
     n = len(pages)
     out = {c: np.zeros(n) for c in COUNTERS}
+    each = buffers(path, pages)
     for o in path:  # per operation, vectorized over requests
         exits, ioreqs, hcs = _EVENTS.get(o.emits, (0, 0, 0))
         out["vm_exits"] += exits
         out["ioreqs"] += ioreqs
         out["hypercalls"] += hcs
-        if o.emits in _MAPS:
-            out["pages_mapped"] += pages
+        if o.emits in _MAPS:  # a virtio backend maps its descriptors' pages too
+            out["pages_mapped"] += each if o.scale == "buffer" else pages
         if o.cost in _BYTE_COPIES:
             out["bytes_copied"] += nbytes
         elif o.cost in _PAGE_COPIES:

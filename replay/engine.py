@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from xvtrace.replay.transports.base import RESOURCES, Op, held
+from xvtrace.replay.transports.base import RESOURCES, Op, buffers, held
 
 RES_INDEX = {r: i for i, r in enumerate(RESOURCES)}
 NONE = RES_INDEX["none"]
@@ -52,13 +52,14 @@ def durations(
 ) -> np.ndarray:
     """[n, ops] durations: cost per unit x units, with lognormal jitter (median 1)."""
     n = len(pages)
+    each = buffers(path, pages)
     out = np.empty((len(path), n), dtype=np.float64).T  # stored op by op, as the schedule
     for j, o in enumerate(path):  # per operation of the path, not per request
         if o.resource == "device":
             out[:, j] = device_ns
             continue
         ns, sigma = costs[o.cost]
-        units = {"request": 1.0, "page": pages, "byte": nbytes}[o.scale]
+        units = {"request": 1.0, "page": pages, "byte": nbytes, "buffer": each}[o.scale]
         jitter = rng.lognormal(0.0, sigma, n) if sigma > 0 else 1.0
         out[:, j] = ns * units * jitter
     return out

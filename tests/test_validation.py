@@ -191,12 +191,13 @@ def test_suse_and_epam_predicted_from_each_other(grants, golden):
     others have none in their requests), every other key from all three. The errors are
     stored, as the main matrix's are.
 
-    What the matrix shows (docs/replay.md): the backend's pop and completion steps are one
-    pair of keys for the three (the same backend), but EPAM and SuSE map the header and the
-    status descriptor of every request beside its data pages (two more foreign or grant
-    maps, which the path counts in no unit), while the persistent backend finds them mapped.
-    Fitted jointly, those keys carry half of that work: persistent is over-predicted and
-    EPAM under-predicted, in exactly those two stretches."""
+    What the matrix shows (docs/replay.md): the three share the backend's pop and
+    completion keys (the same backend), whose stretches also hold each transport's own map
+    work (EPAM's foreign maps, SuSE's grant maps, persistent's lookups, per buffer with
+    the header and status descriptors). Calibrate scales a stretch's costs by one factor,
+    keeping the table's split between the pop and the maps, so the shared pop key is a
+    different share in each capture and fits none: persistent is over-predicted and EPAM
+    under-predicted, in exactly those two stretches."""
     _, v = grants
     pairs = {(m["source"], m["target"]): m for m in v["matrix"]}
     assert set(pairs) == {(s, TRANSPORT[t.removesuffix("-w2")]) for s in GRANT_W2 for t in GRANT_W2}

@@ -2,7 +2,7 @@
 
 Every operation names the actor that runs it, the resource it holds while it runs (so
 requests contend for it), the cost key it takes its duration from (replay.costs), how the
-cost scales (per request, per 4 KiB page, per byte), the phase it belongs to (the timeline's
+cost scales (per request, per 4 KiB page, per byte, per buffer a virtio backend maps), the phase it belongs to (the timeline's
 columns) and what a real host records while it happens (`emits`: the emulator's cue for
 writing xentrace records and device-model trace lines; see xvtrace.emulate).
 """
@@ -15,7 +15,9 @@ ACTORS = ("guest_vcpu", "hypervisor", "backend_thread", "backend_process", "devi
 # Resources: the guest vCPU (blocked across a trap), the backend thread, a separate backend
 # process, the device (several servers), hypervisor copy bandwidth, and none (pure latency).
 RESOURCES = ("vcpu", "backend", "bproc", "device", "copy", "none")
-SCALES = ("request", "page", "byte")
+# buffer: what a virtio backend maps one by one: a request's data pages and, on a block
+# path, its header and status descriptors (`buffers`)
+SCALES = ("request", "page", "byte", "buffer")
 PHASES = ("submit", "notify", "dispatch", "map", "io", "unmap", "push", "irq", "complete")
 DEVICE_KINDS = ("block", "net_tx", "net_rx")
 
@@ -85,3 +87,12 @@ def held(path: tuple[Op, ...]) -> set[int]:
 def op(name, phase, actor, resource, cost, scale="request", emits="", hold_until="") -> Op:
     """Terse constructor for the declarative tables of the transport modules."""
     return Op(name, phase, actor, resource, cost, scale, emits, hold_until)
+
+
+BLOCK_DESCRIPTORS = 2  # a virtio-blk request's header and status: descriptors of their own
+
+
+def buffers(path: tuple[Op, ...], pages):
+    """A request's buffers as a virtio backend maps them one by one: its data pages and, on
+    a block path (the one with the device's I/O), its header and status descriptors."""
+    return pages + (BLOCK_DESCRIPTORS if any(o.resource == "device" for o in path) else 0)

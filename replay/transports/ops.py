@@ -6,7 +6,7 @@ from xvtrace.replay.transports.base import Op, op
 
 # the guest
 GUEST_SUBMIT = op("guest_submit", "submit", "guest_vcpu", "vcpu", "guest.ring_submit")
-GUEST_GRANT = op("guest_grant", "submit", "guest_vcpu", "vcpu", "guest.grant_entry", "page")
+GUEST_GRANT = op("guest_grant", "submit", "guest_vcpu", "vcpu", "guest.grant_entry", "buffer")
 GUEST_COMPLETE = op("guest_complete", "complete", "guest_vcpu", "vcpu", "guest.ring_complete")
 # persistent grants in the guest (blkfront's, or our grant-DMA patch): each buffer copied
 # through pages granted once, into them before the kick or out of them at completion
@@ -71,10 +71,10 @@ BACKEND_PUSH = op(
     "backend_push", "push", "backend_thread", "backend", "dm.virtqueue_push", emits="dm_push"
 )
 MAPCACHE = op(
-    "mapcache", "map", "backend_thread", "backend", "dm.mapcache_lookup", "page", emits="mapcache"
+    "mapcache", "map", "backend_thread", "backend", "dm.mapcache_lookup", "buffer", emits="mapcache"
 )
 GRANT_MAP = op(
-    "grant_map", "map", "backend_thread", "backend", "xen.grant_map", "page", emits="grant_map"
+    "grant_map", "map", "backend_thread", "backend", "xen.grant_map", "buffer", emits="grant_map"
 )
 GRANT_UNMAP = op(
     "grant_unmap",
@@ -82,22 +82,24 @@ GRANT_UNMAP = op(
     "backend_thread",
     "backend",
     "xen.grant_unmap",
-    "page",
+    "buffer",
     emits="grant_unmap",
 )
 PERSISTENT = op(
     "persistent_lookup", "map", "backend_thread", "backend", "dm.persistent_grant_lookup", "page"
 )
+# a virtio backend's lookup of its kept mappings: one per buffer, descriptors included
+POOL_LOOKUP = replace(PERSISTENT, scale="buffer")
 FOREIGN_MAP = op(
     "foreign_map",
     "map",
     "backend_thread",
     "backend",
     "xen.foreign_map",
-    "page",
+    "buffer",
     emits="foreign_map",
 )
-FOREIGN_UNMAP = op("foreign_unmap", "unmap", "backend_thread", "backend", "xen.foreign_unmap", "page",
+FOREIGN_UNMAP = op("foreign_unmap", "unmap", "backend_thread", "backend", "xen.foreign_unmap", "buffer",
                    emits="foreign_unmap")  # fmt: skip
 COPY_IN = op("copy_in", "io", "backend_thread", "backend", "mem.copy", "byte")
 
@@ -112,6 +114,9 @@ BLKBACK_IO = op("io_path", "io", "device", "none", "blkback.io_path")
 # VirtIO-SuSE is the same backend with grants in the descriptors (its map and unmap steps).
 EPAM_POP = replace(BACKEND_POP, cost="epam.virtqueue_pop")
 EPAM_MAP = replace(MAPCACHE, cost="epam.buffer_map")
+# ... and its unmap of each buffer once the request is done (a munmap); nothing the
+# emulator writes a record for, as the map has none of its own either
+EPAM_UNMAP = op("buffer_unmap", "unmap", "backend_thread", "backend", "epam.buffer_unmap", "buffer")
 EPAM_COMPLETE = replace(BACKEND_COMPLETE, cost="epam.request_complete")
 EPAM_PUSH = replace(BACKEND_PUSH, cost="epam.virtqueue_push")
 EPAM_IO = replace(QEMU_IO, cost="epam.io_path")

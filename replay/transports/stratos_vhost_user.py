@@ -8,7 +8,7 @@ from xvtrace.replay.transports.ops import op, paths
 
 KICK = op("frontend_kick", "dispatch", "backend_thread", "backend", "vhost.eventfd_kick")
 POP = op("backend_pop", "dispatch", "backend_process", "bproc", "vhost.backend_pop")
-MAP = op("foreign_map", "map", "backend_process", "bproc", "dm.mapcache_lookup", "page")
+MAP = op("foreign_map", "map", "backend_process", "bproc", "dm.mapcache_lookup", "buffer")
 PUSH = op("backend_push", "push", "backend_process", "bproc", "vhost.backend_push")
 CALL = op("call_eventfd", "irq", "backend_thread", "backend", "vhost.eventfd_call")
 COPY_IN = op("copy_in", "io", "backend_process", "bproc", "mem.copy", "byte")
