@@ -21,6 +21,7 @@ import numpy as np
 from xvtrace.parsers import xen_events as xe
 from xvtrace.parsers.schema import N_ARGS
 from xvtrace.parsers.xentrace import write_records
+from xvtrace.replay.transports.base import buffers
 
 GUEST_DOM, DOM0 = 1, 0
 MMIO_BASE = 0xFEB00000  # the virtio-mmio window of the emulated device
@@ -216,6 +217,8 @@ def _emit_path(rec: Records, path, sched, req, vendor: str, guest_exits: bool) -
     if n == 0:  # a path no request of this chunk took (a stream's other direction)
         return
     pages = req.pages.astype(np.uint64)
+    # what a map step handles: pages, or (a virtio backend) buffers, descriptors included
+    each = buffers(path, pages)
     for k, o in enumerate(path):
         s, e = sched.start[:, k], sched.end[:, k]
         until = sched.end[:, names.index(o.hold_until)] if o.hold_until else e
@@ -243,19 +246,20 @@ def _emit_path(rec: Records, path, sched, req, vendor: str, guest_exits: bool) -
             _hypercall(rec, s, HC_EVTCHN if o.emits == "pv_evtchn" else HC_ARGO)
         elif o.emits in ("grant_map", "grant_unmap"):
             cmd = 0 if o.emits == "grant_map" else 1
-            _hypercall(rec, s, HC_GRANT, (np.full(n, cmd), pages))
+            units = each if o.scale == "buffer" else pages
+            _hypercall(rec, s, HC_GRANT, (np.full(n, cmd), units))
             code = 0x0010F001 if cmd == 0 else 0x0010F002
-            for p in range(int(pages.max())):  # per page of the largest request, not per request
-                m = pages > p
+            for p in range(int(units.max())):  # per page of the largest request, not per request
+                m = units > p
                 rec.add(
                     0,
-                    s[m] + (e[m] - s[m]) * (p + 1) / (pages[m] + 1),
+                    s[m] + (e[m] - s[m]) * (p + 1) / (units[m] + 1),
                     0.0,
                     code,
                     (np.full(int(m.sum()), GUEST_DOM),),
                 )
         elif o.emits in ("foreign_map", "foreign_unmap"):
-            _hypercall(rec, s, HC_MMU_UPDATE, (pages,))
+            _hypercall(rec, s, HC_MMU_UPDATE, (each if o.scale == "buffer" else pages,))
 
 
 def drop_bursts(table: Table, rate: float, rng: np.random.Generator, burst: int = 64) -> Table:
