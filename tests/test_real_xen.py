@@ -309,15 +309,18 @@ def test_calibrate_fits_the_epam_costs_from_the_real_capture(xen, tmp_path):
 
 
 def test_calibrate_fits_the_grant_costs_each_grant_capture_constrains(xen, tmp_path):
-    """SuSE's capture fits its grant maps and unmaps (between pop and submission, and
-    between I/O completion and fill); the persistent one its pool lookups instead."""
+    """SuSE's capture fits its grant maps (between pop and submission) and, with the
+    completion's stretch, its unmaps; the persistent one its pool lookups instead. The
+    completion's stretch is left unfitted when the vCPU's re-entry after the kick lands
+    inside it (out of the path's order: a loaded host, docs/replay.md), so its keys go
+    together or not at all."""
     from click.testing import CliRunner
 
     from xvtrace.cli import cli
     from xvtrace.replay import costs as cost_table
 
     scenario, _, _, res, _ = xen
-    want = {"hvm-suse-grant": {"xen.grant_map", "xen.grant_unmap"},
+    want = {"hvm-suse-grant": {"xen.grant_map"},
             "hvm-suse-grant-persistent": {"dm.persistent_grant_lookup"}}.get(scenario)  # fmt: skip
     if want is None:
         pytest.skip("the VirtIO-SuSE scenarios")
@@ -325,10 +328,12 @@ def test_calibrate_fits_the_grant_costs_each_grant_capture_constrains(xen, tmp_p
     r = CliRunner().invoke(cli, ["calibrate", str(res.bundle.path), "-o", str(out)])
     assert r.exit_code == 0, r.output
     fitted = cost_table.load(out).filter(pl.col("source").str.starts_with("calibrated from"))
-    assert want <= set(fitted["key"]), r.output
-    assert {"epam.virtqueue_pop", "epam.request_complete"} <= set(fitted["key"])
+    keys = set(fitted["key"])
+    assert want | {"epam.virtqueue_pop"} <= keys, r.output
+    if scenario == "hvm-suse-grant":  # the completion's stretch: both keys or neither
+        assert ("epam.request_complete" in keys) == ("xen.grant_unmap" in keys), r.output
     if scenario.endswith("persistent"):  # no grant map on its path to fit
-        assert not {"xen.grant_map", "xen.grant_unmap"} & set(fitted["key"])
+        assert not {"xen.grant_map", "xen.grant_unmap"} & keys
 
 
 def test_suse_guest_gives_grant_references_which_the_backend_maps_per_request(xen):
