@@ -63,8 +63,6 @@ def per_request(
         else pl.lit(0, pl.UInt32).alias(c)
         for c in COLUMNS.values()
     ).select("request", *COLUMNS.values())
-    found = hit.group_by("column").len()
-    inside = dict(zip(found["column"], found["len"], strict=True))
-    total = grants.group_by("column").len()
-    outside = {c: n - inside.get(c, 0) for c, n in zip(total["column"], total["len"], strict=True)}
-    return out, {c: outside.get(c, 0) for c in COLUMNS.values()}
+    total = grants["column"].value_counts()
+    recorded = dict(zip(total["column"], total["count"], strict=True))
+    return out, {c: recorded.get(c, 0) - int(out[c].sum()) for c in COLUMNS.values()}

@@ -40,8 +40,9 @@ class Report:
             "sources": [f"{s['file']} ({s['format']})" for s in m.sources],
         }
         vendor = m.hvm_vendor
-        per_request = _per_request(bundle.events(), len(req), vendor)
-        joined = grant_ops.per_request(bundle.events(), req, tl.device_model_clock)
+        ev = bundle.events()
+        per_request = _per_request(ev, len(req), vendor)
+        joined = grant_ops.per_request(ev, req, tl.device_model_clock)
         if joined is not None:
             per_request = pl.concat([per_request, _joined_grants(*joined)])
         return cls(facts, phases, per_request, req)
@@ -109,6 +110,11 @@ def _joined_grants(per: pl.DataFrame, outside: dict[str, int]) -> pl.DataFrame:
             p50, top = int(per[col].median()), int(per[col].max())
             rows.append((f"{label} in requests: p50 {p50}, max {top}", total, total / len(per)))
             rows.append((f"{label} outside requests", outside[col], None))
+    return _rows(rows)
+
+
+def _rows(rows: list[tuple[str, int, float | None]]) -> pl.DataFrame:
+    """(what, count, per request) rows as the report's per-request frame."""
     return pl.DataFrame(
         {"what": [r[0] for r in rows], "count": [r[1] for r in rows],
          "per_request": [r[2] for r in rows]},
@@ -154,11 +160,4 @@ def _per_request(ev: pl.LazyFrame, n: int, vendor: str | None) -> pl.DataFrame:
         ]
     ).collect()
     rows += [(k, int(totals[k][0])) for k in counted if totals[k][0]]
-    return pl.DataFrame(
-        {
-            "what": [r[0] for r in rows],
-            "count": [r[1] for r in rows],
-            "per_request": [r[1] / n if n else None for r in rows],
-        },
-        schema={"what": pl.String, "count": pl.Int64, "per_request": pl.Float64},
-    )
+    return _rows([(what, c, c / n if n else None) for what, c in rows])

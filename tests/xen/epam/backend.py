@@ -146,7 +146,7 @@ class GuestMemory:
     backend's privilege reaches all of the guest's memory."""
 
     offered = 0  # no feature bit of its own: the addresses are the guest's physical ones
-    maps = unmaps = kept = reused = 0  # GrantMemory's (a foreign map is no grant operation)
+    maps = unmaps = reused = 0  # GrantMemory's (a foreign map is no grant operation)
 
     def __init__(self, xen: Xen, domid: int, log=None, persistent: bool = False):
         self.xen, self.domid = xen, domid
