@@ -20,6 +20,13 @@ errors from batch means of the measured and of the simulated intervals (neighbou
 alike, so they are not independent) give each factor's 95 % interval; an interval with one
 end on each clock (hypervisor and device model) also carries the alignment's bounds.
 
+Each group also gets its jitter (the lognormal sigma of its operations): scaled until the
+simulated intervals' spread (log p90/p50) matches the measured one; and the capture its
+host's slowdown (costs.SLOWDOWN: one factor per request on all its steps), until the spread
+of the fitted intervals' sum matches: a real host's steps of one request are slow together,
+which independent jitters cannot give (on the nested-TCG test host the means alone put the
+whole request's p90 40-55 % short).
+
 A cost is constrained only when its operation lies between two anchors; the device's time is
 not fitted (replay takes it from the capture), and the operations of one interval share one
 factor (their split within it stays the table's). Intervals whose operations share a cost
@@ -35,6 +42,7 @@ import numpy as np
 import polars as pl
 
 from xvtrace.parsers.schema import timestamp_tick
+from xvtrace.replay.costs import SLOWDOWN
 from xvtrace.replay.execute import schedule
 from xvtrace.replay.stream import Stream
 from xvtrace.replay.transports.base import Transport, submission
@@ -113,6 +121,7 @@ class Group:
     factor: float = 1.0
     low: float = 1.0  # 95 % interval of the factor
     high: float = 1.0
+    sigma: float | None = None  # the operations' fitted jitter (lognormal sigma); None: the table's
 
     @property
     def interval(self) -> str:
@@ -164,10 +173,34 @@ def fit(
     scale = np.ones(len(path))
     stats = [None] * len(groups)
     moved = [1.0] * len(groups)
-    for _ in range(ITERATIONS):  # a fixed point: each round REPLICAS engine runs
-        runs = [schedule(sub, transport, costs, seed=seed + r, scale={"block": scale})[2]
+    for g in groups:  # the spread starts at the table's (one jitter per group, as one factor)
+        g.sigma = float(np.mean([costs[k][1] for k in g.keys]))
+    # the whole request, first mark to last: its spread beyond its steps' is the host's
+    # slowdown of every step of a request together (costs.SLOWDOWN)
+    whole = _whole(blk, spans)
+    slowdown = (
+        Group([c for c, *_ in spans], (), frozenset({SLOWDOWN}), len(whole[0])) if whole else None
+    )
+    if slowdown:
+        slowdown.sigma = max(costs.get(SLOWDOWN, (1.0, 0.0))[1], SIGMA_BOUNDS[0])
+    # a fixed point, each round REPLICAS engine runs: factors and spreads together, then (if
+    # they have not settled) the factors alone with the spreads kept, as before spreads
+    for rnd in range(2 * ITERATIONS):
+        spreading = rnd < ITERATIONS
+        jittered = costs | {k: (costs[k][0], g.sigma) for g in groups for k in g.keys}
+        if slowdown:
+            jittered[SLOWDOWN] = (1.0, slowdown.sigma)
+        runs = [schedule(sub, transport, jittered, seed=seed + r, scale={"block": scale})[2]
                 for r in range(REPLICAS)]  # fmt: skip
         worst = 0.0
+        if slowdown and spreading:
+            m, parts = whole
+            sim = np.concatenate([
+                sum(_stamp(phase, at(sc, a0), at(sc, a1), tk) for (a0, a1), tk in parts)
+                for sc in runs
+            ])  # fmt: skip
+            sigma = _fitted_sigma(slowdown.sigma, [m], [sim])
+            worst, slowdown.sigma = abs(sigma - slowdown.sigma), sigma
         for gi, g in enumerate(groups):
             total = ops = 0.0
             sims = []
@@ -183,8 +216,13 @@ def fit(
             new = g.factor * (measured - (total - ops)) / ops if ops > 0 else g.factor
             new = float(np.sqrt(g.factor * np.clip(new, g.factor / 2, g.factor * 2)))  # damped
             moved[gi] = abs(new / g.factor - 1)
-            worst = max(worst, moved[gi])
-            g.factor = new
+            sigma = (
+                _fitted_sigma(g.sigma, [spans[i][2] for i in members[gi]], sims)
+                if spreading
+                else g.sigma
+            )
+            worst = max(worst, moved[gi], abs(sigma - g.sigma))
+            g.factor, g.sigma = new, sigma
             scale[[k for k, o in enumerate(path) if o.cost in g.keys]] = g.factor
         if worst < TOLERANCE:
             break
@@ -205,7 +243,45 @@ def fit(
         widen = g.factor * crossing * clock_halfwidth_ns / ops  # one end on each clock
         g.low, g.high = float(max(low - widen, 0.0)), float(high + widen)
         out.append(g)
-    return out
+    return out + ([slowdown] if out and slowdown else [])
+
+
+def _whole(blk: pl.DataFrame, spans) -> tuple | None:
+    """The host's part of each request: the sum of the fitted intervals (the device's time
+    left out: its spread is the capture's own) for the requests that have them all, as
+    (measured sums, [(anchors, clock ticks)] per interval); None with fewer than
+    MIN_REQUESTS, or a single interval (its spread is its own group's)."""
+    if len(spans) < 2:
+        return None
+    total = pl.sum_horizontal(pl.col(c1) - pl.col(c0) for (c0, c1), *_ in spans)
+    m = blk.select(total.alias("m")).drop_nulls()["m"].to_numpy().astype(np.float64)
+    if len(m) < MIN_REQUESTS:
+        return None
+    return m, [(anchor, tk) for _, _, _, anchor, tk in spans]
+
+
+SIGMA_BOUNDS = (0.05, 1.5)  # a fitted jitter: from near-constant to a p90 7x the median
+
+
+def spread(x: np.ndarray) -> float:
+    """How far an interval's slow requests lie from its typical one: log(p90 / p50)."""
+    p50, p90 = np.percentile(x, [50, 90])
+    return float(np.log(p90 / p50)) if p50 > 0 and p90 > p50 else 0.0
+
+
+def _fitted_sigma(sigma: float, measured: list[np.ndarray], simulated: list[np.ndarray]) -> float:
+    """The group's jitter for the next round: its sigma scaled by how much wider the
+    measured intervals are than the simulated ones at the tail (log p90/p50, averaged over
+    the group's intervals in log space), damped like the factor. A real host's interval is
+    not the table's near-constant cost: under load or nested virtualization its p90 lies at
+    2-4x its p50, and a model fitted on means alone put every p90 40-55 % short."""
+    ratios = [spread(m) / spread(x) for m, x in zip(measured, simulated, strict=True)
+              if spread(m) > 0 and spread(x) > 0]  # fmt: skip
+    if not ratios:
+        return sigma
+    new = sigma * float(np.exp(np.mean(np.log(ratios))))
+    new = float(np.sqrt(sigma * np.clip(new, sigma / 2, sigma * 2)))
+    return float(np.clip(new, *SIGMA_BOUNDS))
 
 
 def block_requests(req: pl.DataFrame) -> pl.DataFrame:
@@ -315,19 +391,23 @@ def fitted_costs(
     path = transport.path("block")
     by_key = {k: g for g in groups for k in g.keys}
     rows = []
-    for key in sorted({o.cost for o in path} & set(costs)):  # the device's time is the capture's
+    fitted_slowdown = {SLOWDOWN} if SLOWDOWN in by_key else set()
+    for key in sorted(
+        ({o.cost for o in path} | fitted_slowdown) & set(costs)
+    ):  # the device's time is the capture's
         ns, sigma = costs[key]
         g = by_key.get(key)
         rows.append({
             "key": key, "ns": ns, "sigma": sigma,
             "fitted_ns": ns * g.factor if g else None,
+            "fitted_sigma": g.sigma if g else None,
             "ci_low": ns * g.low if g else None,
             "ci_high": ns * g.high if g else None,
             "interval": g.interval if g else None,
             "with": ", ".join(sorted(g.keys - {key})) if g else None,
             "requests": g.requests if g else 0,
         })  # fmt: skip
-    return pl.DataFrame(rows, schema_overrides={"fitted_ns": pl.Float64, "ci_low": pl.Float64,
+    return pl.DataFrame(rows, schema_overrides={"fitted_ns": pl.Float64, "fitted_sigma": pl.Float64, "ci_low": pl.Float64,
                                                  "ci_high": pl.Float64, "interval": pl.String,
                                                  "with": pl.String})  # fmt: skip
 
@@ -359,7 +439,11 @@ def combine(fits: list[tuple[str, pl.DataFrame]]) -> pl.DataFrame:
         se = np.maximum((g["ci_high"] - g["ci_low"]).to_numpy() / (2 * Z95), 1e-9 * x.max())
         mean, half = random_effects(x, se)
         named = [f"{c} ({i})" for c, i in zip(g["capture"], g["interval"], strict=True)]
-        out.append({"key": key, "ns": mean, "sigma": float(g["sigma"][0]),
+        # the jitter: the captures' fitted spreads, averaged (a fit made before spreads were
+        # fitted keeps the table's)
+        spread_of = g["fitted_sigma"] if "fitted_sigma" in g.columns else g["sigma"]
+        sigma = spread_of.fill_null(g["sigma"]).mean()
+        out.append({"key": key, "ns": mean, "sigma": float(sigma),
                     "ci_low": max(mean - half, 0.0), "ci_high": mean + half,
                     "captures": "; ".join(named), "requests": int(g["requests"].sum())})  # fmt: skip
     return pl.DataFrame(out).sort("key")

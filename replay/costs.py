@@ -71,6 +71,7 @@ vhost.eventfd_kick          | host    | 2000     | 2300     | 0.3   | estimate: 
 vhost.eventfd_call          | host    | 2000     | 2300     | 0.3   | estimate: call eventfd from the backend process to the frontend
 vhost.backend_pop           | backend | 1200     | 1400     | 0.3   | estimate: vhost-user backend (rust-vmm virtio-queue) descriptor walk
 vhost.backend_push          | backend | 1000     | 1200     | 0.3   | estimate: vhost-user backend used-ring update
+host.slowdown               | host    | 1        | 1        | 0     | by assumption 0 (a factor, not ns): a request's host-wide slowdown, one lognormal factor per request on all its host, backend and guest operations (not the device's): a host whose every step of a request is slow together (contention, a nested host's L1 vCPU descheduled) has whole requests spread wider than their independent steps allow; calibrate fits its sigma from the spread of whole requests
 mem.copy                    | host    | 0.1      | 0.13     | 0.2   | estimate: memcpy at ~10 GB/s (x86) / ~8 GB/s (arm64), per byte
 net.wire                    | device  | 0.8      | 0.8      | 0.1   | physics: 10 Gbit/s Ethernet serialization, 0.8 ns per byte
 device.block_read           | device  | 85000    | 85000    | 0.3   | measured (vendor): Intel SSD DC P4500 1-2 TB, 4 KiB random read latency 85 us (Lenovo product guide for the P4500)
@@ -207,6 +208,7 @@ def costs_for(table: pl.DataFrame, profile: str) -> dict[str, tuple[float, float
     return {k: (v, s) for k, v, s in table.select("key", profile, "sigma").iter_rows()}
 
 
+SLOWDOWN = "host.slowdown"  # not an operation's cost: the per-request factor's jitter (sigma)
 CALIBRATED = "calibrated from"  # how a fitted cost's source begins (xvtrace calibrate)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from xvtrace.replay.costs import SLOWDOWN
 from xvtrace.replay.transports.base import RESOURCES, Op, buffers, held
 
 RES_INDEX = {r: i for i, r in enumerate(RESOURCES)}
@@ -50,7 +51,9 @@ def durations(
     device_ns: np.ndarray,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """[n, ops] durations: cost per unit x units, with lognormal jitter (median 1)."""
+    """[n, ops] durations: cost per unit x units, with lognormal jitter (median 1), and
+    the request's host-wide slowdown (costs.SLOWDOWN: one factor per request, of mean 1, on
+    all but the device's time) when its sigma is not 0."""
     n = len(pages)
     each = buffers(path, pages)
     out = np.empty((len(path), n), dtype=np.float64).T  # stored op by op, as the schedule
@@ -62,6 +65,12 @@ def durations(
         units = {"request": 1.0, "page": pages, "byte": nbytes, "buffer": each}[o.scale]
         jitter = rng.lognormal(0.0, sigma, n) if sigma > 0 else 1.0
         out[:, j] = ns * units * jitter
+    common = costs.get(SLOWDOWN, (1.0, 0.0))[1]
+    if common > 0:
+        slow = rng.lognormal(-(common**2) / 2, common, n)  # mean 1: it spreads, not adds
+        for j, o in enumerate(path):
+            if o.resource != "device":
+                out[:, j] *= slow
     return out
 
 

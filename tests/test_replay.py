@@ -47,7 +47,7 @@ def runs(tmp_path_factory):
             profile, rows = cal.profile, cal.rows
             fitted = rows.filter(pl.col("fitted_ns").is_not_null())
             cost_table.write_toml(d / "costs.toml", profile, [
-                {"key": r["key"], "ns": r["fitted_ns"], "sigma": r["sigma"], "source": "test"}
+                {"key": r["key"], "ns": r["fitted_ns"], "sigma": r["fitted_sigma"], "source": "test"}
                 for r in fitted.iter_rows(named=True)])  # fmt: skip
             own = (replaying.replay_bundle(bundle, [get(t)], seed=1, costs_file=d / "costs.toml")
                    if len(fitted) else res)  # fmt: skip
@@ -87,6 +87,18 @@ def test_self_consistency_calibration_recovers_the_backend_costs_the_emulator_us
     assert len(fitted) >= 1 or workload == "randwrite-4k-qd32"  # there queueing can hide all
     # the guest's completion after the ACK is stamped by nothing: not constrained
     assert rows.filter(pl.col("key") == "guest.ring_complete")["fitted_ns"].is_null().all()
+
+
+@pytest.mark.slow
+def test_self_consistency_calibration_recovers_the_emulators_jitter_and_no_slowdown(runs):
+    """The emulator draws each step's jitter independently (the table's sigma, 0.2-0.4) and
+    no per-request slowdown: the spreads calibrate fits are those."""
+    rows = pl.concat([r for *_, r in runs.values()]).filter(pl.col("fitted_ns").is_not_null())
+    steps = rows.filter((pl.col("key") != cost_table.SLOWDOWN) & (pl.col("requests") >= 500))
+    off = (steps["fitted_sigma"] - steps["sigma"]).abs()
+    assert off.median() < 0.1 and (off < 0.25).mean() >= 0.8, steps.rows()
+    slowdown = rows.filter(pl.col("key") == cost_table.SLOWDOWN)["fitted_sigma"]
+    assert len(slowdown) and slowdown.max() < 0.2, slowdown.to_list()
 
 
 @pytest.mark.slow

@@ -99,7 +99,10 @@ def test_each_transport_predicted_from_itself_and_the_misses_named(stored):
     _, v = stored
     for m in v["matrix"]:
         if TRANSPORT[m["source"].removesuffix("-w2")] == m["target"]:
+            # and at p90: the fitted spreads and the host's slowdown (before them, fitted on
+            # means alone, EPAM's own p90 was 55 % short)
             assert abs(m["err_p50"]) <= v["targets"]["p50"], m
+            assert abs(m["err_p90"]) <= v["targets"]["p90"], m
         if m["target"] == "pv-blkif":
             assert abs(m["err_p50"]) <= v["targets"]["p50"], m
     fits = {r["key"]: r for r in v["calibration"]}
@@ -204,8 +207,13 @@ def test_suse_and_epam_predicted_from_each_other(grants, golden):
     fits = {r["key"]: r for r in v["calibration"]}
     assert "hvm-suse-grant" in fits["xen.grant_map"]["source"]
     assert "hvm-epam-pvhvm" not in fits["xen.grant_map"]["source"]
-    # SuSE's own W2 from the W1 costs
+    # SuSE's own W2 from the W1 costs; each transport's own p90 (the spreads fitted)
     assert abs(pairs[("hvm-suse-grant-w2", "suse-grant")]["err_p50"]) <= v["targets"]["p50"]
+    for s in GRANT_W2:
+        own = pairs[(s, TRANSPORT[s.removesuffix("-w2")])]
+        assert abs(own["err_p90"]) <= v["targets"]["p90"], own
+    # the host's slowdown, fitted from each W1 capture's whole requests, pooled
+    assert 0.2 < fits["host.slowdown"]["sigma"] < 0.6, fits["host.slowdown"]
     shared = {"pop -> submit", "I/O done -> fill"}  # the stretches of the shared keys
     persistent, epam = _own(v, "hvm-suse-grant-persistent-w2"), _own(v, "hvm-epam-pvhvm-w2")
     assert set(sorted(persistent, key=persistent.get)[-2:]) == shared, persistent

@@ -191,7 +191,7 @@ class Calibration:
     def entries(self) -> list[dict]:
         """The fitted costs as cost-file entries, each citing what it was fitted from."""
         fitted = self.rows.filter(pl.col("fitted_ns").is_not_null())
-        return [{"key": r["key"], "ns": r["fitted_ns"], "sigma": r["sigma"], "ci_low": r["ci_low"],
+        return [{"key": r["key"], "ns": r["fitted_ns"], "sigma": r["fitted_sigma"], "ci_low": r["ci_low"],
                  "ci_high": r["ci_high"],
                  "source": f"calibrated from {self.bundle_path} ({r['requests']} requests, interval "
                            f"{r['interval']}{', scaled with ' + r['with'] if r['with'] else ''})"}
@@ -212,18 +212,18 @@ class Calibration:
         n = rows.filter(pl.col("fitted_ns").is_not_null()).height
         out = [
             f"transport {self.transport}, profile {self.profile}: {n} of {len(rows)} costs constrained",
-            f"{'key':<28}{'table ns':>10}{'fitted ns':>11}{'95% interval':>22}  constrained by",
+            f"{'key':<28}{'table ns':>10}{'fitted ns':>11}{'95% interval':>22}{'sigma':>7}  constrained by",
         ]
         for r in rows.iter_rows(named=True):
             if r["fitted_ns"] is None:
                 out.append(
-                    f"{r['key']:<28}{r['ns']:>10.1f}{'-':>11}{'':>22}  not constrained by this capture"
+                    f"{r['key']:<28}{r['ns']:>10.1f}{'-':>11}{'':>22}{r['sigma']:>7.2f}  not constrained by this capture"
                 )
                 continue
             ci = f"{r['ci_low']:.1f}..{r['ci_high']:.1f}"
             extra = f" (with {r['with']})" if r["with"] else ""
             out.append(
-                f"{r['key']:<28}{r['ns']:>10.1f}{r['fitted_ns']:>11.1f}{ci:>22}  {r['interval']}{extra}"
+                f"{r['key']:<28}{r['ns']:>10.1f}{r['fitted_ns']:>11.1f}{ci:>22}{r['fitted_sigma']:>7.2f}  {r['interval']}{extra}"
             )
         return "\n".join(out) + "\n"
 
@@ -290,18 +290,20 @@ class HostCalibration:
             table |= {r["key"]: r for r in f.rows.iter_rows(named=True)}
         fitted = {r["key"]: r for r in self.rows.iter_rows(named=True)}
         out.append(
-            f"{'key':<28}{'table ns':>10}{'fitted ns':>11}{'95% interval':>22}  constrained by"
+            f"{'key':<28}{'table ns':>10}{'fitted ns':>11}{'95% interval':>22}{'sigma':>7}  constrained by"
         )
         for key in sorted(table):
             ns = table[key]["ns"]
             r = fitted.get(key)
             if r is None:
                 out.append(
-                    f"{key:<28}{ns:>10.1f}{'-':>11}{'':>22}  estimate: no capture constrains it"
+                    f"{key:<28}{ns:>10.1f}{'-':>11}{'':>22}{table[key]['sigma']:>7.2f}  estimate: no capture constrains it"
                 )
                 continue
             ci = f"{r['ci_low']:.1f}..{r['ci_high']:.1f}"
-            out.append(f"{key:<28}{ns:>10.1f}{r['ns']:>11.1f}{ci:>22}  {r['captures']}")
+            out.append(
+                f"{key:<28}{ns:>10.1f}{r['ns']:>11.1f}{ci:>22}{r['sigma']:>7.2f}  {r['captures']}"
+            )
         return "\n".join(out) + "\n"
 
 
