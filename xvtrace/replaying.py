@@ -220,12 +220,20 @@ class Calibration:
                     f"{r['key']:<28}{r['ns']:>10.1f}{'-':>11}{'':>22}{r['sigma']:>7.2f}  not constrained by this capture"
                 )
                 continue
-            ci = f"{r['ci_low']:.1f}..{r['ci_high']:.1f}"
+            ci = _interval(r)
             extra = f" (with {r['with']})" if r["with"] else ""
             out.append(
                 f"{r['key']:<28}{r['ns']:>10.1f}{r['fitted_ns']:>11.1f}{ci:>22}{r['fitted_sigma']:>7.2f}  {r['interval']}{extra}"
             )
         return "\n".join(out) + "\n"
+
+
+def _interval(row: dict) -> str:
+    """A fitted cost's 95 % interval as calibrate prints it ("-" for the host's slowdown,
+    a factor of 1 by definition whose sigma is what is fitted)."""
+    if row["key"] == cost_table.SLOWDOWN:
+        return "-"
+    return f"{row['ci_low']:.1f}..{row['ci_high']:.1f}"
 
 
 def calibrate_bundle(
@@ -300,7 +308,7 @@ class HostCalibration:
                     f"{key:<28}{ns:>10.1f}{'-':>11}{'':>22}{table[key]['sigma']:>7.2f}  estimate: no capture constrains it"
                 )
                 continue
-            ci = f"{r['ci_low']:.1f}..{r['ci_high']:.1f}"
+            ci = _interval(r)
             out.append(
                 f"{key:<28}{ns:>10.1f}{r['ns']:>11.1f}{ci:>22}{r['sigma']:>7.2f}  {r['captures']}"
             )
