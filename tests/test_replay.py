@@ -364,3 +364,44 @@ def test_io_path_excess_over_the_fastest_backend_leaves_out_paths_without_the_st
                            ("c", "", "W1", x - 90), ("d", "epam.io_path", "W2", x)])  # fmt: skip
     assert dict(zip(rows["key"], rows["ns"], strict=True)) == {"blkback.io_path": 0.0,
                                                                "dm.io_path": 50.0}  # fmt: skip
+
+
+def test_the_host_slowdown_spreads_whole_requests_and_keeps_their_mean():
+    """host.slowdown: one factor per request on every step but the device's, of mean 1; at
+    sigma 0 (the table's default) the draws are exactly those without it."""
+    from xvtrace.replay import engine
+
+    path = get("epam-mmio").path("block")
+    table = cost_table.costs_for(cost_table.load(), "x86_64")
+    n = 200_000
+    pages, nbytes, device = np.ones(n), np.full(n, 4096.0), np.full(n, 50_000.0)
+
+    def draw(sigma):
+        costs = table | {cost_table.SLOWDOWN: (1.0, sigma)}
+        return engine.durations(path, costs, pages, nbytes, device, np.random.default_rng(7))
+
+    plain = engine.durations(path, table, pages, nbytes, device, np.random.default_rng(7))
+    assert np.array_equal(draw(0.0), plain)
+    slow = draw(0.5)
+    dev = [k for k, o in enumerate(path) if o.resource == "device"]
+    assert np.array_equal(slow[:, dev], plain[:, dev])  # the device's time is the capture's
+    host = [k for k, o in enumerate(path) if o.resource != "device"]
+    a, b = plain[:, host].sum(axis=1), slow[:, host].sum(axis=1)
+    assert abs(b.mean() / a.mean() - 1) < 0.02
+    # the steps move together: the whole request's log spread grows by about sigma^2
+    assert 0.2 < np.log(b).var() - np.log(a).var() < 0.3
+
+
+def test_a_groups_spread_follows_the_measured_one():
+    from xvtrace.replay.calibrate import SIGMA_BOUNDS, _fitted_sigma, spread
+
+    rng = np.random.default_rng(1)
+    wide, narrow = rng.lognormal(0, 0.9, 50_000), rng.lognormal(0, 0.3, 50_000)
+    assert abs(spread(wide) - 1.2816 * 0.9) < 0.03  # log(p90 / p50) of a lognormal
+    up = _fitted_sigma(0.3, [wide], [narrow])
+    assert 0.3 < up <= 0.3 * np.sqrt(2) + 1e-9  # widened, damped (at most x2, halved in logs)
+    assert _fitted_sigma(0.9, [narrow], [wide]) < 0.9
+    assert abs(_fitted_sigma(0.3, [narrow], [narrow]) - 0.3) < 1e-9
+    flat = np.full(100, 5.0)  # a measured interval with no spread at all says nothing
+    assert _fitted_sigma(0.3, [flat], [narrow]) == 0.3
+    assert _fitted_sigma(SIGMA_BOUNDS[1], [wide * wide], [narrow]) == SIGMA_BOUNDS[1]
