@@ -412,6 +412,86 @@ def fitted_costs(
                                                  "with": pl.String})  # fmt: skip
 
 
+JOINT_ROUNDS = 12
+JOINT_RIDGE = 50.0  # pull of each key toward its pooled per-capture value (see joint)
+MIN_CLASS = 10  # requests of a size class an interval's mean is taken over
+
+
+def joint(
+    captures: list[tuple[pl.DataFrame, Stream, Transport]],
+    costs: dict[str, tuple[float, float]],
+    keys: set[str],
+    *,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The costs of `keys` fitted to several captures of one host at once: (block
+    requests, stream, transport) per capture, starting from `costs` (each capture's own
+    fit, pooled). Per capture, per fitted interval and per request size class (one page,
+    more), the measured mean less the simulated queueing is a sum over the keys of the
+    interval: each key's simulated work times its factor. One least-squares solve over
+    every capture's rows, weighted by requests over the squared interval (relative errors)
+    and pulled toward factor 1 (JOINT_RIDGE) where the rows cannot tell keys apart; damped,
+    the engine rerun, for JOINT_ROUNDS at most.
+
+    What this separates that the per-capture fits cannot: a key two transports share (the
+    EPAM backend's pop, shared by EPAM, SuSE and persistent grants) set beside each one's
+    own work (its foreign maps, grant maps, pool lookups), and within a capture a
+    per-request key from a per-buffer one, by the request sizes' mix. Each capture alone
+    scales a stretch's costs by one factor, keeping the table's split."""
+    costs = dict(costs)
+    for _ in range(JOINT_ROUNDS):
+        rows = [r for blk, sub, t in captures for r in _joint_rows(blk, sub, t, costs, keys, seed)]
+        if not rows:
+            break
+        names = sorted({k for _, _, work in rows for k in work})
+        a = np.array([[work.get(k, 0.0) for k in names] for _, _, work in rows])
+        y = np.array([v for _, v, _ in rows])
+        w = np.array([n for n, _, _ in rows]) / np.maximum(np.abs(y), 1.0) ** 2
+        lhs = a.T @ (w[:, None] * a) + JOINT_RIDGE * np.eye(len(names))
+        f = np.linalg.solve(lhs, a.T @ (w * y) + JOINT_RIDGE)
+        f = np.sqrt(np.clip(f, 0.05, 20.0))  # damped, as the per-capture fit
+        for k, fk in zip(names, f, strict=True):
+            costs[k] = (costs[k][0] * float(fk), costs[k][1])
+        if np.abs(f - 1).max() < 5 * TOLERANCE:
+            break
+    return {k: costs[k][0] for k in keys}
+
+
+def _joint_rows(blk, sub: Stream, transport: Transport, costs, keys, seed):
+    """One capture's rows for `joint`: (requests, measured mean less simulated queueing,
+    {key: simulated work}) per fitted interval and size class."""
+    path = transport.path("block")
+    marks = observed_marks(blk, path)
+    runs = [schedule(sub, transport, costs, seed=seed + r)[2] for r in range(REPLICAS)]
+    pages = np.maximum(1.0, np.ceil(blk["bytes"].fill_null(0).to_numpy() / 4096))
+    out = []
+    for (b0, _, c0, a0), (b1, _, c1, a1) in pairwise(marks):
+        ops = list(range(b0, b1))
+        mine = sorted({path[k].cost for k in ops} & keys)
+        if not mine or any(path[k].resource == "device" for k in ops):
+            continue
+        if out_of_order(blk, c0, c1, [c for *_, c, _ in marks if c not in (c0, c1)]):
+            continue
+        m = (blk[c1] - blk[c0]).to_numpy().astype(np.float64)
+        for big in (False, True):  # one page, and more
+            sel_m = ((pages > 1) == big) & np.isfinite(m)
+            sel_s = (sub.pages > 1) == big
+            if sel_m.sum() < MIN_CLASS or sel_s.sum() < MIN_CLASS:
+                continue
+            total = np.mean([(at(sc, a1) - at(sc, a0))[sel_s].mean() for sc in runs])
+            work = {k: np.mean([_spent(sc, [j for j in ops if path[j].cost == k], sel_s)
+                                for sc in runs]) for k in mine}  # fmt: skip
+            # the rest of the interval: its queueing and the steps of keys not fitted here
+            rest = total - sum(work.values())
+            out.append((int(sel_m.sum()), float(m[sel_m].mean() - rest), work))
+    return out
+
+
+def _spent(sched, ops: list[int], rows: np.ndarray) -> float:
+    """Mean time the operations `ops` ran for the requests `rows` of a schedule."""
+    return float((sched.end[rows][:, ops] - sched.start[rows][:, ops]).sum(axis=1).mean())
+
+
 Z95 = 1.959964  # the normal quantile of a two-sided 95 % interval
 
 

@@ -331,6 +331,9 @@ def calibrate_host(
     rows = calibrate.combine([(str(f.bundle_path), f.rows) for f in fits])
     costs = cost_table.costs_for(cost_table.load(costs_file), profile_of(bundles[0]))
     costs |= {r["key"]: (r["ns"], r["sigma"]) for r in rows.iter_rows(named=True)}
+    if len(bundles) > 1 and len(rows):
+        rows = _joint(bundles, fits, rows, costs, seed)
+        costs |= {r["key"]: (r["ns"], r["sigma"]) for r in rows.iter_rows(named=True)}
     io = calibrate.io_path_excess(
         [_io_interval(b, f.transport, costs) for b, f in zip(bundles, fits, strict=True)]
     )
@@ -342,6 +345,22 @@ def calibrate_host(
             "key"
         )
     return HostCalibration(fits, rows)
+
+
+def _joint(bundles, fits, rows: pl.DataFrame, costs, seed: int) -> pl.DataFrame:
+    """`rows` (the pooled per-capture fits) refitted to all the captures at once
+    (replay.calibrate.joint); each key's interval moves with its value."""
+    captures = []
+    for b, f in zip(bundles, fits, strict=True):
+        req = timeline.load(b).requests
+        stream = calibrate.block_sample(bundle_stream(b, req, f.transport, costs))
+        captures.append((calibrate.block_requests(req), stream, get(f.transport)))
+    keys = set(rows["key"].to_list()) - {cost_table.SLOWDOWN}
+    fitted = calibrate.joint(captures, costs, keys, seed=seed)
+    ratio = pl.col("key").replace_strict(
+        {k: v / costs[k][0] for k, v in fitted.items()}, default=1.0, return_dtype=pl.Float64
+    )
+    return rows.with_columns((pl.col(c) * ratio).alias(c) for c in ("ns", "ci_low", "ci_high"))
 
 
 def _io_interval(bundle: Bundle, transport: str, costs) -> tuple[str, str, str, np.ndarray]:
