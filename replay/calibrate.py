@@ -151,9 +151,7 @@ def fit(
             continue
         if out_of_order(blk, c0, c1, [c for *_, c, _ in marks if c not in (c0, c1)]):
             continue  # the capture's backend did these steps in another order than the path
-        # one notification may answer several requests (a batch, EVENT_IDX): an interval to
-        # a shared one holds the others' work too
-        own = blk.filter(pl.col(c1).is_unique()) if c1 == "notify_ns" else blk
+        own = _own_notify(blk, [c1])
         m = (own[c1] - own[c0]).drop_nulls().to_numpy().astype(np.float64)
         if len(m) >= MIN_REQUESTS:
             tk = [timestamp_tick(blk[c].drop_nulls().to_numpy()) for c in (c0, c1)]
@@ -246,6 +244,12 @@ def fit(
     return out + ([slowdown] if out and slowdown else [])
 
 
+def _own_notify(blk: pl.DataFrame, ends: list[str]) -> pl.DataFrame:
+    """`blk` without the requests whose notification answered others too (a batch,
+    EVENT_IDX) when an interval ends at it: such an interval holds the others' work."""
+    return blk.filter(pl.col("notify_ns").is_unique()) if "notify_ns" in ends else blk
+
+
 def _whole(blk: pl.DataFrame, spans) -> tuple | None:
     """The host's part of each request: the sum of the fitted intervals (the device's time
     left out: its spread is the capture's own) for the requests that have them all, as
@@ -253,8 +257,12 @@ def _whole(blk: pl.DataFrame, spans) -> tuple | None:
     MIN_REQUESTS, or a single interval (its spread is its own group's)."""
     if len(spans) < 2:
         return None
-    total = pl.sum_horizontal(pl.col(c1) - pl.col(c0) for (c0, c1), *_ in spans)
-    m = blk.select(total.alias("m")).drop_nulls()["m"].to_numpy().astype(np.float64)
+    # (a missing stamp makes the sum null, not shorter; a notification shared by several
+    # requests holds the others' work, as in `fit`)
+    own = _own_notify(blk, [c1 for (_, c1), *_ in spans])
+    total = pl.sum_horizontal((pl.col(c1) - pl.col(c0) for (c0, c1), *_ in spans),
+                              ignore_nulls=False)  # fmt: skip
+    m = own.select(total.alias("m")).drop_nulls()["m"].to_numpy().astype(np.float64)
     if len(m) < MIN_REQUESTS:
         return None
     return m, [(anchor, tk) for _, _, _, anchor, tk in spans]
@@ -413,7 +421,7 @@ def fitted_costs(
 
 
 JOINT_ROUNDS = 12
-JOINT_RIDGE = 50.0  # pull of each key toward its pooled per-capture value (see joint)
+JOINT_RIDGE = 5.0  # pull of each key toward its pooled per-capture value (see joint)
 MIN_CLASS = 10  # requests of a size class an interval's mean is taken over
 
 
@@ -430,40 +438,42 @@ def joint(
     more), the measured mean less the simulated queueing is a sum over the keys of the
     interval: each key's simulated work times its factor. One least-squares solve over
     every capture's rows, weighted by requests over the squared interval (relative errors)
-    and pulled toward factor 1 (JOINT_RIDGE) where the rows cannot tell keys apart; damped,
-    the engine rerun, for JOINT_ROUNDS at most.
+    and pulled toward the pooled values (JOINT_RIDGE) where the rows cannot tell keys
+    apart; damped, the engine rerun, for JOINT_ROUNDS at most.
 
     What this separates that the per-capture fits cannot: a key two transports share (the
     EPAM backend's pop, shared by EPAM, SuSE and persistent grants) set beside each one's
     own work (its foreign maps, grant maps, pool lookups), and within a capture a
     per-request key from a per-buffer one, by the request sizes' mix. Each capture alone
     scales a stretch's costs by one factor, keeping the table's split."""
-    costs = dict(costs)
+    start, costs = dict(costs), dict(costs)
     for _ in range(JOINT_ROUNDS):
         rows = [r for blk, sub, t in captures for r in _joint_rows(blk, sub, t, costs, keys, seed)]
         if not rows:
             break
-        names = sorted({k for _, _, work in rows for k in work})
-        a = np.array([[work.get(k, 0.0) for k in names] for _, _, work in rows])
-        y = np.array([v for _, v, _ in rows])
-        w = np.array([n for n, _, _ in rows]) / np.maximum(np.abs(y), 1.0) ** 2
+        names = sorted({k for *_, work in rows for k in work})
+        now = np.array([costs[k][0] / start[k][0] for k in names])  # factors on the pooled
+        # a row: measured - rest = sum over keys of work at the pooled cost x factor
+        a = np.array([[work.get(k, 0.0) for k in names] for *_, work in rows]) / now
+        y = np.array([v for _, v, _, _ in rows])
+        w = np.array([n / m**2 for n, _, m, _ in rows])  # relative to the interval
         lhs = a.T @ (w[:, None] * a) + JOINT_RIDGE * np.eye(len(names))
-        f = np.linalg.solve(lhs, a.T @ (w * y) + JOINT_RIDGE)
-        f = np.sqrt(np.clip(f, 0.05, 20.0))  # damped, as the per-capture fit
+        f = np.linalg.solve(lhs, a.T @ (w * y) + JOINT_RIDGE)  # pulled toward the pooled
+        f = np.sqrt(now * np.clip(f, 0.05 * now, 20.0 * now))  # damped, as the per-capture fit
         for k, fk in zip(names, f, strict=True):
-            costs[k] = (costs[k][0] * float(fk), costs[k][1])
-        if np.abs(f - 1).max() < 5 * TOLERANCE:
+            costs[k] = (start[k][0] * float(fk), costs[k][1])
+        if np.abs(f / now - 1).max() < 5 * TOLERANCE:
             break
     return {k: costs[k][0] for k in keys}
 
 
 def _joint_rows(blk, sub: Stream, transport: Transport, costs, keys, seed):
-    """One capture's rows for `joint`: (requests, measured mean less simulated queueing,
-    {key: simulated work}) per fitted interval and size class."""
+    """One capture's rows for `joint`: (requests, measured mean less the simulated rest,
+    measured mean, {key: simulated work}) per fitted interval and size class; an interval
+    whose keys' work is under MIN_SHARE of it (mostly queueing) is left out, as in `fit`."""
     path = transport.path("block")
     marks = observed_marks(blk, path)
     runs = [schedule(sub, transport, costs, seed=seed + r)[2] for r in range(REPLICAS)]
-    pages = np.maximum(1.0, np.ceil(blk["bytes"].fill_null(0).to_numpy() / 4096))
     out = []
     for (b0, _, c0, a0), (b1, _, c1, a1) in pairwise(marks):
         ops = list(range(b0, b1))
@@ -472,18 +482,24 @@ def _joint_rows(blk, sub: Stream, transport: Transport, costs, keys, seed):
             continue
         if out_of_order(blk, c0, c1, [c for *_, c, _ in marks if c not in (c0, c1)]):
             continue
-        m = (blk[c1] - blk[c0]).to_numpy().astype(np.float64)
+        own = _own_notify(blk, [c1])
+        m = (own[c1] - own[c0]).to_numpy().astype(np.float64)
+        sizes = np.maximum(1.0, np.ceil(own["bytes"].fill_null(0).to_numpy() / 4096))
         for big in (False, True):  # one page, and more
-            sel_m = ((pages > 1) == big) & np.isfinite(m)
+            sel_m = ((sizes > 1) == big) & np.isfinite(m)
             sel_s = (sub.pages > 1) == big
             if sel_m.sum() < MIN_CLASS or sel_s.sum() < MIN_CLASS:
                 continue
             total = np.mean([(at(sc, a1) - at(sc, a0))[sel_s].mean() for sc in runs])
             work = {k: np.mean([_spent(sc, [j for j in ops if path[j].cost == k], sel_s)
                                 for sc in runs]) for k in mine}  # fmt: skip
+            if total <= 0 or sum(work.values()) < MIN_SHARE * total:
+                continue
             # the rest of the interval: its queueing and the steps of keys not fitted here
             rest = total - sum(work.values())
-            out.append((int(sel_m.sum()), float(m[sel_m].mean() - rest), work))
+            mean = float(m[sel_m].mean())
+            if mean > rest:
+                out.append((int(sel_m.sum()), mean - rest, mean, work))
     return out
 
 
