@@ -342,9 +342,11 @@ def _share(sched, span) -> float:
     return float(_work(sched, ops) / total) if total > 0 else 0.0
 
 
-def _work(sched, ops) -> float:
-    """Mean time per request the operations `ops` ran (not queued) in a schedule."""
-    return float((sched.end[:, list(ops)] - sched.start[:, list(ops)]).sum(axis=1).mean())
+def _work(sched, ops, rows=slice(None)) -> float:
+    """Mean time per request (of `rows`, else all) the operations `ops` ran (not queued)
+    in a schedule."""
+    ops = list(ops)
+    return float((sched.end[rows][:, ops] - sched.start[rows][:, ops]).sum(axis=1).mean())
 
 
 def _merge(spans, path) -> list[Group]:
@@ -491,7 +493,7 @@ def _joint_rows(blk, sub: Stream, transport: Transport, costs, keys, seed):
             if sel_m.sum() < MIN_CLASS or sel_s.sum() < MIN_CLASS:
                 continue
             total = np.mean([(at(sc, a1) - at(sc, a0))[sel_s].mean() for sc in runs])
-            work = {k: np.mean([_spent(sc, [j for j in ops if path[j].cost == k], sel_s)
+            work = {k: np.mean([_work(sc, [j for j in ops if path[j].cost == k], sel_s)
                                 for sc in runs]) for k in mine}  # fmt: skip
             if total <= 0 or sum(work.values()) < MIN_SHARE * total:
                 continue
@@ -501,11 +503,6 @@ def _joint_rows(blk, sub: Stream, transport: Transport, costs, keys, seed):
             if mean > rest:
                 out.append((int(sel_m.sum()), mean - rest, mean, work))
     return out
-
-
-def _spent(sched, ops: list[int], rows: np.ndarray) -> float:
-    """Mean time the operations `ops` ran for the requests `rows` of a schedule."""
-    return float((sched.end[rows][:, ops] - sched.start[rows][:, ops]).sum(axis=1).mean())
 
 
 Z95 = 1.959964  # the normal quantile of a two-sided 95 % interval
