@@ -10,17 +10,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 from epam.backend import (
-    DESC_NEXT,
-    DESC_WRITE,
     F_ACCESS_PLATFORM,
     F_VERSION_1,
     GRANT_DMA,
-    MAGIC,
     PERSISTENT_DMA,
     GrantMemory,
     Log,
     VirtioBlock,
 )
+from virtio_driver import USED, chain, driver_init
 
 from xvtrace import api, timeline
 
@@ -66,51 +64,9 @@ def _device(tmp_path):
     return dev, guest, disk, levels
 
 
-DESC, AVAIL, USED = 0x10000, 0x11000, 0x12000
-
-
-def _driver_init(dev, enc=lambda a: a):
-    assert dev.read(0x000, 4) == MAGIC and dev.read(0x004, 4) == 2 and dev.read(0x008, 4) == 2
-    dev.write(0x070, 4, 0)
-    dev.write(0x070, 4, 1 | 2)  # ACKNOWLEDGE | DRIVER
-    dev.write(0x014, 4, 1)
-    # VIRTIO_F_VERSION_1, as version 2 requires (and ACCESS_PLATFORM in grant mode)
-    assert dev.read(0x010, 4) == (F_VERSION_1 | dev.mem.offered) >> 32
-    dev.write(0x014, 4, 0)
-    assert dev.read(0x010, 4) == 1 << 2  # VIRTIO_BLK_F_SEG_MAX
-    dev.write(0x024, 4, 1)
-    dev.write(0x020, 4, 1)
-    dev.write(0x070, 4, 1 | 2 | 8)  # FEATURES_OK
-    dev.write(0x030, 4, 0)
-    assert dev.read(0x034, 4) >= 8 and dev.read(0x044, 4) == 0
-    dev.write(0x038, 4, 16)
-    for off, addr in ((0x080, DESC), (0x090, AVAIL), (0x0A0, USED)):
-        dev.write(off, 4, enc(addr) & 0xFFFFFFFF)
-        dev.write(off + 4, 4, enc(addr) >> 32)
-    dev.write(0x044, 4, 1)
-    dev.write(0x070, 4, 1 | 2 | 8 | 4)  # DRIVER_OK
-    assert dev.read(0x100, 4) == 64 and dev.read(0x10C, 4) == 62  # capacity, seg_max
-
-
-def _chain(guest, n, kind, sector, data_addr, length, enc=lambda a: a):
-    """Request n on the ring: header, one data buffer, status; descriptors 3n..3n+2."""
-    hdr, status = 0x20000 + 0x100 * n, 0x30000 + 0x10 * n
-    guest.ram[status] = 0xFF  # the device writes 0 (OK), 1 or 2 there
-    struct.pack_into("<IIQ", guest.ram, hdr, kind, 0, sector)
-    d = 3 * n
-    data_flags = DESC_NEXT | (DESC_WRITE if kind == 0 else 0)
-    for i, (addr, ln, fl) in enumerate(
-        ((hdr, 16, DESC_NEXT), (data_addr, length, data_flags), (status, 1, DESC_WRITE))
-    ):
-        struct.pack_into("<QIHH", guest.ram, DESC + 16 * (d + i), enc(addr), ln, fl, d + i + 1)
-    struct.pack_into("<H", guest.ram, AVAIL + 4 + 2 * n, d)
-    struct.pack_into("<H", guest.ram, AVAIL + 2, n + 1)
-    return status
-
-
 def _submit(dev, guest, n, kind, sector, data_addr, length):
     """Request n, then the kick."""
-    status = _chain(guest, n, kind, sector, data_addr, length)
+    status = chain(guest.ram, n, kind, sector, data_addr, length)
     dev.write(0x050, 4, 0)  # QueueNotify: pops the request
     assert len(dev.pending) == 1 and guest.ram[status] == 0xFF  # nothing done yet
     dev.complete_pending()  # what the server does once the IOREQ is answered
@@ -119,7 +75,8 @@ def _submit(dev, guest, n, kind, sector, data_addr, length):
 
 def test_a_write_then_a_read_through_the_ring(device):
     dev, guest, disk, levels = device
-    _driver_init(dev)
+    driver_init(dev, extra=dev.mem.offered)
+    assert dev.read(0x100, 4) == 64 and dev.read(0x10C, 4) == 62  # capacity, seg_max
     pattern = bytes(range(256)) * 4
     guest.ram[0x40000 : 0x40000 + 1024] = pattern
     st = _submit(dev, guest, 0, 1, 2, 0x40000, 1024)  # write 2 sectors at sector 2
@@ -137,10 +94,10 @@ def test_a_write_then_a_read_through_the_ring(device):
 
 def test_one_kick_for_several_requests_completes_each_with_its_own_notify(device):
     dev, guest, disk, levels = device
-    _driver_init(dev)
+    driver_init(dev, extra=dev.mem.offered)
     for n in range(3):
         guest.ram[0x40000 + 0x1000 * n : 0x40000 + 0x1000 * n + 512] = bytes([n + 1]) * 512
-        _chain(guest, n, 1, n, 0x40000 + 0x1000 * n, 512)
+        chain(guest.ram, n, 1, n, 0x40000 + 0x1000 * n, 512)
     dev.write(0x050, 4, 0)
     assert len(dev.pending) == 3
     dev.complete_pending()
@@ -156,8 +113,8 @@ def test_one_kick_for_several_requests_completes_each_with_its_own_notify(device
 
 def test_a_request_into_memory_the_guest_does_not_have_leaves_nothing_mapped(device):
     dev, guest, _, _ = device
-    _driver_init(dev)
-    _chain(guest, 0, 0, 0, len(guest.ram) - 100, 512)  # its buffer runs past guest memory
+    driver_init(dev, extra=dev.mem.offered)
+    chain(guest.ram, 0, 0, 0, len(guest.ram) - 100, 512)  # its buffer runs past guest memory
     with pytest.raises(OSError, match="not guest memory"):
         dev.write(0x050, 4, 0)
     assert not dev.pending  # (the fixture checks that nothing stays mapped)
@@ -165,14 +122,14 @@ def test_a_request_into_memory_the_guest_does_not_have_leaves_nothing_mapped(dev
 
 def test_unknown_request_types_are_answered_unsupported(device):
     dev, guest, _, _ = device
-    _driver_init(dev)
+    driver_init(dev, extra=dev.mem.offered)
     st = _submit(dev, guest, 0, 99, 0, 0x40000, 512)
     assert guest.ram[st] == 2  # VIRTIO_BLK_S_UNSUPP
 
 
 def test_its_log_decodes_and_reconstructs_each_request(tmp_path, device):
     dev, guest, _, _ = device
-    _driver_init(dev)
+    driver_init(dev, extra=dev.mem.offered)
     for n in range(4):
         _submit(dev, guest, n, n % 2, 8 * n, 0x40000 + 0x1000 * n, 4096)
         dev.write(0x064, 4, dev.read(0x060, 4))
@@ -239,10 +196,10 @@ def test_grant_mode_maps_each_buffer_by_its_grants_read_only_where_the_device_on
     enc = lambda a: GRANT_DMA | a  # noqa: E731 (grant r is page r)
     dev.write(0x014, 4, 1)
     assert dev.read(0x010, 4) == (F_VERSION_1 | F_ACCESS_PLATFORM) >> 32
-    _driver_init(dev, enc)
+    driver_init(dev, enc, extra=dev.mem.offered)
     pattern = bytes(range(256)) * 24
     gnt.ram[0x40F00 : 0x40F00 + len(pattern)] = pattern  # 6 KiB from 0xf00: grants 0x40..0x42
-    status = _chain(gnt, 0, 1, 2, 0x40F00, len(pattern), enc)
+    status = chain(gnt.ram, 0, 1, 2, 0x40F00, len(pattern), enc)
     dev.write(0x050, 4, 0)
     dev.complete_pending()
     assert disk.read_bytes()[1024 : 1024 + len(pattern)] == pattern and gnt.ram[status] == 0
@@ -273,13 +230,13 @@ def test_persistent_mode_keeps_pool_grants_mapped_and_maps_the_others_per_reques
     disk.write_bytes(bytes(64 * 512))
     mem = GrantMemory(gnt, 7, Log(str(tmp_path / "epam.log")), persistent=True)
     dev = VirtioBlock(str(disk), mem, mem.log, [].append)
-    _driver_init(dev, lambda a: GRANT_DMA | a)
+    driver_init(dev, lambda a: GRANT_DMA | a, extra=dev.mem.offered)
     pool = lambda a: GRANT_DMA | PERSISTENT_DMA | a  # noqa: E731
     pattern = bytes(range(256)) * 16  # 4 KiB at 0x40000: grant 0x40
     gnt.ram[0x40000 : 0x40000 + len(pattern)] = pattern
     statuses = []
     for n in range(3):  # the same pool pages for three writes, as a guest's free pool reuses
-        statuses.append(_chain(gnt, n, 1, 8 * n, 0x40000, len(pattern), pool))
+        statuses.append(chain(gnt.ram, n, 1, 8 * n, 0x40000, len(pattern), pool))
         dev.write(0x050, 4, 0)
         dev.complete_pending()
     rw = mmap.PROT_READ | mmap.PROT_WRITE

@@ -242,12 +242,14 @@ class GrantMemory:
 class Log:
     """QEMU log-backend lines, stamped with CLOCK_REALTIME in microseconds."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, events: str = "", who: str = "the EPAM backend's"):
+        """`events`: trace-events lines of the writer's own, beside QEMU's (TRACE_EVENTS)."""
         self.fh = Path(path).open("w", buffering=1 << 16)  # noqa: SIM115 (open for the run)
         self.tid = os.getpid()
         Path(path + ".trace-events").write_text(
-            "# the EPAM backend's events (tests/xen/epam/backend.py): QEMU's formats\n"
+            f"# {who} events: QEMU's formats, and its own where QEMU has none\n"
             + TRACE_EVENTS
+            + events
         )
 
     def __call__(self, event: str, text: str) -> None:
@@ -255,44 +257,50 @@ class Log:
         self.fh.write(f"{self.tid}@{t // 1_000_000}.{t % 1_000_000:06d}:{event} {text}\n")
 
 
-class VirtioBlock:
-    """The device: virtio-mmio v2 registers, one split virtqueue, a file as the disk."""
+class MmioRegisters:
+    """A one-queue virtio-mmio (version 2) register file. The device behind it says what it
+    offers (`offered`, `config`) and does what a notify, a status change and a reset ask
+    (`notify`, `status_set`, `reset`); the register state is here."""
 
-    def __init__(self, disk: str, mem: GuestMemory, log: Log, irq_level):
-        self.fd = os.open(disk, os.O_RDWR)
-        self.sectors = os.fstat(self.fd).st_size // 512
-        self.mem, self.log, self.irq_level = mem, log, irq_level
-        self.requests = 0  # over the device's life (a driver reset keeps the count)
-        self.rings, self.ring_maps = None, []
-        self.pending: list[Job] = []  # popped, to run once the kick's IOREQ is answered
-        self.reset()
+    def __init__(self, log: Log, irq_level):
+        self.log, self.irq_level = log, irq_level
+        self.reset_registers()
 
-    def close(self) -> None:
-        self.reset()  # unmaps the rings and any popped request's buffers
-        self.mem.close()  # and what it kept mapped
-        os.close(self.fd)
-        self.log.fh.close()
-
-    def reset(self) -> None:
-        for job in self.pending:  # a reset drops what the driver never saw completed
-            self.release(job)
-        self.pending = []
-        self._unmap_rings()  # a driver reset may place the queue elsewhere
+    def reset_registers(self) -> None:
         self.status = self.isr = 0
         self.dev_sel = self.drv_sel = 0
         self.driver_features = 0
         self.num, self.ready, self.queue_sel = QUEUE_MAX, 0, 0
         self.desc = self.avail = self.used = 0
-        self.last_avail = self.used_idx = 0
 
-    # -- registers
+    def offered(self) -> int:
+        raise NotImplementedError
+
+    def config(self) -> bytes:
+        raise NotImplementedError
+
+    def notify(self, queue: int) -> None:
+        raise NotImplementedError
+
+    def status_set(self, value: int) -> None:
+        """After a status write other than a reset (the value is in `status` already)."""
+
+    def reset(self) -> None:
+        self.reset_registers()
+
+    def fds(self) -> list[int]:
+        """Descriptors of the device's own for the server to wait on beside the IOREQs."""
+        return []
+
+    def on_fd(self, fd: int) -> None:
+        """One of `fds()` is readable."""
+
     def read(self, off: int, size: int) -> int:
         self.log("virtio_mmio_read", f"virtio_mmio_read offset {off:#x}")
-        if off >= 0x100:  # config space: capacity (u64), size_max, seg_max (u32), zeros
-            cfg = struct.pack("<QII", self.sectors, 0, QUEUE_MAX - 2) + bytes(0x40)
+        if off >= 0x100:  # config space
+            cfg = self.config() + bytes(0x40)
             return int.from_bytes(cfg[off - 0x100 : off - 0x100 + size], "little")
-        offered = F_VERSION_1 | F_SEG_MAX | self.mem.offered
-        feats = (offered >> (32 * self.dev_sel)) & 0xFFFFFFFF if self.dev_sel < 2 else 0
+        feats = (self.offered() >> (32 * self.dev_sel)) & 0xFFFFFFFF if self.dev_sel < 2 else 0
         only = self.queue_sel == 0  # one queue
         return {0x000: MAGIC, 0x004: VERSION, 0x008: DEVICE_BLOCK, 0x00C: VENDOR, 0x010: feats,
                 0x034: QUEUE_MAX if only else 0, 0x044: self.ready if only else 0, 0x060: self.isr, 0x070: self.status,
@@ -326,6 +334,8 @@ class VirtioBlock:
                 self.reset()
                 self.set_irq(0)
             self.status = value
+            if value:
+                self.status_set(value)
         elif 0x080 <= off <= 0x0A4:
             field = {0x080: "desc", 0x090: "avail", 0x0A0: "used"}[off & ~0x7]
             old = getattr(self, field)
@@ -336,20 +346,49 @@ class VirtioBlock:
         self.log("virtio_mmio_setting_irq", f"virtio_mmio setting IRQ {level}")
         self.irq_level(level)
 
-    # -- the queue
-    def _map_rings(self) -> None:
-        """The queue's descriptor table, available and used rings, mapped for as long as
-        the driver keeps them (until a reset)."""
-        n = self.num
-        mapped = [self.mem.view(self.desc, 16 * n), self.mem.view(self.avail, 6 + 2 * n),
-                  self.mem.view(self.used, 6 + 8 * n)]  # fmt: skip
-        self.rings = tuple(view for view, _ in mapped)
-        self.ring_maps = [handle for _, handle in mapped]
+    def used_buffer(self) -> None:
+        """The used-buffer interrupt: InterruptStatus bit 0, the line raised if it was low."""
+        was = self.isr
+        self.isr |= 1
+        if not was:
+            self.set_irq(1)
 
-    def _unmap_rings(self) -> None:
-        for handle in self.ring_maps:
-            self.mem.unmap(handle)
-        self.rings, self.ring_maps = None, []
+
+def block_config(sectors: int) -> bytes:
+    """virtio-blk's config space: capacity (u64), size_max, seg_max (u32)."""
+    return struct.pack("<QII", sectors, 0, QUEUE_MAX - 2)
+
+
+class VirtioBlock(MmioRegisters):
+    """The device: virtio-mmio v2 registers, one split virtqueue, a file as the disk."""
+
+    def __init__(self, disk: str, mem: GuestMemory, log: Log, irq_level):
+        self.queue = BlockQueue(disk, mem, log, b"xvtrace-epam")
+        self.mem = mem
+        self.pending: list[Job] = []  # popped, to run once the kick's IOREQ is answered
+        super().__init__(log, irq_level)
+
+    @property
+    def requests(self) -> int:  # over the device's life (a driver reset keeps the count)
+        return self.queue.requests
+
+    def close(self) -> None:
+        self.reset()  # unmaps the rings and any popped request's buffers
+        self.queue.close()  # and what the memory kept mapped
+        self.log.fh.close()
+
+    def reset(self) -> None:
+        for job in self.pending:  # a reset drops what the driver never saw completed
+            self.queue.release(job)
+        self.pending = []
+        self.queue.unmap_rings()  # a driver reset may place the queue elsewhere
+        super().reset()
+
+    def offered(self) -> int:
+        return F_VERSION_1 | F_SEG_MAX | self.mem.offered
+
+    def config(self) -> bytes:
+        return block_config(self.queue.sectors)
 
     def notify(self, queue: int) -> None:
         """QueueNotify, as QEMU's virtio-blk takes it: pop every available request and map
@@ -358,18 +397,66 @@ class VirtioBlock:
         self.log("virtio_queue_notify", f"vdev {VDEV:#x} n {queue} vq {VQ:#x}")
         if queue != 0 or not self.ready:
             return
-        if self.rings is None:
-            self._map_rings()
-        desc, avail, _ = self.rings
-        while self.last_avail != struct.unpack_from("<H", avail, 2)[0]:
-            head = struct.unpack_from("<H", avail, 4 + 2 * (self.last_avail % self.num))[0]
-            self.last_avail = (self.last_avail + 1) & 0xFFFF
-            self.pending.append(self.pop(desc, head))
+        if self.queue.rings is None:
+            self.queue.map_rings(self.desc, self.avail, self.used, self.num)
+        self.pending.extend(self.queue.pop_available())
 
     def complete_pending(self) -> None:
         """Run the popped requests, each then put on the used ring with the interrupt raised,
         as QEMU's virtio_blk_req_complete does (push, then notify, per request)."""
         jobs, self.pending = self.pending, []
+        self.queue.complete(jobs, self.used_buffer)
+
+
+class BlockQueue:
+    """One split virtqueue of block requests over a file: pop, map, run, push. `mem` maps
+    the guest's addresses (view/unmap); the log names each step as QEMU's virtio-blk does."""
+
+    def __init__(self, disk: str, mem, log: Log, ident: bytes):
+        self.fd = os.open(disk, os.O_RDWR)
+        self.sectors = os.fstat(self.fd).st_size // 512
+        self.mem, self.log, self.ident = mem, log, ident
+        self.requests = 0
+        self.rings, self.ring_maps, self.num = None, [], 0
+        self.last_avail = self.used_idx = 0
+
+    def close(self) -> None:
+        self.unmap_rings()
+        self.mem.close()
+        os.close(self.fd)
+
+    def map_rings(self, desc: int, avail: int, used: int, num: int, base: int = 0) -> None:
+        """The queue's descriptor table, available and used rings, mapped for as long as
+        the driver keeps them (until a reset); indices from `base`."""
+        self.num, self.last_avail, self.used_idx = num, base, base
+        mapped = [self.mem.view(desc, 16 * num), self.mem.view(avail, 6 + 2 * num),
+                  self.mem.view(used, 6 + 8 * num)]  # fmt: skip
+        self.rings = tuple(view for view, _ in mapped)
+        self.ring_maps = [handle for _, handle in mapped]
+
+    def unmap_rings(self) -> None:
+        for handle in self.ring_maps:
+            self.mem.unmap(handle)
+        self.rings, self.ring_maps = None, []
+
+    def pop_available(self) -> list[Job]:
+        """Every request the driver made available since the last pop, buffers mapped."""
+        desc, avail, _ = self.rings
+        jobs = []
+        try:
+            while self.last_avail != struct.unpack_from("<H", avail, 2)[0]:
+                head = struct.unpack_from("<H", avail, 4 + 2 * (self.last_avail % self.num))[0]
+                self.last_avail = (self.last_avail + 1) & 0xFFFF
+                jobs.append(self.pop(desc, head))
+        except BaseException:
+            for job in jobs:
+                self.release(job)
+            raise
+        return jobs
+
+    def complete(self, jobs: list[Job], notify) -> None:
+        """Run each request, put it on the used ring and call `notify()`, as QEMU's
+        virtio_blk_req_complete does (push, then notify, per request)."""
         try:
             while jobs:
                 job = jobs.pop(0)
@@ -384,10 +471,7 @@ class VirtioBlock:
                 struct.pack_into("<H", used, 2, self.used_idx)  # after the entry (x86: in order)
                 self.log("virtqueue_flush", f"vq {VQ:#x} count 1")
                 self.log("virtio_notify", f"vdev {VDEV:#x} vq {VQ:#x}")
-                was = self.isr
-                self.isr |= 1
-                if not was:
-                    self.set_irq(1)
+                notify()
         finally:  # a failure leaves no request's buffers mapped
             for job in jobs:
                 self.release(job)
@@ -458,7 +542,7 @@ class VirtioBlock:
                 os.fsync(self.fd)
             elif job.kind == BLK_GET_ID and job.bufs:
                 buf = job.bufs[0][0]
-                ident = b"xvtrace-epam".ljust(len(buf), b"\0")[: len(buf)]
+                ident = self.ident.ljust(len(buf), b"\0")[: len(buf)]
                 buf[:] = ident
                 written += len(ident)
             else:
@@ -534,7 +618,11 @@ class Server:
         fd = self.xen.ev.xenevtchn_fd(self.xen.evh)
         handled = 0
         while not stop():
-            if not select.select([fd], [], [], 0.5)[0]:
+            ready = select.select([fd, *self.dev.fds()], [], [], 0.5)[0]
+            for other in ready:  # the device's own (a vhost-user call eventfd)
+                if other != fd:
+                    self.dev.on_fd(other)
+            if fd not in ready:
                 continue
             port = self.xen.ev.xenevtchn_pending(self.xen.evh)
             if port < 0:
