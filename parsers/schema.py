@@ -56,7 +56,9 @@ SourceEnum = pl.Enum(SOURCES)
 # The Enum grows as decoders for more sources register their names; keep existing order.
 # Names of the decoders that are not catalogues of someone else's events (parsers.pcap,
 # parsers.virtqueue, parsers.ioreq), and of device-model events QEMU's catalogue lacks that
-# a backend of the test host logs in its format (tests/xen/epam: a grant unmap).
+# a backend of the test host logs in its format (tests/xen/epam: a grant unmap;
+# tests/xen/stratos: the vhost-user front-end's read of its call eventfd, and each
+# vhost-user message as the back-end takes it).
 OWN_EVENT_NAMES = (
     "net.packet",
     "virtqueue.status",
@@ -70,6 +72,8 @@ OWN_EVENT_NAMES = (
     "irq.handler_entry",
     "irq.notify_remote",
     "qemu.xen_unmap_grant",
+    "qemu.vhost_user_call_read",
+    "qemu.vu_message",
 )
 # What arg0.. of those events hold (Xen's and QEMU's catalogues say it for theirs; the
 # dump names arguments by it and parsers.fields reads fields by it).
@@ -88,6 +92,8 @@ OWN_ARG_NAMES: dict[str, tuple[str, ...]] = {
     "irq.handler_entry": ("irq",),  # dev: the handler's name (e.g. blkif-backend)
     "irq.notify_remote": ("irq",),  # dev: the probed function
     "qemu.xen_unmap_grant": ("ptr", "count"),
+    "qemu.vhost_user_call_read": ("idx", "count"),
+    "qemu.vu_message": ("req", "flags"),
 }  # fmt: skip
 EVENT_NAMES: tuple[str, ...] = (
     *XEN_EVENT_NAMES,

@@ -85,10 +85,11 @@ def _front(tmp_path: Path, sock: Path, guest: Guest, levels: list):
 
 
 def _await_used(dev, guest: Guest, idx: int) -> None:
-    """Calls until the used ring's index reaches `idx` (bounded: a back-end that never
-    calls fails the test). More than one call may come: libvhost-user calls once as the
-    call eventfd is set, for a front-end that reconnects."""
-    while struct.unpack_from("<H", guest.ram, USED + 2)[0] < idx:
+    """Calls until the used ring's index reaches `idx` and the interrupt is up (bounded: a
+    back-end that never calls fails the test). The index moves before the call comes, and
+    more than one call may come: libvhost-user calls once as the call eventfd is set, for
+    a front-end that reconnects."""
+    while struct.unpack_from("<H", guest.ram, USED + 2)[0] < idx or not dev.isr:
         assert select.select([dev.call_fd], [], [], 30)[0], "no call from the back-end in 30 s"
         dev.on_fd(dev.call_fd)
 
@@ -143,8 +144,8 @@ def test_front_end_and_our_back_end_write_and_read_through_the_ring(tmp_path, di
                     vu.SET_VRING_NUM, vu.SET_VRING_BASE, vu.SET_VRING_ADDR, vu.SET_VRING_KICK,
                     vu.SET_VRING_CALL, vu.SET_VRING_ENABLE, vu.GET_VRING_BASE]  # fmt: skip
     back = (tmp_path / "backend.log").read_text()
-    for event in ("vu_kick_cb", "virtqueue_pop", "virtio_blk_handle_write", "virtio_blk_handle_read",
-                  "virtio_blk_rw_complete", "virtqueue_fill", "vu_queue_notify"):  # fmt: skip
+    for event in ("virtio_queue_notify", "virtqueue_pop", "virtio_blk_handle_write", "virtio_blk_handle_read",
+                  "virtio_blk_rw_complete", "virtqueue_fill", "virtio_notify"):  # fmt: skip
         assert f":{event} " in back, event
 
 
@@ -162,3 +163,45 @@ def test_front_end_against_qemus_vhost_user_blk_back_end(tmp_path, disk):
     finally:
         os.kill(pid, 15)
         guest.close()
+
+
+def test_both_logs_ingest_and_each_request_joins_across_the_hop(tmp_path, disk):
+    """The two processes' logs, ingested together: each back-end request (pop to fill, in
+    the back-end's log) takes the front-end's kick before the back-end woke, and the
+    front-end's read of the back-end's call (timeline.vhost_user); the phases show both
+    eventfd hops."""
+    from xvtrace import api, timeline
+    from xvtrace.output.report import Report
+
+    sock, proc = _our_backend(tmp_path, disk)
+    guest, levels = Guest(), []
+    dev = _front(tmp_path, sock, guest, levels)
+    try:
+        _write_then_read(dev, guest, disk, levels)
+    finally:
+        dev.close()
+        proc.communicate(timeout=30)
+        guest.close()
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for f in ("frontend.log", "backend.log"):
+        for name in (f, f + ".trace-events"):
+            shutil.copy(tmp_path / name, raw / name)
+    res = api.ingest(raw, tmp_path / "b", warn=lambda m: None)
+    defs = {s["file"]: Path(s["definitions"]).name for s in res.bundle.manifest["sources"]}
+    assert defs == {"raw/frontend.log": "frontend.log.trace-events",  # each log its own
+                    "raw/backend.log": "backend.log.trace-events"}  # fmt: skip
+    req = timeline.build(res.bundle)
+    assert req["op"].to_list() == ["write", "read"] and req["complete"].all()
+    assert (req["src_file"] == "raw/frontend.log").all()
+    assert (req["backend_file"] == "raw/backend.log").all()
+    assert (req["kick_ns"] <= req["vu_kick_ns"]).all() and (
+        req["vu_kick_ns"] <= req["pop_ns"]
+    ).all()
+    assert (req["notify_ns"] <= req["vu_call_ns"]).all()
+    # the kick is the front-end's: the offset of its virtio_queue_notify in its own log
+    front = (raw / "frontend.log").read_bytes()
+    for off in req["kick_off"].to_list():
+        assert front[off:].split(b"\n", 1)[0].split(b":", 1)[1].startswith(b"virtio_queue_notify ")
+    text = Report.of(res.bundle).render()
+    assert "kick eventfd" in text and "call eventfd" in text

@@ -401,8 +401,8 @@ def _ingest(
             "cpu_khz": manifest["host"]["cpu_khz"],
             "ts_ns": "(tsc - tsc_origin) * 1e6 / cpu_khz",
         }
-    if defs is not None:
-        manifest["definitions"] = defs.origin
+    if defs:
+        manifest["definitions"] = next(iter(defs.values())).origin
     bundle = Bundle(bundle_dir, manifest)
     events = bundle.events()
     known = (
@@ -499,27 +499,32 @@ def _decoders(formats, defs, manifest, cpu_khz, chunk_bytes, warn, origins) -> l
         elif fmt.name == "ioreq-pages":
             dec = ioreq.IoreqPageDecoder(f, src_file=src_file)
         elif fmt.name == "qemu-simpletrace":
-            dec = simpletrace.SimpletraceDecoder(f, defs=defs, src_file=src_file)
+            dec = simpletrace.SimpletraceDecoder(f, defs=_defined_for(defs, f), src_file=src_file)
         elif fmt.name == "qmp-virtqueues":
             dec = virtqueue.QmpVirtqueueDecoder(f, src_file=src_file)
             qmp_polls.append(dec)
         elif fmt.name == "guest-memory-core":
             dec = virtqueue.RingDumpDecoder(f, rings, src_file=src_file)
         else:
-            dec = qemu_log.QemuLogDecoder(f, defs=defs, src_file=src_file)
+            dec = qemu_log.QemuLogDecoder(f, defs=_defined_for(defs, f), src_file=src_file)
         decoders.append(dec)
     return decoders
 
 
-def _definitions(files: list[Path]) -> trace_events.TraceEvents | None:
-    """The QEMU trace-event definitions shipped with the capture, if any (else the decoder
-    uses the packaged ones)."""
-    if not files:
-        return None
+def _definitions(files: list[Path]) -> dict[Path, trace_events.TraceEvents]:
+    """The QEMU trace-event definitions shipped with the capture, by file (none: the
+    decoders use the packaged ones)."""
     try:
-        return trace_events.TraceEvents.load(files[0])
+        return {f: trace_events.TraceEvents.load(f) for f in files}
     except trace_events.DefinitionError as e:
         raise IngestError(str(e)) from e
+
+
+def _defined_for(defs: dict[Path, trace_events.TraceEvents], log: Path):
+    """A trace's definitions: its own (LOG.trace-events beside LOG, as two processes of a
+    capture each ship theirs), else the first the capture has, else None (packaged)."""
+    own = defs.get(log.with_name(log.name + ".trace-events"))
+    return own if own is not None else next(iter(defs.values()), None)
 
 
 # A decoder no other one reads from (the ftrace origin is xentrace's; ring dumps read QMP

@@ -58,27 +58,40 @@ def notify_pairs(ev: pl.LazyFrame, hv: pl.DataFrame | None = None) -> pl.DataFra
     if hv is None:
         hv = hvm.accesses(hvm.handled(ev))
     # the IOREQs, and the other events of their handling: each belongs to the last IOREQ
-    # before it in the log (two narrow frames: one of every column took 1 GB at 1 M requests)
+    # before it in its log, one log at a time (a vhost-user back-end's log beside its
+    # front-end's has none of them: its events are no IOREQ's). Two narrow frames per log:
+    # one of every column took 1 GB at 1 M requests.
     qemu = ev.filter(pl.col("source") == "qemu")
-    io = _in_file_order(
-        qemu.filter(pl.col("event") == "qemu.handle_ioreq")
-        .select("ts_ns", "addr", fields.qemu("handle_ioreq", "req").alias("slot"), "src_offset")
-        .collect()
-    )
-    rest = _in_file_order(
-        qemu.filter(pl.col("event").is_in(IOREQ_HANDLING[1:]))
-        .select("ts_ns", "src_offset",
-                (pl.col("event") == "qemu.virtio_queue_notify").alias("notify"))
-        .collect()
-    )  # fmt: skip
-    if not len(io) or not len(hv):
+    ioreqs = qemu.filter(pl.col("event") == "qemu.handle_ioreq")
+    logs = ioreqs.select(pl.col("src_file").unique().sort()).collect().to_series().to_list()
+    ios, owners, times, notified = [], [], [], []
+    for log in logs:
+        io = _in_file_order(
+            ioreqs.filter(pl.col("src_file") == log)
+            .select("ts_ns", "addr", fields.qemu("handle_ioreq", "req").alias("slot"), "src_offset")
+            .collect()
+        )
+        rest = _in_file_order(
+            qemu.filter(pl.col("event").is_in(IOREQ_HANDLING[1:]) & (pl.col("src_file") == log))
+            .select("ts_ns", "src_offset",
+                    (pl.col("event") == "qemu.virtio_queue_notify").alias("notify"))
+            .collect()
+        )  # fmt: skip
+        owner = (
+            np.searchsorted(io["src_offset"].to_numpy(), rest["src_offset"].to_numpy(), "right") - 1
+        )
+        handled = owner >= 0  # events before the log's first IOREQ belong to none
+        owners.append(owner[handled] + sum(map(len, ios)))
+        times.append(rest["ts_ns"].to_numpy()[handled])
+        notified.append(rest["notify"].to_numpy()[handled])
+        ios.append(io)
+    if not ios or not len(hv):
         return None
-    owner = np.searchsorted(io["src_offset"].to_numpy(), rest["src_offset"].to_numpy(), "right") - 1
-    handled = owner >= 0  # events before the first IOREQ belong to none
-    owner, rest_ts = owner[handled], rest["ts_ns"].to_numpy()[handled]
+    io = pl.concat(ios)
+    owner, rest_ts, notify = (np.concatenate(a) for a in (owners, times, notified))
     # the queue-notify addresses: those of the IOREQs in whose handling QEMU kicked a queue
     # (virtio-mmio QueueNotify, a virtio-pci notify BAR or port; no layout assumed)
-    kicked = np.unique(owner[rest["notify"].to_numpy()[handled]])
+    kicked = np.unique(owner[notify])
     notify_addrs = io["addr"].gather(kicked).unique().to_list()
     # hypervisor: each notify trap = the MMIO or port write to such an address, with the VM
     # exit it came in with and the vCPU's entry after it

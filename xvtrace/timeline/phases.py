@@ -31,11 +31,13 @@ def first_stamp(columns) -> pl.Expr:
 
 PHASES = (
     ("kick_to_pop_ns", "kick -> pop"),
+    ("vu_kick_hop_ns", "kick eventfd"),  # vhost-user: front-end kick -> back-end awake
     ("trap_ns", "notify trap"),
     ("kick_to_irq_ns", "kick -> irq"),  # the hypervisor's view alone (timeline.traps)
     ("service_ns", "pop -> fill"),
     ("io_ns", "device I/O"),
     ("fill_to_notify_ns", "fill -> irq"),
+    ("vu_call_hop_ns", "call eventfd"),  # vhost-user: back-end call -> front-end reads it
     ("irq_to_isr_ns", "irq -> ISR"),  # virtio-mmio: the guest's InterruptStatus read
     ("isr_to_ack_ns", "ISR -> ACK"),  # ... and its InterruptACK write (two more IOREQs)
 )
@@ -43,9 +45,15 @@ PHASES = (
 
 def with_phases(req: pl.DataFrame) -> pl.DataFrame:
     """`req` with the PHASES that come from the hypervisor's side where it has their stamps:
-    trap_ns (the kick's exit to entry), irq_to_isr_ns and isr_to_ack_ns."""
+    trap_ns (the kick's exit to entry), irq_to_isr_ns and isr_to_ack_ns; and, through a
+    vhost-user back-end, the hops of its kick and call eventfds."""
     if "trap_exit_ns" in req.columns:
         req = req.with_columns((pl.col("trap_entry_ns") - pl.col("trap_exit_ns")).alias("trap_ns"))
+    if "vu_kick_ns" in req.columns:  # timeline.vhost_user
+        req = req.with_columns(
+            (pl.col("vu_kick_ns") - pl.col("kick_ns")).alias("vu_kick_hop_ns"),
+            (pl.col("vu_call_ns") - pl.col("notify_ns")).alias("vu_call_hop_ns"),
+        )
     if "isr_read_ns" in req.columns:
         req = req.with_columns(
             (pl.col("isr_read_ns") - pl.col("notify_ns")).alias("irq_to_isr_ns"),

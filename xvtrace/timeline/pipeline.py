@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from xvtrace.bundle import derived
-from xvtrace.timeline import hvm, ioreqs, qemu, text, traps
+from xvtrace.timeline import hvm, ioreqs, qemu, text, traps, vhost_user
 from xvtrace.timeline.clock import (
     Clock,
     align_device_model,
@@ -137,6 +137,10 @@ def _device_model(x: _Inputs) -> tuple[pl.DataFrame, Clock | None] | None:
     req = qemu.requests(x.ev).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
     if not len(req):
         return None
+    # a vhost-user back-end's requests, moved onto its front-end's log: their kick's trap
+    # then comes from the IOREQ join (by the front-end's kick), not from their pop's IOREQ
+    hopped = vhost_user.with_front_end(req, x.ev)
+    req = req if hopped is None else hopped
     pairs, lower = _before(x.lost, notify_pairs(x.ev, x.acc.hv)), None
     if pairs is None:  # no IOREQs: an event-channel kick (gsoc-xenbus style)?
         found = evtchn_pairs(x.ev, x.exits)
@@ -151,7 +155,7 @@ def _device_model(x: _Inputs) -> tuple[pl.DataFrame, Clock | None] | None:
         seq = x.sequence_clock()
         if seq is not None and seq.consistent:
             dm_clock, pairs = seq, None
-    if dm_clock is not None and pairs is not None:
+    if dm_clock is not None and pairs is not None and hopped is None:
         req = (
             with_traps(req, pairs, dm_clock) if lower is None else with_kicks(req, pairs, dm_clock)
         )

@@ -13,8 +13,9 @@ descriptor it came with (the front-end's shared memory, as under QEMU or in the 
 The log: QEMU's log-backend lines with QEMU's virtio-blk event names (virtqueue_pop,
 virtio_blk_handle_read/write, virtio_blk_rw_complete, virtio_blk_req_complete,
 virtqueue_fill, virtqueue_flush, virtio_notify), and for the steps QEMU has no event for
-libvhost-user's function names: vu_kick_cb when a kick wakes the queue, vu_queue_notify
-when the call eventfd is written, vu_message per front-end message (its request number).
+virtio_queue_notify when a kick wakes the queue (the device's queue notified, as QEMU
+logs it when a notify reaches a device), virtio_notify as the call eventfd is written, and
+vu_message (ours, after libvhost-user's name) per front-end message: its request number.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from epam.backend import (  # noqa: E402
     F_SEG_MAX,
     F_VERSION_1,
     PAGE,
+    VDEV,
+    VQ,
     BlockQueue,
     Log,
     XenError,
@@ -46,8 +49,6 @@ from stratos import vhost_user as vu  # noqa: E402
 
 BACKEND_EVENTS = """\
 vu_message(uint32_t req, uint32_t flags) "req:%d flags:0x%"PRIx32
-vu_kick_cb(int idx) "idx:%d"
-vu_queue_notify(int idx) "idx:%d"
 """
 FEATURES = F_VERSION_1 | F_SEG_MAX | vu.F_PROTOCOL_FEATURES
 PROTOCOL_FEATURES = vu.PF_MQ | vu.PF_REPLY_ACK | vu.PF_CONFIG | vu.PF_XEN_MMAP
@@ -236,13 +237,12 @@ class Backend:
     def kicked(self) -> None:
         """The kick eventfd is readable: pop what is available, run it, push it, call."""
         os.read(self.kick, 8)
-        self.log("vu_kick_cb", "idx:0")
+        self.log("virtio_queue_notify", f"vdev {VDEV:#x} n 0 vq {VQ:#x}")
         if not (self.started and self.enabled):
             return
         self.queue.complete(self.queue.pop_available(), self._call)
 
     def _call(self) -> None:
-        self.log("vu_queue_notify", "idx:0")
         if self.call >= 0:
             os.write(self.call, struct.pack("<Q", 1))
 
