@@ -106,6 +106,13 @@ def anchors(path, view: str = "device-model") -> dict[str, tuple[int, str]]:
     if "backend_push" in names:
         out["fill_ns"] = (names.index("backend_push"), "start")
         out["notify_ns"] = (names.index("backend_push"), "end")  # QEMU's virtio_notify
+    # a vhost-user back-end's process (timeline.vhost_user): awake for the front-end's kick,
+    # and its call read by the front-end
+    if "frontend_kick" in names:  # (the front-end logs the kick as it writes the eventfd)
+        out["kick_ns"] = (names.index("frontend_kick"), "start")
+        out["vu_kick_ns"] = (names.index("frontend_kick"), "end")
+    if "call_eventfd" in names:
+        out["vu_call_ns"] = (names.index("call_eventfd"), "end")
     return out
 
 

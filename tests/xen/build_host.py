@@ -79,6 +79,7 @@ SCENARIOS = (
     "hvm-suse-grant",
     "hvm-suse-grant-persistent",
     "hvm-epam-pvhvm",
+    "hvm-stratos",
 )  # dom0-run.sh
 # the same scenarios with the guest running workload W2 (replay's validation: tests/xen/guest-init)
 W2_SCENARIOS = ("pv-w2", "hvm-virtio-w2", "hvm-epam-w2", "hvm-suse-grant-w2",

@@ -83,6 +83,13 @@ hvm-epam|hvm-epam-smp)
   # it through the platform device its module registers (xvt_epam)
   hvm_cfg "" xvt_epam
   ;;
+hvm-stratos)
+  # Linaro Stratos: hvm-epam's guest and device window, but the IOREQ server is a
+  # vhost-user front-end (tests/xen/stratos/frontend.py) that hands the queue to a
+  # vhost-user-blk back-end process (tests/xen/stratos/backend.py) over a unix socket: the
+  # kick and call as eventfds, the guest's memory mapped by the back-end itself
+  hvm_cfg "" xvt_epam
+  ;;
 hvm-epam-pvhvm)
   # VirtIO-EPAM on hvm-suse-grant's guest: the same kernel built without FORCE_GRANT, the
   # PV-on-HVM guest too, so against hvm-suse-grant only the grants differ
@@ -153,6 +160,20 @@ hvm-*)
     xl unpause "$NAME"
     TRACE="--transport $TRANSPORT --log /tmp/work/epam.log --log /tmp/work/epam.log.trace-events"
     ;;
+  hvm-stratos)  # the back-end listens first; the front-end attaches to the paused guest
+    "$REPO/.venv/bin/python" "$REPO/tests/xen/stratos/backend.py" --socket /tmp/work/vu.sock \
+      --disk /tmp/work/disk.img --log /tmp/work/backend.log > /tmp/out/vu-backend.log 2>&1 &
+    VUBACKEND=$!
+    wait_for 60 grep -qs "listening" /tmp/out/vu-backend.log || echo "XVT-HOST vhost-user back-end not up: $(tail -3 /tmp/out/vu-backend.log)"
+    xl create -p /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
+    "$REPO/.venv/bin/python" "$REPO/tests/xen/stratos/frontend.py" --domid "$(xl domid "$NAME")" \
+      --socket /tmp/work/vu.sock --log /tmp/work/frontend.log --vcpus "${VCPUS:-1}" > /tmp/out/backend.log 2>&1 &
+    BACKEND=$!
+    wait_for 60 grep -qs "ioreq server" /tmp/out/backend.log || echo "XVT-HOST front-end not up: $(tail -3 /tmp/out/backend.log)"
+    xl unpause "$NAME"
+    TRACE="--transport stratos-vhost-user --log /tmp/work/frontend.log --log /tmp/work/frontend.log.trace-events"
+    TRACE="$TRACE --log /tmp/work/backend.log --log /tmp/work/backend.log.trace-events"
+    ;;
   *) xl create /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)" ;;
   esac
   echo "XVT-HOST guest started"
@@ -167,7 +188,7 @@ hvm-*)
     echo "XVT-HOST guest not ready: $(tail -c 300 /tmp/out/guest-serial.log)"
     if [ -n "$BACKEND" ]; then  # what the backend saw, for the post-mortem
       kill -TERM $BACKEND; wait $BACKEND; BACKEND=""
-      cp /tmp/work/epam.log /tmp/out/ 2>/dev/null
+      cp /tmp/work/epam.log /tmp/work/frontend.log /tmp/work/backend.log /tmp/out/ 2>/dev/null
     fi
   fi
   ;;
@@ -179,10 +200,16 @@ if [ -n "$BACKEND" ]; then  # its log is complete before the capture copies it
   kill -TERM $BACKEND; wait $BACKEND
   echo "XVT-HOST backend: $(tail -1 /tmp/out/backend.log)"
 fi
+if [ -n "$VUBACKEND" ]; then  # the front-end's hang-up ends it; its totals are its last line
+  wait_for 30 sh -c "! kill -0 $VUBACKEND 2>/dev/null" || kill -TERM $VUBACKEND
+  wait $VUBACKEND
+  echo "XVT-HOST vhost-user back-end: $(tail -1 /tmp/out/vu-backend.log)"
+fi
 [ -n "$CAP" ] && kill -INT $CAP
 wait $CAP
 echo "XVT-HOST capture exit $?: $(tail -1 /tmp/out/capture.log)"
 xl dmesg > /tmp/out/xl-dmesg.txt 2>&1
 [ -n "$BACKEND" ] && cp /tmp/out/backend.log "/tmp/work/$SCENARIO/meta/backend.log"  # its totals
+[ -n "$VUBACKEND" ] && cp /tmp/out/vu-backend.log "/tmp/work/$SCENARIO/meta/vu-backend.log"
 [ -f /tmp/out/guest-serial.log ] && cp /tmp/out/guest-serial.log /tmp/work/console/guest-hvmguest.log
 cp -r "/tmp/work/$SCENARIO" /tmp/work/console /tmp/out/ && echo "XVT-HOST bundle copied: $(du -sk "/tmp/work/$SCENARIO" | cut -f1) KiB"
