@@ -15,9 +15,9 @@ pytestmark = pytest.mark.slow
 
 CAPTURES = sorted(
     p.relative_to(FIXTURES)
-    for kind in ("xen", "qemu", "xentrace", "emulated", "xen/validation")
+    for kind in ("xen", "qemu", "xentrace", "emulated", "xen/validation", "xen/validation/stratos")
     for p in (FIXTURES / kind).iterdir()
-    if p.is_dir() and p.name != "validation"  # replay's validation set: a folder of bundles
+    if p.is_dir() and p.name not in ("validation", "stratos")  # folders of bundles
 )
 CPU_KHZ = {"x86-pv-blkfront": X86_KHZ, "arm64-pvh-blkfront": ARM_KHZ}
 

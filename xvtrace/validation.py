@@ -35,6 +35,8 @@ WHOLE = "host-observed request"
 COVERED = 0.8  # the whole request ends at the last stamp this share of requests has
 LABELS = {  # timeline column -> what the host saw there
     "kick_ns": "kick",
+    "vu_kick_ns": "back-end",  # a vhost-user back-end awake for the kick
+    "vu_call_ns": "call read",  # ... and its call read by the front-end
     "trap_exit_ns": "kick exit",
     "trap_entry_ns": "kick entry",
     "submit_ns": "insert",

@@ -83,7 +83,7 @@ SCENARIOS = (
 )  # dom0-run.sh
 # the same scenarios with the guest running workload W2 (replay's validation: tests/xen/guest-init)
 W2_SCENARIOS = ("pv-w2", "hvm-virtio-w2", "hvm-epam-w2", "hvm-suse-grant-w2",
-                "hvm-suse-grant-persistent-w2", "hvm-epam-pvhvm-w2")  # fmt: skip
+                "hvm-suse-grant-persistent-w2", "hvm-epam-pvhvm-w2", "hvm-stratos-w2")  # fmt: skip
 
 
 class HostError(RuntimeError):
