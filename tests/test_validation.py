@@ -259,4 +259,3 @@ def test_epam_and_stratos_predicted_from_each_other(tmp_path, golden):
     own = _own(v, "hvm-stratos-w2")
     assert abs(own["kick -> back-end"]) <= 0.3, own
     golden(_error_rows(v, 16, 20), STORED / "stratos" / "stratos.golden.txt")
-
