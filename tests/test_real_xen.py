@@ -327,20 +327,26 @@ def test_stratos_requests_join_the_front_end_and_back_end_logs(xen):
     assert (traced["vu_kick_ns"] - traced["kick_ns"]).median() > 0
 
 
-def test_calibrate_fits_the_epam_costs_from_the_real_capture(xen, tmp_path):
+def _calibrated(res, tmp_path) -> tuple[pl.DataFrame, str]:
+    """`xvtrace calibrate` of the capture: the keys it fitted (their table rows), its output."""
     from click.testing import CliRunner
 
     from xvtrace.cli import cli
     from xvtrace.replay import costs as cost_table
 
-    scenario, _, _, res, _ = xen
-    if not scenario.startswith("hvm-epam"):
-        pytest.skip("the VirtIO-EPAM scenario")
-    assert res.bundle.manifest["transport"] == "epam-mmio"  # capture --transport
     out = tmp_path / "fit.toml"
     r = CliRunner().invoke(cli, ["calibrate", str(res.bundle.path), "-o", str(out)])
     assert r.exit_code == 0, r.output
     fitted = cost_table.load(out).filter(pl.col("source").str.starts_with("calibrated from"))
+    return fitted, r.output
+
+
+def test_calibrate_fits_the_epam_costs_from_the_real_capture(xen, tmp_path):
+    scenario, _, _, res, _ = xen
+    if not scenario.startswith("hvm-epam"):
+        pytest.skip("the VirtIO-EPAM scenario")
+    assert res.bundle.manifest["transport"] == "epam-mmio"  # capture --transport
+    fitted, _ = _calibrated(res, tmp_path)
     # every step between two of the capture's stamps: the trap and its IOREQ dispatch, the
     # EPAM backend's pop and push, the interrupt to the ISR, the ISR's two traps
     assert {"xen.mmio_trap", "xen.ioreq_dispatch", "epam.virtqueue_pop", "epam.virtqueue_push",
@@ -357,21 +363,13 @@ def test_calibrate_fits_the_vhost_user_costs_the_stratos_capture_constrains(xen,
     back-end awake); the back-end's pop and push are fitted beside it. The call's hop is
     left: the vCPU's re-entry after the kick's IOREQ lands inside it (the back-end is done
     before the vCPU runs again), out of the path's order."""
-    from click.testing import CliRunner
-
-    from xvtrace.cli import cli
-    from xvtrace.replay import costs as cost_table
-
     scenario, _, _, res, _ = xen
     if scenario != "hvm-stratos":
         pytest.skip("the vhost-user scenario")
-    out = tmp_path / "fit.toml"
-    r = CliRunner().invoke(cli, ["calibrate", str(res.bundle.path), "-o", str(out)])
-    assert r.exit_code == 0, r.output
-    fitted = cost_table.load(out).filter(pl.col("source").str.starts_with("calibrated from"))
+    fitted, output = _calibrated(res, tmp_path)
     keys = set(fitted["key"])
     assert {"vhost.eventfd_kick", "vhost.backend_pop", "vhost.backend_push", "xen.mmio_trap",
-            "xen.ioreq_dispatch", "xen.dm_op_irq", "epam.isr_trap"} <= keys, r.output  # fmt: skip
+            "xen.ioreq_dispatch", "xen.dm_op_irq", "epam.isr_trap"} <= keys, output  # fmt: skip
     assert "vhost.eventfd_call" not in keys
     # a Python process's eventfd hop under nested TCG: tens of us to a few ms, not 2 us
     kick = fitted.filter(pl.col("key") == "vhost.eventfd_kick")["x86_64"][0]
@@ -384,24 +382,16 @@ def test_calibrate_fits_the_grant_costs_each_grant_capture_constrains(xen, tmp_p
     completion's stretch is left unfitted when the vCPU's re-entry after the kick lands
     inside it (out of the path's order: a loaded host, docs/replay.md), so its keys go
     together or not at all."""
-    from click.testing import CliRunner
-
-    from xvtrace.cli import cli
-    from xvtrace.replay import costs as cost_table
-
     scenario, _, _, res, _ = xen
     want = {"hvm-suse-grant": {"xen.grant_map"},
             "hvm-suse-grant-persistent": {"dm.persistent_grant_lookup"}}.get(scenario)  # fmt: skip
     if want is None:
         pytest.skip("the VirtIO-SuSE scenarios")
-    out = tmp_path / "fit.toml"
-    r = CliRunner().invoke(cli, ["calibrate", str(res.bundle.path), "-o", str(out)])
-    assert r.exit_code == 0, r.output
-    fitted = cost_table.load(out).filter(pl.col("source").str.starts_with("calibrated from"))
+    fitted, output = _calibrated(res, tmp_path)
     keys = set(fitted["key"])
-    assert want | {"epam.virtqueue_pop"} <= keys, r.output
+    assert want | {"epam.virtqueue_pop"} <= keys, output
     if scenario == "hvm-suse-grant":  # the completion's stretch: both keys or neither
-        assert ("epam.request_complete" in keys) == ("xen.grant_unmap" in keys), r.output
+        assert ("epam.request_complete" in keys) == ("xen.grant_unmap" in keys), output
     if scenario.endswith("persistent"):  # no grant map on its path to fit
         assert not {"xen.grant_map", "xen.grant_unmap"} & keys
 

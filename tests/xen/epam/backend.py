@@ -668,15 +668,30 @@ class Server:
         self.xen.dm.xendevicemodel_destroy_ioreq_server(self.xen.dmh, self.domid, self.id)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def ioreq_server_args(ap: argparse.ArgumentParser) -> None:
+    """The options of a process that serves the guest's device window over IOREQs."""
     ap.add_argument("--domid", type=int, required=True)
-    ap.add_argument("--disk", required=True)
-    ap.add_argument("--log", required=True)
+    ap.add_argument("--log", required=True, help="the QEMU log-backend trace to write")
     ap.add_argument("--base", type=lambda s: int(s, 0), default=0xFE000000)
     ap.add_argument("--size", type=lambda s: int(s, 0), default=0x200)
     ap.add_argument("--irq", type=int, default=5)
     ap.add_argument("--vcpus", type=int, default=1)
+
+
+def stop_on_signals():
+    """A function saying whether SIGTERM or SIGINT came (the serve loops poll it)."""
+    import signal
+
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *a: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *a: stopping.append(1))
+    return lambda: bool(stopping)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ioreq_server_args(ap)
+    ap.add_argument("--disk", required=True)
     ap.add_argument("--grants", action="store_true",
                     help="VirtIO-SuSE: the guest's addresses are grant references (xen-grant-dma), "
                          "mapped per request through gntdev, not guest frames")  # fmt: skip
@@ -684,11 +699,7 @@ def main() -> None:
                     help="with --grants: keep the guest's persistent grants (its pool's addresses, "
                          "bit 62) mapped after their first use")  # fmt: skip
     args = ap.parse_args()
-    import signal
-
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *a: stopping.append(1))
-    signal.signal(signal.SIGINT, lambda *a: stopping.append(1))
+    stop = stop_on_signals()
     try:
         xen = Xen()
         log = Log(args.log)
@@ -705,7 +716,7 @@ def main() -> None:
     print(f"epam backend: ioreq server {server.id} on d{args.domid}, MMIO {args.base:#x}+{args.size:#x}, "
           f"IRQ {args.irq}, {len(server.ports)} vCPU channel(s)", flush=True)  # fmt: skip
     try:
-        handled = server.serve(lambda: bool(stopping))
+        handled = server.serve(stop)
     except XenError as e:
         sys.exit(f"epam backend: {e}")
     finally:

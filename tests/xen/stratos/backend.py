@@ -25,7 +25,6 @@ import ctypes as C
 import mmap
 import os
 import select
-import signal
 import socket
 import struct
 import sys
@@ -44,6 +43,7 @@ from epam.backend import (  # noqa: E402
     Log,
     XenError,
     block_config,
+    stop_on_signals,
 )
 from stratos import vhost_user as vu  # noqa: E402
 
@@ -284,9 +284,7 @@ def main() -> None:
     ap.add_argument("--disk", required=True, help="the file the device serves")
     ap.add_argument("--log", required=True, help="the QEMU log-backend trace to write")
     args = ap.parse_args()
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *a: stopping.append(1))
-    signal.signal(signal.SIGINT, lambda *a: stopping.append(1))
+    stop = stop_on_signals()
     try:
         log = Log(args.log, BACKEND_EVENTS, "the Stratos vhost-user-blk back-end's")
         backend = Backend(args.disk, log)
@@ -298,7 +296,7 @@ def main() -> None:
         sys.exit(f"vhost-user-blk backend: {e}")
     print(f"vhost-user-blk backend: listening on {args.socket}, disk {args.disk}", flush=True)
     try:
-        handled = serve(listener, backend, lambda: bool(stopping))
+        handled = serve(listener, backend, stop)
     except (XenError, vu.ProtocolError, OSError) as e:
         sys.exit(f"vhost-user-blk backend: {e}")
     finally:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import struct
 import sys
@@ -42,6 +41,8 @@ from epam.backend import (  # noqa: E402
     Server,
     Xen,
     XenError,
+    ioreq_server_args,
+    stop_on_signals,
 )
 from stratos import vhost_user as vu  # noqa: E402
 
@@ -201,18 +202,11 @@ def xen_regions(domid: int, memory_mb: int) -> tuple[list[vu.Region], list[int]]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--domid", type=int, required=True)
+    ioreq_server_args(ap)
     ap.add_argument("--socket", required=True, help="the back-end's unix socket")
-    ap.add_argument("--log", required=True)
     ap.add_argument("--memory-mb", type=int, default=256, help="the guest's RAM (xl's memory)")
-    ap.add_argument("--base", type=lambda s: int(s, 0), default=0xFE000000)
-    ap.add_argument("--size", type=lambda s: int(s, 0), default=0x200)
-    ap.add_argument("--irq", type=int, default=5)
-    ap.add_argument("--vcpus", type=int, default=1)
     args = ap.parse_args()
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *a: stopping.append(1))
-    signal.signal(signal.SIGINT, lambda *a: stopping.append(1))
+    stop = stop_on_signals()
     try:
         xen = Xen()
         log = Log(args.log, FRONTEND_EVENTS, "the Stratos vhost-user front-end's")
@@ -230,7 +224,7 @@ def main() -> None:
     print(f"vhost-user frontend: ioreq server {server.id} on d{args.domid}, MMIO {args.base:#x}+"
           f"{args.size:#x}, IRQ {args.irq}, back-end {args.socket}", flush=True)  # fmt: skip
     try:
-        handled = server.serve(lambda: bool(stopping))
+        handled = server.serve(stop)
     except (XenError, vu.ProtocolError, OSError) as e:
         sys.exit(f"vhost-user frontend: {e}")
     finally:
