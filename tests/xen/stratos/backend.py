@@ -182,12 +182,17 @@ class Backend:
             reply = q.CONFIG_HEADER.pack(off, size, flags) + cfg[off : off + size].ljust(
                 size, b"\0"
             )
-        elif msg.request == q.SET_MEM_TABLE:
+        elif msg.request == q.SET_MEM_TABLE:  # (QEMU sends one whenever its memory map
+            # changes, rings running or not: a running ring goes on from where it was)
+            running = self.started
+            if running:
+                self.base = self.queue.last_avail
             self._stop()  # the rings' views go with the old table
-            self.mem.set(
-                q.unpack_regions(msg.payload, bool(self.protocol & q.PF_XEN_MMAP)), msg.fds
-            )
+            xen = bool(self.protocol & q.PF_XEN_MMAP)
+            self.mem.set(q.unpack_regions(msg.payload, xen), msg.fds)
             msg.fds = ()
+            if running:
+                self._start()
         elif msg.request == q.SET_VRING_NUM:
             self.num = q.STATE.unpack_from(msg.payload)[1]
         elif msg.request == q.SET_VRING_ADDR:
