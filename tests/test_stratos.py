@@ -244,5 +244,10 @@ def test_our_back_end_serves_qemus_front_end_and_a_real_guest(tmp_path):
     assert blocks >= 24  # the guest's own 24, and its probing reads
     log = (tmp_path / "backend.log").read_text()
     taken = {int(x.split("req:")[1].split()[0]) for x in log.splitlines() if ":vu_message " in x}
-    assert {vu.GET_FEATURES, vu.GET_CONFIG, vu.SET_MEM_TABLE, vu.SET_VRING_KICK, vu.SET_VRING_CALL} <= taken
-
+    assert {
+        vu.GET_FEATURES,
+        vu.GET_CONFIG,
+        vu.SET_MEM_TABLE,
+        vu.SET_VRING_KICK,
+        vu.SET_VRING_CALL,
+    } <= taken
