@@ -81,7 +81,10 @@ class VhostUserFront(MmioRegisters):
         self.cfg = self._config()
 
     def close(self) -> None:
-        self.reset()
+        try:
+            self.reset()  # stops the back-end's ring
+        except (vu.ProtocolError, OSError):
+            pass  # the back-end is gone already: nothing to stop
         self.ch.close()
         for fd in (self.kick_fd, self.call_fd, *self.region_fds):
             os.close(fd)
