@@ -167,7 +167,8 @@ hvm-*)
     wait_for 60 grep -qs "listening" /tmp/out/vu-backend.log || echo "XVT-HOST vhost-user back-end not up: $(tail -3 /tmp/out/vu-backend.log)"
     xl create -p /tmp/work/guest.cfg > /tmp/out/xl-create.log 2>&1 || echo "XVT-HOST xl create failed: $(tail -3 /tmp/out/xl-create.log)"
     "$REPO/.venv/bin/python" "$REPO/tests/xen/stratos/frontend.py" --domid "$(xl domid "$NAME")" \
-      --socket /tmp/work/vu.sock --log /tmp/work/frontend.log --vcpus "${VCPUS:-1}" > /tmp/out/backend.log 2>&1 &
+      --socket /tmp/work/vu.sock --log /tmp/work/frontend.log --vcpus "${VCPUS:-1}" \
+      --memory-mb "$(sed -n 's/^memory = //p' /tmp/work/guest.cfg)" > /tmp/out/backend.log 2>&1 &
     BACKEND=$!
     wait_for 60 grep -qs "ioreq server" /tmp/out/backend.log || echo "XVT-HOST front-end not up: $(tail -3 /tmp/out/backend.log)"
     xl unpause "$NAME"

@@ -30,8 +30,8 @@ def first_stamp(columns) -> pl.Expr:
 
 
 PHASES = (
-    ("kick_to_pop_ns", "kick -> pop"),
     ("vu_kick_hop_ns", "kick eventfd"),  # vhost-user: front-end kick -> back-end awake
+    ("kick_to_pop_ns", "kick -> pop"),  # (vhost-user: from the back-end awake)
     ("trap_ns", "notify trap"),
     ("kick_to_irq_ns", "kick -> irq"),  # the hypervisor's view alone (timeline.traps)
     ("service_ns", "pop -> fill"),
@@ -55,8 +55,13 @@ def with_phases(req: pl.DataFrame) -> pl.DataFrame:
             (pl.col("vu_call_ns") - pl.col("notify_ns")).alias("vu_call_hop_ns"),
         )
     if "isr_read_ns" in req.columns:
+        # the interrupt as the guest's side sees it raised: through a vhost-user back-end,
+        # once the front-end read its call (the call eventfd's phase is before it)
+        irq = pl.col("notify_ns")
+        if "vu_call_ns" in req.columns:
+            irq = pl.coalesce("vu_call_ns", "notify_ns")
         req = req.with_columns(
-            (pl.col("isr_read_ns") - pl.col("notify_ns")).alias("irq_to_isr_ns"),
+            (pl.col("isr_read_ns") - irq).alias("irq_to_isr_ns"),
             (pl.col("ack_ns") - pl.col("isr_read_ns")).alias("isr_to_ack_ns"),
         )
     return req

@@ -37,7 +37,7 @@ from xvtrace.timeline.traps import trap_requests
 REQUESTS = text.REQUESTS
 IOREQS = ioreqs.IOREQS
 SECTION = "timeline"  # the manifest section holding the facts, the key and the files
-VERSION = 10  # of the reconstruction: bump when its output changes
+VERSION = 11  # of the reconstruction: bump when its output changes
 DM_VIEW, DM_VIEW_NAME = qemu.VIEW, qemu.VIEW_NAME
 IDE_VIEW_NAME = "device model (QEMU IDE trace events)"
 HV_VIEW_NAME = "hypervisor (xentrace) + dom0 block layer (ftrace)"

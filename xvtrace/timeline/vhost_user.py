@@ -8,7 +8,10 @@ front-end's read of the call eventfd the back-end wrote as it notified.
 The request then lives in the front-end's log (src_file, kick_off, kick_ns), so the IOREQ
 join gives it its kick's trap and the guest's interrupt handling as for one device model;
 the back-end's own stamps are added: vu_kick_ns (it woke for the kick) and vu_call_ns (the
-front-end read its call), and the log it came from (backend_file)."""
+front-end read its call), and the log it came from (backend_file: pop_off and fill_off
+stay offsets in that log). Its kick -> pop is then from the back-end's wake-up: the
+front-end's kick to it is the kick eventfd's phase (timeline.phases), so the phases add up.
+One front-end and one back-end: a capture of more would need them paired by device."""
 
 from __future__ import annotations
 
@@ -19,7 +22,6 @@ from xvtrace.timeline.phases import intervals
 BACKEND_MARK = "qemu.vu_message"  # a log with these is a vhost-user back-end's
 FRONTEND_MARK = "qemu.vhost_user_write"  # ... and with these, its front-end's
 CALL_READ = "qemu.vhost_user_call_read"
-COLUMNS = ("vu_kick_ns", "vu_call_ns", "backend_file")
 
 
 def _logs(q: pl.LazyFrame, mark: str) -> list[str]:
@@ -33,13 +35,13 @@ def _logs(q: pl.LazyFrame, mark: str) -> list[str]:
 
 
 def with_front_end(req: pl.DataFrame, ev: pl.LazyFrame) -> pl.DataFrame | None:
-    """`req` (timeline.qemu) with each vhost-user back-end's requests moved onto its
-    front-end's log and stamps (module doc); None when the capture has no back-end log, or
-    not exactly one front-end's to join it with."""
+    """`req` (timeline.qemu) with the vhost-user back-end's requests moved onto its
+    front-end's log and stamps (module doc); None unless the capture has exactly one
+    back-end log and one front-end log."""
     q = ev.filter(pl.col("source") == "qemu")
     backs = _logs(q, BACKEND_MARK)
     fronts = _logs(q, FRONTEND_MARK)
-    if not backs or len(fronts) != 1:
+    if len(backs) != 1 or len(fronts) != 1:
         return None
     (front,) = fronts
     mine = q.filter(pl.col("src_file") == front)
@@ -75,4 +77,6 @@ def with_front_end(req: pl.DataFrame, ev: pl.LazyFrame) -> pl.DataFrame | None:
         pl.when(back).then(pl.col("_fk_off")).otherwise(pl.col("kick_off")).alias("kick_off"),
         pl.when(back).then(pl.col("vu_call_ns")).alias("vu_call_ns"),
     ).drop("_fk_ns", "_fk_off")
-    return out.with_columns(intervals())  # kick -> pop now from the front-end's kick
+    # kick -> pop from the back-end's wake-up (the kick eventfd's phase is before it)
+    kick = pl.when(back).then(pl.col("vu_kick_ns")).otherwise(pl.col("kick_ns"))
+    return out.with_columns(kick.alias("_kick")).with_columns(intervals("_kick")).drop("_kick")

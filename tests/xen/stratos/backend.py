@@ -67,6 +67,13 @@ class RegionMemory:
 
     def set(self, regions: list[vu.Region], fds: tuple[int, ...]) -> None:
         self.close()
+        try:
+            self._map(regions, fds)
+        finally:
+            for fd in fds:  # each mapping holds its own reference
+                os.close(fd)
+
+    def _map(self, regions: list[vu.Region], fds: tuple[int, ...]) -> None:
         for i, r in enumerate(regions):
             fd = fds[i] if i < len(fds) else -1
             if r.xen_flags & vu.XEN_FOREIGN:
@@ -79,8 +86,6 @@ class RegionMemory:
                 m = mmap.mmap(fd, r.size + r.offset, offset=0)
                 view, keep = memoryview(m)[r.offset : r.offset + r.size], m
             self.regions.append((r, view, keep))
-        for fd in fds:
-            os.close(fd)
 
     def gpa_of_user(self, user: int) -> int:
         for r, _, _ in self.regions:
@@ -116,6 +121,7 @@ def _foreign_map(r: vu.Region):
     fm.xenforeignmemory_map.argtypes = [C.c_void_p, C.c_uint32, C.c_int, C.c_size_t,
                                         C.POINTER(C.c_ulong), C.POINTER(C.c_int)]  # fmt: skip
     fm.xenforeignmemory_unmap.argtypes = [C.c_void_p, C.c_void_p, C.c_size_t]
+    fm.xenforeignmemory_close.argtypes = [C.c_void_p]
     h = fm.xenforeignmemory_open(None, 0)
     if not h:
         raise XenError(f"xenforeignmemory_open: {os.strerror(C.get_errno())} (not dom0?)")
@@ -125,10 +131,16 @@ def _foreign_map(r: vu.Region):
     prot = mmap.PROT_READ | mmap.PROT_WRITE
     addr = fm.xenforeignmemory_map(h, r.domid, prot, n, pfns, errs)
     if not addr:
-        raise XenError(f"cannot map d{r.domid}'s frames {r.gpa // PAGE:#x}+{n:#x}: "
-                       f"{os.strerror(C.get_errno())}")  # fmt: skip
+        err = os.strerror(C.get_errno())
+        fm.xenforeignmemory_close(h)
+        raise XenError(f"cannot map d{r.domid}'s frames {r.gpa // PAGE:#x}+{n:#x}: {err}")
     view = memoryview((C.c_char * (n * PAGE)).from_address(addr)).cast("B")
-    return view, lambda: fm.xenforeignmemory_unmap(h, addr, n)
+
+    def unmap() -> None:
+        fm.xenforeignmemory_unmap(h, addr, n)
+        fm.xenforeignmemory_close(h)
+
+    return view, unmap
 
 
 class Backend:
@@ -164,12 +176,13 @@ class Backend:
         self.log("vu_message", f"req:{msg.request} flags:{msg.flags:#x}")
         q = vu
         reply = None
+        acks = bool(self.protocol & q.PF_REPLY_ACK)  # as negotiated before this message
         if msg.request == q.GET_FEATURES:
             reply = struct.pack("<Q", FEATURES)
         elif msg.request == q.SET_FEATURES:
             self.features = msg.u64()
-            if self.features & q.F_PROTOCOL_FEATURES:
-                self.enabled = False  # rings start disabled until SET_VRING_ENABLE
+            if self.features & q.F_PROTOCOL_FEATURES and not self.started:
+                self.enabled = False  # a ring starts disabled until SET_VRING_ENABLE
         elif msg.request == q.GET_PROTOCOL_FEATURES:
             reply = struct.pack("<Q", PROTOCOL_FEATURES)
         elif msg.request == q.SET_PROTOCOL_FEATURES:
@@ -205,8 +218,9 @@ class Backend:
             self._stop()
             reply = q.STATE.pack(0, base)
         elif msg.request in (q.SET_VRING_KICK, q.SET_VRING_CALL, q.SET_VRING_ERR):
-            fd = msg.fds[0] if msg.fds and not msg.u64() & q.VRING_NOFD else -1
-            msg.fds = ()
+            fd = -1
+            if msg.fds and not msg.u64() & q.VRING_NOFD:
+                fd, msg.fds = msg.fds[0], msg.fds[1:]
             if msg.request == q.SET_VRING_ERR:
                 if fd >= 0:
                     os.close(fd)
@@ -227,9 +241,11 @@ class Backend:
             for fd in msg.fds:
                 os.close(fd)
             raise vu.ProtocolError(f"request {msg.name} not served")
+        for fd in msg.fds:  # descriptors a message brought but does not use
+            os.close(fd)
         if reply is not None:
             ch.reply(msg, reply)
-        elif msg.flags & q.NEED_REPLY and self.protocol & q.PF_REPLY_ACK:
+        elif msg.flags & q.NEED_REPLY and acks:
             ch.reply(msg, struct.pack("<Q", 0))
 
     def _start(self) -> None:

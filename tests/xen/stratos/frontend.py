@@ -22,6 +22,7 @@ the call eventfd is read, with the count of calls it gathered.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import struct
@@ -73,18 +74,17 @@ class VhostUserFront(MmioRegisters):
         if self.backend_features & vu.F_PROTOCOL_FEATURES:
             offered = self._call(vu.GET_PROTOCOL_FEATURES).u64()
             want = vu.PF_REPLY_ACK | vu.PF_CONFIG | (vu.PF_XEN_MMAP if xen else 0)
+            # (no ack asked: REPLY_ACK applies once this message has negotiated it)
+            self._send(vu.SET_PROTOCOL_FEATURES, struct.pack("<Q", offered & want), ack=False)
             self.protocol = offered & want
-            self._send(vu.SET_PROTOCOL_FEATURES, struct.pack("<Q", self.protocol))
         if xen and not self.protocol & vu.PF_XEN_MMAP:
             raise vu.ProtocolError("the back-end does not map Xen guest memory (no XEN_MMAP)")
         self._send(vu.SET_OWNER)
         self.cfg = self._config()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(vu.ProtocolError, OSError):  # (a back-end gone: no ring)
             self.reset()  # stops the back-end's ring
-        except (vu.ProtocolError, OSError):
-            pass  # the back-end is gone already: nothing to stop
         self.ch.close()
         for fd in (self.kick_fd, self.call_fd, *self.region_fds):
             os.close(fd)
