@@ -15,7 +15,7 @@ virtio_blk_handle_read/write, virtio_blk_rw_complete, virtio_blk_req_complete,
 virtqueue_fill, virtqueue_flush, virtio_notify), and for the steps QEMU has no event for
 virtio_queue_notify when a kick wakes the queue (the device's queue notified, as QEMU
 logs it when a notify reaches a device), virtio_notify as the call eventfd is written, and
-vu_message (ours, after libvhost-user's name) per front-end message: its request number.
+vu_message (ours, after libvhost-user's name) per front-end message: its number and name.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from epam.backend import (  # noqa: E402
 from stratos import vhost_user as vu  # noqa: E402
 
 BACKEND_EVENTS = """\
-vu_message(uint32_t req, uint32_t flags) "req:%d flags:0x%"PRIx32
+vu_message(uint32_t req, const char *req_name, uint32_t flags) "req:%d (%s) flags:0x%"PRIx32
 """
 FEATURES = F_VERSION_1 | F_SEG_MAX | vu.F_PROTOCOL_FEATURES
 PROTOCOL_FEATURES = vu.PF_MQ | vu.PF_REPLY_ACK | vu.PF_CONFIG | vu.PF_XEN_MMAP
@@ -173,7 +173,7 @@ class Backend:
 
     def handle(self, ch: vu.Channel, msg: vu.Message) -> None:
         """One front-end message, answered as the protocol says."""
-        self.log("vu_message", f"req:{msg.request} flags:{msg.flags:#x}")
+        self.log("vu_message", f"req:{msg.request} ({msg.name}) flags:{msg.flags:#x}")
         q = vu
         reply = None
         acks = bool(self.protocol & q.PF_REPLY_ACK)  # as negotiated before this message

@@ -15,7 +15,7 @@ addresses as the user addresses; the back-end maps the frames itself.
 The log: QEMU's log-backend lines as the EPAM backend writes them for the IOREQs and the
 registers (handle_ioreq, cpu_ioreq_move, virtio_mmio_read/write_offset, virtio_set_status,
 virtio_queue_notify, virtio_mmio_setting_irq), QEMU's vhost_user_write / vhost_user_read
-for every message sent and reply read, and vhost_user_call_read (ours: QEMU has none) when
+for every message sent and reply read (in QEMU's later format, which names the message), and vhost_user_call_read (ours: QEMU has none) when
 the call eventfd is read, with the count of calls it gathered.
 """
 
@@ -48,8 +48,8 @@ from epam.backend import (  # noqa: E402
 from stratos import vhost_user as vu  # noqa: E402
 
 FRONTEND_EVENTS = """\
-vhost_user_read(uint32_t req, uint32_t flags) "req:%d flags:0x%"PRIx32""
-vhost_user_write(uint32_t req, uint32_t flags) "req:%d flags:0x%"PRIx32""
+vhost_user_read(uint32_t req, const char *req_name, uint32_t flags) "req:%d (%s) flags:0x%"PRIx32""
+vhost_user_write(uint32_t req, const char *req_name, uint32_t flags) "req:%d (%s) flags:0x%"PRIx32""
 vhost_user_call_read(int idx, uint64_t count) "idx:%d count:%"PRIu64
 """
 DEVICE_FEATURES = F_VERSION_1 | F_SEG_MAX  # the ring features the guest may have
@@ -95,7 +95,7 @@ class VhostUserFront(MmioRegisters):
     def _send(self, request: int, payload: bytes = b"", fds=(), ack: bool = True) -> None:
         """A request without a reply; with REPLY_ACK, one the back-end must ack."""
         flags = vu.VERSION | (vu.NEED_REPLY if ack and self.protocol & vu.PF_REPLY_ACK else 0)
-        self.log("vhost_user_write", f"req:{request} flags:{flags:#x}")
+        self.log("vhost_user_write", f"req:{request} ({vu.NAMES[request]}) flags:{flags:#x}")
         self.ch.send(vu.Message(request, flags, payload, tuple(fds)))
         if flags & vu.NEED_REPLY:
             got = self._read(request)
@@ -103,7 +103,7 @@ class VhostUserFront(MmioRegisters):
                 raise vu.ProtocolError(f"{vu.NAMES[request]}: the back-end failed it ({got.u64()})")
 
     def _call(self, request: int, payload: bytes = b"") -> vu.Message:
-        self.log("vhost_user_write", f"req:{request} flags:{vu.VERSION:#x}")
+        self.log("vhost_user_write", f"req:{request} ({vu.NAMES[request]}) flags:{vu.VERSION:#x}")
         self.ch.send(vu.Message(request, vu.VERSION, payload))
         return self._read(request)
 
@@ -111,7 +111,7 @@ class VhostUserFront(MmioRegisters):
         got = self.ch.recv()
         if got is None:
             raise vu.ProtocolError(f"{vu.NAMES[request]}: the back-end closed the connection")
-        self.log("vhost_user_read", f"req:{got.request} flags:{got.flags:#x}")
+        self.log("vhost_user_read", f"req:{got.request} ({got.name}) flags:{got.flags:#x}")
         if got.request != request or not got.flags & vu.REPLY:
             raise vu.ProtocolError(
                 f"{vu.NAMES[request]}: answered by {got.name} flags {got.flags:#x}"
