@@ -170,3 +170,60 @@ def test_one_host_measuring_its_clock_kilohertz_apart_is_the_same_host(khz, same
     assert (regress.provenance_problems(a, b) == []) == same
     b["provenance"]["transport"] = "pv-blkif"
     assert regress.provenance_problems(a, b)  # other keys still must match
+
+
+def _phase_doc(values) -> dict:
+    return {"xvtrace_baseline": regress.SUMMARY_VERSION, "provenance": {},
+            "phases": [{"queue": 0, "op": "read", "phase": "total", "n": len(values),
+                        "values": [float(v) for v in values]}]}  # fmt: skip
+
+
+def _lognormal(rng, n: int, scale: float = 1.0):
+    return scale * rng.lognormal(np.log(1e5), 0.3, n)  # a phase of 100 us, sigma 0.3
+
+
+@pytest.mark.parametrize(("true_ratio", "decided"), [(1.0, "same"), (1.15, "regression")])
+def test_too_few_requests_are_unknown_and_say_how_many_more_runs_decide(true_ratio, decided):
+    """40 requests a side cannot tell a 5 % change from none: unknown, with the runs that
+    would decide. With that many runs more (each of 40 requests) the phase is decided, and
+    rightly: the same where nothing changed, a regression where the phase is 15 % slower."""
+    right = 0
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        first = regress.compare(
+            _phase_doc(_lognormal(rng, 40)), _phase_doc(_lognormal(rng, 40, true_ratio)), seed=seed
+        ).table.row(0, named=True)
+        if first["verdict"] != "unknown":
+            assert first["verdict"] == decided and first["more_runs"] is None
+            right += 1
+            continue
+        k = first["more_runs"]
+        assert 1 <= k <= regress.MORE_RUNS_CAP
+        n = 40 * (k + 1)
+        again = regress.compare(
+            _phase_doc(_lognormal(rng, n)), _phase_doc(_lognormal(rng, n, true_ratio)), seed=seed
+        ).table.row(0, named=True)
+        right += again["verdict"] == decided
+    assert right >= 8, right
+
+
+def test_the_same_phase_measured_well_is_the_same_and_an_unknown_one_is_named(tmp_path):
+    rng = np.random.default_rng(7)
+    big = regress.compare(_phase_doc(_lognormal(rng, 3000)), _phase_doc(_lognormal(rng, 3000)))
+    row = big.table.row(0, named=True)
+    assert row["verdict"] == "same" and row["more_runs"] is None
+    assert regress.outcome(big) == "pass" and regress.render_text(big).rstrip().endswith("PASS")
+    few = tmp_path / "few.json"
+    few.write_text(json.dumps(_phase_doc(_lognormal(rng, 30))))
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(_phase_doc(_lognormal(rng, 30))))
+    r = CliRunner().invoke(
+        cli, ["regress", "--baseline", str(base), "--candidate", str(few), "--json"]
+    )
+    assert r.exit_code == 0, r.output  # unknown is no regression
+    doc = json.loads(r.stdout)
+    assert doc["outcome"] == "unknown" and doc["phases"][0]["verdict"] == "unknown"
+    r = CliRunner().invoke(cli, ["regress", "--baseline", str(base), "--candidate", str(few)])
+    assert r.exit_code == 0 and re.search(
+        r"PASS; unknown: read q0 total \(\d+ more runs? of each side would decide\)", r.stdout
+    ), r.stdout

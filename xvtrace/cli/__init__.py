@@ -679,8 +679,11 @@ def regress_cmd(baseline, candidate, threshold, alpha, force, as_json, as_markdo
                 cpu_khz, hvm_vendor):  # fmt: skip
     """Did this change make requests slower, and in which phase? Compares every phase of
     every queue and operation (Mann-Whitney U + bootstrap interval of the median ratio +
-    a minimum effect). Exit status: 0 pass, 1 regression, 2 error (including runs whose
-    Xen version, cpu_khz, transport or workload differ, unless --force)."""
+    a minimum effect): each is a regression, an improvement, the same (any change is under
+    the threshold) or unknown (too few requests to tell: it says how many more runs of each
+    side would decide). Exit status: 0 pass (unknown phases included), 1 regression, 2
+    error (including runs whose Xen version, cpu_khz, transport or workload differ, unless
+    --force)."""
     from xvtrace.gate import regress
 
     clock = {"cpu_khz": cpu_khz, "hvm_vendor": hvm_vendor}

@@ -13,6 +13,12 @@ interval of the ratio of medians (candidate / baseline). A phase regressed when 
 rejects, the ratio is at least 1 + threshold and its whole interval lies above 1; improved
 symmetrically. Requiring both significance and a minimum effect keeps same-configuration
 reruns from raising alarms; `tests/test_regress.py` measures both rates.
+
+Otherwise a phase is the same when its whole interval lies within the threshold (any change
+is smaller than it), and unknown when the interval still reaches past the threshold: the
+samples are too few to tell (Chromium's Pinpoint says the same three: same, different,
+unknown). An unknown phase says how many more runs of each side would decide it, from the
+interval's width, which narrows as one over the square root of the samples.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ SAMPLE = 1000  # order statistics kept per phase
 BOOTSTRAP = 1000
 ALPHA = 0.01
 THRESHOLD_PCT = 5.0
+MORE_RUNS_CAP = 100  # an unknown phase needing more runs than this says "more than" it
 PROVENANCE = ("xen_version", "cpu_khz", "transport", "workload", "view")  # must match
 PHASES = (  # name, start column, end column
     ("kick -> pop", "kick_ns", "pop_ns"),
@@ -183,6 +190,10 @@ class Comparison:
     def improved(self) -> pl.DataFrame:
         return self.table.filter(pl.col("verdict") == "improvement")
 
+    @property
+    def unknown(self) -> pl.DataFrame:
+        return self.table.filter(pl.col("verdict") == "unknown")
+
     def render(self) -> str:
         return render_text(self)
 
@@ -223,9 +234,27 @@ def compare(base: dict, cand: dict, *, threshold_pct: float = THRESHOLD_PCT, alp
     verdict = (
         pl.when(sig & (pl.col("ratio") >= up) & (pl.col("ci_low") > 1)).then(pl.lit("regression"))
         .when(sig & (pl.col("ratio") <= down) & (pl.col("ci_high") < 1)).then(pl.lit("improvement"))
-        .otherwise(pl.lit("ok"))
+        .when((pl.col("ci_low") > down) & (pl.col("ci_high") < up)).then(pl.lit("same"))
+        .otherwise(pl.lit("unknown"))
     )  # fmt: skip
-    return Comparison(t.with_columns(verdict.alias("verdict")), problems)
+    t = t.with_columns(verdict.alias("verdict"))
+    more = [more_runs(r, threshold_pct) if v == "unknown" else None
+            for r, v in zip(t.select("ratio", "ci_low", "ci_high").rows(), t["verdict"], strict=True)]  # fmt: skip
+    return Comparison(t.with_columns(pl.Series("more_runs", more, pl.Int64)), problems)
+
+
+def more_runs(ratio_ci: tuple[float, float, float], threshold_pct: float) -> int:
+    """How many more runs of each side (as many requests again each) would decide an
+    unknown phase: until its interval, narrowing as 1 / sqrt(samples), is half the
+    threshold wide on each side, so that no change smaller than the threshold leaves it
+    reaching past the threshold and none larger leaves it reaching 1 (the observed ratio is
+    too noisy to aim at: it moves toward the true one as the samples grow). At most
+    MORE_RUNS_CAP + 1 (more than the cap: no number of runs would settle it soon)."""
+    _, lo, hi = ratio_ci
+    half, want = (hi - lo) / 2, threshold_pct / 100 / 2
+    if not (math.isfinite(half) and half > 0 and want > 0):
+        return MORE_RUNS_CAP + 1
+    return min(max(math.ceil((half / want) ** 2) - 1, 1), MORE_RUNS_CAP + 1)
 
 
 def mann_whitney(x: np.ndarray, y: np.ndarray) -> float:
@@ -296,7 +325,7 @@ def render_markdown(cmp: Comparison) -> str:
     rows = "".join(
         f"| {r['queue']} | {r['op']} | {r['phase']} | {r['median_base_us']:.2f} | {r['median_cand_us']:.2f} | "
         f"{r['ratio']:.3f} | {r['ci_low']:.3f}–{r['ci_high']:.3f} | {r['p_adj']:.2g} | "
-        f"{'**' + r['verdict'] + '**' if r['verdict'] != 'ok' else 'ok'} |\n"
+        f"{'**' + r['verdict'] + '**' if r['verdict'] in ('regression', 'improvement') else r['verdict']} |\n"
         for r in cmp.table.iter_rows(named=True)
     )
     return head + rows + "\n" + _outcome(cmp) + "\n"
@@ -309,14 +338,34 @@ def _names(df: pl.DataFrame) -> str:
     )
 
 
+def _unknowns(df: pl.DataFrame) -> str:
+    return ", ".join(
+        f"{r['op']} q{r['queue']} {r['phase']} ({_runs(r['more_runs'])})"
+        for r in df.iter_rows(named=True)
+    )
+
+
+def _runs(n: int) -> str:
+    if n > MORE_RUNS_CAP:
+        return f"more than {MORE_RUNS_CAP} more runs would decide"
+    return f"{n} more run{'s' if n != 1 else ''} of each side would decide"
+
+
 def _outcome(cmp: Comparison) -> str:
-    reg, imp = cmp.regressed, cmp.improved
+    reg, imp, unk = cmp.regressed, cmp.improved, cmp.unknown
     also = f"; improved: {_names(imp)}" if len(imp) else ""
+    also += f"; unknown: {_unknowns(unk)}" if len(unk) else ""
     if len(reg):
         return f"REGRESSION in {len(reg)} phase(s): {_names(reg)}{also}"
     return "PASS" + also
 
 
+def outcome(cmp: Comparison) -> str:
+    """regression (a phase got slower), unknown (none did, but some could not be told
+    apart from the threshold) or pass."""
+    return "regression" if len(cmp.regressed) else "unknown" if len(cmp.unknown) else "pass"
+
+
 def to_json(cmp: Comparison) -> dict:
-    return {"outcome": "regression" if len(cmp.regressed) else "pass", "provenance_problems": cmp.problems,
+    return {"outcome": outcome(cmp), "provenance_problems": cmp.problems,
             "phases": cmp.table.to_dicts()}  # fmt: skip
