@@ -702,6 +702,68 @@ def regress_cmd(baseline, candidate, threshold, alpha, force, as_json, as_markdo
         sys.exit(1)
 
 
+@cli.command("batch")
+@click.argument("bundles", nargs=-1, required=True)
+@click.option("-o", "--output", "store", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The run store (a folder: one Parquet file per bundle, partitioned by "
+                   "transport=/host=/date=); made when missing.")  # fmt: skip
+@click.option("-j", "--workers", type=click.IntRange(min=1),
+              help="Processes at once (default: one per CPU; 1: in this process).")  # fmt: skip
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: when stderr is a terminal).")  # fmt: skip
+@_guard
+def batch_cmd(bundles, store, workers, progress):
+    """Run many bundles into a run store: each one ingested when it has no table yet, its
+    timeline reconstructed and its phases' distributions stored with the run's provenance
+    (Xen version, kernel, transport, workload, cpu_khz). BUNDLES are folders or glob
+    patterns ('runs/*'). A bundle stored before is skipped unless its capture changed; one
+    that fails is listed with its error and the batch goes on. Exit status 1 when any
+    failed. Read the store with `xvtrace history` or xvtrace.history.store.scan."""
+    from xvtrace.history import batch
+
+    paths = batch.expand(bundles)
+    bar = _request_bar("batch") if (sys.stderr.isatty() if progress is None else progress) else None
+    if bar is not None:
+        bar.unit = " bundles"
+    try:
+        res = batch.run(paths, store, workers=workers, progress=bar.update_to if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    for path, error in res.failed:
+        click.echo(f"xvtrace: {path}: failed: {error}", err=True)
+    click.echo(f"{store}: {len(paths)} bundles: {res.line()}")
+    if res.failed:
+        sys.exit(1)
+
+
+@cli.command("history")
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-t", "--transport", help="Only this transport's series.")
+@click.option("-p", "--phase", help="Only this phase's series (e.g. 'device I/O', 'total').")
+@click.option("--json", "as_json", is_flag=True, help="The change points as JSON.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the permutation tests."
+)
+@_guard
+def history_cmd(store, transport, phase, as_json, seed):
+    """When did which phase get slower? For each series of a run store (transport,
+    workload, queue, operation, phase; its runs in capture order, each run's median), the
+    change points E-Divisive means finds (Matteson and James 2014, as MongoDB's and Apache
+    Otava's performance CI use), each with its size, confidence and the runs on either
+    side."""
+    import polars as pl
+
+    from xvtrace.history import report
+
+    found, looked = report.changes(store, transport=transport, phase=phase, seed=seed)
+    if as_json:
+        rows = found.with_columns(pl.col("first_after_utc").cast(pl.String)).to_dicts()
+        click.echo(json.dumps({"series": looked, "changes": rows}, indent=2))
+    else:
+        click.echo(report.render(found, looked), nl=False)
+
+
 from xvtrace.capture.command import capture_cmd  # noqa: E402  (defined apart: no polars)
 
 cli.add_command(capture_cmd)

@@ -1,0 +1,112 @@
+"""Many captures: `xvtrace batch` into a run store, `xvtrace history` and its change points
+(E-Divisive means), a bundle that fails listed and not fatal."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from xvtrace.cli import cli
+from xvtrace.emulate import EmulateOptions, emulate
+from xvtrace.history import batch, store
+from xvtrace.history.changes import change_points
+
+STEP_AT, RUNS = 7, 12
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_ten_percent_step_is_found_at_its_run_and_a_flat_series_has_none(seed):
+    rng = np.random.default_rng(seed)
+    flat = rng.normal(100, 2, 40)
+    step = flat.copy()
+    step[25:] *= 1.10
+    (c,) = change_points(step, seed=seed)
+    assert c.at == 25 and 0.08 < c.size < 0.12 and c.p <= 0.01
+    assert change_points(flat, seed=seed) == []
+    # one slow run is no change: the groups on either side are alike
+    spike = flat.copy()
+    spike[20] *= 1.5
+    assert change_points(spike, seed=seed) == []
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Twelve emulated EPAM runs of one workload, the device's 4 KiB read 10 % slower from
+    run 7 on, and a folder that is no bundle."""
+    root = tmp_path_factory.mktemp("runs")
+    slow = root / "slow.csv"
+    slow.write_text("key,x86_64,arm64,sigma,source\ndevice.block_read,93500,93500,0.3,test\n")
+    for i in range(RUNS):
+        emulate(EmulateOptions(transport="epam-mmio", workload="randread-4k-qd1", requests=300, seed=i,
+                               costs_file=slow if i >= STEP_AT else None, out=root / f"run{i:02d}"))  # fmt: skip
+    (root / "broken").mkdir()
+    (root / "broken" / "trace.bin").write_bytes(b"not a capture")
+    return root
+
+
+def test_batch_stores_every_run_and_lists_the_one_that_fails(runs, tmp_path):
+    out = tmp_path / "store"
+    cmd = ["batch", str(runs / "run*"), str(runs / "broken"), "-o", str(out), "-j", "2"]
+    r = CliRunner().invoke(cli, cmd)
+    assert r.exit_code == 1, r.output  # one failed: listed, the others stored
+    assert f"{RUNS} stored, 0 already stored, 1 failed" in r.stdout
+    assert f"{runs / 'broken'}: failed: BundleError" in r.stderr
+    rows = store.scan(out).collect()
+    assert rows["bundle"].n_unique() == RUNS
+    assert set(rows["transport"]) == {"epam-mmio"} and set(rows["workload"]) == {"randread-4k-qd1"}
+    assert {"xen_version", "kernel", "cpu_khz", "host", "date", "run_utc"} <= set(rows.columns)
+    # the partitions are folders: transport=/host=/date=, a file per bundle
+    files = sorted(out.glob("transport=epam-mmio/host=*/date=*/*.parquet"))
+    assert len(files) == RUNS
+    # again: nothing changed, nothing stored again
+    r = CliRunner().invoke(cli, ["batch", str(runs / "run*"), "-o", str(out)])
+    assert r.exit_code == 0 and f"0 stored, {RUNS} already stored, 0 failed" in r.stdout
+
+
+def test_a_changed_capture_is_stored_again_in_place_of_its_old_rows(runs, tmp_path):
+    one = tmp_path / "run"
+    shutil.copytree(runs / "run00", one)
+    out = tmp_path / "store"
+    assert batch.run([str(one)], out, workers=1).stored == [str(one)]
+    shutil.rmtree(one)
+    emulate(EmulateOptions(transport="epam-mmio", workload="randread-4k-qd1", requests=300, seed=99,
+                           out=one))  # fmt: skip
+    res = batch.run([str(one)], out, workers=1)
+    assert res.stored == [str(one)] and not res.skipped
+    rows = store.scan(out).collect()
+    assert rows["inputs"].n_unique() == 1 and len(list(out.glob("*/*/*/*.parquet"))) == 1
+
+
+def test_the_pool_and_one_process_store_the_same_rows(runs, tmp_path):
+    paths = [str(runs / f"run{i:02d}") for i in range(4)]
+    batch.run(paths, tmp_path / "a", workers=1)
+    batch.run(paths, tmp_path / "b", workers=2)
+    key = ["bundle", "queue", "op", "phase"]
+    a, b = (store.scan(tmp_path / s).collect().sort(key) for s in "ab")
+    assert a.equals(b.select(a.columns))
+
+
+def test_history_finds_the_step_at_its_run_in_its_phases_only(runs, tmp_path):
+    out = tmp_path / "store"
+    batch.run([str(runs / f"run{i:02d}") for i in range(RUNS)], out, workers=2)
+    r = CliRunner().invoke(cli, ["history", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    found = pl.DataFrame(doc["changes"])
+    # the device's read: its own phase and the total, at the first slow run, nothing else
+    assert sorted(found["phase"]) == ["device I/O", "total"], found
+    assert (found["run"] == STEP_AT).all() and (found["runs"] == RUNS).all()
+    assert set(found["first_after"]) == {str((runs / f"run{STEP_AT:02d}").resolve())}
+    assert set(found["last_before"]) == {str((runs / f"run{STEP_AT - 1:02d}").resolve())}
+    dev = found.filter(pl.col("phase") == "device I/O").row(0, named=True)
+    assert 7 < dev["change_pct"] < 13 and dev["confidence"] >= 0.99
+    assert doc["series"] >= 5  # every phase of the runs was looked at
+    r = CliRunner().invoke(cli, ["history", str(out), "--phase", "pop -> submit"])
+    assert r.exit_code == 0 and r.stdout.startswith("1 series, 0 change point(s)"), r.stdout
+    text = CliRunner().invoke(cli, ["history", str(out), "--transport", "epam-mmio"]).stdout
+    assert "device I/O: +" in text and f"at run {STEP_AT} of {RUNS}" in text

@@ -1,0 +1,95 @@
+"""The per-bundle pipeline over many bundles at once: each bundle is ingested if it has no
+table yet, its timeline reconstructed and its phases' distributions (the regression gate's
+summary) written to the run store (xvtrace.history.store). A process pool runs the bundles
+in parallel; a bundle that fails is counted and listed with its error and never stops the
+batch (as Perfetto's batch trace processor does)."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from xvtrace.history import store as run_store
+
+
+@dataclass
+class BatchResult:
+    stored: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # stored already, inputs unchanged
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (bundle, error)
+
+    def line(self) -> str:
+        return (f"{len(self.stored)} stored, {len(self.skipped)} already stored, "
+                f"{len(self.failed)} failed")  # fmt: skip
+
+
+def expand(patterns) -> list[str]:
+    """The bundles named: paths as given, glob patterns expanded (sorted); a pattern that
+    matches nothing stays, to fail by name."""
+    out: list[str] = []
+    for p in patterns:
+        hits = sorted(glob.glob(str(p))) if glob.has_magic(str(p)) else [str(p)]  # noqa: PTH207
+        out.extend(hits or [str(p)])
+    return list(dict.fromkeys(out))
+
+
+def one(path: str, store: str) -> tuple[str, str, str]:
+    """Run one bundle into the store: (path, "stored" | "skipped" | "failed", detail).
+    Runs in a worker: every error becomes its result, as its text."""
+    from xvtrace import api
+    from xvtrace.gate import regress
+
+    try:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"{path}: no such bundle or capture")
+        if (p / "raw").is_dir() and not (p / "events.parquet").exists():
+            api.ingest(p, p, warn=lambda m: None)  # a bundle not decoded yet, in place
+        bundle = api.load_timed(p)  # (a raw capture file: decoded into a temporary bundle)
+        bid = run_store.bundle_id(p)
+        if run_store.inputs_key(bundle) in run_store.stored_inputs(Path(store), bid)[1]:
+            return path, "skipped", ""
+        frame = run_store.rows(bundle, regress.summarize(bundle))
+        if not len(frame):
+            raise ValueError(f"{path}: no complete request to store")
+        frame = frame.with_columns(bundle=frame["bundle"].str.replace(r"^.*$", str(p.resolve())))
+        run_store.write(Path(store), bid, frame)
+        return path, "stored", f"{len(frame)} phases"
+    except Exception as e:
+        return path, "failed", f"{type(e).__name__}: {e}"
+
+
+def run(paths: list[str], store: str | Path, *, workers: int | None = None,
+        progress: Callable[[int, int], None] | None = None) -> BatchResult:  # fmt: skip
+    """Every bundle of `paths` into `store` with `workers` processes (default: one per CPU;
+    1: in this process)."""
+    result, store = BatchResult(), str(store)
+    Path(store).mkdir(parents=True, exist_ok=True)
+    workers = workers or os.cpu_count() or 1
+
+    def take(got: tuple[str, str, str], done: int) -> None:
+        path, status, detail = got
+        if status == "stored":
+            result.stored.append(path)
+        elif status == "skipped":
+            result.skipped.append(path)
+        else:
+            result.failed.append((path, detail))
+        if progress:
+            progress(done, len(paths))
+
+    if workers == 1 or len(paths) <= 1:
+        for i, p in enumerate(paths):
+            take(one(p, store), i + 1)
+        return result
+    # spawned, not forked: a fork of a process with polars' thread pool can hang
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(one, p, store) for p in paths]
+        for i, f in enumerate(as_completed(futures)):
+            take(f.result(), i + 1)
+    return result
