@@ -22,7 +22,7 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]' ruff
+	$(BIN)/pip install -q -e '.[test,dask]' ruff
 
 # Every Debian package the tests use, installed here before pytest starts (no test installs
 # anything): xenalyze (oracle), QEMU + busybox + cpio (real guests), qemu-system-xen (the real

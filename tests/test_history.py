@@ -110,3 +110,27 @@ def test_history_finds_the_step_at_its_run_in_its_phases_only(runs, tmp_path):
     assert r.exit_code == 0 and r.stdout.startswith("1 series, 0 change point(s)"), r.stdout
     text = CliRunner().invoke(cli, ["history", str(out), "--transport", "epam-mmio"]).stdout
     assert "device I/O: +" in text and f"at run {STEP_AT} of {RUNS}" in text
+
+
+def test_a_dask_cluster_of_two_workers_stores_what_the_pool_stores(runs, tmp_path):
+    """The same per-bundle function on a Dask LocalCluster (two worker processes) through
+    --scheduler: the same rows as the process pool; a failing bundle listed there too."""
+    distributed = pytest.importorskip("distributed")
+    paths = [str(runs / f"run{i:02d}") for i in range(4)]
+    batch.run(paths, tmp_path / "pool", workers=2)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:  # fmt: skip
+        r = CliRunner().invoke(cli, ["batch", *paths, str(runs / "broken"), "-o", str(tmp_path / "dask"),
+                                     "--scheduler", cluster.scheduler_address])  # fmt: skip
+    assert r.exit_code == 1 and "4 stored, 0 already stored, 1 failed" in r.stdout, r.output
+    key = ["bundle", "queue", "op", "phase"]
+    a, b = (store.scan(tmp_path / s).collect().sort(key) for s in ("pool", "dask"))
+    assert len(a) and a.equals(b.select(a.columns))
+
+
+@pytest.mark.slow  # Dask tries to connect for its 30 s
+def test_no_scheduler_at_the_address_is_an_error_naming_it(runs, tmp_path):
+    pytest.importorskip("distributed")
+    r = CliRunner().invoke(cli, ["batch", str(runs / "run00"), "-o", str(tmp_path / "s"),
+                                 "--scheduler", "tcp://127.0.0.1:9"])  # fmt: skip
+    assert r.exit_code == 2 and "no Dask scheduler at tcp://127.0.0.1:9" in r.output, r.output

@@ -709,10 +709,13 @@ def regress_cmd(baseline, candidate, threshold, alpha, force, as_json, as_markdo
                    "transport=/host=/date=); made when missing.")  # fmt: skip
 @click.option("-j", "--workers", type=click.IntRange(min=1),
               help="Processes at once (default: one per CPU; 1: in this process).")  # fmt: skip
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Run on this Dask distributed cluster instead (tcp://host:8786; pip install "
+                   "'xvtrace[dask]'): the bundles and the store at the same paths on its workers.")  # fmt: skip
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")  # fmt: skip
 @_guard
-def batch_cmd(bundles, store, workers, progress):
+def batch_cmd(bundles, store, workers, scheduler, progress):
     """Run many bundles into a run store: each one ingested when it has no table yet, its
     timeline reconstructed and its phases' distributions stored with the run's provenance
     (Xen version, kernel, transport, workload, cpu_khz). BUNDLES are folders or glob
@@ -726,7 +729,8 @@ def batch_cmd(bundles, store, workers, progress):
     if bar is not None:
         bar.unit = " bundles"
     try:
-        res = batch.run(paths, store, workers=workers, progress=bar.update_to if bar else None)
+        res = batch.run(paths, store, workers=workers, scheduler=scheduler,
+                        progress=bar.update_to if bar else None)  # fmt: skip
     finally:
         if bar is not None:
             bar.close()

@@ -1,8 +1,11 @@
 """The per-bundle pipeline over many bundles at once: each bundle is ingested if it has no
 table yet, its timeline reconstructed and its phases' distributions (the regression gate's
-summary) written to the run store (xvtrace.history.store). A process pool runs the bundles
-in parallel; a bundle that fails is counted and listed with its error and never stops the
-batch (as Perfetto's batch trace processor does)."""
+summary) written to the run store (xvtrace.history.store). A process pool on this machine,
+or a Dask distributed cluster (`scheduler`: its address; `pip install xvtrace[dask]`), runs
+the bundles in parallel through the same function (`one`); a bundle that fails is counted
+and listed with its error and never stops the batch (as Perfetto's batch trace processor
+does). On a cluster the bundles and the store must be at the same paths on every worker (a
+shared file system)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from xvtrace.history import store as run_store
+from xvtrace.parsers.errors import XvtraceError
 
 
 @dataclass
@@ -65,9 +69,10 @@ def one(path: str, store: str) -> tuple[str, str, str]:
 
 
 def run(paths: list[str], store: str | Path, *, workers: int | None = None,
+        scheduler: str | None = None,
         progress: Callable[[int, int], None] | None = None) -> BatchResult:  # fmt: skip
     """Every bundle of `paths` into `store` with `workers` processes (default: one per CPU;
-    1: in this process)."""
+    1: in this process), or on the Dask cluster whose scheduler is at `scheduler`."""
     result, store = BatchResult(), str(store)
     Path(store).mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
@@ -83,6 +88,10 @@ def run(paths: list[str], store: str | Path, *, workers: int | None = None,
         if progress:
             progress(done, len(paths))
 
+    if scheduler:
+        for i, got in enumerate(_on_cluster(paths, store, scheduler)):
+            take(got, i + 1)
+        return result
     if workers == 1 or len(paths) <= 1:
         for i, p in enumerate(paths):
             take(one(p, store), i + 1)
@@ -93,3 +102,22 @@ def run(paths: list[str], store: str | Path, *, workers: int | None = None,
         for i, f in enumerate(as_completed(futures)):
             take(f.result(), i + 1)
     return result
+
+
+def _on_cluster(paths: list[str], store: str, scheduler: str):
+    """`one` of each bundle on a Dask distributed cluster, results as they come."""
+    try:
+        from distributed import Client
+        from distributed import as_completed as finished
+    except ImportError:
+        raise XvtraceError(
+            "--scheduler needs Dask's distributed scheduler: pip install 'xvtrace[dask]'"
+        ) from None
+    try:
+        client = Client(scheduler, timeout="30s")
+    except OSError as e:
+        raise XvtraceError(f"no Dask scheduler at {scheduler}: {e}") from None
+    with client:
+        futures = client.map(one, paths, store=store, pure=False)
+        for f in finished(futures):
+            yield f.result()
