@@ -110,6 +110,14 @@ def test_history_finds_the_step_at_its_run_in_its_phases_only(runs, tmp_path):
     assert r.exit_code == 0 and r.stdout.startswith("1 series, 0 change point(s)"), r.stdout
     text = CliRunner().invoke(cli, ["history", str(out), "--transport", "epam-mmio"]).stdout
     assert "device I/O: +" in text and f"at run {STEP_AT} of {RUNS}" in text
+    # the page: every series drawn (those with a change first), each change marked on it
+    page = tmp_path / "history.html"
+    r = CliRunner().invoke(cli, ["history", str(out), "--html", str(page)])
+    assert r.exit_code == 0 and page.exists(), r.output
+    html = page.read_text()
+    assert html.count('class="plotly-graph-div"') == doc["series"]
+    assert html.count(f"{dev['change_pct']:+.1f} %") >= 2  # in the table and on the figure
+    assert "<script" in html and "<script src" not in html  # plotly inlined: opens offline
 
 
 def test_a_dask_cluster_of_two_workers_stores_what_the_pool_stores(runs, tmp_path):

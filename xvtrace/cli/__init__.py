@@ -746,11 +746,13 @@ def batch_cmd(bundles, store, workers, scheduler, progress):
 @click.option("-t", "--transport", help="Only this transport's series.")
 @click.option("-p", "--phase", help="Only this phase's series (e.g. 'device I/O', 'total').")
 @click.option("--json", "as_json", is_flag=True, help="The change points as JSON.")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a self-contained page: each series with its change points drawn.")  # fmt: skip
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the permutation tests."
 )
 @_guard
-def history_cmd(store, transport, phase, as_json, seed):
+def history_cmd(store, transport, phase, as_json, html_out, seed):
     """When did which phase get slower? For each series of a run store (transport,
     workload, queue, operation, phase; its runs in capture order, each run's median), the
     change points E-Divisive means finds (Matteson and James 2014, as MongoDB's and Apache
@@ -761,6 +763,13 @@ def history_cmd(store, transport, phase, as_json, seed):
     from xvtrace.history import report
 
     found, looked = report.changes(store, transport=transport, phase=phase, seed=seed)
+    if html_out:
+        from xvtrace.bundle import atomic_path
+
+        runs = report.series(store, transport=transport, phase=phase)
+        with atomic_path(html_out) as tmp:
+            tmp.write_text(report.render_html(runs, found, looked))
+        click.echo(f"{html_out}: written", err=True)
     if as_json:
         rows = found.with_columns(pl.col("first_after_utc").cast(pl.String)).to_dicts()
         click.echo(json.dumps({"series": looked, "changes": rows}, indent=2))

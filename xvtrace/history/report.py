@@ -11,6 +11,8 @@ import polars as pl
 from xvtrace.history import store as run_store
 from xvtrace.history.changes import MIN_SIZE, change_points
 
+DRAWN = 40  # series drawn on the HTML page at most: those with a change first
+
 SERIES = ("transport", "workload", "queue", "op", "phase")
 
 
@@ -62,3 +64,53 @@ def render(found: pl.DataFrame, looked: int) -> str:
             f"({r['first_after_utc']})"
         )
     return "\n".join(out) + "\n"
+
+
+def render_html(runs: pl.DataFrame, found: pl.DataFrame, looked: int) -> str:
+    """A self-contained page (plotly inlined): each series' medians over its runs with its
+    change points drawn, the series with a change first (at most DRAWN)."""
+    from html import escape
+
+    import plotly.graph_objects as go
+
+    from xvtrace.output import plots
+
+    changed = {tuple(r[k] for k in SERIES) for r in found.iter_rows(named=True)}
+    groups = sorted(runs.group_by(SERIES, maintain_order=True), key=lambda kv: kv[0] not in changed)
+    figures = []
+    for key, s in groups[:DRAWN]:
+        fig = go.Figure(go.Scatter(
+            x=list(range(len(s))), y=s["p50_us"].to_list(), mode="lines+markers", name="p50",
+            customdata=list(zip(s["bundle"].to_list(), s["run_utc"].cast(pl.String).to_list(), strict=True)),
+            hovertemplate="run %{x}: %{y:.1f} us<br>%{customdata[0]}<br>%{customdata[1]}<extra></extra>",
+        ))  # fmt: skip
+        mine = found.filter(
+            pl.all_horizontal(pl.col(k) == v for k, v in zip(SERIES, key, strict=True))
+        )
+        for c in mine.iter_rows(named=True):
+            fig.add_vline(x=c["run"] - 0.5, line_dash="dash", line_color="firebrick",
+                          annotation_text=f"{c['change_pct']:+.1f} %", annotation_position="top")  # fmt: skip
+        title = escape(" ".join(str(v) for v in key))
+        fig.update_layout(title=title, xaxis_title="run (capture order)", yaxis_title="p50 (us)",
+                          height=300)  # fmt: skip
+        figures.append(plots.div(fig))
+    rows = "".join(
+        f"<tr><td>{escape(' '.join(str(r[k]) for k in SERIES))}</td><td>{r['run']} of {r['runs']}</td>"
+        f"<td>{r['change_pct']:+.1f} %</td><td>{r['before_us']:.1f} -> {r['after_us']:.1f}</td>"
+        f"<td>{r['confidence']:.3f}</td><td>{escape(r['last_before'])}</td><td>{escape(r['first_after'])}</td></tr>"
+        for r in found.iter_rows(named=True)
+    )  # fmt: skip
+    table = (f"<table><tr><th>series</th><th>at run</th><th>change</th><th>p50 us</th>"
+             f"<th>confidence</th><th>last before</th><th>first after</th></tr>{rows}</table>"
+             if rows else "<p>No change point.</p>")  # fmt: skip
+    more = f"<p>{len(groups) - DRAWN} more series not drawn.</p>" if len(groups) > DRAWN else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>xvtrace history</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px}}</style>
+{plots.script()}</head>
+<body><h1>xvtrace history</h1>
+<p>{looked} series, {len(found)} change point(s) (E-Divisive means, p &lt;= 0.01)</p>
+{table}{"".join(figures)}{more}
+</body></html>
+"""
