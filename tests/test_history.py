@@ -59,7 +59,10 @@ def test_batch_stores_every_run_and_lists_the_one_that_fails(runs, tmp_path):
     rows = store.scan(out).collect()
     assert rows["bundle"].n_unique() == RUNS
     assert set(rows["transport"]) == {"epam-mmio"} and set(rows["workload"]) == {"randread-4k-qd1"}
-    assert {"xen_version", "kernel", "cpu_khz", "host", "date", "run_utc"} <= set(rows.columns)
+    assert {"xen_version", "kernel", "cpu_khz", "commit", "host", "date", "run_utc"} <= set(
+        rows.columns
+    )
+    assert set(rows["xen_version"]) == {"4.17 (emulated)"} and set(rows["cpu_khz"]) == {2_400_000}
     # the partitions are folders: transport=/host=/date=, a file per bundle
     files = sorted(out.glob("transport=epam-mmio/host=*/date=*/*.parquet"))
     assert len(files) == RUNS

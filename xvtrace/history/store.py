@@ -21,7 +21,8 @@ from xvtrace.bundle import Bundle, atomic_path
 SCHEMA = {
     "bundle": pl.String, "inputs": pl.String, "run_utc": pl.Datetime("us", "UTC"),
     "transport": pl.String, "host": pl.String, "date": pl.String, "workload": pl.String,
-    "xen_version": pl.String, "kernel": pl.String, "cpu_khz": pl.Int64, "view": pl.String,
+    "xen_version": pl.String, "kernel": pl.String, "cpu_khz": pl.Int64, "commit": pl.String,
+    "view": pl.String,
     "queue": pl.Int64, "op": pl.String, "phase": pl.String, "requests": pl.Int64,
     "p50_us": pl.Float64, "p90_us": pl.Float64, "p99_us": pl.Float64, "mean_us": pl.Float64,
 }  # fmt: skip
@@ -54,7 +55,10 @@ def rows(bundle: Bundle, summary: dict) -> pl.DataFrame:
         "run_utc": when, "transport": prov.get("transport") or "unknown",
         "host": m.host.get("hostname") or m.machine or "unknown", "date": when[:10] or "unknown",
         "workload": prov.get("workload"), "xen_version": prov.get("xen_version"),
-        "kernel": m.host.get("kernel"), "cpu_khz": prov.get("cpu_khz"), "view": prov.get("view"),
+        "kernel": m.host.get("kernel"), "cpu_khz": prov.get("cpu_khz"),
+        # the commit under test, where the capture's tooling wrote one into the manifest
+        "commit": m.get("commit") or (m.get("capture") or {}).get("commit"),
+        "view": prov.get("view"),
     }  # fmt: skip
     out = []
     for g in summary["phases"]:
