@@ -145,3 +145,13 @@ def test_no_scheduler_at_the_address_is_an_error_naming_it(runs, tmp_path):
     r = CliRunner().invoke(cli, ["batch", str(runs / "run00"), "-o", str(tmp_path / "s"),
                                  "--scheduler", "tcp://127.0.0.1:9"])  # fmt: skip
     assert r.exit_code == 2 and "no Dask scheduler at tcp://127.0.0.1:9" in r.output, r.output
+
+
+def test_a_damaged_file_of_the_store_is_an_error_naming_it(runs, tmp_path):
+    out = tmp_path / "store"
+    batch.run([str(runs / "run00")], out, workers=1)
+    bad = out / "transport=x" / "host=y" / "date=z" / "junk.parquet"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not parquet")
+    r = CliRunner().invoke(cli, ["history", str(out)])
+    assert r.exit_code == 2 and f"{bad}: not a file of the run store" in r.output, r.output

@@ -23,10 +23,11 @@ def series(store: str | Path, *, transport: str | None = None, phase: str | None
         runs = runs.filter(pl.col("transport") == transport)
     if phase:
         runs = runs.filter(pl.col("phase") == phase)
-    return (
-        runs.select(*SERIES, "run_utc", "bundle", "p50_us", "requests")
-        .sort(*SERIES, "run_utc", "bundle", nulls_last=True)
-        .collect()
+    return run_store.collect(
+        store,
+        runs.select(*SERIES, "run_utc", "bundle", "p50_us", "requests").sort(
+            *SERIES, "run_utc", "bundle", nulls_last=True
+        ),
     )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from xvtrace.bundle import Bundle, atomic_path
+from xvtrace.parsers.errors import XvtraceError
 
 SCHEMA = {
     "bundle": pl.String, "inputs": pl.String, "run_utc": pl.Datetime("us", "UTC"),
@@ -109,3 +110,20 @@ def scan(store: str | Path) -> pl.LazyFrame:
         return pl.LazyFrame(schema=SCHEMA)
     return pl.scan_parquet(store / "**" / "*.parquet", hive_partitioning=True,
                            hive_schema=dict.fromkeys(PARTITIONS, pl.String))  # fmt: skip
+
+
+def collect(store: str | Path, frame: pl.LazyFrame) -> pl.DataFrame:
+    """`frame` (a query of `scan(store)`) collected; a damaged file of the store is an
+    error naming it, not a polars traceback."""
+    try:
+        return frame.collect()
+    except (pl.exceptions.PolarsError, OSError) as e:
+        for f in sorted(Path(store).glob("*/*/*/*.parquet")):
+            try:
+                pl.read_parquet_schema(f)
+            except (pl.exceptions.PolarsError, OSError) as bad:
+                raise XvtraceError(
+                    f"{f}: not a file of the run store ({bad}); remove it and run "
+                    "`xvtrace batch` on its bundle again"
+                ) from None
+        raise XvtraceError(f"{store}: the run store cannot be read ({e})") from None
