@@ -105,13 +105,9 @@ def render_html(runs: pl.DataFrame, found: pl.DataFrame, looked: int) -> str:
              f"<th>confidence</th><th>last before</th><th>first after</th></tr>{rows}</table>"
              if rows else "<p>No change point.</p>")  # fmt: skip
     more = f"<p>{len(groups) - DRAWN} more series not drawn.</p>" if len(groups) > DRAWN else ""
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>xvtrace history</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px}}</style>
-{plots.script()}</head>
-<body><h1>xvtrace history</h1>
+    return plots.page(
+        "xvtrace history",
+        f"""<h1>xvtrace history</h1>
 <p>{looked} series, {len(found)} change point(s) (E-Divisive means, p &lt;= 0.01)</p>
-{table}{"".join(figures)}{more}
-</body></html>
-"""
+{table}{"".join(figures)}{more}""",
+    )

@@ -186,16 +186,12 @@ def render_html(facts: dict, req: pl.DataFrame) -> str:
         for r in t.iter_rows(named=True)
     )  # fmt: skip
     st = facts["stream"]
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>xvtrace compare</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px}}</style>
-{plots.script()}</head>
-<body><h1>xvtrace compare</h1>
+    return plots.page(
+        "xvtrace compare",
+        f"""<h1>xvtrace compare</h1>
 <p>{st["requests"]} requests, {st["jobs"]} job(s) x depth {st["iodepth"]}; costs {escape(facts["profile"])};
 baseline {escape(baseline(facts))}</p>
 {"".join(f'<p class="warning"><b>warning:</b> {escape(w)}</p>' for w in warnings(facts))}
 <table><tr>{head}</tr>{body}</table>
-{cdf_plot(req)}{phase_bars(facts)}
-</body></html>
-"""
+{cdf_plot(req)}{phase_bars(facts)}""",
+    )

@@ -136,20 +136,18 @@ def render(f: dict, phases: pl.DataFrame, per_request: pl.DataFrame, req: pl.Dat
     else:
         work_html = f"<table><tr><th>what</th><th>count</th><th>per request</th></tr>{work}</table>"
     plotted = "".join((cdf_plot(req), phase_bars(phases), gantt(req), over_time(req)))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>xvtrace report</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px}}p.empty{{color:#666}}</style>
-{plots.script()}</head>
-<body><h1>xvtrace report</h1>
+    return plots.page(
+        "xvtrace report",
+        f"""<h1>xvtrace report</h1>
 <p>{escape(f["bundle"])}: {f["requests"]} requests; sources: {escape(", ".join(f["sources"]))}</p>
 <h2>Clock alignment</h2>{clock_table(f["clocks"])}
 <h2>Incomplete requests</h2>{incomplete}
 <h2>Plots</h2>{plotted}
 <h2>Phases</h2>{table}
 <h2>Work per request</h2>{work_html}
-</body></html>
-"""
+""",
+        style="p.empty{color:#666}",
+    )
 
 
 def _queue(queue) -> str:

@@ -44,6 +44,18 @@ def script() -> str:
     return f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>'
 
 
+def page(title: str, body: str, style: str = "") -> str:
+    """A whole page: its title, the shared style (and `style`), plotly's script, `body`."""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px}}{style}</style>
+{script()}</head>
+<body>{body}
+</body></html>
+"""
+
+
 def div(fig: go.Figure) -> str:
     fig.update_layout(template="plotly_white", legend=LEGEND, height=fig.layout.height or 380,
                       margin={"l": 70, "r": 20, "t": 70, "b": 60}, font={"size": 12})  # fmt: skip
