@@ -155,3 +155,16 @@ def test_a_damaged_file_of_the_store_is_an_error_naming_it(runs, tmp_path):
     bad.write_bytes(b"not parquet")
     r = CliRunner().invoke(cli, ["history", str(out)])
     assert r.exit_code == 2 and f"{bad}: not a file of the run store" in r.output, r.output
+
+
+def test_the_python_api_runs_a_batch_and_reads_the_store_and_its_history(runs, tmp_path):
+    from xvtrace import api
+
+    res = api.batch([str(runs / "run*")], tmp_path / "store", workers=1)
+    assert len(res.stored) == RUNS and not res.failed
+    lf = api.runs(tmp_path / "store")
+    assert isinstance(lf, pl.LazyFrame)
+    per_run = lf.filter(pl.col("phase") == "device I/O").select("bundle", "p50_us").collect()
+    assert len(per_run) == RUNS
+    found = api.history(tmp_path / "store", phase="device I/O")
+    assert found["run"].to_list() == [STEP_AT]

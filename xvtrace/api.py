@@ -259,6 +259,29 @@ def baseline(source, *, cpu_khz=None, hvm_vendor=None) -> dict:
     return regress.summarize(load_timed(source, cpu_khz, hvm_vendor))
 
 
+def batch(bundles, store, *, workers: int | None = None, scheduler: str | None = None):
+    """Many bundles (paths or glob patterns) into a run store, in a process pool or on a
+    Dask cluster (xvtrace.history.batch): what was stored, skipped and failed."""
+    from xvtrace.history import batch as _batch
+
+    return _batch.run(_batch.expand(bundles), store, workers=workers, scheduler=scheduler)
+
+
+def runs(store) -> pl.LazyFrame:
+    """A run store (`batch`'s) as one LazyFrame: a row per bundle, queue, operation and
+    phase, with the run's provenance and its partitions (transport, host, date) as columns."""
+    from xvtrace.history import store as _store
+
+    return _store.scan(store)
+
+
+def history(store, *, transport: str | None = None, phase: str | None = None) -> pl.DataFrame:
+    """Every change point of every series of a run store (xvtrace.history.report)."""
+    from xvtrace.history import report
+
+    return report.changes(store, transport=transport, phase=phase)[0]
+
+
 def regress_runs(baseline_source, candidate_source, **options) -> Verdicts:
     """Judge a candidate run against a baseline, phase by phase (options: threshold_pct,
     alpha, force); `.regressed` lists the phases that got slower."""
