@@ -5,14 +5,16 @@
 Each run starts from the same undecoded bundles (copied afresh, not timed), so every run
 ingests, reconstructs and stores all of them. Prints per worker count: wall seconds,
 bundles per second, the speed-up over one worker, the CPU-seconds a bundle costs (wall x
-workers / bundles) and the peak RSS of any one process (the batch and its workers, wait4's
-ru_maxrss, which covers the children it reaped); then the throughput projected for N
+workers / bundles), the peak RSS of any one process (the batch and its workers, wait4's
+ru_maxrss, which covers the children it reaped) and of each worker (the range the batch's
+summary line gives, from each worker's own getrusage); then the throughput projected for N
 workers on N cores, from one worker's rate and the two-worker efficiency (speed-up / 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import tempfile
@@ -50,7 +52,7 @@ def main() -> None:
         f"{args.bundles} emulated bundles of {args.requests} requests (epam-mmio, randread-4k-qd1)"
     )
     print(f"{'workers':>8}{'wall s':>9}{'bundles/s':>11}{'speed-up':>10}{'CPU s/bundle':>14}"
-          f"{'peak RSS MiB':>14}")  # fmt: skip
+          f"{'peak RSS MiB':>14}{'per worker MiB':>18}")  # fmt: skip
     rates = {}
     for workers in (1, 2):
         runs, store = work / "runs", work / "store"
@@ -59,10 +61,14 @@ def main() -> None:
         shutil.copytree(pristine, runs)
         cmd = [sys.executable, "-m", "xvtrace", "batch", str(runs / "run*"), "-o", str(store),
                "-j", str(workers), "--no-progress"]  # fmt: skip
-        wall, peak = run(cmd)
+        said = work / "batch.out"
+        with said.open("w") as out:
+            wall, peak = run(cmd, stdout=out)
+        per_worker = re.search(r"peak RSS (\d+-\d+) MiB", said.read_text())
         rates[workers] = args.bundles / wall
         print(f"{workers:>8}{wall:>9.1f}{rates[workers]:>11.2f}{rates[workers] / rates[1]:>10.2f}"
-              f"{wall * workers / args.bundles:>14.3f}{peak / MIB:>14.0f}")  # fmt: skip
+              f"{wall * workers / args.bundles:>14.3f}{peak / MIB:>14.0f}"
+              f"{per_worker[1] if per_worker else '-':>18}")  # fmt: skip
     efficiency = rates[2] / rates[1] / 2
     print(f"projected, N workers on N cores at the 2-worker efficiency ({efficiency:.2f}):")
     for n in (4, 8, 16, 64):

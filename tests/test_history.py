@@ -54,7 +54,7 @@ def test_batch_stores_every_run_and_lists_the_one_that_fails(runs, tmp_path):
     cmd = ["batch", str(runs / "run*"), str(runs / "broken"), "-o", str(out), "-j", "2"]
     r = CliRunner().invoke(cli, cmd)
     assert r.exit_code == 1, r.output  # one failed: listed, the others stored
-    assert f"{RUNS} stored, 0 already stored, 1 failed" in r.stdout
+    assert f"{RUNS} stored, 0 already stored, 1 failed; 2 worker(s), peak RSS " in r.stdout
     assert f"{runs / 'broken'}: failed: BundleError" in r.stderr
     rows = store.scan(out).collect()
     assert rows["bundle"].n_unique() == RUNS

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import glob
 import os
+import resource
+import socket
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -26,10 +28,15 @@ class BatchResult:
     stored: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # stored already, inputs unchanged
     failed: list[tuple[str, str]] = field(default_factory=list)  # (bundle, error)
+    peak_rss: dict[str, int] = field(default_factory=dict)  # worker (host:pid) -> bytes
 
     def line(self) -> str:
-        return (f"{len(self.stored)} stored, {len(self.skipped)} already stored, "
+        text = (f"{len(self.stored)} stored, {len(self.skipped)} already stored, "
                 f"{len(self.failed)} failed")  # fmt: skip
+        if self.peak_rss:
+            mib = sorted(v >> 20 for v in self.peak_rss.values())
+            text += f"; {len(mib)} worker(s), peak RSS {mib[0]}-{mib[-1]} MiB"
+        return text
 
 
 def expand(patterns) -> list[str]:
@@ -42,9 +49,15 @@ def expand(patterns) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def one(path: str, store: str) -> tuple[str, str, str]:
-    """Run one bundle into the store: (path, "stored" | "skipped" | "failed", detail).
-    Runs in a worker: every error becomes its result, as its text."""
+def one(path: str, store: str) -> tuple[str, str, str, str, int]:
+    """Run one bundle into the store: (path, "stored" | "skipped" | "failed", detail, the
+    worker, its peak RSS so far). Runs in a worker: every error becomes its result."""
+    status = _one(path, store)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    return (*status, worker, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def _one(path: str, store: str) -> tuple[str, str, str]:
     from xvtrace import api
     from xvtrace.gate import regress
 
@@ -77,8 +90,9 @@ def run(paths: list[str], store: str | Path, *, workers: int | None = None,
     Path(store).mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
 
-    def take(got: tuple[str, str, str], done: int) -> None:
-        path, status, detail = got
+    def take(got: tuple[str, str, str, str, int], done: int) -> None:
+        path, status, detail, worker, rss = got
+        result.peak_rss[worker] = max(rss, result.peak_rss.get(worker, 0))
         if status == "stored":
             result.stored.append(path)
         elif status == "skipped":
