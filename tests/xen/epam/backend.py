@@ -37,6 +37,7 @@ import select
 import struct
 import sys
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,7 +258,7 @@ class Log:
         self.fh.write(f"{self.tid}@{t // 1_000_000}.{t % 1_000_000:06d}:{event} {text}\n")
 
 
-class MmioRegisters:
+class MmioRegisters(ABC):
     """A one-queue virtio-mmio (version 2) register file. The device behind it says what it
     offers (`offered`, `config`) and does what a notify, a status change and a reset ask
     (`notify`, `status_set`, `reset`); the register state is here."""
@@ -273,16 +274,19 @@ class MmioRegisters:
         self.num, self.ready, self.queue_sel = QUEUE_MAX, 0, 0
         self.desc = self.avail = self.used = 0
 
+    @abstractmethod
     def offered(self) -> int:
-        raise NotImplementedError
+        """The device's feature bits."""
 
+    @abstractmethod
     def config(self) -> bytes:
-        raise NotImplementedError
+        """The device's config space, from offset 0x100."""
 
+    @abstractmethod
     def notify(self, queue: int) -> None:
-        raise NotImplementedError
+        """A QueueNotify write."""
 
-    def status_set(self, value: int) -> None:
+    def status_set(self, value: int) -> None:  # noqa: B027 (a hook: EPAM does nothing)
         """After a status write other than a reset (the value is in `status` already)."""
 
     def reset(self) -> None:
@@ -292,7 +296,7 @@ class MmioRegisters:
         """Descriptors of the device's own for the server to wait on beside the IOREQs."""
         return []
 
-    def on_fd(self, fd: int) -> None:
+    def on_fd(self, fd: int) -> None:  # noqa: B027 (a hook: EPAM has no fds of its own)
         """One of `fds()` is readable."""
 
     def read(self, off: int, size: int) -> int:

@@ -59,9 +59,6 @@ class RegionMemory:
     of regions mapped once (fd-backed, or Xen foreign), front-end user addresses to
     guest-physical ones."""
 
-    offered = 0
-    maps = unmaps = reused = 0  # (GrantMemory's counters, for the closing line)
-
     def __init__(self):
         self.regions: list[tuple[vu.Region, memoryview, object]] = []
 

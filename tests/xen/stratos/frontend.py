@@ -92,19 +92,22 @@ class VhostUserFront(MmioRegisters):
         self.log.fh.close()
 
     # -- the protocol
+    def _write(self, request: int, flags: int, payload: bytes = b"", fds=()) -> None:
+        self.log("vhost_user_write", f"req:{request} ({vu.NAMES[request]}) flags:{flags:#x}")
+        self.ch.send(vu.Message(request, flags, payload, tuple(fds)))
+
     def _send(self, request: int, payload: bytes = b"", fds=(), ack: bool = True) -> None:
         """A request without a reply; with REPLY_ACK, one the back-end must ack."""
         flags = vu.VERSION | (vu.NEED_REPLY if ack and self.protocol & vu.PF_REPLY_ACK else 0)
-        self.log("vhost_user_write", f"req:{request} ({vu.NAMES[request]}) flags:{flags:#x}")
-        self.ch.send(vu.Message(request, flags, payload, tuple(fds)))
+        self._write(request, flags, payload, fds)
         if flags & vu.NEED_REPLY:
             got = self._read(request)
             if got.u64():
                 raise vu.ProtocolError(f"{vu.NAMES[request]}: the back-end failed it ({got.u64()})")
 
     def _call(self, request: int, payload: bytes = b"") -> vu.Message:
-        self.log("vhost_user_write", f"req:{request} ({vu.NAMES[request]}) flags:{vu.VERSION:#x}")
-        self.ch.send(vu.Message(request, vu.VERSION, payload))
+        """A request with a reply, and the reply."""
+        self._write(request, vu.VERSION, payload)
         return self._read(request)
 
     def _read(self, request: int) -> vu.Message:

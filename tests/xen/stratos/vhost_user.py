@@ -133,15 +133,3 @@ class Channel:
 
     def reply(self, to: Message, payload: bytes) -> None:
         self.send(Message(to.request, VERSION | REPLY, payload))
-
-    def call(self, msg: Message) -> Message:
-        """Send a request that has a reply, and read the reply."""
-        self.send(msg)
-        got = self.recv()
-        if got is None:
-            raise ProtocolError(f"{msg.name}: the back-end closed the connection")
-        if got.request != msg.request or not got.flags & REPLY:
-            raise ProtocolError(
-                f"{msg.name}: answered by request {got.request} flags {got.flags:#x}"
-            )
-        return got
