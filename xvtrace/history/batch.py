@@ -13,12 +13,15 @@ import glob
 import os
 import resource
 import socket
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+from xvtrace.bundle import Bundle
+from xvtrace.bundle.ingest import ingest
 from xvtrace.history import store as run_store
 from xvtrace.parsers.errors import XvtraceError
 
@@ -58,27 +61,34 @@ def one(path: str, store: str) -> tuple[str, str, str, str, int]:
 
 
 def _one(path: str, store: str) -> tuple[str, str, str]:
-    from xvtrace import api
-    from xvtrace.gate import regress
-
     try:
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"{path}: no such bundle or capture")
-        if (p / "raw").is_dir() and not (p / "events.parquet").exists():
-            api.ingest(p, p, warn=lambda m: None)  # a bundle not decoded yet, in place
-        bundle = api.load_timed(p)  # (a raw capture file: decoded into a temporary bundle)
-        bid = run_store.bundle_id(p)
-        if run_store.inputs_key(bundle) in run_store.stored_inputs(Path(store), bid)[1]:
-            return path, "skipped", ""
-        frame = run_store.rows(bundle, regress.summarize(bundle))
-        if not len(frame):
-            raise ValueError(f"{path}: no complete request to store")
-        frame = frame.with_columns(bundle=frame["bundle"].str.replace(r"^.*$", str(p.resolve())))
-        run_store.write(Path(store), bid, frame)
-        return path, "stored", f"{len(frame)} phases"
+        if p.is_dir():
+            if (p / "raw").is_dir() and not (p / "events.parquet").exists():
+                ingest(p, p, warn=lambda m: None)  # a bundle not decoded yet, in place
+            return _stored(p, Bundle.open(p), Path(store))
+        with tempfile.TemporaryDirectory(prefix="xvtrace-batch-") as tmp:  # a raw capture file
+            return _stored(
+                p, ingest(p, Path(tmp) / "bundle", warn=lambda m: None).bundle, Path(store)
+            )
     except Exception as e:
         return path, "failed", f"{type(e).__name__}: {e}"
+
+
+def _stored(source: Path, bundle: Bundle, store: Path) -> tuple[str, str, str]:
+    """The bundle of `source` into the store, unless stored already from the same inputs."""
+    from xvtrace.gate import regress
+
+    bid = run_store.bundle_id(source)
+    if run_store.inputs_key(bundle) in run_store.stored_inputs(store, bid)[1]:
+        return str(source), "skipped", ""
+    frame = run_store.rows(bundle, regress.summarize(bundle), source)
+    if not len(frame):
+        raise ValueError(f"{source}: no complete request to store")
+    run_store.write(store, bid, frame)
+    return str(source), "stored", f"{len(frame)} phases"
 
 
 def run(paths: list[str], store: str | Path, *, workers: int | None = None,

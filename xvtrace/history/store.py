@@ -47,12 +47,13 @@ def run_time(bundle: Bundle) -> str:
     return (m.get("capture") or {}).get("started_utc") or m.get("created") or ""
 
 
-def rows(bundle: Bundle, summary: dict) -> pl.DataFrame:
-    """The store's rows of one bundle, from its regress summary (xvtrace.gate.regress)."""
+def rows(bundle: Bundle, summary: dict, source: Path) -> pl.DataFrame:
+    """The store's rows of one bundle, from its regress summary (xvtrace.gate.regress);
+    `source`: what the batch was given (the bundle, or a raw capture decoded elsewhere)."""
     m, prov = bundle.manifest, summary["provenance"]
     when = run_time(bundle)
     facts = {
-        "bundle": str(bundle.path.resolve()), "inputs": inputs_key(bundle),
+        "bundle": str(Path(source).resolve()), "inputs": inputs_key(bundle),
         "run_utc": when, "transport": prov.get("transport") or "unknown",
         "host": m.host.get("hostname") or m.machine or "unknown", "date": when[:10] or "unknown",
         "workload": prov.get("workload"), "xen_version": prov.get("xen_version"),
