@@ -421,6 +421,14 @@ def _svm_exit_reasons() -> dict[int, str]:
 
 
 SVM_EXIT_REASONS: dict[int, str] = _svm_exit_reasons()
+# SVM's codes for the exits every guest takes (INTR, IOIO, NPF...) are >= 96, VMX's below:
+# the highest exit code of a trace tells which the host was
+SVM_FIRST_COMMON = 96
+
+
+def hvm_vendor(top_exit_code: int | None) -> str | None:
+    """'svm' or 'vmx' from the highest exit code a trace holds (None: no exits)."""
+    return None if top_exit_code is None else "svm" if top_exit_code >= SVM_FIRST_COMMON else "vmx"
 
 
 def exit_reason_name(reason: int, vendor: str) -> str:

@@ -1,7 +1,10 @@
-"""The exits section's per-group statistics (one packed sort) against polars' own group_by
-quantiles on the same durations: the answers the stored summaries held before."""
+"""The exits section: its per-group statistics (one compiled pass) against polars' own
+group_by quantiles on the same durations (the answers the stored summaries held before),
+and the exit pairing against its rules applied record by record."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import polars as pl
@@ -10,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xvtrace import api
-from xvtrace.analysis import exit_kernels, exit_pairs, summary
+from xvtrace.analysis import exit_pairs, summary, xen_fold
 from xvtrace.parsers.xentrace import write_frame
 
 
@@ -44,13 +47,12 @@ def reference(key: np.ndarray, dur: np.ndarray) -> pl.DataFrame:
 )
 def test_packed_statistics_equal_polars_quantiles(groups, rows, huge):
     """Every group: count, total, mean (half to even), nearest-rank percentiles and unmatched
-    exits, as polars computes them; `huge` puts a duration past the packed bits (the
-    two-column sort)."""
+    exits, as polars computes them; `huge` puts a duration of days among them."""
     keys = [(d << 48) | (v << 32) | r for d, v, r in groups]
     key = np.array([keys[g % len(keys)] for g, _ in rows], np.uint64)
     dur = np.array([d for _, d in rows], np.int64)
     if huge and len(dur):
-        dur[0] = 1 << summary.DUR_BITS
+        dur[0] = 1 << 50
     ours = summary._by_key(key, dur)
     assert ours.equals(reference(key, dur).select(ours.columns).cast(ours.schema))
 
@@ -111,44 +113,44 @@ def paired_by_hand(rows, wakes):
     return sorted(out)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     steps=st.lists(
         st.tuples(st.integers(0, 2), st.sampled_from(ROLES), st.integers(0, 2), st.integers(0, 7)),
         max_size=60,
     ),
     wakes=st.lists(st.tuples(st.integers(0, 2), st.integers(-60, 80)), max_size=12),  # ties too
-    cuts=st.lists(st.integers(0, 60), max_size=4),
+    placing=st.randoms(use_true_random=False),
+    cuts=st.lists(st.integers(0, 75), max_size=8),
 )
-def test_exit_pairing_follows_its_rules_across_chunks(steps, wakes, cuts):
-    """The compiled pairing (exit_pairs) against the rules applied record by record: an
+def test_exit_pairing_follows_its_rules_across_chunks(steps, wakes, placing, cuts):
+    """The compiled pairing (xen_fold.Exits) against the rules applied record by record: an
     exit ends at its vCPU's next entry or earlier wake-up, at that wake-up if another exit
     or the end comes first, or not at all; handler records count only while it is open;
-    the same however the records are cut into chunks."""
+    the same however the records are cut into chunks, and wherever a wake-up stands among
+    the records of its instant (which a stream cannot look ahead for)."""
     ts = np.cumsum([dt for _, _, dt, _ in steps]).astype(np.int64) - 50  # some before 0
     rows = [(v, role, int(t), port) for (v, role, _, port), t in zip(steps, ts, strict=True)]
     by_vcpu: dict[int, list[int]] = {}
     for v, t in sorted(wakes):
         by_vcpu.setdefault(v, []).append(t)
-    flat = np.array([t for v in range(3) for t in by_vcpu.get(v, [])], np.int64)
-    counts = np.array([len(by_vcpu.get(v, [])) for v in range(3)])
-    state = exit_pairs.OpenExits(flat, np.cumsum(counts) - counts, np.cumsum(counts))
-    vi = np.array([v for v, *_ in rows], np.int32)
-    role = np.array([r for _, r, *_ in rows], np.uint8)
-    port = np.array([p for *_, p in rows], np.uint16)
-    reason = port.astype(np.uint32)  # (a value to carry: the exit's port stands in)
-    bounds = sorted({0, len(rows), *[min(c, len(rows)) for c in cuts]})
-    got = []
-    for a, b in zip(bounds, bounds[1:] or [0], strict=False):
-        parts = exit_kernels.pair_chunk(state, vi[a:b], ts[a:b], role[a:b], reason[a:b],
-                                      port[a:b], b == len(rows))  # fmt: skip
-        got += list(zip(*[p.tolist() for p in parts], strict=True))
-    if len(bounds) == 1:  # no rows at all
-        got = list(zip(*[p.tolist() for p in exit_kernels.pair_chunk(
-            state, vi, ts, role, reason, port, True)], strict=True))  # fmt: skip
-    want = [(v, reason_, t, end, h, io) for v, reason_, t, end, h, io in
-            paired_by_hand([(v, r, t, p) for v, r, t, p in rows], by_vcpu)]  # fmt: skip
-    assert sorted(got) == want
+    # the stream: the records and the wake-ups in time order, a wake-up anywhere among the
+    # records of its instant
+    stream = [(t, placing.uniform(-1, len(rows)), v, exit_pairs.WAKE, 0) for v, t in wakes]
+    stream += [(t, i, v, role, port) for i, (v, role, t, port) in enumerate(rows)]
+    stream.sort(key=lambda r: (r[0], r[1]))
+    cols = [np.array([r[k] for r in stream], dtype) for k, dtype in
+            ((0, np.int64), (3, np.uint8), (2, np.uint64), (4, np.uint32), (4, np.uint16))]  # fmt: skip
+    bounds = sorted({0, len(stream), *[min(c, len(stream)) for c in cuts]})
+    exits = xen_fold.Exits()
+    for a, b in itertools.pairwise(bounds):
+        exits.add([c[a:b] for c in cols])
+    got = exits.result()
+    got = sorted(zip(*[got[k].tolist() for k in exit_pairs.OUT], strict=True))
+    # key: the vCPU << 32 | reason (the exit's port stands in for its reason)
+    want = [((v << 32) | reason, t, end - t if end != NO_TIME else -1, h, io) for
+            v, reason, t, end, h, io in paired_by_hand(rows, by_vcpu)]  # fmt: skip
+    assert got == sorted(want)
 
 
 def test_exits_of_vcpus_not_known_yet_pair_on_their_own_pcpu(tmp_path):
@@ -167,3 +169,22 @@ def test_exits_of_vcpus_not_known_yet_pair_on_their_own_pcpu(tmp_path):
     sections = api.summarize(path, cpu_khz=1_000_000, hvm_vendor="vmx").sections
     (row,) = sections["exits"].filter(pl.col("dom").is_null()).iter_rows(named=True)
     assert (row["count"], row["unmatched"], row["total_ns"]) == (2, 0, 1500 + 7000)
+
+
+@pytest.mark.parametrize("cut", [None, 2, 3])
+def test_a_wake_up_after_a_cut_still_takes_its_whole_instant(cut):
+    """A handler record and its vCPU's wake-up at one instant, cut apart into two chunks:
+    the exit still ends at the wake-up and the handler record is not the exit's (a stream
+    holds a chunk's last instant back until it has all of it)."""
+    e, w = exit_pairs.EXIT, exit_pairs.WAKE
+    rows = [(0, e, 0, 7), (1, exit_pairs.NPF, 0, 0), (5, exit_pairs.MMIO, 0, 0), (5, w, 0, 0),
+            (9, exit_pairs.ENTRY, 0, 0)]  # fmt: skip
+    cols = [np.array([r[k] for r in rows], t) for k, t in
+            ((0, np.int64), (1, np.uint8), (2, np.uint64), (3, np.uint32), (3, np.uint16))]  # fmt: skip
+    exits = xen_fold.Exits()
+    for a, b in [(0, len(rows))] if cut is None else [(0, cut), (cut, len(rows))]:
+        exits.add([c[a:b] for c in cols])
+    got = exits.result()
+    assert got["dur"].tolist() == [5]  # to the wake-up, not the entry
+    assert got["handler"].tolist() == [exit_pairs.NPF_HANDLER]  # mmio came with the wake-up
+    assert got["key"].tolist() == [7]

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -131,10 +132,24 @@ def symbols(elf_files=()) -> list[Symbols]:
     return [Symbols.load(f) for f in elf_files]
 
 
+def _plain_xentrace(path: Path) -> bool:
+    """A raw xentrace file, not compressed (a raw capture the summary folds as it decodes)."""
+    from xvtrace.bundle.ingest import detect_format
+
+    fmt = detect_format(path)
+    return fmt is not None and fmt.name == "xentrace"
+
+
+def _warn(message: str) -> None:
+    print(f"xvtrace: warning: {message}", file=sys.stderr)
+
+
 @_reads
 def summarize(
     path, *, cpu_khz: int | None = None, hvm_vendor: str | None = None, elf_files=()
 ) -> Summary:
+    if not Path(path).is_dir() and not elf_files and _plain_xentrace(Path(path)):
+        return Summary.of_xentrace(Path(path), cpu_khz=cpu_khz, vendor=hvm_vendor, warn=_warn)
     bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
     return Summary.stored(
         bundle,

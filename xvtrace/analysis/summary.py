@@ -8,16 +8,20 @@ MMIO accesses by address, interrupts, grant operations and lost records.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from xvtrace.analysis import exit_pairs
+from xvtrace.analysis import exit_pairs, xen_fold
 from xvtrace.analysis.dump import name_addresses  # the dump's own address naming
 from xvtrace.bundle import derived
-from xvtrace.parsers import fields
+from xvtrace.parsers import fields, xentrace
 from xvtrace.parsers import xen_events as xe
+from xvtrace.parsers.schema import EVENT_SCHEMA
 
 EXIT_EVENTS = list(fields.EXIT_EVENTS)
 ENTRY_EVENTS = ["hvm.vmentry", "hvm.nested_vmentry"]
@@ -38,21 +42,28 @@ def record_bytes() -> pl.Expr:
     )
 
 
-def record_groups(ev: pl.LazyFrame) -> pl.DataFrame:
+CHUNK_ROWS = 1_000_000  # exit pairing rows paired at once (23 MB)
+
+
+def fold(ev: pl.LazyFrame | Iterable[pl.DataFrame]) -> xen_fold.Folded:
+    """What every xentrace section needs: from the table's xentrace rows (a LazyFrame), or
+    from decoded frames of them in one pass, in time order."""
+    return xen_fold.fold(ev, TABLES, ROWS, _exit_rows, CHUNK_ROWS)
+
+
+def _groups(ev: pl.LazyFrame) -> pl.LazyFrame:
     """Records, bytes and first and last time per pCPU, class, domain, vCPU and known or
-    not: a few hundred rows from one streamed scan, from which the totals, the log volume,
-    the records per vCPU and each pCPU's end are read (four scans of the table before)."""
+    not: the totals, the log volume, the records per vCPU and each pCPU's end."""
     return (
         ev.group_by("cpu", CLASS_EXPR.alias("cls"), "dom", "vcpu",
                     (pl.col("event") == xe.UNKNOWN).alias("unknown"))
         .agg(pl.len().alias("records"), record_bytes().sum().alias("bytes"),
              pl.col("ts_ns").min().alias("first_ns"), pl.col("ts_ns").max().alias("last_ns"))
-        .collect(engine="streaming")
     )  # fmt: skip
 
 
 def totals(groups: pl.DataFrame) -> pl.DataFrame:
-    """`groups`: record_groups."""
+    """`groups`: the fold's "groups" table."""
     return groups.select(
         pl.col("records").sum().cast(pl.UInt32),
         pl.col("first_ns").min(),
@@ -91,31 +102,33 @@ def _lost_marks(ev: pl.LazyFrame) -> pl.LazyFrame:
     return ev.filter(pl.col("event") == "gen.lost_records").select("ts_ns")
 
 
-def runstate_intervals(ev: pl.LazyFrame, groups: pl.DataFrame) -> pl.DataFrame:
+def _runstate_changes(ev: pl.LazyFrame) -> pl.LazyFrame:
+    # continue_running is a running->running change: it ends one running interval.
+    return ev.filter(pl.col("event").is_in(RUNSTATE_EVENTS)).select(
+        "ts_ns",
+        "cpu",
+        pl.coalesce(*[fields.xen(e, "dom") for e in RUNSTATE_EVENTS]).cast(pl.Int32).alias("sdom"),
+        pl.coalesce(*[fields.xen(e, "vcpu") for e in RUNSTATE_EVENTS])
+        .cast(pl.Int32)
+        .alias("svcpu"),
+        ((pl.col("code") // (1 << 8)) & 0xF).alias("old"),
+        ((pl.col("code") // (1 << 4)) & 0xF).alias("new"),
+    )
+
+
+def runstate_intervals(f: xen_fold.Folded) -> pl.DataFrame:
     """Each vCPU's runstate intervals (sdom, svcpu, ts_ns, end_ns, state, entered_by, dur),
-    from consecutive runstate changes.
+    from consecutive runstate changes (`f`: the fold).
 
     The interval after a change is in the change's new state; intervals that span lost
     records are reported as state 'lost'. Runnable time is split by how it was entered:
     'wake' (from blocked or offline) and 'preempt' (from running), as xenalyze does.
     """
-    # `groups`: record_groups (each pCPU's last record closes a vCPU still running)
-    cpu_end = groups.group_by("cpu").agg(pl.col("last_ns").max().alias("cpu_end")).lazy()
-    # continue_running is a running->running change: it ends one running interval.
+    # each pCPU's last record closes a vCPU still running
+    cpu_end = f.tables["groups"].group_by("cpu").agg(pl.col("last_ns").max().alias("cpu_end"))
     rs = (
-        ev.filter(pl.col("event").is_in(RUNSTATE_EVENTS))
-        .select(
-            "ts_ns",
-            "cpu",
-            pl.coalesce(*[fields.xen(e, "dom") for e in RUNSTATE_EVENTS])
-            .cast(pl.Int32)
-            .alias("sdom"),
-            pl.coalesce(*[fields.xen(e, "vcpu") for e in RUNSTATE_EVENTS])
-            .cast(pl.Int32)
-            .alias("svcpu"),
-            ((pl.col("code") // (1 << 8)) & 0xF).alias("old"),
-            ((pl.col("code") // (1 << 4)) & 0xF).alias("new"),
-        )
+        f.rows["runstates"]
+        .lazy()
         .sort("sdom", "svcpu", "ts_ns", maintain_order=True)
         .with_columns(
             pl.col("ts_ns").shift(-1).over("sdom", "svcpu").alias("end_ns"),
@@ -123,7 +136,7 @@ def runstate_intervals(ev: pl.LazyFrame, groups: pl.DataFrame) -> pl.DataFrame:
             ((pl.col("new") == 0).cum_sum().over("sdom", "svcpu") > 0).alias("known"),
         )
         # Still running at the end: the interval closes at its pCPU's last record.
-        .join(cpu_end, on="cpu", how="left", maintain_order="left")
+        .join(cpu_end.lazy(), on="cpu", how="left", maintain_order="left")
         .with_columns(
             pl.when(pl.col("end_ns").is_null() & (pl.col("new") == 0))
             .then(pl.col("cpu_end"))
@@ -132,7 +145,7 @@ def runstate_intervals(ev: pl.LazyFrame, groups: pl.DataFrame) -> pl.DataFrame:
         )
         .filter(pl.col("end_ns").is_not_null() & pl.col("known"))
     )
-    lost = _lost_marks(ev).collect()["ts_ns"].sort()
+    lost = f.rows["lost"]["ts_ns"].sort()
     df = rs.collect()
     if len(lost):
         crosses = lost.search_sorted(df["ts_ns"], side="right") != lost.search_sorted(
@@ -169,10 +182,10 @@ def runstate_intervals(ev: pl.LazyFrame, groups: pl.DataFrame) -> pl.DataFrame:
     return df.filter(pl.col("dur") > 0)
 
 
-def runstates(ev: pl.LazyFrame, groups: pl.DataFrame) -> pl.DataFrame:
+def runstates(f: xen_fold.Folded) -> pl.DataFrame:
     """Time each vCPU spent in each runstate (runstate_intervals, summed)."""
     return (
-        runstate_intervals(ev, groups)
+        runstate_intervals(f)
         .group_by("sdom", "svcpu", "state", "entered_by")
         .agg(pl.len().alias("count"), pl.col("dur").sum().alias("total_ns"))
         .rename({"sdom": "dom", "svcpu": "vcpu"})
@@ -180,15 +193,12 @@ def runstates(ev: pl.LazyFrame, groups: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-CHUNK_ROWS = 1_000_000  # exit, entry and handler records paired at once (about 25 MB)
-
-
 def _packed(col: str, width: int, null: int) -> pl.Expr:
     return pl.col(col).fill_null(null).cast(pl.UInt64) * (1 << width)
 
 
 VCPU_KEY = _packed("dom", 16, 0xFFFF) + _packed("vcpu", 0, 0xFFFF)  # dom << 16 | vcpu
-UNKNOWN_VCPU = 1 << 32  # in a pairing key: + the pCPU of a record whose vCPU is not known
+UNKNOWN_VCPU = exit_pairs.UNKNOWN_VCPU  # + the pCPU of a record whose vCPU is not known
 # whose records pair with whose: a vCPU's, wherever it runs; a record of a vCPU not known
 # yet (the trace's start, after lost records) with its pCPU's others (timeline.hvm alike)
 PAIR_KEY = (
@@ -197,79 +207,39 @@ PAIR_KEY = (
     .otherwise(UNKNOWN_VCPU + pl.col("cpu").cast(pl.UInt64))
 )
 
-
 # Handler records that xenalyze credits to the exit they fall in (xenalyze.c, hvm_process):
 # only while the exit is open, before its re-entry or the vCPU's wake-up. A read the device
 # model serves is logged after the vCPU waited for it, so xenalyze counts no exit for it.
 HANDLER_ROLES = {"hvm.npf": exit_pairs.NPF, "hvm.mmio_read": exit_pairs.MMIO,
                  "hvm.mmio_write": exit_pairs.MMIO, "hvm.ioport_read": exit_pairs.IO_READ,
                  "hvm.ioport_write": exit_pairs.IO_WRITE}  # fmt: skip
+ROLES = (dict.fromkeys(EXIT_EVENTS, exit_pairs.EXIT) | dict.fromkeys(ENTRY_EVENTS, exit_pairs.ENTRY)
+         | HANDLER_ROLES)  # fmt: skip
 # exits xenalyze splits by their handler: "mmio" (an MMIO access emulated in the exit) or
 # "npf" (a nested page fault with no access emulated before the exit ended)
 SPLIT_EXITS = ("VMEXIT_NPF", "EPT_VIOLATION", "APIC_ACCESS")
 HANDLER_NAMES = ("(no handler)", "mmio", "npf")
 NO_IO = np.uint32(exit_pairs.NO_IO)
+NULL_ID, NULL_REASON = 0xFFFF, 0xFFFFFFFF  # not known (yet), in a group key
 
 
-EXIT_ARRAYS = {"key": np.uint64, "ts": np.int64, "dur": np.int64, "handler": np.uint8,
-               "io": np.uint32}  # fmt: skip
-
-
-def exit_records(ev: pl.LazyFrame, *, times: bool = False, groups=None) -> dict[str, np.ndarray]:
-    """Every HVM exit (EXIT_ARRAYS; "ts" only with `times`): its (dom, vcpu, reason)
-    packed in a u64 (key), its duration (dur) to its vCPU's next VM entry or wake-up
-    (exit_pairs; -1 with no end), its handler (an index of HANDLER_NAMES) and the IO port
-    access it emulated (io: write << 16 | port, or NO_IO). One pass over the records in
-    time order, CHUNK_ROWS at a time, each vCPU's open exit carried across chunks.
-    `groups` (record_groups, when the caller has them) name the vCPUs without a scan."""
-    roles = dict.fromkeys(EXIT_EVENTS, exit_pairs.EXIT) | dict.fromkeys(
-        ENTRY_EVENTS, exit_pairs.ENTRY
-    )
-    hv = ev.filter(pl.col("event").is_in(list(roles | HANDLER_ROLES)))
-    vcpus = (groups.lazy() if groups is not None else hv).select(
-        PAIR_KEY.drop_nulls().unique().sort()
-    )
-    vcpus = vcpus.collect().to_series().to_numpy()
-    # the vCPU an exit is counted under: its own, or (0xFFFF, 0xFFFF) when not known
-    counted = np.where(vcpus >= UNKNOWN_VCPU, np.uint64(0xFFFFFFFF), vcpus).astype(np.uint64)
-    wk, wts = wakes_of(ev)
-    state = exit_pairs.OpenExits(
-        wts, np.searchsorted(wk, vcpus), np.searchsorted(wk, vcpus, "right")
-    )
-    rows = hv.select(
-        "ts_ns", _role(roles | HANDLER_ROLES), PAIR_KEY.alias("vk"),
-        fields.exit_reason().fill_null(NULL_REASON).cast(pl.UInt32).alias("reason"),
-        (pl.col("addr").fill_null(0) % (1 << 16)).cast(pl.UInt16).alias("port"),
+def _exit_rows(ev: pl.LazyFrame) -> pl.LazyFrame:
+    """The exit pairing's rows: every exit, entry and handler record, keyed by its vCPU
+    (PAIR_KEY), and every vCPU's wake-up (runstate to runnable), keyed by the woken one."""
+    wake = (pl.col("event") == RUNSTATE) & (((pl.col("code") // (1 << 4)) & 0xF) == 1)
+    woken = (fields.xen(RUNSTATE, "dom").cast(pl.UInt64) * (1 << 16)
+             + fields.xen(RUNSTATE, "vcpu").cast(pl.UInt64))  # fmt: skip
+    role = pl.when(wake).then(pl.lit(exit_pairs.WAKE, pl.UInt8)).otherwise(_role(ROLES))
+    return (
+        ev.filter(pl.col("event").is_in(list(ROLES)) | wake)
+        .select(
+            "ts_ns", role.alias("role"),
+            pl.when(wake).then(woken).otherwise(PAIR_KEY).alias("vk"),
+            fields.exit_reason().fill_null(NULL_REASON).cast(pl.UInt32).alias("reason"),
+            (pl.col("addr").fill_null(0) % (1 << 16)).cast(pl.UInt16).alias("port"),
+        )
+        .drop_nulls("vk")  # a wake-up of no named vCPU
     )  # fmt: skip
-    from xvtrace.analysis import exit_kernels  # numba (0.25 s to import) only here
-
-    parts = []
-    chunks = rows.collect_batches(chunk_size=CHUNK_ROWS)
-    chunk = next(chunks, None)
-    while chunk is not None:
-        following = next(chunks, None)
-        vk = chunk["vk"].to_numpy()
-        vi = np.searchsorted(vcpus, vk)
-        if len(vi) and (vi.max() >= len(vcpus) or (vcpus[vi] != vk).any()):  # (compiled: no
-            raise ValueError("exit_records: `groups` lack a vCPU of the records")  # checks)
-        vi, reason, start, end, handler, io = exit_kernels.pair_chunk(
-            state, vi.astype(np.int32),
-            *(chunk[c].to_numpy() for c in ("ts_ns", "role", "reason", "port")),
-            following is None,
-        )  # fmt: skip
-        key = counted[vi] << np.uint64(32) | reason
-        dur = np.where(end != exit_pairs.NO_TIME, end - start, -1)
-        parts.append({"key": key, "ts": start, "dur": dur, "handler": handler, "io": io})
-        if not times:
-            del parts[-1]["ts"]
-        chunk = following
-    # one array at a time, each part's copy dropped as it is taken: the whole set is held
-    # twice over for one array, not for all (0.2 GB less at 8 M exits)
-    return {
-        name: np.concatenate([p.pop(name) for p in parts]) if parts else np.zeros(0, dtype)
-        for name, dtype in EXIT_ARRAYS.items()
-        if times or name != "ts"
-    }
 
 
 def _role(roles: dict[str, int]) -> pl.Expr:
@@ -284,9 +254,9 @@ def _role(roles: dict[str, int]) -> pl.Expr:
     return expr.alias("role")
 
 
-def exit_spans(ev: pl.LazyFrame, groups=None) -> pl.DataFrame:
+def exit_spans(f: xen_fold.Folded) -> pl.DataFrame:
     """Every HVM exit that ends, as `exits` times it: dom, vcpu, reason, ts_ns, end_ns."""
-    r = exit_records(ev, times=True, groups=groups)
+    r = f.exits
     ok = r["dur"] >= 0
     key = r["key"][ok]
     ids = {"dom": key >> np.uint64(48), "vcpu": (key >> np.uint64(32)) & np.uint64(0xFFFF)}
@@ -299,14 +269,20 @@ def exit_spans(ev: pl.LazyFrame, groups=None) -> pl.DataFrame:
     })  # fmt: skip
 
 
-def exits(ev: pl.LazyFrame, vendor: str | None, groups=None) -> dict[str, pl.DataFrame]:
+def hvm_vendor(f: xen_fold.Folded) -> str | None:
+    """'svm' or 'vmx' from the exit codes seen (bundle.ingest.infer_hvm_vendor's rule)."""
+    reason = f.exits["key"] & np.uint64(NULL_REASON)
+    reason = reason[reason != NULL_REASON]
+    return xe.hvm_vendor(int(reason.max()) if len(reason) else None)
+
+
+def exits(f: xen_fold.Folded, vendor: str | None) -> dict[str, pl.DataFrame]:
     """HVM exits by reason: count and time from VM exit to its vCPU's next VM entry or, as
     xenalyze counts it, to the vCPU's wake-up (runstate to runnable) when that comes first:
     the time it then waits for a pCPU is contention, not the exit's cost. Also, as xenalyze
     prints them: the nested-page-fault exits split by handler ("exit_handlers") and the
-    exits by the IO port their access record names ("io_exits"). `groups`: record_groups,
-    when the caller has them."""
-    r = exit_records(ev, groups=groups)
+    exits by the IO port their access record names ("io_exits")."""
+    r = f.exits
     key, dur = r["key"], r["dur"]
     vendor = vendor or "vmx"
     low = np.uint64(0xFFFFFFFF)
@@ -350,64 +326,22 @@ def _named(df: pl.DataFrame, vendor: str) -> pl.DataFrame:
     ).select("dom", "vcpu", "reason", "name", pl.exclude("dom", "vcpu", "reason", "name"))
 
 
-NULL_ID, NULL_REASON = 0xFFFF, 0xFFFFFFFF  # not known (yet), in a group key
-
-
-def wakes_of(ev: pl.LazyFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Every vCPU's changes to runnable: (dom << 16 | vcpu, ts_ns), sorted by both."""
-    w = (
-        ev.filter((pl.col("event") == RUNSTATE) & (((pl.col("code") // (1 << 4)) & 0xF) == 1))
-        .select(
-            (fields.xen(RUNSTATE, "dom").cast(pl.UInt64) * (1 << 16)
-             + fields.xen(RUNSTATE, "vcpu").cast(pl.UInt64)).alias("vk"),
-            "ts_ns",
-        )
-        .drop_nulls()
-        .sort("vk", "ts_ns")
-        .collect()
-    )  # fmt: skip
-    return w["vk"].to_numpy(), w["ts_ns"].to_numpy()
-
-
-DUR_BITS = 40  # a duration packed below its group number: up to 18 minutes
-
-
 def _by_key(key: np.ndarray, dur: np.ndarray) -> pl.DataFrame:
     """Per group key: count, total, mean and 5/50/95th percentiles of the matched durations
-    (nearest rank, as polars' quantile) and the unmatched count (dur -1). One sort of u64
-    words (group number, then duration), not a quantile per group: polars' group_by took
-    0.8 GiB for 8 M exits, and a sort on two columns 15x the time of one."""
-    keys = pl.Series(key, dtype=pl.UInt64)
-    groups = keys.unique().sort()
-    gid = keys.replace_strict(groups, pl.int_range(len(groups), eager=True, dtype=pl.UInt64))
-    g = gid.to_numpy()
-    ok = dur >= 0
-    counts = np.bincount(g, minlength=len(groups))
-    unmatched = np.bincount(g[~ok], minlength=len(groups))
-    d, g = dur[ok], g[ok]
-    if len(d) and int(d.max()) >= 1 << DUR_BITS:  # a day-long exit: sort by both columns
-        d = d[np.lexsort((d, g))]
-    else:
-        word = g << np.uint64(DUR_BITS)
-        word |= d.view(np.uint64)  # durations here are >= 0
-        word = pl.Series(word).sort().to_numpy()
-        d = np.bitwise_and(word, np.uint64((1 << DUR_BITS) - 1)).view(np.int64)
-    n = counts - unmatched  # matched per group, in group order in `d`
-    start = np.concatenate(([0], np.cumsum(n)[:-1])).astype(np.int64)
-    # prefix sums, not reduceat: an empty group's clamped start cut its neighbour's range
-    # short (hypothesis found it: durations 0 and 1 then a group of unmatched only, total 0)
-    csum = np.concatenate(([0], np.cumsum(d, dtype=np.int64)))
-    total = csum[start + n] - csum[start]
+    (nearest rank, as polars' quantile) and the unmatched count (dur -1), in one compiled
+    pass (exit_kernels.group_durations): polars' group_by took 0.8 GiB for 8 M exits, and
+    a sort of packed (group, duration) words 1.1 s and four arrays of the exits' size."""
+    from xvtrace.analysis import exit_kernels
+
+    groups = pl.Series(key, dtype=pl.UInt64).unique().sort().to_numpy()
+    counts, unmatched, total, picked = exit_kernels.group_durations(key, dur, groups)
+    n = counts - unmatched  # matched per group
     none = pl.Series(n == 0)
-
-    def pick(q: float) -> pl.Series:
-        at = np.minimum(start + np.floor((n - 1) * q + 0.5).astype(np.int64), max(len(d) - 1, 0))
-        # a float, as polars' quantile gives (the stored and JSON answers keep their type)
-        found = np.where(n > 0, d[at] if len(d) else 0, 0).astype(np.float64)
-        return pl.Series(found).set(none, None)
-
+    # a float, as polars' quantile gives (the stored and JSON answers keep their type)
+    ranks = {f"p{round(q * 100)}_ns": pl.Series(picked[:, j].astype(np.float64)).set(none, None)
+             for j, q in enumerate(exit_kernels.QUANTILES)}  # fmt: skip
     mean = np.round(np.where(n > 0, total / np.maximum(n, 1), 0)).astype(np.int64)  # half to even
-    g = groups.to_numpy()
+    g = groups
     out = pl.DataFrame({
         "dom": (g >> np.uint64(48)).astype(np.int32),
         "vcpu": ((g >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.int32),
@@ -415,7 +349,7 @@ def _by_key(key: np.ndarray, dur: np.ndarray) -> pl.DataFrame:
         "count": counts.astype(np.uint32),
         "total_ns": total.astype(np.int64),
         "mean_ns": pl.Series(mean).set(none, None),
-        **{f"p{q}_ns": pick(q / 100) for q in (5, 50, 95)},
+        **ranks,
         "unmatched": unmatched.astype(np.uint32),
     })  # fmt: skip
     null = {"dom": NULL_ID, "vcpu": NULL_ID, "reason": NULL_REASON}
@@ -440,15 +374,19 @@ PV_EVENTS = {  # the PV events xenalyze counts, by its names (xenalyze.c pv_name
 }
 
 
-def pv_events(ev: pl.LazyFrame) -> pl.DataFrame:
-    """PV guests' events per domain, as xenalyze's "PV events" counts them: its names, and
-    a multicall's subcalls counted as hypercalls too (and again on their own line)."""
-    counts = (
+def _pv_counts(ev: pl.LazyFrame) -> pl.LazyFrame:
+    return (
         ev.filter(pl.col("event").is_in(list(PV_EVENTS)))
-        .group_by("dom", pl.col("event").cast(pl.String))
-        .len()
-        .collect()
+        .group_by("dom", "event")  # (named after: a cast per row cost more than the count)
+        .agg(pl.len().alias("count"))
     )
+
+
+def pv_events(counts: pl.DataFrame) -> pl.DataFrame:
+    """PV guests' events per domain, as xenalyze's "PV events" counts them: its names, and
+    a multicall's subcalls counted as hypercalls too (and again on their own line).
+    `counts`: the fold's "pv_events" table."""
+    counts = counts.with_columns(pl.col("event").cast(pl.String))
     subcalls = counts.filter(pl.col("event") == "pv.hypercall_subcall").with_columns(
         pl.lit("pv.hypercall").alias("event")
     )
@@ -456,7 +394,7 @@ def pv_events(ev: pl.LazyFrame) -> pl.DataFrame:
     return (
         pl.concat([counts, subcalls])
         .group_by("dom", "event")
-        .agg(pl.col("len").sum().alias("count"))
+        .agg(pl.col("count").sum())
         .with_columns(
             pl.col("event").replace_strict(PV_EVENTS, return_dtype=pl.String).alias("name"),
             pl.col("event").replace_strict(order, return_dtype=pl.Int32).alias("_order"),
@@ -466,9 +404,8 @@ def pv_events(ev: pl.LazyFrame) -> pl.DataFrame:
     )
 
 
-def hypercalls(ev: pl.LazyFrame) -> pl.DataFrame:
+def _hypercall_counts(ev: pl.LazyFrame) -> pl.LazyFrame:
     """Hypercalls by name per domain: PV_HYPERCALL(_V2) and subcalls, and HVM VMCALLs."""
-    op = fields.hypercall()
     kind = (
         pl.when(pl.col("event") == "pv.hypercall_subcall")
         .then(pl.lit("pv-subcall"))
@@ -476,58 +413,62 @@ def hypercalls(ev: pl.LazyFrame) -> pl.DataFrame:
         .then(pl.lit("hvm"))
         .otherwise(pl.lit("pv"))
     )
-    df = (
+    return (
         ev.filter(pl.col("event").is_in(fields.HYPERCALL_EVENTS))
-        .group_by("dom", kind.alias("kind"), op.alias("op"))
+        .group_by("dom", kind.alias("kind"), fields.hypercall().alias("op"))
         .agg(pl.len().alias("count"))
-        .sort("dom", "kind", "op")
-        .collect()
     )
-    return df.with_columns(
-        pl.col("op")
-        .map_elements(lambda o: xe.hypercall_name(int(o)), return_dtype=pl.String)
-        .alias("name")
-    ).select("dom", "kind", "op", "name", "count")
 
 
-def io_accesses(ev: pl.LazyFrame) -> pl.DataFrame:
+def hypercalls(counts: pl.DataFrame) -> pl.DataFrame:
+    return (
+        counts.sort("dom", "kind", "op")
+        .with_columns(
+            pl.col("op")
+            .map_elements(lambda o: xe.hypercall_name(int(o)), return_dtype=pl.String)
+            .alias("name")
+        )
+        .select("dom", "kind", "op", "name", "count")
+    )
+
+
+def _io_counts(ev: pl.LazyFrame) -> pl.LazyFrame:
     """Emulated IO port and MMIO accesses by address and direction."""
     io_events = ["hvm.ioport_read", "hvm.ioport_write", "hvm.mmio_read", "hvm.mmio_write"]
     return (
         ev.filter(pl.col("event").is_in(io_events))
-        .with_columns(
-            pl.col("event")
-            .cast(pl.String)
-            .str.split("_")
-            .list.first()
-            .str.strip_prefix("hvm.")
-            .alias("space"),
-            pl.col("event").cast(pl.String).str.split("_").list.last().alias("dir"),
-        )
-        .group_by("dom", "space", "addr", "dir")
+        .group_by("dom", "event", "addr")
         .agg(pl.len().alias("count"))
-        .sort("dom", "space", "addr", "dir")
-        .collect()
     )
 
 
-def interrupts(ev: pl.LazyFrame) -> pl.DataFrame:
+def io_accesses(counts: pl.DataFrame) -> pl.DataFrame:
+    """`counts`: the fold's "io" table, named: space (ioport, mmio) and dir (read, write)."""
+    name = pl.col("event").cast(pl.String)
+    return counts.select(
+        "dom",
+        name.str.split("_").list.first().str.strip_prefix("hvm.").alias("space"),
+        "addr",
+        name.str.split("_").list.last().alias("dir"),
+        "count",
+    ).sort("dom", "space", "addr", "dir")
+
+
+def _interrupt_counts(ev: pl.LazyFrame) -> pl.LazyFrame:
     """Virtual interrupts injected into guests and physical interrupts that caused exits."""
     return (
         ev.filter(pl.col("event").is_in(INTERRUPT_EVENTS))
         .group_by(
             "dom",
             "vcpu",
-            pl.col("event").cast(pl.String).alias("kind"),
+            pl.col("event").alias("kind"),
             pl.coalesce(*[fields.xen(e, "vector") for e in INTERRUPT_EVENTS]).alias("vector"),
         )
         .agg(pl.len().alias("count"))
-        .sort("dom", "vcpu", "kind", "vector")
-        .collect()
     )
 
 
-def grants(ev: pl.LazyFrame) -> pl.DataFrame:
+def _grant_counts(ev: pl.LazyFrame) -> pl.LazyFrame:
     """Grant map/unmap/transfer operations: done by (running domain) and for (granting)."""
     return (
         ev.filter(pl.col("event").is_in(["mem.grant_map", "mem.grant_unmap", "mem.grant_transfer"]))
@@ -540,22 +481,32 @@ def grants(ev: pl.LazyFrame) -> pl.DataFrame:
             )
             .cast(pl.Int32)
             .alias("for_dom"),
-            pl.col("event").cast(pl.String).str.strip_prefix("mem.grant_").alias("op"),
+            pl.col("event").alias("op"),
         )
         .agg(pl.len().alias("count"))
-        .sort("by_dom", "for_dom", "op")
-        .collect()
     )
 
 
-def lost_records(ev: pl.LazyFrame) -> pl.DataFrame:
+def _lost_counts(ev: pl.LazyFrame) -> pl.LazyFrame:
     return (
         ev.filter(pl.col("event") == "gen.lost_records")
         .group_by("cpu")
         .agg(pl.len().alias("markers"), fields.xen("gen.lost_records", "lost").sum())
-        .sort("cpu")
-        .collect()
     )
+
+
+COUNT = {"count": "sum"}
+# the fold's tables (per chunk, merged) and rows (kept), by name; see xen_fold
+TABLES = {
+    "groups": (_groups, {"records": "sum", "bytes": "sum", "first_ns": "min", "last_ns": "max"}),
+    "lost_records": (_lost_counts, {"markers": "sum", "lost": "sum"}),
+    "hypercalls": (_hypercall_counts, COUNT),
+    "pv_events": (_pv_counts, COUNT),
+    "io": (_io_counts, COUNT),
+    "interrupts": (_interrupt_counts, COUNT),
+    "grants": (_grant_counts, COUNT),
+}
+ROWS = {"runstates": _runstate_changes, "lost": _lost_marks}
 
 
 def virtqueues(ev: pl.LazyFrame) -> pl.DataFrame:
@@ -621,21 +572,29 @@ def _xentrace(events: pl.LazyFrame) -> pl.LazyFrame:
 
 def _sections(events: pl.LazyFrame, vendor: str | None) -> dict[str, pl.DataFrame]:
     """Every section but the exit sites (which need symbol files)."""
-    ev = _xentrace(events)
-    groups = record_groups(ev)
+    return {**xen_sections(fold(_xentrace(events)), vendor), "virtqueues": virtqueues(events)}
+
+
+def xen_sections(f: xen_fold.Folded, vendor: str | None) -> dict[str, pl.DataFrame]:
+    """The xentrace sections, from the fold of its rows."""
+    t = f.tables
+    groups = t["groups"]
     return {
         "totals": totals(groups),
         "volume": volume(groups),
-        "lost_records": lost_records(ev),
+        "lost_records": t["lost_records"].sort("cpu"),
         "records_by_vcpu": records_by_dom(groups),
-        "runstates": runstates(ev, groups),
-        **exits(ev, vendor, groups),
-        "hypercalls": hypercalls(ev),
-        "pv_events": pv_events(ev),
-        "io": io_accesses(ev),
-        "interrupts": interrupts(ev),
-        "grants": grants(ev),
-        "virtqueues": virtqueues(events),
+        "runstates": runstates(f),
+        **exits(f, vendor),
+        "hypercalls": hypercalls(t["hypercalls"]),
+        "pv_events": pv_events(t["pv_events"]),
+        "io": io_accesses(t["io"]),
+        "interrupts": t["interrupts"]
+        .with_columns(pl.col("kind").cast(pl.String))
+        .sort("dom", "vcpu", "kind", "vector"),
+        "grants": t["grants"]
+        .with_columns(pl.col("op").cast(pl.String).str.strip_prefix("mem.grant_"))
+        .sort("by_dom", "for_dom", "op"),
     }
 
 
@@ -705,6 +664,26 @@ class Summary:
                           {files[name]: frame for name, frame in sections.items()})  # fmt: skip
         sections["exit_sites"] = exit_sites(_xentrace(events), symbols, vendor)
         return cls(vendor, cpu_khz, sections)
+
+    @classmethod
+    def of_xentrace(
+        cls, path: Path, *, cpu_khz: int | None, vendor: str | None, warn: Callable[[str], None]
+    ) -> Summary:
+        """The summary of a raw xentrace file in one pass, with no table written: decoded
+        on one core (a thread: the kernels release the GIL) while the other folds."""
+        from xvtrace.bundle.ingest import prefetch, resolve_cpu_khz
+
+        khz, _ = resolve_cpu_khz(cpu_khz, {}, path, warn)
+        dec = xentrace.XentraceDecoder(path, cpu_khz=khz)
+        with closing(prefetch(dec.frames())) as frames:
+            folded = fold(frames)
+        if text := dec.stats.warning_text():
+            warn(text)
+        vendor = vendor or hvm_vendor(folded)
+        sections = xen_sections(folded, vendor)
+        empty = pl.DataFrame(schema=EVENT_SCHEMA).lazy()
+        sections |= {"virtqueues": virtqueues(empty), "exit_sites": exit_sites(empty, (), vendor)}
+        return cls(vendor, khz, sections)
 
     def to_json(self) -> dict:
         return {

@@ -51,6 +51,7 @@ from xvtrace.parsers import (
     virtqueue,
     xentrace,
 )
+from xvtrace.parsers import xen_events as xe
 from xvtrace.parsers.errors import DecodeStats, ParseError
 from xvtrace.parsers.schema import EVENT_SCHEMA
 
@@ -159,9 +160,7 @@ def infer_hvm_vendor(events: pl.LazyFrame) -> str | None:
         .collect()
         .item()
     )
-    if top is None:
-        return None
-    return "svm" if top >= 96 else "vmx"
+    return xe.hvm_vendor(top)
 
 
 # --- ingest ----------------------------------------------------------------------------

@@ -147,12 +147,12 @@ def host_events(ev: pl.LazyFrame, t0: int, clock: Clock | None, vendor: str | No
     comes first, as the summary counts them; named by reason), on the
     requests' clock (`clock`: the device model's against the hypervisor's, or None when
     the requests are on the hypervisor's)."""
-    groups = summary.record_groups(ev)
-    runs = summary.runstate_intervals(ev, groups).select(
+    folded = summary.fold(ev)
+    runs = summary.runstate_intervals(folded).select(
         pl.col("sdom").alias("dom"), pl.col("svcpu").alias("vcpu"), "ts_ns", "end_ns",
         pl.col("state").alias("name"),
     )  # fmt: skip
-    exits = summary.exit_spans(ev, groups)
+    exits = summary.exit_spans(folded)
     reasons = {r: xe.exit_reason_name(int(r), vendor or "vmx")
                for r in exits["reason"].drop_nulls().unique().to_list()}  # fmt: skip
     exits = exits.select("dom", "vcpu", "ts_ns", "end_ns",
