@@ -55,6 +55,7 @@ EXIT_COLUMNS = ("ts_ns", "role", "vk", "reason", "port")  # the exit pairing's r
 class Exits:
     """Every exit closed so far (exit_pairs.OUT arrays per chunk) and the pairing's state."""
 
+    times: bool = True  # keep each exit's start ("ts"; the summary needs only durations)
     state: exit_pairs.OpenExits = field(default_factory=exit_pairs.OpenExits)
     parts: list[tuple[np.ndarray, ...]] = field(default_factory=list)
     tail: list[np.ndarray] | None = None  # the last instant of the chunk before
@@ -85,7 +86,8 @@ class Exits:
         from xvtrace.analysis import exit_kernels  # numba (0.25 s to import) only here
 
         self.state.learn(cols[2])
-        self.parts.append(exit_kernels.pair_chunk(self.state, *cols, last))
+        part = exit_kernels.pair_chunk(self.state, *cols, last)
+        self.parts.append(part if self.times else (*part[:1], None, *part[2:]))
 
     def result(self) -> dict[str, np.ndarray]:
         """exit_pairs.OUT arrays."""
@@ -95,7 +97,8 @@ class Exits:
         # held twice over for one array, not for all
         out = {}
         for i, name in reversed(list(enumerate(exit_pairs.OUT))):
-            out[name] = np.concatenate([p[i] for p in self.parts])
+            if name != "ts" or self.times:
+                out[name] = np.concatenate([p[i] for p in self.parts])
             self.parts = [p[:i] for p in self.parts]
         return out
 
@@ -115,11 +118,11 @@ class Folding:
     that has the frames on their way elsewhere (ingest writing the table)."""
 
     def __init__(self, tables: dict[str, tuple[Query, dict[str, str]]], rows: dict[str, Query],
-                 exit_rows: Query):  # fmt: skip
+                 exit_rows: Query, times: bool):  # fmt: skip
         self.tables = {name: Table(q, how) for name, (q, how) in tables.items()}
         self.rows = rows
         self.kept: dict[str, list[pl.DataFrame]] = {name: [] for name in rows}
-        self.exits = Exits()
+        self.exits = Exits(times)
         self.queries = [t.query for t in self.tables.values()] + list(rows.values()) + [exit_rows]
 
     def add(self, chunk: pl.DataFrame) -> None:
@@ -147,21 +150,22 @@ def fold(
     rows: dict[str, Query],
     exit_rows: Query,
     chunk_rows: int,
+    times: bool = True,
 ) -> Folded:
     """Fold `source` (xentrace rows in time order) through the declared queries: a table's
     LazyFrame by one streamed query each and its exit rows `chunk_rows` at a time; decoded
-    frames (an iterable) in one pass, a frame at a time."""
+    frames (an iterable) in one pass, a frame at a time. `times`: keep each exit's start."""
     if isinstance(source, pl.LazyFrame):
         # one after another: collect_all shares their scan by caching the whole table
         # (1.8 GiB for 30 M rows, against 0.26 GiB for the largest query alone)
         queries = [q(source) for q, _ in tables.values()] + [q(source) for q in rows.values()]
         got = [q.collect(engine="streaming") for q in queries]
-        exits = Exits()
+        exits = Exits(times)
         for batch in exit_rows(source).collect_batches(chunk_size=chunk_rows):
             exits.add(batch)
         return Folded(dict(zip(tables, got, strict=False)),
                       dict(zip(rows, got[len(tables):], strict=True)), exits.result())  # fmt: skip
-    folding = Folding(tables, rows, exit_rows)
+    folding = Folding(tables, rows, exit_rows, times)
     for chunk in source:
         folding.add(chunk)
     return folding.result()
