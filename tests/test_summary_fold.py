@@ -86,3 +86,19 @@ def test_raw_summary_names_a_bad_file_and_counts_its_losses(tmp_path, capsys):
     out = capsys.readouterr().out
     assert str(path) in out and "skipped" in out
     assert got.vendor == "vmx" and got.sections["totals"]["records"][0] > 1000
+
+
+def test_summary_of_a_raw_file_through_the_cli(tmp_path):
+    """`xvtrace summary RAW --progress`: the bar on stderr runs to the file's end, stdout is
+    the summary alone, as the bundle's."""
+    from click.testing import CliRunner
+
+    from xvtrace.cli import cli
+
+    path = tmp_path / "t.bin"
+    write_frame(path, hvm_records(2000, seed=4), round_cycles=2_400_000)
+    got = CliRunner().invoke(cli, ["summary", str(path), "--cpu-khz", "2400000", "--progress"])
+    assert got.exit_code == 0, got.output
+    assert "decode" in got.stderr and "100%" in got.stderr
+    api.ingest(path, tmp_path / "b", cpu_khz=2_400_000)
+    assert got.stdout == api.summarize(tmp_path / "b").render()

@@ -80,15 +80,21 @@ def ingest(src, out=None, **kw) -> IngestResult:
 
 
 def load(
-    path: str | os.PathLike, *, cpu_khz: int | None = None, hvm_vendor: str | None = None
+    path: str | os.PathLike,
+    *,
+    cpu_khz: int | None = None,
+    hvm_vendor: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Bundle:
-    """Open a bundle, or ingest a raw capture into a temporary bundle kept until exit."""
+    """Open a bundle, or ingest a raw capture into a temporary bundle kept until exit
+    (`progress`: ingest's)."""
     path = Path(path)
     if path.is_dir():
         return Bundle.open(path)
     tmp = tempfile.mkdtemp(prefix="xvtrace-")
     _TEMP_DIRS.append(tmp)
-    return ingest(path, Path(tmp) / "bundle", cpu_khz=cpu_khz, hvm_vendor=hvm_vendor).bundle
+    return ingest(path, Path(tmp) / "bundle", cpu_khz=cpu_khz, hvm_vendor=hvm_vendor,
+                  progress=progress).bundle  # fmt: skip
 
 
 def load_timed(path, cpu_khz: int | None = None, hvm_vendor: str | None = None) -> Bundle:
@@ -146,11 +152,20 @@ def _warn(message: str) -> None:
 
 @_reads
 def summarize(
-    path, *, cpu_khz: int | None = None, hvm_vendor: str | None = None, elf_files=()
+    path,
+    *,
+    cpu_khz: int | None = None,
+    hvm_vendor: str | None = None,
+    elf_files=(),
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Summary:
+    """The summary of a bundle (stored in it), or of a raw capture: a plain xentrace file is
+    folded as it decodes, others go through a temporary bundle. `progress(stage, done,
+    total)`: a raw capture's decoding, in bytes."""
     if not Path(path).is_dir() and not elf_files and _plain_xentrace(Path(path)):
-        return Summary.of_xentrace(Path(path), cpu_khz=cpu_khz, vendor=hvm_vendor, warn=_warn)
-    bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
+        return Summary.of_xentrace(Path(path), cpu_khz=cpu_khz, vendor=hvm_vendor, warn=_warn,
+                                   progress=progress)  # fmt: skip
+    bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor, progress=progress)
     return Summary.stored(
         bundle,
         events(bundle, cpu_khz=cpu_khz),

@@ -668,14 +668,18 @@ class Summary:
 
     @classmethod
     def of_xentrace(
-        cls, path: Path, *, cpu_khz: int | None, vendor: str | None, warn: Callable[[str], None]
-    ) -> Summary:
+        cls, path: Path, *, cpu_khz: int | None, vendor: str | None, warn: Callable[[str], None],
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> Summary:  # fmt: skip
         """The summary of a raw xentrace file in one pass, with no table written: decoded
-        on one core (a thread: the kernels release the GIL) while the other folds."""
+        on one core (a thread: the kernels release the GIL) while the other folds.
+        `progress("decode", bytes done, bytes)` as it goes."""
         from xvtrace.bundle.ingest import prefetch, resolve_cpu_khz
 
         khz, _ = resolve_cpu_khz(cpu_khz, {}, path, warn)
-        dec = xentrace.XentraceDecoder(path, cpu_khz=khz)
+        size = path.stat().st_size
+        step = (lambda done: progress("decode", done, size)) if progress else None
+        dec = xentrace.XentraceDecoder(path, cpu_khz=khz, progress=step)
         with closing(prefetch(dec.frames())) as frames:
             folded = fold(frames)
         if text := dec.stats.warning_text():

@@ -225,18 +225,27 @@ def ingest_cmd(source, output, cpu_khz, hvm_vendor, progress, as_json, unpack_li
 @cpu_khz_option
 @vendor_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr while a raw capture decodes (default: when stderr is a terminal).",
+)
 @elf_options
 @_guard
-def summary_cmd(source, cpu_khz, hvm_vendor, as_json, elf_files, vmlinux_files):
+def summary_cmd(source, cpu_khz, hvm_vendor, as_json, progress, elf_files, vmlinux_files):
     """Per-domain and per-vCPU summary, like `xenalyze --summary`.
 
     Runstate times, HVM exits by reason with time spent and percentiles, hypercalls by
     name, IO port and MMIO accesses by address, interrupts, grant operations, log volume
-    per pCPU and lost records.
+    per pCPU and lost records. SOURCE is a bundle (its summary is stored in it) or a raw
+    capture (a xentrace file is summarized as it decodes, with no table written).
     """
-    summary = api.summarize(
-        source, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor, elf_files=(*vmlinux_files, *elf_files)
-    )
+    update, close = _progress_bar(sys.stderr.isatty() if progress is None else progress)
+    try:
+        summary = api.summarize(source, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor,
+                                elf_files=(*vmlinux_files, *elf_files), progress=update)  # fmt: skip
+    finally:
+        close()
     _show(summary, as_json)
 
 
