@@ -188,3 +188,20 @@ def test_a_wake_up_after_a_cut_still_takes_its_whole_instant(cut):
     assert got["dur"].tolist() == [5]  # to the wake-up, not the entry
     assert got["handler"].tolist() == [exit_pairs.NPF_HANDLER]  # mmio came with the wake-up
     assert got["key"].tolist() == [7]
+
+
+def test_records_out_of_time_order_are_paired_where_they_stand():
+    """A record whose TSC stepped back (the decoder counts it out of order) is taken where it
+    stands in the stream: every exit still comes out once, however the chunks are cut."""
+    e, n = exit_pairs.EXIT, exit_pairs.ENTRY
+    rows = [(5, e), (9, n), (3, e), (4, n), (4, e), (12, n), (1, e), (1, e)]
+    cols = [np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.uint8),
+            np.zeros(len(rows), np.uint64), np.zeros(len(rows), np.uint32),
+            np.zeros(len(rows), np.uint16)]  # fmt: skip
+    for cut in range(len(rows) + 1):
+        exits = xen_fold.Exits()
+        for a, b in [(0, cut), (cut, len(rows))]:
+            exits.add([c[a:b] for c in cols])
+        got = exits.result()
+        assert sorted(got["ts"].tolist()) == [1, 1, 3, 4, 5], cut
+        assert sorted(got["dur"].tolist()) == [-1, -1, 1, 4, 8], cut

@@ -142,7 +142,7 @@ def _plain_xentrace(path: Path) -> bool:
     """A raw xentrace file, not compressed (a raw capture the summary folds as it decodes)."""
     from xvtrace.bundle.ingest import detect_format
 
-    fmt = detect_format(path)
+    fmt = detect_format(path) if path.is_file() else None
     return fmt is not None and fmt.name == "xentrace"
 
 

@@ -163,7 +163,12 @@ def _select(a, lo, hi, k):
     evenly). Nothing to do when k is outside [lo, hi)."""
     if k < lo or k >= hi:
         return
+    rounds = 0
     while hi - lo > 1:
+        rounds += 1
+        if rounds > 64:  # a pivot that keeps missing (input built against median of three):
+            a[lo:hi].sort()  # a sort bounds the time
+            return
         x, y, z = a[lo], a[(lo + hi - 1) // 2], a[hi - 1]
         pivot = max(min(x, y), min(max(x, y), z))
         i, j = lo, hi - 1

@@ -45,11 +45,14 @@ def record_bytes() -> pl.Expr:
 CHUNK_ROWS = 1_000_000  # exit pairing rows paired at once (23 MB)
 
 
-def fold(ev: pl.LazyFrame | Iterable[pl.DataFrame], *, times: bool = False) -> xen_fold.Folded:
+def fold(
+    ev: pl.LazyFrame | Iterable[pl.DataFrame], *, times: bool = False, tables=None
+) -> xen_fold.Folded:
     """What every xentrace section needs: from the table's xentrace rows (a LazyFrame), or
     from decoded frames of them in one pass, in time order. `times`: keep each exit's start
-    (exit_spans)."""
-    return xen_fold.fold(ev, TABLES, ROWS, _exit_rows, CHUNK_ROWS, times)
+    (exit_spans); `tables`: only these of TABLES (names)."""
+    chosen = TABLES if tables is None else {name: TABLES[name] for name in tables}
+    return xen_fold.fold(ev, chosen, ROWS, _exit_rows, CHUNK_ROWS, times)
 
 
 def _groups(ev: pl.LazyFrame) -> pl.LazyFrame:

@@ -61,12 +61,14 @@ class Exits:
     tail: list[np.ndarray] | None = None  # the last instant of the chunk before
 
     def add(self, rows: pl.DataFrame | list[np.ndarray], last: bool = False) -> None:
-        """`rows`: EXIT_COLUMNS, in time order."""
+        """`rows`: EXIT_COLUMNS, in time order. (A record whose TSC stepped backward, which
+        the decoder counts as out of order, is taken where it stands: a wake-up before an
+        exit in the stream is not that exit's, whatever its time.)"""
         cols = (
             [rows[c].to_numpy() for c in EXIT_COLUMNS] if isinstance(rows, pl.DataFrame) else rows
         )
         if self.tail is not None:  # the instant held back, with the rest of it from here
-            head = int(np.searchsorted(cols[0], self.tail[0][0], side="right"))
+            head = _run_length(cols[0], self.tail[0][0])
             joint = [
                 np.concatenate(p) for p in zip(self.tail, (c[:head] for c in cols), strict=True)
             ]
@@ -77,7 +79,7 @@ class Exits:
             self._pair(joint, last=False)
             cols = [c[head:] for c in cols]
         if not last and len(cols[0]):  # the last instant may go on in the next chunk
-            at = int(np.searchsorted(cols[0], cols[0][-1], side="left"))
+            at = len(cols[0]) - _run_length(cols[0][::-1], cols[0][-1])
             self.tail = [c[at:] for c in cols]
             cols = [c[:at] for c in cols]
         self._pair(cols, last)
@@ -101,6 +103,13 @@ class Exits:
                 out[name] = np.concatenate([p[i] for p in self.parts])
             self.parts = [p[:i] for p in self.parts]
         return out
+
+
+def _run_length(ts: np.ndarray, t) -> int:
+    """How many of `ts` from its start equal `t` (a scan, not a search: a record whose TSC
+    stepped back leaves the rows out of order, which a binary search would misread)."""
+    other = ts != t
+    return int(np.argmax(other)) if other.any() else len(ts)
 
 
 _TYPES = (np.int64, np.uint8, np.uint64, np.uint32, np.uint16)  # of EXIT_COLUMNS
