@@ -102,3 +102,35 @@ def test_summary_of_a_raw_file_through_the_cli(tmp_path):
     assert "decode" in got.stderr and "100%" in got.stderr
     api.ingest(path, tmp_path / "b", cpu_khz=2_400_000)
     assert got.stdout == api.summarize(tmp_path / "b").render()
+
+
+def _qemu_rows(rows: list[tuple]) -> pl.LazyFrame:
+    """QEMU rows (event, dev, queue, addr, ts_ns, size, src_offset) as the table holds them."""
+    names = ["event", "dev", "queue", "addr", "ts_ns", "size", "src_offset"]
+    df = pl.DataFrame([dict(zip(names, r, strict=True)) for r in rows])
+    return (
+        pl.DataFrame(schema=summary.EVENT_SCHEMA)
+        .vstack(
+            df.with_columns(pl.lit("qemu").alias("source"), pl.lit("qemu.log").alias("src_file"))
+            .select([pl.col(c) if c in df.columns or c in ("source", "src_file") else pl.lit(None).alias(c)
+                     for c in summary.EVENT_SCHEMA])
+            .cast(summary.EVENT_SCHEMA)
+        )
+        .lazy()
+    )  # fmt: skip
+
+
+def test_virtqueues_pair_each_elements_kth_pop_with_its_kth_fill():
+    """Pops and fills matched per (device, queue, element) in file order, whatever their
+    time order; a queue with no kick or interrupt counts none (0, not unknown)."""
+    pop, fill, kick = "qemu.virtqueue_pop", "qemu.virtqueue_fill", "qemu.virtio_queue_notify"
+    rows = [(pop, "blk0", 0, 0xA, 100, None, 1), (pop, "blk0", 0, 0xA, 150, None, 2),
+            (fill, "blk0", 0, 0xA, 400, 512, 3), (pop, "blk0", 0, 0xB, 160, None, 4),
+            (fill, "blk0", 0, 0xA, 300, 4096, 5), (kick, "blk0", 0, None, 90, None, 0),
+            (pop, "net0", 1, 0xC, 10, None, 6)]  # fmt: skip
+    got = summary.virtqueues(_qemu_rows(rows)).rows(named=True)
+    blk, net = got
+    assert (blk["pops"], blk["fills"], blk["in_flight"], blk["bytes_filled"]) == (3, 2, 1, 4608)
+    # by file order 400-100 and 300-150 (by time order 300-100 and 400-150: 0.25 at most)
+    assert (blk["p50_us"], blk["max_us"]) == (0.3, 0.3)
+    assert (blk["kicks"], net["kicks"], net["irqs"], net["in_flight"]) == (1, 0, 0, 1)
