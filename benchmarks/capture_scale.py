@@ -8,8 +8,9 @@ Rows (wall seconds and peak RSS of each child process, medians of --repeat runs)
   time (computed from events.parquet) and again (the bundle's stored summary), `summary RAW`,
   `ingest`, each against `xenalyze --summary` on the raw file; `dump BUNDLE > /dev/null`
   against `xenalyze --dump-all`;
-- on emulated epam-mmio bundles of each --requests (randwrite-4k-qd32): `ingest` and
-  `timeline`, whose peak RSS should stay flat as the capture grows.
+- on emulated epam-mmio bundles of each --requests (randwrite-4k-qd32): `ingest`,
+  `timeline` and `summary` (computed from the table), whose peak RSS should stay flat as
+  the capture grows.
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ def emulated_rows(work: Path, counts: list[int], repeat: int) -> None:
                 median_run([*XV, "ingest", str(b)], repeat, before=partial(_clean, b)))  # fmt: skip
             row(f"timeline, epam-mmio {n // 1000}k requests",
                 median_run([*XV, "timeline", str(b)], repeat, before=partial(_forget_timeline, b)))  # fmt: skip
+            row(f"summary, epam-mmio {n // 1000}k requests",
+                median_run([*XV, "summary", str(b)], repeat, before=partial(_forget_summary, b)))  # fmt: skip
 
 
 def _clean(bundle: Path) -> None:
