@@ -11,7 +11,7 @@ import lzma
 import polars as pl
 import pytest
 from helpers import ARM64, ARM_KHZ, FIXTURES, X86_KHZ, X86_PV
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from xvtrace import api
@@ -105,17 +105,21 @@ def test_summary_of_a_raw_file_through_the_cli(tmp_path):
 
 
 def _qemu_rows(rows: list[tuple]) -> pl.LazyFrame:
-    """QEMU rows (event, dev, queue, addr, ts_ns, size, src_offset) as the table holds them."""
-    names = ["event", "dev", "queue", "addr", "ts_ns", "size", "src_offset"]
-    df = pl.DataFrame([dict(zip(names, r, strict=True)) for r in rows])
+    """QEMU rows (event, dev, queue, addr, ts_ns, size, src_offset[, src_file]) as the table
+    holds them, in time order."""
+    names = ["event", "dev", "queue", "addr", "ts_ns", "size", "src_offset", "src_file"]
+    rows = [(*r, "qemu.log") if len(r) == 7 else r for r in rows]
+    df = pl.DataFrame([dict(zip(names, r, strict=True)) for r in rows], schema_overrides={
+        "dev": pl.String, "queue": pl.UInt16, "addr": pl.UInt64, "size": pl.UInt32})  # fmt: skip
     return (
         pl.DataFrame(schema=summary.EVENT_SCHEMA)
         .vstack(
-            df.with_columns(pl.lit("qemu").alias("source"), pl.lit("qemu.log").alias("src_file"))
-            .select([pl.col(c) if c in df.columns or c in ("source", "src_file") else pl.lit(None).alias(c)
+            df.with_columns(pl.lit("qemu").alias("source"))
+            .select([pl.col(c) if c in df.columns or c == "source" else pl.lit(None).alias(c)
                      for c in summary.EVENT_SCHEMA])
             .cast(summary.EVENT_SCHEMA)
         )
+        .sort("ts_ns", "src_file", "src_offset", maintain_order=True)
         .lazy()
     )  # fmt: skip
 
@@ -134,3 +138,92 @@ def test_virtqueues_pair_each_elements_kth_pop_with_its_kth_fill():
     # by file order 400-100 and 300-150 (by time order 300-100 and 400-150: 0.25 at most)
     assert (blk["p50_us"], blk["max_us"]) == (0.3, 0.3)
     assert (blk["kicks"], net["kicks"], net["irqs"], net["in_flight"]) == (1, 0, 0, 1)
+
+
+def reference_virtqueues(ev: pl.LazyFrame) -> pl.DataFrame:
+    """The section as it was computed before it streamed: every QEMU row sorted by file
+    and offset, each element's pops and fills numbered, one full join."""
+    q = ev.filter(pl.col("source") == "qemu").sort("src_file", "src_offset")
+    key = ["dev", "queue", "addr"]
+    pops = (q.filter(pl.col("event") == "qemu.virtqueue_pop")
+            .select(*key, pl.col("ts_ns").alias("pop_ns"))
+            .with_columns(pl.int_range(pl.len()).over(key).alias("k")))  # fmt: skip
+    fills = (q.filter(pl.col("event") == "qemu.virtqueue_fill")
+             .select(*key, pl.col("ts_ns").alias("fill_ns"), "size")
+             .with_columns(pl.int_range(pl.len()).over(key).alias("k")))  # fmt: skip
+    matched = pops.join(fills, on=[*key, "k"], how="full", coalesce=True)
+    lat = (pl.col("fill_ns") - pl.col("pop_ns")) / 1000
+    return (
+        matched.group_by("dev", "queue")
+        .agg(pl.col("pop_ns").is_not_null().sum().alias("pops"),
+             pl.col("fill_ns").is_not_null().sum().alias("fills"),
+             (pl.col("pop_ns").is_not_null() & pl.col("fill_ns").is_null()).sum().alias("in_flight"),
+             pl.col("size").sum().alias("bytes_filled"),
+             lat.quantile(0.5, "nearest").alias("p50_us"),
+             lat.quantile(0.95, "nearest").alias("p95_us"), lat.max().alias("max_us"))
+        .filter(pl.col("dev").is_not_null())
+        .sort("dev", "queue")
+        .collect()
+    )  # fmt: skip
+
+
+POP_A = ("qemu.virtqueue_pop", "blk0", 0, 0xA)
+FILL_A = ("qemu.virtqueue_fill", "blk0", 0, 0xA)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["qemu.virtqueue_pop", "qemu.virtqueue_fill"]),
+            st.sampled_from(["blk0", "blk0", "net0", None]),
+            st.sampled_from([0, 0, 1, None]),
+            st.sampled_from([0xA, 0xA, 0xB, None]),
+            st.integers(0, 40),
+            st.integers(0, 9000),
+            st.sampled_from(["a.log", "b.log"]),
+        ),
+        max_size=80,
+    ),
+    batch=st.integers(1, 7),
+    shuffled=st.booleans(),
+)
+@example(  # an element popped twice before its fills, each in a batch of its own
+    rows=[(*POP_A, 0, 0, "a.log"), (*POP_A, 1, 0, "a.log"), (*FILL_A, 9, 5, "a.log"),
+          (*FILL_A, 12, 7, "a.log")],
+    batch=1,
+    shuffled=False,
+)  # fmt: skip
+@example(  # the same element's pops in file order are not in time order
+    rows=[(*POP_A, 5, 0, "a.log"), (*POP_A, 1, 0, "a.log"), (*FILL_A, 9, 5, "a.log"),
+          (*FILL_A, 12, 7, "a.log")],
+    batch=2,
+    shuffled=True,
+)  # fmt: skip
+def test_streamed_virtqueues_are_the_full_joins(rows, batch, shuffled):
+    """Pops and fills of two logs, elements with null keys, times that step back within a
+    log (so that its file order is not its time order), cut into batches of a few rows:
+    the streamed pairing gives the full join's counts, bytes and times."""
+    from xvtrace.analysis import virtqueues
+
+    offsets = list(range(len(rows)))
+    if not shuffled:  # times rise with the file offset in each log
+        rows = sorted(rows, key=lambda r: r[4])
+    table = _qemu_rows([(e, d, q, a, t, sz if e.endswith("fill") else None, off, f)
+                        for (e, d, q, a, t, sz, f), off in zip(rows, offsets, strict=True)])  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(virtqueues, "BATCH_ROWS", batch)
+        ours = virtqueues.virtqueues(table)
+    want = reference_virtqueues(table)
+    ours = ours.select(want.columns)
+    assert ours.schema == want.schema
+    ints = [c for c, t in want.schema.items() if not t.is_float()]
+    assert ours.select(ints).equals(want.select(ints))
+    # polars' `/ 1000` multiplies by 0.001 on a column, and divides on a column of one row
+    # (a queue with one element, paired): one unit in the last place apart then
+    floats = [c for c, t in want.schema.items() if t.is_float()]
+    for a, b in zip(ours.select(floats).rows(), want.select(floats).rows(), strict=True):
+        assert [x is None for x in a] == [x is None for x in b]
+        assert [x for x in a if x is not None] == pytest.approx(
+            [x for x in b if x is not None], rel=3e-16, abs=0
+        )

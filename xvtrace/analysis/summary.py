@@ -18,10 +18,11 @@ import polars as pl
 
 from xvtrace.analysis import exit_pairs, xen_fold
 from xvtrace.analysis.dump import name_addresses  # the dump's own address naming
+from xvtrace.analysis.virtqueues import virtqueues
 from xvtrace.bundle import derived
 from xvtrace.parsers import fields, xentrace
 from xvtrace.parsers import xen_events as xe
-from xvtrace.parsers.schema import EVENT_NAMES, EVENT_SCHEMA
+from xvtrace.parsers.schema import EVENT_SCHEMA
 
 EXIT_EVENTS = list(fields.EXIT_EVENTS)
 ENTRY_EVENTS = ["hvm.vmentry", "hvm.nested_vmentry"]
@@ -511,70 +512,6 @@ TABLES = {
     "grants": (_grant_counts, COUNT),
 }
 ROWS = {"runstates": _runstate_changes, "lost": _lost_marks}
-
-
-def virtqueues(ev: pl.LazyFrame) -> pl.DataFrame:
-    """Per device and virtqueue, from QEMU trace events: requests popped and filled, the
-    pop -> fill time (the device's service time for the element), bytes written back,
-    guest kicks and interrupts raised.
-
-    Elements are matched as QEMU reports them: the element pointer is reused, so the k-th
-    pop of a (device, queue, element) pairs with its k-th fill; completion order is free.
-    """
-    qemu = ev.filter(pl.col("source") == "qemu")
-    key = ["dev", "queue", "addr"]
-
-    def numbered(event: str, *cols) -> pl.DataFrame:
-        """The event's rows in file order, each its element's k-th. Each part is its own
-        query, collected alone: one plan of them all shared a sort of every QEMU row (2.3
-        GiB at a million requests; the pops alone are a tenth of the rows)."""
-        return (
-            qemu.filter(pl.col("event") == event)
-            .select("src_file", "src_offset", *key, *cols)
-            .sort("src_file", "src_offset")
-            .with_columns(pl.int_range(pl.len()).over(key).alias("k"))
-            .drop("src_file", "src_offset")
-            .collect()
-        )
-
-    pops = numbered("qemu.virtqueue_pop", pl.col("ts_ns").alias("pop_ns"))
-    fills = numbered("qemu.virtqueue_fill", pl.col("ts_ns").alias("fill_ns"), "size")
-    matched = pops.join(fills, on=[*key, "k"], how="full", coalesce=True)
-    del pops, fills
-    lat = (pl.col("fill_ns") - pl.col("pop_ns")) / 1000
-    per_queue = matched.group_by("dev", "queue").agg(
-        pl.col("pop_ns").is_not_null().sum().alias("pops"),
-        pl.col("fill_ns").is_not_null().sum().alias("fills"),
-        (pl.col("pop_ns").is_not_null() & pl.col("fill_ns").is_null()).sum().alias("in_flight"),
-        pl.col("size").sum().alias("bytes_filled"),
-        lat.quantile(0.5, "nearest").alias("p50_us"),
-        lat.quantile(0.95, "nearest").alias("p95_us"),
-        lat.max().alias("max_us"),
-    )
-    irq = ["qemu.virtio_notify", "qemu.virtio_notify_irqfd"]
-    counts = (
-        qemu.filter(pl.col("event").is_in(["qemu.virtio_queue_notify", *irq]))
-        .group_by("dev", "queue")
-        .agg((pl.col("event") == "qemu.virtio_queue_notify").sum().alias("kicks"),
-             pl.col("event").is_in(irq).sum().alias("irqs"))
-        .collect()
-    )  # fmt: skip
-    blk = [e for e in EVENT_NAMES if e.startswith("qemu.virtio_blk_")]
-    kinds = (
-        qemu.filter(pl.col("event").is_in(blk))
-        .select(pl.col("dev").unique(), pl.lit("blk").alias("kind"))
-        .collect()
-    )
-    return (
-        per_queue.join(counts, on=["dev", "queue"], how="left", nulls_equal=True)
-        # a queue with neither kick nor interrupt: none counted (not unknown)
-        .with_columns(pl.col("kicks", "irqs").fill_null(0))
-        .join(kinds, on="dev", how="left")
-        .filter(pl.col("dev").is_not_null())
-        .sort("dev", "queue")
-        .select("dev", pl.col("kind").fill_null("?"), "queue", "pops", "fills", "in_flight",
-                "bytes_filled", "p50_us", "p95_us", "max_us", "kicks", "irqs")
-    )  # fmt: skip
 
 
 SECTION = "summary"  # the bundle's derived entry (manifest section) of the stored sections
