@@ -5,8 +5,10 @@ chunk, the sections' small per-group tables, the runstate changes and each exit'
 A fold is declared, not coded per section: `tables` are per-chunk group-by queries whose
 results are merged (counts added, firsts and lasts kept), `rows` per-chunk selections kept
 whole (few: runstate changes, lost-record marks), and one selection of exit, entry, handler
-and wake-up records goes through the exit pairing (exit_pairs) as it comes. A chunk's
-queries run together (polars' collect_all, on every core).
+and wake-up records goes through the exit pairing (exit_pairs) as it comes. Over decoded
+frames a frame's queries run together (polars' collect_all, on every core); over the
+table each query streams on its own, one after another (run together they shared a cached
+scan of the whole table).
 """
 
 from __future__ import annotations
