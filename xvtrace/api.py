@@ -15,7 +15,6 @@ import contextlib
 import functools
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -146,10 +145,6 @@ def _plain_xentrace(path: Path) -> bool:
     return fmt is not None and fmt.name == "xentrace"
 
 
-def _warn(message: str) -> None:
-    print(f"xvtrace: warning: {message}", file=sys.stderr)
-
-
 @_reads
 def summarize(
     path,
@@ -163,8 +158,10 @@ def summarize(
     folded as it decodes, others go through a temporary bundle. `progress(stage, done,
     total)`: a raw capture's decoding, in bytes."""
     if not Path(path).is_dir() and not elf_files and _plain_xentrace(Path(path)):
-        return Summary.of_xentrace(Path(path), cpu_khz=cpu_khz, vendor=hvm_vendor, warn=_warn,
-                                   progress=progress)  # fmt: skip
+        from xvtrace.bundle.ingest import warn_stderr
+
+        return Summary.of_xentrace(Path(path), cpu_khz=cpu_khz, vendor=hvm_vendor,
+                                   warn=warn_stderr, progress=progress)  # fmt: skip
     bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor, progress=progress)
     return Summary.stored(
         bundle,

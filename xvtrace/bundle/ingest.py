@@ -166,6 +166,11 @@ def infer_hvm_vendor(events: pl.LazyFrame) -> str | None:
 # --- ingest ----------------------------------------------------------------------------
 
 
+def warn_stderr(message: str) -> None:
+    """The default warning: one line on stderr."""
+    print(f"xvtrace: warning: {message}", file=sys.stderr)
+
+
 @dataclass
 class IngestResult:
     bundle: Bundle
@@ -290,7 +295,7 @@ def ingest(
     hvm_vendor: str | None = None,
     chunk_bytes: int = xentrace.DEFAULT_CHUNK_BYTES,
     progress: Callable[[str, int, int], None] | None = None,
-    warn: Callable[[str], None] = lambda m: print(f"xvtrace: warning: {m}", file=sys.stderr),
+    warn: Callable[[str], None] = warn_stderr,
     unpack_limit: int | None = None,
 ) -> IngestResult:
     """Decode a raw capture or a bundle's raw/ into events.parquet; returns the bundle.
