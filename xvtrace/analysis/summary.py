@@ -346,11 +346,10 @@ def _by_key(key: np.ndarray, dur: np.ndarray) -> pl.DataFrame:
     ranks = {f"p{round(q * 100)}_ns": pl.Series(picked[:, j].astype(np.float64)).set(none, None)
              for j, q in enumerate(exit_kernels.QUANTILES)}  # fmt: skip
     mean = np.round(np.where(n > 0, total / np.maximum(n, 1), 0)).astype(np.int64)  # half to even
-    g = groups
     out = pl.DataFrame({
-        "dom": (g >> np.uint64(48)).astype(np.int32),
-        "vcpu": ((g >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.int32),
-        "reason": g & np.uint64(0xFFFFFFFF),
+        "dom": (groups >> np.uint64(48)).astype(np.int32),
+        "vcpu": ((groups >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.int32),
+        "reason": groups & np.uint64(0xFFFFFFFF),
         "count": counts.astype(np.uint32),
         "total_ns": total.astype(np.int64),
         "mean_ns": pl.Series(mean).set(none, None),

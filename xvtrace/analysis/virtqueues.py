@@ -24,8 +24,11 @@ POP, FILL = "qemu.virtqueue_pop", "qemu.virtqueue_fill"
 KICK, IRQS = "qemu.virtio_queue_notify", ["qemu.virtio_notify", "qemu.virtio_notify_irqfd"]
 BLK = [e for e in EVENT_NAMES if e.startswith("qemu.virtio_blk_")]
 BATCH_ROWS = 250_000
-COLUMNS = ["dev", "kind", "queue", "pops", "fills", "in_flight", "bytes_filled", "p50_us",
-           "p95_us", "max_us", "kicks", "irqs"]  # fmt: skip
+# the section's columns, in order, with the types its stored answers have
+COLUMNS = {"dev": pl.String, "kind": pl.String, "queue": pl.UInt16, "pops": pl.UInt32,
+           "fills": pl.UInt32, "in_flight": pl.UInt32, "bytes_filled": pl.UInt32,
+           "p50_us": pl.Float64, "p95_us": pl.Float64, "max_us": pl.Float64,
+           "kicks": pl.UInt32, "irqs": pl.UInt32}  # fmt: skip
 
 
 @dataclass
@@ -125,7 +128,7 @@ def virtqueues(ev: pl.LazyFrame) -> pl.DataFrame:
         for batch in batches:
             pairs.add(batch.drop("src_offset"))
     if pairs.seen is None:
-        return pl.DataFrame(schema=_SCHEMA)
+        return pl.DataFrame(schema=COLUMNS)
     counts = (
         qemu.filter(pl.col("event").is_in([KICK, *IRQS]))
         .group_by("dev", "queue")
@@ -148,11 +151,5 @@ def virtqueues(ev: pl.LazyFrame) -> pl.DataFrame:
         .with_columns(pl.col("kind").fill_null("?"))
         .sort("dev", "queue")
         .select(*COLUMNS)
-        .cast(_SCHEMA)
+        .cast(COLUMNS)
     )
-
-
-_SCHEMA = {"dev": pl.String, "kind": pl.String, "queue": pl.UInt16, "pops": pl.UInt32,
-           "fills": pl.UInt32, "in_flight": pl.UInt32, "bytes_filled": pl.UInt32,
-           "p50_us": pl.Float64, "p95_us": pl.Float64, "max_us": pl.Float64,
-           "kicks": pl.UInt32, "irqs": pl.UInt32}  # fmt: skip
