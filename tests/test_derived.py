@@ -109,6 +109,26 @@ def test_a_raw_capture_changed_after_ingest_is_refused(epam):
     assert runner.invoke(cli, ["report", str(epam)]).exit_code == 0
 
 
+def test_events_decoded_with_another_event_catalogue_are_refused(epam):
+    """A table written before this xvtrace knew some event names (an older release's
+    bundle): its enum lacks them, so a filter on one fails inside polars, and the capture's
+    records of them were decoded as something else. Refused, naming the names and the fix."""
+    runner = CliRunner()
+    _ingest(runner, epam)
+    events = epam / "events.parquet"
+    table = pl.read_parquet(events)
+    older = pl.Enum(table.schema["event"].categories.to_list()[:-2])
+    kept = table.filter(pl.col("event").is_in(older.categories.to_list()))
+    kept.with_columns(pl.col("event").cast(pl.String).cast(older)).write_parquet(events)
+    for cmd in (["report"], ["timeline"], ["summary"], ["dump"]):
+        r = runner.invoke(cli, [*cmd, str(epam)])
+        assert r.exit_code == 2, (cmd, r.output)
+        assert f"{events}: its event names are not this xvtrace's (without " in r.output
+        assert "qemu.vu_message" in r.output and f"run `xvtrace ingest {epam}`" in r.output
+    _ingest(runner, epam)  # what the message says to do
+    assert runner.invoke(cli, ["report", str(epam)]).exit_code == 0
+
+
 def test_compare_refuses_a_replay_of_requests_the_bundle_no_longer_has(epam):
     runner = CliRunner()
     _ingest(runner, epam)

@@ -172,6 +172,11 @@ class Bundle:
                 "; ".join(problems)
                 + f". The events are older than their capture: run `xvtrace ingest {self.path}`"
             )
+        if stale := _catalogue_change(epath):
+            raise BundleError(
+                f"{epath}: {stale}. The events were decoded by another xvtrace: run "
+                f"`xvtrace ingest {self.path}` to decode the capture again"
+            )
         return pl.scan_parquet(epath)
 
     def raw_changes(self) -> list[str]:
@@ -183,6 +188,33 @@ class Bundle:
                 if isinstance(entry, dict) and isinstance(entry.get("file"), str):
                     problems += _changed(self.path / entry["file"], entry)
         return problems
+
+
+def _catalogue_change(epath: Path) -> str | None:
+    """How the table's event and source names differ from this xvtrace's catalogue, or
+    None. Names are stored as enums: a name this xvtrace added since would fail every
+    filter on the table, and the capture's records of it were decoded as something else."""
+    import polars as pl
+
+    from xvtrace.parsers.schema import EVENT_SCHEMA
+
+    try:
+        kept = pl.read_parquet_schema(epath)  # the footer only
+    except (OSError, pl.exceptions.PolarsError) as e:
+        raise BundleError(f"{epath}: unreadable ({e}); `xvtrace ingest` makes it again") from e
+    for col in ("event", "source"):
+        have, want = kept.get(col), EVENT_SCHEMA[col]
+        if have != want:
+            names = have.categories.to_list() if isinstance(have, pl.Enum) else []
+            new = [n for n in want.categories.to_list() if n not in names]
+            gone = [n for n in names if n not in want.categories.to_list()]
+            said = ", ".join(
+                f"{what} {', '.join(ns[:3])}{' ...' if len(ns) > 3 else ''}"
+                for what, ns in (("without", new), ("with unknown", gone))
+                if ns
+            )
+            return f"its {col} names are not this xvtrace's ({said or 'another order'})"
+    return None
 
 
 def _changed(path: Path, was: dict) -> list[str]:
