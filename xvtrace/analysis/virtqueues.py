@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from xvtrace.bundle import file_order
 from xvtrace.parsers.schema import EVENT_NAMES
 
 KEY = ["dev", "queue", "addr"]  # an element
@@ -117,15 +118,7 @@ def virtqueues(ev: pl.LazyFrame) -> pl.DataFrame:
         rows = elements.filter(pl.col("src_file") == log).select(
             *KEY, "event", "ts_ns", "size", "src_offset"
         )
-        # the table is in time order: a log's rows are in its file order unless its own
-        # times step back (threads logging at once), when they are sorted (held whole)
-        stepped_back = rows.select((pl.col("src_offset").diff() < 0).any()).collect().item()
-        batches = (
-            [rows.sort("src_offset").collect()]
-            if stepped_back
-            else rows.collect_batches(chunk_size=BATCH_ROWS)
-        )
-        for batch in batches:
+        for batch in file_order.batches(rows, BATCH_ROWS):
             pairs.add(batch.drop("src_offset"))
     if pairs.seen is None:
         return pl.DataFrame(schema=COLUMNS)

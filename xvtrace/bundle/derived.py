@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,9 +84,10 @@ def store(
     name: str,
     want: str,
     facts: dict,
-    tables: dict[str, pl.DataFrame | None],
+    tables: dict[str, pl.DataFrame | Path | None],
 ) -> dict:
-    """Write the entry's tables (atomically; a None table removes its file), then its facts
+    """Write the entry's tables (atomically; a None table removes its file, a path is a
+    parquet file already written, moved into place), then its facts
     with the key and the files' identities into the manifest, last. The answer is given
     but not kept when the bundle cannot be written (read-only), when another command holds
     it (storing is worth no wait), or when its events are no longer the ones the entry was
@@ -105,7 +107,10 @@ def store(
                     path.unlink(missing_ok=True)
                     continue
                 with atomic_path(path) as tmp:
-                    frame.write_parquet(tmp)
+                    if isinstance(frame, Path):
+                        shutil.move(frame, tmp)
+                    else:
+                        frame.write_parquet(tmp)
                 files[fname] = file_identity(path)
             now.manifest[name] = entry
             write_manifest(bundle.path, now.manifest)

@@ -22,6 +22,7 @@ The device model's ioreq slots are the vCPUs' entries of the shared ioreq page
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -76,12 +77,15 @@ def accesses(ev: pl.LazyFrame, exits: pl.DataFrame | None = None) -> Accesses:
     )
 
 
-def join(acc: Accesses, clock: Clock | None) -> tuple[pl.DataFrame | None, dict | None]:
+def join(
+    acc: Accesses, clock: Clock | None, spill: Path
+) -> tuple[pl.LazyFrame | None, dict | None]:
     """(one row per device-model IOREQ with its trap's dom, cpu, exit_ns and entry_ns on the
-    device model's clock (fitted by the timeline), or nulls; counts: ioreqs, joined, ioreqs
-    without a trap and how many of them came before the hypervisor's trace began, traps at
-    device-model addresses without an IOREQ), or Nones without a clock or without IOREQs on
-    both sides."""
+    device model's clock (fitted by the timeline), or nulls, written to the parquet file
+    `spill` and scanned from it; counts: ioreqs, joined, ioreqs without a trap and how many
+    of them came before the hypervisor's trace began, traps at device-model addresses
+    without an IOREQ), or Nones without a clock or without IOREQs on both sides. Written,
+    not held: the timeline reads a few of its columns, and it is as large as the requests."""
     dm, hv = acc
     del acc  # the caller hands them over: each original goes when its copy is made
     if clock is None or not len(dm) or not len(hv):
@@ -147,7 +151,8 @@ def join(acc: Accesses, clock: Clock | None) -> tuple[pl.DataFrame | None, dict 
     )
     if not _in_file_order(dm):  # (one log's IOREQs in time order are: no copy to sort then)
         joined = joined.sort("src_file", "dm_off")
-    joined = joined.with_columns(pl.col("kind", "dir").cast(pl.String)).collect()  # as stored
+    joined.with_columns(pl.col("kind", "dir").cast(pl.String)).sink_parquet(spill)  # as stored
+    joined = pl.scan_parquet(spill)
     # traps in the device model's trace window at its addresses, left without an IOREQ
     lo, hi = dm["dm_ns"].min(), dm["dm_ns"].max()
     window = hv.filter(
@@ -155,17 +160,17 @@ def join(acc: Accesses, clock: Clock | None) -> tuple[pl.DataFrame | None, dict 
         & (pl.col("trap_entry_ns").fill_null(hi) >= lo)
         & (pl.col("trap_exit_ns") <= hi)
     )
-    used = joined.filter(pl.col("joined"))["trap_off"]
+    used = joined.filter(pl.col("joined")).select("trap_off").collect()["trap_off"]
     # an IOREQ before the guest's first traced trap (less the clock's reach) was handled
     # before the hypervisor's trace began: it has no trap to find
     first_trap = hv["trap_exit_ns"].min()
-    unjoined = joined.filter(~pl.col("joined"))
+    unjoined = joined.filter(~pl.col("joined")).select("dm_ns").collect()
     before = (
         0 if first_trap is None else int((unjoined["dm_ns"] < first_trap - slack_up - res).sum())
     )
     counts = {
         "ioreqs": len(dm),
-        "joined": int(joined["joined"].sum()),
+        "joined": joined.select(pl.col("joined").sum()).collect().item(),
         "ioreqs_without_trap": len(unjoined),
         "ioreqs_before_trace": before,
         "traps_without_ioreq": int((~window["trap_off"].is_in(used.implode())).sum()),
@@ -269,16 +274,18 @@ SEQUENCE_METHOD = (
 )
 
 
-def with_kick_traps(req: pl.DataFrame, joined: pl.DataFrame) -> pl.DataFrame:
+def with_kick_traps(req: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
     """Each request's kick trap: the joined IOREQ in whose handling the device model logged
     the request's kick (the last one at or before `kick_off` in its log)."""
     traps_ = (
-        joined.filter(pl.col("joined"))
+        joined.lazy()
+        .filter(pl.col("joined"))
         .select(
             "src_file", "dm_off", "trap_exit_ns", "trap_entry_ns",
             pl.col("dom").alias("trap_dom"), pl.col("vcpu").alias("trap_vcpu"), pl.col("cpu").alias("trap_cpu"),
         )
         .sort("dm_off")
+        .collect()
     )  # fmt: skip
     return (
         req.sort("kick_off", nulls_last=True)
@@ -298,7 +305,7 @@ def with_kick_traps(req: pl.DataFrame, joined: pl.DataFrame) -> pl.DataFrame:
 ISR_OFFSET, ACK_OFFSET, NOTIFY_OFFSET = 0x60, 0x64, 0x50  # virtio-mmio registers
 
 
-def with_interrupt_acks(req: pl.DataFrame, joined: pl.DataFrame) -> pl.DataFrame:
+def with_interrupt_acks(req: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
     """For virtio-mmio devices, the guest's side of each request's interrupt: the first
     InterruptStatus read after the device's notify (isr_read_ns, isr_read_trap_exit_ns,
     isr_read_trap_entry_ns) and the first InterruptACK write after that (ack_ns,

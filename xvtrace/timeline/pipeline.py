@@ -12,7 +12,9 @@ The IOREQ join (timeline.ioreqs) adds each request's kick trap and interrupt ack
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from functools import cache, partial
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from xvtrace.bundle import derived
+from xvtrace.bundle import derived, scratch_dir
 from xvtrace.timeline import hvm, ioreqs, qemu, text, traps, vhost_user
 from xvtrace.timeline.clock import (
     Clock,
@@ -87,12 +89,23 @@ def load(bundle, *, rebuild: bool = False) -> Timeline:
     if facts is not None:
         req, computed = pl.read_parquet(bundle.path / REQUESTS), False
     else:
-        facts, req, joined = reconstruct(bundle)
-        facts = derived.store(bundle, SECTION, want, facts, {REQUESTS: req, IOREQS: joined})
+        with ExitStack() as stack:
+            facts, req, joined = reconstruct(bundle, _spill_dir(stack, bundle))
+            facts = derived.store(bundle, SECTION, want, facts, {REQUESTS: req, IOREQS: joined})
         computed = True
     ipath = bundle.path / IOREQS
     ipath = ipath if IOREQS in facts["files"] and ipath.is_file() else None
     return Timeline(req, facts, computed, ipath, bundle.path)
+
+
+def _spill_dir(stack: ExitStack, bundle) -> Path:
+    """Where the reconstruction writes what it computed but reads only a little of: inside
+    the bundle (storing it is then a rename), or the system's temporary directory when the
+    bundle is read-only. Removed when `stack` closes."""
+    try:
+        return stack.enter_context(scratch_dir(bundle.path, "timeline"))
+    except OSError:
+        return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="xvtrace-timeline-")))
 
 
 def current_key(bundle) -> str | None:
@@ -210,10 +223,10 @@ def _source(event: str, present: set[str]) -> str:
     return SOURCES[event.split(".")[0]]
 
 
-def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
-    """The bundle's requests from its events: (facts, requests, joined IOREQs or None).
-    The facts hold the view used and why the others were not, the counts, incomplete
-    requests by reason and the clocks."""
+def reconstruct(bundle, spill: Path) -> tuple[dict, pl.DataFrame, Path | None]:
+    """The bundle's requests from its events: (facts, requests, the joined IOREQs' parquet
+    file in the directory `spill`, or None). The facts hold the view used and why the
+    others were not, the counts, incomplete requests by reason and the clocks."""
     ev = bundle.events()
     present = set(
         ev.select(pl.col("event").unique().cast(pl.String)).collect().to_series().to_list()
@@ -258,7 +271,7 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
     del x, exits
     hand = [acc]
     del acc
-    joined, join_counts = ioreqs.join(hand.pop(), join_clock)
+    joined, join_counts = ioreqs.join(hand.pop(), join_clock, spill / IOREQS)
     if joined is not None and (ide or (view == DM_VIEW_NAME and "trap_exit_ns" not in req.columns)):
         req = ioreqs.with_kick_traps(req, joined)
         if not ide:
@@ -278,7 +291,7 @@ def reconstruct(bundle) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
         "ioreq_join": join_counts,
         **({"devices": found_devices} if found_devices is not None else {}),
     }
-    return facts, req, joined
+    return facts, req, None if joined is None else spill / IOREQS
 
 
 # the stamps the phases are made of, in path order (complete_ns, virtio_blk_req_complete,
