@@ -68,7 +68,7 @@ def test_self_consistency_replay_against_its_own_transport_reproduces_the_latenc
     truth, res, calibrated, _ = runs[transport, workload]
     assert res.source == transport and len(res.stream) == N
     for r in (res, calibrated):  # with the table's costs, and with the capture's fitted ones
-        lat = r.requests.filter(pl.col("transport") == transport)["latency_ns"].to_numpy()
+        lat = r.requests.filter(pl.col("transport") == transport).collect()["latency_ns"].to_numpy()
         e50, e99 = _errors(lat, truth)
         assert abs(e50) < 0.05 and abs(e99) < 0.15, (e50, e99)
 
@@ -129,7 +129,7 @@ def test_self_consistency_prediction_for_another_transport_matches_emulating_it(
         if target == source:
             continue
         truth, *_ = runs[target, workload]
-        lat = res.requests.filter(pl.col("transport") == target)["latency_ns"].to_numpy()
+        lat = res.requests.filter(pl.col("transport") == target).collect()["latency_ns"].to_numpy()
         e50, e99 = _errors(lat, truth)
         assert abs(e50) < 0.05 and abs(e99) < 0.15, (target, e50, e99)
 

@@ -25,7 +25,7 @@ import polars as pl
 from xvtrace import timeline as _timeline
 from xvtrace.analysis.dump import iter_chunks, iter_lines, select_events
 from xvtrace.analysis.summary import Summary, virtqueues
-from xvtrace.bundle import Bundle, atomic_path, lock
+from xvtrace.bundle import Bundle, atomic_path, lock, spill_dir
 from xvtrace.output import perfetto
 from xvtrace.output.report import Report
 from xvtrace.parsers.errors import XvtraceError
@@ -220,20 +220,24 @@ def replay(
         if emit_dir.exists() and any(emit_dir.iterdir()):
             raise XvtraceError(f"{emit_dir}: exists and is not empty; choose a new directory")
     chosen = replaying.parse_transports(transports)
-    result = replaying.replay_bundle(bundle, chosen, **options)
-    if output:
-        replaying.write(result, Path(output))
-    else:
-        from xvtrace.bundle import derived
+    with contextlib.ExitStack() as stack:
+        spill = spill_dir(stack, bundle.path)
+        result = replaying.replay_bundle(bundle, chosen, spill=spill, **options)
+        if output:
+            written = Path(output)
+            replaying.write(result, written)
+        else:
+            from xvtrace.bundle import derived
 
-        read = derived.events_identity(bundle)
-        with lock.writing(bundle.path):  # (taking it may let a queued ingest in first)
-            if derived.events_identity(Bundle.open(bundle.path)) != read:
-                raise XvtraceError(
-                    f"{bundle.path}: re-ingested while this replay ran; run it again"
-                )
-            replaying.write(result, bundle.path / replaying.REPLAY)
-    cmp = Comparison(replaying.facts(result), result.requests)
+            read = derived.events_identity(bundle)
+            with lock.writing(bundle.path):  # (taking it may let a queued ingest in first)
+                if derived.events_identity(Bundle.open(bundle.path)) != read:
+                    raise XvtraceError(
+                        f"{bundle.path}: re-ingested while this replay ran; run it again"
+                    )
+                written = bundle.path / replaying.REPLAY
+                replaying.write(result, written)
+    cmp = Comparison(replaying.facts(result), pl.scan_parquet(written))
     if emit_dir is not None:
         for d in replaying.emit_bundles(result, chosen, emit_dir, costs_file=options.get(
                 "costs_file"), seed=options.get("seed", 0)):  # fmt: skip

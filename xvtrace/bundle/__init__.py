@@ -16,7 +16,8 @@ import json
 import os
 import secrets
 import shutil
-from contextlib import contextmanager
+import tempfile
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -284,6 +285,16 @@ def atomic_path(final: Path):
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def spill_dir(stack: ExitStack, bundle_dir: Path, name: str = "spill") -> Path:
+    """A directory for what a command computed but does not need in memory until later:
+    inside the bundle (`scratch_dir`: storing a file is then a rename), or the system's
+    temporary directory when the bundle is read-only. Removed when `stack` closes."""
+    try:
+        return stack.enter_context(scratch_dir(bundle_dir, name))
+    except OSError:
+        return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"xvtrace-{name}-")))
 
 
 @contextmanager

@@ -590,7 +590,7 @@ def replay_cmd(source, target, costs_file, arrivals, transport, seed, output, as
                      costs_file=costs_file, seed=seed, arrivals=arrivals,
                      source=transport)  # fmt: skip
     _show(cmp, as_json)
-    click.echo(f"{out}: {len(cmp.requests)} predicted requests", err=True)
+    click.echo(f"{out}: {cmp.predicted} predicted requests", err=True)
     for d in cmp.emitted:
         click.echo(f"{d}: bundle written (try `xvtrace report {d}`)", err=True)
 

@@ -31,8 +31,13 @@ class Comparison:
     predicted requests."""
 
     facts: dict
-    requests: pl.DataFrame
+    requests: pl.LazyFrame  # scanned from the replay's file: eight transports' worth
     emitted: list[Path] = field(default_factory=list)  # bundles `replay --emit-bundle` wrote
+
+    @property
+    def predicted(self) -> int:
+        """How many predicted requests the replay holds (every transport's)."""
+        return self.requests.select(pl.len()).collect().item()
 
     def table(self) -> pl.DataFrame:
         return table(self.facts)
@@ -47,7 +52,7 @@ class Comparison:
         return render_html(self.facts, self.requests)
 
 
-def load(path: str | Path) -> tuple[dict, pl.DataFrame]:
+def load(path: str | Path) -> tuple[dict, pl.LazyFrame]:
     """A replay's facts and predicted requests, from its parquet file or the bundle that
     holds it."""
     path = Path(path)
@@ -71,7 +76,9 @@ def load(path: str | Path) -> tuple[dict, pl.DataFrame]:
             f"{path}: replayed from requests this bundle no longer has (re-ingested or"
             f" rebuilt since); run `xvtrace replay {bundle.path}` again"
         )
-    return facts, pl.read_parquet(path)
+    requests = pl.scan_parquet(path)
+    requests.collect_schema()  # its footer read now: a damaged file is said here
+    return facts, requests
 
 
 BASELINE = "pv-blkif"  # what users compare against when the captured transport is unknown
@@ -158,8 +165,9 @@ def to_json(facts: dict) -> dict:
             "warnings": warnings(facts)}  # fmt: skip
 
 
-def cdf_plot(req: pl.DataFrame) -> str:
-    groups = sorted(req.partition_by("transport", as_dict=True).items())
+def cdf_plot(req: pl.LazyFrame) -> str:
+    latency = req.select("transport", "latency_ns").collect()
+    groups = sorted(latency.partition_by("transport", as_dict=True).items())
     series = [(escape(name), g["latency_ns"].to_numpy() / 1e3, np.arange(len(g)))
               for (name,), g in groups]  # fmt: skip
     return plots.div(plots.cdf(series, "request latency CDF per transport"))
@@ -172,7 +180,7 @@ def phase_bars(facts: dict) -> str:
     return plots.div(plots.phase_bars(rows, "mean time per phase, each phase on its own scale"))
 
 
-def render_html(facts: dict, req: pl.DataFrame) -> str:
+def render_html(facts: dict, req: pl.LazyFrame) -> str:
     t = table(facts)
     cols = ["transport", "p50_us", "p99_us", "p50_ratio", "iops", "saturation_iops", "cpu_us",
             "vm_exits", "hypercalls", "ioreqs", "pages_mapped", "bytes_copied", "calibrated_share",

@@ -12,7 +12,6 @@ The IOREQ join (timeline.ioreqs) adds each request's kick trap and interrupt ack
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from xvtrace.bundle import derived, scratch_dir
+from xvtrace.bundle import derived, spill_dir
 from xvtrace.timeline import hvm, ioreqs, qemu, text, traps, vhost_user
 from xvtrace.timeline.clock import (
     Clock,
@@ -90,22 +89,12 @@ def load(bundle, *, rebuild: bool = False) -> Timeline:
         req, computed = pl.read_parquet(bundle.path / REQUESTS), False
     else:
         with ExitStack() as stack:
-            facts, req, joined = reconstruct(bundle, _spill_dir(stack, bundle))
+            facts, req, joined = reconstruct(bundle, spill_dir(stack, bundle.path, "timeline"))
             facts = derived.store(bundle, SECTION, want, facts, {REQUESTS: req, IOREQS: joined})
         computed = True
     ipath = bundle.path / IOREQS
     ipath = ipath if IOREQS in facts["files"] and ipath.is_file() else None
     return Timeline(req, facts, computed, ipath, bundle.path)
-
-
-def _spill_dir(stack: ExitStack, bundle) -> Path:
-    """Where the reconstruction writes what it computed but reads only a little of: inside
-    the bundle (storing it is then a rename), or the system's temporary directory when the
-    bundle is read-only. Removed when `stack` closes."""
-    try:
-        return stack.enter_context(scratch_dir(bundle.path, "timeline"))
-    except OSError:
-        return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="xvtrace-timeline-")))
 
 
 def current_key(bundle) -> str | None:
