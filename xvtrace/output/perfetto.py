@@ -30,7 +30,12 @@ PID_DM, PID_GUEST, PID_HOST = 1, 2, 3
 IRQ_US = 0.5  # drawn width of the interrupt mark on a vCPU track
 
 
-def trace_events(req: pl.DataFrame, t0: int | None = None) -> list[dict]:
+# What a trace is made of, written in order: single events (the metadata naming processes
+# and threads) as dicts, and the many slices and flows as frames, a row an event.
+Pieces = list[dict | pl.DataFrame]
+
+
+def trace_events(req: pl.DataFrame, t0: int | None = None) -> Pieces:
     """The trace events of reconstructed requests (rows of requests.parquet); times in us
     after `t0` (default: the first request's first step)."""
     seen = pl.col("pop_ns").is_not_null()
@@ -46,7 +51,7 @@ def trace_events(req: pl.DataFrame, t0: int | None = None) -> list[dict]:
         "device-model": "device model (QEMU)",
         "traps": "devices, as the hypervisor sees them (kick -> interrupt)",
     }.get(_view(req), "backend (dom0 block layer)")
-    events: list[dict] = [
+    events: Pieces = [
         {"ph": "M", "pid": PID_DM, "name": "process_name", "args": {"name": backend}},
         {"ph": "M", "pid": PID_GUEST, "name": "process_name", "args": {"name": "guest vCPUs"}},
         {
@@ -117,9 +122,7 @@ def trace_events(req: pl.DataFrame, t0: int | None = None) -> list[dict]:
         ]  # fmt: skip
         events += [_thread(PID_GUEST, 100 + v, f"vCPU {v}")
                    for v in sorted(kicked["trap_vcpu"].drop_nulls().unique().to_list())]  # fmt: skip
-    for df in (*parts, *flows):
-        events.extend(json.loads(df.write_json()))  # rows as JSON objects, built by polars
-    return events
+    return events + parts + flows
 
 
 def _origin(req: pl.DataFrame) -> int | None:
@@ -141,7 +144,7 @@ HOST_EVENTS = [*summary.RUNSTATE_EVENTS, *fields.EXIT_EVENTS, "hvm.vmentry"]
 HOST_LIMIT = 2_000_000  # host slices kept (the first in time): a JSON trace a UI can open
 
 
-def host_events(ev: pl.LazyFrame, t0: int, clock: Clock | None, vendor: str | None) -> list[dict]:
+def host_events(ev: pl.LazyFrame, t0: int, clock: Clock | None, vendor: str | None) -> Pieces:
     """Xen's side, every vCPU a track: its runstates (the scheduler's running, runnable,
     blocked, offline) and its VM exits (exit to its vCPU's re-entry or wake-up, whichever
     comes first, as the summary counts them; named by reason), on the
@@ -157,7 +160,7 @@ def host_events(ev: pl.LazyFrame, t0: int, clock: Clock | None, vendor: str | No
                for r in exits["reason"].drop_nulls().unique().to_list()}  # fmt: skip
     exits = exits.select("dom", "vcpu", "ts_ns", "end_ns",
                          pl.col("reason").replace_strict(reasons, default="?", return_dtype=pl.String).alias("name"))  # fmt: skip
-    events: list[dict] = []
+    events: Pieces = []
     for pid, title, rows in ((PID_RUNSTATE, "vCPU runstates (Xen)", runs),
                              (PID_EXITS, "VM exits per vCPU (Xen)", exits)):  # fmt: skip
         rows = rows.filter(pl.col("dom").is_not_null() & pl.col("vcpu").is_not_null())
@@ -175,7 +178,7 @@ def host_events(ev: pl.LazyFrame, t0: int, clock: Clock | None, vendor: str | No
         events.append({"ph": "M", "pid": pid, "name": "process_name", "args": {"name": title}})
         events += [_thread(pid, t, f"d{t // 1000}v{t % 1000}")
                    for t in sorted(rows["tid"].unique().to_list())]  # fmt: skip
-        events.extend(json.loads(rows.write_json()))
+        events.append(rows)
     return events
 
 
@@ -199,5 +202,26 @@ def perfetto(bundle, out: Path) -> int:
     events = trace_events(tl.requests, t0)
     if host:
         events += host_events(ev, t0, clock if on_dm else None, bundle.manifest.hvm_vendor)
-    out.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ns"}))
-    return len(events)
+    with out.open("w") as fh:
+        return write_trace(fh, events)
+
+
+WRITE_ROWS = 100_000  # rows of a frame turned into JSON at a time
+
+
+def write_trace(fh, events: Pieces) -> int:
+    """Write the trace JSON object, its events streamed in order (a million requests make
+    eight million events: as Python dicts they took 9.6 GB); the number written."""
+    fh.write('{"displayTimeUnit": "ns", "traceEvents": [')
+    count = 0
+    for piece in events:
+        if isinstance(piece, dict):
+            texts = [json.dumps(piece)]
+        else:  # a line of NDJSON per row, made by polars, WRITE_ROWS rows at a time
+            texts = (piece.slice(at, WRITE_ROWS).write_ndjson().rstrip("\n")
+                     for at in range(0, len(piece), WRITE_ROWS))  # fmt: skip
+        for text in texts:
+            fh.write(("," if count else "") + "\n" + text.replace("\n", ",\n"))
+            count += text.count("\n") + 1
+    fh.write("\n]}\n")
+    return count
