@@ -33,6 +33,15 @@ from xvtrace.replay.transports.base import Transport, submission
 OPS = ("read", "write", "tx", "rx")
 KIND_OF_OP = {"read": "block", "write": "block", "tx": "net_tx", "rx": "net_rx"}
 NEEDED = ("op", "bytes", "pop_ns", "fill_ns", "io_ns", "complete")
+RESPONSE_ENDS = ("notify_ns", "fill_ns")  # a request's response as the host sees it end
+RESPONSE_STARTS = ("trap_exit_ns", "kick_ns", "pop_ns")  # ... and begin
+READS = (
+    *NEEDED,
+    "reason",
+    "trap_vcpu",
+    *RESPONSE_ENDS,
+    *RESPONSE_STARTS,
+)  # all from_requests reads
 
 
 class StreamError(XvtraceError, ValueError):
@@ -118,10 +127,6 @@ def from_requests(
     arrival = (pop - pop[0]).astype(np.float64)
     return Stream(op, nbytes, pages, job.astype(np.int64), device, arrival, max(1, depth), seen,
                   think_time(done, arrival, max(1, depth) * seen))  # fmt: skip
-
-
-RESPONSE_ENDS = ("notify_ns", "fill_ns")  # a request's response as the host sees it end
-RESPONSE_STARTS = ("trap_exit_ns", "kick_ns", "pop_ns")  # ... and begin
 
 
 def think_time(done: pl.DataFrame, arrival: np.ndarray, inflight: int) -> float:

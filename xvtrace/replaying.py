@@ -25,7 +25,7 @@ from xvtrace.replay import calibrate
 from xvtrace.replay import costs as cost_table
 from xvtrace.replay.accounting import COUNTERS
 from xvtrace.replay.execute import CPU_ACTORS, ORIGINS, replay
-from xvtrace.replay.stream import Stream, from_requests, inside_device_interval
+from xvtrace.replay.stream import READS, Stream, from_requests, inside_device_interval
 from xvtrace.replay.transports import NAMES, get
 from xvtrace.replay.transports.base import PHASES, Transport
 
@@ -96,7 +96,7 @@ def replay_bundle(
     calibrated = cost_table.calibrated_keys(table)
     src = source or source_transport(bundle)
     tl = timeline.load(bundle)
-    stream = bundle_stream(bundle, tl.requests, src, costs, iodepth=iodepth, njobs=njobs)
+    stream = bundle_stream(bundle, tl.columns(*READS), src, costs, iodepth=iodepth, njobs=njobs)
     parts, rows = [], []
     for i, t in enumerate(transports):  # per transport, each run vectorized
         if progress:

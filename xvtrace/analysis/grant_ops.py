@@ -19,6 +19,9 @@ from xvtrace.timeline.clock import Clock, to_device_model
 COLUMNS = {"mem.grant_map": "grant_maps", "mem.grant_unmap": "grant_unmaps"}
 
 
+READS = ("request", "pop_ns", "handle_ns", "io_done_ns", "fill_ns")  # the requests' columns used
+
+
 def per_request(
     ev: pl.LazyFrame, req: pl.DataFrame, clock: Clock | None
 ) -> tuple[pl.DataFrame, dict[str, int]] | None:

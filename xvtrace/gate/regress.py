@@ -59,7 +59,9 @@ class RegressError(XvtraceError, ValueError):
 
 def summarize(bundle) -> dict:
     """The baseline summary of a bundle (runs its timeline first when needed)."""
-    req = timeline.load(bundle).requests.filter(pl.col("complete"))
+    stamps = [c for _, a, b in PHASES for c in (a, b)]
+    req = timeline.load(bundle).columns("complete", "view", "queue", "op", *stamps)
+    req = req.filter(pl.col("complete"))
     m = bundle.manifest
     prov = {
         "xen_version": m.xen_version,

@@ -23,17 +23,17 @@ class Report:
     facts: dict
     phases: pl.DataFrame  # dev, queue, op, phase, requests, p50/p90/p99/max (us)
     per_request: pl.DataFrame  # what, count, per_request
-    requests: pl.DataFrame | None = None  # the timeline's, for the HTML page's plots
+    requests: pl.LazyFrame | None = None  # the timeline's, for the HTML page's plots
 
     @classmethod
     def of(cls, bundle) -> Report:
         tl = timeline.load(bundle)
-        req = tl.requests
-        phases = table(req)
+        phases = table(tl.scan())
+        n = tl.scan().select(pl.len()).collect().item()
         m = bundle.manifest
         facts = {
             "bundle": str(bundle.path),
-            "requests": len(req),
+            "requests": n,
             "incomplete": tl.facts.get("incomplete", {}),
             "clocks": {k: v for k, v in tl.facts.items() if k.endswith("_clock") and v},
             "lost_records": m.counts.get("lost", 0),
@@ -41,15 +41,15 @@ class Report:
         }
         vendor = m.hvm_vendor
         ev = bundle.events()
-        per_request = _per_request(ev, len(req), vendor)
-        joined = grant_ops.per_request(ev, req, tl.device_model_clock)
+        per_request = _per_request(ev, n, vendor)
+        joined = grant_ops.per_request(ev, tl.columns(*grant_ops.READS), tl.device_model_clock)
         if joined is not None:
             per_request = pl.concat([per_request, _joined_grants(*joined)])
-        return cls(facts, phases, per_request, req)
+        return cls(facts, phases, per_request, tl.scan())
 
     def render_html(self) -> str:
         """A self-contained page (plots inline, works offline)."""
-        return html.render(self.facts, self.phases, self.per_request, self.requests)
+        return html.render(self.facts, self.phases, self.per_request, self.requests.collect())
 
     def to_json(self) -> dict:
         return {

@@ -43,22 +43,23 @@ PHASES = (
 )
 
 
-def with_phases(req: pl.DataFrame) -> pl.DataFrame:
+def with_phases(req: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
     """`req` with the PHASES that come from the hypervisor's side where it has their stamps:
     trap_ns (the kick's exit to entry), irq_to_isr_ns and isr_to_ack_ns; and, through a
     vhost-user back-end, the hops of its kick and call eventfds."""
-    if "trap_exit_ns" in req.columns:
+    columns = req.collect_schema().names()
+    if "trap_exit_ns" in columns:
         req = req.with_columns((pl.col("trap_entry_ns") - pl.col("trap_exit_ns")).alias("trap_ns"))
-    if "vu_kick_ns" in req.columns:  # timeline.vhost_user
+    if "vu_kick_ns" in columns:  # timeline.vhost_user
         req = req.with_columns(
             (pl.col("vu_kick_ns") - pl.col("kick_ns")).alias("vu_kick_hop_ns"),
             (pl.col("vu_call_ns") - pl.col("notify_ns")).alias("vu_call_hop_ns"),
         )
-    if "isr_read_ns" in req.columns:
+    if "isr_read_ns" in columns:
         # the interrupt as the guest's side sees it raised: through a vhost-user back-end,
         # once the front-end read its call (the call eventfd's phase is before it)
         irq = pl.col("notify_ns")
-        if "vu_call_ns" in req.columns:
+        if "vu_call_ns" in columns:
             irq = pl.coalesce("vu_call_ns", "notify_ns")
         req = req.with_columns(
             (pl.col("isr_read_ns") - irq).alias("irq_to_isr_ns"),
@@ -70,13 +71,16 @@ def with_phases(req: pl.DataFrame) -> pl.DataFrame:
 QUANTILES = (0.5, 0.9, 0.99)
 
 
-def table(req: pl.DataFrame) -> pl.DataFrame:
+def table(req: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """Per device, queue, operation and phase (in PHASES order): requests that have the
     phase, its p50/p90/p99 (nearest rank) and max in us."""
     req = with_phases(req)
+    columns = req.collect_schema().names()
     order = [c for c, _ in PHASES]
-    rows = [
-        req.filter(pl.col(col).is_not_null())
+    rows = [  # each on its own column (a filter of the whole table copied every column)
+        req.lazy()
+        .select("dev", "queue", "op", col)
+        .filter(pl.col(col).is_not_null())
         .group_by("dev", "queue", "op")
         .agg(
             pl.lit(name).alias("phase"),
@@ -89,8 +93,8 @@ def table(req: pl.DataFrame) -> pl.DataFrame:
             (pl.col(col).max() / 1e3).alias("max_us"),
         )
         for col, name in PHASES
-        if col in req.columns
+        if col in columns
     ]
     if not rows:
         return pl.DataFrame()
-    return pl.concat(rows).sort("dev", "queue", "op", "_order").drop("_order")
+    return pl.concat(rows).sort("dev", "queue", "op", "_order").drop("_order").collect()

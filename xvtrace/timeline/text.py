@@ -10,16 +10,17 @@ from xvtrace.timeline.ioreqs import IOREQS
 from xvtrace.timeline.phases import PHASES, table
 
 
-def queues(req: pl.DataFrame) -> list[dict]:
+def queues(req: pl.LazyFrame) -> list[dict]:
     """One row per device, queue and operation: requests, incomplete, `<phase> p50` and
     `<phase> p99` (us; None where no request of the queue has the phase)."""
-    if not len(req):
-        return []
     counts = (
         req.group_by("dev", "queue", "op")
         .agg(pl.len().alias("requests"), (~pl.col("complete")).sum().alias("incomplete"))
         .sort("dev", "queue", "op")
+        .collect()
     )
+    if not len(counts):
+        return []
     long = table(req)
     present = set(long["phase"].to_list()) if len(long) else set()
     names = [n for _, n in PHASES if n in present]
@@ -46,15 +47,14 @@ def to_json(tl, bundle_path) -> dict:
         "view": tl.view,
         "views": tl.facts.get("views", []),
         "incomplete": tl.facts.get("incomplete", {}),
-        "queues": queues(tl.requests),
+        "queues": queues(tl.scan()),
     }
 
 
 def render(tl, bundle_path) -> str:
-    req, f = tl.requests, tl.facts
-    out = [
-        f"requests: {len(req)} ({int(req['complete'].sum())} complete) -> {bundle_path / REQUESTS}"
-    ]
+    f = tl.facts
+    n, complete = tl.scan().select(pl.len(), pl.col("complete").sum()).collect().row(0)
+    out = [f"requests: {n} ({int(complete or 0)} complete) -> {bundle_path / REQUESTS}"]
     if tl.view is not None:
         out.append(f"view: {tl.view}")
     views = f.get("views") or []
@@ -79,7 +79,7 @@ def render(tl, bundle_path) -> str:
             f"packet clock = device model - {c['offset_ns']} ns (residual {c['residual_min_ns']:+d}"
             f"..{c['residual_max_ns']:+d} ns, {c['matched']}/{c['rx_requests']} rx frames matched)"
         )
-    for r in queues(req):  # a block per queue and op, a line per phase
+    for r in queues(tl.scan()):  # a block per queue and op, a line per phase
         queue = r["queue"] if r["queue"] is not None else "?"
         out.append(
             f"\n{r['dev'] or '?'} queue {queue} {r['op']}: {r['requests']} requests,"
