@@ -14,9 +14,18 @@ from html import escape
 import polars as pl
 
 from xvtrace.output import plots
-from xvtrace.timeline.phases import first_stamp
+from xvtrace.timeline.phases import STARTS, first_stamp
 
 WINDOW = 30  # requests in the Gantt chart: consecutive ones around the median request
+# the requests' columns the plots read (of a request table's forty)
+READS = ("request", "dev", "op", *(c for c, _ in plots.LATENCY), *STARTS,
+         *(c for _, a, b in plots.SEGMENTS for c in (a, b)))  # fmt: skip
+
+
+def plotted(req: pl.LazyFrame) -> pl.DataFrame:
+    """The requests as the plots read them: READS, those the table has."""
+    have = req.collect_schema().names()
+    return req.select(c for c in dict.fromkeys(READS) if c in have).collect()
 
 
 def cdf_plot(req: pl.DataFrame) -> str:

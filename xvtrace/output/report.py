@@ -49,7 +49,7 @@ class Report:
 
     def render_html(self) -> str:
         """A self-contained page (plots inline, works offline)."""
-        return html.render(self.facts, self.phases, self.per_request, self.requests.collect())
+        return html.render(self.facts, self.phases, self.per_request, html.plotted(self.requests))
 
     def to_json(self) -> dict:
         return {
