@@ -9,8 +9,9 @@ Rows (wall seconds and peak RSS of each child process, medians of --repeat runs)
   `ingest`, each against `xenalyze --summary` on the raw file; `dump BUNDLE > /dev/null`
   against `xenalyze --dump-all`;
 - on emulated epam-mmio bundles of each --requests (randwrite-4k-qd32): `ingest`,
-  `timeline` and `summary` (computed from the table), whose peak RSS should stay flat as
-  the capture grows.
+  `timeline` and `summary` (computed from the table), then `report`, `regress`,
+  `export perfetto` and `replay` (from the stored timeline), whose peak RSS should stay
+  flat as the capture grows.
 """
 
 from __future__ import annotations
@@ -109,6 +110,15 @@ def emulated_rows(work: Path, counts: list[int], repeat: int) -> None:
                 median_run([*XV, "timeline", str(b)], repeat, before=partial(_forget_timeline, b)))  # fmt: skip
             row(f"summary, epam-mmio {n // 1000}k requests",
                 median_run([*XV, "summary", str(b)], repeat, before=partial(_forget_summary, b)))  # fmt: skip
+            # the commands that read the stored timeline's requests
+            trace = Path(d) / "trace.json"
+            for name, cmd in (
+                ("report", ["report", str(b)]),
+                ("regress", ["regress", "--baseline", str(b), "--candidate", str(b)]),
+                ("export perfetto", ["export", "perfetto", str(b), "-o", str(trace)]),
+                ("replay (8 transports)", ["replay", str(b)]),
+            ):
+                row(f"{name}, epam-mmio {n // 1000}k requests", median_run([*XV, *cmd], repeat))
 
 
 def _clean(bundle: Path) -> None:
