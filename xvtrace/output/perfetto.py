@@ -31,21 +31,26 @@ IRQ_US = 0.5  # drawn width of the interrupt mark on a vCPU track
 
 
 # What a trace is made of, written in order: single events (the metadata naming processes
-# and threads) as dicts, and the many slices and flows as frames, a row an event.
-Pieces = list[dict | pl.DataFrame]
+# and threads) as dicts, and the many slices and flows as lazy frames, a row an event (each
+# made when it is written: memory holds one of them, not the requests and all of them).
+Pieces = list[dict | pl.LazyFrame | pl.DataFrame]
 
 
-def trace_events(req: pl.DataFrame, t0: int | None = None) -> Pieces:
-    """The trace events of reconstructed requests (rows of requests.parquet); times in us
-    after `t0` (default: the first request's first step)."""
+def trace_events(req: pl.LazyFrame, t0: int | None = None) -> Pieces:
+    """The trace events of reconstructed requests (rows of requests.parquet, lazily: only
+    the columns drawn are read); times in us after `t0` (default: the first request's
+    first step)."""
+    columns = req.collect_schema().names()
     seen = pl.col("pop_ns").is_not_null()
-    if "trap_exit_ns" in req.columns:  # the hypervisor's view alone has kicks but no pops
+    if "trap_exit_ns" in columns:  # the hypervisor's view alone has kicks but no pops
         seen = seen | pl.col("trap_exit_ns").is_not_null()
     req = req.filter(seen)
-    if not len(req):
+    if _origin(req) is None:  # no request drawn
         return []
     t0 = _origin(req) if t0 is None else t0
-    queues = req.select("dev", "queue").unique().sort("dev", "queue", nulls_last=True).rows()
+    queues = (
+        req.select("dev", "queue").unique().sort("dev", "queue", nulls_last=True).collect().rows()
+    )
     tid = {q: i + 1 for i, q in enumerate(queues)}
     backend = {
         "device-model": "device model (QEMU)",
@@ -71,12 +76,15 @@ def trace_events(req: pl.DataFrame, t0: int | None = None) -> Pieces:
         us("io_done_ns").alias("io_done"), us("notify_ns").alias("notify"),
         us("kick_ns").alias("kick"),
     )  # fmt: skip
-    mapping = pl.DataFrame({"dev": [d for d, _ in tid], "queue": [q for _, q in tid], "tid": list(tid.values())},
-                           schema_overrides={"dev": req.schema["dev"], "queue": req.schema["queue"]})  # fmt: skip
-    rows = rows.join(mapping, on=["dev", "queue"], how="left", nulls_equal=True)
+    schema = req.collect_schema()
+    mapping = pl.LazyFrame({"dev": [d for d, _ in tid], "queue": [q for _, q in tid], "tid": list(tid.values())},
+                           schema_overrides={"dev": schema["dev"], "queue": schema["queue"]})  # fmt: skip
+    rows = rows.join(
+        mapping, on=["dev", "queue"], how="left", nulls_equal=True, maintain_order="left"
+    )
     args = pl.struct(pl.col("request"), pl.col("op"), pl.col("bytes")).alias("args")
 
-    def slices(df: pl.DataFrame, pid, tid_expr, name, start, end) -> pl.DataFrame:
+    def slices(df: pl.LazyFrame, pid, tid_expr, name, start, end) -> pl.LazyFrame:
         return df.filter(pl.col(start).is_not_null() & pl.col(end).is_not_null()).select(
             pl.lit("X").alias("ph"), pl.lit(pid).alias("pid"), tid_expr.alias("tid"), pl.lit(name).alias("name"),
             pl.col(start).alias("ts"), (pl.col(end) - pl.col(start)).clip(0).alias("dur"), args,
@@ -90,7 +98,7 @@ def trace_events(req: pl.DataFrame, t0: int | None = None) -> Pieces:
                "kick", "notify"),  # no backend step known: the device's whole time
     ]  # fmt: skip
     flows = []
-    if "trap_exit_ns" in req.columns:
+    if "trap_exit_ns" in columns:
         rows = rows.with_columns(
             us("trap_exit_ns").alias("trap"), us("trap_entry_ns").alias("resume"),
             (pl.col("notify") + IRQ_US).alias("irq_end"),
@@ -99,11 +107,10 @@ def trace_events(req: pl.DataFrame, t0: int | None = None) -> Pieces:
         parts.append(slices(rows, PID_GUEST, vcpu_tid, "notify trap", "trap", "resume"))
         kicked = rows.filter(pl.col("trap").is_not_null())
         parts.append(slices(kicked, PID_GUEST, vcpu_tid, "interrupt", "notify", "irq_end"))
-        if "trap_cpu" in rows.columns:
+        if "trap_cpu" in columns:
             parts.append(slices(rows, PID_HOST, 200 + pl.col("trap_cpu").fill_null(0), "notify trap",
                                 "trap", "resume"))  # fmt: skip
-            events += [_thread(PID_HOST, 200 + c, f"pCPU {c}")
-                       for c in sorted(kicked["trap_cpu"].drop_nulls().unique().to_list())]  # fmt: skip
+            events += [_thread(PID_HOST, 200 + c, f"pCPU {c}") for c in _values(kicked, "trap_cpu")]
         # one flow per request: the guest's kick -> the backend's pop -> the interrupt
         flow = [
             pl.lit("request").alias("name"),
@@ -120,14 +127,18 @@ def trace_events(req: pl.DataFrame, t0: int | None = None) -> Pieces:
                 pl.lit("f").alias("ph"), pl.lit("e").alias("bp"), pl.lit(PID_GUEST).alias("pid"),
                 vcpu_tid.alias("tid"), *flow, pl.col("notify").alias("ts")),
         ]  # fmt: skip
-        events += [_thread(PID_GUEST, 100 + v, f"vCPU {v}")
-                   for v in sorted(kicked["trap_vcpu"].drop_nulls().unique().to_list())]  # fmt: skip
+        events += [_thread(PID_GUEST, 100 + v, f"vCPU {v}") for v in _values(kicked, "trap_vcpu")]
     return events + parts + flows
 
 
-def _origin(req: pl.DataFrame) -> int | None:
+def _values(rows: pl.LazyFrame, col: str) -> list:
+    """The distinct values of `col`, sorted, nulls left out."""
+    return sorted(rows.select(pl.col(col).drop_nulls().unique()).collect().to_series().to_list())
+
+
+def _origin(req: pl.LazyFrame) -> int | None:
     """The first time drawn: every track's times are microseconds after it."""
-    first = req.select(first_stamp(req.columns).min()).item() if len(req) else None
+    first = req.select(first_stamp(req.collect_schema().names()).min()).collect().item()
     return None if first is None else int(first)
 
 
@@ -135,8 +146,11 @@ def _thread(pid: int, tid: int, name: str) -> dict:
     return {"ph": "M", "pid": pid, "tid": tid, "name": "thread_name", "args": {"name": name}}
 
 
-def _view(req: pl.DataFrame) -> str:
-    return req["view"][0] if "view" in req.columns and len(req) else "device-model"
+def _view(req: pl.LazyFrame) -> str:
+    if "view" not in req.collect_schema().names():
+        return "device-model"
+    first = req.select(pl.col("view").first()).collect()
+    return first.item() if len(first) and first.item() is not None else "device-model"
 
 
 PID_RUNSTATE, PID_EXITS = 4, 5
@@ -187,7 +201,7 @@ def perfetto(bundle, out: Path) -> int:
     Xen's vCPU runstates and VM exits as tracks when the capture has them and their clock
     is the requests' or aligned to it."""
     tl = timeline.load(bundle)
-    t0 = _origin(tl.requests)
+    t0 = _origin(tl.scan())
     clock = Clock.from_dict(tl.facts.get("device_model_clock"))
     on_dm = tl.view in (pipeline.DM_VIEW_NAME, pipeline.IDE_VIEW_NAME)  # the device model's clock
     host = clock is not None or not on_dm  # else no clock common to both
@@ -199,7 +213,7 @@ def perfetto(bundle, out: Path) -> int:
             first = pl.select(to_device_model(pl.lit(first), clock) if on_dm else pl.lit(first))
             t0 = int(first.item()) if t0 is None else min(t0, int(first.item()))
         host = t0 is not None
-    events = trace_events(tl.requests, t0)
+    events = trace_events(tl.scan(), t0)
     if host:
         events += host_events(ev, t0, clock if on_dm else None, bundle.manifest.hvm_vendor)
     with out.open("w") as fh:
@@ -218,8 +232,9 @@ def write_trace(fh, events: Pieces) -> int:
         if isinstance(piece, dict):
             texts = [json.dumps(piece)]
         else:  # a line of NDJSON per row, made by polars, WRITE_ROWS rows at a time
-            texts = (piece.slice(at, WRITE_ROWS).write_ndjson().rstrip("\n")
-                     for at in range(0, len(piece), WRITE_ROWS))  # fmt: skip
+            rows = piece.collect() if isinstance(piece, pl.LazyFrame) else piece
+            texts = (rows.slice(at, WRITE_ROWS).write_ndjson().rstrip("\n")
+                     for at in range(0, len(rows), WRITE_ROWS))  # fmt: skip
         for text in texts:
             fh.write(("," if count else "") + "\n" + text.replace("\n", ",\n"))
             count += text.count("\n") + 1
