@@ -197,3 +197,19 @@ def test_summary_is_stored_and_answers_the_same(tmp_path):
     assert first.exit_code == second.exit_code == 0 and first.stdout == second.stdout
     other = runner.invoke(cli, ["summary", str(tmp_path / "b"), "--cpu-khz", "1200000", "--json"])
     assert other.exit_code == 0 and other.stdout != first.stdout  # another key, not the stored
+
+
+def test_a_timeline_whose_stored_requests_were_rebuilt_refuses_to_read_them(epam):
+    """A Timeline served from the bundle reads its requests when they are asked for; if
+    another build replaced them meanwhile, its facts and clocks are no longer theirs."""
+    runner = CliRunner()
+    _ingest(runner, epam)
+    timeline.build(api.load(epam))
+    served = api.timeline(epam)
+    assert not served.computed and served.columns("request").height > 0
+    _ingest(runner, epam, "--cpu-khz", "1000000")
+    timeline.build(api.load(epam))
+    for read in (served.scan, lambda: served.requests, lambda: served.columns("pop_ns")):
+        with pytest.raises(BundleError, match="rebuilt since this timeline was read"):
+            read()
+    assert api.timeline(epam).columns("request").height > 0  # loaded again: served

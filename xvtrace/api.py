@@ -64,6 +64,13 @@ def _reads(fn):
     return wrapper
 
 
+def reading(path):
+    """Hold the bundle at `path` for reading (a context manager; nothing for a raw capture):
+    a Timeline or Report used inside it reads its stored requests before any ingest or
+    rebuild can replace them (outside it, such a read is refused)."""
+    return lock.reading(path)
+
+
 def _held_while_read(path, open_iter: Callable[[], Iterator]) -> Iterator:
     """A lazy iterator over a bundle's events that holds the bundle for reading until it
     is exhausted or closed."""

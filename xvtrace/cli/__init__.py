@@ -361,8 +361,8 @@ def timeline_cmd(source, as_json, cpu_khz, hvm_vendor):
     block handling, fill, interrupt), matching reused element pointers as QEMU reports them.
     Requests missing events are kept and flagged; the manifest counts them.
     """
-    tl = api.timeline(source, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
-    _show(tl, as_json)
+    with api.reading(source):  # the stored requests are read as they are printed
+        _show(api.timeline(source, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor), as_json)
 
 
 @cli.command("report")
@@ -377,9 +377,10 @@ def report_cmd(source, as_json, html_file, cpu_khz, hvm_vendor):
     """Where each request's time goes: per-phase p50/p90/p99/max per device queue and
     operation, clock alignment bounds, incomplete requests, and the VM exits, dom0
     hypercalls, IOREQs and grant operations per request. Runs `timeline` when needed."""
-    rep = api.report(source, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
-    if html_file:
-        _write(html_file, rep.render_html())
+    with api.reading(source):  # the page's plots read the stored requests
+        rep = api.report(source, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
+        if html_file:
+            _write(html_file, rep.render_html())
     _show(rep, as_json)
 
 

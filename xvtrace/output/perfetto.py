@@ -69,7 +69,9 @@ def trace_events(req: pl.LazyFrame, t0: int | None = None) -> Pieces:
     events += [_thread(PID_DM, t, f"{dev} queue {q}") for (dev, q), t in tid.items()]
 
     def us(col: str) -> pl.Expr:
-        return (pl.col(col) - t0) / 1000
+        # ns stamps: three decimals are exact (polars' `/ 1000` can differ in the last bit
+        # from row to row of a lazy query)
+        return ((pl.col(col) - t0) / 1000).round(3)
 
     rows = req.with_columns(
         us("pop_ns").alias("pop"), us("fill_ns").alias("fill"), us("handle_ns").alias("handle"),

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from xvtrace.bundle import derived, spill_dir
+from xvtrace.bundle import BundleError, derived, spill_dir
 from xvtrace.timeline import hvm, ioreqs, qemu, text, traps, vhost_user
 from xvtrace.timeline.clock import (
     Clock,
@@ -62,16 +62,26 @@ class Timeline:
     @cached_property
     def requests(self) -> pl.DataFrame:
         """Every request, every column (read when first asked for)."""
-        return (
-            self.source if isinstance(self.source, pl.DataFrame) else pl.read_parquet(self.source)
-        )
+        if isinstance(self.source, pl.DataFrame):
+            return self.source
+        return pl.read_parquet(self._stored())
 
     def scan(self) -> pl.LazyFrame:
         """The requests, lazily: a command that needs a few of their columns reads only
         those (all of them are 1.26 GB for 5 M requests)."""
         if "requests" in self.__dict__ or isinstance(self.source, pl.DataFrame):
             return self.requests.lazy()
-        return pl.scan_parquet(self.source)
+        return pl.scan_parquet(self._stored())
+
+    def _stored(self) -> Path:
+        """The stored requests, refused once another build replaced them: this timeline's
+        facts and clocks are those of the file it was loaded with."""
+        if derived.file_identity(self.source) != self.facts["files"].get(REQUESTS):
+            raise BundleError(
+                f"{self.source}: rebuilt since this timeline was read (an ingest or a "
+                "timeline ran meanwhile); run the command again"
+            )
+        return self.source
 
     def columns(self, *names: str) -> pl.DataFrame:
         """The requests' columns among `names` (those the table has), in that order."""
