@@ -213,3 +213,27 @@ def test_a_timeline_whose_stored_requests_were_rebuilt_refuses_to_read_them(epam
         with pytest.raises(BundleError, match="rebuilt since this timeline was read"):
             read()
     assert api.timeline(epam).columns("request").height > 0  # loaded again: served
+
+
+def test_a_read_only_bundle_answers_without_storing_and_replay_says_where_to_write(
+    epam, monkeypatch
+):
+    """On a read-only bundle polars' own write error carries no errno (it was reported as
+    an internal error): the bundle is seen to be read-only first."""
+    runner = CliRunner()
+    _ingest(runner, epam)
+    real = os.access
+
+    def access(path, mode, **kw):  # the bundle's directory is not writable
+        return not (mode & os.W_OK and os.fspath(path) == os.fspath(epam)) and real(
+            path, mode, **kw
+        )
+
+    monkeypatch.setattr(os, "access", access)
+    r = runner.invoke(cli, ["timeline", str(epam)])
+    assert r.exit_code == 0, r.output
+    assert not (epam / "requests.parquet").exists() and "timeline" not in Bundle.open(epam).manifest
+    r = runner.invoke(cli, ["replay", str(epam)])
+    assert (
+        r.exit_code == 2 and f"{epam}: not writable (read-only?); give replay -o FILE" in r.output
+    )

@@ -222,6 +222,9 @@ def replay(
     from xvtrace.output.compare import Comparison
 
     bundle = load(path)
+    target = Path(output) if output else bundle.path / replaying.REPLAY
+    if not os.access(target.parent, os.W_OK):  # said now, not after the replay's minutes
+        raise XvtraceError(f"{target.parent}: not writable (read-only?); give replay -o FILE")
     if emit_dir is not None:
         emit_dir = Path(emit_dir)
         if emit_dir.exists() and any(emit_dir.iterdir()):

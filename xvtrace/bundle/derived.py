@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,9 @@ def store(
     computed from (re-ingested meanwhile)."""
     files = {}
     entry = {**facts, "key": want, "files": files}
+    if not os.access(bundle.path, os.W_OK):  # (polars' own write error would carry no errno)
+        bundle.manifest.pop(name, None)
+        return entry
     try:
         with lock.if_free(bundle.path) as held:
             if not held:
