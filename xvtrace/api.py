@@ -67,7 +67,7 @@ def _reads(fn):
 def reading(path):
     """Hold the bundle at `path` for reading (a context manager; nothing for a raw capture):
     a Timeline or Report used inside it reads its stored requests before any ingest or
-    rebuild can replace them (outside it, such a read is refused)."""
+    rebuild can replace them (outside it, a read after such a replacement is refused)."""
     return lock.reading(path)
 
 
