@@ -205,6 +205,7 @@ def test_streamed_virtqueues_are_the_full_joins(rows, batch, shuffled):
     log (so that its file order is not its time order), cut into batches of a few rows:
     the streamed pairing gives the full join's counts, bytes and times."""
     from xvtrace.analysis import virtqueues
+    from xvtrace.bundle import file_order
 
     offsets = list(range(len(rows)))
     if not shuffled:  # times rise with the file offset in each log
@@ -212,7 +213,7 @@ def test_streamed_virtqueues_are_the_full_joins(rows, batch, shuffled):
     table = _qemu_rows([(e, d, q, a, t, sz if e.endswith("fill") else None, off, f)
                         for (e, d, q, a, t, sz, f), off in zip(rows, offsets, strict=True)])  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(virtqueues, "BATCH_ROWS", batch)
+        mp.setattr(file_order, "BATCH_ROWS", batch)
         ours = virtqueues.virtqueues(table)
     want = reference_virtqueues(table)
     ours = ours.select(want.columns)

@@ -24,7 +24,6 @@ KEY = ["dev", "queue", "addr"]  # an element
 POP, FILL = "qemu.virtqueue_pop", "qemu.virtqueue_fill"
 KICK, IRQS = "qemu.virtio_queue_notify", ["qemu.virtio_notify", "qemu.virtio_notify_irqfd"]
 BLK = [e for e in EVENT_NAMES if e.startswith("qemu.virtio_blk_")]
-BATCH_ROWS = 250_000
 # the section's columns, in order, with the types its stored answers have
 COLUMNS = {"dev": pl.String, "kind": pl.String, "queue": pl.UInt16, "pops": pl.UInt32,
            "fills": pl.UInt32, "in_flight": pl.UInt32, "bytes_filled": pl.UInt32,
@@ -118,7 +117,7 @@ def virtqueues(ev: pl.LazyFrame) -> pl.DataFrame:
         rows = elements.filter(pl.col("src_file") == log).select(
             *KEY, "event", "ts_ns", "size", "src_offset"
         )
-        for batch in file_order.batches(rows, BATCH_ROWS):
+        for batch in file_order.batches(rows):
             pairs.add(batch.drop("src_offset"))
     if pairs.seen is None:
         return pl.DataFrame(schema=COLUMNS)

@@ -9,12 +9,12 @@ import polars as pl
 BATCH_ROWS = 250_000
 
 
-def batches(rows: pl.LazyFrame, batch_rows: int | None = None) -> Iterator[pl.DataFrame]:
-    """`rows` (one src_file's, with src_offset) by src_offset, `batch_rows` (BATCH_ROWS) at a time. The
+def batches(rows: pl.LazyFrame) -> Iterator[pl.DataFrame]:
+    """`rows` (one src_file's, with src_offset) by src_offset, BATCH_ROWS at a time. The
     table is in time order, so a log's rows are in its file order unless its own times
     step back (threads logging at once): then they are sorted, and held whole."""
     stepped_back = rows.select((pl.col("src_offset").diff() < 0).any()).collect().item()
     if stepped_back:
         yield rows.sort("src_offset").collect()
     else:
-        yield from rows.collect_batches(chunk_size=batch_rows or BATCH_ROWS)
+        yield from rows.collect_batches(chunk_size=BATCH_ROWS)
