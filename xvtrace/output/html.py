@@ -22,12 +22,6 @@ READS = ("request", "dev", "op", *(c for c, _ in plots.LATENCY), *STARTS,
          *(c for _, a, b in plots.SEGMENTS for c in (a, b)))  # fmt: skip
 
 
-def plotted(req: pl.LazyFrame) -> pl.DataFrame:
-    """The requests as the plots read them: READS, those the table has."""
-    have = req.collect_schema().names()
-    return req.select(c for c in dict.fromkeys(READS) if c in have).collect()
-
-
 def cdf_plot(req: pl.DataFrame) -> str:
     lat = plots.latency_column(req)
     if lat is None:

@@ -15,6 +15,7 @@ from xvtrace.analysis import grant_ops
 from xvtrace.output import html
 from xvtrace.parsers import fields
 from xvtrace.parsers import xen_events as xe
+from xvtrace.timeline import Timeline
 from xvtrace.timeline.phases import table
 
 
@@ -23,13 +24,13 @@ class Report:
     facts: dict
     phases: pl.DataFrame  # dev, queue, op, phase, requests, p50/p90/p99/max (us)
     per_request: pl.DataFrame  # what, count, per_request
-    requests: pl.LazyFrame | None = None  # the timeline's, for the HTML page's plots
+    timeline: Timeline | None = None  # whose requests the HTML page's plots read
 
     @classmethod
     def of(cls, bundle) -> Report:
         tl = timeline.load(bundle)
         phases = table(tl.scan())
-        n = tl.scan().select(pl.len()).collect().item()
+        n = tl.facts["requests"]
         m = bundle.manifest
         facts = {
             "bundle": str(bundle.path),
@@ -45,11 +46,12 @@ class Report:
         joined = grant_ops.per_request(ev, tl.columns(*grant_ops.READS), tl.device_model_clock)
         if joined is not None:
             per_request = pl.concat([per_request, _joined_grants(*joined)])
-        return cls(facts, phases, per_request, tl.scan())
+        return cls(facts, phases, per_request, tl)
 
     def render_html(self) -> str:
         """A self-contained page (plots inline, works offline)."""
-        return html.render(self.facts, self.phases, self.per_request, html.plotted(self.requests))
+        plotted = self.timeline.columns(*html.READS)
+        return html.render(self.facts, self.phases, self.per_request, plotted)
 
     def to_json(self) -> dict:
         return {
