@@ -45,9 +45,10 @@ def trace_events(req: pl.LazyFrame, t0: int | None = None) -> Pieces:
     if "trap_exit_ns" in columns:  # the hypervisor's view alone has kicks but no pops
         seen = seen | pl.col("trap_exit_ns").is_not_null()
     req = req.filter(seen)
-    if _origin(req) is None:  # no request drawn
+    first = _origin(req)
+    if first is None:  # no request drawn
         return []
-    t0 = _origin(req) if t0 is None else t0
+    t0 = first if t0 is None else t0
     queues = (
         req.select("dev", "queue").unique().sort("dev", "queue", nulls_last=True).collect().rows()
     )

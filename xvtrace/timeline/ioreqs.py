@@ -160,17 +160,21 @@ def join(
         & (pl.col("trap_entry_ns").fill_null(hi) >= lo)
         & (pl.col("trap_exit_ns") <= hi)
     )
-    used = joined.filter(pl.col("joined")).select("trap_off").collect()["trap_off"]
+    used, unjoined, n_joined = pl.collect_all([
+        joined.filter(pl.col("joined")).select("trap_off"),
+        joined.filter(~pl.col("joined")).select("dm_ns"),
+        joined.select(pl.col("joined").sum()),
+    ])  # fmt: skip
+    used = used["trap_off"]
     # an IOREQ before the guest's first traced trap (less the clock's reach) was handled
     # before the hypervisor's trace began: it has no trap to find
     first_trap = hv["trap_exit_ns"].min()
-    unjoined = joined.filter(~pl.col("joined")).select("dm_ns").collect()
     before = (
         0 if first_trap is None else int((unjoined["dm_ns"] < first_trap - slack_up - res).sum())
     )
     counts = {
         "ioreqs": len(dm),
-        "joined": joined.select(pl.col("joined").sum()).collect().item(),
+        "joined": n_joined.item(),
         "ioreqs_without_trap": len(unjoined),
         "ioreqs_before_trace": before,
         "traps_without_ioreq": int((~window["trap_off"].is_in(used.implode())).sum()),

@@ -53,8 +53,7 @@ def to_json(tl, bundle_path) -> dict:
 
 def render(tl, bundle_path) -> str:
     f = tl.facts
-    n, complete = tl.scan().select(pl.len(), pl.col("complete").sum()).collect().row(0)
-    out = [f"requests: {n} ({int(complete or 0)} complete) -> {bundle_path / REQUESTS}"]
+    out = [f"requests: {f['requests']} ({f['complete']} complete) -> {bundle_path / REQUESTS}"]
     if tl.view is not None:
         out.append(f"view: {tl.view}")
     views = f.get("views") or []
