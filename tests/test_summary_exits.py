@@ -57,6 +57,33 @@ def test_packed_statistics_equal_polars_quantiles(groups, rows, huge):
     assert ours.equals(reference(key, dur).select(ours.columns).cast(ours.schema))
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 3), st.integers(-1, 50), st.integers(1, 4)), max_size=60)
+)
+def test_a_histogram_gives_the_statistics_of_its_exits(rows):
+    """The fold keeps each (key, duration)'s count, not each exit: the statistics of the
+    counts are those of the exits written out one by one."""
+    key = np.array([k for k, _, _ in rows], np.uint64)
+    dur = np.array([d for _, d, _ in rows], np.int64)
+    count = np.array([c for _, _, c in rows], np.int64)
+    whole = summary._by_key(np.repeat(key, count), np.repeat(dur, count))
+    assert summary._by_key(key, dur, count).equals(whole)
+
+
+def test_the_fold_keeps_a_histogram_of_exits_not_each_exit():
+    """The summary's fold of a capture with many exits of few durations holds a row per
+    distinct (key, handler, io, duration), not per exit."""
+    exits = xen_fold.Exits(times=False)
+    n = 10_000
+    ts = np.arange(2 * n, dtype=np.int64)
+    role = np.tile(np.array([exit_pairs.EXIT, exit_pairs.ENTRY], np.uint8), n)
+    zeros = np.zeros(2 * n, np.uint32)
+    exits.add([ts, role, np.zeros(2 * n, np.uint64), zeros + 30, zeros], last=True)
+    got = exits.result()
+    assert got["count"].tolist() == [n] and got["dur"].tolist() == [1]
+
+
 def test_a_group_with_only_unmatched_exits_has_no_times():
     ours = summary._by_key(np.array([7, 7, 9], np.uint64), np.array([-1, -1, 40], np.int64))
     assert ours["count"].to_list() == [2, 1] and ours["unmatched"].to_list() == [2, 0]

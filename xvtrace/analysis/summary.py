@@ -288,29 +288,28 @@ def exits(f: xen_fold.Folded, vendor: str | None) -> dict[str, pl.DataFrame]:
     prints them: the nested-page-fault exits split by handler ("exit_handlers") and the
     exits by the IO port their access record names ("io_exits")."""
     r = f.exits
-    key, dur = r["key"], r["dur"]
+    key, dur, count = r["key"], r["dur"], r["count"]
     vendor = vendor or "vmx"
     low = np.uint64(0xFFFFFFFF)
-    # the split and IO port tables first, on their own exits: then handler and io can go
     split = np.flatnonzero(
         np.isin(key & low, [c for c, n in _reason_names(vendor).items() if n in SPLIT_EXITS])
     )
     by_handler = key[split] & ~low | r["handler"][split].astype(np.uint64) << np.uint64(16)
     low16 = pl.col("reason") & 0xFFFF
-    handlers = _by_key(by_handler | key[split] & low, dur[split]).with_columns(
+    handlers = _by_key(by_handler | key[split] & low, dur[split], count[split]).with_columns(
         (pl.col("reason") // (1 << 16)).cast(pl.Int64).replace_strict(
             dict(enumerate(HANDLER_NAMES)), return_dtype=pl.String).alias("handler"),
         low16,
     )  # fmt: skip
     at = np.flatnonzero(r["io"] != NO_IO)
-    ports = _by_key(key[at] & ~low | r["io"][at].astype(np.uint64), dur[at]).with_columns(
+    ports = _by_key(key[at] & ~low | r["io"][at].astype(np.uint64), dur[at], count[at])
+    ports = ports.with_columns(
         low16.alias("port"),
         pl.when(pl.col("reason") // (1 << 16) == 1).then(pl.lit("write")).otherwise(pl.lit("read"))
         .alias("dir"),
     )  # fmt: skip
-    del r, split, at, by_handler
     return {
-        "exits": _named(_by_key(key, dur), vendor),
+        "exits": _named(_by_key(key, dur, count), vendor),
         "exit_handlers": _named(handlers, vendor),
         "io_exits": ports.select(
             "dom", "vcpu", "port", "dir", pl.exclude("dom", "vcpu", "port", "dir", "reason")
@@ -331,20 +330,29 @@ def _named(df: pl.DataFrame, vendor: str) -> pl.DataFrame:
     ).select("dom", "vcpu", "reason", "name", pl.exclude("dom", "vcpu", "reason", "name"))
 
 
-def _by_key(key: np.ndarray, dur: np.ndarray) -> pl.DataFrame:
+def _by_key(key: np.ndarray, dur: np.ndarray, count: np.ndarray | None = None) -> pl.DataFrame:
     """Per group key: count, total, mean and 5/50/95th percentiles of the matched durations
-    (nearest rank, as polars' quantile) and the unmatched count (dur -1), in one compiled
-    pass (exit_kernels.group_durations): polars' group_by took 0.8 GiB for 8 M exits, and
-    a sort of packed (group, duration) words 1.1 s and four arrays of the exits' size."""
-    from xvtrace.analysis import exit_kernels
-
-    groups = pl.Series(key, dtype=pl.UInt64).unique().sort().to_numpy()
-    counts, unmatched, total, picked = exit_kernels.group_durations(key, dur, groups)
-    n = counts - unmatched  # matched per group
+    (nearest rank, as polars' quantile) and the unmatched count (dur -1), from each
+    duration's `count` (xen_fold's histogram of the exits; one each when not given). Sorted
+    by group and duration, a group's rank is a search of the running count."""
+    count = np.ones(len(key), np.int64) if count is None else count.astype(np.int64)
+    order = np.lexsort((dur, key))
+    key, dur, count = key[order], dur[order], count[order]
+    groups, first = np.unique(key, return_index=True)
+    if not len(groups):
+        first = np.zeros(0, np.int64)
+    matched = np.where(dur >= 0, count, 0)
+    at_end = np.cumsum(matched)  # matched exits up to each row
+    sums = (lambda a: np.add.reduceat(a, first)) if len(key) else (lambda a: a[:0])
+    counts, n, total = sums(count), sums(matched), sums(np.where(dur >= 0, dur * count, 0))
+    before = at_end[first] - matched[first] if len(key) else n  # matched before each group
     none = pl.Series(n == 0)
-    # a float, as polars' quantile gives (the stored and JSON answers keep their type)
-    ranks = {f"p{round(q * 100)}_ns": pl.Series(picked[:, j].astype(np.float64)).set(none, None)
-             for j, q in enumerate(exit_kernels.QUANTILES)}  # fmt: skip
+    ranks = {}
+    for q in QUANTILES:
+        rank = np.floor((n - 1) * q + 0.5).astype(np.int64)
+        row = np.minimum(np.searchsorted(at_end, before + rank, side="right"), len(key) - 1)
+        # a float, as polars' quantile gives (the stored and JSON answers keep their type)
+        ranks[f"p{round(q * 100)}_ns"] = pl.Series(dur[row].astype(np.float64)).set(none, None)
     mean = np.round(np.where(n > 0, total / np.maximum(n, 1), 0)).astype(np.int64)  # half to even
     out = pl.DataFrame({
         "dom": (groups >> np.uint64(48)).astype(np.int32),
@@ -354,12 +362,15 @@ def _by_key(key: np.ndarray, dur: np.ndarray) -> pl.DataFrame:
         "total_ns": total.astype(np.int64),
         "mean_ns": pl.Series(mean).set(none, None),
         **ranks,
-        "unmatched": unmatched.astype(np.uint32),
+        "unmatched": (counts - n).astype(np.uint32),
     })  # fmt: skip
     null = {"dom": NULL_ID, "vcpu": NULL_ID, "reason": NULL_REASON}
     return out.with_columns(
         [pl.when(pl.col(c) != v).then(pl.col(c)).alias(c) for c, v in null.items()]
     ).sort("dom", "vcpu", "reason")
+
+
+QUANTILES = (0.05, 0.5, 0.95)  # the exits' percentiles (p5, p50, p95)
 
 
 PV_EVENTS = {  # the PV events xenalyze counts, by its names (xenalyze.c pv_name), in its order

@@ -53,13 +53,26 @@ class Table:
 EXIT_COLUMNS = ("ts_ns", "role", "vk", "reason", "port")  # the exit pairing's rows
 
 
+def _counted(exits: pl.LazyFrame) -> pl.LazyFrame:
+    """Closed exits as a histogram: how many of each key, handler, io and duration (the
+    summary's statistics are exact from it, and it stops growing once a capture's exit
+    durations have been seen: 40 k rows for 8.4 M exits of a 500 MB trace)."""
+    return exits.group_by(*HISTOGRAM[:-1]).agg(pl.len().cast(pl.UInt64).alias("count"))
+
+
+HISTOGRAM = ("key", "handler", "io", "dur", "count")  # Exits.result without times
+
+
 @dataclass
 class Exits:
-    """Every exit closed so far (exit_pairs.OUT arrays per chunk) and the pairing's state."""
+    """Every exit closed so far and the pairing's state. With `times`, each exit's arrays
+    (exit_pairs.OUT, per chunk: the exits' spans need their starts); without, a histogram
+    of them (HISTOGRAM), merged as it goes, which is all the summary's statistics need."""
 
-    times: bool = True  # keep each exit's start ("ts"; the summary needs only durations)
+    times: bool = True
     state: exit_pairs.OpenExits = field(default_factory=exit_pairs.OpenExits)
     parts: list[tuple[np.ndarray, ...]] = field(default_factory=list)
+    counted: Table = field(default_factory=lambda: Table(_counted, {"count": "sum"}))
     tail: list[np.ndarray] | None = None  # the last instant of the chunk before
 
     def add(self, rows: pl.DataFrame | list[np.ndarray], last: bool = False) -> None:
@@ -91,18 +104,24 @@ class Exits:
 
         self.state.learn(cols[2])
         part = exit_kernels.pair_chunk(self.state, *cols, last)
-        self.parts.append(part if self.times else (*part[:1], None, *part[2:]))
+        if self.times:
+            self.parts.append(part)
+        else:
+            frame = pl.DataFrame(dict(zip(exit_pairs.OUT, part, strict=True))).drop("ts")
+            self.counted.add(_counted(frame.lazy()).collect())
 
     def result(self) -> dict[str, np.ndarray]:
-        """exit_pairs.OUT arrays."""
+        """exit_pairs.OUT arrays with `times`, else HISTOGRAM's."""
         tail, self.tail = self.tail, None
         self.add(tail if tail is not None else [np.zeros(0, t) for t in _TYPES], last=True)
+        if not self.times:
+            h = self.counted.result()
+            return {name: h[name].to_numpy() for name in HISTOGRAM}
         # one array at a time, each part's copy dropped as it is taken: the whole set is
         # held twice over for one array, not for all
         out = {}
         for i, name in reversed(list(enumerate(exit_pairs.OUT))):
-            if name != "ts" or self.times:
-                out[name] = np.concatenate([p[i] for p in self.parts])
+            out[name] = np.concatenate([p[i] for p in self.parts])
             self.parts = [p[:i] for p in self.parts]
         return out
 
