@@ -160,10 +160,10 @@ def test_ingest_order_is_the_stable_sort_of_decoded_rows(tmp_path, monkeypatch, 
     decoded = []
     real = ingest_mod._write_events
 
-    def spy(bundle_dir, decoders, progress):
+    def spy(bundle_dir, decoders, *rest):
         for d in decoders:  # decode once more, in the same order, for the reference
             decoded.extend(d.frames())
-        return real(bundle_dir, decoders, progress)
+        return real(bundle_dir, decoders, *rest)
 
     monkeypatch.setattr(ingest_mod, "_write_events", spy)
     ingest_mod.ingest(bundle, warn=lambda m: None)

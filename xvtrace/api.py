@@ -78,11 +78,25 @@ def _held_while_read(path, open_iter: Callable[[], Iterator]) -> Iterator:
         yield from open_iter()
 
 
-def ingest(src, out=None, **kw) -> IngestResult:
-    """Decode a raw capture or a bundle into a bundle on disk (see xvtrace.bundle.ingest)."""
+def ingest(src, out=None, *, summarize: bool = True, **kw) -> IngestResult:
+    """Decode a raw capture or a bundle into a bundle on disk (see xvtrace.bundle.ingest).
+    With `summarize`, the summary is folded from the rows as they are written and stored
+    in the bundle: its first `summary` is then served, not computed from the table."""
+    from xvtrace.analysis import summary
     from xvtrace.bundle.ingest import ingest as _ingest
 
-    return _ingest(src, out, **kw)
+    if not summarize:
+        return _ingest(src, out, **kw)
+    folds: list = []
+
+    def watch():  # a fresh fold each time the table's writing (re)starts
+        folds.append(summary.Folding())
+        return folds[-1].add
+
+    result = _ingest(src, out, watch=watch, **kw)
+    if folds:
+        Summary.store_folded(result.bundle, folds[-1].result())
+    return result
 
 
 def load(
@@ -91,16 +105,17 @@ def load(
     cpu_khz: int | None = None,
     hvm_vendor: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    summarize: bool = False,
 ) -> Bundle:
     """Open a bundle, or ingest a raw capture into a temporary bundle kept until exit
-    (`progress`: ingest's)."""
+    (`progress`, `summarize`: ingest's)."""
     path = Path(path)
     if path.is_dir():
         return Bundle.open(path)
     tmp = tempfile.mkdtemp(prefix="xvtrace-")
     _TEMP_DIRS.append(tmp)
     return ingest(path, Path(tmp) / "bundle", cpu_khz=cpu_khz, hvm_vendor=hvm_vendor,
-                  progress=progress).bundle  # fmt: skip
+                  progress=progress, summarize=summarize).bundle  # fmt: skip
 
 
 def load_timed(path, cpu_khz: int | None = None, hvm_vendor: str | None = None) -> Bundle:
@@ -169,7 +184,8 @@ def summarize(
 
         return Summary.of_xentrace(Path(path), cpu_khz=cpu_khz, vendor=hvm_vendor,
                                    warn=warn_stderr, progress=progress)  # fmt: skip
-    bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor, progress=progress)
+    bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor, progress=progress,
+                  summarize=True)  # fmt: skip
     return Summary.stored(
         bundle,
         events(bundle, cpu_khz=cpu_khz),

@@ -56,6 +56,20 @@ def fold(
     return xen_fold.fold(ev, chosen, ROWS, _exit_rows, CHUNK_ROWS, times)
 
 
+class Folding(xen_fold.Folding):
+    """The fold of a table's frames as they are written (api.ingest): of their xentrace
+    rows, the frames in the table's order."""
+
+    def __init__(self):
+        super().__init__(TABLES, ROWS, _exit_rows, times=False)
+
+    def add(self, chunk: pl.DataFrame) -> None:
+        source = chunk["source"]
+        if (source != "xentrace").any():  # (most frames are one source's: no copy)
+            chunk = chunk.filter(source == "xentrace")
+        super().add(chunk)
+
+
 def _groups(ev: pl.LazyFrame) -> pl.LazyFrame:
     """Records, bytes and first and last time per pCPU, class, domain, vCPU and known or
     not: the totals, the log volume, the records per vCPU and each pCPU's end."""
@@ -614,7 +628,7 @@ class Summary:
         """The bundle's summary: its stored sections while the events and these options are
         the ones they were computed from (xvtrace.bundle.derived), else computed and stored.
         The exit sites depend on the symbol files given: always computed (empty without)."""
-        want = derived.key(bundle, SECTION, VERSION, {"vendor": vendor, "cpu_khz": cpu_khz})
+        want = _key(bundle, vendor, cpu_khz)
         entry = derived.fresh(bundle, SECTION, want)
         if entry is not None:
             sections = {
@@ -622,11 +636,18 @@ class Summary:
             }
         else:
             sections = _sections(events, vendor)
-            files = {name: f"{DERIVED_DIR}/summary-{name}.parquet" for name in sections}
-            derived.store(bundle, SECTION, want, {"sections": files},
-                          {files[name]: frame for name, frame in sections.items()})  # fmt: skip
+            _store(bundle, want, sections)
         sections["exit_sites"] = exit_sites(_xentrace(events), symbols, vendor)
         return cls(vendor, cpu_khz, sections)
+
+    @staticmethod
+    def store_folded(bundle, folded: xen_fold.Folded) -> None:
+        """Store the summary of a bundle just ingested, from `folded`: its table's rows
+        folded as they were written (`Folding`), so that its first `summary` is served.
+        Stored as `stored` would store it: with the bundle's own vendor and clock rate."""
+        vendor, khz = bundle.manifest.hvm_vendor, bundle.cpu_khz
+        sections = {**xen_sections(folded, vendor), "virtqueues": virtqueues(bundle.events())}
+        _store(bundle, _key(bundle, vendor, khz), sections)
 
     @classmethod
     def of_xentrace(
@@ -778,6 +799,16 @@ class Summary:
 
 
 _NO_ROWS = pl.DataFrame(schema={"dom": pl.Int32, "vcpu": pl.Int32, "reason": pl.UInt64})
+
+
+def _key(bundle, vendor: str | None, cpu_khz: int | None) -> str:
+    return derived.key(bundle, SECTION, VERSION, {"vendor": vendor, "cpu_khz": cpu_khz})
+
+
+def _store(bundle, want: str, sections: dict[str, pl.DataFrame]) -> None:
+    files = {name: f"{DERIVED_DIR}/summary-{name}.parquet" for name in sections}
+    derived.store(bundle, SECTION, want, {"sections": files},
+                  {files[name]: frame for name, frame in sections.items()})  # fmt: skip
 
 
 def _timed_line(label: str, r: dict) -> str:

@@ -56,6 +56,8 @@ from xvtrace.parsers.errors import DecodeStats, ParseError
 from xvtrace.parsers.schema import EVENT_SCHEMA
 
 SNIFF_BYTES = 64 * 1024
+# ingest's `watch`: gives the function that sees each frame of the table as it is written
+Watch = Callable[[], Callable[[pl.DataFrame], None]]
 
 
 @dataclass(frozen=True)
@@ -297,9 +299,13 @@ def ingest(
     progress: Callable[[str, int, int], None] | None = None,
     warn: Callable[[str], None] = warn_stderr,
     unpack_limit: int | None = None,
+    watch: Watch | None = None,
 ) -> IngestResult:
     """Decode a raw capture or a bundle's raw/ into events.parquet; returns the bundle.
-    `unpack_limit`: the most bytes a compressed capture may unpack to (see `unpack`)."""
+    `unpack_limit`: the most bytes a compressed capture may unpack to (see `unpack`).
+    `watch`: called as the table's writing starts, it gives the function that sees each
+    frame written, in the table's order (a writing begun again calls it again): what a
+    caller folds from the rows as they pass costs no second read of the table."""
     src = Path(src)
     if not src.exists():
         raise IngestError(f"{src}: no such file or directory")
@@ -313,7 +319,7 @@ def ingest(
         new = not lock.occupied(bundle_dir)
         try:
             return _ingest(src, bundle_dir, cpu_khz, hvm_vendor, chunk_bytes, progress, warn,
-                           unpack_limit)  # fmt: skip
+                           unpack_limit, watch)  # fmt: skip
         except BaseException:
             if new:  # a bundle begun here and not finished is not left looking like one
                 lock.clear(bundle_dir)
@@ -329,6 +335,7 @@ def _ingest(
     progress: Callable[[str, int, int], None] | None,
     warn: Callable[[str], None],
     unpack_limit: int | None,
+    watch: Watch | None,
 ) -> IngestResult:
     if src.is_dir() and not (src / RAW).is_dir():  # a folder of capture files
         files = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -385,7 +392,7 @@ def _ingest(
         for d in xen:
             d.tsc_origin = origin
 
-    _write_events(bundle_dir, decoders, progress)
+    _write_events(bundle_dir, decoders, progress, watch)
 
     stats = [d.stats for d in decoders]
     for s in stats:
@@ -536,7 +543,7 @@ def _defined_for(defs: dict[Path, trace_events.TraceEvents], log: Path):
 LIVE = (qemu_log.QemuLogDecoder, ftrace.FtraceDecoder)
 
 
-def _write_events(bundle_dir: Path, decoders: list, progress) -> None:
+def _write_events(bundle_dir: Path, decoders: list, progress, watch: Watch | None) -> None:
     """events.parquet from the decoders' frames. Where a live decoder's stream needs more
     than one run, it is decoded again into runs, by a fresh copy that replaces it in
     `decoders` (its counts are that second decoding's)."""
@@ -553,8 +560,9 @@ def _write_events(bundle_dir: Path, decoders: list, progress) -> None:
             done[0] += d.path.stat().st_size
 
     if len(decoders) == 1:  # one stream: the table is its frames in decoder order
-        with closing(prefetch(frames([0]))) as got:  # (the thread stops on any error)
-            _sink(bundle_dir, lambda: (frame for _, frame in got))
+        table = (frame for _, frame in frames([0]))
+        with closing(prefetch(_watched(table, watch))) as got:  # (it stops on any error)
+            _sink(bundle_dir, lambda: got)
         return
     # Several: each decoder's stream becomes sorted runs on disk, merged into the table's
     # order a few chunks at a time (a sort of the whole capture needed 10 GiB at 39 M rows).
@@ -574,7 +582,7 @@ def _write_events(bundle_dir: Path, decoders: list, progress) -> None:
                 with closing(prefetch(frame for _, frame in frames([live]))) as got:
                     chunks = sorted_runs.live(got, ranks, writer.rows)
                     table = sorted_runs.merge(runs, tmp, ranks, live=chunks, keep=True)
-                    with closing(prefetch(table)) as merged:
+                    with closing(prefetch(_watched(table, watch))) as merged:
                         _sink(bundle_dir, lambda: merged)
                 return
             except sorted_runs.OutOfOrder:  # it reaches back further than the lookahead
@@ -584,8 +592,21 @@ def _write_events(bundle_dir: Path, decoders: list, progress) -> None:
                     for i, frame in got:
                         writer.add(frame, stream=i)
                 runs = writer.close()
-        with closing(prefetch(sorted_runs.merge(runs, tmp, ranks, progress=step))) as merged:
+        table = sorted_runs.merge(runs, tmp, ranks, progress=step)
+        with closing(prefetch(_watched(table, watch))) as merged:
             _sink(bundle_dir, lambda: merged)
+
+
+def _watched(table: Iterator[pl.DataFrame], watch: Watch | None) -> Iterator[pl.DataFrame]:
+    """The table's frames, each shown to `watch`'s function first (on the thread that makes
+    them: the writer's core stays the writer's)."""
+    if watch is None:
+        yield from table
+        return
+    seen = watch()
+    for frame in table:
+        seen(frame)
+        yield frame
 
 
 def _sink(bundle_dir: Path, frames: Callable[[], Iterator[pl.DataFrame]]) -> None:

@@ -197,11 +197,15 @@ def cli() -> None:
     help="Progress bar on stderr (default: when stderr is a terminal).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON instead of text.")
+@click.option("--summary/--no-summary", "summarize", default=True, show_default=True,
+              help="Fold the summary from the rows as they are written and store it (the"
+                   " first `xvtrace summary` is then served; it adds a third to a xentrace"
+                   " file's ingest on 2 cores).")  # fmt: skip
 @click.option("--unpack-limit", type=click.FloatRange(min=0, min_open=True), metavar="GIB",
               help="Most a .gz/.xz capture may unpack to, in GiB (default: 100x the archive,"
                    " at least 1 GiB).")  # fmt: skip
 @_guard
-def ingest_cmd(source, output, cpu_khz, hvm_vendor, progress, as_json, unpack_limit):
+def ingest_cmd(source, output, cpu_khz, hvm_vendor, progress, as_json, summarize, unpack_limit):
     """Decode a raw capture (or a bundle's raw/) into a bundle with events.parquet.
 
     SOURCE is a xentrace binary file or a bundle directory. Files are recognised by content.
@@ -214,7 +218,7 @@ def ingest_cmd(source, output, cpu_khz, hvm_vendor, progress, as_json, unpack_li
             raise click.BadParameter("a finite number of GiB", param_hint="--unpack-limit")
         limit = None if unpack_limit is None else int(unpack_limit * (1 << 30))
         result = api.ingest(source, output, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor,
-                            progress=update, unpack_limit=limit)  # fmt: skip
+                            progress=update, unpack_limit=limit, summarize=summarize)  # fmt: skip
     finally:
         close()
     _show(result, as_json)

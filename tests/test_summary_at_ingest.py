@@ -1,0 +1,53 @@
+"""The summary folded while ingest writes the table (`xvtrace ingest`, on by default):
+stored with the bundle and served by its first `summary`, the same answer as the summary
+computed from the table afterwards (`ingest --no-summary`, then `summary`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from helpers import FIXTURES, X86_KHZ, X86_PV
+
+from xvtrace.analysis import summary
+from xvtrace.bundle import Bundle
+from xvtrace.cli import cli
+
+
+def _ingest(src, out, *args) -> None:
+    r = CliRunner().invoke(cli, ["ingest", str(src), "-o", str(out), *args])
+    assert r.exit_code == 0, r.output
+
+
+def _summary(bundle) -> dict:
+    r = CliRunner().invoke(cli, ["summary", str(bundle), "--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+# a plain xentrace file; a real Xen capture (xentrace, QEMU log, dom0 ftrace merged);
+# an emulated one whose QEMU log is merged live
+SOURCES = {
+    "xentrace": (X86_PV / "trace.bin", ["--cpu-khz", str(X86_KHZ)]),
+    "xen-hvm-epam": (FIXTURES / "xen" / "hvm-epam", []),
+    "emulated-epam-mmio": (FIXTURES / "emulated" / "epam-mmio", []),
+}
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_the_summary_folded_at_ingest_is_the_tables(name, tmp_path, monkeypatch):
+    src, args = SOURCES[name]
+    if src.is_dir():  # ingest writes into a bundle given as its source: copies
+        src = shutil.copytree(src, tmp_path / "src")
+    _ingest(src, tmp_path / "folded", *args)
+    _ingest(src, tmp_path / "plain", *args, "--no-summary")
+    assert "summary" in Bundle.open(tmp_path / "folded").manifest
+    assert "summary" not in Bundle.open(tmp_path / "plain").manifest
+    from_table = _summary(tmp_path / "plain")
+    with monkeypatch.context() as m:  # served: the table is not folded again
+        m.setattr(summary, "_sections", lambda *a: pytest.fail("computed, not served"))
+        served = _summary(tmp_path / "folded")
+    assert served == from_table
+    assert from_table["totals"][0]["records"] > 0
