@@ -14,8 +14,10 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from xvtrace import api
+from xvtrace.analysis import summary
+from xvtrace.bundle import Bundle, sorted_runs
 from xvtrace.bundle import ingest as ingest_mod
-from xvtrace.bundle import sorted_runs
 from xvtrace.bundle.row_order import SEQ, file_ranks, keys_of, merge_order, sort_order
 from xvtrace.bundle.sorted_runs import OutOfOrder, RunWriter, live, merge
 from xvtrace.parsers import ftrace, qemu_log
@@ -197,7 +199,7 @@ def _ingest_copy(tmp_path, name, raw: Path, tweak=None):
     shutil.copy(raw.parent / "manifest.json", bundle)
     if tweak:
         tweak(bundle / "raw")
-    res = ingest_mod.ingest(bundle, warn=lambda m: None)
+    res = api.ingest(bundle, warn=lambda m: None)  # (which folds the summary as it writes)
     return pl.read_parquet(bundle / "events.parquet"), res.bundle.manifest
 
 
@@ -231,6 +233,13 @@ def test_a_live_stream_out_of_order_is_decoded_again_into_runs(tmp_path, monkeyp
     got, manifest = _ingest_copy(tmp_path, "live", raw, swap_halves)
     assert fell_back
     assert got.equals(want)
+    # the summary folded as the table was written is the second writing's alone
+    live = Bundle.open(tmp_path / "live")
+    args = {"vendor": live.manifest.hvm_vendor, "cpu_khz": live.cpu_khz}
+    with monkeypatch.context() as m:  # served, not computed
+        m.setattr(summary, "_sections", lambda *a: pytest.fail("computed, not served"))
+        served = summary.Summary.stored(live, live.events(), **args).to_json()
+    assert served == summary.Summary.of(live.events(), **args).to_json()
     # the same counts (the second decoding's alone), bar the bundles' own paths and times
     strip = lambda m: [{k: v for k, v in s.items() if k not in ("mtime_ns", "definitions")}  # noqa: E731
                        for s in m["sources"]]  # fmt: skip
