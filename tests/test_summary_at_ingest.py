@@ -36,8 +36,11 @@ SOURCES = {
 }
 
 
+@pytest.mark.parametrize("fold_rows", [summary.FOLD_ROWS, 7])
 @pytest.mark.parametrize("name", SOURCES)
-def test_the_summary_folded_at_ingest_is_the_tables(name, tmp_path, monkeypatch):
+def test_the_summary_folded_at_ingest_is_the_tables(name, fold_rows, tmp_path, monkeypatch):
+    """Folded whole, and a few rows at a time (7: an exit and its end in different folds)."""
+    monkeypatch.setattr(summary, "FOLD_ROWS", fold_rows)
     src, args = SOURCES[name]
     if src.is_dir():  # ingest writes into a bundle given as its source: copies
         src = shutil.copytree(src, tmp_path / "src")

@@ -56,18 +56,37 @@ def fold(
     return xen_fold.fold(ev, chosen, ROWS, _exit_rows, CHUNK_ROWS, times)
 
 
+FOLD_ROWS = 1 << 19  # xentrace rows folded at once (a merged table comes 64 k rows of all
+# its sources at a time: folded as they come, each query's own cost per call dominated)
+
+
 class Folding(xen_fold.Folding):
     """The fold of a table's frames as they are written (api.ingest): of their xentrace
-    rows, the frames in the table's order."""
+    rows, the frames in the table's order, FOLD_ROWS or more at a time."""
 
     def __init__(self):
         super().__init__(TABLES, ROWS, _exit_rows, times=False)
+        self.waiting: list[pl.DataFrame] = []
+        self.waiting_rows = 0
 
     def add(self, chunk: pl.DataFrame) -> None:
         source = chunk["source"]
         if (source != "xentrace").any():  # (most frames are one source's: no copy)
             chunk = chunk.filter(source == "xentrace")
-        super().add(chunk)
+        if len(chunk):
+            self.waiting.append(chunk)
+            self.waiting_rows += len(chunk)
+        if self.waiting_rows >= FOLD_ROWS:
+            self._fold()
+
+    def _fold(self) -> None:
+        if self.waiting:
+            super().add(pl.concat(self.waiting, rechunk=False))
+        self.waiting, self.waiting_rows = [], 0
+
+    def result(self) -> xen_fold.Folded:
+        self._fold()
+        return super().result()
 
 
 def _groups(ev: pl.LazyFrame) -> pl.LazyFrame:
