@@ -4,12 +4,13 @@
                                        [--work benchmarks/work] [--repeat 3]
 
 Rows (wall seconds and peak RSS of each child process, medians of --repeat runs):
-- on a generated xentrace file of --size-mb (HVM guest, 4 pCPUs): `summary BUNDLE` the first
-  time (computed from events.parquet) and again (the bundle's stored summary), `summary RAW`,
-  `ingest`, each against `xenalyze --summary` on the raw file; `dump BUNDLE > /dev/null`
+- on a generated xentrace file of --size-mb (HVM guest, 4 pCPUs): `ingest` (which folds
+  the summary as it writes the table) and `ingest --no-summary`, `summary BUNDLE` after
+  ingest (served) and computed from events.parquet (its stored summary dropped), `summary
+  RAW`, each against `xenalyze --summary` on the raw file; `dump BUNDLE > /dev/null`
   against `xenalyze --dump-all`;
-- on emulated epam-mmio bundles of each --requests (randwrite-4k-qd32): `ingest`,
-  `timeline` and `summary` (computed from the table), then `report`, `regress`,
+- on emulated epam-mmio bundles of each --requests (randwrite-4k-qd32): `ingest` (with
+  the summary), `timeline` and `summary` (computed from the table), then `report`, `regress`,
   `export perfetto` and `replay` (from the stored timeline), whose peak RSS should stay
   flat as the capture grows.
 """
@@ -60,21 +61,21 @@ def xentrace_rows(work: Path, size_mb: int, repeat: int) -> None:
     shutil.rmtree(bundle, ignore_errors=True)
     xen_summary = median_run(["xenalyze", "--summary", str(trace)], repeat)
     ingest = [*XV, "ingest", str(trace), "-o", str(bundle), "--cpu-khz", str(CPU_KHZ)]
-    row(
-        f"ingest ({size_mb} MB xentrace)",
-        median_run(ingest, repeat, before=partial(shutil.rmtree, bundle, ignore_errors=True)),
-        "xenalyze --summary",
-        xen_summary,
-    )
+    fresh = partial(shutil.rmtree, bundle, ignore_errors=True)
+    row(f"ingest --no-summary ({size_mb} MB xentrace)",
+        median_run([*ingest, "--no-summary"], repeat, before=fresh), "xenalyze --summary",
+        xen_summary)  # fmt: skip
+    row(f"ingest ({size_mb} MB xentrace)", median_run(ingest, repeat, before=fresh),
+        "xenalyze --summary", xen_summary)  # fmt: skip
     summary = [*XV, "summary", str(bundle)]
+    row("summary BUNDLE, after ingest (served)", median_run(summary, repeat),
+        "xenalyze --summary", xen_summary)  # fmt: skip
     row(
-        "summary BUNDLE, first (from events.parquet)",
+        "summary BUNDLE, from events.parquet",
         median_run(summary, repeat, before=partial(_forget_summary, bundle)),
         "xenalyze --summary",
         xen_summary,
     )
-    row("summary BUNDLE, again (stored)", median_run(summary, repeat), "xenalyze --summary",
-        xen_summary)  # fmt: skip
     raw = [*XV, "summary", str(trace), "--cpu-khz", str(CPU_KHZ)]
     row("summary RAW", median_run(raw, repeat), "xenalyze --summary", xen_summary)
     row(
