@@ -54,3 +54,21 @@ def test_the_summary_folded_at_ingest_is_the_tables(name, fold_rows, tmp_path, m
         served = _summary(tmp_path / "folded")
     assert served == from_table
     assert from_table["totals"][0]["records"] > 0
+
+
+def test_a_summary_that_cannot_be_stored_leaves_the_ingest_whole(tmp_path, monkeypatch):
+    """The table and manifest are written when the summary is stored: a full disk then
+    is a warning, and the summary is computed when asked for."""
+    src, args = SOURCES["xentrace"]
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(summary, "_store", full)
+    r = CliRunner().invoke(cli, ["ingest", str(src), "-o", str(tmp_path / "b"), *args])
+    assert r.exit_code == 0, r.output
+    assert "the summary was not stored ([Errno 28] No space left on device)" in r.stderr
+    assert "summary" not in Bundle.open(tmp_path / "b").manifest
+    monkeypatch.undo()
+    _ingest(src, tmp_path / "plain", *args, "--no-summary")
+    assert _summary(tmp_path / "b") == _summary(tmp_path / "plain")

@@ -80,8 +80,8 @@ def test_the_fold_keeps_a_histogram_of_exits_not_each_exit():
     role = np.tile(np.array([exit_pairs.EXIT, exit_pairs.ENTRY], np.uint8), n)
     zeros = np.zeros(2 * n, np.uint32)
     exits.add([ts, role, np.zeros(2 * n, np.uint64), zeros + 30, zeros], last=True)
-    got = exits.result()
-    assert got["count"].tolist() == [n] and got["dur"].tolist() == [1]
+    got = exits.result()  # a row per part of the pairing at most (the last instant waits)
+    assert len(got["count"]) <= 2 and got["count"].sum() == n and set(got["dur"]) == {1}
 
 
 def test_a_group_with_only_unmatched_exits_has_no_times():

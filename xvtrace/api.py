@@ -84,6 +84,7 @@ def ingest(src, out=None, *, summarize: bool = True, **kw) -> IngestResult:
     in the bundle: its first `summary` is then served, not computed from the table."""
     from xvtrace.analysis import summary
     from xvtrace.bundle.ingest import ingest as _ingest
+    from xvtrace.bundle.ingest import warn_stderr as ingest_warn
 
     if not summarize:
         return _ingest(src, out, **kw)
@@ -95,7 +96,12 @@ def ingest(src, out=None, *, summarize: bool = True, **kw) -> IngestResult:
 
     result = _ingest(src, out, watch=watch, **kw)
     if folds:
-        Summary.store_folded(result.bundle, folds[-1].result())
+        try:  # the bundle is whole already: a summary not stored is computed when asked for
+            Summary.store_folded(result.bundle, folds[-1].result())
+        except (OSError, XvtraceError) as e:
+            warn = kw.get("warn") or ingest_warn
+            warn(f"{result.bundle.path}: the summary was not stored ({e}); "
+                 "`xvtrace summary` computes it")  # fmt: skip
     return result
 
 

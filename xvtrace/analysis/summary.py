@@ -371,14 +371,15 @@ def _by_key(key: np.ndarray, dur: np.ndarray, count: np.ndarray | None = None) -
     count = np.ones(len(key), np.int64) if count is None else count.astype(np.int64)
     order = np.lexsort((dur, key))
     key, dur, count = key[order], dur[order], count[order]
-    groups, first = np.unique(key, return_index=True)
-    if not len(groups):
-        first = np.zeros(0, np.int64)
-    matched = np.where(dur >= 0, count, 0)
-    at_end = np.cumsum(matched)  # matched exits up to each row
+    del order
+    first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1]))) if len(key) else []
+    groups = key[first]
+    matched = np.where(dur >= 0, count, 0)  # (an exit with no end counts, but has no time)
     sums = (lambda a: np.add.reduceat(a, first)) if len(key) else (lambda a: a[:0])
-    counts, n, total = sums(count), sums(matched), sums(np.where(dur >= 0, dur * count, 0))
-    before = at_end[first] - matched[first] if len(key) else n  # matched before each group
+    counts, n = sums(count), sums(matched)
+    total = sums(dur * matched)
+    at_end = np.cumsum(matched, out=matched)  # matched exits up to each row (in place)
+    before = np.cumsum(n) - n  # matched exits before each group
     none = pl.Series(n == 0)
     ranks = {}
     for q in QUANTILES:

@@ -30,16 +30,22 @@ COMPACT_EVERY = 32  # partial tables merged once this many are kept (bounded wha
 @dataclass
 class Table:
     """A per-chunk group-by (`query`) merged over chunks: `merge` names each value column's
-    merge ("sum", "min" or "max"); the other columns are its keys."""
+    merge ("sum", "min" or "max"); the other columns are its keys. Merged every
+    COMPACT_EVERY parts while merging pays (halves the rows at least); once it does not (few
+    rows repeat across chunks), the parts are kept as they come: a merge would hold them
+    twice over for little gain."""
 
     query: Query
     merge: dict[str, str]
     parts: list[pl.DataFrame] = field(default_factory=list)
+    compacting: bool = True
 
     def add(self, part: pl.DataFrame) -> None:
         self.parts.append(part)
-        if len(self.parts) >= COMPACT_EVERY:
+        if self.compacting and len(self.parts) >= COMPACT_EVERY:
+            rows = sum(len(p) for p in self.parts)
             self.parts = [self.result()]
+            self.compacting = 2 * len(self.parts[0]) <= rows
 
     def result(self) -> pl.DataFrame:
         df = pl.concat(self.parts)
@@ -114,8 +120,9 @@ class Exits:
         """exit_pairs.OUT arrays with `times`, else HISTOGRAM's."""
         tail, self.tail = self.tail, None
         self.add(tail if tail is not None else [np.zeros(0, t) for t in _TYPES], last=True)
-        if not self.times:
-            h = self.counted.result()
+        if not self.times:  # the parts as they are: a key and duration may repeat across
+            # them (the statistics sort them anyway; a last merge held 1 GiB for 4 M exits)
+            h, self.counted.parts = pl.concat(self.counted.parts), []
             return {name: h[name].to_numpy() for name in HISTOGRAM}
         # one array at a time, each part's copy dropped as it is taken: the whole set is
         # held twice over for one array, not for all
