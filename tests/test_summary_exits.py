@@ -1,4 +1,4 @@
-"""The exits section: its per-group statistics (one compiled pass) against polars' own
+"""The exits section: its per-group statistics (from a histogram of durations) against polars' own
 group_by quantiles on the same durations (the answers the stored summaries held before),
 and the exit pairing against its rules applied record by record."""
 

@@ -372,12 +372,12 @@ def _by_key(key: np.ndarray, dur: np.ndarray, count: np.ndarray | None = None) -
     order = np.lexsort((dur, key))
     key, dur, count = key[order], dur[order], count[order]
     del order
-    first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1]))) if len(key) else []
+    starts = np.ones(len(key), np.bool_)
+    starts[1:] = key[1:] != key[:-1]
+    first = np.flatnonzero(starts)  # each group's first row
     groups = key[first]
     matched = np.where(dur >= 0, count, 0)  # (an exit with no end counts, but has no time)
-    sums = (lambda a: np.add.reduceat(a, first)) if len(key) else (lambda a: a[:0])
-    counts, n = sums(count), sums(matched)
-    total = sums(dur * matched)
+    counts, n, total = (np.add.reduceat(a, first) for a in (count, matched, dur * matched))
     at_end = np.cumsum(matched, out=matched)  # matched exits up to each row (in place)
     before = np.cumsum(n) - n  # matched exits before each group
     none = pl.Series(n == 0)

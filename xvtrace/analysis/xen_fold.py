@@ -1,6 +1,7 @@
 """One pass over a capture's xentrace rows in time order, a chunk at a time, folding what
 the summary's sections need: the table (or the raw file) is read once, and memory holds a
-chunk, the sections' small per-group tables, the runstate changes and each exit's times.
+chunk, the sections' small per-group tables, the runstate changes and a histogram of the
+exits' durations (or, for the exits' spans, each exit's times).
 
 A fold is declared, not coded per section: `tables` are per-chunk group-by queries whose
 results are merged (counts added, firsts and lasts kept), `rows` per-chunk selections kept
@@ -73,7 +74,8 @@ HISTOGRAM = ("key", "handler", "io", "dur", "count")  # Exits.result without tim
 class Exits:
     """Every exit closed so far and the pairing's state. With `times`, each exit's arrays
     (exit_pairs.OUT, per chunk: the exits' spans need their starts); without, a histogram
-    of them (HISTOGRAM), merged as it goes, which is all the summary's statistics need."""
+    of them (HISTOGRAM, a Table: merged while merging pays), which is all the summary's
+    statistics need."""
 
     times: bool = True
     state: exit_pairs.OpenExits = field(default_factory=exit_pairs.OpenExits)
