@@ -106,52 +106,37 @@ def join(
     # IOREQ the last trap the clock allows it to follow, and take the most common index difference
     # per key as that key's shift (the traps before the device model's trace began). Order,
     # not nearest time, then pairs them, so windows that overlap within the clock's bounds
-    # cannot swap two neighbours; time only checks each pair.
-    # (numbered on a narrow copy in time order: a sort of every trap column copied 0.15 GB)
-    traps = (
-        hv.select(*key, "trap_exit_ns").with_row_index("_row").sort("trap_exit_ns")
-        .with_columns(pl.int_range(pl.len()).over(key).alias("ti"))
-    )  # fmt: skip
-    ti = np.empty(len(hv), np.int64)
-    ti[traps["_row"].to_numpy()] = traps["ti"].to_numpy()
-    hv = hv.with_columns(pl.Series("ti", ti))
+    # cannot swap two neighbours; time only checks each pair. (On arrays of a few columns:
+    # a hash join of every IOREQ and trap on their keys held twice the two tables.)
     in_order = dm.select(  # as the device model's log lists them, mostly: no copy then
         ((pl.col("dm_ns").diff() > 0) | ((pl.col("dm_ns").diff() == 0) & (pl.col("dm_off").diff() >= 0)))
         .fill_null(True).all()
     ).item()  # fmt: skip
     if not in_order:
         dm = dm.sort("dm_ns", "dm_off")
-    dm = dm.with_columns(pl.int_range(pl.len()).over(key).alias("di"))
-    nearest = (  # on the few columns it needs: a sort of every IOREQ column copied 0.25 GB
-        dm.select(*key, "di", (pl.col("dm_ns") + res + slack_up).alias("_reach"))
-        .sort("_reach")
-        .join_asof(traps.drop("_row"), left_on="_reach", right_on="trap_exit_ns",
-                   by=key, strategy="backward", check_sortedness=False)  # sorted per key group
-    )  # fmt: skip
-    shift = (
-        nearest.filter(pl.col("ti").is_not_null())
-        .group_by(key)
-        .agg((pl.col("ti") - pl.col("di")).mode().min().alias("shift"))
-    )
-    del nearest, traps
+    dm_key, hv_key, keys = _key_ids(dm, hv, key)
+    traps = _Numbered(hv_key, hv["trap_exit_ns"].to_numpy(), keys)
+    di = _Numbered(dm_key, np.arange(len(dm)), keys).index
+    reach = dm.select(pl.col("dm_ns") + res + slack_up).to_series()
+    shift = traps.shifts(dm_key, di, reach.fill_null(0).to_numpy(), reach.is_not_null().to_numpy())
+    row = traps.rows(dm_key, di, shift)  # each IOREQ's trap by order, or -1
+    del traps, di, shift, dm_key, hv_key
+    at = pl.Series(row).set(pl.Series(row < 0), None)
+    trap_cols = ["dom", "cpu", "trap_exit_ns", "trap_entry_ns", "trap_off"]
     inside = (
         (pl.col("dm_ns") + res >= pl.col("trap_exit_ns") - slack_up)
         # no entry: the vCPU never came back (the guest's power-off write)
         & (pl.col("dm_ns") <= pl.col("trap_entry_ns") + slack_low).fill_null(True)
     )
-    trap_cols = ["dom", "cpu", "trap_exit_ns", "trap_entry_ns", "trap_off"]
-    joined = (  # one lazy query: each step's frame of every IOREQ is not copied again
-        dm.lazy()
-        .join(shift.lazy(), on=key, how="left", maintain_order="left")
-        .with_columns((pl.col("di") + pl.col("shift")).alias("ti"))
-        .join(hv.lazy(), on=[*key, "ti"], how="left", maintain_order="left")
+    joined = (
+        dm.hstack([hv[c].gather(at) for c in trap_cols])
         .with_columns(inside.fill_null(False).alias("joined"))
         .with_columns([pl.when(pl.col("joined")).then(pl.col(c)).alias(c) for c in trap_cols])
-        .drop("di", "ti", "shift")
     )
+    del at, row
     if not _in_file_order(dm):  # (one log's IOREQs in time order are: no copy to sort then)
         joined = joined.sort("src_file", "dm_off")
-    joined.with_columns(pl.col("kind", "dir").cast(pl.String)).sink_parquet(spill)  # as stored
+    joined.with_columns(pl.col("kind", "dir").cast(pl.String)).write_parquet(spill)  # as stored
     joined = pl.scan_parquet(spill)
     # traps in the device model's trace window at its addresses, left without an IOREQ
     lo, hi = dm["dm_ns"].min(), dm["dm_ns"].max()
@@ -183,6 +168,85 @@ def join(
         " (clock bounds added)",
     }
     return joined, counts
+
+
+def _key_ids(
+    dm: pl.DataFrame, hv: pl.DataFrame, key: list[str]
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each IOREQ's and each trap's `key` as a dense id, the same on both sides (-1: a key
+    with a null, which pairs with nothing), and how many keys there are."""
+    keys = (
+        pl.concat([dm.select(key).unique(), hv.select(key).unique()])
+        .unique()
+        .drop_nulls()
+        .with_row_index("_id")
+    )
+
+    def ids(side: pl.DataFrame) -> np.ndarray:
+        found = side.select(key).join(keys, on=key, how="left", maintain_order="left")["_id"]
+        return found.cast(pl.Int64).fill_null(-1).to_numpy()
+
+    return ids(dm), ids(hv), len(keys)
+
+
+class _Numbered:
+    """Rows numbered per key (of `groups`) in the order of `by` (ties in row order): `index`
+    (-1 where the key is -1), and the rows sorted by key then number, to find a key's k-th
+    row."""
+
+    def __init__(self, key: np.ndarray, by: np.ndarray, groups: int):
+        order = np.lexsort((by, key))
+        skip = int(np.searchsorted(key[order], 0))  # the rows of no key sort first
+        self.order, self.key, self.by = order[skip:], key[order[skip:]], by[order[skip:]]
+        self.start = np.searchsorted(self.key, np.arange(groups + 1))  # + the end
+        self.index = np.full(len(key), -1, np.int64)
+        self.index[self.order] = np.arange(len(self.order)) - self.start[self.key]
+
+    def shifts(self, key: np.ndarray, index: np.ndarray, t: np.ndarray, timed: np.ndarray):
+        """Per key, the most common difference (the least of several) between the number of
+        the last of these rows at or before each `t` of that key and its `index` there;
+        `timed` False: a time that is not known. None where no key has one."""
+        use = (key >= 0) & timed
+        key, index, t = key[use], index[use], t[use]
+        if not len(self.key) or not len(key):
+            return None
+        # one search over (key, time) pairs: each time's rank among both sides' times
+        # (a row before a `t` equal to its own), packed under its key
+        both = np.concatenate([self.by, t])
+        rank = np.empty(len(both), np.int64)
+        rank[np.argsort(both, kind="stable")] = np.arange(len(both))
+        mine = (self.key << 32) | rank[: len(self.by)]
+        pos = np.searchsorted(mine, (key << 32) | rank[len(self.by) :], side="right") - 1
+        found = (pos >= 0) & (self.key[np.maximum(pos, 0)] == key)
+        key, diff = key[found], (pos - self.start[key])[found] - index[found]
+        if not len(key):
+            return None
+        order = np.lexsort((diff, key))  # runs of one (key, difference), smallest first
+        key, diff = key[order], diff[order]
+        run = np.flatnonzero(np.r_[True, (key[1:] != key[:-1]) | (diff[1:] != diff[:-1])])
+        count = np.diff(np.r_[run, len(key)])
+        rkey, rdiff = key[run], diff[run]
+        best = np.lexsort((rdiff, -count, rkey))  # per key: most common, then smallest
+        first = best[np.r_[True, rkey[best][1:] != rkey[best][:-1]]]
+        shift = np.zeros(len(self.start) - 1, np.int64)
+        has = np.zeros(len(self.start) - 1, bool)
+        shift[rkey[first]], has[rkey[first]] = rdiff[first], True
+        return shift, has
+
+    def rows(self, key: np.ndarray, index: np.ndarray, shift) -> np.ndarray:
+        """The original row of the (index + key's shift)-th row of each key, or -1."""
+        out = np.full(len(key), -1, np.int64)
+        if shift is None:
+            return out
+        shift, has = shift
+        ok = key >= 0
+        ok[ok] = has[key[ok]]
+        k = index[ok] + shift[key[ok]]
+        size = (self.start[1:] - self.start[:-1])[key[ok]]
+        inside = (k >= 0) & (k < size)
+        where = np.flatnonzero(ok)[inside]
+        out[where] = self.order[self.start[key[where]] + k[inside]]
+        return out
 
 
 def _in_file_order(dm: pl.DataFrame) -> bool:
@@ -278,9 +342,11 @@ SEQUENCE_METHOD = (
 )
 
 
-def with_kick_traps(req: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
-    """Each request's kick trap: the joined IOREQ in whose handling the device model logged
-    the request's kick (the last one at or before `kick_off` in its log)."""
+def kick_traps(keys: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
+    """Each request's kick trap (trap_exit_ns, trap_entry_ns, trap_dom, trap_vcpu,
+    trap_cpu), in request order: the joined IOREQ in whose handling the device model logged
+    the request's kick (the last one at or before `kick_off` in its log). `keys`: the
+    requests' request, src_file and kick_off."""
     traps_ = (
         joined.lazy()
         .filter(pl.col("joined"))
@@ -291,26 +357,19 @@ def with_kick_traps(req: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> p
         .sort("dm_off")
         .collect()
     )  # fmt: skip
-    return (
-        req.sort("kick_off", nulls_last=True)
-        .join_asof(
-            traps_,
-            left_on="kick_off",
-            right_on="dm_off",
-            by="src_file",
-            strategy="backward",
-            check_sortedness=False,
-        )
-        .drop("dm_off")
-        .sort("request")
-    )
+    out = keys.sort("kick_off", nulls_last=True).join_asof(
+        traps_, left_on="kick_off", right_on="dm_off", by="src_file", strategy="backward",
+        check_sortedness=False,
+    )  # fmt: skip
+    return in_request_order(out.select("request"), out.drop(*keys.columns, "dm_off"))
 
 
 ISR_OFFSET, ACK_OFFSET, NOTIFY_OFFSET = 0x60, 0x64, 0x50  # virtio-mmio registers
 
 
-def with_interrupt_acks(req: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
-    """For virtio-mmio devices, the guest's side of each request's interrupt: the first
+def interrupt_acks(keys: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
+    """For virtio-mmio devices, the guest's side of each request's interrupt, in request
+    order (`keys`: the requests' request, src_file, kick_off and notify_ns): the first
     InterruptStatus read after the device's notify (isr_read_ns, isr_read_trap_exit_ns,
     isr_read_trap_entry_ns) and the first InterruptACK write after that (ack_ns,
     ack_trap_exit_ns, ack_trap_entry_ns), from the joined IOREQs (device-model clock).
@@ -325,8 +384,6 @@ def with_interrupt_acks(req: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) 
     kicks = io.select(
         "src_file", pl.col("dm_off").alias("kick_io_off"), pl.col("addr").alias("kick_addr")
     )
-    # on the few columns it reads: each sort below would copy every column of the requests
-    keys = req.select("request", "src_file", "kick_off", "notify_ns")
     out = keys.sort("kick_off", nulls_last=True).join_asof(
         kicks.sort("kick_io_off"), left_on="kick_off", right_on="kick_io_off", by="src_file",
         strategy="backward", check_sortedness=False,
@@ -353,15 +410,19 @@ def with_interrupt_acks(req: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) 
     out = after(out, "notify_ns", ISR_OFFSET, "read", "isr_read")
     out = after(out, "isr_read_ns", ACK_OFFSET, "write", "ack")
     found = out.drop(*keys.columns, "kick_io_off", "kick_addr", "_base")
-    return by_request(req, out.select("request"), found)
+    return in_request_order(out.select("request"), found)
+
+
+def in_request_order(ids: pl.DataFrame, found: pl.DataFrame) -> pl.DataFrame:
+    """`found` (a row per request, `ids` naming each row's request) in request order."""
+    return found.select(pl.all().gather(ids["request"].arg_sort()))
 
 
 def by_request(req: pl.DataFrame, ids: pl.DataFrame, found: pl.DataFrame) -> pl.DataFrame:
     """`req` sorted by request, with `found`'s columns (one row per request, `ids` naming
     each row's request) appended: computed on a narrow frame, added without copying `req`'s
     columns more than once."""
-    order = ids["request"].arg_sort()
-    found = found.select(pl.all().gather(order))
+    found = in_request_order(ids, found)
     if not req["request"].is_sorted():
         req = req.sort("request")
     return req.hstack(found.get_columns())

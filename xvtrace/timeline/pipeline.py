@@ -120,6 +120,8 @@ def load(bundle, *, rebuild: bool = False) -> Timeline:
         with ExitStack() as stack:
             facts, req, joined = reconstruct(bundle, spill_dir(stack, bundle.path, "timeline"))
             facts = derived.store(bundle, SECTION, want, facts, {REQUESTS: req, IOREQS: joined})
+            # the answer, kept or not (a read-only bundle, another command holding it)
+            req = bundle.path / REQUESTS if REQUESTS in facts["files"] else pl.read_parquet(req)
         computed = True
     ipath = bundle.path / IOREQS
     ipath = ipath if IOREQS in facts["files"] and ipath.is_file() else None
@@ -241,9 +243,9 @@ def _source(event: str, present: set[str]) -> str:
     return SOURCES[event.split(".")[0]]
 
 
-def reconstruct(bundle, spill: Path) -> tuple[dict, pl.DataFrame, Path | None]:
-    """The bundle's requests from its events: (facts, requests, the joined IOREQs' parquet
-    file in the directory `spill`, or None). The facts hold the view used and why the
+def reconstruct(bundle, spill: Path) -> tuple[dict, Path, Path | None]:
+    """The bundle's requests from its events: (facts, the requests' and the joined IOREQs'
+    (or None) parquet files in the directory `spill`). The facts hold the view used and why the
     others were not, the counts, incomplete requests by reason and the clocks."""
     ev = bundle.events()
     present = set(
@@ -271,6 +273,7 @@ def reconstruct(bundle, spill: Path) -> tuple[dict, pl.DataFrame, Path | None]:
             tried.append({"view": v.name, "used": False, "why": v.empty})
         else:
             view, (req, dm_clock) = v.name, found
+            del found  # (the requests are handed on below, and freed once on disk)
             tried.append({"view": v.name, "used": True, "why": None})
     # every view's table has every column of the device model's (null where the view has
     # no such stamp): the report, HTML and Perfetto read one schema, whichever view applied
@@ -283,33 +286,51 @@ def reconstruct(bundle, spill: Path) -> tuple[dict, pl.DataFrame, Path | None]:
         join_clock = x.sequence_clock()
         dm_clock = join_clock or dm_clock
     found_devices = traps.devices(exits, req) if view == traps.VIEW_NAME else None
-    # The views are built: what only they read is freed, and the accesses are handed to
-    # the join whole (popped, so no reference stays here), which frees each once it has its
-    # sorted copy: 0.5 GB less at its peak for 1 M requests.
-    del x, exits
+    # The views are built: their requests wait on disk through the IOREQ join, and what
+    # only the views read is freed. The accesses are handed to the join whole (popped, so
+    # no reference stays here), which frees each once it has its sorted copy.
+    has_traps = "trap_exit_ns" in req.columns
+    if view in (DM_VIEW_NAME, IDE_VIEW_NAME) and not req["request"].is_sorted():
+        req = req.sort("request")  # (they are: the joins' columns are added in this order)
+    built = spill / "views.parquet"
+    req.write_parquet(built)
+    del x, exits, req
     hand = [acc]
     del acc
     joined, join_counts = ioreqs.join(hand.pop(), join_clock, spill / IOREQS)
-    if joined is not None and (ide or (view == DM_VIEW_NAME and "trap_exit_ns" not in req.columns)):
-        req = ioreqs.with_kick_traps(req, joined)
+
+    def columns(*names: str) -> pl.DataFrame:
+        return pl.scan_parquet(built).select(names).collect()
+
+    added = []  # the joins' columns, a row per request in request order
+    if joined is not None and (ide or (view == DM_VIEW_NAME and not has_traps)):
+        added.append(ioreqs.kick_traps(columns("request", "src_file", "kick_off"), joined))
         if not ide:
-            dm_clock = replace(dm_clock, queue_processing=_queue_processing(req, dm_clock))
+            stamps = columns("pop_ns").hstack([added[-1]["trap_entry_ns"]])
+            dm_clock = replace(dm_clock, queue_processing=_queue_processing(stamps, dm_clock))
     if joined is not None and view == DM_VIEW_NAME:
-        req = ioreqs.with_interrupt_acks(req, joined)
-    req = _causal(req)
-    reasons = req.filter(~pl.col("complete")).group_by("reason").len()
+        keys = columns("request", "src_file", "kick_off", "notify_ns")
+        added.append(ioreqs.interrupt_acks(keys, joined))
+    req = pl.scan_parquet(built)
+    if added:
+        req = pl.concat([req, *(a.lazy() for a in added)], how="horizontal")
+    _causal(req).sink_parquet(spill / REQUESTS)
+    del added, req
+    req = pl.scan_parquet(spill / REQUESTS)
+    counts = req.select(pl.len(), pl.col("complete").sum()).collect()
+    reasons = req.filter(~pl.col("complete")).group_by("reason").len().collect()
     facts = {
         "view": view,
         "views": tried,
-        "requests": len(req),
-        "complete": int(req["complete"].sum()),
+        "requests": counts.item(0, 0),
+        "complete": int(counts.item(0, 1)),
         "incomplete": {r: int(n) for r, n in reasons.iter_rows()},
         "packet_clock": align_packets(req, ev),
         "device_model_clock": None if dm_clock is None else dm_clock.to_dict(),
         "ioreq_join": join_counts,
         **({"devices": found_devices} if found_devices is not None else {}),
     }
-    return facts, req, None if joined is None else spill / IOREQS
+    return facts, spill / REQUESTS, None if joined is None else spill / IOREQS
 
 
 # the stamps the phases are made of, in path order (complete_ns, virtio_blk_req_complete,
@@ -319,7 +340,7 @@ PATH = ("kick_ns", "pop_ns", "handle_ns", "io_done_ns", "fill_ns", "notify_ns")
 CAUSAL_REASON = "stamps out of causal order (a corrupt or misread log?)"
 
 
-def _causal(req: pl.DataFrame) -> pl.DataFrame:
+def _causal(req: pl.LazyFrame) -> pl.LazyFrame:
     """A request is complete only when the stamps of its path, all on the view's one clock,
     never go back in time: a complete request with a negative phase is a wrong answer given
     with confidence (one corrupted event name in a QEMU log gave pop -> fill p50 -309 us).
@@ -334,7 +355,7 @@ def _causal(req: pl.DataFrame) -> pl.DataFrame:
         pl.when(pl.col("complete") & pl.col("_back")).then(pl.lit(CAUSAL_REASON)).otherwise("reason").alias("reason"),
         (pl.col("complete") & ~pl.col("_back")).alias("complete"),
         *[pl.when(pl.col("_back")).then(None).otherwise(pl.col(c)).alias(c)
-          for c in INTERVALS if c in req.columns],
+          for c in INTERVALS if c in req.collect_schema().names()],
     ).drop("_back")  # fmt: skip
 
 
@@ -399,13 +420,18 @@ def _ftrace_intact(bundle) -> bool:
     return not any(s.get("format") == "ftrace" and s.get("lost") for s in bundle.manifest.sources)
 
 
-def align_packets(req: pl.DataFrame, ev: pl.LazyFrame, *, window: int = 64) -> dict | None:
+def align_packets(req: pl.LazyFrame, ev: pl.LazyFrame, *, window: int = 64) -> dict | None:
     """Offset of the packet clock against the device model's, found by matching, not by
     clock: the k-th frame the guest received fills the (k + s)-th rx buffer, and a frame's
     length plus the 12-byte virtio_net_hdr is that fill's length. Returns the offset
     (median of fill - packet time over matched pairs), its residual bounds, the shift s and
     the match count; None without packets or rx requests."""
-    rx = req.filter((pl.col("op") == "rx") & pl.col("fill_ns").is_not_null()).sort("fill_ns")
+    rx = (
+        req.filter((pl.col("op") == "rx") & pl.col("fill_ns").is_not_null())
+        .select("fill_ns", "fill_len")
+        .sort("fill_ns")
+        .collect()
+    )
     pk = (
         ev.filter((pl.col("event") == "net.packet") & pl.col("ts_ns").is_not_null())
         .select("ts_ns", "size", "addr")

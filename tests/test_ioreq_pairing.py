@@ -1,0 +1,93 @@
+"""The IOREQ join's pairing by order (timeline.ioreqs._Numbered) against the same rules
+written as polars joins, the way the join first computed them: traps numbered per key in
+exit order, IOREQs per key in log order, each key's shift the most common (then least)
+difference between an IOREQ's number and that of the last trap at or before its reach, and
+each IOREQ's trap the one numbered its own number plus that shift."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xvtrace.timeline.ioreqs import _Numbered
+
+
+def by_joins(dm_key, dm_reach, hv_key, hv_exit) -> np.ndarray:
+    """Each IOREQ's trap row (or -1), by polars' asof join, group-by mode and hash join."""
+    traps = (
+        pl.DataFrame({"key": hv_key, "exit": hv_exit}, schema={"key": pl.Int64, "exit": pl.Int64})
+        .with_row_index("row")
+        .filter(pl.col("key") >= 0)
+        .sort("exit", "row")
+        .with_columns(pl.int_range(pl.len()).over("key").alias("ti"))
+    )
+    dm = (
+        pl.DataFrame(
+            {"key": dm_key, "reach": dm_reach}, schema={"key": pl.Int64, "reach": pl.Int64}
+        )
+        .with_row_index("dm_row")
+        .with_columns(pl.int_range(pl.len()).over("key").alias("di"))
+    )
+    timed = dm.filter((pl.col("key") >= 0) & pl.col("reach").is_not_null())
+    nearest = (
+        timed.sort("reach")
+        .join_asof(
+            traps.select("key", "exit", "ti").sort("exit"),
+            left_on="reach",
+            right_on="exit",
+            by="key",
+            strategy="backward",
+            check_sortedness=False,
+        )
+        .filter(pl.col("ti").is_not_null())
+    )
+    shift = nearest.group_by("key").agg((pl.col("ti") - pl.col("di")).mode().min().alias("shift"))
+    out = (
+        dm.filter(pl.col("key") >= 0)
+        .join(shift, on="key", how="inner")
+        .with_columns((pl.col("di") + pl.col("shift")).alias("ti"))
+        .join(traps.select("key", "ti", "row"), on=["key", "ti"], how="inner")
+    )
+    rows = np.full(len(dm_key), -1, np.int64)
+    rows[out["dm_row"].to_numpy()] = out["row"].to_numpy()
+    return rows
+
+
+def by_numbering(dm_key, dm_reach, hv_key, hv_exit) -> np.ndarray:
+    keys = int(max(max(dm_key, default=-1), max(hv_key, default=-1))) + 1
+    dm_key, hv_key = np.array(dm_key, np.int64), np.array(hv_key, np.int64)
+    reach = pl.Series(dm_reach, dtype=pl.Int64)
+    traps = _Numbered(hv_key, np.array(hv_exit, np.int64), keys)
+    di = _Numbered(dm_key, np.arange(len(dm_key)), keys).index
+    shift = traps.shifts(dm_key, di, reach.fill_null(0).to_numpy(), reach.is_not_null().to_numpy())
+    return traps.rows(dm_key, di, shift)
+
+
+keys = st.integers(-1, 3)
+times = st.integers(0, 60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    dm=st.lists(st.tuples(keys, st.one_of(st.none(), times)), max_size=40),
+    hv=st.lists(st.tuples(keys, times), max_size=40, unique_by=lambda t: t),
+)
+def test_pairing_by_numbering_equals_the_joins(dm, hv):
+    """(Trap exits are distinct per key, as one vCPU's exits are: the joins number tied
+    exits in no set order.)"""
+    dm_key, dm_reach = [k for k, _ in dm], [t for _, t in dm]
+    hv_key, hv_exit = [k for k, _ in hv], [t for _, t in hv]
+    want = by_joins(dm_key, dm_reach, hv_key, hv_exit)
+    assert by_numbering(dm_key, dm_reach, hv_key, hv_exit).tolist() == want.tolist()
+
+
+def test_a_trace_begun_early_shifts_the_pairing():
+    """The traps began two accesses before the device model's log: each IOREQ pairs with
+    the trap two further on, one the clock placed it after."""
+    hv_exit = [0, 10, 20, 30, 40]
+    dm_reach = [21, 31, 41]
+    rows = by_numbering([0, 0, 0], dm_reach, [0] * 5, hv_exit)
+    assert rows.tolist() == [2, 3, 4]
+    assert by_joins([0, 0, 0], dm_reach, [0] * 5, hv_exit).tolist() == [2, 3, 4]
