@@ -100,3 +100,31 @@ def test_the_trace_is_the_same_however_its_rows_are_streamed(tmp_path, monkeypat
     assert api.export_perfetto(r.bundle, cut) == n
     assert _load(cut) == _load(whole) and len(_load(whole)) == n
     assert json.loads(cut.read_text())["displayTimeUnit"] == "ns"
+
+
+def test_the_exits_drawn_are_the_earliest_however_the_fold_bounds_them(tmp_path, monkeypatch):
+    """At most HOST_LIMIT VM exits are drawn, the earliest: kept bounded as the exits close
+    (in chunks of 50 rows here, so the set is cut down many times), they are the first of
+    every exit drawn without a limit."""
+    from xvtrace.analysis import summary
+    from xvtrace.output import perfetto
+
+    r = emulate(EmulateOptions(transport="epam-mmio", workload="randrw-16k-qd8", requests=200,
+                               out=tmp_path / "b"))  # fmt: skip
+    api.ingest(r.bundle)
+
+    def exits(limit: int) -> list[tuple]:
+        monkeypatch.setattr(perfetto, "HOST_LIMIT", limit)
+        out = tmp_path / f"{limit}.json"
+        api.export_perfetto(r.bundle, out)
+        return sorted(
+            (e["ts"], e["tid"], e["dur"], e["name"])
+            for e in _load(out)
+            if e["ph"] == "X" and e["pid"] == perfetto.PID_EXITS
+        )
+
+    every = exits(10**9)
+    monkeypatch.setattr(summary, "CHUNK_ROWS", 50)
+    first = exits(37)
+    assert len(every) > 3 * 37
+    assert first == every[:37]

@@ -47,13 +47,16 @@ CHUNK_ROWS = 1_000_000  # exit pairing rows paired at once (23 MB)
 
 
 def fold(
-    ev: pl.LazyFrame | Iterable[pl.DataFrame], *, times: bool = False, tables=None
-) -> xen_fold.Folded:
+    ev: pl.LazyFrame | Iterable[pl.DataFrame], *, times: bool = False, tables=None,
+    first_spans: int | None = None,
+) -> xen_fold.Folded:  # fmt: skip
     """What every xentrace section needs: from the table's xentrace rows (a LazyFrame), or
     from decoded frames of them in one pass, in time order. `times`: keep each exit's start
-    (exit_spans); `tables`: only these of TABLES (names)."""
+    (exit_spans), or with `first_spans` only the spans of those earliest exits (of a vCPU
+    known, that end); `tables`: only these of TABLES (names)."""
     chosen = TABLES if tables is None else {name: TABLES[name] for name in tables}
-    return xen_fold.fold(ev, chosen, ROWS, _exit_rows, CHUNK_ROWS, times)
+    keep = _known_span if first_spans is not None else None
+    return xen_fold.fold(ev, chosen, ROWS, _exit_rows, CHUNK_ROWS, times, first_spans, keep)
 
 
 FOLD_ROWS = 1 << 19  # xentrace rows folded at once (a merged table comes 64 k rows of all
@@ -290,6 +293,14 @@ def _role(roles: dict[str, int]) -> pl.Expr:
     for role, names in sorted(by_role.items()):
         expr = expr.when(pl.col("event").is_in(names)).then(pl.lit(role, pl.UInt8))
     return expr.alias("role")
+
+
+def _known_span(part: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Which closed exits (exit_pairs.OUT arrays) end, on a vCPU known: exit_spans' rows
+    with a dom and a vCPU."""
+    key, dur = part[exit_pairs.OUT.index("key")], part[exit_pairs.OUT.index("dur")]
+    dom, vcpu = key >> np.uint64(48), (key >> np.uint64(32)) & np.uint64(0xFFFF)
+    return (dur >= 0) & (dom != NULL_ID) & (vcpu != NULL_ID)
 
 
 def exit_spans(f: xen_fold.Folded) -> pl.DataFrame:

@@ -75,9 +75,13 @@ class Exits:
     """Every exit closed so far and the pairing's state. With `times`, each exit's arrays
     (exit_pairs.OUT, per chunk: the exits' spans need their starts); without, a histogram
     of them (HISTOGRAM, a Table: merged while merging pays), which is all the summary's
-    statistics need."""
+    statistics need. With `times` and `first`, only the `first` exits by start among those
+    `keep` keeps (a mask of a part's arrays), as each chunk comes: a bounded set, where a
+    consumer draws only the earliest."""
 
     times: bool = True
+    first: int | None = None
+    keep: Callable[[tuple[np.ndarray, ...]], np.ndarray] | None = None
     state: exit_pairs.OpenExits = field(default_factory=exit_pairs.OpenExits)
     parts: list[tuple[np.ndarray, ...]] = field(default_factory=list)
     counted: Table = field(default_factory=lambda: Table(_counted, {"count": "sum"}))
@@ -113,7 +117,13 @@ class Exits:
         self.state.learn(cols[2])
         part = exit_kernels.pair_chunk(self.state, *cols, last)
         if self.times:
-            self.parts.append(part)
+            if self.first is not None:
+                mask = self.keep(part) if self.keep else slice(None)
+                self.parts.append(tuple(a[mask] for a in part))
+                if sum(len(p[0]) for p in self.parts) > 2 * self.first:
+                    self.parts = [_earliest(self.parts, self.first)]
+            else:
+                self.parts.append(part)
         else:
             frame = pl.DataFrame(dict(zip(exit_pairs.OUT, part, strict=True))).drop("ts")
             self.counted.add(_counted(frame.lazy()).collect())
@@ -126,6 +136,8 @@ class Exits:
             # them (the statistics sort them anyway; a last merge held 1 GiB for 4 M exits)
             h, self.counted.parts = pl.concat(self.counted.parts), []
             return {name: h[name].to_numpy() for name in HISTOGRAM}
+        if self.first is not None and self.parts:
+            self.parts = [_earliest(self.parts, self.first)]
         # one array at a time, each part's copy dropped as it is taken: the whole set is
         # held twice over for one array, not for all
         out = {}
@@ -133,6 +145,14 @@ class Exits:
             out[name] = np.concatenate([p[i] for p in self.parts])
             self.parts = [p[:i] for p in self.parts]
         return out
+
+
+def _earliest(parts: list[tuple[np.ndarray, ...]], first: int) -> tuple[np.ndarray, ...]:
+    """The `first` exits by start (exit_pairs.OUT's ts) of `parts`, in that order (ties in
+    the order they closed)."""
+    joint = [np.concatenate(a) for a in zip(*parts, strict=True)]
+    order = np.argsort(joint[exit_pairs.OUT.index("ts")], kind="stable")[:first]
+    return tuple(a[order] for a in joint)
 
 
 def _run_length(ts: np.ndarray, t) -> int:
@@ -157,11 +177,12 @@ class Folding:
     that has the frames on their way elsewhere (ingest writing the table)."""
 
     def __init__(self, tables: dict[str, tuple[Query, dict[str, str]]], rows: dict[str, Query],
-                 exit_rows: Query, times: bool):  # fmt: skip
+                 exit_rows: Query, times: bool, first: int | None = None,
+                 keep=None):  # fmt: skip
         self.tables = {name: Table(q, how) for name, (q, how) in tables.items()}
         self.rows = rows
         self.kept: dict[str, list[pl.DataFrame]] = {name: [] for name in rows}
-        self.exits = Exits(times)
+        self.exits = Exits(times, first, keep)
         self.queries = [t.query for t in self.tables.values()] + list(rows.values()) + [exit_rows]
 
     def add(self, chunk: pl.DataFrame) -> None:
@@ -190,21 +211,24 @@ def fold(
     exit_rows: Query,
     chunk_rows: int,
     times: bool = True,
+    first: int | None = None,
+    keep=None,
 ) -> Folded:
     """Fold `source` (xentrace rows in time order) through the declared queries: a table's
     LazyFrame by one streamed query each and its exit rows `chunk_rows` at a time; decoded
-    frames (an iterable) in one pass, a frame at a time. `times`: keep each exit's start."""
+    frames (an iterable) in one pass, a frame at a time. `times`: keep each exit's start
+    (`first`, `keep`: only the earliest, as Exits)."""
     if isinstance(source, pl.LazyFrame):
         # one after another: collect_all shares their scan by caching the whole table
         # (1.8 GiB for 30 M rows, against 0.26 GiB for the largest query alone)
         queries = [q(source) for q, _ in tables.values()] + [q(source) for q in rows.values()]
         got = [q.collect(engine="streaming") for q in queries]
-        exits = Exits(times)
+        exits = Exits(times, first, keep)
         for batch in exit_rows(source).collect_batches(chunk_size=chunk_rows):
             exits.add(batch)
         return Folded(dict(zip(tables, got, strict=False)),
                       dict(zip(rows, got[len(tables):], strict=True)), exits.result())  # fmt: skip
-    folding = Folding(tables, rows, exit_rows, times)
+    folding = Folding(tables, rows, exit_rows, times, first, keep)
     for chunk in source:
         folding.add(chunk)
     return folding.result()

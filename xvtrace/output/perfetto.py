@@ -167,7 +167,8 @@ def host_events(ev: pl.LazyFrame, t0: int, clock: Clock | None, vendor: str | No
     comes first, as the summary counts them; named by reason), on the
     requests' clock (`clock`: the device model's against the hypervisor's, or None when
     the requests are on the hypervisor's)."""
-    folded = summary.fold(ev, times=True, tables=["groups"])  # (runstates, exits)
+    # (runstates, and the exits drawn: the earliest HOST_LIMIT, kept bounded as they close)
+    folded = summary.fold(ev, times=True, tables=["groups"], first_spans=HOST_LIMIT)
     runs = summary.runstate_intervals(folded).select(
         pl.col("sdom").alias("dom"), pl.col("svcpu").alias("vcpu"), "ts_ns", "end_ns",
         pl.col("state").alias("name"),
