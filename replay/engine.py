@@ -17,6 +17,7 @@ numpy, so results are a pure function of the inputs and the seed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,13 +51,16 @@ def durations(
     nbytes: np.ndarray,
     device_ns: np.ndarray,
     rng: np.random.Generator,
+    out=None,
 ) -> np.ndarray:
     """[n, ops] durations: cost per unit x units, with lognormal jitter (median 1), and
     the request's host-wide slowdown (costs.SLOWDOWN: one factor per request, of mean 1, on
-    all but the device's time) when its sigma is not 0."""
+    all but the device's time) when its sigma is not 0. Written op by op into `out` when
+    given (an array or a replay.columns_file table), else into a new array."""
     n = len(pages)
     each = buffers(path, pages)
-    out = np.empty((len(path), n), dtype=np.float64).T  # stored op by op, as the schedule
+    if out is None:
+        out = np.empty((len(path), n), dtype=np.float64).T  # stored op by op, as the schedule
     for j, o in enumerate(path):  # per operation of the path, not per request
         if o.resource == "device":
             out[:, j] = device_ns
@@ -102,12 +106,15 @@ def simulation(
     device_servers: int = 8,
     min_idle: float = 0.0,
     think: np.ndarray | None = None,
+    window: int | None = None,
 ) -> Simulation:
     """As run(), with request i following paths[path_of[i]] (e.g. a network job's transmit
     and receive paths; `dur` is padded to the longest path), set up to run: .run() runs it
     all, .advance() some events at a time. vCPU idle stretches of `min_idle` ns or less are
     not noted. `think[i]`: how long request i's job waits after its previous request is
-    done before issuing it (a guest's own work between requests; default none)."""
+    done before issuing it (a guest's own work between requests; default none). `window`:
+    hold the per-operation arrays of about that many requests at a time, not of all
+    (Simulation.chunks)."""
     width = max(len(p) for p in paths)
     res = np.full((len(paths), width), RES_INDEX["none"], dtype=np.int64)
     release = np.zeros((len(paths), width), dtype=np.int64)
@@ -126,7 +133,7 @@ def simulation(
             release[i, k] = -1 if k in inside else until
     return Simulation(res, release, nops, path_of, dur, job, not_before, iodepth=iodepth,
                       njobs=njobs, device_servers=device_servers, min_idle=min_idle,
-                      think=think)  # fmt: skip
+                      think=think, window=window)  # fmt: skip
 
 
 class Simulation:
@@ -140,33 +147,56 @@ class Simulation:
     idle (-1 while busy or before its first operation); an unissued request's issue time is
     +inf. gaps() are the vCPU idle stretches longer than `min_idle` closed so far.
 
+    With a `window`, the per-operation arrays (durations, start, end, wait) are a ring of a
+    power of two rows at least that many, request r in row r & mask: chunks() runs the loop
+    until the next request to issue has no row free, hands over the requests done since
+    (whose rows are then free) and goes on; a ring too small for the requests in flight
+    doubles. Each event happens as without one: the schedule is the same, a chunk at a time.
+
     One request makes its [request, op] arrays C- as well as F-ordered: numba compiles
     (once, then caches) a second specialization of the kernel for it.
     """
 
     def __init__(self, res, release, nops, path_of, dur, job, not_before, *, iodepth: int,
-                 njobs: int, device_servers: int, min_idle: float = 0.0, think=None):  # fmt: skip
+                 njobs: int, device_servers: int, min_idle: float = 0.0, think=None,
+                 window: int | None = None):  # fmt: skip
         self.min_idle = float(min_idle)
         n, width = dur.shape
         self.n, self.njobs = n, int(njobs)
         self.issue = np.full(n, np.inf)
         self.done = np.full(n, np.inf)
+        job = job.astype(np.int64)
+        self._order, self._offs = _job_lists(job, self.njobs)
+        rows = _ring_rows(window, n, self._order, self._offs, iodepth)
+        # durations, held whole or a window of them read from `dur` (F-ordered either way:
+        # one compiled kernel, not one per layout)
+        self._source = dur
+        if rows is None:
+            dur = np.asfortranarray(dur if isinstance(dur, np.ndarray) else dur[:n], np.float64)
+        else:
+            dur = np.zeros((width, rows)).T
+            dur[: min(n, rows)] = self._source[: min(n, rows)]
+        rows = n if rows is None else rows
         # [request, op] indexed, stored op by op: a chunk's column of one op is contiguous
         # (the writers read them so), and so is the truth's
-        self.start, self.end, self.wait = (np.zeros((width, n)).T for _ in range(3))
+        self.start, self.end, self.wait = (np.zeros((width, rows)).T for _ in range(3))
         # the vCPU is acquired at most once per operation that takes it: that bounds the gaps
         takes = int(max(((res[i, : nops[i]] == VCPU) & (release[i, : nops[i]] >= 0)).sum()
                         for i in range(len(nops))))  # fmt: skip
         self._gaps = np.empty((3, max(1, n * takes)))  # start, end, job
-        self.remaining = np.bincount(job.astype(np.int64), minlength=self.njobs).astype(np.int64)
+        self.remaining = np.bincount(job, minlength=self.njobs).astype(np.int64)
         self.idle_since = np.full(self.njobs, -1.0)
-        self._counters = np.zeros(4, np.int64)  # heap size, sequence, low, gaps
+        # heap size, sequence, low, gaps; the ring's mask (all ones: no ring) and the first
+        # request with no row; 1 when the loop stopped for want of one
+        self._counters = np.array([0, 0, 0, 0, -1 if rows == n else rows - 1,
+                                   min(n, rows), 0], np.int64)  # fmt: skip
+        self.flushed = 0  # requests handed over by chunks()
         self._clock = np.zeros(1)
         inflight = iodepth * self.njobs + 1
         ring = 1 << int(inflight - 1).bit_length()  # the FIFOs: a power of two, masked
         nres = 6 + self.njobs
         self._work = (
-            np.zeros(n),  # ready_at
+            np.zeros(rows),  # ready_at
             np.zeros((len(nops), width)),  # line_end: last end per pure-latency op
             np.zeros(nres, np.int64),  # busy
             np.empty((nres, ring), np.int64),  # FIFO slots
@@ -177,12 +207,9 @@ class Simulation:
             np.empty(inflight + 16, np.int64),  # heap: sequence numbers
             np.zeros(self.njobs, np.int64),  # next request to issue, per job
         )
-        # durations stored op by op, as the schedule (one compiled kernel, not one per layout)
-        dur = np.asfortranarray(dur, dtype=np.float64)
         think = np.zeros(n) if think is None else np.asarray(think, np.float64)
-        self._given = (res, release, nops, path_of.astype(np.int64), dur,
-                       job.astype(np.int64), not_before.astype(np.float64), think)  # fmt: skip
-        self._order, self._offs = _job_lists(self._given[5], self.njobs)
+        self._given = (res, release, nops, path_of.astype(np.int64), dur, job,
+                       not_before.astype(np.float64), think)  # fmt: skip
         self._cap = np.ones(nres, np.int64)
         self._cap[NONE] = 0  # unlimited
         self._cap[DEVICE] = device_servers
@@ -225,6 +252,70 @@ class Simulation:
 
     def schedule(self) -> Schedule:
         return Schedule(self.issue, self.done, self.start, self.end, self.wait)
+
+    def chunks(self) -> Iterator[tuple[int, Schedule]]:
+        """The schedule a chunk of requests at a time, in order: (first request, its rows'
+        Schedule). Without a window, one chunk of every request."""
+        if self._counters[4] == -1:
+            yield 0, self.run()
+            return
+        while True:
+            finished = self.advance()
+            if self.low > self.flushed:
+                yield self._flush()
+            elif not finished:  # stopped with no request done since: more rows in flight
+                self._grow()
+            if finished and self.flushed == self.n:
+                return
+
+    def _rows(self, first: int, stop: int) -> np.ndarray:
+        return np.arange(first, stop) & self._counters[4]
+
+    def _flush(self) -> tuple[int, Schedule]:
+        a, b = self.flushed, self.low
+        at = self._rows(a, b)
+        out = Schedule(self.issue[a:b], self.done[a:b], self.start[at], self.end[at], self.wait[at])
+        self.flushed = b
+        self._fill(min(self.n, b + len(self._work[0])))
+        return a, out
+
+    def _fill(self, stop: int) -> None:
+        """Rows for the requests up to `stop`: their durations, the rest zero."""
+        first = int(self._counters[5])
+        at = self._rows(first, stop)
+        self._given[4][at] = self._source[first:stop]
+        for a in (self.start, self.end, self.wait, self._work[0]):
+            a[at] = 0.0
+        self._counters[5] = stop
+
+    def _grow(self) -> None:
+        """Twice the rows, the requests in flight moved to theirs."""
+        rows, width = len(self._work[0]) * 2, self.start.shape[1]
+        live = np.arange(self.flushed, self._counters[5])
+        old, new = live & self._counters[4], live & (rows - 1)
+
+        def grown(a: np.ndarray) -> np.ndarray:
+            out = np.zeros((width, rows)).T if a.ndim == 2 else np.zeros(rows)
+            out[new] = a[old]
+            return out
+
+        self.start, self.end, self.wait = grown(self.start), grown(self.end), grown(self.wait)
+        self._given = (*self._given[:4], grown(self._given[4]), *self._given[5:])
+        self._work = (grown(self._work[0]), *self._work[1:])
+        self._counters[4] = rows - 1
+        self._fill(min(self.n, self.flushed + rows))
+
+
+def _ring_rows(window: int | None, n: int, order, offs, iodepth: int) -> int | None:
+    """The ring's rows for `window` (a power of two, room for every job's first requests),
+    or None for none: no window, or one that would hold every request anyway."""
+    if window is None:
+        return None
+    firsts = [order[min(offs[j] + iodepth, offs[j + 1]) - 1]
+              for j in range(len(offs) - 1) if offs[j + 1] > offs[j]]  # fmt: skip
+    need = int(max(window, max(firsts, default=0) + 1, 1))
+    rows = 1 << (need - 1).bit_length()
+    return None if rows >= n else rows
 
 
 # --- the kernel -------------------------------------------------------------------
@@ -321,14 +412,25 @@ def _advance(res2, release2, nops_p, path_of, dur, job, not_before, think, order
              ready_at, line_end, busy, qbuf, qhead, qtail, ht, hp, hs, nxt, issue, done, start,
              end, wait, remaining, idle_since, gaps, counters, clock, min_idle,
              events):  # fmt: skip
-    """Up to `events` events of the loop; True once none is left."""
-    n = dur.shape[0]
+    """Up to `events` events of the loop; True once none is left. The per-operation arrays
+    (dur, start, end, wait, ready_at) hold request r in row r & mask (counters[4]); the loop
+    stops before an event that would issue a request at or past counters[5], which has no
+    row yet (counters[6] = 1)."""
+    n = done.shape[0]
     shift = _shift(dur.shape[1])
     low_mask = (1 << shift) - 1
     ring = qbuf.shape[1]
     size, seq, low, ngaps = counters[0], counters[1], counters[2], counters[3]
+    mask, limit = counters[4], counters[5]
+    counters[6] = 0
     now = clock[0]
     while size > 0 and events > 0:
+        r = hp[0] >> shift  # the next event: a request done whose job's next has no row?
+        if (hp[0] & low_mask) == nops_p[path_of[r]]:
+            j = job[r]
+            if nxt[j] < offs[j + 1] and order[nxt[j]] >= limit:
+                counters[6] = 1
+                break
         events -= 1
         now, payload, size = _pop(ht, hp, hs, size)
         r = payload >> shift
@@ -349,11 +451,12 @@ def _advance(res2, release2, nops_p, path_of, dur, job, not_before, think, order
                         qhead[rid] += 1
                         wr = w >> shift
                         ws = w & low_mask
+                        wi = wr & mask
                         busy[rid] += 1
-                        start[wr, ws] = now
-                        wait[wr, ws] = now - ready_at[wr]
-                        end[wr, ws] = now + dur[wr, ws]
-                        size = _push(ht, hp, hs, size, end[wr, ws], (wr << shift) + ws + 1, seq)
+                        start[wi, ws] = now
+                        wait[wi, ws] = now - ready_at[wi]
+                        end[wi, ws] = now + dur[wi, ws]
+                        size = _push(ht, hp, hs, size, end[wi, ws], (wr << shift) + ws + 1, seq)
                         seq += 1
                     elif pr == VCPU:  # nobody waits: the vCPU goes idle
                         idle_since[job[r]] = now
@@ -371,13 +474,14 @@ def _advance(res2, release2, nops_p, path_of, dur, job, not_before, think, order
                 size = _push(ht, hp, hs, size, t, r2 << shift, seq)
                 seq += 1
             continue
+        i = r & mask
         pr = res[step]
         rid = 6 + job[r] if pr == 0 else pr
-        ready_at[r] = now
+        ready_at[i] = now
         if release[step] == -1:  # an earlier op of r still holds this resource (a blocked vCPU)
-            start[r, step] = now
-            end[r, step] = now + dur[r, step]
-            size = _push(ht, hp, hs, size, end[r, step], (r << shift) + step + 1, seq)
+            start[i, step] = now
+            end[i, step] = now + dur[i, step]
+            size = _push(ht, hp, hs, size, end[i, step], (r << shift) + step + 1, seq)
             seq += 1
         elif cap[rid] == 0 or busy[rid] < cap[rid]:
             if cap[rid] > 0:
@@ -389,16 +493,16 @@ def _advance(res2, release2, nops_p, path_of, dur, job, not_before, think, order
                         gaps[2, ngaps] = job[r]
                         ngaps += 1
                     idle_since[job[r]] = -1.0
-            start[r, step] = now
-            end[r, step] = now + dur[r, step]
+            start[i, step] = now
+            end[i, step] = now + dur[i, step]
             if pr == NONE:  # a notification path delivers in order: no overtaking
                 p = path_of[r]
-                if end[r, step] <= line_end[p, step]:  # held back: 1 ns behind, in order
-                    end[r, step] = line_end[p, step] + 1.0
-                    start[r, step] = end[r, step] - dur[r, step]
-                    wait[r, step] = start[r, step] - ready_at[r]
-                line_end[p, step] = end[r, step]
-            size = _push(ht, hp, hs, size, end[r, step], (r << shift) + step + 1, seq)
+                if end[i, step] <= line_end[p, step]:  # held back: 1 ns behind, in order
+                    end[i, step] = line_end[p, step] + 1.0
+                    start[i, step] = end[i, step] - dur[i, step]
+                    wait[i, step] = start[i, step] - ready_at[i]
+                line_end[p, step] = end[i, step]
+            size = _push(ht, hp, hs, size, end[i, step], (r << shift) + step + 1, seq)
             seq += 1
         else:
             qbuf[rid, qtail[rid] & (ring - 1)] = (r << shift) + step

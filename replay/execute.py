@@ -11,12 +11,16 @@ fewer IOPS, not an unbounded queue), or open-loop at the captured arrival times.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 
 from xvtrace.parsers.errors import XvtraceError
 from xvtrace.replay import engine
 from xvtrace.replay.accounting import CPU_RESOURCES, counters
+from xvtrace.replay.columns_file import ColumnFile
 from xvtrace.replay.stream import KIND_OF_OP, Stream
 from xvtrace.replay.transports.base import PHASES, Transport
 
@@ -43,6 +47,17 @@ def schedule(
     """Run the stream through the transport's paths: (paths, each request's path index,
     the engine's schedule). `scale`: per device kind, a factor per operation of its path
     applied to the drawn durations (calibration's trial costs)."""
+    paths, path_of, sim = _simulation(stream, transport, costs, seed=seed, arrivals=arrivals,
+                                      device_servers=device_servers, scale=scale)  # fmt: skip
+    return paths, path_of, sim.run()
+
+
+def _simulation(stream, transport, costs, *, seed, arrivals, device_servers, scale=None,
+                window=None, on_disk: ColumnFile | None = None,
+                ) -> tuple[list, np.ndarray, engine.Simulation]:  # fmt: skip
+    """The stream set up to run through the transport's paths, its durations drawn (into
+    `on_disk`, a table of as many rows as requests and columns as the longest path, when
+    given)."""
     if arrivals not in ARRIVALS:
         raise XvtraceError(f"arrivals {arrivals!r}: valid: {', '.join(ARRIVALS)}")
     n = len(stream)
@@ -52,21 +67,28 @@ def schedule(
     path_of = np.searchsorted(np.array(kinds), np.array([KIND_OF_OP[o] for o in ops])[inverse])
     rng = np.random.default_rng(seed)
     width = max(len(p) for p in paths)
-    dur = np.zeros((width, n)).T  # [request, op], stored op by op as the engine keeps it
+    # [request, op], stored op by op as the engine keeps it
+    dur = np.zeros((width, n)).T if on_disk is None else on_disk
     for i, path in enumerate(paths):  # per path, not per request
         m = path_of == i
-        d = engine.durations(
-            path, costs, stream.pages[m], stream.nbytes[m], stream.device_ns[m], rng
-        )
+        args = (path, costs, stream.pages[m], stream.nbytes[m], stream.device_ns[m], rng)
+        if on_disk is not None:  # the same draws, each op's written as it is drawn
+            engine.durations(*args, out=dur if m.all() else dur.where(m))
+            continue
+        d = engine.durations(*args)
         if scale and kinds[i] in scale:
             d = d * scale[kinds[i]]
         dur[m, : len(path)] = d
     not_before = stream.arrival_ns if arrivals == "open" else np.zeros(n)
     think = np.full(n, stream.think_ns) if arrivals == "think" else None
-    sched = engine.simulation(paths, path_of, dur, stream.job, not_before, iodepth=stream.iodepth,
-                              njobs=stream.njobs, device_servers=device_servers,
-                              think=think).run()  # fmt: skip
-    return paths, path_of, sched
+    # (no idle stretch is noted with a window: a replay does not draw them)
+    sim = engine.simulation(paths, path_of, dur, stream.job, not_before, iodepth=stream.iodepth,
+                            njobs=stream.njobs, device_servers=device_servers, think=think,
+                            window=window, min_idle=0.0 if window is None else np.inf)  # fmt: skip
+    return paths, path_of, sim
+
+
+WINDOW = 1 << 16  # requests whose operations a replay holds at a time (replay_chunks)
 
 
 def replay(
@@ -83,15 +105,54 @@ def replay(
     per phase (including queueing), the accounting counters, CPU time per actor (ns) and
     where its time comes from (ORIGINS: `calibrated` names the cost keys fitted to a
     capture; the device's service time is the capture's own)."""
-    n = len(stream)
-    paths, path_of, sched = schedule(stream, transport, costs, seed=seed, arrivals=arrivals,
-                                     device_servers=device_servers)  # fmt: skip
+    return pl.concat(replay_chunks(stream, transport, costs, seed=seed, arrivals=arrivals,
+                                   device_servers=device_servers, calibrated=calibrated,
+                                   window=None))  # fmt: skip
+
+
+def replay_chunks(
+    stream: Stream,
+    transport: Transport,
+    costs: dict[str, tuple[float, float]],
+    *,
+    seed: int = 0,
+    arrivals: str = "closed",
+    device_servers: int = 8,
+    calibrated: frozenset[str] = frozenset(),
+    window: int | None = WINDOW,
+    spill: Path | None = None,
+) -> Iterator[pl.DataFrame]:
+    """replay()'s rows a chunk of requests at a time, in order, the engine holding the
+    operations of about `window` requests at a time (None: of all; the rows are the same).
+    `spill`: a directory where the durations wait on disk (as large as the operations of
+    every request) when there are more requests than the window."""
+    table = None
+    if window is not None and spill is not None and len(stream) > window:
+        width = max(len(transport.path(KIND_OF_OP[o])) for o in np.unique(stream.op))
+        table = ColumnFile(spill / f"durations-{transport.name}.f8", len(stream), width)
+    try:
+        paths, path_of, sim = _simulation(stream, transport, costs, seed=seed, arrivals=arrivals,
+                                          device_servers=device_servers, window=window,
+                                          on_disk=table)  # fmt: skip
+        for first, sched in sim.chunks():
+            yield _predicted(stream, transport, paths, path_of, first, sched, calibrated)
+    finally:
+        if table is not None:
+            table.close()
+
+
+def _predicted(stream: Stream, transport: Transport, paths: list, path_of: np.ndarray,
+               first: int, sched: engine.Schedule, calibrated: frozenset[str]) -> pl.DataFrame:  # fmt: skip
+    """replay()'s rows of the requests from `first` on that `sched` holds."""
+    n = len(sched.issue)
+    part = slice(first, first + n)
+    pages, nbytes = stream.pages[part], stream.nbytes[part]
     phase = {p: np.zeros(n) for p in PHASES}
     cpu = {a: np.zeros(n) for a in CPU_ACTORS}
     origin = {o: np.zeros(n) for o in ORIGINS}
     used = {}
     for i, path in enumerate(paths):
-        m = path_of == i
+        m = path_of[part] == i
         for k, o in enumerate(path):  # per operation, vectorized over its requests
             ran = sched.end[m, k] - sched.start[m, k]
             phase[o.phase][m] += ran + sched.wait[m, k]
@@ -101,14 +162,14 @@ def replay(
                     else "calibrated" if o.cost in calibrated else "estimated")  # fmt: skip
             origin[kind][m] += ran
             origin["waiting"][m] += sched.wait[m, k]
-        for name, values in counters(path, stream.pages[m], stream.nbytes[m]).items():
+        for name, values in counters(path, pages[m], nbytes[m]).items():
             used.setdefault(name, np.zeros(n))[m] = values
     return pl.DataFrame({
         "transport": pl.Series([transport.name] * n, dtype=pl.String),
-        "request": np.arange(n, dtype=np.int64),
-        "op": stream.op,
-        "bytes": stream.nbytes,
-        "job": stream.job,
+        "request": np.arange(first, first + n, dtype=np.int64),
+        "op": stream.op[part],
+        "bytes": nbytes,
+        "job": stream.job[part],
         "issue_ns": sched.issue,
         "done_ns": sched.done,
         "latency_ns": sched.done - sched.issue,

@@ -84,25 +84,30 @@ def in_flight_depth(start: np.ndarray, end: np.ndarray) -> int:
 
 
 def from_requests(
-    req: pl.DataFrame,
+    req: pl.DataFrame | pl.LazyFrame,
     *,
     source: Transport | None,
     costs: dict[str, tuple[float, float]],
     iodepth: int | None = None,
     njobs: int | None = None,
 ) -> Stream:
-    """The stream of `req`'s complete requests. `source` is the transport the capture ran
-    on (None: unknown, nothing is taken out of the device interval); `iodepth` and `njobs`
-    the workload's, when known (else measured: see the module doc)."""
-    missing = [c for c in NEEDED if c not in req.columns]
+    """The stream of `req`'s complete requests (a LazyFrame: only they are read). `source`
+    is the transport the capture ran on (None: unknown, nothing is taken out of the device
+    interval); `iodepth` and `njobs` the workload's, when known (else measured: see the
+    module doc)."""
+    req = req.lazy()
+    columns = req.collect_schema().names()
+    missing = [c for c in NEEDED if c not in columns]
     if missing:
         raise StreamError(f"request table lacks column(s) {', '.join(missing)}")
-    done = req.filter(pl.col("complete") & pl.col("op").is_in(OPS)).sort("pop_ns")
+    done = req.filter(pl.col("complete") & pl.col("op").is_in(OPS)).sort("pop_ns").collect()
     if not len(done):
         why = ""
-        if len(req) and "reason" in req.columns:  # the timeline's reasons, the commonest first
-            top = req["reason"].drop_nulls().value_counts(sort=True).head(1).rows()
-            why = f" ({len(req)} requests, none complete; {top[0][1]}: {top[0][0]})" if top else ""
+        total = req.select(pl.len()).collect().item()
+        if total and "reason" in columns:  # the timeline's reasons, the commonest first
+            reasons = req.select(pl.col("reason").drop_nulls()).collect().to_series()
+            top = reasons.value_counts(sort=True).head(1).rows()
+            why = f" ({total} requests, none complete; {top[0][1]}: {top[0][0]})" if top else ""
         raise StreamError(f"no complete read/write/tx/rx requests to replay{why}")
     vcpus = None
     if "trap_vcpu" in done.columns and done["trap_vcpu"].null_count() == 0:
@@ -115,7 +120,9 @@ def from_requests(
         job = np.arange(len(done)) % njobs
     else:
         job = np.zeros(len(done), np.int64)
-    op = done["op"].to_numpy().astype(str)
+    names = done["op"].unique().sort().to_list()  # (a few: not a Python str per request)
+    code = done["op"].replace_strict(names, range(len(names)), return_dtype=pl.UInt32)
+    op = np.array(names, dtype=str)[code.to_numpy()]
     nbytes = done["bytes"].fill_null(0).to_numpy().astype(np.float64)
     pages = np.maximum(1.0, np.ceil(nbytes / 4096))
     pop, fill = done["pop_ns"].to_numpy(), done["fill_ns"].to_numpy()

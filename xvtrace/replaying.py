@@ -24,7 +24,7 @@ from xvtrace.parsers.errors import XvtraceError
 from xvtrace.replay import calibrate
 from xvtrace.replay import costs as cost_table
 from xvtrace.replay.accounting import COUNTERS
-from xvtrace.replay.execute import CPU_ACTORS, ORIGINS, replay
+from xvtrace.replay.execute import CPU_ACTORS, ORIGINS, replay, replay_chunks
 from xvtrace.replay.stream import READS, Stream, from_requests, inside_device_interval
 from xvtrace.replay.transports import NAMES, get
 from xvtrace.replay.transports.base import PHASES, Transport
@@ -65,7 +65,7 @@ def parse_transports(spec: str) -> list[Transport]:
     return [get(n) for n in names]
 
 
-def bundle_stream(bundle: Bundle, req: pl.DataFrame, source: str | None, costs, *,
+def bundle_stream(bundle: Bundle, req: pl.DataFrame | pl.LazyFrame, source: str | None, costs, *,
                   iodepth: int | None = None, njobs: int | None = None) -> Stream:  # fmt: skip
     """The request stream of a bundle's requests: the workload's depth and jobs from the
     arguments, else the manifest (replay.stream explains why the capture cannot say)."""
@@ -96,21 +96,45 @@ def replay_bundle(
     calibrated = cost_table.calibrated_keys(table)
     src = source or source_transport(bundle)
     tl = timeline.load(bundle)
-    stream = bundle_stream(bundle, tl.columns(*READS), src, costs, iodepth=iodepth, njobs=njobs)
+    stream = bundle_stream(bundle, tl.columns(*READS, lazy=True), src, costs, iodepth=iodepth,
+                           njobs=njobs)  # fmt: skip
     parts, rows = [], []
     for i, t in enumerate(transports):  # per transport, each run vectorized
         if progress:
             progress(t.name, i, len(transports))
-        df = replay(stream, t, costs, seed=seed, arrivals=arrivals, calibrated=calibrated)
-        rows.append(summarize(df) | {"saturation_iops": saturation_iops(stream, t, costs, seed)})
         if spill is None:
-            parts.append(df.lazy())
-        else:  # (lz4: a part is read once, by `write`)
-            df.write_parquet(spill / f"{i:03d}-{t.name}.parquet", compression="lz4")
-            parts.append(pl.scan_parquet(spill / f"{i:03d}-{t.name}.parquet"))
+            df = replay(stream, t, costs, seed=seed, arrivals=arrivals, calibrated=calibrated)
+        else:  # written a chunk of requests at a time, as the engine finishes them
+            chunks = replay_chunks(stream, t, costs, seed=seed, arrivals=arrivals,
+                                   calibrated=calibrated, spill=spill)  # fmt: skip
+            df = _written(chunks, spill / f"{i:03d}-{t.name}")
+        rows.append(summarize(df) | {"saturation_iops": saturation_iops(stream, t, costs, seed)})
+        parts.append(df.lazy())
         del df
     return ReplayResult(pl.concat(parts), pl.DataFrame(rows), stream, src, profile,
                         tl.facts["key"])  # fmt: skip
+
+
+PART_ROWS = 1 << 19  # predicted requests per part file a replay spills
+
+
+def _written(chunks, stem: Path) -> pl.LazyFrame:
+    """`chunks` (frames of predicted requests) written to part files `stem`-NNNNN.parquet,
+    PART_ROWS or more each, and scanned from them. (lz4: a part is read once, by `write`.)"""
+    files, held = [], []
+
+    def write() -> None:
+        files.append(stem.with_name(f"{stem.name}-{len(files):05d}.parquet"))
+        pl.concat(held).write_parquet(files[-1], compression="lz4")
+        held.clear()
+
+    for chunk in chunks:
+        held.append(chunk)
+        if sum(len(c) for c in held) >= PART_ROWS:
+            write()
+    if held or not files:
+        write()
+    return pl.scan_parquet(files)
 
 
 def emit_bundles(
@@ -158,8 +182,11 @@ def saturation_iops(stream: Stream, t: Transport, costs, seed: int) -> float:
     return n / (float(df["done_ns"].max()) / 1e9)
 
 
-def summarize(df: pl.DataFrame) -> dict:
-    """One transport's predicted requests in one row (times in us, rates per second)."""
+def summarize(rows: pl.DataFrame | pl.LazyFrame) -> dict:
+    """One transport's predicted requests in one row (times in us, rates per second). From
+    a LazyFrame one column at a time, each whole in one piece (so each statistic is the
+    same to the last bit as of the frame in memory)."""
+    df = _Columns(rows) if isinstance(rows, pl.LazyFrame) else rows
     lat = df["latency_ns"].to_numpy() / 1e3
     span = float(df["done_ns"].max() - df["issue_ns"].min()) / 1e9
     return {
@@ -177,6 +204,19 @@ def summarize(df: pl.DataFrame) -> dict:
         **{f"{p}_us": float(df[f"phase_{p}_ns"].mean()) / 1e3 for p in PHASES},
         **origins(df),
     }
+
+
+class _Columns:
+    """A LazyFrame's columns read one at a time, rechunked, as a DataFrame's by name."""
+
+    def __init__(self, rows: pl.LazyFrame):
+        self.rows = rows
+
+    def __getitem__(self, name: str) -> pl.Series:
+        return self.rows.select(name).collect().to_series().rechunk()
+
+    def __len__(self) -> int:
+        return self.rows.select(pl.len()).collect().item()
 
 
 def origins(df: pl.DataFrame) -> dict:

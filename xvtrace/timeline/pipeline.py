@@ -83,10 +83,11 @@ class Timeline:
             )
         return self.source
 
-    def columns(self, *names: str) -> pl.DataFrame:
+    def columns(self, *names: str, lazy: bool = False) -> pl.DataFrame | pl.LazyFrame:
         """The requests' columns among `names` (those the table has), in that order."""
         have = self.scan().collect_schema().names()
-        return self.scan().select(c for c in dict.fromkeys(names) if c in have).collect()
+        chosen = self.scan().select(c for c in dict.fromkeys(names) if c in have)
+        return chosen if lazy else chosen.collect()
 
     @property
     def view(self) -> str | None:
