@@ -34,8 +34,11 @@ class ColumnFile:
 
     def __getitem__(self, key):
         if isinstance(key, slice):  # rows, every column
-            a, b, _ = key.indices(self.shape[0])
-            out = np.empty((self.shape[1], max(0, b - a))).T
+            a, b, step = key.indices(self.shape[0])
+            if step != 1:
+                raise IndexError("a ColumnFile reads rows a..b, in order")
+            b = max(a, b)
+            out = np.empty((self.shape[1], b - a)).T
             n = self.shape[0]
             for j in range(self.shape[1]):
                 out[:, j] = np.fromfile(self.path, np.float64, count=b - a,

@@ -187,9 +187,9 @@ class Simulation:
         self.remaining = np.bincount(job, minlength=self.njobs).astype(np.int64)
         self.idle_since = np.full(self.njobs, -1.0)
         # heap size, sequence, low, gaps; the ring's mask (all ones: no ring) and the first
-        # request with no row; 1 when the loop stopped for want of one
-        self._counters = np.array([0, 0, 0, 0, -1 if rows == n else rows - 1,
-                                   min(n, rows), 0], np.int64)  # fmt: skip
+        # request with no row
+        self._counters = np.array([0, 0, 0, 0, -1 if rows == n else rows - 1, min(n, rows)],
+                                  np.int64)  # fmt: skip
         self.flushed = 0  # requests handed over by chunks()
         self._clock = np.zeros(1)
         inflight = iodepth * self.njobs + 1
@@ -245,18 +245,23 @@ class Simulation:
         return g[0], g[1], g[2].astype(np.int64)
 
     def run(self) -> Schedule:
-        """Every event left; the schedule."""
+        """Every event left; the schedule (of a simulation without a window: with one, the
+        schedule comes a chunk at a time, chunks())."""
+        if self._counters[4] != -1:
+            raise ValueError("a simulation with a window runs by chunks()")
         while not self.advance():
             pass
         return self.schedule()
 
     def schedule(self) -> Schedule:
+        if self._counters[4] != -1:
+            raise ValueError("a simulation with a window has its schedule by chunks()")
         return Schedule(self.issue, self.done, self.start, self.end, self.wait)
 
     def chunks(self) -> Iterator[tuple[int, Schedule]]:
         """The schedule a chunk of requests at a time, in order: (first request, its rows'
         Schedule). Without a window, one chunk of every request."""
-        if self._counters[4] == -1:
+        if self._counters[4] == -1 and self.flushed == 0:
             yield 0, self.run()
             return
         while True:
@@ -289,10 +294,15 @@ class Simulation:
         self._counters[5] = stop
 
     def _grow(self) -> None:
-        """Twice the rows, the requests in flight moved to theirs."""
+        """Twice the rows, the requests in flight moved to theirs; once that would be as
+        many as the requests, a row for each request (no ring: never more than without a
+        window)."""
         rows, width = len(self._work[0]) * 2, self.start.shape[1]
+        mask = rows - 1
+        if rows >= self.n:
+            rows, mask = self.n, -1
         live = np.arange(self.flushed, self._counters[5])
-        old, new = live & self._counters[4], live & (rows - 1)
+        old, new = live & self._counters[4], live & mask
 
         def grown(a: np.ndarray) -> np.ndarray:
             out = np.zeros((width, rows)).T if a.ndim == 2 else np.zeros(rows)
@@ -302,7 +312,7 @@ class Simulation:
         self.start, self.end, self.wait = grown(self.start), grown(self.end), grown(self.wait)
         self._given = (*self._given[:4], grown(self._given[4]), *self._given[5:])
         self._work = (grown(self._work[0]), *self._work[1:])
-        self._counters[4] = rows - 1
+        self._counters[4] = mask
         self._fill(min(self.n, self.flushed + rows))
 
 
@@ -415,21 +425,19 @@ def _advance(res2, release2, nops_p, path_of, dur, job, not_before, think, order
     """Up to `events` events of the loop; True once none is left. The per-operation arrays
     (dur, start, end, wait, ready_at) hold request r in row r & mask (counters[4]); the loop
     stops before an event that would issue a request at or past counters[5], which has no
-    row yet (counters[6] = 1)."""
+    row yet."""
     n = done.shape[0]
     shift = _shift(dur.shape[1])
     low_mask = (1 << shift) - 1
     ring = qbuf.shape[1]
     size, seq, low, ngaps = counters[0], counters[1], counters[2], counters[3]
     mask, limit = counters[4], counters[5]
-    counters[6] = 0
     now = clock[0]
     while size > 0 and events > 0:
         r = hp[0] >> shift  # the next event: a request done whose job's next has no row?
         if (hp[0] & low_mask) == nops_p[path_of[r]]:
             j = job[r]
             if nxt[j] < offs[j + 1] and order[nxt[j]] >= limit:
-                counters[6] = 1
                 break
         events -= 1
         now, payload, size = _pop(ht, hp, hs, size)

@@ -11,6 +11,8 @@ fewer IOPS, not an unbounded queue), or open-loop at the captured arrival times.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,7 +75,10 @@ def _simulation(stream, transport, costs, *, seed, arrivals, device_servers, sca
         m = path_of == i
         args = (path, costs, stream.pages[m], stream.nbytes[m], stream.device_ns[m], rng)
         if on_disk is not None:  # the same draws, each op's written as it is drawn
-            engine.durations(*args, out=dur if m.all() else dur.where(m))
+            rows = dur if m.all() else dur.where(m)
+            engine.durations(*args, out=rows)
+            for k, factor in enumerate(scale[kinds[i]] if scale and kinds[i] in scale else ()):
+                rows[:, k] = rows[:, k] * factor
             continue
         d = engine.durations(*args)
         if scale and kinds[i] in scale:
@@ -129,7 +134,9 @@ def replay_chunks(
     table = None
     if window is not None and spill is not None and len(stream) > window:
         width = max(len(transport.path(KIND_OF_OP[o])) for o in np.unique(stream.op))
-        table = ColumnFile(spill / f"durations-{transport.name}.f8", len(stream), width)
+        fd, name = tempfile.mkstemp(prefix=f"durations-{transport.name}-", suffix=".f8", dir=spill)
+        os.close(fd)  # (a name of its own: two replays may share the directory)
+        table = ColumnFile(Path(name), len(stream), width)
     try:
         paths, path_of, sim = _simulation(stream, transport, costs, seed=seed, arrivals=arrivals,
                                           device_servers=device_servers, window=window,

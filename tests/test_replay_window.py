@@ -13,9 +13,9 @@ from helpers import QEMU_PCI
 from xvtrace import api, replaying, timeline
 from xvtrace.emulate import EmulateOptions, emulate
 from xvtrace.replay import costs as cost_table
-from xvtrace.replay import execute
+from xvtrace.replay import engine, execute
 from xvtrace.replay.columns_file import ColumnFile
-from xvtrace.replay.stream import READS
+from xvtrace.replay.stream import READS, Stream
 from xvtrace.replay.transports import get
 
 
@@ -107,3 +107,65 @@ def test_a_column_file_reads_back_what_was_written(tmp_path):
     assert np.array_equal(table.where(want[:, 0] > 0)[:, 2], [7.0, 7.0])
     table.close()
     assert not (tmp_path / "t.f8").exists()
+
+
+def _two_jobs_one_after_the_other(n: int) -> Stream:
+    """Job 0 has the first half of the requests, job 1 the second: their first requests are
+    n / 2 apart (the ring starts with room for both), and job 1's device is 5000 times faster,
+    so its requests run ahead of job 0's by more than the ring holds."""
+    rng = np.random.default_rng(2)
+    half = np.arange(n) >= n // 2
+    device = np.where(half, 1.0, 5000.0) * rng.lognormal(8, 0.2, n)
+    return Stream(np.full(n, "write"), np.full(n, 4096.0), np.ones(n), half.astype(np.int64),
+                  device, np.zeros(n), 8, 2)  # fmt: skip
+
+
+def test_a_ring_grows_no_larger_than_a_row_per_request(monkeypatch):
+    stream, costs = _two_jobs_one_after_the_other(3000), _costs()
+    largest = []
+    grow = engine.Simulation._grow
+
+    def watched(sim):
+        grow(sim)
+        largest.append(len(sim._work[0]))
+
+    monkeypatch.setattr(engine.Simulation, "_grow", watched)
+    t = get("epam-mmio")
+    chunks = list(execute.replay_chunks(stream, t, costs, window=4))
+    assert largest and max(largest) <= len(stream)  # it grew, to a row per request at most
+    assert pl.concat(chunks).equals(execute.replay(stream, t, costs))
+
+
+def test_two_replays_can_share_a_spill_directory(three_jobs, tmp_path):
+    stream, costs = three_jobs
+    t = get("pv-blkif")
+    a = execute.replay_chunks(stream, t, costs, window=8, spill=tmp_path)
+    b = execute.replay_chunks(stream, t, costs, window=8, seed=1, spill=tmp_path)
+    got_a, got_b = [next(a)], [next(b)]  # both files exist, side by side
+    got_a += list(a)
+    got_b += list(b)
+    assert pl.concat(got_a).equals(execute.replay(stream, t, costs))
+    assert pl.concat(got_b).equals(execute.replay(stream, t, costs, seed=1))
+    assert not list(tmp_path.iterdir())
+
+
+def test_calibrations_trial_costs_scale_the_durations_on_disk_too(three_jobs, tmp_path):
+    stream, costs = three_jobs
+    t = get("epam-mmio")
+    scale = {"block": np.linspace(0.5, 2.0, len(t.path("block")))}
+    options = {"seed": 4, "arrivals": "closed", "device_servers": 8, "scale": scale}
+    _, _, whole = execute._simulation(stream, t, costs, **options)
+    table = ColumnFile(tmp_path / "d.f8", len(stream), len(t.path("block")))
+    _, _, ring = execute._simulation(stream, t, costs, **options, window=8, on_disk=table)
+    want = whole.run()
+    got = list(ring.chunks())
+    assert len(got) > 1
+    for name in ("issue", "done", "start", "end", "wait"):
+        assert np.array_equal(np.concatenate([getattr(s, name) for _, s in got]),
+                              getattr(want, name))  # fmt: skip
+    with pytest.raises(ValueError, match="chunks"):
+        ring.run()  # (a windowed simulation has no whole schedule to give)
+
+
+def _costs():
+    return cost_table.costs_for(cost_table.load(), "x86_64")

@@ -121,7 +121,7 @@ PART_ROWS = 1 << 19  # predicted requests per part file a replay spills
 def _written(chunks, stem: Path) -> pl.LazyFrame:
     """`chunks` (frames of predicted requests) written to part files `stem`-NNNNN.parquet,
     PART_ROWS or more each, and scanned from them. (lz4: a part is read once, by `write`.)"""
-    files, held = [], []
+    files, held, rows = [], [], 0
 
     def write() -> None:
         files.append(stem.with_name(f"{stem.name}-{len(files):05d}.parquet"))
@@ -130,8 +130,10 @@ def _written(chunks, stem: Path) -> pl.LazyFrame:
 
     for chunk in chunks:
         held.append(chunk)
-        if sum(len(c) for c in held) >= PART_ROWS:
+        rows += len(chunk)
+        if rows >= PART_ROWS:
             write()
+            rows = 0
     if held or not files:
         write()
     return pl.scan_parquet(files)
