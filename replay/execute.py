@@ -96,23 +96,14 @@ def _simulation(stream, transport, costs, *, seed, arrivals, device_servers, sca
 WINDOW = 1 << 16  # requests whose operations a replay holds at a time (replay_chunks)
 
 
-def replay(
-    stream: Stream,
-    transport: Transport,
-    costs: dict[str, tuple[float, float]],
-    *,
-    seed: int = 0,
-    arrivals: str = "closed",
-    device_servers: int = 8,
-    calibrated: frozenset[str] = frozenset(),
-) -> pl.DataFrame:
+def replay(stream: Stream, transport: Transport, costs: dict[str, tuple[float, float]],
+           **options) -> pl.DataFrame:  # fmt: skip
     """One row per request of `stream` as `transport` serves it: issue/done/latency, time
     per phase (including queueing), the accounting counters, CPU time per actor (ns) and
     where its time comes from (ORIGINS: `calibrated` names the cost keys fitted to a
-    capture; the device's service time is the capture's own)."""
-    return pl.concat(replay_chunks(stream, transport, costs, seed=seed, arrivals=arrivals,
-                                   device_servers=device_servers, calibrated=calibrated,
-                                   window=None))  # fmt: skip
+    capture; the device's service time is the capture's own). `options`: replay_chunks'
+    seed, arrivals, device_servers and calibrated; every request is held at once."""
+    return pl.concat(replay_chunks(stream, transport, costs, **options, window=None))
 
 
 def replay_chunks(
