@@ -55,22 +55,22 @@ def schedule(
 
 
 def _simulation(stream, transport, costs, *, seed, arrivals, device_servers, scale=None,
-                window=None, on_disk: ColumnFile | None = None,
+                window=None, on_disk: Path | None = None,
                 ) -> tuple[list, np.ndarray, engine.Simulation]:  # fmt: skip
     """The stream set up to run through the transport's paths, its durations drawn (into
-    `on_disk`, a table of as many rows as requests and columns as the longest path, when
-    given)."""
+    the file `on_disk`, a ColumnFile of a row per request and a column per operation of the
+    longest path, when given)."""
     if arrivals not in ARRIVALS:
         raise XvtraceError(f"arrivals {arrivals!r}: valid: {', '.join(ARRIVALS)}")
     n = len(stream)
-    kinds = sorted({KIND_OF_OP[o] for o in np.unique(stream.op)})
-    paths = [transport.path(k) for k in kinds]
     ops, inverse = np.unique(stream.op, return_inverse=True)
+    kinds = sorted({KIND_OF_OP[o] for o in ops})
+    paths = [transport.path(k) for k in kinds]
     path_of = np.searchsorted(np.array(kinds), np.array([KIND_OF_OP[o] for o in ops])[inverse])
     rng = np.random.default_rng(seed)
     width = max(len(p) for p in paths)
     # [request, op], stored op by op as the engine keeps it
-    dur = np.zeros((width, n)).T if on_disk is None else on_disk
+    dur = np.zeros((width, n)).T if on_disk is None else ColumnFile(on_disk, n, width)
     for i, path in enumerate(paths):  # per path, not per request
         m = path_of == i
         args = (path, costs, stream.pages[m], stream.nbytes[m], stream.device_ns[m], rng)
@@ -122,21 +122,20 @@ def replay_chunks(
     operations of about `window` requests at a time (None: of all; the rows are the same).
     `spill`: a directory where the durations wait on disk (as large as the operations of
     every request) when there are more requests than the window."""
-    table = None
+    on_disk = None
     if window is not None and spill is not None and len(stream) > window:
-        width = max(len(transport.path(KIND_OF_OP[o])) for o in np.unique(stream.op))
         fd, name = tempfile.mkstemp(prefix=f"durations-{transport.name}-", suffix=".f8", dir=spill)
         os.close(fd)  # (a name of its own: two replays may share the directory)
-        table = ColumnFile(Path(name), len(stream), width)
+        on_disk = Path(name)
     try:
         paths, path_of, sim = _simulation(stream, transport, costs, seed=seed, arrivals=arrivals,
                                           device_servers=device_servers, window=window,
-                                          on_disk=table)  # fmt: skip
+                                          on_disk=on_disk)  # fmt: skip
         for first, sched in sim.chunks():
             yield _predicted(stream, transport, paths, path_of, first, sched, calibrated)
     finally:
-        if table is not None:
-            table.close()
+        if on_disk is not None:
+            on_disk.unlink(missing_ok=True)
 
 
 def _predicted(stream: Stream, transport: Transport, paths: list, path_of: np.ndarray,

@@ -155,8 +155,8 @@ def test_calibrations_trial_costs_scale_the_durations_on_disk_too(three_jobs, tm
     scale = {"block": np.linspace(0.5, 2.0, len(t.path("block")))}
     options = {"seed": 4, "arrivals": "closed", "device_servers": 8, "scale": scale}
     _, _, whole = execute._simulation(stream, t, costs, **options)
-    table = ColumnFile(tmp_path / "d.f8", len(stream), len(t.path("block")))
-    _, _, ring = execute._simulation(stream, t, costs, **options, window=8, on_disk=table)
+    _, _, ring = execute._simulation(stream, t, costs, **options, window=8,
+                                     on_disk=tmp_path / "d.f8")  # fmt: skip
     want = whole.run()
     got = list(ring.chunks())
     assert len(got) > 1
