@@ -165,7 +165,7 @@ class Simulation:
         self.n, self.njobs = n, int(njobs)
         self.issue = np.full(n, np.inf)
         self.done = np.full(n, np.inf)
-        job = job.astype(np.int64)
+        job = job.astype(np.int64, copy=False)  # (the caller's, not a copy per replay)
         self._order, self._offs = _job_lists(job, self.njobs)
         rows = _ring_rows(window, n, self._order, self._offs, iodepth)
         # durations, held whole or a window of them read from `dur` (F-ordered either way:
@@ -208,8 +208,8 @@ class Simulation:
             np.zeros(self.njobs, np.int64),  # next request to issue, per job
         )
         think = np.zeros(n) if think is None else np.asarray(think, np.float64)
-        self._given = (res, release, nops, path_of.astype(np.int64), dur, job,
-                       not_before.astype(np.float64), think)  # fmt: skip
+        self._given = (res, release, nops, path_of.astype(np.int64, copy=False), dur, job,
+                       not_before.astype(np.float64, copy=False), think)  # fmt: skip
         self._cap = np.ones(nres, np.int64)
         self._cap[NONE] = 0  # unlimited
         self._cap[DEVICE] = device_servers

@@ -63,10 +63,16 @@ def _simulation(stream, transport, costs, *, seed, arrivals, device_servers, sca
     if arrivals not in ARRIVALS:
         raise XvtraceError(f"arrivals {arrivals!r}: valid: {', '.join(ARRIVALS)}")
     n = len(stream)
-    ops, inverse = np.unique(stream.op, return_inverse=True)
-    kinds = sorted({KIND_OF_OP[o] for o in ops})
+    # each request's path, by a pass per operation name (a few), not a sort of n strings
+    is_op = {o: m for o in KIND_OF_OP if (m := stream.op == o).any()}
+    if sum(int(m.sum()) for m in is_op.values()) != n:
+        raise XvtraceError(f"stream operations other than {', '.join(KIND_OF_OP)}")
+    kinds = sorted({KIND_OF_OP[o] for o in is_op})
     paths = [transport.path(k) for k in kinds]
-    path_of = np.searchsorted(np.array(kinds), np.array([KIND_OF_OP[o] for o in ops])[inverse])
+    path_of = np.zeros(n, np.int64)
+    for o, m in is_op.items():
+        path_of[m] = kinds.index(KIND_OF_OP[o])
+    del is_op
     rng = np.random.default_rng(seed)
     width = max(len(p) for p in paths)
     # [request, op], stored op by op as the engine keeps it

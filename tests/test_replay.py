@@ -337,7 +337,7 @@ def test_think_time_delays_a_jobs_next_request_and_follows_the_response_time_law
     done; the stream's think time is N / X - R (two jobs, a request every 10 us, 5 us each:
     each job thinks 15 us)."""
     from xvtrace.replay import engine
-    from xvtrace.replay.stream import think_time
+    from xvtrace.replay.stream import response_ns, think_time
     from xvtrace.replay.transports.base import op
 
     path = (op("work", "io", "backend_thread", "backend", "k"),)
@@ -348,9 +348,11 @@ def test_think_time_delays_a_jobs_next_request_and_follows_the_response_time_law
     assert sim.run().issue.tolist() == [0.0, 15.0, 30.0, 45.0]
     done = pl.DataFrame({"pop_ns": [0.0, 10e3, 20e3, 30e3], "fill_ns": [5e3, 15e3, 25e3, 35e3]})
     arrival = done["pop_ns"].to_numpy()
-    assert think_time(done, arrival, inflight=2) == pytest.approx(15e3)
-    assert think_time(done, arrival, inflight=1) == pytest.approx(5e3)
-    assert think_time(done.head(1), arrival[:1], inflight=2) == 0.0
+    response = done.select(response_ns(done.columns)).to_series()
+    assert response.to_list() == [5e3] * 4  # pop to fill: the only stamps there are
+    assert think_time(response, arrival, inflight=2) == pytest.approx(15e3)
+    assert think_time(response, arrival, inflight=1) == pytest.approx(5e3)
+    assert think_time(response.head(1), arrival[:1], inflight=2) == 0.0
 
 
 def test_io_path_excess_over_the_fastest_backend_leaves_out_paths_without_the_step():
