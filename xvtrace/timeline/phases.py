@@ -77,9 +77,13 @@ def table(req: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     req = with_phases(req)
     columns = req.collect_schema().names()
     order = [c for c, _ in PHASES]
-    rows = [  # each on its own column (a filter of the whole table copied every column)
+    # One phase at a time, each on its own column (a filter of the whole table copied every
+    # column), streamed, grouped on the device and operation as categories: run together
+    # and grouped on their strings, the phases of 5 M requests held 1.2 GB.
+    keys = [pl.col("dev").cast(pl.Categorical), "queue", pl.col("op").cast(pl.Categorical)]
+    rows = [
         req.lazy()
-        .select("dev", "queue", "op", col)
+        .select(*keys, col)
         .filter(pl.col(col).is_not_null())
         .group_by("dev", "queue", "op")
         .agg(
@@ -92,9 +96,11 @@ def table(req: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
             ],
             (pl.col(col).max() / 1e3).alias("max_us"),
         )
+        .collect(engine="streaming")
+        .with_columns(pl.col("dev", "op").cast(pl.String))
         for col, name in PHASES
         if col in columns
     ]
     if not rows:
         return pl.DataFrame()
-    return pl.concat(rows).sort("dev", "queue", "op", "_order").drop("_order").collect()
+    return pl.concat(rows).sort("dev", "queue", "op", "_order").drop("_order")
