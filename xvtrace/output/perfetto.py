@@ -235,10 +235,14 @@ def write_trace(fh, events: Pieces) -> int:
     for piece in events:
         if isinstance(piece, dict):
             texts = [json.dumps(piece)]
-        else:  # a line of NDJSON per row, made by polars, WRITE_ROWS rows at a time
-            rows = piece.collect() if isinstance(piece, pl.LazyFrame) else piece
-            texts = (rows.slice(at, WRITE_ROWS).write_ndjson().rstrip("\n")
-                     for at in range(0, len(rows), WRITE_ROWS))  # fmt: skip
+        else:  # a line of NDJSON per row, made by polars, WRITE_ROWS rows at a time (a
+            # lazy piece streamed in batches: collected whole, one held 0.5 GB at 5 M requests)
+            batches = (
+                piece.collect_batches(chunk_size=WRITE_ROWS)
+                if isinstance(piece, pl.LazyFrame)
+                else (piece.slice(at, WRITE_ROWS) for at in range(0, len(piece), WRITE_ROWS))
+            )
+            texts = (b.write_ndjson().rstrip("\n") for b in batches if len(b))
         for text in texts:
             fh.write(("," if count else "") + "\n" + text.replace("\n", ",\n"))
             count += text.count("\n") + 1
