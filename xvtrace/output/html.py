@@ -22,13 +22,24 @@ READS = ("request", "dev", "op", *(c for c, _ in plots.LATENCY), *STARTS,
          *(c for _, a, b in plots.SEGMENTS for c in (a, b)))  # fmt: skip
 
 
-def cdf_plot(req: pl.DataFrame) -> str:
-    lat = plots.latency_column(req)
+def _latency(req: pl.LazyFrame) -> tuple[str, str] | None:
+    """The latency a page plots (plots.LATENCY): the first such column with a value."""
+    names = req.collect_schema().names()
+    for col, name in plots.LATENCY:
+        if col in names and req.select(pl.col(col).is_not_null().any()).collect().item():
+            return col, name
+    return None
+
+
+def cdf_plot(req: pl.LazyFrame) -> str:
+    lat = _latency(req)
     if lat is None:
         return _empty("Latency CDF", "no request has a measured latency (pop -> fill, or kick -> irq "
                       "for a capture of the hypervisor alone)")  # fmt: skip
     col, name = lat
-    s = req.filter(pl.col(col).is_not_null())
+    # (each plot reads only its own columns: every plot's at once held 0.5 GB at 5 M requests,
+    # and a filter of them as much again)
+    s = req.select("dev", "op", "request", col).filter(pl.col(col).is_not_null()).collect()
     series = [(plots._label(dev, op), g[col].to_numpy() / 1e3, g["request"].to_numpy())
               for (dev, op), g in sorted(s.partition_by("dev", "op", as_dict=True).items(), key=lambda kv: str(kv[0]))]  # fmt: skip
     return plots.div(plots.cdf(series, f"{name} latency CDF per device and operation"))
@@ -47,17 +58,21 @@ def phase_bars(phases: pl.DataFrame) -> str:
     )
 
 
-def gantt(req: pl.DataFrame) -> str:
-    segs = [(n, a, b) for n, a, b in plots.SEGMENTS if a in req.columns and b in req.columns]
-    lat = plots.latency_column(req)
+def gantt(req: pl.LazyFrame) -> str:
+    names = req.collect_schema().names()
+    segs = [(n, a, b) for n, a, b in plots.SEGMENTS if a in names and b in names]
+    lat = _latency(req)
     if lat is None or not segs:
         return _empty("A window of requests", "no request has a measured latency")
     col, _ = lat
-    s = req.filter(pl.col(col).is_not_null())
-    s = s.with_columns(first_stamp(s.columns).alias("_start")).sort("_start")
-    middle = int(s[col].arg_sort()[len(s) // 2])  # the request of median latency
+    starts = [c for c in STARTS if c in names]
+    used = dict.fromkeys(["request", col, *starts, *(c for _, a, b in segs for c in (a, b))])
+    s = req.select(list(used)).filter(pl.col(col).is_not_null()).collect()
+    s = s.with_columns(first_stamp(s.columns).alias("_start"))
+    by_start = s["_start"].arg_sort()  # (the rows' order, not a sorted copy of them all)
+    middle = int(s[col].gather(by_start).arg_sort()[len(s) // 2])  # the request of median latency
     lo = max(0, min(middle - WINDOW // 2, len(s) - WINDOW))
-    window = s.slice(lo, WINDOW)
+    window = s[by_start.slice(lo, WINDOW)]
     # a phase measured between two others is drawn only where they are not
     if "pop_ns" in window.columns and window["pop_ns"].drop_nulls().len():
         segs = [seg for seg in segs if seg[0] != "kick -> irq"]
@@ -65,13 +80,16 @@ def gantt(req: pl.DataFrame) -> str:
                                               " median latency"))  # fmt: skip
 
 
-def over_time(req: pl.DataFrame) -> str:
-    lat = plots.latency_column(req)
+def over_time(req: pl.LazyFrame) -> str:
+    lat = _latency(req)
     if lat is None:
         return _empty("Latency over time", "no request has a measured latency")
     col, name = lat
     start = "pop_ns" if col == "service_ns" else "kick_ns"
-    s = req.filter(pl.col(col).is_not_null() & pl.col(start).is_not_null()).sort(start)
+    s = req.select(start, col, "request").filter(
+        pl.col(col).is_not_null() & pl.col(start).is_not_null()
+    )
+    s = s.collect().sort(start)
     t = (s[start] - s[start].min()).to_numpy() / 1e9
     return plots.div(plots.over_time(t, s[col].to_numpy() / 1e3, s["request"].to_numpy(), name))
 
@@ -107,9 +125,11 @@ def per_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def render(f: dict, phases: pl.DataFrame, per_request: pl.DataFrame, req: pl.DataFrame) -> str:
+def render(f: dict, phases: pl.DataFrame, per_request: pl.DataFrame,
+           req: pl.DataFrame | pl.LazyFrame) -> str:  # fmt: skip
     """The page of a report (output.report.Report's facts, phase table, work per request
-    and requests)."""
+    and requests: READS of them, each plot collecting its own)."""
+    req = req.lazy()
     table = ""
     if len(phases):
         cells = "".join(

@@ -62,13 +62,6 @@ def div(fig: go.Figure) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, config=CONFIG)
 
 
-def latency_column(req: pl.DataFrame) -> tuple[str, str] | None:
-    for col, name in LATENCY:
-        if col in req.columns and req[col].drop_nulls().len():
-            return col, name
-    return None
-
-
 def _label(*parts) -> str:
     return escape(" ".join(str(p) for p in parts if p is not None))
 

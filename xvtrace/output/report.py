@@ -50,7 +50,7 @@ class Report:
 
     def render_html(self) -> str:
         """A self-contained page (plots inline, works offline)."""
-        plotted = self.timeline.columns(*html.READS)
+        plotted = self.timeline.columns(*html.READS, lazy=True)
         return html.render(self.facts, self.phases, self.per_request, plotted)
 
     def to_json(self) -> dict:
