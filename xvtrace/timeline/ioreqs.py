@@ -210,15 +210,19 @@ class _Numbered:
         key, index, t = key[use], index[use], t[use]
         if not len(self.key) or not len(key):
             return None
-        # one search over (key, time) pairs: each time's rank among both sides' times
-        # (a row before a `t` equal to its own), packed under its key
-        both = np.concatenate([self.by, t])
-        rank = np.empty(len(both), np.int64)
-        rank[np.argsort(both, kind="stable")] = np.arange(len(both))
-        mine = (self.key << 32) | rank[: len(self.by)]
-        pos = np.searchsorted(mine, (key << 32) | rank[len(self.by) :], side="right") - 1
-        found = (pos >= 0) & (self.key[np.maximum(pos, 0)] == key)
-        key, diff = key[found], (pos - self.start[key])[found] - index[found]
+        # per key, how many of this side's rows lie at or before each time (a row at that
+        # very time first): a search in the key's own run of `by`, sorted. (One search over
+        # both sides' times ranked together held 1.5 GB more at 15 M IOREQs.)
+        before = np.empty(len(key), np.int64)
+        by_key = np.argsort(key, kind="stable")
+        keys, firsts = np.unique(key[by_key], return_index=True)
+        for k, lo, hi in zip(keys, firsts, [*firsts[1:], len(key)], strict=True):
+            rows = by_key[lo:hi]
+            mine = self.by[self.start[k] : self.start[k + 1]]
+            before[rows] = np.searchsorted(mine, t[rows], side="right")
+        del by_key
+        found = before > 0
+        key, diff = key[found], before[found] - 1 - index[found]
         if not len(key):
             return None
         order = np.lexsort((diff, key))  # runs of one (key, difference), smallest first
