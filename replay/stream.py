@@ -110,7 +110,7 @@ def from_requests(
             *(["trap_vcpu"] if "trap_vcpu" in columns else []),
             response_ns(columns).alias("response_ns"),
         )
-        .collect(engine="streaming")
+        .collect()
     )  # fmt: skip
     pop = done["pop_ns"]
     if pop.null_count() or not pop.is_sorted():  # (the timeline numbers them in pop order)
