@@ -168,13 +168,30 @@ class _Inputs:
 
 def _device_model(x: _Inputs) -> tuple[pl.DataFrame, Clock | None] | None:
     """QEMU's virtqueue events, each kick with its trap when a device-model clock fits."""
-    req = qemu.requests(x.ev).collect().with_columns(pl.lit(DM_VIEW).alias("view"))
+    # the clock first: its pairs come from the IOREQs and traps alone, and the requests
+    # (a GB at 5 M) are not held while they are found
+    pairs, lower, dm_clock = _device_model_clock(x)
+    req = qemu.requests(x.ev).collect(engine="streaming")  # (a third less held than in memory)
+    req = req.with_columns(pl.lit(DM_VIEW).alias("view"))
     if not len(req):
         return None
     # a vhost-user back-end's requests, moved onto its front-end's log: their kick's trap
     # then comes from the IOREQ join (by the front-end's kick), not from their pop's IOREQ
     hopped = vhost_user.with_front_end(req, x.ev)
     req = req if hopped is None else hopped
+    if dm_clock is not None and pairs is not None and hopped is None:
+        req = (
+            with_traps(req, pairs, dm_clock) if lower is None else with_kicks(req, pairs, dm_clock)
+        )
+    return req, dm_clock
+
+
+def _device_model_clock(
+    x: _Inputs,
+) -> tuple[pl.DataFrame | None, pl.DataFrame | None, Clock | None]:
+    """The device model's clock and the pairs it was fitted to: (kicks' traps with their
+    IOREQs, or event-channel kicks with their VMCALLs and `lower` their responses; the
+    clock), from the kicks, else every IOREQ in order when the kicks fit none."""
     pairs, lower = _before(x.lost, notify_pairs(x.ev, x.acc.hv)), None
     if pairs is None:  # no IOREQs: an event-channel kick (gsoc-xenbus style)?
         found = evtchn_pairs(x.ev, x.exits)
@@ -189,11 +206,7 @@ def _device_model(x: _Inputs) -> tuple[pl.DataFrame, Clock | None] | None:
         seq = x.sequence_clock()
         if seq is not None and seq.consistent:
             dm_clock, pairs = seq, None
-    if dm_clock is not None and pairs is not None and hopped is None:
-        req = (
-            with_traps(req, pairs, dm_clock) if lower is None else with_kicks(req, pairs, dm_clock)
-        )
-    return req, dm_clock
+    return pairs, lower, dm_clock
 
 
 def _ide(x: _Inputs) -> tuple[pl.DataFrame, Clock | None] | None:

@@ -55,7 +55,11 @@ UNTIMED = "no timestamps: QEMU ran without `-msg timestamp=on` (add it to QEMU's
 
 def requests(ev: pl.LazyFrame) -> pl.LazyFrame:
     """One row per virtqueue element QEMU popped (see the module doc)."""
-    q = ev.filter(pl.col("source") == "qemu")
+    # the log and device names as categories while the events are paired: every join below
+    # is keyed on them (on strings, each join row-encoded them for every event)
+    q = ev.filter(pl.col("source") == "qemu").with_columns(
+        pl.col("src_file", "dev").cast(pl.Categorical)
+    )
     since = _resets(q)
     pops = (
         since(_events(
@@ -147,7 +151,8 @@ def requests(ev: pl.LazyFrame) -> pl.LazyFrame:
         .otherwise(pl.lit(None, dtype=pl.String))
     )  # fmt: skip
     return (
-        req.sort("src_file", "pop_off")
+        req.with_columns(pl.col("src_file", "dev").cast(pl.String))
+        .sort("src_file", "pop_off")
         .with_columns(op.alias("op"), reason.alias("reason"))
         .select(
             pl.int_range(pl.len()).alias("request"),
