@@ -42,9 +42,11 @@ def device_model_ioreqs(ev: pl.LazyFrame) -> pl.DataFrame:
     def arg(name: str) -> pl.Expr:
         return fields.qemu("handle_ioreq", name)
 
+    # the log's name as a category while the slots are joined (on its string, the join
+    # row-encoded it for every IOREQ)
     io = (
         ev.filter(pl.col("event") == "qemu.handle_ioreq")
-        .select("ts_ns", "src_file", "src_offset", "addr", "size",
+        .select("ts_ns", pl.col("src_file").cast(pl.Categorical), "src_offset", "addr", "size",
                 arg("req").alias("slot"), arg("type"), arg("dir").alias("dir_bit"), arg("data"))
         .collect()
     )  # fmt: skip
@@ -54,7 +56,7 @@ def device_model_ioreqs(ev: pl.LazyFrame) -> pl.DataFrame:
         io.filter(pl.col("type").is_in([0, 1]))
         .join(slots, on=["src_file", "slot"])
         .select(
-            "src_file", "slot", "vcpu",
+            pl.col("src_file").cast(pl.String), "slot", "vcpu",
             pl.when(pl.col("type") == 1).then(pl.lit("mmio")).otherwise(pl.lit("pio")).cast(hvm.KIND).alias("kind"),
             pl.when(pl.col("dir_bit") == 1).then(pl.lit("read")).otherwise(pl.lit("write")).cast(hvm.DIR).alias("dir"),
             "addr", "data", "size", pl.col("ts_ns").alias("dm_ns"), pl.col("src_offset").alias("dm_off"),
