@@ -381,12 +381,16 @@ def interrupt_acks(keys: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> p
     ack_trap_exit_ns, ack_trap_entry_ns), from the joined IOREQs (device-model clock).
     Requests of other devices get nulls. The window is the kick IOREQ's address less the
     QueueNotify offset."""
+    # the log's name as a category on both sides (the joins' keys: as strings, a join on
+    # two keys row-encoded them for every request)
+    log = pl.col("src_file").cast(pl.Categorical)
     io = (
         joined.lazy()
         .filter(pl.col("joined") & (pl.col("kind") == "mmio"))
-        .select("src_file", "dm_off", "addr", "dir", "dm_ns", "trap_exit_ns", "trap_entry_ns")
+        .select(log, "dm_off", "addr", "dir", "dm_ns", "trap_exit_ns", "trap_entry_ns")
         .collect()
     )
+    keys = keys.with_columns(log)
     kicks = io.select(
         "src_file", pl.col("dm_off").alias("kick_io_off"), pl.col("addr").alias("kick_addr")
     )
