@@ -75,7 +75,7 @@ def summarize(bundle) -> dict:
     # requests), each group's values kept as their sample only, grouped on the operation as
     # a category (on its string, the grouping alone held 0.4 GiB); the device pointer QEMU
     # logs changes from run to run: queue and operation identify
-    found: dict[tuple, dict[str, tuple[int, list[float]]]] = {}
+    found: dict[tuple, dict[str, dict]] = {}
     for name, a, b in PHASES:
         if a not in have or b not in have:
             continue
@@ -85,14 +85,13 @@ def summarize(bundle) -> dict:
         for key, g in spans.group_by("queue", "op"):
             v = g["v"].drop_nulls().to_numpy().astype(np.float64)
             if len(v):
-                found.setdefault(key, {})[name] = (len(v), _sample(v))
+                found.setdefault(key, {})[name] = {"n": len(v), "values": _sample(v)}
         del spans
     groups = [
-        {"queue": queue, "op": op, "phase": name, "n": n, "values": sample}
+        {"queue": queue, "op": op, "phase": name, **phases[name]}
         for (queue, op), phases in sorted(found.items(), key=lambda kv: str(kv[0]))
         for name, _, _ in PHASES  # a handful of phases per queue and operation
         if name in phases
-        for n, sample in [phases[name]]
     ]
     return {"xvtrace_baseline": SUMMARY_VERSION, "tool": f"xvtrace {__version__}",
             "bundle": str(bundle.path), "provenance": prov, "phases": groups}  # fmt: skip

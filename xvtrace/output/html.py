@@ -31,8 +31,7 @@ def _latency(req: pl.LazyFrame) -> tuple[str, str] | None:
     return None
 
 
-def cdf_plot(req: pl.LazyFrame) -> str:
-    lat = _latency(req)
+def cdf_plot(req: pl.LazyFrame, lat: tuple[str, str] | None) -> str:
     if lat is None:
         return _empty("Latency CDF", "no request has a measured latency (pop -> fill, or kick -> irq "
                       "for a capture of the hypervisor alone)")  # fmt: skip
@@ -58,10 +57,9 @@ def phase_bars(phases: pl.DataFrame) -> str:
     )
 
 
-def gantt(req: pl.LazyFrame) -> str:
+def gantt(req: pl.LazyFrame, lat: tuple[str, str] | None) -> str:
     names = req.collect_schema().names()
     segs = [(n, a, b) for n, a, b in plots.SEGMENTS if a in names and b in names]
-    lat = _latency(req)
     if lat is None or not segs:
         return _empty("A window of requests", "no request has a measured latency")
     col, _ = lat
@@ -80,8 +78,7 @@ def gantt(req: pl.LazyFrame) -> str:
                                               " median latency"))  # fmt: skip
 
 
-def over_time(req: pl.LazyFrame) -> str:
-    lat = _latency(req)
+def over_time(req: pl.LazyFrame, lat: tuple[str, str] | None) -> str:
     if lat is None:
         return _empty("Latency over time", "no request has a measured latency")
     col, name = lat
@@ -158,7 +155,10 @@ def render(f: dict, phases: pl.DataFrame, per_request: pl.DataFrame,
         work_html = "<p>No VM exits, dom0 hypercalls, IOREQs or grant operations recorded.</p>"
     else:
         work_html = f"<table><tr><th>what</th><th>count</th><th>per request</th></tr>{work}</table>"
-    plotted = "".join((cdf_plot(req), phase_bars(phases), gantt(req), over_time(req)))
+    lat = _latency(req)  # (found once: a scan of the stored requests)
+    plotted = "".join(
+        (cdf_plot(req, lat), phase_bars(phases), gantt(req, lat), over_time(req, lat))
+    )
     return plots.page(
         "xvtrace report",
         f"""<h1>xvtrace report</h1>
