@@ -498,3 +498,26 @@ def test_notify_pairs_do_not_depend_on_how_the_log_is_batched(tmp_path, monkeypa
     cut = clock.notify_pairs(ev)
     assert cut.equals(whole)
     assert (cut["last_ns"] > cut["handle_ns"]).any()  # the handling's own events counted
+
+
+@pytest.mark.parametrize("capture", ["xen/hvm-epam-smp", "xen/validation/stratos/hvm-stratos-w2"])
+def test_the_ioreq_join_does_not_depend_on_its_chunks_or_the_ioreqs_order(
+    tmp_path, monkeypatch, capture
+):
+    """The join pairs on a few columns, then reads, joins and writes the IOREQs a chunk at
+    a time, in place when they are stored in their file order, gathered otherwise: 7 rows
+    a chunk, or the IOREQs handed over backwards, must give the same rows and counts."""
+    from xvtrace.timeline import ioreqs
+
+    shutil.copytree(FIXTURES / capture, tmp_path / "b")
+    acc = ioreqs.accesses(api.ingest(tmp_path / "b").bundle.events())
+    clock = api.timeline(tmp_path / "b").device_model_clock
+    whole, counts = ioreqs.join(acc, clock, tmp_path / "whole.parquet")
+    whole = whole.collect()
+    assert counts["joined"] > 100 and counts["ioreqs_without_trap"] > 10, counts
+    monkeypatch.setattr(ioreqs, "JOIN_CHUNK_ROWS", 7)
+    cut, cut_counts = ioreqs.join(acc, clock, tmp_path / "cut.parquet")
+    assert cut_counts == counts and cut.collect().equals(whole)
+    backwards = ioreqs.Accesses(acc.dm.reverse(), acc.hv)
+    turned, turned_counts = ioreqs.join(backwards, clock, tmp_path / "turned.parquet")
+    assert turned_counts == counts and turned.collect().equals(whole)

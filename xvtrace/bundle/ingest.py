@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-from polars.io.plugins import register_io_source
 
 from xvtrace.bundle import (
     EVENTS,
@@ -39,6 +38,7 @@ from xvtrace.bundle import (
     sorted_runs,
     write_manifest,
 )
+from xvtrace.bundle.frame_sink import sink_frames
 from xvtrace.bundle.row_order import file_ranks
 from xvtrace.parsers import (
     fields,
@@ -610,16 +610,11 @@ def _watched(table: Iterator[pl.DataFrame], watch: Watch | None) -> Iterator[pl.
 
 
 def _sink(bundle_dir: Path, frames: Callable[[], Iterator[pl.DataFrame]]) -> None:
-    def source(with_columns, predicate, n_rows, batch_size):
-        for frame in frames():
-            yield frame.select(with_columns) if with_columns is not None else frame
-
-    lf = register_io_source(source, schema=EVENT_SCHEMA)
     with atomic_path(bundle_dir / EVENTS) as tmp:
         # No column statistics: polars computes them for every column (~20% of the write
         # time measured on a 500 MB capture) and time-window scans of a sorted ts_ns column
         # are cheap without them.
-        lf.sink_parquet(tmp, compression="lz4", statistics=False)
+        sink_frames(frames, EVENT_SCHEMA, tmp, compression="lz4", statistics=False)
 
 
 def prefetch(items: Iterator, depth: int = 2) -> Iterator:

@@ -51,7 +51,9 @@ IOREQ_HANDLING = [
 ]  # fmt: skip
 
 
-def notify_pairs(ev: pl.LazyFrame, hv: pl.DataFrame | None = None) -> pl.DataFrame | None:
+def notify_pairs(
+    ev: pl.LazyFrame, hv: pl.DataFrame | pl.LazyFrame | None = None
+) -> pl.DataFrame | None:
     """Each QueueNotify trap with its IOREQ: dom, vcpu, cpu (the pCPU), exit_ns, entry_ns
     (hypervisor clock) and handle_off, handle_ns, last_ns (device-model clock: the last of
     the IOREQ's IOREQ_HANDLING events); None without both sides. `hv`: the hypervisor's
@@ -80,7 +82,7 @@ def notify_pairs(ev: pl.LazyFrame, hv: pl.DataFrame | None = None) -> pl.DataFra
         ios.append(io)
         lasts.append(last)
         kicked.append(notified)
-    if not ios or not len(hv):
+    if not ios:
         return None
     io = pl.concat(ios)
     last = np.concatenate(lasts)
@@ -89,9 +91,9 @@ def notify_pairs(ev: pl.LazyFrame, hv: pl.DataFrame | None = None) -> pl.DataFra
     notify_addrs = io.filter(pl.Series(np.concatenate(kicked)))["addr"].unique().to_list()
     # hypervisor: each notify trap = the MMIO or port write to such an address, with the VM
     # exit it came in with and the vCPU's entry after it
-    traps = hv.filter(
+    traps = hv.lazy().filter(
         (pl.col("dir") == "write") & pl.col("addr").is_in(notify_addrs) & pl.col("entry_ns").is_not_null()
-    ).select("dom", "vcpu", "cpu", "exit_ns", "entry_ns")  # fmt: skip
+    ).select("dom", "vcpu", "cpu", "exit_ns", "entry_ns").collect()  # fmt: skip
     # device model: each notify IOREQ's span = its handle_ioreq .. the last event of its
     # synchronous handling (the queue kick QEMU processes before completing the IOREQ)
     spans = (

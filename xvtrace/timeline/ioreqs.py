@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
+from xvtrace.bundle.frame_sink import sink_frames
 from xvtrace.parsers import fields
 from xvtrace.timeline import hvm
 from xvtrace.timeline.clock import Clock, to_device_model
@@ -38,6 +39,13 @@ IOREQS = "ioreqs.parquet"
 def device_model_ioreqs(ev: pl.LazyFrame) -> pl.DataFrame:
     """QEMU's handle_ioreq records: src_file, slot, vcpu (slot order), kind, dir, addr, data,
     size, dm_ns, dm_off. Config-space IOREQs (type 2) and the mapcache's (8) have no trap."""
+    return device_model_ioreq_rows(ev).collect()
+
+
+def device_model_ioreq_rows(ev: pl.LazyFrame) -> pl.LazyFrame:
+    """`device_model_ioreqs`, lazily: only the slots are read first (the timeline writes
+    the rest as it reads them; collected, with the slots joined, they took 2.2 GB at 5 M
+    requests)."""
 
     def arg(name: str) -> pl.Expr:
         return fields.qemu("handle_ioreq", name)
@@ -48,13 +56,12 @@ def device_model_ioreqs(ev: pl.LazyFrame) -> pl.DataFrame:
         ev.filter(pl.col("event") == "qemu.handle_ioreq")
         .select("ts_ns", pl.col("src_file").cast(pl.Categorical), "src_offset", "addr", "size",
                 arg("req").alias("slot"), arg("type"), arg("dir").alias("dir_bit"), arg("data"))
-        .collect()
     )  # fmt: skip
-    slots = io.select("src_file", "slot").unique().sort("src_file", "slot")
+    slots = io.select("src_file", "slot").unique().sort("src_file", "slot").collect()
     slots = slots.with_columns(pl.int_range(pl.len()).over("src_file").cast(pl.Int32).alias("vcpu"))
     return (
         io.filter(pl.col("type").is_in([0, 1]))
-        .join(slots, on=["src_file", "slot"])
+        .join(slots.lazy(), on=["src_file", "slot"], maintain_order="left")
         .select(
             pl.col("src_file").cast(pl.String), "slot", "vcpu",
             pl.when(pl.col("type") == 1).then(pl.lit("mmio")).otherwise(pl.lit("pio")).cast(hvm.KIND).alias("kind"),
@@ -65,11 +72,16 @@ def device_model_ioreqs(ev: pl.LazyFrame) -> pl.DataFrame:
 
 
 class Accesses(NamedTuple):
-    """Both records of a bundle's emulated accesses, read once: the device model's IOREQs
-    (`device_model_ioreqs`) and the hypervisor's traps (timeline.hvm.accesses)."""
+    """Both records of a bundle's emulated accesses: the device model's IOREQs
+    (`device_model_ioreqs`) and the hypervisor's traps (timeline.hvm.accesses), held or
+    lazily read from where the timeline spilled them."""
 
-    dm: pl.DataFrame
-    hv: pl.DataFrame
+    dm: pl.DataFrame | pl.LazyFrame
+    hv: pl.DataFrame | pl.LazyFrame
+
+    def collect(self) -> Accesses:
+        """Both sides, held."""
+        return Accesses(*(side.lazy().collect() for side in self))
 
 
 def accesses(ev: pl.LazyFrame, exits: pl.DataFrame | None = None) -> Accesses:
@@ -77,6 +89,10 @@ def accesses(ev: pl.LazyFrame, exits: pl.DataFrame | None = None) -> Accesses:
     return Accesses(
         device_model_ioreqs(ev), hvm.accesses(hvm.handled(ev) if exits is None else exits)
     )
+
+
+JOIN_CHUNK_ROWS = 1 << 20  # IOREQs written at a time
+TRAP_COLUMNS = ["dom", "cpu", "trap_exit_ns", "trap_entry_ns", "trap_off"]
 
 
 def join(
@@ -87,19 +103,24 @@ def join(
     `spill` and scanned from it; counts: ioreqs, joined, ioreqs without a trap and how many
     of them came before the hypervisor's trace began, traps at device-model addresses
     without an IOREQ), or Nones without a clock or without IOREQs on both sides. Written,
-    not held: the timeline reads a few of its columns, and it is as large as the requests."""
-    dm, hv = acc
-    del acc  # the caller hands them over: each original goes when its copy is made
-    if clock is None or not len(dm) or not len(hv):
+    not held: the timeline reads a few of its columns, and it is as large as the requests.
+
+    The pairing is computed on the few columns it reads; the IOREQs' other columns are
+    then read, joined and written JOIN_CHUNK_ROWS at a time (whole, the IOREQs and their
+    joined copy held 2.4 GB at 5 M requests)."""
+    if clock is None:
         return None, None
-    dom = hv.filter(pl.col("addr").is_in(dm["addr"].unique().to_list()))["dom"].mode()
-    hv = hv.filter(pl.col("dom") == (dom[0] if len(dom) else -1))  # the traced guest
+    dm_rows, hv_rows = acc.dm.lazy(), acc.hv.lazy()
     key = ["vcpu", "kind", "dir", "addr"]  # kind and dir: enums (hvm.KIND, hvm.DIR)
-    hv = hv.with_columns(
-        to_device_model(pl.col("exit_ns"), clock).alias("trap_exit_ns"),
-        to_device_model(pl.col("entry_ns"), clock).alias("trap_entry_ns"),
-        pl.col("src_offset").alias("trap_off"),
-    ).drop("exit_ns", "entry_ns", "src_offset")
+    dm = dm_rows.select(pl.col("src_file").cast(pl.Categorical), *key, "dm_ns", "dm_off")
+    dm = dm.with_row_index("_row").collect()
+    if not len(dm) or not hv_rows.select(pl.len()).collect().item():
+        return None, None
+    addrs = dm["addr"].unique().implode()
+    dom = hv_rows.filter(pl.col("addr").is_in(addrs)).select("dom").collect()["dom"].mode()
+    guest = hv_rows.filter(pl.col("dom") == (dom[0] if len(dom) else -1))  # the traced one
+    exit_ns = to_device_model(pl.col("exit_ns"), clock).alias("trap_exit_ns")
+    hv = guest.select(*key, exit_ns).collect()  # what the pairing reads
     slack_low = clock.offset_ns - clock.lower_ns  # how far off the clock may be
     slack_up = clock.upper_ns - clock.offset_ns
     res = clock.device_model_resolution_ns - 1  # a stamp truncated to its tick
@@ -117,92 +138,146 @@ def join(
     if not in_order:
         dm = dm.sort("dm_ns", "dm_off")
     dm_key, hv_key, keys = _key_ids(dm, hv, key)
+    dm = dm.drop(key)
     traps = _Numbered(hv_key, hv["trap_exit_ns"].to_numpy(), keys)
-    di = _Numbered(dm_key, np.arange(len(dm)), keys).index
+    del hv  # (its trap columns are read again, in the same order, once the pairs are known)
+    di = _Numbered(dm_key, np.arange(len(dm)), keys).index()
     reach = dm.select(pl.col("dm_ns") + res + slack_up).to_series()
     shift = traps.shifts(dm_key, di, reach.fill_null(0).to_numpy(), reach.is_not_null().to_numpy())
     row = traps.rows(dm_key, di, shift)  # each IOREQ's trap by order, or -1
-    del traps, di, shift, dm_key, hv_key
-    at = pl.Series(row).set(pl.Series(row < 0), None)
-    trap_cols = ["dom", "cpu", "trap_exit_ns", "trap_entry_ns", "trap_off"]
+    del traps, di, shift, dm_key, hv_key, reach
+    lo, hi = dm["dm_ns"].min(), dm["dm_ns"].max()
+    # the rows in the order they are stored: the log's, file by file (one log's IOREQs in
+    # time order are; an IOREQ's row in the device model's rows is `_row`)
+    if not _in_file_order(dm):
+        order = dm.select(pl.col("src_file").cast(pl.String), "dm_off").with_row_index().sort(
+            "src_file", "dm_off"
+        )["index"].to_numpy()  # fmt: skip
+        dm, row = dm[order], row[order]
+    stored_at = dm["_row"].to_numpy()
+    del dm
+    in_place = bool((stored_at == np.arange(len(stored_at))).all())
+    hv = guest.select(
+        "addr", "dom", "cpu", exit_ns,
+        to_device_model(pl.col("entry_ns"), clock).alias("trap_entry_ns"),
+        pl.col("src_offset").alias("trap_off"),
+    ).collect()  # fmt: skip
+    trap_cols = hv.select(TRAP_COLUMNS)
+    used = np.zeros(len(hv), bool)  # the traps an IOREQ joined
+    first_trap = hv["trap_exit_ns"].min()
+    before_trace = None if first_trap is None else first_trap - slack_up - res
+    counts = {"joined": 0, "unjoined": 0, "before": 0}
     inside = (
         (pl.col("dm_ns") + res >= pl.col("trap_exit_ns") - slack_up)
         # no entry: the vCPU never came back (the guest's power-off write)
         & (pl.col("dm_ns") <= pl.col("trap_entry_ns") + slack_low).fill_null(True)
     )
-    joined = (
-        dm.hstack([hv[c].gather(at) for c in trap_cols])
-        .with_columns(inside.fill_null(False).alias("joined"))
-        .with_columns([pl.when(pl.col("joined")).then(pl.col(c)).alias(c) for c in trap_cols])
-    )
-    del at, row
-    if not _in_file_order(dm):  # (one log's IOREQs in time order are: no copy to sort then)
-        joined = joined.sort("src_file", "dm_off")
-    joined.with_columns(pl.col("kind", "dir").cast(pl.String)).write_parquet(spill)  # as stored
-    joined = pl.scan_parquet(spill)
+
+    def joined_frames():
+        # (IOREQs stored in no file order, e.g. interleaved logs: gathered from all of them)
+        every = None if in_place else dm_rows.collect()
+        for start in range(0, len(row), JOIN_CHUNK_ROWS):
+            rows = row[start : start + JOIN_CHUNK_ROWS]
+            if in_place:
+                part = dm_rows.slice(start, len(rows)).collect()
+            else:
+                part = every[stored_at[start : start + JOIN_CHUNK_ROWS]]
+            at = pl.Series(rows).set(pl.Series(rows < 0), None)
+            part = (
+                part.hstack([trap_cols[c].gather(at) for c in TRAP_COLUMNS])
+                .with_columns(inside.fill_null(False).alias("joined"))
+                .with_columns([pl.when(pl.col("joined")).then(pl.col(c)).alias(c) for c in TRAP_COLUMNS])
+            )  # fmt: skip
+            ok = part["joined"].to_numpy()
+            used[rows[ok]] = True
+            counts["joined"] += int(ok.sum())
+            counts["unjoined"] += int((~ok).sum())
+            if before_trace is not None:
+                counts["before"] += int(
+                    part.filter(~pl.col("joined"))["dm_ns"].lt(before_trace).sum()
+                )
+            yield part.with_columns(pl.col("kind", "dir").cast(pl.String))  # as stored
+
+    schema = (
+        dm_rows.head(0).collect().hstack(trap_cols.head(0).get_columns())
+        .with_columns(pl.lit(False).alias("joined"), pl.col("kind", "dir").cast(pl.String))
+        .schema
+    )  # fmt: skip
+    sink_frames(joined_frames, schema, spill)
     # traps in the device model's trace window at its addresses, left without an IOREQ
-    lo, hi = dm["dm_ns"].min(), dm["dm_ns"].max()
-    window = hv.filter(
-        pl.col("addr").is_in(dm["addr"].unique().to_list())
+    window = (
+        pl.col("addr").is_in(addrs)
         & (pl.col("trap_entry_ns").fill_null(hi) >= lo)
         & (pl.col("trap_exit_ns") <= hi)
     )
-    used, unjoined, n_joined = pl.collect_all([
-        joined.filter(pl.col("joined")).select("trap_off"),
-        joined.filter(~pl.col("joined")).select("dm_ns"),
-        joined.select(pl.col("joined").sum()),
-    ])  # fmt: skip
-    used = used["trap_off"]
-    # an IOREQ before the guest's first traced trap (less the clock's reach) was handled
-    # before the hypervisor's trace began: it has no trap to find
-    first_trap = hv["trap_exit_ns"].min()
-    before = (
-        0 if first_trap is None else int((unjoined["dm_ns"] < first_trap - slack_up - res).sum())
-    )
-    counts = {
-        "ioreqs": len(dm),
-        "joined": n_joined.item(),
-        "ioreqs_without_trap": len(unjoined),
-        "ioreqs_before_trace": before,
-        "traps_without_ioreq": int((~window["trap_off"].is_in(used.implode())).sum()),
+    used_off = hv["trap_off"].filter(pl.Series(used)).implode()
+    left = hv.select((window & ~pl.col("trap_off").is_in(used_off)).sum()).item()
+    n = len(row)
+    return pl.scan_parquet(spill), {
+        "ioreqs": n,
+        "joined": counts["joined"],
+        "ioreqs_without_trap": counts["unjoined"],
+        # an IOREQ before the guest's first traced trap (less the clock's reach) was handled
+        # before the hypervisor's trace began: it has no trap to find
+        "ioreqs_before_trace": counts["before"],
+        "traps_without_ioreq": int(left),
         "method": "IOREQs and traps of each vCPU, kind, direction and address paired in order"
         " (aligned where the IOREQ stamps fall), each inside its trap's exit..entry window"
         " (clock bounds added)",
     }
-    return joined, counts
 
 
 def _key_ids(
     dm: pl.DataFrame, hv: pl.DataFrame, key: list[str]
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Each IOREQ's and each trap's `key` as a dense id, the same on both sides (-1: a key
-    with a null, which pairs with nothing), and how many keys there are."""
-    keys = (
-        pl.concat([dm.select(key).unique(), hv.select(key).unique()])
-        .unique()
-        .drop_nulls()
-        .with_row_index("_id")
-    )
+    with a null, which pairs with nothing), and how many keys there are. Column by column:
+    each value's rank among the few values of both sides, folded into one number (a join
+    of both sides on the key's columns row-encoded every row: 1.4 GB at 15 M IOREQs)."""
+    ids = [np.zeros(len(dm), np.int64), np.zeros(len(hv), np.int64)]
+    null = [np.zeros(len(dm), bool), np.zeros(len(hv), bool)]
+    span = 1  # how many numbers the columns so far can make
+    for c in key:
+        sides = [side[c].to_physical() for side in (dm, hv)]
+        values = np.unique(pl.concat([s.unique() for s in sides]).drop_nulls().to_numpy())
+        for i, s in enumerate(sides):
+            null[i] |= s.is_null().to_numpy()
+            if len(values) > 1:
+                ids[i] *= len(values)
+                ids[i] += np.searchsorted(values, s.fill_null(values[0]).to_numpy())
+        span *= max(len(values), 1)
+        if span > 1 << 40:  # (renumbered before the product could overflow)
+            ids, span = _dense(ids), sum(len(i) for i in ids)
+    for i, n in zip(ids, null, strict=True):
+        i[n] = -1
+    ids = _dense(ids)
+    return ids[0], ids[1], int(max((i.max(initial=-1) for i in ids), default=-1) + 1)
 
-    def ids(side: pl.DataFrame) -> np.ndarray:
-        found = side.select(key).join(keys, on=key, how="left", maintain_order="left")["_id"]
-        return found.cast(pl.Int64).fill_null(-1).to_numpy()
 
-    return ids(dm), ids(hv), len(keys)
+def _dense(ids: list[np.ndarray]) -> list[np.ndarray]:
+    """The ids (-1: none) renumbered 0, 1, ... over the values they take on every side."""
+    found = np.unique(np.concatenate([pl.Series(i).unique().to_numpy() for i in ids]))
+    found = found[found >= 0]
+    return [np.where(i < 0, -1, np.searchsorted(found, i)) for i in ids]
 
 
 class _Numbered:
-    """Rows numbered per key (of `groups`) in the order of `by` (ties in row order): `index`
-    (-1 where the key is -1), and the rows sorted by key then number, to find a key's k-th
-    row."""
+    """Rows numbered per key (of `groups`) in the order of `by` (ties in row order): the
+    rows sorted by key then number, to find a key's k-th row, and `index()` (-1 where the
+    key is -1)."""
 
     def __init__(self, key: np.ndarray, by: np.ndarray, groups: int):
         order = np.lexsort((by, key))
         skip = int(np.searchsorted(key[order], 0))  # the rows of no key sort first
         self.order, self.key, self.by = order[skip:], key[order[skip:]], by[order[skip:]]
         self.start = np.searchsorted(self.key, np.arange(groups + 1))  # + the end
-        self.index = np.full(len(key), -1, np.int64)
-        self.index[self.order] = np.arange(len(self.order)) - self.start[self.key]
+        self.rows_in = len(key)
+
+    def index(self) -> np.ndarray:
+        """Each row's number within its key (-1: no key)."""
+        index = np.full(self.rows_in, -1, np.int64)
+        index[self.order] = np.arange(len(self.order)) - self.start[self.key]
+        return index
 
     def shifts(self, key: np.ndarray, index: np.ndarray, t: np.ndarray, timed: np.ndarray):
         """Per key, the most common difference (the least of several) between the number of
@@ -213,50 +288,51 @@ class _Numbered:
         if not len(self.key) or not len(key):
             return None
         # per key, how many of this side's rows lie at or before each time (a row at that
-        # very time first): a search in the key's own run of `by`, sorted. (One search over
+        # very time first): a search in the key's own run of `by`, sorted; the differences'
+        # most common value, the least of several, is the key's shift. (One search over
         # both sides' times ranked together held 1.5 GB more at 15 M IOREQs.)
-        before = np.empty(len(key), np.int64)
+        shift = np.zeros(len(self.start) - 1, np.int64)
+        has = np.zeros(len(self.start) - 1, bool)
         by_key = np.argsort(key, kind="stable")
-        keys, firsts = np.unique(key[by_key], return_index=True)
+        sorted_key = key[by_key]
+        firsts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+        keys = sorted_key[firsts]
+        del sorted_key
         for k, lo, hi in zip(keys, firsts, [*firsts[1:], len(key)], strict=True):
             rows = by_key[lo:hi]
             mine = self.by[self.start[k] : self.start[k + 1]]
-            before[rows] = np.searchsorted(mine, t[rows], side="right")
-        del by_key
-        found = before > 0
-        key, diff = key[found], before[found] - 1 - index[found]
-        if not len(key):
-            return None
-        order = np.lexsort((diff, key))  # runs of one (key, difference), smallest first
-        key, diff = key[order], diff[order]
-        run = np.flatnonzero(np.r_[True, (key[1:] != key[:-1]) | (diff[1:] != diff[:-1])])
-        count = np.diff(np.r_[run, len(key)])
-        rkey, rdiff = key[run], diff[run]
-        best = np.lexsort((rdiff, -count, rkey))  # per key: most common, then smallest
-        first = best[np.r_[True, rkey[best][1:] != rkey[best][:-1]]]
-        shift = np.zeros(len(self.start) - 1, np.int64)
-        has = np.zeros(len(self.start) - 1, bool)
-        shift[rkey[first]], has[rkey[first]] = rdiff[first], True
-        return shift, has
+            before = np.searchsorted(mine, t[rows], side="right")
+            found = before > 0
+            if found.any():
+                diffs, counts = np.unique(
+                    before[found] - 1 - index[rows][found], return_counts=True
+                )
+                shift[k], has[k] = diffs[counts.argmax()], True
+        return (shift, has) if has.any() else None
 
     def rows(self, key: np.ndarray, index: np.ndarray, shift) -> np.ndarray:
-        """The original row of the (index + key's shift)-th row of each key, or -1."""
+        """The original row of the (index + key's shift)-th row of each key, or -1 (a
+        JOIN_CHUNK_ROWS slice at a time: each row's answer is its own)."""
         out = np.full(len(key), -1, np.int64)
         if shift is None:
             return out
         shift, has = shift
-        ok = key >= 0
-        ok[ok] = has[key[ok]]
-        k = index[ok] + shift[key[ok]]
-        size = (self.start[1:] - self.start[:-1])[key[ok]]
-        inside = (k >= 0) & (k < size)
-        where = np.flatnonzero(ok)[inside]
-        out[where] = self.order[self.start[key[where]] + k[inside]]
+        sizes = self.start[1:] - self.start[:-1]
+        for lo in range(0, len(key), JOIN_CHUNK_ROWS):
+            part = key[lo : lo + JOIN_CHUNK_ROWS]
+            ok = part >= 0
+            ok[ok] = has[part[ok]]
+            k = index[lo : lo + JOIN_CHUNK_ROWS][ok] + shift[part[ok]]
+            inside = (k >= 0) & (k < sizes[part[ok]])
+            where = np.flatnonzero(ok)[inside]
+            out[lo + where] = self.order[self.start[part[where]] + k[inside]]
         return out
 
 
 def _in_file_order(dm: pl.DataFrame) -> bool:
     """Whether the IOREQs are in order of (file, offset), as the stored table lists them."""
+    if dm["src_file"].n_unique() > 1:  # (the names compared as strings, not categories)
+        dm = dm.select(pl.col("src_file").cast(pl.String), "dm_off")
     f, o = pl.col("src_file"), pl.col("dm_off")
     later = (f > f.shift()) | ((f == f.shift()) & (o >= o.shift()))
     return dm.select(later.fill_null(True).all()).item()
@@ -273,10 +349,10 @@ def sequence_pairs(acc: Accesses, *, run: int = 2000) -> pl.DataFrame | None:
     (`run` bounds the comparisons that choose among the offsets). Columns as
     `clock.notify_pairs` (last_ns = handle_ns: only the IOREQ's first record is sure to come
     before its completion). None when nothing aligns."""
-    dm = acc.dm
+    dm = acc.dm.lazy().collect()
     if not len(dm):
         return None
-    hv = acc.hv.filter(pl.col("addr").is_in(dm["addr"].unique().to_list()))
+    hv = acc.hv.lazy().filter(pl.col("addr").is_in(dm["addr"].unique().to_list())).collect()
     token = pl.concat_str(pl.col("kind", "dir").cast(pl.Utf8), pl.col("addr").cast(pl.Utf8)).hash()
     out = []
     for (vcpu,), d in dm.with_columns(token.alias("t")).sort("dm_off").group_by("vcpu"):
@@ -384,32 +460,38 @@ def interrupt_acks(keys: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> p
     # the log's name as a category on both sides (the joins' keys: as strings, a join on
     # two keys row-encoded them for every request)
     log = pl.col("src_file").cast(pl.Categorical)
+    # each side read on its own, only its rows and columns (the joined MMIO IOREQs held
+    # whole while they were paired took 1.8 GB at 5 M requests)
     io = (
         joined.lazy()
         .filter(pl.col("joined") & (pl.col("kind") == "mmio"))
         .select(log, "dm_off", "addr", "dir", "dm_ns", "trap_exit_ns", "trap_entry_ns")
-        .collect()
     )
     keys = keys.with_columns(log)
     kicks = io.select(
         "src_file", pl.col("dm_off").alias("kick_io_off"), pl.col("addr").alias("kick_addr")
-    )
+    ).collect()
     out = keys.sort("kick_off", nulls_last=True).join_asof(
         kicks.sort("kick_io_off"), left_on="kick_off", right_on="kick_io_off", by="src_file",
         strategy="backward", check_sortedness=False,
     )  # fmt: skip
+    del kicks
     base = pl.when(pl.col("kick_addr") % 0x1000 == NOTIFY_OFFSET).then(
         pl.col("kick_addr") - NOTIFY_OFFSET
     )
     out = out.with_columns(base.alias("_base"))
 
     def after(frame, on, offset, direction, prefix):
-        regs = io.filter((pl.col("addr") % 0x1000 == offset) & (pl.col("dir") == direction)).select(
-            "src_file",
-            (pl.col("addr") - offset).alias("_base"),
-            pl.col("dm_ns").alias(f"{prefix}_ns"),
-            pl.col("trap_exit_ns").alias(f"{prefix}_trap_exit_ns"),
-            pl.col("trap_entry_ns").alias(f"{prefix}_trap_entry_ns"),
+        regs = (
+            io.filter((pl.col("addr") % 0x1000 == offset) & (pl.col("dir") == direction))
+            .select(
+                "src_file",
+                (pl.col("addr") - offset).alias("_base"),
+                pl.col("dm_ns").alias(f"{prefix}_ns"),
+                pl.col("trap_exit_ns").alias(f"{prefix}_trap_exit_ns"),
+                pl.col("trap_entry_ns").alias(f"{prefix}_trap_entry_ns"),
+            )
+            .collect()
         )
         return (
             frame.sort(on, nulls_last=True)
