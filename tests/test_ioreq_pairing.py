@@ -11,6 +11,7 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from xvtrace.timeline import ioreqs
 from xvtrace.timeline.ioreqs import _Numbered
 
 
@@ -60,7 +61,7 @@ def by_numbering(dm_key, dm_reach, hv_key, hv_exit) -> np.ndarray:
     dm_key, hv_key = np.array(dm_key, np.int64), np.array(hv_key, np.int64)
     reach = pl.Series(dm_reach, dtype=pl.Int64)
     traps = _Numbered(hv_key, np.array(hv_exit, np.int64), keys)
-    di = _Numbered(dm_key, np.arange(len(dm_key)), keys).index
+    di = _Numbered(dm_key, np.arange(len(dm_key)), keys).index()
     shift = traps.shifts(dm_key, di, reach.fill_null(0).to_numpy(), reach.is_not_null().to_numpy())
     return traps.rows(dm_key, di, shift)
 
@@ -81,6 +82,47 @@ def test_pairing_by_numbering_equals_the_joins(dm, hv):
     hv_key, hv_exit = [k for k, _ in hv], [t for _, t in hv]
     want = by_joins(dm_key, dm_reach, hv_key, hv_exit)
     assert by_numbering(dm_key, dm_reach, hv_key, hv_exit).tolist() == want.tolist()
+    chunk = ioreqs.JOIN_CHUNK_ROWS
+    try:  # the rows found a few at a time: each row's answer is its own
+        ioreqs.JOIN_CHUNK_ROWS = 3
+        assert by_numbering(dm_key, dm_reach, hv_key, hv_exit).tolist() == want.tolist()
+    finally:
+        ioreqs.JOIN_CHUNK_ROWS = chunk
+
+
+column = st.lists(st.one_of(st.none(), st.integers(0, 3)), min_size=6, max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(dm=st.lists(column, max_size=30), hv=st.lists(column, max_size=30))
+def test_key_ids_name_equal_keys_alike(dm, hv):
+    """The keys' ids, folded column by column: two rows of either side share an id exactly
+    when their keys are equal, a key with a null has none (-1), and the count is of the
+    keys both sides hold."""
+    names = list("abcdef")
+
+    def frame(rows):
+        return pl.DataFrame(list(rows), schema=dict.fromkeys(names, pl.Int64), orient="row")
+
+    d, h = frame(dm), frame(hv)
+    dm_ids, hv_ids, n = ioreqs._key_ids(d, h, names)
+    span = ioreqs.ID_SPAN
+    try:  # renumbered after every column: the same grouping
+        ioreqs.ID_SPAN = 2
+        again = ioreqs._key_ids(d, h, names)
+    finally:
+        ioreqs.ID_SPAN = span
+    assert again[2] == n
+    assert [*again[0], *again[1]] == [*dm_ids, *hv_ids]
+    rows = [*dm, *hv]
+    ids = [*dm_ids.tolist(), *hv_ids.tolist()]
+    for row, i in zip(rows, ids, strict=True):
+        assert (i == -1) == (None in row)
+    named = {}
+    for row, i in zip(rows, ids, strict=True):
+        if i >= 0:
+            assert named.setdefault(tuple(row), i) == i
+    assert len(set(named.values())) == len(named) == n
 
 
 def test_a_trace_begun_early_shifts_the_pairing():

@@ -30,7 +30,14 @@ def handled(ev: pl.LazyFrame) -> pl.DataFrame:
     """Every handler record (HANDLERS) after a VM exit of its vCPU: dom, vcpu, cpu, event,
     addr, hypercall (VMCALLs), exit_ns, entry_ns, src_offset, and `adjacent`: nothing else
     of the exit's (no other handler record, no other exit or entry) lies between the exit,
-    the record and the entry on its vCPU."""
+    the record and the entry on its vCPU. In order of pCPU, then the record's offset."""
+    found, order = handled_rows(ev)
+    return found.gather(order)
+
+
+def handled_rows(ev: pl.LazyFrame) -> tuple[pl.DataFrame, np.ndarray]:
+    """`handled`'s rows in the table's order, and the order `handled` lists them in (a
+    caller writing them takes them a slice at a time: no sorted copy held)."""
     from xvtrace.timeline import hvm_kernel  # numba (0.25 s to import) only to build: a
 
     # stored timeline needs none
@@ -40,47 +47,58 @@ def handled(ev: pl.LazyFrame) -> pl.DataFrame:
     is_exit, is_entry = pl.col("event") == EXIT, pl.col("event") == ENTRY
     # two narrow passes in the table's time order, not a sort of every exit's columns: each
     # record's vCPU and role, then the handler records' own columns (the same order)
-    rows = (
-        xen.filter(pl.col("event").is_in([EXIT, ENTRY, *HANDLERS]))
-        .select("ts_ns", "cpu", "dom", "vcpu",
-                pl.when(is_exit).then(EXIT_ROLE).when(is_entry).then(ENTRY_ROLE)
-                .otherwise(HANDLER_ROLE).cast(pl.UInt8).alias("role"))
-        .collect()
-    )  # fmt: skip
+    records = xen.filter(pl.col("event").is_in([EXIT, ENTRY, *HANDLERS]))
+    rows = records.select(
+        "ts_ns", _vcpu_index(records),
+        pl.when(is_exit).then(EXIT_ROLE).when(is_entry).then(ENTRY_ROLE)
+        .otherwise(HANDLER_ROLE).cast(pl.UInt8).alias("role"),
+    ).collect()  # fmt: skip
     exit_ns, entry_ns, adjacent = hvm_kernel.pair_handlers(
-        _vcpu_index(rows), rows["ts_ns"].to_numpy(), rows["role"].to_numpy()
+        rows["vi"].to_numpy(), rows["ts_ns"].to_numpy(), rows["role"].to_numpy()
     )
     del rows
     # (VMCALL is the only handler record with a hypercall number)
     call = fields.xen("hvm.vmmcall", "hypercall")
+    paired = exit_ns != NONE
     found = (
         xen.filter(pl.col("event").is_in(HANDLERS))
         .select("dom", "vcpu", "cpu", "event", "addr", call, "src_offset")
         .collect()
         .with_columns(
-            pl.Series("exit_ns", exit_ns).set(pl.Series(exit_ns == NONE), None),
+            pl.Series("exit_ns", exit_ns),
             pl.Series("entry_ns", entry_ns).set(pl.Series(entry_ns == NONE), None),
             pl.Series("adjacent", adjacent),
         )
-    )
-    return found.filter(pl.col("exit_ns").is_not_null()).sort("cpu", "src_offset").select(
-        "dom", "vcpu", "cpu", "event", "addr", "hypercall",
-        "exit_ns", "entry_ns", "src_offset", "adjacent",
+        .filter(pl.Series(paired))
+        .select(
+            "dom", "vcpu", "cpu", "event", "addr", "hypercall",
+            "exit_ns", "entry_ns", "src_offset", "adjacent",
+        )
     )  # fmt: skip
+    del exit_ns, entry_ns, adjacent, paired
+    order = found.select(pl.arg_sort_by("cpu", "src_offset", maintain_order=True)).to_series()
+    return found, order.to_numpy()
 
 
-def _vcpu_index(rows: pl.DataFrame) -> np.ndarray:
-    """Each record's vCPU as a dense index; a record whose vCPU is not known yet is its
-    pCPU's (it pairs with that pCPU's records)."""
-    known = (rows["dom"].is_not_null() & rows["vcpu"].is_not_null()).to_numpy()
-    dom = rows["dom"].fill_null(0).to_numpy()
-    vcpu = rows["vcpu"].fill_null(0).to_numpy()
-    doms = np.flatnonzero(np.bincount(dom[known], minlength=1))
-    index = np.zeros(int(dom.max(initial=0)) + 1, np.int64)
-    index[doms] = np.arange(len(doms))
-    width = int(vcpu[known].max(initial=0)) + 1
-    unknown = len(doms) * width + rows["cpu"].to_numpy().astype(np.int64)
-    return np.where(known, index[dom] * width + vcpu, unknown)
+def _vcpu_index(records: pl.LazyFrame) -> pl.Expr:
+    """Each record's vCPU as a dense index (`vi`); a record whose vCPU is not known yet is
+    its pCPU's (it pairs with that pCPU's records)."""
+    known = pl.col("dom").is_not_null() & pl.col("vcpu").is_not_null()
+    seen = (
+        records.filter(known)
+        .select(pl.col("dom").unique().sort().implode(), pl.col("vcpu").max())
+        .collect()
+    )
+    doms, top = seen.item(0, 0).to_list(), seen.item(0, 1)
+    width = 1 if top is None else int(top) + 1
+    index = pl.col("dom").replace_strict(
+        doms, list(range(len(doms))), default=0, return_dtype=pl.Int64
+    )
+    return (
+        pl.when(known).then(index * width + pl.col("vcpu").cast(pl.Int64))
+        .otherwise(len(doms) * width + pl.col("cpu").cast(pl.Int64))
+        .alias("vi")
+    )  # fmt: skip
 
 
 def accesses(exits: pl.DataFrame) -> pl.DataFrame:

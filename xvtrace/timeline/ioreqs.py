@@ -227,6 +227,9 @@ def join(
     }
 
 
+ID_SPAN = 1 << 40  # the most numbers a key's id may span before it is renumbered
+
+
 def _key_ids(
     dm: pl.DataFrame, hv: pl.DataFrame, key: list[str]
 ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -246,7 +249,7 @@ def _key_ids(
                 ids[i] *= len(values)
                 ids[i] += np.searchsorted(values, s.fill_null(values[0]).to_numpy())
         span *= max(len(values), 1)
-        if span > 1 << 40:  # (renumbered before the product could overflow)
+        if span > ID_SPAN:  # (renumbered before the product could overflow)
             ids, span = _dense(ids), sum(len(i) for i in ids)
     for i, n in zip(ids, null, strict=True):
         i[n] = -1

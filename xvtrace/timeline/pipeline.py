@@ -183,9 +183,23 @@ EXITS, DM_IOREQS = "exits.parquet", "dm_ioreqs.parquet"  # in the build's spill 
 
 def spill_inputs(ev: pl.LazyFrame, spill: Path) -> None:
     """Decode the exits (timeline.hvm.handled) and the device model's IOREQs into `spill`."""
-    options = {"compression": "lz4", "statistics": False}
-    hvm.handled(ev).write_parquet(spill / EXITS, **options)
-    ioreqs.device_model_ioreq_rows(ev).sink_parquet(spill / DM_IOREQS, **options)
+    _write_exits(ev, spill / EXITS)
+    ioreqs.device_model_ioreq_rows(ev).sink_parquet(spill / DM_IOREQS, **SPILL_OPTIONS)
+
+
+SPILL_OPTIONS = {"compression": "lz4", "statistics": False}
+
+
+def _write_exits(ev: pl.LazyFrame, path: Path) -> None:
+    """timeline.hvm.handled written in its order a slice at a time (no sorted copy held)."""
+    found, order = hvm.handled_rows(ev)
+    step = ioreqs.JOIN_CHUNK_ROWS
+
+    def slices():
+        for lo in range(0, len(order), step):
+            yield found.gather(order[lo : lo + step])
+
+    sink_frames(slices, found.schema, path, **SPILL_OPTIONS)
 
 
 def spilled_accesses(spill: Path) -> ioreqs.Accesses:
