@@ -521,3 +521,30 @@ def test_the_ioreq_join_does_not_depend_on_its_chunks_or_the_ioreqs_order(
     backwards = ioreqs.Accesses(acc.dm.reverse(), acc.hv)
     turned, turned_counts = ioreqs.join(backwards, clock, tmp_path / "turned.parquet")
     assert turned_counts == counts and turned.collect().equals(whole)
+
+
+@pytest.mark.parametrize(
+    "capture", ["xen/hvm-epam-smp", "xen/validation/stratos/hvm-stratos-w2", "emulated/suse-grant"]
+)
+def test_the_build_does_not_depend_on_its_buckets_and_slices(tmp_path, monkeypatch, capture):
+    """The timeline is built a share of the elements and a slice of the rows at a time:
+    with a few dozen each, every element bucket, merge and slice boundary cuts through the
+    requests, and the stored requests, IOREQs and facts must be those of one piece."""
+    from xvtrace.timeline import ioreqs, qemu_buckets, spilled
+
+    shutil.copytree(FIXTURES / capture, tmp_path / "b")
+    api.ingest(tmp_path / "b")
+    whole = api.timeline(tmp_path / "b", rebuild=True)
+    stored = {f: pl.read_parquet(tmp_path / "b" / f) for f in (pipeline.REQUESTS, pipeline.IOREQS)}
+    monkeypatch.setattr(qemu_buckets, "ELEMENTS_PER_BUCKET", 50)
+    monkeypatch.setattr(qemu_buckets, "SLICE_ROWS", 37)
+    monkeypatch.setattr(spilled, "SLICE_ROWS", 29)
+    monkeypatch.setattr(ioreqs, "JOIN_CHUNK_ROWS", 41)
+    cut = api.timeline(tmp_path / "b", rebuild=True)
+
+    def facts(tl):
+        return {k: v for k, v in tl.facts.items() if k != "files"}  # (the files' bytes may differ)
+
+    assert cut.facts["requests"] > 150 and facts(cut) == facts(whole)
+    for f, frame in stored.items():
+        assert pl.read_parquet(tmp_path / "b" / f).equals(frame), f

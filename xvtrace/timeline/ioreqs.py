@@ -511,13 +511,3 @@ def interrupt_acks(keys: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> p
 def in_request_order(ids: pl.DataFrame, found: pl.DataFrame) -> pl.DataFrame:
     """`found` (a row per request, `ids` naming each row's request) in request order."""
     return found.select(pl.all().gather(ids["request"].arg_sort()))
-
-
-def by_request(req: pl.DataFrame, ids: pl.DataFrame, found: pl.DataFrame) -> pl.DataFrame:
-    """`req` sorted by request, with `found`'s columns (one row per request, `ids` naming
-    each row's request) appended: computed on a narrow frame, added without copying `req`'s
-    columns more than once."""
-    found = in_request_order(ids, found)
-    if not req["request"].is_sorted():
-        req = req.sort("request")
-    return req.hstack(found.get_columns())

@@ -23,7 +23,7 @@ import polars as pl
 
 from xvtrace.bundle import BundleError, derived, spill_dir
 from xvtrace.bundle.frame_sink import sink_frames
-from xvtrace.timeline import hvm, ioreqs, qemu, text, traps, vhost_user
+from xvtrace.timeline import hvm, ioreqs, qemu, qemu_buckets, text, traps, vhost_user
 from xvtrace.timeline.clock import (
     Clock,
     align_device_model,
@@ -34,6 +34,7 @@ from xvtrace.timeline.clock import (
 from xvtrace.timeline.hypervisor import block_requests, first_loss, hypervisor_requests
 from xvtrace.timeline.ide import ide_requests
 from xvtrace.timeline.phases import INTERVALS
+from xvtrace.timeline.spilled import Spilled
 from xvtrace.timeline.traps import trap_requests
 
 REQUESTS = text.REQUESTS
@@ -213,18 +214,19 @@ def _device_model(x: _Inputs) -> tuple[pl.DataFrame, Clock | None] | None:
     # the clock first: its pairs come from the IOREQs and traps alone, and the requests
     # (a GB at 5 M) are not held while they are found
     pairs, lower, dm_clock = _device_model_clock(x)
-    req = qemu.requests(x.ev).collect(engine="streaming")  # (a third less held than in memory)
-    req = req.with_columns(pl.lit(DM_VIEW).alias("view"))
+    built = x.spill / "dm_requests.parquet"
+    qemu_buckets.write_requests(x.ev, x.spill, built)  # (a share of the elements at a time)
+    req = Spilled(pl.scan_parquet(built).with_columns(pl.lit(DM_VIEW).alias("view")))
     if not len(req):
         return None
     # a vhost-user back-end's requests, moved onto its front-end's log: their kick's trap
     # then comes from the IOREQ join (by the front-end's kick), not from their pop's IOREQ
-    hopped = vhost_user.with_front_end(req, x.ev)
-    req = req if hopped is None else hopped
-    if dm_clock is not None and pairs is not None and hopped is None:
-        req = (
-            with_traps(req, pairs, dm_clock) if lower is None else with_kicks(req, pairs, dm_clock)
-        )
+    hopped = vhost_user.with_front_end(req.rows, x.ev)
+    if hopped is not None:
+        return hopped, dm_clock
+    if dm_clock is not None and pairs is not None:
+        kicked = with_traps if lower is None else with_kicks
+        req = req.with_added(kicked(req.rows, pairs, dm_clock))
     return req, dm_clock
 
 
@@ -344,11 +346,13 @@ def reconstruct(bundle, spill: Path) -> tuple[dict, Path, Path | None]:
         dm_clock = join_clock or dm_clock
     found_devices = traps.devices(x.exits, req) if view == traps.VIEW_NAME else None
     # The views are built: their requests wait on disk through the IOREQ join.
-    has_traps = "trap_exit_ns" in req.columns
-    if view in (DM_VIEW_NAME, IDE_VIEW_NAME) and not req["request"].is_sorted():
-        req = req.sort("request")  # (they are: the joins' columns are added in this order)
+    has_traps = "trap_exit_ns" in req.schema
+    if isinstance(req, pl.DataFrame):
+        if view in (DM_VIEW_NAME, IDE_VIEW_NAME) and not req["request"].is_sorted():
+            req = req.sort("request")  # (they are: the joins' columns are added in this order)
+        req = Spilled(req.lazy())
     built = spill / "views.parquet"
-    req.write_parquet(built)
+    req.write(built)
     del x, req
     joined, join_counts = ioreqs.join(spilled_accesses(spill), join_clock, spill / IOREQS)
 
@@ -364,23 +368,10 @@ def reconstruct(bundle, spill: Path) -> tuple[dict, Path, Path | None]:
     if joined is not None and view == DM_VIEW_NAME:
         keys = columns("request", "src_file", "kick_off", "notify_ns")
         added.append(ioreqs.interrupt_acks(keys, joined))
-    built_rows = pl.scan_parquet(built)
-    n_built = built_rows.select(pl.len()).collect().item()
-
-    def requests_frames():
-        # a slice of the views' requests at a time, with its rows of the joins' columns:
-        # the horizontal concat of the whole scan with them, sunk, held every column
-        # (+2.1 GB at 5 M requests)
-        for lo in range(0, n_built, ioreqs.JOIN_CHUNK_ROWS):
-            part = built_rows.slice(lo, ioreqs.JOIN_CHUNK_ROWS).collect()
-            part = part.hstack([c for a in added for c in a.slice(lo, len(part)).get_columns()])
-            yield _causal(part.lazy()).collect()
-
-    schema = _causal(
-        pl.concat([built_rows.head(0), *(a.head(0).lazy() for a in added)], how="horizontal")
-    ).collect_schema()
-    sink_frames(requests_frames, schema, spill / REQUESTS)
-    added.clear()
+    Spilled(pl.scan_parquet(built), added).write(
+        spill / REQUESTS, then=lambda part: _causal(part.lazy()).collect()
+    )
+    del added
     req = pl.scan_parquet(spill / REQUESTS)
     counts = req.select(pl.len(), pl.col("complete").sum()).collect()
     reasons = req.filter(~pl.col("complete")).group_by("reason").len().collect()
@@ -424,11 +415,16 @@ def _causal(req: pl.LazyFrame) -> pl.LazyFrame:
     ).drop("_back")  # fmt: skip
 
 
-def _conformed(req: pl.DataFrame | None, empty: pl.DataFrame) -> pl.DataFrame:
+def _conformed(req: pl.DataFrame | Spilled | None, empty: pl.DataFrame) -> pl.DataFrame | Spilled:
     """`req` with `empty`'s columns it lacks, as nulls of their type, and those it has in
     their type; `empty` without one."""
     if req is None:
         return empty
+    if isinstance(req, Spilled):
+        have = req.schema
+        if all(c in have and have[c] == t for c, t in empty.schema.items()):
+            return req
+        req = pl.concat([req.rows, *(a.lazy() for a in req.added)], how="horizontal").collect()
     missing = [
         pl.lit(None, dtype=t).alias(c) for c, t in empty.schema.items() if c not in req.columns
     ]
@@ -468,16 +464,18 @@ def _before(lost: int | None, pairs: pl.DataFrame | None, col: str = "entry_ns")
     return pairs if pairs is None or lost is None else pairs.filter(pl.col(col) < lost)
 
 
-def with_kicks(req: pl.DataFrame, pairs: pl.DataFrame, clock: Clock) -> pl.DataFrame:
-    """The hypervisor's side of event-channel kicks: the VMCALL's exit and re-entry of the
-    kick each request's pop followed (matched on the virtio_queue_notify it was logged as)."""
+def with_kicks(req: pl.LazyFrame, pairs: pl.DataFrame, clock: Clock) -> pl.DataFrame:
+    """The hypervisor's side of event-channel kicks, a row per request in request order:
+    the VMCALL's exit and re-entry of the kick each request's pop followed (matched on the
+    virtio_queue_notify it was logged as)."""
     kicks = pairs.select(
         pl.col("handle_off").alias("kick_off"),
         to_device_model(pl.col("exit_ns"), clock).alias("trap_exit_ns"),
         to_device_model(pl.col("entry_ns"), clock).alias("trap_entry_ns"),
         pl.col("dom").alias("trap_dom"), pl.col("vcpu").alias("trap_vcpu"), pl.col("cpu").alias("trap_cpu"),
     )  # fmt: skip
-    return req.join(kicks, on="kick_off", how="left").sort("request")
+    out = req.select("request", "kick_off").collect().join(kicks, on="kick_off", how="left")
+    return ioreqs.in_request_order(out.select("request"), out.drop("request", "kick_off"))
 
 
 def _ftrace_intact(bundle) -> bool:
@@ -538,10 +536,11 @@ def align_packets(req: pl.LazyFrame, ev: pl.LazyFrame, *, window: int = 64) -> d
     }
 
 
-def with_traps(req: pl.DataFrame, pairs: pl.DataFrame, clock: Clock) -> pl.DataFrame:
-    """Add the hypervisor's side of each request's kick: the notify trap's VM exit and the
-    vCPU's re-entry after the IOREQ (trap_exit_ns, trap_entry_ns on the device model's
-    clock), from the IOREQ that contains the request's pop."""
+def with_traps(req: pl.LazyFrame, pairs: pl.DataFrame, clock: Clock) -> pl.DataFrame:
+    """The hypervisor's side of each request's kick, a row per request in request order:
+    the notify trap's VM exit and the vCPU's re-entry after the IOREQ (trap_exit_ns,
+    trap_entry_ns on the device model's clock), from the IOREQ that contains the request's
+    pop."""
     spans = pairs.sort("handle_off").select(
         pl.col("handle_off"),
         to_device_model(pl.col("exit_ns"), clock).alias("trap_exit_ns"),
@@ -552,6 +551,7 @@ def with_traps(req: pl.DataFrame, pairs: pl.DataFrame, clock: Clock) -> pl.DataF
     )
     out = (  # on the columns it reads: sorting the requests would copy every column
         req.select("request", "pop_off", "pop_ns")
+        .collect()
         .sort("pop_off")
         .join_asof(spans, left_on="pop_off", right_on="handle_off", strategy="backward")
     )
@@ -562,4 +562,4 @@ def with_traps(req: pl.DataFrame, pairs: pl.DataFrame, clock: Clock) -> pl.DataF
         pl.when(kicked).then(pl.col(c)).alias(c)
         for c in ("trap_exit_ns", "trap_entry_ns", "trap_dom", "trap_vcpu", "trap_cpu")
     )
-    return ioreqs.by_request(req, out.select("request"), found)
+    return ioreqs.in_request_order(out.select("request"), found)

@@ -11,6 +11,8 @@ Requests missing events are kept and flagged (`complete` False, `reason`).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import polars as pl
 
 from xvtrace.parsers import fields
@@ -53,13 +55,34 @@ def _resets(q: pl.LazyFrame):
 UNTIMED = "no timestamps: QEMU ran without `-msg timestamp=on` (add it to QEMU's command line)"
 
 
+# the events of one element (keyed by its pointer, `addr`): a request's rows come from these
+# and from its queue's kicks and notifies only
+ELEMENT_EVENTS = [
+    "qemu.virtqueue_pop", "qemu.virtqueue_fill", "qemu.virtio_blk_handle_read",
+    "qemu.virtio_blk_handle_write", "qemu.virtio_blk_rw_complete", "qemu.virtio_blk_req_complete",
+]  # fmt: skip
+
+
 def requests(ev: pl.LazyFrame) -> pl.LazyFrame:
     """One row per virtqueue element QEMU popped (see the module doc)."""
+    q = events_of(ev)
+    return with_queue_events(element_requests(q), QueueEvents.of(q))
+
+
+def events_of(ev: pl.LazyFrame) -> pl.LazyFrame:
+    """The QEMU events of the bundle's events `ev`, as the pairing reads them."""
     # the log and device names as categories while the events are paired: every join below
     # is keyed on them (on strings, each join row-encoded them for every event)
-    q = ev.filter(pl.col("source") == "qemu").with_columns(
+    return ev.filter(pl.col("source") == "qemu").with_columns(
         pl.col("src_file", "dev").cast(pl.Categorical)
     )
+
+
+def element_requests(q: pl.LazyFrame) -> pl.LazyFrame:
+    """Each popped element with what its own events say (ELEMENT_EVENTS: its fill, block
+    request and completions) and its device's `epoch`, by (src_file, pop_off). `q`: the
+    bundle's QEMU events (`events_of`). Elements are independent of each other: a subset of
+    the elements' events gives those elements' rows."""
     since = _resets(q)
     pops = (
         since(_events(
@@ -118,18 +141,43 @@ def requests(ev: pl.LazyFrame) -> pl.LazyFrame:
         # flight at the end has no later reuse: what follows its pop is its own)
         mine = pl.col("fill_off").is_null() | (pl.col("_off") < pl.col("fill_off"))
         req = req.with_columns([pl.when(mine).then(pl.col(c)).alias(c) for c in cols]).drop("_off")
+    return req
+
+
+class QueueEvents(NamedTuple):
+    """The queues' kicks and notifies, each with its device's epoch (`_resets`)."""
+
+    kicks: pl.LazyFrame | pl.DataFrame
+    irqs: pl.LazyFrame | pl.DataFrame
+
+    @classmethod
+    def of(cls, q: pl.LazyFrame) -> QueueEvents:
+        since = _resets(q)
+        return cls(
+            since(_events(q, ["qemu.virtio_queue_notify"], pl.col("src_file"), pl.col("dev"), pl.col("queue"),
+                          pl.col("ts_ns").alias("kick_ns"), pl.col("src_offset").alias("_koff")), "_koff"),
+            since(_events(q, ["qemu.virtio_notify", "qemu.virtio_notify_irqfd"], pl.col("src_file"),
+                          pl.col("dev"), pl.col("queue"), pl.col("ts_ns").alias("notify_ns"),
+                          pl.col("src_offset").alias("_noff")), "_noff"),
+        )  # fmt: skip
+
+    def collect(self) -> QueueEvents:
+        return QueueEvents(*pl.collect_all([self.kicks.lazy(), self.irqs.lazy()]))
+
+
+def with_queue_events(req: pl.LazyFrame, queues: QueueEvents, first: int = 0) -> pl.LazyFrame:
+    """Elements (`element_requests`, by (src_file, pop_off)) with their queue's kick and
+    notify, as requests numbered from `first`. Each row's answer is its own: a slice of the
+    elements gives that slice's requests."""
     # a kick and an interrupt belong to a request only within the device's same life: a
     # reset (status 0) ends every request in flight (an interrupt was matched 13.9 s later)
-    kicks = since(_events(q, ["qemu.virtio_queue_notify"], pl.col("src_file"), pl.col("dev"), pl.col("queue"),
-                          pl.col("ts_ns").alias("kick_ns"), pl.col("src_offset").alias("_koff")), "_koff")  # fmt: skip
-    req = req.join_asof(kicks, left_on="pop_off", right_on="_koff", by=["src_file", "dev", "queue", "epoch"],
-                        strategy="backward", check_sortedness=False).rename({"_koff": "kick_off"})  # fmt: skip
-    irqs = since(_events(q, ["qemu.virtio_notify", "qemu.virtio_notify_irqfd"], pl.col("src_file"), pl.col("dev"),
-                         pl.col("queue"), pl.col("ts_ns").alias("notify_ns"), pl.col("src_offset").alias("_noff")), "_noff")  # fmt: skip
+    req = req.join_asof(queues.kicks.lazy(), left_on="pop_off", right_on="_koff",
+                        by=["src_file", "dev", "queue", "epoch"], strategy="backward",
+                        check_sortedness=False).rename({"_koff": "kick_off"})  # fmt: skip
     req = (
         req.sort("fill_off", nulls_last=True)
         .join_asof(
-            irqs,
+            queues.irqs.lazy(),
             left_on="fill_off",
             right_on="_noff",
             by=["src_file", "dev", "queue", "epoch"],
@@ -155,7 +203,7 @@ def requests(ev: pl.LazyFrame) -> pl.LazyFrame:
         .sort("src_file", "pop_off")
         .with_columns(op.alias("op"), reason.alias("reason"))
         .select(
-            pl.int_range(pl.len()).alias("request"),
+            (pl.int_range(pl.len()) + first).alias("request"),
             "src_file", "dev", "queue", pl.col("addr").alias("elem"), "op",
             pl.when(pl.col("blk_op").is_not_null()).then(pl.col("blk_bytes").cast(pl.UInt64))
             .when(pl.col("op") == "rx").then(pl.col("fill_len").cast(pl.UInt64) - 12)

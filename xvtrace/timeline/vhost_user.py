@@ -34,7 +34,7 @@ def _logs(q: pl.LazyFrame, mark: str) -> list[str]:
     )
 
 
-def with_front_end(req: pl.DataFrame, ev: pl.LazyFrame) -> pl.DataFrame | None:
+def with_front_end(req: pl.LazyFrame, ev: pl.LazyFrame) -> pl.DataFrame | None:
     """`req` (timeline.qemu) with the vhost-user back-end's requests moved onto its
     front-end's log and stamps (module doc); None unless the capture has exactly one
     back-end log and one front-end log."""
@@ -59,17 +59,23 @@ def with_front_end(req: pl.DataFrame, ev: pl.LazyFrame) -> pl.DataFrame | None:
     )
     back = pl.col("backend_file").is_not_null()
     out = (
-        req.with_columns(
+        req.lazy()
+        .with_columns(
             pl.when(pl.col("src_file").is_in(backs)).then(pl.col("src_file")).alias("backend_file"),
         )
         .with_columns(pl.when(back).then(pl.col("kick_ns")).alias("vu_kick_ns"))
         .sort("vu_kick_ns", nulls_last=True)
-        .join_asof(kicks, left_on="vu_kick_ns", right_on="_fk_ns", strategy="backward")
+        .join_asof(kicks.lazy(), left_on="vu_kick_ns", right_on="_fk_ns", strategy="backward")
         .sort("notify_ns", nulls_last=True)
         .join_asof(
-            calls, left_on="notify_ns", right_on="vu_call_ns", strategy="forward", coalesce=False
+            calls.lazy(),
+            left_on="notify_ns",
+            right_on="vu_call_ns",
+            strategy="forward",
+            coalesce=False,
         )
         .sort("request")
+        .collect()
     )
     out = out.with_columns(
         pl.when(back).then(pl.lit(front)).otherwise(pl.col("src_file")).alias("src_file"),
