@@ -527,10 +527,11 @@ def test_the_ioreq_join_does_not_depend_on_its_chunks_or_the_ioreqs_order(
     "capture", ["xen/hvm-epam-smp", "xen/validation/stratos/hvm-stratos-w2", "emulated/suse-grant"]
 )
 def test_the_build_does_not_depend_on_its_buckets_and_slices(tmp_path, monkeypatch, capture):
-    """The timeline is built a share of the elements and a slice of the rows at a time:
-    with a few dozen each, every element bucket, merge and slice boundary cuts through the
-    requests, and the stored requests, IOREQs and facts must be those of one piece."""
-    from xvtrace.timeline import ioreqs, qemu_buckets, spilled
+    """The timeline is built a share of the elements and a slice of the rows at a time, and
+    its exits paired a chunk of records at a time: with a few dozen each, every boundary
+    cuts through requests and exits, and the stored requests, IOREQs and facts must be
+    those of one piece."""
+    from xvtrace.timeline import hvm, ioreqs, qemu_buckets, spilled
 
     shutil.copytree(FIXTURES / capture, tmp_path / "b")
     api.ingest(tmp_path / "b")
@@ -540,6 +541,7 @@ def test_the_build_does_not_depend_on_its_buckets_and_slices(tmp_path, monkeypat
     monkeypatch.setattr(qemu_buckets, "SLICE_ROWS", 37)
     monkeypatch.setattr(spilled, "SLICE_ROWS", 29)
     monkeypatch.setattr(ioreqs, "JOIN_CHUNK_ROWS", 41)
+    monkeypatch.setattr(hvm, "CHUNK_RECORDS", 13)
     cut = api.timeline(tmp_path / "b", rebuild=True)
 
     def facts(tl):

@@ -24,6 +24,7 @@ KIND, DIR = pl.Enum(["mmio", "pio"]), pl.Enum(["read", "write"])
 CALLS = ["hvm.vmmcall"]
 HANDLERS = [*ACCESSES, *CALLS]
 EXIT, ENTRY = "hvm.vmexit", "hvm.vmentry"
+CHUNK_RECORDS = 1 << 20  # exit, entry and handler records paired at a time
 
 
 def handled(ev: pl.LazyFrame) -> pl.DataFrame:
@@ -46,17 +47,26 @@ def handled_rows(ev: pl.LazyFrame) -> tuple[pl.DataFrame, np.ndarray]:
     xen = ev.filter(pl.col("source") == "xentrace")
     is_exit, is_entry = pl.col("event") == EXIT, pl.col("event") == ENTRY
     # two narrow passes in the table's time order, not a sort of every exit's columns: each
-    # record's vCPU and role, then the handler records' own columns (the same order)
+    # record's vCPU and role a chunk at a time through the pairing, then the handler
+    # records' own columns (the same order)
     records = xen.filter(pl.col("event").is_in([EXIT, ENTRY, *HANDLERS]))
+    vi, n_vcpus, n = _vcpu_index(records)
+    exit_ns, entry_ns = np.full(n, NONE, np.int64), np.full(n, NONE, np.int64)
+    after_exit, before_entry = np.zeros(n, np.bool_), np.zeros(n, np.bool_)
+    link, state, done = np.empty(n, np.int64), hvm_kernel.new_state(n_vcpus), 0
     rows = records.select(
-        "ts_ns", _vcpu_index(records),
+        "ts_ns", vi,
         pl.when(is_exit).then(EXIT_ROLE).when(is_entry).then(ENTRY_ROLE)
         .otherwise(HANDLER_ROLE).cast(pl.UInt8).alias("role"),
-    ).collect()  # fmt: skip
-    exit_ns, entry_ns, adjacent = hvm_kernel.pair_handlers(
-        rows["vi"].to_numpy(), rows["ts_ns"].to_numpy(), rows["role"].to_numpy()
-    )
-    del rows
+    )  # fmt: skip
+    for chunk in rows.collect_batches(chunk_size=CHUNK_RECORDS):
+        done = hvm_kernel.pair_chunk(
+            chunk["vi"].to_numpy(), chunk["ts_ns"].to_numpy(), chunk["role"].to_numpy(), done,
+            state, exit_ns, entry_ns, after_exit, before_entry, link,
+        )  # fmt: skip
+    del link, state
+    adjacent = after_exit & before_entry
+    del after_exit, before_entry
     # (VMCALL is the only handler record with a hypercall number)
     call = fields.xen("hvm.vmmcall", "hypercall")
     paired = exit_ns != NONE
@@ -80,25 +90,29 @@ def handled_rows(ev: pl.LazyFrame) -> tuple[pl.DataFrame, np.ndarray]:
     return found, order.to_numpy()
 
 
-def _vcpu_index(records: pl.LazyFrame) -> pl.Expr:
-    """Each record's vCPU as a dense index (`vi`); a record whose vCPU is not known yet is
-    its pCPU's (it pairs with that pCPU's records)."""
+def _vcpu_index(records: pl.LazyFrame) -> tuple[pl.Expr, int, int]:
+    """Each record's vCPU as a dense index (`vi`; a record whose vCPU is not known yet is
+    its pCPU's: it pairs with that pCPU's records), how many indexes there are, and how
+    many handler records."""
     known = pl.col("dom").is_not_null() & pl.col("vcpu").is_not_null()
-    seen = (
-        records.filter(known)
-        .select(pl.col("dom").unique().sort().implode(), pl.col("vcpu").max())
-        .collect()
-    )
-    doms, top = seen.item(0, 0).to_list(), seen.item(0, 1)
+    seen = records.select(
+        pl.col("dom").filter(known).unique().sort().implode(),
+        pl.col("vcpu").filter(known).max(),
+        pl.col("cpu").max(),
+        pl.col("event").is_in(HANDLERS).sum(),
+    ).collect()
+    doms, top, cpus, handlers = seen.row(0)
+    doms = doms.to_list() if isinstance(doms, pl.Series) else list(doms)
     width = 1 if top is None else int(top) + 1
     index = pl.col("dom").replace_strict(
         doms, list(range(len(doms))), default=0, return_dtype=pl.Int64
     )
-    return (
+    vi = (
         pl.when(known).then(index * width + pl.col("vcpu").cast(pl.Int64))
         .otherwise(len(doms) * width + pl.col("cpu").cast(pl.Int64))
         .alias("vi")
     )  # fmt: skip
+    return vi, len(doms) * width + (0 if cpus is None else int(cpus) + 1), int(handlers or 0)
 
 
 def accesses(exits: pl.DataFrame) -> pl.DataFrame:
