@@ -541,7 +541,7 @@ def test_the_build_does_not_depend_on_its_buckets_and_slices(tmp_path, monkeypat
     monkeypatch.setattr(qemu_buckets, "SLICE_ROWS", 37)
     monkeypatch.setattr(spilled, "SLICE_ROWS", 29)
     monkeypatch.setattr(ioreqs, "JOIN_CHUNK_ROWS", 41)
-    monkeypatch.setattr(hvm, "CHUNK_RECORDS", 13)
+    monkeypatch.setattr(hvm, "CHUNK_RECORDS", 4099)
     cut = api.timeline(tmp_path / "b", rebuild=True)
 
     def facts(tl):

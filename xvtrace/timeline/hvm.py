@@ -12,9 +12,13 @@ pair on their pCPU.)
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 
+from xvtrace.bundle.frame_sink import batches_through
 from xvtrace.parsers import fields
 
 ACCESSES = ["hvm.mmio_read", "hvm.mmio_write", "hvm.ioport_read", "hvm.ioport_write"]
@@ -32,13 +36,15 @@ def handled(ev: pl.LazyFrame) -> pl.DataFrame:
     addr, hypercall (VMCALLs), exit_ns, entry_ns, src_offset, and `adjacent`: nothing else
     of the exit's (no other handler record, no other exit or entry) lies between the exit,
     the record and the entry on its vCPU. In order of pCPU, then the record's offset."""
-    found, order = handled_rows(ev)
+    with tempfile.TemporaryDirectory(prefix="xvtrace-exits-") as scratch:
+        found, order = handled_rows(ev, Path(scratch))
     return found.gather(order)
 
 
-def handled_rows(ev: pl.LazyFrame) -> tuple[pl.DataFrame, np.ndarray]:
+def handled_rows(ev: pl.LazyFrame, scratch: Path) -> tuple[pl.DataFrame, np.ndarray]:
     """`handled`'s rows in the table's order, and the order `handled` lists them in (a
-    caller writing them takes them a slice at a time: no sorted copy held)."""
+    caller writing them takes them a slice at a time: no sorted copy held). `scratch`: a
+    directory for the records on their way through the pairing."""
     from xvtrace.timeline import hvm_kernel  # numba (0.25 s to import) only to build: a
 
     # stored timeline needs none
@@ -59,7 +65,7 @@ def handled_rows(ev: pl.LazyFrame) -> tuple[pl.DataFrame, np.ndarray]:
         pl.when(is_exit).then(EXIT_ROLE).when(is_entry).then(ENTRY_ROLE)
         .otherwise(HANDLER_ROLE).cast(pl.UInt8).alias("role"),
     )  # fmt: skip
-    for chunk in rows.collect_batches(chunk_size=CHUNK_RECORDS):
+    for chunk in batches_through(rows, scratch / "records.parquet", CHUNK_RECORDS):
         done = hvm_kernel.pair_chunk(
             chunk["vi"].to_numpy(), chunk["ts_ns"].to_numpy(), chunk["role"].to_numpy(), done,
             state, exit_ns, entry_ns, after_exit, before_entry, link,
@@ -69,21 +75,23 @@ def handled_rows(ev: pl.LazyFrame) -> tuple[pl.DataFrame, np.ndarray]:
     del after_exit, before_entry
     # (VMCALL is the only handler record with a hypercall number)
     call = fields.xen("hvm.vmmcall", "hypercall")
-    paired = exit_ns != NONE
     found = (
         xen.filter(pl.col("event").is_in(HANDLERS))
         .select("dom", "vcpu", "cpu", "event", "addr", call, "src_offset")
         .collect()
-        .with_columns(
-            pl.Series("exit_ns", exit_ns),
-            pl.Series("entry_ns", entry_ns).set(pl.Series(entry_ns == NONE), None),
-            pl.Series("adjacent", adjacent),
-        )
-        .filter(pl.Series(paired))
-        .select(
-            "dom", "vcpu", "cpu", "event", "addr", "hypercall",
-            "exit_ns", "entry_ns", "src_offset", "adjacent",
-        )
+    )
+    paired = exit_ns != NONE
+    if not paired.all():  # (each copy of the handlers' columns is 0.4 GB at 5 M requests)
+        found, exit_ns, entry_ns, adjacent = (
+            found.filter(pl.Series(paired)), exit_ns[paired], entry_ns[paired], adjacent[paired]
+        )  # fmt: skip
+    found = found.hstack([
+        pl.Series("exit_ns", exit_ns),
+        pl.Series("entry_ns", entry_ns).set(pl.Series(entry_ns == NONE), None),
+        pl.Series("adjacent", adjacent),
+    ]).select(
+        "dom", "vcpu", "cpu", "event", "addr", "hypercall",
+        "exit_ns", "entry_ns", "src_offset", "adjacent",
     )  # fmt: skip
     del exit_ns, entry_ns, adjacent, paired
     order = found.select(pl.arg_sort_by("cpu", "src_offset", maintain_order=True)).to_series()
@@ -104,9 +112,9 @@ def _vcpu_index(records: pl.LazyFrame) -> tuple[pl.Expr, int, int]:
     doms, top, cpus, handlers = seen.row(0)
     doms = doms.to_list() if isinstance(doms, pl.Series) else list(doms)
     width = 1 if top is None else int(top) + 1
-    index = pl.col("dom").replace_strict(
-        doms, list(range(len(doms))), default=0, return_dtype=pl.Int64
-    )
+    index = pl.lit(0, pl.Int64)  # (a chain of whens streams: replace_strict held every row)
+    for i, dom in enumerate(doms):
+        index = pl.when(pl.col("dom") == dom).then(pl.lit(i, pl.Int64)).otherwise(index)
     vi = (
         pl.when(known).then(index * width + pl.col("vcpu").cast(pl.Int64))
         .otherwise(len(doms) * width + pl.col("cpu").cast(pl.Int64))

@@ -459,7 +459,8 @@ def interrupt_acks(keys: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> p
     isr_read_trap_entry_ns) and the first InterruptACK write after that (ack_ns,
     ack_trap_exit_ns, ack_trap_entry_ns), from the joined IOREQs (device-model clock).
     Requests of other devices get nulls. The window is the kick IOREQ's address less the
-    QueueNotify offset."""
+    QueueNotify offset. The IOREQs are read once, narrow and sorted; the requests are
+    matched JOIN_CHUNK_ROWS at a time (each request's match is its own)."""
     # the log's name as a category on both sides (the joins' keys: as strings, a join on
     # two keys row-encoded them for every request)
     log = pl.col("src_file").cast(pl.Categorical)
@@ -470,22 +471,13 @@ def interrupt_acks(keys: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> p
         .filter(pl.col("joined") & (pl.col("kind") == "mmio"))
         .select(log, "dm_off", "addr", "dir", "dm_ns", "trap_exit_ns", "trap_entry_ns")
     )
-    keys = keys.with_columns(log)
-    kicks = io.select(
-        "src_file", pl.col("dm_off").alias("kick_io_off"), pl.col("addr").alias("kick_addr")
-    ).collect()
-    out = keys.sort("kick_off", nulls_last=True).join_asof(
-        kicks.sort("kick_io_off"), left_on="kick_off", right_on="kick_io_off", by="src_file",
-        strategy="backward", check_sortedness=False,
+    kicks = _sorted(
+        io.select("src_file", pl.col("dm_off").alias("kick_io_off"), pl.col("addr").alias("kick_addr"))
+        .collect(), "kick_io_off",
     )  # fmt: skip
-    del kicks
-    base = pl.when(pl.col("kick_addr") % 0x1000 == NOTIFY_OFFSET).then(
-        pl.col("kick_addr") - NOTIFY_OFFSET
-    )
-    out = out.with_columns(base.alias("_base"))
 
-    def after(frame, on, offset, direction, prefix):
-        regs = (
+    def registers(offset, direction, prefix):
+        return _sorted(
             io.filter((pl.col("addr") % 0x1000 == offset) & (pl.col("dir") == direction))
             .select(
                 "src_file",
@@ -494,18 +486,39 @@ def interrupt_acks(keys: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> p
                 pl.col("trap_exit_ns").alias(f"{prefix}_trap_exit_ns"),
                 pl.col("trap_entry_ns").alias(f"{prefix}_trap_entry_ns"),
             )
-            .collect()
+            .collect(),
+            f"{prefix}_ns",
         )
-        return (
-            frame.sort(on, nulls_last=True)
-            .join_asof(regs.sort(f"{prefix}_ns"), left_on=on, right_on=f"{prefix}_ns",
-                       by=["src_file", "_base"], strategy="forward", check_sortedness=False)
+
+    isr, ack = registers(ISR_OFFSET, "read", "isr_read"), registers(ACK_OFFSET, "write", "ack")
+
+    def after(frame, on, regs, prefix):
+        return frame.sort(on, nulls_last=True).join_asof(
+            regs, left_on=on, right_on=f"{prefix}_ns", by=["src_file", "_base"],
+            strategy="forward", check_sortedness=False,
         )  # fmt: skip
 
-    out = after(out, "notify_ns", ISR_OFFSET, "read", "isr_read")
-    out = after(out, "isr_read_ns", ACK_OFFSET, "write", "ack")
-    found = out.drop(*keys.columns, "kick_io_off", "kick_addr", "_base")
-    return in_request_order(out.select("request"), found)
+    base = pl.when(pl.col("kick_addr") % 0x1000 == NOTIFY_OFFSET).then(
+        pl.col("kick_addr") - NOTIFY_OFFSET
+    )
+    if not keys["request"].is_sorted():  # (the chunks' answers are put together in order)
+        keys = keys.sort("request")
+    parts = []
+    for lo in range(0, max(len(keys), 1), JOIN_CHUNK_ROWS):
+        part = keys.slice(lo, JOIN_CHUNK_ROWS).with_columns(log)
+        out = part.sort("kick_off", nulls_last=True).join_asof(
+            kicks, left_on="kick_off", right_on="kick_io_off", by="src_file",
+            strategy="backward", check_sortedness=False,
+        ).with_columns(base.alias("_base"))  # fmt: skip
+        out = after(after(out, "notify_ns", isr, "isr_read"), "isr_read_ns", ack, "ack")
+        found = out.drop(*part.columns, "kick_io_off", "kick_addr", "_base")
+        parts.append(in_request_order(out.select("request"), found))
+    return pl.concat(parts)
+
+
+def _sorted(frame: pl.DataFrame, by: str) -> pl.DataFrame:
+    """`frame` sorted by `by`: as it comes, when it already is (no copy)."""
+    return frame if frame[by].is_sorted() else frame.sort(by)
 
 
 def in_request_order(ids: pl.DataFrame, found: pl.DataFrame) -> pl.DataFrame:

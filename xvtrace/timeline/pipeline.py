@@ -193,7 +193,7 @@ SPILL_OPTIONS = {"compression": "lz4", "statistics": False}
 
 def _write_exits(ev: pl.LazyFrame, path: Path) -> None:
     """timeline.hvm.handled written in its order a slice at a time (no sorted copy held)."""
-    found, order = hvm.handled_rows(ev)
+    found, order = hvm.handled_rows(ev, path.parent)
     step = ioreqs.JOIN_CHUNK_ROWS
 
     def slices():
