@@ -84,16 +84,11 @@ def notify_pairs(
         kicked.append(notified)
     if not ios:
         return None
-    io = pl.concat(ios)
-    last = np.concatenate(lasts)
+    io, last = pl.concat(ios), np.concatenate(lasts)
+    del ios, lasts
     # the queue-notify addresses: those of the IOREQs in whose handling QEMU kicked a queue
     # (virtio-mmio QueueNotify, a virtio-pci notify BAR or port; no layout assumed)
     notify_addrs = io.filter(pl.Series(np.concatenate(kicked)))["addr"].unique().to_list()
-    # hypervisor: each notify trap = the MMIO or port write to such an address, with the VM
-    # exit it came in with and the vCPU's entry after it
-    traps = hv.lazy().filter(
-        (pl.col("dir") == "write") & pl.col("addr").is_in(notify_addrs) & pl.col("entry_ns").is_not_null()
-    ).select("dom", "vcpu", "cpu", "exit_ns", "entry_ns").collect()  # fmt: skip
     # device model: each notify IOREQ's span = its handle_ioreq .. the last event of its
     # synchronous handling (the queue kick QEMU processes before completing the IOREQ)
     spans = (
@@ -106,13 +101,24 @@ def notify_pairs(
             "last_ns",
         )
     )
+    del io, last  # (every IOREQ: not held while the traps are read)
+    # hypervisor: each notify trap = the MMIO or port write to such an address, with the VM
+    # exit it came in with and the vCPU's entry after it
+    traps = hv.lazy().filter(
+        (pl.col("dir") == "write") & pl.col("addr").is_in(notify_addrs) & pl.col("entry_ns").is_not_null()
+        & pl.col("dom").is_not_null() & pl.col("vcpu").is_not_null()
+    ).select("dom", "vcpu", "cpu", "exit_ns", "entry_ns").collect()  # fmt: skip
     slots = sorted(spans["slot"].unique().to_list())
-    traps = traps.filter(pl.col("dom").is_not_null() & pl.col("vcpu").is_not_null())
     vcpus = traps.select("dom", "vcpu").unique().sort("dom", "vcpu").rows()
     out = []
     for (dom, vcpu), slot in zip(vcpus, slots, strict=False):  # per vCPU, not per request
-        t = traps.filter((pl.col("dom") == dom) & (pl.col("vcpu") == vcpu))
-        s = spans.filter(pl.col("slot") == slot)
+        # (one vCPU, one slot: all of them, no copy)
+        t = (
+            traps
+            if len(vcpus) == 1
+            else traps.filter((pl.col("dom") == dom) & (pl.col("vcpu") == vcpu))
+        )
+        s = spans if len(slots) == 1 else spans.filter(pl.col("slot") == slot)
         k = min(len(t), len(s))
         out.append(pl.concat([t.head(k), s.head(k).drop("slot")], how="horizontal"))
     return pl.concat(out) if out else None
