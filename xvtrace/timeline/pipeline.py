@@ -164,7 +164,7 @@ class _Inputs:
 
     bundle: object
     ev: pl.LazyFrame
-    spill: Path  # EXITS and DM_IOREQS
+    spill: Path  # EXITS, ACCESSES and DM_IOREQS
     lost: int | None  # the first lost record's time (timeline.hypervisor.first_loss)
     sequence_clock: Callable[[], dict | None]  # the IOREQ-order clock, fitted at most once
 
@@ -179,7 +179,8 @@ class _Inputs:
         return spilled_accesses(self.spill)
 
 
-EXITS, DM_IOREQS = "exits.parquet", "dm_ioreqs.parquet"  # in the build's spill directory
+# in the build's spill directory
+EXITS, ACCESSES, DM_IOREQS = "exits.parquet", "accesses.parquet", "dm_ioreqs.parquet"
 
 
 def spill_inputs(ev: pl.LazyFrame, spill: Path) -> None:
@@ -192,21 +193,23 @@ SPILL_OPTIONS = {"compression": "lz4", "statistics": False}
 
 
 def _write_exits(ev: pl.LazyFrame, path: Path) -> None:
-    """timeline.hvm.handled written in its order a slice at a time (no sorted copy held)."""
+    """timeline.hvm.handled written in its order a slice at a time (no sorted copy held),
+    and its accesses (timeline.hvm.accesses, computed on each slice: polars 2.1 computed a
+    lone when-then of literals over a filtered scan wrongly, and these are read that way)."""
     found, order = hvm.handled_rows(ev, path.parent)
     step = ioreqs.JOIN_CHUNK_ROWS
 
-    def slices():
+    def slices(then=lambda frame: frame):
         for lo in range(0, len(order), step):
-            yield found.gather(order[lo : lo + step])
+            yield then(found.gather(order[lo : lo + step]))
 
     sink_frames(slices, found.schema, path, **SPILL_OPTIONS)
+    schema = hvm.accesses(found.clear()).schema
+    sink_frames(lambda: slices(hvm.accesses), schema, path.parent / ACCESSES, **SPILL_OPTIONS)
 
 
 def spilled_accesses(spill: Path) -> ioreqs.Accesses:
-    return ioreqs.Accesses(
-        pl.scan_parquet(spill / DM_IOREQS), hvm.accesses(pl.scan_parquet(spill / EXITS))
-    )
+    return ioreqs.Accesses(pl.scan_parquet(spill / DM_IOREQS), pl.scan_parquet(spill / ACCESSES))
 
 
 def _device_model(x: _Inputs) -> tuple[pl.DataFrame, Clock | None] | None:
