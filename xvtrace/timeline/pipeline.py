@@ -23,7 +23,7 @@ import polars as pl
 
 from xvtrace.bundle import BundleError, derived, spill_dir
 from xvtrace.bundle.frame_sink import sink_frames
-from xvtrace.timeline import hvm, ioreqs, qemu, qemu_buckets, text, traps, vhost_user
+from xvtrace.timeline import hvm, ioreqs, qemu, qemu_buckets, spilled, text, traps, vhost_user
 from xvtrace.timeline.clock import (
     Clock,
     align_device_model,
@@ -34,7 +34,6 @@ from xvtrace.timeline.clock import (
 from xvtrace.timeline.hypervisor import block_requests, first_loss, hypervisor_requests
 from xvtrace.timeline.ide import ide_requests
 from xvtrace.timeline.phases import INTERVALS
-from xvtrace.timeline.spilled import Spilled
 from xvtrace.timeline.traps import trap_requests
 
 REQUESTS = text.REQUESTS
@@ -149,7 +148,7 @@ class View:
 
     name: str
     needs: tuple[tuple[str, ...], ...]
-    build: Callable[[_Inputs], tuple[pl.DataFrame, Clock | None] | None]
+    build: Callable[[_Inputs], tuple[pl.DataFrame | spilled.Spilled, Clock | None] | None]
     empty: str  # why it gave nothing although its events are there
 
     def missing(self, present: set[str]) -> list[str]:
@@ -197,7 +196,7 @@ def _write_exits(ev: pl.LazyFrame, path: Path) -> None:
     and its accesses (timeline.hvm.accesses, computed on each slice: polars 2.1 computed a
     lone when-then of literals over a filtered scan wrongly, and these are read that way)."""
     found, order = hvm.handled_rows(ev, path.parent)
-    step = ioreqs.JOIN_CHUNK_ROWS
+    step = spilled.SLICE_ROWS
 
     def slices(then=lambda frame: frame):
         for lo in range(0, len(order), step):
@@ -212,14 +211,15 @@ def spilled_accesses(spill: Path) -> ioreqs.Accesses:
     return ioreqs.Accesses(pl.scan_parquet(spill / DM_IOREQS), pl.scan_parquet(spill / ACCESSES))
 
 
-def _device_model(x: _Inputs) -> tuple[pl.DataFrame, Clock | None] | None:
-    """QEMU's virtqueue events, each kick with its trap when a device-model clock fits."""
+def _device_model(x: _Inputs) -> tuple[pl.DataFrame | spilled.Spilled, Clock | None] | None:
+    """QEMU's virtqueue events, each kick with its trap when a device-model clock fits (on
+    disk, with the trap columns computed for them)."""
     # the clock first: its pairs come from the IOREQs and traps alone, and the requests
     # (a GB at 5 M) are not held while they are found
     pairs, lower, dm_clock = _device_model_clock(x)
     built = x.spill / "dm_requests.parquet"
     qemu_buckets.write_requests(x.ev, x.spill, built)  # (a share of the elements at a time)
-    req = Spilled(pl.scan_parquet(built).with_columns(pl.lit(DM_VIEW).alias("view")))
+    req = spilled.Spilled(pl.scan_parquet(built).with_columns(pl.lit(DM_VIEW).alias("view")))
     if not len(req):
         return None
     # a vhost-user back-end's requests, moved onto its front-end's log: their kick's trap
@@ -353,7 +353,7 @@ def reconstruct(bundle, spill: Path) -> tuple[dict, Path, Path | None]:
     if isinstance(req, pl.DataFrame):
         if view in (DM_VIEW_NAME, IDE_VIEW_NAME) and not req["request"].is_sorted():
             req = req.sort("request")  # (they are: the joins' columns are added in this order)
-        req = Spilled(req.lazy())
+        req = spilled.Spilled(req.lazy())
     built = spill / "views.parquet"
     req.write(built)
     del x, req
@@ -371,7 +371,7 @@ def reconstruct(bundle, spill: Path) -> tuple[dict, Path, Path | None]:
     if joined is not None and view == DM_VIEW_NAME:
         keys = columns("request", "src_file", "kick_off", "notify_ns")
         added.append(ioreqs.interrupt_acks(keys, joined))
-    Spilled(pl.scan_parquet(built), added).write(
+    spilled.Spilled(pl.scan_parquet(built), added).write(
         spill / REQUESTS, then=lambda part: _causal(part.lazy()).collect()
     )
     del added
@@ -418,12 +418,14 @@ def _causal(req: pl.LazyFrame) -> pl.LazyFrame:
     ).drop("_back")  # fmt: skip
 
 
-def _conformed(req: pl.DataFrame | Spilled | None, empty: pl.DataFrame) -> pl.DataFrame | Spilled:
+def _conformed(
+    req: pl.DataFrame | spilled.Spilled | None, empty: pl.DataFrame
+) -> pl.DataFrame | spilled.Spilled:
     """`req` with `empty`'s columns it lacks, as nulls of their type, and those it has in
     their type; `empty` without one."""
     if req is None:
         return empty
-    if isinstance(req, Spilled):
+    if isinstance(req, spilled.Spilled):
         have = req.schema
         if all(c in have and have[c] == t for c, t in empty.schema.items()):
             return req

@@ -21,6 +21,9 @@ Step = Callable[[pl.DataFrame], pl.DataFrame]
 
 @dataclass(frozen=True)
 class Spilled:
+    """`rows` (a scan, in order) with the columns of `added` (frames of one row per row,
+    in the same order) beside them."""
+
     rows: pl.LazyFrame
     added: list[pl.DataFrame] = field(default_factory=list)
 
@@ -34,14 +37,6 @@ class Spilled:
 
     def __len__(self) -> int:
         return self.rows.select(pl.len()).collect().item()
-
-    def columns(self, *names: str) -> pl.DataFrame:
-        """The columns `names`, whole, wherever they are."""
-        mine = [n for n in names if n in self.rows.collect_schema().names()]
-        out = self.rows.select(mine).collect()
-        for a in self.added:
-            out = out.hstack([a[n] for n in names if n in a.columns])
-        return out.select(names)
 
     def slices(self, then: Step | None = None) -> Iterator[pl.DataFrame]:
         """Every row with every column, SLICE_ROWS at a time (each passed through `then`)."""
