@@ -113,7 +113,7 @@ def _vcpu_index(records: pl.LazyFrame) -> tuple[pl.Expr, int, int]:
     doms = doms.to_list() if isinstance(doms, pl.Series) else list(doms)
     width = 1 if top is None else int(top) + 1
     index = pl.lit(0, pl.Int64)  # (a chain of whens streams: replace_strict held every row)
-    for i, dom in enumerate(doms):
+    for i, dom in enumerate(doms[1:], 1):  # (the first dom's index is the 0 otherwise)
         index = pl.when(pl.col("dom") == dom).then(pl.lit(i, pl.Int64)).otherwise(index)
     vi = (
         pl.when(known).then(index * width + pl.col("vcpu").cast(pl.Int64))

@@ -479,6 +479,8 @@ def with_kicks(req: pl.LazyFrame, pairs: pl.DataFrame, clock: Clock) -> pl.DataF
         to_device_model(pl.col("entry_ns"), clock).alias("trap_entry_ns"),
         pl.col("dom").alias("trap_dom"), pl.col("vcpu").alias("trap_vcpu"), pl.col("cpu").alias("trap_cpu"),
     )  # fmt: skip
+    # (one kick per logged notify: two logs' notifies at one offset gave a request twice)
+    kicks = kicks.unique("kick_off", keep="first", maintain_order=True)
     out = req.select("request", "kick_off").collect().join(kicks, on="kick_off", how="left")
     return ioreqs.in_request_order(out.select("request"), out.drop("request", "kick_off"))
 

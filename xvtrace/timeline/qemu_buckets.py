@@ -50,8 +50,12 @@ def write_requests(ev: pl.LazyFrame, spill: Path, path: Path) -> None:
         parts.append(pl.scan_parquet(part))
     queues = qemu.QueueEvents.of(q).collect()
     schema = qemu.with_queue_events(parts[0].head(0), queues).collect_schema()
-    sink_frames(lambda: _merged(parts, queues), schema, path, **SPILL)
-    events.unlink()
+    try:
+        sink_frames(lambda: _merged(parts, queues), schema, path, **SPILL)
+    finally:  # (the spill directory goes at the build's end; these can go now)
+        for b in range(buckets):
+            (spill / f"dm_elements_{b}.parquet").unlink(missing_ok=True)
+        events.unlink(missing_ok=True)
 
 
 def _merged(parts: list[pl.LazyFrame], queues: qemu.QueueEvents) -> Iterator[pl.DataFrame]:
@@ -85,9 +89,10 @@ def _merged(parts: list[pl.LazyFrame], queues: qemu.QueueEvents) -> Iterator[pl.
         pieces, place, start = [], np.empty(len(at), np.int64), 0
         for b in np.unique(whose):
             mine = whose == b
-            first, n = int(rows[mine][0]), int(mine.sum())  # (a bucket's rows: one run)
-            pieces.append(parts[b].slice(first, n).collect())
+            # (a bucket's rows in the slice: one run, as each bucket is in this order)
+            first, last = int(rows[mine].min()), int(rows[mine].max())
+            pieces.append(parts[b].slice(first, last - first + 1).collect())
             place[mine] = start + rows[mine] - first
-            start += n
+            start += last - first + 1
         elements = pl.concat(pieces)[place]
         yield qemu.with_queue_events(elements.lazy(), queues, first=lo).collect()

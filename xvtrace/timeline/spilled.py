@@ -28,6 +28,9 @@ class Spilled:
     added: list[pl.DataFrame] = field(default_factory=list)
 
     def with_added(self, *frames: pl.DataFrame) -> Spilled:
+        for frame in frames:  # (a row too many would shift every later row's columns)
+            if len(frame) != len(self):
+                raise ValueError(f"{len(frame)} rows of {frame.columns} for {len(self)} rows")
         return Spilled(self.rows, [*self.added, *frames])
 
     @property
