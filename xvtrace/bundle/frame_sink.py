@@ -8,6 +8,10 @@ from pathlib import Path
 import polars as pl
 from polars.io.plugins import register_io_source
 
+# how a command's scratch tables are written: fast to write and read back, no statistics
+# (polars computes them for every column; nothing filters these files by them)
+SPILL_OPTIONS = {"compression": "lz4", "statistics": False}
+
 
 def sink_frames(
     frames: Callable[[], Iterator[pl.DataFrame]], schema: pl.Schema, path: Path, **options
@@ -27,7 +31,7 @@ def batches_through(rows: pl.LazyFrame, scratch: Path, size: int) -> Iterator[pl
     (removed after): the query is written as it runs, then read back a slice at a time.
     (polars' collect_batches runs ahead of its consumer: a query of 45 M narrow rows
     had 1.4 GB of its batches waiting.)"""
-    rows.sink_parquet(scratch, compression="lz4", statistics=False)
+    rows.sink_parquet(scratch, **SPILL_OPTIONS)
     try:
         stored = pl.scan_parquet(scratch)
         total = stored.select(pl.len()).collect().item()

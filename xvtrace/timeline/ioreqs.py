@@ -79,10 +79,6 @@ class Accesses(NamedTuple):
     dm: pl.DataFrame | pl.LazyFrame
     hv: pl.DataFrame | pl.LazyFrame
 
-    def collect(self) -> Accesses:
-        """Both sides, held."""
-        return Accesses(*(side.lazy().collect() for side in self))
-
 
 def accesses(ev: pl.LazyFrame, exits: pl.DataFrame | None = None) -> Accesses:
     """`exits`: the bundle's timeline.hvm.handled, when the caller has them already."""
@@ -252,18 +248,19 @@ def _key_ids(
                 ids[i] += np.searchsorted(values, s.fill_null(values[0]).to_numpy())
         span *= max(len(values), 1)
         if span > ID_SPAN:  # (renumbered before the product could overflow)
-            ids, span = _dense(ids), sum(len(i) for i in ids)
+            ids, span = _dense(ids)
     for i, n in zip(ids, null, strict=True):
         i[n] = -1
-    ids = _dense(ids)
-    return ids[0], ids[1], int(max((i.max(initial=-1) for i in ids), default=-1) + 1)
+    (dm_ids, hv_ids), count = _dense(ids)
+    return dm_ids, hv_ids, count
 
 
-def _dense(ids: list[np.ndarray]) -> list[np.ndarray]:
-    """The ids (-1: none) renumbered 0, 1, ... over the values they take on every side."""
+def _dense(ids: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
+    """The ids (-1: none) renumbered 0, 1, ... over the values they take on every side, and
+    how many values that is."""
     found = np.unique(np.concatenate([pl.Series(i).unique().to_numpy() for i in ids]))
     found = found[found >= 0]
-    return [np.where(i < 0, -1, np.searchsorted(found, i)) for i in ids]
+    return [np.where(i < 0, -1, np.searchsorted(found, i)) for i in ids], len(found)
 
 
 class _Numbered:

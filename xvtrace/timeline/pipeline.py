@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from xvtrace.bundle import BundleError, derived, spill_dir
-from xvtrace.bundle.frame_sink import sink_frames
+from xvtrace.bundle.frame_sink import SPILL_OPTIONS, sink_frames
 from xvtrace.timeline import hvm, ioreqs, qemu, qemu_buckets, spilled, text, traps, vhost_user
 from xvtrace.timeline.clock import (
     Clock,
@@ -186,9 +186,6 @@ def spill_inputs(ev: pl.LazyFrame, spill: Path) -> None:
     """Decode the exits (timeline.hvm.handled) and the device model's IOREQs into `spill`."""
     _write_exits(ev, spill / EXITS)
     ioreqs.device_model_ioreq_rows(ev).sink_parquet(spill / DM_IOREQS, **SPILL_OPTIONS)
-
-
-SPILL_OPTIONS = {"compression": "lz4", "statistics": False}
 
 
 def _write_exits(ev: pl.LazyFrame, path: Path) -> None:

@@ -21,6 +21,7 @@ from xvtrace.timeline.phases import intervals
 VIEW = "device-model"  # requests.parquet `view` of rows from QEMU's trace events
 VIEW_NAME = "device model (QEMU trace events)"
 KEY = ["src_file", "dev", "queue", "addr"]
+RESETS = ["qemu.virtio_set_status"]  # status 0: the device's life ends
 
 
 def _events(q: pl.LazyFrame, names: list[str], *cols: pl.Expr) -> pl.LazyFrame:
@@ -32,7 +33,7 @@ def _resets(q: pl.LazyFrame):
     `off`, sorted by it on return) the number of resets of that device before each: its
     `epoch` (a virtio_set_status to 0 ends the device's life: nothing in flight survives)."""
     resets = (
-        _events(q, ["qemu.virtio_set_status"], pl.col("src_file"), pl.col("dev"),
+        _events(q, RESETS, pl.col("src_file"), pl.col("dev"),
                 pl.col("src_offset").alias("_reset_off"), fields.qemu("virtio_set_status", "val"))
         .filter(pl.col("val") == 0)
         .sort("_reset_off")
@@ -61,6 +62,9 @@ ELEMENT_EVENTS = [
     "qemu.virtqueue_pop", "qemu.virtqueue_fill", "qemu.virtio_blk_handle_read",
     "qemu.virtio_blk_handle_write", "qemu.virtio_blk_rw_complete", "qemu.virtio_blk_req_complete",
 ]  # fmt: skip
+KICKS, NOTIFIES = ["qemu.virtio_queue_notify"], ["qemu.virtio_notify", "qemu.virtio_notify_irqfd"]
+# every event `requests` reads (a device's resets end its epochs)
+EVENTS = [*ELEMENT_EVENTS, *KICKS, *NOTIFIES, *RESETS]
 
 
 def requests(ev: pl.LazyFrame) -> pl.LazyFrame:
@@ -154,9 +158,9 @@ class QueueEvents(NamedTuple):
     def of(cls, q: pl.LazyFrame) -> QueueEvents:
         since = _resets(q)
         return cls(
-            since(_events(q, ["qemu.virtio_queue_notify"], pl.col("src_file"), pl.col("dev"), pl.col("queue"),
+            since(_events(q, KICKS, pl.col("src_file"), pl.col("dev"), pl.col("queue"),
                           pl.col("ts_ns").alias("kick_ns"), pl.col("src_offset").alias("_koff")), "_koff"),
-            since(_events(q, ["qemu.virtio_notify", "qemu.virtio_notify_irqfd"], pl.col("src_file"),
+            since(_events(q, NOTIFIES, pl.col("src_file"),
                           pl.col("dev"), pl.col("queue"), pl.col("ts_ns").alias("notify_ns"),
                           pl.col("src_offset").alias("_noff")), "_noff"),
         )  # fmt: skip

@@ -17,14 +17,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from xvtrace.bundle.frame_sink import sink_frames
+from xvtrace.bundle.frame_sink import SPILL_OPTIONS, sink_frames
 from xvtrace.timeline import qemu
 
 ELEMENTS_PER_BUCKET = 1_000_000  # pops paired at a time
 SLICE_ROWS = 1 << 18  # requests merged, joined and written at a time
-QUEUE_EVENTS = ["qemu.virtio_queue_notify", "qemu.virtio_notify", "qemu.virtio_notify_irqfd"]
-RESETS = ["qemu.virtio_set_status"]
-SPILL = {"compression": "lz4", "statistics": False}
 FILE_SPAN = 1 << 40  # a log's offsets lie below this (1 TiB): merge key = file rank * this + offset
 
 
@@ -33,9 +30,8 @@ def write_requests(ev: pl.LazyFrame, spill: Path, path: Path) -> None:
     buckets)."""
     # the events the build reads, once (each bucket then reads this, not the whole table)
     events = spill / "dm_events.parquet"
-    keep = [*qemu.ELEMENT_EVENTS, *QUEUE_EVENTS, *RESETS]
-    ev.filter((pl.col("source") == "qemu") & pl.col("event").is_in(keep)).sink_parquet(
-        events, **SPILL
+    ev.filter((pl.col("source") == "qemu") & pl.col("event").is_in(qemu.EVENTS)).sink_parquet(
+        events, **SPILL_OPTIONS
     )
     q = qemu.events_of(pl.scan_parquet(events))
     pops = q.filter(pl.col("event") == "qemu.virtqueue_pop").select(pl.len()).collect().item()
@@ -46,12 +42,12 @@ def write_requests(ev: pl.LazyFrame, spill: Path, path: Path) -> None:
             pl.col("addr").hash(seed=0) % buckets != b
         )
         part = spill / f"dm_elements_{b}.parquet"
-        qemu.element_requests(q.filter(~other)).sink_parquet(part, **SPILL)
+        qemu.element_requests(q.filter(~other)).sink_parquet(part, **SPILL_OPTIONS)
         parts.append(pl.scan_parquet(part))
     queues = qemu.QueueEvents.of(q).collect()
     schema = qemu.with_queue_events(parts[0].head(0), queues).collect_schema()
     try:
-        sink_frames(lambda: _merged(parts, queues), schema, path, **SPILL)
+        sink_frames(lambda: _merged(parts, queues), schema, path, **SPILL_OPTIONS)
     finally:  # (the spill directory goes at the build's end; these can go now)
         for b in range(buckets):
             (spill / f"dm_elements_{b}.parquet").unlink(missing_ok=True)
