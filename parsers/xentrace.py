@@ -16,6 +16,7 @@ windows is final (a pCPU read later in the round can only hold newer records).
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from collections.abc import Callable, Iterator
@@ -136,8 +137,16 @@ class XentraceDecoder:
         self.first_tsc: int | None = None
         self.last_tsc: int | None = None
 
-    # The public entry point -----------------------------------------------------------
+    # The public entry points ----------------------------------------------------------
     def frames(self) -> Iterator[pl.DataFrame]:
+        for words, index, order in self.records():
+            yield self._to_frame(words, index, order)
+
+    def records(self) -> Iterator[tuple[np.ndarray, scan.Index, np.ndarray]]:
+        """The file's records a chunk at a time, undecoded: (the file's words, the chunk's
+        Index, the time order of its records), for a kernel that reads them where they lie
+        (frames() decodes them into the table's columns). The words are valid until the
+        next chunk is asked for; `stats` count what was handed over."""
         size = self.path.stat().st_size
         if size == 0:
             raise ParseError(str(self.path), 0, "empty file: no xentrace records")
@@ -178,7 +187,8 @@ class XentraceDecoder:
                             )
                     if len(tsc):
                         last_emitted = tsc[-1]
-                    yield self._to_frame(words, *ready)
+                    self._count(words, *ready)
+                    yield words, *ready
                 pos = new_pos
                 # Frames are copies: let the kernel drop the file pages no pending record
                 # needs, so resident memory stays bounded by the chunk size, not the file size.
@@ -195,8 +205,15 @@ class XentraceDecoder:
                 )  # fmt: skip
         finally:
             del words
-            mm.close()
+            # (a consumer that holds the last chunk's words: unmapped as it lets them go)
+            with contextlib.suppress(BufferError):
+                mm.close()
             fh.close()
+
+    @property
+    def names(self) -> tuple:
+        """The kernels' naming tables (scan.emit_records' `names`)."""
+        return _NAMES
 
     def describe(self) -> dict:
         """This file's entry in a bundle manifest (after decoding)."""
@@ -224,7 +241,7 @@ class XentraceDecoder:
             self.tsc_origin = int(tsc[~missing].min())
         if missing.any():
             tsc[missing] = self.tsc_origin if self.tsc_origin is not None else 0
-        self.cpus.update(np.flatnonzero(np.bincount(index.cpu, minlength=1)).tolist())
+        self.cpus.update(np.unique(win[win[:, 4] > 0, 0]).tolist())  # the pCPUs with records
         return index
 
     def _advance_watermark(self, win: np.ndarray, index: scan.Index, state: _State) -> None:
@@ -268,7 +285,7 @@ class XentraceDecoder:
         order = np.argsort(index.tsc, kind="stable")
         if watermark is None:
             return (index, order), []
-        cut = int(np.searchsorted(index.tsc[order], np.uint64(watermark), side="right"))
+        cut = int(np.count_nonzero(index.tsc <= np.uint64(watermark)))  # (the first `cut` of order)
         if cut == 0:
             return None, [index]
         if cut == len(order):
@@ -288,6 +305,22 @@ class XentraceDecoder:
                 text = f"{text}: {aux * 4} declared bytes are missing"
             self.stats.add_problem(Problem(int(word_off) * 4, name, text, int(skipped_words) * 4))
 
+    def _count(self, words: np.ndarray, index: scan.Index, order: np.ndarray) -> None:
+        """What `stats` and the file's entry count of records handed over, in time order."""
+        if not len(order):
+            return
+        first, last = int(index.tsc[order[0]]), int(index.tsc[order[-1]])
+        self.first_tsc = first if self.first_tsc is None else min(self.first_tsc, first)
+        self.last_tsc = last if self.last_tsc is None else max(self.last_tsc, last)
+        lost, wrap = scan.tally(words, index.word, order, xe.TRC_LOST_RECORDS,
+                                xe.TRC_TRACE_WRAP_BUFFER)  # fmt: skip
+        self.stats.lost += int(lost)
+        # Wrap-buffer filler is ring padding (garbage payload): kept as a row so every
+        # record of the file has one, but analyses ignore it.
+        if wrap:
+            self.stats.extra["wrap_buffer"] = self.stats.extra.get("wrap_buffer", 0) + int(wrap)
+        self.stats.decoded += len(order)
+
     def _to_frame(self, words: np.ndarray, index: scan.Index, order: np.ndarray) -> pl.DataFrame:
         cols = dict(
             zip(
@@ -298,21 +331,8 @@ class XentraceDecoder:
                 strict=True,
             )
         )
-        code, tsc, args = cols["code"], cols["ts_raw"], cols.pop("args")
-        if len(tsc):
-            first, last = int(tsc[0]), int(tsc[-1])  # rows are in time order
-            self.first_tsc = first if self.first_tsc is None else min(self.first_tsc, first)
-            self.last_tsc = last if self.last_tsc is None else max(self.last_tsc, last)
-        lost = code == xe.TRC_LOST_RECORDS
-        if lost.any():
-            self.stats.lost += int(args[0, lost].astype(np.int64).sum())
-        # Wrap-buffer filler is ring padding (garbage payload): kept as a row so every
-        # record of the file has one, but analyses ignore it.
-        nwrap = int(np.count_nonzero(code == xe.TRC_TRACE_WRAP_BUFFER))
-        if nwrap:
-            self.stats.extra["wrap_buffer"] = self.stats.extra.get("wrap_buffer", 0) + nwrap
-        self.stats.decoded += len(code)
-        n = len(code)
+        args = cols.pop("args")
+        n = len(cols["code"])
         cols["event"] = _EVENT_CATEGORIES.gather(cols["event"])
         cols["source"] = _SOURCE.new_from_index(0, n)
         cols.update({f"arg{i}": args[i] for i in range(N_ARGS)})

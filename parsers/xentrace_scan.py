@@ -261,7 +261,7 @@ def _hash(ev, size):
 _slot = njit(cache=True, nogil=True)(_hash)  # the same hash, for the kernels
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _event_index(ev, table):
     """Name index of an event id (TRC_GUEST ids share one name; unknown ids the last)."""
     size = table.shape[0] - 2
@@ -277,18 +277,65 @@ def _event_index(ev, table):
         slot = (slot + 1) & (size - 1)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def tsc_to_ns(tsc, origin, khz):
-    """floor((tsc - origin) * 1e6 / khz) exactly, for |tsc - origin| < 2**63."""
+    """floor((tsc - origin) * 1e6 / khz) exactly, for |tsc - origin| < 2**63, without a
+    division per call: each quotient is estimated with the reciprocal of `khz` (computed
+    once per loop, where the call is inlined) and corrected by exact integer products.
+    (Two divisions were 13 ns of a record, a sixth of the summary's fold.)"""
     dt = np.int64(np.uint64(tsc) - np.uint64(origin))  # wrapping difference read as signed
-    q = dt // khz
-    rem = dt - q * khz
-    if khz < 8388608:
-        # rem < khz < 2**23: rem * 1e6 is exact in a double, and the quotient (< 1e6) is
-        # either an integer or at least 2**-23 away from one, far more than the division's
-        # rounding error, so its floor is exact: one integer division instead of two.
-        return q * 1_000_000 + np.int64(np.floor(np.float64(rem) * 1e6 / khz))
-    return q * 1_000_000 + (rem * 1_000_000) // khz
+    inv = 1.0 / khz
+    e = np.float64(dt) * inv
+    if -4e18 < e < 4e18:
+        q = np.int64(e)  # within a few of the quotient: |dt| * 2**-53 / khz + 1
+        rem = dt - q * khz
+        while rem < 0:
+            q -= 1
+            rem += khz
+        while rem >= khz:
+            q += 1
+            rem -= khz
+    else:
+        q = dt // khz
+        rem = dt - q * khz
+    r6 = rem * 1_000_000  # < khz * 1e6: exact in a double for khz < 2**33
+    c = np.int64(np.float64(r6) * inv)
+    while c * khz > r6:
+        c -= 1
+    while (c + 1) * khz <= r6:
+        c += 1
+    return q * 1_000_000 + c
+
+
+@njit(cache=True, nogil=True, inline="always")
+def record_address(ev, nx, w0, w1, addr32, addr64):
+    """(address, present) of a record of id `ev` with `nx` payload words starting w0, w1:
+    the IO port or MMIO/NPF address its payload starts with (emit_records' `names`)."""
+    if (ev >> 12) == 0x82 and nx >= 1:  # only HVM handler ids carry an address
+        for a in addr32:
+            if ev == a:
+                return np.uint64(w0), True
+        if nx >= 2:
+            for a in addr64:
+                if ev == a:
+                    return np.uint64(w0) | (np.uint64(w1) << np.uint64(32)), True
+    return np.uint64(0), False
+
+
+@njit(cache=True, nogil=True)
+def tally(words, i_word, order, lost_id, wrap_id):
+    """(records lost, as lost-record records say; wrap-buffer fillers) among the records
+    i_word[order] (what the decoder's stats count of the records it hands over)."""
+    lost = 0
+    wrap = 0
+    for s in order:
+        h = words[i_word[s]]
+        ev = h & EVENT_MASK
+        if ev == lost_id and (h >> 28) & 7:
+            lost += words[i_word[s] + 1 + 2 * (h >> 31)]
+        elif ev == wrap_id:
+            wrap += 1
+    return lost, wrap
 
 
 @njit(cache=True, nogil=True)
@@ -334,16 +381,9 @@ def emit_records(words, order, index, origin, khz, names):
         nargs[i] = nx
         for j in range(nx):
             args[j, i] = words[d + j]
-        if (ev >> 12) == 0x82 and nx >= 1:  # only HVM handler ids carry an address
-            for a in addr32:
-                if ev == a:
-                    addr[i] = words[d]
-                    has_addr[i] = True
-            if nx >= 2:
-                for a in addr64:
-                    if ev == a:
-                        addr[i] = np.uint64(words[d]) | (np.uint64(words[d + 1]) << np.uint64(32))
-                        has_addr[i] = True
+        if nx:
+            addr[i], has_addr[i] = record_address(ev, nx, words[d], words[d + 1] if nx > 1 else 0,
+                                                  addr32, addr64)  # fmt: skip
         offset[i] = np.uint64(r) * np.uint64(4)
     return (ts_ns, ts_raw, has_ts, cpu, dom, vcpu, event, code, nargs, args, addr, has_addr,
             offset)  # fmt: skip

@@ -27,32 +27,49 @@ def pair_chunk(state, ts, role, vk, reason, port, last: bool):
     """The exits this chunk closes (and, when it is the `last`, every exit still open), as
     exit_pairs.OUT: key (the vCPU counted << 32 | reason), ts, dur (ns; -1 with no end),
     handler, io (write << 16 | port, or NO_IO). Rows in time order, each with its vCPU's
-    pairing key (`vk`, known to `state`: exit_pairs.OpenExits)."""
+    pairing key (`vk`; a key `state`, exit_pairs.OpenExits, does not know yet stops the
+    pass, which learns the chunk's new keys and goes on)."""
     # at most: the chunk's own exits and one exit carried in from before per vCPU
     n = int(np.count_nonzero(role == EXIT)) + len(state.open)
     out = (np.empty(n, np.uint64), np.empty(n, np.int64), np.empty(n, np.int64),
            np.empty(n, np.uint8), np.empty(n, np.uint32))  # fmt: skip
-    m = pair(state.sorted_keys, state.at, ts, role, vk, reason, port, *state.arrays(), *out, last)
-    return tuple(a[:m] for a in out)
+    slots = np.empty(len(role), np.int64)
+    m, start = 0, 0
+    while True:
+        m, start = pair(state.sorted_keys, state.at, ts, role, vk, reason, port, slots,
+                        *state.arrays(), *out, m, start, last)  # fmt: skip
+        if start == len(role):
+            return tuple(a[:m] for a in out)
+        state.learn(vk[start:])  # a vCPU not seen before: every new one from here on
 
 
-@njit(cache=True, nogil=True)
-def pair(keys, at, ts, role, vk, reason, port,
+@njit(cache=True, nogil=True, _nrt=False)
+def pair(keys, at, ts, role, vk, reason, port, slots,
           counted, o_ts, o_reason, o_wake, o_handler, o_io, o_open, last_wake,
-          out_key, out_ts, out_dur, out_handler, out_io, last):  # fmt: skip
-    m = 0
+          out_key, out_ts, out_dur, out_handler, out_io, m, start, last):  # fmt: skip
+    """Rows [start:] into the open exits and the outputs (`m` of them filled); returns
+    (outputs filled, where it stopped: len(role), or the first row of an instant with a
+    key not in `keys`, none of whose rows it took)."""
     n = len(role)
-    i = 0
+    i = start
+    last_key, last_slot = np.uint64(0), -1  # (rows of one vCPU come in runs)
     while i < n:  # an instant at a time: its wake-ups first, then its other rows in order
         j = i + 1
         while j < n and ts[j] == ts[i]:
             j += 1
+        for k in range(i, j):  # each row's vCPU slot, before the instant is taken
+            if last_slot < 0 or vk[k] != last_key:
+                p = np.searchsorted(keys, vk[k])
+                if p == len(keys) or keys[p] != vk[k]:
+                    return m, i
+                last_key, last_slot = vk[k], at[p]
+            slots[k] = last_slot
         for wakes in (True, False):
             for k in range(i, j):
                 r = role[k]
                 if (r == WAKE) != wakes:
                     continue
-                v = at[np.searchsorted(keys, vk[k])]
+                v = slots[k]
                 if r == WAKE:
                     last_wake[v] = ts[k]
                     if o_open[v] and o_wake[v] == NO_TIME:  # the open exit's first wake-up:
@@ -89,10 +106,10 @@ def pair(keys, at, ts, role, vk, reason, port,
                 m = _emit(v, NEVER, NO_TIME, counted, o_ts, o_reason, o_wake, o_handler, o_io,
                           out_key, out_ts, out_dur, out_handler, out_io, m)  # fmt: skip
                 o_open[v] = False
-    return m
+    return m, n
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _emit(v, limit, end, counted, o_ts, o_reason, o_wake, o_handler, o_io,
           out_key, out_ts, out_dur, out_handler, out_io, m):  # fmt: skip
     """Close vCPU v's exit at `end`; with none (NO_TIME), at its wake-up if that came before

@@ -1,9 +1,11 @@
 """Summary of a xentrace event table, in the spirit of `xenalyze --summary`.
 
-Each section is a lazy polars query over the canonical events, returning a small frame;
+The xentrace sections come from one fold of the records (xen_fold: what it counts is
+declared in fold_program), each section a small frame made from the folded tables;
 `Summary` renders them as text or JSON. Sections: totals, log volume per pCPU and class,
 runstates per vCPU, HVM exits by reason with time spent, hypercalls by name, IO port and
-MMIO accesses by address, interrupts, grant operations and lost records.
+MMIO accesses by address, interrupts, grant operations and lost records; and the device
+model's virtqueues (virtqueues).
 """
 
 from __future__ import annotations
@@ -18,57 +20,68 @@ import polars as pl
 
 from xvtrace.analysis import exit_pairs, xen_fold
 from xvtrace.analysis.dump import name_addresses  # the dump's own address naming
+from xvtrace.analysis.fold_program import EXIT_EVENTS, PV_EVENTS
 from xvtrace.analysis.virtqueues import virtqueues
 from xvtrace.bundle import derived
 from xvtrace.parsers import fields, xentrace
 from xvtrace.parsers import xen_events as xe
 from xvtrace.parsers.schema import EVENT_SCHEMA
 
-EXIT_EVENTS = list(fields.EXIT_EVENTS)
-ENTRY_EVENTS = ["hvm.vmentry", "hvm.nested_vmentry"]
-RUNSTATE = "sched.runstate_change"
-RUNSTATE_EVENTS = [RUNSTATE, "sched.continue_running"]
-INTERRUPT_EVENTS = ["hvm.inj_virq", "hvm.reinj_virq", "hvm.intr"]
-CLASS_EXPR = (pl.col("code") // (1 << 16)) & 0xFFF
-
 
 def _us(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
 
 
-def record_bytes() -> pl.Expr:
-    """On-disk size of a xentrace record: header, optional TSC, extra words."""
-    return (4 + 8 * pl.col("has_ts").cast(pl.UInt32) + 4 * pl.col("nargs").cast(pl.UInt32)).cast(
-        pl.UInt64
-    )
-
-
-CHUNK_ROWS = 1_000_000  # exit pairing rows paired at once (23 MB)
+CHUNK_ROWS = 1 << 20  # the table's rows folded at once (a slice of the table's scan)
 
 
 def fold(
-    ev: pl.LazyFrame | Iterable[pl.DataFrame], *, times: bool = False, tables=None,
+    ev: pl.LazyFrame | Iterable[pl.DataFrame], *, times: bool = False,
     first_spans: int | None = None,
 ) -> xen_fold.Folded:  # fmt: skip
-    """What every xentrace section needs: from the table's xentrace rows (a LazyFrame), or
-    from decoded frames of them in one pass, in time order. `times`: keep each exit's start
-    (exit_spans), or with `first_spans` only the spans of those earliest exits (of a vCPU
-    known, that end); `tables`: only these of TABLES (names)."""
-    chosen = TABLES if tables is None else {name: TABLES[name] for name in tables}
-    keep = _known_span if first_spans is not None else None
-    return xen_fold.fold(ev, chosen, ROWS, _exit_rows, CHUNK_ROWS, times, first_spans, keep)
+    """What every xentrace section needs, in one pass in time order: from the bundle's
+    events (a LazyFrame of the table, read CHUNK_ROWS of it at a time), or from decoded
+    frames of xentrace rows. `times`: keep each exit's start (exit_spans), or with
+    `first_spans` only the spans of those earliest exits (of a vCPU known, that end)."""
+    f = xen_fold.Fold(times, first_spans, _known_span if first_spans is not None else None)
+    if isinstance(ev, pl.LazyFrame):
+        total = ev.select(pl.len()).collect().item()
+        for lo in range(0, total, CHUNK_ROWS):  # (a slice of the scan reads its row groups)
+            rows = ev.slice(lo, CHUNK_ROWS).filter(pl.col("source") == "xentrace")
+            f.add_frame(rows.select(xen_fold.FRAME_COLUMNS).collect())
+    else:
+        for frame in ev:
+            f.add_frame(frame)
+    return f.result()
 
 
-FOLD_ROWS = 1 << 19  # xentrace rows folded at once (a merged table comes 64 k rows of all
-# its sources at a time: folded as they come, each query's own cost per call dominated)
+def fold_file(dec: xentrace.XentraceDecoder) -> xen_fold.Folded:
+    """The fold of a xentrace file's records as `dec` reads them (no frame decoded), in
+    three stages a chunk apart, each on a thread of its own (the kernels release the GIL):
+    the records indexed and put in time order, folded into the tables, their rows put in
+    time order and their exits paired (on this thread)."""
+    from xvtrace.bundle.ingest import prefetch
+
+    f = xen_fold.Fold()
+
+    def folded(records):
+        for words, index, order in records:
+            yield f.add_records(words, index, order, dec.tsc_origin or 0, dec.cpu_khz, dec.names)
+
+    with closing(prefetch(dec.records())) as records, closing(prefetch(folded(records))) as parts:
+        for chunk in parts:
+            f.take(chunk)
+    return f.result()
 
 
-class Folding(xen_fold.Folding):
+class Folding(xen_fold.Fold):
     """The fold of a table's frames as they are written (api.ingest): of their xentrace
-    rows, the frames in the table's order, FOLD_ROWS or more at a time."""
+    rows, the frames in the table's order, FOLD_ROWS or more at a time (frames of a
+    merged table come 64 k rows of every source at a time: the exit pairing's cost per
+    call would dominate)."""
 
     def __init__(self):
-        super().__init__(TABLES, ROWS, _exit_rows, times=False)
+        super().__init__()
         self.waiting: list[pl.DataFrame] = []
         self.waiting_rows = 0
 
@@ -76,6 +89,9 @@ class Folding(xen_fold.Folding):
         source = chunk["source"]
         if (source != "xentrace").any():  # (most frames are one source's: no copy)
             chunk = chunk.filter(source == "xentrace")
+        if len(chunk) >= FOLD_ROWS and not self.waiting:  # (as it is: no copy)
+            self.add_frame(chunk)
+            return
         if len(chunk):
             self.waiting.append(chunk)
             self.waiting_rows += len(chunk)
@@ -84,7 +100,7 @@ class Folding(xen_fold.Folding):
 
     def _fold(self) -> None:
         if self.waiting:
-            super().add(pl.concat(self.waiting, rechunk=False))
+            self.add_frame(pl.concat(self.waiting))
         self.waiting, self.waiting_rows = [], 0
 
     def result(self) -> xen_fold.Folded:
@@ -92,15 +108,7 @@ class Folding(xen_fold.Folding):
         return super().result()
 
 
-def _groups(ev: pl.LazyFrame) -> pl.LazyFrame:
-    """Records, bytes and first and last time per pCPU, class, domain, vCPU and known or
-    not: the totals, the log volume, the records per vCPU and each pCPU's end."""
-    return (
-        ev.group_by("cpu", CLASS_EXPR.alias("cls"), "dom", "vcpu",
-                    (pl.col("event") == xe.UNKNOWN).alias("unknown"))
-        .agg(pl.len().alias("records"), record_bytes().sum().alias("bytes"),
-             pl.col("ts_ns").min().alias("first_ns"), pl.col("ts_ns").max().alias("last_ns"))
-    )  # fmt: skip
+FOLD_ROWS = 1 << 19  # xentrace rows folded at once, at least
 
 
 def totals(groups: pl.DataFrame) -> pl.DataFrame:
@@ -136,24 +144,6 @@ def records_by_dom(groups: pl.DataFrame) -> pl.DataFrame:
         groups.group_by("dom", "vcpu")
         .agg(pl.col("records").sum().cast(pl.UInt32))
         .sort("dom", "vcpu")
-    )
-
-
-def _lost_marks(ev: pl.LazyFrame) -> pl.LazyFrame:
-    return ev.filter(pl.col("event") == "gen.lost_records").select("ts_ns")
-
-
-def _runstate_changes(ev: pl.LazyFrame) -> pl.LazyFrame:
-    # continue_running is a running->running change: it ends one running interval.
-    return ev.filter(pl.col("event").is_in(RUNSTATE_EVENTS)).select(
-        "ts_ns",
-        "cpu",
-        pl.coalesce(*[fields.xen(e, "dom") for e in RUNSTATE_EVENTS]).cast(pl.Int32).alias("sdom"),
-        pl.coalesce(*[fields.xen(e, "vcpu") for e in RUNSTATE_EVENTS])
-        .cast(pl.Int32)
-        .alias("svcpu"),
-        ((pl.col("code") // (1 << 8)) & 0xF).alias("old"),
-        ((pl.col("code") // (1 << 4)) & 0xF).alias("new"),
     )
 
 
@@ -234,65 +224,12 @@ def runstates(f: xen_fold.Folded) -> pl.DataFrame:
     )
 
 
-def _packed(col: str, width: int, null: int) -> pl.Expr:
-    return pl.col(col).fill_null(null).cast(pl.UInt64) * (1 << width)
-
-
-VCPU_KEY = _packed("dom", 16, 0xFFFF) + _packed("vcpu", 0, 0xFFFF)  # dom << 16 | vcpu
-UNKNOWN_VCPU = exit_pairs.UNKNOWN_VCPU  # + the pCPU of a record whose vCPU is not known
-# whose records pair with whose: a vCPU's, wherever it runs; a record of a vCPU not known
-# yet (the trace's start, after lost records) with its pCPU's others (timeline.hvm alike)
-PAIR_KEY = (
-    pl.when(pl.col("dom").is_not_null() & pl.col("vcpu").is_not_null())
-    .then(VCPU_KEY)
-    .otherwise(UNKNOWN_VCPU + pl.col("cpu").cast(pl.UInt64))
-)
-
-# Handler records that xenalyze credits to the exit they fall in (xenalyze.c, hvm_process):
-# only while the exit is open, before its re-entry or the vCPU's wake-up. A read the device
-# model serves is logged after the vCPU waited for it, so xenalyze counts no exit for it.
-HANDLER_ROLES = {"hvm.npf": exit_pairs.NPF, "hvm.mmio_read": exit_pairs.MMIO,
-                 "hvm.mmio_write": exit_pairs.MMIO, "hvm.ioport_read": exit_pairs.IO_READ,
-                 "hvm.ioport_write": exit_pairs.IO_WRITE}  # fmt: skip
-ROLES = (dict.fromkeys(EXIT_EVENTS, exit_pairs.EXIT) | dict.fromkeys(ENTRY_EVENTS, exit_pairs.ENTRY)
-         | HANDLER_ROLES)  # fmt: skip
 # exits xenalyze splits by their handler: "mmio" (an MMIO access emulated in the exit) or
 # "npf" (a nested page fault with no access emulated before the exit ended)
 SPLIT_EXITS = ("VMEXIT_NPF", "EPT_VIOLATION", "APIC_ACCESS")
 HANDLER_NAMES = ("(no handler)", "mmio", "npf")
 NO_IO = np.uint32(exit_pairs.NO_IO)
 NULL_ID, NULL_REASON = 0xFFFF, 0xFFFFFFFF  # not known (yet), in a group key
-
-
-def _exit_rows(ev: pl.LazyFrame) -> pl.LazyFrame:
-    """The exit pairing's rows: every exit, entry and handler record, keyed by its vCPU
-    (PAIR_KEY), and every vCPU's wake-up (runstate to runnable), keyed by the woken one."""
-    wake = (pl.col("event") == RUNSTATE) & (((pl.col("code") // (1 << 4)) & 0xF) == 1)
-    woken = (fields.xen(RUNSTATE, "dom").cast(pl.UInt64) * (1 << 16)
-             + fields.xen(RUNSTATE, "vcpu").cast(pl.UInt64))  # fmt: skip
-    role = pl.when(wake).then(pl.lit(exit_pairs.WAKE, pl.UInt8)).otherwise(_role(ROLES))
-    return (
-        ev.filter(pl.col("event").is_in(list(ROLES)) | wake)
-        .select(
-            "ts_ns", role.alias("role"),
-            pl.when(wake).then(woken).otherwise(PAIR_KEY).alias("vk"),
-            fields.exit_reason().fill_null(NULL_REASON).cast(pl.UInt32).alias("reason"),
-            (pl.col("addr").fill_null(0) % (1 << 16)).cast(pl.UInt16).alias("port"),
-        )
-        .drop_nulls("vk")  # a wake-up of no named vCPU
-    )  # fmt: skip
-
-
-def _role(roles: dict[str, int]) -> pl.Expr:
-    """Each record's role (`roles`: event name -> role): a chain of is_in on the event enum,
-    twice as fast as casting 25 M names to strings to replace them."""
-    by_role: dict[int, list[str]] = {}
-    for name, role in roles.items():
-        by_role.setdefault(role, []).append(name)
-    expr = pl
-    for role, names in sorted(by_role.items()):
-        expr = expr.when(pl.col("event").is_in(names)).then(pl.lit(role, pl.UInt8))
-    return expr.alias("role")
 
 
 def _known_span(part: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -418,30 +355,6 @@ def _by_key(key: np.ndarray, dur: np.ndarray, count: np.ndarray | None = None) -
 QUANTILES = (0.05, 0.5, 0.95)  # the exits' percentiles (p5, p50, p95)
 
 
-PV_EVENTS = {  # the PV events xenalyze counts, by its names (xenalyze.c pv_name), in its order
-    "pv.hypercall": "hypercall",
-    "pv.trap": "trap",
-    "pv.page_fault": "page_fault",
-    "pv.forced_invalid_op": "forced_invalid_op",
-    "pv.emulate_privop": "emulate privop",
-    "pv.emulate_4gb": "emulate 4g",
-    "pv.math_state_restore": "math state restore",
-    "pv.paging_fixup": "paging fixup",
-    "pv.gdt_ldt_mapping_fault": "gdt/ldt mapping fault",
-    "pv.ptwr_emulation": "ptwr",
-    "pv.ptwr_emulation_pae": "ptwr(pae)",
-    "pv.hypercall_subcall": "hypercall (subcall)",
-}
-
-
-def _pv_counts(ev: pl.LazyFrame) -> pl.LazyFrame:
-    return (
-        ev.filter(pl.col("event").is_in(list(PV_EVENTS)))
-        .group_by("dom", "event")  # (named after: a cast per row cost more than the count)
-        .agg(pl.len().alias("count"))
-    )
-
-
 def pv_events(counts: pl.DataFrame) -> pl.DataFrame:
     """PV guests' events per domain, as xenalyze's "PV events" counts them: its names, and
     a multicall's subcalls counted as hypercalls too (and again on their own line).
@@ -464,22 +377,6 @@ def pv_events(counts: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _hypercall_counts(ev: pl.LazyFrame) -> pl.LazyFrame:
-    """Hypercalls by name per domain: PV_HYPERCALL(_V2) and subcalls, and HVM VMCALLs."""
-    kind = (
-        pl.when(pl.col("event") == "pv.hypercall_subcall")
-        .then(pl.lit("pv-subcall"))
-        .when(pl.col("event") == "hvm.vmmcall")
-        .then(pl.lit("hvm"))
-        .otherwise(pl.lit("pv"))
-    )
-    return (
-        ev.filter(pl.col("event").is_in(fields.HYPERCALL_EVENTS))
-        .group_by("dom", kind.alias("kind"), fields.hypercall().alias("op"))
-        .agg(pl.len().alias("count"))
-    )
-
-
 def hypercalls(counts: pl.DataFrame) -> pl.DataFrame:
     return (
         counts.sort("dom", "kind", "op")
@@ -489,16 +386,6 @@ def hypercalls(counts: pl.DataFrame) -> pl.DataFrame:
             .alias("name")
         )
         .select("dom", "kind", "op", "name", "count")
-    )
-
-
-def _io_counts(ev: pl.LazyFrame) -> pl.LazyFrame:
-    """Emulated IO port and MMIO accesses by address and direction."""
-    io_events = ["hvm.ioport_read", "hvm.ioport_write", "hvm.mmio_read", "hvm.mmio_write"]
-    return (
-        ev.filter(pl.col("event").is_in(io_events))
-        .group_by("dom", "event", "addr")
-        .agg(pl.len().alias("count"))
     )
 
 
@@ -514,61 +401,6 @@ def io_accesses(counts: pl.DataFrame) -> pl.DataFrame:
     ).sort("dom", "space", "addr", "dir")
 
 
-def _interrupt_counts(ev: pl.LazyFrame) -> pl.LazyFrame:
-    """Virtual interrupts injected into guests and physical interrupts that caused exits."""
-    return (
-        ev.filter(pl.col("event").is_in(INTERRUPT_EVENTS))
-        .group_by(
-            "dom",
-            "vcpu",
-            pl.col("event").alias("kind"),
-            pl.coalesce(*[fields.xen(e, "vector") for e in INTERRUPT_EVENTS]).alias("vector"),
-        )
-        .agg(pl.len().alias("count"))
-    )
-
-
-def _grant_counts(ev: pl.LazyFrame) -> pl.LazyFrame:
-    """Grant map/unmap/transfer operations: done by (running domain) and for (granting)."""
-    return (
-        ev.filter(pl.col("event").is_in(["mem.grant_map", "mem.grant_unmap", "mem.grant_transfer"]))
-        .group_by(
-            pl.col("dom").alias("by_dom"),
-            pl.coalesce(
-                fields.xen("mem.grant_map", "granting_dom"),
-                fields.xen("mem.grant_unmap", "granting_dom"),
-                fields.xen("mem.grant_transfer", "dest_dom"),
-            )
-            .cast(pl.Int32)
-            .alias("for_dom"),
-            pl.col("event").alias("op"),
-        )
-        .agg(pl.len().alias("count"))
-    )
-
-
-def _lost_counts(ev: pl.LazyFrame) -> pl.LazyFrame:
-    return (
-        ev.filter(pl.col("event") == "gen.lost_records")
-        .group_by("cpu")
-        .agg(pl.len().alias("markers"), fields.xen("gen.lost_records", "lost").sum())
-    )
-
-
-COUNT = {"count": "sum"}
-# the fold's tables (per chunk, merged) and rows (kept), by name; see xen_fold
-TABLES = {
-    "groups": (_groups, {"records": "sum", "bytes": "sum", "first_ns": "min", "last_ns": "max"}),
-    "lost_records": (_lost_counts, {"markers": "sum", "lost": "sum"}),
-    "hypercalls": (_hypercall_counts, COUNT),
-    "pv_events": (_pv_counts, COUNT),
-    "io": (_io_counts, COUNT),
-    "interrupts": (_interrupt_counts, COUNT),
-    "grants": (_grant_counts, COUNT),
-}
-ROWS = {"runstates": _runstate_changes, "lost": _lost_marks}
-
-
 SECTION = "summary"  # the bundle's derived entry (manifest section) of the stored sections
 VERSION = 3  # of the sections' code: bump when an answer changes
 DERIVED_DIR = "derived"
@@ -580,7 +412,7 @@ def _xentrace(events: pl.LazyFrame) -> pl.LazyFrame:
 
 def _sections(events: pl.LazyFrame, vendor: str | None) -> dict[str, pl.DataFrame]:
     """Every section but the exit sites (which need symbol files)."""
-    return {**xen_sections(fold(_xentrace(events)), vendor), "virtqueues": virtqueues(events)}
+    return {**xen_sections(fold(events), vendor), "virtqueues": virtqueues(events)}
 
 
 def xen_sections(f: xen_fold.Folded, vendor: str | None) -> dict[str, pl.DataFrame]:
@@ -688,14 +520,13 @@ class Summary:
         """The summary of a raw xentrace file in one pass, with no table written: decoded
         on one core (a thread: the kernels release the GIL) while the other folds.
         `progress("decode", bytes done, bytes)` as it goes."""
-        from xvtrace.bundle.ingest import prefetch, resolve_cpu_khz
+        from xvtrace.bundle.ingest import resolve_cpu_khz
 
         khz, _ = resolve_cpu_khz(cpu_khz, {}, path, warn)
         size = path.stat().st_size
         step = (lambda done: progress("decode", done, size)) if progress else None
         dec = xentrace.XentraceDecoder(path, cpu_khz=khz, progress=step)
-        with closing(prefetch(dec.frames())) as frames:
-            folded = fold(frames)
+        folded = fold_file(dec)
         if text := dec.stats.warning_text():
             warn(text)
         vendor = vendor or hvm_vendor(folded)

@@ -1,70 +1,28 @@
-"""One pass over a capture's xentrace rows in time order, a chunk at a time, folding what
-the summary's sections need: the table (or the raw file) is read once, and memory holds a
-chunk, the sections' small per-group tables, the runstate changes and a histogram of the
-exits' durations (or, for the exits' spans, each exit's times).
+"""One pass over a capture's xentrace records in time order, a chunk at a time, folding
+what the summary's sections need: the table (or the raw file) is read once, and memory
+holds a chunk, the sections' small group tables, the runstate changes and a histogram of
+the exits' durations (or, for the exits' spans, each exit's times).
 
-A fold is declared, not coded per section: `tables` are per-chunk group-by queries whose
-results are merged (counts added, firsts and lasts kept), `rows` per-chunk selections kept
-whole (few: runstate changes, lost-record marks), and one selection of exit, entry, handler
-and wake-up records goes through the exit pairing (exit_pairs) as it comes. Over decoded
-frames a frame's queries run together (polars' collect_all, on every core); over the
-table each query streams on its own, one after another (run together they shared a cached
-scan of the whole table).
+What is folded is declared in fold_program and run by the compiled loop of fold_kernel,
+into count_maps: the group tables (counts, sums, first and last times), the rows kept
+whole (runstate changes, lost-record marks), and the exit, entry, handler and wake-up
+records, which go through the exit pairing (exit_pairs) as they come. `Fold` feeds it a
+decoded frame at a time (ingest's frames, the table's slices) or a raw file's records as
+the decoder indexed them (`summary RAW`, no frame decoded).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import queue
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 
-from xvtrace.analysis import exit_pairs
-from xvtrace.parsers.schema import EVENT_SCHEMA
-
-Query = Callable[[pl.LazyFrame], pl.LazyFrame]
-MERGE = {"sum": pl.Expr.sum, "min": pl.Expr.min, "max": pl.Expr.max}
-COMPACT_EVERY = 32  # partial tables merged once this many are kept (bounded whatever the size)
-
-
-@dataclass
-class Table:
-    """A per-chunk group-by (`query`) merged over chunks: `merge` names each value column's
-    merge ("sum", "min" or "max"); the other columns are its keys. Merged every
-    COMPACT_EVERY parts while merging pays (halves the rows at least); once it does not (few
-    rows repeat across chunks), the parts are kept as they come: a merge would hold them
-    twice over for little gain."""
-
-    query: Query
-    merge: dict[str, str]
-    parts: list[pl.DataFrame] = field(default_factory=list)
-    compacting: bool = True
-
-    def add(self, part: pl.DataFrame) -> None:
-        self.parts.append(part)
-        if self.compacting and len(self.parts) >= COMPACT_EVERY:
-            rows = sum(len(p) for p in self.parts)
-            self.parts = [self.result()]
-            self.compacting = 2 * len(self.parts[0]) <= rows
-
-    def result(self) -> pl.DataFrame:
-        df = pl.concat(self.parts)
-        keys = [c for c in df.columns if c not in self.merge]
-        merged = df.group_by(keys, maintain_order=True).agg(
-            MERGE[how](pl.col(c)) for c, how in self.merge.items()
-        )
-        return merged.select(df.columns).cast(df.schema)
-
+from xvtrace.analysis import count_map, exit_pairs, fold_kernel, fold_program
 
 EXIT_COLUMNS = ("ts_ns", "role", "vk", "reason", "port")  # the exit pairing's rows
-
-
-def _counted(exits: pl.LazyFrame) -> pl.LazyFrame:
-    """Closed exits as a histogram: how many of each key, handler, io and duration (the
-    summary's statistics are exact from it, and it stops growing once a capture's exit
-    durations have been seen: 40 k rows for 8.4 M exits of a 500 MB trace)."""
-    return exits.group_by(*HISTOGRAM[:-1]).agg(pl.len().cast(pl.UInt64).alias("count"))
 
 
 HISTOGRAM = ("key", "handler", "io", "dur", "count")  # Exits.result without times
@@ -74,7 +32,7 @@ HISTOGRAM = ("key", "handler", "io", "dur", "count")  # Exits.result without tim
 class Exits:
     """Every exit closed so far and the pairing's state. With `times`, each exit's arrays
     (exit_pairs.OUT, per chunk: the exits' spans need their starts); without, a histogram
-    of them (HISTOGRAM, a Table: merged while merging pays), which is all the summary's
+    of them (HISTOGRAM, counted in a count_map), which is all the summary's
     statistics need. With `times` and `first`, only the `first` exits by start among those
     `keep` keeps (a mask of a part's arrays), as each chunk comes: a bounded set, where a
     consumer draws only the earliest."""
@@ -84,7 +42,10 @@ class Exits:
     keep: Callable[[tuple[np.ndarray, ...]], np.ndarray] | None = None
     state: exit_pairs.OpenExits = field(default_factory=exit_pairs.OpenExits)
     parts: list[tuple[np.ndarray, ...]] = field(default_factory=list)
-    counted: Table = field(default_factory=lambda: Table(_counted, {"count": "sum"}))
+    # the histogram, (key, dur, handler << 32 | io) -> count: exact statistics come from it,
+    # and it stops growing once a capture's exit durations have been seen (40 k entries for
+    # the 8.4 M exits of a 500 MB trace)
+    counted: tuple = field(default_factory=lambda: count_map.new(wide=False))
     tail: list[np.ndarray] | None = None  # the last instant of the chunk before
 
     def add(self, rows: pl.DataFrame | list[np.ndarray], last: bool = False) -> None:
@@ -114,7 +75,6 @@ class Exits:
     def _pair(self, cols: list[np.ndarray], last: bool) -> None:
         from xvtrace.analysis import exit_kernels  # numba (0.25 s to import) only here
 
-        self.state.learn(cols[2])
         part = exit_kernels.pair_chunk(self.state, *cols, last)
         if self.times:
             if self.first is not None:
@@ -125,17 +85,23 @@ class Exits:
             else:
                 self.parts.append(part)
         else:
-            frame = pl.DataFrame(dict(zip(exit_pairs.OUT, part, strict=True))).drop("ts")
-            self.counted.add(_counted(frame.lazy()).collect())
+            key, _, dur, handler, io = part
+            k2 = (handler.astype(np.int64) << 32) | io.astype(np.int64)
+            (self.counted,) = count_map.fill(
+                (self.counted,), len(key), 1,
+                lambda maps, start: count_map.tally_rows(*maps[0], key.view(np.int64), dur, k2, start),
+            )  # fmt: skip
 
     def result(self) -> dict[str, np.ndarray]:
         """exit_pairs.OUT arrays with `times`, else HISTOGRAM's."""
         tail, self.tail = self.tail, None
         self.add(tail if tail is not None else [np.zeros(0, t) for t in _TYPES], last=True)
-        if not self.times:  # the parts as they are: a key and duration may repeat across
-            # them (the statistics sort them anyway; a last merge held 1 GiB for 4 M exits)
-            h, self.counted.parts = pl.concat(self.counted.parts), []
-            return {name: h[name].to_numpy() for name in HISTOGRAM}
+        if not self.times:
+            h, self.counted = count_map.used(self.counted), count_map.new(wide=False)
+            return {"key": h[:, count_map.K0].view(np.uint64), "dur": h[:, count_map.K1],
+                    "handler": (h[:, count_map.K2] >> 32).astype(np.uint8),
+                    "io": (h[:, count_map.K2] & 0xFFFFFFFF).astype(np.uint32),
+                    "count": h[:, count_map.COUNT].astype(np.uint64)}  # fmt: skip
         if self.first is not None and self.parts:
             self.parts = [_earliest(self.parts, self.first)]
         # one array at a time, each part's copy dropped as it is taken: the whole set is
@@ -172,63 +138,116 @@ class Folded:
     exits: dict[str, np.ndarray]
 
 
-class Folding:
-    """A fold in progress over decoded frames, fed a frame at a time (`add`): for a caller
-    that has the frames on their way elsewhere (ingest writing the table)."""
+_RUNSTATE_TYPES = (np.int64, np.int16, np.int32, np.int32, np.uint32, np.uint32)
+FRAME_COLUMNS = ("ts_ns", "cpu", "dom", "vcpu", "code", "nargs", "has_ts",
+                 *(f"arg{i}" for i in range(7)), "addr")  # fmt: skip
 
-    def __init__(self, tables: dict[str, tuple[Query, dict[str, str]]], rows: dict[str, Query],
-                 exit_rows: Query, times: bool, first: int | None = None,
-                 keep=None):  # fmt: skip
-        self.tables = {name: Table(q, how) for name, (q, how) in tables.items()}
-        self.rows = rows
-        self.kept: dict[str, list[pl.DataFrame]] = {name: [] for name in rows}
+
+# fold_kernel.fold_columns' columns, in its order
+_KERNEL_COLUMNS = ("ts_ns", "cpu", "dom", "vcpu", "code", "nargs", "has_ts",
+                   *(f"arg{i}" for i in range(7)), "addr", "has_addr")  # fmt: skip
+
+
+@dataclass
+class FoldedChunk:
+    """A chunk of a file's records folded into the tables (Fold.add_records), its rows
+    still in file order: what Fold.take puts in time order."""
+
+    xrows: np.ndarray
+    krows: np.ndarray
+    count: np.ndarray
+    xi: np.ndarray
+    tsc: np.ndarray
+    order: np.ndarray
+    space: np.ndarray  # what the arrays above are views of, reused once taken
+
+
+class Fold:
+    """A fold in progress (fold_kernel, running fold_program): fed a frame of xentrace rows
+    (`add_frame`) or a xentrace file's records (`add_records`, then `take`) at a time, in
+    time order. `times`, `first`, `keep`: as Exits."""
+
+    def __init__(self, times: bool = False, first: int | None = None, keep=None):
+        self.prog = fold_program.program()
+        self.maps = (count_map.new(wide=True), count_map.new(wide=False))  # fold_kernel's
+        self.runstates: list[tuple[np.ndarray, ...]] = []
+        self.lost: list[np.ndarray] = []
         self.exits = Exits(times, first, keep)
-        self.queries = [t.query for t in self.tables.values()] + list(rows.values()) + [exit_rows]
+        # the chunks' working arrays, handed back once taken: fresh ones of this size are
+        # mapped anew each time, and faulting in their pages cost 0.4 s of a 500 MB trace
+        self.spare: queue.SimpleQueue = queue.SimpleQueue()
 
-    def add(self, chunk: pl.DataFrame) -> None:
-        """`chunk`: the next xentrace rows, in time order."""
-        lf = chunk.lazy()
-        got = pl.collect_all([q(lf) for q in self.queries])
-        for t, part in zip(self.tables.values(), got, strict=False):
-            t.add(part)
-        for name, part in zip(self.kept, got[len(self.tables) :], strict=False):
-            self.kept[name].append(part)
-        self.exits.add(got[-1])
+    def add_frame(self, frame: pl.DataFrame) -> None:
+        """`frame`: xentrace rows (FRAME_COLUMNS of the table's schema), in time order."""
+        f = frame.select(
+            pl.col("dom", "vcpu").fill_null(-1), pl.col("addr").fill_null(0),
+            pl.col("addr").is_not_null().alias("has_addr"),
+            *(c for c in FRAME_COLUMNS if c not in ("dom", "vcpu", "addr")),
+        )  # fmt: skip
+        c = [f[name].to_numpy() for name in _KERNEL_COLUMNS]
+        xrows, krows, count, _ = out = fold_kernel.out_arrays(len(f))
+        self.maps = count_map.fill(
+            self.maps, len(f), fold_kernel.MAX_ADDS,
+            lambda maps, start: fold_kernel.fold_columns(*c, *self.prog, *maps[0], *maps[1], *out, start),
+        )  # fmt: skip
+        self._keep(krows, count, None)
+        self.exits.add([a.astype(t) for a, t in zip(xrows[:, : count[0]], _TYPES, strict=True)])
+
+    def add_records(self, words, index, order, origin: int, khz: int, names) -> FoldedChunk:
+        """Records index[order] (the decoder's: its Index and their time order) of a
+        xentrace file's words into the tables, read in file order; their rows for `take`
+        (which another thread may run)."""
+        n = len(index.word)
+        space = np.empty(0, np.int64) if self.spare.empty() else self.spare.get()
+        if len(space) < 16 * n:
+            space = np.empty(16 * n, np.int64)
+        xrows, krows = space[: 5 * n].reshape(5, n), space[5 * n : 14 * n].reshape(9, n)
+        xi, ready = space[14 * n : 15 * n], space[15 * n : 16 * n].view(np.bool_)[:n]
+        count, a = np.zeros(3, np.int64), np.zeros(7, np.uint64)
+        out = xrows, krows, count, a
+        if len(order) == n:
+            ready[:] = True
+        else:  # (the rest wait for a later chunk)
+            ready[:] = False
+            ready[order] = True
+        self.maps = count_map.fill(
+            self.maps, n, fold_kernel.MAX_ADDS,
+            lambda maps, start: fold_kernel.fold_records(
+                words, ready, *index, np.uint64(origin), khz, *names[1:], *self.prog, *maps[0],
+                *maps[1], *out, xi, start),
+        )  # fmt: skip
+        return FoldedChunk(xrows, krows, count, xi, index.tsc, order, space)
+
+    def take(self, chunk: FoldedChunk) -> None:
+        """A chunk of add_records: its exit rows paired and its rows kept, in time order."""
+        self._keep(chunk.krows, chunk.count, chunk.tsc)
+        rows = fold_kernel.exits_in_time_order(chunk.order, chunk.xi, chunk.xrows, chunk.count[0])
+        self.spare.put(chunk.space)
+        self.exits.add(list(rows))
+
+    def _keep(self, krows, count, tsc) -> None:
+        """The chunk's runstate changes and lost-record marks, in time order (rows made in
+        file order are sorted by their records' TSC, ties in file order, as the decoder's
+        time order; without `tsc`, they are in time order)."""
+
+        def timed(at):
+            return None if tsc is None else np.lexsort((at, tsc[at]))
+
+        if count[1]:
+            r = krows[fold_kernel.RUNSTATE_ROWS, : count[1]]
+            o = timed(krows[fold_kernel.RUNSTATE_AT, : count[1]])
+            r = r if o is None else r[:, o]
+            self.runstates.append(
+                tuple(a.astype(t) for a, t in zip(r, _RUNSTATE_TYPES, strict=True))
+            )
+        if count[2]:
+            lost = krows[fold_kernel.LOST_TS, : count[2]]
+            o = timed(krows[fold_kernel.LOST_AT, : count[2]])
+            self.lost.append(lost.copy() if o is None else lost[o])
 
     def result(self) -> Folded:
-        empty = pl.DataFrame(schema=EVENT_SCHEMA).lazy()  # (a capture with no rows)
-        return Folded(
-            {n: t.result() if t.parts else t.query(empty).collect() for n, t in self.tables.items()},
-            {n: pl.concat(p) if p else self.rows[n](empty).collect() for n, p in self.kept.items()},
-            self.exits.result(),
-        )  # fmt: skip
-
-
-def fold(
-    source: pl.LazyFrame | Iterable[pl.DataFrame],
-    tables: dict[str, tuple[Query, dict[str, str]]],
-    rows: dict[str, Query],
-    exit_rows: Query,
-    chunk_rows: int,
-    times: bool = True,
-    first: int | None = None,
-    keep=None,
-) -> Folded:
-    """Fold `source` (xentrace rows in time order) through the declared queries: a table's
-    LazyFrame by one streamed query each and its exit rows `chunk_rows` at a time; decoded
-    frames (an iterable) in one pass, a frame at a time. `times`: keep each exit's start
-    (`first`, `keep`: only the earliest, as Exits)."""
-    if isinstance(source, pl.LazyFrame):
-        # one after another: collect_all shares their scan by caching the whole table
-        # (1.8 GiB for 30 M rows, against 0.26 GiB for the largest query alone)
-        queries = [q(source) for q, _ in tables.values()] + [q(source) for q in rows.values()]
-        got = [q.collect(engine="streaming") for q in queries]
-        exits = Exits(times, first, keep)
-        for batch in exit_rows(source).collect_batches(chunk_size=chunk_rows):
-            exits.add(batch)
-        return Folded(dict(zip(tables, got, strict=False)),
-                      dict(zip(rows, got[len(tables):], strict=True)), exits.result())  # fmt: skip
-    folding = Folding(tables, rows, exit_rows, times, first, keep)
-    for chunk in source:
-        folding.add(chunk)
-    return folding.result()
+        lost = np.concatenate(self.lost) if self.lost else np.zeros(0, np.int64)
+        return Folded(fold_program.tables(*self.maps),
+                      {"runstates": fold_program.runstate_rows(self.runstates),
+                       "lost": pl.DataFrame({"ts_ns": lost}, schema={"ts_ns": pl.Int64})},
+                      self.exits.result())  # fmt: skip

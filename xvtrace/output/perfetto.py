@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from xvtrace import timeline
-from xvtrace.analysis import summary
+from xvtrace.analysis import fold_program, summary
 from xvtrace.parsers import fields
 from xvtrace.parsers import xen_events as xe
 from xvtrace.timeline import pipeline
@@ -157,7 +157,7 @@ def _view(req: pl.LazyFrame) -> str:
 
 
 PID_RUNSTATE, PID_EXITS = 4, 5
-HOST_EVENTS = [*summary.RUNSTATE_EVENTS, *fields.EXIT_EVENTS, "hvm.vmentry"]
+HOST_EVENTS = [*fold_program.RUNSTATE_EVENTS, *fields.EXIT_EVENTS, "hvm.vmentry"]
 HOST_LIMIT = 2_000_000  # host slices kept (the first in time): a JSON trace a UI can open
 
 
@@ -168,7 +168,7 @@ def host_events(ev: pl.LazyFrame, t0: int, clock: Clock | None, vendor: str | No
     requests' clock (`clock`: the device model's against the hypervisor's, or None when
     the requests are on the hypervisor's)."""
     # (runstates, and the exits drawn: the earliest HOST_LIMIT, kept bounded as they close)
-    folded = summary.fold(ev, times=True, tables=["groups"], first_spans=HOST_LIMIT)
+    folded = summary.fold(ev, times=True, first_spans=HOST_LIMIT)
     runs = summary.runstate_intervals(folded).select(
         pl.col("sdom").alias("dom"), pl.col("svcpu").alias("vcpu"), "ts_ns", "end_ns",
         pl.col("state").alias("name"),

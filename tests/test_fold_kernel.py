@@ -1,0 +1,175 @@
+"""The summary's compiled fold (xvtrace.analysis.fold_kernel, fold_program, count_map,
+parsers.field_table) against the polars queries it replaced (tests/summary_reference.py):
+the same tables, rows and exit histogram from real captures and from arbitrary records,
+through each of its drivers (decoded frames, the file's records, the table's slices), with
+maps small enough to grow on every few keys."""
+
+from __future__ import annotations
+
+import lzma
+from collections import Counter
+
+import numpy as np
+import polars as pl
+import pytest
+import summary_reference as reference
+from helpers import ARM64, FIXTURES, X86_PV
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xvtrace.analysis import count_map, fold_program, summary
+from xvtrace.parsers import fields
+from xvtrace.parsers import xen_events as xe
+from xvtrace.parsers.field_table import FieldTable, read
+from xvtrace.parsers.schema import EVENT_SCHEMA
+from xvtrace.parsers.xentrace import XentraceDecoder, write_frame
+from xvtrace.testing.synth import hvm_records
+
+KHZ = 2_400_000
+
+
+@pytest.fixture(autouse=True)
+def tiny_maps(monkeypatch):
+    """Maps of 4 entries: every capture grows them many times over."""
+    monkeypatch.setattr(count_map, "FIRST_CAPACITY", 4)
+
+
+def assert_same_fold(ours, theirs) -> None:
+    for name, want in theirs.tables.items():
+        got = ours.tables[name]
+        assert got.schema == want.schema, name
+        assert got.sort(got.columns, nulls_last=True).equals(
+            want.sort(want.columns, nulls_last=True)
+        ), name
+    for name, want in theirs.rows.items():
+        assert ours.rows[name].equals(want), name
+    hist = [pl.DataFrame(f.exits).group_by("key", "handler", "io", "dur").agg(pl.col("count").sum())
+            .sort(pl.all()) for f in (ours, theirs)]  # fmt: skip
+    assert hist[0].equals(hist[1])
+
+
+def every_driver(path, tmp_path):
+    """The fold of the xentrace file at `path` from its decoded frames, its records and a
+    bundle's table, and the reference's from the frames."""
+    frames = list(XentraceDecoder(path, cpu_khz=KHZ, chunk_bytes=1 << 14).frames())
+    table = tmp_path / "events.parquet"
+    pl.concat(frames).write_parquet(table, row_group_size=1000)
+    return (
+        summary.fold(frames),
+        summary.fold_file(XentraceDecoder(path, cpu_khz=KHZ, chunk_bytes=1 << 14)),
+        summary.fold(pl.scan_parquet(table)),
+    ), reference.fold(pl.concat(frames))
+
+
+def _plain(tmp_path, trace):
+    if trace.suffix == ".xz":
+        plain = tmp_path / "xentrace.bin"
+        plain.write_bytes(lzma.decompress(trace.read_bytes()))
+        return plain
+    return trace
+
+
+@pytest.mark.parametrize(
+    "trace",
+    [X86_PV / "trace.bin", ARM64 / "trace.bin",
+     FIXTURES / "xen" / "hvm-epam-smp" / "raw" / "xentrace.bin.xz",
+     FIXTURES / "xen" / "hvm-suse-grant" / "raw" / "xentrace.bin.xz"],
+    ids=["x86-pv", "arm64-pvh", "hvm-epam-smp", "hvm-suse-grant"],
+)  # fmt: skip
+def test_real_captures_fold_as_the_queries_did(trace, tmp_path, monkeypatch):
+    """PV hypercalls and events, an Arm guest, an HVM guest of two vCPUs with its MMIO
+    and interrupts, one with grant operations: every table, row and exit the same."""
+    monkeypatch.setattr(summary, "CHUNK_ROWS", 5000)  # the table read in slices
+    drivers, want = every_driver(_plain(tmp_path, trace), tmp_path)
+    assert sum(len(t) for t in want.tables.values()) > 10
+    for got in drivers:
+        assert_same_fold(got, want)
+
+
+CODES = sorted(xe.SPECS)
+
+
+@st.composite
+def records(draw) -> pl.DataFrame:
+    """Records of any catalogued event (and unknown and guest ids), any payload, on a few
+    pCPUs, some without a TSC: short records lack the fields they would carry."""
+    n = draw(st.integers(1, 300))
+    pick = st.one_of(st.sampled_from(CODES), st.sampled_from([0x0008F123, 0x0800F001, 0x0002F00F]))
+    code = draw(st.lists(pick, min_size=n, max_size=n))
+    word = st.integers(0, 2**32 - 1) | st.sampled_from([0, 1, 2, 0x10001, 0x7FFF0000])
+    rows = {
+        "cpu": draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)),
+        "ts_raw": np.cumsum(draw(st.lists(st.integers(0, 3000), min_size=n, max_size=n))) + 10**9,
+        "has_ts": draw(st.lists(st.booleans(), min_size=n, max_size=n)),
+        "code": code,
+        "nargs": draw(st.lists(st.integers(0, 7), min_size=n, max_size=n)),
+        **{f"arg{i}": draw(st.lists(word, min_size=n, max_size=n)) for i in range(7)},
+    }
+    df = pl.DataFrame(rows).with_columns(pl.col("cpu").cast(pl.Int16), pl.col("nargs").cast(pl.UInt8),
+                                         pl.col("code").cast(pl.UInt32))  # fmt: skip
+    # (every pCPU's first record has its TSC: a record before any is dated by the decoder)
+    first = pl.col("ts_raw") == pl.col("ts_raw").min().over("cpu")
+    return df.with_columns(pl.col("has_ts") | first)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=records())
+def test_arbitrary_records_fold_as_the_queries_did(rows, tmp_path_factory):
+    path = tmp_path_factory.mktemp("fold") / "t.bin"
+    write_frame(path, rows, round_cycles=2_000)
+    drivers, want = every_driver(path, path.parent)
+    for got in drivers:
+        assert_same_fold(got, want)
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 2**16), ncpu=st.integers(1, 4), lost=st.sampled_from([0, 3, 7]))
+def test_hvm_traces_with_losses_fold_as_the_queries_did(seed, ncpu, lost, tmp_path_factory):
+    """Exits, entries, handler records, wake-ups and lost records over several pCPUs:
+    the exit pairing's rows, cut into chunks anywhere, pair as the queries' did."""
+    path = tmp_path_factory.mktemp("hvm") / "t.bin"
+    write_frame(path, hvm_records(2000, seed=seed, ncpu=ncpu, lost_every=lost),
+                round_cycles=2_400_000)  # fmt: skip
+    drivers, want = every_driver(path, path.parent)
+    assert want.exits["count"].sum() > 1000
+    for got in drivers:
+        assert_same_fold(got, want)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    code=st.sampled_from(sorted({c for c, s in xe.SPECS.items()
+                                 if any(s.name == e for p in fold_program.SLOTS.values() for e, _ in p)})),
+    nargs=st.integers(0, 7),
+    words=st.lists(st.integers(0, 2**32 - 1), min_size=7, max_size=7),
+)  # fmt: skip
+def test_field_slots_read_what_the_expressions_read(code, nargs, words):
+    """Every slot of the fold's field table, on any record of its events: the value (or
+    its absence) of the coalesce of fields.xen it stands for."""
+    table = FieldTable.build(fold_program.SLOTS)
+    row = {"event": xe.SPECS[code].name, "code": code, "nargs": nargs,
+           **{f"arg{i}": w for i, w in enumerate(words)}}  # fmt: skip
+    df = pl.DataFrame([row], schema={"event": EVENT_SCHEMA["event"], "code": pl.UInt32,
+                                     "nargs": pl.UInt8, **{f"arg{i}": pl.UInt64 for i in range(7)}})  # fmt: skip
+    a = np.array(words, np.uint64)
+    for s, (slot, pairs) in enumerate(fold_program.SLOTS.items()):
+        want = df.select(pl.coalesce(*[fields.xen(e, f) for e, f in pairs])).item()
+        value, present = read(table.layouts, table.rows.get(code, 0), s, code, nargs, a)
+        assert (int(value) if present else None) == want, slot
+
+
+@settings(max_examples=50, deadline=None)
+@given(keys=st.lists(st.tuples(st.integers(-3, 3), st.integers(-(2**63), 2**63 - 1),
+                               st.sampled_from([0, -1, 2**62])), max_size=400))  # fmt: skip
+def test_a_count_map_counts_what_a_counter_counts(keys):
+    """Keys of any bits (a count of 0 marks a free entry, never a key), many repeated,
+    into a map of 4 entries that grows as it fills."""
+    k = (
+        [np.array(c, np.int64) for c in zip(*keys, strict=True)]
+        if keys
+        else [np.zeros(0, np.int64)] * 3
+    )
+    (m,) = count_map.fill((count_map.new(wide=False),), len(k[0]), 1,
+                          lambda maps, start: count_map.tally_rows(*maps[0], *k, start))  # fmt: skip
+    got = {tuple(r[:3]): r[count_map.COUNT] for r in count_map.used(m).tolist()}
+    assert got == Counter(keys)
