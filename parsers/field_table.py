@@ -56,9 +56,6 @@ class FieldTable:
                                           int(f.from_code))  # fmt: skip
         return cls(tuple(slots), {code: row for row, code in enumerate(rows, start=1)}, layouts)
 
-    def slot(self, name: str) -> int:
-        return self.slots.index(name)
-
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
 def read(layouts, row, slot, code, nargs, words):

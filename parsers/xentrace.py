@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -92,6 +92,15 @@ _SOURCE = pl.Series("source", [SOURCE], dtype=EVENT_SCHEMA["source"])
 # --- decoding --------------------------------------------------------------------------
 
 
+class Records(NamedTuple):
+    """A chunk of a xentrace file's records, as the decoder hands them over."""
+
+    words: np.ndarray  # the file's 32-bit words
+    index: scan.Index  # where each record is, its pCPU, TSC and running vCPU
+    order: np.ndarray  # the records handed over (of `index`), in time order
+    origin: int  # the TSC that is time 0 (0 while no record has shown one)
+
+
 @dataclass
 class _State:
     """Per-pCPU state carried across chunks (owned here, updated in place by the kernel)."""
@@ -139,14 +148,15 @@ class XentraceDecoder:
 
     # The public entry points ----------------------------------------------------------
     def frames(self) -> Iterator[pl.DataFrame]:
-        for words, index, order in self.records():
-            yield self._to_frame(words, index, order)
+        for chunk in self.records():
+            yield self._to_frame(chunk)
 
-    def records(self) -> Iterator[tuple[np.ndarray, scan.Index, np.ndarray]]:
-        """The file's records a chunk at a time, undecoded: (the file's words, the chunk's
-        Index, the time order of its records), for a kernel that reads them where they lie
-        (frames() decodes them into the table's columns). The words are valid until the
-        next chunk is asked for; `stats` count what was handed over."""
+    def records(self) -> Iterator[Records]:
+        """The file's records a chunk at a time, undecoded (Records), for a kernel that reads
+        them where they lie (frames() decodes them into the table's columns); `stats` count
+        what was handed over. The words stay readable as long as the consumer holds them
+        (a shared read-only mapping: pages the decoder lets go once it is past them are
+        read in again from the page cache)."""
         size = self.path.stat().st_size
         if size == 0:
             raise ParseError(str(self.path), 0, "empty file: no xentrace records")
@@ -188,10 +198,11 @@ class XentraceDecoder:
                     if len(tsc):
                         last_emitted = tsc[-1]
                     self._count(words, *ready)
-                    yield words, *ready
+                    # (the origin as it stands now: a later chunk may be the first to set it)
+                    yield Records(words, *ready, self.tsc_origin or 0)
                 pos = new_pos
-                # Frames are copies: let the kernel drop the file pages no pending record
-                # needs, so resident memory stays bounded by the chunk size, not the file size.
+                # Let the kernel drop the file pages no pending record needs, so resident
+                # memory stays bounded by the chunk size, not the file size.
                 keep = min([pos] + [int(p.word[0]) for p in pending if len(p.word)])
                 done = (keep * 4) // mmap.PAGESIZE * mmap.PAGESIZE
                 if done and hasattr(mmap, "MADV_DONTNEED"):
@@ -321,13 +332,12 @@ class XentraceDecoder:
             self.stats.extra["wrap_buffer"] = self.stats.extra.get("wrap_buffer", 0) + int(wrap)
         self.stats.decoded += len(order)
 
-    def _to_frame(self, words: np.ndarray, index: scan.Index, order: np.ndarray) -> pl.DataFrame:
+    def _to_frame(self, chunk: Records) -> pl.DataFrame:
+        words, index, order, origin = chunk
         cols = dict(
             zip(
                 scan.EMITTED,
-                scan.emit_records(
-                    words, order, index, np.uint64(self.tsc_origin or 0), self.cpu_khz, _NAMES
-                ),
+                scan.emit_records(words, order, index, np.uint64(origin), self.cpu_khz, _NAMES),
                 strict=True,
             )
         )

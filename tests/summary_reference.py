@@ -201,6 +201,7 @@ def fold(rows: pl.DataFrame, times: bool = False) -> xen_fold.Folded:
     """The fold of `rows` (the table's xentrace rows, in time order) in one go."""
     lf = rows.lazy()
     exits = xen_fold.Exits(times)
-    exits.add(_exit_rows(lf).collect())
+    rows = _exit_rows(lf).collect()
+    exits.add([rows[c].to_numpy() for c in xen_fold.EXIT_COLUMNS])
     return xen_fold.Folded({n: q(lf).collect() for n, (q, _) in TABLES.items()},
                            {n: q(lf).collect() for n, q in ROWS.items()}, exits.result())  # fmt: skip

@@ -136,6 +136,22 @@ def test_hvm_traces_with_losses_fold_as_the_queries_did(seed, ncpu, lost, tmp_pa
         assert_same_fold(got, want)
 
 
+def test_records_before_any_tsc_fold_as_their_frames(tmp_path):
+    """A file whose first 1500 records carry no TSC, read 4 KiB at a time: the chunks
+    handed over before the origin is known are timed as their frames are (the origin a
+    chunk is handed over with, not the one the decoder found since, ahead on its thread)."""
+    rows = hvm_records(4000, seed=1, ncpu=2)
+    rows = rows.with_columns(pl.when(pl.int_range(pl.len()) < 1500).then(False)
+                             .otherwise(pl.col("has_ts")).alias("has_ts"))  # fmt: skip
+    path = tmp_path / "t.bin"
+    write_frame(path, rows, round_cycles=2_400_000)
+    frames = list(XentraceDecoder(path, cpu_khz=KHZ, chunk_bytes=4096).frames())
+    want = reference.fold(pl.concat(frames))
+    for _ in range(3):
+        got = summary.fold_file(XentraceDecoder(path, cpu_khz=KHZ, chunk_bytes=4096))
+        assert_same_fold(got, want)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     code=st.sampled_from(sorted({c for c, s in xe.SPECS.items()

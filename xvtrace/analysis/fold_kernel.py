@@ -31,6 +31,8 @@ F_LOST, F_HYPERCALL, F_PV, F_IO, F_INTERRUPT, F_GRANT, F_RUNSTATE, F_WAKE, F_UNK
 )
 # the group tables: a key's top byte (fold_program.TABLES is their order)
 T_GROUPS, T_LOST, T_HYPERCALLS, T_PV, T_IO, T_INTERRUPTS, T_GRANTS = range(7)
+# the columns of fold_program.program()'s `info`, a row per event id
+EV, FLAGS, ROLE, KIND, FIELD_ROW = range(5)
 # the field slots (fold_program.SLOTS is their order)
 S_REASON, S_HYPERCALL, S_VECTOR, S_FOR_DOM, S_LOST, S_DOM, S_VCPU = range(7)
 NO_ROLE = 255
@@ -64,20 +66,20 @@ def _u(x):
 def _record(ts, cpu, dom, vcpu, code, nargs, a, addr, has_addr, nbytes, at, ids, info, layouts,
             wide, wfilled, narrow, nfilled, xrows, krows, n):  # fmt: skip
     """One record into the maps (count_map's: `wide` for the groups and lost records, which
-    sum and time, `narrow` for the tables that only count) and the rows; `at`: its place (for the
-    rows in file order). `a`: its payload words (nargs of them); ids, info, layouts:
+    sum and time, `narrow` for the tables that only count) and the rows; `at`: its place in
+    the Index or frame (by which rows made in file order are put in time order). `a`: its payload words (nargs of them); ids, info, layouts:
     fold_program.program(). Returns the exit row it made, or -1."""
     r = scan._event_index(code, ids)
-    ev = info[r, 0]
-    flags = info[r, 1]
+    ev = info[r, EV]
+    flags = info[r, FLAGS]
     sh = np.uint64(56)
     k1 = (np.uint64(T_GROUPS) << sh) | (np.uint64((code >> 16) & 0xFFF) << np.uint64(32))
     k1 |= np.uint64(cpu & 0xFFFF) | (np.uint64((flags & F_UNKNOWN) != 0) << np.uint64(48))
     count_map.add(wide, wfilled, (_u(dom) << np.uint64(32)) | _u(vcpu), k1, 0, nbytes, ts)
-    role = info[r, 2]
+    role = info[r, ROLE]
     if flags == 0 and role == NO_ROLE:
         return -1
-    row = info[r, 4]
+    row = info[r, FIELD_ROW]
     if flags & F_LOST:
         v, ok = field_table.read(layouts, row, S_LOST, code, nargs, a)
         k1 = (np.uint64(T_LOST) << sh) | np.uint64(cpu & 0xFFFF)
@@ -88,7 +90,7 @@ def _record(ts, cpu, dom, vcpu, code, nargs, a, addr, has_addr, nbytes, at, ids,
     if flags & F_HYPERCALL:
         v, ok = field_table.read(layouts, row, S_HYPERCALL, code, nargs, a)
         k1 = (np.uint64(T_HYPERCALLS) << sh) | (np.uint64(ok) << np.uint64(40))
-        k1 |= (np.uint64(info[r, 3]) << np.uint64(32)) | _u(dom)
+        k1 |= (np.uint64(info[r, KIND]) << np.uint64(32)) | _u(dom)
         count_map.tally(narrow, nfilled, v, k1, 0)
     if flags & F_PV:
         k1 = (np.uint64(T_PV) << sh) | (np.uint64(ev) << np.uint64(32)) | _u(dom)

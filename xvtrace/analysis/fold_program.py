@@ -100,8 +100,8 @@ FEEDS = {  # event -> the tables and rows it feeds
 TABLES = ("groups", "lost_records", "hypercalls", "pv_events", "io", "interrupts", "grants")
 
 
-# the columns of program()'s `info`, a row per event id
-EV, FLAGS, ROLE, KIND, FIELD_ROW = range(5)
+# the columns of program()'s `info`, a row per event id (fold_kernel reads them)
+EV, FLAGS, ROLE, KIND, FIELD_ROW = k.EV, k.FLAGS, k.ROLE, k.KIND, k.FIELD_ROW
 
 
 @cache
@@ -109,9 +109,8 @@ def program() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The kernel's program: (ids, info, layouts). `ids`: scan.name_table of every event id
     to its row of `info` (an id not catalogued, and TRC_GUEST ids, their own rows); `info`:
     per id its event name index (the decoder's), what it feeds (FEEDS' flags), its exit
-    pairing role, hypercall kind and row of `layouts`, the field slots' table (SLOTS);
-    `words`: how many of a record's payload words the slots read at most. One probe of
-    `ids` a record gives all of it."""
+    pairing role, hypercall kind and row of `layouts`, the field slots' table (SLOTS).
+    One probe of `ids` a record gives all of it."""
     fields_ = FieldTable.build(SLOTS)
     codes = sorted(xe.SPECS)
     names = [xe.SPECS[c].name for c in codes] + [xe.UNKNOWN, xe.GUEST_MARKER]

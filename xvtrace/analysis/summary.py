@@ -65,8 +65,8 @@ def fold_file(dec: xentrace.XentraceDecoder) -> xen_fold.Folded:
     f = xen_fold.Fold()
 
     def folded(records):
-        for words, index, order in records:
-            yield f.add_records(words, index, order, dec.tsc_origin or 0, dec.cpu_khz, dec.names)
+        for chunk in records:
+            yield f.add_records(chunk, dec.cpu_khz, dec.names)
 
     with closing(prefetch(dec.records())) as records, closing(prefetch(folded(records))) as parts:
         for chunk in parts:

@@ -25,14 +25,11 @@ from xvtrace.analysis import count_map, exit_pairs, fold_kernel, fold_program
 EXIT_COLUMNS = ("ts_ns", "role", "vk", "reason", "port")  # the exit pairing's rows
 
 
-HISTOGRAM = ("key", "handler", "io", "dur", "count")  # Exits.result without times
-
-
 @dataclass
 class Exits:
     """Every exit closed so far and the pairing's state. With `times`, each exit's arrays
     (exit_pairs.OUT, per chunk: the exits' spans need their starts); without, a histogram
-    of them (HISTOGRAM, counted in a count_map), which is all the summary's
+    of them (counted in a count_map), which is all the summary's
     statistics need. With `times` and `first`, only the `first` exits by start among those
     `keep` keeps (a mask of a part's arrays), as each chunk comes: a bounded set, where a
     consumer draws only the earliest."""
@@ -48,13 +45,11 @@ class Exits:
     counted: tuple = field(default_factory=lambda: count_map.new(wide=False))
     tail: list[np.ndarray] | None = None  # the last instant of the chunk before
 
-    def add(self, rows: pl.DataFrame | list[np.ndarray], last: bool = False) -> None:
-        """`rows`: EXIT_COLUMNS, in time order. (A record whose TSC stepped backward, which
-        the decoder counts as out of order, is taken where it stands: a wake-up before an
-        exit in the stream is not that exit's, whatever its time.)"""
-        cols = (
-            [rows[c].to_numpy() for c in EXIT_COLUMNS] if isinstance(rows, pl.DataFrame) else rows
-        )
+    def add(self, cols: list[np.ndarray], last: bool = False) -> None:
+        """`cols`: the arrays of EXIT_COLUMNS, rows in time order. (A record whose TSC
+        stepped backward, which the decoder counts as out of order, is taken where it
+        stands: a wake-up before an exit in the stream is not that exit's, whatever its
+        time.)"""
         if self.tail is not None:  # the instant held back, with the rest of it from here
             head = _run_length(cols[0], self.tail[0][0])
             joint = [
@@ -93,7 +88,8 @@ class Exits:
             )  # fmt: skip
 
     def result(self) -> dict[str, np.ndarray]:
-        """exit_pairs.OUT arrays with `times`, else HISTOGRAM's."""
+        """exit_pairs.OUT arrays with `times`, else the histogram's: key, handler, io, dur
+        and how many exits had them (count)."""
         tail, self.tail = self.tail, None
         self.add(tail if tail is not None else [np.zeros(0, t) for t in _TYPES], last=True)
         if not self.times:
@@ -193,10 +189,11 @@ class Fold:
         self._keep(krows, count, None)
         self.exits.add([a.astype(t) for a, t in zip(xrows[:, : count[0]], _TYPES, strict=True)])
 
-    def add_records(self, words, index, order, origin: int, khz: int, names) -> FoldedChunk:
-        """Records index[order] (the decoder's: its Index and their time order) of a
-        xentrace file's words into the tables, read in file order; their rows for `take`
+    def add_records(self, chunk, khz: int, names) -> FoldedChunk:
+        """The records a xentrace decoder handed over (parsers.xentrace.Records: its Index
+        and their time order) into the tables, read in file order; their rows for `take`
         (which another thread may run)."""
+        words, index, order, origin = chunk
         n = len(index.word)
         space = np.empty(0, np.int64) if self.spare.empty() else self.spare.get()
         if len(space) < 16 * n:
