@@ -222,9 +222,10 @@ class XentraceDecoder:
             fh.close()
 
     @property
-    def names(self) -> tuple:
-        """The kernels' naming tables (scan.emit_records' `names`)."""
-        return _NAMES
+    def address_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ids whose payload starts with an address, in w0 and in w1:w0
+        (scan.record_address's addr32, addr64)."""
+        return _NAMES[1], _NAMES[2]
 
     def describe(self) -> dict:
         """This file's entry in a bundle manifest (after decoding)."""

@@ -280,9 +280,10 @@ def _event_index(ev, table):
 @njit(cache=True, nogil=True, inline="always")
 def tsc_to_ns(tsc, origin, khz):
     """floor((tsc - origin) * 1e6 / khz) exactly (modulo 2**64 where that overflows an
-    int64), for |tsc - origin| < 2**63, without a division per call: each quotient is estimated with the reciprocal of `khz` (computed
-    once per loop, where the call is inlined) and corrected by exact integer products.
-    (Two divisions were 13 ns of a record, a sixth of the summary's fold.)"""
+    int64), for |tsc - origin| < 2**63, without a division per call: each quotient is
+    estimated with the reciprocal of `khz` (computed once per loop, where the call is
+    inlined) and corrected by exact integer products. (Two divisions were 13 ns of a
+    record, a sixth of the summary's fold.)"""
     dt = np.int64(np.uint64(tsc) - np.uint64(origin))  # wrapping difference read as signed
     inv = 1.0 / khz
     e = np.float64(dt) * inv

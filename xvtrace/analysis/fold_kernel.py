@@ -22,6 +22,7 @@ import numpy as np
 from numba import njit
 
 from xvtrace.analysis import count_map
+from xvtrace.analysis.exit_pairs import UNKNOWN_VCPU, WAKE
 from xvtrace.parsers import field_table
 from xvtrace.parsers import xentrace_scan as scan
 
@@ -37,8 +38,6 @@ EV, FLAGS, ROLE, KIND, FIELD_ROW = range(5)
 S_REASON, S_HYPERCALL, S_VECTOR, S_FOR_DOM, S_LOST, S_DOM, S_VCPU = range(7)
 NO_ROLE = 255
 NULL_REASON = 0xFFFFFFFF
-UNKNOWN_VCPU = 1 << 32  # exit_pairs.UNKNOWN_VCPU
-WAKE = 6  # exit_pairs.WAKE
 MAX_ADDS = 2  # entries one record can add to a map (groups and lost; pv and hypercalls)
 
 # A chunk's rows, one row of an array per column: `xrows` the exit pairing's (ts, role, vk,
@@ -47,13 +46,17 @@ MAX_ADDS = 2  # entries one record can add to a map (groups and lost; pv and hyp
 # record's place (in the Index, or the frame: to put them in time order). `n` counts the
 # exit rows, the runstate changes and the marks.
 RUNSTATE_ROWS, RUNSTATE_AT, LOST_TS, LOST_AT = range(0, 6), 6, 7, 8
+XROWS, KROWS = 5, 9
 
 
-def out_arrays(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def out_arrays(n: int, space: np.ndarray | None = None) -> tuple:
     """(xrows, krows, n, a) for a chunk of `n` records (`a`: room for a record's payload
-    words)."""
-    return (np.empty((5, n), np.int64), np.empty((9, n), np.int64), np.zeros(3, np.int64),
-            np.zeros(7, np.uint64))  # fmt: skip
+    words); the rows views of `space` (at least (XROWS + KROWS) * n int64) when given."""
+    if space is None:
+        space = np.empty((XROWS + KROWS) * n, np.int64)
+    xrows = space[: XROWS * n].reshape(XROWS, n)
+    krows = space[XROWS * n : (XROWS + KROWS) * n].reshape(KROWS, n)
+    return xrows, krows, np.zeros(3, np.int64), np.zeros(7, np.uint64)
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
@@ -67,7 +70,8 @@ def _record(ts, cpu, dom, vcpu, code, nargs, a, addr, has_addr, nbytes, at, ids,
             wide, wfilled, narrow, nfilled, xrows, krows, n):  # fmt: skip
     """One record into the maps (count_map's: `wide` for the groups and lost records, which
     sum and time, `narrow` for the tables that only count) and the rows; `at`: its place in
-    the Index or frame (by which rows made in file order are put in time order). `a`: its payload words (nargs of them); ids, info, layouts:
+    the Index or frame (by which rows made in file order are put in time order). `a`: its
+    payload words (nargs of them); ids, info, layouts:
     fold_program.program(). Returns the exit row it made, or -1."""
     r = scan._event_index(code, ids)
     ev = info[r, EV]

@@ -56,7 +56,7 @@ PV_EVENTS = {  # the PV events xenalyze counts, by its names (xenalyze.c pv_name
     "pv.hypercall_subcall": "hypercall (subcall)",
 }
 HYPERCALL_KINDS = {"pv.hypercall": "pv", "pv.hypercall_subcall": "pv-subcall", "hvm.vmmcall": "hvm"}
-KIND_NAMES = ("pv", "pv-subcall", "hvm")
+KIND_NAMES = tuple(HYPERCALL_KINDS.values())
 
 # Handler records that xenalyze credits to the exit they fall in (xenalyze.c, hvm_process):
 # only while the exit is open, before its re-entry or the vCPU's wake-up. A read the device
@@ -100,10 +100,6 @@ FEEDS = {  # event -> the tables and rows it feeds
 TABLES = ("groups", "lost_records", "hypercalls", "pv_events", "io", "interrupts", "grants")
 
 
-# the columns of program()'s `info`, a row per event id (fold_kernel reads them)
-EV, FLAGS, ROLE, KIND, FIELD_ROW = k.EV, k.FLAGS, k.ROLE, k.KIND, k.FIELD_ROW
-
-
 @cache
 def program() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The kernel's program: (ids, info, layouts). `ids`: scan.name_table of every event id
@@ -117,11 +113,11 @@ def program() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     index = {name: i for i, name in enumerate(EVENT_NAMES)}
     info = np.zeros((len(names), 5), np.int64)
     for r, name in enumerate(names):
-        info[r, EV] = index[name]
-        info[r, FLAGS] = sum(flag for flag, events in FEEDS.items() if name in events)
-        info[r, ROLE] = ROLES.get(name, k.NO_ROLE)
-        info[r, KIND] = KIND_NAMES.index(HYPERCALL_KINDS[name]) if name in HYPERCALL_KINDS else 0
-        info[r, FIELD_ROW] = fields_.rows.get(codes[r], 0) if r < len(codes) else 0
+        info[r, k.EV] = index[name]
+        info[r, k.FLAGS] = sum(flag for flag, events in FEEDS.items() if name in events)
+        info[r, k.ROLE] = ROLES.get(name, k.NO_ROLE)
+        info[r, k.KIND] = KIND_NAMES.index(HYPERCALL_KINDS[name]) if name in HYPERCALL_KINDS else 0
+        info[r, k.FIELD_ROW] = fields_.rows.get(codes[r], 0) if r < len(codes) else 0
     ids = scan.name_table(np.array(codes, np.uint32), np.arange(len(codes)), len(codes),
                           len(codes) + 1)  # fmt: skip
     return ids, info, fields_.layouts

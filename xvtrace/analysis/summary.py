@@ -66,7 +66,7 @@ def fold_file(dec: xentrace.XentraceDecoder) -> xen_fold.Folded:
 
     def folded(records):
         for chunk in records:
-            yield f.add_records(chunk, dec.cpu_khz, dec.names)
+            yield f.add_records(chunk, dec.cpu_khz, dec.address_ids)
 
     with closing(prefetch(dec.records())) as records, closing(prefetch(folded(records))) as parts:
         for chunk in parts:

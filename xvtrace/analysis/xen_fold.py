@@ -189,19 +189,18 @@ class Fold:
         self._keep(krows, count, None)
         self.exits.add([a.astype(t) for a, t in zip(xrows[:, : count[0]], _TYPES, strict=True)])
 
-    def add_records(self, chunk, khz: int, names) -> FoldedChunk:
+    def add_records(self, chunk, khz: int, address_ids) -> FoldedChunk:
         """The records a xentrace decoder handed over (parsers.xentrace.Records: its Index
         and their time order) into the tables, read in file order; their rows for `take`
         (which another thread may run)."""
         words, index, order, origin = chunk
         n = len(index.word)
+        rows = fold_kernel.XROWS + fold_kernel.KROWS  # and xi and ready, a row each
         space = np.empty(0, np.int64) if self.spare.empty() else self.spare.get()
-        if len(space) < 16 * n:
-            space = np.empty(16 * n, np.int64)
-        xrows, krows = space[: 5 * n].reshape(5, n), space[5 * n : 14 * n].reshape(9, n)
-        xi, ready = space[14 * n : 15 * n], space[15 * n : 16 * n].view(np.bool_)[:n]
-        count, a = np.zeros(3, np.int64), np.zeros(7, np.uint64)
-        out = xrows, krows, count, a
+        if len(space) < (rows + 2) * n:
+            space = np.empty((rows + 2) * n, np.int64)
+        xrows, krows, count, _ = out = fold_kernel.out_arrays(n, space)
+        xi, ready = space[rows * n : (rows + 1) * n], space[(rows + 1) * n :].view(np.bool_)[:n]
         if len(order) == n:
             ready[:] = True
         else:  # (the rest wait for a later chunk)
@@ -210,7 +209,7 @@ class Fold:
         self.maps = count_map.fill(
             self.maps, n, fold_kernel.MAX_ADDS,
             lambda maps, start: fold_kernel.fold_records(
-                words, ready, *index, np.uint64(origin), khz, *names[1:], *self.prog, *maps[0],
+                words, ready, *index, np.uint64(origin), khz, *address_ids, *self.prog, *maps[0],
                 *maps[1], *out, xi, start),
         )  # fmt: skip
         return FoldedChunk(xrows, krows, count, xi, index.tsc, order, space)
