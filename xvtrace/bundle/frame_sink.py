@@ -28,14 +28,19 @@ def sink_frames(
 
 def batches_through(rows: pl.LazyFrame, scratch: Path, size: int) -> Iterator[pl.DataFrame]:
     """The rows of `rows`, in order, `size` at a time, through the parquet file `scratch`
-    (removed after): the query is written as it runs, then read back a slice at a time.
-    (polars' collect_batches runs ahead of its consumer: a query of 45 M narrow rows
-    had 1.4 GB of its batches waiting.)"""
+    (removed after): the query is written now, before this returns (a caller can then
+    collect what it holds beside the batches after the query's own memory is free), and
+    read back a slice at a time. (polars' collect_batches runs ahead of its consumer: a
+    query of 45 M narrow rows had 1.4 GB of its batches waiting.)"""
     rows.sink_parquet(scratch, **SPILL_OPTIONS)
+    return _read_back(scratch, size)
+
+
+def _read_back(stored: Path, size: int) -> Iterator[pl.DataFrame]:
     try:
-        stored = pl.scan_parquet(scratch)
-        total = stored.select(pl.len()).collect().item()
+        rows = pl.scan_parquet(stored)
+        total = rows.select(pl.len()).collect().item()
         for lo in range(0, total, size):
-            yield stored.slice(lo, size).collect()
+            yield rows.slice(lo, size).collect()
     finally:
-        scratch.unlink(missing_ok=True)
+        stored.unlink(missing_ok=True)

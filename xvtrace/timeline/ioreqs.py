@@ -87,7 +87,7 @@ def accesses(ev: pl.LazyFrame, exits: pl.DataFrame | None = None) -> Accesses:
     )
 
 
-JOIN_CHUNK_ROWS = 1 << 20  # IOREQs written at a time
+JOIN_CHUNK_ROWS = 1 << 18  # IOREQs written, requests matched, at a time
 TRAP_COLUMNS = ["dom", "cpu", "trap_exit_ns", "trap_entry_ns", "trap_off"]
 
 
@@ -108,9 +108,10 @@ def join(
         return None, None
     dm_rows, hv_rows = acc.dm.lazy(), acc.hv.lazy()
     key = ["vcpu", "kind", "dir", "addr"]  # kind and dir: enums (hvm.KIND, hvm.DIR)
-    dm = dm_rows.select(pl.col("src_file").cast(pl.Categorical), "dm_ns", "dm_off")
-    dm = dm.with_row_index("_row").collect()
-    if not len(dm) or not hv_rows.select(pl.len()).collect().item():
+    if (
+        not dm_rows.select(pl.len()).collect().item()
+        or not hv_rows.select(pl.len()).collect().item()
+    ):
         return None, None
     addrs = dm_rows.select(pl.col("addr").unique()).collect()["addr"].implode()
     dom = hv_rows.filter(pl.col("addr").is_in(addrs)).select("dom").collect()["dom"].mode()
@@ -124,45 +125,65 @@ def join(
     # IOREQ the last trap the clock allows it to follow, and take the most common index difference
     # per key as that key's shift (the traps before the device model's trace began). Order,
     # not nearest time, then pairs them, so windows that overlap within the clock's bounds
-    # cannot swap two neighbours; time only checks each pair. (On arrays of a few columns:
-    # a hash join of every IOREQ and trap on their keys held twice the two tables.)
-    in_order = dm.select(  # as the device model's log lists them, mostly: no copy then
+    # cannot swap two neighbours; time only checks each pair. (On arrays of a few columns,
+    # 4-byte numbers where they fit: a hash join of every IOREQ and trap on their keys held
+    # twice the two tables; 8-byte numbers, the IOREQs' frame and the traps' key columns
+    # held through the pairing, 1.6 GB at 15 M IOREQs.)
+    # (each side's key columns read in one query: polars 2.1 computed a lone when-then of
+    # literals over a filtered scan wrongly, e.g. the traps' direction), before the rest
+    dm_key, hv_key, keys = _key_ids(dm_rows.select(key).collect(), guest.select(key).collect(), key)
+    dm = dm_rows.select(pl.col("src_file").cast(pl.Categorical), "dm_ns", "dm_off").collect()
+    lo, hi = dm["dm_ns"].min(), dm["dm_ns"].max()
+    # the IOREQs in time order (as the device model's log lists them, mostly: no copy then),
+    # and in the order they are stored: the log's, file by file (one log's IOREQs in time
+    # order are)
+    in_order = dm.select(
         ((pl.col("dm_ns").diff() > 0) | ((pl.col("dm_ns").diff() == 0) & (pl.col("dm_off").diff() >= 0)))
         .fill_null(True).all()
     ).item()  # fmt: skip
-    # (each side's key columns read in one query: polars 2.1 computed a lone when-then of
-    # literals over a filtered scan wrongly, e.g. the traps' direction)
-    hv = guest.select(*key, exit_ns).collect()
-    dm_key, hv_key, keys = _key_ids(dm_rows.select(key).collect(), hv.select(key), key)
-    if not in_order:
-        dm = dm.sort("dm_ns", "dm_off")
-        dm_key = dm_key[dm["_row"].to_numpy()]
-    traps = _Numbered(hv_key, hv["trap_exit_ns"].to_numpy(), keys)
-    del hv  # (the traps' columns are read again, in the same order, once paired)
-    di = _Numbered(dm_key, np.arange(len(dm)), keys).index()
-    reach = dm.select(pl.col("dm_ns") + res + slack_up).to_series()
-    shift = traps.shifts(dm_key, di, reach.fill_null(0).to_numpy(), reach.is_not_null().to_numpy())
-    row = traps.rows(dm_key, di, shift)  # each IOREQ's trap by order, or -1
-    del traps, di, shift, dm_key, hv_key, reach
-    lo, hi = dm["dm_ns"].min(), dm["dm_ns"].max()
-    # the rows in the order they are stored: the log's, file by file (one log's IOREQs in
-    # time order are; an IOREQ's row in the device model's rows is `_row`)
+    by_time = None if in_order else _rows(dm.select(pl.arg_sort_by("dm_ns", "dm_off")))
+    stored_at = None  # the row of the i-th IOREQ in file order, None: the i-th
     if not _in_file_order(dm):
-        order = dm.select(pl.col("src_file").cast(pl.String), "dm_off").with_row_index().sort(
-            "src_file", "dm_off"
-        )["index"].to_numpy()  # fmt: skip
-        dm, row = dm[order], row[order]
-    stored_at = dm["_row"].to_numpy()
+        by_file = dm.select(pl.arg_sort_by(pl.col("src_file").cast(pl.String), "dm_off"))
+        stored_at = _rows(by_file)
+    reach = dm["dm_ns"] + (res + slack_up)
+    timed, reach = reach.is_not_null().to_numpy(), reach.fill_null(0).to_numpy()
     del dm
-    in_place = bool((stored_at == np.arange(len(stored_at))).all())
+    traps = _Numbered(hv_key, guest.select(exit_ns).collect().to_series().to_numpy(), keys)
+    del hv_key  # (the traps' columns are read again, in the same order, once paired)
+    if by_time is not None:
+        dm_key, reach, timed = dm_key[by_time], reach[by_time], timed[by_time]
+    di = _Numbered(dm_key, np.arange(len(dm_key), dtype=_index_type(len(dm_key))), keys).index()
+    shift = traps.shifts(dm_key, di, reach, timed)
+    del reach, timed
+    row = traps.rows(dm_key, di, shift)  # each IOREQ's trap by order, or -1 (in time order)
+    del traps, di, shift, dm_key
+    if by_time is not None:  # (by row, then in file order)
+        row[by_time] = row.copy()
+        del by_time
+    if stored_at is not None:
+        row = row[stored_at]
+    in_place = stored_at is None or bool((stored_at == np.arange(len(stored_at))).all())
     hv = guest.select(
         "addr", "dom", "cpu", exit_ns,
         to_device_model(pl.col("entry_ns"), clock).alias("trap_entry_ns"),
         pl.col("src_offset").alias("trap_off"),
     ).collect()  # fmt: skip
+    # the traps in the device model's trace window at its addresses (those left without an
+    # IOREQ are counted), then only the columns the IOREQs take
+    in_window = (
+        hv.select(
+            pl.col("addr").is_in(addrs)
+            & (pl.col("trap_entry_ns").fill_null(hi) >= lo)
+            & (pl.col("trap_exit_ns") <= hi)
+        )
+        .to_series()
+        .to_numpy()
+    )
     trap_cols = hv.select(TRAP_COLUMNS)
-    used = np.zeros(len(hv), bool)  # the traps an IOREQ joined
-    first_trap = hv["trap_exit_ns"].min()
+    del hv
+    used = np.zeros(len(trap_cols), bool)  # the traps an IOREQ joined
+    first_trap = trap_cols["trap_exit_ns"].min()
     before_trace = None if first_trap is None else first_trap - slack_up - res
     counts = {"joined": 0, "unjoined": 0, "before": 0}
     inside = (
@@ -202,14 +223,7 @@ def join(
         .schema
     )  # fmt: skip
     sink_frames(joined_frames, schema, spill)
-    # traps in the device model's trace window at its addresses, left without an IOREQ
-    window = (
-        pl.col("addr").is_in(addrs)
-        & (pl.col("trap_entry_ns").fill_null(hi) >= lo)
-        & (pl.col("trap_exit_ns") <= hi)
-    )
-    used_off = hv["trap_off"].filter(pl.Series(used)).implode()
-    left = hv.select((window & ~pl.col("trap_off").is_in(used_off)).sum()).item()
+    left = int(np.count_nonzero(in_window & ~used))
     n = len(row)
     return pl.scan_parquet(spill), {
         "ioreqs": n,
@@ -223,6 +237,17 @@ def join(
         " (aligned where the IOREQ stamps fall), each inside its trap's exit..entry window"
         " (clock bounds added)",
     }
+
+
+def _index_type(n: int) -> type:
+    """The narrowest of int32 and int64 numbering `n` rows (and -1)."""
+    return np.int32 if n < 1 << 31 else np.int64
+
+
+def _rows(order: pl.DataFrame) -> np.ndarray:
+    """A one-column frame of row numbers as an array of `_index_type`."""
+    rows = order.to_series().to_numpy()
+    return rows.astype(_index_type(len(rows)), copy=False)
 
 
 ID_SPAN = 1 << 40  # the most numbers a key's id may span before it is renumbered
@@ -260,7 +285,8 @@ def _dense(ids: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
     how many values that is."""
     found = np.unique(np.concatenate([pl.Series(i).unique().to_numpy() for i in ids]))
     found = found[found >= 0]
-    return [np.where(i < 0, -1, np.searchsorted(found, i)) for i in ids], len(found)
+    narrow = _index_type(len(found))
+    return [np.where(i < 0, -1, np.searchsorted(found, i)).astype(narrow) for i in ids], len(found)
 
 
 class _Numbered:
@@ -269,7 +295,7 @@ class _Numbered:
     key is -1)."""
 
     def __init__(self, key: np.ndarray, by: np.ndarray, groups: int):
-        order = np.lexsort((by, key))
+        order = np.lexsort((by, key)).astype(_index_type(len(key)))
         skip = int(np.searchsorted(key[order], 0))  # the rows of no key sort first
         self.order, self.key, self.by = order[skip:], key[order[skip:]], by[order[skip:]]
         self.start = np.searchsorted(self.key, np.arange(groups + 1))  # + the end
@@ -277,7 +303,7 @@ class _Numbered:
 
     def index(self) -> np.ndarray:
         """Each row's number within its key (-1: no key)."""
-        index = np.full(self.rows_in, -1, np.int64)
+        index = np.full(self.rows_in, -1, _index_type(self.rows_in))
         index[self.order] = np.arange(len(self.order)) - self.start[self.key]
         return index
 
@@ -296,7 +322,7 @@ class _Numbered:
         # both sides' times ranked together held 1.5 GB more at 15 M IOREQs.)
         shift = np.zeros(len(self.start) - 1, np.int64)
         has = np.zeros(len(self.start) - 1, bool)
-        by_key = np.argsort(key, kind="stable")
+        by_key = np.argsort(key, kind="stable").astype(_index_type(len(key)))
         sorted_key = key[by_key]
         firsts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
         keys = sorted_key[firsts]
@@ -471,10 +497,18 @@ def interrupt_acks(keys: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> p
         .filter(pl.col("joined") & (pl.col("kind") == "mmio"))
         .select(log, "dm_off", "addr", "dir", "dm_ns", "trap_exit_ns", "trap_entry_ns")
     )
-    kicks = _Groups(_sorted(
-        io.select("src_file", pl.col("dm_off").alias("kick_io_off"), pl.col("addr").alias("kick_addr"))
-        .collect(), "kick_io_off",
-    ), ["src_file"])  # fmt: skip
+    # each IOREQ's window when it is a QueueNotify write (null otherwise): a kick's is that of
+    # the last IOREQ before it, so of a run of IOREQs with the same one only the first is kept
+    # (an IOREQ per request of three at 5 M requests)
+    base = pl.when(pl.col("addr") % 0x1000 == NOTIFY_OFFSET).then(pl.col("addr") - NOTIFY_OFFSET)
+    kicks = _sorted(
+        io.select("src_file", pl.col("dm_off").alias("kick_io_off"), base.alias("_base")).collect(),
+        "kick_io_off",
+    )
+    kicks = _Groups(
+        kicks.filter(pl.col("_base").ne_missing(pl.col("_base").shift().over("src_file"))),
+        ["src_file"],
+    )
 
     def registers(offset, direction, prefix):
         regs = (
@@ -496,9 +530,6 @@ def interrupt_acks(keys: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> p
         return regs.asof(frame.sort(on, nulls_last=True), left_on=on, right_on=f"{prefix}_ns",
                          strategy="forward")  # fmt: skip
 
-    base = pl.when(pl.col("kick_addr") % 0x1000 == NOTIFY_OFFSET).then(
-        pl.col("kick_addr") - NOTIFY_OFFSET
-    )
     if not keys["request"].is_sorted():  # (the chunks' answers are put together in order)
         keys = keys.sort("request")
     parts = []
@@ -507,9 +538,9 @@ def interrupt_acks(keys: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> p
         out = kicks.asof(
             part.sort("kick_off", nulls_last=True), left_on="kick_off", right_on="kick_io_off",
             strategy="backward",
-        ).with_columns(base.alias("_base"))  # fmt: skip
+        )  # fmt: skip
         out = after(after(out, "notify_ns", isr, "isr_read"), "isr_read_ns", ack, "ack")
-        found = out.drop(*part.columns, "kick_io_off", "kick_addr", "_base")
+        found = out.drop(*part.columns, "kick_io_off", "_base")
         parts.append(in_request_order(out.select("request"), found))
     return pl.concat(parts)
 
@@ -522,7 +553,13 @@ class _Groups:
     def __init__(self, frame: pl.DataFrame, by: list[str]):
         self.by = by
         self.empty = frame.drop(by).clear()
-        self.groups = frame.partition_by(by, as_dict=True, maintain_order=True, include_key=False)
+        keys = frame.select(by).unique()
+        if len(keys) == 1:  # (one device, one log: the frame itself, not a copy in parts)
+            self.groups = {keys.row(0): frame.drop(by)}
+        else:
+            self.groups = frame.partition_by(
+                by, as_dict=True, maintain_order=True, include_key=False
+            )
 
     def asof(self, left: pl.DataFrame, **options) -> pl.DataFrame:
         """left.join_asof(the frame, by=`by`, check_sortedness=False, **options), with the
