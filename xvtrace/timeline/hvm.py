@@ -75,12 +75,15 @@ def handled_rows(ev: pl.LazyFrame, scratch: Path) -> tuple[pl.DataFrame, np.ndar
     del after_exit, before_entry
     # (VMCALL is the only handler record with a hypercall number)
     call = fields.xen("hvm.vmmcall", "hypercall")
-    found = (
-        xen.filter(pl.col("event").is_in(HANDLERS))
-        .select("dom", "vcpu", "cpu", "event", "addr", call, "src_offset")
-        .collect()
-    )
+    handlers = xen.filter(pl.col("event").is_in(HANDLERS))
     paired = exit_ns != NONE
+    # the order `handled` lists them in, from its two columns before the others are read
+    # (sorted beside them, 0.15 GB more at 5 M requests)
+    where = handlers.select("cpu", "src_offset").collect()
+    where = where if paired.all() else where.filter(pl.Series(paired))
+    order = where.select(pl.arg_sort_by("cpu", "src_offset", maintain_order=True)).to_series()
+    del where
+    found = handlers.select("dom", "vcpu", "cpu", "event", "addr", call, "src_offset").collect()
     if not paired.all():  # (each copy of the handlers' columns is 0.4 GB at 5 M requests)
         found, exit_ns, entry_ns, adjacent = (
             found.filter(pl.Series(paired)), exit_ns[paired], entry_ns[paired], adjacent[paired]
@@ -93,8 +96,6 @@ def handled_rows(ev: pl.LazyFrame, scratch: Path) -> tuple[pl.DataFrame, np.ndar
         "dom", "vcpu", "cpu", "event", "addr", "hypercall",
         "exit_ns", "entry_ns", "src_offset", "adjacent",
     )  # fmt: skip
-    del exit_ns, entry_ns, adjacent, paired
-    order = found.select(pl.arg_sort_by("cpu", "src_offset", maintain_order=True)).to_series()
     return found, order.to_numpy()
 
 
