@@ -550,3 +550,24 @@ def test_the_build_does_not_depend_on_its_buckets_and_slices(tmp_path, monkeypat
     assert cut.facts["requests"] > 150 and facts(cut) == facts(whole)
     for f, frame in stored.items():
         assert pl.read_parquet(tmp_path / "b" / f).equals(frame), f
+
+
+def test_pointers_popped_most_are_dealt_out_to_the_buckets(monkeypatch):
+    """QEMU reuses a few element pointers: hashed alone, a bucket could take most pops. The
+    pointers popped more than an eighth of a bucket each go to a bucket of their own while
+    there are buckets left, and no bucket holds more than the most popped pointer and its
+    share of the rarely popped ones; every event of a pointer goes to one bucket."""
+    from xvtrace.timeline import qemu_buckets
+
+    monkeypatch.setattr(qemu_buckets, "ELEMENTS_PER_BUCKET", 100)
+    heavy = {1: 150, 2: 120, 3: 90, 4: 80, 5: 40}
+    addrs = [a for a, n in heavy.items() for _ in range(n)] + list(range(1000, 1200))
+    pops = pl.LazyFrame({"addr": addrs}, schema={"addr": pl.UInt64})
+    bucket, buckets = qemu_buckets._bucket_of(pops)
+    assert buckets == 7  # (680 pops, 100 a bucket)
+    got = pops.with_columns(bucket.alias("b")).collect()
+    assert got.group_by("addr").agg(pl.col("b").n_unique())["b"].max() == 1
+    placed = got.filter(pl.col("addr").is_in(list(heavy))).unique("addr")["b"]
+    assert placed.n_unique() == len(heavy) and placed.max() < buckets
+    light = got.filter(~pl.col("addr").is_in(list(heavy))).group_by("b").len()["len"].max()
+    assert got.group_by("b").len()["len"].max() <= max(heavy.values()) + light
