@@ -99,7 +99,7 @@ def notify_pairs(
     # synchronous handling (the queue kick QEMU processes before completing the IOREQ)
     spans = []
     for log, addr, last in found:
-        at = addr.is_in(notify_addrs).to_numpy()
+        at = addr.is_in(notify_addrs).fill_null(False).to_numpy()  # (as the filter below)
         mine = _in_file_order(
             ioreqs.filter((pl.col("src_file") == log) & pl.col("addr").is_in(notify_addrs))
             .select(fields.qemu("handle_ioreq", "req").alias("slot"), "src_offset", "ts_ns")

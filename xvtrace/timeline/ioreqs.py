@@ -178,6 +178,7 @@ def join(
             & (pl.col("trap_exit_ns") <= hi)
         )
         .to_series()
+        .fill_null(False)  # (a trap without an address or exit is in no window)
         .to_numpy()
     )
     trap_cols = hv.select(TRAP_COLUMNS)
