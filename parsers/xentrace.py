@@ -112,6 +112,7 @@ class _State:
     prev_win_cpu: int = MAX_CPUS  # so that the first window starts a round
     round_min_tsc: int | None = None  # min last-TSC of the windows of the round in progress
     watermark: int = 0
+    per_record: float = 1.0  # words a record takes, as the last chunk's did
 
 
 class XentraceDecoder:
@@ -179,8 +180,7 @@ class XentraceDecoder:
                 win, probs, new_pos = scan.frame_windows(
                     words, pos, pos + chunk_words, nwords, MAX_CPUS
                 )
-                self._note_problems(probs)
-                index = self._fill(words, win, state)
+                index = self._fill(words, win, probs, state)
                 self.windows += len(win)
                 if len(index.word):
                     pending.append(index)
@@ -242,12 +242,18 @@ class XentraceDecoder:
         }
 
     # Steps -----------------------------------------------------------------------------
-    def _fill(self, words, win, state: _State) -> scan.Index:
+    def _fill(self, words, win, resync: np.ndarray, state: _State) -> scan.Index:
+        """The Index of the records in windows `win` (frame_windows'; `resync`: the problems
+        it found between them), its problems noted in file order."""
         index, missing, probs = scan.index_records(
-            words, win, state.last_tsc, state.tsc_seen, state.cur_dom, state.cur_vcpu
-        )
+            words, win, state.last_tsc, state.tsc_seen, state.cur_dom, state.cur_vcpu,
+            state.per_record,
+        )  # fmt: skip
+        if len(index[0]):  # (the next chunk's columns are sized by this one's records)
+            state.per_record = float((win[:, 2] - win[:, 1]).sum() / len(index[0]))
         index = scan.Index(*index)
-        self._note_problems(probs)
+        probs = np.concatenate((resync, probs))
+        self._note_problems(probs[np.argsort(probs[:, 1], kind="stable")])
         tsc = index.tsc
         if self.tsc_origin is None and not missing.all():
             self.tsc_origin = int(tsc[~missing].min())

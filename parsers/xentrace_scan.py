@@ -3,9 +3,11 @@
 A xentrace file is a chain: each record's length is in its own header word (0-7 extra
 words, optional 8-byte TSC), so the position of record k+1 is known only after reading
 record k. No numpy expression can find the boundaries without walking them, and a Python
-loop per record runs at ~1 MB/s. This kernel walks the window framing and the record chain
-once (two passes: count, then fill preallocated columns) at memory speed; everything after
-it (naming, payload fields, time conversion, merging) is vectorized numpy/polars.
+loop per record runs at ~1 MB/s. These kernels find the windows from header to header,
+then walk each window's record chain once, checking and indexing each record (into columns
+sized by the window's words: a record is a word at least; a walk to count first, then one
+to fill, took 0.47 s more of a 500 MB trace's 1 s); everything after it (naming, payload
+fields, time conversion, merging) is vectorized numpy/polars or compiled likewise.
 
 Per-pCPU state (last TSC, running vCPU) lives in small arrays the caller owns, so the file
 can be decoded in chunks with results identical to one pass.
@@ -49,33 +51,15 @@ def _valid_header(words, q, end, max_cpu):
 
 
 @njit(cache=True, nogil=True)
-def _walk_window(words, s, e):
-    """Walk records in [s, e): return (n_records, stop, kind) where stop is where the good
-    records end and kind is 0 when they fill the window exactly."""
-    r = s
-    n = 0
-    while r < e:
-        h = words[r]
-        ev = h & EVENT_MASK
-        cls = (ev >> 16) & 0xFFF
-        # Xen's classes (TRC_GEN .. TRC_GUEST) are single bits; anything else is not a
-        # record Xen wrote, and neither is a CPU_CHANGE inside a window.
-        if cls == 0 or (cls & (cls - 1)) != 0 or ev == CPU_CHANGE_EVENT:
-            return n, r, P_BAD_RECORD
-        size = 1 + 2 * (h >> 31) + ((h >> 28) & 7)
-        if r + size > e:
-            return n, r, P_OVERRUN
-        r += size
-        n += 1
-    return n, r, 0
-
-
-@njit(cache=True, nogil=True)
 def frame_windows(words, pos, stop, end, max_cpu):
-    """Enumerate windows starting at word `pos` until a window starts at or after `stop`.
+    """Enumerate windows starting at word `pos` until a window starts at or after `stop`,
+    by their headers alone (a header's size leads to the next header, which
+    _valid_header checks is there): the records inside are walked once, by index_records.
 
-    Returns (win, problems, new_pos): win rows are (cpu, data_start, good_end, declared_end,
-    n_records); problems rows are (kind, word_offset, skipped_words, aux).
+    Returns (win, problems, new_pos): win rows are (cpu, data_start, end, declared_end, 0),
+    `end` the window's end within the file, which index_records narrows to where its good
+    records end, and the 0 their count; problems rows (kind, word_offset, skipped_words,
+    aux) are the garbage skipped between windows.
     """
     cap = 64
     win = np.empty((cap, 5), dtype=np.int64)
@@ -97,31 +81,17 @@ def frame_windows(words, pos, stop, end, max_cpu):
             npb += 1
             p = q
             continue
-        cpu = np.int64(np.int32(words[p + 1]))
-        s = p + 3
-        declared = s + np.int64(words[p + 2] // 4)
-        e = min(declared, end)
-        n, good, kind = _walk_window(words, s, e)
-        if kind == 0 and declared > end:
-            kind = P_TRUNCATED
-        if kind != 0:
-            if npb == probs.shape[0]:
-                probs = np.concatenate((probs, np.empty_like(probs)))
-            probs[npb, 0] = kind
-            probs[npb, 1] = good
-            probs[npb, 2] = e - good
-            probs[npb, 3] = declared - end if declared > end else 0
-            npb += 1
         if nw == cap:
             cap *= 2
             grown = np.empty((cap, 5), dtype=np.int64)
             grown[:nw] = win[:nw]
             win = grown
-        win[nw, 0] = cpu
-        win[nw, 1] = s
-        win[nw, 2] = good
+        declared = p + 3 + np.int64(words[p + 2] // 4)
+        win[nw, 0] = np.int64(np.int32(words[p + 1]))
+        win[nw, 1] = p + 3
+        win[nw, 2] = min(declared, end)
         win[nw, 3] = declared
-        win[nw, 4] = n
+        win[nw, 4] = 0
         nw += 1
         p = declared
     return win[:nw], probs[:npb], p
@@ -147,75 +117,117 @@ class Index(NamedTuple):
 
 
 @njit(cache=True, nogil=True)
-def index_records(words, win, last_tsc, tsc_seen, cur_dom, cur_vcpu):
-    """Pass 1 over the records of the windows found by frame_windows: position, pCPU, TSC
-    (records without one take their pCPU's last) and running vCPU (from runstate records).
+def _grown(a, size):
+    out = np.empty(size, a.dtype)
+    out[: a.shape[0]] = a
+    return out
+
+
+@njit(cache=True, nogil=True)
+def index_records(words, win, last_tsc, tsc_seen, cur_dom, cur_vcpu, per_record):
+    """Pass 1 over the records of the windows found by frame_windows, walking each window's
+    chain once: position, pCPU, TSC (records without one take their pCPU's last) and
+    running vCPU (from runstate records). A window's walk stops at a record Xen cannot
+    have written or one that runs past the window's end: win[i, 2] becomes where its good
+    records end and win[i, 4] their count.
 
     last_tsc/tsc_seen/cur_dom/cur_vcpu are per-pCPU state carried across chunks and updated
-    in place. Returns the Index fields, a mask of records before any TSC of their pCPU, and
-    a problems array of TSC steps backward.
+    in place. `per_record`: the words a record is expected to take (the columns are sized
+    by it, and grow if it was too many). Returns the Index fields, a mask of records before
+    any TSC of their pCPU, and a problems array (the windows' bad records, overruns and
+    truncation, in file order, then the TSC steps backward).
     """
-    n = 0
+    most = 0  # every record is a word at least
     for i in range(win.shape[0]):
-        n += win[i, 4]
-    word = np.empty(n, dtype=np.int64)
-    cpu_out = np.empty(n, dtype=np.int16)
-    tsc = np.empty(n, dtype=np.uint64)
-    dom = np.empty(n, dtype=np.int32)
-    vcpu = np.empty(n, dtype=np.int32)
-    missing = np.zeros(n, dtype=np.bool_)
+        most += win[i, 2] - win[i, 1]
+    cap = min(most, np.int64(most / max(per_record, 1.0) * 1.125) + 256)
+    word = np.empty(cap, dtype=np.int64)
+    cpu_out = np.empty(cap, dtype=np.int16)
+    tsc = np.empty(cap, dtype=np.uint64)
+    dom = np.empty(cap, dtype=np.int32)
+    vcpu = np.empty(cap, dtype=np.int32)
+    missing = np.empty(cap, dtype=np.bool_)
+    probs = np.empty((win.shape[0] + 1, 4), dtype=np.int64)
+    npb = 0
     back = 0
     back_first = np.int64(-1)
     k = 0
     for i in range(win.shape[0]):
         c = win[i, 0]
         r = win[i, 1]
-        good = win[i, 2]
-        while r < good:
-            h = words[r]
-            nx = (h >> 28) & 7
-            word[k] = r
-            cpu_out[k] = c
-            d = r + 1
-            if h >> 31:
-                t = np.uint64(words[r + 1]) | (np.uint64(words[r + 2]) << np.uint64(32))
-                if tsc_seen[c] and t < last_tsc[c]:
-                    back += 1
-                    if back_first < 0:
-                        back_first = r
-                last_tsc[c] = t
-                tsc_seen[c] = True
-                d = r + 3
-            if tsc_seen[c]:
-                tsc[k] = last_tsc[c]
-            else:
-                tsc[k] = 0
-                missing[k] = True
-            # Attribute to the vCPU running on this pCPU, then apply the record's effect.
-            dom[k] = cur_dom[c]
-            vcpu[k] = cur_vcpu[c]
-            ev = h & EVENT_MASK
-            if (ev & RUNSTATE_MASK) == RUNSTATE_EVENT and nx >= 1:
-                sd = np.int32(words[d] >> 16)
-                sv = np.int32(words[d] & 0xFFFF)
-                new = (ev >> 4) & 0xF
-                old = (ev >> 8) & 0xF
-                if new == 0:
-                    cur_dom[c] = sd
-                    cur_vcpu[c] = sv
-                elif old == 0 and cur_dom[c] == sd and cur_vcpu[c] == sv:
+        e = win[i, 2]
+        k0 = k
+        kind = 0
+        while True:
+            while r < e and k < cap:
+                h = words[r]
+                ev = h & EVENT_MASK
+                cls = (ev >> 16) & 0xFFF
+                # Xen's classes (TRC_GEN .. TRC_GUEST) are single bits; anything else is not a
+                # record Xen wrote, and neither is a CPU_CHANGE inside a window.
+                if cls == 0 or (cls & (cls - 1)) != 0 or ev == CPU_CHANGE_EVENT:
+                    kind = P_BAD_RECORD
+                    break
+                nx = (h >> 28) & 7
+                if r + 1 + 2 * (h >> 31) + nx > e:
+                    kind = P_OVERRUN
+                    break
+                word[k] = r
+                cpu_out[k] = c
+                d = r + 1
+                if h >> 31:
+                    t = np.uint64(words[r + 1]) | (np.uint64(words[r + 2]) << np.uint64(32))
+                    if tsc_seen[c] and t < last_tsc[c]:
+                        back += 1
+                        if back_first < 0:
+                            back_first = r
+                    last_tsc[c] = t
+                    tsc_seen[c] = True
+                    d = r + 3
+                missing[k] = not tsc_seen[c]
+                tsc[k] = last_tsc[c] if tsc_seen[c] else 0
+                # Attribute to the vCPU running on this pCPU, then apply the record's effect.
+                dom[k] = cur_dom[c]
+                vcpu[k] = cur_vcpu[c]
+                if (ev & RUNSTATE_MASK) == RUNSTATE_EVENT and nx >= 1:
+                    sd = np.int32(words[d] >> 16)
+                    sv = np.int32(words[d] & 0xFFFF)
+                    new = (ev >> 4) & 0xF
+                    old = (ev >> 8) & 0xF
+                    if new == 0:
+                        cur_dom[c] = sd
+                        cur_vcpu[c] = sv
+                    elif old == 0 and cur_dom[c] == sd and cur_vcpu[c] == sv:
+                        cur_dom[c] = -1
+                        cur_vcpu[c] = -1
+                elif ev == CONTINUE_RUNNING_EVENT and nx >= 1:
+                    # often a pCPU's first scheduling record: from here its vCPU is known (as
+                    # xenalyze's vcpu_start takes it)
+                    cur_dom[c] = np.int32(words[d] >> 16)
+                    cur_vcpu[c] = np.int32(words[d] & 0xFFFF)
+                elif ev == LOST_RECORDS_EVENT:
                     cur_dom[c] = -1
                     cur_vcpu[c] = -1
-            elif ev == CONTINUE_RUNNING_EVENT and nx >= 1:
-                # often a pCPU's first scheduling record: from here its vCPU is known (as
-                # xenalyze's vcpu_start takes it)
-                cur_dom[c] = np.int32(words[d] >> 16)
-                cur_vcpu[c] = np.int32(words[d] & 0xFFFF)
-            elif ev == LOST_RECORDS_EVENT:
-                cur_dom[c] = -1
-                cur_vcpu[c] = -1
-            r = d + nx
-            k += 1
+                r = d + nx
+                k += 1
+            if kind != 0 or r >= e:
+                break
+            # out of room (the records were shorter than expected): grown by half
+            cap = min(most, cap + cap // 2 + 1)
+            word, cpu_out, tsc = _grown(word, cap), _grown(cpu_out, cap), _grown(tsc, cap)
+            dom, vcpu, missing = _grown(dom, cap), _grown(vcpu, cap), _grown(missing, cap)
+        declared = win[i, 3]
+        if kind == 0 and declared > e:
+            kind = P_TRUNCATED
+        if kind != 0:
+            probs[npb, 0] = kind
+            probs[npb, 1] = r
+            probs[npb, 2] = e - r
+            probs[npb, 3] = declared - e if declared > e else 0
+            npb += 1
+        win[i, 2] = r
+        win[i, 4] = k - k0
+    n = k
     # Records before the first TSC of their pCPU take that pCPU's first TSC in this chunk.
     first = np.zeros(last_tsc.shape[0], dtype=np.uint64)
     found = np.zeros(last_tsc.shape[0], dtype=np.bool_)
@@ -228,13 +240,13 @@ def index_records(words, win, last_tsc, tsc_seen, cur_dom, cur_vcpu):
         if missing[i] and found[cpu_out[i]]:
             tsc[i] = first[cpu_out[i]]
             missing[i] = False
-    probs = np.empty((1 if back else 0, 4), dtype=np.int64)
     if back:
-        probs[0, 0] = P_TSC_BACKWARD
-        probs[0, 1] = back_first
-        probs[0, 2] = 0
-        probs[0, 3] = back
-    return (word, cpu_out, tsc, dom, vcpu), missing, probs
+        probs[npb, 0] = P_TSC_BACKWARD
+        probs[npb, 1] = back_first
+        probs[npb, 2] = 0
+        probs[npb, 3] = back
+        npb += 1
+    return (word[:n], cpu_out[:n], tsc[:n], dom[:n], vcpu[:n]), missing[:n], probs[:npb]
 
 
 def name_table(codes: np.ndarray, names: np.ndarray, unknown: int, guest: int) -> np.ndarray:

@@ -132,3 +132,79 @@ def test_writing_listed_rows_is_writing_them_gathered(records, rnd, data):
     want = encode_windows(*cols, round_cycles=700, window_bytes=256)
     got = encode_windows(*stored, round_cycles=700, window_bytes=256, order=where)
     assert got.tolist() == want.tolist()
+
+
+def reference_walk(words: list[int]) -> tuple[list[int], list[tuple[str, int, int]]]:
+    """The framing rules of trace.h and xentrace.c, walked plainly a word at a time: the
+    byte offsets of the records a decoder must keep, in file order, and the places it must
+    report (kind, byte offset, bytes skipped). A window header is CPU_CHANGE, a pCPU below
+    4096, a size in whole words and another header (or the file's end) where it says it
+    ends; a record is of one Xen trace class, not CPU_CHANGE, and inside its window."""
+    end = len(words)
+
+    def header(q):
+        if q + 3 > end or words[q] != CPU_CHANGE_HEADER:
+            return False
+        cpu = words[q + 1] - (1 << 32) if words[q + 1] >> 31 else words[q + 1]
+        nxt = q + 3 + words[q + 2] // 4
+        return (
+            0 <= cpu < 4096
+            and words[q + 2] % 4 == 0
+            and (nxt >= end or words[nxt] == CPU_CHANGE_HEADER)
+        )
+
+    records, problems, p = [], [], 0
+    while p < end:
+        if not header(p):
+            q = p + 1
+            while q < end and not header(q):
+                q += 1
+            problems.append(("resync" if q < end else "garbage", 4 * p, 4 * (q - p)))
+            p = q
+            continue
+        declared = p + 3 + words[p + 2] // 4
+        r, stop, kind = p + 3, min(declared, end), None
+        while r < stop:
+            ev = words[r] & 0x0FFFFFFF
+            cls = ev >> 16 & 0xFFF
+            if cls == 0 or cls & (cls - 1) or ev == 0x0001F003:
+                kind = "bad-record"
+                break
+            size = 1 + 2 * (words[r] >> 31) + (words[r] >> 28 & 7)
+            if r + size > stop:
+                kind = "overrun"
+                break
+            records.append(4 * r)
+            r += size
+        if kind is None and declared > end:
+            kind = "truncated"
+        if kind:
+            problems.append((kind, 4 * r, 4 * (stop - r)))
+        p = declared
+    return records, problems
+
+
+@given(st.lists(record, min_size=1, max_size=150), st.data())
+def test_the_decoder_keeps_and_reports_what_the_framing_rules_say(tmp_path_factory, records, data):
+    """Valid windows with words overwritten and the file cut: the records kept and the
+    problems reported (kind, offset, bytes skipped) are the plain walk's, whatever the chunk
+    size (the decoder sizes its columns by the records before and grows them)."""
+    cpu, tsc, has, code, args, nargs = build(records)
+    words = encode_windows(cpu, tsc, has, code, args, nargs, round_cycles=500, window_bytes=256)
+    words = words.astype(np.uint32)
+    for _ in range(data.draw(st.integers(0, 4))):
+        at = data.draw(st.integers(0, len(words) - 1))
+        words[at] = data.draw(st.sampled_from([0, 0x0001F003, 0x70020001, 0xF0020001, 1 << 31]))
+    words = words[: data.draw(st.integers(1, len(words)))]
+    path = tmp_path_factory.mktemp("rw") / "t.bin"
+    path.write_bytes(words.astype("<u4").tobytes())
+    offsets, problems = reference_walk(words.tolist())
+    try:
+        df, stats = decode_file(
+            path, cpu_khz=1000, chunk_bytes=data.draw(st.sampled_from([4096, 1 << 20]))
+        )
+    except ParseError as e:  # a file whose first words are no window header
+        assert e.offset == 0 and problems[0][1] == 0
+        return
+    assert sorted(df["src_offset"].to_list()) == offsets
+    assert [(p.kind, p.offset, p.skipped_bytes) for p in stats.problems] == problems
