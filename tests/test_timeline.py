@@ -552,6 +552,66 @@ def test_the_build_does_not_depend_on_its_buckets_and_slices(tmp_path, monkeypat
         assert pl.read_parquet(tmp_path / "b" / f).equals(frame), f
 
 
+def _pops(addrs, fills=()):
+    """QEMU events (qemu.events_of's columns the buckets read): a pop of each of `addrs`,
+    then a fill of each of `fills`."""
+    return _qemu_events([("pop", a) for a in addrs] + [("fill", a) for a in fills])
+
+
+def _qemu_events(rows):
+    """(pop or fill, pointer) rows as QEMU events of one log and queue, in that order (the
+    arguments: no reset)."""
+    return pl.LazyFrame(
+        {"event": [f"qemu.virtqueue_{e}" for e, _ in rows], "addr": [a for _, a in rows],
+         "src_file": "qemu.log", "dev": "blk0", "queue": 0, "src_offset": range(0, 64 * len(rows), 64),
+         **{f"arg{i}": 0 for i in range(7)}},
+        schema_overrides={"addr": pl.UInt64, "queue": pl.UInt16, "src_offset": pl.UInt64},
+    ).with_columns(pl.col("src_file", "dev").cast(pl.Categorical))  # fmt: skip
+
+
+def _buckets(q):
+    """`q`'s rows with their bucket (`b`: each row in one) and how many buckets."""
+    from xvtrace.timeline import qemu_buckets
+
+    in_bucket, buckets = qemu_buckets._bucket_of(q)
+    ins = [in_bucket(b).cast(pl.Int32) for b in range(buckets)]
+    got = q.with_columns(
+        pl.sum_horizontal(ins).alias("n"), pl.concat_list(ins).list.arg_max().alias("b")
+    ).collect()
+    assert (got["n"] == 1).all()
+    return got, buckets
+
+
+@pytest.mark.parametrize("lost", [None, 100])
+def test_a_pointer_popped_most_is_cut_only_where_no_fill_is_owed(monkeypatch, lost):
+    """A pointer popped more than half a bucket (QD1: one element reused for every request)
+    is dealt out in pieces of a quarter bucket, each starting at a pop before which the
+    pointer has had as many fills as pops (the k-th pop pairs with the k-th fill). With a
+    fill lost, nothing after it is cut; every event of a piece goes to its bucket."""
+    from xvtrace.timeline import qemu_buckets
+
+    monkeypatch.setattr(qemu_buckets, "ELEMENTS_PER_BUCKET", 100)
+    rows = [
+        r
+        for i in range(400)
+        for r in (("pop", 7), ("fill", 7))
+        if not (r[0] == "fill" and i == lost)
+    ]
+    rows += [("pop", a) for a in range(1000, 1100)]  # popped once each: hashed
+    q = _qemu_events(rows)
+    cuts, sizes = qemu_buckets._pieces(q, {7: 400}, pl.col("src_offset").cast(pl.Int64), 25)[7]
+    first = 16 if lost is None else 5  # with a fill lost: cut at pops 25 .. 100, then whole
+    assert cuts == [64 * 2 * 25 * j for j in range(1, first)]  # (each row 64 bytes on)
+    assert sizes == [25] * (first - 1) + [400 - 25 * (first - 1)]
+    got, buckets = _buckets(q)
+    assert buckets == 5
+    piece = pl.lit(pl.Series(cuts, dtype=pl.Int64)).search_sorted(
+        pl.col("src_offset").cast(pl.Int64), side="right"
+    )
+    hot = got.filter(pl.col("addr") == 7).group_by(piece.alias("piece")).agg(pl.col("b").n_unique())
+    assert len(hot) == first and hot["b"].max() == 1
+
+
 def test_pointers_popped_most_are_dealt_out_to_the_buckets(monkeypatch):
     """QEMU reuses a few element pointers: hashed alone, a bucket could take most pops. The
     pointers popped more than an eighth of a bucket each go to a bucket of their own while
@@ -562,10 +622,9 @@ def test_pointers_popped_most_are_dealt_out_to_the_buckets(monkeypatch):
     monkeypatch.setattr(qemu_buckets, "ELEMENTS_PER_BUCKET", 100)
     heavy = {1: 150, 2: 120, 3: 90, 4: 80, 5: 40}
     addrs = [a for a, n in heavy.items() for _ in range(n)] + list(range(1000, 1200))
-    pops = pl.LazyFrame({"addr": addrs}, schema={"addr": pl.UInt64})
-    bucket, buckets = qemu_buckets._bucket_of(pops)
+    pops = _pops(addrs)
+    got, buckets = _buckets(pops)
     assert buckets == 7  # (680 pops, 100 a bucket)
-    got = pops.with_columns(bucket.alias("b")).collect()
     assert got.group_by("addr").agg(pl.col("b").n_unique())["b"].max() == 1
     placed = got.filter(pl.col("addr").is_in(list(heavy))).unique("addr")["b"]
     assert placed.n_unique() == len(heavy) and placed.max() < buckets

@@ -28,7 +28,7 @@ def _events(q: pl.LazyFrame, names: list[str], *cols: pl.Expr) -> pl.LazyFrame:
     return q.filter(pl.col("event").is_in(names)).select(*cols)
 
 
-def _resets(q: pl.LazyFrame):
+def epochs(q: pl.LazyFrame):
     """A function adding to a frame of one device's events (src_file, dev, offset column
     `off`, sorted by it on return) the number of resets of that device before each: its
     `epoch` (a virtio_set_status to 0 ends the device's life: nothing in flight survives)."""
@@ -87,7 +87,7 @@ def element_requests(q: pl.LazyFrame) -> pl.LazyFrame:
     request and completions) and its device's `epoch`, by (src_file, pop_off). `q`: the
     bundle's QEMU events (`events_of`). Elements are independent of each other: a subset of
     the elements' events gives those elements' rows."""
-    since = _resets(q)
+    since = epochs(q)
     pops = (
         since(_events(
             q,
@@ -149,14 +149,14 @@ def element_requests(q: pl.LazyFrame) -> pl.LazyFrame:
 
 
 class QueueEvents(NamedTuple):
-    """The queues' kicks and notifies, each with its device's epoch (`_resets`)."""
+    """The queues' kicks and notifies, each with its device's epoch (`epochs`)."""
 
     kicks: pl.LazyFrame | pl.DataFrame
     irqs: pl.LazyFrame | pl.DataFrame
 
     @classmethod
     def of(cls, q: pl.LazyFrame) -> QueueEvents:
-        since = _resets(q)
+        since = epochs(q)
         return cls(
             since(_events(q, KICKS, pl.col("src_file"), pl.col("dev"), pl.col("queue"),
                           pl.col("ts_ns").alias("kick_ns"), pl.col("src_offset").alias("_koff")), "_koff"),

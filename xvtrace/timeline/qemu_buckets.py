@@ -10,13 +10,16 @@ at 5 M requests, built at once).
 
 QEMU reuses a few element pointers (the emulated 5 M request capture pops from 7, one of
 them 1.55 M times), so a pointer's hash alone filled one bucket of five with 2.7 M pops;
-the pointers popped most are dealt out by count instead (`_bucket_of`). A bucket holds at
-least the pointer popped most.
+the pointers popped most are dealt out by count instead (`_bucket_of`). A pointer popped
+more than half a bucket (at queue depth 1, QEMU pops one element for every request: 2 M
+times in a 2 M request capture) is dealt out in pieces of its pops, cut where it owes no
+fill (`_pieces`), so no bucket holds much more than ELEMENTS_PER_BUCKET pops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +42,10 @@ def write_requests(ev: pl.LazyFrame, spill: Path, path: Path) -> None:
         events, **SPILL_OPTIONS
     )
     q = qemu.events_of(pl.scan_parquet(events))
-    bucket, buckets = _bucket_of(q.filter(pl.col("event") == "qemu.virtqueue_pop"))
+    in_bucket, buckets = _bucket_of(q)
     parts = []
     for b in range(buckets):
-        other = pl.col("event").is_in(qemu.ELEMENT_EVENTS) & (bucket != b)
+        other = pl.col("event").is_in(qemu.ELEMENT_EVENTS) & ~in_bucket(b)
         part = spill / f"dm_elements_{b}.parquet"
         qemu.element_requests(q.filter(~other)).sink_parquet(part, **SPILL_OPTIONS)
         parts.append(pl.scan_parquet(part))
@@ -56,51 +59,121 @@ def write_requests(ev: pl.LazyFrame, spill: Path, path: Path) -> None:
         events.unlink(missing_ok=True)
 
 
-def _bucket_of(pops: pl.LazyFrame) -> tuple[pl.Expr, int]:
-    """Each element event's bucket (by its pointer, `addr`) and how many buckets: about
-    ELEMENTS_PER_BUCKET pops each. A pointer popped more than an eighth of that goes whole
-    to the bucket with the fewest pops so far, most popped first; the others (many, each
+def _bucket_of(q: pl.LazyFrame) -> tuple[Callable[[int], pl.Expr], int]:
+    """Whether an element event is in bucket b (a function of b) and how many buckets: about ELEMENTS_PER_BUCKET pops
+    each (`q`: the QEMU events, qemu.events_of). A pointer popped more than an eighth of
+    that goes whole to the bucket with the fewest pops so far, most popped first, and one
+    popped more than half of it in pieces (`_pieces`) likewise; the others (many, each
     popped a few times) by their hash, counted first."""
+    pops = q.filter(pl.col("event") == "qemu.virtqueue_pop")
     per_addr = pops.group_by("addr").len().collect()
     total = int(per_addr["len"].sum())
     buckets = max(1, -(-total // ELEMENTS_PER_BUCKET))
     hashed = pl.col("addr").hash(seed=0) % buckets
-    heavy = (pl.col("len") > ELEMENTS_PER_BUCKET // 8) & pl.col("addr").is_not_null()
+    named = pl.col("addr").is_not_null()
+    heavy = named & (pl.col("len") > ELEMENTS_PER_BUCKET // 8)
     load = np.zeros(buckets, np.int64)
     light = per_addr.filter(~heavy).group_by(hashed.alias("b")).agg(pl.col("len").sum())
     np.add.at(load, light["b"].to_numpy().astype(np.int64), light["len"].to_numpy())
-    dealt = per_addr.filter(heavy).sort(["len", "addr"], descending=[True, False])
-    to = []
-    for n in dealt["len"].to_list():  # (at most 8 per bucket: few)
-        to.append(int(load.argmin()))
-        load[to[-1]] += n
-    if not to:
-        return hashed, buckets
-    dealt = pl.col("addr").replace_strict(dealt["addr"], to, default=hashed, return_dtype=pl.UInt64)
-    return dealt, buckets
+    hot = per_addr.filter(named & (pl.col("len") > ELEMENTS_PER_BUCKET // 2))
+    # (a pointer's pieces by file and offset: the files' order by their category ids, not
+    # their names, as only these expressions compare them; casting to names took 2 s a pass)
+    key = pl.col("src_file").to_physical().cast(pl.Int64) * FILE_SPAN + pl.col("src_offset").cast(
+        pl.Int64
+    )
+    pieces = _pieces(q, dict(hot.iter_rows()), key, ELEMENTS_PER_BUCKET // 4) if len(hot) else {}
+    # the units dealt out, most pops first: (pops, pointer, piece)
+    units = [(n, a, i) for a, (_, sizes) in pieces.items() for i, n in enumerate(sizes)]
+    units += [(n, a, 0) for a, n in per_addr.filter(heavy).select("addr", "len").iter_rows()
+              if a not in pieces]  # fmt: skip
+    to: dict[tuple[int, int], int] = {}
+    for n, a, i in sorted(units, key=lambda u: (-u[0], u[1], u[2])):  # (at most 8 a bucket)
+        to[a, i] = int(load.argmin())
+        load[to[a, i]] += n
+    whole = {a: b for (a, i), b in to.items() if a not in pieces}
+    bucket = hashed
+    if whole:
+        bucket = pl.col("addr").replace_strict(list(whole), list(whole.values()), default=hashed,
+                                               return_dtype=pl.UInt64)  # fmt: skip
+
+    def in_bucket(b: int) -> pl.Expr:
+        # (elementwise, so the scan reads only the bucket's rows: a search of the cuts per
+        # row kept every row of the capture in memory)
+        mine = bucket == b
+        for a, (cuts, _) in pieces.items():
+            bounds = [None, *cuts, None]  # piece i: its bounds[i] <= key < bounds[i + 1]
+            spans = [
+                (key >= lo if lo is not None else pl.lit(True)) & (key < hi if hi is not None else pl.lit(True))
+                for i, (lo, hi) in enumerate(itertools.pairwise(bounds)) if to[a, i] == b
+            ]  # fmt: skip
+            here = pl.any_horizontal(spans) if spans else pl.lit(False)
+            mine = pl.when(pl.col("addr") == a).then(here).otherwise(mine)
+        return mine
+
+    return in_bucket, buckets
+
+
+def _merge_key(frame: pl.LazyFrame, offset: str) -> pl.Expr:
+    """A row's place among all logs' rows: its log's rank (logs in the order of their names,
+    the requests' order) * FILE_SPAN + its `offset` column (`frame`: has the logs' names)."""
+    files = frame.select(pl.col("src_file").cast(pl.String).unique()).collect()["src_file"].sort()
+    rank = (
+        pl.col("src_file")
+        .cast(pl.String)
+        .replace_strict(files.to_list(), list(range(len(files))), return_dtype=pl.Int64)
+    )
+    return rank * FILE_SPAN + pl.col(offset).cast(pl.Int64)
+
+
+def _pieces(
+    q: pl.LazyFrame, hot: dict[int, int], key: pl.Expr, size: int
+) -> dict[int, tuple[list[int], list[int]]]:
+    """Each pointer of `hot` (-> its pops) cut into pieces of about `size` pops: (the `key`
+    of the pop each piece after the first starts at, the pops of each piece; `key`: an
+    event's place in its log, the logs apart). A piece starts
+    only at a pop before which every (log, device, queue, epoch) of the pointer has had as
+    many fills as pops: the k-th pop is paired with the k-th fill (qemu.element_requests),
+    so each piece pairs alone as it would with the others. A pointer with no such pop (a
+    fill lost) stays whole: (no cuts, its pops)."""
+    pop = pl.col("event") == "qemu.virtqueue_pop"
+    events = qemu.epochs(q)(
+        q.filter(pl.col("event").is_in(["qemu.virtqueue_pop", "qemu.virtqueue_fill"])
+                 & pl.col("addr").is_in(list(hot)))
+        .select(*qemu.KEY, pl.col("src_offset").alias("_off"), key.alias("key"), pop.alias("pop")),
+        "_off",
+    )  # fmt: skip
+    step = pl.when("pop").then(1).otherwise(-1).cast(pl.Int32)
+    owed = step.cum_sum().over(*qemu.KEY, "epoch")  # pops not yet filled, after the event
+    # how many of the pointer's (log, device, queue, epoch) owe fills: +1 as one starts to
+    opens = (owed != 0).cast(pl.Int32) - ((owed - step) != 0).cast(pl.Int32)
+    starts = (
+        events.sort("key")
+        .select("addr", "key", "pop", opens.alias("opens"))
+        .with_columns(
+            (pl.col("opens").cum_sum() - pl.col("opens")).over("addr").alias("owing"),
+            (pl.col("pop").cast(pl.Int64).cum_sum() - pl.col("pop")).over("addr").alias("before"),
+        )
+        .filter(pl.col("pop") & (pl.col("owing") == 0))
+        .select("addr", "key", "before")
+        .collect()
+    )
+    out = {}
+    for a, total in hot.items():
+        mine = starts.filter(pl.col("addr") == a)
+        keys, before = mine["key"].to_numpy(), mine["before"].to_numpy()
+        # the first pop owing nothing after each `size` pops
+        at = np.unique(np.searchsorted(before, np.arange(size, total, size)))
+        at = at[at < len(before)]
+        at = at[before[at] > 0]
+        bounds = [0, *before[at].tolist(), total]
+        out[a] = (keys[at].tolist(), np.diff(bounds).tolist())
+    return out
 
 
 def _merged(parts: list[pl.LazyFrame], queues: qemu.QueueEvents) -> Iterator[pl.DataFrame]:
     """The buckets' rows in (src_file, pop_off) order, SLICE_ROWS at a time, as requests."""
-    files = (
-        pl.concat([p.select(pl.col("src_file").cast(pl.String).unique()) for p in parts])
-        .unique()
-        .collect()["src_file"]
-        .sort()
-        .to_list()
-    )  # (in the order of their names: the requests' order)
-    rank = (
-        pl.col("src_file")
-        .cast(pl.String)
-        .replace_strict(files, list(range(len(files))), return_dtype=pl.Int64)
-    )
-    keys = [
-        p.select(rank * FILE_SPAN + pl.col("pop_off").cast(pl.Int64))
-        .collect()
-        .to_series()
-        .to_numpy()
-        for p in parts
-    ]
+    key = _merge_key(pl.concat([p.select("src_file") for p in parts]), "pop_off")
+    keys = [p.select(key).collect().to_series().to_numpy() for p in parts]
     # each element's place among all buckets' (bucket b's rows from starts[b]): its bucket
     # and row there follow from it (no array of either held)
     starts = np.cumsum([0, *(len(k) for k in keys)])
