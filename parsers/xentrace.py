@@ -148,8 +148,12 @@ class XentraceDecoder:
         self.last_tsc: int | None = None
 
     # The public entry points ----------------------------------------------------------
-    def frames(self) -> Iterator[pl.DataFrame]:
+    def frames(self, seen: Callable[[Records], None] | None = None) -> Iterator[pl.DataFrame]:
+        """The file's rows a chunk at a time, in time order; `seen`: shown each chunk's
+        records first (records())."""
         for chunk in self.records():
+            if seen is not None:
+                seen(chunk)
             yield self._to_frame(chunk)
 
     def records(self) -> Iterator[Records]:

@@ -92,7 +92,7 @@ def ingest(src, out=None, *, summarize: bool = True, **kw) -> IngestResult:
 
     def watch():  # a fresh fold each time the table's writing (re)starts
         folds.append(summary.Folding())
-        return folds[-1].add
+        return folds[-1]
 
     result = _ingest(src, out, watch=watch, **kw)
     if folds:

@@ -75,10 +75,11 @@ def fold_file(dec: xentrace.XentraceDecoder) -> xen_fold.Folded:
 
 
 class Folding(xen_fold.Fold):
-    """The fold of a table's frames as they are written (api.ingest): of their xentrace
-    rows, the frames in the table's order, FOLD_ROWS or more at a time (frames of a
-    merged table come 64 k rows of every source at a time: the exit pairing's cost per
-    call would dominate)."""
+    """The fold of a table's frames as they are written (api.ingest, a bundle.ingest
+    Watcher): of their xentrace rows, the frames in the table's order, FOLD_ROWS or more at
+    a time (frames of a merged table come 64 k rows of every source at a time: the exit
+    pairing's cost per call would dominate); or, for a table of one xentrace file, its
+    records as the decoder hands them over (`add_xentrace`)."""
 
     def __init__(self):
         super().__init__()
@@ -97,6 +98,11 @@ class Folding(xen_fold.Fold):
             self.waiting_rows += len(chunk)
         if self.waiting_rows >= FOLD_ROWS:
             self._fold()
+
+    def add_xentrace(self, dec: xentrace.XentraceDecoder) -> Callable[[xentrace.Records], None]:
+        """Instead of `add`, for a table of one xentrace file: its records folded as `dec`
+        hands them over (fold_file's stages, on the caller's thread)."""
+        return lambda chunk: self.take(self.add_records(chunk, dec.cpu_khz, dec.address_ids))
 
     def _fold(self) -> None:
         if self.waiting:

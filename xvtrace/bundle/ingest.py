@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import polars as pl
 
@@ -56,8 +57,21 @@ from xvtrace.parsers.errors import DecodeStats, ParseError
 from xvtrace.parsers.schema import EVENT_SCHEMA
 
 SNIFF_BYTES = 64 * 1024
-# ingest's `watch`: gives the function that sees each frame of the table as it is written
-Watch = Callable[[], Callable[[pl.DataFrame], None]]
+
+
+class Watcher(Protocol):
+    """What sees the table as ingest writes it (ingest's `watch` makes one each time the
+    writing starts)."""
+
+    def add(self, frame: pl.DataFrame) -> None:
+        """A frame of the table, in the table's order."""
+
+    def add_xentrace(self, dec: xentrace.XentraceDecoder) -> Callable[[xentrace.Records], None]:
+        """For a table of one xentrace file: what sees its records instead of the frames,
+        as `dec` hands them over (each before its frame is made)."""
+
+
+Watch = Callable[[], Watcher]
 
 
 @dataclass(frozen=True)
@@ -303,9 +317,10 @@ def ingest(
 ) -> IngestResult:
     """Decode a raw capture or a bundle's raw/ into events.parquet; returns the bundle.
     `unpack_limit`: the most bytes a compressed capture may unpack to (see `unpack`).
-    `watch`: called as the table's writing starts, it gives the function that sees each
-    frame written, in the table's order (a writing begun again calls it again): what a
-    caller folds from the rows as they pass costs no second read of the table."""
+    `watch`: called as the table's writing starts, it gives the Watcher that sees each
+    frame written, in the table's order, or a single xentrace file's records (a writing
+    begun again calls it again): what a caller folds from the rows as they pass costs no
+    second read of the table."""
     src = Path(src)
     if not src.exists():
         raise IngestError(f"{src}: no such file or directory")
@@ -550,18 +565,24 @@ def _write_events(bundle_dir: Path, decoders: list, progress, watch: Watch | Non
     total = sum(d.path.stat().st_size for d in decoders)
     done = [0]
 
-    def frames(which: list[int]) -> Iterator[tuple[int, pl.DataFrame]]:
+    def frames(which: list[int], *seen) -> Iterator[tuple[int, pl.DataFrame]]:
         for i in which:
             d = decoders[i]
             if progress:
                 d.progress = lambda pos, base=done[0]: progress("decode", base + pos, total)
-            for frame in d.frames():
+            for frame in d.frames(*seen):
                 yield i, frame
             done[0] += d.path.stat().st_size
 
     if len(decoders) == 1:  # one stream: the table is its frames in decoder order
-        table = (frame for _, frame in frames([0]))
-        with closing(prefetch(_watched(table, watch))) as got:  # (it stops on any error)
+        d = decoders[0]
+        if watch is not None and isinstance(d, xentrace.XentraceDecoder):
+            # its records seen where they lie, not its frames (a 500 MB trace's summary
+            # fold: 1.7 s from the records, 4.1 s from the frames' columns)
+            table = (frame for _, frame in frames([0], watch().add_xentrace(d)))
+        else:
+            table = _watched((frame for _, frame in frames([0])), watch)
+        with closing(prefetch(table)) as got:  # (it stops on any error)
             _sink(bundle_dir, lambda: got)
         return
     # Several: each decoder's stream becomes sorted runs on disk, merged into the table's
@@ -605,7 +626,7 @@ def _watched(table: Iterator[pl.DataFrame], watch: Watch | None) -> Iterator[pl.
         return
     seen = watch()
     for frame in table:
-        seen(frame)
+        seen.add(frame)
         yield frame
 
 
