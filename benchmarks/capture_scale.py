@@ -2,6 +2,7 @@
 
     python benchmarks/capture_scale.py [--size-mb 500] [--requests 1000000,2000000,5000000]
                                        [--work benchmarks/work] [--repeat 3]
+                                       [--workload randwrite-4k-qd32]
 
 Rows (wall seconds and peak RSS of each child process, medians of --repeat runs):
 - on a generated xentrace file of --size-mb (HVM guest, 4 pCPUs): `ingest` (which folds
@@ -9,7 +10,8 @@ Rows (wall seconds and peak RSS of each child process, medians of --repeat runs)
   ingest (served) and computed from events.parquet (its stored summary dropped), `summary
   RAW`, each against `xenalyze --summary` on the raw file; `dump BUNDLE > /dev/null`
   against `xenalyze --dump-all`;
-- on emulated epam-mmio bundles of each --requests (randwrite-4k-qd32): `ingest` (with
+- on emulated epam-mmio bundles of each --requests (--workload, randwrite-4k-qd32; with
+  randread-4k-qd1 QEMU pops one element pointer for every request): `ingest` (with
   the summary), `timeline` and `summary` (computed from the table), then `report`, `regress`,
   `export perfetto` and `replay` (from the stored timeline), whose peak RSS should stay
   flat as the capture grows.
@@ -31,6 +33,7 @@ from xentrace_ingest import CPU_KHZ, make_trace
 
 XV = [sys.executable, "-m", "xvtrace"]
 GIB = 1 << 30
+WORKLOAD = "randwrite-4k-qd32"  # of the emulated bundles
 
 
 def median_run(cmd: list[str], repeat: int, before=None) -> tuple[float, int]:
@@ -97,19 +100,20 @@ def _forget_summary(bundle: Path) -> None:
     shutil.rmtree(bundle / "derived", ignore_errors=True)
 
 
-def emulated_rows(work: Path, counts: list[int], repeat: int) -> None:
+def emulated_rows(work: Path, counts: list[int], repeat: int, workload: str) -> None:
+    tag = "epam-mmio" if workload == WORKLOAD else f"epam-mmio {workload.split('-')[-1]}"
     for n in counts:
         with tempfile.TemporaryDirectory(prefix="xvt-scale-", dir=work) as d:
             b = Path(d) / "b"
-            subprocess.run([*XV, "emulate", "-t", "epam-mmio", "-w", "randwrite-4k-qd32",
+            subprocess.run([*XV, "emulate", "-t", "epam-mmio", "-w", workload,
                             "-n", str(n), "--no-ingest", "-o", str(b)],
                            check=True, stdout=subprocess.DEVNULL)  # fmt: skip
             size = sum(p.stat().st_size for p in (b / "raw").iterdir()) / 1e9
-            row(f"ingest, epam-mmio {n // 1000}k requests ({size:.1f} GB)",
+            row(f"ingest, {tag} {n // 1000}k requests ({size:.1f} GB)",
                 median_run([*XV, "ingest", str(b)], repeat, before=partial(_clean, b)))  # fmt: skip
-            row(f"timeline, epam-mmio {n // 1000}k requests",
+            row(f"timeline, {tag} {n // 1000}k requests",
                 median_run([*XV, "timeline", str(b)], repeat, before=partial(_forget_timeline, b)))  # fmt: skip
-            row(f"summary, epam-mmio {n // 1000}k requests",
+            row(f"summary, {tag} {n // 1000}k requests",
                 median_run([*XV, "summary", str(b)], repeat, before=partial(_forget_summary, b)))  # fmt: skip
             # the commands that read the stored timeline's requests
             trace = Path(d) / "trace.json"
@@ -119,7 +123,7 @@ def emulated_rows(work: Path, counts: list[int], repeat: int) -> None:
                 ("export perfetto", ["export", "perfetto", str(b), "-o", str(trace)]),
                 ("replay (8 transports)", ["replay", str(b)]),
             ):
-                row(f"{name}, epam-mmio {n // 1000}k requests", median_run([*XV, *cmd], repeat))
+                row(f"{name}, {tag} {n // 1000}k requests", median_run([*XV, *cmd], repeat))
 
 
 def _clean(bundle: Path) -> None:
@@ -138,13 +142,15 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / "work")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", choices=("xentrace", "emulated"))
+    ap.add_argument("--workload", default=WORKLOAD, help="of the emulated bundles")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"{'task':<44}{'xvtrace':>17}   {'peer':<22}{'':>17}   ratio (peer / xvtrace)")
     if args.only != "emulated":
         xentrace_rows(args.work, args.size_mb, args.repeat)
     if args.only != "xentrace":
-        emulated_rows(args.work, [int(n) for n in args.requests.split(",")], args.repeat)
+        counts = [int(n) for n in args.requests.split(",")]
+        emulated_rows(args.work, counts, args.repeat, args.workload)
 
 
 if __name__ == "__main__":
