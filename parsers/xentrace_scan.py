@@ -185,7 +185,7 @@ def index_records(words, win, last_tsc, tsc_seen, cur_dom, cur_vcpu, per_record)
                     tsc_seen[c] = True
                     d = r + 3
                 missing[k] = not tsc_seen[c]
-                tsc[k] = last_tsc[c] if tsc_seen[c] else 0
+                tsc[k] = last_tsc[c] if tsc_seen[c] else np.uint64(0)  # (0: a float64)
                 # Attribute to the vCPU running on this pCPU, then apply the record's effect.
                 dom[k] = cur_dom[c]
                 vcpu[k] = cur_vcpu[c]

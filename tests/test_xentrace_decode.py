@@ -122,6 +122,25 @@ def test_records_without_tsc_inherit_across_windows(tmp_path):
     assert df["src_offset"].to_list() == [12, 48]
 
 
+@pytest.mark.parametrize("base", [2**53 + 12345, 2**63 - 10**6])
+def test_tscs_of_a_host_up_for_weeks_are_kept_exactly(tmp_path, base):
+    """A TSC past 2**53 (35 days at 3 GHz) has no exact double: kept as the integer it is,
+    inherited by the records without one, and timed exactly."""
+    words = np.array(
+        [CPU_CHANGE_HEADER, 0, 36,
+         0x80000000 | xe.TRC_HVM_VMEXIT64, base & 0xFFFFFFFF, base >> 32,
+         0x80000000 | xe.TRC_HVM_VMEXIT64, (base + 1001) & 0xFFFFFFFF, (base + 1001) >> 32,
+         2 << 28 | 0x00082217, 0xFEB00000, 7],
+        dtype="<u4",
+    )  # fmt: skip
+    path = tmp_path / "t.bin"
+    path.write_bytes(words.tobytes())
+    df, _ = decode_file(path, cpu_khz=3_000_000, tsc_origin=base - 7)
+    assert df["ts_raw"].to_list() == [base, base + 1001, base + 1001]
+    later = 1008 * 10**6 // 3_000_000
+    assert df["ts_ns"].to_list() == [7 * 10**6 // 3_000_000, later, later]
+
+
 def test_merge_orders_cpus_by_time_and_attributes_vcpus(tmp_path):
     rs = xe.TRC_SCHED_RUNSTATE_CHANGE
     words = np.array(
