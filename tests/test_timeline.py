@@ -582,12 +582,13 @@ def _buckets(q):
     return got, buckets
 
 
-@pytest.mark.parametrize("lost", [None, 100])
+@pytest.mark.parametrize("lost", [None, 100, "unplaced"])
 def test_a_pointer_popped_most_is_cut_only_where_no_fill_is_owed(monkeypatch, lost):
     """A pointer popped more than half a bucket (QD1: one element reused for every request)
     is dealt out in pieces of a quarter bucket, each starting at a pop before which the
     pointer has had as many fills as pops (the k-th pop pairs with the k-th fill). With a
-    fill lost, nothing after it is cut; every event of a piece goes to its bucket."""
+    fill lost, nothing after it is cut; with an event of no offset, nothing is; every event
+    goes to one bucket, and every event of a piece to its piece's."""
     from xvtrace.timeline import qemu_buckets
 
     monkeypatch.setattr(qemu_buckets, "ELEMENTS_PER_BUCKET", 100)
@@ -599,8 +600,16 @@ def test_a_pointer_popped_most_is_cut_only_where_no_fill_is_owed(monkeypatch, lo
     ]
     rows += [("pop", a) for a in range(1000, 1100)]  # popped once each: hashed
     q = _qemu_events(rows)
+    if lost == "unplaced":  # (a fill's offset null)
+        q = q.with_columns(
+            pl.when(pl.int_range(pl.len()) == 301)
+            .then(None)
+            .otherwise(pl.col("src_offset"))
+            .alias("src_offset")
+        )
     cuts, sizes = qemu_buckets._pieces(q, {7: 400}, pl.col("src_offset").cast(pl.Int64), 25)[7]
-    first = 16 if lost is None else 5  # with a fill lost: cut at pops 25 .. 100, then whole
+    # with a fill lost: cut at pops 25 .. 100, then whole
+    first = {None: 16, 100: 5, "unplaced": 1}[lost]
     assert cuts == [64 * 2 * 25 * j for j in range(1, first)]  # (each row 64 bytes on)
     assert sizes == [25] * (first - 1) + [400 - 25 * (first - 1)]
     got, buckets = _buckets(q)

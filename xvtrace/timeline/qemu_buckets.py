@@ -134,7 +134,7 @@ def _pieces(
     only at a pop before which every (log, device, queue, epoch) of the pointer has had as
     many fills as pops: the k-th pop is paired with the k-th fill (qemu.element_requests),
     so each piece pairs alone as it would with the others. A pointer with no such pop (a
-    fill lost) stays whole: (no cuts, its pops)."""
+    fill lost), or with an event of no log or offset, stays whole: (no cuts, its pops)."""
     pop = pl.col("event") == "qemu.virtqueue_pop"
     events = qemu.epochs(q)(
         q.filter(pl.col("event").is_in(["qemu.virtqueue_pop", "qemu.virtqueue_fill"])
@@ -157,8 +157,17 @@ def _pieces(
         .select("addr", "key", "before")
         .collect()
     )
+    # (an event without a place, its log or offset null, would be in no piece)
+    unplaced = set(
+        q.filter(pl.col("event").is_in(qemu.ELEMENT_EVENTS) & pl.col("addr").is_in(list(hot))
+                 & key.is_null())
+        .select(pl.col("addr").unique()).collect()["addr"].to_list()
+    )  # fmt: skip
     out = {}
     for a, total in hot.items():
+        if a in unplaced:
+            out[a] = ([], [total])
+            continue
         mine = starts.filter(pl.col("addr") == a)
         keys, before = mine["key"].to_numpy(), mine["before"].to_numpy()
         # the first pop owing nothing after each `size` pops
