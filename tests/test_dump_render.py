@@ -107,3 +107,19 @@ def test_streamed_chunks_are_the_whole_dump(monkeypatch, limit):
     whole = df if limit is None else df.head(limit)
     assert b"".join(chunks) == bytes(render_bytes(whole, "vmx"))
     assert chunks[0].count(b"\n") == min(3, len(whole))  # the first slice alone
+
+
+@pytest.mark.parametrize("limit", [None, 0, 5, 13, 1000])
+def test_a_filtered_dump_is_read_a_slice_at_a_time(limit):
+    """The table is read `batch` rows at a time and each slice filtered (so a slow reader
+    holds one slice): the rows of the filter over the whole table, the first `limit` of
+    them, in order, none empty."""
+    from xvtrace.analysis import dump
+
+    df = pl.DataFrame({"cpu": [i % 3 for i in range(100)], "ts_ns": range(100)})
+    keep = lambda ev: ev.filter((pl.col("cpu") == 1) & (pl.col("ts_ns") > 20))  # noqa: E731
+    got = list(dump.batches(df.lazy(), 7, limit, keep))
+    whole = keep(df.lazy()).collect()
+    whole = whole if limit is None else whole.head(limit)
+    assert all(len(f) for f in got) and all(len(f) <= 7 for f in got)
+    assert (pl.concat(got) if got else whole.head(0)).equals(whole)

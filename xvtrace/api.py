@@ -423,9 +423,10 @@ def dump_chunks(
 def _dumped(render, path, limit, cpu_khz, hvm_vendor, elf_files, filters) -> Iterator:
     def rendered() -> Iterator:
         bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
-        ev = select_events(events(bundle, cpu_khz=cpu_khz), **filters)
+        ev = events(bundle, cpu_khz=cpu_khz)  # (filtered a slice at a time: dump.batches)
         vendor = _vendor(bundle, hvm_vendor) or "vmx"
-        return render(ev, vendor, limit=limit, symbols=symbols(elf_files))
+        return render(ev, vendor, limit=limit, symbols=symbols(elf_files),
+                      select=functools.partial(select_events, **filters))  # fmt: skip
 
     return _held_while_read(path, rendered)
 
