@@ -60,11 +60,11 @@ def write_requests(ev: pl.LazyFrame, spill: Path, path: Path) -> None:
 
 
 def _bucket_of(q: pl.LazyFrame) -> tuple[Callable[[int], pl.Expr], int]:
-    """Whether an element event is in bucket b (a function of b) and how many buckets: about ELEMENTS_PER_BUCKET pops
-    each (`q`: the QEMU events, qemu.events_of). A pointer popped more than an eighth of
-    that goes whole to the bucket with the fewest pops so far, most popped first, and one
-    popped more than half of it in pieces (`_pieces`) likewise; the others (many, each
-    popped a few times) by their hash, counted first."""
+    """Whether an element event is in bucket b (a function of b), and how many buckets:
+    about ELEMENTS_PER_BUCKET pops each (`q`: the QEMU events, qemu.events_of). A pointer
+    popped more than an eighth of that goes whole to the bucket with the fewest pops so
+    far, most popped first, and one popped more than half of it in pieces (`_pieces`)
+    likewise; the others (many, each popped a few times) by their hash, counted first."""
     pops = q.filter(pl.col("event") == "qemu.virtqueue_pop")
     per_addr = pops.group_by("addr").len().collect()
     total = int(per_addr["len"].sum())
@@ -78,9 +78,8 @@ def _bucket_of(q: pl.LazyFrame) -> tuple[Callable[[int], pl.Expr], int]:
     hot = per_addr.filter(named & (pl.col("len") > ELEMENTS_PER_BUCKET // 2))
     # (a pointer's pieces by file and offset: the files' order by their category ids, not
     # their names, as only these expressions compare them; casting to names took 2 s a pass)
-    key = pl.col("src_file").to_physical().cast(pl.Int64) * FILE_SPAN + pl.col("src_offset").cast(
-        pl.Int64
-    )
+    log = pl.col("src_file").to_physical().cast(pl.Int64)
+    key = log * FILE_SPAN + pl.col("src_offset").cast(pl.Int64)
     pieces = _pieces(q, dict(hot.iter_rows()), key, ELEMENTS_PER_BUCKET // 4) if len(hot) else {}
     # the units dealt out, most pops first: (pops, pointer, piece)
     units = [(n, a, i) for a, (_, sizes) in pieces.items() for i, n in enumerate(sizes)]
@@ -130,11 +129,11 @@ def _pieces(
 ) -> dict[int, tuple[list[int], list[int]]]:
     """Each pointer of `hot` (-> its pops) cut into pieces of about `size` pops: (the `key`
     of the pop each piece after the first starts at, the pops of each piece; `key`: an
-    event's place in its log, the logs apart). A piece starts
-    only at a pop before which every (log, device, queue, epoch) of the pointer has had as
-    many fills as pops: the k-th pop is paired with the k-th fill (qemu.element_requests),
-    so each piece pairs alone as it would with the others. A pointer with no such pop (a
-    fill lost), or with an event of no log or offset, stays whole: (no cuts, its pops)."""
+    event's place in its log, the logs apart). A piece starts only at a pop before which
+    every (log, device, queue, epoch) of the pointer has had as many fills as pops: the
+    k-th pop is paired with the k-th fill (qemu.element_requests), so each piece pairs
+    alone as it would with the others. A pointer with no such pop (a fill lost), or with
+    an event of no log or offset, stays whole: (no cuts, its pops)."""
     pop = pl.col("event") == "qemu.virtqueue_pop"
     events = qemu.epochs(q)(
         q.filter(pl.col("event").is_in(["qemu.virtqueue_pop", "qemu.virtqueue_fill"])
