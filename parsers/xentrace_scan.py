@@ -5,9 +5,10 @@ words, optional 8-byte TSC), so the position of record k+1 is known only after r
 record k. No numpy expression can find the boundaries without walking them, and a Python
 loop per record runs at ~1 MB/s. These kernels find the windows from header to header,
 then walk each window's record chain once, checking and indexing each record (into columns
-sized by the window's words: a record is a word at least; a walk to count first, then one
-to fill, took 0.47 s more of a 500 MB trace's 1 s); everything after it (naming, payload
-fields, time conversion, merging) is vectorized numpy/polars or compiled likewise.
+sized by the words a record took in the chunk before, grown when short; a walk to count
+first, then one to fill, took 0.47 s more of a 500 MB trace's 1 s); everything after it
+(naming, payload fields, time conversion, merging) is vectorized numpy/polars or compiled
+likewise.
 
 Per-pCPU state (last TSC, running vCPU) lives in small arrays the caller owns, so the file
 can be decoded in chunks with results identical to one pass.
