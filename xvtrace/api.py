@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from xvtrace import timeline as _timeline
-from xvtrace.analysis.dump import iter_chunks, iter_lines, select_events
+from xvtrace.analysis.dump import PRINTED, iter_chunks, iter_lines, select_events
 from xvtrace.analysis.summary import Summary, virtqueues
 from xvtrace.bundle import Bundle, atomic_path, lock, spill_dir
 from xvtrace.output import perfetto
@@ -423,7 +423,8 @@ def dump_chunks(
 def _dumped(render, path, limit, cpu_khz, hvm_vendor, elf_files, filters) -> Iterator:
     def rendered() -> Iterator:
         bundle = load(path, cpu_khz=cpu_khz, hvm_vendor=hvm_vendor)
-        ev = events(bundle, cpu_khz=cpu_khz)  # (filtered a slice at a time: dump.batches)
+        # (only the columns a line shows are read; filtered a slice at a time: dump.batches)
+        ev = events(bundle, cpu_khz=cpu_khz).select(PRINTED)
         vendor = _vendor(bundle, hvm_vendor) or "vmx"
         return render(ev, vendor, limit=limit, symbols=symbols(elf_files),
                       select=functools.partial(select_events, **filters))  # fmt: skip

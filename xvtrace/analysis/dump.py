@@ -24,6 +24,11 @@ from xvtrace.parsers import xen_events as xe
 from xvtrace.parsers.schema import EVENT_NAMES, OWN_ARG_NAMES
 from xvtrace.parsers.trace_events import TraceEvents
 
+# the table's columns a dump line shows (the others, such as the raw TSC and the source
+# file and offset, are not read: a 500 MB trace's dump reads 2.35 -> 1.53 CPU-s)
+PRINTED = ("source", "ts_ns", "cpu", "thread", "dom", "vcpu", "event", "code", "nargs",
+           *(f"arg{i}" for i in range(7)), "dev", "queue", "head", "addr", "size")  # fmt: skip
+
 DECIMAL_FIELDS = {
     "dom", "vcpu", "domid", "cpu", "lost", "count", "prev_dom", "prev_vcpu", "next_dom",
     "next_vcpu", "granting_dom", "dest_dom", "vector", "irq", "tn", "pos", "rq_id",
@@ -309,7 +314,7 @@ SCAN_ROWS = 1 << 19  # rows of the table read at once (200 k at a time: 0.6 s mo
 # (event id, words carried, named field values, head shape); the names and the layout
 # become literal text, numbers are printed by the compiled renderer into one byte buffer.
 
-HEAD = 5  # seconds, nanoseconds, cpu (or thread), dom, vcpu
+HEAD = 5  # seconds, nanoseconds, cpu (or thread), dom, vcpu (dump_kernel lays them out)
 AHEAD = 2  # batches rendered ahead of the one being written
 RAMP_ROWS = (1_000, 4_000, 16_000, 64_000)  # the first batch's first slices, each alone
 MAX_VARIANTS = 4096  # beyond this (garbage ids or names), building pieces costs more
@@ -384,82 +389,63 @@ def _encode(lines: list[str]) -> tuple[bytes, np.ndarray]:
 
 def _render_xen(df: pl.DataFrame, vendor: str):
     """(data, offsets) of xentrace rows by line_render, or None when it would not pay."""
+    from xvtrace.analysis import dump_kernel as k
     from xvtrace.parsers.line_render import render_variants
 
     n = len(df)
     if n == 0:
         return np.zeros(0, np.uint8), np.zeros(1, np.int64)
-    code = df["code"].to_numpy().astype(np.int64)
-    nargs = np.minimum(df["nargs"].to_numpy().astype(np.int64), 7)
-    args = df.select(pl.col(f"arg{i}").fill_null(0) for i in range(7)).to_numpy()
-    args = np.ascontiguousarray(args, np.uint64)
-    codes = [int(c) for c in np.unique(code)]
-    layouts = {c: _tail_layout(c, vendor) for c in codes}
-    width = max(_tail_layout_width(lay) for lay in layouts.values())
-    nnamed = max(len(names) for _, names in layouts.values())
-    values = np.zeros((n, HEAD + width), np.uint64)
-    named = np.zeros((n, max(nnamed, 1)), np.uint64)
-    head, head_key = _head_values(df)
-    values[:, :HEAD] = head
-    for c in codes:
-        rows = np.flatnonzero(code == c)
-        _fill_tail(values, named, rows, args[rows], nargs[rows], c, layouts[c])
-    event = df["event"].to_physical().to_numpy().astype(np.int64)
-    keys = np.column_stack([code, nargs, event, head_key, named.view(np.int64)])
-    uniq, variant = _distinct_rows(keys)
-    if len(uniq) > MAX_VARIANTS:
+    known = [(name, bit) for name, bit in (("ts_ns", k.HAS_TS), ("cpu", k.HAS_CPU),
+             ("thread", k.HAS_THREAD), ("dom", k.HAS_DOM), ("vcpu", k.HAS_VCPU))]  # fmt: skip
+    cols = df.select(
+        pl.sum_horizontal(
+            pl.col(name).is_not_null().cast(pl.UInt8) * bit for name, bit in known
+        ).cast(pl.UInt8).alias("flags"),
+        *(pl.col(name).fill_null(0) for name, _ in known),
+        pl.col("code", "nargs"), pl.col("event").to_physical(),
+        *(pl.col(f"arg{i}").fill_null(0) for i in range(7)),
+    )  # fmt: skip
+    c = {name: cols[name].to_numpy() for name in cols.columns}
+    codes, code_at = k.distinct_codes(c["code"])
+    layouts = [_tail_layout(int(code), vendor) for code in codes]
+    slots = _slot_table(codes, layouts)
+    nnamed = max(len(names) for _, names in layouts)
+    values, variant, keys, m = k.lay_out(
+        c["ts_ns"], c["flags"], c["cpu"], c["thread"], c["dom"], c["vcpu"], c["code"], code_at,
+        c["nargs"], c["event"], *(c[f"arg{i}"] for i in range(7)), slots, nnamed, MAX_VARIANTS,
+    )  # fmt: skip
+    if m < 0:
         return None
     names = df["event"].dtype.categories.to_list()
-    built = [_variant(k, names, layouts[int(k[0])], width) for k in uniq]
+    by_code = dict(zip(codes.tolist(), layouts, strict=True))
+    width = slots.shape[1]
+    built = [_variant(key, names, by_code[int(key[0])], width) for key in keys[:m]]
     return render_variants([b[0] for b in built], [b[1] for b in built], values, variant)
 
 
-def _distinct_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the distinct key rows, each row's number among them) by hashing in polars:
-    np.unique(axis=0) sorts rows as bytes, 40x slower."""
-    # id, words, event, has a time, cpu/thread, dom width, vcpu unknown: one int64 of
-    # 32 + 3 + 16 + 1 + 2 + 5 + 1 bits, so polars hashes one column, not seven
-    packed = np.zeros(len(keys), np.int64)
-    for col, bits in zip(keys.T[:7], (32, 3, 16, 1, 2, 5, 1), strict=True):
-        packed = (packed << bits) | col
-    df = pl.DataFrame({f"k{i}": col for i, col in enumerate([packed, *keys.T[7:]])})
-    uniq = df.unique(maintain_order=True).with_row_index("variant")
-    variant = df.join(uniq, on=df.columns, how="left", maintain_order="left")["variant"]
-    variant = variant.to_numpy().astype(np.int64)
-    first = np.empty(len(uniq), np.int64)
-    first[variant[::-1]] = np.arange(len(keys) - 1, -1, -1)  # the first row of each
-    return keys[first], variant
+def _slot_table(codes: np.ndarray, layouts: list) -> np.ndarray:
+    """Per id (in `codes`' order) and value column, where dump_kernel.lay_out reads the
+    value: the kernel's slot rows (kind, word, high word, low bit, bit count, named index,
+    words needed)."""
+    from xvtrace.analysis import dump_kernel as k
 
-
-def _digits(v: np.ndarray) -> np.ndarray:
-    """How many characters str() gives each int64."""
-    a = np.abs(v)
-    d = np.ones(len(v), np.int64)
-    for k in range(1, 19):
-        d += a >= 10**k
-    return d + (v < 0)
-
-
-def _head_values(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """The head's numbers (seconds, ns, cpu or thread, dom, vcpu) and the shape of its
-    text: has a time, cpu/thread/neither, dom's width (0: unknown), vcpu unknown."""
-    has = df["ts_ns"].is_not_null().to_numpy()
-    sec, ns = np.divmod(df["ts_ns"].fill_null(0).to_numpy(), 1_000_000_000)
-    cpu_known = df["cpu"].is_not_null().to_numpy()
-    thread_known = df["thread"].is_not_null().to_numpy()
-    who = np.where(
-        cpu_known,
-        df["cpu"].fill_null(0).to_numpy().astype(np.int64),
-        df["thread"].fill_null(0).to_numpy().astype(np.int64),
-    )
-    mode = np.where(cpu_known, 0, np.where(thread_known, 1, 2))
-    dom = df["dom"].fill_null(0).to_numpy().astype(np.int64)
-    dom_width = np.where(df["dom"].is_not_null().to_numpy(), _digits(dom), 0)
-    vcpu_unknown = df["vcpu"].is_null().to_numpy()
-    vcpu = df["vcpu"].fill_null(0).to_numpy().astype(np.int64)
-    values = np.column_stack([sec, ns, who, dom, vcpu]).astype(np.int64).view(np.uint64)
-    key = np.column_stack([has, mode, dom_width, vcpu_unknown]).astype(np.int64)
-    return values, key
+    width = max(_tail_layout_width(lay) for lay in layouts)
+    table = np.zeros((len(codes), width, k.SLOT), np.int64)
+    table[:, :, 5] = -1
+    for i, (code, (slots, names)) in enumerate(zip(codes.tolist(), layouts, strict=True)):
+        if slots is None:
+            table[i, :7, 0] = k.RAW
+            continue
+        for j, (f, _, _) in enumerate(slots):
+            lo, hi = f.bits or (0, 0)
+            if f.from_code:
+                table[i, j, :2] = k.CONST, (code >> lo) & ((1 << (hi - lo)) - 1)
+            else:
+                hi_word = f.hi_word if f.wide else -1
+                table[i, j, :5] = k.WORD, f.word, hi_word, lo, hi - lo
+            table[i, j, 5] = names.index(j) if j in names else -1
+            table[i, j, 6] = f.needs_words
+    return table
 
 
 def _tail_layout(code: int, vendor: str):
@@ -478,19 +464,6 @@ def _tail_layout(code: int, vendor: str):
 
 def _tail_layout_width(layout) -> int:
     return 7 if layout[0] is None else len(layout[0])
-
-
-def _fill_tail(values, named, rows, a, na, code, layout) -> None:
-    """This event id's field values into the value columns, named ones into `named`."""
-    slots, names = layout
-    if slots is None:
-        values[rows, HEAD : HEAD + 7] = a
-        return
-    for j, (f, _, _) in enumerate(slots):
-        v, _ = _field_values(a, na, code, f)
-        values[rows, HEAD + j] = v
-        if j in names:
-            named[rows, names.index(j)] = v
 
 
 class _Pieces:
