@@ -91,6 +91,46 @@ def add(entries, filled, k0, k1, k2, total, t):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
+def add_run(entries, filled, run, k0, k1, k2, total, t):
+    """add() by way of `run`, a wide entry outside the map holding the last key's sums:
+    rows with the key of the row before (a pCPU's records, one vCPU and class after
+    another) are summed there, and the run goes into the map when the key changes (one
+    entry claimed then, as add claims one). `run` is flushed into the map by merge_run."""
+    k0, k1, k2 = np.int64(k0), np.int64(k1), np.int64(k2)
+    if run[COUNT] and run[K0] == k0 and run[K1] == k1 and run[K2] == k2:
+        run[COUNT] += 1
+        run[TOTAL] += total
+        if t < run[FIRST]:
+            run[FIRST] = t
+        if t > run[LAST]:
+            run[LAST] = t
+        return
+    merge_run(entries, filled, run)
+    run[K0], run[K1], run[K2] = k0, k1, k2
+    run[COUNT], run[TOTAL], run[FIRST], run[LAST] = 1, total, t, t
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def merge_run(entries, filled, run):
+    """A run (add_run's) into a wide map, and the run emptied."""
+    if not run[COUNT]:
+        return
+    s = _claim(entries, filled, run[K0], run[K1], run[K2])
+    entries[s, COUNT] += run[COUNT]
+    entries[s, TOTAL] += run[TOTAL]
+    if run[FIRST] < entries[s, FIRST]:
+        entries[s, FIRST] = run[FIRST]
+    if run[LAST] > entries[s, LAST]:
+        entries[s, LAST] = run[LAST]
+    run[COUNT] = 0
+
+
+def new_run() -> np.ndarray:
+    """An empty run for add_run."""
+    return np.zeros(WIDE, np.int64)
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def room(entries, filled, adds):
     """Whether `adds` more keys keep the map at most half full."""
     return 2 * (filled[0] + adds) <= entries.shape[0]

@@ -67,9 +67,10 @@ def _u(x):
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _record(ts, cpu, dom, vcpu, code, nargs, a, addr, has_addr, nbytes, at, ids, info, layouts,
-            wide, wfilled, narrow, nfilled, xrows, krows, n):  # fmt: skip
+            wide, wfilled, run, narrow, nfilled, xrows, krows, n):  # fmt: skip
     """One record into the maps (count_map's: `wide` for the groups and lost records, which
-    sum and time, `narrow` for the tables that only count) and the rows; `at`: its place in
+    sum and time, by way of its `run`; `narrow` for the tables that only count) and the
+    rows; `at`: its place in
     the Index or frame (by which rows made in file order are put in time order). `a`: its
     payload words (nargs of them); ids, info, layouts:
     fold_program.program(). Returns the exit row it made, or -1."""
@@ -79,7 +80,7 @@ def _record(ts, cpu, dom, vcpu, code, nargs, a, addr, has_addr, nbytes, at, ids,
     sh = np.uint64(56)
     k1 = (np.uint64(T_GROUPS) << sh) | (np.uint64((code >> 16) & 0xFFF) << np.uint64(32))
     k1 |= np.uint64(cpu & 0xFFFF) | (np.uint64((flags & F_UNKNOWN) != 0) << np.uint64(48))
-    count_map.add(wide, wfilled, (_u(dom) << np.uint64(32)) | _u(vcpu), k1, 0, nbytes, ts)
+    count_map.add_run(wide, wfilled, run, (_u(dom) << np.uint64(32)) | _u(vcpu), k1, 0, nbytes, ts)
     role = info[r, ROLE]
     if flags == 0 and role == NO_ROLE:
         return -1
@@ -157,8 +158,8 @@ def _exit_row(xrows, n, ts, role, vk, reason, port):
 
 @njit(cache=True, nogil=True, _nrt=False)
 def fold_records(words, ready, i_word, i_cpu, i_tsc, i_dom, i_vcpu, origin, khz, addr32,
-                 addr64, ids, info, layouts, wide, wfilled, narrow, nfilled, xrows, krows, n,
-                 a, xi, start):  # fmt: skip
+                 addr64, ids, info, layouts, wide, wfilled, run, narrow, nfilled, xrows, krows,
+                 n, a, xi, start):  # fmt: skip
     """The records k >= start of the decoder's Index (i_word .. i_vcpu) with ready[k], in
     file order, from the xentrace file's `words` (addr32, addr64: the IO address ids of
     scan.emit_records' `names`), into the maps and the rows; xi[k]: the exit row record k
@@ -181,7 +182,7 @@ def fold_records(words, ready, i_word, i_cpu, i_tsc, i_dom, i_vcpu, origin, khz,
         addr, has_addr = scan.record_address(code, nx, a[0], a[1], addr32, addr64)
         xi[k] = _record(scan.tsc_to_ns(i_tsc[k], origin, khz), i_cpu[k], i_dom[k], i_vcpu[k],
                         code, nx, a, addr, has_addr, 4 + 8 * (h >> 31) + 4 * nx, k, ids, info,
-                        layouts, wide, wfilled, narrow, nfilled, xrows, krows, n)  # fmt: skip
+                        layouts, wide, wfilled, run, narrow, nfilled, xrows, krows, n)  # fmt: skip
     return i_word.shape[0]
 
 
@@ -209,8 +210,8 @@ def exits_in_time_order(order, xi, xrows, count):
 
 @njit(cache=True, nogil=True, _nrt=False)
 def fold_columns(ts, cpu, dom, vcpu, code, nargs, has_ts, a0, a1, a2, a3, a4, a5, a6, addr,
-                 has_addr, ids, info, layouts, wide, wfilled, narrow, nfilled, xrows, krows,
-                 n, a, start):  # fmt: skip
+                 has_addr, ids, info, layouts, wide, wfilled, run, narrow, nfilled, xrows,
+                 krows, n, a, start):  # fmt: skip
     """Rows [start:] of a frame's columns (dom, vcpu: -1 for null; a0..a6: the argument
     columns) into the maps and the rows; returns where it stopped, as fold_records."""
     for i in range(start, ts.shape[0]):
@@ -222,5 +223,5 @@ def fold_columns(ts, cpu, dom, vcpu, code, nargs, has_ts, a0, a1, a2, a3, a4, a5
         a[0], a[1], a[2], a[3], a[4], a[5], a[6] = a0[i], a1[i], a2[i], a3[i], a4[i], a5[i], a6[i]
         _record(ts[i], cpu[i], dom[i], vcpu[i], code[i], nx, a, addr[i], has_addr[i],
                 4 + 8 * np.int64(has_ts[i]) + 4 * np.int64(nx), i, ids, info, layouts,
-                wide, wfilled, narrow, nfilled, xrows, krows, n)  # fmt: skip
+                wide, wfilled, run, narrow, nfilled, xrows, krows, n)  # fmt: skip
     return ts.shape[0]

@@ -166,6 +166,7 @@ class Fold:
     def __init__(self, times: bool = False, first: int | None = None, keep=None):
         self.prog = fold_program.program()
         self.maps = (count_map.new(wide=True), count_map.new(wide=False))  # fold_kernel's
+        self.run = count_map.new_run()  # the groups' last key, summed apart (count_map.add_run)
         self.runstates: list[tuple[np.ndarray, ...]] = []
         self.lost: list[np.ndarray] = []
         self.exits = Exits(times, first, keep)
@@ -184,7 +185,7 @@ class Fold:
         xrows, krows, count, _ = out = fold_kernel.out_arrays(len(f))
         self.maps = count_map.fill(
             self.maps, len(f), fold_kernel.MAX_ADDS,
-            lambda maps, start: fold_kernel.fold_columns(*c, *self.prog, *maps[0], *maps[1], *out, start),
+            lambda maps, start: fold_kernel.fold_columns(*c, *self.prog, *maps[0], self.run, *maps[1], *out, start),
         )  # fmt: skip
         self._keep(krows, count, None)
         self.exits.add([a.astype(t) for a, t in zip(xrows[:, : count[0]], _TYPES, strict=True)])
@@ -210,7 +211,7 @@ class Fold:
             self.maps, n, fold_kernel.MAX_ADDS,
             lambda maps, start: fold_kernel.fold_records(
                 words, ready, *index, np.uint64(origin), khz, *address_ids, *self.prog, *maps[0],
-                *maps[1], *out, xi, start),
+                self.run, *maps[1], *out, xi, start),
         )  # fmt: skip
         return FoldedChunk(xrows, krows, count, xi, index.tsc, order, space)
 
@@ -242,6 +243,9 @@ class Fold:
             self.lost.append(lost.copy() if o is None else lost[o])
 
     def result(self) -> Folded:
+        wide = self.maps[0] if count_map.room(*self.maps[0], 1) else count_map.grown(*self.maps[0])
+        count_map.merge_run(*wide, self.run)
+        self.maps = (wide, self.maps[1])
         lost = np.concatenate(self.lost) if self.lost else np.zeros(0, np.int64)
         return Folded(fold_program.tables(*self.maps),
                       {"runstates": fold_program.runstate_rows(self.runstates),
