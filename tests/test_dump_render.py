@@ -123,3 +123,21 @@ def test_a_filtered_dump_is_read_a_slice_at_a_time(limit):
     whole = whole if limit is None else whole.head(limit)
     assert all(len(f) for f in got) and all(len(f) <= 7 for f in got)
     assert (pl.concat(got) if got else whole.head(0)).equals(whole)
+
+
+@pytest.mark.parametrize("max_variants", [2, 4096])
+def test_many_ids_and_too_many_variants_print_as_format_lines(monkeypatch, max_variants):
+    """700 distinct ids in one batch (the compiled pass's id table grows past its first
+    room), and, with room for 2 line shapes only, the fallback to format_lines: the same
+    bytes either way."""
+    from xvtrace.analysis import dump
+
+    monkeypatch.setattr(dump, "MAX_VARIANTS", max_variants)
+    codes = [*sorted(xe.SPECS)[:50], *range(0x00ABC000, 0x00ABC000 + 650)]
+    rows = [{"source": "xentrace", "ts_ns": i, "cpu": i % 4, "dom": i % 3, "vcpu": 0,
+             "event": xe.event_name(code), "code": code, "nargs": i % 8, "arg0": i % 70,
+             "arg1": 2**32 - i} for i, code in enumerate(codes * 2)]  # fmt: skip
+    df = _frame(rows)
+    expected = ("\n".join(format_lines(df, "vmx")) + "\n").encode()
+    assert bytes(render_bytes(df, "vmx")) == expected
+    assert (dump._render_xen(df, "vmx") is None) == (max_variants == 2)
