@@ -1,5 +1,5 @@
 """The compiled dump (render_bytes) against format_lines, the reference formatting: any
-field printed differently on any row of the catalogue's events fails here."""
+field printed differently on any row of the catalogue's xentrace or QEMU events fails here."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from xvtrace.analysis.dump import format_lines, render_bytes
 from xvtrace.parsers import xen_events as xe
-from xvtrace.parsers.schema import conform
+from xvtrace.parsers.schema import EVENT_NAMES, conform
 
 # every catalogue id, guest markers, ids nobody knows, and the named fields' events
 CODES = [*sorted(xe.SPECS), xe.TRC_GUEST | 0x12, 0x00ABC123, 0x0001F00F]
@@ -41,19 +41,22 @@ def xen_row(draw):
     return row
 
 
+QEMU_EVENTS = [n for n in EVENT_NAMES if n.startswith("qemu.")]
+
+
 @st.composite
 def other_row(draw):
-    """A QEMU or block-trace row, which keeps the old path and is merged in."""
-    event, source = draw(
-        st.sampled_from([("qemu.virtio_notify", "qemu"), ("block.rq_issue", "ftrace")])
-    )
+    """A QEMU row (any event of the catalogue: compiled by its definition's numeric
+    arguments) or a block-trace row (which keeps the old path and is merged in)."""
+    source = draw(st.sampled_from(["qemu", "qemu", "ftrace"]))
+    event = draw(st.sampled_from(QEMU_EVENTS)) if source == "qemu" else "block.rq_issue"
     return {
         "source": source,
-        "ts_ns": draw(st.integers(0, 10**12)),
-        "thread": 7,
+        "ts_ns": draw(st.one_of(st.none(), st.integers(0, 10**12))),
+        "thread": draw(st.one_of(st.none(), st.integers(0, 70000))),
         "event": event,
-        "nargs": draw(st.integers(0, 3)),
-        "arg0": draw(WORD),
+        "nargs": draw(st.integers(0, 7)),
+        **{f"arg{i}": draw(WORD) for i in range(7)},
         "dev": "8,0" if source == "ftrace" else None,
     }
 
@@ -140,4 +143,4 @@ def test_many_ids_and_too_many_variants_print_as_format_lines(monkeypatch, max_v
     df = _frame(rows)
     expected = ("\n".join(format_lines(df, "vmx")) + "\n").encode()
     assert bytes(render_bytes(df, "vmx")) == expected
-    assert (dump._render_xen(df, "vmx") is None) == (max_variants == 2)
+    assert (dump._render_compiled(df, "vmx") is None) == (max_variants == 2)

@@ -370,13 +370,19 @@ def render_bytes(df: pl.DataFrame, vendor: str = "vmx", symbols=()) -> bytes | n
     """The lines of format_lines, newline-terminated, as one byte buffer."""
     from xvtrace.parsers.line_render import merge_lines
 
-    is_xen = (df["source"] == "xentrace").to_numpy()
-    fast = None if symbols or df["event"].null_count() else _render_xen(df.filter(is_xen), vendor)
+    compiled = df["source"].is_in(COMPILED).to_numpy()
+    fast = None
+    if not symbols and not df["event"].null_count():
+        fast = _render_compiled(df if compiled.all() else df.filter(compiled), vendor)
     if fast is None:
         return _encode(format_lines(df, vendor, symbols))[0]
-    if is_xen.all():
+    if compiled.all():
         return fast[0]
-    return merge_lines(fast, _encode(format_lines(df.filter(~is_xen), vendor)), is_xen)
+    return merge_lines(fast, _encode(format_lines(df.filter(~compiled), vendor)), compiled)
+
+
+COMPILED = ("xentrace", "qemu")  # the sources whose lines _render_compiled prints
+QEMU_LAYOUT = 1 << 32  # a QEMU row's layout id: this plus its event's number
 
 
 def _encode(lines: list[str]) -> tuple[bytes, np.ndarray]:
@@ -387,8 +393,10 @@ def _encode(lines: list[str]) -> tuple[bytes, np.ndarray]:
     return np.frombuffer(data, np.uint8), offsets
 
 
-def _render_xen(df: pl.DataFrame, vendor: str):
-    """(data, offsets) of xentrace rows by line_render, or None when it would not pay."""
+def _render_compiled(df: pl.DataFrame, vendor: str):
+    """(data, offsets) of xentrace and QEMU rows by line_render, or None when it would not
+    pay. A row's fields are laid out by its layout: a xentrace row's event id's catalogue
+    entry, a QEMU row's event's numeric arguments (QEMU_LAYOUT + its event's number)."""
     from xvtrace.analysis import dump_kernel as k
     from xvtrace.parsers.line_render import render_variants
 
@@ -397,42 +405,57 @@ def _render_xen(df: pl.DataFrame, vendor: str):
         return np.zeros(0, np.uint8), np.zeros(1, np.int64)
     known = [(name, bit) for name, bit in (("ts_ns", k.HAS_TS), ("cpu", k.HAS_CPU),
              ("thread", k.HAS_THREAD), ("dom", k.HAS_DOM), ("vcpu", k.HAS_VCPU))]  # fmt: skip
+    event = pl.col("event").to_physical().cast(pl.Int64)
     cols = df.select(
         pl.sum_horizontal(
             pl.col(name).is_not_null().cast(pl.UInt8) * bit for name, bit in known
         ).cast(pl.UInt8).alias("flags"),
         *(pl.col(name).fill_null(0) for name, _ in known),
-        pl.col("code", "nargs"), pl.col("event").to_physical(),
+        pl.when(pl.col("source") == "xentrace").then(pl.col("code").fill_null(0).cast(pl.Int64))
+        .otherwise(event + QEMU_LAYOUT).alias("layout"),
+        pl.col("nargs").fill_null(0), event.alias("event"),
         *(pl.col(f"arg{i}").fill_null(0) for i in range(7)),
     )  # fmt: skip
     c = {name: cols[name].to_numpy() for name in cols.columns}
-    codes, code_at = k.distinct_codes(c["code"])
-    layouts = [_tail_layout(int(code), vendor) for code in codes]
-    slots = _slot_table(codes, layouts)
-    nnamed = max(len(names) for _, names in layouts)
+    names = df["event"].dtype.categories.to_list()
+    ids, at = k.distinct(c["layout"])
+    layouts = [_layout(int(i), vendor, names) for i in ids]
+    slots = _slot_table(ids, layouts)
+    nnamed = max(len(named) for _, named in layouts)
     values, variant, keys, m = k.lay_out(
-        c["ts_ns"], c["flags"], c["cpu"], c["thread"], c["dom"], c["vcpu"], c["code"], code_at,
+        c["ts_ns"], c["flags"], c["cpu"], c["thread"], c["dom"], c["vcpu"], c["layout"], at,
         c["nargs"], c["event"], *(c[f"arg{i}"] for i in range(7)), slots, nnamed, MAX_VARIANTS,
     )  # fmt: skip
     if m < 0:
         return None
-    names = df["event"].dtype.categories.to_list()
-    by_code = dict(zip(codes.tolist(), layouts, strict=True))
+    by_id = dict(zip(ids.tolist(), layouts, strict=True))
     width = slots.shape[1]
-    built = [_variant(key, names, by_code[int(key[0])], width) for key in keys[:m]]
+    built = [_variant(key, names, by_id[int(key[0])], width) for key in keys[:m]]
     return render_variants([b[0] for b in built], [b[1] for b in built], values, variant)
 
 
-def _slot_table(codes: np.ndarray, layouts: list) -> np.ndarray:
-    """Per id (in `codes`' order) and value column, where dump_kernel.lay_out reads the
-    value: the kernel's slot rows (kind, word, high word, low bit, bit count, named index,
-    words needed)."""
+def _layout(layout_id: int, vendor: str, names: list[str]):
+    """_tail_layout of a layout id: a xentrace event id's, or a QEMU event's numeric
+    arguments (words 0-6, each printed as ` arg=` and its conversion, as _qemu_tails)."""
+    if layout_id < QEMU_LAYOUT:
+        return _tail_layout(layout_id, vendor)
+    ev = TraceEvents.default().events.get(names[layout_id - QEMU_LAYOUT].removeprefix("qemu."))
+    convs = ev.numeric[:7] if ev else ()
+    # ("u": unsigned, as %d prints a word in _qemu_tails)
+    return [(xe.Field(c.arg, word=i), None, "u" if c.kind == "dec" else "x")
+            for i, c in enumerate(convs)], ()  # fmt: skip
+
+
+def _slot_table(ids: np.ndarray, layouts: list) -> np.ndarray:
+    """Per layout id (in `ids`' order) and value column, where dump_kernel.lay_out reads
+    the value: the kernel's slot rows (kind, word, high word, low bit, bit count, named
+    index, words needed)."""
     from xvtrace.analysis import dump_kernel as k
 
     width = max(_tail_layout_width(lay) for lay in layouts)
-    table = np.zeros((len(codes), width, k.SLOT), np.int64)
+    table = np.zeros((len(ids), width, k.SLOT), np.int64)
     table[:, :, 5] = -1
-    for i, (code, (slots, names)) in enumerate(zip(codes.tolist(), layouts, strict=True)):
+    for i, (code, (slots, names)) in enumerate(zip(ids.tolist(), layouts, strict=True)):
         if slots is None:
             table[i, :7, 0] = k.RAW
             continue
@@ -449,13 +472,14 @@ def _slot_table(codes: np.ndarray, layouts: list) -> np.ndarray:
 
 
 def _tail_layout(code: int, vendor: str):
-    """Per value column of this event id: (field, namer or None, is decimal); None for an
-    unknown id (its raw words). And the indexes of the named columns."""
+    """Per value column of this event id: (field, namer or None, how its number prints:
+    "d" signed decimal, "x" 0x-hex); None for an unknown id (its raw words). And the
+    indexes of the named columns."""
     spec = xe.spec_for(code)
     if spec is None:
         return None, ()
     slots = [
-        (f, _namer(f, code, vendor), f.name in DECIMAL_FIELDS)
+        (f, _namer(f, code, vendor), "d" if f.name in DECIMAL_FIELDS else "x")
         for f in spec.fields
         if f.needs_words <= 7
     ]
@@ -481,7 +505,7 @@ class _Pieces:
 
 
 def _variant(key: np.ndarray, names: list[str], layout, width: int):
-    """(pieces, fields) of one variant from its key (see _render_xen)."""
+    """(pieces, fields) of one variant from its key (see _render_compiled)."""
     from xvtrace.parsers.line_render import DEC, HEX, SIGNED, Field
 
     code, nargs, event, has, mode, dom_width, vcpu_unknown = (int(x) for x in key[:7])
@@ -515,7 +539,7 @@ def _variant(key: np.ndarray, names: list[str], layout, width: int):
                 b.text(f" w{i}=0")
             b.field(Field(HEX, prefix="x") if nargs > i else None)
     else:
-        for j, (f, namer, decimal) in enumerate(slots):
+        for j, (f, namer, conv) in enumerate(slots):
             if nargs < f.needs_words:
                 b.field(None)
                 continue
@@ -525,7 +549,7 @@ def _variant(key: np.ndarray, names: list[str], layout, width: int):
                 b.text(f"{namer(v)}({v})")
                 b.field(None)
             else:
-                b.field(Field(SIGNED) if decimal else Field(HEX, prefix="x"))
+                b.field({"d": Field(SIGNED), "u": Field(DEC), "x": Field(HEX, prefix="x")}[conv])
     for _ in range(width - len(b.fields) + HEAD):
         b.field(None)
     b.text("\n")

@@ -1,4 +1,4 @@
-"""The compiled half of the dump's xentrace lines (dump._render_xen): each row's numbers
+"""The compiled half of the dump's xentrace and QEMU lines (dump._render_compiled): each row's numbers
 laid out for line_render and the row's variant (the distinct line shapes of a batch), in
 one pass over the columns instead of a numpy pass (and a hash join) per step."""
 
@@ -9,7 +9,7 @@ from numba import njit
 
 from xvtrace.analysis.dump import HEAD
 
-# flags bits: what a row has (dump._render_xen sets them from the columns' nulls)
+# flags bits: what a row has (dump._render_compiled sets them from the columns' nulls)
 HAS_TS, HAS_CPU, HAS_THREAD, HAS_DOM, HAS_VCPU = 1, 2, 4, 8, 16
 # a slot's source (the columns of a slot table row: kind, word, high word, low bit, bit
 # count, named index, words needed)
@@ -20,8 +20,9 @@ KEY = 7  # a variant's key: id, words, event, has a time, cpu/thread/neither, do
 TABLE = 1 << 13  # the variants' hash table (twice dump.MAX_VARIANTS)
 
 
-def distinct_codes(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The event ids of `code` in order of first sight, and each row's index among them."""
+def distinct(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of `code` (int64: layout ids) in order of first sight, and each
+    row's index among them."""
     cap = 1 << 10
     while True:
         seen, at, m = _distinct(code, cap)
@@ -32,9 +33,9 @@ def distinct_codes(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @njit(cache=True, nogil=True)
 def _distinct(code, cap):
-    """distinct_codes in a table of `cap` slots (m = -1: more than half of them needed)."""
+    """distinct in a table of `cap` slots (m = -1: more than half of them needed)."""
     table = np.full(cap, -1, np.int64)
-    seen = np.empty(cap // 2, np.uint32)
+    seen = np.empty(cap // 2, np.int64)
     at = np.empty(len(code), np.int64)
     m = 0
     for r in range(len(code)):
@@ -64,10 +65,10 @@ def _digits(v):
 
 
 @njit(cache=True, nogil=True)
-def lay_out(ts, flags, cpu, thread, dom, vcpu, code, code_at, nargs, event,
+def lay_out(ts, flags, cpu, thread, dom, vcpu, layout, at, nargs, event,
             a0, a1, a2, a3, a4, a5, a6, slots, nnamed, max_variants):  # fmt: skip
     """(values, variant, keys, m): per row its HEAD numbers and its fields' values by its
-    id's slots (slots[code_at[r], j] for value column HEAD + j; a RAW slot is word j), and
+    id's slots (slots[at[r], j] for value column HEAD + j; a RAW slot is word j), and
     its variant among the batch's m distinct keys (KEY numbers and the named values, which
     print as text: 0 where the row lacks the words); keys[v] is variant v's. m is -1 when
     there are more than max_variants."""
@@ -98,9 +99,9 @@ def lay_out(ts, flags, cpu, thread, dom, vcpu, code, code_at, nargs, event,
         na = min(np.int64(nargs[r]), 7)
         words[0], words[1], words[2], words[3] = a0[r], a1[r], a2[r], a3[r]
         words[4], words[5], words[6] = a4[r], a5[r], a6[r]
-        c = code_at[r]
+        c = at[r]
         key[:] = 0
-        key[0], key[1], key[2] = np.int64(code[r]), na, np.int64(event[r])
+        key[0], key[1], key[2] = np.int64(layout[r]), na, np.int64(event[r])
         key[3], key[4] = 1 if f & HAS_TS else 0, mode
         key[5] = _digits(d) if f & HAS_DOM else 0
         key[6] = 0 if f & HAS_VCPU else 1
