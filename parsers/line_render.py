@@ -159,28 +159,3 @@ def _render(pdata, ends, variant, values, spec):
                 p += 1
         offsets[r + 1] = p
     return out[:p], offsets
-
-
-def merge_lines(
-    a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], from_a: np.ndarray
-) -> np.ndarray:
-    """The lines of two renders interleaved: row r is a's next line where from_a[r], else
-    b's next (both in order); one byte buffer."""
-    return _merge(a[0], a[1], b[0], b[1], np.asarray(from_a, np.bool_))
-
-
-@njit(cache=True, nogil=True)
-def _merge(adata, aoff, bdata, boff, from_a):
-    out = np.empty(len(adata) + len(bdata), np.uint8)
-    p, i, k = 0, 0, 0
-    for r in range(len(from_a)):
-        if from_a[r]:
-            s, e = aoff[i], aoff[i + 1]
-            copy_bytes(out, p, adata, s, e - s)
-            i += 1
-        else:
-            s, e = boff[k], boff[k + 1]
-            copy_bytes(out, p, bdata, s, e - s)
-            k += 1
-        p += e - s
-    return out

@@ -1,5 +1,5 @@
 """The compiled dump (render_bytes) against format_lines, the reference formatting: any
-field printed differently on any row of the catalogue's xentrace or QEMU events fails here."""
+field printed differently on any row of the catalogue's events fails here."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from xvtrace.analysis.dump import format_lines, render_bytes
 from xvtrace.parsers import xen_events as xe
-from xvtrace.parsers.schema import EVENT_NAMES, conform
+from xvtrace.parsers.schema import EVENT_NAMES, OWN_EVENT_NAMES, conform
 
 # every catalogue id, guest markers, ids nobody knows, and the named fields' events
 CODES = [*sorted(xe.SPECS), xe.TRC_GUEST | 0x12, 0x00ABC123, 0x0001F00F]
@@ -46,18 +46,25 @@ QEMU_EVENTS = [n for n in EVENT_NAMES if n.startswith("qemu.")]
 
 @st.composite
 def other_row(draw):
-    """A QEMU row (any event of the catalogue: compiled by its definition's numeric
-    arguments) or a block-trace row (which keeps the old path and is merged in)."""
-    source = draw(st.sampled_from(["qemu", "qemu", "ftrace"]))
-    event = draw(st.sampled_from(QEMU_EVENTS)) if source == "qemu" else "block.rq_issue"
+    """A QEMU row (any event of the catalogue: printed by its definition's numeric
+    arguments) or a row of xvtrace's own decoders (any own event, its device name, columns
+    and named arguments)."""
+    source = draw(st.sampled_from(["qemu", "ftrace", "virtqueue", "pcap", "ioreq", "emulator"]))
+    event = draw(st.sampled_from(QEMU_EVENTS if source == "qemu" else OWN_EVENT_NAMES))
     return {
         "source": source,
         "ts_ns": draw(st.one_of(st.none(), st.integers(0, 10**12))),
+        "cpu": draw(st.one_of(st.none(), st.integers(0, 300))),
         "thread": draw(st.one_of(st.none(), st.integers(0, 70000))),
+        "dom": draw(OPTIONAL_INT),
         "event": event,
         "nargs": draw(st.integers(0, 7)),
         **{f"arg{i}": draw(WORD) for i in range(7)},
-        "dev": "8,0" if source == "ftrace" else None,
+        "dev": draw(st.sampled_from([None, "8,0", "blkif-backend", "/machine/vblk0", ""])),
+        "queue": draw(st.one_of(st.none(), st.integers(0, 65535))),
+        "head": draw(st.one_of(st.none(), st.integers(0, 2**32 - 1))),
+        "addr": draw(st.one_of(st.none(), WORD)),
+        "size": draw(st.one_of(st.none(), st.integers(0, 2**32 - 1))),
     }
 
 

@@ -3,9 +3,9 @@
     12.345678901 cpu1 d1v0   hvm.vmexit         exit_reason=VMEXIT_NPF(1024) rip=0xffffffff81001234
 
 Field names and layouts come from the event catalogue (parsers.xen_events); formatting is
-done per event id over whole columns, not per record. xentrace rows are printed by the
-compiled line renderer (render_bytes); format_lines is the reference it must equal, and
-what other sources' rows and symbol naming use.
+done per event id over whole columns, not per record. Rows are printed by the compiled
+line renderer (render_bytes); format_lines is the reference it must equal, and what
+symbol naming uses.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from itertools import chain
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -368,21 +369,12 @@ def _render_rechunked(df: pl.DataFrame, vendor: str, symbols) -> bytes | np.ndar
 
 def render_bytes(df: pl.DataFrame, vendor: str = "vmx", symbols=()) -> bytes | np.ndarray:
     """The lines of format_lines, newline-terminated, as one byte buffer."""
-    from xvtrace.parsers.line_render import merge_lines
-
-    compiled = df["source"].is_in(COMPILED).to_numpy()
-    fast = None
-    if not symbols and not df["event"].null_count():
-        fast = _render_compiled(df if compiled.all() else df.filter(compiled), vendor)
-    if fast is None:
-        return _encode(format_lines(df, vendor, symbols))[0]
-    if compiled.all():
-        return fast[0]
-    return merge_lines(fast, _encode(format_lines(df.filter(~compiled), vendor)), compiled)
+    fast = None if symbols or df["event"].null_count() else _render_compiled(df, vendor)
+    return _encode(format_lines(df, vendor, symbols))[0] if fast is None else fast[0]
 
 
-COMPILED = ("xentrace", "qemu")  # the sources whose lines _render_compiled prints
 QEMU_LAYOUT = 1 << 32  # a QEMU row's layout id: this plus its event's number
+OWN_LAYOUT = 2 << 32  # another source's row's (own decoders'): this plus its event's number
 
 
 def _encode(lines: list[str]) -> tuple[bytes, np.ndarray]:
@@ -394,56 +386,70 @@ def _encode(lines: list[str]) -> tuple[bytes, np.ndarray]:
 
 
 def _render_compiled(df: pl.DataFrame, vendor: str):
-    """(data, offsets) of xentrace and QEMU rows by line_render, or None when it would not
-    pay. A row's fields are laid out by its layout: a xentrace row's event id's catalogue
-    entry, a QEMU row's event's numeric arguments (QEMU_LAYOUT + its event's number)."""
+    """(data, offsets) of the rows by line_render, or None when it would not pay. A row's
+    fields are laid out by its layout: a xentrace row's event id's catalogue entry, a QEMU
+    row's event's numeric arguments (QEMU_LAYOUT + its event's number), another row's
+    device, columns and named arguments (OWN_LAYOUT + its event's number)."""
     from xvtrace.analysis import dump_kernel as k
     from xvtrace.parsers.line_render import render_variants
 
     n = len(df)
     if n == 0:
         return np.zeros(0, np.uint8), np.zeros(1, np.int64)
-    known = [(name, bit) for name, bit in (("ts_ns", k.HAS_TS), ("cpu", k.HAS_CPU),
-             ("thread", k.HAS_THREAD), ("dom", k.HAS_DOM), ("vcpu", k.HAS_VCPU))]  # fmt: skip
+    has = [(name, bit) for name, bit in (("ts_ns", k.HAS_TS), ("cpu", k.HAS_CPU),
+           ("thread", k.HAS_THREAD), ("dom", k.HAS_DOM), ("vcpu", k.HAS_VCPU),
+           *((c, k.HAS_COLUMN << i) for i, c in enumerate(COLUMNS)))]  # fmt: skip
     event = pl.col("event").to_physical().cast(pl.Int64)
+    source = pl.col("source")
     cols = df.select(
         pl.sum_horizontal(
-            pl.col(name).is_not_null().cast(pl.UInt8) * bit for name, bit in known
-        ).cast(pl.UInt8).alias("flags"),
-        *(pl.col(name).fill_null(0) for name, _ in known),
-        pl.when(pl.col("source") == "xentrace").then(pl.col("code").fill_null(0).cast(pl.Int64))
-        .otherwise(event + QEMU_LAYOUT).alias("layout"),
+            pl.col(name).is_not_null().cast(pl.UInt16) * bit for name, bit in has
+        ).cast(pl.UInt16).alias("flags"),
+        *(pl.col(name).fill_null(0) for name, _ in has),
+        pl.when(source == "xentrace").then(pl.col("code").fill_null(0).cast(pl.Int64))
+        .when(source == "qemu").then(event + QEMU_LAYOUT)
+        .otherwise(event + OWN_LAYOUT).alias("layout"),
         pl.col("nargs").fill_null(0), event.alias("event"),
         *(pl.col(f"arg{i}").fill_null(0) for i in range(7)),
+        (pl.col("dev").rank("dense").cast(pl.Int64) - 1).fill_null(-1).alias("dev"),
     )  # fmt: skip
     c = {name: cols[name].to_numpy() for name in cols.columns}
     names = df["event"].dtype.categories.to_list()
+    devs = df["dev"].drop_nulls().unique().sort().to_list()
     ids, at = k.distinct(c["layout"])
     layouts = [_layout(int(i), vendor, names) for i in ids]
     slots = _slot_table(ids, layouts)
     nnamed = max(len(named) for _, named in layouts)
     values, variant, keys, m = k.lay_out(
         c["ts_ns"], c["flags"], c["cpu"], c["thread"], c["dom"], c["vcpu"], c["layout"], at,
-        c["nargs"], c["event"], *(c[f"arg{i}"] for i in range(7)), slots, nnamed, MAX_VARIANTS,
+        c["nargs"], c["event"], *(c[f"arg{i}"] for i in range(7)),
+        *(c[name] for name in COLUMNS), c["dev"], slots, nnamed, MAX_VARIANTS,
     )  # fmt: skip
     if m < 0:
         return None
     by_id = dict(zip(ids.tolist(), layouts, strict=True))
     width = slots.shape[1]
-    built = [_variant(key, names, by_id[int(key[0])], width) for key in keys[:m]]
+    built = [_variant(key, names, devs, by_id[int(key[0])], width) for key in keys[:m]]
     return render_variants([b[0] for b in built], [b[1] for b in built], values, variant)
 
 
 def _layout(layout_id: int, vendor: str, names: list[str]):
-    """_tail_layout of a layout id: a xentrace event id's, or a QEMU event's numeric
-    arguments (words 0-6, each printed as ` arg=` and its conversion, as _qemu_tails)."""
+    """_tail_layout of a layout id: a xentrace event id's; a QEMU event's numeric arguments
+    (words 0-6, each printed as ` arg=` and its conversion, as _qemu_tails); or an own
+    event's device, columns and named arguments (as _own_tails)."""
     if layout_id < QEMU_LAYOUT:
         return _tail_layout(layout_id, vendor)
-    ev = TraceEvents.default().events.get(names[layout_id - QEMU_LAYOUT].removeprefix("qemu."))
-    convs = ev.numeric[:7] if ev else ()
-    # ("u": unsigned, as %d prints a word in _qemu_tails)
-    return [(xe.Field(c.arg, word=i), None, "u" if c.kind == "dec" else "x")
-            for i, c in enumerate(convs)], ()  # fmt: skip
+    if layout_id < OWN_LAYOUT:
+        name = names[layout_id - QEMU_LAYOUT]
+        ev = TraceEvents.default().events.get(name.removeprefix("qemu."))
+        convs = ev.numeric[:7] if ev else ()
+        # ("u": unsigned, as %d prints a word in _qemu_tails)
+        return [Slot(xe.Field(c.arg, word=i), None, "u" if c.kind == "dec" else "x")
+                for i, c in enumerate(convs)], ()  # fmt: skip
+    name = names[layout_id - OWN_LAYOUT]
+    columns = [Slot(xe.Field(c), None, "x" if c == "addr" else "u", c) for c in COLUMNS]
+    args = [Slot(xe.Field(a, word=i), None, "u") for i, a in enumerate(OWN_ARG_NAMES.get(name, ()))]
+    return [Slot(xe.Field("dev"), None, "", "dev"), *columns, *args], ()
 
 
 def _slot_table(ids: np.ndarray, layouts: list) -> np.ndarray:
@@ -459,9 +465,13 @@ def _slot_table(ids: np.ndarray, layouts: list) -> np.ndarray:
         if slots is None:
             table[i, :7, 0] = k.RAW
             continue
-        for j, (f, _, _) in enumerate(slots):
+        for j, (f, _, _, column) in enumerate(slots):
             lo, hi = f.bits or (0, 0)
-            if f.from_code:
+            if column == "dev":
+                table[i, j, 0] = k.DEV
+            elif column:
+                table[i, j, :2] = k.COLUMN, COLUMNS.index(column)
+            elif f.from_code:
                 table[i, j, :2] = k.CONST, (code >> lo) & ((1 << (hi - lo)) - 1)
             else:
                 hi_word = f.hi_word if f.wide else -1
@@ -472,18 +482,32 @@ def _slot_table(ids: np.ndarray, layouts: list) -> np.ndarray:
 
 
 def _tail_layout(code: int, vendor: str):
-    """Per value column of this event id: (field, namer or None, how its number prints:
-    "d" signed decimal, "x" 0x-hex); None for an unknown id (its raw words). And the
-    indexes of the named columns."""
+    """This event id's Slots (None for an unknown id: its raw words), and the indexes of
+    the named ones."""
     spec = xe.spec_for(code)
     if spec is None:
         return None, ()
     slots = [
-        (f, _namer(f, code, vendor), "d" if f.name in DECIMAL_FIELDS else "x")
+        Slot(f, _namer(f, code, vendor), "d" if f.name in DECIMAL_FIELDS else "x")
         for f in spec.fields
         if f.needs_words <= 7
     ]
-    return slots, tuple(j for j, s in enumerate(slots) if s[1] is not None)
+    return slots, tuple(j for j, s in enumerate(slots) if s.namer is not None)
+
+
+class Slot(NamedTuple):
+    """A value column of a compiled line: its field (name, where its bits are), the
+    function that names its values (or None), how its number prints ("d" signed decimal,
+    "u" unsigned, "x" 0x-hex), and the table column it comes from instead of the words
+    (one of COLUMNS, or "dev": the device name, printed as text)."""
+
+    field: xe.Field
+    namer: Callable[[int], str] | None
+    conv: str
+    column: str | None = None
+
+
+COLUMNS = ("queue", "head", "addr", "size")  # the columns own rows show (after dev)
 
 
 def _tail_layout_width(layout) -> int:
@@ -504,12 +528,14 @@ class _Pieces:
         self.pieces.append("")
 
 
-def _variant(key: np.ndarray, names: list[str], layout, width: int):
-    """(pieces, fields) of one variant from its key (see _render_compiled)."""
+def _variant(key: np.ndarray, names: list[str], devs: list[str], layout, width: int):
+    """(pieces, fields) of one variant from its key (see _render_compiled; `devs`: the
+    batch's device names by id)."""
+    from xvtrace.analysis.dump_kernel import KEY
     from xvtrace.parsers.line_render import DEC, HEX, SIGNED, Field
 
-    code, nargs, event, has, mode, dom_width, vcpu_unknown = (int(x) for x in key[:7])
-    named = key[7:].view(np.uint64)
+    code, nargs, event, has, mode, dom_width, vcpu_unknown, shown = (int(x) for x in key[:KEY])
+    named = key[KEY:].view(np.uint64)
     b = _Pieces()
     if has:
         b.field(Field(SIGNED, width=4))
@@ -539,8 +565,14 @@ def _variant(key: np.ndarray, names: list[str], layout, width: int):
                 b.text(f" w{i}=0")
             b.field(Field(HEX, prefix="x") if nargs > i else None)
     else:
-        for j, (f, namer, conv) in enumerate(slots):
-            if nargs < f.needs_words:
+        for j, (f, namer, conv, column) in enumerate(slots):
+            if column == "dev":
+                if shown >> 4:
+                    b.text(f" dev={devs[(shown >> 4) - 1]}")
+                b.field(None)
+                continue
+            absent = not shown >> COLUMNS.index(column) & 1 if column else nargs < f.needs_words
+            if absent:
                 b.field(None)
                 continue
             b.text(f" {f.name}=")

@@ -9,14 +9,17 @@ from numba import njit
 
 from xvtrace.analysis.dump import HEAD
 
-# flags bits: what a row has (dump._render_compiled sets them from the columns' nulls)
-HAS_TS, HAS_CPU, HAS_THREAD, HAS_DOM, HAS_VCPU = 1, 2, 4, 8, 16
+# flags bits: what a row has (dump._render_compiled sets them from the columns' nulls);
+# HAS_COLUMN << i: the i-th of dump.COLUMNS (queue, head, addr, size)
+HAS_TS, HAS_CPU, HAS_THREAD, HAS_DOM, HAS_VCPU, HAS_COLUMN = 1, 2, 4, 8, 16, 32
 # a slot's source (the columns of a slot table row: kind, word, high word, low bit, bit
-# count, named index, words needed)
-NONE, CONST, WORD, RAW = 0, 1, 2, 3
+# count, named index, words needed): nothing, a constant, a word's bits, word j, one of
+# dump.COLUMNS (its index in `word`), the device name (text: only its id is in the key)
+NONE, CONST, WORD, RAW, COLUMN, DEV = 0, 1, 2, 3, 4, 5
 SLOT = 7
-KEY = 7  # a variant's key: id, words, event, has a time, cpu/thread/neither, dom width,
-# vcpu unknown; then its named values
+KEY = 8  # a variant's key: id, words, event, has a time, cpu/thread/neither, dom width,
+# vcpu unknown, the columns it shows ((device id + 1) << 4 | a bit per COLUMN); then its
+# named values
 TABLE = 1 << 13  # the variants' hash table (twice dump.MAX_VARIANTS)
 
 
@@ -66,9 +69,11 @@ def _digits(v):
 
 @njit(cache=True, nogil=True)
 def lay_out(ts, flags, cpu, thread, dom, vcpu, layout, at, nargs, event,
-            a0, a1, a2, a3, a4, a5, a6, slots, nnamed, max_variants):  # fmt: skip
+            a0, a1, a2, a3, a4, a5, a6, queue, head, addr, size, dev, slots, nnamed,
+            max_variants):  # fmt: skip
     """(values, variant, keys, m): per row its HEAD numbers and its fields' values by its
-    id's slots (slots[at[r], j] for value column HEAD + j; a RAW slot is word j), and
+    layout's slots (slots[at[r], j] for value column HEAD + j; a RAW slot is word j; dev
+    the device name's id in the batch, -1 for none), and
     its variant among the batch's m distinct keys (KEY numbers and the named values, which
     print as text: 0 where the row lacks the words); keys[v] is variant v's. m is -1 when
     there are more than max_variants."""
@@ -109,7 +114,24 @@ def lay_out(ts, flags, cpu, thread, dom, vcpu, layout, at, nargs, event,
             kind = slots[c, j, 0]
             if kind == NONE:
                 continue
-            if kind == RAW:
+            if kind == DEV:
+                if dev[r] >= 0:
+                    key[7] |= (dev[r] + 1) << 4
+                continue
+            if kind == COLUMN:
+                e = slots[c, j, 1]
+                if not f & (HAS_COLUMN << e):
+                    continue
+                key[7] |= 1 << e
+                if e == 0:
+                    x = np.uint64(queue[r])
+                elif e == 1:
+                    x = np.uint64(head[r])
+                elif e == 2:
+                    x = np.uint64(addr[r])
+                else:
+                    x = np.uint64(size[r])
+            elif kind == RAW:
                 x = words[j]
             elif kind == CONST:
                 x = np.uint64(slots[c, j, 1])
