@@ -164,7 +164,7 @@ def _grant_counts(ev: pl.LazyFrame) -> pl.LazyFrame:
                 fields.xen("mem.grant_unmap", "granting_dom"),
                 fields.xen("mem.grant_transfer", "dest_dom"),
             )
-            .cast(pl.Int32)
+            .cast(pl.Int32, strict=False)  # (a damaged record's word past an id: null)
             .alias("for_dom"),
             pl.col("event").alias("op"),
         )

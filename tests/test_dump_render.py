@@ -151,3 +151,17 @@ def test_many_ids_and_too_many_variants_print_as_format_lines(monkeypatch, max_v
     expected = ("\n".join(format_lines(df, "vmx")) + "\n").encode()
     assert bytes(render_bytes(df, "vmx")) == expected
     assert (dump._render_compiled(df, "vmx") is None) == (max_variants == 2)
+
+
+def test_the_line_shapes_table_is_sized_by_their_limit(monkeypatch):
+    """More shapes than a limit above the table's first fixed size (8192 slots): the pass
+    gives up and format_lines prints them. With the table fixed, a full table never ended
+    its search (the pass hung without the GIL)."""
+    from xvtrace.analysis import dump
+
+    monkeypatch.setattr(dump, "MAX_VARIANTS", 8192)
+    n = 8193
+    df = _frame([{"source": "xentrace", "ts_ns": i, "cpu": 0, "event": "unknown",
+                  "code": 0x00A00000 + i, "nargs": 1, "arg0": i} for i in range(n)])  # fmt: skip
+    assert dump._render_compiled(df, "vmx") is None
+    assert bytes(render_bytes(df, "vmx")) == ("\n".join(format_lines(df, "vmx")) + "\n").encode()

@@ -86,6 +86,40 @@ def test_real_captures_fold_as_the_queries_did(trace, tmp_path, monkeypatch):
         assert_same_fold(got, want)
 
 
+def test_a_grant_for_a_domain_past_the_id_range_is_counted_for_none(tmp_path):
+    """A damaged grant record whose domain word is past 2**31 (its Int32 cast raised, and
+    `summary` of two damaged Arm traces exited with an internal error): counted, for no
+    domain."""
+    rows = pl.DataFrame({
+        "cpu": [0, 0, 0], "ts_raw": [10**9, 10**9 + 100, 10**9 + 200], "has_ts": [True] * 3,
+        "code": [0x0010F001] * 3, "nargs": [1] * 3, "arg0": [0xFFFFFFF0, 7, 0xFFFFFFF0],
+        **{f"arg{i}": [0] * 3 for i in range(1, 7)},
+    }).with_columns(pl.col("cpu").cast(pl.Int16), pl.col("nargs").cast(pl.UInt8),
+                    pl.col("code").cast(pl.UInt32))  # fmt: skip
+    path = tmp_path / "t.bin"
+    write_frame(path, rows, round_cycles=2_000)
+    drivers, want = every_driver(path, tmp_path)
+    for got in drivers:
+        assert_same_fold(got, want)
+        grants = got.tables["grants"].sort("for_dom", nulls_last=True)
+        assert grants.select("for_dom", "count").rows() == [(7, 1), (None, 2)]
+
+
+def test_a_row_without_a_time_leaves_its_groups_times_alone():
+    """A frame row whose time is null (its column reaches the kernel as a float NaN): its
+    group's first and last times are the other rows', as a one-row-at-a-time add gave
+    them (the group's run took its first row's time as it came)."""
+    from xvtrace.analysis import xen_fold
+
+    rows = {"ts_ns": [None, 100, 200], "cpu": [0] * 3, "dom": [1] * 3, "vcpu": [0] * 3,
+            "code": [0x00081002] * 3, "nargs": [2] * 3, "has_ts": [True] * 3,
+            **{f"arg{i}": [1] * 3 for i in range(7)}, "addr": [None] * 3}  # fmt: skip
+    f = xen_fold.Fold()
+    f.add_frame(pl.DataFrame(rows).select(pl.col(c).cast(EVENT_SCHEMA[c]) for c in rows))
+    groups = f.result().tables["groups"]
+    assert groups.select("records", "first_ns", "last_ns").rows() == [(3, 100, 200)]
+
+
 CODES = sorted(xe.SPECS)
 
 

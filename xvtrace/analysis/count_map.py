@@ -107,7 +107,11 @@ def add_run(entries, filled, run, k0, k1, k2, total, t):
         return
     merge_run(entries, filled, run)
     run[K0], run[K1], run[K2] = k0, k1, k2
-    run[COUNT], run[TOTAL], run[FIRST], run[LAST] = 1, total, t, t
+    run[COUNT], run[TOTAL], run[FIRST], run[LAST] = 1, total, TIME_MAX, TIME_MIN
+    if t < run[FIRST]:  # (compared, as add does: a time that is NaN, a null, is no time)
+        run[FIRST] = t
+    if t > run[LAST]:
+        run[LAST] = t
 
 
 @njit(cache=True, nogil=True, _nrt=False)

@@ -20,7 +20,6 @@ SLOT = 7
 KEY = 8  # a variant's key: id, words, event, has a time, cpu/thread/neither, dom width,
 # vcpu unknown, the columns it shows ((device id + 1) << 4 | a bit per COLUMN); then its
 # named values
-TABLE = 1 << 13  # the variants' hash table (twice dump.MAX_VARIANTS)
 
 
 def distinct(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +82,10 @@ def lay_out(ts, flags, cpu, thread, dom, vcpu, layout, at, nargs, event,
     variant = np.empty(n, np.int64)
     kw = KEY + nnamed
     keys = np.zeros((max_variants, kw), np.int64)
-    table = np.full(TABLE, -1, np.int64)
+    room = 2  # the variants' hash table: at most half full (a full one has no empty slot to
+    while room < 2 * max_variants:  # end a probe)
+        room *= 2
+    table = np.full(room, -1, np.int64)
     key = np.zeros(kw, np.int64)
     words = np.zeros(7, np.uint64)
     m = 0
@@ -149,7 +151,7 @@ def lay_out(ts, flags, cpu, thread, dom, vcpu, layout, at, nargs, event,
         h = np.uint64(0)
         for k in range(kw):
             h = (h ^ np.uint64(key[k])) * np.uint64(0x9E3779B97F4A7C15)
-        i = np.int64(h >> np.uint64(40)) & (TABLE - 1)
+        i = np.int64(h >> np.uint64(40)) & (room - 1)
         while True:
             s = table[i]
             if s < 0:
@@ -168,5 +170,5 @@ def lay_out(ts, flags, cpu, thread, dom, vcpu, layout, at, nargs, event,
             if same:
                 variant[r] = s
                 break
-            i = (i + 1) & (TABLE - 1)
+            i = (i + 1) & (room - 1)
     return values, variant, keys, m

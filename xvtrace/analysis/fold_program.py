@@ -203,7 +203,8 @@ _TABLE = {
     }),
     "grants": lambda k0, k1, v: pl.DataFrame({
         "by_dom": _nullable(_field(k1, 0, 34), pl.Int32),
-        "for_dom": _present(k0, _field(k1, 50, 1) == 1, pl.UInt64).cast(pl.Int32),
+        # (a value past a domain id's range, from a damaged record, is none: null)
+        "for_dom": _present(k0, _field(k1, 50, 1) == 1, pl.UInt64).cast(pl.Int32, strict=False),
         "op": _events(_field(k1, 34, 16)), "count": _count(v),
     }),
 }  # fmt: skip
