@@ -24,9 +24,9 @@ def use() -> None:
     (NUMBA_CACHE_DIR) or it cannot be made (numba then caches beside the sources)."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xvtrace"
-    here = base / (PREFIX + source_hash())
     try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xvtrace"
+        here = base / (PREFIX + source_hash())
         if not here.is_dir():
             import shutil
 
@@ -34,7 +34,7 @@ def use() -> None:
             for old in base.glob(PREFIX + "*"):  # other versions' kernels (best effort)
                 if old != here:
                     shutil.rmtree(old, ignore_errors=True)
-    except OSError:
+    except (OSError, RuntimeError):  # (no home directory, none writable: numba's default)
         return
     os.environ["NUMBA_CACHE_DIR"] = str(here)
     if "numba" in sys.modules:  # (read at numba's import: set it there too)
