@@ -311,9 +311,10 @@ SCAN_ROWS = 1 << 19  # rows of the table read at once (200 k at a time: 0.6 s mo
 # trace's dump, each slice's row groups decoded twice)
 
 
-# The compiled path: xentrace rows rendered by line_render, one variant per distinct
-# (event id, words carried, named field values, head shape); the names and the layout
-# become literal text, numbers are printed by the compiled renderer into one byte buffer.
+# The compiled path: rows laid out by dump_kernel and rendered by line_render, one variant
+# per distinct (layout, words carried, named field values, head shape, columns shown); the
+# names and the layout become literal text, numbers are printed by the compiled renderer
+# into one byte buffer.
 
 HEAD = 5  # seconds, nanoseconds, cpu (or thread), dom, vcpu (dump_kernel lays them out)
 AHEAD = 2  # batches rendered ahead of the one being written

@@ -1,6 +1,6 @@
-"""The compiled half of the dump's xentrace and QEMU lines (dump._render_compiled): each row's numbers
-laid out for line_render and the row's variant (the distinct line shapes of a batch), in
-one pass over the columns instead of a numpy pass (and a hash join) per step."""
+"""The compiled half of the dump's lines (dump._render_compiled): each row's numbers laid
+out for line_render and the row's variant (the distinct line shapes of a batch), in one
+pass over the columns instead of a numpy pass (and a hash join) per step."""
 
 from __future__ import annotations
 
@@ -22,26 +22,26 @@ KEY = 8  # a variant's key: id, words, event, has a time, cpu/thread/neither, do
 # named values
 
 
-def distinct(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct values of `code` (int64: layout ids) in order of first sight, and each
+def distinct(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of `ids` (int64: layout ids) in order of first sight, and each
     row's index among them."""
     cap = 1 << 10
     while True:
-        seen, at, m = _distinct(code, cap)
+        seen, at, m = _distinct(ids, cap)
         if m >= 0:
             return seen[:m].copy(), at
         cap *= 4
 
 
 @njit(cache=True, nogil=True)
-def _distinct(code, cap):
+def _distinct(ids, cap):
     """distinct in a table of `cap` slots (m = -1: more than half of them needed)."""
     table = np.full(cap, -1, np.int64)
     seen = np.empty(cap // 2, np.int64)
-    at = np.empty(len(code), np.int64)
+    at = np.empty(len(ids), np.int64)
     m = 0
-    for r in range(len(code)):
-        c = code[r]
+    for r in range(len(ids)):
+        c = ids[r]
         i = np.int64((np.uint64(c) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) & (cap - 1)
         while table[i] >= 0 and seen[table[i]] != c:
             i = (i + 1) & (cap - 1)
@@ -71,11 +71,11 @@ def lay_out(ts, flags, cpu, thread, dom, vcpu, layout, at, nargs, event,
             a0, a1, a2, a3, a4, a5, a6, queue, head, addr, size, dev, slots, nnamed,
             max_variants):  # fmt: skip
     """(values, variant, keys, m): per row its HEAD numbers and its fields' values by its
-    layout's slots (slots[at[r], j] for value column HEAD + j; a RAW slot is word j; dev
-    the device name's id in the batch, -1 for none), and
-    its variant among the batch's m distinct keys (KEY numbers and the named values, which
-    print as text: 0 where the row lacks the words); keys[v] is variant v's. m is -1 when
-    there are more than max_variants."""
+    layout's slots (slots[at[r], j] for value column HEAD + j; a RAW slot is word j; `dev`
+    the device name's id in the batch, -1 for none), and its variant among the batch's m
+    distinct keys (KEY numbers and the named values, which print as text: 0 where the row
+    lacks the words); keys[v] is variant v's. m is -1 when there are more than
+    max_variants."""
     n = len(ts)
     width = slots.shape[1]
     values = np.zeros((n, HEAD + width), np.uint64)
