@@ -5,7 +5,7 @@ functions of another module (fold_kernel's record loop inlines count_map's, the 
 inline xentrace_scan's) kept its old compiled code when only that other module changed: a
 stale kernel, and wrong answers, until its own file was touched. Named by the hash of every
 source file of xvtrace, parsers and replay, the cache is compiled afresh whenever any of
-them changes; the directories of other versions are removed when a new one is made.
+them changes; another version's directory is removed once unused for a week.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ import sys
 from pathlib import Path
 
 PREFIX = "numba-"
+STAMP = "used"  # touched by each run that uses a directory
+KEEP_DAYS = 7  # another version's directory unused this long is removed (one still in use,
+# by another checkout or a run of the version before, stays: removed under it, a run's
+# kernels could not be saved)
 
 
 def use() -> None:
@@ -27,18 +31,31 @@ def use() -> None:
     try:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xvtrace"
         here = base / (PREFIX + source_hash())
-        if not here.is_dir():
-            import shutil
-
-            here.mkdir(parents=True)
-            for old in base.glob(PREFIX + "*"):  # other versions' kernels (best effort)
-                if old != here:
-                    shutil.rmtree(old, ignore_errors=True)
+        new = not here.is_dir()
+        here.mkdir(parents=True, exist_ok=True)
+        (here / STAMP).touch()
+        if new:
+            _remove_unused(base, here)
     except (OSError, RuntimeError):  # (no home directory, none writable: numba's default)
         return
     os.environ["NUMBA_CACHE_DIR"] = str(here)
     if "numba" in sys.modules:  # (read at numba's import: set it there too)
         sys.modules["numba"].config.CACHE_DIR = str(here)
+
+
+def _remove_unused(base: Path, here: Path) -> None:
+    """Other versions' directories no run has used for KEEP_DAYS (best effort)."""
+    import shutil
+    import time
+
+    for old in base.glob(PREFIX + "*"):
+        stamp = old / STAMP
+        try:
+            used = (stamp if stamp.exists() else old).stat().st_mtime
+        except OSError:
+            continue
+        if old != here and time.time() - used > KEEP_DAYS * 86400:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def source_hash(roots: list[Path] | None = None) -> str:
