@@ -78,60 +78,52 @@ def tally(entries, filled, k0, k1, k2):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _sum_into(entries, s, count, total, first, last):
+    """Wide entry s: `count` more, `total` added, times `first` and `last` to its least and
+    greatest (compared: a time that is NaN, a null, is no time)."""
+    entries[s, COUNT] += count
+    entries[s, TOTAL] += total
+    if first < entries[s, FIRST]:
+        entries[s, FIRST] = first
+    if last > entries[s, LAST]:
+        entries[s, LAST] = last
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def add(entries, filled, k0, k1, k2, total, t):
     """One more of key (k0, k1, k2) in a wide map: `total` added to its sum, time `t` to
     its least and greatest."""
-    s = _claim(entries, filled, k0, k1, k2)
-    entries[s, COUNT] += 1
-    entries[s, TOTAL] += total
-    if t < entries[s, FIRST]:
-        entries[s, FIRST] = t
-    if t > entries[s, LAST]:
-        entries[s, LAST] = t
+    _sum_into(entries, _claim(entries, filled, k0, k1, k2), 1, total, t, t)
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
 def add_run(entries, filled, run, k0, k1, k2, total, t):
-    """add() by way of `run`, a wide entry outside the map holding the last key's sums:
-    rows with the key of the row before (a pCPU's records, one vCPU and class after
-    another) are summed there, and the run goes into the map when the key changes (one
-    entry claimed then, as add claims one). `run` is flushed into the map by merge_run."""
+    """add() by way of `run` (new_run: a wide entry outside the map) holding the last
+    key's sums: rows with the key of the row before (a pCPU's records, one vCPU and class
+    after another) are summed there, and the run goes into the map when the key changes
+    (one entry claimed then, as add claims one). `run` is flushed into the map by
+    merge_run."""
     k0, k1, k2 = np.int64(k0), np.int64(k1), np.int64(k2)
-    if run[COUNT] and run[K0] == k0 and run[K1] == k1 and run[K2] == k2:
-        run[COUNT] += 1
-        run[TOTAL] += total
-        if t < run[FIRST]:
-            run[FIRST] = t
-        if t > run[LAST]:
-            run[LAST] = t
-        return
-    merge_run(entries, filled, run)
-    run[K0], run[K1], run[K2] = k0, k1, k2
-    run[COUNT], run[TOTAL], run[FIRST], run[LAST] = 1, total, TIME_MAX, TIME_MIN
-    if t < run[FIRST]:  # (compared, as add does: a time that is NaN, a null, is no time)
-        run[FIRST] = t
-    if t > run[LAST]:
-        run[LAST] = t
+    if not (run[0, COUNT] and run[0, K0] == k0 and run[0, K1] == k1 and run[0, K2] == k2):
+        merge_run(entries, filled, run)
+        run[0, K0], run[0, K1], run[0, K2] = k0, k1, k2
+        run[0, TOTAL], run[0, FIRST], run[0, LAST] = 0, TIME_MAX, TIME_MIN
+    _sum_into(run, 0, 1, total, t, t)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
 def merge_run(entries, filled, run):
     """A run (add_run's) into a wide map, and the run emptied."""
-    if not run[COUNT]:
+    if not run[0, COUNT]:
         return
-    s = _claim(entries, filled, run[K0], run[K1], run[K2])
-    entries[s, COUNT] += run[COUNT]
-    entries[s, TOTAL] += run[TOTAL]
-    if run[FIRST] < entries[s, FIRST]:
-        entries[s, FIRST] = run[FIRST]
-    if run[LAST] > entries[s, LAST]:
-        entries[s, LAST] = run[LAST]
-    run[COUNT] = 0
+    s = _claim(entries, filled, run[0, K0], run[0, K1], run[0, K2])
+    _sum_into(entries, s, run[0, COUNT], run[0, TOTAL], run[0, FIRST], run[0, LAST])
+    run[0, COUNT] = 0
 
 
 def new_run() -> np.ndarray:
-    """An empty run for add_run."""
-    return np.zeros(WIDE, np.int64)
+    """An empty run for add_run: one wide entry."""
+    return np.zeros((1, WIDE), np.int64)
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")

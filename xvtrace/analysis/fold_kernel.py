@@ -68,11 +68,10 @@ def _u(x):
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _record(ts, cpu, dom, vcpu, code, nargs, a, addr, has_addr, nbytes, at, ids, info, layouts,
             wide, wfilled, run, narrow, nfilled, xrows, krows, n):  # fmt: skip
-    """One record into the maps (count_map's: `wide` for the groups and lost records, which
-    sum and time, by way of its `run`; `narrow` for the tables that only count) and the
-    rows; `at`: its place in
-    the Index or frame (by which rows made in file order are put in time order). `a`: its
-    payload words (nargs of them); ids, info, layouts:
+    """One record into the maps (count_map's: `wide` for the groups, by way of its `run`,
+    and lost records, which sum and time; `narrow` for the tables that only count) and the
+    rows; `at`: its place in the Index or frame (by which rows made in file order are put
+    in time order). `a`: its payload words (nargs of them); ids, info, layouts:
     fold_program.program(). Returns the exit row it made, or -1."""
     r = scan._event_index(code, ids)
     ev = info[r, EV]
