@@ -316,7 +316,6 @@ SCAN_ROWS = 1 << 19  # rows of the table read at once (200 k at a time: 0.6 s mo
 # names and the layout become literal text, numbers are printed by the compiled renderer
 # into one byte buffer.
 
-HEAD = 5  # seconds, nanoseconds, cpu (or thread), dom, vcpu (dump_kernel lays them out)
 AHEAD = 2  # batches rendered ahead of the one being written
 RAMP_ROWS = (1_000, 4_000, 16_000, 64_000)  # the first batch's first slices, each alone
 MAX_VARIANTS = 4096  # beyond this (garbage ids or names), building pieces costs more
@@ -371,19 +370,16 @@ def _render_rechunked(df: pl.DataFrame, vendor: str, symbols) -> bytes | np.ndar
 def render_bytes(df: pl.DataFrame, vendor: str = "vmx", symbols=()) -> bytes | np.ndarray:
     """The lines of format_lines, newline-terminated, as one byte buffer."""
     fast = None if symbols or df["event"].null_count() else _render_compiled(df, vendor)
-    return _encode(format_lines(df, vendor, symbols))[0] if fast is None else fast[0]
+    return _joined(format_lines(df, vendor, symbols)) if fast is None else fast[0]
 
 
 QEMU_LAYOUT = 1 << 32  # a QEMU row's layout id: this plus its event's number
 OWN_LAYOUT = 2 << 32  # another source's row's (own decoders'): this plus its event's number
 
 
-def _encode(lines: list[str]) -> tuple[bytes, np.ndarray]:
-    """Lines joined with newlines as bytes, and where each starts."""
-    lengths = pl.Series(lines, dtype=pl.String).str.len_bytes().to_numpy().astype(np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths + 1)])
-    data = ("\n".join(lines) + "\n").encode() if lines else b""
-    return np.frombuffer(data, np.uint8), offsets
+def _joined(lines: list[str]) -> np.ndarray:
+    """Lines, each newline-terminated, as one byte buffer."""
+    return np.frombuffer(("\n".join(lines) + "\n").encode() if lines else b"", np.uint8)
 
 
 def _render_compiled(df: pl.DataFrame, vendor: str):
@@ -397,9 +393,9 @@ def _render_compiled(df: pl.DataFrame, vendor: str):
     n = len(df)
     if n == 0:
         return np.zeros(0, np.uint8), np.zeros(1, np.int64)
-    has = [(name, bit) for name, bit in (("ts_ns", k.HAS_TS), ("cpu", k.HAS_CPU),
-           ("thread", k.HAS_THREAD), ("dom", k.HAS_DOM), ("vcpu", k.HAS_VCPU),
-           *((c, k.HAS_COLUMN << i) for i, c in enumerate(COLUMNS)))]  # fmt: skip
+    has = (("ts_ns", k.HAS_TS), ("cpu", k.HAS_CPU), ("thread", k.HAS_THREAD),
+           ("dom", k.HAS_DOM), ("vcpu", k.HAS_VCPU),
+           *((c, k.HAS_COLUMN << i) for i, c in enumerate(COLUMNS)))  # fmt: skip
     event = pl.col("event").to_physical().cast(pl.Int64)
     source = pl.col("source")
     cols = df.select(
@@ -532,7 +528,7 @@ class _Pieces:
 def _variant(key: np.ndarray, names: list[str], devs: list[str], layout, width: int):
     """(pieces, fields) of one variant from its key (see _render_compiled; `devs`: the
     batch's device names by id)."""
-    from xvtrace.analysis.dump_kernel import KEY
+    from xvtrace.analysis.dump_kernel import HEAD, KEY
     from xvtrace.parsers.line_render import DEC, HEX, SIGNED, Field
 
     code, nargs, event, has, mode, dom_width, vcpu_unknown, shown = (int(x) for x in key[:KEY])
