@@ -68,6 +68,11 @@ def other_row(draw):
     }
 
 
+def _reference(df: pl.DataFrame, vendor: str) -> bytes:
+    """format_lines' lines, newline-terminated: what render_bytes must give."""
+    return ("\n".join(format_lines(df, vendor)) + "\n").encode()
+
+
 def _frame(rows):
     return conform(pl.DataFrame(rows, infer_schema_length=None))
 
@@ -79,7 +84,7 @@ def _frame(rows):
 )
 def test_compiled_dump_is_format_lines_byte_for_byte(rows, vendor):
     df = _frame(rows)
-    expected = ("\n".join(format_lines(df, vendor)) + "\n").encode()
+    expected = _reference(df, vendor)
     assert bytes(render_bytes(df, vendor)) == expected
 
 
@@ -97,7 +102,7 @@ def test_every_catalogue_event_with_every_word_count(vendor):
                          "event": xe.event_name(code), "code": code, "nargs": nargs}
                         | {f"arg{i}": w for i, w in enumerate(words)})  # fmt: skip
     df = _frame(rows)
-    expected = ("\n".join(format_lines(df, vendor)) + "\n").encode()
+    expected = _reference(df, vendor)
     assert bytes(render_bytes(df, vendor)) == expected
 
 
@@ -148,7 +153,7 @@ def test_many_ids_and_too_many_variants_print_as_format_lines(monkeypatch, max_v
              "event": xe.event_name(code), "code": code, "nargs": i % 8, "arg0": i % 70,
              "arg1": 2**32 - i} for i, code in enumerate(codes * 2)]  # fmt: skip
     df = _frame(rows)
-    expected = ("\n".join(format_lines(df, "vmx")) + "\n").encode()
+    expected = _reference(df, "vmx")
     assert bytes(render_bytes(df, "vmx")) == expected
     assert (dump._render_compiled(df, "vmx") is None) == (max_variants == 2)
 
@@ -164,4 +169,4 @@ def test_the_line_shapes_table_is_sized_by_their_limit(monkeypatch):
     df = _frame([{"source": "xentrace", "ts_ns": i, "cpu": 0, "event": "unknown",
                   "code": 0x00A00000 + i, "nargs": 1, "arg0": i} for i in range(n)])  # fmt: skip
     assert dump._render_compiled(df, "vmx") is None
-    assert bytes(render_bytes(df, "vmx")) == ("\n".join(format_lines(df, "vmx")) + "\n").encode()
+    assert bytes(render_bytes(df, "vmx")) == _reference(df, "vmx")
