@@ -94,3 +94,25 @@ def test_a_xentrace_files_records_folded_a_few_at_a_time_are_the_tables(trace, t
     served = _summary(tmp_path / "folded")
     assert served == _summary(tmp_path / "plain")
     assert served["totals"][0]["records"] > 1000
+
+
+def test_a_fold_that_fails_fails_the_ingest_and_leaves_no_table(tmp_path, monkeypatch):
+    """The records are folded on a thread of their own (bundle.stages.aside): its error is
+    the ingest's, raised on the caller's thread, and no events.parquet is left behind."""
+    from xvtrace import api
+    from xvtrace.analysis import xen_fold
+
+    calls = []
+
+    def broken(self, chunk, *a):
+        calls.append(len(chunk.order))
+        if len(calls) == 3:
+            raise MemoryError("fold: out of memory in chunk 3")
+        return original(self, chunk, *a)
+
+    original = xen_fold.Fold.add_records
+    monkeypatch.setattr(xen_fold.Fold, "add_records", broken)
+    with pytest.raises(MemoryError, match="chunk 3"):
+        api.ingest(X86_PV / "trace.bin", tmp_path / "b", cpu_khz=X86_KHZ, chunk_bytes=4096)
+    assert len(calls) == 3  # it stopped at the failure
+    assert not (tmp_path / "b" / "events.parquet").exists()

@@ -23,6 +23,7 @@ from xvtrace.analysis.dump import name_addresses  # the dump's own address namin
 from xvtrace.analysis.fold_program import EXIT_EVENTS, PV_EVENTS
 from xvtrace.analysis.virtqueues import virtqueues
 from xvtrace.bundle import derived
+from xvtrace.bundle.stages import prefetch
 from xvtrace.parsers import fields, xentrace
 from xvtrace.parsers import xen_events as xe
 from xvtrace.parsers.schema import EVENT_SCHEMA
@@ -60,7 +61,6 @@ def fold_file(dec: xentrace.XentraceDecoder) -> xen_fold.Folded:
     three stages a chunk apart, each on a thread of its own (the kernels release the GIL):
     the records indexed and put in time order, folded into the tables, their rows put in
     time order and their exits paired (on this thread)."""
-    from xvtrace.bundle.ingest import prefetch
 
     f = xen_fold.Fold()
 

@@ -13,10 +13,8 @@ import gzip
 import json
 import lzma
 import os
-import queue
 import shutil
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from xvtrace.bundle import (
 )
 from xvtrace.bundle.frame_sink import sink_frames
 from xvtrace.bundle.row_order import file_ranks
+from xvtrace.bundle.stages import aside, prefetch
 from xvtrace.parsers import (
     fields,
     ftrace,
@@ -578,11 +577,14 @@ def _write_events(bundle_dir: Path, decoders: list, progress, watch: Watch | Non
         d = decoders[0]
         if watch is not None and isinstance(d, xentrace.XentraceDecoder):
             # its records seen where they lie, not its frames (a 500 MB trace's summary
-            # fold: 1.7 s from the records, 4.1 s from the frames' columns)
-            table = (frame for _, frame in frames([0], watch().add_xentrace(d)))
-        else:
-            table = _watched((frame for _, frame in frames([0])), watch)
-        with closing(prefetch(table)) as got:  # (it stops on any error)
+            # fold: 1.7 s from the records, 4.1 s from the frames' columns), on a thread
+            # of their own: the decoder's thread only makes frames
+            with aside(watch().add_xentrace(d)) as seen:
+                table = (frame for _, frame in frames([0], seen))
+                with closing(prefetch(table)) as got:  # (it stops on any error)
+                    _sink(bundle_dir, lambda: got)
+            return
+        with closing(prefetch(_watched((frame for _, frame in frames([0])), watch))) as got:
             _sink(bundle_dir, lambda: got)
         return
     # Several: each decoder's stream becomes sorted runs on disk, merged into the table's
@@ -636,47 +638,3 @@ def _sink(bundle_dir: Path, frames: Callable[[], Iterator[pl.DataFrame]]) -> Non
         # time measured on a 500 MB capture) and time-window scans of a sorted ts_ns column
         # are cheap without them.
         sink_frames(frames, EVENT_SCHEMA, tmp, compression="lz4", statistics=False)
-
-
-def prefetch(items: Iterator, depth: int = 2) -> Iterator:
-    """Produce `items` in a background thread, `depth` ahead of the consumer.
-
-    Decoding (numba kernels and numpy, which release the GIL) then runs on one core while
-    the parquet writer encodes the previous frames on the other.
-    """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    end = object()
-
-    def run() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(end)
-        except BaseException as exc:  # handed to the consumer, raised there
-            q.put(exc)
-
-    worker = threading.Thread(target=run, name="xvtrace-decode", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = q.get()
-            if item is end:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                worker.join(0.1)
