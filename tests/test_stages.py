@@ -82,3 +82,27 @@ def test_prefetch_closed_early_stops_its_thread():
     with closing(prefetch(iter(range(10**9)))) as it:
         assert next(it) == 0
     assert not _alive("xvtrace-decode")
+
+
+def test_aside_refuses_an_item_handed_over_after_its_block():
+    with aside([].append) as hand_over:
+        pass
+    with pytest.raises(RuntimeError, match="after its block was left"):
+        hand_over(1)
+
+
+def test_aside_notes_consumes_error_on_the_blocks_own():
+    def consume(item):
+        raise ValueError("consume failed")
+
+    gate = threading.Event()
+
+    def failing_block():
+        with aside(lambda i: (gate.set(), consume(i))) as hand_over:
+            hand_over(1)
+            gate.wait()
+            raise RuntimeError("block failed")
+
+    with pytest.raises(RuntimeError, match="block failed") as raised:
+        failing_block()
+    assert any("consume failed" in note for note in raised.value.__notes__)

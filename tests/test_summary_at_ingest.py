@@ -96,23 +96,48 @@ def test_a_xentrace_files_records_folded_a_few_at_a_time_are_the_tables(trace, t
     assert served["totals"][0]["records"] > 1000
 
 
+def _fold_failing_at(monkeypatch, chunk: int | None, calls: list) -> None:
+    """Fold.add_records counting its calls in `calls`, failing at call `chunk`."""
+    from xvtrace.analysis import xen_fold
+
+    original = xen_fold.Fold.add_records
+
+    def counted(self, records, *a):
+        calls.append(len(records.order))
+        if len(calls) == chunk:
+            raise MemoryError(f"fold: out of memory in chunk {chunk}")
+        return original(self, records, *a)
+
+    monkeypatch.setattr(xen_fold.Fold, "add_records", counted)
+
+
 def test_a_fold_that_fails_fails_the_ingest_and_leaves_no_table(tmp_path, monkeypatch):
     """The records are folded on a thread of their own (bundle.stages.aside): its error is
     the ingest's, raised on the caller's thread, and no events.parquet is left behind."""
     from xvtrace import api
-    from xvtrace.analysis import xen_fold
 
     calls = []
-
-    def broken(self, chunk, *a):
-        calls.append(len(chunk.order))
-        if len(calls) == 3:
-            raise MemoryError("fold: out of memory in chunk 3")
-        return original(self, chunk, *a)
-
-    original = xen_fold.Fold.add_records
-    monkeypatch.setattr(xen_fold.Fold, "add_records", broken)
+    _fold_failing_at(monkeypatch, 3, calls)
     with pytest.raises(MemoryError, match="chunk 3"):
         api.ingest(X86_PV / "trace.bin", tmp_path / "b", cpu_khz=X86_KHZ, chunk_bytes=4096)
     assert len(calls) == 3  # it stopped at the failure
     assert not (tmp_path / "b" / "events.parquet").exists()
+
+
+def test_a_fold_that_fails_on_the_last_chunk_leaves_the_bundle_as_it_was(tmp_path, monkeypatch):
+    """The fold is waited for before the new table is put in place: a bundle ingested again
+    (here with another clock rate) keeps its table and manifest when the fold fails last."""
+    from xvtrace import api
+
+    bundle = tmp_path / "b"
+    calls = []
+    with monkeypatch.context() as m:
+        _fold_failing_at(m, None, calls)
+        api.ingest(X86_PV / "trace.bin", bundle, cpu_khz=X86_KHZ, chunk_bytes=4096)
+    table, manifest = (bundle / "events.parquet").read_bytes(), Bundle.open(bundle).manifest
+    assert len(calls) > 10
+    _fold_failing_at(monkeypatch, len(calls), [])
+    with pytest.raises(MemoryError, match=f"chunk {len(calls)}"):
+        api.ingest(bundle, bundle, cpu_khz=2 * X86_KHZ, chunk_bytes=4096)
+    assert (bundle / "events.parquet").read_bytes() == table
+    assert Bundle.open(bundle).manifest == manifest

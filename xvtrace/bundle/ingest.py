@@ -578,11 +578,11 @@ def _write_events(bundle_dir: Path, decoders: list, progress, watch: Watch | Non
         if watch is not None and isinstance(d, xentrace.XentraceDecoder):
             # its records seen where they lie, not its frames (a 500 MB trace's summary
             # fold: 1.7 s from the records, 4.1 s from the frames' columns), on a thread
-            # of their own: the decoder's thread only makes frames
-            with aside(watch().add_xentrace(d)) as seen:
+            # of their own, done (or raising) before the table is put in place
+            with atomic_path(bundle_dir / EVENTS) as tmp, aside(watch().add_xentrace(d)) as seen:
                 table = (frame for _, frame in frames([0], seen))
                 with closing(prefetch(table)) as got:  # (it stops on any error)
-                    _sink(bundle_dir, lambda: got)
+                    _write_table(tmp, lambda: got)
             return
         with closing(prefetch(_watched((frame for _, frame in frames([0])), watch))) as got:
             _sink(bundle_dir, lambda: got)
@@ -634,7 +634,11 @@ def _watched(table: Iterator[pl.DataFrame], watch: Watch | None) -> Iterator[pl.
 
 def _sink(bundle_dir: Path, frames: Callable[[], Iterator[pl.DataFrame]]) -> None:
     with atomic_path(bundle_dir / EVENTS) as tmp:
-        # No column statistics: polars computes them for every column (~20% of the write
-        # time measured on a 500 MB capture) and time-window scans of a sorted ts_ns column
-        # are cheap without them.
-        sink_frames(frames, EVENT_SCHEMA, tmp, compression="lz4", statistics=False)
+        _write_table(tmp, frames)
+
+
+def _write_table(path: Path, frames: Callable[[], Iterator[pl.DataFrame]]) -> None:
+    # No column statistics: polars computes them for every column (~20% of the write time
+    # measured on a 500 MB capture) and time-window scans of a sorted ts_ns column are
+    # cheap without them.
+    sink_frames(frames, EVENT_SCHEMA, path, compression="lz4", statistics=False)
