@@ -40,8 +40,8 @@ NO_ROLE = 255
 NULL_REASON = 0xFFFFFFFF
 MAX_ADDS = 2  # entries one record can add to a map (groups and lost; pv and hypercalls)
 
-# A chunk's rows, one row of an array per column: `xrows` the exit pairing's (ts, role, vk,
-# reason, port), `krows` those kept whole: the runstate changes' (ts, cpu, sdom, svcpu,
+# A chunk's rows: `xrows` the exit pairing's, a row per exit of (ts, role, vk, reason,
+# port); `krows`, one row of the array per column, those kept whole: the runstate changes' (ts, cpu, sdom, svcpu,
 # old, new; -1 for a missing dom or vCPU) and the lost-record marks' (ts), each with its
 # record's place (in the Index, or the frame: to put them in time order). `n` counts the
 # exit rows, the runstate changes and the marks.
@@ -54,7 +54,9 @@ def out_arrays(n: int, space: np.ndarray | None = None) -> tuple:
     words); the rows views of `space` (at least (XROWS + KROWS) * n int64) when given."""
     if space is None:
         space = np.empty((XROWS + KROWS) * n, np.int64)
-    xrows = space[: XROWS * n].reshape(XROWS, n)
+    # an exit's fields side by side: exits_in_time_order reads them back an exit at a time
+    # in time order, one cache line each (0.31 s a 500 MB trace with a field per row: 0.12)
+    xrows = space[: XROWS * n].reshape(n, XROWS)
     krows = space[XROWS * n : (XROWS + KROWS) * n].reshape(KROWS, n)
     return xrows, krows, np.zeros(3, np.int64), np.zeros(7, np.uint64)
 
@@ -146,11 +148,11 @@ def _record(ts, cpu, dom, vcpu, code, nargs, a, addr, has_addr, nbytes, at, ids,
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _exit_row(xrows, n, ts, role, vk, reason, port):
     i = n[0]
-    xrows[0, i] = ts
-    xrows[1, i] = role
-    xrows[2, i] = vk
-    xrows[3, i] = reason
-    xrows[4, i] = port
+    xrows[i, 0] = ts
+    xrows[i, 1] = role
+    xrows[i, 2] = vk
+    xrows[i, 3] = reason
+    xrows[i, 4] = port
     n[0] += 1
     return i
 
@@ -198,11 +200,11 @@ def exits_in_time_order(order, xi, xrows, count):
     for s in order:
         j = xi[s]
         if j >= 0:
-            ts[m] = xrows[0, j]
-            role[m] = xrows[1, j]
-            vk[m] = xrows[2, j]
-            reason[m] = xrows[3, j]
-            port[m] = xrows[4, j]
+            ts[m] = xrows[j, 0]
+            role[m] = xrows[j, 1]
+            vk[m] = xrows[j, 2]
+            reason[m] = xrows[j, 3]
+            port[m] = xrows[j, 4]
             m += 1
     return ts, role, vk, reason, port
 

@@ -188,7 +188,7 @@ class Fold:
             lambda maps, start: fold_kernel.fold_columns(*c, *self.prog, *maps[0], self.run, *maps[1], *out, start),
         )  # fmt: skip
         self._keep(krows, count, None)
-        self.exits.add([a.astype(t) for a, t in zip(xrows[:, : count[0]], _TYPES, strict=True)])
+        self.exits.add([a.astype(t) for a, t in zip(xrows[: count[0]].T, _TYPES, strict=True)])
 
     def add_records(self, chunk, khz: int, address_ids) -> FoldedChunk:
         """The records a xentrace decoder handed over (parsers.xentrace.Records: its Index
