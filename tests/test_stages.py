@@ -28,16 +28,13 @@ def test_aside_consumes_every_item_in_order_on_another_thread():
     assert not _alive("xvtrace-aside")
 
 
-def _hand_over_all(consume, items, depth=2, fail=None) -> int:
-    """Items handed over through aside before it raised (the block raises `fail` after all)."""
-    handed = 0
+def _hand_over_all(consume, items, depth=2, fail=None) -> None:
+    """`items` handed over through aside, the block raising `fail` after them."""
     with aside(consume, depth=depth) as hand_over:
         for i in items:
             hand_over(i)
-            handed += 1
         if fail is not None:
             raise fail
-    return handed
 
 
 def test_aside_raises_what_consume_raised_at_the_block_end_and_at_later_hand_overs():

@@ -333,7 +333,6 @@ def iter_chunks(
     """Stream the dump as byte buffers (newline-terminated lines), batch by batch (as
     `batches`). The first batch goes out in small growing slices, so a reader like `head`
     has its lines at once and, once it leaves, the next write (which fails) comes soon."""
-
     # (the next slice read while these render: 0.5 s of a 500 MB trace's dump)
     with closing(prefetch(batches(ev, batch, limit, select), depth=1)) as frames:
         yield from _rendered(frames, vendor, symbols)

@@ -8,6 +8,7 @@ import numpy as np
 from numba import njit
 
 HEAD = 5  # a line's head: seconds, nanoseconds, cpu (or thread), dom, vcpu
+
 # flags bits: what a row has (dump._render_compiled sets them from the columns' nulls);
 # HAS_COLUMN << i: the i-th of dump.COLUMNS (queue, head, addr, size)
 HAS_TS, HAS_CPU, HAS_THREAD, HAS_DOM, HAS_VCPU, HAS_COLUMN = 1, 2, 4, 8, 16, 32

@@ -41,10 +41,10 @@ NULL_REASON = 0xFFFFFFFF
 MAX_ADDS = 2  # entries one record can add to a map (groups and lost; pv and hypercalls)
 
 # A chunk's rows: `xrows` the exit pairing's, a row per exit of (ts, role, vk, reason,
-# port); `krows`, one row of the array per column, those kept whole: the runstate changes' (ts, cpu, sdom, svcpu,
-# old, new; -1 for a missing dom or vCPU) and the lost-record marks' (ts), each with its
-# record's place (in the Index, or the frame: to put them in time order). `n` counts the
-# exit rows, the runstate changes and the marks.
+# port); `krows`, one row of the array per column, those kept whole: the runstate
+# changes' (ts, cpu, sdom, svcpu, old, new; -1 for a missing dom or vCPU) and the
+# lost-record marks' (ts), each with its record's place (in the Index, or the frame: to
+# put them in time order). `n` counts the exit rows, the runstate changes and the marks.
 RUNSTATE_ROWS, RUNSTATE_AT, LOST_TS, LOST_AT = range(0, 6), 6, 7, 8
 XROWS, KROWS = 5, 9
 

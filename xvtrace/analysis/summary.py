@@ -61,7 +61,6 @@ def fold_file(dec: xentrace.XentraceDecoder) -> xen_fold.Folded:
     three stages a chunk apart, each on a thread of its own (the kernels release the GIL):
     the records indexed and put in time order, folded into the tables, their rows put in
     time order and their exits paired (on this thread)."""
-
     f = xen_fold.Fold()
 
     def folded(records):
