@@ -158,6 +158,58 @@ def test_dump_pipes_into_head():
     assert "Traceback" not in proc.stderr
 
 
+def _command(*args: str, tmp: os.PathLike) -> subprocess.CompletedProcess:
+    """`xvtrace ARGS` as a user runs it (the entry point's own exit), stdout a pipe (so it
+    is block-buffered) and temporary files under `tmp`."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    cmd = [sys.executable, "-m", "xvtrace", *args]
+    env["TMPDIR"] = str(tmp)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+
+
+def test_the_prompt_exit_flushes_the_answer_and_runs_the_exit_handlers(tmp_path):
+    """entry.leave skips the interpreter's teardown: what the command printed must still
+    reach the pipe whole, and the temporary bundle of a raw capture must still go."""
+    proc = _command("timeline", str(X86_PV / "trace.bin"), "--json",
+                    "--cpu-khz", "2445425", tmp=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "views" in json.loads(proc.stdout)  # the whole document, parsed
+    assert list(tmp_path.iterdir()) == []  # api's exit handler removed the bundle
+    args = ("summary", str(X86_PV / "trace.bin"), "--json", "--cpu-khz", "2445425")
+    proc = _command(*args, tmp=tmp_path)
+    assert proc.returncode == 0 and len(proc.stdout) > 8192  # more than one buffer's worth
+    assert proc.stdout == run(*args).output  # all of it, as the command printed it
+
+
+def test_the_prompt_exit_keeps_a_failing_commands_status(tmp_path):
+    proc = _command("summary", str(tmp_path / "missing.bin"), tmp=tmp_path)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(bytes(range(256)) * 16)
+    proc = _command("summary", str(bad), "--cpu-khz", "1000", tmp=tmp_path)
+    assert proc.returncode == 2 and f"{bad}: byte 0: not a recognised" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_the_cli_loads_the_timeline_only_for_the_commands_that_use_it():
+    """`summary` and `dump` start without the timeline's modules (60 ms of imports)."""
+    script = "import sys, xvtrace.cli; print(sorted(m for m in sys.modules if 'timeline' in m))"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.stdout == "[]\n", proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "stderr"), [("0", 0, ""), ("3", 3, ""), ("'no bundle'", 1, "no bundle\n")]
+)
+def test_leave_flushes_what_is_still_buffered(code, status, stderr):
+    """Output a command printed without flushing (block-buffered into a pipe) is not lost to
+    the prompt exit; a status that is not a number exits the usual way."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    script = f"import sys; from xvtrace.entry import leave; print('x' * 5000); leave({code})"
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (status, "x" * 5000 + "\n", stderr)
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator settings")
 def test_emulate_reuses_a_freed_large_block_without_faulting_it_in_again():
     """glibc maps blocks over 32 MiB on their own and unmaps them when freed, so the next one

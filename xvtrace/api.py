@@ -22,25 +22,24 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from xvtrace import timeline as _timeline
 from xvtrace.analysis.dump import PRINTED, iter_chunks, iter_lines, select_events
 from xvtrace.analysis.summary import Summary, virtqueues
 from xvtrace.bundle import Bundle, atomic_path, lock, spill_dir
-from xvtrace.output import perfetto
-from xvtrace.output.report import Report
 from xvtrace.parsers.errors import XvtraceError
 from xvtrace.parsers.symbols import Symbols
-from xvtrace.timeline import Timeline
 
-# Ingest, replay, the emulator and the gate are imported where they are used: they load
-# numba (the decoders, the engine and the writers are compiled), which every other command
-# would otherwise wait for.
+# Ingest, replay, the emulator, the gate, the timeline and the outputs built on it are
+# imported where they are used: they load numba (the decoders, the engine and the writers
+# are compiled) or the timeline's modules (60 ms), which every other command would
+# otherwise wait for.
 if TYPE_CHECKING:
     from xvtrace.bundle.ingest import IngestResult
     from xvtrace.emulate.summary import EmulateSummary
     from xvtrace.gate.regress import Comparison as Verdicts
     from xvtrace.output.compare import Comparison
+    from xvtrace.output.report import Report
     from xvtrace.replaying import Calibration, HostCalibration
+    from xvtrace.timeline import Timeline
     from xvtrace.validation import Validation
 
 _TEMP_DIRS: list[str] = []
@@ -206,6 +205,8 @@ def timeline(path, *, rebuild: bool = False, cpu_khz=None, hvm_vendor=None) -> T
     """The bundle's (or raw capture's) requests, reconstructed or served from the bundle
     while still valid (see xvtrace.timeline); `.render()` and `.to_json()` print it.
     `cpu_khz`, `hvm_vendor`: how to ingest a raw capture (see load_timed)."""
+    from xvtrace import timeline as _timeline
+
     return _timeline.load(load_timed(path, cpu_khz, hvm_vendor), rebuild=rebuild)
 
 
@@ -213,6 +214,8 @@ def timeline(path, *, rebuild: bool = False, cpu_khz=None, hvm_vendor=None) -> T
 def report(path, *, cpu_khz=None, hvm_vendor=None) -> Report:
     """Where each request's time goes (xvtrace.output.report): `.render()`, `.to_json()`,
     `.render_html()`."""
+    from xvtrace.output.report import Report
+
     return Report.of(load_timed(path, cpu_khz, hvm_vendor))
 
 
@@ -220,6 +223,8 @@ def report(path, *, cpu_khz=None, hvm_vendor=None) -> Report:
 def export_perfetto(path, out: str | os.PathLike, *, cpu_khz=None, hvm_vendor=None) -> int:
     """The bundle's requests as Chrome trace-event JSON at `out` (atomically); the number of
     trace events written."""
+    from xvtrace.output import perfetto
+
     bundle = load_timed(path, cpu_khz, hvm_vendor)
     with atomic_path(Path(out)) as tmp:
         return perfetto.perfetto(bundle, tmp)
