@@ -205,3 +205,80 @@ def fold(rows: pl.DataFrame, times: bool = False) -> xen_fold.Folded:
     exits.add([rows[c].to_numpy() for c in xen_fold.EXIT_COLUMNS])
     return xen_fold.Folded({n: q(lf).collect() for n, (q, _) in TABLES.items()},
                            {n: q(lf).collect() for n, q in ROWS.items()}, exits.result())  # fmt: skip
+
+
+def runstate_intervals(f: xen_fold.Folded) -> pl.DataFrame:
+    """summary.runstate_intervals as it was, a polars query (before its arrays): each
+    vCPU's runstate intervals from consecutive runstate changes (`f`: the fold).
+
+    The interval after a change is in the change's new state; intervals that span lost
+    records are reported as state 'lost'. Runnable time is split by how it was entered:
+    'wake' (from blocked or offline) and 'preempt' (from running), as xenalyze does.
+    """
+    # each pCPU's last record closes a vCPU still running
+    cpu_end = f.tables["groups"].group_by("cpu").agg(pl.col("last_ns").max().alias("cpu_end"))
+    rs = (
+        f.rows["runstates"]
+        .lazy()
+        .sort("sdom", "svcpu", "ts_ns", maintain_order=True)
+        .with_columns(
+            pl.col("ts_ns").shift(-1).over("sdom", "svcpu").alias("end_ns"),
+            # A vCPU's state is unknown until it is first seen entering 'running'.
+            ((pl.col("new") == 0).cum_sum().over("sdom", "svcpu") > 0).alias("known"),
+        )
+        # Still running at the end: the interval closes at its pCPU's last record.
+        .join(cpu_end.lazy(), on="cpu", how="left", maintain_order="left")
+        .with_columns(
+            pl.when(pl.col("end_ns").is_null() & (pl.col("new") == 0))
+            .then(pl.col("cpu_end"))
+            .otherwise(pl.col("end_ns"))
+            .alias("end_ns")
+        )
+        .filter(pl.col("end_ns").is_not_null() & pl.col("known"))
+    )
+    lost = f.rows["lost"]["ts_ns"].sort()
+    df = rs.collect()
+    if len(lost):
+        crosses = lost.search_sorted(df["ts_ns"], side="right") != lost.search_sorted(
+            df["end_ns"], side="right"
+        )
+        df = df.with_columns(lost_between=crosses)
+    else:
+        df = df.with_columns(lost_between=pl.lit(False))
+    names = pl.Series(list(xe.RUNSTATES))
+    state = (
+        pl.when(pl.col("lost_between"))
+        .then(pl.lit("lost"))
+        .otherwise(pl.col("new").cast(pl.Int64).replace_strict(range(4), names, default="?"))
+    )
+    sub = (
+        pl.when(pl.col("new") == 1)
+        .then(
+            # from blocked, or offline: an HVM vCPU waiting for its IOREQ is paused
+            # (blocked in Xen), which the runstate shows as offline
+            pl.when(pl.col("old").is_in([2, 3]))
+            .then(pl.lit("wake"))
+            .when(pl.col("old") == 0)
+            .then(pl.lit("preempt"))
+            .otherwise(pl.lit("other"))
+        )
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+    df = df.with_columns(
+        state.alias("state"),
+        sub.alias("entered_by"),
+        (pl.col("end_ns") - pl.col("ts_ns")).alias("dur"),
+    )
+    # Like xenalyze, zero-length intervals are not counted.
+    return df.filter(pl.col("dur") > 0)
+
+
+def runstates(f: xen_fold.Folded) -> pl.DataFrame:
+    """summary.runstates as it was: runstate_intervals, summed by a query."""
+    return (
+        runstate_intervals(f)
+        .group_by("sdom", "svcpu", "state", "entered_by")
+        .agg(pl.len().alias("count"), pl.col("dur").sum().alias("total_ns"))
+        .rename({"sdom": "dom", "svcpu": "vcpu"})
+        .sort("dom", "vcpu", "state", "entered_by", nulls_last=False)
+    )

@@ -46,6 +46,15 @@ def assert_same_fold(ours, theirs) -> None:
     hist = [pl.DataFrame(f.exits).group_by("key", "handler", "io", "dur").agg(pl.col("count").sum())
             .sort(pl.all()) for f in (ours, theirs)]  # fmt: skip
     assert hist[0].equals(hist[1])
+    assert_same_runstates(ours)
+
+
+def assert_same_runstates(folded) -> None:
+    """The runstate sections, computed on arrays, as the reference's query computed them."""
+    assert summary.runstates(folded).equals(reference.runstates(folded))
+    columns = ("sdom", "svcpu", "ts_ns", "end_ns", "state", "entered_by", "dur")
+    want = reference.runstate_intervals(folded).select(columns)
+    assert summary.runstate_intervals(folded).equals(want)
 
 
 def every_driver(path, tmp_path):

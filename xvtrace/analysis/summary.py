@@ -152,6 +152,61 @@ def records_by_dom(groups: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+STATE_NAMES = (*xe.RUNSTATES, "lost", "?")  # an interval's state: new (0-3), lost, unknown
+LOST_STATE, UNKNOWN_STATE = 4, 5
+ENTERED_BY = (None, "wake", "preempt", "other")  # how a runnable interval began (0: not one)
+
+
+def _intervals(f: xen_fold.Folded) -> dict[str, np.ndarray]:
+    """runstate_intervals' columns as arrays: the states and ways in as codes (STATE_NAMES,
+    ENTERED_BY), sdom and svcpu -1 where not known. Arrays, not a lazy query: on the 672 k
+    changes of a 500 MB trace the query took 0.13 s and faulted in 230 MB (its sort's row
+    encoding, its windows' hashes); this takes 0.04 s."""
+    rs = f.rows["runstates"]
+    cols = [rs[c].fill_null(-1).to_numpy() for c in ("ts_ns", "cpu", "sdom", "svcpu", "old", "new")]
+    # each vCPU's changes in time order (ties as they come: the decoder's time order)
+    by_vcpu = np.lexsort((cols[0], cols[3], cols[2]))
+    ts, cpu, sdom, svcpu, old, new = (c[by_vcpu] for c in cols)
+    n = len(ts)
+    same_next = (sdom[1:] == sdom[:-1]) & (svcpu[1:] == svcpu[:-1])  # row i+1 of i's vCPU
+    end = np.append(ts[1:], 0)
+    has_end = np.append(same_next, False)
+    # A vCPU's state is unknown until it is first seen entering 'running'.
+    starts = np.ones(n, np.bool_)
+    starts[1:] = ~same_next
+    first = np.flatnonzero(starts)  # each vCPU's first change
+    entered_running = np.cumsum(new == 0)
+    before = entered_running[first] - (new[first] == 0)
+    known = entered_running - np.repeat(before, np.diff(np.append(first, n))) > 0
+    # Still running at the end: the interval closes at its pCPU's last record.
+    cpu_end = f.tables["groups"].group_by("cpu").agg(pl.col("last_ns").max()).drop_nulls()
+    at_end = ~has_end & (new == 0)
+    ends = dict(zip(cpu_end["cpu"].to_list(), cpu_end["last_ns"].to_list(), strict=True))
+    for c in np.unique(cpu[at_end]).tolist():  # (a few pCPUs)
+        if c in ends:
+            rows = at_end & (cpu == c)
+            end[rows], has_end[rows] = ends[c], True
+    keep = has_end & known & (end - ts > 0)  # like xenalyze, zero-length intervals not counted
+    ts, end, sdom, svcpu, old, new = (c[keep] for c in (ts, end, sdom, svcpu, old, new))
+    lost = np.sort(f.rows["lost"]["ts_ns"].to_numpy())
+    crosses = np.searchsorted(lost, ts, "right") != np.searchsorted(lost, end, "right")
+    state = np.where(crosses, LOST_STATE, np.where(new < 4, new, UNKNOWN_STATE))
+    # runnable: from blocked, or offline (an HVM vCPU waiting for its IOREQ is paused,
+    # blocked in Xen, which the runstate shows as offline), or preempted from running
+    way = np.where(np.isin(old, (2, 3)), 1, np.where(old == 0, 2, 3))
+    return {"sdom": sdom, "svcpu": svcpu, "ts_ns": ts, "end_ns": end,
+            "state": state.astype(np.uint8), "entered_by": np.where(new == 1, way, 0).astype(np.uint8),
+            "dur": end - ts}  # fmt: skip
+
+
+def _names(codes, names: tuple) -> pl.Series:
+    return pl.Series(names, dtype=pl.String).gather(codes)
+
+
+def _null_ids(values: np.ndarray) -> pl.Series:
+    return pl.Series(values.astype(np.int32)).set(pl.Series(values < 0), None)
+
+
 def runstate_intervals(f: xen_fold.Folded) -> pl.DataFrame:
     """Each vCPU's runstate intervals (sdom, svcpu, ts_ns, end_ns, state, entered_by, dur),
     from consecutive runstate changes (`f`: the fold).
@@ -160,73 +215,29 @@ def runstate_intervals(f: xen_fold.Folded) -> pl.DataFrame:
     records are reported as state 'lost'. Runnable time is split by how it was entered:
     'wake' (from blocked or offline) and 'preempt' (from running), as xenalyze does.
     """
-    # each pCPU's last record closes a vCPU still running
-    cpu_end = f.tables["groups"].group_by("cpu").agg(pl.col("last_ns").max().alias("cpu_end"))
-    rs = (
-        f.rows["runstates"]
-        .lazy()
-        .sort("sdom", "svcpu", "ts_ns", maintain_order=True)
-        .with_columns(
-            pl.col("ts_ns").shift(-1).over("sdom", "svcpu").alias("end_ns"),
-            # A vCPU's state is unknown until it is first seen entering 'running'.
-            ((pl.col("new") == 0).cum_sum().over("sdom", "svcpu") > 0).alias("known"),
-        )
-        # Still running at the end: the interval closes at its pCPU's last record.
-        .join(cpu_end.lazy(), on="cpu", how="left", maintain_order="left")
-        .with_columns(
-            pl.when(pl.col("end_ns").is_null() & (pl.col("new") == 0))
-            .then(pl.col("cpu_end"))
-            .otherwise(pl.col("end_ns"))
-            .alias("end_ns")
-        )
-        .filter(pl.col("end_ns").is_not_null() & pl.col("known"))
-    )
-    lost = f.rows["lost"]["ts_ns"].sort()
-    df = rs.collect()
-    if len(lost):
-        crosses = lost.search_sorted(df["ts_ns"], side="right") != lost.search_sorted(
-            df["end_ns"], side="right"
-        )
-        df = df.with_columns(lost_between=crosses)
-    else:
-        df = df.with_columns(lost_between=pl.lit(False))
-    names = pl.Series(list(xe.RUNSTATES))
-    state = (
-        pl.when(pl.col("lost_between"))
-        .then(pl.lit("lost"))
-        .otherwise(pl.col("new").cast(pl.Int64).replace_strict(range(4), names, default="?"))
-    )
-    sub = (
-        pl.when(pl.col("new") == 1)
-        .then(
-            # from blocked, or offline: an HVM vCPU waiting for its IOREQ is paused
-            # (blocked in Xen), which the runstate shows as offline
-            pl.when(pl.col("old").is_in([2, 3]))
-            .then(pl.lit("wake"))
-            .when(pl.col("old") == 0)
-            .then(pl.lit("preempt"))
-            .otherwise(pl.lit("other"))
-        )
-        .otherwise(pl.lit(None, dtype=pl.String))
-    )
-    df = df.with_columns(
-        state.alias("state"),
-        sub.alias("entered_by"),
-        (pl.col("end_ns") - pl.col("ts_ns")).alias("dur"),
-    )
-    # Like xenalyze, zero-length intervals are not counted.
-    return df.filter(pl.col("dur") > 0)
+    r = _intervals(f)
+    return pl.DataFrame({
+        "sdom": _null_ids(r["sdom"]), "svcpu": _null_ids(r["svcpu"]),
+        "ts_ns": r["ts_ns"], "end_ns": r["end_ns"],
+        "state": _names(r["state"], STATE_NAMES),
+        "entered_by": _names(r["entered_by"], ENTERED_BY), "dur": r["dur"],
+    })  # fmt: skip
 
 
 def runstates(f: xen_fold.Folded) -> pl.DataFrame:
     """Time each vCPU spent in each runstate (runstate_intervals, summed)."""
-    return (
-        runstate_intervals(f)
+    r = _intervals(f)
+    sums = (
+        pl.DataFrame({k: r[k] for k in ("sdom", "svcpu", "state", "entered_by", "dur")})
         .group_by("sdom", "svcpu", "state", "entered_by")
         .agg(pl.len().alias("count"), pl.col("dur").sum().alias("total_ns"))
-        .rename({"sdom": "dom", "svcpu": "vcpu"})
-        .sort("dom", "vcpu", "state", "entered_by", nulls_last=False)
     )
+    return pl.DataFrame({
+        "dom": _null_ids(sums["sdom"].to_numpy()), "vcpu": _null_ids(sums["svcpu"].to_numpy()),
+        "state": _names(sums["state"], STATE_NAMES),
+        "entered_by": _names(sums["entered_by"], ENTERED_BY),
+        "count": sums["count"], "total_ns": sums["total_ns"],
+    }).sort("dom", "vcpu", "state", "entered_by", nulls_last=False)  # fmt: skip
 
 
 # exits xenalyze splits by their handler: "mmio" (an MMIO access emulated in the exit) or
