@@ -252,3 +252,22 @@ def test_continue_running_names_the_pcpus_vcpu(tmp_path):
     assert df["event"].cast(str).to_list()[1] == "sched.continue_running"
     assert df["dom"].to_list() == [None, None, 5]
     assert df["vcpu"].to_list() == [None, None, 2]
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 12, 1 << 14])
+def test_records_handed_over_after_later_ones_are_counted_out_of_order(tmp_path, chunk_bytes):
+    """A capture whose second half went back in time (two traces appended): each record
+    handed over with a TSC below that of the last one handed over before is counted, as
+    many as a count over every chunk's TSCs finds."""
+    rows = hvm_records(300, seed=1, ncpu=2)
+    path = tmp_path / "t.bin"
+    with path.open("wb") as fh:
+        write_frame(fh, rows.with_columns(pl.col("ts_raw") + 10**9), round_cycles=2_400_000)
+        write_frame(fh, rows, round_cycles=2_400_000)
+    dec = XentraceDecoder(path, cpu_khz=2_400_000, chunk_bytes=chunk_bytes)
+    want, last = 0, None
+    for _, index, order, _ in dec.records():
+        tsc = index.tsc[order]
+        want += 0 if last is None else int(np.count_nonzero(tsc < last))
+        last = tsc[-1] if len(tsc) else last
+    assert want > 0 and dec.stats.extra["out_of_order"] == want
