@@ -18,7 +18,10 @@ atomically, 100-150 ns a record.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 K0, K1, K2, COUNT, TOTAL, FIRST, LAST = range(7)
 NARROW, WIDE = 4, 8  # int64 per entry: keys and count; and sum, first and last time
@@ -46,11 +49,17 @@ def _mix(x):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _home(entries, k0, k1, k2):
+    """The entry key (k0, k1, k2)'s search starts at."""
+    h = _mix(np.uint64(k0) ^ _mix(np.uint64(k1) ^ _mix(np.uint64(k2))))
+    return np.int64(h & np.uint64(entries.shape[0] - 1))
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _slot(entries, k0, k1, k2):
     """Key (k0, k1, k2)'s entry, or the free one where it goes."""
     mask = entries.shape[0] - 1
-    h = _mix(np.uint64(k0) ^ _mix(np.uint64(k1) ^ _mix(np.uint64(k2))))
-    s = np.int64(h & np.uint64(mask))
+    s = _home(entries, k0, k1, k2)
     while entries[s, COUNT] and (
         entries[s, K0] != k0 or entries[s, K1] != k1 or entries[s, K2] != k2
     ):
@@ -142,15 +151,47 @@ def grown(entries, filled):
     return out, filled.copy()
 
 
+AHEAD = 8  # rows ahead of the one counted whose entries tally_rows asks the cache for
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def tally_rows(entries, filled, k0, k1, k2, start):
     """Count rows [start:] of the key columns k0, k1, k2 (int64) into a map; returns where
-    it stopped (len(k0), or a row the map may not have room for)."""
-    for i in range(start, k0.shape[0]):
+    it stopped (len(k0), or a row the map may not have room for). Each row's entry is
+    asked for AHEAD rows early: a map past the cache (the 64 k exit durations of a 500 MB
+    trace, 4 MB) then has several misses in flight, not one (its 8.4 M exits: 0.26-0.28 ->
+    0.18-0.19 s)."""
+    n = k0.shape[0]
+    for i in range(start, n):
         if not room(entries, filled, 1):
             return i
+        if i + AHEAD < n:
+            _prefetch_row(entries, _home(entries, k0[i + AHEAD], k1[i + AHEAD], k2[i + AHEAD]))
         tally(entries, filled, k0[i], k1[i], k2[i])
-    return k0.shape[0]
+    return n
+
+
+@intrinsic
+def _prefetch_row(typingctx, entries, row):
+    """A hint to bring entries[row] (a row of a 2-D C array) into the cache, to be written
+    (llvm.prefetch): it changes no value."""
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        at = [args[1], context.get_constant(types.intp, 0)]
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, at, wraparound=False)
+        byte_ptr = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32])
+        fetch = builder.module.declare_intrinsic("llvm.prefetch", [byte_ptr], fnty)
+        # (write, high locality, data cache)
+        builder.call(
+            fetch, [builder.bitcast(ptr, byte_ptr), *(ir.Constant(i32, v) for v in (1, 3, 1))]
+        )
+        return context.get_dummy_value()
+
+    return types.void(entries, row), codegen
 
 
 def used(m: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
