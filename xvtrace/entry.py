@@ -31,9 +31,9 @@ def main() -> None:
 def leave(code) -> None:
     """Exit with `code` once stdout and stderr are flushed and the exit handlers have run,
     without tearing the interpreter down: undoing numba's, llvmlite's and polars' ~700
-    modules one by one took 0.1-0.15 s of every run (a summary of a small capture: 1.0 s).
-    Our files are written and closed by then (bundle.atomic_path); a status that is not a
-    number, or a thread of our own still running, exits the usual way."""
+    modules one by one took 0.1-0.15 s of every run (of the 0.8 s a small capture's
+    summary took). Our files are written and closed by then (bundle.atomic_path); a status
+    that is not a number, or a thread of our own still running, exits the usual way."""
     alone = all(t.daemon or t is threading.main_thread() for t in threading.enumerate())
     if not (code is None or isinstance(code, int)) or not alone:
         sys.exit(code)
