@@ -360,17 +360,26 @@ def test_calibrate_fits_the_epam_costs_from_the_real_capture(xen, tmp_path):
 
 def test_calibrate_fits_the_vhost_user_costs_the_stratos_capture_constrains(xen, tmp_path):
     """The kick eventfd's hop is an interval of its own (the front-end's kick to the
-    back-end awake); the back-end's pop and push are fitted beside it. The call's hop is
-    left: the vCPU's re-entry after the kick's IOREQ lands inside it (the back-end is done
-    before the vCPU runs again), out of the path's order."""
-    scenario, _, _, res, _ = xen
+    back-end awake); the back-end's pop and push are fitted beside it. The call's hop (the
+    back-end's notify to the front-end's read of the call) is fitted only where the capture
+    keeps the path's order: the vCPU's re-entry after the kick's IOREQ often lands inside
+    it (the back-end is done before the vCPU runs again), and calibrate leaves a hop out
+    when another stamp lies inside it for most requests. Which, nested TCG's timing decides:
+    the re-entry was inside for 44 % of the requests in one run of this test, 71 % in the next."""
+    scenario, _, _, res, req = xen
     if scenario != "hvm-stratos":
         pytest.skip("the vhost-user scenario")
     fitted, output = _calibrated(res, tmp_path)
     keys = set(fitted["key"])
     assert {"vhost.eventfd_kick", "vhost.backend_pop", "vhost.backend_push", "xen.mmio_trap",
             "xen.ioreq_dispatch", "xen.dm_op_irq", "epam.isr_trap"} <= keys, output  # fmt: skip
-    assert "vhost.eventfd_call" not in keys
+    from xvtrace.replay.calibrate import block_requests
+
+    hop = block_requests(req).filter(pl.col("notify_ns").is_not_null()
+                                     & pl.col("vu_call_ns").is_not_null())  # fmt: skip
+    inside = hop.select(pl.col("trap_entry_ns").is_between("notify_ns", "vu_call_ns", "none")
+                        .fill_null(False).mean()).item()  # fmt: skip
+    assert ("vhost.eventfd_call" in keys) == (inside <= 0.5), inside
     # a Python process's eventfd hop under nested TCG: tens of us to a few ms, not 2 us
     kick = fitted.filter(pl.col("key") == "vhost.eventfd_kick")["x86_64"][0]
     assert 20_000 < kick < 5_000_000
