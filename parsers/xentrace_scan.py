@@ -354,6 +354,30 @@ def tally(words, i_word, order, lost_id, wrap_id):
 
 
 @njit(cache=True, nogil=True)
+def count_due(held, tsc, due, everything, last, after):
+    """Of the records now due, the TSCs `held` (not due before) and a chunk's `tsc` up to
+    `due` (all of them: `everything`): how many are earlier than `last` (when `after`: the
+    last one due before), whether any is due and the latest of them; and the TSCs still
+    held, in the order they came."""
+    out = np.empty(held.shape[0] + tsc.shape[0], np.uint64)
+    m = 0
+    early = 0
+    top = np.uint64(0)
+    seen = False
+    for part in (held, tsc):
+        for t in part:
+            if everything or t <= due:
+                early += after and t < last
+                if not seen or t > top:
+                    top = t
+                seen = True
+            else:
+                out[m] = t
+                m += 1
+    return early, seen, top, out[:m]
+
+
+@njit(cache=True, nogil=True)
 def emit_records(words, order, index, origin, khz, names):
     """Pass 2: the final columns of the records index[order], in that (time) order, decoded
     once from the file words: one write per output value, no intermediate copies.

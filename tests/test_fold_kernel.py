@@ -17,7 +17,7 @@ from helpers import ARM64, FIXTURES, X86_PV
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xvtrace.analysis import count_map, fold_program, summary
+from xvtrace.analysis import count_map, exit_pairs, fold_program, summary, xen_fold
 from xvtrace.parsers import fields
 from xvtrace.parsers import xen_events as xe
 from xvtrace.parsers.field_table import FieldTable, read
@@ -232,3 +232,58 @@ def test_a_count_map_counts_what_a_counter_counts(keys):
                           lambda maps, start: count_map.tally_rows(*maps[0], *k, start))  # fmt: skip
     got = {tuple(r[:3]): r[count_map.COUNT] for r in count_map.used(m).tolist()}
     assert got == Counter(keys)
+
+
+@st.composite
+def exit_rows(draw):
+    """Exit pairing rows as the records of a few pCPUs lie in a file: each pCPU's rows in
+    TSC order, its windows interleaved with the others'; many on one instant (ts: a
+    TSC / 3), a vCPU's rows from more than one pCPU (wake-ups, a migration)."""
+    n = draw(st.integers(1, 300))
+    ncpu = draw(st.integers(1, 3))
+    cpu = np.array(draw(st.lists(st.integers(0, ncpu - 1), min_size=n, max_size=n)))
+    step = np.array(draw(st.lists(st.integers(0, 4), min_size=n, max_size=n)), np.uint64)
+    tsc = np.zeros(n, np.uint64)
+    for c in range(ncpu):  # each pCPU's own clock, from its own start
+        mine = cpu == c
+        tsc[mine] = np.cumsum(step[mine]) + np.uint64(draw(st.integers(0, 20)))
+    window = draw(st.integers(1, 20))  # rows of a pCPU written together
+    place = np.lexsort((np.arange(n), cpu, np.arange(n) // window))
+    role = draw(st.lists(st.sampled_from([0, 0, 1, 1, 2, 3, 4, 5, 6, 6]), min_size=n, max_size=n))
+    vk = draw(st.lists(st.sampled_from([1, 2, 0x10001, exit_pairs.UNKNOWN_VCPU]), min_size=n,
+                       max_size=n))  # fmt: skip
+    rows = {"ts": (tsc // np.uint64(3)).astype(np.int64), "role": np.array(role, np.uint8),
+            "vk": np.array(vk, np.uint64), "reason": np.arange(n, dtype=np.uint32) % 3,
+            "port": np.arange(n, dtype=np.uint16) % 2, "tsc": tsc}  # fmt: skip
+    rows = {k: v[place] for k, v in rows.items()}  # in file order
+    dues = sorted(draw(st.lists(st.integers(0, int(tsc.max()) + 1), max_size=6)))
+    # the batch by which each row has been read: a later one, past a due TSC, comes out
+    # of time order (the decoder counts it out of order)
+    late = draw(st.lists(st.sampled_from([0, 0, 0, 0, 1, 2]), min_size=n, max_size=n))
+    rows["read"] = np.minimum(np.maximum.accumulate(np.array(late)), len(dues))
+    return rows, dues
+
+
+@settings(max_examples=300, deadline=None)
+@given(exit_rows())
+def test_exit_rows_due_in_file_order_pair_as_in_time_order(data):
+    """Exits.add_due, handed the rows now due in the order their records lie in the file,
+    closes the exits `add` closes from the same rows put in time order (the decoder's
+    order: by TSC, ties in file order, each batch of due rows after the last, rows read
+    late out of time order): a vCPU at a time, the instant held back at a batch's end
+    joined by its rows of the next."""
+    rows, dues = data
+    place = np.arange(len(rows["ts"]))
+    names = ("ts", "role", "vk", "reason", "port")
+    ordered, unordered = xen_fold.Exits(times=False), xen_fold.Exits(times=False)
+    taken = np.zeros(len(place), np.bool_)
+    for batch, due in enumerate([*dues, None]):
+        now = ~taken & (rows["read"] <= batch)
+        now &= True if due is None else rows["tsc"] <= np.uint64(due)
+        taken |= now
+        at = np.flatnonzero(now)
+        o = at[np.lexsort((at, rows["tsc"][at]))]
+        ordered.add([rows[k][o] for k in names])
+        unordered.add_due([rows[k][at] for k in names], rows["tsc"][at], place[at], True)
+    got, want = (pl.DataFrame(e.result()).sort(pl.all()) for e in (unordered, ordered))
+    assert got.equals(want)

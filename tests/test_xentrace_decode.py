@@ -266,7 +266,7 @@ def test_records_handed_over_after_later_ones_are_counted_out_of_order(tmp_path,
         write_frame(fh, rows, round_cycles=2_400_000)
     dec = XentraceDecoder(path, cpu_khz=2_400_000, chunk_bytes=chunk_bytes)
     want, last = 0, None
-    for _, index, order, _ in dec.records():
+    for _, index, order, *_ in dec.records():
         tsc = index.tsc[order]
         want += 0 if last is None else int(np.count_nonzero(tsc < last))
         last = tsc[-1] if len(tsc) else last

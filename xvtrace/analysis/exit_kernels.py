@@ -123,3 +123,86 @@ def _emit(v, limit, end, counted, o_ts, o_reason, o_wake, o_handler, o_io,
     out_handler[m] = o_handler[v] if end != NO_TIME else NO_HANDLER
     out_io[m] = o_io[v] if end != NO_TIME else NO_IO
     return m + 1
+
+
+@njit(cache=True, nogil=True)
+def by_vcpu(vk, tsc, skip):
+    """The order that puts rows (in the order their records lie in the file; those in
+    `skip` left out) by pairing key `vk`, each key's rows in `tsc` order, ties in their
+    order here: a key's rows in
+    the time order the pairing takes them, which is all it needs, since it pairs each
+    vCPU's rows apart from the others'. (A stable sort of every row by TSC, then by key,
+    gives the same; this counts the rows by key, and sorts alone the rows of a key that
+    came from more than one pCPU out of TSC order.)"""
+    n = vk.shape[0]
+    slot = np.empty(n, np.int64)
+    size, nk, i = 64, 0, 0
+    table, keys = np.full(size, -1, np.int64), np.empty(size, np.uint64)
+    while True:
+        i, nk = _slots(vk, skip, slot, table, keys, nk, i)
+        if i == n:
+            break
+        size *= 2  # (a table half full: twice the size, each key placed again)
+        keys = np.concatenate((keys, np.empty(size - keys.shape[0], np.uint64)))
+        table = np.full(size, -1, np.int64)
+        for s in range(nk):
+            _find(keys[s], table, keys, s)
+    start = np.zeros(nk + 1, np.int64)
+    for i in range(n):
+        start[slot[i] + 1] += 1  # (a row left out counts at -1 + 1: before the first key's)
+    for s in range(nk):
+        start[s + 1] += start[s]
+    fill = start[:nk].copy()
+    order = np.empty(start[nk] - start[0], np.int64)
+    for i in range(n):
+        s = slot[i]
+        if s >= 0:
+            order[fill[s] - start[0]] = i
+            fill[s] += 1
+    for s in range(nk):
+        a, b = start[s] - start[0], start[s + 1] - start[0]
+        for i in range(a + 1, b):
+            if tsc[order[i]] < tsc[order[i - 1]]:
+                part = order[a:b].copy()
+                order[a:b] = part[np.argsort(tsc[part], kind="mergesort")]
+                break
+    return order
+
+
+@njit(cache=True, nogil=True)
+def _slots(vk, skip, slot, table, keys, nk, start):
+    """Each row's key's slot (-1 for a row to skip), from row `start`, new keys given the
+    next; returns (where it
+    stopped: the end, or a new key the table has no room for; the keys known). Apart
+    from by_vcpu, whose tables it may regrow: a loop over arrays reassigned inside it
+    ran 20 times slower."""
+    last, known = np.uint64(0), -1  # (a key's rows come in runs)
+    for i in range(start, vk.shape[0]):
+        if skip[i]:
+            slot[i] = -1
+            continue
+        k = vk[i]
+        if known < 0 or k != last:
+            known, nk = _find(k, table, keys, nk)
+            if known < 0:
+                return i, nk
+            last = k
+        slot[i] = known
+    return vk.shape[0], nk
+
+
+@njit(cache=True, nogil=True)
+def _find(k, table, keys, nk):
+    """Key k's slot in the open-addressing `table` of `keys`, made the nk-th if new (-1
+    when the table would be over half full); and the keys known after."""
+    size = table.shape[0]
+    h = np.int64((k * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) & (size - 1)
+    while table[h] >= 0:
+        if keys[table[h]] == k:
+            return table[h], nk
+        h = (h + 1) & (size - 1)
+    if 2 * (nk + 1) > size:
+        return -1, nk
+    keys[nk] = k
+    table[h] = nk
+    return nk, nk + 1

@@ -41,12 +41,13 @@ NULL_REASON = 0xFFFFFFFF
 MAX_ADDS = 2  # entries one record can add to a map (groups and lost; pv and hypercalls)
 
 # A chunk's rows: `xrows` the exit pairing's, a row per exit of (ts, role, vk, reason,
-# port); `krows`, one row of the array per column, those kept whole: the runstate
+# port, and its record's place); `krows`, one row of the array per column, those kept whole: the runstate
 # changes' (ts, cpu, sdom, svcpu, old, new; -1 for a missing dom or vCPU) and the
 # lost-record marks' (ts), each with its record's place (in the Index, or the frame: to
 # put them in time order). `n` counts the exit rows, the runstate changes and the marks.
 RUNSTATE_ROWS, RUNSTATE_AT, LOST_TS, LOST_AT = range(0, 6), 6, 7, 8
-XROWS, KROWS = 5, 9
+XROWS, KROWS = 6, 9
+XAT = 5  # an exit row's record: its place in the Index or frame
 
 
 def out_arrays(n: int, space: np.ndarray | None = None) -> tuple:
@@ -133,7 +134,7 @@ def _record(ts, cpu, dom, vcpu, code, nargs, a, addr, has_addr, nbytes, at, ids,
             if not (dok and vok):
                 return -1  # a wake-up of no named vCPU
             vk = np.int64((sdom << np.uint64(16)) + svcpu)
-            return _exit_row(xrows, n, ts, WAKE, vk, NULL_REASON, 0)
+            return _exit_row(xrows, n, ts, WAKE, vk, NULL_REASON, 0, at)
     if role == NO_ROLE:
         return -1
     if dom >= 0 and vcpu >= 0:
@@ -142,17 +143,18 @@ def _record(ts, cpu, dom, vcpu, code, nargs, a, addr, has_addr, nbytes, at, ids,
         vk = UNKNOWN_VCPU + np.int64(cpu)
     v, ok = field_table.read(layouts, row, S_REASON, code, nargs, a)
     port = np.int64(addr & np.uint64(0xFFFF)) if has_addr else 0
-    return _exit_row(xrows, n, ts, role, vk, np.int64(v) if ok else NULL_REASON, port)
+    return _exit_row(xrows, n, ts, role, vk, np.int64(v) if ok else NULL_REASON, port, at)
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _exit_row(xrows, n, ts, role, vk, reason, port):
+def _exit_row(xrows, n, ts, role, vk, reason, port, at):
     i = n[0]
     xrows[i, 0] = ts
     xrows[i, 1] = role
     xrows[i, 2] = vk
     xrows[i, 3] = reason
     xrows[i, 4] = port
+    xrows[i, XAT] = at
     n[0] += 1
     return i
 
@@ -207,6 +209,43 @@ def exits_in_time_order(order, xi, xrows, count):
             port[m] = xrows[j, 4]
             m += 1
     return ts, role, vk, reason, port
+
+
+@njit(cache=True, nogil=True)
+def exits_due(h_ts, h_role, h_vk, h_reason, h_port, h_tsc, h_place, xrows, count, tsc, base,
+              due, everything):  # fmt: skip
+    """The exit rows of the records now due (`tsc` up to `due`, or `everything`): those
+    held from before (h_*), then those fold_records made from a chunk read in file order
+    (all of it ready; `base`: the place of its first record); and those not due, held
+    rows first. Each part, rows in file order: ts, role, vk, reason, port, and its
+    record's TSC and place."""
+    nh = h_ts.shape[0]
+    ndue = 0
+    for j in range(nh):  # (sized first: the parts are written in one pass)
+        ndue += everything or h_tsc[j] <= due
+    for j in range(count):
+        ndue += everything or tsc[xrows[j, XAT]] <= due
+    n = nh + count
+    ts, role, vk = np.empty(n, np.int64), np.empty(n, np.uint8), np.empty(n, np.uint64)
+    reason, port = np.empty(n, np.uint32), np.empty(n, np.uint16)
+    t, place = np.empty(n, np.uint64), np.empty(n, np.int64)
+    now, later = 0, ndue
+    for j in range(nh):
+        d = everything or h_tsc[j] <= due
+        i = now if d else later
+        ts[i], role[i], vk[i], reason[i] = h_ts[j], h_role[j], h_vk[j], h_reason[j]
+        port[i], t[i], place[i] = h_port[j], h_tsc[j], h_place[j]
+        now += d
+        later += not d
+    for j in range(count):
+        k = xrows[j, XAT]
+        d = everything or tsc[k] <= due
+        i = now if d else later
+        ts[i], role[i], vk[i], reason[i] = xrows[j, 0], xrows[j, 1], xrows[j, 2], xrows[j, 3]
+        port[i], t[i], place[i] = xrows[j, 4], tsc[k], base + k
+        now += d
+        later += not d
+    return ts, role, vk, reason, port, t, place, ndue
 
 
 @njit(cache=True, nogil=True, _nrt=False)

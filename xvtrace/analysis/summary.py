@@ -67,7 +67,10 @@ def fold_file(dec: xentrace.XentraceDecoder) -> xen_fold.Folded:
         for chunk in records:
             yield f.add_records(chunk, dec.cpu_khz, dec.address_ids)
 
-    with closing(prefetch(dec.records())) as records, closing(prefetch(folded(records))) as parts:
+    with (
+        closing(prefetch(dec.records(ordered=False))) as records,
+        closing(prefetch(folded(records))) as parts,
+    ):
         for chunk in parts:
             f.take(chunk)
     return f.result()

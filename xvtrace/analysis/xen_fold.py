@@ -67,6 +67,44 @@ class Exits:
             cols = [c[:at] for c in cols]
         self._pair(cols, last)
 
+    def add_due(self, cols: list[np.ndarray], tsc: np.ndarray, place: np.ndarray,
+                monotone: bool) -> None:  # fmt: skip
+        """As `add`, the rows of the records now due (Fold's unordered take), in the order
+        their records lie in the file (`place`), not in time order: the same exits closed,
+        each vCPU's rows paired in the time order `add` takes them, without putting every
+        row in time order (the pairing keeps each vCPU's exits apart, so it takes them a
+        vCPU at a time). `monotone`: a record's time (ns) never decreases with its TSC
+        among these, so that the instants `add` finds in time order are the rows of equal
+        time; otherwise they are sorted and handed to `add`."""
+        if not monotone or self.times:
+            o = np.lexsort((place, tsc))
+            self.add([c[o] for c in cols])
+            return
+        ts = cols[0]
+        skip = np.zeros(len(ts), np.bool_)  # rows paired apart, or held back
+
+        def timed(rows: np.ndarray) -> np.ndarray:  # (the time order of a few rows)
+            return rows[np.lexsort((place[rows], tsc[rows]))]
+
+        if self.tail is not None:  # the instant held back, with the rows of it now due
+            t = self.tail[0][0]
+            head = timed(np.flatnonzero(ts == t)) if len(ts) and ts.min() == t else ts[:0]
+            joint = [np.concatenate((a, c[head])) for a, c in zip(self.tail, cols, strict=True)]
+            self.tail = None
+            if len(head) == len(ts):  # the instant fills this chunk too
+                self.tail = joint
+                return
+            self._pair(joint, last=False)
+            skip[head] = True
+        if len(ts):  # the last instant may go on in the next chunk (none of the head's)
+            tail = timed(np.flatnonzero(ts == ts.max()))
+            self.tail = [c[tail] for c in cols]
+            skip[tail] = True
+        from xvtrace.analysis import exit_kernels
+
+        o = exit_kernels.by_vcpu(cols[2], tsc, skip)
+        self._pair([c[o] for c in cols], last=False)
+
     def _pair(self, cols: list[np.ndarray], last: bool) -> None:
         from xvtrace.analysis import exit_kernels  # numba (0.25 s to import) only here
 
@@ -107,6 +145,64 @@ class Exits:
             out[name] = np.concatenate([p[i] for p in self.parts])
             self.parts = [p[:i] for p in self.parts]
         return out
+
+
+class _Held:
+    """Rows of records not due yet (Fold._take_due's runstate changes and lost-record
+    marks), in file order."""
+
+    def __init__(self):
+        self.cols: list[np.ndarray] | None = None
+        self.tsc = np.zeros(0, np.uint64)
+        self.place = np.zeros(0, np.int64)
+
+    def due(self, cols, tsc, place, due: int | None):
+        """(cols, tsc, place) of the rows now due, in file order: those held that are, then
+        these (`cols`, their records' TSC and place) that are; the rest held. `due` None:
+        every row is."""
+        if self.cols is not None:
+            cols = [np.concatenate(p) for p in zip(self.cols, cols, strict=True)]
+            tsc, place = np.concatenate((self.tsc, tsc)), np.concatenate((self.place, place))
+        mask = np.ones(len(tsc), np.bool_) if due is None else tsc <= np.uint64(due)
+        later = _rows(~mask, cols, tsc, place)
+        self.cols, self.tsc, self.place = later if len(later[1]) else (None, *later[1:])
+        return _rows(mask, cols, tsc, place)
+
+
+class _HeldExits:
+    """The exit rows of records not due yet (fold_kernel.exits_due's), in file order, and
+    the TSC origins their times were computed with."""
+
+    def __init__(self):
+        self.rows = _empty_exit_part()
+        self.origins: set[int] = set()
+        self.origin = 0  # the last chunk's
+
+    def hold(self, rows: list[np.ndarray], origin: int) -> None:
+        self.rows = tuple(rows)
+        self.origin = origin
+        self.origins = {origin} | (self.origins if len(rows[0]) else set())
+
+
+def _empty_exit_part() -> tuple[np.ndarray, ...]:
+    """fold_kernel.exits_due's part of no rows."""
+    return (*(np.zeros(0, t) for t in _TYPES), np.zeros(0, np.uint64), np.zeros(0, np.int64))
+
+
+def _monotone(tsc: np.ndarray, origin: int, khz: int) -> bool:
+    """Whether the times (ns) of these TSCs, all from `origin`, never decrease as their TSC
+    grows: tsc_to_ns is exact (no int64 wraps) for every TSC between the least and the
+    greatest."""
+    if not len(tsc):
+        return True
+    lo, hi = int(tsc.min()) - origin, int(tsc.max()) - origin
+    bound = 1 << 62
+    return -bound < lo and hi < bound and max(-lo, hi) * 10**6 // khz < bound
+
+
+def _rows(mask: np.ndarray, cols: list[np.ndarray], *more: np.ndarray):
+    """(cols, *more) of the rows in `mask`."""
+    return ([c[mask] for c in cols], *(m[mask] for m in more))
 
 
 def _earliest(parts: list[tuple[np.ndarray, ...]], first: int) -> tuple[np.ndarray, ...]:
@@ -154,8 +250,10 @@ class FoldedChunk:
     count: np.ndarray
     xi: np.ndarray
     tsc: np.ndarray
-    order: np.ndarray
+    order: np.ndarray | None  # None: the records of an unordered chunk (Records.due)
     space: np.ndarray  # what the arrays above are views of, reused once taken
+    origin: int = 0
+    due: int | None = None
 
 
 class Fold:
@@ -173,6 +271,11 @@ class Fold:
         # the chunks' working arrays, handed back once taken: fresh ones of this size are
         # mapped anew each time, and faulting in their pages cost 0.4 s of a 500 MB trace
         self.spare: queue.SimpleQueue = queue.SimpleQueue()
+        # an unordered fold's (Fold._take_due): rows not due yet, and the records before
+        self.held = {"runstates": _Held(), "lost": _Held()}
+        self.held_exits = _HeldExits()
+        self.placed = 0
+        self.khz = 1
 
     def add_frame(self, frame: pl.DataFrame) -> None:
         """`frame`: xentrace rows (FRAME_COLUMNS of the table's schema), in time order."""
@@ -188,13 +291,14 @@ class Fold:
             lambda maps, start: fold_kernel.fold_columns(*c, *self.prog, *maps[0], self.run, *maps[1], *out, start),
         )  # fmt: skip
         self._keep(krows, count, None)
-        self.exits.add([a.astype(t) for a, t in zip(xrows[: count[0]].T, _TYPES, strict=True)])
+        self.exits.add([a.astype(t) for a, t in zip(xrows[: count[0], :5].T, _TYPES, strict=True)])
 
     def add_records(self, chunk, khz: int, address_ids) -> FoldedChunk:
         """The records a xentrace decoder handed over (parsers.xentrace.Records: its Index
         and their time order) into the tables, read in file order; their rows for `take`
         (which another thread may run)."""
-        words, index, order, origin = chunk
+        words, index, order, origin, due = chunk
+        self.khz = khz
         n = len(index.word)
         rows = fold_kernel.XROWS + fold_kernel.KROWS  # and xi and ready, a row each
         space = np.empty(0, np.int64) if self.spare.empty() else self.spare.get()
@@ -202,7 +306,7 @@ class Fold:
             space = np.empty((rows + 2) * n, np.int64)
         xrows, krows, count, _ = out = fold_kernel.out_arrays(n, space)
         xi, ready = space[rows * n : (rows + 1) * n], space[(rows + 1) * n :].view(np.bool_)[:n]
-        if len(order) == n:
+        if order is None or len(order) == n:
             ready[:] = True
         else:  # (the rest wait for a later chunk)
             ready[:] = False
@@ -213,14 +317,55 @@ class Fold:
                 words, ready, *index, np.uint64(origin), khz, *address_ids, *self.prog, *maps[0],
                 self.run, *maps[1], *out, xi, start),
         )  # fmt: skip
-        return FoldedChunk(xrows, krows, count, xi, index.tsc, order, space)
+        return FoldedChunk(xrows, krows, count, xi, index.tsc, order, space, origin, due)
 
     def take(self, chunk: FoldedChunk) -> None:
         """A chunk of add_records: its exit rows paired and its rows kept, in time order."""
+        if chunk.order is None:
+            self._take_due(chunk)
+            return
         self._keep(chunk.krows, chunk.count, chunk.tsc)
         rows = fold_kernel.exits_in_time_order(chunk.order, chunk.xi, chunk.xrows, chunk.count[0])
         self.spare.put(chunk.space)
         self.exits.add(list(rows))
+
+    def _take_due(self, chunk: FoldedChunk | None) -> None:
+        """A chunk of Records.order None (read in file order, every record folded): the
+        rows of the records now due, this chunk's and those held from before, kept and
+        paired in time order; the others held for a later chunk. None: every row held
+        falls due (the file's end)."""
+        if chunk is None:
+            chunk = FoldedChunk(np.zeros((0, fold_kernel.XROWS), np.int64),
+                                np.zeros((fold_kernel.KROWS, 0), np.int64), np.zeros(3, np.int64),
+                                None, np.zeros(0, np.uint64), None, None, self.held_exits.origin)  # fmt: skip
+        base, self.placed = self.placed, self.placed + len(chunk.tsc)
+        due, count, krows, tsc = chunk.due, chunk.count, chunk.krows, chunk.tsc
+        at = krows[fold_kernel.RUNSTATE_AT, : count[1]]
+        rows = [a.astype(t) for a, t in zip(krows[fold_kernel.RUNSTATE_ROWS, : count[1]],
+                                            _RUNSTATE_TYPES, strict=True)]  # fmt: skip
+        cols, t, place = self.held["runstates"].due(rows, tsc[at], base + at, due)
+        if len(t):
+            o = np.lexsort((place, t))
+            self.runstates.append(tuple(c[o] for c in cols))
+        at = krows[fold_kernel.LOST_AT, : count[2]]
+        ts = krows[fold_kernel.LOST_TS, : count[2]].copy()
+        (ts,), t, place = self.held["lost"].due([ts], tsc[at], base + at, due)
+        if len(t):
+            self.lost.append(ts[np.lexsort((place, t))])
+        held = self.held_exits
+        *rows, ndue = fold_kernel.exits_due(*held.rows, chunk.xrows, count[0], tsc, base,
+                                            np.uint64(due or 0), due is None)  # fmt: skip
+        if chunk.space is not None:
+            self.spare.put(chunk.space)
+        # the first ndue rows are due, those held from before (placed before `base`) first
+        held_due = ndue and rows[-1][0] < base
+        origins = held.origins | {chunk.origin} if held_due else {chunk.origin}
+        now = [r[:ndue] for r in rows]
+        held.hold([r[ndue:] for r in rows], chunk.origin)
+        *cols, t, place = now
+        if len(t) or self.exits.tail is not None:
+            monotone = len(origins) == 1 and _monotone(t, chunk.origin, self.khz)
+            self.exits.add_due(cols, t, place, monotone)
 
     def _keep(self, krows, count, tsc) -> None:
         """The chunk's runstate changes and lost-record marks, in time order (rows made in
@@ -243,6 +388,8 @@ class Fold:
             self.lost.append(lost.copy() if o is None else lost[o])
 
     def result(self) -> Folded:
+        if any(h.cols is not None for h in self.held.values()) or len(self.held_exits.rows[0]):
+            self._take_due(None)  # (an unordered fold's rows still held: all due at the end)
         wide = self.maps[0] if count_map.room(*self.maps[0], 1) else count_map.grown(*self.maps[0])
         count_map.merge_run(*wide, self.run)
         self.maps = (wide, self.maps[1])
