@@ -264,11 +264,14 @@ def exit_rows(draw):
     return rows, dues
 
 
+NO_TSC = np.zeros(0, np.uint64)
+
+
 @settings(max_examples=300, deadline=None)
 @given(exit_rows())
 def test_exit_rows_due_in_file_order_pair_as_in_time_order(data):
-    """Exits.add_due, handed the rows now due in the order their records lie in the file,
-    closes the exits `add` closes from the same rows put in time order (the decoder's
+    """Exits.add_grouped, handed the rows now due in the order their records lie in the
+    file (put by vCPU, Exits.grouped), closes the exits `add` closes from the same rows put in time order (the decoder's
     order: by TSC, ties in file order, each batch of due rows after the last, rows read
     late out of time order): a vCPU at a time, the instant held back at a batch's end
     joined by its rows of the next."""
@@ -284,6 +287,8 @@ def test_exit_rows_due_in_file_order_pair_as_in_time_order(data):
         at = np.flatnonzero(now)
         o = at[np.lexsort((at, rows["tsc"][at]))]
         ordered.add([rows[k][o] for k in names])
-        unordered.add_due([rows[k][at] for k in names], rows["tsc"][at], place[at], True)
+        held = (*(rows[k][at] for k in names), rows["tsc"][at], place[at])
+        now, start, _, lo, hi = unordered.grouped(held, np.zeros((0, 6), np.int64), NO_TSC, 0, None)
+        unordered.add_grouped(now, start, lo, hi, True)
     got, want = (pl.DataFrame(e.result()).sort(pl.all()) for e in (unordered, ordered))
     assert got.equals(want)

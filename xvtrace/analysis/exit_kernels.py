@@ -21,22 +21,26 @@ from xvtrace.analysis.exit_pairs import (
     NPF_HANDLER,
     WAKE,
 )
+from xvtrace.analysis.fold_kernel import XAT
 
 
-def pair_chunk(state, ts, role, vk, reason, port, last: bool):
+def pair_chunk(state, ts, role, vk, reason, port, last: bool, ranges=None):
     """The exits this chunk closes (and, when it is the `last`, every exit still open), as
     exit_pairs.OUT: key (the vCPU counted << 32 | reason), ts, dur (ns; -1 with no end),
     handler, io (write << 16 | port, or NO_IO). Rows in time order, each with its vCPU's
     pairing key (`vk`; a key `state`, exit_pairs.OpenExits, does not know yet stops the
-    pass, which learns the chunk's new keys and goes on)."""
+    pass, which learns the chunk's new keys and goes on). `ranges`: the rows paired,
+    [start, end) ranges each in time order (group_due's vCPUs); all by default."""
     # at most: the chunk's own exits and one exit carried in from before per vCPU
     n = int(np.count_nonzero(role == EXIT)) + len(state.open)
     out = (np.empty(n, np.uint64), np.empty(n, np.int64), np.empty(n, np.int64),
            np.empty(n, np.uint8), np.empty(n, np.uint32))  # fmt: skip
     slots = np.empty(len(role), np.int64)
+    if ranges is None:
+        ranges = np.array([[0, len(role)]], np.int64)
     m, start = 0, 0
     while True:
-        m, start = pair(state.sorted_keys, state.at, ts, role, vk, reason, port, slots,
+        m, start = pair(state.sorted_keys, state.at, ranges, ts, role, vk, reason, port, slots,
                         *state.arrays(), *out, m, start, last)  # fmt: skip
         if start == len(role):
             return tuple(a[:m] for a in out)
@@ -44,14 +48,35 @@ def pair_chunk(state, ts, role, vk, reason, port, last: bool):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def pair(keys, at, ts, role, vk, reason, port, slots,
+def pair(keys, at, ranges, ts, role, vk, reason, port, slots,
           counted, o_ts, o_reason, o_wake, o_handler, o_io, o_open, last_wake,
           out_key, out_ts, out_dur, out_handler, out_io, m, start, last):  # fmt: skip
-    """Rows [start:] into the open exits and the outputs (`m` of them filled); returns
-    (outputs filled, where it stopped: len(role), or the first row of an instant with a
-    key not in `keys`, none of whose rows it took)."""
-    n = len(role)
-    i = start
+    """The rows of `ranges` ([start, end) rows, each range in time order) from row
+    `start` into the open exits and the outputs (`m` of them filled); returns (outputs
+    filled, where it stopped: len(role), or the first row of an instant with a key not
+    in `keys`, none of whose rows it took)."""
+    for r in range(ranges.shape[0]):
+        if ranges[r, 1] > start:
+            m, stop = _pair_range(keys, at, ts, role, vk, reason, port, slots, counted, o_ts,
+                                  o_reason, o_wake, o_handler, o_io, o_open, last_wake,
+                                  out_key, out_ts, out_dur, out_handler, out_io, m,
+                                  max(ranges[r, 0], start), ranges[r, 1])  # fmt: skip
+            if stop < ranges[r, 1]:
+                return m, stop
+    if last:
+        for v in range(len(o_open)):
+            if o_open[v]:
+                m = _emit(v, NEVER, NO_TIME, counted, o_ts, o_reason, o_wake, o_handler, o_io,
+                          out_key, out_ts, out_dur, out_handler, out_io, m)  # fmt: skip
+                o_open[v] = False
+    return m, len(role)
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _pair_range(keys, at, ts, role, vk, reason, port, slots, counted, o_ts, o_reason, o_wake,
+                o_handler, o_io, o_open, last_wake, out_key, out_ts, out_dur, out_handler,
+                out_io, m, i, n):  # fmt: skip
+    """pair's rows [i, n); returns (outputs filled, where it stopped: n, or as pair)."""
     last_key, last_slot = np.uint64(0), -1  # (rows of one vCPU come in runs)
     while i < n:  # an instant at a time: its wake-ups first, then its other rows in order
         j = i + 1
@@ -100,12 +125,6 @@ def pair(keys, at, ts, role, vk, reason, port, slots,
                     elif o_io[v] == NO_IO:  # the exit's first IO record
                         o_io[v] = (np.uint32(r == IO_WRITE) << np.uint32(16)) | np.uint32(port[k])
         i = j
-    if last:
-        for v in range(len(o_open)):
-            if o_open[v]:
-                m = _emit(v, NEVER, NO_TIME, counted, o_ts, o_reason, o_wake, o_handler, o_io,
-                          out_key, out_ts, out_dur, out_handler, out_io, m)  # fmt: skip
-                o_open[v] = False
     return m, n
 
 
@@ -126,83 +145,116 @@ def _emit(v, limit, end, counted, o_ts, o_reason, o_wake, o_handler, o_io,
 
 
 @njit(cache=True, nogil=True)
-def by_vcpu(vk, tsc, skip):
-    """The order that puts rows (in the order their records lie in the file; those in
-    `skip` left out) by pairing key `vk`, each key's rows in `tsc` order, ties in their
-    order here: a key's rows in
-    the time order the pairing takes them, which is all it needs, since it pairs each
-    vCPU's rows apart from the others'. (A stable sort of every row by TSC, then by key,
-    gives the same; this counts the rows by key, and sorts alone the rows of a key that
-    came from more than one pCPU out of TSC order.)"""
-    n = vk.shape[0]
-    slot = np.empty(n, np.int64)
-    size, nk, i = 64, 0, 0
-    table, keys = np.full(size, -1, np.int64), np.empty(size, np.uint64)
-    while True:
-        i, nk = _slots(vk, skip, slot, table, keys, nk, i)
-        if i == n:
-            break
-        size *= 2  # (a table half full: twice the size, each key placed again)
-        keys = np.concatenate((keys, np.empty(size - keys.shape[0], np.uint64)))
-        table = np.full(size, -1, np.int64)
-        for s in range(nk):
-            _find(keys[s], table, keys, s)
-    start = np.zeros(nk + 1, np.int64)
-    for i in range(n):
-        start[slot[i] + 1] += 1  # (a row left out counts at -1 + 1: before the first key's)
-    for s in range(nk):
-        start[s + 1] += start[s]
-    fill = start[:nk].copy()
-    order = np.empty(start[nk] - start[0], np.int64)
-    for i in range(n):
-        s = slot[i]
-        if s >= 0:
-            order[fill[s] - start[0]] = i
-            fill[s] += 1
-    for s in range(nk):
-        a, b = start[s] - start[0], start[s + 1] - start[0]
-        for i in range(a + 1, b):
-            if tsc[order[i]] < tsc[order[i - 1]]:
-                part = order[a:b].copy()
-                order[a:b] = part[np.argsort(tsc[part], kind="mergesort")]
-                break
-    return order
+def group_due(keys, at, nslots, h_ts, h_role, h_vk, h_reason, h_port, h_tsc, h_place, xrows,
+              count, tsc, base, due, everything):  # fmt: skip
+    """The exit rows of the records now due (`tsc` up to `due`, or `everything`) put by
+    vCPU, each vCPU's rows in the time order the pairing takes them (by TSC, ties in file
+    order): which is all it needs, since it pairs each vCPU's rows apart from the others'.
+    No sort of every row by time: the rows, those held from before (h_*, in file order)
+    and those fold_records made from a chunk read in file order (`xrows`, `count` of them;
+    `base`: the place of the chunk's first record), are counted by vCPU and put in place;
+    only a vCPU whose rows came out of TSC order (from more than one pCPU) is sorted.
 
-
-@njit(cache=True, nogil=True)
-def _slots(vk, skip, slot, table, keys, nk, start):
-    """Each row's key's slot (-1 for a row to skip), from row `start`, new keys given the
-    next; returns (where it
-    stopped: the end, or a new key the table has no room for; the keys known). Apart
-    from by_vcpu, whose tables it may regrow: a loop over arrays reassigned inside it
-    ran 20 times slower."""
-    last, known = np.uint64(0), -1  # (a key's rows come in runs)
-    for i in range(start, vk.shape[0]):
-        if skip[i]:
-            slot[i] = -1
+    Returns (ts, role, vk, reason, port, TSC, place) of the rows due, grouped; where each
+    vCPU's rows start (by slot of `at`, of the `keys` sorted, and one past the last); the
+    same columns of the rows not due, in file order; the least and greatest time due.
+    With a key not in `keys`, `start` is empty: the caller learns the keys and asks
+    again."""
+    nh = h_ts.shape[0]
+    size = np.zeros(nslots + 1, np.int64)
+    nlater = 0
+    t_lo, t_hi = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    last_key, slot = np.uint64(0), -1  # (a vCPU's rows come in runs)
+    for j in range(nh + count):  # what goes where
+        if j < nh:
+            d, k, t = everything or h_tsc[j] <= due, h_vk[j], h_ts[j]
+        else:
+            r = j - nh
+            d, k, t = everything or tsc[xrows[r, XAT]] <= due, np.uint64(xrows[r, 2]), xrows[r, 0]
+        if not d:
+            nlater += 1
             continue
-        k = vk[i]
-        if known < 0 or k != last:
-            known, nk = _find(k, table, keys, nk)
-            if known < 0:
-                return i, nk
-            last = k
-        slot[i] = known
-    return vk.shape[0], nk
+        if slot < 0 or k != last_key:
+            p = np.searchsorted(keys, k)
+            if p == keys.shape[0] or keys[p] != k:
+                size[:] = -1  # (no rows placed: the caller learns the keys first)
+                break
+            last_key, slot = k, np.int64(at[p])
+        size[slot + 1] += 1
+        t_lo, t_hi = min(t_lo, t), max(t_hi, t)
+    if size[0] < 0:
+        return _columns(0), size[:0], _columns(0), t_lo, t_hi
+    for v in range(nslots):
+        size[v + 1] += size[v]
+    start = size
+    fill = start[:nslots].copy()
+    n = start[nslots]
+    now, later = _columns(n), _columns(nlater)
+    m = 0
+    slot = -1
+    for j in range(nh + count):  # each row where it goes
+        if j < nh:
+            d, k = everything or h_tsc[j] <= due, h_vk[j]
+        else:
+            r = j - nh
+            d, k = everything or tsc[xrows[r, XAT]] <= due, np.uint64(xrows[r, 2])
+        if d:
+            if slot < 0 or k != last_key:
+                last_key, slot = k, np.int64(at[np.searchsorted(keys, k)])
+            i = fill[slot]
+            fill[slot] += 1
+            out = now
+        else:
+            i = m
+            m += 1
+            out = later
+        if j < nh:
+            _put(out, i, h_ts[j], h_role[j], h_vk[j], h_reason[j], h_port[j], h_tsc[j], h_place[j])
+        else:
+            q = xrows[r, XAT]
+            _put(out, i, xrows[r, 0], xrows[r, 1], xrows[r, 2], xrows[r, 3], xrows[r, 4], tsc[q],
+                 base + q)  # fmt: skip
+    for v in range(nslots):  # a vCPU's rows out of TSC order (from pCPUs apart): sorted
+        a, b = start[v], start[v + 1]
+        for i in range(a + 1, b):
+            if now[5][i] < now[5][i - 1]:
+                o = a + np.argsort(now[5][a:b], kind="mergesort")
+                ts, role, vk, reason, port, t, place = now
+                ts[a:b], role[a:b], vk[a:b], reason[a:b] = ts[o], role[o], vk[o], reason[o]
+                port[a:b], t[a:b], place[a:b] = port[o], t[o], place[o]
+                break
+    return now, start, later, t_lo, t_hi
 
 
 @njit(cache=True, nogil=True)
-def _find(k, table, keys, nk):
-    """Key k's slot in the open-addressing `table` of `keys`, made the nk-th if new (-1
-    when the table would be over half full); and the keys known after."""
-    size = table.shape[0]
-    h = np.int64((k * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) & (size - 1)
-    while table[h] >= 0:
-        if keys[table[h]] == k:
-            return table[h], nk
-        h = (h + 1) & (size - 1)
-    if 2 * (nk + 1) > size:
-        return -1, nk
-    keys[nk] = k
-    table[h] = nk
-    return nk, nk + 1
+def _columns(n):
+    """group_due's columns for n rows: ts, role, vk, reason, port, TSC, place."""
+    return (np.empty(n, np.int64), np.empty(n, np.uint8), np.empty(n, np.uint64),
+            np.empty(n, np.uint32), np.empty(n, np.uint16), np.empty(n, np.uint64),
+            np.empty(n, np.int64))  # fmt: skip
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put(out, i, ts, role, vk, reason, port, tsc, place):
+    out[0][i], out[1][i], out[2][i], out[3][i] = ts, role, vk, reason
+    out[4][i], out[5][i], out[6][i] = port, tsc, place
+
+
+@njit(cache=True, nogil=True)
+def edges(ts, start, head, tail):
+    """Per vCPU (rows [start[v], start[v + 1]), in time order): how many of its first rows
+    are at time `head` and of its last at `tail` (group_due's rows: those of the instants
+    paired apart, or held back)."""
+    nv = start.shape[0] - 1
+    first, last = np.zeros(nv, np.int64), np.zeros(nv, np.int64)
+    for v in range(nv):
+        a, b = start[v], start[v + 1]
+        i = a
+        while i < b and ts[i] == head:
+            i += 1
+        first[v] = i - a
+        j = b
+        while j > i and ts[j - 1] == tail:
+            j -= 1
+        last[v] = b - j
+    return first, last

@@ -211,43 +211,6 @@ def exits_in_time_order(order, xi, xrows, count):
     return ts, role, vk, reason, port
 
 
-@njit(cache=True, nogil=True)
-def exits_due(h_ts, h_role, h_vk, h_reason, h_port, h_tsc, h_place, xrows, count, tsc, base,
-              due, everything):  # fmt: skip
-    """The exit rows of the records now due (`tsc` up to `due`, or `everything`): those
-    held from before (h_*), then those fold_records made from a chunk read in file order
-    (all of it ready; `base`: the place of its first record); and those not due, held
-    rows first. Each part, rows in file order: ts, role, vk, reason, port, and its
-    record's TSC and place."""
-    nh = h_ts.shape[0]
-    ndue = 0
-    for j in range(nh):  # (sized first: the parts are written in one pass)
-        ndue += everything or h_tsc[j] <= due
-    for j in range(count):
-        ndue += everything or tsc[xrows[j, XAT]] <= due
-    n = nh + count
-    ts, role, vk = np.empty(n, np.int64), np.empty(n, np.uint8), np.empty(n, np.uint64)
-    reason, port = np.empty(n, np.uint32), np.empty(n, np.uint16)
-    t, place = np.empty(n, np.uint64), np.empty(n, np.int64)
-    now, later = 0, ndue
-    for j in range(nh):
-        d = everything or h_tsc[j] <= due
-        i = now if d else later
-        ts[i], role[i], vk[i], reason[i] = h_ts[j], h_role[j], h_vk[j], h_reason[j]
-        port[i], t[i], place[i] = h_port[j], h_tsc[j], h_place[j]
-        now += d
-        later += not d
-    for j in range(count):
-        k = xrows[j, XAT]
-        d = everything or tsc[k] <= due
-        i = now if d else later
-        ts[i], role[i], vk[i], reason[i] = xrows[j, 0], xrows[j, 1], xrows[j, 2], xrows[j, 3]
-        port[i], t[i], place[i] = xrows[j, 4], tsc[k], base + k
-        now += d
-        later += not d
-    return ts, role, vk, reason, port, t, place, ndue
-
-
 @njit(cache=True, nogil=True, _nrt=False)
 def fold_columns(ts, cpu, dom, vcpu, code, nargs, has_ts, a0, a1, a2, a3, a4, a5, a6, addr,
                  has_addr, ids, info, layouts, wide, wfilled, run, narrow, nfilled, xrows,

@@ -67,48 +67,67 @@ class Exits:
             cols = [c[:at] for c in cols]
         self._pair(cols, last)
 
-    def add_due(self, cols: list[np.ndarray], tsc: np.ndarray, place: np.ndarray,
-                monotone: bool) -> None:  # fmt: skip
-        """As `add`, the rows of the records now due (Fold's unordered take), in the order
-        their records lie in the file (`place`), not in time order: the same exits closed,
-        each vCPU's rows paired in the time order `add` takes them, without putting every
-        row in time order (the pairing keeps each vCPU's exits apart, so it takes them a
-        vCPU at a time). `monotone`: a record's time (ns) never decreases with its TSC
+    def grouped(self, held: tuple[np.ndarray, ...], xrows: np.ndarray, tsc: np.ndarray,
+                base: int, due: int | None) -> tuple:  # fmt: skip
+        """exit_kernels.group_due of these rows (`held` from before, then `xrows` of a
+        chunk whose records' TSCs are `tsc`), their vCPUs' keys learned first."""
+        from xvtrace.analysis import exit_kernels
+
+        while True:
+            *out, t_lo, t_hi = exit_kernels.group_due(
+                self.state.sorted_keys, self.state.at, len(self.state.keys), *held, xrows,
+                len(xrows), tsc, base, np.uint64(due or 0), due is None,
+            )  # fmt: skip
+            if len(out[1]):
+                return (*out, t_lo, t_hi)
+            # (a vCPU not seen before: the keys of every row learned)
+            self.state.learn(np.concatenate((held[2], xrows[:, 2].view(np.uint64))))
+
+    def add_grouped(self, rows: tuple[np.ndarray, ...], start: np.ndarray, t_lo: int,
+                    t_hi: int, monotone: bool) -> None:  # fmt: skip
+        """As `add`, the exit rows of the records now due (Fold's unordered take), put by
+        vCPU (exit_kernels.group_due: `rows` ts, role, vk, reason, port, TSC and place,
+        each vCPU's from `start`; their times from t_lo to t_hi), not in time order: the
+        same exits closed, since the pairing keeps each vCPU's apart, so it takes them a
+        vCPU at a time. `monotone`: a record's time (ns) never decreases with its TSC
         among these, so that the instants `add` finds in time order are the rows of equal
         time; otherwise they are sorted and handed to `add`."""
+        from xvtrace.analysis import exit_kernels
+
+        *cols, tsc, place = rows
         if not monotone or self.times:
             o = np.lexsort((place, tsc))
             self.add([c[o] for c in cols])
             return
-        ts = cols[0]
-        skip = np.zeros(len(ts), np.bool_)  # rows paired apart, or held back
+        n = len(tsc)
+        held = self.tail[0][0] if self.tail is not None else None
+        head = held if n and t_lo == held else t_lo - 1  # (no row's: none taken at the head)
+        first, last = exit_kernels.edges(cols[0], start, head, t_hi if n else t_lo - 1)
+        lo, hi = start[:-1] + first, start[1:] - last
 
-        def timed(rows: np.ndarray) -> np.ndarray:  # (the time order of a few rows)
-            return rows[np.lexsort((place[rows], tsc[rows]))]
+        def timed(a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+            """The rows of ranges [a, b), in time order (a few rows)."""
+            size = b - a
+            at = np.repeat(a - np.cumsum(size) + size, size) + np.arange(size.sum())
+            at = at[np.lexsort((place[at], tsc[at]))]
+            return [c[at] for c in cols]
 
         if self.tail is not None:  # the instant held back, with the rows of it now due
-            t = self.tail[0][0]
-            head = timed(np.flatnonzero(ts == t)) if len(ts) and ts.min() == t else ts[:0]
-            joint = [np.concatenate((a, c[head])) for a, c in zip(self.tail, cols, strict=True)]
+            joint = [np.concatenate(p) for p in zip(self.tail, timed(start[:-1], lo), strict=True)]
             self.tail = None
-            if len(head) == len(ts):  # the instant fills this chunk too
+            if first.sum() == n:  # the instant fills this chunk too
                 self.tail = joint
                 return
             self._pair(joint, last=False)
-            skip[head] = True
-        if len(ts):  # the last instant may go on in the next chunk (none of the head's)
-            tail = timed(np.flatnonzero(ts == ts.max()))
-            self.tail = [c[tail] for c in cols]
-            skip[tail] = True
-        from xvtrace.analysis import exit_kernels
+        if n:  # the last instant may go on in the next chunk
+            self.tail = timed(hi, start[1:])
+        ranges = np.stack((lo, hi), axis=1)
+        self._pair(cols, last=False, ranges=ranges[lo < hi])
 
-        o = exit_kernels.by_vcpu(cols[2], tsc, skip)
-        self._pair([c[o] for c in cols], last=False)
-
-    def _pair(self, cols: list[np.ndarray], last: bool) -> None:
+    def _pair(self, cols: list[np.ndarray], last: bool, ranges=None) -> None:
         from xvtrace.analysis import exit_kernels  # numba (0.25 s to import) only here
 
-        part = exit_kernels.pair_chunk(self.state, *cols, last)
+        part = exit_kernels.pair_chunk(self.state, *cols, last, ranges)
         if self.times:
             if self.first is not None:
                 mask = self.keep(part) if self.keep else slice(None)
@@ -170,7 +189,7 @@ class _Held:
 
 
 class _HeldExits:
-    """The exit rows of records not due yet (fold_kernel.exits_due's), in file order, and
+    """The exit rows of records not due yet (exit_kernels.group_due's), in file order, and
     the TSC origins their times were computed with."""
 
     def __init__(self):
@@ -185,7 +204,7 @@ class _HeldExits:
 
 
 def _empty_exit_part() -> tuple[np.ndarray, ...]:
-    """fold_kernel.exits_due's part of no rows."""
+    """exit_kernels.group_due's columns of no rows."""
     return (*(np.zeros(0, t) for t in _TYPES), np.zeros(0, np.uint64), np.zeros(0, np.int64))
 
 
@@ -353,19 +372,19 @@ class Fold:
         if len(t):
             self.lost.append(ts[np.lexsort((place, t))])
         held = self.held_exits
-        *rows, ndue = fold_kernel.exits_due(*held.rows, chunk.xrows, count[0], tsc, base,
-                                            np.uint64(due or 0), due is None)  # fmt: skip
+        now, start, later, t_lo, t_hi = self.exits.grouped(
+            held.rows, chunk.xrows[: count[0]], tsc, base, due
+        )
         if chunk.space is not None:
             self.spare.put(chunk.space)
-        # the first ndue rows are due, those held from before (placed before `base`) first
-        held_due = ndue and rows[-1][0] < base
-        origins = held.origins | {chunk.origin} if held_due else {chunk.origin}
-        now = [r[:ndue] for r in rows]
-        held.hold([r[ndue:] for r in rows], chunk.origin)
-        *cols, t, place = now
-        if len(t) or self.exits.tail is not None:
-            monotone = len(origins) == 1 and _monotone(t, chunk.origin, self.khz)
-            self.exits.add_due(cols, t, place, monotone)
+        # rows held from before (placed before the chunk's first) of another origin
+        origins = {chunk.origin}
+        if len(held.rows[0]) and len(now[6]) and now[6].min() < base:
+            origins |= held.origins
+        held.hold(later, chunk.origin)
+        if len(now[0]) or self.exits.tail is not None:
+            monotone = len(origins) == 1 and _monotone(now[5], chunk.origin, self.khz)
+            self.exits.add_grouped(now, start, t_lo, t_hi, monotone)
 
     def _keep(self, krows, count, tsc) -> None:
         """The chunk's runstate changes and lost-record marks, in time order (rows made in
