@@ -151,6 +151,7 @@ class XentraceDecoder:
         self.cpus: set[int] = set()
         self.first_tsc: int | None = None
         self.last_tsc: int | None = None
+        self._tallied = (0, 0)  # (lost, wrap) of the last chunk indexed (index_records)
 
     # The public entry points ----------------------------------------------------------
     def frames(self, seen: Callable[[Records], None] | None = None) -> Iterator[pl.DataFrame]:
@@ -270,7 +271,7 @@ class XentraceDecoder:
     def _fill(self, words, win, resync: np.ndarray, state: _State) -> scan.Index:
         """The Index of the records in windows `win` (frame_windows'; `resync`: the problems
         it found between them), its problems noted in file order."""
-        index, missing, probs = scan.index_records(
+        index, missing, probs, self._tallied = scan.index_records(
             words, win, state.last_tsc, state.tsc_seen, state.cur_dom, state.cur_vcpu,
             state.per_record,
         )  # fmt: skip
@@ -371,20 +372,19 @@ class XentraceDecoder:
         now due, `held` from before and this chunk's, earlier than the last one due
         before); the TSCs still held, and the last one due."""
         n = len(index.word)
+        lost, wrap = self._tallied if n else (0, 0)  # (index_records', of the chunk's records)
+        early, any_due, top, held, first, last = scan.count_due(
+            held, index.tsc, np.uint64(due or 0), due is None, np.uint64(last_emitted or 0),
+            last_emitted is not None,
+        )  # fmt: skip
         if n:
-            first, last = int(index.tsc.min()), int(index.tsc.max())
+            first, last = int(first), int(last)
             self.first_tsc = first if self.first_tsc is None else min(self.first_tsc, first)
             self.last_tsc = last if self.last_tsc is None else max(self.last_tsc, last)
-            lost, wrap = scan.tally(words, index.word, np.arange(n), xe.TRC_LOST_RECORDS,
-                                    xe.TRC_TRACE_WRAP_BUFFER)  # fmt: skip
-            self.stats.lost += int(lost)
-            if wrap:
-                self.stats.extra["wrap_buffer"] = self.stats.extra.get("wrap_buffer", 0) + int(wrap)
-            self.stats.decoded += n
-        early, any_due, top, held = scan.count_due(
-            held, index.tsc, np.uint64(0 if due is None else due), due is None,
-            np.uint64(last_emitted or 0), last_emitted is not None,
-        )  # fmt: skip
+        self.stats.lost += int(lost)
+        if wrap:  # (ring padding, as records() counts it)
+            self.stats.extra["wrap_buffer"] = self.stats.extra.get("wrap_buffer", 0) + int(wrap)
+        self.stats.decoded += n
         if early:
             self.stats.extra["out_of_order"] = self.stats.extra.get("out_of_order", 0) + int(early)
         return held, (int(top) if any_due else last_emitted)

@@ -25,6 +25,7 @@ CPU_CHANGE_HEADER = np.uint32(0x2001F003)
 EVENT_MASK = 0x0FFFFFFF
 CPU_CHANGE_EVENT = 0x0001F003
 LOST_RECORDS_EVENT = 0x0001F001
+WRAP_BUFFER_EVENT = 0x0001F002  # ring padding Xen writes when a buffer wraps
 RUNSTATE_EVENT = 0x00021001
 RUNSTATE_MASK = 0x0FFFF00F
 CONTINUE_RUNNING_EVENT = 0x00021002  # the vCPU keeps running on this pCPU (running->running)
@@ -135,8 +136,9 @@ def index_records(words, win, last_tsc, tsc_seen, cur_dom, cur_vcpu, per_record)
     last_tsc/tsc_seen/cur_dom/cur_vcpu are per-pCPU state carried across chunks and updated
     in place. `per_record`: the words a record is expected to take (the columns are sized
     by it, and grow if it was too many). Returns the Index fields, a mask of records before
-    any TSC of their pCPU, and a problems array (the windows' bad records, overruns and
-    truncation, in file order, then the TSC steps backward).
+    any TSC of their pCPU, a problems array (the windows' bad records, overruns and
+    truncation, in file order, then the TSC steps backward), and (records lost, as
+    lost-record records say; wrap-buffer fillers) among them (tally's, of every record).
     """
     most = 0  # every record is a word at least
     for i in range(win.shape[0]):
@@ -152,6 +154,7 @@ def index_records(words, win, last_tsc, tsc_seen, cur_dom, cur_vcpu, per_record)
     npb = 0
     back = 0
     back_first = np.int64(-1)
+    lost, wrap = 0, 0
     k = 0
     for i in range(win.shape[0]):
         c = win[i, 0]
@@ -209,6 +212,10 @@ def index_records(words, win, last_tsc, tsc_seen, cur_dom, cur_vcpu, per_record)
                 elif ev == LOST_RECORDS_EVENT:
                     cur_dom[c] = -1
                     cur_vcpu[c] = -1
+                    if nx:
+                        lost += words[d]
+                elif ev == WRAP_BUFFER_EVENT:
+                    wrap += 1
                 r = d + nx
                 k += 1
             if kind != 0 or r >= e:
@@ -247,7 +254,8 @@ def index_records(words, win, last_tsc, tsc_seen, cur_dom, cur_vcpu, per_record)
         probs[npb, 2] = 0
         probs[npb, 3] = back
         npb += 1
-    return (word[:n], cpu_out[:n], tsc[:n], dom[:n], vcpu[:n]), missing[:n], probs[:npb]
+    index = (word[:n], cpu_out[:n], tsc[:n], dom[:n], vcpu[:n])
+    return index, missing[:n], probs[:npb], (lost, wrap)
 
 
 def name_table(codes: np.ndarray, names: np.ndarray, unknown: int, guest: int) -> np.ndarray:
@@ -357,13 +365,14 @@ def tally(words, i_word, order, lost_id, wrap_id):
 def count_due(held, tsc, due, everything, last, after):
     """Of the records now due, the TSCs `held` (not due before) and a chunk's `tsc` up to
     `due` (all of them: `everything`): how many are earlier than `last` (when `after`: the
-    last one due before), whether any is due and the latest of them; and the TSCs still
-    held, in the order they came."""
+    last one due before), whether any is due and the latest of them; the TSCs still
+    held, in the order they came; and the least and greatest of the chunk's."""
     out = np.empty(held.shape[0] + tsc.shape[0], np.uint64)
     m = 0
     early = 0
     top = np.uint64(0)
     seen = False
+    lo, hi = np.iinfo(np.uint64).max, np.uint64(0)
     for part in (held, tsc):
         for t in part:
             if everything or t <= due:
@@ -374,7 +383,9 @@ def count_due(held, tsc, due, everything, last, after):
             else:
                 out[m] = t
                 m += 1
-    return early, seen, top, out[:m]
+    for t in tsc:
+        lo, hi = min(lo, t), max(hi, t)
+    return early, seen, top, out[:m], lo, hi
 
 
 @njit(cache=True, nogil=True)

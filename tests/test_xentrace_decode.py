@@ -271,3 +271,37 @@ def test_records_handed_over_after_later_ones_are_counted_out_of_order(tmp_path,
         want += 0 if last is None else int(np.count_nonzero(tsc < last))
         last = tsc[-1] if len(tsc) else last
     assert want > 0 and dec.stats.extra["out_of_order"] == want
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 12, 1 << 14])
+@pytest.mark.parametrize("trace", ["appended", "lossy", "x86-pv", "arm64"])
+def test_records_handed_over_in_file_order_are_counted_as_in_time_order(
+    tmp_path, chunk_bytes, trace
+):  # fmt: skip
+    """records(ordered=False) hands over every record once, each chunk's as they lie in
+    the file, and counts what records() counts: records, losses, wrap-buffer fillers,
+    records out of order (by the TSC up to which each chunk says every record is there),
+    the first and last TSC. (Which rows fall due when: the fold's tests.)"""
+    path = tmp_path / "t.bin"
+    if trace in ("appended", "lossy"):
+        lossy = trace == "lossy"
+        rows = hvm_records(300, seed=1, ncpu=3 if lossy else 2, lost_every=1 if lossy else 0)
+        with path.open("wb") as fh:
+            if trace == "appended":
+                later = rows.with_columns(pl.col("ts_raw") + 10**9)
+                write_frame(fh, later, round_cycles=2_400_000)
+            write_frame(fh, rows, round_cycles=2_400_000)
+    else:
+        path = (X86_PV if trace == "x86-pv" else ARM64) / "trace.bin"
+    ordered = XentraceDecoder(path, cpu_khz=2_400_000, chunk_bytes=chunk_bytes)
+    in_time = [(index.word[order], index.tsc[order]) for _, index, order, *_ in ordered.records()]
+    unordered = XentraceDecoder(path, cpu_khz=2_400_000, chunk_bytes=chunk_bytes)
+    chunks = [(index.word, index.tsc, due) for _, index, _, _, due in unordered.records(False)]
+    assert trace != "appended" or ordered.stats.extra["out_of_order"] > 0
+    assert trace != "lossy" or ordered.stats.lost > 0
+    assert unordered.stats.as_dict() == ordered.stats.as_dict()
+    assert unordered.describe() == ordered.describe()
+    # each record once, the last chunk's with every record due
+    words = np.concatenate([w for w, _, _ in chunks])
+    assert np.array_equal(np.sort(words), np.sort(np.concatenate([w for w, _ in in_time])))
+    assert [due is None for _, _, due in chunks] == [False] * (len(chunks) - 1) + [True]
