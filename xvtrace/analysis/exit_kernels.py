@@ -167,10 +167,11 @@ def group_due(keys, at, nslots, h_ts, h_role, h_vk, h_reason, h_port, h_tsc, h_p
     last_key, slot = np.uint64(0), -1  # (a vCPU's rows come in runs)
     for j in range(nh + count):  # what goes where
         if j < nh:
-            d, k, t = everything or h_tsc[j] <= due, h_vk[j], h_ts[j]
+            d, k, tj = everything or h_tsc[j] <= due, h_vk[j], h_ts[j]
         else:
             r = j - nh
-            d, k, t = everything or tsc[xrows[r, XAT]] <= due, np.uint64(xrows[r, 2]), xrows[r, 0]
+            d = everything or tsc[xrows[r, XAT]] <= due
+            k, tj = np.uint64(xrows[r, 2]), xrows[r, 0]
         if not d:
             nlater += 1
             continue
@@ -181,7 +182,7 @@ def group_due(keys, at, nslots, h_ts, h_role, h_vk, h_reason, h_port, h_tsc, h_p
                 break
             last_key, slot = k, np.int64(at[p])
         size[slot + 1] += 1
-        t_lo, t_hi = min(t_lo, t), max(t_hi, t)
+        t_lo, t_hi = min(t_lo, tj), max(t_hi, tj)
     if size[0] < 0:
         return _columns(0), size[:0], _columns(0), t_lo, t_hi
     for v in range(nslots):
@@ -190,36 +191,42 @@ def group_due(keys, at, nslots, h_ts, h_role, h_vk, h_reason, h_port, h_tsc, h_p
     fill = start[:nslots].copy()
     n = start[nslots]
     now, later = _columns(n), _columns(nlater)
+    ts, role, vk, reason, port, t, place = now  # (arrays, not tuples, in the loop: a tuple
+    l_ts, l_role, l_vk, l_reason, l_port, l_t, l_place = later  # chosen per row cost 10 ns)
     m = 0
     slot = -1
-    for j in range(nh + count):  # each row where it goes
-        if j < nh:
-            d, k = everything or h_tsc[j] <= due, h_vk[j]
-        else:
-            r = j - nh
-            d, k = everything or tsc[xrows[r, XAT]] <= due, np.uint64(xrows[r, 2])
-        if d:
+    for j in range(nh):  # each row where it goes: those held from before
+        if everything or h_tsc[j] <= due:
+            k = h_vk[j]
             if slot < 0 or k != last_key:
                 last_key, slot = k, np.int64(at[np.searchsorted(keys, k)])
             i = fill[slot]
             fill[slot] += 1
-            out = now
+            ts[i], role[i], vk[i], reason[i] = h_ts[j], h_role[j], k, h_reason[j]
+            port[i], t[i], place[i] = h_port[j], h_tsc[j], h_place[j]
         else:
-            i = m
+            l_ts[m], l_role[m], l_vk[m], l_reason[m] = h_ts[j], h_role[j], h_vk[j], h_reason[j]
+            l_port[m], l_t[m], l_place[m] = h_port[j], h_tsc[j], h_place[j]
             m += 1
-            out = later
-        if j < nh:
-            _put(out, i, h_ts[j], h_role[j], h_vk[j], h_reason[j], h_port[j], h_tsc[j], h_place[j])
+    for j in range(count):  # and the chunk's
+        q = xrows[j, XAT]
+        if everything or tsc[q] <= due:
+            k = np.uint64(xrows[j, 2])
+            if slot < 0 or k != last_key:
+                last_key, slot = k, np.int64(at[np.searchsorted(keys, k)])
+            i = fill[slot]
+            fill[slot] += 1
+            ts[i], role[i], vk[i], reason[i] = xrows[j, 0], xrows[j, 1], k, xrows[j, 3]
+            port[i], t[i], place[i] = xrows[j, 4], tsc[q], base + q
         else:
-            q = xrows[r, XAT]
-            _put(out, i, xrows[r, 0], xrows[r, 1], xrows[r, 2], xrows[r, 3], xrows[r, 4], tsc[q],
-                 base + q)  # fmt: skip
+            l_ts[m], l_role[m], l_vk[m] = xrows[j, 0], xrows[j, 1], xrows[j, 2]
+            l_reason[m], l_port[m], l_t[m], l_place[m] = xrows[j, 3], xrows[j, 4], tsc[q], base + q
+            m += 1
     for v in range(nslots):  # a vCPU's rows out of TSC order (from pCPUs apart): sorted
         a, b = start[v], start[v + 1]
         for i in range(a + 1, b):
-            if now[5][i] < now[5][i - 1]:
-                o = a + np.argsort(now[5][a:b], kind="mergesort")
-                ts, role, vk, reason, port, t, place = now
+            if t[i] < t[i - 1]:
+                o = a + np.argsort(t[a:b], kind="mergesort")
                 ts[a:b], role[a:b], vk[a:b], reason[a:b] = ts[o], role[o], vk[o], reason[o]
                 port[a:b], t[a:b], place[a:b] = port[o], t[o], place[o]
                 break
@@ -232,12 +239,6 @@ def _columns(n):
     return (np.empty(n, np.int64), np.empty(n, np.uint8), np.empty(n, np.uint64),
             np.empty(n, np.uint32), np.empty(n, np.uint16), np.empty(n, np.uint64),
             np.empty(n, np.int64))  # fmt: skip
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _put(out, i, ts, role, vk, reason, port, tsc, place):
-    out[0][i], out[1][i], out[2][i], out[3][i] = ts, role, vk, reason
-    out[4][i], out[5][i], out[6][i] = port, tsc, place
 
 
 @njit(cache=True, nogil=True)
