@@ -166,8 +166,8 @@ def fold_records(words, ready, i_word, i_cpu, i_tsc, i_dom, i_vcpu, origin, khz,
     """The records k >= start of the decoder's Index (i_word .. i_vcpu) with ready[k], in
     file order, from the xentrace file's `words` (addr32, addr64: the IO address ids of
     scan.emit_records' `names`), into the maps and the rows; xi[k]: the exit row record k
-    made, or -1. Returns where it stopped: the Index's length, or a record a map may not
-    have room for."""
+    made, or -1 (`xi` empty: not kept). Returns where it stopped: the Index's length, or a
+    record a map may not have room for."""
     for k in range(start, i_word.shape[0]):
         if not ready[k]:
             continue
@@ -183,9 +183,11 @@ def fold_records(words, ready, i_word, i_cpu, i_tsc, i_dom, i_vcpu, origin, khz,
         for j in range(nx):
             a[j] = words[d + j]
         addr, has_addr = scan.record_address(code, nx, a[0], a[1], addr32, addr64)
-        xi[k] = _record(scan.tsc_to_ns(i_tsc[k], origin, khz), i_cpu[k], i_dom[k], i_vcpu[k],
-                        code, nx, a, addr, has_addr, 4 + 8 * (h >> 31) + 4 * nx, k, ids, info,
-                        layouts, wide, wfilled, run, narrow, nfilled, xrows, krows, n)  # fmt: skip
+        j = _record(scan.tsc_to_ns(i_tsc[k], origin, khz), i_cpu[k], i_dom[k], i_vcpu[k],
+                    code, nx, a, addr, has_addr, 4 + 8 * (h >> 31) + 4 * nx, k, ids, info,
+                    layouts, wide, wfilled, run, narrow, nfilled, xrows, krows, n)  # fmt: skip
+        if xi.shape[0]:
+            xi[k] = j
     return i_word.shape[0]
 
 
