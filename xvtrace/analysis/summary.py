@@ -59,8 +59,9 @@ def fold(
 def fold_file(dec: xentrace.XentraceDecoder) -> xen_fold.Folded:
     """The fold of a xentrace file's records as `dec` reads them (no frame decoded), in
     three stages a chunk apart, each on a thread of its own (the kernels release the GIL):
-    the records indexed and put in time order, folded into the tables, their rows put in
-    time order and their exits paired (on this thread)."""
+    the records indexed, as they lie in the file; folded into the tables; the rows kept
+    put in time order as they fall due and the exits paired a vCPU at a time (on this
+    thread). No record is sorted: only the rows kept are, a vCPU's at a time."""
     f = xen_fold.Fold()
 
     def folded(records):

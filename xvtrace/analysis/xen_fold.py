@@ -100,8 +100,8 @@ class Exits:
             self.add([c[o] for c in cols])
             return
         n = len(tsc)
-        held = self.tail[0][0] if self.tail is not None else None
-        head = held if n and t_lo == held else t_lo - 1  # (no row's: none taken at the head)
+        instant = self.tail[0][0] if self.tail is not None else None  # held back, its time
+        head = instant if n and t_lo == instant else t_lo - 1  # (no row's: no head)
         first, last = exit_kernels.edges(cols[0], start, head, t_hi if n else t_lo - 1)
         lo, hi = start[:-1] + first, start[1:] - last
 
