@@ -199,11 +199,12 @@ class XentraceDecoder:
                 index = self._fill(words, win, probs, state)
                 self.windows += len(win)
                 if len(index.word):
-                    pending.append(index)
+                    if ordered:
+                        pending.append(index)
                     self._advance_watermark(win, index, state)
                 final = new_pos >= nwords
                 if not ordered:
-                    pending, due = [], None if final else state.watermark
+                    due = None if final else state.watermark
                     if len(index.word):
                         held, last_emitted = self._count_due(words, index, held, due, last_emitted)
                         yield Records(words, index, None, self.tsc_origin or 0, due)

@@ -195,6 +195,22 @@ def test_records_before_any_tsc_fold_as_their_frames(tmp_path):
         assert_same_fold(got, want)
 
 
+def test_records_whose_times_wrap_fold_as_their_frames(tmp_path):
+    """A run of records 2^61 cycles ahead of the rest (a corrupt clock), timed at 1000 kHz:
+    their times in ns pass int64's range and wrap, so a record's time does not grow with
+    its TSC. The chunks holding them are paired sorted whole, as the decoder's time order
+    has them, and the fold equals its frames'."""
+    rows = hvm_records(3000, seed=2, ncpu=2)
+    ahead = (pl.int_range(pl.len()) >= 1200) & (pl.int_range(pl.len()) < 1300)
+    rows = rows.with_columns(pl.when(ahead).then(pl.col("ts_raw") + 2**61).otherwise("ts_raw"))
+    path = tmp_path / "t.bin"
+    write_frame(path, rows, round_cycles=2_400_000)
+    frames = list(XentraceDecoder(path, cpu_khz=1000, chunk_bytes=4096).frames())
+    want = reference.fold(pl.concat(frames))
+    got = summary.fold_file(XentraceDecoder(path, cpu_khz=1000, chunk_bytes=4096))
+    assert_same_fold(got, want)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     code=st.sampled_from(sorted({c for c, s in xe.SPECS.items()
