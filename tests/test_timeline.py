@@ -552,6 +552,53 @@ def test_the_build_does_not_depend_on_its_buckets_and_slices(tmp_path, monkeypat
         assert pl.read_parquet(tmp_path / "b" / f).equals(frame), f
 
 
+@pytest.mark.parametrize(
+    "capture",
+    [QEMU_PCI / "trace.log", FIXTURES / "qemu" / "live-q35-pci", FIXTURES / "xen" / "hvm-epam-smp",
+     FIXTURES / "emulated" / "qemu-virtio-pci"],
+)  # fmt: skip
+def test_slices_find_the_kicks_and_notifies_the_as_of_joins_find(tmp_path, monkeypatch, capture):
+    """The build finds each slice's kicks and notifies by binary search in the queues'
+    sorted keys (qemu.QueueIndex); qemu.requests by as-of joins over the whole capture, by
+    queue and device life: the same rows, across the real captures' device resets, with
+    slices of a few dozen elements."""
+    from xvtrace.timeline import qemu_buckets
+
+    if (capture / "manifest.json").is_file():  # a bundle
+        shutil.copytree(capture, tmp_path / "b")
+        ev = api.ingest(tmp_path / "b").bundle.events()
+    else:
+        ev = api.ingest(capture, tmp_path / "b", warn=lambda m: None).bundle.events()
+    want = timeline.qemu_requests(ev).collect()
+    monkeypatch.setattr(qemu_buckets, "SLICE_ROWS", 17)
+    (tmp_path / "spill").mkdir()
+    qemu_buckets.write_requests(ev, tmp_path / "spill", tmp_path / "r.parquet")
+    got = pl.read_parquet(tmp_path / "r.parquet")
+    assert len(want) > 34 and want["kick_ns"].is_not_null().any()
+    assert want["notify_ns"].is_not_null().any() and got.equals(want)
+
+
+def test_a_slice_finds_no_kick_or_notify_of_another_queue():
+    """Queue 1's element has no kick before its pop, queue 0's no notify after its fill:
+    each finds none, although the other queue's (next in the sorted keys) is there."""
+    from xvtrace.timeline import qemu
+
+    rows = [("virtio_queue_notify", 0, 0), ("virtqueue_pop", 1, 1), ("virtqueue_fill", 1, 1),
+            ("virtqueue_pop", 0, 2), ("virtqueue_fill", 0, 2), ("virtio_notify", 1, 0)]  # fmt: skip
+    q = pl.LazyFrame(
+        {"event": [f"qemu.{e}" for e, _, _ in rows], "queue": [n for _, n, _ in rows],
+         "addr": [a or None for _, _, a in rows], "src_file": "qemu.log", "dev": "blk0",
+         "src_offset": range(0, 64 * len(rows), 64), "ts_ns": range(1000, 1000 + 10 * len(rows), 10),
+         "size": 1, **{f"arg{i}": 1 for i in range(7)}},
+        schema_overrides={"addr": pl.UInt64, "queue": pl.UInt16, "src_offset": pl.UInt64},
+    ).with_columns(pl.col("src_file", "dev").cast(pl.Categorical))  # fmt: skip
+    queues = qemu.QueueEvents.of(q)
+    want = qemu.with_queue_events(qemu.element_requests(q), queues).collect()
+    got = qemu.QueueIndex.of(queues).requests(qemu.element_requests(q).collect())
+    assert want.select("elem", "kick_ns", "notify_ns").rows() == [(1, None, 1050), (2, 1000, None)]
+    assert got.equals(want)
+
+
 def _pops(addrs, fills=()):
     """QEMU events (qemu.events_of's columns the buckets read): a pop of each of `addrs`,
     then a fill of each of `fills`."""

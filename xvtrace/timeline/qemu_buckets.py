@@ -3,10 +3,10 @@
 An element's row comes from its own events (qemu.ELEMENT_EVENTS, keyed by its pointer) and
 from its queue's kicks and notifies. So the elements, put into buckets by pointer, are
 paired one bucket at a time, each bucket's rows written in (src_file, pop_off) order; the
-buckets are then merged in that order a slice at a time, each slice joined with its queues'
-events (held: two narrow columns' worth per request) and written. What is held is one
-bucket's pairing, the queues' events and a slice, not the whole capture's pairing (2.2 GB
-at 5 M requests, built at once).
+buckets are then merged in that order a slice at a time, each slice given its queues' kicks
+and notifies by binary search in their sorted keys (qemu.QueueIndex: held, three numbers a
+kick and two a notify) and written. What is held is one bucket's pairing, the queues' keys
+and a slice, not the whole capture's pairing (2.2 GB at 5 M requests, built at once).
 
 QEMU reuses a few element pointers (the emulated 5 M request capture pops from 7, one of
 them 1.55 M times), so a pointer's hash alone filled one bucket of five with 2.7 M pops;
@@ -49,10 +49,15 @@ def write_requests(ev: pl.LazyFrame, spill: Path, path: Path) -> None:
         part = spill / f"dm_elements_{b}.parquet"
         qemu.element_requests(q.filter(~other)).sink_parquet(part, **SPILL_OPTIONS)
         parts.append(pl.scan_parquet(part))
-    queues = qemu.QueueEvents.of(q).collect()
+    queues = qemu.QueueEvents.of(q)
     schema = qemu.with_queue_events(parts[0].head(0), queues).collect_schema()
+    index = qemu.QueueIndex.of(queues)
+    if index is None:  # (keys of more than 64 bits: the as-of joins, the queues held)
+        queues = queues.collect()
+    join = (index.requests if index is not None else
+            lambda elements, first: qemu.with_queue_events(elements.lazy(), queues, first).collect())  # fmt: skip
     try:
-        sink_frames(lambda: _merged(parts, queues), schema, path, **SPILL_OPTIONS)
+        sink_frames(lambda: _merged(parts, join), schema, path, **SPILL_OPTIONS)
     finally:  # (the spill directory goes at the build's end; these can go now)
         for b in range(buckets):
             (spill / f"dm_elements_{b}.parquet").unlink(missing_ok=True)
@@ -178,8 +183,11 @@ def _pieces(
     return out
 
 
-def _merged(parts: list[pl.LazyFrame], queues: qemu.QueueEvents) -> Iterator[pl.DataFrame]:
-    """The buckets' rows in (src_file, pop_off) order, SLICE_ROWS at a time, as requests."""
+def _merged(
+    parts: list[pl.LazyFrame], join: Callable[[pl.DataFrame, int], pl.DataFrame]
+) -> Iterator[pl.DataFrame]:
+    """The buckets' rows in (src_file, pop_off) order, SLICE_ROWS at a time, as requests
+    (`join`: a slice of elements, the first's number -> its requests)."""
     key = _merge_key(pl.concat([p.select("src_file") for p in parts]), "pop_off")
     keys = [p.select(key).collect().to_series().to_numpy() for p in parts]
     # each element's place among all buckets' (bucket b's rows from starts[b]): its bucket
@@ -201,4 +209,4 @@ def _merged(parts: list[pl.LazyFrame], queues: qemu.QueueEvents) -> Iterator[pl.
             place[mine] = start + rows[mine] - first
             start += last - first + 1
         elements = pl.concat(pieces)[place]
-        yield qemu.with_queue_events(elements.lazy(), queues, first=lo).collect()
+        yield join(elements, lo)
