@@ -223,21 +223,26 @@ class QueueIndex(NamedTuple):
     def of(cls, queues: QueueEvents) -> QueueIndex | None:
         """None when the keys do not fit 64 bits (with_queue_events then)."""
         kicks, irqs = (f.lazy().collect() for f in queues)
-        have = [_codes(f) for f in (kicks, irqs)]
+        known = pl.all_horizontal(pl.col(QUEUE).is_not_null())
         values = tuple(
-            np.unique(np.concatenate([h[i][h[-1]] for h in have])) for i in range(len(QUEUE))
-        )
+            np.unique(np.concatenate([
+                f.filter(known).select(pl.col(c).to_physical().cast(pl.Int64).unique())
+                .to_series().to_numpy() for f in (kicks, irqs)
+            ]))
+            for c in QUEUE
+        )  # fmt: skip
         if np.prod([max(1, len(v)) for v in values], dtype=np.float64) >= 2.0 ** (63 - OFFSET_BITS):
             return None
         sides = []
-        for frame, h, off, ns in ((kicks, have[0], "_koff", "kick_ns"),
-                                  (irqs, have[1], "_noff", "notify_ns")):  # fmt: skip
-            offs = frame[off].fill_null(0).to_numpy().astype(np.int64)
-            ok = h[-1] & frame[off].is_not_null().to_numpy()  # (a row of no offset: none's)
-            if ok.any() and offs[ok].max() >= 1 << OFFSET_BITS:
+        for frame, off, ns in ((kicks, "_koff", "kick_ns"), (irqs, "_noff", "notify_ns")):
+            if (top := frame[off].max()) is not None and top >= 1 << OFFSET_BITS:
                 return None
-            key = (_queue_numbers(h[:-1], values, ok) << OFFSET_BITS) | offs
-            o = np.flatnonzero(ok)[np.argsort(key[ok], kind="stable")]
+            key = np.concatenate([np.zeros(0, np.int64)] + [  # (a slice at a time: the
+                _keys(frame.slice(lo, KEY_ROWS), off, values)  # columns' codes are 5 arrays)
+                for lo in range(0, len(frame), KEY_ROWS)
+            ])  # fmt: skip
+            o = np.flatnonzero(key >= 0)
+            o = o[np.argsort(key[o], kind="stable")]
             # (a time may be null: QEMU's untimed)
             sides += [
                 key[o],
@@ -287,6 +292,19 @@ def _found(at: np.ndarray, values: pl.Series) -> pl.Expr:
     if not len(values):
         return pl.lit(None, values.dtype)
     return pl.when(pl.lit(pl.Series(at >= 0))).then(pl.lit(values.gather(at.clip(0))))
+
+
+KEY_ROWS = 1 << 20  # kicks or notifies keyed at a time
+
+
+def _keys(frame: pl.DataFrame, off: str, values) -> np.ndarray:
+    """Each row's key (its queue's number << OFFSET_BITS | its offset `off`), or -1: a row
+    with a column or its offset null (no element's)."""
+    h = _codes(frame)
+    offs = frame[off]
+    ok = h[-1] & offs.is_not_null().to_numpy()
+    queue = _queue_numbers(h[:-1], values, ok)
+    return np.where(ok, (queue << OFFSET_BITS) | offs.fill_null(0).to_numpy().astype(np.int64), -1)
 
 
 def _codes(frame: pl.DataFrame) -> list[np.ndarray]:
