@@ -252,6 +252,9 @@ def _rows(order: pl.DataFrame) -> np.ndarray:
 
 
 ID_SPAN = 1 << 40  # the most numbers a key's id may span before it is renumbered
+# rows whose key ids are found at a time (whole, a column's values and their ranks were two
+# 8-byte arrays of every IOREQ and trap: 0.25 GB each at 15 M IOREQs)
+KEY_SLICE = 1 << 20
 
 
 def _key_ids(
@@ -271,7 +274,9 @@ def _key_ids(
             null[i] |= s.is_null().to_numpy()
             if len(values) > 1:
                 ids[i] *= len(values)
-                ids[i] += np.searchsorted(values, s.fill_null(values[0]).to_numpy())
+                for lo in range(0, len(s), KEY_SLICE):
+                    part = s.slice(lo, KEY_SLICE).fill_null(values[0]).to_numpy()
+                    ids[i][lo : lo + len(part)] += np.searchsorted(values, part)
         span *= max(len(values), 1)
         if span > ID_SPAN:  # (renumbered before the product could overflow)
             ids, span = _dense(ids)
@@ -283,11 +288,20 @@ def _key_ids(
 
 def _dense(ids: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
     """The ids (-1: none) renumbered 0, 1, ... over the values they take on every side, and
-    how many values that is."""
+    how many values that is (`ids` is emptied as each side is renumbered)."""
     found = np.unique(np.concatenate([pl.Series(i).unique().to_numpy() for i in ids]))
     found = found[found >= 0]
     narrow = _index_type(len(found))
-    return [np.where(i < 0, -1, np.searchsorted(found, i)).astype(narrow) for i in ids], len(found)
+    out = []
+    while ids:
+        i = ids.pop(0)
+        dense = np.empty(len(i), narrow)
+        for lo in range(0, len(i), KEY_SLICE):
+            part = i[lo : lo + KEY_SLICE]
+            dense[lo : lo + len(part)] = np.where(part < 0, -1, np.searchsorted(found, part))
+        out.append(dense)
+        del i
+    return out, len(found)
 
 
 class _Numbered:
