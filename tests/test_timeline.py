@@ -525,6 +525,36 @@ def test_the_ioreq_join_does_not_depend_on_its_chunks_or_the_ioreqs_order(
     assert turned_counts == counts and turned.collect().equals(whole)
 
 
+@pytest.mark.parametrize("capture", ["xen/hvm-epam-smp", "emulated/epam-mmio"])
+def test_kick_traps_are_the_as_of_join_by_log(tmp_path, monkeypatch, capture):
+    """A request's kick trap is its log's last joined IOREQ at or before its kick: found by
+    binary search and read 7 IOREQs at a time, it equals the as-of join by log over the
+    joined IOREQs (the way it was computed before)."""
+    from xvtrace.timeline import ioreqs
+
+    shutil.copytree(FIXTURES / capture, tmp_path / "b")
+    acc = ioreqs.accesses(api.ingest(tmp_path / "b").bundle.events())
+    tl = api.timeline(tmp_path / "b")
+    joined, _ = ioreqs.join(acc, tl.device_model_clock, tmp_path / "joined.parquet")
+    keys = tl.columns("request", "src_file", "kick_off")
+    traps = (
+        joined.filter(pl.col("joined"))
+        .select("src_file", "dm_off", "trap_exit_ns", "trap_entry_ns",
+                pl.col("dom").alias("trap_dom"), pl.col("vcpu").alias("trap_vcpu"),
+                pl.col("cpu").alias("trap_cpu"))
+        .sort("dm_off").collect()
+    )  # fmt: skip
+    want = (
+        keys.sort("kick_off", nulls_last=True)
+        .join_asof(traps, left_on="kick_off", right_on="dm_off", by="src_file",
+                   strategy="backward", check_sortedness=False)
+        .sort("request").drop(*keys.columns, "dm_off")
+    )  # fmt: skip
+    monkeypatch.setattr(ioreqs, "JOIN_CHUNK_ROWS", 7)
+    got = ioreqs.kick_traps(keys, joined)
+    assert want["trap_exit_ns"].is_not_null().sum() > 100 and got.equals(want)
+
+
 @pytest.mark.parametrize(
     "capture", ["xen/hvm-epam-smp", "xen/validation/stratos/hvm-stratos-w2", "emulated/suse-grant"]
 )

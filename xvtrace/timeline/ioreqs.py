@@ -32,6 +32,7 @@ from xvtrace.bundle.frame_sink import sink_frames
 from xvtrace.parsers import fields
 from xvtrace.timeline import hvm
 from xvtrace.timeline.clock import Clock, to_device_model
+from xvtrace.timeline.log_search import OFFSET_BITS, rows_at, search
 
 IOREQS = "ioreqs.parquet"
 
@@ -472,22 +473,42 @@ def kick_traps(keys: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> pl.Da
     """Each request's kick trap (trap_exit_ns, trap_entry_ns, trap_dom, trap_vcpu,
     trap_cpu), in request order: the joined IOREQ in whose handling the device model logged
     the request's kick (the last one at or before `kick_off` in its log). `keys`: the
-    requests' request, src_file and kick_off."""
-    traps_ = (
-        joined.lazy()
-        .filter(pl.col("joined"))
-        .select(
-            "src_file", "dm_off", "trap_exit_ns", "trap_entry_ns",
-            pl.col("dom").alias("trap_dom"), pl.col("vcpu").alias("trap_vcpu"), pl.col("cpu").alias("trap_cpu"),
-        )
-        .sort("dm_off")
-        .collect()
+    requests' request, src_file and kick_off.
+
+    Found by binary search in the joined IOREQs' (log, offset) keys, then only those
+    IOREQs' columns read, a slice of them at a time (sorted and as-of joined by log, every
+    joined IOREQ's columns were copied three times: 1.9 GiB at 15 M IOREQs)."""
+    scan = joined.lazy()
+    logs = sorted(set(keys["src_file"].drop_nulls().unique().to_list()))
+    where = scan.select(_log_rank("src_file", logs), "dm_off", "joined").collect()
+    ok = where["joined"].fill_null(False).to_numpy() & where["log"].is_not_null().to_numpy()
+    ok &= where["dm_off"].is_not_null().to_numpy()
+    off = where["dm_off"].fill_null(0).to_numpy().astype(np.int64)
+    ok &= off < 1 << OFFSET_BITS
+    key = (where["log"].fill_null(0).to_numpy() << OFFSET_BITS) | off
+    del where, off
+    rows = np.flatnonzero(ok)  # the joined IOREQs, by (log, offset)
+    rows = rows[np.argsort(key[rows], kind="stable")]
+    key = key[rows]
+    log = keys.select(_log_rank("src_file", logs)).to_series()
+    lo = np.where(log.is_not_null().to_numpy(), log.fill_null(0).to_numpy() << OFFSET_BITS, -1)
+    found = search(key, lo, keys["kick_off"], before=True)
+    at = np.where(found >= 0, rows[found.clip(0)] if len(rows) else -1, -1)
+    del key, rows, found
+    traps = scan.select(
+        "trap_exit_ns", "trap_entry_ns",
+        pl.col("dom").alias("trap_dom"), pl.col("vcpu").alias("trap_vcpu"), pl.col("cpu").alias("trap_cpu"),
     )  # fmt: skip
-    out = keys.sort("kick_off", nulls_last=True).join_asof(
-        traps_, left_on="kick_off", right_on="dm_off", by="src_file", strategy="backward",
-        check_sortedness=False,
-    )  # fmt: skip
-    return in_request_order(out.select("request"), out.drop(*keys.columns, "dm_off"))
+    return in_request_order(keys.select("request"), rows_at(traps, at, JOIN_CHUNK_ROWS))
+
+
+def _log_rank(column: str, logs: list[str]) -> pl.Expr:
+    """A log's place among `logs` (by name; null for another): a chain of whens, which
+    streams (replace_strict held every row)."""
+    rank = pl.lit(None, pl.Int64)
+    for i, name in enumerate(logs):
+        rank = pl.when(pl.col(column) == name).then(pl.lit(i, pl.Int64)).otherwise(rank)
+    return rank.alias("log")
 
 
 ISR_OFFSET, ACK_OFFSET, NOTIFY_OFFSET = 0x60, 0x64, 0x50  # virtio-mmio registers

@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from xvtrace.parsers import fields
+from xvtrace.timeline.log_search import OFFSET_BITS, search
 from xvtrace.timeline.phases import intervals
 
 VIEW = "device-model"  # requests.parquet `view` of rows from QEMU's trace events
@@ -196,7 +197,6 @@ def with_queue_events(req: pl.LazyFrame, queues: QueueEvents, first: int = 0) ->
 
 
 QUEUE = ["src_file", "dev", "queue", "epoch"]  # a queue within one life of its device
-OFFSET_BITS = 40  # a log's offsets lie below 2^40 (1 TiB)
 
 
 class QueueIndex(NamedTuple):
@@ -256,35 +256,14 @@ class QueueIndex(NamedTuple):
         h = _codes(elements)
         queue = _queue_numbers(h[:-1], self.values, h[-1])
         lo = np.where(queue >= 0, queue << OFFSET_BITS, -1)  # the queue's least key, or none
-        kick = _search(self.kick_key, elements["pop_off"], lo, before=True)
-        notify = _search(self.irq_key, elements["fill_off"], lo, before=False)
+        kick = search(self.kick_key, lo, elements["pop_off"], before=True)
+        notify = search(self.irq_key, lo, elements["fill_off"], before=False)
         req = elements.with_columns(
             _found(kick, self.kick_ns).alias("kick_ns"),
             _found(kick, self.kick_off).alias("kick_off"),
             _found(notify, self.notify_ns).alias("notify_ns"),
         )
         return _as_requests(req.lazy(), first).collect()
-
-
-def _search(keys: np.ndarray, offs: pl.Series, lo: np.ndarray, before: bool) -> np.ndarray:
-    """Per row (its queue's least key `lo`, -1 for none; its offset `offs`): where in `keys`
-    its queue's last key at or before it is (`before`), else its first at or after; -1 if
-    there is none."""
-    ok = (lo >= 0) & offs.is_not_null().to_numpy()
-    off = offs.fill_null(0).to_numpy().astype(np.int64)
-    ok &= (off >= 0) & (off < 1 << OFFSET_BITS)
-    if not len(keys):
-        return np.full(len(lo), -1, np.int64)
-    mine = lo + off
-    if before:
-        i = np.searchsorted(keys, mine, side="right") - 1
-        ok &= i >= 0
-        ok &= keys[i.clip(0)] >= lo
-    else:
-        i = np.searchsorted(keys, mine, side="left")
-        ok &= i < len(keys)
-        ok &= keys[i.clip(0, len(keys) - 1)] < lo + (1 << OFFSET_BITS)
-    return np.where(ok, i, -1)
 
 
 def _found(at: np.ndarray, values: pl.Series) -> pl.Expr:
