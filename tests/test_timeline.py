@@ -525,6 +525,23 @@ def test_the_ioreq_join_does_not_depend_on_its_chunks_or_the_ioreqs_order(
     assert turned_counts == counts and turned.collect().equals(whole)
 
 
+def _kick_traps_as_of(keys: pl.DataFrame, joined: pl.LazyFrame) -> pl.DataFrame:
+    """ioreqs.kick_traps as an as-of join by log over the joined IOREQs (as it was)."""
+    traps = (
+        joined.filter(pl.col("joined"))
+        .select("src_file", "dm_off", "trap_exit_ns", "trap_entry_ns",
+                pl.col("dom").alias("trap_dom"), pl.col("vcpu").alias("trap_vcpu"),
+                pl.col("cpu").alias("trap_cpu"))
+        .sort("dm_off").collect()
+    )  # fmt: skip
+    return (
+        keys.sort("kick_off", nulls_last=True)
+        .join_asof(traps, left_on="kick_off", right_on="dm_off", by="src_file",
+                   strategy="backward", check_sortedness=False)
+        .sort("request").drop(*keys.columns, "dm_off")
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("capture", ["xen/hvm-epam-smp", "emulated/epam-mmio"])
 def test_kick_traps_are_the_as_of_join_by_log(tmp_path, monkeypatch, capture):
     """A request's kick trap is its log's last joined IOREQ at or before its kick: found by
@@ -537,22 +554,37 @@ def test_kick_traps_are_the_as_of_join_by_log(tmp_path, monkeypatch, capture):
     tl = api.timeline(tmp_path / "b")
     joined, _ = ioreqs.join(acc, tl.device_model_clock, tmp_path / "joined.parquet")
     keys = tl.columns("request", "src_file", "kick_off")
-    traps = (
-        joined.filter(pl.col("joined"))
-        .select("src_file", "dm_off", "trap_exit_ns", "trap_entry_ns",
-                pl.col("dom").alias("trap_dom"), pl.col("vcpu").alias("trap_vcpu"),
-                pl.col("cpu").alias("trap_cpu"))
-        .sort("dm_off").collect()
-    )  # fmt: skip
-    want = (
-        keys.sort("kick_off", nulls_last=True)
-        .join_asof(traps, left_on="kick_off", right_on="dm_off", by="src_file",
-                   strategy="backward", check_sortedness=False)
-        .sort("request").drop(*keys.columns, "dm_off")
-    )  # fmt: skip
+    want = _kick_traps_as_of(keys, joined)
     monkeypatch.setattr(ioreqs, "JOIN_CHUNK_ROWS", 7)
     got = ioreqs.kick_traps(keys, joined)
-    assert want["trap_exit_ns"].is_not_null().sum() > 100 and got.equals(want)
+    assert want["trap_exit_ns"].is_not_null().sum() > 100 and got.schema == want.schema
+    assert got.equals(want)
+
+
+@pytest.mark.parametrize("logs", [["a", "b"], [None, None]])
+def test_kick_traps_of_two_logs_far_offsets_and_no_log(monkeypatch, logs):
+    """Two logs' IOREQs at the same offsets, offsets past 2^40, IOREQs not joined, kicks of
+    no log or no offset: as the as-of join by log."""
+    from xvtrace.timeline import ioreqs
+
+    far = 1 << 41
+    joined = pl.LazyFrame(
+        {"src_file": ["a", "b", "a", "b", "a", None], "dm_off": [10, 10, 30, 20, far, 5],
+         "joined": [True, True, False, True, True, True], "trap_exit_ns": [1, 2, 3, 4, 5, 6],
+         "trap_entry_ns": [11, None, 13, 14, 15, 16], "dom": 1, "vcpu": 0, "cpu": [0, 1, 0, 1, 0, 1]},
+        schema_overrides={"dm_off": pl.UInt64, "dom": pl.Int32, "vcpu": pl.Int32, "cpu": pl.Int16},
+    )  # fmt: skip
+    keys = pl.DataFrame(
+        {"request": [3, 0, 1, 2, 4, 5, 6], "src_file": [logs[0], logs[1], logs[0], logs[1], logs[0], None, logs[0]],
+         "kick_off": [9, 15, 35, 25, far + 1, 12, None]},
+        schema_overrides={"src_file": pl.String, "kick_off": pl.UInt64},
+    ).sort("request")  # fmt: skip
+    want = _kick_traps_as_of(keys, joined)
+    monkeypatch.setattr(ioreqs, "JOIN_CHUNK_ROWS", 2)
+    got = ioreqs.kick_traps(keys, joined)
+    assert got.schema == want.schema and got.equals(want)
+    if logs[0] is not None:
+        assert want["trap_exit_ns"].to_list() == [2, 1, 4, None, 5, None, None]
 
 
 @pytest.mark.parametrize(
@@ -608,7 +640,8 @@ def test_slices_find_the_kicks_and_notifies_the_as_of_joins_find(tmp_path, monke
     qemu_buckets.write_requests(ev, tmp_path / "spill", tmp_path / "r.parquet")
     got = pl.read_parquet(tmp_path / "r.parquet")
     assert len(want) > 34 and want["kick_ns"].is_not_null().any()
-    assert want["notify_ns"].is_not_null().any() and got.equals(want)
+    assert want["notify_ns"].is_not_null().any() and got.schema == want.schema
+    assert got.equals(want)
 
 
 def test_a_slice_finds_no_kick_or_notify_of_another_queue():
@@ -627,12 +660,14 @@ def test_a_slice_finds_no_kick_or_notify_of_another_queue():
     ).with_columns(pl.col("src_file", "dev").cast(pl.Categorical))  # fmt: skip
     queues = qemu.QueueEvents.of(q)
     want = qemu.with_queue_events(qemu.element_requests(q), queues).collect()
-    got = qemu.QueueIndex.of(queues).requests(qemu.element_requests(q).collect())
+    got = qemu.QueueIndex.of(queues, 320).requests(qemu.element_requests(q).collect())
     assert want.select("elem", "kick_ns", "notify_ns").rows() == [(1, None, 1050), (2, 1000, None)]
-    assert got.equals(want)
-    # offsets past 2^40 do not fit the keys: none are made (the as-of joins are used then)
+    assert got.schema == want.schema and got.equals(want)
+    # offsets past 2^40, a kick's or notify's or an element's, do not fit the keys: none are
+    # made (the as-of joins are used then)
     far = q.with_columns(pl.col("src_offset") + (1 << 40))
-    assert qemu.QueueIndex.of(qemu.QueueEvents.of(far)) is None
+    assert qemu.QueueIndex.of(qemu.QueueEvents.of(far), 320) is None
+    assert qemu.QueueIndex.of(queues, 1 << 40) is None
 
 
 def _pops(addrs, fills=()):

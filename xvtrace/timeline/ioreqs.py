@@ -32,7 +32,7 @@ from xvtrace.bundle.frame_sink import sink_frames
 from xvtrace.parsers import fields
 from xvtrace.timeline import hvm
 from xvtrace.timeline.clock import Clock, to_device_model
-from xvtrace.timeline.log_search import OFFSET_BITS, rows_at, search
+from xvtrace.timeline.log_search import rows_at
 
 IOREQS = "ioreqs.parquet"
 
@@ -475,26 +475,30 @@ def kick_traps(keys: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> pl.Da
     the request's kick (the last one at or before `kick_off` in its log). `keys`: the
     requests' request, src_file and kick_off.
 
-    Found by binary search in the joined IOREQs' (log, offset) keys, then only those
-    IOREQs' columns read, a slice of them at a time (sorted and as-of joined by log, every
-    joined IOREQ's columns were copied three times: 1.9 GiB at 15 M IOREQs)."""
+    Found by binary search in each log's joined IOREQs' offsets, then only those IOREQs'
+    columns read, a slice at a time (sorted and as-of joined by log, every joined IOREQ's
+    columns were copied three times: 1.9 GiB at 15 M IOREQs)."""
     scan = joined.lazy()
     logs = sorted(set(keys["src_file"].drop_nulls().unique().to_list()))
     where = scan.select(_log_rank("src_file", logs), "dm_off", "joined").collect()
-    ok = where["joined"].fill_null(False).to_numpy() & where["log"].is_not_null().to_numpy()
-    ok &= where["dm_off"].is_not_null().to_numpy()
-    off = where["dm_off"].fill_null(0).to_numpy().astype(np.int64)
-    ok &= off < 1 << OFFSET_BITS
-    key = (where["log"].fill_null(0).to_numpy() << OFFSET_BITS) | off
-    del where, off
-    rows = np.flatnonzero(ok)  # the joined IOREQs, by (log, offset)
-    rows = rows[np.argsort(key[rows], kind="stable")]
-    key = key[rows]
-    log = keys.select(_log_rank("src_file", logs)).to_series()
-    lo = np.where(log.is_not_null().to_numpy(), log.fill_null(0).to_numpy() << OFFSET_BITS, -1)
-    found = search(key, lo, keys["kick_off"], before=True)
-    at = np.where(found >= 0, rows[found.clip(0)] if len(rows) else -1, -1)
-    del key, rows, found
+    usable = where["joined"].fill_null(False) & where["dm_off"].is_not_null()
+    io_log = where["log"].fill_null(-1).to_numpy()
+    io_off = where["dm_off"].fill_null(0).cast(pl.UInt64).to_numpy()
+    usable = usable.to_numpy()
+    del where
+    mine = keys.with_columns(_log_rank("src_file", logs))  # (a column of every key's row)
+    kick_log = mine["log"].fill_null(-1).to_numpy()
+    # (both offsets as uint64: numpy compares uint64 with int64 as floats)
+    kick_off = mine["kick_off"].fill_null(0).cast(pl.UInt64).to_numpy()
+    timed = mine["kick_off"].is_not_null().to_numpy()
+    at = np.full(len(keys), -1, np.int64)  # each request's IOREQ, a row of `joined`
+    for log in range(len(logs)):  # (a few logs: one search each)
+        rows = np.flatnonzero(usable & (io_log == log))
+        rows = rows[np.argsort(io_off[rows], kind="stable")]
+        asked = np.flatnonzero((kick_log == log) & timed)
+        last = np.searchsorted(io_off[rows], kick_off[asked], side="right") - 1
+        at[asked] = np.where(last >= 0, rows[last.clip(0)] if len(rows) else -1, -1)
+    del io_log, io_off, usable
     traps = scan.select(
         "trap_exit_ns", "trap_entry_ns",
         pl.col("dom").alias("trap_dom"), pl.col("vcpu").alias("trap_vcpu"), pl.col("cpu").alias("trap_cpu"),

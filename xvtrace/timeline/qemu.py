@@ -220,13 +220,16 @@ class QueueIndex(NamedTuple):
     notify_ns: pl.Series
 
     @classmethod
-    def of(cls, queues: QueueEvents) -> QueueIndex | None:
-        """None when the keys do not fit 64 bits (with_queue_events then)."""
-        kicks, irqs = (f.lazy().collect() for f in queues)
+    def of(cls, queues: QueueEvents, reach: int | None) -> QueueIndex | None:
+        """`reach`: the greatest offset an element will ask for (pop or fill). None when the
+        keys do not fit 64 bits (with_queue_events then)."""
+        if reach is not None and reach >= 1 << OFFSET_BITS:
+            return None
+        kicks, irqs = pl.collect_all([f.lazy() for f in queues])
         known = pl.all_horizontal(pl.col(QUEUE).is_not_null())
         values = tuple(
             np.unique(np.concatenate([
-                f.filter(known).select(pl.col(c).to_physical().cast(pl.Int64).unique())
+                f.select(pl.col(c).filter(known).to_physical().cast(pl.Int64).unique())
                 .to_series().to_numpy() for f in (kicks, irqs)
             ]))
             for c in QUEUE

@@ -51,7 +51,10 @@ def write_requests(ev: pl.LazyFrame, spill: Path, path: Path) -> None:
         parts.append(pl.scan_parquet(part))
     queues = qemu.QueueEvents.of(q)
     schema = qemu.with_queue_events(parts[0].head(0), queues).collect_schema()
-    index = qemu.QueueIndex.of(queues)
+    reach = pl.concat([p.select(pl.max("pop_off", "fill_off")) for p in parts]).max().collect()
+    index = qemu.QueueIndex.of(
+        queues, max((v for v in reach.row(0) if v is not None), default=None)
+    )
     if index is None:  # (keys of more than 64 bits: the as-of joins, the queues held)
         queues = queues.collect()
     join = (index.requests if index is not None else
