@@ -29,7 +29,6 @@ CALLS = ["hvm.vmmcall"]
 HANDLERS = [*ACCESSES, *CALLS]
 EXIT, ENTRY = "hvm.vmexit", "hvm.vmentry"
 CHUNK_RECORDS = 1 << 20  # exit, entry and handler records paired at a time
-NONE = np.iinfo(np.int64).min  # (the pairing's) no exit before, or no entry after
 
 
 def handled(ev: pl.LazyFrame) -> pl.DataFrame:
@@ -46,6 +45,8 @@ def in_order(found: pl.DataFrame, order: np.ndarray) -> pl.DataFrame:
     """`handled`'s rows from handled_rows' (found, order[...]): gathered, and entry_ns null
     where the vCPU had no entry (NONE until then: making every row's column nullable at
     once took 0.3 GB at 5 M requests)."""
+    from xvtrace.timeline.hvm_kernel import NONE  # (only while building: numba loaded)
+
     entry = pl.col("entry_ns")
     return found.gather(order).with_columns(pl.when(entry != NONE).then(entry).alias("entry_ns"))
 
@@ -58,7 +59,7 @@ def handled_rows(ev: pl.LazyFrame, scratch: Path) -> tuple[pl.DataFrame, np.ndar
     from xvtrace.timeline import hvm_kernel  # numba (0.25 s to import) only to build: a
 
     # stored timeline needs none
-    from xvtrace.timeline.hvm_kernel import ENTRY_ROLE, EXIT_ROLE, HANDLER_ROLE
+    from xvtrace.timeline.hvm_kernel import ENTRY_ROLE, EXIT_ROLE, HANDLER_ROLE, NONE
 
     xen = ev.filter(pl.col("source") == "xentrace")
     is_exit, is_entry = pl.col("event") == EXIT, pl.col("event") == ENTRY

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from xvtrace.timeline.hvm import NONE  # no exit before, or no entry after
-
 EXIT_ROLE, ENTRY_ROLE, HANDLER_ROLE = 0, 1, 2
+NONE = np.iinfo(np.int64).min  # no exit before, or no entry after
 
 
 @njit(cache=True, nogil=True)
