@@ -89,6 +89,22 @@ _EVENT_CATEGORIES = pl.Series("event", EVENT_NAMES, dtype=EVENT_SCHEMA["event"])
 _SOURCE = pl.Series("source", [SOURCE], dtype=EVENT_SCHEMA["source"])
 
 
+MADV_POPULATE_READ = 22  # (Linux 5.14) map a range's file pages in one call, not a fault each
+# chunks a consumer may still read behind the decoder (the summary's stages run a chunk or
+# two apart): their pages are let go this far behind, not refaulted from the page cache
+RELEASE_LAG = 4
+
+
+def _populate(mm: mmap.mmap, start: int, length: int) -> None:
+    """Map the file's pages [start, start + length) ahead of the scan (best effort: an
+    older kernel refuses, and each page then faults in as it is first read)."""
+    start -= start % mmap.PAGESIZE
+    length = min(length, len(mm) - start)
+    if length > 0:
+        with contextlib.suppress(OSError, ValueError):
+            mm.madvise(MADV_POPULATE_READ, start, length)
+
+
 # --- decoding --------------------------------------------------------------------------
 
 
@@ -193,6 +209,7 @@ class XentraceDecoder:
             last_emitted = None
             held = np.zeros(0, np.uint64)  # (not ordered) the TSCs of records not yet due
             while pos < nwords:
+                _populate(mm, pos * 4, chunk_words * 4)
                 win, probs, new_pos = scan.frame_windows(
                     words, pos, pos + chunk_words, nwords, MAX_CPUS
                 )
@@ -230,7 +247,10 @@ class XentraceDecoder:
                 pos = new_pos
                 # Let the kernel drop the file pages no pending record needs, so resident
                 # memory stays bounded by the chunk size, not the file size.
-                keep = min([pos] + [int(p.word[0]) for p in pending if len(p.word)])
+                keep = min(
+                    [max(0, pos - RELEASE_LAG * chunk_words)]
+                    + [int(p.word[0]) for p in pending if len(p.word)]
+                )
                 done = (keep * 4) // mmap.PAGESIZE * mmap.PAGESIZE
                 if done and hasattr(mmap, "MADV_DONTNEED"):
                     mm.madvise(mmap.MADV_DONTNEED, 0, done)

@@ -229,6 +229,7 @@ def test_emulate_reuses_a_freed_large_block_without_faulting_it_in_again():
         return int(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout)
 
     assert faults("emulate") < 1000  # the freed 50 MB is reused
+    assert faults("summary") < 1000  # (its heap too, jemalloc aside)
     assert faults("timeline") > 10_000  # 12k pages faulted in again
 
 
@@ -249,6 +250,8 @@ def test_emulate_keeps_freed_memory_unless_the_user_says_otherwise():
     assert settings("emulate", "-t", "argo") == f"{allocator.JEMALLOC_CONF} 0 1"
     # other commands give freed memory back within a second, numpy's settings untouched
     assert settings("timeline", "b") == f"{allocator.RETURNING_CONF} None None"
+    # the summary (which may ingest through polars' threads): numpy's, jemalloc's returning
+    assert settings("summary", "t.bin") == f"{allocator.RETURNING_CONF} 0 1"
     env["_RJEM_MALLOC_CONF"] = "narenas:2"
     env["OPENBLAS_NUM_THREADS"] = "2"
     assert settings("emulate") == "narenas:2 0 2"
