@@ -5,7 +5,12 @@
 #   make test   installs everything the tests use (incl. xenalyze), then runs lint and the
 #               fast suite, then the real-system stage (Xen and guest boots, long tests)
 #   make test-fast    lint + the fast suite only (what a bare `pytest` runs, ~3 minutes)
-PYTHON ?= python3
+# Debian's own Python when it is new enough: built with profile-guided and link-time
+# optimization, it runs the interpreted parts (imports, loading the compiled kernels) faster
+# than an unoptimized build first on PATH (pyenv's default): `summary RAW` of a 500 MB trace
+# 1.84-1.94 s against 1.96-2.12 s
+PYTHON ?= $(shell /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	2>/dev/null && echo /usr/bin/python3 || echo python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_WORKLOAD ?= randread-4k-qd1
