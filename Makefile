@@ -4,7 +4,8 @@
 #               reconstructs the EPAM run's requests and replays them on every transport
 #   make test   installs everything the tests use (incl. xenalyze), then runs lint and the
 #               fast suite, then the real-system stage (Xen and guest boots, long tests)
-#   make test-fast    lint + the fast suite only (what a bare `pytest` runs, ~3 minutes)
+#   make test-fast    lint + the fast suite only (what a bare `pytest` runs; ~2.5 minutes on
+#                     2 cores, 4 on one)
 # Debian's own Python when it is new enough: built with profile-guided and link-time
 # optimization, it runs the interpreted parts (imports, loading the compiled kernels) faster
 # than an unoptimized build first on PATH (pyenv's default): `summary RAW` of a 500 MB trace
@@ -73,15 +74,17 @@ demo: install
 	$(BIN)/xvtrace replay demo-run/epam-mmio --target all
 
 # Two stages, every test in exactly one (bench aside): the fast suite, pyproject's default
-# selection (not slow, xen, guest or bench), then the real-system stage (about 10 minutes on 2
+# selection (not slow, xen, guest or bench), then the real-system stage (about 25 minutes on 2
 # cores; exit status 5, nothing selected, is not a failure)
 SYSTEM_MARKS := (slow or xen or guest) and not bench
 test: apt install test-fast test-assets test-system
 
+# (the fast suite on every core: 2:20 on 2 against 4:00-4:35 on one; the real-system stage
+# stays on one, its boots' timings are their own)
 test-fast: apt install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
 
 test-system: apt install test-assets
 	$(BIN)/pytest -q -m "$(SYSTEM_MARKS)" || [ $$? -eq 5 ]
