@@ -74,6 +74,23 @@ def test_the_fold_is_the_same_however_the_frames_are_cut(decoded, data):
     assert_same_sections(summary.xen_sections(summary.fold(frames), "vmx"), whole)
 
 
+@pytest.mark.parametrize(("trace", "khz"), [(X86_PV / "trace.bin", X86_KHZ), (ARM64 / "trace.bin", ARM_KHZ)],
+                         ids=["x86-pv", "arm64-pvh"])  # fmt: skip
+@pytest.mark.parametrize("batch", [1, 3, 1000])
+def test_runstate_intervals_made_whole_vcpus_at_a_time_are_the_same(monkeypatch, trace, khz, batch):
+    """Real captures' runstate changes (several domains and vCPUs, thousands of changes
+    each) turned into intervals a few vCPUs at a time, or one at a time (a vCPU with more
+    changes than a batch alone), give the intervals and sums of all at once, to the dtype."""
+    folded = summary.fold_file(XentraceDecoder(trace, cpu_khz=khz))
+    whole = summary.runstate_intervals(folded), summary.runstates(folded)
+    monkeypatch.setattr(summary, "INTERVAL_BATCH", batch)
+    batches = list(summary._intervals(folded))
+    vcpus = whole[1].select("dom", "vcpu").n_unique()
+    assert vcpus > 3 and len(batches) >= min(vcpus, len(whole[0]) // batch)
+    assert summary.runstate_intervals(folded).equals(whole[0])
+    assert summary.runstates(folded).equals(whole[1])
+
+
 def test_raw_summary_names_a_bad_file_and_counts_its_losses(tmp_path, capsys):
     """A corrupt stretch in the middle of a raw file: the summary still comes, and the
     warning names the file and counts what was decoded and skipped (as ingest's does)."""
