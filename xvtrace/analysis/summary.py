@@ -180,25 +180,24 @@ def _intervals(f: xen_fold.Folded) -> Iterator[dict[str, np.ndarray]]:
     # each vCPU's changes in time order (ties as they come: the decoder's time order)
     by_vcpu = np.lexsort((cols[0], cols[3], cols[2]))
     sdom, svcpu = cols[2][by_vcpu], cols[3][by_vcpu]
-    vcpu_starts = np.flatnonzero(np.r_[True, (sdom[1:] != sdom[:-1]) | (svcpu[1:] != svcpu[:-1])])
+    n = len(by_vcpu)
+    # each vCPU's first change, and the end
+    starts = np.append(
+        np.flatnonzero(np.r_[True, (sdom[1:] != sdom[:-1]) | (svcpu[1:] != svcpu[:-1])]), n
+    )
     del sdom, svcpu
     # Still running at the end: the interval closes at its pCPU's last record.
     cpu_end = f.tables["groups"].group_by("cpu").agg(pl.col("last_ns").max()).drop_nulls()
     ends = dict(zip(cpu_end["cpu"].to_list(), cpu_end["last_ns"].to_list(), strict=True))
     lost = np.sort(f.rows["lost"]["ts_ns"].to_numpy())
-    n, lo, batch = len(by_vcpu), 0, INTERVAL_BATCH
     if not n:
         yield dict(_NO_INTERVALS)
+    lo = 0
     while lo < n:
-        # the vCPUs from row lo whose changes end by lo + batch, or the one vCPU at lo
-        hi = (
-            n
-            if lo + batch >= n
-            else int(vcpu_starts[np.searchsorted(vcpu_starts, lo + batch, "right") - 1])
-        )
+        # the whole vCPUs from row lo within INTERVAL_BATCH changes, or the one vCPU at lo
+        hi = int(starts[np.searchsorted(starts, lo + INTERVAL_BATCH, "right") - 1])
         if hi <= lo:
-            k = np.searchsorted(vcpu_starts, lo, "right")
-            hi = int(vcpu_starts[k]) if k < len(vcpu_starts) else n
+            hi = int(starts[np.searchsorted(starts, lo, "right")])
         rows = by_vcpu[lo:hi]
         yield _vcpus_intervals(*(c[rows] for c in cols), ends, lost)
         lo = hi
