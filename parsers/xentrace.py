@@ -98,11 +98,11 @@ RELEASE_LAG = 4
 def _populate(mm: mmap.mmap, start: int, length: int) -> None:
     """Map the file's pages [start, start + length) ahead of the scan (best effort: an
     older kernel refuses, and each page then faults in as it is first read)."""
+    end = min(start + length, len(mm))
     start -= start % mmap.PAGESIZE
-    length = min(length, len(mm) - start)
-    if length > 0:
+    if end > start:
         with contextlib.suppress(OSError, ValueError):
-            mm.madvise(MADV_POPULATE_READ, start, length)
+            mm.madvise(MADV_POPULATE_READ, start, end - start)
 
 
 # --- decoding --------------------------------------------------------------------------
