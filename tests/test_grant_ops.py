@@ -53,3 +53,31 @@ def test_no_clock_no_requests_or_no_grant_records_give_none():
     assert grant_ops.per_request(ev, _requests(), None) is None
     assert grant_ops.per_request(ev, _requests().clear(), CLOCK) is None
     assert grant_ops.per_request(_events([("hvm.vmentry", 1)]), _requests(), CLOCK) is None
+
+
+def test_the_offset_is_settled_within_the_clocks_bounds_by_the_records():
+    # the fit's bounds allow offsets -60..+140 around the truth and their middle (+40) is
+    # off: request 0's last map (195) would land in request 1's stretch and its last unmap
+    # (595) in request 1's completion. Every record is in a stretch only for -5..+5.
+    off = Clock(offset_ns=OFFSET + 40, drift_ppm=0.0, lower_ns=OFFSET - 60,
+                upper_ns=OFFSET + 140, consistent=True, pairs=10)  # fmt: skip
+    ev = _events([("mem.grant_map", 105), ("mem.grant_map", 195), ("mem.grant_map", 295),
+                  ("mem.grant_unmap", 505), ("mem.grant_unmap", 595)])  # fmt: skip
+    per, outside = grant_ops.per_request(ev, _requests(), off)
+    assert {r: (m, u) for r, m, u in per.iter_rows()} == {0: (2, 2), 1: (1, 0)}
+    assert outside == {"grant_maps": 0, "grant_unmaps": 0}
+
+
+def test_the_settled_shift_is_the_middle_of_the_widest_run_that_holds_the_most():
+    import numpy as np
+
+    start, end = np.array([100, 300]), np.array([200, 400])
+    # within -80..+80: 150 is in stretch 0 for -50..+50, 190 for -80..+10; 250 is in none
+    # but at -50 (stretch 0) and +50 (stretch 1)
+    assert grant_ops.settled_shift(np.array([150]), start, end, -80, 80) == 0
+    assert grant_ops.settled_shift(np.array([190]), start, end, -80, 80) == -35
+    assert grant_ops.settled_shift(np.array([150, 190]), start, end, -80, 80) == -20
+    # both held only at -50 and at +50: two runs of one shift each
+    assert grant_ops.settled_shift(np.array([150, 250]), start, end, -80, 80) in (-50, 50)
+    assert grant_ops.settled_shift(np.array([150]), start, end, 0, 0) == 0  # no room
+    assert grant_ops.settled_shift(np.array([1000]), start, end, -80, 80) == 0  # out of reach

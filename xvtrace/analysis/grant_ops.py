@@ -8,10 +8,18 @@ unmapped). Stretches of different requests do not overlap even when their reques
 each record, once the hypervisor's times are on the device model's clock (the timeline's
 fit), falls in at most one. Records in none are the rings' (mapped once per driver reset),
 a persistent backend's first uses outside the capture's requests, or another backend's.
+
+The timeline's clock fit leaves the offset anywhere within its bounds (the IOREQ pairs'
+window, half a millisecond wide on a TCG test host), and the middle of that window can sit
+a few hundred microseconds from the truth: enough to put a stretch's first maps before its
+pop. The grant records are causal pairs of their own (each made by the backend inside one of
+its stretches), so the offset is settled within those bounds on them: the middle of the
+widest run of offsets that puts the most records in a stretch.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from xvtrace.timeline.clock import Clock, to_device_model
@@ -20,6 +28,7 @@ COLUMNS = {"mem.grant_map": "grant_maps", "mem.grant_unmap": "grant_unmaps"}
 
 
 READS = ("request", "pop_ns", "handle_ns", "io_done_ns", "fill_ns")  # the requests' columns used
+SETTLING_RECORDS = 1 << 17  # at most this many records, spread evenly, settle the offset
 
 
 def per_request(
@@ -55,6 +64,11 @@ def per_request(
         # so a record is never given to a request that only may have made it
         .with_columns(pl.min_horizontal("end", pl.col("start").shift(-1)).alias("end"))
     )  # fmt: skip
+    shift = settled_shift(
+        grants["t"].to_numpy(), stretches["start"].to_numpy(), stretches["end"].to_numpy(),
+        clock.lower_ns - clock.offset_ns, clock.upper_ns - clock.offset_ns,
+    )  # fmt: skip
+    grants = grants.with_columns(pl.col("t") + shift)
     hit = grants.join_asof(stretches, left_on="t", right_on="start", strategy="backward").filter(
         pl.col("t") <= pl.col("end")
     )
@@ -69,3 +83,34 @@ def per_request(
     total = grants["column"].value_counts()
     recorded = dict(zip(total["column"], total["count"], strict=True))
     return out, {c: recorded.get(c, 0) - int(out[c].sum()) for c in COLUMNS.values()}
+
+
+def settled_shift(t: np.ndarray, start: np.ndarray, end: np.ndarray, lo: int, hi: int) -> int:
+    """The shift in [lo, hi] to add to the times `t` that puts the most of them in a stretch
+    [start, end] (sorted, not overlapping): the middle of the widest run of such shifts; 0
+    when the bounds leave no room or no record can reach a stretch."""
+    if hi <= lo or not len(t) or not len(start):
+        return 0
+    t = t[:: max(1, len(t) // SETTLING_RECORDS)]
+    # each record's reachable stretches: those ending at or after t + lo and starting at or
+    # before t + hi (the ends rise with the starts: a stretch is cut at the next one's start)
+    first = np.searchsorted(end, t + lo, "left")
+    n = np.maximum(np.searchsorted(start, t + hi, "right") - first, 0)
+    if not n.sum():
+        return 0
+    rec = np.repeat(np.arange(len(t)), n)
+    j = np.repeat(first, n) + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    # the shifts [a, b] that put record `rec` in stretch `j`, as +1 at a and -1 after b
+    a = np.clip(start[j] - t[rec], lo, hi + 1)
+    b = np.clip(end[j] - t[rec] + 1, lo, hi + 1)
+    at, where = np.unique(np.concatenate([[lo, hi + 1], a, b]), return_inverse=True)
+    ins, outs = where[2 : 2 + len(a)], where[2 + len(a) :]
+    delta = np.bincount(ins, minlength=len(at)) - np.bincount(outs, minlength=len(at))
+    held = np.cumsum(delta)[:-1]  # records in a stretch for shifts in [at[k], at[k + 1])
+    # runs of the most held (a change that nets to nothing splits none)
+    best = np.flatnonzero(held == held.max())
+    cuts = np.flatnonzero(np.diff(best) > 1)
+    begins, ends = best[np.r_[0, cuts + 1]], best[np.r_[cuts, -1]]
+    widest = np.argmax(at[ends + 1] - at[begins])
+    left, right = at[begins[widest]], at[ends[widest] + 1]
+    return int((left + right - 1) // 2)
