@@ -22,20 +22,20 @@ Step = Callable[[pl.DataFrame], pl.DataFrame]
 @dataclass(frozen=True)
 class Spilled:
     """`rows` (a scan, in order) with the columns of `added` (frames of one row per row,
-    in the same order) beside them."""
+    in the same order, held or scanned from disk) beside them."""
 
     rows: pl.LazyFrame
-    added: list[pl.DataFrame] = field(default_factory=list)
+    added: list[pl.DataFrame | pl.LazyFrame] = field(default_factory=list)
 
-    def with_added(self, *frames: pl.DataFrame) -> Spilled:
+    def with_added(self, *frames: pl.DataFrame | pl.LazyFrame) -> Spilled:
         for frame in frames:  # (a row too many would shift every later row's columns)
-            if len(frame) != len(self):
+            if _height(frame) != len(self):
                 raise ValueError(f"{len(frame)} rows of {frame.columns} for {len(self)} rows")
         return Spilled(self.rows, [*self.added, *frames])
 
     @property
     def schema(self) -> pl.Schema:
-        heads = [self.rows.head(0), *(a.head(0).lazy() for a in self.added)]
+        heads = [self.rows.head(0), *(a.lazy().head(0) for a in self.added)]
         return pl.concat(heads, how="horizontal").collect_schema()
 
     def __len__(self) -> int:
@@ -46,13 +46,24 @@ class Spilled:
         for lo in range(0, len(self), SLICE_ROWS):
             part = self.rows.slice(lo, SLICE_ROWS).collect()
             part = part.hstack(
-                [c for a in self.added for c in a.slice(lo, len(part)).get_columns()]
+                [c for a in self.added for c in _slice(a, lo, len(part)).get_columns()]
             )
             yield part if then is None else then(part)
 
     def write(self, path: Path, then: Step | None = None, **options) -> None:
         """All of it to the parquet file `path` (`options`: sink_parquet's)."""
         empty = self.rows.head(0).collect()
-        empty = empty.hstack([c for a in self.added for c in a.head(0).get_columns()])
+        empty = empty.hstack([c for a in self.added for c in _slice(a, 0, 0).get_columns()])
         schema = (empty if then is None else then(empty)).schema
         sink_frames(lambda: self.slices(then), schema, path, **options)
+
+
+def _height(frame: pl.DataFrame | pl.LazyFrame) -> int:
+    return (
+        frame.select(pl.len()).collect().item() if isinstance(frame, pl.LazyFrame) else len(frame)
+    )
+
+
+def _slice(frame: pl.DataFrame | pl.LazyFrame, lo: int, n: int) -> pl.DataFrame:
+    part = frame.slice(lo, n)
+    return part.collect() if isinstance(part, pl.LazyFrame) else part
