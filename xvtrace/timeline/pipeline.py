@@ -267,6 +267,12 @@ def _device_model_clock(
     return pairs, lower, dm_clock
 
 
+def _spilled(frame: pl.DataFrame, path: Path) -> pl.LazyFrame:
+    """`frame` written to the parquet file `path`, as its scan."""
+    frame.write_parquet(path, **SPILL_OPTIONS)
+    return pl.scan_parquet(path)
+
+
 def _ide(x: _Inputs) -> tuple[pl.DataFrame, Clock | None] | None:
     req = ide_requests(x.ev)
     return None if req is None else (req, None)
@@ -373,15 +379,21 @@ def reconstruct(bundle, spill: Path) -> tuple[dict, Path, Path | None]:
     def columns(*names: str) -> pl.DataFrame:
         return pl.scan_parquet(built).select(names).collect()
 
-    added = []  # the joins' columns, a row per request in request order
+    added = []  # the joins' columns, a row per request in request order, each on disk
+    # once computed (held, each was there while the next was computed and all of them
+    # while the requests were written)
     if joined is not None and (ide or (view == DM_VIEW_NAME and not has_traps)):
-        added.append(ioreqs.kick_traps(columns("request", "src_file", "kick_off"), joined))
+        kicks = ioreqs.kick_traps(columns("request", "src_file", "kick_off"), joined)
         if not ide:
-            stamps = columns("pop_ns").hstack([added[-1]["trap_entry_ns"]])
+            stamps = columns("pop_ns").hstack([kicks["trap_entry_ns"]])
             dm_clock = replace(dm_clock, queue_processing=_queue_processing(stamps, dm_clock))
+            del stamps
+        added.append(_spilled(kicks, spill / "kick_traps.parquet"))
+        del kicks
     if joined is not None and view == DM_VIEW_NAME:
         keys = columns("request", "src_file", "kick_off", "notify_ns")
-        added.append(ioreqs.interrupt_acks(keys, joined))
+        added.append(_spilled(ioreqs.interrupt_acks(keys, joined), spill / "acks.parquet"))
+        del keys
     spilled.Spilled(pl.scan_parquet(built), added).write(
         spill / REQUESTS, then=lambda part: _causal(part.lazy()).collect()
     )
