@@ -233,14 +233,13 @@ def _device_model(x: _Inputs) -> tuple[pl.DataFrame | spilled.Spilled, Clock | N
     if hopped is not None:
         return hopped, dm_clock
     if dm_clock is not None and saved is not None:
-        read = pl.read_parquet(saved)
-        traps_of = (
-            with_kicks(req.rows, read, dm_clock)
-            if lower is not None
-            else with_traps(req.rows, read, dm_clock, x.spill / "dm_traps.parquet")
-        )
-        del read
-        req = req.with_added(traps_of)
+        if lower is not None:
+            req = req.with_added(with_kicks(req.rows, pl.read_parquet(saved), dm_clock))
+        else:  # (the pairs' columns it reads, read as it sorts them)
+            found = with_traps(
+                req.rows, pl.scan_parquet(saved), dm_clock, x.spill / "dm_traps.parquet"
+            )
+            req = req.with_added(found)
     return req, dm_clock
 
 
@@ -566,7 +565,9 @@ def align_packets(req: pl.LazyFrame, ev: pl.LazyFrame, *, window: int = 64) -> d
     }
 
 
-def with_traps(req: pl.LazyFrame, pairs: pl.DataFrame, clock: Clock, out: Path) -> pl.LazyFrame:
+def with_traps(
+    req: pl.LazyFrame, pairs: pl.LazyFrame | pl.DataFrame, clock: Clock, out: Path
+) -> pl.LazyFrame:
     """The hypervisor's side of each request's kick, a row per row of `req`: the notify
     trap's VM exit and the vCPU's re-entry after the IOREQ (trap_exit_ns, trap_entry_ns on
     the device model's clock), from the IOREQ that contains the request's pop. Written to
