@@ -81,3 +81,24 @@ def test_the_settled_shift_is_the_middle_of_the_widest_run_that_holds_the_most()
     assert grant_ops.settled_shift(np.array([150, 250]), start, end, -80, 80) in (-50, 50)
     assert grant_ops.settled_shift(np.array([150]), start, end, 0, 0) == 0  # no room
     assert grant_ops.settled_shift(np.array([1000]), start, end, -80, 80) == 0  # out of reach
+
+
+def test_a_time_where_two_stretches_touch_counts_once_as_the_join_gives_it():
+    import numpy as np
+
+    # stretches that touch at 200 (a request without an I/O done: its completion's stretch
+    # starts where its submission's ends); two records at 150 (a PV dom0's two per grant)
+    # and one at 470: every record is in a stretch for -50..+30, but counted in both
+    # stretches at +50 the two at 150 would make that shift look best
+    start, end = np.array([100, 200, 400]), np.array([200, 300, 500])
+    assert grant_ops.settled_shift(np.array([150, 150, 470]), start, end, -80, 80) == -10
+
+
+def test_a_wide_bound_among_short_stretches_settles_the_same_on_fewer_records(monkeypatch):
+    import numpy as np
+
+    start = np.arange(0, 10_000, 10)
+    end = start + 5
+    t = np.arange(2, 10_000, 10)  # each 2 after its stretch's start: at home for -2..+3
+    monkeypatch.setattr(grant_ops, "SETTLING_PAIRS", 500)
+    assert grant_ops.settled_shift(t, start, end, -2000, 2000) in (0, 1)

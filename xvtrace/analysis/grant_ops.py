@@ -29,6 +29,7 @@ COLUMNS = {"mem.grant_map": "grant_maps", "mem.grant_unmap": "grant_unmaps"}
 
 READS = ("request", "pop_ns", "handle_ns", "io_done_ns", "fill_ns")  # the requests' columns used
 SETTLING_RECORDS = 1 << 17  # at most this many records, spread evenly, settle the offset
+SETTLING_PAIRS = 1 << 22  # and at most this many (record, stretch it may fall in) pairs
 
 
 def per_request(
@@ -86,16 +87,24 @@ def per_request(
 
 
 def settled_shift(t: np.ndarray, start: np.ndarray, end: np.ndarray, lo: int, hi: int) -> int:
-    """The shift in [lo, hi] to add to the times `t` that puts the most of them in a stretch
-    [start, end] (sorted, not overlapping): the middle of the widest run of such shifts; 0
-    when the bounds leave no room or no record can reach a stretch."""
+    """The shift in [lo, hi] to add to the times `t` (sorted) that puts the most of them in
+    a stretch [start, end] (sorted by start, each ending at or before the next one's start):
+    the middle of the widest run of such shifts; 0 when the bounds leave no room or no
+    record can reach a stretch."""
     if hi <= lo or not len(t) or not len(start):
         return 0
+    # a time where one stretch ends and the next starts is the next one's, as the join
+    # gives it (counted in both, two records at one time outweighed every other shift)
+    end = np.minimum(end, np.append(start[1:] - 1, end[-1]))
     t = t[:: max(1, len(t) // SETTLING_RECORDS)]
-    # each record's reachable stretches: those ending at or after t + lo and starting at or
-    # before t + hi (the ends rise with the starts: a stretch is cut at the next one's start)
-    first = np.searchsorted(end, t + lo, "left")
-    n = np.maximum(np.searchsorted(start, t + hi, "right") - first, 0)
+    while True:
+        # each record's reachable stretches: those ending at or after t + lo and starting
+        # at or before t + hi (the ends rise with the starts)
+        first = np.searchsorted(end, t + lo, "left")
+        n = np.maximum(np.searchsorted(start, t + hi, "right") - first, 0)
+        if n.sum() <= SETTLING_PAIRS or len(t) == 1:  # (wide bounds among short stretches:
+            break  # fewer records, not more pairs than SETTLING_PAIRS)
+        t = t[:: -(-int(n.sum()) // SETTLING_PAIRS)]
     if not n.sum():
         return 0
     rec = np.repeat(np.arange(len(t)), n)

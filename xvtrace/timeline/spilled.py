@@ -29,8 +29,9 @@ class Spilled:
 
     def with_added(self, *frames: pl.DataFrame | pl.LazyFrame) -> Spilled:
         for frame in frames:  # (a row too many would shift every later row's columns)
-            if _height(frame) != len(self):
-                raise ValueError(f"{len(frame)} rows of {frame.columns} for {len(self)} rows")
+            if (rows := _height(frame)) != len(self):
+                names = frame.collect_schema().names()
+                raise ValueError(f"{rows} rows of {names} for {len(self)} rows")
         return Spilled(self.rows, [*self.added, *frames])
 
     @property
