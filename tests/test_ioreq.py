@@ -85,3 +85,21 @@ def test_arbitrary_bytes_never_crash(tmp_path_factory, blob):
     except ioreq.ParseError:
         return
     assert all(isinstance(f, pl.DataFrame) for f in frames)
+
+
+def test_time_order_is_checked_across_the_slices_edges(monkeypatch):
+    """`_time_ordered` checks KEY_SLICE rows at a time: an inversion between one slice's
+    last row and the next one's first is still one; a tie goes by offset; a null time is in
+    order with any."""
+    from xvtrace.timeline import ioreqs
+
+    monkeypatch.setattr(ioreqs, "KEY_SLICE", 4)
+
+    def ordered(ns, off=None):
+        off = list(range(len(ns))) if off is None else off
+        return ioreqs._time_ordered(pl.DataFrame({"dm_ns": ns, "dm_off": off}))
+
+    assert ordered([1, 2, 3, 4, 5, 6, 7, 8, 9])
+    assert not ordered([1, 2, 3, 5, 4, 6, 7, 8, 9])  # rows 3 and 4: two slices
+    assert not ordered([1, 2, 3, 4, 4, 6], [0, 1, 2, 4, 3, 5])  # a tie, offsets back
+    assert ordered([1, 2, 3, None, 2, 6])

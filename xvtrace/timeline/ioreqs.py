@@ -138,10 +138,7 @@ def join(
     # the IOREQs in time order (as the device model's log lists them, mostly: no copy then),
     # and in the order they are stored: the log's, file by file (one log's IOREQs in time
     # order are)
-    in_order = dm.select(
-        ((pl.col("dm_ns").diff() > 0) | ((pl.col("dm_ns").diff() == 0) & (pl.col("dm_off").diff() >= 0)))
-        .fill_null(True).all()
-    ).item()  # fmt: skip
+    in_order = _time_ordered(dm)
     by_time = None if in_order else _rows(dm.select(pl.arg_sort_by("dm_ns", "dm_off")))
     stored_at = None  # the row of the i-th IOREQ in file order, None: the i-th
     if not _in_file_order(dm):
@@ -287,6 +284,21 @@ def _key_ids(
     return dm_ids, hv_ids, count
 
 
+def _time_ordered(dm: pl.DataFrame) -> bool:
+    """Whether the rows are in order of (dm_ns, dm_off), a null time in order with any: a
+    slice of KEY_SLICE rows (and the next one's first) at a time (the whole columns'
+    differences held 0.4 GB at 15 M IOREQs)."""
+    ordered = (
+        (pl.col("dm_ns").diff() > 0)
+        | ((pl.col("dm_ns").diff() == 0) & (pl.col("dm_off").diff() >= 0))
+    ).fill_null(True).all()  # fmt: skip
+    cols = dm.select("dm_ns", "dm_off")
+    return all(
+        cols.slice(lo, KEY_SLICE + 1).select(ordered).item()
+        for lo in range(0, len(cols), KEY_SLICE)
+    )
+
+
 def _dense(ids: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
     """The ids (-1: none) renumbered 0, 1, ... over the values they take on every side, and
     how many values that is (`ids` is emptied as each side is renumbered)."""
@@ -320,7 +332,9 @@ class _Numbered:
     def index(self) -> np.ndarray:
         """Each row's number within its key (-1: no key)."""
         index = np.full(self.rows_in, -1, _index_type(self.rows_in))
-        index[self.order] = np.arange(len(self.order)) - self.start[self.key]
+        for lo in range(0, len(self.order), KEY_SLICE):  # (whole: three 8-byte temporaries)
+            hi = min(lo + KEY_SLICE, len(self.order))
+            index[self.order[lo:hi]] = np.arange(lo, hi) - self.start[self.key[lo:hi]]
         return index
 
     def shifts(self, key: np.ndarray, index: np.ndarray, t: np.ndarray, timed: np.ndarray):
@@ -518,9 +532,12 @@ def _log_rank(column: str, logs: list[str]) -> pl.Expr:
 ISR_OFFSET, ACK_OFFSET, NOTIFY_OFFSET = 0x60, 0x64, 0x50  # virtio-mmio registers
 
 
-def interrupt_acks(keys: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
+def interrupt_acks(
+    keys: pl.LazyFrame | pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame
+) -> pl.DataFrame:
     """For virtio-mmio devices, the guest's side of each request's interrupt, in request
-    order (`keys`: the requests' request, src_file, kick_off and notify_ns): the first
+    order (`keys`: the requests' request, src_file, kick_off and notify_ns, read a chunk at
+    a time when it is a scan of them in request order): the first
     InterruptStatus read after the device's notify (isr_read_ns, isr_read_trap_exit_ns,
     isr_read_trap_entry_ns) and the first InterruptACK write after that (ack_ns,
     ack_trap_exit_ns, ack_trap_entry_ns), from the joined IOREQs (device-model clock).
@@ -570,11 +587,12 @@ def interrupt_acks(keys: pl.DataFrame, joined: pl.LazyFrame | pl.DataFrame) -> p
         return regs.asof(frame.sort(on, nulls_last=True), left_on=on, right_on=f"{prefix}_ns",
                          strategy="forward")  # fmt: skip
 
-    if not keys["request"].is_sorted():  # (the chunks' answers are put together in order)
-        keys = keys.sort("request")
+    keys = keys.lazy()
+    if keys.select((pl.col("request").diff() < 0).any()).collect().item():
+        keys = keys.sort("request").collect().lazy()  # (the chunks' answers go in order)
     parts = []
-    for lo in range(0, max(len(keys), 1), JOIN_CHUNK_ROWS):
-        part = keys.slice(lo, JOIN_CHUNK_ROWS).with_columns(log)
+    for lo in range(0, max(keys.select(pl.len()).collect().item(), 1), JOIN_CHUNK_ROWS):
+        part = keys.slice(lo, JOIN_CHUNK_ROWS).with_columns(log).collect()
         out = kicks.asof(
             part.sort("kick_off", nulls_last=True), left_on="kick_off", right_on="kick_io_off",
             strategy="backward",

@@ -390,9 +390,8 @@ def reconstruct(bundle, spill: Path) -> tuple[dict, Path, Path | None]:
         added.append(_spilled(kicks, spill / "kick_traps.parquet"))
         del kicks
     if joined is not None and view == DM_VIEW_NAME:
-        keys = columns("request", "src_file", "kick_off", "notify_ns")
+        keys = pl.scan_parquet(built).select("request", "src_file", "kick_off", "notify_ns")
         added.append(_spilled(ioreqs.interrupt_acks(keys, joined), spill / "acks.parquet"))
-        del keys
     spilled.Spilled(pl.scan_parquet(built), added).write(
         spill / REQUESTS, then=lambda part: _causal(part.lazy()).collect()
     )
