@@ -570,8 +570,8 @@ def with_traps(
     """The hypervisor's side of each request's kick, a row per row of `req`: the notify
     trap's VM exit and the vCPU's re-entry after the IOREQ (trap_exit_ns, trap_entry_ns on
     the device model's clock), from the IOREQ that contains the request's pop. Written to
-    the parquet file `out` a slice of requests at a time (the requests sorted and as-of
-    joined whole, with their copies, peaked at 0.5 GB at 5 M), and returned as its scan."""
+    the parquet file `out` a slice of requests at a time (not every request's offsets
+    sorted and as-of joined at once, the result held), and returned as its scan."""
     spans = (
         pairs.lazy()
         .sort("handle_off", maintain_order=True)
