@@ -61,8 +61,9 @@ def by_numbering(dm_key, dm_reach, hv_key, hv_exit) -> np.ndarray:
     dm_key, hv_key = np.array(dm_key, np.int64), np.array(hv_key, np.int64)
     reach = pl.Series(dm_reach, dtype=pl.Int64)
     traps = _Numbered(hv_key, np.array(hv_exit, np.int64), keys)
-    di = _Numbered(dm_key, np.arange(len(dm_key)), keys).index()
-    shift = traps.shifts(dm_key, di, reach.fill_null(0).to_numpy(), reach.is_not_null().to_numpy())
+    di = ioreqs._numbers(dm_key, keys)
+    step = ioreqs.KEY_SLICE
+    shift = traps.shifts(dm_key, di, (reach.slice(lo, step) for lo in range(0, len(reach), step)))
     return traps.rows(dm_key, di, shift)
 
 
@@ -82,12 +83,12 @@ def test_pairing_by_numbering_equals_the_joins(dm, hv):
     hv_key, hv_exit = [k for k, _ in hv], [t for _, t in hv]
     want = by_joins(dm_key, dm_reach, hv_key, hv_exit)
     assert by_numbering(dm_key, dm_reach, hv_key, hv_exit).tolist() == want.tolist()
-    chunk = ioreqs.JOIN_CHUNK_ROWS
-    try:  # the rows found a few at a time: each row's answer is its own
-        ioreqs.JOIN_CHUNK_ROWS = 3
+    chunk, keys_at_once = ioreqs.JOIN_CHUNK_ROWS, ioreqs.KEY_SLICE
+    try:  # the rows found, numbered and their shifts tallied a few at a time
+        ioreqs.JOIN_CHUNK_ROWS, ioreqs.KEY_SLICE = 3, 4
         assert by_numbering(dm_key, dm_reach, hv_key, hv_exit).tolist() == want.tolist()
     finally:
-        ioreqs.JOIN_CHUNK_ROWS = chunk
+        ioreqs.JOIN_CHUNK_ROWS, ioreqs.KEY_SLICE = chunk, keys_at_once
 
 
 column = st.lists(st.one_of(st.none(), st.integers(0, 3)), min_size=6, max_size=6)
@@ -96,9 +97,9 @@ column = st.lists(st.one_of(st.none(), st.integers(0, 3)), min_size=6, max_size=
 @settings(max_examples=200, deadline=None)
 @given(dm=st.lists(column, max_size=30), hv=st.lists(column, max_size=30))
 def test_key_ids_name_equal_keys_alike(dm, hv):
-    """The keys' ids, folded column by column: two rows of either side share an id exactly
-    when their keys are equal, a key with a null has none (-1), and the count is of the
-    keys both sides hold."""
+    """The keys' ids: two rows of either side share an id exactly when their keys are
+    equal, a key with a null has none (-1), and the count is of the keys both sides hold;
+    looked up a few rows at a time, the same ids."""
     names = list("abcdef")
 
     def frame(rows):
@@ -106,12 +107,12 @@ def test_key_ids_name_equal_keys_alike(dm, hv):
 
     d, h = frame(dm), frame(hv)
     dm_ids, hv_ids, n = ioreqs._key_ids(d, h, names)
-    span = ioreqs.ID_SPAN
-    try:  # renumbered after every column: the same grouping
-        ioreqs.ID_SPAN = 2
+    step = ioreqs.KEY_SLICE
+    try:
+        ioreqs.KEY_SLICE = 4
         again = ioreqs._key_ids(d, h, names)
     finally:
-        ioreqs.ID_SPAN = span
+        ioreqs.KEY_SLICE = step
     assert again[2] == n
     assert [*again[0], *again[1]] == [*dm_ids, *hv_ids]
     rows = [*dm, *hv]
@@ -133,3 +134,15 @@ def test_a_trace_begun_early_shifts_the_pairing():
     rows = by_numbering([0, 0, 0], dm_reach, [0] * 5, hv_exit)
     assert rows.tolist() == [2, 3, 4]
     assert by_joins([0, 0, 0], dm_reach, [0] * 5, hv_exit).tolist() == [2, 3, 4]
+
+
+def test_a_keys_shift_counts_its_differences_over_every_slice(monkeypatch):
+    """The differences are tallied a slice of IOREQs at a time: the most common one is
+    that of all slices together (5, three times), not of the last slice or of one alone
+    (7, twice, in the second)."""
+    monkeypatch.setattr(ioreqs, "KEY_SLICE", 2)
+    traps = _Numbered(np.zeros(100, np.int64), np.arange(100, dtype=np.int64), 1)
+    key, index = np.zeros(5, np.int64), np.arange(5, dtype=np.int64)
+    reach = pl.Series([5, 6, 9, 10, 9], dtype=pl.Int64)  # differences 5, 5 | 7, 7 | 5
+    shift, has = traps.shifts(key, index, (reach.slice(lo, 2) for lo in range(0, 5, 2)))
+    assert has.tolist() == [True] and shift.tolist() == [5]

@@ -511,8 +511,9 @@ def test_the_ioreq_join_does_not_depend_on_its_chunks_or_the_ioreqs_order(
 ):
     """The join pairs on a few columns, then reads, joins and writes the IOREQs a chunk at
     a time, in place when they are stored in their file order, gathered otherwise: 7 rows
-    a chunk (and the keys' ids found 5 rows at a time), or the IOREQs handed over
-    backwards, must give the same rows and counts."""
+    a chunk (the keys' ids found, the IOREQs numbered and their order checked 5 rows at a
+    time, their traps read 3 at a time), or the IOREQs handed over backwards, must give
+    the same rows and counts."""
     from xvtrace.timeline import ioreqs
 
     shutil.copytree(FIXTURES / capture, tmp_path / "b")
@@ -523,6 +524,7 @@ def test_the_ioreq_join_does_not_depend_on_its_chunks_or_the_ioreqs_order(
     assert counts["joined"] > 100 and counts["ioreqs_without_trap"] > 10, counts
     monkeypatch.setattr(ioreqs, "JOIN_CHUNK_ROWS", 7)
     monkeypatch.setattr(ioreqs, "KEY_SLICE", 5)
+    monkeypatch.setattr(ioreqs, "TRAP_STEP", 3)
     cut, cut_counts = ioreqs.join(acc, clock, tmp_path / "cut.parquet")
     assert cut_counts == counts and cut.collect().equals(whole)
     backwards = ioreqs.Accesses(acc.dm.reverse(), acc.hv)

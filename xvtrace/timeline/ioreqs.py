@@ -22,13 +22,14 @@ The device model's ioreq slots are the vCPUs' entries of the shared ioreq page
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import polars as pl
 
-from xvtrace.bundle.frame_sink import sink_frames
+from xvtrace.bundle.frame_sink import SPILL_OPTIONS, sink_frames
 from xvtrace.parsers import fields
 from xvtrace.timeline import hvm
 from xvtrace.timeline.clock import Clock, to_device_model
@@ -102,13 +103,14 @@ def join(
     without an IOREQ), or Nones without a clock or without IOREQs on both sides. Written,
     not held: the timeline reads a few of its columns, and it is as large as the requests.
 
-    The pairing is computed on the few columns it reads; the IOREQs' other columns are
-    then read, joined and written JOIN_CHUNK_ROWS at a time (whole, the IOREQs and their
-    joined copy held 2.4 GB at 5 M requests)."""
+    The guest's traps are written beside `spill` first, on the device model's clock, and
+    both sides are read from disk a slice at a time: the pairing holds a few narrow numbers
+    per IOREQ and trap; the IOREQs' other columns and their traps' are then read, joined
+    and written JOIN_CHUNK_ROWS at a time (whole, the IOREQs and their joined copy held
+    2.4 GB at 5 M requests; the traps' columns held through the write, 0.45 GB)."""
     if clock is None:
         return None, None
     dm_rows, hv_rows = acc.dm.lazy(), acc.hv.lazy()
-    key = ["vcpu", "kind", "dir", "addr"]  # kind and dir: enums (hvm.KIND, hvm.DIR)
     if (
         not dm_rows.select(pl.len()).collect().item()
         or not hv_rows.select(pl.len()).collect().item()
@@ -117,7 +119,28 @@ def join(
     addrs = dm_rows.select(pl.col("addr").unique()).collect()["addr"].implode()
     dom = hv_rows.filter(pl.col("addr").is_in(addrs)).select("dom").collect()["dom"].mode()
     guest = hv_rows.filter(pl.col("dom") == (dom[0] if len(dom) else -1))  # the traced one
-    exit_ns = to_device_model(pl.col("exit_ns"), clock).alias("trap_exit_ns")
+    traps_at = spill.with_name(spill.stem + "-traps.parquet")
+    guest.select(
+        *JOIN_KEY, "dom", "cpu",
+        to_device_model(pl.col("exit_ns"), clock).alias("trap_exit_ns"),
+        to_device_model(pl.col("entry_ns"), clock).alias("trap_entry_ns"),
+        pl.col("src_offset").alias("trap_off"),
+    ).sink_parquet(traps_at, row_group_size=TRAP_STEP, **SPILL_OPTIONS)  # fmt: skip
+    try:
+        return _joined(dm_rows, pl.scan_parquet(traps_at), addrs, clock, spill)
+    finally:
+        traps_at.unlink(missing_ok=True)
+
+
+JOIN_KEY = ["vcpu", "kind", "dir", "addr"]  # kind and dir: enums (hvm.KIND, hvm.DIR)
+TRAP_STEP = 1 << 16  # traps read at a time for a chunk of IOREQs (a row group of their file)
+
+
+def _joined(
+    dm_rows: pl.LazyFrame, traps: pl.LazyFrame, addrs: pl.Series, clock: Clock, spill: Path
+) -> tuple[pl.LazyFrame, dict]:
+    """`join`, with the guest's traps (`traps`: JOIN_KEY, dom, cpu, trap_exit_ns,
+    trap_entry_ns, trap_off) on disk."""
     slack_low = clock.offset_ns - clock.lower_ns  # how far off the clock may be
     slack_up = clock.upper_ns - clock.offset_ns
     res = clock.device_model_resolution_ns - 1  # a stamp truncated to its tick
@@ -130,59 +153,63 @@ def join(
     # 4-byte numbers where they fit: a hash join of every IOREQ and trap on their keys held
     # twice the two tables; 8-byte numbers, the IOREQs' frame and the traps' key columns
     # held through the pairing, 1.6 GB at 15 M IOREQs.)
-    # (each side's key columns read in one query: polars 2.1 computed a lone when-then of
-    # literals over a filtered scan wrongly, e.g. the traps' direction), before the rest
-    dm_key, hv_key, keys = _key_ids(dm_rows.select(key).collect(), guest.select(key).collect(), key)
-    dm = dm_rows.select(pl.col("src_file").cast(pl.Categorical), "dm_ns", "dm_off").collect()
-    lo, hi = dm["dm_ns"].min(), dm["dm_ns"].max()
+    dm_key, hv_key, keys = _key_ids(dm_rows, traps, JOIN_KEY)
+    dm_ns = dm_rows.select("dm_ns")
+    lo, hi = dm_ns.select(pl.col("dm_ns").min().alias("lo"), pl.col("dm_ns").max()).collect().row(0)
     # the IOREQs in time order (as the device model's log lists them, mostly: no copy then),
     # and in the order they are stored: the log's, file by file (one log's IOREQs in time
     # order are)
-    in_order = _time_ordered(dm)
-    by_time = None if in_order else _rows(dm.select(pl.arg_sort_by("dm_ns", "dm_off")))
+    by_time = None
+    if not _time_ordered(dm_rows):
+        by_time = _rows(dm_rows.select(pl.arg_sort_by("dm_ns", "dm_off")).collect())
     stored_at = None  # the row of the i-th IOREQ in file order, None: the i-th
-    if not _in_file_order(dm):
-        by_file = dm.select(pl.arg_sort_by(pl.col("src_file").cast(pl.String), "dm_off"))
-        stored_at = _rows(by_file)
-    reach = dm["dm_ns"] + (res + slack_up)
-    timed, reach = reach.is_not_null().to_numpy(), reach.fill_null(0).to_numpy()
-    del dm
-    traps = _Numbered(hv_key, guest.select(exit_ns).collect().to_series().to_numpy(), keys)
+    if not _in_file_order(dm_rows):
+        by_file = dm_rows.select(pl.arg_sort_by(pl.col("src_file").cast(pl.String), "dm_off"))
+        stored_at = _rows(by_file.collect())
+    numbered = _Numbered(
+        hv_key, traps.select("trap_exit_ns").collect().to_series().to_numpy(), keys
+    )
     del hv_key  # (the traps' columns are read again, in the same order, once paired)
     if by_time is not None:
-        dm_key, reach, timed = dm_key[by_time], reach[by_time], timed[by_time]
-    di = _Numbered(dm_key, np.arange(len(dm_key), dtype=_index_type(len(dm_key))), keys).index()
-    shift = traps.shifts(dm_key, di, reach, timed)
-    del reach, timed
-    row = traps.rows(dm_key, di, shift)  # each IOREQ's trap by order, or -1 (in time order)
-    del traps, di, shift, dm_key
+        dm_key = dm_key[by_time]
+    di = _numbers(dm_key, keys)  # each IOREQ's number within its key, in time order
+
+    n = len(dm_key)
+
+    def reaches():  # (each IOREQ's reach, in time order, a slice at a time)
+        if by_time is None:
+            for start in range(0, n, KEY_SLICE):
+                yield dm_ns.slice(start, KEY_SLICE).collect().to_series()
+        else:
+            ns = dm_ns.collect().to_series()[by_time]
+            for start in range(0, n, KEY_SLICE):
+                yield ns.slice(start, KEY_SLICE)
+
+    shift = numbered.shifts(dm_key, di, (ns + (res + slack_up) for ns in reaches()))
+    row = numbered.rows(dm_key, di, shift)  # each IOREQ's trap by order, or -1 (in time order)
+    del numbered, di, shift, dm_key
     if by_time is not None:  # (by row, then in file order)
         row[by_time] = row.copy()
         del by_time
     if stored_at is not None:
         row = row[stored_at]
     in_place = stored_at is None  # (out of file order, the order sorted is no identity)
-    hv = guest.select(
-        "addr", "dom", "cpu", exit_ns,
-        to_device_model(pl.col("entry_ns"), clock).alias("trap_entry_ns"),
-        pl.col("src_offset").alias("trap_off"),
-    ).collect()  # fmt: skip
     # the traps in the device model's trace window at its addresses (those left without an
-    # IOREQ are counted), then only the columns the IOREQs take
+    # IOREQ are counted)
     in_window = (
-        hv.select(
+        traps.select(
             pl.col("addr").is_in(addrs)
             & (pl.col("trap_entry_ns").fill_null(hi) >= lo)
             & (pl.col("trap_exit_ns") <= hi)
         )
+        .collect()
         .to_series()
         .fill_null(False)  # (a trap without an address or exit is in no window)
         .to_numpy()
     )
-    trap_cols = hv.select(TRAP_COLUMNS)
-    del hv
-    used = np.zeros(len(trap_cols), bool)  # the traps an IOREQ joined
-    first_trap = trap_cols["trap_exit_ns"].min()
+    trap_cols = traps.select(TRAP_COLUMNS)
+    used = np.zeros(len(in_window), bool)  # the traps an IOREQ joined
+    first_trap = traps.select(pl.col("trap_exit_ns").min()).collect().item()
     before_trace = None if first_trap is None else first_trap - slack_up - res
     counts = {"joined": 0, "unjoined": 0, "before": 0}
     inside = (
@@ -200,9 +227,8 @@ def join(
                 part = dm_rows.slice(start, len(rows)).collect()
             else:
                 part = every[stored_at[start : start + JOIN_CHUNK_ROWS]]
-            at = pl.Series(rows).set(pl.Series(rows < 0), None)
             part = (
-                part.hstack([trap_cols[c].gather(at) for c in TRAP_COLUMNS])
+                part.hstack(rows_at(trap_cols, rows, TRAP_STEP).get_columns())
                 .with_columns(inside.fill_null(False).alias("joined"))
                 .with_columns([pl.when(pl.col("joined")).then(pl.col(c)).alias(c) for c in TRAP_COLUMNS])
             )  # fmt: skip
@@ -217,13 +243,12 @@ def join(
             yield part.with_columns(pl.col("kind", "dir").cast(pl.String))  # as stored
 
     schema = (
-        dm_rows.head(0).collect().hstack(trap_cols.head(0).get_columns())
+        dm_rows.head(0).collect().hstack(trap_cols.head(0).collect().get_columns())
         .with_columns(pl.lit(False).alias("joined"), pl.col("kind", "dir").cast(pl.String))
         .schema
     )  # fmt: skip
     sink_frames(joined_frames, schema, spill)
     left = int(np.count_nonzero(in_window & ~used))
-    n = len(row)
     return pl.scan_parquet(spill), {
         "ioreqs": n,
         "joined": counts["joined"],
@@ -249,130 +274,140 @@ def _rows(order: pl.DataFrame) -> np.ndarray:
     return rows.astype(_index_type(len(rows)), copy=False)
 
 
-ID_SPAN = 1 << 40  # the most numbers a key's id may span before it is renumbered
-# rows whose key ids are found at a time (whole, a column's values and their ranks were two
-# 8-byte arrays of every IOREQ and trap: 0.25 GB each at 15 M IOREQs)
+# rows whose key ids are found, or whose order is checked, at a time (whole, the key
+# columns of both sides and their ids were held together: 1.4 GB at 15 M IOREQs)
 KEY_SLICE = 1 << 20
 
 
 def _key_ids(
-    dm: pl.DataFrame, hv: pl.DataFrame, key: list[str]
+    dm: pl.LazyFrame | pl.DataFrame, hv: pl.LazyFrame | pl.DataFrame, key: list[str]
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Each IOREQ's and each trap's `key` as a dense id, the same on both sides (-1: a key
-    with a null, which pairs with nothing), and how many keys there are. Column by column:
-    each value's rank among the few values of both sides, folded into one number (a join
-    of both sides on the key's columns row-encoded every row: 1.4 GB at 15 M IOREQs)."""
-    ids = [np.zeros(len(dm), np.int64), np.zeros(len(hv), np.int64)]
-    null = [np.zeros(len(dm), bool), np.zeros(len(hv), bool)]
-    span = 1  # how many numbers the columns so far can make
-    for c in key:
-        sides = [side[c].to_physical() for side in (dm, hv)]
-        values = np.unique(pl.concat([s.unique() for s in sides]).drop_nulls().to_numpy())
-        for i, s in enumerate(sides):
-            null[i] |= s.is_null().to_numpy()
-            if len(values) > 1:
-                ids[i] *= len(values)
-                for lo in range(0, len(s), KEY_SLICE):
-                    part = s.slice(lo, KEY_SLICE).fill_null(values[0]).to_numpy()
-                    ids[i][lo : lo + len(part)] += np.searchsorted(values, part)
-        span *= max(len(values), 1)
-        if span > ID_SPAN:  # (renumbered before the product could overflow)
-            ids, span = _dense(ids)
-    for i, n in zip(ids, null, strict=True):
-        i[n] = -1
-    (dm_ids, hv_ids), count = _dense(ids)
-    return dm_ids, hv_ids, count
+    with a null, which pairs with nothing), and how many keys there are: the distinct keys
+    of both sides numbered in order, then each side's rows looked up KEY_SLICE at a time."""
+    sides = [dm.lazy().select(key), hv.lazy().select(key)]
+    known = pl.all_horizontal(pl.col(key).is_not_null())
+    found = pl.concat([s.filter(known).unique() for s in sides], how="vertical_relaxed")
+    found = found.unique().sort(key).collect()
+    found = found.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_id"))
+    narrow = _index_type(len(found))
+    ids = []
+    for side in sides:
+        out = np.empty(side.select(pl.len()).collect().item(), narrow)
+        for lo in range(0, len(out), KEY_SLICE):
+            part = side.slice(lo, KEY_SLICE).collect().cast(found.drop("_id").schema)
+            part = part.join(found, on=key, how="left", maintain_order="left")["_id"]
+            out[lo : lo + len(part)] = part.fill_null(-1).to_numpy()
+        ids.append(out)
+    return ids[0], ids[1], len(found)
 
 
-def _time_ordered(dm: pl.DataFrame) -> bool:
-    """Whether the rows are in order of (dm_ns, dm_off), a null time in order with any: a
-    slice of KEY_SLICE rows (and the next one's first) at a time (at 15 M IOREQs the whole
-    columns' differences held 137 MiB of temporaries)."""
+def _holds_throughout(rows: pl.LazyFrame | pl.DataFrame, test: pl.Expr) -> bool:
+    """Whether `test` (of a row and those before it) holds on every slice of KEY_SLICE rows
+    and the next one's first, so across the slices' edges too."""
+    rows = rows.lazy()
+    return all(
+        rows.slice(lo, KEY_SLICE + 1).select(test).collect().item()
+        for lo in range(0, rows.select(pl.len()).collect().item(), KEY_SLICE)
+    )
+
+
+def _time_ordered(dm: pl.LazyFrame | pl.DataFrame) -> bool:
+    """Whether the rows are in order of (dm_ns, dm_off), a null time in order with any (at
+    15 M IOREQs the whole columns' differences held 137 MiB of temporaries)."""
     ordered = (
         (pl.col("dm_ns").diff() > 0)
         | ((pl.col("dm_ns").diff() == 0) & (pl.col("dm_off").diff() >= 0))
     ).fill_null(True).all()  # fmt: skip
-    cols = dm.select("dm_ns", "dm_off")
-    return all(
-        cols.slice(lo, KEY_SLICE + 1).select(ordered).item()
-        for lo in range(0, len(cols), KEY_SLICE)
-    )
+    return _holds_throughout(dm.lazy().select("dm_ns", "dm_off"), ordered)
 
 
-def _dense(ids: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
-    """The ids (-1: none) renumbered 0, 1, ... over the values they take on every side, and
-    how many values that is (`ids` is emptied as each side is renumbered)."""
-    found = np.unique(np.concatenate([pl.Series(i).unique().to_numpy() for i in ids]))
-    found = found[found >= 0]
-    narrow = _index_type(len(found))
-    out = []
-    while ids:
-        i = ids.pop(0)
-        dense = np.empty(len(i), narrow)
-        for lo in range(0, len(i), KEY_SLICE):
-            part = i[lo : lo + KEY_SLICE]
-            dense[lo : lo + len(part)] = np.where(part < 0, -1, np.searchsorted(found, part))
-        out.append(dense)
-        del i
-    return out, len(found)
+def _in_file_order(dm: pl.LazyFrame | pl.DataFrame) -> bool:
+    """Whether the IOREQs are in order of (file, offset), as the stored table lists them."""
+    f, o = pl.col("src_file").cast(pl.String), pl.col("dm_off")
+    later = (f > f.shift()) | ((f == f.shift()) & (o >= o.shift()))
+    return _holds_throughout(dm.lazy().select("src_file", "dm_off"), later.fill_null(True).all())
+
+
+def _numbers(key: np.ndarray, groups: int) -> np.ndarray:
+    """Each row's number among the rows of its key (of `groups`) before it (-1: no key),
+    KEY_SLICE rows at a time, counting on from the slices before."""
+    out = np.empty(len(key), _index_type(len(key)))
+    seen = np.zeros(groups + 1, np.int64)  # per key, rows so far (the last: no key)
+    for lo in range(0, len(key), KEY_SLICE):
+        part = key[lo : lo + KEY_SLICE]
+        part = np.where(part < 0, groups, part)
+        order = np.argsort(part, kind="stable")
+        ranked = part[order]
+        first = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+        runs = np.diff(np.r_[first, len(ranked)])
+        within = np.arange(len(ranked)) - np.repeat(first, runs)
+        out[lo + order] = within + seen[ranked]
+        seen[ranked[first]] += runs
+    out[key < 0] = -1
+    return out
 
 
 class _Numbered:
-    """Rows numbered per key (of `groups`) in the order of `by` (ties in row order): the
-    rows sorted by key then number, to find a key's k-th row, and `index()` (-1 where the
-    key is -1)."""
+    """Rows numbered per key (of `groups`) in the order of `by` (ties in row order), sorted
+    by key then number, to find a key's k-th row."""
 
     def __init__(self, key: np.ndarray, by: np.ndarray, groups: int):
-        order = np.lexsort((by, key)).astype(_index_type(len(key)))
-        skip = int(np.searchsorted(key[order], 0))  # the rows of no key sort first
-        self.order, self.key, self.by = order[skip:], key[order[skip:]], by[order[skip:]]
-        self.start = np.searchsorted(self.key, np.arange(groups + 1))  # + the end
-        self.rows_in = len(key)
+        order = np.lexsort((by, key))
+        self.start = np.searchsorted(key[order], np.arange(groups + 1))  # + the end
+        order = order[self.start[0] :]  # (the rows of no key sort first)
+        self.start -= self.start[0]
+        self.order = order.astype(_index_type(len(key)))
+        del order
+        self.by = by[self.order]
 
-    def index(self) -> np.ndarray:
-        """Each row's number within its key (-1: no key)."""
-        index = np.full(self.rows_in, -1, _index_type(self.rows_in))
-        for lo in range(0, len(self.order), KEY_SLICE):  # (whole: three 8-byte temporaries)
-            hi = min(lo + KEY_SLICE, len(self.order))
-            index[self.order[lo:hi]] = np.arange(lo, hi) - self.start[self.key[lo:hi]]
-        return index
-
-    def shifts(self, key: np.ndarray, index: np.ndarray, t: np.ndarray, timed: np.ndarray):
+    def shifts(self, key: np.ndarray, index: np.ndarray, reaches: Iterator[pl.Series]):
         """Per key, the most common difference (the least of several) between the number of
-        the last of these rows at or before each `t` of that key and its `index` there;
-        `timed` False: a time that is not known. None where no key has one."""
-        use = (key >= 0) & timed
-        if not use.all():  # (each copy: 0.12 GB at 15 M IOREQs)
-            key, index, t = key[use], index[use], t[use]
-        if not len(self.key) or not len(key):
+        the last of these rows at or before each time of that key (`reaches`: those of the
+        rows of `key`, in slices of KEY_SLICE in order; null: a time that is not known) and
+        its `index` there. None where no key has one."""
+        if not len(self.by):
             return None
         # per key, how many of this side's rows lie at or before each time (a row at that
-        # very time first): a search in the key's own run of `by`, sorted; the differences'
-        # most common value, the least of several, is the key's shift. (One search over
-        # both sides' times ranked together held 1.5 GB more at 15 M IOREQs.)
+        # very time first): a search in the key's own run of `by`, sorted; the differences
+        # are counted per key a slice at a time. (One search over both sides' times ranked
+        # together held 1.5 GB more at 15 M IOREQs.)
+        tallies: dict[int, dict[int, int]] = {}
+        for lo, reach in zip(range(0, len(key), KEY_SLICE), reaches, strict=True):
+            part, number = key[lo : lo + len(reach)], index[lo : lo + len(reach)]
+            use = (part >= 0) & reach.is_not_null().to_numpy()
+            t = reach.fill_null(0).to_numpy()[use]
+            part, number = part[use], number[use]
+            if not len(part):
+                continue
+            by_key = np.argsort(part, kind="stable")
+            ranked = part[by_key]
+            firsts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+            for k, a, b in zip(ranked[firsts], firsts, [*firsts[1:], len(part)], strict=True):
+                rows = by_key[a:b]
+                mine = self.by[self.start[k] : self.start[k + 1]]
+                before = np.searchsorted(mine, t[rows], side="right")
+                found = before > 0
+                if found.any():
+                    diffs, counts = np.unique(
+                        before[found] - 1 - number[rows][found], return_counts=True
+                    )
+                    tally = tallies.setdefault(int(k), {})
+                    for d, c in zip(diffs.tolist(), counts.tolist(), strict=True):
+                        tally[d] = tally.get(d, 0) + c
+        if not tallies:
+            return None
         shift = np.zeros(len(self.start) - 1, np.int64)
         has = np.zeros(len(self.start) - 1, bool)
-        by_key = np.argsort(key, kind="stable").astype(_index_type(len(key)))
-        sorted_key = key[by_key]
-        firsts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
-        keys = sorted_key[firsts]
-        del sorted_key
-        for k, lo, hi in zip(keys, firsts, [*firsts[1:], len(key)], strict=True):
-            rows = by_key[lo:hi]
-            mine = self.by[self.start[k] : self.start[k + 1]]
-            before = np.searchsorted(mine, t[rows], side="right")
-            found = before > 0
-            if found.any():
-                diffs, counts = np.unique(
-                    before[found] - 1 - index[rows][found], return_counts=True
-                )
-                shift[k], has[k] = diffs[counts.argmax()], True
-        return (shift, has) if has.any() else None
+        for k, tally in tallies.items():  # (the most common, then the least)
+            shift[k] = min(tally, key=lambda d: (-tally[d], d))
+            has[k] = True
+        return shift, has
 
     def rows(self, key: np.ndarray, index: np.ndarray, shift) -> np.ndarray:
         """The original row of the (index + key's shift)-th row of each key, or -1 (a
         JOIN_CHUNK_ROWS slice at a time: each row's answer is its own)."""
-        out = np.full(len(key), -1, np.int64)
+        out = np.full(len(key), -1, _index_type(len(self.order)))
         if shift is None:
             return out
         shift, has = shift
@@ -386,15 +421,6 @@ class _Numbered:
             where = np.flatnonzero(ok)[inside]
             out[lo + where] = self.order[self.start[part[where]] + k[inside]]
         return out
-
-
-def _in_file_order(dm: pl.DataFrame) -> bool:
-    """Whether the IOREQs are in order of (file, offset), as the stored table lists them."""
-    if dm["src_file"].n_unique() > 1:  # (the names compared as strings, not categories)
-        dm = dm.select(pl.col("src_file").cast(pl.String), "dm_off")
-    f, o = pl.col("src_file"), pl.col("dm_off")
-    later = (f > f.shift()) | ((f == f.shift()) & (o >= o.shift()))
-    return dm.select(later.fill_null(True).all()).item()
 
 
 def sequence_pairs(acc: Accesses, *, run: int = 2000) -> pl.DataFrame | None:
