@@ -594,6 +594,32 @@ def test_kick_traps_of_two_logs_far_offsets_and_no_log(monkeypatch, logs):
         assert want["trap_exit_ns"].to_list() == [2, 1, 4, None, 5, None, None]
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 1000])
+def test_interrupt_acks_keep_a_run_that_goes_on_across_a_slice(tmp_path, monkeypatch, chunk):
+    """The IOREQs are read a slice at a time; of a run with the same notify window only the
+    first is kept, so a run that goes on into the next slice must not start again there: a
+    kick after the InterruptStatus read (no window) has no interrupt, one after the
+    QueueNotify write has the read and the ACK after its notify."""
+    from xvtrace.timeline import ioreqs
+
+    base = 0x10000
+    joined = pl.LazyFrame(
+        {"src_file": "a", "dm_off": [10, 20, 30], "addr": [base + 0x50, base + 0x60, base + 0x64],
+         "dir": ["write", "read", "write"], "dm_ns": [100, 200, 300], "trap_exit_ns": [90, 190, 290],
+         "trap_entry_ns": [110, 210, 310], "joined": True, "kind": "mmio"},
+        schema_overrides={"dm_off": pl.UInt64, "addr": pl.UInt64},
+    )  # fmt: skip
+    keys = pl.DataFrame(
+        {"request": [0, 1], "src_file": "a", "kick_off": [15, 25], "notify_ns": [150, 150]},
+        schema_overrides={"kick_off": pl.UInt64},
+    )
+    monkeypatch.setattr(ioreqs, "JOIN_CHUNK_ROWS", chunk)
+    got = ioreqs.interrupt_acks(keys, joined, tmp_path / "acks.parquet").collect()
+    assert got["isr_read_ns"].to_list() == [200, None]
+    assert got["ack_ns"].to_list() == [300, None]
+    assert got["ack_trap_exit_ns"].to_list() == [290, None]
+
+
 @pytest.mark.parametrize(
     "capture", [_BIG, "xen/validation/stratos/hvm-stratos-w2", "emulated/suse-grant"]
 )
@@ -744,6 +770,106 @@ def test_a_pointer_popped_most_is_cut_only_where_no_fill_is_owed(monkeypatch, lo
     )
     hot = got.filter(pl.col("addr") == 7).group_by(piece.alias("piece")).agg(pl.col("b").n_unique())
     assert len(hot) == first and hot["b"].max() == 1
+
+
+def _pieces_whole(q, hot, key, size):
+    """qemu_buckets._pieces as it was: every pop and fill of the pointers sorted and summed
+    in one query."""
+    from xvtrace.timeline import qemu
+
+    pop = pl.col("event") == "qemu.virtqueue_pop"
+    events = qemu.epochs(q)(
+        q.filter(pl.col("event").is_in(["qemu.virtqueue_pop", "qemu.virtqueue_fill"])
+                 & pl.col("addr").is_in(list(hot)))
+        .select(*qemu.KEY, pl.col("src_offset").alias("_off"), key.alias("key"), pop.alias("pop")),
+        "_off",
+    )  # fmt: skip
+    step = pl.when("pop").then(1).otherwise(-1).cast(pl.Int32)
+    owed = step.cum_sum().over(*qemu.KEY, "epoch")
+    opens = (owed != 0).cast(pl.Int32) - ((owed - step) != 0).cast(pl.Int32)
+    starts = (
+        events.sort("key")
+        .select("addr", "key", "pop", opens.alias("opens"))
+        .with_columns(
+            (pl.col("opens").cum_sum() - pl.col("opens")).over("addr").alias("owing"),
+            (pl.col("pop").cast(pl.Int64).cum_sum() - pl.col("pop")).over("addr").alias("before"),
+        )
+        .filter(pl.col("pop") & (pl.col("owing") == 0))
+        .collect()
+    )
+    out = {}
+    for a, total in hot.items():
+        mine = starts.filter(pl.col("addr") == a)
+        keys, before = mine["key"].to_numpy(), mine["before"].to_numpy()
+        at = np.unique(np.searchsorted(before, np.arange(size, total, size)))
+        at = at[at < len(before)]
+        at = at[before[at] > 0]
+        out[a] = (keys[at].tolist(), np.diff([0, *before[at].tolist(), total]).tolist())
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pieces_counted_a_batch_at_a_time_are_those_of_the_whole(monkeypatch, tmp_path, seed):
+    """The pops and fills are read a log at a time, a batch of 7 at a time, what each
+    queue owes carried across: two logs interleaved in the table, two queues and devices,
+    resets with nothing in flight, fills lost late, and (odd seeds) a log whose rows step back in the table (held and
+    sorted), give the pieces of the whole."""
+    from xvtrace.bundle import file_order
+    from xvtrace.timeline import qemu_buckets
+
+    rng = np.random.default_rng(seed)
+    logs = {}
+    for log in ("a.log", "b.log"):
+        owed, rows = {}, []
+        for _ in range(400):
+            dev, queue, addr = (
+                rng.choice(["blk0", "blk1"]),
+                int(rng.integers(2)),
+                int(rng.choice([7, 8])),
+            )
+            owing = [g for g, n in owed.items() if n]
+            r = rng.random()
+            if r < 0.01 and not any(n for g, n in owed.items() if g[0] == dev):
+                rows.append(("qemu.virtio_set_status", 0, dev, 0))  # (a reset, all filled)
+            elif owing and r < 0.7:
+                group = owing[int(rng.integers(len(owing)))]
+                owed[group] -= 1
+                if len(rows) < 250 or rng.random() > 0.01:  # (a fill lost now and then, late)
+                    rows.append(("qemu.virtqueue_fill", group[2], group[0], group[1]))
+            else:
+                owed[(dev, queue, addr)] = owed.get((dev, queue, addr), 0) + 1
+                rows.append(("qemu.virtqueue_pop", addr, dev, queue))
+        logs[log] = rows
+    frames = [
+        pl.DataFrame(
+            {"event": [r[0] for r in rows], "addr": [r[1] for r in rows], "dev": [r[2] for r in rows],
+             "queue": [r[3] for r in rows], "src_file": log, "src_offset": range(0, 64 * len(rows), 64)},
+            schema_overrides={"addr": pl.UInt64, "queue": pl.UInt16, "src_offset": pl.UInt64},
+        ).with_columns(pl.lit(float(i)).alias("t") + pl.Series(np.sort(rng.random(len(rows))) * 100))
+        for i, (log, rows) in enumerate(logs.items())
+    ]  # fmt: skip
+    q = pl.concat(frames).sort("t").drop("t")  # (the table: both logs in time order)
+    if seed % 2:  # a log whose rows step back in the table
+        q = q.with_columns(
+            pl.when(pl.col("src_file") == "b.log")
+            .then(pl.col("src_offset").reverse().over("src_file"))
+            .otherwise(pl.col("src_offset"))
+            .alias("src_offset")
+        )
+    q = q.with_columns(
+        pl.col("src_file", "dev").cast(pl.Categorical),
+        *(pl.lit(0).alias(f"arg{i}") for i in range(7)),
+    ).lazy()
+    key = pl.col("src_file").cast(pl.String).replace_strict(["a.log", "b.log"], [0, 1]) * (
+        1 << 40
+    ) + pl.col("src_offset").cast(pl.Int64)
+    pops = q.filter(pl.col("event") == "qemu.virtqueue_pop").group_by("addr").len()
+    hot = dict(pops.collect().iter_rows())
+    want = _pieces_whole(q, hot, key, 20)
+    monkeypatch.setattr(file_order, "BATCH_ROWS", 7)
+    assert qemu_buckets._pieces(q, hot, key, 20, tmp_path / "scratch.parquet") == want
+    assert qemu_buckets._pieces(q, hot, key, 20) == want
+    assert sum(len(cuts) for cuts, _ in want.values()) >= 2, want
 
 
 def test_pointers_popped_most_are_dealt_out_to_the_buckets(monkeypatch):

@@ -391,7 +391,7 @@ def reconstruct(bundle, spill: Path) -> tuple[dict, Path, Path | None]:
         del kicks
     if joined is not None and view == DM_VIEW_NAME:
         keys = pl.scan_parquet(built).select("request", "src_file", "kick_off", "notify_ns")
-        added.append(_spilled(ioreqs.interrupt_acks(keys, joined), spill / "acks.parquet"))
+        added.append(ioreqs.interrupt_acks(keys, joined, spill / "acks.parquet"))
     spilled.Spilled(pl.scan_parquet(built), added).write(
         spill / REQUESTS, then=lambda part: _causal(part.lazy()).collect()
     )
