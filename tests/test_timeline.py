@@ -620,14 +620,32 @@ def test_interrupt_acks_keep_a_run_that_goes_on_across_a_slice(tmp_path, monkeyp
     assert got["ack_trap_exit_ns"].to_list() == [290, None]
 
 
+@pytest.mark.parametrize("capture", ["xen/hvm-epam-smp"])
+def test_handled_is_in_pcpu_then_offset_order_however_it_is_written(tmp_path, monkeypatch, capture):
+    """hvm.handled lists the handler records by pCPU, then offset: written a slice of 31
+    and a pCPU's batch of 53 at a time, the same rows in that order."""
+    from xvtrace.bundle import file_order
+    from xvtrace.timeline import hvm
+
+    shutil.copytree(FIXTURES / capture, tmp_path / "b")
+    ev = api.ingest(tmp_path / "b").bundle.events()
+    whole = hvm.handled(ev)
+    monkeypatch.setattr(hvm, "SLICE_ROWS", 31)
+    monkeypatch.setattr(file_order, "BATCH_ROWS", 53)
+    cut = hvm.handled(ev)
+    assert len(whole) > 500 and whole["cpu"].n_unique() > 1 and cut.equals(whole)
+    assert whole.select(pl.struct("cpu", "src_offset").is_sorted()).item()
+
+
 @pytest.mark.parametrize(
     "capture", [_BIG, "xen/validation/stratos/hvm-stratos-w2", "emulated/suse-grant"]
 )
 def test_the_build_does_not_depend_on_its_buckets_and_slices(tmp_path, monkeypatch, capture):
     """The timeline is built a share of the elements and a slice of the rows at a time, and
-    its exits paired a chunk of records at a time: with a few dozen each, every boundary
-    cuts through requests and exits, and the stored requests, IOREQs and facts must be
-    those of one piece."""
+    its exits paired a chunk of records at a time and written a slice and a pCPU's batch at
+    a time: with a few dozen each, every boundary cuts through requests and exits, and the
+    stored requests, IOREQs and facts must be those of one piece."""
+    from xvtrace.bundle import file_order
     from xvtrace.timeline import hvm, ioreqs, qemu_buckets, spilled
 
     shutil.copytree(FIXTURES / capture, tmp_path / "b")
@@ -639,6 +657,8 @@ def test_the_build_does_not_depend_on_its_buckets_and_slices(tmp_path, monkeypat
     monkeypatch.setattr(spilled, "SLICE_ROWS", 29)
     monkeypatch.setattr(ioreqs, "JOIN_CHUNK_ROWS", 41)
     monkeypatch.setattr(hvm, "CHUNK_RECORDS", 4099)
+    monkeypatch.setattr(hvm, "SLICE_ROWS", 31)
+    monkeypatch.setattr(file_order, "BATCH_ROWS", 53)
     cut = api.timeline(tmp_path / "b", rebuild=True)
 
     def facts(tl):

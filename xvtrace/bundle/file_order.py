@@ -20,7 +20,7 @@ def batches(rows: pl.LazyFrame, scratch: Path | None = None) -> Iterator[pl.Data
     polars' own batches run ahead of their consumer, 40 M rows of three columns to 0.7 GB)."""
     stepped_back = rows.select((pl.col("src_offset").diff() < 0).any()).collect().item()
     if stepped_back:
-        return iter([rows.sort("src_offset").collect()])
+        return iter([rows.sort("src_offset", maintain_order=True).collect()])
     if scratch is not None:
         return batches_through(rows, scratch, BATCH_ROWS)
     return rows.collect_batches(chunk_size=BATCH_ROWS)

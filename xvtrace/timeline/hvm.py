@@ -13,12 +13,15 @@ pair on their pCPU.)
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from xvtrace.bundle.frame_sink import batches_through
+from xvtrace.bundle import file_order
+from xvtrace.bundle.frame_sink import SPILL_OPTIONS, batches_through, sink_frames
 from xvtrace.parsers import fields
 
 ACCESSES = ["hvm.mmio_read", "hvm.mmio_write", "hvm.ioport_read", "hvm.ioport_write"]
@@ -37,25 +40,20 @@ def handled(ev: pl.LazyFrame) -> pl.DataFrame:
     of the exit's (no other handler record, no other exit or entry) lies between the exit,
     the record and the entry on its vCPU. In order of pCPU, then the record's offset."""
     with tempfile.TemporaryDirectory(prefix="xvtrace-exits-") as scratch:
-        found, order = handled_rows(ev, Path(scratch))
-    return in_order(found, order)
+        write_handled(ev, Path(scratch) / "handled.parquet", Path(scratch))
+        return pl.read_parquet(Path(scratch) / "handled.parquet")
 
 
-def in_order(found: pl.DataFrame, order: np.ndarray) -> pl.DataFrame:
-    """`handled`'s rows from handled_rows' (found, order[...]): gathered, and entry_ns null
-    where the vCPU had no entry (NONE until then: making every row's column nullable at
-    once took 0.3 GB at 5 M requests)."""
-    from xvtrace.timeline.hvm_kernel import NONE  # (only while building: numba loaded)
-
-    entry = pl.col("entry_ns")
-    return found.gather(order).with_columns(pl.when(entry != NONE).then(entry).alias("entry_ns"))
+SLICE_ROWS = 1 << 18  # handler records written at a time
 
 
-def handled_rows(ev: pl.LazyFrame, scratch: Path) -> tuple[pl.DataFrame, np.ndarray]:
-    """`handled`'s rows in the table's order, and the order `handled` lists them in (a
-    caller writing them takes them a slice at a time: no sorted copy held; `in_order`
-    makes `handled`'s rows of them). `scratch`: a directory for the records on their way
-    through the pairing."""
+def write_handled(ev: pl.LazyFrame, path: Path, scratch: Path, **options) -> None:
+    """`handled(ev)` written to the parquet file `path` (`options`: sink_parquet's) a slice
+    at a time: first in the table's order, each record's exit, entry and adjacency beside
+    its columns, then a pCPU at a time in its offsets' order (file_order.batches). Held
+    whole: three numbers per handler record (its columns, read whole and gathered into
+    `handled`'s order, were 1.0 GiB at 5 M requests). `scratch`: a directory for the
+    records on their way."""
     from xvtrace.timeline import hvm_kernel  # numba (0.25 s to import) only to build: a
 
     # stored timeline needs none
@@ -87,27 +85,55 @@ def handled_rows(ev: pl.LazyFrame, scratch: Path) -> tuple[pl.DataFrame, np.ndar
     # (VMCALL is the only handler record with a hypercall number)
     call = fields.xen("hvm.vmmcall", "hypercall")
     handlers = xen.filter(pl.col("event").is_in(HANDLERS))
-    paired = exit_ns != NONE
-    # the order `handled` lists them in, from its two columns before the others are read
-    # (sorted beside them, 0.15 GB more at 5 M requests)
-    where = handlers.select("cpu", "src_offset").collect()
-    where = where if paired.all() else where.filter(pl.Series(paired))
-    order = where.select(pl.arg_sort_by("cpu", "src_offset", maintain_order=True)).to_series()
-    del where
-    found = handlers.select("dom", "vcpu", "cpu", "event", "addr", call, "src_offset").collect()
-    if not paired.all():  # (each copy of the handlers' columns is 0.4 GB at 5 M requests)
-        found, exit_ns, entry_ns, adjacent = (
-            found.filter(pl.Series(paired)), exit_ns[paired], entry_ns[paired], adjacent[paired]
-        )  # fmt: skip
-    # (a frame of the columns as they are: a select of them copied all, 0.3 GB at 5M)
-    found = pl.DataFrame([
-        *found.select("dom", "vcpu", "cpu", "event", "addr", "hypercall").get_columns(),
-        pl.Series("exit_ns", exit_ns),
-        pl.Series("entry_ns", entry_ns),  # (NONE: no entry; in_order makes it null)
-        found["src_offset"],
-        pl.Series("adjacent", adjacent),
-    ])  # fmt: skip
-    return found, order.to_numpy()
+    columns = scratch / "handlers.parquet"
+    handlers.select("dom", "vcpu", "cpu", "event", "addr", call, "src_offset").sink_parquet(
+        columns, **SPILL_OPTIONS
+    )
+    table_order = scratch / "handled-table-order.parquet"
+    rows = partial(_in_table_order, pl.scan_parquet(columns), exit_ns, entry_ns, adjacent)
+    del exit_ns, entry_ns, adjacent  # (`rows` holds them while they are written)
+    schema = next(rows()).schema
+    try:
+        sink_frames(rows, schema, table_order, **SPILL_OPTIONS)
+        del rows
+        columns.unlink()
+        found = pl.scan_parquet(table_order)
+        cpus = found.select(pl.col("cpu").unique().sort()).collect()["cpu"]
+
+        def in_cpu_order():  # (a pCPU's records: in its file's order, as the table has them)
+            yield found.head(0).collect()
+            for cpu in cpus:
+                mine = found.filter(
+                    pl.col("cpu").is_null() if cpu is None else pl.col("cpu") == cpu
+                )
+                yield from file_order.batches(mine, scratch / "handled-cpu.parquet")
+
+        sink_frames(in_cpu_order, schema, path, **options)
+    finally:
+        columns.unlink(missing_ok=True)
+        table_order.unlink(missing_ok=True)
+
+
+def _in_table_order(columns: pl.LazyFrame, exit_ns, entry_ns, adjacent) -> Iterator[pl.DataFrame]:
+    """The handler records' `columns` (a scan, in the table's order) with their exit,
+    entry and adjacency, SLICE_ROWS at a time, only the paired ones (an exit found), a
+    missing entry (NONE) made null."""
+    from xvtrace.timeline.hvm_kernel import NONE
+
+    entry = pl.col("entry_ns")
+    for lo in range(0, max(len(exit_ns), 1), SLICE_ROWS):
+        part = columns.slice(lo, SLICE_ROWS).collect()
+        at = slice(lo, lo + len(part))
+        part = pl.DataFrame([
+            *part.select("dom", "vcpu", "cpu", "event", "addr", "hypercall").get_columns(),
+            pl.Series("exit_ns", exit_ns[at]),
+            pl.Series("entry_ns", entry_ns[at]),
+            part["src_offset"],
+            pl.Series("adjacent", adjacent[at]),
+        ])  # fmt: skip
+        yield part.filter(pl.Series(exit_ns[at] != NONE)).with_columns(
+            pl.when(entry != NONE).then(entry).alias("entry_ns")
+        )
 
 
 def _vcpu_index(records: pl.LazyFrame) -> tuple[pl.Expr, int, int]:

@@ -189,23 +189,12 @@ def spill_inputs(ev: pl.LazyFrame, spill: Path) -> None:
 
 
 def _write_exits(ev: pl.LazyFrame, path: Path) -> None:
-    """timeline.hvm.handled written in its order a slice at a time (no sorted copy held),
-    and its accesses (timeline.hvm.accesses, computed on each slice: polars 2.1 computed a
-    lone when-then of literals over a filtered scan wrongly, and these are read that way)."""
-    found, order = hvm.handled_rows(ev, path.parent)
-    rows = partial(_gathered, found, order, spilled.SLICE_ROWS)
-    sink_frames(rows, found.schema, path, **SPILL_OPTIONS)
-    # (the accesses from the file just written: 0.65 GB at 5 M requests; `rows` held the
-    # handlers' columns through it, 0.35 GB more)
-    del found, order, rows
+    """timeline.hvm.handled written a slice at a time (hvm.write_handled), and its accesses
+    (timeline.hvm.accesses, computed on each slice: polars 2.1 computed a lone when-then of
+    literals over a filtered scan wrongly, and these are read that way)."""
+    hvm.write_handled(ev, path, path.parent, **SPILL_OPTIONS)
     written = spilled.Spilled(pl.scan_parquet(path))
     written.write(path.parent / ACCESSES, then=hvm.accesses, **SPILL_OPTIONS)
-
-
-def _gathered(found: pl.DataFrame, order: np.ndarray, step: int) -> Iterator[pl.DataFrame]:
-    """hvm.handled's rows from hvm.handled_rows' (found, order), `step` at a time."""
-    for lo in range(0, len(order), step):
-        yield hvm.in_order(found, order[lo : lo + step])
 
 
 def spilled_accesses(spill: Path) -> ioreqs.Accesses:
