@@ -500,6 +500,24 @@ def test_notify_pairs_do_not_depend_on_how_the_log_is_batched(tmp_path, monkeypa
     assert (cut["last_ns"] > cut["handle_ns"]).any()  # the handling's own events counted
 
 
+@pytest.mark.parametrize(
+    ("offsets", "want"),
+    [([10, 20, 30], [10, 20, 30]), ([10, 5, 30], [5, 10, 30]), ([10, None, 5], [None, 5, 10])],
+)
+@pytest.mark.parametrize("through", [False, True])
+def test_a_logs_rows_come_in_its_offsets_order(tmp_path, monkeypatch, offsets, want, through):
+    """file_order.batches: a log's rows by offset, in batches, as the table has them when
+    they are in that order; sorted when one steps back or has no offset (null first)."""
+    from xvtrace.bundle import file_order
+
+    monkeypatch.setattr(file_order, "BATCH_ROWS", 2)
+    rows = pl.LazyFrame(
+        {"src_offset": offsets, "i": range(3)}, schema_overrides={"src_offset": pl.UInt64}
+    )
+    got = file_order.batches(rows, tmp_path / "through.parquet" if through else None)
+    assert pl.concat(list(got))["src_offset"].to_list() == want
+
+
 # the SMP capture's run of these (12 and 5 s) goes in the real-system stage: the fast suite
 # keeps them on the other captures
 _BIG = pytest.param("xen/hvm-epam-smp", marks=pytest.mark.slow)

@@ -15,10 +15,12 @@ BATCH_ROWS = 250_000
 def batches(rows: pl.LazyFrame, scratch: Path | None = None) -> Iterator[pl.DataFrame]:
     """`rows` (one src_file's, with src_offset) by src_offset, BATCH_ROWS at a time. The
     table is in time order, so a log's rows are in its file order unless its own times
-    step back (threads logging at once): then they are sorted, and held whole. `scratch`:
+    step back (threads logging at once) or a row has no offset: then they are sorted (ties
+    in the table's order, a null offset first), and held whole. `scratch`:
     a file to pass them through, written before this returns (frame_sink.batches_through:
     polars' own batches run ahead of their consumer, 40 M rows of three columns to 0.7 GB)."""
-    stepped_back = rows.select((pl.col("src_offset").diff() < 0).any()).collect().item()
+    offset = pl.col("src_offset")  # (a null one: sorted first, as a sort puts it)
+    stepped_back = rows.select((offset.diff() < 0).any() | offset.is_null().any()).collect().item()
     if stepped_back:
         return iter([rows.sort("src_offset", maintain_order=True).collect()])
     if scratch is not None:

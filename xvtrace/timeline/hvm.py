@@ -86,14 +86,14 @@ def write_handled(ev: pl.LazyFrame, path: Path, scratch: Path, **options) -> Non
     call = fields.xen("hvm.vmmcall", "hypercall")
     handlers = xen.filter(pl.col("event").is_in(HANDLERS))
     columns = scratch / "handlers.parquet"
-    handlers.select("dom", "vcpu", "cpu", "event", "addr", call, "src_offset").sink_parquet(
-        columns, **SPILL_OPTIONS
-    )
     table_order = scratch / "handled-table-order.parquet"
     rows = partial(_in_table_order, pl.scan_parquet(columns), exit_ns, entry_ns, adjacent)
     del exit_ns, entry_ns, adjacent  # (`rows` holds them while they are written)
-    schema = next(rows()).schema
     try:
+        handlers.select("dom", "vcpu", "cpu", "event", "addr", call, "src_offset").sink_parquet(
+            columns, **SPILL_OPTIONS
+        )
+        schema = next(rows()).schema
         sink_frames(rows, schema, table_order, **SPILL_OPTIONS)
         del rows
         columns.unlink()

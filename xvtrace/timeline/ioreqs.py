@@ -120,13 +120,13 @@ def join(
     dom = hv_rows.filter(pl.col("addr").is_in(addrs)).select("dom").collect()["dom"].mode()
     guest = hv_rows.filter(pl.col("dom") == (dom[0] if len(dom) else -1))  # the traced one
     traps_at = spill.with_name(spill.stem + "-traps.parquet")
-    guest.select(
-        *JOIN_KEY, "dom", "cpu",
-        to_device_model(pl.col("exit_ns"), clock).alias("trap_exit_ns"),
-        to_device_model(pl.col("entry_ns"), clock).alias("trap_entry_ns"),
-        pl.col("src_offset").alias("trap_off"),
-    ).sink_parquet(traps_at, row_group_size=TRAP_STEP, **SPILL_OPTIONS)  # fmt: skip
     try:
+        guest.select(
+            *JOIN_KEY, "dom", "cpu",
+            to_device_model(pl.col("exit_ns"), clock).alias("trap_exit_ns"),
+            to_device_model(pl.col("entry_ns"), clock).alias("trap_entry_ns"),
+            pl.col("src_offset").alias("trap_off"),
+        ).sink_parquet(traps_at, row_group_size=TRAP_STEP, **SPILL_OPTIONS)  # fmt: skip
         return _joined(dm_rows, pl.scan_parquet(traps_at), addrs, clock, spill)
     finally:
         traps_at.unlink(missing_ok=True)
