@@ -337,15 +337,21 @@ def _numbers(key: np.ndarray, groups: int) -> np.ndarray:
     for lo in range(0, len(key), KEY_SLICE):
         part = key[lo : lo + KEY_SLICE]
         part = np.where(part < 0, groups, part)
-        order = np.argsort(part, kind="stable")
-        ranked = part[order]
-        first = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
-        runs = np.diff(np.r_[first, len(ranked)])
-        within = np.arange(len(ranked)) - np.repeat(first, runs)
+        order, ranked, first, end = _key_runs(part)
+        within = np.arange(len(ranked)) - np.repeat(first, end - first)
         out[lo + order] = within + seen[ranked]
-        seen[ranked[first]] += runs
+        seen[ranked[first]] += end - first
     out[key < 0] = -1
     return out
+
+
+def _key_runs(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The rows sorted by `key` (ties in row order), their keys in that order, and where
+    each key's run of them starts and ends."""
+    order = np.argsort(key, kind="stable")
+    ranked = key[order]
+    starts = np.flatnonzero(np.r_[len(ranked) > 0, ranked[1:] != ranked[:-1]])
+    return order, ranked, starts, np.append(starts[1:], len(ranked))[: len(starts)]
 
 
 class _Numbered:
@@ -378,12 +384,8 @@ class _Numbered:
             use = (part >= 0) & reach.is_not_null().to_numpy()
             t = reach.fill_null(0).to_numpy()[use]
             part, number = part[use], number[use]
-            if not len(part):
-                continue
-            by_key = np.argsort(part, kind="stable")
-            ranked = part[by_key]
-            firsts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
-            for k, a, b in zip(ranked[firsts], firsts, [*firsts[1:], len(part)], strict=True):
+            by_key, ranked, firsts, ends = _key_runs(part)
+            for k, a, b in zip(ranked[firsts], firsts, ends, strict=True):
                 rows = by_key[a:b]
                 mine = self.by[self.start[k] : self.start[k + 1]]
                 before = np.searchsorted(mine, t[rows], side="right")
@@ -581,27 +583,22 @@ def interrupt_acks(
     base = pl.when(pl.col("addr") % 0x1000 == NOTIFY_OFFSET).then(pl.col("addr") - NOTIFY_OFFSET)
     mmio = pl.col("joined") & (pl.col("kind") == "mmio")
     first = pl.col("_base").ne_missing(pl.col("_base").shift().over("src_file"))
-    kicks, last = [], None  # (the last kick before the slice: its run may go on)
-    for part in _slices(
-        joined, mmio, [log, pl.col("dm_off").alias("kick_io_off"), base.alias("_base")]
-    ):
-        both = part if last is None else pl.concat([last, part])
+
+    registers = {"isr_read": (ISR_OFFSET, "read"), "ack": (ACK_OFFSET, "write")}
+    kicks, found, last = [], {prefix: [] for prefix in registers}, None
+    columns = [log, "dm_off", "addr", "dir", "dm_ns", "trap_exit_ns", "trap_entry_ns"]
+    for part in _slices(joined, mmio, columns):  # (one pass over the IOREQs for all three)
+        for prefix, (offset, direction) in registers.items():
+            found[prefix].append(_register(part, offset, direction, prefix))
+        part = part.select("src_file", pl.col("dm_off").alias("kick_io_off"), base.alias("_base"))
+        both = part if last is None else pl.concat([last, part])  # (its run may go on)
         kicks.append(part.filter(both.select(first).to_series().slice(len(both) - len(part))))
         last = part.tail(1) if len(part) else last
     kicks = _Groups(_sorted(pl.concat(kicks), "kick_io_off"), ["src_file"])
-
-    def registers(offset, direction, prefix):
-        at = (pl.col("addr") % 0x1000 == offset) & (pl.col("dir") == direction)
-        regs = pl.concat(_slices(joined, mmio & at, [
-            log,
-            (pl.col("addr") - offset).alias("_base"),
-            pl.col("dm_ns").alias(f"{prefix}_ns"),
-            pl.col("trap_exit_ns").alias(f"{prefix}_trap_exit_ns"),
-            pl.col("trap_entry_ns").alias(f"{prefix}_trap_entry_ns"),
-        ]))  # fmt: skip
-        return _Groups(_sorted(regs, f"{prefix}_ns"), ["src_file", "_base"])
-
-    isr, ack = registers(ISR_OFFSET, "read", "isr_read"), registers(ACK_OFFSET, "write", "ack")
+    isr, ack = (
+        _Groups(_sorted(pl.concat(found[prefix]), f"{prefix}_ns"), ["src_file", "_base"])
+        for prefix in registers
+    )
 
     def after(frame, on, regs, prefix):
         return regs.asof(frame.sort(on, nulls_last=True), left_on=on, right_on=f"{prefix}_ns",
@@ -628,6 +625,18 @@ def interrupt_acks(
 
     sink_frames(answers, matched(keys.head(0).collect()).schema, path, **SPILL_OPTIONS)
     return pl.scan_parquet(path)
+
+
+def _register(part: pl.DataFrame, offset: int, direction: str, prefix: str) -> pl.DataFrame:
+    """Of joined MMIO IOREQs, the reads or writes (`direction`) of a virtio-mmio register
+    (`offset`): the device's window (_base) and the IOREQ's and its trap's times."""
+    return part.filter((pl.col("addr") % 0x1000 == offset) & (pl.col("dir") == direction)).select(
+        "src_file",
+        (pl.col("addr") - offset).alias("_base"),
+        pl.col("dm_ns").alias(f"{prefix}_ns"),
+        pl.col("trap_exit_ns").alias(f"{prefix}_trap_exit_ns"),
+        pl.col("trap_entry_ns").alias(f"{prefix}_trap_entry_ns"),
+    )
 
 
 def _slices(
