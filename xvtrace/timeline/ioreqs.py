@@ -22,6 +22,7 @@ The device model's ioreq slots are the vCPUs' entries of the shared ioreq page
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -34,6 +35,7 @@ from xvtrace.parsers import fields
 from xvtrace.timeline import hvm
 from xvtrace.timeline.clock import Clock, to_device_model
 from xvtrace.timeline.log_search import rows_at
+from xvtrace.timeline.sorted_runs import SortedRuns
 
 IOREQS = "ioreqs.parquet"
 
@@ -585,32 +587,37 @@ def interrupt_acks(
     first = pl.col("_base").ne_missing(pl.col("_base").shift().over("src_file"))
 
     registers = {"isr_read": (ISR_OFFSET, "read"), "ack": (ACK_OFFSET, "write")}
-    kicks, found, last = [], {prefix: [] for prefix in registers}, None
-    columns = [log, "dm_off", "addr", "dir", "dm_ns", "trap_exit_ns", "trap_entry_ns"]
-    for part in _slices(joined, mmio, columns):  # (one pass over the IOREQs for all three)
-        for prefix, (offset, direction) in registers.items():
-            found[prefix].append(_register(part, offset, direction, prefix))
-        part = part.select("src_file", pl.col("dm_off").alias("kick_io_off"), base.alias("_base"))
-        both = part if last is None else pl.concat([last, part])  # (its run may go on)
-        kicks.append(part.filter(both.select(first).to_series().slice(len(both) - len(part))))
-        last = part.tail(1) if len(part) else last
-    kicks = _Groups(_sorted(pl.concat(kicks), "kick_io_off"), ["src_file"])
-    isr, ack = (
-        _Groups(_sorted(pl.concat(found[prefix]), f"{prefix}_ns"), ["src_file", "_base"])
-        for prefix in registers
-    )
+    with tempfile.TemporaryDirectory(prefix="acks-", dir=path.parent) as runs:
+        kicks = SortedRuns(Path(runs), "kicks", ["src_file"], "kick_io_off")
+        found = {p: SortedRuns(Path(runs), p, ["src_file", "_base"], f"{p}_ns") for p in registers}
+        last = None
+        columns = [log, "dm_off", "addr", "dir", "dm_ns", "trap_exit_ns", "trap_entry_ns"]
+        for part in _slices(joined, mmio, columns):  # (one pass over the IOREQs for all three)
+            for prefix, (offset, direction) in registers.items():
+                found[prefix].add(_register(part, offset, direction, prefix))
+            part = part.select(
+                "src_file", pl.col("dm_off").alias("kick_io_off"), base.alias("_base")
+            )
+            both = part if last is None else pl.concat([last, part])  # (its run may go on)
+            kicks.add(part.filter(both.select(first).to_series().slice(len(both) - len(part))))
+            last = part.tail(1) if len(part) else last
+        kicks.seal()
+        isr, ack = (found[prefix].seal() for prefix in registers)
+        _match_acks(keys, kicks, isr, ack, path)
+    return pl.scan_parquet(path)
 
-    def after(frame, on, regs, prefix):
-        return regs.asof(frame.sort(on, nulls_last=True), left_on=on, right_on=f"{prefix}_ns",
-                         strategy="forward")  # fmt: skip
+
+def _match_acks(keys, kicks: SortedRuns, isr: SortedRuns, ack: SortedRuns, path: Path) -> None:
+    """interrupt_acks' answers from its three tables, JOIN_CHUNK_ROWS requests at a time."""
+    log = pl.col("src_file").cast(pl.Categorical)
+
+    def after(frame, on, regs):
+        return regs.asof(frame.sort(on, nulls_last=True), on, "forward")
 
     def matched(part: pl.DataFrame) -> pl.DataFrame:
         part = part.with_columns(log)
-        out = kicks.asof(
-            part.sort("kick_off", nulls_last=True), left_on="kick_off", right_on="kick_io_off",
-            strategy="backward",
-        )  # fmt: skip
-        out = after(after(out, "notify_ns", isr, "isr_read"), "isr_read_ns", ack, "ack")
+        out = kicks.asof(part.sort("kick_off", nulls_last=True), "kick_off", "backward")
+        out = after(after(out, "notify_ns", isr), "isr_read_ns", ack)
         found = out.drop(*part.columns, "kick_io_off", "_base")
         return in_request_order(out.select("request"), found)
 
@@ -624,7 +631,6 @@ def interrupt_acks(
             yield matched(keys.slice(lo, JOIN_CHUNK_ROWS).collect())
 
     sink_frames(answers, matched(keys.head(0).collect()).schema, path, **SPILL_OPTIONS)
-    return pl.scan_parquet(path)
 
 
 def _register(part: pl.DataFrame, offset: int, direction: str, prefix: str) -> pl.DataFrame:
@@ -647,40 +653,6 @@ def _slices(
     rows = rows.lazy()  # (one slice at least: the columns' types of no rows)
     for lo in range(0, max(rows.select(pl.len()).collect().item(), 1), JOIN_CHUNK_ROWS):
         yield rows.slice(lo, JOIN_CHUNK_ROWS).filter(keep).select(columns).collect()
-
-
-class _Groups:
-    """A frame sorted for an as-of join, kept apart by the values of `by`: each join then
-    pairs a group with its own rows, without partitioning the whole frame again (an as-of
-    join by keys hashed all 15 M of its right rows at every call)."""
-
-    def __init__(self, frame: pl.DataFrame, by: list[str]):
-        self.by = by
-        self.empty = frame.drop(by).clear()
-        keys = frame.select(by).unique()
-        if len(keys) == 1:  # (one device, one log: the frame itself, not a copy in parts)
-            self.groups = {keys.row(0): frame.drop(by)}
-        else:
-            self.groups = frame.partition_by(
-                by, as_dict=True, maintain_order=True, include_key=False
-            )
-
-    def asof(self, left: pl.DataFrame, **options) -> pl.DataFrame:
-        """left.join_asof(the frame, by=`by`, check_sortedness=False, **options), with the
-        rows of left grouped by `by` (in their order within a group)."""
-        out = []
-        for key, rows in left.partition_by(self.by, as_dict=True, maintain_order=True).items():
-            mine = self.groups.get(key)
-            if mine is None:  # (a group the frame has none of, or a null key: no match)
-                out.append(rows.hstack(self.empty.clear(len(rows)).get_columns()))
-            else:
-                out.append(rows.join_asof(mine, check_sortedness=False, **options))
-        return pl.concat(out) if out else left.hstack(self.empty.get_columns())
-
-
-def _sorted(frame: pl.DataFrame, by: str) -> pl.DataFrame:
-    """`frame` sorted by `by`: as it comes, when it already is (no copy)."""
-    return frame if frame[by].is_sorted() else frame.sort(by)
 
 
 def in_request_order(ids: pl.DataFrame, found: pl.DataFrame) -> pl.DataFrame:
