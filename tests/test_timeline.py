@@ -693,11 +693,12 @@ def test_the_build_does_not_depend_on_its_buckets_and_slices(tmp_path, monkeypat
      FIXTURES / "emulated" / "qemu-virtio-pci"],
 )  # fmt: skip
 def test_slices_find_the_kicks_and_notifies_the_as_of_joins_find(tmp_path, monkeypatch, capture):
-    """The build finds each slice's kicks and notifies by binary search in the queues'
-    sorted keys (qemu.QueueIndex); qemu.requests by as-of joins over the whole capture, by
+    """The build finds each slice's kicks and notifies in the queues' runs of them on disk
+    (qemu_buckets._queue_runs); qemu.requests by as-of joins over the whole capture, by
     queue and device life: the same rows, across the real captures' device resets, with
-    slices of a few dozen elements (the kicks and notifies keyed 7 at a time)."""
-    from xvtrace.timeline import qemu, qemu_buckets
+    slices of a few dozen elements and runs of 7 kicks or notifies."""
+    from xvtrace.bundle import file_order
+    from xvtrace.timeline import qemu_buckets
 
     if (capture / "manifest.json").is_file():  # a bundle
         shutil.copytree(capture, tmp_path / "b")
@@ -706,7 +707,7 @@ def test_slices_find_the_kicks_and_notifies_the_as_of_joins_find(tmp_path, monke
         ev = api.ingest(capture, tmp_path / "b", warn=lambda m: None).bundle.events()
     want = timeline.qemu_requests(ev).collect()
     monkeypatch.setattr(qemu_buckets, "SLICE_ROWS", 17)
-    monkeypatch.setattr(qemu, "KEY_ROWS", 7)
+    monkeypatch.setattr(file_order, "BATCH_ROWS", 7)
     (tmp_path / "spill").mkdir()
     qemu_buckets.write_requests(ev, tmp_path / "spill", tmp_path / "r.parquet")
     got = pl.read_parquet(tmp_path / "r.parquet")
@@ -715,10 +716,10 @@ def test_slices_find_the_kicks_and_notifies_the_as_of_joins_find(tmp_path, monke
     assert got.equals(want)
 
 
-def test_a_slice_finds_no_kick_or_notify_of_another_queue():
+def test_a_slice_finds_no_kick_or_notify_of_another_queue(tmp_path):
     """Queue 1's element has no kick before its pop, queue 0's no notify after its fill:
-    each finds none, although the other queue's (next in the sorted keys) is there."""
-    from xvtrace.timeline import qemu
+    each finds none, although the other queue's is there."""
+    from xvtrace.timeline import qemu, qemu_buckets
 
     rows = [("virtio_queue_notify", 0, 0), ("virtqueue_pop", 1, 1), ("virtqueue_fill", 1, 1),
             ("virtqueue_pop", 0, 2), ("virtqueue_fill", 0, 2), ("virtio_notify", 1, 0)]  # fmt: skip
@@ -731,14 +732,12 @@ def test_a_slice_finds_no_kick_or_notify_of_another_queue():
     ).with_columns(pl.col("src_file", "dev").cast(pl.Categorical))  # fmt: skip
     queues = qemu.QueueEvents.of(q)
     want = qemu.with_queue_events(qemu.element_requests(q), queues).collect()
-    got = qemu.QueueIndex.of(queues, 320).requests(qemu.element_requests(q).collect())
+    kicks, irqs = (
+        qemu_buckets._queue_runs(q, *side, tmp_path / side[2]) for side in qemu.QUEUE_EVENTS
+    )
+    got = qemu_buckets._requests(kicks, irqs, qemu.element_requests(q).collect(), 0)
     assert want.select("elem", "kick_ns", "notify_ns").rows() == [(1, None, 1050), (2, 1000, None)]
     assert got.schema == want.schema and got.equals(want)
-    # offsets past 2^40, a kick's or notify's or an element's, do not fit the keys: none are
-    # made (the as-of joins are used then)
-    far = q.with_columns(pl.col("src_offset") + (1 << 40))
-    assert qemu.QueueIndex.of(qemu.QueueEvents.of(far), 320) is None
-    assert qemu.QueueIndex.of(queues, 1 << 40) is None
 
 
 def _pops(addrs, fills=()):

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 import polars as pl
 
 from xvtrace.parsers import fields
-from xvtrace.timeline.log_search import OFFSET_BITS, search
 from xvtrace.timeline.phases import intervals
 
 VIEW = "device-model"  # requests.parquet `view` of rows from QEMU's trace events
@@ -150,6 +148,16 @@ def element_requests(q: pl.LazyFrame) -> pl.LazyFrame:
     return req
 
 
+QUEUE_EVENTS = ((KICKS, "kick_ns", "_koff"), (NOTIFIES, "notify_ns", "_noff"))  # names, columns
+
+
+def queue_events(q: pl.LazyFrame, names: list[str], ns: str, off: str) -> pl.LazyFrame:
+    """A queue's kicks or notifies (QUEUE_EVENTS): its log, device and queue, time `ns` and
+    offset `off`."""
+    return _events(q, names, pl.col("src_file"), pl.col("dev"), pl.col("queue"),
+                   pl.col("ts_ns").alias(ns), pl.col("src_offset").alias(off))  # fmt: skip
+
+
 class QueueEvents(NamedTuple):
     """The queues' kicks and notifies, each with its device's epoch (`epochs`)."""
 
@@ -159,13 +167,7 @@ class QueueEvents(NamedTuple):
     @classmethod
     def of(cls, q: pl.LazyFrame) -> QueueEvents:
         since = epochs(q)
-        return cls(
-            since(_events(q, KICKS, pl.col("src_file"), pl.col("dev"), pl.col("queue"),
-                          pl.col("ts_ns").alias("kick_ns"), pl.col("src_offset").alias("_koff")), "_koff"),
-            since(_events(q, NOTIFIES, pl.col("src_file"),
-                          pl.col("dev"), pl.col("queue"), pl.col("ts_ns").alias("notify_ns"),
-                          pl.col("src_offset").alias("_noff")), "_noff"),
-        )  # fmt: skip
+        return cls(*(since(queue_events(q, *side), side[2]) for side in QUEUE_EVENTS))
 
     def collect(self) -> QueueEvents:
         return QueueEvents(*pl.collect_all([self.kicks.lazy(), self.irqs.lazy()]))
@@ -193,125 +195,13 @@ def with_queue_events(req: pl.LazyFrame, queues: QueueEvents, first: int = 0) ->
         )
         .drop("_noff")
     )
-    return _as_requests(req, first)
+    return as_requests(req, first)
 
 
 QUEUE = ["src_file", "dev", "queue", "epoch"]  # a queue within one life of its device
 
 
-class QueueIndex(NamedTuple):
-    """The queues' kicks and notifies as sorted arrays, for elements joined a slice at a
-    time (timeline.qemu_buckets): each keyed by its queue's number << OFFSET_BITS | its
-    offset, so that an element's kick (the last of its queue at or before its pop) and
-    notify (the first at or after its fill) are a binary search each. An as-of join `by`
-    the queue's columns partitioned both whole tables at every slice: 11 s and 0.5 GiB of
-    the 5M-request build's merge.
-
-    A queue's number is made of its columns' values: the logs' and devices' category
-    numbers (polars' categories are global: a name has one number in every frame of the
-    process), the queue and the epoch, each as its rank among the values the kicks and
-    notifies have (`values`)."""
-
-    values: tuple[np.ndarray, ...]  # per column of QUEUE, its values in the kicks and notifies
-    kick_key: np.ndarray  # sorted
-    kick_ns: pl.Series  # the kicks' times and offsets, as kick_key
-    kick_off: pl.Series
-    irq_key: np.ndarray  # sorted
-    notify_ns: pl.Series
-
-    @classmethod
-    def of(cls, queues: QueueEvents, reach: int | None) -> QueueIndex | None:
-        """`reach`: the greatest offset an element will ask for (pop or fill). None when the
-        keys do not fit 64 bits (with_queue_events then)."""
-        if reach is not None and reach >= 1 << OFFSET_BITS:
-            return None
-        kicks, irqs = pl.collect_all([f.lazy() for f in queues])
-        known = pl.all_horizontal(pl.col(QUEUE).is_not_null())
-        values = tuple(
-            np.unique(np.concatenate([
-                f.select(pl.col(c).filter(known).to_physical().cast(pl.Int64).unique())
-                .to_series().to_numpy() for f in (kicks, irqs)
-            ]))
-            for c in QUEUE
-        )  # fmt: skip
-        if np.prod([max(1, len(v)) for v in values], dtype=np.float64) >= 2.0 ** (63 - OFFSET_BITS):
-            return None
-        sides = []
-        for frame, off, ns in ((kicks, "_koff", "kick_ns"), (irqs, "_noff", "notify_ns")):
-            if (top := frame[off].max()) is not None and top >= 1 << OFFSET_BITS:
-                return None
-            key = np.concatenate([np.zeros(0, np.int64)] + [  # (a slice at a time: the
-                _keys(frame.slice(lo, KEY_ROWS), off, values)  # columns' codes are 5 arrays)
-                for lo in range(0, len(frame), KEY_ROWS)
-            ])  # fmt: skip
-            o = np.flatnonzero(key >= 0)
-            o = o[np.argsort(key[o], kind="stable")]
-            # (a time may be null: QEMU's untimed)
-            sides += [
-                key[o],
-                frame[ns].gather(o),
-                *([frame[off].gather(o)] if off == "_koff" else []),
-            ]
-        return cls(values, *sides)
-
-    def requests(self, elements: pl.DataFrame, first: int = 0) -> pl.DataFrame:
-        """with_queue_events(elements.lazy(), the queues, first).collect()"""
-        h = _codes(elements)
-        queue = _queue_numbers(h[:-1], self.values, h[-1])
-        lo = np.where(queue >= 0, queue << OFFSET_BITS, -1)  # the queue's least key, or none
-        kick = search(self.kick_key, lo, elements["pop_off"], before=True)
-        notify = search(self.irq_key, lo, elements["fill_off"], before=False)
-        req = elements.with_columns(
-            _found(kick, self.kick_ns).alias("kick_ns"),
-            _found(kick, self.kick_off).alias("kick_off"),
-            _found(notify, self.notify_ns).alias("notify_ns"),
-        )
-        return _as_requests(req.lazy(), first).collect()
-
-
-def _found(at: np.ndarray, values: pl.Series) -> pl.Expr:
-    """values[at], null where `at` found nothing (-1)."""
-    if not len(values):
-        return pl.lit(None, values.dtype)
-    return pl.when(pl.lit(pl.Series(at >= 0))).then(pl.lit(values.gather(at.clip(0))))
-
-
-KEY_ROWS = 1 << 20  # kicks or notifies keyed at a time
-
-
-def _keys(frame: pl.DataFrame, off: str, values) -> np.ndarray:
-    """Each row's key (its queue's number << OFFSET_BITS | its offset `off`), or -1: a row
-    with a column or its offset null (no element's)."""
-    h = _codes(frame)
-    offs = frame[off]
-    ok = h[-1] & offs.is_not_null().to_numpy()
-    queue = _queue_numbers(h[:-1], values, ok)
-    return np.where(ok, (queue << OFFSET_BITS) | offs.fill_null(0).to_numpy().astype(np.int64), -1)
-
-
-def _codes(frame: pl.DataFrame) -> list[np.ndarray]:
-    """Per column of QUEUE its values as integers (categories by number), then whether the
-    row has all of them."""
-    cols = frame.select(
-        pl.col(c).to_physical().cast(pl.Int64).fill_null(-1).alias(c) for c in QUEUE
-    )
-    known = frame.select(pl.all_horizontal(pl.col(QUEUE).is_not_null())).to_series()
-    return [*(cols[c].to_numpy() for c in QUEUE), known.to_numpy()]
-
-
-def _queue_numbers(codes, values, known) -> np.ndarray:
-    """Each row's queue number from its columns' values (their ranks among `values`,
-    mixed), or -1: a value the kicks and notifies do not have, or a row not `known`."""
-    number = np.zeros(len(known), np.int64)
-    ok = known.copy()
-    for c, v in zip(codes, values, strict=True):
-        r = np.searchsorted(v, c).clip(0, max(0, len(v) - 1))
-        ok &= (v[r] == c) if len(v) else False
-        number = number * max(1, len(v)) + r
-    return np.where(ok, number, -1)
-
-
-def _as_requests(req: pl.LazyFrame, first: int) -> pl.LazyFrame:
+def as_requests(req: pl.LazyFrame, first: int) -> pl.LazyFrame:
     """Elements with their kick and notify, as requests numbered from `first`."""
     blk = pl.col("blk_op").is_not_null()
     op = (

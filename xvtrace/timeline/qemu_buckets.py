@@ -4,9 +4,9 @@ An element's row comes from its own events (qemu.ELEMENT_EVENTS, keyed by its po
 from its queue's kicks and notifies. So the elements, put into buckets by pointer, are
 paired one bucket at a time, each bucket's rows written in (src_file, pop_off) order; the
 buckets are then merged in that order a slice at a time, each slice given its queues' kicks
-and notifies by binary search in their sorted keys (qemu.QueueIndex: held, three numbers a
-kick and two a notify) and written. What is held is one bucket's pairing, the queues' keys
-and a slice, not the whole capture's pairing (2.2 GB at 5 M requests, built at once).
+and notifies from the runs of them on disk its offsets fall in (`_queue_runs`) and written.
+What is held is one bucket's pairing and a slice, not the whole capture's pairing (2.2 GB
+at 5 M requests, built at once).
 
 QEMU reuses a few element pointers (the emulated 5 M request capture pops from 7, one of
 them 1.55 M times), so a pointer's hash alone filled one bucket of five with 2.7 M pops;
@@ -19,7 +19,9 @@ fill (`_pieces`), so no bucket holds much more than ELEMENTS_PER_BUCKET pops.
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ import polars as pl
 from xvtrace.bundle import file_order
 from xvtrace.bundle.frame_sink import SPILL_OPTIONS, sink_frames
 from xvtrace.timeline import qemu
+from xvtrace.timeline.sorted_runs import SortedRuns
 
 ELEMENTS_PER_BUCKET = 1_000_000  # pops paired at a time
 SLICE_ROWS = 1 << 18  # requests merged, joined and written at a time
@@ -52,20 +55,50 @@ def write_requests(ev: pl.LazyFrame, spill: Path, path: Path) -> None:
         parts.append(pl.scan_parquet(part))
     queues = qemu.QueueEvents.of(q)
     schema = qemu.with_queue_events(parts[0].head(0), queues).collect_schema()
-    reach = pl.concat([p.select(pl.max("pop_off", "fill_off")) for p in parts]).max().collect()
-    index = qemu.QueueIndex.of(
-        queues, max((v for v in reach.row(0) if v is not None), default=None)
-    )
-    if index is None:  # (keys of more than 64 bits: the as-of joins, the queues held)
-        queues = queues.collect()
-    join = (index.requests if index is not None else
-            lambda elements, first: qemu.with_queue_events(elements.lazy(), queues, first).collect())  # fmt: skip
     try:
-        sink_frames(lambda: _merged(parts, join), schema, path, **SPILL_OPTIONS)
+        kicks, irqs = (_queue_runs(q, *side, spill / f"dm{side[2]}") for side in qemu.QUEUE_EVENTS)
+        sink_frames(lambda: _merged(parts, partial(_requests, kicks, irqs)), schema, path,
+                    **SPILL_OPTIONS)  # fmt: skip
     finally:  # (the spill directory goes at the build's end; these can go now)
         for b in range(buckets):
             (spill / f"dm_elements_{b}.parquet").unlink(missing_ok=True)
         events.unlink(missing_ok=True)
+        for runs in ("dm_kicks", "dm_irqs"):
+            shutil.rmtree(spill / runs, ignore_errors=True)
+
+
+def _queue_runs(
+    q: pl.LazyFrame, names: list[str], ns: str, off: str, directory: Path
+) -> SortedRuns:
+    """A queue's kicks or notifies (qemu.queue_events) that have a queue and an offset, with
+    their device's epoch, in sorted runs per queue (qemu.QUEUE) by their offset `off`, in
+    `directory`: each slice of elements reads the runs its pops or fills fall in (held,
+    their keys and times were 0.2 GB at 5 M requests; collected and sorted at once, 0.4 GB
+    more). Read a log at a time in its file order, a batch at a time (file_order)."""
+    directory.mkdir()
+    runs = SortedRuns(directory, "run", qemu.QUEUE, off)
+    since = qemu.epochs(q.filter(pl.col("event").is_in(qemu.RESETS)).collect().lazy())
+    events = qemu.queue_events(q, names, ns, "src_offset")
+    known = pl.all_horizontal(pl.col(qemu.QUEUE).is_not_null()) & pl.col(off).is_not_null()
+    logs = events.select(pl.col("src_file").drop_nulls().unique()).collect().to_series()
+    for log in logs.cast(pl.String).sort().to_list():
+        mine = events.filter(pl.col("src_file") == log)
+        for batch in file_order.batches(mine, directory / "log.parquet"):
+            batch = since(batch.lazy().rename({"src_offset": off}), off).collect()
+            runs.add(batch.filter(known))
+    return runs.seal()
+
+
+def _requests(
+    kicks: SortedRuns, irqs: SortedRuns, elements: pl.DataFrame, first: int
+) -> pl.DataFrame:
+    """qemu.with_queue_events(elements.lazy(), the queues, first).collect(), the queues'
+    kicks and notifies in sorted runs (`_queue_runs`)."""
+    req = kicks.asof(elements.sort("pop_off", nulls_last=True), "pop_off", "backward")
+    req = irqs.asof(
+        req.rename({"_koff": "kick_off"}).sort("fill_off", nulls_last=True), "fill_off", "forward"
+    )
+    return qemu.as_requests(req.drop("_noff").lazy(), first).collect()
 
 
 def _bucket_of(
