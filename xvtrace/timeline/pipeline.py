@@ -209,7 +209,7 @@ def _device_model(x: _Inputs) -> tuple[pl.DataFrame | spilled.Spilled, Clock | N
     pairs, lower, dm_clock = _device_model_clock(x)
     saved = None if pairs is None else x.spill / "dm_pairs.parquet"
     if saved is not None:  # (on disk while the requests are built: 0.45 GB at 5 M requests)
-        pairs.write_parquet(saved, **SPILL_OPTIONS)
+        pairs.lazy().sink_parquet(saved, **SPILL_OPTIONS)
     del pairs
     built = x.spill / "dm_requests.parquet"
     qemu_buckets.write_requests(x.ev, x.spill, built)  # (a share of the elements at a time)
@@ -234,7 +234,7 @@ def _device_model(x: _Inputs) -> tuple[pl.DataFrame | spilled.Spilled, Clock | N
 
 def _device_model_clock(
     x: _Inputs,
-) -> tuple[pl.DataFrame | None, pl.DataFrame | None, Clock | None]:
+) -> tuple[pl.DataFrame | pl.LazyFrame | None, pl.DataFrame | None, Clock | None]:
     """The device model's clock and the pairs it was fitted to: (kicks' traps with their
     IOREQs, or event-channel kicks with their VMCALLs and `lower` their responses; the
     clock), from the kicks, else every IOREQ in order when the kicks fit none."""
