@@ -166,7 +166,7 @@ def _handled(io: Iterator[pl.DataFrame], events: Iterator[pl.DataFrame]) -> Iter
         after = next(io, None)
         end = None if after is None else after["src_offset"][0]
         offsets = batch["src_offset"].to_numpy()
-        last, notified = batch["ts_ns"].to_numpy().copy(), np.zeros(len(batch), bool)
+        last, notified = _times(batch["ts_ns"]), np.zeros(len(batch), bool)
         while (part := rest if rest is not None else next(events, None)) is not None:
             rest = None
             if end is not None:
@@ -175,10 +175,16 @@ def _handled(io: Iterator[pl.DataFrame], events: Iterator[pl.DataFrame]) -> Iter
             _own(offsets, last, notified, part)
             if rest is not None:
                 break
-        yield batch.with_columns(pl.Series("last_ns", last), pl.Series("notified", notified)).cast(
-            dict(_HANDLED)
-        )
+        last = pl.Series("last_ns", last).replace(UNTIMED, None)
+        yield batch.with_columns(last, pl.Series("notified", notified)).cast(dict(_HANDLED))
         batch = after
+
+
+UNTIMED = np.iinfo(np.int64).min  # an event without a time (QEMU logging none): never the last
+
+
+def _times(ts: pl.Series) -> np.ndarray:
+    return ts.fill_null(UNTIMED).to_numpy().astype(np.int64, copy=True)
 
 
 def _own(offsets: np.ndarray, last: np.ndarray, notified: np.ndarray, events: pl.DataFrame) -> None:
@@ -187,7 +193,7 @@ def _own(offsets: np.ndarray, last: np.ndarray, notified: np.ndarray, events: pl
     and it is `notified` if one of them is a queue notify."""
     owner = np.searchsorted(offsets, events["src_offset"].to_numpy(), "right") - 1
     handled = owner >= 0  # events before the log's first IOREQ belong to none
-    owner, ts = owner[handled], events["ts_ns"].to_numpy()[handled]
+    owner, ts = owner[handled], _times(events["ts_ns"])[handled]
     notified[owner[events["notify"].to_numpy()[handled]]] = True
     if len(owner):  # `owner` rises through the log: each IOREQ's events are one run
         runs = np.flatnonzero(np.diff(owner, prepend=-1))
