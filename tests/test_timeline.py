@@ -640,18 +640,22 @@ def test_interrupt_acks_keep_a_run_that_goes_on_across_a_slice(tmp_path, monkeyp
 
 @pytest.mark.parametrize("capture", ["xen/hvm-epam-smp"])
 def test_handled_is_in_pcpu_then_offset_order_however_it_is_written(tmp_path, monkeypatch, capture):
-    """hvm.handled lists the handler records by pCPU, then offset: written a slice of 31
-    and a pCPU's batch of 53 at a time, the same rows in that order."""
+    """hvm.handled lists the handler records by pCPU, then offset: paired 7 records at a
+    time (a handler's exit and entry in other chunks than its own, its numbers kept across
+    them and written once final), written a slice of 31 and a pCPU's batch of 53 at a time,
+    the same rows in that order."""
     from xvtrace.bundle import file_order
     from xvtrace.timeline import hvm
 
     shutil.copytree(FIXTURES / capture, tmp_path / "b")
     ev = api.ingest(tmp_path / "b").bundle.events()
     whole = hvm.handled(ev)
+    monkeypatch.setattr(hvm, "CHUNK_RECORDS", 7)
     monkeypatch.setattr(hvm, "SLICE_ROWS", 31)
     monkeypatch.setattr(file_order, "BATCH_ROWS", 53)
     cut = hvm.handled(ev)
     assert len(whole) > 500 and whole["cpu"].n_unique() > 1 and cut.equals(whole)
+    assert whole["entry_ns"].is_not_null().mean() > 0.99 and whole["adjacent"].any()
     assert whole.select(pl.struct("cpu", "src_offset").is_sorted()).item()
 
 

@@ -50,52 +50,25 @@ SLICE_ROWS = 1 << 18  # handler records written at a time
 def write_handled(ev: pl.LazyFrame, path: Path, scratch: Path, **options) -> None:
     """`handled(ev)` written to the parquet file `path` (`options`: sink_parquet's) a slice
     at a time: first in the table's order, each record's exit, entry and adjacency beside
-    its columns, then a pCPU at a time in its offsets' order (file_order.batches). Held
-    whole: three numbers per handler record (its columns, read whole and gathered into
-    `handled`'s order, were 1.0 GiB at 5 M requests). `scratch`: a directory for the
-    records on their way."""
-    from xvtrace.timeline import hvm_kernel  # numba (0.25 s to import) only to build: a
-
-    # stored timeline needs none
-    from xvtrace.timeline.hvm_kernel import ENTRY_ROLE, EXIT_ROLE, HANDLER_ROLE, NONE
-
+    its columns, written as soon as they are final, then a pCPU at a time in its offsets'
+    order (file_order.batches). Held: the pairing's numbers for the handler records still
+    waiting for their vCPU's entry (for all of them, they were 0.4 GB at 5 M requests; their
+    columns, read whole and gathered, 1.0 GiB). `scratch`: a directory for the records on
+    their way."""
     xen = ev.filter(pl.col("source") == "xentrace")
-    is_exit, is_entry = pl.col("event") == EXIT, pl.col("event") == ENTRY
-    # two narrow passes in the table's time order, not a sort of every exit's columns: each
-    # record's vCPU and role a chunk at a time through the pairing, then the handler
-    # records' own columns (the same order)
     records = xen.filter(pl.col("event").is_in([EXIT, ENTRY, *HANDLERS]))
-    vi, n_vcpus, n = _vcpu_index(records)
-    exit_ns, entry_ns = np.full(n, NONE, np.int64), np.full(n, NONE, np.int64)
-    after_exit, before_entry = np.zeros(n, np.bool_), np.zeros(n, np.bool_)
-    link, state, done = np.empty(n, np.int64), hvm_kernel.new_state(n_vcpus), 0
-    rows = records.select(
-        "ts_ns", vi,
-        pl.when(is_exit).then(EXIT_ROLE).when(is_entry).then(ENTRY_ROLE)
-        .otherwise(HANDLER_ROLE).cast(pl.UInt8).alias("role"),
-    )  # fmt: skip
-    for chunk in batches_through(rows, scratch / "records.parquet", CHUNK_RECORDS):
-        done = hvm_kernel.pair_chunk(
-            chunk["vi"].to_numpy(), chunk["ts_ns"].to_numpy(), chunk["role"].to_numpy(), done,
-            state, exit_ns, entry_ns, after_exit, before_entry, link,
-        )  # fmt: skip
-    del link, state
-    adjacent = after_exit & before_entry
-    del after_exit, before_entry
     # (VMCALL is the only handler record with a hypercall number)
     call = fields.xen("hvm.vmmcall", "hypercall")
     handlers = xen.filter(pl.col("event").is_in(HANDLERS))
     columns = scratch / "handlers.parquet"
     table_order = scratch / "handled-table-order.parquet"
-    rows = partial(_in_table_order, pl.scan_parquet(columns), exit_ns, entry_ns, adjacent)
-    del exit_ns, entry_ns, adjacent  # (`rows` holds them while they are written)
     try:
         handlers.select("dom", "vcpu", "cpu", "event", "addr", call, "src_offset").sink_parquet(
             columns, **SPILL_OPTIONS
         )
-        schema = next(rows()).schema
+        rows = partial(_in_table_order, records, pl.scan_parquet(columns), scratch)
+        schema = _in_table_order_schema(pl.scan_parquet(columns))
         sink_frames(rows, schema, table_order, **SPILL_OPTIONS)
-        del rows
         columns.unlink()
         found = pl.scan_parquet(table_order)
         cpus = found.select(pl.col("cpu").unique().sort()).collect()["cpu"]
@@ -114,26 +87,94 @@ def write_handled(ev: pl.LazyFrame, path: Path, scratch: Path, **options) -> Non
         table_order.unlink(missing_ok=True)
 
 
-def _in_table_order(columns: pl.LazyFrame, exit_ns, entry_ns, adjacent) -> Iterator[pl.DataFrame]:
+def _in_table_order(
+    records: pl.LazyFrame, columns: pl.LazyFrame, scratch: Path
+) -> Iterator[pl.DataFrame]:
     """The handler records' `columns` (a scan, in the table's order) with their exit,
-    entry and adjacency, SLICE_ROWS at a time, only the paired ones (an exit found), a
-    missing entry (NONE) made null."""
-    from xvtrace.timeline.hvm_kernel import NONE
+    entry and adjacency, as soon as they are final, only the paired ones (an exit found), a
+    missing entry made null: two narrow passes in the table's time order, not a sort of
+    every exit's columns. Each record's vCPU and role go through the compiled pairing a
+    chunk at a time (its state carried on); the handlers' numbers are kept in a window from
+    the first one still waiting for its vCPU's next record or entry (`hvm_kernel.pending`)."""
+    from xvtrace.timeline import hvm_kernel  # numba (0.25 s to import) only to build: a
 
-    entry = pl.col("entry_ns")
-    for lo in range(0, max(len(exit_ns), 1), SLICE_ROWS):
-        part = columns.slice(lo, SLICE_ROWS).collect()
-        at = slice(lo, lo + len(part))
-        part = pl.DataFrame([
-            *part.select("dom", "vcpu", "cpu", "event", "addr", "hypercall").get_columns(),
-            pl.Series("exit_ns", exit_ns[at]),
-            pl.Series("entry_ns", entry_ns[at]),
-            part["src_offset"],
-            pl.Series("adjacent", adjacent[at]),
-        ])  # fmt: skip
-        yield part.filter(pl.Series(exit_ns[at] != NONE)).with_columns(
-            pl.when(entry != NONE).then(entry).alias("entry_ns")
-        )
+    # stored timeline needs none
+    from xvtrace.timeline.hvm_kernel import ENTRY_ROLE, EXIT_ROLE, HANDLER_ROLE, NONE
+
+    is_exit, is_entry = pl.col("event") == EXIT, pl.col("event") == ENTRY
+    vi, n_vcpus, _ = _vcpu_index(records)
+    rows = records.select(
+        "ts_ns", vi,
+        pl.when(is_exit).then(EXIT_ROLE).when(is_entry).then(ENTRY_ROLE)
+        .otherwise(HANDLER_ROLE).cast(pl.UInt8).alias("role"),
+    )  # fmt: skip
+    state = hvm_kernel.new_state(n_vcpus)
+    window = _Window()  # the numbers of handlers base.. (the first `base` are written)
+    for chunk in batches_through(rows, scratch / "records.parquet", CHUNK_RECORDS):
+        role = chunk["role"].to_numpy()
+        first = window.grow(int(np.count_nonzero(role == HANDLER_ROLE)))
+        end = hvm_kernel.pair_chunk(
+            chunk["vi"].to_numpy(), chunk["ts_ns"].to_numpy(), role, first, state,
+            window.exit_ns, window.entry_ns, window.after_exit, window.before_entry, window.link,
+        )  # fmt: skip
+        final = hvm_kernel.pending(state, end)
+        yield from window.written(columns, final, NONE)
+        hvm_kernel.shift(state, window.link, final)
+    yield from window.written(columns, len(window.exit_ns), NONE)
+
+
+class _Window:
+    """The pairing's numbers of a run of handler records, base.., grown for each chunk and
+    cut when its first ones are final."""
+
+    def __init__(self):
+        from xvtrace.timeline.hvm_kernel import NONE
+
+        self.base, self.none = 0, NONE
+        self.exit_ns = self.entry_ns = self.link = np.zeros(0, np.int64)
+        self.after_exit = self.before_entry = np.zeros(0, np.bool_)
+
+    def grow(self, n: int) -> int:
+        """Room for `n` more handlers; where the first of them goes."""
+        at = len(self.exit_ns)
+        self.exit_ns = np.r_[self.exit_ns, np.full(n, self.none, np.int64)]
+        self.entry_ns = np.r_[self.entry_ns, np.full(n, self.none, np.int64)]
+        self.link = np.r_[self.link, np.empty(n, np.int64)]
+        self.after_exit = np.r_[self.after_exit, np.zeros(n, np.bool_)]
+        self.before_entry = np.r_[self.before_entry, np.zeros(n, np.bool_)]
+        return at
+
+    def written(self, columns: pl.LazyFrame, final: int, none: int) -> Iterator[pl.DataFrame]:
+        """The first `final` handlers of the window with their columns, SLICE_ROWS at a
+        time, only the paired ones; then the window starts after them."""
+        entry = pl.col("entry_ns")
+        for lo in range(0, final, SLICE_ROWS):
+            at = slice(lo, min(lo + SLICE_ROWS, final))
+            part = columns.slice(self.base + lo, at.stop - lo).collect()
+            exit_ns = self.exit_ns[at]
+            part = pl.DataFrame([
+                *part.select("dom", "vcpu", "cpu", "event", "addr", "hypercall").get_columns(),
+                pl.Series("exit_ns", exit_ns),
+                pl.Series("entry_ns", self.entry_ns[at]),
+                part["src_offset"],
+                pl.Series("adjacent", self.after_exit[at] & self.before_entry[at]),
+            ])  # fmt: skip
+            yield part.filter(pl.Series(exit_ns != none)).with_columns(
+                pl.when(entry != none).then(entry).alias("entry_ns")
+            )
+        self.base += final
+        for name in ("exit_ns", "entry_ns", "link", "after_exit", "before_entry"):
+            setattr(self, name, getattr(self, name)[final:].copy())
+
+
+def _in_table_order_schema(columns: pl.LazyFrame) -> pl.Schema:
+    """The schema of `_in_table_order`'s frames."""
+    part = columns.head(0).collect()
+    return pl.DataFrame([
+        *part.select("dom", "vcpu", "cpu", "event", "addr", "hypercall").get_columns(),
+        pl.Series("exit_ns", [], pl.Int64), pl.Series("entry_ns", [], pl.Int64),
+        part["src_offset"], pl.Series("adjacent", [], pl.Boolean),
+    ]).schema  # fmt: skip
 
 
 def _vcpu_index(records: pl.LazyFrame) -> tuple[pl.Expr, int, int]:
@@ -141,14 +182,15 @@ def _vcpu_index(records: pl.LazyFrame) -> tuple[pl.Expr, int, int]:
     its pCPU's: it pairs with that pCPU's records), how many indexes there are, and how
     many handler records."""
     known = pl.col("dom").is_not_null() & pl.col("vcpu").is_not_null()
+    # (streamed: read whole, the four columns of 60 M records at 5 M requests were 0.6 GiB)
+    doms = records.filter(known).select(pl.col("dom").unique()).collect(engine="streaming")
     seen = records.select(
-        pl.col("dom").filter(known).unique().sort().implode(),
         pl.col("vcpu").filter(known).max(),
         pl.col("cpu").max(),
         pl.col("event").is_in(HANDLERS).sum(),
-    ).collect()
-    doms, top, cpus, handlers = seen.row(0)
-    doms = doms.to_list() if isinstance(doms, pl.Series) else list(doms)
+    ).collect(engine="streaming")
+    top, cpus, handlers = seen.row(0)
+    doms = doms.to_series().sort().to_list()
     width = 1 if top is None else int(top) + 1
     index = pl.lit(0, pl.Int64)  # (a chain of whens streams: replace_strict held every row)
     for i, dom in enumerate(doms[1:], 1):  # (the first dom's index is the 0 otherwise)

@@ -18,9 +18,11 @@ def pair_chunk(vi, ts, role, first, state, exit_ns, entry_ns, after_exit, before
     (`vi`: each one's vCPU index, `ts`, `role`) at a time, the pairing's state carried
     from chunk to chunk: `state` rows per vCPU (0: last exit time, 1: last role, 2: its
     handler waiting for the next record, 3: the last of its handlers waiting for an entry,
-    chained back through `link`). `first`: the handlers before this chunk; returns those
-    after it. The output arrays hold every handler of the capture."""
+    chained back through `link`, 4: the first of them). `first`: the index of this chunk's
+    first handler in the output arrays (which hold a window of the capture's handlers: all
+    those still waiting, and this chunk's); returns the index after its last."""
     last_exit, last_role, last_handler, waiting = state[0], state[1], state[2], state[3]
+    oldest = state[4]
     k = first
     for i in range(len(role)):
         v, r = vi[i], role[i]
@@ -35,11 +37,14 @@ def pair_chunk(vi, ts, role, first, state, exit_ns, entry_ns, after_exit, before
                 entry_ns[h] = ts[i]
                 h = link[h]
             waiting[v] = -1
+            oldest[v] = -1
         else:
             exit_ns[k] = last_exit[v]
             after_exit[k] = last_role[v] == EXIT_ROLE
             last_handler[v] = k
             link[k] = waiting[v]
+            if waiting[v] < 0:
+                oldest[v] = k
             waiting[v] = k
             k += 1
         last_role[v] = r
@@ -48,6 +53,25 @@ def pair_chunk(vi, ts, role, first, state, exit_ns, entry_ns, after_exit, before
 
 def new_state(n_vcpus: int) -> np.ndarray:
     """`pair_chunk`'s state before the first record."""
-    state = np.full((4, n_vcpus), -1, np.int64)
+    state = np.full((5, n_vcpus), -1, np.int64)
     state[0] = NONE
     return state
+
+
+HANDLER_ROWS = (2, 3, 4)  # the state's rows that hold handler indexes
+
+
+def pending(state: np.ndarray, end: int) -> int:
+    """The first handler not final yet (still waiting for its vCPU's next record or entry),
+    `end` when none is."""
+    waiting = state[list(HANDLER_ROWS[::2])]  # the next record's, and the first entry's
+    waiting = waiting[waiting >= 0]
+    return int(waiting.min()) if len(waiting) else end
+
+
+def shift(state: np.ndarray, link: np.ndarray, by: int) -> None:
+    """The handler indexes in `state` and `link` moved down `by` (the window's first
+    handlers written out): an index that falls below 0 is one no chain reaches."""
+    for row in HANDLER_ROWS:
+        state[row] = np.where(state[row] >= 0, state[row] - by, -1)
+    np.subtract(link, by, out=link, where=link >= 0)
