@@ -169,15 +169,12 @@ class QueueEvents(NamedTuple):
         since = epochs(q)
         return cls(*(since(queue_events(q, *side), side[2]) for side in QUEUE_EVENTS))
 
-    def collect(self) -> QueueEvents:
-        return QueueEvents(*pl.collect_all([self.kicks.lazy(), self.irqs.lazy()]))
-
 
 def with_queue_events(req: pl.LazyFrame, queues: QueueEvents, first: int = 0) -> pl.LazyFrame:
     """Elements (`element_requests`, by (src_file, pop_off)) with their queue's kick and
     notify, as requests numbered from `first`. Each row's answer is its own: a slice of the
-    elements gives that slice's requests (QueueIndex.requests: the same, with no as-of
-    join)."""
+    elements gives that slice's requests (qemu_buckets: the same, from the queues' events in
+    sorted runs on disk)."""
     # a kick and an interrupt belong to a request only within the device's same life: a
     # reset (status 0) ends every request in flight (an interrupt was matched 13.9 s later)
     req = req.join_asof(queues.kicks.lazy(), left_on="pop_off", right_on="_koff",
