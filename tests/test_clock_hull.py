@@ -57,3 +57,24 @@ def test_a_fit_of_pairs_read_in_slices_is_that_of_every_pair(monkeypatch):
     assert got.consistent and (got.lower_ns, got.upper_ns) == (lo, hi) and got.pairs == n
     assert got.drift_ppm == round(drift * 1e6, 4) and abs(got.drift_ppm - 40) < 1
     assert kept[0] < n // 4
+
+
+def test_an_event_or_ioreq_of_no_offset_owns_or_is_owned_by_nothing():
+    """clock._own: a handling event with no offset belongs to no IOREQ (numpy would place
+    its NaN anywhere), and an IOREQ with no offset (sorted first) owns no event."""
+    from xvtrace.timeline.clock import _own
+
+    offsets = np.array([0, 10, 20], np.int64)  # the first: no offset (sorted first, as 0)
+    unplaced = np.array([True, False, False])
+    last, notified = np.array([500, 1000, 3000], np.int64), np.zeros(3, bool)
+    events = pl.DataFrame({"ts_ns": [9000, 8000, 2000, 4000], "src_offset": [None, 5, 12, 25],
+                           "notify": [True, True, False, True]},
+                          schema_overrides={"src_offset": pl.UInt64})  # fmt: skip
+    _own(offsets, unplaced, last, notified, events)
+    assert last.tolist() == [500, 2000, 4000] and notified.tolist() == [False, False, True]
+    # an IOREQ at offset 0 does not take an event of no offset
+    last, notified = np.array([500, 3000], np.int64), np.zeros(2, bool)
+    events = pl.DataFrame({"ts_ns": [9000, 4000], "src_offset": [None, 25], "notify": [True, True]},
+                          schema_overrides={"src_offset": pl.UInt64})  # fmt: skip
+    _own(np.array([0, 20], np.int64), np.zeros(2, bool), last, notified, events)
+    assert last.tolist() == [500, 4000] and notified.tolist() == [False, True]

@@ -744,6 +744,33 @@ def test_a_slice_finds_no_kick_or_notify_of_another_queue(tmp_path):
     assert got.schema == want.schema and got.equals(want)
 
 
+@pytest.mark.parametrize("dropped", ["qemu.virtio_queue_notify", "qemu.virtio_notify"])
+def test_a_log_without_kicks_or_notifies_gives_its_requests_none(tmp_path, dropped):
+    """A queue kicked through ioeventfd logs no virtio_queue_notify (and one may log no
+    virtio_notify): the build's runs of them are empty, and its requests have none."""
+    from xvtrace.timeline import qemu, qemu_buckets
+
+    rows = [
+        ("virtio_queue_notify", 0),
+        ("virtqueue_pop", 1),
+        ("virtqueue_fill", 1),
+        ("virtio_notify", 0),
+    ]
+    q = pl.LazyFrame(
+        {"event": [f"qemu.{e}" for e, _ in rows], "queue": 0, "addr": [a or None for _, a in rows],
+         "src_file": "qemu.log", "dev": "blk0", "src_offset": range(0, 64 * len(rows), 64),
+         "ts_ns": range(1000, 1000 + 10 * len(rows), 10), "size": 1, **{f"arg{i}": 1 for i in range(7)}},
+        schema_overrides={"addr": pl.UInt64, "queue": pl.UInt16, "src_offset": pl.UInt64},
+    ).with_columns(pl.col("src_file", "dev").cast(pl.Categorical)).filter(pl.col("event") != dropped)  # fmt: skip
+    want = qemu.with_queue_events(qemu.element_requests(q), qemu.QueueEvents.of(q)).collect()
+    kicks, irqs = (
+        qemu_buckets._queue_runs(q, *side, tmp_path / side[2]) for side in qemu.QUEUE_EVENTS
+    )
+    got = qemu_buckets._requests(kicks, irqs, qemu.element_requests(q).collect(), 0)
+    assert got.equals(want) and len(got) == 1
+    assert got.select("kick_ns", "notify_ns").row(0).count(None) == 1
+
+
 def _pops(addrs, fills=()):
     """QEMU events (qemu.events_of's columns the buckets read): a pop of each of `addrs`,
     then a fill of each of `fills`."""

@@ -20,7 +20,11 @@ def batches(rows: pl.LazyFrame, scratch: Path | None = None) -> Iterator[pl.Data
     a file to pass them through, written before this returns (frame_sink.batches_through:
     polars' own batches run ahead of their consumer, 40 M rows of three columns to 0.7 GB)."""
     offset = pl.col("src_offset")  # (a null one: sorted first, as a sort puts it)
-    stepped_back = rows.select((offset.diff() < 0).any() | offset.is_null().any()).collect().item()
+    # (compared, not differenced: a diff of UInt64 offsets casts them to Int64, and fails on
+    # a damaged table's offset past 2^63)
+    stepped_back = (
+        rows.select((offset < offset.shift()).any() | offset.is_null().any()).collect().item()
+    )
     if stepped_back:
         return iter([rows.sort("src_offset", maintain_order=True).collect()])
     if scratch is not None:

@@ -72,6 +72,17 @@ def notify_pairs(
         with tempfile.TemporaryDirectory(prefix="xvt-pairs-") as d:
             found = notify_pairs(ev, hv, Path(d))
             return None if found is None else found.collect()
+    made: list[Path] = []  # the files on the way, removed once the pairs are written
+    try:
+        return _pairs(ev, hv, scratch, made)
+    finally:
+        for path in made:
+            path.unlink(missing_ok=True)
+
+
+def _pairs(ev: pl.LazyFrame, hv, scratch: Path, made: list[Path]) -> pl.LazyFrame | None:
+    """notify_pairs, with a `scratch` directory (each file written there is listed in
+    `made`)."""
     if hv is None:
         hv = hvm.accesses(hvm.handled(ev))
     qemu = ev.filter(pl.col("source") == "qemu")
@@ -87,6 +98,7 @@ def notify_pairs(
             "ts_ns", "src_offset", (pl.col("event") == "qemu.virtio_queue_notify").alias("notify")
         )
         at = scratch / f"notify_ioreqs_{i}.parquet"
+        made.append(at)
 
         def batches(mine=mine, rest=rest) -> Iterator[pl.DataFrame]:
             io = file_order.batches(mine, scratch / "notify_io.parquet")
@@ -126,6 +138,7 @@ def notify_pairs(
         )
         s = spans if len(slots) == 1 else spans.filter(pl.col("slot") == slot)
         t_at, s_at = scratch / f"notify_traps_{n}.parquet", scratch / f"notify_spans_{n}.parquet"
+        made += [t_at, s_at]
         t.sink_parquet(t_at, **SPILL_OPTIONS)
         s.drop("slot").sink_parquet(s_at, **SPILL_OPTIONS)
         sides.append((pl.scan_parquet(t_at), pl.scan_parquet(s_at)))
@@ -164,15 +177,16 @@ def _handled(io: Iterator[pl.DataFrame], events: Iterator[pl.DataFrame]) -> Iter
     batch = next(io, None)
     while batch is not None:
         after = next(io, None)
-        end = None if after is None else after["src_offset"][0]
-        offsets = batch["src_offset"].to_numpy()
+        end = None if after is None else after["src_offset"].fill_null(0)[0]
+        offsets = batch["src_offset"].fill_null(0).to_numpy()  # (sorted first: file_order)
+        unplaced = batch["src_offset"].is_null().to_numpy()  # an IOREQ of no offset owns none
         last, notified = _times(batch["ts_ns"]), np.zeros(len(batch), bool)
         while (part := rest if rest is not None else next(events, None)) is not None:
             rest = None
             if end is not None:
-                cut = int(np.searchsorted(part["src_offset"].to_numpy(), end))
+                cut = int(np.searchsorted(part["src_offset"].fill_null(0).to_numpy(), end))
                 part, rest = part.head(cut), (part.slice(cut) if cut < len(part) else None)
-            _own(offsets, last, notified, part)
+            _own(offsets, unplaced, last, notified, part)
             if rest is not None:
                 break
         last = pl.Series("last_ns", last).replace(UNTIMED, None)
@@ -187,12 +201,22 @@ def _times(ts: pl.Series) -> np.ndarray:
     return ts.fill_null(UNTIMED).to_numpy().astype(np.int64, copy=True)
 
 
-def _own(offsets: np.ndarray, last: np.ndarray, notified: np.ndarray, events: pl.DataFrame) -> None:
-    """The IOREQs at `offsets` (in file order) take `events` (ts_ns, src_offset, notify;
-    in file order) as their handling's: each IOREQ's `last` time rises to its events' latest
-    and it is `notified` if one of them is a queue notify."""
-    owner = np.searchsorted(offsets, events["src_offset"].to_numpy(), "right") - 1
+def _own(
+    offsets: np.ndarray,
+    unplaced: np.ndarray,
+    last: np.ndarray,
+    notified: np.ndarray,
+    events: pl.DataFrame,
+) -> None:
+    """The IOREQs at `offsets` (in file order; `unplaced`: of no offset) take `events`
+    (ts_ns, src_offset, notify; in file order) as their handling's: each IOREQ's `last`
+    time rises to its events' latest and it is `notified` if one of them is a queue
+    notify. An event of no offset belongs to none."""
+    at = events["src_offset"]
+    owner = np.searchsorted(offsets, at.fill_null(0).to_numpy(), "right") - 1
     handled = owner >= 0  # events before the log's first IOREQ belong to none
+    handled &= at.is_not_null().to_numpy()
+    handled[handled] = ~unplaced[owner[handled]]
     owner, ts = owner[handled], _times(events["ts_ns"])[handled]
     notified[owner[events["notify"].to_numpy()[handled]]] = True
     if len(owner):  # `owner` rises through the log: each IOREQ's events are one run

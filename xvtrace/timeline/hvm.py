@@ -99,7 +99,7 @@ def _in_table_order(
     from xvtrace.timeline import hvm_kernel  # numba (0.25 s to import) only to build: a
 
     # stored timeline needs none
-    from xvtrace.timeline.hvm_kernel import ENTRY_ROLE, EXIT_ROLE, HANDLER_ROLE, NONE
+    from xvtrace.timeline.hvm_kernel import ENTRY_ROLE, EXIT_ROLE, HANDLER_ROLE
 
     is_exit, is_entry = pl.col("event") == EXIT, pl.col("event") == ENTRY
     vi, n_vcpus, _ = _vcpu_index(records)
@@ -118,53 +118,66 @@ def _in_table_order(
             window.exit_ns, window.entry_ns, window.after_exit, window.before_entry, window.link,
         )  # fmt: skip
         final = hvm_kernel.pending(state, end)
-        yield from window.written(columns, final, NONE)
-        hvm_kernel.shift(state, window.link, final)
-    yield from window.written(columns, len(window.exit_ns), NONE)
+        yield from window.written(columns, final)
+        hvm_kernel.shift(state, window.link[: window.n], final)
+    yield from window.written(columns, window.n)
 
 
 class _Window:
-    """The pairing's numbers of a run of handler records, base.., grown for each chunk and
-    cut when its first ones are final."""
+    """The pairing's numbers of a run of handler records, base.. (`n` of them, in arrays
+    grown by doubling), the first ones cut when final and the rest moved down."""
+
+    NAMES = ("exit_ns", "entry_ns", "link", "after_exit", "before_entry")
 
     def __init__(self):
         from xvtrace.timeline.hvm_kernel import NONE
 
-        self.base, self.none = 0, NONE
+        self.base, self.n, self.none = 0, 0, NONE
         self.exit_ns = self.entry_ns = self.link = np.zeros(0, np.int64)
         self.after_exit = self.before_entry = np.zeros(0, np.bool_)
 
-    def grow(self, n: int) -> int:
-        """Room for `n` more handlers; where the first of them goes."""
-        at = len(self.exit_ns)
-        self.exit_ns = np.r_[self.exit_ns, np.full(n, self.none, np.int64)]
-        self.entry_ns = np.r_[self.entry_ns, np.full(n, self.none, np.int64)]
-        self.link = np.r_[self.link, np.empty(n, np.int64)]
-        self.after_exit = np.r_[self.after_exit, np.zeros(n, np.bool_)]
-        self.before_entry = np.r_[self.before_entry, np.zeros(n, np.bool_)]
+    def grow(self, k: int) -> int:
+        """Room for `k` more handlers; where the first of them goes. (A handler that
+        never sees its vCPU's entry keeps every later one in the window: doubling, not a
+        copy per chunk.)"""
+        at, self.n = self.n, self.n + k
+        if self.n > len(self.exit_ns):
+            size = max(self.n, 2 * len(self.exit_ns))
+            for name in self.NAMES:
+                old = getattr(self, name)
+                new = np.empty(size, old.dtype)
+                new[:at] = old[:at]
+                setattr(self, name, new)
+        self.exit_ns[at : self.n] = self.none
+        self.entry_ns[at : self.n] = self.none
+        self.after_exit[at : self.n] = False
+        self.before_entry[at : self.n] = False
         return at
 
-    def written(self, columns: pl.LazyFrame, final: int, none: int) -> Iterator[pl.DataFrame]:
+    def written(self, columns: pl.LazyFrame, final: int) -> Iterator[pl.DataFrame]:
         """The first `final` handlers of the window with their columns, SLICE_ROWS at a
         time, only the paired ones; then the window starts after them."""
-        entry = pl.col("entry_ns")
+        entry, none = pl.col("entry_ns"), self.none
         for lo in range(0, final, SLICE_ROWS):
             at = slice(lo, min(lo + SLICE_ROWS, final))
             part = columns.slice(self.base + lo, at.stop - lo).collect()
-            exit_ns = self.exit_ns[at]
+            # (copies: polars may keep numpy's memory, which the window then reuses)
+            exit_ns = self.exit_ns[at].copy()
             part = pl.DataFrame([
                 *part.select("dom", "vcpu", "cpu", "event", "addr", "hypercall").get_columns(),
                 pl.Series("exit_ns", exit_ns),
-                pl.Series("entry_ns", self.entry_ns[at]),
+                pl.Series("entry_ns", self.entry_ns[at].copy()),
                 part["src_offset"],
                 pl.Series("adjacent", self.after_exit[at] & self.before_entry[at]),
             ])  # fmt: skip
             yield part.filter(pl.Series(exit_ns != none)).with_columns(
                 pl.when(entry != none).then(entry).alias("entry_ns")
             )
-        self.base += final
-        for name in ("exit_ns", "entry_ns", "link", "after_exit", "before_entry"):
-            setattr(self, name, getattr(self, name)[final:].copy())
+        if final:
+            for name in self.NAMES:
+                values = getattr(self, name)
+                values[: self.n - final] = values[final : self.n]
+            self.base, self.n = self.base + final, self.n - final
 
 
 def _in_table_order_schema(columns: pl.LazyFrame) -> pl.Schema:

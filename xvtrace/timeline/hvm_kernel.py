@@ -58,13 +58,16 @@ def new_state(n_vcpus: int) -> np.ndarray:
     return state
 
 
-HANDLER_ROWS = (2, 3, 4)  # the state's rows that hold handler indexes
+# the state's rows that hold handler indexes: the handler waiting for its vCPU's next
+# record, the last and the first of those waiting for its entry
+NEXT_RECORD, LAST_WAITING, FIRST_WAITING = 2, 3, 4
+HANDLER_ROWS = (NEXT_RECORD, LAST_WAITING, FIRST_WAITING)
 
 
 def pending(state: np.ndarray, end: int) -> int:
     """The first handler not final yet (still waiting for its vCPU's next record or entry),
     `end` when none is."""
-    waiting = state[list(HANDLER_ROWS[::2])]  # the next record's, and the first entry's
+    waiting = state[[NEXT_RECORD, FIRST_WAITING]]
     waiting = waiting[waiting >= 0]
     return int(waiting.min()) if len(waiting) else end
 

@@ -319,7 +319,7 @@ def _time_ordered(dm: pl.LazyFrame | pl.DataFrame) -> bool:
     15 M IOREQs the whole columns' differences held 137 MiB of temporaries)."""
     ordered = (
         (pl.col("dm_ns").diff() > 0)
-        | ((pl.col("dm_ns").diff() == 0) & (pl.col("dm_off").diff() >= 0))
+        | ((pl.col("dm_ns").diff() == 0) & (pl.col("dm_off") >= pl.col("dm_off").shift()))
     ).fill_null(True).all()  # fmt: skip
     return _holds_throughout(dm.lazy().select("dm_ns", "dm_off"), ordered)
 

@@ -55,16 +55,19 @@ def write_requests(ev: pl.LazyFrame, spill: Path, path: Path) -> None:
         parts.append(pl.scan_parquet(part))
     queues = qemu.QueueEvents.of(q)
     schema = qemu.with_queue_events(parts[0].head(0), queues).collect_schema()
+    runs = [spill / f"dm{off}_runs" for _, _, off in qemu.QUEUE_EVENTS]
     try:
-        kicks, irqs = (_queue_runs(q, *side, spill / f"dm{side[2]}") for side in qemu.QUEUE_EVENTS)
+        kicks, irqs = (
+            _queue_runs(q, *side, at) for side, at in zip(qemu.QUEUE_EVENTS, runs, strict=True)
+        )
         sink_frames(lambda: _merged(parts, partial(_requests, kicks, irqs)), schema, path,
                     **SPILL_OPTIONS)  # fmt: skip
     finally:  # (the spill directory goes at the build's end; these can go now)
         for b in range(buckets):
             (spill / f"dm_elements_{b}.parquet").unlink(missing_ok=True)
         events.unlink(missing_ok=True)
-        for runs in ("dm_kicks", "dm_irqs"):
-            shutil.rmtree(spill / runs, ignore_errors=True)
+        for at in runs:
+            shutil.rmtree(at, ignore_errors=True)
 
 
 def _queue_runs(
@@ -80,6 +83,7 @@ def _queue_runs(
     since = qemu.epochs(q.filter(pl.col("event").is_in(qemu.RESETS)).collect().lazy())
     events = qemu.queue_events(q, names, ns, "src_offset")
     known = pl.all_horizontal(pl.col(qemu.QUEUE).is_not_null()) & pl.col(off).is_not_null()
+    runs.add(since(events.head(0).rename({"src_offset": off}), off).collect())  # (none: no rows)
     logs = events.select(pl.col("src_file").drop_nulls().unique()).collect().to_series()
     for log in logs.cast(pl.String).sort().to_list():
         mine = events.filter(pl.col("src_file") == log)

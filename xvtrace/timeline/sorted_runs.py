@@ -14,6 +14,8 @@ import polars as pl
 
 from xvtrace.bundle.frame_sink import SPILL_OPTIONS
 
+REWRITE_ROWS = 1 << 16  # rows a run of a group sorted whole
+
 
 @dataclass
 class _Group:
@@ -60,14 +62,15 @@ class SortedRuns:
 
     def seal(self) -> SortedRuns:
         """No more rows: a group whose keys stepped back is read, sorted (ties in the order
-        they came, a null first) and written again as one file (held whole: the fallback)."""
+        they came, a null first) and written again in runs (held whole once: the fallback)."""
         for group in self.groups.values():
             if not group.in_order:
                 whole = pl.read_parquet(group.files).sort(self.on, maintain_order=True)
                 for path in group.files:
                     path.unlink()
                 group.files, group.firsts, group.lasts, group.in_order = [], [], [], True
-                self._write(group, whole)
+                for lo in range(0, len(whole), REWRITE_ROWS):  # (runs again: a chunk reads
+                    self._write(group, whole.slice(lo, REWRITE_ROWS))  # only its own)
         self.sealed = True
         return self
 
@@ -75,7 +78,9 @@ class SortedRuns:
         """left.join_asof(the table, left_on=`left_on`, right_on=`on`, by=`by`,
         strategy=`strategy`) with `left` sorted by `left_on` (nulls last), its rows grouped
         by `by` (in their order within a group)."""
-        assert self.sealed, "seal() first"
+        assert self.sealed, "seal first"
+        assert self.empty is not None, "add rows first (a frame of none gives the columns)"
+        assert not set(self.empty.columns) & set(left.columns), "the right's columns are new"
         out = []
         for key, rows in left.partition_by(self.by, as_dict=True, maintain_order=True).items():
             mine = self.groups.get(key)
@@ -107,9 +112,12 @@ class SortedRuns:
 
 def _search(bounds: np.ndarray, keys: np.ndarray, side: str) -> np.ndarray:
     """np.searchsorted of `keys` in the files' `bounds`, a null bound (a file of rows with
-    null keys first) before every key."""
-    filled = np.array([np.iinfo(np.int64).min if b is None else b for b in bounds], np.int64)
-    return np.searchsorted(filled, keys.astype(np.int64), side)
+    null keys first) before every key; in the keys' own integer type (offsets are UInt64,
+    past 2^63 in a damaged table)."""
+    kind = keys.dtype if keys.dtype.kind in "iu" else np.dtype(np.int64)
+    least = np.iinfo(kind).min
+    filled = np.array([least if b is None else b for b in bounds], kind)
+    return np.searchsorted(filled, keys.astype(kind), side)
 
 
 def _at_or_after(key, last) -> bool:
