@@ -33,9 +33,9 @@ import polars as pl
 from xvtrace.bundle.frame_sink import SPILL_OPTIONS, sink_frames
 from xvtrace.parsers import fields
 from xvtrace.timeline import hvm
+from xvtrace.timeline.asof_runs import AsofRuns
 from xvtrace.timeline.clock import Clock, to_device_model
 from xvtrace.timeline.log_search import rows_at
-from xvtrace.timeline.sorted_runs import SortedRuns
 
 IOREQS = "ioreqs.parquet"
 
@@ -588,8 +588,8 @@ def interrupt_acks(
 
     registers = {"isr_read": (ISR_OFFSET, "read"), "ack": (ACK_OFFSET, "write")}
     with tempfile.TemporaryDirectory(prefix="acks-", dir=path.parent) as runs:
-        kicks = SortedRuns(Path(runs), "kicks", ["src_file"], "kick_io_off")
-        found = {p: SortedRuns(Path(runs), p, ["src_file", "_base"], f"{p}_ns") for p in registers}
+        kicks = AsofRuns(Path(runs), "kicks", ["src_file"], "kick_io_off")
+        found = {p: AsofRuns(Path(runs), p, ["src_file", "_base"], f"{p}_ns") for p in registers}
         last = None
         columns = [log, "dm_off", "addr", "dir", "dm_ns", "trap_exit_ns", "trap_entry_ns"]
         for part in _slices(joined, mmio, columns):  # (one pass over the IOREQs for all three)
@@ -607,7 +607,7 @@ def interrupt_acks(
     return pl.scan_parquet(path)
 
 
-def _match_acks(keys, kicks: SortedRuns, isr: SortedRuns, ack: SortedRuns, path: Path) -> None:
+def _match_acks(keys, kicks: AsofRuns, isr: AsofRuns, ack: AsofRuns, path: Path) -> None:
     """interrupt_acks' answers from its three tables, JOIN_CHUNK_ROWS requests at a time."""
     log = pl.col("src_file").cast(pl.Categorical)
 

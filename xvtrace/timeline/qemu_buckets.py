@@ -30,7 +30,7 @@ import polars as pl
 from xvtrace.bundle import file_order
 from xvtrace.bundle.frame_sink import SPILL_OPTIONS, sink_frames
 from xvtrace.timeline import qemu
-from xvtrace.timeline.sorted_runs import SortedRuns
+from xvtrace.timeline.asof_runs import AsofRuns
 
 ELEMENTS_PER_BUCKET = 1_000_000  # pops paired at a time
 SLICE_ROWS = 1 << 16  # requests merged, joined and written at a time (1 << 18: 0.3 GiB more)
@@ -70,16 +70,14 @@ def write_requests(ev: pl.LazyFrame, spill: Path, path: Path) -> None:
             shutil.rmtree(at, ignore_errors=True)
 
 
-def _queue_runs(
-    q: pl.LazyFrame, names: list[str], ns: str, off: str, directory: Path
-) -> SortedRuns:
+def _queue_runs(q: pl.LazyFrame, names: list[str], ns: str, off: str, directory: Path) -> AsofRuns:
     """A queue's kicks or notifies (qemu.queue_events) that have a queue and an offset, with
     their device's epoch, in sorted runs per queue (qemu.QUEUE) by their offset `off`, in
     `directory`: each slice of elements reads the runs its pops or fills fall in (held,
     their keys and times were 0.2 GB at 5 M requests; collected and sorted at once, 0.4 GB
     more). Read a log at a time in its file order, a batch at a time (file_order)."""
     directory.mkdir()
-    runs = SortedRuns(directory, "run", qemu.QUEUE, off)
+    runs = AsofRuns(directory, "run", qemu.QUEUE, off)
     since = qemu.epochs(q.filter(pl.col("event").is_in(qemu.RESETS)).collect().lazy())
     events = qemu.queue_events(q, names, ns, "src_offset")
     known = pl.all_horizontal(pl.col(qemu.QUEUE).is_not_null()) & pl.col(off).is_not_null()
@@ -93,9 +91,7 @@ def _queue_runs(
     return runs.seal()
 
 
-def _requests(
-    kicks: SortedRuns, irqs: SortedRuns, elements: pl.DataFrame, first: int
-) -> pl.DataFrame:
+def _requests(kicks: AsofRuns, irqs: AsofRuns, elements: pl.DataFrame, first: int) -> pl.DataFrame:
     """qemu.with_queue_events(elements.lazy(), the queues, first).collect(), the queues'
     kicks and notifies in sorted runs (`_queue_runs`)."""
     req = kicks.asof(elements.sort("pop_off", nulls_last=True), "pop_off", "backward")

@@ -25,7 +25,7 @@ class _Group:
     in_order: bool = True  # its keys never step back (else sorted whole when sealed)
 
 
-class SortedRuns:
+class AsofRuns:
     """Rows of groups (the values of `by`), each group's sorted by `on` (nulls first), in
     files `name`-N.parquet in `directory`. `add` the rows in order; `seal`; then `asof`."""
 
@@ -60,7 +60,7 @@ class SortedRuns:
         group.firsts.append(part[self.on][0])
         group.lasts.append(part[self.on][-1])
 
-    def seal(self) -> SortedRuns:
+    def seal(self) -> AsofRuns:
         """No more rows: a group whose keys stepped back is read, sorted (ties in the order
         they came, a null first) and written again in runs (held whole once: the fallback)."""
         for group in self.groups.values():
