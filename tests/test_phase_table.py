@@ -5,6 +5,7 @@ rows, counts, nearest-rank quantiles and maxima, whatever the groups, nulls and 
 from __future__ import annotations
 
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
@@ -84,3 +85,18 @@ def test_the_phase_table_of_many_rows_per_group():
         }
     )
     assert_frame_equal(table(req), grouped(req), rel_tol=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(requests(), st.integers(1, 9), st.integers(1, 20))
+def test_the_phase_table_read_a_slice_at_a_time_with_runs_on_disk(req, rows, held):
+    """A few requests read at a time, their values' runs on disk and merged: the same."""
+    from xvtrace.timeline import order_stats, phases
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(phases, "GROUP_SLICE", rows)
+        mp.setattr(order_stats, "HELD_VALUES", held)
+        mp.setattr(order_stats, "MERGE_VALUES", 3)
+        mp.setattr(order_stats, "MIN_CHUNK", 1)
+        got = table(req.lazy())
+    assert_frame_equal(got, grouped(req), rel_tol=1e-12)

@@ -227,3 +227,32 @@ def test_the_same_phase_measured_well_is_the_same_and_an_unknown_one_is_named(tm
     assert r.exit_code == 0 and re.search(
         r"PASS; unknown: read q0 total \(\d+ more runs? of each side would decide\)", r.stdout
     ), r.stdout
+
+
+def test_a_summary_read_a_few_requests_at_a_time_with_runs_on_disk_is_the_same(
+    tmp_path, monkeypatch
+):
+    """summarize's slices and its order statistics' runs (timeline.order_stats) change no
+    value of the baseline: 1500 requests read 7 at a time, with 50 values held, equal them
+    read at once and held whole; and equal each phase's values sorted and sampled whole."""
+    from xvtrace.timeline import order_stats
+
+    whole = _summary(tmp_path, 3, workload="randrw-16k-qd8", name="whole")
+    monkeypatch.setattr(regress, "SLICE_ROWS", 7)
+    monkeypatch.setattr(order_stats, "HELD_VALUES", 50)
+    monkeypatch.setattr(order_stats, "MERGE_VALUES", 16)
+    monkeypatch.setattr(order_stats, "MIN_CHUNK", 2)
+    bundle = api.load(tmp_path / "whole")
+    assert regress.summarize(bundle) == whole
+    # against the phase's values gathered and sampled whole, as numpy does
+    req = api.timeline(tmp_path / "whole").requests.filter(pl.col("complete"))
+    ops = {g["op"] for g in whole["phases"]}
+    assert ops >= {"read", "write"}  # two operations, so the groups are told apart
+    for g in whole["phases"]:
+        name, a, b = next(p for p in regress.PHASES if p[0] == g["phase"])
+        mine = req.filter((pl.col("queue") == g["queue"]) & (pl.col("op") == g["op"]))
+        v = np.sort((mine[b] - mine[a]).drop_nulls().to_numpy().astype(np.float64))
+        if len(v) > regress.SAMPLE:
+            v = np.quantile(v, (np.arange(regress.SAMPLE) + 0.5) / regress.SAMPLE)
+        assert g["n"] == len(mine[b] - mine[a]) - (mine[b] - mine[a]).null_count()
+        assert g["values"] == [round(float(x), 1) for x in v], name

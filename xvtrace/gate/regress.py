@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ import polars as pl
 from xvtrace import __version__, timeline
 from xvtrace.bundle import atomic_path
 from xvtrace.parsers.errors import XvtraceError
+from xvtrace.timeline.order_stats import Groups, OrderStats, linear_quantiles
 
 SUMMARY_VERSION = 1
 SAMPLE = 1000  # order statistics kept per phase
@@ -71,22 +73,34 @@ def summarize(bundle) -> dict:
         "workload": m.workload.get("name"),
         "view": view.item() if view is not None and len(view) else None,
     }
-    # a phase at a time, its own column (every phase's stamps at once took 1.7 GiB at 5 M
-    # requests), each group's values kept as their sample only, grouped on the operation as
-    # a category (on its string, the grouping alone held 0.4 GiB); the device pointer QEMU
-    # logs changes from run to run: queue and operation identify
+    # one pass, SLICE_ROWS requests at a time: each row's (queue, operation) numbered, each
+    # phase's values kept by group and phase in bounded memory (timeline.order_stats; a
+    # phase's column of every request and its sorted copy held 0.1 GiB per million
+    # requests). The device pointer QEMU logs changes from run to run: queue and operation
+    # identify.
+    phases = [(name, a, b) for name, a, b in PHASES if a in have and b in have]
+    groups = Groups(["queue", "op"])
     found: dict[tuple, dict[str, dict]] = {}
-    for name, a, b in PHASES:
-        if a not in have or b not in have:
-            continue
-        spans = done.select(
-            "queue", pl.col("op").cast(pl.Categorical), (pl.col(b) - pl.col(a)).alias("v")
-        ).collect()
-        for key, g in spans.group_by("queue", "op"):
-            v = g["v"].drop_nulls().to_numpy().astype(np.float64)
-            if len(v):
-                found.setdefault(key, {})[name] = {"n": len(v), "values": _sample(v)}
-        del spans
+    rows = tl.scan()
+    total = rows.select(pl.len()).collect().item()
+    with OrderStats(np.int64) as stats:
+        for lo in range(0, total, SLICE_ROWS):
+            part = (
+                rows.slice(lo, SLICE_ROWS).filter(pl.col("complete"))
+                .select("queue", "op", *((pl.col(b) - pl.col(a)).alias(name) for name, a, b in phases))
+                .collect()
+            )  # fmt: skip
+            codes = groups.codes(part).astype(np.int64) * len(phases)
+            for j, (name, _, _) in enumerate(phases):
+                v = part[name]
+                stats.add(codes[v.is_not_null().to_numpy()] + j, v.drop_nulls().to_numpy())
+            del part
+        for g, key in enumerate(groups.names):
+            for j, (name, _, _) in enumerate(phases):
+                at = g * len(phases) + j
+                if n := stats.count(at):
+                    values = _sample(n, partial(stats.select, at))
+                    found.setdefault(key, {})[name] = {"n": n, "values": values}
     groups = [
         {"queue": queue, "op": op, "phase": name, **phases[name]}
         for (queue, op), phases in sorted(found.items(), key=lambda kv: str(kv[0]))
@@ -97,12 +111,17 @@ def summarize(bundle) -> dict:
             "bundle": str(bundle.path), "provenance": prov, "phases": groups}  # fmt: skip
 
 
-def _sample(v: np.ndarray) -> list[float]:
-    """The distribution as at most SAMPLE order statistics (evenly spaced quantiles)."""
-    v = np.sort(v)
-    if len(v) > SAMPLE:
-        v = np.quantile(v, (np.arange(SAMPLE) + 0.5) / SAMPLE)
+def _sample(n: int, select) -> list[float]:
+    """The distribution of n values as at most SAMPLE order statistics (evenly spaced
+    quantiles, as np.quantile takes them), from `select` (ranks -> the sorted values)."""
+    if n <= SAMPLE:
+        v = np.asarray(select(np.arange(n)), np.float64)
+    else:
+        v = linear_quantiles(n, (np.arange(SAMPLE) + 0.5) / SAMPLE, select)
     return [round(float(x), 1) for x in v]
+
+
+SLICE_ROWS = 1 << 18  # requests read at a time
 
 
 def is_baseline_file(source: str | Path) -> bool:

@@ -5,10 +5,10 @@ pop, fill and so on. PHASES lists them in path order with the names every output
 
 from __future__ import annotations
 
-from itertools import pairwise
-
 import numpy as np
 import polars as pl
+
+from xvtrace.timeline.order_stats import Groups, OrderStats, nearest_rank
 
 INTERVALS = ("kick_to_pop_ns", "io_ns", "service_ns", "fill_to_notify_ns")  # intervals()'s
 
@@ -82,21 +82,32 @@ def table(req: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     phases = [(c, name) for c, name in PHASES if c in schema]
     if not phases:
         return pl.DataFrame()
-    # Each group's rows found once (by device, queue and operation, a slice at a time),
-    # then a phase's column at a time, gathered per group: polars' group-by held 0.37 GiB
-    # for one quantile of 5 M requests, and a group-by of the keys' strings 0.4 GiB.
-    names, members = _groups(req)
+    # One pass, GROUP_SLICE requests at a time: each row's group numbered from its keys,
+    # each phase's values kept by (group, phase) in bounded memory (order_stats); a column
+    # of every request gathered per group held 8 bytes a request, polars' group-by 0.37 GiB
+    # for one quantile of 5 M requests.
+    keys = ["dev", "queue", "op"]
+    groups = Groups(keys)
+    total = req.select(pl.len()).collect().item()
     rows = []
-    for order, (col, name) in enumerate(phases):
-        values = req.select(col).collect().to_series()
-        for (dev, queue, op), at in zip(names, members, strict=True):
-            mine = values.gather(at).drop_nulls()
-            if len(mine):  # (us divided in Python, correctly rounded: polars multiplies a
-                # column by 1e-3, an ulp off for some, as its group-by did unless one group
-                # had the phase)
-                rows.append((dev, queue, op, name, order, len(mine),
-                             *(mine.quantile(q, "nearest") / 1e3 for q in QUANTILES), mine.max() / 1e3))  # fmt: skip
-        del values
+    with OrderStats(np.int64) as stats:
+        for lo in range(0, total, GROUP_SLICE):
+            part = req.slice(lo, GROUP_SLICE).select(*keys, *(c for c, _ in phases)).collect()
+            codes = groups.codes(part).astype(np.int64) * len(phases)
+            for j, (col, _) in enumerate(phases):
+                values = part[col]
+                known = values.is_not_null().to_numpy()
+                stats.add(codes[known] + j, values.filter(values.is_not_null()).to_numpy())
+            del part
+        for g, (dev, queue, op) in enumerate(groups.names):
+            for order, (_, name) in enumerate(phases):
+                n = stats.count(g * len(phases) + order)
+                if n:  # (us divided in Python, correctly rounded: polars multiplies a column
+                    # by 1e-3, an ulp off for some, as its group-by did unless one group had
+                    # the phase)
+                    ranks = [nearest_rank(n, q) for q in QUANTILES] + [n - 1]
+                    found = stats.select(g * len(phases) + order, np.array(ranks))
+                    rows.append((dev, queue, op, name, order, n, *(float(v) / 1e3 for v in found)))
     us = [f"p{round(q * 100)}_us" for q in QUANTILES] + ["max_us"]
     out = pl.DataFrame(rows, orient="row", schema={
         "dev": pl.String, "queue": schema["queue"], "op": pl.String, "phase": pl.String,
@@ -105,34 +116,4 @@ def table(req: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     return out.sort("dev", "queue", "op", "_order").drop("_order")
 
 
-GROUP_SLICE = 1 << 18  # requests' keys read at a time (np.unique of a slice: 100 B a row)
-
-
-def _groups(req: pl.LazyFrame) -> tuple[list[tuple], list[pl.Series]]:
-    """The requests' (dev, queue, op) groups and each one's rows (in order), the keys read
-    a slice at a time as numbers (the names' category numbers; joined on their strings,
-    a slice of a million keys held 0.35 GiB)."""
-    keys = ["dev", "queue", "op"]
-    as_numbers = [
-        pl.col(c).cast(pl.Categorical).to_physical().cast(pl.Int64) + 1 for c in ("dev", "op")
-    ]
-    found: dict[tuple, int] = {}  # a group's numbers -> its code
-    names: list[tuple] = []
-    codes = []
-    total = req.select(pl.len()).collect().item()
-    for lo in range(0, total, GROUP_SLICE):
-        part = req.slice(lo, GROUP_SLICE).select(keys).collect()
-        numbers = part.select(*as_numbers, pl.col("queue").cast(pl.Int64) + 1).fill_null(0)
-        mine, first, inverse = np.unique(
-            numbers.to_numpy(), axis=0, return_index=True, return_inverse=True
-        )
-        for row, at in zip(map(tuple, mine.tolist()), first.tolist(), strict=True):
-            if row not in found:
-                found[row] = len(names)
-                names.append(part.row(at))
-        codes.append(np.array([found[tuple(r)] for r in mine.tolist()], np.int32)[inverse.ravel()])
-    codes = np.concatenate([np.zeros(0, np.int32), *codes])
-    order = np.argsort(codes, kind="stable").astype(np.uint32 if total < 1 << 32 else np.int64)
-    bounds = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(names)))]
-    members = [pl.Series(order[a:b]) for a, b in pairwise(bounds)]
-    return names, members
+GROUP_SLICE = 1 << 18  # requests read at a time (their keys and every phase)
