@@ -43,7 +43,9 @@ class Report:
         vendor = m.hvm_vendor
         ev = bundle.events()
         per_request = _per_request(ev, n, vendor)
-        joined = grant_ops.per_request(ev, tl.columns(*grant_ops.READS), tl.device_model_clock)
+        joined = grant_ops.per_request(
+            ev, tl.columns(*grant_ops.READS, lazy=True), tl.device_model_clock
+        )
         if joined is not None:
             per_request = pl.concat([per_request, _joined_grants(*joined)])
         return cls(facts, phases, per_request, tl)
