@@ -33,7 +33,7 @@ def test_selected_ranks_are_those_of_one_sort(monkeypatch_module, data, held, ch
     groups, values, cuts = data
     monkeypatch_module.setattr(order_stats, "MERGE_VALUES", chunk)
     monkeypatch_module.setattr(order_stats, "MIN_CHUNK", 1)
-    with OrderStats(np.int64, held_values=held) as stats:
+    with OrderStats(held_values=held) as stats:
         for a, b in zip([0, *cuts], [*cuts, len(values)], strict=True):
             stats.add(groups[a:b], values[a:b])
         for g in range(4):
@@ -54,14 +54,14 @@ def monkeypatch_module():
 def test_runs_go_to_disk_and_their_directory_goes_with_the_stats():
     rng = np.random.default_rng(1)
     values = rng.integers(0, 10**6, 5000)
-    with OrderStats(np.int64, held_values=100) as stats:
+    with OrderStats(held_values=100) as stats:
         for lo in range(0, len(values), 64):
             stats.add(np.zeros(len(values[lo : lo + 64]), np.int64), values[lo : lo + 64])
         where = stats._dir
         assert where is not None and len(stats._runs[0]) > 10  # many runs merged
         assert np.array_equal(stats.select(0, np.arange(5000)), np.sort(values))
     assert not where.exists()
-    with OrderStats(np.int64) as small:  # held: nothing written
+    with OrderStats() as small:  # held: nothing written
         small.add(np.zeros(3, np.int64), np.array([3, 1, 2]))
         assert small.select(0, np.array([0, 2])).tolist() == [1, 3]
         assert small._dir is None
@@ -123,3 +123,37 @@ def test_group_numbers_hold_across_slices_with_nulls():
     assert groups.codes(b).tolist() == [2, 0, 1, 3]
     assert groups.names == [("b", 1), (None, 1), ("a", None), ("b", 0)]
     assert groups.codes(a.head(0)).tolist() == []
+
+
+def test_keys_of_any_width_or_kind_stay_apart():
+    """A signed 64-bit key spanning 2^63 (its range's product would wrap), a UInt64 past
+    2^63, floats that share an integer part and a categorical of its own categories: each
+    row's number names its own key, across slices."""
+
+    def named(groups: Groups, part: pl.DataFrame) -> list[tuple]:
+        return [groups.names[c] for c in groups.codes(part).tolist()]
+
+    wide = pl.DataFrame({"d": ["a", "b", "a"], "q": [-(2**63), -(2**63), 2**63 - 1]})
+    groups = Groups(["d", "q"])
+    assert named(groups, wide) == wide.rows()
+    later = pl.DataFrame({"d": ["b", "a"], "q": [2**63 - 1, 2**63 - 1]})
+    assert named(groups, later) == later.rows() and len(groups.names) == 4
+    floats = pl.DataFrame({"q": [0.5, 0.7, None, 0.5]})
+    assert named(Groups(["q"]), floats) == floats.rows()
+    big = pl.DataFrame({"q": [2**63 + 1, 1, 2**64 - 1]}, schema={"q": pl.UInt64})
+    assert named(Groups(["q"]), big) == big.rows()
+    own = pl.Categorical(pl.Categories("xvtrace-test"))
+    ops = pl.DataFrame({"op": ["write", "read", "write"]}).cast({"op": own})
+    assert named(Groups(["op"]), ops) == [("write",), ("read",), ("write",)]
+
+
+def test_a_group_keeps_the_dtype_of_its_values():
+    """Floats are not truncated, unsigned numbers past 2^63 do not wrap, on disk or held."""
+    floats = np.array([2.7, 1.5, 0.25, 1.5])
+    big = np.array([2**63 + 5, 3, 2**64 - 1], np.uint64)
+    for held in (1, 1000):
+        with OrderStats(held_values=held) as stats:
+            stats.add(np.zeros(4, np.int64), floats)
+            stats.add(np.ones(3, np.int64), big)
+            assert stats.select(0, np.arange(4)).tolist() == [0.25, 1.5, 1.5, 2.7]
+            assert stats.select(1, np.arange(3)).tolist() == sorted(big.tolist())

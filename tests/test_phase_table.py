@@ -100,3 +100,12 @@ def test_the_phase_table_read_a_slice_at_a_time_with_runs_on_disk(req, rows, hel
         mp.setattr(order_stats, "MIN_CHUNK", 1)
         got = table(req.lazy())
     assert_frame_equal(got, grouped(req), rel_tol=1e-12)
+
+
+def test_float_and_wide_unsigned_phases_are_polars_group_by():
+    req = pl.DataFrame(
+        {"dev": ["a", "a", "b"], "queue": [0, 0, 1], "op": ["read"] * 3,
+         "io_ns": [1500.7, 2500.2, 3.5], "service_ns": [2**63 + 5000, 1000, 7]},
+        schema_overrides={"queue": pl.UInt16, "service_ns": pl.UInt64},
+    )  # fmt: skip
+    assert_frame_equal(table(req.lazy()), grouped(req), rel_tol=1e-12)

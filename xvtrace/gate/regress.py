@@ -82,8 +82,8 @@ def summarize(bundle) -> dict:
     groups = Groups(["queue", "op"])
     found: dict[tuple, dict[str, dict]] = {}
     rows = tl.scan()
-    total = rows.select(pl.len()).collect().item()
-    with OrderStats(np.int64) as stats:
+    total = rows.select(pl.len()).collect().item() if phases else 0
+    with OrderStats() as stats:
         for lo in range(0, total, SLICE_ROWS):
             part = (
                 rows.slice(lo, SLICE_ROWS).filter(pl.col("complete"))

@@ -31,12 +31,13 @@ MIN_CHUNK = 1 << 12  # values read from a run at least
 
 
 class OrderStats:
-    """Values by integer group, `add`ed a slice at a time; `count`, `select` (values at
-    ranks). A context manager: its runs' directory goes on exit."""
+    """Values by integer group, `add`ed a slice at a time (a group's values keep the dtype
+    of its first ones: a phase's column has one); `count`, `select` (values at ranks). A
+    context manager: its runs' directory goes on exit."""
 
-    def __init__(self, dtype: np.dtype | type = np.int64, held_values: int | None = None):
-        self.dtype = np.dtype(dtype)
+    def __init__(self, held_values: int | None = None):
         self.held_values = HELD_VALUES if held_values is None else held_values
+        self._dtype: dict[int, np.dtype] = {}  # a group's: that of its first values
         self._held: dict[int, list[np.ndarray]] = {}  # group -> pieces not yet in a run
         self._held_n: dict[int, int] = {}
         self._total_held = 0
@@ -65,7 +66,7 @@ class OrderStats:
         """`values[i]` belongs to `groups[i]`."""
         if not len(values):
             return
-        values = np.asarray(values, self.dtype)
+        values = np.asarray(values)
         groups = np.asarray(groups)
         # (a few hundred groups at most: numpy's stable sort of 16-bit numbers is a radix sort)
         small = groups.min() >= 0 and groups.max() < 1 << 15
@@ -74,7 +75,8 @@ class OrderStats:
         starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
         ends = np.r_[starts[1:], len(ranked)]
         for g, a, b in zip(ranked[starts].tolist(), starts.tolist(), ends.tolist(), strict=True):
-            self._held.setdefault(g, []).append(values[order[a:b]])
+            dtype = self._dtype.setdefault(g, values.dtype)
+            self._held.setdefault(g, []).append(values[order[a:b]].astype(dtype, copy=False))
             self._held_n[g] = self._held_n.get(g, 0) + (b - a)
             self._counts[g] = self._counts.get(g, 0) + (b - a)
         self._total_held += len(values)
@@ -92,7 +94,7 @@ class OrderStats:
             raise IndexError(f"ranks outside 0..{n - 1}")
         if group not in self._runs:
             held = self._held.get(group, [])
-            return np.sort(np.concatenate(held))[ranks] if held else ranks.astype(self.dtype)
+            return np.sort(np.concatenate(held))[ranks] if held else ranks[:0]
         self._write_run(group)  # (what it holds, as one run more)
         return self._merge_select(group, ranks)
 
@@ -110,7 +112,7 @@ class OrderStats:
         del pieces
         path = self._path(group)
         runs = self._runs.setdefault(group, [])
-        offset = runs[-1][0] + runs[-1][1] * self.dtype.itemsize if runs else 0
+        offset = runs[-1][0] + runs[-1][1] * run.dtype.itemsize if runs else 0
         with path.open("ab") as fh:
             run.tofile(fh)
         runs.append((offset, n))
@@ -120,19 +122,19 @@ class OrderStats:
         """The runs merged a chunk of each at a time: every value at or below the least
         last value of a chunk whose run goes on is final; a block of them is sorted only
         when a wanted rank falls in it."""
-        runs, path = self._runs[group], self._path(group)
+        runs, path, dtype = self._runs[group], self._path(group), self._dtype[group]
         chunk = max(MERGE_VALUES // len(runs), MIN_CHUNK)
         order = np.argsort(ranks, kind="stable")
         wanted = ranks[order]
-        out = np.empty(len(ranks), self.dtype)
+        out = np.empty(len(ranks), dtype)
         read = [0] * len(runs)  # values read of each run
-        bufs: list[np.ndarray] = [np.empty(0, self.dtype)] * len(runs)
+        bufs: list[np.ndarray] = [np.empty(0, dtype)] * len(runs)
 
         def refill(i: int) -> None:
             offset, length = runs[i]
             count = min(chunk, length - read[i])
-            at = offset + read[i] * self.dtype.itemsize
-            bufs[i] = np.fromfile(path, self.dtype, count=count, offset=at)
+            at = offset + read[i] * dtype.itemsize
+            bufs[i] = np.fromfile(path, dtype, count=count, offset=at)
             read[i] += count
 
         for i in range(len(runs)):
@@ -199,9 +201,13 @@ class Groups:
     def codes(self, part: pl.DataFrame) -> np.ndarray:
         def number(c: str) -> pl.Expr:
             dtype = part.schema[c]
-            if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
+            if isinstance(dtype, pl.Categorical | pl.Enum):
+                return pl.col(c).to_physical().cast(pl.Int64)
+            if dtype == pl.String:
                 return pl.col(c).cast(pl.Categorical).to_physical().cast(pl.Int64)
-            return pl.col(c).cast(pl.Int64)
+            if dtype.is_integer() and dtype != pl.UInt64:
+                return pl.col(c).cast(pl.Int64)
+            return pl.col(c).rank("dense").cast(pl.Int64)  # (floats, wide numbers: the slice's)
 
         table = part.select(
             *(number(c).fill_null(0).alias(f"_n{i}") for i, c in enumerate(self.keys)),
@@ -226,7 +232,7 @@ def _one_number(table: np.ndarray) -> np.ndarray:
     the rows themselves where those ranges' product passes 2^62): numpy's unique of rows
     sorts them as records, 8 times slower than of one column."""
     low, high = table.min(axis=0), table.max(axis=0)
-    radix = (high - low + 1).tolist()
+    radix = [h - lo + 1 for lo, h in zip(low.tolist(), high.tolist(), strict=True)]  # (Python ints)
     if np.prod(np.array(radix, dtype=object)) >= 1 << 62:
         return np.unique(table, axis=0, return_inverse=True)[1].ravel()
     out = np.zeros(len(table), np.int64)

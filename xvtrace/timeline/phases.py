@@ -90,7 +90,7 @@ def table(req: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     groups = Groups(keys)
     total = req.select(pl.len()).collect().item()
     rows = []
-    with OrderStats(np.int64) as stats:
+    with OrderStats() as stats:
         for lo in range(0, total, GROUP_SLICE):
             part = req.slice(lo, GROUP_SLICE).select(*keys, *(c for c, _ in phases)).collect()
             codes = groups.codes(part).astype(np.int64) * len(phases)
