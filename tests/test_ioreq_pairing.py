@@ -146,3 +146,24 @@ def test_a_keys_shift_counts_its_differences_over_every_slice(monkeypatch):
     reach = pl.Series([5, 6, 9, 10, 9], dtype=pl.Int64)  # differences 5, 5 | 7, 7 | 5
     shift, has = traps.shifts(key, index, (reach.slice(lo, 2) for lo in range(0, 5, 2)))
     assert has.tolist() == [True] and shift.tolist() == [5]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(-1, 4), st.integers(0, 6) | st.just(-1)), max_size=80),
+    st.booleans(),
+)
+def test_the_traps_numbered_are_a_lexsort_by_key_then_time(rows, with_nan):
+    """_Numbered's counting sort and its per-key sort of what is not in time order: the
+    order, times and bounds of np.lexsort((by, key)) (rows of no key left out; a time not
+    known, NaN, last within its key)."""
+    key = np.array([k for k, _ in rows], np.int32)
+    by = np.array([t for _, t in rows], np.float64 if with_nan else np.int64)
+    if with_nan:
+        by[by == -1] = np.nan
+    got = _Numbered(key, by, 5)
+    want = np.lexsort((by, key))
+    want = want[key[want] >= 0]
+    assert got.order.tolist() == want.tolist()
+    assert np.array_equal(got.by, by[want], equal_nan=True)
+    assert got.start.tolist() == np.searchsorted(key[want], np.arange(6)).tolist()

@@ -361,13 +361,21 @@ class _Numbered:
     by key then number, to find a key's k-th row."""
 
     def __init__(self, key: np.ndarray, by: np.ndarray, groups: int):
-        order = np.lexsort((by, key))
-        self.start = np.searchsorted(key[order], np.arange(groups + 1))  # + the end
-        order = order[self.start[0] :]  # (the rows of no key sort first)
-        self.start -= self.start[0]
-        self.order = order.astype(_index_type(len(key)))
-        del order
+        from xvtrace.timeline import ioreq_kernel  # numba only to build (hvm_kernel's note)
+
+        # the rows of each key in row order (a counting sort into 4-byte row numbers: a
+        # lexsort's 8-byte order and its keys' copy held 12 bytes a trap more), then each
+        # key's rows put in order of `by` where they are not already (ties in row order)
+        self.start = np.zeros(groups + 1, np.int64)  # where each key's rows begin, + the end
+        self.order = np.empty(int(np.count_nonzero(key >= 0)), _index_type(len(key)))
+        ioreq_kernel.rows_by_key(key, self.start, self.order)
         self.by = by[self.order]
+        for a, b in zip(self.start[:-1].tolist(), self.start[1:].tolist(), strict=True):
+            mine = self.by[a:b]
+            if not (mine[1:] >= mine[:-1]).all():  # (a NaN, a time not known, sorts last)
+                o = np.argsort(mine, kind="stable")
+                self.order[a:b] = self.order[a:b][o]
+                self.by[a:b] = mine[o]
 
     def shifts(self, key: np.ndarray, index: np.ndarray, reaches: Iterator[pl.Series]):
         """Per key, the most common difference (the least of several) between the number of
