@@ -366,14 +366,18 @@ def test_calibrate_fits_the_vhost_user_costs_the_stratos_capture_constrains(xen,
     keeps the path's order: the vCPU's re-entry after the kick's IOREQ often lands inside
     it (the back-end is done before the vCPU runs again), and calibrate leaves a hop out
     when another stamp lies inside it for most requests. Which, nested TCG's timing decides:
-    the re-entry was inside for 44 % of the requests in one run of this test, 71 % in the next."""
+    the re-entry was inside for 44 % of the requests in one run of this test, 71 % in the next.
+    Likewise the interrupt's stretch (the call's read to the guest's InterruptStatus trap)
+    that fits the dm_op and the vIRQ together: a fresh boot on a slow host once had it out of
+    the path's order, and neither was fitted."""
     scenario, _, _, res, req = xen
     if scenario != "hvm-stratos":
         pytest.skip("the vhost-user scenario")
     fitted, output = _calibrated(res, tmp_path)
     keys = set(fitted["key"])
     assert {"vhost.eventfd_kick", "vhost.backend_pop", "vhost.backend_push", "xen.mmio_trap",
-            "xen.ioreq_dispatch", "xen.dm_op_irq", "epam.isr_trap"} <= keys, output  # fmt: skip
+            "xen.ioreq_dispatch", "epam.isr_trap"} <= keys, output  # fmt: skip
+    assert ("xen.dm_op_irq" in keys) == ("xen.virq_latency" in keys), output
     from xvtrace.replay.calibrate import block_requests
 
     hop = block_requests(req).filter(pl.col("notify_ns").is_not_null()
