@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ import polars as pl
 from xvtrace import __version__, timeline
 from xvtrace.bundle import atomic_path
 from xvtrace.parsers.errors import XvtraceError
-from xvtrace.timeline.order_stats import Groups, OrderStats, linear_quantiles
+from xvtrace.timeline.order_stats import grouped, linear_quantiles
 
 SUMMARY_VERSION = 1
 SAMPLE = 1000  # order statistics kept per phase
@@ -79,28 +78,12 @@ def summarize(bundle) -> dict:
     # requests). The device pointer QEMU logs changes from run to run: queue and operation
     # identify.
     phases = [(name, a, b) for name, a, b in PHASES if a in have and b in have]
-    groups = Groups(["queue", "op"])
     found: dict[tuple, dict[str, dict]] = {}
-    rows = tl.scan()
-    total = rows.select(pl.len()).collect().item() if phases else 0
-    with OrderStats() as stats:
-        for lo in range(0, total, SLICE_ROWS):
-            part = (
-                rows.slice(lo, SLICE_ROWS).filter(pl.col("complete"))
-                .select("queue", "op", *((pl.col(b) - pl.col(a)).alias(name) for name, a, b in phases))
-                .collect()
-            )  # fmt: skip
-            codes = groups.codes(part).astype(np.int64) * len(phases)
-            for j, (name, _, _) in enumerate(phases):
-                v = part[name]
-                stats.add(codes[v.is_not_null().to_numpy()] + j, v.drop_nulls().to_numpy())
-            del part
-        for g, key in enumerate(groups.names):
-            for j, (name, _, _) in enumerate(phases):
-                at = g * len(phases) + j
-                if n := stats.count(at):
-                    values = _sample(n, partial(stats.select, at))
-                    found.setdefault(key, {})[name] = {"n": n, "values": values}
+    if phases:
+        spans = [(pl.col(b) - pl.col(a)).alias(name) for name, a, b in phases]
+        with grouped(tl.scan(), ["queue", "op"], spans, SLICE_ROWS, pl.col("complete")) as each:
+            for key, j, n, select in each:
+                found.setdefault(key, {})[phases[j][0]] = {"n": n, "values": _sample(n, select)}
     groups = [
         {"queue": queue, "op": op, "phase": name, **phases[name]}
         for (queue, op), phases in sorted(found.items(), key=lambda kv: str(kv[0]))

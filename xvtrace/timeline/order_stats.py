@@ -10,16 +10,18 @@ Below HELD_VALUES nothing is written and the answers are those of one sort in me
 it they are the same, from a few chunks held (whole, a column of 5 M requests and its sorted
 copy held 80 MB per phase, 0.1 GiB per million requests in all).
 
-`Groups` numbers the distinct keys of a few key columns as slices of them come, and
-`nearest_rank` and `linear_quantiles` are polars' "nearest" and numpy's default quantile
-rules on order statistics so found.
+`Groups` numbers the distinct keys of a few key columns as slices of them come; `grouped`
+reads a frame a slice at a time into both; `nearest_rank` and `linear_quantiles` are
+polars' "nearest" and numpy's default quantile rules on order statistics so found.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +57,6 @@ class OrderStats:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
-
-    def groups(self) -> list[int]:
-        return sorted(self._counts)
 
     def count(self, group: int) -> int:
         return self._counts.get(group, 0)
@@ -188,8 +187,8 @@ def linear_quantiles(n: int, qs: np.ndarray, select: Callable[[np.ndarray], np.n
 
 
 class Groups:
-    """The distinct values of `keys` numbered as slices of them come (a null is a value): `codes(part)` gives each row's, `names` each number's key
-    tuple. A slice's rows are told apart by numbers (strings by their category numbers,
+    """The distinct values of `keys` numbered as slices of them come (a null is a value):
+    `codes(part)` gives each row's, `names` each number's key tuple. A slice's rows are told apart by numbers (strings by their category numbers,
     which are the slice's own), its distinct keys then looked up by value (on the strings,
     a slice of a million keys held 0.35 GiB)."""
 
@@ -239,3 +238,38 @@ def _one_number(table: np.ndarray) -> np.ndarray:
     for j in range(table.shape[1]):
         out = out * radix[j] + (table[:, j] - low[j])
     return out
+
+
+Found = tuple[tuple, int, int, Callable[[np.ndarray], np.ndarray]]
+
+
+@contextmanager
+def grouped(
+    frame: pl.LazyFrame, keys: list[str], columns: list[pl.Expr], slice_rows: int,
+    where: pl.Expr | None = None,
+) -> Iterator[Iterator[Found]]:  # fmt: skip
+    """`frame` read `slice_rows` rows at a time (each slice filtered by `where`), the
+    non-null values of each of `columns` kept by the group of their row's `keys`. Yields,
+    for each group (in the order found) and column (in order) that has values: the group's
+    key tuple, the column's index, how many values, and `select` (ranks -> the values
+    there, as OrderStats.select)."""
+    groups = Groups(keys)
+    total = frame.select(pl.len()).collect().item()
+    with OrderStats() as stats:
+        for lo in range(0, total, slice_rows):
+            part = frame.slice(lo, slice_rows)
+            part = (part if where is None else part.filter(where)).select(*keys, *columns)
+            part = part.collect()
+            codes = groups.codes(part).astype(np.int64) * len(columns)
+            for j, values in enumerate(part.get_columns()[len(keys) :]):
+                known = values.is_not_null()
+                stats.add(codes[known.to_numpy()] + j, values.filter(known).to_numpy())
+            del part
+
+        def found() -> Iterator[Found]:
+            for g, key in enumerate(groups.names):
+                for j in range(len(columns)):
+                    if n := stats.count(at := g * len(columns) + j):
+                        yield key, j, n, partial(stats.select, at)
+
+        yield found()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from xvtrace.timeline.order_stats import Groups, OrderStats, nearest_rank
+from xvtrace.timeline.order_stats import grouped, nearest_rank
 
 INTERVALS = ("kick_to_pop_ns", "io_ns", "service_ns", "fill_to_notify_ns")  # intervals()'s
 
@@ -86,28 +86,15 @@ def table(req: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     # each phase's values kept by (group, phase) in bounded memory (order_stats); a column
     # of every request gathered per group held 8 bytes a request, polars' group-by 0.37 GiB
     # for one quantile of 5 M requests.
-    keys = ["dev", "queue", "op"]
-    groups = Groups(keys)
-    total = req.select(pl.len()).collect().item()
     rows = []
-    with OrderStats() as stats:
-        for lo in range(0, total, GROUP_SLICE):
-            part = req.slice(lo, GROUP_SLICE).select(*keys, *(c for c, _ in phases)).collect()
-            codes = groups.codes(part).astype(np.int64) * len(phases)
-            for j, (col, _) in enumerate(phases):
-                values = part[col]
-                known = values.is_not_null().to_numpy()
-                stats.add(codes[known] + j, values.filter(values.is_not_null()).to_numpy())
-            del part
-        for g, (dev, queue, op) in enumerate(groups.names):
-            for order, (_, name) in enumerate(phases):
-                n = stats.count(g * len(phases) + order)
-                if n:  # (us divided in Python, correctly rounded: polars multiplies a column
-                    # by 1e-3, an ulp off for some, as its group-by did unless one group had
-                    # the phase)
-                    ranks = [nearest_rank(n, q) for q in QUANTILES] + [n - 1]
-                    found = stats.select(g * len(phases) + order, np.array(ranks))
-                    rows.append((dev, queue, op, name, order, n, *(float(v) / 1e3 for v in found)))
+    columns = [pl.col(c) for c, _ in phases]
+    with grouped(req, ["dev", "queue", "op"], columns, GROUP_SLICE) as found:
+        for (dev, queue, op), order, n, select in found:
+            # (us divided in Python, correctly rounded: polars multiplies a column by 1e-3,
+            # an ulp off for some, as its group-by did unless one group had the phase)
+            ranks = [nearest_rank(n, q) for q in QUANTILES] + [n - 1]
+            at = select(np.array(ranks))
+            rows.append((dev, queue, op, phases[order][1], order, n, *(float(v) / 1e3 for v in at)))
     us = [f"p{round(q * 100)}_us" for q in QUANTILES] + ["max_us"]
     out = pl.DataFrame(rows, orient="row", schema={
         "dev": pl.String, "queue": schema["queue"], "op": pl.String, "phase": pl.String,
