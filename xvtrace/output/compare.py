@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from xvtrace import timeline
 from xvtrace.bundle import Bundle, BundleError
-from xvtrace.output import plots
+from xvtrace.output import plot_data, plots
 from xvtrace.replay.transports.base import PHASES
 from xvtrace.replaying import REPLAY
 
@@ -166,11 +165,9 @@ def to_json(facts: dict) -> dict:
 
 
 def cdf_plot(req: pl.LazyFrame) -> str:
-    latency = req.select("transport", "latency_ns").collect()
-    groups = sorted(latency.partition_by("transport", as_dict=True).items())
-    series = [(escape(name), g["latency_ns"].to_numpy() / 1e3, np.arange(len(g)))
-              for (name,), g in groups]  # fmt: skip
-    return plots.div(plots.cdf(series, "request latency CDF per transport"))
+    found, top = plot_data.cdf_points(req, ["transport"], "latency_ns")
+    series = [(escape(name), v / 1e3, frac) for (name,), v, frac in found]
+    return plots.div(plots.cdf(series, top / 1e3, "request latency CDF per transport"))
 
 
 def phase_bars(facts: dict) -> str:

@@ -3,8 +3,10 @@ tables, nothing fetched from elsewhere, so it opens offline. Every string that c
 trace is escaped.
 
 Plots: latency CDF per device and operation, p50 per phase (each phase on its own scale), a
-Gantt chart of the requests around the one of median latency, and latency over time. A
-section with nothing to show says why.
+Gantt chart of the requests around the one of median latency, and latency over time in time
+bins; each reads the requests a slice at a time (output.plot_data), so the page and the
+memory it takes are the same for 5 M requests as for 50 k. A section with nothing to show
+says why.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from html import escape
 
 import polars as pl
 
-from xvtrace.output import plots
+from xvtrace.output import plot_data, plots
 from xvtrace.timeline.phases import STARTS, first_stamp
 
 WINDOW = 30  # requests in the Gantt chart: consecutive ones around the median request
@@ -36,12 +38,9 @@ def cdf_plot(req: pl.LazyFrame, lat: tuple[str, str] | None) -> str:
         return _empty("Latency CDF", "no request has a measured latency (pop -> fill, or kick -> irq "
                       "for a capture of the hypervisor alone)")  # fmt: skip
     col, name = lat
-    # (each plot reads only its own columns: every plot's at once held 0.5 GB at 5 M requests,
-    # and a filter of them as much again)
-    s = req.select("dev", "op", "request", col).filter(pl.col(col).is_not_null()).collect()
-    series = [(plots._label(dev, op), g[col].to_numpy() / 1e3, g["request"].to_numpy())
-              for (dev, op), g in sorted(s.partition_by("dev", "op", as_dict=True).items(), key=lambda kv: str(kv[0]))]  # fmt: skip
-    return plots.div(plots.cdf(series, f"{name} latency CDF per device and operation"))
+    found, top = plot_data.cdf_points(req, ["dev", "op"], col)
+    series = [(plots._label(*key), v / 1e3, frac) for key, v, frac in found]
+    return plots.div(plots.cdf(series, top / 1e3, f"{name} latency CDF per device and operation"))
 
 
 def phase_bars(phases: pl.DataFrame) -> str:
@@ -65,12 +64,8 @@ def gantt(req: pl.LazyFrame, lat: tuple[str, str] | None) -> str:
     col, _ = lat
     starts = [c for c in STARTS if c in names]
     used = dict.fromkeys(["request", col, *starts, *(c for _, a, b in segs for c in (a, b))])
-    s = req.select(list(used)).filter(pl.col(col).is_not_null()).collect()
-    s = s.with_columns(first_stamp(s.columns).alias("_start"))
-    by_start = s["_start"].arg_sort()  # (the rows' order, not a sorted copy of them all)
-    middle = int(s[col].gather(by_start).arg_sort()[len(s) // 2])  # the request of median latency
-    lo = max(0, min(middle - WINDOW // 2, len(s) - WINDOW))
-    window = s[by_start.slice(lo, WINDOW)]
+    window = plot_data.median_window(req, col, list(used), WINDOW)
+    window = window.sort(first_stamp(window.columns), maintain_order=True)
     # a phase measured between two others is drawn only where they are not
     if "pop_ns" in window.columns and window["pop_ns"].drop_nulls().len():
         segs = [seg for seg in segs if seg[0] != "kick -> irq"]
@@ -83,12 +78,7 @@ def over_time(req: pl.LazyFrame, lat: tuple[str, str] | None) -> str:
         return _empty("Latency over time", "no request has a measured latency")
     col, name = lat
     start = "pop_ns" if col == "service_ns" else "kick_ns"
-    s = req.select(start, col, "request").filter(
-        pl.col(col).is_not_null() & pl.col(start).is_not_null()
-    )
-    s = s.collect().sort(start)
-    t = (s[start] - s[start].min()).to_numpy() / 1e9
-    return plots.div(plots.over_time(t, s[col].to_numpy() / 1e3, s["request"].to_numpy(), name))
+    return plots.div(plots.over_time(plot_data.envelope(req, start, col), name))
 
 
 def clock_table(clocks: dict) -> str:

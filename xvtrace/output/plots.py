@@ -1,7 +1,7 @@
 """The figures of the HTML pages, drawn by plotly (offline: its JavaScript inlined once per
 page, nothing fetched). Every axis has its unit and tick values, legends sit above the plot
-area (never over the data), hovering shows the request, and latency over time is WebGL so a
-million points still pan and zoom.
+area (never over the data), hovering names the request a mark stands for, and what a plot
+draws is bounded (output.plot_data), whatever the capture's size.
 
 Strings from a capture (device names, transports) are HTML-escaped before they reach a
 figure: plotly renders its labels as a subset of HTML.
@@ -66,21 +66,16 @@ def _label(*parts) -> str:
     return escape(" ".join(str(p) for p in parts if p is not None))
 
 
-def cdf(series: list[tuple[str, np.ndarray, np.ndarray]], title: str) -> go.Figure:
-    """One CDF line per (name, latencies in us, request ids); the x axis up to the p99.9 of
-    all, so one long tail does not flatten the rest."""
+def cdf(series: list[tuple[str, np.ndarray, np.ndarray]], top: float, title: str) -> go.Figure:
+    """One CDF line per (name, latencies in us at some ranks, the fraction of requests at
+    or below each: output.plot_data.cdf_points); the x axis up to `top` (us, the p99.9), so
+    one long tail does not flatten the rest."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    top = max(float(np.quantile(v, 0.999)) for _, v, _ in series)
-    for name, values, ids in series:
-        order = np.argsort(values, kind="stable")
-        step = max(1, len(order) // 2000)  # the drawn points; the last one always
-        pick = np.unique(np.append(order[::step], order[-1]))
-        pick = pick[np.argsort(values[pick], kind="stable")]
-        frac = (np.searchsorted(np.sort(values), values[pick], side="right")) / len(values)
-        fig.add_trace(go.Scatter(x=values[pick], y=frac, mode="lines", name=name,
-                                 customdata=ids[pick], hovertemplate="%{x:.1f} us: %{y:.3f}<br>request %{customdata}<extra>%{fullData.name}</extra>"))  # fmt: skip
+    for name, values, frac in series:
+        fig.add_trace(go.Scatter(x=values, y=frac, mode="lines", name=name,
+                                 hovertemplate="%{x:.1f} us: %{y:.4f} of requests<extra>%{fullData.name}</extra>"))  # fmt: skip
     fig.update_xaxes(title_text="latency (us)", range=[0, top * 1.02])
     fig.update_yaxes(title_text="fraction of requests", range=[0, 1.02])
     fig.update_layout(title=title)
@@ -129,15 +124,30 @@ def gantt(req: pl.DataFrame, segs, title: str) -> go.Figure:
     return fig
 
 
-def over_time(t_s: np.ndarray, values: np.ndarray, ids: np.ndarray, name: str) -> go.Figure:
-    """Every request's latency against its time (WebGL: a million points stay interactive)."""
+def over_time(env: pl.DataFrame, name: str) -> go.Figure:
+    """Latency over time in time bins (output.plot_data.envelope, in ns): a band from each
+    bin's fastest request to its slowest, the bin's mean, and its slowest request marked
+    where it was (hovering names it). Drawn from at most BINS bins, whatever the capture."""
     import plotly.graph_objects as go
 
-    fig = go.Figure(go.Scattergl(x=t_s, y=values, mode="markers", marker={"size": 3}, name=escape(name),
-                                 customdata=ids, hovertemplate="request %{customdata}: %{y:.1f} us at %{x:.3f} s<extra></extra>"))  # fmt: skip
-    top = float(np.quantile(values, 0.999)) if len(values) else 1.0
+    x, name = env["t_ns"].to_numpy() / 1e9, escape(name)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=env["min"].to_numpy() / 1e3, mode="lines", line={"width": 0.5},
+                             name="fastest", hovertemplate="fastest: %{y:.1f} us<extra></extra>"))  # fmt: skip
+    fig.add_trace(go.Scatter(x=x, y=env["max"].to_numpy() / 1e3, mode="lines", fill="tonexty",
+                             line={"width": 0.5}, name="fastest .. slowest",
+                             hovertemplate="slowest: %{y:.1f} us<extra></extra>"))  # fmt: skip
+    fig.add_trace(go.Scatter(x=x, y=env["mean"].to_numpy() / 1e3, mode="lines", name="mean",
+                             customdata=env["count"].to_numpy(),
+                             hovertemplate="mean: %{y:.1f} us of %{customdata} requests<extra></extra>"))  # fmt: skip
+    fig.add_trace(go.Scatter(x=env["at_ns"].to_numpy() / 1e9, y=env["max"].to_numpy() / 1e3,
+                             mode="markers", marker={"size": 4}, name="slowest of each bin",
+                             customdata=env["request"].to_numpy(),
+                             hovertemplate="request %{customdata}: %{y:.1f} us at %{x:.6f} s<extra></extra>"))  # fmt: skip
+    top = float(np.quantile(env["max"].to_numpy(), 0.99)) / 1e3 if len(env) else 1.0
     fig.update_xaxes(title_text="time (s from the first request)")
-    fig.update_yaxes(title_text=f"{escape(name)} latency (us)", range=[0, top * 1.05])
-    fig.update_layout(title=f"{escape(name)} latency over time ({len(values)} requests; the axis"
-                            " stops at the p99.9: zoom out for the rest)", showlegend=False)  # fmt: skip
+    fig.update_yaxes(title_text=f"{name} latency (us, to the bins' p99 slowest)",
+                     range=[0, top * 1.05])  # fmt: skip
+    fig.update_layout(title=f"{name} latency over time: {int(env['count'].sum())} requests"
+                            f" in {len(env)} time bins")  # fmt: skip
     return fig

@@ -10,9 +10,10 @@ Below HELD_VALUES nothing is written and the answers are those of one sort in me
 it they are the same, from a few chunks held (whole, a column of 5 M requests and its sorted
 copy held 80 MB per phase, 0.1 GiB per million requests in all).
 
-`Groups` numbers the distinct keys of a few key columns as slices of them come; `grouped`
-reads a frame a slice at a time into both; `nearest_rank` and `linear_quantiles` are
-polars' "nearest" and numpy's default quantile rules on order statistics so found.
+`Groups` numbers the distinct keys of a few key columns as slices of them come; `slices`
+reads a frame a slice at a time and `grouped` such slices into both; `nearest_rank` and
+`linear_quantiles` are polars' "nearest" and numpy's default quantile rules on order
+statistics so found.
 """
 
 from __future__ import annotations
@@ -243,6 +244,13 @@ def _one_number(table: np.ndarray) -> np.ndarray:
 Found = tuple[tuple, int, int, Callable[[np.ndarray], np.ndarray]]
 
 
+def slices(frame: pl.LazyFrame, slice_rows: int) -> Iterator[tuple[int, pl.LazyFrame]]:
+    """`frame` `slice_rows` rows at a time: (the first row's number, those rows, lazy)."""
+    total = frame.select(pl.len()).collect().item()
+    for lo in range(0, total, slice_rows):
+        yield lo, frame.slice(lo, slice_rows)
+
+
 @contextmanager
 def grouped(
     frame: pl.LazyFrame, keys: list[str], columns: list[pl.Expr], slice_rows: int,
@@ -254,10 +262,8 @@ def grouped(
     key tuple, the column's index, how many values, and `select` (ranks -> the values
     there, as OrderStats.select)."""
     groups = Groups(keys)
-    total = frame.select(pl.len()).collect().item()
     with OrderStats() as stats:
-        for lo in range(0, total, slice_rows):
-            part = frame.slice(lo, slice_rows)
+        for _, part in slices(frame, slice_rows):
             part = (part if where is None else part.filter(where)).select(*keys, *columns)
             part = part.collect()
             codes = groups.codes(part).astype(np.int64) * len(columns)
