@@ -397,7 +397,7 @@ def _stamp(phase: np.ndarray, t0: np.ndarray, t1: np.ndarray, ticks) -> np.ndarr
 
 def block_sample(stream: Stream) -> Stream:
     """The stream's block requests (the first SAMPLE), jobs and depth kept."""
-    return stream.take(np.flatnonzero(np.isin(stream.op, ("read", "write")))[:SAMPLE])
+    return stream.take(np.flatnonzero(stream.is_op("read", "write"))[:SAMPLE])
 
 
 def fitted_costs(

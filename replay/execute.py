@@ -64,7 +64,7 @@ def _simulation(stream, transport, costs, *, seed, arrivals, device_servers, sca
         raise XvtraceError(f"arrivals {arrivals!r}: valid: {', '.join(ARRIVALS)}")
     n = len(stream)
     # each request's path, by a pass per operation name (a few), not a sort of n strings
-    is_op = {o: m for o in KIND_OF_OP if (m := stream.op == o).any()}
+    is_op = {o: m for o in KIND_OF_OP if (m := stream.is_op(o)).any()}
     if sum(int(m.sum()) for m in is_op.values()) != n:
         raise XvtraceError(f"stream operations other than {', '.join(KIND_OF_OP)}")
     kinds = sorted({KIND_OF_OP[o] for o in is_op})
@@ -170,7 +170,7 @@ def _predicted(stream: Stream, transport: Transport, paths: list, path_of: np.nd
     return pl.DataFrame({
         "transport": pl.Series([transport.name] * n, dtype=pl.String),
         "request": np.arange(first, first + n, dtype=np.int64),
-        "op": stream.op[part],
+        "op": stream.op_names(part),
         "bytes": nbytes,
         "job": stream.job[part],
         "issue_ns": sched.issue,

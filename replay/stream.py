@@ -50,7 +50,7 @@ class StreamError(XvtraceError, ValueError):
 
 @dataclass
 class Stream:
-    op: np.ndarray  # str per request: read, write, tx, rx
+    op: np.ndarray  # u1 per request, its number in OPS (given as names: numbered)
     nbytes: np.ndarray  # f8
     pages: np.ndarray  # f8, 4 KiB pages touched
     job: np.ndarray  # i8, 0..njobs-1
@@ -60,12 +60,29 @@ class Stream:
     njobs: int
     think_ns: float = 0.0  # a job's own time between a completion and its next request
 
+    def __post_init__(self):
+        # (a number, not a name, per request: a name of 5 characters was 20 bytes a request)
+        if self.op.dtype != np.uint8:
+            names, self.op = np.asarray(self.op, dtype=str), np.full(len(self.op), 255, np.uint8)
+            for i, name in enumerate(OPS):  # (a pass per operation: four)
+                self.op[names == name] = i
+            if (self.op == 255).any():
+                raise StreamError(f"operations other than {', '.join(OPS)}")
+
     def __len__(self) -> int:
         return len(self.op)
 
+    def is_op(self, *names: str) -> np.ndarray:
+        """Per request: is its operation one of `names`."""
+        return np.isin(self.op, [OPS.index(n) for n in names])
+
+    def op_names(self, rows=slice(None)) -> np.ndarray:
+        """The operations of the requests at `rows`, by name."""
+        return np.array(OPS)[self.op[rows]]
+
     @property
     def write(self) -> np.ndarray:
-        return np.isin(self.op, ("write", "tx"))
+        return self.is_op("write", "tx")
 
     def take(self, rows) -> Stream:
         """The requests at `rows` (a slice or row numbers), depth and jobs kept."""
@@ -134,7 +151,7 @@ def from_requests(
         job = np.arange(len(done)) % njobs
     else:
         job = np.zeros(len(done), np.int64)
-    op = np.array(OPS, dtype=str)[done["op"].to_numpy()]
+    op = done["op"].to_numpy()
     nbytes = done["bytes"].fill_null(0).to_numpy().astype(np.float64)
     pages = np.maximum(1.0, np.ceil(nbytes / 4096))
     pop, fill = done["pop_ns"].to_numpy(), done["fill_ns"].to_numpy()
@@ -142,7 +159,7 @@ def from_requests(
     depth = iodepth or max(in_flight_depth(pop[job == j], fill[job == j]) for j in range(seen))
     io = done["io_ns"].fill_null(0).to_numpy().astype(np.float64)
     device = np.maximum(io - inside_device_interval(source, costs, pages, nbytes), 0.0)
-    device[~np.isin(op, ("read", "write"))] = 0.0
+    device[op > OPS.index("write")] = 0.0  # (read and write come first)
     arrival = (pop - pop[0]).astype(np.float64)
     return Stream(op, nbytes, pages, job.astype(np.int64, copy=False), device, arrival,
                   max(1, depth), seen,

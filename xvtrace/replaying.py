@@ -25,7 +25,7 @@ from xvtrace.replay import calibrate
 from xvtrace.replay import costs as cost_table
 from xvtrace.replay.accounting import COUNTERS
 from xvtrace.replay.execute import CPU_ACTORS, ORIGINS, replay, replay_chunks
-from xvtrace.replay.stream import READS, Stream, from_requests, inside_device_interval
+from xvtrace.replay.stream import OPS, READS, Stream, from_requests, inside_device_interval
 from xvtrace.replay.transports import NAMES, get
 from xvtrace.replay.transports.base import PHASES, Transport
 
@@ -152,8 +152,8 @@ def emit_bundles(
     emulated host running the replayed stream, so its output goes through ingest, timeline
     and report like a capture; returns the bundle directories."""
     st = result.stream
-    block = bool(np.isin(st.op, ("read", "write")).all())
-    if not block and np.isin(st.op, ("read", "write")).any():
+    block = bool(st.is_op("read", "write").all())
+    if not block and st.is_op("read", "write").any():
         raise XvtraceError(
             "--emit-bundle: a stream mixing block and network requests is not supported"
         )
@@ -175,6 +175,12 @@ def emit_bundles(
     return dirs
 
 
+def op_counts(st: Stream) -> dict[str, int]:
+    """Requests per operation of the stream, by name (sorted)."""
+    counts = np.bincount(st.op, minlength=len(OPS))
+    return {name: int(n) for name, n in sorted(zip(OPS, counts, strict=True)) if n}
+
+
 def saturation_iops(stream: Stream, t: Transport, costs, seed: int) -> float:
     """Requests per second with every job keeping SATURATION_DEPTH requests in flight."""
     n = min(len(stream), SATURATION_SAMPLE)
@@ -192,7 +198,7 @@ def summarize(rows: pl.DataFrame | pl.LazyFrame) -> dict:
     lat = df["latency_ns"].to_numpy() / 1e3
     span = float(df["done_ns"].max() - df["issue_ns"].min()) / 1e9
     return {
-        "transport": df["transport"][0],
+        "transport": rows.lazy().select(pl.col("transport").first()).collect().item(),
         "requests": len(df),
         "p50_us": float(np.percentile(lat, 50)),
         "p90_us": float(np.percentile(lat, 90)),
@@ -441,9 +447,7 @@ def facts(result: ReplayResult) -> dict:
             "requests": len(st),
             "jobs": st.njobs,
             "iodepth": st.iodepth,
-            "ops": {
-                str(k): int(v) for k, v in zip(*np.unique(st.op, return_counts=True), strict=True)
-            },
+            "ops": op_counts(st),
             "device_p50_us": float(np.median(st.device_ns)) / 1e3,
         },
         "transports": result.summary.to_dicts(),
