@@ -4,7 +4,10 @@ done..fill stretch holds it once the hypervisor's time is on the device model's 
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xvtrace.analysis import grant_ops
 from xvtrace.timeline.clock import Clock
@@ -102,3 +105,46 @@ def test_a_wide_bound_among_short_stretches_settles_the_same_on_fewer_records(mo
     t = np.arange(2, 10_000, 10)  # each 2 after its stretch's start: at home for -2..+3
     monkeypatch.setattr(grant_ops, "SETTLING_PAIRS", 500)
     assert grant_ops.settled_shift(t, start, end, -2000, 2000) in (0, 1)
+
+
+STAMPS = st.one_of(st.none(), st.integers(0, 400))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(STAMPS, STAMPS, STAMPS, STAMPS), min_size=1, max_size=12),
+    st.lists(st.tuples(st.sampled_from(list(grant_ops.COLUMNS)), st.integers(-20, 420)),
+             min_size=1, max_size=30),
+    st.integers(0, 60),
+)  # fmt: skip
+def test_the_search_counts_what_polars_join_asof_and_pivot_count(stamps, records, bound):
+    """per_request's search of the stretches' starts against the polars join it replaced
+    (join_asof backward on the sorted stretches, the records past their stretch's end
+    dropped, a pivot of the rest per request), on the same stretches and settled shift."""
+    req = pl.DataFrame(
+        {"request": list(range(len(stamps))),
+         **{c: [s[i] for s in stamps] for i, c in enumerate(grant_ops.READS[1:])}},
+        schema={"request": pl.Int64, **dict.fromkeys(grant_ops.READS[1:], pl.Int64)},
+    )  # fmt: skip
+    clock = Clock(offset_ns=OFFSET, drift_ppm=0.0, lower_ns=OFFSET - bound,
+                  upper_ns=OFFSET + bound, consistent=True, pairs=10)  # fmt: skip
+    got = grant_ops.per_request(_events(records), req, clock)
+    start, end, owner = grant_ops._stretches(req)
+    t = np.sort(np.array([t for _, t in records]))
+    shift = grant_ops.settled_shift(t, start, end, -bound, bound)
+    stretches = pl.DataFrame({"start": start, "end": end, "request": owner})
+    grants = pl.DataFrame(
+        {"column": [grant_ops.COLUMNS[c] for c, _ in records], "t": [t + shift for _, t in records]}
+    ).sort("t")
+    hit = grants.join_asof(stretches, left_on="t", right_on="start", strategy="backward")
+    hit = hit.filter(pl.col("t") <= pl.col("end"))
+    want = {r: [0, 0] for r in range(len(stamps))}
+    for r, c in hit.select("request", "column").iter_rows():
+        want[r][list(grant_ops.COLUMNS.values()).index(c)] += 1
+    per, outside = got
+    assert per.columns == ["request", *grant_ops.COLUMNS.values()]
+    assert per.dtypes[1:] == [pl.UInt32, pl.UInt32]
+    assert {r: [m, u] for r, m, u in per.iter_rows()} == want
+    for i, c in enumerate(grant_ops.COLUMNS.values()):
+        recorded = sum(grant_ops.COLUMNS[name] == c for name, _ in records)
+        assert outside[c] == recorded - sum(w[i] for w in want.values())
