@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -116,11 +117,18 @@ STAMPS = st.one_of(st.none(), st.integers(0, 400))
     st.lists(st.tuples(st.sampled_from(list(grant_ops.COLUMNS)), st.integers(-20, 420)),
              min_size=1, max_size=30),
     st.integers(0, 60),
+    st.booleans(),
+    st.integers(1, 7),
 )  # fmt: skip
-def test_the_search_counts_what_polars_join_asof_and_pivot_count(stamps, records, bound):
-    """per_request's search of the stretches' starts against the polars join it replaced
+def test_the_search_counts_what_polars_join_asof_and_pivot_count(
+    stamps, records, bound, in_order, join_records
+):
+    """per_request's search of the stretches' starts, the records read a few at a time from
+    their file (in time order, or not: sorted once), against the polars join it replaced
     (join_asof backward on the sorted stretches, the records past their stretch's end
     dropped, a pivot of the rest per request), on the same stretches and settled shift."""
+    if in_order:
+        records = sorted(records, key=lambda r: r[1])
     req = pl.DataFrame(
         {"request": list(range(len(stamps))),
          **{c: [s[i] for s in stamps] for i, c in enumerate(grant_ops.READS[1:])}},
@@ -128,10 +136,13 @@ def test_the_search_counts_what_polars_join_asof_and_pivot_count(stamps, records
     )  # fmt: skip
     clock = Clock(offset_ns=OFFSET, drift_ppm=0.0, lower_ns=OFFSET - bound,
                   upper_ns=OFFSET + bound, consistent=True, pairs=10)  # fmt: skip
-    got = grant_ops.per_request(_events(records), req, clock)
-    start, end, owner = grant_ops._stretches(req)
-    t = np.sort(np.array([t for _, t in records]))
-    shift = grant_ops.settled_shift(t, start, end, -bound, bound)
+    with pytest.MonkeyPatch.context() as mp:  # (slices of records, and a spread of them)
+        mp.setattr(grant_ops, "JOIN_RECORDS", join_records)
+        mp.setattr(grant_ops, "SETTLING_RECORDS", 2)
+        got = grant_ops.per_request(_events(records), req, clock)
+        start, end, owner = grant_ops._stretches(req)
+        t = np.sort(np.array([t for _, t in records]))
+        shift = grant_ops.settled_shift(t, start, end, -bound, bound)
     stretches = pl.DataFrame({"start": start, "end": end, "request": owner})
     grants = pl.DataFrame(
         {"column": [grant_ops.COLUMNS[c] for c, _ in records], "t": [t + shift for _, t in records]}

@@ -19,10 +19,14 @@ widest run of offsets that puts the most records in a stretch.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 
 from xvtrace.timeline.clock import Clock, to_device_model
+from xvtrace.timeline.order_stats import slices
 
 COLUMNS = {"mem.grant_map": "grant_maps", "mem.grant_unmap": "grant_unmaps"}
 
@@ -30,6 +34,7 @@ COLUMNS = {"mem.grant_map": "grant_maps", "mem.grant_unmap": "grant_unmaps"}
 READS = ("request", "pop_ns", "handle_ns", "io_done_ns", "fill_ns")  # the requests' columns used
 SETTLING_RECORDS = 1 << 17  # at most this many records, spread evenly, settle the offset
 SETTLING_PAIRS = 1 << 22  # and at most this many (record, stretch it may fall in) pairs
+JOIN_RECORDS = 1 << 20  # records whose stretches are searched at a time
 
 
 def per_request(
@@ -38,64 +43,103 @@ def per_request(
     """(request, grant_maps, grant_unmaps per request; per column the records in no
     request's stretch), or None without a device-model clock, requests or grant records.
     `req` (READS) is read only when there are grant records (its columns are 0.2 GB at 5 M
-    requests, and a foreign-mapping transport has none). Each record's stretch is found by a
-    search of the stretches' starts, not a join of frames: the join and its pivot of every
-    record, with the record's column by name, held 0.9 GB at 1 M requests."""
+    requests, and a foreign-mapping transport has none). The records wait in a file of
+    their own and are read JOIN_RECORDS at a time, twice: to settle the offset, then to
+    find each one's stretch by a search of the stretches' starts (the join of frames and
+    its pivot of every record, held whole, took 4.0 GB at 5 M requests)."""
     if clock is None:
         return None
+    with tempfile.TemporaryDirectory(prefix="xvtrace-grants-") as tmp:
+        path = Path(tmp) / "grants.parquet"
+        _records(ev, clock).sink_parquet(path)
+        records = pl.scan_parquet(path)
+        total = records.select(pl.len()).collect().item()
+        if not total:
+            return None
+        req = req.lazy().collect()
+        if not len(req):
+            return None
+        start, end, row = _stretches(req)
+        requests = req["request"]
+        del req
+        # the offset, settled on every k-th record in time order (sorted once, held whole,
+        # if they are not: the fallback)
+        sample = _spread(records, total)
+        if sample is None:
+            pl.read_parquet(path).sort("t", nulls_last=True).write_parquet(path)
+            records = pl.scan_parquet(path)
+            sample = _spread(records, total)
+        shift = settled_shift(sample, start, end, clock.lower_ns - clock.offset_ns,
+                              clock.upper_ns - clock.offset_ns)  # fmt: skip
+        del sample
+        return _joined(records, requests, start, end, row, shift)
+
+
+def _spread(records: pl.LazyFrame, total: int) -> np.ndarray | None:
+    """Every k-th of the records' times, k as settled_shift spreads them (so it takes them
+    all); None if they are not in time order. (A record with no time is in no stretch.)"""
+    k, sample, last, seen = max(1, total // SETTLING_RECORDS), [], None, 0
+    for _, part in slices(records, JOIN_RECORDS):
+        t = part.select("t").collect().to_series().drop_nulls()
+        if not len(t):
+            continue
+        if not t.is_sorted() or (last is not None and t[0] < last):
+            return None
+        sample.append(t.to_numpy()[(-seen) % k :: k])
+        last, seen = t[-1], seen + len(t)
+    return np.concatenate(sample) if sample else np.zeros(0, np.int64)
+
+
+def _records(ev: pl.LazyFrame, clock: Clock) -> pl.LazyFrame:
+    """The grant records: each one's column (its number in COLUMNS) and time (`t`, on the
+    device model's clock), in the events' order."""
     names = list(COLUMNS)
-    grants = (
-        ev.filter(pl.col("event").is_in(names))
-        .select(
-            pl.col("event").cast(pl.String).replace_strict(names, range(len(names)),
-                                                           return_dtype=pl.UInt8).alias("column"),
-            to_device_model(pl.col("ts_ns"), clock).alias("t"),
-        )
-        .collect(engine="streaming")  # (filtered as read: 45 M events' columns were 0.4 GB)
+    return ev.filter(pl.col("event").is_in(names)).select(
+        # (a column's number by comparisons: the event's name as a string for every record
+        # held 2.6 GB at 5 M requests)
+        pl.coalesce(pl.when(pl.col("event") == name).then(pl.lit(i, pl.UInt8))
+                    for i, name in enumerate(names)).alias("column"),
+        to_device_model(pl.col("ts_ns"), clock).alias("t"),
     )  # fmt: skip
-    if not len(grants):
-        return None
-    if grants["t"].null_count() or not grants["t"].is_sorted():  # (the events are in order)
-        grants = grants.sort("t")
-    req = req.lazy().collect()
-    if not len(req):
-        return None
-    start, end, owner = _stretches(req)
-    requests = req["request"]
-    del req
-    t = grants["t"].to_numpy()
-    shift = settled_shift(t, start, end, clock.lower_ns - clock.offset_ns,
-                          clock.upper_ns - clock.offset_ns)  # fmt: skip
-    # each record's stretch: the last to start at or before it (the join's backward rule),
-    # if the record is not past its end
-    t = t + shift
-    at = np.searchsorted(start, t, "right") - 1
-    hit = at >= 0
-    hit[hit] = t[hit] <= end[at[hit]]
-    column = grants["column"].to_numpy()
-    recorded = np.bincount(column, minlength=len(names))
-    del grants, t
-    hits = pl.DataFrame({"request": pl.Series(owner[at[hit]]).cast(requests.dtype),
-                         "column": column[hit]})  # fmt: skip
-    counts = hits.group_by("request").agg(
-        (pl.col("column") == i).sum().cast(pl.UInt32).alias(COLUMNS[name])
-        for i, name in enumerate(names)
-    )
-    out = requests.to_frame().join(counts, on="request", how="left")
-    out = out.with_columns(pl.col(c).fill_null(0) for c in COLUMNS.values())
-    return out, {c: int(recorded[i]) - int(out[c].sum()) for i, c in enumerate(COLUMNS.values())}
+
+
+def _joined(records, requests, start, end, row, shift: int) -> tuple[pl.DataFrame, dict]:
+    """Each record (`records`, sorted by time) counted for the request whose stretch holds
+    it once `shift` is added: per_request's answer."""
+    names = list(COLUMNS)
+    inside = np.zeros((len(names), len(requests)), np.int64)
+    recorded = np.zeros(len(names), np.int64)
+    for _, part in slices(records, JOIN_RECORDS):
+        part = part.collect()
+        t, column = part["t"].to_numpy() + shift, part["column"].to_numpy()
+        # each record's stretch: the last to start at or before it (a backward as-of join's
+        # rule), if the record is not past its end
+        at = np.searchsorted(start, t, "right") - 1
+        hit = at >= 0
+        hit[hit] = t[hit] <= end[at[hit]]
+        recorded += np.bincount(column, minlength=len(names))
+        for i in range(len(names)):
+            inside[i] += np.bincount(row[at[hit & (column == i)]], minlength=len(requests))
+    out = pl.DataFrame(
+        [requests, *(pl.Series(COLUMNS[name], inside[i], pl.UInt32) for i, name in enumerate(names))]
+    )  # fmt: skip
+    outside = {COLUMNS[name]: int(recorded[i] - inside[i].sum()) for i, name in enumerate(names)}
+    return out, outside
 
 
 def _stretches(req: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The requests' backend stretches sorted by start then end, as (start, end, request).
+    """The requests' backend stretches sorted by start then end, as (start, end, the
+    request's row in `req`).
     One thread's stretches follow each other; one that reaches past the next one's start (a
     request without a stamp between its pop and its fill) is cut there, so a record is
     never given to a request that only may have made it."""
     submitted = pl.coalesce("handle_ns", "pop_ns")
     stretches = (
         pl.concat([
-            req.select("request", pl.col("pop_ns").alias("start"), submitted.alias("end")),
-            req.select("request", pl.coalesce("io_done_ns", submitted).alias("start"),
+            req.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("row"),
+                       pl.col("pop_ns").alias("start"), submitted.alias("end")),
+            req.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("row"),
+                       pl.coalesce("io_done_ns", submitted).alias("start"),
                        pl.col("fill_ns").alias("end")),
         ])
         .drop_nulls()
@@ -103,7 +147,7 @@ def _stretches(req: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         .sort("start", "end")
         .with_columns(pl.min_horizontal("end", pl.col("start").shift(-1)).alias("end"))
     )  # fmt: skip
-    return tuple(stretches[c].to_numpy() for c in ("start", "end", "request"))
+    return tuple(stretches[c].to_numpy() for c in ("start", "end", "row"))
 
 
 def settled_shift(t: np.ndarray, start: np.ndarray, end: np.ndarray, lo: int, hi: int) -> int:
