@@ -12,9 +12,9 @@ Rows (wall seconds and peak RSS of each child process, medians of --repeat runs)
   against `xenalyze --dump-all`;
 - on emulated epam-mmio bundles of each --requests (--workload, randwrite-4k-qd32; with
   randread-4k-qd1 QEMU pops one element pointer for every request): `ingest` (with
-  the summary), `timeline` and `summary` (computed from the table), then `report`, `regress`,
-  `export perfetto` and `replay` (from the stored timeline), whose peak RSS should stay
-  flat as the capture grows.
+  the summary), `timeline` and `summary` (computed from the table), then `report`, `report
+  --html`, `regress`, `export perfetto` and `replay` (from the stored timeline), whose peak
+  RSS should stay flat as the capture grows.
 """
 
 from __future__ import annotations
@@ -116,9 +116,10 @@ def emulated_rows(work: Path, counts: list[int], repeat: int, workload: str) -> 
             row(f"summary, {tag} {n // 1000}k requests",
                 median_run([*XV, "summary", str(b)], repeat, before=partial(_forget_summary, b)))  # fmt: skip
             # the commands that read the stored timeline's requests
-            trace = Path(d) / "trace.json"
+            trace, page = Path(d) / "trace.json", Path(d) / "report.html"
             for name, cmd in (
                 ("report", ["report", str(b)]),
+                ("report --html", ["report", str(b), "--html", str(page)]),
                 ("regress", ["regress", "--baseline", str(b), "--candidate", str(b)]),
                 ("export perfetto", ["export", "perfetto", str(b), "-o", str(trace)]),
                 ("replay (8 transports)", ["replay", str(b)]),
