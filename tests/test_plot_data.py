@@ -112,3 +112,15 @@ def test_median_window_holds_the_stable_median_row(rows, slice_rows, window):
     lo = max(0, min(p - window // 2, len(known) - window))
     assert_frame_equal(got, known.slice(lo, window).select("request", "lat"))
     assert int(known["request"][p]) in got["request"].to_list()
+
+
+def test_median_window_is_full_where_few_rows_have_a_latency():
+    # a latency on every 20th row: the window still holds `window` rows that have one
+    lat = [v if i % 20 == 0 else None for i, v in enumerate(np.arange(1000) % 37)]
+    df = _frame([("a", v, 0) for v in lat])
+    got = plot_data.median_window(df.lazy(), "lat", ["request", "lat"], 30, slice_rows=64)
+    known = df.filter(pl.col("lat").is_not_null())
+    p = int(np.argsort(known["lat"].to_numpy(), kind="stable")[len(known) // 2])
+    lo = max(0, min(p - 15, len(known) - 30))
+    assert_frame_equal(got, known.slice(lo, 30).select("request", "lat"))
+    assert len(got) == 30

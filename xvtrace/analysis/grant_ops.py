@@ -77,8 +77,11 @@ def per_request(
 
 def _spread(records: pl.LazyFrame, total: int) -> np.ndarray | None:
     """Every k-th of the records' times, k as settled_shift spreads them (so it takes them
-    all); None if they are not in time order. (A record with no time is in no stretch.)"""
-    k, sample, last, seen = max(1, total // SETTLING_RECORDS), [], None, 0
+    all), in time order with the records of no time first (as a NaN: in no stretch), as a
+    sort puts them; None if the timed ones are not in time order."""
+    k, last = max(1, total // SETTLING_RECORDS), None
+    seen = records.select(pl.col("t").null_count()).collect().item()
+    sample = [np.full(-(-seen // k), np.nan)] if seen else []
     for _, part in slices(records, JOIN_RECORDS):
         t = part.select("t").collect().to_series().drop_nulls()
         if not len(t):

@@ -98,10 +98,12 @@ def median_window(
     to the row of median `col` (of the rows with one in that order, the one a stable sort
     by `col` puts at n // 2); empty without any."""
     known = pl.col(col).is_not_null()
+    counted = []  # rows with a `col`, per slice
     with OrderStats() as stats:
         for _, part in slices(frame, slice_rows):
             values = part.filter(known).select(col).collect().to_series().to_numpy()
             stats.add(np.zeros(len(values), np.int64), values)
+            counted.append(len(values))
         n = stats.count(0)
         if not n:
             return frame.select(columns).head(0).collect()
@@ -117,11 +119,17 @@ def median_window(
     tie = n // 2 - sum(below)
     first = int(np.searchsorted(np.cumsum(equal), tie, "right"))  # the slice it is in
     tie -= sum(equal[:first])
-    lo = first * slice_rows
-    hits = frame.slice(lo, slice_rows).select(pl.col(col) == median).collect().to_series()
-    row = lo + int(np.flatnonzero(hits.fill_null(False).to_numpy())[tie])
-    around = frame.slice(max(0, row - 4 * window), 8 * window + 1).with_row_index("_row")
-    near = around.filter(known).collect()
-    p = int(np.flatnonzero(near["_row"].to_numpy() == min(row, 4 * window))[0])
-    lo = max(0, min(p - window // 2, len(near) - window))
-    return near.slice(lo, window).select(columns)
+    values = frame.slice(first * slice_rows, slice_rows).select(col).collect().to_series()
+    row = int(np.flatnonzero((values == median).fill_null(False).to_numpy())[tie])
+    # its place among the rows with a `col`, and the window's first and last there
+    place = sum(counted[:first]) + int(values.head(row).is_not_null().sum())
+    lo = max(0, min(place - window // 2, n - window))
+    hi = min(n, lo + window)
+    starts = np.cumsum([0, *counted])  # each slice's first row with a `col`, so numbered
+    out = []
+    for k in range(int(np.searchsorted(starts, lo, "right")) - 1, len(counted)):
+        if starts[k] >= hi:
+            break
+        part = frame.slice(k * slice_rows, slice_rows).filter(known).select(columns).collect()
+        out.append(part.slice(max(0, lo - starts[k]), hi - max(lo, starts[k])))
+    return pl.concat(out)
