@@ -163,19 +163,31 @@ class Simulation:
         self.min_idle = float(min_idle)
         n, width = dur.shape
         self.n, self.njobs = n, int(njobs)
-        self.issue = np.full(n, np.inf)
-        self.done = np.full(n, np.inf)
         job = job.astype(np.int64, copy=False)  # (the caller's, not a copy per replay)
-        self._order, self._offs = _job_lists(job, self.njobs)
-        rows = _ring_rows(window, n, self._order, self._offs, iodepth)
+        self.remaining = np.bincount(job, minlength=self.njobs).astype(np.int64)
+        rows = _ring_rows(window, n, _firsts(job, self.njobs, int(iodepth)))
+        # per request, held whole or a ring of rows read from the caller's: what it is
+        # given (path, job, earliest issue, think time), its issue and done times, and the
+        # next request of its job (each job's requests a list, linked as they get rows)
+        think = np.zeros(1 if rows else n) if think is None else np.asarray(think, np.float64)
+        self._requests = (path_of.astype(np.int64, copy=False), job,
+                          not_before.astype(np.float64, copy=False), think)  # fmt: skip
+        self._no_think = think.shape[0] != n  # (none given: every request's is 0)
         # durations, held whole or a window of them read from `dur` (F-ordered either way:
         # one compiled kernel, not one per layout)
         self._source = dur
         if rows is None:
             dur = np.asfortranarray(dur if isinstance(dur, np.ndarray) else dur[:n], np.float64)
+            given = self._requests
+            self.issue, self.done = np.full(n, np.inf), np.full(n, np.inf)
+            self._succ = np.empty(n, np.int64)
         else:
             dur = np.zeros((width, rows)).T
             dur[: min(n, rows)] = self._source[: min(n, rows)]
+            given = (np.zeros(rows, np.int64), np.zeros(rows, np.int64), np.zeros(rows),
+                     np.zeros(rows))  # fmt: skip
+            self.issue, self.done = np.full(rows, np.inf), np.full(rows, np.inf)
+            self._succ = np.empty(rows, np.int64)
         rows = n if rows is None else rows
         # [request, op] indexed, stored op by op: a chunk's column of one op is contiguous
         # (the writers read them so), and so is the truth's
@@ -184,12 +196,13 @@ class Simulation:
         takes = int(max(((res[i, : nops[i]] == VCPU) & (release[i, : nops[i]] >= 0)).sum()
                         for i in range(len(nops))))  # fmt: skip
         self._gaps = np.empty((3, max(1, n * takes)))  # start, end, job
-        self.remaining = np.bincount(job, minlength=self.njobs).astype(np.int64)
         self.idle_since = np.full(self.njobs, -1.0)
+        self._unissued = self.remaining.copy()
+        self._head = np.full(self.njobs, -1, np.int64)  # each job's next request to issue
+        self._tail = np.full(self.njobs, -1, np.int64)  # and the last with a row
         # heap size, sequence, low, gaps; the ring's mask (all ones: no ring) and the first
         # request with no row
-        self._counters = np.array([0, 0, 0, 0, -1 if rows == n else rows - 1, min(n, rows)],
-                                  np.int64)  # fmt: skip
+        self._counters = np.array([0, 0, 0, 0, -1 if rows == n else rows - 1, 0], np.int64)
         self.flushed = 0  # requests handed over by chunks()
         self._clock = np.zeros(1)
         inflight = iodepth * self.njobs + 1
@@ -205,20 +218,18 @@ class Simulation:
             np.empty(inflight + 16),  # heap: times
             np.empty(inflight + 16, np.int64),  # heap: payloads
             np.empty(inflight + 16, np.int64),  # heap: sequence numbers
-            np.zeros(self.njobs, np.int64),  # next request to issue, per job
         )
-        think = np.zeros(n) if think is None else np.asarray(think, np.float64)
-        self._given = (res, release, nops, path_of.astype(np.int64, copy=False), dur, job,
-                       not_before.astype(np.float64, copy=False), think)  # fmt: skip
+        self._given = (res, release, nops, given[0], dur, *given[1:])
         self._cap = np.ones(nres, np.int64)
         self._cap[NONE] = 0  # unlimited
         self._cap[DEVICE] = device_servers
+        self._fill(min(n, rows), durations=False)
         _begin(*self._state(), int(iodepth))
 
     def _state(self):
-        return (*self._given, self._order, self._offs, self._cap, *self._work, self.issue,
-                self.done, self.start, self.end, self.wait, self.remaining, self.idle_since,
-                self._gaps, self._counters, self._clock)  # fmt: skip
+        return (*self._given, self._succ, self._unissued, self._cap, *self._work, self._head,
+                self.issue, self.done, self.start, self.end, self.wait, self.remaining,
+                self.idle_since, self._gaps, self._counters, self._clock)  # fmt: skip
 
     def advance(self, events: int = 1 << 62) -> bool:
         """Run up to `events` more events; True once every request is done."""
@@ -273,24 +284,35 @@ class Simulation:
             if finished and self.flushed == self.n:
                 return
 
-    def _rows(self, first: int, stop: int) -> np.ndarray:
+    def _rows(self, first: int, stop: int) -> np.ndarray | slice:
+        if self._counters[4] == -1:  # (no ring: the requests' own rows)
+            return slice(first, stop)
         return np.arange(first, stop) & self._counters[4]
 
     def _flush(self) -> tuple[int, Schedule]:
         a, b = self.flushed, self.low
         at = self._rows(a, b)
-        out = Schedule(self.issue[a:b], self.done[a:b], self.start[at], self.end[at], self.wait[at])
+        out = Schedule(self.issue[at], self.done[at], self.start[at], self.end[at], self.wait[at])
         self.flushed = b
         self._fill(min(self.n, b + len(self._work[0])))
         return a, out
 
-    def _fill(self, stop: int) -> None:
-        """Rows for the requests up to `stop`: their durations, the rest zero."""
+    def _fill(self, stop: int, durations: bool = True) -> None:
+        """Rows for the requests up to `stop`: their durations (unless told they are
+        there) and what else is given of them, linked to their jobs' lists; the rest zero."""
         first = int(self._counters[5])
         at = self._rows(first, stop)
-        self._given[4][at] = self._source[first:stop]
-        for a in (self.start, self.end, self.wait, self._work[0]):
-            a[at] = 0.0
+        if durations:  # (else the first rows, set up: durations read, the rest fresh)
+            self._given[4][at] = self._source[first:stop]
+            for a in (self.start, self.end, self.wait, self._work[0]):
+                a[at] = 0.0
+            self.issue[at], self.done[at] = np.inf, np.inf
+        held = (self._given[3], *self._given[5:])
+        for mine, theirs in zip(held, self._requests, strict=True):
+            if mine is not theirs and not (theirs is self._requests[3] and self._no_think):
+                mine[at] = theirs[first:stop]
+        _link(self._given[5], first, stop, int(self._counters[4]), self._head, self._tail,
+              self._succ)  # fmt: skip
         self._counters[5] = stop
 
     def _grow(self) -> None:
@@ -305,25 +327,25 @@ class Simulation:
         old, new = live & self._counters[4], live & mask
 
         def grown(a: np.ndarray) -> np.ndarray:
-            out = np.zeros((width, rows)).T if a.ndim == 2 else np.zeros(rows)
+            out = np.zeros((width, rows)).T if a.ndim == 2 else np.zeros(rows, a.dtype)
             out[new] = a[old]
             return out
 
         self.start, self.end, self.wait = grown(self.start), grown(self.end), grown(self.wait)
-        self._given = (*self._given[:4], grown(self._given[4]), *self._given[5:])
+        self._given = (*self._given[:3], *map(grown, self._given[3:]))
+        self.issue, self.done, self._succ = grown(self.issue), grown(self.done), grown(self._succ)
         self._work = (grown(self._work[0]), *self._work[1:])
         self._counters[4] = mask
         self._fill(min(self.n, self.flushed + rows))
 
 
-def _ring_rows(window: int | None, n: int, order, offs, iodepth: int) -> int | None:
-    """The ring's rows for `window` (a power of two, room for every job's first requests),
-    or None for none: no window, or one that would hold every request anyway."""
+def _ring_rows(window: int | None, n: int, firsts: np.ndarray) -> int | None:
+    """The ring's rows for `window` (a power of two, room for every job's first requests:
+    `firsts`, _firsts), or None for none: no window, or one that would hold every request
+    anyway."""
     if window is None:
         return None
-    firsts = [order[min(offs[j] + iodepth, offs[j + 1]) - 1]
-              for j in range(len(offs) - 1) if offs[j + 1] > offs[j]]  # fmt: skip
-    need = int(max(window, max(firsts, default=0) + 1, 1))
+    need = int(max(window, int(firsts.max(initial=-1)) + 1, 1))
     rows = 1 << (need - 1).bit_length()
     return None if rows >= n else rows
 
@@ -372,20 +394,34 @@ def _pop(ht, hp, hs, size):
 
 
 @njit(cache=True, nogil=True)
-def _job_lists(job, njobs):
-    """Per job its requests in order: (order, offsets), job j's are order[offs[j]:offs[j+1]]."""
-    counts = np.zeros(njobs, np.int64)
+def _firsts(job, njobs, iodepth):
+    """Per job, its min(iodepth, its requests)-th request (-1 for a job of none): the last
+    it issues at the start."""
+    seen = np.zeros(njobs, np.int64)
+    out = np.full(njobs, -1, np.int64)
     for i in range(job.shape[0]):
-        counts[job[i]] += 1
-    offs = np.zeros(njobs + 1, np.int64)
-    for j in range(njobs):
-        offs[j + 1] = offs[j] + counts[j]
-    order = np.empty(job.shape[0], np.int64)
-    fill = offs[:-1].copy()
-    for i in range(job.shape[0]):
-        order[fill[job[i]]] = i
-        fill[job[i]] += 1
-    return order, offs
+        j = job[i]
+        if seen[j] < iodepth:
+            seen[j] += 1
+            out[j] = i
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _link(job, first, stop, mask, head, tail, succ):
+    """Requests first..stop (their rows r & mask of `job` and `succ` just filled) put at
+    the end of their jobs' lists: `head` a job's next request to issue (-1: none with a
+    row), `tail` its last with a row, succ[row] the next of the request's job (-1: none
+    with a row yet). A tail is written to only while it waits to issue, so its row is its."""
+    for r in range(first, stop):
+        i = r & mask
+        j = job[i]
+        succ[i] = -1
+        if head[j] < 0:
+            head[j] = r
+        else:
+            succ[tail[j] & mask] = r
+        tail[j] = r
 
 
 @njit(cache=True, nogil=True)
@@ -398,35 +434,37 @@ def _shift(width):
 
 
 @njit(cache=True, nogil=True)
-def _begin(res2, release2, nops_p, path_of, dur, job, not_before, think, order, offs, cap, ready_at,
-           line_end, busy, qbuf, qhead, qtail, ht, hp, hs, nxt, issue, done, start, end, wait,
-           remaining, idle_since, gaps, counters, clock, iodepth):  # fmt: skip
-    """Each job issues its first `iodepth` requests."""
+def _begin(res2, release2, nops_p, path_of, dur, job, not_before, think, succ, unissued, cap,
+           ready_at, line_end, busy, qbuf, qhead, qtail, ht, hp, hs, head, issue, done, start,
+           end, wait, remaining, idle_since, gaps, counters, clock, iodepth):  # fmt: skip
+    """Each job issues its first `iodepth` requests (each has its row: _ring_rows)."""
     shift = _shift(dur.shape[1])
+    mask = counters[4]
     size, seq = counters[0], counters[1]
-    for j in range(offs.shape[0] - 1):
-        nxt[j] = offs[j]
+    for j in range(head.shape[0]):
         for _ in range(iodepth):
-            if nxt[j] < offs[j + 1]:
-                r = order[nxt[j]]
-                nxt[j] += 1
-                t = not_before[r]
-                issue[r] = t
+            if unissued[j] > 0:
+                r = head[j]
+                i = r & mask
+                head[j] = succ[i]
+                unissued[j] -= 1
+                t = not_before[i]
+                issue[i] = t
                 size = _push(ht, hp, hs, size, t, r << shift, seq)
                 seq += 1
     counters[0], counters[1] = size, seq
 
 
 @njit(cache=True, nogil=True)
-def _advance(res2, release2, nops_p, path_of, dur, job, not_before, think, order, offs, cap,
-             ready_at, line_end, busy, qbuf, qhead, qtail, ht, hp, hs, nxt, issue, done, start,
-             end, wait, remaining, idle_since, gaps, counters, clock, min_idle,
+def _advance(res2, release2, nops_p, path_of, dur, job, not_before, think, succ, unissued,
+             cap, ready_at, line_end, busy, qbuf, qhead, qtail, ht, hp, hs, head, issue, done,
+             start, end, wait, remaining, idle_since, gaps, counters, clock, min_idle,
              events):  # fmt: skip
-    """Up to `events` events of the loop; True once none is left. The per-operation arrays
-    (dur, start, end, wait, ready_at) hold request r in row r & mask (counters[4]); the loop
-    stops before an event that would issue a request at or past counters[5], which has no
-    row yet."""
-    n = done.shape[0]
+    """Up to `events` events of the loop; True once none is left. The per-request arrays
+    (path_of, job, not_before, think, succ, issue, done) and the per-operation ones (dur,
+    start, end, wait, ready_at) hold request r in row r & mask (counters[4]); the loop stops
+    before an event that would issue a request at or past counters[5], which has no row
+    yet (its job has requests to issue, none of them with a row)."""
     shift = _shift(dur.shape[1])
     low_mask = (1 << shift) - 1
     ring = qbuf.shape[1]
@@ -435,23 +473,24 @@ def _advance(res2, release2, nops_p, path_of, dur, job, not_before, think, order
     now = clock[0]
     while size > 0 and events > 0:
         r = hp[0] >> shift  # the next event: a request done whose job's next has no row?
-        if (hp[0] & low_mask) == nops_p[path_of[r]]:
-            j = job[r]
-            if nxt[j] < offs[j + 1] and order[nxt[j]] >= limit:
+        if (hp[0] & low_mask) == nops_p[path_of[r & mask]]:
+            j = job[r & mask]
+            if unissued[j] > 0 and head[j] < 0:
                 break
         events -= 1
         now, payload, size = _pop(ht, hp, hs, size)
         r = payload >> shift
         step = payload & low_mask
-        res = res2[path_of[r]]
-        release = release2[path_of[r]]
-        nops = nops_p[path_of[r]]
+        i = r & mask
+        res = res2[path_of[i]]
+        release = release2[path_of[i]]
+        nops = nops_p[path_of[i]]
         if step > 0:  # the previous op of r ended: release what it (or earlier ops) held
             for k in range(step):
                 if release[k] != step - 1:
                     continue
                 pr = res[k]
-                rid = 6 + job[r] if pr == 0 else pr
+                rid = 6 + job[i] if pr == 0 else pr
                 if cap[rid] > 0:
                     busy[rid] -= 1
                     if qhead[rid] != qtail[rid]:
@@ -467,24 +506,25 @@ def _advance(res2, release2, nops_p, path_of, dur, job, not_before, think, order
                         size = _push(ht, hp, hs, size, end[wi, ws], (wr << shift) + ws + 1, seq)
                         seq += 1
                     elif pr == VCPU:  # nobody waits: the vCPU goes idle
-                        idle_since[job[r]] = now
+                        idle_since[job[i]] = now
         if step == nops:
-            done[r] = now
-            j = job[r]
+            done[i] = now
+            j = job[i]
             remaining[j] -= 1
-            while low < n and done[low] < np.inf:
+            while low < limit and done[low & mask] < np.inf:
                 low += 1
-            if nxt[j] < offs[j + 1]:
-                r2 = order[nxt[j]]
-                nxt[j] += 1
-                t = max(now + think[r2], not_before[r2])
-                issue[r2] = t
+            if unissued[j] > 0:
+                r2 = head[j]
+                i2 = r2 & mask
+                head[j] = succ[i2]
+                unissued[j] -= 1
+                t = max(now + think[i2], not_before[i2])
+                issue[i2] = t
                 size = _push(ht, hp, hs, size, t, r2 << shift, seq)
                 seq += 1
             continue
-        i = r & mask
         pr = res[step]
-        rid = 6 + job[r] if pr == 0 else pr
+        rid = 6 + job[i] if pr == 0 else pr
         ready_at[i] = now
         if release[step] == -1:  # an earlier op of r still holds this resource (a blocked vCPU)
             start[i, step] = now
@@ -494,17 +534,17 @@ def _advance(res2, release2, nops_p, path_of, dur, job, not_before, think, order
         elif cap[rid] == 0 or busy[rid] < cap[rid]:
             if cap[rid] > 0:
                 busy[rid] += 1
-                if pr == VCPU and idle_since[job[r]] >= 0:  # the vCPU's idle stretch closes
-                    if now - idle_since[job[r]] > min_idle:
-                        gaps[0, ngaps] = idle_since[job[r]]
+                if pr == VCPU and idle_since[job[i]] >= 0:  # the vCPU's idle stretch closes
+                    if now - idle_since[job[i]] > min_idle:
+                        gaps[0, ngaps] = idle_since[job[i]]
                         gaps[1, ngaps] = now
-                        gaps[2, ngaps] = job[r]
+                        gaps[2, ngaps] = job[i]
                         ngaps += 1
-                    idle_since[job[r]] = -1.0
+                    idle_since[job[i]] = -1.0
             start[i, step] = now
             end[i, step] = now + dur[i, step]
             if pr == NONE:  # a notification path delivers in order: no overtaking
-                p = path_of[r]
+                p = path_of[i]
                 if end[i, step] <= line_end[p, step]:  # held back: 1 ns behind, in order
                     end[i, step] = line_end[p, step] + 1.0
                     start[i, step] = end[i, step] - dur[i, step]
