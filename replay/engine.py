@@ -147,11 +147,13 @@ class Simulation:
     idle (-1 while busy or before its first operation); an unissued request's issue time is
     +inf. gaps() are the vCPU idle stretches longer than `min_idle` closed so far.
 
-    With a `window`, the per-operation arrays (durations, start, end, wait) are a ring of a
-    power of two rows at least that many, request r in row r & mask: chunks() runs the loop
-    until the next request to issue has no row free, hands over the requests done since
-    (whose rows are then free) and goes on; a ring too small for the requests in flight
-    doubles. Each event happens as without one: the schedule is the same, a chunk at a time.
+    With a `window`, the per-operation arrays (durations, start, end, wait) and the
+    per-request ones (path, job, earliest issue, think time, issue and done times, the next
+    request of its job) are a ring of a power of two rows at least that many, request r in
+    row r & mask, filled from the caller's arrays as rows free: chunks() runs the loop until
+    the next request to issue has no row, hands over the requests done since (whose rows
+    are then free) and goes on; a ring too small for the requests in flight doubles. Each
+    event happens as without one: the schedule is the same, a chunk at a time.
 
     One request makes its [request, op] arrays C- as well as F-ordered: numba compiles
     (once, then caches) a second specialization of the kernel for it.
