@@ -47,34 +47,59 @@ class Schedule:
 def durations(
     path: tuple[Op, ...],
     costs: dict[str, tuple[float, float]],
-    pages: np.ndarray,
-    nbytes: np.ndarray,
-    device_ns: np.ndarray,
+    pages,
+    nbytes,
+    device_ns,
     rng: np.random.Generator,
     out=None,
+    *,
+    rows: int | None = None,
+    factor: np.ndarray | None = None,
 ) -> np.ndarray:
     """[n, ops] durations: cost per unit x units, with lognormal jitter (median 1), and
     the request's host-wide slowdown (costs.SLOWDOWN: one factor per request, of mean 1, on
-    all but the device's time) when its sigma is not 0. Written op by op into `out` when
-    given (an array or a replay.columns_file table), else into a new array."""
+    all but the device's time) when its sigma is not 0, then times `factor` (one per
+    operation) when given. Written op by op into `out` when given (an array or a
+    replay.columns_file table), else into a new array. `pages`, `nbytes`, `device_ns`:
+    arrays, or columns read as rows (replay.columns_file); drawn `rows` requests at a time
+    (the same numbers: a generator's draws in pieces are its draws at once)."""
     n = len(pages)
-    each = buffers(path, pages)
     if out is None:
         out = np.empty((len(path), n), dtype=np.float64).T  # stored op by op, as the schedule
+    step = max(rows or n, 1)
+    parts = [slice(a, min(n, a + step)) for a in range(0, n, step)]
+
+    def units(scale: str, part: slice):
+        if scale == "request":
+            return 1.0
+        if scale == "byte":
+            return nbytes[part]
+        p = pages[part]
+        return buffers(path, p) if scale == "buffer" else p
+
     for j, o in enumerate(path):  # per operation of the path, not per request
-        if o.resource == "device":
-            out[:, j] = device_ns
-            continue
-        ns, sigma = costs[o.cost]
-        units = {"request": 1.0, "page": pages, "byte": nbytes, "buffer": each}[o.scale]
-        jitter = rng.lognormal(0.0, sigma, n) if sigma > 0 else 1.0
-        out[:, j] = ns * units * jitter
+        for part in parts:
+            if o.resource == "device":
+                out[part, j] = device_ns[part]
+                continue
+            ns, sigma = costs[o.cost]
+            m = part.stop - part.start
+            jitter = rng.lognormal(0.0, sigma, m) if sigma > 0 else 1.0
+            out[part, j] = ns * units(o.scale, part) * jitter
     common = costs.get(SLOWDOWN, (1.0, 0.0))[1]
-    if common > 0:
-        slow = rng.lognormal(-(common**2) / 2, common, n)  # mean 1: it spreads, not adds
+    if common <= 0 and factor is None:
+        return out
+    for part in parts:
+        slow = None
+        if common > 0:  # mean 1: it spreads, not adds
+            slow = rng.lognormal(-(common**2) / 2, common, part.stop - part.start)
         for j, o in enumerate(path):
-            if o.resource != "device":
-                out[:, j] *= slow
+            d = out[part, j]
+            if slow is not None and o.resource != "device":
+                d = d * slow
+            if factor is not None:
+                d = d * factor[j]
+            out[part, j] = d
     return out
 
 
@@ -165,22 +190,26 @@ class Simulation:
         self.min_idle = float(min_idle)
         n, width = dur.shape
         self.n, self.njobs = n, int(njobs)
-        job = job.astype(np.int64, copy=False)  # (the caller's, not a copy per replay)
-        self.remaining = np.bincount(job, minlength=self.njobs).astype(np.int64)
-        rows = _ring_rows(window, n, _firsts(job, self.njobs, int(iodepth)))
-        # per request, held whole or a ring of rows read from the caller's: what it is
-        # given (path, job, earliest issue, think time), its issue and done times, and the
-        # next request of its job (each job's requests a list, linked as they get rows)
-        think = np.zeros(1 if rows else n) if think is None else np.asarray(think, np.float64)
-        self._requests = (path_of.astype(np.int64, copy=False), job,
-                          not_before.astype(np.float64, copy=False), think)  # fmt: skip
-        self._no_think = think.shape[0] != n  # (none given: every request's is 0)
+        self.remaining, firsts = _jobs(job, self.njobs, int(iodepth))
+        rows = _ring_rows(window, n, firsts)
+        # per request, held whole or a ring of rows read from the caller's (arrays, or
+        # columns read as rows: replay.columns_file): what it is given (path, job, earliest
+        # issue, think time), its issue and done times, and the next request of its job
+        # (each job's requests a list, linked as they get rows)
+        self._no_think = think is None  # (every request's is 0)
+        think = np.zeros(1) if think is None else think
+        self._requests = (path_of, job, not_before, think)
         # durations, held whole or a window of them read from `dur` (F-ordered either way:
         # one compiled kernel, not one per layout)
         self._source = dur
         if rows is None:
             dur = np.asfortranarray(dur if isinstance(dur, np.ndarray) else dur[:n], np.float64)
-            given = self._requests
+            given = tuple(np.asarray(a if isinstance(a, np.ndarray) else a[:n], t)
+                          for a, t in zip(self._requests, (np.int64, np.int64, np.float64, np.float64),
+                                          strict=True))  # fmt: skip
+            if self._no_think:
+                given = (*given[:3], np.zeros(n))
+            self._held_whole = True  # (every request's given is held: nothing to fill)
             self.issue, self.done = np.full(n, np.inf), np.full(n, np.inf)
             self._succ = np.empty(n, np.int64)
         else:
@@ -188,6 +217,7 @@ class Simulation:
             dur[: min(n, rows)] = self._source[: min(n, rows)]
             given = (np.zeros(rows, np.int64), np.zeros(rows, np.int64), np.zeros(rows),
                      np.zeros(rows))  # fmt: skip
+            self._held_whole = False
             self.issue, self.done = np.full(rows, np.inf), np.full(rows, np.inf)
             self._succ = np.empty(rows, np.int64)
         rows = n if rows is None else rows
@@ -309,10 +339,11 @@ class Simulation:
             for a in (self.start, self.end, self.wait, self._work[0]):
                 a[at] = 0.0
             self.issue[at], self.done[at] = np.inf, np.inf
-        held = (self._given[3], *self._given[5:])
-        for mine, theirs in zip(held, self._requests, strict=True):
-            if mine is not theirs and not (theirs is self._requests[3] and self._no_think):
-                mine[at] = theirs[first:stop]
+        if not self._held_whole:
+            held = (self._given[3], *self._given[5:])
+            for k, (mine, theirs) in enumerate(zip(held, self._requests, strict=True)):
+                if not (k == 3 and self._no_think):
+                    mine[at] = theirs[first:stop]
         _link(self._given[5], first, stop, int(self._counters[4]), self._head, self._tail,
               self._succ)  # fmt: skip
         self._counters[5] = stop
@@ -338,7 +369,25 @@ class Simulation:
         self.issue, self.done, self._succ = grown(self.issue), grown(self.done), grown(self._succ)
         self._work = (grown(self._work[0]), *self._work[1:])
         self._counters[4] = mask
+        self._held_whole = False
         self._fill(min(self.n, self.flushed + rows))
+
+
+JOB_ROWS = 1 << 20  # requests' jobs read at a time to count them (_jobs)
+
+
+def _jobs(job, njobs: int, iodepth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per job, its requests and its min(iodepth, its requests)-th request (-1 for a job of
+    none: the last it issues at the start), of `job` (an array, or a column read as rows)
+    read JOB_ROWS at a time."""
+    count = np.zeros(njobs, np.int64)
+    firsts = np.full(njobs, -1, np.int64)
+    for a in range(0, len(job), JOB_ROWS):
+        part = np.asarray(job[a : a + JOB_ROWS]).astype(np.int64, copy=False)
+        if len(part) and (part.min() < 0 or part.max() >= njobs):
+            raise ValueError(f"a request's job is not one of the {njobs} jobs")
+        _firsts(part, a, count, firsts, iodepth)
+    return count, firsts
 
 
 def _ring_rows(window: int | None, n: int, firsts: np.ndarray) -> int | None:
@@ -396,17 +445,14 @@ def _pop(ht, hp, hs, size):
 
 
 @njit(cache=True, nogil=True)
-def _firsts(job, njobs, iodepth):
-    """Per job, its min(iodepth, its requests)-th request (-1 for a job of none): the last
-    it issues at the start."""
-    seen = np.zeros(njobs, np.int64)
-    out = np.full(njobs, -1, np.int64)
+def _firsts(job, first, count, out, iodepth):
+    """Requests first.. (of jobs `job`) counted per job into `count`; out[j] the job's
+    request that is its iodepth-th, or its last so far."""
     for i in range(job.shape[0]):
         j = job[i]
-        if seen[j] < iodepth:
-            seen[j] += 1
-            out[j] = i
-    return out
+        if count[j] < iodepth:
+            out[j] = first + i
+        count[j] += 1
 
 
 @njit(cache=True, nogil=True)

@@ -20,10 +20,9 @@ import numpy as np
 import polars as pl
 
 from xvtrace.parsers.errors import XvtraceError
-from xvtrace.replay import engine
+from xvtrace.replay import columns_file, engine
 from xvtrace.replay.accounting import CPU_RESOURCES, counters
-from xvtrace.replay.columns_file import ColumnFile
-from xvtrace.replay.stream import KIND_OF_OP, Stream
+from xvtrace.replay.stream import KIND_OF_OP, OPS, Stream
 from xvtrace.replay.transports.base import PHASES, Transport
 
 # closed: each job issues its next request as its previous one is done (fio-like); think:
@@ -55,48 +54,113 @@ def schedule(
 
 
 def _simulation(stream, transport, costs, *, seed, arrivals, device_servers, scale=None,
-                window=None, on_disk: Path | None = None,
-                ) -> tuple[list, np.ndarray, engine.Simulation]:  # fmt: skip
+                window=None, spill: Path | None = None, files: list | None = None,
+                ) -> tuple[list, columns_file.Mapped, engine.Simulation]:  # fmt: skip
     """The stream set up to run through the transport's paths, its durations drawn (into
-    the file `on_disk`, a ColumnFile of a row per request and a column per operation of the
-    longest path, when given)."""
+    files in the directory `spill`, when given: a ColumnFile per path, a row per request of
+    it and a column per operation, drawn and read a piece at a time; each file made is put
+    in `files`, for the caller to close)."""
     if arrivals not in ARRIVALS:
         raise XvtraceError(f"arrivals {arrivals!r}: valid: {', '.join(ARRIVALS)}")
+    files = [] if files is None else files
     n = len(stream)
-    # each request's path, by a pass per operation name (a few), not a sort of n strings
-    is_op = {o: m for o in KIND_OF_OP if (m := stream.is_op(o)).any()}
-    if sum(int(m.sum()) for m in is_op.values()) != n:
+    counts = stream.op_counts()
+    if counts.sum() != n:
         raise XvtraceError(f"stream operations other than {', '.join(KIND_OF_OP)}")
-    kinds = sorted({KIND_OF_OP[o] for o in is_op})
+    present = [o for o, c in zip(OPS, counts, strict=True) if c]
+    kinds = sorted({KIND_OF_OP[o] for o in present})
     paths = [transport.path(k) for k in kinds]
-    path_of = np.zeros(n, np.int64)
-    for o, m in is_op.items():
-        path_of[m] = kinds.index(KIND_OF_OP[o])
-    del is_op
+    # each request's path, looked up by its operation as it is read
+    lut = np.array(
+        [kinds.index(KIND_OF_OP[o]) if c else 0 for o, c in zip(OPS, counts, strict=True)], np.uint8
+    )
+    path_of = columns_file.Mapped(stream.op, lut)
     rng = np.random.default_rng(seed)
     width = max(len(p) for p in paths)
-    # [request, op], stored op by op as the engine keeps it
-    dur = np.zeros((width, n)).T if on_disk is None else ColumnFile(on_disk, n, width)
-    for i, path in enumerate(paths):  # per path, not per request
-        m = path_of == i
-        args = (path, costs, stream.pages[m], stream.nbytes[m], stream.device_ns[m], rng)
-        if on_disk is not None:  # the same draws, each op's written as it is drawn
-            rows = dur if m.all() else dur.where(m)
-            engine.durations(*args, out=rows)
-            for k, factor in enumerate(scale[kinds[i]] if scale and kinds[i] in scale else ()):
-                rows[:, k] = rows[:, k] * factor
-            continue
-        d = engine.durations(*args)
-        if scale and kinds[i] in scale:
-            d = d * scale[kinds[i]]
-        dur[m, : len(path)] = d
-    not_before = stream.arrival_ns if arrivals == "open" else np.zeros(n)
-    think = np.full(n, stream.think_ns) if arrivals == "think" else None
+
+    def factor(i: int):
+        return scale[kinds[i]] if scale and kinds[i] in scale else None
+
+    if spill is None:  # [request, op], stored op by op as the engine keeps it
+        dur = np.zeros((width, n)).T
+        held = path_of[:]
+        for i, path in enumerate(paths):  # per path, not per request
+            m = held == i
+            columns = (np.asarray(c[:])[m] for c in (stream.pages, stream.nbytes, stream.device_ns))
+            dur[m, : len(path)] = engine.durations(path, costs, *columns, rng, factor=factor(i))
+        del held
+    else:
+        tables = []
+        for i, (path, columns) in enumerate(zip(paths, _path_columns(stream, path_of, len(paths), spill, files), strict=True)):  # fmt: skip
+            tables.append(_spill_file(columns_file.ColumnFile, spill, files, f"durations-{transport.name}-{i}-",
+                                      len(columns[0]), len(path)))  # fmt: skip
+            engine.durations(path, costs, *columns, rng, out=tables[-1], rows=PIECE,
+                             factor=factor(i))  # fmt: skip
+        dur = _ByPath(tables, path_of, width)
+    not_before = stream.arrival_ns if arrivals == "open" else columns_file.Constant(0.0, n)
+    think = columns_file.Constant(stream.think_ns, n) if arrivals == "think" else None
     # (no idle stretch is noted with a window: a replay does not draw them)
     sim = engine.simulation(paths, path_of, dur, stream.job, not_before, iodepth=stream.iodepth,
                             njobs=stream.njobs, device_servers=device_servers, think=think,
                             window=window, min_idle=0.0 if window is None else np.inf)  # fmt: skip
     return paths, path_of, sim
+
+
+PIECE = 1 << 18  # requests whose durations are drawn, or columns copied, at a time on disk
+
+
+def _spill_file(kind, spill: Path, files: list, prefix: str, *args):
+    """A new file of `kind` (a replay.columns_file class) in `spill`, named apart (two
+    replays may share the directory), put in `files`."""
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".f8", dir=spill)
+    os.close(fd)
+    files.append(kind(Path(name), *args))
+    return files[-1]
+
+
+def _path_columns(stream: Stream, path_of, npaths: int, spill: Path, files: list) -> list[tuple]:
+    """Per path, the pages, bytes and device time of its requests, in order: the stream's
+    own columns for one path, else columns of their own on disk, copied a piece at a time."""
+    own = (stream.pages, stream.nbytes, stream.device_ns)
+    if npaths == 1:
+        return [own]
+    out = [tuple(_spill_file(columns_file.DiskColumn, spill, files, f"path-{i}-{k}-", np.float64)
+                 for k in range(3)) for i in range(npaths)]  # fmt: skip
+    for a in range(0, len(stream), PIECE):
+        part = slice(a, a + PIECE)
+        p, values = path_of[part], [c[part] for c in own]
+        for i in range(npaths):
+            m = p == i
+            for column, v in zip(out[i], values, strict=True):
+                column.append(v[m])
+    return out
+
+
+class _ByPath:
+    """Each request's durations, from its path's table (a row per request of the path, in
+    stream order), read as rows a..b of every request, in order (engine.Simulation's
+    window reads them so): shape (requests, the longest path's operations)."""
+
+    def __init__(self, tables: list, path_of, width: int):
+        self.tables, self.path_of = tables, path_of
+        self.shape = (len(path_of), width)
+        self._at, self._read = 0, np.zeros(len(tables), np.int64)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        a, b, _ = key.indices(self.shape[0])
+        b = max(a, b)
+        if a != self._at:
+            raise IndexError(f"durations are read in order: rows {a}.. after ..{self._at}")
+        out = np.zeros((self.shape[1], b - a)).T
+        p = self.path_of[a:b]
+        for i, table in enumerate(self.tables):
+            m = p == i
+            k = int(m.sum())
+            if k:
+                out[m, : table.shape[1]] = table[self._read[i] : self._read[i] + k]
+                self._read[i] += k
+        self._at = b
+        return out
 
 
 WINDOW = 1 << 16  # requests whose operations a replay holds at a time (replay_chunks)
@@ -127,21 +191,20 @@ def replay_chunks(
     """replay()'s rows a chunk of requests at a time, in order, the engine holding the
     operations of about `window` requests at a time (None: of all; the rows are the same).
     `spill`: a directory where the durations wait on disk (as large as the operations of
-    every request) when there are more requests than the window."""
-    on_disk = None
-    if window is not None and spill is not None and len(stream) > window:
-        fd, name = tempfile.mkstemp(prefix=f"durations-{transport.name}-", suffix=".f8", dir=spill)
-        os.close(fd)  # (a name of its own: two replays may share the directory)
-        on_disk = Path(name)
+    every request) when there are more requests than the window; a stream whose columns
+    are on disk (replay.stream.from_requests with a spill) is read a piece at a time."""
+    files: list = []
+    if window is None or len(stream) <= window:
+        spill = None  # (held whole: the ring would hold every request anyway)
     try:
         paths, path_of, sim = _simulation(stream, transport, costs, seed=seed, arrivals=arrivals,
                                           device_servers=device_servers, window=window,
-                                          on_disk=on_disk)  # fmt: skip
+                                          spill=spill, files=files)  # fmt: skip
         for first, sched in sim.chunks():
             yield _predicted(stream, transport, paths, path_of, first, sched, calibrated)
     finally:
-        if on_disk is not None:
-            on_disk.unlink(missing_ok=True)
+        for f in files:
+            f.close()
 
 
 def _predicted(stream: Stream, transport: Transport, paths: list, path_of: np.ndarray,

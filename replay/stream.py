@@ -22,12 +22,17 @@ whatever the guest runs.
 
 from __future__ import annotations
 
+import os
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from xvtrace.parsers.errors import XvtraceError
+from xvtrace.replay.columns_file import DiskColumn, pieces
 from xvtrace.replay.transports.base import Transport, submission
 
 OPS = ("read", "write", "tx", "rx")
@@ -72,6 +77,14 @@ class Stream:
     def __len__(self) -> int:
         return len(self.op)
 
+    def op_counts(self) -> np.ndarray:
+        """Requests per operation, a count per OPS (then one per other code), read a piece
+        at a time."""
+        counts = np.zeros(256, np.int64)
+        for _, part in pieces(self.op, 1 << 20):
+            counts += np.bincount(part, minlength=256)
+        return counts[: len(OPS)]
+
     def is_op(self, *names: str) -> np.ndarray:
         """Per request: is its operation one of `names`."""
         return np.isin(self.op, [OPS.index(n) for n in names])
@@ -100,6 +113,9 @@ def in_flight_depth(start: np.ndarray, end: np.ndarray) -> int:
     return int(np.cumsum(step[order]).max())
 
 
+PIECE_ROWS = 1 << 18  # requests made into the stream at a time, when it is spilled
+
+
 def from_requests(
     req: pl.DataFrame | pl.LazyFrame,
     *,
@@ -107,11 +123,13 @@ def from_requests(
     costs: dict[str, tuple[float, float]],
     iodepth: int | None = None,
     njobs: int | None = None,
+    spill: Path | None = None,
 ) -> Stream:
     """The stream of `req`'s complete requests (a LazyFrame: only they are read). `source`
     is the transport the capture ran on (None: unknown, nothing is taken out of the device
     interval); `iodepth` and `njobs` the workload's, when known (else measured: see the
-    module doc)."""
+    module doc). `spill`: a directory the stream's columns are written to, PIECE_ROWS
+    requests at a time, and read from (replay.columns_file.DiskColumn), not held."""
     req = req.lazy()
     columns = req.collect_schema().names()
     missing = [c for c in NEEDED if c not in columns]
@@ -119,51 +137,150 @@ def from_requests(
         raise StreamError(f"request table lacks column(s) {', '.join(missing)}")
     # only what the stream is made of, each operation as its number in OPS: the request
     # table's columns whole (a string per request) held 1.2 GB at 5 M requests
-    done = (
-        req.filter(pl.col("complete") & pl.col("op").is_in(OPS))
-        .select(
-            pl.col("op").replace_strict(OPS, range(len(OPS)), return_dtype=pl.UInt8),
-            "bytes", "pop_ns", "fill_ns", "io_ns",
-            *(["trap_vcpu"] if "trap_vcpu" in columns else []),
-            response_ns(columns).alias("response_ns"),
-        )
-        .collect()
+    done = req.filter(pl.col("complete") & pl.col("op").is_in(OPS)).select(
+        # (an Enum's codes: replace_strict of a string column held 0.3 GB more at 5 M)
+        pl.col("op").cast(pl.Enum(OPS)).to_physical().cast(pl.UInt8),
+        "bytes", "pop_ns", "fill_ns", "io_ns",
+        *(["trap_vcpu"] if "trap_vcpu" in columns else []),
+        response_ns(columns).alias("response_ns"),
     )  # fmt: skip
-    pop = done["pop_ns"]
-    if pop.null_count() or not pop.is_sorted():  # (the timeline numbers them in pop order)
-        done = done.sort("pop_ns", maintain_order=True)
-    if not len(done):
-        why = ""
-        total = req.select(pl.len()).collect().item()
-        if total and "reason" in columns:  # the timeline's reasons, the commonest first
-            reasons = req.select(pl.col("reason").drop_nulls()).collect().to_series()
-            top = reasons.value_counts(sort=True).head(1).rows()
-            why = f" ({total} requests, none complete; {top[0][1]}: {top[0][0]})" if top else ""
-        raise StreamError(f"no complete read/write/tx/rx requests to replay{why}")
-    vcpus = None
-    if "trap_vcpu" in done.columns and done["trap_vcpu"].null_count() == 0:
-        vcpus, vcpu_job = np.unique(done["trap_vcpu"].to_numpy(), return_inverse=True)
-    # a job per vCPU, unless the workload names another number of jobs (4 processes on one
-    # vCPU are 4 jobs)
-    if vcpus is not None and (not njobs or njobs == len(vcpus)):
-        job = vcpu_job
-    elif njobs:  # jobs unseen: spread round-robin, as fio's jobs interleave
-        job = np.arange(len(done)) % njobs
-    else:
-        job = np.zeros(len(done), np.int64)
-    op = done["op"].to_numpy()
-    nbytes = done["bytes"].fill_null(0).to_numpy().astype(np.float64)
-    pages = np.maximum(1.0, np.ceil(nbytes / 4096))
-    pop, fill = done["pop_ns"].to_numpy(), done["fill_ns"].to_numpy()
-    seen = int(job.max()) + 1
-    depth = iodepth or max(in_flight_depth(pop[job == j], fill[job == j]) for j in range(seen))
-    io = done["io_ns"].fill_null(0).to_numpy().astype(np.float64)
-    device = np.maximum(io - inside_device_interval(source, costs, pages, nbytes), 0.0)
-    device[op > OPS.index("write")] = 0.0  # (read and write come first)
-    arrival = (pop - pop[0]).astype(np.float64)
-    return Stream(op, nbytes, pages, job.astype(np.int64, copy=False), device, arrival,
-                  max(1, depth), seen,
-                  think_time(done["response_ns"], arrival, max(1, depth) * seen))  # fmt: skip
+    with _pieces(done, spill) as (table, parts):
+        n = table.select(pl.len()).collect().item()
+        if not n:
+            raise StreamError(
+                f"no complete read/write/tx/rx requests to replay{_why(req, columns)}"
+            )
+        vcpus = None
+        if "trap_vcpu" in done.collect_schema().names():
+            tv = table.select(pl.col("trap_vcpu").null_count().alias("nulls"),
+                              pl.col("trap_vcpu").unique().sort().implode().alias("vcpus")).collect()  # fmt: skip
+            vcpus = None if tv["nulls"].item() else tv["vcpus"].item().to_numpy()
+        # a job per vCPU, unless the workload names another number of jobs (4 processes on
+        # one vCPU are 4 jobs); seen: the jobs there are requests of
+        by_vcpu = vcpus is not None and (not njobs or njobs == len(vcpus))
+        seen = len(vcpus) if by_vcpu else min(n, njobs) if njobs else 1
+        pop0 = table.select(pl.col("pop_ns").first()).collect().item()
+        pop0 = np.nan if pop0 is None else pop0
+        made = _Made(spill)
+        depth = _Depth(seen)
+        for first, part in parts:
+            if by_vcpu:  # (the rank of its vCPU among those seen, as np.unique's inverse)
+                job = np.searchsorted(vcpus, part["trap_vcpu"].to_numpy())
+            elif njobs:  # jobs unseen: spread round-robin, as fio's jobs interleave
+                job = (first + np.arange(len(part))) % njobs
+            else:
+                job = np.zeros(len(part), np.int64)
+            op = part["op"].to_numpy()
+            nbytes = part["bytes"].fill_null(0).to_numpy().astype(np.float64)
+            pages = np.maximum(1.0, np.ceil(nbytes / 4096))
+            pop, fill = part["pop_ns"].to_numpy(), part["fill_ns"].to_numpy()
+            if not iodepth:
+                depth.add(job, pop, fill)
+            io = part["io_ns"].fill_null(0).to_numpy().astype(np.float64)
+            device = np.maximum(io - inside_device_interval(source, costs, pages, nbytes), 0.0)
+            device[op > OPS.index("write")] = 0.0  # (read and write come first)
+            arrival = (pop - pop0).astype(np.float64)
+            made.add(op, nbytes, pages, job.astype(np.int64, copy=False), device, arrival)
+        depth = max(1, iodepth or depth.best)
+        # (of integer ns: the same to the last bit however polars sums them)
+        mean = table.select(pl.col("response_ns").drop_nulls().mean()).collect().item()
+    op, nbytes, pages, job, device, arrival = made.columns()
+    last = float(arrival[n - 1 : n][0])
+    return Stream(op, nbytes, pages, job, device, arrival, depth, seen,
+                  _think(mean, n, last, depth * seen))  # fmt: skip
+
+
+def _why(req: pl.LazyFrame, columns: list[str]) -> str:
+    """Why a request table gives no stream: its requests and the timeline's commonest
+    reason, when it has some."""
+    total = req.select(pl.len()).collect().item()
+    if not total or "reason" not in columns:
+        return ""
+    reasons = req.select(pl.col("reason").drop_nulls()).collect().to_series()
+    top = reasons.value_counts(sort=True).head(1).rows()
+    return f" ({total} requests, none complete; {top[0][1]}: {top[0][0]})" if top else ""
+
+
+@contextmanager
+def _pieces(done: pl.LazyFrame, spill: Path | None):
+    """(the requests as a LazyFrame, their pieces as (first row, frame)) in pop order (the
+    timeline numbers them so; else sorted, whole): held whole without `spill`, else
+    written to a file there and read PIECE_ROWS at a time."""
+    path = None
+    try:
+        if spill is not None:
+            fd, name = tempfile.mkstemp(prefix="stream-", suffix=".parquet", dir=spill)
+            os.close(fd)
+            path = Path(name)
+            done.sink_parquet(path)
+            done = pl.scan_parquet(path)
+            pop = done.select(pl.col("pop_ns").null_count().alias("nulls"),
+                              (pl.col("pop_ns").diff() < 0).any().alias("back")).collect()  # fmt: skip
+            if not (pop["nulls"].item() or pop["back"].item()):
+                n = done.select(pl.len()).collect().item()
+                yield (
+                    done,
+                    ((a, done.slice(a, PIECE_ROWS).collect()) for a in range(0, n, PIECE_ROWS)),
+                )
+                return
+        frame = done.collect() if isinstance(done, pl.LazyFrame) else done
+        pop = frame["pop_ns"]
+        if pop.null_count() or not pop.is_sorted():
+            frame = frame.sort("pop_ns", maintain_order=True)
+        yield frame.lazy(), [(0, frame)]
+    finally:
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+
+class _Made:
+    """A stream's columns as its pieces are made: held, or on disk in `spill`."""
+
+    TYPES = (np.uint8, np.float64, np.float64, np.int64, np.float64, np.float64)
+
+    def __init__(self, spill: Path | None):
+        self.spill = spill
+        self.parts: list[list[np.ndarray]] = [[] for _ in self.TYPES]
+        if spill is not None:
+            self.disk = []
+            for t in self.TYPES:
+                fd, name = tempfile.mkstemp(prefix="stream-", suffix=".col", dir=spill)
+                os.close(fd)
+                self.disk.append(DiskColumn(Path(name), t))
+
+    def add(self, *columns: np.ndarray) -> None:
+        for i, c in enumerate(columns):
+            if self.spill is None:
+                self.parts[i].append(c)
+            else:
+                self.disk[i].append(c)
+
+    def columns(self) -> list:
+        if self.spill is not None:
+            return self.disk
+        return [p[0] if len(p) == 1 else np.concatenate(p).astype(t, copy=False)
+                for p, t in zip(self.parts, self.TYPES, strict=True)]  # fmt: skip
+
+
+class _Depth:
+    """The most requests a job had in flight at once, of every job (in_flight_depth per
+    job), from the stream's pieces in pop order: each piece swept with its jobs' requests
+    of the pieces before that were still open at its first pop (a job's few)."""
+
+    def __init__(self, jobs: int):
+        self.best = 0
+        self.open: list[tuple[np.ndarray, np.ndarray] | None] = [None] * jobs
+
+    def add(self, job: np.ndarray, pop: np.ndarray, fill: np.ndarray) -> None:
+        for j, held in enumerate(self.open):
+            m = job == j
+            start, end = pop[m], fill[m]
+            if held is not None:
+                start, end = np.concatenate([held[0], start]), np.concatenate([held[1], end])
+            self.best = max(self.best, in_flight_depth(start, end))
+            if len(pop):  # open past this piece's last pop (an end not known never closes)
+                still = ~(end <= pop[-1])
+                self.open[j] = (start[still], end[still])
 
 
 def response_ns(columns: list[str]) -> pl.Expr:
@@ -182,13 +299,18 @@ def think_time(response: pl.Series, arrival: np.ndarray, inflight: int) -> float
     response time R (`response`, response_ns of each request, null where not known), Z =
     N / X - R. Zero for a stream of fewer than two requests, or one that kept its jobs
     saturated."""
-    if len(arrival) < 2 or arrival[-1] <= 0:
-        return 0.0
     r = response.drop_nulls()
-    if not len(r):
+    mean = float(r.mean()) if len(r) else None
+    return _think(mean, len(arrival), float(arrival[-1]) if len(arrival) else 0.0, inflight)
+
+
+def _think(mean_response: float | None, n: int, last_arrival: float, inflight: int) -> float:
+    """think_time of `n` requests, the last arriving at `last_arrival` (the first at 0),
+    whose mean response time is `mean_response` (None: not known)."""
+    if n < 2 or last_arrival <= 0 or mean_response is None:
         return 0.0
-    rate = (len(arrival) - 1) / float(arrival[-1])
-    return max(inflight / rate - float(r.mean()), 0.0)
+    rate = (n - 1) / last_arrival
+    return max(inflight / rate - mean_response, 0.0)
 
 
 def inside_device_interval(

@@ -9,12 +9,15 @@ import numpy as np
 import polars as pl
 import pytest
 from helpers import QEMU_PCI
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xvtrace import api, replaying, timeline
 from xvtrace.emulate import EmulateOptions, emulate
 from xvtrace.replay import costs as cost_table
 from xvtrace.replay import engine, execute
-from xvtrace.replay.columns_file import ColumnFile
+from xvtrace.replay import stream as replay_stream
+from xvtrace.replay.columns_file import ColumnFile, Constant, DiskColumn, Mapped
 from xvtrace.replay.stream import READS, Stream
 from xvtrace.replay.transports import get
 
@@ -156,7 +159,7 @@ def test_calibrations_trial_costs_scale_the_durations_on_disk_too(three_jobs, tm
     options = {"seed": 4, "arrivals": "closed", "device_servers": 8, "scale": scale}
     _, _, whole = execute._simulation(stream, t, costs, **options)
     _, _, ring = execute._simulation(stream, t, costs, **options, window=8,
-                                     on_disk=tmp_path / "d.f8")  # fmt: skip
+                                     spill=tmp_path)  # fmt: skip
     want = whole.run()
     got = list(ring.chunks())
     assert len(got) > 1
@@ -169,3 +172,116 @@ def test_calibrations_trial_costs_scale_the_durations_on_disk_too(three_jobs, tm
 
 def _costs():
     return cost_table.costs_for(cost_table.load(), "x86_64")
+
+
+def _spilled(bundle_of, tmp_path, **options) -> Stream:
+    """The stream of the fixture's bundle made with its columns on disk in `tmp_path`."""
+    b, costs = bundle_of
+    req = timeline.load(b).columns(*READS, lazy=True)
+    return replaying.bundle_stream(b, req, replaying.source_transport(b), costs, spill=tmp_path,
+                                   **options)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def three_jobs_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("jobs") / "b"
+    emulate(EmulateOptions(transport="epam-mmio", workload="rw=randrw,bs=16k,iodepth=8,numjobs=3",
+                           requests=600, out=out))  # fmt: skip
+    api.ingest(out)
+    b = api.load(out)
+    return b, cost_table.costs_for(cost_table.load(), replaying.profile_of(b))
+
+
+@pytest.fixture(scope="module")
+def net_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("net") / "b"
+    api.ingest(QEMU_PCI / "trace.log", out)
+    b = api.load(out)
+    return b, cost_table.costs_for(cost_table.load(), replaying.profile_of(b))
+
+
+@pytest.mark.parametrize("options", [{}, {"njobs": 2}, {"iodepth": 4}])
+@pytest.mark.parametrize("bundle_of", ["three_jobs_bundle", "net_bundle"])
+@pytest.mark.parametrize("piece", [1, 7, 1000])
+def test_a_stream_made_a_piece_at_a_time_on_disk_is_the_stream_held(
+    request, monkeypatch, tmp_path, bundle_of, piece, options
+):
+    """from_requests with a spill: its columns written PIECE_ROWS requests at a time (the
+    depth swept a piece at a time, with each job's requests still open carried over) and
+    read back are the held stream's, and so are depth, jobs and think time."""
+    b, costs = request.getfixturevalue(bundle_of)
+    req = timeline.load(b).columns(*READS, lazy=True)
+    src = get(replaying.source_transport(b) or "epam-mmio")
+    held = replay_stream.from_requests(req, source=src, costs=costs, **options)
+    monkeypatch.setattr(replay_stream, "PIECE_ROWS", piece)
+    spilled = replay_stream.from_requests(req, source=src, costs=costs, spill=tmp_path, **options)
+    assert isinstance(spilled.op, DiskColumn) and len(spilled) == len(held) > 100
+    for name in ("op", "nbytes", "pages", "job", "device_ns", "arrival_ns"):
+        got, want = getattr(spilled, name)[:], getattr(held, name)
+        assert got.dtype == want.dtype and np.array_equal(got, want), name
+    assert (spilled.iodepth, spilled.njobs, spilled.think_ns) == (held.iodepth, held.njobs,
+                                                                  held.think_ns)  # fmt: skip
+    assert held.iodepth > 1 or options  # (measured: the sweep across pieces counted)
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".parquet"]  # its sink is gone
+
+
+@pytest.mark.parametrize("arrivals", ["closed", "think", "open"])
+@pytest.mark.parametrize("bundle_of", ["three_jobs_bundle", "net_bundle"])
+def test_a_replay_of_a_stream_on_disk_is_the_replay_of_it_held(
+    request, monkeypatch, tmp_path, bundle_of, arrivals
+):
+    """A stream whose columns are on disk, replayed a window at a time with its durations
+    drawn 5 requests at a time into a table per path (two for receive and transmit) and
+    its jobs counted 3 at a time, gives the whole replay of the stream held, bit for bit."""
+    b, costs = request.getfixturevalue(bundle_of)
+    monkeypatch.setattr(replay_stream, "PIECE_ROWS", 11)
+    monkeypatch.setattr(execute, "PIECE", 5)
+    monkeypatch.setattr(engine, "JOB_ROWS", 3)
+    spilled = _spilled((b, costs), tmp_path)
+    held = spilled.take(slice(None))
+    for t in (get("epam-mmio"), get("argo")):
+        whole = execute.replay(held, t, costs, seed=3, arrivals=arrivals)
+        chunks = list(execute.replay_chunks(spilled, t, costs, seed=3, arrivals=arrivals,
+                                            window=16, spill=tmp_path))  # fmt: skip
+        assert len(chunks) > 1 and pl.concat(chunks).equals(whole)
+    assert all(p.name.startswith("stream-") for p in tmp_path.iterdir())  # (only the stream's)
+
+
+def test_the_median_of_a_column_on_disk_is_numpys(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 5, 1000, 1001):
+        values = np.round(rng.lognormal(3, 1, n), 1)  # (ties too)
+        column = DiskColumn(tmp_path / f"{n}.f8", np.float64)
+        for a in range(0, n, 97):
+            column.append(values[a : a + 97])
+        assert replaying._median(column) == np.median(values)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 50), st.integers(0, 30)),
+                min_size=1, max_size=60), st.integers(1, 9))  # fmt: skip
+def test_the_depth_swept_a_piece_at_a_time_is_the_depth_of_all(rows, piece):
+    """_Depth over pieces (requests in pop order: job, pop, time to fill, ties included)
+    is the largest in_flight_depth of any job's requests, however they are cut."""
+    rows = sorted(rows, key=lambda r: r[1])
+    job = np.array([r[0] for r in rows])
+    pop = np.array([r[1] for r in rows])
+    fill = pop + np.array([r[2] for r in rows])
+    depth = replay_stream._Depth(3)
+    for a in range(0, len(rows), piece):
+        depth.add(job[a : a + piece], pop[a : a + piece], fill[a : a + piece])
+    want = max(replay_stream.in_flight_depth(pop[job == j], fill[job == j]) for j in range(3))
+    assert depth.best == want
+
+
+def test_columns_read_as_rows(tmp_path):
+    column = DiskColumn(tmp_path / "c.u1", np.uint8)
+    column.append([3, 1])
+    column.append(np.array([2], np.int64))  # (kept in the column's type)
+    assert len(column) == 3 and column[:].tolist() == [3, 1, 2] and column[1:].dtype == np.uint8
+    assert Mapped(column, np.array([10, 11, 12, 13]))[0:2].tolist() == [13, 11]
+    assert Constant(2.5, 4)[1:3].tolist() == [2.5, 2.5] and len(Constant(0.0, 9)) == 9
+    with pytest.raises(IndexError):
+        column[::2]
+    column.close()
+    assert not (tmp_path / "c.u1").exists()

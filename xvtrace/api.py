@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -260,9 +261,12 @@ def replay(
     with contextlib.ExitStack() as stack:
         spill = spill_dir(stack, bundle.path)
         result = replaying.replay_bundle(bundle, chosen, spill=spill, **options)
+        facts = replaying.facts(result)  # (the stream's columns are in `spill`: read now)
+        if emit_dir is not None:
+            result = replace(result, stream=result.stream.take(slice(None)))
         if output:
             written = Path(output)
-            replaying.write(result, written)
+            replaying.write(result, written, facts)
         else:
             from xvtrace.bundle import derived
 
@@ -273,8 +277,8 @@ def replay(
                         f"{bundle.path}: re-ingested while this replay ran; run it again"
                     )
                 written = bundle.path / replaying.REPLAY
-                replaying.write(result, written)
-    cmp = Comparison(replaying.facts(result), pl.scan_parquet(written))
+                replaying.write(result, written, facts)
+    cmp = Comparison(facts, pl.scan_parquet(written))
     if emit_dir is not None:
         for d in replaying.emit_bundles(result, chosen, emit_dir, costs_file=options.get(
                 "costs_file"), seed=options.get("seed", 0)):  # fmt: skip

@@ -24,10 +24,12 @@ from xvtrace.parsers.errors import XvtraceError
 from xvtrace.replay import calibrate
 from xvtrace.replay import costs as cost_table
 from xvtrace.replay.accounting import COUNTERS
+from xvtrace.replay.columns_file import pieces
 from xvtrace.replay.execute import CPU_ACTORS, ORIGINS, replay, replay_chunks
 from xvtrace.replay.stream import OPS, READS, Stream, from_requests, inside_device_interval
 from xvtrace.replay.transports import NAMES, get
 from xvtrace.replay.transports.base import PHASES, Transport
+from xvtrace.timeline.order_stats import OrderStats
 
 REPLAY = "replay.parquet"
 SATURATION_DEPTH = 64  # requests in flight per job when measuring throughput at saturation
@@ -66,12 +68,15 @@ def parse_transports(spec: str) -> list[Transport]:
 
 
 def bundle_stream(bundle: Bundle, req: pl.DataFrame | pl.LazyFrame, source: str | None, costs, *,
-                  iodepth: int | None = None, njobs: int | None = None) -> Stream:  # fmt: skip
+                  iodepth: int | None = None, njobs: int | None = None,
+                  spill: Path | None = None) -> Stream:  # fmt: skip
     """The request stream of a bundle's requests: the workload's depth and jobs from the
-    arguments, else the manifest (replay.stream explains why the capture cannot say)."""
+    arguments, else the manifest (replay.stream explains why the capture cannot say);
+    its columns on disk in `spill`, when given."""
     w = bundle.manifest.workload
     return from_requests(req, source=get(source) if source else None, costs=costs,
-                         iodepth=iodepth or w.get("iodepth"), njobs=njobs or w.get("numjobs"))  # fmt: skip
+                         iodepth=iodepth or w.get("iodepth"), njobs=njobs or w.get("numjobs"),
+                         spill=spill)  # fmt: skip
 
 
 def replay_bundle(
@@ -87,9 +92,10 @@ def replay_bundle(
     progress=None,
     spill: Path | None = None,
 ) -> ReplayResult:
-    """`spill`: a directory each transport's predicted requests are written to as they are
-    made, so that memory holds one transport's (eight are 2.2 GB at 1 M requests); without
-    it they are held."""
+    """`spill`: a directory the request stream's columns and each transport's predicted
+    requests are written to as they are made, so that memory holds a piece of them (eight
+    transports' are 2.2 GB at 1 M requests); without it they are held. The result's
+    stream and requests are read from there: use them before it goes."""
     profile = profile_of(bundle)
     table = cost_table.load(costs_file)
     costs = cost_table.costs_for(table, profile)
@@ -97,7 +103,7 @@ def replay_bundle(
     src = source or source_transport(bundle)
     tl = timeline.load(bundle)
     stream = bundle_stream(bundle, tl.columns(*READS, lazy=True), src, costs, iodepth=iodepth,
-                           njobs=njobs)  # fmt: skip
+                           njobs=njobs, spill=spill)  # fmt: skip
     parts, rows = [], []
     for i, t in enumerate(transports):  # per transport, each run vectorized
         if progress:
@@ -151,7 +157,7 @@ def emit_bundles(
     """A full bundle per transport (raw/ in the real formats, truth, manifest) from the
     emulated host running the replayed stream, so its output goes through ingest, timeline
     and report like a capture; returns the bundle directories."""
-    st = result.stream
+    st = result.stream.take(slice(None))  # (held: the emulator holds every request anyway)
     block = bool(st.is_op("read", "write").all())
     if not block and st.is_op("read", "write").any():
         raise XvtraceError(
@@ -177,8 +183,19 @@ def emit_bundles(
 
 def op_counts(st: Stream) -> dict[str, int]:
     """Requests per operation of the stream, by name (sorted)."""
-    counts = np.bincount(st.op, minlength=len(OPS))
+    counts = st.op_counts()
     return {name: int(n) for name, n in sorted(zip(OPS, counts, strict=True)) if n}
+
+
+def _median(column) -> float:
+    """np.median of a stream's column, held, or on disk and read a piece at a time."""
+    if isinstance(column, np.ndarray):
+        return float(np.median(column))
+    with OrderStats() as stats:
+        for _, part in pieces(column, 1 << 20):
+            stats.add(np.zeros(len(part), np.int64), part)
+        n = stats.count(0)
+        return float(np.mean(stats.select(0, np.array([(n - 1) // 2, n // 2]))))
 
 
 def saturation_iops(stream: Stream, t: Transport, costs, seed: int) -> float:
@@ -448,20 +465,20 @@ def facts(result: ReplayResult) -> dict:
             "jobs": st.njobs,
             "iodepth": st.iodepth,
             "ops": op_counts(st),
-            "device_p50_us": float(np.median(st.device_ns)) / 1e3,
+            "device_p50_us": _median(st.device_ns) / 1e3,
         },
         "transports": result.summary.to_dicts(),
     }
 
 
-def write(result: ReplayResult, out: Path) -> Path:
-    """The predicted requests as parquet and the facts beside them as `<out>.json`, each
-    written atomically; returns the facts' path."""
+def write(result: ReplayResult, out: Path, facts_of: dict | None = None) -> Path:
+    """The predicted requests as parquet and the facts beside them as `<out>.json` (facts()
+    of the result, unless given), each written atomically; returns the facts' path."""
     import json
 
     with atomic_path(out) as tmp:
         result.requests.sink_parquet(tmp)  # streamed from the transports' parts
     side = out.with_suffix(".json")
     with atomic_path(side) as tmp:
-        tmp.write_text(json.dumps(facts(result), indent=2))
+        tmp.write_text(json.dumps(facts(result) if facts_of is None else facts_of, indent=2))
     return side
