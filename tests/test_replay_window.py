@@ -75,7 +75,7 @@ def test_the_durations_file_goes_when_the_replay_is_left_unfinished(three_jobs, 
 
 def test_a_replay_spilled_in_parts_summarizes_as_one_held_whole(monkeypatch, tmp_path):
     """replay_bundle with a spill: the rows written in parts of 100 and their summary read
-    from them, a column at a time, equal the replay held in memory, to the last bit."""
+    from them, a slice at a time, equal the replay held in memory, to the last bit."""
     out = tmp_path / "b"
     emulate(EmulateOptions(transport="epam-mmio", workload="randrw-16k-qd8", requests=500,
                            out=out))  # fmt: skip
@@ -285,3 +285,23 @@ def test_columns_read_as_rows(tmp_path):
         column[::2]
     column.close()
     assert not (tmp_path / "c.u1").exists()
+
+
+def test_a_summary_read_a_slice_at_a_time_has_numpys_percentiles_and_the_means(
+    three_jobs, monkeypatch
+):
+    """summarize, 7 predicted requests at a time: its percentiles are np.percentile's of
+    every latency, to the last bit; its means and rates those of the whole columns."""
+    stream, costs = three_jobs
+    rows = execute.replay(stream, get("epam-mmio"), costs, seed=2)
+    monkeypatch.setattr(replaying, "SUMMARY_ROWS", 7)
+    got = replaying.summarize(rows.lazy())
+    lat = rows["latency_ns"].to_numpy() / 1e3
+    for q in (50, 90, 99):
+        assert got[f"p{q}_us"] == np.percentile(lat, q)
+    span = (rows["done_ns"].max() - rows["issue_ns"].min()) / 1e9
+    assert got["requests"] == len(rows) and got["iops"] == pytest.approx(len(rows) / span)
+    assert got["mean_us"] == pytest.approx(lat.mean(), rel=1e-12)
+    assert got["cpu_guest_vcpu_us"] == pytest.approx(rows["cpu_guest_vcpu_ns"].mean() / 1e3,
+                                                     rel=1e-12)  # fmt: skip
+    assert got["mb_per_s"] == pytest.approx(rows["bytes"].sum() / span / 1e6, rel=1e-12)

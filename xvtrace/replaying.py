@@ -29,6 +29,7 @@ from xvtrace.replay.execute import CPU_ACTORS, ORIGINS, replay, replay_chunks
 from xvtrace.replay.stream import OPS, READS, Stream, from_requests, inside_device_interval
 from xvtrace.replay.transports import NAMES, get
 from xvtrace.replay.transports.base import PHASES, Transport
+from xvtrace.timeline import order_stats
 from xvtrace.timeline.order_stats import OrderStats
 
 REPLAY = "replay.parquet"
@@ -207,47 +208,55 @@ def saturation_iops(stream: Stream, t: Transport, costs, seed: int) -> float:
     return n / (float(df["done_ns"].max()) / 1e9)
 
 
+SUMMARY_ROWS = 1 << 17  # predicted requests summarized at a time (25 columns: 26 MB)
+
+
 def summarize(rows: pl.DataFrame | pl.LazyFrame) -> dict:
-    """One transport's predicted requests in one row (times in us, rates per second). From
-    a LazyFrame one column at a time, each whole in one piece (so each statistic is the
-    same to the last bit as of the frame in memory)."""
-    df = _Columns(rows) if isinstance(rows, pl.LazyFrame) else rows
-    lat = df["latency_ns"].to_numpy() / 1e3
-    span = float(df["done_ns"].max() - df["issue_ns"].min()) / 1e9
+    """One transport's predicted requests in one row (times in us, rates per second), read
+    SUMMARY_ROWS at a time: the latency percentiles exact (the order statistics at numpy's
+    linear rule: np.percentile's, to the last bit), each mean a sum added a slice at a time
+    over the count."""
+    rows = rows.lazy()
+    summed = ["bytes", *(f"cpu_{a}_ns" for a in CPU_ACTORS), *COUNTERS,
+              *(f"phase_{p}_ns" for p in PHASES), *(f"from_{o}_ns" for o in ORIGINS)]  # fmt: skip
+    n, lat_sum, sums = 0, 0.0, dict.fromkeys(summed, 0.0)
+    first, last = np.inf, -np.inf
+    with OrderStats() as stats:
+        for _, part in order_stats.slices(rows, SUMMARY_ROWS):
+            df = part.select("latency_ns", "issue_ns", "done_ns", *summed).collect()
+            lat = df["latency_ns"].to_numpy() / 1e3
+            stats.add(np.zeros(len(lat), np.int64), lat)
+            n, lat_sum = n + len(df), lat_sum + float(lat.sum())
+            first = min(first, float(df["issue_ns"].min()))
+            last = max(last, float(df["done_ns"].max()))
+            for c in summed:  # (numpy's sum of the slice's values, however polars chunks them)
+                sums[c] += float(df[c].to_numpy().sum())
+        p50, p90, p99 = order_stats.linear_quantiles(n, np.array([0.5, 0.9, 0.99]),
+                                                     lambda ranks: stats.select(0, ranks))  # fmt: skip
+    mean = {c: v / n for c, v in sums.items()}
+    span = (last - first) / 1e9
     return {
-        "transport": rows.lazy().select(pl.col("transport").first()).collect().item(),
-        "requests": len(df),
-        "p50_us": float(np.percentile(lat, 50)),
-        "p90_us": float(np.percentile(lat, 90)),
-        "p99_us": float(np.percentile(lat, 99)),
-        "mean_us": float(lat.mean()),
-        "iops": len(df) / span if span > 0 else 0.0,
-        "mb_per_s": float(df["bytes"].sum()) / span / 1e6 if span > 0 else 0.0,
-        **{f"cpu_{a}_us": float(df[f"cpu_{a}_ns"].mean()) / 1e3 for a in CPU_ACTORS},
-        "cpu_us": float(sum(df[f"cpu_{a}_ns"].mean() for a in CPU_ACTORS)) / 1e3,
-        **{c: float(df[c].mean()) for c in COUNTERS},
-        **{f"{p}_us": float(df[f"phase_{p}_ns"].mean()) / 1e3 for p in PHASES},
-        **origins(df),
+        "transport": rows.select(pl.col("transport").first()).collect().item(),
+        "requests": n,
+        "p50_us": float(p50),
+        "p90_us": float(p90),
+        "p99_us": float(p99),
+        "mean_us": lat_sum / n,
+        "iops": n / span if span > 0 else 0.0,
+        "mb_per_s": sums["bytes"] / span / 1e6 if span > 0 else 0.0,
+        **{f"cpu_{a}_us": mean[f"cpu_{a}_ns"] / 1e3 for a in CPU_ACTORS},
+        "cpu_us": sum(mean[f"cpu_{a}_ns"] for a in CPU_ACTORS) / 1e3,
+        **{c: mean[c] for c in COUNTERS},
+        **{f"{p}_us": mean[f"phase_{p}_ns"] / 1e3 for p in PHASES},
+        **origins({o: mean[f"from_{o}_ns"] for o in ORIGINS}),
     }
 
 
-class _Columns:
-    """A LazyFrame's columns read one at a time, rechunked, as a DataFrame's by name."""
-
-    def __init__(self, rows: pl.LazyFrame):
-        self.rows = rows
-
-    def __getitem__(self, name: str) -> pl.Series:
-        return self.rows.select(name).collect().to_series().rechunk()
-
-    def __len__(self) -> int:
-        return self.rows.select(pl.len()).collect().item()
-
-
-def origins(df: pl.DataFrame) -> dict:
-    """Where a transport's predicted time comes from, per request (us), and the share of
-    its modelled cost (calibrated + estimated) fitted to a capture: `calibrated_share`."""
-    out = {f"{o}_us": float(df[f"from_{o}_ns"].mean()) / 1e3 for o in ORIGINS}
+def origins(mean_ns: dict[str, float]) -> dict:
+    """Where a transport's predicted time comes from, per request (us), of the mean ns per
+    origin: and the share of its modelled cost (calibrated + estimated) fitted to a
+    capture: `calibrated_share`."""
+    out = {f"{o}_us": mean_ns[o] / 1e3 for o in ORIGINS}
     modelled = out["calibrated_us"] + out["estimated_us"]
     return out | {"calibrated_share": out["calibrated_us"] / modelled if modelled else 0.0}
 
