@@ -8,6 +8,7 @@ import itertools
 import json
 import lzma
 
+import numpy as np
 import polars as pl
 import pytest
 from helpers import ARM64, ARM_KHZ, FIXTURES, X86_KHZ, X86_PV
@@ -245,3 +246,23 @@ def test_streamed_virtqueues_are_the_full_joins(rows, batch, shuffled):
         assert [x for x in a if x is not None] == pytest.approx(
             [x for x in b if x is not None], rel=3e-16, abs=0
         )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 12), max_size=30), min_size=1, max_size=4),
+       st.integers(1, 40))  # fmt: skip
+def test_the_earliest_exits_are_the_first_of_a_stable_sort_by_start(starts, first):
+    """xen_fold._earliest (the exits a bounded fold keeps: those before the first-th start
+    and the earliest closed at it, then sorted) is the first `first` of every part's exits
+    sorted stably by start (ties in the order they closed), every array along."""
+    from xvtrace.analysis import xen_fold
+
+    parts = [(np.arange(len(s), dtype=np.uint64) + 100 * i, np.array(s, np.int64),
+              np.full(len(s), i), np.arange(len(s), dtype=np.uint8), np.zeros(len(s), np.uint32))
+             for i, s in enumerate(starts)]  # fmt: skip
+    joint = [np.concatenate(a) for a in zip(*parts, strict=True)]
+    order = np.argsort(joint[1], kind="stable")[:first]
+    got = xen_fold._earliest(parts, first)
+    assert all(
+        np.array_equal(g, a[order]) and g.dtype == a.dtype for g, a in zip(got, joint, strict=True)
+    )

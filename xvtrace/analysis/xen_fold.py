@@ -44,6 +44,9 @@ class Exits:
     # the 8.4 M exits of a 500 MB trace)
     counted: tuple = field(default_factory=lambda: count_map.new(wide=False))
     tail: list[np.ndarray] | None = None  # the last instant of the chunk before
+    # with `first`, once `first` exits are kept: the start of the last of them (an exit
+    # that starts later is not kept, nor sorted with them: the set stops changing)
+    bound: int | None = None
 
     def add(self, cols: list[np.ndarray], last: bool = False) -> None:
         """`cols`: the arrays of EXIT_COLUMNS, rows in time order. (A record whose TSC
@@ -130,10 +133,14 @@ class Exits:
         part = exit_kernels.pair_chunk(self.state, *cols, last, ranges)
         if self.times:
             if self.first is not None:
-                mask = self.keep(part) if self.keep else slice(None)
+                mask = self.keep(part) if self.keep else np.ones(len(part[0]), np.bool_)
+                if self.bound is not None:  # (one that starts at or after the last kept
+                    # closed after it: in start order, ties in closing order, it is not kept)
+                    mask &= part[_TS] < self.bound
                 self.parts.append(tuple(a[mask] for a in part))
                 if sum(len(p[0]) for p in self.parts) > 2 * self.first:
                     self.parts = [_earliest(self.parts, self.first)]
+                    self.bound = self.parts[0][_TS][-1]
             else:
                 self.parts.append(part)
         else:
@@ -224,12 +231,22 @@ def _rows(mask: np.ndarray, cols: list[np.ndarray], *more: np.ndarray):
     return ([c[mask] for c in cols], *(m[mask] for m in more))
 
 
+_TS = exit_pairs.OUT.index("ts")
+
+
 def _earliest(parts: list[tuple[np.ndarray, ...]], first: int) -> tuple[np.ndarray, ...]:
     """The `first` exits by start (exit_pairs.OUT's ts) of `parts`, in that order (ties in
     the order they closed)."""
-    joint = [np.concatenate(a) for a in zip(*parts, strict=True)]
-    order = np.argsort(joint[exit_pairs.OUT.index("ts")], kind="stable")[:first]
-    return tuple(a[order] for a in joint)
+    ts = np.concatenate([p[_TS] for p in parts])
+    keep = np.ones(len(ts), np.bool_)
+    if len(ts) > first:  # those before the first-th start, and the earliest closed at it
+        at = np.partition(ts, first - 1)[first - 1]
+        keep = ts < at
+        keep[np.flatnonzero(ts == at)[: first - int(keep.sum())]] = True
+    del ts
+    kept = [np.concatenate([p[i] for p in parts])[keep] for i in range(len(parts[0]))]
+    order = np.argsort(kept[_TS], kind="stable")
+    return tuple(a[order] for a in kept)
 
 
 def _run_length(ts: np.ndarray, t) -> int:
