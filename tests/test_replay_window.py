@@ -22,29 +22,45 @@ from xvtrace.replay.stream import READS, Stream
 from xvtrace.replay.transports import get
 
 
-def _stream(bundle):
-    b = api.load(bundle)
-    costs = cost_table.costs_for(cost_table.load(), replaying.profile_of(b))
-    req = timeline.load(b).columns(*READS)
-    return replaying.bundle_stream(b, req, replaying.source_transport(b), costs), costs
+def _loaded(out) -> tuple:
+    """An ingested bundle and its profile's costs."""
+    b = api.load(out)
+    return b, cost_table.costs_for(cost_table.load(), replaying.profile_of(b))
+
+
+def _stream(bundle_of, **options) -> tuple[Stream, dict]:
+    """The stream of the bundle (`options`: bundle_stream's, e.g. a spill) and its costs."""
+    b, costs = bundle_of
+    req = timeline.load(b).columns(*READS, lazy=True)
+    return replaying.bundle_stream(b, req, replaying.source_transport(b), costs, **options), costs
 
 
 @pytest.fixture(scope="module")
-def three_jobs(tmp_path_factory):
+def three_jobs_bundle(tmp_path_factory):
     """Three jobs of eight requests in flight each: requests finish out of their order."""
     out = tmp_path_factory.mktemp("jobs") / "b"
     emulate(EmulateOptions(transport="epam-mmio", workload="rw=randrw,bs=16k,iodepth=8,numjobs=3",
                            requests=600, out=out))  # fmt: skip
     api.ingest(out)
-    return _stream(out)
+    return _loaded(out)
 
 
 @pytest.fixture(scope="module")
-def rx_and_tx(tmp_path_factory):
+def net_bundle(tmp_path_factory):
     """A real QEMU capture's network requests: two paths (receive and transmit) in one run."""
     out = tmp_path_factory.mktemp("net") / "b"
     api.ingest(QEMU_PCI / "trace.log", out)
-    return _stream(out)
+    return _loaded(out)
+
+
+@pytest.fixture(scope="module")
+def three_jobs(three_jobs_bundle):
+    return _stream(three_jobs_bundle)
+
+
+@pytest.fixture(scope="module")
+def rx_and_tx(net_bundle):
+    return _stream(net_bundle)
 
 
 @pytest.mark.parametrize("window", [1, 8, 64])
@@ -174,32 +190,6 @@ def _costs():
     return cost_table.costs_for(cost_table.load(), "x86_64")
 
 
-def _spilled(bundle_of, tmp_path, **options) -> Stream:
-    """The stream of the fixture's bundle made with its columns on disk in `tmp_path`."""
-    b, costs = bundle_of
-    req = timeline.load(b).columns(*READS, lazy=True)
-    return replaying.bundle_stream(b, req, replaying.source_transport(b), costs, spill=tmp_path,
-                                   **options)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def three_jobs_bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("jobs") / "b"
-    emulate(EmulateOptions(transport="epam-mmio", workload="rw=randrw,bs=16k,iodepth=8,numjobs=3",
-                           requests=600, out=out))  # fmt: skip
-    api.ingest(out)
-    b = api.load(out)
-    return b, cost_table.costs_for(cost_table.load(), replaying.profile_of(b))
-
-
-@pytest.fixture(scope="module")
-def net_bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("net") / "b"
-    api.ingest(QEMU_PCI / "trace.log", out)
-    b = api.load(out)
-    return b, cost_table.costs_for(cost_table.load(), replaying.profile_of(b))
-
-
 @pytest.mark.parametrize("options", [{}, {"njobs": 2}, {"iodepth": 4}])
 @pytest.mark.parametrize("bundle_of", ["three_jobs_bundle", "net_bundle"])
 @pytest.mark.parametrize("piece", [1, 7, 1000])
@@ -237,7 +227,7 @@ def test_a_replay_of_a_stream_on_disk_is_the_replay_of_it_held(
     monkeypatch.setattr(replay_stream, "PIECE_ROWS", 11)
     monkeypatch.setattr(execute, "PIECE", 5)
     monkeypatch.setattr(engine, "JOB_ROWS", 3)
-    spilled = _spilled((b, costs), tmp_path)
+    spilled, _ = _stream((b, costs), spill=tmp_path)
     held = spilled.take(slice(None))
     for t in (get("epam-mmio"), get("argo")):
         whole = execute.replay(held, t, costs, seed=3, arrivals=arrivals)
