@@ -12,6 +12,8 @@ a time):
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -143,13 +145,15 @@ class Mapped:
         return self.table[self.column[key]]
 
 
-def rows_of(column, a: int, b: int) -> np.ndarray:
-    """column[a:b] as an array (of an array: a view)."""
-    return np.asarray(column[a:b])
-
-
 def pieces(column, rows: int):
-    """(first row, column[first:first + rows]) over the column, in order."""
+    """(first row, column[first:first + rows] as an array) over the column, in order."""
     n = len(column)
     for a in range(0, n, rows):
-        yield a, rows_of(column, a, min(n, a + rows))
+        yield a, np.asarray(column[a : min(n, a + rows)])
+
+
+def new_file(spill: Path, prefix: str, suffix: str) -> Path:
+    """A new empty file in the directory `spill`, named apart (two replays may share it)."""
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=spill)
+    os.close(fd)
+    return Path(name)

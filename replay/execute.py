@@ -11,8 +11,6 @@ fewer IOPS, not an unbounded queue), or open-loop at the captured arrival times.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,9 +110,7 @@ PIECE = 1 << 18  # requests whose durations are drawn, or columns copied, at a t
 def _spill_file(kind, spill: Path, files: list, prefix: str, *args):
     """A new file of `kind` (a replay.columns_file class) in `spill`, named apart (two
     replays may share the directory), put in `files`."""
-    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".f8", dir=spill)
-    os.close(fd)
-    files.append(kind(Path(name), *args))
+    files.append(kind(columns_file.new_file(spill, prefix, ".f8"), *args))
     return files[-1]
 
 

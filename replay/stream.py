@@ -22,8 +22,6 @@ whatever the guest runs.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from xvtrace.parsers.errors import XvtraceError
-from xvtrace.replay.columns_file import DiskColumn, pieces
+from xvtrace.replay.columns_file import DiskColumn, new_file, pieces
 from xvtrace.replay.transports.base import Transport, submission
 
 OPS = ("read", "write", "tx", "rx")
@@ -151,7 +149,7 @@ def from_requests(
                 f"no complete read/write/tx/rx requests to replay{_why(req, columns)}"
             )
         vcpus = None
-        if "trap_vcpu" in done.collect_schema().names():
+        if "trap_vcpu" in columns:
             tv = table.select(pl.col("trap_vcpu").null_count().alias("nulls"),
                               pl.col("trap_vcpu").unique().sort().implode().alias("vcpus")).collect()  # fmt: skip
             vcpus = None if tv["nulls"].item() else tv["vcpus"].item().to_numpy()
@@ -209,9 +207,7 @@ def _pieces(done: pl.LazyFrame, spill: Path | None):
     path = None
     try:
         if spill is not None:
-            fd, name = tempfile.mkstemp(prefix="stream-", suffix=".parquet", dir=spill)
-            os.close(fd)
-            path = Path(name)
+            path = new_file(spill, "stream-", ".parquet")
             done.sink_parquet(path)
             done = pl.scan_parquet(path)
             pop = done.select(pl.col("pop_ns").null_count().alias("nulls"),
@@ -234,32 +230,25 @@ def _pieces(done: pl.LazyFrame, spill: Path | None):
 
 
 class _Made:
-    """A stream's columns as its pieces are made: held, or on disk in `spill`."""
+    """A stream's columns as its pieces are made: held (a list of pieces each), or
+    appended to files in `spill`."""
 
     TYPES = (np.uint8, np.float64, np.float64, np.int64, np.float64, np.float64)
 
     def __init__(self, spill: Path | None):
         self.spill = spill
-        self.parts: list[list[np.ndarray]] = [[] for _ in self.TYPES]
-        if spill is not None:
-            self.disk = []
-            for t in self.TYPES:
-                fd, name = tempfile.mkstemp(prefix="stream-", suffix=".col", dir=spill)
-                os.close(fd)
-                self.disk.append(DiskColumn(Path(name), t))
+        self.store = ([[] for _ in self.TYPES] if spill is None
+                      else [DiskColumn(new_file(spill, "stream-", ".col"), t) for t in self.TYPES])  # fmt: skip
 
     def add(self, *columns: np.ndarray) -> None:
-        for i, c in enumerate(columns):
-            if self.spill is None:
-                self.parts[i].append(c)
-            else:
-                self.disk[i].append(c)
+        for store, c in zip(self.store, columns, strict=True):
+            store.append(c)
 
     def columns(self) -> list:
         if self.spill is not None:
-            return self.disk
+            return self.store
         return [p[0] if len(p) == 1 else np.concatenate(p).astype(t, copy=False)
-                for p, t in zip(self.parts, self.TYPES, strict=True)]  # fmt: skip
+                for p, t in zip(self.store, self.TYPES, strict=True)]  # fmt: skip
 
 
 class _Depth:
