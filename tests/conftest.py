@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
+# CI runs as many examples as a developer: at 150 the fast suite took 13 minutes, not 8
+# (HYPOTHESIS_PROFILE=nightly goes deeper)
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.register_profile(
-    "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("nightly", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
@@ -45,20 +48,48 @@ def xenalyze():
     return exe
 
 
+# real Xen hosts booted at once: each is one QEMU TCG process using one core and 3 GiB
+BOOT_WORKERS = int(os.environ.get("XVT_BOOT_WORKERS", min(2, os.cpu_count() or 1)))
+
+
+_BOOTS = pytest.StashKey[list]()
+
+
+def pytest_collection_finish(session):
+    """The scenarios the selected tests boot (their `boots` marks), in the order they run."""
+    session.config.stash[_BOOTS] = list(dict.fromkeys(
+        s for item in session.items for m in item.iter_markers("boots") for s in m.args
+    ))  # fmt: skip
+
+
 @pytest.fixture(scope="session")
-def xen_boot(tmp_path_factory):
+def xen_boot(request, tmp_path_factory):
     """boot(scenario) -> its bundle directory: the real Xen test host booted once per
     scenario and session (tests/xen/build_host.py), so every module that checks a scenario
-    (test_real_xen, test_validation) shares one boot."""
-    from build_host import run
+    (test_real_xen, test_validation) shares one boot. The scenarios the selected tests mark
+    with `boots` are booted ahead, BOOT_WORKERS at a time in the tests' order, from the
+    session's first test on: a boot is one busy core for minutes, the tests another."""
+    from build_host import run, stop_all
 
-    done: dict[str, Path] = {}
+    pool = ThreadPoolExecutor(BOOT_WORKERS, thread_name_prefix="xen-boot")
+    booting: dict[str, Future] = {}
 
-    def boot(scenario: str) -> Path:
-        if scenario not in done:
-            done[scenario] = run(
-                scenario, tmp_path_factory.mktemp(f"boot-{scenario}"), timeout=1200
-            )
-        return done[scenario]
+    def start(scenario: str) -> Future:
+        if scenario not in booting:
+            out = tmp_path_factory.mktemp(f"boot-{scenario}")
+            booting[scenario] = pool.submit(run, scenario, out, timeout=1200)
+        return booting[scenario]
 
-    return boot
+    for scenario in request.config.stash.get(_BOOTS, []):
+        start(scenario)
+    yield lambda scenario: start(scenario).result()
+    pool.shutdown(wait=False, cancel_futures=True)
+    stop_all()  # a boot no test waited for (the session stopped early)
+    pool.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _boot_ahead(request):
+    """Starts the boots with the session when any selected test names one."""
+    if request.config.stash.get(_BOOTS, []):
+        request.getfixturevalue("xen_boot")

@@ -43,7 +43,7 @@ def tables(draw):
     return right, [0, *cuts, n], left
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(tables(), st.sampled_from(["backward", "forward"]))
 def test_runs_answer_as_the_whole_tables_asof_join(tmp_path_factory, case, strategy):
     right, cuts, left = case

@@ -27,7 +27,7 @@ def ordered(stamps) -> bool:
     return all(a <= b for a, b in itertools.pairwise(seen))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(row, min_size=1, max_size=30))
 def test_complete_exactly_when_complete_and_in_order(rows):
     req = pl.DataFrame(

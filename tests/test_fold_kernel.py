@@ -211,7 +211,7 @@ def test_records_whose_times_wrap_fold_as_their_frames(tmp_path):
     assert_same_fold(got, want)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     code=st.sampled_from(sorted({c for c, s in xe.SPECS.items()
                                  if any(s.name == e for p in fold_program.SLOTS.values() for e, _ in p)})),
@@ -283,7 +283,7 @@ def exit_rows(draw):
 NO_TSC = np.zeros(0, np.uint64)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(exit_rows())
 def test_exit_rows_due_in_file_order_pair_as_in_time_order(data):
     """Exits.add_grouped, handed the rows now due in the order their records lie in the

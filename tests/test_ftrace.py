@@ -87,7 +87,7 @@ def test_render_round_trips(tmp_path):
     assert df["addr"].to_list() == [64] * 3 and df["size"].to_list() == [4096] * 3
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.binary(min_size=1, max_size=400))
 def test_arbitrary_bytes_raise_only_parse_errors(tmp_path_factory, data):
     p = tmp_path_factory.mktemp("fz") / "t.txt"

@@ -70,7 +70,7 @@ def decode(path, compiled: bool, chunk: int, origin):
 
 
 @pytest.mark.slow  # (seconds: the real-system stage runs it)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.one_of(line(), st.sampled_from(["\n", "# tracer: nop\n", "CPU:2 [LOST 7 EVENTS]\n",
                                                    "garbage\n"])), min_size=1, max_size=40),
        st.integers(4096, 4400), st.sampled_from([None, 10**12]))  # fmt: skip

@@ -111,7 +111,7 @@ def test_a_wide_bound_among_short_stretches_settles_the_same_on_fewer_records(mo
 STAMPS = st.one_of(st.none(), st.integers(0, 400))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.lists(st.tuples(STAMPS, STAMPS, STAMPS, STAMPS), min_size=1, max_size=12),
     st.lists(st.tuples(st.sampled_from(list(grant_ops.COLUMNS)), st.integers(-20, 420)),

@@ -39,7 +39,7 @@ def events(recs) -> pl.LazyFrame:
     ).lazy()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(records, st.integers(1, 6))
 def test_handled_paired_a_few_records_at_a_time_is_handled_in_one_chunk(recs, chunk):
     ev = events(recs)

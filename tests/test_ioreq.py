@@ -75,7 +75,7 @@ def test_text_and_random_pages_are_not_taken_for_ioreqs():
     assert not ioreq.sniff(bytes(4096))  # nothing in use: nothing to decode
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=9000))
 def test_arbitrary_bytes_never_crash(tmp_path_factory, blob):
     path = tmp_path_factory.mktemp("f") / "io.bin"

@@ -71,7 +71,7 @@ keys = st.integers(-1, 3)
 times = st.integers(0, 60)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     dm=st.lists(st.tuples(keys, st.one_of(st.none(), times)), max_size=40),
     hv=st.lists(st.tuples(keys, times), max_size=40, unique_by=lambda t: t),
@@ -94,7 +94,7 @@ def test_pairing_by_numbering_equals_the_joins(dm, hv):
 column = st.lists(st.one_of(st.none(), st.integers(0, 3)), min_size=6, max_size=6)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(dm=st.lists(column, max_size=30), hv=st.lists(column, max_size=30))
 def test_key_ids_name_equal_keys_alike(dm, hv):
     """The keys' ids: two rows of either side share an id exactly when their keys are
@@ -148,7 +148,7 @@ def test_a_keys_shift_counts_its_differences_over_every_slice(monkeypatch):
     assert has.tolist() == [True] and shift.tolist() == [5]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.lists(st.tuples(st.integers(-1, 4), st.integers(0, 6) | st.just(-1)), max_size=80),
     st.booleans(),

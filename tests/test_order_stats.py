@@ -27,7 +27,7 @@ def grouped_values(draw):
     return np.array(groups, np.int64), np.array(values, np.int64), cuts
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(grouped_values(), st.integers(1, 60), st.integers(1, 9))
 def test_selected_ranks_are_those_of_one_sort(monkeypatch_module, data, held, chunk):
     groups, values, cuts = data
@@ -74,7 +74,7 @@ def test_a_rank_outside_the_group_is_refused():
             stats.select(0, np.array([2]))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(-(10**12), 10**12), min_size=1, max_size=3000))
 def test_linear_quantiles_are_numpys(values):
     v = np.sort(np.array(values, np.float64))

@@ -65,7 +65,7 @@ def requests(draw):
     )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(requests())
 def test_the_phase_table_is_polars_group_by_of_every_phase(req):
     want = grouped(req)

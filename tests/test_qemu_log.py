@@ -198,7 +198,7 @@ def test_empty_file_is_a_clear_error(tmp_path):
         qemu_log.decode_file(path)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=3000))
 def test_arbitrary_bytes_never_crash(tmp_path_factory, blob):
     path = tmp_path_factory.mktemp("fuzz") / "t.log"

@@ -93,7 +93,7 @@ def decode(path, compiled: bool, chunk: int):
 
 
 @pytest.mark.slow  # (seconds: the real-system stage runs it)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.one_of(line(), st.sampled_from(["\n", "garbage line\n", "\r\n"])), min_size=1, max_size=40),
        st.integers(4096, 5000))  # fmt: skip
 def test_compiled_scan_reads_lines_as_the_regexes_do(tmp_path_factory, lines, chunk):

@@ -55,7 +55,10 @@ BACKEND = ("hvm-epam", "hvm-suse")
 IOREQ_SERVERS = (*BACKEND, "hvm-stratos")
 # booted in CI: a 2-vCPU HVM guest under nested TCG is not reliable enough (docs/real-xen.md)
 BOOTED = [s for s in STORED if s != "hvm-epam-smp"]
-PARAMS = [pytest.param((s, "boot"), id=f"{s}-boot", marks=[pytest.mark.xen]) for s in BOOTED] + [
+PARAMS = [
+    pytest.param((s, "boot"), id=f"{s}-boot", marks=[pytest.mark.xen, pytest.mark.boots(s)])
+    for s in BOOTED
+] + [
     pytest.param((s, name), id=f"{s}-stored" + name.removeprefix(s))
     for s, names in STORED.items()
     for name in names

@@ -247,7 +247,7 @@ def test_the_median_of_a_column_on_disk_is_numpys(tmp_path, monkeypatch):
         assert replaying._median(column) == np.median(values)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 50), st.integers(0, 30)),
                 min_size=1, max_size=60), st.integers(1, 9))  # fmt: skip
 def test_the_depth_swept_a_piece_at_a_time_is_the_depth_of_all(rows, piece):

@@ -94,7 +94,7 @@ def test_wrong_file_is_a_clear_error(tmp_path):
         list(simpletrace.SimpletraceDecoder(path, defs=DEFS).frames())
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_after_the_header_never_crash(tmp_path_factory, blob):
     path = tmp_path_factory.mktemp("f") / "t"

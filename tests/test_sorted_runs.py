@@ -135,7 +135,7 @@ def test_a_live_stream_out_of_order_goes_to_runs(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(row, max_size=80), st.lists(st.integers(0, 80), max_size=6))
 def test_sort_and_merge_kernels(rows, cuts):
     f = frame(rows).with_columns(pl.Series(SEQ, np.arange(len(rows), dtype=np.uint64)))

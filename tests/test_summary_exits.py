@@ -37,7 +37,7 @@ def reference(key: np.ndarray, dur: np.ndarray) -> pl.DataFrame:
     )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     groups=st.lists(
         st.tuples(st.integers(0, 5), st.integers(0, 3), st.integers(0, 90)), min_size=1, max_size=6
@@ -140,7 +140,7 @@ def paired_by_hand(rows, wakes):
     return sorted(out)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     steps=st.lists(
         st.tuples(st.integers(0, 2), st.sampled_from(ROLES), st.integers(0, 2), st.integers(0, 7)),

@@ -248,7 +248,7 @@ def test_streamed_virtqueues_are_the_full_joins(rows, batch, shuffled):
         )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.lists(st.integers(0, 12), max_size=30), min_size=1, max_size=4),
        st.integers(1, 40))  # fmt: skip
 def test_the_earliest_exits_are_the_first_of_a_stable_sort_by_start(starts, first):

@@ -528,10 +528,11 @@ def test_the_ioreq_join_does_not_depend_on_its_chunks_or_the_ioreqs_order(
     tmp_path, monkeypatch, capture
 ):
     """The join pairs on a few columns, then reads, joins and writes the IOREQs a chunk at
-    a time, in place when they are stored in their file order, gathered otherwise: 7 rows
-    a chunk (the keys' ids found, the IOREQs numbered and their order checked 5 rows at a
-    time, their traps read 3 at a time), or the IOREQs handed over backwards, must give
-    the same rows and counts."""
+    a time, in place when they are stored in their file order, gathered otherwise: 61 rows
+    a chunk (the keys' ids found, the IOREQs numbered and their order checked 29 rows at a
+    time, their traps read 13 at a time), or the IOREQs handed over backwards, must give
+    the same rows and counts. (Each chunk is a read of a file: a few rows at a time made
+    this test 30 s.)"""
     from xvtrace.timeline import ioreqs
 
     shutil.copytree(FIXTURES / capture, tmp_path / "b")
@@ -540,9 +541,9 @@ def test_the_ioreq_join_does_not_depend_on_its_chunks_or_the_ioreqs_order(
     whole, counts = ioreqs.join(acc, clock, tmp_path / "whole.parquet")
     whole = whole.collect()
     assert counts["joined"] > 100 and counts["ioreqs_without_trap"] > 10, counts
-    monkeypatch.setattr(ioreqs, "JOIN_CHUNK_ROWS", 7)
-    monkeypatch.setattr(ioreqs, "KEY_SLICE", 5)
-    monkeypatch.setattr(ioreqs, "TRAP_STEP", 3)
+    monkeypatch.setattr(ioreqs, "JOIN_CHUNK_ROWS", 61)
+    monkeypatch.setattr(ioreqs, "KEY_SLICE", 29)
+    monkeypatch.setattr(ioreqs, "TRAP_STEP", 13)
     cut, cut_counts = ioreqs.join(acc, clock, tmp_path / "cut.parquet")
     assert cut_counts == counts and cut.collect().equals(whole)
     backwards = ioreqs.Accesses(acc.dm.reverse(), acc.hv)
@@ -640,19 +641,20 @@ def test_interrupt_acks_keep_a_run_that_goes_on_across_a_slice(tmp_path, monkeyp
 
 @pytest.mark.parametrize("capture", ["xen/hvm-epam-smp"])
 def test_handled_is_in_pcpu_then_offset_order_however_it_is_written(tmp_path, monkeypatch, capture):
-    """hvm.handled lists the handler records by pCPU, then offset: paired 7 records at a
+    """hvm.handled lists the handler records by pCPU, then offset: paired 997 records at a
     time (a handler's exit and entry in other chunks than its own, its numbers kept across
-    them and written once final), written a slice of 31 and a pCPU's batch of 53 at a time,
-    the same rows in that order."""
+    them and written once final), written a slice of 131 and a pCPU's batch of 211 at a
+    time, the same rows in that order. (Each chunk and slice is a read of the records' file:
+    a few dozen records at a time made this test 100 s.)"""
     from xvtrace.bundle import file_order
     from xvtrace.timeline import hvm
 
     shutil.copytree(FIXTURES / capture, tmp_path / "b")
     ev = api.ingest(tmp_path / "b").bundle.events()
     whole = hvm.handled(ev)
-    monkeypatch.setattr(hvm, "CHUNK_RECORDS", 7)
-    monkeypatch.setattr(hvm, "SLICE_ROWS", 31)
-    monkeypatch.setattr(file_order, "BATCH_ROWS", 53)
+    monkeypatch.setattr(hvm, "CHUNK_RECORDS", 997)
+    monkeypatch.setattr(hvm, "SLICE_ROWS", 131)
+    monkeypatch.setattr(file_order, "BATCH_ROWS", 211)
     cut = hvm.handled(ev)
     assert len(whole) > 500 and whole["cpu"].n_unique() > 1 and cut.equals(whole)
     assert whole["entry_ns"].is_not_null().mean() > 0.99 and whole["adjacent"].any()

@@ -158,6 +158,7 @@ def test_captures_without_a_transport_are_left_out_by_name(stored, tmp_path):
 
 
 @pytest.mark.xen
+@pytest.mark.boots(*W1, *W2, *GRANT_W1, *GRANT_W2)
 def test_the_matrix_from_fresh_boots(xen_boot, tmp_path):
     """The scenarios booted now (CI re-records them): each capture says its workload and
     transport, and the matrix is made from them."""

@@ -26,6 +26,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,6 +89,18 @@ W2_SCENARIOS = ("pv-w2", "hvm-virtio-w2", "hvm-epam-w2", "hvm-suse-grant-w2",
 
 class HostError(RuntimeError):
     """The test host cannot be built or did not finish (the message says why)."""
+
+
+# the hosts running now, so a caller booting several at once can stop them (`stop_all`)
+_RUNNING: set[subprocess.Popen] = set()
+_STOPPED = threading.Event()
+
+
+def stop_all() -> None:
+    """Kill every test host running now or started from now on (a test session ending)."""
+    _STOPPED.set()
+    for proc in list(_RUNNING):
+        proc.kill()
 
 
 def _installed(package: str) -> bool:
@@ -296,6 +309,9 @@ def run(scenario: str, out: Path, *, timeout: float = 900, fetch: bool = False) 
     ]  # fmt: skip
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _RUNNING.add(proc)
+    if _STOPPED.is_set():
+        proc.kill()
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -303,6 +319,8 @@ def run(scenario: str, out: Path, *, timeout: float = 900, fetch: bool = False) 
         raise HostError(
             f"the Xen host did not finish within {timeout:.0f} s; console: {console}"
         ) from None
+    finally:
+        _RUNNING.discard(proc)
     if proc.returncode:
         raise HostError(f"qemu exited with {proc.returncode}: {err.decode()[-500:]}")
     text = console.read_text(errors="replace") if console.exists() else ""
