@@ -64,27 +64,8 @@ class ColumnFile:
         rows, j = key
         self.write_column(j, values, *_span(rows, self.shape[0]))
 
-    def where(self, mask: np.ndarray) -> _Rows:
-        """The rows `mask` selects, as a table of their own to read and write columns of."""
-        return _Rows(self, mask)
-
     def close(self) -> None:
         self.path.unlink(missing_ok=True)
-
-
-class _Rows:
-    def __init__(self, table: ColumnFile, mask: np.ndarray):
-        self.table, self.mask = table, mask
-
-    def __getitem__(self, key) -> np.ndarray:
-        _, j = key
-        return self.table.column(j)[self.mask]
-
-    def __setitem__(self, key, values) -> None:
-        _, j = key
-        column = self.table.column(j)
-        column[self.mask] = values
-        self.table.write_column(j, column)
 
 
 class DiskColumn:

@@ -69,15 +69,16 @@ def xen_boot(request, tmp_path_factory):
     (test_real_xen, test_validation) shares one boot. The scenarios the selected tests mark
     with `boots` are booted ahead, BOOT_WORKERS at a time in the tests' order, from the
     session's first test on: a boot is one busy core for minutes, the tests another."""
-    from build_host import run, stop_all
+    from build_host import build, run, stop_all
 
+    parts = build()  # once, before any boot reads them
     pool = ThreadPoolExecutor(BOOT_WORKERS, thread_name_prefix="xen-boot")
     booting: dict[str, Future] = {}
 
     def start(scenario: str) -> Future:
         if scenario not in booting:
             out = tmp_path_factory.mktemp(f"boot-{scenario}")
-            booting[scenario] = pool.submit(run, scenario, out, timeout=1200)
+            booting[scenario] = pool.submit(run, scenario, out, timeout=1200, parts=parts)
         return booting[scenario]
 
     for scenario in request.config.stash.get(_BOOTS, []):

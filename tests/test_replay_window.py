@@ -118,12 +118,12 @@ def test_a_column_file_reads_back_what_was_written(tmp_path):
     assert table.shape == (5, 3) and not table[0:5].any()  # all zeros at first
     table[:, 1] = np.arange(5.0)
     table[:, 2] = 7.0  # a scalar fills the column
-    table.where(np.array([True, False, True, False, False]))[:, 0] = [1.5, 2.5]
-    want = np.array([[1.5, 0, 7], [0, 1, 7], [2.5, 2, 7], [0, 3, 7], [0, 4, 7]])
+    table[2:4, 0] = [1.5, 2.5]  # rows of a column
+    want = np.array([[0, 0, 7], [0, 1, 7], [1.5, 2, 7], [2.5, 3, 7], [0, 4, 7]])
     assert np.array_equal(table[0:5], want)
     assert np.array_equal(table[1:3], want[1:3])
     assert np.array_equal(table[:, 1], want[:, 1])
-    assert np.array_equal(table.where(want[:, 0] > 0)[:, 2], [7.0, 7.0])
+    assert np.array_equal(table[3:5, 2], [7.0, 7.0])
     table.close()
     assert not (tmp_path / "t.f8").exists()
 

@@ -26,6 +26,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -158,18 +159,20 @@ def module_files(mods: Path, names) -> list[Path]:
 
 
 def initramfs(out: Path, init: Path, modules: list[Path]) -> Path:
-    """A gzipped newc cpio of busybox, the modules (in load order) and `init`."""
-    root = out.with_suffix(".d")
-    shutil.rmtree(root, ignore_errors=True)
-    for d in ("bin", "lib/modules", "dev", "proc", "sys", "tmp", "host", "new"):
-        (root / d).mkdir(parents=True)
-    shutil.copy("/bin/busybox", root / "bin" / "busybox")
-    for i, m in enumerate(modules):
-        shutil.copy(m, root / "lib" / "modules" / f"{i:02d}-{m.name}")
-    shutil.copy(init, root / "init")
-    (root / "init").chmod(0o755)
-    out.write_bytes(gzip.compress(_cpio(root), compresslevel=1))
-    shutil.rmtree(root)
+    """A gzipped newc cpio of busybox, the modules (in load order) and `init`, built aside
+    and renamed into place whole: a host booting now may be reading the old one (a boot
+    that read one being rewritten under it failed: "Initramfs unpacking failed")."""
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=out.name + ".") as tmp:
+        root = Path(tmp) / "root"
+        for d in ("bin", "lib/modules", "dev", "proc", "sys", "tmp", "host", "new"):
+            (root / d).mkdir(parents=True)
+        shutil.copy("/bin/busybox", root / "bin" / "busybox")
+        for i, m in enumerate(modules):
+            shutil.copy(m, root / "lib" / "modules" / f"{i:02d}-{m.name}")
+        shutil.copy(init, root / "init")
+        (root / "init").chmod(0o755)
+        (Path(tmp) / "new").write_bytes(gzip.compress(_cpio(root), compresslevel=1))
+        (Path(tmp) / "new").replace(out)
     return out
 
 
@@ -282,9 +285,17 @@ def build(*, fetch: bool = False) -> dict[str, Path]:
             "grant_kernel": kernels / "bzImage", "nogrant_kernel": kernels / "bzImage-nogrant"}  # fmt: skip
 
 
-def run(scenario: str, out: Path, *, timeout: float = 900, fetch: bool = False) -> Path:
-    """Boot the host, run `scenario` in dom0 (tests/xen/dom0-run.sh), return the bundle."""
-    parts = build(fetch=fetch)
+def run(
+    scenario: str,
+    out: Path,
+    *,
+    timeout: float = 900,
+    fetch: bool = False,
+    parts: dict | None = None,
+) -> Path:
+    """Boot the host, run `scenario` in dom0 (tests/xen/dom0-run.sh), return the bundle.
+    `parts`: build()'s, when the caller built them once for several boots at a time."""
+    parts = parts or build(fetch=fetch)
     out.mkdir(parents=True, exist_ok=True)
     console = out / "host-console.log"
     # tsc=reliable: under TCG the kernel's watchdog finds the TSC skewed against Xen's clock
