@@ -48,8 +48,12 @@ def xenalyze():
     return exe
 
 
-# real Xen hosts booted at once: each is one QEMU TCG process using one core and 3 GiB
-BOOT_WORKERS = int(os.environ.get("XVT_BOOT_WORKERS", min(2, os.cpu_count() or 1)))
+# real Xen hosts booted at once. Each is a QEMU whose two vCPU threads (dom0's, the guest's)
+# keep two cores busy at times: on 2 cores, two boots side by side took 10-16 minutes each
+# instead of 3-6 (a vCPU waiting on the other, descheduled one), no gain over one at a time
+BOOT_WORKERS = int(os.environ.get("XVT_BOOT_WORKERS", max(1, (os.cpu_count() or 1) // 4)))
+# s a boot may take: 1-6 minutes alone, 10-16 beside another and the tests on 2 cores
+BOOT_TIMEOUT = 1200 if BOOT_WORKERS == 1 else 1800
 
 
 _BOOTS = pytest.StashKey[list]()
@@ -66,9 +70,10 @@ def pytest_collection_finish(session):
 def xen_boot(request, tmp_path_factory):
     """boot(scenario) -> its bundle directory: the real Xen test host booted once per
     scenario and session (tests/xen/build_host.py), so every module that checks a scenario
-    (test_real_xen, test_validation) shares one boot. The scenarios the selected tests mark
-    with `boots` are booted ahead, BOOT_WORKERS at a time in the tests' order, from the
-    session's first test on: a boot is one busy core for minutes, the tests another."""
+    (test_real_xen, test_validation) shares one boot. With BOOT_WORKERS > 1 the scenarios
+    the selected tests mark with `boots` are booted ahead, that many at a time in the
+    tests' order, from the session's first test on; with one, each when a test asks for it
+    (a boot beside the other tests only slows both)."""
     from build_host import build, run, stop_all
 
     parts = build()  # once, before any boot reads them
@@ -78,10 +83,10 @@ def xen_boot(request, tmp_path_factory):
     def start(scenario: str) -> Future:
         if scenario not in booting:
             out = tmp_path_factory.mktemp(f"boot-{scenario}")
-            booting[scenario] = pool.submit(run, scenario, out, timeout=1200, parts=parts)
+            booting[scenario] = pool.submit(run, scenario, out, timeout=BOOT_TIMEOUT, parts=parts)
         return booting[scenario]
 
-    for scenario in request.config.stash.get(_BOOTS, []):
+    for scenario in request.config.stash.get(_BOOTS, []) if BOOT_WORKERS > 1 else ():
         start(scenario)
     yield lambda scenario: start(scenario).result()
     pool.shutdown(wait=False, cancel_futures=True)
@@ -91,6 +96,7 @@ def xen_boot(request, tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def _boot_ahead(request):
-    """Starts the boots with the session when any selected test names one."""
-    if request.config.stash.get(_BOOTS, []):
+    """Starts the boots with the session when any selected test names one and they boot
+    side by side."""
+    if BOOT_WORKERS > 1 and request.config.stash.get(_BOOTS, []):
         request.getfixturevalue("xen_boot")
