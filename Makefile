@@ -4,8 +4,8 @@
 #               reconstructs the EPAM run's requests and replays them on every transport
 #   make test   installs everything the tests use (incl. xenalyze), then runs lint and the
 #               fast suite, then the real-system stage (Xen and guest boots, long tests)
-#   make test-fast    lint + the fast suite only (what a bare `pytest` runs; ~2.5 minutes on
-#                     2 cores, 4 on one)
+#   make test-fast    lint + the fast suite only (what a bare `pytest` runs; ~6 minutes on
+#                     2 cores, ~8 in a fresh clone that compiles its numba kernels first)
 # Debian's own Python when it is new enough: built with profile-guided and link-time
 # optimization, it runs the interpreted parts (imports, loading the compiled kernels) faster
 # than an unoptimized build first on PATH (pyenv's default): `summary RAW` of a 500 MB trace
@@ -79,8 +79,8 @@ demo: install
 SYSTEM_MARKS := (slow or xen or guest) and not bench
 test: apt install test-fast test-assets test-system
 
-# (the fast suite on every core: 2:20 on 2 against 4:00-4:35 on one; the real-system stage
-# stays on one, its boots' timings are their own)
+# (the fast suite on every core: 5:51 on 2; the real-system stage runs in one process, its
+# Xen boots one at a time on 2 cores: tests/conftest.py XVT_BOOT_WORKERS)
 test-fast: apt install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
