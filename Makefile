@@ -74,8 +74,8 @@ demo: install
 	$(BIN)/xvtrace replay demo-run/epam-mmio --target all
 
 # Two stages, every test in exactly one (bench aside): the fast suite, pyproject's default
-# selection (not slow, xen, guest or bench), then the real-system stage (about 25 minutes on 2
-# cores; exit status 5, nothing selected, is not a failure)
+# selection (not slow, xen, guest or bench), then the real-system stage (about 50 minutes on 2
+# cores, most of it 11 Xen boots; exit status 5, nothing selected, is not a failure)
 SYSTEM_MARKS := (slow or xen or guest) and not bench
 test: apt install test-fast test-assets test-system
 
