@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 # (HYPOTHESIS_PROFILE=nightly goes deeper)
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.register_profile(
-    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "ci", parent=settings.get_profile("dev"), suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("nightly", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
@@ -60,10 +60,11 @@ _BOOTS = pytest.StashKey[list]()
 
 
 def pytest_collection_finish(session):
-    """The scenarios the selected tests boot (their `boots` marks), in the order they run."""
+    """The scenarios to boot ahead: with BOOT_WORKERS > 1, those the selected tests boot
+    (their `boots` marks), in the order they run; else none."""
     session.config.stash[_BOOTS] = list(dict.fromkeys(
         s for item in session.items for m in item.iter_markers("boots") for s in m.args
-    ))  # fmt: skip
+    )) if BOOT_WORKERS > 1 else []  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +87,7 @@ def xen_boot(request, tmp_path_factory):
             booting[scenario] = pool.submit(run, scenario, out, timeout=BOOT_TIMEOUT, parts=parts)
         return booting[scenario]
 
-    for scenario in request.config.stash.get(_BOOTS, []) if BOOT_WORKERS > 1 else ():
+    for scenario in request.config.stash.get(_BOOTS, []):
         start(scenario)
     yield lambda scenario: start(scenario).result()
     pool.shutdown(wait=False, cancel_futures=True)
@@ -96,7 +97,6 @@ def xen_boot(request, tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def _boot_ahead(request):
-    """Starts the boots with the session when any selected test names one and they boot
-    side by side."""
-    if BOOT_WORKERS > 1 and request.config.stash.get(_BOOTS, []):
+    """Starts the boots with the session when there are any to boot ahead."""
+    if request.config.stash.get(_BOOTS, []):
         request.getfixturevalue("xen_boot")
