@@ -4,6 +4,9 @@ done..fill stretch holds it once the hypervisor's time is on the device model's 
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -119,14 +122,16 @@ STAMPS = st.one_of(st.none(), st.integers(0, 400))
     st.integers(0, 60),
     st.booleans(),
     st.integers(1, 7),
+    st.integers(1, 5),
 )  # fmt: skip
 def test_the_search_counts_what_polars_join_asof_and_pivot_count(
-    stamps, records, bound, in_order, join_records
+    stamps, records, bound, in_order, join_records, request_rows
 ):
     """per_request's search of the stretches' starts, the records read a few at a time from
-    their file (in time order, or not: sorted once), against the polars join it replaced
-    (join_asof backward on the sorted stretches, the records past their stretch's end
-    dropped, a pivot of the rest per request), on the same stretches and settled shift."""
+    their file (in time order, or not: sorted once) and the stretches made a few requests
+    at a time, against the polars join it replaced (join_asof backward on the sorted
+    stretches, the records past their stretch's end dropped, a pivot of the rest per
+    request), on the same stretches and settled shift."""
     if in_order:
         records = sorted(records, key=lambda r: r[1])
     req = pl.DataFrame(
@@ -139,10 +144,18 @@ def test_the_search_counts_what_polars_join_asof_and_pivot_count(
     with pytest.MonkeyPatch.context() as mp:  # (slices of records, and a spread of them)
         mp.setattr(grant_ops, "JOIN_RECORDS", join_records)
         mp.setattr(grant_ops, "SETTLING_RECORDS", 2)
+        mp.setattr(grant_ops, "REQUEST_ROWS", request_rows)
         got = grant_ops.per_request(_events(records), req, clock)
         start, end, owner = grant_ops._stretches(req)
         t = np.sort(np.array([t for _, t in records]))
         shift = grant_ops.settled_shift(t, start, end, -bound, bound)
+        # the stretches made a slice at a time are the ones made at once, and the few
+        # near the records settle the same shift as all of them
+        with tempfile.TemporaryDirectory() as tmp:
+            pieces, near = grant_ops._sorted_stretches(req.lazy(), Path(tmp), t, -bound, bound)
+            made = np.concatenate([np.zeros((3, 0)), *map(np.load, pieces)], axis=1)
+        assert [list(c) for c in made] == [list(start), list(end), list(owner)]
+        assert grant_ops.settled_shift(t, *near, -bound, bound) == shift
     stretches = pl.DataFrame({"start": start, "end": end, "request": owner})
     grants = pl.DataFrame(
         {"column": [grant_ops.COLUMNS[c] for c, _ in records], "t": [t + shift for _, t in records]}
