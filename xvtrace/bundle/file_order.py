@@ -10,6 +10,13 @@ import polars as pl
 from xvtrace.bundle.frame_sink import batches_through
 
 BATCH_ROWS = 250_000
+FILE_SPAN = 1 << 40  # a log's offsets lie below this (1 TiB)
+
+
+def int_offset(offset: pl.Expr) -> pl.Expr:
+    """A log's UInt64 offsets as Int64, for keys and searches: one past FILE_SPAN (only a
+    damaged table has one; past 2^63 the cast failed) taken as the log's last place."""
+    return offset.clip(upper_bound=FILE_SPAN - 1).cast(pl.Int64)
 
 
 def batches(rows: pl.LazyFrame, scratch: Path | None = None) -> Iterator[pl.DataFrame]:

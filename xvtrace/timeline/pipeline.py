@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from xvtrace.bundle import BundleError, derived, spill_dir
+from xvtrace.bundle import BundleError, derived, file_order, spill_dir
 from xvtrace.bundle.frame_sink import SPILL_OPTIONS, sink_frames
 from xvtrace.timeline import hvm, ioreqs, qemu, qemu_buckets, spilled, text, traps, vhost_user
 from xvtrace.timeline.clock import (
@@ -565,7 +565,7 @@ def with_traps(
         pairs.lazy()
         .sort("handle_off", maintain_order=True)
         .select(
-            pl.col("handle_off").cast(pl.Int64),
+            file_order.int_offset(pl.col("handle_off")),
             to_device_model(pl.col("exit_ns"), clock).alias("trap_exit_ns"),
             to_device_model(pl.col("entry_ns"), clock).alias("trap_entry_ns"),
             pl.col("dom").alias("trap_dom"),
@@ -581,8 +581,12 @@ def with_traps(
 
     def slices() -> Iterator[pl.DataFrame]:
         for lo in range(0, total, spilled.SLICE_ROWS):
-            part = req.slice(lo, spilled.SLICE_ROWS).select("pop_off", "pop_ns").collect()
-            pop = part["pop_off"].cast(pl.Int64)
+            part = (
+                req.slice(lo, spilled.SLICE_ROWS)
+                .select(file_order.int_offset(pl.col("pop_off")), "pop_ns")
+                .collect()
+            )
+            pop = part["pop_off"]
             # the last IOREQ at or before the pop, in the log's order
             at = np.searchsorted(offs, pop.fill_null(-1).to_numpy(), "right") - 1
             found = traps[at.clip(0)] if len(traps) else traps.clear(len(part))

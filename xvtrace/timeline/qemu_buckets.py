@@ -34,7 +34,7 @@ from xvtrace.timeline.asof_runs import AsofRuns
 
 ELEMENTS_PER_BUCKET = 1_000_000  # pops paired at a time
 SLICE_ROWS = 1 << 16  # requests merged, joined and written at a time (1 << 18: 0.3 GiB more)
-FILE_SPAN = 1 << 40  # a log's offsets lie below this (1 TiB): merge key = file rank * this + offset
+FILE_SPAN = file_order.FILE_SPAN  # merge key = file rank * this + offset
 
 
 def write_requests(ev: pl.LazyFrame, spill: Path, path: Path) -> None:
@@ -123,7 +123,7 @@ def _bucket_of(
     # (a pointer's pieces by file and offset: the files' order by their category ids, not
     # their names, as only these expressions compare them; casting to names took 2 s a pass)
     log = pl.col("src_file").to_physical().cast(pl.Int64)
-    key = log * FILE_SPAN + pl.col("src_offset").cast(pl.Int64)
+    key = log * FILE_SPAN + file_order.int_offset(pl.col("src_offset"))
     pieces = (
         _pieces(q, dict(hot.iter_rows()), key, ELEMENTS_PER_BUCKET // 4, scratch)
         if len(hot)
@@ -169,7 +169,7 @@ def _merge_key(frame: pl.LazyFrame, offset: str) -> pl.Expr:
         .cast(pl.String)
         .replace_strict(files.to_list(), list(range(len(files))), return_dtype=pl.Int64)
     )
-    return rank * FILE_SPAN + pl.col(offset).cast(pl.Int64)
+    return rank * FILE_SPAN + file_order.int_offset(pl.col(offset))
 
 
 def _pieces(
