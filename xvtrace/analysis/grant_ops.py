@@ -35,8 +35,8 @@ COLUMNS = {"mem.grant_map": "grant_maps", "mem.grant_unmap": "grant_unmaps"}
 READS = ("request", "pop_ns", "handle_ns", "io_done_ns", "fill_ns")  # the requests' columns used
 SETTLING_RECORDS = 1 << 17  # at most this many records, spread evenly, settle the offset
 SETTLING_PAIRS = 1 << 22  # and at most this many (record, stretch it may fall in) pairs
-JOIN_RECORDS = 1 << 20  # records whose stretches are searched at a time
-REQUEST_ROWS = 1 << 20  # requests whose stretches are made at a time
+JOIN_RECORDS = 1 << 18  # records whose stretches are searched at a time
+REQUEST_ROWS = 1 << 18  # requests whose stretches are made at a time
 
 
 def per_request(
@@ -83,7 +83,7 @@ def _spread(records: pl.LazyFrame, total: int) -> np.ndarray | None:
     all), in time order with the records of no time first (as a NaN: in no stretch), as a
     sort puts them; None if the timed ones are not in time order."""
     k, last = max(1, total // SETTLING_RECORDS), None
-    seen = records.select(pl.col("t").null_count()).collect().item()
+    seen = records.select(pl.col("t").null_count()).collect(engine="streaming").item()
     sample = [np.full(-(-seen // k), np.nan)] if seen else []
     for _, part in slices(records, JOIN_RECORDS):
         t = part.select("t").collect().to_series().drop_nulls()
