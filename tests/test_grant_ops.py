@@ -31,9 +31,13 @@ def _requests() -> pl.DataFrame:
     })  # fmt: skip
 
 
-def _events(rows: list[tuple[str, int]]) -> pl.LazyFrame:
+def _events(rows: list[tuple[str, int | None]]) -> pl.LazyFrame:
     return pl.DataFrame(
-        {"event": [e for e, _ in rows], "ts_ns": [t - OFFSET for _, t in rows]}
+        {
+            "event": [e for e, _ in rows],
+            "ts_ns": [None if t is None else t - OFFSET for _, t in rows],
+        },
+        schema={"event": pl.String, "ts_ns": pl.Int64},
     ).lazy()
 
 
@@ -117,49 +121,61 @@ STAMPS = st.one_of(st.none(), st.integers(0, 400))
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(st.tuples(STAMPS, STAMPS, STAMPS, STAMPS), min_size=1, max_size=12),
-    st.lists(st.tuples(st.sampled_from(list(grant_ops.COLUMNS)), st.integers(-20, 420)),
-             min_size=1, max_size=30),
-    st.integers(0, 60),
+    st.lists(st.tuples(st.sampled_from(list(grant_ops.COLUMNS)),
+                       st.one_of(st.none(), st.integers(-20, 420))), min_size=1, max_size=30),
+    st.tuples(st.integers(0, 60), st.integers(0, 60)),
     st.booleans(),
-    st.integers(1, 7),
-    st.integers(1, 5),
+    st.tuples(st.integers(1, 7), st.integers(1, 5), st.integers(1, 3),
+              st.sampled_from([1, 2, 3, 1 << 22])),
 )  # fmt: skip
 def test_the_search_counts_what_polars_join_asof_and_pivot_count(
-    stamps, records, bound, in_order, join_records, request_rows
+    stamps, records, bounds, in_order, sizes
 ):
     """per_request's search of the stretches' starts, the records read a few at a time from
-    their file (in time order, or not: sorted once) and the stretches made a few requests
-    at a time, against the polars join it replaced (join_asof backward on the sorted
-    stretches, the records past their stretch's end dropped, a pivot of the rest per
-    request), on the same stretches and settled shift."""
+    their file (in time order, or not: sorted once), the stretches made a few requests at a
+    time in sorted runs merged a few rows at a time, against the polars join it replaced
+    (join_asof backward on the sorted stretches, the records past their stretch's end or
+    of no time dropped, a pivot of the rest per request), on the same stretches and
+    settled shift; the shift settled on the stretches near the records is the one settled
+    on all of them, however few pairs settled_shift may take."""
     if in_order:
-        records = sorted(records, key=lambda r: r[1])
+        records = sorted(records, key=lambda r: (r[1] is not None, r[1] or 0))
     req = pl.DataFrame(
         {"request": list(range(len(stamps))),
          **{c: [s[i] for s in stamps] for i, c in enumerate(grant_ops.READS[1:])}},
         schema={"request": pl.Int64, **dict.fromkeys(grant_ops.READS[1:], pl.Int64)},
     )  # fmt: skip
-    clock = Clock(offset_ns=OFFSET, drift_ppm=0.0, lower_ns=OFFSET - bound,
-                  upper_ns=OFFSET + bound, consistent=True, pairs=10)  # fmt: skip
+    below, above = bounds
+    clock = Clock(offset_ns=OFFSET, drift_ppm=0.0, lower_ns=OFFSET - below,
+                  upper_ns=OFFSET + above, consistent=True, pairs=10)  # fmt: skip
+    join_records, request_rows, merge_rows, pairs = sizes
+    # the records' times as the spread gives them: those of no time first, as NaN
+    timed = sorted(t for _, t in records if t is not None)
+    untimed = len(records) - len(timed)
+    t = np.concatenate([np.full(untimed, np.nan), timed]) if untimed else np.array(timed)
     with pytest.MonkeyPatch.context() as mp:  # (slices of records, and a spread of them)
         mp.setattr(grant_ops, "JOIN_RECORDS", join_records)
         mp.setattr(grant_ops, "SETTLING_RECORDS", 2)
+        mp.setattr(grant_ops, "SETTLING_PAIRS", pairs)
         mp.setattr(grant_ops, "REQUEST_ROWS", request_rows)
+        mp.setattr(grant_ops, "MERGE_ROWS", merge_rows)
         got = grant_ops.per_request(_events(records), req, clock)
         start, end, owner = grant_ops._stretches(req)
-        t = np.sort(np.array([t for _, t in records]))
-        shift = grant_ops.settled_shift(t, start, end, -bound, bound)
-        # the stretches made a slice at a time are the ones made at once, and the few
-        # near the records settle the same shift as all of them
+        shift = grant_ops.settled_shift(t, start, end, -below, above)
         with tempfile.TemporaryDirectory() as tmp:
-            pieces, near = grant_ops._sorted_stretches(req.lazy(), Path(tmp), t, -bound, bound)
-            made = np.concatenate([np.zeros((3, 0)), *map(np.load, pieces)], axis=1)
-        assert [list(c) for c in made] == [list(start), list(end), list(owner)]
-        assert grant_ops.settled_shift(t, *near, -bound, bound) == shift
+            pieces, near = grant_ops._sorted_stretches(req.lazy(), Path(tmp), t, -below, above)
+            made = [np.fromfile(path, np.int64).reshape(3, -1) for path, _ in pieces]
+        near_shift = grant_ops.settled_shift(t, *near, -below, above)
+    made = np.concatenate([np.zeros((3, 0), np.int64), *made], axis=1)
+    assert made.dtype == np.int64
+    assert [list(c) for c in made] == [list(start), list(end), list(owner)]
+    assert near_shift == shift
     stretches = pl.DataFrame({"start": start, "end": end, "request": owner})
     grants = pl.DataFrame(
-        {"column": [grant_ops.COLUMNS[c] for c, _ in records], "t": [t + shift for _, t in records]}
-    ).sort("t")
+        {"column": [grant_ops.COLUMNS[c] for c, _ in records],
+         "t": [None if t is None else t + shift for _, t in records]},
+        schema={"column": pl.String, "t": pl.Int64},
+    ).drop_nulls().sort("t")  # fmt: skip
     hit = grants.join_asof(stretches, left_on="t", right_on="start", strategy="backward")
     hit = hit.filter(pl.col("t") <= pl.col("end"))
     want = {r: [0, 0] for r in range(len(stamps))}

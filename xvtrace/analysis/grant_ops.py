@@ -115,22 +115,25 @@ def _joined(records, req, n: int, pieces: list[Path], shift: int) -> tuple[pl.Da
     names = list(COLUMNS)
     inside = np.zeros((len(names), n), np.uint32)
     recorded = np.zeros(len(names), np.int64)
-    near = _Near(pieces)
+    stretches = _Pieces(pieces)
     for _, part in slices(records, JOIN_RECORDS):
         part = part.collect()
+        recorded += np.bincount(part["column"].to_numpy(), minlength=len(names))
+        part = part.filter(pl.col("t").is_not_null())  # (in no stretch)
         t, column = part["t"].to_numpy() + shift, part["column"].to_numpy()
-        recorded += np.bincount(column, minlength=len(names))
-        timed = ~np.isnan(t) if t.dtype.kind == "f" else np.ones(len(t), bool)
-        if not timed.any():
-            continue
-        start, end, row = near.around(t[timed].min(), t[timed].max())
         # each record's stretch: the last to start at or before it (a backward as-of join's
-        # rule), if the record is not past its end
-        at = np.searchsorted(start, t, "right") - 1
-        hit = (at >= 0) & timed
-        hit[hit] = t[hit] <= end[at[hit]]
+        # rule), if the record is not past its end; searched in the piece that holds it
+        hit, row = np.zeros(len(t), bool), np.zeros(len(t), np.int64)
+        which = np.searchsorted(stretches.firsts, t, "right") - 1
+        for k, lo, hi in _runs_of(which):
+            if k < 0:
+                continue
+            start, end, owner = stretches[k]
+            at = np.searchsorted(start, t[lo:hi], "right") - 1
+            hit[lo:hi] = t[lo:hi] <= end[at]
+            row[lo:hi] = owner[at]
         for i in range(len(names)):
-            rows = row[at[hit & (column == i)]]
+            rows = row[hit & (column == i)]
             if len(rows):
                 first = rows.min()
                 counts = np.bincount(rows - first)
@@ -146,44 +149,50 @@ def _joined(records, req, n: int, pieces: list[Path], shift: int) -> tuple[pl.Da
     return out, outside
 
 
-class _Near:
-    """The stretches near a time, from their files in order: from the last to start at or
-    before `lo` to the first to start after `hi` (or the last there is)."""
+def _runs_of(values: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """(value, first, end) of each run of equal values in `values` (sorted)."""
+    if not len(values):
+        return
+    cuts = np.flatnonzero(np.diff(values)) + 1
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(values)], strict=True):
+        yield int(values[lo]), int(lo), int(hi)
 
-    def __init__(self, pieces: list[Path]):
-        self.files = iter(pieces)
-        self.held = [np.zeros(0, np.int64)] * 3
 
-    def around(self, lo, hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        while True:
-            keep = max(np.searchsorted(self.held[0], lo, "right") - 1, 0)
-            self.held = [a[keep:] for a in self.held]
-            if len(self.held[0]) and self.held[0][-1] > hi:
-                break
-            piece = next(self.files, None)
-            if piece is None:
-                break
-            self.held = [
-                np.concatenate(pair) for pair in zip(self.held, np.load(piece), strict=True)
-            ]
-        return tuple(self.held)
+class _Pieces:
+    """The stretches' files in order, read one at a time: `firsts` their first starts,
+    [k] the k-th's (start, end, row)."""
+
+    def __init__(self, pieces: list[tuple[Path, int]]):
+        self.files = [path for path, _ in pieces]
+        self.firsts = np.array([first for _, first in pieces], np.int64)
+        self.held = (None, None)
+
+    def __getitem__(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.held[0] != k:
+            self.held = (k, tuple(np.fromfile(self.files[k], np.int64).reshape(3, -1)))
+        return self.held[1]
+
+
+# a settling end compared as a float (a record of no time makes the sample's times floats,
+# in 256 ns steps at 2^60 ns): stretches this much nearer or farther are kept too
+REACH_MARGIN_NS = 1 << 12
 
 
 def _sorted_stretches(req: pl.LazyFrame, tmp: Path, sample: np.ndarray, lo: int, hi: int):
-    """The requests' stretches as `_stretches` gives them, written to files in order
-    (start, end, row); and those a record of `sample` can reach within [lo, hi], as
-    (start, end): all settled_shift reads of them."""
+    """The requests' stretches as `_stretches` gives them, written to files in order (each
+    one's path and first start); and those a record of `sample` may reach within [lo, hi]
+    as (start, end as settled_shift cuts it): all settled_shift reads of them (the ends
+    already cut, so it leaves them as they are)."""
     reach = sample[~np.isnan(sample)] if sample.dtype.kind == "f" else sample
     pieces, near = [], []
-    for k, (start, end, row) in enumerate(_cut(_in_order(req))):
-        # (settled_shift ends one where the next starts a ns early: the same answer unless
-        # that next one is also kept, and then it does so itself)
-        reached = np.searchsorted(reach, end - lo, "right") > np.searchsorted(
-            reach, start - hi, "left"
+    for k, (start, end, row, after) in enumerate(_cut(_merged(_sorted_runs(req, tmp)))):
+        settling = np.minimum(end, after - 1)  # (a time where two touch: the next one's)
+        reached = np.searchsorted(reach, settling - lo + REACH_MARGIN_NS, "right") > (
+            np.searchsorted(reach, start - hi - REACH_MARGIN_NS, "left")
         )
-        near.append((start[reached], end[reached]))
-        pieces.append(tmp / f"stretches-{k}.npy")
-        np.save(pieces[-1], np.stack([start, end, row.astype(np.int64)]))
+        near.append((start[reached], settling[reached]))
+        pieces.append((tmp / f"stretches-{k}.bin", int(start[0])))
+        np.stack([start, end, row]).tofile(pieces[-1][0])
     near = (
         [np.concatenate(a) for a in zip(*near, strict=True)]
         if near
@@ -192,25 +201,75 @@ def _sorted_stretches(req: pl.LazyFrame, tmp: Path, sample: np.ndarray, lo: int,
     return pieces, near
 
 
-def _in_order(req: pl.LazyFrame) -> Iterator[list[np.ndarray]]:
-    """The stretches of `req` sorted by start, end and row as (start, end, row), made
-    REQUEST_ROWS requests at a time: each slice's wait until no later slice's can sort
-    before them (a first pass finds each slice's earliest start)."""
-    earliest = [_made(part.collect(), 0)["start"].min() for _, part in slices(req, REQUEST_ROWS)]
-    later = [None] * len(earliest)  # the earliest start of every slice after each
-    for k in range(len(earliest) - 2, -1, -1):
-        later[k] = min((x for x in (later[k + 1], earliest[k + 1]) if x is not None), default=None)
-    held = None
+MERGE_ROWS = 1 << 16  # a run's stretches read at a time in the merge
+
+
+def _sorted_runs(req: pl.LazyFrame, tmp: Path) -> list[tuple[Path, int]]:
+    """Each REQUEST_ROWS requests' stretches sorted by start, end and row, in a file of
+    their own as rows of three int64 (a sorted run): (its path, its rows)."""
+    runs = []
     for k, (first, part) in enumerate(slices(req, REQUEST_ROWS)):
-        made = _made(part.collect(), first)
-        held = made if held is None else pl.concat([held, made])
-        go = pl.lit(True) if later[k] is None else pl.col("start") < later[k]
-        ready, held = held.filter(go), held.filter(~go)
-        yield [ready.sort("start", "end", "row")[c].to_numpy() for c in ("start", "end", "row")]
+        made = _made(part.collect(), first).sort("start", "end", "row")
+        if len(made):
+            runs.append((tmp / f"run-{k}.bin", len(made)))
+            made.select(pl.all().cast(pl.Int64)).select("start", "end", "row").to_numpy(
+                order="c"
+            ).tofile(runs[-1][0])
+    return runs
+
+
+class _Run:
+    """A sorted run read MERGE_ROWS rows at a time from `at` on: `held` the rows read and
+    not yet merged, `done` once they reach its end."""
+
+    def __init__(self, path: Path, rows: int):
+        self.path, self.rows, self.at = path, rows, 0
+        self.held = np.zeros((0, 3), np.int64)
+
+    @property
+    def done(self) -> bool:
+        return self.at + len(self.held) >= self.rows
+
+    def read(self) -> None:
+        """The next MERGE_ROWS rows, after those held."""
+        first = self.at + len(self.held)
+        count = min(MERGE_ROWS, self.rows - first)
+        more = np.fromfile(self.path, np.int64, count=3 * count, offset=24 * first)
+        self.held = np.concatenate([self.held, more.reshape(-1, 3)])
+
+    def take(self, n: int) -> np.ndarray:
+        out, self.held, self.at = self.held[:n], self.held[n:], self.at + n
+        return out
+
+
+def _merged(runs: list[tuple[Path, int]]) -> Iterator[list[np.ndarray]]:
+    """The sorted runs' rows merged in (start, end, row) order, as (start, end, row), a
+    few MERGE_ROWS at a time: each step gives every held row that starts before the last
+    held start of every run not yet read to its end (a row starting there may still
+    come); when none can go, the runs that stopped it read further."""
+    runs = [_Run(*r) for r in runs]
+    while runs:
+        for r in runs:
+            if not len(r.held) and not r.done:
+                r.read()
+        bounds = [r.held[-1, 0] for r in runs if not r.done]
+        limit = min(bounds) if bounds else None
+        out = [r.take(len(r.held) if limit is None else np.searchsorted(r.held[:, 0], limit))
+               for r in runs]  # fmt: skip
+        rows = np.concatenate(out)
+        if not len(rows):  # (every row held at the limit: read past it)
+            for r in runs:
+                if not r.done and r.held[-1, 0] == limit:
+                    r.read()
+            continue
+        rows = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
+        yield [rows[:, 0], rows[:, 1], rows[:, 2]]
+        runs = [r for r in runs if len(r.held) or not r.done]
 
 
 def _cut(ordered: Iterator[list[np.ndarray]]) -> Iterator[list[np.ndarray]]:
-    """The stretches `ordered` gives, each cut where the next one starts, in pieces."""
+    """The stretches `ordered` gives, each cut where the next one starts, in pieces:
+    (start, end, row, the next one's start; the very last's own end, for none follows)."""
     last = None
     for arrays in ordered:
         if last is not None:
@@ -219,10 +278,10 @@ def _cut(ordered: Iterator[list[np.ndarray]]) -> Iterator[list[np.ndarray]]:
         if len(arrays[0]) < 2:
             continue
         start, end, row = arrays
-        yield [start[:-1], np.minimum(end[:-1], start[1:]), row[:-1]]
+        yield [start[:-1], np.minimum(end[:-1], start[1:]), row[:-1], start[1:]]
         last = [a[-1:] for a in arrays]  # (waits for the start of the one after it)
     if last is not None and len(last[0]):
-        yield last
+        yield [*last, last[1] + 1]
 
 
 def _made(req: pl.DataFrame, first: int) -> pl.DataFrame:
