@@ -44,13 +44,14 @@ def per_request(
 ) -> tuple[pl.DataFrame, dict[str, int]] | None:
     """(request, grant_maps, grant_unmaps per request; per column the records in no
     request's stretch), or None without a device-model clock, requests or grant records.
-    `req` (READS) is read only when there are grant records (a foreign-mapping transport
-    has none), REQUEST_ROWS requests at a time: their stretches are made in order a slice
-    at a time and wait in files (`_sorted_stretches`; the requests' columns held whole and
-    their stretches sorted at once took 0.95 GB at 5 M requests). The records wait in a
-    file of their own and are read JOIN_RECORDS at a time, twice: to settle the offset,
-    then to find each one's stretch by a search of the starts of the stretches near it
-    (the join of frames and its pivot of every record, held whole, took 4.0 GB at 5 M)."""
+    `req` (READS; a frame read the same each time, as a parquet scan is) is read only when
+    there are grant records (a foreign-mapping transport has none), REQUEST_ROWS requests
+    at a time: each slice's stretches sorted into a run on disk, the runs merged into
+    pieces on disk (`_sorted_stretches`; the requests' columns held whole and their
+    stretches sorted at once took 0.95 GB at 5 M requests). The records wait in a file of
+    their own and are read JOIN_RECORDS at a time, twice: to settle the offset, then to
+    find each one's stretch by a search of the starts in the piece that holds it (the join
+    of frames and its pivot of every record, held whole, took 4.0 GB at 5 M)."""
     if clock is None:
         return None
     with tempfile.TemporaryDirectory(prefix="xvtrace-grants-") as tmp:
@@ -302,7 +303,8 @@ def _made(req: pl.DataFrame, first: int) -> pl.DataFrame:
 
 def _stretches(req: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The requests' backend stretches sorted by start, end and row, as (start, end, the
-    request's row in `req`), all at once (per_request makes them a slice at a time).
+    request's row in `req`), all at once: the reference the tests hold per_request's
+    stretches, made a slice at a time, to.
     One thread's stretches follow each other; one that reaches past the next one's start (a
     request without a stamp between its pop and its fill) is cut there, so a record is
     never given to a request that only may have made it."""
