@@ -92,7 +92,7 @@ def _spread(records: pl.LazyFrame, total: int) -> np.ndarray | None:
             continue
         if not t.is_sorted() or (last is not None and t[0] < last):
             return None
-        sample.append(t.to_numpy()[(-seen) % k :: k])
+        sample.append(t.to_numpy()[(-seen) % k :: k].copy())  # (a view kept the whole slice)
         last, seen = t[-1], seen + len(t)
     return np.concatenate(sample) if sample else np.zeros(0, np.int64)
 
