@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from xvtrace.bundle import sorted_runs
 from xvtrace.timeline.clock import Clock, to_device_model
 from xvtrace.timeline.order_stats import slices
 
@@ -202,7 +203,9 @@ def _sorted_stretches(req: pl.LazyFrame, tmp: Path, sample: np.ndarray, lo: int,
     return pieces, near
 
 
-MERGE_ROWS = 1 << 16  # a run's stretches read at a time in the merge
+MERGE_ROWS = 1 << 15  # a run's stretches read at a time in the merge
+STRETCH = ["start", "end", "row"]  # a run's columns
+_SIGNS = np.array([1 << 63, 1 << 63, 0], np.uint64)  # (the times' sign bits, flipped)
 
 
 def _sorted_runs(req: pl.LazyFrame, tmp: Path) -> list[tuple[Path, int]]:
@@ -210,62 +213,27 @@ def _sorted_runs(req: pl.LazyFrame, tmp: Path) -> list[tuple[Path, int]]:
     their own as rows of three int64 (a sorted run): (its path, its rows)."""
     runs = []
     for k, (first, part) in enumerate(slices(req, REQUEST_ROWS)):
-        made = _made(part.collect(), first).sort("start", "end", "row")
+        made = _made(part.collect(), first).sort(STRETCH)
         if len(made):
             runs.append((tmp / f"run-{k}.bin", len(made)))
-            made.select(pl.all().cast(pl.Int64)).select("start", "end", "row").to_numpy(
-                order="c"
-            ).tofile(runs[-1][0])
+            made.select(pl.col(STRETCH).cast(pl.Int64)).to_numpy(order="c").tofile(runs[-1][0])
     return runs
 
 
-class _Run:
-    """A sorted run read MERGE_ROWS rows at a time from `at` on: `held` the rows read and
-    not yet merged, `done` once they reach its end."""
-
-    def __init__(self, path: Path, rows: int):
-        self.path, self.rows, self.at = path, rows, 0
-        self.held = np.zeros((0, 3), np.int64)
-
-    @property
-    def done(self) -> bool:
-        return self.at + len(self.held) >= self.rows
-
-    def read(self) -> None:
-        """The next MERGE_ROWS rows, after those held."""
-        first = self.at + len(self.held)
-        count = min(MERGE_ROWS, self.rows - first)
-        more = np.fromfile(self.path, np.int64, count=3 * count, offset=24 * first)
-        self.held = np.concatenate([self.held, more.reshape(-1, 3)])
-
-    def take(self, n: int) -> np.ndarray:
-        out, self.held, self.at = self.held[:n], self.held[n:], self.at + n
-        return out
-
-
 def _merged(runs: list[tuple[Path, int]]) -> Iterator[list[np.ndarray]]:
-    """The sorted runs' rows merged in (start, end, row) order, as (start, end, row), a
-    few MERGE_ROWS at a time: each step gives every held row that starts before the last
-    held start of every run not yet read to its end (a row starting there may still
-    come); when none can go, the runs that stopped it read further."""
-    runs = [_Run(*r) for r in runs]
-    while runs:
-        for r in runs:
-            if not len(r.held) and not r.done:
-                r.read()
-        bounds = [r.held[-1, 0] for r in runs if not r.done]
-        limit = min(bounds) if bounds else None
-        out = [r.take(len(r.held) if limit is None else np.searchsorted(r.held[:, 0], limit))
-               for r in runs]  # fmt: skip
-        rows = np.concatenate(out)
-        if not len(rows):  # (every row held at the limit: read past it)
-            for r in runs:
-                if not r.done and r.held[-1, 0] == limit:
-                    r.read()
-            continue
-        rows = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
-        yield [rows[:, 0], rows[:, 1], rows[:, 2]]
-        runs = [r for r in runs if len(r.held) or not r.done]
+    """The sorted runs' stretches merged in (start, end, row) order, as (start, end, row),
+    a chunk of each run held at a time (bundle.sorted_runs' merge)."""
+    for frame in sorted_runs.merge_sources([_chunks(*run) for run in runs]):
+        yield [frame[c].to_numpy() for c in STRETCH]
+
+
+def _chunks(path: Path, rows: int) -> Iterator[sorted_runs.Chunk]:
+    """A run's stretches MERGE_ROWS at a time, each with its key as row_order compares
+    them: unsigned words in the same order as (start, end, row)."""
+    for at in range(0, rows, MERGE_ROWS):
+        n = min(MERGE_ROWS, rows - at)
+        values = np.fromfile(path, np.int64, count=3 * n, offset=24 * at).reshape(n, 3)
+        yield pl.DataFrame(values, schema=STRETCH, orient="row"), values.view(np.uint64) ^ _SIGNS
 
 
 def _cut(ordered: Iterator[list[np.ndarray]]) -> Iterator[list[np.ndarray]]:

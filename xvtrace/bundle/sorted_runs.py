@@ -205,13 +205,13 @@ def merge(
                 continue
             writer = RunWriter(directory, ranks, chunk_rows=chunk_rows, lookahead_rows=0,
                                prefix=f"m{level}-{g // fan_in:05d}-")  # fmt: skip
-            for frame in _merge([_read(r, ranks, keep and id(r) in given) for r in group]):
+            for frame in merge_sources([_read(r, ranks, keep and id(r) in given) for r in group]):
                 writer.add(frame)
             merged += writer.close()
         runs = [r for r in merged if r.rows]
     sources = [_read(r, ranks, keep and id(r) in given) for r in runs]
     done = 0
-    for frame in _merge(sources + ([live] if live is not None else [])):
+    for frame in merge_sources(sources + ([live] if live is not None else [])):
         done += len(frame)
         if progress and live is None:
             progress(done, total)
@@ -244,8 +244,9 @@ class _Cursor:
         return self.frame is None
 
 
-def _merge(sources: list[Iterator[Chunk]]) -> Iterator[pl.DataFrame]:
-    """The rows of sorted sources in key order, with SEQ, a step per chunk used up."""
+def merge_sources(sources: list[Iterator[Chunk]]) -> Iterator[pl.DataFrame]:
+    """The rows of sorted sources in key order, a step per chunk used up. The keys are any
+    rows of uint64 words compared in turn (row_order's; the event table's carry SEQ)."""
     cursors = [c for c in map(_Cursor, sources) if not c.done]
     while len(cursors) > 1:
         # The chunk that ends first: nothing after its end can precede it, and every row
