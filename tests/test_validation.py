@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -49,12 +50,17 @@ def _validate(root, *extra, w1=W1, w2=W2) -> dict:
     return json.loads(r.stdout)
 
 
+def _ingested_copy(capture: Path, to: Path) -> Path:
+    """A copy of `capture` at `to`, ingested there (timelines are written beside it)."""
+    shutil.copytree(capture, to)
+    api.ingest(to, warn=lambda m: None)
+    return to
+
+
 def _stored_matrix(root, w1, w2):
-    """A copy of the stored captures `w1` and `w2` in `root` (timelines are written beside
-    them), and their matrix."""
+    """A copy of the stored captures `w1` and `w2` in `root`, and their matrix."""
     for s in (*w1, *w2):
-        shutil.copytree(STORED / s, root / s)
-        api.ingest(root / s, warn=lambda m: None)
+        _ingested_copy(STORED / s, root / s)
     return root, _validate(root, w1=w1, w2=w2)
 
 
@@ -145,9 +151,7 @@ def test_the_text_matrix_says_what_misses(stored):
 def test_captures_without_a_transport_are_left_out_by_name(stored, tmp_path):
     """The older stored PV capture predates `capture --transport`: named as left out."""
     root, _ = stored
-    old = tmp_path / "pv-blkfront"
-    shutil.copytree(FIXTURES / "xen" / "pv-blkfront", old)
-    api.ingest(old, warn=lambda m: None)
+    old = _ingested_copy(FIXTURES / "xen" / "pv-blkfront", tmp_path / "pv-blkfront")
     r = CliRunner().invoke(
         cli, ["validate", str(root / "hvm-epam-w2"), str(old), "-c", str(root / "hvm-epam")]
     )
@@ -168,14 +172,12 @@ def test_the_matrix_from_fresh_boots(xen_boot, tmp_path):
         booted = xen_boot(s)
         (console,) = (booted.parent / "console").glob("guest-*.log")
         assert "XVT-GUEST data ok" in console.read_text(errors="replace")
-        shutil.copytree(booted, tmp_path / s)
-        api.ingest(tmp_path / s, warn=lambda m: None)
+        _ingested_copy(booted, tmp_path / s)
         m = json.loads((tmp_path / s / "manifest.json").read_text())
         assert m["transport"] == TRANSPORT[s.removesuffix("-w2")]
         assert m["workload"]["name"] == ("W2" if s.endswith("-w2") else "W1")
     for s in GRANT_W2:
-        shutil.copytree(STORED / s, tmp_path / s)
-        api.ingest(tmp_path / s, warn=lambda m: None)
+        _ingested_copy(STORED / s, tmp_path / s)
     v = _validate(tmp_path)
     assert len(v["matrix"]) == 9
     assert all(r["requests"] >= 100 for r in v["intervals"])
