@@ -6,13 +6,15 @@
 
 Rows (wall seconds and peak RSS of each child process, medians of --repeat runs):
 - on a generated xentrace file of --size-mb (HVM guest, 4 pCPUs): `ingest` (which folds
-  the summary as it writes the table) and `ingest --no-summary`, `summary BUNDLE` after
+  the summary as it writes the table) and `ingest --no-summary`, each also against the
+  floor of writing its table alone (xentrace_ingest.py --floor), `summary BUNDLE` after
   ingest (served) and computed from events.parquet (its stored summary dropped), `summary
   RAW`, each against `xenalyze --summary` on the raw file; `dump BUNDLE > /dev/null`
   against `xenalyze --dump-all`;
 - on emulated epam-mmio bundles of each --requests (--workload, randwrite-4k-qd32; with
   randread-4k-qd1 QEMU pops one element pointer for every request): `ingest` (with
-  the summary), `timeline` and `summary` (computed from the table), then `report`, `report
+  the summary; at the first size also of the QEMU log alone and of the dom0 ftrace alone,
+  in MB/s), `timeline` and `summary` (computed from the table), then `report`, `report
   --html`, `regress`, `export perfetto` and `replay` (from the stored timeline), whose peak
   RSS should stay flat as the capture grows.
 """
@@ -20,6 +22,8 @@ Rows (wall seconds and peak RSS of each child process, medians of --repeat runs)
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -28,6 +32,7 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
+import xentrace_ingest
 from measure import run
 from xentrace_ingest import CPU_KHZ, make_trace
 
@@ -65,11 +70,15 @@ def xentrace_rows(work: Path, size_mb: int, repeat: int) -> None:
     xen_summary = median_run(["xenalyze", "--summary", str(trace)], repeat)
     ingest = [*XV, "ingest", str(trace), "-o", str(bundle), "--cpu-khz", str(CPU_KHZ)]
     fresh = partial(shutil.rmtree, bundle, ignore_errors=True)
-    row(f"ingest --no-summary ({size_mb} MB xentrace)",
-        median_run([*ingest, "--no-summary"], repeat, before=fresh), "xenalyze --summary",
-        xen_summary)  # fmt: skip
-    row(f"ingest ({size_mb} MB xentrace)", median_run(ingest, repeat, before=fresh),
-        "xenalyze --summary", xen_summary)  # fmt: skip
+    plain = median_run([*ingest, "--no-summary"], repeat, before=fresh)
+    row(f"ingest --no-summary ({size_mb} MB xentrace)", plain, "xenalyze --summary", xen_summary)
+    folded = median_run(ingest, repeat, before=fresh)
+    row(f"ingest ({size_mb} MB xentrace)", folded, "xenalyze --summary", xen_summary)
+    floor = _floor(bundle)  # (the table as ingest --no-summary wrote it; ingest writes the same)
+    for name, ours in (("ingest --no-summary", plain), ("ingest", folded)):
+        print(f"{name + ', vs the write alone':<44}{ours[0]:>8.2f} s"
+              f"{'':>10}   {'parquet write alone':<22}{floor:>7.2f} s {'':>10}"
+              f"   {ours[0] / floor:.2f}x the floor (target <= 1.30x)", flush=True)  # fmt: skip
     summary = [*XV, "summary", str(bundle)]
     row("summary BUNDLE, after ingest (served)", median_run(summary, repeat),
         "xenalyze --summary", xen_summary)  # fmt: skip
@@ -87,6 +96,38 @@ def xentrace_rows(work: Path, size_mb: int, repeat: int) -> None:
         "xenalyze --dump-all",
         median_run(["xenalyze", "--dump-all", str(trace)], repeat),
     )
+
+
+def _floor(bundle: Path) -> float:
+    """Seconds to write the bundle's events table to parquet from memory, as ingest writes
+    it: the least an ingest that decodes into it can take (median of three)."""
+    walls = []
+    for _ in range(3):
+        out = subprocess.run([sys.executable, xentrace_ingest.__file__, "--write-floor", str(bundle)],
+                             check=True, capture_output=True, text=True).stdout  # fmt: skip
+        walls.append(json.loads(out.splitlines()[-1])["canonical"])
+    return statistics.median(walls)
+
+
+def decoder_rows(raw: Path, work: Path, repeat: int, tag: str) -> None:
+    """Ingest of one source alone, in MB/s (target >= 60): the QEMU log (with its
+    trace-events file) and the dom0 ftrace of an emulated capture's raw/."""
+    khz = json.loads((raw.parent / "manifest.json").read_text())["host"]["cpu_khz"]
+    for name, files in (
+        ("QEMU log", ("qemu.log", "trace-events")),
+        ("dom0 ftrace", ("dom0-trace.txt",)),
+    ):
+        alone = work / "alone"
+        shutil.rmtree(alone, ignore_errors=True)
+        (alone / "raw").mkdir(parents=True)
+        for f in files:
+            os.link(raw / f, alone / "raw" / f)
+        size = (raw / files[0]).stat().st_size
+        wall, peak = median_run([*XV, "ingest", str(alone), "--cpu-khz", str(khz)], repeat,
+                                before=partial((alone / "events.parquet").unlink, missing_ok=True))  # fmt: skip
+        print(f"{f'ingest {name} alone, {tag}, {size / 1e9:.2f} GB':<44}{wall:>8.2f} s"
+              f" {peak / GIB:>6.2f} GiB   {size / 1e6 / wall:.0f} MB/s (target >= 60)", flush=True)  # fmt: skip
+        shutil.rmtree(alone)
 
 
 def _forget_summary(bundle: Path) -> None:
@@ -111,6 +152,8 @@ def emulated_rows(work: Path, counts: list[int], repeat: int, workload: str) -> 
             size = sum(p.stat().st_size for p in (b / "raw").iterdir()) / 1e9
             row(f"ingest, {tag} {n // 1000}k requests ({size:.1f} GB)",
                 median_run([*XV, "ingest", str(b)], repeat, before=partial(_clean, b)))  # fmt: skip
+            if n == counts[0]:
+                decoder_rows(b / "raw", Path(d), repeat, f"{tag} {n // 1000}k")
             row(f"timeline, {tag} {n // 1000}k requests",
                 median_run([*XV, "timeline", str(b)], repeat, before=partial(_forget_timeline, b)))  # fmt: skip
             row(f"summary, {tag} {n // 1000}k requests",
