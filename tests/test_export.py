@@ -128,3 +128,39 @@ def test_the_exits_drawn_are_the_earliest_however_the_fold_bounds_them(tmp_path,
     first = exits(37)
     assert len(every) > 3 * 37
     assert first == every[:37]
+
+
+def test_requests_left_out_of_the_trace_are_left_out_of_every_slice(monkeypatch):
+    """A piece of the trace is made a slice of the requests at a time, the requests it
+    does not draw (no pop, no trap) filtered out within each slice: cut into slices of 3,
+    the events are those of the requests drawn, in order, as made from all at once."""
+    import io
+
+    import polars as pl
+
+    from xvtrace.output import perfetto
+
+    n, unseen = 10, {2, 3, 7}
+    pop = [None if i in unseen else 1_000 * i for i in range(n)]
+    req = pl.LazyFrame({
+        "request": list(range(n)), "op": ["write"] * n, "bytes": [4096] * n,
+        "dev": ["virtio-blk"] * n, "queue": [0] * n,
+        "kick_ns": [1_000 * i - 100 for i in range(n)], "pop_ns": pop,
+        "handle_ns": [p and p + 10 for p in pop], "io_done_ns": [p and p + 500 for p in pop],
+        "fill_ns": [p and p + 600 for p in pop], "notify_ns": [1_000 * i + 700 for i in range(n)],
+    }, schema_overrides=dict.fromkeys(("kick_ns", "pop_ns", "handle_ns", "io_done_ns",
+                                       "fill_ns", "notify_ns"), pl.Int64))  # fmt: skip
+
+    def written(rows: int) -> list[dict]:
+        monkeypatch.setattr(perfetto, "WRITE_ROWS", rows)
+        out = io.StringIO()
+        perfetto.write_trace(out, perfetto.trace_events(req))
+        return json.loads(out.getvalue())["traceEvents"]
+
+    cut = written(3)
+    assert cut == written(1000)
+    drawn = [e["args"]["request"] for e in cut if e.get("name") == "element (pop -> fill)"]
+    assert drawn == [i for i in range(n) if i not in unseen]
+    assert (
+        not {e["args"]["request"] for e in cut if "args" in e and "request" in e["args"]} & unseen
+    )
