@@ -139,13 +139,15 @@ def trace_events(req: pl.LazyFrame, t0: int | None = None) -> Pieces:
     if traps:
         vcpu_tid = 100 + pl.col("trap_vcpu").fill_null(0)
         kicked = pl.col("trap").is_not_null()
+        trapped = req.filter(pl.col("trap_exit_ns").is_not_null())  # (those kicked, for tracks)
         parts.append(slices(PID_GUEST, vcpu_tid, "notify trap", "trap", "resume"))
         parts.append(slices(PID_GUEST, vcpu_tid, "interrupt", "notify", "irq_end", where=kicked))
         if "trap_cpu" in columns:
             parts.append(slices(PID_HOST, 200 + pl.col("trap_cpu").fill_null(0), "notify trap",
                                 "trap", "resume"))  # fmt: skip
-            cpus = _values(req.filter(pl.col("trap_exit_ns").is_not_null()), "trap_cpu")
-            events += [_thread(PID_HOST, 200 + c, f"pCPU {c}") for c in cpus]
+            events += [
+                _thread(PID_HOST, 200 + c, f"pCPU {c}") for c in _values(trapped, "trap_cpu")
+            ]
         # one flow per request: the guest's kick -> the backend's pop -> the interrupt
         flow = [
             pl.lit("request").alias("name"),
@@ -163,8 +165,7 @@ def trace_events(req: pl.LazyFrame, t0: int | None = None) -> Pieces:
                 pl.lit("f").alias("ph"), pl.lit("e").alias("bp"), pl.lit(PID_GUEST).alias("pid"),
                 vcpu_tid.alias("tid"), *flow, pl.col("notify").alias("ts"))),
         ]  # fmt: skip
-        vcpus = _values(req.filter(pl.col("trap_exit_ns").is_not_null()), "trap_vcpu")
-        events += [_thread(PID_GUEST, 100 + v, f"vCPU {v}") for v in vcpus]
+        events += [_thread(PID_GUEST, 100 + v, f"vCPU {v}") for v in _values(trapped, "trap_vcpu")]
     return events + parts + flows
 
 
