@@ -32,9 +32,8 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
-import xentrace_ingest
 from measure import run
-from xentrace_ingest import CPU_KHZ, make_trace
+from xentrace_ingest import CPU_KHZ, floor_seconds, make_trace
 
 XV = [sys.executable, "-m", "xvtrace"]
 GIB = 1 << 30
@@ -101,11 +100,7 @@ def xentrace_rows(work: Path, size_mb: int, repeat: int) -> None:
 def _floor(bundle: Path) -> float:
     """Seconds to write the bundle's events table to parquet from memory, as ingest writes
     it: the least an ingest that decodes into it can take (median of three)."""
-    walls = []
-    for _ in range(3):
-        out = subprocess.run([sys.executable, xentrace_ingest.__file__, "--write-floor", str(bundle)],
-                             check=True, capture_output=True, text=True).stdout  # fmt: skip
-        walls.append(json.loads(out.splitlines()[-1])["canonical"])
+    walls = [floor_seconds(bundle, ("canonical",))["canonical"] for _ in range(3)]
     return statistics.median(walls)
 
 
@@ -132,8 +127,6 @@ def decoder_rows(raw: Path, work: Path, repeat: int, tag: str) -> None:
 
 def _forget_summary(bundle: Path) -> None:
     """Drop the bundle's stored summary, so the next one is computed from the table."""
-    import json
-
     manifest = bundle / "manifest.json"
     doc = json.loads(manifest.read_text())
     doc.pop("summary", None)

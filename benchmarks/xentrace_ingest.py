@@ -55,24 +55,42 @@ def generate(path: Path, size_mb: int) -> None:
     tmp.replace(path)
 
 
-def write_floor(bundle: Path) -> None:
+FLOOR_LAYOUTS = ("canonical", "minimal")
+
+
+def write_floor(bundle: Path, layouts: tuple[str, ...] = FLOOR_LAYOUTS) -> None:
     """Print the seconds to write the bundle's events table, already in memory, to parquet:
-    as ingest writes it, and as 12 columns (time, pCPU, id, arg count, 32-bit args, offset)."""
+    as ingest writes it ("canonical"), and as 12 columns ("minimal": time, pCPU, id, arg
+    count, 32-bit args, offset)."""
     import json
     import time
 
     import polars as pl
 
     df = pl.read_parquet(bundle / "events.parquet")
-    minimal = df.select("ts_ns", "cpu", "code", "nargs", pl.col("^arg.$").cast(pl.UInt32),
-                        "src_offset")  # fmt: skip
+    tables = {
+        "canonical": lambda: df,
+        "minimal": lambda: df.select("ts_ns", "cpu", "code", "nargs", pl.col("^arg.$").cast(pl.UInt32),
+                                     "src_offset"),
+    }  # fmt: skip
     out = {}
-    for name, table in (("canonical", df), ("minimal", minimal)):
+    for name in layouts:
+        table = tables[name]()
         t0 = time.perf_counter()
         table.write_parquet(bundle / "floor.parquet", compression="lz4", statistics=False)
         out[name] = time.perf_counter() - t0
     (bundle / "floor.parquet").unlink()
     print(json.dumps(out))
+
+
+def floor_seconds(bundle: Path, layouts: tuple[str, ...] = FLOOR_LAYOUTS) -> dict[str, float]:
+    """write_floor of `layouts`, in a child process (its memory is not the caller's)."""
+    import json
+
+    out = subprocess.run([sys.executable, __file__, "--write-floor", str(bundle),
+                          "--floor-layouts", ",".join(layouts)],
+                         check=True, capture_output=True, text=True).stdout  # fmt: skip
+    return json.loads(out.splitlines()[-1])
 
 
 def main() -> None:
@@ -87,12 +105,13 @@ def main() -> None:
     )
     ap.add_argument("--generate", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--write-floor", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--floor-layouts", default=",".join(FLOOR_LAYOUTS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.generate:
         generate(args.generate, args.size_mb)
         return
     if args.write_floor:
-        write_floor(args.write_floor)
+        write_floor(args.write_floor, tuple(args.floor_layouts.split(",")))
         return
     args.work.mkdir(parents=True, exist_ok=True)
     trace = args.work / f"hvm-{args.size_mb}mb.bin"
@@ -140,10 +159,8 @@ def main() -> None:
     cw, _ = results["cat"]
     print(f"ratio ingest/cat throughput:      {cw / results['xvtrace ingest'][0]:.3f}x")
     if args.floor:
-        out = subprocess.run([sys.executable, __file__, "--write-floor", str(args.work / "bundle")],
-                             check=True, capture_output=True, text=True).stdout  # fmt: skip
         peer = results.get("xenalyze --summary", results["cat"])[0]
-        floors = json.loads(out.splitlines()[-1])
+        floors = floor_seconds(args.work / "bundle")
         for layout, secs in floors.items():
             print(f"parquet write alone, {layout + ' table':<16}{secs:6.2f} s "
                   f"({secs / peer:.2f}x the peer's whole run)")  # fmt: skip
